@@ -21,6 +21,9 @@ class GenerationSettings:
     """The evaluation protocol: images per prompt, sampler settings, resolution."""
 
     images_per_prompt: int = 5
+    # Per-suite exceptions to images_per_prompt: a suite with few prompts needs more images per
+    # prompt for the same statistical power (image j of a prompt has the same seed either way).
+    suite_images_per_prompt: dict[str, int] = field(default_factory=dict)
     num_inference_steps: int = 50
     guidance_scale: float = 7.5
     height: int | None = None
@@ -28,6 +31,9 @@ class GenerationSettings:
     batch_size: int = 8
     seed: int = 0
     scheduler: str | None = "ddpm"
+
+    def images_for(self, suite: str) -> int:
+        return self.suite_images_per_prompt.get(suite, self.images_per_prompt)
 
 
 @dataclass(frozen=True)

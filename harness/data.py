@@ -186,8 +186,9 @@ def load_pairs(source: str | Path, split: str = "train") -> Sequence[Pair]:
 def load_experts(source: str | Path, top_k: int | None = None) -> Sequence[Expert]:
     """Expert demonstrations: ``experts.jsonl`` if present, else built from the pairs in ``source``.
 
-    From pairs: with ``top_k`` and scores on every image, DRO's recipe (the ``top_k`` best-scored
-    images); otherwise the preferred image of each pair (plain SFT on winners).
+    With ``top_k``, DRO's recipe: the ``top_k`` best-scored candidates (all of them when there are
+    fewer).  From pairs without scores on every image: the preferred image of each pair (plain SFT
+    on winners).
     """
     path = Path(source) / "experts.jsonl"
     if not path.exists():
@@ -200,6 +201,10 @@ def load_experts(source: str | Path, top_k: int | None = None) -> Sequence[Exper
     for number, row in enumerate(_read_jsonl(path), 1):
         _require(row, ("caption", "image"), f"{path}:{number}")
         experts.append(Expert(row["caption"], Path(source) / row["image"], _optional_float(row.get("score"))))
+    if top_k and len(experts) > top_k:
+        if any(expert.score is None for expert in experts):
+            raise HarnessError(f"{path} has {len(experts)} experts and top_k is {top_k}: every row needs a 'score' to rank by")
+        return top_k_experts(experts, top_k)
     return experts
 
 

@@ -74,11 +74,11 @@ def run(options: RunOptions) -> list[dict]:
     validate(options, preset)
     out = options.out
     out.mkdir(parents=True, exist_ok=True)
-    started = time.perf_counter()
+    stage = _Stages()
 
-    _stage("base model")
+    stage("base model")
     base_model = resolve_base_model(options.model or preset.base_model)
-    data_dir = _training_data(options, preset, base_model) if not options.pretrained else None
+    data_dir = _training_data(options, preset, base_model, stage) if not options.pretrained else None
     store = Store(out / "results.db")
 
     def make_run(method: str, config: dict) -> int:
@@ -93,36 +93,45 @@ def run(options: RunOptions) -> list[dict]:
             unet, subfolder = preset.pretrained[method]
             models.append(EvaluatedModel(method, make_run(method, {"pretrained": unet}), unet, subfolder))
         else:
-            models.append(_train(method, options, preset, base_model, data_dir, store, make_run))
+            models.append(_train(method, options, preset, base_model, data_dir, store, make_run, stage))
 
-    _stage("generation")
+    stage("generation")
     suites = [load_suite(name, options.max_prompts or preset.max_prompts) for name in options.suites or preset.suites]
     captions = training_captions(data_dir) if data_dir else []
     manifests = {}
     for model in models:
         manifests[model.method] = _generate(model, suites, options, preset, base_model, store, captions)
 
-    _stage("scoring")
+    stage("scoring")
     _score(models, suites, manifests, options, preset, store)
 
     for model in models:
-        compute = {"wall_s": round(time.perf_counter() - started, 1)}
+        compute = {"wall_s": round(stage.elapsed(), 1)}
         store.set_run_status(model.run_id, "done", compute if model.method == BASE else None)
     return leaderboard(out)
 
 
-def _stage(name: str) -> None:
-    print(f"== {name}", flush=True)
+class _Stages:
+    """Prints each stage's name with the time since the run started (where the minutes go)."""
+
+    def __init__(self) -> None:
+        self.started = time.perf_counter()
+
+    def __call__(self, name: str) -> None:
+        print(f"== {name}  [{self.elapsed():.0f} s]", flush=True)
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.started
 
 
-def _training_data(options: RunOptions, preset: Preset, base_model: str) -> str:
+def _training_data(options: RunOptions, preset: Preset, base_model: str, stage: _Stages) -> str:
     data = options.data or preset.data
     if data != "synthesize":
         return data
     from harness.preference_data import synthesize
     from harness.toyworld import grammar
 
-    _stage("training data (base samples labelled by the rewards)")
+    stage("training data (base samples labelled by the rewards)")
     settings = dict(preset.synthesize)
     max_captions = settings.pop("max_captions", None)
     captions = grammar.training_captions()[:max_captions]
@@ -131,12 +140,12 @@ def _training_data(options: RunOptions, preset: Preset, base_model: str) -> str:
     return str(data_dir)
 
 
-def _train(method, options, preset, base_model, data_dir, store, make_run) -> EvaluatedModel:
+def _train(method, options, preset, base_model, data_dir, store, make_run, stage) -> EvaluatedModel:
     from harness.trainer import train
 
     overrides = {**preset.method_overrides.get(method, {}), **options.overrides.get(method, {})}
     run_id = make_run(method, {"data": data_dir, "overrides": overrides})
-    _stage(f"training {method}")
+    stage(f"training {method}")
     store.set_run_status(run_id, "running")
     pending: list[tuple[int, dict[str, float]]] = []
 
@@ -199,7 +208,7 @@ def _generate(model, suites, options, preset, base_model, store, captions) -> di
             pipe,
             suite,
             options.out / folder,
-            images_per_prompt=options.images_per_prompt or settings.images_per_prompt,
+            images_per_prompt=options.images_per_prompt or settings.images_for(suite.name),
             batch_size=settings.batch_size,
             seed=settings.seed + options.seed,
             num_inference_steps=settings.num_inference_steps,

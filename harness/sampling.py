@@ -201,12 +201,15 @@ def _batch_invariant_numerics(pipe: Any) -> Iterator[None]:
     Measured on CPU (MKL/oneDNN, torch 2.14): a linear layer over a few rows (the time
     embedding, the ResNets' time projections and SDXL's pooled-text projection see one
     row per image) takes a different kernel for different row counts, and the VAE's
-    convolutions differ between one and several images: ~1e-6 apart, enough to flip the
-    rounding of some pixels.  So such linears run row by row and the VAE decodes one
-    image at a time.  The UNet's other layers measured batch-invariant as long as they
+    convolutions differ between batch sizes (1, 3, 5 and 47 images each differed from 48):
+    ~1e-6 apart, enough to flip the rounding of some pixels.  So such linears and the VAE's
+    decoder always see exactly ``_CHUNK`` rows / latents, the last chunk padded with zeros:
+    with the shape fixed, a row's result did not depend on its position in the chunk or on
+    the other rows (measured, and tested across batch sizes and process counts).  The
+    decoder 16 at a time is 3.7x faster than one at a time.  The UNet's other layers measured batch-invariant as long as they
     see at least 2 rows, which classifier-free guidance ensures (with guidance_scale <= 1
     a batch of one image can still differ).  Results can also change with the number of
-    CPU threads.  On a GPU, cuBLAS/cuDNN choose kernels by shape too; the row-by-row
+    CPU threads.  On a GPU, cuBLAS/cuDNN choose kernels by shape too; the chunking
     cost is not paid there, and images agree across batch sizes up to float rounding.
     """
     if pipe._execution_device.type != "cpu":
@@ -222,13 +225,16 @@ def _batch_invariant_numerics(pipe: Any) -> Iterator[None]:
     # Hooks (e.g. accelerate's offloading) may already have replaced a module's forward: keep them.
     previous = [(linear, linear.__dict__.get("forward")) for linear in linears]
     for linear in linears:
-        linear.forward = _row_by_row(linear.forward)  # an instance attribute shadows Linear.forward
-    was_slicing = pipe.vae.use_slicing
-    pipe.vae.use_slicing = True
+        linear.forward = _fixed_rows(linear.forward)  # an instance attribute shadows Linear.forward
+    previous_decode = pipe.vae.__dict__.get("decode")
+    pipe.vae.decode = _fixed_chunks(pipe.vae.decode)
     try:
         yield
     finally:
-        pipe.vae.use_slicing = was_slicing
+        if previous_decode is None:
+            del pipe.vae.decode
+        else:
+            pipe.vae.decode = previous_decode
         for linear, forward in previous:
             if forward is None:
                 del linear.forward
@@ -236,14 +242,36 @@ def _batch_invariant_numerics(pipe: Any) -> Iterator[None]:
                 linear.forward = forward
 
 
-def _row_by_row(forward: Any) -> Any:
-    def rowwise_forward(x: torch.Tensor) -> torch.Tensor:
-        # Only (rows, features) inputs: token inputs (batch, tokens, features) are large GEMMs.
-        if x.dim() != 2 or x.shape[0] == 1:
-            return forward(x)
-        return torch.cat([forward(row) for row in x.split(1)])
+_CHUNK = 16
 
-    return rowwise_forward
+
+def _in_fixed_chunks(function: Any, x: torch.Tensor) -> torch.Tensor:
+    """``function`` over ``x`` split into chunks of exactly ``_CHUNK`` rows (the last padded with zeros)."""
+    pieces = []
+    for chunk in x.split(_CHUNK):
+        padding = chunk.new_zeros((_CHUNK - len(chunk), *chunk.shape[1:]))
+        pieces.append(function(torch.cat([chunk, padding]))[: len(chunk)])
+    return torch.cat(pieces)
+
+
+def _fixed_rows(forward: Any) -> Any:
+    def fixed_rows_forward(x: torch.Tensor) -> torch.Tensor:
+        # Only (rows, features) inputs: token inputs (batch, tokens, features) are large GEMMs.
+        return _in_fixed_chunks(forward, x) if x.dim() == 2 else forward(x)
+
+    return fixed_rows_forward
+
+
+def _fixed_chunks(decode: Any) -> Any:
+    def chunked_decode(latents: torch.Tensor, return_dict: bool = True, **kwargs: Any) -> Any:
+        images = _in_fixed_chunks(lambda chunk: decode(chunk, return_dict=False, **kwargs)[0], latents)
+        if not return_dict:
+            return (images,)
+        from diffusers.models.autoencoders.vae import DecoderOutput
+
+        return DecoderOutput(sample=images)
+
+    return chunked_decode
 
 
 def _resolve_size(pipe: Any, height: int | None, width: int | None) -> tuple[int, int]:

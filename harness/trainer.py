@@ -268,8 +268,9 @@ class Trainer:
             optimizer = Adafactor(params, lr=self.lr, weight_decay=config.weight_decay, scale_parameter=False,
                                   relative_step=False, warmup_init=False, clip_threshold=1.0)
         else:
+            # fused: one kernel over all tensors; on CPU 6x faster than the per-tensor loop (bench/train_step.py).
             optimizer = torch.optim.AdamW(params, lr=self.lr, betas=(config.adam_beta1, config.adam_beta2),
-                                          eps=config.adam_epsilon, weight_decay=config.weight_decay)
+                                          eps=config.adam_epsilon, weight_decay=config.weight_decay, fused=True)
         # Stepped by us once per optimizer step (not prepared by accelerate, which would step it once
         # per process and force the Salesforce code's "warmup x num_processes" correction).
         self.lr_scheduler = get_scheduler(config.lr_scheduler, optimizer, num_warmup_steps=config.warmup_steps,

@@ -10,7 +10,9 @@ no_grad, recomputed every step), or ``"reference"``: the frozen starting network
 whose inversions are deterministic, so each training image (and caption) is
 inverted once per run and cached on disk.  With SmPO's lr (~1e-5) and 200 steps
 the policy barely moves, so the two agree closely; ``bench/train_step.py``
-measures the cost of each.
+measures the cost of each.  ``"none"`` forward-noises x_t as DPO does: the smoothed labels
+without the inversion (an ablation; the toy preset's choice, because at 8x8 latents the 5-step
+inversion gives off-distribution x_t, see harness/toyworld/presets.py).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import torch
 
 from harness.errors import HarnessError
 from harness.registry import register_method
-from methods.base import Batch, Cond, Method, Models, TrainConfig, sample_timesteps
+from methods.base import Batch, Cond, Method, Models, TrainConfig, randn_like, sample_timesteps
 from methods.dpo import dpo_logits, dpo_loss, pair_errors, preference_logs
 
 # Bounds of PickScore's raw cosine used by the public preprocessing to normalise scores.
@@ -115,7 +117,7 @@ class SmPOConfig(TrainConfig):
     warmup_steps: int = 100
     caption_dropout: float = 0.2
     inversion_steps: int = 5
-    inverter: Literal["policy", "reference"] = "policy"
+    inverter: Literal["policy", "reference", "none"] = "policy"
     score_lo: float = PICKSCORE_LO
     score_hi: float = PICKSCORE_HI
 
@@ -135,8 +137,8 @@ class SmPO(Method):
 
     def setup(self, context: Any) -> None:
         config = self.config
-        if config.inverter not in ("policy", "reference"):
-            raise HarnessError(f"smpo: inverter must be 'policy' or 'reference', not {config.inverter!r}")
+        if config.inverter not in ("policy", "reference", "none"):
+            raise HarnessError(f"smpo: inverter must be 'policy', 'reference' or 'none', not {config.inverter!r}")
         if config.score_hi <= config.score_lo:
             raise HarnessError("smpo: score_hi must be greater than score_lo")
         self.inverse, self.taus = inverse_timesteps(context.noise_scheduler.config, config.inversion_steps)
@@ -175,6 +177,21 @@ class SmPO(Method):
                 atomic_save({"z": states[j].cpu()}, self.cache_dir / keys[i][:2] / f"{keys[i]}.safetensors")
         return torch.stack([self.cache[key] for key in keys])
 
+    def _noisy_latents(self, batch: Batch, t: torch.Tensor, cond: Cond, models: Models) -> tuple[torch.Tensor, torch.Tensor]:
+        """The model input x_t and its target noise: the inverted latent and its implied noise, or
+        (inverter "none") DPO's forward noising, one noise per pair."""
+        if self.config.inverter == "none":
+            noise = randn_like(batch.latents[: len(batch.cond)], batch.generator).repeat(2, 1, 1, 1)
+            return models.add_noise(batch.latents, noise, t), noise
+        if self.config.inverter == "reference":
+            trajectories = self._reference_trajectories(batch, cond, models)
+            reached = (self.taus.to(t.device)[None, :] < t[:, None]).sum(dim=1)  # inverse steps below each t
+            start = batch.latents.unsqueeze(1)
+            z = torch.cat([start, trajectories], dim=1)[torch.arange(len(t), device=t.device), reached]
+        else:
+            z = renoise_inversion(models.snapshot, batch.latents, cond, t, self.inverse, self.taus)
+        return z, implied_noise(z, batch.latents, t, models.alphas_cumprod)
+
     def loss(self, batch: Batch, models: Models) -> tuple[torch.Tensor, dict[str, float]]:
         config = self.config
         n_pairs = len(batch.cond)
@@ -184,14 +201,7 @@ class SmPO(Method):
         device = batch.latents.device
         t = sample_timesteps(n_pairs, batch.generator, models.scheduler.config.num_train_timesteps).repeat(2).to(device)
         cond = batch.cond.repeat(2)
-        if config.inverter == "reference":
-            trajectories = self._reference_trajectories(batch, cond, models)
-            reached = (self.taus.to(device)[None, :] < t[:, None]).sum(dim=1)  # inverse steps below each t
-            start = batch.latents.unsqueeze(1)
-            z = torch.cat([start, trajectories], dim=1)[torch.arange(len(t), device=device), reached]
-        else:
-            z = renoise_inversion(models.snapshot, batch.latents, cond, t, self.inverse, self.taus)
-        target = implied_noise(z, batch.latents, t, models.alphas_cumprod)
+        z, target = self._noisy_latents(batch, t, cond, models)
         model_err, ref_err = pair_errors(models, z, t, cond, target)
         scores_w, scores_l = batch.scores.to(device).chunk(2)
         p = smpo_probability(scores_w, scores_l, config.score_lo, config.score_hi)

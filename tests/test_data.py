@@ -92,6 +92,16 @@ def test_experts_from_jsonl_or_from_scored_pairs(tmp_path):
     assert len(winners) == 4 and winners[1].image == tmp_path / "p" / "1_1.png"
 
 
+def test_top_k_also_cuts_an_experts_file(tmp_path):
+    write_expert_dir(tmp_path / "e", n=3)
+    assert [e.score for e in load_experts(tmp_path / "e", top_k=2)] == pytest.approx([1.0, 0.9])
+    assert len(load_experts(tmp_path / "e", top_k=10)) == 3  # fewer rows than k: all of them
+    rows = (tmp_path / "e" / "experts.jsonl").read_text().splitlines()
+    (tmp_path / "e" / "experts.jsonl").write_text("\n".join(r.replace('"score"', '"unscored"') for r in rows))
+    with pytest.raises(HarnessError, match="needs a 'score'"):
+        load_experts(tmp_path / "e", top_k=2)
+
+
 def test_top_k_counts_each_image_once(tmp_path):
     same = png_bytes((9, 9, 9))
     experts = [Expert("a", same, 0.9), Expert("b", same, 0.8), Expert("c", png_bytes((1, 1, 1)), 0.1)]

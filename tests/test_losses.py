@@ -189,6 +189,29 @@ def test_smpo_policy_inversion_uses_two_evaluations_per_inverse_step(tiny_models
     assert loss.item() == pytest.approx(LN2, abs=1e-6)
 
 
+def test_smpo_without_inversion_is_dpo_with_smoothed_label_weights(tiny_models):
+    """inverter="none": the same t and noise as DPO's forward noising, beta scaled per pair by 10 (2p - 1)."""
+    from types import SimpleNamespace
+
+    models = make_models(tiny_models)
+    scores = torch.tensor([0.25, 0.15, 0.22, 0.2])
+    method = SmPO(SmPOConfig(beta=2000.0, inverter="none", score_lo=0.0, score_hi=1.0))
+    method.setup(SimpleNamespace(noise_scheduler=models.scheduler, unet=models._unwrapped, cache_dir=None))
+    parts = make_batch(4, 2, scores=scores)
+    loss, _ = method.loss(batch_with(parts, 11), models)
+    assert models.unet_evals == 8  # policy + reference on the 4 images [winners; losers]: no inversion
+    # Rebuild DPO's x_t from the same generator draws and apply the smoothed weights by hand.
+    generator = batch_with(parts, 11).generator
+    t = torch.randint(0, 1000, (2,), generator=generator).repeat(2)
+    noise = torch.randn(parts[0][:2].shape, generator=generator).repeat(2, 1, 1, 1)
+    x_t = models.add_noise(parts[0], noise, t)
+    cond = parts[1].repeat(2)
+    (mw, ml), (rw, rl) = (per_sample_error(net(x_t, t, cond), noise).chunk(2) for net in (models.policy, models.reference))
+    p = torch.sigmoid(scores[:2] - scores[2:])
+    expected = -torch.nn.functional.logsigmoid(-0.5 * 2000.0 * 10 * (2 * p - 1) * ((mw - rw) - (ml - rl))).mean()
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+
+
 def test_dro_one_step_favours_the_expert_over_the_policy_sample(tiny_models):
     models = make_models(tiny_models)
     method = DRO(DROConfig(margin=0.001))

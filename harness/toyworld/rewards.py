@@ -9,6 +9,9 @@ imperfect images can still be ranked.
 
 from __future__ import annotations
 
+import functools
+import hashlib
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import numpy as np
@@ -100,25 +103,46 @@ def _unit(v: np.ndarray) -> np.ndarray:
     return v / max(float(np.linalg.norm(v)), 1e-6)
 
 
+@functools.lru_cache(maxsize=None)
+def _unit_template(shape: str, size: int) -> tuple[float, float]:
+    """Area of ``shape`` at scale 1, and how far its centroid lies below its bounding-box centre."""
+    unit = shape_coverage(shape, (size / 2, size / 2), size=size)
+    ys = np.arange(size)[:, None] + 0.5
+    return float(unit.sum()), float((unit * ys).sum() / unit.sum()) - size / 2
+
+
 def _template_iou(mask: np.ndarray, shape: str, centroid: tuple[float, float], area: float) -> float:
     """Soft IoU of ``mask`` with ``shape`` scaled to the same area and moved to the same centroid."""
     size = mask.shape[0]
-    unit = shape_coverage(shape, (size / 2, size / 2), size=size)
-    scale = float(np.sqrt(max(area, 1.0) / unit.sum()))
+    unit_area, offset_y = _unit_template(shape, size)
+    scale = float(np.sqrt(max(area, 1.0) / unit_area))
     # A triangle's centroid is below its bounding-box centre: shift so the centroids coincide.
-    ys = np.arange(size)[:, None] + 0.5
-    offset_y = float((unit * ys).sum() / unit.sum()) - size / 2
     template = shape_coverage(shape, (centroid[0], centroid[1] - offset_y * scale), scale=scale, size=size)
     return float(np.minimum(mask, template).sum() / max(np.maximum(mask, template).sum(), 1e-6))
 
 
+_READINGS: OrderedDict[bytes, Reading] = OrderedDict()
+_MAX_READINGS = 16384  # ~ the images of a default toy run: both scorers read each image once
+
+
+def cached_read(image: np.ndarray) -> Reading:
+    """``read``, remembered by the image's content: the fidelity and quality scorers share one reading."""
+    key = hashlib.blake2b(image.tobytes() + repr((image.shape, image.dtype.str)).encode(), digest_size=16).digest()
+    reading = _READINGS.get(key)
+    if reading is None:
+        reading = _READINGS[key] = read(image)
+        if len(_READINGS) > _MAX_READINGS:
+            _READINGS.popitem(last=False)
+    return reading
+
+
 def fidelity(image: np.ndarray, scene: Scene) -> float:
     """How well the image shows ``scene``: mean belief in its colour, shape and position, times presence."""
-    r = read(image)
+    r = cached_read(image)
     return r.presence * (r.colour[scene.colour] + r.shape[scene.shape] + r.position[scene.position]) / 3.0
 
 
 def quality(image: np.ndarray) -> float:
     """Picture quality regardless of the caption: mean of contrast, sharpness and clean background, times presence."""
-    r = read(image)
+    r = cached_read(image)
     return r.presence * (r.contrast + r.sharpness + r.clean) / 3.0
