@@ -90,7 +90,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     _quiet_libraries()
     METHODS.get(args.method)
     preset = get_preset(args.preset)
-    overrides = {**preset.method_overrides.get(args.method, {}), **_parse_overrides(args.set, [args.method]).get(args.method, {})}
+    overrides = preset.overrides_for(args.method, _parse_overrides(args.set, [args.method]).get(args.method))
     result = train(
         args.method,
         base_model=resolve_base_model(args.model or preset.base_model),

@@ -53,6 +53,10 @@ class Preset:
     pretrained: dict[str, tuple[str, str | None]] = field(default_factory=dict)
     vae: str | None = None
 
+    def overrides_for(self, method: str, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The preset's hyper-parameters for ``method``, updated by ``extra`` (e.g. ``--set``)."""
+        return {**self.method_overrides.get(method, {}), **(extra or {})}
+
 
 def _toy() -> Preset:
     from harness.toyworld.presets import TOY_DATA, TOY_GENERATION, TOY_METHOD_OVERRIDES

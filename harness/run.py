@@ -143,7 +143,7 @@ def _training_data(options: RunOptions, preset: Preset, base_model: str, stage: 
 def _train(method, options, preset, base_model, data_dir, store, make_run, stage) -> EvaluatedModel:
     from harness.trainer import train
 
-    overrides = {**preset.method_overrides.get(method, {}), **options.overrides.get(method, {})}
+    overrides = preset.overrides_for(method, options.overrides.get(method))
     run_id = make_run(method, {"data": data_dir, "overrides": overrides})
     stage(f"training {method}")
     store.set_run_status(run_id, "running")

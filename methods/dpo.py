@@ -30,6 +30,18 @@ def dpo_loss(model_err_w: torch.Tensor, model_err_l: torch.Tensor, ref_err_w: to
     return -F.logsigmoid(dpo_logits(model_err_w, model_err_l, ref_err_w, ref_err_l, beta)).mean()
 
 
+def pair_timesteps(batch: Batch, models: Models) -> torch.Tensor:
+    """One t per pair, shared by its two images: the batch is [winners; losers]."""
+    t = sample_timesteps(len(batch.cond), batch.generator, models.scheduler.config.num_train_timesteps)
+    return t.repeat(2).to(batch.latents.device)
+
+
+def forward_noised_pairs(batch: Batch, t: torch.Tensor, models: Models) -> tuple[torch.Tensor, torch.Tensor]:
+    """x_t and the noise that made it, one noise per pair (both images of a pair see the same)."""
+    noise = randn_like(batch.latents[: len(batch.cond)], batch.generator).repeat(2, 1, 1, 1)
+    return models.add_noise(batch.latents, noise, t), noise
+
+
 def pair_errors(models: Models, latents_t: torch.Tensor, t: torch.Tensor, cond, target: torch.Tensor):
     """Policy and reference errors on a stacked [winners; losers] batch, split into (w, l) halves."""
     model_err = per_sample_error(models.policy(latents_t, t, cond), target)
@@ -71,11 +83,8 @@ class DPO(Method):
     }
 
     def loss(self, batch: Batch, models: Models) -> tuple[torch.Tensor, dict[str, float]]:
-        n_pairs = len(batch.cond)
-        device = batch.latents.device
-        t = sample_timesteps(n_pairs, batch.generator, models.scheduler.config.num_train_timesteps).repeat(2).to(device)
-        noise = randn_like(batch.latents[:n_pairs], batch.generator).repeat(2, 1, 1, 1)
-        latents_t = models.add_noise(batch.latents, noise, t)
+        t = pair_timesteps(batch, models)
+        latents_t, noise = forward_noised_pairs(batch, t, models)
         model_err, ref_err = pair_errors(models, latents_t, t, batch.cond.repeat(2), noise)
         loss = dpo_loss(*model_err, *ref_err, self.config.beta)
         return loss, preference_logs(dpo_logits(*model_err, *ref_err, self.config.beta), model_err, ref_err)

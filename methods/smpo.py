@@ -26,8 +26,8 @@ import torch
 
 from harness.errors import HarnessError
 from harness.registry import register_method
-from methods.base import Batch, Cond, Method, Models, TrainConfig, randn_like, sample_timesteps
-from methods.dpo import dpo_logits, dpo_loss, pair_errors, preference_logs
+from methods.base import Batch, Cond, Method, Models, TrainConfig
+from methods.dpo import dpo_logits, dpo_loss, forward_noised_pairs, pair_errors, pair_timesteps, preference_logs
 
 # Bounds of PickScore's raw cosine used by the public preprocessing to normalise scores.
 PICKSCORE_LO = 0.11543526500463486
@@ -181,8 +181,7 @@ class SmPO(Method):
         """The model input x_t and its target noise: the inverted latent and its implied noise, or
         (inverter "none") DPO's forward noising, one noise per pair."""
         if self.config.inverter == "none":
-            noise = randn_like(batch.latents[: len(batch.cond)], batch.generator).repeat(2, 1, 1, 1)
-            return models.add_noise(batch.latents, noise, t), noise
+            return forward_noised_pairs(batch, t, models)
         if self.config.inverter == "reference":
             trajectories = self._reference_trajectories(batch, cond, models)
             reached = (self.taus.to(t.device)[None, :] < t[:, None]).sum(dim=1)  # inverse steps below each t
@@ -194,16 +193,14 @@ class SmPO(Method):
 
     def loss(self, batch: Batch, models: Models) -> tuple[torch.Tensor, dict[str, float]]:
         config = self.config
-        n_pairs = len(batch.cond)
         if torch.isnan(batch.scores).any():
             raise HarnessError("smpo needs reward scores of both images (score_0 and score_1 in pairs.jsonl; "
                                "PickScore cosine in the paper)")
-        device = batch.latents.device
-        t = sample_timesteps(n_pairs, batch.generator, models.scheduler.config.num_train_timesteps).repeat(2).to(device)
+        t = pair_timesteps(batch, models)
         cond = batch.cond.repeat(2)
         z, target = self._noisy_latents(batch, t, cond, models)
         model_err, ref_err = pair_errors(models, z, t, cond, target)
-        scores_w, scores_l = batch.scores.to(device).chunk(2)
+        scores_w, scores_l = batch.scores.to(t.device).chunk(2)
         p = smpo_probability(scores_w, scores_l, config.score_lo, config.score_hi)
         loss = smpo_loss(*model_err, *ref_err, p, config.beta)
         logs = preference_logs(dpo_logits(*model_err, *ref_err, config.beta * smpo_scale(p)), model_err, ref_err)
