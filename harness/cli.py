@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from harness.errors import HarnessError
+from harness.workers import quiet_libraries
 
 LEADERBOARD_COLUMNS = [
     "method", "suite", "split", "metric", "n", "mean", "ci_low", "ci_high",
@@ -47,20 +48,10 @@ def _parse_overrides(assignments: list[str], methods: list[str]) -> dict[str, di
     return overrides
 
 
-def _quiet_libraries() -> None:
-    """Our own progress bars say what is happening; the libraries' per-load bars and notices are noise."""
-    import diffusers
-    import transformers
-
-    for library in (diffusers, transformers):
-        library.utils.logging.set_verbosity_error()
-        library.utils.logging.disable_progress_bar()
-
-
 def cmd_run(args: argparse.Namespace) -> int:
     from harness.run import RunOptions, run
 
-    _quiet_libraries()
+    quiet_libraries()
     options = RunOptions(
         methods=args.methods,
         out=Path(args.out),
@@ -74,6 +65,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         overrides=_parse_overrides(args.set, args.methods),
         pretrained=args.pretrained,
         seed=args.seed,
+        jobs=args.jobs,
     )
     rows = run(options)
     print()
@@ -87,7 +79,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from harness.registry import METHODS
     from harness.trainer import train
 
-    _quiet_libraries()
+    quiet_libraries()
     METHODS.get(args.method)
     preset = get_preset(args.preset)
     overrides = preset.overrides_for(args.method, _parse_overrides(args.set, [args.method]).get(args.method))
@@ -113,7 +105,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from harness.distributed import torchrun_process_group
     from harness.sampling import generate, optimize_pipeline
 
-    _quiet_libraries()
+    quiet_libraries()
     suite = load_suite(args.suite, args.max_prompts)
     with torchrun_process_group() as device:
         _, dtype = inference_device()
@@ -245,6 +237,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="[METHOD.]FIELD=VALUE", help="override a method's config field")
     p.add_argument("--pretrained", action="store_true", help="evaluate the published checkpoints instead of training")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--jobs", type=int, help="models trained, sampled and scored at once "
+                   "(default: all of them on a CPU, one thread each; one per GPU)")
 
     p = command("train", cmd_train, "train one method and write its UNet in diffusers format")
     p.add_argument("--method", required=True)

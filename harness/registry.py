@@ -78,6 +78,14 @@ def _qualname(obj: object) -> str:
     return f"{getattr(obj, '__module__', '?')}.{getattr(obj, '__qualname__', repr(obj))}"
 
 
+_LOADED_PLUGINS: list[str] = []
+
+
+def loaded_plugins() -> list[str]:
+    """The plugins this process imported (worker processes import them again)."""
+    return list(_LOADED_PLUGINS)
+
+
 def load_plugin(spec: str) -> None:
     """Import a user's plugin: a path to a ``.py`` file or a dotted module name."""
     path = Path(spec)
@@ -90,11 +98,13 @@ def load_plugin(spec: str) -> None:
         module = importlib.util.module_from_spec(module_spec)
         sys.modules[module_name] = module
         module_spec.loader.exec_module(module)
+        _LOADED_PLUGINS.append(str(path.resolve()))
         return
     try:
         importlib.import_module(spec)
     except ModuleNotFoundError as exc:
         raise HarnessError(f"cannot import plugin {spec!r}: {exc}") from None
+    _LOADED_PLUGINS.append(spec)
 
 
 METHODS: Registry = Registry("method", "harness.methods", ("methods",))

@@ -1,5 +1,9 @@
 """`harness run`: train each method from one base, generate, score, store, rank.
 
+The training data is made first (the toy preset samples the base); then each model (the base
+and every method) is one job: train it, sample the suites, score the images.  The jobs run side
+by side in worker processes (``harness.workers``) and write to the one results database.
+
 Every stage is idempotent (the trainer resumes from its checkpoints, generation
 skips images already on disk with the right hash, scores are cached by image
 hash and scorer version, store writes are keyed), so rerunning an interrupted
@@ -8,6 +12,7 @@ run does only what is missing.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +39,7 @@ class RunOptions:
     overrides: dict[str, dict[str, Any]] = field(default_factory=dict)  # method -> {field: value}
     pretrained: bool = False
     seed: int = 0
+    jobs: int | None = None  # models trained, sampled and scored at once (None: all on a CPU, one per GPU)
 
 
 @dataclass
@@ -45,6 +51,7 @@ class EvaluatedModel:
     unet: str | None = None
     unet_subfolder: str | None = None
     overrides: dict[str, Any] = field(default_factory=dict)
+    train: bool = False  # still to be trained (then ``unet`` is set to the result)
 
 
 def validate(options: RunOptions, preset: Preset) -> None:
@@ -60,6 +67,8 @@ def validate(options: RunOptions, preset: Preset) -> None:
         SUITES.get(name)
     for name in options.scorers or preset.scorers:
         SCORERS.get(name)
+    if options.jobs is not None and options.jobs < 1:
+        raise HarnessError(f"--jobs must be at least 1, not {options.jobs}")
     unknown = set(options.overrides) - set(options.methods)
     if unknown:
         raise HarnessError(f"--set names methods that are not run: {', '.join(sorted(unknown))}")
@@ -67,8 +76,8 @@ def validate(options: RunOptions, preset: Preset) -> None:
 
 def run(options: RunOptions) -> list[dict]:
     """Run the whole comparison and return the leaderboard rows."""
-    from harness.data import training_captions
     from harness.store import Store
+    from harness.workers import default_processes, run_jobs
 
     preset = get_preset(options.preset)
     validate(options, preset)
@@ -93,20 +102,16 @@ def run(options: RunOptions) -> list[dict]:
             unet, subfolder = preset.pretrained[method]
             models.append(EvaluatedModel(method, make_run(method, {"pretrained": unet}), unet, subfolder))
         else:
-            models.append(_train(method, options, preset, base_model, data_dir, store, make_run, stage))
+            overrides = preset.overrides_for(method, options.overrides.get(method))
+            run_id = make_run(method, {"data": data_dir, "overrides": overrides})
+            models.append(EvaluatedModel(method, run_id, overrides=overrides, train=True))
 
-    stage("generation")
-    suites = [load_suite(name, options.max_prompts or preset.max_prompts) for name in options.suites or preset.suites]
-    captions = training_captions(data_dir) if data_dir else []
-    manifests = {}
+    processes = options.jobs or default_processes(len(models))
+    stage(f"training, generation and scoring, {min(processes, len(models))} model(s) at a time")
+    longest_first = sorted(models, key=lambda model: not model.train)
+    run_jobs(_evaluate, [_ModelJob(m, options, preset, base_model, data_dir, stage) for m in longest_first], processes)
+    compute = {"wall_s": round(stage.elapsed(), 1)}
     for model in models:
-        manifests[model.method] = _generate(model, suites, options, preset, base_model, store, captions)
-
-    stage("scoring")
-    _score(models, suites, manifests, options, preset, store)
-
-    for model in models:
-        compute = {"wall_s": round(stage.elapsed(), 1)}
         store.set_run_status(model.run_id, "done", compute if model.method == BASE else None)
     return leaderboard(out)
 
@@ -115,13 +120,13 @@ class _Stages:
     """Prints each stage's name with the time since the run started (where the minutes go)."""
 
     def __init__(self) -> None:
-        self.started = time.perf_counter()
+        self.started = time.time()  # wall clock: worker processes print stages too
 
     def __call__(self, name: str) -> None:
         print(f"== {name}  [{self.elapsed():.0f} s]", flush=True)
 
     def elapsed(self) -> float:
-        return time.perf_counter() - self.started
+        return time.time() - self.started
 
 
 def _training_data(options: RunOptions, preset: Preset, base_model: str, stage: _Stages) -> str:
@@ -140,42 +145,66 @@ def _training_data(options: RunOptions, preset: Preset, base_model: str, stage: 
     return str(data_dir)
 
 
-def _train(method, options, preset, base_model, data_dir, store, make_run, stage) -> EvaluatedModel:
+@dataclass
+class _ModelJob:
+    """Everything one model's training, sampling and scoring need (picklable: it runs in a worker process)."""
+
+    model: EvaluatedModel
+    options: RunOptions
+    preset: Preset
+    base_model: str
+    data_dir: str | None
+    stage: _Stages
+
+
+def _evaluate(job: _ModelJob) -> None:
+    """Train (a method), generate the suites, score them: one model's whole part of the run."""
+    from harness.store import Store
+
+    with Store(job.options.out / "results.db") as store:
+        model = job.model
+        if model.train:
+            job.stage(f"{model.method}: training")
+            model = _train(model, job, store)
+        job.stage(f"{model.method}: generation")
+        manifests = _generate(model, job, store)
+        job.stage(f"{model.method}: scoring")
+        _score(model, manifests, job, store)
+
+
+def _train(model: EvaluatedModel, job: _ModelJob, store) -> EvaluatedModel:
     from harness.trainer import train
 
-    overrides = preset.overrides_for(method, options.overrides.get(method))
-    run_id = make_run(method, {"data": data_dir, "overrides": overrides})
-    stage(f"training {method}")
-    store.set_run_status(run_id, "running")
+    store.set_run_status(model.run_id, "running")
     pending: list[tuple[int, dict[str, float]]] = []
 
     def on_log(step: int, terms: dict[str, float]) -> None:
         pending.append((step, dict(terms)))
         if len(pending) >= 20:
-            store.log_training(run_id, pending)
+            store.log_training(model.run_id, pending)
             pending.clear()
 
     try:
         result = train(
-            method,
-            base_model=base_model,
-            data_dir=Path(data_dir),
-            output_dir=options.out / "models" / method,
-            preset=preset.name,
-            overrides=overrides,
+            model.method,
+            base_model=job.base_model,
+            data_dir=Path(job.data_dir),
+            output_dir=job.options.out / "models" / model.method,
+            preset=job.preset.name,
+            overrides=model.overrides,
             on_log=on_log,
             resume=True,
-            seed=options.seed,
+            seed=job.options.seed,
         )
     except BaseException:
-        store.log_training(run_id, pending)
-        store.set_run_status(run_id, "failed")
+        store.log_training(model.run_id, pending)
+        store.set_run_status(model.run_id, "failed")
         raise
-    store.log_training(run_id, pending)
-    store.add_checkpoint(run_id, result.steps, str(result.unet_dir))
+    store.log_training(model.run_id, pending)
+    store.add_checkpoint(model.run_id, result.steps, str(result.unet_dir))
     compute = {"train_wall_s": round(result.wall_s, 1), "unet_evals_per_sample": result.unet_evals_per_sample}
-    store.set_run_status(run_id, "trained", compute)
-    return EvaluatedModel(method, run_id, str(result.unet_dir), overrides=overrides)
+    store.set_run_status(model.run_id, "trained", compute)
+    return dataclasses.replace(model, unet=str(result.unet_dir), train=False)
 
 
 def load_suite(name: str, limit: int | None = None):
@@ -188,20 +217,25 @@ def load_suite(name: str, limit: int | None = None):
     return suite
 
 
-def _generate(model, suites, options, preset, base_model, store, captions) -> dict[str, list[dict]]:
+def _generate(model: EvaluatedModel, job: _ModelJob, store) -> dict[str, list[dict]]:
+    from harness.data import training_captions
     from harness.models import inference_device, load_pipeline
     from harness.sampling import generate
     from harness.suites import caption_overlap
 
+    options, preset = job.options, job.preset
     device, dtype = inference_device()
-    pipe = load_pipeline(base_model, unet=model.unet, unet_subfolder=model.unet_subfolder, dtype=dtype, device=device, vae=preset.vae)
+    pipe = load_pipeline(job.base_model, unet=model.unet, unet_subfolder=model.unet_subfolder, dtype=dtype,
+                         device=device, vae=preset.vae)
     if model.method != BASE:
         from harness.trainer import resolve_config
 
         pipe = METHODS.get(model.method)(resolve_config(model.method, preset.name, model.overrides)).sampler(pipe)
+    captions = training_captions(job.data_dir) if job.data_dir else []
     settings = preset.generation
     manifests = {}
-    for suite in suites:
+    for name in options.suites or preset.suites:
+        suite = load_suite(name, options.max_prompts or preset.max_prompts)
         print(f"   {model.method} / {suite.name} ({len(suite)} prompts)", flush=True)
         folder = Path("images") / model.method / suite.name
         rows = generate(
@@ -230,40 +264,38 @@ def _generate(model, suites, options, preset, base_model, store, captions) -> di
     return manifests
 
 
-def _score(models, suites, manifests, options, preset, store) -> None:
+def _score(model: EvaluatedModel, manifests: dict[str, list[dict]], job: _ModelJob, store) -> None:
     from harness.scoring import get_scorer, score_images
     from harness.scoring.cache import ScoreCache
 
+    options = job.options
     cache = ScoreCache(options.out / "cache" / "scores.sqlite")
-    for scorer_name in options.scorers or preset.scorers:
+    for scorer_name in options.scorers or job.preset.scorers:
         scorer = get_scorer(scorer_name)
-        for model in models:
-            for suite in suites:
-                rows = manifests[model.method][suite.name]
-                folder = options.out / "images" / model.method / suite.name
-                values = score_images(
-                    scorer,
-                    [folder / row["path"] for row in rows],
-                    [row["prompt"] for row in rows],
-                    [row["sha256"] for row in rows],
-                    cache=cache,
-                )
-                store.add_scores(
-                    model.run_id,
-                    suite=suite.name,
-                    rows=[
-                        {
-                            "prompt_id": row["prompt_id"],
-                            "image_index": row["image_index"],
-                            "scorer": scorer.name,
-                            "version": scorer.version,
-                            "scale": scorer.scale,
-                            "value": value,
-                        }
-                        for row, value in zip(rows, values)
-                    ],
-                )
-        print(f"   scored with {scorer_name}", flush=True)
+        for suite_name, rows in manifests.items():
+            folder = options.out / "images" / model.method / suite_name
+            values = score_images(
+                scorer,
+                [folder / row["path"] for row in rows],
+                [row["prompt"] for row in rows],
+                [row["sha256"] for row in rows],
+                cache=cache,
+            )
+            store.add_scores(
+                model.run_id,
+                suite=suite_name,
+                rows=[
+                    {
+                        "prompt_id": row["prompt_id"],
+                        "image_index": row["image_index"],
+                        "scorer": scorer.name,
+                        "version": scorer.version,
+                        "scale": scorer.scale,
+                        "value": value,
+                    }
+                    for row, value in zip(rows, values)
+                ],
+            )
 
 
 def leaderboard(out: Path, base: str = BASE) -> list[dict]:

@@ -1,9 +1,10 @@
 """The results store: one SQLite file, ``DIR/results.db``, per results directory.
 
 Why SQLite: it is embedded (nothing to run), a single file to copy, and in WAL mode
-the dashboard reads while a run writes.  Only rank 0 writes.  Every public write
-method is one ``BEGIN IMMEDIATE ... COMMIT`` transaction, so a run killed at any
-point leaves whole batches or nothing, and a rerun (idempotent upserts) fills in
+the dashboard reads while a run writes.  Under torchrun only rank 0 writes; `harness run`'s
+worker processes each write their own model's rows.  Every public write method is one
+``BEGIN IMMEDIATE ... COMMIT`` transaction, so a run killed at any point leaves whole
+batches or nothing, and a rerun (idempotent upserts) fills in
 only what is missing.
 
 Schema (version 1; ``meta.schema_version``)

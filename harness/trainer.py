@@ -423,7 +423,7 @@ class Trainer:
         writer = self._tensorboard()
         from tqdm.auto import tqdm
 
-        progress = tqdm(range(start, config.max_steps), initial=start, total=config.max_steps, desc=self.method.data,
+        progress = tqdm(range(start, config.max_steps), initial=start, total=config.max_steps, desc=type(self.method).__name__,
                         disable=not self.accelerator.is_local_main_process, dynamic_ncols=True)
         params = trainable_parameters(self.unet)
         self.models.unet_evals = 0

@@ -1,0 +1,71 @@
+"""`harness run` trains, samples and scores the models in worker processes: the results must not
+depend on how many, a failing job must stop the others, and user plugins must reach the workers."""
+
+from __future__ import annotations
+
+import sqlite3
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import harness_cli
+from harness.errors import HarnessError
+from harness.workers import run_jobs
+
+
+def _square_or_fail(job: tuple[str, float]) -> float:
+    kind, value = job
+    if kind == "fail":
+        raise HarnessError(f"job {value} failed")
+    if kind == "sleep":
+        time.sleep(value)
+    return value * value
+
+
+def test_results_come_back_in_job_order():
+    assert run_jobs(_square_or_fail, [("sleep", 1.5), ("ok", 2.0), ("ok", 3.0)], processes=2) == [2.25, 4.0, 9.0]
+
+
+def test_a_failing_job_stops_the_others():
+    started = time.perf_counter()
+    with pytest.raises(HarnessError, match="job 1.0 failed"):
+        run_jobs(_square_or_fail, [("sleep", 120.0), ("fail", 1.0)], processes=2)
+    assert time.perf_counter() - started < 60  # the sleeping worker was terminated, not waited for
+
+
+def _images_and_scores(out: Path, methods: tuple[str, ...]) -> dict:
+    db = sqlite3.connect(out / "results.db")
+    return {tuple(row[:4]): row[4:] for row in db.execute(
+        "SELECT r.method, i.suite, i.prompt_id, i.image_index, i.sha256, s.scorer, s.value FROM images i "
+        "JOIN runs r USING (run_id) JOIN scores s USING (image_id) "
+        f"WHERE r.method IN ({','.join('?' * len(methods))})", methods)}
+
+
+def test_results_do_not_depend_on_jobs_and_plugins_reach_the_workers(tiny_run_dir, tmp_path):
+    """The session's tiny run used one worker per model; here every model runs in this process,
+    one after the other.  A plugin method (DPO under another name) runs in a worker too."""
+    plugin = tmp_path / "renamed_dpo.py"
+    plugin.write_text(textwrap.dedent("""
+        from harness.registry import register_method
+        from methods.dpo import DPO
+
+        @register_method("renamed-dpo")
+        class RenamedDPO(DPO):
+            description = "Diffusion-DPO under another name (a plugin)"
+    """))
+    out = tmp_path / "sequential"
+    result = harness_cli("--plugin", str(plugin), "run", "--preset", "tiny", "--methods", "dpo", "--jobs", "1",
+                         "--out", str(out))
+    assert result.returncode == 0, result.stderr[-3000:]
+    sequential = _images_and_scores(out, ("base", "dpo"))
+    assert sequential and sequential == _images_and_scores(tiny_run_dir, ("base", "dpo"))
+
+    out = tmp_path / "plugin"
+    tiny_dpo = ["max_steps=2", "batch_size=2", "lr=1e-3", "scale_lr=False", "warmup_steps=0", "lr_scheduler=constant"]
+    result = harness_cli("--plugin", str(plugin), "run", "--preset", "tiny", "--methods", "renamed-dpo", "--jobs", "2",
+                         *[arg for setting in tiny_dpo for arg in ("--set", setting)], "--out", str(out))
+    assert result.returncode == 0, result.stderr[-3000:]
+    renamed = {("dpo", *key[1:]): value for key, value in _images_and_scores(out, ("renamed-dpo",)).items()}
+    assert renamed == {key: value for key, value in sequential.items() if key[0] == "dpo"}
