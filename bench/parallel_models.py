@@ -7,8 +7,8 @@ UNet with the toy preset's batch (16 pairs), the two ways of training ``--models
 
 - ``sequential``: one model after another in this process, with all of torch's threads (what
   `harness run` did before it had workers);
-- ``workers``: ``run_jobs`` with one worker per model, one thread each (spawning the workers
-  and importing torch and diffusers in each included).
+- ``workers``: ``run_jobs`` with one worker per model, one thread each (starting the workers
+  included: forked on Linux, spawned elsewhere, see ``harness.workers``).
 
 A step is the unavoidable compute of a DPO step: policy forward + backward and reference
 forward on 2 x 16 latents, then AdamW.  Rounds alternate the two; medians and their ratio.

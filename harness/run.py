@@ -1,8 +1,9 @@
 """`harness run`: train each method from one base, generate, score, store, rank.
 
-The training data is made first (the toy preset samples the base); then each model (the base
-and every method) is one job: train it, sample the suites, score the images.  The jobs run side
-by side in worker processes (``harness.workers``) and write to the one results database.
+Each model (the base and every method) is one job: train it, sample the suites, score the
+images.  The jobs run side by side in worker processes (``harness.workers``) and write to the one
+results database.  The base's job starts first, while this process makes the training data (the
+toy preset samples the base); the methods' jobs follow.
 
 Every stage is idempotent (the trainer resumes from its checkpoints, generation
 skips images already on disk with the right hash, scores are cached by image
@@ -77,7 +78,7 @@ def validate(options: RunOptions, preset: Preset) -> None:
 def run(options: RunOptions) -> list[dict]:
     """Run the whole comparison and return the leaderboard rows."""
     from harness.store import Store
-    from harness.workers import default_processes, run_jobs
+    from harness.workers import default_processes, one_cpu_thread, worker_pool
 
     preset = get_preset(options.preset)
     validate(options, preset)
@@ -87,7 +88,6 @@ def run(options: RunOptions) -> list[dict]:
 
     stage("base model")
     base_model = resolve_base_model(options.model or preset.base_model)
-    data_dir = _training_data(options, preset, base_model, stage) if not options.pretrained else None
     store = Store(out / "results.db")
 
     def make_run(method: str, config: dict) -> int:
@@ -96,24 +96,54 @@ def run(options: RunOptions) -> list[dict]:
         config = {"preset": preset.name, "base_model": base_model, "seed": options.seed, **config}
         return store.get_or_create_run(method, method=method, preset=preset.name, base_model=base_model, config=config)
 
-    models = [EvaluatedModel(BASE, make_run(BASE, {}))]
-    for method in options.methods:
-        if options.pretrained:
-            unet, subfolder = preset.pretrained[method]
-            models.append(EvaluatedModel(method, make_run(method, {"pretrained": unet}), unet, subfolder))
-        else:
-            overrides = preset.overrides_for(method, options.overrides.get(method))
-            run_id = make_run(method, {"data": data_dir, "overrides": overrides})
-            models.append(EvaluatedModel(method, run_id, overrides=overrides, train=True))
+    def job(model: EvaluatedModel, data_dir: str | None) -> _ModelJob:
+        return _ModelJob(model, options, preset, base_model, data_dir, stage)
 
-    processes = options.jobs or default_processes(len(models))
-    stage(f"training, generation and scoring, {min(processes, len(models))} model(s) at a time")
-    longest_first = sorted(models, key=lambda model: not model.train)
-    run_jobs(_evaluate, [_ModelJob(m, options, preset, base_model, data_dir, stage) for m in longest_first], processes)
+    base = EvaluatedModel(BASE, make_run(BASE, {}))
+    n_models = 1 + len(options.methods)
+    processes = min(options.jobs or default_processes(n_models), n_models)
+    stage(f"{n_models} models: training, generation and scoring, {processes} at a time")
+    with worker_pool(processes) as pool:
+        # The base needs no training data: it samples and scores while this process makes the data.
+        futures = [pool.submit(_evaluate, job(base, None))]
+        data_dir = None
+        if not options.pretrained:
+            with one_cpu_thread(on_gpu=pool.gpus > 0):  # the data depends on no core count either
+                data_dir = _training_data(options, preset, base_model, stage)
+        methods = []
+        for method in options.methods:
+            if options.pretrained:
+                unet, subfolder = preset.pretrained[method]
+                methods.append(EvaluatedModel(method, make_run(method, {"pretrained": unet}), unet, subfolder))
+            else:
+                overrides = preset.overrides_for(method, options.overrides.get(method))
+                run_id = make_run(method, {"data": data_dir, "overrides": overrides})
+                methods.append(EvaluatedModel(method, run_id, overrides=overrides, train=True))
+        if data_dir:
+            _record_overlap(store, [base, *methods], options, preset, data_dir)
+        futures += [pool.submit(_evaluate, job(model, data_dir)) for model in methods]
+        pool.results(futures)
     compute = {"wall_s": round(stage.elapsed(), 1)}
-    for model in models:
+    for model in (base, *methods):
         store.set_run_status(model.run_id, "done", compute if model.method == BASE else None)
     return leaderboard(out)
+
+
+def _record_overlap(store, models: list[EvaluatedModel], options: RunOptions, preset: Preset, data_dir: str) -> None:
+    """How many prompts of each unseen suite the training data has captions for (0 is what "unseen" promises)."""
+    from harness.data import training_captions
+    from harness.suites import caption_overlap
+
+    captions = training_captions(data_dir)
+    for name in options.suites or preset.suites:
+        suite = load_suite(name, options.max_prompts or preset.max_prompts)
+        if suite.split != "unseen":
+            continue
+        overlap = caption_overlap(suite, captions)
+        for model in models:
+            store.set_overlap(model.run_id, suite=suite.name, n_overlap=overlap)
+        if overlap:
+            print(f"   warning: {overlap} prompts of unseen suite {suite.name!r} appear in the training captions")
 
 
 class _Stages:
@@ -218,10 +248,8 @@ def load_suite(name: str, limit: int | None = None):
 
 
 def _generate(model: EvaluatedModel, job: _ModelJob, store) -> dict[str, list[dict]]:
-    from harness.data import training_captions
     from harness.models import inference_device, load_pipeline
     from harness.sampling import generate
-    from harness.suites import caption_overlap
 
     options, preset = job.options, job.preset
     device, dtype = inference_device()
@@ -231,7 +259,6 @@ def _generate(model: EvaluatedModel, job: _ModelJob, store) -> dict[str, list[di
         from harness.trainer import resolve_config
 
         pipe = METHODS.get(model.method)(resolve_config(model.method, preset.name, model.overrides)).sampler(pipe)
-    captions = training_captions(job.data_dir) if job.data_dir else []
     settings = preset.generation
     manifests = {}
     for name in options.suites or preset.suites:
@@ -254,11 +281,6 @@ def _generate(model: EvaluatedModel, job: _ModelJob, store) -> dict[str, list[di
         # The store's paths are relative to the results directory (the manifest's, to its folder).
         stored = [{**row, "path": str(folder / row["path"])} for row in rows]
         store.add_images(model.run_id, suite=suite.name, suite_version=suite.version, split=suite.split, rows=stored)
-        if suite.split == "unseen" and captions:
-            overlap = caption_overlap(suite, captions)
-            store.set_overlap(model.run_id, suite=suite.name, n_overlap=overlap)
-            if overlap and model.method == BASE:
-                print(f"   warning: {overlap} prompts of unseen suite {suite.name!r} appear in the training captions")
         manifests[suite.name] = rows
     del pipe
     return manifests

@@ -2,15 +2,24 @@
 
 `harness run` trains, samples and scores each model (the base and every method) as
 one job; the jobs share nothing but the results directory, so they can run at once.
+The base model's job starts first and runs while this process synthesizes the training
+data the methods' jobs need.
 
 On a CPU every job runs with one thread, in a worker process or not:
 - the toy models' ops are too small for two threads to share well (a toy DPO step:
   132 ms with 2 threads; two 1-thread processes side by side take 184 ms each, 1.4x
   the throughput; ``bench/parallel_models.py``: 3 models x 300 steps in 0.81x the time
-  of one after another with 2 threads, spawning the workers included);
+  of one after another with 2 threads, starting the workers included);
 - CPU kernels split their reductions by thread count, so with one thread a
   model's numbers depend neither on ``--jobs`` nor on the machine's core count.
 On GPUs, worker k sees only GPU k (modulo the visible ones); threads are left alone.
+
+Workers are forked on a Linux CPU machine: they start with this process's imports (torch,
+diffusers, plugins), where spawning four of them spent ~30 CPU-seconds importing again.
+The pool forks all its workers at once, before its own threads start, and each worker sets
+one thread before its first torch op (as PyTorch's DataLoader workers do after a fork), so
+no worker uses the OpenMP threads it did not inherit.  With GPUs they are spawned, as CUDA
+cannot be used in a forked child, and load the parent's plugins themselves.
 """
 
 from __future__ import annotations
@@ -18,8 +27,10 @@ from __future__ import annotations
 import multiprocessing
 import os
 import signal
+import sys
 import threading
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import FIRST_EXCEPTION, Future, wait
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
@@ -42,6 +53,11 @@ def default_processes(n_jobs: int) -> int:
     leave cores idle at the end.
     """
     return max(1, min(n_jobs, _gpu_count() or n_jobs))
+
+
+def start_method(gpus: int) -> str:
+    """How worker processes start: forked on a Linux CPU machine, spawned otherwise (see the module's doc)."""
+    return "fork" if not gpus and sys.platform == "linux" else "spawn"
 
 
 @contextmanager
@@ -93,39 +109,70 @@ def _init_worker(slots: Any, gpus: int, plugins: list[str]) -> None:
         torch.set_num_threads(1)
 
 
-def run_jobs(fn: Callable[[Job], Result], jobs: Sequence[Job], processes: int) -> list[Result]:
-    """``[fn(job) for job in jobs]``, on ``processes`` workers; the first failure stops them all.
+class WorkerPool:
+    """``submit`` jobs, then ``results``: the first failure stops every worker.
 
-    ``fn`` must be a module-level function and the jobs picklable (workers are spawned, so
-    CUDA and OpenMP start clean in each).  With one process the jobs run here, in order.
+    ``fn`` must be a module-level function and the jobs picklable.  With one process the
+    jobs run here, one thread on a CPU, each as soon as it is submitted.
     """
-    gpus = _gpu_count()
-    if processes <= 1 or len(jobs) <= 1:
-        with one_cpu_thread(on_gpu=gpus > 0):
-            return [fn(job) for job in jobs]
-    from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
 
-    from harness.registry import loaded_plugins
+    def __init__(self, processes: int) -> None:
+        self.gpus = _gpu_count()
+        self.executor = None
+        if processes > 1:
+            from concurrent.futures import ProcessPoolExecutor
 
-    context = multiprocessing.get_context("spawn")
-    slots = context.Queue()
-    for slot in range(processes):
-        slots.put(slot)
-    # A worker that dies (killed, out of memory) fails its job with BrokenProcessPool instead of hanging.
-    executor = ProcessPoolExecutor(processes, mp_context=context, initializer=_init_worker,
-                                   initargs=(slots, gpus, loaded_plugins()))
-    try:
-        futures = [executor.submit(fn, job) for job in jobs]
+            from harness.registry import loaded_plugins
+
+            method = start_method(self.gpus)
+            context = multiprocessing.get_context(method)
+            slots = context.SimpleQueue()  # unlike Queue, no feeder thread for a fork to copy
+            for slot in range(processes):
+                slots.put(slot)
+            plugins = loaded_plugins() if method == "spawn" else []  # a forked worker has them already
+            # A worker that dies (killed, out of memory) fails its job with BrokenProcessPool instead of hanging.
+            self.executor = ProcessPoolExecutor(processes, mp_context=context, initializer=_init_worker,
+                                                initargs=(slots, self.gpus, plugins))
+
+    def submit(self, fn: Callable[[Job], Result], job: Job) -> Future:
+        if self.executor is not None:
+            return self.executor.submit(fn, job)
+        future: Future = Future()
+        with one_cpu_thread(on_gpu=self.gpus > 0):
+            future.set_result(fn(job))
+        return future
+
+    def results(self, futures: Sequence[Future]) -> list:
+        """The futures' results in order, once all are done, or the first failure."""
         done, _ = wait(futures, return_when=FIRST_EXCEPTION)
         for future in done:
             if future.exception() is not None:
                 raise future.exception()
         return [future.result() for future in futures]
+
+    def close(self, failed: bool) -> None:
+        if self.executor is None:
+            return
+        if failed:
+            _stop_workers(self.executor)  # the other jobs stop too; a rerun resumes them from their checkpoints
+        self.executor.shutdown(wait=True, cancel_futures=True)
+
+
+@contextmanager
+def worker_pool(processes: int) -> Iterator[WorkerPool]:
+    pool = WorkerPool(processes)
+    try:
+        yield pool
     except BaseException:
-        _stop_workers(executor)  # the other jobs stop too; a rerun resumes them from their checkpoints
+        pool.close(failed=True)
         raise
-    finally:
-        executor.shutdown(wait=True, cancel_futures=True)
+    pool.close(failed=False)
+
+
+def run_jobs(fn: Callable[[Job], Result], jobs: Sequence[Job], processes: int) -> list[Result]:
+    """``[fn(job) for job in jobs]``, on ``processes`` workers; the first failure stops them all."""
+    with worker_pool(min(processes, len(jobs))) as pool:
+        return pool.results([pool.submit(fn, job) for job in jobs])
 
 
 def _stop_workers(executor: Any) -> None:

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from conftest import harness_cli
+from harness import registry, workers
 from harness.errors import HarnessError
 from harness.workers import run_jobs
 
@@ -35,6 +36,31 @@ def test_a_failing_job_stops_the_others():
     assert time.perf_counter() - started < 60  # the sleeping worker was terminated, not waited for
 
 
+def _method_description(name: str) -> str:
+    return registry.METHODS.get(name).description
+
+
+def test_spawned_workers_load_the_plugins(monkeypatch, tmp_path):
+    """On a GPU machine workers are spawned, not forked (CUDA cannot be forked): they import the
+    parent's plugins themselves.  Forked workers (a CPU) inherit them: the next test covers that."""
+    registry.METHODS.names()  # built-ins loaded before the entries are copied
+    monkeypatch.setattr(registry.METHODS, "_entries", dict(registry.METHODS._entries))  # undone after the test
+    monkeypatch.setattr(registry, "_LOADED_PLUGINS", [])
+    plugin = tmp_path / "spawned_plugin.py"
+    plugin.write_text(textwrap.dedent("""
+        from harness.registry import register_method
+        from methods.dpo import DPO
+
+        @register_method("spawned-dpo")
+        class SpawnedDPO(DPO):
+            description = "registered by a plugin"
+    """))
+    registry.load_plugin(str(plugin))
+    monkeypatch.setattr(workers, "start_method", lambda gpus: "spawn")
+    assert run_jobs(_method_description, ["spawned-dpo", "dpo"], processes=2) == [
+        "registered by a plugin", registry.METHODS.get("dpo").description]
+
+
 def _images_and_scores(out: Path, methods: tuple[str, ...]) -> dict:
     db = sqlite3.connect(out / "results.db")
     return {tuple(row[:4]): row[4:] for row in db.execute(
@@ -45,7 +71,7 @@ def _images_and_scores(out: Path, methods: tuple[str, ...]) -> dict:
 
 def test_results_do_not_depend_on_jobs_and_plugins_reach_the_workers(tiny_run_dir, tmp_path):
     """The session's tiny run used one worker per model; here every model runs in this process,
-    one after the other.  A plugin method (DPO under another name) runs in a worker too."""
+    one after the other.  A plugin method (DPO under another name) runs in a (forked) worker too."""
     plugin = tmp_path / "renamed_dpo.py"
     plugin.write_text(textwrap.dedent("""
         from harness.registry import register_method
