@@ -99,26 +99,28 @@ def run(options: RunOptions) -> list[dict]:
     def job(model: EvaluatedModel, data_dir: str | None) -> _ModelJob:
         return _ModelJob(model, options, preset, base_model, data_dir, stage)
 
+    # Every run is made (or its config checked against the stored one) before any heavy work.
+    data = None if options.pretrained else options.data or preset.data
+    data_dir = str(out / "data") if data == "synthesize" else data
     base = EvaluatedModel(BASE, make_run(BASE, {}))
-    n_models = 1 + len(options.methods)
-    processes = min(options.jobs or default_processes(n_models), n_models)
-    stage(f"{n_models} models: training, generation and scoring, {processes} at a time")
+    methods = []
+    for method in options.methods:
+        if options.pretrained:
+            unet, subfolder = preset.pretrained[method]
+            methods.append(EvaluatedModel(method, make_run(method, {"pretrained": unet}), unet, subfolder))
+        else:
+            overrides = preset.overrides_for(method, options.overrides.get(method))
+            run_id = make_run(method, {"data": data_dir, "overrides": overrides})
+            methods.append(EvaluatedModel(method, run_id, overrides=overrides, train=True))
+
+    processes = min(options.jobs or default_processes(len(methods) + 1), len(methods) + 1)
+    stage(f"{len(methods) + 1} models: training, generation and scoring, {processes} at a time")
     with worker_pool(processes) as pool:
         # The base needs no training data: it samples and scores while this process makes the data.
         futures = [pool.submit(_evaluate, job(base, None))]
-        data_dir = None
-        if not options.pretrained:
+        if data == "synthesize":
             with one_cpu_thread(on_gpu=pool.gpus > 0):  # the data depends on no core count either
-                data_dir = _training_data(options, preset, base_model, stage)
-        methods = []
-        for method in options.methods:
-            if options.pretrained:
-                unet, subfolder = preset.pretrained[method]
-                methods.append(EvaluatedModel(method, make_run(method, {"pretrained": unet}), unet, subfolder))
-            else:
-                overrides = preset.overrides_for(method, options.overrides.get(method))
-                run_id = make_run(method, {"data": data_dir, "overrides": overrides})
-                methods.append(EvaluatedModel(method, run_id, overrides=overrides, train=True))
+                _synthesize(options, preset, base_model, Path(data_dir), stage)
         if data_dir:
             _record_overlap(store, [base, *methods], options, preset, data_dir)
         futures += [pool.submit(_evaluate, job(model, data_dir)) for model in methods]
@@ -159,10 +161,7 @@ class _Stages:
         return time.time() - self.started
 
 
-def _training_data(options: RunOptions, preset: Preset, base_model: str, stage: _Stages) -> str:
-    data = options.data or preset.data
-    if data != "synthesize":
-        return data
+def _synthesize(options: RunOptions, preset: Preset, base_model: str, data_dir: Path, stage: _Stages) -> None:
     from harness.preference_data import synthesize
     from harness.toyworld import grammar
 
@@ -170,9 +169,7 @@ def _training_data(options: RunOptions, preset: Preset, base_model: str, stage: 
     settings = dict(preset.synthesize)
     max_captions = settings.pop("max_captions", None)
     captions = grammar.training_captions()[:max_captions]
-    data_dir = options.out / "data"
     synthesize(base_model, captions, data_dir, scorers=list(preset.scorers), **settings)
-    return str(data_dir)
 
 
 @dataclass
