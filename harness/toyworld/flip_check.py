@@ -49,13 +49,11 @@ def main(argv: list[str] | None = None) -> None:
         for row in rows:
             if row["metric"] != args.metric:
                 continue
-            if row["method"] == "base":
-                print(f"  base            {row['suite']:<11} {row['mean']:.4f}")
-            else:
-                print(
-                    f"  dpo ({label}) {row['suite']:<11} {row['mean']:.4f} "
-                    f"[{row['delta_vs_base']:+.4f}, {row['delta_ci_low']:+.4f} .. {row['delta_ci_high']:+.4f}]"
-                )
+            name, delta = "base", ""
+            if row["method"] != "base":
+                name = f"dpo ({label})"
+                delta = f" [{row['delta_vs_base']:+.4f}, {row['delta_ci_low']:+.4f} .. {row['delta_ci_high']:+.4f}]"
+            print(f"  {name:<20} {row['suite']:<11} {row['mean']:.4f}{delta}")
 
 
 if __name__ == "__main__":
