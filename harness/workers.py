@@ -15,7 +15,7 @@ On a CPU every job runs with one thread, in a worker process or not:
 On GPUs, worker k sees only GPU k (modulo the visible ones); threads are left alone.
 
 Workers are forked on a Linux CPU machine: they start with this process's imports (torch,
-diffusers, plugins), where spawning four of them spent ~30 CPU-seconds importing again.
+diffusers, plugins), where each spawned worker spent ~10 CPU-seconds importing them again.
 The pool forks all its workers at once, before its own threads start, and each worker sets
 one thread before its first torch op (as PyTorch's DataLoader workers do after a fork), so
 no worker uses the OpenMP threads it did not inherit.  With GPUs they are spawned, as CUDA
