@@ -78,7 +78,7 @@ def validate(options: RunOptions, preset: Preset) -> None:
 def run(options: RunOptions) -> list[dict]:
     """Run the whole comparison and return the leaderboard rows."""
     from harness.store import Store
-    from harness.workers import default_processes, one_cpu_thread, worker_pool
+    from harness.workers import WorkerPool, default_processes, one_cpu_thread
 
     preset = get_preset(options.preset)
     validate(options, preset)
@@ -113,9 +113,10 @@ def run(options: RunOptions) -> list[dict]:
             run_id = make_run(method, {"data": data_dir, "overrides": overrides})
             methods.append(EvaluatedModel(method, run_id, overrides=overrides, train=True))
 
-    processes = min(options.jobs or default_processes(len(methods) + 1), len(methods) + 1)
-    stage(f"{len(methods) + 1} models: training, generation and scoring, {processes} at a time")
-    with worker_pool(processes) as pool:
+    n_models = len(methods) + 1
+    processes = min(options.jobs or default_processes(n_models), n_models)
+    stage(f"{n_models} models: training, generation and scoring, {processes} at a time")
+    with WorkerPool(processes) as pool:
         # The base needs no training data: it samples and scores while this process makes the data.
         futures = [pool.submit(_evaluate, job(base, None))]
         if data == "synthesize":

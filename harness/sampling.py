@@ -207,10 +207,11 @@ def _batch_invariant_numerics(pipe: Any) -> Iterator[None]:
     with the shape fixed, a row's result did not depend on its position in the chunk or on
     the other rows (measured, and tested across batch sizes and process counts).  The
     decoder 16 at a time is 3.7x faster than one at a time.  The UNet's other layers
-    measured batch-invariant as long as they see at least 2 rows, which classifier-free guidance ensures (with guidance_scale <= 1
-    a batch of one image can still differ).  Results can also change with the number of
-    CPU threads.  On a GPU, cuBLAS/cuDNN choose kernels by shape too; the chunking
-    cost is not paid there, and images agree across batch sizes up to float rounding.
+    measured batch-invariant as long as they see at least 2 rows, which classifier-free
+    guidance ensures (with guidance_scale <= 1 a batch of one image can still differ).
+    Results can also change with the number of CPU threads.  On a GPU, cuBLAS/cuDNN
+    choose kernels by shape too; the chunking cost is not paid there, and images agree
+    across batch sizes up to float rounding.
     """
     if pipe._execution_device.type != "cpu":
         yield

@@ -110,7 +110,7 @@ def _init_worker(slots: Any, gpus: int, plugins: list[str]) -> None:
 
 
 class WorkerPool:
-    """``submit`` jobs, then ``results``: the first failure stops every worker.
+    """``with WorkerPool(n) as pool``: ``submit`` jobs, then ``results``; the first failure stops every worker.
 
     ``fn`` must be a module-level function and the jobs picklable.  With one process the
     jobs run here, one thread on a CPU, each as soon as it is submitted.
@@ -150,28 +150,20 @@ class WorkerPool:
                 raise future.exception()
         return [future.result() for future in futures]
 
-    def close(self, failed: bool) -> None:
+    def __enter__(self) -> "WorkerPool":
+        return self
+
+    def __exit__(self, exc_type: type | None, *exc_info: object) -> None:
         if self.executor is None:
             return
-        if failed:
+        if exc_type is not None:
             _stop_workers(self.executor)  # the other jobs stop too; a rerun resumes them from their checkpoints
         self.executor.shutdown(wait=True, cancel_futures=True)
 
 
-@contextmanager
-def worker_pool(processes: int) -> Iterator[WorkerPool]:
-    pool = WorkerPool(processes)
-    try:
-        yield pool
-    except BaseException:
-        pool.close(failed=True)
-        raise
-    pool.close(failed=False)
-
-
 def run_jobs(fn: Callable[[Job], Result], jobs: Sequence[Job], processes: int) -> list[Result]:
     """``[fn(job) for job in jobs]``, on ``processes`` workers; the first failure stops them all."""
-    with worker_pool(min(processes, len(jobs))) as pool:
+    with WorkerPool(min(processes, len(jobs))) as pool:
         return pool.results([pool.submit(fn, job) for job in jobs])
 
 
