@@ -237,8 +237,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="[METHOD.]FIELD=VALUE", help="override a method's config field")
     p.add_argument("--pretrained", action="store_true", help="evaluate the published checkpoints instead of training")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--jobs", type=int, help="models trained, sampled and scored at once "
-                   "(default: all of them on a CPU, one thread each; one per GPU)")
+    p.add_argument("--jobs", type=int, help="jobs (a training, a model's evaluation) run at once "
+                   "(default: one per core on a CPU, one thread each; one per GPU)")
 
     p = command("train", cmd_train, "train one method and write its UNet in diffusers format")
     p.add_argument("--method", required=True)

@@ -1,9 +1,10 @@
 """`harness run`: train each method from one base, generate, score, store, rank.
 
-Each model (the base and every method) is one job: train it, sample the suites, score the
-images.  The jobs run side by side in worker processes (``harness.workers``) and write to the one
-results database.  The base's job starts first, while this process makes the training data (the
-toy preset samples the base); the methods' jobs follow.
+Each method's training is one job, and each model's evaluation (the base's and every trained
+method's: sample the suites, score the images) another.  The jobs run side by side in worker
+processes (``harness.workers``) and write to the one results database: first the base's
+evaluation, which needs no training data (the toy preset makes the data in this process
+meanwhile), then the trainings, and each trained model's evaluation as soon as its training ends.
 
 Every stage is idempotent (the trainer resumes from its checkpoints, generation
 skips images already on disk with the right hash, scores are cached by image
@@ -40,7 +41,7 @@ class RunOptions:
     overrides: dict[str, dict[str, Any]] = field(default_factory=dict)  # method -> {field: value}
     pretrained: bool = False
     seed: int = 0
-    jobs: int | None = None  # models trained, sampled and scored at once (None: all on a CPU, one per GPU)
+    jobs: int | None = None  # jobs (trainings, evaluations) at once (None: one per core on a CPU, one per GPU)
 
 
 @dataclass
@@ -115,21 +116,37 @@ def run(options: RunOptions) -> list[dict]:
 
     n_models = len(methods) + 1
     processes = min(options.jobs or default_processes(n_models), n_models)
-    stage(f"{n_models} models: training, generation and scoring, {processes} at a time")
+    _import_job_libraries()
+    stage(f"{n_models} models: training, then generation and scoring, {processes} jobs at a time")
+    # Jobs start in the order they are submitted, as workers free up: the base's evaluation first
+    # (it needs no training data, so it runs while the data is made here), then the trainings, and
+    # each trained model's evaluation as soon as its training ends.
     with WorkerPool(processes) as pool:
-        # The base needs no training data: it samples and scores while this process makes the data.
-        futures = [pool.submit(_evaluate, job(base, None))]
+        pending = {pool.submit(_evaluate, job(base, None))}
         if data == "synthesize":
             with one_cpu_thread(on_gpu=pool.gpus > 0):  # the data depends on no core count either
                 _synthesize(options, preset, base_model, Path(data_dir), stage)
         if data_dir:
             _record_overlap(store, [base, *methods], options, preset, data_dir)
-        futures += [pool.submit(_evaluate, job(model, data_dir)) for model in methods]
-        pool.results(futures)
+        trainings = {pool.submit(_train, job(model, data_dir)) for model in methods if model.train}
+        pending |= trainings
+        pending |= {pool.submit(_evaluate, job(model, data_dir)) for model in methods if not model.train}
+        while pending:
+            for future in pool.wait_any(pending):
+                pending.remove(future)
+                if future in trainings:
+                    pending.add(pool.submit(_evaluate, job(future.result(), data_dir)))
     compute = {"wall_s": round(stage.elapsed(), 1)}
     for model in (base, *methods):
         store.set_run_status(model.run_id, "done", compute if model.method == BASE else None)
     return leaderboard(out)
+
+
+def _import_job_libraries() -> None:
+    """Import here, once, what every job imports: forked workers inherit it (each spent ~2 s of CPU on it)."""
+    import accelerate  # noqa: F401  (the trainer)
+    from diffusers import StableDiffusionPipeline  # noqa: F401  (loading and sampling; imports the models)
+    from torch.utils.tensorboard import SummaryWriter  # noqa: F401  (the trainer's logs)
 
 
 def _record_overlap(store, models: list[EvaluatedModel], options: RunOptions, preset: Preset, data_dir: str) -> None:
@@ -163,6 +180,7 @@ class _Stages:
 
 
 def _synthesize(options: RunOptions, preset: Preset, base_model: str, data_dir: Path, stage: _Stages) -> None:
+    from harness.models import default_cache_dir
     from harness.preference_data import synthesize
     from harness.toyworld import grammar
 
@@ -170,7 +188,8 @@ def _synthesize(options: RunOptions, preset: Preset, base_model: str, data_dir: 
     settings = dict(preset.synthesize)
     max_captions = settings.pop("max_captions", None)
     captions = grammar.training_captions()[:max_captions]
-    synthesize(base_model, captions, data_dir, scorers=list(preset.scorers), **settings)
+    synthesize(base_model, captions, data_dir, scorers=list(preset.scorers), cache_dir=default_cache_dir() / "training-data",
+               **settings)
 
 
 @dataclass
@@ -185,54 +204,55 @@ class _ModelJob:
     stage: _Stages
 
 
+def _train(job: _ModelJob) -> EvaluatedModel:
+    """Train a method from the base (a job); the model returned holds its trained UNet."""
+    from harness.store import Store
+    from harness.trainer import train
+
+    model = job.model
+    job.stage(f"{model.method}: training")
+    with Store(job.options.out / "results.db") as store:
+        store.set_run_status(model.run_id, "running")
+        pending: list[tuple[int, dict[str, float]]] = []
+
+        def on_log(step: int, terms: dict[str, float]) -> None:
+            pending.append((step, dict(terms)))
+            if len(pending) >= 20:
+                store.log_training(model.run_id, pending)
+                pending.clear()
+
+        try:
+            result = train(
+                model.method,
+                base_model=job.base_model,
+                data_dir=Path(job.data_dir),
+                output_dir=job.options.out / "models" / model.method,
+                preset=job.preset.name,
+                overrides=model.overrides,
+                on_log=on_log,
+                resume=True,
+                seed=job.options.seed,
+            )
+        except BaseException:
+            store.log_training(model.run_id, pending)
+            store.set_run_status(model.run_id, "failed")
+            raise
+        store.log_training(model.run_id, pending)
+        store.add_checkpoint(model.run_id, result.steps, str(result.unet_dir))
+        compute = {"train_wall_s": round(result.wall_s, 1), "unet_evals_per_sample": result.unet_evals_per_sample}
+        store.set_run_status(model.run_id, "trained", compute)
+    return dataclasses.replace(model, unet=str(result.unet_dir), train=False)
+
+
 def _evaluate(job: _ModelJob) -> None:
-    """Train (a method), generate the suites, score them: one model's whole part of the run."""
+    """Generate the suites and score them: one model's evaluation (a job)."""
     from harness.store import Store
 
     with Store(job.options.out / "results.db") as store:
-        model = job.model
-        if model.train:
-            job.stage(f"{model.method}: training")
-            model = _train(model, job, store)
-        job.stage(f"{model.method}: generation")
-        manifests = _generate(model, job, store)
-        job.stage(f"{model.method}: scoring")
-        _score(model, manifests, job, store)
-
-
-def _train(model: EvaluatedModel, job: _ModelJob, store) -> EvaluatedModel:
-    from harness.trainer import train
-
-    store.set_run_status(model.run_id, "running")
-    pending: list[tuple[int, dict[str, float]]] = []
-
-    def on_log(step: int, terms: dict[str, float]) -> None:
-        pending.append((step, dict(terms)))
-        if len(pending) >= 20:
-            store.log_training(model.run_id, pending)
-            pending.clear()
-
-    try:
-        result = train(
-            model.method,
-            base_model=job.base_model,
-            data_dir=Path(job.data_dir),
-            output_dir=job.options.out / "models" / model.method,
-            preset=job.preset.name,
-            overrides=model.overrides,
-            on_log=on_log,
-            resume=True,
-            seed=job.options.seed,
-        )
-    except BaseException:
-        store.log_training(model.run_id, pending)
-        store.set_run_status(model.run_id, "failed")
-        raise
-    store.log_training(model.run_id, pending)
-    store.add_checkpoint(model.run_id, result.steps, str(result.unet_dir))
-    compute = {"train_wall_s": round(result.wall_s, 1), "unet_evals_per_sample": result.unet_evals_per_sample}
-    store.set_run_status(model.run_id, "trained", compute)
-    return dataclasses.replace(model, unet=str(result.unet_dir), train=False)
+        job.stage(f"{job.model.method}: generation")
+        manifests = _generate(job.model, job, store)
+        job.stage(f"{job.model.method}: scoring")
+        _score(job.model, manifests, job, store)
 
 
 def load_suite(name: str, limit: int | None = None):

@@ -1,18 +1,22 @@
 """Independent jobs side by side in worker processes: one thread each on a CPU, one GPU each.
 
-`harness run` trains, samples and scores each model (the base and every method) as
-one job; the jobs share nothing but the results directory, so they can run at once.
-The base model's job starts first and runs while this process synthesizes the training
-data the methods' jobs need.
+`harness run` makes each model's training one job and its evaluation (sampling and scoring
+the suites) another; the jobs share nothing but the results directory, so they can run at
+once.  A pool has one worker per core on a CPU, one per GPU: more jobs than that at once
+would share the cores, and that is slower than queueing them (below).
 
 On a CPU every job runs with one thread, in a worker process or not:
 - the toy models' ops are too small for two threads to share well (a toy DPO step:
   132 ms with 2 threads; two 1-thread processes side by side take 184 ms each, 1.4x
-  the throughput; ``bench/parallel_models.py``: 3 models x 300 steps in 0.81x the time
-  of one after another with 2 threads, starting the workers included);
+  the throughput; ``bench/parallel_models.py``);
 - CPU kernels split their reductions by thread count, so with one thread a
   model's numbers depend neither on ``--jobs`` nor on the machine's core count.
 On GPUs, worker k sees only GPU k (modulo the visible ones); threads are left alone.
+
+One worker per core, not per job: on 2 cores, four toy trainings took 1.07x to 1.22x the time
+with four workers sharing the cores as with two workers taking two each, and six took 1.17x
+with three workers as with two (``bench/parallel_models.py --models 4``): the 2 cores share a
+32 MB cache, which several models' weights, optimizer states and activations overflow.
 
 Workers are forked on a Linux CPU machine: they start with this process's imports (torch,
 diffusers, plugins), where each spawned worker spent ~10 CPU-seconds importing them again.
@@ -29,8 +33,8 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import FIRST_EXCEPTION, Future, wait
+from collections.abc import Callable, Collection, Iterator, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, wait
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
@@ -45,14 +49,9 @@ def _gpu_count() -> int:
 
 
 def default_processes(n_jobs: int) -> int:
-    """One worker per GPU on a GPU machine; on a CPU one per job, even beyond the core count.
-
-    Measured, toy run with 4 models on 2 cores: 4 workers 156 s, 3 workers 164 s, 2 workers 196 s
-    (one thread each), all 4 models in this process with 2 threads 206 s.  Over-subscribing the
-    cores costs little, and the jobs' lengths differ (the base only samples), so fewer workers
-    leave cores idle at the end.
-    """
-    return max(1, min(n_jobs, _gpu_count() or n_jobs))
+    """One worker per GPU on a GPU machine, one per core on a CPU (never more than there are jobs)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, min(n_jobs, _gpu_count() or cores))
 
 
 def start_method(gpus: int) -> str:
@@ -110,10 +109,11 @@ def _init_worker(slots: Any, gpus: int, plugins: list[str]) -> None:
 
 
 class WorkerPool:
-    """``with WorkerPool(n) as pool``: ``submit`` jobs, then ``results``; the first failure stops every worker.
+    """``with WorkerPool(n) as pool``: ``submit`` jobs, then ``wait_any`` or ``results``; the first failure stops every worker.
 
-    ``fn`` must be a module-level function and the jobs picklable.  With one process the
-    jobs run here, one thread on a CPU, each as soon as it is submitted.
+    Jobs start in the order they are submitted, each on the first free worker.  ``fn`` must be
+    a module-level function and the jobs picklable.  With one process the jobs run here, one
+    thread on a CPU, each as soon as it is submitted.
     """
 
     def __init__(self, processes: int) -> None:
@@ -142,12 +142,19 @@ class WorkerPool:
             future.set_result(fn(job))
         return future
 
-    def results(self, futures: Sequence[Future]) -> list:
-        """The futures' results in order, once all are done, or the first failure."""
-        done, _ = wait(futures, return_when=FIRST_EXCEPTION)
+    def wait_any(self, futures: Collection[Future]) -> set[Future]:
+        """The futures that are done, once one is; a failed job's exception is raised here."""
+        done, _ = wait(futures, return_when=FIRST_COMPLETED)
         for future in done:
             if future.exception() is not None:
                 raise future.exception()
+        return done
+
+    def results(self, futures: Sequence[Future]) -> list:
+        """The futures' results in order, once all are done, or the first failure."""
+        pending = set(futures)
+        while pending:
+            pending -= self.wait_any(pending)
         return [future.result() for future in futures]
 
     def __enter__(self) -> "WorkerPool":

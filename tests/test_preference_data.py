@@ -90,6 +90,49 @@ def test_synthesize_is_idempotent_and_redoes_work_when_settings_change(synthesiz
             assert p["label_0"] == float(p["score_0"] > p["score_1"])
 
 
+def _data_files(data_dir: Path) -> dict[str, bytes]:
+    return {str(path.relative_to(data_dir)): path.read_bytes() for path in sorted(data_dir.rglob("*"))
+            if path.is_file() and not path.name.startswith("scores.sqlite")}
+
+
+def test_data_made_once_is_copied_from_the_cache(synthesized, tiny_model_dir: Path, tmp_path: Path, monkeypatch) -> None:
+    import harness.preference_data as preference_data
+
+    _, settings = synthesized
+    cache = tmp_path / "cache"
+    first = synthesize(tiny_model_dir, CAPTIONS, tmp_path / "first", cache_dir=cache, **settings)
+    (entry,) = cache.iterdir()
+    assert not list(entry.glob("scores.sqlite*"))  # the synthesis's own score cache is not published
+
+    def no_sampling(*args, **kwargs):
+        raise AssertionError("the base model was sampled again")
+
+    monkeypatch.setattr(preference_data, "_sample", no_sampling)
+    second = synthesize(tiny_model_dir, CAPTIONS, tmp_path / "second", cache_dir=cache, **settings)
+    assert _data_files(second) == _data_files(first)
+    assert len(_data_files(second)) > len(CAPTIONS) * 4  # the images came too
+    # Other settings are other data: made again (here: the sampler is called).
+    with pytest.raises(AssertionError, match="sampled again"):
+        synthesize(tiny_model_dir, CAPTIONS, tmp_path / "third", cache_dir=cache, **{**settings, "seed": 1})
+
+
+def test_the_cache_key_follows_the_model_files_and_skips_hub_models(synthesized, tiny_model_dir: Path, tmp_path: Path) -> None:
+    import os
+    import shutil
+
+    from harness.preference_data import _cache_entry
+
+    _, settings = synthesized
+    model = shutil.copytree(tiny_model_dir, tmp_path / "model")
+    before = _cache_entry(tmp_path, model, settings)
+    assert _cache_entry(tmp_path, model, settings) == before
+    weights = next(model.glob("unet/*.safetensors"))
+    os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 1))  # retrained in place
+    assert _cache_entry(tmp_path, model, settings) != before
+    assert _cache_entry(tmp_path, model, {**settings, "seed": 7}) not in (before, _cache_entry(tmp_path, model, settings))
+    assert _cache_entry(tmp_path, "org/hub-model", settings) is None  # a hub id names no fixed files
+
+
 @pytest.mark.parametrize(
     "change, message",
     [

@@ -36,6 +36,13 @@ def test_a_failing_job_stops_the_others():
     assert time.perf_counter() - started < 60  # the sleeping worker was terminated, not waited for
 
 
+def test_a_cpu_pool_has_one_worker_per_core_at_most():
+    import os
+
+    cores = len(os.sched_getaffinity(0))
+    assert [workers.default_processes(n) for n in (1, cores, cores + 3)] == [1, cores, cores]
+
+
 def _method_description(name: str) -> str:
     return registry.METHODS.get(name).description
 
@@ -70,8 +77,9 @@ def _images_and_scores(out: Path, methods: tuple[str, ...]) -> dict:
 
 
 def test_results_do_not_depend_on_jobs_and_plugins_reach_the_workers(tiny_run_dir, tmp_path):
-    """The session's tiny run used one worker per model; here every model runs in this process,
-    one after the other.  A plugin method (DPO under another name) runs in a (forked) worker too."""
+    """The session's tiny run used two workers (two models, at least two cores); here every job runs
+    in this process, one after the other.  A plugin method (DPO under another name) runs in a (forked)
+    worker too."""
     plugin = tmp_path / "renamed_dpo.py"
     plugin.write_text(textwrap.dedent("""
         from harness.registry import register_method
