@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -22,6 +23,26 @@ def replacing(path: Path) -> Iterator[Path]:
         os.replace(temporary, path)
     finally:
         temporary.unlink(missing_ok=True)
+
+
+@contextmanager
+def publishing(directory: Path) -> Iterator[Path]:
+    """A private temporary directory beside ``directory``, renamed onto it if the block succeeds.
+
+    For content-keyed caches, which several processes may build at once: the first to finish
+    publishes, the others' identical copies are discarded.  A failed block leaves nothing behind.
+    """
+    directory = Path(directory)
+    temporary = directory.with_name(f".{directory.name}.{os.getpid()}.tmp")
+    try:
+        yield temporary
+        try:
+            temporary.rename(directory)
+        except OSError:
+            if not directory.exists():
+                raise
+    finally:
+        shutil.rmtree(temporary, ignore_errors=True)
 
 
 def write_jsonl(path: Path, rows: Iterable[dict]) -> None:

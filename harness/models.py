@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from harness.atomic import publishing
 from harness.errors import HarnessError
 
 CLIP_VOCAB_SIZE = 49408
@@ -146,10 +147,9 @@ def save_tiny_pipeline(out_dir: str | Path, config: TinyPipelineConfig = TinyPip
     out_dir = Path(out_dir)
     if (out_dir / "model_index.json").exists():
         return out_dir
-    tmp = out_dir.with_name(out_dir.name + ".tmp")
-    build_tiny_pipeline(config).save_pretrained(tmp)
-    (tmp / "tiny_config.json").write_text(json.dumps(asdict(config)), encoding="utf-8")
-    tmp.rename(out_dir)
+    with publishing(out_dir) as temporary:
+        build_tiny_pipeline(config).save_pretrained(temporary)
+        (temporary / "tiny_config.json").write_text(json.dumps(asdict(config)), encoding="utf-8")
     return out_dir
 
 

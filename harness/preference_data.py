@@ -24,14 +24,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from harness.atomic import replacing, write_jsonl
+from harness.atomic import publishing, replacing, write_jsonl
 from harness.distributed import barrier, rank_and_size
 from harness.errors import HarnessError
 
@@ -200,18 +199,14 @@ def _copy_dataset(source: Path, out_dir: Path) -> None:
 
 
 def _publish(out_dir: Path, entry: Path) -> None:
-    """Copy finished data into the cache under a private name, then rename it into place (first one wins)."""
+    """Copy finished data into the cache (a cache that cannot be written costs nothing: the data is in out_dir)."""
     if entry.exists():
         return
-    temporary = entry.with_name(f".{entry.name}.{os.getpid()}.tmp")
     try:
-        shutil.copytree(out_dir, temporary, ignore=_NOT_PUBLISHED, dirs_exist_ok=True)
-        temporary.rename(entry)
-    except OSError as exc:  # another process published first, or the cache is not writable: the data is in out_dir
-        if not entry.exists():
-            print(f"note: training data not cached in {entry.parent} ({exc.strerror or exc})", flush=True)
-    finally:
-        shutil.rmtree(temporary, ignore_errors=True)
+        with publishing(entry) as temporary:
+            shutil.copytree(out_dir, temporary, ignore=_NOT_PUBLISHED)
+    except OSError as exc:
+        print(f"note: training data not cached in {entry.parent} ({exc.strerror or exc})", flush=True)
 
 
 def noisy_label(utility_gap: float, temperature: float, tie_margin: float, rng: np.random.Generator) -> float:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -26,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from harness.atomic import replacing
+from harness.atomic import publishing, replacing
 from harness.models import TinyPipelineConfig, build_tiny_pipeline, default_cache_dir
 from harness.toyworld.grammar import COLOURS, POSITIONS, SHAPES, seen_scenes
 from harness.toyworld.render import IMAGE_SIZE, Degradation, render
@@ -241,13 +240,6 @@ def ensure_base_model(cache_dir: Path | None = None) -> Path:
     out = cache_dir / f"toy-base-{file_digest(weights)[:12]}"
     if (out / "model_index.json").exists():
         return out
-    # A private temporary name: concurrent processes (several ranks) may build at once.
-    tmp = out.with_name(f"{out.name}.{os.getpid()}.tmp")
-    pipeline_from_weights(weights, tokenizer_dir=cache_dir / "clip-tokenizer").save_pretrained(tmp)
-    try:
-        tmp.rename(out)
-    except OSError:  # another process finished first; its copy is identical
-        import shutil
-
-        shutil.rmtree(tmp, ignore_errors=True)
+    with publishing(out) as temporary:  # concurrent processes (several ranks) may build at once
+        pipeline_from_weights(weights, tokenizer_dir=cache_dir / "clip-tokenizer").save_pretrained(temporary)
     return out
