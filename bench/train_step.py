@@ -156,7 +156,8 @@ def sd15_dpo_step(unet_kind: str, device: str, rounds: int) -> None:
                         scheduler=scheduler, autocast=autocast)
         method = DPO(DPOConfig())
         size = shape["sample_size"]
-        batch = Batch(latents=torch.randn(2, 4, size, size, device=device), cond=Cond(torch.randn(1, 77, 768, device=device)),
+        latents = torch.randn(2, 4, size, size, device=device)
+        batch = Batch(latents=latents, means=latents, cond=Cond(torch.randn(1, 77, 768, device=device)),
                       keys=["w", "l"], scores=torch.full((2,), float("nan")), captions=["x"], generator=torch.Generator())
         if device == "cuda":
             torch.cuda.reset_peak_memory_stats()

@@ -76,14 +76,18 @@ class ImageLoader:
             return None
 
 
-def to_pixels(image: Image.Image, resolution: int) -> torch.Tensor:
-    """Resize the short side to ``resolution``, centre-crop, scale to [-1, 1]; shape (3, H, W)."""
-    width, height = image.size
-    scale = resolution / min(width, height)
-    image = image.resize((max(resolution, round(width * scale)), max(resolution, round(height * scale))), Image.BICUBIC)
-    left = (image.width - resolution) // 2
-    top = (image.height - resolution) // 2
-    image = image.crop((left, top, left + resolution, top + resolution))
+def to_pixels(image: Image.Image, resolution: int, flip: bool = False) -> torch.Tensor:
+    """The public training scripts' transform: short side to ``resolution`` (bilinear, antialiased),
+    centre crop, optional horizontal flip, scaled to [-1, 1]; shape (3, H, W).
+
+    torchvision's own functions, so sizes and rounding are exactly those of the Salesforce / SmPO
+    ``transforms.Resize(res, BILINEAR)`` + ``CenterCrop(res)`` + ``RandomHorizontalFlip`` pipeline.
+    """
+    from torchvision.transforms import functional as TF
+
+    image = TF.center_crop(TF.resize(image, resolution, interpolation=TF.InterpolationMode.BILINEAR), resolution)
+    if flip:
+        image = TF.hflip(image)
     array = np.asarray(image, dtype=np.float32) / 127.5 - 1.0
     return torch.from_numpy(array).permute(2, 0, 1).contiguous()
 

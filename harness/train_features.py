@@ -6,15 +6,20 @@ content (image bytes or caption text) and by a fingerprint of the encoder's
 weights, so a cache can be shared between methods and runs without ever serving
 a stale entry.  This removes the VAE encoder from every DPO / SmPO step.
 
-Deviation, said once here: the cached latent is the mean of the VAE posterior
-(the public code draws a sample each step).  SD's posterior std is ~1e-3 of the
-latent scale, so the difference is far below the noise added at any t.
+What is cached is the VAE posterior of each image (its mean and std, scaled), once per
+orientation when random flips are on: the trainer then draws a fresh latent from it each
+time the image is used, as the public scripts do with ``latent_dist.sample()``, or takes
+its mean (``latent_sample=False``).  Each image is encoded on its own, so a cached entry
+does not depend on which other images happened to be encoded with it (batched
+convolutions on a CPU differ by ~1e-6 between batch sizes): a run's features are the same
+whatever an earlier, interrupted or parallel run cached first.
 """
 
 from __future__ import annotations
 
 import hashlib
 from collections import OrderedDict
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +64,18 @@ class LRU(OrderedDict):
             self.popitem(last=False)
 
 
+@dataclass
+class Posterior:
+    """One image's VAE posterior in latent units (already multiplied by the VAE's scaling factor)."""
+
+    mean: torch.Tensor
+    std: torch.Tensor
+
+    def sample(self, generator: torch.Generator) -> torch.Tensor:
+        """``latent_dist.sample() * scaling_factor``, with the noise drawn from ``generator`` on the CPU."""
+        return self.mean + self.std * torch.randn(self.mean.shape, generator=generator)
+
+
 class FeatureEncoder:
     """Latents and conditioning for training samples, cached when ``cache_dir`` is set."""
 
@@ -74,39 +91,34 @@ class FeatureEncoder:
         self.memory = LRU()
         self.latent_dir = self.text_dir = None
         if cache_dir is not None:
-            self.latent_dir = cache_dir / "latents" / f"{module_fingerprint(self.vae)}-{resolution}"
+            self.latent_dir = cache_dir / "posteriors" / f"{module_fingerprint(self.vae)}-{resolution}"
             self.text_dir = cache_dir / "text" / f"{module_fingerprint(*self.text_encoders)}-{resolution}"
 
     # -- latents ----------------------------------------------------------------------------------
-    def latents(self, sources: list[ImageSource]) -> list[tuple[str, torch.Tensor | None]]:
-        """(content key, latent or None if the image is corrupt) for each source."""
-        keys = [content_key(s) for s in sources]
-        found: dict[int, torch.Tensor | None] = {}
-        missing = []
-        for i, key in enumerate(keys):
-            cached = self._load("latent", key)
-            if cached is not None:
-                found[i] = cached
-            else:
-                missing.append(i)
-        if missing:
-            images = [(i, self.loader.load(sources[i])) for i in missing]
-            good = [(i, img) for i, img in images if img is not None]
-            for i, img in images:
-                if img is None:
-                    found[i] = None
-            if good:
-                pixels = torch.stack([to_pixels(img, self.resolution) for _, img in good])
-                for (i, _), latent in zip(good, self._encode_images(pixels)):
-                    found[i] = latent
-                    self._store("latent", keys[i], latent)
-        return [(keys[i], found[i]) for i in range(len(sources))]
+    def latents(self, sources: list[ImageSource], flips: list[bool] | None = None) -> list[tuple[str, Posterior | None]]:
+        """(key, posterior or None if the image is corrupt) for each source, flipped where ``flips`` says.
+
+        The key names the image's content and orientation, for per-image caches downstream.
+        """
+        flips = flips or [False] * len(sources)
+        result = []
+        for source, flip in zip(sources, flips):
+            key = content_key(source) + ("-flip" if flip else "")
+            posterior = self._load("latent", key)
+            if posterior is None:
+                image = self.loader.load(source)
+                if image is not None:
+                    posterior = self._encode_image(to_pixels(image, self.resolution, flip=flip))
+                    self._store("latent", key, posterior)
+            result.append((key, posterior))
+        return result
 
     @torch.no_grad()
-    def _encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
+    def _encode_image(self, pixels: torch.Tensor) -> Posterior:
         dtype = next(self.vae.parameters()).dtype
-        posterior = self.vae.encode(pixels.to(self.device, dtype)).latent_dist
-        return (posterior.mean * self.vae.config.scaling_factor).float().cpu()
+        posterior = self.vae.encode(pixels[None].to(self.device, dtype)).latent_dist
+        scale = self.vae.config.scaling_factor
+        return Posterior((posterior.mean[0] * scale).float().cpu(), (posterior.std[0] * scale).float().cpu())
 
     # -- text -------------------------------------------------------------------------------------
     def cond(self, captions: list[str]) -> Cond:
@@ -154,7 +166,7 @@ class FeatureEncoder:
         if path is None or not path.exists():
             return None
         tensors = load_file(str(path))
-        value = tensors["latent"] if kind == "latent" else Cond(
+        value = Posterior(tensors["mean"], tensors["std"]) if kind == "latent" else Cond(
             tensors["hidden"], {k[6:]: v for k, v in tensors.items() if k.startswith("added.")} or None)
         self.memory.put(kind + key, value)
         return value
@@ -165,6 +177,6 @@ class FeatureEncoder:
             return  # caching off: every step encodes again (the public scripts' behaviour)
         self.memory.put(kind + key, value)
         if kind == "latent":
-            atomic_save({"latent": value}, path)
+            atomic_save({"mean": value.mean, "std": value.std}, path)
         else:
             atomic_save({"hidden": value.hidden, **{f"added.{k}": v for k, v in (value.added or {}).items()}}, path)

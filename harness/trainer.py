@@ -114,17 +114,38 @@ def train(method: str, *, base_model: str | Path, data_dir: Path, output_dir: Pa
 
 
 class EMA:
-    """Exponential moving average of the trainable parameters, optionally kept on the CPU."""
+    """diffusers' ``EMAModel`` over the trainable parameters, as the public training scripts use it.
 
-    def __init__(self, parameters: dict[str, torch.nn.Parameter], decay: float, device: str | torch.device) -> None:
-        self.decay = decay
-        self.shadow = {n: p.detach().to(device, torch.float32).clone() for n, p in parameters.items()}
+    Its decay schedule is part of the recipe: 0 at the first update (the shadow becomes the
+    weights), then ``min((1 + n) / (10 + n), ema_decay)`` at update ``n + 1``.  With ``on_cpu`` the
+    shadow lives on the CPU between updates and visits the device for each (DRO's ``offload_ema``).
+    """
+
+    def __init__(self, parameters: dict[str, torch.nn.Parameter], decay: float, on_cpu: bool) -> None:
+        from diffusers.training_utils import EMAModel
+
+        self.names = list(parameters)
+        self.model = EMAModel(list(parameters.values()), decay=decay, foreach=True)
+        self.on_cpu = on_cpu
+        if on_cpu:
+            self.model.to("cpu")
+
+    def shadow(self) -> dict[str, torch.Tensor]:
+        return dict(zip(self.names, self.model.shadow_params))
 
     @torch.no_grad()
     def update(self, parameters: dict[str, torch.nn.Parameter]) -> None:
-        for name, param in parameters.items():
-            shadow = self.shadow[name]
-            shadow.lerp_(param.detach().to(shadow.device, torch.float32), 1.0 - self.decay)
+        device = next(iter(parameters.values())).device
+        if self.on_cpu:
+            self.model.to(device)
+        self.model.step(list(parameters.values()))
+        if self.on_cpu:
+            self.model.to("cpu")
+
+    def load(self, shadow: dict[str, torch.Tensor], updates: int) -> None:
+        for name, tensor in zip(self.names, self.model.shadow_params):
+            tensor.copy_(shadow[name])
+        self.model.optimization_step = updates
 
 
 class SampleOrder:
@@ -276,8 +297,7 @@ class Trainer:
         self.lr_scheduler = get_scheduler(config.lr_scheduler, optimizer, num_warmup_steps=config.warmup_steps,
                                           num_training_steps=config.max_steps)
         self.policy, self.optimizer = self.accelerator.prepare(self.unet, optimizer)
-        self.ema = EMA(trainable_parameters(self.unet), config.ema_decay,
-                       "cpu" if config.ema_on_cpu else self.device) if config.ema_decay else None
+        self.ema = EMA(trainable_parameters(self.unet), config.ema_decay, config.ema_on_cpu) if config.ema_decay else None
         self.models = Models(policy=self.policy, unwrapped=self.unet, reference=self.reference,
                              scheduler=self.noise_scheduler, autocast=self.accelerator.autocast)
 
@@ -293,31 +313,40 @@ class Trainer:
         return [math.nan if s is None else float(s) for s in raw]
 
     def make_batch(self, step: int, micro: int, generator: torch.Generator) -> Batch:
-        """This process's micro-batch: deterministic in (seed, step, micro, rank); corrupt samples replaced."""
-        size = self.config.batch_size
+        """This process's micro-batch: deterministic in (seed, step, micro, rank); corrupt samples replaced.
+
+        Random draws, in this order, each only when its option is on: a flip per image, the
+        latents' posterior samples, then the caption dropout.
+        """
+        config = self.config
+        size = config.batch_size
         first = ((step * self.grad_accum + micro) * self.world + self.rank) * size
-        # The usual case in one VAE call: every sample of the micro-batch decodes.
         records = [self.records[self.order(first + slot)] for slot in range(size)]
-        encoded = self.features.latents([src for record in records for src in self._sources(record)])
-        per_record = len(encoded) // size
-        chosen = [(record, encoded[i * per_record:(i + 1) * per_record]) for i, record in enumerate(records)]
-        for slot, (record, latents) in enumerate(chosen):
+        per_record = len(self._sources(records[0]))
+        flips = (torch.rand(size * per_record, generator=generator) < 0.5).tolist() if config.random_flip else None
+        slot_flips = [flips[i * per_record:(i + 1) * per_record] if flips else None for i in range(size)]
+        chosen = []
+        for slot, record in enumerate(records):
+            encoded = self.features.latents(self._sources(record), slot_flips[slot])
             attempt = 0
-            while any(latent is None for _, latent in latents):  # corrupt: take the next sample in the order
+            while any(posterior is None for _, posterior in encoded):  # corrupt: take the next sample in the order
                 attempt += 1
                 if attempt >= len(self.records):
                     raise HarnessError(f"no training sample in {self.data_dir} has decodable images")
                 record = self.records[self.order(first + slot + attempt)]
-                latents = self.features.latents(self._sources(record))
-            chosen[slot] = (record, latents)
+                encoded = self.features.latents(self._sources(record), slot_flips[slot])
+            chosen.append((record, encoded))
         # Pairs: all winners, then all losers (the layout the pair losses chunk in two).
-        latents = torch.stack([enc[i][1] for i in range(per_record) for _, enc in chosen]).to(self.device)
+        posteriors = [enc[i][1] for i in range(per_record) for _, enc in chosen]
+        means = torch.stack([p.mean for p in posteriors])
+        latents = torch.stack([p.sample(generator) for p in posteriors]) if config.latent_sample else means
         keys = [enc[i][0] for i in range(per_record) for _, enc in chosen]
         scores = torch.tensor([self._scores(rec)[i] for i in range(per_record) for rec, _ in chosen])
-        dropped = torch.rand(size, generator=generator) < self.config.caption_dropout
+        dropped = torch.rand(size, generator=generator) < config.caption_dropout
         captions = ["" if drop else rec.caption for (rec, _), drop in zip(chosen, dropped.tolist())]
         cond = self.features.cond(captions)
-        return Batch(latents=latents, cond=cond, keys=keys, scores=scores, captions=captions, generator=generator)
+        return Batch(latents=latents.to(self.device), means=means.to(self.device), cond=cond, keys=keys, scores=scores,
+                     captions=captions, generator=generator)
 
     # -- checkpoints ----------------------------------------------------------------------------------
     def _config_record(self) -> dict:
@@ -348,7 +377,7 @@ class Trainer:
             torch.save(self.optimizer.state_dict(), tmp / "optimizer.pt")
             torch.save(self.lr_scheduler.state_dict(), tmp / "scheduler.pt")
             if self.ema is not None:
-                save_file({n: t.cpu().contiguous() for n, t in self.ema.shadow.items()}, str(tmp / "ema.safetensors"))
+                save_file({n: t.cpu().contiguous() for n, t in self.ema.shadow().items()}, str(tmp / "ema.safetensors"))
         self.accelerator.wait_for_everyone()
         method_state = self.method.state_dict()  # per process: each rank has its own DRO replay buffer
         if method_state:
@@ -380,8 +409,7 @@ class Trainer:
         self.optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location=self.device, weights_only=True))
         self.lr_scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
         if self.ema is not None:
-            for name, tensor in load_file(str(path / "ema.safetensors")).items():
-                self.ema.shadow[name].copy_(tensor)
+            self.ema.load(load_file(str(path / "ema.safetensors")), updates=state["step"])  # one update per step
         self.loader.skipped.update(state.get("skipped", []))  # corrupt images seen before the interruption
         method_file = path / f"method-{self.rank}.safetensors"
         if method_file.exists():
@@ -393,7 +421,7 @@ class Trainer:
 
         unet_dir = self.output_dir / "final" / "unet"
         if self.accelerator.is_main_process:
-            export_unet(self.unet, unet_dir, ema=self.ema.shadow if self.ema else None)
+            export_unet(self.unet, unet_dir, ema=self.ema.shadow() if self.ema else None)
         self.accelerator.wait_for_everyone()
         return unet_dir
 

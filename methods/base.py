@@ -16,7 +16,7 @@ tensors, testable without any network.
 from __future__ import annotations
 
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, ClassVar, Literal
 
 import torch
@@ -50,6 +50,10 @@ class TrainConfig:
     lora_rank: int = 0  # 0: full fine-tuning; >0: LoRA adapters, reference = adapters disabled
     lora_alpha: float | None = None  # None: = lora_rank
     caption_dropout: float = 0.0  # share of captions replaced by "" during training
+    # As the public scripts: each training image flipped left-right with probability 0.5, and its latent a
+    # fresh sample of the VAE posterior each time it is used.  False: no flip / the posterior mean.
+    random_flip: bool = True
+    latent_sample: bool = True
     resolution: int | None = None  # None: the UNet's native size x the VAE's scale factor
     init_unet: str | None = None  # start policy and reference from this UNet (e.g. an SFT run's output)
     vae: str | None = None  # replacement VAE, e.g. madebyollin/sdxl-vae-fp16-fix
@@ -156,19 +160,20 @@ def randn_like(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
 class Batch:
     """One micro-batch as the trainer hands it to a loss.
 
-    ``latents``: for pairs, winners then losers (2B); for experts, B images.
+    ``latents``: for pairs, winners then losers (2B); for experts, B images.  ``means``: their VAE
+    posterior means (equal to ``latents`` when ``latent_sample`` is off).
     ``cond``: B conditionings of ``captions`` (after caption dropout: "" where dropped).  ``keys``: content keys of the
     latents (same order), for per-image caches.  ``scores``: reward scores in
     the same order when the data carries them (NaN otherwise).
     """
 
     latents: torch.Tensor
+    means: torch.Tensor
     cond: Cond
     keys: list[str]
     scores: torch.Tensor
     captions: list[str]
     generator: torch.Generator
-    extras: dict[str, Any] = field(default_factory=dict)
 
 
 class Method:

@@ -168,13 +168,14 @@ class SmPO(Method):
             path = self.cache_dir / key[:2] / f"{key}.safetensors"
             if self.cache.get_item(key) is None and path.exists():
                 self.cache.put(key, load_file(str(path))["z"].to(batch.latents.device))
-        missing = [i for i, key in enumerate(keys) if key not in self.cache]
-        if missing:
-            index = torch.tensor(missing, device=batch.latents.device)
-            states = renoise_trajectory(models.reference, batch.latents[index], cond.index(index), self.inverse, self.taus)
-            for j, i in enumerate(missing):
-                self.cache.put(keys[i], states[j])
-                atomic_save({"z": states[j].cpu()}, self.cache_dir / keys[i][:2] / f"{keys[i]}.safetensors")
+        for i, key in enumerate(keys):
+            if key not in self.cache:
+                # One image at a time: the cached trajectory must not depend on what shared its batch.
+                index = torch.tensor([i], device=batch.latents.device)
+                states = renoise_trajectory(models.reference, batch.means[index], cond.index(index), self.inverse,
+                                            self.taus)[0]
+                self.cache.put(key, states)
+                atomic_save({"z": states.cpu()}, self.cache_dir / key[:2] / f"{key}.safetensors")
         return torch.stack([self.cache[key] for key in keys])
 
     def _noisy_latents(self, batch: Batch, t: torch.Tensor, cond: Cond, models: Models) -> tuple[torch.Tensor, torch.Tensor]:
@@ -183,13 +184,16 @@ class SmPO(Method):
         if self.config.inverter == "none":
             return forward_noised_pairs(batch, t, models)
         if self.config.inverter == "reference":
+            # Cached per image, so inverted from the posterior mean: a drawn latent would make the cache
+            # depend on which draw came first.
+            x0 = batch.means
             trajectories = self._reference_trajectories(batch, cond, models)
             reached = (self.taus.to(t.device)[None, :] < t[:, None]).sum(dim=1)  # inverse steps below each t
-            start = batch.latents.unsqueeze(1)
-            z = torch.cat([start, trajectories], dim=1)[torch.arange(len(t), device=t.device), reached]
+            z = torch.cat([x0.unsqueeze(1), trajectories], dim=1)[torch.arange(len(t), device=t.device), reached]
         else:
-            z = renoise_inversion(models.snapshot, batch.latents, cond, t, self.inverse, self.taus)
-        return z, implied_noise(z, batch.latents, t, models.alphas_cumprod)
+            x0 = batch.latents
+            z = renoise_inversion(models.snapshot, x0, cond, t, self.inverse, self.taus)
+        return z, implied_noise(z, x0, t, models.alphas_cumprod)
 
     def loss(self, batch: Batch, models: Models) -> tuple[torch.Tensor, dict[str, float]]:
         config = self.config

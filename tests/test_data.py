@@ -82,6 +82,23 @@ def test_to_pixels_resizes_centre_crops_and_scales():
     assert torch.allclose(pixels[0], torch.ones(16, 16)) and torch.allclose(pixels[1], -torch.ones(16, 16))
 
 
+@pytest.mark.parametrize("size", [(97, 61), (40, 123), (64, 64)])
+def test_to_pixels_is_the_public_scripts_torchvision_transform(size):
+    from torchvision import transforms
+
+    rng = np.random.default_rng(sum(size))
+    image = Image.fromarray(rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8))
+    for flip in (False, True):
+        published = transforms.Compose([
+            transforms.Resize(32, interpolation=transforms.InterpolationMode.BILINEAR),
+            transforms.CenterCrop(32),
+            transforms.RandomHorizontalFlip(p=1.0 if flip else 0.0),
+            transforms.ToTensor(),
+            transforms.Normalize([0.5], [0.5]),
+        ])
+        torch.testing.assert_close(to_pixels(image, 32, flip=flip), published(image), rtol=0, atol=1e-6)
+
+
 def test_experts_from_jsonl_or_from_scored_pairs(tmp_path):
     write_expert_dir(tmp_path / "e", n=3)
     assert [e.score for e in load_experts(tmp_path / "e")] == pytest.approx([1.0, 0.9, 0.8])
@@ -134,20 +151,46 @@ def test_feature_cache_is_content_keyed_and_reused(tiny_model_dir, tmp_path):
     first = FeatureEncoder(pipe, device=torch.device("cpu"), resolution=32, cache_dir=tmp_path / "c", loader=ImageLoader())
     latents = first.latents(sources)
     cond = first.cond(["a photo", ""])
-    assert latents[0][1].shape == (4, 8, 8) and cond.hidden.shape == (2, 77, 32)
+    assert latents[0][1].mean.shape == (4, 8, 8) and cond.hidden.shape == (2, 77, 32)
     assert latents[0][0] == content_key(sources[0])
     # A second encoder (a new run) reads the disk cache: poison its VAE to prove it is not called.
     second = FeatureEncoder(pipe, device=torch.device("cpu"), resolution=32, cache_dir=tmp_path / "c",
                             loader=ImageLoader())
-    second._encode_images = None  # type: ignore[assignment]
+    second._encode_image = None  # type: ignore[assignment]
     again = second.latents(sources)
-    assert all(torch.equal(a[1], b[1]) for a, b in zip(latents, again))
+    assert all(torch.equal(a[1].mean, b[1].mean) and torch.equal(a[1].std, b[1].std) for a, b in zip(latents, again))
     assert torch.equal(second.cond(["a photo", ""]).hidden, cond.hidden)
+    # A flipped image is another entry: the VAE's latent of a mirrored image, under its own key.
+    flipped = first.latents(sources[:1], [True])[0]
+    assert flipped[0] == content_key(sources[0]) + "-flip" and not torch.equal(flipped[1].mean, latents[0][1].mean)
     # Other VAE weights: another fingerprint, so the old entries are never served.
     with torch.no_grad():
         next(pipe.vae.parameters()).add_(1.0)
     third = FeatureEncoder(pipe, device=torch.device("cpu"), resolution=32, cache_dir=tmp_path / "c", loader=ImageLoader())
     assert third.latent_dir != first.latent_dir
+
+
+def test_cached_latents_do_not_depend_on_what_was_cached_before(tiny_model_dir, tmp_path):
+    """A first run killed after caching some images, then rerun, must see the features of an uninterrupted
+    run: each entry is computed alone, whatever else was encoded in the same call."""
+    from harness.models import load_pipeline
+    from harness.train_features import FeatureEncoder
+
+    write_pair_dir(tmp_path / "d", n_pairs=4)
+    sources = sorted((tmp_path / "d").glob("*.png"))
+    pipe = load_pipeline(tiny_model_dir)
+
+    def encoder(cache: str) -> FeatureEncoder:
+        return FeatureEncoder(pipe, device=torch.device("cpu"), resolution=32, cache_dir=tmp_path / cache,
+                              loader=ImageLoader())
+
+    at_once = encoder("a").latents(sources)
+    piecemeal = encoder("b")
+    piecemeal.latents(sources[5:6])  # what an interrupted run (or another worker) cached first
+    piecemeal.latents(sources[1:4])
+    later = encoder("b").latents(sources)
+    for (_, x), (_, y) in zip(at_once, later):
+        assert torch.equal(x.mean, y.mean) and torch.equal(x.std, y.std)
 
 
 def test_training_captions_cover_pairs_and_experts_but_not_ties(tmp_path):

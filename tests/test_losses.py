@@ -128,7 +128,7 @@ def make_batch(n_images: int, n_captions: int, seed: int = 0, scores: torch.Tens
 
 def batch_with(parts: tuple, step_seed: int) -> Batch:
     latents, cond, keys, scores = parts
-    return Batch(latents=latents, cond=cond, keys=keys, scores=scores, captions=[f"c{i}" for i in range(len(cond))],
+    return Batch(latents=latents, means=latents, cond=cond, keys=keys, scores=scores, captions=[f"c{i}" for i in range(len(cond))],
                  generator=torch.Generator().manual_seed(step_seed))
 
 

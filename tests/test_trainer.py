@@ -196,3 +196,23 @@ def test_sdxl_conditioning_trains_and_exports(tiny_sdxl_dir, data_dir, tmp_path)
     assert math.isfinite(logged[1]["loss"])
     unet = UNet2DConditionModel.from_pretrained(result.unet_dir)
     assert unet.config.addition_embed_type == "text_time"
+
+
+def test_ema_follows_the_diffusers_schedule_from_the_first_step(tiny_model_dir, data_dir, tmp_path):
+    """Stated without the implementation: update 1 copies the weights (decay 0), update n >= 2 uses
+    decay min((1 + (n - 1)) / (10 + (n - 1)), ema_decay).  A constant 0.9999 from step 1 would leave
+    the exported UNet ~99.97% base after 3 steps."""
+    overrides = {**FAST, "lr": 1e-3, "max_steps": 3, "checkpoint_every": 1, "checkpoints_kept": 3,
+                 "ema_decay": 0.9999}
+    result = train("sft", base_model=tiny_model_dir, data_dir=data_dir, output_dir=tmp_path / "ema", overrides=overrides)
+    raw = [load_file(str(tmp_path / "ema" / f"checkpoint-{n}" / "unet.safetensors")) for n in (1, 2, 3)]
+    expected = dict(raw[0])
+    for n, weights in ((2, raw[1]), (3, raw[2])):
+        decay = min((1 + (n - 1)) / (10 + (n - 1)), 0.9999)
+        expected = {k: decay * expected[k] + (1 - decay) * weights[k] for k in expected}
+    exported = unet_weights(result.unet_dir)
+    base = unet_weights(tiny_model_dir / "unet")
+    for name, value in expected.items():
+        torch.testing.assert_close(exported[name], value, rtol=1e-5, atol=1e-7)
+    moved = sum((exported[k] - base[k]).abs().sum() for k in expected)
+    assert moved > 0.5 * sum((raw[2][k] - base[k]).abs().sum() for k in expected)  # not held back at the base
