@@ -48,6 +48,19 @@ def _parse_overrides(assignments: list[str], methods: list[str]) -> dict[str, di
     return overrides
 
 
+def _parse_scorer_options(assignments: list[str], scorer: str | None = None) -> dict[str, dict[str, str]]:
+    """``--scorer-option hpsv2.checkpoint=DIR`` (or, where the scorer is known, ``checkpoint=DIR``)."""
+    options: dict[str, dict[str, str]] = {}
+    for assignment in assignments:
+        key, sep, value = assignment.partition("=")
+        name, dot, option = key.rpartition(".") if scorer is None else (scorer, ".", key)
+        if not sep or not dot or not name or not option:
+            form = "SCORER.OPTION=VALUE" if scorer is None else "OPTION=VALUE"
+            raise HarnessError(f"--scorer-option expects {form}, got {assignment!r}")
+        options.setdefault(name, {})[option] = value
+    return options
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from harness.run import RunOptions, run
 
@@ -66,6 +79,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         pretrained=args.pretrained,
         seed=args.seed,
         jobs=args.jobs,
+        scorer_options=_parse_scorer_options(args.scorer_option),
     )
     rows = run(options)
     print()
@@ -207,10 +221,40 @@ def cmd_suites(args: argparse.Namespace) -> int:
 
 
 def cmd_presets(args: argparse.Namespace) -> int:
-    from harness.config import PRESETS, get_preset
+    from harness.config import PRESETS, get_preset, show_preset
 
+    if args.show:
+        print(show_preset(get_preset(args.show)))
+        return 0
     for name in PRESETS:
         print(f"{name:6s} {get_preset(name).description}")
+    return 0
+
+
+def cmd_data_score(args: argparse.Namespace) -> int:
+    from harness.data_steps import score_training_images
+    from harness.score_table import ScoreTable
+
+    quiet_libraries()
+    options = _parse_scorer_options(args.scorer_option, scorer=args.scorer)
+    path = score_training_images(args.data, args.scorer, split=args.split, scorer_options=options.get(args.scorer),
+                                 batch_size=args.batch_size)
+    with ScoreTable(path) as table:
+        print(f"{len(table)} image-caption scores by {table.meta['scorer']} {table.meta['version']} "
+              f"({table.meta['scale']}): {path}")
+    return 0
+
+
+def cmd_data_experts(args: argparse.Namespace) -> int:
+    from harness.data_steps import experts_recipe, select_experts
+
+    quiet_libraries()
+    options = _parse_scorer_options(args.scorer_option, scorer=args.scorer)
+    out = select_experts(args.data, args.scorer, args.top_k, Path(args.out), split=args.split,
+                         scorer_options=options.get(args.scorer), batch_size=args.batch_size)
+    recipe = experts_recipe(out)
+    print(f"top {recipe['n']} experts by {recipe['scorer']} {recipe['version']} ({recipe['scale']}): "
+          f"{out / 'experts.jsonl'}  (train on it with --data {out})")
     return 0
 
 
@@ -239,6 +283,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--jobs", type=int, help="jobs (a training, a model's evaluation) run at once "
                    "(default: one per core on a CPU, one thread each; one per GPU)")
+    p.add_argument("--scorer-option", action="append", default=[], metavar="SCORER.OPTION=VALUE",
+                   help="where a scorer's weights are, e.g. hpsv2.checkpoint=DIR (see `harness scorers`)")
 
     p = command("train", cmd_train, "train one method and write its UNet in diffusers format")
     p.add_argument("--method", required=True)
@@ -282,10 +328,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs")
     p.add_argument("--port", type=int, default=8501)
 
+    help = "data steps: score the training images with a reward, pick experts"
+    steps = sub.add_parser("data", help=help, description=help).add_subparsers(dest="step", required=True)
+    for name, func, help in (("score", cmd_data_score, "score every image of the training pairs with a scorer "
+                              "(cached, resumable; SmPO's pair scores)"),
+                             ("experts", cmd_data_experts, "the top-K training images by a scorer, as an "
+                              "experts.jsonl directory (DRO's experts)")):
+        step = steps.add_parser(name, help=help, description=help)
+        step.set_defaults(func=func)
+        step.add_argument("--data", required=True, help="Pick-a-Pic v2 (hub id or local copy) or a pairs.jsonl directory")
+        step.add_argument("--scorer", required=True, help="a registered scorer, e.g. hpsv2, pickscore, pickscore-cosine")
+        step.add_argument("--split", default="train")
+        step.add_argument("--batch-size", type=int, default=32)
+        step.add_argument("--scorer-option", action="append", default=[], metavar="OPTION=VALUE",
+                          help="where the scorer's weights are, e.g. checkpoint=DIR")
+        if name == "experts":
+            step.add_argument("--top-k", type=int, required=True, help="how many experts (DRO: 500)")
+            step.add_argument("--out", required=True, help="the experts directory to write")
+
     command("methods", cmd_methods, "list registered methods")
     command("scorers", cmd_scorers, "list registered scorers")
     command("suites", cmd_suites, "list prompt suites")
-    command("presets", cmd_presets, "list presets")
+    p = command("presets", cmd_presets, "list presets, or show one's resolved recipe per method")
+    p.add_argument("--show", metavar="PRESET", help="print every method's resolved settings under this preset")
     return parser
 
 

@@ -142,6 +142,28 @@ def get_preset(name: str) -> Preset:
         raise HarnessError(f"unknown preset {name!r}; available: {', '.join(PRESETS)}") from None
 
 
+def show_preset(preset: Preset) -> str:
+    """The preset, then every registered method's settings resolved under it, each with where it comes from:
+    the method's defaults (its paper's), its recipe for this preset, or the preset's own overrides."""
+    import dataclasses
+
+    from harness.registry import METHODS
+    from harness.trainer import resolve_config
+
+    generation = ", ".join(f"{k} {v}" for k, v in dataclasses.asdict(preset.generation).items() if v not in (None, {}))
+    lines = [f"preset {preset.name}: {preset.description}", f"  base model   {preset.base_model}",
+             f"  data         {preset.data}", f"  suites       {', '.join(preset.suites)}",
+             f"  scorers      {', '.join(preset.scorers)}", f"  evaluation   {generation}"]
+    for name, cls in METHODS.items():
+        config = resolve_config(name, preset.name, preset.overrides_for(name))
+        recipe, overrides = cls.presets.get(preset.name, {}), preset.method_overrides.get(name, {})
+        lines.append(f"\n{name}")
+        for field in dataclasses.fields(config):
+            origin = ("preset" if field.name in overrides else f"{name} recipe" if field.name in recipe else "default")
+            lines.append(f"  {field.name:22s} {getattr(config, field.name)!r:34s} {origin}")
+    return "\n".join(lines)
+
+
 def resolve_base_model(spec: str) -> str:
     """Turn a preset's base-model spec into something ``from_pretrained`` accepts, building it if needed."""
     from harness.models import default_cache_dir, save_tiny_pipeline

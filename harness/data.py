@@ -7,8 +7,13 @@ Sources a user can point the trainer at:
   0.0 / 0.5 = tie, dropped) and/or ``experts.jsonl`` (``{"caption", "image", "score"?}``);
 - Pick-a-Pic v2 through HF ``datasets``: a hub id (``yuvalkirstain/pickapic_v2``) or a
   local copy (``save_to_disk`` output or a downloaded dataset folder); columns
-  ``jpg_0, jpg_1, label_0, caption``; ties dropped; rows read lazily (the real set
-  is hundreds of GB).
+  ``jpg_0, jpg_1, label_0, caption`` (and ``image_0_uid, image_1_uid`` for scores); ties
+  dropped; rows read lazily (the real set is hundreds of GB).
+
+Reward scores, where a method needs them (SmPO's pairs) and the data has none, come from
+a score table made by a data step (``harness.data_steps``); DRO's experts ranked by a
+reward are a directory made by ``harness data experts``.  Neither is ever replaced silently
+by something else: missing scores are an error that says which command makes them.
 
 Images are decoded only when a sample is used.  A corrupt image does not stop
 training: ``ImageLoader`` returns None, remembers the source, and the trainer
@@ -23,13 +28,12 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Union
+from typing import Literal, Union
 
 import numpy as np
 import torch
 from PIL import Image
 
-from harness.atomic import write_jsonl
 from harness.errors import HarnessError
 
 ImageSource = Union[Path, bytes]
@@ -51,6 +55,20 @@ class Expert:
     caption: str
     image: ImageSource
     score: float | None = None
+
+
+@dataclass(frozen=True)
+class DataNeeds:
+    """What a method trains on, and the reward its data must carry.
+
+    ``pairs`` with a ``scorer``: every image scored by it (SmPO's smoothed labels), unless the data
+    carries scores.  ``experts`` with a ``scorer`` and ``top_k``: the top_k images ranked by it (DRO),
+    unless the data has an ``experts.jsonl``; without a scorer, the preferred image of each pair (SFT).
+    """
+
+    kind: Literal["pairs", "experts"]
+    scorer: str | None = None
+    top_k: int | None = None
 
 
 def content_key(source: ImageSource) -> str:
@@ -124,7 +142,7 @@ def _oriented(caption: str, image_0, image_1, label_0: float, score_0, score_1) 
     return Pair(caption, image_1, image_0, _optional_float(score_1), _optional_float(score_0))
 
 
-def read_local_pairs(directory: Path) -> list[Pair]:
+def read_local_pairs(directory: Path, scores: dict[tuple[str, str], float | None] | None = None) -> list[Pair]:
     path = directory / "pairs.jsonl"
     pairs = []
     for number, row in enumerate(_read_jsonl(path), 1):
@@ -133,33 +151,57 @@ def read_local_pairs(directory: Path) -> list[Pair]:
         label = float(row["label_0"])
         if label not in (0.0, 0.5, 1.0):
             raise HarnessError(f"{where}: label_0 must be 1.0, 0.0 or 0.5 (tie), not {row['label_0']!r}")
-        pair = _oriented(row["caption"], directory / row["image_0"], directory / row["image_1"], label,
-                         row.get("score_0"), row.get("score_1"))
+        score_0, score_1 = row.get("score_0"), row.get("score_1")
+        if scores is not None:
+            score_0, score_1 = (scores.get((row[image], row["caption"])) for image in ("image_0", "image_1"))
+        pair = _oriented(row["caption"], directory / row["image_0"], directory / row["image_1"], label, score_0, score_1)
         if pair is not None:
             pairs.append(pair)
     return pairs
 
 
 class PickapicPairs(Sequence):
-    """Pick-a-Pic v2 rows as ``Pair``s, ties dropped, images decoded only when used."""
+    """Pick-a-Pic v2 rows as ``Pair``s, ties dropped, images decoded only when used.
 
-    def __init__(self, dataset) -> None:
-        missing = {"jpg_0", "jpg_1", "label_0", "caption"} - set(dataset.column_names)
+    ``scores``: a score table's values keyed by (image uid, caption), looked up for every kept row
+    at once (two columns, no image read), so their range can be checked before training.
+    """
+
+    def __init__(self, dataset, scores: dict[tuple[str, str], float | None] | None = None) -> None:
+        required = {"jpg_0", "jpg_1", "label_0", "caption"} | ({"image_0_uid", "image_1_uid"} if scores is not None else set())
+        missing = required - set(dataset.column_names)
         if missing:
             raise HarnessError(f"dataset lacks Pick-a-Pic column(s): {', '.join(sorted(missing))}")
         self.dataset = dataset
         self.rows = [i for i, label in enumerate(dataset["label_0"]) if label in (0, 1)]
         self.ties_dropped = len(dataset) - len(self.rows)
+        self.scores: np.ndarray | None = None  # (len, 2): score of image_0, image_1
+        if scores is not None:
+            keys = dataset.select_columns(["caption", "image_0_uid", "image_1_uid"])
+            captions, uid_0, uid_1 = keys["caption"], keys["image_0_uid"], keys["image_1_uid"]
+            self.scores = np.array([[_nan_if_none(scores.get((uid_0[i], captions[i]))),
+                                     _nan_if_none(scores.get((uid_1[i], captions[i])))] for i in self.rows], dtype=float)
 
     def __len__(self) -> int:
         return len(self.rows)
 
     def __getitem__(self, index: int) -> Pair:  # type: ignore[override]
         row = self.dataset[self.rows[index]]
-        pair = _oriented(row["caption"], bytes(row["jpg_0"]), bytes(row["jpg_1"]), float(row["label_0"]),
-                         row.get("score_0"), row.get("score_1"))
+        score_0, score_1 = (row.get("score_0"), row.get("score_1")) if self.scores is None else self.scores[index]
+        pair = _oriented(row["caption"], bytes(row["jpg_0"]), bytes(row["jpg_1"]), float(row["label_0"]), score_0, score_1)
         assert pair is not None
         return pair
+
+
+def _nan_if_none(value: float | None) -> float:
+    return float("nan") if value is None else value
+
+
+def pair_scores(pairs: Sequence[Pair]) -> np.ndarray:
+    """Every score of every pair (both images; order unspecified), NaN where missing; reads no image."""
+    if isinstance(pairs, PickapicPairs):
+        return np.full(2 * len(pairs), np.nan) if pairs.scores is None else pairs.scores.ravel()
+    return np.array([_nan_if_none(s) for p in pairs for s in (p.score_w, p.score_l)], dtype=float)
 
 
 def load_hf_dataset(source: str, split: str = "train"):
@@ -177,30 +219,42 @@ def load_hf_dataset(source: str, split: str = "train"):
         raise HarnessError(f"cannot load dataset {source!r} (split {split!r}): {first_line}") from None
 
 
-def load_pairs(source: str | Path, split: str = "train") -> Sequence[Pair]:
-    """Preference pairs from a local ``pairs.jsonl`` directory or Pick-a-Pic v2 (hub id or local copy)."""
+def load_pairs(source: str | Path, split: str = "train",
+               scores: dict[tuple[str, str], float | None] | None = None) -> Sequence[Pair]:
+    """Preference pairs from a local ``pairs.jsonl`` directory or Pick-a-Pic v2 (hub id or local copy).
+
+    ``scores``: a score table's values by (image uid, caption) (the uid of a local image is its path
+    in ``pairs.jsonl``), replacing the data's own ``score_0`` / ``score_1``.
+    """
     path = Path(source)
     if (path / "pairs.jsonl").exists():
-        return read_local_pairs(path)
+        return read_local_pairs(path, scores)
     if path.is_dir() and (path / "experts.jsonl").exists():
         raise HarnessError(f"{path} has experts.jsonl but no pairs.jsonl; this method trains on preference pairs")
-    return PickapicPairs(load_hf_dataset(str(source), split))
+    return PickapicPairs(load_hf_dataset(str(source), split), scores)
 
 
-def load_experts(source: str | Path, top_k: int | None = None) -> Sequence[Expert]:
-    """Expert demonstrations: ``experts.jsonl`` if present, else built from the pairs in ``source``.
+def load_experts(source: str | Path, top_k: int | None = None, scorer: str | None = None) -> Sequence[Expert]:
+    """Expert demonstrations: ``experts.jsonl`` if present (its ``top_k`` best-scored rows), else from the pairs.
 
-    With ``top_k``, DRO's recipe: the ``top_k`` best-scored candidates (all of them when there are
-    fewer).  From pairs without scores on every image: the preferred image of each pair (plain SFT
-    on winners).
+    From pairs: with a ``scorer`` (DRO's recipe) the experts must have been made by ``harness data
+    experts``; with ``top_k`` only, the top_k images by the pairs' own scores; with neither, the
+    preferred image of each pair (SFT).  Never a silent substitute: anything else is an error.
     """
     path = Path(source) / "experts.jsonl"
     if not path.exists():
+        if scorer:
+            raise HarnessError(
+                f"the experts are the top {top_k} images of {source} ranked by {scorer}: make them with "
+                f"`harness data experts --data {source} --scorer {scorer} --top-k {top_k} --out DIR` and train on DIR "
+                "(`harness run` does this itself)")
         pairs = load_pairs(source)
-        if top_k and all(p.score_w is not None and p.score_l is not None for p in pairs):
-            candidates = [Expert(p.caption, img, s) for p in pairs for img, s in ((p.image_w, p.score_w), (p.image_l, p.score_l))]
-            return top_k_experts(candidates, top_k)
-        return [Expert(p.caption, p.image_w, p.score_w) for p in pairs]
+        if not top_k:
+            return [Expert(p.caption, p.image_w, p.score_w) for p in pairs]
+        if np.isnan(pair_scores(pairs)).any():
+            raise HarnessError(f"{source}: ranking the top {top_k} experts needs score_0 and score_1 on every pair")
+        candidates = [Expert(p.caption, img, s) for p in pairs for img, s in ((p.image_w, p.score_w), (p.image_l, p.score_l))]
+        return top_k_experts(candidates, top_k)
     experts = []
     for number, row in enumerate(_read_jsonl(path), 1):
         _require(row, ("caption", "image"), f"{path}:{number}")
@@ -233,51 +287,28 @@ def top_k_experts(candidates: Sequence[Expert], k: int) -> list[Expert]:
     return sorted(unique.values(), key=lambda e: e.score, reverse=True)[:k]
 
 
-def write_expert_set(pairs: Sequence[Pair], score: Callable[[list[Image.Image], list[str]], list[float]],
-                     k: int, out_dir: Path, batch_size: int = 16) -> list[Expert]:
-    """Score both images of every pair, keep the top k, write them as ``out_dir/experts.jsonl`` + PNGs.
-
-    ``score`` is a scorer's ``score(images, prompts)`` (HPSv2 or PickScore in the DRO paper).
-    Corrupt images are skipped.
-    """
-    loader = ImageLoader()
-    candidates: list[Expert] = []
-    pending: list[tuple[Image.Image, str, ImageSource]] = []
-
-    def flush() -> None:
-        scores = score([p[0] for p in pending], [p[1] for p in pending])
-        candidates.extend(Expert(caption, source, float(s)) for (_, caption, source), s in zip(pending, scores))
-        pending.clear()
-
-    for pair in pairs:
-        for source in (pair.image_w, pair.image_l):
-            image = loader.load(source)
-            if image is not None:
-                pending.append((image, pair.caption, source))
-            if len(pending) >= batch_size:
-                flush()
-    if pending:
-        flush()
-    chosen = top_k_experts(candidates, k)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "images").mkdir(exist_ok=True)
-    rows = []
-    for expert in chosen:
-        name = f"images/{content_key(expert.image)}.png"
-        loader.load(expert.image).save(out_dir / name)
-        rows.append({"caption": expert.caption, "image": name, "score": expert.score})
-    write_jsonl(out_dir / "experts.jsonl", rows)
-    return load_experts(out_dir)
-
-
-def training_records(kind: str, source: str | Path, top_k: int | None = None) -> Sequence[Pair] | Sequence[Expert]:
-    """What a method trains on: ``"pairs"`` or ``"experts"`` from ``source``."""
-    if kind == "pairs":
+def training_records(needs: DataNeeds, source: str | Path) -> Sequence[Pair] | Sequence[Expert]:
+    """What a method trains on, from ``source``, with the scores its recipe needs (or a clear error)."""
+    if needs.kind == "pairs":
         records = load_pairs(source)
-    elif kind == "experts":
-        records = load_experts(source, top_k)
+        if needs.scorer and np.isnan(pair_scores(records)).any():
+            from harness.score_table import ScoreTable
+
+            table = ScoreTable.find(source, "train", needs.scorer)
+            if table is None:
+                raise HarnessError(
+                    f"the pairs in {source} carry no scores and this method needs every image scored by {needs.scorer}: "
+                    f"run `harness data score --data {source} --scorer {needs.scorer}` (`harness run` does this itself)")
+            with table:
+                records = load_pairs(source, scores=table.values())
+            unscored = int(np.isnan(pair_scores(records)).sum())
+            if unscored:
+                raise HarnessError(f"{unscored} image(s) of {source} have no {needs.scorer} score in {table.path} "
+                                   "(undecodable, or the data changed): rerun `harness data score`")
+    elif needs.kind == "experts":
+        records = load_experts(source, needs.top_k, needs.scorer)
     else:
-        raise HarnessError(f"unknown training data kind {kind!r}; expected 'pairs' or 'experts'")
+        raise HarnessError(f"unknown training data kind {needs.kind!r}; expected 'pairs' or 'experts'")
     if len(records) == 0:
-        raise HarnessError(f"no usable training {kind} in {source} (ties are dropped)")
+        raise HarnessError(f"no usable training {needs.kind} in {source} (ties are dropped)")
     return records

@@ -143,6 +143,12 @@ def synthesize(
     return out_dir
 
 
+def synthesis_settings(data_dir: str | Path | None) -> dict[str, Any] | None:
+    """The settings a finished synthesis recorded in ``data_dir`` (its scorers among them), if it made it."""
+    path = Path(data_dir) / SETTINGS_FILE if data_dir else None
+    return json.loads(path.read_text(encoding="utf-8")) if path is not None and path.exists() else None
+
+
 def _is_complete(data_dir: Path, settings: dict[str, Any]) -> bool:
     """The settings file is written last: its presence, with these settings, marks finished data."""
     settings_path = data_dir / SETTINGS_FILE

@@ -6,6 +6,12 @@ processes (``harness.workers``) and write to the one results database: first the
 evaluation, which needs no training data (the toy preset makes the data in this process
 meanwhile), then the trainings, and each trained model's evaluation as soon as its training ends.
 
+Before the trainings, the data each method's published recipe needs is made here: DRO's
+experts ranked by a reward, SmPO's pair scores (``harness.data_steps``, cached and resumable),
+or the toy world's synthesized data.  A method whose recipe starts from another method's UNet
+(SmPO on SD1.5 starts from SFT) is trained once that one is.  Which rewards shaped each method's
+training data is recorded with its run (the leaderboard marks those metrics).
+
 Every stage is idempotent (the trainer resumes from its checkpoints, generation
 skips images already on disk with the right hash, scores are cached by image
 hash and scorer version, store writes are keyed), so rerunning an interrupted
@@ -42,6 +48,7 @@ class RunOptions:
     pretrained: bool = False
     seed: int = 0
     jobs: int | None = None  # jobs (trainings, evaluations) at once (None: one per core on a CPU, one per GPU)
+    scorer_options: dict[str, dict[str, Any]] = field(default_factory=dict)  # scorer -> get_scorer keywords
 
 
 @dataclass
@@ -54,6 +61,9 @@ class EvaluatedModel:
     unet_subfolder: str | None = None
     overrides: dict[str, Any] = field(default_factory=dict)
     train: bool = False  # still to be trained (then ``unet`` is set to the result)
+    evaluate: bool = True  # False: trained only as another method's starting point
+    data_dir: str | None = None  # what its training reads
+    init_from: str | None = None  # the method whose trained UNet it starts from
 
 
 def validate(options: RunOptions, preset: Preset) -> None:
@@ -74,6 +84,19 @@ def validate(options: RunOptions, preset: Preset) -> None:
     unknown = set(options.overrides) - set(options.methods)
     if unknown:
         raise HarnessError(f"--set names methods that are not run: {', '.join(sorted(unknown))}")
+    for name, keywords in options.scorer_options.items():
+        _check_scorer_options(name, keywords)
+
+
+def _check_scorer_options(name: str, keywords: dict[str, Any]) -> None:
+    """``--scorer-option NAME.KEY=VALUE``: NAME a scorer, KEY one of the locations its constructor takes."""
+    import inspect
+
+    accepted = [p for p in inspect.signature(SCORERS.get(name).__init__).parameters if p != "self"]
+    unknown = sorted(set(keywords) - set(accepted))
+    if unknown:
+        raise HarnessError(f"scorer {name!r} takes no option {', '.join(unknown)}; "
+                           f"its options: {', '.join(accepted) or 'none'}")
 
 
 def run(options: RunOptions) -> list[dict]:
@@ -84,6 +107,9 @@ def run(options: RunOptions) -> list[dict]:
     preset = get_preset(options.preset)
     validate(options, preset)
     out = options.out
+    data = None if options.pretrained else options.data or preset.data
+    source = str(out / "data") if data == "synthesize" else data
+    trainings = [] if options.pretrained else _plan_trainings(options, preset, source, data == "synthesize")
     out.mkdir(parents=True, exist_ok=True)
     stage = _Stages()
 
@@ -97,22 +123,20 @@ def run(options: RunOptions) -> list[dict]:
         config = {"preset": preset.name, "base_model": base_model, "seed": options.seed, **config}
         return store.get_or_create_run(method, method=method, preset=preset.name, base_model=base_model, config=config)
 
-    def job(model: EvaluatedModel, data_dir: str | None) -> _ModelJob:
-        return _ModelJob(model, options, preset, base_model, data_dir, stage)
+    def job(model: EvaluatedModel) -> _ModelJob:
+        return _ModelJob(model, options, preset, base_model, stage)
 
     # Every run is made (or its config checked against the stored one) before any heavy work.
-    data = None if options.pretrained else options.data or preset.data
-    data_dir = str(out / "data") if data == "synthesize" else data
-    base = EvaluatedModel(BASE, make_run(BASE, {}))
-    methods = []
-    for method in options.methods:
-        if options.pretrained:
+    base = EvaluatedModel(BASE, make_run(BASE, {}), data_dir=source)
+    if options.pretrained:
+        methods = []
+        for method in options.methods:
             unet, subfolder = preset.pretrained[method]
             methods.append(EvaluatedModel(method, make_run(method, {"pretrained": unet}), unet, subfolder))
-        else:
-            overrides = preset.overrides_for(method, options.overrides.get(method))
-            run_id = make_run(method, {"data": data_dir, "overrides": overrides})
-            methods.append(EvaluatedModel(method, run_id, overrides=overrides, train=True))
+    else:
+        methods = [dataclasses.replace(model, run_id=make_run(model.method, {"data": model.data_dir,
+                                                                              "overrides": model.overrides}))
+                   for model in trainings]
 
     n_models = len(methods) + 1
     processes = min(options.jobs or default_processes(n_models), n_models)
@@ -120,26 +144,112 @@ def run(options: RunOptions) -> list[dict]:
     stage(f"{n_models} models: training, then generation and scoring, {processes} jobs at a time")
     # Jobs start in the order they are submitted, as workers free up: the base's evaluation first
     # (it needs no training data, so it runs while the data is made here), then the trainings, and
-    # each trained model's evaluation as soon as its training ends.
+    # each trained model's evaluation (and the trainings that start from it) as soon as it ends.
     with WorkerPool(processes) as pool:
-        pending = {pool.submit(_evaluate, job(base, None))}
-        if data == "synthesize":
-            with one_cpu_thread(on_gpu=pool.gpus > 0):  # the data depends on no core count either
-                _synthesize(options, preset, base_model, Path(data_dir), stage)
-        if data_dir:
-            _record_overlap(store, [base, *methods], options, preset, data_dir)
-        trainings = {pool.submit(_train, job(model, data_dir)) for model in methods if model.train}
-        pending |= trainings
-        pending |= {pool.submit(_evaluate, job(model, data_dir)) for model in methods if not model.train}
+        pending = {pool.submit(_evaluate, job(base))}
+        with one_cpu_thread(on_gpu=pool.gpus > 0):  # the data depends on no core count either
+            if data == "synthesize":
+                _synthesize(options, preset, base_model, Path(source), stage)
+            signals = {model.method: _prepare_data(model, options, source, stage) for model in methods if model.train}
+        for model in methods:
+            if model.train:
+                metrics, why = signals[model.method]
+                if model.init_from:  # what shaped the UNet it starts from shaped it too
+                    more, also = signals[model.init_from]
+                    metrics, why = metrics + more, "; ".join(filter(None, [why, also]))
+                store.set_training_signals(model.run_id, sorted(set(metrics)), why)
+        if source:
+            _record_overlap(store, [base, *methods], options, preset)
+        trainings_running: set = set()
+
+        def start_training(model: EvaluatedModel) -> None:
+            future = pool.submit(_train, job(model))
+            trainings_running.add(future)
+            pending.add(future)
+
+        for model in methods:
+            if model.train and not model.init_from:
+                start_training(model)
+        pending |= {pool.submit(_evaluate, job(model)) for model in methods if not model.train}
         while pending:
             for future in pool.wait_any(pending):
                 pending.remove(future)
-                if future in trainings:
-                    pending.add(pool.submit(_evaluate, job(future.result(), data_dir)))
+                if future not in trainings_running:
+                    continue
+                trained = future.result()
+                if trained.evaluate:
+                    pending.add(pool.submit(_evaluate, job(trained)))
+                for model in methods:
+                    if model.train and model.init_from == trained.method:
+                        start_training(dataclasses.replace(model, overrides={**model.overrides, "init_unet": trained.unet}))
     compute = {"wall_s": round(stage.elapsed(), 1)}
     for model in (base, *methods):
         store.set_run_status(model.run_id, "done", compute if model.method == BASE else None)
     return leaderboard(out)
+
+
+def _plan_trainings(options: RunOptions, preset: Preset, source: str | None, synthesized: bool) -> list[EvaluatedModel]:
+    """The methods to train, each with its resolved settings and data, every --set value checked; a method
+    whose recipe starts from another's UNet brings that one along (trained, not evaluated) unless asked for."""
+    from harness.trainer import resolve_config
+
+    planned: dict[str, EvaluatedModel] = {}
+
+    def plan(method: str, evaluate: bool) -> None:
+        overrides = preset.overrides_for(method, options.overrides.get(method))
+        config = resolve_config(method, preset.name, overrides)
+        if config.init_method:
+            if config.init_method not in planned:
+                plan(config.init_method, evaluate=config.init_method in options.methods)
+            print(f"   {method} starts from the UNet {config.init_method} trains on the same data (its published recipe)")
+        needs = METHODS.get(method)(config).data_needs()
+        planned[method] = EvaluatedModel(method, run_id=-1, overrides=overrides, train=True, evaluate=evaluate,
+                                         data_dir=_data_dir(needs, source, synthesized, options.out),
+                                         init_from=config.init_method)
+
+    for method in options.methods:
+        if method not in planned:
+            plan(method, evaluate=True)
+    return list(planned.values())
+
+
+def _data_dir(needs, source: str | None, synthesized: bool, out: Path) -> str | None:
+    """Where a method's training data lives: the source itself, or DRO's experts made from it (a source
+    with its own ``experts.jsonl``, or synthesized data, which has one, is used as it is)."""
+    if needs.kind == "experts" and needs.scorer and source and not synthesized \
+            and not (Path(source) / "experts.jsonl").exists():
+        return str(out / "data" / f"experts-{needs.scorer}-top{needs.top_k}")
+    return source
+
+
+def _prepare_data(model: EvaluatedModel, options: RunOptions, source: str, stage: "_Stages") -> tuple[list[str], str]:
+    """Make what the method's recipe needs from ``source``; return the rewards that shaped its data, and how."""
+    import numpy as np
+
+    from harness.data import load_pairs, pair_scores
+    from harness.data_steps import experts_recipe, score_training_images, select_experts
+    from harness.preference_data import synthesis_settings
+    from harness.scoring import same_signal
+    from harness.trainer import resolve_config
+
+    needs = METHODS.get(model.method)(resolve_config(model.method, options.preset, model.overrides)).data_needs()
+    synthesized = synthesis_settings(model.data_dir)
+    if synthesized is not None:
+        scorers = synthesized["scorers"]
+        return sorted({m for name in scorers for m in same_signal(name)}), \
+            f"training data labelled and ranked by {', '.join(scorers)}"
+    scorer_options = options.scorer_options.get(needs.scorer or "", {})
+    if needs.kind == "experts" and needs.scorer and model.data_dir != source:
+        stage(f"{model.method}: top {needs.top_k} experts of {source} by {needs.scorer}")
+        select_experts(source, needs.scorer, needs.top_k, Path(model.data_dir), scorer_options=scorer_options)
+    if needs.kind == "pairs" and needs.scorer and np.isnan(pair_scores(load_pairs(source))).any():
+        stage(f"{model.method}: scoring the training pairs with {needs.scorer}")
+        score_training_images(source, needs.scorer, scorer_options=scorer_options)
+        return same_signal(needs.scorer), f"pair scores by {needs.scorer}"
+    recipe = experts_recipe(model.data_dir) if needs.kind == "experts" else None
+    if recipe is not None:
+        return same_signal(recipe["scorer"]), f"experts ranked by {recipe['scorer']} (top {recipe['n']})"
+    return [], ""
 
 
 def _import_job_libraries() -> None:
@@ -149,21 +259,25 @@ def _import_job_libraries() -> None:
     from torch.utils.tensorboard import SummaryWriter  # noqa: F401  (the trainer's logs)
 
 
-def _record_overlap(store, models: list[EvaluatedModel], options: RunOptions, preset: Preset, data_dir: str) -> None:
-    """How many prompts of each unseen suite the training data has captions for (0 is what "unseen" promises)."""
+def _record_overlap(store, models: list[EvaluatedModel], options: RunOptions, preset: Preset) -> None:
+    """How many prompts of each unseen suite a model's training data has captions for (0 is what "unseen" promises)."""
     from harness.data import training_captions
     from harness.suites import caption_overlap
 
-    captions = training_captions(data_dir)
-    for name in options.suites or preset.suites:
-        suite = load_suite(name, options.max_prompts or preset.max_prompts)
-        if suite.split != "unseen":
+    unseen = [suite for suite in (load_suite(name, options.max_prompts or preset.max_prompts)
+                                  for name in options.suites or preset.suites) if suite.split == "unseen"]
+    counts: dict[tuple[str, str], int] = {}
+    for model in models:
+        if model.data_dir is None:
             continue
-        overlap = caption_overlap(suite, captions)
-        for model in models:
-            store.set_overlap(model.run_id, suite=suite.name, n_overlap=overlap)
-        if overlap:
-            print(f"   warning: {overlap} prompts of unseen suite {suite.name!r} appear in the training captions")
+        for suite in unseen:
+            key = (model.data_dir, suite.name)
+            if key not in counts:
+                counts[key] = caption_overlap(suite, training_captions(model.data_dir))
+                if counts[key]:
+                    print(f"   warning: {counts[key]} prompts of unseen suite {suite.name!r} appear in the "
+                          f"training captions of {model.data_dir}")
+            store.set_overlap(model.run_id, suite=suite.name, n_overlap=counts[key])
 
 
 class _Stages:
@@ -200,7 +314,6 @@ class _ModelJob:
     options: RunOptions
     preset: Preset
     base_model: str
-    data_dir: str | None
     stage: _Stages
 
 
@@ -225,7 +338,7 @@ def _train(job: _ModelJob) -> EvaluatedModel:
             result = train(
                 model.method,
                 base_model=job.base_model,
-                data_dir=Path(job.data_dir),
+                data_dir=Path(model.data_dir),
                 output_dir=job.options.out / "models" / model.method,
                 preset=job.preset.name,
                 overrides=model.overrides,
@@ -311,7 +424,7 @@ def _score(model: EvaluatedModel, manifests: dict[str, list[dict]], job: _ModelJ
     options = job.options
     cache = ScoreCache(options.out / "cache" / "scores.sqlite")
     for scorer_name in options.scorers or job.preset.scorers:
-        scorer = get_scorer(scorer_name)
+        scorer = get_scorer(scorer_name, **options.scorer_options.get(scorer_name, {}))
         for suite_name, rows in manifests.items():
             folder = options.out / "images" / model.method / suite_name
             values = score_images(

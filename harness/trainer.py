@@ -91,6 +91,8 @@ def _validate(method: str, config: TrainConfig) -> None:
             raise HarnessError(f"{method}: {name} must be >= 1, not {getattr(config, name)}")
     if config.optimizer not in ("adamw", "adafactor"):
         raise HarnessError(f"{method}: optimizer must be 'adamw' or 'adafactor', not {config.optimizer!r}")
+    if config.master_weights not in ("fp32", "bf16"):
+        raise HarnessError(f"{method}: master_weights must be fp32 or bf16, not {config.master_weights!r}")
     if config.mixed_precision not in ("no", "fp16", "bf16"):
         raise HarnessError(f"{method}: mixed_precision must be no, fp16 or bf16, not {config.mixed_precision!r}")
     if not 0.0 <= config.caption_dropout <= 1.0:
@@ -108,6 +110,11 @@ def train(method: str, *, base_model: str | Path, data_dir: Path, output_dir: Pa
           overrides: dict | None = None, on_log: LogFn | None = None, resume: bool = True, seed: int = 0) -> TrainResult:
     """Train ``method`` from ``base_model`` on ``data_dir``; write checkpoints and ``output_dir/final/unet``."""
     config = resolve_config(method, preset, overrides)
+    if config.init_method and not config.init_unet:
+        raise HarnessError(
+            f"{method}'s recipe starts from the UNet of a {config.init_method} run on the same data: train it first "
+            f"(`harness train --method {config.init_method} ...`) and pass --set init_unet=OUT/final/unet, "
+            "or use `harness run`, which chains the two")
     trainer = Trainer(METHODS.get(method)(config), base_model=str(base_model), data_dir=Path(data_dir),
                       output_dir=Path(output_dir), seed=seed, on_log=on_log)
     return trainer.run(resume=resume)
@@ -200,7 +207,7 @@ class Trainer:
         from harness.data import ImageLoader, training_records
 
         self._setup_accelerator()
-        self.records = training_records(self.method.data, self.data_dir, getattr(self.config, "expert_top_k", None))
+        self.records = training_records(self.method.data_needs(), self.data_dir)
         self.loader = ImageLoader()
         self._setup_models()
         self._setup_optimizer()
@@ -241,7 +248,7 @@ class Trainer:
             from diffusers import UNet2DConditionModel
 
             unet = UNet2DConditionModel.from_pretrained(config.init_unet).to(self.device)
-        unet.to(torch.float32)  # master weights stay fp32 under fp16 / bf16 autocast
+        unet.to(torch.bfloat16 if config.master_weights == "bf16" else torch.float32)
         vae_scale = 2 ** (len(pipe.vae.config.block_out_channels) - 1)
         resolution = config.resolution or unet.config.sample_size * vae_scale
         self.latent_shape = (unet.config.in_channels, resolution // vae_scale, resolution // vae_scale)

@@ -21,6 +21,8 @@ from typing import Any, Callable, ClassVar, Literal
 
 import torch
 
+from harness.data import DataNeeds
+
 
 @dataclass
 class TrainConfig:
@@ -44,6 +46,10 @@ class TrainConfig:
     weight_decay: float = 1e-2
     max_grad_norm: float | None = 1.0
     mixed_precision: Literal["no", "fp16", "bf16"] = "no"
+    # The trainable weights' own dtype.  "fp32": master weights in fp32, the forward in mixed precision
+    # (the Salesforce and SmPO scripts); "bf16": the weights themselves in bf16, optimizer state too, as
+    # the public DRO code trains (cheaper, and updates below bf16's resolution are lost).
+    master_weights: Literal["fp32", "bf16"] = "fp32"
     gradient_checkpointing: bool = False
     ema_decay: float | None = None  # None: no EMA; the final UNet is the EMA one when set
     ema_on_cpu: bool = False
@@ -56,6 +62,9 @@ class TrainConfig:
     latent_sample: bool = True
     resolution: int | None = None  # None: the UNet's native size x the VAE's scale factor
     init_unet: str | None = None  # start policy and reference from this UNet (e.g. an SFT run's output)
+    # Start from the UNet another method trains first on the same data (SmPO's SD1.5 recipe: "sft"):
+    # `harness run` chains the two; `harness train` needs init_unet instead.
+    init_method: str | None = None
     vae: str | None = None  # replacement VAE, e.g. madebyollin/sdxl-vae-fp16-fix
     cache_features: bool = True  # VAE latents and text embeddings computed once, cached on disk
     cache_dir: str | None = None  # None: $HARNESS_CACHE/train-features (content-keyed, shareable)
@@ -186,6 +195,10 @@ class Method:
 
     def __init__(self, config: TrainConfig) -> None:
         self.config = config
+
+    def data_needs(self) -> DataNeeds:
+        """What the trainer must read for this method (and the reward its data must carry)."""
+        return DataNeeds(self.data)
 
     def setup(self, context: Any) -> None:
         """Called once the models are ready (``context`` is the trainer)."""

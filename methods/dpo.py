@@ -78,7 +78,8 @@ class DPO(Method):
     presets = {
         # 16 GPUs x 1 pair x 128 accumulation = 2048 pairs per step; fp16 as the public launcher.
         "sd15": {"effective_batch_size": 2048, "mixed_precision": "fp16", "resolution": 512},
-        "sdxl": {"effective_batch_size": 2048, "mixed_precision": "fp16", "resolution": 1024,
+        # The SDXL launcher: 200 warmup steps, and --sdxl switches the optimizer to Adafactor.
+        "sdxl": {"effective_batch_size": 2048, "mixed_precision": "fp16", "resolution": 1024, "warmup_steps": 200,
                  "optimizer": "adafactor", "gradient_checkpointing": True, "vae": "madebyollin/sdxl-vae-fp16-fix"},
     }
 

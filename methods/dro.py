@@ -1,21 +1,31 @@
 """Diffusion-DRO (Wu, Ruan, Tseng, Shuai, arXiv 2510.18353, NeurIPS 2025).
 
 Preference learning as ranking: pull the policy toward offline expert
-demonstrations (top-K images by a reward) and away from its own online samples.
-A snapshot of the policy samples trajectories from pure noise (DPM-Solver++, 20
-steps, CFG 1.0, timesteps perturbed within their stride); every visited state
-(t, c, x_t, eps_policy) goes to a replay buffer.  Per training sample, a buffer
-state gives t, and the expert image is noised at that same t:
+demonstrations (the top-K images of the training set by a reward) and away from
+its own online samples, with a hinge on the two implicit rewards:
 
     De = err(policy, x_t^e, eps_e) - err(ref, x_t^e, eps_e)
     Dp = err(policy, x_t^p, eps_p) - err(ref, x_t^p, eps_p)
     loss = mean(max(De - Dp + margin, 0))
 
-Cost: the published code samples a fresh trajectory before every forward/backward
-(``refill_each_iteration=True`` reproduces it).  By default the buffer is refilled
-once per optimizer step (the paper's snapshot period M = 1 step), with the current
-policy as the snapshot, and keeps the last ``buffer_trajectories`` trajectories:
-with accumulation 16 that is 16x fewer sampler evaluations.
+The replay buffer, as the public code runs it.  A *row* is one expert image with its
+caption and a trajectory the policy sampled **from that caption**: the caption goes
+through the training prompt encoding once (caption dropout included), and from that
+conditioning the policy samples from pure noise (DPM-Solver++, ``sampler_steps`` steps,
+CFG 1, every timestep of the trajectory shifted by one random offset inside its stride),
+keeping every visited state (t, x_t, eps_policy).  A refill turns the micro-batch's
+experts into new rows (every ``refill_every`` forward/backward iterations, ``refill_rows``
+of them); the buffer keeps the newest ``buffer_size`` rows.  A training sample picks a
+row (distinct rows while there are enough) and one visited state of it: the expert term
+noises the row's expert latent at that state's t with fresh noise, the policy term uses
+the stored (x_t, eps_policy), and both see the row's conditioning.  The sampling network
+is the current policy: the public code refreshes its snapshot after every optimizer step
+(M = 1), and the weights do not change in between.
+
+Published configuration: 4 experts per forward/backward, refilled every iteration into a
+buffer of 4 rows, so each optimizer step (accumulation 16) sees 64 fresh trajectories,
+each from the prompt of the expert it is compared with.  ``refill_every`` > 1 or
+``refill_rows`` below the batch size are cheaper variants (fewer sampler evaluations).
 """
 
 from __future__ import annotations
@@ -25,6 +35,7 @@ from typing import Any
 
 import torch
 
+from harness.data import DataNeeds
 from harness.registry import register_method
 from methods.base import Batch, Cond, Method, Models, TrainConfig, per_sample_error, randn_like
 
@@ -37,41 +48,51 @@ def dro_loss(model_err_expert: torch.Tensor, ref_err_expert: torch.Tensor, model
     return torch.relu(expert_diff - policy_diff + margin).mean()
 
 
-def perturbed_timesteps(steps: int, generator: torch.Generator, num_train_timesteps: int = 1000) -> list[int]:
-    """``steps`` decreasing timesteps, each drawn uniformly inside its own stride of [0, T)."""
+def trajectory_timesteps(n: int, steps: int, generator: torch.Generator, num_train_timesteps: int = 1000,
+                         perturb: bool = True) -> torch.Tensor:
+    """(n, steps) decreasing timesteps: the grid ``stride * [steps-1, ..., 1, 0]`` (stride = T // steps),
+    each trajectory shifted by its own offset drawn uniformly from [0, stride)."""
     stride = num_train_timesteps // steps
-    tops = [num_train_timesteps - 1 - i * stride for i in range(steps)]
-    offsets = torch.randint(0, stride, (steps,), generator=generator).tolist()
-    return [top - offset for top, offset in zip(tops, offsets)]
+    grid = torch.arange(steps - 1, -1, -1) * stride
+    offsets = torch.randint(0, stride, (n, 1), generator=generator) if perturb else torch.zeros(n, 1, dtype=torch.long)
+    return grid[None, :] + offsets
 
 
 @torch.no_grad()
-def sample_states(models: Models, cond: Cond, shape: tuple[int, ...], steps: int, generator: torch.Generator,
-                  scheduler_config: Any) -> dict[str, torch.Tensor]:
-    """Run the snapshot sampler and return every visited state: t, x_t and the snapshot's eps at it."""
+def sample_trajectories(models: Models, cond: Cond, shape: tuple[int, ...], timesteps: torch.Tensor,
+                        generator: torch.Generator, scheduler_config: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sample one trajectory per conditioning with the policy (CFG 1: the conditional prediction alone),
+    each row on its own timesteps; return every visited state: x (n, steps, C, H, W) and the policy's
+    eps at it (same shape).
+
+    One DPM-Solver++ scheduler per row keeps each row's multistep history on its own timesteps, while
+    the network runs on the whole batch at once.
+    """
     from diffusers import DPMSolverMultistepScheduler
 
-    scheduler = DPMSolverMultistepScheduler.from_config(scheduler_config, algorithm_type="dpmsolver++", solver_order=2)
-    scheduler.set_timesteps(timesteps=perturbed_timesteps(steps, generator, scheduler.config.num_train_timesteps))
-    n = len(cond)
+    n, steps = timesteps.shape
+    schedulers = []
+    for row in timesteps:
+        scheduler = DPMSolverMultistepScheduler.from_config(scheduler_config, algorithm_type="dpmsolver++",
+                                                            solver_order=2)
+        scheduler.set_timesteps(timesteps=row.tolist())
+        schedulers.append(scheduler)
     device = cond.hidden.device
-    x = torch.randn((n, *shape), generator=generator).to(device) * scheduler.init_noise_sigma
-    ts, xs, epss = [], [], []
-    for tau in scheduler.timesteps:
-        t = tau.expand(n).to(device)
-        eps = models.snapshot(x, t, cond)  # CFG 1.0: the conditional prediction alone
-        ts.append(t), xs.append(x), epss.append(eps)
-        x = scheduler.step(eps, tau, x).prev_sample
-    conds = Cond.cat([cond] * len(ts))
-    state = {"t": torch.cat(ts).long(), "x": torch.cat(xs), "eps": torch.cat(epss), "hidden": conds.hidden}
-    state.update({f"added.{k}": v for k, v in (conds.added or {}).items()})
-    return state
+    x = torch.randn((n, *shape), generator=generator).to(device) * schedulers[0].init_noise_sigma
+    xs, epss = [], []
+    for i in range(steps):
+        eps = models.snapshot(x, timesteps[:, i].to(device), cond)
+        xs.append(x), epss.append(eps)
+        x = torch.cat([scheduler.step(eps[j:j + 1], scheduler.timesteps[i], x[j:j + 1]).prev_sample
+                       for j, scheduler in enumerate(schedulers)])
+    return torch.stack(xs, dim=1), torch.stack(epss, dim=1)
 
 
 @dataclass
 class DROConfig(TrainConfig):
     # Paper App. A.2 / code defaults: AdamW lr 1e-4 constant, no warmup, clip 1.0, 4 images per GPU,
-    # effective batch 256, 1600 steps, EMA 0.9999, margin 0.001, 20% empty captions, top-500 experts.
+    # effective batch 256, 1600 steps, EMA 0.9999, margin 0.001, 20% empty captions, top-500 experts
+    # ranked by HPSv2 (the paper's main setting; "pickscore" is its other one).
     lr: float = 1e-4
     lr_scheduler: str = "constant"
     warmup_steps: int = 0
@@ -81,11 +102,12 @@ class DROConfig(TrainConfig):
     caption_dropout: float = 0.2
     margin: float = 0.001
     expert_top_k: int = 500
+    expert_scorer: str = "hpsv2"
     sampler_steps: int = 20
-    buffer_trajectories: int = 4  # trajectories kept in the replay buffer (per process)
-    refill_every: int = 1  # optimizer steps between refills = the snapshot's period M
-    refill_trajectories: int = 1  # new trajectories per refill
-    refill_each_iteration: bool = False  # True: refill before every forward/backward, as the public code
+    perturb_timesteps: bool = True
+    buffer_size: int = 4  # rows (expert + its own trajectory) kept, the newest (per process)
+    refill_every: int = 1  # forward/backward iterations between refills (public code: every one)
+    refill_rows: int | None = None  # experts of the micro-batch made into rows per refill; None: all of them
 
 
 @register_method("dro")
@@ -94,36 +116,43 @@ class DRO(Method):
     Config = DROConfig
     data = "experts"
     presets = {
-        # 4 GPUs x 4 images x 16 accumulation = 256; bf16.  The paper trains SD1.5 only.
-        "sd15": {"effective_batch_size": 256, "mixed_precision": "bf16", "resolution": 512},
-        "sdxl": {"effective_batch_size": 256, "mixed_precision": "bf16", "resolution": 1024, "optimizer": "adafactor",
-                 "gradient_checkpointing": True, "vae": "madebyollin/sdxl-vae-fp16-fix"},
+        # 4 GPUs x 4 images x 16 accumulation = 256; bf16 weights as the public code (no fp32 master copy),
+        # its EMA kept on the CPU between updates.
+        "sd15": {"effective_batch_size": 256, "mixed_precision": "bf16", "master_weights": "bf16", "ema_on_cpu": True,
+                 "resolution": 512},
+        # The paper trains SD1.5 only: this is the same recipe carried over, not a published one.
+        "sdxl": {"effective_batch_size": 256, "mixed_precision": "bf16", "master_weights": "bf16", "ema_on_cpu": True,
+                 "resolution": 1024, "optimizer": "adafactor", "gradient_checkpointing": True,
+                 "vae": "madebyollin/sdxl-vae-fp16-fix"},
     }
+
+    def data_needs(self) -> DataNeeds:
+        return DataNeeds("experts", scorer=self.config.expert_scorer, top_k=self.config.expert_top_k)
 
     def setup(self, context: Any) -> None:
         self.buffer: dict[str, torch.Tensor] = {}
-        self.captions = sorted(set(context.captions()))
-        self.encode = context.features.cond
         self.latent_shape = context.latent_shape
         self.models = context.models
         self.scheduler_config = context.noise_scheduler.config
-        self.refills = 0
+        self.grad_accum = context.grad_accum
+        self.refill_due = True
 
     def before_micro_step(self, context: Any, step: int, micro: int, generator: torch.Generator) -> None:
-        config = self.config
-        if not self.buffer:
-            self._refill(config.buffer_trajectories, generator)
-        elif config.refill_each_iteration or (micro == 0 and step % config.refill_every == 0):
-            self._refill(config.refill_trajectories, generator)
+        iteration = step * self.grad_accum + micro
+        self.refill_due = not self.buffer or iteration % self.config.refill_every == 0
 
-    def _refill(self, trajectories: int, generator: torch.Generator) -> None:
-        """Sample new trajectories with the current policy and keep the newest ``buffer_trajectories``."""
-        picks = torch.randint(0, len(self.captions), (trajectories,), generator=generator).tolist()
-        new = sample_states(self.models, self.encode([self.captions[i] for i in picks]), self.latent_shape,
-                            self.config.sampler_steps, generator, self.scheduler_config)
-        capacity = self.config.buffer_trajectories * self.config.sampler_steps
-        self.buffer = {k: torch.cat([self.buffer[k], v])[-capacity:] if self.buffer else v for k, v in new.items()}
-        self.refills += 1
+    def refill(self, batch: Batch) -> None:
+        """Make rows of the micro-batch's experts, each with a trajectory sampled from its own conditioning."""
+        rows = len(batch.cond) if self.config.refill_rows is None else min(self.config.refill_rows, len(batch.cond))
+        cond = batch.cond.index(slice(0, rows))
+        timesteps = trajectory_timesteps(rows, self.config.sampler_steps, batch.generator,
+                                         self.scheduler_config.num_train_timesteps, self.config.perturb_timesteps)
+        x, eps = sample_trajectories(self.models, cond, self.latent_shape, timesteps, batch.generator,
+                                     self.scheduler_config)
+        new = {"t": timesteps.to(x.device), "x": x, "eps": eps, "x0": batch.latents[:rows], "hidden": cond.hidden}
+        new.update({f"added.{k}": v for k, v in (cond.added or {}).items()})
+        size = self.config.buffer_size
+        self.buffer = {k: torch.cat([self.buffer[k], v])[-size:] if self.buffer else v[-size:] for k, v in new.items()}
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return dict(self.buffer)
@@ -132,19 +161,26 @@ class DRO(Method):
         self.buffer = dict(state)
 
     def loss(self, batch: Batch, models: Models) -> tuple[torch.Tensor, dict[str, float]]:
-        n = len(batch.cond)
-        device = batch.latents.device
-        pick = torch.randint(0, len(self.buffer["t"]), (n,), generator=batch.generator).to(device)
-        t = self.buffer["t"][pick]
-        added = {k[6:]: v[pick] for k, v in self.buffer.items() if k.startswith("added.")} or None
-        policy_cond = Cond(self.buffer["hidden"][pick], added)
-        eps_expert = randn_like(batch.latents, batch.generator)
-        # One forward per network for experts and policy states together.
-        x = torch.cat([models.add_noise(batch.latents, eps_expert, t), self.buffer["x"][pick]])
-        target = torch.cat([eps_expert, self.buffer["eps"][pick]])
-        times, cond = torch.cat([t, t]), Cond.cat([batch.cond, policy_cond])
-        model_err_e, model_err_p = per_sample_error(models.policy(x, times, cond), target).chunk(2)
-        ref_err_e, ref_err_p = per_sample_error(models.reference(x, times, cond), target).chunk(2)
+        if self.refill_due:
+            self.refill(batch)
+        n, rows, states = len(batch.cond), len(self.buffer["t"]), self.buffer["t"].shape[1]
+        generator = batch.generator
+        # As the public buffer: distinct rows while the buffer has enough, then with replacement.
+        row = torch.randperm(rows, generator=generator)[:n] if n <= rows else torch.randint(0, rows, (n,), generator=generator)
+        state = torch.randint(0, states, (n,), generator=generator)
+        device = self.buffer["t"].device
+        row, state = row.to(device), state.to(device)
+        t = self.buffer["t"][row, state]
+        cond = Cond(self.buffer["hidden"][row],
+                    {k[6:]: v[row] for k, v in self.buffer.items() if k.startswith("added.")} or None)
+        x0 = self.buffer["x0"][row]
+        eps_expert = randn_like(x0, generator)
+        # One forward per network for the expert and the policy terms together.
+        x = torch.cat([models.add_noise(x0, eps_expert, t), self.buffer["x"][row, state]])
+        target = torch.cat([eps_expert, self.buffer["eps"][row, state]])
+        times, both = torch.cat([t, t]), Cond.cat([cond, cond])
+        model_err_e, model_err_p = per_sample_error(models.policy(x, times, both), target).chunk(2)
+        ref_err_e, ref_err_p = per_sample_error(models.reference(x, times, both), target).chunk(2)
         loss = dro_loss(model_err_e, ref_err_e, model_err_p, ref_err_p, self.config.margin)
         expert_diff, policy_diff = (model_err_e - ref_err_e), (model_err_p - ref_err_p)
         return loss, {

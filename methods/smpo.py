@@ -22,8 +22,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Literal
 
+import numpy as np
 import torch
 
+from harness.data import DataNeeds, pair_scores
 from harness.errors import HarnessError
 from harness.registry import register_method
 from methods.base import Batch, Cond, Method, Models, TrainConfig
@@ -52,6 +54,26 @@ def smpo_loss(model_err_w: torch.Tensor, model_err_l: torch.Tensor, ref_err_w: t
               p: torch.Tensor, beta: float) -> torch.Tensor:
     """``mean(-log sigmoid(-0.5 * beta * 10 (2p - 1) * (Dw - Dl)))`` (Salesforce beta convention)."""
     return dpo_loss(model_err_w, model_err_l, ref_err_w, ref_err_l, beta * smpo_scale(p))
+
+
+def check_score_range(scores: np.ndarray, lo: float, hi: float, scorer: str) -> None:
+    """Every pair score present, and within the normalisation bounds give or take 10% of their width.
+
+    Scores on another scale (PickScore's 100*cos against bounds for its raw cosine) would saturate p and
+    silently turn SmPO into DPO with a 10x beta: that is an error, not a training run.
+    """
+    if np.isnan(scores).any():
+        raise HarnessError(f"smpo: {int(np.isnan(scores).sum())} pair image(s) have no score; SmPO's labels need "
+                           f"both images of every pair scored ({scorer})")
+    if hi <= lo:
+        raise HarnessError(f"smpo: score_hi ({hi}) must be greater than score_lo ({lo})")
+    slack = 0.1 * (hi - lo)
+    outside = (scores < lo - slack) | (scores > hi + slack)
+    if outside.any():
+        raise HarnessError(
+            f"smpo: {int(outside.sum())} of {len(scores)} pair scores lie outside the bounds [{lo:.4g}, {hi:.4g}] "
+            f"(e.g. {scores[outside][0]:.4g}); the bounds must be on the scale of the scores ({scorer}): score the "
+            "pairs with that scorer, or set smpo.score_lo / smpo.score_hi to your scores' range")
 
 
 UNetFn = Callable[[torch.Tensor, torch.Tensor, Cond], torch.Tensor]
@@ -118,6 +140,9 @@ class SmPOConfig(TrainConfig):
     caption_dropout: float = 0.2
     inversion_steps: int = 5
     inverter: Literal["policy", "reference", "none"] = "policy"
+    # The reward scoring both images of each pair when the data has no scores, and the fixed bounds
+    # that normalise it: the public preprocessing's PickScore raw cosine.
+    pair_scorer: str = "pickscore-cosine"
     score_lo: float = PICKSCORE_LO
     score_hi: float = PICKSCORE_HI
 
@@ -128,19 +153,21 @@ class SmPO(Method):
     Config = SmPOConfig
     data = "pairs"
     presets = {
-        # 8 GPUs x 1 pair x 128 accumulation; fp16.  SD1.5 starts from SFT: set init_unet to an SFT output.
-        "sd15": {"effective_batch_size": 1024, "mixed_precision": "fp16", "resolution": 512},
+        # 8 GPUs x 1 pair x 128 accumulation; fp16.  SD1.5 starts from an SFT UNet (policy and reference).
+        "sd15": {"effective_batch_size": 1024, "mixed_precision": "fp16", "resolution": 512, "init_method": "sft"},
         "sdxl": {"effective_batch_size": 1024, "mixed_precision": "fp16", "resolution": 1024, "beta": 5000.0,
                  "inversion_steps": 10, "optimizer": "adafactor", "gradient_checkpointing": True,
                  "vae": "madebyollin/sdxl-vae-fp16-fix"},
     }
 
+    def data_needs(self) -> DataNeeds:
+        return DataNeeds("pairs", scorer=self.config.pair_scorer)
+
     def setup(self, context: Any) -> None:
         config = self.config
         if config.inverter not in ("policy", "reference", "none"):
             raise HarnessError(f"smpo: inverter must be 'policy', 'reference' or 'none', not {config.inverter!r}")
-        if config.score_hi <= config.score_lo:
-            raise HarnessError("smpo: score_hi must be greater than score_lo")
+        check_score_range(pair_scores(context.records), config.score_lo, config.score_hi, config.pair_scorer)
         self.inverse, self.taus = inverse_timesteps(context.noise_scheduler.config, config.inversion_steps)
         from harness.train_features import LRU
 
@@ -197,9 +224,6 @@ class SmPO(Method):
 
     def loss(self, batch: Batch, models: Models) -> tuple[torch.Tensor, dict[str, float]]:
         config = self.config
-        if torch.isnan(batch.scores).any():
-            raise HarnessError("smpo needs reward scores of both images (score_0 and score_1 in pairs.jsonl; "
-                               "PickScore cosine in the paper)")
         t = pair_timesteps(batch, models)
         cond = batch.cond.repeat(2)
         z, target = self._noisy_latents(batch, t, cond, models)

@@ -11,8 +11,8 @@ import pytest
 import torch
 from PIL import Image
 
-from harness.data import (Expert, ImageLoader, content_key, load_experts, load_pairs, to_pixels, top_k_experts,
-                          training_captions, training_records, write_expert_set)
+from harness.data import (DataNeeds, Expert, ImageLoader, content_key, load_experts, load_pairs, to_pixels,
+                          top_k_experts, training_captions, training_records)
 from harness.errors import HarnessError
 from train_fixtures import one_torch_thread, write_expert_dir, write_pair_dir  # noqa: F401 (autouse fixture)
 
@@ -103,10 +103,20 @@ def test_experts_from_jsonl_or_from_scored_pairs(tmp_path):
     write_expert_dir(tmp_path / "e", n=3)
     assert [e.score for e in load_experts(tmp_path / "e")] == pytest.approx([1.0, 0.9, 0.8])
     write_pair_dir(tmp_path / "p", n_pairs=4)
-    top = load_experts(tmp_path / "p", top_k=3)  # DRO's recipe: best-scored images of the pairs
+    top = load_experts(tmp_path / "p", top_k=3)  # the top 3 by the pairs' own scores
     assert [round(e.score, 3) for e in top] == [0.24, 0.23, 0.22]
-    winners = training_records("experts", tmp_path / "p")  # no top_k: SFT on the preferred images
+    winners = training_records(DataNeeds("experts"), tmp_path / "p")  # no ranking: SFT on the preferred images
     assert len(winners) == 4 and winners[1].image == tmp_path / "p" / "1_1.png"
+
+
+def test_experts_ranked_by_a_reward_never_fall_back_silently(tmp_path):
+    write_pair_dir(tmp_path / "p", n_pairs=4)
+    with pytest.raises(HarnessError, match=r"harness data experts --data .* --scorer hpsv2 --top-k 500"):
+        training_records(DataNeeds("experts", scorer="hpsv2", top_k=500), tmp_path / "p")
+    rows = (tmp_path / "p" / "pairs.jsonl").read_text().splitlines()
+    (tmp_path / "p" / "pairs.jsonl").write_text("\n".join(r.replace('"score_0"', '"s0"') for r in rows))
+    with pytest.raises(HarnessError, match="needs score_0 and score_1"):
+        load_experts(tmp_path / "p", top_k=2)  # unscored pairs: no winners-as-experts substitute
 
 
 def test_top_k_also_cuts_an_experts_file(tmp_path):
@@ -123,22 +133,6 @@ def test_top_k_counts_each_image_once(tmp_path):
     same = png_bytes((9, 9, 9))
     experts = [Expert("a", same, 0.9), Expert("b", same, 0.8), Expert("c", png_bytes((1, 1, 1)), 0.1)]
     assert [e.caption for e in top_k_experts(experts, 2)] == ["a", "c"]
-
-
-def test_write_expert_set_keeps_the_top_k_by_a_real_scorer(tmp_path):
-    write_pair_dir(tmp_path / "pairs", n_pairs=4, corrupt=1)
-
-    def brightness(images, prompts):  # a programmatic reward: mean pixel value
-        return [float(np.asarray(img, dtype=np.float32).mean()) for img in images]
-
-    experts = write_expert_set(load_pairs(tmp_path / "pairs"), brightness, 3, tmp_path / "experts", batch_size=3)
-    assert len(experts) == 3
-    scores = [e.score for e in experts]
-    assert scores == sorted(scores, reverse=True)
-    all_scores = [brightness([ImageLoader().load(p)], [""])[0] for p in (tmp_path / "pairs").glob("*.png")
-                  if ImageLoader().load(p) is not None]
-    assert scores == pytest.approx(sorted(all_scores, reverse=True)[:3], rel=1e-5)
-    assert all(Path(e.image).exists() for e in experts)
 
 
 def test_feature_cache_is_content_keyed_and_reused(tiny_model_dir, tmp_path):

@@ -10,8 +10,8 @@ import torch
 
 from methods.base import Batch, Cond, Models, per_sample_error
 from methods.dpo import DPO, DPOConfig, dpo_loss
-from methods.dro import DRO, DROConfig, dro_loss, perturbed_timesteps, sample_states
-from methods.smpo import PICKSCORE_HI, PICKSCORE_LO, SmPO, SmPOConfig, smpo_loss, smpo_probability
+from methods.dro import DRO, DROConfig, dro_loss, trajectory_timesteps
+from methods.smpo import PICKSCORE_HI, PICKSCORE_LO, SmPO, SmPOConfig, check_score_range, smpo_loss, smpo_probability
 from train_fixtures import one_torch_thread  # noqa: F401 (autouse fixture)
 
 LN2 = math.log(2.0)
@@ -86,12 +86,40 @@ def test_dro_hinge_has_zero_gradient_once_margin_is_met():
     assert model_expert.grad[1] > 0 and model_policy.grad[1] < 0
 
 
-def test_perturbed_timesteps_stay_inside_their_strides():
+def test_trajectory_timesteps_shift_the_public_grid_by_one_offset_per_trajectory():
+    """The public code's grid is (arange(steps) * T // steps) reversed, plus one offset in [0, stride) per
+    trajectory, added to every timestep of it."""
     generator = torch.Generator().manual_seed(0)
-    draws = [perturbed_timesteps(20, generator) for _ in range(50)]
-    for steps in draws:
-        assert all(999 - 50 * i - 49 <= t <= 999 - 50 * i for i, t in enumerate(steps))
-    assert len({tuple(s) for s in draws}) > 1  # actually perturbed
+    grid = torch.tensor([950 - 50 * i for i in range(20)])
+    times = trajectory_timesteps(64, 20, generator)
+    offsets = times - grid
+    assert (offsets == offsets[:, :1]).all()  # one offset per trajectory
+    assert offsets.min() >= 0 and offsets.max() < 50
+    assert len(set(offsets[:, 0].tolist())) > 10  # drawn per trajectory, not shared
+    assert torch.equal(trajectory_timesteps(3, 20, generator, perturb=False), grid.expand(3, 20))
+
+
+def test_smpo_p_from_raw_pickscore_cosines_and_the_published_bounds():
+    """Stated from the public preprocessing: s' = (s - lo) / (hi - lo) on PickScore's raw cosine,
+    p = exp(s'_w) / (exp(s'_w) + exp(s'_l)), and 10 (2p - 1) scales beta."""
+    cos_w, cos_l = torch.tensor([0.2412, 0.2010, 0.1800]), torch.tensor([0.2100, 0.2090, 0.1800])
+    norm_w, norm_l = ((c - 0.11543526500463486) / (0.28201571106910706 - 0.11543526500463486) for c in (cos_w, cos_l))
+    expected = torch.exp(norm_w) / (torch.exp(norm_w) + torch.exp(norm_l))
+    p = smpo_probability(cos_w, cos_l, PICKSCORE_LO, PICKSCORE_HI)
+    torch.testing.assert_close(p, expected)
+    assert 0.5 < p[0] < 0.73 and p[1] < 0.5 and p[2] == 0.5  # a disagreeing reward flips the sign; equal: no gradient
+    check_score_range(torch.cat([cos_w, cos_l]).numpy(), PICKSCORE_LO, PICKSCORE_HI, "pickscore-cosine")
+
+
+@pytest.mark.parametrize("scores, message", [
+    ([21.3, 20.9], "outside the bounds"),  # PickScore's 100*cos against the raw-cosine bounds: p would saturate
+    ([0.21, float("nan")], "have no score"),
+])
+def test_smpo_scores_off_the_bounds_scale_are_an_error(scores, message):
+    from harness.errors import HarnessError
+
+    with pytest.raises(HarnessError, match=message):
+        check_score_range(torch.tensor(scores).numpy(), PICKSCORE_LO, PICKSCORE_HI, "pickscore-cosine")
 
 
 # -- one real optimizer step on a tiny UNet ---------------------------------------------------------------
@@ -160,7 +188,7 @@ def test_smpo_reference_inversion_starts_at_ln2_and_one_step_favours_the_winner(
 
     models = make_models(tiny_models)
     method = SmPO(SmPOConfig(beta=2000.0, inverter="reference"))
-    method.setup(SimpleNamespace(noise_scheduler=models.scheduler, unet=models._unwrapped, cache_dir=tmp_path))
+    method.setup(SimpleNamespace(records=[], noise_scheduler=models.scheduler, unet=models._unwrapped, cache_dir=tmp_path))
     parts = make_batch(4, 2, scores=torch.tensor([0.25, 0.22, 0.15, 0.2]))
     loss, logs = method.loss(batch_with(parts, 3), models)
     assert loss.item() == pytest.approx(LN2, abs=1e-6)
@@ -179,7 +207,7 @@ def test_smpo_policy_inversion_uses_two_evaluations_per_inverse_step(tiny_models
     method = SmPO(SmPOConfig(beta=2000.0, inverter="policy", inversion_steps=5))
     from types import SimpleNamespace
 
-    method.setup(SimpleNamespace(noise_scheduler=models.scheduler, unet=models._unwrapped, cache_dir=None))
+    method.setup(SimpleNamespace(records=[], noise_scheduler=models.scheduler, unet=models._unwrapped, cache_dir=None))
     parts = make_batch(2, 1, scores=torch.tensor([0.25, 0.15]))
     batch = batch_with(parts, 5)
     t = torch.randint(0, 1000, (1,), generator=torch.Generator().manual_seed(5)).item()
@@ -196,7 +224,7 @@ def test_smpo_without_inversion_is_dpo_with_smoothed_label_weights(tiny_models):
     models = make_models(tiny_models)
     scores = torch.tensor([0.25, 0.15, 0.22, 0.2])
     method = SmPO(SmPOConfig(beta=2000.0, inverter="none", score_lo=0.0, score_hi=1.0))
-    method.setup(SimpleNamespace(noise_scheduler=models.scheduler, unet=models._unwrapped, cache_dir=None))
+    method.setup(SimpleNamespace(records=[], noise_scheduler=models.scheduler, unet=models._unwrapped, cache_dir=None))
     parts = make_batch(4, 2, scores=scores)
     loss, _ = method.loss(batch_with(parts, 11), models)
     assert models.unet_evals == 8  # policy + reference on the 4 images [winners; losers]: no inversion
@@ -212,13 +240,89 @@ def test_smpo_without_inversion_is_dpo_with_smoothed_label_weights(tiny_models):
     assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
 
 
+class Recorder(torch.nn.Module):
+    """The real UNet, with every call's inputs kept: what a loss fed it can then be checked."""
+
+    def __init__(self, unet: torch.nn.Module) -> None:
+        super().__init__()
+        self.unet = unet
+        self.calls: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+
+    def forward(self, x, t, encoder_hidden_states, added_cond_kwargs=None):
+        self.calls.append((x.detach().clone(), t.clone(), encoder_hidden_states.detach().clone()))
+        return self.unet(x, t, encoder_hidden_states=encoder_hidden_states, added_cond_kwargs=added_cond_kwargs)
+
+
+def dro_with_buffer(models: Models, config: DROConfig, batch: Batch) -> DRO:
+    from types import SimpleNamespace
+
+    method = DRO(config)
+    method.setup(SimpleNamespace(latent_shape=(4, 8, 8), models=models, noise_scheduler=models.scheduler, grad_accum=1))
+    method.refill(batch)
+    return method
+
+
+def test_dro_buffer_rows_pair_each_expert_with_a_trajectory_from_its_own_conditioning(tiny_models):
+    """Each row: the expert's latent, its (dropout-applied) conditioning, and a DPM-Solver++ trajectory the
+    policy sampled from that same conditioning on its own perturbed timesteps; rebuilt here, row by row,
+    with a fresh diffusers scheduler."""
+    from diffusers import DPMSolverMultistepScheduler
+
+    models = make_models(tiny_models)
+    parts = make_batch(3, 3, seed=4)
+    parts[1].hidden[2] = 0.0  # a dropped caption's conditioning differs from the others': it must travel too
+    batch = batch_with(parts, 3)
+    method = dro_with_buffer(models, DROConfig(sampler_steps=4, buffer_size=8), batch)
+    buffer = method.buffer
+    assert torch.equal(buffer["x0"], parts[0]) and torch.equal(buffer["hidden"], parts[1].hidden)
+    assert buffer["t"].shape == (3, 4) and buffer["x"].shape == (3, 4, 4, 8, 8)
+    assert models.unet_evals == 3 * 4
+    for row in range(3):
+        scheduler = DPMSolverMultistepScheduler.from_config(models.scheduler.config, algorithm_type="dpmsolver++")
+        scheduler.set_timesteps(timesteps=buffer["t"][row].tolist())
+        x = buffer["x"][row, :1]
+        for i, tau in enumerate(scheduler.timesteps):
+            with torch.no_grad():
+                eps = models._unwrapped(x, tau.expand(1), encoder_hidden_states=parts[1].hidden[row:row + 1]).sample
+            torch.testing.assert_close(buffer["x"][row, i:i + 1], x, rtol=1e-4, atol=1e-4)
+            torch.testing.assert_close(buffer["eps"][row, i:i + 1], eps, rtol=1e-4, atol=1e-4)
+            x = scheduler.step(eps, tau, x).prev_sample
+
+
+def test_dro_loss_compares_each_expert_with_its_own_rows_trajectory_under_one_conditioning(tiny_models):
+    unet, scheduler = tiny_models
+    recorder = Recorder(copy.deepcopy(unet))
+    reference = copy.deepcopy(unet).requires_grad_(False)
+    from contextlib import nullcontext
+
+    models = Models(policy=recorder, unwrapped=recorder.unet, reference=lambda: (reference, nullcontext()),
+                    scheduler=scheduler)
+    latents, cond, keys, scores = make_batch(4, 4, seed=5)
+    latents = torch.arange(4.0).view(4, 1, 1, 1).expand(4, 4, 8, 8) * 100.0  # row r's expert: all 100 r
+    batch = batch_with((latents.clone(), cond, keys, scores), 6)
+    method = dro_with_buffer(models, DROConfig(sampler_steps=3), batch)
+    method.refill_due = False
+    recorder.calls.clear()
+    method.loss(batch_with((latents.clone(), cond, keys, scores), 7), models)
+    (x, t, hidden), = recorder.calls
+    n = len(t) // 2
+    assert torch.equal(t[:n], t[n:]) and torch.equal(hidden[:n], hidden[n:])  # one t and one caption per sample
+    abar = models.alphas_cumprod[t[:n]].view(-1, 1, 1, 1)
+    for i in range(n):
+        row = [r for r in range(4) if torch.equal(method.buffer["hidden"][r], hidden[i])]
+        assert len(row) == 1
+        r = row[0]
+        states = [s for s in range(3) if method.buffer["t"][r, s] == t[i]]
+        assert states and torch.equal(x[n + i], method.buffer["x"][r, states[0]])  # the row's own policy state
+        noise = (x[i] - abar[i].sqrt() * latents[r]) / (1 - abar[i]).sqrt()  # the row's own expert, noised at t
+        assert noise.mean().abs() < 0.5 and 0.5 < noise.std() < 1.5
+
+
 def test_dro_one_step_favours_the_expert_over_the_policy_sample(tiny_models):
     models = make_models(tiny_models)
-    method = DRO(DROConfig(margin=0.001))
     parts = make_batch(3, 3)
-    generator = torch.Generator().manual_seed(0)
-    method.buffer = sample_states(models, parts[1], (4, 8, 8), 5, generator, models.scheduler.config)
-    assert len(method.buffer["t"]) == 15 and models.unet_evals == 15
+    method = dro_with_buffer(models, DROConfig(margin=0.001, sampler_steps=5), batch_with(parts, 7))
+    method.refill_due = False
     loss, logs = method.loss(batch_with(parts, 7), models)
     assert loss.item() == pytest.approx(0.001, abs=1e-6)  # De = Dp = 0 at the start: the margin alone
     descend(models, loss)
@@ -235,7 +339,7 @@ def test_cached_reference_inversion_equals_policy_inversion_while_they_are_the_s
     for inverter in ("reference", "policy"):
         models = make_models(tiny_models)
         method = SmPO(SmPOConfig(inverter=inverter, inversion_steps=5))
-        method.setup(SimpleNamespace(noise_scheduler=models.scheduler, unet=models._unwrapped, cache_dir=tmp_path))
+        method.setup(SimpleNamespace(records=[], noise_scheduler=models.scheduler, unet=models._unwrapped, cache_dir=tmp_path))
         mse[inverter] = [method.loss(batch_with(parts, seed), models)[1]["model_mse"] for seed in range(4)]
     # Same t draws, same network: the trajectory lookup must give the very latents the loop computes.
     assert mse["reference"] == pytest.approx(mse["policy"], rel=1e-4)

@@ -83,6 +83,15 @@ def test_pickscore_is_exp_logit_scale_times_cosine(hf_clip):
     assert scorer.version.startswith("v1+custom-") and scorer.higher_is_better
 
 
+def test_pickscore_cosine_is_the_raw_cosine_smpo_stores(hf_clip):
+    model_dir, processor_dir = hf_clip
+    images = random_images(2, seed=4)
+    scorer = get_scorer("pickscore-cosine", model=str(model_dir), processor=str(processor_dir), device="cpu")
+    image, text, _ = hf_embeddings(model_dir, images, PROMPTS[:2])
+    np.testing.assert_allclose(scorer.score(images, PROMPTS[:2]), cosine(image, text).numpy(), rtol=1e-4, atol=1e-5)
+    assert scorer.name == "pickscore-cosine" and scorer.family == "pickscore"
+
+
 def test_aesthetic_is_a_linear_head_on_normalised_image_embeddings(hf_clip, tmp_path):
     model_dir, processor_dir = hf_clip
     head = torch.nn.Linear(16, 1)

@@ -216,3 +216,29 @@ def test_ema_follows_the_diffusers_schedule_from_the_first_step(tiny_model_dir, 
         torch.testing.assert_close(exported[name], value, rtol=1e-5, atol=1e-7)
     moved = sum((exported[k] - base[k]).abs().sum() for k in expected)
     assert moved > 0.5 * sum((raw[2][k] - base[k]).abs().sum() for k in expected)  # not held back at the base
+
+
+@pytest.mark.parametrize("refill_every, evals_per_sample", [(1, 7.0), (2, 5.5)])
+def test_dro_refills_from_each_micro_batch_as_the_public_code(tiny_model_dir, data_dir, tmp_path, refill_every,
+                                                              evals_per_sample):
+    """Published: every forward/backward turns its experts into buffer rows, one trajectory each.  With 2
+    experts, 3 sampler steps, policy and reference on 2 expert + 2 policy states: (2*3 + 4 + 4) / 2 = 7
+    UNet evaluations per sample; refilling every second iteration: (14 + 8) / 4 = 5.5."""
+    overrides = {**FAST, "max_steps": 2, "grad_accum": 2, "sampler_steps": 3, "buffer_size": 2,
+                 "refill_every": refill_every, "ema_decay": None}
+    result = train("dro", base_model=tiny_model_dir, data_dir=data_dir, output_dir=tmp_path / "dro", overrides=overrides)
+    assert result.unet_evals_per_sample == pytest.approx(evals_per_sample)
+
+
+def test_pure_bf16_weights_as_the_public_dro_code(tiny_model_dir, data_dir, tmp_path):
+    from diffusers import UNet2DConditionModel
+
+    overrides = {**FAST, "max_steps": 2, "mixed_precision": "bf16", "master_weights": "bf16", "ema_decay": 0.9}
+    logged: list[dict] = []
+    result = train("sft", base_model=tiny_model_dir, data_dir=data_dir, output_dir=tmp_path / "bf16",
+                   overrides=overrides, on_log=lambda step, terms: logged.append(terms))
+    checkpoint = tmp_path / "bf16" / "checkpoint-2"
+    assert {t.dtype for t in load_file(str(checkpoint / "unet.safetensors")).values()} == {torch.bfloat16}
+    assert {t.dtype for t in load_file(str(checkpoint / "ema.safetensors")).values()} == {torch.bfloat16}
+    assert all(math.isfinite(t["loss"]) for t in logged)
+    assert UNet2DConditionModel.from_pretrained(result.unet_dir).dtype == torch.float32  # exported as usual

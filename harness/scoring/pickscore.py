@@ -35,4 +35,21 @@ class PickScore(Scorer):
         with torch.inference_mode():
             image = image_embeddings(self.model, self.processor, images, self.device)
             text = text_embeddings(self.model, self.processor, prompts, self.device)
-            return (self.model.logit_scale.exp().float() * (image * text).sum(dim=-1)).tolist()
+            return (self.factor() * (image * text).sum(dim=-1)).tolist()
+
+    def factor(self) -> float:
+        return float(self.model.logit_scale.exp())
+
+
+@register_scorer("pickscore-cosine")
+class PickScoreCosine(PickScore):
+    """The cosine itself, without PickScore's logit scale: what SmPO's preprocessing stores as
+    ``ps_score_0`` / ``ps_score_1``, and what its normalisation bounds are written for."""
+
+    name = "pickscore-cosine"
+    scale = "raw cosine (PickScore / exp(logit_scale); Pick-a-Pic train within [0.115, 0.282])"
+    family = "pickscore"
+    description = "PickScore v1's raw cosine(image, prompt): SmPO's pair scores"
+
+    def factor(self) -> float:
+        return 1.0
