@@ -9,6 +9,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from contextlib import closing
 from pathlib import Path
 
 import pandas as pd
@@ -170,14 +171,21 @@ def test_foreign_or_newer_databases_are_refused(tmp_path: Path) -> None:
         Store(tmp_path / "junk", readonly=True)
     with Store(tmp_path / "new"):
         pass
-    as_schema_1(tmp_path / "new")  # then pretend a future version dropped a table
     with sqlite3.connect(tmp_path / "new" / "results.db") as conn:
         conn.execute("UPDATE meta SET value = '99' WHERE key = 'schema_version'")
     with pytest.raises(HarnessError, match="schema 99"):
         Store(tmp_path / "new")
-    with sqlite3.connect(tmp_path / "new" / "results.db") as conn:
-        assert not conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'training_signals'").fetchall(), \
-            "opening a newer database for writing changed it"
+
+
+def test_opening_a_newer_database_for_writing_leaves_it_untouched(tmp_path: Path) -> None:
+    # A future schema that has only a meta table: none of ours may be added to it.
+    with closing(sqlite3.connect(tmp_path / "results.db")) as conn, conn:
+        conn.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+        conn.execute("INSERT INTO meta VALUES ('schema_version', '99')")
+    with pytest.raises(HarnessError, match="schema 99"):
+        Store(tmp_path)
+    with closing(sqlite3.connect(tmp_path / "results.db")) as conn:
+        assert conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall() == [("meta",)]
 
 
 def test_training_signals_are_recorded_per_run_and_a_rerun_replaces_them(tmp_path: Path) -> None:
