@@ -52,7 +52,8 @@ def _results_key(results: Results) -> tuple[str, tuple[int, ...]]:
 def cached_leaderboard(results: Results) -> pd.DataFrame:
     from harness.stats import leaderboard, signals_by_method
 
-    return leaderboard_frame(leaderboard(results.scores, base=BASE, signals=signals_by_method(results.training_signals)))
+    signals = signals_by_method(results.training_signals)
+    return leaderboard_frame(leaderboard(results.scores, base=BASE, signals=signals))
 
 
 @st.cache_data(max_entries=32, hash_funcs={Results: _results_key})

@@ -240,7 +240,7 @@ class Store:
 
     ``readonly=True`` opens with a ``file:...?mode=ro`` URI (the dashboard): nothing through
     this connection can change the file, and a missing database is an error instead of
-    being created.
+    being created.  ``schema_version`` is the version read (an older one only when read-only).
     """
 
     def __init__(self, path: Path | str, readonly: bool = False) -> None:
@@ -388,7 +388,8 @@ class Store:
     def set_training_signals(self, run_id: int, metrics: list[str], source: str) -> None:
         """Record that ``metrics`` shaped this run's training data; ``source`` says how (e.g.
         "experts ranked by hpsv2 (top 500)").  Replaces what the run had: one call records the
-        run's whole set, and an empty list records that no scorer shaped its data."""
+        run's whole set (a family's every scorer included, ``harness.scoring.same_signal``), and
+        an empty list clears it."""
         if isinstance(metrics, str) or not all(isinstance(m, str) and m for m in metrics):
             raise HarnessError(f"training signals of run {run_id} must be a list of metric names, got {metrics!r}")
         if not source.strip():
