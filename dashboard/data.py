@@ -53,6 +53,7 @@ class Results:
     runs: pd.DataFrame
     checkpoints: pd.DataFrame
     overlaps: pd.DataFrame
+    training_signals: pd.DataFrame
     higher_is_better: dict[tuple[str, str], bool]
 
     @property
@@ -73,6 +74,7 @@ def load_results(results_dir: Path) -> Results:
             runs=store.runs_frame(),
             checkpoints=store.checkpoints_frame(),
             overlaps=store.overlaps_frame(),
+            training_signals=store.training_signals_frame(),
             higher_is_better=store.metric_directions(),
         )
 
@@ -96,16 +98,25 @@ def filter_split(board: pd.DataFrame, split: str) -> pd.DataFrame:
     return board if split == "all" or board.empty else board[board["split"] == split]
 
 
-def overview_table(board: pd.DataFrame, methods: Sequence[str]) -> pd.DataFrame:
-    """One row per method, one column per (suite, metric): the mean score.
+def overview_table(board: pd.DataFrame, methods: Sequence[str], values: str = "mean") -> pd.DataFrame:
+    """One row per method, one column per (suite, metric): the mean score (or another field).
 
     Methods come in ``methods`` order so the table does not reshuffle between reloads.
     """
     board = board.assign(column=board["suite"] + " · " + board["metric_label"])
-    table = board.pivot_table(index="method", columns="column", values="mean", aggfunc="first", sort=True)
+    table = board.pivot_table(index="method", columns="column", values=values, aggfunc="first", sort=True)
     table = table.reindex([m for m in methods if m in table.index])
     table.columns.name = None
     return table.reset_index()
+
+
+def signal_cells(board: pd.DataFrame, methods: Sequence[str]) -> pd.DataFrame:
+    """Boolean frame shaped like ``overview_table``: True where the row's method was trained on
+    the column's metric."""
+    flags = overview_table(board, methods, values="trained_on_signal")
+    mask = flags.drop(columns="method").eq(True)  # a method without that column's scores: False
+    mask.insert(0, "method", False)
+    return mask
 
 
 def column_directions(board: pd.DataFrame, higher_is_better: Mapping[tuple[str, str], bool]) -> dict[str, bool]:
@@ -147,6 +158,7 @@ def detail_table(board: pd.DataFrame, label: str, methods: Sequence[str]) -> pd.
         "split": rows["split"],
         "n": rows["n"],
         "mean": rows["mean"],
+        "trained_on_signal": rows["trained_on_signal"],
         "95% CI": [_interval(lo, hi, ".4g") for lo, hi in zip(rows["ci_low"], rows["ci_high"])],
         "Δ vs base": pd.to_numeric(rows["delta_vs_base"]),
         "Δ 95% CI": [_interval(lo, hi, ".3g") for lo, hi in zip(rows["delta_ci_low"], rows["delta_ci_high"])],

@@ -10,6 +10,7 @@ from pathlib import Path
 import altair as alt
 import pandas as pd
 import streamlit as st
+from pandas.io.formats.style import Styler
 
 from dashboard.data import (
     BASE,
@@ -27,8 +28,10 @@ from dashboard.data import (
     overview_table,
     prompt_grid,
     prompt_table,
+    signal_cells,
     thumbnail,
 )
+from harness.stats import SIGNAL_MARK, SIGNAL_NOTE
 
 HIGHLIGHT = "background-color: rgba(46, 160, 67, 0.30); font-weight: bold"
 THUMBNAIL_PX = 256
@@ -47,9 +50,10 @@ def _results_key(results: Results) -> tuple[str, tuple[int, ...]]:
 
 @st.cache_data(max_entries=4, show_spinner="Computing confidence intervals…", hash_funcs={Results: _results_key})
 def cached_leaderboard(results: Results) -> pd.DataFrame:
-    from harness.stats import leaderboard
+    from harness.stats import leaderboard, signals_by_method
 
-    return leaderboard_frame(leaderboard(results.scores, base=BASE))
+    signals = signals_by_method(results.training_signals)
+    return leaderboard_frame(leaderboard(results.scores, base=BASE, signals=signals))
 
 
 @st.cache_data(max_entries=32, hash_funcs={Results: _results_key})
@@ -62,6 +66,19 @@ def cached_win_matrix(results: Results, metric: str, version: str, suite: str) -
 @st.cache_data(max_entries=1024)
 def cached_thumbnail(path: str, mtime_ns: int, size: int) -> bytes:
     return thumbnail(Path(path), size)
+
+
+def _format_means(styled: Styler, marked: pd.DataFrame, columns: list[str]) -> Styler:
+    """Four decimals, with the signal mark on the cells ``marked`` flags.
+
+    Done in the Styler rather than ``column_config`` (which would override it) so the numbers
+    stay numeric for sorting while the mark shows."""
+    styled = styled.format("{:.4f}", subset=columns, na_rep="")
+    for column in columns:
+        rows = marked.index[marked[column]]
+        if len(rows):
+            styled = styled.format(f"{{:.4f}} {SIGNAL_MARK}", subset=pd.IndexSlice[rows, [column]])
+    return styled
 
 
 # -- pages ------------------------------------------------------------------------------------
@@ -86,8 +103,10 @@ def leaderboard_page(results: Results) -> None:
     directions = column_directions(board, results.higher_is_better)
     mask = best_cells(table, directions)
     styled = table.style.apply(lambda _: mask.replace({True: HIGHLIGHT, False: ""}), axis=None)
-    st.dataframe(styled, hide_index=True, column_config={c: st.column_config.NumberColumn(format="%.4f")
-                                                         for c in directions})
+    marked = signal_cells(board, results.methods)
+    st.dataframe(_format_means(styled, marked, [c for c in table.columns if c in directions]), hide_index=True)
+    if marked.to_numpy().any():
+        st.caption(SIGNAL_NOTE)
 
     st.subheader("Confidence intervals and comparison with the base")
     labels = sorted(board["metric_label"].unique())
@@ -103,11 +122,14 @@ def leaderboard_page(results: Results) -> None:
     detail = detail_table(board, label, results.methods)
     best = best_per_suite(detail, higher)
     styled = detail.style.apply(lambda column: [HIGHLIGHT if b else "" for b in best], subset=["mean"])
-    st.dataframe(styled, hide_index=True, column_config={
-        "mean": st.column_config.NumberColumn(format="%.4f"),
+    marked = pd.DataFrame({"mean": detail["trained_on_signal"]})
+    st.dataframe(_format_means(styled, marked, ["mean"]), hide_index=True, column_config={
+        "trained_on_signal": None,  # shown as the mark on the mean
         "Δ vs base": st.column_config.NumberColumn(format="%+.4f"),
         "win rate vs base": st.column_config.NumberColumn(format="percent"),
     })
+    if detail["trained_on_signal"].any():
+        st.caption(SIGNAL_NOTE)
 
 
 def _sync_page_from_prompt(prompt_key: str, page_key: str, prompt_ids: list[str]) -> None:
@@ -244,6 +266,12 @@ def run_details_page(results: Results) -> None:
     if not overlaps.empty:
         st.markdown("**Training captions found in the evaluation suites**")
         st.dataframe(overlaps[["suite", "split", "n_overlap"]], hide_index=True)
+    st.markdown("**Trained on these signals** (metrics whose scores shaped its training data)")
+    signals = results.training_signals[results.training_signals["run_id"] == run_id]
+    if signals.empty:
+        st.caption("None recorded.")
+    else:
+        st.dataframe(signals[["metric", "source"]], hide_index=True)
 
 
 PAGES: dict[str, Callable[[Results], None]] = {

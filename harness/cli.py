@@ -20,7 +20,7 @@ from harness.workers import quiet_libraries
 
 LEADERBOARD_COLUMNS = [
     "method", "suite", "split", "metric", "n", "mean", "ci_low", "ci_high",
-    "delta_vs_base", "delta_ci_low", "delta_ci_high", "win_rate_vs_base",
+    "delta_vs_base", "delta_ci_low", "delta_ci_high", "win_rate_vs_base", "trained_on_signal",
 ]
 
 
@@ -163,7 +163,11 @@ def _print_leaderboard(rows: list[dict], fmt: str) -> None:
 
 
 def format_table(rows: list[dict]) -> str:
-    """A compact human table: mean [95% CI], delta vs base [CI], win rate."""
+    """A compact human table: mean [95% CI], delta vs base [CI], win rate.
+
+    A mean is marked when its method was trained on that metric, with a footnote saying why.
+    """
+    from harness.stats import SIGNAL_MARK, SIGNAL_NOTE
 
     def num(value: Any, digits: int = 4) -> str:
         return "-" if value is None else f"{value:.{digits}g}"
@@ -173,12 +177,15 @@ def format_table(rows: list[dict]) -> str:
     for r in rows:
         delta = "-" if r.get("delta_vs_base") is None else f"{num(r['delta_vs_base'], 3)} [{num(r['delta_ci_low'], 3)}, {num(r['delta_ci_high'], 3)}]"
         win = "-" if r.get("win_rate_vs_base") is None else f"{r['win_rate_vs_base']:.1%}"
+        mark = SIGNAL_MARK if r.get("trained_on_signal") else ""
         lines.append([
             r["method"], r["suite"], r["metric"], str(r["n"]),
-            f"{num(r['mean'])} [{num(r['ci_low'])}, {num(r['ci_high'])}]", delta, win,
+            f"{num(r['mean'])}{mark} [{num(r['ci_low'])}, {num(r['ci_high'])}]", delta, win,
         ])
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
-    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip() for line in lines)
+    table = "\n".join("  ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip() for line in lines)
+    marked = any(r.get("trained_on_signal") for r in rows)
+    return f"{table}\n{SIGNAL_NOTE}" if marked else table
 
 
 def cmd_export(args: argparse.Namespace) -> int:

@@ -452,11 +452,13 @@ def _score(model: EvaluatedModel, manifests: dict[str, list[dict]], job: _ModelJ
 
 
 def leaderboard(out: Path, base: str = BASE) -> list[dict]:
-    """Leaderboard rows computed from a results directory's stored scores."""
-    from harness.stats import leaderboard as compute
+    """Leaderboard rows computed from a results directory's stored scores and training signals."""
+    from harness.stats import leaderboard as compute, signals_by_method
     from harness.store import Store
 
     db = Path(out) / "results.db"
     if not db.exists():
         raise HarnessError(f"no results in {out}: {db} does not exist (run `harness run --out {out}` first)")
-    return compute(Store(db, readonly=True).scores_frame(), base=base)
+    with Store(db, readonly=True) as store:
+        scores, signals = store.scores_frame(), signals_by_method(store.training_signals_frame())
+    return compute(scores, base=base, signals=signals)

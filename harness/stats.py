@@ -15,11 +15,15 @@ Why these choices:
   collapses to a single point.  Every metric here is higher-is-better.
 - Every bootstrap starts from its own generator seeded with ``seed``: a row's numbers do not
   depend on which other rows were computed before it.
+- A method whose training data was shaped by a metric (experts ranked by it, pairs labelled
+  by it) has its rows of that metric flagged ``trained_on_signal``: a gain there is partly
+  the training objective, not independent evidence of a better model.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Collection, Mapping
 from typing import Any
 
 import numpy as np
@@ -33,6 +37,9 @@ DEFAULT_N_BOOT = 1000
 DEFAULT_SEED = 0
 CONFIDENCE = 0.95
 _Z95 = 1.959963984540054  # standard normal quantile at 0.975
+# How the outputs (CLI table, dashboard) mark a trained_on_signal row, and what the mark means.
+SIGNAL_MARK = "†"
+SIGNAL_NOTE = f"{SIGNAL_MARK} trained on this signal: a gain here is not independent evidence"
 
 
 def _check_columns(scores: pd.DataFrame) -> None:
@@ -158,16 +165,29 @@ def _clean(value: Any) -> Any:
     return value
 
 
+def signals_by_method(training_signals: pd.DataFrame) -> dict[str, set[str]]:
+    """``{method: metrics}`` from the store's ``training_signals_frame()`` (columns method, metric)."""
+    return {method: set(rows["metric"]) for method, rows in training_signals.groupby("method", sort=True)}
+
+
 def leaderboard(
-    scores: pd.DataFrame, base: str = "base", *, n_boot: int = DEFAULT_N_BOOT, seed: int = DEFAULT_SEED
+    scores: pd.DataFrame,
+    base: str = "base",
+    *,
+    n_boot: int = DEFAULT_N_BOOT,
+    seed: int = DEFAULT_SEED,
+    signals: Mapping[str, Collection[str]] | None = None,
 ) -> list[dict[str, Any]]:
     """One row per (method, suite, metric, metric_version), with CIs and deltas against ``base``.
 
     Row keys: method, suite, split, metric, metric_version, n (images), n_prompts, mean, std,
     ci_low, ci_high, delta_vs_base, delta_ci_low, delta_ci_high, win_rate_vs_base, win_ci_low,
-    win_ci_high.  The comparison fields are None for the base itself and where the base has no
-    paired scores on that suite and metric.
+    win_ci_high, trained_on_signal.  The comparison fields are None for the base itself and
+    where the base has no paired scores on that suite and metric.  ``signals`` maps a method to
+    the metrics that shaped its training data (``signals_by_method``); ``trained_on_signal`` is
+    True on those rows only.
     """
+    signals = signals or {}
     _check_columns(scores)
     if scores.empty:
         return []
@@ -194,6 +214,7 @@ def leaderboard(
                 "ci_high": ci_high,
                 "delta_vs_base": None, "delta_ci_low": None, "delta_ci_high": None,
                 "win_rate_vs_base": None, "win_ci_low": None, "win_ci_high": None,
+                "trained_on_signal": metric in signals.get(method, ()),
             }
             if method != base and not base_rows.empty:
                 cmp = _compare(group, base_rows, n_boot=n_boot, seed=seed)

@@ -7,7 +7,7 @@ worker processes each write their own model's rows.  Every public write method i
 batches or nothing, and a rerun (idempotent upserts) fills in
 only what is missing.
 
-Schema (version 1; ``meta.schema_version``)
+Schema (version 2; ``meta.schema_version``)
 -------------------------------------------
 ``runs``          one row per trained or evaluated model (the base model is a run too)
     run_id INTEGER PK, key TEXT UNIQUE (what makes a run resumable), method, preset,
@@ -25,10 +25,17 @@ Schema (version 1; ``meta.schema_version``)
                   deleted with their image (ON DELETE CASCADE) and whenever the image's
                   sha256 changes
 ``overlaps``      (run_id, suite) PK, n_overlap — training captions found in that suite
+``training_signals`` (run_id, metric) PK, source — the metrics whose values shaped this run's
+                  training data (e.g. experts ranked by hpsv2), with ``source`` describing how;
+                  the leaderboard marks these metrics for the run's method
+
+Versions: 1 lacked ``training_signals``.  Opening a version-1 database for writing adds the
+table and records version 2; a read-only open reads it as is (no training signals).
 
 Read side: ``scores_frame()`` is the input of ``harness.stats`` (one row per image and
 metric), ``images_frame()``, ``training_frame()``, ``runs_frame()``, ``checkpoints_frame()``,
-``overlaps_frame()``; ``export()`` writes all of them as csv, parquet or json.
+``overlaps_frame()``, ``training_signals_frame()``; ``export()`` writes all of them as csv,
+parquet or json.
 """
 
 from __future__ import annotations
@@ -50,7 +57,10 @@ from harness.atomic import replacing
 from harness.errors import HarnessError
 
 DB_NAME = "results.db"
-SCHEMA_VERSION = "1"
+SCHEMA_VERSION = "2"
+# Older versions this harness reads; opening one for writing upgrades it (CREATE TABLE IF NOT
+# EXISTS adds what it lacks).
+UPGRADABLE_SCHEMAS = ("1",)
 RUN_STATUSES = ("created", "running", "trained", "done", "failed")
 EXPORT_FORMATS = ("csv", "parquet", "json")
 # Long enough that a reader never sees "database is locked" while a writer commits
@@ -123,6 +133,12 @@ CREATE TABLE IF NOT EXISTS overlaps (
     n_overlap INTEGER NOT NULL,
     PRIMARY KEY (run_id, suite)
 );
+CREATE TABLE IF NOT EXISTS training_signals (
+    run_id INTEGER NOT NULL REFERENCES runs(run_id) ON DELETE CASCADE,
+    metric TEXT NOT NULL,
+    source TEXT NOT NULL,
+    PRIMARY KEY (run_id, metric)
+);
 CREATE INDEX IF NOT EXISTS images_by_suite ON images (suite, prompt_id, image_index);
 """
 
@@ -159,6 +175,11 @@ _OVERLAPS_QUERY = """
 SELECT o.run_id, r.method, o.suite,
        (SELECT i.split FROM images i WHERE i.suite = o.suite LIMIT 1) AS split, o.n_overlap
 FROM overlaps o JOIN runs r USING (run_id) ORDER BY o.run_id, o.suite
+"""
+TRAINING_SIGNALS_COLUMNS = ["run_id", "method", "metric", "source"]
+_TRAINING_SIGNALS_QUERY = """
+SELECT s.run_id, r.method, s.metric, s.source
+FROM training_signals s JOIN runs r USING (run_id) ORDER BY s.run_id, s.metric
 """
 
 _IMAGE_FIELDS = ("prompt_id", "prompt", "category", "image_index", "seed", "path", "sha256")
@@ -219,7 +240,7 @@ class Store:
 
     ``readonly=True`` opens with a ``file:...?mode=ro`` URI (the dashboard): nothing through
     this connection can change the file, and a missing database is an error instead of
-    being created.
+    being created.  ``schema_version`` is the version read (an older one only when read-only).
     """
 
     def __init__(self, path: Path | str, readonly: bool = False) -> None:
@@ -237,9 +258,10 @@ class Store:
         self._conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
         self._conn.execute("PRAGMA foreign_keys = ON")
         if readonly:
-            self._check_schema_version()
+            self.schema_version = self._readable_schema_version()
         else:
             self._create_schema()
+            self.schema_version = SCHEMA_VERSION
 
     # -- lifecycle ---------------------------------------------------------------------------
     def close(self) -> None:
@@ -264,6 +286,7 @@ class Store:
         self._conn.execute("COMMIT")
 
     def _create_schema(self) -> None:
+        """Create a new database, or upgrade an older one in place (one transaction)."""
         # WAL lets the dashboard read while a run writes; it is a property of the file, set once.
         self._conn.execute("PRAGMA journal_mode = WAL")
         with self._transaction() as conn:
@@ -271,16 +294,20 @@ class Store:
                 if statement.strip():
                     conn.execute(statement)
             conn.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (SCHEMA_VERSION,))
-        self._check_schema_version()
+            # Raising here rolls back: a newer or foreign database is left untouched.
+            if self._readable_schema_version() in UPGRADABLE_SCHEMAS:
+                conn.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (SCHEMA_VERSION,))
 
-    def _check_schema_version(self) -> None:
+    def _readable_schema_version(self) -> str:
+        """The database's schema version, if this harness reads it."""
         try:
             row = self._conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
         except sqlite3.DatabaseError as exc:
             raise HarnessError(f"{self.path} is not a harness results database ({exc})") from None
-        if row is None or row[0] != SCHEMA_VERSION:
+        if row is None or row[0] not in (SCHEMA_VERSION, *UPGRADABLE_SCHEMAS):
             found = None if row is None else row[0]
             raise HarnessError(f"{self.path} has results schema {found}, this harness reads {SCHEMA_VERSION}")
+        return row[0]
 
     # -- runs --------------------------------------------------------------------------------
     def get_or_create_run(self, key: str, *, method: str, preset: str | None, base_model: str,
@@ -357,6 +384,22 @@ class Store:
                 " ON CONFLICT (run_id, suite) DO UPDATE SET n_overlap = excluded.n_overlap",
                 (run_id, suite, int(n_overlap)),
             )
+
+    def set_training_signals(self, run_id: int, metrics: list[str], source: str) -> None:
+        """Record that ``metrics`` shaped this run's training data; ``source`` says how (e.g.
+        "experts ranked by hpsv2 (top 500)").  Replaces what the run had: one call records the
+        run's whole set (a family's every scorer included, ``harness.scoring.same_signal``), and
+        an empty list clears it."""
+        if isinstance(metrics, str) or not all(isinstance(m, str) and m for m in metrics):
+            raise HarnessError(f"training signals of run {run_id} must be a list of metric names, got {metrics!r}")
+        if not source.strip():
+            raise HarnessError(f"training signals of run {run_id} need a source (how the metrics shaped the data)")
+        with self._transaction() as conn:
+            if conn.execute("SELECT 1 FROM runs WHERE run_id = ?", (run_id,)).fetchone() is None:
+                raise HarnessError(f"no run with id {run_id} in {self.path}")
+            conn.execute("DELETE FROM training_signals WHERE run_id = ?", (run_id,))
+            conn.executemany("INSERT INTO training_signals VALUES (?, ?, ?)",
+                             [(run_id, metric, source) for metric in sorted(set(metrics))])
 
     # -- images and scores -------------------------------------------------------------------
     def add_images(self, run_id: int, *, suite: str, suite_version: str, split: str,
@@ -470,6 +513,12 @@ class Store:
         """Columns: run_id, method, suite, split (None when the suite has no images yet), n_overlap."""
         return self._frame(_OVERLAPS_QUERY)
 
+    def training_signals_frame(self) -> pd.DataFrame:
+        """Columns: run_id, method, metric, source — one row per metric that shaped a run's training data."""
+        if self.schema_version in UPGRADABLE_SCHEMAS:  # read-only open of an older database
+            return pd.DataFrame(columns=TRAINING_SIGNALS_COLUMNS)
+        return self._frame(_TRAINING_SIGNALS_QUERY)
+
     def metric_directions(self) -> dict[tuple[str, str], bool]:
         """``{(metric, metric_version): higher_is_better}`` for every stored metric."""
         rows = self._conn.execute("SELECT DISTINCT scorer, version, higher_is_better FROM scores").fetchall()
@@ -493,6 +542,7 @@ def export(results_dir: Path, out: Path, fmt: Literal["csv", "parquet", "json"])
             "images": store.images_frame(),
             "scores": store.scores_frame(),
             "overlaps": store.overlaps_frame(),
+            "training_signals": store.training_signals_frame(),
         }
     written = []
     for name, frame in tables.items():

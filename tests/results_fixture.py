@@ -3,17 +3,20 @@
 Used by the store, dashboard and concurrency tests (the dashboard's AppTest tests use the
 lead's ``tiny_run_dir`` when it is there).  Scores are drawn from a seeded generator with a
 per-method offset, so the expected ranking is known: dro > dpo > base on every metric.
+dro's training data was shaped by pickscore (``TRAINING_SIGNALS``); no other run's was.
 """
 
 from __future__ import annotations
 
 import hashlib
 import random
+import sqlite3
+from contextlib import closing
 from pathlib import Path
 
 from PIL import Image
 
-from harness.store import Store
+from harness.store import Store, db_path
 
 METHODS = {"base": 0.0, "dpo": 0.5, "dro": 1.0}
 SUITES = {
@@ -26,6 +29,7 @@ SUITES = {
 IMAGES_PER_PROMPT = 2
 SCORERS = {"pickscore": ("v1", "100*cos", 20.0), "aesthetic": ("v1", "[0,10]", 5.0)}
 TRAIN_STEPS = 5
+TRAINING_SIGNALS = {"dro": (["pickscore"], "experts ranked by pickscore (top 2)")}
 
 
 def write_png(path: Path, seed: int, size: int = 32) -> str:
@@ -78,6 +82,8 @@ def build_results_dir(results_dir: Path) -> Path:
                                             for step in range(1, TRAIN_STEPS + 1)])
                 store.add_checkpoint(run_id, TRAIN_STEPS, f"models/{method}/checkpoint-{TRAIN_STEPS}")
                 store.set_overlap(run_id, suite="toy-unseen", n_overlap=1 if method == "dro" else 0)
+            if method in TRAINING_SIGNALS:
+                store.set_training_signals(run_id, *TRAINING_SIGNALS[method])
             for suite, (split, _) in SUITES.items():
                 store.add_images(run_id, suite=suite, suite_version="abc123", split=split,
                                  rows=manifest_rows(results_dir, method, suite))
@@ -88,3 +94,11 @@ def build_results_dir(results_dir: Path) -> Path:
 
 def n_images() -> int:
     return sum(len(prompts) for _, prompts in SUITES.values()) * IMAGES_PER_PROMPT
+
+
+def as_schema_1(results_dir: Path) -> Path:
+    """Make ``results_dir`` what a harness of store schema 1 wrote: schema 2 less training_signals."""
+    with closing(sqlite3.connect(db_path(results_dir))) as conn, conn:
+        conn.execute("DROP TABLE training_signals")
+        conn.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
+    return results_dir

@@ -1,3 +1,4 @@
+import csv
 import json
 import sqlite3
 
@@ -6,6 +7,8 @@ import pytest
 from conftest import harness_cli
 from harness.cli import _parse_overrides, format_table
 from harness.errors import HarnessError
+from harness.stats import SIGNAL_MARK, SIGNAL_NOTE
+from results_fixture import SUITES, as_schema_1, build_results_dir
 
 
 def test_unknown_method_is_one_line_listing_the_available_ones(tmp_path):
@@ -92,3 +95,29 @@ def test_real_model_paths_fail_with_one_line_offline(tmp_path):
     assert "Traceback" not in result.stderr
     result = harness_cli("run", "--methods", "sft", "--preset", "sd15", "--pretrained", "--out", str(tmp_path))
     assert result.returncode == 2 and "no published weights for 'sft'" in result.stderr
+
+
+def test_leaderboard_marks_the_metric_a_method_was_trained_on(tmp_path):
+    results = build_results_dir(tmp_path / "results")  # dro's experts were ranked by pickscore
+    trained = {("dro", suite, "pickscore") for suite in SUITES}
+
+    table = harness_cli("leaderboard", "--out", str(results))
+    assert table.returncode == 0, table.stderr
+    *rows, note = table.stdout.strip().splitlines()[1:]
+    assert note == SIGNAL_NOTE
+    assert {tuple(row.split()[:3]) for row in rows if SIGNAL_MARK in row} == trained
+    assert all(row.split()[4].endswith(SIGNAL_MARK) for row in rows if SIGNAL_MARK in row)  # on the mean
+
+    marked = json.loads(harness_cli("leaderboard", "--out", str(results), "--format", "json").stdout)
+    assert {(r["method"], r["suite"], r["metric"]) for r in marked if r["trained_on_signal"]} == trained
+    assert all(isinstance(r["trained_on_signal"], bool) for r in marked)
+    table = list(csv.DictReader(harness_cli("leaderboard", "--out", str(results), "--format", "csv").stdout.splitlines()))
+    assert {(r["method"], r["suite"], r["metric"]) for r in table if r["trained_on_signal"] == "True"} == trained
+
+    # A results directory of store schema 1 records no signals: the same numbers, nothing marked,
+    # and reading it leaves it at schema 1.
+    old = as_schema_1(results)
+    rows = json.loads(harness_cli("leaderboard", "--out", str(old), "--format", "json").stdout)
+    assert rows == [dict(r, trained_on_signal=False) for r in marked]
+    with sqlite3.connect(old / "results.db") as db:
+        assert db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == ("1",)

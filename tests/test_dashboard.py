@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from streamlit.dataframe_util import convert_arrow_bytes_to_pandas_df
 from streamlit.testing.v1 import AppTest
 
 from dashboard.data import (
@@ -25,9 +27,17 @@ from dashboard.data import (
 from dashboard import serve
 from dashboard.views import PAGES
 from harness.errors import HarnessError
-from harness.stats import leaderboard
+from harness.stats import SIGNAL_MARK, SIGNAL_NOTE, leaderboard
 from harness.store import Store
-from results_fixture import IMAGES_PER_PROMPT, METHODS, SUITES, TRAIN_STEPS, build_results_dir
+from results_fixture import (
+    IMAGES_PER_PROMPT,
+    METHODS,
+    SUITES,
+    TRAIN_STEPS,
+    TRAINING_SIGNALS,
+    as_schema_1,
+    build_results_dir,
+)
 
 APP = Path(__file__).resolve().parent.parent / "dashboard" / "app.py"
 
@@ -52,6 +62,21 @@ def show(at: AppTest, page: str) -> AppTest:
 
 def image_captions(at: AppTest) -> list[str]:
     return [img.caption for image in at.image for img in image.proto.imgs]
+
+
+def shown(table) -> pd.DataFrame:
+    """A styled table's cells as the browser shows them (the Styler's display values)."""
+    return convert_arrow_bytes_to_pandas_df(table.proto.arrow_data.styler.display_values)
+
+
+def marked_cells(cells: pd.DataFrame, *keys: str) -> set[tuple]:
+    """``(*row keys, column)`` of every cell carrying the signal mark."""
+    return {(*row[list(keys)], column) for _, row in cells.iterrows()
+            for column in cells.columns if SIGNAL_MARK in str(row[column])}
+
+
+def notes(at: AppTest) -> int:
+    return sum(caption.value == SIGNAL_NOTE for caption in at.caption)
 
 
 # -- tables, without Streamlit ---------------------------------------------------------------
@@ -103,6 +128,37 @@ def test_leaderboard_page_lists_every_method_with_stats(results_dir: Path, monke
     assert set(at.dataframe[1].value["split"]) == {"unseen"}
 
 
+def test_leaderboard_page_marks_only_the_metric_a_method_was_trained_on(
+    results_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    at = open_app(results_dir, monkeypatch)  # dro's training data was ranked by pickscore, nothing else
+    assert TRAINING_SIGNALS == {"dro": (["pickscore"], "experts ranked by pickscore (top 2)")}
+    overview = shown(at.dataframe[0])
+    assert marked_cells(overview, "method") == {("dro", f"{suite} · pickscore (v1)") for suite in SUITES}
+    cells = overview.set_index("method")["toy-seen · pickscore (v1)"]
+    assert re.fullmatch(rf"\d+\.\d{{4}} {SIGNAL_MARK}", cells["dro"]) and re.fullmatch(r"\d+\.\d{4}", cells["dpo"])
+    assert notes(at) == 1
+
+    assert at.selectbox(key="leaderboard_metric").value == "aesthetic (v1)"
+    assert not marked_cells(shown(at.dataframe[1]), "method", "suite")
+    at.selectbox(key="leaderboard_metric").set_value("pickscore (v1)").run()
+    detail = shown(at.dataframe[1])
+    assert marked_cells(detail, "method", "suite") == {("dro", suite, "mean") for suite in SUITES}
+    assert notes(at) == 2
+
+
+def test_a_results_dir_of_store_schema_1_shows_no_mark(
+    results_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    old = tmp_path / "old"
+    shutil.copytree(results_dir, old)
+    at = open_app(as_schema_1(old), monkeypatch)
+    assert shown(at.dataframe[0])["method"].tolist() == list(METHODS)
+    assert not marked_cells(shown(at.dataframe[0]), "method") and not notes(at)
+    show(at, "Run details")
+    assert "None recorded." in [c.value for c in at.caption]
+
+
 def test_compare_page_pages_through_prompts_and_filters_by_category(
     results_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -145,8 +201,13 @@ def test_run_details_page_shows_provenance_and_overlaps(results_dir: Path, monke
     at.selectbox(key="details_run").set_value(dro_run).run()
     assert at.dataframe[1].value["step"].tolist() == [TRAIN_STEPS]
     assert at.dataframe[2].value.to_dict("records") == [{"suite": "toy-unseen", "split": "unseen", "n_overlap": 1}]
+    assert at.dataframe[3].value.to_dict("records") == [
+        {"metric": "pickscore", "source": "experts ranked by pickscore (top 2)"}]
     assert [w.value for w in at.warning] and "dro" in at.warning[0].value
     assert '"beta": 5000' in at.json[2].value
+    base_run = int(at.dataframe[0].value.set_index("method").loc["base", "run_id"])
+    at.selectbox(key="details_run").set_value(base_run).run()
+    assert len(at.dataframe) == 2 and "None recorded." in [c.value for c in at.caption]
 
 
 def test_missing_results_show_one_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

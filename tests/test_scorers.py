@@ -15,8 +15,9 @@ import torch
 from PIL import Image
 
 from harness.errors import HarnessError
-from harness.registry import SCORERS
-from harness.scoring import get_scorer
+from harness.registry import SCORERS, UnknownEntryError, register_scorer
+from harness.scoring import get_scorer, same_signal
+from harness.scoring.pickscore import PickScore
 from harness.scoring._random_weights import register_tiny_open_clip, save_aesthetic_head, save_hf_clip, save_open_clip
 
 SIZE = 32  # the tiny models' input resolution; test images are made at it so no resampling enters
@@ -183,6 +184,29 @@ def test_every_scorer_is_registered_and_describes_its_scale():
     for name in ("pickscore", "hpsv2", "hpsv2.1", "imagereward", "clip", "aesthetic"):
         cls = SCORERS.get(name)
         assert cls.name == name and cls.version and cls.scale and cls.description and cls.higher_is_better
+
+
+def test_scorers_of_one_family_are_one_signal(monkeypatch):
+    assert same_signal("hpsv2") == same_signal("hpsv2.1") == ["hpsv2", "hpsv2.1"]
+    for name in ("pickscore", "imagereward", "clip", "aesthetic", "toy-fidelity", "toy-quality"):
+        assert same_signal(name) == [name]
+    with pytest.raises(UnknownEntryError, match=r"^unknown scorer 'nosuch'; available: .*hpsv2"):
+        same_signal("nosuch")
+
+    SCORERS.names()  # built-ins loaded before the entries are copied
+    monkeypatch.setattr(SCORERS, "_entries", dict(SCORERS._entries))  # undone after the test
+
+    @register_scorer("pickscore-test-cosine")
+    class Cosine(PickScore):
+        name = "pickscore-test-cosine"
+        family = "pickscore"
+
+    @register_scorer("pickscore-test-variant")
+    class Variant(PickScore):  # a new name without a family: its own signal, not inherited
+        name = "pickscore-test-variant"
+
+    assert same_signal("pickscore") == same_signal("pickscore-test-cosine") == ["pickscore", "pickscore-test-cosine"]
+    assert same_signal("pickscore-test-variant") == ["pickscore-test-variant"]
 
 
 @pytest.mark.parametrize(

@@ -15,6 +15,7 @@ from harness.stats import (
     category_means,
     leaderboard,
     paired_comparison,
+    signals_by_method,
     wilson_ci,
     win_rate_matrix,
 )
@@ -154,6 +155,23 @@ def test_leaderboard_is_deterministic_and_json_ready(base_values):
         "method", "suite", "split", "metric", "metric_version", "n", "mean", "std", "ci_low", "ci_high",
         "delta_vs_base", "delta_ci_low", "delta_ci_high", "win_rate_vs_base", "win_ci_low", "win_ci_high",
     }
+
+
+def test_rows_of_a_metric_a_method_was_trained_on_are_flagged_and_nothing_else_changes(base_values):
+    scores = pd.concat([frame(method, base_values + shift, metric=metric)
+                        for method, shift in (("base", 0), ("dpo", 1), ("dro", 2)) for metric in ("pickscore", "hpsv2")])
+    recorded = pd.DataFrame({"run_id": [2, 2, 3], "method": ["dro", "dro", "dpo"],
+                             "metric": ["hpsv2", "hpsv2.1", "aesthetic"], "source": ["experts", "experts", "pairs"]})
+    signals = signals_by_method(recorded)
+    assert signals == {"dpo": {"aesthetic"}, "dro": {"hpsv2", "hpsv2.1"}}
+
+    flagged = leaderboard(scores, n_boot=100, signals=signals)
+    assert [(r["method"], r["metric"]) for r in flagged if r["trained_on_signal"]] == [("dro", "hpsv2")]
+    plain = leaderboard(scores, n_boot=100)
+    assert all(r["trained_on_signal"] is False for r in plain)
+    # The flag is the only difference, and the last key: every other field keeps its place.
+    assert all(list(r)[-1] == "trained_on_signal" for r in flagged)
+    assert [dict(r, trained_on_signal=None) for r in flagged] == [dict(r, trained_on_signal=None) for r in plain]
 
 
 def test_paired_comparison_between_any_two_methods(base_values):

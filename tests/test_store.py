@@ -9,6 +9,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from contextlib import closing
 from pathlib import Path
 
 import pandas as pd
@@ -16,7 +17,16 @@ import pytest
 
 from harness.errors import HarnessError
 from harness.store import Store, export
-from results_fixture import METHODS, SCORERS, build_results_dir, manifest_rows, n_images, score_rows
+from results_fixture import (
+    METHODS,
+    SCORERS,
+    TRAINING_SIGNALS,
+    as_schema_1,
+    build_results_dir,
+    manifest_rows,
+    n_images,
+    score_rows,
+)
 
 # The contract with harness.stats and the lead's orchestrator, spelled out independently of store.py.
 SCORES_COLUMNS = ["run_id", "method", "suite", "split", "metric", "metric_version", "scale", "prompt_id",
@@ -167,6 +177,66 @@ def test_foreign_or_newer_databases_are_refused(tmp_path: Path) -> None:
         Store(tmp_path / "new")
 
 
+def test_opening_a_newer_database_for_writing_leaves_it_untouched(tmp_path: Path) -> None:
+    # A future schema that has only a meta table: none of ours may be added to it.
+    with closing(sqlite3.connect(tmp_path / "results.db")) as conn, conn:
+        conn.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+        conn.execute("INSERT INTO meta VALUES ('schema_version', '99')")
+    with pytest.raises(HarnessError, match="schema 99"):
+        Store(tmp_path)
+    with closing(sqlite3.connect(tmp_path / "results.db")) as conn:
+        assert conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall() == [("meta",)]
+
+
+def test_training_signals_are_recorded_per_run_and_a_rerun_replaces_them(tmp_path: Path) -> None:
+    with Store(tmp_path) as store:
+        dro, smpo = new_run(store, "dro"), new_run(store, "smpo")
+        store.set_training_signals(dro, ["hpsv2.1", "hpsv2", "hpsv2"], "experts ranked by hpsv2 (top 500)")
+        store.set_training_signals(smpo, ["pickscore-cosine", "pickscore"], "pair scores by pickscore-cosine")
+        frame = store.training_signals_frame()
+        assert list(frame.columns) == ["run_id", "method", "metric", "source"]
+        assert list(frame.itertuples(index=False, name=None)) == [
+            (dro, "dro", "hpsv2", "experts ranked by hpsv2 (top 500)"),
+            (dro, "dro", "hpsv2.1", "experts ranked by hpsv2 (top 500)"),
+            (smpo, "smpo", "pickscore", "pair scores by pickscore-cosine"),
+            (smpo, "smpo", "pickscore-cosine", "pair scores by pickscore-cosine"),
+        ]
+        # A rerun replaces the run's whole set, and touches no other run.
+        store.set_training_signals(dro, ["toy-quality"], "experts ranked by toy-quality")
+        store.set_training_signals(smpo, [], "human preference labels")
+        expected = [(dro, "dro", "toy-quality", "experts ranked by toy-quality")]
+        assert list(store.training_signals_frame().itertuples(index=False, name=None)) == expected
+
+        with pytest.raises(HarnessError, match="no run with id 999"):
+            store.set_training_signals(999, ["hpsv2"], "experts")
+        with pytest.raises(HarnessError, match="must be a list of metric names"):
+            store.set_training_signals(dro, "hpsv2", "experts")  # type: ignore[arg-type]
+        with pytest.raises(HarnessError, match="need a source"):
+            store.set_training_signals(dro, ["hpsv2"], " ")
+        assert list(store.training_signals_frame().itertuples(index=False, name=None)) == expected
+
+
+def test_a_schema_1_database_is_read_as_is_and_upgraded_when_opened_for_writing(tmp_path: Path) -> None:
+    with Store(tmp_path) as store:
+        run_id = new_run(store, "dro")
+    as_schema_1(tmp_path)
+    db = tmp_path / "results.db"
+    before = db.read_bytes()
+    with Store(tmp_path, readonly=True) as store:
+        assert store.schema_version == "1"
+        assert store.runs_frame()["method"].tolist() == ["dro"]
+        signals = store.training_signals_frame()
+        assert signals.empty and list(signals.columns) == ["run_id", "method", "metric", "source"]
+    assert db.read_bytes() == before, "a read-only open changed the database"
+
+    with Store(tmp_path) as store:
+        assert store.schema_version == "2"
+        store.set_training_signals(run_id, ["hpsv2"], "experts ranked by hpsv2")
+    with Store(tmp_path, readonly=True) as store:
+        assert store.schema_version == "2"
+        assert store.training_signals_frame()["metric"].tolist() == ["hpsv2"]
+
+
 # A writer that adds one suite's images and scores per transaction, BATCH rows each, and can be
 # killed at any moment.  Rerunning it must fill in exactly what is missing.
 WRITER = textwrap.dedent("""
@@ -217,8 +287,11 @@ def test_a_killed_writer_leaves_whole_transactions_and_a_rerun_completes(tmp_pat
 def test_export_writes_every_table_readable_by_pandas(results_dir: Path, tmp_path: Path, fmt: str) -> None:
     files = export(results_dir, tmp_path / "export", fmt)
     assert sorted(f.name for f in files) == sorted(
-        f"{t}.{fmt}" for t in ("runs", "checkpoints", "training", "images", "scores", "overlaps"))
+        f"{t}.{fmt}" for t in ("runs", "checkpoints", "training", "images", "scores", "overlaps", "training_signals"))
     read = {"csv": pd.read_csv, "parquet": pd.read_parquet, "json": pd.read_json}[fmt]
+    signals = read(tmp_path / "export" / f"training_signals.{fmt}")
+    assert [(r.method, r.metric, r.source) for r in signals.itertuples()] == [
+        (method, metric, source) for method, (metrics, source) in TRAINING_SIGNALS.items() for metric in metrics]
     scores = read(tmp_path / "export" / f"scores.{fmt}")
     with Store(results_dir, readonly=True) as store:
         expected = store.scores_frame()

@@ -1,5 +1,6 @@
 """Scorers: ``get_scorer(name, **locations)`` builds a registered scorer.
 
+``same_signal(name)`` lists the scorers that measure the same signal as ``name``.
 ``score_images`` scores a list of images through a ``ScoreCache`` keyed by image content hash,
 prompt and scorer version, so unchanged images are never scored twice.
 """
@@ -12,9 +13,16 @@ from harness.registry import SCORERS, register_scorer
 from harness.scoring.base import Scorer
 from harness.scoring.cache import ScoreCache, image_sha256, score_images
 
-__all__ = ["ScoreCache", "Scorer", "get_scorer", "image_sha256", "register_scorer", "score_images"]
+__all__ = ["ScoreCache", "Scorer", "get_scorer", "image_sha256", "register_scorer", "same_signal", "score_images"]
 
 
 def get_scorer(name: str, **locations: Any) -> Scorer:
     """Build scorer ``name``; ``locations`` (model / processor / checkpoint) are hub ids or local paths."""
     return SCORERS.get(name)(**locations)
+
+
+def same_signal(scorer_name: str) -> list[str]:
+    """The registered scorers of ``scorer_name``'s family, sorted (``scorer_name`` included):
+    a method trained on any of them has no independent evidence from the others."""
+    family = SCORERS.get(scorer_name).family
+    return sorted(name for name, cls in SCORERS.items() if cls.family == family)

@@ -14,13 +14,25 @@ class Scorer(ABC):
     ``version`` identifies the weights and formula (a score cache key), ``scale``
     says in words what the number means (e.g. "100*cos", "[0,1]"), so stored scores
     from different versions never share a column.
+
+    ``family`` names the signal a scorer measures (by default its own ``name``).  Scorers
+    of one family (the same model family trained on the same data) are not independent
+    evidence for each other: a method trained on one is marked as trained on all of them.
     """
 
     name: ClassVar[str]
     version: ClassVar[str]
     scale: ClassVar[str]
+    family: ClassVar[str]
     higher_is_better: ClassVar[bool] = True
     description: ClassVar[str] = ""
+
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        super().__init_subclass__(**kwargs)
+        # A scorer that names itself measures its own signal unless it says which family it
+        # shares: sharing is a claim made on purpose, never inherited by accident.
+        if "name" in cls.__dict__ and "family" not in cls.__dict__:
+            cls.family = cls.name
 
     @abstractmethod
     def score(self, images: list[Image.Image], prompts: list[str]) -> list[float]:

@@ -61,6 +61,7 @@ class HPSv2(_HPS):
 @register_scorer("hpsv2.1")
 class HPSv21(_HPS):
     name = "hpsv2.1"
+    family = "hpsv2"  # same model, same preference data as v2.0: not independent evidence
     version = "v2.1"
     filename = "HPS_v2.1_compressed.pt"
     scale = "100*cos"
