@@ -89,7 +89,7 @@ def _tiny() -> Preset:
         # warmup would leave the UNet untouched), so the tests see trained != base.
         method_overrides={
             name: {"max_steps": 2, "batch_size": 2, "lr": 1e-3, "scale_lr": False, "warmup_steps": 0,
-                   "lr_scheduler": "constant"}
+                   "lr_scheduler": "constant", **({"score_lo": 0.0, "score_hi": 1.0} if name == "smpo" else {})}
             for name in ("dpo", "dro", "smpo", "sft")
         },
     )
