@@ -78,6 +78,9 @@ def test_tiny_end_to_end_run(tiny_run_dir):
     assert {r["suite"] for r in rows if r["method"] == "dpo"} == {"toy-seen", "toy-unseen"}
     base_rows = [r for r in rows if r["method"] == "base"]
     assert base_rows and all(r["delta_vs_base"] is None for r in base_rows)
+    # The toy pairs are labelled by raters who read the toy rewards: every metric is dpo's training signal.
+    assert all(r["trained_on_signal"] for r in rows if r["method"] == "dpo")
+    assert not any(r["trained_on_signal"] for r in base_rows)
 
     # A rerun resumes: nothing is trained, generated or scored twice.
     again = harness_cli("run", "--preset", "tiny", "--methods", "dpo", "--out", str(tiny_run_dir))
