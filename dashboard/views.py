@@ -245,7 +245,7 @@ def run_details_page(results: Results) -> None:
         st.warning(warning)
     runs = results.runs
     summary = runs[["run_id", "method", "status", "preset", "base_model", "started_at", "ended_at", "wall_s",
-                    "gpu_hours", "unet_evals_per_sample", "git_commit"]]
+                    "gpu_hours", "cpu_hours", "unet_evals_per_sample", "git_commit"]]
     st.dataframe(summary, hide_index=True)
     labels = {r.run_id: f"{r.method} — {r.key}" for r in runs.itertuples()}
     run_id = st.selectbox("Run", list(labels), format_func=labels.__getitem__, key="details_run")

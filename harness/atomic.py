@@ -25,6 +25,16 @@ def replacing(path: Path) -> Iterator[Path]:
         temporary.unlink(missing_ok=True)
 
 
+def remove_leftovers(directory: Path) -> None:
+    """Delete the temporary files ``replacing`` left in ``directory`` when their writers were killed.
+
+    Only for a directory no one is writing to any more: a live writer's temporary file goes too.
+    """
+    for leftover in Path(directory).glob(".*.*.tmp"):
+        if leftover.is_file():
+            leftover.unlink(missing_ok=True)
+
+
 @contextmanager
 def publishing(directory: Path) -> Iterator[Path]:
     """A private temporary directory beside ``directory``, renamed onto it if the block succeeds.

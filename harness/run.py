@@ -319,11 +319,13 @@ class _ModelJob:
 
 def _train(job: _ModelJob) -> EvaluatedModel:
     """Train a method from the base (a job); the model returned holds its trained UNet."""
+    from harness.compute import JobClock
     from harness.store import Store
     from harness.trainer import train
 
     model = job.model
     job.stage(f"{model.method}: training")
+    clock = JobClock()
     with Store(job.options.out / "results.db") as store:
         store.set_run_status(model.run_id, "running")
         pending: list[tuple[int, dict[str, float]]] = []
@@ -348,9 +350,11 @@ def _train(job: _ModelJob) -> EvaluatedModel:
             )
         except BaseException:
             store.log_training(model.run_id, pending)
+            store.add_compute(model.run_id, clock.figures("train"))
             store.set_run_status(model.run_id, "failed")
             raise
         store.log_training(model.run_id, pending)
+        store.add_compute(model.run_id, clock.figures("train"))
         store.add_checkpoint(model.run_id, result.steps, str(result.unet_dir))
         compute = {"train_wall_s": round(result.wall_s, 1), "unet_evals_per_sample": result.unet_evals_per_sample}
         store.set_run_status(model.run_id, "trained", compute)
@@ -359,13 +363,16 @@ def _train(job: _ModelJob) -> EvaluatedModel:
 
 def _evaluate(job: _ModelJob) -> None:
     """Generate the suites and score them: one model's evaluation (a job)."""
+    from harness.compute import JobClock
     from harness.store import Store
 
+    clock = JobClock()
     with Store(job.options.out / "results.db") as store:
         job.stage(f"{job.model.method}: generation")
         manifests = _generate(job.model, job, store)
         job.stage(f"{job.model.method}: scoring")
         _score(job.model, manifests, job, store)
+        store.add_compute(job.model.run_id, clock.figures("eval"))
 
 
 def load_suite(name: str, limit: int | None = None):

@@ -35,7 +35,7 @@ from typing import Any, Iterator
 
 import torch
 
-from harness.atomic import replacing, write_jsonl
+from harness.atomic import remove_leftovers, replacing, write_jsonl
 from harness.distributed import barrier, rank_and_size
 from harness.errors import HarnessError
 from harness.suites import Suite
@@ -424,6 +424,7 @@ def _merge_manifest(out_dir: Path, suite: Suite, settings: dict[str, Any], image
     for journal in (out_dir / _PARTS_DIR).glob("rank-*.jsonl"):
         journal.unlink()
     (out_dir / _PARTS_DIR).rmdir()
+    remove_leftovers(out_dir)  # every rank has finished writing: temporary files left are a killed run's
     return rows
 
 

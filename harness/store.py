@@ -14,7 +14,9 @@ Schema (version 2; ``meta.schema_version``)
     base_model, config (JSON), git_commit, versions (JSON: python, torch, diffusers,
     transformers, harness), status ('created' | 'running' | 'trained' | 'done' | 'failed'),
     started_at, ended_at (ISO-8601 UTC), wall_s, gpu_hours, unet_evals_per_sample,
-    compute (JSON: every compute figure reported, the three above included)
+    compute (JSON: every compute figure reported, the three above included; on a CPU
+    ``cpu_hours`` instead of ``gpu_hours``, which ``runs_frame()`` shows as a column too;
+    see ``harness.compute``)
 ``checkpoints``   (run_id, step) PK, path, created_at
 ``training_log``  (run_id, step, term) PK, value — long format, one row per logged term
                   (loss, lr, and whatever terms a method logs)
@@ -163,7 +165,8 @@ ORDER BY t.run_id, t.term, t.step
 """
 _RUNS_QUERY = """
 SELECT run_id, key, method, preset, base_model, status, started_at, ended_at, wall_s, gpu_hours,
-       unet_evals_per_sample, git_commit, versions, config, compute
+       json_extract(compute, '$.cpu_hours') AS cpu_hours, unet_evals_per_sample, git_commit, versions, config,
+       compute
 FROM runs ORDER BY run_id
 """
 _CHECKPOINTS_QUERY = """
@@ -347,10 +350,7 @@ class Store:
         if status not in RUN_STATUSES:
             raise HarnessError(f"unknown run status {status!r}; expected one of {', '.join(RUN_STATUSES)}")
         with self._transaction() as conn:
-            row = conn.execute("SELECT compute FROM runs WHERE run_id = ?", (run_id,)).fetchone()
-            if row is None:
-                raise HarnessError(f"no run with id {run_id} in {self.path}")
-            merged = {**json.loads(row[0]), **(compute or {})}
+            merged = {**self._compute(conn, run_id), **(compute or {})}
             ended_at = _now() if status in ("done", "failed") else None
             conn.execute(
                 "UPDATE runs SET status = ?, ended_at = ?, compute = ?, wall_s = ?, gpu_hours = ?,"
@@ -358,6 +358,22 @@ class Store:
                 (status, ended_at, _canonical_json(merged), merged.get("wall_s"), merged.get("gpu_hours"),
                  merged.get("unet_evals_per_sample"), run_id),
             )
+
+    def add_compute(self, run_id: int, figures: dict[str, float]) -> None:
+        """Add ``figures`` to the run's totals (e.g. the hours each of its jobs took, resumed attempts
+        included): unlike ``set_run_status``'s, these accumulate."""
+        with self._transaction() as conn:
+            compute = self._compute(conn, run_id)
+            for key, value in figures.items():
+                compute[key] = compute.get(key, 0) + value
+            conn.execute("UPDATE runs SET compute = ?, gpu_hours = ? WHERE run_id = ?",
+                         (_canonical_json(compute), compute.get("gpu_hours"), run_id))
+
+    def _compute(self, conn: sqlite3.Connection, run_id: int) -> dict:
+        row = conn.execute("SELECT compute FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+        if row is None:
+            raise HarnessError(f"no run with id {run_id} in {self.path}")
+        return json.loads(row[0])
 
     def add_checkpoint(self, run_id: int, step: int, path: str) -> None:
         with self._transaction() as conn:
@@ -502,7 +518,8 @@ class Store:
 
     def runs_frame(self) -> pd.DataFrame:
         """Columns: run_id, key, method, preset, base_model, status, started_at, ended_at, wall_s,
-        gpu_hours, unet_evals_per_sample, git_commit, versions, config, compute (the last three JSON text)."""
+        gpu_hours, cpu_hours, unet_evals_per_sample, git_commit, versions, config, compute (the last three
+        JSON text)."""
         return self._frame(_RUNS_QUERY)
 
     def checkpoints_frame(self) -> pd.DataFrame:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -24,6 +25,7 @@ from dashboard.data import (
     overview_table,
     results_dir_from,
 )
+import dashboard.data
 from dashboard import serve
 from dashboard.views import PAGES
 from harness.errors import HarnessError
@@ -208,6 +210,35 @@ def test_run_details_page_shows_provenance_and_overlaps(results_dir: Path, monke
     base_run = int(at.dataframe[0].value.set_index("method").loc["base", "run_id"])
     at.selectbox(key="details_run").set_value(base_run).run()
     assert len(at.dataframe) == 2 and "None recorded." in [c.value for c in at.caption]
+
+
+def test_the_dashboard_cannot_write_the_results(results_dir: Path, tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every connection the dashboard opens refuses a write, and rendering every page leaves
+    results.db as it was, byte for byte and mtime."""
+    copy = tmp_path / "results"  # a directory the dashboard's cache has not seen: it must load it
+    shutil.copytree(results_dir, copy)
+    db = copy / "results.db"
+    before = (db.read_bytes(), db.stat().st_mtime_ns)
+    refusals: list[str | None] = []
+
+    class WriteProbedStore(Store):
+        """The store the dashboard opens, plus one write attempt through its connection."""
+
+        def __init__(self, *args, **kwargs) -> None:
+            super().__init__(*args, **kwargs)
+            try:
+                self._conn.execute("CREATE TABLE the_dashboard_wrote_here (x)")
+                refusals.append(None)
+            except sqlite3.OperationalError as exc:
+                refusals.append(str(exc))
+
+    monkeypatch.setattr(dashboard.data, "Store", WriteProbedStore)
+    at = open_app(copy, monkeypatch)
+    for page in PAGES:
+        show(at, page)
+    assert refusals and all(r is not None and "readonly" in r for r in refusals), refusals
+    assert (db.read_bytes(), db.stat().st_mtime_ns) == before
 
 
 def test_missing_results_show_one_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -110,10 +110,14 @@ def test_interrupted_run_resumes_to_the_same_manifest(pipe, reference, tmp_path)
     journal = tmp_path / ".manifest-parts" / "rank-0.jsonl"
     finished = [json.loads(line) for line in journal.read_text().splitlines()]
     assert len(finished) == 6
-    # The damage a kill can leave: half a journal row, a half-written temporary file;
-    # and a finished image changed on disk afterwards.
+    # The damage a kill can leave: half a journal row; the next image half-written under its
+    # temporary name (harness.atomic.replacing: ".NAME.PID.tmp"), by the killed process and by a
+    # process that had our pid; and a finished image changed on disk afterwards.
     journal.write_text(journal.read_text()[:-40])
-    (tmp_path / (finished[0]["path"] + ".tmp")).write_bytes(b"\x89PNG partial")
+    reference_rows = [json.loads(line) for line in (reference / MANIFEST_NAME).read_text().splitlines()]
+    next_image = reference_rows[6]["path"]
+    for pid in (os.getpid() + 1, os.getpid()):
+        (tmp_path / f".{next_image}.{pid}.tmp").write_bytes(b"\x89PNG partial")
     (tmp_path / finished[1]["path"]).write_bytes(b"not the image")
 
     resumed = CountingPipeline(pipe)
@@ -121,6 +125,8 @@ def test_interrupted_run_resumes_to_the_same_manifest(pipe, reference, tmp_path)
     assert resumed.images == N_IMAGES - 6 + 2  # the lost journal row and the changed image are redone
     assert (tmp_path / MANIFEST_NAME).read_bytes() == (reference / MANIFEST_NAME).read_bytes()
     assert all(sha256(tmp_path / r["path"]) == r["sha256"] for r in rows)
+    # Nothing of the interrupted run is left behind: the images and their manifest only.
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([MANIFEST_NAME] + [r["path"] for r in rows])
 
     again = CountingPipeline(pipe)
     assert generate(again, case_suite(), tmp_path, batch_size=3, progress=False, **SETTINGS) == rows

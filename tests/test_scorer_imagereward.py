@@ -1,6 +1,7 @@
 """ImageReward: a tiny checkpoint in the original ``ImageReward.pt`` layout, loaded through the real
 code path and compared with a forward pass written here directly over the original keys
-(the published architecture: BLIP ViT, BERT with cross-attention, linear MLP, z-score)."""
+(the published architecture: BLIP ViT, BERT with cross-attention, linear MLP, z-score), on
+images at the model's size and at others, preprocessed as the published code does."""
 
 from __future__ import annotations
 
@@ -16,13 +17,20 @@ from PIL import Image
 from harness.errors import HarnessError
 from harness.scoring import get_scorer
 from harness.scoring._random_weights import IMAGEREWARD_SHAPES, imagereward_state_dict, save_imagereward
+from scorer_images import CLIP_MEAN, CLIP_STD, odd_sized_images, shortest_side_and_centre_crop
 
 SHAPE = IMAGEREWARD_SHAPES["tiny"]
 SIZE, PATCH, VOCAB = SHAPE.image_size, SHAPE.patch_size, list(SHAPE.vocab)
 WORDS = VOCAB[5:]
 MEAN, STD = 0.16717362830052426, 1.0333394966054072  # the published z-normalisation
-CLIP_MEAN = np.array([0.48145466, 0.4578275, 0.40821073])
-CLIP_STD = np.array([0.26862954, 0.26130258, 0.27577711])
+
+
+def model_input(images: list[Image.Image]) -> torch.Tensor:
+    """The published ImageReward preprocessing (OpenAI CLIP's): bicubic resize of the shortest side,
+    centre crop, CLIP normalisation; not BLIP's square resize, which would squash the image."""
+    arrays = [(np.asarray(shortest_side_and_centre_crop(im, SIZE), dtype=np.float64) / 255 - CLIP_MEAN) / CLIP_STD
+              for im in images]
+    return torch.tensor(np.stack(arrays), dtype=torch.float32).permute(0, 3, 1, 2)
 
 
 @pytest.fixture(scope="module")
@@ -89,22 +97,21 @@ def token_ids(prompt: str) -> list[int]:
 def test_official_layout_loads_and_matches_the_direct_computation(checkpoint_dir):
     rng = np.random.default_rng(0)
     images = [Image.fromarray(rng.integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8)) for _ in range(3)]
+    images += odd_sized_images(seed=3)
     long_prompt = " ".join(WORDS * 4)  # 60 words: the reward must only see the first 33 plus [CLS] and [SEP]
     prompts = ["a red cube on the table", "two dogs playing in the snow", long_prompt]
+    prompts += [prompts[i % 2] for i in range(len(images) - 3)]
     scorer = get_scorer("imagereward", checkpoint=str(checkpoint_dir / "ImageReward.pt"),
                         tokenizer=str(checkpoint_dir / "tokenizer"), device="cpu")
 
-    pixels = torch.tensor(
-        np.stack([(np.asarray(im, dtype=np.float64) / 255 - CLIP_MEAN) / CLIP_STD for im in images]), dtype=torch.float32
-    ).permute(0, 3, 1, 2)
     ids = torch.tensor([token_ids(p) for p in prompts])
     with torch.no_grad():
-        expected = reference_reward(imagereward_state_dict("tiny"), pixels, ids, ids != VOCAB.index("[PAD]"))
+        expected = reference_reward(imagereward_state_dict("tiny"), model_input(images), ids, ids != VOCAB.index("[PAD]"))
     scores = scorer.score(images, prompts)
     np.testing.assert_allclose(scores, expected.numpy(), rtol=1e-4, atol=1e-4)
     assert np.std(scores) > 1e-3  # the tiny model is not degenerate: the comparison means something
     # Truncation at 35 tokens: anything after the 33rd word changes nothing.
-    assert scorer.score(images[2:], [long_prompt + " snow snow snow"]) == pytest.approx(scores[2:], abs=1e-5)
+    assert scorer.score(images[2:3], [long_prompt + " snow snow snow"]) == pytest.approx(scores[2:3], abs=1e-5)
     assert scorer.version.startswith("v1.0+custom-")
 
 

@@ -2,7 +2,9 @@
 
 Each scorer is built through ``get_scorer`` from files on disk (as the real weights would be)
 and checked against a computation written here from the raw embeddings, with our own
-preprocessing and open_clip's tokenizer rather than the scorer's.
+preprocessing and open_clip's tokenizer rather than the scorer's.  The images come at the
+model's size and at others (wider, taller, larger, smaller), so each scorer's resizing is
+checked against the published preprocessing, written out here with PIL (``preprocessed``).
 """
 
 from __future__ import annotations
@@ -19,10 +21,16 @@ from harness.registry import SCORERS, UnknownEntryError, register_scorer
 from harness.scoring import get_scorer, same_signal
 from harness.scoring.pickscore import PickScore
 from harness.scoring._random_weights import register_tiny_open_clip, save_aesthetic_head, save_hf_clip, save_open_clip
+from scorer_images import (
+    CLIP_MEAN,
+    CLIP_STD,
+    OTHER_SIZES,
+    longest_side_and_pad,
+    odd_sized_images,
+    shortest_side_and_centre_crop,
+)
 
-SIZE = 32  # the tiny models' input resolution; test images are made at it so no resampling enters
-CLIP_MEAN = np.array([0.48145466, 0.4578275, 0.40821073])
-CLIP_STD = np.array([0.26862954, 0.26130258, 0.27577711])
+SIZE = 32  # the tiny models' input resolution
 TINY_ARCH = "tiny-test-ViT"
 PROMPTS = ["a red cube on a table", "two dogs playing in the snow", "an oil painting of a lighthouse"]
 
@@ -32,10 +40,24 @@ def random_images(n: int, size: tuple[int, int] = (SIZE, SIZE), seed: int = 0) -
     return [Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)) for _ in range(n)]
 
 
-def normalised_pixels(images: list[Image.Image]) -> torch.Tensor:
-    """CLIP's normalisation, written out: (x / 255 - mean) / std, channels first."""
-    arrays = [(np.asarray(image, dtype=np.float64) / 255.0 - CLIP_MEAN) / CLIP_STD for image in images]
+def preprocessed(images: list[Image.Image], fit=shortest_side_and_centre_crop, size: int = SIZE) -> torch.Tensor:
+    """Model input: each image fitted to ``size`` x ``size``, then CLIP's normalisation,
+    (x / 255 - mean) / std, channels first."""
+    arrays = [(np.asarray(fit(image, size), dtype=np.float64) / 255.0 - CLIP_MEAN) / CLIP_STD for image in images]
     return torch.tensor(np.stack(arrays), dtype=torch.float32).permute(0, 3, 1, 2)
+
+
+def test_the_odd_sized_images_tell_crop_pad_and_squash_apart():
+    """Otherwise the scorer tests below could not see a wrong resize."""
+    def squash(image: Image.Image, size: int) -> Image.Image:
+        return image.resize((size, size), Image.Resampling.BICUBIC)
+
+    images = odd_sized_images()
+    not_square = [i for i, (width, height) in enumerate(OTHER_SIZES) if width != height]
+    for a, b in ((shortest_side_and_centre_crop, longest_side_and_pad), (shortest_side_and_centre_crop, squash),
+                 (longest_side_and_pad, squash)):
+        gap = (preprocessed(images, a) - preprocessed(images, b)).abs().amax(dim=(1, 2, 3))
+        assert (gap[not_square] > 1.0).all(), (a.__name__, b.__name__, gap)
 
 
 def cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -58,12 +80,13 @@ def hf_clip(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 
 def hf_embeddings(model_dir: Path, images: list[Image.Image], prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor, float]:
-    """Raw (unnormalised) projected embeddings and exp(logit_scale), straight from the saved model."""
+    """Raw (unnormalised) projected embeddings and exp(logit_scale), straight from the saved model;
+    images preprocessed as the CLIP processor does (shortest side, centre crop)."""
     from transformers import CLIPModel
 
     model = CLIPModel.from_pretrained(model_dir).eval()
     with torch.no_grad():
-        image = model.visual_projection(model.vision_model(pixel_values=normalised_pixels(images)).pooler_output)
+        image = model.visual_projection(model.vision_model(pixel_values=preprocessed(images)).pooler_output)
         text = model.text_projection(model.text_model(input_ids=open_clip_tokens(prompts)).pooler_output)
         scale = model.logit_scale.exp().item()
     return image, text, scale
@@ -77,6 +100,12 @@ def test_pickscore_is_exp_logit_scale_times_cosine(hf_clip):
     expected = scale * cosine(image, text)
     assert scale == pytest.approx(np.exp(3.1), rel=1e-5)
     np.testing.assert_allclose(scorer.score(images, PROMPTS), expected.numpy(), rtol=1e-4, atol=1e-4)
+    # Resized by the processor: on the 40x24 image a few of its pixels are one intensity level off
+    # PIL's (a score difference of ~1.5e-3, where a pad or a squash moves scores by 0.01 to 0.8).
+    others = odd_sized_images(seed=5)
+    prompts = [PROMPTS[i % 3] for i in range(len(others))]
+    image, text, _ = hf_embeddings(model_dir, others, prompts)
+    np.testing.assert_allclose(scorer.score(others, prompts), (scale * cosine(image, text)).numpy(), rtol=1e-4, atol=2e-3)
     # Scores depend on the pair, not on what else is in the batch (padding, batching).
     assert scorer.score(images[1:2], PROMPTS[1:2])[0] == pytest.approx(float(expected[1]), rel=1e-4, abs=1e-4)
     swapped = scorer.score(images, PROMPTS[::-1])
@@ -97,14 +126,15 @@ def test_aesthetic_is_a_linear_head_on_normalised_image_embeddings(hf_clip, tmp_
     model_dir, processor_dir = hf_clip
     head = torch.nn.Linear(16, 1)
     head.load_state_dict(torch.load(save_aesthetic_head(tmp_path / "sa_0_4_vit_l_14_linear.pth", 16), weights_only=True))
-    images = random_images(3, seed=1)
+    images = random_images(3, seed=1) + odd_sized_images(seed=1)
+    prompts = [PROMPTS[i % 3] for i in range(len(images))]
     scorer = get_scorer("aesthetic", model=str(model_dir), processor=str(processor_dir), checkpoint=str(tmp_path), device="cpu")
-    image, _, _ = hf_embeddings(model_dir, images, PROMPTS)
+    image, _, _ = hf_embeddings(model_dir, images, prompts)
     with torch.no_grad():
         expected = head(image / image.norm(dim=-1, keepdim=True)).squeeze(-1)
-    np.testing.assert_allclose(scorer.score(images, PROMPTS), expected.numpy(), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(scorer.score(images, prompts), expected.numpy(), rtol=1e-4, atol=1e-5)
     # The prompt plays no part in an aesthetic rating.
-    assert scorer.score(images, ["", "", ""]) == pytest.approx(scorer.score(images, PROMPTS))
+    assert scorer.score(images, [""] * len(images)) == pytest.approx(scorer.score(images, prompts))
 
     with pytest.raises(HarnessError, match=r"sa_0_4_vit_l_14_linear\.pth is not cached and HF_HUB_OFFLINE is set"):
         get_scorer("aesthetic", model=str(model_dir), processor=str(processor_dir))  # the head's default is a URL
@@ -127,22 +157,23 @@ def tiny_open_clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def open_clip_cosine(checkpoint: Path, images: list[Image.Image], prompts: list[str]) -> torch.Tensor:
+def open_clip_cosine(checkpoint: Path, images: list[Image.Image], prompts: list[str], fit) -> torch.Tensor:
     import open_clip
 
     model = open_clip.create_model(TINY_ARCH, pretrained=None).eval()
     state = torch.load(checkpoint, weights_only=True)
     model.load_state_dict(state.get("state_dict", state))
     with torch.no_grad():
-        return cosine(model.encode_image(normalised_pixels(images)), model.encode_text(open_clip_tokens(prompts)))
+        return cosine(model.encode_image(preprocessed(images, fit)), model.encode_text(open_clip_tokens(prompts)))
 
 
 @pytest.mark.parametrize("name, filename", [("hpsv2", "HPS_v2_compressed.pt"), ("hpsv2.1", "HPS_v2.1_compressed.pt")])
 def test_hpsv2_is_100_times_cosine_with_its_own_checkpoint(tiny_open_clip, name, filename):
-    images = random_images(3, seed=2)
+    images = random_images(3, seed=2) + odd_sized_images(seed=2)
+    prompts = [PROMPTS[i % 3] for i in range(len(images))]
     scorer = get_scorer(name, checkpoint=str(tiny_open_clip), arch=TINY_ARCH, device="cpu")
-    expected = 100 * open_clip_cosine(tiny_open_clip / filename, images, PROMPTS)
-    np.testing.assert_allclose(scorer.score(images, PROMPTS), expected.numpy(), rtol=1e-4, atol=1e-3)
+    expected = 100 * open_clip_cosine(tiny_open_clip / filename, images, prompts, longest_side_and_pad)
+    np.testing.assert_allclose(scorer.score(images, prompts), expected.numpy(), rtol=1e-4, atol=1e-3)
     assert scorer.name == name and scorer.version.startswith({"hpsv2": "v2.0", "hpsv2.1": "v2.1"}[name])
 
 
@@ -169,10 +200,12 @@ def test_hps_preprocessing_keeps_the_whole_image_and_pads():
 
 
 def test_clip_score_is_plain_cosine(tiny_open_clip):
-    images = random_images(3, seed=4)
+    images = random_images(3, seed=4) + odd_sized_images(seed=4)
+    prompts = [PROMPTS[i % 3] for i in range(len(images))]
     scorer = get_scorer("clip", checkpoint=str(tiny_open_clip / "open_clip_pytorch_model.bin"), arch=TINY_ARCH, device="cpu")
-    expected = open_clip_cosine(tiny_open_clip / "open_clip_pytorch_model.bin", images, PROMPTS)
-    scores = scorer.score(images, PROMPTS)
+    expected = open_clip_cosine(tiny_open_clip / "open_clip_pytorch_model.bin", images, prompts,
+                                shortest_side_and_centre_crop)
+    scores = scorer.score(images, prompts)
     np.testing.assert_allclose(scores, expected.numpy(), rtol=1e-4, atol=1e-5)
     assert all(-1 <= s <= 1 for s in scores)
 

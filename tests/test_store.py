@@ -94,6 +94,22 @@ def test_set_run_status_merges_compute_and_rejects_unknown_status(tmp_path: Path
             store.set_run_status(run_id + 99, "done")
 
 
+def test_add_compute_sums_each_jobs_hours(tmp_path: Path) -> None:
+    with Store(tmp_path) as store:
+        gpu, cpu = new_run(store, "dpo"), new_run(store, "dro")
+        store.add_compute(gpu, {"gpu_hours": 0.25, "train_gpu_hours": 0.25})
+        store.add_compute(gpu, {"gpu_hours": 0.5, "eval_gpu_hours": 0.5})
+        store.add_compute(cpu, {"cpu_hours": 0.125, "eval_cpu_hours": 0.125})
+        store.set_run_status(gpu, "done", compute={"wall_s": 3.0})  # keeps the sums
+        runs = store.runs_frame().set_index("method")
+        assert json.loads(runs.loc["dpo", "compute"]) == {
+            "gpu_hours": 0.75, "train_gpu_hours": 0.25, "eval_gpu_hours": 0.5, "wall_s": 3.0}
+        assert runs.loc["dpo", "gpu_hours"] == 0.75 and pd.isna(runs.loc["dpo", "cpu_hours"])
+        assert runs.loc["dro", "cpu_hours"] == 0.125 and pd.isna(runs.loc["dro", "gpu_hours"])
+        with pytest.raises(HarnessError, match="no run with id"):
+            store.add_compute(cpu + 99, {"cpu_hours": 1.0})
+
+
 def test_add_images_is_idempotent_and_a_changed_image_loses_its_scores(tmp_path: Path) -> None:
     rows = manifest_rows(tmp_path, "dpo", "toy-seen")
     with Store(tmp_path) as store:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -186,16 +187,50 @@ def tiny_sdxl_dir(harness_cache, tmp_path_factory) -> Path:
     return out
 
 
-def test_sdxl_conditioning_trains_and_exports(tiny_sdxl_dir, data_dir, tmp_path):
-    from diffusers import UNet2DConditionModel
+def test_sdxl_conditioning_is_the_pipelines_and_trains(tiny_sdxl_dir, data_dir, tmp_path, monkeypatch):
+    """What reaches the UNet in training is what diffusers' StableDiffusionXLPipeline makes of the same
+    caption: ``encode_prompt``'s hidden states (both encoders' penultimate layers, concatenated) and
+    pooled embedding (the second encoder's projection), and through ``_get_add_time_ids`` the public
+    SDXL training scripts' time ids: original size, crop top-left, target size = (res, res, 0, 0, res, res)."""
+    from diffusers import StableDiffusionXLPipeline, UNet2DConditionModel
 
+    received: list[tuple[torch.Tensor, dict[str, torch.Tensor]]] = []
+    forward = UNet2DConditionModel.forward
+
+    def recording_forward(self, sample, timestep, encoder_hidden_states, *args, added_cond_kwargs=None, **kwargs):
+        received.append((encoder_hidden_states.detach().float().clone(),
+                         {k: v.detach().float().clone() for k, v in added_cond_kwargs.items()}))
+        return forward(self, sample, timestep, encoder_hidden_states, *args, added_cond_kwargs=added_cond_kwargs, **kwargs)
+
+    monkeypatch.setattr(UNet2DConditionModel, "forward", recording_forward)
     logged: list[dict] = []
     result = train("dpo", base_model=tiny_sdxl_dir, data_dir=data_dir, output_dir=tmp_path / "sdxl",
                    overrides={**FAST, "max_steps": 2}, on_log=lambda step, terms: logged.append(terms))
     assert logged[0]["loss"] == pytest.approx(math.log(2), abs=1e-5)
     assert math.isfinite(logged[1]["loss"])
-    unet = UNet2DConditionModel.from_pretrained(result.unet_dir)
-    assert unet.config.addition_embed_type == "text_time"
+    assert UNet2DConditionModel.from_pretrained(result.unet_dir).config.addition_embed_type == "text_time"
+
+    pipe = StableDiffusionXLPipeline.from_pretrained(tiny_sdxl_dir)
+    resolution = 32  # the training images' size: the tiny UNet's 8x8 latents, upsampled 4x by its VAE
+    captions = [json.loads(line)["caption"] for line in (data_dir / "pairs.jsonl").read_text().splitlines()]
+    captions.append("")  # DPO's caption dropout trains 20% of the samples unconditioned
+    expected = {}
+    with torch.no_grad():
+        for caption in captions:
+            hidden, _, pooled, _ = pipe.encode_prompt(caption, device="cpu", do_classifier_free_guidance=False)
+            expected[caption] = (hidden[0], pooled[0])
+    time_ids = pipe._get_add_time_ids((resolution, resolution), (0, 0), (resolution, resolution), dtype=torch.float32,
+                                      text_encoder_projection_dim=pipe.text_encoder_2.config.projection_dim)[0]
+
+    trained_on = set()
+    for hidden_batch, added in received:
+        for hidden, pooled, ids in zip(hidden_batch, added["text_embeds"], added["time_ids"]):
+            caption = next((c for c, (h, _) in expected.items() if torch.allclose(hidden, h, atol=1e-5)), None)
+            assert caption is not None, "the UNet was given hidden states that encode_prompt makes of no caption"
+            torch.testing.assert_close(pooled, expected[caption][1], atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(ids, time_ids)
+            trained_on.add(caption)
+    assert len(trained_on - {""}) >= 2
 
 
 def test_ema_follows_the_diffusers_schedule_from_the_first_step(tiny_model_dir, data_dir, tmp_path):

@@ -69,11 +69,17 @@ def test_spawned_workers_load_the_plugins(monkeypatch, tmp_path):
 
 
 def _images_and_scores(out: Path, methods: tuple[str, ...]) -> dict:
+    """{(method, suite, prompt_id, image_index, scorer, version): (image sha256, score)}, one entry per stored score."""
     db = sqlite3.connect(out / "results.db")
-    return {tuple(row[:4]): row[4:] for row in db.execute(
-        "SELECT r.method, i.suite, i.prompt_id, i.image_index, i.sha256, s.scorer, s.value FROM images i "
+    rows = db.execute(
+        "SELECT r.method, i.suite, i.prompt_id, i.image_index, s.scorer, s.version, i.sha256, s.value FROM images i "
         "JOIN runs r USING (run_id) JOIN scores s USING (image_id) "
-        f"WHERE r.method IN ({','.join('?' * len(methods))})", methods)}
+        f"WHERE r.method IN ({','.join('?' * len(methods))})", methods).fetchall()
+    db.close()
+    table = {tuple(row[:6]): row[6:] for row in rows}
+    assert len(table) == len(rows), "two scores share a key: one of them would never be compared"
+    assert {key[4] for key in table} == {"toy-fidelity", "toy-quality"}, "every scorer of the preset is compared"
+    return table
 
 
 def test_results_do_not_depend_on_jobs_and_plugins_reach_the_workers(tiny_run_dir, tmp_path):

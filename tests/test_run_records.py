@@ -1,0 +1,99 @@
+"""What `harness run` records about a run besides its scores: how many prompts of each unseen
+suite its training captions contain, and what each run cost (CPU-hours here, on a CPU)."""
+
+from __future__ import annotations
+
+import json
+import os
+import math
+import time
+from datetime import datetime
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from harness.compute import JobClock
+from harness.run import RunOptions, run
+from harness.store import Store
+from harness.suites import get_suite
+from train_fixtures import write_pair_dir
+
+APP = Path(__file__).resolve().parent.parent / "dashboard" / "app.py"
+
+
+def test_the_toy_worlds_unseen_suite_has_no_training_caption(tiny_run_dir):
+    with Store(tiny_run_dir, readonly=True) as store:
+        overlaps = store.overlaps_frame()
+    assert sorted(zip(overlaps["method"], overlaps["suite"], overlaps["n_overlap"])) == [
+        ("base", "toy-unseen", 0), ("dpo", "toy-unseen", 0)]
+
+
+def test_a_run_whose_captions_hold_unseen_prompts_records_the_count_and_warns(tmp_path, capsys):
+    unseen = get_suite("toy-unseen").prompts
+    data = write_pair_dir(tmp_path / "data")
+    rows = [json.loads(line) for line in (data / "pairs.jsonl").read_text().splitlines()]
+    # Two of the suite's first two prompts, spelt differently; prompt 3 lies beyond --max-prompts 2.
+    for row, caption in zip(rows, [unseen[0].prompt.upper() + "!", "  " + unseen[1].prompt + " ", unseen[3].prompt]):
+        row["caption"] = caption
+    (data / "pairs.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    tiny_training = {"max_steps": 1, "batch_size": 2, "warmup_steps": 0}
+    run(RunOptions(methods=["dpo"], out=tmp_path / "out", preset="tiny", data=str(data),
+                   suites=["toy-seen", "toy-unseen"], max_prompts=2, images_per_prompt=1,
+                   overrides={"dpo": tiny_training}, jobs=1))
+
+    warnings = [line.strip() for line in capsys.readouterr().out.splitlines() if "warning" in line]
+    assert warnings == ["warning: 2 prompts of unseen suite 'toy-unseen' appear in the training captions"]
+    with Store(tmp_path / "out", readonly=True) as store:
+        overlaps = store.overlaps_frame()
+    # Every run of the comparison carries the count of each unseen suite; seen suites have none.
+    assert sorted(zip(overlaps["method"], overlaps["suite"], overlaps["n_overlap"])) == [
+        ("base", "toy-unseen", 2), ("dpo", "toy-unseen", 2)]
+
+
+def _spin(cpu_seconds: float) -> None:
+    started = time.process_time()
+    while time.process_time() - started < cpu_seconds:
+        pass
+
+
+def test_a_job_costs_its_cpu_time_on_a_cpu_and_its_wall_time_on_a_gpu():
+    """A job that waits (for a core, for a file) uses no CPU meanwhile; on a GPU it holds the GPU."""
+    cpu, gpu = JobClock(on_gpu=False), JobClock(on_gpu=True)
+    started = time.perf_counter()
+    time.sleep(0.5)
+    _spin(0.3)
+    wall = time.perf_counter() - started
+    on_cpu, on_gpu = cpu.figures("eval"), gpu.figures("train")
+    assert set(on_cpu) == {"cpu_hours", "eval_cpu_hours"} and on_cpu["cpu_hours"] == on_cpu["eval_cpu_hours"]
+    assert 0.3 <= on_cpu["cpu_hours"] * 3600 < 0.5
+    assert set(on_gpu) == {"gpu_hours", "train_gpu_hours"}
+    assert wall <= on_gpu["gpu_hours"] * 3600 < wall + 0.1
+
+
+def test_each_run_records_its_cpu_hours_and_the_dashboard_shows_them(tiny_run_dir, monkeypatch):
+    with Store(tiny_run_dir, readonly=True) as store:
+        runs = store.runs_frame().set_index("method")
+    compute = {method: json.loads(runs.loc[method, "compute"]) for method in ("base", "dpo")}
+    # On a CPU: CPU-hours, no GPU-hours; the base was only evaluated, dpo trained and evaluated.
+    assert runs["gpu_hours"].isna().all()
+    assert set(compute["base"]) >= {"cpu_hours", "eval_cpu_hours"} and "train_cpu_hours" not in compute["base"]
+    dpo = compute["dpo"]
+    assert dpo["train_cpu_hours"] > 0 and dpo["eval_cpu_hours"] > 0
+    assert dpo["cpu_hours"] == pytest.approx(dpo["train_cpu_hours"] + dpo["eval_cpu_hours"])
+    for method in ("base", "dpo"):
+        assert runs.loc[method, "cpu_hours"] == compute[method]["cpu_hours"] > 0
+    # Jobs ran one thread each, at most one per core, within the run's wall time.
+    started = min(datetime.fromisoformat(t) for t in runs["started_at"])
+    ended = max(datetime.fromisoformat(t) for t in runs["ended_at"])
+    cores = len(os.sched_getaffinity(0))
+    assert runs["cpu_hours"].sum() * 3600 <= ((ended - started).total_seconds() + 2) * cores
+
+    monkeypatch.setenv("HARNESS_OUT", str(tiny_run_dir))
+    at = AppTest.from_file(str(APP), default_timeout=60).run()
+    at.sidebar.radio(key="page").set_value("Run details").run()
+    assert not at.exception, at.exception
+    shown = at.dataframe[0].value.set_index("method")
+    assert math.isclose(shown.loc["dpo", "cpu_hours"], dpo["cpu_hours"])
+    assert pd.isna(shown.loc["dpo", "gpu_hours"])
