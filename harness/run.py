@@ -157,7 +157,8 @@ def run(options: RunOptions) -> list[dict]:
                 if model.init_from:  # what shaped the UNet it starts from shaped it too
                     more, also = signals[model.init_from]
                     metrics, why = metrics + more, "; ".join(filter(None, [why, also]))
-                store.set_training_signals(model.run_id, sorted(set(metrics)), why)
+                if metrics:
+                    store.set_training_signals(model.run_id, sorted(set(metrics)), why)
         if source:
             _record_overlap(store, [base, *methods], options, preset)
         trainings_running: set = set()

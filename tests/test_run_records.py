@@ -44,7 +44,7 @@ def test_a_run_whose_captions_hold_unseen_prompts_records_the_count_and_warns(tm
                    overrides={"dpo": tiny_training}, jobs=1))
 
     warnings = [line.strip() for line in capsys.readouterr().out.splitlines() if "warning" in line]
-    assert warnings == ["warning: 2 prompts of unseen suite 'toy-unseen' appear in the training captions"]
+    assert warnings == [f"warning: 2 prompts of unseen suite 'toy-unseen' appear in the training captions of {data}"]
     with Store(tmp_path / "out", readonly=True) as store:
         overlaps = store.overlaps_frame()
     # Every run of the comparison carries the count of each unseen suite; seen suites have none.
