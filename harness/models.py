@@ -103,8 +103,8 @@ TINY_SHAPES: dict[str, TinyPipelineConfig] = {
     "tiny": TinyPipelineConfig(),
     "sd15": TinyPipelineConfig(layout="sd15", image_size=512, block_out_channels=(8, 16, 32, 32), attention_head_dim=1,
                                text_hidden_size=32, text_layers=1, vae_block_out_channels=(4, 8, 16, 16)),
-    "sdxl": TinyPipelineConfig(layout="sdxl", image_size=1024, block_out_channels=(8, 16, 32), attention_head_dim=(1, 1, 2),
-                               text_hidden_size=16, text_hidden_size_2=32, text_layers=1,
+    "sdxl": TinyPipelineConfig(layout="sdxl", image_size=1024, block_out_channels=(8, 16, 32),
+                               attention_head_dim=(1, 1, 2), text_hidden_size=16, text_hidden_size_2=32, text_layers=1,
                                vae_block_out_channels=(4, 8, 16, 16), addition_time_embed_dim=8),
 }
 
@@ -131,7 +131,8 @@ def _scheduler(layout: str):
     betas 0.00085-0.012 over 1000 steps, steps_offset 1); the test layout keeps DDPM."""
     from diffusers import DDPMScheduler, EulerDiscreteScheduler, PNDMScheduler
 
-    betas = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", steps_offset=1)
+    betas = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                 steps_offset=1)
     if layout == "sd15":
         return PNDMScheduler(**betas, skip_prk_steps=True, set_alpha_to_one=False)
     if layout == "sdxl":

@@ -86,11 +86,11 @@ def _make_image(rng: np.random.Generator) -> _Image:
     pixels = (top * (1 - ramp) + bottom * ramp).astype(np.uint8).repeat(width, axis=1)
     image = Image.fromarray(pixels)
     x, y = rng.integers(0, width // 2), rng.integers(0, height // 2)
-    ImageDraw.Draw(image).ellipse((x, y, x + width // 3, y + height // 3), fill=tuple(int(c) for c in rng.integers(0, 256, 3)))
+    colour = tuple(int(c) for c in rng.integers(0, 256, 3))
+    ImageDraw.Draw(image).ellipse((x, y, x + width // 3, y + height // 3), fill=colour)
     buffer = io.BytesIO()
     image.save(buffer, format="JPEG", quality=40)
-    return _Image(str(uuid.UUID(int=int(rng.integers(0, 2**63)) << 64 | int(rng.integers(0, 2**63)), version=4)),
-                  buffer.getvalue(), MODELS[rng.integers(len(MODELS))])
+    return _Image(str(uuid.UUID(bytes=rng.bytes(16), version=4)), buffer.getvalue(), MODELS[rng.integers(len(MODELS))])
 
 
 class _Rankings:
@@ -104,9 +104,14 @@ class _Rankings:
         self.clock = datetime(2023, 4, 1, 9, 0, 0)
         self.ranking_id = int(rng.integers(10_000, 20_000))
 
-    def session(self, caption: str, labels: list[float], first: _Image | None = None) -> _Image | None:
-        """One user's comparisons for ``caption`` with the given ``label_0``s; returns the image left on screen."""
-        user_id = int(self.rng.integers(1, 400_000))
+    def new_user(self) -> int:
+        return int(self.rng.integers(1, 400_000))
+
+    def session(self, caption: str, labels: list[float], first: _Image | None = None,
+                user_id: int | None = None) -> _Image | None:
+        """One user's comparisons for ``caption`` with the given ``label_0``s, starting against
+        ``first`` if given; returns the image left on screen."""
+        user_id = self.new_user() if user_id is None else user_id
         kept = first
         for label_0 in labels:
             fresh = _make_image(self.rng)
@@ -153,16 +158,16 @@ def _train_rows(rng: np.random.Generator, captions: list[str], n_rows: int) -> l
     if n_rows < 5:
         raise ValueError(f"n_train must be at least 5, not {n_rows}")
     rankings = _Rankings(rng)
-    pool = captions  # fewer captions than rows: captions repeat across sessions
-    rankings.session(pool[0], [1.0])
-    # Three comparisons on one caption: each winner stays on screen for the next one.
-    kept = rankings.session(pool[1], [1.0, 0.0])
-    rankings.session(pool[1], [0.5], first=kept)
-    # The same picture judged again for another caption (a user reusing an image after editing the prompt).
-    rankings.session(pool[2], [1.0], first=kept)
-    while len(rankings.rows) < n_rows:
-        length = int(rng.integers(1, 4))
-        rankings.session(pool[rng.integers(len(pool))], rankings.random_labels(min(length, n_rows - len(rankings.rows))))
+    rankings.session(captions[0], [1.0])
+    # Three comparisons on one caption, each winner staying on screen for the next one; then the
+    # same user edits the prompt and the picture is judged again under the new caption.
+    user = rankings.new_user()
+    kept = rankings.session(captions[1], [1.0, 0.0], user_id=user)
+    rankings.session(captions[1], [0.5], first=kept, user_id=user)
+    rankings.session(captions[2], [1.0], first=kept, user_id=user)
+    while len(rankings.rows) < n_rows:  # fewer captions than rows: captions repeat across sessions
+        length = min(int(rng.integers(1, 4)), n_rows - len(rankings.rows))
+        rankings.session(captions[rng.integers(len(captions))], rankings.random_labels(length))
     return rankings.rows
 
 
@@ -209,9 +214,9 @@ def write_pickapic_v2(root: Path, *, n_train: int = 24, n_test_unique: int = 6, 
     How the harness reads it:
     - training pairs: ``harness.data.load_pairs(ROOT)`` (``--data ROOT``), through
       ``datasets.load_dataset(ROOT, split="train")``;
-    - the ``pickapic-test`` suite: the test_unique *parquet file*, ``--suites
-      pickapic-test:ROOT/data/test_unique-00000-of-00001-<hex>.parquet`` (``pickapic_test_file``
-      finds it); the suite's loader does not read the repository directory itself.
+    - the ``pickapic-test`` suite (its test_unique captions): ``--suites pickapic-test:ROOT``
+      (also ``ROOT/data``, or the shard itself, ``ROOT/data/test_unique-00000-of-00001-<hex>.parquet``,
+      which ``pickapic_test_file`` finds).
 
     Deterministic: the same arguments write the same bytes.
     """
@@ -250,7 +255,7 @@ def write_pickapic_v2(root: Path, *, n_train: int = 24, n_test_unique: int = 6, 
 
 
 def pickapic_test_file(root: Path) -> Path:
-    """The test_unique shard of a Pick-a-Pic v2 copy: what ``pickapic-test:PATH`` takes."""
+    """The test_unique shard of a Pick-a-Pic v2 copy (``pickapic-test:PATH`` takes it, or ``root``)."""
     (path,) = (root / "data").glob("test_unique-00000-of-00001-*.parquet")
     return path
 

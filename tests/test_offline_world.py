@@ -20,7 +20,8 @@ import torch
 from PIL import Image
 
 from harness.data import load_pairs, training_captions
-from harness.models import TINY_SHAPES, load_pipeline
+from harness.errors import HarnessError
+from harness.models import load_pipeline
 from harness.scoring import get_scorer
 from harness.suites import get_suite
 from offline_world import HPDV2_STYLES, PICKAPIC_COLUMNS, pickapic_test_file, write_pickapic_v2
@@ -35,7 +36,8 @@ def test_pickapic_copy_has_the_hub_files_and_schema(pickapic_v2_dir):
     assert names == ["test-00000-of-00001", "test_unique-00000-of-00001", "train-00000-of-00002",
                      "train-00001-of-00002", "validation-00000-of-00001", "validation_unique-00000-of-00001"]
     schema = pq.read_schema(next((pickapic_v2_dir / "data").glob("train-00000-*.parquet")))
-    assert {field.name: field.type for field in schema} == {n: pa.type_for_alias(t) for n, t in PICKAPIC_COLUMNS.items()}
+    published = {name: pa.type_for_alias(dtype) for name, dtype in PICKAPIC_COLUMNS.items()}
+    assert {field.name: field.type for field in schema} == published
     assert b"huggingface" in schema.metadata  # the features, as datasets writes them
     card = (pickapic_v2_dir / "README.md").read_text()
     assert card.startswith("---\ndataset_info:\n") and "  - name: test_unique\n" in card
@@ -82,7 +84,7 @@ def test_pickapic_copy_is_as_varied_as_the_real_data(pickapic_v2_dir):
     assert max(len(jpeg) for _, jpeg, _ in shown) < 20_000
 
 
-def test_pickapic_test_suite_reads_test_unique_from_the_file_or_the_download(pickapic_v2_dir):
+def test_pickapic_test_suite_reads_test_unique_from_the_file_or_the_download(pickapic_v2_dir, tmp_path):
     import datasets
 
     expected = [c.strip() for c in datasets.load_dataset(str(pickapic_v2_dir), split="test_unique")["caption"]]
@@ -93,6 +95,8 @@ def test_pickapic_test_suite_reads_test_unique_from_the_file_or_the_download(pic
     for path in (pickapic_test_file(pickapic_v2_dir), pickapic_v2_dir, pickapic_v2_dir / "data"):
         suite = get_suite(f"pickapic-test:{path}")
         assert [p.prompt for p in suite.prompts] == expected and suite.split == "seen"
+    with pytest.raises(HarnessError, match=r"neither a save_to_disk directory nor a download of .*test_unique"):
+        get_suite(f"pickapic-test:{tmp_path}")
 
 
 def test_pickapic_copy_is_deterministic(pickapic_v2_dir, tmp_path):
@@ -145,9 +149,9 @@ def test_sd15_shaped_pipeline_has_sd15s_structure(tiny_sd15_dir, one_thread):
 
 
 def test_sdxl_shaped_pipeline_has_sdxls_structure(tiny_sdxl_dir, one_thread):
-    from diffusers import DiffusionPipeline, EulerDiscreteScheduler
+    from diffusers import EulerDiscreteScheduler
 
-    pipe = load_pipeline(tiny_sdxl_dir)
+    pipe = load_pipeline(tiny_sdxl_dir)  # DiffusionPipeline.from_pretrained(tiny_sdxl_dir), nothing more for SDXL
     unet, vae = pipe.unet.config, pipe.vae.config
     assert type(pipe).__name__ == "StableDiffusionXLPipeline" and pipe.config.force_zeros_for_empty_prompt
     assert tuple(unet.down_block_types) == ("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D")
@@ -161,7 +165,6 @@ def test_sdxl_shaped_pipeline_has_sdxls_structure(tiny_sdxl_dir, one_thread):
     assert (unet.sample_size, pipe.vae_scale_factor, vae.scaling_factor) == (128, 8, 0.13025)
     assert isinstance(pipe.scheduler, EulerDiscreteScheduler)
     assert (pipe.scheduler.config.beta_schedule, pipe.scheduler.config.timestep_spacing) == ("scaled_linear", "leading")
-    assert type(DiffusionPipeline.from_pretrained(tiny_sdxl_dir)).__name__ == "StableDiffusionXLPipeline"
     image = pipe("a corgi on the moon", num_inference_steps=2, height=64, width=96, output_type="np",
                  generator=torch.Generator().manual_seed(0)).images
     assert image.shape == (1, 64, 96, 3) and np.isfinite(image).all()
