@@ -55,50 +55,120 @@ def write_clip_tokenizer(out_dir: str | Path) -> Path:
     return out_dir
 
 
-def clip_tokenizer(cache_dir: str | Path):
-    """The real CLIP tokenizer (transformers ``CLIPTokenizer``), built offline once into ``cache_dir``."""
+def clip_tokenizer(cache_dir: str | Path, **options: Any):
+    """The real CLIP tokenizer (transformers ``CLIPTokenizer``), built offline once into ``cache_dir``;
+    ``options`` go to ``from_pretrained`` (e.g. ``pad_token="!"``, SDXL's second tokenizer)."""
     from transformers import CLIPTokenizer
 
     cache_dir = Path(cache_dir)
     if not (cache_dir / "merges.txt").exists():
         write_clip_tokenizer(cache_dir)
-    return CLIPTokenizer.from_pretrained(str(cache_dir), model_max_length=77)
+    return CLIPTokenizer.from_pretrained(str(cache_dir), model_max_length=77, **options)
 
 
 @dataclass(frozen=True)
 class TinyPipelineConfig:
-    """Shape of a tiny SD-like pipeline; plain data so presets can carry it."""
+    """Shape of a tiny SD-like pipeline; plain data so presets can carry it.
+
+    ``layout`` picks the architecture family, the widths below pick its size:
+    - ``"tiny"``: the test pipeline (StableDiffusionPipeline, DownBlock2D first, DDPM scheduler);
+    - ``"sd15"``: Stable Diffusion 1.5's layout (CrossAttnDownBlock2D x (n-1) then DownBlock2D,
+      PNDM scheduler with SD1.5's settings, VAE scaling factor 0.18215);
+    - ``"sdxl"``: SDXL base's layout (StableDiffusionXLPipeline: DownBlock2D then
+      CrossAttnDownBlock2D, two CLIP text encoders whose hidden states are concatenated, the second
+      with a projection giving the pooled embedding, "text_time" added conditioning, Euler
+      scheduler, VAE scaling factor 0.13025, ``force_zeros_for_empty_prompt``).
+    ``TINY_SHAPES`` holds small instances of each.
+    """
 
     image_size: int = 32
     block_out_channels: tuple[int, ...] = (32, 64)
     layers_per_block: int = 1
-    attention_head_dim: int = 8
+    attention_head_dim: int | tuple[int, ...] = 8  # diffusers' name for the number of heads (as in SD's configs)
     text_hidden_size: int = 32
     text_layers: int = 2
     vae_block_out_channels: tuple[int, ...] = (32, 32, 64)  # 3 blocks: latents are image_size / 4
     latent_channels: int = 4
     seed: int = 0
+    layout: str = "tiny"
+    text_hidden_size_2: int = 32  # sdxl: width and projection of the second text encoder (OpenCLIP bigG's role)
+    addition_time_embed_dim: int = 8  # sdxl: embedding width of each of the 6 size / crop conditioning numbers
+
+
+# The real models' structure at widths small enough for CPU tests: SD1.5 (512 px, latents 64x64,
+# 4 UNet levels, one text encoder) and SDXL base (1024 px, latents 128x128, 3 UNet levels, two text
+# encoders).  One attention head at the 64x64 level: self-attention over 4096 tokens is most of a
+# UNet forward's time there, and it grows with the number of heads, not with their width.
+TINY_SHAPES: dict[str, TinyPipelineConfig] = {
+    "tiny": TinyPipelineConfig(),
+    "sd15": TinyPipelineConfig(layout="sd15", image_size=512, block_out_channels=(8, 16, 32, 32), attention_head_dim=1,
+                               text_hidden_size=32, text_layers=1, vae_block_out_channels=(4, 8, 16, 16)),
+    "sdxl": TinyPipelineConfig(layout="sdxl", image_size=1024, block_out_channels=(8, 16, 32),
+                               attention_head_dim=(1, 1, 2), text_hidden_size=16, text_hidden_size_2=32, text_layers=1,
+                               vae_block_out_channels=(4, 8, 16, 16), addition_time_embed_dim=8),
+}
+
+
+def _down_block_types(config: TinyPipelineConfig) -> tuple[str, ...]:
+    n_blocks = len(config.block_out_channels)
+    if config.layout == "sd15":
+        return ("CrossAttnDownBlock2D",) * (n_blocks - 1) + ("DownBlock2D",)
+    if config.layout in ("tiny", "sdxl"):
+        return ("DownBlock2D",) + ("CrossAttnDownBlock2D",) * (n_blocks - 1)
+    raise ValueError(f"unknown tiny pipeline layout {config.layout!r}; expected 'tiny', 'sd15' or 'sdxl'")
+
+
+def _clip_text_config(width: int, layers: int, **extra: Any):
+    from transformers import CLIPTextConfig
+
+    return CLIPTextConfig(vocab_size=CLIP_VOCAB_SIZE, hidden_size=width, intermediate_size=width * 4,
+                          num_hidden_layers=layers, num_attention_heads=max(1, width // 16), max_position_embeddings=77,
+                          bos_token_id=49406, eos_token_id=49407, pad_token_id=49407, **extra)
+
+
+def _scheduler(layout: str):
+    """The scheduler config each family ships with (SD1.5: PNDM, SDXL: Euler; both scaled_linear
+    betas 0.00085-0.012 over 1000 steps, steps_offset 1); the test layout keeps DDPM."""
+    from diffusers import DDPMScheduler, EulerDiscreteScheduler, PNDMScheduler
+
+    betas = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                 steps_offset=1)
+    if layout == "sd15":
+        return PNDMScheduler(**betas, skip_prk_steps=True, set_alpha_to_one=False)
+    if layout == "sdxl":
+        return EulerDiscreteScheduler(**betas, timestep_spacing="leading", interpolation_type="linear",
+                                      prediction_type="epsilon", use_karras_sigmas=False)
+    return DDPMScheduler(**betas, clip_sample=False)
 
 
 def build_tiny_pipeline(config: TinyPipelineConfig = TinyPipelineConfig(), tokenizer_dir: str | Path | None = None):
-    """A randomly initialised StableDiffusionPipeline of the given tiny shape."""
-    from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
+    """A randomly initialised StableDiffusionPipeline (or StableDiffusionXLPipeline) of the given tiny shape."""
+    from diffusers import AutoencoderKL, StableDiffusionPipeline, StableDiffusionXLPipeline, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
+    sdxl = config.layout == "sdxl"
+    down_blocks = _down_block_types(config)
     torch.manual_seed(config.seed)
     latent_size = config.image_size // 2 ** (len(config.vae_block_out_channels) - 1)
-    n_blocks = len(config.block_out_channels)
+    conditioning: dict[str, Any] = {"cross_attention_dim": config.text_hidden_size}
+    if sdxl:  # the text encoders' hidden states are concatenated; the pooled one joins 6 size numbers
+        conditioning = dict(
+            cross_attention_dim=config.text_hidden_size + config.text_hidden_size_2, addition_embed_type="text_time",
+            addition_time_embed_dim=config.addition_time_embed_dim,
+            projection_class_embeddings_input_dim=config.text_hidden_size_2 + 6 * config.addition_time_embed_dim,
+            use_linear_projection=True, transformer_layers_per_block=1,
+        )
     unet = UNet2DConditionModel(
         sample_size=latent_size,
         in_channels=config.latent_channels,
         out_channels=config.latent_channels,
         block_out_channels=config.block_out_channels,
         layers_per_block=config.layers_per_block,
-        cross_attention_dim=config.text_hidden_size,
         attention_head_dim=config.attention_head_dim,
-        down_block_types=("DownBlock2D",) + ("CrossAttnDownBlock2D",) * (n_blocks - 1),
-        up_block_types=("CrossAttnUpBlock2D",) * (n_blocks - 1) + ("UpBlock2D",),
+        down_block_types=down_blocks,
+        up_block_types=tuple(block.replace("Down", "Up") for block in reversed(down_blocks)),
         norm_num_groups=min(32, config.block_out_channels[0]),
+        **conditioning,
     )
     vae = AutoencoderKL(
         in_channels=3,
@@ -110,30 +180,26 @@ def build_tiny_pipeline(config: TinyPipelineConfig = TinyPipelineConfig(), token
         layers_per_block=1,
         norm_num_groups=min(32, config.vae_block_out_channels[0]),
         sample_size=config.image_size,
+        scaling_factor=0.13025 if sdxl else 0.18215,
     )
-    text_encoder = CLIPTextModel(
-        CLIPTextConfig(
-            vocab_size=CLIP_VOCAB_SIZE,
-            hidden_size=config.text_hidden_size,
-            intermediate_size=config.text_hidden_size * 4,
-            num_hidden_layers=config.text_layers,
-            num_attention_heads=max(1, config.text_hidden_size // 16),
-            max_position_embeddings=77,
-            bos_token_id=49406,
-            eos_token_id=49407,
-            pad_token_id=49407,
-        )
-    )
+    text_encoder = CLIPTextModel(_clip_text_config(config.text_hidden_size, config.text_layers))
     if tokenizer_dir is None:
         tokenizer_dir = default_cache_dir() / "clip-tokenizer"
-    scheduler = DDPMScheduler(
-        num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
-        steps_offset=1,
-    )
+    tokenizer = clip_tokenizer(tokenizer_dir)
+    scheduler = _scheduler(config.layout)
+    if sdxl:
+        text_encoder_2 = CLIPTextModelWithProjection(_clip_text_config(
+            config.text_hidden_size_2, config.text_layers, projection_dim=config.text_hidden_size_2, hidden_act="gelu"))
+        return StableDiffusionXLPipeline(
+            vae=vae, text_encoder=text_encoder, text_encoder_2=text_encoder_2, tokenizer=tokenizer,
+            # SDXL's second tokenizer pads with "!" (OpenCLIP's convention), the first with <|endoftext|>.
+            tokenizer_2=clip_tokenizer(tokenizer_dir, pad_token="!"), unet=unet, scheduler=scheduler,
+            force_zeros_for_empty_prompt=True, add_watermarker=False,
+        )
     return StableDiffusionPipeline(
         vae=vae,
         text_encoder=text_encoder,
-        tokenizer=clip_tokenizer(tokenizer_dir),
+        tokenizer=tokenizer,
         unet=unet,
         scheduler=scheduler,
         safety_checker=None,

@@ -3,7 +3,8 @@
 The split of the hub data set ``yuvalkirstain/pickapic_v2`` is read through
 ``datasets`` (only the ``caption`` column is kept, and cached as JSONL).  ``path=``
 takes a local copy: a parquet / JSONL / CSV file or a ``save_to_disk`` directory
-with a ``caption`` column.
+with a ``caption`` column, or a download of the hub repository (the directory holding
+``data/test_unique-00000-of-00001-*.parquet``).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ _FORMATS = {".parquet": "parquet", ".jsonl": "json", ".json": "json", ".csv": "c
 @register_suite("pickapic-test")
 def pickapic_test(path: str | Path | None = None, hub_id: str = HUB_ID, split: str = SPLIT) -> Suite:
     if path is not None:
-        prompts = _prompts(_local_captions(Path(path)), str(path))
+        prompts = _prompts(_local_captions(Path(path), split), str(path))
     else:
         prompts = cached_prompts("pickapic-test", hub_id, lambda: _prompts(_hub_captions(hub_id, split), hub_id), split)
     return Suite("pickapic-test", "seen", tuple(prompts), description=f"Pick-a-Pic v2 {split} captions")
@@ -37,17 +38,15 @@ def _prompts(captions: list, source: str) -> list[Prompt]:
     return prompts
 
 
-def _local_captions(path: Path) -> list:
+def _local_captions(path: Path, split: str) -> list:
     import datasets
 
-    if path.is_dir():
+    if path.is_dir() and not ((path / "dataset_info.json").exists() or (path / "dataset_dict.json").exists()):
+        data = _read_files("parquet", _downloaded_shards(path, split), path)
+    elif path.is_dir():
         data = datasets.load_from_disk(str(path))
     elif path.suffix in _FORMATS:
-        try:
-            data = datasets.load_dataset(_FORMATS[path.suffix], data_files=str(path), split="train")
-        except Exception as exc:  # pyarrow/json parse errors: no common base class
-            first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            raise HarnessError(f"{path}: cannot read as {_FORMATS[path.suffix]} ({first_line})") from None
+        data = _read_files(_FORMATS[path.suffix], [path], path)
     else:
         raise HarnessError(f"{path}: expected a directory or a {', '.join(_FORMATS)} file")
     if isinstance(data, datasets.DatasetDict):
@@ -55,6 +54,25 @@ def _local_captions(path: Path) -> list:
     if "caption" not in data.column_names:
         raise HarnessError(f"{path}: no 'caption' column (columns: {', '.join(data.column_names)})")
     return data["caption"]
+
+
+def _downloaded_shards(path: Path, split: str) -> list[Path]:
+    """The split's parquet shards in a download of the hub repository (its root or its data/ folder)."""
+    shards = sorted(path.glob(f"data/{split}-*.parquet")) or sorted(path.glob(f"{split}-*.parquet"))
+    if not shards:
+        raise HarnessError(f"{path}: neither a save_to_disk directory nor a download of {HUB_ID} "
+                           f"(no data/{split}-*.parquet)")
+    return shards
+
+
+def _read_files(kind: str, files: list[Path], path: Path):
+    import datasets
+
+    try:
+        return datasets.load_dataset(kind, data_files=[str(f) for f in files], split="train")
+    except Exception as exc:  # pyarrow/json parse errors: no common base class
+        first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise HarnessError(f"{path}: cannot read as {kind} ({first_line})") from None
 
 
 def _hub_captions(hub_id: str, split: str) -> list:

@@ -27,6 +27,10 @@ def harness_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A per-session HARNESS_CACHE so tests never touch the user's cache."""
     cache = tmp_path_factory.mktemp("harness-cache")
     os.environ["HARNESS_CACHE"] = str(cache)
+    # datasets converts local copies (Pick-a-Pic parquet shards) into Arrow files under its cache.
+    os.environ["HF_DATASETS_CACHE"] = str(cache / "hf-datasets")
+    if "datasets" in sys.modules:  # imported already: its cache path was read at import
+        sys.modules["datasets"].config.HF_DATASETS_CACHE = str(cache / "hf-datasets")
     return cache
 
 
@@ -55,3 +59,62 @@ def tiny_run_dir(tmp_path_factory: pytest.TempPathFactory, harness_cache: Path) 
     result = harness_cli("run", "--preset", "tiny", "--methods", "dpo", "--out", str(out))
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return out
+
+
+# Offline stand-ins for the sd15 / sdxl recipes' downloads (tests/offline_world.py documents the layouts).
+
+
+@pytest.fixture(scope="session")
+def pickapic_v2_dir(tmp_path_factory: pytest.TempPathFactory, harness_cache: Path) -> Path:
+    """A small Pick-a-Pic v2 in the hub repository's layout (``--data DIR``; the pickapic-test suite
+    takes DIR or its test_unique parquet file)."""
+    from offline_world import write_pickapic_v2
+
+    return write_pickapic_v2(tmp_path_factory.mktemp("pickapic_v2"))
+
+
+@pytest.fixture(scope="session")
+def hpdv2_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """HPDv2's benchmark prompts as the hub stores them (``--suites hpdv2:DIR``)."""
+    from offline_world import write_hpdv2_benchmark
+
+    return write_hpdv2_benchmark(tmp_path_factory.mktemp("HPDv2"))
+
+
+@pytest.fixture(scope="session")
+def scorer_locations(tmp_path_factory: pytest.TempPathFactory, harness_cache: Path) -> dict[str, dict[str, str]]:
+    """Tiny random weights of the six published scorers: name -> ``get_scorer`` keywords."""
+    from harness.scoring._random_weights import save_scorer_set
+
+    return save_scorer_set(tmp_path_factory.mktemp("scorer-weights"))
+
+
+@pytest.fixture(scope="session")
+def tiny_sd15_dir(harness_cache: Path) -> Path:
+    """An SD1.5-shaped random-init pipeline (512 px native), saved in diffusers format."""
+    from harness.models import TINY_SHAPES, save_tiny_pipeline
+
+    return save_tiny_pipeline(harness_cache / "tiny-sd15", TINY_SHAPES["sd15"])
+
+
+@pytest.fixture(scope="session")
+def tiny_sdxl_dir(harness_cache: Path) -> Path:
+    """An SDXL-shaped random-init pipeline (1024 px native), saved in diffusers format."""
+    from harness.models import TINY_SHAPES, save_tiny_pipeline
+
+    return save_tiny_pipeline(harness_cache / "tiny-sdxl", TINY_SHAPES["sdxl"])
+
+
+@pytest.fixture(scope="session")
+def small_sdxl_dir(harness_cache: Path) -> Path:
+    """The SDXL-shaped pipeline at 128 px native (latents 16x16): SDXL's conditioning in fast tests.
+
+    Not smaller: with 8x8 latents or less the UNet's deepest levels are 2x2 or 1x1, and on CPU their
+    results then depend by ~1e-6 on the batch size (see harness.sampling) and even on the weights'
+    memory (a deep copy of the UNet gives other outputs), which batch-invariance tests and the
+    "policy == reference at step 1" checks see."""
+    from dataclasses import replace
+
+    from harness.models import TINY_SHAPES, save_tiny_pipeline
+
+    return save_tiny_pipeline(harness_cache / "tiny-sdxl-128", replace(TINY_SHAPES["sdxl"], image_size=128))

@@ -202,40 +202,11 @@ def test_bad_arguments_are_one_line_errors(pipe, tmp_path, change, message):
     assert not list(tmp_path.glob("*.png"))
 
 
-def test_sdxl_pipeline_generates_batch_independent_images(harness_cache, tmp_path):
-    pipe = tiny_sdxl_pipeline(harness_cache)
+def test_sdxl_pipeline_generates_batch_independent_images(small_sdxl_dir, tmp_path):
+    pipe = load_pipeline(small_sdxl_dir)
     suite = case_suite(3)
     settings = {**SETTINGS, "images_per_prompt": 1}
     one = generate(pipe, suite, tmp_path / "b1", batch_size=1, progress=False, **settings)
     three = generate(pipe, suite, tmp_path / "b3", batch_size=3, progress=False, **settings)
     assert one == three
-    assert Image.open(tmp_path / "b1" / one[0]["path"]).size == (32, 32)
-
-
-def tiny_sdxl_pipeline(harness_cache: Path):
-    """A random-init StableDiffusionXLPipeline: two CLIP text encoders, text-time conditioning."""
-    import torch
-    from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
-
-    from harness.models import clip_tokenizer
-
-    torch.manual_seed(0)
-    text_config = dict(vocab_size=49408, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                       num_attention_heads=2, max_position_embeddings=77, bos_token_id=49406,
-                       eos_token_id=49407, pad_token_id=49407, projection_dim=32)
-    unet = UNet2DConditionModel(
-        sample_size=8, block_out_channels=(32, 64), layers_per_block=1, cross_attention_dim=64,
-        attention_head_dim=(2, 4), down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), addition_embed_type="text_time",
-        addition_time_embed_dim=8, projection_class_embeddings_input_dim=32 + 6 * 8,
-        transformer_layers_per_block=(1, 1), norm_num_groups=32,
-    )
-    vae = AutoencoderKL(block_out_channels=(32, 32, 64), latent_channels=4, norm_num_groups=32,
-                        down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3)
-    tokenizer = clip_tokenizer(harness_cache / "clip-tokenizer")
-    return StableDiffusionXLPipeline(
-        vae=vae, unet=unet, scheduler=EulerDiscreteScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012),
-        text_encoder=CLIPTextModel(CLIPTextConfig(**text_config)), tokenizer=tokenizer,
-        text_encoder_2=CLIPTextModelWithProjection(CLIPTextConfig(**text_config)), tokenizer_2=tokenizer,
-    )
+    assert Image.open(tmp_path / "b1" / one[0]["path"]).size == (128, 128)

@@ -155,39 +155,7 @@ def test_bf16_accumulation_ema_adafactor_checkpointing_and_scale_lr(tiny_model_d
     assert any(not torch.equal(ema[k], last[k]) for k in last)
 
 
-@pytest.fixture(scope="module")
-def tiny_sdxl_dir(harness_cache, tmp_path_factory) -> Path:
-    """A tiny random-init SDXL pipeline: two text encoders, pooled embeddings, add_time_ids."""
-    from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
-
-    from harness.models import CLIP_VOCAB_SIZE, clip_tokenizer
-
-    torch.manual_seed(0)
-    text = dict(vocab_size=CLIP_VOCAB_SIZE, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                max_position_embeddings=77, bos_token_id=49406, eos_token_id=49407, pad_token_id=49407)
-    unet = UNet2DConditionModel(
-        sample_size=8, block_out_channels=(32, 64), layers_per_block=1, cross_attention_dim=32 + 16,
-        attention_head_dim=8, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), addition_embed_type="text_time",
-        addition_time_embed_dim=8, projection_class_embeddings_input_dim=16 + 6 * 8, transformer_layers_per_block=1,
-    )
-    vae = AutoencoderKL(block_out_channels=(32, 32, 64), down_block_types=("DownEncoderBlock2D",) * 3,
-                        up_block_types=("UpDecoderBlock2D",) * 3, latent_channels=4, norm_num_groups=32, sample_size=32)
-    tokenizer = clip_tokenizer(harness_cache / "clip-tokenizer")
-    pipe = StableDiffusionXLPipeline(
-        vae=vae, unet=unet, scheduler=EulerDiscreteScheduler(beta_schedule="scaled_linear", beta_start=0.00085,
-                                                             beta_end=0.012),
-        text_encoder=CLIPTextModel(CLIPTextConfig(hidden_size=32, **text)), tokenizer=tokenizer,
-        text_encoder_2=CLIPTextModelWithProjection(CLIPTextConfig(hidden_size=16, projection_dim=16, **text)),
-        tokenizer_2=tokenizer,
-    )
-    out = tmp_path_factory.mktemp("tiny-sdxl")
-    pipe.save_pretrained(out)
-    return out
-
-
-def test_sdxl_conditioning_is_the_pipelines_and_trains(tiny_sdxl_dir, data_dir, tmp_path, monkeypatch):
+def test_sdxl_conditioning_is_the_pipelines_and_trains(small_sdxl_dir, data_dir, tmp_path, monkeypatch):
     """What reaches the UNet in training is what diffusers' StableDiffusionXLPipeline makes of the same
     caption: ``encode_prompt``'s hidden states (both encoders' penultimate layers, concatenated) and
     pooled embedding (the second encoder's projection), and through ``_get_add_time_ids`` the public
@@ -204,14 +172,14 @@ def test_sdxl_conditioning_is_the_pipelines_and_trains(tiny_sdxl_dir, data_dir, 
 
     monkeypatch.setattr(UNet2DConditionModel, "forward", recording_forward)
     logged: list[dict] = []
-    result = train("dpo", base_model=tiny_sdxl_dir, data_dir=data_dir, output_dir=tmp_path / "sdxl",
+    result = train("dpo", base_model=small_sdxl_dir, data_dir=data_dir, output_dir=tmp_path / "sdxl",
                    overrides={**FAST, "max_steps": 2}, on_log=lambda step, terms: logged.append(terms))
     assert logged[0]["loss"] == pytest.approx(math.log(2), abs=1e-5)
     assert math.isfinite(logged[1]["loss"])
     assert UNet2DConditionModel.from_pretrained(result.unet_dir).config.addition_embed_type == "text_time"
 
-    pipe = StableDiffusionXLPipeline.from_pretrained(tiny_sdxl_dir)
-    resolution = 32  # the training images' size: the tiny UNet's 8x8 latents, upsampled 4x by its VAE
+    pipe = StableDiffusionXLPipeline.from_pretrained(small_sdxl_dir)
+    resolution = pipe.unet.config.sample_size * pipe.vae_scale_factor  # the native size the trainer resizes to
     captions = [json.loads(line)["caption"] for line in (data_dir / "pairs.jsonl").read_text().splitlines()]
     captions.append("")  # DPO's caption dropout trains 20% of the samples unconditioned
     expected = {}

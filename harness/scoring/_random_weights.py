@@ -74,9 +74,20 @@ def save_aesthetic_head(path: Path, width: int, *, seed: int = 0) -> Path:
     return path
 
 
-def register_tiny_open_clip(config_dir: Path, name: str = "tiny-test-ViT") -> str:
-    """Register a tiny OpenCLIP architecture (CLIP BPE text tower, 77 tokens) and return its name."""
+TINY_OPEN_CLIP_ARCH = "tiny-test-ViT"
+
+
+def register_tiny_open_clip(config_dir: Path | None = None, name: str = TINY_OPEN_CLIP_ARCH) -> str:
+    """Register a tiny OpenCLIP architecture (CLIP BPE text tower, 77 tokens) and return its name.
+
+    open_clip reads architectures from JSON files, which must stay where they are for the rest
+    of the process: ``config_dir`` defaults to the harness cache.  The file is replaced
+    atomically, so processes starting together may all register it.
+    """
     import open_clip
+
+    from harness.atomic import replacing
+    from harness.models import default_cache_dir
 
     s = CLIP_SHAPES["tiny"]
     config = {
@@ -86,8 +97,10 @@ def register_tiny_open_clip(config_dir: Path, name: str = "tiny-test-ViT") -> st
         "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": s.text.width, "heads": s.text.heads,
                      "layers": s.text.layers},
     }
+    config_dir = default_cache_dir() / "open-clip-configs" if config_dir is None else config_dir
     config_dir.mkdir(parents=True, exist_ok=True)
-    (config_dir / f"{name}.json").write_text(json.dumps(config))
+    with replacing(config_dir / f"{name}.json") as temporary:
+        temporary.write_text(json.dumps(config))
     open_clip.add_model_config(config_dir / f"{name}.json")
     return name
 
@@ -188,3 +201,46 @@ def save_imagereward(out_dir: Path, shape: str = "tiny", *, seed: int = 0) -> Pa
     (out_dir / "tokenizer").mkdir(exist_ok=True)
     (out_dir / "tokenizer" / "vocab.txt").write_text("\n".join(s.vocab) + "\n")
     return out_dir
+
+
+def save_scorer_set(root: Path, *, seed: int = 0) -> dict[str, dict[str, str]]:
+    """Tiny random weights for every scorer of the sd15 / sdxl presets, in the official layouts.
+
+    Returns, per scorer name, the keywords ``get_scorer(name, **locations)`` takes.  Layout (what
+    each directory stands for)::
+
+        ROOT/pickscore/model, processor        yuvalkirstain/PickScore_v1 (CLIPModel save_pretrained)
+                                               and the laion/CLIP-ViT-H-14 processor it is used with
+        ROOT/hpsv2/HPS_v2_compressed.pt        xswu/HPSv2: OpenCLIP state dicts wrapped in
+        ROOT/hpsv2/HPS_v2.1_compressed.pt      {"state_dict": ...}, one file per version
+        ROOT/imagereward/ImageReward.pt        THUDM/ImageReward: BLIP + MLP state dict, its
+        ROOT/imagereward/med_config.json       text config, and (here only) a WordPiece vocabulary
+        ROOT/imagereward/tokenizer/vocab.txt   standing in for bert-base-uncased
+        ROOT/clip/open_clip_pytorch_model.bin  laion/CLIP-ViT-H-14-laion2B-s32B-b79K (OpenCLIP state dict)
+        ROOT/aesthetic/model, processor        openai/clip-vit-large-patch14 (CLIPModel save_pretrained)
+        ROOT/aesthetic/sa_0_4_vit_l_14_linear.pth  the LAION aesthetic v1 head (Linear state dict)
+
+    The OpenCLIP scorers (hpsv2, hpsv2.1, clip) use the tiny architecture ``TINY_OPEN_CLIP_ARCH``,
+    registered here; another process must register it too before building them (in tests,
+    ``--plugin tests/plugins/tiny_scorer_archs.py``).  Every file has its own seed.
+    """
+    arch = register_tiny_open_clip()
+    pickscore_model, pickscore_processor = save_hf_clip(root / "pickscore", seed=seed)
+    aesthetic_model, aesthetic_processor = save_hf_clip(root / "aesthetic", logit_scale=4.6, seed=seed + 1)
+    head = save_aesthetic_head(root / "aesthetic" / "sa_0_4_vit_l_14_linear.pth", CLIP_SHAPES["tiny"].projection,
+                               seed=seed + 2)
+    (root / "hpsv2").mkdir(parents=True, exist_ok=True)
+    (root / "clip").mkdir(parents=True, exist_ok=True)
+    for offset, path, wrapped in ((3, root / "hpsv2" / "HPS_v2_compressed.pt", True),
+                                  (4, root / "hpsv2" / "HPS_v2.1_compressed.pt", True),
+                                  (5, root / "clip" / "open_clip_pytorch_model.bin", False)):
+        save_open_clip(path, arch, training_checkpoint=wrapped, seed=seed + offset)
+    imagereward = save_imagereward(root / "imagereward", "tiny", seed=seed + 6)
+    return {
+        "pickscore": {"model": str(pickscore_model), "processor": str(pickscore_processor)},
+        "hpsv2": {"checkpoint": str(root / "hpsv2"), "arch": arch},
+        "hpsv2.1": {"checkpoint": str(root / "hpsv2"), "arch": arch},
+        "imagereward": {"checkpoint": str(imagereward), "tokenizer": str(imagereward / "tokenizer")},
+        "clip": {"checkpoint": str(root / "clip"), "arch": arch},
+        "aesthetic": {"model": str(aesthetic_model), "processor": str(aesthetic_processor), "checkpoint": str(head)},
+    }
