@@ -62,7 +62,7 @@ def _parse_scorer_options(assignments: list[str], scorer: str | None = None) -> 
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from harness.run import RunOptions, run
+    from harness.run import EVERY_METHOD, RunOptions, run
 
     quiet_libraries()
     options = RunOptions(
@@ -75,7 +75,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         scorers=args.scorers,
         max_prompts=args.max_prompts,
         images_per_prompt=args.images_per_prompt,
-        overrides=_parse_overrides(args.set, args.methods),
+        steps=args.steps,
+        vae=args.vae,
+        overrides=_parse_overrides(args.set, [EVERY_METHOD]),
         pretrained=args.pretrained,
         seed=args.seed,
         jobs=args.jobs,
@@ -281,10 +283,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", default="toy", help="toy (default), tiny, sd15, sdxl")
     p.add_argument("--model", help="base model: hub id or local diffusers directory (default: the preset's)")
     p.add_argument("--data", help="training data: directory with pairs.jsonl/experts.jsonl, or a hub dataset id")
+    p.add_argument("--vae", help="replacement VAE, hub id or local directory (default: the preset's, e.g. SDXL's "
+                   "madebyollin/sdxl-vae-fp16-fix)")
     p.add_argument("--suites", type=_comma_list, help="prompt suites (default: the preset's)")
     p.add_argument("--scorers", type=_comma_list, help="scorers (default: the preset's)")
     p.add_argument("--max-prompts", type=int, help="use only the first N prompts of each suite")
-    p.add_argument("--images-per-prompt", type=int)
+    p.add_argument("--images-per-prompt", type=int, help="images per prompt (default: the preset's protocol)")
+    p.add_argument("--steps", type=int, help="sampler steps of the evaluation (default: the preset's protocol, "
+                   "e.g. 50 for sd15; fewer makes a quick check, not the papers' numbers)")
     p.add_argument("--set", action="append", default=[], metavar="[METHOD.]FIELD=VALUE", help="override a method's config field")
     p.add_argument("--pretrained", action="store_true", help="evaluate the published checkpoints instead of training")
     p.add_argument("--seed", type=int, default=0)

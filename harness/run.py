@@ -31,6 +31,7 @@ from harness.errors import HarnessError
 from harness.registry import METHODS, SCORERS, SUITES
 
 BASE = "base"
+EVERY_METHOD = "*"  # RunOptions.overrides key: settings for every method trained (--set FIELD=VALUE)
 
 
 @dataclass
@@ -44,7 +45,9 @@ class RunOptions:
     scorers: list[str] | None = None
     max_prompts: int | None = None
     images_per_prompt: int | None = None
-    overrides: dict[str, dict[str, Any]] = field(default_factory=dict)  # method -> {field: value}
+    steps: int | None = None  # sampler steps of the evaluation (None: the preset's protocol)
+    vae: str | None = None  # replacement VAE for training and generation (None: the preset's, e.g. SDXL's fp16 fix)
+    overrides: dict[str, dict[str, Any]] = field(default_factory=dict)  # method or EVERY_METHOD -> {field: value}
     pretrained: bool = False
     seed: int = 0
     jobs: int | None = None  # jobs (trainings, evaluations) at once (None: one per core on a CPU, one per GPU)
@@ -76,14 +79,11 @@ def validate(options: RunOptions, preset: Preset) -> None:
             available = ", ".join(preset.pretrained) or "none"
             raise HarnessError(f"preset {preset.name!r} has no published weights for {name!r}; available: {available}")
     for name in options.suites or preset.suites:
-        SUITES.get(name)
+        SUITES.get(name.split(":", 1)[0])  # NAME:PATH reads a local copy
     for name in options.scorers or preset.scorers:
         SCORERS.get(name)
     if options.jobs is not None and options.jobs < 1:
         raise HarnessError(f"--jobs must be at least 1, not {options.jobs}")
-    unknown = set(options.overrides) - set(options.methods)
-    if unknown:
-        raise HarnessError(f"--set names methods that are not run: {', '.join(sorted(unknown))}")
     for name, keywords in options.scorer_options.items():
         _check_scorer_options(name, keywords)
 
@@ -197,7 +197,9 @@ def _plan_trainings(options: RunOptions, preset: Preset, source: str | None, syn
     planned: dict[str, EvaluatedModel] = {}
 
     def plan(method: str, evaluate: bool) -> None:
-        overrides = preset.overrides_for(method, options.overrides.get(method))
+        overrides = preset.overrides_for(method, {**({"vae": options.vae} if options.vae else {}),
+                                                  **options.overrides.get(EVERY_METHOD, {}),
+                                                  **options.overrides.get(method, {})})
         config = resolve_config(method, preset.name, overrides)
         if config.init_method:
             if config.init_method not in planned:
@@ -211,6 +213,9 @@ def _plan_trainings(options: RunOptions, preset: Preset, source: str | None, syn
     for method in options.methods:
         if method not in planned:
             plan(method, evaluate=True)
+    unknown = set(options.overrides) - {EVERY_METHOD} - set(planned)
+    if unknown:
+        raise HarnessError(f"--set names methods that are not trained: {', '.join(sorted(unknown))}")
     return list(planned.values())
 
 
@@ -393,7 +398,7 @@ def _generate(model: EvaluatedModel, job: _ModelJob, store) -> dict[str, list[di
     options, preset = job.options, job.preset
     device, dtype = inference_device()
     pipe = load_pipeline(job.base_model, unet=model.unet, unet_subfolder=model.unet_subfolder, dtype=dtype,
-                         device=device, vae=preset.vae)
+                         device=device, vae=options.vae or preset.vae)
     if model.method != BASE:
         from harness.trainer import resolve_config
 
@@ -411,7 +416,7 @@ def _generate(model: EvaluatedModel, job: _ModelJob, store) -> dict[str, list[di
             images_per_prompt=options.images_per_prompt or settings.images_for(suite.name),
             batch_size=settings.batch_size,
             seed=settings.seed + options.seed,
-            num_inference_steps=settings.num_inference_steps,
+            num_inference_steps=options.steps or settings.num_inference_steps,
             guidance_scale=settings.guidance_scale,
             height=settings.height,
             width=settings.width,

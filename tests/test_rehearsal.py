@@ -1,0 +1,78 @@
+"""The published recipes, rehearsed offline end to end: `harness run --preset sd15` (and `sdxl`) on
+SD1.5- / SDXL-shaped tiny pipelines, a local Pick-a-Pic v2 copy in the hub's layout, local HPDv2
+prompts and tiny scorer weights in the official file layouts (tests/offline_world.py, conftest.py).
+
+Every step a real run takes is taken: DRO's experts ranked by HPSv2 (the data step, through the
+scorer registry), SmPO's pairs scored with PickScore's raw cosine, SFT trained first and SmPO
+started from it, each method's training with its recipe (precision, EMA, replay buffer, inversion,
+flips, posterior samples), generation, the six scorers, the leaderboard and its guard marks.
+Only compute is lowered, to fit a CPU test: one optimizer step without accumulation
+(`max_steps=1`, `effective_batch_size=None`), 10 experts instead of 500 (the copy has ~40 unique
+images, so the ranking still chooses), one prompt of each suite, one image per prompt, 2 sampler
+steps. The SD1.5 shape's attention at 64x64 latents costs ~0.17 s per UNet call on a CPU core
+even at tiny widths, so the 50-step, 5-image protocol for four models would take many minutes.
+The random-weight PickScore gives cosines around 0, outside the published bounds for the real
+model's (0.115..0.282), so SmPO's bounds are widened here, and only here, to [-1, 1].
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from conftest import harness_cli
+
+PLUGIN = Path(__file__).resolve().parent / "plugins" / "tiny_scorer_archs.py"
+METHODS = ("dpo", "dro", "smpo", "sft")
+SCORERS = ("pickscore", "hpsv2", "hpsv2.1", "imagereward", "clip", "aesthetic")
+
+
+def scorer_options(locations: dict[str, dict[str, str]]) -> list[str]:
+    options = {**locations, "pickscore-cosine": locations["pickscore"]}  # the same model, its raw cosine
+    return [arg for name, keywords in options.items() for key, value in keywords.items()
+            for arg in ("--scorer-option", f"{name}.{key}={value}")]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("shape", ["sd15", "sdxl"])
+def test_published_recipes_run_end_to_end_offline(shape, request, tmp_path, pickapic_v2_dir, hpdv2_dir,
+                                                  scorer_locations):
+    model = request.getfixturevalue(f"tiny_{shape}_dir")
+    out = tmp_path / "run"
+    result = harness_cli(
+        "--plugin", str(PLUGIN), "run", "--preset", shape, "--model", str(model), "--data", str(pickapic_v2_dir),
+        "--methods", "dpo,dro,smpo", "--suites", f"pickapic-test:{pickapic_v2_dir},hpdv2:{hpdv2_dir}",
+        "--max-prompts", "1", "--images-per-prompt", "1", "--steps", "2", "--out", str(out),
+        "--set", "max_steps=1", "--set", "effective_batch_size=None", "--set", "dro.expert_top_k=10",
+        "--set", "smpo.score_lo=-1", "--set", "smpo.score_hi=1", *scorer_options(scorer_locations),
+        timeout=1200)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+
+    # DRO trained on the top 10 by HPSv2, made by the data step through the scorer registry.
+    experts = out / "data" / "experts-hpsv2-top10"
+    recipe = json.loads((experts / "experts.json").read_text())
+    assert recipe["scorer"] == "hpsv2" and recipe["n"] == 10 and recipe["split"] == "train"
+    rows = [json.loads(line) for line in (experts / "experts.jsonl").read_text().splitlines()]
+    assert [r["score"] for r in rows] == sorted((r["score"] for r in rows), reverse=True)
+    # SmPO started from the UNet SFT trained first on the same pairs; SFT itself is not evaluated.
+    smpo_state = json.loads((out / "models" / "smpo" / "final" / "trainer_state.json").read_text())
+    assert smpo_state["config"]["init_unet"] == str(out / "models" / "sft" / "final" / "unet")
+    assert (out / "models" / "sft" / "final" / "unet" / "diffusion_pytorch_model.safetensors").exists()
+    assert smpo_state["config"]["pair_scorer"] == "pickscore-cosine"
+    dro_state = json.loads((out / "models" / "dro" / "final" / "trainer_state.json").read_text())
+    assert dro_state["config"]["master_weights"] == "bf16" and dro_state["config"]["ema_decay"] == 0.9999
+
+    board = harness_cli("leaderboard", "--out", str(out), "--format", "json")
+    assert board.returncode == 0, board.stderr
+    leaderboard = json.loads(board.stdout)
+    cells = {(r["method"], r["suite"], r["metric"]): r for r in leaderboard}
+    for method in ("base", "dpo", "dro", "smpo"):
+        for suite in ("pickapic-test", "hpdv2"):
+            for metric in SCORERS:
+                assert (method, suite, metric) in cells, (method, suite, metric)
+    assert not any(method == "sft" for method, _, _ in cells)
+    # The guard: a gain on the signal a method was trained on is marked, and nothing else.
+    marked = {(method, metric) for (method, _, metric), row in cells.items() if row["trained_on_signal"]}
+    assert marked == {("dro", "hpsv2"), ("dro", "hpsv2.1"), ("smpo", "pickscore")}
