@@ -7,10 +7,10 @@ ours - paper, and that difference in units of our CI, ``z``:
     z = (ours - paper) / (distance from our mean to our CI's bound on the paper's side)
 
 so |z| <= 1 exactly when the paper's value lies inside our CI (bootstrap CIs need not be symmetric,
-hence the bound on the paper's side).  The paper scored the same prompts with other seeds, while our
-CI also counts the prompts' own spread, so it is a generous yardstick: |z| > 1 points at a real
-difference of weights or protocol rather than at sampling noise.  The paper's win rates over the
-base are set beside ours the same way, in units of our Wilson interval.
+hence the bound on the paper's side).  The paper scored the same prompts (with its own seeds), while
+our CI also counts the spread between prompts, so it is a generous yardstick: |z| > 1 is more likely
+other weights or another protocol than other seeds.  The paper's win rates over the base are set
+beside ours the same way, in units of our Wilson interval.
 
 A metric the run did not compute shows as missing.  A metric scored with other weights than the
 paper's (another version, or a ``+custom-`` one: local, non-official weights) is flagged: that row
