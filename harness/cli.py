@@ -61,6 +61,17 @@ def _parse_scorer_options(assignments: list[str], scorer: str | None = None) -> 
     return options
 
 
+def _parse_unets(assignments: list[str]) -> dict[str, str]:
+    """``--unet dro=DIR``: where --pretrained finds a method's UNet instead of the preset's published id."""
+    unets = {}
+    for assignment in assignments:
+        method, sep, location = assignment.partition("=")
+        if not sep or not method or not location:
+            raise HarnessError(f"--unet expects METHOD=DIR, got {assignment!r}")
+        unets[method] = location
+    return unets
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from harness.run import EVERY_METHOD, RunOptions, run
 
@@ -82,11 +93,35 @@ def cmd_run(args: argparse.Namespace) -> int:
         seed=args.seed,
         jobs=args.jobs,
         scorer_options=_parse_scorer_options(args.scorer_option),
+        unets=_parse_unets(args.unet),
     )
     rows = run(options)
     print()
     _print_leaderboard(rows, "table")
     print(f"\nresults: {Path(args.out) / 'results.db'}  (harness leaderboard --out {args.out}; harness dashboard --out {args.out})")
+    return 0
+
+
+def cmd_reproduce(args: argparse.Namespace) -> int:
+    from harness.reproduce import format_report, reproduce
+    from harness.run import RunOptions
+
+    quiet_libraries()
+    options = RunOptions(
+        methods=args.methods or [],
+        out=Path(args.out or Path("runs") / f"reproduce-{args.preset}"),
+        preset=args.preset,
+        model=args.model,
+        suites=args.suites,
+        scorers=args.scorers,
+        max_prompts=args.max_prompts,
+        images_per_prompt=args.images_per_prompt,
+        pretrained=True,
+        scorer_options=_parse_scorer_options(args.scorer_option),
+        unets=_parse_unets(args.unet),
+    )
+    report = reproduce(options)
+    print(json.dumps(report.to_json(), indent=2) if args.format == "json" else format_report(report))
     return 0
 
 
@@ -298,6 +333,24 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default: one per core on a CPU, one thread each; one per GPU)")
     p.add_argument("--scorer-option", action="append", default=[], metavar="SCORER.OPTION=VALUE",
                    help="where a scorer's weights are, e.g. hpsv2.checkpoint=DIR (see `harness scorers`)")
+    p.add_argument("--unet", action="append", default=[], metavar="METHOD=DIR",
+                   help="with --pretrained: the method's UNet from a local directory (or hub id) instead of the preset's")
+
+    p = command("reproduce", cmd_reproduce, "run the published checkpoints (harness run --pretrained) and set "
+                "our numbers beside the paper's, each difference in units of our confidence interval")
+    p.add_argument("--preset", default="sd15", help="a preset with published tables (default: sd15)")
+    p.add_argument("--out", help="results directory (default: runs/reproduce-PRESET); rerun to resume")
+    p.add_argument("--methods", type=_comma_list, help="default: every method the paper has a published checkpoint of")
+    p.add_argument("--model", help="the base model: hub id or local directory (default: the preset's)")
+    p.add_argument("--unet", action="append", default=[], metavar="METHOD=DIR",
+                   help="a method's UNet from a local directory (or hub id) instead of the preset's published id")
+    p.add_argument("--suites", type=_comma_list, help="default: the preset's; NAME:PATH for a local copy")
+    p.add_argument("--scorers", type=_comma_list, help="default: the paper's metrics")
+    p.add_argument("--scorer-option", action="append", default=[], metavar="SCORER.OPTION=VALUE",
+                   help="where a scorer's weights are, e.g. hpsv2.checkpoint=DIR")
+    p.add_argument("--max-prompts", type=int, help="only the first N prompts of each suite (a quick check)")
+    p.add_argument("--images-per-prompt", type=int, help="default: the paper's 5")
+    p.add_argument("--format", choices=["table", "json"], default="table")
 
     p = command("train", cmd_train, "train one method and write its UNet in diffusers format")
     p.add_argument("--method", required=True)

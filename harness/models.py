@@ -272,6 +272,36 @@ def load_pipeline(
     return pipe.to(device)
 
 
+def check_model_available(location: str, *, config_file: str, subfolder: str | None = None, what: str,
+                          pass_as: str) -> None:
+    """Fail with one line unless ``location`` (a local directory or a hub id) has ``config_file``.
+
+    Reads only the config, from the directory, the local Hugging Face cache, or (online) the hub,
+    so a run can check every model it will load before it creates anything.  ``what`` names the
+    model in the message, ``pass_as`` is the option that takes a local copy (``--model DIR``).
+    """
+    from huggingface_hub import constants, hf_hub_download
+
+    from harness.scoring._loading import _looks_like_path
+
+    path = Path(location).expanduser()
+    where = path / subfolder if subfolder else path
+    if _looks_like_path(location) and not path.exists():
+        raise HarnessError(f"{what}: no such directory {location}")
+    if path.exists():
+        if not (where / config_file).is_file():
+            raise HarnessError(f"{what}: {where} has no {config_file} (not a diffusers "
+                               f"{'pipeline' if config_file == 'model_index.json' else 'model'} directory)")
+        return
+    try:
+        hf_hub_download(location, config_file, subfolder=subfolder)
+    except Exception as exc:  # offline and not cached, no such repository, a malformed id: all "not available"
+        reason = ("HF_HUB_OFFLINE is set and it is not in the local Hugging Face cache" if constants.HF_HUB_OFFLINE
+                  else str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
+        raise HarnessError(f"{what} {location!r} is not available ({reason}): download it with "
+                           f"`hf download {location} --local-dir DIR` and pass {pass_as}") from None
+
+
 def is_sdxl(pipe: Any) -> bool:
     return getattr(pipe, "text_encoder_2", None) is not None
 

@@ -52,6 +52,7 @@ class RunOptions:
     seed: int = 0
     jobs: int | None = None  # jobs (trainings, evaluations) at once (None: one per core on a CPU, one per GPU)
     scorer_options: dict[str, dict[str, Any]] = field(default_factory=dict)  # scorer -> get_scorer keywords
+    unets: dict[str, str] = field(default_factory=dict)  # --pretrained: method -> its UNet, instead of the preset's
 
 
 @dataclass
@@ -75,7 +76,7 @@ def validate(options: RunOptions, preset: Preset) -> None:
         if name == BASE:
             raise HarnessError(f"{BASE!r} is the untrained base model, always evaluated; it is not a method")
         METHODS.get(name)
-        if options.pretrained and name not in preset.pretrained:
+        if options.pretrained and name not in preset.pretrained and name not in options.unets:
             available = ", ".join(preset.pretrained) or "none"
             raise HarnessError(f"preset {preset.name!r} has no published weights for {name!r}; available: {available}")
     for name in options.suites or preset.suites:
@@ -86,6 +87,38 @@ def validate(options: RunOptions, preset: Preset) -> None:
         raise HarnessError(f"--jobs must be at least 1, not {options.jobs}")
     for name, keywords in options.scorer_options.items():
         _check_scorer_options(name, keywords)
+    for name in options.unets:
+        if not options.pretrained:
+            raise HarnessError("--unet gives the location of a published UNet: use it with --pretrained")
+        if name not in options.methods:
+            raise HarnessError(f"--unet names {name!r}, which is not among the methods run")
+
+
+def published_unet(options: RunOptions, preset: Preset, method: str) -> tuple[str, str | None]:
+    """(location, subfolder) of ``method``'s UNet under ``--pretrained``: the preset's published one, or
+    ``--unet``'s: a UNet directory, or a repository laid out as the published ones (a local download
+    or a hub id) with the UNet in ``unet/``."""
+    given = options.unets.get(method)
+    if given is None:
+        return preset.pretrained[method]
+    return given, None if (Path(given).expanduser() / "config.json").is_file() else "unet"
+
+
+def check_models_available(options: RunOptions, preset: Preset) -> None:
+    """Every model and suite the run will load must be there before anything is created: a missing
+    download fails at once, in one line saying what to download, and leaves no half-made results."""
+    from harness.models import check_model_available
+
+    base = options.model or preset.base_model
+    if base not in ("toy", "tiny"):  # those two are built here
+        check_model_available(base, config_file="model_index.json", what="base model", pass_as="--model DIR")
+    if options.pretrained:
+        for method in options.methods:
+            location, subfolder = published_unet(options, preset, method)
+            check_model_available(location, config_file="config.json", subfolder=subfolder,
+                                  what=f"{method}'s published UNet", pass_as=f"--unet {method}=DIR")
+    for name in options.suites or preset.suites:
+        load_suite(name, options.max_prompts or preset.max_prompts)
 
 
 def _check_scorer_options(name: str, keywords: dict[str, Any]) -> None:
@@ -110,6 +143,7 @@ def run(options: RunOptions) -> list[dict]:
     data = None if options.pretrained else options.data or preset.data
     source = str(out / "data") if data == "synthesize" else data
     trainings = [] if options.pretrained else _plan_trainings(options, preset, source, data == "synthesize")
+    check_models_available(options, preset)
     out.mkdir(parents=True, exist_ok=True)
     stage = _Stages()
 
@@ -131,7 +165,7 @@ def run(options: RunOptions) -> list[dict]:
     if options.pretrained:
         methods = []
         for method in options.methods:
-            unet, subfolder = preset.pretrained[method]
+            unet, subfolder = published_unet(options, preset, method)
             methods.append(EvaluatedModel(method, make_run(method, {"pretrained": unet}), unet, subfolder))
     else:
         methods = [dataclasses.replace(model, run_id=make_run(model.method, {"data": model.data_dir,
