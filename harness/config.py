@@ -51,6 +51,9 @@ class Preset:
     method_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
     # Published UNets for --pretrained: method -> (hub id, subfolder).
     pretrained: dict[str, tuple[str, str | None]] = field(default_factory=dict)
+    # The reward each published UNet's training data was shaped by: method -> (scorer, how); the
+    # leaderboard marks that metric for it.
+    pretrained_signals: dict[str, tuple[str, str]] = field(default_factory=dict)
     vae: str | None = None
 
     def overrides_for(self, method: str, extra: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -95,6 +98,13 @@ def _tiny() -> Preset:
     )
 
 
+_PUBLISHED_SIGNALS = {
+    # The DRO repository's only recipe ranks its experts by HPSv2 (which of the paper's two expert
+    # settings the released UNet is, its README does not say: see harness/published.py).
+    "dro": ("hpsv2", "released DRO UNet: experts ranked by hpsv2 (the repository's recipe)"),
+    "smpo": ("pickscore", "released SmPO UNet: pair labels smoothed by PickScore's cosine"),
+}
+
 _PAPER_PROTOCOL = GenerationSettings(images_per_prompt=5, num_inference_steps=50, guidance_scale=7.5, batch_size=8)
 
 
@@ -112,6 +122,7 @@ def _sd15() -> Preset:
             "dro": ("ylwu/diffusion-dro-sd1.5", "unet"),
             "smpo": ("JaydenLu666/SmPO-SD1.5", "unet"),
         },
+        pretrained_signals=_PUBLISHED_SIGNALS,
     )
 
 
@@ -129,6 +140,7 @@ def _sdxl() -> Preset:
             "dpo": ("mhdang/dpo-sdxl-text2image-v1", "unet"),
             "smpo": ("JaydenLu666/SmPO-SDXL", "unet"),
         },
+        pretrained_signals=_PUBLISHED_SIGNALS,
     )
 
 

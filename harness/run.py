@@ -134,6 +134,7 @@ def _check_scorer_options(name: str, keywords: dict[str, Any]) -> None:
 
 def run(options: RunOptions) -> list[dict]:
     """Run the whole comparison and return the leaderboard rows."""
+    from harness.scoring import same_signal
     from harness.store import Store
     from harness.workers import WorkerPool, default_processes, one_cpu_thread
 
@@ -193,6 +194,10 @@ def run(options: RunOptions) -> list[dict]:
                     metrics, why = metrics + more, "; ".join(filter(None, [why, also]))
                 if metrics:
                     store.set_training_signals(model.run_id, sorted(set(metrics)), why)
+        for model in methods:
+            if not model.train and model.method in preset.pretrained_signals:
+                scorer, how = preset.pretrained_signals[model.method]
+                store.set_training_signals(model.run_id, same_signal(scorer), how)
         if source:
             _record_overlap(store, [base, *methods], options, preset)
         trainings_running: set = set()

@@ -202,11 +202,12 @@ def _batch_invariant_numerics(pipe: Any) -> Iterator[None]:
     embedding, the ResNets' time projections and SDXL's pooled-text projection see one
     row per image) takes a different kernel for different row counts, and the VAE's
     convolutions differ between batch sizes (1, 3, 5 and 47 images each differed from 48):
-    ~1e-6 apart, enough to flip the rounding of some pixels.  So such linears and the VAE's
-    decoder always see exactly ``_CHUNK`` rows / latents, the last chunk padded with zeros:
-    with the shape fixed, a row's result did not depend on its position in the chunk or on
-    the other rows (measured, and tested across batch sizes and process counts).  The
-    decoder 16 at a time is 3.7x faster than one at a time.  The UNet's other layers
+    ~1e-6 apart, enough to flip the rounding of some pixels.  So such linears always see
+    exactly ``_CHUNK`` rows, and the VAE's decoder a number of latents fixed by their size
+    (16 toy latents at a time, one 64x64 latent), the last chunk padded with zeros: with the
+    shape fixed, a row's result did not depend on its position in the chunk or on the other
+    rows (measured, and tested across batch sizes and process counts).  The toy decoder 16 at
+    a time is 3.7x faster than one at a time.  The UNet's other layers
     measured batch-invariant as long as they see at least 2 rows, which classifier-free
     guidance ensures (with guidance_scale <= 1 a batch of one image can still differ).
     Results can also change with the number of CPU threads.  On a GPU, cuBLAS/cuDNN
@@ -244,13 +245,16 @@ def _batch_invariant_numerics(pipe: Any) -> Iterator[None]:
 
 
 _CHUNK = 16
+# The decoder sees at most this many latent pixels at once (16 toy latents of 8x8): a 64x64 SD1.5
+# latent is decoded alone, so a one-image suite does not pay for 15 padding images.
+_DECODE_PIXELS = 16 * 8 * 8
 
 
-def _in_fixed_chunks(function: Any, x: torch.Tensor) -> torch.Tensor:
-    """``function`` over ``x`` split into chunks of exactly ``_CHUNK`` rows (the last padded with zeros)."""
+def _in_fixed_chunks(function: Any, x: torch.Tensor, rows: int = _CHUNK) -> torch.Tensor:
+    """``function`` over ``x`` split into chunks of exactly ``rows`` rows (the last padded with zeros)."""
     pieces = []
-    for chunk in x.split(_CHUNK):
-        padding = chunk.new_zeros((_CHUNK - len(chunk), *chunk.shape[1:]))
+    for chunk in x.split(rows):
+        padding = chunk.new_zeros((rows - len(chunk), *chunk.shape[1:]))
         pieces.append(function(torch.cat([chunk, padding]))[: len(chunk)])
     return torch.cat(pieces)
 
@@ -265,7 +269,9 @@ def _fixed_rows(forward: Any) -> Any:
 
 def _fixed_chunks(decode: Any) -> Any:
     def chunked_decode(latents: torch.Tensor, return_dict: bool = True, **kwargs: Any) -> Any:
-        images = _in_fixed_chunks(lambda chunk: decode(chunk, return_dict=False, **kwargs)[0], latents)
+        # A function of the latent's shape only, so an image's bytes still do not depend on its batch.
+        rows = max(1, _DECODE_PIXELS // (latents.shape[-2] * latents.shape[-1]))
+        images = _in_fixed_chunks(lambda chunk: decode(chunk, return_dict=False, **kwargs)[0], latents, rows)
         if not return_dict:
             return (images,)
         from diffusers.models.autoencoders.vae import DecoderOutput

@@ -8,9 +8,11 @@ started from it, each method's training with its recipe (precision, EMA, replay 
 flips, posterior samples), generation, the six scorers, the leaderboard and its guard marks.
 Only compute is lowered, to fit a CPU test: one optimizer step without accumulation
 (`max_steps=1`, `effective_batch_size=None`), 10 experts instead of 500 (the copy has ~40 unique
-images, so the ranking still chooses), one prompt of each suite, one image per prompt, 2 sampler
-steps. The SD1.5 shape's attention at 64x64 latents costs ~0.17 s per UNet call on a CPU core
-even at tiny widths, so the 50-step, 5-image protocol for four models would take many minutes.
+images, so the ranking still chooses), DRO's sampler 4 steps instead of 20, SmPO's inversion 2
+steps instead of 5 / 10, one prompt of each suite, one image per prompt, 2 sampler steps in the
+evaluation. The SD1.5 shape's attention at 64x64 latents costs ~0.17 s per UNet call on a CPU core
+even at tiny widths (the SDXL shape's VAE ~1 s per 1024 px image), so the published compute, for
+four models, would take hours here.
 The random-weight PickScore gives cosines around 0, outside the published bounds for the real
 model's (0.115..0.282), so SmPO's bounds are widened here, and only here, to [-1, 1].
 """
@@ -41,11 +43,14 @@ def test_published_recipes_run_end_to_end_offline(shape, request, tmp_path, pick
                                                   scorer_locations):
     model = request.getfixturevalue(f"tiny_{shape}_dir")
     out = tmp_path / "run"
+    # SDXL's recipe replaces the VAE by the fp16-safe one from the hub: offline, a local stand-in.
+    vae = ["--vae", str(model / "vae")] if shape == "sdxl" else []
     result = harness_cli(
-        "--plugin", str(PLUGIN), "run", "--preset", shape, "--model", str(model), "--data", str(pickapic_v2_dir),
+        "--plugin", str(PLUGIN), "run", "--preset", shape, "--model", str(model), *vae, "--data", str(pickapic_v2_dir),
         "--methods", "dpo,dro,smpo", "--suites", f"pickapic-test:{pickapic_v2_dir},hpdv2:{hpdv2_dir}",
         "--max-prompts", "1", "--images-per-prompt", "1", "--steps", "2", "--out", str(out),
         "--set", "max_steps=1", "--set", "effective_batch_size=None", "--set", "dro.expert_top_k=10",
+        "--set", "dro.sampler_steps=4", "--set", "smpo.inversion_steps=2",
         "--set", "smpo.score_lo=-1", "--set", "smpo.score_hi=1", *scorer_options(scorer_locations),
         timeout=1200)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -56,10 +61,12 @@ def test_published_recipes_run_end_to_end_offline(shape, request, tmp_path, pick
     assert recipe["scorer"] == "hpsv2" and recipe["n"] == 10 and recipe["split"] == "train"
     rows = [json.loads(line) for line in (experts / "experts.jsonl").read_text().splitlines()]
     assert [r["score"] for r in rows] == sorted((r["score"] for r in rows), reverse=True)
-    # SmPO started from the UNet SFT trained first on the same pairs; SFT itself is not evaluated.
+    # On SD1.5, SmPO started from the UNet SFT trained first on the same pairs (SFT itself is not
+    # evaluated); on SDXL its recipe starts from the base.
     smpo_state = json.loads((out / "models" / "smpo" / "final" / "trainer_state.json").read_text())
-    assert smpo_state["config"]["init_unet"] == str(out / "models" / "sft" / "final" / "unet")
-    assert (out / "models" / "sft" / "final" / "unet" / "diffusion_pytorch_model.safetensors").exists()
+    sft = out / "models" / "sft" / "final" / "unet"
+    assert smpo_state["config"]["init_unet"] == (str(sft) if shape == "sd15" else None)
+    assert (sft / "diffusion_pytorch_model.safetensors").exists() == (shape == "sd15")
     assert smpo_state["config"]["pair_scorer"] == "pickscore-cosine"
     dro_state = json.loads((out / "models" / "dro" / "final" / "trainer_state.json").read_text())
     assert dro_state["config"]["master_weights"] == "bf16" and dro_state["config"]["ema_decay"] == 0.9999
