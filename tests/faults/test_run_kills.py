@@ -1,0 +1,120 @@
+"""`harness run` SIGKILLed whole (its process group: the CLI and its workers) and rerun: the README's
+"rerun the same command to resume" must end with exactly the results of an uninterrupted run, and
+a rerun must not redo what was finished.
+
+Each trial starts from an empty results directory and an empty HARNESS_CACHE (a first run: the
+tiny base model, the training data and the training features are made by the run that is killed,
+and the rerun uses that cache), kills the run at each of its kill points in turn (rerunning the
+same command after each), then lets a last rerun finish.  A kill point is a stage line the run
+prints (``== dro: training  [4 s]``) plus a delay: 0 kills at the stage boundary, a positive delay
+mid-stage.  The delays are drawn from a seeded generator, so a failing trial reruns the same plan
+(on a machine of about the same speed).
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from faults.kills import (
+    Env,
+    WorkLog,
+    count,
+    done_at_kill,
+    image_files,
+    leaderboard_json,
+    redone_work,
+    results_fingerprint,
+    run_args,
+    run_to_end,
+    run_to_stage_then_kill,
+    temporaries,
+)
+
+pytestmark = [pytest.mark.faults, pytest.mark.slow]
+
+SEED = 16
+
+
+@dataclass(frozen=True)
+class KillPoint:
+    stage: str
+    delay: tuple[float, float]  # drawn uniformly from this range (seconds after the stage line)
+
+
+@dataclass(frozen=True)
+class Trial:
+    name: str
+    jobs: int
+    kills: tuple[KillPoint, ...]
+
+    def delays(self) -> list[float]:
+        rng = random.Random(f"{SEED}:{self.name}")
+        return [round(rng.uniform(*point.delay), 2) for point in self.kills]
+
+
+# Stage times of the tiny run on the 2-core machine (fresh cache, --jobs 2): training data 2-3 s,
+# DRO's 4 steps ~2.5 s, each evaluation ~2 s; the delays stay well inside the stages they aim at.
+TRIALS = [
+    # The fault campaign's case: the first run killed while the training data is made (the base's
+    # evaluation runs beside it), then mid-training (features being cached, DRO's replay buffer,
+    # checkpoint-2 maybe written), then at a stage boundary of DPO's evaluation.
+    Trial("first-run-jobs-2", jobs=2, kills=(
+        KillPoint("training data", (0.2, 1.0)),
+        KillPoint("dro: training", (0.3, 1.2)),
+        KillPoint("dpo: scoring", (0.0, 0.0)),
+    )),
+    # One job at a time (in the CLI's process): the base's evaluation and the data are made first;
+    # killed mid-DPO-training, then mid-generation of DRO's evaluation.
+    Trial("first-run-jobs-1", jobs=1, kills=(
+        KillPoint("dpo: training", (0.2, 0.6)),
+        KillPoint("dro: generation", (0.0, 0.4)),
+    )),
+]
+
+
+def test_a_rerun_of_a_finished_run_does_no_work(reference) -> None:
+    """Nothing trained, generated or scored twice: counted, not inferred from row counts."""
+    first = reference.work
+    assert count(first, "unet") > 100 and count(first, "score") > 0 and count(first, "cached") > 0
+    assert count(first, "step") == 2 * 2 * 4  # begin and end of 4 steps of 2 methods: the counter works
+    env = reference.env
+    images = image_files(env.out)
+    log = WorkLog(env.log)
+    log.mark()
+    outcome = run_to_end(run_args(env, jobs=2), env.variables(), env.out.parent / "rerun-stderr.txt")
+    assert outcome.returncode == 0, (env.out.parent / "rerun-stderr.txt").read_text()[-3000:]
+    work = log.since_mark()
+    assert {event: count(work, event) for event in ("unet", "score", "cached", "step")} == {
+        "unet": 0, "score": 0, "cached": 0, "step": 0}
+    assert image_files(env.out) == images  # not one file rewritten (same inode and mtime)
+    assert leaderboard_json(env.out) == reference.fingerprint["leaderboard"]
+
+
+@pytest.mark.parametrize("trial", TRIALS, ids=lambda trial: trial.name)
+def test_killed_runs_resume_to_the_uninterrupted_results(trial: Trial, reference, tmp_path: Path) -> None:
+    env = Env.fresh(tmp_path)
+    stderr = tmp_path / "stderr.txt"
+    args = run_args(env, trial.jobs)
+    log = WorkLog(env.log)
+    history = []  # what each run did, for the failure messages
+    done = None  # what the last killed run had finished
+    for point, delay in [*zip(trial.kills, trial.delays()), (None, None)]:
+        log.mark()
+        if point is None:
+            outcome = run_to_end(args, env.variables(), stderr)
+            history.append(f"final run: {outcome.stages}")
+            assert outcome.returncode == 0, f"{history}\n{stderr.read_text()[-3000:]}"
+        else:
+            outcome = run_to_stage_then_kill(args, env.variables(), stderr, point.stage, delay)
+            history.append(f"killed {delay} s after {point.stage!r}: {outcome.stages}")
+            assert outcome.killed, f"the run ended before its kill point (rc {outcome.returncode}): {history}"
+        if done is not None:
+            assert redone_work(done, log.since_mark(), image_files(env.out)) == [], history
+        if point is not None:
+            done = done_at_kill(env)
+    assert results_fingerprint(env) == reference.fingerprint, history
+    assert temporaries(env.out, env.cache) == [], history
