@@ -15,6 +15,7 @@ run does only what is missing.
 from __future__ import annotations
 
 import dataclasses
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -163,7 +164,14 @@ def _record_overlap(store, models: list[EvaluatedModel], options: RunOptions, pr
         for model in models:
             store.set_overlap(model.run_id, suite=suite.name, n_overlap=overlap)
         if overlap:
-            print(f"   warning: {overlap} prompts of unseen suite {suite.name!r} appear in the training captions")
+            say(f"   warning: {overlap} prompts of unseen suite {suite.name!r} appear in the training captions")
+
+
+def say(line: str) -> None:
+    """Print ``line`` in one write: the workers print to the same stdout, and unbuffered (PYTHONUNBUFFERED)
+    ``print`` writes the text and the newline apart, so another process's line could land in between."""
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
 
 
 class _Stages:
@@ -173,7 +181,7 @@ class _Stages:
         self.started = time.time()  # wall clock: worker processes print stages too
 
     def __call__(self, name: str) -> None:
-        print(f"== {name}  [{self.elapsed():.0f} s]", flush=True)
+        say(f"== {name}  [{self.elapsed():.0f} s]")
 
     def elapsed(self) -> float:
         return time.time() - self.started
@@ -281,7 +289,7 @@ def _generate(model: EvaluatedModel, job: _ModelJob, store) -> dict[str, list[di
     manifests = {}
     for name in options.suites or preset.suites:
         suite = load_suite(name, options.max_prompts or preset.max_prompts)
-        print(f"   {model.method} / {suite.name} ({len(suite)} prompts)", flush=True)
+        say(f"   {model.method} / {suite.name} ({len(suite)} prompts)")
         folder = Path("images") / model.method / suite.name
         rows = generate(
             pipe,
