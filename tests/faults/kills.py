@@ -36,12 +36,12 @@ class Env:
         root.mkdir(parents=True, exist_ok=True)
         return cls(out=root / "out", cache=root / "cache", log=root / "work.jsonl")
 
-    def variables(self, **extra: str) -> dict[str, str]:
-        return {**os.environ, "HARNESS_CACHE": str(self.cache), "FAULTS_WORK_LOG": str(self.log), **extra}
+    def variables(self) -> dict[str, str]:
+        return {**os.environ, "HARNESS_CACHE": str(self.cache), "FAULTS_WORK_LOG": str(self.log)}
 
 
-def run_args(env: Env, jobs: int) -> list[str]:
-    return ["--plugin", str(PLUGIN), "run", "--preset", "tiny", "--methods", METHODS, *TRAINING,
+def run_args(env: Env, jobs: int, methods: str = METHODS) -> list[str]:
+    return ["--plugin", str(PLUGIN), "run", "--preset", "tiny", "--methods", methods, *TRAINING,
             "--jobs", str(jobs), "--out", str(env.out)]
 
 
@@ -59,6 +59,7 @@ def kill_group(process: subprocess.Popen) -> None:
     except ProcessLookupError:
         pass
     process.wait()
+    process.stdout.close()
     deadline = time.monotonic() + 30
     while _live_members(process.pid):
         if time.monotonic() > deadline:
@@ -91,23 +92,22 @@ def run_to_stage_then_kill(args: list[str], variables: dict[str, str], stderr: P
     """Run until the line ``== <stage>`` appears, wait ``delay`` seconds, SIGKILL the process group."""
     process = start(args, variables, stderr)
     stages = []
+    reached = ended_first = False
     try:
         for line in process.stdout:
             if line.startswith("== "):
                 stages.append(line.strip())
-                if line.startswith(f"== {stage}"):
-                    time.sleep(delay)
-                    break
-        finished = process.poll() is not None
-        kill_group(process)
+            if line.startswith(f"== {stage}"):
+                reached = True
+                time.sleep(delay)
+                break
+        ended_first = process.poll() is not None
     finally:
-        if process.poll() is None:
-            kill_group(process)
-    return Outcome(stages, killed=not finished and process.returncode == -signal.SIGKILL,
-                   returncode=process.returncode)
+        kill_group(process)
+    return Outcome(stages, killed=reached and not ended_first, returncode=process.returncode)
 
 
-def run_to_gate_then_kill(args: list[str], variables: dict[str, str], stderr: Path, log: "WorkLog",
+def run_to_gate_then_kill(args: list[str], variables: dict[str, str], stderr: Path, log: WorkLog,
                           timeout: float = 300) -> dict:
     """Run until the process logs that it reached ``$FAULTS_GATE`` (``work_log_plugin.py``), then SIGKILL
     its process group; returns the gate event."""

@@ -49,6 +49,7 @@ class KillPoint:
 class Trial:
     name: str
     jobs: int
+    methods: str
     kills: tuple[KillPoint, ...]
 
     def delays(self) -> list[float]:
@@ -63,14 +64,17 @@ TRIALS = [
     # evaluation runs beside it in a worker); then mid-training, the two trainings caching the
     # features of shared images side by side (DRO's experts are among DPO's pair images), while
     # DPO's evaluation may already run; checkpoint-2, DRO's replay buffer included, maybe written.
-    Trial("first-run-jobs-2", jobs=2, kills=(
+    Trial("first-run-jobs-2", jobs=2, methods="dpo,dro", kills=(
         KillPoint("training data", (0.2, 1.0)),
         KillPoint("dro: training", (0.3, 1.2)),
     )),
     # One job at a time, in the CLI's process: the base's evaluation and the training data are
-    # finished when DPO's training is killed; the rerun must redo none of them.
-    Trial("first-run-jobs-1", jobs=1, kills=(
-        KillPoint("dpo: training", (0.2, 0.6)),
+    # finished when the first training is killed; the rerun must redo none of them.  The methods
+    # are listed the other way round, so DRO trains first and caches the features of its experts
+    # before DPO meets those images in its pairs (in the reference, DPO caches them first): what a
+    # run finds in the feature cache must not change its numbers (the campaign's bug).
+    Trial("first-run-jobs-1", jobs=1, methods="dro,dpo", kills=(
+        KillPoint("dro: training", (0.3, 1.0)),
     )),
 ]
 
@@ -98,7 +102,7 @@ def test_a_rerun_of_a_finished_run_does_no_work(reference) -> None:
 def test_killed_runs_resume_to_the_uninterrupted_results(trial: Trial, reference, tmp_path: Path) -> None:
     env = Env.fresh(tmp_path)
     stderr = tmp_path / "stderr.txt"
-    args = run_args(env, trial.jobs)
+    args = run_args(env, trial.jobs, trial.methods)
     log = WorkLog(env.log)
     history = []  # what each run did, for the failure messages
     done = None  # what the last killed run had finished
@@ -117,4 +121,8 @@ def test_killed_runs_resume_to_the_uninterrupted_results(trial: Trial, reference
         if point is not None:
             done = done_at_kill(env)
     assert results_fingerprint(env) == reference.fingerprint, history
-    assert temporaries(env.out, env.cache) == [], history
+    # A checkpoint or an exported UNet half written when the run was killed is written again by the
+    # rerun under the same temporary name: none may be left.  (A killed process's per-pid
+    # temporaries, e.g. ``.00003_01.png.<pid>.tmp``, are never removed: a kill rarely lands in their
+    # milliseconds, and only a live writer knows a temporary is its own.)
+    assert [path for path in temporaries(env.out) if Path(path).is_dir()] == [], history
