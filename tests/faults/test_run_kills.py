@@ -69,12 +69,14 @@ TRIALS = [
         KillPoint("dro: training", (0.3, 1.2)),
     )),
     # One job at a time, in the CLI's process: the base's evaluation and the training data are
-    # finished when the first training is killed; the rerun must redo none of them.  The methods
-    # are listed the other way round, so DRO trains first and caches the features of its experts
+    # finished when the first training is killed, mid-way; then at the boundary where that training
+    # has finished and the next one starts.  The reruns must redo none of it.  The methods are
+    # listed the other way round, so DRO trains first and caches the features of its experts
     # before DPO meets those images in its pairs (in the reference, DPO caches them first): what a
     # run finds in the feature cache must not change its numbers (the campaign's bug).
     Trial("first-run-jobs-1", jobs=1, methods="dro,dpo", kills=(
         KillPoint("dro: training", (0.3, 1.0)),
+        KillPoint("dpo: training", (0.0, 0.0)),
     )),
 ]
 
