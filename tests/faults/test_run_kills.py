@@ -108,20 +108,23 @@ def test_killed_runs_resume_to_the_uninterrupted_results(trial: Trial, reference
     log = WorkLog(env.log)
     history = []  # what each run did, for the failure messages
     done = None  # what the last killed run had finished
-    for point, delay in [*zip(trial.kills, trial.delays()), (None, None)]:
-        log.mark()
-        if point is None:
-            outcome = run_to_end(args, env.variables(), stderr)
-            history.append(f"final run: {outcome.stages}")
-            assert outcome.returncode == 0, f"{history}\n{stderr.read_text()[-3000:]}"
-        else:
-            outcome = run_to_stage_then_kill(args, env.variables(), stderr, point.stage, delay)
-            history.append(f"killed {delay} s after {point.stage!r}: {outcome.stages}")
-            assert outcome.killed, f"the run ended before its kill point (rc {outcome.returncode}): {history}"
+
+    def assert_nothing_redone() -> None:
         if done is not None:
             assert redone_work(done, log.since_mark(), image_files(env.out)) == [], history
-        if point is not None:
-            done = done_at_kill(env)
+
+    for point, delay in zip(trial.kills, trial.delays()):
+        log.mark()
+        outcome = run_to_stage_then_kill(args, env.variables(), stderr, point.stage, delay)
+        history.append(f"killed {delay} s after {point.stage!r}: {outcome.stages}")
+        assert outcome.killed, f"the run ended without reaching its kill point (rc {outcome.returncode}): {history}"
+        assert_nothing_redone()
+        done = done_at_kill(env)
+    log.mark()
+    outcome = run_to_end(args, env.variables(), stderr)
+    history.append(f"final run: {outcome.stages}")
+    assert outcome.returncode == 0, f"{history}\n{stderr.read_text()[-3000:]}"
+    assert_nothing_redone()
     assert results_fingerprint(env) == reference.fingerprint, history
     # A checkpoint or an exported UNet half written when the run was killed is written again by the
     # rerun under the same temporary name: none may be left.  (A killed process's per-pid

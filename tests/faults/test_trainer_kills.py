@@ -76,7 +76,8 @@ def test_training_killed_mid_step_and_mid_checkpoint_resumes_to_the_same_weights
     work = log.since_mark()
     assert steps(work, "begin") == [2, 3] and steps(work, "end") == [2, 3]
     partial = out / ".checkpoint-4.tmp"
-    assert Path(gate["file"]) == partial / "optimizer.pt" and 0 < partial.joinpath("optimizer.pt").stat().st_size < gate["size"]
+    assert Path(gate["file"]) == partial / "optimizer.pt"
+    assert 0 < (partial / "optimizer.pt").stat().st_size < gate["size"]
     assert (partial / "unet.safetensors").exists() and not (partial / "trainer_state.json").exists()
     assert complete_checkpoints(out) == ["checkpoint-2"]
 
