@@ -11,7 +11,9 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,7 +61,6 @@ def kill_group(process: subprocess.Popen) -> None:
     except ProcessLookupError:
         pass
     process.wait()
-    process.stdout.close()
     deadline = time.monotonic() + 30
     while _live_members(process.pid):
         if time.monotonic() > deadline:
@@ -83,47 +84,40 @@ def _live_members(group: int) -> list[int]:
 @dataclass
 class Outcome:
     stages: list[str]  # the "== stage  [N s]" lines the run printed
-    killed: bool
+    killed: bool  # by us, at the point asked for (not ended before it)
     returncode: int
 
 
-def run_to_stage_then_kill(args: list[str], variables: dict[str, str], stderr: Path, stage: str,
-                           delay: float) -> Outcome:
-    """Run until the line ``== <stage>`` appears, wait ``delay`` seconds, SIGKILL the process group."""
+def _collect_stages(stdout, stages: list[str]) -> None:
+    for line in stdout:
+        if line.startswith("== "):
+            stages.append(line.strip())
+
+
+def run_and_kill(args: list[str], variables: dict[str, str], stderr: Path, log: WorkLog,
+                 reached: Callable[[list[str], list[dict]], bool], delay: float = 0.0,
+                 timeout: float = 600) -> Outcome:
+    """Run until ``reached(stage lines printed, work-log events logged)`` holds, wait ``delay`` seconds,
+    then SIGKILL the whole process group."""
     process = start(args, variables, stderr)
-    stages = []
-    reached = ended_first = False
+    stages: list[str] = []
+    reader = threading.Thread(target=_collect_stages, args=(process.stdout, stages), daemon=True)
+    reader.start()
+    hit = ended_first = False
     try:
-        for line in process.stdout:
-            if line.startswith("== "):
-                stages.append(line.strip())
-            if line.startswith(f"== {stage}"):
-                reached = True
+        deadline = time.monotonic() + timeout
+        while process.poll() is None and time.monotonic() < deadline:
+            if reached(list(stages), log.since_mark()):
+                hit = True
                 time.sleep(delay)
                 break
+            time.sleep(0.01)
         ended_first = process.poll() is not None
     finally:
         kill_group(process)
-    return Outcome(stages, killed=reached and not ended_first, returncode=process.returncode)
-
-
-def run_to_gate_then_kill(args: list[str], variables: dict[str, str], stderr: Path, log: WorkLog,
-                          timeout: float = 300) -> dict:
-    """Run until the process logs that it reached ``$FAULTS_GATE`` (``work_log_plugin.py``), then SIGKILL
-    its process group; returns the gate event."""
-    process = start(args, variables, stderr)
-    try:
-        deadline = time.monotonic() + timeout
-        while not (gates := [e for e in log.since_mark() if e["event"] == "gate"]):
-            if process.poll() is not None:
-                raise AssertionError(f"exited with {process.returncode} before its gate: {stderr.read_text()[-3000:]}")
-            if time.monotonic() > deadline:
-                raise AssertionError(f"no gate within {timeout} s")
-            time.sleep(0.05)
-    finally:
-        kill_group(process)
-    assert process.returncode == -signal.SIGKILL
-    return gates[0]
+        reader.join(timeout=30)  # the pipe ends with the last process of the group
+        process.stdout.close()
+    return Outcome(stages, killed=hit and not ended_first, returncode=process.returncode)
 
 
 def run_to_end(args: list[str], variables: dict[str, str], stderr: Path, timeout: float = 600) -> Outcome:
@@ -178,6 +172,13 @@ class DoneAtKill:
     images: dict[str, tuple[int, int]]  # recorded image file -> (inode, mtime_ns)
     scores: dict[str, set[tuple[str, str, str, str]]]  # score cache file -> its keys
     checkpoints: dict[str, int | None]  # trainer output dir -> latest complete checkpoint (None: finished)
+
+
+    def __str__(self) -> str:
+        trainings = {Path(model).name: "finished" if step is None else f"checkpoint {step}"
+                     for model, step in self.checkpoints.items()}
+        scores = sum(len(keys) for keys in self.scores.values())
+        return f"{len(self.images)} images, {scores} scores, trainings: {trainings}"
 
 
 def done_at_kill(env: Env) -> DoneAtKill:

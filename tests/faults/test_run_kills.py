@@ -29,8 +29,8 @@ from faults.kills import (
     redone_work,
     results_fingerprint,
     run_args,
+    run_and_kill,
     run_to_end,
-    run_to_stage_then_kill,
     temporaries,
 )
 
@@ -40,9 +40,28 @@ SEED = 16
 
 
 @dataclass(frozen=True)
-class KillPoint:
+class AfterStage:
+    """A kill ``delay`` seconds after the run prints ``== <stage>``: at the stage boundary when 0."""
+
     stage: str
-    delay: tuple[float, float]  # drawn uniformly from this range (seconds after the stage line)
+    delay: tuple[float, float]  # drawn uniformly from this range
+
+    def reached(self, stages: list[str], events: list[dict]) -> bool:
+        return any(line.startswith(f"== {self.stage}") for line in stages)
+
+
+@dataclass(frozen=True)
+class InStep:
+    """A kill ``delay`` seconds into optimizer step ``step`` (0-based) of ``method``'s training, as
+    the work log shows it: a point in the middle of a training that machine load does not move."""
+
+    method: str
+    step: int
+    delay: tuple[float, float]
+
+    def reached(self, stages: list[str], events: list[dict]) -> bool:
+        return any(e["event"] == "step" and e["phase"] == "begin" and e["step"] == self.step
+                   and Path(e["out"]).name == self.method for e in events)
 
 
 @dataclass(frozen=True)
@@ -50,33 +69,30 @@ class Trial:
     name: str
     jobs: int
     methods: str
-    kills: tuple[KillPoint, ...]
+    kills: tuple[AfterStage | InStep, ...]
 
     def delays(self) -> list[float]:
         rng = random.Random(f"{SEED}:{self.name}")
         return [round(rng.uniform(*point.delay), 2) for point in self.kills]
 
 
-# Stage times of the tiny run on the 2-core machine (fresh cache, --jobs 2): training data 2-3 s,
-# DRO's 4 steps ~2.5 s, each evaluation ~2 s; the delays stay well inside the stages they aim at.
 TRIALS = [
     # The fault campaign's case: the first run killed while the training data is made (the base's
-    # evaluation runs beside it in a worker); then mid-training, the two trainings caching the
-    # features of shared images side by side (DRO's experts are among DPO's pair images), while
-    # DPO's evaluation may already run; checkpoint-2, DRO's replay buffer included, maybe written.
+    # evaluation runs beside it in a worker; 2-3 s on the 2-core machine); then in DRO's third
+    # optimizer step (~0.6 s each), after its checkpoint-2 (replay buffer included) was written,
+    # while DPO finishes its training or evaluates beside it.
     Trial("first-run-jobs-2", jobs=2, methods="dpo,dro", kills=(
-        KillPoint("training data", (0.2, 1.0)),
-        KillPoint("dro: training", (0.3, 1.2)),
+        AfterStage("training data", (0.2, 1.0)),
+        InStep("dro", 2, (0.05, 0.3)),
     )),
-    # One job at a time, in the CLI's process: the base's evaluation and the training data are
-    # finished when the first training is killed, mid-way; then at the boundary where that training
-    # has finished and the next one starts.  The reruns must redo none of it.  The methods are
-    # listed the other way round, so DRO trains first and caches the features of its experts
-    # before DPO meets those images in its pairs (in the reference, DPO caches them first): what a
-    # run finds in the feature cache must not change its numbers (the campaign's bug).
+    # One job at a time, in the CLI's process, killed at the boundary between the two trainings:
+    # the base's evaluation, the training data and the first training are finished, and the rerun
+    # must redo none of them.  The methods are listed the other way round, so DRO trains first and
+    # caches the features of its experts before DPO meets those images in its pairs (in the
+    # reference, DPO caches them first): what a run finds in the feature cache must not change its
+    # numbers (the campaign's bug).
     Trial("first-run-jobs-1", jobs=1, methods="dro,dpo", kills=(
-        KillPoint("dro: training", (0.3, 1.0)),
-        KillPoint("dpo: training", (0.0, 0.0)),
+        AfterStage("dpo: training", (0.0, 0.0)),
     )),
 ]
 
@@ -115,11 +131,12 @@ def test_killed_runs_resume_to_the_uninterrupted_results(trial: Trial, reference
 
     for point, delay in zip(trial.kills, trial.delays()):
         log.mark()
-        outcome = run_to_stage_then_kill(args, env.variables(), stderr, point.stage, delay)
-        history.append(f"killed {delay} s after {point.stage!r}: {outcome.stages}")
+        outcome = run_and_kill(args, env.variables(), stderr, log, point.reached, delay)
+        history.append(f"killed {delay} s after {point}: {outcome.stages}")
         assert outcome.killed, f"the run ended without reaching its kill point (rc {outcome.returncode}): {history}"
         assert_nothing_redone()
         done = done_at_kill(env)
+        history.append(f"finished when killed: {done}")
     log.mark()
     outcome = run_to_end(args, env.variables(), stderr)
     history.append(f"final run: {outcome.stages}")

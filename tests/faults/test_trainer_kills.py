@@ -18,7 +18,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from faults.kills import PLUGIN, WorkLog, run_to_gate_then_kill, temporaries
+from faults.kills import PLUGIN, WorkLog, run_and_kill, temporaries
 from harness.config import get_preset
 from harness.trainer import train
 from train_fixtures import one_torch_thread, write_pair_dir  # noqa: F401 (autouse fixture: one thread, as below)
@@ -31,6 +31,10 @@ SETTINGS = {"max_steps": 6, "checkpoint_every": 2, "batch_size": 2, "grad_accum"
 
 def steps(events: list[dict], phase: str) -> list[int]:
     return [e["step"] for e in events if e["event"] == "step" and e["phase"] == phase]
+
+
+def gates(events: list[dict]) -> list[dict]:
+    return [e for e in events if e["event"] == "gate"]
 
 
 def complete_checkpoints(out: Path) -> list[str]:
@@ -60,10 +64,16 @@ def test_training_killed_mid_step_and_mid_checkpoint_resumes_to_the_same_weights
         return {**os.environ, "HARNESS_CACHE": str(harness_cache), "FAULTS_WORK_LOG": str(log.path),
                 "FAULTS_GATE": gate, "OMP_NUM_THREADS": "1"}
 
+    def killed_at_gate(gate: str) -> dict:
+        """Run with ``gate`` (see work_log_plugin.py), SIGKILL the process group there; the gate's event."""
+        log.mark()
+        outcome = run_and_kill(args, variables(gate), stderr, log, lambda _, events: bool(gates(events)))
+        assert outcome.killed, stderr.read_text()[-3000:]
+        return gates(log.since_mark())[0]
+
     # Killed in optimizer step 3 (0-based), after its first micro-step's backward: checkpoint-2 is on
     # disk, step 2 and half of step 3 only in memory.
-    log.mark()
-    gate = run_to_gate_then_kill(args, variables("micro:3:1"), stderr, log)
+    gate = killed_at_gate("micro:3:1")
     work = log.since_mark()
     assert (gate["step"], gate["micro"]) == (3, 1)
     assert steps(work, "begin") == [0, 1, 2, 3] and steps(work, "end") == [0, 1, 2]
@@ -71,8 +81,7 @@ def test_training_killed_mid_step_and_mid_checkpoint_resumes_to_the_same_weights
 
     # Resumed from checkpoint-2 (steps 0 and 1 are not redone), then killed while writing
     # checkpoint-4: its weights written, half of its optimizer state, no trainer_state.json.
-    log.mark()
-    gate = run_to_gate_then_kill(args, variables("checkpoint:4:optimizer.pt"), stderr, log)
+    gate = killed_at_gate("checkpoint:4:optimizer.pt")
     work = log.since_mark()
     assert steps(work, "begin") == [2, 3] and steps(work, "end") == [2, 3]
     partial = out / ".checkpoint-4.tmp"
