@@ -21,6 +21,7 @@ run does only what is missing.
 from __future__ import annotations
 
 import dataclasses
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -243,7 +244,7 @@ def _plan_trainings(options: RunOptions, preset: Preset, source: str | None, syn
         if config.init_method:
             if config.init_method not in planned:
                 plan(config.init_method, evaluate=config.init_method in options.methods)
-            print(f"   {method} starts from the UNet {config.init_method} trains on the same data (its published recipe)")
+            say(f"   {method} starts from the UNet {config.init_method} trains on the same data (its published recipe)")
         needs = METHODS.get(method)(config).data_needs()
         planned[method] = EvaluatedModel(method, run_id=-1, overrides=overrides, train=True, evaluate=evaluate,
                                          data_dir=_data_dir(needs, source, synthesized, options.out),
@@ -320,9 +321,16 @@ def _record_overlap(store, models: list[EvaluatedModel], options: RunOptions, pr
             if key not in counts:
                 counts[key] = caption_overlap(suite, training_captions(model.data_dir))
                 if counts[key]:
-                    print(f"   warning: {counts[key]} prompts of unseen suite {suite.name!r} appear in the "
-                          f"training captions of {model.data_dir}")
+                    say(f"   warning: {counts[key]} prompts of unseen suite {suite.name!r} appear in the "
+                        f"training captions of {model.data_dir}")
             store.set_overlap(model.run_id, suite=suite.name, n_overlap=counts[key])
+
+
+def say(line: str) -> None:
+    """Print ``line`` in one write: the workers print to the same stdout, and unbuffered (PYTHONUNBUFFERED)
+    ``print`` writes the text and the newline apart, so another process's line could land in between."""
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
 
 
 class _Stages:
@@ -332,7 +340,7 @@ class _Stages:
         self.started = time.time()  # wall clock: worker processes print stages too
 
     def __call__(self, name: str) -> None:
-        print(f"== {name}  [{self.elapsed():.0f} s]", flush=True)
+        say(f"== {name}  [{self.elapsed():.0f} s]")
 
     def elapsed(self) -> float:
         return time.time() - self.started
@@ -446,7 +454,7 @@ def _generate(model: EvaluatedModel, job: _ModelJob, store) -> dict[str, list[di
     manifests = {}
     for name in options.suites or preset.suites:
         suite = load_suite(name, options.max_prompts or preset.max_prompts)
-        print(f"   {model.method} / {suite.name} ({len(suite)} prompts)", flush=True)
+        say(f"   {model.method} / {suite.name} ({len(suite)} prompts)")
         folder = Path("images") / model.method / suite.name
         rows = generate(
             pipe,
