@@ -142,6 +142,17 @@ def get_preset(name: str) -> Preset:
         raise HarnessError(f"unknown preset {name!r}; available: {', '.join(PRESETS)}") from None
 
 
+def looks_like_path(location: str) -> bool:
+    """Hub ids are ``name`` or ``owner/name``; anything else is meant as a local path."""
+    return location.startswith(("/", ".", "~")) or location.count("/") > 1 or "\\" in location
+
+
+def require_existing_path(location: str, what: str) -> None:
+    """A location written as a local path must exist: it cannot mean a hub id instead."""
+    if looks_like_path(location) and not Path(location).expanduser().exists():
+        raise HarnessError(f"{what} {location!r} does not exist (a local path; a hub id has the form owner/name)")
+
+
 def resolve_base_model(spec: str) -> str:
     """Turn a preset's base-model spec into something ``from_pretrained`` accepts, building it if needed."""
     from harness.models import default_cache_dir, save_tiny_pipeline

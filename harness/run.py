@@ -14,13 +14,14 @@ run does only what is missing.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from harness.config import Preset, get_preset, resolve_base_model
+from harness.config import Preset, get_preset, require_existing_path, resolve_base_model
 from harness.errors import HarnessError
 from harness.registry import METHODS, SCORERS, SUITES
 
@@ -57,7 +58,37 @@ class EvaluatedModel:
 
 
 def validate(options: RunOptions, preset: Preset) -> None:
-    """Fail on bad names before any heavy work starts."""
+    """Fail on any bad input before anything is created or any heavy work starts (cheap checks first)."""
+    _validate_counts(options)
+    _validate_locations(options)
+    _validate_names(options, preset)
+    _validate_configs(options, preset)
+    for name in options.suites or preset.suites:  # a suite file's mistakes, or a hub suite not available here
+        load_suite(name, options.max_prompts or preset.max_prompts)
+
+
+def _validate_counts(options: RunOptions) -> None:
+    counts = {"--max-prompts": options.max_prompts, "--images-per-prompt": options.images_per_prompt,
+              "--jobs": options.jobs}
+    for option, value in counts.items():
+        if value is not None and value < 1:
+            raise HarnessError(f"{option} must be at least 1, not {value}")
+
+
+def _validate_locations(options: RunOptions) -> None:
+    from harness.store import Store
+
+    if options.out.exists() and not options.out.is_dir():
+        raise HarnessError(f"--out {str(options.out)!r} is a file, not a directory; pass a directory (it is created if missing)")
+    db = options.out / "results.db"
+    if db.exists():  # a corrupt or foreign file is refused before anything is added beside it
+        Store(db, readonly=True).close()
+    for option, location in (("--model", options.model), ("--data", options.data)):
+        if location is not None:
+            require_existing_path(location, option)
+
+
+def _validate_names(options: RunOptions, preset: Preset) -> None:
     for name in options.methods:
         if name == BASE:
             raise HarnessError(f"{BASE!r} is the untrained base model, always evaluated; it is not a method")
@@ -66,14 +97,20 @@ def validate(options: RunOptions, preset: Preset) -> None:
             available = ", ".join(preset.pretrained) or "none"
             raise HarnessError(f"preset {preset.name!r} has no published weights for {name!r}; available: {available}")
     for name in options.suites or preset.suites:
-        SUITES.get(name)
+        SUITES.get(name.split(":", 1)[0])  # NAME:PATH reads a local copy of suite NAME
     for name in options.scorers or preset.scorers:
         SCORERS.get(name)
-    if options.jobs is not None and options.jobs < 1:
-        raise HarnessError(f"--jobs must be at least 1, not {options.jobs}")
     unknown = set(options.overrides) - set(options.methods)
     if unknown:
         raise HarnessError(f"--set names methods that are not run: {', '.join(sorted(unknown))}")
+
+
+def _validate_configs(options: RunOptions, preset: Preset) -> None:
+    """Every method's config as it will train: the preset's settings and --set values, checked by type and range."""
+    from harness.trainer import resolve_config
+
+    for method in options.methods:
+        resolve_config(method, preset.name, preset.overrides_for(method, options.overrides.get(method)))
 
 
 def run(options: RunOptions) -> list[dict]:
@@ -234,8 +271,9 @@ def _train(job: _ModelJob) -> EvaluatedModel:
                 seed=job.options.seed,
             )
         except BaseException:
-            store.log_training(model.run_id, pending)
-            store.set_run_status(model.run_id, "failed")
+            with contextlib.suppress(HarnessError):  # (a full disk, say) what failed matters more than its record
+                store.log_training(model.run_id, pending)
+                store.set_run_status(model.run_id, "failed")
             raise
         store.log_training(model.run_id, pending)
         store.add_checkpoint(model.run_id, result.steps, str(result.unet_dir))
