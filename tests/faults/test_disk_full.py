@@ -55,6 +55,7 @@ def _results(out: Path) -> tuple[list, list]:
     return sorted(map(tuple, images.values.tolist())), sorted(map(tuple, scores.values.tolist()))
 
 
+@pytest.mark.slow
 def test_a_full_disk_is_one_line_and_the_same_command_completes_after_freeing_space(small_disk, tiny_run_dir):
     out = small_disk / "runs"
     failed = harness_cli(*RUN, "--out", str(out))
