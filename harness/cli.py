@@ -120,11 +120,12 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_generate(args: argparse.Namespace) -> int:
     """Under torchrun, every process runs this; prompts are split by rank and rank 0 merges the manifest."""
-    from harness.config import require_existing_path, resolve_base_model
+    from harness.config import require_directory_or_nothing, require_existing_path, resolve_base_model
 
     require_existing_path(args.model, "--model")  # before the libraries load
     if args.unet:
         require_existing_path(args.unet, "--unet")
+    require_directory_or_nothing(Path(args.out), "--out")
     from harness.models import inference_device, load_pipeline
     from harness.run import load_suite
     from harness.distributed import torchrun_process_group

@@ -153,6 +153,12 @@ def require_existing_path(location: str, what: str) -> None:
         raise HarnessError(f"{what} {location!r} does not exist (a local path; a hub id has the form owner/name)")
 
 
+def require_directory_or_nothing(path: Path, option: str) -> None:
+    """An output location must be a directory, or not exist yet (it is then created)."""
+    if path.exists() and not path.is_dir():
+        raise HarnessError(f"{option} {str(path)!r} is a file, not a directory; pass a directory (it is created if missing)")
+
+
 def resolve_base_model(spec: str) -> str:
     """Turn a preset's base-model spec into something ``from_pretrained`` accepts, building it if needed."""
     from harness.models import default_cache_dir, save_tiny_pipeline

@@ -21,7 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from harness.config import Preset, get_preset, require_existing_path, resolve_base_model
+from harness.config import (Preset, get_preset, require_directory_or_nothing, require_existing_path,
+                            resolve_base_model)
 from harness.errors import HarnessError
 from harness.registry import METHODS, SCORERS, SUITES
 
@@ -78,8 +79,7 @@ def _validate_counts(options: RunOptions) -> None:
 def _validate_locations(options: RunOptions) -> None:
     from harness.store import Store
 
-    if options.out.exists() and not options.out.is_dir():
-        raise HarnessError(f"--out {str(options.out)!r} is a file, not a directory; pass a directory (it is created if missing)")
+    require_directory_or_nothing(options.out, "--out")
     db = options.out / "results.db"
     if db.exists():  # a corrupt or foreign file is refused before anything is added beside it
         Store(db, readonly=True).close()

@@ -85,6 +85,8 @@ CASES = [
     Case((*RUN, "--set", "dpo.beta=abc"), r"dpo\.beta: cannot read 'abc' as float"),
     Case((*RUN, "--out", "results.txt"), r"--out 'results.txt' is a file, not a directory",
          "`results.txt` is a file", _a_file),
+    Case(("generate", "--model", "tiny", "--suite", "toy-seen", "--out", "results.txt"),
+         r"--out 'results.txt' is a file, not a directory", "`results.txt` is a file", _a_file),
     Case((*RUN, "--out", "old"), r"old/results.db is not a harness results database",
          "`old/results.db` is not a database", _not_a_database),
     Case((*RUN, "--model", "./nope"), r"--model './nope' does not exist \(a local path"),
