@@ -24,13 +24,6 @@ from harness.store import Store
 RUN = ("run", "--preset", "tiny", "--methods", "dpo")
 
 
-def _mount(directory: Path, size: str) -> None:
-    result = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(directory)],
-                            capture_output=True, text=True)
-    if result.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {result.stderr.strip()}")
-
-
 @pytest.fixture
 def small_disk(tmp_path: Path):
     """A 4 MB filesystem: the tiny run's data, images and database fit, its first checkpoint does not."""
@@ -38,7 +31,9 @@ def small_disk(tmp_path: Path):
         pytest.skip("mounting a tmpfs needs root")
     disk = tmp_path / "disk"
     disk.mkdir()
-    _mount(disk, "4m")
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(disk)], capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
     yield disk
     subprocess.run(["umount", "--lazy", str(disk)], check=True)  # lazy: even with a file still open
 
