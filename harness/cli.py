@@ -13,8 +13,9 @@ import csv
 import json
 import sys
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, NoReturn
 
+from harness.atomic import disk_full_error
 from harness.errors import HarnessError
 from harness.workers import quiet_libraries
 
@@ -29,6 +30,24 @@ def _comma_list(text: str) -> list[str]:
     if not items:
         raise argparse.ArgumentTypeError("expected a comma-separated list of names")
     return items
+
+
+def _count(text: str) -> int:
+    """A number of things (prompts, images, jobs, steps, pixels): 0 or fewer is a mistake, never "all"."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, not {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage mistakes in one line, as every other mistake (argparse would print the whole usage first)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"harness: error: {message} (see `{self.prog} --help`)\n")
 
 
 def _parse_overrides(assignments: list[str], methods: list[str]) -> dict[str, dict[str, Any]]:
@@ -73,9 +92,9 @@ def _parse_unets(assignments: list[str]) -> dict[str, str]:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from harness.run import EVERY_METHOD, RunOptions, run
+    from harness.config import get_preset
+    from harness.run import EVERY_METHOD, RunOptions, run, validate
 
-    quiet_libraries()
     options = RunOptions(
         methods=args.methods,
         out=Path(args.out),
@@ -95,6 +114,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         scorer_options=_parse_scorer_options(args.scorer_option),
         unets=_parse_unets(args.unet),
     )
+    validate(options, get_preset(options.preset))  # every mistake is reported before the libraries load
+    quiet_libraries()
     rows = run(options)
     print()
     _print_leaderboard(rows, "table")
@@ -150,7 +171,12 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_generate(args: argparse.Namespace) -> int:
     """Under torchrun, every process runs this; prompts are split by rank and rank 0 merges the manifest."""
-    from harness.config import resolve_base_model
+    from harness.config import require_directory_or_nothing, require_existing_path, resolve_base_model
+
+    require_existing_path(args.model, "--model")  # before the libraries load
+    if args.unet:
+        require_existing_path(args.unet, "--unet")
+    require_directory_or_nothing(Path(args.out), "--out")
     from harness.models import inference_device, load_pipeline
     from harness.run import load_suite
     from harness.distributed import torchrun_process_group
@@ -303,7 +329,7 @@ def cmd_data_experts(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="harness", description=__doc__.splitlines()[0] if __doc__ else None)
+    parser = _Parser(prog="harness", description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--plugin", action="append", default=[], help="a .py file or module registering methods/scorers/suites")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -322,14 +348,14 @@ def build_parser() -> argparse.ArgumentParser:
                    "madebyollin/sdxl-vae-fp16-fix)")
     p.add_argument("--suites", type=_comma_list, help="prompt suites (default: the preset's)")
     p.add_argument("--scorers", type=_comma_list, help="scorers (default: the preset's)")
-    p.add_argument("--max-prompts", type=int, help="use only the first N prompts of each suite")
-    p.add_argument("--images-per-prompt", type=int, help="images per prompt (default: the preset's protocol)")
-    p.add_argument("--steps", type=int, help="sampler steps of the evaluation (default: the preset's protocol, "
+    p.add_argument("--max-prompts", type=_count, help="use only the first N prompts of each suite")
+    p.add_argument("--images-per-prompt", type=_count, help="images per prompt (default: the preset's protocol)")
+    p.add_argument("--steps", type=_count, help="sampler steps of the evaluation (default: the preset's protocol, "
                    "e.g. 50 for sd15; fewer makes a quick check, not the papers' numbers)")
     p.add_argument("--set", action="append", default=[], metavar="[METHOD.]FIELD=VALUE", help="override a method's config field")
     p.add_argument("--pretrained", action="store_true", help="evaluate the published checkpoints instead of training")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--jobs", type=int, help="jobs (a training, a model's evaluation) run at once "
+    p.add_argument("--jobs", type=_count, help="jobs (a training, a model's evaluation) run at once "
                    "(default: one per core on a CPU, one thread each; one per GPU)")
     p.add_argument("--scorer-option", action="append", default=[], metavar="SCORER.OPTION=VALUE",
                    help="where a scorer's weights are, e.g. hpsv2.checkpoint=DIR (see `harness scorers`)")
@@ -367,15 +393,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--unet", help="replace the UNet (a trained checkpoint directory)")
     p.add_argument("--suite", required=True, help="a registered suite, or NAME:PATH for a local copy")
     p.add_argument("--out", required=True)
-    p.add_argument("--images-per-prompt", type=int, default=5)
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--images-per-prompt", type=_count, default=5)
+    p.add_argument("--batch-size", type=_count, default=8)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--steps", type=int, default=50)
+    p.add_argument("--steps", type=_count, default=50)
     p.add_argument("--cfg", type=float, default=7.5)
-    p.add_argument("--height", type=int)
-    p.add_argument("--width", type=int)
+    p.add_argument("--height", type=_count)
+    p.add_argument("--width", type=_count)
     p.add_argument("--scheduler", default="ddpm", help="ddpm, ddim, pndm, euler, euler-a, dpm++, unipc")
-    p.add_argument("--max-prompts", type=int)
+    p.add_argument("--max-prompts", type=_count)
     p.add_argument("--channels-last", action="store_true", help="UNet in channels_last memory format")
     p.add_argument("--compile", action="store_true", help="torch.compile the UNet")
     p.add_argument("--no-progress", action="store_true")
@@ -430,6 +456,12 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except HarnessError as exc:
         print(f"harness: error: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:
+        full = disk_full_error(exc)  # a write that no code path named (most are named where they happen)
+        if full is None:
+            raise
+        print(f"harness: error: {full}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("harness: interrupted (rerun the same command to resume)", file=sys.stderr)

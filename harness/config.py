@@ -176,6 +176,23 @@ def show_preset(preset: Preset) -> str:
     return "\n".join(lines)
 
 
+def looks_like_path(location: str) -> bool:
+    """Hub ids are ``name`` or ``owner/name``; anything else is meant as a local path."""
+    return location.startswith(("/", ".", "~")) or location.count("/") > 1 or "\\" in location
+
+
+def require_existing_path(location: str, what: str) -> None:
+    """A location written as a local path must exist: it cannot mean a hub id instead."""
+    if looks_like_path(location) and not Path(location).expanduser().exists():
+        raise HarnessError(f"{what} {location!r} does not exist (a local path; a hub id has the form owner/name)")
+
+
+def require_directory_or_nothing(path: Path, option: str) -> None:
+    """An output location must be a directory, or not exist yet (it is then created)."""
+    if path.exists() and not path.is_dir():
+        raise HarnessError(f"{option} {str(path)!r} is a file, not a directory; pass a directory (it is created if missing)")
+
+
 def resolve_base_model(spec: str) -> str:
     """Turn a preset's base-model spec into something ``from_pretrained`` accepts, building it if needed."""
     from harness.models import default_cache_dir, save_tiny_pipeline

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import gzip
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -18,7 +20,8 @@ from typing import Any
 import torch
 
 from harness.atomic import publishing
-from harness.errors import HarnessError
+from harness.config import require_existing_path
+from harness.errors import HarnessError, refused_pickle
 
 CLIP_VOCAB_SIZE = 49408
 
@@ -233,6 +236,33 @@ def _pipeline_class_name(model: str) -> str:
     return config["_class_name"]
 
 
+@contextmanager
+def _reporting_load_errors(what: str, location: str | Path) -> Iterator[None]:
+    """One line saying what is wrong with a model that does not load, and a download hint only for a hub id."""
+    try:
+        yield
+    except (OSError, ValueError, KeyError) as exc:
+        refused = refused_pickle(exc)
+        if refused:
+            raise HarnessError(f"cannot load {what} {str(location)!r}: a weights file was refused: {refused}") from None
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if Path(location).exists():
+            raise HarnessError(f"cannot load {what} from the local directory {str(location)!r}: {first_line}") from None
+        raise HarnessError(
+            f"cannot load {what} {str(location)!r} from the Hugging Face hub or its local cache: {first_line} "
+            "(download it first, e.g. `huggingface-cli download ID --local-dir DIR`, and pass the directory)"
+        ) from None
+
+
+def _weights_format(location: str | Path, subfolder: str | None) -> dict[str, Any]:
+    """A local directory without safetensors files has pickled weights: asking for safetensors first
+    would only make diffusers log an error before it falls back to them."""
+    folder = Path(location) / (subfolder or "")
+    if folder.is_dir() and not any(folder.glob("*.safetensors")):
+        return {"use_safetensors": False}
+    return {}
+
+
 def load_pipeline(
     model: str | Path,
     *,
@@ -251,23 +281,23 @@ def load_pipeline(
     from diffusers import AutoencoderKL, DiffusionPipeline, UNet2DConditionModel
 
     model = str(model)
-    try:
+    for what, location in (("model", model), ("UNet", unet), ("VAE", vae)):
+        if location is not None:
+            require_existing_path(str(location), what)
+    with _reporting_load_errors("model", model):
         class_name = _pipeline_class_name(model)
-        kwargs: dict[str, Any] = {"dtype": dtype}
-        if class_name == "StableDiffusionPipeline":
-            kwargs.update(safety_checker=None, feature_extractor=None, requires_safety_checker=False)
-        if unet is not None:
-            kwargs["unet"] = UNet2DConditionModel.from_pretrained(str(unet), subfolder=unet_subfolder, dtype=dtype)
-        if vae is not None:
+    kwargs: dict[str, Any] = {"dtype": dtype}
+    if class_name == "StableDiffusionPipeline":
+        kwargs.update(safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    if unet is not None:
+        with _reporting_load_errors("UNet", unet):
+            kwargs["unet"] = UNet2DConditionModel.from_pretrained(str(unet), subfolder=unet_subfolder, dtype=dtype,
+                                                                  **_weights_format(unet, unet_subfolder))
+    if vae is not None:
+        with _reporting_load_errors("VAE", vae):
             kwargs["vae"] = AutoencoderKL.from_pretrained(vae, dtype=dtype)
+    with _reporting_load_errors("model", model):
         pipe = DiffusionPipeline.from_pretrained(model, **kwargs)
-    except (OSError, ValueError, KeyError) as exc:
-        where = "the local directory" if Path(model).exists() else "the Hugging Face hub or its local cache"
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise HarnessError(
-            f"cannot load model {model!r}{' with UNet ' + repr(str(unet)) if unet else ''} from {where}: {first_line} "
-            "(download it first, e.g. `huggingface-cli download ID --local-dir DIR`, and pass the directory)"
-        ) from None
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)
 

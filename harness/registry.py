@@ -14,6 +14,7 @@ import importlib
 import importlib.util
 import pkgutil
 import sys
+import traceback
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Callable, Generic, TypeVar
@@ -97,14 +98,35 @@ def load_plugin(spec: str) -> None:
         assert module_spec is not None and module_spec.loader is not None
         module = importlib.util.module_from_spec(module_spec)
         sys.modules[module_name] = module
-        module_spec.loader.exec_module(module)
+        try:
+            module_spec.loader.exec_module(module)
+        except Exception as exc:
+            del sys.modules[module_name]
+            raise _plugin_failure(spec, path, exc) from None
         _LOADED_PLUGINS.append(str(path.resolve()))
         return
     try:
         importlib.import_module(spec)
-    except ModuleNotFoundError as exc:
-        raise HarnessError(f"cannot import plugin {spec!r}: {exc}") from None
+    except Exception as exc:
+        missing = getattr(exc, "name", None)
+        if isinstance(exc, ModuleNotFoundError) and missing and (spec + ".").startswith(missing + "."):
+            raise HarnessError(f"cannot import plugin {spec!r}: {exc}") from None  # the plugin itself is missing
+        origin = importlib.util.find_spec(spec).origin
+        raise _plugin_failure(spec, Path(origin), exc) from None
     _LOADED_PLUGINS.append(spec)
+
+
+def _plugin_failure(spec: str, path: Path, exc: Exception) -> HarnessError:
+    """Where importing a plugin failed, in its own file if it can (file and line), and the error."""
+    if isinstance(exc, SyntaxError):
+        filename, line, what = exc.filename or str(path), exc.lineno, f"syntax error: {exc.msg}"
+    else:
+        frames = traceback.extract_tb(exc.__traceback__)
+        frame = ([f for f in frames if Path(f.filename).resolve() == path.resolve()] or frames)[-1]
+        message = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        filename, line, what = frame.filename, frame.lineno, f"{type(exc).__name__}{': ' + message if message else ''}"
+    shown = path if Path(filename).resolve() == path.resolve() else filename  # the file as the user named it
+    return HarnessError(f"cannot load plugin {spec}: {shown} line {line}: {what}")
 
 
 METHODS: Registry = Registry("method", "harness.methods", ("methods",))

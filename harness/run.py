@@ -20,6 +20,7 @@ run does only what is missing.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import sys
 import time
@@ -27,7 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from harness.config import Preset, get_preset, resolve_base_model
+from harness.config import (Preset, get_preset, require_directory_or_nothing, require_existing_path,
+                            resolve_base_model)
 from harness.errors import HarnessError
 from harness.registry import METHODS, SCORERS, SUITES
 
@@ -72,7 +74,36 @@ class EvaluatedModel:
 
 
 def validate(options: RunOptions, preset: Preset) -> None:
-    """Fail on bad names before any heavy work starts."""
+    """Fail on any bad input before anything is created or any heavy work starts (cheap checks first)."""
+    _validate_counts(options)
+    _validate_locations(options)
+    _validate_names(options, preset)
+    _validate_configs(options, preset)
+    for name in options.suites or preset.suites:  # a suite file's mistakes, or a hub suite not available here
+        load_suite(name, options.max_prompts or preset.max_prompts)
+
+
+def _validate_counts(options: RunOptions) -> None:
+    counts = {"--max-prompts": options.max_prompts, "--images-per-prompt": options.images_per_prompt,
+              "--steps": options.steps, "--jobs": options.jobs}
+    for option, value in counts.items():
+        if value is not None and value < 1:
+            raise HarnessError(f"{option} must be at least 1, not {value}")
+
+
+def _validate_locations(options: RunOptions) -> None:
+    from harness.store import Store
+
+    require_directory_or_nothing(options.out, "--out")
+    db = options.out / "results.db"
+    if db.exists():  # a corrupt or foreign file is refused before anything is added beside it
+        Store(db, readonly=True).close()
+    for option, location in (("--model", options.model), ("--data", options.data)):
+        if location is not None:
+            require_existing_path(location, option)
+
+
+def _validate_names(options: RunOptions, preset: Preset) -> None:
     for name in options.methods:
         if name == BASE:
             raise HarnessError(f"{BASE!r} is the untrained base model, always evaluated; it is not a method")
@@ -84,8 +115,6 @@ def validate(options: RunOptions, preset: Preset) -> None:
         SUITES.get(name.split(":", 1)[0])  # NAME:PATH reads a local copy
     for name in options.scorers or preset.scorers:
         SCORERS.get(name)
-    if options.jobs is not None and options.jobs < 1:
-        raise HarnessError(f"--jobs must be at least 1, not {options.jobs}")
     for name, keywords in options.scorer_options.items():
         _check_scorer_options(name, keywords)
     for name in options.unets:
@@ -133,6 +162,13 @@ def _check_scorer_options(name: str, keywords: dict[str, Any]) -> None:
                            f"its options: {', '.join(accepted) or 'none'}")
 
 
+def _validate_configs(options: RunOptions, preset: Preset) -> None:
+    """Every method's config as it will train (and the methods a recipe trains first): the preset's settings
+    and --set values, checked by type and range."""
+    if not options.pretrained:
+        _plan_trainings(options, preset, source=None, synthesized=False)
+
+
 def run(options: RunOptions) -> list[dict]:
     """Run the whole comparison and return the leaderboard rows."""
     from harness.scoring import same_signal
@@ -174,6 +210,9 @@ def run(options: RunOptions) -> list[dict]:
                                                                               "overrides": model.overrides}))
                    for model in trainings]
 
+    for model in methods:
+        if model.init_from:
+            say(f"   {model.method} starts from the UNet {model.init_from} trains on the same data (its published recipe)")
     n_models = len(methods) + 1
     processes = min(options.jobs or default_processes(n_models), n_models)
     _import_job_libraries()
@@ -241,10 +280,8 @@ def _plan_trainings(options: RunOptions, preset: Preset, source: str | None, syn
                                                   **options.overrides.get(EVERY_METHOD, {}),
                                                   **options.overrides.get(method, {})})
         config = resolve_config(method, preset.name, overrides)
-        if config.init_method:
-            if config.init_method not in planned:
-                plan(config.init_method, evaluate=config.init_method in options.methods)
-            say(f"   {method} starts from the UNet {config.init_method} trains on the same data (its published recipe)")
+        if config.init_method and config.init_method not in planned:
+            plan(config.init_method, evaluate=config.init_method in options.methods)
         needs = METHODS.get(method)(config).data_needs()
         planned[method] = EvaluatedModel(method, run_id=-1, overrides=overrides, train=True, evaluate=evaluate,
                                          data_dir=_data_dir(needs, source, synthesized, options.out),
@@ -402,9 +439,10 @@ def _train(job: _ModelJob) -> EvaluatedModel:
                 seed=job.options.seed,
             )
         except BaseException:
-            store.log_training(model.run_id, pending)
-            store.add_compute(model.run_id, clock.figures("train"))
-            store.set_run_status(model.run_id, "failed")
+            with contextlib.suppress(HarnessError):  # (a full disk, say) what failed matters more than its record
+                store.log_training(model.run_id, pending)
+                store.add_compute(model.run_id, clock.figures("train"))
+                store.set_run_status(model.run_id, "failed")
             raise
         store.log_training(model.run_id, pending)
         store.add_compute(model.run_id, clock.figures("train"))

@@ -35,7 +35,7 @@ from typing import Any, Iterator
 
 import torch
 
-from harness.atomic import remove_leftovers, replacing, write_jsonl
+from harness.atomic import remove_leftovers, replacing, write_jsonl, writing
 from harness.distributed import barrier, rank_and_size
 from harness.errors import HarnessError
 from harness.suites import Suite
@@ -372,8 +372,9 @@ class _Journal:
         return self
 
     def append(self, rows: list[dict]) -> None:
-        self._file.write("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
-        self._file.flush()
+        with writing(self.path):
+            self._file.write("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
+            self._file.flush()
 
     def __exit__(self, *exc_info: object) -> None:
         self._file.close()

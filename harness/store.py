@@ -55,7 +55,7 @@ from typing import Literal
 
 import pandas as pd
 
-from harness.atomic import replacing
+from harness.atomic import replacing, writing
 from harness.errors import HarnessError
 
 DB_NAME = "results.db"
@@ -263,7 +263,8 @@ class Store:
         if readonly:
             self.schema_version = self._readable_schema_version()
         else:
-            self._create_schema()
+            with self._reporting():
+                self._create_schema()
             self.schema_version = SCHEMA_VERSION
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -280,13 +281,35 @@ class Store:
     def _transaction(self) -> Iterator[sqlite3.Connection]:
         # IMMEDIATE takes the write lock up front: two writers queue on busy_timeout instead of
         # failing when a read lock would have to be upgraded.
-        self._conn.execute("BEGIN IMMEDIATE")
+        with self._reporting():
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._conn
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+            self._conn.execute("COMMIT")
+
+    @contextmanager
+    def _reporting(self) -> Iterator[None]:
+        """SQLite's failures the user can act on, as one-line errors naming the file."""
         try:
-            yield self._conn
-        except BaseException:
-            self._conn.execute("ROLLBACK")
+            with writing(self.path):  # a full disk
+                yield
+        except sqlite3.OperationalError as exc:
+            if "locked" in str(exc):
+                raise HarnessError(
+                    f"{self.path} stayed locked by another process for {BUSY_TIMEOUT_MS // 1000} s (is another "
+                    "`harness run` writing to this directory?); wait for it to finish or use another --out"
+                ) from None
             raise
-        self._conn.execute("COMMIT")
+        except sqlite3.DatabaseError as exc:
+            if type(exc) is not sqlite3.DatabaseError:  # its subclasses (a constraint, ...) are our own mistakes
+                raise
+            raise self._not_a_results_database(exc) from None
+
+    def _not_a_results_database(self, exc: sqlite3.DatabaseError) -> HarnessError:
+        return HarnessError(f"{self.path} is not a harness results database ({exc}); move it away or use another --out")
 
     def _create_schema(self) -> None:
         """Create a new database, or upgrade an older one in place (one transaction)."""
@@ -306,7 +329,7 @@ class Store:
         try:
             row = self._conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
         except sqlite3.DatabaseError as exc:
-            raise HarnessError(f"{self.path} is not a harness results database ({exc})") from None
+            raise self._not_a_results_database(exc) from None
         if row is None or row[0] not in (SCHEMA_VERSION, *UPGRADABLE_SCHEMAS):
             found = None if row is None else row[0]
             raise HarnessError(f"{self.path} has results schema {found}, this harness reads {SCHEMA_VERSION}")

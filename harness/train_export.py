@@ -13,6 +13,8 @@ from pathlib import Path
 
 import torch
 
+from harness.atomic import staging
+
 
 def _merged_state(unet: torch.nn.Module, overrides: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     state = {k: v.detach().cpu().float() for k, v in unet.state_dict().items()}
@@ -44,7 +46,8 @@ def export_unet(unet: torch.nn.Module, out_dir: Path, ema: dict[str, torch.Tenso
     plain.load_state_dict(_merged_state(unet, ema or {}))
     tmp = out_dir.with_name(out_dir.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    plain.save_pretrained(tmp)
+    with staging(out_dir, tmp):
+        plain.save_pretrained(tmp)
     if getattr(unet, "peft_config", None):
         from diffusers import StableDiffusionPipeline
         from diffusers.utils import convert_state_dict_to_diffusers

@@ -30,7 +30,7 @@ from typing import Any, Callable
 
 import torch
 
-from harness.atomic import replacing
+from harness.atomic import replacing, staging
 from harness.errors import HarnessError
 from harness.registry import METHODS
 from methods.base import Batch, Method, Models, TrainConfig
@@ -58,7 +58,7 @@ def resolve_config(method: str, preset: str | None = None, overrides: dict | Non
     if unknown:
         raise HarnessError(f"unknown setting(s) for {method}: {', '.join(unknown)}; valid: {', '.join(sorted(fields))}")
     values = {**cls.presets.get(preset or "", {}), **overrides}
-    config = cls.Config(**{k: _coerce(k, v, hints[k]) for k, v in values.items()})
+    config = cls.Config(**{k: _coerce(f"{method}.{k}", v, hints[k]) for k, v in values.items()})
     _validate(method, config)
     return config
 
@@ -82,7 +82,7 @@ def _coerce(name: str, value: Any, hint: Any) -> Any:
                 continue
     if str in options or typing.get_origin(hint) is typing.Literal or any(typing.get_origin(o) is typing.Literal for o in options):
         return value
-    raise HarnessError(f"setting {name}: cannot read {value!r} as {hint}")
+    raise HarnessError(f"setting {name}: cannot read {value!r} as {getattr(hint, '__name__', hint)}")
 
 
 def _validate(method: str, config: TrainConfig) -> None:
@@ -372,10 +372,14 @@ class Trainer:
         return sorted(found)
 
     def _save_checkpoint(self, step: int, counters: dict) -> None:
-        from safetensors.torch import save_file
-
         final = self.output_dir / f"checkpoint-{step}"
         tmp = self.output_dir / f".checkpoint-{step}.tmp"
+        with staging(final, tmp):  # half a checkpoint is of no use to a rerun
+            self._write_checkpoint(step, counters, tmp, final)
+
+    def _write_checkpoint(self, step: int, counters: dict, tmp: Path, final: Path) -> None:
+        from safetensors.torch import save_file
+
         if self.accelerator.is_main_process:
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)

@@ -36,7 +36,7 @@ import threading
 from collections.abc import Callable, Collection, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from contextlib import contextmanager
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 Job = TypeVar("Job")
 Result = TypeVar("Result")
@@ -84,9 +84,16 @@ def quiet_libraries() -> None:
         library.utils.logging.disable_progress_bar()
 
 
+def _unwind(signum: int, frame: Any) -> NoReturn:
+    raise SystemExit(128 + signum)
+
+
 def _init_worker(slots: Any, gpus: int, plugins: list[str]) -> None:
     # Ctrl-C reaches the whole process group: the parent alone handles it, by terminating the workers.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # Terminated (a job failed elsewhere, or Ctrl-C), a job unwinds instead of dying mid-write: it
+    # removes its temporaries (half a checkpoint) and rolls back its database transaction.
+    signal.signal(signal.SIGTERM, _unwind)
     slot = slots.get()
     if gpus:  # before anything initialises CUDA in this process
         visible = os.environ.get("CUDA_VISIBLE_DEVICES", ",".join(map(str, range(gpus)))).split(",")

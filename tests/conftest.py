@@ -42,14 +42,14 @@ def tiny_model_dir(harness_cache: Path) -> Path:
     return save_tiny_pipeline(harness_cache / "tiny-sd")
 
 
-def harness_cli(*args: str, env: dict | None = None, timeout: int = 600):
+def harness_cli(*args: str, env: dict | None = None, timeout: int = 600, cwd: Path | None = None):
     """Run the installed `harness` console script in a fresh process."""
     import subprocess
     import sys
 
     exe = Path(sys.executable).with_name("harness")
     return subprocess.run([str(exe), *args], capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, **(env or {})})
+                          env={**os.environ, **(env or {})}, cwd=cwd)
 
 
 @pytest.fixture(scope="session")

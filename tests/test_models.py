@@ -53,7 +53,7 @@ def test_trained_unet_replaces_the_base_unet(tiny_model_dir, tmp_path):
 def test_unreachable_model_is_a_one_line_error(tmp_path):
     with pytest.raises(HarnessError) as info:
         load_pipeline(tmp_path / "no-model-here")
-    assert "\n" not in str(info.value) and "cannot load model" in str(info.value)
+    assert "\n" not in str(info.value) and "no-model-here' does not exist" in str(info.value)
 
 
 def test_save_is_idempotent(harness_cache):

@@ -17,7 +17,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from harness.errors import HarnessError
+from harness.config import looks_like_path
+from harness.errors import HarnessError, refused_pickle
 
 if TYPE_CHECKING:  # torch is imported where it is used: listing scorers stays fast
     import torch
@@ -30,11 +31,6 @@ def pick_device(device: str | torch.device | None) -> torch.device:
     if device is not None:
         return torch.device(device)
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def _looks_like_path(location: str) -> bool:
-    """Hub ids are ``name`` or ``owner/name``; anything else is meant as a local path."""
-    return location.startswith(("/", ".", "~")) or location.count("/") > 1 or "\\" in location
 
 
 def _first_line(exc: BaseException) -> str:
@@ -57,7 +53,7 @@ def resolve_file(location: str | Path, filename: str, *, what: str, option: str)
         raise HarnessError(f"{what}: {path} has no {filename}; put the file there or pass {option}=/path/to/{filename}")
     if location.startswith(("http://", "https://")):
         return _download_url(location, what=what, option=option)
-    if _looks_like_path(location):
+    if looks_like_path(location):
         raise HarnessError(f"{what}: no such file or directory {location}; pass {option}=/path/to/{filename}")
     from huggingface_hub import hf_hub_download
 
@@ -112,7 +108,7 @@ def load_state_dict(path: Path, *, what: str) -> dict[str, torch.Tensor]:
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise HarnessError(f"{what}: cannot read weights from {path}: {_first_line(exc)}") from None
+        raise HarnessError(f"{what}: cannot read weights from {path}: {refused_pickle(exc) or _first_line(exc)}") from None
     if isinstance(state, Mapping) and isinstance(state.get("state_dict"), Mapping):
         state = state["state_dict"]
     if not isinstance(state, Mapping):
@@ -126,7 +122,7 @@ def from_pretrained(cls: Any, location: str | Path, *, what: str, option: str, *
     path = Path(location).expanduser()
     if path.exists():
         location = str(path)
-    elif _looks_like_path(location):
+    elif looks_like_path(location):
         raise HarnessError(f"{what}: no such directory {location}; pass {option}=DIR (a save_pretrained directory or hub id)")
     try:
         return cls.from_pretrained(location, **kwargs)

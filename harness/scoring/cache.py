@@ -14,6 +14,7 @@ from pathlib import Path
 
 from PIL import Image
 
+from harness.atomic import writing
 from harness.errors import HarnessError
 from harness.scoring.base import Scorer
 
@@ -92,7 +93,7 @@ class ScoreCache:
     def put(self, scorer: Scorer, entries: Iterable[tuple[str, str, float]]) -> None:
         """Store (image key, prompt, value) triples in one transaction."""
         rows = [(key, _text_sha256(prompt), scorer.name, scorer.version, scorer.scale, float(value)) for key, prompt, value in entries]
-        with self._db:
+        with writing(self.path), self._db:
             self._db.executemany("INSERT OR REPLACE INTO scores VALUES (?, ?, ?, ?, ?, ?)", rows)
 
     def __len__(self) -> int:
