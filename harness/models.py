@@ -312,11 +312,11 @@ def check_model_available(location: str, *, config_file: str, subfolder: str | N
     """
     from huggingface_hub import constants, hf_hub_download
 
-    from harness.scoring._loading import _looks_like_path
+    from harness.config import looks_like_path
 
     path = Path(location).expanduser()
     where = path / subfolder if subfolder else path
-    if _looks_like_path(location) and not path.exists():
+    if looks_like_path(location) and not path.exists():
         raise HarnessError(f"{what}: no such directory {location}")
     if path.exists():
         if not (where / config_file).is_file():

@@ -79,6 +79,7 @@ def validate(options: RunOptions, preset: Preset) -> None:
     _validate_locations(options)
     _validate_names(options, preset)
     _validate_configs(options, preset)
+    check_models_available(options, preset)
     for name in options.suites or preset.suites:  # a suite file's mistakes, or a hub suite not available here
         load_suite(name, options.max_prompts or preset.max_prompts)
 
@@ -135,8 +136,8 @@ def published_unet(options: RunOptions, preset: Preset, method: str) -> tuple[st
 
 
 def check_models_available(options: RunOptions, preset: Preset) -> None:
-    """Every model and suite the run will load must be there before anything is created: a missing
-    download fails at once, in one line saying what to download, and leaves no half-made results."""
+    """Every model the run will load must be there before anything is created: a missing download
+    fails at once, in one line saying what to download, and leaves no half-made results."""
     from harness.models import check_model_available
 
     base = options.model or preset.base_model
@@ -147,8 +148,6 @@ def check_models_available(options: RunOptions, preset: Preset) -> None:
             location, subfolder = published_unet(options, preset, method)
             check_model_available(location, config_file="config.json", subfolder=subfolder,
                                   what=f"{method}'s published UNet", pass_as=f"--unet {method}=DIR")
-    for name in options.suites or preset.suites:
-        load_suite(name, options.max_prompts or preset.max_prompts)
 
 
 def _check_scorer_options(name: str, keywords: dict[str, Any]) -> None:
@@ -181,7 +180,6 @@ def run(options: RunOptions) -> list[dict]:
     data = None if options.pretrained else options.data or preset.data
     source = str(out / "data") if data == "synthesize" else data
     trainings = [] if options.pretrained else _plan_trainings(options, preset, source, data == "synthesize")
-    check_models_available(options, preset)
     out.mkdir(parents=True, exist_ok=True)
     stage = _Stages()
 

@@ -121,10 +121,15 @@ def test_comparison_places_ours_beside_the_paper(tmp_path):
     assert json.loads(json.dumps(report.to_json(), allow_nan=False))["means"][0]["source"].startswith("Diffusion-DRO")
 
 
-def test_unet_and_local_suite_options_are_checked(tmp_path):
+def test_unet_and_local_suite_options_are_checked(tmp_path, tiny_model_dir):
     sd15 = get_preset("sd15")
-    validate(RunOptions(["dro"], tmp_path, "sd15", pretrained=True, suites=["pickapic-test:/data/captions.jsonl"],
-                        unets={"dro": str(tmp_path)}), sd15)
+    captions = tmp_path / "captions.jsonl"
+    captions.write_text('{"caption": "a red cube"}\n')
+    unet = tmp_path / "dro-unet"
+    unet.mkdir()
+    (unet / "config.json").write_text("{}")
+    validate(RunOptions(["dro"], tmp_path / "out", "sd15", model=str(tiny_model_dir), pretrained=True,
+                        suites=[f"pickapic-test:{captions}"], unets={"dro": str(unet)}), sd15)
     with pytest.raises(HarnessError, match="use it with --pretrained"):
         validate(RunOptions(["dro"], tmp_path, "sd15", unets={"dro": str(tmp_path)}), sd15)
     with pytest.raises(HarnessError, match="not among the methods"):

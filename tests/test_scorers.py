@@ -221,7 +221,8 @@ def test_every_scorer_is_registered_and_describes_its_scale():
 
 def test_scorers_of_one_family_are_one_signal(monkeypatch):
     assert same_signal("hpsv2") == same_signal("hpsv2.1") == ["hpsv2", "hpsv2.1"]
-    for name in ("pickscore", "imagereward", "clip", "aesthetic", "toy-fidelity", "toy-quality"):
+    assert same_signal("pickscore") == same_signal("pickscore-cosine") == ["pickscore", "pickscore-cosine"]
+    for name in ("imagereward", "clip", "aesthetic", "toy-fidelity", "toy-quality"):
         assert same_signal(name) == [name]
     with pytest.raises(UnknownEntryError, match=r"^unknown scorer 'nosuch'; available: .*hpsv2"):
         same_signal("nosuch")
@@ -238,7 +239,8 @@ def test_scorers_of_one_family_are_one_signal(monkeypatch):
     class Variant(PickScore):  # a new name without a family: its own signal, not inherited
         name = "pickscore-test-variant"
 
-    assert same_signal("pickscore") == same_signal("pickscore-test-cosine") == ["pickscore", "pickscore-test-cosine"]
+    assert same_signal("pickscore") == same_signal("pickscore-test-cosine") == [
+        "pickscore", "pickscore-cosine", "pickscore-test-cosine"]
     assert same_signal("pickscore-test-variant") == ["pickscore-test-variant"]
 
 
