@@ -63,7 +63,7 @@ TOY_METHOD_OVERRIDES: dict[str, dict[str, Any]] = {
     # (correlation with x0 0.46-0.98, std 0.27-0.96) and the reference's error there is 2-3x its
     # error on forward-noised x_t: with inversion SmPO does not move the fidelity at all (seen +0.000,
     # unseen -0.001; 10 and 20 inversion steps: at most +0.014, CIs across 0), without it it gains
-    # like DPO.  The published variant: --set smpo.inverter=reference.  Numbers in the README.
+    # like DPO.  The published variant: --set smpo.inverter=policy.  Numbers in docs/toy-world.md.
     "smpo": {**_SHARED, "lr": 3e-5, "beta": 2000.0, "score_lo": 0.0, "score_hi": 1.0, "inverter": "none"},
     # DRO's replay buffer with the published semantics (each row an expert with a trajectory sampled
     # from its own caption), made cheaper: 4 of the 16 experts of each step become rows of a 16-row
