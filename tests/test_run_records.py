@@ -97,3 +97,17 @@ def test_each_run_records_its_cpu_hours_and_the_dashboard_shows_them(tiny_run_di
     shown = at.dataframe[0].value.set_index("method")
     assert math.isclose(shown.loc["dpo", "cpu_hours"], dpo["cpu_hours"])
     assert pd.isna(shown.loc["dpo", "gpu_hours"])
+
+
+def test_a_published_checkpoint_records_the_reward_its_training_used(tmp_path, tiny_model_dir):
+    """--pretrained dro (the sd15 preset's released UNet, here a local stand-in): its experts were ranked by
+    HPSv2, so that family is its training signal, recorded with the run and marked on the leaderboard."""
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red square on the left\n")
+    run(RunOptions(methods=["dro"], out=tmp_path / "out", preset="sd15", model=str(tiny_model_dir),
+                   pretrained=True, unets={"dro": str(tiny_model_dir / "unet")}, suites=[f"file:{prompts}"],
+                   scorers=["toy-quality"], images_per_prompt=1, steps=1, jobs=1))
+    with Store(tmp_path / "out", readonly=True) as store:
+        signals = store.training_signals_frame()
+    assert sorted(zip(signals["method"], signals["metric"])) == [("dro", "hpsv2"), ("dro", "hpsv2.1")]
+    assert "hpsv2" in signals["source"].iloc[0]
