@@ -170,7 +170,6 @@ def _validate_configs(options: RunOptions, preset: Preset) -> None:
 
 def run(options: RunOptions) -> list[dict]:
     """Run the whole comparison and return the leaderboard rows."""
-    from harness.scoring import same_signal
     from harness.store import Store
     from harness.workers import WorkerPool, default_processes, one_cpu_thread
 
@@ -224,18 +223,7 @@ def run(options: RunOptions) -> list[dict]:
             if data == "synthesize":
                 _synthesize(options, preset, base_model, Path(source), stage)
             signals = {model.method: _prepare_data(model, options, source, stage) for model in methods if model.train}
-        for model in methods:
-            if model.train:
-                metrics, why = signals[model.method]
-                if model.init_from:  # what shaped the UNet it starts from shaped it too
-                    more, also = signals[model.init_from]
-                    metrics, why = metrics + more, "; ".join(filter(None, [why, also]))
-                if metrics:
-                    store.set_training_signals(model.run_id, sorted(set(metrics)), why)
-        for model in methods:
-            if not model.train and model.method in preset.pretrained_signals:
-                scorer, how = preset.pretrained_signals[model.method]
-                store.set_training_signals(model.run_id, same_signal(scorer), how)
+        _record_signals(store, methods, signals, preset)
         if source:
             _record_overlap(store, [base, *methods], options, preset)
         trainings_running: set = set()
@@ -338,6 +326,26 @@ def _import_job_libraries() -> None:
     import accelerate  # noqa: F401  (the trainer)
     from diffusers import StableDiffusionPipeline  # noqa: F401  (loading and sampling; imports the models)
     from torch.utils.tensorboard import SummaryWriter  # noqa: F401  (the trainer's logs)
+
+
+def _record_signals(store, methods: list[EvaluatedModel], signals: dict[str, tuple[list[str], str]],
+                    preset: Preset) -> None:
+    """Record, per run, the metrics whose reward shaped its training data (the leaderboard's † marks)."""
+    from harness.scoring import same_signal
+
+    for model in methods:
+        if model.train:
+            metrics, why = signals[model.method]
+            if model.init_from:  # what shaped the UNet it starts from shaped it too
+                more, also = signals[model.init_from]
+                metrics, why = metrics + more, "; ".join(filter(None, [why, also]))
+        elif model.method in preset.pretrained_signals:
+            scorer, why = preset.pretrained_signals[model.method]
+            metrics = same_signal(scorer)
+        else:
+            continue
+        if metrics:
+            store.set_training_signals(model.run_id, sorted(set(metrics)), why)
 
 
 def _record_overlap(store, models: list[EvaluatedModel], options: RunOptions, preset: Preset) -> None:

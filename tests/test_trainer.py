@@ -64,7 +64,10 @@ class Killed(Exception):
 @pytest.mark.slow
 @pytest.mark.parametrize("method", ["dpo", "smpo", "dro", "sft"])
 def test_killed_and_resumed_run_ends_with_the_same_weights(method, tiny_model_dir, data_dir, tmp_path):
-    overrides = {**FAST, **PER_METHOD[method], "max_steps": 4, "checkpoint_every": 2}
+    # A warmup that spans the interruption and two micro-steps per step: a resume that dropped the LR
+    # schedule's or the accumulation's state would end elsewhere.
+    overrides = {**FAST, **PER_METHOD[method], "max_steps": 4, "checkpoint_every": 2, "lr_scheduler": "linear",
+                 "warmup_steps": 3, "grad_accum": 2}
     straight = train(method, base_model=tiny_model_dir, data_dir=data_dir, output_dir=tmp_path / "straight",
                      overrides=overrides)
 
