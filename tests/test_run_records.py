@@ -111,3 +111,17 @@ def test_a_published_checkpoint_records_the_reward_its_training_used(tmp_path, t
         signals = store.training_signals_frame()
     assert sorted(zip(signals["method"], signals["metric"])) == [("dro", "hpsv2"), ("dro", "hpsv2.1")]
     assert "hpsv2" in signals["source"].iloc[0]
+
+
+def test_a_recipe_that_starts_from_another_method_trains_it_first_without_evaluating_it(tmp_path):
+    """SmPO's SD1.5 recipe starts from an SFT UNet: asked for smpo alone, the run trains sft first on the
+    same data (it is no row of the leaderboard) and starts smpo's policy and reference from it."""
+    out = tmp_path / "out"
+    rows = run(RunOptions(methods=["smpo"], out=out, preset="tiny", overrides={"smpo": {"init_method": "sft"}},
+                          max_prompts=1, images_per_prompt=1, jobs=1))
+    state = json.loads((out / "models" / "smpo" / "final" / "trainer_state.json").read_text())
+    assert state["config"]["init_unet"] == str(out / "models" / "sft" / "final" / "unet")
+    assert {row["method"] for row in rows} == {"base", "smpo"}
+    with Store(out, readonly=True) as store:
+        runs = store.runs_frame().set_index("method")
+    assert runs.loc["sft", "status"] == "done" and runs.loc["smpo", "status"] == "done"
