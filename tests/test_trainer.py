@@ -248,3 +248,9 @@ def test_pure_bf16_weights_as_the_public_dro_code(tiny_model_dir, data_dir, tmp_
     assert {t.dtype for t in load_file(str(checkpoint / "ema.safetensors")).values()} == {torch.bfloat16}
     assert all(math.isfinite(t["loss"]) for t in logged)
     assert UNet2DConditionModel.from_pretrained(result.unet_dir).dtype == torch.float32  # exported as usual
+
+
+def test_a_recipe_that_starts_from_sft_says_how_when_trained_alone(tiny_model_dir, data_dir, tmp_path):
+    with pytest.raises(HarnessError, match=r"harness train --method sft .*--set init_unet=.*harness run"):
+        train("smpo", base_model=tiny_model_dir, data_dir=data_dir, output_dir=tmp_path / "smpo", preset="sd15")
+    assert not (tmp_path / "smpo").exists()
