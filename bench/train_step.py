@@ -11,10 +11,10 @@ reported as ratios:
 - ``dpo``: the harness trainer's DPO step (latents and text embeddings cached).
 - ``smpo/reference``: SmPO with the reference inverting, inversions cached (warm).
 - ``smpo/policy``: SmPO as published: the policy inverts every step (5 ReNoise steps).
-- ``dro/amortised``: DRO, replay buffer refilled once per optimizer step
-  (grad_accum micro-batches share it), refills included.
-- ``dro/every-iteration``: DRO refilling before every forward/backward, as the
-  public code does.
+- ``dro/published``: DRO as the public code: before every forward/backward the micro-batch's
+  experts become replay-buffer rows, each with a trajectory the policy samples from its caption.
+- ``dro/every-step``: the cheaper variant, refilling once per optimizer step
+  (``refill_every`` = grad_accum: the step's micro-batches share the rows).
 
 Usage: ``python bench/train_step.py [--rounds 7] [--pairs 4] [--accum 4]``
 (on a shared CPU, ``OMP_NUM_THREADS=1`` gives steadier numbers).
@@ -66,20 +66,20 @@ def write_data(path: Path, n_pairs: int) -> Path:
 
 
 class Timed(Trainer):
-    """A trainer whose steps are timed one at a time, DRO's refills separately."""
+    """A trainer whose steps are timed one at a time, DRO's refills (its sampler) separately."""
 
     def setup_for_bench(self) -> None:
         self._setup()
         self.params = {n: p for n, p in self.unet.named_parameters() if p.requires_grad}
         self.step = 0
         self.refill_s = 0.0
-        refill = getattr(self.method, "_refill", None)
+        refill = getattr(self.method, "refill", None)
         if refill is not None:
             def timed_refill(*args, **kwargs):
                 started = time.perf_counter()
                 refill(*args, **kwargs)
                 self.refill_s += time.perf_counter() - started
-            self.method._refill = timed_refill
+            self.method.refill = timed_refill
 
     def one_step(self) -> float:
         started = time.perf_counter()
@@ -89,8 +89,11 @@ class Timed(Trainer):
 
 
 def make_trainer(method: str, model: Path, data: Path, out: Path, cache: Path, overrides: dict) -> Timed:
+    # No flips: a flipped image is another cache entry (latent, SmPO's cached inversion), and the two
+    # warm-up steps must fill every cache for the rounds to time cached steps.
     config = resolve_config(method, None, {"lr": 1e-6, "scale_lr": False, "warmup_steps": 0, "max_steps": 10_000,
-                                           "caption_dropout": 0.0, "cache_dir": str(cache), **overrides})
+                                           "caption_dropout": 0.0, "random_flip": False, "cache_dir": str(cache),
+                                           **overrides})
     trainer = Timed(METHODS.get(method)(config), base_model=str(model), data_dir=data, output_dir=out, seed=0,
                     on_log=None)
     trainer.setup_for_bench()
@@ -208,14 +211,13 @@ def main() -> None:
           f"torch threads {torch.get_num_threads()}")
 
     pair = {"batch_size": args.pairs}
-    dro = {"batch_size": args.pairs, "grad_accum": args.accum, "ema_decay": 0.9999}
+    dro = {"batch_size": args.pairs, "grad_accum": args.accum, "ema_decay": 0.9999, "buffer_size": args.pairs}
     trainers = {
         "dpo": make_trainer("dpo", model, data, work / "dpo", cache, pair),
         "smpo/reference": make_trainer("smpo", model, data, work / "smpo-r", cache, {**pair, "inverter": "reference"}),
         "smpo/policy": make_trainer("smpo", model, data, work / "smpo-p", cache, {**pair, "inverter": "policy"}),
-        "dro/amortised": make_trainer("dro", model, data, work / "dro-a", cache, dro),
-        "dro/every-iteration": make_trainer("dro", model, data, work / "dro-e", cache,
-                                            {**dro, "refill_each_iteration": True}),
+        "dro/published": make_trainer("dro", model, data, work / "dro-p", cache, dro),
+        "dro/every-step": make_trainer("dro", model, data, work / "dro-s", cache, {**dro, "refill_every": args.accum}),
     }
     variants = {"bare": bare_loop(model, args.pairs), **{name: t.one_step for name, t in trainers.items()}}
     # Warm-up: two steps cover the data once, filling the feature and inversion caches and DRO's buffers.
@@ -237,11 +239,11 @@ def main() -> None:
     print(f"\ndpo / bare                              = {median['dpo'] / median['bare']:.3f}  (target <= 1.15)")
     print(f"smpo/reference (cached) / dpo           = {median['smpo/reference'] / median['dpo']:.3f}  (target <= 1.3)")
     print(f"smpo/policy / dpo                       = {median['smpo/policy'] / median['dpo']:.3f}")
-    for name in ("dro/amortised", "dro/every-iteration"):
+    for name in ("dro/published", "dro/every-step"):
         refill = trainers[name].refill_s / args.rounds
         print(f"{name:22s} per micro-batch / dpo = {median[name] / args.accum / median['dpo']:.3f}; "
               f"refills {refill:.3f} s of a {median[name]:.3f} s step ({100 * refill / median[name]:.0f}%)")
-    print(f"dro every-iteration / amortised         = {median['dro/every-iteration'] / median['dro/amortised']:.3f}")
+    print(f"dro published / every-step              = {median['dro/published'] / median['dro/every-step']:.3f}")
 
 
 if __name__ == "__main__":

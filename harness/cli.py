@@ -91,32 +91,27 @@ def _parse_unets(assignments: list[str]) -> dict[str, str]:
     return unets
 
 
+def _run_options(args: argparse.Namespace, **specific: Any):
+    """The ``RunOptions`` of the options `run` and `reproduce` share, with each command's ``specific`` ones."""
+    from harness.run import RunOptions
+
+    return RunOptions(preset=args.preset, model=args.model, suites=args.suites, scorers=args.scorers,
+                      max_prompts=args.max_prompts, images_per_prompt=args.images_per_prompt,
+                      scorer_options=_parse_scorer_options(args.scorer_option), unets=_parse_unets(args.unet),
+                      **specific)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from harness.config import get_preset
-    from harness.run import EVERY_METHOD, RunOptions, run, validate
+    from harness.run import EVERY_METHOD, run_validated, validate
 
-    options = RunOptions(
-        methods=args.methods,
-        out=Path(args.out),
-        preset=args.preset,
-        model=args.model,
-        data=args.data,
-        suites=args.suites,
-        scorers=args.scorers,
-        max_prompts=args.max_prompts,
-        images_per_prompt=args.images_per_prompt,
-        steps=args.steps,
-        vae=args.vae,
-        overrides=_parse_overrides(args.set, [EVERY_METHOD]),
-        pretrained=args.pretrained,
-        seed=args.seed,
-        jobs=args.jobs,
-        scorer_options=_parse_scorer_options(args.scorer_option),
-        unets=_parse_unets(args.unet),
-    )
-    validate(options, get_preset(options.preset))  # every mistake is reported before the libraries load
+    options = _run_options(args, methods=args.methods, out=Path(args.out), data=args.data, steps=args.steps,
+                           vae=args.vae, overrides=_parse_overrides(args.set, [EVERY_METHOD]),
+                           pretrained=args.pretrained, seed=args.seed, jobs=args.jobs)
+    preset = get_preset(options.preset)
+    validate(options, preset)  # every mistake is reported before the libraries load
     quiet_libraries()
-    rows = run(options)
+    rows = run_validated(options, preset)
     print()
     _print_leaderboard(rows, "table")
     print(f"\nresults: {Path(args.out) / 'results.db'}  (harness leaderboard --out {args.out}; harness dashboard --out {args.out})")
@@ -125,22 +120,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
     from harness.reproduce import format_report, reproduce
-    from harness.run import RunOptions
 
     quiet_libraries()
-    options = RunOptions(
-        methods=args.methods or [],
-        out=Path(args.out or Path("runs") / f"reproduce-{args.preset}"),
-        preset=args.preset,
-        model=args.model,
-        suites=args.suites,
-        scorers=args.scorers,
-        max_prompts=args.max_prompts,
-        images_per_prompt=args.images_per_prompt,
-        pretrained=True,
-        scorer_options=_parse_scorer_options(args.scorer_option),
-        unets=_parse_unets(args.unet),
-    )
+    options = _run_options(args, methods=args.methods or [], pretrained=True,
+                           out=Path(args.out or Path("runs") / f"reproduce-{args.preset}"))
     report = reproduce(options)
     print(json.dumps(report.to_json(), indent=2) if args.format == "json" else format_report(report))
     return 0
@@ -374,8 +357,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scorers", type=_comma_list, help="default: the paper's metrics")
     p.add_argument("--scorer-option", action="append", default=[], metavar="SCORER.OPTION=VALUE",
                    help="where a scorer's weights are, e.g. hpsv2.checkpoint=DIR")
-    p.add_argument("--max-prompts", type=int, help="only the first N prompts of each suite (a quick check)")
-    p.add_argument("--images-per-prompt", type=int, help="default: the paper's 5")
+    p.add_argument("--max-prompts", type=_count, help="only the first N prompts of each suite (a quick check)")
+    p.add_argument("--images-per-prompt", type=_count, help="default: the paper's 5")
     p.add_argument("--format", choices=["table", "json"], default="table")
 
     p = command("train", cmd_train, "train one method and write its UNet in diffusers format")
@@ -431,11 +414,11 @@ def build_parser() -> argparse.ArgumentParser:
         step.add_argument("--data", required=True, help="Pick-a-Pic v2 (hub id or local copy) or a pairs.jsonl directory")
         step.add_argument("--scorer", required=True, help="a registered scorer, e.g. hpsv2, pickscore, pickscore-cosine")
         step.add_argument("--split", default="train")
-        step.add_argument("--batch-size", type=int, default=32)
+        step.add_argument("--batch-size", type=_count, default=32)
         step.add_argument("--scorer-option", action="append", default=[], metavar="OPTION=VALUE",
                           help="where the scorer's weights are, e.g. checkpoint=DIR")
         if name == "experts":
-            step.add_argument("--top-k", type=int, required=True, help="how many experts (DRO: 500)")
+            step.add_argument("--top-k", type=_count, required=True, help="how many experts (DRO: 500)")
             step.add_argument("--out", required=True, help="the experts directory to write")
 
     command("methods", cmd_methods, "list registered methods")

@@ -312,12 +312,9 @@ def check_model_available(location: str, *, config_file: str, subfolder: str | N
     """
     from huggingface_hub import constants, hf_hub_download
 
-    from harness.config import looks_like_path
-
+    require_existing_path(location, what)
     path = Path(location).expanduser()
     where = path / subfolder if subfolder else path
-    if looks_like_path(location) and not path.exists():
-        raise HarnessError(f"{what}: no such directory {location}")
     if path.exists():
         if not (where / config_file).is_file():
             raise HarnessError(f"{what}: {where} has no {config_file} (not a diffusers "

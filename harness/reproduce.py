@@ -30,8 +30,7 @@ from typing import Any
 
 from harness.errors import HarnessError
 from harness.published import PUBLISHED, Metric, PaperRow, PublishedTables
-
-BASE = "base"  # harness.run.BASE (not imported: run pulls in the method registry)
+from harness.run import BASE
 MISSING = "–"
 FLAG_MARK = "!"
 Z_NOTE = ("z = (ours - paper) / (our mean's distance to our 95% CI bound on the paper's side): "

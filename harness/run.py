@@ -70,6 +70,7 @@ class EvaluatedModel:
     train: bool = False  # still to be trained (then ``unet`` is set to the result)
     evaluate: bool = True  # False: trained only as another method's starting point
     data_dir: str | None = None  # what its training reads
+    needs: Any = None  # its method's harness.data.DataNeeds: the reward its training data must carry
     init_from: str | None = None  # the method whose trained UNet it starts from
 
 
@@ -170,11 +171,16 @@ def _validate_configs(options: RunOptions, preset: Preset) -> None:
 
 def run(options: RunOptions) -> list[dict]:
     """Run the whole comparison and return the leaderboard rows."""
+    preset = get_preset(options.preset)
+    validate(options, preset)
+    return run_validated(options, preset)
+
+
+def run_validated(options: RunOptions, preset: Preset) -> list[dict]:
+    """``run`` for options ``validate`` has passed (the CLI validates before the libraries load)."""
     from harness.store import Store
     from harness.workers import WorkerPool, default_processes, one_cpu_thread
 
-    preset = get_preset(options.preset)
-    validate(options, preset)
     out = options.out
     data = None if options.pretrained else options.data or preset.data
     source = str(out / "data") if data == "synthesize" else data
@@ -270,7 +276,7 @@ def _plan_trainings(options: RunOptions, preset: Preset, source: str | None, syn
             plan(config.init_method, evaluate=config.init_method in options.methods)
         needs = METHODS.get(method)(config).data_needs()
         planned[method] = EvaluatedModel(method, run_id=-1, overrides=overrides, train=True, evaluate=evaluate,
-                                         data_dir=_data_dir(needs, source, synthesized, options.out),
+                                         data_dir=_data_dir(needs, source, synthesized, options.out), needs=needs,
                                          init_from=config.init_method)
 
     for method in options.methods:
@@ -299,9 +305,8 @@ def _prepare_data(model: EvaluatedModel, options: RunOptions, source: str, stage
     from harness.data_steps import experts_recipe, score_training_images, select_experts
     from harness.preference_data import synthesis_settings
     from harness.scoring import same_signal
-    from harness.trainer import resolve_config
 
-    needs = METHODS.get(model.method)(resolve_config(model.method, options.preset, model.overrides)).data_needs()
+    needs = model.needs
     synthesized = synthesis_settings(model.data_dir)
     if synthesized is not None:
         scorers = synthesized["scorers"]

@@ -60,7 +60,7 @@ def trajectory_timesteps(n: int, steps: int, generator: torch.Generator, num_tra
 
 @torch.no_grad()
 def sample_trajectories(models: Models, cond: Cond, shape: tuple[int, ...], timesteps: torch.Tensor,
-                        generator: torch.Generator, scheduler_config: Any) -> tuple[torch.Tensor, torch.Tensor]:
+                        generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     """Sample one trajectory per conditioning with the policy (CFG 1: the conditional prediction alone),
     each row on its own timesteps; return every visited state: x (n, steps, C, H, W) and the policy's
     eps at it (same shape).
@@ -73,7 +73,7 @@ def sample_trajectories(models: Models, cond: Cond, shape: tuple[int, ...], time
     n, steps = timesteps.shape
     schedulers = []
     for row in timesteps:
-        scheduler = DPMSolverMultistepScheduler.from_config(scheduler_config, algorithm_type="dpmsolver++",
+        scheduler = DPMSolverMultistepScheduler.from_config(models.scheduler.config, algorithm_type="dpmsolver++",
                                                             solver_order=2)
         scheduler.set_timesteps(timesteps=row.tolist())
         schedulers.append(scheduler)
@@ -132,8 +132,6 @@ class DRO(Method):
     def setup(self, context: Any) -> None:
         self.buffer: dict[str, torch.Tensor] = {}
         self.latent_shape = context.latent_shape
-        self.models = context.models
-        self.scheduler_config = context.noise_scheduler.config
         self.grad_accum = context.grad_accum
         self.refill_due = True
 
@@ -141,14 +139,13 @@ class DRO(Method):
         iteration = step * self.grad_accum + micro
         self.refill_due = not self.buffer or iteration % self.config.refill_every == 0
 
-    def refill(self, batch: Batch) -> None:
+    def refill(self, batch: Batch, models: Models) -> None:
         """Make rows of the micro-batch's experts, each with a trajectory sampled from its own conditioning."""
         rows = len(batch.cond) if self.config.refill_rows is None else min(self.config.refill_rows, len(batch.cond))
         cond = batch.cond.index(slice(0, rows))
         timesteps = trajectory_timesteps(rows, self.config.sampler_steps, batch.generator,
-                                         self.scheduler_config.num_train_timesteps, self.config.perturb_timesteps)
-        x, eps = sample_trajectories(self.models, cond, self.latent_shape, timesteps, batch.generator,
-                                     self.scheduler_config)
+                                         models.scheduler.config.num_train_timesteps, self.config.perturb_timesteps)
+        x, eps = sample_trajectories(models, cond, self.latent_shape, timesteps, batch.generator)
         new = {"t": timesteps.to(x.device), "x": x, "eps": eps, "x0": batch.latents[:rows], "hidden": cond.hidden}
         new.update({f"added.{k}": v for k, v in (cond.added or {}).items()})
         size = self.config.buffer_size
@@ -162,7 +159,7 @@ class DRO(Method):
 
     def loss(self, batch: Batch, models: Models) -> tuple[torch.Tensor, dict[str, float]]:
         if self.refill_due:
-            self.refill(batch)
+            self.refill(batch, models)
         n, rows, states = len(batch.cond), len(self.buffer["t"]), self.buffer["t"].shape[1]
         generator = batch.generator
         # As the public buffer: distinct rows while the buffer has enough, then with replacement.

@@ -257,8 +257,8 @@ def dro_with_buffer(models: Models, config: DROConfig, batch: Batch) -> DRO:
     from types import SimpleNamespace
 
     method = DRO(config)
-    method.setup(SimpleNamespace(latent_shape=(4, 8, 8), models=models, noise_scheduler=models.scheduler, grad_accum=1))
-    method.refill(batch)
+    method.setup(SimpleNamespace(latent_shape=(4, 8, 8), grad_accum=1))
+    method.refill(batch, models)
     return method
 
 

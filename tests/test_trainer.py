@@ -254,3 +254,38 @@ def test_a_recipe_that_starts_from_sft_says_how_when_trained_alone(tiny_model_di
     with pytest.raises(HarnessError, match=r"harness train --method sft .*--set init_unet=.*harness run"):
         train("smpo", base_model=tiny_model_dir, data_dir=data_dir, output_dir=tmp_path / "smpo", preset="sd15")
     assert not (tmp_path / "smpo").exists()
+
+
+def test_effective_batch_size_sets_the_accumulation_and_the_scaled_lr(tiny_model_dir, data_dir, tmp_path):
+    """The published recipes give an effective batch (sd15 DPO: 2048 pairs); the accumulation follows from
+    the per-process batch, and Salesforce's --scale_lr multiplies the lr by that effective batch."""
+    logged: list[dict] = []
+    overrides = {**FAST, "batch_size": 1, "effective_batch_size": 3, "scale_lr": True, "lr": 1e-3, "max_steps": 1}
+    trainer_dir = tmp_path / "eff"
+    train("sft", base_model=tiny_model_dir, data_dir=data_dir, output_dir=trainer_dir, overrides=overrides,
+          on_log=lambda step, terms: logged.append(terms))
+    assert logged[0]["lr"] == pytest.approx(3e-3)
+    state = json.loads((trainer_dir / "final" / "trainer_state.json").read_text())
+    assert state["samples"] == 3  # one optimizer step of three micro-batches of one image
+    with pytest.raises(HarnessError, match="not a multiple"):
+        train("sft", base_model=tiny_model_dir, data_dir=data_dir, output_dir=tmp_path / "bad",
+              overrides={**overrides, "batch_size": 2})
+
+
+def test_batches_flip_images_and_sample_the_posterior_as_the_public_scripts(tiny_model_dir, data_dir, tmp_path):
+    from harness.registry import METHODS
+    from harness.trainer import Trainer, step_generator
+
+    def batches(**options) -> list:
+        config = resolve_config("dpo", None, {**FAST, **options})
+        trainer = Trainer(METHODS.get("dpo")(config), base_model=str(tiny_model_dir), data_dir=data_dir,
+                          output_dir=tmp_path / "unused", seed=0, on_log=None)
+        trainer._setup()
+        return [trainer.make_batch(step, 0, step_generator(0, step, 0, 0)) for step in range(4)]
+
+    published = batches()
+    assert any(key.endswith("-flip") for batch in published for key in batch.keys)
+    assert any(not key.endswith("-flip") for batch in published for key in batch.keys)
+    assert all(not torch.equal(batch.latents, batch.means) for batch in published)  # a fresh posterior sample
+    plain = batches(random_flip=False, latent_sample=False)
+    assert all(not key.endswith("-flip") and torch.equal(b.latents, b.means) for b in plain for key in b.keys)
