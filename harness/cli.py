@@ -107,7 +107,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     options = _run_options(args, methods=args.methods, out=Path(args.out), data=args.data, steps=args.steps,
                            vae=args.vae, overrides=_parse_overrides(args.set, [EVERY_METHOD]),
-                           pretrained=args.pretrained, seed=args.seed, jobs=args.jobs)
+                           pretrained=args.pretrained, seed=args.seed, jobs=args.jobs, backend=args.backend,
+                           address=args.address)
     preset = get_preset(options.preset)
     validate(options, preset)  # every mistake is reported before the libraries load
     quiet_libraries()
@@ -344,6 +345,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="where a scorer's weights are, e.g. hpsv2.checkpoint=DIR (see `harness scorers`)")
     p.add_argument("--unet", action="append", default=[], metavar="METHOD=DIR",
                    help="with --pretrained: the method's UNet from a local directory (or hub id) instead of the preset's")
+    p.add_argument("--backend", choices=["local", "ray"], default="local",
+                   help="where the jobs run: this machine's worker processes (default) or a Ray cluster "
+                   "(pip install '.[ray]'; docs/scaling.md)")
+    p.add_argument("--address", help="with --backend ray: the cluster, auto or HOST:PORT (default: start one here)")
 
     p = command("reproduce", cmd_reproduce, "run the published checkpoints (harness run --pretrained) and set "
                 "our numbers beside the paper's, each difference in units of our confidence interval")

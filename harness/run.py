@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from harness.backends import check_backend, open_backend
 from harness.config import (Preset, get_preset, require_directory_or_nothing, require_existing_path,
                             resolve_base_model)
 from harness.errors import HarnessError
@@ -56,6 +57,8 @@ class RunOptions:
     jobs: int | None = None  # jobs (trainings, evaluations) at once (None: one per core on a CPU, one per GPU)
     scorer_options: dict[str, dict[str, Any]] = field(default_factory=dict)  # scorer -> get_scorer keywords
     unets: dict[str, str] = field(default_factory=dict)  # --pretrained: method -> its UNet, instead of the preset's
+    backend: str = "local"  # where the jobs run: "local" worker processes or a "ray" cluster (harness.backends)
+    address: str | None = None  # --backend ray: the cluster ("auto", HOST:PORT; None: start one on this machine)
 
 
 @dataclass
@@ -77,6 +80,7 @@ class EvaluatedModel:
 def validate(options: RunOptions, preset: Preset) -> None:
     """Fail on any bad input before anything is created or any heavy work starts (cheap checks first)."""
     _validate_counts(options)
+    check_backend(options)
     _validate_locations(options)
     _validate_names(options, preset)
     _validate_configs(options, preset)
@@ -179,7 +183,7 @@ def run(options: RunOptions) -> list[dict]:
 def run_validated(options: RunOptions, preset: Preset) -> list[dict]:
     """``run`` for options ``validate`` has passed (the CLI validates before the libraries load)."""
     from harness.store import Store
-    from harness.workers import WorkerPool, default_processes, one_cpu_thread
+    from harness.workers import default_processes, one_cpu_thread
 
     out = options.out
     data = None if options.pretrained else options.data or preset.data
@@ -219,12 +223,12 @@ def run_validated(options: RunOptions, preset: Preset) -> list[dict]:
     n_models = len(methods) + 1
     processes = min(options.jobs or default_processes(n_models), n_models)
     _import_job_libraries()
-    stage(f"{n_models} models: training, then generation and scoring, {processes} jobs at a time")
     # Jobs start in the order they are submitted, as workers free up: the base's evaluation first
     # (it needs no training data, so it runs while the data is made here), then the trainings, and
     # each trained model's evaluation (and the trainings that start from it) as soon as it ends.
-    with WorkerPool(processes) as pool:
-        pending = {pool.submit(_evaluate, job(base))}
+    with open_backend(options, processes) as pool:
+        stage(f"{n_models} models: training, then generation and scoring, {pool.description}")
+        pending = {pool.evaluate(job(base))}
         with one_cpu_thread(on_gpu=pool.gpus > 0):  # the data depends on no core count either
             if data == "synthesize":
                 _synthesize(options, preset, base_model, Path(source), stage)
@@ -235,14 +239,14 @@ def run_validated(options: RunOptions, preset: Preset) -> list[dict]:
         trainings_running: set = set()
 
         def start_training(model: EvaluatedModel) -> None:
-            future = pool.submit(_train, job(model))
+            future = pool.train(job(model))
             trainings_running.add(future)
             pending.add(future)
 
         for model in methods:
             if model.train and not model.init_from:
                 start_training(model)
-        pending |= {pool.submit(_evaluate, job(model)) for model in methods if not model.train}
+        pending |= {pool.evaluate(job(model)) for model in methods if not model.train}
         while pending:
             for future in pool.wait_any(pending):
                 pending.remove(future)
@@ -250,7 +254,7 @@ def run_validated(options: RunOptions, preset: Preset) -> list[dict]:
                     continue
                 trained = future.result()
                 if trained.evaluate:
-                    pending.add(pool.submit(_evaluate, job(trained)))
+                    pending.add(pool.evaluate(job(trained)))
                 for model in methods:
                     if model.train and model.init_from == trained.method:
                         start_training(dataclasses.replace(model, overrides={**model.overrides, "init_unet": trained.unet}))
@@ -416,6 +420,7 @@ class _ModelJob:
     preset: Preset
     base_model: str
     stage: _Stages
+    shard: tuple[int, int] | None = None  # (r, W): only the prompts k % W == r of each suite (the Ray backend's split)
 
 
 def _train(job: _ModelJob) -> EvaluatedModel:
@@ -517,6 +522,7 @@ def _generate(model: EvaluatedModel, job: _ModelJob, store) -> dict[str, list[di
             height=settings.height,
             width=settings.width,
             scheduler=settings.scheduler,
+            shard=job.shard,
         )
         # The store's paths are relative to the results directory (the manifest's, to its folder).
         stored = [{**row, "path": str(folder / row["path"])} for row in rows]

@@ -13,9 +13,10 @@ Layout of ``out_dir``::
     manifest.jsonl            one row per image (written atomically at the end)
     00012_03.png              image 3 of prompt 12 of the suite
     .manifest-parts/rank-R.jsonl
-                              journal of rank R: one row per finished image, appended
+                              journal of rank (or shard) R: one row per finished image, appended
                               as images are written; merged into manifest.jsonl by rank 0
-                              at the end (so ``out_dir`` must be shared by all ranks)
+                              at the end, or by ``merge_shards`` once every shard has returned
+                              (so ``out_dir`` must be shared by all ranks)
 
 A run killed at any point restarts where it stopped: an image counts as done when a
 journal or manifest row recorded with the same settings points at a file whose
@@ -28,6 +29,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import math
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -85,6 +87,7 @@ def generate(
     width: int | None = None,
     scheduler: str | None = None,
     progress: bool = True,
+    shard: tuple[int, int] | None = None,
 ) -> list[dict]:
     """Generate ``images_per_prompt`` images for every prompt of ``suite`` into ``out_dir``.
 
@@ -93,26 +96,38 @@ def generate(
     pipeline's scheduler for the duration of the call (a key of ``SCHEDULERS``).
     Under an initialised ``torch.distributed`` process group, rank ``r`` of ``W``
     generates the prompts ``k`` with ``k % W == r`` and rank 0 merges the manifest;
-    every rank returns the merged rows.  Already generated images are skipped.
+    every rank returns the merged rows.  ``shard=(r, W)`` makes part ``r`` of ``W`` as an
+    independent job (a Ray task): the batches ``b`` with ``b % W == r`` of a one-process
+    run, so each image is made in the very batch it would be made in there (the same
+    bytes, even from a model whose numbers depend on the batch: see
+    ``_batch_invariant_numerics``); it returns that part's rows and leaves the manifest to
+    ``merge_shards``.  ``shard_count`` says how many parts have work.  Already generated
+    images are skipped.
     """
     out_dir = Path(out_dir)
     _check_arguments(suite, images_per_prompt, batch_size, num_inference_steps)
-    rank, world_size = rank_and_size()
+    if shard is not None and not 0 <= shard[0] < shard[1]:
+        raise HarnessError(f"shard must be (index, count) with 0 <= index < count, got {shard}")
+    rank, world_size = shard or rank_and_size()
+    synchronised = shard is None  # the ranks of a process group meet at barriers; shards never meet
     out_dir.mkdir(parents=True, exist_ok=True)
     pipe.set_progress_bar_config(disable=True)  # ours counts images across calls instead of steps
     with _scheduler_swapped(pipe, scheduler), _batch_invariant_numerics(pipe):
         height, width = _resolve_size(pipe, height, width)
         settings = _settings(pipe, suite, seed, num_inference_steps, guidance_scale, height, width)
         n = len(suite)
-        jobs = [
-            _Job(k, j, image_seed(seed, k, j, n))
-            for k in range(rank, n, world_size)
-            for j in range(images_per_prompt)
-        ]
+        if synchronised:
+            jobs = [_Job(k, j, image_seed(seed, k, j, n)) for k in range(rank, n, world_size)
+                    for j in range(images_per_prompt)]
+        else:
+            everything = [_Job(k, j, image_seed(seed, k, j, n)) for k in range(n) for j in range(images_per_prompt)]
+            batches = [everything[start : start + batch_size] for start in range(0, len(everything), batch_size)]
+            jobs = [job for batch in batches[rank::world_size] for job in batch]
         done = _verified_done(out_dir, suite, settings, jobs)
         todo = [job for job in jobs if (job.prompt_index, job.image_index) not in done]
         # Every rank reads the journals before any rank appends to its own.
-        barrier()
+        if synchronised:
+            barrier()
         journal_path = out_dir / _PARTS_DIR / f"rank-{rank}.jsonl"
         with _Journal(journal_path) as journal, _progress_bar(
             # Rank 0's shard stands for all: the ranks share the work evenly.
@@ -123,6 +138,9 @@ def generate(
                 images = _sample(pipe, suite, batch, settings)
                 journal.append([_write_image(out_dir, suite, job, image, settings) for job, image in zip(batch, images)])
                 bar.update(len(batch))
+    if not synchronised:
+        current = _current_rows(out_dir, suite, settings)
+        return [current[job.prompt_index, job.image_index] for job in jobs]
     barrier()
     if rank == 0:
         rows = _merge_manifest(out_dir, suite, settings, images_per_prompt)
@@ -130,6 +148,11 @@ def generate(
     if rank != 0:
         rows = read_manifest(out_dir / MANIFEST_NAME)
     return rows
+
+
+def shard_count(n_prompts: int, images_per_prompt: int, batch_size: int) -> int:
+    """How many shards of a suite have work: its batches in a one-process run."""
+    return math.ceil(n_prompts * images_per_prompt / batch_size)
 
 
 def optimize_pipeline(pipe: Any, *, channels_last: bool = False, compile_unet: bool = False) -> Any:
@@ -426,7 +449,22 @@ def _merge_manifest(out_dir: Path, suite: Suite, settings: dict[str, Any], image
     missing = [key for key in keys if key not in recorded]
     if missing:
         raise RuntimeError(f"{len(missing)} images of {out_dir} were not generated, e.g. prompt {missing[0][0]}")
-    rows = [recorded[key] for key in keys]
+    return _publish_manifest(out_dir, [recorded[key] for key in keys])
+
+
+def merge_shards(out_dir: Path, rows: list[dict]) -> list[dict]:
+    """The manifest of a suite generated by ``generate(..., shard=(r, W))`` for every ``r``, from the rows the
+    shards returned: written in prompt order, the shards' journals removed; returns the rows in that order."""
+    return _publish_manifest(Path(out_dir), sorted(rows, key=lambda row: _job_key(row["path"])))
+
+
+def _job_key(path: str) -> tuple[int, int]:
+    """(prompt index, image index) of an image file named by ``_Job.path``."""
+    prompt_index, image_index = Path(path).stem.split("_")
+    return int(prompt_index), int(image_index)
+
+
+def _publish_manifest(out_dir: Path, rows: list[dict]) -> list[dict]:
     write_jsonl(out_dir / MANIFEST_NAME, rows)
     for journal in (out_dir / _PARTS_DIR).glob("rank-*.jsonl"):
         journal.unlink()

@@ -2,7 +2,9 @@
 
 Why SQLite: it is embedded (nothing to run), a single file to copy, and in WAL mode
 the dashboard reads while a run writes.  Under torchrun only rank 0 writes; `harness run`'s
-worker processes each write their own model's rows.  Every public write method is one
+worker processes each write their own model's rows (on Ray, whose workers may be on other
+machines, where SQLite's locks do not hold, they record them in a ``StoreJournal`` instead,
+and the driver makes them).  Every public write method is one
 ``BEGIN IMMEDIATE ... COMMIT`` transaction, so a run killed at any point leaves whole
 batches or nothing, and a rerun (idempotent upserts) fills in
 only what is missing.
@@ -42,6 +44,7 @@ parquet or json.
 
 from __future__ import annotations
 
+import functools
 import json
 import platform
 import sqlite3
@@ -51,7 +54,7 @@ from contextlib import contextmanager
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
-from typing import Literal
+from typing import Any, Callable, Literal, TypeVar
 
 import pandas as pd
 
@@ -238,17 +241,96 @@ def db_path(path: Path | str) -> Path:
     return path if path.suffix == ".db" else path / DB_NAME
 
 
+class StoreJournal:
+    """The writes of a job that must not open the results database, for the process that owns it to make.
+
+    ``with journal.recording():`` every ``Store`` opened for writing in this process records its write
+    calls here instead of making them: in memory, or appended to ``path`` (one JSON line each, flushed,
+    so what an attempt killed later recorded is kept).  ``replay(store)`` makes them in order.  The
+    writes are upserts, so making one again leaves the database as making it once does, except
+    ``add_compute``, which adds (a job records it once, at its end).
+    """
+
+    def __init__(self, path: Path | None = None) -> None:
+        self.path = path
+        self._entries: list[dict[str, Any]] = []
+
+    @contextmanager
+    def recording(self) -> Iterator[StoreJournal]:
+        global _recording
+        if self.path is not None and self.path.exists():
+            data = self.path.read_bytes()
+            if data and not data.endswith(b"\n"):  # a killed writer's half line: the next line starts clean
+                with open(self.path, "r+b") as f:
+                    f.truncate(data.rfind(b"\n") + 1)
+        previous, _recording = _recording, self
+        try:
+            yield self
+        finally:
+            _recording = previous
+
+    def record(self, write: str, args: tuple, kwargs: dict[str, Any]) -> None:
+        entry = {"write": write, "args": list(args), "kwargs": kwargs}
+        if self.path is None:
+            self._entries.append(entry)
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with writing(self.path), open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(entry, default=str) + "\n")
+
+    def entries(self, start: int = 0) -> list[dict[str, Any]]:
+        """The writes recorded, from the ``start``-th on: ``{"write": method name, "args", "kwargs"}``."""
+        if self.path is None:
+            return self._entries[start:]
+        if not self.path.exists():
+            return []
+        # Only whole lines: the last piece is empty, or a line its writer is still writing.
+        lines = self.path.read_text(encoding="utf-8").split("\n")[:-1]
+        return [json.loads(line) for line in lines[start:]]
+
+    def replay(self, store: Store, start: int = 0) -> int:
+        """Make the writes recorded from the ``start``-th on; returns where the next replay starts."""
+        entries = self.entries(start)
+        for entry in entries:
+            getattr(store, entry["write"])(*entry["args"], **entry["kwargs"])
+        return start + len(entries)
+
+
+_recording: StoreJournal | None = None  # set by StoreJournal.recording()
+Write = TypeVar("Write", bound=Callable[..., None])
+
+
+def _journaled(write: Write) -> Write:
+    """A write that a ``Store`` opened under ``StoreJournal.recording()`` records instead of making."""
+
+    @functools.wraps(write)
+    def write_or_record(self: Store, *args: Any, **kwargs: Any) -> None:
+        if self._journal is not None:
+            self._journal.record(write.__name__, args, kwargs)
+            return
+        write(self, *args, **kwargs)
+
+    return write_or_record  # type: ignore[return-value]
+
+
 class Store:
     """A connection to a results database; use as a context manager or call ``close()``.
 
     ``readonly=True`` opens with a ``file:...?mode=ro`` URI (the dashboard): nothing through
     this connection can change the file, and a missing database is an error instead of
     being created.  ``schema_version`` is the version read (an older one only when read-only).
+    Opened for writing under ``StoreJournal.recording()``, it does not open the file at all:
+    its writes are recorded in the journal (and anything else it is asked is an error).
     """
 
     def __init__(self, path: Path | str, readonly: bool = False) -> None:
         self.path = db_path(path)
         self.readonly = readonly
+        self._journal = None if readonly else _recording
+        if self._journal is not None:
+            self._conn = None
+            self.schema_version = SCHEMA_VERSION
+            return
         if readonly:
             if not self.path.is_file():
                 raise HarnessError(f"no results database at {self.path} (run `harness run --out DIR` first)")
@@ -269,7 +351,8 @@ class Store:
 
     # -- lifecycle ---------------------------------------------------------------------------
     def close(self) -> None:
-        self._conn.close()
+        if self._conn is not None:
+            self._conn.close()
 
     def __enter__(self) -> Store:
         return self
@@ -281,6 +364,9 @@ class Store:
     def _transaction(self) -> Iterator[sqlite3.Connection]:
         # IMMEDIATE takes the write lock up front: two writers queue on busy_timeout instead of
         # failing when a read lock would have to be upgraded.
+        if self._journal is not None:
+            raise HarnessError(f"this job records its writes to {self.path} for another process to make: "
+                               "it can only record them (add_*, set_*, log_training)")
         with self._reporting():
             self._conn.execute("BEGIN IMMEDIATE")
             try:
@@ -364,6 +450,7 @@ class Store:
             )
             return int(cur.lastrowid)
 
+    @_journaled
     def set_run_status(self, run_id: int, status: str, compute: dict | None = None) -> None:
         """Record a status change; ``compute`` figures are merged into the run's compute record.
 
@@ -382,6 +469,7 @@ class Store:
                  merged.get("unet_evals_per_sample"), run_id),
             )
 
+    @_journaled
     def add_compute(self, run_id: int, figures: dict[str, float]) -> None:
         """Add ``figures`` to the run's totals (e.g. the hours each of its jobs took, resumed attempts
         included): unlike ``set_run_status``'s, these accumulate."""
@@ -398,6 +486,7 @@ class Store:
             raise HarnessError(f"no run with id {run_id} in {self.path}")
         return json.loads(row[0])
 
+    @_journaled
     def add_checkpoint(self, run_id: int, step: int, path: str) -> None:
         with self._transaction() as conn:
             conn.execute(
@@ -406,6 +495,7 @@ class Store:
                 (run_id, int(step), str(path), _now()),
             )
 
+    @_journaled
     def log_training(self, run_id: int, rows: list[tuple[int, dict[str, float]]]) -> None:
         """Training log rows ``(step, {term: value})``; logging a step again overwrites it."""
         values = [(run_id, int(step), term, float(v)) for step, terms in rows for term, v in terms.items()]
@@ -416,6 +506,7 @@ class Store:
                 values,
             )
 
+    @_journaled
     def set_overlap(self, run_id: int, *, suite: str, n_overlap: int) -> None:
         with self._transaction() as conn:
             conn.execute(
@@ -424,6 +515,7 @@ class Store:
                 (run_id, suite, int(n_overlap)),
             )
 
+    @_journaled
     def set_training_signals(self, run_id: int, metrics: list[str], source: str) -> None:
         """Record that ``metrics`` shaped this run's training data; ``source`` says how (e.g.
         "experts ranked by hpsv2 (top 500)").  Replaces what the run had: one call records the
@@ -441,6 +533,7 @@ class Store:
                              [(run_id, metric, source) for metric in sorted(set(metrics))])
 
     # -- images and scores -------------------------------------------------------------------
+    @_journaled
     def add_images(self, run_id: int, *, suite: str, suite_version: str, split: str,
                    rows: list[dict]) -> None:
         """Record generated images (sampling manifest rows), keyed (run, suite, prompt_id, image_index).
@@ -472,6 +565,7 @@ class Store:
                      str(row["path"]), row["sha256"]),
                 )
 
+    @_journaled
     def add_scores(self, run_id: int, *, suite: str, rows: list[dict]) -> None:
         """Record scores of stored images, keyed (image, scorer, version); a rerun overwrites.
 

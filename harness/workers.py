@@ -150,12 +150,7 @@ class WorkerPool:
         return future
 
     def wait_any(self, futures: Collection[Future]) -> set[Future]:
-        """The futures that are done, once one is; a failed job's exception is raised here."""
-        done, _ = wait(futures, return_when=FIRST_COMPLETED)
-        for future in done:
-            if future.exception() is not None:
-                raise future.exception()
-        return done
+        return wait_any(futures)
 
     def results(self, futures: Sequence[Future]) -> list:
         """The futures' results in order, once all are done, or the first failure."""
@@ -173,6 +168,15 @@ class WorkerPool:
         if exc_type is not None:
             _stop_workers(self.executor)  # the other jobs stop too; a rerun resumes them from their checkpoints
         self.executor.shutdown(wait=True, cancel_futures=True)
+
+
+def wait_any(futures: Collection[Future]) -> set[Future]:
+    """The futures that are done, once one is; a failed job's exception is raised here."""
+    done, _ = wait(futures, return_when=FIRST_COMPLETED)
+    for future in done:
+        if future.exception() is not None:
+            raise future.exception()
+    return done
 
 
 def run_jobs(fn: Callable[[Job], Result], jobs: Sequence[Job], processes: int) -> list[Result]:

@@ -210,3 +210,27 @@ def test_sdxl_pipeline_generates_batch_independent_images(small_sdxl_dir, tmp_pa
     three = generate(pipe, suite, tmp_path / "b3", batch_size=3, progress=False, **settings)
     assert one == three
     assert Image.open(tmp_path / "b1" / one[0]["path"]).size == (128, 128)
+
+
+def test_shards_generated_apart_merge_to_the_same_bytes(pipe, tmp_path):
+    """``shard=(r, W)`` (the Ray backend's split of a suite: independent jobs, no process group): each shard
+    makes whole batches of a one-process run and returns its own rows, in any order, and ``merge_shards``
+    writes that run's manifest; the bytes are that run's even where the model's numbers depend on the batch."""
+    from harness.sampling import merge_shards, shard_count
+
+    whole = generate(pipe, case_suite(), tmp_path / "whole", batch_size=3, progress=False, **SETTINGS)
+    assert shard_count(len(case_suite()), SETTINGS["images_per_prompt"], 3) == 4  # 10 images in batches of 3
+    out = tmp_path / "shards"
+    parts = {r: generate(pipe, case_suite(), out, batch_size=3, progress=False, shard=(r, 3), **SETTINGS)
+             for r in (2, 0, 1)}
+    assert {r: [row["path"] for row in part] for r, part in parts.items()} == {
+        0: ["00000_00.png", "00000_01.png", "00001_00.png", "00004_01.png"],  # batches 0 and 3
+        1: ["00001_01.png", "00002_00.png", "00002_01.png"],
+        2: ["00003_00.png", "00003_01.png", "00004_00.png"]}
+    assert not (out / MANIFEST_NAME).exists()
+    rows = merge_shards(out, [row for part in parts.values() for row in part])
+    assert rows == whole and (out / MANIFEST_NAME).read_bytes() == (tmp_path / "whole" / MANIFEST_NAME).read_bytes()
+    assert all((out / r["path"]).read_bytes() == (tmp_path / "whole" / r["path"]).read_bytes() for r in rows)
+    assert sorted(p.name for p in out.iterdir()) == sorted([MANIFEST_NAME] + [r["path"] for r in rows])
+    with pytest.raises(HarnessError, match="shard must be"):
+        generate(pipe, case_suite(), out, batch_size=3, progress=False, shard=(3, 3), **SETTINGS)

@@ -323,3 +323,51 @@ def test_export_rejects_unknown_format_and_missing_results(results_dir: Path, tm
     with pytest.raises(HarnessError, match="no results database"):
         export(tmp_path / "nothing-here", tmp_path / "out", "csv")
 
+
+
+def test_a_journal_records_a_jobs_writes_for_the_owner_of_the_database_to_make(tmp_path: Path) -> None:
+    """A job on a Ray worker must not open results.db (another machine: SQLite's locks do not hold):
+    its Store records its writes in a journal file, which the driver replays into the database."""
+    from harness.store import StoreJournal
+
+    db = tmp_path / "out" / "results.db"
+    with Store(db) as store:
+        run_id = new_run(store, "dpo")
+    rows = manifest_rows(tmp_path / "out", "dpo", "toy-seen")
+    journal = StoreJournal(tmp_path / "journal.jsonl")
+
+    def job() -> None:  # what harness.run's job functions do, in a worker
+        with Store(db) as store:
+            store.set_run_status(run_id, "running")
+            store.log_training(run_id, [(0, {"loss": 0.5}), (1, {"loss": 0.25})])
+            store.add_images(run_id, suite="toy-seen", suite_version="v", split="seen", rows=rows)
+            store.add_scores(run_id, suite="toy-seen", rows=score_rows("dpo", "toy-seen"))
+            store.add_compute(run_id, {"cpu_hours": 0.5})
+            with pytest.raises(HarnessError, match="can only record"):
+                store.get_or_create_run("sft", method="sft", preset=None, base_model="m", config={})
+
+    with journal.recording():
+        job()
+    assert len(journal.entries()) == 5
+    with Store(db, readonly=True) as store:
+        assert store.images_frame().empty and store.training_frame().empty  # nothing was written yet
+    # A worker killed mid-line; its retry appends after the half line.
+    with open(journal.path, "a") as f:
+        f.write('{"write": "add_compute", "args": [')
+    assert len(journal.entries()) == 5
+    with journal.recording():
+        with Store(db) as store:
+            store.set_run_status(run_id, "trained", {"wall_s": 2.0})
+
+    with Store(db) as store:
+        made = journal.replay(store, journal.replay(store, 0) - 1)  # the last write twice: an upsert
+        assert made == 6
+        assert len(store.images_frame()) == len(rows) and len(store.scores_frame()) == len(rows) * len(SCORERS)
+        assert store.training_frame()["value"].tolist() == [0.5, 0.25]
+        run = store.runs_frame().set_index("method").loc["dpo"]
+        assert run["status"] == "trained" and json.loads(run["compute"]) == {"cpu_hours": 0.5, "wall_s": 2.0}
+
+    in_memory = StoreJournal()
+    with in_memory.recording(), Store(db) as store:
+        store.add_checkpoint(run_id, 2, "models/dpo/checkpoint-2")
+    assert in_memory.entries() == [{"write": "add_checkpoint", "args": [run_id, 2, "models/dpo/checkpoint-2"], "kwargs": {}}]

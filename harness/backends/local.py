@@ -1,0 +1,36 @@
+"""The local backend: the run's jobs on this machine's worker processes (``harness.workers``)."""
+
+from __future__ import annotations
+
+from concurrent.futures import Future
+from typing import Any, Collection
+
+from harness.workers import WorkerPool
+
+
+class LocalBackend:
+    """A training is one job, a model's evaluation another, each on the first free worker."""
+
+    def __init__(self, processes: int) -> None:
+        self.pool = WorkerPool(processes)
+        self.gpus = self.pool.gpus
+        self.description = f"{processes} jobs at a time"
+
+    def train(self, job: Any) -> Future:
+        from harness.run import _train
+
+        return self.pool.submit(_train, job)
+
+    def evaluate(self, job: Any) -> Future:
+        from harness.run import _evaluate
+
+        return self.pool.submit(_evaluate, job)
+
+    def wait_any(self, futures: Collection[Future]) -> set[Future]:
+        return self.pool.wait_any(futures)
+
+    def __enter__(self) -> LocalBackend:
+        return self
+
+    def __exit__(self, exc_type: type | None, *exc_info: object) -> None:
+        self.pool.__exit__(exc_type, *exc_info)

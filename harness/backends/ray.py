@@ -1,0 +1,363 @@
+"""`harness run --backend ray`: the run's jobs on a Ray cluster, with the local run's results.
+
+What runs where:
+- The driver (the `harness run` process) plans the run, makes the toy world's data and is the
+  one writer of ``results.db`` and of the score cache: a worker may be on another machine, where
+  SQLite's locks on the shared results directory do not hold.
+- A method's training is one Ray task asking for a GPU (a CPU on a CPU cluster).  It runs the
+  local job (``harness.run._train``) with its store writes recorded in a journal file in the
+  results directory (``harness.store.StoreJournal``), which the driver makes while the training
+  runs (the dashboard shows live curves) and at its end.
+- A model's evaluation is split: one shard per free GPU (CPU), each a task that loads the pipeline
+  once and generates its part of every suite (``generate(..., shard=)``: whole batches of the
+  one-process run, each image with its seed, so the bytes are that run's); the driver merges the
+  shards' manifests and records the images; then scorer actors, one per free GPU (CPU), each
+  loading a scorer once, score what the score cache lacks, reading the images from the results
+  directory.
+  The driver asks for the scores in the local run's batches, so they are the same numbers.
+
+A worker process that dies (killed, out of memory, its machine lost) is retried by Ray (a task
+runs again, an actor restarts and its call runs again), up to ``RETRIES`` times; the retry
+resumes as a rerun does (checkpoints, generation journals, the score cache), so the results do
+not change and no row is written twice.  A job that fails (a Python exception) stops the run,
+as locally; rerun the same command to resume.  On a CPU every job runs with one thread, as
+locally (``harness.workers``), so the numbers are the local run's.
+
+The results directory (``--out``) must be on storage every node sees at the same path, and so
+must ``--plugin`` files and local model directories (docs/scaling.md).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import logging
+import math
+import os
+import sys
+import threading
+from collections.abc import Callable, Collection
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar
+
+import ray
+
+from harness.errors import HarnessError
+from harness.workers import wait_any
+
+RETRIES = 3  # times a job whose worker died runs again
+JOURNAL_POLL_S = 5.0  # how often the driver makes the writes a running training recorded
+SCORE_BATCH = 16  # images per scorer call: harness.scoring.score_images' batch, as in the local run
+JOURNALS = ".ray-journals"  # under the results directory: the trainings' recorded store writes
+_POLL_S = 1.0  # how often a waiting driver thread checks that the run goes on
+
+Result = TypeVar("Result")
+
+
+class RayBackend:
+    """Jobs on a Ray cluster: the one at ``address`` ("auto", HOST:PORT), or one started here (None)."""
+
+    def __init__(self, address: str | None) -> None:
+        from harness.registry import loaded_plugins
+
+        self.started_here = not ray.is_initialized()
+        if self.started_here:
+            try:
+                context = ray.init(address=address, logging_level=logging.WARNING)
+            except ConnectionError as exc:
+                raise HarnessError(f"--address {address}: {_first_line(exc)}") from None
+            dashboard = context.dashboard_url
+        else:  # a caller (a test, a notebook) connected this process already
+            dashboard = None
+        resources = ray.cluster_resources()
+        self.gpus = int(resources.get("GPU", 0))
+        self.description = (f"on Ray ({int(resources.get('CPU', 0))} CPUs, {self.gpus} GPUs"
+                            + (f"; dashboard http://{dashboard}" if dashboard else "") + ")")
+        # What one job asks for: a GPU, or a CPU on a CPU cluster (one thread each, as locally).
+        self.slot = {"num_cpus": 1, "num_gpus": 1 if self.gpus else 0}
+        self.setup = _WorkerSetup(cwd=os.getcwd(), plugins=loaded_plugins())
+        self.stopping = threading.Event()
+        # The driver's side of each job (waiting, writing the results) runs on a thread of its own.
+        self.threads = ThreadPoolExecutor(max_workers=64, thread_name_prefix="ray-job")
+
+    # -- the two kinds of job -------------------------------------------------------------------------
+    def train(self, job: Any) -> Future:
+        return self.threads.submit(self._train, job)
+
+    def evaluate(self, job: Any) -> Future:
+        return self.threads.submit(self._evaluate, job)
+
+    def wait_any(self, futures: Collection[Future]) -> set[Future]:
+        return wait_any(futures)
+
+    def _train(self, job: Any) -> Any:
+        from harness.run import _train
+        from harness.store import Store, StoreJournal
+
+        journal = StoreJournal(job.options.out / JOURNALS / f"{job.model.method}-training.jsonl")
+        ref = _recorded.options(**self.slot, max_retries=RETRIES).remote(_train, job, journal, self.setup)
+        with Store(job.options.out / "results.db") as store:
+            made = 0
+            while not self._ready(ref, timeout=JOURNAL_POLL_S):
+                made = journal.replay(store, made)
+            journal.replay(store, made)
+        journal.path.unlink(missing_ok=True)  # made: a rerun must not add its compute figures again
+        return self._result(ref, f"{job.model.method}'s training")
+
+    def _evaluate(self, job: Any) -> None:
+        from harness.store import Store
+
+        model, out = job.model, job.options.out
+        n_shards = max(1, min(self._free_slots(), _most_batches(job)))
+        job.stage(f"{model.method}: generation, {n_shards} shard{'s' * (n_shards > 1)}")
+        refs = [_generate_shard.options(**self.slot, max_retries=RETRIES)
+                .remote(dataclasses.replace(job, shard=(r, n_shards)), self.setup) for r in range(n_shards)]
+        shards = [self._result(ref, f"{model.method}'s generation, shard {r} of {n_shards}")
+                  for r, ref in enumerate(refs)]
+        suites = _merged_images(out, [entries for entries, _ in shards])
+        with Store(out / "results.db") as store:
+            for images in suites:
+                store.add_images(model.run_id, **images)
+            job.stage(f"{model.method}: scoring")
+            scoring_cost = self._score(job, suites, store)
+            store.add_compute(model.run_id, _total([cost for _, cost in shards] + [scoring_cost]))
+
+    def _score(self, job: Any, suites: list[dict], store: Any) -> dict[str, float]:
+        """Score every image with every scorer (what the cache lacks, on scorer actors); returns their cost."""
+        from harness.scoring import score_images
+        from harness.scoring.cache import ScoreCache
+
+        options = job.options
+        n_images = sum(len(images["rows"]) for images in suites)
+        actors = [_Scorers.options(**self.slot, max_restarts=RETRIES, max_task_retries=RETRIES).remote(self.setup)
+                  for _ in range(max(1, min(self._free_slots(), math.ceil(n_images / SCORE_BATCH))))]
+        try:
+            with ScoreCache(options.out / "cache" / "scores.sqlite") as cache:
+                for name in options.scorers or job.preset.scorers:
+                    scorer = _RemoteScorer(self, actors, name, options.scorer_options.get(name, {}))
+                    for images in suites:
+                        rows = images["rows"]
+                        values = score_images(scorer, [_ImageFile(options.out / row["path"]) for row in rows],
+                                              [row["prompt"] for row in rows], [row["sha256"] for row in rows],
+                                              cache=cache, batch_size=len(rows))  # the scorer splits the batches
+                        store.add_scores(job.model.run_id, suite=images["suite"], rows=[
+                            {"prompt_id": row["prompt_id"], "image_index": row["image_index"], "scorer": scorer.name,
+                             "version": scorer.version, "scale": scorer.scale, "value": value}
+                            for row, value in zip(rows, values)])
+            return _total([self._result(actor.cost.remote(), "a scorer's cost") for actor in actors])
+        finally:
+            for actor in actors:
+                ray.kill(actor)
+
+    # -- waiting for Ray --------------------------------------------------------------------------------
+    def _ready(self, ref: Any, timeout: float) -> bool:
+        """Whether ``ref``'s job has ended, after waiting up to ``timeout`` s (a stopping run cancels it)."""
+        waited = 0.0
+        while waited < timeout:
+            if self.stopping.is_set():
+                with contextlib.suppress(ValueError):  # an actor's call cannot be forced: its actor is killed
+                    ray.cancel(ref, force=True)
+                raise HarnessError("stopped: another job of the run failed")
+            done, _ = ray.wait([ref], timeout=min(_POLL_S, timeout - waited))
+            if done:
+                return True
+            waited += _POLL_S
+        return False
+
+    def _result(self, ref: Any, what: str) -> Any:
+        """``ref``'s value once its job ends; its error as the job raised it (a HarnessError stays one line)."""
+        while not self._ready(ref, timeout=_POLL_S):
+            pass
+        try:
+            return ray.get(ref)
+        except ray.exceptions.RayTaskError as exc:
+            raise (exc.cause if isinstance(exc.cause, BaseException) else exc) from None
+        except ray.exceptions.RayError as exc:  # the worker died more often than Ray retries
+            raise HarnessError(f"{what} failed on Ray after {RETRIES} retries: {_first_line(exc)}; rerun the "
+                               "same command to resume") from None
+
+    def _free_slots(self) -> int:
+        return int(ray.available_resources().get("GPU" if self.gpus else "CPU", 0))
+
+    def __enter__(self) -> RayBackend:
+        return self
+
+    def __exit__(self, exc_type: type | None, *exc_info: object) -> None:
+        if exc_type is not None:
+            self.stopping.set()  # the other jobs stop too; a rerun resumes them
+        self.threads.shutdown(wait=True, cancel_futures=True)
+        if self.started_here:
+            ray.shutdown()
+
+
+# -- what runs on the workers --------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class _WorkerSetup:
+    """What a Ray worker takes from the driver to run jobs as a local worker does."""
+
+    cwd: str  # relative paths (--out runs) mean what they mean to the driver
+    plugins: list[str]
+
+    def apply(self) -> None:
+        from harness.registry import load_plugin, loaded_plugins
+
+        if os.path.isdir(self.cwd):
+            os.chdir(self.cwd)
+        for plugin in self.plugins:
+            if plugin not in loaded_plugins():
+                load_plugin(plugin)
+
+
+def _one_thread() -> Any:
+    import torch
+
+    from harness.workers import one_cpu_thread
+
+    return one_cpu_thread(on_gpu=torch.cuda.is_available())
+
+
+@ray.remote
+def _recorded(fn: Callable[[Any], Result], job: Any, journal: Any, setup: _WorkerSetup) -> Result:
+    """``fn(job)`` with its store writes recorded in ``journal``."""
+    from harness.workers import quiet_libraries
+
+    setup.apply()
+    quiet_libraries()
+    with journal.recording(), _one_thread():
+        return fn(job)
+
+
+@ray.remote
+def _generate_shard(job: Any, setup: _WorkerSetup) -> tuple[list[dict], dict[str, float]]:
+    """Generate ``job.shard`` of the model's suites; returns the store writes that record it, and its cost."""
+    from harness.compute import JobClock
+    from harness.run import _generate
+    from harness.store import Store, StoreJournal
+    from harness.workers import quiet_libraries
+
+    setup.apply()
+    quiet_libraries()
+    clock = JobClock()
+    journal = StoreJournal()
+    with journal.recording(), _one_thread(), Store(job.options.out / "results.db") as store:
+        _generate(job.model, job, store)
+    return journal.entries(), clock.figures("eval")
+
+
+@ray.remote
+class _Scorers:
+    """Scores image files with the run's scorers, each loaded once, at its first use."""
+
+    def __init__(self, setup: _WorkerSetup) -> None:
+        from harness.compute import JobClock
+
+        setup.apply()
+        self.clock = JobClock(on_gpu=_on_gpu())
+        self.scorers: dict[str, Any] = {}
+
+    def _scorer(self, name: str, locations: dict[str, Any]) -> Any:
+        from harness.scoring import get_scorer
+
+        key = json.dumps([name, locations], sort_keys=True)
+        if key not in self.scorers:
+            self.scorers[key] = get_scorer(name, **locations)
+            if "transformers" in sys.modules:  # a model scorer: its libraries' load bars are noise
+                from harness.workers import quiet_libraries
+
+                quiet_libraries()
+        return self.scorers[key]
+
+    def identity(self, name: str, locations: dict[str, Any]) -> tuple[str, str, str]:
+        scorer = self._scorer(name, locations)
+        return scorer.name, scorer.version, scorer.scale
+
+    def score(self, name: str, locations: dict[str, Any], paths: list[str], prompts: list[str]) -> list[float]:
+        from harness.scoring import score_images
+
+        scorer = self._scorer(name, locations)
+        with _threads_as_locally():
+            # The paths stand in for the content keys: the driver looked the cache up already.
+            return score_images(scorer, paths, prompts, keys=paths, batch_size=len(paths))
+
+    def cost(self) -> dict[str, float]:
+        return self.clock.figures("eval")
+
+
+def _on_gpu() -> bool:
+    return bool(ray.get_gpu_ids())
+
+
+def _threads_as_locally() -> Any:
+    """One thread on a CPU, if the scorer uses torch (the toy world's programmatic rewards do not)."""
+    from contextlib import nullcontext
+
+    return _one_thread() if "torch" in sys.modules else nullcontext()
+
+
+# -- the driver's side of an evaluation -------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class _ImageFile:
+    """An image the scorer actors read from the results directory: the driver never opens it."""
+
+    path: Path
+
+
+class _RemoteScorer:
+    """The driver's handle on a scorer loaded on the actors: ``score`` spreads the batches over them."""
+
+    def __init__(self, backend: RayBackend, actors: list[Any], name: str, locations: dict[str, Any]) -> None:
+        self.backend, self.actors, self.locations = backend, actors, locations
+        self.name, self.version, self.scale = backend._result(actors[0].identity.remote(name, locations),
+                                                              f"loading scorer {name}")
+
+    def score(self, images: list[_ImageFile], prompts: list[str]) -> list[float]:
+        refs = [self.actors[i % len(self.actors)].score.remote(
+                    self.name, self.locations, [str(image.path) for image in images[start:start + SCORE_BATCH]],
+                    prompts[start:start + SCORE_BATCH])
+                for i, start in enumerate(range(0, len(images), SCORE_BATCH))]
+        return [value for ref in refs for value in self.backend._result(ref, f"scoring with {self.name}")]
+
+
+def _most_batches(job: Any) -> int:
+    """The batches of the model's largest suite in a one-process run: more shards would have nothing to do."""
+    from harness.run import load_suite
+    from harness.sampling import shard_count
+
+    options, settings = job.options, job.preset.generation
+    suites = [load_suite(name, options.max_prompts or job.preset.max_prompts) for name in options.suites or job.preset.suites]
+    return max(shard_count(len(suite), options.images_per_prompt or settings.images_for(suite.name), settings.batch_size)
+               for suite in suites)
+
+
+def _merged_images(out: Path, shards: list[list[dict]]) -> list[dict]:
+    """The ``add_images`` calls the shards recorded, one per suite with every shard's rows in prompt order;
+    each suite's manifest written from them (``harness.sampling.merge_shards``)."""
+    from harness.sampling import merge_shards
+
+    suites: dict[str, dict] = {}
+    for entries in shards:
+        for entry in entries:
+            if entry["write"] != "add_images":
+                raise HarnessError(f"a generation shard made a store write the driver does not merge: {entry['write']}")
+            images = entry["kwargs"]
+            suites.setdefault(images["suite"], {**images, "rows": []})["rows"] += images["rows"]
+    for images in suites.values():
+        # The store's paths are relative to the results directory, the manifest's to the suite's folder.
+        folder = Path(images["rows"][0]["path"]).parent
+        manifest = merge_shards(out / folder, [{**row, "path": Path(row["path"]).name} for row in images["rows"]])
+        images["rows"] = [{**row, "path": str(folder / row["path"])} for row in manifest]
+    return list(suites.values())
+
+
+def _total(costs: list[dict[str, float]]) -> dict[str, float]:
+    total: dict[str, float] = {}
+    for cost in costs:
+        for key, value in cost.items():
+            total[key] = total.get(key, 0.0) + value
+    return total
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]

@@ -1,0 +1,92 @@
+"""`harness run --backend ray` on a real local Ray cluster: the local run's results, byte for byte, also
+when a worker dies in the middle of a job (Ray retries it)."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from conftest import harness_cli
+
+ray = pytest.importorskip("ray", reason="the Ray backend needs Ray: pip install '.[ray]'")
+
+# Four images per prompt: 16 a suite, two batches of the tiny preset's 8, so an evaluation splits into
+# two shards when both CPUs of the cluster are free.
+RUN = ("run", "--preset", "tiny", "--methods", "dpo", "--images-per-prompt", "4")
+
+
+@pytest.fixture(scope="module")
+def local_run(tmp_path_factory: pytest.TempPathFactory, harness_cache: Path) -> Path:
+    """The reference: the same run on the local backend (the default)."""
+    out = tmp_path_factory.mktemp("local") / "out"
+    result = harness_cli(*RUN, "--out", str(out))
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return out
+
+
+@pytest.fixture
+def cluster_address(harness_cache: Path):
+    """A local Ray cluster of two CPUs on 127.0.0.1 (its workers get this process's environment:
+    HARNESS_CACHE, PYTHONPATH), shut down after the test."""
+    context = ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1",
+                       logging_level="WARNING")
+    yield context.address_info["gcs_address"]
+    ray.shutdown()
+
+
+def leaderboard_json(out: Path) -> str:
+    """What `harness leaderboard --out OUT --format json` prints."""
+    from harness.run import leaderboard
+
+    return json.dumps(leaderboard(out), indent=2)
+
+
+def results(out: Path) -> dict[str, object]:
+    """What a finished run recorded, keyed so that a row written twice would show."""
+    db = sqlite3.connect(out / "results.db")
+    images = db.execute("SELECT r.method, i.suite, i.prompt_id, i.image_index, i.seed, i.path, i.sha256 "
+                        "FROM images i JOIN runs r USING (run_id) ORDER BY 1, 2, 3, 4").fetchall()
+    scores = db.execute("SELECT r.method, i.suite, i.prompt_id, i.image_index, s.scorer, s.version, s.value "
+                        "FROM scores s JOIN images i USING (image_id) JOIN runs r USING (run_id) "
+                        "ORDER BY 1, 2, 3, 4, 5").fetchall()
+    training = db.execute("SELECT r.method, t.step, t.term, t.value FROM training_log t JOIN runs r USING (run_id) "
+                          "ORDER BY 1, 2, 3").fetchall()
+    statuses = db.execute("SELECT method, status FROM runs ORDER BY 1").fetchall()
+    db.close()
+    manifests = {str(path.relative_to(out)): path.read_bytes() for path in sorted(out.glob("images/*/*/manifest.jsonl"))}
+    return {"images": images, "scores": scores, "training": training, "statuses": statuses, "manifests": manifests,
+            "files": sorted(str(path.relative_to(out)) for path in out.glob("images/**/*") if path.is_file())}
+
+
+def assert_same_results(out: Path, reference: Path) -> None:
+    assert leaderboard_json(out) == leaderboard_json(reference)
+    ours, theirs = results(out), results(reference)
+    assert len(ours["images"]) == 2 * 2 * 4 * 4 and len(ours["scores"]) == 2 * len(ours["images"])  # no row twice
+    for what in theirs:
+        assert ours[what] == theirs[what], what
+    assert not (out / ".ray-journals").exists() or not any((out / ".ray-journals").iterdir())
+
+
+def test_a_ray_run_gives_the_local_results_byte_for_byte(local_run, cluster_address, tmp_path):
+    out = tmp_path / "out"
+    result = harness_cli(*RUN, "--backend", "ray", "--address", cluster_address, "--out", str(out))
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "on Ray (2 CPUs, 0 GPUs)" in result.stdout
+    assert "base: generation, 2 shards" in result.stdout  # the cluster was idle: both CPUs took a shard
+    assert_same_results(out, local_run)
+
+
+def test_a_killed_worker_is_retried_and_the_results_do_not_change(local_run, tmp_path):
+    """The run starts its own Ray instance (no --address); two of its workers die mid-job."""
+    markers = tmp_path / "kills"
+    markers.mkdir()
+    plugin = Path(__file__).with_name("ray_kill_plugin.py")
+    out = tmp_path / "out"
+    result = harness_cli("--plugin", str(plugin), *RUN, "--backend", "ray", "--out", str(out),
+                         env={"RAY_KILL_MARKERS": str(markers)})
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert sorted(path.name for path in markers.iterdir()) == ["scoring", "training"]
+    assert_same_results(out, local_run)
