@@ -67,7 +67,7 @@ def assert_same_results(out: Path, reference: Path) -> None:
     assert len(ours["images"]) == 2 * 2 * 4 * 4 and len(ours["scores"]) == 2 * len(ours["images"])  # no row twice
     for what in theirs:
         assert ours[what] == theirs[what], what
-    assert not (out / ".ray-journals").exists() or not any((out / ".ray-journals").iterdir())
+    assert not (out / ".ray-journals").exists()  # every training's recorded writes were made
 
 
 def test_a_ray_run_gives_the_local_results_byte_for_byte(local_run, cluster_address, tmp_path):

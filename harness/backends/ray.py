@@ -65,9 +65,11 @@ class RayBackend:
         self.started_here = not ray.is_initialized()
         if self.started_here:
             try:
-                context = ray.init(address=address, logging_level=logging.WARNING)
+                # "local": a new instance on this machine, never one that happens to run here already.
+                context = ray.init(address=address or "local", logging_level=logging.WARNING)
             except ConnectionError as exc:
-                raise HarnessError(f"--address {address}: {_first_line(exc)}") from None
+                where = f"--address {address}" if address else "starting Ray on this machine"
+                raise HarnessError(f"{where}: {_first_line(exc)}") from None
             dashboard = context.dashboard_url
         else:  # a caller (a test, a notebook) connected this process already
             dashboard = None
@@ -104,6 +106,8 @@ class RayBackend:
                 made = journal.replay(store, made)
             journal.replay(store, made)
         journal.path.unlink(missing_ok=True)  # made: a rerun must not add its compute figures again
+        with contextlib.suppress(OSError):  # the last training's journal leaves no folder behind
+            journal.path.parent.rmdir()
         return self._result(ref, f"{job.model.method}'s training")
 
     def _evaluate(self, job: Any) -> None:
