@@ -5,17 +5,21 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import time
 from pathlib import Path
 
 import pytest
 
 from conftest import harness_cli
+from harness.errors import HarnessError
 
 ray = pytest.importorskip("ray", reason="the Ray backend needs Ray: pip install '.[ray]'")
 
-# Four images per prompt: 16 a suite, two batches of the tiny preset's 8, so an evaluation splits into
-# two shards when both CPUs of the cluster are free.
-RUN = ("run", "--preset", "tiny", "--methods", "dpo", "--images-per-prompt", "4")
+# Three images per prompt: 12 a suite, batches of 8 and 4 (the tiny preset's batch is 8), so an evaluation
+# splits into two shards when both CPUs of the cluster are free, and each shard must keep the one-process
+# run's batches: the tiny model's numbers depend on the batch size.
+IMAGES_PER_PROMPT = 3
+RUN = ("run", "--preset", "tiny", "--methods", "dpo", "--images-per-prompt", str(IMAGES_PER_PROMPT))
 
 
 @pytest.fixture(scope="module")
@@ -27,10 +31,10 @@ def local_run(tmp_path_factory: pytest.TempPathFactory, harness_cache: Path) -> 
     return out
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def cluster_address(harness_cache: Path):
-    """A local Ray cluster of two CPUs on 127.0.0.1 (its workers get this process's environment:
-    HARNESS_CACHE, PYTHONPATH), shut down after the test."""
+    """A local Ray cluster of two CPUs on 127.0.0.1, this process connected (its workers get this process's
+    environment: HARNESS_CACHE, PYTHONPATH), shut down after the module's tests."""
     context = ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1",
                        logging_level="WARNING")
     yield context.address_info["gcs_address"]
@@ -64,10 +68,38 @@ def results(out: Path) -> dict[str, object]:
 def assert_same_results(out: Path, reference: Path) -> None:
     assert leaderboard_json(out) == leaderboard_json(reference)
     ours, theirs = results(out), results(reference)
-    assert len(ours["images"]) == 2 * 2 * 4 * 4 and len(ours["scores"]) == 2 * len(ours["images"])  # no row twice
+    # Two models, two suites of four prompts, two scorers: no row twice.
+    assert len(ours["images"]) == 2 * 2 * 4 * IMAGES_PER_PROMPT and len(ours["scores"]) == 2 * len(ours["images"])
     for what in theirs:
         assert ours[what] == theirs[what], what
     assert not (out / ".ray-journals").exists()  # every training's recorded writes were made
+
+
+def test_a_jobs_error_comes_back_as_it_was_raised_and_a_stopping_run_stops_waiting(cluster_address):
+    """Every job's outcome reaches the run through ``RayBackend._result``: a HarnessError raised on a worker
+    is the same one-line error in the driver (not Ray's wrapper with its traceback), and once another job
+    failed (``stopping``) no thread keeps waiting for its job."""
+    from harness.backends.ray import RayBackend
+
+    def fail() -> None:
+        raise HarnessError("--data './nope' does not exist")
+
+    def wait() -> None:
+        time.sleep(60)
+
+    backend = RayBackend(None)  # this process is connected already: the backend uses that cluster
+    assert not backend.started_here and backend.description == "on Ray (2 CPUs, 0 GPUs)"
+    with pytest.raises(HarnessError) as raised:
+        backend._result(ray.remote(fail).remote(), "a job")
+    assert str(raised.value) == "--data './nope' does not exist"
+    sleeping = ray.remote(wait).remote()
+    backend.stopping.set()
+    started = time.perf_counter()
+    with pytest.raises(HarnessError, match="stopped: another job of the run failed"):
+        backend._result(sleeping, "a job")
+    assert time.perf_counter() - started < 10
+    backend.__exit__(None, None, None)
+    assert ray.is_initialized()  # a cluster the backend did not start stays up
 
 
 def test_a_ray_run_gives_the_local_results_byte_for_byte(local_run, cluster_address, tmp_path):

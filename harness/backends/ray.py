@@ -13,8 +13,7 @@ What runs where:
   one-process run, each image with its seed, so the bytes are that run's); the driver merges the
   shards' manifests and records the images; then scorer actors, one per free GPU (CPU), each
   loading a scorer once, score what the score cache lacks, reading the images from the results
-  directory.
-  The driver asks for the scores in the local run's batches, so they are the same numbers.
+  directory, in the local run's batches (the same numbers).
 
 A worker process that dies (killed, out of memory, its machine lost) is retried by Ray (a task
 runs again, an actor restarts and its call runs again), up to ``RETRIES`` times; the retry
@@ -44,12 +43,13 @@ from typing import Any, TypeVar
 
 import ray
 
+from harness.compute import GPUS_PER_JOB
 from harness.errors import HarnessError
+from harness.scoring.cache import SCORE_BATCH
 from harness.workers import wait_any
 
 RETRIES = 3  # times a job whose worker died runs again
 JOURNAL_POLL_S = 5.0  # how often the driver makes the writes a running training recorded
-SCORE_BATCH = 16  # images per scorer call: harness.scoring.score_images' batch, as in the local run
 JOURNALS = ".ray-journals"  # under the results directory: the trainings' recorded store writes
 _POLL_S = 1.0  # how often a waiting driver thread checks that the run goes on
 
@@ -78,7 +78,7 @@ class RayBackend:
         self.description = (f"on Ray ({int(resources.get('CPU', 0))} CPUs, {self.gpus} GPUs"
                             + (f"; dashboard http://{dashboard}" if dashboard else "") + ")")
         # What one job asks for: a GPU, or a CPU on a CPU cluster (one thread each, as locally).
-        self.slot = {"num_cpus": 1, "num_gpus": 1 if self.gpus else 0}
+        self.slot = {"num_cpus": 1, "num_gpus": GPUS_PER_JOB if self.gpus else 0}
         self.setup = _WorkerSetup(cwd=os.getcwd(), plugins=loaded_plugins())
         self.stopping = threading.Event()
         # The driver's side of each job (waiting, writing the results) runs on a thread of its own.
@@ -295,9 +295,7 @@ def _on_gpu() -> bool:
 
 def _threads_as_locally() -> Any:
     """One thread on a CPU, if the scorer uses torch (the toy world's programmatic rewards do not)."""
-    from contextlib import nullcontext
-
-    return _one_thread() if "torch" in sys.modules else nullcontext()
+    return _one_thread() if "torch" in sys.modules else contextlib.nullcontext()
 
 
 # -- the driver's side of an evaluation -------------------------------------------------------------------

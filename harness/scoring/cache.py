@@ -31,6 +31,7 @@ CREATE TABLE IF NOT EXISTS scores (
 """
 # SQLite limits the number of bound parameters per statement; look keys up in chunks.
 _LOOKUP_CHUNK = 500
+SCORE_BATCH = 16  # images per scorer call (the Ray backend asks its scorer actors for the same batches)
 
 
 def _text_sha256(text: str) -> str:
@@ -115,7 +116,7 @@ def score_images(
     prompts: Sequence[str],
     keys: Sequence[str] | None = None,
     cache: ScoreCache | None = None,
-    batch_size: int = 16,
+    batch_size: int = SCORE_BATCH,
 ) -> list[float]:
     """Score every (image, prompt), computing only what ``cache`` lacks; one float per image.
 
