@@ -1,10 +1,12 @@
-"""`harness run --backend ray` on a real local Ray cluster: the local run's results, byte for byte, also
-when a worker dies in the middle of a job (Ray retries it)."""
+"""`harness run --backend ray` on a real local Ray cluster: the local run's results, byte for byte, with
+workers killed in the middle of their jobs on the way (Ray retries them)."""
 
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
+import subprocess
 import time
 from pathlib import Path
 
@@ -20,6 +22,7 @@ ray = pytest.importorskip("ray", reason="the Ray backend needs Ray: pip install 
 # run's batches: the tiny model's numbers depend on the batch size.
 IMAGES_PER_PROMPT = 3
 RUN = ("run", "--preset", "tiny", "--methods", "dpo", "--images-per-prompt", str(IMAGES_PER_PROMPT))
+PLUGIN = Path(__file__).with_name("ray_kill_plugin.py")
 
 
 @pytest.fixture(scope="module")
@@ -32,13 +35,32 @@ def local_run(tmp_path_factory: pytest.TempPathFactory, harness_cache: Path) -> 
 
 
 @pytest.fixture(scope="module")
-def cluster_address(harness_cache: Path):
-    """A local Ray cluster of two CPUs on 127.0.0.1, this process connected (its workers get this process's
-    environment: HARNESS_CACHE, PYTHONPATH), shut down after the module's tests."""
-    context = ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1",
-                       logging_level="WARNING")
-    yield context.address_info["gcs_address"]
+def cluster(tmp_path_factory: pytest.TempPathFactory, harness_cache: Path):
+    """A local Ray cluster of two CPUs on 127.0.0.1, this process connected, shut down after the module.
+
+    Its workers get this process's environment (HARNESS_CACHE, PYTHONPATH), and the kill plugin's marker
+    folder.  Yields (address, marker folder)."""
+    markers = tmp_path_factory.mktemp("kills")
+    previous = os.environ.get("RAY_KILL_MARKERS")
+    os.environ["RAY_KILL_MARKERS"] = str(markers)
+    context = ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", logging_level="WARNING")
+    yield context.address_info["gcs_address"], markers
     ray.shutdown()
+    if previous is None:
+        del os.environ["RAY_KILL_MARKERS"]
+    else:
+        os.environ["RAY_KILL_MARKERS"] = previous
+
+
+@pytest.fixture(scope="module")
+def ray_run(cluster, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess]:
+    """The same run on the cluster (``--address``), where two workers SIGKILL themselves mid-job
+    (tests/ray_kill_plugin.py): a training task and a scorer actor."""
+    address, _ = cluster
+    out = tmp_path_factory.mktemp("ray") / "out"
+    result = harness_cli("--plugin", str(PLUGIN), *RUN, "--backend", "ray", "--address", address, "--out", str(out))
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return out, result
 
 
 def leaderboard_json(out: Path) -> str:
@@ -65,17 +87,7 @@ def results(out: Path) -> dict[str, object]:
             "files": sorted(str(path.relative_to(out)) for path in out.glob("images/**/*") if path.is_file())}
 
 
-def assert_same_results(out: Path, reference: Path) -> None:
-    assert leaderboard_json(out) == leaderboard_json(reference)
-    ours, theirs = results(out), results(reference)
-    # Two models, two suites of four prompts, two scorers: no row twice.
-    assert len(ours["images"]) == 2 * 2 * 4 * IMAGES_PER_PROMPT and len(ours["scores"]) == 2 * len(ours["images"])
-    for what in theirs:
-        assert ours[what] == theirs[what], what
-    assert not (out / ".ray-journals").exists()  # every training's recorded writes were made
-
-
-def test_a_jobs_error_comes_back_as_it_was_raised_and_a_stopping_run_stops_waiting(cluster_address):
+def test_a_jobs_error_comes_back_as_it_was_raised_and_a_stopping_run_stops_waiting(cluster):
     """Every job's outcome reaches the run through ``RayBackend._result``: a HarnessError raised on a worker
     is the same one-line error in the driver (not Ray's wrapper with its traceback), and once another job
     failed (``stopping``) no thread keeps waiting for its job."""
@@ -102,23 +114,25 @@ def test_a_jobs_error_comes_back_as_it_was_raised_and_a_stopping_run_stops_waiti
     assert ray.is_initialized()  # a cluster the backend did not start stays up
 
 
-def test_a_ray_run_gives_the_local_results_byte_for_byte(local_run, cluster_address, tmp_path):
-    out = tmp_path / "out"
-    result = harness_cli(*RUN, "--backend", "ray", "--address", cluster_address, "--out", str(out))
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+def test_a_ray_run_gives_the_local_results_byte_for_byte(ray_run, local_run):
+    """The leaderboard as `harness leaderboard --format json` prints it, and every image, score, training-log
+    row, manifest and run status: the local run's, though two workers died on the way."""
+    out, result = ray_run
     assert "on Ray (2 CPUs, 0 GPUs)" in result.stdout
     assert "base: generation, 2 shards" in result.stdout  # the cluster was idle: both CPUs took a shard
-    assert_same_results(out, local_run)
+    assert leaderboard_json(out) == leaderboard_json(local_run)
+    ours, theirs = results(out), results(local_run)
+    for what in theirs:
+        assert ours[what] == theirs[what], what
 
 
-def test_a_killed_worker_is_retried_and_the_results_do_not_change(local_run, tmp_path):
-    """The run starts its own Ray instance (no --address); two of its workers die mid-job."""
-    markers = tmp_path / "kills"
-    markers.mkdir()
-    plugin = Path(__file__).with_name("ray_kill_plugin.py")
-    out = tmp_path / "out"
-    result = harness_cli("--plugin", str(plugin), *RUN, "--backend", "ray", "--out", str(out),
-                         env={"RAY_KILL_MARKERS": str(markers)})
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert sorted(path.name for path in markers.iterdir()) == ["scoring", "training"]
-    assert_same_results(out, local_run)
+def test_killed_workers_were_retried_and_nothing_was_recorded_twice(ray_run, cluster):
+    out, result = ray_run
+    _, markers = cluster
+    assert sorted(path.name for path in markers.iterdir()) == ["scoring", "training"]  # both workers died
+    assert result.stdout.count("== dpo: training") == 2  # the killed attempt's stage line, then the retry's
+    ours = results(out)
+    # Two models, two suites of four prompts, two scorers, each row once (the keys are the tables' own).
+    assert len(ours["images"]) == 2 * 2 * 4 * IMAGES_PER_PROMPT and len(ours["scores"]) == 2 * len(ours["images"])
+    assert ours["statuses"] == [("base", "done"), ("dpo", "done")]
+    assert not (out / ".ray-journals").exists()  # every write the training recorded was made

@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import importlib.util
 import socket
+from collections.abc import Collection
 from concurrent.futures import Future
-from typing import TYPE_CHECKING, Any, Collection, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from harness.errors import HarnessError
 

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from concurrent.futures import Future
-from typing import Any, Collection
+from typing import Any
 
 from harness.workers import WorkerPool
 
