@@ -90,7 +90,7 @@ def results(out: Path) -> dict[str, object]:
 def test_a_jobs_error_comes_back_as_it_was_raised_and_a_stopping_run_stops_waiting(cluster):
     """Every job's outcome reaches the run through ``RayBackend._result``: a HarnessError raised on a worker
     is the same one-line error in the driver (not Ray's wrapper with its traceback), and once another job
-    failed (``stopping``) no thread keeps waiting for its job."""
+    failed (``stopping``) no thread keeps waiting for its job, and the job is cancelled: its CPU is free."""
     from harness.backends.ray import RayBackend
 
     def fail() -> None:
@@ -110,6 +110,9 @@ def test_a_jobs_error_comes_back_as_it_was_raised_and_a_stopping_run_stops_waiti
     with pytest.raises(HarnessError, match="stopped: another job of the run failed"):
         backend._result(sleeping, "a job")
     assert time.perf_counter() - started < 10
+    while ray.available_resources().get("CPU", 0) < 2:
+        assert time.perf_counter() - started < 30, "the stopped job still holds its CPU"
+        time.sleep(0.1)
     backend.__exit__(None, None, None)
     assert ray.is_initialized()  # a cluster the backend did not start stays up
 

@@ -99,7 +99,9 @@ class RayBackend:
         from harness.store import Store, StoreJournal
 
         journal = StoreJournal(job.options.out / JOURNALS / f"{job.model.method}-training.jsonl")
-        ref = _recorded.options(**self.slot, max_retries=RETRIES).remote(_train, job, journal, self.setup)
+        # The task's name prefixes its lines in the run's output and names it on the dashboard.
+        ref = (_recorded.options(**self.slot, max_retries=RETRIES, name=f"{job.model.method} training")
+               .remote(_train, job, journal, self.setup))
         with Store(job.options.out / "results.db") as store:
             made = 0
             while not self._ready(ref, timeout=JOURNAL_POLL_S):
@@ -116,7 +118,8 @@ class RayBackend:
         model, out = job.model, job.options.out
         n_shards = max(1, min(self._free_slots(), _most_batches(job)))
         job.stage(f"{model.method}: generation, {n_shards} shard{'s' * (n_shards > 1)}")
-        refs = [_generate_shard.options(**self.slot, max_retries=RETRIES)
+        refs = [_generate_shard.options(**self.slot, max_retries=RETRIES,
+                                        name=f"{model.method} generation {r + 1}/{n_shards}")
                 .remote(dataclasses.replace(job, shard=(r, n_shards)), self.setup) for r in range(n_shards)]
         shards = [self._result(ref, f"{model.method}'s generation, shard {r} of {n_shards}")
                   for r, ref in enumerate(refs)]
