@@ -9,7 +9,7 @@ from contextlib import nullcontext
 import pytest
 import torch
 
-from methods.base import Batch, Cond, Models
+from harness.api import Batch, Cond, Models
 from methods.mapo import MaPO, MaPOConfig, mapo_loss, mapo_margin, mapo_score
 from train_fixtures import one_torch_thread  # noqa: F401 (autouse fixture)
 
@@ -105,7 +105,7 @@ def pair_batch(pairs: int, seed: int) -> Batch:
     latents = torch.randn(2 * pairs, 4, 8, 8, generator=generator)
     return Batch(latents=latents, means=latents, cond=Cond(torch.randn(pairs, 5, 32, generator=generator)),
                  keys=[f"img{i}" for i in range(2 * pairs)], scores=torch.full((2 * pairs,), math.nan),
-                 captions=[f"c{i}" for i in range(pairs)], generator=torch.Generator().manual_seed(seed + 100))
+                 labels=torch.full((2 * pairs,), math.nan), captions=[f"c{i}" for i in range(pairs)], generator=torch.Generator().manual_seed(seed + 100))
 
 
 def test_reference_network_is_never_called_and_each_image_costs_one_evaluation(tiny_unet_and_scheduler):
@@ -118,7 +118,7 @@ def test_reference_network_is_never_called_and_each_image_costs_one_evaluation(t
 
 
 def test_loss_is_the_statement_over_the_policys_errors_at_one_t_and_noise_per_pair(tiny_unet_and_scheduler):
-    from methods.base import per_sample_error, randn_like, sample_timesteps
+    from harness.api import per_sample_error, randn_like, sample_timesteps
 
     models, _ = recording_models(tiny_unet_and_scheduler)
     batch = pair_batch(2, seed=1)
@@ -153,7 +153,40 @@ def test_one_descent_step_widens_the_margin_for_the_chosen_image(tiny_unet_and_s
 @pytest.mark.parametrize("field, value, message", [("beta", -0.1, "beta must be at least 0"),
                                                    ("snr_value", 0.0, "snr_value must be positive")])
 def test_bad_settings_are_a_one_line_error(field, value, message):
-    from harness.errors import HarnessError
+    from harness.api import HarnessError
 
     with pytest.raises(HarnessError, match=message):
         MaPOConfig(**{field: value}).validate()
+
+
+# -- through the real trainer and the presets -----------------------------------------------------------------
+def test_two_tiny_preset_steps_through_the_trainer_run_only_the_policy(tiny_model_dir, tmp_path):
+    from diffusers import UNet2DConditionModel
+    from safetensors.torch import load_file
+
+    from harness.trainer import train
+    from train_fixtures import write_pair_dir
+
+    logged: list[tuple[int, dict]] = []
+    result = train("mapo", base_model=tiny_model_dir, data_dir=write_pair_dir(tmp_path / "data"),
+                   output_dir=tmp_path / "mapo", preset="tiny", on_log=lambda step, terms: logged.append((step, terms)))
+    assert result.steps == 2 and [step for step, _ in logged] == [1, 2]
+    assert result.unet_evals_per_sample == 2.0  # the policy on the winner and the loser; no reference
+    first = logged[0][1]
+    assert {"loss", "implicit_acc", "chosen_mse", "rejected_mse", "margin_loss"} <= set(first)
+    assert first["loss"] == pytest.approx(first["chosen_mse"] + 0.1 * first["margin_loss"], rel=1e-4)  # tiny keeps beta 0.1
+    trained = load_file(str(result.unet_dir / "diffusion_pytorch_model.safetensors"))
+    base = UNet2DConditionModel.from_pretrained(tiny_model_dir / "unet").state_dict()
+    assert any(not torch.equal(trained[name], base[name]) for name in trained)
+
+
+def test_presets_resolve_to_the_published_sdxl_recipe_and_the_toy_settings():
+    from harness.trainer import resolve_config
+
+    sdxl = resolve_config("mapo", "sdxl")
+    assert (sdxl.beta, sdxl.snr_value, sdxl.lr, sdxl.lr_scheduler, sdxl.warmup_steps, sdxl.max_steps) == (
+        0.1, 0.5, 1e-5, "constant", 0, 2000)
+    assert (sdxl.optimizer, sdxl.effective_batch_size, sdxl.mixed_precision, sdxl.resolution) == ("adamw", 128, "fp16", 1024)
+    assert sdxl.gradient_checkpointing and sdxl.vae == "madebyollin/sdxl-vae-fp16-fix" and sdxl.caption_dropout == 0.0
+    toy = resolve_config("mapo", "toy")
+    assert (toy.beta, toy.lr, toy.batch_size, toy.max_steps, toy.random_flip) == (0.01, 3e-5, 16, 300, False)
