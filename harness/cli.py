@@ -282,7 +282,8 @@ def cmd_presets(args: argparse.Namespace) -> int:
         print(show_preset(get_preset(args.show)))
         return 0
     for name in PRESETS.names():
-        print(f"{name:6s} {get_preset(name).description}")
+        preset = get_preset(name)
+        print(f"{name:6s} {preset.description}{'  (the default)' if preset.default else ''}")
     return 0
 
 
@@ -326,7 +327,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("run", cmd_run, "train each method from one base, generate the suites, score, store and rank")
     p.add_argument("--methods", type=_comma_list, required=True, help="comma-separated, e.g. dpo,dro,smpo")
     p.add_argument("--out", default="runs", help="results directory (default: runs)")
-    p.add_argument("--preset", default="toy", help="toy (default), tiny, sd15, sdxl")
+    p.add_argument("--preset", help="a registered preset (`harness presets`; default: toy, the toy world)")
     p.add_argument("--model", help="base model: hub id or local diffusers directory (default: the preset's)")
     p.add_argument("--data", help="training data: directory with pairs.jsonl/experts.jsonl, or a hub dataset id")
     p.add_argument("--vae", help="replacement VAE, hub id or local directory (default: the preset's, e.g. SDXL's "
@@ -368,7 +369,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, help="directory with pairs.jsonl/experts.jsonl, or a hub dataset id")
     p.add_argument("--out", required=True)
     p.add_argument("--model", help="base model (default: the preset's)")
-    p.add_argument("--preset", default="toy")
+    p.add_argument("--preset", help="a registered preset (`harness presets`; default: toy, the toy world)")
     p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE")
     p.add_argument("--no-resume", action="store_true", help="ignore existing checkpoints in --out")
     p.add_argument("--seed", type=int, default=0)

@@ -13,6 +13,7 @@ from dataclasses import replace
 
 from harness.api.preset import GenerationSettings, Preset
 from harness.api.registry import METHODS, PRESETS, register_preset
+from harness.errors import HarnessError
 
 _PUBLISHED_SIGNALS = {
     # The DRO repository's only recipe ranks its experts by HPSv2 (which of the paper's two expert
@@ -68,8 +69,16 @@ def sdxl() -> Preset:
     )
 
 
-def get_preset(name: str) -> Preset:
-    return PRESETS.get(name)()
+def get_preset(name: str | None) -> Preset:
+    """A registered preset; ``None``: the default one, which an installed world claims (the toy world's)."""
+    if name is not None:
+        return PRESETS.get(name)()
+    defaults = [preset for preset in (make() for _, make in PRESETS.items()) if preset.default]
+    if len(defaults) != 1:
+        claimed = ", ".join(p.name for p in defaults) or "none"
+        raise HarnessError(f"pass --preset (available: {', '.join(PRESETS.names())}): the installed presets claiming "
+                           f"to be the default are {claimed}, not exactly one")
+    return defaults[0]
 
 
 def show_preset(preset: Preset) -> str:

@@ -42,7 +42,7 @@ EVERY_METHOD = "*"  # RunOptions.overrides key: settings for every method traine
 class RunOptions:
     methods: list[str]
     out: Path
-    preset: str = "toy"
+    preset: str | None = None  # None: the default preset (the toy world's)
     model: str | None = None
     data: str | None = None
     suites: list[str] | None = None

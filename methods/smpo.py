@@ -12,7 +12,7 @@ inverted once per run and cached on disk.  With SmPO's lr (~1e-5) and 200 steps
 the policy barely moves, so the two agree closely; ``bench/train_step.py``
 measures the cost of each.  ``"none"`` forward-noises x_t as DPO does: the smoothed labels
 without the inversion (an ablation; the toy preset's choice, because at 8x8 latents the 5-step
-inversion gives off-distribution x_t, see toyworld/presets.py).
+inversion gives off-distribution x_t: see the toy entry below and docs/toy-world.md).
 """
 
 from __future__ import annotations

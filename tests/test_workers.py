@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from conftest import harness_cli
-from harness import registry, workers
+from harness import workers
+from harness.api import registry
 from harness.errors import HarnessError
 from harness.workers import run_jobs
 

@@ -62,6 +62,7 @@ def toy() -> Preset:
         training_captions=grammar.training_captions,
         method_defaults=TOY_METHOD_DEFAULTS,
         needs_method_settings=True,
+        default=True,
     )
 
 

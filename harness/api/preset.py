@@ -60,3 +60,5 @@ class Preset:
     # leaderboard marks that metric for it.
     pretrained_signals: dict[str, tuple[str, str]] = field(default_factory=dict)
     vae: str | None = None  # replacement VAE for training and generation (SDXL's fp16-safe one)
+    # The preset `harness run` uses without --preset (one installed world claims it: the toy world).
+    default: bool = False
