@@ -25,11 +25,12 @@ w e / (exp(w e) - 1) wherever that is finite, but finite with finite gradients f
 exp(w e) - 1 overflows to inf in fp32 past w e ~ 88 (a NaN gradient) and loses digits for tiny w e,
 where its Taylor series takes over (s(0) = 1, s'(0) = -w / 2).
 
-Published recipe (SDXL; the weights are mapo-t2i/mapo-beta, a full SDXL UNet fine-tuned on
-Pick-a-Pic v2): the presets below, sources beside each value.  The paper trains SDXL only; the sd15
-entry carries the same settings over at 512 px (no MaPO SD1.5 run was published).
+Data: Pick-a-Pic v2 train pairs without ties (the code's ``remove_ties`` default).  Published recipe
+(SDXL; the weights are mapo-t2i/mapo-beta, a full SDXL UNet): the config and presets below, sources
+beside each value.  The public code and weights are SDXL only; the sd15 entry carries the same settings
+over at 512 px, unpublished.
 
-Where the harness differs (each without effect on the loss): 8-bit AdamW (bitsandbytes, the README's
+Where the harness differs (neither changes the loss): 8-bit AdamW (bitsandbytes, the README's
 ``--use_8bit_adam``) is plain AdamW here; SDXL time ids are (res, res, 0, 0, res, res), where the public
 code passes each pair's original size and crop corner.
 """
