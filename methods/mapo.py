@@ -42,7 +42,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from harness.api import Batch, HarnessError, Method, Models, Pairs, TrainConfig, per_sample_error, register_method
+from harness.api import (Batch, HarnessError, Method, Models, Pairs, PublishedWeights, TrainConfig, per_sample_error,
+                         register_method)
 from methods.dpo import forward_noised_pairs, pair_timesteps
 
 
@@ -110,6 +111,8 @@ class MaPO(Method):
         "toy": {"lr": 3e-5, "beta": 0.01},
         "tiny": {},
     }
+    # The public weights (a full SDXL UNet trained on the pairs' human labels: no reward shaped their data).
+    published = {"sdxl": PublishedWeights("mapo-t2i/mapo-beta", subfolder=None)}  # the UNet at the repository root
 
     def loss(self, batch: Batch, models: Models) -> tuple[torch.Tensor, dict[str, float]]:
         config = self.config
