@@ -1,0 +1,92 @@
+"""Diffusion-KTO: its loss against the formula in methods/kto.py's docstring, on small hand-computed tensors."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from methods.kto import (kto_batch_reference_point, kto_implicit_rewards, kto_loss, kto_mismatched_reference_point,
+                         mean_over_processes)
+
+
+def sigmoid(x: float) -> float:
+    return 1.0 / (1.0 + math.exp(-x))
+
+
+# -- pure functions ---------------------------------------------------------------------------------
+def test_implicit_reward_is_reference_error_minus_policy_error():
+    model_err, ref_err = torch.tensor([0.10, 0.30]), torch.tensor([0.12, 0.25])
+    assert torch.allclose(kto_implicit_rewards(model_err, ref_err), torch.tensor([0.02, -0.05]))
+
+
+def test_batch_reference_point_is_the_clamped_mean_without_gradient():
+    rewards = torch.tensor([0.02, -0.01, 0.05], requires_grad=True)
+    z0 = kto_batch_reference_point(rewards)
+    assert z0.item() == pytest.approx(0.02)
+    assert not z0.requires_grad
+    # A policy worse than the reference on average: the KL estimate cannot be negative.
+    assert kto_batch_reference_point(torch.tensor([-0.02, -0.01, 0.01])).item() == 0.0
+
+
+def test_mismatched_reference_point_is_the_unclamped_mean_without_gradient():
+    rewards = torch.tensor([-0.03, -0.01], requires_grad=True)
+    z0 = kto_mismatched_reference_point(rewards)
+    assert z0.item() == pytest.approx(-0.02) and not z0.requires_grad
+
+
+def test_single_process_mean_is_the_value_itself():
+    x = torch.tensor(0.25)
+    assert mean_over_processes(x) is x
+
+
+def test_kto_loss_matches_the_formula_on_hand_computed_values():
+    # Two desirable and two undesirable images; beta 1000 (the public code's default), errors of SD's size.
+    model_err = torch.tensor([0.100, 0.200, 0.150, 0.300])
+    ref_err = torch.tensor([0.101, 0.199, 0.152, 0.2995])
+    labels = torch.tensor([1.0, 1.0, 0.0, 0.0])
+    beta, lam_d, lam_u = 1000.0, 1.0, 2.0
+    g = [0.001, -0.001, 0.002, -0.0005]  # ref - policy
+    z0 = max(0.0, sum(g) / 4)  # 0.000375
+    expected = (lam_d * (1 - sigmoid(beta * (g[0] - z0))) + lam_d * (1 - sigmoid(beta * (g[1] - z0)))
+                + lam_u * (1 - sigmoid(-beta * (g[2] - z0))) + lam_u * (1 - sigmoid(-beta * (g[3] - z0)))) / 4
+    rewards = kto_implicit_rewards(model_err, ref_err)
+    z = kto_batch_reference_point(rewards)
+    assert z.item() == pytest.approx(z0, abs=1e-7)
+    assert kto_loss(rewards, z, labels, beta, lam_d, lam_u).item() == pytest.approx(expected, rel=1e-4)
+
+
+def test_kto_loss_is_half_lambda_when_the_policy_is_the_reference():
+    err = torch.tensor([0.1, 0.2, 0.3, 0.4])
+    labels = torch.tensor([1.0, 0.0, 1.0, 0.0])
+    rewards = kto_implicit_rewards(err, err)
+    loss = kto_loss(rewards, kto_batch_reference_point(rewards), labels, 1000.0, 1.0, 3.0)
+    assert loss.item() == pytest.approx((0.5 + 1.5 + 0.5 + 1.5) / 4)
+
+
+def loss_gradient_on_policy_error(label: float) -> float:
+    """d loss / d err(policy) for one image of a batch where the others keep the reference point at 0."""
+    model_err = torch.tensor([0.20, 0.30, 0.30], requires_grad=True)
+    ref_err = torch.tensor([0.20, 0.29, 0.31])  # the other two images: g = -0.01 and +0.01, so z_0 = 0
+    rewards = kto_implicit_rewards(model_err, ref_err)
+    labels = torch.tensor([label, 1.0, 0.0])
+    kto_loss(rewards, kto_batch_reference_point(rewards), labels, 1000.0, 1.0, 1.0).backward()
+    return model_err.grad[0].item()
+
+
+def test_lowering_the_policy_error_lowers_the_loss_on_a_desirable_image_and_raises_it_on_an_undesirable_one():
+    assert loss_gradient_on_policy_error(1.0) > 0  # a lower error on a desirable image: a lower loss
+    assert loss_gradient_on_policy_error(0.0) < 0  # a lower error on an undesirable image: a higher loss
+
+
+def test_the_reference_point_carries_no_gradient():
+    """Only the image's own term moves with its error: the gradient is lambda * beta * sigma'(.) / n exactly."""
+    model_err = torch.tensor([0.10, 0.20], requires_grad=True)
+    ref_err = torch.tensor([0.102, 0.201])  # g = 0.002, 0.001: z_0 = 0.0015 > 0, so it depends on the errors
+    rewards = kto_implicit_rewards(model_err, ref_err)
+    labels = torch.tensor([1.0, 1.0])
+    kto_loss(rewards, kto_batch_reference_point(rewards), labels, 1000.0, 1.0, 1.0).backward()
+    for i, g in enumerate([0.002, 0.001]):
+        s = sigmoid(1000.0 * (g - 0.0015))
+        assert model_err.grad[i].item() == pytest.approx(1000.0 * s * (1 - s) / 2, rel=1e-4)
