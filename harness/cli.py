@@ -102,7 +102,7 @@ def _run_options(args: argparse.Namespace, **specific: Any):
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from harness.config import get_preset
+    from harness.presets import get_preset
     from harness.run import EVERY_METHOD, run_validated, validate
 
     options = _run_options(args, methods=args.methods, out=Path(args.out), data=args.data, steps=args.steps,
@@ -130,14 +130,15 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from harness.config import get_preset, resolve_base_model
-    from harness.registry import METHODS
+    from harness.api.registry import METHODS
+    from harness.config import resolve_base_model
+    from harness.presets import get_preset
     from harness.trainer import train
 
     quiet_libraries()
     METHODS.get(args.method)
     preset = get_preset(args.preset)
-    overrides = preset.overrides_for(args.method, _parse_overrides(args.set, [args.method]).get(args.method))
+    overrides = _parse_overrides(args.set, [args.method]).get(args.method, {})
     result = train(
         args.method,
         base_model=resolve_base_model(args.model or preset.base_model),
@@ -250,7 +251,7 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
 
 
 def cmd_methods(args: argparse.Namespace) -> int:
-    from harness.registry import METHODS
+    from harness.api.registry import METHODS
 
     for name, cls in METHODS.items():
         print(f"{name:10s} {getattr(cls, 'description', '')}")
@@ -258,7 +259,7 @@ def cmd_methods(args: argparse.Namespace) -> int:
 
 
 def cmd_scorers(args: argparse.Namespace) -> int:
-    from harness.registry import SCORERS
+    from harness.api.registry import SCORERS
 
     for name, cls in SCORERS.items():
         print(f"{name:14s} {cls.version:24s} {cls.scale:12s} {getattr(cls, 'description', '')}")
@@ -274,12 +275,13 @@ def cmd_suites(args: argparse.Namespace) -> int:
 
 
 def cmd_presets(args: argparse.Namespace) -> int:
-    from harness.config import PRESETS, get_preset, show_preset
+    from harness.api.registry import PRESETS
+    from harness.presets import get_preset, show_preset
 
     if args.show:
         print(show_preset(get_preset(args.show)))
         return 0
-    for name in PRESETS:
+    for name in PRESETS.names():
         print(f"{name:6s} {get_preset(name).description}")
     return 0
 
@@ -432,7 +434,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        from harness.registry import load_plugin
+        from harness.api.registry import load_plugin
 
         for plugin in args.plugin:
             load_plugin(plugin)

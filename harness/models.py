@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from harness.api.registry import register_base_model
 from harness.atomic import publishing
 from harness.config import require_existing_path
 from harness.errors import HarnessError, refused_pickle
@@ -227,6 +228,12 @@ def default_cache_dir() -> Path:
     import os
 
     return Path(os.environ.get("HARNESS_CACHE", Path.home() / ".cache" / "harness"))
+
+
+@register_base_model("tiny")
+def tiny_base_model() -> str:
+    """The random-init tiny SD1.5-shaped pipeline (the ``tiny`` preset's base model)."""
+    return str(save_tiny_pipeline(default_cache_dir() / "tiny-sd"))
 
 
 def _pipeline_class_name(model: str) -> str:

@@ -28,10 +28,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from harness.config import (Preset, get_preset, require_directory_or_nothing, require_existing_path,
-                            resolve_base_model)
+from harness.api.preset import Preset
+from harness.api.registry import METHODS, SCORERS, SUITES
+from harness.config import is_built_model, require_directory_or_nothing, require_existing_path, resolve_base_model
 from harness.errors import HarnessError
-from harness.registry import METHODS, SCORERS, SUITES
+from harness.presets import get_preset
 
 BASE = "base"
 EVERY_METHOD = "*"  # RunOptions.overrides key: settings for every method trained (--set FIELD=VALUE)
@@ -70,7 +71,7 @@ class EvaluatedModel:
     train: bool = False  # still to be trained (then ``unet`` is set to the result)
     evaluate: bool = True  # False: trained only as another method's starting point
     data_dir: str | None = None  # what its training reads
-    needs: Any = None  # its method's harness.data.DataNeeds: the reward its training data must carry
+    spec: Any = None  # its method's harness.api.DataSpec: what it trains on, and the reward its data must carry
     init_from: str | None = None  # the method whose trained UNet it starts from
 
 
@@ -142,7 +143,7 @@ def check_models_available(options: RunOptions, preset: Preset) -> None:
     from harness.models import check_model_available
 
     base = options.model or preset.base_model
-    if base not in ("toy", "tiny"):  # those two are built here
+    if not is_built_model(base):
         check_model_available(base, config_file="model_index.json", what="base model", pass_as="--model DIR")
     if options.pretrained:
         for method in options.methods:
@@ -268,16 +269,15 @@ def _plan_trainings(options: RunOptions, preset: Preset, source: str | None, syn
     planned: dict[str, EvaluatedModel] = {}
 
     def plan(method: str, evaluate: bool) -> None:
-        overrides = preset.overrides_for(method, {**({"vae": options.vae} if options.vae else {}),
-                                                  **options.overrides.get(EVERY_METHOD, {}),
-                                                  **options.overrides.get(method, {})})
+        overrides = {**({"vae": options.vae} if options.vae else {}), **options.overrides.get(EVERY_METHOD, {}),
+                     **options.overrides.get(method, {})}
         config = resolve_config(method, preset.name, overrides)
         if config.init_method and config.init_method not in planned:
             plan(config.init_method, evaluate=config.init_method in options.methods)
-        needs = METHODS.get(method)(config).data_needs()
+        spec = METHODS.get(method)(config).data_spec()
+        data_dir = spec.training_source(source, options.out, synthesized) if source else source
         planned[method] = EvaluatedModel(method, run_id=-1, overrides=overrides, train=True, evaluate=evaluate,
-                                         data_dir=_data_dir(needs, source, synthesized, options.out), needs=needs,
-                                         init_from=config.init_method)
+                                         data_dir=data_dir, spec=spec, init_from=config.init_method)
 
     for method in options.methods:
         if method not in planned:
@@ -288,42 +288,18 @@ def _plan_trainings(options: RunOptions, preset: Preset, source: str | None, syn
     return list(planned.values())
 
 
-def _data_dir(needs, source: str | None, synthesized: bool, out: Path) -> str | None:
-    """Where a method's training data lives: the source itself, or DRO's experts made from it (a source
-    with its own ``experts.jsonl``, or synthesized data, which has one, is used as it is)."""
-    if needs.kind == "experts" and needs.scorer and source and not synthesized \
-            and not (Path(source) / "experts.jsonl").exists():
-        return str(out / "data" / f"experts-{needs.scorer}-top{needs.top_k}")
-    return source
-
-
 def _prepare_data(model: EvaluatedModel, options: RunOptions, source: str, stage: "_Stages") -> tuple[list[str], str]:
-    """Make what the method's recipe needs from ``source``; return the rewards that shaped its data, and how."""
-    import numpy as np
-
-    from harness.data import load_pairs, pair_scores
-    from harness.data_steps import experts_recipe, score_training_images, select_experts
+    """Make what the method's data spec needs from ``source``; return the rewards that shaped its data, and how."""
     from harness.preference_data import synthesis_settings
     from harness.scoring import same_signal
 
-    needs = model.needs
     synthesized = synthesis_settings(model.data_dir)
     if synthesized is not None:
         scorers = synthesized["scorers"]
         return sorted({m for name in scorers for m in same_signal(name)}), \
             f"training data labelled and ranked by {', '.join(scorers)}"
-    scorer_options = options.scorer_options.get(needs.scorer or "", {})
-    if needs.kind == "experts" and needs.scorer and model.data_dir != source:
-        stage(f"{model.method}: top {needs.top_k} experts of {source} by {needs.scorer}")
-        select_experts(source, needs.scorer, needs.top_k, Path(model.data_dir), scorer_options=scorer_options)
-    if needs.kind == "pairs" and needs.scorer and np.isnan(pair_scores(load_pairs(source))).any():
-        stage(f"{model.method}: scoring the training pairs with {needs.scorer}")
-        score_training_images(source, needs.scorer, scorer_options=scorer_options)
-        return same_signal(needs.scorer), f"pair scores by {needs.scorer}"
-    recipe = experts_recipe(model.data_dir) if needs.kind == "experts" else None
-    if recipe is not None:
-        return same_signal(recipe["scorer"]), f"experts ranked by {recipe['scorer']} (top {recipe['n']})"
-    return [], ""
+    return model.spec.prepare(source, model.data_dir, options.scorer_options.get(model.spec.scorer or "", {}),
+                              lambda what: stage(f"{model.method}: {what}"))
 
 
 def _import_job_libraries() -> None:
@@ -397,12 +373,13 @@ class _Stages:
 def _synthesize(options: RunOptions, preset: Preset, base_model: str, data_dir: Path, stage: _Stages) -> None:
     from harness.models import default_cache_dir
     from harness.preference_data import synthesize
-    from harness.toyworld import grammar
 
     stage("training data (base samples labelled by the rewards)")
+    if preset.training_captions is None:
+        raise HarnessError(f"preset {preset.name!r} synthesizes its data but names no training captions")
     settings = dict(preset.synthesize)
     max_captions = settings.pop("max_captions", None)
-    captions = grammar.training_captions()[:max_captions]
+    captions = preset.training_captions()[:max_captions]
     synthesize(base_model, captions, data_dir, scorers=list(preset.scorers), cache_dir=default_cache_dir() / "training-data",
                **settings)
 
@@ -479,7 +456,8 @@ def _evaluate(job: _ModelJob) -> None:
 
 def load_suite(name: str, limit: int | None = None):
     """A registered suite, cut to its first ``limit`` prompts (a new, smaller suite with its own version)."""
-    from harness.suites import Suite, get_suite
+    from harness.api.suite import Suite
+    from harness.suites import get_suite
 
     suite = get_suite(name)
     if limit and len(suite) > limit:

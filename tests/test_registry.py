@@ -4,7 +4,7 @@ import textwrap
 import pytest
 
 from harness.errors import HarnessError
-from harness.registry import METHODS, Registry, UnknownEntryError, load_plugin
+from harness.api.registry import METHODS, Registry, UnknownEntryError, load_plugin
 
 
 def test_unknown_name_lists_available():
@@ -43,7 +43,7 @@ def test_entry_points_are_loaded(tmp_path, monkeypatch):
 def test_plugin_file_registers_a_method(tmp_path):
     plugin = tmp_path / "my_method.py"
     plugin.write_text(textwrap.dedent("""
-        from harness.registry import register_method
+        from harness.api.registry import register_method
 
         @register_method("test-plugin-method")
         class Mine:

@@ -12,10 +12,10 @@ import pytest
 
 from conftest import harness_cli
 from harness.cli import _parse_unets
-from harness.config import get_preset
+from harness.presets import get_preset
 from harness.errors import HarnessError
 from harness.published import DRO_SD15
-from harness.registry import SCORERS, SUITES
+from harness.api.registry import SCORERS, SUITES
 from harness.reproduce import MISSING, ci_units, compare, format_report, reproduce
 from harness.run import RunOptions, leaderboard, validate
 from harness.store import Store

@@ -63,7 +63,7 @@ def _unet_that_runs_code(directory: Path) -> None:
 
 
 def _syntax_error(directory: Path) -> None:
-    (directory / "broken.py").write_text("from harness.registry import register_method\ndef f(:\n")
+    (directory / "broken.py").write_text("from harness.api.registry import register_method\ndef f(:\n")
 
 
 def _raises(directory: Path) -> None:
