@@ -7,8 +7,11 @@ import math
 import pytest
 import torch
 
-from methods.kto import (kto_batch_reference_point, kto_implicit_rewards, kto_loss, kto_mismatched_reference_point,
-                         mean_over_processes)
+from harness.api import Cond, HarnessError
+from harness.trainer import resolve_config, train
+from methods.kto import (captions_of_the_previous_image, kto_batch_reference_point, kto_implicit_rewards, kto_loss,
+                         kto_mismatched_reference_point, mean_over_processes)
+from train_fixtures import one_torch_thread, write_pair_dir  # noqa: F401 (autouse fixture)
 
 
 def sigmoid(x: float) -> float:
@@ -90,3 +93,36 @@ def test_the_reference_point_carries_no_gradient():
     for i, g in enumerate([0.002, 0.001]):
         s = sigmoid(1000.0 * (g - 0.0015))
         assert model_err.grad[i].item() == pytest.approx(1000.0 * s * (1 - s) / 2, rel=1e-4)
+
+
+def test_mismatched_conditioning_gives_each_image_the_previous_captions_text_but_keeps_its_time_ids():
+    hidden = torch.arange(3.0).view(3, 1, 1)
+    added = {"text_embeds": torch.arange(3.0).view(3, 1), "time_ids": torch.tensor([[10.0], [11.0], [12.0]])}
+    rolled = captions_of_the_previous_image(Cond(hidden, added))
+    assert rolled.hidden.flatten().tolist() == [2.0, 0.0, 1.0]
+    assert rolled.added["text_embeds"].flatten().tolist() == [2.0, 0.0, 1.0]
+    assert rolled.added["time_ids"].flatten().tolist() == [10.0, 11.0, 12.0]
+
+
+@pytest.mark.parametrize("setting", [{"beta": 0.0}, {"lambda_undesirable": -1.0}, {"reference_point": "ema"}])
+def test_bad_settings_are_one_line_errors(setting):
+    with pytest.raises(HarnessError) as error:
+        resolve_config("kto", "tiny", setting)
+    assert "\n" not in str(error.value)
+
+
+# -- through the real trainer ------------------------------------------------------------------------
+@pytest.mark.parametrize("reference_point, evals", [("batch", 2.0), ("mismatched", 4.0)])
+def test_two_steps_on_the_tiny_preset_train_from_labelled_winners_and_losers(reference_point, evals, tiny_model_dir,
+                                                                            tmp_path):
+    logged: list[dict] = []
+    result = train("kto", base_model=tiny_model_dir, data_dir=write_pair_dir(tmp_path / "data"), preset="tiny",
+                   output_dir=tmp_path / "out", overrides={"reference_point": reference_point},
+                   on_log=lambda step, terms: logged.append(terms))
+    assert result.steps == 2 and len(logged) == 2
+    # Policy == reference at the first step: g = 0 and z_0 = 0 for every image, so the loss is 0.5 * lambda (= 1).
+    assert logged[0]["loss"] == pytest.approx(0.5, abs=1e-6)
+    assert logged[0]["reference_point"] == pytest.approx(0.0, abs=1e-6)
+    assert {"implicit_acc", "signed_reward", "model_mse", "ref_mse", "grad_norm"} <= set(logged[0])
+    assert logged[1]["model_mse"] != pytest.approx(logged[1]["ref_mse"], abs=1e-6)  # the first step moved the policy
+    assert result.unet_evals_per_sample == evals  # policy and reference per image (+ both on mismatched captions)
