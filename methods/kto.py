@@ -24,12 +24,12 @@ difference of two images, puts a factor 0.5 where this has none).  When the poli
 
 ``reference_point="mismatched"`` is the public code's other estimator (its ``--bce_offset original``,
 the original KTO's): ``z_0 = mean_i g'_i`` with ``g'_i`` measured on the same x_t against the caption
-of the next image in the batch (captions rolled by one), not clamped, as that code computes it; it
+of the previous image in the batch (captions rolled by one), not clamped, as that code computes it; it
 costs two more UNet evaluations per image.
 
 Published data and weights.  Pick-a-Pic v2's train split made into per-image labels (the authors'
 ``train_processed_v3.csv``, hub dataset ``jacklishufan/pick-a-pick-kto-processed``): each distinct image
-is ``exclusive_win`` (preferred in every pair it is in), ``exclusive_lose`` (in none) or
+is, by its split's name, ``exclusive_win`` (preferred in every pair it is in), ``exclusive_lose`` (in none) or
 ``intersections`` (in some); the published run counts an image preferred at least once as desirable
 (the script's ``gt_label_wi_l``), and its sampler draws desirable images 80% of the time
 (``--positive_ratio 0.8``, with replacement).  The trained SD1.5 UNet: ``jacklishufan/diffusion-kto``
