@@ -138,7 +138,7 @@ class KTOConfig(TrainConfig):
 
 @register_method("kto")
 class KTO(Method):
-    description = "Diffusion-KTO: single labelled images, Kahneman-Tversky utility vs a reference point (Li et al. 2024)"
+    description = "Diffusion-KTO: single labelled images, Kahneman-Tversky utility vs a reference point (Li 2024)"
     Config = KTOConfig
     data = LabelledImages()
     presets = {
