@@ -16,7 +16,8 @@ import pandas as pd
 from PIL import Image
 
 from harness.errors import HarnessError
-from harness.store import Store, db_path
+from harness.results import ResultsDir
+from harness.store import Store
 
 BASE = "base"
 OUT_ENV = "HARNESS_OUT"
@@ -36,7 +37,7 @@ def results_dir_from(argv: Sequence[str], environ: Mapping[str, str]) -> Path:
 
 def fingerprint(results_dir: Path) -> tuple[int, ...]:
     """Changes whenever a writer commits (the database or its WAL grows or is touched): a cache key."""
-    db = db_path(results_dir)
+    db = ResultsDir(results_dir).db
     stats = [p.stat() for p in (db, db.with_name(db.name + "-wal")) if p.exists()]
     return tuple(v for s in stats for v in (s.st_mtime_ns, s.st_size))
 
@@ -179,7 +180,7 @@ def image_file(results_dir: Path, path: str) -> Path | None:
     Paths come from the database, never from the browser, and are relative to the results directory.
     """
     root = Path(results_dir).resolve()
-    resolved = (root / path).resolve()
+    resolved = ResultsDir(root).file(path).resolve()
     return resolved if resolved.is_relative_to(root) and resolved.is_file() else None
 
 

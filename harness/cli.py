@@ -17,6 +17,7 @@ from typing import Any, Callable, NoReturn
 
 from harness.atomic import disk_full_error
 from harness.errors import HarnessError
+from harness.results import ResultsDir
 from harness.workers import quiet_libraries
 
 LEADERBOARD_COLUMNS = [
@@ -114,7 +115,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     rows = run_validated(options, preset)
     print()
     _print_leaderboard(rows, "table")
-    print(f"\nresults: {Path(args.out) / 'results.db'}  (harness leaderboard --out {args.out}; harness dashboard --out {args.out})")
+    print(f"\nresults: {ResultsDir(args.out).db}  (harness leaderboard --out {args.out}; harness dashboard --out {args.out})")
     return 0
 
 
@@ -161,7 +162,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         require_existing_path(args.unet, "--unet")
     require_directory_or_nothing(Path(args.out), "--out")
     from harness.models import inference_device, load_pipeline
-    from harness.run import load_suite
+    from harness.evaluate import load_suite
     from harness.distributed import torchrun_process_group
     from harness.sampling import generate, optimize_pipeline
 
@@ -237,7 +238,7 @@ def format_table(rows: list[dict]) -> str:
 def cmd_export(args: argparse.Namespace) -> int:
     from harness.store import export
 
-    paths = export(Path(args.out), Path(args.dest or Path(args.out) / "export"), args.format)
+    paths = export(Path(args.out), Path(args.dest or ResultsDir(args.out).export), args.format)
     for path in paths:
         print(path)
     return 0

@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,9 +29,11 @@ from typing import Any
 from harness.config import (Preset, get_preset, require_directory_or_nothing, require_existing_path,
                             resolve_base_model)
 from harness.errors import HarnessError
+from harness.evaluate import BASE, Checkpoint, Protocol, check_scorer_options, evaluate, get_or_create_run, load_suite
+from harness.progress import Stages as _Stages, say
 from harness.registry import METHODS, SCORERS, SUITES
+from harness.results import ResultsDir
 
-BASE = "base"
 EVERY_METHOD = "*"  # RunOptions.overrides key: settings for every method trained (--set FIELD=VALUE)
 
 
@@ -97,7 +97,7 @@ def _validate_locations(options: RunOptions) -> None:
     from harness.store import Store
 
     require_directory_or_nothing(options.out, "--out")
-    db = options.out / "results.db"
+    db = ResultsDir(options.out).db
     if db.exists():  # a corrupt or foreign file is refused before anything is added beside it
         Store(db, readonly=True).close()
     for option, location in (("--model", options.model), ("--data", options.data)):
@@ -118,7 +118,7 @@ def _validate_names(options: RunOptions, preset: Preset) -> None:
     for name in options.scorers or preset.scorers:
         SCORERS.get(name)
     for name, keywords in options.scorer_options.items():
-        _check_scorer_options(name, keywords)
+        check_scorer_options(name, keywords)
     for name in options.unets:
         if not options.pretrained:
             raise HarnessError("--unet gives the location of a published UNet: use it with --pretrained")
@@ -151,17 +151,6 @@ def check_models_available(options: RunOptions, preset: Preset) -> None:
                                   what=f"{method}'s published UNet", pass_as=f"--unet {method}=DIR")
 
 
-def _check_scorer_options(name: str, keywords: dict[str, Any]) -> None:
-    """``--scorer-option NAME.KEY=VALUE``: NAME a scorer, KEY one of the locations its constructor takes."""
-    import inspect
-
-    accepted = [p for p in inspect.signature(SCORERS.get(name).__init__).parameters if p != "self"]
-    unknown = sorted(set(keywords) - set(accepted))
-    if unknown:
-        raise HarnessError(f"scorer {name!r} takes no option {', '.join(unknown)}; "
-                           f"its options: {', '.join(accepted) or 'none'}")
-
-
 def _validate_configs(options: RunOptions, preset: Preset) -> None:
     """Every method's config as it will train (and the methods a recipe trains first): the preset's settings
     and --set values, checked by type and range."""
@@ -182,21 +171,21 @@ def run_validated(options: RunOptions, preset: Preset) -> list[dict]:
     from harness.workers import WorkerPool, default_processes, one_cpu_thread
 
     out = options.out
+    results = ResultsDir(out)
     data = None if options.pretrained else options.data or preset.data
-    source = str(out / "data") if data == "synthesize" else data
+    source = str(results.data) if data == "synthesize" else data
     trainings = [] if options.pretrained else _plan_trainings(options, preset, source, data == "synthesize")
     out.mkdir(parents=True, exist_ok=True)
     stage = _Stages()
 
     stage("base model")
     base_model = resolve_base_model(options.model or preset.base_model)
-    store = Store(out / "results.db")
+    store = Store(results.db)
 
     def make_run(method: str, config: dict) -> int:
         # One results directory is one experiment: a method's run is keyed by its name, and the
         # store refuses to resume it with another config (images/<method>/ would be mixed up).
-        config = {"preset": preset.name, "base_model": base_model, "seed": options.seed, **config}
-        return store.get_or_create_run(method, method=method, preset=preset.name, base_model=base_model, config=config)
+        return get_or_create_run(store, method, preset, base_model, options.seed, **config)
 
     def job(model: EvaluatedModel) -> _ModelJob:
         return _ModelJob(model, options, preset, base_model, stage)
@@ -293,7 +282,7 @@ def _data_dir(needs, source: str | None, synthesized: bool, out: Path) -> str | 
     with its own ``experts.jsonl``, or synthesized data, which has one, is used as it is)."""
     if needs.kind == "experts" and needs.scorer and source and not synthesized \
             and not (Path(source) / "experts.jsonl").exists():
-        return str(out / "data" / f"experts-{needs.scorer}-top{needs.top_k}")
+        return str(ResultsDir(out).data / f"experts-{needs.scorer}-top{needs.top_k}")
     return source
 
 
@@ -374,26 +363,6 @@ def _record_overlap(store, models: list[EvaluatedModel], options: RunOptions, pr
             store.set_overlap(model.run_id, suite=suite.name, n_overlap=counts[key])
 
 
-def say(line: str) -> None:
-    """Print ``line`` in one write: the workers print to the same stdout, and unbuffered (PYTHONUNBUFFERED)
-    ``print`` writes the text and the newline apart, so another process's line could land in between."""
-    sys.stdout.write(line + "\n")
-    sys.stdout.flush()
-
-
-class _Stages:
-    """Prints each stage's name with the time since the run started (where the minutes go)."""
-
-    def __init__(self) -> None:
-        self.started = time.time()  # wall clock: worker processes print stages too
-
-    def __call__(self, name: str) -> None:
-        say(f"== {name}  [{self.elapsed():.0f} s]")
-
-    def elapsed(self) -> float:
-        return time.time() - self.started
-
-
 def _synthesize(options: RunOptions, preset: Preset, base_model: str, data_dir: Path, stage: _Stages) -> None:
     from harness.models import default_cache_dir
     from harness.preference_data import synthesize
@@ -427,7 +396,8 @@ def _train(job: _ModelJob) -> EvaluatedModel:
     model = job.model
     job.stage(f"{model.method}: training")
     clock = JobClock()
-    with Store(job.options.out / "results.db") as store:
+    results = ResultsDir(job.options.out)
+    with Store(results.db) as store:
         store.set_run_status(model.run_id, "running")
         pending: list[tuple[int, dict[str, float]]] = []
 
@@ -442,7 +412,7 @@ def _train(job: _ModelJob) -> EvaluatedModel:
                 model.method,
                 base_model=job.base_model,
                 data_dir=Path(model.data_dir),
-                output_dir=job.options.out / "models" / model.method,
+                output_dir=results.model(model.method),
                 preset=job.preset.name,
                 overrides=model.overrides,
                 on_log=on_log,
@@ -465,99 +435,13 @@ def _train(job: _ModelJob) -> EvaluatedModel:
 
 def _evaluate(job: _ModelJob) -> None:
     """Generate the suites and score them: one model's evaluation (a job)."""
-    from harness.compute import JobClock
-    from harness.store import Store
-
-    clock = JobClock()
-    with Store(job.options.out / "results.db") as store:
-        job.stage(f"{job.model.method}: generation")
-        manifests = _generate(job.model, job, store)
-        job.stage(f"{job.model.method}: scoring")
-        _score(job.model, manifests, job, store)
-        store.add_compute(job.model.run_id, clock.figures("eval"))
-
-
-def load_suite(name: str, limit: int | None = None):
-    """A registered suite, cut to its first ``limit`` prompts (a new, smaller suite with its own version)."""
-    from harness.suites import Suite, get_suite
-
-    suite = get_suite(name)
-    if limit and len(suite) > limit:
-        suite = Suite(name=suite.name, split=suite.split, prompts=suite.prompts[:limit], description=suite.description)
-    return suite
-
-
-def _generate(model: EvaluatedModel, job: _ModelJob, store) -> dict[str, list[dict]]:
-    from harness.models import inference_device, load_pipeline
-    from harness.sampling import generate
-
-    options, preset = job.options, job.preset
-    device, dtype = inference_device()
-    pipe = load_pipeline(job.base_model, unet=model.unet, unet_subfolder=model.unet_subfolder, dtype=dtype,
-                         device=device, vae=options.vae or preset.vae)
-    if model.method != BASE:
-        from harness.trainer import resolve_config
-
-        pipe = METHODS.get(model.method)(resolve_config(model.method, preset.name, model.overrides)).sampler(pipe)
-    settings = preset.generation
-    manifests = {}
-    for name in options.suites or preset.suites:
-        suite = load_suite(name, options.max_prompts or preset.max_prompts)
-        say(f"   {model.method} / {suite.name} ({len(suite)} prompts)")
-        folder = Path("images") / model.method / suite.name
-        rows = generate(
-            pipe,
-            suite,
-            options.out / folder,
-            images_per_prompt=options.images_per_prompt or settings.images_for(suite.name),
-            batch_size=settings.batch_size,
-            seed=settings.seed + options.seed,
-            num_inference_steps=options.steps or settings.num_inference_steps,
-            guidance_scale=settings.guidance_scale,
-            height=settings.height,
-            width=settings.width,
-            scheduler=settings.scheduler,
-        )
-        # The store's paths are relative to the results directory (the manifest's, to its folder).
-        stored = [{**row, "path": str(folder / row["path"])} for row in rows]
-        store.add_images(model.run_id, suite=suite.name, suite_version=suite.version, split=suite.split, rows=stored)
-        manifests[suite.name] = rows
-    del pipe
-    return manifests
-
-
-def _score(model: EvaluatedModel, manifests: dict[str, list[dict]], job: _ModelJob, store) -> None:
-    from harness.scoring import get_scorer, score_images
-    from harness.scoring.cache import ScoreCache
-
-    options = job.options
-    cache = ScoreCache(options.out / "cache" / "scores.sqlite")
-    for scorer_name in options.scorers or job.preset.scorers:
-        scorer = get_scorer(scorer_name, **options.scorer_options.get(scorer_name, {}))
-        for suite_name, rows in manifests.items():
-            folder = options.out / "images" / model.method / suite_name
-            values = score_images(
-                scorer,
-                [folder / row["path"] for row in rows],
-                [row["prompt"] for row in rows],
-                [row["sha256"] for row in rows],
-                cache=cache,
-            )
-            store.add_scores(
-                model.run_id,
-                suite=suite_name,
-                rows=[
-                    {
-                        "prompt_id": row["prompt_id"],
-                        "image_index": row["image_index"],
-                        "scorer": scorer.name,
-                        "version": scorer.version,
-                        "scale": scorer.scale,
-                        "value": value,
-                    }
-                    for row, value in zip(rows, values)
-                ],
-            )
+    model, options = job.model, job.options
+    checkpoint = Checkpoint(job.base_model, unet=model.unet, unet_subfolder=model.unet_subfolder,
+                            method=None if model.method == BASE else model.method, overrides=model.overrides)
+    protocol = Protocol.of(job.preset, options.suites, options.scorers, max_prompts=options.max_prompts,
+                           images_per_prompt=options.images_per_prompt, steps=options.steps, seed=options.seed,
+                           vae=options.vae, scorer_options=options.scorer_options)
+    evaluate(model.method, model.run_id, checkpoint, protocol, ResultsDir(options.out), job.stage)
 
 
 def leaderboard(out: Path, base: str = BASE) -> list[dict]:
@@ -565,7 +449,7 @@ def leaderboard(out: Path, base: str = BASE) -> list[dict]:
     from harness.stats import leaderboard as compute, signals_by_method
     from harness.store import Store
 
-    db = Path(out) / "results.db"
+    db = ResultsDir(out).db
     if not db.exists():
         raise HarnessError(f"no results in {out}: {db} does not exist (run `harness run --out {out}` first)")
     with Store(db, readonly=True) as store:

@@ -57,8 +57,8 @@ import pandas as pd
 
 from harness.atomic import replacing, writing
 from harness.errors import HarnessError
+from harness.results import ResultsDir
 
-DB_NAME = "results.db"
 SCHEMA_VERSION = "2"
 # Older versions this harness reads; opening one for writing upgrades it (CREATE TABLE IF NOT
 # EXISTS adds what it lacks).
@@ -235,7 +235,7 @@ def _require_fields(row: dict, fields: tuple[str, ...], what: str) -> None:
 def db_path(path: Path | str) -> Path:
     """The database file of a results directory (a path ending in .db is kept as is)."""
     path = Path(path)
-    return path if path.suffix == ".db" else path / DB_NAME
+    return path if path.suffix == ".db" else ResultsDir(path).db
 
 
 class Store:
