@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -84,6 +84,12 @@ class Checkpoint:
     overrides: Mapping[str, Any] = field(default_factory=dict)  # that method's settings
 
 
+def unet_subfolder(location: str) -> str | None:
+    """Where a UNet is in ``location``: a UNet directory itself, or a repository laid out as a pipeline's
+    (a local download or a hub id, as the published ones) with the UNet in ``unet/``."""
+    return None if (Path(location).expanduser() / "config.json").is_file() else "unet"
+
+
 def load_suite(name: str, limit: int | None = None):
     """A registered suite, cut to its first ``limit`` prompts (a new, smaller suite with its own version)."""
     from harness.suites import Suite, get_suite
@@ -124,7 +130,7 @@ def evaluate(name: str, run_id: int, checkpoint: Checkpoint, protocol: Protocol,
         stage(f"{name}: generation")
         manifests = generate_suites(name, run_id, checkpoint, protocol, results, store)
         stage(f"{name}: scoring")
-        score_suites(name, run_id, manifests, protocol, results, store)
+        score_suites(name, run_id, manifests, protocol.scorers, protocol.scorer_options, results, store)
         store.add_compute(run_id, clock.figures("eval"))
 
 
@@ -177,16 +183,16 @@ def generate_suites(name: str, run_id: int, checkpoint: Checkpoint, protocol: Pr
     return manifests
 
 
-def score_suites(name: str, run_id: int, manifests: Mapping[str, list[dict]], protocol: Protocol,
-                 results: ResultsDir, store) -> None:
+def score_suites(name: str, run_id: int, manifests: Mapping[str, list[dict]], scorers: Sequence[str],
+                 scorer_options: Mapping[str, Mapping[str, Any]], results: ResultsDir, store) -> None:
     """Score run ``name``'s stored images (``manifests``: rows by suite, paths relative to the suite's
-    image folder) with every scorer of the protocol; unchanged images are never scored twice."""
+    image folder) with every scorer; unchanged images are never scored twice."""
     from harness.scoring import get_scorer, score_images
     from harness.scoring.cache import ScoreCache
 
     with ScoreCache(results.score_cache) as cache:
-        for scorer_name in protocol.scorers:
-            scorer = get_scorer(scorer_name, **protocol.scorer_options.get(scorer_name, {}))
+        for scorer_name in scorers:
+            scorer = get_scorer(scorer_name, **scorer_options.get(scorer_name, {}))
             for suite_name, rows in manifests.items():
                 folder = results.images(name, suite_name)
                 values = score_images(scorer, [folder / row["path"] for row in rows], [row["prompt"] for row in rows],
@@ -199,3 +205,194 @@ def score_rows(scorer, rows: list[dict], values: list[float]) -> list[dict]:
     return [{"prompt_id": row["prompt_id"], "image_index": row["image_index"], "scorer": scorer.name,
              "version": scorer.version, "scale": scorer.scale, "value": value}
             for row, value in zip(rows, values)]
+
+
+# -- `harness evaluate`: any checkpoint into a results directory ----------------------------------
+@dataclass
+class EvaluateOptions:
+    model: str  # a pipeline: toy, tiny, a hub id or a local directory
+    out: Path
+    unet: str | None = None
+    lora: str | None = None
+    method: str | None = None  # sample through this method's sampler
+    name: str | None = None  # the run's name (None: made from the location evaluated)
+    preset: str | None = None  # None: the preset the results directory was made with, else toy
+    suites: list[str] | None = None
+    scorers: list[str] | None = None
+    max_prompts: int | None = None
+    scorer_options: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class _Recorded:
+    """What a results directory holds already (nothing, for a new one)."""
+
+    base: dict | None = None  # the base run's runs row (preset, base_model, config)
+    configs: Mapping[str, dict] = field(default_factory=dict)  # run name -> its config
+    base_suites: Mapping[str, str] = field(default_factory=dict)  # suite -> version of the base's images
+    base_scored: frozenset[tuple[str, str]] = frozenset()  # (suite, metric) the base has scores of
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """A checked `harness evaluate`: what to evaluate, with which protocol, and the base's suites still to do."""
+
+    name: str
+    checkpoint: Checkpoint
+    config: dict  # what the run records about the checkpoint
+    base_model: str  # the base's location (a built model's name unresolved)
+    base_suites: tuple[str, ...]
+    protocol: Protocol
+    results: ResultsDir
+
+
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")
+
+
+def evaluate_checkpoint(plan: Evaluation) -> None:
+    """`harness evaluate`: evaluate a checkpoint with the preset's protocol into the results directory (and the
+    base model too, on the suites it has not been evaluated on there)."""
+    from harness.store import Store
+    from harness.workers import one_cpu_thread
+
+    results, preset, seed = plan.results, plan.protocol.preset, plan.protocol.seed
+    stage = Stages()
+    stage("base model")
+    base_model = resolve_base_model(plan.base_model)
+    checkpoint = dataclasses.replace(plan.checkpoint, model=resolve_base_model(plan.checkpoint.model))
+    results.root.mkdir(parents=True, exist_ok=True)
+    with Store(results.db) as store:
+        base_id = get_or_create_run(store, BASE, preset, base_model, seed)
+        run_id = get_or_create_run(store, plan.name, preset, checkpoint.model, seed, evaluated=plan.config)
+        store.set_run_status(run_id, "running")
+    import torch
+
+    with one_cpu_thread(on_gpu=torch.cuda.is_available()):  # as `harness run`'s jobs: the same images
+        if plan.base_suites:
+            stage(f"{BASE}: not evaluated on {', '.join(plan.base_suites)} in {results.root} yet: evaluating the "
+                  f"base model {plan.base_model} too (the leaderboard's Δ and win rates compare with it)")
+            evaluate(BASE, base_id, Checkpoint(base_model), dataclasses.replace(plan.protocol, suites=plan.base_suites),
+                     results, stage)
+        evaluate(plan.name, run_id, checkpoint, plan.protocol, results, stage)
+    with Store(results.db) as store:
+        if plan.base_suites:
+            store.set_run_status(base_id, "done")
+        store.set_run_status(run_id, "done", {"wall_s": round(stage.elapsed(), 1)})
+
+
+def plan_evaluation(options: EvaluateOptions) -> Evaluation:
+    """Check everything `harness evaluate` was given, cheap checks first; creates nothing."""
+    from harness.models import check_model_available
+
+    results = ResultsDir(options.out)
+    require_directory_or_nothing(results.root, "--out")
+    for option, location in (("--model", options.model), ("--unet", options.unet), ("--lora", options.lora)):
+        if location is not None:
+            require_existing_path(location, option)
+    recorded = _recorded(results)
+    preset = _preset(options.preset, recorded, results)
+    name = options.name or _default_name(options.lora or options.unet or options.model)
+    if not NAME_PATTERN.fullmatch(name) or name == BASE:
+        raise HarnessError(f"--name {name!r}: a run's name is letters, digits and . _ + - (not {BASE!r}, the base "
+                           "model's run)")
+    if options.method is not None:
+        METHODS.get(options.method)
+    for suite in options.suites or ():
+        SUITES.get(suite.split(":", 1)[0])
+    for scorer in options.scorers or ():
+        SCORERS.get(scorer)
+    for scorer, keywords in options.scorer_options.items():
+        check_scorer_options(scorer, keywords)
+    seed = recorded.base["config"]["seed"] if recorded.base else 0
+    protocol = Protocol.of(preset, options.suites, options.scorers, max_prompts=options.max_prompts, seed=seed,
+                           scorer_options=options.scorer_options)
+    suites = [protocol.load_suite(suite) for suite in protocol.suites]  # a suite file's mistakes, a hub suite not here
+
+    if options.model not in BUILT_MODELS:
+        check_model_available(options.model, config_file="model_index.json", what="--model", pass_as="--model DIR")
+    subfolder = None
+    if options.unet is not None:
+        subfolder = unet_subfolder(options.unet)
+        check_model_available(options.unet, config_file="config.json", subfolder=subfolder, what="--unet",
+                              pass_as="--unet DIR")
+    if options.lora is not None:
+        _check_lora(options.lora)
+    checkpoint = Checkpoint(options.model, unet=_absolute(options.unet), unet_subfolder=subfolder,
+                            lora=_absolute(options.lora), method=options.method,
+                            overrides=preset.overrides_for(options.method) if options.method else {})
+    config = {"model": _absolute(options.model), "unet": checkpoint.unet, "lora": checkpoint.lora,
+              "method": options.method}
+    if name in recorded.configs and recorded.configs[name].get("evaluated") != config:
+        raise HarnessError(f"{results.root} has a run named {name!r} already, of another model "
+                           f"({recorded.configs[name].get('evaluated') or 'a run of harness run or score'}); "
+                           "give this one another --name")
+    if recorded.base:
+        base_model = recorded.base["base_model"]
+    else:  # the model the checkpoint modifies, or the preset's base when it is a whole pipeline of its own
+        base_model = options.model if options.unet or options.lora else preset.base_model
+    return Evaluation(name, checkpoint, config, base_model, _base_suites_to_do(recorded, suites, protocol),
+                       protocol, results)
+
+
+def _recorded(results: ResultsDir) -> _Recorded:
+    import json
+
+    from harness.store import Store
+
+    if not results.db.exists():
+        return _Recorded()
+    with Store(results.db, readonly=True) as store:  # a corrupt or foreign file is refused here
+        runs, images, scores = store.runs_frame(), store.images_frame(), store.scores_frame()
+    configs = {row.key: json.loads(row.config) for row in runs.itertuples()}
+    base = runs[runs["key"] == BASE]
+    if base.empty:
+        return _Recorded(configs=configs)
+    base_images = images[images["method"] == BASE].drop_duplicates("suite")
+    base_scores = scores[scores["method"] == BASE][["suite", "metric"]].drop_duplicates()
+    return _Recorded({**base.iloc[0].to_dict(), "config": configs[BASE]}, configs,
+                     dict(zip(base_images["suite"], base_images["suite_version"])),
+                     frozenset(base_scores.itertuples(index=False, name=None)))
+
+
+def _preset(name: str | None, recorded: _Recorded, results: ResultsDir) -> Preset:
+    """``--preset``, which must be the one the results directory's base was evaluated with (its protocol)."""
+    made_with = recorded.base["preset"] if recorded.base else None
+    if name is not None and made_with is not None and name != made_with:
+        raise HarnessError(f"the base model in {results.root} was evaluated with preset {made_with!r}, not {name!r}: "
+                           f"evaluate with its protocol (--preset {made_with}) or into another --out")
+    return get_preset(name or made_with or "toy")
+
+
+def _base_suites_to_do(recorded: _Recorded, suites: list, protocol: Protocol) -> tuple[str, ...]:
+    """The suites the base has no images or scores of yet (its images of another version of a suite are
+    refused: its prompts differ, so nothing would pair)."""
+    todo = []
+    for suite in suites:
+        version = recorded.base_suites.get(suite.name)
+        if version is not None and version != suite.version:
+            raise HarnessError(f"the base model's images of suite {suite.name!r} were made from other prompts (another "
+                               "--max-prompts or another version of the suite): evaluate into another --out")
+        if version is None or any((suite.name, scorer) not in recorded.base_scored for scorer in protocol.scorers):
+            todo.append(suite.name)
+    return tuple(todo)
+
+
+def _check_lora(location: str) -> None:
+    folder = Path(location).expanduser()
+    if folder.exists() and not (folder / LORA_WEIGHTS).is_file():
+        raise HarnessError(f"--lora {location!r} has no {LORA_WEIGHTS} (LoRA adapters in diffusers format, as "
+                           "`harness train` writes them to OUT/final/lora with lora_rank > 0)")
+
+
+def _absolute(location: str | None) -> str | None:
+    """A local path made absolute (the run records it; a rerun from elsewhere resumes it), a hub id as it is."""
+    if location is None or location in BUILT_MODELS or not Path(location).expanduser().exists():
+        return location
+    return str(Path(location).expanduser().resolve())
+
+
+def _default_name(location: str) -> str:
+    """A run name from the location evaluated: its last three path parts (``models/dpo/final/unet`` ->
+    ``dpo-final-unet``; a hub id ``owner/name`` -> ``owner-name``)."""
+    parts = [part for part in Path(location).parts if part not in ("/", ".", "..")][-3:]
+    return re.sub(r"[^A-Za-z0-9._+-]+", "-", "-".join(parts)).strip("-.") or "model"
