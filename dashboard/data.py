@@ -17,6 +17,7 @@ from PIL import Image
 
 from harness.errors import HarnessError
 from harness.results import ResultsDir
+from harness.stats import LOWER_MARK
 from harness.store import Store
 
 BASE = "base"
@@ -55,7 +56,6 @@ class Results:
     checkpoints: pd.DataFrame
     overlaps: pd.DataFrame
     training_signals: pd.DataFrame
-    higher_is_better: dict[tuple[str, str], bool]
 
     @property
     def methods(self) -> list[str]:
@@ -76,13 +76,18 @@ def load_results(results_dir: Path) -> Results:
             checkpoints=store.checkpoints_frame(),
             overlaps=store.overlaps_frame(),
             training_signals=store.training_signals_frame(),
-            higher_is_better=store.metric_directions(),
         )
 
 
-def metric_label(metric: str, version: str) -> str:
-    """Column header of a metric: versions are separate metrics and always shown."""
-    return f"{metric} ({version})"
+def metric_label(metric: str, version: str, higher_is_better: bool = True) -> str:
+    """Column header of a metric: versions are separate metrics and always shown; a lower-is-better
+    metric is marked so."""
+    return f"{metric} ({version})" + ("" if higher_is_better else f" {LOWER_MARK}")
+
+
+def metric_labels(frame: pd.DataFrame) -> list[str]:
+    """``metric_label`` of each row of a leaderboard or scores frame."""
+    return [metric_label(*row) for row in frame[["metric", "metric_version", "higher_is_better"]].itertuples(index=False)]
 
 
 def leaderboard_frame(rows: list[dict]) -> pd.DataFrame:
@@ -90,7 +95,7 @@ def leaderboard_frame(rows: list[dict]) -> pd.DataFrame:
     board = pd.DataFrame(rows)
     if board.empty:
         return board
-    board["metric_label"] = [metric_label(m, v) for m, v in zip(board["metric"], board["metric_version"])]
+    board["metric_label"] = metric_labels(board)
     return board
 
 
@@ -120,11 +125,11 @@ def signal_cells(board: pd.DataFrame, methods: Sequence[str]) -> pd.DataFrame:
     return mask
 
 
-def column_directions(board: pd.DataFrame, higher_is_better: Mapping[tuple[str, str], bool]) -> dict[str, bool]:
-    """``{overview column: higher_is_better}``."""
+def column_directions(board: pd.DataFrame) -> dict[str, bool]:
+    """``{overview column: higher_is_better}``, as the statistics found it in the scores."""
     return {
-        f"{suite} · {label}": higher_is_better.get((metric, version), True)
-        for suite, label, metric, version in board[["suite", "metric_label", "metric", "metric_version"]]
+        f"{suite} · {label}": bool(higher)
+        for suite, label, higher in board[["suite", "metric_label", "higher_is_better"]]
         .drop_duplicates().itertuples(index=False)
     }
 
@@ -211,7 +216,7 @@ def prompt_grid(results: Results, suite: str, prompt_id: str) -> pd.DataFrame:
     scores = results.scores[(results.scores["suite"] == suite) & (results.scores["prompt_id"] == prompt_id)]
     wide = pd.DataFrame(index=pd.MultiIndex.from_arrays([[], []], names=["run_id", "image_index"]))
     if not scores.empty:
-        scores = scores.assign(label=[metric_label(m, v) for m, v in zip(scores["metric"], scores["metric_version"])])
+        scores = scores.assign(label=metric_labels(scores))
         wide = scores.pivot_table(index=["run_id", "image_index"], columns="label", values="value", aggfunc="first")
         wide.columns.name = None
     grid = images[["run_id", "method", "image_index", "seed", "path"]].merge(

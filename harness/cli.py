@@ -21,7 +21,7 @@ from harness.results import ResultsDir
 from harness.workers import quiet_libraries
 
 LEADERBOARD_COLUMNS = [
-    "method", "suite", "split", "metric", "n", "mean", "ci_low", "ci_high",
+    "method", "suite", "split", "metric", "higher_is_better", "n", "mean", "ci_low", "ci_high",
     "delta_vs_base", "delta_ci_low", "delta_ci_high", "win_rate_vs_base", "trained_on_signal",
 ]
 
@@ -245,9 +245,10 @@ def _print_leaderboard(rows: list[dict], fmt: str) -> None:
 def format_table(rows: list[dict]) -> str:
     """A compact human table: mean [95% CI], delta vs base [CI], win rate.
 
-    A mean is marked when its method was trained on that metric, with a footnote saying why.
+    A mean is marked when its method was trained on that metric, and a lower-is-better metric's name,
+    each with a footnote saying what it means.
     """
-    from harness.stats import SIGNAL_MARK, SIGNAL_NOTE
+    from harness.stats import LOWER_MARK, LOWER_NOTE, SIGNAL_MARK, SIGNAL_NOTE
 
     def num(value: Any, digits: int = 4) -> str:
         return "-" if value is None else f"{value:.{digits}g}"
@@ -258,14 +259,16 @@ def format_table(rows: list[dict]) -> str:
         delta = "-" if r.get("delta_vs_base") is None else f"{num(r['delta_vs_base'], 3)} [{num(r['delta_ci_low'], 3)}, {num(r['delta_ci_high'], 3)}]"
         win = "-" if r.get("win_rate_vs_base") is None else f"{r['win_rate_vs_base']:.1%}"
         mark = SIGNAL_MARK if r.get("trained_on_signal") else ""
+        metric = r["metric"] if r.get("higher_is_better", True) else f"{r['metric']} {LOWER_MARK}"
         lines.append([
-            r["method"], r["suite"], r["metric"], str(r["n"]),
+            r["method"], r["suite"], metric, str(r["n"]),
             f"{num(r['mean'])}{mark} [{num(r['ci_low'])}, {num(r['ci_high'])}]", delta, win,
         ])
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
     table = "\n".join("  ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip() for line in lines)
-    marked = any(r.get("trained_on_signal") for r in rows)
-    return f"{table}\n{SIGNAL_NOTE}" if marked else table
+    notes = [note for note, shown in ((SIGNAL_NOTE, any(r.get("trained_on_signal") for r in rows)),
+                                      (LOWER_NOTE, not all(r.get("higher_is_better", True) for r in rows))) if shown]
+    return "\n".join([table, *notes])
 
 
 def cmd_export(args: argparse.Namespace) -> int:

@@ -203,7 +203,8 @@ def score_suites(name: str, run_id: int, manifests: Mapping[str, list[dict]], sc
 def score_rows(scorer, rows: list[dict], values: list[float]) -> list[dict]:
     """The store's score rows of one scorer's ``values`` for the images ``rows``."""
     return [{"prompt_id": row["prompt_id"], "image_index": row["image_index"], "scorer": scorer.name,
-             "version": scorer.version, "scale": scorer.scale, "value": value}
+             "version": scorer.version, "scale": scorer.scale, "higher_is_better": scorer.higher_is_better,
+             "value": value}
             for row, value in zip(rows, values)]
 
 
