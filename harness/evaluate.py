@@ -253,6 +253,8 @@ NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")
 def evaluate_checkpoint(plan: Evaluation) -> None:
     """`harness evaluate`: evaluate a checkpoint with the preset's protocol into the results directory (and the
     base model too, on the suites it has not been evaluated on there)."""
+    import torch
+
     from harness.store import Store
     from harness.workers import one_cpu_thread
 
@@ -266,8 +268,6 @@ def evaluate_checkpoint(plan: Evaluation) -> None:
         base_id = get_or_create_run(store, BASE, preset, base_model, seed)
         run_id = get_or_create_run(store, plan.name, preset, checkpoint.model, seed, evaluated=plan.config)
         store.set_run_status(run_id, "running")
-    import torch
-
     with one_cpu_thread(on_gpu=torch.cuda.is_available()):  # as `harness run`'s jobs: the same images
         if plan.base_suites:
             stage(f"{BASE}: not evaluated on {', '.join(plan.base_suites)} in {results.root} yet: evaluating the "
@@ -304,7 +304,7 @@ def plan_evaluation(options: EvaluateOptions) -> Evaluation:
         SCORERS.get(scorer)
     for scorer, keywords in options.scorer_options.items():
         check_scorer_options(scorer, keywords)
-    seed = recorded.base["config"]["seed"] if recorded.base else 0
+    seed = recorded.base["config"].get("seed", 0) if recorded.base else 0
     protocol = Protocol.of(preset, options.suites, options.scorers, max_prompts=options.max_prompts, seed=seed,
                            scorer_options=options.scorer_options)
     suites = [protocol.load_suite(suite) for suite in protocol.suites]  # a suite file's mistakes, a hub suite not here

@@ -1,7 +1,7 @@
 """`harness run`: train each method from one base, generate, score, store, rank.
 
 Each method's training is one job, and each model's evaluation (the base's and every trained
-method's: sample the suites, score the images) another.  The jobs run side by side in worker
+method's: sample the suites, score the images; ``harness.evaluate``) another.  The jobs run side by side in worker
 processes (``harness.workers``) and write to the one results database: first the base's
 evaluation, which needs no training data (the toy preset makes the data in this process
 meanwhile), then the trainings, and each trained model's evaluation as soon as its training ends.
