@@ -17,7 +17,6 @@ from conftest import harness_cli
 from harness.cli import format_table
 from harness.run import leaderboard
 from harness.stats import LOWER_MARK, LOWER_NOTE, leaderboard as statistics, paired_comparison, win_rate_matrix
-from train_fixtures import write_pair_dir
 
 PLUGIN = Path(__file__).resolve().parent / "plugins" / "toy_error.py"
 
@@ -59,16 +58,25 @@ def test_evaluating_a_runs_trained_unet_gives_the_runs_own_images_and_scores(tin
 
 @pytest.fixture(scope="module")
 def lora_training(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Path:
-    """What `harness train` writes with LoRA (rank 4, alpha 8: the adapters' scale is 2): final/lora and
-    the merged final/unet."""
-    from harness.trainer import train
+    """LoRA adapters on the tiny UNet, written by what `harness train` writes them with
+    (``harness.train_export``): final/lora, and the merged final/unet beside it.  Rank 4 and alpha 8
+    (a scale of 2); B drawn at random, where training would have moved it from zero."""
+    from diffusers import UNet2DConditionModel
+    from peft import LoraConfig
 
-    data = write_pair_dir(tmp_path_factory.mktemp("lora-data"))
-    out = tmp_path_factory.mktemp("lora-training")
-    train("dpo", base_model=tiny_model_dir, data_dir=data, output_dir=out,
-          overrides={"batch_size": 2, "lr": 1e-2, "scale_lr": False, "warmup_steps": 0, "max_steps": 2,
-                     "lora_rank": 4, "lora_alpha": 8})
-    return out / "final"
+    from harness.train_export import export_unet
+
+    unet = UNet2DConditionModel.from_pretrained(tiny_model_dir / "unet")
+    unet.add_adapter(LoraConfig(r=4, lora_alpha=8, init_lora_weights="gaussian",
+                                target_modules=["to_k", "to_q", "to_v", "to_out.0"]))
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, parameter in unet.named_parameters():
+            if ".lora_B." in name:
+                parameter.copy_(0.05 * torch.randn(parameter.shape, generator=generator))
+    final = tmp_path_factory.mktemp("lora-training") / "final"
+    export_unet(unet, final / "unet")
+    return final
 
 
 def test_lora_adapters_load_as_the_merged_unet_written_beside_them(lora_training, tiny_model_dir):
@@ -87,13 +95,15 @@ def test_lora_adapters_load_as_the_merged_unet_written_beside_them(lora_training
 
 
 def test_lora_adapters_into_a_new_directory_evaluate_the_base_too_and_a_rerun_resumes(lora_training, tiny_model_dir,
-                                                                                       tmp_path):
+                                                                                       tmp_path, capsys):
+    """In this process, the command line's own entry point (a fresh process per command is tested above)."""
+    from harness.cli import main
+
     out = tmp_path / "results"
-    command = ("evaluate", "--model", str(tiny_model_dir), "--lora", str(lora_training / "lora"), "--preset", "tiny",
-               "--suites", "toy-seen", "--name", "lora", "--out", str(out))
-    first = harness_cli(*command)
-    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
-    assert "== base: not evaluated on toy-seen" in first.stdout
+    command = ["evaluate", "--model", str(tiny_model_dir), "--lora", str(lora_training / "lora"), "--preset", "tiny",
+               "--suites", "toy-seen", "--name", "lora", "--out", str(out)]
+    assert main(command) == 0
+    assert "== base: not evaluated on toy-seen" in capsys.readouterr().out
 
     rows = [row for row in leaderboard(out) if row["method"] == "lora"]
     assert {row["metric"] for row in rows} == {"toy-fidelity", "toy-quality"}
@@ -104,9 +114,8 @@ def test_lora_adapters_into_a_new_directory_evaluate_the_base_too_and_a_rerun_re
     assert any(adapted[key][1] != base[key][1] for key in adapted)  # other pictures
 
     files = {path: path.stat().st_mtime_ns for path in (out / "images").rglob("*.png")}
-    again = harness_cli(*command)
-    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
-    assert "not evaluated" not in again.stdout
+    assert main(command) == 0
+    assert "not evaluated" not in capsys.readouterr().out
     assert {path: path.stat().st_mtime_ns for path in (out / "images").rglob("*.png")} == files  # nothing redrawn
     assert _runs_rows(out, "lora") == adapted and _runs_rows(out, "base") == base
 
