@@ -79,7 +79,7 @@ def plan_scoring(options: ScoreOptions) -> Scoring:
     """Check everything `harness score` was given, every line of the manifest included; creates nothing."""
     results = ResultsDir(options.out)
     manifest, suite = _check_options(options, results)
-    images = read_manifest(manifest, suite)
+    images = read_image_manifest(manifest, suite)
     config = {"images": str(manifest.resolve()), "suite": suite.name, "suite_version": suite.version}
     _check_run_name(options.name, config, results)
     return Scoring(options, manifest, suite, images, config)
@@ -147,10 +147,10 @@ def _check_run_name(name: str, config: dict, results: ResultsDir) -> None:
                            "give these another --name")
 
 
-def read_manifest(manifest: Path, suite) -> list[ExternalImage]:
+def read_image_manifest(manifest: Path, suite) -> list[ExternalImage]:
     """The manifest's images, each checked (file, prompt, index); the first mistake is an error naming
     the manifest's line."""
-    from harness.sampling import read_manifest as read_rows
+    from harness.sampling import read_manifest
 
     by_id = {prompt.prompt_id: k for k, prompt in enumerate(suite.prompts)}
     texts = Counter(prompt.prompt for prompt in suite.prompts)
@@ -158,7 +158,7 @@ def read_manifest(manifest: Path, suite) -> list[ExternalImage]:
     seen: set[tuple[int, int]] = set()
     next_index: Counter = Counter()
     images = []
-    for line, row in enumerate(read_rows(manifest), start=1):
+    for line, row in enumerate(read_manifest(manifest), start=1):
         where = f"{manifest} line {line}"
         if not isinstance(row, dict):
             raise HarnessError(f"{where}: expected a JSON object with path and prompt_id or prompt")
