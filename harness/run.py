@@ -29,7 +29,8 @@ from typing import Any
 from harness.config import (Preset, get_preset, require_directory_or_nothing, require_existing_path,
                             resolve_base_model)
 from harness.errors import HarnessError
-from harness.evaluate import BASE, Checkpoint, Protocol, check_scorer_options, evaluate, get_or_create_run, load_suite
+from harness.evaluate import (BASE, Checkpoint, Protocol, check_scorer_options, evaluate, get_or_create_run, load_suite,
+                              unet_subfolder)
 from harness.progress import Stages as _Stages, say
 from harness.registry import METHODS, SCORERS, SUITES
 from harness.results import ResultsDir
@@ -133,7 +134,7 @@ def published_unet(options: RunOptions, preset: Preset, method: str) -> tuple[st
     given = options.unets.get(method)
     if given is None:
         return preset.pretrained[method]
-    return given, None if (Path(given).expanduser() / "config.json").is_file() else "unet"
+    return given, unet_subfolder(given)
 
 
 def check_models_available(options: RunOptions, preset: Preset) -> None:
