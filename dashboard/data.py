@@ -16,7 +16,9 @@ import pandas as pd
 from PIL import Image
 
 from harness.errors import HarnessError
-from harness.store import Store, db_path
+from harness.results import ResultsDir
+from harness.stats import LOWER_MARK
+from harness.store import Store
 
 BASE = "base"
 OUT_ENV = "HARNESS_OUT"
@@ -36,7 +38,7 @@ def results_dir_from(argv: Sequence[str], environ: Mapping[str, str]) -> Path:
 
 def fingerprint(results_dir: Path) -> tuple[int, ...]:
     """Changes whenever a writer commits (the database or its WAL grows or is touched): a cache key."""
-    db = db_path(results_dir)
+    db = ResultsDir(results_dir).db
     stats = [p.stat() for p in (db, db.with_name(db.name + "-wal")) if p.exists()]
     return tuple(v for s in stats for v in (s.st_mtime_ns, s.st_size))
 
@@ -54,7 +56,6 @@ class Results:
     checkpoints: pd.DataFrame
     overlaps: pd.DataFrame
     training_signals: pd.DataFrame
-    higher_is_better: dict[tuple[str, str], bool]
 
     @property
     def methods(self) -> list[str]:
@@ -75,13 +76,18 @@ def load_results(results_dir: Path) -> Results:
             checkpoints=store.checkpoints_frame(),
             overlaps=store.overlaps_frame(),
             training_signals=store.training_signals_frame(),
-            higher_is_better=store.metric_directions(),
         )
 
 
-def metric_label(metric: str, version: str) -> str:
-    """Column header of a metric: versions are separate metrics and always shown."""
-    return f"{metric} ({version})"
+def metric_label(metric: str, version: str, higher_is_better: bool = True) -> str:
+    """Column header of a metric: versions are separate metrics and always shown; a lower-is-better
+    metric is marked so."""
+    return f"{metric} ({version})" + ("" if higher_is_better else f" {LOWER_MARK}")
+
+
+def metric_labels(frame: pd.DataFrame) -> list[str]:
+    """``metric_label`` of each row of a leaderboard or scores frame."""
+    return [metric_label(*row) for row in frame[["metric", "metric_version", "higher_is_better"]].itertuples(index=False)]
 
 
 def leaderboard_frame(rows: list[dict]) -> pd.DataFrame:
@@ -89,7 +95,7 @@ def leaderboard_frame(rows: list[dict]) -> pd.DataFrame:
     board = pd.DataFrame(rows)
     if board.empty:
         return board
-    board["metric_label"] = [metric_label(m, v) for m, v in zip(board["metric"], board["metric_version"])]
+    board["metric_label"] = metric_labels(board)
     return board
 
 
@@ -119,11 +125,11 @@ def signal_cells(board: pd.DataFrame, methods: Sequence[str]) -> pd.DataFrame:
     return mask
 
 
-def column_directions(board: pd.DataFrame, higher_is_better: Mapping[tuple[str, str], bool]) -> dict[str, bool]:
-    """``{overview column: higher_is_better}``."""
+def column_directions(board: pd.DataFrame) -> dict[str, bool]:
+    """``{overview column: higher_is_better}``, as the statistics found it in the scores."""
     return {
-        f"{suite} · {label}": higher_is_better.get((metric, version), True)
-        for suite, label, metric, version in board[["suite", "metric_label", "metric", "metric_version"]]
+        f"{suite} · {label}": bool(higher)
+        for suite, label, higher in board[["suite", "metric_label", "higher_is_better"]]
         .drop_duplicates().itertuples(index=False)
     }
 
@@ -179,7 +185,7 @@ def image_file(results_dir: Path, path: str) -> Path | None:
     Paths come from the database, never from the browser, and are relative to the results directory.
     """
     root = Path(results_dir).resolve()
-    resolved = (root / path).resolve()
+    resolved = ResultsDir(root).file(path).resolve()
     return resolved if resolved.is_relative_to(root) and resolved.is_file() else None
 
 
@@ -210,7 +216,7 @@ def prompt_grid(results: Results, suite: str, prompt_id: str) -> pd.DataFrame:
     scores = results.scores[(results.scores["suite"] == suite) & (results.scores["prompt_id"] == prompt_id)]
     wide = pd.DataFrame(index=pd.MultiIndex.from_arrays([[], []], names=["run_id", "image_index"]))
     if not scores.empty:
-        scores = scores.assign(label=[metric_label(m, v) for m, v in zip(scores["metric"], scores["metric_version"])])
+        scores = scores.assign(label=metric_labels(scores))
         wide = scores.pivot_table(index=["run_id", "image_index"], columns="label", values="value", aggfunc="first")
         wide.columns.name = None
     grid = images[["run_id", "method", "image_index", "seed", "path"]].merge(

@@ -100,7 +100,7 @@ def leaderboard_page(results: Results) -> None:
     st.caption("One column per suite and metric (version in brackets; versions are never mixed). "
                "The best value of each column is highlighted. Click a header to sort.")
     table = overview_table(board, results.methods)
-    directions = column_directions(board, results.higher_is_better)
+    directions = column_directions(board)
     mask = best_cells(table, directions)
     styled = table.style.apply(lambda _: mask.replace({True: HIGHLIGHT, False: ""}), axis=None)
     marked = signal_cells(board, results.methods)
@@ -112,13 +112,13 @@ def leaderboard_page(results: Results) -> None:
     labels = sorted(board["metric_label"].unique())
     label = st.selectbox("Metric", labels, key="leaderboard_metric")
     chosen = board[board["metric_label"] == label].iloc[0]
-    higher = results.higher_is_better.get((chosen["metric"], chosen["metric_version"]), True)
+    higher = bool(chosen["higher_is_better"])
     scores = results.scores
     scale = scores.loc[(scores["metric"] == chosen["metric"]) & (scores["metric_version"] == chosen["metric_version"]),
                        "scale"].iloc[0]
     st.caption(f"{label}: scale {scale}, {'higher' if higher else 'lower'} is better. 95% bootstrap CIs over "
-               f"prompts; Δ and win rate are paired with '{BASE}' on the same prompts and seeds "
-               "(win: the method's median image of a prompt scores strictly higher).")
+               f"prompts; Δ (method − {BASE}) and win rate are paired with '{BASE}' on the same prompts and seeds "
+               f"(win: the method's median image of a prompt scores strictly {'higher' if higher else 'lower'}).")
     detail = detail_table(board, label, results.methods)
     best = best_per_suite(detail, higher)
     styled = detail.style.apply(lambda column: [HIGHLIGHT if b else "" for b in best], subset=["mean"])
@@ -191,10 +191,10 @@ def win_rate_page(results: Results) -> None:
     if scores.empty:
         st.info("No scores stored yet.")
         return
-    metrics = scores.drop_duplicates(["metric", "metric_version"])[["metric", "metric_version"]]
-    choices = {metric_label(m, v): (m, v) for m, v in metrics.itertuples(index=False)}
+    metrics = scores.drop_duplicates(["metric", "metric_version"])[["metric", "metric_version", "higher_is_better"]]
+    choices = {metric_label(m, v, h): (m, v, h) for m, v, h in metrics.itertuples(index=False)}
     label = st.selectbox("Metric", sorted(choices), key="winrate_metric")
-    metric, version = choices[label]
+    metric, version, higher = choices[label]
     suites = sorted(scores.loc[(scores["metric"] == metric) & (scores["metric_version"] == version), "suite"].unique())
     suite = st.selectbox("Suite", suites, key="winrate_suite")
     matrix = cached_win_matrix(results, metric, version, suite)
@@ -215,8 +215,9 @@ def win_rate_page(results: Results) -> None:
         color=alt.condition("abs(datum.win_rate - 0.5) > 0.3", alt.value("white"), alt.value("black")))
     # A fixed band per method: without it Vega-Lite draws 20-pixel rows.
     st.altair_chart((heat + text).properties(height=alt.Step(48)), width="stretch")
-    st.caption("Cell = share of prompts where the row method's median image scores strictly higher than the "
-               "column method's, on the same seeds. Ties count for neither, so a[i,j] + a[j,i] can be below 1.")
+    st.caption(f"Cell = share of prompts where the row method's median image scores strictly "
+               f"{'higher' if higher else 'lower'} ({'higher' if higher else 'lower'} is better) than the column "
+               "method's, on the same seeds. Ties count for neither, so a[i,j] + a[j,i] can be below 1.")
     st.dataframe(matrix.loc[order, order].reset_index(), hide_index=True)
 
 

@@ -17,10 +17,11 @@ from typing import Any, Callable, NoReturn
 
 from harness.atomic import disk_full_error
 from harness.errors import HarnessError
+from harness.results import ResultsDir
 from harness.workers import quiet_libraries
 
 LEADERBOARD_COLUMNS = [
-    "method", "suite", "split", "metric", "n", "mean", "ci_low", "ci_high",
+    "method", "suite", "split", "metric", "higher_is_better", "n", "mean", "ci_low", "ci_high",
     "delta_vs_base", "delta_ci_low", "delta_ci_high", "win_rate_vs_base", "trained_on_signal",
 ]
 
@@ -114,7 +115,40 @@ def cmd_run(args: argparse.Namespace) -> int:
     rows = run_validated(options, preset)
     print()
     _print_leaderboard(rows, "table")
-    print(f"\nresults: {Path(args.out) / 'results.db'}  (harness leaderboard --out {args.out}; harness dashboard --out {args.out})")
+    print(f"\nresults: {ResultsDir(args.out).db}  (harness leaderboard --out {args.out}; harness dashboard --out {args.out})")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from harness.evaluate import EvaluateOptions, evaluate_checkpoint, plan_evaluation
+    from harness.run import leaderboard
+
+    plan = plan_evaluation(EvaluateOptions(
+        model=args.model, out=Path(args.out), unet=args.unet, lora=args.lora, method=args.method, name=args.name,
+        preset=args.preset, suites=args.suites, scorers=args.scorers, max_prompts=args.max_prompts,
+        scorer_options=_parse_scorer_options(args.scorer_option)))  # every mistake before the libraries load
+    quiet_libraries()
+    evaluate_checkpoint(plan)
+    print()
+    _print_leaderboard(leaderboard(Path(args.out)), "table")
+    print(f"\nresults: {ResultsDir(args.out).db}  (run {plan.name!r}; harness dashboard --out {args.out})")
+    return 0
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    from harness.external_images import ScoreOptions, plan_scoring, score_external
+    from harness.run import leaderboard
+
+    plan = plan_scoring(ScoreOptions(images=Path(args.images), prompts=args.prompts, name=args.name,
+                                     out=Path(args.out), scorers=args.scorers,
+                                     scorer_options=_parse_scorer_options(args.scorer_option)))
+    score_external(plan)
+    print()
+    _print_leaderboard(leaderboard(Path(args.out)), "table")
+    print(f"\n{len(plan.images)} images of {plan.suite.name} scored as run {args.name!r}: {ResultsDir(args.out).db}")
+    if plan.n_without_seed:
+        print(f"note: {plan.n_without_seed} images have no seed in {plan.manifest}: they are compared with no "
+              "other run (Δ and win rates pair images of the same prompt, index and seed)")
     return 0
 
 
@@ -162,7 +196,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         require_existing_path(args.unet, "--unet")
     require_directory_or_nothing(Path(args.out), "--out")
     from harness.models import inference_device, load_pipeline
-    from harness.run import load_suite
+    from harness.evaluate import load_suite
     from harness.distributed import torchrun_process_group
     from harness.sampling import generate, optimize_pipeline
 
@@ -212,9 +246,10 @@ def _print_leaderboard(rows: list[dict], fmt: str) -> None:
 def format_table(rows: list[dict]) -> str:
     """A compact human table: mean [95% CI], delta vs base [CI], win rate.
 
-    A mean is marked when its method was trained on that metric, with a footnote saying why.
+    A mean is marked when its method was trained on that metric, and a lower-is-better metric's name,
+    each with a footnote saying what it means.
     """
-    from harness.stats import SIGNAL_MARK, SIGNAL_NOTE
+    from harness.stats import LOWER_MARK, LOWER_NOTE, SIGNAL_MARK, SIGNAL_NOTE
 
     def num(value: Any, digits: int = 4) -> str:
         return "-" if value is None else f"{value:.{digits}g}"
@@ -225,20 +260,22 @@ def format_table(rows: list[dict]) -> str:
         delta = "-" if r.get("delta_vs_base") is None else f"{num(r['delta_vs_base'], 3)} [{num(r['delta_ci_low'], 3)}, {num(r['delta_ci_high'], 3)}]"
         win = "-" if r.get("win_rate_vs_base") is None else f"{r['win_rate_vs_base']:.1%}"
         mark = SIGNAL_MARK if r.get("trained_on_signal") else ""
+        metric = r["metric"] if r.get("higher_is_better", True) else f"{r['metric']} {LOWER_MARK}"
         lines.append([
-            r["method"], r["suite"], r["metric"], str(r["n"]),
+            r["method"], r["suite"], metric, str(r["n"]),
             f"{num(r['mean'])}{mark} [{num(r['ci_low'])}, {num(r['ci_high'])}]", delta, win,
         ])
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
     table = "\n".join("  ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip() for line in lines)
-    marked = any(r.get("trained_on_signal") for r in rows)
-    return f"{table}\n{SIGNAL_NOTE}" if marked else table
+    notes = [note for note, shown in ((SIGNAL_NOTE, any(r.get("trained_on_signal") for r in rows)),
+                                      (LOWER_NOTE, not all(r.get("higher_is_better", True) for r in rows))) if shown]
+    return "\n".join([table, *notes])
 
 
 def cmd_export(args: argparse.Namespace) -> int:
     from harness.store import export
 
-    paths = export(Path(args.out), Path(args.dest or Path(args.out) / "export"), args.format)
+    paths = export(Path(args.out), Path(args.dest or ResultsDir(args.out).export), args.format)
     for path in paths:
         print(path)
     return 0
@@ -347,6 +384,50 @@ def build_parser() -> argparse.ArgumentParser:
                    help="where a scorer's weights are, e.g. hpsv2.checkpoint=DIR (see `harness scorers`)")
     p.add_argument("--unet", action="append", default=[], metavar="METHOD=DIR",
                    help="with --pretrained: the method's UNet from a local directory (or hub id) instead of the preset's")
+
+    p = command("evaluate", cmd_evaluate, "evaluate any checkpoint into a results directory: generate the suites "
+                "with the preset's protocol, score, store, rank against the base")
+    p.epilog = ("The generation protocol (sampler and steps, CFG, seeds, images per prompt, resolution) is the "
+                "preset's, as `harness run` uses it: the images pair with a run's image for image and the numbers "
+                "are comparable with the run's (its --seed too; a run made with --steps, --images-per-prompt or --vae "
+                "used another). The leaderboard compares with the results directory's base run: "
+                "where the base model has not been evaluated on a suite asked, it is evaluated too. Rerun the "
+                "same command to resume.")
+    p.add_argument("--model", required=True, metavar="ID|DIR",
+                   help="the pipeline: toy, tiny, a hub id or a local diffusers directory")
+    p.add_argument("--unet", metavar="DIR", help="replace its UNet: a UNet directory (e.g. OUT/models/dpo/final/unet) "
+                   "or a repository with the UNet in unet/")
+    p.add_argument("--lora", metavar="DIR", help="load LoRA adapters into its UNet: what `harness train` writes with "
+                   "lora_rank > 0 (OUT/final/lora)")
+    p.add_argument("--method", help="sample through this method's sampler (default: the plain pipeline)")
+    p.add_argument("--name", help="the run's name in the results (default: made from the location evaluated, "
+                   "e.g. dpo-final-unet)")
+    p.add_argument("--preset", help="the protocol: the preset the results directory was made with (default), "
+                   "else toy")
+    p.add_argument("--suites", type=_comma_list, help="prompt suites, in-domain or out-of-domain (default: the "
+                   "preset's; NAME:PATH for a local copy)")
+    p.add_argument("--scorers", type=_comma_list, help="scorers (default: the preset's)")
+    p.add_argument("--max-prompts", type=_count, help="only the first N prompts of each suite (as the run's, to compare)")
+    p.add_argument("--scorer-option", action="append", default=[], metavar="SCORER.OPTION=VALUE",
+                   help="where a scorer's weights are, e.g. hpsv2.checkpoint=DIR")
+    p.add_argument("--out", default="runs", help="results directory: a `harness run`'s, or a new one (default: runs)")
+
+    p = command("score", cmd_score, "score images made elsewhere into a results directory, as a run of their own")
+    p.epilog = ("The manifest is JSONL, one image a line: path (relative to the manifest's folder), prompt_id or "
+                "prompt (of the --prompts suite), image_index (default: the order of the prompt's lines), seed "
+                "(optional), sha256 (optional, checked); other keys are ignored, so `harness generate`'s "
+                "manifest.jsonl is one. The images are copied into OUT/images/NAME/SUITE/. Δ and win rates pair "
+                "them with the base's images of the same prompt, index and seed: images without a seed are "
+                "compared with no other run.")
+    p.add_argument("--images", required=True, metavar="DIR|manifest.jsonl",
+                   help="a manifest, or a folder holding manifest.jsonl (what `harness generate --out DIR` writes)")
+    p.add_argument("--prompts", required=True, metavar="SUITE|FILE",
+                   help="the suite the images were made for, or a prompt file (JSONL or one prompt a line)")
+    p.add_argument("--scorers", type=_comma_list, required=True, help="comma-separated, e.g. pickscore,hpsv2")
+    p.add_argument("--name", required=True, help="the run's name in the results")
+    p.add_argument("--scorer-option", action="append", default=[], metavar="SCORER.OPTION=VALUE",
+                   help="where a scorer's weights are, e.g. hpsv2.checkpoint=DIR")
+    p.add_argument("--out", default="runs", help="results directory (default: runs)")
 
     p = command("reproduce", cmd_reproduce, "run the published checkpoints (harness run --pretrained) and set "
                 "our numbers beside the paper's, each difference in units of our confidence interval")

@@ -1,7 +1,7 @@
 """`harness run`: train each method from one base, generate, score, store, rank.
 
 Each method's training is one job, and each model's evaluation (the base's and every trained
-method's: sample the suites, score the images) another.  The jobs run side by side in worker
+method's: sample the suites, score the images; ``harness.evaluate``) another.  The jobs run side by side in worker
 processes (``harness.workers``) and write to the one results database: first the base's
 evaluation, which needs no training data (the toy preset makes the data in this process
 meanwhile), then the trainings, and each trained model's evaluation as soon as its training ends.
@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,9 +31,12 @@ from harness.api.preset import Preset
 from harness.api.registry import METHODS, SCORERS, SUITES
 from harness.config import is_built_model, require_directory_or_nothing, require_existing_path, resolve_base_model
 from harness.errors import HarnessError
+from harness.evaluate import (BASE, Checkpoint, Protocol, check_scorer_options, evaluate, get_or_create_run, load_suite,
+                              unet_subfolder)
 from harness.presets import get_preset, published_weights
+from harness.progress import Stages as _Stages, say
+from harness.results import ResultsDir
 
-BASE = "base"
 EVERY_METHOD = "*"  # RunOptions.overrides key: settings for every method trained (--set FIELD=VALUE)
 
 
@@ -99,7 +100,7 @@ def _validate_locations(options: RunOptions) -> None:
     from harness.store import Store
 
     require_directory_or_nothing(options.out, "--out")
-    db = options.out / "results.db"
+    db = ResultsDir(options.out).db
     if db.exists():  # a corrupt or foreign file is refused before anything is added beside it
         Store(db, readonly=True).close()
     for option, location in (("--model", options.model), ("--data", options.data)):
@@ -120,7 +121,7 @@ def _validate_names(options: RunOptions, preset: Preset) -> None:
     for name in options.scorers or preset.scorers:
         SCORERS.get(name)
     for name, keywords in options.scorer_options.items():
-        _check_scorer_options(name, keywords)
+        check_scorer_options(name, keywords)
     for name in options.unets:
         if not options.pretrained:
             raise HarnessError("--unet gives the location of a published UNet: use it with --pretrained")
@@ -136,7 +137,7 @@ def published_unet(options: RunOptions, preset: Preset, method: str) -> tuple[st
     if given is None:
         weights = published_weights(preset.name)[method]
         return weights.location, weights.subfolder
-    return given, None if (Path(given).expanduser() / "config.json").is_file() else "unet"
+    return given, unet_subfolder(given)
 
 
 def check_models_available(options: RunOptions, preset: Preset) -> None:
@@ -152,17 +153,6 @@ def check_models_available(options: RunOptions, preset: Preset) -> None:
             location, subfolder = published_unet(options, preset, method)
             check_model_available(location, config_file="config.json", subfolder=subfolder,
                                   what=f"{method}'s published UNet", pass_as=f"--unet {method}=DIR")
-
-
-def _check_scorer_options(name: str, keywords: dict[str, Any]) -> None:
-    """``--scorer-option NAME.KEY=VALUE``: NAME a scorer, KEY one of the locations its constructor takes."""
-    import inspect
-
-    accepted = [p for p in inspect.signature(SCORERS.get(name).__init__).parameters if p != "self"]
-    unknown = sorted(set(keywords) - set(accepted))
-    if unknown:
-        raise HarnessError(f"scorer {name!r} takes no option {', '.join(unknown)}; "
-                           f"its options: {', '.join(accepted) or 'none'}")
 
 
 def _validate_configs(options: RunOptions, preset: Preset) -> None:
@@ -185,21 +175,21 @@ def run_validated(options: RunOptions, preset: Preset) -> list[dict]:
     from harness.workers import WorkerPool, default_processes, one_cpu_thread
 
     out = options.out
+    results = ResultsDir(out)
     data = None if options.pretrained else options.data or preset.data
-    source = str(out / "data") if data == "synthesize" else data
+    source = str(results.data) if data == "synthesize" else data
     trainings = [] if options.pretrained else _plan_trainings(options, preset, source, data == "synthesize")
     out.mkdir(parents=True, exist_ok=True)
     stage = _Stages()
 
     stage("base model")
     base_model = resolve_base_model(options.model or preset.base_model)
-    store = Store(out / "results.db")
+    store = Store(results.db)
 
     def make_run(method: str, config: dict) -> int:
         # One results directory is one experiment: a method's run is keyed by its name, and the
         # store refuses to resume it with another config (images/<method>/ would be mixed up).
-        config = {"preset": preset.name, "base_model": base_model, "seed": options.seed, **config}
-        return store.get_or_create_run(method, method=method, preset=preset.name, base_model=base_model, config=config)
+        return get_or_create_run(store, method, preset, base_model, options.seed, **config)
 
     def job(model: EvaluatedModel) -> _ModelJob:
         return _ModelJob(model, options, preset, base_model, stage)
@@ -277,7 +267,7 @@ def _plan_trainings(options: RunOptions, preset: Preset, source: str | None, syn
         if config.init_method and config.init_method not in planned:
             plan(config.init_method, evaluate=config.init_method in options.methods)
         spec = METHODS.get(method)(config).data_spec()
-        data_dir = spec.training_source(source, options.out, synthesized) if source else source
+        data_dir = spec.training_source(source, ResultsDir(options.out).data, synthesized) if source else source
         planned[method] = EvaluatedModel(method, run_id=-1, overrides=overrides, train=True, evaluate=evaluate,
                                          data_dir=data_dir, spec=spec, init_from=config.init_method)
 
@@ -352,26 +342,6 @@ def _record_overlap(store, models: list[EvaluatedModel], options: RunOptions, pr
             store.set_overlap(model.run_id, suite=suite.name, n_overlap=counts[key])
 
 
-def say(line: str) -> None:
-    """Print ``line`` in one write: the workers print to the same stdout, and unbuffered (PYTHONUNBUFFERED)
-    ``print`` writes the text and the newline apart, so another process's line could land in between."""
-    sys.stdout.write(line + "\n")
-    sys.stdout.flush()
-
-
-class _Stages:
-    """Prints each stage's name with the time since the run started (where the minutes go)."""
-
-    def __init__(self) -> None:
-        self.started = time.time()  # wall clock: worker processes print stages too
-
-    def __call__(self, name: str) -> None:
-        say(f"== {name}  [{self.elapsed():.0f} s]")
-
-    def elapsed(self) -> float:
-        return time.time() - self.started
-
-
 def _synthesize(options: RunOptions, preset: Preset, base_model: str, data_dir: Path, stage: _Stages) -> None:
     from harness.models import default_cache_dir
     from harness.preference_data import synthesize
@@ -406,7 +376,8 @@ def _train(job: _ModelJob) -> EvaluatedModel:
     model = job.model
     job.stage(f"{model.method}: training")
     clock = JobClock()
-    with Store(job.options.out / "results.db") as store:
+    results = ResultsDir(job.options.out)
+    with Store(results.db) as store:
         store.set_run_status(model.run_id, "running")
         pending: list[tuple[int, dict[str, float]]] = []
 
@@ -421,7 +392,7 @@ def _train(job: _ModelJob) -> EvaluatedModel:
                 model.method,
                 base_model=job.base_model,
                 data_dir=Path(model.data_dir),
-                output_dir=job.options.out / "models" / model.method,
+                output_dir=results.model(model.method),
                 preset=job.preset.name,
                 overrides=model.overrides,
                 on_log=on_log,
@@ -444,100 +415,13 @@ def _train(job: _ModelJob) -> EvaluatedModel:
 
 def _evaluate(job: _ModelJob) -> None:
     """Generate the suites and score them: one model's evaluation (a job)."""
-    from harness.compute import JobClock
-    from harness.store import Store
-
-    clock = JobClock()
-    with Store(job.options.out / "results.db") as store:
-        job.stage(f"{job.model.method}: generation")
-        manifests = _generate(job.model, job, store)
-        job.stage(f"{job.model.method}: scoring")
-        _score(job.model, manifests, job, store)
-        store.add_compute(job.model.run_id, clock.figures("eval"))
-
-
-def load_suite(name: str, limit: int | None = None):
-    """A registered suite, cut to its first ``limit`` prompts (a new, smaller suite with its own version)."""
-    from harness.api.suite import Suite
-    from harness.suites import get_suite
-
-    suite = get_suite(name)
-    if limit and len(suite) > limit:
-        suite = Suite(name=suite.name, split=suite.split, prompts=suite.prompts[:limit], description=suite.description)
-    return suite
-
-
-def _generate(model: EvaluatedModel, job: _ModelJob, store) -> dict[str, list[dict]]:
-    from harness.models import inference_device, load_pipeline
-    from harness.sampling import generate
-
-    options, preset = job.options, job.preset
-    device, dtype = inference_device()
-    pipe = load_pipeline(job.base_model, unet=model.unet, unet_subfolder=model.unet_subfolder, dtype=dtype,
-                         device=device, vae=options.vae or preset.vae)
-    if model.method != BASE:
-        from harness.trainer import resolve_config
-
-        pipe = METHODS.get(model.method)(resolve_config(model.method, preset.name, model.overrides)).sampler(pipe)
-    settings = preset.generation
-    manifests = {}
-    for name in options.suites or preset.suites:
-        suite = load_suite(name, options.max_prompts or preset.max_prompts)
-        say(f"   {model.method} / {suite.name} ({len(suite)} prompts)")
-        folder = Path("images") / model.method / suite.name
-        rows = generate(
-            pipe,
-            suite,
-            options.out / folder,
-            images_per_prompt=options.images_per_prompt or settings.images_for(suite.name),
-            batch_size=settings.batch_size,
-            seed=settings.seed + options.seed,
-            num_inference_steps=options.steps or settings.num_inference_steps,
-            guidance_scale=settings.guidance_scale,
-            height=settings.height,
-            width=settings.width,
-            scheduler=settings.scheduler,
-        )
-        # The store's paths are relative to the results directory (the manifest's, to its folder).
-        stored = [{**row, "path": str(folder / row["path"])} for row in rows]
-        store.add_images(model.run_id, suite=suite.name, suite_version=suite.version, split=suite.split, rows=stored)
-        manifests[suite.name] = rows
-    del pipe
-    return manifests
-
-
-def _score(model: EvaluatedModel, manifests: dict[str, list[dict]], job: _ModelJob, store) -> None:
-    from harness.scoring import get_scorer, score_images
-    from harness.scoring.cache import ScoreCache
-
-    options = job.options
-    cache = ScoreCache(options.out / "cache" / "scores.sqlite")
-    for scorer_name in options.scorers or job.preset.scorers:
-        scorer = get_scorer(scorer_name, **options.scorer_options.get(scorer_name, {}))
-        for suite_name, rows in manifests.items():
-            folder = options.out / "images" / model.method / suite_name
-            values = score_images(
-                scorer,
-                [folder / row["path"] for row in rows],
-                [row["prompt"] for row in rows],
-                [row["sha256"] for row in rows],
-                cache=cache,
-            )
-            store.add_scores(
-                model.run_id,
-                suite=suite_name,
-                rows=[
-                    {
-                        "prompt_id": row["prompt_id"],
-                        "image_index": row["image_index"],
-                        "scorer": scorer.name,
-                        "version": scorer.version,
-                        "scale": scorer.scale,
-                        "value": value,
-                    }
-                    for row, value in zip(rows, values)
-                ],
-            )
+    model, options = job.model, job.options
+    checkpoint = Checkpoint(job.base_model, unet=model.unet, unet_subfolder=model.unet_subfolder,
+                            method=None if model.method == BASE else model.method, overrides=model.overrides)
+    protocol = Protocol.of(job.preset, options.suites, options.scorers, max_prompts=options.max_prompts,
+                           images_per_prompt=options.images_per_prompt, steps=options.steps, seed=options.seed,
+                           vae=options.vae, scorer_options=options.scorer_options)
+    evaluate(model.method, model.run_id, checkpoint, protocol, ResultsDir(options.out), job.stage)
 
 
 def leaderboard(out: Path, base: str = BASE) -> list[dict]:
@@ -545,7 +429,7 @@ def leaderboard(out: Path, base: str = BASE) -> list[dict]:
     from harness.stats import leaderboard as compute, signals_by_method
     from harness.store import Store
 
-    db = Path(out) / "results.db"
+    db = ResultsDir(out).db
     if not db.exists():
         raise HarnessError(f"no results in {out}: {db} does not exist (run `harness run --out {out}` first)")
     with Store(db, readonly=True) as store:

@@ -10,9 +10,13 @@ Why these choices:
   ``prompt_id, image_index, seed``, so a different seed protocol yields no pairs rather than a
   silently unpaired comparison.
 - The win rate is the papers' (Diffusion-DRO): per prompt the median of the k scores of each
-  method, a win when the method's median is strictly higher, so identical methods score 0.
+  method, a win when the method's median is strictly better, so identical methods score 0.
   Its CI is Wilson's score interval, which stays honest at 0 % and 100 % where a bootstrap
-  collapses to a single point.  Every metric here is higher-is-better.
+  collapses to a single point.
+- Better is the metric's direction: the scores frame's ``higher_is_better`` (the scorer's, as
+  the store records it; True when the column is absent).  On a lower-is-better metric (an error,
+  a distance) a win is a strictly lower median.  Δ is the plain difference of the means (a - b)
+  in the metric's units whatever the direction, so on such a metric a negative Δ is a gain.
 - Every bootstrap starts from its own generator seeded with ``seed``: a row's numbers do not
   depend on which other rows were computed before it.
 - A method whose training data was shaped by a metric (experts ranked by it, pairs labelled
@@ -40,6 +44,10 @@ _Z95 = 1.959963984540054  # standard normal quantile at 0.975
 # How the outputs (CLI table, dashboard) mark a trained_on_signal row, and what the mark means.
 SIGNAL_MARK = "†"
 SIGNAL_NOTE = f"{SIGNAL_MARK} trained on this signal: a gain here is not independent evidence"
+# How they mark a lower-is-better metric (an error, a distance), and what follows for Δ and the win rate.
+LOWER_MARK = "↓"
+LOWER_NOTE = (f"{LOWER_MARK} lower is better: a negative Δ is a gain, and a win is a prompt where the method's "
+              "median is lower")
 
 
 def _check_columns(scores: pd.DataFrame) -> None:
@@ -94,14 +102,28 @@ def _pairs(a: pd.DataFrame, b: pd.DataFrame) -> pd.DataFrame:
     return a[PAIR_KEYS + ["value"]].merge(b[PAIR_KEYS + ["value"]], on=PAIR_KEYS, suffixes=("_a", "_b")).sort_values(PAIR_KEYS)
 
 
-def _wins(pairs: pd.DataFrame) -> tuple[int, int]:
-    """(prompts where a's median beats b's strictly, prompts compared)."""
+def higher_is_better(rows: pd.DataFrame) -> bool:
+    """The direction of the one metric ``rows`` hold (True when the frame does not say)."""
+    if "higher_is_better" not in rows.columns or rows.empty:
+        return True
+    directions = set(rows["higher_is_better"].astype(bool))
+    if len(directions) > 1:
+        metric = ", ".join(sorted(set(rows["metric"])))
+        raise HarnessError(f"{metric!r} is stored as both higher- and lower-is-better; score it again (rerun the "
+                           "command that scored it) so that its scorer's direction is recorded")
+    return directions.pop()
+
+
+def _wins(pairs: pd.DataFrame, higher: bool) -> tuple[int, int]:
+    """(prompts where a's median beats b's strictly, prompts compared); beating is scoring higher, or lower
+    when not ``higher``."""
     # Medians over the paired images only, so both sides summarise the same seeds.
     medians = pairs.groupby("prompt_id")[["value_a", "value_b"]].median()
-    return int((medians["value_a"] > medians["value_b"]).sum()), len(medians)
+    better = medians["value_a"] > medians["value_b"] if higher else medians["value_a"] < medians["value_b"]
+    return int(better.sum()), len(medians)
 
 
-def _compare(a: pd.DataFrame, b: pd.DataFrame, *, n_boot: int, seed: int) -> dict[str, Any]:
+def _compare(a: pd.DataFrame, b: pd.DataFrame, *, higher: bool, n_boot: int, seed: int) -> dict[str, Any]:
     """Paired comparison of two methods' rows of one (suite, metric, version): a minus b."""
     pairs = _pairs(a, b)
     if pairs.empty:
@@ -111,7 +133,7 @@ def _compare(a: pd.DataFrame, b: pd.DataFrame, *, n_boot: int, seed: int) -> dic
         }
     diff = (pairs["value_a"] - pairs["value_b"]).to_numpy()
     diff_low, diff_high = bootstrap_mean_ci(diff, pairs["prompt_id"].to_numpy(), n_boot=n_boot, seed=seed)
-    wins, n_prompts = _wins(pairs)
+    wins, n_prompts = _wins(pairs, higher)
     win_low, win_high = wilson_ci(wins, n_prompts)
     return {
         "n_pairs": len(pairs),
@@ -139,8 +161,8 @@ def paired_comparison(
     """``method_a`` against ``method_b`` on the same prompts and seeds.
 
     Returns ``n_pairs, n_prompts, mean_diff`` (a - b) with ``diff_ci_low/high`` (bootstrap over
-    prompts), and ``win_rate`` of a over b (median-of-k per prompt, strict >) with
-    ``win_ci_low/high`` (Wilson).  Values are None when the two share no image slot.
+    prompts), and ``win_rate`` of a over b (median-of-k per prompt, strictly better in the metric's
+    direction) with ``win_ci_low/high`` (Wilson).  Values are None when the two share no image slot.
     """
     _check_columns(scores)
     a = _select(scores, method_a, metric, suite, metric_version)
@@ -153,7 +175,7 @@ def paired_comparison(
         raise HarnessError(
             f"{metric!r} has several versions ({', '.join(sorted(map(str, versions)))}); pass metric_version=..."
         )
-    return _compare(a, b, n_boot=n_boot, seed=seed)
+    return _compare(a, b, higher=higher_is_better(pd.concat([a, b])), n_boot=n_boot, seed=seed)
 
 
 def _clean(value: Any) -> Any:
@@ -180,10 +202,10 @@ def leaderboard(
 ) -> list[dict[str, Any]]:
     """One row per (method, suite, metric, metric_version), with CIs and deltas against ``base``.
 
-    Row keys: method, suite, split, metric, metric_version, n (images), n_prompts, mean, std,
-    ci_low, ci_high, delta_vs_base, delta_ci_low, delta_ci_high, win_rate_vs_base, win_ci_low,
-    win_ci_high, trained_on_signal.  The comparison fields are None for the base itself and
-    where the base has no paired scores on that suite and metric.  ``signals`` maps a method to
+    Row keys: method, suite, split, metric, metric_version, higher_is_better, n (images), n_prompts,
+    mean, std, ci_low, ci_high, delta_vs_base, delta_ci_low, delta_ci_high, win_rate_vs_base,
+    win_ci_low, win_ci_high, trained_on_signal.  The comparison fields are None for the base itself
+    and where the base has no paired scores on that suite and metric.  ``signals`` maps a method to
     the metrics that shaped its training data (``signals_by_method``); ``trained_on_signal`` is
     True on those rows only.
     """
@@ -197,6 +219,7 @@ def leaderboard(
     rows: list[dict[str, Any]] = []
     for (suite, metric, version), block in scores.groupby(["suite", "metric", "metric_version"], sort=True, dropna=False):
         base_rows = block[block["method"] == base]
+        higher = higher_is_better(block)
         for method, group in block.groupby("method", sort=True):
             values = group["value"].to_numpy(dtype=float)
             ci_low, ci_high = bootstrap_mean_ci(values, group["prompt_id"].to_numpy(), n_boot=n_boot, seed=seed)
@@ -206,6 +229,7 @@ def leaderboard(
                 "split": group["split"].iloc[0],
                 "metric": metric,
                 "metric_version": version,
+                "higher_is_better": higher,
                 "n": len(values),
                 "n_prompts": group["prompt_id"].nunique(),
                 "mean": values.mean(),
@@ -217,7 +241,7 @@ def leaderboard(
                 "trained_on_signal": metric in signals.get(method, ()),
             }
             if method != base and not base_rows.empty:
-                cmp = _compare(group, base_rows, n_boot=n_boot, seed=seed)
+                cmp = _compare(group, base_rows, higher=higher, n_boot=n_boot, seed=seed)
                 row.update(
                     delta_vs_base=cmp["mean_diff"], delta_ci_low=cmp["diff_ci_low"], delta_ci_high=cmp["diff_ci_high"],
                     win_rate_vs_base=cmp["win_rate"], win_ci_low=cmp["win_ci_low"], win_ci_high=cmp["win_ci_high"],
@@ -227,14 +251,16 @@ def leaderboard(
 
 
 def win_rate_matrix(scores: pd.DataFrame, metric: str, suite: str, *, metric_version: str | None = None) -> pd.DataFrame:
-    """Square frame: entry [a, b] is a's win rate over b (median-of-k, strict >); NaN on the diagonal
-    and where two methods share no image slot.  Rows and columns are the methods, sorted."""
+    """Square frame: entry [a, b] is a's win rate over b (median-of-k, strictly better in the metric's
+    direction); NaN on the diagonal and where two methods share no image slot.  Rows and columns are the
+    methods, sorted."""
     _check_columns(scores)
     rows = scores[(scores["metric"] == metric) & (scores["suite"] == suite)]
     if metric_version is not None:
         rows = rows[rows["metric_version"] == metric_version]
     elif rows["metric_version"].nunique() > 1:
         raise HarnessError(f"{metric!r} has several versions on {suite!r}; pass metric_version=...")
+    higher = higher_is_better(rows)
     methods = sorted(rows["method"].unique())
     by_method = {m: rows[rows["method"] == m] for m in methods}
     matrix = pd.DataFrame(np.nan, index=pd.Index(methods, name="method"), columns=methods)
@@ -244,7 +270,7 @@ def win_rate_matrix(scores: pd.DataFrame, metric: str, suite: str, *, metric_ver
                 continue
             pairs = _pairs(by_method[a], by_method[b])
             if not pairs.empty:
-                wins, n_prompts = _wins(pairs)
+                wins, n_prompts = _wins(pairs, higher)
                 matrix.loc[a, b] = wins / n_prompts
     return matrix.astype(float)
 

@@ -84,8 +84,9 @@ class DataSpec(ABC):
     def examples(self, source: str | Path) -> Examples:
         """The training examples of ``source`` (a directory or a hub dataset), or a one-line error."""
 
-    def training_source(self, source: str, out: Path, synthesized: bool) -> str:
-        """Where training reads: ``source`` itself, or a directory ``prepare`` makes from it under ``out``."""
+    def training_source(self, source: str, made_data: Path, synthesized: bool) -> str:
+        """Where training reads: ``source`` itself, or a directory ``prepare`` makes from it in ``made_data``
+        (the results directory's ``data/``)."""
         return source
 
     def prepare(self, source: str, training_source: str, scorer_options: dict[str, Any], say: Say) -> tuple[list[str], str]:
@@ -148,10 +149,10 @@ class Experts(DataSpec):
         return Examples(experts, 1, lambda expert, _: Example(expert.caption, (expert.image,), (_score(expert.score),), (NAN,)),
                         np.array([_score(e.score) for e in experts], dtype=float))
 
-    def training_source(self, source: str, out: Path, synthesized: bool) -> str:
+    def training_source(self, source: str, made_data: Path, synthesized: bool) -> str:
         # A source with its own experts.jsonl, or synthesized data (which has one), is used as it is.
         if self.scorer and source and not synthesized and not (Path(source) / "experts.jsonl").exists():
-            return str(out / "data" / f"experts-{self.scorer}-top{self.top_k}")
+            return str(made_data / f"experts-{self.scorer}-top{self.top_k}")
         return source
 
     def prepare(self, source: str, training_source: str, scorer_options: dict[str, Any], say: Say) -> tuple[list[str], str]:
