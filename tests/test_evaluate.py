@@ -80,7 +80,7 @@ def lora_training(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path
 
 
 def test_lora_adapters_load_as_the_merged_unet_written_beside_them(lora_training, tiny_model_dir):
-    from harness.config import get_preset
+    from harness.presets import get_preset
     from harness.evaluate import Checkpoint, Protocol, load_checkpoint
 
     protocol = Protocol.of(get_preset("tiny"))
