@@ -24,6 +24,7 @@ import contextlib
 import dataclasses
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -538,8 +539,9 @@ def _score(model: EvaluatedModel, manifests: dict[str, list[dict]], job: _ModelJ
             )
 
 
-def leaderboard(out: Path, base: str = BASE) -> list[dict]:
-    """Leaderboard rows computed from a results directory's stored scores and training signals."""
+def leaderboard(out: Path, base: str = BASE, by: Sequence[str] = ()) -> list[dict]:
+    """Leaderboard rows computed from a results directory's stored scores and training signals
+    (``by``: ``harness.stats.leaderboard``'s, e.g. ``["category"]``)."""
     from harness.stats import leaderboard as compute, signals_by_method
     from harness.store import Store
 
@@ -548,4 +550,4 @@ def leaderboard(out: Path, base: str = BASE) -> list[dict]:
         raise HarnessError(f"no results in {out}: {db} does not exist (run `harness run --out {out}` first)")
     with Store(db, readonly=True) as store:
         scores, signals = store.scores_frame(), signals_by_method(store.training_signals_frame())
-    return compute(scores, base=base, signals=signals)
+    return compute(scores, base=base, signals=signals, by=by)
