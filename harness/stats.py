@@ -222,15 +222,15 @@ def leaderboard(
 ) -> list[dict[str, Any]]:
     """One row per (method, suite, metric, metric_version), with CIs and deltas against ``base``.
 
-    Row keys: method, suite, split, metric, metric_version, n (images), n_prompts, mean, std,
-    ci_low, ci_high, delta_vs_base, delta_ci_low, delta_ci_high, win_rate_vs_base, win_ci_low,
-    win_ci_high, higher_is_better, trained_on_signal.  The comparison fields are None for the base
+    Row keys: method, suite, split, metric, metric_version, higher_is_better, n (images), n_prompts,
+    mean, std, ci_low, ci_high, delta_vs_base, delta_ci_low, delta_ci_high, win_rate_vs_base,
+    win_ci_low, win_ci_high, trained_on_signal.  The comparison fields are None for the base
     itself and where the base has no paired scores on that suite and metric; the CIs are None
     over a single prompt.  ``signals`` maps a method to
     the metrics that shaped its training data (``signals_by_method``); ``trained_on_signal`` is
     True on those rows only.  ``by`` names columns of ``scores`` (e.g. ``["category"]``) that
     split each row further, every statistic computed within the part; those keys follow
-    metric_version.  ``higher_is_better`` comes from the frame's column of that name where it
+    higher_is_better.  ``higher_is_better`` comes from the frame's column of that name where it
     has one, else True.
     """
     signals = signals or {}
@@ -257,6 +257,7 @@ def leaderboard(
                 "split": group["split"].iloc[0],
                 "metric": metric,
                 "metric_version": version,
+                "higher_is_better": bool(group["higher_is_better"].iloc[0]) if "higher_is_better" in group else True,
                 **dict(zip(by, parts)),
                 "n": len(values),
                 "n_prompts": group["prompt_id"].nunique(),
@@ -266,7 +267,6 @@ def leaderboard(
                 "ci_high": ci_high,
                 "delta_vs_base": None, "delta_ci_low": None, "delta_ci_high": None,
                 "win_rate_vs_base": None, "win_ci_low": None, "win_ci_high": None,
-                "higher_is_better": bool(group["higher_is_better"].iloc[0]) if "higher_is_better" in group else True,
                 "trained_on_signal": metric in signals.get(method, ()),
             }
             if method != base and not base_rows.empty:

@@ -250,8 +250,8 @@ def test_rows_by_category_are_the_overall_statistics_of_each_category_alone(base
     for category in categories:
         alone = leaderboard(scores[scores["category"] == category], n_boot=200)
         assert [{k: v for k, v in r.items() if k != "category"} for r in split if r["category"] == category] == alone
-    # The part's key follows metric_version, so the overall rows keep their layout.
-    assert list(split[0])[:6] == ["method", "suite", "split", "metric", "metric_version", "category"]
+    # The part's key comes after the metric's, so the overall rows keep their layout.
+    assert list(split[0])[:7] == ["method", "suite", "split", "metric", "metric_version", "higher_is_better", "category"]
     assert row_of(split, "dpo", category="art")["delta_vs_base"] == pytest.approx(0.1)
     with pytest.raises(HarnessError, match="no such column"):
         leaderboard(scores, by=["style"])
