@@ -11,16 +11,10 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import replace
 
+from harness.api.method import PublishedWeights
 from harness.api.preset import GenerationSettings, Preset
 from harness.api.registry import METHODS, PRESETS, register_preset
 from harness.errors import HarnessError
-
-_PUBLISHED_SIGNALS = {
-    # The DRO repository's only recipe ranks its experts by HPSv2 (which of the paper's two expert
-    # settings the released UNet is, its README does not say: see harness/published.py).
-    "dro": ("hpsv2", "released DRO UNet: experts ranked by hpsv2 (the repository's recipe)"),
-    "smpo": ("pickscore", "released SmPO UNet: pair labels smoothed by PickScore's cosine"),
-}
 
 _PAPER_PROTOCOL = GenerationSettings(images_per_prompt=5, num_inference_steps=50, guidance_scale=7.5, batch_size=8)
 _PAPER_SCORERS = ("pickscore", "hpsv2", "hpsv2.1", "imagereward", "clip", "aesthetic")
@@ -38,12 +32,6 @@ def sd15() -> Preset:
         generation=replace(_PAPER_PROTOCOL, height=512, width=512),
         data="yuvalkirstain/pickapic_v2",
         method_defaults={"resolution": 512},
-        pretrained={
-            "dpo": ("mhdang/dpo-sd1.5-text2image-v1", "unet"),
-            "dro": ("ylwu/diffusion-dro-sd1.5", "unet"),
-            "smpo": ("JaydenLu666/SmPO-SD1.5", "unet"),
-        },
-        pretrained_signals=_PUBLISHED_SIGNALS,
     )
 
 
@@ -61,11 +49,6 @@ def sdxl() -> Preset:
         # (the fp16-safe VAE is ``vae`` below, used by training and generation alike).
         method_defaults={"resolution": 1024, "optimizer": "adafactor", "gradient_checkpointing": True},
         vae=SDXL_VAE,
-        pretrained={
-            "dpo": ("mhdang/dpo-sdxl-text2image-v1", "unet"),
-            "smpo": ("JaydenLu666/SmPO-SDXL", "unet"),
-        },
-        pretrained_signals=_PUBLISHED_SIGNALS,
     )
 
 
@@ -79,6 +62,11 @@ def get_preset(name: str | None) -> Preset:
         raise HarnessError(f"pass --preset (available: {', '.join(PRESETS.names())}): the installed presets claiming "
                            f"to be the default are {claimed}, not exactly one")
     return defaults[0]
+
+
+def published_weights(preset: str) -> dict[str, PublishedWeights]:
+    """Every registered method's released UNet for ``preset``'s base model (``harness run --pretrained``)."""
+    return {name: cls.published[preset] for name, cls in METHODS.items() if preset in cls.published}
 
 
 def show_preset(preset: Preset) -> str:

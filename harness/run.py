@@ -29,11 +29,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from harness.api.method import PublishedWeights
 from harness.api.preset import Preset
 from harness.api.registry import METHODS, SCORERS, SUITES
 from harness.config import is_built_model, require_directory_or_nothing, require_existing_path, resolve_base_model
 from harness.errors import HarnessError
-from harness.presets import get_preset
+from harness.presets import get_preset, published_weights
 
 BASE = "base"
 EVERY_METHOD = "*"  # RunOptions.overrides key: settings for every method trained (--set FIELD=VALUE)
@@ -112,8 +113,8 @@ def _validate_names(options: RunOptions, preset: Preset) -> None:
         if name == BASE:
             raise HarnessError(f"{BASE!r} is the untrained base model, always evaluated; it is not a method")
         METHODS.get(name)
-        if options.pretrained and name not in preset.pretrained and name not in options.unets:
-            available = ", ".join(preset.pretrained) or "none"
+        if options.pretrained and name not in published_weights(preset.name) and name not in options.unets:
+            available = ", ".join(published_weights(preset.name)) or "none"
             raise HarnessError(f"preset {preset.name!r} has no published weights for {name!r}; available: {available}")
     for name in options.suites or preset.suites:
         SUITES.get(name.split(":", 1)[0])  # NAME:PATH reads a local copy
@@ -134,7 +135,8 @@ def published_unet(options: RunOptions, preset: Preset, method: str) -> tuple[st
     or a hub id) with the UNet in ``unet/``."""
     given = options.unets.get(method)
     if given is None:
-        return preset.pretrained[method]
+        weights = published_weights(preset.name)[method]
+        return weights.location, weights.subfolder
     return given, None if (Path(given).expanduser() / "config.json").is_file() else "unet"
 
 
@@ -321,9 +323,9 @@ def _record_signals(store, methods: list[EvaluatedModel], signals: dict[str, tup
             if model.init_from:  # what shaped the UNet it starts from shaped it too
                 more, also = signals[model.init_from]
                 metrics, why = metrics + more, "; ".join(filter(None, [why, also]))
-        elif model.method in preset.pretrained_signals:
-            scorer, why = preset.pretrained_signals[model.method]
-            metrics = same_signal(scorer)
+        elif published_weights(preset.name).get(model.method, PublishedWeights("")).signal:
+            weights = published_weights(preset.name)[model.method]
+            metrics, why = same_signal(weights.signal), weights.how
         else:
             continue
         if metrics:

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from harness.api import (Batch, Method, Models, Pairs, TrainConfig, per_sample_error, randn_like, register_method,
-                         sample_timesteps)
+from harness.api import (Batch, Method, Models, Pairs, PublishedWeights, TrainConfig, per_sample_error, randn_like,
+                         register_method, sample_timesteps)
 
 
 def dpo_logits(model_err_w: torch.Tensor, model_err_l: torch.Tensor, ref_err_w: torch.Tensor,
@@ -85,6 +85,9 @@ class DPO(Method):
         "toy": {"lr": 3e-5, "beta": 500.0},
         "tiny": {},
     }
+    # Trained on Pick-a-Pic's human labels: no reward shaped their data.
+    published = {"sd15": PublishedWeights("mhdang/dpo-sd1.5-text2image-v1"),
+                 "sdxl": PublishedWeights("mhdang/dpo-sdxl-text2image-v1")}
 
     def loss(self, batch: Batch, models: Models) -> tuple[torch.Tensor, dict[str, float]]:
         t = pair_timesteps(batch, models)

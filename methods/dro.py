@@ -33,8 +33,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 import torch
 
-from harness.api import (Batch, Cond, Experts, Method, Models, TrainConfig, TrainingContext, per_sample_error,
-                         randn_like, register_method)
+from harness.api import (Batch, Cond, Experts, Method, Models, PublishedWeights, TrainConfig, TrainingContext,
+                         per_sample_error, randn_like, register_method)
 
 
 def dro_loss(model_err_expert: torch.Tensor, ref_err_expert: torch.Tensor, model_err_policy: torch.Tensor,
@@ -130,6 +130,10 @@ class DRO(Method):
                 "refill_rows": 4},
         "tiny": {},
     }
+    # The repository's only recipe ranks its experts by HPSv2 (which of the paper's two expert settings the
+    # released UNet is, its README does not say: see harness/published.py).
+    published = {"sd15": PublishedWeights("ylwu/diffusion-dro-sd1.5", signal="hpsv2",
+                                          how="released DRO UNet: experts ranked by hpsv2 (the repository's recipe)")}
 
     def data_spec(self) -> Experts:
         return Experts(scorer=self.config.expert_scorer, top_k=self.config.expert_top_k)

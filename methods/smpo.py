@@ -24,7 +24,8 @@ from typing import Any, Callable, Literal
 import numpy as np
 import torch
 
-from harness.api import Batch, Cond, HarnessError, Method, Models, Pairs, TrainConfig, TrainingContext, register_method
+from harness.api import (Batch, Cond, HarnessError, Method, Models, Pairs, PublishedWeights, TrainConfig,
+                         TrainingContext, register_method)
 from harness.api.caching import LRU, atomic_save
 from methods.dpo import dpo_logits, dpo_loss, forward_noised_pairs, pair_errors, pair_timesteps, preference_logs
 
@@ -170,6 +171,9 @@ class SmPO(Method):
         "toy": {"lr": 3e-5, "beta": 2000.0, "score_lo": 0.0, "score_hi": 1.0, "inverter": "none"},
         "tiny": {"score_lo": 0.0, "score_hi": 1.0},
     }
+    published = {preset: PublishedWeights(location, signal="pickscore",
+                                          how="released SmPO UNet: pair labels smoothed by PickScore's cosine")
+                 for preset, location in (("sd15", "JaydenLu666/SmPO-SD1.5"), ("sdxl", "JaydenLu666/SmPO-SDXL"))}
 
     def data_spec(self) -> Pairs:
         return Pairs(scorer=self.config.pair_scorer)

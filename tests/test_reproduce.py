@@ -12,7 +12,7 @@ import pytest
 
 from conftest import harness_cli
 from harness.cli import _parse_unets
-from harness.presets import get_preset
+from harness.presets import get_preset, published_weights
 from harness.errors import HarnessError
 from harness.published import DRO_SD15
 from harness.api.registry import SCORERS, SUITES
@@ -40,7 +40,7 @@ def test_published_data_names_our_scorers_suites_and_checkpoints():
         if row.method == "base":
             assert row.checkpoint == preset.base_model
         elif row.method is not None:
-            assert preset.pretrained[row.method][0] == row.checkpoint
+            assert published_weights(preset.name)[row.method].location == row.checkpoint
     assert "inferred" in DRO_SD15.row_of("dro").mapping and DRO_SD15.row_of("dro").label == "DRO (HPSv2 experts)"
     assert DRO_SD15.row_of("smpo") is None
     assert DRO_SD15.win_rates[("dro", "pickapic-test", "pickscore")] == 0.878

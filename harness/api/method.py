@@ -233,6 +233,17 @@ class TrainingContext:
     device: torch.device
 
 
+@dataclass(frozen=True)
+class PublishedWeights:
+    """A method's released UNet for a preset's base model (``harness run --pretrained``), and the reward
+    that shaped its training data, if any (the leaderboard marks that metric for it)."""
+
+    location: str  # hub id or local directory
+    subfolder: str | None = "unet"
+    signal: str | None = None  # a scorer name
+    how: str = ""  # in words, for the leaderboard's note
+
+
 class Method:
     """Base class of a training method.  Subclasses set the class attributes and ``loss``.
 
@@ -245,6 +256,7 @@ class Method:
     description: ClassVar[str] = ""
     Config: ClassVar[type[TrainConfig]] = TrainConfig
     presets: ClassVar[dict[str, dict[str, Any]]] = {}
+    published: ClassVar[dict[str, PublishedWeights]] = {}  # preset name -> the released UNet for its base model
     data: ClassVar[DataSpec] = Pairs()
 
     def __init__(self, config: TrainConfig) -> None:

@@ -54,11 +54,6 @@ class Preset:
     # True where the papers' hyper-parameters do not fit (a scaled-down world): a method with no
     # entry of its own for this preset trains with ``method_defaults`` alone, and is warned about.
     needs_method_settings: bool = False
-    # Published UNets for --pretrained: method -> (hub id, subfolder).
-    pretrained: dict[str, tuple[str, str | None]] = field(default_factory=dict)
-    # The reward each published UNet's training data was shaped by: method -> (scorer, how); the
-    # leaderboard marks that metric for it.
-    pretrained_signals: dict[str, tuple[str, str]] = field(default_factory=dict)
     vae: str | None = None  # replacement VAE for training and generation (SDXL's fp16-safe one)
     # The preset `harness run` uses without --preset (one installed world claims it: the toy world).
     default: bool = False
