@@ -8,6 +8,7 @@ Nothing here imports Streamlit; the frames come from ``dashboard.data``.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -82,10 +83,8 @@ def check_formats(formats: Sequence[str]) -> None:
     unknown = [f for f in formats if f not in FORMATS]
     if unknown:
         raise HarnessError(f"unknown figure format {', '.join(unknown)}; expected some of {', '.join(FORMATS)}")
-    try:
-        import vl_convert  # noqa: F401  (altair's renderer for static files)
-    except ImportError:
-        raise HarnessError("writing figures needs vl-convert-python (pip install vl-convert-python)") from None
+    if importlib.util.find_spec("vl_convert") is None:  # altair's renderer for static files
+        raise HarnessError("writing figures needs vl-convert-python (pip install vl-convert-python)")
 
 
 def save_chart(chart: alt.TopLevelMixin, stem: Path, formats: Sequence[str]) -> list[Path]:

@@ -17,7 +17,7 @@ import pandas as pd
 from PIL import Image
 
 from harness.errors import HarnessError
-from harness.stats import higher_is_better_of, verdict
+from harness.stats import higher_is_better_of, leaderboard, signals_by_method, verdict
 from harness.store import Store, db_path
 from harness.tables import metric_label
 
@@ -89,6 +89,12 @@ def leaderboard_frame(rows: list[dict]) -> pd.DataFrame:
         return board
     board["metric_label"] = [metric_label(m, v) for m, v in zip(board["metric"], board["metric_version"])]
     return board
+
+
+def statistics(results: Results, base: str = BASE, by: Sequence[str] = ()) -> pd.DataFrame:
+    """The leaderboard of ``results`` (split further by the columns ``by``, e.g. per category) as a frame."""
+    signals = signals_by_method(results.training_signals)
+    return leaderboard_frame(leaderboard(results.scores, base=base, signals=signals, by=by))
 
 
 def filter_split(board: pd.DataFrame, split: str) -> pd.DataFrame:

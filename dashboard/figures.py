@@ -18,14 +18,7 @@ from pathlib import Path
 import pandas as pd
 
 from dashboard import charts
-from dashboard.data import (
-    Results,
-    delta_frame,
-    direction_title,
-    image_grid,
-    leaderboard_frame,
-    load_results,
-)
+from dashboard.data import delta_frame, direction_title, image_grid, load_results, statistics
 from dashboard.server import check_results_dir
 from harness.errors import HarnessError
 
@@ -44,15 +37,6 @@ class FigureOptions:
 def _slug(*parts: str) -> str:
     """A file name from labels: anything but letters, digits, '.', '+' and '-' becomes '_'."""
     return "-".join(re.sub(r"[^A-Za-z0-9.+-]+", "_", part).strip("_") for part in parts)
-
-
-def boards(results: Results, base: str) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The leaderboard of ``results`` overall and per category (the same statistics, split)."""
-    from harness.stats import leaderboard, signals_by_method
-
-    signals = signals_by_method(results.training_signals)
-    return tuple(leaderboard_frame(leaderboard(results.scores, base=base, signals=signals, by=by))
-                 for by in ((), ("category",)))
 
 
 def has_categories(board: pd.DataFrame, suite: str) -> bool:
@@ -86,7 +70,7 @@ def write_figures(results_dir: Path, options: FigureOptions) -> list[Path]:
     if options.base not in set(results.scores["method"]):
         raise HarnessError(f"no scores of the base {options.base!r} in {results_dir}; pass --base with one of "
                            f"{', '.join(sorted(set(results.scores['method'])))}")
-    board, by_category = boards(results, options.base)
+    board, by_category = statistics(results, options.base), statistics(results, options.base, by=["category"])
     methods = [m for m in results.methods if m != options.base]
     # Every chart is built before the first file is written: a mistake leaves nothing behind.
     figures: list[tuple[object, tuple[str, ...]]] = []

@@ -24,7 +24,6 @@ from dashboard.data import (
     filter_split,
     image_file,
     image_grid,
-    leaderboard_frame,
     load_results,
     metric_label,
     overlap_warnings,
@@ -32,6 +31,7 @@ from dashboard.data import (
     prompt_grid,
     prompt_table,
     signal_cells,
+    statistics,
     thumbnail,
 )
 from harness.stats import SIGNAL_MARK, SIGNAL_NOTE
@@ -53,16 +53,13 @@ def _results_key(results: Results) -> tuple[str, tuple[int, ...]]:
 
 @st.cache_data(max_entries=4, show_spinner="Computing confidence intervals…", hash_funcs={Results: _results_key})
 def cached_leaderboard(results: Results) -> pd.DataFrame:
-    from harness.stats import leaderboard, signals_by_method
-
-    signals = signals_by_method(results.training_signals)
-    return leaderboard_frame(leaderboard(results.scores, base=BASE, signals=signals))
+    return statistics(results, BASE)
 
 
 @st.cache_data(max_entries=4, show_spinner="Computing confidence intervals per category…",
                hash_funcs={Results: _results_key})
 def cached_category_board(results: Results) -> pd.DataFrame:
-    return figures.boards(results, BASE)[1]
+    return statistics(results, BASE, by=["category"])
 
 
 @st.cache_data(max_entries=32, hash_funcs={Results: _results_key})
