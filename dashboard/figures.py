@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import altair as alt
 import pandas as pd
 
 from dashboard import charts
@@ -44,13 +45,15 @@ def has_categories(board: pd.DataFrame, suite: str) -> bool:
     return board.loc[board["suite"] == suite, "category"].nunique(dropna=False) > 1
 
 
-def overall_delta_chart(board: pd.DataFrame, label: str, methods: Sequence[str], base: str):
+def overall_delta_chart(board: pd.DataFrame, label: str, methods: Sequence[str], base: str) -> alt.FacetChart:
+    """Δ vs ``base`` of each method on one metric, a panel per suite."""
     frame = delta_frame(board, label, y="method", facet="suite")
     return charts.delta_chart(frame, y_title="method", facet_title="suite", order=methods,
                               x_title=direction_title(board, label, base), title=f"{label}: Δ vs {base}")
 
 
-def category_delta_chart(by_category: pd.DataFrame, label: str, suite: str, base: str):
+def category_delta_chart(by_category: pd.DataFrame, label: str, suite: str, base: str) -> alt.FacetChart:
+    """Δ vs ``base`` per category of one suite and metric, a panel per method."""
     rows = by_category[by_category["suite"] == suite]
     frame = delta_frame(rows, label, y="category", facet="method")
     order = sorted(set(frame["y"]))
@@ -73,7 +76,7 @@ def write_figures(results_dir: Path, options: FigureOptions) -> list[Path]:
     board, by_category = statistics(results, options.base), statistics(results, options.base, by=["category"])
     methods = [m for m in results.methods if m != options.base]
     # Every chart is built before the first file is written: a mistake leaves nothing behind.
-    figures: list[tuple[object, tuple[str, ...]]] = []
+    figures: list[tuple[alt.TopLevelMixin, tuple[str, ...]]] = []
     metrics = board.drop_duplicates("metric_label")[["metric_label", "metric", "metric_version"]]
     for label, metric, version in metrics.itertuples(index=False):
         figures.append((overall_delta_chart(board, label, methods, options.base), ("delta", metric, version)))
