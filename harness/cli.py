@@ -227,12 +227,32 @@ def cmd_generate(args: argparse.Namespace) -> int:
 def cmd_leaderboard(args: argparse.Namespace) -> int:
     from harness.run import leaderboard
 
-    _print_leaderboard(leaderboard(Path(args.out), base=args.base), args.format)
+    by = [args.by] if args.by else []
+    _print_leaderboard(leaderboard(Path(args.out), base=args.base, by=by), args.format, base=args.base, ci=args.ci,
+                       by=args.by)
     return 0
 
 
-def _print_leaderboard(rows: list[dict], fmt: str) -> None:
-    if fmt == "json":
+def cmd_figure(args: argparse.Namespace) -> int:
+    from dashboard.figures import FigureOptions, write_figures
+    from harness.results import ResultsDir
+
+    out = Path(args.out)
+    options = FigureOptions(figures=Path(args.figures) if args.figures else ResultsDir(out).figures,
+                            formats=args.formats, base=args.base, grid_prompts=args.grid_prompts,
+                            grid_image=args.grid_image)
+    for path in write_figures(out, options):
+        print(path)
+    return 0
+
+
+def _print_leaderboard(rows: list[dict], fmt: str, *, base: str = "base", ci: bool = False,
+                       by: str | None = None) -> None:
+    if fmt in ("latex", "markdown"):
+        from harness.tables import paper_tables, to_latex, to_markdown
+
+        print((to_latex if fmt == "latex" else to_markdown)(paper_tables(rows, base=base, by=by), ci=ci))
+    elif fmt == "json":
         print(json.dumps(rows, indent=2))
     elif fmt == "csv":
         columns = list(rows[0]) if rows else LEADERBOARD_COLUMNS
@@ -254,16 +274,22 @@ def format_table(rows: list[dict]) -> str:
     def num(value: Any, digits: int = 4) -> str:
         return "-" if value is None else f"{value:.{digits}g}"
 
-    header = ["method", "suite", "metric", "n", "mean [95% CI]", "Δ vs base [95% CI]", "win rate"]
+    def interval(low: Any, high: Any, digits: int) -> str:
+        return "[no CI: 1 prompt]" if low is None or high is None else f"[{num(low, digits)}, {num(high, digits)}]"
+
+    # Rows split by category say so, with each part's prompt count: few prompts, wide CIs.
+    by_category = any("category" in r for r in rows)
+    parts = ["category", "prompts"] if by_category else []
+    header = ["method", "suite", *parts, "metric", "n", "mean [95% CI]", "Δ vs base [95% CI]", "win rate"]
     lines = [header]
     for r in rows:
-        delta = "-" if r.get("delta_vs_base") is None else f"{num(r['delta_vs_base'], 3)} [{num(r['delta_ci_low'], 3)}, {num(r['delta_ci_high'], 3)}]"
+        delta = "-" if r.get("delta_vs_base") is None else f"{num(r['delta_vs_base'], 3)} {interval(r['delta_ci_low'], r['delta_ci_high'], 3)}"
         win = "-" if r.get("win_rate_vs_base") is None else f"{r['win_rate_vs_base']:.1%}"
         mark = SIGNAL_MARK if r.get("trained_on_signal") else ""
         metric = r["metric"] if r.get("higher_is_better", True) else f"{r['metric']} {LOWER_MARK}"
         lines.append([
-            r["method"], r["suite"], metric, str(r["n"]),
-            f"{num(r['mean'])}{mark} [{num(r['ci_low'])}, {num(r['ci_high'])}]", delta, win,
+            r["method"], r["suite"], *([str(r["category"]), str(r["n_prompts"])] if by_category else []),
+            metric, str(r["n"]), f"{num(r['mean'])}{mark} {interval(r['ci_low'], r['ci_high'], 4)}", delta, win,
         ])
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
     table = "\n".join("  ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip() for line in lines)
@@ -475,8 +501,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("leaderboard", cmd_leaderboard, "print the leaderboard of a results directory")
     p.add_argument("--out", default="runs")
-    p.add_argument("--format", choices=["table", "csv", "json"], default="table")
+    p.add_argument("--format", choices=["table", "csv", "json", "latex", "markdown"], default="table",
+                   help="latex/markdown: a table for a paper, the best value per column in bold")
     p.add_argument("--base", default="base", help="the method the deltas and win rates compare against")
+    p.add_argument("--by", choices=["category"], help="a row per category of each suite, each with the whole "
+                   "leaderboard's statistics computed on its prompts alone")
+    p.add_argument("--ci", action="store_true", help="latex/markdown: each mean's 95%% CI beside it")
+
+    p = command("figure", cmd_figure, "write the dashboard's charts as files for a paper: Δ vs base with CIs "
+                "(overall and per category), win-rate heatmaps, image grids (prompts × methods, same seeds)")
+    p.add_argument("--out", default="runs", help="results directory (default: runs)")
+    p.add_argument("--figures", help="where to write (default: OUT/figures)")
+    p.add_argument("--formats", type=_comma_list, default=["png", "svg"], help="comma-separated: png, svg, pdf "
+                   "(default: png,svg)")
+    p.add_argument("--base", default="base", help="the method Δ compares against")
+    p.add_argument("--grid-prompts", type=_count, default=4, help="prompts per image grid: a suite's first N")
+    p.add_argument("--grid-image", type=int, default=0, metavar="INDEX",
+                   help="which image of each prompt (the same seed for every method; default: 0)")
 
     p = command("export", cmd_export, "export the results for pandas / notebooks")
     p.add_argument("--out", default="runs")

@@ -8,6 +8,7 @@
     data/                           training data made for the run (the toy world's, DRO's experts)
     cache/scores.sqlite             scores by image content, scorer and version (harness.scoring.cache)
     export/                         `harness export`'s tables
+    figures/                        `harness figure`'s charts (PNG / SVG / PDF and each chart's Vega-Lite spec)
 
 The store records image paths relative to the directory (``relative_images``), so a results
 directory can be moved or copied whole.
@@ -45,6 +46,10 @@ class ResultsDir:
     @property
     def export(self) -> Path:
         return self.root / "export"
+
+    @property
+    def figures(self) -> Path:
+        return self.root / "figures"
 
     def model(self, method: str) -> Path:
         """Where ``method``'s training writes (its UNet ends in ``final/unet``)."""

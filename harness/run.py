@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -424,8 +425,9 @@ def _evaluate(job: _ModelJob) -> None:
     evaluate(model.method, model.run_id, checkpoint, protocol, ResultsDir(options.out), job.stage)
 
 
-def leaderboard(out: Path, base: str = BASE) -> list[dict]:
-    """Leaderboard rows computed from a results directory's stored scores and training signals."""
+def leaderboard(out: Path, base: str = BASE, by: Sequence[str] = ()) -> list[dict]:
+    """Leaderboard rows computed from a results directory's stored scores and training signals
+    (``by``: ``harness.stats.leaderboard``'s, e.g. ``["category"]``)."""
     from harness.stats import leaderboard as compute, signals_by_method
     from harness.store import Store
 
@@ -434,4 +436,4 @@ def leaderboard(out: Path, base: str = BASE) -> list[dict]:
         raise HarnessError(f"no results in {out}: {db} does not exist (run `harness run --out {out}` first)")
     with Store(db, readonly=True) as store:
         scores, signals = store.scores_frame(), signals_by_method(store.training_signals_frame())
-    return compute(scores, base=base, signals=signals)
+    return compute(scores, base=base, signals=signals, by=by)

@@ -53,6 +53,7 @@ def test_ci_units_use_the_bound_on_the_papers_side():
     assert ci_units(10.0, 9.0, 12.0, 12.0) == pytest.approx(-1.0)
     assert ci_units(10.0, 9.0, 12.0, 9.0) == pytest.approx(1.0)
     assert ci_units(10.0, 10.0, 10.0, 10.0) == 0.0 and ci_units(10.0, 10.0, 10.0, 11.0) is None
+    assert ci_units(10.0, None, None, 11.0) is None  # one prompt: no interval, so no unit
 
 
 # Offsets of each method's scores from its paper row: base agrees, dpo is above, dro below.
