@@ -235,7 +235,6 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
 
 def cmd_figure(args: argparse.Namespace) -> int:
     from dashboard.figures import FigureOptions, write_figures
-    from harness.results import ResultsDir
 
     out = Path(args.out)
     options = FigureOptions(figures=Path(args.figures) if args.figures else ResultsDir(out).figures,
