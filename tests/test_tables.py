@@ -53,10 +53,10 @@ def test_the_best_value_of_each_column_is_bold_by_the_metrics_direction(rows):
     assert table.methods[0] == "base"
     markdown = to_markdown([table]).splitlines()
     header = markdown[2]
-    assert "parti · pickscore (v1)" in header and r"parti · fid\_like (v2\#b)" in header  # versions shown
+    assert "parti · pickscore (v1)" in header and r"parti · fid\_like (v2\#b) ↓" in header  # versions shown
     cells = {line.split(" | ")[0].removeprefix("| "): line.split(" | ")[1:] for line in markdown[4:8]}
     metrics = [h.strip() for h in header.strip("| ").split(" | ")[1:]]
-    higher, lower = metrics.index("parti · pickscore (v1)"), metrics.index(r"parti · fid\_like (v2\#b)")
+    higher, lower = metrics.index("parti · pickscore (v1)"), metrics.index(r"parti · fid\_like (v2\#b) ↓")
     bold = {(method, column) for method, values in cells.items() for column, value in enumerate(values) if "**" in value}
     assert bold == {("good", higher), ("low", lower)}
     # One number format per column: as many decimals on every row.
