@@ -23,4 +23,5 @@ run: $(STAMP)
 
 test: $(STAMP)
 	bash .ci/install-browser.sh
+	bash .ci/install-tex.sh
 	$(VENV)/bin/python -m pytest -q --durations=15

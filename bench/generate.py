@@ -27,7 +27,8 @@ import torch
 
 from harness.models import TinyPipelineConfig, default_cache_dir, load_pipeline, save_tiny_pipeline
 from harness.sampling import generate, optimize_pipeline
-from harness.suites import Suite, get_suite
+from harness.api.suite import Suite
+from harness.suites import get_suite
 
 SMALL = TinyPipelineConfig(image_size=64, block_out_channels=(64, 128, 256), layers_per_block=2, text_hidden_size=64)
 

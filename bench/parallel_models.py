@@ -43,7 +43,7 @@ def train_steps(steps: int) -> float:
     import copy
 
     from harness.models import load_pipeline
-    from harness.toyworld.base import ensure_base_model
+    from toyworld.base import ensure_base_model
 
     pipe = load_pipeline(ensure_base_model())
     unet = pipe.unet

@@ -44,7 +44,7 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from harness.models import TinyPipelineConfig, save_tiny_pipeline  # noqa: E402
-from harness.registry import METHODS  # noqa: E402
+from harness.api.registry import METHODS  # noqa: E402
 from harness.trainer import Trainer, resolve_config  # noqa: E402
 
 MID = TinyPipelineConfig(image_size=64, block_out_channels=(64, 128, 256), layers_per_block=2)
@@ -141,7 +141,7 @@ def sd15_dpo_step(unet_kind: str, device: str, rounds: int) -> None:
 
     from diffusers import DDPMScheduler, UNet2DConditionModel
 
-    from methods.base import Batch, Cond, Models
+    from harness.api.method import Batch, Cond, Models
     from methods.dpo import DPO, DPOConfig
 
     shape = SD15_UNET if unet_kind == "sd15" else MID_UNET
@@ -161,7 +161,8 @@ def sd15_dpo_step(unet_kind: str, device: str, rounds: int) -> None:
         size = shape["sample_size"]
         latents = torch.randn(2, 4, size, size, device=device)
         batch = Batch(latents=latents, means=latents, cond=Cond(torch.randn(1, 77, 768, device=device)),
-                      keys=["w", "l"], scores=torch.full((2,), float("nan")), captions=["x"], generator=torch.Generator())
+                      keys=["w", "l"], scores=torch.full((2,), float("nan")),
+                      labels=torch.full((2,), float("nan")), captions=["x"], generator=torch.Generator())
         if device == "cuda":
             torch.cuda.reset_peak_memory_stats()
         times = []

@@ -7,8 +7,9 @@ without a browser.  The pages in ``views.py`` only lay these out.
 from __future__ import annotations
 
 import argparse
+import base64
 import io
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,7 +17,10 @@ import pandas as pd
 from PIL import Image
 
 from harness.errors import HarnessError
-from harness.store import Store, db_path
+from harness.results import ResultsDir
+from harness.stats import higher_is_better_of, leaderboard, signals_by_method, verdict
+from harness.store import Store
+from harness.tables import metric_label
 
 BASE = "base"
 OUT_ENV = "HARNESS_OUT"
@@ -36,7 +40,7 @@ def results_dir_from(argv: Sequence[str], environ: Mapping[str, str]) -> Path:
 
 def fingerprint(results_dir: Path) -> tuple[int, ...]:
     """Changes whenever a writer commits (the database or its WAL grows or is touched): a cache key."""
-    db = db_path(results_dir)
+    db = ResultsDir(results_dir).db
     stats = [p.stat() for p in (db, db.with_name(db.name + "-wal")) if p.exists()]
     return tuple(v for s in stats for v in (s.st_mtime_ns, s.st_size))
 
@@ -54,7 +58,6 @@ class Results:
     checkpoints: pd.DataFrame
     overlaps: pd.DataFrame
     training_signals: pd.DataFrame
-    higher_is_better: dict[tuple[str, str], bool]
 
     @property
     def methods(self) -> list[str]:
@@ -75,13 +78,12 @@ def load_results(results_dir: Path) -> Results:
             checkpoints=store.checkpoints_frame(),
             overlaps=store.overlaps_frame(),
             training_signals=store.training_signals_frame(),
-            higher_is_better=store.metric_directions(),
         )
 
 
-def metric_label(metric: str, version: str) -> str:
-    """Column header of a metric: versions are separate metrics and always shown."""
-    return f"{metric} ({version})"
+def metric_labels(frame: pd.DataFrame) -> list[str]:
+    """``metric_label`` of each row of a leaderboard or scores frame."""
+    return [metric_label(*row) for row in frame[["metric", "metric_version", "higher_is_better"]].itertuples(index=False)]
 
 
 def leaderboard_frame(rows: list[dict]) -> pd.DataFrame:
@@ -89,8 +91,14 @@ def leaderboard_frame(rows: list[dict]) -> pd.DataFrame:
     board = pd.DataFrame(rows)
     if board.empty:
         return board
-    board["metric_label"] = [metric_label(m, v) for m, v in zip(board["metric"], board["metric_version"])]
+    board["metric_label"] = metric_labels(board)
     return board
+
+
+def statistics(results: Results, base: str = BASE, by: Sequence[str] = ()) -> pd.DataFrame:
+    """The leaderboard of ``results`` (split further by the columns ``by``, e.g. per category) as a frame."""
+    signals = signals_by_method(results.training_signals)
+    return leaderboard_frame(leaderboard(results.scores, base=base, signals=signals, by=by))
 
 
 def filter_split(board: pd.DataFrame, split: str) -> pd.DataFrame:
@@ -119,11 +127,11 @@ def signal_cells(board: pd.DataFrame, methods: Sequence[str]) -> pd.DataFrame:
     return mask
 
 
-def column_directions(board: pd.DataFrame, higher_is_better: Mapping[tuple[str, str], bool]) -> dict[str, bool]:
-    """``{overview column: higher_is_better}``."""
+def column_directions(board: pd.DataFrame) -> dict[str, bool]:
+    """``{overview column: higher_is_better}``, as the statistics found it in the scores."""
     return {
-        f"{suite} · {label}": higher_is_better.get((metric, version), True)
-        for suite, label, metric, version in board[["suite", "metric_label", "metric", "metric_version"]]
+        f"{suite} · {label}": bool(higher)
+        for suite, label, higher in board[["suite", "metric_label", "higher_is_better"]]
         .drop_duplicates().itertuples(index=False)
     }
 
@@ -138,33 +146,82 @@ def best_cells(table: pd.DataFrame, directions: Mapping[str, bool]) -> pd.DataFr
     return mask
 
 
-def _interval(low: float | None, high: float | None, fmt: str) -> str:
+NO_INTERVAL = "none (1 prompt)"
+
+
+def _interval(low: float | None, high: float | None, fmt: str, value: float | None = None) -> str:
+    """``[low, high]``; where a ``value`` has no interval (one prompt) says so, else empty (no value)."""
     if low is None or high is None or pd.isna(low) or pd.isna(high):
-        return ""
+        return "" if value is None or pd.isna(value) else NO_INTERVAL
     return f"[{low:{fmt}}, {high:{fmt}}]"
 
 
-def detail_table(board: pd.DataFrame, label: str, methods: Sequence[str]) -> pd.DataFrame:
-    """One metric: a row per (method, suite) with mean, CI, delta and win rate vs the base.
+def detail_table(board: pd.DataFrame, label: str, methods: Sequence[str], by: str | None = None) -> pd.DataFrame:
+    """One metric: a row per (method, suite) — or (method, suite, ``by``) with the part's prompt
+    count — with mean, CI, delta and win rate vs the base.
 
     Numbers stay numeric (so columns sort); intervals are text next to them.
     """
     rows = board[board["metric_label"] == label].copy()
     order = {m: i for i, m in enumerate(methods)}
-    rows = rows.sort_values(["suite", "method"], key=lambda c: c.map(order) if c.name == "method" else c)
+    keys = ["suite", *([by] if by else []), "method"]
+    rows = rows.sort_values(keys, key=lambda c: c.map(order) if c.name == "method" else c)
+    parts = {by: rows[by], "prompts": rows["n_prompts"]} if by else {}
     return pd.DataFrame({
         "method": rows["method"],
         "suite": rows["suite"],
         "split": rows["split"],
+        **parts,
         "n": rows["n"],
         "mean": rows["mean"],
         "trained_on_signal": rows["trained_on_signal"],
-        "95% CI": [_interval(lo, hi, ".4g") for lo, hi in zip(rows["ci_low"], rows["ci_high"])],
+        "95% CI": [_interval(lo, hi, ".4g", v) for lo, hi, v in zip(rows["ci_low"], rows["ci_high"], rows["mean"])],
         "Δ vs base": pd.to_numeric(rows["delta_vs_base"]),
-        "Δ 95% CI": [_interval(lo, hi, ".3g") for lo, hi in zip(rows["delta_ci_low"], rows["delta_ci_high"])],
+        "Δ 95% CI": [_interval(lo, hi, ".3g", v) for lo, hi, v in
+                     zip(rows["delta_ci_low"], rows["delta_ci_high"], rows["delta_vs_base"])],
         "win rate vs base": pd.to_numeric(rows["win_rate_vs_base"]),
         "win 95% CI": [_interval(lo, hi, ".0%") for lo, hi in zip(rows["win_ci_low"], rows["win_ci_high"])],
     }).reset_index(drop=True)
+
+
+def category_label(category: str | None, n_prompts: int) -> str:
+    """A category with its prompt count, which tells how wide its CIs may be."""
+    return f"{category or 'no category'} ({n_prompts} prompt{'' if n_prompts == 1 else 's'})"
+
+
+def delta_frame(board: pd.DataFrame, label: str, *, y: str, facet: str) -> pd.DataFrame:
+    """The rows of one metric that have a Δ vs the base, shaped for ``dashboard.charts.delta_chart``:
+    columns y, facet (labels: method, suite, or a category with its prompt count), method, delta,
+    low, high (NaN where there is no interval), n_prompts and verdict (``harness.stats.verdict``)."""
+    rows = board[(board["metric_label"] == label) & board["delta_vs_base"].notna()]
+
+    def labels(field: str) -> list[str]:
+        if field == "category":
+            return [category_label(c, n) for c, n in zip(rows["category"], rows["n_prompts"])]
+        return rows[field].tolist()
+
+    return pd.DataFrame({
+        "y": labels(y),
+        "facet": labels(facet),
+        "method": rows["method"].tolist(),
+        "delta": pd.to_numeric(rows["delta_vs_base"]).tolist(),
+        "low": pd.to_numeric(rows["delta_ci_low"]).tolist(),
+        "high": pd.to_numeric(rows["delta_ci_high"]).tolist(),
+        "n_prompts": rows["n_prompts"].tolist(),
+        "verdict": [verdict(r.get("delta_ci_low"), r.get("delta_ci_high"), higher_is_better_of(r))
+                    for r in _records(rows)],
+    })
+
+
+def _records(rows: pd.DataFrame) -> list[dict]:
+    """Rows as dicts with None for missing values (a frame turns None into NaN)."""
+    return [{k: (None if pd.isna(v) else v) for k, v in r.items()} for r in rows.to_dict("records")]
+
+
+def direction_title(board: pd.DataFrame, label: str, base: str) -> str:
+    """The Δ axis of a metric: what is compared, and which way is better."""
+    higher = higher_is_better_of(_records(board[board["metric_label"] == label].head(1))[0])
+    return f"Δ vs {base} with 95% CI ({'higher' if higher else 'lower'} is better)"
 
 
 def best_per_suite(detail: pd.DataFrame, higher: bool) -> pd.Series:
@@ -179,7 +236,7 @@ def image_file(results_dir: Path, path: str) -> Path | None:
     Paths come from the database, never from the browser, and are relative to the results directory.
     """
     root = Path(results_dir).resolve()
-    resolved = (root / path).resolve()
+    resolved = ResultsDir(root).file(path).resolve()
     return resolved if resolved.is_relative_to(root) and resolved.is_file() else None
 
 
@@ -201,6 +258,30 @@ def prompt_table(images: pd.DataFrame, suite: str, categories: Sequence[str]) ->
     return rows.drop_duplicates("prompt_id")[["prompt_id", "prompt", "category"]].sort_values("prompt_id")
 
 
+def image_grid(results: Results, suite: str, prompt_ids: Sequence[str], image_index: int, px: int,
+               thumb: Callable[[Path, int], bytes] = thumbnail) -> pd.DataFrame:
+    """One image per (prompt, method) at ``image_index`` — the same seed for every method — shaped for
+    ``dashboard.charts.image_grid_chart``: columns row (the prompt and its seed), prompt, method, seed,
+    url (a data URL of a ``px`` thumbnail; None where the file is missing)."""
+    images = results.images
+    images = images[(images["suite"] == suite) & images["prompt_id"].isin(prompt_ids)
+                    & (images["image_index"] == image_index)]
+    rows = []
+    for prompt_id in prompt_ids:
+        of_prompt = images[images["prompt_id"] == prompt_id]
+        if of_prompt.empty:
+            continue
+        seeds = set(of_prompt["seed"])
+        prompt = of_prompt["prompt"].iloc[0]
+        short = prompt if len(prompt) <= 60 else prompt[:59] + "…"
+        row = f"{short} · seed {seeds.pop()}" if len(seeds) == 1 else f"{short} · seeds differ"
+        for image in of_prompt.itertuples():
+            path = image_file(results.results_dir, image.path)
+            url = None if path is None else "data:image/jpeg;base64," + base64.b64encode(thumb(path, px)).decode()
+            rows.append({"row": row, "prompt": prompt, "method": image.method, "seed": image.seed, "url": url})
+    return pd.DataFrame(rows, columns=["row", "prompt", "method", "seed", "url"])
+
+
 def prompt_grid(results: Results, suite: str, prompt_id: str) -> pd.DataFrame:
     """Images of one prompt across methods: a row per (image_index, method) with path, seed and scores.
 
@@ -210,7 +291,7 @@ def prompt_grid(results: Results, suite: str, prompt_id: str) -> pd.DataFrame:
     scores = results.scores[(results.scores["suite"] == suite) & (results.scores["prompt_id"] == prompt_id)]
     wide = pd.DataFrame(index=pd.MultiIndex.from_arrays([[], []], names=["run_id", "image_index"]))
     if not scores.empty:
-        scores = scores.assign(label=[metric_label(m, v) for m, v in zip(scores["metric"], scores["metric_version"])])
+        scores = scores.assign(label=metric_labels(scores))
         wide = scores.pivot_table(index=["run_id", "image_index"], columns="label", values="value", aggfunc="first")
         wide.columns.name = None
     grid = images[["run_id", "method", "image_index", "seed", "path"]].merge(

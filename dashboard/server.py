@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from harness.errors import HarnessError
-from harness.store import db_path
+from harness.results import ResultsDir
 
 APP = Path(__file__).with_name("app.py")
 
@@ -29,7 +29,7 @@ def command(results_dir: Path, port: int, host: str = "127.0.0.1") -> list[str]:
 
 
 def check_results_dir(results_dir: Path) -> None:
-    if not db_path(results_dir).is_file():
+    if not ResultsDir(results_dir).db.is_file():
         raise HarnessError(f"no results in {results_dir} (run `harness run --out {results_dir}` first)")
 
 

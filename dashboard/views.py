@@ -12,8 +12,10 @@ import pandas as pd
 import streamlit as st
 from pandas.io.formats.style import Styler
 
+from dashboard import charts, figures
 from dashboard.data import (
     BASE,
+    NO_INTERVAL,
     Results,
     best_cells,
     best_per_suite,
@@ -21,7 +23,7 @@ from dashboard.data import (
     detail_table,
     filter_split,
     image_file,
-    leaderboard_frame,
+    image_grid,
     load_results,
     metric_label,
     overlap_warnings,
@@ -29,6 +31,7 @@ from dashboard.data import (
     prompt_grid,
     prompt_table,
     signal_cells,
+    statistics,
     thumbnail,
 )
 from harness.stats import SIGNAL_MARK, SIGNAL_NOTE
@@ -50,10 +53,13 @@ def _results_key(results: Results) -> tuple[str, tuple[int, ...]]:
 
 @st.cache_data(max_entries=4, show_spinner="Computing confidence intervals…", hash_funcs={Results: _results_key})
 def cached_leaderboard(results: Results) -> pd.DataFrame:
-    from harness.stats import leaderboard, signals_by_method
+    return statistics(results, BASE)
 
-    signals = signals_by_method(results.training_signals)
-    return leaderboard_frame(leaderboard(results.scores, base=BASE, signals=signals))
+
+@st.cache_data(max_entries=4, show_spinner="Computing confidence intervals per category…",
+               hash_funcs={Results: _results_key})
+def cached_category_board(results: Results) -> pd.DataFrame:
+    return statistics(results, BASE, by=["category"])
 
 
 @st.cache_data(max_entries=32, hash_funcs={Results: _results_key})
@@ -100,7 +106,7 @@ def leaderboard_page(results: Results) -> None:
     st.caption("One column per suite and metric (version in brackets; versions are never mixed). "
                "The best value of each column is highlighted. Click a header to sort.")
     table = overview_table(board, results.methods)
-    directions = column_directions(board, results.higher_is_better)
+    directions = column_directions(board)
     mask = best_cells(table, directions)
     styled = table.style.apply(lambda _: mask.replace({True: HIGHLIGHT, False: ""}), axis=None)
     marked = signal_cells(board, results.methods)
@@ -112,13 +118,13 @@ def leaderboard_page(results: Results) -> None:
     labels = sorted(board["metric_label"].unique())
     label = st.selectbox("Metric", labels, key="leaderboard_metric")
     chosen = board[board["metric_label"] == label].iloc[0]
-    higher = results.higher_is_better.get((chosen["metric"], chosen["metric_version"]), True)
+    higher = bool(chosen["higher_is_better"])
     scores = results.scores
     scale = scores.loc[(scores["metric"] == chosen["metric"]) & (scores["metric_version"] == chosen["metric_version"]),
                        "scale"].iloc[0]
     st.caption(f"{label}: scale {scale}, {'higher' if higher else 'lower'} is better. 95% bootstrap CIs over "
-               f"prompts; Δ and win rate are paired with '{BASE}' on the same prompts and seeds "
-               "(win: the method's median image of a prompt scores strictly higher).")
+               f"prompts; Δ (method − {BASE}) and win rate are paired with '{BASE}' on the same prompts and seeds "
+               f"(win: the method's median image of a prompt scores strictly {'higher' if higher else 'lower'}).")
     detail = detail_table(board, label, results.methods)
     best = best_per_suite(detail, higher)
     styled = detail.style.apply(lambda column: [HIGHLIGHT if b else "" for b in best], subset=["mean"])
@@ -130,6 +136,62 @@ def leaderboard_page(results: Results) -> None:
     })
     if detail["trained_on_signal"].any():
         st.caption(SIGNAL_NOTE)
+    if board["delta_vs_base"].notna().any():
+        methods = [m for m in results.methods if m != BASE]
+        st.altair_chart(figures.overall_delta_chart(board, label, methods, BASE))
+
+
+def categories_page(results: Results) -> None:
+    st.header("Categories")
+    board = cached_category_board(results)
+    if board.empty:
+        st.info("No scores stored yet: the run has not reached scoring.")
+        return
+    st.caption("Every statistic of the leaderboard, computed on each category's prompts alone, so a category "
+               f"with few prompts has a wide CI and one prompt has none ('{NO_INTERVAL}'). Under about ten "
+               "prompts a bootstrap interval is itself too narrow to trust: read the prompt count beside it.")
+    labels = sorted(board["metric_label"].unique())
+    label = st.selectbox("Metric", labels, key="categories_metric")
+    suites = sorted(board.loc[board["metric_label"] == label, "suite"].unique())
+    suite = st.selectbox("Suite", suites, key="categories_suite")
+    rows = board[board["suite"] == suite]
+    if rows["delta_vs_base"].notna().any():
+        st.altair_chart(figures.category_delta_chart(board, label, suite, BASE))
+    else:
+        st.info(f"Only '{BASE}' has scores on {suite}: there is no Δ to draw.")
+    detail = detail_table(rows, label, results.methods, by="category").drop(columns=["suite", "split"])
+    marked = pd.DataFrame({"mean": detail["trained_on_signal"]})
+    st.dataframe(_format_means(detail.style, marked, ["mean"]), hide_index=True, column_config={
+        "trained_on_signal": None,  # shown as the mark on the mean
+        "Δ vs base": st.column_config.NumberColumn(format="%+.4f"),
+        "win rate vs base": st.column_config.NumberColumn(format="percent"),
+    })
+    if detail["trained_on_signal"].any():
+        st.caption(SIGNAL_NOTE)
+
+
+def image_grid_page(results: Results) -> None:
+    st.header("Image grid")
+    images = results.images
+    if images.empty:
+        st.info("No images stored yet: the run has not reached generation.")
+        return
+    suite = st.selectbox("Suite", sorted(images["suite"].unique()), key="grid_suite")
+    in_suite = images[images["suite"] == suite]
+    categories = st.multiselect("Categories", sorted(in_suite["category"].dropna().unique()),
+                                key=f"grid_categories:{suite}")
+    prompts = prompt_table(images, suite, categories)
+    # Keys depend on the filter, so a smaller selection never keeps a count larger than itself.
+    filter_id = f"{suite}|{'|'.join(categories)}"
+    count = st.number_input("Prompts (the first ones)", 1, len(prompts), min(4, len(prompts)),
+                            key=f"grid_count:{filter_id}")
+    index = st.selectbox("Image of each prompt (the same seed for every method)",
+                         sorted(in_suite["image_index"].unique()), key=f"grid_image:{suite}")
+    grid = image_grid(results, suite, prompts["prompt_id"].tolist()[:count], index, figures.GRID_PX,
+                      thumb=lambda path, size: cached_thumbnail(str(path), path.stat().st_mtime_ns, size))
+    st.altair_chart(charts.image_grid_chart(grid, results.methods, figures.GRID_PX))
+    st.caption(f"`harness figure --out {results.results_dir}` writes this grid (the first prompts of each suite) "
+               "as PNG and SVG, with the Δ charts and win-rate heatmaps.")
 
 
 def _sync_page_from_prompt(prompt_key: str, page_key: str, prompt_ids: list[str]) -> None:
@@ -191,32 +253,18 @@ def win_rate_page(results: Results) -> None:
     if scores.empty:
         st.info("No scores stored yet.")
         return
-    metrics = scores.drop_duplicates(["metric", "metric_version"])[["metric", "metric_version"]]
-    choices = {metric_label(m, v): (m, v) for m, v in metrics.itertuples(index=False)}
+    metrics = scores.drop_duplicates(["metric", "metric_version"])[["metric", "metric_version", "higher_is_better"]]
+    choices = {metric_label(m, v, h): (m, v, h) for m, v, h in metrics.itertuples(index=False)}
     label = st.selectbox("Metric", sorted(choices), key="winrate_metric")
-    metric, version = choices[label]
+    metric, version, higher = choices[label]
     suites = sorted(scores.loc[(scores["metric"] == metric) & (scores["metric_version"] == version), "suite"].unique())
     suite = st.selectbox("Suite", suites, key="winrate_suite")
     matrix = cached_win_matrix(results, metric, version, suite)
     order = [m for m in results.methods if m in matrix.index]
-    cells = matrix.rename_axis(index="method", columns="against").stack(future_stack=True)
-    cells = cells.rename("win_rate").reset_index()
-    base = alt.Chart(cells).encode(
-        x=alt.X("against:N", sort=order, title="against (column)", axis=alt.Axis(labelAngle=0)),
-        y=alt.Y("method:N", sort=order, title="method (row)"),
-    )
-    heat = base.mark_rect().encode(
-        color=alt.Color("win_rate:Q", scale=alt.Scale(domain=[0, 1], scheme="redblue"), title="win rate"),
-        tooltip=["method", "against", alt.Tooltip("win_rate:Q", format=".1%")],
-    )
-    # No label on the diagonal (a method against itself), which holds no number.
-    text = base.transform_filter("isValid(datum.win_rate)").mark_text().encode(
-        text=alt.Text("win_rate:Q", format=".0%"),
-        color=alt.condition("abs(datum.win_rate - 0.5) > 0.3", alt.value("white"), alt.value("black")))
-    # A fixed band per method: without it Vega-Lite draws 20-pixel rows.
-    st.altair_chart((heat + text).properties(height=alt.Step(48)), width="stretch")
-    st.caption("Cell = share of prompts where the row method's median image scores strictly higher than the "
-               "column method's, on the same seeds. Ties count for neither, so a[i,j] + a[j,i] can be below 1.")
+    st.altair_chart(charts.win_rate_chart(matrix, order), width="stretch")
+    st.caption(f"Cell = share of prompts where the row method's median image scores strictly "
+               f"{'higher' if higher else 'lower'} ({'higher' if higher else 'lower'} is better) than the column "
+               "method's, on the same seeds. Ties count for neither, so a[i,j] + a[j,i] can be below 1.")
     st.dataframe(matrix.loc[order, order].reset_index(), hide_index=True)
 
 
@@ -276,7 +324,9 @@ def run_details_page(results: Results) -> None:
 
 PAGES: dict[str, Callable[[Results], None]] = {
     "Leaderboard": leaderboard_page,
+    "Categories": categories_page,
     "Compare": compare_page,
+    "Image grid": image_grid_page,
     "Win-rate matrix": win_rate_page,
     "Training": training_page,
     "Run details": run_details_page,

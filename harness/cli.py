@@ -17,10 +17,11 @@ from typing import Any, Callable, NoReturn
 
 from harness.atomic import disk_full_error
 from harness.errors import HarnessError
+from harness.results import ResultsDir
 from harness.workers import quiet_libraries
 
 LEADERBOARD_COLUMNS = [
-    "method", "suite", "split", "metric", "n", "mean", "ci_low", "ci_high",
+    "method", "suite", "split", "metric", "higher_is_better", "n", "mean", "ci_low", "ci_high",
     "delta_vs_base", "delta_ci_low", "delta_ci_high", "win_rate_vs_base", "trained_on_signal",
 ]
 
@@ -102,7 +103,7 @@ def _run_options(args: argparse.Namespace, **specific: Any):
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from harness.config import get_preset
+    from harness.presets import get_preset
     from harness.run import EVERY_METHOD, run_validated, validate
 
     options = _run_options(args, methods=args.methods, out=Path(args.out), data=args.data, steps=args.steps,
@@ -115,7 +116,40 @@ def cmd_run(args: argparse.Namespace) -> int:
     rows = run_validated(options, preset)
     print()
     _print_leaderboard(rows, "table")
-    print(f"\nresults: {Path(args.out) / 'results.db'}  (harness leaderboard --out {args.out}; harness dashboard --out {args.out})")
+    print(f"\nresults: {ResultsDir(args.out).db}  (harness leaderboard --out {args.out}; harness dashboard --out {args.out})")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from harness.evaluate import EvaluateOptions, evaluate_checkpoint, plan_evaluation
+    from harness.run import leaderboard
+
+    plan = plan_evaluation(EvaluateOptions(
+        model=args.model, out=Path(args.out), unet=args.unet, lora=args.lora, method=args.method, name=args.name,
+        preset=args.preset, suites=args.suites, scorers=args.scorers, max_prompts=args.max_prompts,
+        scorer_options=_parse_scorer_options(args.scorer_option)))  # every mistake before the libraries load
+    quiet_libraries()
+    evaluate_checkpoint(plan)
+    print()
+    _print_leaderboard(leaderboard(Path(args.out)), "table")
+    print(f"\nresults: {ResultsDir(args.out).db}  (run {plan.name!r}; harness dashboard --out {args.out})")
+    return 0
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    from harness.external_images import ScoreOptions, plan_scoring, score_external
+    from harness.run import leaderboard
+
+    plan = plan_scoring(ScoreOptions(images=Path(args.images), prompts=args.prompts, name=args.name,
+                                     out=Path(args.out), scorers=args.scorers,
+                                     scorer_options=_parse_scorer_options(args.scorer_option)))
+    score_external(plan)
+    print()
+    _print_leaderboard(leaderboard(Path(args.out)), "table")
+    print(f"\n{len(plan.images)} images of {plan.suite.name} scored as run {args.name!r}: {ResultsDir(args.out).db}")
+    if plan.n_without_seed:
+        print(f"note: {plan.n_without_seed} images have no seed in {plan.manifest}: they are compared with no "
+              "other run (Δ and win rates pair images of the same prompt, index and seed)")
     return 0
 
 
@@ -131,14 +165,15 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from harness.config import get_preset, resolve_base_model
-    from harness.registry import METHODS
+    from harness.api.registry import METHODS
+    from harness.config import resolve_base_model
+    from harness.presets import get_preset
     from harness.trainer import train
 
     quiet_libraries()
     METHODS.get(args.method)
     preset = get_preset(args.preset)
-    overrides = preset.overrides_for(args.method, _parse_overrides(args.set, [args.method]).get(args.method))
+    overrides = _parse_overrides(args.set, [args.method]).get(args.method, {})
     result = train(
         args.method,
         base_model=resolve_base_model(args.model or preset.base_model),
@@ -162,7 +197,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         require_existing_path(args.unet, "--unet")
     require_directory_or_nothing(Path(args.out), "--out")
     from harness.models import inference_device, load_pipeline
-    from harness.run import load_suite
+    from harness.evaluate import load_suite
     from harness.distributed import torchrun_process_group
     from harness.sampling import generate, optimize_pipeline
 
@@ -193,12 +228,31 @@ def cmd_generate(args: argparse.Namespace) -> int:
 def cmd_leaderboard(args: argparse.Namespace) -> int:
     from harness.run import leaderboard
 
-    _print_leaderboard(leaderboard(Path(args.out), base=args.base), args.format)
+    by = [args.by] if args.by else []
+    _print_leaderboard(leaderboard(Path(args.out), base=args.base, by=by), args.format, base=args.base, ci=args.ci,
+                       by=args.by)
     return 0
 
 
-def _print_leaderboard(rows: list[dict], fmt: str) -> None:
-    if fmt == "json":
+def cmd_figure(args: argparse.Namespace) -> int:
+    from dashboard.figures import FigureOptions, write_figures
+
+    out = Path(args.out)
+    options = FigureOptions(figures=Path(args.figures) if args.figures else ResultsDir(out).figures,
+                            formats=args.formats, base=args.base, grid_prompts=args.grid_prompts,
+                            grid_image=args.grid_image)
+    for path in write_figures(out, options):
+        print(path)
+    return 0
+
+
+def _print_leaderboard(rows: list[dict], fmt: str, *, base: str = "base", ci: bool = False,
+                       by: str | None = None) -> None:
+    if fmt in ("latex", "markdown"):
+        from harness.tables import paper_tables, to_latex, to_markdown
+
+        print((to_latex if fmt == "latex" else to_markdown)(paper_tables(rows, base=base, by=by), ci=ci))
+    elif fmt == "json":
         print(json.dumps(rows, indent=2))
     elif fmt == "csv":
         columns = list(rows[0]) if rows else LEADERBOARD_COLUMNS
@@ -212,33 +266,42 @@ def _print_leaderboard(rows: list[dict], fmt: str) -> None:
 def format_table(rows: list[dict]) -> str:
     """A compact human table: mean [95% CI], delta vs base [CI], win rate.
 
-    A mean is marked when its method was trained on that metric, with a footnote saying why.
+    A mean is marked when its method was trained on that metric, and a lower-is-better metric's name,
+    each with a footnote saying what it means.
     """
-    from harness.stats import SIGNAL_MARK, SIGNAL_NOTE
+    from harness.stats import LOWER_MARK, LOWER_NOTE, SIGNAL_MARK, SIGNAL_NOTE
 
     def num(value: Any, digits: int = 4) -> str:
         return "-" if value is None else f"{value:.{digits}g}"
 
-    header = ["method", "suite", "metric", "n", "mean [95% CI]", "Δ vs base [95% CI]", "win rate"]
+    def interval(low: Any, high: Any, digits: int) -> str:
+        return "[no CI: 1 prompt]" if low is None or high is None else f"[{num(low, digits)}, {num(high, digits)}]"
+
+    # Rows split by category say so, with each part's prompt count: few prompts, wide CIs.
+    by_category = any("category" in r for r in rows)
+    parts = ["category", "prompts"] if by_category else []
+    header = ["method", "suite", *parts, "metric", "n", "mean [95% CI]", "Δ vs base [95% CI]", "win rate"]
     lines = [header]
     for r in rows:
-        delta = "-" if r.get("delta_vs_base") is None else f"{num(r['delta_vs_base'], 3)} [{num(r['delta_ci_low'], 3)}, {num(r['delta_ci_high'], 3)}]"
+        delta = "-" if r.get("delta_vs_base") is None else f"{num(r['delta_vs_base'], 3)} {interval(r['delta_ci_low'], r['delta_ci_high'], 3)}"
         win = "-" if r.get("win_rate_vs_base") is None else f"{r['win_rate_vs_base']:.1%}"
         mark = SIGNAL_MARK if r.get("trained_on_signal") else ""
+        metric = r["metric"] if r.get("higher_is_better", True) else f"{r['metric']} {LOWER_MARK}"
         lines.append([
-            r["method"], r["suite"], r["metric"], str(r["n"]),
-            f"{num(r['mean'])}{mark} [{num(r['ci_low'])}, {num(r['ci_high'])}]", delta, win,
+            r["method"], r["suite"], *([str(r["category"]), str(r["n_prompts"])] if by_category else []),
+            metric, str(r["n"]), f"{num(r['mean'])}{mark} {interval(r['ci_low'], r['ci_high'], 4)}", delta, win,
         ])
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
     table = "\n".join("  ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip() for line in lines)
-    marked = any(r.get("trained_on_signal") for r in rows)
-    return f"{table}\n{SIGNAL_NOTE}" if marked else table
+    notes = [note for note, shown in ((SIGNAL_NOTE, any(r.get("trained_on_signal") for r in rows)),
+                                      (LOWER_NOTE, not all(r.get("higher_is_better", True) for r in rows))) if shown]
+    return "\n".join([table, *notes])
 
 
 def cmd_export(args: argparse.Namespace) -> int:
     from harness.store import export
 
-    paths = export(Path(args.out), Path(args.dest or Path(args.out) / "export"), args.format)
+    paths = export(Path(args.out), Path(args.dest or ResultsDir(args.out).export), args.format)
     for path in paths:
         print(path)
     return 0
@@ -251,7 +314,7 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
 
 
 def cmd_methods(args: argparse.Namespace) -> int:
-    from harness.registry import METHODS
+    from harness.api.registry import METHODS
 
     for name, cls in METHODS.items():
         print(f"{name:10s} {getattr(cls, 'description', '')}")
@@ -259,7 +322,7 @@ def cmd_methods(args: argparse.Namespace) -> int:
 
 
 def cmd_scorers(args: argparse.Namespace) -> int:
-    from harness.registry import SCORERS
+    from harness.api.registry import SCORERS
 
     for name, cls in SCORERS.items():
         print(f"{name:14s} {cls.version:24s} {cls.scale:12s} {getattr(cls, 'description', '')}")
@@ -275,13 +338,15 @@ def cmd_suites(args: argparse.Namespace) -> int:
 
 
 def cmd_presets(args: argparse.Namespace) -> int:
-    from harness.config import PRESETS, get_preset, show_preset
+    from harness.api.registry import PRESETS
+    from harness.presets import get_preset, show_preset
 
     if args.show:
         print(show_preset(get_preset(args.show)))
         return 0
-    for name in PRESETS:
-        print(f"{name:6s} {get_preset(name).description}")
+    for name in PRESETS.names():
+        preset = get_preset(name)
+        print(f"{name:6s} {preset.description}{'  (the default)' if preset.default else ''}")
     return 0
 
 
@@ -325,7 +390,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("run", cmd_run, "train each method from one base, generate the suites, score, store and rank")
     p.add_argument("--methods", type=_comma_list, required=True, help="comma-separated, e.g. dpo,dro,smpo")
     p.add_argument("--out", default="runs", help="results directory (default: runs)")
-    p.add_argument("--preset", default="toy", help="toy (default), tiny, sd15, sdxl")
+    p.add_argument("--preset", help="a registered preset (`harness presets`; default: toy, the toy world)")
     p.add_argument("--model", help="base model: hub id or local diffusers directory (default: the preset's)")
     p.add_argument("--data", help="training data: directory with pairs.jsonl/experts.jsonl, or a hub dataset id")
     p.add_argument("--vae", help="replacement VAE, hub id or local directory (default: the preset's, e.g. SDXL's "
@@ -350,6 +415,50 @@ def build_parser() -> argparse.ArgumentParser:
                    "(pip install '.[ray]'; docs/scaling.md)")
     p.add_argument("--address", help="with --backend ray: the cluster, auto or HOST:PORT (default: start one here)")
 
+    p = command("evaluate", cmd_evaluate, "evaluate any checkpoint into a results directory: generate the suites "
+                "with the preset's protocol, score, store, rank against the base")
+    p.epilog = ("The generation protocol (sampler and steps, CFG, seeds, images per prompt, resolution) is the "
+                "preset's, as `harness run` uses it: the images pair with a run's image for image and the numbers "
+                "are comparable with the run's (its --seed too; a run made with --steps, --images-per-prompt or --vae "
+                "used another). The leaderboard compares with the results directory's base run: "
+                "where the base model has not been evaluated on a suite asked, it is evaluated too. Rerun the "
+                "same command to resume.")
+    p.add_argument("--model", required=True, metavar="ID|DIR",
+                   help="the pipeline: toy, tiny, a hub id or a local diffusers directory")
+    p.add_argument("--unet", metavar="DIR", help="replace its UNet: a UNet directory (e.g. OUT/models/dpo/final/unet) "
+                   "or a repository with the UNet in unet/")
+    p.add_argument("--lora", metavar="DIR", help="load LoRA adapters into its UNet: what `harness train` writes with "
+                   "lora_rank > 0 (OUT/final/lora)")
+    p.add_argument("--method", help="sample through this method's sampler (default: the plain pipeline)")
+    p.add_argument("--name", help="the run's name in the results (default: made from the location evaluated, "
+                   "e.g. dpo-final-unet)")
+    p.add_argument("--preset", help="the protocol: the preset the results directory was made with (default), "
+                   "else toy")
+    p.add_argument("--suites", type=_comma_list, help="prompt suites, in-domain or out-of-domain (default: the "
+                   "preset's; NAME:PATH for a local copy)")
+    p.add_argument("--scorers", type=_comma_list, help="scorers (default: the preset's)")
+    p.add_argument("--max-prompts", type=_count, help="only the first N prompts of each suite (as the run's, to compare)")
+    p.add_argument("--scorer-option", action="append", default=[], metavar="SCORER.OPTION=VALUE",
+                   help="where a scorer's weights are, e.g. hpsv2.checkpoint=DIR")
+    p.add_argument("--out", default="runs", help="results directory: a `harness run`'s, or a new one (default: runs)")
+
+    p = command("score", cmd_score, "score images made elsewhere into a results directory, as a run of their own")
+    p.epilog = ("The manifest is JSONL, one image a line: path (relative to the manifest's folder), prompt_id or "
+                "prompt (of the --prompts suite), image_index (default: the order of the prompt's lines), seed "
+                "(optional), sha256 (optional, checked); other keys are ignored, so `harness generate`'s "
+                "manifest.jsonl is one. The images are copied into OUT/images/NAME/SUITE/. Δ and win rates pair "
+                "them with the base's images of the same prompt, index and seed: images without a seed are "
+                "compared with no other run.")
+    p.add_argument("--images", required=True, metavar="DIR|manifest.jsonl",
+                   help="a manifest, or a folder holding manifest.jsonl (what `harness generate --out DIR` writes)")
+    p.add_argument("--prompts", required=True, metavar="SUITE|FILE",
+                   help="the suite the images were made for, or a prompt file (JSONL or one prompt a line)")
+    p.add_argument("--scorers", type=_comma_list, required=True, help="comma-separated, e.g. pickscore,hpsv2")
+    p.add_argument("--name", required=True, help="the run's name in the results")
+    p.add_argument("--scorer-option", action="append", default=[], metavar="SCORER.OPTION=VALUE",
+                   help="where a scorer's weights are, e.g. hpsv2.checkpoint=DIR")
+    p.add_argument("--out", default="runs", help="results directory (default: runs)")
+
     p = command("reproduce", cmd_reproduce, "run the published checkpoints (harness run --pretrained) and set "
                 "our numbers beside the paper's, each difference in units of our confidence interval")
     p.add_argument("--preset", default="sd15", help="a preset with published tables (default: sd15)")
@@ -371,7 +480,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, help="directory with pairs.jsonl/experts.jsonl, or a hub dataset id")
     p.add_argument("--out", required=True)
     p.add_argument("--model", help="base model (default: the preset's)")
-    p.add_argument("--preset", default="toy")
+    p.add_argument("--preset", help="a registered preset (`harness presets`; default: toy, the toy world)")
     p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE")
     p.add_argument("--no-resume", action="store_true", help="ignore existing checkpoints in --out")
     p.add_argument("--seed", type=int, default=0)
@@ -396,8 +505,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("leaderboard", cmd_leaderboard, "print the leaderboard of a results directory")
     p.add_argument("--out", default="runs")
-    p.add_argument("--format", choices=["table", "csv", "json"], default="table")
+    p.add_argument("--format", choices=["table", "csv", "json", "latex", "markdown"], default="table",
+                   help="latex/markdown: a table for a paper, the best value per column in bold")
     p.add_argument("--base", default="base", help="the method the deltas and win rates compare against")
+    p.add_argument("--by", choices=["category"], help="a row per category of each suite, each with the whole "
+                   "leaderboard's statistics computed on its prompts alone")
+    p.add_argument("--ci", action="store_true", help="latex/markdown: each mean's 95%% CI beside it")
+
+    p = command("figure", cmd_figure, "write the dashboard's charts as files for a paper: Δ vs base with CIs "
+                "(overall and per category), win-rate heatmaps, image grids (prompts × methods, same seeds)")
+    p.add_argument("--out", default="runs", help="results directory (default: runs)")
+    p.add_argument("--figures", help="where to write (default: OUT/figures)")
+    p.add_argument("--formats", type=_comma_list, default=["png", "svg"], help="comma-separated: png, svg, pdf "
+                   "(default: png,svg)")
+    p.add_argument("--base", default="base", help="the method Δ compares against")
+    p.add_argument("--grid-prompts", type=_count, default=4, help="prompts per image grid: a suite's first N")
+    p.add_argument("--grid-image", type=int, default=0, metavar="INDEX",
+                   help="which image of each prompt (the same seed for every method; default: 0)")
 
     p = command("export", cmd_export, "export the results for pandas / notebooks")
     p.add_argument("--out", default="runs")
@@ -437,7 +561,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        from harness.registry import load_plugin
+        from harness.api.registry import load_plugin
 
         for plugin in args.plugin:
             load_plugin(plugin)

@@ -1,10 +1,13 @@
-"""Training data: preference pairs and expert demonstrations.
+"""Training data: preference pairs, expert demonstrations, labelled images (the readers behind
+``harness.api.data``'s specs).
 
 Sources a user can point the trainer at:
 
 - a local directory with ``pairs.jsonl`` (``{"caption", "image_0", "image_1", "label_0",
   "score_0"?, "score_1"?}``, image paths relative to the directory, ``label_0`` 1.0 /
-  0.0 / 0.5 = tie, dropped) and/or ``experts.jsonl`` (``{"caption", "image", "score"?}``);
+  0.0 / 0.5 = tie, dropped) and/or ``experts.jsonl`` (``{"caption", "image", "score"?}``)
+  and/or ``labelled.jsonl`` (``{"caption", "image", "label", "score"?}``, label 1 desirable,
+  0 undesirable);
 - Pick-a-Pic v2 through HF ``datasets``: a hub id (``yuvalkirstain/pickapic_v2``) or a
   local copy (``save_to_disk`` output or a downloaded dataset folder); columns
   ``jpg_0, jpg_1, label_0, caption`` (and ``image_0_uid, image_1_uid`` for scores); ties
@@ -28,15 +31,12 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Union
-
 import numpy as np
 import torch
 from PIL import Image
 
+from harness.api.data import ImageSource
 from harness.errors import HarnessError
-
-ImageSource = Union[Path, bytes]
 
 
 @dataclass(frozen=True)
@@ -58,17 +58,13 @@ class Expert:
 
 
 @dataclass(frozen=True)
-class DataNeeds:
-    """What a method trains on, and the reward its data must carry.
+class Labelled:
+    """A single image labelled desirable (1.0) or undesirable (0.0)."""
 
-    ``pairs`` with a ``scorer``: every image scored by it (SmPO's smoothed labels), unless the data
-    carries scores.  ``experts`` with a ``scorer`` and ``top_k``: the top_k images ranked by it (DRO),
-    unless the data has an ``experts.jsonl``; without a scorer, the preferred image of each pair (SFT).
-    """
-
-    kind: Literal["pairs", "experts"]
-    scorer: str | None = None
-    top_k: int | None = None
+    caption: str
+    image: ImageSource
+    label: float
+    score: float | None = None
 
 
 def content_key(source: ImageSource) -> str:
@@ -269,11 +265,9 @@ def load_experts(source: str | Path, top_k: int | None = None, scorer: str | Non
 def training_captions(source: str | Path) -> list[str]:
     """Every caption ``source`` can train on: what the seen/unseen overlap check compares suites with."""
     path = Path(source)
-    if (path / "pairs.jsonl").exists() or (path / "experts.jsonl").exists():
-        captions = [pair.caption for pair in read_local_pairs(path)] if (path / "pairs.jsonl").exists() else []
-        if (path / "experts.jsonl").exists():
-            captions += [expert.caption for expert in load_experts(path)]
-        return captions
+    files = {"pairs.jsonl": read_local_pairs, "experts.jsonl": load_experts, "labelled.jsonl": load_labelled}
+    if any((path / name).exists() for name in files):
+        return [row.caption for name, read in files.items() if (path / name).exists() for row in read(path)]
     return list(load_hf_dataset(str(source))["caption"])  # one column: no image is decoded
 
 
@@ -287,28 +281,36 @@ def top_k_experts(candidates: Sequence[Expert], k: int) -> list[Expert]:
     return sorted(unique.values(), key=lambda e: e.score, reverse=True)[:k]
 
 
-def training_records(needs: DataNeeds, source: str | Path) -> Sequence[Pair] | Sequence[Expert]:
-    """What a method trains on, from ``source``, with the scores its recipe needs (or a clear error)."""
-    if needs.kind == "pairs":
-        records = load_pairs(source)
-        if needs.scorer and np.isnan(pair_scores(records)).any():
-            from harness.score_table import ScoreTable
+def load_labelled(source: str | Path) -> list[Labelled]:
+    """Rows of a directory's ``labelled.jsonl``; a label other than 0 or 1 is an error naming the line."""
+    path = Path(source) / "labelled.jsonl"
+    rows = []
+    for number, row in enumerate(_read_jsonl(path), 1):
+        _require(row, ("caption", "image", "label"), f"{path}:{number}")
+        if float(row["label"]) not in (0.0, 1.0):
+            raise HarnessError(f"{path}:{number}: label must be 1 (desirable) or 0 (undesirable), not {row['label']!r}")
+        rows.append(Labelled(row["caption"], Path(source) / row["image"], float(row["label"]),
+                             _optional_float(row.get("score"))))
+    return rows
 
-            table = ScoreTable.find(source, "train", needs.scorer)
-            if table is None:
-                raise HarnessError(
-                    f"the pairs in {source} carry no scores and this method needs every image scored by {needs.scorer}: "
-                    f"run `harness data score --data {source} --scorer {needs.scorer}` (`harness run` does this itself)")
-            with table:
-                records = load_pairs(source, scores=table.values())
-            unscored = int(np.isnan(pair_scores(records)).sum())
-            if unscored:
-                raise HarnessError(f"{unscored} image(s) of {source} have no {needs.scorer} score in {table.path} "
-                                   "(undecodable, or the data changed): rerun `harness data score`")
-    elif needs.kind == "experts":
-        records = load_experts(source, needs.top_k, needs.scorer)
-    else:
-        raise HarnessError(f"unknown training data kind {needs.kind!r}; expected 'pairs' or 'experts'")
-    if len(records) == 0:
-        raise HarnessError(f"no usable training {needs.kind} in {source} (ties are dropped)")
-    return records
+
+def scored_pairs(source: str | Path, scorer: str | None) -> Sequence[Pair]:
+    """The pairs of ``source``; with a ``scorer``, every image's score by it (the data's own, or the
+    score table ``harness data score`` made), or a clear error."""
+    pairs = load_pairs(source)
+    if not scorer or not np.isnan(pair_scores(pairs)).any():
+        return pairs
+    from harness.score_table import ScoreTable
+
+    table = ScoreTable.find(source, "train", scorer)
+    if table is None:
+        raise HarnessError(
+            f"the pairs in {source} carry no scores and this method needs every image scored by {scorer}: "
+            f"run `harness data score --data {source} --scorer {scorer}` (`harness run` does this itself)")
+    with table:
+        pairs = load_pairs(source, scores=table.values())
+    unscored = int(np.isnan(pair_scores(pairs)).sum())
+    if unscored:
+        raise HarnessError(f"{unscored} image(s) of {source} have no {scorer} score in {table.path} "
+                           "(undecodable, or the data changed): rerun `harness data score`")
+    return pairs

@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from harness.api.registry import register_base_model
 from harness.atomic import publishing
 from harness.config import require_existing_path
 from harness.errors import HarnessError, refused_pickle
@@ -229,6 +230,12 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("HARNESS_CACHE", Path.home() / ".cache" / "harness"))
 
 
+@register_base_model("tiny")
+def tiny_base_model() -> str:
+    """The random-init tiny SD1.5-shaped pipeline (the ``tiny`` preset's base model)."""
+    return str(save_tiny_pipeline(default_cache_dir() / "tiny-sd"))
+
+
 def _pipeline_class_name(model: str) -> str:
     from diffusers import DiffusionPipeline
 
@@ -237,7 +244,7 @@ def _pipeline_class_name(model: str) -> str:
 
 
 @contextmanager
-def _reporting_load_errors(what: str, location: str | Path) -> Iterator[None]:
+def reporting_load_errors(what: str, location: str | Path) -> Iterator[None]:
     """One line saying what is wrong with a model that does not load, and a download hint only for a hub id."""
     try:
         yield
@@ -284,19 +291,19 @@ def load_pipeline(
     for what, location in (("model", model), ("UNet", unet), ("VAE", vae)):
         if location is not None:
             require_existing_path(str(location), what)
-    with _reporting_load_errors("model", model):
+    with reporting_load_errors("model", model):
         class_name = _pipeline_class_name(model)
     kwargs: dict[str, Any] = {"dtype": dtype}
     if class_name == "StableDiffusionPipeline":
         kwargs.update(safety_checker=None, feature_extractor=None, requires_safety_checker=False)
     if unet is not None:
-        with _reporting_load_errors("UNet", unet):
+        with reporting_load_errors("UNet", unet):
             kwargs["unet"] = UNet2DConditionModel.from_pretrained(str(unet), subfolder=unet_subfolder, dtype=dtype,
                                                                   **_weights_format(unet, unet_subfolder))
     if vae is not None:
-        with _reporting_load_errors("VAE", vae):
+        with reporting_load_errors("VAE", vae):
             kwargs["vae"] = AutoencoderKL.from_pretrained(vae, dtype=dtype)
-    with _reporting_load_errors("model", model):
+    with reporting_load_errors("model", model):
         pipe = DiffusionPipeline.from_pretrained(model, **kwargs)
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)

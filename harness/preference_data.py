@@ -170,7 +170,7 @@ def _cache_entry(cache_dir: Path, base_model: str | Path, settings: dict[str, An
     import PIL
     import torch
 
-    from harness.registry import SCORERS
+    from harness.api.registry import SCORERS
 
     model = Path(base_model)
     if not model.is_dir():
@@ -248,7 +248,7 @@ def _sample(base_model, captions, out_dir, samples_per_caption, seed, steps, gui
 
     from harness.models import load_pipeline
     from harness.sampling import generate
-    from harness.suites import Prompt, Suite
+    from harness.api.suite import Prompt, Suite
 
     digest = hashlib.sha256("\n".join(captions).encode("utf-8")).hexdigest()[:12]
     suite = Suite(

@@ -1,7 +1,7 @@
 """`harness run`: train each method from one base, generate, score, store, rank.
 
 Each method's training is one job, and each model's evaluation (the base's and every trained
-method's: sample the suites, score the images) another.  The jobs run side by side in worker
+method's: sample the suites, score the images; ``harness.evaluate``) another.  The jobs run side by side in worker
 processes (``harness.workers``) and write to the one results database: first the base's
 evaluation, which needs no training data (the toy preset makes the data in this process
 meanwhile), then the trainings, and each trained model's evaluation as soon as its training ends.
@@ -22,19 +22,23 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import sys
-import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from harness.api.method import PublishedWeights
+from harness.api.preset import Preset
+from harness.api.registry import METHODS, SCORERS, SUITES
 from harness.backends import check_backend, open_backend
-from harness.config import (Preset, get_preset, require_directory_or_nothing, require_existing_path,
-                            resolve_base_model)
+from harness.config import is_built_model, require_directory_or_nothing, require_existing_path, resolve_base_model
 from harness.errors import HarnessError
-from harness.registry import METHODS, SCORERS, SUITES
+from harness.evaluate import (BASE, Checkpoint, Protocol, check_scorer_options, evaluate, get_or_create_run, load_suite,
+                              unet_subfolder)
+from harness.presets import get_preset, published_weights
+from harness.progress import Stages as _Stages, say
+from harness.results import ResultsDir
 
-BASE = "base"
 EVERY_METHOD = "*"  # RunOptions.overrides key: settings for every method trained (--set FIELD=VALUE)
 
 
@@ -42,7 +46,7 @@ EVERY_METHOD = "*"  # RunOptions.overrides key: settings for every method traine
 class RunOptions:
     methods: list[str]
     out: Path
-    preset: str = "toy"
+    preset: str | None = None  # None: the default preset (the toy world's)
     model: str | None = None
     data: str | None = None
     suites: list[str] | None = None
@@ -73,7 +77,7 @@ class EvaluatedModel:
     train: bool = False  # still to be trained (then ``unet`` is set to the result)
     evaluate: bool = True  # False: trained only as another method's starting point
     data_dir: str | None = None  # what its training reads
-    needs: Any = None  # its method's harness.data.DataNeeds: the reward its training data must carry
+    spec: Any = None  # its method's harness.api.DataSpec: what it trains on, and the reward its data must carry
     init_from: str | None = None  # the method whose trained UNet it starts from
 
 
@@ -101,7 +105,7 @@ def _validate_locations(options: RunOptions) -> None:
     from harness.store import Store
 
     require_directory_or_nothing(options.out, "--out")
-    db = options.out / "results.db"
+    db = ResultsDir(options.out).db
     if db.exists():  # a corrupt or foreign file is refused before anything is added beside it
         Store(db, readonly=True).close()
     for option, location in (("--model", options.model), ("--data", options.data)):
@@ -114,15 +118,15 @@ def _validate_names(options: RunOptions, preset: Preset) -> None:
         if name == BASE:
             raise HarnessError(f"{BASE!r} is the untrained base model, always evaluated; it is not a method")
         METHODS.get(name)
-        if options.pretrained and name not in preset.pretrained and name not in options.unets:
-            available = ", ".join(preset.pretrained) or "none"
+        if options.pretrained and name not in published_weights(preset.name) and name not in options.unets:
+            available = ", ".join(published_weights(preset.name)) or "none"
             raise HarnessError(f"preset {preset.name!r} has no published weights for {name!r}; available: {available}")
     for name in options.suites or preset.suites:
         SUITES.get(name.split(":", 1)[0])  # NAME:PATH reads a local copy
     for name in options.scorers or preset.scorers:
         SCORERS.get(name)
     for name, keywords in options.scorer_options.items():
-        _check_scorer_options(name, keywords)
+        check_scorer_options(name, keywords)
     for name in options.unets:
         if not options.pretrained:
             raise HarnessError("--unet gives the location of a published UNet: use it with --pretrained")
@@ -136,8 +140,9 @@ def published_unet(options: RunOptions, preset: Preset, method: str) -> tuple[st
     or a hub id) with the UNet in ``unet/``."""
     given = options.unets.get(method)
     if given is None:
-        return preset.pretrained[method]
-    return given, None if (Path(given).expanduser() / "config.json").is_file() else "unet"
+        weights = published_weights(preset.name)[method]
+        return weights.location, weights.subfolder
+    return given, unet_subfolder(given)
 
 
 def check_models_available(options: RunOptions, preset: Preset) -> None:
@@ -146,24 +151,13 @@ def check_models_available(options: RunOptions, preset: Preset) -> None:
     from harness.models import check_model_available
 
     base = options.model or preset.base_model
-    if base not in ("toy", "tiny"):  # those two are built here
+    if not is_built_model(base):
         check_model_available(base, config_file="model_index.json", what="base model", pass_as="--model DIR")
     if options.pretrained:
         for method in options.methods:
             location, subfolder = published_unet(options, preset, method)
             check_model_available(location, config_file="config.json", subfolder=subfolder,
                                   what=f"{method}'s published UNet", pass_as=f"--unet {method}=DIR")
-
-
-def _check_scorer_options(name: str, keywords: dict[str, Any]) -> None:
-    """``--scorer-option NAME.KEY=VALUE``: NAME a scorer, KEY one of the locations its constructor takes."""
-    import inspect
-
-    accepted = [p for p in inspect.signature(SCORERS.get(name).__init__).parameters if p != "self"]
-    unknown = sorted(set(keywords) - set(accepted))
-    if unknown:
-        raise HarnessError(f"scorer {name!r} takes no option {', '.join(unknown)}; "
-                           f"its options: {', '.join(accepted) or 'none'}")
 
 
 def _validate_configs(options: RunOptions, preset: Preset) -> None:
@@ -186,21 +180,21 @@ def run_validated(options: RunOptions, preset: Preset) -> list[dict]:
     from harness.workers import default_processes, one_cpu_thread
 
     out = options.out
+    results = ResultsDir(out)
     data = None if options.pretrained else options.data or preset.data
-    source = str(out / "data") if data == "synthesize" else data
+    source = str(results.data) if data == "synthesize" else data
     trainings = [] if options.pretrained else _plan_trainings(options, preset, source, data == "synthesize")
     out.mkdir(parents=True, exist_ok=True)
     stage = _Stages()
 
     stage("base model")
     base_model = resolve_base_model(options.model or preset.base_model)
-    store = Store(out / "results.db")
+    store = Store(results.db)
 
     def make_run(method: str, config: dict) -> int:
         # One results directory is one experiment: a method's run is keyed by its name, and the
         # store refuses to resume it with another config (images/<method>/ would be mixed up).
-        config = {"preset": preset.name, "base_model": base_model, "seed": options.seed, **config}
-        return store.get_or_create_run(method, method=method, preset=preset.name, base_model=base_model, config=config)
+        return get_or_create_run(store, method, preset, base_model, options.seed, **config)
 
     def job(model: EvaluatedModel) -> _ModelJob:
         return _ModelJob(model, options, preset, base_model, stage)
@@ -272,16 +266,15 @@ def _plan_trainings(options: RunOptions, preset: Preset, source: str | None, syn
     planned: dict[str, EvaluatedModel] = {}
 
     def plan(method: str, evaluate: bool) -> None:
-        overrides = preset.overrides_for(method, {**({"vae": options.vae} if options.vae else {}),
-                                                  **options.overrides.get(EVERY_METHOD, {}),
-                                                  **options.overrides.get(method, {})})
+        overrides = {**({"vae": options.vae} if options.vae else {}), **options.overrides.get(EVERY_METHOD, {}),
+                     **options.overrides.get(method, {})}
         config = resolve_config(method, preset.name, overrides)
         if config.init_method and config.init_method not in planned:
             plan(config.init_method, evaluate=config.init_method in options.methods)
-        needs = METHODS.get(method)(config).data_needs()
+        spec = METHODS.get(method)(config).data_spec()
+        data_dir = spec.training_source(source, ResultsDir(options.out).data, synthesized) if source else source
         planned[method] = EvaluatedModel(method, run_id=-1, overrides=overrides, train=True, evaluate=evaluate,
-                                         data_dir=_data_dir(needs, source, synthesized, options.out), needs=needs,
-                                         init_from=config.init_method)
+                                         data_dir=data_dir, spec=spec, init_from=config.init_method)
 
     for method in options.methods:
         if method not in planned:
@@ -292,42 +285,18 @@ def _plan_trainings(options: RunOptions, preset: Preset, source: str | None, syn
     return list(planned.values())
 
 
-def _data_dir(needs, source: str | None, synthesized: bool, out: Path) -> str | None:
-    """Where a method's training data lives: the source itself, or DRO's experts made from it (a source
-    with its own ``experts.jsonl``, or synthesized data, which has one, is used as it is)."""
-    if needs.kind == "experts" and needs.scorer and source and not synthesized \
-            and not (Path(source) / "experts.jsonl").exists():
-        return str(out / "data" / f"experts-{needs.scorer}-top{needs.top_k}")
-    return source
-
-
 def _prepare_data(model: EvaluatedModel, options: RunOptions, source: str, stage: "_Stages") -> tuple[list[str], str]:
-    """Make what the method's recipe needs from ``source``; return the rewards that shaped its data, and how."""
-    import numpy as np
-
-    from harness.data import load_pairs, pair_scores
-    from harness.data_steps import experts_recipe, score_training_images, select_experts
+    """Make what the method's data spec needs from ``source``; return the rewards that shaped its data, and how."""
     from harness.preference_data import synthesis_settings
     from harness.scoring import same_signal
 
-    needs = model.needs
     synthesized = synthesis_settings(model.data_dir)
     if synthesized is not None:
         scorers = synthesized["scorers"]
         return sorted({m for name in scorers for m in same_signal(name)}), \
             f"training data labelled and ranked by {', '.join(scorers)}"
-    scorer_options = options.scorer_options.get(needs.scorer or "", {})
-    if needs.kind == "experts" and needs.scorer and model.data_dir != source:
-        stage(f"{model.method}: top {needs.top_k} experts of {source} by {needs.scorer}")
-        select_experts(source, needs.scorer, needs.top_k, Path(model.data_dir), scorer_options=scorer_options)
-    if needs.kind == "pairs" and needs.scorer and np.isnan(pair_scores(load_pairs(source))).any():
-        stage(f"{model.method}: scoring the training pairs with {needs.scorer}")
-        score_training_images(source, needs.scorer, scorer_options=scorer_options)
-        return same_signal(needs.scorer), f"pair scores by {needs.scorer}"
-    recipe = experts_recipe(model.data_dir) if needs.kind == "experts" else None
-    if recipe is not None:
-        return same_signal(recipe["scorer"]), f"experts ranked by {recipe['scorer']} (top {recipe['n']})"
-    return [], ""
+    return model.spec.prepare(source, model.data_dir, options.scorer_options.get(model.spec.scorer or "", {}),
+                              lambda what: stage(f"{model.method}: {what}"))
 
 
 def _import_job_libraries() -> None:
@@ -348,9 +317,9 @@ def _record_signals(store, methods: list[EvaluatedModel], signals: dict[str, tup
             if model.init_from:  # what shaped the UNet it starts from shaped it too
                 more, also = signals[model.init_from]
                 metrics, why = metrics + more, "; ".join(filter(None, [why, also]))
-        elif model.method in preset.pretrained_signals:
-            scorer, why = preset.pretrained_signals[model.method]
-            metrics = same_signal(scorer)
+        elif published_weights(preset.name).get(model.method, PublishedWeights("")).signal:
+            weights = published_weights(preset.name)[model.method]
+            metrics, why = same_signal(weights.signal), weights.how
         else:
             continue
         if metrics:
@@ -378,35 +347,16 @@ def _record_overlap(store, models: list[EvaluatedModel], options: RunOptions, pr
             store.set_overlap(model.run_id, suite=suite.name, n_overlap=counts[key])
 
 
-def say(line: str) -> None:
-    """Print ``line`` in one write: the workers print to the same stdout, and unbuffered (PYTHONUNBUFFERED)
-    ``print`` writes the text and the newline apart, so another process's line could land in between."""
-    sys.stdout.write(line + "\n")
-    sys.stdout.flush()
-
-
-class _Stages:
-    """Prints each stage's name with the time since the run started (where the minutes go)."""
-
-    def __init__(self) -> None:
-        self.started = time.time()  # wall clock: worker processes print stages too
-
-    def __call__(self, name: str) -> None:
-        say(f"== {name}  [{self.elapsed():.0f} s]")
-
-    def elapsed(self) -> float:
-        return time.time() - self.started
-
-
 def _synthesize(options: RunOptions, preset: Preset, base_model: str, data_dir: Path, stage: _Stages) -> None:
     from harness.models import default_cache_dir
     from harness.preference_data import synthesize
-    from harness.toyworld import grammar
 
     stage("training data (base samples labelled by the rewards)")
+    if preset.training_captions is None:
+        raise HarnessError(f"preset {preset.name!r} synthesizes its data but names no training captions")
     settings = dict(preset.synthesize)
     max_captions = settings.pop("max_captions", None)
-    captions = grammar.training_captions()[:max_captions]
+    captions = preset.training_captions()[:max_captions]
     synthesize(base_model, captions, data_dir, scorers=list(preset.scorers), cache_dir=default_cache_dir() / "training-data",
                **settings)
 
@@ -420,7 +370,6 @@ class _ModelJob:
     preset: Preset
     base_model: str
     stage: _Stages
-    shard: tuple[int, int] | None = None  # (r, W): only the prompts k % W == r of each suite (the Ray backend's split)
 
 
 def _train(job: _ModelJob) -> EvaluatedModel:
@@ -432,7 +381,8 @@ def _train(job: _ModelJob) -> EvaluatedModel:
     model = job.model
     job.stage(f"{model.method}: training")
     clock = JobClock()
-    with Store(job.options.out / "results.db") as store:
+    results = ResultsDir(job.options.out)
+    with Store(results.db) as store:
         store.set_run_status(model.run_id, "running")
         pending: list[tuple[int, dict[str, float]]] = []
 
@@ -447,7 +397,7 @@ def _train(job: _ModelJob) -> EvaluatedModel:
                 model.method,
                 base_model=job.base_model,
                 data_dir=Path(model.data_dir),
-                output_dir=job.options.out / "models" / model.method,
+                output_dir=results.model(model.method),
                 preset=job.preset.name,
                 overrides=model.overrides,
                 on_log=on_log,
@@ -470,110 +420,29 @@ def _train(job: _ModelJob) -> EvaluatedModel:
 
 def _evaluate(job: _ModelJob) -> None:
     """Generate the suites and score them: one model's evaluation (a job)."""
-    from harness.compute import JobClock
-    from harness.store import Store
-
-    clock = JobClock()
-    with Store(job.options.out / "results.db") as store:
-        job.stage(f"{job.model.method}: generation")
-        manifests = _generate(job.model, job, store)
-        job.stage(f"{job.model.method}: scoring")
-        _score(job.model, manifests, job, store)
-        store.add_compute(job.model.run_id, clock.figures("eval"))
+    evaluate(job.model.method, job.model.run_id, *evaluation_of(job), ResultsDir(job.options.out), job.stage)
 
 
-def load_suite(name: str, limit: int | None = None):
-    """A registered suite, cut to its first ``limit`` prompts (a new, smaller suite with its own version)."""
-    from harness.suites import Suite, get_suite
-
-    suite = get_suite(name)
-    if limit and len(suite) > limit:
-        suite = Suite(name=suite.name, split=suite.split, prompts=suite.prompts[:limit], description=suite.description)
-    return suite
-
-
-def _generate(model: EvaluatedModel, job: _ModelJob, store) -> dict[str, list[dict]]:
-    from harness.models import inference_device, load_pipeline
-    from harness.sampling import generate
-
-    options, preset = job.options, job.preset
-    device, dtype = inference_device()
-    pipe = load_pipeline(job.base_model, unet=model.unet, unet_subfolder=model.unet_subfolder, dtype=dtype,
-                         device=device, vae=options.vae or preset.vae)
-    if model.method != BASE:
-        from harness.trainer import resolve_config
-
-        pipe = METHODS.get(model.method)(resolve_config(model.method, preset.name, model.overrides)).sampler(pipe)
-    settings = preset.generation
-    manifests = {}
-    for name in options.suites or preset.suites:
-        suite = load_suite(name, options.max_prompts or preset.max_prompts)
-        say(f"   {model.method} / {suite.name} ({len(suite)} prompts)")
-        folder = Path("images") / model.method / suite.name
-        rows = generate(
-            pipe,
-            suite,
-            options.out / folder,
-            images_per_prompt=options.images_per_prompt or settings.images_for(suite.name),
-            batch_size=settings.batch_size,
-            seed=settings.seed + options.seed,
-            num_inference_steps=options.steps or settings.num_inference_steps,
-            guidance_scale=settings.guidance_scale,
-            height=settings.height,
-            width=settings.width,
-            scheduler=settings.scheduler,
-            shard=job.shard,
-        )
-        # The store's paths are relative to the results directory (the manifest's, to its folder).
-        stored = [{**row, "path": str(folder / row["path"])} for row in rows]
-        store.add_images(model.run_id, suite=suite.name, suite_version=suite.version, split=suite.split, rows=stored)
-        manifests[suite.name] = rows
-    del pipe
-    return manifests
+def evaluation_of(job: _ModelJob) -> tuple[Checkpoint, Protocol]:
+    """What a model's evaluation job evaluates, and how (the Ray backend splits the same evaluation)."""
+    model, options = job.model, job.options
+    checkpoint = Checkpoint(job.base_model, unet=model.unet, unet_subfolder=model.unet_subfolder,
+                            method=None if model.method == BASE else model.method, overrides=model.overrides)
+    protocol = Protocol.of(job.preset, options.suites, options.scorers, max_prompts=options.max_prompts,
+                           images_per_prompt=options.images_per_prompt, steps=options.steps, seed=options.seed,
+                           vae=options.vae, scorer_options=options.scorer_options)
+    return checkpoint, protocol
 
 
-def _score(model: EvaluatedModel, manifests: dict[str, list[dict]], job: _ModelJob, store) -> None:
-    from harness.scoring import get_scorer, score_images
-    from harness.scoring.cache import ScoreCache
-
-    options = job.options
-    cache = ScoreCache(options.out / "cache" / "scores.sqlite")
-    for scorer_name in options.scorers or job.preset.scorers:
-        scorer = get_scorer(scorer_name, **options.scorer_options.get(scorer_name, {}))
-        for suite_name, rows in manifests.items():
-            folder = options.out / "images" / model.method / suite_name
-            values = score_images(
-                scorer,
-                [folder / row["path"] for row in rows],
-                [row["prompt"] for row in rows],
-                [row["sha256"] for row in rows],
-                cache=cache,
-            )
-            store.add_scores(
-                model.run_id,
-                suite=suite_name,
-                rows=[
-                    {
-                        "prompt_id": row["prompt_id"],
-                        "image_index": row["image_index"],
-                        "scorer": scorer.name,
-                        "version": scorer.version,
-                        "scale": scorer.scale,
-                        "value": value,
-                    }
-                    for row, value in zip(rows, values)
-                ],
-            )
-
-
-def leaderboard(out: Path, base: str = BASE) -> list[dict]:
-    """Leaderboard rows computed from a results directory's stored scores and training signals."""
+def leaderboard(out: Path, base: str = BASE, by: Sequence[str] = ()) -> list[dict]:
+    """Leaderboard rows computed from a results directory's stored scores and training signals
+    (``by``: ``harness.stats.leaderboard``'s, e.g. ``["category"]``)."""
     from harness.stats import leaderboard as compute, signals_by_method
     from harness.store import Store
 
-    db = Path(out) / "results.db"
+    db = ResultsDir(out).db
     if not db.exists():
         raise HarnessError(f"no results in {out}: {db} does not exist (run `harness run --out {out}` first)")
     with Store(db, readonly=True) as store:
         scores, signals = store.scores_frame(), signals_by_method(store.training_signals_frame())
-    return compute(scores, base=base, signals=signals)
+    return compute(scores, base=base, signals=signals, by=by)

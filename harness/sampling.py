@@ -40,7 +40,7 @@ import torch
 from harness.atomic import remove_leftovers, replacing, write_jsonl, writing
 from harness.distributed import barrier, rank_and_size
 from harness.errors import HarnessError
-from harness.suites import Suite
+from harness.api.suite import Suite
 
 MANIFEST_NAME = "manifest.jsonl"
 _PARTS_DIR = ".manifest-parts"

@@ -10,9 +10,19 @@ Why these choices:
   ``prompt_id, image_index, seed``, so a different seed protocol yields no pairs rather than a
   silently unpaired comparison.
 - The win rate is the papers' (Diffusion-DRO): per prompt the median of the k scores of each
-  method, a win when the method's median is strictly higher, so identical methods score 0.
+  method, a win when the method's median is strictly better, so identical methods score 0.
   Its CI is Wilson's score interval, which stays honest at 0 % and 100 % where a bootstrap
-  collapses to a single point.  Every metric here is higher-is-better.
+  collapses to a single point.
+- Better is the metric's direction: the scores frame's ``higher_is_better`` (the scorer's, as
+  the store records it; True when the column is absent).  On a lower-is-better metric (an error,
+  a distance) a win is a strictly lower median.  Δ is the plain difference of the means (a - b)
+  in the metric's units whatever the direction, so on such a metric a negative Δ is a gain.
+  Which value of a column is best and whether a Δ is a gain go through ``toward_better``, the
+  one place a direction turns into a sign for outputs.
+- Per-category rows (``leaderboard(by=["category"])``) are the overall rows computed on each
+  category's prompts alone, by the same code.  A bootstrap over one prompt has nothing to
+  resample, so its interval is missing (None), never a zero-width one; few prompts give the
+  wide intervals they deserve.
 - Every bootstrap starts from its own generator seeded with ``seed``: a row's numbers do not
   depend on which other rows were computed before it.
 - A method whose training data was shaped by a metric (experts ranked by it, pairs labelled
@@ -23,7 +33,7 @@ Why these choices:
 from __future__ import annotations
 
 import math
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -39,7 +49,43 @@ CONFIDENCE = 0.95
 _Z95 = 1.959963984540054  # standard normal quantile at 0.975
 # How the outputs (CLI table, dashboard) mark a trained_on_signal row, and what the mark means.
 SIGNAL_MARK = "†"
-SIGNAL_NOTE = f"{SIGNAL_MARK} trained on this signal: a gain here is not independent evidence"
+SIGNAL_MEANING = "trained on this signal: a gain here is not independent evidence"
+SIGNAL_NOTE = f"{SIGNAL_MARK} {SIGNAL_MEANING}"
+# How they mark a lower-is-better metric (an error, a distance), and what follows for Δ and the win rate.
+LOWER_MARK = "↓"
+LOWER_NOTE = (f"{LOWER_MARK} lower is better: a negative Δ is a gain, and a win is a prompt where the method's "
+              "median is lower")
+
+
+def toward_better(value: float, higher_is_better: bool = True) -> float:
+    """``value`` signed so that larger is better: the one place a metric's direction becomes a sign
+    (which value of a column is best, whether a Δ is a gain)."""
+    return value if higher_is_better else -value
+
+
+def best_flags(values: Iterable[float | None], higher_is_better: bool = True) -> list[bool]:
+    """True where a value is its list's best (ties all True); None and NaN are never best."""
+    values = list(values)
+    known = [toward_better(v, higher_is_better) for v in values if v is not None and not math.isnan(v)]
+    best = max(known, default=None)
+    return [best is not None and v is not None and not math.isnan(v) and toward_better(v, higher_is_better) == best
+            for v in values]
+
+
+VERDICTS = ("better than base", "worse than base", "CI includes 0", "no CI (1 prompt)")
+
+
+def verdict(ci_low: float | None, ci_high: float | None, higher_is_better: bool = True) -> str:
+    """What a Δ's 95 % CI says (one of ``VERDICTS``): a gain, a loss, or no clear difference."""
+    if ci_low is None or ci_high is None:
+        return VERDICTS[3]
+    low, high = sorted((toward_better(ci_low, higher_is_better), toward_better(ci_high, higher_is_better)))
+    return VERDICTS[0] if low > 0 else VERDICTS[1] if high < 0 else VERDICTS[2]
+
+
+def higher_is_better_of(row: Mapping[str, Any]) -> bool:
+    """A leaderboard row's direction (True where the row does not say)."""
+    return row.get("higher_is_better") is not False
 
 
 def _check_columns(scores: pd.DataFrame) -> None:
@@ -54,9 +100,12 @@ def bootstrap_mean_ci(
     """95 % percentile bootstrap CI of the mean of ``values``, resampling whole ``groups`` (prompts).
 
     A drawn prompt contributes all its values, so the statistic is the image-level mean of the
-    resampled prompts (prompts with more images weigh more, as in the point estimate).
+    resampled prompts (prompts with more images weigh more, as in the point estimate).  Fewer
+    than two prompts give (NaN, NaN): no interval.
     """
     codes, uniques = pd.factorize(pd.Series(groups), sort=True)
+    if len(uniques) < 2:  # one prompt: every resample is that prompt, which says nothing about spread
+        return math.nan, math.nan
     sums = np.bincount(codes, weights=np.asarray(values, dtype=float), minlength=len(uniques))
     counts = np.bincount(codes, minlength=len(uniques)).astype(float)
     rng = np.random.default_rng(seed)
@@ -94,14 +143,28 @@ def _pairs(a: pd.DataFrame, b: pd.DataFrame) -> pd.DataFrame:
     return a[PAIR_KEYS + ["value"]].merge(b[PAIR_KEYS + ["value"]], on=PAIR_KEYS, suffixes=("_a", "_b")).sort_values(PAIR_KEYS)
 
 
-def _wins(pairs: pd.DataFrame) -> tuple[int, int]:
-    """(prompts where a's median beats b's strictly, prompts compared)."""
+def higher_is_better(rows: pd.DataFrame) -> bool:
+    """The direction of the one metric ``rows`` hold (True when the frame does not say)."""
+    if "higher_is_better" not in rows.columns or rows.empty:
+        return True
+    directions = set(rows["higher_is_better"].astype(bool))
+    if len(directions) > 1:
+        metric = ", ".join(sorted(set(rows["metric"])))
+        raise HarnessError(f"{metric!r} is stored as both higher- and lower-is-better; score it again (rerun the "
+                           "command that scored it) so that its scorer's direction is recorded")
+    return directions.pop()
+
+
+def _wins(pairs: pd.DataFrame, higher: bool) -> tuple[int, int]:
+    """(prompts where a's median beats b's strictly, prompts compared); beating is scoring higher, or lower
+    when not ``higher``."""
     # Medians over the paired images only, so both sides summarise the same seeds.
     medians = pairs.groupby("prompt_id")[["value_a", "value_b"]].median()
-    return int((medians["value_a"] > medians["value_b"]).sum()), len(medians)
+    better = medians["value_a"] > medians["value_b"] if higher else medians["value_a"] < medians["value_b"]
+    return int(better.sum()), len(medians)
 
 
-def _compare(a: pd.DataFrame, b: pd.DataFrame, *, n_boot: int, seed: int) -> dict[str, Any]:
+def _compare(a: pd.DataFrame, b: pd.DataFrame, *, higher: bool, n_boot: int, seed: int) -> dict[str, Any]:
     """Paired comparison of two methods' rows of one (suite, metric, version): a minus b."""
     pairs = _pairs(a, b)
     if pairs.empty:
@@ -111,7 +174,7 @@ def _compare(a: pd.DataFrame, b: pd.DataFrame, *, n_boot: int, seed: int) -> dic
         }
     diff = (pairs["value_a"] - pairs["value_b"]).to_numpy()
     diff_low, diff_high = bootstrap_mean_ci(diff, pairs["prompt_id"].to_numpy(), n_boot=n_boot, seed=seed)
-    wins, n_prompts = _wins(pairs)
+    wins, n_prompts = _wins(pairs, higher)
     win_low, win_high = wilson_ci(wins, n_prompts)
     return {
         "n_pairs": len(pairs),
@@ -139,8 +202,8 @@ def paired_comparison(
     """``method_a`` against ``method_b`` on the same prompts and seeds.
 
     Returns ``n_pairs, n_prompts, mean_diff`` (a - b) with ``diff_ci_low/high`` (bootstrap over
-    prompts), and ``win_rate`` of a over b (median-of-k per prompt, strict >) with
-    ``win_ci_low/high`` (Wilson).  Values are None when the two share no image slot.
+    prompts), and ``win_rate`` of a over b (median-of-k per prompt, strictly better in the metric's
+    direction) with ``win_ci_low/high`` (Wilson).  Values are None when the two share no image slot.
     """
     _check_columns(scores)
     a = _select(scores, method_a, metric, suite, metric_version)
@@ -153,7 +216,7 @@ def paired_comparison(
         raise HarnessError(
             f"{metric!r} has several versions ({', '.join(sorted(map(str, versions)))}); pass metric_version=..."
         )
-    return _compare(a, b, n_boot=n_boot, seed=seed)
+    return _compare(a, b, higher=higher_is_better(pd.concat([a, b])), n_boot=n_boot, seed=seed)
 
 
 def _clean(value: Any) -> Any:
@@ -177,26 +240,37 @@ def leaderboard(
     n_boot: int = DEFAULT_N_BOOT,
     seed: int = DEFAULT_SEED,
     signals: Mapping[str, Collection[str]] | None = None,
+    by: Sequence[str] = (),
 ) -> list[dict[str, Any]]:
     """One row per (method, suite, metric, metric_version), with CIs and deltas against ``base``.
 
-    Row keys: method, suite, split, metric, metric_version, n (images), n_prompts, mean, std,
-    ci_low, ci_high, delta_vs_base, delta_ci_low, delta_ci_high, win_rate_vs_base, win_ci_low,
-    win_ci_high, trained_on_signal.  The comparison fields are None for the base itself and
-    where the base has no paired scores on that suite and metric.  ``signals`` maps a method to
+    Row keys: method, suite, split, metric, metric_version, higher_is_better, n (images), n_prompts,
+    mean, std, ci_low, ci_high, delta_vs_base, delta_ci_low, delta_ci_high, win_rate_vs_base,
+    win_ci_low, win_ci_high, trained_on_signal.  The comparison fields are None for the base
+    itself and where the base has no paired scores on that suite and metric; the CIs are None
+    over a single prompt.  ``signals`` maps a method to
     the metrics that shaped its training data (``signals_by_method``); ``trained_on_signal`` is
-    True on those rows only.
+    True on those rows only.  ``by`` names columns of ``scores`` (e.g. ``["category"]``) that
+    split each row further, every statistic computed within the part; those keys follow
+    higher_is_better.  ``higher_is_better`` comes from the frame's column of that name where it
+    has one, else True.
     """
     signals = signals or {}
     _check_columns(scores)
+    missing = [column for column in by if column not in scores.columns]
+    if missing:
+        raise HarnessError(f"cannot group the leaderboard by {', '.join(missing)}: the scores have no such column")
     if scores.empty:
         return []
     # A canonical row order makes the float sums, hence every number, independent of how the
     # store happened to return the rows.
     scores = scores.sort_values(["method", "suite", "metric", "metric_version"] + PAIR_KEYS, kind="stable")
     rows: list[dict[str, Any]] = []
-    for (suite, metric, version), block in scores.groupby(["suite", "metric", "metric_version"], sort=True, dropna=False):
+    keys = ["suite", "metric", "metric_version", *by]
+    for key, block in scores.groupby(keys, sort=True, dropna=False):
+        suite, metric, version, *parts = key
         base_rows = block[block["method"] == base]
+        higher = higher_is_better(block)
         for method, group in block.groupby("method", sort=True):
             values = group["value"].to_numpy(dtype=float)
             ci_low, ci_high = bootstrap_mean_ci(values, group["prompt_id"].to_numpy(), n_boot=n_boot, seed=seed)
@@ -206,6 +280,8 @@ def leaderboard(
                 "split": group["split"].iloc[0],
                 "metric": metric,
                 "metric_version": version,
+                "higher_is_better": higher,
+                **dict(zip(by, parts)),
                 "n": len(values),
                 "n_prompts": group["prompt_id"].nunique(),
                 "mean": values.mean(),
@@ -217,7 +293,7 @@ def leaderboard(
                 "trained_on_signal": metric in signals.get(method, ()),
             }
             if method != base and not base_rows.empty:
-                cmp = _compare(group, base_rows, n_boot=n_boot, seed=seed)
+                cmp = _compare(group, base_rows, higher=higher, n_boot=n_boot, seed=seed)
                 row.update(
                     delta_vs_base=cmp["mean_diff"], delta_ci_low=cmp["diff_ci_low"], delta_ci_high=cmp["diff_ci_high"],
                     win_rate_vs_base=cmp["win_rate"], win_ci_low=cmp["win_ci_low"], win_ci_high=cmp["win_ci_high"],
@@ -227,14 +303,16 @@ def leaderboard(
 
 
 def win_rate_matrix(scores: pd.DataFrame, metric: str, suite: str, *, metric_version: str | None = None) -> pd.DataFrame:
-    """Square frame: entry [a, b] is a's win rate over b (median-of-k, strict >); NaN on the diagonal
-    and where two methods share no image slot.  Rows and columns are the methods, sorted."""
+    """Square frame: entry [a, b] is a's win rate over b (median-of-k, strictly better in the metric's
+    direction); NaN on the diagonal and where two methods share no image slot.  Rows and columns are the
+    methods, sorted."""
     _check_columns(scores)
     rows = scores[(scores["metric"] == metric) & (scores["suite"] == suite)]
     if metric_version is not None:
         rows = rows[rows["metric_version"] == metric_version]
     elif rows["metric_version"].nunique() > 1:
         raise HarnessError(f"{metric!r} has several versions on {suite!r}; pass metric_version=...")
+    higher = higher_is_better(rows)
     methods = sorted(rows["method"].unique())
     by_method = {m: rows[rows["method"] == m] for m in methods}
     matrix = pd.DataFrame(np.nan, index=pd.Index(methods, name="method"), columns=methods)
@@ -244,13 +322,6 @@ def win_rate_matrix(scores: pd.DataFrame, metric: str, suite: str, *, metric_ver
                 continue
             pairs = _pairs(by_method[a], by_method[b])
             if not pairs.empty:
-                wins, n_prompts = _wins(pairs)
+                wins, n_prompts = _wins(pairs, higher)
                 matrix.loc[a, b] = wins / n_prompts
     return matrix.astype(float)
-
-
-def category_means(scores: pd.DataFrame) -> pd.DataFrame:
-    """Mean score per (method, suite, metric, metric_version, category), with n images."""
-    _check_columns(scores)
-    keys = ["method", "suite", "metric", "metric_version", "category"]
-    return scores.groupby(keys, dropna=False, sort=True)["value"].agg(n="count", mean="mean").reset_index()

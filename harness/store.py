@@ -60,8 +60,8 @@ import pandas as pd
 
 from harness.atomic import replacing, writing
 from harness.errors import HarnessError
+from harness.results import ResultsDir
 
-DB_NAME = "results.db"
 SCHEMA_VERSION = "2"
 # Older versions this harness reads; opening one for writing upgrades it (CREATE TABLE IF NOT
 # EXISTS adds what it lacks).
@@ -150,11 +150,11 @@ CREATE INDEX IF NOT EXISTS images_by_suite ON images (suite, prompt_id, image_in
 # Scores are joined to their images in pandas: fetching the image columns once per image
 # instead of once per score reads a paper-sized run about twice as fast.
 _SCORES_QUERY = """
-SELECT image_id, scorer AS metric, version AS metric_version, scale, value
+SELECT image_id, scorer AS metric, version AS metric_version, scale, higher_is_better, value
 FROM scores ORDER BY image_id, scorer, version
 """
-SCORES_COLUMNS = ["run_id", "method", "suite", "split", "metric", "metric_version", "scale", "prompt_id",
-                  "category", "image_index", "seed", "path", "value"]
+SCORES_COLUMNS = ["run_id", "method", "suite", "split", "metric", "metric_version", "scale", "higher_is_better",
+                  "prompt_id", "category", "image_index", "seed", "path", "value"]
 _IMAGES_QUERY = """
 SELECT i.image_id, i.run_id, r.method, i.suite, i.suite_version, i.split, i.prompt_id, i.prompt,
        i.category, i.image_index, i.seed, i.path, i.sha256
@@ -238,7 +238,7 @@ def _require_fields(row: dict, fields: tuple[str, ...], what: str) -> None:
 def db_path(path: Path | str) -> Path:
     """The database file of a results directory (a path ending in .db is kept as is)."""
     path = Path(path)
-    return path if path.suffix == ".db" else path / DB_NAME
+    return path if path.suffix == ".db" else ResultsDir(path).db
 
 
 class StoreJournal:
@@ -570,7 +570,8 @@ class Store:
         """Record scores of stored images, keyed (image, scorer, version); a rerun overwrites.
 
         Rows: ``prompt_id, image_index, scorer, version, scale, value`` and optionally
-        ``higher_is_better`` (default True; the dashboard highlights the best per column with it).
+        ``higher_is_better`` (default True: the scorer's direction, which the statistics and the
+        dashboard follow).
         """
         for row in rows:
             _require_fields(row, _SCORE_FIELDS, "score")
@@ -616,12 +617,13 @@ class Store:
     def scores_frame(self) -> pd.DataFrame:
         """One row per (image, metric): the input of ``harness.stats``.
 
-        Columns: run_id, method, suite, split, metric, metric_version, scale, prompt_id,
-        category, image_index, seed, path, value.
+        Columns: run_id, method, suite, split, metric, metric_version, scale, higher_is_better,
+        prompt_id, category, image_index, seed, path, value.
         """
         with self._snapshot():
             images = self._frame(_IMAGES_QUERY)
             scores = self._frame(_SCORES_QUERY)
+        scores["higher_is_better"] = scores["higher_is_better"].astype(bool)
         return scores.merge(images, on="image_id", how="inner", sort=False)[SCORES_COLUMNS]
 
     def images_frame(self) -> pd.DataFrame:
@@ -652,11 +654,6 @@ class Store:
         if self.schema_version in UPGRADABLE_SCHEMAS:  # read-only open of an older database
             return pd.DataFrame(columns=TRAINING_SIGNALS_COLUMNS)
         return self._frame(_TRAINING_SIGNALS_QUERY)
-
-    def metric_directions(self) -> dict[tuple[str, str], bool]:
-        """``{(metric, metric_version): higher_is_better}`` for every stored metric."""
-        rows = self._conn.execute("SELECT DISTINCT scorer, version, higher_is_better FROM scores").fetchall()
-        return {(scorer, version): bool(hib) for scorer, version, hib in rows}
 
 
 def export(results_dir: Path, out: Path, fmt: Literal["csv", "parquet", "json"]) -> list[Path]:

@@ -56,8 +56,11 @@ def export_unet(unet: torch.nn.Module, out_dir: Path, ema: dict[str, torch.Tenso
         lora_state = get_peft_model_state_dict(unet)
         if ema:
             lora_state = {k: ema.get(k.replace(".weight", ".default.weight"), v) for k, v in lora_state.items()}
+        # The adapters' config (alpha above all: the scale alpha / r) goes with them, so that
+        # `load_lora_weights` (`harness evaluate --lora`) adds what the merged UNet has.
         StableDiffusionPipeline.save_lora_weights(out_dir.parent / "lora",
-                                                  unet_lora_layers=convert_state_dict_to_diffusers(lora_state))
+                                                  unet_lora_layers=convert_state_dict_to_diffusers(lora_state),
+                                                  unet_lora_adapter_metadata=unet.peft_config["default"].to_dict())
     shutil.rmtree(out_dir, ignore_errors=True)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     os.replace(tmp, out_dir)

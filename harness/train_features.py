@@ -18,19 +18,16 @@ whatever an earlier, interrupted or parallel run cached first.
 from __future__ import annotations
 
 import hashlib
-from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
-from harness.atomic import replacing
+from harness.api.caching import LRU, atomic_save
+from harness.api.method import Cond
 from harness.data import ImageLoader, ImageSource, content_key, to_pixels
-from methods.base import Cond
-
-MEMORY_ITEMS = 4096  # in-RAM LRU in front of the disk cache
 
 
 def module_fingerprint(*modules: torch.nn.Module) -> str:
@@ -41,27 +38,6 @@ def module_fingerprint(*modules: torch.nn.Module) -> str:
             digest.update(name.encode())
             digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()[:16]
-
-
-def atomic_save(tensors: dict[str, torch.Tensor], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with replacing(path) as temporary:
-        save_file({k: v.contiguous() for k, v in tensors.items()}, str(temporary))
-
-
-class LRU(OrderedDict):
-    """A bounded in-RAM cache (least recently used entries leave first)."""
-
-    def get_item(self, key: str) -> Any | None:
-        if key in self:
-            self.move_to_end(key)
-            return self[key]
-        return None
-
-    def put(self, key: str, value: Any) -> None:
-        self[key] = value
-        if len(self) > MEMORY_ITEMS:
-            self.popitem(last=False)
 
 
 @dataclass

@@ -21,6 +21,7 @@ import json
 import math
 import os
 import shutil
+import sys
 import time
 import typing
 from contextlib import contextmanager, nullcontext
@@ -30,10 +31,10 @@ from typing import Any, Callable
 
 import torch
 
+from harness.api.method import Batch, Method, Models, TrainConfig, TrainingContext
+from harness.api.registry import METHODS, PRESETS
 from harness.atomic import replacing, staging
 from harness.errors import HarnessError
-from harness.registry import METHODS
-from methods.base import Batch, Method, Models, TrainConfig
 
 LogFn = Callable[[int, dict[str, float]], None]
 
@@ -49,7 +50,7 @@ class TrainResult:
 
 
 def resolve_config(method: str, preset: str | None = None, overrides: dict | None = None) -> TrainConfig:
-    """Config defaults <- the method's preset (if it has one of that name) <- overrides."""
+    """Config defaults <- the preset's settings for every method <- the method's own for the preset <- overrides."""
     cls = METHODS.get(method)
     fields = {f.name: f for f in dataclasses.fields(cls.Config)}
     hints = typing.get_type_hints(cls.Config)
@@ -57,10 +58,30 @@ def resolve_config(method: str, preset: str | None = None, overrides: dict | Non
     unknown = sorted(set(overrides) - set(fields))
     if unknown:
         raise HarnessError(f"unknown setting(s) for {method}: {', '.join(unknown)}; valid: {', '.join(sorted(fields))}")
-    values = {**cls.presets.get(preset or "", {}), **overrides}
+    values = {**_preset_defaults(method, preset), **cls.presets.get(preset or "", {}), **overrides}
     config = cls.Config(**{k: _coerce(f"{method}.{k}", v, hints[k]) for k, v in values.items()})
-    _validate(method, config)
+    try:
+        config.validate()
+    except HarnessError as exc:
+        raise HarnessError(f"{method}: {exc}") from None
     return config
+
+
+_WARNED: set[tuple[str, str]] = set()
+
+
+def _preset_defaults(method: str, preset: str | None) -> dict:
+    """The settings ``preset`` gives every method; a method without its own for a scaled-down preset is warned
+    (once per process) that it trains with these alone, not with settings tuned for it."""
+    if preset is None:
+        return {}
+    found = PRESETS.get(preset)()
+    if found.needs_method_settings and preset not in METHODS.get(method).presets and (method, preset) not in _WARNED:
+        _WARNED.add((method, preset))
+        print(f"warning: {method} has no settings for preset {preset!r}; it trains with the preset's settings for "
+              f"every method ({', '.join(f'{k}={v}' for k, v in found.method_defaults.items())}), not ones tuned for "
+              f"it: give it a {preset!r} entry in its presets", file=sys.stderr, flush=True)
+    return {**({"vae": found.vae} if found.vae else {}), **found.method_defaults}
 
 
 def _coerce(name: str, value: Any, hint: Any) -> Any:
@@ -83,27 +104,6 @@ def _coerce(name: str, value: Any, hint: Any) -> Any:
     if str in options or typing.get_origin(hint) is typing.Literal or any(typing.get_origin(o) is typing.Literal for o in options):
         return value
     raise HarnessError(f"setting {name}: cannot read {value!r} as {getattr(hint, '__name__', hint)}")
-
-
-def _validate(method: str, config: TrainConfig) -> None:
-    for name in ("max_steps", "batch_size", "grad_accum", "checkpoint_every"):
-        if getattr(config, name) < 1:
-            raise HarnessError(f"{method}: {name} must be >= 1, not {getattr(config, name)}")
-    if config.optimizer not in ("adamw", "adafactor"):
-        raise HarnessError(f"{method}: optimizer must be 'adamw' or 'adafactor', not {config.optimizer!r}")
-    if config.master_weights not in ("fp32", "bf16"):
-        raise HarnessError(f"{method}: master_weights must be fp32 or bf16, not {config.master_weights!r}")
-    if config.mixed_precision not in ("no", "fp16", "bf16"):
-        raise HarnessError(f"{method}: mixed_precision must be no, fp16 or bf16, not {config.mixed_precision!r}")
-    if not 0.0 <= config.caption_dropout <= 1.0:
-        raise HarnessError(f"{method}: caption_dropout must lie in [0, 1]")
-    from diffusers.optimization import SchedulerType
-
-    schedules = [kind.value for kind in SchedulerType]
-    if config.lr_scheduler not in schedules:
-        raise HarnessError(f"{method}: unknown lr_scheduler {config.lr_scheduler!r}; valid: {', '.join(schedules)}")
-    if config.ema_decay is not None and not 0.0 < config.ema_decay < 1.0:
-        raise HarnessError(f"{method}: ema_decay must lie in (0, 1) or be None")
 
 
 def train(method: str, *, base_model: str | Path, data_dir: Path, output_dir: Path, preset: str | None = None,
@@ -190,7 +190,7 @@ def adapters_disabled(unet: Any):
 
 
 class Trainer:
-    """One training run.  Methods' hooks receive it as ``context`` (records, features, models, ...)."""
+    """One training run.  Methods' hooks receive its ``TrainingContext``, never the trainer itself."""
 
     def __init__(self, method: Method, *, base_model: str, data_dir: Path, output_dir: Path, seed: int,
                  on_log: LogFn | None) -> None:
@@ -204,15 +204,33 @@ class Trainer:
 
     # -- set-up -----------------------------------------------------------------------------------
     def _setup(self) -> None:
-        from harness.data import ImageLoader, training_records
+        from harness.data import ImageLoader
 
         self._setup_accelerator()
-        self.records = training_records(self.method.data_needs(), self.data_dir)
+        self.spec = self.method.data_spec()
+        self.examples = self.spec.examples(self.data_dir)
         self.loader = ImageLoader()
         self._setup_models()
         self._setup_optimizer()
-        self.order = SampleOrder(len(self.records), self.seed)
-        self.method.setup(self)
+        self.order = SampleOrder(len(self.examples), self.seed)
+        self.context = self._context()
+        self.method.setup(self.context)
+
+    def _context(self) -> TrainingContext:
+        from harness.train_features import module_fingerprint
+
+        starting_weights: list[str] = []
+
+        def cache(name: str) -> Path:
+            # Keyed by the weights training starts from: another base model or init_unet never shares it.
+            if not starting_weights:
+                starting_weights.append(module_fingerprint(self.unet))
+            return self.cache_dir / name / starting_weights[0]
+
+        return TrainingContext(models=self.models, scheduler=self.noise_scheduler, latent_shape=self.latent_shape,
+                               grad_accum=self.grad_accum, captions=self.examples.captions(),
+                               data_scores=self.examples.scores, encode=self.features.cond, cache=cache,
+                               device=self.device)
 
     def _setup_accelerator(self) -> None:
         from accelerate import Accelerator
@@ -309,16 +327,6 @@ class Trainer:
                              scheduler=self.noise_scheduler, autocast=self.accelerator.autocast)
 
     # -- data ---------------------------------------------------------------------------------------
-    def captions(self) -> list[str]:
-        return [record.caption for record in self.records]
-
-    def _sources(self, record) -> list:
-        return [record.image_w, record.image_l] if self.method.data == "pairs" else [record.image]
-
-    def _scores(self, record) -> list[float]:
-        raw = [record.score_w, record.score_l] if self.method.data == "pairs" else [record.score]
-        return [math.nan if s is None else float(s) for s in raw]
-
     def make_batch(self, step: int, micro: int, generator: torch.Generator) -> Batch:
         """This process's micro-batch: deterministic in (seed, step, micro, rank); corrupt samples replaced.
 
@@ -328,32 +336,36 @@ class Trainer:
         config = self.config
         size = config.batch_size
         first = ((step * self.grad_accum + micro) * self.world + self.rank) * size
-        records = [self.records[self.order(first + slot)] for slot in range(size)]
-        per_record = len(self._sources(records[0]))
-        flips = (torch.rand(size * per_record, generator=generator) < 0.5).tolist() if config.random_flip else None
-        slot_flips = [flips[i * per_record:(i + 1) * per_record] if flips else None for i in range(size)]
+        examples = [self.examples[self.order(first + slot)] for slot in range(size)]
+        per_example = self.spec.images_per_example
+        flips = (torch.rand(size * per_example, generator=generator) < 0.5).tolist() if config.random_flip else None
+        slot_flips = [flips[i * per_example:(i + 1) * per_example] if flips else None for i in range(size)]
         chosen = []
-        for slot, record in enumerate(records):
-            encoded = self.features.latents(self._sources(record), slot_flips[slot])
+        for slot, example in enumerate(examples):
+            encoded = self.features.latents(list(example.images), slot_flips[slot])
             attempt = 0
             while any(posterior is None for _, posterior in encoded):  # corrupt: take the next sample in the order
                 attempt += 1
-                if attempt >= len(self.records):
+                if attempt >= len(self.examples):
                     raise HarnessError(f"no training sample in {self.data_dir} has decodable images")
-                record = self.records[self.order(first + slot + attempt)]
-                encoded = self.features.latents(self._sources(record), slot_flips[slot])
-            chosen.append((record, encoded))
-        # Pairs: all winners, then all losers (the layout the pair losses chunk in two).
-        posteriors = [enc[i][1] for i in range(per_record) for _, enc in chosen]
-        means = torch.stack([p.mean for p in posteriors])
-        latents = torch.stack([p.sample(generator) for p in posteriors]) if config.latent_sample else means
-        keys = [enc[i][0] for i in range(per_record) for _, enc in chosen]
-        scores = torch.tensor([self._scores(rec)[i] for i in range(per_record) for rec, _ in chosen])
+                example = self.examples[self.order(first + slot + attempt)]
+                encoded = self.features.latents(list(example.images), slot_flips[slot])
+            chosen.append((example, encoded))
+        # Image slot by image slot: for pairs all winners, then all losers (the layout pair losses chunk in two).
+        posteriors = [enc[i][1] for i in range(per_example) for _, enc in chosen]
+        if posteriors:
+            means = torch.stack([p.mean for p in posteriors])
+            latents = torch.stack([p.sample(generator) for p in posteriors]) if config.latent_sample else means
+        else:  # prompts only
+            means = latents = torch.empty(0, *self.latent_shape)
+        keys = [enc[i][0] for i in range(per_example) for _, enc in chosen]
+        scores = torch.tensor([ex.scores[i] for i in range(per_example) for ex, _ in chosen], dtype=torch.float32)
+        labels = torch.tensor([ex.labels[i] for i in range(per_example) for ex, _ in chosen], dtype=torch.float32)
         dropped = torch.rand(size, generator=generator) < config.caption_dropout
-        captions = ["" if drop else rec.caption for (rec, _), drop in zip(chosen, dropped.tolist())]
+        captions = ["" if drop else ex.caption for (ex, _), drop in zip(chosen, dropped.tolist())]
         cond = self.features.cond(captions)
         return Batch(latents=latents.to(self.device), means=means.to(self.device), cond=cond, keys=keys, scores=scores,
-                     captions=captions, generator=generator)
+                     labels=labels, captions=captions, generator=generator)
 
     # -- checkpoints ----------------------------------------------------------------------------------
     def _config_record(self) -> dict:
@@ -499,7 +511,7 @@ class Trainer:
         sums: dict[str, float] = {}
         for micro in range(self.grad_accum):
             generator = step_generator(self.seed, step, micro, self.rank)
-            self.method.before_micro_step(self, step, micro, generator)
+            self.method.before_micro_step(self.context, step, micro, generator)
             batch = self.make_batch(step, micro, generator)
             last = micro == self.grad_accum - 1
             with nullcontext() if last else self.accelerator.no_sync(self.policy):

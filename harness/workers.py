@@ -104,7 +104,7 @@ def _init_worker(slots: Any, gpus: int, plugins: list[str]) -> None:
     # tqdm's default lock is a multiprocessing semaphore, which a terminated worker would leave for
     # the resource tracker to report as leaked; bars of one process need only a thread lock.
     tqdm.set_lock(threading.RLock())
-    from harness.registry import load_plugin
+    from harness.api.registry import load_plugin
 
     for plugin in plugins:
         load_plugin(plugin)
@@ -129,7 +129,7 @@ class WorkerPool:
         if processes > 1:
             from concurrent.futures import ProcessPoolExecutor
 
-            from harness.registry import loaded_plugins
+            from harness.api.registry import loaded_plugins
 
             method = start_method(self.gpus)
             context = multiprocessing.get_context(method)

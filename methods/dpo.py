@@ -14,8 +14,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from harness.registry import register_method
-from methods.base import Batch, Method, Models, TrainConfig, per_sample_error, randn_like, sample_timesteps
+from harness.api import (Batch, Method, Models, Pairs, PublishedWeights, TrainConfig, per_sample_error, randn_like,
+                         register_method, sample_timesteps)
 
 
 def dpo_logits(model_err_w: torch.Tensor, model_err_l: torch.Tensor, ref_err_w: torch.Tensor,
@@ -74,14 +74,20 @@ class DPOConfig(TrainConfig):
 class DPO(Method):
     description = "Diffusion-DPO: preference pairs, sigmoid loss vs a frozen reference (Wallace et al. 2023)"
     Config = DPOConfig
-    data = "pairs"
+    data = Pairs()
     presets = {
         # 16 GPUs x 1 pair x 128 accumulation = 2048 pairs per step; fp16 as the public launcher.
-        "sd15": {"effective_batch_size": 2048, "mixed_precision": "fp16", "resolution": 512},
-        # The SDXL launcher: 200 warmup steps, and --sdxl switches the optimizer to Adafactor.
-        "sdxl": {"effective_batch_size": 2048, "mixed_precision": "fp16", "resolution": 1024, "warmup_steps": 200,
-                 "optimizer": "adafactor", "gradient_checkpointing": True, "vae": "madebyollin/sdxl-vae-fp16-fix"},
+        "sd15": {"effective_batch_size": 2048, "mixed_precision": "fp16"},
+        # The SDXL launcher: 200 warmup steps (its Adafactor and 1024 px are the sdxl preset's, shared).
+        "sdxl": {"effective_batch_size": 2048, "mixed_precision": "fp16", "warmup_steps": 200},
+        # Tuned on the toy world: lr 1e-4 over-fits and loses fidelity, 3e-5 for 300 steps gains it; flipping
+        # the labels loses it (toyworld/flip_check.py).
+        "toy": {"lr": 3e-5, "beta": 500.0},
+        "tiny": {},
     }
+    # Trained on Pick-a-Pic's human labels: no reward shaped their data.
+    published = {"sd15": PublishedWeights("mhdang/dpo-sd1.5-text2image-v1"),
+                 "sdxl": PublishedWeights("mhdang/dpo-sdxl-text2image-v1")}
 
     def loss(self, batch: Batch, models: Models) -> tuple[torch.Tensor, dict[str, float]]:
         t = pair_timesteps(batch, models)

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 
 import torch
 
-from harness.registry import register_method
-from methods.base import Batch, Method, Models, TrainConfig, per_sample_error, randn_like, sample_timesteps
+from harness.api import (Batch, Experts, Method, Models, TrainConfig, per_sample_error, randn_like, register_method,
+                         sample_timesteps)
 
 
 @dataclass
@@ -27,11 +27,12 @@ class SFTConfig(TrainConfig):
 class SFT(Method):
     description = "Supervised fine-tuning on preferred / expert images (the DRO and SmPO baseline)"
     Config = SFTConfig
-    data = "experts"
+    data = Experts()
     presets = {
-        "sd15": {"effective_batch_size": 256, "mixed_precision": "bf16", "resolution": 512},
-        "sdxl": {"effective_batch_size": 256, "mixed_precision": "bf16", "resolution": 1024, "optimizer": "adafactor",
-                 "gradient_checkpointing": True, "vae": "madebyollin/sdxl-vae-fp16-fix"},
+        "sd15": {"effective_batch_size": 256, "mixed_precision": "bf16"},
+        "sdxl": {"effective_batch_size": 256, "mixed_precision": "bf16"},
+        "toy": {},  # the toy preset's settings for every method
+        "tiny": {},
     }
 
     def loss(self, batch: Batch, models: Models) -> tuple[torch.Tensor, dict[str, float]]:

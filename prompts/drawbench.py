@@ -11,9 +11,7 @@ import csv
 import io
 from pathlib import Path
 
-from harness.errors import HarnessError
-from harness.registry import register_suite
-from harness.suites import Prompt, Suite, cached_prompts, read_text_lines
+from harness.api import HarnessError, Prompt, Suite, cached_prompts, read_text_lines, register_suite
 
 HUB_ID = "sayakpaul/drawbench"
 PROMPT_COLUMN, CATEGORY_COLUMN = "Prompts", "Category"

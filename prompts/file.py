@@ -9,9 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from harness.errors import HarnessError
-from harness.registry import register_suite
-from harness.suites import Prompt, Suite, read_prompts_jsonl, read_text_lines
+from harness.api import HarnessError, Prompt, Suite, read_prompts_jsonl, read_text_lines, register_suite
 
 
 @register_suite("file")

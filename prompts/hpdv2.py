@@ -10,9 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from harness.errors import HarnessError
-from harness.registry import register_suite
-from harness.suites import Prompt, Suite, cached_prompts, read_text_lines
+from harness.api import HarnessError, Prompt, Suite, cached_prompts, read_text_lines, register_suite
 
 STYLES = ("anime", "concept-art", "paintings", "photo")
 HUB_ID = "zhwang/HPDv2"

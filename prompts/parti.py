@@ -9,9 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from harness.errors import HarnessError
-from harness.registry import register_suite
-from harness.suites import Prompt, Suite, read_text_lines
+from harness.api import HarnessError, Prompt, Suite, read_text_lines, register_suite
 
 DEFAULT_PATH = Path(__file__).parent / "PartiPrompts.tsv"
 COLUMNS = ["Prompt", "Category", "Challenge", "Note"]

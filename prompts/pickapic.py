@@ -11,9 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from harness.errors import HarnessError
-from harness.registry import register_suite
-from harness.suites import Prompt, Suite, cached_prompts
+from harness.api import HarnessError, Prompt, Suite, cached_prompts, register_suite
 
 HUB_ID = "yuvalkirstain/pickapic_v2"
 SPLIT = "test_unique"

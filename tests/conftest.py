@@ -61,6 +61,22 @@ def tiny_run_dir(tmp_path_factory: pytest.TempPathFactory, harness_cache: Path) 
     return out
 
 
+# The first 40 PartiPrompts fall in three categories of 37, 2 and 1 prompts: a per-category
+# leaderboard with a well-sampled category, a small one and one without a CI.
+PARTI_CATEGORIES = {"Abstract": 37, "Illustrations": 2, "Vehicles": 1}
+
+
+@pytest.fixture(scope="session")
+def tiny_parti_run_dir(tmp_path_factory: pytest.TempPathFactory, harness_cache: Path) -> Path:
+    """`harness run --preset tiny --methods dpo` on the first 40 PartiPrompts (one sampler step, scored
+    by toy-quality, the toy reward that does not read the caption), made once per session."""
+    out = tmp_path_factory.mktemp("tiny-parti-run")
+    result = harness_cli("run", "--preset", "tiny", "--methods", "dpo", "--suites", "parti", "--scorers", "toy-quality",
+                         "--max-prompts", str(sum(PARTI_CATEGORIES.values())), "--steps", "1", "--out", str(out))
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return out
+
+
 # Offline stand-ins for the sd15 / sdxl recipes' downloads (tests/offline_world.py documents the layouts).
 
 

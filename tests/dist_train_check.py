@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from harness.registry import METHODS
+from harness.api.registry import METHODS
 from harness.trainer import Trainer, resolve_config
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from harness.suites import Prompt, Suite
+from harness.api import Prompt, Suite
 
 PROMPTS = [
     "a red square on a blue background",

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import ray
 
-import harness.scoring.toy
+import toyworld.scorers
 from methods.dpo import DPO
 
 MARKERS = Path(os.environ["RAY_KILL_MARKERS"])
@@ -48,4 +48,4 @@ def _kill_at(owner: object, name: str, point: str, call: int) -> None:
 
 
 _kill_at(DPO, "loss", "training", call=2)
-_kill_at(harness.scoring.toy.ToyFidelity, "score", "scoring", call=1)
+_kill_at(toyworld.scorers.ToyFidelity, "score", "scoring", call=1)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import base64
+import io
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -11,9 +14,13 @@ import time
 import urllib.request
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 
-from results_fixture import METHODS, build_results_dir
+from dashboard.data import load_results, thumbnail
+from harness.stats import leaderboard
+from results_fixture import METHODS, SUITES, build_results_dir
 
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
@@ -49,13 +56,21 @@ def _wait_for_http(url: str, server: subprocess.Popen, timeout: float) -> None:
     raise AssertionError(f"the dashboard did not answer on {url} within {timeout:.0f} s")
 
 
-def test_dashboard_shows_the_leaderboard_in_chromium(tmp_path: Path) -> None:
+# The data grid draws on a canvas; its cells are mirrored in an accessible table (role=gridcell),
+# which is what a screen reader, and these tests, read.
+READ_GRID = ("const grid = document.querySelectorAll(\"[data-testid='stDataFrame']\")[arguments[0]];"
+             "return grid ? Array.from(grid.querySelectorAll('[role=gridcell]'), c => c.textContent) : [];")
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory: pytest.TempPathFactory):
+    """`harness dashboard` on the results fixture, and headless Chromium on it; on teardown, the server
+    must stop with `harness dashboard` (SIGTERM passed on): nothing may keep serving the port."""
     _require_chromium()
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
-    from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.ui import WebDriverWait
 
+    tmp_path = tmp_path_factory.mktemp("browser")
     results = build_results_dir(tmp_path / "results")
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
@@ -66,7 +81,8 @@ def test_dashboard_shows_the_leaderboard_in_chromium(tmp_path: Path) -> None:
     options = webdriver.ChromeOptions()
     for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--no-first-run", f"--user-data-dir={tmp_path / 'chromium-profile'}", "--window-size=1400,1000"):
+                 "--no-first-run", f"--user-data-dir={tmp_path / 'chromium-profile'}", "--window-size=1400,1800",
+                 "--force-device-scale-factor=1"):
         options.add_argument(flag)
     options.binary_location = shutil.which("chromium") or ""
     driver = None
@@ -74,24 +90,7 @@ def test_dashboard_shows_the_leaderboard_in_chromium(tmp_path: Path) -> None:
         _wait_for_http(url, server, timeout=60)
         driver = webdriver.Chrome(options=options, service=Service(str(CHROMEDRIVER)))
         driver.get(url)
-        # The data grid draws on a canvas; its cells are mirrored in an accessible table
-        # (role=gridcell), which is what a screen reader, and this test, reads.
-        read_leaderboard = ("const grid = document.querySelector(\"[data-testid='stDataFrame']\");"
-                            "return grid ? Array.from(grid.querySelectorAll('[role=gridcell]'), c => c.textContent) : [];")
-
-        def leaderboard_with_every_method(d: webdriver.Chrome) -> list[str] | None:
-            cells = d.execute_script(read_leaderboard)
-            return cells if set(METHODS) <= set(cells) else None
-
-        try:
-            cells = WebDriverWait(driver, 60, poll_frequency=0.5).until(leaderboard_with_every_method)
-        finally:
-            ARTIFACTS.mkdir(exist_ok=True)
-            driver.save_screenshot(str(ARTIFACTS / "dashboard-leaderboard.png"))
-        assert "Leaderboard" in driver.find_element(By.CSS_SELECTOR, "[data-testid='stMain'] h2").text
-        # The first column is the method; every stored method is a row, each once.
-        assert sorted(c for c in cells if c in METHODS) == sorted(METHODS)
-        assert not driver.find_elements(By.CSS_SELECTOR, "[data-testid='stException']")
+        yield driver, results
     finally:
         if driver is not None:
             driver.quit()
@@ -101,6 +100,106 @@ def test_dashboard_shows_the_leaderboard_in_chromium(tmp_path: Path) -> None:
         except subprocess.TimeoutExpired:
             server.kill()
         log.close()
-    # `harness dashboard` passes SIGTERM on to Streamlit: nothing may keep serving the port.
     with socket.socket() as sock:
         assert sock.connect_ex(("127.0.0.1", port)) != 0, "the Streamlit server outlived `harness dashboard`"
+
+
+def _wait(driver, condition, what: str, timeout: float = 60):
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    try:
+        return WebDriverWait(driver, timeout, poll_frequency=0.5).until(condition)
+    finally:
+        ARTIFACTS.mkdir(exist_ok=True)
+        driver.save_screenshot(str(ARTIFACTS / f"dashboard-{what}.png"))
+
+
+def _open_page(driver, page: str) -> None:
+    from selenium.webdriver.common.by import By
+
+    driver.find_element(By.XPATH, f"//*[@data-testid='stSidebar']//label[.//p[normalize-space()='{page}']]").click()
+    _wait(driver, lambda d: d.find_element(By.CSS_SELECTOR, "[data-testid='stMain'] h2").text.startswith(page)
+          and not d.find_elements(By.CSS_SELECTOR, "[data-testid='stSkeleton']"), page.lower().replace(" ", "-"))
+
+
+# Vega draws the page's chart as SVG; each mark carries an aria-label naming its fields and values.
+READ_MARKS = ("const chart = document.querySelector(\"[data-testid='stVegaLiteChart'] svg\");"
+              "return chart ? Array.from(chart.querySelectorAll(arguments[0]), m => m.getAttribute(arguments[1])) : [];")
+
+
+def _marks(driver, selector: str, attribute: str) -> list[str]:
+    return [value for value in driver.execute_script(READ_MARKS, selector, attribute) if value]
+
+
+def _chart_screenshot(driver) -> Image.Image:
+    from selenium.webdriver.common.by import By
+
+    chart = driver.find_element(By.CSS_SELECTOR, "[data-testid='stVegaLiteChart']")
+    return Image.open(io.BytesIO(chart.screenshot_as_png)).convert("RGB")
+
+
+def _shows_colour(image: Image.Image, rgb: tuple[int, int, int], tolerance: int = 12) -> bool:
+    pixels = np.asarray(image, dtype=int)
+    return bool((np.abs(pixels - np.array(rgb)).max(axis=-1) <= tolerance).any())
+
+
+def test_dashboard_shows_the_leaderboard_in_chromium(browser) -> None:
+    from selenium.webdriver.common.by import By
+
+    driver, _ = browser
+
+    def leaderboard_with_every_method(d) -> list[str] | None:
+        cells = d.execute_script(READ_GRID, 0)
+        return cells if set(METHODS) <= set(cells) else None
+
+    cells = _wait(driver, leaderboard_with_every_method, "leaderboard")
+    assert "Leaderboard" in driver.find_element(By.CSS_SELECTOR, "[data-testid='stMain'] h2").text
+    # The first column is the method; every stored method is a row, each once.
+    assert sorted(c for c in cells if c in METHODS) == sorted(METHODS)
+    assert not driver.find_elements(By.CSS_SELECTOR, "[data-testid='stException']")
+
+
+def test_categories_page_in_chromium(browser) -> None:
+    from selenium.webdriver.common.by import By
+
+    driver, results = browser
+    _open_page(driver, "Categories")
+    # A row per category and method, with the category's prompt count.
+    expected = {"shapes", "animals", *METHODS}
+    cells = _wait(driver, lambda d: (lambda c: c if expected <= set(c) else None)(d.execute_script(READ_GRID, 0)),
+                  "categories")
+    assert cells.count("shapes") == cells.count("animals") == len(METHODS)
+    # The Δ chart: a point per category and trained method, at the statistics' Δ, with the CI's verdict.
+    points = _wait(driver, lambda d: [m for m in _marks(d, "[aria-label]", "aria-label") if "verdict: " in m] or None,
+                   "categories-chart")
+    scores = load_results(results).scores
+    scores = scores[(scores["suite"] == "toy-seen") & (scores["metric"] == "aesthetic")]
+    expected_points = set()
+    for row in leaderboard(scores, by=["category"]):
+        if row["method"] != "base":
+            expected_points.add((f"{row['category']} (2 prompts)", row["method"], f"{row['delta_vs_base']:+.4g}"))
+    drawn = {(re.search(r"; y: ([^;]+)", p)[1], re.search(r"facet: ([^;]+)", p)[1], re.search(r"Δ: ([^;]+)", p)[1])
+             for p in points}
+    assert drawn == expected_points
+    assert all("verdict: better than base" in p for p in points)
+    assert not driver.find_elements(By.CSS_SELECTOR, "[data-testid='stException']")
+
+
+def test_image_grid_page_in_chromium(browser) -> None:
+    from selenium.webdriver.common.by import By
+
+    driver, results = browser
+    _open_page(driver, "Image grid")
+    # The first suite's prompts × the methods, image 0 of each: the stored images, as thumbnails.
+    images = load_results(results).images
+    shown = images[(images["suite"] == "toy-seen") & (images["image_index"] == 0)]
+    thumbnails = sorted("data:image/jpeg;base64," + base64.b64encode(thumbnail(results / path, 128)).decode()
+                        for path in shown["path"])
+    assert len(thumbnails) == len(METHODS) * len(SUITES["toy-seen"][1])
+    hrefs = _wait(driver, lambda d: (lambda h: h if len(h) == len(thumbnails) else None)(_marks(d, "image", "href")),
+                  "image-grid")
+    assert sorted(hrefs) == thumbnails
+    # ... and drawn: each fixture image is one plain colour, and every one of them is on the screen.
+    colours = {Image.open(results / path).getpixel((0, 0)) for path in shown["path"]}
+    _wait(driver, lambda d: all(_shows_colour(_chart_screenshot(d), c) for c in colours), "image-grid-drawn")
+    assert not driver.find_elements(By.CSS_SELECTOR, "[data-testid='stException']")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import os
 import re
 import shutil
@@ -18,12 +19,14 @@ from streamlit.dataframe_util import convert_arrow_bytes_to_pandas_df
 from streamlit.testing.v1 import AppTest
 
 from dashboard.data import (
+    NO_INTERVAL,
     best_cells,
     image_file,
     leaderboard_frame,
     load_results,
     overview_table,
     results_dir_from,
+    thumbnail,
 )
 import dashboard.data
 from dashboard import serve
@@ -81,6 +84,13 @@ def notes(at: AppTest) -> int:
     return sum(caption.value == SIGNAL_NOTE for caption in at.caption)
 
 
+def chart_data(at: AppTest) -> pd.DataFrame:
+    """The data the page's one Vega-Lite chart draws, as the browser receives it."""
+    (chart,) = at.get("vega_lite_chart")
+    (dataset,) = chart.proto.datasets
+    return convert_arrow_bytes_to_pandas_df(dataset.data.data)
+
+
 # -- tables, without Streamlit ---------------------------------------------------------------
 def test_results_dir_comes_from_out_first_then_the_environment(tmp_path: Path) -> None:
     assert results_dir_from(["-x", "--out", str(tmp_path)], {"HARNESS_OUT": "/elsewhere"}) == tmp_path.resolve()
@@ -125,6 +135,13 @@ def test_leaderboard_page_lists_every_method_with_stats(results_dir: Path, monke
     assert "[" in dro["95% CI"]
     assert any("toy-unseen" in w.value and "dro" in w.value for w in at.warning)
 
+    # The Δ chart of the chosen metric: a point per method and suite, at the table's Δ, within its CI.
+    delta = chart_data(at).set_index(["y", "facet"])
+    assert set(delta.index) == {(m, suite) for m in ("dpo", "dro") for suite in SUITES}
+    assert delta.loc[("dro", "toy-seen"), "delta"] == pytest.approx(dro["Δ vs base"])
+    assert (delta["low"] <= delta["delta"]).all() and (delta["delta"] <= delta["high"]).all()
+    assert set(delta["verdict"]) == {"better than base"}
+
     at.radio(key="leaderboard_split").set_value("unseen").run()
     assert all("toy-unseen" in c for c in at.dataframe[0].value.columns[1:])
     assert set(at.dataframe[1].value["split"]) == {"unseen"}
@@ -159,6 +176,57 @@ def test_a_results_dir_of_store_schema_1_shows_no_mark(
     assert not marked_cells(shown(at.dataframe[0]), "method") and not notes(at)
     show(at, "Run details")
     assert "None recorded." in [c.value for c in at.caption]
+
+
+def test_categories_page_shows_each_categorys_statistics_with_its_prompt_count(
+    results_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    at = show(open_app(results_dir, monkeypatch), "Categories")
+    assert at.selectbox(key="categories_metric").value == "aesthetic (v1)"
+    at.selectbox(key="categories_suite").set_value("toy-unseen").run()
+    # toy-unseen: "shapes" has two prompts, "animals" one (an owl), so no interval, said in words.
+    table = at.dataframe[0].value.set_index(["category", "method"])
+    assert set(table.index) == {(c, m) for c in ("animals", "shapes") for m in METHODS}
+    assert table.loc[("animals", "dro"), "prompts"] == 1 and table.loc[("shapes", "dro"), "prompts"] == 2
+    assert table.loc[("animals", "dro"), "95% CI"] == NO_INTERVAL == table.loc[("animals", "dro"), "Δ 95% CI"]
+    assert table.loc[("shapes", "dro"), "95% CI"].startswith("[")
+    assert table.loc[("animals", "dro"), "win rate vs base"] == 1.0
+    # The numbers are the leaderboard's, computed on each category's prompts alone.
+    results = load_results(results_dir)
+    scores = results.scores
+    animals = scores[(scores["suite"] == "toy-unseen") & (scores["category"] == "animals")]
+    alone = {r["method"]: r for r in leaderboard(animals) if r["metric"] == "aesthetic"}
+    assert table.loc[("animals", "dro"), "mean"] == pytest.approx(alone["dro"]["mean"])
+    assert table.loc[("animals", "dro"), "Δ vs base"] == pytest.approx(alone["dro"]["delta_vs_base"])
+
+    delta = chart_data(at).set_index(["y", "facet"])
+    assert set(delta.index) == {(f"{c} ({n} prompt{'s' * (n > 1)})", m) for c, n in (("animals", 1), ("shapes", 2))
+                                for m in ("dpo", "dro")}
+    lonely = delta.loc[("animals (1 prompt)", "dro")]
+    assert lonely["delta"] == pytest.approx(alone["dro"]["delta_vs_base"]) and pd.isna(lonely["low"])
+    assert lonely["verdict"] == "no CI (1 prompt)"
+    assert delta.loc[("shapes (2 prompts)", "dro"), "verdict"] == "better than base"
+
+
+def test_image_grid_page_shows_prompts_by_methods_at_one_seed(results_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    at = show(open_app(results_dir, monkeypatch), "Image grid")
+    grid = chart_data(at)
+    _, prompts = SUITES["toy-seen"]
+    assert grid["prompt"].drop_duplicates().tolist() == [p for _, p, _ in prompts]
+    assert len(grid) == len(prompts) * len(METHODS) and set(grid["method"]) == set(METHODS)
+    images = load_results(results_dir).images.set_index(["method", "prompt", "image_index"])
+    for cell in grid.itertuples():
+        stored = images.loc[(cell.method, cell.prompt, 0)]
+        assert cell.seed == stored["seed"] and cell.row.endswith(f"seed {stored['seed']}")
+        assert base64.b64decode(cell.url.split(",", 1)[1]) == thumbnail(results_dir / stored["path"], 128)
+
+    # The second image of each prompt: another seed, the same for every method.
+    at.selectbox(key="grid_image:toy-seen").set_value(1).run()
+    again = chart_data(at)
+    assert again.groupby("prompt")["seed"].nunique().eq(1).all()
+    assert not set(again["seed"]) & set(grid["seed"])
+    at.multiselect(key="grid_categories:toy-seen").set_value(["animals"]).run()
+    assert chart_data(at)["prompt"].drop_duplicates().tolist() == ["a cat on a mat", "a dog in the park"]
 
 
 def test_compare_page_pages_through_prompts_and_filters_by_category(

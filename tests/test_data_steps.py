@@ -9,12 +9,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from harness.data import DataNeeds, load_experts, training_records
+from harness.api import Pairs
+from harness.data import load_experts
 from harness.data_steps import experts_recipe, score_training_images, select_experts
 from harness.errors import HarnessError
-from harness.registry import register_scorer
+from harness.api.registry import register_scorer
 from harness.score_table import ScoreTable
-from harness.scoring.base import Scorer
+from harness.api.scorer import Scorer
 
 CALLS: list[int] = []  # images per score() call of the scorer below
 
@@ -110,11 +111,11 @@ def test_experts_are_the_top_k_ranked_by_the_reward_with_their_bytes_and_recipe(
 
 def test_smpo_pairs_read_their_scores_from_the_table_or_say_how_to_make_them(pickapic):
     source, images, rows = pickapic
-    needs = DataNeeds("pairs", scorer="test-brightness")
+    spec = Pairs(scorer="test-brightness")
     with pytest.raises(HarnessError, match=r"harness data score --data .* --scorer test-brightness"):
-        training_records(needs, source)
+        spec.examples(source)
     score_training_images(source, "test-brightness", progress=False)
-    pairs = training_records(needs, source)
+    pairs = spec.examples(source).records
     decisive = [r for r in rows if r[3] != 0.5]
     assert len(pairs) == len(decisive)
     for pair, (caption, a, b, label) in zip(pairs, decisive):

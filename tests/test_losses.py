@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import copy
 import math
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
-from methods.base import Batch, Cond, Models, per_sample_error
+from harness.api import Batch, Cond, Models, TrainingContext, per_sample_error
 from methods.dpo import DPO, DPOConfig, dpo_loss
 from methods.dro import DRO, DROConfig, dro_loss, trajectory_timesteps
 from methods.smpo import PICKSCORE_HI, PICKSCORE_LO, SmPO, SmPOConfig, check_score_range, smpo_loss, smpo_probability
@@ -145,6 +147,13 @@ def make_models(tiny_models) -> Models:
     return Models(policy=policy, unwrapped=policy, reference=lambda: (reference, nullcontext()), scheduler=scheduler)
 
 
+def make_context(models: Models, cache_root=None, latent_shape=(4, 8, 8)) -> TrainingContext:
+    """A real training context around hand-made networks (no data: no scores to range-check)."""
+    return TrainingContext(models=models, scheduler=models.scheduler, latent_shape=latent_shape, grad_accum=1,
+                           captions=[], data_scores=np.array([]), encode=None,
+                           cache=lambda name: (cache_root or Path("/nonexistent")) / name, device=torch.device("cpu"))
+
+
 def make_batch(n_images: int, n_captions: int, seed: int = 0, scores: torch.Tensor | None = None) -> tuple:
     generator = torch.Generator().manual_seed(seed)
     latents = torch.randn(n_images, 4, 8, 8, generator=generator)
@@ -156,7 +165,8 @@ def make_batch(n_images: int, n_captions: int, seed: int = 0, scores: torch.Tens
 
 def batch_with(parts: tuple, step_seed: int) -> Batch:
     latents, cond, keys, scores = parts
-    return Batch(latents=latents, means=latents, cond=cond, keys=keys, scores=scores, captions=[f"c{i}" for i in range(len(cond))],
+    return Batch(latents=latents, means=latents, cond=cond, keys=keys, scores=scores,
+                 labels=torch.full_like(scores, float("nan")), captions=[f"c{i}" for i in range(len(cond))],
                  generator=torch.Generator().manual_seed(step_seed))
 
 
@@ -184,11 +194,9 @@ def test_dpo_starts_at_ln2_and_one_step_favours_the_winner(tiny_models):
 
 
 def test_smpo_reference_inversion_starts_at_ln2_and_one_step_favours_the_winner(tiny_models, tmp_path):
-    from types import SimpleNamespace
-
     models = make_models(tiny_models)
     method = SmPO(SmPOConfig(beta=2000.0, inverter="reference"))
-    method.setup(SimpleNamespace(records=[], noise_scheduler=models.scheduler, unet=models._unwrapped, cache_dir=tmp_path))
+    method.setup(make_context(models, tmp_path))
     parts = make_batch(4, 2, scores=torch.tensor([0.25, 0.22, 0.15, 0.2]))
     loss, logs = method.loss(batch_with(parts, 3), models)
     assert loss.item() == pytest.approx(LN2, abs=1e-6)
@@ -205,9 +213,7 @@ def test_smpo_reference_inversion_starts_at_ln2_and_one_step_favours_the_winner(
 def test_smpo_policy_inversion_uses_two_evaluations_per_inverse_step(tiny_models):
     models = make_models(tiny_models)
     method = SmPO(SmPOConfig(beta=2000.0, inverter="policy", inversion_steps=5))
-    from types import SimpleNamespace
-
-    method.setup(SimpleNamespace(records=[], noise_scheduler=models.scheduler, unet=models._unwrapped, cache_dir=None))
+    method.setup(make_context(models))
     parts = make_batch(2, 1, scores=torch.tensor([0.25, 0.15]))
     batch = batch_with(parts, 5)
     t = torch.randint(0, 1000, (1,), generator=torch.Generator().manual_seed(5)).item()
@@ -219,12 +225,10 @@ def test_smpo_policy_inversion_uses_two_evaluations_per_inverse_step(tiny_models
 
 def test_smpo_without_inversion_is_dpo_with_smoothed_label_weights(tiny_models):
     """inverter="none": the same t and noise as DPO's forward noising, beta scaled per pair by 10 (2p - 1)."""
-    from types import SimpleNamespace
-
     models = make_models(tiny_models)
     scores = torch.tensor([0.25, 0.15, 0.22, 0.2])
     method = SmPO(SmPOConfig(beta=2000.0, inverter="none", score_lo=0.0, score_hi=1.0))
-    method.setup(SimpleNamespace(records=[], noise_scheduler=models.scheduler, unet=models._unwrapped, cache_dir=None))
+    method.setup(make_context(models))
     parts = make_batch(4, 2, scores=scores)
     loss, _ = method.loss(batch_with(parts, 11), models)
     assert models.unet_evals == 8  # policy + reference on the 4 images [winners; losers]: no inversion
@@ -254,10 +258,8 @@ class Recorder(torch.nn.Module):
 
 
 def dro_with_buffer(models: Models, config: DROConfig, batch: Batch) -> DRO:
-    from types import SimpleNamespace
-
     method = DRO(config)
-    method.setup(SimpleNamespace(latent_shape=(4, 8, 8), grad_accum=1))
+    method.setup(make_context(models))
     method.refill(batch, models)
     return method
 
@@ -332,14 +334,12 @@ def test_dro_one_step_favours_the_expert_over_the_policy_sample(tiny_models):
 
 
 def test_cached_reference_inversion_equals_policy_inversion_while_they_are_the_same_network(tiny_models, tmp_path):
-    from types import SimpleNamespace
-
     parts = make_batch(4, 2, scores=torch.tensor([0.25, 0.22, 0.15, 0.2]))
     mse = {}
     for inverter in ("reference", "policy"):
         models = make_models(tiny_models)
         method = SmPO(SmPOConfig(inverter=inverter, inversion_steps=5))
-        method.setup(SimpleNamespace(records=[], noise_scheduler=models.scheduler, unet=models._unwrapped, cache_dir=tmp_path))
+        method.setup(make_context(models, tmp_path))
         mse[inverter] = [method.loss(batch_with(parts, seed), models)[1]["model_mse"] for seed in range(4)]
     # Same t draws, same network: the trajectory lookup must give the very latents the loop computes.
     assert mse["reference"] == pytest.approx(mse["policy"], rel=1e-4)

@@ -196,7 +196,7 @@ def test_the_plugin_registers_the_tiny_architecture_in_another_process(scorer_lo
 import json, sys
 from PIL import Image
 from harness.errors import HarnessError
-from harness.registry import load_plugin
+from harness.api.registry import load_plugin
 from harness.scoring import get_scorer
 locations = json.loads(sys.argv[1])
 try:

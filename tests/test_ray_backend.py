@@ -21,7 +21,11 @@ ray = pytest.importorskip("ray", reason="the Ray backend needs Ray: pip install 
 # splits into two shards when both CPUs of the cluster are free, and each shard must keep the one-process
 # run's batches: the tiny model's numbers depend on the batch size.
 IMAGES_PER_PROMPT = 3
-RUN = ("run", "--preset", "tiny", "--methods", "dpo", "--images-per-prompt", str(IMAGES_PER_PROMPT))
+# The preset's two scorers and a lower-is-better one (its direction must reach the store from the actors too).
+SCORERS = ("toy-fidelity", "toy-quality", "toy-error")
+LOWER_IS_BETTER = Path(__file__).parent / "plugins" / "toy_error.py"
+RUN = ("--plugin", str(LOWER_IS_BETTER), "run", "--preset", "tiny", "--methods", "dpo", "--images-per-prompt",
+       str(IMAGES_PER_PROMPT), "--scorers", ",".join(SCORERS))
 PLUGIN = Path(__file__).with_name("ray_kill_plugin.py")
 
 
@@ -75,7 +79,8 @@ def results(out: Path) -> dict[str, object]:
     db = sqlite3.connect(out / "results.db")
     images = db.execute("SELECT r.method, i.suite, i.prompt_id, i.image_index, i.seed, i.path, i.sha256 "
                         "FROM images i JOIN runs r USING (run_id) ORDER BY 1, 2, 3, 4").fetchall()
-    scores = db.execute("SELECT r.method, i.suite, i.prompt_id, i.image_index, s.scorer, s.version, s.value "
+    scores = db.execute("SELECT r.method, i.suite, i.prompt_id, i.image_index, s.scorer, s.version, s.scale, "
+                        "s.higher_is_better, s.value "
                         "FROM scores s JOIN images i USING (image_id) JOIN runs r USING (run_id) "
                         "ORDER BY 1, 2, 3, 4, 5").fetchall()
     training = db.execute("SELECT r.method, t.step, t.term, t.value FROM training_log t JOIN runs r USING (run_id) "
@@ -135,7 +140,9 @@ def test_killed_workers_were_retried_and_nothing_was_recorded_twice(ray_run, clu
     assert sorted(path.name for path in markers.iterdir()) == ["scoring", "training"]  # both workers died
     assert result.stdout.count("== dpo: training") == 2  # the killed attempt's stage line, then the retry's
     ours = results(out)
-    # Two models, two suites of four prompts, two scorers, each row once (the keys are the tables' own).
-    assert len(ours["images"]) == 2 * 2 * 4 * IMAGES_PER_PROMPT and len(ours["scores"]) == 2 * len(ours["images"])
+    # Two models, two suites of four prompts, three scorers, each row once (the keys are the tables' own).
+    assert len(ours["images"]) == 2 * 2 * 4 * IMAGES_PER_PROMPT and len(ours["scores"]) == 3 * len(ours["images"])
+    assert {(score[4], score[7]) for score in ours["scores"]} == {("toy-fidelity", 1), ("toy-quality", 1),
+                                                                  ("toy-error", 0)}  # each scorer's direction
     assert ours["statuses"] == [("base", "done"), ("dpo", "done")]
     assert not (out / ".ray-journals").exists()  # every write the training recorded was made

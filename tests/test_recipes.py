@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from harness.cli import main
-from harness.config import get_preset
+from harness.presets import get_preset
 from harness.trainer import resolve_config
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "methods.md"
@@ -48,7 +48,7 @@ def test_preset_resolves_to_the_published_value(method, preset, setting, value):
     if method == "evaluation":
         resolved = getattr(get_preset(preset).generation, setting)
     else:
-        resolved = getattr(resolve_config(method, preset, get_preset(preset).overrides_for(method)), setting)
+        resolved = getattr(resolve_config(method, preset), setting)
     assert resolved == parse(value)
 
 
@@ -57,7 +57,7 @@ def test_presets_show_prints_every_resolved_field(preset, capsys):
     assert main(["presets", "--show", preset]) == 0
     shown = capsys.readouterr().out
     for method in ("dpo", "dro", "smpo", "sft"):
-        config = resolve_config(method, preset, get_preset(preset).overrides_for(method))
+        config = resolve_config(method, preset)
         block = shown[shown.index(f"\n{method}\n"):].split("\n\n")[0]
         for field in dataclasses.fields(config):
             line = next(line for line in block.splitlines() if line.split()[:1] == [field.name])

@@ -12,10 +12,10 @@ import pytest
 
 from conftest import harness_cli
 from harness.cli import _parse_unets
-from harness.config import get_preset
+from harness.presets import get_preset, published_weights
 from harness.errors import HarnessError
 from harness.published import DRO_SD15
-from harness.registry import SCORERS, SUITES
+from harness.api.registry import SCORERS, SUITES
 from harness.reproduce import MISSING, ci_units, compare, format_report, reproduce
 from harness.run import RunOptions, leaderboard, validate
 from harness.store import Store
@@ -40,7 +40,7 @@ def test_published_data_names_our_scorers_suites_and_checkpoints():
         if row.method == "base":
             assert row.checkpoint == preset.base_model
         elif row.method is not None:
-            assert preset.pretrained[row.method][0] == row.checkpoint
+            assert published_weights(preset.name)[row.method].location == row.checkpoint
     assert "inferred" in DRO_SD15.row_of("dro").mapping and DRO_SD15.row_of("dro").label == "DRO (HPSv2 experts)"
     assert DRO_SD15.row_of("smpo") is None
     assert DRO_SD15.win_rates[("dro", "pickapic-test", "pickscore")] == 0.878
@@ -53,6 +53,7 @@ def test_ci_units_use_the_bound_on_the_papers_side():
     assert ci_units(10.0, 9.0, 12.0, 12.0) == pytest.approx(-1.0)
     assert ci_units(10.0, 9.0, 12.0, 9.0) == pytest.approx(1.0)
     assert ci_units(10.0, 10.0, 10.0, 10.0) == 0.0 and ci_units(10.0, 10.0, 10.0, 11.0) is None
+    assert ci_units(10.0, None, None, 11.0) is None  # one prompt: no interval, so no unit
 
 
 # Offsets of each method's scores from its paper row: base agrees, dpo is above, dro below.

@@ -19,7 +19,7 @@ from generate_worker import SETTINGS, case_suite
 from harness.errors import HarnessError
 from harness.models import load_pipeline
 from harness.sampling import MANIFEST_NAME, generate, image_seed, optimize_pipeline
-from harness.suites import Prompt, Suite
+from harness.api import Prompt, Suite
 
 N_IMAGES = len(case_suite()) * SETTINGS["images_per_prompt"]
 

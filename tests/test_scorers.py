@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 
 from harness.errors import HarnessError
-from harness.registry import SCORERS, UnknownEntryError, register_scorer
+from harness.api.registry import SCORERS, UnknownEntryError, register_scorer
 from harness.scoring import get_scorer, same_signal
 from harness.scoring.pickscore import PickScore
 from harness.scoring._random_weights import register_tiny_open_clip, save_aesthetic_head, save_hf_clip, save_open_clip

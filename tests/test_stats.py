@@ -11,11 +11,13 @@ import pytest
 
 from harness.errors import HarnessError
 from harness.stats import (
+    VERDICTS,
+    best_flags,
     bootstrap_mean_ci,
-    category_means,
     leaderboard,
     paired_comparison,
     signals_by_method,
+    verdict,
     wilson_ci,
     win_rate_matrix,
 )
@@ -237,12 +239,53 @@ def test_win_rate_matrix_rows_beat_columns():
     assert matrix.loc["noisy", "base"] == pytest.approx(expected)
 
 
-def test_category_means():
-    values = np.arange(12, dtype=float).reshape(4, 3)  # prompts 0, 2 -> animals; 1, 3 -> art
-    means = category_means(frame("base", values)).set_index("category")
-    assert means.loc["animals", "mean"] == pytest.approx(values[[0, 2]].mean())
-    assert means.loc["art", "mean"] == pytest.approx(values[[1, 3]].mean())
-    assert means.loc["art", "n"] == 6
+def test_rows_by_category_are_the_overall_statistics_of_each_category_alone(base_values):
+    """``by=["category"]`` runs the overall code on each category's prompts: every number of a category's
+    row is the one the leaderboard gives for a frame holding that category only."""
+    categories = ("animals", "art", "food & drink")
+    scores = pd.concat([frame("base", base_values, categories=categories),
+                        frame("dpo", base_values + 0.1 * (np.arange(200) % 3)[:, None], categories=categories)])
+    split = leaderboard(scores, n_boot=200, by=["category"])
+    assert {r["category"] for r in split} == set(categories) and len(split) == 2 * len(categories)
+    for category in categories:
+        alone = leaderboard(scores[scores["category"] == category], n_boot=200)
+        assert [{k: v for k, v in r.items() if k != "category"} for r in split if r["category"] == category] == alone
+    # The part's key comes after the metric's, so the overall rows keep their layout.
+    assert list(split[0])[:7] == ["method", "suite", "split", "metric", "metric_version", "higher_is_better", "category"]
+    assert row_of(split, "dpo", category="art")["delta_vs_base"] == pytest.approx(0.1)
+    with pytest.raises(HarnessError, match="no such column"):
+        leaderboard(scores, by=["style"])
+
+
+def test_a_single_prompt_has_no_interval_and_few_prompts_a_wide_one(base_values):
+    """One prompt: nothing to resample, so no CI (None), never a zero-width one; the row stays."""
+    scores = pd.concat([frame("base", base_values[:41]), frame("dpo", base_values[:41] + 0.5)])
+    scores.loc[scores["prompt_id"] == "p0040", "category"] = "lonely"
+    scores.loc[scores["prompt_id"].isin(["p0000", "p0001", "p0002"]), "category"] = "few"
+    rows = leaderboard(scores, n_boot=500, by=["category"])
+    lonely = row_of(rows, "dpo", category="lonely")
+    assert lonely["n_prompts"] == 1 and lonely["mean"] is not None and lonely["delta_vs_base"] == pytest.approx(0.5)
+    assert lonely["ci_low"] is lonely["ci_high"] is lonely["delta_ci_low"] is lonely["delta_ci_high"] is None
+    assert lonely["win_rate_vs_base"] == 1.0 and lonely["win_ci_low"] < 0.25  # Wilson over one prompt: wide
+    assert bootstrap_mean_ci(np.array([1.0, 2.0]), np.array(["p", "p"])) != bootstrap_mean_ci(
+        np.array([1.0, 2.0]), np.array(["p", "q"]))
+    few, every = row_of(rows, "base", category="few"), row_of(leaderboard(scores, n_boot=500), "base")
+    assert few["n_prompts"] == 3 and every["n_prompts"] == 41
+    assert few["ci_high"] - few["ci_low"] > 1.5 * (every["ci_high"] - every["ci_low"])
+
+
+def test_direction_decides_the_best_value_and_a_deltas_verdict(base_values):
+    assert best_flags([0.2, 0.5, None, 0.5, math.nan]) == [False, True, False, True, False]
+    assert best_flags([0.2, 0.5, None, 0.5], higher_is_better=False) == [True, False, False, False]
+    assert best_flags([None, math.nan]) == [False, False]
+    assert verdict(0.1, 0.3) == verdict(-0.3, -0.1, higher_is_better=False) == "better than base"
+    assert verdict(-0.3, -0.1) == verdict(0.1, 0.3, higher_is_better=False) == "worse than base"
+    assert verdict(-0.1, 0.2) == verdict(-0.1, 0.2, higher_is_better=False) == "CI includes 0"
+    assert verdict(None, None) == VERDICTS[3]
+    # The direction comes from the scores' higher_is_better column where there is one, else True.
+    scores = frame("base", base_values[:5])
+    assert leaderboard(scores, n_boot=10)[0]["higher_is_better"] is True
+    assert leaderboard(scores.assign(higher_is_better=False), n_boot=10)[0]["higher_is_better"] is False
 
 
 def test_missing_columns_are_a_user_error():

@@ -29,8 +29,8 @@ from results_fixture import (
 )
 
 # The contract with harness.stats and the lead's orchestrator, spelled out independently of store.py.
-SCORES_COLUMNS = ["run_id", "method", "suite", "split", "metric", "metric_version", "scale", "prompt_id",
-                  "category", "image_index", "seed", "path", "value"]
+SCORES_COLUMNS = ["run_id", "method", "suite", "split", "metric", "metric_version", "scale", "higher_is_better",
+                  "prompt_id", "category", "image_index", "seed", "path", "value"]
 
 
 @pytest.fixture(scope="module")

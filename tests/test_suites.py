@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from harness.errors import HarnessError
-from harness.suites import Prompt, Suite, caption_overlap, get_suite, list_suites, normalize_caption
+from harness.api import Prompt, Suite
+from harness.suites import caption_overlap, get_suite, list_suites, normalize_caption
 
 SHIPPED_PARTI = Path(__file__).parents[1] / "prompts" / "PartiPrompts.tsv"
 # sha256 of PartiPrompts.tsv as github.com/google-research/parti publishes it (unchanged since its first
@@ -132,7 +133,7 @@ def test_hub_suites_offline_fail_with_one_line(harness_cache, name):
 
 def test_hub_suites_are_cached_after_the_first_load(harness_cache):
     # The cached copy is what a hub download leaves behind; afterwards no hub is needed.
-    from harness.suites import cached_prompts
+    from harness.api.suite import cached_prompts
 
     prompts = [Prompt("hpdv2-anime-000", "x", "anime")]
     assert cached_prompts("hpdv2", "test/repo", lambda: prompts) == tuple(prompts)

@@ -1,6 +1,6 @@
 """Alignment in the toy world learns from the labels: DPO on flipped preferences ends below the base.
 
-A small version of ``python -m harness.toyworld.flip_check`` (the issue's sanity test): the toy
+A small version of ``python -m toyworld.flip_check`` (the issue's sanity test): the toy
 preset's DPO on the pairs of a third of the training captions, every label inverted.  If it did not
 lose fidelity, the loss would not be learning from the labels (a sign error, or a model that only
 fits the images).  That correct labels gain is the default run's leaderboard.
@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 
 from harness.stats import bootstrap_mean_ci
-from harness.toyworld.flip_check import flip_pairs
-from harness.toyworld.grammar import training_captions
-from harness.toyworld.presets import TOY_DATA, TOY_GENERATION, TOY_METHOD_OVERRIDES
+from toyworld.flip_check import flip_pairs
+from toyworld.grammar import training_captions
+from toyworld.presets import TOY_DATA, TOY_GENERATION
 
 CAPTIONS = training_captions()[::3]  # 24 captions: every colour, shape and position
 IMAGES_PER_PROMPT = 4
@@ -27,10 +27,10 @@ def fidelity_of(model_dir: Path, unet: Path | None, out: Path) -> tuple[np.ndarr
     from harness.models import load_pipeline
     from harness.sampling import generate
     from harness.scoring import get_scorer, score_images
-    from harness.suites import Prompt, Suite
+    from harness.api import Prompt, Suite
 
     suite = Suite("flip-probe", "seen", tuple(Prompt(f"p{i:02d}", c) for i, c in enumerate(CAPTIONS)))
-    settings = {k: TOY_GENERATION[k] for k in ("num_inference_steps", "guidance_scale", "scheduler", "batch_size")}
+    settings = {k: getattr(TOY_GENERATION, k) for k in ("num_inference_steps", "guidance_scale", "scheduler", "batch_size")}
     rows = generate(load_pipeline(model_dir, unet=unet), suite, out, images_per_prompt=IMAGES_PER_PROMPT, seed=0,
                     progress=False, **settings)
     values = score_images(get_scorer("toy-fidelity"), [out / r["path"] for r in rows], [r["prompt"] for r in rows])
@@ -40,7 +40,7 @@ def fidelity_of(model_dir: Path, unet: Path | None, out: Path) -> tuple[np.ndarr
 @pytest.mark.slow
 def test_dpo_on_flipped_labels_ends_below_the_base(harness_cache, tmp_path) -> None:
     from harness.preference_data import synthesize
-    from harness.toyworld.base import ensure_base_model
+    from toyworld.base import ensure_base_model
     from harness.trainer import train
 
     base = ensure_base_model(harness_cache)
@@ -48,8 +48,7 @@ def test_dpo_on_flipped_labels_ends_below_the_base(harness_cache, tmp_path) -> N
     flipped = flip_pairs(data, tmp_path / "flipped-data")
 
     base_fid, prompts = fidelity_of(base, None, tmp_path / "eval-base")
-    result = train("dpo", base_model=base, data_dir=flipped, output_dir=tmp_path / "dpo-flipped", preset="toy",
-                   overrides=TOY_METHOD_OVERRIDES["dpo"])
+    result = train("dpo", base_model=base, data_dir=flipped, output_dir=tmp_path / "dpo-flipped", preset="toy")
     fid, same_prompts = fidelity_of(base, result.unet_dir, tmp_path / "eval-flipped")
     assert (same_prompts == prompts).all()
     delta = fid - base_fid

@@ -7,8 +7,8 @@ import pytest
 from PIL import Image
 
 from harness.errors import HarnessError
-from harness.toyworld import rewards
-from harness.toyworld.grammar import (
+from toyworld import rewards
+from toyworld.grammar import (
     BACKGROUND,
     COLOURS,
     POSITIONS,
@@ -20,7 +20,7 @@ from harness.toyworld.grammar import (
     training_captions,
     unseen_scenes,
 )
-from harness.toyworld.render import Degradation, render, to_pil
+from toyworld.render import Degradation, render, to_pil
 
 SIZE = 32
 
@@ -172,7 +172,7 @@ def test_registered_scorers_score_pil_images_at_any_size() -> None:
 
 
 def test_imperfect_training_images_score_lower_than_clean_ones() -> None:
-    from harness.toyworld.base import Imperfection, imperfect_dataset
+    from toyworld.base import Imperfection, imperfect_dataset
 
     pixels, captions = imperfect_dataset(120, Imperfection(), seed=0)
     assert pixels.shape == (120, 3, SIZE, SIZE) and pixels.min() >= -1 and pixels.max() <= 1
@@ -189,7 +189,7 @@ def test_imperfect_training_images_score_lower_than_clean_ones() -> None:
 
 
 def test_base_weights_build_is_reproducible_bit_for_bit(tmp_path, harness_cache) -> None:
-    from harness.toyworld.base import BuildSettings, build_weights, file_digest, pipeline_from_weights
+    from toyworld.base import BuildSettings, build_weights, file_digest, pipeline_from_weights
 
     settings = BuildSettings(dataset_size=16, vae_steps=2, vae_batch_size=4, unet_steps=2, unet_batch_size=4, warmup_steps=1)
     a = build_weights(tmp_path / "a.safetensors", settings, tokenizer_dir=harness_cache / "clip-tokenizer", verbose=False)
@@ -209,8 +209,8 @@ def test_the_committed_base_model_draws_the_toy_world(harness_cache, tiny_model_
     from harness.models import load_pipeline
     from harness.sampling import generate
     from harness.scoring import get_scorer
-    from harness.suites import Prompt, Suite
-    from harness.toyworld.base import COMMITTED_WEIGHTS, ensure_base_model
+    from harness.api import Prompt, Suite
+    from toyworld.base import COMMITTED_WEIGHTS, ensure_base_model
 
     assert COMMITTED_WEIGHTS.stat().st_size <= 10_000_000
     first = ensure_base_model(harness_cache)
@@ -232,18 +232,22 @@ def test_the_committed_base_model_draws_the_toy_world(harness_cache, tiny_model_
     assert means["toy"] > 0.4 and means["toy"] > means["random"] + 0.2, means
 
 
-def test_toy_presets_name_real_settings() -> None:
-    """Every override is a field of its method's Config, and the generation/data settings are accepted."""
+def test_presets_and_method_entries_name_real_settings() -> None:
+    """Every preset's settings for all methods are shared fields, every method's entry for a preset names
+    fields of its own Config and a registered preset, and the toy data settings are synthesize's."""
     import dataclasses
     import inspect
 
-    from harness.config import GenerationSettings
+    from harness.api import METHODS, PRESETS, TrainConfig
     from harness.preference_data import synthesize
-    from harness.registry import METHODS
-    from harness.toyworld.presets import TOY_DATA, TOY_GENERATION, TOY_METHOD_OVERRIDES
+    from toyworld.presets import TOY_DATA, TOY_GENERATION
 
-    for method, overrides in TOY_METHOD_OVERRIDES.items():
-        fields = {f.name for f in dataclasses.fields(METHODS.get(method).Config)}
-        assert set(overrides) <= fields, (method, set(overrides) - fields)
-    assert GenerationSettings(**TOY_GENERATION).height == SIZE
+    shared = {f.name for f in dataclasses.fields(TrainConfig)}
+    for name, make in PRESETS.items():
+        assert set(make().method_defaults) <= shared, name
+    for method, cls in METHODS.items():
+        fields = {f.name for f in dataclasses.fields(cls.Config)}
+        for preset, entry in cls.presets.items():
+            assert preset in PRESETS.names() and set(entry) <= fields, (method, preset, set(entry) - fields)
+    assert TOY_GENERATION.height == SIZE
     assert set(TOY_DATA) <= set(inspect.signature(synthesize).parameters)

@@ -10,8 +10,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from harness.api import METHODS
 from harness.errors import HarnessError
 from harness.trainer import resolve_config, train
+from harness.trainer import train as train_method
 from train_fixtures import one_torch_thread, write_expert_dir, write_pair_dir  # noqa: F401 (autouse fixture)
 
 FAST = {"batch_size": 2, "lr": 1e-4, "scale_lr": False, "warmup_steps": 0}
@@ -62,12 +64,16 @@ class Killed(Exception):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method", ["dpo", "smpo", "dro", "sft"])
+@pytest.mark.parametrize("method", METHODS.names())  # every registered method, a new one included
 def test_killed_and_resumed_run_ends_with_the_same_weights(method, tiny_model_dir, data_dir, tmp_path):
     # A warmup that spans the interruption and two micro-steps per step: a resume that dropped the LR
     # schedule's or the accumulation's state would end elsewhere.
-    overrides = {**FAST, **PER_METHOD[method], "max_steps": 4, "checkpoint_every": 2, "lr_scheduler": "linear",
-                 "warmup_steps": 3, "grad_accum": 2}
+    overrides = {**FAST, **PER_METHOD.get(method, {}), "max_steps": 4, "checkpoint_every": 2,
+                 "lr_scheduler": "linear", "warmup_steps": 3, "grad_accum": 2}
+
+    def train(*args, **kwargs):  # each method's tiny settings under these overrides
+        return train_method(*args, preset="tiny", **kwargs)
+
     straight = train(method, base_model=tiny_model_dir, data_dir=data_dir, output_dir=tmp_path / "straight",
                      overrides=overrides)
 
@@ -96,13 +102,34 @@ def test_unknown_override_is_a_one_line_error_listing_valid_names():
     assert "betta" in message and "beta" in message and "\n" not in message
 
 
-def test_config_layers_defaults_preset_and_overrides():
-    config = resolve_config("dpo", "sd15", {"beta": "2500", "scale_lr": "false"})
-    assert config.effective_batch_size == 2048  # from the sd15 preset
+def test_config_layers_defaults_preset_method_entry_and_overrides(capsys):
+    from harness.presets import SDXL_VAE
+
+    config = resolve_config("dpo", "sdxl", {"beta": "2500", "scale_lr": "false"})
+    assert config.effective_batch_size == 2048 and config.warmup_steps == 200  # DPO's own sdxl entry
+    assert (config.optimizer, config.resolution, config.vae) == ("adafactor", 1024, SDXL_VAE)  # the preset's recipe
     assert config.beta == 2500.0 and config.scale_lr is False  # string overrides converted to the field types
-    assert resolve_config("dpo", "toy", {}).beta == 5000.0  # a preset the method lacks leaves the defaults
+    toy = resolve_config("dpo", "toy", {})
+    assert toy.max_steps == 300 and toy.beta == 500.0  # the toy preset's step count, DPO's own toy beta
+    assert resolve_config("dpo", None, {}).beta == 5000.0  # no preset: the paper's defaults
+    assert capsys.readouterr().err == ""  # every built-in method has settings for every preset
     with pytest.raises(HarnessError, match="batch_size"):
         resolve_config("dpo", None, {"batch_size": 0})
+
+
+def test_a_method_without_toy_settings_gets_the_presets_rule_and_a_warning(monkeypatch, capsys):
+    from harness.api import METHODS
+    from methods.dpo import DPO
+
+    class Untuned(DPO):
+        presets = {}  # the paper's values only, as a newcomer's plugin might start
+
+    monkeypatch.setitem(METHODS._entries, "untuned", Untuned)
+    config = resolve_config("untuned", "toy", {})
+    assert (config.max_steps, config.batch_size, config.lr) == (300, 16, 1e-5)  # the toy preset's rule, not 2000 x 1
+    warning = capsys.readouterr().err
+    assert "untuned has no settings for preset 'toy'" in warning and "max_steps=300" in warning
+    assert resolve_config("untuned", "sd15", {}).max_steps == 2000 and capsys.readouterr().err == ""  # paper scale
 
 
 def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(tiny_model_dir, data_dir, tmp_path):
@@ -273,7 +300,7 @@ def test_effective_batch_size_sets_the_accumulation_and_the_scaled_lr(tiny_model
 
 
 def test_batches_flip_images_and_sample_the_posterior_as_the_public_scripts(tiny_model_dir, data_dir, tmp_path):
-    from harness.registry import METHODS
+    from harness.api.registry import METHODS
     from harness.trainer import Trainer, step_generator
 
     def batches(**options) -> list:

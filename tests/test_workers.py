@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from conftest import harness_cli
-from harness import registry, workers
+from harness import workers
+from harness.api import registry
 from harness.errors import HarnessError
 from harness.workers import run_jobs
 
@@ -55,7 +56,7 @@ def test_spawned_workers_load_the_plugins(monkeypatch, tmp_path):
     monkeypatch.setattr(registry, "_LOADED_PLUGINS", [])
     plugin = tmp_path / "spawned_plugin.py"
     plugin.write_text(textwrap.dedent("""
-        from harness.registry import register_method
+        from harness.api.registry import register_method
         from methods.dpo import DPO
 
         @register_method("spawned-dpo")
@@ -88,7 +89,7 @@ def test_results_do_not_depend_on_jobs_and_plugins_reach_the_workers(tiny_run_di
     worker too."""
     plugin = tmp_path / "renamed_dpo.py"
     plugin.write_text(textwrap.dedent("""
-        from harness.registry import register_method
+        from harness.api.registry import register_method
         from methods.dpo import DPO
 
         @register_method("renamed-dpo")

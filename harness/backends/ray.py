@@ -8,12 +8,13 @@ What runs where:
   local job (``harness.run._train``) with its store writes recorded in a journal file in the
   results directory (``harness.store.StoreJournal``), which the driver makes while the training
   runs (the dashboard shows live curves) and at its end.
-- A model's evaluation is split: one shard per free GPU (CPU), each a task that loads the pipeline
-  once and generates its part of every suite (``generate(..., shard=)``: whole batches of the
-  one-process run, each image with its seed, so the bytes are that run's); the driver merges the
-  shards' manifests and records the images; then scorer actors, one per free GPU (CPU), each
-  loading a scorer once, score what the score cache lacks, reading the images from the results
-  directory, in the local run's batches (the same numbers).
+- A model's evaluation (``harness.evaluate``'s, the local job's) is split: one shard per free GPU
+  (CPU), each a task that loads the pipeline once and generates its part of every suite
+  (``generate_suites(..., shard=)``: whole batches of the one-process run, each image with its
+  seed, so the bytes are that run's); the driver merges the shards' manifests and records the
+  images; then scorer actors, one per free GPU (CPU), each loading a scorer once, score what the
+  score cache lacks, reading the images from the results directory, in the local run's batches
+  (the same numbers); the driver records the scores (``harness.evaluate.score_rows``).
 
 A worker process that dies (killed, out of memory, its machine lost) is retried by Ray (a task
 runs again, an actor restarts and its call runs again), up to ``RETRIES`` times; the retry
@@ -39,18 +40,21 @@ import threading
 from collections.abc import Callable, Collection
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import ray
 
 from harness.compute import GPUS_PER_JOB
 from harness.errors import HarnessError
+from harness.results import ResultsDir
 from harness.scoring.cache import SCORE_BATCH
 from harness.workers import wait_any
 
+if TYPE_CHECKING:
+    from harness.evaluate import Checkpoint, Protocol
+
 RETRIES = 3  # times a job whose worker died runs again
 JOURNAL_POLL_S = 5.0  # how often the driver makes the writes a running training recorded
-JOURNALS = ".ray-journals"  # under the results directory: the trainings' recorded store writes
 _POLL_S = 1.0  # how often a waiting driver thread checks that the run goes on
 
 Result = TypeVar("Result")
@@ -60,7 +64,7 @@ class RayBackend:
     """Jobs on a Ray cluster: the one at ``address`` ("auto", HOST:PORT), or one started here (None)."""
 
     def __init__(self, address: str | None) -> None:
-        from harness.registry import loaded_plugins
+        from harness.api.registry import loaded_plugins
 
         self.started_here = not ray.is_initialized()
         if self.started_here:
@@ -98,11 +102,12 @@ class RayBackend:
         from harness.run import _train
         from harness.store import Store, StoreJournal
 
-        journal = StoreJournal(job.options.out / JOURNALS / f"{job.model.method}-training.jsonl")
+        results = ResultsDir(job.options.out)
+        journal = StoreJournal(results.ray_journals / f"{job.model.method}-training.jsonl")
         # The task's name prefixes its lines in the run's output and names it on the dashboard.
         ref = (_recorded.options(**self.slot, max_retries=RETRIES, name=f"{job.model.method} training")
                .remote(_train, job, journal, self.setup))
-        with Store(job.options.out / "results.db") as store:
+        with Store(results.db) as store:
             made = 0
             while not self._ready(ref, timeout=JOURNAL_POLL_S):
                 made = journal.replay(store, made)
@@ -113,46 +118,46 @@ class RayBackend:
         return self._result(ref, f"{job.model.method}'s training")
 
     def _evaluate(self, job: Any) -> None:
+        """``harness.evaluate.evaluate`` of the job's model, its generation in shards, its scoring on actors."""
+        from harness.run import evaluation_of
         from harness.store import Store
 
-        model, out = job.model, job.options.out
-        n_shards = max(1, min(self._free_slots(), _most_batches(job)))
-        job.stage(f"{model.method}: generation, {n_shards} shard{'s' * (n_shards > 1)}")
-        refs = [_generate_shard.options(**self.slot, max_retries=RETRIES,
-                                        name=f"{model.method} generation {r + 1}/{n_shards}")
-                .remote(dataclasses.replace(job, shard=(r, n_shards)), self.setup) for r in range(n_shards)]
-        shards = [self._result(ref, f"{model.method}'s generation, shard {r} of {n_shards}")
-                  for r, ref in enumerate(refs)]
-        suites = _merged_images(out, [entries for entries, _ in shards])
-        with Store(out / "results.db") as store:
+        name, run_id, results = job.model.method, job.model.run_id, ResultsDir(job.options.out)
+        checkpoint, protocol = evaluation_of(job)
+        n_shards = max(1, min(self._free_slots(), _most_batches(protocol)))
+        job.stage(f"{name}: generation, {n_shards} shard{'s' * (n_shards > 1)}")
+        refs = [_generate_shard.options(**self.slot, max_retries=RETRIES, name=f"{name} generation {r + 1}/{n_shards}")
+                .remote(name, run_id, checkpoint, protocol, results, (r, n_shards), self.setup)
+                for r in range(n_shards)]
+        shards = [self._result(ref, f"{name}'s generation, shard {r} of {n_shards}") for r, ref in enumerate(refs)]
+        suites = _merged_images(results, [entries for entries, _ in shards])
+        with Store(results.db) as store:
             for images in suites:
-                store.add_images(model.run_id, **images)
-            job.stage(f"{model.method}: scoring")
-            scoring_cost = self._score(job, suites, store)
-            store.add_compute(model.run_id, _total([cost for _, cost in shards] + [scoring_cost]))
+                store.add_images(run_id, **images)
+            job.stage(f"{name}: scoring")
+            scoring_cost = self._score(run_id, suites, protocol, results, store)
+            store.add_compute(run_id, _total([cost for _, cost in shards] + [scoring_cost]))
 
-    def _score(self, job: Any, suites: list[dict], store: Any) -> dict[str, float]:
+    def _score(self, run_id: int, suites: list[dict], protocol: Protocol, results: ResultsDir,
+               store: Any) -> dict[str, float]:
         """Score every image with every scorer (what the cache lacks, on scorer actors); returns their cost."""
+        from harness.evaluate import score_rows
         from harness.scoring import score_images
         from harness.scoring.cache import ScoreCache
 
-        options = job.options
         n_images = sum(len(images["rows"]) for images in suites)
         actors = [_Scorers.options(**self.slot, max_restarts=RETRIES, max_task_retries=RETRIES).remote(self.setup)
                   for _ in range(max(1, min(self._free_slots(), math.ceil(n_images / SCORE_BATCH))))]
         try:
-            with ScoreCache(options.out / "cache" / "scores.sqlite") as cache:
-                for name in options.scorers or job.preset.scorers:
-                    scorer = _RemoteScorer(self, actors, name, options.scorer_options.get(name, {}))
+            with ScoreCache(results.score_cache) as cache:
+                for name in protocol.scorers:
+                    scorer = _RemoteScorer(self, actors, name, dict(protocol.scorer_options.get(name, {})))
                     for images in suites:
                         rows = images["rows"]
-                        values = score_images(scorer, [_ImageFile(options.out / row["path"]) for row in rows],
+                        values = score_images(scorer, [_ImageFile(results.file(row["path"])) for row in rows],
                                               [row["prompt"] for row in rows], [row["sha256"] for row in rows],
                                               cache=cache, batch_size=len(rows))  # the scorer splits the batches
-                        store.add_scores(job.model.run_id, suite=images["suite"], rows=[
-                            {"prompt_id": row["prompt_id"], "image_index": row["image_index"], "scorer": scorer.name,
-                             "version": scorer.version, "scale": scorer.scale, "value": value}
-                            for row, value in zip(rows, values)])
+                        store.add_scores(run_id, suite=images["suite"], rows=score_rows(scorer, rows, values))
             return _total([self._result(actor.cost.remote(), "a scorer's cost") for actor in actors])
         finally:
             for actor in actors:
@@ -208,7 +213,7 @@ class _WorkerSetup:
     plugins: list[str]
 
     def apply(self) -> None:
-        from harness.registry import load_plugin, loaded_plugins
+        from harness.api.registry import load_plugin, loaded_plugins
 
         if os.path.isdir(self.cwd):
             os.chdir(self.cwd)
@@ -237,10 +242,11 @@ def _recorded(fn: Callable[[Any], Result], job: Any, journal: Any, setup: _Worke
 
 
 @ray.remote
-def _generate_shard(job: Any, setup: _WorkerSetup) -> tuple[list[dict], dict[str, float]]:
-    """Generate ``job.shard`` of the model's suites; returns the store writes that record it, and its cost."""
+def _generate_shard(name: str, run_id: int, checkpoint: Checkpoint, protocol: Protocol, results: ResultsDir,
+                    shard: tuple[int, int], setup: _WorkerSetup) -> tuple[list[dict], dict[str, float]]:
+    """Generate ``shard`` of the model's suites; returns the store writes that record it, and its cost."""
     from harness.compute import JobClock
-    from harness.run import _generate
+    from harness.evaluate import generate_suites
     from harness.store import Store, StoreJournal
     from harness.workers import quiet_libraries
 
@@ -248,8 +254,8 @@ def _generate_shard(job: Any, setup: _WorkerSetup) -> tuple[list[dict], dict[str
     quiet_libraries()
     clock = JobClock()
     journal = StoreJournal()
-    with journal.recording(), _one_thread(), Store(job.options.out / "results.db") as store:
-        _generate(job.model, job, store)
+    with journal.recording(), _one_thread(), Store(results.db) as store:
+        generate_suites(name, run_id, checkpoint, protocol, results, store, shard=shard)
     return journal.entries(), clock.figures("eval")
 
 
@@ -276,9 +282,9 @@ class _Scorers:
                 quiet_libraries()
         return self.scorers[key]
 
-    def identity(self, name: str, locations: dict[str, Any]) -> tuple[str, str, str]:
+    def identity(self, name: str, locations: dict[str, Any]) -> tuple[str, str, str, bool]:
         scorer = self._scorer(name, locations)
-        return scorer.name, scorer.version, scorer.scale
+        return scorer.name, scorer.version, scorer.scale, scorer.higher_is_better
 
     def score(self, name: str, locations: dict[str, Any], paths: list[str], prompts: list[str]) -> list[float]:
         from harness.scoring import score_images
@@ -314,8 +320,8 @@ class _RemoteScorer:
 
     def __init__(self, backend: RayBackend, actors: list[Any], name: str, locations: dict[str, Any]) -> None:
         self.backend, self.actors, self.locations = backend, actors, locations
-        self.name, self.version, self.scale = backend._result(actors[0].identity.remote(name, locations),
-                                                              f"loading scorer {name}")
+        self.name, self.version, self.scale, self.higher_is_better = backend._result(
+            actors[0].identity.remote(name, locations), f"loading scorer {name}")
 
     def score(self, images: list[_ImageFile], prompts: list[str]) -> list[float]:
         refs = [self.actors[i % len(self.actors)].score.remote(
@@ -325,18 +331,18 @@ class _RemoteScorer:
         return [value for ref in refs for value in self.backend._result(ref, f"scoring with {self.name}")]
 
 
-def _most_batches(job: Any) -> int:
-    """The batches of the model's largest suite in a one-process run: more shards would have nothing to do."""
-    from harness.run import load_suite
+def _most_batches(protocol: Protocol) -> int:
+    """The batches of the protocol's largest suite in a one-process run: more shards would have nothing to do."""
     from harness.sampling import shard_count
 
-    options, settings = job.options, job.preset.generation
-    suites = [load_suite(name, options.max_prompts or job.preset.max_prompts) for name in options.suites or job.preset.suites]
-    return max(shard_count(len(suite), options.images_per_prompt or settings.images_for(suite.name), settings.batch_size)
-               for suite in suites)
+    def batches(suite_name: str) -> int:
+        settings = protocol.sampling(suite_name)
+        return shard_count(len(protocol.load_suite(suite_name)), settings["images_per_prompt"], settings["batch_size"])
+
+    return max(batches(suite_name) for suite_name in protocol.suites)
 
 
-def _merged_images(out: Path, shards: list[list[dict]]) -> list[dict]:
+def _merged_images(results: ResultsDir, shards: list[list[dict]]) -> list[dict]:
     """The ``add_images`` calls the shards recorded, one per suite with every shard's rows in prompt order;
     each suite's manifest written from them (``harness.sampling.merge_shards``)."""
     from harness.sampling import merge_shards
@@ -351,7 +357,7 @@ def _merged_images(out: Path, shards: list[list[dict]]) -> list[dict]:
     for images in suites.values():
         # The store's paths are relative to the results directory, the manifest's to the suite's folder.
         folder = Path(images["rows"][0]["path"]).parent
-        manifest = merge_shards(out / folder, [{**row, "path": Path(row["path"]).name} for row in images["rows"]])
+        manifest = merge_shards(results.file(folder), [{**row, "path": Path(row["path"]).name} for row in images["rows"]])
         images["rows"] = [{**row, "path": str(folder / row["path"])} for row in manifest]
     return list(suites.values())
 

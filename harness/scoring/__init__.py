@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from harness.registry import SCORERS, register_scorer
-from harness.scoring.base import Scorer
+from harness.api.registry import SCORERS, register_scorer
+from harness.api.scorer import Scorer
 from harness.scoring.cache import ScoreCache, image_sha256, score_images
 
 __all__ = ["ScoreCache", "Scorer", "get_scorer", "image_sha256", "register_scorer", "same_signal", "score_images"]

@@ -10,7 +10,7 @@ from PIL import Image
 
 from harness.errors import HarnessError
 from harness.scoring._loading import load_state_dict, pick_device, resolve_file, weights_version
-from harness.scoring.base import Scorer
+from harness.api.scorer import Scorer
 
 if TYPE_CHECKING:
     import torch

@@ -16,7 +16,7 @@ from PIL import Image
 
 from harness.atomic import writing
 from harness.errors import HarnessError
-from harness.scoring.base import Scorer
+from harness.api.scorer import Scorer
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS scores (

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from harness.registry import register_scorer
+from harness.api.registry import register_scorer
 from harness.scoring._openclip import OpenClipScorer
 
 

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Callable
 
 from PIL import Image
 
-from harness.registry import register_scorer
+from harness.api.registry import register_scorer
 from harness.scoring._openclip import OpenClipScorer
 
 if TYPE_CHECKING:

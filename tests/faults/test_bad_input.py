@@ -10,6 +10,7 @@ and their actual output, and a test keeps it equal; after changing a case or a m
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from collections.abc import Callable
@@ -63,16 +64,43 @@ def _unet_that_runs_code(directory: Path) -> None:
 
 
 def _syntax_error(directory: Path) -> None:
-    (directory / "broken.py").write_text("from harness.registry import register_method\ndef f(:\n")
+    (directory / "broken.py").write_text("from harness.api.registry import register_method\ndef f(:\n")
 
 
 def _raises(directory: Path) -> None:
     (directory / "raises.py").write_text("import os\n\nraise RuntimeError('no GPU')\n")
 
 
+def _empty_lora(directory: Path) -> None:
+    (directory / "lora").mkdir()
+
+
+def _tiny_run_results(directory: Path) -> None:
+    """A results directory whose base model was evaluated with the tiny preset, and read since (as by
+    `harness leaderboard`): a reader leaves SQLite's -wal and -shm files beside the database."""
+    from harness.store import Store
+
+    with Store(directory / "old") as store:
+        store.get_or_create_run("base", method="base", preset="tiny", base_model="tiny",
+                                config={"preset": "tiny", "base_model": "tiny", "seed": 0})
+    Store(directory / "old", readonly=True).close()
+
+
+def _images(directory: Path, *rows: dict) -> None:
+    """A folder `gen/` with a manifest of ``rows`` and the one image 00000_00.png."""
+    from PIL import Image
+
+    (directory / "gen").mkdir()
+    if rows:
+        Image.new("RGB", (32, 32)).save(directory / "gen" / "00000_00.png")
+        (directory / "gen" / "manifest.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+
+
 # The tiny preset: should a case ever get past validation, its run ends in seconds.
 RUN = ("run", "--preset", "tiny", "--methods", "dpo")
 GENERATE = ("generate", "--model", "tiny", "--suite", "toy-seen", "--out", "gen")
+EVALUATE = ("evaluate", "--model", "tiny")
+SCORE = ("score", "--images", "gen", "--prompts", "toy-seen", "--scorers", "toy-fidelity", "--name", "theirs")
 CASES = [
     Case((*RUN, "--max-prompts", "0"), r"--max-prompts: must be at least 1, not 0"),
     Case((*RUN, "--max-prompts", "-2"), r"--max-prompts: must be at least 1, not -2"),
@@ -95,6 +123,22 @@ CASES = [
     Case((*GENERATE, "--unet", "their-unet"),
          r"UNet 'their-unet': a weights file was refused: it holds pickled Python objects.*GLOBAL print",
          "`their-unet/` holds a pickle that would run code", _unet_that_runs_code),
+    Case((*EVALUATE, "--unet", "./nope"), r"--unet './nope' does not exist \(a local path"),
+    Case((*EVALUATE, "--lora", "lora"), r"--lora 'lora' has no pytorch_lora_weights.safetensors .*harness train",
+         "`lora/` is empty", _empty_lora),
+    Case((*EVALUATE, "--name", "base"), r"--name 'base': a run's name is letters, digits .*not 'base'"),
+    Case((*EVALUATE, "--preset", "toy", "--out", "old"),
+         r"the base model in old was evaluated with preset 'tiny', not 'toy'.*--preset tiny",
+         "the base model in `old/` was evaluated with the tiny preset", _tiny_run_results),
+    Case(SCORE, r"--images 'gen': no such manifest \(a manifest.jsonl file, or a folder holding one",
+         "`gen/` holds no manifest", _images),
+    Case(SCORE, r"gen/manifest.jsonl line 2: image 00000_01.png does not exist",
+         "`gen/manifest.jsonl`'s second image is missing",
+         lambda d: _images(d, {"path": "00000_00.png", "prompt_id": "red-circle-right"},
+                           {"path": "00000_01.png", "prompt_id": "red-circle-right"})),
+    Case(SCORE, r"gen/manifest.jsonl line 1: prompt 'a purple cat' is not in suite 'toy-seen'",
+         "`gen/manifest.jsonl` gives a prompt that is not in the suite",
+         lambda d: _images(d, {"path": "00000_00.png", "prompt": "a purple cat"})),
     Case(("--plugin", "broken.py", "methods"), r"cannot load plugin broken.py: broken.py line 2: syntax error",
          "`broken.py` has a syntax error on line 2", _syntax_error),
     Case(("--plugin", "raises.py", "methods"), r"cannot load plugin raises.py: raises.py line 3: RuntimeError: no GPU",
@@ -146,7 +190,8 @@ def bad_input_table(outcomes: dict[Case, Outcome]) -> str:
     rows = ["| you run | you see (exit status 2) |", "|---|---|"]
     for case, outcome in outcomes.items():
         command = f"`{case.command}`" + (f" where {case.setup}" if case.setup else "")
-        line = outcome.stderr.strip().replace("|", "\\|")
+        # What is registered changes with every plugin: the README shows where the list goes, not the list.
+        line = re.sub(r"(unknown \w+ '\w+'; available: ).*", r"\1…", outcome.stderr.strip()).replace("|", "\\|")
         rows.append(f"| {command} | `` {line} `` |")  # double backticks: the line may quote a command
     return "\n".join(rows)
 

@@ -19,7 +19,6 @@ import torch
 from safetensors.torch import load_file
 
 from faults.kills import PLUGIN, WorkLog, run_and_kill, temporaries
-from harness.config import get_preset
 from harness.trainer import train
 from train_fixtures import one_torch_thread, write_pair_dir  # noqa: F401 (autouse fixture: one thread, as below)
 
@@ -44,7 +43,7 @@ def complete_checkpoints(out: Path) -> list[str]:
 def test_training_killed_mid_step_and_mid_checkpoint_resumes_to_the_same_weights(tiny_model_dir, harness_cache,
                                                                                   tmp_path):
     data = write_pair_dir(tmp_path / "data")
-    overrides = get_preset("tiny").overrides_for("dpo", SETTINGS)  # what `harness train --preset tiny` trains
+    overrides = SETTINGS  # on top of the tiny preset's settings, as `harness train --preset tiny --set ...`
 
     def train_here(output_dir: Path, on_log=None):
         return train("dpo", base_model=tiny_model_dir, data_dir=data, output_dir=output_dir, preset="tiny",

@@ -1,11 +1,14 @@
-"""One generic registry for methods, scorers and prompt suites.
+"""One generic registry for methods, scorers, prompt suites, presets and base models.
 
 Built-in entries live in ordinary packages (``methods/``, ``harness/scoring/``,
-``prompts/``): every module of those packages is imported the first time the
+``prompts/``): every module of those packages is imported the first time a
 registry is consulted, so adding a method is adding one file.  Third-party
-packages add entries through entry points (``harness.methods``,
-``harness.scorers``, ``harness.suites``), and ``load_plugin`` imports a user's
-own file or module, whose ``@register_*`` decorators then run.
+packages add entries in two ways: an entry point of the registry's own group
+(``harness.methods``, ``harness.scorers``, ``harness.suites``, ``harness.presets``,
+``harness.base_models``) naming one object, or a module in the ``harness.plugins``
+group, imported whole so that its ``@register_*`` decorators run (a *world*: the
+toy world registers its scorers, suites, presets and base model this way).
+``load_plugin`` imports a user's own file or module the same way.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import sys
 import traceback
 from importlib.metadata import entry_points
 from pathlib import Path
-from typing import Callable, Generic, TypeVar
+from typing import TYPE_CHECKING, Callable, Generic, TypeVar
 
 from harness.errors import HarnessError
 
@@ -68,11 +71,26 @@ class Registry(Generic[T]):
         self._loaded = True  # set first: built-in modules call register() while importing
         for package_name in self.builtin_packages:
             package = importlib.import_module(package_name)
-            for module in pkgutil.iter_modules(package.__path__):
+            for module in pkgutil.iter_modules(getattr(package, "__path__", [])):
                 if not module.name.startswith("_"):
                     importlib.import_module(f"{package_name}.{module.name}")
+        _import_installed_plugins()
         for entry_point in entry_points(group=self.group):
             self.register(entry_point.name)(entry_point.load())
+
+
+_PLUGIN_GROUP = "harness.plugins"
+_installed_plugins_imported = False
+
+
+def _import_installed_plugins() -> None:
+    """Import every module of the ``harness.plugins`` entry-point group once (worlds register that way)."""
+    global _installed_plugins_imported
+    if _installed_plugins_imported:
+        return
+    _installed_plugins_imported = True
+    for entry_point in entry_points(group=_PLUGIN_GROUP):
+        importlib.import_module(entry_point.value)
 
 
 def _qualname(obj: object) -> str:
@@ -129,10 +147,22 @@ def _plugin_failure(spec: str, path: Path, exc: Exception) -> HarnessError:
     return HarnessError(f"cannot load plugin {spec}: {shown} line {line}: {what}")
 
 
-METHODS: Registry = Registry("method", "harness.methods", ("methods",))
-SCORERS: Registry = Registry("scorer", "harness.scorers", ("harness.scoring",))
-SUITES: Registry = Registry("suite", "harness.suites", ("prompts",))
+if TYPE_CHECKING:
+    from harness.api.method import Method
+    from harness.api.preset import Preset
+    from harness.api.scorer import Scorer
+    from harness.api.suite import Suite
+
+METHODS: Registry[type[Method]] = Registry("method", "harness.methods", ("methods",))
+SCORERS: Registry[type[Scorer]] = Registry("scorer", "harness.scorers", ("harness.scoring",))
+SUITES: Registry[Callable[..., Suite]] = Registry("suite", "harness.suites", ("prompts",))
+# A preset is registered as a function building it (presets are cheap, but read as plain data).
+PRESETS: Registry[Callable[[], Preset]] = Registry("preset", "harness.presets", ("harness.presets",))
+# Base models that are built here rather than downloaded: a function returning the model's directory.
+BASE_MODELS: Registry[Callable[[], str]] = Registry("base model", "harness.base_models", ("harness.models",))
 
 register_method = METHODS.register
 register_scorer = SCORERS.register
 register_suite = SUITES.register
+register_preset = PRESETS.register
+register_base_model = BASE_MODELS.register

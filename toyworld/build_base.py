@@ -1,6 +1,6 @@
-"""Train the toy base model: ``python -m harness.toyworld.build_base [--out FILE]``.
+"""Train the toy base model: ``python -m toyworld.build_base [--out FILE]``.
 
-Rewrites the committed weights (``harness/toyworld/base.safetensors``) by
+Rewrites the committed weights (``toyworld/base.safetensors``) by
 default; the result is identical bit for bit on the same machine and torch
 version, which the printed sha256 lets anyone check.
 """
@@ -12,7 +12,7 @@ import dataclasses
 import time
 from pathlib import Path
 
-from harness.toyworld.base import COMMITTED_WEIGHTS, BuildSettings, build_weights, file_digest
+from toyworld.base import COMMITTED_WEIGHTS, BuildSettings, build_weights, file_digest
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,11 +1,13 @@
 """What a preference-alignment method is, as the shared trainer sees it.
 
-A method is one class per file in ``methods/``, registered with
-``@register_method(name)``.  It declares the data it trains on (``"pairs"`` or
-``"experts"``), a ``Config`` dataclass with its paper's hyper-parameters (it
-extends ``TrainConfig``, the knobs every method shares), per-preset overrides,
-and its loss on a batch.  The trainer owns everything else: models, data,
-encoding caches, precision, distribution, checkpoints.
+A method is one class per file, registered with ``@register_method(name)``.  It
+declares the data it trains on (a ``DataSpec``: ``Pairs()``, ``Experts(...)``,
+``LabelledImages()``, ``PromptsOnly()``), a ``Config`` dataclass with its paper's
+hyper-parameters (it extends ``TrainConfig``, the knobs every method shares), its
+settings under each preset (``presets``: the papers' GPU recipes and the scaled-down
+``toy`` / ``tiny`` worlds alike), and its loss on a batch.  The trainer owns
+everything else: models, data, encoding caches, precision, distribution, checkpoints;
+what of it a method may use is the ``TrainingContext`` and the ``Models`` below.
 
 Losses are written over *per-sample errors* (``per_sample_error``): one number
 per sample, the mean over C, H, W of the squared difference between a UNet's
@@ -17,11 +19,14 @@ from __future__ import annotations
 
 from contextlib import nullcontext
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, ClassVar, Literal
 
+import numpy as np
 import torch
 
-from harness.data import DataNeeds
+from harness.api.data import DataSpec, Pairs
+from harness.errors import HarnessError
 
 
 @dataclass
@@ -70,6 +75,27 @@ class TrainConfig:
     cache_dir: str | None = None  # None: $HARNESS_CACHE/train-features (content-keyed, shareable)
     checkpoint_every: int = 500
     checkpoints_kept: int = 2
+
+    def validate(self) -> None:
+        """Raise ``HarnessError`` (one line) for a value no run can use; runs before any model loads.
+        A method's Config extends this for its own fields (calling ``super().validate()``)."""
+        for name in ("max_steps", "batch_size", "grad_accum", "checkpoint_every"):
+            if getattr(self, name) < 1:
+                raise HarnessError(f"{name} must be >= 1, not {getattr(self, name)}")
+        choices = {"optimizer": ("adamw", "adafactor"), "master_weights": ("fp32", "bf16"),
+                   "mixed_precision": ("no", "fp16", "bf16")}
+        for name, valid in choices.items():
+            if getattr(self, name) not in valid:
+                raise HarnessError(f"{name} must be one of {', '.join(valid)}, not {getattr(self, name)!r}")
+        if not 0.0 <= self.caption_dropout <= 1.0:
+            raise HarnessError("caption_dropout must lie in [0, 1]")
+        from diffusers.optimization import SchedulerType
+
+        schedules = [kind.value for kind in SchedulerType]
+        if self.lr_scheduler not in schedules:
+            raise HarnessError(f"unknown lr_scheduler {self.lr_scheduler!r}; valid: {', '.join(schedules)}")
+        if self.ema_decay is not None and not 0.0 < self.ema_decay < 1.0:
+            raise HarnessError("ema_decay must lie in (0, 1) or be None")
 
 
 @dataclass
@@ -169,11 +195,13 @@ def randn_like(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
 class Batch:
     """One micro-batch as the trainer hands it to a loss.
 
-    ``latents``: for pairs, winners then losers (2B); for experts, B images.  ``means``: their VAE
-    posterior means (equal to ``latents`` when ``latent_sample`` is off).
-    ``cond``: B conditionings of ``captions`` (after caption dropout: "" where dropped).  ``keys``: content keys of the
-    latents (same order), for per-image caches.  ``scores``: reward scores in
-    the same order when the data carries them (NaN otherwise).
+    ``latents``: the examples' images, image slot by image slot: for pairs all winners then all
+    losers (2B), for single images B, for prompts only none.  ``means``: their VAE posterior means
+    (equal to ``latents`` when ``latent_sample`` is off).  ``cond``: B conditionings of ``captions``
+    (after caption dropout: "" where dropped).  ``keys``: content keys of the latents (same order),
+    for per-image caches.  ``scores`` and ``labels``: per latent, the reward score and the label
+    (``LabelledImages``: 1 desirable, 0 undesirable) where the data has them, NaN otherwise.
+    ``generator``: the micro-step's only source of randomness (timesteps, noise, ...).
     """
 
     latents: torch.Tensor
@@ -181,29 +209,67 @@ class Batch:
     cond: Cond
     keys: list[str]
     scores: torch.Tensor
+    labels: torch.Tensor
     captions: list[str]
     generator: torch.Generator
 
 
+@dataclass
+class TrainingContext:
+    """What a method may use of the run besides a batch, handed to ``setup`` and ``before_micro_step``.
+
+    ``cache(name)`` is a directory for the method's own files, shared by every run that starts
+    from the same weights (e.g. SmPO's inversions by the frozen reference) and by no other.
+    """
+
+    models: Models
+    scheduler: Any  # the training noise scheduler (diffusers DDPMScheduler); its config has the schedule
+    latent_shape: tuple[int, int, int]  # (C, H, W) of one training latent
+    grad_accum: int  # forward/backward passes per optimizer step
+    captions: list[str]  # every training example's caption, in data order
+    data_scores: np.ndarray  # every score the training data carries (NaN where missing); reads no image
+    encode: Callable[[list[str]], Cond]  # captions -> conditioning, as the batches are encoded
+    cache: Callable[[str], Path]
+    device: torch.device
+
+
+@dataclass(frozen=True)
+class PublishedWeights:
+    """A method's released UNet for a preset's base model (``harness run --pretrained``), and the reward
+    that shaped its training data, if any (the leaderboard marks that metric for it)."""
+
+    location: str  # hub id or local directory
+    subfolder: str | None = "unet"
+    signal: str | None = None  # a scorer name
+    how: str = ""  # in words, for the leaderboard's note
+
+
 class Method:
-    """Base class of a training method.  Subclasses set the class attributes and ``loss``."""
+    """Base class of a training method.  Subclasses set the class attributes and ``loss``.
+
+    ``presets`` maps a preset's name to this method's settings under it, applied on top of the
+    settings the preset gives every method (``Preset.method_defaults``).  A method with no entry for
+    a preset whose scale differs from the papers' (``toy``, ``tiny``) trains with the preset's
+    defaults alone, and the harness warns that it does.
+    """
 
     description: ClassVar[str] = ""
     Config: ClassVar[type[TrainConfig]] = TrainConfig
     presets: ClassVar[dict[str, dict[str, Any]]] = {}
-    data: ClassVar[Literal["pairs", "experts"]] = "pairs"
+    published: ClassVar[dict[str, PublishedWeights]] = {}  # preset name -> the released UNet for its base model
+    data: ClassVar[DataSpec] = Pairs()
 
     def __init__(self, config: TrainConfig) -> None:
         self.config = config
 
-    def data_needs(self) -> DataNeeds:
-        """What the trainer must read for this method (and the reward its data must carry)."""
-        return DataNeeds(self.data)
+    def data_spec(self) -> DataSpec:
+        """What the trainer must read for this method (override when it depends on the config)."""
+        return self.data
 
-    def setup(self, context: Any) -> None:
-        """Called once the models are ready (``context`` is the trainer)."""
+    def setup(self, context: TrainingContext) -> None:
+        """Called once the models are ready, before any checkpoint is loaded."""
 
-    def before_micro_step(self, context: Any, step: int, micro: int, generator: torch.Generator) -> None:
+    def before_micro_step(self, context: TrainingContext, step: int, micro: int, generator: torch.Generator) -> None:
         """Called before each forward/backward (DRO refills its replay buffer here)."""
 
     def loss(self, batch: Batch, models: Models) -> tuple[torch.Tensor, dict[str, float]]:

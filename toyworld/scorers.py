@@ -5,12 +5,10 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-from harness.errors import HarnessError
-from harness.registry import register_scorer
-from harness.scoring.base import Scorer
-from harness.toyworld import rewards
-from harness.toyworld.grammar import parse_caption
-from harness.toyworld.render import IMAGE_SIZE, from_pil
+from harness.api import HarnessError, Scorer, register_scorer
+from toyworld import rewards
+from toyworld.grammar import parse_caption
+from toyworld.render import IMAGE_SIZE, from_pil
 
 
 class _ToyScorer(Scorer):

@@ -1,6 +1,6 @@
 """Sanity check: DPO trained on *flipped* preference labels must end up worse than the base.
 
-``python -m harness.toyworld.flip_check --out DIR`` runs the toy preset's DPO twice
+``python -m toyworld.flip_check --out DIR`` runs the toy preset's DPO twice
 from the same base and the same pairs, once as labelled and once with every
 label inverted, and prints each run's mean toy-fidelity per suite with the
 paired delta against the base.  If the flipped run does not get worse, the
@@ -15,7 +15,7 @@ import json
 import os
 from pathlib import Path
 
-from harness.run import RunOptions, run
+from harness.api import RunOptions, run
 
 
 def flip_pairs(data_dir: Path, out_dir: Path) -> Path:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from harness.errors import HarnessError
+from harness.api import HarnessError
 
 # Linear RGB in [0, 1]; far apart in direction from the background so a colour
 # can be read back from a blurred or washed-out image.

@@ -25,10 +25,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from harness.atomic import publishing, replacing
-from harness.models import TinyPipelineConfig, build_tiny_pipeline, default_cache_dir
-from harness.toyworld.grammar import COLOURS, POSITIONS, SHAPES, seen_scenes
-from harness.toyworld.render import IMAGE_SIZE, Degradation, render
+from harness.api import TinyPipelineConfig, build_tiny_pipeline, publishing, register_base_model, replacing
+from harness.api import cache_dir as default_cache_dir
+from toyworld.grammar import COLOURS, POSITIONS, SHAPES, seen_scenes
+from toyworld.render import IMAGE_SIZE, Degradation, render
 
 COMMITTED_WEIGHTS = Path(__file__).with_name("base.safetensors")
 PIPELINE_CONFIG = TinyPipelineConfig(image_size=IMAGE_SIZE, block_out_channels=(32, 64), vae_block_out_channels=(32, 32, 64))
@@ -226,6 +226,11 @@ def pipeline_from_weights(weights: str | Path, tokenizer_dir: str | Path | None 
 
 def file_digest(path: str | Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+@register_base_model("toy")
+def toy_base_model() -> str:
+    return str(ensure_base_model())
 
 
 def ensure_base_model(cache_dir: Path | None = None) -> Path:

@@ -10,9 +10,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from harness.registry import register_suite
-from harness.suites import Prompt, Suite
-from harness.toyworld.grammar import Scene, seen_scenes, unseen_scenes
+from harness.api import Prompt, Suite, register_suite
+from toyworld.grammar import Scene, seen_scenes, unseen_scenes
 
 _HERE = Path(__file__).parent
 SUITE_FILES = {"toy-seen": _HERE / "toy_seen.jsonl", "toy-unseen": _HERE / "toy_unseen.jsonl"}

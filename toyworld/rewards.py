@@ -16,8 +16,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from harness.toyworld.grammar import BACKGROUND, COLOURS, POSITIONS, SHAPES, Scene
-from harness.toyworld.render import position_centre, shape_coverage
+from toyworld.grammar import BACKGROUND, COLOURS, POSITIONS, SHAPES, Scene
+from toyworld.render import position_centre, shape_coverage
 
 # Temperatures of the soft classifiers: how fast confidence falls with distance.
 _COLOUR_TEMPERATURE = 0.05  # on cosine similarity of colour directions

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from harness.toyworld.grammar import BACKGROUND, COLOURS, POSITIONS, Scene
+from toyworld.grammar import BACKGROUND, COLOURS, POSITIONS, Scene
 
 IMAGE_SIZE = 32
 # Half-extent of each shape at IMAGE_SIZE 32, chosen so the three areas are

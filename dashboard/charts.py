@@ -1,0 +1,103 @@
+"""Every chart the dashboard draws and `harness figure` saves, each built by one function.
+
+The dashboard passes a chart to ``st.altair_chart``; ``save_chart`` writes the same chart as PNG,
+SVG or PDF (Vega-Lite rendered by vl-convert, no browser) and as its Vega-Lite spec.  So a
+figure in a paper is the chart on the page, made by the same code from the same numbers.
+Nothing here imports Streamlit; the frames come from ``dashboard.data``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import altair as alt
+import pandas as pd
+
+from harness.atomic import replacing
+from harness.errors import HarnessError
+from harness.stats import VERDICTS
+
+FORMATS = ("png", "svg", "pdf")
+PNG_SCALE = 2  # twice the on-screen pixels: sharp in print
+VERDICT_COLOURS = dict(zip(VERDICTS, ["#1a7f37", "#cf222e", "#6e7781", "#bf8700"]))
+
+
+def delta_chart(frame: pd.DataFrame, *, y_title: str, facet_title: str, x_title: str, order: Sequence[str],
+                title: str = "") -> alt.FacetChart:
+    """Δ vs the base with its 95 % CI, a row per ``y``, a panel per ``facet`` (``dashboard.data.delta_frame``).
+
+    The colour is the CI's verdict; a row whose CI is missing (one prompt) keeps its point."""
+    rows = alt.Chart().encode(y=alt.Y("y:N", sort=list(order), title=y_title))
+    colour = alt.Color("verdict:N", title="95% CI", scale=alt.Scale(domain=list(VERDICT_COLOURS),
+                                                                    range=list(VERDICT_COLOURS.values())))
+    intervals = rows.mark_rule(strokeWidth=2).encode(x=alt.X("low:Q", title=x_title), x2="high:Q", color=colour)
+    points = rows.mark_point(filled=True, size=60, opacity=1).encode(
+        x="delta:Q", color=colour,
+        tooltip=["facet:N", "y:N", alt.Tooltip("delta:Q", format="+.4g", title="Δ"),
+                 alt.Tooltip("low:Q", format="+.4g", title="CI low"), alt.Tooltip("high:Q", format="+.4g", title="CI high"),
+                 alt.Tooltip("n_prompts:Q", title="prompts"), "verdict:N"])
+    zero = alt.Chart().mark_rule(color="black", strokeDash=[4, 4]).encode(x=alt.datum(0))
+    layers = alt.layer(zero, intervals, points, data=frame).properties(width=260)
+    return layers.facet(column=alt.Column("facet:N", title=facet_title)).properties(title=title)
+
+
+def win_rate_chart(matrix: pd.DataFrame, order: Sequence[str], title: str = "") -> alt.LayerChart:
+    """Heatmap of ``harness.stats.win_rate_matrix``: cell [row, column] = the row method's win rate."""
+    cells = matrix.rename_axis(index="method", columns="against").stack(future_stack=True)
+    cells = cells.rename("win_rate").reset_index()
+    base = alt.Chart(cells).encode(
+        x=alt.X("against:N", sort=list(order), title="against (column)", axis=alt.Axis(labelAngle=0)),
+        y=alt.Y("method:N", sort=list(order), title="method (row)"),
+    )
+    heat = base.mark_rect().encode(
+        color=alt.Color("win_rate:Q", scale=alt.Scale(domain=[0, 1], scheme="redblue"), title="win rate"),
+        tooltip=["method", "against", alt.Tooltip("win_rate:Q", format=".1%")],
+    )
+    # No label on the diagonal (a method against itself), which holds no number.
+    text = base.transform_filter("isValid(datum.win_rate)").mark_text().encode(
+        text=alt.Text("win_rate:Q", format=".0%"),
+        color=alt.condition("abs(datum.win_rate - 0.5) > 0.3", alt.value("white"), alt.value("black")))
+    # A fixed band per method: without it Vega-Lite draws 20-pixel cells.
+    return (heat + text).properties(width=alt.Step(64), height=alt.Step(48), title=title)
+
+
+def image_grid_chart(grid: pd.DataFrame, methods: Sequence[str], px: int, title: str = "") -> alt.LayerChart:
+    """Prompts (rows) × methods (columns), one image each at the same seed (``dashboard.data.image_grid``)."""
+    order = list(dict.fromkeys(grid["row"]))
+    base = alt.Chart(grid).encode(
+        x=alt.X("method:N", sort=list(methods), title=None, axis=alt.Axis(orient="top", labelAngle=0, ticks=False,
+                                                                          domain=False, labelFontWeight="bold")),
+        y=alt.Y("row:N", sort=order, title=None, axis=alt.Axis(ticks=False, domain=False, labelLimit=320)),
+    )
+    images = base.transform_filter("isValid(datum.url)").mark_image(width=px, height=px).encode(
+        url="url:N", tooltip=["method", "prompt", "seed"])
+    missing = base.transform_filter("!isValid(datum.url)").mark_text(color="#cf222e").encode(text=alt.value("no image"))
+    return (images + missing).properties(width=alt.Step(px + 8), height=alt.Step(px + 8), title=title) \
+        .configure_view(stroke=None)
+
+
+def check_formats(formats: Sequence[str]) -> None:
+    unknown = [f for f in formats if f not in FORMATS]
+    if unknown:
+        raise HarnessError(f"unknown figure format {', '.join(unknown)}; expected some of {', '.join(FORMATS)}")
+    if importlib.util.find_spec("vl_convert") is None:  # altair's renderer for static files
+        raise HarnessError("writing figures needs vl-convert-python (pip install vl-convert-python)")
+
+
+def save_chart(chart: alt.TopLevelMixin, stem: Path, formats: Sequence[str]) -> list[Path]:
+    """``stem``.{format} for each format, plus ``stem``.vl.json (the Vega-Lite spec); each written atomically."""
+    check_formats(formats)
+    written = []
+    spec = stem.with_name(stem.name + ".vl.json")
+    with replacing(spec) as tmp:
+        Path(tmp).write_text(json.dumps(chart.to_dict(), indent=1))
+    written.append(spec)
+    for fmt in formats:
+        target = stem.with_name(f"{stem.name}.{fmt}")
+        with replacing(target) as tmp:
+            chart.save(str(tmp), format=fmt, **({"scale_factor": PNG_SCALE} if fmt == "png" else {}))
+        written.append(target)
+    return written

@@ -1,0 +1,211 @@
+"""What a method trains on: a data spec, read into examples the trainer batches.
+
+A method declares its data with one of these objects (``Method.data``, or
+``Method.data_spec()`` when it depends on the config):
+
+- ``Pairs(scorer=None)``: preference pairs, preferred image first.  With a ``scorer``, both
+  images of every pair need that reward's score (SmPO's smoothed labels): the data's own, or a
+  score table made by ``harness data score``.
+- ``Experts(scorer=None, top_k=None)``: single demonstration images.  With a ``scorer``, the
+  ``top_k`` training images ranked by it (DRO), made by ``harness data experts``; without one,
+  the data's ``experts.jsonl`` or the preferred image of each pair (SFT).
+- ``LabelledImages()``: single images labelled desirable (1) or undesirable (0), no pairs
+  (Diffusion-KTO): a ``labelled.jsonl``, or a pairs source read as its winners (1) and losers (0).
+- ``PromptsOnly()``: captions alone, for methods that make their own images.
+
+Each spec reads a source into ``Example``s (caption, images, per-image scores and labels), and
+says what ``harness run`` must make from a source first (``training_source`` / ``prepare``):
+that is where a method's data steps live, so neither the trainer nor the run knows any spec.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, Union
+
+import numpy as np
+
+from harness.errors import HarnessError
+
+if TYPE_CHECKING:
+    from harness.data import Pair
+
+ImageSource = Union[Path, bytes]
+Say = Callable[[str], None]
+NAN = math.nan
+
+
+@dataclass(frozen=True)
+class Example:
+    """One training example: a caption and its images (none, one, or a pair), each with a score and a label."""
+
+    caption: str
+    images: tuple[ImageSource, ...]
+    scores: tuple[float, ...] = ()
+    labels: tuple[float, ...] = ()
+
+
+class Examples(Sequence):
+    """A data set's examples, made from its records on access (a Pick-a-Pic image is read only when used).
+
+    ``scores``: every score the data carries, NaN where missing, known without reading an image.
+    """
+
+    def __init__(self, records: Sequence, per_record: int, make: Callable[[Any, int], Example], scores: np.ndarray) -> None:
+        self.records, self.per_record, self.make, self.scores = records, per_record, make, scores
+
+    def __len__(self) -> int:
+        return len(self.records) * self.per_record
+
+    def __getitem__(self, index: int) -> Example:  # type: ignore[override]
+        record, part = divmod(index, self.per_record)
+        return self.make(self.records[record], part)
+
+    def captions(self) -> list[str]:
+        return [self.records[i].caption for i in range(len(self.records)) for _ in range(self.per_record)]
+
+
+def _score(value: float | None) -> float:
+    return NAN if value is None else float(value)
+
+
+class DataSpec(ABC):
+    """The data a method trains on (see the module's doc)."""
+
+    name: ClassVar[str]
+    images_per_example: ClassVar[int]
+    scorer: str | None = None
+
+    @abstractmethod
+    def examples(self, source: str | Path) -> Examples:
+        """The training examples of ``source`` (a directory or a hub dataset), or a one-line error."""
+
+    def training_source(self, source: str, made_data: Path, synthesized: bool) -> str:
+        """Where training reads: ``source`` itself, or a directory ``prepare`` makes from it in ``made_data``
+        (the results directory's ``data/``)."""
+        return source
+
+    def prepare(self, source: str, training_source: str, scorer_options: dict[str, Any], say: Say) -> tuple[list[str], str]:
+        """Make what training needs from ``source`` (idempotent); return the rewards that shaped the data, and how."""
+        return [], ""
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if v is not None)
+        return f"{type(self).__name__}({fields})"
+
+    def __eq__(self, other: object) -> bool:
+        return type(self) is type(other) and vars(self) == vars(other)
+
+    def __hash__(self) -> int:
+        return hash((type(self).__name__, tuple(sorted(vars(self).items()))))
+
+
+class Pairs(DataSpec):
+    name = "pairs"
+    images_per_example = 2
+
+    def __init__(self, scorer: str | None = None) -> None:
+        self.scorer = scorer
+
+    def examples(self, source: str | Path) -> Examples:
+        from harness.data import pair_scores, scored_pairs
+
+        pairs = scored_pairs(source, self.scorer)
+        if len(pairs) == 0:
+            raise HarnessError(f"no usable training pairs in {source} (ties are dropped)")
+        return Examples(pairs, 1, lambda pair, _: Example(pair.caption, (pair.image_w, pair.image_l),
+                                                          (_score(pair.score_w), _score(pair.score_l)), (NAN, NAN)),
+                        pair_scores(pairs))
+
+    def prepare(self, source: str, training_source: str, scorer_options: dict[str, Any], say: Say) -> tuple[list[str], str]:
+        from harness.data import load_pairs, pair_scores
+        from harness.data_steps import score_training_images
+        from harness.scoring import same_signal
+
+        if self.scorer and np.isnan(pair_scores(load_pairs(source))).any():
+            say(f"scoring the training pairs with {self.scorer}")
+            score_training_images(source, self.scorer, scorer_options=scorer_options)
+            return same_signal(self.scorer), f"pair scores by {self.scorer}"
+        return [], ""
+
+
+class Experts(DataSpec):
+    name = "experts"
+    images_per_example = 1
+
+    def __init__(self, scorer: str | None = None, top_k: int | None = None) -> None:
+        self.scorer, self.top_k = scorer, top_k
+
+    def examples(self, source: str | Path) -> Examples:
+        from harness.data import load_experts
+
+        experts = load_experts(source, self.top_k, self.scorer)
+        if len(experts) == 0:
+            raise HarnessError(f"no usable training experts in {source}")
+        return Examples(experts, 1, lambda expert, _: Example(expert.caption, (expert.image,), (_score(expert.score),), (NAN,)),
+                        np.array([_score(e.score) for e in experts], dtype=float))
+
+    def training_source(self, source: str, made_data: Path, synthesized: bool) -> str:
+        # A source with its own experts.jsonl, or synthesized data (which has one), is used as it is.
+        if self.scorer and source and not synthesized and not (Path(source) / "experts.jsonl").exists():
+            return str(made_data / f"experts-{self.scorer}-top{self.top_k}")
+        return source
+
+    def prepare(self, source: str, training_source: str, scorer_options: dict[str, Any], say: Say) -> tuple[list[str], str]:
+        from harness.data_steps import experts_recipe, select_experts
+        from harness.scoring import same_signal
+
+        if self.scorer and training_source != source:
+            say(f"top {self.top_k} experts of {source} by {self.scorer}")
+            select_experts(source, self.scorer, self.top_k, Path(training_source), scorer_options=scorer_options)
+        recipe = experts_recipe(training_source)
+        if recipe is None:
+            return [], ""
+        return same_signal(recipe["scorer"]), f"experts ranked by {recipe['scorer']} (top {recipe['n']})"
+
+
+class LabelledImages(DataSpec):
+    name = "labelled images"
+    images_per_example = 1
+
+    def examples(self, source: str | Path) -> Examples:
+        from harness.data import load_labelled, load_pairs, pair_scores
+
+        if (Path(source) / "labelled.jsonl").exists():
+            rows = load_labelled(source)
+            return Examples(rows, 1, lambda row, _: Example(row.caption, (row.image,), (_score(row.score),), (row.label,)),
+                            np.array([_score(r.score) for r in rows], dtype=float))
+        pairs = load_pairs(source)
+        if len(pairs) == 0:
+            raise HarnessError(f"no usable training pairs in {source} to label (ties are dropped)")
+
+        def labelled(pair: Pair, part: int) -> Example:
+            # Each pair gives its preferred image as desirable, then the other as undesirable.
+            image, score = (pair.image_w, pair.score_w) if part == 0 else (pair.image_l, pair.score_l)
+            return Example(pair.caption, (image,), (_score(score),), (1.0 - part,))
+
+        return Examples(pairs, 2, labelled, pair_scores(pairs))
+
+
+class PromptsOnly(DataSpec):
+    name = "prompts"
+    images_per_example = 0
+
+    def examples(self, source: str | Path) -> Examples:
+        from harness.data import training_captions
+
+        captions = [_Caption(c) for c in training_captions(source)]
+        if not captions:
+            raise HarnessError(f"no training captions in {source}")
+        return Examples(captions, 1, lambda row, _: Example(row.caption, ()), np.array([], dtype=float))
+
+
+@dataclass(frozen=True)
+class _Caption:
+    caption: str
+
+

@@ -1,0 +1,90 @@
+"""The papers' presets (``sd15``, ``sdxl``), finding a preset by name, and showing one resolved.
+
+A method's settings under a preset are, in order of precedence: its Config's defaults (its
+paper's), the preset's ``method_defaults`` (the settings every method shares there, e.g. SDXL's
+recipe), the method's own entry for the preset (``Method.presets``), then the user's ``--set``
+values.  Worlds register their own presets (the toy world: ``toy``, ``tiny``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import replace
+
+from harness.api.method import PublishedWeights
+from harness.api.preset import GenerationSettings, Preset
+from harness.api.registry import METHODS, PRESETS, register_preset
+from harness.errors import HarnessError
+
+_PAPER_PROTOCOL = GenerationSettings(images_per_prompt=5, num_inference_steps=50, guidance_scale=7.5, batch_size=8)
+_PAPER_SCORERS = ("pickscore", "hpsv2", "hpsv2.1", "imagereward", "clip", "aesthetic")
+SDXL_VAE = "madebyollin/sdxl-vae-fp16-fix"
+
+
+@register_preset("sd15")
+def sd15() -> Preset:
+    return Preset(
+        name="sd15",
+        description="Stable Diffusion 1.5, Pick-a-Pic v2; the papers' evaluation protocol (GPU, downloaded weights)",
+        base_model="stable-diffusion-v1-5/stable-diffusion-v1-5",
+        suites=("pickapic-test", "hpdv2"),
+        scorers=_PAPER_SCORERS,
+        generation=replace(_PAPER_PROTOCOL, height=512, width=512),
+        data="yuvalkirstain/pickapic_v2",
+        method_defaults={"resolution": 512},
+    )
+
+
+@register_preset("sdxl")
+def sdxl() -> Preset:
+    return Preset(
+        name="sdxl",
+        description="Stable Diffusion XL base 1.0 with the fp16-safe VAE (GPU, downloaded weights)",
+        base_model="stabilityai/stable-diffusion-xl-base-1.0",
+        suites=("pickapic-test", "hpdv2"),
+        scorers=_PAPER_SCORERS,
+        generation=replace(_PAPER_PROTOCOL, height=1024, width=1024, batch_size=4),
+        data="yuvalkirstain/pickapic_v2",
+        # The SDXL recipe every public SDXL launcher shares: 1024 px, Adafactor, gradient checkpointing
+        # (the fp16-safe VAE is ``vae`` below, used by training and generation alike).
+        method_defaults={"resolution": 1024, "optimizer": "adafactor", "gradient_checkpointing": True},
+        vae=SDXL_VAE,
+    )
+
+
+def get_preset(name: str | None) -> Preset:
+    """A registered preset; ``None``: the default one, which an installed world claims (the toy world's)."""
+    if name is not None:
+        return PRESETS.get(name)()
+    defaults = [preset for preset in (make() for _, make in PRESETS.items()) if preset.default]
+    if len(defaults) != 1:
+        claimed = ", ".join(p.name for p in defaults) or "none"
+        raise HarnessError(f"pass --preset (available: {', '.join(PRESETS.names())}): the installed presets claiming "
+                           f"to be the default are {claimed}, not exactly one")
+    return defaults[0]
+
+
+def published_weights(preset: str) -> dict[str, PublishedWeights]:
+    """Every registered method's released UNet for ``preset``'s base model (``harness run --pretrained``)."""
+    return {name: cls.published[preset] for name, cls in METHODS.items() if preset in cls.published}
+
+
+def show_preset(preset: Preset) -> str:
+    """The preset, then every registered method's settings resolved under it, each with where it comes from:
+    the method's defaults (its paper's), the preset's settings for every method, or the method's own for it."""
+    from harness.trainer import resolve_config
+
+    generation = ", ".join(f"{k} {v}" for k, v in dataclasses.asdict(preset.generation).items() if v not in (None, {}))
+    lines = [f"preset {preset.name}: {preset.description}", f"  base model   {preset.base_model}",
+             f"  data         {preset.data}", f"  suites       {', '.join(preset.suites)}",
+             f"  scorers      {', '.join(preset.scorers)}", f"  evaluation   {generation}"]
+    shared = {**({"vae": preset.vae} if preset.vae else {}), **preset.method_defaults}
+    for name, cls in METHODS.items():
+        config = resolve_config(name, preset.name)
+        own = cls.presets.get(preset.name, {})
+        lines.append(f"\n{name}" + ("" if own or not preset.needs_method_settings else
+                                     f"  (no {preset.name} settings of its own: the preset's for every method)"))
+        for field in dataclasses.fields(config):
+            origin = f"{name} recipe" if field.name in own else "preset" if field.name in shared else "default"
+            lines.append(f"  {field.name:22s} {getattr(config, field.name)!r:34s} {origin}")
+    return "\n".join(lines)

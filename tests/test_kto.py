@@ -1,0 +1,156 @@
+"""Diffusion-KTO: its loss against the formula in methods/kto.py's docstring, on small hand-computed tensors."""
+
+from __future__ import annotations
+
+import math
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from harness.api import Cond, HarnessError
+from harness.trainer import resolve_config, train
+from methods.kto import (captions_of_the_previous_image, kto_batch_reference_point, kto_implicit_rewards, kto_loss,
+                         kto_mismatched_reference_point, mean_over_processes)
+from train_fixtures import one_torch_thread, write_pair_dir  # noqa: F401 (autouse fixture)
+
+
+def sigmoid(x: float) -> float:
+    return 1.0 / (1.0 + math.exp(-x))
+
+
+# -- pure functions ---------------------------------------------------------------------------------
+def test_implicit_reward_is_reference_error_minus_policy_error():
+    model_err, ref_err = torch.tensor([0.10, 0.30]), torch.tensor([0.12, 0.25])
+    assert torch.allclose(kto_implicit_rewards(model_err, ref_err), torch.tensor([0.02, -0.05]))
+
+
+def test_batch_reference_point_is_the_clamped_mean_without_gradient():
+    rewards = torch.tensor([0.02, -0.01, 0.05], requires_grad=True)
+    z0 = kto_batch_reference_point(rewards)
+    assert z0.item() == pytest.approx(0.02)
+    assert not z0.requires_grad
+    # A policy worse than the reference on average: the KL estimate cannot be negative.
+    assert kto_batch_reference_point(torch.tensor([-0.02, -0.01, 0.01])).item() == 0.0
+
+
+def test_mismatched_reference_point_is_the_unclamped_mean_without_gradient():
+    rewards = torch.tensor([-0.03, -0.01], requires_grad=True)
+    z0 = kto_mismatched_reference_point(rewards)
+    assert z0.item() == pytest.approx(-0.02) and not z0.requires_grad
+
+
+def test_single_process_mean_is_the_value_itself():
+    x = torch.tensor(0.25)
+    assert mean_over_processes(x) is x
+
+
+# Each rank's batch mean of g: 0.03 and -0.01.  Clamped per process the reference points would be 0.03 and 0;
+# over both processes, as the public code reduces it, it is max(0, 0.01) = 0.01 on each.
+REFERENCE_POINT_ON_A_RANK = """
+import os, torch, torch.distributed as dist
+from methods.kto import kto_batch_reference_point
+dist.init_process_group("gloo")
+rewards = torch.tensor([[0.02, 0.04], [-0.03, 0.01]])[dist.get_rank()]
+print(kto_batch_reference_point(rewards).item())
+dist.destroy_process_group()
+"""
+
+
+def test_batch_reference_point_is_the_mean_over_every_process():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "WORLD_SIZE": "2", "OMP_NUM_THREADS": "1"}
+    ranks = [subprocess.Popen([sys.executable, "-c", REFERENCE_POINT_ON_A_RANK], env={**env, "RANK": str(rank)},
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for rank in range(2)]
+    outputs = [rank.communicate(timeout=300) for rank in ranks]
+    assert all(rank.returncode == 0 for rank in ranks), outputs
+    assert [float(out.strip()) for out, _ in outputs] == [pytest.approx(0.01), pytest.approx(0.01)]
+
+
+def test_kto_loss_matches_the_formula_on_hand_computed_values():
+    # Two desirable and two undesirable images; beta 1000 (the public code's default), errors of SD's size.
+    model_err = torch.tensor([0.100, 0.200, 0.150, 0.300])
+    ref_err = torch.tensor([0.101, 0.199, 0.152, 0.2995])
+    labels = torch.tensor([1.0, 1.0, 0.0, 0.0])
+    beta, lam_d, lam_u = 1000.0, 1.0, 2.0
+    g = [0.001, -0.001, 0.002, -0.0005]  # ref - policy
+    z0 = max(0.0, sum(g) / 4)  # 0.000375
+    expected = (lam_d * (1 - sigmoid(beta * (g[0] - z0))) + lam_d * (1 - sigmoid(beta * (g[1] - z0)))
+                + lam_u * (1 - sigmoid(-beta * (g[2] - z0))) + lam_u * (1 - sigmoid(-beta * (g[3] - z0)))) / 4
+    rewards = kto_implicit_rewards(model_err, ref_err)
+    z = kto_batch_reference_point(rewards)
+    assert z.item() == pytest.approx(z0, abs=1e-7)
+    assert kto_loss(rewards, z, labels, beta, lam_d, lam_u).item() == pytest.approx(expected, rel=1e-4)
+
+
+def test_kto_loss_is_half_lambda_when_the_policy_is_the_reference():
+    err = torch.tensor([0.1, 0.2, 0.3, 0.4])
+    labels = torch.tensor([1.0, 0.0, 1.0, 0.0])
+    rewards = kto_implicit_rewards(err, err)
+    loss = kto_loss(rewards, kto_batch_reference_point(rewards), labels, 1000.0, 1.0, 3.0)
+    assert loss.item() == pytest.approx((0.5 + 1.5 + 0.5 + 1.5) / 4)
+
+
+def loss_gradient_on_policy_error(label: float) -> float:
+    """d loss / d err(policy) for one image of a batch where the others keep the reference point at 0."""
+    model_err = torch.tensor([0.20, 0.30, 0.30], requires_grad=True)
+    ref_err = torch.tensor([0.20, 0.29, 0.31])  # the other two images: g = -0.01 and +0.01, so z_0 = 0
+    rewards = kto_implicit_rewards(model_err, ref_err)
+    labels = torch.tensor([label, 1.0, 0.0])
+    kto_loss(rewards, kto_batch_reference_point(rewards), labels, 1000.0, 1.0, 1.0).backward()
+    return model_err.grad[0].item()
+
+
+def test_lowering_the_policy_error_lowers_the_loss_on_a_desirable_image_and_raises_it_on_an_undesirable_one():
+    assert loss_gradient_on_policy_error(1.0) > 0  # a lower error on a desirable image: a lower loss
+    assert loss_gradient_on_policy_error(0.0) < 0  # a lower error on an undesirable image: a higher loss
+
+
+def test_the_reference_point_carries_no_gradient():
+    """Only the image's own term moves with its error: the gradient is lambda * beta * sigma'(.) / n exactly."""
+    model_err = torch.tensor([0.10, 0.20], requires_grad=True)
+    ref_err = torch.tensor([0.102, 0.201])  # g = 0.002, 0.001: z_0 = 0.0015 > 0, so it depends on the errors
+    rewards = kto_implicit_rewards(model_err, ref_err)
+    labels = torch.tensor([1.0, 1.0])
+    kto_loss(rewards, kto_batch_reference_point(rewards), labels, 1000.0, 1.0, 1.0).backward()
+    for i, g in enumerate([0.002, 0.001]):
+        s = sigmoid(1000.0 * (g - 0.0015))
+        assert model_err.grad[i].item() == pytest.approx(1000.0 * s * (1 - s) / 2, rel=1e-4)
+
+
+def test_mismatched_conditioning_gives_each_image_the_previous_captions_text_but_keeps_its_time_ids():
+    hidden = torch.arange(3.0).view(3, 1, 1)
+    added = {"text_embeds": torch.arange(3.0).view(3, 1), "time_ids": torch.tensor([[10.0], [11.0], [12.0]])}
+    rolled = captions_of_the_previous_image(Cond(hidden, added))
+    assert rolled.hidden.flatten().tolist() == [2.0, 0.0, 1.0]
+    assert rolled.added["text_embeds"].flatten().tolist() == [2.0, 0.0, 1.0]
+    assert rolled.added["time_ids"].flatten().tolist() == [10.0, 11.0, 12.0]
+
+
+@pytest.mark.parametrize("setting", [{"beta": 0.0}, {"lambda_undesirable": -1.0}, {"reference_point": "ema"}])
+def test_bad_settings_are_one_line_errors(setting):
+    with pytest.raises(HarnessError) as error:
+        resolve_config("kto", "tiny", setting)
+    assert "\n" not in str(error.value)
+
+
+# -- through the real trainer ------------------------------------------------------------------------
+@pytest.mark.parametrize("reference_point, evals", [("batch", 2.0), ("mismatched", 4.0)])
+def test_two_steps_on_the_tiny_preset_train_from_labelled_winners_and_losers(reference_point, evals, tiny_model_dir,
+                                                                            tmp_path):
+    logged: list[dict] = []
+    result = train("kto", base_model=tiny_model_dir, data_dir=write_pair_dir(tmp_path / "data"), preset="tiny",
+                   output_dir=tmp_path / "out", overrides={"reference_point": reference_point},
+                   on_log=lambda step, terms: logged.append(terms))
+    assert result.steps == 2 and len(logged) == 2
+    # Policy == reference at the first step: g = 0 and z_0 = 0 for every image, so the loss is 0.5 * lambda (= 1).
+    assert logged[0]["loss"] == pytest.approx(0.5, abs=1e-6)
+    assert logged[0]["reference_point"] == pytest.approx(0.0, abs=1e-6)
+    assert {"implicit_acc", "signed_reward", "model_mse", "ref_mse", "grad_norm"} <= set(logged[0])
+    assert logged[1]["model_mse"] != pytest.approx(logged[1]["ref_mse"], abs=1e-6)  # the first step moved the policy
+    assert result.unet_evals_per_sample == evals  # policy and reference per image (+ both on mismatched captions)

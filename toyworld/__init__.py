@@ -1,0 +1,13 @@
+"""The toy world: coloured shapes on a dark background, described by a small caption grammar.
+
+Small enough that a tiny diffusion model learns it on a CPU in minutes, and with a
+programmatic notion of "preferred" (prompt fidelity, image quality), so alignment
+methods can be seen to *work*, not only to run.
+
+A plugin like any third-party world: installed as the ``harness.plugins`` entry point
+``toy``, it imports only ``harness.api`` and registers its base model (``toy``), its
+scorers (``toy-fidelity``, ``toy-quality``), its suites (``toy-seen``, ``toy-unseen``)
+and its presets (``toy``, ``tiny``).
+"""
+
+from toyworld import base, presets, scorers, suites  # noqa: F401  (each registers what it defines)
