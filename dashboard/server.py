@@ -23,6 +23,8 @@ def command(results_dir: Path, port: int, host: str = "127.0.0.1") -> list[str]:
         # No telemetry, no file watcher (nothing here is edited live), no browser auto-open.
         "--browser.gatherUsageStats", "false",
         "--server.fileWatcherType", "none",
+        # A read-only local tool: the toolbar without the developer's items ("Deploy" among them).
+        "--client.toolbarMode", "viewer",
         "--",
         "--out", str(Path(results_dir).resolve()),
     ]

@@ -34,6 +34,7 @@ from dashboard.data import (
     statistics,
     thumbnail,
 )
+from harness.run_details import FIGURES, MISSING, run_details
 from harness.stats import SIGNAL_MARK, SIGNAL_NOTE
 
 HIGHLIGHT = "background-color: rgba(46, 160, 67, 0.30); font-weight: bold"
@@ -292,17 +293,19 @@ def run_details_page(results: Results) -> None:
     for warning in overlap_warnings(results):
         st.warning(warning)
     runs = results.runs
-    summary = runs[["run_id", "method", "status", "preset", "base_model", "started_at", "ended_at", "wall_s",
-                    "gpu_hours", "cpu_hours", "unet_evals_per_sample", "git_commit"]]
-    st.dataframe(summary, hide_index=True)
+    details = run_details(runs)
+    st.caption("Each run's own start and end (its first job's start, its last job's end, UTC), wall time (its jobs' "
+               "sum), CPU-hours on a CPU or GPU-hours on a GPU, UNet evaluations per training sample and peak "
+               f"memory (the largest of its jobs'). '{MISSING}': the run has no such figure.")
+    st.dataframe(details.style.format({c: fmt for c, (_, fmt) in FIGURES.items()}, na_rep=MISSING), hide_index=True,
+                 column_config={column: title for column, (title, _) in FIGURES.items()})
     labels = {r.run_id: f"{r.method} — {r.key}" for r in runs.itertuples()}
     run_id = st.selectbox("Run", list(labels), format_func=labels.__getitem__, key="details_run")
     run = runs.set_index("run_id").loc[run_id]
     provenance, compute, config = st.columns(3)
     provenance.markdown("**Provenance**")
     provenance.json({"key": run["key"], "base_model": run["base_model"], "preset": run["preset"],
-                     "git_commit": run["git_commit"], "versions": json.loads(run["versions"]),
-                     "started_at": run["started_at"], "ended_at": run["ended_at"], "status": run["status"]})
+                     "git_commit": run["git_commit"], "versions": json.loads(run["versions"])})
     compute.markdown("**Compute**")
     compute.json(json.loads(run["compute"]))
     config.markdown("**Config**")

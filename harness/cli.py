@@ -268,10 +268,11 @@ def format_table(rows: list[dict]) -> str:
     A mean is marked when its method was trained on that metric, and a lower-is-better metric's name,
     each with a footnote saying what it means.
     """
+    from harness.run_details import MISSING
     from harness.stats import LOWER_MARK, LOWER_NOTE, SIGNAL_MARK, SIGNAL_NOTE
 
     def num(value: Any, digits: int = 4) -> str:
-        return "-" if value is None else f"{value:.{digits}g}"
+        return MISSING if value is None else f"{value:.{digits}g}"
 
     def interval(low: Any, high: Any, digits: int) -> str:
         return "[no CI: 1 prompt]" if low is None or high is None else f"[{num(low, digits)}, {num(high, digits)}]"
@@ -282,8 +283,8 @@ def format_table(rows: list[dict]) -> str:
     header = ["method", "suite", *parts, "metric", "n", "mean [95% CI]", "Δ vs base [95% CI]", "win rate"]
     lines = [header]
     for r in rows:
-        delta = "-" if r.get("delta_vs_base") is None else f"{num(r['delta_vs_base'], 3)} {interval(r['delta_ci_low'], r['delta_ci_high'], 3)}"
-        win = "-" if r.get("win_rate_vs_base") is None else f"{r['win_rate_vs_base']:.1%}"
+        delta = MISSING if r.get("delta_vs_base") is None else f"{num(r['delta_vs_base'], 3)} {interval(r['delta_ci_low'], r['delta_ci_high'], 3)}"
+        win = MISSING if r.get("win_rate_vs_base") is None else f"{r['win_rate_vs_base']:.1%}"
         mark = SIGNAL_MARK if r.get("trained_on_signal") else ""
         metric = r["metric"] if r.get("higher_is_better", True) else f"{r['metric']} {LOWER_MARK}"
         lines.append([
@@ -295,6 +296,18 @@ def format_table(rows: list[dict]) -> str:
     notes = [note for note, shown in ((SIGNAL_NOTE, any(r.get("trained_on_signal") for r in rows)),
                                       (LOWER_NOTE, not all(r.get("higher_is_better", True) for r in rows))) if shown]
     return "\n".join([table, *notes])
+
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    from harness.run_details import format_run_details, run_details
+    from harness.store import Store
+
+    db = ResultsDir(args.out).db
+    if not db.exists():
+        raise HarnessError(f"no results in {args.out}: {db} does not exist (run `harness run --out {args.out}` first)")
+    with Store(db, readonly=True) as store:
+        print(format_run_details(run_details(store.runs_frame())))
+    return 0
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -517,6 +530,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--grid-prompts", type=_count, default=4, help="prompts per image grid: a suite's first N")
     p.add_argument("--grid-image", type=int, default=0, metavar="INDEX",
                    help="which image of each prompt (the same seed for every method; default: 0)")
+
+    p = command("runs", cmd_runs, "print each run's own start, end, wall time, CPU- or GPU-hours, UNet evaluations "
+                "per training sample and peak memory")
+    p.add_argument("--out", default="runs", help="results directory (default: runs)")
 
     p = command("export", cmd_export, "export the results for pandas / notebooks")
     p.add_argument("--out", default="runs")

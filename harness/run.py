@@ -248,9 +248,6 @@ def run_validated(options: RunOptions, preset: Preset) -> list[dict]:
                 for model in methods:
                     if model.train and model.init_from == trained.method:
                         start_training(dataclasses.replace(model, overrides={**model.overrides, "init_unet": trained.unet}))
-    compute = {"wall_s": round(stage.elapsed(), 1)}
-    for model in (base, *methods):
-        store.set_run_status(model.run_id, "done", compute if model.method == BASE else None)
     return leaderboard(out)
 
 
@@ -409,8 +406,9 @@ def _train(job: _ModelJob) -> EvaluatedModel:
         store.log_training(model.run_id, pending)
         store.add_compute(model.run_id, clock.figures("train"))
         store.add_checkpoint(model.run_id, result.steps, str(result.unet_dir))
-        compute = {"train_wall_s": round(result.wall_s, 1), "unet_evals_per_sample": result.unet_evals_per_sample}
-        store.set_run_status(model.run_id, "trained", compute)
+        # A UNet trained only for another method to start from has no evaluation to wait for.
+        store.set_run_status(model.run_id, "trained" if model.evaluate else "done",
+                             {"unet_evals_per_sample": result.unet_evals_per_sample})
     return dataclasses.replace(model, unet=str(result.unet_dir), train=False)
 
 

@@ -203,3 +203,15 @@ def test_image_grid_page_in_chromium(browser) -> None:
     colours = {Image.open(results / path).getpixel((0, 0)) for path in shown["path"]}
     _wait(driver, lambda d: all(_shows_colour(_chart_screenshot(d), c) for c in colours), "image-grid-drawn")
     assert not driver.find_elements(By.CSS_SELECTOR, "[data-testid='stException']")
+
+
+def test_the_toolbar_is_in_viewer_mode_without_a_deploy_button(browser) -> None:
+    """A read-only local tool: Streamlit's toolbar shows no developer items, "Deploy" among them."""
+    from selenium.webdriver.common.by import By
+
+    driver, _ = browser
+    _wait(driver, lambda d: d.find_elements(By.CSS_SELECTOR, "[data-testid='stToolbar']")
+          and d.execute_script(READ_GRID, 0), "toolbar")
+    assert not driver.find_elements(By.CSS_SELECTOR, "[data-testid='stAppDeployButton']")
+    assert not driver.find_elements(By.XPATH, "//button[normalize-space()='Deploy']")
+    assert driver.find_elements(By.CSS_SELECTOR, "[data-testid='stMainMenu']")  # the viewer's menu stays

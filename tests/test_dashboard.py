@@ -267,6 +267,10 @@ def test_training_page_draws_one_chart_per_term(results_dir: Path, monkeypatch: 
 def test_run_details_page_shows_provenance_and_overlaps(results_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     at = show(open_app(results_dir, monkeypatch), "Run details")
     assert at.dataframe[0].value["method"].tolist() == list(METHODS)
+    # Each run's figures; what the fixture's runs lack (CPU- and GPU-hours, peak memory) shows as '–'.
+    cells = shown(at.dataframe[0]).set_index("method")
+    assert cells.loc["dro", ["wall_s", "unet_evals_per_sample"]].tolist() == ["12.5", "4"]
+    assert cells.loc["dro", ["cpu_hours", "gpu_hours", "peak_memory_mb"]].tolist() == ["–"] * 3
     dro_run = int(at.dataframe[0].value.set_index("method").loc["dro", "run_id"])
     at.selectbox(key="details_run").set_value(dro_run).run()
     assert at.dataframe[1].value["step"].tolist() == [TRAIN_STEPS]
