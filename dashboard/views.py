@@ -22,9 +22,9 @@ from dashboard.data import (
     column_directions,
     detail_table,
     filter_split,
-    image_file,
     image_grid,
-    load_results,
+    is_base,
+    load_experiments,
     metric_label,
     overlap_warnings,
     overview_table,
@@ -34,6 +34,8 @@ from dashboard.data import (
     statistics,
     thumbnail,
 )
+from harness.experiments import Experiment
+from harness.results import ResultsDir
 from harness.run_details import FIGURES, MISSING, run_details
 from harness.stats import SIGNAL_MARK, SIGNAL_NOTE
 
@@ -43,13 +45,14 @@ THUMBNAIL_PX = 256
 
 # -- caches: keyed by the database fingerprint, so a committed write shows on the next rerun ------
 @st.cache_data(max_entries=4, show_spinner="Loading results…")
-def cached_results(results_dir: str, fingerprint: tuple[int, ...]) -> Results:
-    return load_results(Path(results_dir))
+def cached_results(experiments: tuple[tuple[str, str], ...], fingerprint: tuple[int, ...]) -> Results:
+    """``experiments``: (name, directory) of each results directory shown."""
+    return load_experiments([Experiment(name, ResultsDir(root)) for name, root in experiments])
 
 
-def _results_key(results: Results) -> tuple[str, tuple[int, ...]]:
+def _results_key(results: Results) -> tuple:
     # Hashing the frames would cost as much as the work cached; the fingerprint identifies them.
-    return str(results.results_dir), results.fingerprint
+    return str(results.results_dir), results.experiments, results.fingerprint
 
 
 @st.cache_data(max_entries=4, show_spinner="Computing confidence intervals…", hash_funcs={Results: _results_key})
@@ -138,7 +141,7 @@ def leaderboard_page(results: Results) -> None:
     if detail["trained_on_signal"].any():
         st.caption(SIGNAL_NOTE)
     if board["delta_vs_base"].notna().any():
-        methods = [m for m in results.methods if m != BASE]
+        methods = [m for m in results.methods if not is_base(m)]
         st.altair_chart(figures.overall_delta_chart(board, label, methods, BASE))
 
 
@@ -241,7 +244,7 @@ def compare_page(results: Results) -> None:
             image = by_method.loc[method]
             scores = " · ".join(f"{c} {image[c]:.4g}" for c in metric_columns if pd.notna(image[c]))
             caption = f"image {image_index}, seed {image['seed']}" + (f" · {scores}" if scores else "")
-            path = image_file(results.results_dir, image["path"])
+            path = results.image_file(image["path"])
             if path is None:
                 column.caption(f"missing file {image['path']} · {caption}")
             else:

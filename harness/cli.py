@@ -225,11 +225,11 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_leaderboard(args: argparse.Namespace) -> int:
-    from harness.run import leaderboard
+    from harness.experiments import load_leaderboard, parse_experiments
 
     by = [args.by] if args.by else []
-    _print_leaderboard(leaderboard(Path(args.out), base=args.base, by=by), args.format, base=args.base, ci=args.ci,
-                       by=args.by)
+    rows = load_leaderboard(parse_experiments(args.out or ["runs"]), base=args.base, by=by)
+    _print_leaderboard(rows, args.format, base=args.base, ci=args.ci, by=args.by)
     return 0
 
 
@@ -321,8 +321,9 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def cmd_dashboard(args: argparse.Namespace) -> int:
     from dashboard import serve
+    from harness.experiments import parse_experiments
 
-    return serve(Path(args.out), port=args.port)
+    return serve(parse_experiments(args.out or ["runs"]), port=args.port)
 
 
 def cmd_methods(args: argparse.Namespace) -> int:
@@ -511,8 +512,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compile", action="store_true", help="torch.compile the UNet")
     p.add_argument("--no-progress", action="store_true")
 
-    p = command("leaderboard", cmd_leaderboard, "print the leaderboard of a results directory")
-    p.add_argument("--out", default="runs")
+    p = command("leaderboard", cmd_leaderboard, "print the leaderboard of a results directory, or of several "
+                "side by side")
+    p.add_argument("--out", action="append", metavar="[NAME=]DIR", help="results directory (default: runs); "
+                   "repeat it (or a comma list) to compare experiments, methods named NAME/method (NAME: the "
+                   "directory's name unless given), each compared with its own base")
     p.add_argument("--format", choices=["table", "csv", "json", "latex", "markdown"], default="table",
                    help="latex/markdown: a table for a paper, the best value per column in bold")
     p.add_argument("--base", default="base", help="the method the deltas and win rates compare against")
@@ -541,7 +545,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dest", help="where to write (default: OUT/export)")
 
     p = command("dashboard", cmd_dashboard, "open the Streamlit leaderboard on 127.0.0.1")
-    p.add_argument("--out", default="runs")
+    p.add_argument("--out", action="append", metavar="[NAME=]DIR", help="results directory (default: runs); "
+                   "repeat it to compare experiments, as `harness leaderboard`")
     p.add_argument("--port", type=int, default=8501)
 
     help = "data steps: score the training images with a reward, pick experts"

@@ -21,11 +21,11 @@ from streamlit.testing.v1 import AppTest
 from dashboard.data import (
     NO_INTERVAL,
     best_cells,
+    experiments_from,
     image_file,
     leaderboard_frame,
     load_results,
     overview_table,
-    results_dir_from,
     thumbnail,
 )
 import dashboard.data
@@ -93,10 +93,14 @@ def chart_data(at: AppTest) -> pd.DataFrame:
 
 # -- tables, without Streamlit ---------------------------------------------------------------
 def test_results_dir_comes_from_out_first_then_the_environment(tmp_path: Path) -> None:
-    assert results_dir_from(["-x", "--out", str(tmp_path)], {"HARNESS_OUT": "/elsewhere"}) == tmp_path.resolve()
-    assert results_dir_from(["-q"], {"HARNESS_OUT": str(tmp_path)}) == tmp_path.resolve()
+    def roots(argv: list[str], environ: dict[str, str]) -> list[Path]:
+        return [e.results.root for e in experiments_from(argv, environ)]
+
+    assert roots(["-x", "--out", str(tmp_path)], {"HARNESS_OUT": "/elsewhere"}) == [tmp_path.resolve()]
+    assert roots(["-q"], {"HARNESS_OUT": str(tmp_path)}) == [tmp_path.resolve()]
+    assert roots(["--out", "a", "--out", "b"], {}) == [Path("a").resolve(), Path("b").resolve()]
     with pytest.raises(HarnessError, match="HARNESS_OUT"):
-        results_dir_from([], {})
+        experiments_from([], {})
 
 
 def test_image_paths_stay_inside_the_results_dir(results_dir: Path, tmp_path: Path) -> None:
