@@ -16,6 +16,7 @@ from pathlib import Path
 import pandas as pd
 from PIL import Image
 
+from harness.curves import curve_points, split_snapshots
 from harness.errors import HarnessError
 from harness.experiments import (SEPARATOR, Experiment, check_comparable, leaderboard, parse_experiments, qualified,
                                  versions_of)
@@ -66,6 +67,7 @@ class Results:
     checkpoints: pd.DataFrame
     overlaps: pd.DataFrame
     training_signals: pd.DataFrame
+    curve_scores: pd.DataFrame  # the scores of --eval-every's METHOD@STEP runs (harness.curves), none of the above's
     # Several results directories side by side (``load_experiments``): (name, directory) of each; their
     # methods are named NAME/method, their runs numbered anew, their image paths start with NAME/.
     experiments: tuple[tuple[str, Path], ...] = ()
@@ -89,7 +91,7 @@ class Results:
 
 
 # What the frames of several experiments are made of; each has run_id and method columns.
-FRAMES = ("scores", "images", "training", "runs", "checkpoints", "overlaps", "training_signals")
+FRAMES = ("scores", "images", "training", "runs", "checkpoints", "overlaps", "training_signals", "curve_scores")
 
 
 def load_experiments(experiments: Sequence[Experiment]) -> Results:
@@ -119,11 +121,13 @@ def load_experiments(experiments: Sequence[Experiment]) -> Results:
 def load_results(results_dir: Path) -> Results:
     stamp = fingerprint(results_dir)
     with Store(results_dir, readonly=True) as store:
+        scores, curve_scores = split_snapshots(store.scores_frame())
         return Results(
             results_dir=Path(results_dir),
             fingerprint=stamp,
-            scores=store.scores_frame(),
-            images=store.images_frame(),
+            scores=scores,
+            curve_scores=curve_scores,
+            images=split_snapshots(store.images_frame())[0],  # the intermediate UNets' images are on no page
             training=store.training_frame(),
             runs=store.runs_frame(),
             checkpoints=store.checkpoints_frame(),
@@ -150,6 +154,16 @@ def statistics(results: Results, base: str = BASE, by: Sequence[str] = ()) -> pd
     """The leaderboard of ``results`` (split further by the columns ``by``, e.g. per category) as a frame."""
     signals = signals_by_method(results.training_signals)
     return leaderboard_frame(leaderboard(results.scores, results.names, base, signals=signals, by=by))
+
+
+def curves(results: Results, base: str = BASE) -> pd.DataFrame:
+    """``harness.curves.curve_points`` of every experiment shown (each against its own base), with a
+    ``metric_label`` column."""
+    scores = pd.concat([results.scores, results.curve_scores], ignore_index=True)
+    parts = [(scores, base)] if not results.names else [
+        (scores[scores["method"].str.startswith(qualified(name, ""))], qualified(name, base)) for name in results.names]
+    points = pd.concat([curve_points(own, own_base) for own, own_base in parts], ignore_index=True)
+    return leaderboard_frame(points.to_dict("records"))
 
 
 def filter_split(board: pd.DataFrame, split: str) -> pd.DataFrame:

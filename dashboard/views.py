@@ -20,6 +20,7 @@ from dashboard.data import (
     best_cells,
     best_per_suite,
     column_directions,
+    curves,
     detail_table,
     filter_split,
     image_grid,
@@ -291,6 +292,32 @@ def training_page(results: Results) -> None:
         st.altair_chart(chart, width="stretch")
 
 
+@st.cache_data(max_entries=4, show_spinner="Computing confidence intervals over training…",
+               hash_funcs={Results: _results_key})
+def cached_curves(results: Results) -> pd.DataFrame:
+    return curves(results, BASE)
+
+
+def curves_page(results: Results) -> None:
+    st.header("Curves")
+    points = cached_curves(results)
+    if points.empty:
+        st.info("No evaluation during training: `harness run --eval-every N` evaluates each method's UNet every N "
+                "steps.")
+        return
+    label = st.selectbox("Metric", sorted(points["metric_label"].unique()), key="curves_metric")
+    suite = st.selectbox("Suite", sorted(points.loc[points["metric_label"] == label, "suite"].unique()),
+                         key="curves_suite")
+    rows = points[(points["metric_label"] == label) & (points["suite"] == suite)]
+    methods = [m for m in results.methods if m in set(rows["method"])]
+    st.altair_chart(charts.curve_chart(rows[["method", "step", "mean", "ci_low", "ci_high"]], methods, label),
+                    width="stretch")
+    st.caption("Each point: the method's UNet at that step, evaluated with the run's protocol (the same prompts, "
+               "seeds, sampler and scorers as the final evaluation), its mean with the 95% bootstrap CI over "
+               "prompts. The last point is the final UNet: the leaderboard's number.")
+    st.dataframe(detail_table(rows, label, methods, by="step").drop(columns=["trained_on_signal"]), hide_index=True)
+
+
 def run_details_page(results: Results) -> None:
     st.header("Run details")
     for warning in overlap_warnings(results):
@@ -335,5 +362,6 @@ PAGES: dict[str, Callable[[Results], None]] = {
     "Image grid": image_grid_page,
     "Win-rate matrix": win_rate_page,
     "Training": training_page,
+    "Curves": curves_page,
     "Run details": run_details_page,
 }

@@ -108,7 +108,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     options = _run_options(args, methods=args.methods, out=Path(args.out), data=args.data, steps=args.steps,
                            vae=args.vae, overrides=_parse_overrides(args.set, [EVERY_METHOD]),
-                           pretrained=args.pretrained, seed=args.seed, jobs=args.jobs)
+                           pretrained=args.pretrained, seed=args.seed, jobs=args.jobs, eval_every=args.eval_every,
+                           eval_suites=args.eval_suites)
     preset = get_preset(options.preset)
     validate(options, preset)  # every mistake is reported before the libraries load
     quiet_libraries()
@@ -423,6 +424,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="where a scorer's weights are, e.g. hpsv2.checkpoint=DIR (see `harness scorers`)")
     p.add_argument("--unet", action="append", default=[], metavar="METHOD=DIR",
                    help="with --pretrained: the method's UNet from a local directory (or hub id) instead of the preset's")
+    p.add_argument("--eval-every", type=_count, metavar="N", help="also evaluate each method's UNet every N training "
+                   "steps, with the final evaluation's prompts, seeds, sampler and scorers (metric-vs-step curves; "
+                   "the cost is printed before the run starts)")
+    p.add_argument("--eval-suites", type=_comma_list, help="with --eval-every: only these of the run's suites "
+                   "(each whole; default: all)")
 
     p = command("evaluate", cmd_evaluate, "evaluate any checkpoint into a results directory: generate the suites "
                 "with the preset's protocol, score, store, rank against the base")

@@ -102,6 +102,7 @@ def leaderboard(scores: pd.DataFrame, experiments: Sequence[str], base: str = "b
 
 def load_leaderboard(experiments: Sequence[Experiment], base: str = "base", by: Sequence[str] = ()) -> list[dict]:
     """`harness leaderboard`'s rows of one results directory, or of several side by side."""
+    from harness.curves import split_snapshots
     from harness.run import leaderboard as one_directory
     from harness.stats import signals_by_method
     from harness.store import Store
@@ -114,7 +115,7 @@ def load_leaderboard(experiments: Sequence[Experiment], base: str = "base", by: 
         if not db.exists():
             raise HarnessError(f"no results in {experiment.results.root}: {db} does not exist")
         with Store(db, readonly=True) as store:
-            own, images = store.scores_frame(), store.images_frame()
+            own, images = split_snapshots(store.scores_frame())[0], store.images_frame()
             own_signals = signals_by_method(store.training_signals_frame())
         versions[experiment.name] = versions_of(images, own)
         scores.append(own.assign(method=[qualified(experiment.name, m) for m in own["method"]]))
