@@ -79,8 +79,9 @@ class Results:
 
     @property
     def methods(self) -> list[str]:
-        """Methods in display order: by experiment, each with its base first, then alphabetical."""
-        return sorted(set(self.runs["method"]), key=lambda m: (m.rpartition(SEPARATOR)[0], not is_base(m), m))
+        """Methods in display order: by experiment, each with its base first, then alphabetical (--eval-every's
+        METHOD@STEP runs are no methods: they are the Curves page's)."""
+        return sorted(set(split_snapshots(self.runs)[0]["method"]), key=lambda m: (m.rpartition(SEPARATOR)[0], not is_base(m), m))
 
     def image_file(self, path: str) -> Path | None:
         """``image_file`` of a stored path (an experiment's, when several are side by side)."""
