@@ -18,9 +18,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dashboard.data import load_results, thumbnail
+from dashboard.data import curves, load_results, thumbnail
 from harness.stats import leaderboard
-from results_fixture import METHODS, SUITES, build_results_dir
+from results_fixture import CURVE_STEPS, METHODS, SUITES, add_curve_runs, build_results_dir
 
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
@@ -71,7 +71,7 @@ def browser(tmp_path_factory: pytest.TempPathFactory):
     from selenium.webdriver.chrome.service import Service
 
     tmp_path = tmp_path_factory.mktemp("browser")
-    results = build_results_dir(tmp_path / "results")
+    results = add_curve_runs(build_results_dir(tmp_path / "results"))
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
     harness = Path(sys.executable).with_name("harness")
@@ -215,3 +215,25 @@ def test_the_toolbar_is_in_viewer_mode_without_a_deploy_button(browser) -> None:
           "toolbar")
     assert not driver.find_elements(By.CSS_SELECTOR, "[data-testid='stAppDeployButton']")
     assert not driver.find_elements(By.XPATH, "//button[normalize-space()='Deploy']")
+
+
+def test_curves_page_in_chromium(browser) -> None:
+    """A point per evaluated step at its mean, the last one dpo's leaderboard mean."""
+    from selenium.webdriver.common.by import By
+
+    driver, results = browser
+    _open_page(driver, "Curves")
+    # The points' labels (the CI bands' carry no mean).
+    points = _wait(driver, lambda d: [m for m in _marks(d, "[aria-label]", "aria-label")
+                                      if "step: " in m and "mean: " in m] or None, "curves")
+    loaded = load_results(results)
+    expected = curves(loaded)
+    expected = expected[(expected["metric"] == "aesthetic") & (expected["suite"] == "toy-seen")]
+    drawn = dict(sorted((int(re.search(r"step: (\d+)", p)[1]), float(re.search(r"mean: ([^;]+)", p)[1]))
+                        for p in points))
+    assert list(drawn) == sorted(CURVE_STEPS) == expected["step"].tolist()
+    assert list(drawn.values()) == pytest.approx(expected["mean"].tolist(), rel=1e-9)
+    final = leaderboard(loaded.scores)
+    dpo = next(r for r in final if (r["method"], r["suite"], r["metric"]) == ("dpo", "toy-seen", "aesthetic"))
+    assert expected["mean"].iloc[-1] == dpo["mean"]
+    assert not driver.find_elements(By.CSS_SELECTOR, "[data-testid='stException']")
