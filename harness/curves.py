@@ -100,7 +100,7 @@ def evaluate_job(job: _ModelJob, checkpoint: Checkpoint) -> None:
     """After a trained model's evaluation (in its job): its UNet of every step ``curve_steps`` names, each
     evaluated as run METHOD@STEP; then its curve to TensorBoard.  A snapshot the training did not export (it
     ran without --eval-every) is skipped, so a rerun evaluates what there is."""
-    from harness.evaluate import evaluate, get_or_create_run
+    from harness.evaluate import BASE, evaluate, get_or_create_run
     from harness.store import Store
     from harness.trainer import resolve_config, snapshot_unet_dir
 
@@ -118,8 +118,9 @@ def evaluate_job(job: _ModelJob, checkpoint: Checkpoint) -> None:
         evaluate(name, run_id, dataclasses.replace(checkpoint, unet=unet, unet_subfolder=None), curve, results,
                  job.stage)
     with Store(results.db, readonly=True) as store:
-        points = curve_points(store.scores_frame())
-    write_tensorboard(points, model.method, results.model(model.method) / "tensorboard")
+        scores = store.scores_frame()
+    own = scores["method"].eq(BASE) | scores["method"].str.startswith(model.method + MARK)
+    write_tensorboard(curve_points(scores[own]), model.method, results.model(model.method) / "tensorboard")
 
 
 def curve_points(scores: pd.DataFrame, base: str = "base") -> pd.DataFrame:
@@ -133,8 +134,8 @@ def curve_points(scores: pd.DataFrame, base: str = "base") -> pd.DataFrame:
     points = pd.DataFrame(rows)
     if points.empty:
         return points
-    parsed = points["method"].str.extract(r"^(?P<run>.+)@(?P<step>\d+)$")
-    return points.assign(method=parsed["run"], step=parsed["step"].astype(int)).sort_values(
+    parsed = points["method"].str.extract(f"^{_SNAPSHOT.pattern}$")
+    return points.assign(method=parsed["method"], step=parsed["step"].astype(int)).sort_values(
         ["method", "suite", "metric", "step"], ignore_index=True)
 
 

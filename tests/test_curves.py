@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pandas as pd
 import pytest
 from streamlit.dataframe_util import convert_arrow_bytes_to_pandas_df
 from streamlit.testing.v1 import AppTest
@@ -12,7 +11,7 @@ from streamlit.testing.v1 import AppTest
 from harness.curves import curve_points
 from harness.errors import HarnessError
 from harness.presets import get_preset
-from harness.run import RunOptions, leaderboard, run, validate
+from harness.run import RunOptions, run, validate
 from harness.store import Store
 
 APP = Path(__file__).resolve().parent.parent / "dashboard" / "app.py"
