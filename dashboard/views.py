@@ -37,7 +37,7 @@ from dashboard.data import (
 )
 from harness.experiments import Experiment
 from harness.results import ResultsDir
-from harness.run_details import FIGURES, MISSING, run_details
+from harness.run_details import MISSING, run_details, shown_run_details
 from harness.stats import SIGNAL_MARK, SIGNAL_NOTE
 
 HIGHLIGHT = "background-color: rgba(46, 160, 67, 0.30); font-weight: bold"
@@ -323,12 +323,10 @@ def run_details_page(results: Results) -> None:
     for warning in overlap_warnings(results):
         st.warning(warning)
     runs = results.runs
-    details = run_details(runs)
     st.caption("Each run's own start and end (its first job's start, its last job's end, UTC), wall time (its jobs' "
                "sum), CPU-hours on a CPU or GPU-hours on a GPU, UNet evaluations per training sample and peak "
                f"memory (the largest of its jobs'). '{MISSING}': the run has no such figure.")
-    st.dataframe(details.style.format({c: fmt for c, (_, fmt) in FIGURES.items()}, na_rep=MISSING), hide_index=True,
-                 column_config={column: title for column, (title, _) in FIGURES.items()})
+    st.dataframe(shown_run_details(run_details(runs)), hide_index=True)
     labels = {r.run_id: f"{r.method} — {r.key}" for r in runs.itertuples()}
     run_id = st.selectbox("Run", list(labels), format_func=labels.__getitem__, key="details_run")
     run = runs.set_index("run_id").loc[run_id]

@@ -30,12 +30,22 @@ def run_details(runs: pd.DataFrame) -> pd.DataFrame:
     return runs[["run_id", "method", "status", *FIGURES]].reset_index(drop=True)
 
 
+def shown_run_details(details: pd.DataFrame) -> pd.DataFrame:
+    """``run_details`` as the text shown (columns: run, method, status and the ``FIGURES`` headers), ``MISSING``
+    for what a run does not have.  Text, not numbers with a missing-value format: Streamlit's grid draws a
+    missing number as "None" whatever the format says."""
+    shown = pd.DataFrame({"run": details["run_id"].astype(str), "method": details["method"],
+                          "status": details["status"]})
+    for column, (title, _) in FIGURES.items():
+        shown[title] = [_cell(column, value) for value in details[column]]
+    return shown
+
+
 def format_run_details(details: pd.DataFrame) -> str:
     """``run_details`` as a text table, ``MISSING`` for what a run does not have."""
-    header = ["run", "method", "status", *(title for title, _ in FIGURES.values())]
-    lines = [header] + [[str(row["run_id"]), row["method"], row["status"], *(_cell(c, row[c]) for c in FIGURES)]
-                        for row in details.to_dict("records")]
-    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+    shown = shown_run_details(details)
+    lines = [list(shown.columns), *shown.itertuples(index=False)]
+    widths = [max(len(line[i]) for line in lines) for i in range(len(shown.columns))]
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip() for line in lines)
 
 

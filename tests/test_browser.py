@@ -237,3 +237,16 @@ def test_curves_page_in_chromium(browser) -> None:
     dpo = next(r for r in final if (r["method"], r["suite"], r["metric"]) == ("dpo", "toy-seen", "aesthetic"))
     assert expected["mean"].iloc[-1] == dpo["mean"]
     assert not driver.find_elements(By.CSS_SELECTOR, "[data-testid='stException']")
+
+
+def test_run_details_in_chromium_show_a_missing_figure_as_a_dash(browser) -> None:
+    """Each run's own figures; what a run lacks (here CPU- and GPU-hours, peak memory) reads '–', never 'None'."""
+    driver, _ = browser
+    _open_page(driver, "Run details")
+    cells = _wait(driver, lambda d: (lambda c: c if set(METHODS) <= set(c) else None)(d.execute_script(READ_GRID, 0)),
+                  "run-details")
+    rows = {row[1]: row for row in (cells[i:i + 10] for i in range(0, len(cells), 10))}
+    assert set(rows) == set(METHODS) | {f"dpo@{step}" for step in CURVE_STEPS}  # --eval-every's runs are runs too
+    for method in METHODS:  # run, method, status, started, ended, wall, CPU-h, GPU-h, UNet evals, peak memory
+        assert rows[method][5:] == ["12.5", "–", "–", "4", "–"]
+    assert rows["dpo@1"][5:] == ["–"] * 5  # the fixture records no compute for these

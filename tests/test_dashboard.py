@@ -272,10 +272,10 @@ def test_run_details_page_shows_provenance_and_overlaps(results_dir: Path, monke
     at = show(open_app(results_dir, monkeypatch), "Run details")
     assert at.dataframe[0].value["method"].tolist() == list(METHODS)
     # Each run's figures; what the fixture's runs lack (CPU- and GPU-hours, peak memory) shows as '–'.
-    cells = shown(at.dataframe[0]).set_index("method")
-    assert cells.loc["dro", ["wall_s", "unet_evals_per_sample"]].tolist() == ["12.5", "4"]
-    assert cells.loc["dro", ["cpu_hours", "gpu_hours", "peak_memory_mb"]].tolist() == ["–"] * 3
-    dro_run = int(at.dataframe[0].value.set_index("method").loc["dro", "run_id"])
+    cells = at.dataframe[0].value.set_index("method")
+    assert cells.loc["dro", ["wall s", "UNet evals / sample"]].tolist() == ["12.5", "4"]
+    assert cells.loc["dro", ["CPU-hours", "GPU-hours", "peak memory MiB"]].tolist() == ["–"] * 3
+    dro_run = int(cells.loc["dro", "run"])
     at.selectbox(key="details_run").set_value(dro_run).run()
     assert at.dataframe[1].value["step"].tolist() == [TRAIN_STEPS]
     assert at.dataframe[2].value.to_dict("records") == [{"suite": "toy-unseen", "split": "unseen", "n_overlap": 1}]
@@ -283,7 +283,7 @@ def test_run_details_page_shows_provenance_and_overlaps(results_dir: Path, monke
         {"metric": "pickscore", "source": "experts ranked by pickscore (top 2)"}]
     assert [w.value for w in at.warning] and "dro" in at.warning[0].value
     assert '"beta": 5000' in at.json[2].value
-    base_run = int(at.dataframe[0].value.set_index("method").loc["base", "run_id"])
+    base_run = int(cells.loc["base", "run"])
     at.selectbox(key="details_run").set_value(base_run).run()
     assert len(at.dataframe) == 2 and "None recorded." in [c.value for c in at.caption]
 

@@ -64,7 +64,7 @@ def test_two_experiments_compare_in_one_leaderboard_each_against_its_own_base(ti
     assert not [c for c in at.caption if c.value.startswith("missing file")]
     at.sidebar.radio(key="page").set_value("Run details").run()
     runs = at.dataframe[0].value
-    assert runs["method"].tolist() == ["A/base", "A/dpo", "B/base", "B/dpo"] and runs["run_id"].is_unique
+    assert runs["method"].tolist() == ["A/base", "A/dpo", "B/base", "B/dpo"] and runs["run"].is_unique
 
 
 def _images(results_dir: Path, suite: str) -> list[dict]:
