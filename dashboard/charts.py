@@ -79,6 +79,19 @@ def image_grid_chart(grid: pd.DataFrame, methods: Sequence[str], px: int, title:
         .configure_view(stroke=None)
 
 
+def curve_chart(points: pd.DataFrame, methods: Sequence[str], y_title: str, title: str = "") -> alt.LayerChart:
+    """A metric over training steps (``harness.curves.curve_points`` of one suite and metric): a line per method
+    through its means, its 95 % CI as a band."""
+    base = alt.Chart(points).encode(x=alt.X("step:Q", title="training step"),
+                                    color=alt.Color("method:N", sort=list(methods)))
+    band = base.mark_area(opacity=0.2).encode(y=alt.Y("ci_low:Q", title=y_title, scale=alt.Scale(zero=False)),
+                                               y2="ci_high:Q")
+    line = base.mark_line(point=True).encode(
+        y="mean:Q", tooltip=["method", "step", alt.Tooltip("mean:Q", format=".4g"),
+                             alt.Tooltip("ci_low:Q", format=".4g"), alt.Tooltip("ci_high:Q", format=".4g")])
+    return (band + line).properties(title=title)
+
+
 def check_formats(formats: Sequence[str]) -> None:
     unknown = [f for f in formats if f not in FORMATS]
     if unknown:

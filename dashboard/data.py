@@ -16,9 +16,12 @@ from pathlib import Path
 import pandas as pd
 from PIL import Image
 
+from harness.curves import curve_points, split_snapshots
 from harness.errors import HarnessError
+from harness.experiments import (SEPARATOR, Experiment, check_comparable, leaderboard, parse_experiments, qualified,
+                                 versions_of)
 from harness.results import ResultsDir
-from harness.stats import higher_is_better_of, leaderboard, signals_by_method, verdict
+from harness.stats import higher_is_better_of, signals_by_method, verdict
 from harness.store import Store
 from harness.tables import metric_label
 
@@ -26,16 +29,17 @@ BASE = "base"
 OUT_ENV = "HARNESS_OUT"
 
 
-def results_dir_from(argv: Sequence[str], environ: Mapping[str, str]) -> Path:
-    """The results directory: ``--out DIR`` (after ``--`` on the streamlit command line) or $HARNESS_OUT."""
+def experiments_from(argv: Sequence[str], environ: Mapping[str, str]) -> list[Experiment]:
+    """The results directories: ``--out [NAME=]DIR``, repeated for several experiments (after ``--`` on the
+    streamlit command line), or $HARNESS_OUT (a comma list for several)."""
     parser = argparse.ArgumentParser(add_help=False)
-    parser.add_argument("--out")
+    parser.add_argument("--out", action="append")
     # Unknown arguments are ignored: under AppTest, sys.argv is pytest's.
     args, _ = parser.parse_known_args(list(argv))
-    out = args.out or environ.get(OUT_ENV)
-    if not out:
+    outs = args.out or ([environ[OUT_ENV]] if environ.get(OUT_ENV) else [])
+    if not outs:
         raise HarnessError(f"no results directory: pass `-- --out DIR` or set {OUT_ENV}")
-    return Path(out).resolve()
+    return [Experiment(e.name, ResultsDir(e.results.root.resolve())) for e in parse_experiments(outs)]
 
 
 def fingerprint(results_dir: Path) -> tuple[int, ...]:
@@ -43,6 +47,11 @@ def fingerprint(results_dir: Path) -> tuple[int, ...]:
     db = ResultsDir(results_dir).db
     stats = [p.stat() for p in (db, db.with_name(db.name + "-wal")) if p.exists()]
     return tuple(v for s in stats for v in (s.st_mtime_ns, s.st_size))
+
+
+def is_base(method: str) -> bool:
+    """The base model's run: ``base``, or an experiment's ``NAME/base`` when several are side by side."""
+    return method.rpartition(SEPARATOR)[2] == BASE
 
 
 @dataclass(frozen=True)
@@ -58,21 +67,68 @@ class Results:
     checkpoints: pd.DataFrame
     overlaps: pd.DataFrame
     training_signals: pd.DataFrame
+    curve_scores: pd.DataFrame  # the scores of --eval-every's METHOD@STEP runs (harness.curves), none of the above's
+    # Several results directories side by side (``load_experiments``): (name, directory) of each; their
+    # methods are named NAME/method, their runs numbered anew, their image paths start with NAME/.
+    experiments: tuple[tuple[str, Path], ...] = ()
+
+    @property
+    def names(self) -> list[str]:
+        """The experiments' names (none for one results directory)."""
+        return [name for name, _ in self.experiments]
 
     @property
     def methods(self) -> list[str]:
-        """Methods in display order: the base first, then alphabetical."""
-        return sorted(set(self.runs["method"]), key=lambda m: (m != BASE, m))
+        """Methods in display order: by experiment, each with its base first, then alphabetical (--eval-every's
+        METHOD@STEP runs are no methods: they are the Curves page's)."""
+        return sorted(set(split_snapshots(self.runs)[0]["method"]), key=lambda m: (m.rpartition(SEPARATOR)[0], not is_base(m), m))
+
+    def image_file(self, path: str) -> Path | None:
+        """``image_file`` of a stored path (an experiment's, when several are side by side)."""
+        if not self.experiments:
+            return image_file(self.results_dir, path)
+        name, _, path = path.partition(SEPARATOR)
+        return image_file(dict(self.experiments)[name], path)
+
+
+# What the frames of several experiments are made of; each has run_id and method columns.
+FRAMES = ("scores", "images", "training", "runs", "checkpoints", "overlaps", "training_signals", "curve_scores")
+
+
+def load_experiments(experiments: Sequence[Experiment]) -> Results:
+    """One results directory as it is, or several side by side (``harness.experiments``), refused when a
+    suite or metric differs in version between them."""
+    if len(experiments) == 1:
+        return load_results(experiments[0].results.root)
+    loaded = [load_results(e.results.root) for e in experiments]
+    check_comparable({e.name: versions_of(r.images, r.scores) for e, r in zip(experiments, loaded)})
+    run_ids = {(e.name, run_id): new for new, (e, run_id) in
+               enumerate(((e, run_id) for e, r in zip(experiments, loaded) for run_id in r.runs["run_id"]), start=1)}
+    frames = {}
+    for field in FRAMES:
+        parts = []
+        for experiment, results in zip(experiments, loaded):
+            frame = getattr(results, field)
+            frame = frame.assign(run_id=[run_ids[experiment.name, r] for r in frame["run_id"]],
+                                 method=[qualified(experiment.name, m) for m in frame["method"]])
+            if "path" in frame.columns and field != "checkpoints":
+                frame["path"] = [qualified(experiment.name, p) for p in frame["path"]]
+            parts.append(frame)
+        frames[field] = pd.concat(parts, ignore_index=True)
+    return Results(results_dir=experiments[0].results.root, fingerprint=sum((r.fingerprint for r in loaded), ()),
+                   experiments=tuple((e.name, e.results.root) for e in experiments), **frames)
 
 
 def load_results(results_dir: Path) -> Results:
     stamp = fingerprint(results_dir)
     with Store(results_dir, readonly=True) as store:
+        scores, curve_scores = split_snapshots(store.scores_frame())
         return Results(
             results_dir=Path(results_dir),
             fingerprint=stamp,
-            scores=store.scores_frame(),
-            images=store.images_frame(),
+            scores=scores,
+            curve_scores=curve_scores,
+            images=split_snapshots(store.images_frame())[0],  # the intermediate UNets' images are on no page
             training=store.training_frame(),
             runs=store.runs_frame(),
             checkpoints=store.checkpoints_frame(),
@@ -98,7 +154,17 @@ def leaderboard_frame(rows: list[dict]) -> pd.DataFrame:
 def statistics(results: Results, base: str = BASE, by: Sequence[str] = ()) -> pd.DataFrame:
     """The leaderboard of ``results`` (split further by the columns ``by``, e.g. per category) as a frame."""
     signals = signals_by_method(results.training_signals)
-    return leaderboard_frame(leaderboard(results.scores, base=base, signals=signals, by=by))
+    return leaderboard_frame(leaderboard(results.scores, results.names, base, signals=signals, by=by))
+
+
+def curves(results: Results, base: str = BASE) -> pd.DataFrame:
+    """``harness.curves.curve_points`` of every experiment shown (each against its own base), with a
+    ``metric_label`` column."""
+    scores = pd.concat([results.scores, results.curve_scores], ignore_index=True)
+    parts = [(scores, base)] if not results.names else [
+        (scores[scores["method"].str.startswith(qualified(name, ""))], qualified(name, base)) for name in results.names]
+    points = pd.concat([curve_points(own, own_base) for own, own_base in parts], ignore_index=True)
+    return leaderboard_frame(points.to_dict("records"))
 
 
 def filter_split(board: pd.DataFrame, split: str) -> pd.DataFrame:
@@ -276,7 +342,7 @@ def image_grid(results: Results, suite: str, prompt_ids: Sequence[str], image_in
         short = prompt if len(prompt) <= 60 else prompt[:59] + "…"
         row = f"{short} · seed {seeds.pop()}" if len(seeds) == 1 else f"{short} · seeds differ"
         for image in of_prompt.itertuples():
-            path = image_file(results.results_dir, image.path)
+            path = results.image_file(image.path)
             url = None if path is None else "data:image/jpeg;base64," + base64.b64encode(thumb(path, px)).decode()
             rows.append({"row": row, "prompt": prompt, "method": image.method, "seed": image.seed, "url": url})
     return pd.DataFrame(rows, columns=["row", "prompt", "method", "seed", "url"])
@@ -302,7 +368,7 @@ def prompt_grid(results: Results, suite: str, prompt_id: str) -> pd.DataFrame:
 def overlap_warnings(results: Results) -> list[str]:
     """One sentence per trained method and unseen suite whose prompts appear in its training captions."""
     overlaps = results.overlaps
-    rows = overlaps[(overlaps["n_overlap"] > 0) & (overlaps["split"] == "unseen") & (overlaps["method"] != BASE)]
+    rows = overlaps[(overlaps["n_overlap"] > 0) & (overlaps["split"] == "unseen") & ~overlaps["method"].map(is_base)]
     return [
         f"{r.method}: {r.n_overlap} prompt(s) of the unseen suite '{r.suite}' appear in its training "
         "captions, so that suite is not entirely unseen for it."

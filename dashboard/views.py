@@ -20,11 +20,12 @@ from dashboard.data import (
     best_cells,
     best_per_suite,
     column_directions,
+    curves,
     detail_table,
     filter_split,
-    image_file,
     image_grid,
-    load_results,
+    is_base,
+    load_experiments,
     metric_label,
     overlap_warnings,
     overview_table,
@@ -34,6 +35,9 @@ from dashboard.data import (
     statistics,
     thumbnail,
 )
+from harness.experiments import Experiment
+from harness.results import ResultsDir
+from harness.run_details import MISSING, run_details, shown_run_details
 from harness.stats import SIGNAL_MARK, SIGNAL_NOTE
 
 HIGHLIGHT = "background-color: rgba(46, 160, 67, 0.30); font-weight: bold"
@@ -42,13 +46,14 @@ THUMBNAIL_PX = 256
 
 # -- caches: keyed by the database fingerprint, so a committed write shows on the next rerun ------
 @st.cache_data(max_entries=4, show_spinner="Loading results…")
-def cached_results(results_dir: str, fingerprint: tuple[int, ...]) -> Results:
-    return load_results(Path(results_dir))
+def cached_results(experiments: tuple[tuple[str, str], ...], fingerprint: tuple[int, ...]) -> Results:
+    """``experiments``: (name, directory) of each results directory shown."""
+    return load_experiments([Experiment(name, ResultsDir(root)) for name, root in experiments])
 
 
-def _results_key(results: Results) -> tuple[str, tuple[int, ...]]:
+def _results_key(results: Results) -> tuple:
     # Hashing the frames would cost as much as the work cached; the fingerprint identifies them.
-    return str(results.results_dir), results.fingerprint
+    return str(results.results_dir), results.experiments, results.fingerprint
 
 
 @st.cache_data(max_entries=4, show_spinner="Computing confidence intervals…", hash_funcs={Results: _results_key})
@@ -137,7 +142,7 @@ def leaderboard_page(results: Results) -> None:
     if detail["trained_on_signal"].any():
         st.caption(SIGNAL_NOTE)
     if board["delta_vs_base"].notna().any():
-        methods = [m for m in results.methods if m != BASE]
+        methods = [m for m in results.methods if not is_base(m)]
         st.altair_chart(figures.overall_delta_chart(board, label, methods, BASE))
 
 
@@ -240,7 +245,7 @@ def compare_page(results: Results) -> None:
             image = by_method.loc[method]
             scores = " · ".join(f"{c} {image[c]:.4g}" for c in metric_columns if pd.notna(image[c]))
             caption = f"image {image_index}, seed {image['seed']}" + (f" · {scores}" if scores else "")
-            path = image_file(results.results_dir, image["path"])
+            path = results.image_file(image["path"])
             if path is None:
                 column.caption(f"missing file {image['path']} · {caption}")
             else:
@@ -287,22 +292,48 @@ def training_page(results: Results) -> None:
         st.altair_chart(chart, width="stretch")
 
 
+@st.cache_data(max_entries=4, show_spinner="Computing confidence intervals over training…",
+               hash_funcs={Results: _results_key})
+def cached_curves(results: Results) -> pd.DataFrame:
+    return curves(results, BASE)
+
+
+def curves_page(results: Results) -> None:
+    st.header("Curves")
+    points = cached_curves(results)
+    if points.empty:
+        st.info("No evaluation during training: `harness run --eval-every N` evaluates each method's UNet every N "
+                "steps.")
+        return
+    label = st.selectbox("Metric", sorted(points["metric_label"].unique()), key="curves_metric")
+    suite = st.selectbox("Suite", sorted(points.loc[points["metric_label"] == label, "suite"].unique()),
+                         key="curves_suite")
+    rows = points[(points["metric_label"] == label) & (points["suite"] == suite)]
+    methods = [m for m in results.methods if m in set(rows["method"])]
+    st.altair_chart(charts.curve_chart(rows[["method", "step", "mean", "ci_low", "ci_high"]], methods, label),
+                    width="stretch")
+    st.caption("Each point: the method's UNet at that step, evaluated with the run's protocol (the same prompts, "
+               "seeds, sampler and scorers as the final evaluation), its mean with the 95% bootstrap CI over "
+               "prompts. The last point is the final UNet: the leaderboard's number.")
+    st.dataframe(detail_table(rows, label, methods, by="step").drop(columns=["trained_on_signal"]), hide_index=True)
+
+
 def run_details_page(results: Results) -> None:
     st.header("Run details")
     for warning in overlap_warnings(results):
         st.warning(warning)
     runs = results.runs
-    summary = runs[["run_id", "method", "status", "preset", "base_model", "started_at", "ended_at", "wall_s",
-                    "gpu_hours", "cpu_hours", "unet_evals_per_sample", "git_commit"]]
-    st.dataframe(summary, hide_index=True)
+    st.caption("Each run's own start and end (its first job's start, its last job's end, UTC), wall time (its jobs' "
+               "sum), CPU-hours on a CPU or GPU-hours on a GPU, UNet evaluations per training sample and peak "
+               f"memory (the largest of its jobs'). '{MISSING}': the run has no such figure.")
+    st.dataframe(shown_run_details(run_details(runs)), hide_index=True)
     labels = {r.run_id: f"{r.method} — {r.key}" for r in runs.itertuples()}
     run_id = st.selectbox("Run", list(labels), format_func=labels.__getitem__, key="details_run")
     run = runs.set_index("run_id").loc[run_id]
     provenance, compute, config = st.columns(3)
     provenance.markdown("**Provenance**")
     provenance.json({"key": run["key"], "base_model": run["base_model"], "preset": run["preset"],
-                     "git_commit": run["git_commit"], "versions": json.loads(run["versions"]),
-                     "started_at": run["started_at"], "ended_at": run["ended_at"], "status": run["status"]})
+                     "git_commit": run["git_commit"], "versions": json.loads(run["versions"])})
     compute.markdown("**Compute**")
     compute.json(json.loads(run["compute"]))
     config.markdown("**Config**")
@@ -329,5 +360,6 @@ PAGES: dict[str, Callable[[Results], None]] = {
     "Image grid": image_grid_page,
     "Win-rate matrix": win_rate_page,
     "Training": training_page,
+    "Curves": curves_page,
     "Run details": run_details_page,
 }

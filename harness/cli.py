@@ -108,8 +108,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     options = _run_options(args, methods=args.methods, out=Path(args.out), data=args.data, steps=args.steps,
                            vae=args.vae, overrides=_parse_overrides(args.set, [EVERY_METHOD]),
-                           pretrained=args.pretrained, seed=args.seed, jobs=args.jobs, backend=args.backend,
-                           address=args.address)
+                           pretrained=args.pretrained, seed=args.seed, jobs=args.jobs, eval_every=args.eval_every,
+                           eval_suites=args.eval_suites, backend=args.backend, address=args.address)
     preset = get_preset(options.preset)
     validate(options, preset)  # every mistake is reported before the libraries load
     quiet_libraries()
@@ -226,11 +226,11 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_leaderboard(args: argparse.Namespace) -> int:
-    from harness.run import leaderboard
+    from harness.experiments import load_leaderboard, parse_experiments
 
     by = [args.by] if args.by else []
-    _print_leaderboard(leaderboard(Path(args.out), base=args.base, by=by), args.format, base=args.base, ci=args.ci,
-                       by=args.by)
+    rows = load_leaderboard(parse_experiments(args.out or ["runs"]), base=args.base, by=by)
+    _print_leaderboard(rows, args.format, base=args.base, ci=args.ci, by=args.by)
     return 0
 
 
@@ -269,10 +269,11 @@ def format_table(rows: list[dict]) -> str:
     A mean is marked when its method was trained on that metric, and a lower-is-better metric's name,
     each with a footnote saying what it means.
     """
+    from harness.run_details import MISSING
     from harness.stats import LOWER_MARK, LOWER_NOTE, SIGNAL_MARK, SIGNAL_NOTE
 
     def num(value: Any, digits: int = 4) -> str:
-        return "-" if value is None else f"{value:.{digits}g}"
+        return MISSING if value is None else f"{value:.{digits}g}"
 
     def interval(low: Any, high: Any, digits: int) -> str:
         return "[no CI: 1 prompt]" if low is None or high is None else f"[{num(low, digits)}, {num(high, digits)}]"
@@ -283,8 +284,8 @@ def format_table(rows: list[dict]) -> str:
     header = ["method", "suite", *parts, "metric", "n", "mean [95% CI]", "Δ vs base [95% CI]", "win rate"]
     lines = [header]
     for r in rows:
-        delta = "-" if r.get("delta_vs_base") is None else f"{num(r['delta_vs_base'], 3)} {interval(r['delta_ci_low'], r['delta_ci_high'], 3)}"
-        win = "-" if r.get("win_rate_vs_base") is None else f"{r['win_rate_vs_base']:.1%}"
+        delta = MISSING if r.get("delta_vs_base") is None else f"{num(r['delta_vs_base'], 3)} {interval(r['delta_ci_low'], r['delta_ci_high'], 3)}"
+        win = MISSING if r.get("win_rate_vs_base") is None else f"{r['win_rate_vs_base']:.1%}"
         mark = SIGNAL_MARK if r.get("trained_on_signal") else ""
         metric = r["metric"] if r.get("higher_is_better", True) else f"{r['metric']} {LOWER_MARK}"
         lines.append([
@@ -298,6 +299,18 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join([table, *notes])
 
 
+def cmd_runs(args: argparse.Namespace) -> int:
+    from harness.run_details import format_run_details, run_details
+    from harness.store import Store
+
+    db = ResultsDir(args.out).db
+    if not db.exists():
+        raise HarnessError(f"no results in {args.out}: {db} does not exist (run `harness run --out {args.out}` first)")
+    with Store(db, readonly=True) as store:
+        print(format_run_details(run_details(store.runs_frame())))
+    return 0
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     from harness.store import export
 
@@ -309,8 +322,9 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def cmd_dashboard(args: argparse.Namespace) -> int:
     from dashboard import serve
+    from harness.experiments import parse_experiments
 
-    return serve(Path(args.out), port=args.port)
+    return serve(parse_experiments(args.out or ["runs"]), port=args.port)
 
 
 def cmd_methods(args: argparse.Namespace) -> int:
@@ -410,6 +424,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="where a scorer's weights are, e.g. hpsv2.checkpoint=DIR (see `harness scorers`)")
     p.add_argument("--unet", action="append", default=[], metavar="METHOD=DIR",
                    help="with --pretrained: the method's UNet from a local directory (or hub id) instead of the preset's")
+    p.add_argument("--eval-every", type=_count, metavar="N", help="also evaluate each method's UNet every N training "
+                   "steps, with the final evaluation's prompts, seeds, sampler and scorers (metric-vs-step curves; "
+                   "the cost is printed before the run starts)")
+    p.add_argument("--eval-suites", type=_comma_list, help="with --eval-every: only these of the run's suites "
+                   "(each whole; default: all)")
     p.add_argument("--backend", choices=["local", "ray"], default="local",
                    help="where the jobs run: this machine's worker processes (default) or a Ray cluster "
                    "(pip install '.[ray]'; docs/scaling.md)")
@@ -503,8 +522,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compile", action="store_true", help="torch.compile the UNet")
     p.add_argument("--no-progress", action="store_true")
 
-    p = command("leaderboard", cmd_leaderboard, "print the leaderboard of a results directory")
-    p.add_argument("--out", default="runs")
+    p = command("leaderboard", cmd_leaderboard, "print the leaderboard of a results directory, or of several "
+                "side by side")
+    p.add_argument("--out", action="append", metavar="[NAME=]DIR", help="results directory (default: runs); "
+                   "repeat it (or a comma list) to compare experiments, methods named NAME/method (NAME: the "
+                   "directory's name unless given), each compared with its own base")
     p.add_argument("--format", choices=["table", "csv", "json", "latex", "markdown"], default="table",
                    help="latex/markdown: a table for a paper, the best value per column in bold")
     p.add_argument("--base", default="base", help="the method the deltas and win rates compare against")
@@ -523,13 +545,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--grid-image", type=int, default=0, metavar="INDEX",
                    help="which image of each prompt (the same seed for every method; default: 0)")
 
+    p = command("runs", cmd_runs, "print each run's own start, end, wall time, CPU- or GPU-hours, UNet evaluations "
+                "per training sample and peak memory")
+    p.add_argument("--out", default="runs", help="results directory (default: runs)")
+
     p = command("export", cmd_export, "export the results for pandas / notebooks")
     p.add_argument("--out", default="runs")
     p.add_argument("--format", choices=["csv", "parquet", "json"], default="csv")
     p.add_argument("--dest", help="where to write (default: OUT/export)")
 
     p = command("dashboard", cmd_dashboard, "open the Streamlit leaderboard on 127.0.0.1")
-    p.add_argument("--out", default="runs")
+    p.add_argument("--out", action="append", metavar="[NAME=]DIR", help="results directory (default: runs); "
+                   "repeat it to compare experiments, as `harness leaderboard`")
     p.add_argument("--port", type=int, default=8501)
 
     help = "data steps: score the training images with a reward, pick experts"

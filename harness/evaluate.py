@@ -14,6 +14,7 @@ by image content and scorer version, and the store's writes are keyed.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import re
 from collections.abc import Callable, Mapping, Sequence
@@ -122,18 +123,32 @@ def get_or_create_run(store, name: str, preset: Preset, model: str, seed: int, *
 
 # -- one model's evaluation ----------------------------------------------------------------------
 def evaluate(name: str, run_id: int, checkpoint: Checkpoint, protocol: Protocol, results: ResultsDir,
-             stage: Callable[[str], None]) -> None:
-    """Generate the protocol's suites with ``checkpoint``, score them, store both under run ``name``."""
+             stage: Callable[[str], None], *, generate: Callable[..., dict[str, list[dict]]] | None = None,
+             score: Callable[..., None] | None = None, clock: Callable[[], Any] | None = None) -> None:
+    """Generate the protocol's suites with ``checkpoint``, score them, store both under run ``name``: the run's
+    last job, so the run is 'done' when it ends ('failed' if it fails), with what it cost added to the run's.
+
+    ``generate``, ``score``: ``generate_suites``' and ``score_suites``' signatures, those two by default (the Ray
+    backend passes its own, which run them in parts on its workers and add the workers' cost); ``clock``: what
+    measures this process's cost (``harness.compute.JobClock``)."""
     from harness.compute import JobClock
     from harness.store import Store
 
-    clock = JobClock()
+    clock = (clock or JobClock)()
     with Store(results.db) as store:
-        stage(f"{name}: generation")
-        manifests = generate_suites(name, run_id, checkpoint, protocol, results, store)
-        stage(f"{name}: scoring")
-        score_suites(name, run_id, manifests, protocol.scorers, protocol.scorer_options, results, store)
+        store.set_run_status(run_id, "running")
+        try:
+            stage(f"{name}: generation")
+            manifests = (generate or generate_suites)(name, run_id, checkpoint, protocol, results, store)
+            stage(f"{name}: scoring")
+            (score or score_suites)(name, run_id, manifests, protocol.scorers, protocol.scorer_options, results, store)
+        except BaseException:
+            with contextlib.suppress(HarnessError):  # (a full disk, say) what failed matters more than its record
+                store.add_compute(run_id, clock.figures("eval"))
+                store.set_run_status(run_id, "failed")
+            raise
         store.add_compute(run_id, clock.figures("eval"))
+        store.set_run_status(run_id, "done")
 
 
 def load_checkpoint(checkpoint: Checkpoint, protocol: Protocol):
@@ -272,7 +287,6 @@ def evaluate_checkpoint(plan: Evaluation) -> None:
     with Store(results.db) as store:
         base_id = get_or_create_run(store, BASE, preset, base_model, seed)
         run_id = get_or_create_run(store, plan.name, preset, checkpoint.model, seed, evaluated=plan.config)
-        store.set_run_status(run_id, "running")
     with one_cpu_thread(on_gpu=torch.cuda.is_available()):  # as `harness run`'s jobs: the same images
         if plan.base_suites:
             stage(f"{BASE}: not evaluated on {', '.join(plan.base_suites)} in {results.root} yet: evaluating the "
@@ -280,10 +294,6 @@ def evaluate_checkpoint(plan: Evaluation) -> None:
             evaluate(BASE, base_id, Checkpoint(base_model), dataclasses.replace(plan.protocol, suites=plan.base_suites),
                      results, stage)
         evaluate(plan.name, run_id, checkpoint, plan.protocol, results, stage)
-    with Store(results.db) as store:
-        if plan.base_suites:
-            store.set_run_status(base_id, "done")
-        store.set_run_status(run_id, "done", {"wall_s": round(stage.elapsed(), 1)})
 
 
 def plan_evaluation(options: EvaluateOptions) -> Evaluation:

@@ -87,8 +87,10 @@ def plan_scoring(options: ScoreOptions) -> Scoring:
 
 def score_external(plan: Scoring) -> None:
     """Copy the manifest's images into the results directory as run ``options.name`` and score them."""
+    from harness.compute import JobClock
     from harness.store import Store
 
+    clock = JobClock()
     options, suite, images = plan.options, plan.suite, plan.images
     results = ResultsDir(options.out)
     stage = Stages()
@@ -98,11 +100,13 @@ def score_external(plan: Scoring) -> None:
     with Store(results.db) as store:
         run_id = store.get_or_create_run(options.name, method=options.name, preset=None, base_model=UNKNOWN_MODEL,
                                          config=plan.config)
+        store.set_run_status(run_id, "running")
         store.add_images(run_id, suite=suite.name, suite_version=suite.version, split=suite.split,
                          rows=[{**row, "path": str(folder / row["path"])} for row in rows])
         stage(f"{options.name}: scoring")
         score_suites(options.name, run_id, {suite.name: rows}, options.scorers, options.scorer_options, results, store)
-        store.set_run_status(run_id, "done", {"wall_s": round(stage.elapsed(), 1)})
+        store.add_compute(run_id, clock.figures("score"))
+        store.set_run_status(run_id, "done")
 
 
 def _check_options(options: ScoreOptions, results: ResultsDir):

@@ -22,11 +22,12 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from harness import curves
 from harness.api.method import PublishedWeights
 from harness.api.preset import Preset
 from harness.api.registry import METHODS, SCORERS, SUITES
@@ -61,6 +62,8 @@ class RunOptions:
     jobs: int | None = None  # jobs (trainings, evaluations) at once (None: one per core on a CPU, one per GPU)
     scorer_options: dict[str, dict[str, Any]] = field(default_factory=dict)  # scorer -> get_scorer keywords
     unets: dict[str, str] = field(default_factory=dict)  # --pretrained: method -> its UNet, instead of the preset's
+    eval_every: int | None = None  # evaluate each trained method's UNet every N steps too (harness.curves)
+    eval_suites: list[str] | None = None  # ... on these of the run's suites (None: all of them)
     backend: str = "local"  # where the jobs run: "local" worker processes or a "ray" cluster (harness.backends)
     address: str | None = None  # --backend ray: the cluster ("auto", HOST:PORT; None: start one on this machine)
 
@@ -85,6 +88,7 @@ def validate(options: RunOptions, preset: Preset) -> None:
     """Fail on any bad input before anything is created or any heavy work starts (cheap checks first)."""
     _validate_counts(options)
     check_backend(options)
+    curves.validate(options, preset)
     _validate_locations(options)
     _validate_names(options, preset)
     _validate_configs(options, preset)
@@ -95,10 +99,17 @@ def validate(options: RunOptions, preset: Preset) -> None:
 
 def _validate_counts(options: RunOptions) -> None:
     counts = {"--max-prompts": options.max_prompts, "--images-per-prompt": options.images_per_prompt,
-              "--steps": options.steps, "--jobs": options.jobs}
+              "--steps": options.steps, "--jobs": options.jobs, "--eval-every": options.eval_every}
     for option, value in counts.items():
         if value is not None and value < 1:
             raise HarnessError(f"{option} must be at least 1, not {value}")
+
+
+def protocol_of(options: RunOptions, preset: Preset) -> Protocol:
+    """The run's evaluation protocol: every model's, and every point's of --eval-every."""
+    return Protocol.of(preset, options.suites, options.scorers, max_prompts=options.max_prompts,
+                       images_per_prompt=options.images_per_prompt, steps=options.steps, seed=options.seed,
+                       vae=options.vae, scorer_options=options.scorer_options)
 
 
 def _validate_locations(options: RunOptions) -> None:
@@ -187,6 +198,8 @@ def run_validated(options: RunOptions, preset: Preset) -> list[dict]:
     out.mkdir(parents=True, exist_ok=True)
     stage = _Stages()
 
+    if options.eval_every:
+        curves.say_cost(options, preset, trainings)
     stage("base model")
     base_model = resolve_base_model(options.model or preset.base_model)
     store = Store(results.db)
@@ -252,9 +265,6 @@ def run_validated(options: RunOptions, preset: Preset) -> list[dict]:
                 for model in methods:
                     if model.train and model.init_from == trained.method:
                         start_training(dataclasses.replace(model, overrides={**model.overrides, "init_unet": trained.unet}))
-    compute = {"wall_s": round(stage.elapsed(), 1)}
-    for model in (base, *methods):
-        store.set_run_status(model.run_id, "done", compute if model.method == BASE else None)
     return leaderboard(out)
 
 
@@ -403,6 +413,7 @@ def _train(job: _ModelJob) -> EvaluatedModel:
                 on_log=on_log,
                 resume=True,
                 seed=job.options.seed,
+                snapshot_every=(job.options.eval_every or 0) if model.evaluate else 0,
             )
         except BaseException:
             with contextlib.suppress(HarnessError):  # (a full disk, say) what failed matters more than its record
@@ -413,25 +424,23 @@ def _train(job: _ModelJob) -> EvaluatedModel:
         store.log_training(model.run_id, pending)
         store.add_compute(model.run_id, clock.figures("train"))
         store.add_checkpoint(model.run_id, result.steps, str(result.unet_dir))
-        compute = {"train_wall_s": round(result.wall_s, 1), "unet_evals_per_sample": result.unet_evals_per_sample}
-        store.set_run_status(model.run_id, "trained", compute)
+        # A UNet trained only for another method to start from has no evaluation to wait for.
+        store.set_run_status(model.run_id, "trained" if model.evaluate else "done",
+                             {"unet_evals_per_sample": result.unet_evals_per_sample})
     return dataclasses.replace(model, unet=str(result.unet_dir), train=False)
 
 
-def _evaluate(job: _ModelJob) -> None:
-    """Generate the suites and score them: one model's evaluation (a job)."""
-    evaluate(job.model.method, job.model.run_id, *evaluation_of(job), ResultsDir(job.options.out), job.stage)
-
-
-def evaluation_of(job: _ModelJob) -> tuple[Checkpoint, Protocol]:
-    """What a model's evaluation job evaluates, and how (the Ray backend splits the same evaluation)."""
+def _evaluate(job: _ModelJob, evaluate_one: Callable[..., None] = evaluate) -> None:
+    """Generate the suites and score them: one model's evaluation (a job), and with --eval-every its UNets of
+    the steps between.  ``evaluate_one``: how one checkpoint is evaluated, with ``harness.evaluate.evaluate``'s
+    signature (the Ray backend passes its own, which runs that one's parts on its workers)."""
     model, options = job.model, job.options
     checkpoint = Checkpoint(job.base_model, unet=model.unet, unet_subfolder=model.unet_subfolder,
                             method=None if model.method == BASE else model.method, overrides=model.overrides)
-    protocol = Protocol.of(job.preset, options.suites, options.scorers, max_prompts=options.max_prompts,
-                           images_per_prompt=options.images_per_prompt, steps=options.steps, seed=options.seed,
-                           vae=options.vae, scorer_options=options.scorer_options)
-    return checkpoint, protocol
+    evaluate_one(model.method, model.run_id, checkpoint, protocol_of(options, job.preset), ResultsDir(options.out),
+                 job.stage)
+    if options.eval_every and model.method != BASE:
+        curves.evaluate_job(job, checkpoint, evaluate_one)
 
 
 def leaderboard(out: Path, base: str = BASE, by: Sequence[str] = ()) -> list[dict]:
@@ -445,4 +454,4 @@ def leaderboard(out: Path, base: str = BASE, by: Sequence[str] = ()) -> list[dic
         raise HarnessError(f"no results in {out}: {db} does not exist (run `harness run --out {out}` first)")
     with Store(db, readonly=True) as store:
         scores, signals = store.scores_frame(), signals_by_method(store.training_signals_frame())
-    return compute(scores, base=base, signals=signals, by=by)
+    return compute(curves.split_snapshots(scores)[0], base=base, signals=signals, by=by)

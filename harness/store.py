@@ -15,10 +15,12 @@ Schema (version 2; ``meta.schema_version``)
     run_id INTEGER PK, key TEXT UNIQUE (what makes a run resumable), method, preset,
     base_model, config (JSON), git_commit, versions (JSON: python, torch, diffusers,
     transformers, harness), status ('created' | 'running' | 'trained' | 'done' | 'failed'),
-    started_at, ended_at (ISO-8601 UTC), wall_s, gpu_hours, unet_evals_per_sample,
+    started_at, ended_at (ISO-8601 UTC: the run's own, from the start of its first job to the
+    end of its last; created, a run has its creation time until a job starts it), wall_s,
+    gpu_hours, unet_evals_per_sample,
     compute (JSON: every compute figure reported, the three above included; on a CPU
-    ``cpu_hours`` instead of ``gpu_hours``, which ``runs_frame()`` shows as a column too;
-    see ``harness.compute``)
+    ``cpu_hours`` instead of ``gpu_hours``; ``peak_memory_mb``; ``runs_frame()`` shows these
+    two as columns too; see ``harness.compute``)
 ``checkpoints``   (run_id, step) PK, path, created_at
 ``training_log``  (run_id, step, term) PK, value — long format, one row per logged term
                   (loss, lr, and whatever terms a method logs)
@@ -59,6 +61,7 @@ from typing import Any, Callable, Literal, TypeVar
 import pandas as pd
 
 from harness.atomic import replacing, writing
+from harness.compute import combine
 from harness.errors import HarnessError
 from harness.results import ResultsDir
 
@@ -168,8 +171,8 @@ ORDER BY t.run_id, t.term, t.step
 """
 _RUNS_QUERY = """
 SELECT run_id, key, method, preset, base_model, status, started_at, ended_at, wall_s, gpu_hours,
-       json_extract(compute, '$.cpu_hours') AS cpu_hours, unet_evals_per_sample, git_commit, versions, config,
-       compute
+       json_extract(compute, '$.cpu_hours') AS cpu_hours, unet_evals_per_sample,
+       json_extract(compute, '$.peak_memory_mb') AS peak_memory_mb, git_commit, versions, config, compute
 FROM runs ORDER BY run_id
 """
 _CHECKPOINTS_QUERY = """
@@ -455,30 +458,31 @@ class Store:
         """Record a status change; ``compute`` figures are merged into the run's compute record.
 
         Known compute keys are also kept in their own columns: ``wall_s``, ``gpu_hours``,
-        ``unet_evals_per_sample``.  'done' and 'failed' stamp the end time.
+        ``unet_evals_per_sample``.  The first 'running' of a run stamps its start (its first job
+        began), 'done' and 'failed' its end.
         """
         if status not in RUN_STATUSES:
             raise HarnessError(f"unknown run status {status!r}; expected one of {', '.join(RUN_STATUSES)}")
         with self._transaction() as conn:
             merged = {**self._compute(conn, run_id), **(compute or {})}
-            ended_at = _now() if status in ("done", "failed") else None
+            now = _now()
+            ended_at = now if status in ("done", "failed") else None
             conn.execute(
-                "UPDATE runs SET status = ?, ended_at = ?, compute = ?, wall_s = ?, gpu_hours = ?,"
+                "UPDATE runs SET started_at = CASE WHEN status = 'created' AND ? = 'running' THEN ? ELSE started_at END,"
+                " status = ?, ended_at = ?, compute = ?, wall_s = ?, gpu_hours = ?,"
                 " unet_evals_per_sample = ? WHERE run_id = ?",
-                (status, ended_at, _canonical_json(merged), merged.get("wall_s"), merged.get("gpu_hours"),
+                (status, now, status, ended_at, _canonical_json(merged), merged.get("wall_s"), merged.get("gpu_hours"),
                  merged.get("unet_evals_per_sample"), run_id),
             )
 
     @_journaled
     def add_compute(self, run_id: int, figures: dict[str, float]) -> None:
-        """Add ``figures`` to the run's totals (e.g. the hours each of its jobs took, resumed attempts
-        included): unlike ``set_run_status``'s, these accumulate."""
+        """Add a job's ``figures`` (``harness.compute.JobClock``'s) to the run's totals, resumed attempts
+        included: unlike ``set_run_status``'s, these accumulate (``harness.compute.combine``)."""
         with self._transaction() as conn:
-            compute = self._compute(conn, run_id)
-            for key, value in figures.items():
-                compute[key] = compute.get(key, 0) + value
-            conn.execute("UPDATE runs SET compute = ?, gpu_hours = ? WHERE run_id = ?",
-                         (_canonical_json(compute), compute.get("gpu_hours"), run_id))
+            compute = combine(self._compute(conn, run_id), figures)
+            conn.execute("UPDATE runs SET compute = ?, wall_s = ?, gpu_hours = ? WHERE run_id = ?",
+                         (_canonical_json(compute), compute.get("wall_s"), compute.get("gpu_hours"), run_id))
 
     def _compute(self, conn: sqlite3.Connection, run_id: int) -> dict:
         row = conn.execute("SELECT compute FROM runs WHERE run_id = ?", (run_id,)).fetchone()
@@ -637,8 +641,8 @@ class Store:
 
     def runs_frame(self) -> pd.DataFrame:
         """Columns: run_id, key, method, preset, base_model, status, started_at, ended_at, wall_s,
-        gpu_hours, cpu_hours, unet_evals_per_sample, git_commit, versions, config, compute (the last three
-        JSON text)."""
+        gpu_hours, cpu_hours, unet_evals_per_sample, peak_memory_mb, git_commit, versions, config, compute
+        (the last three JSON text)."""
         return self._frame(_RUNS_QUERY)
 
     def checkpoints_frame(self) -> pd.DataFrame:

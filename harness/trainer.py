@@ -107,8 +107,10 @@ def _coerce(name: str, value: Any, hint: Any) -> Any:
 
 
 def train(method: str, *, base_model: str | Path, data_dir: Path, output_dir: Path, preset: str | None = None,
-          overrides: dict | None = None, on_log: LogFn | None = None, resume: bool = True, seed: int = 0) -> TrainResult:
-    """Train ``method`` from ``base_model`` on ``data_dir``; write checkpoints and ``output_dir/final/unet``."""
+          overrides: dict | None = None, on_log: LogFn | None = None, resume: bool = True, seed: int = 0,
+          snapshot_every: int = 0) -> TrainResult:
+    """Train ``method`` from ``base_model`` on ``data_dir``; write checkpoints and ``output_dir/final/unet``
+    (and, every ``snapshot_every`` steps before the last, the UNet as it is then: ``snapshot_unet_dir``)."""
     config = resolve_config(method, preset, overrides)
     if config.init_method and not config.init_unet:
         raise HarnessError(
@@ -116,8 +118,13 @@ def train(method: str, *, base_model: str | Path, data_dir: Path, output_dir: Pa
             f"(`harness train --method {config.init_method} ...`) and pass --set init_unet=OUT/final/unet, "
             "or use `harness run`, which chains the two")
     trainer = Trainer(METHODS.get(method)(config), base_model=str(base_model), data_dir=Path(data_dir),
-                      output_dir=Path(output_dir), seed=seed, on_log=on_log)
+                      output_dir=Path(output_dir), seed=seed, on_log=on_log, snapshot_every=snapshot_every)
     return trainer.run(resume=resume)
+
+
+def snapshot_unet_dir(output_dir: Path, step: int) -> Path:
+    """Where a training exports its UNet of ``step`` (``train(snapshot_every=...)``), as it exports the final one."""
+    return Path(output_dir) / "snapshots" / f"step-{step}" / "unet"
 
 
 class EMA:
@@ -193,7 +200,7 @@ class Trainer:
     """One training run.  Methods' hooks receive its ``TrainingContext``, never the trainer itself."""
 
     def __init__(self, method: Method, *, base_model: str, data_dir: Path, output_dir: Path, seed: int,
-                 on_log: LogFn | None) -> None:
+                 on_log: LogFn | None, snapshot_every: int = 0) -> None:
         self.method = method
         self.config = method.config
         self.base_model = base_model
@@ -201,6 +208,7 @@ class Trainer:
         self.output_dir = output_dir
         self.seed = seed
         self.on_log = on_log
+        self.snapshot_every = snapshot_every
 
     # -- set-up -----------------------------------------------------------------------------------
     def _setup(self) -> None:
@@ -440,9 +448,11 @@ class Trainer:
         return state
 
     def _save_final(self) -> Path:
+        return self._export_unet(self.output_dir / "final" / "unet")
+
+    def _export_unet(self, unet_dir: Path) -> Path:
         from harness.train_export import export_unet
 
-        unet_dir = self.output_dir / "final" / "unet"
         if self.accelerator.is_main_process:
             export_unet(self.unet, unet_dir, ema=self.ema.shadow() if self.ema else None)
         self.accelerator.wait_for_everyone()
@@ -486,6 +496,8 @@ class Trainer:
             done = step + 1
             if done % config.checkpoint_every == 0 or done == config.max_steps:
                 self._save_checkpoint(done, counters)
+            if self.snapshot_every and done % self.snapshot_every == 0 and done < config.max_steps:
+                self._export_unet(snapshot_unet_dir(self.output_dir, done))  # the last one is final/unet
             if self.accelerator.is_main_process:
                 if self.on_log is not None:
                     self.on_log(done, terms)

@@ -92,6 +92,26 @@ def build_results_dir(results_dir: Path) -> Path:
     return results_dir
 
 
+# `harness run --eval-every`'s runs of dpo (harness.curves): step -> how far its scores lie above the base's;
+# the last step's are dpo's own.
+CURVE_STEPS = {1: 0.1, 3: 0.3, TRAIN_STEPS: METHODS["dpo"]}
+
+
+def add_curve_runs(results_dir: Path) -> Path:
+    """Add the dpo@STEP runs of a training evaluated every other step, on toy-seen."""
+    with Store(results_dir) as store:
+        for step, offset in CURVE_STEPS.items():
+            name = f"dpo@{step}"
+            run_id = store.get_or_create_run(name, method=name, preset="test", base_model="tiny-sd",
+                                             config={"snapshot_of": "dpo", "step": step})
+            store.add_images(run_id, suite="toy-seen", suite_version="abc123", split="seen",
+                             rows=manifest_rows(results_dir, name, "toy-seen"))
+            store.add_scores(run_id, suite="toy-seen", rows=[{**row, "value": row["value"] - METHODS["dpo"] + offset}
+                                                             for row in score_rows("dpo", "toy-seen")])
+            store.set_run_status(run_id, "done")
+    return results_dir
+
+
 def n_images() -> int:
     return sum(len(prompts) for _, prompts in SUITES.values()) * IMAGES_PER_PROMPT
 

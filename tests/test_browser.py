@@ -18,9 +18,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dashboard.data import load_results, thumbnail
+from dashboard.data import curves, load_results, thumbnail
 from harness.stats import leaderboard
-from results_fixture import METHODS, SUITES, build_results_dir
+from results_fixture import CURVE_STEPS, METHODS, SUITES, add_curve_runs, build_results_dir
 
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
@@ -71,7 +71,7 @@ def browser(tmp_path_factory: pytest.TempPathFactory):
     from selenium.webdriver.chrome.service import Service
 
     tmp_path = tmp_path_factory.mktemp("browser")
-    results = build_results_dir(tmp_path / "results")
+    results = add_curve_runs(build_results_dir(tmp_path / "results"))
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
     harness = Path(sys.executable).with_name("harness")
@@ -203,3 +203,50 @@ def test_image_grid_page_in_chromium(browser) -> None:
     colours = {Image.open(results / path).getpixel((0, 0)) for path in shown["path"]}
     _wait(driver, lambda d: all(_shows_colour(_chart_screenshot(d), c) for c in colours), "image-grid-drawn")
     assert not driver.find_elements(By.CSS_SELECTOR, "[data-testid='stException']")
+
+
+def test_the_toolbar_is_in_viewer_mode_without_a_deploy_button(browser) -> None:
+    """A read-only local tool: Streamlit's toolbar shows no developer items, "Deploy" among them."""
+    from selenium.webdriver.common.by import By
+
+    driver, _ = browser
+    # The viewer's menu stays: once it is drawn, the toolbar is.
+    _wait(driver, lambda d: d.find_elements(By.CSS_SELECTOR, "[data-testid='stToolbar'] [data-testid='stMainMenu']"),
+          "toolbar")
+    assert not driver.find_elements(By.CSS_SELECTOR, "[data-testid='stAppDeployButton']")
+    assert not driver.find_elements(By.XPATH, "//button[normalize-space()='Deploy']")
+
+
+def test_curves_page_in_chromium(browser) -> None:
+    """A point per evaluated step at its mean, the last one dpo's leaderboard mean."""
+    from selenium.webdriver.common.by import By
+
+    driver, results = browser
+    _open_page(driver, "Curves")
+    # The points' labels (the CI bands' carry no mean).
+    points = _wait(driver, lambda d: [m for m in _marks(d, "[aria-label]", "aria-label")
+                                      if "step: " in m and "mean: " in m] or None, "curves")
+    loaded = load_results(results)
+    expected = curves(loaded)
+    expected = expected[(expected["metric"] == "aesthetic") & (expected["suite"] == "toy-seen")]
+    drawn = dict(sorted((int(re.search(r"step: (\d+)", p)[1]), float(re.search(r"mean: ([^;]+)", p)[1]))
+                        for p in points))
+    assert list(drawn) == sorted(CURVE_STEPS) == expected["step"].tolist()
+    assert list(drawn.values()) == pytest.approx(expected["mean"].tolist(), rel=1e-9)
+    final = leaderboard(loaded.scores)
+    dpo = next(r for r in final if (r["method"], r["suite"], r["metric"]) == ("dpo", "toy-seen", "aesthetic"))
+    assert expected["mean"].iloc[-1] == dpo["mean"]
+    assert not driver.find_elements(By.CSS_SELECTOR, "[data-testid='stException']")
+
+
+def test_run_details_in_chromium_show_a_missing_figure_as_a_dash(browser) -> None:
+    """Each run's own figures; what a run lacks (here CPU- and GPU-hours, peak memory) reads '–', never 'None'."""
+    driver, _ = browser
+    _open_page(driver, "Run details")
+    cells = _wait(driver, lambda d: (lambda c: c if set(METHODS) <= set(c) else None)(d.execute_script(READ_GRID, 0)),
+                  "run-details")
+    rows = {row[1]: row for row in (cells[i:i + 10] for i in range(0, len(cells), 10))}
+    assert set(rows) == set(METHODS) | {f"dpo@{step}" for step in CURVE_STEPS}  # --eval-every's runs are runs too
+    for method in METHODS:  # run, method, status, started, ended, wall, CPU-h, GPU-h, UNet evals, peak memory
+        assert rows[method][5:] == ["12.5", "–", "–", "4", "–"]
+    assert rows["dpo@1"][5:] == ["–"] * 5  # the fixture records no compute for these

@@ -21,11 +21,11 @@ from streamlit.testing.v1 import AppTest
 from dashboard.data import (
     NO_INTERVAL,
     best_cells,
+    experiments_from,
     image_file,
     leaderboard_frame,
     load_results,
     overview_table,
-    results_dir_from,
     thumbnail,
 )
 import dashboard.data
@@ -93,10 +93,14 @@ def chart_data(at: AppTest) -> pd.DataFrame:
 
 # -- tables, without Streamlit ---------------------------------------------------------------
 def test_results_dir_comes_from_out_first_then_the_environment(tmp_path: Path) -> None:
-    assert results_dir_from(["-x", "--out", str(tmp_path)], {"HARNESS_OUT": "/elsewhere"}) == tmp_path.resolve()
-    assert results_dir_from(["-q"], {"HARNESS_OUT": str(tmp_path)}) == tmp_path.resolve()
+    def roots(argv: list[str], environ: dict[str, str]) -> list[Path]:
+        return [e.results.root for e in experiments_from(argv, environ)]
+
+    assert roots(["-x", "--out", str(tmp_path)], {"HARNESS_OUT": "/elsewhere"}) == [tmp_path.resolve()]
+    assert roots(["-q"], {"HARNESS_OUT": str(tmp_path)}) == [tmp_path.resolve()]
+    assert roots(["--out", "a", "--out", "b"], {}) == [Path("a").resolve(), Path("b").resolve()]
     with pytest.raises(HarnessError, match="HARNESS_OUT"):
-        results_dir_from([], {})
+        experiments_from([], {})
 
 
 def test_image_paths_stay_inside_the_results_dir(results_dir: Path, tmp_path: Path) -> None:
@@ -267,7 +271,11 @@ def test_training_page_draws_one_chart_per_term(results_dir: Path, monkeypatch: 
 def test_run_details_page_shows_provenance_and_overlaps(results_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     at = show(open_app(results_dir, monkeypatch), "Run details")
     assert at.dataframe[0].value["method"].tolist() == list(METHODS)
-    dro_run = int(at.dataframe[0].value.set_index("method").loc["dro", "run_id"])
+    # Each run's figures; what the fixture's runs lack (CPU- and GPU-hours, peak memory) shows as '–'.
+    cells = at.dataframe[0].value.set_index("method")
+    assert cells.loc["dro", ["wall s", "UNet evals / sample"]].tolist() == ["12.5", "4"]
+    assert cells.loc["dro", ["CPU-hours", "GPU-hours", "peak memory MiB"]].tolist() == ["–"] * 3
+    dro_run = int(cells.loc["dro", "run"])
     at.selectbox(key="details_run").set_value(dro_run).run()
     assert at.dataframe[1].value["step"].tolist() == [TRAIN_STEPS]
     assert at.dataframe[2].value.to_dict("records") == [{"suite": "toy-unseen", "split": "unseen", "n_overlap": 1}]
@@ -275,7 +283,7 @@ def test_run_details_page_shows_provenance_and_overlaps(results_dir: Path, monke
         {"metric": "pickscore", "source": "experts ranked by pickscore (top 2)"}]
     assert [w.value for w in at.warning] and "dro" in at.warning[0].value
     assert '"beta": 5000' in at.json[2].value
-    base_run = int(at.dataframe[0].value.set_index("method").loc["base", "run_id"])
+    base_run = int(cells.loc["base", "run"])
     at.selectbox(key="details_run").set_value(base_run).run()
     assert len(at.dataframe) == 2 and "None recorded." in [c.value for c in at.caption]
 

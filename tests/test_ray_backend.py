@@ -21,11 +21,12 @@ ray = pytest.importorskip("ray", reason="the Ray backend needs Ray: pip install 
 # splits into two shards when both CPUs of the cluster are free, and each shard must keep the one-process
 # run's batches: the tiny model's numbers depend on the batch size.
 IMAGES_PER_PROMPT = 3
-# The preset's two scorers and a lower-is-better one (its direction must reach the store from the actors too).
+# The preset's two scorers and a lower-is-better one (its direction must reach the store from the actors too);
+# --eval-every 1: dpo's UNets of steps 1 and 2 evaluated too, as runs dpo@1 and dpo@2 (harness.curves).
 SCORERS = ("toy-fidelity", "toy-quality", "toy-error")
 LOWER_IS_BETTER = Path(__file__).parent / "plugins" / "toy_error.py"
 RUN = ("--plugin", str(LOWER_IS_BETTER), "run", "--preset", "tiny", "--methods", "dpo", "--images-per-prompt",
-       str(IMAGES_PER_PROMPT), "--scorers", ",".join(SCORERS))
+       str(IMAGES_PER_PROMPT), "--scorers", ",".join(SCORERS), "--eval-every", "1")
 PLUGIN = Path(__file__).with_name("ray_kill_plugin.py")
 
 
@@ -127,7 +128,7 @@ def test_a_ray_run_gives_the_local_results_byte_for_byte(ray_run, local_run):
     row, manifest and run status: the local run's, though two workers died on the way."""
     out, result = ray_run
     assert "on Ray (2 CPUs, 0 GPUs)" in result.stdout
-    assert "base: generation, 2 shards" in result.stdout  # the cluster was idle: both CPUs took a shard
+    assert "base: generation in 2 shards" in result.stdout  # the cluster was idle: both CPUs took a shard
     assert leaderboard_json(out) == leaderboard_json(local_run)
     ours, theirs = results(out), results(local_run)
     for what in theirs:
@@ -140,9 +141,10 @@ def test_killed_workers_were_retried_and_nothing_was_recorded_twice(ray_run, clu
     assert sorted(path.name for path in markers.iterdir()) == ["scoring", "training"]  # both workers died
     assert result.stdout.count("== dpo: training") == 2  # the killed attempt's stage line, then the retry's
     ours = results(out)
-    # Two models, two suites of four prompts, three scorers, each row once (the keys are the tables' own).
-    assert len(ours["images"]) == 2 * 2 * 4 * IMAGES_PER_PROMPT and len(ours["scores"]) == 3 * len(ours["images"])
+    # Four runs (base, dpo, and with --eval-every 1 dpo@1 and dpo@2), two suites of four prompts, three scorers,
+    # each row once (the keys are the tables' own).
+    assert len(ours["images"]) == 4 * 2 * 4 * IMAGES_PER_PROMPT and len(ours["scores"]) == 3 * len(ours["images"])
     assert {(score[4], score[7]) for score in ours["scores"]} == {("toy-fidelity", 1), ("toy-quality", 1),
                                                                   ("toy-error", 0)}  # each scorer's direction
-    assert ours["statuses"] == [("base", "done"), ("dpo", "done")]
+    assert ours["statuses"] == [("base", "done"), ("dpo", "done"), ("dpo@1", "done"), ("dpo@2", "done")]
     assert not (out / ".ray-journals").exists()  # every write the training recorded was made

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import math
 import time
 from datetime import datetime
 from pathlib import Path
@@ -13,6 +12,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from streamlit.testing.v1 import AppTest
+
+from conftest import harness_cli
 
 from harness.compute import JobClock
 from harness.run import RunOptions, run
@@ -66,10 +67,26 @@ def test_a_job_costs_its_cpu_time_on_a_cpu_and_its_wall_time_on_a_gpu():
     _spin(0.3)
     wall = time.perf_counter() - started
     on_cpu, on_gpu = cpu.figures("eval"), gpu.figures("train")
-    assert set(on_cpu) == {"cpu_hours", "eval_cpu_hours"} and on_cpu["cpu_hours"] == on_cpu["eval_cpu_hours"]
+    assert set(on_cpu) == {"cpu_hours", "eval_cpu_hours", "wall_s", "eval_wall_s", "peak_memory_mb",
+                           "eval_peak_memory_mb"}
+    assert on_cpu["cpu_hours"] == on_cpu["eval_cpu_hours"] and on_cpu["wall_s"] == on_cpu["eval_wall_s"]
     assert 0.3 <= on_cpu["cpu_hours"] * 3600 < 0.5
-    assert set(on_gpu) == {"gpu_hours", "train_gpu_hours"}
+    assert wall <= on_cpu["wall_s"] < wall + 0.1
+    # No GPU here to measure the memory of: that figure is missing, not made up.
+    assert set(on_gpu) == {"gpu_hours", "train_gpu_hours", "wall_s", "train_wall_s"}
     assert wall <= on_gpu["gpu_hours"] * 3600 < wall + 0.1
+
+
+@pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="resets the peak resident set as Linux does")
+def test_a_jobs_peak_memory_is_its_own_not_its_worker_processes():
+    """A worker runs job after job: each job's peak starts from what the process holds when it starts."""
+    big = JobClock(on_gpu=False)
+    block = bytearray(256 * 2**20)
+    block[::4096] = b"x" * len(block[::4096])  # touched, so resident
+    first = big.figures("eval")["peak_memory_mb"]
+    del block
+    second = JobClock(on_gpu=False).figures("eval")["peak_memory_mb"]
+    assert first >= 256 and second < first - 200
 
 
 def test_each_run_records_its_cpu_hours_and_the_dashboard_shows_them(tiny_run_dir, monkeypatch):
@@ -95,8 +112,46 @@ def test_each_run_records_its_cpu_hours_and_the_dashboard_shows_them(tiny_run_di
     at.sidebar.radio(key="page").set_value("Run details").run()
     assert not at.exception, at.exception
     shown = at.dataframe[0].value.set_index("method")
-    assert math.isclose(shown.loc["dpo", "cpu_hours"], dpo["cpu_hours"])
-    assert pd.isna(shown.loc["dpo", "gpu_hours"])
+    assert shown.loc["dpo", "CPU-hours"] == f"{dpo['cpu_hours']:.4g}" and shown.loc["dpo", "GPU-hours"] == "–"
+
+
+def test_each_run_has_its_own_times_and_figures_in_the_store_the_cli_and_the_dashboard(tiny_run_dir, monkeypatch):
+    with Store(tiny_run_dir, readonly=True) as store:
+        runs = store.runs_frame().set_index("method")
+        checkpoints = store.checkpoints_frame().set_index("method")
+    compute = {method: json.loads(runs.loc[method, "compute"]) for method in ("base", "dpo")}
+    for method in ("base", "dpo"):
+        run = runs.loc[method]
+        started, ended = datetime.fromisoformat(run["started_at"]), datetime.fromisoformat(run["ended_at"])
+        # Its own jobs' wall time, which (one job after another) fits between its own start and end
+        # (times are stored to the second).
+        assert 0 < run["wall_s"] <= (ended - started).total_seconds() + 2
+        assert run["peak_memory_mb"] > 0 and run["status"] == "done"
+    dpo = compute["dpo"]
+    assert dpo["wall_s"] == pytest.approx(dpo["train_wall_s"] + dpo["eval_wall_s"])
+    assert dpo["peak_memory_mb"] == max(dpo["train_peak_memory_mb"], dpo["eval_peak_memory_mb"])
+    # dpo's training (its checkpoint) lies within dpo's own start and end.
+    assert runs.loc["dpo", "started_at"] <= checkpoints.loc["dpo", "created_at"] <= runs.loc["dpo", "ended_at"]
+    assert runs.loc["dpo", "unet_evals_per_sample"] > 0 and pd.isna(runs.loc["base", "unet_evals_per_sample"])
+
+    result = harness_cli("runs", "--out", str(tiny_run_dir))
+    assert result.returncode == 0, result.stderr
+    header, *rows = result.stdout.splitlines()
+    assert header.split("  ")[:3] == ["run", "method", "status"] and "peak memory MiB" in header
+    printed = {row.split()[1]: row.split() for row in rows}
+    # run, method, status, started, ended, wall, CPU-hours, GPU-hours, UNet evals per sample, peak memory
+    assert printed["base"][4:] == [runs.loc["base", "ended_at"].removesuffix("+00:00"),
+                                   f"{runs.loc['base', 'wall_s']:.1f}", f"{runs.loc['base', 'cpu_hours']:.4g}", "–", "–",
+                                   f"{runs.loc['base', 'peak_memory_mb']:.0f}"]
+    assert printed["dpo"][8] == f"{runs.loc['dpo', 'unet_evals_per_sample']:.4g}" and "None" not in result.stdout
+
+    monkeypatch.setenv("HARNESS_OUT", str(tiny_run_dir))
+    at = AppTest.from_file(str(APP), default_timeout=60).run()
+    at.sidebar.radio(key="page").set_value("Run details").run()
+    assert not at.exception, at.exception
+    # The same text as the CLI's: numbers as text, so a missing one shows as '–' in the browser too.
+    cells = at.dataframe[0].value.set_index("method")
+    assert cells.loc["base"].tolist()[1:] == printed["base"][2:] and cells.loc["dpo"].tolist()[1:] == printed["dpo"][2:]
 
 
 def test_a_published_checkpoint_records_the_reward_its_training_used(tmp_path, tiny_model_dir):

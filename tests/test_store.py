@@ -10,6 +10,7 @@ import sys
 import textwrap
 import time
 from contextlib import closing
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pandas as pd
@@ -92,6 +93,31 @@ def test_set_run_status_merges_compute_and_rejects_unknown_status(tmp_path: Path
             store.set_run_status(run_id, "finished")
         with pytest.raises(HarnessError, match="no run with id"):
             store.set_run_status(run_id + 99, "done")
+
+
+def test_a_runs_start_is_its_first_jobs_and_its_peak_memory_the_largest_jobs(tmp_path: Path) -> None:
+    def set_started(when: str) -> None:  # as if the run had been created (or started) then
+        store._conn.execute("UPDATE runs SET started_at = ? WHERE run_id = ?", (when, run_id))
+
+    with Store(tmp_path) as store:
+        run_id = new_run(store)
+        set_started("2000-01-01T00:00:00+00:00")
+        store.set_run_status(run_id, "running")  # its first job starts: the run starts now, not at its creation
+        started = store.runs_frame().iloc[0]["started_at"]
+        assert "2000-01-01T00:00:00+00:00" < started <= datetime.now(timezone.utc).isoformat()
+        set_started("2001-01-01T00:00:00+00:00")
+        store.set_run_status(run_id, "failed")
+        store.set_run_status(run_id, "running")  # resumed: still the first job's start
+        store.add_compute(run_id, {"wall_s": 2.0, "train_wall_s": 2.0, "peak_memory_mb": 900.0,
+                                   "train_peak_memory_mb": 900.0})
+        store.add_compute(run_id, {"wall_s": 1.5, "eval_wall_s": 1.5, "peak_memory_mb": 300.0,
+                                   "eval_peak_memory_mb": 300.0})
+        run = store.runs_frame().iloc[0]
+    assert run["started_at"] == "2001-01-01T00:00:00+00:00" and pd.isna(run["ended_at"])
+    assert (run["wall_s"], run["peak_memory_mb"]) == (3.5, 900.0)
+    assert json.loads(run["compute"]) == {"wall_s": 3.5, "train_wall_s": 2.0, "eval_wall_s": 1.5,
+                                          "peak_memory_mb": 900.0, "train_peak_memory_mb": 900.0,
+                                          "eval_peak_memory_mb": 300.0}
 
 
 def test_add_compute_sums_each_jobs_hours(tmp_path: Path) -> None:

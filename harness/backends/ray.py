@@ -8,7 +8,8 @@ What runs where:
   local job (``harness.run._train``) with its store writes recorded in a journal file in the
   results directory (``harness.store.StoreJournal``), which the driver makes while the training
   runs (the dashboard shows live curves) and at its end.
-- A model's evaluation (``harness.evaluate``'s, the local job's) is split: one shard per free GPU
+- A model's evaluation is ``harness.evaluate.evaluate`` (the local job's: the run's status, its
+  stage lines, its cost) run by the driver with its two parts split over the cluster: one shard per free GPU
   (CPU), each a task that loads the pipeline once and generates its part of every suite
   (``generate_suites(..., shard=)``: whole batches of the one-process run, each image with its
   seed, so the bytes are that run's); the driver merges the shards' manifests and records the
@@ -37,7 +38,7 @@ import math
 import os
 import sys
 import threading
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -46,6 +47,7 @@ import ray
 
 from harness.compute import GPUS_PER_JOB
 from harness.errors import HarnessError
+from harness.progress import say
 from harness.results import ResultsDir
 from harness.scoring.cache import SCORE_BATCH
 from harness.workers import wait_any
@@ -93,7 +95,9 @@ class RayBackend:
         return self.threads.submit(self._train, job)
 
     def evaluate(self, job: Any) -> Future:
-        return self.threads.submit(self._evaluate, job)
+        from harness.run import _evaluate
+
+        return self.threads.submit(_evaluate, job, self._evaluate)
 
     def wait_any(self, futures: Collection[Future]) -> set[Future]:
         return wait_any(futures)
@@ -117,48 +121,54 @@ class RayBackend:
             journal.path.parent.rmdir()
         return self._result(ref, f"{job.model.method}'s training")
 
-    def _evaluate(self, job: Any) -> None:
-        """``harness.evaluate.evaluate`` of the job's model, its generation in shards, its scoring on actors."""
-        from harness.run import evaluation_of
-        from harness.store import Store
+    def _evaluate(self, name: str, run_id: int, checkpoint: Checkpoint, protocol: Protocol, results: ResultsDir,
+                  stage: Callable[[str], None]) -> None:
+        """``harness.evaluate.evaluate``, with its generation in shards on the workers, its scoring on actors."""
+        from harness.compute import JobClock
+        from harness.evaluate import evaluate
 
-        name, run_id, results = job.model.method, job.model.run_id, ResultsDir(job.options.out)
-        checkpoint, protocol = evaluation_of(job)
+        evaluate(name, run_id, checkpoint, protocol, results, stage, generate=self._generate, score=self._score,
+                 clock=lambda: JobClock(on_gpu=False))  # the driver holds no GPU: the workers' hours are added
+
+    def _generate(self, name: str, run_id: int, checkpoint: Checkpoint, protocol: Protocol, results: ResultsDir,
+                  store: Any) -> dict[str, list[dict]]:
+        """``harness.evaluate.generate_suites``, in shards of whole batches, one per free GPU (CPU)."""
         n_shards = max(1, min(self._free_slots(), _most_batches(protocol)))
-        job.stage(f"{name}: generation, {n_shards} shard{'s' * (n_shards > 1)}")
+        say(f"   {name}: generation in {n_shards} shard{'s' * (n_shards > 1)}")
         refs = [_generate_shard.options(**self.slot, max_retries=RETRIES, name=f"{name} generation {r + 1}/{n_shards}")
                 .remote(name, run_id, checkpoint, protocol, results, (r, n_shards), self.setup)
                 for r in range(n_shards)]
         shards = [self._result(ref, f"{name}'s generation, shard {r} of {n_shards}") for r, ref in enumerate(refs)]
-        suites = _merged_images(results, [entries for entries, _ in shards])
-        with Store(results.db) as store:
-            for images in suites:
-                store.add_images(run_id, **images)
-            job.stage(f"{name}: scoring")
-            scoring_cost = self._score(run_id, suites, protocol, results, store)
-            store.add_compute(run_id, _total([cost for _, cost in shards] + [scoring_cost]))
+        manifests = {}
+        for suite, (images, manifest) in _merged_images(results, [entries for entries, _ in shards]).items():
+            store.add_images(run_id, **images)
+            manifests[suite] = manifest
+        for _, cost in shards:
+            store.add_compute(run_id, _hours(cost))
+        return manifests
 
-    def _score(self, run_id: int, suites: list[dict], protocol: Protocol, results: ResultsDir,
-               store: Any) -> dict[str, float]:
-        """Score every image with every scorer (what the cache lacks, on scorer actors); returns their cost."""
+    def _score(self, name: str, run_id: int, manifests: dict[str, list[dict]], scorers: Sequence[str],
+               scorer_options: Mapping[str, Mapping[str, Any]], results: ResultsDir, store: Any) -> None:
+        """``harness.evaluate.score_suites``, what the score cache lacks scored on actors, one per free GPU (CPU)."""
         from harness.evaluate import score_rows
         from harness.scoring import score_images
         from harness.scoring.cache import ScoreCache
 
-        n_images = sum(len(images["rows"]) for images in suites)
+        n_images = sum(len(rows) for rows in manifests.values())
         actors = [_Scorers.options(**self.slot, max_restarts=RETRIES, max_task_retries=RETRIES).remote(self.setup)
                   for _ in range(max(1, min(self._free_slots(), math.ceil(n_images / SCORE_BATCH))))]
         try:
             with ScoreCache(results.score_cache) as cache:
-                for name in protocol.scorers:
-                    scorer = _RemoteScorer(self, actors, name, dict(protocol.scorer_options.get(name, {})))
-                    for images in suites:
-                        rows = images["rows"]
-                        values = score_images(scorer, [_ImageFile(results.file(row["path"])) for row in rows],
+                for scorer_name in scorers:
+                    scorer = _RemoteScorer(self, actors, scorer_name, dict(scorer_options.get(scorer_name, {})))
+                    for suite_name, rows in manifests.items():
+                        folder = results.images(name, suite_name)
+                        values = score_images(scorer, [_ImageFile(folder / row["path"]) for row in rows],
                                               [row["prompt"] for row in rows], [row["sha256"] for row in rows],
                                               cache=cache, batch_size=len(rows))  # the scorer splits the batches
-                        store.add_scores(run_id, suite=images["suite"], rows=score_rows(scorer, rows, values))
-            return _total([self._result(actor.cost.remote(), "a scorer's cost") for actor in actors])
+                        store.add_scores(run_id, suite=suite_name, rows=score_rows(scorer, rows, values))
+            for actor in actors:
+                store.add_compute(run_id, _hours(self._result(actor.cost.remote(), "a scorer's cost")))
         finally:
             for actor in actors:
                 ray.kill(actor)
@@ -342,9 +352,9 @@ def _most_batches(protocol: Protocol) -> int:
     return max(batches(suite_name) for suite_name in protocol.suites)
 
 
-def _merged_images(results: ResultsDir, shards: list[list[dict]]) -> list[dict]:
-    """The ``add_images`` calls the shards recorded, one per suite with every shard's rows in prompt order;
-    each suite's manifest written from them (``harness.sampling.merge_shards``)."""
+def _merged_images(results: ResultsDir, shards: list[list[dict]]) -> dict[str, tuple[dict, list[dict]]]:
+    """By suite: the ``add_images`` call the shards recorded, with every shard's rows in prompt order, and the
+    suite's manifest rows, the manifest written from them (``harness.sampling.merge_shards``)."""
     from harness.sampling import merge_shards
 
     suites: dict[str, dict] = {}
@@ -354,20 +364,18 @@ def _merged_images(results: ResultsDir, shards: list[list[dict]]) -> list[dict]:
                 raise HarnessError(f"a generation shard made a store write the driver does not merge: {entry['write']}")
             images = entry["kwargs"]
             suites.setdefault(images["suite"], {**images, "rows": []})["rows"] += images["rows"]
-    for images in suites.values():
+    merged = {}
+    for suite, images in suites.items():
         # The store's paths are relative to the results directory, the manifest's to the suite's folder.
         folder = Path(images["rows"][0]["path"]).parent
         manifest = merge_shards(results.file(folder), [{**row, "path": Path(row["path"]).name} for row in images["rows"]])
-        images["rows"] = [{**row, "path": str(folder / row["path"])} for row in manifest]
-    return list(suites.values())
+        merged[suite] = ({**images, "rows": [{**row, "path": str(folder / row["path"])} for row in manifest]}, manifest)
+    return merged
 
 
-def _total(costs: list[dict[str, float]]) -> dict[str, float]:
-    total: dict[str, float] = {}
-    for cost in costs:
-        for key, value in cost.items():
-            total[key] = total.get(key, 0.0) + value
-    return total
+def _hours(figures: dict[str, float]) -> dict[str, float]:
+    """A worker's cost without its wall time: the evaluation's is the driver's (its parts ran side by side)."""
+    return {key: value for key, value in figures.items() if not key.endswith("wall_s")}
 
 
 def _first_line(exc: BaseException) -> str:

@@ -1,0 +1,78 @@
+"""Metrics over training (`harness run --eval-every N`): the curve ends on the final number."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from streamlit.dataframe_util import convert_arrow_bytes_to_pandas_df
+from streamlit.testing.v1 import AppTest
+
+from harness.curves import curve_points
+from harness.errors import HarnessError
+from harness.presets import get_preset
+from harness.run import RunOptions, run, validate
+from harness.store import Store
+
+APP = Path(__file__).resolve().parent.parent / "dashboard" / "app.py"
+
+
+def test_the_curve_ends_on_the_final_number_in_the_store_tensorboard_and_dashboard(tmp_path, capsys, monkeypatch):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = tmp_path / "out"
+    rows = run(RunOptions(methods=["dpo"], out=out, preset="tiny", suites=["toy-seen", "toy-unseen"], max_prompts=2,
+                          images_per_prompt=1, eval_every=1, eval_suites=["toy-seen"], jobs=1))
+    printed = capsys.readouterr().out
+    # The cost, said before anything runs: the tiny preset trains 2 steps, so 2 points of 2 prompts x 1 image.
+    assert "--eval-every 1: 2 more evaluations (dpo 2) of 2 images each on toy-seen: 4 images" in printed
+    assert printed.index("--eval-every 1") < printed.index("base model")
+    assert {r["method"] for r in rows} == {"base", "dpo"}  # the intermediate UNets are no leaderboard rows
+
+    with Store(out, readonly=True) as store:
+        points = curve_points(store.scores_frame())
+        images = store.images_frame().set_index(["method", "suite", "prompt_id"])["sha256"]
+    assert sorted(set(zip(points["method"], points["step"], points["suite"]))) == [
+        ("dpo", 1, "toy-seen"), ("dpo", 2, "toy-seen")]
+    final = {(r["suite"], r["metric"]): r for r in rows if r["method"] == "dpo"}
+    for point in points[points["step"] == 2].itertuples():
+        # Evaluated anew from the final UNet, with the final evaluation's prompts, seeds, sampler and scorers.
+        assert (point.mean, point.ci_low, point.ci_high) == tuple(
+            final[point.suite, point.metric][k] for k in ("mean", "ci_low", "ci_high"))
+        assert point.delta_vs_base == final[point.suite, point.metric]["delta_vs_base"]
+    seen = images.xs("toy-seen", level="suite")
+    assert seen["dpo@2"].equals(seen["dpo"]) and not seen["dpo@1"].equals(seen["dpo"])
+
+    events = EventAccumulator(str(out / "models" / "dpo" / "tensorboard")).Reload()
+    for metric in points["metric"].unique():
+        curve = points[points["metric"] == metric]
+        logged = events.Scalars(f"eval/toy-seen/{metric}")
+        assert [e.step for e in logged] == curve["step"].tolist()
+        assert [e.value for e in logged] == pytest.approx(curve["mean"].tolist())  # float32 in TensorBoard
+
+    monkeypatch.setenv("HARNESS_OUT", str(out))
+    at = AppTest.from_file(str(APP), default_timeout=60).run()
+    at.sidebar.radio(key="page").set_value("Curves").run()
+    assert not at.exception, at.exception
+    label = at.selectbox(key="curves_metric").value
+    metric = label.split(" ")[0]
+    (chart,) = at.get("vega_lite_chart")
+    drawn = convert_arrow_bytes_to_pandas_df(chart.proto.datasets[0].data.data)
+    expected = points[points["metric"] == metric]
+    assert drawn["step"].tolist() == expected["step"].tolist()
+    for column in ("mean", "ci_low", "ci_high"):
+        assert drawn[column].tolist() == expected[column].tolist()
+    table = at.dataframe[0].value
+    assert table["step"].tolist() == [1, 2] and table["mean"].iloc[-1] == final["toy-seen", metric]["mean"]
+
+
+def test_eval_every_options_are_checked_before_anything_runs(tmp_path):
+    tiny = get_preset("tiny")
+    with pytest.raises(HarnessError, match="--pretrained trains nothing"):
+        validate(RunOptions(methods=["dpo"], out=tmp_path, preset="tiny", pretrained=True, eval_every=1), tiny)
+    with pytest.raises(HarnessError, match="--eval-suites parti: not a suite of this run"):
+        validate(RunOptions(methods=["dpo"], out=tmp_path, preset="tiny", eval_every=1, eval_suites=["parti"]), tiny)
+    with pytest.raises(HarnessError, match="give --eval-every N too"):
+        validate(RunOptions(methods=["dpo"], out=tmp_path, preset="tiny", eval_suites=["toy-seen"]), tiny)
+    with pytest.raises(HarnessError, match="--eval-every must be at least 1"):
+        validate(RunOptions(methods=["dpo"], out=tmp_path, preset="tiny", eval_every=0), tiny)
