@@ -14,6 +14,7 @@ import pytest
 
 from conftest import harness_cli
 from harness.errors import HarnessError
+from harness.results import ResultsDir
 
 ray = pytest.importorskip("ray", reason="the Ray backend needs Ray: pip install '.[ray]'")
 
@@ -147,4 +148,4 @@ def test_killed_workers_were_retried_and_nothing_was_recorded_twice(ray_run, clu
     assert {(score[4], score[7]) for score in ours["scores"]} == {("toy-fidelity", 1), ("toy-quality", 1),
                                                                   ("toy-error", 0)}  # each scorer's direction
     assert ours["statuses"] == [("base", "done"), ("dpo", "done"), ("dpo@1", "done"), ("dpo@2", "done")]
-    assert not (out / ".ray-journals").exists()  # every write the training recorded was made
+    assert not ResultsDir(out).ray_journals.exists()  # every write the training recorded was made
