@@ -9,10 +9,4 @@ if command -v pdflatex >/dev/null 2>&1; then
     exit 0
 fi
 
-SUDO=""
-if [ "$(id -u)" -ne 0 ]; then
-    SUDO="sudo"
-fi
-export DEBIAN_FRONTEND=noninteractive
-$SUDO apt-get update -qq
-$SUDO apt-get install -y -qq --no-install-recommends texlive-latex-base
+bash "$(dirname "$0")/apt-install.sh" texlive-latex-base

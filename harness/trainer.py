@@ -17,6 +17,7 @@ run to end with exactly the weights of an uninterrupted one.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -227,13 +228,12 @@ class Trainer:
     def _context(self) -> TrainingContext:
         from harness.train_features import module_fingerprint
 
-        starting_weights: list[str] = []
+        # Keyed by the weights training starts from (hashed once, on first use): another base model or
+        # init_unet never shares a method's cache.
+        starting_weights = functools.cache(lambda: module_fingerprint(self.unet))
 
         def cache(name: str) -> Path:
-            # Keyed by the weights training starts from: another base model or init_unet never shares it.
-            if not starting_weights:
-                starting_weights.append(module_fingerprint(self.unet))
-            return self.cache_dir / name / starting_weights[0]
+            return self.cache_dir / name / starting_weights()
 
         return TrainingContext(models=self.models, scheduler=self.noise_scheduler, latent_shape=self.latent_shape,
                                grad_accum=self.grad_accum, captions=self.examples.captions(),

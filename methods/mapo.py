@@ -87,9 +87,9 @@ class MaPOConfig(TrainConfig):
     def validate(self) -> None:
         super().validate()
         if self.beta < 0:
-            raise HarnessError(f"mapo: beta must be at least 0, not {self.beta}")
+            raise HarnessError(f"beta must be at least 0, not {self.beta}")
         if self.snr_value <= 0:
-            raise HarnessError(f"mapo: snr_value must be positive, not {self.snr_value}")
+            raise HarnessError(f"snr_value must be positive, not {self.snr_value}")
 
 
 @register_method("mapo")

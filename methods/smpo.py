@@ -63,8 +63,6 @@ def check_score_range(scores: np.ndarray, lo: float, hi: float, scorer: str) -> 
     if np.isnan(scores).any():
         raise HarnessError(f"smpo: {int(np.isnan(scores).sum())} pair image(s) have no score; SmPO's labels need "
                            f"both images of every pair scored ({scorer})")
-    if hi <= lo:
-        raise HarnessError(f"smpo: score_hi ({hi}) must be greater than score_lo ({lo})")
     slack = 0.1 * (hi - lo)
     outside = (scores < lo - slack) | (scores > hi + slack)
     if outside.any():

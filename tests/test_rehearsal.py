@@ -25,9 +25,10 @@ from pathlib import Path
 import pytest
 
 from conftest import harness_cli
+from harness.api import METHODS as REGISTERED
 
 PLUGIN = Path(__file__).resolve().parent / "plugins" / "tiny_scorer_archs.py"
-METHODS = ("dpo", "dro", "smpo", "sft")
+METHODS = tuple(REGISTERED.names())  # every registered method on the papers' recipes, a new one included
 SCORERS = ("pickscore", "hpsv2", "hpsv2.1", "imagereward", "clip", "aesthetic")
 
 
@@ -47,7 +48,7 @@ def test_published_recipes_run_end_to_end_offline(shape, request, tmp_path, pick
     vae = ["--vae", str(model / "vae")] if shape == "sdxl" else []
     result = harness_cli(
         "--plugin", str(PLUGIN), "run", "--preset", shape, "--model", str(model), *vae, "--data", str(pickapic_v2_dir),
-        "--methods", "dpo,dro,smpo,sft", "--suites", f"pickapic-test:{pickapic_v2_dir},hpdv2:{hpdv2_dir}",
+        "--methods", ",".join(METHODS), "--suites", f"pickapic-test:{pickapic_v2_dir},hpdv2:{hpdv2_dir}",
         "--max-prompts", "1", "--images-per-prompt", "1", "--steps", "2", "--out", str(out),
         "--set", "max_steps=1", "--set", "effective_batch_size=None", "--set", "dro.expert_top_k=10",
         "--set", "dro.sampler_steps=4", "--set", "smpo.inversion_steps=2",

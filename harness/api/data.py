@@ -65,8 +65,20 @@ class Examples(Sequence):
         record, part = divmod(index, self.per_record)
         return self.make(self.records[record], part)
 
-    def captions(self) -> list[str]:
-        return [self.records[i].caption for i in range(len(self.records)) for _ in range(self.per_record)]
+    def captions(self) -> Sequence[str]:
+        """Each example's caption, read when asked for (a Pick-a-Pic row is read whole)."""
+        return _Captions(self)
+
+
+class _Captions(Sequence):
+    def __init__(self, examples: Examples) -> None:
+        self.examples = examples
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def __getitem__(self, index: int) -> str:  # type: ignore[override]
+        return self.examples.records[index // self.examples.per_record].caption
 
 
 def _score(value: float | None) -> float:
@@ -96,12 +108,6 @@ class DataSpec(ABC):
     def __repr__(self) -> str:
         fields = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if v is not None)
         return f"{type(self).__name__}({fields})"
-
-    def __eq__(self, other: object) -> bool:
-        return type(self) is type(other) and vars(self) == vars(other)
-
-    def __hash__(self) -> int:
-        return hash((type(self).__name__, tuple(sorted(vars(self).items()))))
 
 
 class Pairs(DataSpec):

@@ -20,6 +20,7 @@ from __future__ import annotations
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Any, Callable, ClassVar, Literal
 
 import numpy as np
@@ -226,7 +227,7 @@ class TrainingContext:
     scheduler: Any  # the training noise scheduler (diffusers DDPMScheduler); its config has the schedule
     latent_shape: tuple[int, int, int]  # (C, H, W) of one training latent
     grad_accum: int  # forward/backward passes per optimizer step
-    captions: list[str]  # every training example's caption, in data order
+    captions: Sequence[str]  # every training example's caption, in data order (read on access)
     data_scores: np.ndarray  # every score the training data carries (NaN where missing); reads no image
     encode: Callable[[list[str]], Cond]  # captions -> conditioning, as the batches are encoded
     cache: Callable[[str], Path]
