@@ -15,8 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from harness.api import (Batch, LabelledImages, Method, Models, TrainConfig, per_sample_error, randn_like,
-                         register_method, sample_timesteps)
+from harness.api import Batch, LabelledImages, Method, Models, TrainConfig, per_sample_error, register_method
 
 
 @dataclass
@@ -34,10 +33,9 @@ class DesirableSFT(Method):
     presets = {"toy": {"lr": 3e-5}, "tiny": {}}
 
     def loss(self, batch: Batch, models: Models) -> tuple[torch.Tensor, dict[str, float]]:
-        t = sample_timesteps(len(batch.cond), batch.generator, models.scheduler.config.num_train_timesteps)
-        t = t.to(batch.latents.device)
-        noise = randn_like(batch.latents, batch.generator)
-        error = per_sample_error(models.policy(models.add_noise(batch.latents, noise, t), t, batch.cond), noise)
+        # x_t, its timestep and the network's target, from the base model's own forward process.
+        latents_t, t, target = models.process.noisy(batch.latents, batch.generator)
+        error = per_sample_error(models.policy(latents_t, t, batch.cond), target)
         desirable = (batch.labels == 1.0).float().to(error.device)
         loss = (error * desirable).sum() / desirable.sum().clamp(min=1.0)
         return loss, {"model_mse": error.mean().item(), "desirable": desirable.mean().item()}

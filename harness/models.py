@@ -1,6 +1,6 @@
 """Build and load Stable-Diffusion-shaped pipelines.
 
-Real models (SD1.5, SDXL) are loaded by hub id or local directory through
+Real models (SD1.5, SDXL, SD3 / SD3.5) are loaded by hub id or local directory through
 diffusers' ``from_pretrained``.  Offline, the same code path is exercised on
 tiny pipelines built here from configs and saved with ``save_pretrained``;
 their tokenizer is the real CLIP BPE tokenizer, rebuilt from the vocabulary
@@ -81,7 +81,12 @@ class TinyPipelineConfig:
     - ``"sdxl"``: SDXL base's layout (StableDiffusionXLPipeline: DownBlock2D then
       CrossAttnDownBlock2D, two CLIP text encoders whose hidden states are concatenated, the second
       with a projection giving the pooled embedding, "text_time" added conditioning, Euler
-      scheduler, VAE scaling factor 0.13025, ``force_zeros_for_empty_prompt``).
+      scheduler, VAE scaling factor 0.13025, ``force_zeros_for_empty_prompt``);
+    - ``"sd3"``: SD3.5 Medium's layout (StableDiffusion3Pipeline: an MMDiT ``SD3Transformer2DModel``
+      with dual attention in its first layers and RMS query/key norms, two CLIP text encoders with
+      projections (the pooled embedding is both projections side by side), no T5 (the pipeline feeds
+      zeros in its place), a 16-channel VAE with shift 0.0609 and scale 1.5305, flow-matching Euler
+      scheduler with shift 3).  ``transformer_*`` set its size; ``block_out_channels`` are unused.
     ``TINY_SHAPES`` holds small instances of each.
     """
 
@@ -97,6 +102,10 @@ class TinyPipelineConfig:
     layout: str = "tiny"
     text_hidden_size_2: int = 32  # sdxl: width and projection of the second text encoder (OpenCLIP bigG's role)
     addition_time_embed_dim: int = 8  # sdxl: embedding width of each of the 6 size / crop conditioning numbers
+    transformer_layers: int = 2  # sd3: MMDiT blocks (the first one with dual attention, as SD3.5 Medium)
+    transformer_heads: int = 2
+    transformer_head_dim: int = 8
+    joint_attention_dim: int = 64  # sd3: T5's width (4096 in SD3); the CLIP states are zero-padded to it
 
 
 # The real models' structure at widths small enough for CPU tests: SD1.5 (512 px, latents 64x64,
@@ -110,6 +119,12 @@ TINY_SHAPES: dict[str, TinyPipelineConfig] = {
     "sdxl": TinyPipelineConfig(layout="sdxl", image_size=1024, block_out_channels=(8, 16, 32),
                                attention_head_dim=(1, 1, 2), text_hidden_size=16, text_hidden_size_2=32, text_layers=1,
                                vae_block_out_channels=(4, 8, 16, 16), addition_time_embed_dim=8),
+    # SD3.5 Medium: 1024 px, 16-channel latents 128x128, patches of 2 (4096 image tokens).
+    "sd35": TinyPipelineConfig(layout="sd3", image_size=1024, latent_channels=16, text_hidden_size=16,
+                               text_hidden_size_2=32, text_layers=1, vae_block_out_channels=(4, 8, 16, 16),
+                               transformer_layers=2, transformer_heads=1, transformer_head_dim=16),
+    # The flow-matching test pipeline: SD3's layout at the test pipeline's 32 px.
+    "tiny-sd3": TinyPipelineConfig(layout="sd3", latent_channels=16),
 }
 
 
@@ -142,17 +157,78 @@ def _scheduler(layout: str):
     if layout == "sdxl":
         return EulerDiscreteScheduler(**betas, timestep_spacing="leading", interpolation_type="linear",
                                       prediction_type="epsilon", use_karras_sigmas=False)
+    if layout == "sd3":
+        from diffusers import FlowMatchEulerDiscreteScheduler
+
+        return FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=3.0)
     return DDPMScheduler(**betas, clip_sample=False)
 
 
+def _tiny_vae(config: TinyPipelineConfig, **extra: Any):
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        latent_channels=config.latent_channels,
+        block_out_channels=config.vae_block_out_channels,
+        down_block_types=("DownEncoderBlock2D",) * len(config.vae_block_out_channels),
+        up_block_types=("UpDecoderBlock2D",) * len(config.vae_block_out_channels),
+        layers_per_block=1,
+        norm_num_groups=min(32, config.vae_block_out_channels[0]),
+        sample_size=config.image_size,
+        **extra,
+    )
+
+
+def _tiny_sd3_pipeline(config: TinyPipelineConfig, tokenizer_dir: Path):
+    """SD3.5 Medium's structure at a tiny size, without T5 (see ``TinyPipelineConfig``)."""
+    from diffusers import SD3Transformer2DModel, StableDiffusion3Pipeline
+    from transformers import CLIPTextModelWithProjection
+
+    latent_size = config.image_size // 2 ** (len(config.vae_block_out_channels) - 1)
+    encoders = [CLIPTextModelWithProjection(_clip_text_config(width, config.text_layers, projection_dim=width,
+                                                              hidden_act="gelu"))
+                for width in (config.text_hidden_size, config.text_hidden_size_2)]
+    transformer = SD3Transformer2DModel(
+        sample_size=latent_size,
+        patch_size=2,
+        in_channels=config.latent_channels,
+        out_channels=config.latent_channels,
+        num_layers=config.transformer_layers,
+        attention_head_dim=config.transformer_head_dim,
+        num_attention_heads=config.transformer_heads,
+        joint_attention_dim=config.joint_attention_dim,
+        caption_projection_dim=config.transformer_heads * config.transformer_head_dim,
+        pooled_projection_dim=config.text_hidden_size + config.text_hidden_size_2,
+        pos_embed_max_size=latent_size // 2 * 3,  # SD3.5 Medium: 384 for 128 / 2 = 64 patches a side
+        dual_attention_layers=(0,),
+        qk_norm="rms_norm",
+    )
+    vae = _tiny_vae(config, scaling_factor=1.5305, shift_factor=0.0609, use_quant_conv=False,
+                    use_post_quant_conv=False)
+    return StableDiffusion3Pipeline(
+        transformer=transformer, scheduler=_scheduler("sd3"), vae=vae,
+        text_encoder=encoders[0], tokenizer=clip_tokenizer(tokenizer_dir),
+        # CLIP-G's tokenizer pads with "!" (OpenCLIP's convention), CLIP-L's with <|endoftext|>.
+        text_encoder_2=encoders[1], tokenizer_2=clip_tokenizer(tokenizer_dir, pad_token="!"),
+        text_encoder_3=None, tokenizer_3=None,
+    )
+
+
 def build_tiny_pipeline(config: TinyPipelineConfig = TinyPipelineConfig(), tokenizer_dir: str | Path | None = None):
-    """A randomly initialised StableDiffusionPipeline (or StableDiffusionXLPipeline) of the given tiny shape."""
-    from diffusers import AutoencoderKL, StableDiffusionPipeline, StableDiffusionXLPipeline, UNet2DConditionModel
+    """A randomly initialised pipeline of the given tiny shape: StableDiffusionPipeline, StableDiffusionXLPipeline
+    or (layout ``"sd3"``) StableDiffusion3Pipeline."""
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
+    torch.manual_seed(config.seed)
+    if tokenizer_dir is None:
+        tokenizer_dir = default_cache_dir() / "clip-tokenizer"
+    if config.layout == "sd3":
+        return _tiny_sd3_pipeline(config, Path(tokenizer_dir))
     sdxl = config.layout == "sdxl"
     down_blocks = _down_block_types(config)
-    torch.manual_seed(config.seed)
     latent_size = config.image_size // 2 ** (len(config.vae_block_out_channels) - 1)
     conditioning: dict[str, Any] = {"cross_attention_dim": config.text_hidden_size}
     if sdxl:  # the text encoders' hidden states are concatenated; the pooled one joins 6 size numbers
@@ -174,21 +250,8 @@ def build_tiny_pipeline(config: TinyPipelineConfig = TinyPipelineConfig(), token
         norm_num_groups=min(32, config.block_out_channels[0]),
         **conditioning,
     )
-    vae = AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        latent_channels=config.latent_channels,
-        block_out_channels=config.vae_block_out_channels,
-        down_block_types=("DownEncoderBlock2D",) * len(config.vae_block_out_channels),
-        up_block_types=("UpDecoderBlock2D",) * len(config.vae_block_out_channels),
-        layers_per_block=1,
-        norm_num_groups=min(32, config.vae_block_out_channels[0]),
-        sample_size=config.image_size,
-        scaling_factor=0.13025 if sdxl else 0.18215,
-    )
+    vae = _tiny_vae(config, scaling_factor=0.13025 if sdxl else 0.18215)
     text_encoder = CLIPTextModel(_clip_text_config(config.text_hidden_size, config.text_layers))
-    if tokenizer_dir is None:
-        tokenizer_dir = default_cache_dir() / "clip-tokenizer"
     tokenizer = clip_tokenizer(tokenizer_dir)
     scheduler = _scheduler(config.layout)
     if sdxl:
@@ -236,11 +299,44 @@ def tiny_base_model() -> str:
     return str(save_tiny_pipeline(default_cache_dir() / "tiny-sd"))
 
 
-def _pipeline_class_name(model: str) -> str:
+@register_base_model("tiny-sd3")
+def tiny_sd3_base_model() -> str:
+    """The random-init tiny SD3.5-shaped (flow-matching) pipeline (the ``tiny-flow`` preset's base model)."""
+    return str(save_tiny_pipeline(default_cache_dir() / "tiny-sd3", TINY_SHAPES["tiny-sd3"]))
+
+
+# The pipelines whose denoising network is not called "unet": pipeline class -> (component, model class).
+_DENOISERS = {"StableDiffusion3Pipeline": ("transformer", "SD3Transformer2DModel")}
+
+
+def denoiser_component(pipeline_class: str) -> tuple[str, str]:
+    """(component name, diffusers model class) of a pipeline class's denoising network."""
+    return _DENOISERS.get(pipeline_class, ("unet", "UNet2DConditionModel"))
+
+
+def denoiser(pipe: Any) -> torch.nn.Module:
+    """The pipeline's denoising network: its UNet, or SD3's transformer."""
+    return getattr(pipe, denoiser_component(type(pipe).__name__)[0])
+
+
+def denoiser_class(pipe: Any) -> type:
+    """The diffusers class of the pipeline's denoising network (to load a trained one saved beside it)."""
+    import diffusers
+
+    return getattr(diffusers, denoiser_component(type(pipe).__name__)[1])
+
+
+def _pipeline_index(model: str) -> dict[str, Any]:
     from diffusers import DiffusionPipeline
 
-    config = DiffusionPipeline.load_config(model)
-    return config["_class_name"]
+    return DiffusionPipeline.load_config(model)
+
+
+def _absent_components(index: dict[str, Any]) -> dict[str, None]:
+    """Components saved as absent (SD3 without T5: ``text_encoder_3: [null, null]``), which
+    ``from_pretrained`` wants passed as None explicitly."""
+    return {name: None for name, value in index.items()
+            if not name.startswith("_") and isinstance(value, list) and value == [None, None]}
 
 
 @contextmanager
@@ -279,27 +375,30 @@ def load_pipeline(
     device: str | torch.device = "cpu",
     vae: str | None = None,
 ):
-    """Load an SD1.5 / SDXL pipeline from a hub id or a local directory.
+    """Load an SD1.5 / SDXL / SD3 pipeline from a hub id or a local directory.
 
-    ``unet`` replaces the pipeline's UNet by one saved with ``save_pretrained``
-    (a harness checkpoint or a published one such as ``mhdang/dpo-sd1.5-text2image-v1``).
+    ``unet`` replaces the pipeline's denoising network (its UNet, SD3's transformer) by one saved with
+    ``save_pretrained`` (a harness checkpoint or a published one such as ``mhdang/dpo-sd1.5-text2image-v1``).
     ``vae`` replaces the VAE (e.g. ``madebyollin/sdxl-vae-fp16-fix`` for SDXL in fp16).
     """
-    from diffusers import AutoencoderKL, DiffusionPipeline, UNet2DConditionModel
+    import diffusers
+    from diffusers import AutoencoderKL, DiffusionPipeline
 
     model = str(model)
     for what, location in (("model", model), ("UNet", unet), ("VAE", vae)):
         if location is not None:
             require_existing_path(str(location), what)
     with reporting_load_errors("model", model):
-        class_name = _pipeline_class_name(model)
-    kwargs: dict[str, Any] = {"dtype": dtype}
+        index = _pipeline_index(model)
+    class_name = index["_class_name"]
+    kwargs: dict[str, Any] = {"dtype": dtype, **_absent_components(index)}
     if class_name == "StableDiffusionPipeline":
         kwargs.update(safety_checker=None, feature_extractor=None, requires_safety_checker=False)
     if unet is not None:
+        component, model_class = denoiser_component(class_name)
         with reporting_load_errors("UNet", unet):
-            kwargs["unet"] = UNet2DConditionModel.from_pretrained(str(unet), subfolder=unet_subfolder, dtype=dtype,
-                                                                  **_weights_format(unet, unet_subfolder))
+            kwargs[component] = getattr(diffusers, model_class).from_pretrained(
+                str(unet), subfolder=unet_subfolder, dtype=dtype, **_weights_format(unet, unet_subfolder))
     if vae is not None:
         with reporting_load_errors("VAE", vae):
             kwargs["vae"] = AutoencoderKL.from_pretrained(vae, dtype=dtype)
@@ -334,10 +433,6 @@ def check_model_available(location: str, *, config_file: str, subfolder: str | N
                   else str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
         raise HarnessError(f"{what} {location!r} is not available ({reason}): download it with "
                            f"`hf download {location} --local-dir DIR` and pass {pass_as}") from None
-
-
-def is_sdxl(pipe: Any) -> bool:
-    return getattr(pipe, "text_encoder_2", None) is not None
 
 
 def inference_device() -> tuple[str, torch.dtype]:

@@ -72,7 +72,7 @@ def published_weights(preset: str) -> dict[str, PublishedWeights]:
 def show_preset(preset: Preset) -> str:
     """The preset, then every registered method's settings resolved under it, each with where it comes from:
     the method's defaults (its paper's), the preset's settings for every method, or the method's own for it."""
-    from harness.trainer import resolve_config
+    from harness.trainer import method_preset_settings, resolve_config
 
     generation = ", ".join(f"{k} {v}" for k, v in dataclasses.asdict(preset.generation).items() if v not in (None, {}))
     lines = [f"preset {preset.name}: {preset.description}", f"  base model   {preset.base_model}",
@@ -81,9 +81,10 @@ def show_preset(preset: Preset) -> str:
     shared = {**({"vae": preset.vae} if preset.vae else {}), **preset.method_defaults}
     for name, cls in METHODS.items():
         config = resolve_config(name, preset.name)
-        own = cls.presets.get(preset.name, {})
-        lines.append(f"\n{name}" + ("" if own or not preset.needs_method_settings else
-                                     f"  (no {preset.name} settings of its own: the preset's for every method)"))
+        own = method_preset_settings(name, preset.name)
+        borrowed = "" if preset.name in cls.presets or not own else f"  (its {preset.method_settings_from} settings)"
+        lines.append(f"\n{name}" + borrowed + ("" if own or not preset.needs_method_settings else
+                                                f"  (no {preset.name} settings of its own: the preset's for every method)"))
         for field in dataclasses.fields(config):
             origin = f"{name} recipe" if field.name in own else "preset" if field.name in shared else "default"
             lines.append(f"  {field.name:22s} {getattr(config, field.name)!r:34s} {origin}")

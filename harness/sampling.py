@@ -54,6 +54,7 @@ SCHEDULERS: dict[str, str] = {
     "euler-a": "EulerAncestralDiscreteScheduler",
     "dpm++": "DPMSolverMultistepScheduler",
     "unipc": "UniPCMultistepScheduler",
+    "flow-euler": "FlowMatchEulerDiscreteScheduler",  # flow-matching models (SD3) only
 }
 
 
@@ -161,11 +162,14 @@ def optimize_pipeline(pipe: Any, *, channels_last: bool = False, compile_unet: b
     SDPA attention and the batched classifier-free-guidance UNet call are diffusers'
     defaults already; run the pipeline in bf16 on a GPU through ``load_pipeline(dtype=...)``.
     """
+    from harness.models import denoiser, denoiser_component
+
+    name = denoiser_component(type(pipe).__name__)[0]
     if channels_last:
-        pipe.unet.to(memory_format=torch.channels_last)
+        denoiser(pipe).to(memory_format=torch.channels_last)
         pipe.vae.to(memory_format=torch.channels_last)
     if compile_unet:
-        pipe.unet = torch.compile(pipe.unet)
+        setattr(pipe, name, torch.compile(denoiser(pipe)))
     return pipe
 
 
@@ -210,6 +214,10 @@ def _scheduler_swapped(pipe: Any, name: str | None) -> Iterator[None]:
     import diffusers
 
     original = pipe.scheduler
+    if (name == "flow-euler") != type(original).__name__.startswith("FlowMatch"):
+        family = "a flow-matching" if name != "flow-euler" else "a diffusion"
+        raise HarnessError(f"scheduler {name!r} does not fit {family} model ({type(original).__name__}); "
+                           f"{'use flow-euler' if name != 'flow-euler' else 'choose one of ' + ', '.join(s for s in SCHEDULERS if s != 'flow-euler')}")
     pipe.scheduler = getattr(diffusers, SCHEDULERS[name]).from_config(original.config)
     try:
         yield
@@ -305,8 +313,10 @@ def _fixed_chunks(decode: Any) -> Any:
 
 
 def _resolve_size(pipe: Any, height: int | None, width: int | None) -> tuple[int, int]:
+    from harness.models import denoiser
+
     factor = pipe.vae_scale_factor
-    default = pipe.unet.config.sample_size * factor
+    default = denoiser(pipe).config.sample_size * factor
     height, width = height or default, width or default
     if height % factor or width % factor:
         raise HarnessError(f"height and width must be multiples of {factor} for this model, got {height}x{width}")
@@ -320,7 +330,10 @@ def _settings(
 
     Batch size and process count are deliberately absent: they do not change the bytes.
     """
-    unet = pipe.unet
+    from harness.models import denoiser
+
+    unet = denoiser(pipe)
+    first_conv = next(p for p in unet.parameters() if p.ndim == 4)  # conv_in, or the transformer's patch embedding
     return {
         "suite": suite.name,
         "suite_version": suite.version,
@@ -331,23 +344,26 @@ def _settings(
         "width": width,
         "scheduler": type(pipe.scheduler).__name__,
         "dtype": str(unet.dtype).removeprefix("torch."),
-        "channels_last": unet.conv_in.weight.is_contiguous(memory_format=torch.channels_last),
+        "channels_last": first_conv.is_contiguous(memory_format=torch.channels_last),
         "compiled": hasattr(unet, "_orig_mod"),  # what torch.compile wraps the module in
     }
 
 
 def _sample(pipe: Any, suite: Suite, batch: list[_Job], settings: dict[str, Any]) -> list:
     """One pipeline call for the batch; each image's randomness comes from its own generator."""
+    from harness.models import denoiser
+
     generators = [torch.Generator("cpu").manual_seed(job.seed) for job in batch]
     factor = pipe.vae_scale_factor
-    shape = (1, pipe.unet.config.in_channels, settings["height"] // factor, settings["width"] // factor)
+    network = denoiser(pipe)
+    shape = (1, network.config.in_channels, settings["height"] // factor, settings["width"] // factor)
     # Drawn in float32 on the CPU whatever the model's dtype/device, so bf16-on-GPU and
     # fp32-on-CPU runs start from the same noise.  The generators then go on to supply
     # the scheduler's per-step noise, image by image.
     latents = torch.cat([torch.randn(shape, generator=g, dtype=torch.float32) for g in generators])
     output = pipe(
         prompt=[suite.prompts[job.prompt_index].prompt for job in batch],
-        latents=latents.to(device=pipe._execution_device, dtype=pipe.unet.dtype),
+        latents=latents.to(device=pipe._execution_device, dtype=network.dtype),
         generator=generators,
         num_inference_steps=settings["num_inference_steps"],
         guidance_scale=settings["guidance_scale"],

@@ -1,4 +1,5 @@
-"""Write a trained UNet as users load it: ``UNet2DConditionModel.from_pretrained(dir)``.
+"""Write a trained network as users load it: ``UNet2DConditionModel.from_pretrained(dir)`` (SD3's
+``SD3Transformer2DModel.from_pretrained(dir)``).
 
 With LoRA the adapters are merged into the base weights (W + alpha/r * B A) so the
 exported UNet is a plain diffusers UNet; the adapters alone are also written next
@@ -40,16 +41,14 @@ def _merged_state(unet: torch.nn.Module, overrides: dict[str, torch.Tensor]) -> 
 
 def export_unet(unet: torch.nn.Module, out_dir: Path, ema: dict[str, torch.Tensor] | None = None) -> Path:
     """Save ``unet`` (its EMA weights when given, LoRA merged) atomically in diffusers format."""
-    from diffusers import UNet2DConditionModel
-
-    plain = UNet2DConditionModel.from_config(unet.config)
+    plain = type(unet).from_config(unet.config)
     plain.load_state_dict(_merged_state(unet, ema or {}))
     tmp = out_dir.with_name(out_dir.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     with staging(out_dir, tmp):
         plain.save_pretrained(tmp)
     if getattr(unet, "peft_config", None):
-        from diffusers import StableDiffusionPipeline
+        from diffusers import StableDiffusion3Pipeline, StableDiffusionPipeline
         from diffusers.utils import convert_state_dict_to_diffusers
         from peft.utils import get_peft_model_state_dict
 
@@ -58,9 +57,13 @@ def export_unet(unet: torch.nn.Module, out_dir: Path, ema: dict[str, torch.Tenso
             lora_state = {k: ema.get(k.replace(".weight", ".default.weight"), v) for k, v in lora_state.items()}
         # The adapters' config (alpha above all: the scale alpha / r) goes with them, so that
         # `load_lora_weights` (`harness evaluate --lora`) adds what the merged UNet has.
-        StableDiffusionPipeline.save_lora_weights(out_dir.parent / "lora",
-                                                  unet_lora_layers=convert_state_dict_to_diffusers(lora_state),
-                                                  unet_lora_adapter_metadata=unet.peft_config["default"].to_dict())
+        layers, metadata = convert_state_dict_to_diffusers(lora_state), unet.peft_config["default"].to_dict()
+        if type(unet).__name__ == "SD3Transformer2DModel":
+            StableDiffusion3Pipeline.save_lora_weights(out_dir.parent / "lora", transformer_lora_layers=layers,
+                                                       transformer_lora_adapter_metadata=metadata)
+        else:
+            StableDiffusionPipeline.save_lora_weights(out_dir.parent / "lora", unet_lora_layers=layers,
+                                                      unet_lora_adapter_metadata=metadata)
     shutil.rmtree(out_dir, ignore_errors=True)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     os.replace(tmp, out_dir)

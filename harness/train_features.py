@@ -42,7 +42,7 @@ def module_fingerprint(*modules: torch.nn.Module) -> str:
 
 @dataclass
 class Posterior:
-    """One image's VAE posterior in latent units (already multiplied by the VAE's scaling factor)."""
+    """One image's VAE posterior in latent units (already shifted and multiplied by the VAE's factors)."""
 
     mean: torch.Tensor
     std: torch.Tensor
@@ -58,6 +58,8 @@ class FeatureEncoder:
     def __init__(self, pipe: Any, *, device: torch.device, resolution: int, cache_dir: Path | None,
                  loader: ImageLoader) -> None:
         self.vae = pipe.vae
+        # SD3 encodes through its pipeline (two CLIPs, T5 or its zeros): exactly the conditioning it samples with.
+        self.encode_prompt = pipe.encode_prompt if type(pipe).__name__.startswith("StableDiffusion3") else None
         self.tokenizers = [pipe.tokenizer] + ([pipe.tokenizer_2] if getattr(pipe, "text_encoder_2", None) else [])
         self.text_encoders = [pipe.text_encoder] + ([pipe.text_encoder_2] if getattr(pipe, "text_encoder_2", None) else [])
         self.sdxl = len(self.text_encoders) == 2
@@ -94,7 +96,8 @@ class FeatureEncoder:
         dtype = next(self.vae.parameters()).dtype
         posterior = self.vae.encode(pixels[None].to(self.device, dtype)).latent_dist
         scale = self.vae.config.scaling_factor
-        return Posterior((posterior.mean[0] * scale).float().cpu(), (posterior.std[0] * scale).float().cpu())
+        shift = self.vae.config.get("shift_factor") or 0.0  # SD3's VAE: latents are (z - shift) * scale
+        return Posterior(((posterior.mean[0] - shift) * scale).float().cpu(), (posterior.std[0] * scale).float().cpu())
 
     # -- text -------------------------------------------------------------------------------------
     def cond(self, captions: list[str]) -> Cond:
@@ -110,6 +113,10 @@ class FeatureEncoder:
 
     @torch.no_grad()
     def _encode_text(self, caption: str) -> Cond:
+        if self.encode_prompt is not None:
+            hidden, _, pooled, _ = self.encode_prompt([caption], None, None, device=self.device,
+                                                      do_classifier_free_guidance=False)
+            return Cond(hidden.float().cpu(), {"pooled_projections": pooled.float().cpu()})
         hidden_states, pooled = [], None
         for tokenizer, encoder in zip(self.tokenizers, self.text_encoders):
             ids = tokenizer([caption], padding="max_length", max_length=tokenizer.model_max_length, truncation=True,

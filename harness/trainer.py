@@ -42,7 +42,7 @@ LogFn = Callable[[int, dict[str, float]], None]
 
 @dataclass
 class TrainResult:
-    unet_dir: Path  # loadable by UNet2DConditionModel.from_pretrained
+    unet_dir: Path  # the trained network: loadable by UNet2DConditionModel (SD3: SD3Transformer2DModel).from_pretrained
     steps: int
     wall_s: float
     unet_evals_per_sample: float  # UNet forward evaluations per training sample (pair or image), all included
@@ -59,7 +59,7 @@ def resolve_config(method: str, preset: str | None = None, overrides: dict | Non
     unknown = sorted(set(overrides) - set(fields))
     if unknown:
         raise HarnessError(f"unknown setting(s) for {method}: {', '.join(unknown)}; valid: {', '.join(sorted(fields))}")
-    values = {**_preset_defaults(method, preset), **cls.presets.get(preset or "", {}), **overrides}
+    values = {**_preset_defaults(method, preset), **method_preset_settings(method, preset), **overrides}
     config = cls.Config(**{k: _coerce(f"{method}.{k}", v, hints[k]) for k, v in values.items()})
     try:
         config.validate()
@@ -71,13 +71,24 @@ def resolve_config(method: str, preset: str | None = None, overrides: dict | Non
 _WARNED: set[tuple[str, str]] = set()
 
 
+def method_preset_settings(method: str, preset: str | None) -> dict:
+    """The method's own entry for ``preset``, or for the preset it is a twin of (``Preset.method_settings_from``)."""
+    own = METHODS.get(method).presets
+    if preset is None or preset in own:
+        return dict(own.get(preset or "", {}))
+    twin = PRESETS.get(preset)().method_settings_from
+    return dict(own.get(twin, {})) if twin else {}
+
+
 def _preset_defaults(method: str, preset: str | None) -> dict:
     """The settings ``preset`` gives every method; a method without its own for a scaled-down preset is warned
     (once per process) that it trains with these alone, not with settings tuned for it."""
     if preset is None:
         return {}
     found = PRESETS.get(preset)()
-    if found.needs_method_settings and preset not in METHODS.get(method).presets and (method, preset) not in _WARNED:
+    own = METHODS.get(method).presets
+    tuned = preset in own or (found.method_settings_from is not None and found.method_settings_from in own)
+    if found.needs_method_settings and not tuned and (method, preset) not in _WARNED:
         _WARNED.add((method, preset))
         print(f"warning: {method} has no settings for preset {preset!r}; it trains with the preset's settings for "
               f"every method ({', '.join(f'{k}={v}' for k, v in found.method_defaults.items())}), not ones tuned for "
@@ -184,6 +195,16 @@ def step_generator(seed: int, step: int, micro: int, rank: int) -> torch.Generat
     return torch.Generator().manual_seed(((seed * 1_000_003 + step) * 1009 + micro) * 131 + rank)
 
 
+def training_scheduler(scheduler: Any) -> Any:
+    """The scheduler training noises with: a flow-matching model's own, DDPM's for every diffusion model
+    (whatever sampler the pipeline ships with, its betas define the forward process)."""
+    if type(scheduler).__name__.startswith("FlowMatch"):
+        return type(scheduler).from_config(scheduler.config)
+    from diffusers import DDPMScheduler
+
+    return DDPMScheduler.from_config(scheduler.config)
+
+
 def trainable_parameters(unet: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
     return {n: p for n, p in unet.named_parameters() if p.requires_grad}
 
@@ -259,21 +280,18 @@ class Trainer:
 
     def _setup_models(self) -> None:
         """Frozen encoders in the compute dtype, the policy in fp32, the reference, the feature cache."""
-        from diffusers import DDPMScheduler
-
-        from harness.models import default_cache_dir, load_pipeline
+        from harness.models import default_cache_dir, denoiser, denoiser_class, load_pipeline
         from harness.train_features import FeatureEncoder
 
         config = self.config
         pipe = load_pipeline(self.base_model, device=self.device, vae=config.vae)
-        for frozen in (pipe.vae, pipe.text_encoder, getattr(pipe, "text_encoder_2", None)):
+        for name in ("vae", "text_encoder", "text_encoder_2", "text_encoder_3"):
+            frozen = getattr(pipe, name, None)
             if frozen is not None:
                 frozen.requires_grad_(False).eval().to(self.weight_dtype)
-        unet = pipe.unet
+        unet = denoiser(pipe)  # the UNet, or SD3's transformer
         if config.init_unet:
-            from diffusers import UNet2DConditionModel
-
-            unet = UNet2DConditionModel.from_pretrained(config.init_unet).to(self.device)
+            unet = denoiser_class(pipe).from_pretrained(config.init_unet).to(self.device)
         unet.to(torch.bfloat16 if config.master_weights == "bf16" else torch.float32)
         vae_scale = 2 ** (len(pipe.vae.config.block_out_channels) - 1)
         resolution = config.resolution or unet.config.sample_size * vae_scale
@@ -300,7 +318,7 @@ class Trainer:
         unet.train()
         self.unet = unet
         self.reference = reference
-        self.noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
+        self.noise_scheduler = training_scheduler(pipe.scheduler)
 
     def _setup_optimizer(self) -> None:
         """Accumulation, (scaled) lr, optimizer, LR schedule, DDP wrapping, EMA; then the loss-side Models."""

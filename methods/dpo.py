@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from harness.api import (Batch, Method, Models, Pairs, PublishedWeights, TrainConfig, per_sample_error, randn_like,
-                         register_method, sample_timesteps)
+                         register_method)
 
 
 def dpo_logits(model_err_w: torch.Tensor, model_err_l: torch.Tensor, ref_err_w: torch.Tensor,
@@ -32,14 +32,14 @@ def dpo_loss(model_err_w: torch.Tensor, model_err_l: torch.Tensor, ref_err_w: to
 
 def pair_timesteps(batch: Batch, models: Models) -> torch.Tensor:
     """One t per pair, shared by its two images: the batch is [winners; losers]."""
-    t = sample_timesteps(len(batch.cond), batch.generator, models.scheduler.config.num_train_timesteps)
+    t = models.process.sample_timesteps(len(batch.cond), batch.generator)
     return t.repeat(2).to(batch.latents.device)
 
 
 def forward_noised_pairs(batch: Batch, t: torch.Tensor, models: Models) -> tuple[torch.Tensor, torch.Tensor]:
-    """x_t and the noise that made it, one noise per pair (both images of a pair see the same)."""
+    """x_t and the network's target there, one noise per pair (both images of a pair see the same)."""
     noise = randn_like(batch.latents[: len(batch.cond)], batch.generator).repeat(2, 1, 1, 1)
-    return models.add_noise(batch.latents, noise, t), noise
+    return models.process.add_noise(batch.latents, noise, t), models.process.target(batch.latents, noise)
 
 
 def pair_errors(models: Models, latents_t: torch.Tensor, t: torch.Tensor, cond, target: torch.Tensor):
@@ -91,7 +91,7 @@ class DPO(Method):
 
     def loss(self, batch: Batch, models: Models) -> tuple[torch.Tensor, dict[str, float]]:
         t = pair_timesteps(batch, models)
-        latents_t, noise = forward_noised_pairs(batch, t, models)
-        model_err, ref_err = pair_errors(models, latents_t, t, batch.cond.repeat(2), noise)
+        latents_t, target = forward_noised_pairs(batch, t, models)
+        model_err, ref_err = pair_errors(models, latents_t, t, batch.cond.repeat(2), target)
         loss = dpo_loss(*model_err, *ref_err, self.config.beta)
         return loss, preference_logs(dpo_logits(*model_err, *ref_err, self.config.beta), model_err, ref_err)

@@ -182,8 +182,8 @@ class DRO(Method):
         x0 = self.buffer["x0"][row]
         eps_expert = randn_like(x0, generator)
         # One forward per network for the expert and the policy terms together.
-        x = torch.cat([models.add_noise(x0, eps_expert, t), self.buffer["x"][row, state]])
-        target = torch.cat([eps_expert, self.buffer["eps"][row, state]])
+        x = torch.cat([models.process.add_noise(x0, eps_expert, t), self.buffer["x"][row, state]])
+        target = torch.cat([models.process.target(x0, eps_expert), self.buffer["eps"][row, state]])
         times, both = torch.cat([t, t]), Cond.cat([cond, cond])
         model_err_e, model_err_p = per_sample_error(models.policy(x, times, both), target).chunk(2)
         ref_err_e, ref_err_p = per_sample_error(models.reference(x, times, both), target).chunk(2)

@@ -51,7 +51,7 @@ import torch
 import torch.distributed as dist
 
 from harness.api import (Batch, Cond, HarnessError, LabelledImages, Method, Models, PublishedWeights, TrainConfig,
-                         per_sample_error, randn_like, register_method, sample_timesteps)
+                         per_sample_error, register_method)
 
 
 def kto_implicit_rewards(model_err: torch.Tensor, ref_err: torch.Tensor) -> torch.Tensor:
@@ -160,26 +160,23 @@ class KTO(Method):
 
     def loss(self, batch: Batch, models: Models) -> tuple[torch.Tensor, dict[str, float]]:
         # Each image its own timestep and noise, as the public script (no pairs to share them).
-        device = batch.latents.device
-        t = sample_timesteps(len(batch.cond), batch.generator, models.scheduler.config.num_train_timesteps).to(device)
-        noise = randn_like(batch.latents, batch.generator)
-        latents_t = models.add_noise(batch.latents, noise, t)
-        model_err = per_sample_error(models.policy(latents_t, t, batch.cond), noise)
-        ref_err = per_sample_error(models.reference(latents_t, t, batch.cond), noise)
+        latents_t, t, target = models.process.noisy(batch.latents, batch.generator)
+        model_err = per_sample_error(models.policy(latents_t, t, batch.cond), target)
+        ref_err = per_sample_error(models.reference(latents_t, t, batch.cond), target)
         rewards = kto_implicit_rewards(model_err, ref_err)
-        reference_point = self.estimate_reference_point(rewards, models, latents_t, t, batch.cond, noise)
-        labels = batch.labels.to(device)
+        reference_point = self.estimate_reference_point(rewards, models, latents_t, t, batch.cond, target)
+        labels = batch.labels.to(batch.latents.device)
         loss = kto_loss(rewards, reference_point, labels, self.config.beta, self.config.lambda_desirable,
                         self.config.lambda_undesirable)
         return loss, self.logs(rewards, reference_point, labels, model_err, ref_err)
 
     def estimate_reference_point(self, rewards: torch.Tensor, models: Models, latents_t: torch.Tensor,
-                                 t: torch.Tensor, cond: Cond, noise: torch.Tensor) -> torch.Tensor:
+                                 t: torch.Tensor, cond: Cond, target: torch.Tensor) -> torch.Tensor:
         if self.config.reference_point == "batch":
             return kto_batch_reference_point(rewards)
         mismatched = captions_of_the_previous_image(cond)
-        model_err = per_sample_error(models.snapshot(latents_t, t, mismatched), noise)
-        ref_err = per_sample_error(models.reference(latents_t, t, mismatched), noise)
+        model_err = per_sample_error(models.snapshot(latents_t, t, mismatched), target)
+        ref_err = per_sample_error(models.reference(latents_t, t, mismatched), target)
         return kto_mismatched_reference_point(kto_implicit_rewards(model_err, ref_err))
 
     def logs(self, rewards: torch.Tensor, reference_point: torch.Tensor, labels: torch.Tensor,

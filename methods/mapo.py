@@ -117,9 +117,9 @@ class MaPO(Method):
     def loss(self, batch: Batch, models: Models) -> tuple[torch.Tensor, dict[str, float]]:
         config = self.config
         t = pair_timesteps(batch, models)
-        latents_t, noise = forward_noised_pairs(batch, t, models)
-        err_w, err_l = per_sample_error(models.policy(latents_t, t, batch.cond.repeat(2)), noise).chunk(2)
-        timesteps = models.scheduler.config.num_train_timesteps
+        latents_t, target = forward_noised_pairs(batch, t, models)
+        err_w, err_l = per_sample_error(models.policy(latents_t, t, batch.cond.repeat(2)), target).chunk(2)
+        timesteps = models.process.num_train_timesteps
         loss = mapo_loss(err_w, err_l, config.beta, config.snr_value, timesteps)
         margin = mapo_margin(err_w, err_l, config.snr_value, timesteps)
         return loss, {

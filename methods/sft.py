@@ -11,8 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-from harness.api import (Batch, Experts, Method, Models, TrainConfig, per_sample_error, randn_like, register_method,
-                         sample_timesteps)
+from harness.api import Batch, Experts, Method, Models, TrainConfig, per_sample_error, register_method
 
 
 @dataclass
@@ -36,8 +35,6 @@ class SFT(Method):
     }
 
     def loss(self, batch: Batch, models: Models) -> tuple[torch.Tensor, dict[str, float]]:
-        t = sample_timesteps(len(batch.cond), batch.generator, models.scheduler.config.num_train_timesteps)
-        t = t.to(batch.latents.device)
-        noise = randn_like(batch.latents, batch.generator)
-        error = per_sample_error(models.policy(models.add_noise(batch.latents, noise, t), t, batch.cond), noise)
+        latents_t, t, target = models.process.noisy(batch.latents, batch.generator)
+        error = per_sample_error(models.policy(latents_t, t, batch.cond), target)
         return error.mean(), {"model_mse": error.mean().item()}

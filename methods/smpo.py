@@ -118,12 +118,6 @@ def renoise_trajectory(unet: UNetFn, x0: torch.Tensor, cond: Cond, inverse: Any,
     return torch.stack(states, dim=1)
 
 
-def implied_noise(z: torch.Tensor, x0: torch.Tensor, t: torch.Tensor, alphas_cumprod: torch.Tensor) -> torch.Tensor:
-    """The noise that takes x0 to z at level t: ``(z - sqrt(abar_t) x0) / sqrt(1 - abar_t)``."""
-    abar = alphas_cumprod.to(z.device)[t].view(-1, *([1] * (z.ndim - 1)))
-    return (z - abar.sqrt() * x0) / (1 - abar).sqrt()
-
-
 @dataclass
 class SmPOConfig(TrainConfig):
     # Public SD1.5 script: beta 2000, lr 1e-8 scaled by the effective batch 1024 (-> 1.024e-5), 200 steps,
@@ -210,7 +204,7 @@ class SmPO(Method):
         return torch.stack([self.cache[key] for key in keys])
 
     def _noisy_latents(self, batch: Batch, t: torch.Tensor, cond: Cond, models: Models) -> tuple[torch.Tensor, torch.Tensor]:
-        """The model input x_t and its target noise: the inverted latent and its implied noise, or
+        """The model input x_t and its target: the inverted latent and the target its implied noise gives, or
         (inverter "none") DPO's forward noising, one noise per pair."""
         if self.config.inverter == "none":
             return forward_noised_pairs(batch, t, models)
@@ -224,7 +218,9 @@ class SmPO(Method):
         else:
             x0 = batch.latents
             z = renoise_inversion(models.snapshot, x0, cond, t, self.inverse, self.taus)
-        return z, implied_noise(z, x0, t, models.alphas_cumprod)
+        # The target implied by the inverted latent: the noise that takes x0 to z at t (epsilon models; the
+        # process's target of that noise for flow models).
+        return z, models.process.target(x0, models.process.noise_of(z, x0, t))
 
     def loss(self, batch: Batch, models: Models) -> tuple[torch.Tensor, dict[str, float]]:
         config = self.config

@@ -236,7 +236,7 @@ def test_smpo_without_inversion_is_dpo_with_smoothed_label_weights(tiny_models):
     generator = batch_with(parts, 11).generator
     t = torch.randint(0, 1000, (2,), generator=generator).repeat(2)
     noise = torch.randn(parts[0][:2].shape, generator=generator).repeat(2, 1, 1, 1)
-    x_t = models.add_noise(parts[0], noise, t)
+    x_t = models.process.add_noise(parts[0], noise, t)
     cond = parts[1].repeat(2)
     (mw, ml), (rw, rl) = (per_sample_error(net(x_t, t, cond), noise).chunk(2) for net in (models.policy, models.reference))
     p = torch.sigmoid(scores[:2] - scores[2:])
@@ -309,7 +309,7 @@ def test_dro_loss_compares_each_expert_with_its_own_rows_trajectory_under_one_co
     (x, t, hidden), = recorder.calls
     n = len(t) // 2
     assert torch.equal(t[:n], t[n:]) and torch.equal(hidden[:n], hidden[n:])  # one t and one caption per sample
-    abar = models.alphas_cumprod[t[:n]].view(-1, 1, 1, 1)
+    abar = models.process.alphas_cumprod[t[:n]].view(-1, 1, 1, 1)
     for i in range(n):
         row = [r for r in range(4) if torch.equal(method.buffer["hidden"][r], hidden[i])]
         assert len(row) == 1

@@ -118,17 +118,17 @@ def test_reference_network_is_never_called_and_each_image_costs_one_evaluation(t
 
 
 def test_loss_is_the_statement_over_the_policys_errors_at_one_t_and_noise_per_pair(tiny_unet_and_scheduler):
-    from harness.api import per_sample_error, randn_like, sample_timesteps
+    from harness.api import per_sample_error, randn_like
 
     models, _ = recording_models(tiny_unet_and_scheduler)
     batch = pair_batch(2, seed=1)
     loss, _ = MaPO(MaPOConfig(beta=0.1, snr_value=0.5)).loss(batch, models)
     # The same draws by hand: t per pair, then one noise per pair, both repeated for [winners; losers].
     generator = torch.Generator().manual_seed(101)
-    t = sample_timesteps(2, generator).repeat(2)
+    t = models.process.sample_timesteps(2, generator).repeat(2)
     noise = randn_like(batch.latents[:2], generator).repeat(2, 1, 1, 1)
     with torch.no_grad():
-        pred = models.policy(models.add_noise(batch.latents, noise, t), t, batch.cond.repeat(2))
+        pred = models.policy(models.process.add_noise(batch.latents, noise, t), t, batch.cond.repeat(2))
     err_w, err_l = per_sample_error(pred, noise).chunk(2)
     assert loss.item() == pytest.approx(mapo_loss(err_w, err_l, 0.1, 0.5, 1000).item(), rel=1e-5)
 

@@ -1,4 +1,5 @@
-"""The toy world's presets: ``toy`` (the default of `harness run`) and ``tiny`` (plumbing checks).
+"""The toy world's presets: ``toy`` (the default of `harness run`), ``tiny`` (plumbing checks) and
+``tiny-flow`` (the same checks on a random-init SD3.5-shaped flow-matching pipeline).
 
 The papers' hyper-parameters assume SD1.5, thousands of pairs and GPUs; here 576 pairs
 sampled from a tiny model, a CPU, and well under a minute per method.  The settings every
@@ -66,6 +67,10 @@ def toy() -> Preset:
     )
 
 
+TINY_METHOD_DEFAULTS = {"max_steps": 2, "batch_size": 2, "lr": 1e-3, "scale_lr": False, "warmup_steps": 0,
+                        "lr_scheduler": "constant"}
+
+
 @register_preset("tiny")
 def tiny() -> Preset:
     return Preset(
@@ -81,7 +86,27 @@ def tiny() -> Preset:
         max_prompts=4,
         # Two real optimizer steps at an lr large enough to change the weights (the papers' 1e-8 with
         # warmup would leave the UNet untouched), so the tests see trained != base.
-        method_defaults={"max_steps": 2, "batch_size": 2, "lr": 1e-3, "scale_lr": False, "warmup_steps": 0,
-                         "lr_scheduler": "constant"},
+        method_defaults=TINY_METHOD_DEFAULTS,
         needs_method_settings=True,
+    )
+
+
+@register_preset("tiny-flow")
+def tiny_flow() -> Preset:
+    return Preset(
+        name="tiny-flow",
+        description="random-init tiny SD3.5-shaped (flow-matching) pipeline on the toy suites: plumbing in seconds",
+        base_model="tiny-sd3",
+        suites=("toy-seen", "toy-unseen"),
+        scorers=("toy-fidelity", "toy-quality"),
+        # The pipeline's own flow-matching Euler sampler (shift 3).
+        generation=GenerationSettings(images_per_prompt=2, num_inference_steps=4, guidance_scale=3.0, batch_size=8,
+                                      scheduler=None),
+        data="synthesize",
+        synthesize=dict(samples_per_caption=2, max_captions=6, seed=0),
+        training_captions=grammar.training_captions,
+        max_prompts=4,
+        method_defaults=TINY_METHOD_DEFAULTS,
+        needs_method_settings=True,
+        method_settings_from="tiny",
     )

@@ -7,7 +7,8 @@ imports only this package.  What it may rely on:
   ``register_suite``, ``register_preset``, ``register_base_model`` (``METHODS``, ...);
 - methods: ``Method``, ``TrainConfig``, ``PublishedWeights``, ``Batch``, ``Cond``, ``Models`` (the networks a loss
   calls), ``TrainingContext``, the data specs ``Pairs``, ``Experts``, ``LabelledImages``,
-  ``PromptsOnly``, and the loss helpers ``per_sample_error``, ``randn_like``, ``sample_timesteps``;
+  ``PromptsOnly``, the loss helpers ``per_sample_error``, ``randn_like``, and the forward processes a
+  loss reaches through ``Models.process``: ``NoiseProcess`` (``EpsilonDiffusion``, ``FlowMatching``);
 - scorers: ``Scorer``; suites: ``Prompt``, ``Suite`` and the loader helpers;
 - presets: ``Preset``, ``GenerationSettings``;
 - ``HarnessError`` for one-line user-facing errors; ``cache_dir()``, the harness's cache root;
@@ -20,7 +21,8 @@ Everything else in ``harness`` is its implementation, free to change.
 
 from harness.api.data import DataSpec, Example, Experts, ImageSource, LabelledImages, Pairs, PromptsOnly
 from harness.api.method import (Batch, Cond, Method, Models, PublishedWeights, TrainConfig, TrainingContext,
-                                per_sample_error, randn_like, sample_timesteps)
+                                per_sample_error, randn_like)
+from harness.api.noise import EpsilonDiffusion, FlowMatching, NoiseProcess
 from harness.api.preset import GenerationSettings, Preset
 from harness.api.registry import (BASE_MODELS, METHODS, PRESETS, SCORERS, SUITES, Registry, UnknownEntryError,
                                   register_base_model, register_method, register_preset, register_scorer,
@@ -51,11 +53,12 @@ def cache_dir():
 
 
 __all__ = [
-    "BASE_MODELS", "Batch", "Cond", "DataSpec", "Example", "Experts", "GenerationSettings", "HarnessError",
-    "ImageSource", "LabelledImages", "METHODS", "Method", "Models", "PRESETS", "Pairs", "Preset", "Prompt",
-    "PromptsOnly", "PublishedWeights", "Registry", "RunOptions", "SCORERS", "SUITES", "Scorer", "Suite", "TinyPipelineConfig",
-    "TrainConfig", "TrainingContext", "UnknownEntryError", "build_tiny_pipeline", "cache_dir", "cached_prompts",
-    "per_sample_error", "publishing", "randn_like", "read_prompts_jsonl", "read_text_lines", "register_base_model",
-    "register_method", "register_preset", "register_scorer", "register_suite", "replacing", "run",
-    "sample_timesteps",
+    "BASE_MODELS", "Batch", "Cond", "DataSpec", "EpsilonDiffusion", "Example", "Experts", "FlowMatching",
+    "GenerationSettings", "HarnessError", "ImageSource", "LabelledImages", "METHODS", "Method", "Models",
+    "NoiseProcess", "PRESETS", "Pairs", "Preset", "Prompt", "PromptsOnly", "PublishedWeights", "Registry",
+    "RunOptions", "SCORERS", "SUITES", "Scorer", "Suite", "TinyPipelineConfig", "TrainConfig",
+    "TrainingContext", "UnknownEntryError", "build_tiny_pipeline", "cache_dir", "cached_prompts",
+    "per_sample_error", "publishing", "randn_like", "read_prompts_jsonl", "read_text_lines",
+    "register_base_model", "register_method", "register_preset", "register_scorer", "register_suite",
+    "replacing", "run",
 ]

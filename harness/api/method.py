@@ -10,9 +10,12 @@ everything else: models, data, encoding caches, precision, distribution, checkpo
 what of it a method may use is the ``TrainingContext`` and the ``Models`` below.
 
 Losses are written over *per-sample errors* (``per_sample_error``): one number
-per sample, the mean over C, H, W of the squared difference between a UNet's
+per sample, the mean over C, H, W of the squared difference between the network's
 prediction and its target.  Each paper's loss is then a pure function of such
-tensors, testable without any network.
+tensors, testable without any network.  The noisy input and the target come from the
+base model's forward process (``Models.process``: epsilon diffusion for SD1.5 / SDXL,
+flow matching for SD3), so one loss serves both families; "UNet" in names below means
+the denoising network, SD3's transformer included.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import numpy as np
 import torch
 
 from harness.api.data import DataSpec, Pairs
+from harness.api.noise import noise_process
 from harness.errors import HarnessError
 
 
@@ -101,7 +105,8 @@ class TrainConfig:
 
 @dataclass
 class Cond:
-    """UNet conditioning for a batch: text hidden states, plus SDXL's pooled embeddings and time ids."""
+    """Network conditioning for a batch: text hidden states, plus SDXL's pooled embeddings and time ids
+    (``added``: ``text_embeds``, ``time_ids``) or SD3's pooled projections (``pooled_projections``)."""
 
     hidden: torch.Tensor
     added: dict[str, torch.Tensor] | None = None
@@ -127,12 +132,13 @@ class Cond:
 
 
 class Models:
-    """The networks a loss may call, with UNet evaluations counted per batch element.
+    """The networks a loss may call, with network evaluations counted per batch element.
 
-    ``policy`` runs the trained UNet with gradients (through the DDP wrapper when
+    ``policy`` runs the trained network with gradients (through the DDP wrapper when
     distributed), ``reference`` the frozen starting network without gradients (a
-    copy, or with LoRA the same UNet with its adapters disabled), ``snapshot`` the
-    policy without gradients (DRO's sampler; SmPO's ``policy`` inversion).
+    copy, or with LoRA the same network with its adapters disabled), ``snapshot`` the
+    policy without gradients (DRO's sampler; SmPO's ``policy`` inversion).  ``process``
+    is the forward process of the training ``scheduler``: timesteps, noisy inputs and targets.
     """
 
     def __init__(
@@ -148,16 +154,20 @@ class Models:
         self._unwrapped = unwrapped
         self._reference = reference
         self.scheduler = scheduler
+        self.process = noise_process(scheduler)
         self.autocast = autocast
-        self.alphas_cumprod = scheduler.alphas_cumprod.to(torch.float32)
         self.unet_evals = 0
 
     def _run(self, unet: torch.nn.Module, x: torch.Tensor, t: torch.Tensor, cond: Cond) -> torch.Tensor:
         self.unet_evals += x.shape[0]
         dtype = next(unet.parameters()).dtype
+        added = None if cond.added is None else {k: v.to(dtype) for k, v in cond.added.items()}
         with self.autocast():
-            out = unet(x.to(dtype), t, encoder_hidden_states=cond.hidden.to(dtype),
-                       added_cond_kwargs=None if cond.added is None else {k: v.to(dtype) for k, v in cond.added.items()}).sample
+            if added is not None and "pooled_projections" in added:  # SD3's transformer
+                out = unet(hidden_states=x.to(dtype), timestep=t, encoder_hidden_states=cond.hidden.to(dtype),
+                           pooled_projections=added["pooled_projections"]).sample
+            else:
+                out = unet(x.to(dtype), t, encoder_hidden_states=cond.hidden.to(dtype), added_cond_kwargs=added).sample
         return out.float()
 
     def policy(self, x: torch.Tensor, t: torch.Tensor, cond: Cond) -> torch.Tensor:
@@ -173,18 +183,10 @@ class Models:
     def snapshot(self, x: torch.Tensor, t: torch.Tensor, cond: Cond) -> torch.Tensor:
         return self._run(self._unwrapped, x, t, cond)
 
-    def add_noise(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        abar = self.alphas_cumprod.to(x0.device)[t].view(-1, *([1] * (x0.ndim - 1)))
-        return abar.sqrt() * x0 + (1 - abar).sqrt() * noise
-
 
 def per_sample_error(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Mean over all but the batch dimension of the squared error: one number per sample."""
     return (pred.float() - target.float()).pow(2).flatten(1).mean(dim=1)
-
-
-def sample_timesteps(n: int, generator: torch.Generator, num_train_timesteps: int = 1000) -> torch.Tensor:
-    return torch.randint(0, num_train_timesteps, (n,), generator=generator)
 
 
 def randn_like(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -224,7 +226,9 @@ class TrainingContext:
     """
 
     models: Models
-    scheduler: Any  # the training noise scheduler (diffusers DDPMScheduler); its config has the schedule
+    # The base model's scheduler for training (diffusers DDPMScheduler, or FlowMatchEulerDiscreteScheduler for
+    # a flow-matching model); its config has the schedule.  ``models.process`` says how x_t is made.
+    scheduler: Any
     latent_shape: tuple[int, int, int]  # (C, H, W) of one training latent
     grad_accum: int  # forward/backward passes per optimizer step
     captions: Sequence[str]  # every training example's caption, in data order (read on access)

@@ -54,6 +54,9 @@ class Preset:
     # True where the papers' hyper-parameters do not fit (a scaled-down world): a method with no
     # entry of its own for this preset trains with ``method_defaults`` alone, and is warned about.
     needs_method_settings: bool = False
+    # A twin of another preset (the toy world on a flow-matching base: "toy-flow" of "toy"): a method without
+    # an entry for this preset takes its entry for that one.
+    method_settings_from: str | None = None
     vae: str | None = None  # replacement VAE for training and generation (SDXL's fp16-safe one)
     # The preset `harness run` uses without --preset (one installed world claims it: the toy world).
     default: bool = False

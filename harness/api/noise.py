@@ -1,0 +1,154 @@
+"""The forward process a base model was trained with, as a loss sees it.
+
+A loss asks its ``models.process`` for timesteps, for the noisy input x_t and for the
+network's target; the per-sample error ``per_sample_error(prediction, target)`` is then
+the same kind of number for every base model, and one loss formula serves both families:
+
+- ``EpsilonDiffusion`` (SD1.5, SDXL): discrete timesteps t ~ U{0, ..., T-1},
+  ``x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps``, the network predicts eps.
+- ``FlowMatching`` (SD3, SD3.5): a noise level sigma in (0, 1) drawn from SD3's logit-normal
+  density and mapped through the scheduler's shifted grid, ``x_t = (1 - sigma) x0 + sigma eps``,
+  the network predicts the velocity ``eps - x0``; its timestep input is ``sigma * T``.
+
+Timesteps are what the network receives (an integer index, or ``sigma * T`` as a float), so a
+method stores and passes them around without knowing which family it trains.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any, ClassVar
+
+import torch
+
+
+def _per_sample(value: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    return value.to(like.device, torch.float32).view(-1, *([1] * (like.ndim - 1)))
+
+
+class NoiseProcess(ABC):
+    """How training turns a clean latent into the network's input and target."""
+
+    kind: ClassVar[str]
+
+    def __init__(self, num_train_timesteps: int) -> None:
+        self.num_train_timesteps = num_train_timesteps
+
+    @abstractmethod
+    def sample_timesteps(self, n: int, generator: torch.Generator) -> torch.Tensor:
+        """``n`` training timesteps drawn from the model's training density (on the CPU, from ``generator``)."""
+
+    @abstractmethod
+    def add_noise(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """x_t for clean latents ``x0``, standard normal ``noise`` and timesteps ``t``."""
+
+    @abstractmethod
+    def target(self, x0: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """What the network should output at ``add_noise(x0, noise, t)``."""
+
+    @abstractmethod
+    def noise_of(self, x_t: torch.Tensor, x0: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """The noise that takes ``x0`` to ``x_t`` at ``t`` (for an x_t not made by ``add_noise``: an inversion)."""
+
+    @abstractmethod
+    def snr(self, t: torch.Tensor) -> torch.Tensor:
+        """Signal-to-noise ratio of x_t at ``t`` (signal variance over noise variance)."""
+
+    def noisy(self, x0: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(x_t, t, target) with a timestep and a noise of its own for each sample, drawn in that order
+        from ``generator`` on the CPU (so a run does not depend on the device)."""
+        t = self.sample_timesteps(len(x0), generator).to(x0.device)
+        noise = torch.randn(x0.shape, generator=generator).to(x0.device, x0.dtype)
+        return self.add_noise(x0, noise, t), t, self.target(x0, noise)
+
+
+class EpsilonDiffusion(NoiseProcess):
+    """DDPM's discrete forward process with noise (epsilon) prediction."""
+
+    kind = "epsilon"
+
+    def __init__(self, alphas_cumprod: torch.Tensor) -> None:
+        super().__init__(len(alphas_cumprod))
+        self.alphas_cumprod = alphas_cumprod.to(torch.float32)
+
+    def sample_timesteps(self, n: int, generator: torch.Generator) -> torch.Tensor:
+        return torch.randint(0, self.num_train_timesteps, (n,), generator=generator)
+
+    def _abar(self, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        return _per_sample(self.alphas_cumprod.to(like.device)[t.to(like.device).long()], like)
+
+    def add_noise(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        abar = self._abar(t, x0)
+        return abar.sqrt() * x0 + (1 - abar).sqrt() * noise
+
+    def target(self, x0: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        return noise
+
+    def noise_of(self, x_t: torch.Tensor, x0: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        abar = self._abar(t, x_t)
+        return (x_t - abar.sqrt() * x0) / (1 - abar).sqrt()
+
+    def snr(self, t: torch.Tensor) -> torch.Tensor:
+        abar = self.alphas_cumprod.to(t.device)[t.long()]
+        return abar / (1 - abar)
+
+
+class FlowMatching(NoiseProcess):
+    """Rectified flow as SD3 trains it: ``x_t = (1 - sigma) x0 + sigma eps``, velocity target ``eps - x0``.
+
+    Timestep density: u ~ logit-normal(``logit_mean``, ``logit_std``) picks a point of the
+    scheduler's training grid (``sigmas``, already shifted by the model's ``shift``), as
+    diffusers' SD3 scripts sample with ``weighting_scheme="logit_normal"`` (whose loss weight is 1).
+    """
+
+    kind = "flow"
+
+    def __init__(self, sigmas: torch.Tensor, num_train_timesteps: int, logit_mean: float = 0.0,
+                 logit_std: float = 1.0) -> None:
+        super().__init__(num_train_timesteps)
+        self.sigmas = sigmas.to(torch.float32)  # descending: index 0 is the noisiest level
+        self.logit_mean = logit_mean
+        self.logit_std = logit_std
+
+    def sample_timesteps(self, n: int, generator: torch.Generator) -> torch.Tensor:
+        u = torch.sigmoid(self.logit_mean + self.logit_std * torch.randn(n, generator=generator))
+        index = (u * len(self.sigmas)).long().clamp(max=len(self.sigmas) - 1)
+        return self.sigmas[index] * self.num_train_timesteps
+
+    def sigma(self, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        return _per_sample(t / self.num_train_timesteps, like)
+
+    def add_noise(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        sigma = self.sigma(t, x0)
+        return (1 - sigma) * x0 + sigma * noise
+
+    def target(self, x0: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        return noise - x0
+
+    def noise_of(self, x_t: torch.Tensor, x0: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        sigma = self.sigma(t, x_t)
+        return (x_t - (1 - sigma) * x0) / sigma
+
+    def snr(self, t: torch.Tensor) -> torch.Tensor:
+        sigma = t.float() / self.num_train_timesteps
+        return ((1 - sigma) / sigma) ** 2
+
+
+def noise_process(scheduler: Any) -> NoiseProcess:
+    """The training process of a pipeline's scheduler: flow matching for diffusers' flow-match schedulers,
+    epsilon diffusion (DDPM's betas) for every other."""
+    config = scheduler.config
+    if type(scheduler).__name__.startswith("FlowMatch"):
+        from diffusers import FlowMatchEulerDiscreteScheduler
+
+        grid = FlowMatchEulerDiscreteScheduler.from_config(config)
+        return FlowMatching(grid.sigmas[: config.num_train_timesteps].clone(), config.num_train_timesteps)
+    prediction = config.get("prediction_type", "epsilon")
+    if prediction != "epsilon":
+        from harness.errors import HarnessError
+
+        raise HarnessError(f"the base model predicts {prediction!r}; training supports epsilon-prediction and "
+                           "flow-matching models")
+    from diffusers import DDPMScheduler
+
+    return EpsilonDiffusion(DDPMScheduler.from_config(config).alphas_cumprod)
