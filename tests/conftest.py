@@ -106,6 +106,15 @@ def scorer_locations(tmp_path_factory: pytest.TempPathFactory, harness_cache: Pa
 
 
 @pytest.fixture(scope="session")
+def hpsv3_locations(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """A tiny random HPSv3 (HPSv3.safetensors in the official key layout, and a Qwen2-VL base config and
+    processor built offline): the ``get_scorer("hpsv3", ...)`` keywords."""
+    from harness.scoring._random_weights import save_hpsv3
+
+    return save_hpsv3(tmp_path_factory.mktemp("hpsv3-weights"))
+
+
+@pytest.fixture(scope="session")
 def tiny_sd15_dir(harness_cache: Path) -> Path:
     """An SD1.5-shaped random-init pipeline (512 px native), saved in diffusers format."""
     from harness.models import TINY_SHAPES, save_tiny_pipeline
