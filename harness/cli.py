@@ -18,6 +18,7 @@ from typing import Any, Callable, NoReturn
 from harness.atomic import disk_full_error
 from harness.errors import HarnessError
 from harness.results import ResultsDir
+from harness.text_table import text_table
 from harness.workers import quiet_libraries
 
 LEADERBOARD_COLUMNS = [
@@ -292,8 +293,7 @@ def format_table(rows: list[dict]) -> str:
             r["method"], r["suite"], *([str(r["category"]), str(r["n_prompts"])] if by_category else []),
             metric, str(r["n"]), f"{num(r['mean'])}{mark} {interval(r['ci_low'], r['ci_high'], 4)}", delta, win,
         ])
-    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
-    table = "\n".join("  ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip() for line in lines)
+    table = text_table(lines)
     notes = [note for note, shown in ((SIGNAL_NOTE, any(r.get("trained_on_signal") for r in rows)),
                                       (LOWER_NOTE, not all(r.get("higher_is_better", True) for r in rows))) if shown]
     return "\n".join([table, *notes])
@@ -330,37 +330,40 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
 def cmd_methods(args: argparse.Namespace) -> int:
     from harness.api.registry import METHODS
 
-    for name, cls in METHODS.items():
-        print(f"{name:10s} {getattr(cls, 'description', '')}")
+    print(text_table([["method", "description"],
+                      *([name, getattr(cls, "description", "")] for name, cls in METHODS.items())]))
     return 0
 
 
 def cmd_scorers(args: argparse.Namespace) -> int:
     from harness.api.registry import SCORERS
 
-    for name, cls in SCORERS.items():
-        print(f"{name:14s} {cls.version:24s} {cls.scale:12s} {getattr(cls, 'description', '')}")
+    print(text_table([["scorer", "version", "scale", "description"],
+                      *([name, cls.version, cls.scale, getattr(cls, "description", "")] for name, cls in SCORERS.items())]))
     return 0
 
 
 def cmd_suites(args: argparse.Namespace) -> int:
     from harness.suites import list_suites
 
-    for info in list_suites():
-        print(info)
+    print(text_table([["suite", "split", "prompts", "version", "description", "categories"],
+                      *(info.cells() for info in list_suites())]))
     return 0
 
 
 def cmd_presets(args: argparse.Namespace) -> int:
     from harness.api.registry import PRESETS
-    from harness.presets import get_preset, show_preset
+    from harness.presets import get_preset, preset_summary, show_preset
 
     if args.show:
         print(show_preset(get_preset(args.show)))
         return 0
+    rows = [["preset", "description and main settings (`harness presets --show PRESET`: every method's)"]]
     for name in PRESETS.names():
         preset = get_preset(name)
-        print(f"{name:6s} {preset.description}{'  (the default)' if preset.default else ''}")
+        rows.append([name, preset.description + ("  (the default)" if preset.default else "")])
+        rows.extend(["", line] for line in preset_summary(preset))
+    print(text_table(rows))
     return 0
 
 

@@ -69,15 +69,40 @@ def published_weights(preset: str) -> dict[str, PublishedWeights]:
     return {name: cls.published[preset] for name, cls in METHODS.items() if preset in cls.published}
 
 
+def presets_with_published_weights() -> dict[str, list[str]]:
+    """Each preset some method has released weights for, with those methods (``--pretrained``'s choices)."""
+    presets: dict[str, list[str]] = {}
+    for name, cls in METHODS.items():
+        for preset in cls.published:
+            presets.setdefault(preset, []).append(name)
+    return presets
+
+
+def evaluation_protocol(settings: GenerationSettings) -> str:
+    """The protocol in a few words: ``4 images per prompt (toy-unseen 8), ddim 10 steps, CFG 3.0, 32x32 px, seed 0``."""
+    exceptions = ", ".join(f"{suite} {n}" for suite, n in settings.suite_images_per_prompt.items())
+    images = f"{settings.images_per_prompt} images per prompt" + (f" ({exceptions})" if exceptions else "")
+    scheduler = settings.scheduler or "the model's scheduler"
+    size = f"{settings.width}x{settings.height} px" if settings.height and settings.width else "the model's size"
+    return (f"{images}, {scheduler} {settings.num_inference_steps} steps, CFG {settings.guidance_scale}, {size}, "
+            f"seed {settings.seed}")
+
+
+def preset_summary(preset: Preset) -> list[str]:
+    """``harness presets``' lines under a preset's description: its main settings."""
+    return [f"base model {preset.base_model}; training data {preset.data}",
+            f"suites {', '.join(preset.suites)}; scorers {', '.join(preset.scorers)}",
+            f"evaluation: {evaluation_protocol(preset.generation)}"]
+
+
 def show_preset(preset: Preset) -> str:
     """The preset, then every registered method's settings resolved under it, each with where it comes from:
     the method's defaults (its paper's), the preset's settings for every method, or the method's own for it."""
     from harness.trainer import resolve_config
 
-    generation = ", ".join(f"{k} {v}" for k, v in dataclasses.asdict(preset.generation).items() if v not in (None, {}))
     lines = [f"preset {preset.name}: {preset.description}", f"  base model   {preset.base_model}",
              f"  data         {preset.data}", f"  suites       {', '.join(preset.suites)}",
-             f"  scorers      {', '.join(preset.scorers)}", f"  evaluation   {generation}"]
+             f"  scorers      {', '.join(preset.scorers)}", f"  evaluation   {evaluation_protocol(preset.generation)}"]
     shared = {**({"vae": preset.vae} if preset.vae else {}), **preset.method_defaults}
     for name, cls in METHODS.items():
         config = resolve_config(name, preset.name)
