@@ -69,13 +69,18 @@ def published_weights(preset: str) -> dict[str, PublishedWeights]:
     return {name: cls.published[preset] for name, cls in METHODS.items() if preset in cls.published}
 
 
-def presets_with_published_weights() -> dict[str, list[str]]:
-    """Each preset some method has released weights for, with those methods (``--pretrained``'s choices)."""
+def no_published_weights(preset: Preset, method: str) -> str:
+    """The error of ``--pretrained`` for a method without weights under ``preset``: what it can evaluate instead."""
+    here = published_weights(preset.name)
+    if here:
+        return f"preset {preset.name!r} has no published weights for {method!r}; available: {', '.join(here)}"
     presets: dict[str, list[str]] = {}
     for name, cls in METHODS.items():
-        for preset in cls.published:
-            presets.setdefault(preset, []).append(name)
-    return presets
+        for other in cls.published:
+            presets.setdefault(other, []).append(name)
+    elsewhere = " or ".join(f"--preset {other} ({', '.join(names)})" for other, names in sorted(presets.items()))
+    return (f"preset {preset.name!r} has no published weights for any method; --pretrained works with "
+            f"{elsewhere or 'no installed preset'}")
 
 
 def evaluation_protocol(settings: GenerationSettings) -> str:
