@@ -392,8 +392,8 @@ def cmd_data_experts(args: argparse.Namespace) -> int:
     return 0
 
 
-class _HelpFormatter(argparse.HelpFormatter):
-    """Each option's default at the end of its help, where it has one worth saying (argparse's
+class HelpFormatter(argparse.HelpFormatter):
+    """`--help` and docs/cli.md: each option's default at the end of its help, where it has one worth saying (argparse's
     ArgumentDefaultsHelpFormatter also prints "default: None" and "default: False")."""
 
     def _get_help_string(self, action: argparse.Action) -> str:
@@ -419,13 +419,13 @@ def _global_options(after_command: bool) -> argparse.ArgumentParser:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="harness", description=__doc__.splitlines()[0] if __doc__ else None,
-                     parents=[_global_options(after_command=False)], formatter_class=_HelpFormatter)
+                     parents=[_global_options(after_command=False)], formatter_class=HelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     every_command = [_global_options(after_command=True)]
 
     def command(name: str, func: Callable[[argparse.Namespace], int], help: str,
                 within: Any = sub) -> argparse.ArgumentParser:
-        p = within.add_parser(name, help=help, description=help, parents=every_command, formatter_class=_HelpFormatter)
+        p = within.add_parser(name, help=help, description=help, parents=every_command, formatter_class=HelpFormatter)
         p.set_defaults(func=func)
         return p
 
@@ -537,7 +537,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-resume", action="store_true", help="ignore existing checkpoints in --out")
     p.add_argument("--seed", type=int, default=0, help="seed of the data order, noise and timesteps")
 
-    p = command("generate", cmd_generate, "generate images for a prompt suite with per-image deterministic seeds")
+    p = command("generate", cmd_generate, "generate images for a prompt suite with the preset's evaluation protocol "
+                "(per-image deterministic seeds)")
     p.epilog = ("The sampler, steps, CFG, images per prompt, size, seeds and prompt cap are the preset's evaluation "
                 "protocol (`harness presets` shows it), as `harness run` evaluates with: with the defaults, the "
                 "images are comparable with a run's of that preset. Each option given replaces its part.")
