@@ -40,6 +40,7 @@ import torch
 from harness.atomic import remove_leftovers, replacing, write_jsonl, writing
 from harness.distributed import barrier, rank_and_size
 from harness.errors import HarnessError
+from harness.progress import progress_bar
 from harness.api.suite import Suite
 
 MANIFEST_NAME = "manifest.jsonl"
@@ -130,9 +131,9 @@ def generate(
         if synchronised:
             barrier()
         journal_path = out_dir / _PARTS_DIR / f"rank-{rank}.jsonl"
-        with _Journal(journal_path) as journal, _progress_bar(
+        with _Journal(journal_path) as journal, progress_bar(
             # Rank 0's shard stands for all: the ranks share the work evenly.
-            total=len(jobs), initial=len(jobs) - len(todo), enabled=progress and rank == 0, desc=suite.name
+            total=len(jobs), initial=len(jobs) - len(todo), enabled=progress and rank == 0, desc=suite.name, unit="img"
         ) as bar:
             for start in range(0, len(todo), batch_size):
                 batch = todo[start : start + batch_size]
@@ -487,12 +488,3 @@ def _publish_manifest(out_dir: Path, rows: list[dict]) -> list[dict]:
     (out_dir / _PARTS_DIR).rmdir()
     remove_leftovers(out_dir)  # every rank has finished writing: temporary files left are a killed run's
     return rows
-
-
-@contextmanager
-def _progress_bar(*, total: int, initial: int, enabled: bool, desc: str) -> Iterator[Any]:
-    """tqdm shows images/s and the ETA; ``initial`` counts images found already done."""
-    from tqdm.auto import tqdm
-
-    with tqdm(total=total, initial=initial, unit="img", desc=desc, disable=not enabled, dynamic_ncols=True) as bar:
-        yield bar

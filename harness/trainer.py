@@ -36,6 +36,7 @@ from harness.api.method import Batch, Method, Models, TrainConfig, TrainingConte
 from harness.api.registry import METHODS, PRESETS
 from harness.atomic import replacing, staging
 from harness.errors import HarnessError
+from harness.progress import progress_bar
 
 LogFn = Callable[[int, dict[str, float]], None]
 
@@ -500,10 +501,8 @@ class Trainer:
             start = loaded["step"]
             counters = {k: loaded[k] for k in counters}
         writer = self._tensorboard()
-        from tqdm.auto import tqdm
-
-        progress = tqdm(range(start, config.max_steps), initial=start, total=config.max_steps, desc=type(self.method).__name__,
-                        disable=not self.accelerator.is_local_main_process, dynamic_ncols=True)
+        progress = progress_bar(range(start, config.max_steps), initial=start, total=config.max_steps, unit="step",
+                                desc=type(self.method).__name__, enabled=self.accelerator.is_local_main_process)
         params = trainable_parameters(self.unet)
         self.models.unet_evals = 0
         evals_before = counters["unet_evals"]
