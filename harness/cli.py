@@ -557,7 +557,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cfg", type=float, help="classifier-free guidance scale" + protocol)
     p.add_argument("--height", type=_count, help="image height in pixels" + protocol)
     p.add_argument("--width", type=_count, help="image width in pixels" + protocol)
-    p.add_argument("--scheduler", help="ddpm, ddim, pndm, euler, euler-a, dpm++ or unipc" + protocol)
+    p.add_argument("--scheduler", help="ddpm, ddim, pndm, euler, euler-a, dpm++ or unipc; flow-euler for a "
+                   "flow-matching model (SD3)" + protocol)
     p.add_argument("--max-prompts", type=_count, help="only the first N prompts of the suite (default: the preset's "
                    "cap, if any)")
     p.add_argument("--channels-last", action="store_true", help="UNet in channels_last memory format")
