@@ -25,10 +25,10 @@ from pathlib import Path
 import pytest
 
 from conftest import harness_cli
-from harness.api import METHODS as REGISTERED
+from test_readme import readme_command
 
 PLUGIN = Path(__file__).resolve().parent / "plugins" / "tiny_scorer_archs.py"
-METHODS = tuple(REGISTERED.names())  # every registered method on the papers' recipes, a new one included
+BUILT_IN = sorted(p.stem for p in (Path(__file__).resolve().parents[1] / "methods").glob("*.py") if p.stem != "__init__")
 SCORERS = ("pickscore", "hpsv2", "hpsv2.1", "imagereward", "clip", "aesthetic")
 
 
@@ -44,11 +44,15 @@ def test_published_recipes_run_end_to_end_offline(shape, request, tmp_path, pick
                                                   scorer_locations):
     model = request.getfixturevalue(f"tiny_{shape}_dir")
     out = tmp_path / "run"
+    # The README's command for this preset, with the offline stand-ins and the lowered compute added.
+    command = readme_command(shape)
+    methods = tuple(command[command.index("--methods") + 1].split(","))
+    assert sorted(methods) == BUILT_IN  # the README's recipe trains every built-in method
     # SDXL's recipe replaces the VAE by the fp16-safe one from the hub: offline, a local stand-in.
     vae = ["--vae", str(model / "vae")] if shape == "sdxl" else []
     result = harness_cli(
-        "--plugin", str(PLUGIN), "run", "--preset", shape, "--model", str(model), *vae, "--data", str(pickapic_v2_dir),
-        "--methods", ",".join(METHODS), "--suites", f"pickapic-test:{pickapic_v2_dir},hpdv2:{hpdv2_dir}",
+        "--plugin", str(PLUGIN), *command, "--model", str(model), *vae, "--data", str(pickapic_v2_dir),
+        "--suites", f"pickapic-test:{pickapic_v2_dir},hpdv2:{hpdv2_dir}",
         "--max-prompts", "1", "--images-per-prompt", "1", "--steps", "2", "--out", str(out),
         "--set", "max_steps=1", "--set", "effective_batch_size=None", "--set", "dro.expert_top_k=10",
         "--set", "dro.sampler_steps=4", "--set", "smpo.inversion_steps=2",
@@ -75,7 +79,7 @@ def test_published_recipes_run_end_to_end_offline(shape, request, tmp_path, pick
     assert board.returncode == 0, board.stderr
     leaderboard = json.loads(board.stdout)
     cells = {(r["method"], r["suite"], r["metric"]): r for r in leaderboard}
-    for method in ("base", *METHODS):
+    for method in ("base", *methods):
         for suite in ("pickapic-test", "hpdv2"):
             for metric in SCORERS:
                 assert (method, suite, metric) in cells, (method, suite, metric)
