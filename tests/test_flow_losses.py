@@ -81,7 +81,7 @@ def flow_nets(harness_cache):
     generator = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for p in policy.parameters():
-            p.add_(0.05 * torch.randn(p.shape, generator=generator))
+            p.add_(0.01 * torch.randn(p.shape, generator=generator))
     return policy, reference, FlowMatchEulerDiscreteScheduler(num_train_timesteps=T, shift=SHIFT)
 
 
@@ -168,7 +168,7 @@ def test_kto_on_flow_is_the_utility_of_velocity_error_rewards(flow_nets):
     policy, reference, _ = flow_nets
     labels = torch.tensor([1.0, 0.0, 1.0, 0.0])
     batch = flow_batch(4, 4, seed=1, step_seed=11, labels=labels)
-    loss, _ = KTO(KTOConfig(beta=200.0, lambda_desirable=1.0, lambda_undesirable=2.0)).loss(batch, flow_models(flow_nets))
+    loss, _ = KTO(KTOConfig(beta=50.0, lambda_desirable=1.0, lambda_undesirable=2.0)).loss(batch, flow_models(flow_nets))
     generator = torch.Generator().manual_seed(11)
     sigma = logit_normal_sigmas(4, generator)  # each image its own sigma, then its own noise
     eps = torch.randn((4, *LATENT), generator=generator)
@@ -176,7 +176,7 @@ def test_kto_on_flow_is_the_utility_of_velocity_error_rewards(flow_nets):
          - velocity_errors(policy, batch.latents, eps, sigma, batch.cond))
     z0 = g.mean().clamp(min=0)
     weights, signs = torch.tensor([1.0, 2.0, 1.0, 2.0]), 2 * labels - 1
-    expected = (weights * (1 - torch.sigmoid(signs * 200.0 * (g - z0)))).mean()
+    expected = (weights * (1 - torch.sigmoid(signs * 50.0 * (g - z0)))).mean()
     assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
 
 
@@ -290,7 +290,7 @@ def test_dro_loss_on_flow_is_the_hinge_over_velocity_errors_with_one_caption_and
     policy_diff = policy_error(trained) - policy_error(reference)
     expected = torch.relu(expert_diff - policy_diff + 0.001).mean()
     assert loss.item() == pytest.approx(expected.item(), rel=1e-4)
-    assert loss.item() != pytest.approx(0.001, abs=1e-5)  # the policy differs: not the margin alone
+    assert loss.item() > 0 and loss.item() != pytest.approx(0.001, abs=1e-5)  # the hinge is active, not the margin alone
 
 
 # -- SmPO -----------------------------------------------------------------------------------------------------------
