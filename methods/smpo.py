@@ -114,6 +114,7 @@ def flow_inverse_timesteps(process: FlowMatching, steps: int) -> tuple[InverseSt
     ``T - 1 - stride * [0, ..., steps-1]`` (stride = grid size // steps)."""
     stride = len(process.sigmas) // steps
     taus = process.timesteps_at(len(process.sigmas) - 1 - torch.arange(steps) * stride)
+    # Each step starts from the level below its destination tau (the image itself, sigma 0, for the first).
     below = {float(tau): float(lower) for tau, lower in zip(taus, torch.cat([torch.zeros(1), taus[:-1]]))}
 
     def step(v: torch.Tensor, tau: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
