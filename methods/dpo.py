@@ -5,6 +5,17 @@ pushes the policy's error on the winner down relative to the loser, measured
 against the frozen reference.  beta follows the public Salesforce code:
 ``-0.5 * beta`` inside the sigmoid (the diffusers example's beta is twice as
 large for the same run: its 2500 is our 5000).
+
+    Dw = err(policy, x_t^w) - err(ref, x_t^w)      Dl likewise for the loser
+    loss = mean(-log sigmoid(-0.5 * beta * (Dw - Dl)))
+
+Flow form (SD3 and other flow-matching bases, ``models.process``): err is the velocity error,
+the mean over C, H, W of (v_theta(x_t, sigma T, c) - (eps - x0))^2 at x_t = (1 - sigma) x0 + sigma eps
+(T = 1000), with one sigma and one eps per pair; sigma is SD3's training density, u ~ logit-normal(0, 1)
+picking a point of the scheduler's shifted grid (shift 3).  The loss formula carries over unchanged;
+beta's scale does not: flow_grpo's SD3.5-Medium DPO (``scripts/train_sd3_dpo.py``, the same
+``-0.5 * beta`` on a per-sample velocity MSE, same noise and t for the pair) uses beta = 100, fifty
+times below the SD1.5 recipe's 5000.  No preset here sets a flow beta (``tiny-flow`` takes ``tiny``'s).
 """
 
 from __future__ import annotations
