@@ -346,6 +346,8 @@ def _settings(
         "dtype": str(unet.dtype).removeprefix("torch."),
         "channels_last": first_conv.is_contiguous(memory_format=torch.channels_last),
         "compiled": hasattr(unet, "_orig_mod"),  # what torch.compile wraps the module in
+        # SD3 with or without its T5 encoder (HARNESS_DROP_T5): other conditioning, other images.
+        **({"t5": pipe.text_encoder_3 is not None} if hasattr(pipe, "text_encoder_3") else {}),
     }
 
 

@@ -133,3 +133,30 @@ def test_harness_evaluate_takes_a_trained_sd3_transformer_and_its_lora_adapters(
     manifest = results / "images" / "merged" / "toy-seen" / "manifest.jsonl"
     assert {json.loads(line)["scheduler"] for line in manifest.read_text().splitlines()} == {
         "FlowMatchEulerDiscreteScheduler"}
+
+
+def test_a_pipeline_with_t5_loads_and_trains_with_it_and_harness_drop_t5_leaves_it_out(pair_dir, tmp_path, monkeypatch):
+    from dataclasses import replace
+
+    from harness.models import DROP_T5, TINY_SHAPES, load_pipeline, save_tiny_pipeline
+
+    model = save_tiny_pipeline(tmp_path / "sd3-t5", replace(TINY_SHAPES["tiny-sd3"], t5=True))
+
+    def t5_tokens(pipe) -> torch.Tensor:
+        """The conditioning's tokens after CLIP's 77: T5's states, or the pipeline's zeros without it."""
+        with torch.no_grad():
+            hidden = pipe.encode_prompt("a red square", None, None, device="cpu", do_classifier_free_guidance=False)[0]
+        return hidden[:, 77:]
+
+    with_t5 = load_pipeline(model)
+    assert with_t5.text_encoder_3 is not None and t5_tokens(with_t5).abs().sum() > 0
+    monkeypatch.setenv(DROP_T5, "1")
+    without = load_pipeline(model)
+    assert without.text_encoder_3 is None and without.tokenizer_3 is None
+    assert t5_tokens(without).shape == t5_tokens(with_t5).shape and not t5_tokens(without).any()
+    monkeypatch.delenv(DROP_T5)
+
+    logged: list[dict] = []
+    train("dpo", base_model=model, data_dir=pair_dir, output_dir=tmp_path / "dpo", overrides={**FAST, "max_steps": 2},
+          on_log=lambda step, terms: logged.append(terms))
+    assert logged[0]["loss"] == pytest.approx(math.log(2), abs=1e-5) and math.isfinite(logged[1]["loss"])

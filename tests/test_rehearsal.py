@@ -39,7 +39,7 @@ def scorer_options(locations: dict[str, dict[str, str]]) -> list[str]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("shape", ["sd15", "sdxl"])
+@pytest.mark.parametrize("shape", ["sd15", "sdxl", "sd35"])
 def test_published_recipes_run_end_to_end_offline(shape, request, tmp_path, pickapic_v2_dir, hpdv2_dir,
                                                   scorer_locations):
     model = request.getfixturevalue(f"tiny_{shape}_dir")
@@ -66,8 +66,12 @@ def test_published_recipes_run_end_to_end_offline(shape, request, tmp_path, pick
     # starts from the base.
     smpo_state = json.loads((out / "models" / "smpo" / "final" / "trainer_state.json").read_text())
     sft = out / "models" / "sft" / "final" / "unet"
-    assert smpo_state["config"]["init_unet"] == (str(sft) if shape == "sd15" else None)
+    assert smpo_state["config"]["init_unet"] == (str(sft) if shape in ("sd15", "sd35") else None)
     assert smpo_state["config"]["pair_scorer"] == "pickscore-cosine"
+    if shape == "sd35":  # flow_grpo's SD3.5 DPO: LoRA adapters at 512 px, exported merged and alone
+        dpo_state = json.loads((out / "models" / "dpo" / "final" / "trainer_state.json").read_text())
+        assert (dpo_state["config"]["lora_rank"], dpo_state["config"]["resolution"]) == (32, 512)
+        assert (out / "models" / "dpo" / "final" / "lora" / "pytorch_lora_weights.safetensors").is_file()
     dro_state = json.loads((out / "models" / "dro" / "final" / "trainer_state.json").read_text())
     assert dro_state["config"]["master_weights"] == "bf16" and dro_state["config"]["ema_decay"] == 0.9999
 
