@@ -357,6 +357,11 @@ def _dropped_encoders(class_name: str) -> dict[str, None]:
     return {}
 
 
+def pipeline_scheduler(model: str) -> str:
+    """The class name of the scheduler a pipeline (local directory, or a hub id already fetched) ships with."""
+    return _pipeline_index(model)["scheduler"][1]
+
+
 def _absent_components(index: dict[str, Any]) -> dict[str, None]:
     """Components saved as absent (SD3 without T5: ``text_encoder_3: [null, null]``), which
     ``from_pretrained`` wants passed as None explicitly."""

@@ -68,8 +68,8 @@ def sd35() -> Preset:
         generation=replace(_PAPER_PROTOCOL, num_inference_steps=40, guidance_scale=4.5, height=1024, width=1024,
                            batch_size=4, scheduler=None),
         data="yuvalkirstain/pickapic_v2",
-        # Its native 1024 px; bf16, the precision the model card runs it in; gradient checkpointing for a
-        # 2.5B-parameter transformer at 4096 image tokens.  AdamW (the default), as diffusers' SD3 scripts.
+        # Its native 1024 px; bf16, the precision the model card runs it in; gradient checkpointing for its
+        # transformer at 4096 image tokens.  AdamW (the default), as diffusers' SD3 scripts.
         method_defaults={"resolution": 1024, "gradient_checkpointing": True, "mixed_precision": "bf16"},
     )
 

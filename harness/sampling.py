@@ -204,6 +204,15 @@ def _check_arguments(suite: Suite, images_per_prompt: int, batch_size: int, num_
         raise HarnessError(f"suite {suite.name!r} has duplicate prompt_id {duplicate!r}")
 
 
+def scheduler_mismatch(name: str | None, model_scheduler: str) -> str | None:
+    """Why sampler ``name`` (a key of ``SCHEDULERS``; None: the model's own) cannot sample a model whose own
+    scheduler is the class ``model_scheduler``: a diffusion sampler on a flow-matching model or the reverse."""
+    if name is None or (name == "flow-euler") == model_scheduler.startswith("FlowMatch"):
+        return None
+    family = "a flow-matching" if name != "flow-euler" else "a diffusion"
+    return f"scheduler {name!r} does not fit {family} model ({model_scheduler})"
+
+
 @contextmanager
 def _scheduler_swapped(pipe: Any, name: str | None) -> Iterator[None]:
     if name is None:
@@ -214,10 +223,9 @@ def _scheduler_swapped(pipe: Any, name: str | None) -> Iterator[None]:
     import diffusers
 
     original = pipe.scheduler
-    if (name == "flow-euler") != type(original).__name__.startswith("FlowMatch"):
-        family = "a flow-matching" if name != "flow-euler" else "a diffusion"
-        raise HarnessError(f"scheduler {name!r} does not fit {family} model ({type(original).__name__}); "
-                           f"{'use flow-euler' if name != 'flow-euler' else 'choose one of ' + ', '.join(s for s in SCHEDULERS if s != 'flow-euler')}")
+    mismatch = scheduler_mismatch(name, type(original).__name__)
+    if mismatch:
+        raise HarnessError(f"{mismatch}; {'use flow-euler' if name != 'flow-euler' else 'choose one of ' + ', '.join(s for s in SCHEDULERS if s != 'flow-euler')}")
     pipe.scheduler = getattr(diffusers, SCHEDULERS[name]).from_config(original.config)
     try:
         yield
