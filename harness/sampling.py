@@ -225,7 +225,8 @@ def _scheduler_swapped(pipe: Any, name: str | None) -> Iterator[None]:
     original = pipe.scheduler
     mismatch = scheduler_mismatch(name, type(original).__name__)
     if mismatch:
-        raise HarnessError(f"{mismatch}; {'use flow-euler' if name != 'flow-euler' else 'choose one of ' + ', '.join(s for s in SCHEDULERS if s != 'flow-euler')}")
+        diffusion = ", ".join(s for s in SCHEDULERS if s != "flow-euler")
+        raise HarnessError(f"{mismatch}; " + ("use flow-euler" if name != "flow-euler" else f"choose one of {diffusion}"))
     pipe.scheduler = getattr(diffusers, SCHEDULERS[name]).from_config(original.config)
     try:
         yield

@@ -112,7 +112,8 @@ def test_ema_export_and_init_unet_from_an_sd3_transformer(tiny_sd3_dir, pair_dir
 def _run_rows(out: Path, method: str) -> dict:
     db = sqlite3.connect(out / "results.db")
     rows = db.execute("SELECT i.suite, i.prompt_id, i.image_index, i.seed, i.sha256, s.scorer, s.value FROM images i "
-                      "JOIN runs r USING (run_id) JOIN scores s USING (image_id) WHERE r.method = ?", (method,)).fetchall()
+                      "JOIN runs r USING (run_id) JOIN scores s USING (image_id) WHERE r.method = ?",
+                      (method,)).fetchall()
     db.close()
     return {row[:3] + (row[5],): (row[3], row[4], row[6]) for row in rows}
 
