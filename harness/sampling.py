@@ -205,6 +205,15 @@ def _check_arguments(suite: Suite, images_per_prompt: int, batch_size: int, num_
         raise HarnessError(f"suite {suite.name!r} has duplicate prompt_id {duplicate!r}")
 
 
+def scheduler_mismatch(name: str | None, model_scheduler: str) -> str | None:
+    """Why sampler ``name`` (a key of ``SCHEDULERS``; None: the model's own) cannot sample a model whose own
+    scheduler is the class ``model_scheduler``: a diffusion sampler on a flow-matching model or the reverse."""
+    if name is None or (name == "flow-euler") == model_scheduler.startswith("FlowMatch"):
+        return None
+    family = "a flow-matching" if name != "flow-euler" else "a diffusion"
+    return f"scheduler {name!r} does not fit {family} model ({model_scheduler})"
+
+
 @contextmanager
 def _scheduler_swapped(pipe: Any, name: str | None) -> Iterator[None]:
     if name is None:
@@ -215,10 +224,10 @@ def _scheduler_swapped(pipe: Any, name: str | None) -> Iterator[None]:
     import diffusers
 
     original = pipe.scheduler
-    if (name == "flow-euler") != type(original).__name__.startswith("FlowMatch"):
-        family = "a flow-matching" if name != "flow-euler" else "a diffusion"
-        raise HarnessError(f"scheduler {name!r} does not fit {family} model ({type(original).__name__}); "
-                           f"{'use flow-euler' if name != 'flow-euler' else 'choose one of ' + ', '.join(s for s in SCHEDULERS if s != 'flow-euler')}")
+    mismatch = scheduler_mismatch(name, type(original).__name__)
+    if mismatch:
+        diffusion = ", ".join(s for s in SCHEDULERS if s != "flow-euler")
+        raise HarnessError(f"{mismatch}; " + ("use flow-euler" if name != "flow-euler" else f"choose one of {diffusion}"))
     pipe.scheduler = getattr(diffusers, SCHEDULERS[name]).from_config(original.config)
     try:
         yield
@@ -347,6 +356,8 @@ def _settings(
         "dtype": str(unet.dtype).removeprefix("torch."),
         "channels_last": first_conv.is_contiguous(memory_format=torch.channels_last),
         "compiled": hasattr(unet, "_orig_mod"),  # what torch.compile wraps the module in
+        # SD3 with or without its T5 encoder (HARNESS_DROP_T5): other conditioning, other images.
+        **({"t5": pipe.text_encoder_3 is not None} if hasattr(pipe, "text_encoder_3") else {}),
     }
 
 

@@ -174,6 +174,8 @@ class DRO(Method):
         "sd15": {"effective_batch_size": 256, "mixed_precision": "bf16", "master_weights": "bf16", "ema_on_cpu": True},
         # The paper trains SD1.5 only: this is the same recipe carried over, not a published one.
         "sdxl": {"effective_batch_size": 256, "mixed_precision": "bf16", "master_weights": "bf16", "ema_on_cpu": True},
+        # Not published for SD3: the SD1.5 recipe carried over.
+        "sd35": {"effective_batch_size": 256, "master_weights": "bf16", "ema_on_cpu": True},
         # The published buffer semantics (each row an expert with a trajectory sampled from its own caption),
         # made cheaper: 4 of the 16 experts of each step become rows of a 16-row buffer (published: every
         # expert of the micro-batch, into a buffer of exactly those rows).  Measured (toy-fidelity delta

@@ -154,6 +154,8 @@ class KTO(Method):
         # No published SDXL recipe (the public script trains SD1.5): the SD1.5 one carried over to the sdxl
         # preset's shared settings (1024 px, Adafactor, gradient checkpointing, the fp16-safe VAE).
         "sdxl": {"effective_batch_size": 8, "mixed_precision": "fp16"},
+        # Not published for SD3: the SD1.5 recipe carried over, in the sd35 preset's bf16.
+        "sd35": {"effective_batch_size": 8},
         # The published beta at the preset's lr, on 32 images per step: the images (and UNet evaluations) of
         # DPO's 16 pairs.  Measured (toy-fidelity delta vs base, seen / unseen, 95% CI): this +0.028 [+0.010,
         # +0.048] / +0.028 [+0.003, +0.057]; beta 500: +0.027 / +0.029 (CIs above 0); 16 images: +0.015

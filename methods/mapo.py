@@ -113,6 +113,8 @@ class MaPO(Method):
         "sdxl": {"effective_batch_size": 128, "mixed_precision": "fp16", "optimizer": "adamw"},
         # Not published (the paper trains SDXL only): the SDXL settings carried over, at SD1.5's 512 px.
         "sd15": {"effective_batch_size": 128, "mixed_precision": "fp16"},
+        # Not published for SD3: the SDXL settings carried over, in the sd35 preset's bf16.
+        "sd35": {"effective_batch_size": 128},
         # Tried on the toy world (toy-fidelity delta vs base, seen / unseen, 95% CIs; the README's MaPO
         # row): beta 0.1 at lr 3e-5 (the other methods' toy lr) -0.030 [-0.052, -0.006] / -0.016;
         # beta 0.1 at lr 1e-5 -0.012 / -0.003; beta 0.01 at lr 3e-5 -0.001 / +0.007; beta 0 (the chosen

@@ -39,6 +39,7 @@ class SFT(Method):
     presets = {
         "sd15": {"effective_batch_size": 256, "mixed_precision": "bf16"},
         "sdxl": {"effective_batch_size": 256, "mixed_precision": "bf16"},
+        "sd35": {"effective_batch_size": 256},  # not published for SD3: the SD1.5 recipe carried over
         "toy": {},  # the toy preset's settings for every method
         "tiny": {},
     }

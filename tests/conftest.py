@@ -131,6 +131,23 @@ def tiny_sdxl_dir(harness_cache: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_sd3_dir(harness_cache: Path) -> Path:
+    """The SD3.5-Medium-shaped random-init flow-matching pipeline at 32 px (the ``tiny-sd3`` base model),
+    saved in diffusers format."""
+    from harness.models import TINY_SHAPES, save_tiny_pipeline
+
+    return save_tiny_pipeline(harness_cache / "tiny-sd3", TINY_SHAPES["tiny-sd3"])
+
+
+@pytest.fixture(scope="session")
+def tiny_sd35_dir(harness_cache: Path) -> Path:
+    """An SD3.5-Medium-shaped random-init pipeline (1024 px native, 128x128 latents), saved in diffusers format."""
+    from harness.models import TINY_SHAPES, save_tiny_pipeline
+
+    return save_tiny_pipeline(harness_cache / "tiny-sd35", TINY_SHAPES["sd35"])
+
+
+@pytest.fixture(scope="session")
 def small_sdxl_dir(harness_cache: Path) -> Path:
     """The SDXL-shaped pipeline at 128 px native (latents 16x16): SDXL's conditioning in fast tests.
 
