@@ -61,8 +61,8 @@ def sd35() -> Preset:
                     "(GPU, downloaded weights)",
         base_model="stabilityai/stable-diffusion-3.5-medium",
         suites=("pickapic-test", "hpdv2"),
-        # TODO(lead): add "hpsv3" once that scorer is registered (another branch adds it).
-        scorers=_PAPER_SCORERS,
+        # HPSv3 too: what 2026 papers on flow-matching models report (a 7B reward model: docs/results.md).
+        scorers=(*_PAPER_SCORERS, "hpsv3"),
         # The model card's diffusers snippet: 40 steps, guidance 4.5, 1024 px, the pipeline's own flow-matching
         # Euler scheduler (shift 3; scheduler None keeps it).  Not the pipeline's defaults (28 steps, 7.0: SD3's).
         generation=replace(_PAPER_PROTOCOL, num_inference_steps=40, guidance_scale=4.5, height=1024, width=1024,
