@@ -141,6 +141,27 @@ MID_UNET = dict(sample_size=16, block_out_channels=(64, 128, 256), layers_per_bl
                 up_block_types=("CrossAttnUpBlock2D",) * 2 + ("UpBlock2D",))
 
 
+def timed_steps(method, batch, models, optimizer, device: str, rounds: int) -> tuple[float, float]:
+    """(median seconds of an optimizer step after a warm-up one, peak GPU memory in GiB or NaN on a CPU)."""
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    times = []
+    for i in range(rounds + 1):
+        if device == "cuda":
+            torch.cuda.synchronize()
+        started = time.perf_counter()
+        batch.generator.manual_seed(i)
+        loss, _ = method.loss(batch, models)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if device == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - started)
+    peak = torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else float("nan")
+    return statistics.median(times[1:]), peak
+
+
 def sd15_dpo_step(unet_kind: str, device: str, rounds: int) -> None:
     """DPO step time and peak memory of an SD1.5-sized UNet, with and without gradient checkpointing."""
     from contextlib import nullcontext
@@ -169,25 +190,10 @@ def sd15_dpo_step(unet_kind: str, device: str, rounds: int) -> None:
         batch = Batch(latents=latents, means=latents, cond=Cond(torch.randn(1, 77, 768, device=device)),
                       keys=["w", "l"], scores=torch.full((2,), float("nan")),
                       labels=torch.full((2,), float("nan")), captions=["x"], generator=torch.Generator())
-        if device == "cuda":
-            torch.cuda.reset_peak_memory_stats()
-        times = []
-        for i in range(rounds + 1):
-            if device == "cuda":
-                torch.cuda.synchronize()
-            started = time.perf_counter()
-            batch.generator.manual_seed(i)
-            loss, _ = method.loss(batch, models)
-            loss.backward()
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            if device == "cuda":
-                torch.cuda.synchronize()
-            times.append(time.perf_counter() - started)
-        peak = torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else float("nan")
+        step, peak = timed_steps(method, batch, models, optimizer, device, rounds)
         n_params = sum(p.numel() for p in policy.parameters()) / 1e6
         print(f"{unet_kind} UNet {n_params:.0f} M params, 1 pair, bf16, gradient checkpointing {checkpointing}: "
-              f"median step {statistics.median(times[1:]):.3f} s, peak memory {peak:.2f} GiB", flush=True)
+              f"median step {step:.3f} s, peak memory {peak:.2f} GiB", flush=True)
         del policy, reference, optimizer, models
         if device == "cuda":
             torch.cuda.empty_cache()
@@ -245,26 +251,11 @@ def sd35_dpo_step(kind: str, device: str, rounds: int) -> None:
             batch = Batch(latents=latents, means=latents, cond=cond, keys=["w", "l"],
                           scores=torch.full((2,), float("nan")), labels=torch.full((2,), float("nan")),
                           captions=["x"], generator=torch.Generator())
-            if device == "cuda":
-                torch.cuda.reset_peak_memory_stats()
-            times = []
-            for i in range(rounds + 1):
-                if device == "cuda":
-                    torch.cuda.synchronize()
-                started = time.perf_counter()
-                batch.generator.manual_seed(i)
-                loss, _ = method.loss(batch, models)
-                loss.backward()
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-                if device == "cuda":
-                    torch.cuda.synchronize()
-                times.append(time.perf_counter() - started)
-            peak = torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else float("nan")
+            step, peak = timed_steps(method, batch, models, optimizer, device, rounds)
             n_params = sum(p.numel() for p in policy.parameters()) / 1e6
             n_trained = sum(p.numel() for p in trainable) / 1e6
             print(f"{kind} transformer {n_params:.0f} M params ({n_trained:.1f} M trained), {resolution} px, 1 pair, "
-                  f"bf16 autocast, {variant}: median step {statistics.median(times[1:]):.3f} s, "
+                  f"bf16 autocast, {variant}: median step {step:.3f} s, "
                   f"peak memory {peak:.2f} GiB", flush=True)
             del policy, optimizer, models, reference, trainable
             if variant != "lora32":
