@@ -205,8 +205,6 @@ SD35_TRANSFORMER = dict(sample_size=128, patch_size=2, in_channels=16, out_chann
                         dual_attention_layers=tuple(range(13)), qk_norm="rms_norm")
 MID_TRANSFORMER = {**SD35_TRANSFORMER, "num_layers": 2, "num_attention_heads": 2, "caption_projection_dim": 128,
                    "dual_attention_layers": (0,), "joint_attention_dim": 256, "pooled_projection_dim": 64}
-LORA_TARGETS = ["attn.add_k_proj", "attn.add_q_proj", "attn.add_v_proj", "attn.to_add_out", "attn.to_k",
-                "attn.to_out.0", "attn.to_q", "attn.to_v"]
 
 
 def sd35_dpo_step(kind: str, device: str, rounds: int) -> None:
@@ -216,7 +214,7 @@ def sd35_dpo_step(kind: str, device: str, rounds: int) -> None:
     from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel
 
     from harness.api.method import Batch, Cond, Models
-    from harness.trainer import adapters_disabled
+    from harness.trainer import adapters_disabled, lora_targets
     from methods.dpo import DPO, DPOConfig
 
     shape = SD35_TRANSFORMER if kind == "sd35" else MID_TRANSFORMER
@@ -232,7 +230,7 @@ def sd35_dpo_step(kind: str, device: str, rounds: int) -> None:
 
                 policy.requires_grad_(False)
                 policy.add_adapter(LoraConfig(r=32, lora_alpha=64, init_lora_weights="gaussian",
-                                              target_modules=LORA_TARGETS))
+                                              target_modules=lora_targets(policy)))  # the trainer's
                 reference = lambda: (policy, adapters_disabled(policy))  # noqa: E731
             else:
                 frozen = copy.deepcopy(policy).requires_grad_(False).to(dtype)
