@@ -70,23 +70,7 @@ def test_the_rule_is_checked_on_real_imports(tmp_path):
         probe.unlink()
 
 
-# -- the contract at work: a one-file plugin and every data spec through the real trainer --------------------
-def test_the_example_plugin_trains_from_one_file_through_the_cli(tiny_model_dir, tmp_path):
-    from conftest import harness_cli
-    from safetensors.torch import load_file
-    from train_fixtures import write_pair_dir
-
-    data = write_pair_dir(tmp_path / "data", n_pairs=3)
-    result = harness_cli("--plugin", str(ROOT / "examples" / "desirable_sft.py"), "train", "--method", "desirable-sft",
-                         "--preset", "tiny", "--model", str(tiny_model_dir), "--data", str(data),
-                         "--out", str(tmp_path / "out"))
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert "no settings for preset" not in result.stderr  # its file has its tiny settings
-    trained = load_file(str(tmp_path / "out" / "final" / "unet" / "diffusion_pytorch_model.safetensors"))
-    base = load_file(str(tiny_model_dir / "unet" / "diffusion_pytorch_model.safetensors"))
-    assert any(not (trained[k] == base[k]).all() for k in base)
-
-
+# -- the contract at work: every data spec through the real trainer (the one-file example plugin: test_readme) -----
 def test_labelled_images_reach_the_loss_as_labels(tiny_model_dir, tmp_path):
     """From pairs: winners labelled 1, losers 0, every image once per epoch."""
     from harness.api import LabelledImages, Method

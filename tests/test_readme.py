@@ -79,6 +79,8 @@ def test_every_recipe_runs(tmp_path, harness_cache):
         result = subprocess.run(["bash", "-e", "-c", body.replace("python ", f"{sys.executable} ")], cwd=tmp_path,
                                 env=env, capture_output=True, text=True, timeout=900)
         assert result.returncode == 0, f"recipe {name} failed:\n{body}\n{result.stdout[-2000:]}{result.stderr[-3000:]}"
+        # Every method a recipe trains has settings for the preset (the example plugin its own), so no warning.
+        assert "no settings for preset" not in result.stderr, result.stderr
         ran.append(name)
     assert ran == ["own-data-run", "evaluate", "add-a-method-run", "add-a-scorer-and-suite-run"]
     # What the recipes promise: the user's data trained on, the checkpoint evaluated beside the run's models.
