@@ -75,7 +75,7 @@ class BuildSettings:
 
 
 # The flow twin trains only its transformer (the VAE is the toy base's): chosen in docs/toy-world.md.
-FLOW_BUILD_SETTINGS = BuildSettings(unet_steps=1500, unet_batch_size=64, unet_lr=1e-3)
+FLOW_BUILD_SETTINGS = BuildSettings(unet_steps=1000, unet_batch_size=64, unet_lr=1e-3)
 
 
 def imperfect_dataset(size: int, imperfection: Imperfection, seed: int) -> tuple[np.ndarray, list[str]]:
