@@ -23,6 +23,12 @@ Usage: ``python bench/train_step.py [--rounds 7] [--pairs 4] [--accum 4]``
 SD1.5-sized UNet (random init, 64x64 latents, batch 1 pair, bf16 autocast over
 fp32 master weights, AdamW) with and without gradient checkpointing: median step
 time and peak GPU memory.  ``--unet mid --device cpu`` runs the same code path small.
+
+``--sd35-gpu`` measures the same for SD3.5 Medium's transformer (its published config, random init,
+flow matching, DPO's loss on velocity errors, 1 pair, prompt of 77 CLIP + 256 T5 tokens) at 512 and
+1024 px: full fine-tuning with and without gradient checkpointing, and LoRA rank 32 / alpha 64 on the
+attention projections (flow_grpo's SD3 DPO adapters; the reference is the same network, adapters off).
+``--transformer mid --device cpu`` runs it small.
 """
 
 from __future__ import annotations
@@ -135,6 +141,27 @@ MID_UNET = dict(sample_size=16, block_out_channels=(64, 128, 256), layers_per_bl
                 up_block_types=("CrossAttnUpBlock2D",) * 2 + ("UpBlock2D",))
 
 
+def timed_steps(method, batch, models, optimizer, device: str, rounds: int) -> tuple[float, float]:
+    """(median seconds of an optimizer step after a warm-up one, peak GPU memory in GiB or NaN on a CPU)."""
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    times = []
+    for i in range(rounds + 1):
+        if device == "cuda":
+            torch.cuda.synchronize()
+        started = time.perf_counter()
+        batch.generator.manual_seed(i)
+        loss, _ = method.loss(batch, models)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if device == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - started)
+    peak = torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else float("nan")
+    return statistics.median(times[1:]), peak
+
+
 def sd15_dpo_step(unet_kind: str, device: str, rounds: int) -> None:
     """DPO step time and peak memory of an SD1.5-sized UNet, with and without gradient checkpointing."""
     from contextlib import nullcontext
@@ -163,28 +190,76 @@ def sd15_dpo_step(unet_kind: str, device: str, rounds: int) -> None:
         batch = Batch(latents=latents, means=latents, cond=Cond(torch.randn(1, 77, 768, device=device)),
                       keys=["w", "l"], scores=torch.full((2,), float("nan")),
                       labels=torch.full((2,), float("nan")), captions=["x"], generator=torch.Generator())
-        if device == "cuda":
-            torch.cuda.reset_peak_memory_stats()
-        times = []
-        for i in range(rounds + 1):
-            if device == "cuda":
-                torch.cuda.synchronize()
-            started = time.perf_counter()
-            batch.generator.manual_seed(i)
-            loss, _ = method.loss(batch, models)
-            loss.backward()
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            if device == "cuda":
-                torch.cuda.synchronize()
-            times.append(time.perf_counter() - started)
-        peak = torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else float("nan")
+        step, peak = timed_steps(method, batch, models, optimizer, device, rounds)
         n_params = sum(p.numel() for p in policy.parameters()) / 1e6
         print(f"{unet_kind} UNet {n_params:.0f} M params, 1 pair, bf16, gradient checkpointing {checkpointing}: "
-              f"median step {statistics.median(times[1:]):.3f} s, peak memory {peak:.2f} GiB", flush=True)
+              f"median step {step:.3f} s, peak memory {peak:.2f} GiB", flush=True)
         del policy, reference, optimizer, models
         if device == "cuda":
             torch.cuda.empty_cache()
+
+
+SD35_TRANSFORMER = dict(sample_size=128, patch_size=2, in_channels=16, out_channels=16, num_layers=24,
+                        attention_head_dim=64, num_attention_heads=24, joint_attention_dim=4096,
+                        caption_projection_dim=1536, pooled_projection_dim=2048, pos_embed_max_size=384,
+                        dual_attention_layers=tuple(range(13)), qk_norm="rms_norm")
+MID_TRANSFORMER = {**SD35_TRANSFORMER, "num_layers": 2, "num_attention_heads": 2, "caption_projection_dim": 128,
+                   "dual_attention_layers": (0,), "joint_attention_dim": 256, "pooled_projection_dim": 64}
+
+
+def sd35_dpo_step(kind: str, device: str, rounds: int) -> None:
+    """DPO step time and peak memory of SD3.5 Medium's transformer: full (checkpointing off / on) and LoRA."""
+    from contextlib import nullcontext
+
+    from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel
+
+    from harness.api.method import Batch, Cond, Models
+    from harness.trainer import adapters_disabled, lora_targets
+    from methods.dpo import DPO, DPOConfig
+
+    shape = SD35_TRANSFORMER if kind == "sd35" else MID_TRANSFORMER
+    scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=3.0)
+    dtype = torch.bfloat16
+    for resolution in (512, 1024):
+        for variant in ("full", "full+checkpointing", "lora32"):
+            torch.manual_seed(0)
+            with torch.device(device):
+                policy = SD3Transformer2DModel(**shape)
+            if variant == "lora32":
+                from peft import LoraConfig
+
+                policy.requires_grad_(False)
+                policy.add_adapter(LoraConfig(r=32, lora_alpha=64, init_lora_weights="gaussian",
+                                              target_modules=lora_targets(policy)))  # the trainer's
+                reference = lambda: (policy, adapters_disabled(policy))  # noqa: E731
+            else:
+                frozen = copy.deepcopy(policy).requires_grad_(False).to(dtype)
+                reference = lambda: (frozen, nullcontext())  # noqa: E731
+            if variant == "full+checkpointing":
+                policy.enable_gradient_checkpointing()
+            trainable = [p for p in policy.parameters() if p.requires_grad]
+            optimizer = torch.optim.AdamW(trainable, lr=1e-6)
+            autocast = lambda: torch.autocast(device_type=device, dtype=dtype)  # noqa: E731
+            models = Models(policy=policy, unwrapped=policy, reference=reference, scheduler=scheduler, autocast=autocast)
+            method = DPO(DPOConfig(beta=100.0))
+            size = resolution // 8
+            latents = torch.randn(2, 16, size, size, device=device)
+            cond = Cond(torch.randn(1, 77 + 256, shape["joint_attention_dim"], device=device),
+                        {"pooled_projections": torch.randn(1, shape["pooled_projection_dim"], device=device)})
+            batch = Batch(latents=latents, means=latents, cond=cond, keys=["w", "l"],
+                          scores=torch.full((2,), float("nan")), labels=torch.full((2,), float("nan")),
+                          captions=["x"], generator=torch.Generator())
+            step, peak = timed_steps(method, batch, models, optimizer, device, rounds)
+            n_params = sum(p.numel() for p in policy.parameters()) / 1e6
+            n_trained = sum(p.numel() for p in trainable) / 1e6
+            print(f"{kind} transformer {n_params:.0f} M params ({n_trained:.1f} M trained), {resolution} px, 1 pair, "
+                  f"bf16 autocast, {variant}: median step {step:.3f} s, "
+                  f"peak memory {peak:.2f} GiB", flush=True)
+            del policy, optimizer, models, reference, trainable
+            if variant != "lora32":
+                del frozen
+            if device == "cuda":
+                torch.cuda.empty_cache()
 
 
 def main() -> None:
@@ -194,10 +269,15 @@ def main() -> None:
     parser.add_argument("--accum", type=int, default=4, help="DRO micro-batches per optimizer step")
     parser.add_argument("--sd15-gpu", action="store_true", help="SD1.5-sized DPO step time and peak memory")
     parser.add_argument("--unet", choices=("sd15", "mid"), default="sd15")
+    parser.add_argument("--sd35-gpu", action="store_true", help="SD3.5-Medium-sized DPO step time and peak memory")
+    parser.add_argument("--transformer", choices=("sd35", "mid"), default="sd35")
     parser.add_argument("--device", default="cuda")
     args = parser.parse_args()
     if args.sd15_gpu:
         sd15_dpo_step(args.unet, args.device, args.rounds)
+        return
+    if args.sd35_gpu:
+        sd35_dpo_step(args.transformer, args.device, args.rounds)
         return
     torch.manual_seed(0)
     work = Path(tempfile.mkdtemp(prefix="bench-train-"))

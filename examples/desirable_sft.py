@@ -2,7 +2,9 @@
 
     L = E_{x0 labelled desirable, t, eps} || eps - eps_theta(x_t, t, c) ||^2
 
-(RAFT-style: keep the good samples, train the plain denoising loss on them.)  It reads single
+(RAFT-style: keep the good samples, train the plain denoising loss on them.)  On a flow-matching base
+model (SD3) the same loss is the velocity error: target eps - x0 at x_t = (1 - sigma) x0 + sigma eps, from
+``models.process``.  It reads single
 images labelled desirable or undesirable, the data Diffusion-KTO reads; from a pairs data set
 each pair's preferred image is desirable and the other not.  Use it with
 

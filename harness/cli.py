@@ -11,6 +11,7 @@ import argparse
 import ast
 import csv
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any, Callable, NoReturn
@@ -18,6 +19,7 @@ from typing import Any, Callable, NoReturn
 from harness.atomic import disk_full_error
 from harness.errors import HarnessError
 from harness.results import ResultsDir
+from harness.text_table import text_table
 from harness.workers import quiet_libraries
 
 LEADERBOARD_COLUMNS = [
@@ -189,38 +191,35 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    """Under torchrun, every process runs this; prompts are split by rank and rank 0 merges the manifest."""
+    """The preset's evaluation protocol (the one `harness run` evaluates with), with the options given replacing
+    parts of it.  Under torchrun, every process runs this; prompts are split by rank and rank 0 merges the manifest."""
     from harness.config import require_directory_or_nothing, require_existing_path, resolve_base_model
+    from harness.presets import get_preset
 
-    require_existing_path(args.model, "--model")  # before the libraries load
+    preset = get_preset(args.preset)
+    model = args.model or preset.base_model
+    require_existing_path(model, "--model")  # before the libraries load
     if args.unet:
         require_existing_path(args.unet, "--unet")
     require_directory_or_nothing(Path(args.out), "--out")
     from harness.models import inference_device, load_pipeline
-    from harness.evaluate import load_suite
+    from harness.evaluate import Protocol
     from harness.distributed import torchrun_process_group
     from harness.sampling import generate, optimize_pipeline
 
     quiet_libraries()
-    suite = load_suite(args.suite, args.max_prompts)
+    protocol = Protocol.of(preset, max_prompts=args.max_prompts, images_per_prompt=args.images_per_prompt,
+                           steps=args.steps, seed=args.seed)
+    suite = protocol.load_suite(args.suite)
+    settings = protocol.sampling(suite.name)
+    given = dict(batch_size=args.batch_size, guidance_scale=args.cfg, height=args.height, width=args.width,
+                 scheduler=args.scheduler)
+    settings.update({name: value for name, value in given.items() if value is not None})
     with torchrun_process_group() as device:
         _, dtype = inference_device()
-        pipe = load_pipeline(resolve_base_model(args.model), unet=args.unet, dtype=dtype, device=device)
+        pipe = load_pipeline(resolve_base_model(model), unet=args.unet, dtype=dtype, device=device, vae=preset.vae)
         pipe = optimize_pipeline(pipe, channels_last=args.channels_last, compile_unet=args.compile)
-        rows = generate(
-            pipe,
-            suite,
-            Path(args.out),
-            images_per_prompt=args.images_per_prompt,
-            batch_size=args.batch_size,
-            seed=args.seed,
-            num_inference_steps=args.steps,
-            guidance_scale=args.cfg,
-            height=args.height,
-            width=args.width,
-            scheduler=args.scheduler,
-            progress=not args.no_progress,
-        )
+        rows = generate(pipe, suite, Path(args.out), **settings, progress=not args.no_progress)
     print(f"{len(rows)} images in {args.out} (manifest: {Path(args.out) / 'manifest.jsonl'})")
     return 0
 
@@ -292,8 +291,7 @@ def format_table(rows: list[dict]) -> str:
             r["method"], r["suite"], *([str(r["category"]), str(r["n_prompts"])] if by_category else []),
             metric, str(r["n"]), f"{num(r['mean'])}{mark} {interval(r['ci_low'], r['ci_high'], 4)}", delta, win,
         ])
-    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
-    table = "\n".join("  ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip() for line in lines)
+    table = text_table(lines)
     notes = [note for note, shown in ((SIGNAL_NOTE, any(r.get("trained_on_signal") for r in rows)),
                                       (LOWER_NOTE, not all(r.get("higher_is_better", True) for r in rows))) if shown]
     return "\n".join([table, *notes])
@@ -330,37 +328,40 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
 def cmd_methods(args: argparse.Namespace) -> int:
     from harness.api.registry import METHODS
 
-    for name, cls in METHODS.items():
-        print(f"{name:10s} {getattr(cls, 'description', '')}")
+    print(text_table([["method", "description"],
+                      *([name, getattr(cls, "description", "")] for name, cls in METHODS.items())]))
     return 0
 
 
 def cmd_scorers(args: argparse.Namespace) -> int:
     from harness.api.registry import SCORERS
 
-    for name, cls in SCORERS.items():
-        print(f"{name:14s} {cls.version:24s} {cls.scale:12s} {getattr(cls, 'description', '')}")
+    print(text_table([["scorer", "version", "scale", "description"],
+                      *([name, cls.version, cls.scale, getattr(cls, "description", "")] for name, cls in SCORERS.items())]))
     return 0
 
 
 def cmd_suites(args: argparse.Namespace) -> int:
     from harness.suites import list_suites
 
-    for info in list_suites():
-        print(info)
+    print(text_table([["suite", "split", "prompts", "version", "description", "categories"],
+                      *(info.cells() for info in list_suites())]))
     return 0
 
 
 def cmd_presets(args: argparse.Namespace) -> int:
     from harness.api.registry import PRESETS
-    from harness.presets import get_preset, show_preset
+    from harness.presets import get_preset, preset_summary, show_preset
 
     if args.show:
         print(show_preset(get_preset(args.show)))
         return 0
+    rows = [["preset", "description and main settings (`harness presets --show PRESET`: every method's)"]]
     for name in PRESETS.names():
         preset = get_preset(name)
-        print(f"{name:6s} {preset.description}{'  (the default)' if preset.default else ''}")
+        rows.append([name, preset.description + ("  (the default)" if preset.default else "")])
+        rows.extend(["", line] for line in preset_summary(preset))
+    print(text_table(rows))
     return 0
 
 
@@ -391,19 +392,46 @@ def cmd_data_experts(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="harness", description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--plugin", action="append", default=[], help="a .py file or module registering methods/scorers/suites")
-    sub = parser.add_subparsers(dest="command", required=True)
+class HelpFormatter(argparse.HelpFormatter):
+    """`--help` and docs/cli.md: each option's default at the end of its help, where it has one worth saying (argparse's
+    ArgumentDefaultsHelpFormatter also prints "default: None" and "default: False")."""
 
-    def command(name: str, func: Callable[[argparse.Namespace], int], help: str) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=help, description=help)
+    def _get_help_string(self, action: argparse.Action) -> str:
+        default = action.default
+        if default in (None, False, [], argparse.SUPPRESS) or not action.option_strings:
+            return action.help or ""
+        shown = ",".join(default) if isinstance(default, list) else str(default)
+        return f"{action.help} (default: {shown.replace('%', '%%')})"
+
+
+def _global_options(after_command: bool) -> argparse.ArgumentParser:
+    """The options every command takes, before its name (`harness --plugin my.py run ...`) or after it
+    (`harness run --plugin my.py ...`).  After it they land in ``*_after`` (``main`` joins the two): argparse
+    gives a command a fresh namespace whose default would replace what came before."""
+    options = argparse.ArgumentParser(add_help=False)
+    group = options.add_argument_group("options of every command (before or after its name)")
+    where = dict(dest="plugin_after", default=argparse.SUPPRESS) if after_command else dict(default=[])
+    group.add_argument("--plugin", action="append", metavar="FILE|MODULE", **where,
+                       help="load a plugin: a .py file or a module registering methods, scorers, suites or presets "
+                       "(repeatable)")
+    return options
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="harness", description=__doc__.splitlines()[0] if __doc__ else None,
+                     parents=[_global_options(after_command=False)], formatter_class=HelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    every_command = [_global_options(after_command=True)]
+
+    def command(name: str, func: Callable[[argparse.Namespace], int], help: str,
+                within: Any = sub) -> argparse.ArgumentParser:
+        p = within.add_parser(name, help=help, description=help, parents=every_command, formatter_class=HelpFormatter)
         p.set_defaults(func=func)
         return p
 
     p = command("run", cmd_run, "train each method from one base, generate the suites, score, store and rank")
     p.add_argument("--methods", type=_comma_list, required=True, help="comma-separated, e.g. dpo,dro,smpo")
-    p.add_argument("--out", default="runs", help="results directory (default: runs)")
+    p.add_argument("--out", default="runs", help="results directory to write (rerun the same command to resume)")
     p.add_argument("--preset", help="a registered preset (`harness presets`; default: toy, the toy world)")
     p.add_argument("--model", help="base model: hub id or local diffusers directory (default: the preset's)")
     p.add_argument("--data", help="training data: directory with pairs.jsonl/experts.jsonl, or a hub dataset id")
@@ -417,7 +445,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "e.g. 50 for sd15; fewer makes a quick check, not the papers' numbers)")
     p.add_argument("--set", action="append", default=[], metavar="[METHOD.]FIELD=VALUE", help="override a method's config field")
     p.add_argument("--pretrained", action="store_true", help="evaluate the published checkpoints instead of training")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the trainings and, added to the preset's, of the "
+                   "evaluation's images")
     p.add_argument("--jobs", type=_count, help="jobs (a training, a model's evaluation) run at once "
                    "(default: one per core on a CPU, one thread each; one per GPU)")
     p.add_argument("--scorer-option", action="append", default=[], metavar="SCORER.OPTION=VALUE",
@@ -430,7 +459,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-suites", type=_comma_list, help="with --eval-every: only these of the run's suites "
                    "(each whole; default: all)")
     p.add_argument("--backend", choices=["local", "ray"], default="local",
-                   help="where the jobs run: this machine's worker processes (default) or a Ray cluster "
+                   help="where the jobs run: this machine's worker processes (local) or a Ray cluster "
                    "(pip install '.[ray]'; docs/scaling.md)")
     p.add_argument("--address", help="with --backend ray: the cluster, auto or HOST:PORT (default: start one here)")
 
@@ -459,7 +488,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-prompts", type=_count, help="only the first N prompts of each suite (as the run's, to compare)")
     p.add_argument("--scorer-option", action="append", default=[], metavar="SCORER.OPTION=VALUE",
                    help="where a scorer's weights are, e.g. hpsv2.checkpoint=DIR")
-    p.add_argument("--out", default="runs", help="results directory: a `harness run`'s, or a new one (default: runs)")
+    p.add_argument("--out", default="runs", help="results directory to add to: a `harness run`'s, or a new one")
 
     p = command("score", cmd_score, "score images made elsewhere into a results directory, as a run of their own")
     p.epilog = ("The manifest is JSONL, one image a line: path (relative to the manifest's folder), prompt_id or "
@@ -476,11 +505,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", required=True, help="the run's name in the results")
     p.add_argument("--scorer-option", action="append", default=[], metavar="SCORER.OPTION=VALUE",
                    help="where a scorer's weights are, e.g. hpsv2.checkpoint=DIR")
-    p.add_argument("--out", default="runs", help="results directory (default: runs)")
+    p.add_argument("--out", default="runs", help="results directory to add to: a `harness run`'s, or a new one")
 
     p = command("reproduce", cmd_reproduce, "run the published checkpoints (harness run --pretrained) and set "
                 "our numbers beside the paper's, each difference in units of our confidence interval")
-    p.add_argument("--preset", default="sd15", help="a preset with published tables (default: sd15)")
+    p.add_argument("--preset", default="sd15", help="a preset with published tables")
     p.add_argument("--out", help="results directory (default: runs/reproduce-PRESET); rerun to resume")
     p.add_argument("--methods", type=_comma_list, help="default: every method the paper has a published checkpoint of")
     p.add_argument("--model", help="the base model: hub id or local directory (default: the preset's)")
@@ -492,43 +521,58 @@ def build_parser() -> argparse.ArgumentParser:
                    help="where a scorer's weights are, e.g. hpsv2.checkpoint=DIR")
     p.add_argument("--max-prompts", type=_count, help="only the first N prompts of each suite (a quick check)")
     p.add_argument("--images-per-prompt", type=_count, help="default: the paper's 5")
-    p.add_argument("--format", choices=["table", "json"], default="table")
+    p.add_argument("--format", choices=["table", "json"], default="table",
+                   help="a table of ours beside the paper's, or the same as JSON")
 
     p = command("train", cmd_train, "train one method and write its UNet in diffusers format")
-    p.add_argument("--method", required=True)
+    p.add_argument("--method", required=True, help="a registered method (`harness methods`)")
     p.add_argument("--data", required=True, help="directory with pairs.jsonl/experts.jsonl, or a hub dataset id")
-    p.add_argument("--out", required=True)
+    p.add_argument("--out", required=True, help="directory to write: checkpoints (resumed from), the UNet in "
+                   "OUT/final/unet")
     p.add_argument("--model", help="base model (default: the preset's)")
-    p.add_argument("--preset", help="a registered preset (`harness presets`; default: toy, the toy world)")
-    p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE")
+    p.add_argument("--preset", help="whose settings the method trains with (`harness presets --show PRESET`; "
+                   "default: toy, the toy world)")
+    p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                   help="override a field of the method's config, e.g. max_steps=10 (repeatable)")
     p.add_argument("--no-resume", action="store_true", help="ignore existing checkpoints in --out")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the data order, noise and timesteps")
 
-    p = command("generate", cmd_generate, "generate images for a prompt suite with per-image deterministic seeds")
-    p.add_argument("--model", required=True, help="a built model (toy, tiny), a hub id or a local directory")
-    p.add_argument("--unet", help="replace the UNet (a trained checkpoint directory)")
+    p = command("generate", cmd_generate, "generate images for a prompt suite with the preset's evaluation protocol "
+                "(per-image deterministic seeds)")
+    p.epilog = ("The sampler, steps, CFG, images per prompt, size, seeds and prompt cap are the preset's evaluation "
+                "protocol (`harness presets` shows it), as `harness run` evaluates with: with the defaults, the "
+                "images are comparable with a run's of that preset. Each option given replaces its part.")
+    protocol = " (default: the preset's protocol)"
+    p.add_argument("--model", metavar="ID|DIR", help="the pipeline: a built model (toy, tiny), a hub id or a local "
+                   "directory (default: the preset's base model)")
+    p.add_argument("--unet", metavar="DIR", help="replace its UNet: a trained checkpoint, e.g. OUT/final/unet of "
+                   "`harness train --out OUT`")
+    p.add_argument("--preset", help="whose evaluation protocol to follow (default: toy, the toy world)")
     p.add_argument("--suite", required=True, help="a registered suite, or NAME:PATH for a local copy")
-    p.add_argument("--out", required=True)
-    p.add_argument("--images-per-prompt", type=_count, default=5)
-    p.add_argument("--batch-size", type=_count, default=8)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--steps", type=_count, default=50)
-    p.add_argument("--cfg", type=float, default=7.5)
-    p.add_argument("--height", type=_count)
-    p.add_argument("--width", type=_count)
-    p.add_argument("--scheduler", default="ddpm", help="ddpm, ddim, pndm, euler, euler-a, dpm++, unipc")
-    p.add_argument("--max-prompts", type=_count)
+    p.add_argument("--out", required=True, help="directory to write the images and manifest.jsonl to")
+    p.add_argument("--images-per-prompt", type=_count, help="images per prompt" + protocol)
+    p.add_argument("--batch-size", type=_count, help="images per pipeline call" + protocol)
+    p.add_argument("--seed", type=int, default=0, help="added to the preset's seed, as `harness run --seed`")
+    p.add_argument("--steps", type=_count, help="sampler steps" + protocol)
+    p.add_argument("--cfg", type=float, help="classifier-free guidance scale" + protocol)
+    p.add_argument("--height", type=_count, help="image height in pixels" + protocol)
+    p.add_argument("--width", type=_count, help="image width in pixels" + protocol)
+    p.add_argument("--scheduler", help="ddpm, ddim, pndm, euler, euler-a, dpm++ or unipc; flow-euler for a "
+                   "flow-matching model (SD3)" + protocol)
+    p.add_argument("--max-prompts", type=_count, help="only the first N prompts of the suite (default: the preset's "
+                   "cap, if any)")
     p.add_argument("--channels-last", action="store_true", help="UNet in channels_last memory format")
     p.add_argument("--compile", action="store_true", help="torch.compile the UNet")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar or lines")
 
     p = command("leaderboard", cmd_leaderboard, "print the leaderboard of a results directory, or of several "
                 "side by side")
-    p.add_argument("--out", action="append", metavar="[NAME=]DIR", help="results directory (default: runs); "
-                   "repeat it (or a comma list) to compare experiments, methods named NAME/method (NAME: the "
+    p.add_argument("--out", action="append", metavar="[NAME=]DIR", help="results directory to read, written by "
+                   "`harness run --out` (default: runs); repeat it (or a comma list) to compare experiments, methods named NAME/method (NAME: the "
                    "directory's name unless given), each compared with its own base")
     p.add_argument("--format", choices=["table", "csv", "json", "latex", "markdown"], default="table",
-                   help="latex/markdown: a table for a paper, the best value per column in bold")
+                   help="table: for people; csv, json: for programs; latex, markdown: a table for a paper, the "
+                   "best value per column in bold")
     p.add_argument("--base", default="base", help="the method the deltas and win rates compare against")
     p.add_argument("--by", choices=["category"], help="a row per category of each suite, each with the whole "
                    "leaderboard's statistics computed on its prompts alone")
@@ -536,41 +580,40 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("figure", cmd_figure, "write the dashboard's charts as files for a paper: Δ vs base with CIs "
                 "(overall and per category), win-rate heatmaps, image grids (prompts × methods, same seeds)")
-    p.add_argument("--out", default="runs", help="results directory (default: runs)")
+    p.add_argument("--out", default="runs", help="results directory to read (written by `harness run --out`)")
     p.add_argument("--figures", help="where to write (default: OUT/figures)")
-    p.add_argument("--formats", type=_comma_list, default=["png", "svg"], help="comma-separated: png, svg, pdf "
-                   "(default: png,svg)")
+    p.add_argument("--formats", type=_comma_list, default=["png", "svg"], help="comma-separated: png, svg, pdf")
     p.add_argument("--base", default="base", help="the method Δ compares against")
     p.add_argument("--grid-prompts", type=_count, default=4, help="prompts per image grid: a suite's first N")
     p.add_argument("--grid-image", type=int, default=0, metavar="INDEX",
-                   help="which image of each prompt (the same seed for every method; default: 0)")
+                   help="which image of each prompt (the same seed for every method)")
 
     p = command("runs", cmd_runs, "print each run's own start, end, wall time, CPU- or GPU-hours, UNet evaluations "
                 "per training sample and peak memory")
-    p.add_argument("--out", default="runs", help="results directory (default: runs)")
+    p.add_argument("--out", default="runs", help="results directory to read (written by `harness run --out`)")
 
     p = command("export", cmd_export, "export the results for pandas / notebooks")
-    p.add_argument("--out", default="runs")
-    p.add_argument("--format", choices=["csv", "parquet", "json"], default="csv")
+    p.add_argument("--out", default="runs", help="results directory to read (written by `harness run --out`)")
+    p.add_argument("--format", choices=["csv", "parquet", "json"], default="csv", help="one file per table")
     p.add_argument("--dest", help="where to write (default: OUT/export)")
 
     p = command("dashboard", cmd_dashboard, "open the Streamlit leaderboard on 127.0.0.1")
-    p.add_argument("--out", action="append", metavar="[NAME=]DIR", help="results directory (default: runs); "
-                   "repeat it to compare experiments, as `harness leaderboard`")
-    p.add_argument("--port", type=int, default=8501)
+    p.add_argument("--out", action="append", metavar="[NAME=]DIR", help="results directory to read, written by "
+                   "`harness run --out` (default: runs); repeat it to compare experiments, as `harness leaderboard`")
+    p.add_argument("--port", type=int, default=8501, help="the port on 127.0.0.1 to serve on")
 
     help = "data steps: score the training images with a reward, pick experts"
-    steps = sub.add_parser("data", help=help, description=help).add_subparsers(dest="step", required=True)
+    steps = sub.add_parser("data", help=help, description=help).add_subparsers(dest="step", required=True,
+                                                                                metavar="STEP")
     for name, func, help in (("score", cmd_data_score, "score every image of the training pairs with a scorer "
                               "(cached, resumable; SmPO's pair scores)"),
                              ("experts", cmd_data_experts, "the top-K training images by a scorer, as an "
                               "experts.jsonl directory (DRO's experts)")):
-        step = steps.add_parser(name, help=help, description=help)
-        step.set_defaults(func=func)
+        step = command(name, func, help, within=steps)
         step.add_argument("--data", required=True, help="Pick-a-Pic v2 (hub id or local copy) or a pairs.jsonl directory")
         step.add_argument("--scorer", required=True, help="a registered scorer, e.g. hpsv2, pickscore, pickscore-cosine")
-        step.add_argument("--split", default="train")
-        step.add_argument("--batch-size", type=_count, default=32)
+        step.add_argument("--split", default="train", help="the data set's split")
+        step.add_argument("--batch-size", type=_count, default=32, help="images per scorer call")
         step.add_argument("--scorer-option", action="append", default=[], metavar="OPTION=VALUE",
                           help="where the scorer's weights are, e.g. checkpoint=DIR")
         if name == "experts":
@@ -590,9 +633,16 @@ def main(argv: list[str] | None = None) -> int:
     try:
         from harness.api.registry import load_plugin
 
-        for plugin in args.plugin:
+        for plugin in [*args.plugin, *getattr(args, "plugin_after", [])]:
             load_plugin(plugin)
-        return args.func(args)
+        status = args.func(args)
+        sys.stdout.flush()  # here, where a closed pipe is caught, not at exit
+        return status
+    except BrokenPipeError:
+        # The reader stopped early (`harness leaderboard | head -1`): nothing left to say to anyone.  Output
+        # still buffered goes to /dev/null, or the flush at exit would fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141  # as a process killed by SIGPIPE
     except HarnessError as exc:
         print(f"harness: error: {exc}", file=sys.stderr)
         return 2

@@ -29,6 +29,7 @@ from PIL import Image
 from harness.atomic import publishing, write_jsonl
 from harness.data import ImageLoader, ImageSource, _read_jsonl, load_hf_dataset
 from harness.errors import HarnessError
+from harness.progress import progress_bar
 from harness.score_table import ScoreTable, dataset_key, table_path
 
 EXPERTS_META = "experts.json"
@@ -83,8 +84,6 @@ def score_training_images(source: str | Path, scorer_name: str, *, split: str = 
 
     Resumable: only what the table lacks is scored, and each batch is committed at once.
     """
-    from tqdm.auto import tqdm
-
     from harness.scoring import get_scorer
 
     pairs = PairRows.open(source, split)
@@ -99,8 +98,9 @@ def score_training_images(source: str | Path, scorer_name: str, *, split: str = 
                 if (uid, caption) not in done:
                     todo.setdefault((uid, caption), (row, column))
         if todo:
-            _score(pairs, todo, scorer, table, batch_size, tqdm(total=len(todo), desc=f"scoring with {scorer.name}",
-                                                                 disable=not progress, dynamic_ncols=True))
+            _score(pairs, todo, scorer, table, batch_size, progress_bar(total=len(todo), unit="img",
+                                                                         desc=f"scoring with {scorer.name}",
+                                                                         enabled=progress))
         return table.path
 
 

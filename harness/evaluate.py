@@ -326,6 +326,7 @@ def plan_evaluation(options: EvaluateOptions) -> Evaluation:
 
     if not is_built_model(options.model):
         check_model_available(options.model, config_file="model_index.json", what="--model", pass_as="--model DIR")
+        _check_sampler_fits(options.model, preset)
     subfolder = None
     if options.unet is not None:
         subfolder = unet_subfolder(options.unet)
@@ -348,6 +349,18 @@ def plan_evaluation(options: EvaluateOptions) -> Evaluation:
         base_model = options.model if options.unet or options.lora else preset.base_model
     return Evaluation(name, checkpoint, config, base_model, _base_suites_to_do(recorded, suites, protocol),
                        protocol, results)
+
+
+def _check_sampler_fits(model: str, preset: Preset) -> None:
+    """The preset's sampler must fit the model (a diffusion sampler cannot sample SD3): one line before anything
+    is made."""
+    from harness.models import pipeline_scheduler
+    from harness.sampling import scheduler_mismatch
+
+    mismatch = scheduler_mismatch(preset.generation.scheduler, pipeline_scheduler(model))
+    if mismatch:
+        raise HarnessError(f"--model {model!r}: the {preset.name} preset's {mismatch}; pass the --preset of a model "
+                           "of its kind (flow matching: sd35, tiny-flow)")
 
 
 def _recorded(results: ResultsDir) -> _Recorded:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -106,6 +107,7 @@ class TinyPipelineConfig:
     transformer_heads: int = 2
     transformer_head_dim: int = 8
     joint_attention_dim: int = 64  # sd3: T5's width (4096 in SD3); the CLIP states are zero-padded to it
+    t5: bool = False  # sd3: with a tiny T5 encoder (a character-level tokenizer built here) as text_encoder_3
 
 
 # The real models' structure at widths small enough for CPU tests: SD1.5 (512 px, latents 64x64,
@@ -212,8 +214,19 @@ def _tiny_sd3_pipeline(config: TinyPipelineConfig, tokenizer_dir: Path):
         text_encoder=encoders[0], tokenizer=clip_tokenizer(tokenizer_dir),
         # CLIP-G's tokenizer pads with "!" (OpenCLIP's convention), CLIP-L's with <|endoftext|>.
         text_encoder_2=encoders[1], tokenizer_2=clip_tokenizer(tokenizer_dir, pad_token="!"),
-        text_encoder_3=None, tokenizer_3=None,
+        **(_tiny_t5(config.joint_attention_dim) if config.t5 else {"text_encoder_3": None, "tokenizer_3": None}),
     )
+
+
+def _tiny_t5(width: int) -> dict[str, Any]:
+    """A one-layer T5 encoder of ``width`` and a tokenizer of single characters (offline: no SentencePiece file)."""
+    from transformers import T5Config, T5EncoderModel, T5TokenizerFast
+
+    symbols = "abcdefghijklmnopqrstuvwxyz0123456789"
+    vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("\u2581", -1.0)] + [(c, -2.0) for c in symbols]
+    encoder = T5EncoderModel(T5Config(vocab_size=len(vocab), d_model=width, d_kv=8, d_ff=width, num_layers=1,
+                                      num_heads=2))
+    return {"text_encoder_3": encoder, "tokenizer_3": T5TokenizerFast(vocab=vocab, extra_ids=0)}
 
 
 def build_tiny_pipeline(config: TinyPipelineConfig = TinyPipelineConfig(), tokenizer_dir: str | Path | None = None):
@@ -332,6 +345,23 @@ def _pipeline_index(model: str) -> dict[str, Any]:
     return DiffusionPipeline.load_config(model)
 
 
+# `HARNESS_DROP_T5=1`: SD3 pipelines load without their T5-XXL encoder (the largest of the three), the
+# pipeline feeding zeros in its place, as diffusers documents ("a slight loss in performance").  Set it for
+# a whole run: training, generation and evaluation alike.
+DROP_T5 = "HARNESS_DROP_T5"
+
+
+def _dropped_encoders(class_name: str) -> dict[str, None]:
+    if class_name == "StableDiffusion3Pipeline" and os.environ.get(DROP_T5, "0") not in ("", "0"):
+        return {"text_encoder_3": None, "tokenizer_3": None}
+    return {}
+
+
+def pipeline_scheduler(model: str) -> str:
+    """The class name of the scheduler a pipeline (local directory, or a hub id already fetched) ships with."""
+    return _pipeline_index(model)["scheduler"][1]
+
+
 def _absent_components(index: dict[str, Any]) -> dict[str, None]:
     """Components saved as absent (SD3 without T5: ``text_encoder_3: [null, null]``), which
     ``from_pretrained`` wants passed as None explicitly."""
@@ -379,7 +409,8 @@ def load_pipeline(
 
     ``unet`` replaces the pipeline's denoising network (its UNet, SD3's transformer) by one saved with
     ``save_pretrained`` (a harness checkpoint or a published one such as ``mhdang/dpo-sd1.5-text2image-v1``).
-    ``vae`` replaces the VAE (e.g. ``madebyollin/sdxl-vae-fp16-fix`` for SDXL in fp16).
+    ``vae`` replaces the VAE (e.g. ``madebyollin/sdxl-vae-fp16-fix`` for SDXL in fp16).  The components are
+    the directory's (SD3 with or without T5), T5 left out under ``HARNESS_DROP_T5=1``.
     """
     import diffusers
     from diffusers import AutoencoderKL, DiffusionPipeline
@@ -391,7 +422,7 @@ def load_pipeline(
     with reporting_load_errors("model", model):
         index = _pipeline_index(model)
     class_name = index["_class_name"]
-    kwargs: dict[str, Any] = {"dtype": dtype, **_absent_components(index)}
+    kwargs: dict[str, Any] = {"dtype": dtype, **_absent_components(index), **_dropped_encoders(class_name)}
     if class_name == "StableDiffusionPipeline":
         kwargs.update(safety_checker=None, feature_extractor=None, requires_safety_checker=False)
     if unet is not None:

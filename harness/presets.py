@@ -1,4 +1,5 @@
-"""The papers' presets (``sd15``, ``sdxl``), finding a preset by name, and showing one resolved.
+"""The papers' presets (``sd15``, ``sdxl``) and SD3.5 Medium's (``sd35``), finding a preset by name, and
+showing one resolved.
 
 A method's settings under a preset are, in order of precedence: its Config's defaults (its
 paper's), the preset's ``method_defaults`` (the settings every method shares there, e.g. SDXL's
@@ -52,6 +53,27 @@ def sdxl() -> Preset:
     )
 
 
+@register_preset("sd35")
+def sd35() -> Preset:
+    return Preset(
+        name="sd35",
+        description="Stable Diffusion 3.5 Medium (flow matching), Pick-a-Pic v2; the model card's sampler settings "
+                    "(GPU, downloaded weights)",
+        base_model="stabilityai/stable-diffusion-3.5-medium",
+        suites=("pickapic-test", "hpdv2"),
+        # HPSv3 too: what 2026 papers on flow-matching models report (a 7B reward model: docs/results.md).
+        scorers=(*_PAPER_SCORERS, "hpsv3"),
+        # The model card's diffusers snippet: 40 steps, guidance 4.5, 1024 px, the pipeline's own flow-matching
+        # Euler scheduler (shift 3; scheduler None keeps it).  Not the pipeline's defaults (28 steps, 7.0: SD3's).
+        generation=replace(_PAPER_PROTOCOL, num_inference_steps=40, guidance_scale=4.5, height=1024, width=1024,
+                           batch_size=4, scheduler=None),
+        data="yuvalkirstain/pickapic_v2",
+        # Its native 1024 px; bf16, the precision the model card runs it in; gradient checkpointing for its
+        # transformer at 4096 image tokens.  AdamW (the default), as diffusers' SD3 scripts.
+        method_defaults={"resolution": 1024, "gradient_checkpointing": True, "mixed_precision": "bf16"},
+    )
+
+
 def get_preset(name: str | None) -> Preset:
     """A registered preset; ``None``: the default one, which an installed world claims (the toy world's)."""
     if name is not None:
@@ -69,15 +91,45 @@ def published_weights(preset: str) -> dict[str, PublishedWeights]:
     return {name: cls.published[preset] for name, cls in METHODS.items() if preset in cls.published}
 
 
+def no_published_weights(preset: Preset, method: str) -> str:
+    """The error of ``--pretrained`` for a method without weights under ``preset``: what it can evaluate instead."""
+    here = published_weights(preset.name)
+    if here:
+        return f"preset {preset.name!r} has no published weights for {method!r}; available: {', '.join(here)}"
+    presets: dict[str, list[str]] = {}
+    for name, cls in METHODS.items():
+        for other in cls.published:
+            presets.setdefault(other, []).append(name)
+    elsewhere = " or ".join(f"--preset {other} ({', '.join(names)})" for other, names in sorted(presets.items()))
+    return (f"preset {preset.name!r} has no published weights for any method; --pretrained works with "
+            f"{elsewhere or 'no installed preset'}")
+
+
+def evaluation_protocol(settings: GenerationSettings) -> str:
+    """The protocol in a few words: ``4 images per prompt (toy-unseen 8), ddim 10 steps, CFG 3.0, 32x32 px, seed 0``."""
+    exceptions = ", ".join(f"{suite} {n}" for suite, n in settings.suite_images_per_prompt.items())
+    images = f"{settings.images_per_prompt} images per prompt" + (f" ({exceptions})" if exceptions else "")
+    scheduler = settings.scheduler or "the model's scheduler"
+    size = f"{settings.width}x{settings.height} px" if settings.height and settings.width else "the model's size"
+    return (f"{images}, {scheduler} {settings.num_inference_steps} steps, CFG {settings.guidance_scale}, {size}, "
+            f"seed {settings.seed}")
+
+
+def preset_summary(preset: Preset) -> list[str]:
+    """``harness presets``' lines under a preset's description: its main settings."""
+    return [f"base model {preset.base_model}; training data {preset.data}",
+            f"suites {', '.join(preset.suites)}; scorers {', '.join(preset.scorers)}",
+            f"evaluation: {evaluation_protocol(preset.generation)}"]
+
+
 def show_preset(preset: Preset) -> str:
     """The preset, then every registered method's settings resolved under it, each with where it comes from:
     the method's defaults (its paper's), the preset's settings for every method, or the method's own for it."""
     from harness.trainer import method_preset_settings, resolve_config
 
-    generation = ", ".join(f"{k} {v}" for k, v in dataclasses.asdict(preset.generation).items() if v not in (None, {}))
     lines = [f"preset {preset.name}: {preset.description}", f"  base model   {preset.base_model}",
              f"  data         {preset.data}", f"  suites       {', '.join(preset.suites)}",
-             f"  scorers      {', '.join(preset.scorers)}", f"  evaluation   {generation}"]
+             f"  scorers      {', '.join(preset.scorers)}", f"  evaluation   {evaluation_protocol(preset.generation)}"]
     shared = {**({"vae": preset.vae} if preset.vae else {}), **preset.method_defaults}
     for name, cls in METHODS.items():
         config = resolve_config(name, preset.name)

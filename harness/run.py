@@ -36,7 +36,7 @@ from harness.config import is_built_model, require_directory_or_nothing, require
 from harness.errors import HarnessError
 from harness.evaluate import (BASE, Checkpoint, Protocol, check_scorer_options, evaluate, get_or_create_run, load_suite,
                               unet_subfolder)
-from harness.presets import get_preset, published_weights
+from harness.presets import get_preset, no_published_weights, published_weights
 from harness.progress import Stages as _Stages, say
 from harness.results import ResultsDir
 
@@ -130,8 +130,7 @@ def _validate_names(options: RunOptions, preset: Preset) -> None:
             raise HarnessError(f"{BASE!r} is the untrained base model, always evaluated; it is not a method")
         METHODS.get(name)
         if options.pretrained and name not in published_weights(preset.name) and name not in options.unets:
-            available = ", ".join(published_weights(preset.name)) or "none"
-            raise HarnessError(f"preset {preset.name!r} has no published weights for {name!r}; available: {available}")
+            raise HarnessError(no_published_weights(preset, name))
     for name in options.suites or preset.suites:
         SUITES.get(name.split(":", 1)[0])  # NAME:PATH reads a local copy
     for name in options.scorers or preset.scorers:

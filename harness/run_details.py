@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import pandas as pd
 
+from harness.text_table import text_table
+
 MISSING = "–"
 # Column of ``Store.runs_frame`` -> (header, format of a value)
 FIGURES = {
@@ -44,9 +46,7 @@ def shown_run_details(details: pd.DataFrame) -> pd.DataFrame:
 def format_run_details(details: pd.DataFrame) -> str:
     """``run_details`` as a text table, ``MISSING`` for what a run does not have."""
     shown = shown_run_details(details)
-    lines = [list(shown.columns), *shown.itertuples(index=False)]
-    widths = [max(len(line[i]) for line in lines) for i in range(len(shown.columns))]
-    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip() for line in lines)
+    return text_table([list(shown.columns), *shown.itertuples(index=False)])
 
 
 def _cell(column: str, value: object) -> str:

@@ -40,6 +40,7 @@ import torch
 from harness.atomic import remove_leftovers, replacing, write_jsonl, writing
 from harness.distributed import barrier, rank_and_size
 from harness.errors import HarnessError
+from harness.progress import progress_bar
 from harness.api.suite import Suite
 
 MANIFEST_NAME = "manifest.jsonl"
@@ -130,9 +131,9 @@ def generate(
         if synchronised:
             barrier()
         journal_path = out_dir / _PARTS_DIR / f"rank-{rank}.jsonl"
-        with _Journal(journal_path) as journal, _progress_bar(
+        with _Journal(journal_path) as journal, progress_bar(
             # Rank 0's shard stands for all: the ranks share the work evenly.
-            total=len(jobs), initial=len(jobs) - len(todo), enabled=progress and rank == 0, desc=suite.name
+            total=len(jobs), initial=len(jobs) - len(todo), enabled=progress and rank == 0, desc=suite.name, unit="img"
         ) as bar:
             for start in range(0, len(todo), batch_size):
                 batch = todo[start : start + batch_size]
@@ -204,6 +205,15 @@ def _check_arguments(suite: Suite, images_per_prompt: int, batch_size: int, num_
         raise HarnessError(f"suite {suite.name!r} has duplicate prompt_id {duplicate!r}")
 
 
+def scheduler_mismatch(name: str | None, model_scheduler: str) -> str | None:
+    """Why sampler ``name`` (a key of ``SCHEDULERS``; None: the model's own) cannot sample a model whose own
+    scheduler is the class ``model_scheduler``: a diffusion sampler on a flow-matching model or the reverse."""
+    if name is None or (name == "flow-euler") == model_scheduler.startswith("FlowMatch"):
+        return None
+    family = "a flow-matching" if name != "flow-euler" else "a diffusion"
+    return f"scheduler {name!r} does not fit {family} model ({model_scheduler})"
+
+
 @contextmanager
 def _scheduler_swapped(pipe: Any, name: str | None) -> Iterator[None]:
     if name is None:
@@ -214,10 +224,10 @@ def _scheduler_swapped(pipe: Any, name: str | None) -> Iterator[None]:
     import diffusers
 
     original = pipe.scheduler
-    if (name == "flow-euler") != type(original).__name__.startswith("FlowMatch"):
-        family = "a flow-matching" if name != "flow-euler" else "a diffusion"
-        raise HarnessError(f"scheduler {name!r} does not fit {family} model ({type(original).__name__}); "
-                           f"{'use flow-euler' if name != 'flow-euler' else 'choose one of ' + ', '.join(s for s in SCHEDULERS if s != 'flow-euler')}")
+    mismatch = scheduler_mismatch(name, type(original).__name__)
+    if mismatch:
+        diffusion = ", ".join(s for s in SCHEDULERS if s != "flow-euler")
+        raise HarnessError(f"{mismatch}; " + ("use flow-euler" if name != "flow-euler" else f"choose one of {diffusion}"))
     pipe.scheduler = getattr(diffusers, SCHEDULERS[name]).from_config(original.config)
     try:
         yield
@@ -346,6 +356,8 @@ def _settings(
         "dtype": str(unet.dtype).removeprefix("torch."),
         "channels_last": first_conv.is_contiguous(memory_format=torch.channels_last),
         "compiled": hasattr(unet, "_orig_mod"),  # what torch.compile wraps the module in
+        # SD3 with or without its T5 encoder (HARNESS_DROP_T5): other conditioning, other images.
+        **({"t5": pipe.text_encoder_3 is not None} if hasattr(pipe, "text_encoder_3") else {}),
     }
 
 
@@ -487,12 +499,3 @@ def _publish_manifest(out_dir: Path, rows: list[dict]) -> list[dict]:
     (out_dir / _PARTS_DIR).rmdir()
     remove_leftovers(out_dir)  # every rank has finished writing: temporary files left are a killed run's
     return rows
-
-
-@contextmanager
-def _progress_bar(*, total: int, initial: int, enabled: bool, desc: str) -> Iterator[Any]:
-    """tqdm shows images/s and the ETA; ``initial`` counts images found already done."""
-    from tqdm.auto import tqdm
-
-    with tqdm(total=total, initial=initial, unit="img", desc=desc, disable=not enabled, dynamic_ncols=True) as bar:
-        yield bar

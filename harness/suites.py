@@ -55,7 +55,7 @@ def caption_overlap(suite: Suite, captions: Iterable[str]) -> int:
 
 @dataclass(frozen=True)
 class SuiteInfo:
-    """One line of ``harness suites``; ``error`` says why a suite could not be loaded here."""
+    """One row of ``harness suites``; ``error`` says why a suite could not be loaded here."""
 
     name: str
     split: str = ""
@@ -65,11 +65,12 @@ class SuiteInfo:
     description: str = ""
     error: str | None = None
 
-    def __str__(self) -> str:
+    def cells(self) -> list[str]:
+        """Its row of ``harness suites``: name, split, prompt count, version, description, categories."""
         if self.error is not None:
-            return f"{self.name:16s} unavailable: {self.error}"
+            return [self.name, f"unavailable: {self.error}"]
         categories = ", ".join(f"{c} {n}" for c, n in self.categories.items() if c) or "-"
-        return f"{self.name:16s} {self.split:6s} {self.n_prompts:5d} prompts  v{self.version}  {self.description}  [{categories}]"
+        return [self.name, self.split, str(self.n_prompts), f"v{self.version}", self.description, categories]
 
 
 def list_suites() -> list[SuiteInfo]:

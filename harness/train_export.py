@@ -57,12 +57,15 @@ def export_unet(unet: torch.nn.Module, out_dir: Path, ema: dict[str, torch.Tenso
             lora_state = {k: ema.get(k.replace(".weight", ".default.weight"), v) for k, v in lora_state.items()}
         # The adapters' config (alpha above all: the scale alpha / r) goes with them, so that
         # `load_lora_weights` (`harness evaluate --lora`) adds what the merged UNet has.
-        layers, metadata = convert_state_dict_to_diffusers(lora_state), unet.peft_config["default"].to_dict()
+        metadata = unet.peft_config["default"].to_dict()
+        # Each family's layout as diffusers' own LoRA scripts save it: SD3's in PEFT's key names (lora_A / lora_B),
+        # a UNet's in diffusers' older ones (lora.down / lora.up).
         if type(unet).__name__ == "SD3Transformer2DModel":
-            StableDiffusion3Pipeline.save_lora_weights(out_dir.parent / "lora", transformer_lora_layers=layers,
+            StableDiffusion3Pipeline.save_lora_weights(out_dir.parent / "lora", transformer_lora_layers=lora_state,
                                                        transformer_lora_adapter_metadata=metadata)
         else:
-            StableDiffusionPipeline.save_lora_weights(out_dir.parent / "lora", unet_lora_layers=layers,
+            StableDiffusionPipeline.save_lora_weights(out_dir.parent / "lora",
+                                                      unet_lora_layers=convert_state_dict_to_diffusers(lora_state),
                                                       unet_lora_adapter_metadata=metadata)
     shutil.rmtree(out_dir, ignore_errors=True)
     out_dir.parent.mkdir(parents=True, exist_ok=True)

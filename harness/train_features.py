@@ -70,7 +70,9 @@ class FeatureEncoder:
         self.latent_dir = self.text_dir = None
         if cache_dir is not None:
             self.latent_dir = cache_dir / "posteriors" / f"{module_fingerprint(self.vae)}-{resolution}"
-            self.text_dir = cache_dir / "text" / f"{module_fingerprint(*self.text_encoders)}-{resolution}"
+            # SD3's T5, when loaded, shapes the conditioning too (absent: zeros, and the key is the CLIPs' alone).
+            t5 = [pipe.text_encoder_3] if getattr(pipe, "text_encoder_3", None) is not None else []
+            self.text_dir = cache_dir / "text" / f"{module_fingerprint(*self.text_encoders, *t5)}-{resolution}"
 
     # -- latents ----------------------------------------------------------------------------------
     def latents(self, sources: list[ImageSource], flips: list[bool] | None = None) -> list[tuple[str, Posterior | None]]:

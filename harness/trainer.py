@@ -36,6 +36,7 @@ from harness.api.method import Batch, Method, Models, TrainConfig, TrainingConte
 from harness.api.registry import METHODS, PRESETS
 from harness.atomic import replacing, staging
 from harness.errors import HarnessError
+from harness.progress import progress_bar
 
 LogFn = Callable[[int, dict[str, float]], None]
 
@@ -205,6 +206,18 @@ def training_scheduler(scheduler: Any) -> Any:
     return DDPMScheduler.from_config(scheduler.config)
 
 
+# LoRA adapts the attention projections.  SD3's joint attention also projects the text stream (add_*_proj,
+# to_add_out): adapted too, as diffusers' SD3 LoRA script and flow_grpo's SD3 DPO do by default.
+LORA_TARGETS = ["to_k", "to_q", "to_v", "to_out.0"]
+JOINT_ATTENTION_TARGETS = ["add_k_proj", "add_q_proj", "add_v_proj", "to_add_out"]
+
+
+def lora_targets(unet: torch.nn.Module) -> list[str]:
+    """The module names LoRA adapters go on in this network."""
+    joint = type(unet).__name__ == "SD3Transformer2DModel"
+    return LORA_TARGETS + (JOINT_ATTENTION_TARGETS if joint else [])
+
+
 def trainable_parameters(unet: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
     return {n: p for n, p in unet.named_parameters() if p.requires_grad}
 
@@ -304,8 +317,7 @@ class Trainer:
 
             unet.requires_grad_(False)
             unet.add_adapter(LoraConfig(r=config.lora_rank, lora_alpha=config.lora_alpha or config.lora_rank,
-                                        init_lora_weights="gaussian",
-                                        target_modules=["to_k", "to_q", "to_v", "to_out.0"]))
+                                        init_lora_weights="gaussian", target_modules=lora_targets(unet)))
             # The reference is the same network with its adapters off: no second copy in memory.
             reference = lambda: (unet, adapters_disabled(unet))  # noqa: E731
         else:
@@ -500,10 +512,8 @@ class Trainer:
             start = loaded["step"]
             counters = {k: loaded[k] for k in counters}
         writer = self._tensorboard()
-        from tqdm.auto import tqdm
-
-        progress = tqdm(range(start, config.max_steps), initial=start, total=config.max_steps, desc=type(self.method).__name__,
-                        disable=not self.accelerator.is_local_main_process, dynamic_ncols=True)
+        progress = progress_bar(range(start, config.max_steps), initial=start, total=config.max_steps, unit="step",
+                                desc=type(self.method).__name__, enabled=self.accelerator.is_local_main_process)
         params = trainable_parameters(self.unet)
         self.models.unet_evals = 0
         evals_before = counters["unet_evals"]

@@ -5,6 +5,17 @@ pushes the policy's error on the winner down relative to the loser, measured
 against the frozen reference.  beta follows the public Salesforce code:
 ``-0.5 * beta`` inside the sigmoid (the diffusers example's beta is twice as
 large for the same run: its 2500 is our 5000).
+
+    Dw = err(policy, x_t^w) - err(ref, x_t^w)      Dl likewise for the loser
+    loss = mean(-log sigmoid(-0.5 * beta * (Dw - Dl)))
+
+Flow form (SD3 and other flow-matching bases, ``models.process``): err is the velocity error,
+the mean over C, H, W of (v_theta(x_t, sigma T, c) - (eps - x0))^2 at x_t = (1 - sigma) x0 + sigma eps
+(T = 1000), with one sigma and one eps per pair; sigma is SD3's training density, u ~ logit-normal(0, 1)
+picking a point of the scheduler's shifted grid (shift 3).  The loss formula carries over unchanged;
+beta's scale does not: flow_grpo's SD3.5-Medium DPO (``scripts/train_sd3_dpo.py``, the same
+``-0.5 * beta`` on a per-sample velocity MSE, same noise and t for the pair) uses beta = 100, fifty
+times below the SD1.5 recipe's 5000.  No preset here sets a flow beta (``tiny-flow`` takes ``tiny``'s).
 """
 
 from __future__ import annotations
@@ -80,6 +91,14 @@ class DPO(Method):
         "sd15": {"effective_batch_size": 2048, "mixed_precision": "fp16"},
         # The SDXL launcher: 200 warmup steps (its Adafactor and 1024 px are the sdxl preset's, shared).
         "sdxl": {"effective_batch_size": 2048, "mixed_precision": "fp16", "warmup_steps": 200},
+        # flow_grpo's SD3.5-M DPO (yifan123/flow_grpo@ac4c86e config/dpo.py:35-53, config/base.py:21,63-76,
+        # scripts/train_sd3_dpo.py:389-411, 880-939): beta 100 on the velocity MSE (the same -0.5 * beta convention),
+        # LoRA rank 32 / alpha 64, lr 3e-4 unscaled, weight decay 1e-4, 512 px.  That recipe is ONLINE: pairs are the
+        # best and worst of 24 samples of the model itself per prompt, each pair trained on 39 timesteps; ours is
+        # offline Pick-a-Pic pairs, one timestep per pair.  Not carried: its fp16 (bf16 here, the preset's), its EMA.
+        # The pairs per step, steps, warmup 0 and caption dropout are the SD1.5 recipe's, not published for SD3.
+        "sd35": {"beta": 100.0, "lora_rank": 32, "lora_alpha": 64.0, "lr": 3e-4, "scale_lr": False, "warmup_steps": 0,
+                 "weight_decay": 1e-4, "resolution": 512, "effective_batch_size": 2048},
         # Tuned on the toy world: lr 1e-4 over-fits and loses fidelity, 3e-5 for 300 steps gains it; flipping
         # the labels loses it (toyworld/flip_check.py).
         "toy": {"lr": 3e-5, "beta": 500.0},

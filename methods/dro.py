@@ -26,6 +26,30 @@ Published configuration: 4 experts per forward/backward, refilled every iteratio
 buffer of 4 rows, so each optimizer step (accumulation 16) sees 64 fresh trajectories,
 each from the prompt of the expert it is compared with.  ``refill_every`` > 1 or
 ``refill_rows`` below the batch size are cheaper variants (fewer sampler evaluations).
+
+Flow form (SD3 and other flow-matching bases, ``models.process.kind == "flow"``; no published
+recipe, the paper trains SD1.5).  The loss and the buffer are the same; errors are velocity errors
+and the sampler integrates the probability-flow ODE dx/dsigma = v(x, sigma T, c) (T = 1000):
+
+    De = err(policy, x_t^e, eps_e - x0) - err(ref, x_t^e, eps_e - x0)    x_t^e = (1 - sigma) x0 + sigma eps_e
+    Dp = err(policy, x_t^p, v_p) - err(ref, x_t^p, v_p)                  (t = sigma T, x_t^p, v_p) from the buffer
+    loss = mean(max(De - Dp + margin, 0))
+
+    sampler (Euler, as SD3's own FlowMatchEulerDiscreteScheduler steps; CFG 1):
+    x_0 ~ N(0, I);  v_k = v_policy(x_k, sigma_k T, c);  x_{k+1} = x_k + (sigma_{k+1} - sigma_k) v_k;
+    k = 0 .. K-1 (K = ``sampler_steps``), sigma_K = 0; every (sigma_k T, x_k, v_k) is kept.
+
+The levels sigma_k are points of the scheduler's shifted training grid s(j) (j = 0 .. T-1, s(0) = 1,
+``process.sigmas``): sigma_k = s(k * stride + o), stride = T // K, with one offset o drawn uniformly
+from {0, ..., stride - 1} per trajectory (``perturb_timesteps``; o = 0 without it: K levels from 1
+toward 0).  The perturbation is on the grid's index, not on sigma itself, because that is what the
+DDPM grid's offset is: mapped onto the flow grid rank for rank (DDPM t <-> j = T - 1 - t), the
+perturbed DDPM grid above is exactly this distribution.  So the levels of many trajectories cover the
+training grid evenly in index, at the model's own shifted spacing (not evenly in sigma, which would
+put few levels near sigma = 1, where shift 3 concentrates SD3's training and sampling), and every
+visited t is a point the training density draws: the expert term noises at t's the model was trained
+at.  As in the DDPM form, the initial noise is taken as the state at the first (perturbed) level,
+sigma_0 <= 1.
 """
 
 from __future__ import annotations
@@ -33,8 +57,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 import torch
 
-from harness.api import (Batch, Cond, Experts, Method, Models, PublishedWeights, TrainConfig, TrainingContext,
-                         per_sample_error, randn_like, register_method)
+from harness.api import (Batch, Cond, Experts, FlowMatching, Method, Models, PublishedWeights, TrainConfig,
+                         TrainingContext, per_sample_error, randn_like, register_method)
 
 
 def dro_loss(model_err_expert: torch.Tensor, ref_err_expert: torch.Tensor, model_err_policy: torch.Tensor,
@@ -45,14 +69,28 @@ def dro_loss(model_err_expert: torch.Tensor, ref_err_expert: torch.Tensor, model
     return torch.relu(expert_diff - policy_diff + margin).mean()
 
 
+def stride_offsets(n: int, stride: int, generator: torch.Generator, perturb: bool) -> torch.Tensor:
+    """(n, 1) offsets, one per trajectory, drawn uniformly from [0, stride) (zeros when not ``perturb``)."""
+    return torch.randint(0, stride, (n, 1), generator=generator) if perturb else torch.zeros(n, 1, dtype=torch.long)
+
+
 def trajectory_timesteps(n: int, steps: int, generator: torch.Generator, num_train_timesteps: int = 1000,
                          perturb: bool = True) -> torch.Tensor:
     """(n, steps) decreasing timesteps: the grid ``stride * [steps-1, ..., 1, 0]`` (stride = T // steps),
     each trajectory shifted by its own offset drawn uniformly from [0, stride)."""
     stride = num_train_timesteps // steps
     grid = torch.arange(steps - 1, -1, -1) * stride
-    offsets = torch.randint(0, stride, (n, 1), generator=generator) if perturb else torch.zeros(n, 1, dtype=torch.long)
-    return grid[None, :] + offsets
+    return grid[None, :] + stride_offsets(n, stride, generator, perturb)
+
+
+def flow_trajectory_timesteps(n: int, steps: int, generator: torch.Generator, process: FlowMatching,
+                              perturb: bool = True) -> torch.Tensor:
+    """(n, steps) decreasing flow timesteps ``sigma * T``: the training grid's points ``stride * [0, 1, ...,
+    steps-1]`` (index 0: sigma = 1; stride = grid size // steps), each trajectory moved toward less noise by
+    its own offset drawn uniformly from [0, stride)."""
+    stride = len(process.sigmas) // steps
+    grid = torch.arange(steps) * stride
+    return process.timesteps_at(grid[None, :] + stride_offsets(n, stride, generator, perturb))
 
 
 @torch.no_grad()
@@ -83,6 +121,25 @@ def sample_trajectories(models: Models, cond: Cond, shape: tuple[int, ...], time
         x = torch.cat([scheduler.step(eps[j:j + 1], scheduler.timesteps[i], x[j:j + 1]).prev_sample
                        for j, scheduler in enumerate(schedulers)])
     return torch.stack(xs, dim=1), torch.stack(epss, dim=1)
+
+
+@torch.no_grad()
+def sample_flow_trajectories(models: Models, cond: Cond, shape: tuple[int, ...], timesteps: torch.Tensor,
+                             generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Euler steps of the probability-flow ODE from pure noise with the policy (CFG 1), each row on its own
+    levels ``timesteps / T`` and then to sigma = 0: ``x <- x + (sigma_next - sigma) v``.  Returns every
+    visited state x (n, steps, C, H, W) and the policy's velocity at it (same shape)."""
+    n, steps = timesteps.shape
+    device = cond.hidden.device
+    timesteps = timesteps.to(device)
+    sigmas = torch.cat([timesteps / models.process.num_train_timesteps, torch.zeros(n, 1, device=device)], dim=1)
+    x = torch.randn((n, *shape), generator=generator).to(device)
+    xs, velocities = [], []
+    for i in range(steps):
+        v = models.snapshot(x, timesteps[:, i], cond)
+        xs.append(x), velocities.append(v)
+        x = x + (sigmas[:, i + 1] - sigmas[:, i]).view(-1, *[1] * len(shape)) * v
+    return torch.stack(xs, dim=1), torch.stack(velocities, dim=1)
 
 
 @dataclass
@@ -117,6 +174,8 @@ class DRO(Method):
         "sd15": {"effective_batch_size": 256, "mixed_precision": "bf16", "master_weights": "bf16", "ema_on_cpu": True},
         # The paper trains SD1.5 only: this is the same recipe carried over, not a published one.
         "sdxl": {"effective_batch_size": 256, "mixed_precision": "bf16", "master_weights": "bf16", "ema_on_cpu": True},
+        # Not published for SD3: the SD1.5 recipe carried over.
+        "sd35": {"effective_batch_size": 256, "master_weights": "bf16", "ema_on_cpu": True},
         # The published buffer semantics (each row an expert with a trajectory sampled from its own caption),
         # made cheaper: 4 of the 16 experts of each step become rows of a 16-row buffer (published: every
         # expert of the micro-batch, into a buffer of exactly those rows).  Measured (toy-fidelity delta
@@ -152,13 +211,23 @@ class DRO(Method):
         """Make rows of the micro-batch's experts, each with a trajectory sampled from its own conditioning."""
         rows = len(batch.cond) if self.config.refill_rows is None else min(self.config.refill_rows, len(batch.cond))
         cond = batch.cond.index(slice(0, rows))
-        timesteps = trajectory_timesteps(rows, self.config.sampler_steps, batch.generator,
-                                         models.scheduler.config.num_train_timesteps, self.config.perturb_timesteps)
-        x, eps = sample_trajectories(models, cond, self.latent_shape, timesteps, batch.generator)
+        timesteps, x, eps = self.sample(models, cond, batch.generator)
+        # "eps": the policy's prediction at each state, its noise (or, on flow models, its velocity).
         new = {"t": timesteps.to(x.device), "x": x, "eps": eps, "x0": batch.latents[:rows], "hidden": cond.hidden}
         new.update({f"added.{k}": v for k, v in (cond.added or {}).items()})
         size = self.config.buffer_size
         self.buffer = {k: torch.cat([self.buffer[k], v])[-size:] if self.buffer else v[-size:] for k, v in new.items()}
+
+    def sample(self, models: Models, cond: Cond, generator: torch.Generator) -> tuple[torch.Tensor, ...]:
+        """One trajectory per conditioning with the sampler of the base model's family: (t, x, prediction)."""
+        config, process = self.config, models.process
+        if process.kind == "flow":
+            timesteps = flow_trajectory_timesteps(len(cond), config.sampler_steps, generator, process,
+                                                  config.perturb_timesteps)
+            return timesteps, *sample_flow_trajectories(models, cond, self.latent_shape, timesteps, generator)
+        timesteps = trajectory_timesteps(len(cond), config.sampler_steps, generator,
+                                         models.scheduler.config.num_train_timesteps, config.perturb_timesteps)
+        return timesteps, *sample_trajectories(models, cond, self.latent_shape, timesteps, generator)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return dict(self.buffer)

@@ -22,6 +22,13 @@ which multiplies ``g`` directly (Diffusion-DPO's Salesforce convention, ``-0.5 *
 difference of two images, puts a factor 0.5 where this has none).  When the policy is the reference,
 ``g = 0``, ``z_0 = 0`` and the loss is ``0.5 * lambda`` for every image.
 
+Flow form (SD3 and other flow-matching bases, ``models.process``): ``err`` is the velocity error, the
+mean over C, H, W of (v_theta(x_t, sigma T, c) - (eps_i - x0))^2 at x_t = (1 - sigma_i) x0 + sigma_i eps_i
+(T = 1000), with sigma_i from SD3's training density (u ~ logit-normal(0, 1) picking a point of the
+scheduler's shifted grid, shift 3), one per image.  Everything else carries over unchanged: g, z_0,
+the utility and both reference-point estimators.  beta multiplies a difference of velocity MSEs here;
+no flow recipe sets it (DPO's on SD3.5, beta 100 with its factor 0.5, is 50 in this convention).
+
 ``reference_point="mismatched"`` is the public code's other estimator (its ``--bce_offset original``,
 the original KTO's): ``z_0 = mean_i g'_i`` with ``g'_i`` measured on the same x_t against the caption
 of the previous image in the batch (captions rolled by one), not clamped, as that code computes it; it
@@ -147,6 +154,8 @@ class KTO(Method):
         # No published SDXL recipe (the public script trains SD1.5): the SD1.5 one carried over to the sdxl
         # preset's shared settings (1024 px, Adafactor, gradient checkpointing, the fp16-safe VAE).
         "sdxl": {"effective_batch_size": 8, "mixed_precision": "fp16"},
+        # Not published for SD3: the SD1.5 recipe carried over, in the sd35 preset's bf16.
+        "sd35": {"effective_batch_size": 8},
         # The published beta at the preset's lr, on 32 images per step: the images (and UNet evaluations) of
         # DPO's 16 pairs.  Measured (toy-fidelity delta vs base, seen / unseen, 95% CI): this +0.028 [+0.010,
         # +0.048] / +0.028 [+0.003, +0.057]; beta 500: +0.027 / +0.029 (CIs above 0); 16 images: +0.015

@@ -25,6 +25,16 @@ w e / (exp(w e) - 1) wherever that is finite, but finite with finite gradients f
 exp(w e) - 1 overflows to inf in fp32 past w e ~ 88 (a NaN gradient) and loses digits for tiny w e,
 where its Taylor series takes over (s(0) = 1, s'(0) = -w / 2).
 
+Flow form (SD3 and other flow-matching bases, ``models.process``): e is the velocity error, the mean
+over C, H, W of (v_theta(x_t, sigma T, c) - (eps - x0))^2 at x_t = (1 - sigma) x0 + sigma eps, one sigma
+(SD3's training density: u ~ logit-normal(0, 1) picking a point of the scheduler's shifted grid, shift 3)
+and one eps per pair.  The formula carries over unchanged, and so do its constants as numbers: T is the
+scheduler's ``num_train_timesteps`` (1000 for SD3's flow scheduler too: its grid's size and the factor
+from sigma to the network's timestep), widening the margin as in the code, and w = ``snr_value`` = 0.5
+still scales the error inside s.  Nothing tunes them for flow
+models: w e is now a velocity MSE, whose target eps - x0 has about twice the variance of eps on
+unit-variance latents, so the same w puts the errors on another part of s's curve.
+
 Data: Pick-a-Pic v2 train pairs without ties (the code's ``remove_ties`` default).  Published recipe
 (SDXL; the weights are mapo-t2i/mapo-beta, a full SDXL UNet): the config and presets below, sources
 beside each value.  The public code and weights are SDXL only; the sd15 entry carries the same settings
@@ -103,6 +113,8 @@ class MaPO(Method):
         "sdxl": {"effective_batch_size": 128, "mixed_precision": "fp16", "optimizer": "adamw"},
         # Not published (the paper trains SDXL only): the SDXL settings carried over, at SD1.5's 512 px.
         "sd15": {"effective_batch_size": 128, "mixed_precision": "fp16"},
+        # Not published for SD3: the SDXL settings carried over, in the sd35 preset's bf16.
+        "sd35": {"effective_batch_size": 128},
         # Tried on the toy world (toy-fidelity delta vs base, seen / unseen, 95% CIs; the README's MaPO
         # row): beta 0.1 at lr 3e-5 (the other methods' toy lr) -0.030 [-0.052, -0.006] / -0.016;
         # beta 0.1 at lr 1e-5 -0.012 / -0.003; beta 0.01 at lr 3e-5 -0.001 / +0.007; beta 0 (the chosen

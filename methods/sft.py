@@ -3,6 +3,15 @@
 The baseline both DRO and SmPO compare against (SmPO's SD1.5 run starts from an
 SFT model: pass this method's output as ``init_unet``).  Without an
 ``experts.jsonl`` it trains on the preferred image of every pair.
+
+    loss = mean_i err(policy, x_t^i)      err: mean over C, H, W of the squared error to the target
+
+Epsilon models: target eps at x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps, t uniform.  Flow form (SD3
+and other flow-matching bases, ``models.process``): the velocity error, target eps - x0 at
+x_t = (1 - sigma) x0 + sigma eps, network timestep sigma T (T = 1000), sigma from SD3's training
+density (u ~ logit-normal(0, 1) picking a point of the scheduler's shifted grid, shift 3), with no
+loss weighting and no preconditioning: diffusers' SD3 fine-tuning loss with ``weighting_scheme=
+"logit_normal"`` and ``precondition_outputs=0``.  Nothing else changes.
 """
 
 from __future__ import annotations
@@ -30,6 +39,7 @@ class SFT(Method):
     presets = {
         "sd15": {"effective_batch_size": 256, "mixed_precision": "bf16"},
         "sdxl": {"effective_batch_size": 256, "mixed_precision": "bf16"},
+        "sd35": {"effective_batch_size": 256},  # not published for SD3: the SD1.5 recipe carried over
         "toy": {},  # the toy preset's settings for every method
         "tiny": {},
     }

@@ -13,6 +13,29 @@ the policy barely moves, so the two agree closely; ``bench/train_step.py``
 measures the cost of each.  ``"none"`` forward-noises x_t as DPO does: the smoothed labels
 without the inversion (an ablation; the toy preset's choice, because at 8x8 latents the 5-step
 inversion gives off-distribution x_t: see the toy entry below and docs/toy-world.md).
+
+Flow form (SD3 and other flow-matching bases; no published recipe, the paper trains SD1.5 and SDXL).
+The loss is the same over velocity errors: err = mean over C, H, W of (v_theta(z, t, c) - target)^2
+with the target the velocity the inverted latent implies,
+
+    eps_z  = (z - (1 - sigma_t) x0) / sigma_t        the noise taking x0 to z at t = sigma_t T (T = 1000)
+    target = eps_z - x0
+
+and the inversion runs the flow ODE backwards, Euler steps with sigma *increasing* from the image
+(sigma_0 = 0, z_0 = x0) through an ascending grid sigma_1 < ... < sigma_K (K = ``inversion_steps``),
+each with ReNoise's two evaluations at the step's destination level, averaged (as the DDIM form
+averages two eps):
+
+    v1 = v(z_{k-1}, sigma_k T, c)
+    z' = z_{k-1} + (sigma_k - sigma_{k-1}) v1
+    v2 = v(z', sigma_k T, c)
+    z_k = z_{k-1} + (sigma_k - sigma_{k-1}) (v1 + v2) / 2
+
+The grid is the scheduler's shifted training grid s(j) (j = 0 .. T-1, s(0) = 1) at j = T - 1 - k'
+stride, k' = 0 .. K-1, stride = T // K: the DDIM inverse grid (t = 0, stride, ..., (K-1) stride)
+mapped onto the flow grid rank for rank (DDPM t <-> j = T - 1 - t).  As in the DDIM form, each sample
+is inverted through every level below its t and the model then sees that latent at t.  Inverting an
+exactly linear path (a constant velocity eps - x0) reproduces (1 - sigma_k) x0 + sigma_k eps exactly.
 """
 
 from __future__ import annotations
@@ -24,8 +47,8 @@ from typing import Any, Callable, Literal
 import numpy as np
 import torch
 
-from harness.api import (Batch, Cond, HarnessError, Method, Models, Pairs, PublishedWeights, TrainConfig,
-                         TrainingContext, register_method)
+from harness.api import (Batch, Cond, FlowMatching, HarnessError, Method, Models, NoiseProcess, Pairs,
+                         PublishedWeights, TrainConfig, TrainingContext, register_method)
 from harness.api.caching import LRU, atomic_save
 from methods.dpo import dpo_logits, dpo_loss, forward_noised_pairs, pair_errors, pair_timesteps, preference_logs
 
@@ -73,29 +96,52 @@ def check_score_range(scores: np.ndarray, lo: float, hi: float, scorer: str) -> 
 
 
 UNetFn = Callable[[torch.Tensor, torch.Tensor, Cond], torch.Tensor]
+# One inverse step to level tau: (prediction at tau, tau, latent at the level below) -> latent at tau.
+InverseStep = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-def inverse_timesteps(scheduler_config: Any, steps: int) -> tuple[Any, torch.Tensor]:
-    """A DDIM inverse scheduler with ``steps`` steps and its (ascending) timesteps."""
+def inverse_timesteps(scheduler_config: Any, steps: int) -> tuple[InverseStep, torch.Tensor]:
+    """A DDIM inverse step with ``steps`` steps and its (ascending) timesteps."""
     from diffusers import DDIMInverseScheduler
 
     inverse = DDIMInverseScheduler.from_config(scheduler_config)
     inverse.set_timesteps(steps)
-    return inverse, inverse.timesteps.long()
+    return (lambda eps, tau, z: inverse.step(eps, int(tau), z).prev_sample), inverse.timesteps.long()
 
 
-def renoise_step(unet: UNetFn, z: torch.Tensor, tau: torch.Tensor, cond: Cond, inverse: Any) -> torch.Tensor:
+def flow_inverse_timesteps(process: FlowMatching, steps: int) -> tuple[InverseStep, torch.Tensor]:
+    """The inverse flow ODE's Euler step and its ascending levels ``sigma * T``: the training grid's points
+    ``T - 1 - stride * [0, ..., steps-1]`` (stride = grid size // steps)."""
+    stride = len(process.sigmas) // steps
+    taus = process.timesteps_at(len(process.sigmas) - 1 - torch.arange(steps) * stride)
+    # Each step starts from the level below its destination tau (the image itself, sigma 0, for the first).
+    below = {float(tau): float(lower) for tau, lower in zip(taus, torch.cat([torch.zeros(1), taus[:-1]]))}
+
+    def step(v: torch.Tensor, tau: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        return z + (float(tau) - below[float(tau)]) / process.num_train_timesteps * v
+
+    return step, taus
+
+
+def inversion_grid(scheduler: Any, process: NoiseProcess, steps: int) -> tuple[InverseStep, torch.Tensor]:
+    """The inverse step and ascending levels of the base model's family: flow ODE or DDIM."""
+    if process.kind == "flow":
+        return flow_inverse_timesteps(process, steps)
+    return inverse_timesteps(scheduler.config, steps)
+
+
+def renoise_step(unet: UNetFn, z: torch.Tensor, tau: torch.Tensor, cond: Cond, inverse: InverseStep) -> torch.Tensor:
     """One ReNoise step to level tau: ``e1 = unet(z)``, ``z1 = step(e1, z)``, ``e2 = unet(z1)``,
     ``z <- step((e1 + e2) / 2, z)`` (conditional branch only, no CFG)."""
     tau_batch = tau.expand(len(z)).to(z.device)
     e1 = unet(z, tau_batch, cond)
-    z1 = inverse.step(e1, int(tau), z).prev_sample
+    z1 = inverse(e1, tau, z)
     e2 = unet(z1, tau_batch, cond)
-    return inverse.step((e1 + e2) / 2, int(tau), z).prev_sample
+    return inverse((e1 + e2) / 2, tau, z)
 
 
 @torch.no_grad()
-def renoise_inversion(unet: UNetFn, x0: torch.Tensor, cond: Cond, t: torch.Tensor, inverse: Any,
+def renoise_inversion(unet: UNetFn, x0: torch.Tensor, cond: Cond, t: torch.Tensor, inverse: InverseStep,
                       taus: torch.Tensor) -> torch.Tensor:
     """ReNoise inversion of ``x0`` through every inverse timestep below each sample's ``t``
     (as the public code: the model then sees this latent at t).  Samples whose t is reached stop."""
@@ -109,7 +155,8 @@ def renoise_inversion(unet: UNetFn, x0: torch.Tensor, cond: Cond, t: torch.Tenso
 
 
 @torch.no_grad()
-def renoise_trajectory(unet: UNetFn, x0: torch.Tensor, cond: Cond, inverse: Any, taus: torch.Tensor) -> torch.Tensor:
+def renoise_trajectory(unet: UNetFn, x0: torch.Tensor, cond: Cond, inverse: InverseStep,
+                       taus: torch.Tensor) -> torch.Tensor:
     """The inverted latent after each inverse timestep: shape (len(x0), len(taus), C, H, W)."""
     states, z = [], x0
     for tau in taus:
@@ -152,6 +199,8 @@ class SmPO(Method):
         # 8 GPUs x 1 pair x 128 accumulation; fp16.  SD1.5 starts from an SFT UNet (policy and reference).
         "sd15": {"effective_batch_size": 1024, "mixed_precision": "fp16", "init_method": "sft"},
         "sdxl": {"effective_batch_size": 1024, "mixed_precision": "fp16", "beta": 5000.0, "inversion_steps": 10},
+        # Not published for SD3: the SD1.5 recipe carried over (from an SFT transformer), in the preset's bf16.
+        "sd35": {"effective_batch_size": 1024, "init_method": "sft"},
         # Rewards are already in [0, 1]: no PickScore bounds.  SmPO's label weight 10*(2p-1) is ~0.5 for
         # the toy world's typical reward gap of 0.1, hence a larger beta than DPO's.  inverter "none": x_t
         # by forward noising, i.e. SmPO's smoothed labels without its ReNoise inversion.  At 8x8 latents the
@@ -173,7 +222,7 @@ class SmPO(Method):
     def setup(self, context: TrainingContext) -> None:
         config = self.config
         check_score_range(context.data_scores, config.score_lo, config.score_hi, config.pair_scorer)
-        self.inverse, self.taus = inverse_timesteps(context.scheduler.config, config.inversion_steps)
+        self.inverse, self.taus = inversion_grid(context.scheduler, context.models.process, config.inversion_steps)
         self.cache = LRU()
         # On disk, keyed by the reference weights (the starting ones): another base model or init_unet
         # never reuses these.

@@ -106,6 +106,15 @@ def scorer_locations(tmp_path_factory: pytest.TempPathFactory, harness_cache: Pa
 
 
 @pytest.fixture(scope="session")
+def hpsv3_locations(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """A tiny random HPSv3 (HPSv3.safetensors in the official key layout, and a Qwen2-VL base config and
+    processor built offline): the ``get_scorer("hpsv3", ...)`` keywords."""
+    from harness.scoring._random_weights import save_hpsv3
+
+    return save_hpsv3(tmp_path_factory.mktemp("hpsv3-weights"))
+
+
+@pytest.fixture(scope="session")
 def tiny_sd15_dir(harness_cache: Path) -> Path:
     """An SD1.5-shaped random-init pipeline (512 px native), saved in diffusers format."""
     from harness.models import TINY_SHAPES, save_tiny_pipeline
@@ -119,6 +128,23 @@ def tiny_sdxl_dir(harness_cache: Path) -> Path:
     from harness.models import TINY_SHAPES, save_tiny_pipeline
 
     return save_tiny_pipeline(harness_cache / "tiny-sdxl", TINY_SHAPES["sdxl"])
+
+
+@pytest.fixture(scope="session")
+def tiny_sd3_dir(harness_cache: Path) -> Path:
+    """The SD3.5-Medium-shaped random-init flow-matching pipeline at 32 px (the ``tiny-sd3`` base model),
+    saved in diffusers format."""
+    from harness.models import TINY_SHAPES, save_tiny_pipeline
+
+    return save_tiny_pipeline(harness_cache / "tiny-sd3", TINY_SHAPES["tiny-sd3"])
+
+
+@pytest.fixture(scope="session")
+def tiny_sd35_dir(harness_cache: Path) -> Path:
+    """An SD3.5-Medium-shaped random-init pipeline (1024 px native, 128x128 latents), saved in diffusers format."""
+    from harness.models import TINY_SHAPES, save_tiny_pipeline
+
+    return save_tiny_pipeline(harness_cache / "tiny-sd35", TINY_SHAPES["sd35"])
 
 
 @pytest.fixture(scope="session")

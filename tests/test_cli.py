@@ -1,13 +1,16 @@
+import argparse
 import csv
 import json
 import sqlite3
+from pathlib import Path
 
 import pytest
 
 from conftest import harness_cli
-from harness.cli import _parse_overrides, format_table
+from harness.cli import HelpFormatter, _parse_overrides, build_parser, format_table, main
 from harness.errors import HarnessError
 from harness.stats import SIGNAL_MARK, SIGNAL_NOTE
+from harness.text_table import text_table
 from results_fixture import SUITES, as_schema_1, build_results_dir
 
 
@@ -124,3 +127,160 @@ def test_leaderboard_marks_the_metric_a_method_was_trained_on(tmp_path):
     assert rows == [dict(r, trained_on_signal=False) for r in marked]
     with sqlite3.connect(old / "results.db") as db:
         assert db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == ("1",)
+
+
+# --- the newcomer's path (issue 21) -----------------------------------------------------------------
+
+EXAMPLE_PLUGIN = str(Path(__file__).parents[1] / "examples" / "desirable_sft.py")
+
+
+def test_plugin_option_works_before_or_after_the_command(tmp_path):
+    for args in (["--plugin", EXAMPLE_PLUGIN, "methods"], ["methods", "--plugin", EXAMPLE_PLUGIN]):
+        result = harness_cli(*args)
+        assert result.returncode == 0, result.stderr
+        assert "desirable-sft" in result.stdout
+    # After `run`: the plugin's method is known (the error is about its weights, not an unknown option or method),
+    # and on a preset without published weights the error names the presets that have them.
+    result = harness_cli("run", "--plugin", EXAMPLE_PLUGIN, "--methods", "desirable-sft", "--pretrained",
+                         "--out", str(tmp_path))
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "harness: error: preset 'toy' has no published weights for any method; --pretrained works with "
+        "--preset sd15 (dpo, dro, kto, smpo) or --preset sdxl (dpo, mapo, smpo)"]
+
+
+def _commands_and_options():
+    from harness.cli_reference import _commands
+
+    for command in _commands(build_parser()):
+        for action in command._actions:
+            if action.option_strings and not isinstance(action, argparse._HelpAction):
+                yield command, action
+
+
+def test_every_option_of_every_command_has_help_and_shows_its_default():
+    commands = {command.prog for command, _ in _commands_and_options()}
+    assert {"harness run", "harness train", "harness data experts", "harness presets"} <= commands
+    for command, action in _commands_and_options():
+        assert action.help, f"{command.prog} {action.option_strings[0]} has no help"
+        assert "--plugin" in command.format_help(), command.prog  # every command lists the options of every command
+        if action.default not in (None, False, [], argparse.SUPPRESS):
+            shown = ",".join(action.default) if isinstance(action.default, list) else str(action.default)
+            assert f"(default: {shown})" in HelpFormatter(command.prog)._expand_help(action), action.option_strings
+    # `--out` of the commands that read results says so.
+    for prog in ("leaderboard", "export", "dashboard", "figure", "runs"):
+        out = next(a for c, a in _commands_and_options() if c.prog == f"harness {prog}" and "--out" in a.option_strings)
+        assert "results directory to read" in out.help and "harness run --out" in out.help, prog
+
+
+def test_cli_reference_is_the_parser_s():
+    from harness.cli_reference import reference
+
+    written = (Path(__file__).parents[1] / "docs" / "cli.md").read_text(encoding="utf-8")
+    assert written == reference(), "docs/cli.md is out of date: python -m harness.cli_reference > docs/cli.md"
+    assert "## `harness data experts`" in written and "`--grid-prompts GRID_PROMPTS`" in written
+
+
+def test_text_table_aligns_columns_from_the_content():
+    long = "a-scorer-with-a-very-long-name"
+    lines = text_table([["name", "version", "description"], [long, "v1", "first"], ["b", "a-long-version-2", "x"],
+                        ["c", "unavailable: a long reason that runs on"]]).splitlines()
+    assert lines[1].index("v1") == lines[2].index("a-long-version-2") == lines[0].index("version") == len(long) + 2
+    assert lines[1].index("first") == lines[2].index("x") == len(long) + 2 + len("a-long-version-2") + 2
+    assert lines[3] == "c" + " " * (len(long) + 1) + "unavailable: a long reason that runs on"  # a last cell runs on
+    assert all(line == line.rstrip() for line in lines)
+
+
+@pytest.mark.parametrize("command", ["scorers", "methods", "suites"])
+def test_listings_are_aligned_columns(command, capsys):
+    assert main([command]) == 0
+    header, *rows = capsys.readouterr().out.splitlines()
+    second = header.split()[1]
+    column = header.index(second)
+    for row in rows:
+        if "unavailable:" not in row:
+            assert row[column - 2 : column] == "  " and row[column] != " ", row
+
+
+def test_presets_show_each_description_and_main_settings(capsys):
+    assert main(["presets"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    toy = lines.index(next(line for line in lines if line.startswith("toy ")))
+    indent = lines[toy].index("synthetic world")
+    assert lines[toy].endswith("(the default)")
+    assert [line[:indent].strip() for line in lines[toy + 1 : toy + 4]] == ["", "", ""]
+    settings = " ".join(line[indent:] for line in lines[toy + 1 : toy + 4])
+    assert "base model toy" in settings and "suites toy-seen, toy-unseen" in settings
+    assert "scorers toy-fidelity, toy-quality" in settings
+    assert "evaluation: 4 images per prompt (toy-unseen 8), ddim 10 steps, CFG 3.0, 32x32 px" in settings
+    sd15 = next(line for line in lines if line.startswith("sd15"))
+    assert sd15.index("Stable Diffusion 1.5") == indent
+
+
+def test_a_closed_pipe_ends_the_output_quietly(tmp_path):
+    """`harness leaderboard ... | head -1`, or a pasted `--format table|csv` whose `csv` reads nothing."""
+    import subprocess
+    import sys
+
+    results = build_results_dir(tmp_path / "results")
+    reader = subprocess.Popen([str(Path(sys.executable).with_name("harness")), "leaderboard", "--out", str(results)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    reader.stdout.close()  # the reader has gone before the first line is written
+    _, err = reader.communicate(timeout=120)
+    assert err == b"" and reader.returncode == 141
+
+
+def test_progress_in_a_log_is_a_few_lines_not_redraws(tmp_path):
+    """stdout and stderr to pipes, as `harness run > log 2>&1`: no carriage returns, a line per tenth."""
+    result = harness_cli("run", "--preset", "tiny", "--methods", "dpo", "--set", "max_steps=30",
+                         "--out", str(tmp_path))
+    assert result.returncode == 0, result.stderr[-3000:]
+    log = result.stdout + result.stderr
+    assert "\r" not in log
+    training = [line for line in log.splitlines() if line.startswith("DPO: step ")]
+    assert len(training) == 10 and training[-1].startswith("DPO: step 30/30 (100%) loss ")
+    sampling = [line for line in log.splitlines() if line.startswith(("toy-seen: img", "toy-unseen: img"))]
+    assert 4 <= len(sampling) <= 2 * 2 * 10 and all(" img " in line and "%)" in line for line in sampling)
+
+
+def test_progress_on_a_terminal_is_a_bar():
+    import fcntl
+    import os
+    import pty
+    import struct
+    import subprocess
+    import sys
+    import termios
+
+    parent, child = pty.openpty()
+    fcntl.ioctl(child, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))  # a new terminal is 0 columns wide
+    code = "from harness.progress import progress_bar\nfor _ in progress_bar(range(50), total=50, desc='bar'): pass"
+    subprocess.run([sys.executable, "-c", code], stderr=child, check=True, timeout=60)
+    os.close(child)
+    drawn = b""
+    while True:
+        try:
+            chunk = os.read(parent, 100_000)
+        except OSError:  # every writer has closed the terminal
+            break
+        if not chunk:
+            break
+        drawn += chunk
+    os.close(parent)
+    drawn = drawn.decode()
+    assert "\r" in drawn and "50/50" in drawn and "bar: step" not in drawn
+
+
+@pytest.mark.slow
+def test_generate_follows_the_preset_s_protocol(tiny_run_dir, tmp_path):
+    """With its defaults, `harness generate` makes the images a run of that preset evaluates: the same bytes."""
+    result = harness_cli("generate", "--preset", "tiny", "--suite", "toy-seen", "--out", str(tmp_path / "gen"),
+                         env={"OMP_NUM_THREADS": "1"})  # one thread, as the run's workers (faster on a busy CPU)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    def images(manifest: Path) -> dict:
+        rows = [json.loads(line) for line in manifest.read_text().splitlines()]
+        return {(r["prompt_id"], r["image_index"]): r["sha256"] for r in rows}
+
+    run = images(tiny_run_dir / "images" / "base" / "toy-seen" / "manifest.jsonl")
+    assert images(tmp_path / "gen" / "manifest.jsonl") == run and len(run) == 8

@@ -1,4 +1,4 @@
-"""The sd15 / sdxl presets train the published recipes: docs/methods.md's table, field by field."""
+"""The sd15 / sdxl / sd35 presets train the published recipes: docs/methods.md's table, field by field."""
 
 from __future__ import annotations
 
@@ -39,7 +39,8 @@ ROWS = published_rows()
 
 def test_the_table_covers_every_method_and_preset():
     assert {(m, p) for m, p, _, _ in ROWS} >= {("dpo", "sd15"), ("dpo", "sdxl"), ("dro", "sd15"), ("smpo", "sd15"),
-                                              ("smpo", "sdxl"), ("evaluation", "sd15")}
+                                              ("smpo", "sdxl"), ("evaluation", "sd15"),
+                                              ("dpo", "sd35"), ("evaluation", "sd35")}
     assert len(ROWS) > 60
 
 
@@ -52,7 +53,7 @@ def test_preset_resolves_to_the_published_value(method, preset, setting, value):
     assert resolved == parse(value)
 
 
-@pytest.mark.parametrize("preset", ["sd15", "sdxl"])
+@pytest.mark.parametrize("preset", ["sd15", "sdxl", "sd35"])
 def test_presets_show_prints_every_resolved_field(preset, capsys):
     assert main(["presets", "--show", preset]) == 0
     shown = capsys.readouterr().out

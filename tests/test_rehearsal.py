@@ -1,5 +1,5 @@
-"""The published recipes, rehearsed offline end to end: `harness run --preset sd15` (and `sdxl`) on
-SD1.5- / SDXL-shaped tiny pipelines, a local Pick-a-Pic v2 copy in the hub's layout, local HPDv2
+"""The published recipes, rehearsed offline end to end: `harness run --preset sd15` (and `sdxl`, `sd35`) on
+SD1.5- / SDXL- / SD3.5-Medium-shaped tiny pipelines, a local Pick-a-Pic v2 copy in the hub's layout, local HPDv2
 prompts and tiny scorer weights in the official file layouts (tests/offline_world.py, conftest.py).
 
 Every step a real run takes is taken: DRO's experts ranked by HPSv2 (the data step, through the
@@ -25,10 +25,10 @@ from pathlib import Path
 import pytest
 
 from conftest import harness_cli
-from harness.api import METHODS as REGISTERED
+from test_readme import readme_command
 
 PLUGIN = Path(__file__).resolve().parent / "plugins" / "tiny_scorer_archs.py"
-METHODS = tuple(REGISTERED.names())  # every registered method on the papers' recipes, a new one included
+BUILT_IN = sorted(p.stem for p in (Path(__file__).resolve().parents[1] / "methods").glob("*.py") if p.stem != "__init__")
 SCORERS = ("pickscore", "hpsv2", "hpsv2.1", "imagereward", "clip", "aesthetic")
 
 
@@ -36,6 +36,29 @@ def scorer_options(locations: dict[str, dict[str, str]]) -> list[str]:
     options = {**locations, "pickscore-cosine": locations["pickscore"]}  # the same model, its raw cosine
     return [arg for name, keywords in options.items() for key, value in keywords.items()
             for arg in ("--scorer-option", f"{name}.{key}={value}")]
+
+
+# Each method's compute lowered as the module says (SmPO's bounds widened for the random PickScore).
+LOWERED = {"dro": ("expert_top_k=10", "sampler_steps=4"), "smpo": ("inversion_steps=2", "score_lo=-1", "score_hi=1")}
+
+
+def readme_methods(preset: str) -> tuple[str, ...]:
+    command = readme_command(preset)
+    return tuple(command[command.index("--methods") + 1].split(","))
+
+
+def rehearse(preset: str, model: Path, data: Path, out: Path, scorer_locations: dict, methods: tuple[str, ...],
+             *arguments: str) -> None:
+    """The README's `harness run --preset PRESET ...` offline, for ``methods``, its compute lowered as the
+    module says (the options added last win)."""
+    lowered = [arg for method in methods for setting in LOWERED.get(method, ())
+               for arg in ("--set", f"{method}.{setting}")]
+    result = harness_cli(
+        "--plugin", str(PLUGIN), *readme_command(preset), "--model", str(model), "--data", str(data),
+        "--methods", ",".join(methods), "--max-prompts", "1", "--images-per-prompt", "1", "--steps", "2",
+        "--out", str(out), "--set", "max_steps=1", "--set", "effective_batch_size=None", *lowered,
+        *scorer_options(scorer_locations), *arguments, timeout=1200)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
 
 
 @pytest.mark.slow
@@ -46,15 +69,10 @@ def test_published_recipes_run_end_to_end_offline(shape, request, tmp_path, pick
     out = tmp_path / "run"
     # SDXL's recipe replaces the VAE by the fp16-safe one from the hub: offline, a local stand-in.
     vae = ["--vae", str(model / "vae")] if shape == "sdxl" else []
-    result = harness_cli(
-        "--plugin", str(PLUGIN), "run", "--preset", shape, "--model", str(model), *vae, "--data", str(pickapic_v2_dir),
-        "--methods", ",".join(METHODS), "--suites", f"pickapic-test:{pickapic_v2_dir},hpdv2:{hpdv2_dir}",
-        "--max-prompts", "1", "--images-per-prompt", "1", "--steps", "2", "--out", str(out),
-        "--set", "max_steps=1", "--set", "effective_batch_size=None", "--set", "dro.expert_top_k=10",
-        "--set", "dro.sampler_steps=4", "--set", "smpo.inversion_steps=2",
-        "--set", "smpo.score_lo=-1", "--set", "smpo.score_hi=1", *scorer_options(scorer_locations),
-        timeout=1200)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    methods = readme_methods(shape)
+    assert sorted(methods) == BUILT_IN  # the README's recipe trains every built-in method
+    rehearse(shape, model, pickapic_v2_dir, out, scorer_locations, methods, *vae,
+             "--suites", f"pickapic-test:{pickapic_v2_dir},hpdv2:{hpdv2_dir}")
 
     # DRO trained on the top 10 by HPSv2, made by the data step through the scorer registry.
     experts = out / "data" / "experts-hpsv2-top10"
@@ -75,10 +93,36 @@ def test_published_recipes_run_end_to_end_offline(shape, request, tmp_path, pick
     assert board.returncode == 0, board.stderr
     leaderboard = json.loads(board.stdout)
     cells = {(r["method"], r["suite"], r["metric"]): r for r in leaderboard}
-    for method in ("base", *METHODS):
+    for method in ("base", *methods):
         for suite in ("pickapic-test", "hpdv2"):
             for metric in SCORERS:
                 assert (method, suite, metric) in cells, (method, suite, metric)
     # The guard: a gain on the signal a method was trained on is marked, and nothing else.
     marked = {(method, metric) for (method, _, metric), row in cells.items() if row["trained_on_signal"]}
     assert marked == {("dro", "hpsv2"), ("dro", "hpsv2.1"), ("smpo", "pickscore")}
+
+
+@pytest.mark.slow
+def test_sd35_recipes_run_end_to_end_offline(tmp_path, tiny_sd35_dir, pickapic_v2_dir, scorer_locations):
+    """Reduced (the README's command, two of its methods): the recipes the sd35 preset adds (DPO's LoRA at 512 px, after flow_grpo; SmPO started from
+    SFT), evaluated at 1024 px with the flow-matching sampler on one suite by one scorer.  Every method on
+    both suites and six scorers passed too, in 275 s on a busy machine (too long for the suite)."""
+    out = tmp_path / "run"
+    assert sorted(readme_methods("sd35")) == BUILT_IN
+    rehearse("sd35", tiny_sd35_dir, pickapic_v2_dir, out, scorer_locations, ("dpo", "smpo"),
+             "--suites", f"pickapic-test:{pickapic_v2_dir}", "--scorers", "pickscore")
+    models = out / "models"
+    dpo = json.loads((models / "dpo" / "final" / "trainer_state.json").read_text())["config"]
+    assert (dpo["lora_rank"], dpo["lora_alpha"], dpo["beta"], dpo["resolution"]) == (32, 64.0, 100.0, 512)
+    assert dpo["mixed_precision"] == "bf16" and dpo["gradient_checkpointing"] is True  # the preset's
+    assert (models / "dpo" / "final" / "lora" / "pytorch_lora_weights.safetensors").is_file()
+    smpo = json.loads((models / "smpo" / "final" / "trainer_state.json").read_text())["config"]
+    assert smpo["init_unet"] == str(models / "sft" / "final" / "unet") and smpo["resolution"] == 1024
+    manifest = out / "images" / "dpo" / "pickapic-test" / "manifest.jsonl"
+    row = json.loads(manifest.read_text().splitlines()[0])
+    assert (row["scheduler"], row["height"], row["guidance_scale"]) == ("FlowMatchEulerDiscreteScheduler", 1024, 4.5)
+
+    board = harness_cli("leaderboard", "--out", str(out), "--format", "json")
+    assert board.returncode == 0, board.stderr
+    cells = {(r["method"], r["metric"]) for r in json.loads(board.stdout)}
+    assert cells == {(method, "pickscore") for method in ("base", "dpo", "smpo")}

@@ -64,8 +64,10 @@ class Killed(Exception):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("model", ["tiny_model_dir", "tiny_sd3_dir"])  # a diffusion UNet, a flow-matching transformer
 @pytest.mark.parametrize("method", METHODS.names())  # every registered method, a new one included
-def test_killed_and_resumed_run_ends_with_the_same_weights(method, tiny_model_dir, data_dir, tmp_path):
+def test_killed_and_resumed_run_ends_with_the_same_weights(method, model, request, data_dir, tmp_path):
+    tiny_model_dir = request.getfixturevalue(model)
     # A warmup that spans the interruption and two micro-steps per step: a resume that dropped the LR
     # schedule's or the accumulation's state would end elsewhere.
     overrides = {**FAST, **PER_METHOD.get(method, {}), "max_steps": 4, "checkpoint_every": 2,

@@ -112,7 +112,10 @@ class FlowMatching(NoiseProcess):
 
     def sample_timesteps(self, n: int, generator: torch.Generator) -> torch.Tensor:
         u = torch.sigmoid(self.logit_mean + self.logit_std * torch.randn(n, generator=generator))
-        index = (u * len(self.sigmas)).long().clamp(max=len(self.sigmas) - 1)
+        return self.timesteps_at((u * len(self.sigmas)).long().clamp(max=len(self.sigmas) - 1))
+
+    def timesteps_at(self, index: torch.Tensor) -> torch.Tensor:
+        """The timesteps (``sigma * T``) of the training grid's points ``index`` (0: sigma = 1, the noisiest)."""
         return self.sigmas[index] * self.num_train_timesteps
 
     def sigma(self, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:

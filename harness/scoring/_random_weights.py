@@ -244,3 +244,87 @@ def save_scorer_set(root: Path, *, seed: int = 0) -> dict[str, dict[str, str]]:
         "clip": {"checkpoint": str(root / "clip"), "arch": arch},
         "aesthetic": {"model": str(aesthetic_model), "processor": str(aesthetic_processor), "checkpoint": str(head)},
     }
+
+
+# HPSv3: a Qwen2-VL in the flat config.json layout the Qwen/Qwen2-VL-7B-Instruct repo uses, scaled down;
+# save_hpsv3 fills in the vocabulary size and the special tokens' ids from the tokenizer it builds.
+QWEN2_VL_SPECIAL_TOKENS = {"<|endoftext|>": "bos_token_id", "<|im_start|>": None, "<|im_end|>": "eos_token_id",
+                           "<|vision_start|>": "vision_start_token_id", "<|vision_end|>": "vision_end_token_id",
+                           "<|vision_pad|>": "vision_token_id", "<|image_pad|>": "image_token_id",
+                           "<|video_pad|>": "video_token_id"}
+TINY_QWEN2_VL_CONFIG = {
+    "architectures": ["Qwen2VLForConditionalGeneration"], "model_type": "qwen2_vl",
+    "hidden_act": "silu", "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+    "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 32768, "rms_norm_eps": 1e-6,
+    "rope_theta": 1000000.0, "rope_scaling": {"type": "mrope", "mrope_section": [2, 3, 3]},
+    "use_sliding_window": False, "sliding_window": 32768, "max_window_layers": 2, "tie_word_embeddings": False,
+    "attention_dropout": 0.0, "initializer_range": 0.02,
+    "vision_config": {"depth": 2, "embed_dim": 32, "mlp_ratio": 2, "num_heads": 2, "in_chans": 3, "hidden_size": 64,
+                      "patch_size": 14, "spatial_merge_size": 2, "temporal_patch_size": 2},
+}
+
+
+def save_qwen2_vl_processor(out_dir: Path, vocab_size: int = 2000):
+    """A Qwen2-VL processor saved with ``save_pretrained`` and returned: the real image processor
+    settings (14-pixel patches, 2x2 merge, CLIP normalisation, 3136..12845056 pixels) and a byte-level
+    BPE tokenizer with Qwen2-VL's special tokens (ids 0-7), padding with ``<|endoftext|>``.
+
+    Its merges are learnt from HPSv3's prompt, so that prompt takes a few hundred tokens as with
+    Qwen2's own vocabulary, not one per byte: the tests stay fast."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast, Qwen2VLImageProcessor, Qwen2VLProcessor
+    from transformers.models.qwen2_vl.video_processing_qwen2_vl import Qwen2VLVideoProcessor
+
+    from harness.scoring.hpsv3 import chat_text
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(QWEN2_VL_SPECIAL_TOKENS),
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tokenizer.train_from_iterator([chat_text("")], trainer=trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, pad_token="<|endoftext|>", eos_token="<|im_end|>")
+    pixels = {"shortest_edge": 56 * 56, "longest_edge": 28 * 28 * 16384}
+    processor = Qwen2VLProcessor(image_processor=Qwen2VLImageProcessor(size=pixels), tokenizer=fast,
+                                 video_processor=Qwen2VLVideoProcessor())
+    processor.save_pretrained(out_dir)
+    return processor
+
+
+def hpsv3_state_dict(config: dict, *, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Random tensors under HPSv3.safetensors' key names (transformers 4.45's Qwen2-VL layout plus
+    ``rm_head``), the vocabulary one longer than ``config``'s for the added ``<|Reward|>``.
+
+    Backbone tensors are bfloat16 and the head float32, as the published file stores them."""
+    from transformers import Qwen2VLConfig
+
+    from harness.scoring.hpsv3 import empty_reward_model, official_key
+
+    qwen_config = Qwen2VLConfig(**{**config, "vocab_size": config["vocab_size"] + 1})
+    gen = torch.Generator().manual_seed(seed)
+    state = {}
+    for name, tensor in empty_reward_model(qwen_config, reward_token_id=config["vocab_size"]).state_dict().items():
+        fan_in = tensor.shape[-1] if tensor.ndim > 1 else 1
+        if tensor.ndim == 1 and name.endswith("weight"):  # norms: near one, so the signal keeps its size
+            values = 1 + 0.1 * torch.randn(tensor.shape, generator=gen)
+        else:
+            values = torch.randn(tensor.shape, generator=gen) / math.sqrt(fan_in)
+        dtype = torch.float32 if name.startswith("rm_head.") else torch.bfloat16
+        state[official_key(name)] = values.to(dtype)
+    state["lm_head.weight"] = torch.randn(config["vocab_size"] + 1, config["hidden_size"], generator=gen).to(torch.bfloat16)
+    return state
+
+
+def save_hpsv3(out_dir: Path, config: dict | None = None, *, seed: int = 0) -> dict[str, str]:
+    """``out_dir/checkpoint/HPSv3.safetensors`` (MizzenAI/HPSv3) and ``out_dir/base`` (config.json and
+    processor, standing in for Qwen/Qwen2-VL-7B-Instruct); returns the scorer's keywords."""
+    from safetensors.torch import save_file
+
+    base, checkpoint = out_dir / "base", out_dir / "checkpoint"
+    checkpoint.mkdir(parents=True, exist_ok=True)
+    tokenizer = save_qwen2_vl_processor(base).tokenizer
+    ids = {key: tokenizer.convert_tokens_to_ids(token) for token, key in QWEN2_VL_SPECIAL_TOKENS.items() if key}
+    config = {**(TINY_QWEN2_VL_CONFIG if config is None else config), **ids, "vocab_size": len(tokenizer)}
+    (base / "config.json").write_text(json.dumps(config, indent=1))
+    save_file(hpsv3_state_dict(config, seed=seed), str(checkpoint / "HPSv3.safetensors"))
+    return {"checkpoint": str(checkpoint), "base": str(base)}

@@ -1,0 +1,177 @@
+"""Training and evaluating a flow-matching model: the shared trainer's options on the SD3.5-Medium-shaped tiny
+pipeline (``tiny-sd3``: an MMDiT transformer, two CLIP encoders, no T5), and `harness evaluate` of what it writes.
+
+The trainer's resume test runs every method on this pipeline too (tests/test_trainer.py)."""
+
+from __future__ import annotations
+
+import json
+import math
+import sqlite3
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from harness.trainer import train
+from train_fixtures import one_torch_thread, write_pair_dir  # noqa: F401 (autouse fixture)
+
+FAST = {"batch_size": 2, "lr": 1e-4, "scale_lr": False, "warmup_steps": 0}
+RANK, ALPHA = 4, 8.0  # a LoRA scale of 2: an export that forgot alpha / r would be off by a factor of 2
+
+
+@pytest.fixture(scope="module")
+def pair_dir(tmp_path_factory) -> Path:
+    return write_pair_dir(tmp_path_factory.mktemp("pairs"))
+
+
+@pytest.fixture(scope="module")
+def lora_run(tiny_sd3_dir, pair_dir, tmp_path_factory) -> tuple[Path, list[dict]]:
+    """DPO with LoRA adapters on the transformer, 2 steps: the output directory and the logged terms."""
+    out = tmp_path_factory.mktemp("sd3-lora")
+    logged: list[dict] = []
+    train("dpo", base_model=tiny_sd3_dir, data_dir=pair_dir, output_dir=out,
+          overrides={**FAST, "max_steps": 2, "lora_rank": RANK, "lora_alpha": ALPHA, "lr": 1e-2},
+          on_log=lambda step, terms: logged.append(terms))
+    return out, logged
+
+
+def transformer_weights(folder: Path) -> dict[str, torch.Tensor]:
+    from diffusers import SD3Transformer2DModel
+
+    return SD3Transformer2DModel.from_pretrained(folder).state_dict()
+
+
+def test_lora_on_the_transformer_trains_against_the_adapters_off_and_exports_base_plus_delta(lora_run, tiny_sd3_dir):
+    out, logged = lora_run
+    # LoRA's B starts at zero: policy == reference (adapters off) at step 1, apart after one update.
+    assert logged[0]["loss"] == pytest.approx(math.log(2), abs=1e-6)
+    assert logged[1]["model_mse"] != logged[1]["ref_mse"]
+
+    merged, base = transformer_weights(out / "final" / "unet"), transformer_weights(tiny_sd3_dir / "transformer")
+    assert merged.keys() == base.keys()
+    adapters = load_file(str(out / "final" / "lora" / "pytorch_lora_weights.safetensors"))
+    adapted = {key.removeprefix("transformer.").split(".lora_A.")[0] for key in adapters if ".lora_A." in key}
+    # The image stream's attention and the joint attention's text stream (diffusers' SD3 LoRA targets).
+    assert {name.rsplit(".", 1)[-1] for name in adapted} >= {"to_q", "to_k", "to_v", "add_q_proj", "add_k_proj",
+                                                             "add_v_proj", "to_add_out"}
+    changed = {key for key in base if not torch.equal(merged[key], base[key])}
+    assert changed and changed <= {f"{name}.weight" for name in adapted}
+    for name in adapted:
+        down, up = adapters[f"transformer.{name}.lora_A.weight"], adapters[f"transformer.{name}.lora_B.weight"]
+        expected = base[f"{name}.weight"] + ALPHA / RANK * (up @ down)
+        torch.testing.assert_close(merged[f"{name}.weight"], expected, rtol=1e-5, atol=1e-6)
+
+
+def test_the_exported_adapters_load_into_the_sd3_pipeline_as_the_merged_transformer(lora_run, tiny_sd3_dir):
+    from diffusers import SD3Transformer2DModel
+
+    from harness.models import load_pipeline
+
+    out, _ = lora_run
+    adapted = load_pipeline(tiny_sd3_dir)
+    adapted.load_lora_weights(out / "final" / "lora")  # StableDiffusion3Pipeline's own loader, adapters unfused
+    merged = load_pipeline(tiny_sd3_dir, unet=out / "final" / "unet")
+    assert isinstance(merged.transformer, SD3Transformer2DModel)
+    base = load_pipeline(tiny_sd3_dir)
+
+    def latents(pipe) -> torch.Tensor:
+        start = torch.randn((2, 16, 8, 8), generator=torch.Generator().manual_seed(0))
+        return pipe(prompt=["a red square", "a blue circle"], latents=start, num_inference_steps=2, guidance_scale=4.5,
+                    output_type="latent").images
+
+    with torch.no_grad():
+        from_adapters, from_merged, from_base = latents(adapted), latents(merged), latents(base)
+    torch.testing.assert_close(from_adapters, from_merged, rtol=1e-4, atol=1e-5)
+    assert (from_merged - from_base).abs().max() > 1e-3  # the adapters do change the samples
+
+
+def test_ema_export_and_init_unet_from_an_sd3_transformer(tiny_sd3_dir, pair_dir, tmp_path):
+    ema_run = tmp_path / "ema"
+    sft = train("sft", base_model=tiny_sd3_dir, data_dir=pair_dir, output_dir=ema_run,
+                overrides={**FAST, "lr": 1e-3, "max_steps": 2, "ema_decay": 0.9})
+    exported = load_file(str(sft.unet_dir / "diffusion_pytorch_model.safetensors"))
+    shadow = load_file(str(ema_run / "checkpoint-2" / "ema.safetensors"))
+    raw = load_file(str(ema_run / "checkpoint-2" / "unet.safetensors"))
+    assert shadow.keys() == raw.keys() and all(torch.equal(exported[k], shadow[k]) for k in shadow)
+    assert any(not torch.equal(exported[k], raw[k]) for k in raw)  # the EMA weights, not the last raw ones
+
+    # lr 0: the exported transformer is the one training started from, exactly (weight decay scales by 1 - lr*wd).
+    logged: list[dict] = []
+    dpo = train("dpo", base_model=tiny_sd3_dir, data_dir=pair_dir, output_dir=tmp_path / "dpo",
+                overrides={**FAST, "lr": 0.0, "max_steps": 1, "init_unet": str(sft.unet_dir)},
+                on_log=lambda step, terms: logged.append(terms))
+    started = transformer_weights(dpo.unet_dir)
+    assert all(torch.equal(started[k], exported[k]) for k in exported)
+    assert logged[0]["loss"] == pytest.approx(math.log(2), abs=1e-6)  # the reference is the init transformer too
+    base = transformer_weights(tiny_sd3_dir / "transformer")
+    assert any(not torch.equal(started[k], base[k]) for k in base)
+
+
+def _run_rows(out: Path, method: str) -> dict:
+    db = sqlite3.connect(out / "results.db")
+    rows = db.execute("SELECT i.suite, i.prompt_id, i.image_index, i.seed, i.sha256, s.scorer, s.value FROM images i "
+                      "JOIN runs r USING (run_id) JOIN scores s USING (image_id) WHERE r.method = ?",
+                      (method,)).fetchall()
+    db.close()
+    return {row[:3] + (row[5],): (row[3], row[4], row[6]) for row in rows}
+
+
+def test_harness_evaluate_takes_a_trained_sd3_transformer_and_its_lora_adapters(lora_run, tiny_sd3_dir, tmp_path):
+    """The merged transformer (--unet) and the adapters (--lora) are the same model: the same images, byte for byte."""
+    from harness.cli import main
+
+    final, results = lora_run[0] / "final", tmp_path / "results"
+    common = ["evaluate", "--model", str(tiny_sd3_dir), "--preset", "tiny-flow", "--suites", "toy-seen",
+              "--max-prompts", "2", "--out", str(results)]
+    assert main([*common, "--unet", str(final / "unet"), "--name", "merged"]) == 0
+    assert main([*common, "--lora", str(final / "lora"), "--name", "adapters"]) == 0
+    merged, adapters, base = (_run_rows(results, name) for name in ("merged", "adapters", "base"))
+    assert len(merged) == 2 * 2 * 2  # 2 prompts x 2 images (the preset's) x 2 scorers
+    assert merged == adapters
+    assert merged.keys() == base.keys() and any(merged[key][1] != base[key][1] for key in merged)
+    manifest = results / "images" / "merged" / "toy-seen" / "manifest.jsonl"
+    assert {json.loads(line)["scheduler"] for line in manifest.read_text().splitlines()} == {
+        "FlowMatchEulerDiscreteScheduler"}
+
+
+def test_a_pipeline_with_t5_loads_and_trains_with_it_and_harness_drop_t5_leaves_it_out(pair_dir, tmp_path, monkeypatch):
+    from dataclasses import replace
+
+    from harness.models import DROP_T5, TINY_SHAPES, load_pipeline, save_tiny_pipeline
+
+    model = save_tiny_pipeline(tmp_path / "sd3-t5", replace(TINY_SHAPES["tiny-sd3"], t5=True))
+
+    def t5_tokens(pipe) -> torch.Tensor:
+        """The conditioning's tokens after CLIP's 77: T5's states, or the pipeline's zeros without it."""
+        with torch.no_grad():
+            hidden = pipe.encode_prompt("a red square", None, None, device="cpu", do_classifier_free_guidance=False)[0]
+        return hidden[:, 77:]
+
+    with_t5 = load_pipeline(model)
+    assert with_t5.text_encoder_3 is not None and t5_tokens(with_t5).abs().sum() > 0
+    monkeypatch.setenv(DROP_T5, "1")
+    without = load_pipeline(model)
+    assert without.text_encoder_3 is None and without.tokenizer_3 is None
+    assert t5_tokens(without).shape == t5_tokens(with_t5).shape and not t5_tokens(without).any()
+    monkeypatch.delenv(DROP_T5)
+
+    logged: list[dict] = []
+    train("dpo", base_model=model, data_dir=pair_dir, output_dir=tmp_path / "dpo", overrides={**FAST, "max_steps": 2},
+          on_log=lambda step, terms: logged.append(terms))
+    assert logged[0]["loss"] == pytest.approx(math.log(2), abs=1e-5) and math.isfinite(logged[1]["loss"])
+
+
+def test_evaluating_an_sd3_model_with_a_diffusion_samplers_preset_is_one_line_before_anything_is_made(
+        tiny_sd3_dir, tmp_path, capsys):
+    from harness.cli import main
+
+    out = tmp_path / "results"
+    assert main(["evaluate", "--model", str(tiny_sd3_dir), "--preset", "toy", "--suites", "toy-seen", "--out",
+                 str(out)]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.endswith("the toy preset's scheduler 'ddim' does not fit a flow-matching model "
+                          "(FlowMatchEulerDiscreteScheduler); pass the --preset of a model of its kind "
+                          "(flow matching: sd35, tiny-flow)") and "\n" not in error
+    assert not out.exists()
