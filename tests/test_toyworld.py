@@ -273,11 +273,11 @@ def test_the_committed_flow_twin_matches_its_metadata_and_draws_the_toy_world(ha
     from harness.scoring import get_scorer
     from harness.api import Prompt, Suite
     from toyworld.base import (COMMITTED_WEIGHTS, FLOW_BUILD_SETTINGS, FLOW_PIPELINE_CONFIG, FLOW_WEIGHTS,
-                               ensure_flow_base_model, file_digest, read_description)
+                               ensure_flow_base_model, file_digest, pipeline_config, read_description)
 
     assert FLOW_WEIGHTS.stat().st_size <= 10_000_000
     description = read_description(FLOW_WEIGHTS)
-    assert description["pipeline_config"] == json_ready(dataclasses.asdict(FLOW_PIPELINE_CONFIG))
+    assert pipeline_config(description) == FLOW_PIPELINE_CONFIG
     assert description["build_settings"] == json_ready(dataclasses.asdict(FLOW_BUILD_SETTINGS))
     assert description["vae_from"] == file_digest(COMMITTED_WEIGHTS)
     toy_vae, flow_vae = _tensors(COMMITTED_WEIGHTS, "vae."), _tensors(FLOW_WEIGHTS, "vae.")

@@ -321,6 +321,11 @@ def read_description(weights: str | Path) -> dict:
         return json.loads(f.metadata()["toy_base"])
 
 
+def pipeline_config(description: dict) -> TinyPipelineConfig:
+    """The pipeline shape a toy base file's description records (fields added since take their defaults)."""
+    return TinyPipelineConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in description["pipeline_config"].items()})
+
+
 def pipeline_from_weights(weights: str | Path, tokenizer_dir: str | Path | None = None):
     """A float32 pipeline holding the weights of a toy base file: StableDiffusionPipeline for the toy base,
     StableDiffusion3Pipeline for its flow twin."""
@@ -329,8 +334,7 @@ def pipeline_from_weights(weights: str | Path, tokenizer_dir: str | Path | None 
     description = read_description(weights)
     with safe_open(str(weights), framework="pt") as f:
         tensors = {key: f.get_tensor(key).float() for key in f.keys()}
-    config = TinyPipelineConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in description["pipeline_config"].items()})
-    pipe = build_tiny_pipeline(config, tokenizer_dir=tokenizer_dir or default_cache_dir() / "clip-tokenizer")
+    pipe = build_tiny_pipeline(pipeline_config(description), tokenizer_dir=tokenizer_dir or default_cache_dir() / "clip-tokenizer")
     if "vae_config" in description:  # the flow twin holds the toy base's VAE, not the one its layout builds
         from diffusers import AutoencoderKL
 
