@@ -102,6 +102,12 @@ class DPO(Method):
         # Tuned on the toy world: lr 1e-4 over-fits and loses fidelity, 3e-5 for 300 steps gains it; flipping
         # the labels loses it (toyworld/flip_check.py).
         "toy": {"lr": 3e-5, "beta": 500.0},
+        # The toy world's flow-matching twin (toy-fidelity delta vs base, seen / unseen, 95% CI; toy-quality
+        # delta; docs/toy-world.md): the toy entry +0.013 [+0.005, +0.023] / +0.010 [+0.001, +0.019], its
+        # loss swinging 0.65-1.8 (velocity errors differ more than noise errors: beta 500 saturates);
+        # beta 100 (flow_grpo's): +0.016 [+0.005, +0.027] / +0.014 [+0.003, +0.024]; beta 100 at lr 6e-5:
+        # +0.032 [+0.014, +0.051] / +0.026 [+0.004, +0.050], quality -0.009 on both suites.
+        "toy-flow": {"lr": 6e-5, "beta": 100.0},
         "tiny": {},
     }
     # Trained on Pick-a-Pic's human labels: no reward shaped their data.

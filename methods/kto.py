@@ -162,6 +162,11 @@ class KTO(Method):
         # [-0.004, +0.034] / +0.027; lr 3e-5 (DPO's toy lr), beta 500: +0.011 [-0.019, +0.042] / +0.022
         # [-0.027, +0.072], beta 2000: -0.007 / +0.005 (the policy's error drifts 15-20% above the reference's).
         "toy": {"batch_size": 32},
+        # The flow-matching twin (toy-fidelity delta, seen / unseen, 95% CI; toy-quality delta;
+        # docs/toy-world.md): the toy entry +0.015 [-0.009, +0.040] / +0.008 [-0.023, +0.041], quality -0.038 /
+        # -0.031; beta 250: +0.018 [+0.004, +0.033] / +0.013 [-0.005, +0.033], quality -0.009 / -0.010; beta 250
+        # at lr 2e-5: -0.022 / -0.026, quality -0.069 / -0.062 (drifts).
+        "toy-flow": {"batch_size": 32, "beta": 250.0},
         "tiny": {},
     }
     # Trained on Pick-a-Pic's human labels made per image: no reward shaped its data.

@@ -232,6 +232,99 @@ def test_the_committed_base_model_draws_the_toy_world(harness_cache, tiny_model_
     assert means["toy"] > 0.4 and means["toy"] > means["random"] + 0.2, means
 
 
+def _tensors(path, prefix: str) -> dict:
+    from safetensors.torch import load_file
+
+    return {k: v for k, v in load_file(str(path)).items() if k.startswith(prefix)}
+
+
+def test_flow_twin_build_is_reproducible_and_keeps_the_toy_vae(tmp_path, harness_cache) -> None:
+    import torch
+
+    from toyworld.base import (COMMITTED_WEIGHTS, BuildSettings, build_flow_weights, file_digest, pipeline_from_weights,
+                               read_description)
+
+    settings = BuildSettings(dataset_size=16, unet_steps=2, unet_batch_size=4, warmup_steps=1)
+    tokenizer = harness_cache / "clip-tokenizer"
+    a, b = (build_flow_weights(tmp_path / f"{n}.safetensors", settings, tokenizer_dir=tokenizer, verbose=False) for n in "ab")
+    assert file_digest(a) == file_digest(b)
+    toy_vae = _tensors(COMMITTED_WEIGHTS, "vae.")
+    assert toy_vae.keys() == _tensors(a, "vae.").keys()
+    assert all(torch.equal(v, _tensors(a, "vae.")[k]) for k, v in toy_vae.items())
+    description = read_description(a)
+    assert description["vae_from"] == file_digest(COMMITTED_WEIGHTS)
+    pipe = pipeline_from_weights(a, tokenizer_dir=tokenizer)
+    assert type(pipe).__name__ == "StableDiffusion3Pipeline" and pipe.text_encoder_3 is None
+    # SD3's latent normalisation, fitted to this VAE: the training latents' mean and one over their std.
+    assert pipe.vae.config.shift_factor == description["shift_factor"] != 0
+    assert pipe.vae.config.scaling_factor == description["scaling_factor"] > 0
+    assert pipe.vae.config.latent_channels == pipe.transformer.config.in_channels == 4
+
+
+def test_the_committed_flow_twin_matches_its_metadata_and_draws_the_toy_world(harness_cache) -> None:
+    """The shipped flow twin is the build its metadata describes, on the committed toy base's VAE, and mediocre,
+    not random: its flow-Euler samples follow captions."""
+    import dataclasses
+
+    import torch
+
+    from harness.models import load_pipeline
+    from harness.sampling import generate
+    from harness.scoring import get_scorer
+    from harness.api import Prompt, Suite
+    from toyworld.base import (COMMITTED_WEIGHTS, FLOW_BUILD_SETTINGS, FLOW_PIPELINE_CONFIG, FLOW_WEIGHTS,
+                               ensure_flow_base_model, file_digest, pipeline_config, read_description)
+
+    assert FLOW_WEIGHTS.stat().st_size <= 10_000_000
+    description = read_description(FLOW_WEIGHTS)
+    assert pipeline_config(description) == FLOW_PIPELINE_CONFIG
+    assert description["build_settings"] == json_ready(dataclasses.asdict(FLOW_BUILD_SETTINGS))
+    assert description["vae_from"] == file_digest(COMMITTED_WEIGHTS)
+    toy_vae, flow_vae = _tensors(COMMITTED_WEIGHTS, "vae."), _tensors(FLOW_WEIGHTS, "vae.")
+    assert all(torch.equal(v, flow_vae[k]) for k, v in toy_vae.items()) and toy_vae.keys() == flow_vae.keys()
+
+    model = ensure_flow_base_model(harness_cache)
+    assert ensure_flow_base_model(harness_cache) == model  # built once, then reused
+    pipe = load_pipeline(model)
+    assert type(pipe.scheduler).__name__ == "FlowMatchEulerDiscreteScheduler"
+    suite = Suite("probe", "seen", tuple(Prompt(f"p{i}", s.caption) for i, s in enumerate(seen_scenes()[::12])))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        rows = generate(pipe, suite, harness_cache / "probe-flow", images_per_prompt=2, batch_size=16, seed=0,
+                        num_inference_steps=8, guidance_scale=3.0, scheduler="flow-euler", progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    images = [Image.open(harness_cache / "probe-flow" / r["path"]) for r in rows]
+    # A random-init model scores ~0.2 here (the toy base's test); the toy base ~0.5.
+    assert np.mean(get_scorer("toy-fidelity").score(images, [r["prompt"] for r in rows])) > 0.4
+
+
+def json_ready(value):
+    """``value`` as it reads back from JSON (tuples become lists)."""
+    import json
+
+    return json.loads(json.dumps(value))
+
+
+def test_toy_flow_is_the_toy_protocol_on_the_flow_twin() -> None:
+    """Every method resolves a config under toy-flow: its toy one, unless it has a toy-flow entry of its own."""
+    import dataclasses
+
+    from harness.api import METHODS, PRESETS
+    from harness.trainer import resolve_config
+
+    toy, flow = PRESETS.get("toy")(), PRESETS.get("toy-flow")()
+    assert (flow.base_model, flow.method_settings_from, flow.generation.scheduler) == ("toy-flow", "toy", "flow-euler")
+    assert dataclasses.replace(flow.generation, scheduler=toy.generation.scheduler) == toy.generation
+    assert {**flow.synthesize, "scheduler": toy.synthesize["scheduler"]} == toy.synthesize
+    assert (flow.suites, flow.scorers, flow.method_defaults) == (toy.suites, toy.scorers, toy.method_defaults)
+    for method, cls in METHODS.items():
+        own = cls.presets.get("toy-flow", {})
+        expected = dataclasses.replace(resolve_config(method, "toy"), **own)
+        assert resolve_config(method, "toy-flow") == expected, method
+
+
 def test_presets_and_method_entries_name_real_settings() -> None:
     """Every preset's settings for all methods are shared fields, every method's entry for a preset names
     fields of its own Config and a registered preset, and the toy data settings are synthesize's."""

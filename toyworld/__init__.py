@@ -5,9 +5,9 @@ programmatic notion of "preferred" (prompt fidelity, image quality), so alignmen
 methods can be seen to *work*, not only to run.
 
 A plugin like any third-party world: installed as the ``harness.plugins`` entry point
-``toy``, it imports only ``harness.api`` and registers its base model (``toy``), its
-scorers (``toy-fidelity``, ``toy-quality``), its suites (``toy-seen``, ``toy-unseen``)
-and its presets (``toy``, ``tiny``).
+``toy``, it imports only ``harness.api`` and registers its base models (``toy``, and ``toy-flow``, its
+flow-matching twin), its scorers (``toy-fidelity``, ``toy-quality``), its suites (``toy-seen``,
+``toy-unseen``) and its presets (``toy``, ``toy-flow``, ``tiny``, ``tiny-flow``).
 """
 
 from toyworld import base, presets, scorers, suites  # noqa: F401  (each registers what it defines)

@@ -1,5 +1,6 @@
-"""The toy world's presets: ``toy`` (the default of `harness run`), ``tiny`` (plumbing checks) and
-``tiny-flow`` (the same checks on a random-init SD3.5-shaped flow-matching pipeline).
+"""The toy world's presets: ``toy`` (the default of `harness run`), ``toy-flow`` (the same world and
+protocol on the base model's flow-matching twin), ``tiny`` (plumbing checks) and ``tiny-flow`` (the same
+checks on a random-init SD3.5-shaped flow-matching pipeline).
 
 The papers' hyper-parameters assume SD1.5, thousands of pairs and GPUs; here 576 pairs
 sampled from a tiny model, a CPU, and well under a minute per method.  The settings every
@@ -8,6 +9,8 @@ live in its file.  A method without them trains with these alone, and is warned 
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 from harness.api import GenerationSettings, Preset, register_preset
 from toyworld import grammar
@@ -64,6 +67,22 @@ def toy() -> Preset:
         method_defaults=TOY_METHOD_DEFAULTS,
         needs_method_settings=True,
         default=True,
+    )
+
+
+@register_preset("toy-flow")
+def toy_flow() -> Preset:
+    # The toy protocol on a flow-matching base: only the sampler differs (the pipeline's own flow-matching
+    # Euler, 10 steps, CFG 3, where the toy samples with DDIM), for the evaluation and the training data alike.
+    return dataclasses.replace(
+        toy(),
+        name="toy-flow",
+        description="the toy world on its base model's flow-matching twin (SD3-shaped); alignment on flow matching on a CPU",
+        base_model="toy-flow",
+        generation=dataclasses.replace(TOY_GENERATION, scheduler="flow-euler"),
+        synthesize={**TOY_DATA, "scheduler": "flow-euler"},
+        default=False,
+        method_settings_from="toy",
     )
 
 
