@@ -109,6 +109,18 @@ class TinyPipelineConfig:
     joint_attention_dim: int = 64  # sd3: T5's width (4096 in SD3); the CLIP states are zero-padded to it
     t5: bool = False  # sd3: with a tiny T5 encoder (a character-level tokenizer built here) as text_encoder_3
 
+    def recorded(self) -> dict[str, Any]:
+        """The fields this layout uses, as plain data (a UNet layout leaves out the sd3-only ones): what a saved
+        model records of its shape, unchanged for UNet models by fields that later layouts added."""
+        fields = asdict(self)
+        if self.layout != "sd3":
+            for name in _SD3_ONLY_FIELDS:
+                del fields[name]
+        return fields
+
+
+_SD3_ONLY_FIELDS = ("transformer_layers", "transformer_heads", "transformer_head_dim", "joint_attention_dim", "t5")
+
 
 # The real models' structure at widths small enough for CPU tests: SD1.5 (512 px, latents 64x64,
 # 4 UNet levels, one text encoder) and SDXL base (1024 px, latents 128x128, 3 UNet levels, two text
@@ -295,7 +307,7 @@ def save_tiny_pipeline(out_dir: str | Path, config: TinyPipelineConfig = TinyPip
         return out_dir
     with publishing(out_dir) as temporary:
         build_tiny_pipeline(config).save_pretrained(temporary)
-        (temporary / "tiny_config.json").write_text(json.dumps(asdict(config)), encoding="utf-8")
+        (temporary / "tiny_config.json").write_text(json.dumps(config.recorded()), encoding="utf-8")
     return out_dir
 
 

@@ -255,7 +255,7 @@ def build_weights(out_path: str | Path, settings: BuildSettings = BuildSettings(
         vocabulary, caption_ids = _caption_vocabulary(captions)
         embeddings = encode_captions(pipe, vocabulary)
         _train_unet(pipe, raw * scaling_factor, caption_ids, embeddings, s, generator, log)
-        description = {"pipeline_config": asdict(PIPELINE_CONFIG), "scaling_factor": scaling_factor,
+        description = {"pipeline_config": PIPELINE_CONFIG.recorded(), "scaling_factor": scaling_factor,
                        "build_settings": asdict(s)}
         return _write_weights(Path(out_path), pipe, _COMPONENTS, description)
 
@@ -302,7 +302,7 @@ def build_flow_weights(out_path: str | Path, settings: BuildSettings = FLOW_BUIL
             hidden, _, pooled, _ = pipe.encode_prompt(vocabulary, None, None, do_classifier_free_guidance=False)
         _train_transformer(pipe, (raw - shift_factor) * scaling_factor, caption_ids, hidden, pooled, s, generator, log)
         description = {
-            "pipeline_config": asdict(FLOW_PIPELINE_CONFIG),
+            "pipeline_config": FLOW_PIPELINE_CONFIG.recorded(),
             "vae_config": {k: v for k, v in vae.config.items() if not k.startswith("_")},
             "vae_from": file_digest(toy_weights),
             "scaling_factor": scaling_factor,
