@@ -326,7 +326,7 @@ def plan_evaluation(options: EvaluateOptions) -> Evaluation:
 
     if not is_built_model(options.model):
         check_model_available(options.model, config_file="model_index.json", what="--model", pass_as="--model DIR")
-        _check_sampler_fits(options.model, preset)
+        check_sampler_fits(options.model, preset)
     subfolder = None
     if options.unet is not None:
         subfolder = unet_subfolder(options.unet)
@@ -351,7 +351,7 @@ def plan_evaluation(options: EvaluateOptions) -> Evaluation:
                        protocol, results)
 
 
-def _check_sampler_fits(model: str, preset: Preset) -> None:
+def check_sampler_fits(model: str, preset: Preset) -> None:
     """The preset's sampler must fit the model (a diffusion sampler cannot sample SD3): one line before anything
     is made."""
     from harness.models import pipeline_scheduler

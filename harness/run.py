@@ -34,8 +34,8 @@ from harness.api.registry import METHODS, SCORERS, SUITES
 from harness.backends import check_backend, open_backend
 from harness.config import is_built_model, require_directory_or_nothing, require_existing_path, resolve_base_model
 from harness.errors import HarnessError
-from harness.evaluate import (BASE, Checkpoint, Protocol, check_scorer_options, evaluate, get_or_create_run, load_suite,
-                              unet_subfolder)
+from harness.evaluate import (BASE, Checkpoint, Protocol, check_sampler_fits, check_scorer_options, evaluate,
+                              get_or_create_run, load_suite, unet_subfolder)
 from harness.presets import get_preset, no_published_weights, published_weights
 from harness.progress import Stages as _Stages, say
 from harness.results import ResultsDir
@@ -163,6 +163,7 @@ def check_models_available(options: RunOptions, preset: Preset) -> None:
     base = options.model or preset.base_model
     if not is_built_model(base):
         check_model_available(base, config_file="model_index.json", what="base model", pass_as="--model DIR")
+        check_sampler_fits(base, preset)
     if options.pretrained:
         for method in options.methods:
             location, subfolder = published_unet(options, preset, method)

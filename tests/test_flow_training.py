@@ -163,13 +163,13 @@ def test_a_pipeline_with_t5_loads_and_trains_with_it_and_harness_drop_t5_leaves_
     assert logged[0]["loss"] == pytest.approx(math.log(2), abs=1e-5) and math.isfinite(logged[1]["loss"])
 
 
-def test_evaluating_an_sd3_model_with_a_diffusion_samplers_preset_is_one_line_before_anything_is_made(
-        tiny_sd3_dir, tmp_path, capsys):
+@pytest.mark.parametrize("command", [["evaluate", "--suites", "toy-seen"], ["run", "--methods", "dpo"]])
+def test_an_sd3_model_with_a_diffusion_samplers_preset_is_one_line_before_anything_is_made(
+        command, tiny_sd3_dir, tmp_path, capsys):
     from harness.cli import main
 
     out = tmp_path / "results"
-    assert main(["evaluate", "--model", str(tiny_sd3_dir), "--preset", "toy", "--suites", "toy-seen", "--out",
-                 str(out)]) == 2
+    assert main([*command, "--model", str(tiny_sd3_dir), "--preset", "toy", "--out", str(out)]) == 2
     error = capsys.readouterr().err.strip()
     assert error.endswith("the toy preset's scheduler 'ddim' does not fit a flow-matching model "
                           "(FlowMatchEulerDiscreteScheduler); pass the --preset of a model of its kind "
