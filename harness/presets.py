@@ -125,7 +125,7 @@ def preset_summary(preset: Preset) -> list[str]:
 def show_preset(preset: Preset) -> str:
     """The preset, then every registered method's settings resolved under it, each with where it comes from:
     the method's defaults (its paper's), the preset's settings for every method, or the method's own for it."""
-    from harness.trainer import method_preset_settings, resolve_config
+    from harness.trainer import method_preset_entry, resolve_config
 
     lines = [f"preset {preset.name}: {preset.description}", f"  base model   {preset.base_model}",
              f"  data         {preset.data}", f"  suites       {', '.join(preset.suites)}",
@@ -133,10 +133,14 @@ def show_preset(preset: Preset) -> str:
     shared = {**({"vae": preset.vae} if preset.vae else {}), **preset.method_defaults}
     for name, cls in METHODS.items():
         config = resolve_config(name, preset.name)
-        own = method_preset_settings(name, preset.name)
-        borrowed = "" if preset.name in cls.presets or not own else f"  (its {preset.method_settings_from} settings)"
-        lines.append(f"\n{name}" + borrowed + ("" if own or not preset.needs_method_settings else
-                                                f"  (no {preset.name} settings of its own: the preset's for every method)"))
+        entry = method_preset_entry(name, preset.name)
+        own = entry or {}
+        if entry is None:
+            note = (f"  (no {preset.name} settings of its own: the preset's for every method)"
+                    if preset.needs_method_settings else "")
+        else:
+            note = "" if preset.name in cls.presets else f"  (its {preset.method_settings_from} settings)"
+        lines.append(f"\n{name}{note}")
         for field in dataclasses.fields(config):
             origin = f"{name} recipe" if field.name in own else "preset" if field.name in shared else "default"
             lines.append(f"  {field.name:22s} {getattr(config, field.name)!r:34s} {origin}")

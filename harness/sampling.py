@@ -41,6 +41,7 @@ from harness.atomic import remove_leftovers, replacing, write_jsonl, writing
 from harness.distributed import barrier, rank_and_size
 from harness.errors import HarnessError
 from harness.progress import progress_bar
+from harness.api.noise import is_flow_matching
 from harness.api.suite import Suite
 
 MANIFEST_NAME = "manifest.jsonl"
@@ -208,7 +209,7 @@ def _check_arguments(suite: Suite, images_per_prompt: int, batch_size: int, num_
 def scheduler_mismatch(name: str | None, model_scheduler: str) -> str | None:
     """Why sampler ``name`` (a key of ``SCHEDULERS``; None: the model's own) cannot sample a model whose own
     scheduler is the class ``model_scheduler``: a diffusion sampler on a flow-matching model or the reverse."""
-    if name is None or (name == "flow-euler") == model_scheduler.startswith("FlowMatch"):
+    if name is None or (name == "flow-euler") == is_flow_matching(model_scheduler):
         return None
     family = "a flow-matching" if name != "flow-euler" else "a diffusion"
     return f"scheduler {name!r} does not fit {family} model ({model_scheduler})"

@@ -33,6 +33,7 @@ from typing import Any, Callable
 import torch
 
 from harness.api.method import Batch, Method, Models, TrainConfig, TrainingContext
+from harness.api.noise import is_flow_matching
 from harness.api.registry import METHODS, PRESETS
 from harness.atomic import replacing, staging
 from harness.errors import HarnessError
@@ -60,7 +61,7 @@ def resolve_config(method: str, preset: str | None = None, overrides: dict | Non
     unknown = sorted(set(overrides) - set(fields))
     if unknown:
         raise HarnessError(f"unknown setting(s) for {method}: {', '.join(unknown)}; valid: {', '.join(sorted(fields))}")
-    values = {**_preset_defaults(method, preset), **method_preset_settings(method, preset), **overrides}
+    values = {**_preset_defaults(method, preset), **(method_preset_entry(method, preset) or {}), **overrides}
     config = cls.Config(**{k: _coerce(f"{method}.{k}", v, hints[k]) for k, v in values.items()})
     try:
         config.validate()
@@ -72,13 +73,14 @@ def resolve_config(method: str, preset: str | None = None, overrides: dict | Non
 _WARNED: set[tuple[str, str]] = set()
 
 
-def method_preset_settings(method: str, preset: str | None) -> dict:
-    """The method's own entry for ``preset``, or for the preset it is a twin of (``Preset.method_settings_from``)."""
+def method_preset_entry(method: str, preset: str | None) -> dict | None:
+    """The method's own entry for ``preset``, or for the preset it is a twin of (``Preset.method_settings_from``);
+    None when it has neither (an empty entry is one: settings chosen for the preset, none of them changed)."""
     own = METHODS.get(method).presets
     if preset is None or preset in own:
-        return dict(own.get(preset or "", {}))
+        return own.get(preset or "")
     twin = PRESETS.get(preset)().method_settings_from
-    return dict(own.get(twin, {})) if twin else {}
+    return own.get(twin) if twin else None
 
 
 def _preset_defaults(method: str, preset: str | None) -> dict:
@@ -87,9 +89,8 @@ def _preset_defaults(method: str, preset: str | None) -> dict:
     if preset is None:
         return {}
     found = PRESETS.get(preset)()
-    own = METHODS.get(method).presets
-    tuned = preset in own or (found.method_settings_from is not None and found.method_settings_from in own)
-    if found.needs_method_settings and not tuned and (method, preset) not in _WARNED:
+    untuned = method_preset_entry(method, preset) is None
+    if found.needs_method_settings and untuned and (method, preset) not in _WARNED:
         _WARNED.add((method, preset))
         print(f"warning: {method} has no settings for preset {preset!r}; it trains with the preset's settings for "
               f"every method ({', '.join(f'{k}={v}' for k, v in found.method_defaults.items())}), not ones tuned for "
@@ -199,7 +200,7 @@ def step_generator(seed: int, step: int, micro: int, rank: int) -> torch.Generat
 def training_scheduler(scheduler: Any) -> Any:
     """The scheduler training noises with: a flow-matching model's own, DDPM's for every diffusion model
     (whatever sampler the pipeline ships with, its betas define the forward process)."""
-    if type(scheduler).__name__.startswith("FlowMatch"):
+    if is_flow_matching(type(scheduler).__name__):
         return type(scheduler).from_config(scheduler.config)
     from diffusers import DDPMScheduler
 

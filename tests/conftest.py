@@ -160,3 +160,17 @@ def small_sdxl_dir(harness_cache: Path) -> Path:
     from harness.models import TINY_SHAPES, save_tiny_pipeline
 
     return save_tiny_pipeline(harness_cache / "tiny-sdxl-128", replace(TINY_SHAPES["sdxl"], image_size=128))
+
+
+@pytest.fixture(scope="module")
+def tiny_models():
+    """(a small random UNet, a DDPM scheduler): the networks the loss tests run a method's loss on."""
+    import torch
+    from diffusers import DDPMScheduler, UNet2DConditionModel
+
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(
+        sample_size=8, block_out_channels=(32, 64), layers_per_block=1, cross_attention_dim=32, attention_head_dim=8,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+    )
+    return unet, DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012)

@@ -125,19 +125,6 @@ def test_smpo_scores_off_the_bounds_scale_are_an_error(scores, message):
 
 
 # -- one real optimizer step on a tiny UNet ---------------------------------------------------------------
-@pytest.fixture(scope="module")
-def tiny_models():
-    from diffusers import DDPMScheduler, UNet2DConditionModel
-
-    torch.manual_seed(0)
-    unet = UNet2DConditionModel(
-        sample_size=8, block_out_channels=(32, 64), layers_per_block=1, cross_attention_dim=32, attention_head_dim=8,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-    )
-    scheduler = DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012)
-    return unet, scheduler
-
-
 def make_models(tiny_models) -> Models:
     unet, scheduler = tiny_models
     policy = copy.deepcopy(unet)

@@ -74,21 +74,9 @@ def test_gradient_lowers_the_chosen_error_and_raises_the_rejected_one():
 
 
 # -- the method on a real tiny UNet ---------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def tiny_unet_and_scheduler():
-    from diffusers import DDPMScheduler, UNet2DConditionModel
-
-    torch.manual_seed(0)
-    unet = UNet2DConditionModel(
-        sample_size=8, block_out_channels=(32, 64), layers_per_block=1, cross_attention_dim=32, attention_head_dim=8,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-    )
-    return unet, DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012)
-
-
-def recording_models(tiny_unet_and_scheduler) -> tuple[Models, list[str]]:
+def recording_models(tiny_models) -> tuple[Models, list[str]]:
     """Models whose reference, if ever asked for, is recorded (and would run a real network)."""
-    unet, scheduler = tiny_unet_and_scheduler
+    unet, scheduler = tiny_models
     policy = copy.deepcopy(unet)
     reference = copy.deepcopy(unet).requires_grad_(False)
     calls: list[str] = []
@@ -108,8 +96,8 @@ def pair_batch(pairs: int, seed: int) -> Batch:
                  labels=torch.full((2 * pairs,), math.nan), captions=[f"c{i}" for i in range(pairs)], generator=torch.Generator().manual_seed(seed + 100))
 
 
-def test_reference_network_is_never_called_and_each_image_costs_one_evaluation(tiny_unet_and_scheduler):
-    models, calls = recording_models(tiny_unet_and_scheduler)
+def test_reference_network_is_never_called_and_each_image_costs_one_evaluation(tiny_models):
+    models, calls = recording_models(tiny_models)
     loss, logs = MaPO(MaPOConfig()).loss(pair_batch(3, seed=0), models)
     loss.backward()
     assert calls == []
@@ -117,10 +105,10 @@ def test_reference_network_is_never_called_and_each_image_costs_one_evaluation(t
     assert set(logs) == {"implicit_acc", "chosen_mse", "rejected_mse", "margin_loss"}
 
 
-def test_loss_is_the_statement_over_the_policys_errors_at_one_t_and_noise_per_pair(tiny_unet_and_scheduler):
+def test_loss_is_the_statement_over_the_policys_errors_at_one_t_and_noise_per_pair(tiny_models):
     from harness.api import per_sample_error, randn_like
 
-    models, _ = recording_models(tiny_unet_and_scheduler)
+    models, _ = recording_models(tiny_models)
     batch = pair_batch(2, seed=1)
     loss, _ = MaPO(MaPOConfig(beta=0.1, snr_value=0.5)).loss(batch, models)
     # The same draws by hand: t per pair, then one noise per pair, both repeated for [winners; losers].
@@ -133,8 +121,8 @@ def test_loss_is_the_statement_over_the_policys_errors_at_one_t_and_noise_per_pa
     assert loss.item() == pytest.approx(mapo_loss(err_w, err_l, 0.1, 0.5, 1000).item(), rel=1e-5)
 
 
-def test_one_descent_step_widens_the_margin_for_the_chosen_image(tiny_unet_and_scheduler):
-    models, _ = recording_models(tiny_unet_and_scheduler)
+def test_one_descent_step_widens_the_margin_for_the_chosen_image(tiny_models):
+    models, _ = recording_models(tiny_models)
     method = MaPO(MaPOConfig())
     batch_seed = 2
     loss, logs = method.loss(pair_batch(4, batch_seed), models)

@@ -77,17 +77,14 @@ def toy_flow() -> Preset:
     return dataclasses.replace(
         toy(),
         name="toy-flow",
-        description="the toy world on its base model's flow-matching twin (SD3-shaped); alignment on flow matching on a CPU",
+        description="the toy world on its base model's flow-matching twin (SD3-shaped): alignment on flow matching "
+                    "on a CPU",
         base_model="toy-flow",
         generation=dataclasses.replace(TOY_GENERATION, scheduler="flow-euler"),
         synthesize={**TOY_DATA, "scheduler": "flow-euler"},
         default=False,
         method_settings_from="toy",
     )
-
-
-TINY_METHOD_DEFAULTS = {"max_steps": 2, "batch_size": 2, "lr": 1e-3, "scale_lr": False, "warmup_steps": 0,
-                        "lr_scheduler": "constant"}
 
 
 @register_preset("tiny")
@@ -105,27 +102,21 @@ def tiny() -> Preset:
         max_prompts=4,
         # Two real optimizer steps at an lr large enough to change the weights (the papers' 1e-8 with
         # warmup would leave the UNet untouched), so the tests see trained != base.
-        method_defaults=TINY_METHOD_DEFAULTS,
+        method_defaults={"max_steps": 2, "batch_size": 2, "lr": 1e-3, "scale_lr": False, "warmup_steps": 0,
+                         "lr_scheduler": "constant"},
         needs_method_settings=True,
     )
 
 
 @register_preset("tiny-flow")
 def tiny_flow() -> Preset:
-    return Preset(
+    # The tiny checks on a random-init SD3.5-shaped pipeline, sampled with its own flow-matching Euler (shift 3).
+    tiny_preset = tiny()
+    return dataclasses.replace(
+        tiny_preset,
         name="tiny-flow",
         description="random-init tiny SD3.5-shaped (flow-matching) pipeline on the toy suites: plumbing in seconds",
         base_model="tiny-sd3",
-        suites=("toy-seen", "toy-unseen"),
-        scorers=("toy-fidelity", "toy-quality"),
-        # The pipeline's own flow-matching Euler sampler (shift 3).
-        generation=GenerationSettings(images_per_prompt=2, num_inference_steps=4, guidance_scale=3.0, batch_size=8,
-                                      scheduler=None),
-        data="synthesize",
-        synthesize=dict(samples_per_caption=2, max_captions=6, seed=0),
-        training_captions=grammar.training_captions,
-        max_prompts=4,
-        method_defaults=TINY_METHOD_DEFAULTS,
-        needs_method_settings=True,
+        generation=dataclasses.replace(tiny_preset.generation, scheduler="flow-euler"),
         method_settings_from="tiny",
     )

@@ -137,14 +137,17 @@ class FlowMatching(NoiseProcess):
         return ((1 - sigma) / sigma) ** 2
 
 
+def is_flow_matching(scheduler_class: str) -> bool:
+    """Whether a diffusers scheduler class (by name) belongs to a flow-matching model: SD3's FlowMatch* ones."""
+    return scheduler_class.startswith("FlowMatch")
+
+
 def noise_process(scheduler: Any) -> NoiseProcess:
     """The training process of a pipeline's scheduler: flow matching for diffusers' flow-match schedulers,
     epsilon diffusion (DDPM's betas) for every other."""
     config = scheduler.config
-    if type(scheduler).__name__.startswith("FlowMatch"):
-        from diffusers import FlowMatchEulerDiscreteScheduler
-
-        grid = FlowMatchEulerDiscreteScheduler.from_config(config)
+    if is_flow_matching(type(scheduler).__name__):
+        grid = type(scheduler).from_config(config)  # the training grid, whatever sampling did to this one
         return FlowMatching(grid.sigmas[: config.num_train_timesteps].clone(), config.num_train_timesteps)
     prediction = config.get("prediction_type", "epsilon")
     if prediction != "epsilon":
