@@ -366,9 +366,9 @@ def _synthesize(options: RunOptions, preset: Preset, base_model: str, data_dir: 
         raise HarnessError(f"preset {preset.name!r} synthesizes its data but names no training captions")
     settings = dict(preset.synthesize)
     max_captions = settings.pop("max_captions", None)
+    scorers = settings.pop("scorers", list(preset.scorers))
     captions = preset.training_captions()[:max_captions]
-    synthesize(base_model, captions, data_dir, scorers=list(preset.scorers), cache_dir=default_cache_dir() / "training-data",
-               **settings)
+    synthesize(base_model, captions, data_dir, scorers=scorers, cache_dir=default_cache_dir() / "training-data", **settings)
 
 
 @dataclass

@@ -211,7 +211,7 @@ def test_presets_show_each_description_and_main_settings(capsys):
     assert [line[:indent].strip() for line in lines[toy + 1 : toy + 4]] == ["", "", ""]
     settings = " ".join(line[indent:] for line in lines[toy + 1 : toy + 4])
     assert "base model toy" in settings and "suites toy-seen, toy-unseen" in settings
-    assert "scorers toy-fidelity, toy-quality" in settings
+    assert "scorers toy-fidelity, toy-quality, toy-exact" in settings
     assert "evaluation: 4 images per prompt (toy-unseen 8), ddim 10 steps, CFG 3.0, 32x32 px" in settings
     sd15 = next(line for line in lines if line.startswith("sd15"))
     assert sd15.index("Stable Diffusion 1.5") == indent

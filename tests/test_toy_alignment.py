@@ -44,7 +44,7 @@ def test_dpo_on_flipped_labels_ends_below_the_base(harness_cache, tmp_path) -> N
     from harness.trainer import train
 
     base = ensure_base_model(harness_cache)
-    data = synthesize(base, CAPTIONS, tmp_path / "data", scorers=["toy-fidelity", "toy-quality"], **TOY_DATA)
+    data = synthesize(base, CAPTIONS, tmp_path / "data", **TOY_DATA)
     flipped = flip_pairs(data, tmp_path / "flipped-data")
 
     base_fid, prompts = fidelity_of(base, None, tmp_path / "eval-base")

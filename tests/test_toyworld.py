@@ -151,6 +151,39 @@ def test_quality_drops_with_blur_low_contrast_and_noise_but_not_with_the_caption
     assert rewards.quality(canvas()) == 0.0
 
 
+def test_exact_judge_says_which_scene_is_shown_whatever_its_contrast_or_blur() -> None:
+    """The held-out judge: yes for the hand-drawn scene (washed out or blurred too), no for every other caption."""
+    washed = BACKGROUND + 0.3 * (RED_SQUARE_LEFT - BACKGROUND)
+    for image in (RED_SQUARE_LEFT, washed, box_blur(RED_SQUARE_LEFT, 1)):
+        said = {scene for scene in all_scenes() if rewards.exact(image, scene) == 1.0}
+        assert said == {Scene("red", "square", "left")}
+    circle_top = draw(canvas(), "circle", "green", 16, 9)
+    assert [s for s in all_scenes() if rewards.exact(circle_top, s)] == [Scene("green", "circle", "top")]
+    triangle = draw(canvas(), "triangle", "purple", 16, 16)
+    assert [s for s in all_scenes() if rewards.exact(triangle, s)] == [Scene("purple", "triangle", "center")]
+    # Nothing drawn, or only faint noise: no scene is shown.
+    assert not any(rewards.exact(canvas(), s) for s in all_scenes())
+    faint = canvas() + np.random.default_rng(0).normal(0, 0.01, canvas().shape)
+    assert not any(rewards.exact(faint, s) for s in all_scenes())
+    # Unlike fidelity, which gives a wrong colour two thirds of its credit, the judge gives none.
+    wrong_colour = Scene("blue", "square", "left")
+    assert rewards.fidelity(RED_SQUARE_LEFT, wrong_colour) > 0.6 and rewards.exact(RED_SQUARE_LEFT, wrong_colour) == 0.0
+
+
+def test_exact_is_held_out_from_every_toy_training_signal() -> None:
+    """toy-exact is a scorer of the toy presets that the toy panel never labels with: † can never mark it."""
+    from harness.api import PRESETS
+    from harness.scoring import get_scorer, same_signal
+
+    for name in ("toy", "toy-flow"):
+        preset = PRESETS.get(name)()
+        labels = preset.synthesize["scorers"]
+        assert "toy-exact" in preset.scorers and set(labels) < set(preset.scorers)
+        assert not {m for scorer in labels for m in same_signal(scorer)} & set(same_signal("toy-exact"))
+    assert get_scorer("toy-exact").score([to_pil(RED_SQUARE_LEFT)] * 2,
+                                         ["a red square on the left", "a red circle on the left"]) == [1.0, 0.0]
+
+
 def test_registered_scorers_score_pil_images_at_any_size() -> None:
     from harness.scoring import get_scorer
 

@@ -24,10 +24,12 @@ TOY_GENERATION = GenerationSettings(images_per_prompt=4, suite_images_per_prompt
 
 # harness.preference_data.synthesize(...): 8 base samples of each of the 72 training captions,
 # 8 pairs per caption labelled by the noisy panel; raters care mostly about the prompt (3:1).
+# The panel sees the two rewards only: the preset's third scorer, toy-exact, stays a held-out judge.
 TOY_DATA = {
+    "scorers": ["toy-fidelity", "toy-quality"],
     "samples_per_caption": 8,
     "pairs_per_caption": 8,
-    "scorer_weights": [3.0, 1.0],  # toy-fidelity, toy-quality (the preset's scorer order)
+    "scorer_weights": [3.0, 1.0],  # toy-fidelity, toy-quality
     "seed": 1000,  # other seeds than the evaluation's: training never sees an evaluation image
     "num_inference_steps": 10,
     "guidance_scale": 3.0,
@@ -59,7 +61,7 @@ def toy() -> Preset:
         description="synthetic world of coloured shapes; alignment measurable on a CPU in minutes",
         base_model="toy",
         suites=("toy-seen", "toy-unseen"),
-        scorers=("toy-fidelity", "toy-quality"),
+        scorers=("toy-fidelity", "toy-quality", "toy-exact"),
         generation=TOY_GENERATION,
         data="synthesize",
         synthesize=dict(TOY_DATA),

@@ -4,7 +4,13 @@
 position it is the probability a soft classifier gives to the caption's value,
 averaged.  ``quality`` asks "is it a clean picture?": contrast, edge sharpness
 and a noise-free background.  Both lie in [0, 1] and vary smoothly, so two
-imperfect images can still be ranked.
+imperfect images can still be ranked; they are the training signals (the toy
+panel labels pairs with them).
+
+``exact`` is the held-out judge, which no toy training signal uses: a yes/no
+answer to "is this exactly the caption's scene?", as GenEval-style judges give,
+read another way: the whole picture is matched against the clean renderings of
+all the world's scenes, not read attribute by attribute.
 """
 
 from __future__ import annotations
@@ -16,13 +22,16 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from toyworld.grammar import BACKGROUND, COLOURS, POSITIONS, SHAPES, Scene
-from toyworld.render import position_centre, shape_coverage
+from toyworld.grammar import BACKGROUND, COLOURS, POSITIONS, SHAPES, Scene, all_scenes
+from toyworld.render import position_centre, render, shape_coverage
 
 # Temperatures of the soft classifiers: how fast confidence falls with distance.
 _COLOUR_TEMPERATURE = 0.05  # on cosine similarity of colour directions
 _SHAPE_TEMPERATURE = 0.04  # on template IoU
 _POSITION_SIGMA = 0.07  # on centroid distance, fraction of the image side
+# exact(): an image whose departure from its own background has an L2 norm below this shows nothing.  The
+# faintest object the imperfect world draws (contrast 0.3) measures about 2.0 at 32 px.
+_EXACT_PRESENCE = 1.0
 # An object whose strongest pixels differ from the background by less than this is not there.
 _PRESENCE_LOW, _PRESENCE_HIGH = 0.05, 0.20
 _SHARP_REFERENCE = 1.0  # mask rise over two pixels at a clean edge
@@ -146,3 +155,27 @@ def quality(image: np.ndarray) -> float:
     """Picture quality regardless of the caption: mean of contrast, sharpness and clean background, times presence."""
     r = cached_read(image)
     return r.presence * (r.contrast + r.sharpness + r.clean) / 3.0
+
+
+@functools.lru_cache(maxsize=None)
+def _scene_templates(size: int) -> tuple[list[Scene], np.ndarray]:
+    """Every scene and its clean rendering minus the background, unit-normalised: (scenes, (n, size*size*3))."""
+    scenes = all_scenes()
+    templates = np.stack([render(scene, size) - np.asarray(BACKGROUND) for scene in scenes]).reshape(len(scenes), -1)
+    return scenes, templates / np.linalg.norm(templates, axis=1, keepdims=True)
+
+
+def exact(image: np.ndarray, scene: Scene) -> float:
+    """1.0 when the image shows ``scene`` and no other, else 0.0: the held-out judge.
+
+    The image, less its own background (the median of its border), is correlated with the clean rendering
+    of every scene; it shows ``scene`` when that rendering correlates best.  Correlation ignores the
+    object's contrast, so a washed-out or blurred picture of the right scene still counts: the judge asks
+    what is shown, not how well.  An image with nothing standing out from its background shows no scene.
+    """
+    scenes, templates = _scene_templates(image.shape[0])
+    departure = (image - np.median(_border(image), axis=0)).reshape(-1)
+    norm = float(np.linalg.norm(departure))
+    if norm < _EXACT_PRESENCE * image.shape[0] / 32:
+        return 0.0
+    return float(scenes[int(np.argmax(templates @ (departure / norm)))] == scene)

@@ -1,4 +1,5 @@
-"""The toy world's programmatic rewards as registered scorers ("toy-fidelity", "toy-quality")."""
+"""The toy world's programmatic rewards as registered scorers: the training signals "toy-fidelity" and "toy-quality",
+and the held-out judge "toy-exact" that no toy training data is labelled with."""
 
 from __future__ import annotations
 
@@ -44,3 +45,15 @@ class ToyQuality(_ToyScorer):
 
     def score(self, images: list[Image.Image], prompts: list[str]) -> list[float]:
         return [rewards.quality(self.pixels(im)) for im, _ in zip(images, prompts, strict=True)]
+
+
+@register_scorer("toy-exact")
+class ToyExact(_ToyScorer):
+    name = "toy-exact"
+    version = "1"
+    scale = "{0,1}"
+    description = ("toy world, held out: 1 if the picture is exactly the caption's scene (nearest clean rendering of "
+                   "all 90 scenes), else 0; no toy training signal uses it")
+
+    def score(self, images: list[Image.Image], prompts: list[str]) -> list[float]:
+        return [rewards.exact(self.pixels(im), parse_caption(p)) for im, p in zip(images, prompts, strict=True)]

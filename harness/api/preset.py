@@ -44,7 +44,8 @@ class Preset:
     scorers: tuple[str, ...]
     generation: GenerationSettings
     # Training data: a directory / hub id, or "synthesize" (sample the base on ``training_captions``,
-    # label with the preset's scorers; ``synthesize`` holds harness.preference_data.synthesize's settings).
+    # label with the preset's scorers, or with ``synthesize["scorers"]`` where those are fewer: a scorer the labels
+    # never see stays a held-out judge; ``synthesize`` holds harness.preference_data.synthesize's settings).
     data: str
     synthesize: dict[str, Any] = field(default_factory=dict)
     training_captions: Callable[[], list[str]] | None = None  # a module-level function (runs in workers)
