@@ -97,7 +97,16 @@ def leaderboard(scores: pd.DataFrame, experiments: Sequence[str], base: str = "b
     for experiment in experiments:
         own = scores[scores["method"].str.startswith(experiment + SEPARATOR)]
         rows += statistics(own, base=qualified(experiment, base), signals=signals, by=by)
-    return rows
+    # Interleaved: each suite, metric (and part) with every experiment's rows together, the experiments in
+    # the order given, each with its base first, so that the rows compared stand next to each other.
+    order = {name: i for i, name in enumerate(experiments)}
+
+    def place(row: dict) -> tuple:
+        experiment, _, method = row["method"].partition(SEPARATOR)
+        parts = tuple((row[c] is None, str(row[c])) for c in by)
+        return row["suite"], row["metric"], row["metric_version"], parts, order[experiment], method != base, method
+
+    return sorted(rows, key=place)
 
 
 def load_leaderboard(experiments: Sequence[Experiment], base: str = "base", by: Sequence[str] = ()) -> list[dict]:
