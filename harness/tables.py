@@ -5,9 +5,10 @@ A table has a row per method (each experiment's base first, experiments in the o
 suite and metric, a column per statistic asked (``--columns``): the mean, Δ vs the base (method − base,
 paired image by image) and the win rate vs the base (the share of prompts whose median image beats the
 base's), each with its 95 % interval under ``--ci`` (bootstrap over prompts for the mean and Δ, Wilson
-for the win rate).  With ``--by category``, one table per suite with the columns per metric and category,
-the category's prompt count in its header (few prompts, wide CIs: shown, not hidden).  The best value
-of each column is in bold, best by the metric's direction (``harness.stats.best_flags``); a mean of a
+for the win rate).  With ``--by category``, one table per suite with the columns per metric and the rows
+per category and method, each category headed by its prompt count (few prompts, wide CIs: shown, not
+hidden), so that the table grows down the page with the categories, not across it.  The best value
+of each column (of a category) is in bold, best by the metric's direction (``harness.stats.best_flags``); a mean of a
 metric the method was trained on carries the dagger (``harness.stats.SIGNAL_NOTE``).  A metric's
 version is in its header only where the table holds it in several versions (else the caption names
 the versions once).  Every name is escaped for the target format.  The LaTeX needs the LaTeX kernel and
@@ -57,11 +58,11 @@ def check_statistics(statistics: Sequence[str]) -> tuple[str, ...]:
 
 @dataclass
 class Column:
-    """One suite and metric (or metric and category): its header's two lines and each method's row in it."""
+    """One suite and metric: its header and the leaderboard row of each (block, method) in it."""
 
-    group: str  # a suite (overall) or a metric (by category): the header's first line, spanning its columns
-    title: str  # a metric, or a category with its prompt count
-    rows: dict[str, dict] = field(default_factory=dict)
+    group: str | None  # a suite (overall; None by category: the table's own): a header line spanning its columns
+    title: str  # the metric
+    rows: dict[tuple[str | None, str], dict] = field(default_factory=dict)
 
 
 @dataclass
@@ -70,6 +71,7 @@ class PaperTable:
     methods: list[str]
     columns: list[Column]
     versions: dict[str, list[str]]  # metric -> its versions in the table
+    blocks: list[str | None] = field(default_factory=lambda: [None])  # categories (with prompt counts), or None
 
     @property
     def marked(self) -> bool:
@@ -102,26 +104,34 @@ def paper_tables(rows: Sequence[dict], base: str = "base", by: str | None = None
         if row["metric_version"] not in versions[row["metric"]]:
             versions[row["metric"]].append(row["metric_version"])
     if by is None:
-        return [PaperTable("Leaderboard", methods, _columns(rows, versions, group="suite"), versions)]
-    return [PaperTable(f"{suite} by {by}", methods,
-                       _columns([r for r in rows if r["suite"] == suite], versions, group="metric", by=by), versions)
-            for suite in sorted({r["suite"] for r in rows})]
+        return [PaperTable("Leaderboard", methods, _columns(rows, versions), versions)]
+    tables = []
+    for suite in sorted({r["suite"] for r in rows}):
+        own = [r for r in rows if r["suite"] == suite]
+        prompts: dict[str, int] = {}
+        for row in own:
+            part = _part(row, by)
+            prompts[part] = max(prompts.get(part, 0), row["n_prompts"])
+        blocks = {part: f"{part} ({_plural(n, 'prompt')})" for part, n in sorted(prompts.items())}
+        tables.append(PaperTable(f"{suite} by {by}", methods, _columns(own, versions, by=by, blocks=blocks), versions,
+                                 list(blocks.values())))
+    return tables
 
 
-def _columns(rows: Sequence[dict], versions: dict[str, list[str]], *, group: str, by: str | None = None) -> list[Column]:
+def _part(row: dict, by: str) -> str:
+    return str(row.get(by) or f"no {by}")
+
+
+def _columns(rows: Sequence[dict], versions: dict[str, list[str]], *, by: str | None = None,
+             blocks: dict[str, str] | None = None) -> list[Column]:
     columns: dict[tuple, Column] = {}
-    for row in sorted(rows, key=lambda r: (r["suite"], r["metric"], r["metric_version"], str(r.get(by) or ""))):
+    for row in sorted(rows, key=lambda r: (r["suite"], r["metric"], r["metric_version"])):
         label = _short_label(row["metric"], row["metric_version"], higher_is_better_of(row),
                              len(versions[row["metric"]]) > 1)
-        part = str(row.get(by) or f"no {by}") if by else None
-        key = (row["suite"], label, part)
+        key = (row["suite"], label)
         if key not in columns:
-            columns[key] = Column(group=row["suite"] if group == "suite" else label, title=part or label)
-        columns[key].rows[row["method"]] = row
-    if by:
-        for column in columns.values():
-            n = max(row["n_prompts"] for row in column.rows.values())
-            column.title = f"{column.title} ({_plural(n, 'prompt')})"
+            columns[key] = Column(group=None if by else row["suite"], title=label)
+        columns[key].rows[(blocks[_part(row, by)] if by else None, row["method"])] = row
     return list(columns.values())
 
 
@@ -144,23 +154,25 @@ _FIELDS = {"mean": ("mean", "ci_low", "ci_high"), "delta": ("delta_vs_base", "de
            "win": ("win_rate_vs_base", "win_ci_low", "win_ci_high")}
 
 
-def _cells(column: Column, methods: Sequence[str], statistic: str) -> dict[str, Cell]:
-    """The cells of one statistic of a column; a method without that statistic (the base's Δ) has none."""
+def _cells(column: Column, methods: Sequence[str], statistic: str, block: str | None) -> dict[str, Cell]:
+    """The cells of one statistic of a column in a block; a method without that statistic (the base's Δ) has none.
+    Bold marks the best of the block."""
     value, low, high = _FIELDS[statistic]
-    present = [m for m in methods if column.rows.get(m, {}).get(value) is not None]
+    rows = {m: column.rows[block, m] for m in methods if (block, m) in column.rows}
+    present = [m for m in rows if rows[m].get(value) is not None]
     if not present:
         return {}
-    higher = statistic == "win" or higher_is_better_of(column.rows[present[0]])
+    higher = statistic == "win" or higher_is_better_of(rows[present[0]])
     if statistic == "win":
         scale, digits, sign = 100.0, 1, ""  # percent
     else:
-        # Δ in the mean's units and decimals: the two read against each other.
+        # Δ in the mean's units and decimals (the same in every block): the two read against each other.
         scale, sign = 1.0, "+" if statistic == "delta" else ""
         digits = _decimals([row["mean"] for row in column.rows.values()])
-    values = [column.rows[m][value] for m in present]
+    values = [rows[m][value] for m in present]
     cells = {}
     for method, best in zip(present, best_flags(values, higher)):
-        row = column.rows[method]
+        row = rows[method]
         ci = None if row[low] is None or row[high] is None else \
             f"[{scale * row[low]:{sign}.{digits}f}, {scale * row[high]:{sign}.{digits}f}]"
         cells[method] = Cell(f"{scale * row[value]:{sign}.{digits}f}", ci, best,
@@ -168,9 +180,9 @@ def _cells(column: Column, methods: Sequence[str], statistic: str) -> dict[str, 
     return cells
 
 
-def _groups(columns: Sequence[Column]) -> list[tuple[str, int]]:
+def _groups(columns: Sequence[Column]) -> list[tuple[str | None, int]]:
     """(group, how many columns) for runs of consecutive columns of one group."""
-    spans: list[tuple[str, int]] = []
+    spans: list[tuple[str | None, int]] = []
     for column in columns:
         if spans and spans[-1][0] == column.group:
             spans[-1] = (column.group, spans[-1][1] + 1)
@@ -188,6 +200,15 @@ def _notes(table: PaperTable, statistics: Sequence[str], ci: bool) -> list[str]:
     if single:
         notes.append("Metric versions: " + ", ".join(f"{metric} {version}" for metric, version in single.items()))
     return notes
+
+
+def _table_rows(table: PaperTable, statistics: Sequence[str]) -> list[tuple[str | None, str, list[Cell | None]]]:
+    """(block, method, its cells left to right) of each row, in order: blocks, then methods."""
+    rows = []
+    for block in table.blocks:
+        cells = [[_cells(column, table.methods, s, block) for s in statistics] for column in table.columns]
+        rows += [(block, method, [part.get(method) for column in cells for part in column]) for method in table.methods]
+    return rows
 
 
 # -- LaTeX -----------------------------------------------------------------------------------------
@@ -217,9 +238,27 @@ def _latex_ci(cell: Cell | None) -> str:
     return r"{\scriptsize " + ("[--]" if cell.ci is None else cell.ci) + "}"
 
 
+# Body lines (a method's values, its intervals, a category's heading) one float holds below its caption and
+# header on an article's page (10 pt, 550 pt of text, about 12 pt a line): a longer per-category table is
+# split between categories into floats of its own, each headed by the columns again.
+LATEX_LINES_PER_FLOAT = 36
+
+
 def to_latex(tables: Sequence[PaperTable], ci: bool = False, statistics: Sequence[str] = DEFAULT_STATISTICS) -> str:
     statistics = check_statistics(statistics)
     return "\n\n".join(_latex_table(table, ci, statistics) for table in tables)
+
+
+def _chunks(table: PaperTable, ci: bool) -> list[list[str | None]]:
+    """The table's blocks, in runs that fit a float (at least one block each)."""
+    per_block = (1 if table.blocks != [None] else 0) + len(table.methods) * (2 if ci else 1)
+    chunks: list[list[str | None]] = []
+    for block in table.blocks:
+        if chunks and (len(chunks[-1]) + 1) * per_block <= LATEX_LINES_PER_FLOAT:
+            chunks[-1].append(block)
+        else:
+            chunks.append([block])
+    return chunks
 
 
 def _latex_table(table: PaperTable, ci: bool, statistics: Sequence[str]) -> str:
@@ -228,35 +267,41 @@ def _latex_table(table: PaperTable, ci: bool, statistics: Sequence[str]) -> str:
         notes.append(LOWER_NOTE)
     if table.marked:
         notes.append(SIGNAL_NOTE)
-    k = len(statistics)
-    cells = [[_cells(column, table.methods, s) for s in statistics] for column in table.columns]
-    groups = " & ".join(rf"\multicolumn{{{n * k}}}{{c}}{{{latex_escape(group)}}}" for group, n in _groups(table.columns))
+    k, width = len(statistics), 1 + len(statistics) * len(table.columns)
+    groups = " & ".join(rf"\multicolumn{{{n * k}}}{{c}}{{{latex_escape(group or '')}}}" for group, n in _groups(table.columns))
     titles = " & ".join(rf"\multicolumn{{{k}}}{{c}}{{{latex_escape(column.title)}}}" for column in table.columns)
     stats = " & ".join(_LATEX_HEADERS[s] for s in statistics)
-    lines = [
-        r"% needs \usepackage{graphicx} (for \resizebox: a table wider than the text is scaled to its width)",
-        r"\begin{table}[t]",
-        r"\centering",
-        rf"\caption{{{latex_escape(table.title)}. {latex_escape('. '.join(notes))}.}}",
-        # Set in a box first, so that only a table wider than the text is scaled down.
-        r"\sbox0{%",
-        rf"\begin{{tabular}}{{l{'r' * k * len(table.columns)}}}",
+    header = [
+        rf"\begin{{tabular}}{{l{'r' * (width - 1)}}}",
         r"\hline",
-        rf" & {groups} \\",
+        *([rf" & {groups} \\"] if any(column.group for column in table.columns) else []),
         *([rf" & {titles} \\"] if k > 1 else []),
         "method & " + (" & ".join([stats] * len(table.columns)) if k > 1 else
                        " & ".join(latex_escape(column.title) for column in table.columns)) + r" \\",
         r"\hline",
     ]
-    for method in table.methods:
-        row = [part.get(method) for column in cells for part in column]
-        lines.append(f"{latex_escape(method)} & {' & '.join(_latex_cell(c) for c in row)} \\\\")
-        if ci:
-            lines.append(f" & {' & '.join(_latex_ci(c) for c in row)} \\\\")
-    lines += [r"\hline", r"\end{tabular}}%",
-              r"\ifdim\wd0>\linewidth\resizebox{\linewidth}{!}{\usebox{0}}\else\usebox{0}\fi",
-              r"\end{table}"]
-    return "\n".join(lines)
+    rows = _table_rows(table, statistics)
+    chunks = _chunks(table, ci)
+    floats = [r"% needs \usepackage{graphicx} (for \resizebox: a table wider than the text is scaled to its width)"]
+    for number, chunk in enumerate(chunks, start=1):
+        caption = f"{table.title}. {'. '.join(notes)}." if number == 1 else \
+            f"{table.title} (continued, {number} of {len(chunks)})."
+        lines = [r"\begin{table}[t]", r"\centering", rf"\caption{{{latex_escape(caption)}}}",
+                 # Set in a box first, so that only a table wider than the text is scaled down.
+                 r"\sbox0{%", *header]
+        for block, method, row in rows:
+            if block not in chunk:
+                continue
+            if block is not None and method == table.methods[0]:
+                lines.append(rf"\multicolumn{{{width}}}{{l}}{{\textit{{{latex_escape(block)}}}}} \\")
+            lines.append(f"{latex_escape(method)} & {' & '.join(_latex_cell(c) for c in row)} \\\\")
+            if ci:
+                lines.append(f" & {' & '.join(_latex_ci(c) for c in row)} \\\\")
+        lines += [r"\hline", r"\end{tabular}}%",
+                  r"\ifdim\wd0>\linewidth\resizebox{\linewidth}{!}{\usebox{0}}\else\usebox{0}\fi",
+                  r"\end{table}"]
+        floats.append("\n".join(lines))
+    return "\n".join(floats)
 
 
 # -- Markdown --------------------------------------------------------------------------------------
@@ -286,18 +331,19 @@ def to_markdown(tables: Sequence[PaperTable], ci: bool = False, statistics: Sequ
 
 def _markdown_table(table: PaperTable, ci: bool, statistics: Sequence[str]) -> str:
     notes = _notes(table, statistics, ci)
-    cells = [[_cells(column, table.methods, s) for s in statistics] for column in table.columns]
-    headers = [" · ".join([column.group, column.title] + ([_MARKDOWN_HEADERS[s]] if len(statistics) > 1 else []))
-               for column in table.columns for s in statistics]
+    blocks = table.blocks != [None]
+    headers = ["category"] * blocks + ["method"]
+    headers += [" · ".join([*filter(None, [column.group]), column.title] + ([_MARKDOWN_HEADERS[s]] if len(statistics) > 1 else []))
+                for column in table.columns for s in statistics]
     lines = [
         f"**{markdown_escape(table.title)}** ({markdown_escape('; '.join(notes))})",
         "",
-        f"| method | {' | '.join(markdown_escape(h) for h in headers)} |",
-        "|:--|" + "--:|" * len(headers),
+        f"| {' | '.join(markdown_escape(h) for h in headers)} |",
+        "|" + ":--|" * (1 + blocks) + "--:|" * (len(headers) - 1 - blocks),
     ]
-    for method in table.methods:
-        row = [part.get(method) for column in cells for part in column]
-        lines.append(f"| {markdown_escape(method)} | {' | '.join(_markdown_cell(c, ci) for c in row)} |")
+    for block, method, row in _table_rows(table, statistics):
+        names = [markdown_escape(name) for name in (*([block] if blocks else []), method)]
+        lines.append(f"| {' | '.join(names + [_markdown_cell(c, ci) for c in row])} |")
     lines += [""] * (table.marked or table.lower)
     lines += [markdown_escape(note) for note, shown in ((SIGNAL_NOTE, table.marked), (LOWER_NOTE, table.lower)) if shown]
     return "\n".join(lines)

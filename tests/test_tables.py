@@ -124,16 +124,26 @@ def test_columns_are_chosen_and_versions_tagged_only_where_they_differ(rows):
     assert r"parti · fid\_like ↓" in header and "v2\\#b" not in header
 
 
-def test_cis_are_shown_on_request_and_a_single_prompt_says_it_has_none(category_rows):
+def test_per_category_tables_have_a_block_of_rows_per_category_and_cis_on_request(category_rows):
+    """A row per category and method (the table grows down, not across), the category with its prompt
+    count; bold marks each category's best; a single prompt says it has no interval."""
     (table,) = paper_tables(category_rows, by="category")
-    markdown = to_markdown([table], ci=True, statistics=["mean"])
-    assert "Animals (11 prompts)" in markdown and f"{markdown_escape(NASTY_CATEGORY)} (1 prompt)" in markdown
-    base = next(line for line in markdown.splitlines() if line.startswith("| base |")).split(" | ")[1:]
-    assert sum("[–]" in cell for cell in base) == 2  # the single-prompt category, on both metrics
-    assert sum(cell.count("[") == 1 and "–" not in cell for cell in base) == 2
-    assert "[" not in to_markdown([table]).split("|:--|")[1]  # no CI unless asked
+    markdown = to_markdown([table], ci=True)
+    rows = {tuple(line.strip("| ").split(" | ")[:2]): line.strip("| ").split(" | ")[2:]
+            for line in markdown.splitlines()[4:] if line.startswith("| ")}
+    single, many = f"{markdown_escape(NASTY_CATEGORY)} (1 prompt)", "Animals (11 prompts)"
+    assert sorted({category for category, _ in rows}) == [many, single]
+    methods = [markdown_escape(method) for method in table.methods]
+    assert [method for category, method in rows if category == many] == methods
+    assert {cell for cell in rows[single, "base"]} >= {"–"} and all(
+        cell.endswith("[–]") for cell in rows[single, "base"] if cell != "–")  # the means: no interval
+    assert all(cell.count("[") == 1 and "–" not in cell for cell in rows[many, "base"] if cell != "–")
+    for category in (single, many):  # each column's best (ties all), within the category
+        bold = [sum("**" in rows[category, m][i] for m in methods) for i in range(len(rows[category, "base"]))]
+        assert min(bold) >= 1 and bold[0] == 1
+    assert "[" not in to_markdown([table]).split("|:--|:--|")[1]  # no CI unless asked
     latex = to_latex([table], ci=True)
-    assert r"{\scriptsize [--]}" in latex and r"\scriptsize [" in latex
+    assert r"{\scriptsize [--]}" in latex and r"\scriptsize [" in latex and r"\textit{Animals (11 prompts)}" in latex
 
 
 def test_names_are_escaped_for_latex_and_markdown(category_rows):
@@ -156,12 +166,15 @@ def _require_pdflatex() -> str:
 
 
 def test_the_latex_compiles_and_fits_the_page(rows, category_rows, tmp_path: Path):
-    """Every table, all columns and intervals on, the names full of LaTeX's special characters, one of them
-    per category with 8 categories of 3 metrics (72 columns): pdflatex makes a PDF and no box runs over."""
+    """Every table, all columns and intervals on, the names full of LaTeX's special characters, among them one
+    of 6 metrics (18 columns) and one per category with 12 categories (longer than a page): pdflatex makes a
+    PDF, no box runs over and no float is taller than the page."""
     pdflatex = _require_pdflatex()
-    wide = leaderboard(scores(categories=8, metrics=3), n_boot=50, by=["category"])
+    wide = leaderboard(scores(metrics=6), n_boot=50)
+    long = paper_tables(leaderboard(scores(categories=12, metrics=3), n_boot=50, by=["category"]), by="category")
+    assert len(long[0].blocks) == 12
     body = "\n\n".join([to_latex(paper_tables(rows), ci=True), to_latex(paper_tables(category_rows, by="category"), ci=True),
-                         to_latex(paper_tables(wide, by="category"), ci=True), to_latex(paper_tables(rows))])
+                         to_latex(paper_tables(wide), ci=True), to_latex(long, ci=True), to_latex(paper_tables(rows))])
     (tmp_path / "paper.tex").write_text("\\documentclass{article}\n\\usepackage{graphicx}\n\\begin{document}\n"
                                         + body + "\n\\end{document}\n")
     result = subprocess.run([pdflatex, "-interaction=nonstopmode", "-halt-on-error", "paper.tex"], cwd=tmp_path,
@@ -171,3 +184,4 @@ def test_the_latex_compiles_and_fits_the_page(rows, category_rows, tmp_path: Pat
     log = (tmp_path / "paper.log").read_text(errors="replace")
     assert "Missing character" not in log
     assert not re.findall(r"Overfull \\[hv]box.*", log), re.findall(r"Overfull \\[hv]box.*", log)
+    assert "Float too large" not in log
