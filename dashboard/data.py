@@ -317,7 +317,8 @@ def thumbnail(path: Path, size: int) -> bytes:
         factor = size // max(image.size)
         buffer = io.BytesIO()
         if factor > 1:
-            image.resize((image.width * factor, image.height * factor), Image.Resampling.NEAREST).save(buffer, format="PNG")
+            image = image.resize((image.width * factor, image.height * factor), Image.Resampling.NEAREST)
+            image.save(buffer, format="PNG")
         else:
             image.thumbnail((size, size))
             image.save(buffer, format="JPEG", quality=85)

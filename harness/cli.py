@@ -334,7 +334,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     from harness.store import export_experiments
 
     experiments = parse_experiments(args.out or ["runs"])
-    paths = export_experiments(experiments, Path(args.dest) if args.dest else _one_directory(experiments, "--dest"), args.format)
+    dest = Path(args.dest) if args.dest else _one_directory(experiments, "--dest")
+    paths = export_experiments(experiments, dest, args.format)
     for path in paths:
         print(path)
     return 0

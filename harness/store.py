@@ -691,15 +691,16 @@ def export(results_dir: Path, out: Path, fmt: Literal["csv", "parquet", "json"])
     return _write_tables(_tables(results_dir), Path(out), fmt)
 
 
-def export_experiments(experiments: Sequence[Experiment], out: Path, fmt: Literal["csv", "parquet", "json"]) -> list[Path]:
+def export_experiments(experiments: Sequence[Experiment], out: Path,
+                       fmt: Literal["csv", "parquet", "json"]) -> list[Path]:
     """``export`` of one results directory, or of several side by side: each table of every experiment in one
     file, its rows led by an ``experiment`` column (the experiment's name; a run is (experiment, run_id))."""
     _check_export_format(fmt)
     loaded = [(experiment.name, _tables(experiment.results.root)) for experiment in experiments]  # all read first
     if len(loaded) == 1:
         return _write_tables(loaded[0][1], Path(out), fmt)
-    tables = {name: pd.concat([own[name].assign(experiment=experiment) for experiment, own in loaded], ignore_index=True)
-              for name in loaded[0][1]}
+    tables = {name: pd.concat([own[name].assign(experiment=experiment) for experiment, own in loaded],
+                              ignore_index=True) for name in loaded[0][1]}
     tables = {name: frame[["experiment", *(c for c in frame.columns if c != "experiment")]]
               for name, frame in tables.items()}
     return _write_tables(tables, Path(out), fmt)

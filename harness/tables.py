@@ -268,7 +268,8 @@ def _latex_table(table: PaperTable, ci: bool, statistics: Sequence[str]) -> str:
     if table.marked:
         notes.append(SIGNAL_NOTE)
     k, width = len(statistics), 1 + len(statistics) * len(table.columns)
-    groups = " & ".join(rf"\multicolumn{{{n * k}}}{{c}}{{{latex_escape(group or '')}}}" for group, n in _groups(table.columns))
+    groups = " & ".join(rf"\multicolumn{{{n * k}}}{{c}}{{{latex_escape(group or '')}}}"
+                        for group, n in _groups(table.columns))
     titles = " & ".join(rf"\multicolumn{{{k}}}{{c}}{{{latex_escape(column.title)}}}" for column in table.columns)
     stats = " & ".join(_LATEX_HEADERS[s] for s in statistics)
     header = [
@@ -333,7 +334,8 @@ def _markdown_table(table: PaperTable, ci: bool, statistics: Sequence[str]) -> s
     notes = _notes(table, statistics, ci)
     blocks = table.blocks != [None]
     headers = ["category"] * blocks + ["method"]
-    headers += [" · ".join([*filter(None, [column.group]), column.title] + ([_MARKDOWN_HEADERS[s]] if len(statistics) > 1 else []))
+    headers += [" · ".join([*filter(None, [column.group]), column.title]
+                           + ([_MARKDOWN_HEADERS[s]] if len(statistics) > 1 else []))
                 for column in table.columns for s in statistics]
     lines = [
         f"**{markdown_escape(table.title)}** ({markdown_escape('; '.join(notes))})",
@@ -345,5 +347,6 @@ def _markdown_table(table: PaperTable, ci: bool, statistics: Sequence[str]) -> s
         names = [markdown_escape(name) for name in (*([block] if blocks else []), method)]
         lines.append(f"| {' | '.join(names + [_markdown_cell(c, ci) for c in row])} |")
     lines += [""] * (table.marked or table.lower)
-    lines += [markdown_escape(note) for note, shown in ((SIGNAL_NOTE, table.marked), (LOWER_NOTE, table.lower)) if shown]
+    lines += [markdown_escape(note) for note, shown in ((SIGNAL_NOTE, table.marked), (LOWER_NOTE, table.lower))
+              if shown]
     return "\n".join(lines)

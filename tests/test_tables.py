@@ -15,7 +15,6 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from harness.cli import main
 from harness.errors import HarnessError
 from harness.stats import leaderboard
 from harness.tables import latex_escape, markdown_escape, paper_tables, to_latex, to_markdown
@@ -39,7 +38,8 @@ def scores(categories: int = 2, metrics: int = 2) -> pd.DataFrame:
         for method, offset in OFFSETS.items():
             own = rng.normal(scale=0.4, size=(12, 2))
             for p in range(12):
-                category = NASTY_CATEGORY if p == 0 else f"Category {p % (categories - 1)}" if categories > 2 else "Animals"
+                category = (NASTY_CATEGORY if p == 0 else f"Category {p % (categories - 1)}" if categories > 2
+                            else "Animals")
                 for j in range(2):
                     rows.append(dict(method=method, suite="parti", split="unseen", metric=metric,
                                      metric_version=version, prompt_id=f"p{p}", image_index=j, seed=p + 12 * j,
@@ -91,7 +91,8 @@ def test_delta_and_win_rate_columns_are_the_paired_comparison_with_the_base(rows
     frame = scores()
     cells = _markdown_cells(to_markdown(paper_tables(rows), ci=True))
     z, tested = 1.959963984540054, set()
-    for metric, column, higher in (("pickscore", "parti · pickscore", True), ("fid_like", r"parti · fid\_like ↓", False)):
+    for metric, column, higher in (("pickscore", "parti · pickscore", True),
+                                   ("fid_like", r"parti · fid\_like ↓", False)):
         of = frame[frame["metric"] == metric].set_index(["method", "prompt_id", "image_index"])["value"]
         assert cells["base", f"{column} · Δ"] == cells["base", f"{column} · win %"] == "–"
         for method in OFFSETS.keys() - {"base"}:
@@ -108,7 +109,8 @@ def test_delta_and_win_rate_columns_are_the_paired_comparison_with_the_base(rows
             tested.add(p)
     assert tested - {0.0, 1.0}  # not only the trivial win rates
     # The best Δ is the best by the metric's direction: the lowest on a lower-is-better metric.
-    assert cells["low", r"parti · fid\_like ↓ · Δ"].startswith("**-") and cells["good", "parti · pickscore · Δ"].startswith("**+")
+    assert cells["low", r"parti · fid\_like ↓ · Δ"].startswith("**-")
+    assert cells["good", "parti · pickscore · Δ"].startswith("**+")
 
 
 def test_columns_are_chosen_and_versions_tagged_only_where_they_differ(rows):
@@ -118,7 +120,8 @@ def test_columns_are_chosen_and_versions_tagged_only_where_they_differ(rows):
     with pytest.raises(HarnessError, match="--columns: unknown column median"):
         to_latex(paper_tables(rows), statistics=["mean", "median"])
     two_versions = scores()
-    two_versions = pd.concat([two_versions, two_versions[two_versions["metric"] == "pickscore"].assign(metric_version="v2")])
+    again = two_versions[two_versions["metric"] == "pickscore"].assign(metric_version="v2")
+    two_versions = pd.concat([two_versions, again])
     header = to_markdown(paper_tables(leaderboard(two_versions, n_boot=50)), statistics=["mean"]).splitlines()[2]
     assert "parti · pickscore (v1)" in header and "parti · pickscore (v2)" in header
     assert r"parti · fid\_like ↓" in header and "v2\\#b" not in header
@@ -173,7 +176,8 @@ def test_the_latex_compiles_and_fits_the_page(rows, category_rows, tmp_path: Pat
     wide = leaderboard(scores(metrics=6), n_boot=50)
     long = paper_tables(leaderboard(scores(categories=12, metrics=3), n_boot=50, by=["category"]), by="category")
     assert len(long[0].blocks) == 12
-    body = "\n\n".join([to_latex(paper_tables(rows), ci=True), to_latex(paper_tables(category_rows, by="category"), ci=True),
+    body = "\n\n".join([to_latex(paper_tables(rows), ci=True), to_latex(paper_tables(category_rows, by="category"),
+                                                                           ci=True),
                          to_latex(paper_tables(wide), ci=True), to_latex(long, ci=True), to_latex(paper_tables(rows))])
     (tmp_path / "paper.tex").write_text("\\documentclass{article}\n\\usepackage{graphicx}\n\\begin{document}\n"
                                         + body + "\n\\end{document}\n")
