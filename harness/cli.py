@@ -279,11 +279,11 @@ def _print_leaderboard(rows: list[dict], fmt: str, *, base: str = "base", ci: bo
         writer.writeheader()
         writer.writerows(rows)
     else:
-        print(format_table(rows))
+        print(format_table(rows, ci=ci))
 
 
-def format_table(rows: list[dict]) -> str:
-    """A compact human table: mean [95% CI], delta vs base [CI], win rate.
+def format_table(rows: list[dict], ci: bool = False) -> str:
+    """A compact human table: mean [95% CI], delta vs base [CI], win rate (with ``ci``, its Wilson 95% interval).
 
     A mean is marked when its method was trained on that metric, and a lower-is-better metric's name,
     each with a footnote saying what it means.
@@ -305,6 +305,8 @@ def format_table(rows: list[dict]) -> str:
     for r in rows:
         delta = MISSING if r.get("delta_vs_base") is None else f"{num(r['delta_vs_base'], 3)} {interval(r['delta_ci_low'], r['delta_ci_high'], 3)}"
         win = MISSING if r.get("win_rate_vs_base") is None else f"{r['win_rate_vs_base']:.1%}"
+        if ci and r.get("win_ci_low") is not None:
+            win += f" [{r['win_ci_low']:.1%}, {r['win_ci_high']:.1%}]"
         mark = SIGNAL_MARK if r.get("trained_on_signal") else ""
         metric = r["metric"] if r.get("higher_is_better", True) else f"{r['metric']} {LOWER_MARK}"
         lines.append([
@@ -603,7 +605,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "and metric, some of mean (the mean score), delta (Δ vs base) and win (win rate vs base, %%) "
                    "(default: mean,delta,win)")
     p.add_argument("--ci", action="store_true", help="latex/markdown: each value's 95%% interval beside it (bootstrap "
-                   "over prompts for means and Δ, Wilson for win rates)")
+                   "over prompts for means and Δ, Wilson for win rates); table: the win rate's Wilson interval")
 
     p = command("figure", cmd_figure, "write the dashboard's charts as files for a paper: Δ vs base with CIs "
                 "(overall and per category), win-rate heatmaps, image grids (prompts × methods, same seeds)")

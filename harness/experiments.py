@@ -1,8 +1,8 @@
 """Experiments side by side: several results directories in one leaderboard or dashboard.
 
-`harness leaderboard --out A --out B` (or ``--out A,B``; ``NAME=DIR`` names one) and
-`harness dashboard` with the same options show every run of every directory, its method named
-``experiment/method`` (the experiment: the directory's name, or NAME).
+`harness leaderboard --out A --out B` (or ``--out A,B``; ``NAME=DIR`` names one), and `harness dashboard`,
+`figure` and `export` with the same options, show every run of every directory, its method named
+``experiment/method`` (the experiment: the directory's name, or NAME), the experiments in the order given.
 
 How they compare:
 - Each experiment keeps its own base: Δ and win rate of ``A/dpo`` are against ``A/base``, paired
