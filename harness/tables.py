@@ -169,7 +169,8 @@ def _cells(column: Column, methods: Sequence[str], statistic: str, block: str | 
         # Δ in the mean's units and decimals (the same in every block): the two read against each other.
         scale, sign = 1.0, "+" if statistic == "delta" else ""
         digits = _decimals([row["mean"] for row in column.rows.values()])
-    values = [rows[m][value] for m in present]
+    # Best among the values as printed: two numbers that read the same are both bold, or neither.
+    values = [round(scale * rows[m][value], digits) for m in present]
     cells = {}
     for method, best in zip(present, best_flags(values, higher)):
         row = rows[method]
@@ -296,7 +297,7 @@ def _latex_table(table: PaperTable, ci: bool, statistics: Sequence[str]) -> str:
             if block is not None and method == table.methods[0]:
                 lines.append(rf"\multicolumn{{{width}}}{{l}}{{\textit{{{latex_escape(block)}}}}} \\")
             lines.append(f"{latex_escape(method)} & {' & '.join(_latex_cell(c) for c in row)} \\\\")
-            if ci:
+            if ci and any(row):  # the base has no Δ or win rate, hence no interval line of them
                 lines.append(f" & {' & '.join(_latex_ci(c) for c in row)} \\\\")
         lines += [r"\hline", r"\end{tabular}}%",
                   r"\ifdim\wd0>\linewidth\resizebox{\linewidth}{!}{\usebox{0}}\else\usebox{0}\fi",

@@ -112,6 +112,9 @@ def test_side_by_side_rows_interleave_the_experiments_in_the_order_given(tmp_pat
     assert main(["leaderboard", "--out", f"B={b}", "--out", f"A={a}", "--format", "markdown"]) == 0
     methods = [line.split(" | ")[0].removeprefix("| ") for line in capsys.readouterr().out.splitlines()[4:10]]
     assert methods == ["B/base", "B/dpo", "B/dro", "A/base", "A/dpo", "A/dro"]
+    from dashboard.data import load_experiments  # the dashboard's pages, the figures' charts
+
+    assert load_experiments(parse_experiments([f"B={b}", f"A={a}"])).methods == methods
 
 
 def test_figure_and_export_use_every_out_side_by_side(tmp_path, capsys):

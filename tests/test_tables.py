@@ -113,6 +113,18 @@ def test_delta_and_win_rate_columns_are_the_paired_comparison_with_the_base(rows
     assert cells["good", "parti · pickscore · Δ"].startswith("**+")
 
 
+def test_values_that_print_the_same_are_bold_alike():
+    def row(method: str, mean: float, delta: float | None, win: float | None) -> dict:
+        return dict(method=method, suite="s", metric="m", metric_version="1", higher_is_better=True, n_prompts=40,
+                    mean=mean, ci_low=None, ci_high=None, delta_vs_base=delta, delta_ci_low=None, delta_ci_high=None,
+                    win_rate_vs_base=win, win_ci_low=None, win_ci_high=None, trained_on_signal=False)
+
+    rows = [row("base", 0.4369, None, None), row("a", 0.4366, -0.000262, 0.45), row("b", 0.4365, -0.000333, 0.4250)]
+    cells = _markdown_cells(to_markdown(paper_tables(rows)))
+    assert [cells[m, "s · m · Δ"] for m in ("a", "b")] == ["**-0.0003**", "**-0.0003**"]  # -0.000262 vs -0.000333
+    assert [cells[m, "s · m · win %"] for m in ("a", "b")] == ["**45.0**", "42.5"]
+
+
 def test_columns_are_chosen_and_versions_tagged_only_where_they_differ(rows):
     markdown = to_markdown(paper_tables(rows), statistics=["delta", "win"])
     header = markdown.splitlines()[2]
