@@ -8,11 +8,13 @@ base's), each with its 95 % interval under ``--ci`` (bootstrap over prompts for 
 for the win rate).  With ``--by category``, one table per suite with the columns per metric and the rows
 per category and method, each category headed by its prompt count (few prompts, wide CIs: shown, not
 hidden), so that the table grows down the page with the categories, not across it.  The best value
-of each column (of a category) is in bold, best by the metric's direction (``harness.stats.best_flags``); a mean of a
-metric the method was trained on carries the dagger (``harness.stats.SIGNAL_NOTE``).  A metric's
-version is in its header only where the table holds it in several versions (else the caption names
-the versions once).  Every name is escaped for the target format.  The LaTeX needs the LaTeX kernel and
-graphicx, which every distribution has: a table wider than the text is scaled down to its width.
+of each column (within a category) is in bold, best by the metric's direction
+(``harness.stats.best_flags``); a mean of a metric the method was trained on carries the dagger
+(``harness.stats.SIGNAL_NOTE``).  A metric's version is in its header only where the table holds it
+in several versions (else the caption names the versions once).  Every name is escaped for the
+target format.  The LaTeX needs the LaTeX kernel and graphicx, which every distribution has: a table
+wider than the text is scaled down to its width, and one longer than a page is split between
+categories into floats of a page each.
 """
 
 from __future__ import annotations
