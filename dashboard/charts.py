@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import math
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -25,15 +26,40 @@ PNG_SCALE = 2  # twice the on-screen pixels: sharp in print
 VERDICT_COLOURS = dict(zip(VERDICTS, ["#1a7f37", "#cf222e", "#6e7781", "#bf8700"]))
 
 
+def zero_ticks(values: Sequence[float]) -> list[float]:
+    """The ticks of a Δ axis: round steps spanning ``values`` and 0, with 0 always among them (a Δ is read
+    against 0, which an axis left to itself may leave unlabelled)."""
+    known = [v for v in values if v is not None and not math.isnan(v)]
+    low, high = min([0.0, *known]), max([0.0, *known])
+    if high == low:
+        return [-1.0, 0.0, 1.0]
+    rough = (high - low) / 4
+    power = 10.0 ** math.floor(math.log10(rough))
+    step = next(m * power for m in (1, 2, 2.5, 5, 10) if m * power >= rough)
+    return [round(k * step, 12) for k in range(math.floor(low / step), math.ceil(high / step) + 1)]
+
+
+def _tick_format(ticks: Sequence[float]) -> str:
+    """A d3 format with as many decimals as the ticks' step needs (the same on every label)."""
+    step = ticks[1] - ticks[0]
+    decimals = next(d for d in range(13) if abs(round(step, d) - step) < 1e-9 * step)
+    return f".{decimals}f"
+
+
 def delta_chart(frame: pd.DataFrame, *, y_title: str, facet_title: str, x_title: str, order: Sequence[str],
                 title: str = "") -> alt.FacetChart:
     """Δ vs the base with its 95 % CI, a row per ``y``, a panel per ``facet`` (``dashboard.data.delta_frame``).
 
-    The colour is the CI's verdict; a row whose CI is missing (one prompt) keeps its point."""
+    The colour is the CI's verdict, the legend listing the verdicts drawn; a row whose CI is missing (one
+    prompt) keeps its point.  The Δ axis spans 0 and labels it (``zero_ticks``)."""
     rows = alt.Chart().encode(y=alt.Y("y:N", sort=list(order), title=y_title))
-    colour = alt.Color("verdict:N", title="95% CI", scale=alt.Scale(domain=list(VERDICT_COLOURS),
-                                                                    range=list(VERDICT_COLOURS.values())))
-    intervals = rows.mark_rule(strokeWidth=2).encode(x=alt.X("low:Q", title=x_title), x2="high:Q", color=colour)
+    drawn = [v for v in VERDICT_COLOURS if v in set(frame["verdict"])] or list(VERDICT_COLOURS)
+    colour = alt.Color("verdict:N", title="95% CI", scale=alt.Scale(domain=drawn,
+                                                                    range=[VERDICT_COLOURS[v] for v in drawn]))
+    ticks = zero_ticks([*frame["delta"], *frame["low"], *frame["high"]])
+    x = alt.X("low:Q", title=x_title, scale=alt.Scale(domain=[ticks[0], ticks[-1]], nice=False, zero=False),
+              axis=alt.Axis(values=ticks, format=_tick_format(ticks), labelOverlap=False))
+    intervals = rows.mark_rule(strokeWidth=2).encode(x=x, x2="high:Q", color=colour)
     points = rows.mark_point(filled=True, size=60, opacity=1).encode(
         x="delta:Q", color=colour,
         tooltip=["facet:N", "y:N", alt.Tooltip("delta:Q", format="+.4g", title="Δ"),
@@ -72,7 +98,8 @@ def image_grid_chart(grid: pd.DataFrame, methods: Sequence[str], px: int, title:
                                                                           domain=False, labelFontWeight="bold")),
         y=alt.Y("row:N", sort=order, title=None, axis=alt.Axis(ticks=False, domain=False, labelLimit=320)),
     )
-    images = base.transform_filter("isValid(datum.url)").mark_image(width=px, height=px).encode(
+    # Unsmoothed: a small image's thumbnail is already enlarged by whole pixels (``dashboard.data.thumbnail``).
+    images = base.transform_filter("isValid(datum.url)").mark_image(width=px, height=px, smooth=False).encode(
         url="url:N", tooltip=["method", "prompt", "seed"])
     missing = base.transform_filter("!isValid(datum.url)").mark_text(color="#cf222e").encode(text=alt.value("no image"))
     return (images + missing).properties(width=alt.Step(px + 8), height=alt.Step(px + 8), title=title) \

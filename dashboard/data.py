@@ -79,9 +79,11 @@ class Results:
 
     @property
     def methods(self) -> list[str]:
-        """Methods in display order: by experiment, each with its base first, then alphabetical (--eval-every's
-        METHOD@STEP runs are no methods: they are the Curves page's)."""
-        return sorted(set(split_snapshots(self.runs)[0]["method"]), key=lambda m: (m.rpartition(SEPARATOR)[0], not is_base(m), m))
+        """Methods in display order: by experiment in the order given, each with its base first, then
+        alphabetical (--eval-every's METHOD@STEP runs are no methods: they are the Curves page's)."""
+        names = {name: i for i, name in enumerate(self.names)}
+        return sorted(set(split_snapshots(self.runs)[0]["method"]),
+                      key=lambda m: (names.get(m.rpartition(SEPARATOR)[0], 0), not is_base(m), m))
 
     def image_file(self, path: str) -> Path | None:
         """``image_file`` of a stored path (an experiment's, when several are side by side)."""
@@ -307,13 +309,35 @@ def image_file(results_dir: Path, path: str) -> Path | None:
 
 
 def thumbnail(path: Path, size: int) -> bytes:
-    """A JPEG no larger than ``size`` pixels on its longer side: what the browser loads per image."""
+    """What the browser loads per image, no larger than ``size`` pixels on its longer side: a JPEG of a large
+    image made smaller; a small image (the toy world's 32 px) enlarged by a whole factor, each pixel a block
+    (no smoothing, which would blur shapes drawn pixel by pixel), as a PNG (JPEG would blur the blocks' edges)."""
     with Image.open(path) as image:
         image = image.convert("RGB")
-        image.thumbnail((size, size))
+        factor = size // max(image.size)
         buffer = io.BytesIO()
-        image.save(buffer, format="JPEG", quality=85)
+        if factor > 1:
+            image = image.resize((image.width * factor, image.height * factor), Image.Resampling.NEAREST)
+            image.save(buffer, format="PNG")
+        else:
+            image.thumbnail((size, size))
+            image.save(buffer, format="JPEG", quality=85)
     return buffer.getvalue()
+
+
+def data_url(data: bytes) -> str:
+    """A ``thumbnail`` as a data URL (PNG or JPEG, as its bytes say)."""
+    kind = "png" if data.startswith(b"\x89PNG") else "jpeg"
+    return f"data:image/{kind};base64," + base64.b64encode(data).decode()
+
+
+def spread_prompts(images: pd.DataFrame, n: int) -> list[str]:
+    """``n`` prompt ids of one suite's images, taken in turn from each category (in name order; each
+    category's prompts in id order), so that a grid shows the suite's range rather than its first prompts."""
+    prompts = images.drop_duplicates("prompt_id").sort_values("prompt_id")
+    by_category = [list(rows["prompt_id"]) for _, rows in prompts.groupby(prompts["category"].fillna(""), sort=True)]
+    longest = max(map(len, by_category), default=0)
+    return [ids[i] for i in range(longest) for ids in by_category if i < len(ids)][:n]
 
 
 def prompt_table(images: pd.DataFrame, suite: str, categories: Sequence[str]) -> pd.DataFrame:
@@ -343,7 +367,7 @@ def image_grid(results: Results, suite: str, prompt_ids: Sequence[str], image_in
         row = f"{short} · seed {seeds.pop()}" if len(seeds) == 1 else f"{short} · seeds differ"
         for image in of_prompt.itertuples():
             path = results.image_file(image.path)
-            url = None if path is None else "data:image/jpeg;base64," + base64.b64encode(thumb(path, px)).decode()
+            url = None if path is None else data_url(thumb(path, px))
             rows.append({"row": row, "prompt": prompt, "method": image.method, "seed": image.seed, "url": url})
     return pd.DataFrame(rows, columns=["row", "prompt", "method", "seed", "url"])
 

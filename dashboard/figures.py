@@ -1,11 +1,12 @@
-"""`harness figure`: the dashboard's charts of a results directory, written as files for a paper.
+"""`harness figure`: the dashboard's charts of a results directory, or of several side by side (each
+experiment's methods against its own base, as `harness leaderboard`), written as files for a paper.
 
 For each metric: the Δ-with-CI chart of every method against the base (a panel per suite) and,
 for each suite whose prompts have categories, the same chart per category (a panel per method);
-for each metric and suite, the win-rate heatmap; for each suite, an image grid (its first
-prompts × every method, the same image index, hence the same seed, for all).  Every chart is
-built by the function the dashboard calls (``dashboard.charts``) and written as PNG / SVG / PDF
-with its Vega-Lite spec beside it.
+for each metric and suite, the win-rate heatmap; for each suite, an image grid (prompts taken in
+turn from each of its categories × every method, the same image index, hence the same seed, for
+all).  Every chart is built by the function the dashboard calls (``dashboard.charts``) and written
+as PNG / SVG / PDF with its Vega-Lite spec beside it.
 """
 
 from __future__ import annotations
@@ -19,9 +20,10 @@ import altair as alt
 import pandas as pd
 
 from dashboard import charts
-from dashboard.data import delta_frame, direction_title, image_grid, load_results, statistics
+from dashboard.data import delta_frame, direction_title, image_grid, load_experiments, spread_prompts, statistics
 from dashboard.server import check_results_dir
 from harness.errors import HarnessError
+from harness.experiments import SEPARATOR, Experiment, qualified
 
 GRID_PX = 128
 
@@ -61,20 +63,26 @@ def category_delta_chart(by_category: pd.DataFrame, label: str, suite: str, base
                               x_title=direction_title(rows, label, base), title=f"{suite} · {label}: Δ vs {base} per category")
 
 
-def write_figures(results_dir: Path, options: FigureOptions) -> list[Path]:
-    """Write every figure of ``results_dir`` under ``options.figures``; returns the files written."""
+def write_figures(experiments: Sequence[Experiment], options: FigureOptions) -> list[Path]:
+    """Write every figure of the results directories ``experiments`` (one, or several side by side) under
+    ``options.figures``; returns the files written."""
     charts.check_formats(options.formats)
-    check_results_dir(results_dir)
+    for experiment in experiments:
+        check_results_dir(experiment.results.root)
     from harness.stats import win_rate_matrix
 
-    results = load_results(results_dir)
-    if results.scores.empty:
-        raise HarnessError(f"no scores in {results_dir} yet: nothing to draw")
-    if options.base not in set(results.scores["method"]):
-        raise HarnessError(f"no scores of the base {options.base!r} in {results_dir}; pass --base with one of "
-                           f"{', '.join(sorted(set(results.scores['method'])))}")
+    results = load_experiments(experiments)
+    scored = set(results.scores["method"])
+    for experiment in experiments:
+        base = qualified(experiment.name, options.base) if results.names else options.base
+        own = sorted(m for m in scored if not results.names or m.startswith(qualified(experiment.name, "")))
+        if not own:
+            raise HarnessError(f"no scores in {experiment.results.root} yet: nothing to draw")
+        if base not in scored:
+            raise HarnessError(f"no scores of the base {options.base!r} in {experiment.results.root}; pass --base "
+                               f"with one of {', '.join(m.rpartition(SEPARATOR)[2] for m in own)}")
     board, by_category = statistics(results, options.base), statistics(results, options.base, by=["category"])
-    methods = [m for m in results.methods if m != options.base]
+    methods = [m for m in results.methods if m.rpartition(SEPARATOR)[2] != options.base]
     # Every chart is built before the first file is written: a mistake leaves nothing behind.
     figures: list[tuple[alt.TopLevelMixin, tuple[str, ...]]] = []
     metrics = board.drop_duplicates("metric_label")[["metric_label", "metric", "metric_version"]]
@@ -89,8 +97,8 @@ def write_figures(results_dir: Path, options: FigureOptions) -> list[Path]:
             figures.append((charts.win_rate_chart(matrix, order, title=f"{suite} · {label}: win rate"),
                             ("winrate", suite, metric, version)))
     for suite in sorted(results.images["suite"].unique()):
-        prompt_ids = sorted(results.images.loc[results.images["suite"] == suite, "prompt_id"].unique())
-        grid = image_grid(results, suite, prompt_ids[:options.grid_prompts], options.grid_image, GRID_PX)
+        prompts = results.images[results.images["suite"] == suite]
+        grid = image_grid(results, suite, spread_prompts(prompts, options.grid_prompts), options.grid_image, GRID_PX)
         if grid.empty:
             raise HarnessError(f"no image {options.grid_image} of any prompt of {suite}; pass a --grid-image "
                                "below the images per prompt")

@@ -32,6 +32,7 @@ from dashboard.data import (
     prompt_grid,
     prompt_table,
     signal_cells,
+    spread_prompts,
     statistics,
     thumbnail,
 )
@@ -188,15 +189,15 @@ def image_grid_page(results: Results) -> None:
     prompts = prompt_table(images, suite, categories)
     # Keys depend on the filter, so a smaller selection never keeps a count larger than itself.
     filter_id = f"{suite}|{'|'.join(categories)}"
-    count = st.number_input("Prompts (the first ones)", 1, len(prompts), min(4, len(prompts)),
+    count = st.number_input("Prompts (taken in turn from each category)", 1, len(prompts), min(4, len(prompts)),
                             key=f"grid_count:{filter_id}")
     index = st.selectbox("Image of each prompt (the same seed for every method)",
                          sorted(in_suite["image_index"].unique()), key=f"grid_image:{suite}")
-    grid = image_grid(results, suite, prompts["prompt_id"].tolist()[:count], index, figures.GRID_PX,
+    grid = image_grid(results, suite, spread_prompts(prompts, count), index, figures.GRID_PX,
                       thumb=lambda path, size: cached_thumbnail(str(path), path.stat().st_mtime_ns, size))
     st.altair_chart(charts.image_grid_chart(grid, results.methods, figures.GRID_PX))
-    st.caption(f"`harness figure --out {results.results_dir}` writes this grid (the first prompts of each suite) "
-               "as PNG and SVG, with the Δ charts and win-rate heatmaps.")
+    st.caption(f"`harness figure --out {results.results_dir}` writes this grid (prompts taken in turn from each "
+               "category of each suite) as PNG and SVG, with the Δ charts and win-rate heatmaps.")
 
 
 def _sync_page_from_prompt(prompt_key: str, page_key: str, prompt_ids: list[str]) -> None:

@@ -14,13 +14,16 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any, Callable, NoReturn
+from typing import TYPE_CHECKING, Any, Callable, NoReturn
 
 from harness.atomic import disk_full_error
 from harness.errors import HarnessError
 from harness.results import ResultsDir
 from harness.text_table import text_table
 from harness.workers import quiet_libraries
+
+if TYPE_CHECKING:
+    from harness.experiments import Experiment
 
 LEADERBOARD_COLUMNS = [
     "method", "suite", "split", "metric", "higher_is_better", "n", "mean", "ci_low", "ci_high",
@@ -228,29 +231,46 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
     from harness.experiments import load_leaderboard, parse_experiments
 
     by = [args.by] if args.by else []
+    if args.columns is not None:
+        from harness.tables import FORMATS, check_statistics
+
+        if args.format not in FORMATS:
+            raise HarnessError(f"--columns chooses the columns of --format {' or '.join(FORMATS)}, not {args.format}")
+        check_statistics(args.columns)
     rows = load_leaderboard(parse_experiments(args.out or ["runs"]), base=args.base, by=by)
-    _print_leaderboard(rows, args.format, base=args.base, ci=args.ci, by=args.by)
+    _print_leaderboard(rows, args.format, base=args.base, ci=args.ci, by=args.by, statistics=args.columns)
     return 0
 
 
 def cmd_figure(args: argparse.Namespace) -> int:
     from dashboard.figures import FigureOptions, write_figures
+    from harness.experiments import parse_experiments
 
-    out = Path(args.out)
-    options = FigureOptions(figures=Path(args.figures) if args.figures else ResultsDir(out).figures,
+    experiments = parse_experiments(args.out or ["runs"])
+    options = FigureOptions(figures=Path(args.figures) if args.figures else _one_directory(experiments, "--figures"),
                             formats=args.formats, base=args.base, grid_prompts=args.grid_prompts,
                             grid_image=args.grid_image)
-    for path in write_figures(out, options):
+    for path in write_figures(experiments, options):
         print(path)
     return 0
 
 
-def _print_leaderboard(rows: list[dict], fmt: str, *, base: str = "base", ci: bool = False,
-                       by: str | None = None) -> None:
-    if fmt in ("latex", "markdown"):
-        from harness.tables import paper_tables, to_latex, to_markdown
+def _one_directory(experiments: list[Experiment], option: str) -> Path:
+    """Where `figure` and `export` write by default: under the one results directory they read (of several,
+    none is the obvious place: the user names it)."""
+    if len(experiments) > 1:
+        raise HarnessError(f"several --out side by side: say where to write with {option} DIR")
+    results = experiments[0].results
+    return results.figures if option == "--figures" else results.export
 
-        print((to_latex if fmt == "latex" else to_markdown)(paper_tables(rows, base=base, by=by), ci=ci))
+
+def _print_leaderboard(rows: list[dict], fmt: str, *, base: str = "base", ci: bool = False,
+                       by: str | None = None, statistics: list[str] | None = None) -> None:
+    if fmt in ("latex", "markdown"):
+        from harness.tables import DEFAULT_STATISTICS, paper_tables, to_latex, to_markdown
+
+        print((to_latex if fmt == "latex" else to_markdown)(paper_tables(rows, base=base, by=by), ci=ci,
+                                                           statistics=statistics or DEFAULT_STATISTICS))
     elif fmt == "json":
         print(json.dumps(rows, indent=2))
     elif fmt == "csv":
@@ -259,11 +279,11 @@ def _print_leaderboard(rows: list[dict], fmt: str, *, base: str = "base", ci: bo
         writer.writeheader()
         writer.writerows(rows)
     else:
-        print(format_table(rows))
+        print(format_table(rows, ci=ci))
 
 
-def format_table(rows: list[dict]) -> str:
-    """A compact human table: mean [95% CI], delta vs base [CI], win rate.
+def format_table(rows: list[dict], ci: bool = False) -> str:
+    """A compact human table: mean [95% CI], delta vs base [CI], win rate (with ``ci``, its Wilson 95% interval).
 
     A mean is marked when its method was trained on that metric, and a lower-is-better metric's name,
     each with a footnote saying what it means.
@@ -285,6 +305,8 @@ def format_table(rows: list[dict]) -> str:
     for r in rows:
         delta = MISSING if r.get("delta_vs_base") is None else f"{num(r['delta_vs_base'], 3)} {interval(r['delta_ci_low'], r['delta_ci_high'], 3)}"
         win = MISSING if r.get("win_rate_vs_base") is None else f"{r['win_rate_vs_base']:.1%}"
+        if ci and r.get("win_ci_low") is not None:
+            win += f" [{r['win_ci_low']:.1%}, {r['win_ci_high']:.1%}]"
         mark = SIGNAL_MARK if r.get("trained_on_signal") else ""
         metric = r["metric"] if r.get("higher_is_better", True) else f"{r['metric']} {LOWER_MARK}"
         lines.append([
@@ -310,9 +332,12 @@ def cmd_runs(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from harness.store import export
+    from harness.experiments import parse_experiments
+    from harness.store import export_experiments
 
-    paths = export(Path(args.out), Path(args.dest or ResultsDir(args.out).export), args.format)
+    experiments = parse_experiments(args.out or ["runs"])
+    dest = Path(args.dest) if args.dest else _one_directory(experiments, "--dest")
+    paths = export_experiments(experiments, dest, args.format)
     for path in paths:
         print(path)
     return 0
@@ -576,15 +601,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--base", default="base", help="the method the deltas and win rates compare against")
     p.add_argument("--by", choices=["category"], help="a row per category of each suite, each with the whole "
                    "leaderboard's statistics computed on its prompts alone")
-    p.add_argument("--ci", action="store_true", help="latex/markdown: each mean's 95%% CI beside it")
+    p.add_argument("--columns", type=_comma_list, metavar="STAT,...", help="latex/markdown: the columns per suite "
+                   "and metric, some of mean (the mean score), delta (Δ vs base) and win (win rate vs base, %%) "
+                   "(default: mean,delta,win)")
+    p.add_argument("--ci", action="store_true", help="latex/markdown: each value's 95%% interval beside it (bootstrap "
+                   "over prompts for means and Δ, Wilson for win rates); table: the win rate's Wilson interval")
 
     p = command("figure", cmd_figure, "write the dashboard's charts as files for a paper: Δ vs base with CIs "
                 "(overall and per category), win-rate heatmaps, image grids (prompts × methods, same seeds)")
-    p.add_argument("--out", default="runs", help="results directory to read (written by `harness run --out`)")
-    p.add_argument("--figures", help="where to write (default: OUT/figures)")
+    p.add_argument("--out", action="append", metavar="[NAME=]DIR", help="results directory to read, written by "
+                   "`harness run --out` (default: runs); repeat it to draw experiments side by side, as "
+                   "`harness leaderboard`")
+    p.add_argument("--figures", help="where to write (default: OUT/figures; required with several --out)")
     p.add_argument("--formats", type=_comma_list, default=["png", "svg"], help="comma-separated: png, svg, pdf")
     p.add_argument("--base", default="base", help="the method Δ compares against")
-    p.add_argument("--grid-prompts", type=_count, default=4, help="prompts per image grid: a suite's first N")
+    p.add_argument("--grid-prompts", type=_count, default=4, help="prompts per image grid, taken in turn from each "
+                   "category of the suite")
     p.add_argument("--grid-image", type=int, default=0, metavar="INDEX",
                    help="which image of each prompt (the same seed for every method)")
 
@@ -593,9 +625,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs", help="results directory to read (written by `harness run --out`)")
 
     p = command("export", cmd_export, "export the results for pandas / notebooks")
-    p.add_argument("--out", default="runs", help="results directory to read (written by `harness run --out`)")
+    p.add_argument("--out", action="append", metavar="[NAME=]DIR", help="results directory to read, written by "
+                   "`harness run --out` (default: runs); repeat it to export experiments side by side, each table "
+                   "with an experiment column")
     p.add_argument("--format", choices=["csv", "parquet", "json"], default="csv", help="one file per table")
-    p.add_argument("--dest", help="where to write (default: OUT/export)")
+    p.add_argument("--dest", help="where to write (default: OUT/export; required with several --out)")
 
     p = command("dashboard", cmd_dashboard, "open the Streamlit leaderboard on 127.0.0.1")
     p.add_argument("--out", action="append", metavar="[NAME=]DIR", help="results directory to read, written by "

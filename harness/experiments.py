@@ -1,8 +1,8 @@
 """Experiments side by side: several results directories in one leaderboard or dashboard.
 
-`harness leaderboard --out A --out B` (or ``--out A,B``; ``NAME=DIR`` names one) and
-`harness dashboard` with the same options show every run of every directory, its method named
-``experiment/method`` (the experiment: the directory's name, or NAME).
+`harness leaderboard --out A --out B` (or ``--out A,B``; ``NAME=DIR`` names one), and `harness dashboard`,
+`figure` and `export` with the same options, show every run of every directory, its method named
+``experiment/method`` (the experiment: the directory's name, or NAME), the experiments in the order given.
 
 How they compare:
 - Each experiment keeps its own base: Δ and win rate of ``A/dpo`` are against ``A/base``, paired
@@ -97,7 +97,16 @@ def leaderboard(scores: pd.DataFrame, experiments: Sequence[str], base: str = "b
     for experiment in experiments:
         own = scores[scores["method"].str.startswith(experiment + SEPARATOR)]
         rows += statistics(own, base=qualified(experiment, base), signals=signals, by=by)
-    return rows
+    # Interleaved: each suite, metric (and part) with every experiment's rows together, the experiments in
+    # the order given, each with its base first, so that the rows compared stand next to each other.
+    order = {name: i for i, name in enumerate(experiments)}
+
+    def place(row: dict) -> tuple:
+        experiment, _, method = row["method"].partition(SEPARATOR)
+        parts = tuple((row[c] is None, str(row[c])) for c in by)
+        return row["suite"], row["metric"], row["metric_version"], parts, order[experiment], method != base, method
+
+    return sorted(rows, key=place)
 
 
 def load_leaderboard(experiments: Sequence[Experiment], base: str = "base", by: Sequence[str] = ()) -> list[dict]:

@@ -51,12 +51,12 @@ import json
 import platform
 import sqlite3
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Callable, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Literal, TypeVar
 
 import pandas as pd
 
@@ -64,6 +64,9 @@ from harness.atomic import replacing, writing
 from harness.compute import combine
 from harness.errors import HarnessError
 from harness.results import ResultsDir
+
+if TYPE_CHECKING:
+    from harness.experiments import Experiment
 
 SCHEMA_VERSION = "2"
 # Older versions this harness reads; opening one for writing upgrades it (CREATE TABLE IF NOT
@@ -660,17 +663,10 @@ class Store:
         return self._frame(_TRAINING_SIGNALS_QUERY)
 
 
-def export(results_dir: Path, out: Path, fmt: Literal["csv", "parquet", "json"]) -> list[Path]:
-    """Write every table of ``results_dir``'s database to ``out/<table>.<fmt>``; returns the files.
-
-    Files are written under a temporary name and renamed, so a reader never sees half a file.
-    """
-    if fmt not in EXPORT_FORMATS:
-        raise HarnessError(f"unknown export format {fmt!r}; expected one of {', '.join(EXPORT_FORMATS)}")
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+def _tables(results_dir: Path) -> dict[str, pd.DataFrame]:
+    """Every table of ``results_dir``'s database, by name."""
     with Store(results_dir, readonly=True) as store:
-        tables: dict[str, pd.DataFrame] = {
+        return {
             "runs": store.runs_frame(),
             "checkpoints": store.checkpoints_frame(),
             "training": store.training_frame(),
@@ -679,6 +675,39 @@ def export(results_dir: Path, out: Path, fmt: Literal["csv", "parquet", "json"])
             "overlaps": store.overlaps_frame(),
             "training_signals": store.training_signals_frame(),
         }
+
+
+def _check_export_format(fmt: str) -> None:
+    if fmt not in EXPORT_FORMATS:
+        raise HarnessError(f"unknown export format {fmt!r}; expected one of {', '.join(EXPORT_FORMATS)}")
+
+
+def export(results_dir: Path, out: Path, fmt: Literal["csv", "parquet", "json"]) -> list[Path]:
+    """Write every table of ``results_dir``'s database to ``out/<table>.<fmt>``; returns the files.
+
+    Files are written under a temporary name and renamed, so a reader never sees half a file.
+    """
+    _check_export_format(fmt)
+    return _write_tables(_tables(results_dir), Path(out), fmt)
+
+
+def export_experiments(experiments: Sequence[Experiment], out: Path,
+                       fmt: Literal["csv", "parquet", "json"]) -> list[Path]:
+    """``export`` of one results directory, or of several side by side: each table of every experiment in one
+    file, its rows led by an ``experiment`` column (the experiment's name; a run is (experiment, run_id))."""
+    _check_export_format(fmt)
+    loaded = [(experiment.name, _tables(experiment.results.root)) for experiment in experiments]  # all read first
+    if len(loaded) == 1:
+        return _write_tables(loaded[0][1], Path(out), fmt)
+    tables = {name: pd.concat([own[name].assign(experiment=experiment) for experiment, own in loaded],
+                              ignore_index=True) for name in loaded[0][1]}
+    tables = {name: frame[["experiment", *(c for c in frame.columns if c != "experiment")]]
+              for name, frame in tables.items()}
+    return _write_tables(tables, Path(out), fmt)
+
+
+def _write_tables(tables: dict[str, pd.DataFrame], out: Path, fmt: str) -> list[Path]:
+    out.mkdir(parents=True, exist_ok=True)
     written = []
     for name, frame in tables.items():
         target = out / f"{name}.{fmt}"

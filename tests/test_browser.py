@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import io
 import os
 import re
@@ -18,7 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dashboard.data import curves, load_results, thumbnail
+from dashboard.data import curves, data_url, load_results, thumbnail
 from harness.stats import leaderboard
 from results_fixture import CURVE_STEPS, METHODS, SUITES, add_curve_runs, build_results_dir
 
@@ -193,8 +192,7 @@ def test_image_grid_page_in_chromium(browser) -> None:
     # The first suite's prompts × the methods, image 0 of each: the stored images, as thumbnails.
     images = load_results(results).images
     shown = images[(images["suite"] == "toy-seen") & (images["image_index"] == 0)]
-    thumbnails = sorted("data:image/jpeg;base64," + base64.b64encode(thumbnail(results / path, 128)).decode()
-                        for path in shown["path"])
+    thumbnails = sorted(data_url(thumbnail(results / path, 128)) for path in shown["path"])
     assert len(thumbnails) == len(METHODS) * len(SUITES["toy-seen"][1])
     hrefs = _wait(driver, lambda d: (lambda h: h if len(h) == len(thumbnails) else None)(_marks(d, "image", "href")),
                   "image-grid")

@@ -56,7 +56,10 @@ def test_table_shows_ci_delta_and_win_rate():
     ]
     table = format_table(rows).splitlines()
     assert table[2].split()[:3] == ["dpo", "s", "m"]
-    assert "0.2 [0.1, 0.3]" in table[2] and "75.0%" in table[2]
+    assert "0.2 [0.1, 0.3]" in table[2] and table[2].endswith("75.0%")
+    # --ci adds the win rate's Wilson interval (3 of 4 prompts: [30.1%, 95.4%], computed by hand).
+    rows[1] |= {"win_ci_low": 0.30064, "win_ci_high": 0.95440}
+    assert format_table(rows, ci=True).splitlines()[2].endswith("75.0% [30.1%, 95.4%]")
 
 
 @pytest.mark.slow

@@ -92,3 +92,51 @@ def test_experiments_need_names_of_their_own(tmp_path):
     assert [e.name for e in parse_experiments([f"{tmp_path}/a,x={tmp_path}/b", f"{tmp_path}/c"])] == ["a", "x", "c"]
     with pytest.raises(HarnessError, match="two experiments named 'run'.*NAME=DIR"):
         parse_experiments([f"{tmp_path}/one/run", f"{tmp_path}/two/run"])
+
+
+def _two_experiments(tmp_path: Path) -> tuple[Path, Path]:
+    from results_fixture import build_results_dir
+
+    return build_results_dir(tmp_path / "a"), build_results_dir(tmp_path / "b")
+
+
+def test_side_by_side_rows_interleave_the_experiments_in_the_order_given(tmp_path, capsys):
+    """Each suite and metric holds every experiment's rows together, B (given first) before A, each base
+    first: the rows compared stand next to each other, in the leaderboard and in the paper tables."""
+    a, b = _two_experiments(tmp_path)
+    assert main(["leaderboard", "--out", f"B={b}", "--out", f"A={a}", "--format", "json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    groups = [(r["suite"], r["metric"]) for r in rows]
+    assert len([1 for before, after in zip(groups, groups[1:]) if before != after]) == len(set(groups)) - 1
+    assert [r["method"] for r in rows[:6]] == ["B/base", "B/dpo", "B/dro", "A/base", "A/dpo", "A/dro"]
+    assert main(["leaderboard", "--out", f"B={b}", "--out", f"A={a}", "--format", "markdown"]) == 0
+    methods = [line.split(" | ")[0].removeprefix("| ") for line in capsys.readouterr().out.splitlines()[4:10]]
+    assert methods == ["B/base", "B/dpo", "B/dro", "A/base", "A/dpo", "A/dro"]
+    from dashboard.data import load_experiments  # the dashboard's pages, the figures' charts
+
+    assert load_experiments(parse_experiments([f"B={b}", f"A={a}"])).methods == methods
+
+
+def test_figure_and_export_use_every_out_side_by_side(tmp_path, capsys):
+    a, b = _two_experiments(tmp_path)
+    figures, export = tmp_path / "figures", tmp_path / "export"
+    assert main(["figure", "--out", f"B={b}", "--out", f"A={a}", "--figures", str(figures), "--formats", "png"]) == 0
+    spec = json.loads((figures / "delta-pickscore-v1.vl.json").read_text())
+    (drawn,) = spec["datasets"].values()
+    assert {row["method"] for row in drawn} == {"B/dpo", "B/dro", "A/dpo", "A/dro"}
+    grid = json.loads((figures / "grid-toy-seen.vl.json").read_text())
+    assert {row["method"] for rows in grid["datasets"].values() for row in rows} == {
+        f"{e}/{m}" for e in "AB" for m in ("base", "dpo", "dro")}
+    assert main(["export", "--out", f"B={b}", "--out", f"A={a}", "--dest", str(export)]) == 0
+    import pandas as pd
+
+    scores = pd.read_csv(export / "scores.csv")
+    assert scores.columns[0] == "experiment" and scores["experiment"].tolist()[0] == "B"
+    assert scores.groupby("experiment").size().to_dict() == {"A": len(scores) // 2, "B": len(scores) // 2}
+    capsys.readouterr()
+    # Of several directories none is the obvious place to write: the user names it, before anything is made.
+    for command, option in (("figure", "--figures"), ("export", "--dest")):
+        assert main([command, "--out", str(a), "--out", str(b)]) == 2
+        error = capsys.readouterr().err
+        assert error == f"harness: error: several --out side by side: say where to write with {option} DIR\n"
+    assert not (a / "figures").exists() and not (b / "export").exists()

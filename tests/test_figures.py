@@ -51,7 +51,7 @@ def test_leaderboard_by_category_on_parti(tiny_parti_run_dir: Path, capsys: pyte
     assert vehicles_line.split()[3] == "1" and vehicles_line.count("[no CI: 1 prompt]") == 2
 
     markdown = run_cli(capsys, "leaderboard", "--out", out, "--by", "category", "--format", "markdown", "--ci")
-    assert "toy-quality (1) · Vehicles (1 prompt)" in markdown and "[–]" in markdown
+    assert "| Vehicles (1 prompt) | dpo |" in markdown and "[–]" in markdown
 
 
 def spec_data(spec: dict) -> pd.DataFrame:
@@ -82,7 +82,7 @@ def test_figure_writes_the_dashboards_charts(tiny_parti_run_dir: Path, tmp_path:
         assert f"{category} ({n} prompt{'s' * (n > 1)})" in text
     assert "no CI (1 prompt)" in text and "higher is better" in text
 
-    # The image grid: the first prompts × both methods, each image the stored one at image index 0.
+    # The image grid: a prompt of each category × both methods, each image the stored one at image index 0.
     grid = spec_data(json.loads((figures / "grid-parti.vl.json").read_text()))
     assert len(grid) == GRID_PROMPTS * 2 and set(grid["method"]) == {"base", "dpo"}
     svg = ET.parse(figures / "grid-parti.svg").getroot()
@@ -93,6 +93,7 @@ def test_figure_writes_the_dashboards_charts(tiny_parti_run_dir: Path, tmp_path:
         stored = images.loc[(cell.method, cell.prompt, 0)]
         assert cell.seed == stored["seed"]
         assert base64.b64decode(cell.url.split(",", 1)[1]) == thumbnail(tiny_parti_run_dir / stored["path"], 128)
+    assert {images.loc[(cell.method, cell.prompt, 0), "category"] for cell in grid.itertuples()} == set(PARTI_CATEGORIES)
 
     # The dashboard's Categories page draws the same chart from the same numbers.
     monkeypatch.setenv("HARNESS_OUT", str(tiny_parti_run_dir))

@@ -143,6 +143,11 @@ CASES = [
          "`broken.py` has a syntax error on line 2", _syntax_error),
     Case(("--plugin", "raises.py", "methods"), r"cannot load plugin raises.py: raises.py line 3: RuntimeError: no GPU",
          "`raises.py` raises on line 3", _raises),
+    Case(("leaderboard", "--format", "latex", "--columns", "mean,median"),
+         r"--columns: unknown column median; expected some of mean, delta, win"),
+    Case(("leaderboard", "--columns", "delta"), r"--columns chooses the columns of --format latex or markdown, not table"),
+    Case(("figure", "--out", "a", "--out", "b"), r"several --out side by side: say where to write with --figures DIR"),
+    Case(("export", "--out", "a", "--out", "b"), r"several --out side by side: say where to write with --dest DIR"),
 ]
 
 
