@@ -63,3 +63,19 @@ def test_presets_show_prints_every_resolved_field(preset, capsys):
         for field in dataclasses.fields(config):
             line = next(line for line in block.splitlines() if line.split()[:1] == [field.name])
             assert repr(getattr(config, field.name)) in line
+
+
+@pytest.mark.parametrize("preset", ["sd15", "sdxl"])
+def test_dro_presets_run_what_the_public_code_ran_and_each_fix_is_one_setting_away(preset):
+    """basiclab/DiffusionDRO (diffusers 0.32.0, torch 2.3.1): train.py:460-461 hands AdamW a `filter` iterator,
+    which it exhausts, so :781 clips an empty list (no clipping); :461 builds AdamW whatever --sdxl (not the sdxl
+    preset's Adafactor), foreach arithmetic on the bf16 UNet; misc/patch.py:57-58, 185-195 integrate every
+    trajectory of a batch on the first one's noise levels."""
+    config = resolve_config("dro", preset)
+    assert (config.max_grad_norm, config.optimizer, config.master_weights, config.adamw_fused,
+            config.per_row_sigmas) == (None, "adamw", "bf16", False, False)
+    fixed = resolve_config("dro", preset, {"max_grad_norm": 1.0, "adamw_fused": True, "per_row_sigmas": True})
+    assert (fixed.max_grad_norm, fixed.adamw_fused, fixed.per_row_sigmas) == (1.0, True, True)
+    # The method's own defaults (the toy and tiny worlds) keep the corrected behaviours.
+    default = resolve_config("dro")
+    assert (default.max_grad_norm, default.adamw_fused, default.per_row_sigmas) == (1.0, True, True)

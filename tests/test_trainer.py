@@ -318,3 +318,43 @@ def test_batches_flip_images_and_sample_the_posterior_as_the_public_scripts(tiny
     assert all(not torch.equal(batch.latents, batch.means) for batch in published)  # a fresh posterior sample
     plain = batches(random_flip=False, latent_sample=False)
     assert all(not key.endswith("-flip") and torch.equal(b.latents, b.means) for b in plain for key in b.keys)
+
+
+def test_adamw_per_operation_rounds_every_operation_to_bf16_as_the_public_dro_code():
+    """adamw_fused False: torch's foreach AdamW, whose every operation rounds to the weights' dtype: on a bf16
+    UNet, the public DRO optimizer (basiclab/DiffusionDRO train.py:460-461, torch 2.3.1's default on CUDA:
+    foreach).  Checked against AdamW written here operation by operation, each in fp32 and rounded to bf16;
+    the fused kernel (its arithmetic in fp32, only the results rounded) is not that."""
+    from harness.api import TrainConfig
+    from harness.trainer import make_optimizer
+
+    lr, (b1, b2), eps, wd = 1e-3, (0.9, 0.999), 1e-8, 0.01
+    generator = torch.Generator().manual_seed(0)
+    start = (0.05 * torch.randn(4096, generator=generator)).bfloat16()
+    grads = [(torch.randn(4096, generator=generator) * 10 ** torch.empty(4096).uniform_(-3, 0, generator=generator))
+             .bfloat16() for _ in range(5)]
+
+    def bf16(x: torch.Tensor) -> torch.Tensor:
+        return x.to(torch.bfloat16)
+
+    param, m, v = start.clone(), torch.zeros_like(start), torch.zeros_like(start)
+    for k, grad in enumerate(grads, 1):
+        param = bf16(param.float() * (1 - lr * wd))
+        m = bf16(torch.lerp(m.float(), grad.float(), 1 - b1))
+        v = bf16(v.float() * b2)
+        v = bf16(torch.addcmul(v.float(), grad.float(), grad.float(), value=1 - b2))
+        denom = bf16(bf16(bf16(v.float().sqrt()).float() / (1 - b2 ** k) ** 0.5).float() + eps)
+        param = bf16(param.float() - lr / (1 - b1 ** k) * m.float() / denom.float())
+
+    def trained(fused: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        weights = torch.nn.Parameter(start.clone())
+        optimizer = make_optimizer([weights], TrainConfig(adamw_fused=fused, weight_decay=wd), lr)
+        for grad in grads:
+            weights.grad = grad.clone()
+            optimizer.step()
+        return weights.detach(), optimizer.state[weights]["exp_avg_sq"]
+
+    per_operation, fused = trained(False), trained(True)
+    assert per_operation[0].dtype == torch.bfloat16 and per_operation[1].dtype == torch.bfloat16
+    assert torch.equal(per_operation[0], param) and torch.equal(per_operation[1], v)
+    assert (fused[0] != param).float().mean() > 0.02 and (fused[1] != v).float().mean() > 0.1
