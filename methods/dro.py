@@ -22,7 +22,7 @@ row (distinct rows while there are enough) and one visited state of it: the expe
 noises the row's expert latent at that state's t with fresh noise, the policy term uses
 the stored (x_t, eps_policy), and both see the row's conditioning.  The sampling network
 is the current policy: the public code refreshes its snapshot after every optimizer step
-(M = 1), and the weights do not change in between.
+(M = 1, ``train.py:806-807``), and the weights do not change in between.
 
 Published configuration: 4 experts per forward/backward, refilled every iteration into a
 buffer of 4 rows, so each optimizer step (accumulation 16) sees 64 fresh trajectories,
@@ -131,7 +131,8 @@ def sample_trajectories(models: Models, cond: Cond, shape: tuple[int, ...], time
 
 @torch.no_grad()
 def sample_flow_trajectories(models: Models, cond: Cond, shape: tuple[int, ...], timesteps: torch.Tensor,
-                             generator: torch.Generator, per_row_sigmas: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+                             generator: torch.Generator,
+                             per_row_sigmas: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """Euler steps of the probability-flow ODE from pure noise with the policy (CFG 1), each row on its own
     levels ``timesteps / T`` and then to sigma = 0: ``x <- x + (sigma_next - sigma) v``.  Returns every
     visited state x (n, steps, C, H, W) and the policy's velocity at it (same shape).  ``per_row_sigmas``
@@ -169,7 +170,7 @@ class DROConfig(TrainConfig):
     sampler_steps: int = 20
     perturb_timesteps: bool = True
     buffer_size: int = 4  # rows (expert + its own trajectory) kept, the newest (per process)
-    refill_every: int = 1  # forward/backward iterations between refills (public code: every one)
+    refill_every: int = 1  # forward/backward iterations between refills (public code: every one, train.py:655)
     refill_rows: int | None = None  # experts of the micro-batch made into rows per refill; None: all of them
     # Each trajectory integrated on its own noise levels.  False: every trajectory of a refill on the first
     # one's levels, the network still told its own timesteps, as the public sampler (misc/patch.py:57-58,
@@ -262,7 +263,7 @@ class DRO(Method):
             self.refill(batch, models)
         n, rows, states = len(batch.cond), len(self.buffer["t"]), self.buffer["t"].shape[1]
         generator = batch.generator
-        # As the public buffer: distinct rows while the buffer has enough, then with replacement.
+        # As the public buffer (misc/buffer.py:106-110): distinct rows while it has enough, then with replacement.
         row = torch.randperm(rows, generator=generator)[:n] if n <= rows else torch.randint(0, rows, (n,), generator=generator)
         state = torch.randint(0, states, (n,), generator=generator)
         device = self.buffer["t"].device

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import re
 from pathlib import Path
 
 import pytest
@@ -79,3 +80,23 @@ def test_dro_presets_run_what_the_public_code_ran_and_each_fix_is_one_setting_aw
     # The method's own defaults (the toy and tiny worlds) keep the corrected behaviours.
     default = resolve_config("dro")
     assert (default.max_grad_norm, default.adamw_fused, default.per_row_sigmas) == (1.0, True, True)
+
+
+ROOT = DOC.parents[1]
+
+
+def uncited_public_code_claims(text: str) -> list[str]:
+    """Lines saying something is "as the public code" (or its sampler, buffer) with no file:line on that line
+    or the two after it (a claim wrapped over lines)."""
+    lines = text.splitlines()
+    return [line.strip() for i, line in enumerate(lines) if "as the public" in line.lower()
+            and not re.search(r":\d+", " ".join(lines[i:i + 3]))]
+
+
+def test_dro_claims_as_the_public_code_cite_the_file_and_line_they_rest_on():
+    """docs/methods.md's rule, for DRO's code, its tests and its section of the docs."""
+    doc = DOC.read_text(encoding="utf-8")
+    texts = {"docs/methods.md (DRO)": doc[doc.index("## Diffusion-DRO"):].split("\n## ")[0]}
+    for path in ("methods/dro.py", "bench/dro_public_code.py"):
+        texts[path] = (ROOT / path).read_text(encoding="utf-8")
+    assert {name: uncited_public_code_claims(text) for name, text in texts.items()} == {name: [] for name in texts}

@@ -256,9 +256,10 @@ def test_ema_follows_the_diffusers_schedule_from_the_first_step(tiny_model_dir, 
 @pytest.mark.parametrize("refill_every, evals_per_sample", [(1, 7.0), (2, 5.5)])
 def test_dro_refills_from_each_micro_batch_as_the_public_code(tiny_model_dir, data_dir, tmp_path, refill_every,
                                                               evals_per_sample):
-    """Published: every forward/backward turns its experts into buffer rows, one trajectory each.  With 2
-    experts, 3 sampler steps, policy and reference on 2 expert + 2 policy states: (2*3 + 4 + 4) / 2 = 7
-    UNet evaluations per sample; refilling every second iteration: (14 + 8) / 4 = 5.5."""
+    """Published (basiclab/DiffusionDRO train.py:654-714): every forward/backward turns its experts into buffer
+    rows, one trajectory each.  With 2 experts, 3 sampler steps, policy and reference on 2 expert + 2 policy
+    states: (2*3 + 4 + 4) / 2 = 7 UNet evaluations per sample; refilling every second iteration: (14 + 8) / 4
+    = 5.5."""
     overrides = {**FAST, "max_steps": 2, "grad_accum": 2, "sampler_steps": 3, "buffer_size": 2,
                  "refill_every": refill_every, "ema_decay": None}
     result = train("dro", base_model=tiny_model_dir, data_dir=data_dir, output_dir=tmp_path / "dro", overrides=overrides)
@@ -266,6 +267,8 @@ def test_dro_refills_from_each_micro_batch_as_the_public_code(tiny_model_dir, da
 
 
 def test_pure_bf16_weights_as_the_public_dro_code(tiny_model_dir, data_dir, tmp_path):
+    """basiclab/DiffusionDRO train.py:379-389 trains the UNet in bf16 (no fp32 copy); :392 its EMA over those
+    bf16 weights."""
     from diffusers import UNet2DConditionModel
 
     overrides = {**FAST, "max_steps": 2, "mixed_precision": "bf16", "master_weights": "bf16", "ema_decay": 0.9}
