@@ -77,9 +77,9 @@ def test_dro_presets_run_what_the_public_code_ran_and_each_fix_is_one_setting_aw
             config.per_row_sigmas) == (None, "adamw", "bf16", False, False)
     fixed = resolve_config("dro", preset, {"max_grad_norm": 1.0, "adamw_fused": True, "per_row_sigmas": True})
     assert (fixed.max_grad_norm, fixed.adamw_fused, fixed.per_row_sigmas) == (1.0, True, True)
-    # The method's own defaults (the toy and tiny worlds) keep the corrected behaviours.
-    default = resolve_config("dro")
-    assert (default.max_grad_norm, default.adamw_fused, default.per_row_sigmas) == (1.0, True, True)
+    # The method's own defaults (the toy and tiny worlds) and sd35 (no public SD3 path) keep the corrected ones.
+    for corrected in (resolve_config("dro"), resolve_config("dro", "sd35")):
+        assert (corrected.max_grad_norm, corrected.adamw_fused, corrected.per_row_sigmas) == (1.0, True, True)
 
 
 ROOT = DOC.parents[1]
