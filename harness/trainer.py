@@ -575,7 +575,10 @@ class Trainer:
                                "lower lr or beta, or use bf16 instead of fp16")
         if self.config.max_grad_norm:
             grad_norm = self.accelerator.clip_grad_norm_(list(params.values()), self.config.max_grad_norm)
-            terms["grad_norm"] = float(grad_norm)
+        else:  # unclipped (DRO's published recipes): the norm that goes through is still logged
+            self.accelerator.unscale_gradients()
+            grad_norm = torch.nn.utils.get_total_norm([p.grad for p in params.values() if p.grad is not None])
+        terms["grad_norm"] = float(grad_norm)
         terms["lr"] = self.lr_scheduler.get_last_lr()[0]
         self.optimizer.step()
         self.lr_scheduler.step()

@@ -361,3 +361,20 @@ def test_adamw_per_operation_rounds_every_operation_to_bf16_as_the_public_dro_co
     assert per_operation[0].dtype == torch.bfloat16 and per_operation[1].dtype == torch.bfloat16
     assert torch.equal(per_operation[0], param) and torch.equal(per_operation[1], v)
     assert (fused[0] != param).float().mean() > 0.02 and (fused[1] != v).float().mean() > 0.1
+
+
+def test_unclipped_training_logs_the_gradient_norm_that_goes_through(tiny_model_dir, data_dir, tmp_path):
+    """max_grad_norm None, DRO's published recipes (basiclab/DiffusionDRO train.py:460-461 and :781 clip
+    nothing): the weights are those of a clip that never acts (at 1e9), and the norm is logged as with a clip;
+    a clip that acts (1e-3) changes the weights."""
+    runs = {}
+    for name, clip in (("none", None), ("never", 1e9), ("acts", 1e-3)):
+        logged: list[dict] = []
+        result = train("sft", base_model=tiny_model_dir, data_dir=data_dir, output_dir=tmp_path / name,
+                       overrides={**FAST, "max_steps": 2, "max_grad_norm": clip},
+                       on_log=lambda step, terms: logged.append(terms))
+        runs[name] = (unet_weights(result.unet_dir), [terms["grad_norm"] for terms in logged])
+    (none, none_norms), (never, never_norms), (acts, _) = runs["none"], runs["never"], runs["acts"]
+    assert none_norms == pytest.approx(never_norms) and min(none_norms) > 1e-3
+    assert all(torch.equal(none[k], never[k]) for k in none)
+    assert any(not torch.equal(none[k], acts[k]) for k in none)
