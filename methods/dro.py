@@ -194,8 +194,8 @@ class DRO(Method):
         # optimizer, AdamW (train.py:460-461 whatever --sdxl; not the preset's Adafactor), and quirks.
         "sdxl": {"effective_batch_size": 256, "mixed_precision": "bf16", "master_weights": "bf16", "ema_on_cpu": True,
                  "adamw_fused": False, "max_grad_norm": None, "per_row_sigmas": False, "optimizer": "adamw"},
-        # Not published for SD3 (the public code has no SD3 path): the SD1.5 recipe carried over, without the
-        # SD1.5 code's accidents (clipping at 1.0, the fused AdamW, per-row sampler levels).
+        # Not published for SD3 (the public code has no SD3 path): the SD1.5 recipe carried over without the
+        # SD1.5 code's accidents: it clips at 1.0, runs the fused AdamW, integrates each trajectory on its levels.
         "sd35": {"effective_batch_size": 256, "master_weights": "bf16", "ema_on_cpu": True},
         # The published buffer semantics (each row an expert with a trajectory sampled from its own caption),
         # made cheaper: 4 of the 16 experts of each step become rows of a 16-row buffer (published: every
