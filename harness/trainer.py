@@ -192,6 +192,19 @@ class SampleOrder:
         return int(self._perm[offset])
 
 
+def make_optimizer(params: list[torch.nn.Parameter], config: TrainConfig, lr: float) -> torch.optim.Optimizer:
+    """The config's optimizer over ``params``: Adafactor, or AdamW fused or per operation (``adamw_fused``)."""
+    if config.optimizer == "adafactor":
+        from transformers.optimization import Adafactor
+
+        return Adafactor(params, lr=lr, weight_decay=config.weight_decay, scale_parameter=False,
+                         relative_step=False, warmup_init=False, clip_threshold=1.0)
+    # fused: one kernel over all tensors; on CPU 6x faster than the per-tensor loop (bench/train_step.py).
+    return torch.optim.AdamW(params, lr=lr, betas=(config.adam_beta1, config.adam_beta2), eps=config.adam_epsilon,
+                             weight_decay=config.weight_decay, fused=config.adamw_fused,
+                             foreach=not config.adamw_fused)
+
+
 def step_generator(seed: int, step: int, micro: int, rank: int) -> torch.Generator:
     """The single source of randomness of one forward/backward."""
     return torch.Generator().manual_seed(((seed * 1_000_003 + step) * 1009 + micro) * 131 + rank)
@@ -346,16 +359,7 @@ class Trainer:
                                    f"batch_size x processes = {batch_per_step}")
             self.grad_accum = config.effective_batch_size // batch_per_step
         self.lr = config.lr * (batch_per_step * self.grad_accum if config.scale_lr else 1)
-        params = list(trainable_parameters(self.unet).values())
-        if config.optimizer == "adafactor":
-            from transformers.optimization import Adafactor
-
-            optimizer = Adafactor(params, lr=self.lr, weight_decay=config.weight_decay, scale_parameter=False,
-                                  relative_step=False, warmup_init=False, clip_threshold=1.0)
-        else:
-            # fused: one kernel over all tensors; on CPU 6x faster than the per-tensor loop (bench/train_step.py).
-            optimizer = torch.optim.AdamW(params, lr=self.lr, betas=(config.adam_beta1, config.adam_beta2),
-                                          eps=config.adam_epsilon, weight_decay=config.weight_decay, fused=True)
+        optimizer = make_optimizer(list(trainable_parameters(self.unet).values()), config, self.lr)
         # Stepped by us once per optimizer step (not prepared by accelerate, which would step it once
         # per process and force the Salesforce code's "warmup x num_processes" correction).
         self.lr_scheduler = get_scheduler(config.lr_scheduler, optimizer, num_warmup_steps=config.warmup_steps,
@@ -571,7 +575,10 @@ class Trainer:
                                "lower lr or beta, or use bf16 instead of fp16")
         if self.config.max_grad_norm:
             grad_norm = self.accelerator.clip_grad_norm_(list(params.values()), self.config.max_grad_norm)
-            terms["grad_norm"] = float(grad_norm)
+        else:  # unclipped (DRO's published recipes): the norm that goes through is still logged
+            self.accelerator.unscale_gradients()
+            grad_norm = torch.nn.utils.get_total_norm([p.grad for p in params.values() if p.grad is not None])
+        terms["grad_norm"] = float(grad_norm)
         terms["lr"] = self.lr_scheduler.get_last_lr()[0]
         self.optimizer.step()
         self.lr_scheduler.step()

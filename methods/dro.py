@@ -8,7 +8,9 @@ its own online samples, with a hinge on the two implicit rewards:
     Dp = err(policy, x_t^p, eps_p) - err(ref, x_t^p, eps_p)
     loss = mean(max(De - Dp + margin, 0))
 
-The replay buffer, as the public code runs it.  A *row* is one expert image with its
+The replay buffer, as the public code runs it (basiclab/DiffusionDRO ``train.py:654-714`` refills,
+``:731`` samples, ``misc/buffer.py:49-127``; ``train.py:806-807`` refreshes the sampling network;
+its sampler's levels are ``per_row_sigmas``).  A *row* is one expert image with its
 caption and a trajectory the policy sampled **from that caption**: the caption goes
 through the training prompt encoding once (caption dropout included), and from that
 conditioning the policy samples from pure noise (DPM-Solver++, ``sampler_steps`` steps,
@@ -20,7 +22,7 @@ row (distinct rows while there are enough) and one visited state of it: the expe
 noises the row's expert latent at that state's t with fresh noise, the policy term uses
 the stored (x_t, eps_policy), and both see the row's conditioning.  The sampling network
 is the current policy: the public code refreshes its snapshot after every optimizer step
-(M = 1), and the weights do not change in between.
+(M = 1, ``train.py:806-807``), and the weights do not change in between.
 
 Published configuration: 4 experts per forward/backward, refilled every iteration into a
 buffer of 4 rows, so each optimizer step (accumulation 16) sees 64 fresh trajectories,
@@ -95,13 +97,16 @@ def flow_trajectory_timesteps(n: int, steps: int, generator: torch.Generator, pr
 
 @torch.no_grad()
 def sample_trajectories(models: Models, cond: Cond, shape: tuple[int, ...], timesteps: torch.Tensor,
-                        generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+                        generator: torch.Generator, per_row_sigmas: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """Sample one trajectory per conditioning with the policy (CFG 1: the conditional prediction alone),
-    each row on its own timesteps; return every visited state: x (n, steps, C, H, W) and the policy's
-    eps at it (same shape).
+    the network seeing each row's own timesteps; return every visited state: x (n, steps, C, H, W) and
+    the policy's eps at it (same shape).
 
-    One DPM-Solver++ scheduler per row keeps each row's multistep history on its own timesteps, while
-    the network runs on the whole batch at once.
+    One DPM-Solver++ scheduler per row keeps each row's multistep history, while the network runs on the
+    whole batch at once.  ``per_row_sigmas``: each row integrates on its own noise levels; False: every
+    row on row 0's levels (its step k taken from row 0's sigma_k to sigma_k+1), as the public sampler
+    (basiclab/DiffusionDRO ``misc/patch.py:57-58`` sets the levels from ``timesteps[:, 0]``, ``:185-195``
+    swaps in each row's timesteps and history but not the levels).
     """
     from diffusers import DPMSolverMultistepScheduler
 
@@ -110,7 +115,8 @@ def sample_trajectories(models: Models, cond: Cond, shape: tuple[int, ...], time
     for row in timesteps:
         scheduler = DPMSolverMultistepScheduler.from_config(models.scheduler.config, algorithm_type="dpmsolver++",
                                                             solver_order=2)
-        scheduler.set_timesteps(timesteps=row.tolist())
+        scheduler.set_timesteps(timesteps=(row if per_row_sigmas else timesteps[0]).tolist())
+        scheduler.timesteps = row.to(scheduler.timesteps)  # a step finds its index among the row's own timesteps
         schedulers.append(scheduler)
     device = cond.hidden.device
     x = torch.randn((n, *shape), generator=generator).to(device) * schedulers[0].init_noise_sigma
@@ -125,14 +131,17 @@ def sample_trajectories(models: Models, cond: Cond, shape: tuple[int, ...], time
 
 @torch.no_grad()
 def sample_flow_trajectories(models: Models, cond: Cond, shape: tuple[int, ...], timesteps: torch.Tensor,
-                             generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+                             generator: torch.Generator,
+                             per_row_sigmas: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """Euler steps of the probability-flow ODE from pure noise with the policy (CFG 1), each row on its own
     levels ``timesteps / T`` and then to sigma = 0: ``x <- x + (sigma_next - sigma) v``.  Returns every
-    visited state x (n, steps, C, H, W) and the policy's velocity at it (same shape)."""
+    visited state x (n, steps, C, H, W) and the policy's velocity at it (same shape).  ``per_row_sigmas``
+    False: every row steps between row 0's levels while the network sees its own, as the DDPM form's."""
     n, steps = timesteps.shape
     device = cond.hidden.device
     timesteps = timesteps.to(device)
-    sigmas = torch.cat([timesteps / models.process.num_train_timesteps, torch.zeros(n, 1, device=device)], dim=1)
+    levels = timesteps if per_row_sigmas else timesteps[:1].expand(n, -1)
+    sigmas = torch.cat([levels / models.process.num_train_timesteps, torch.zeros(n, 1, device=device)], dim=1)
     x = torch.randn((n, *shape), generator=generator).to(device)
     xs, velocities = [], []
     for i in range(steps):
@@ -144,7 +153,8 @@ def sample_flow_trajectories(models: Models, cond: Cond, shape: tuple[int, ...],
 
 @dataclass
 class DROConfig(TrainConfig):
-    # Paper App. A.2 / code defaults: AdamW lr 1e-4 constant, no warmup, clip 1.0, 4 images per GPU,
+    # Paper App. A.2 / code defaults: AdamW lr 1e-4 constant, no warmup, clip 1.0 (an argument that never acts
+    # in the code: the sd15 / sdxl presets do not clip), 4 images per GPU,
     # effective batch 256, 1600 steps, EMA 0.9999, margin 0.001, 20% empty captions, top-500 experts
     # ranked by HPSv2 (the paper's main setting; "pickscore" is its other one).
     lr: float = 1e-4
@@ -160,8 +170,12 @@ class DROConfig(TrainConfig):
     sampler_steps: int = 20
     perturb_timesteps: bool = True
     buffer_size: int = 4  # rows (expert + its own trajectory) kept, the newest (per process)
-    refill_every: int = 1  # forward/backward iterations between refills (public code: every one)
+    refill_every: int = 1  # forward/backward iterations between refills (public code: every one, train.py:655)
     refill_rows: int | None = None  # experts of the micro-batch made into rows per refill; None: all of them
+    # Each trajectory integrated on its own noise levels.  False: every trajectory of a refill on the first
+    # one's levels, the network still told its own timesteps, as the public sampler (misc/patch.py:57-58,
+    # 185-195): its negatives then lie at other levels than their labelled t (docs/methods.md).
+    per_row_sigmas: bool = True
 
 
 @register_method("dro")
@@ -169,12 +183,19 @@ class DRO(Method):
     description = "Diffusion-DRO: expert demos vs the policy's own samples, hinge ranking loss (Wu et al. 2025)"
     Config = DROConfig
     presets = {
-        # 4 GPUs x 4 images x 16 accumulation = 256; bf16 weights as the public code (no fp32 master copy),
-        # its EMA kept on the CPU between updates.
-        "sd15": {"effective_batch_size": 256, "mixed_precision": "bf16", "master_weights": "bf16", "ema_on_cpu": True},
-        # The paper trains SD1.5 only: this is the same recipe carried over, not a published one.
-        "sdxl": {"effective_batch_size": 256, "mixed_precision": "bf16", "master_weights": "bf16", "ema_on_cpu": True},
-        # Not published for SD3: the SD1.5 recipe carried over.
+        # 4 GPUs x 4 images x 16 accumulation = 256; the UNet loaded and trained in bf16, no fp32 master copy
+        # (train.py:379-389), its AdamW per operation in bf16 (:460-461, torch 2.3.1's foreach), its EMA on
+        # the CPU between updates.  The public code's quirks, kept (docs/methods.md, "The public code, as it
+        # runs"): no gradient clipping (AdamW exhausts the filter iterator of :460, so :781 clips an empty
+        # list), every trajectory of a refill integrated on the first one's levels (misc/patch.py:57-58).
+        "sd15": {"effective_batch_size": 256, "mixed_precision": "bf16", "master_weights": "bf16", "ema_on_cpu": True,
+                 "adamw_fused": False, "max_grad_norm": None, "per_row_sigmas": False},
+        # The public code's --sdxl path (the paper trains SD1.5 only, with no SDXL launcher): the same
+        # optimizer, AdamW (train.py:460-461 whatever --sdxl; not the preset's Adafactor), and quirks.
+        "sdxl": {"effective_batch_size": 256, "mixed_precision": "bf16", "master_weights": "bf16", "ema_on_cpu": True,
+                 "adamw_fused": False, "max_grad_norm": None, "per_row_sigmas": False, "optimizer": "adamw"},
+        # Not published for SD3 (the public code has no SD3 path): the SD1.5 recipe carried over without the
+        # SD1.5 code's accidents: it clips at 1.0, runs the fused AdamW, integrates each trajectory on its levels.
         "sd35": {"effective_batch_size": 256, "master_weights": "bf16", "ema_on_cpu": True},
         # The published buffer semantics (each row an expert with a trajectory sampled from its own caption),
         # made cheaper: 4 of the 16 experts of each step become rows of a 16-row buffer (published: every
@@ -224,10 +245,12 @@ class DRO(Method):
         if process.kind == "flow":
             timesteps = flow_trajectory_timesteps(len(cond), config.sampler_steps, generator, process,
                                                   config.perturb_timesteps)
-            return timesteps, *sample_flow_trajectories(models, cond, self.latent_shape, timesteps, generator)
+            return timesteps, *sample_flow_trajectories(models, cond, self.latent_shape, timesteps, generator,
+                                                        config.per_row_sigmas)
         timesteps = trajectory_timesteps(len(cond), config.sampler_steps, generator,
                                          models.scheduler.config.num_train_timesteps, config.perturb_timesteps)
-        return timesteps, *sample_trajectories(models, cond, self.latent_shape, timesteps, generator)
+        return timesteps, *sample_trajectories(models, cond, self.latent_shape, timesteps, generator,
+                                               config.per_row_sigmas)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return dict(self.buffer)
@@ -240,7 +263,7 @@ class DRO(Method):
             self.refill(batch, models)
         n, rows, states = len(batch.cond), len(self.buffer["t"]), self.buffer["t"].shape[1]
         generator = batch.generator
-        # As the public buffer: distinct rows while the buffer has enough, then with replacement.
+        # As the public buffer (misc/buffer.py:106-110): distinct rows while it has enough, then with replacement.
         row = torch.randperm(rows, generator=generator)[:n] if n <= rows else torch.randint(0, rows, (n,), generator=generator)
         state = torch.randint(0, states, (n,), generator=generator)
         device = self.buffer["t"].device

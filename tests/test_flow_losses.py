@@ -206,20 +206,23 @@ def test_sft_on_flow_is_the_mean_velocity_error(flow_nets):
 
 
 # -- DRO ------------------------------------------------------------------------------------------------------------
-def hand_flow_trajectories(net, cond: Cond, steps: int, step_seed: int) -> tuple[torch.Tensor, ...]:
+def hand_flow_trajectories(net, cond: Cond, steps: int, step_seed: int,
+                           per_row_sigmas: bool = True) -> tuple[torch.Tensor, ...]:
     """The flow sampler by hand: levels stride * [0..K-1] + one offset per row on the shifted grid, noise,
-    then x_{k+1} = x_k + (sigma_{k+1} - sigma_k) v_k down to sigma = 0."""
+    then x_{k+1} = x_k + (sigma_{k+1} - sigma_k) v_k down to sigma = 0 (not per row: row 0's sigmas in the
+    step, each row's own in the network)."""
     generator = torch.Generator().manual_seed(step_seed)
     rows, stride = len(cond), T // steps
     offsets = torch.randint(0, stride, (rows, 1), generator=generator)
     sigmas = grid_sigma(torch.arange(steps)[None, :] * stride + offsets)
+    steps_between = sigmas if per_row_sigmas else sigmas[:1].expand(rows, -1)
     x = torch.randn((rows, *LATENT), generator=generator)
     xs, vs = [], []
     for k in range(steps):
         v = velocity(net, x, sigmas[:, k], cond)
         xs.append(x), vs.append(v)
-        sigma_next = sigmas[:, k + 1] if k + 1 < steps else torch.zeros(rows)
-        x = x + (sigma_next - sigmas[:, k]).view(-1, 1, 1, 1) * v
+        sigma_next = steps_between[:, k + 1] if k + 1 < steps else torch.zeros(rows)
+        x = x + (sigma_next - steps_between[:, k]).view(-1, 1, 1, 1) * v
     return sigmas, torch.stack(xs, dim=1), torch.stack(vs, dim=1)
 
 
@@ -230,13 +233,17 @@ def dro_on_flow(models: Models, batch: Batch, **settings) -> DRO:
     return method
 
 
-def test_dro_on_flow_samples_euler_trajectories_of_the_probability_flow_ode(flow_nets):
+@pytest.mark.parametrize("per_row_sigmas", [True, False])
+def test_dro_on_flow_samples_euler_trajectories_of_the_probability_flow_ode(flow_nets, per_row_sigmas):
+    """per_row_sigmas False carries the public DDPM sampler's quirk over (misc/patch.py:57-58, 185-195):
+    row 0's levels in every row's step."""
     policy, _, _ = flow_nets
     models = flow_models(flow_nets)
     batch = flow_batch(3, 3, seed=4, step_seed=14)
-    method = dro_on_flow(models, batch, sampler_steps=4, buffer_size=8)
+    method = dro_on_flow(models, batch, sampler_steps=4, buffer_size=8, per_row_sigmas=per_row_sigmas)
     assert models.unet_evals == 3 * 4  # one policy evaluation per visited state, CFG 1
-    sigmas, xs, vs = hand_flow_trajectories(policy, batch.cond, 4, step_seed=14)
+    sigmas, xs, vs = hand_flow_trajectories(policy, batch.cond, 4, step_seed=14, per_row_sigmas=per_row_sigmas)
+    assert not torch.equal(sigmas[0], sigmas[1])  # rows on different levels: the setting matters here
     assert (sigmas[:, 0] > grid_sigma(torch.tensor(T // 4))).all()  # each row starts within a stride of sigma 1
     torch.testing.assert_close(method.buffer["t"], sigmas * T)
     torch.testing.assert_close(method.buffer["x"], xs, rtol=1e-4, atol=1e-4)

@@ -278,6 +278,54 @@ def test_dro_buffer_rows_pair_each_expert_with_a_trajectory_from_its_own_conditi
             x = scheduler.step(eps, tau, x).prev_sample
 
 
+def dpm_solver_pp_2m(x: torch.Tensor, steps: int, levels: torch.Tensor, network_t: torch.Tensor, eps_of,
+                     alphas_cumprod: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """DPM-Solver++(2M) written from its paper (Lu et al. 2022, multistep second order, data prediction): the
+    states x_0..x_{K-1} it visits and the eps it was given.  The step integrates between the noise levels of
+    ``levels`` while the network is told ``network_t``."""
+    alpha, sigma = alphas_cumprod[levels].sqrt().double(), (1 - alphas_cumprod[levels]).sqrt().double()
+    lam = torch.log(alpha / sigma)
+    xs, epss, previous = [], [], None
+    for k in range(steps - 1):  # the final step's result (sigma = 0) is no visited state
+        eps = eps_of(x, network_t[k])
+        xs.append(x), epss.append(eps)
+        data = (x.double() - sigma[k] * eps.double()) / alpha[k]
+        h = lam[k + 1] - lam[k]
+        if previous is None:  # first order at the first step
+            direction = data
+        else:
+            r = (lam[k] - lam[k - 1]) / h
+            direction = (1 + 1 / (2 * r)) * data - previous / (2 * r)
+        x = (sigma[k + 1] / sigma[k] * x.double() - alpha[k + 1] * torch.expm1(-h) * direction).float()
+        previous = data
+    xs.append(x), epss.append(eps_of(x, network_t[steps - 1]))
+    return xs, epss
+
+
+@pytest.mark.parametrize("per_row_sigmas", [True, False])
+def test_dro_sampler_integrates_each_row_on_its_own_levels_or_on_row_zeros_as_the_public_sampler(
+        tiny_models, per_row_sigmas):
+    """per_row_sigmas False is basiclab/DiffusionDRO's sampler: misc/patch.py:57-58 sets the DPM-Solver++ levels
+    from the first trajectory's timesteps, :185-195 swaps each row's timesteps and history in but not the
+    levels; the network is told each row's own timestep.  Checked against the solver written by hand."""
+    models = make_models(tiny_models)
+    parts = make_batch(3, 3, seed=8)
+    method = dro_with_buffer(models, DROConfig(sampler_steps=5, buffer_size=8, per_row_sigmas=per_row_sigmas),
+                             batch_with(parts, 9))
+    buffer, alphas_cumprod = method.buffer, models.process.alphas_cumprod
+    assert len({int(t) for t in buffer["t"][:, 0]}) == 3  # three different offsets: the levels differ by row
+
+    def eps_of(row):
+        return lambda x, t: models._unwrapped(x, t.view(1), encoder_hidden_states=parts[1].hidden[row:row + 1]).sample
+
+    for row in range(3):
+        levels = buffer["t"][row if per_row_sigmas else 0]
+        with torch.no_grad():
+            xs, epss = dpm_solver_pp_2m(buffer["x"][row, :1], 5, levels, buffer["t"][row], eps_of(row), alphas_cumprod)
+        torch.testing.assert_close(buffer["x"][row], torch.cat(xs), rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(buffer["eps"][row], torch.cat(epss), rtol=1e-4, atol=1e-4)
+
+
 def test_dro_loss_compares_each_expert_with_its_own_rows_trajectory_under_one_conditioning(tiny_models):
     unet, scheduler = tiny_models
     recorder = Recorder(copy.deepcopy(unet))

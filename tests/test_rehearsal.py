@@ -88,6 +88,10 @@ def test_published_recipes_run_end_to_end_offline(shape, request, tmp_path, pick
     assert smpo_state["config"]["pair_scorer"] == "pickscore-cosine"
     dro_state = json.loads((out / "models" / "dro" / "final" / "trainer_state.json").read_text())
     assert dro_state["config"]["master_weights"] == "bf16" and dro_state["config"]["ema_decay"] == 0.9999
+    # The public code's quirks, trained through (docs/methods.md): AdamW (on SDXL too) per operation in bf16,
+    # no clipping, every trajectory on row 0's levels.
+    assert {k: dro_state["config"][k] for k in ("optimizer", "adamw_fused", "max_grad_norm", "per_row_sigmas")} == {
+        "optimizer": "adamw", "adamw_fused": False, "max_grad_norm": None, "per_row_sigmas": False}
 
     board = harness_cli("leaderboard", "--out", str(out), "--format", "json")
     assert board.returncode == 0, board.stderr

@@ -256,9 +256,10 @@ def test_ema_follows_the_diffusers_schedule_from_the_first_step(tiny_model_dir, 
 @pytest.mark.parametrize("refill_every, evals_per_sample", [(1, 7.0), (2, 5.5)])
 def test_dro_refills_from_each_micro_batch_as_the_public_code(tiny_model_dir, data_dir, tmp_path, refill_every,
                                                               evals_per_sample):
-    """Published: every forward/backward turns its experts into buffer rows, one trajectory each.  With 2
-    experts, 3 sampler steps, policy and reference on 2 expert + 2 policy states: (2*3 + 4 + 4) / 2 = 7
-    UNet evaluations per sample; refilling every second iteration: (14 + 8) / 4 = 5.5."""
+    """Published (basiclab/DiffusionDRO train.py:654-714): every forward/backward turns its experts into buffer
+    rows, one trajectory each.  With 2 experts, 3 sampler steps, policy and reference on 2 expert + 2 policy
+    states: (2*3 + 4 + 4) / 2 = 7 UNet evaluations per sample; refilling every second iteration: (14 + 8) / 4
+    = 5.5."""
     overrides = {**FAST, "max_steps": 2, "grad_accum": 2, "sampler_steps": 3, "buffer_size": 2,
                  "refill_every": refill_every, "ema_decay": None}
     result = train("dro", base_model=tiny_model_dir, data_dir=data_dir, output_dir=tmp_path / "dro", overrides=overrides)
@@ -266,6 +267,8 @@ def test_dro_refills_from_each_micro_batch_as_the_public_code(tiny_model_dir, da
 
 
 def test_pure_bf16_weights_as_the_public_dro_code(tiny_model_dir, data_dir, tmp_path):
+    """basiclab/DiffusionDRO train.py:379-389 trains the UNet in bf16 (no fp32 copy); :392 its EMA over those
+    bf16 weights."""
     from diffusers import UNet2DConditionModel
 
     overrides = {**FAST, "max_steps": 2, "mixed_precision": "bf16", "master_weights": "bf16", "ema_decay": 0.9}
@@ -318,3 +321,60 @@ def test_batches_flip_images_and_sample_the_posterior_as_the_public_scripts(tiny
     assert all(not torch.equal(batch.latents, batch.means) for batch in published)  # a fresh posterior sample
     plain = batches(random_flip=False, latent_sample=False)
     assert all(not key.endswith("-flip") and torch.equal(b.latents, b.means) for b in plain for key in b.keys)
+
+
+def test_adamw_per_operation_rounds_every_operation_to_bf16_as_the_public_dro_code():
+    """adamw_fused False: torch's foreach AdamW, whose every operation rounds to the weights' dtype: on a bf16
+    UNet, the public DRO optimizer (basiclab/DiffusionDRO train.py:460-461, torch 2.3.1's default on CUDA:
+    foreach).  Checked against AdamW written here operation by operation, each in fp32 and rounded to bf16;
+    the fused kernel (its arithmetic in fp32, only the results rounded) is not that."""
+    from harness.api import TrainConfig
+    from harness.trainer import make_optimizer
+
+    lr, (b1, b2), eps, wd = 1e-3, (0.9, 0.999), 1e-8, 0.01
+    generator = torch.Generator().manual_seed(0)
+    start = (0.05 * torch.randn(4096, generator=generator)).bfloat16()
+    grads = [(torch.randn(4096, generator=generator) * 10 ** torch.empty(4096).uniform_(-3, 0, generator=generator))
+             .bfloat16() for _ in range(5)]
+
+    def bf16(x: torch.Tensor) -> torch.Tensor:
+        return x.to(torch.bfloat16)
+
+    param, m, v = start.clone(), torch.zeros_like(start), torch.zeros_like(start)
+    for k, grad in enumerate(grads, 1):
+        param = bf16(param.float() * (1 - lr * wd))
+        m = bf16(torch.lerp(m.float(), grad.float(), 1 - b1))
+        v = bf16(v.float() * b2)
+        v = bf16(torch.addcmul(v.float(), grad.float(), grad.float(), value=1 - b2))
+        denom = bf16(bf16(bf16(v.float().sqrt()).float() / (1 - b2 ** k) ** 0.5).float() + eps)
+        param = bf16(param.float() - lr / (1 - b1 ** k) * m.float() / denom.float())
+
+    def trained(fused: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        weights = torch.nn.Parameter(start.clone())
+        optimizer = make_optimizer([weights], TrainConfig(adamw_fused=fused, weight_decay=wd), lr)
+        for grad in grads:
+            weights.grad = grad.clone()
+            optimizer.step()
+        return weights.detach(), optimizer.state[weights]["exp_avg_sq"]
+
+    per_operation, fused = trained(False), trained(True)
+    assert per_operation[0].dtype == torch.bfloat16 and per_operation[1].dtype == torch.bfloat16
+    assert torch.equal(per_operation[0], param) and torch.equal(per_operation[1], v)
+    assert (fused[0] != param).float().mean() > 0.02 and (fused[1] != v).float().mean() > 0.1
+
+
+def test_unclipped_training_logs_the_gradient_norm_that_goes_through(tiny_model_dir, data_dir, tmp_path):
+    """max_grad_norm None, DRO's published recipes (basiclab/DiffusionDRO train.py:460-461 and :781 clip
+    nothing): the weights are those of a clip that never acts (at 1e9), and the norm is logged as with a clip;
+    a clip that acts (1e-3) changes the weights."""
+    runs = {}
+    for name, clip in (("none", None), ("never", 1e9), ("acts", 1e-3)):
+        logged: list[dict] = []
+        result = train("sft", base_model=tiny_model_dir, data_dir=data_dir, output_dir=tmp_path / name,
+                       overrides={**FAST, "max_steps": 2, "max_grad_norm": clip},
+                       on_log=lambda step, terms: logged.append(terms))
+        runs[name] = (unet_weights(result.unet_dir), [terms["grad_norm"] for terms in logged])
+    (none, none_norms), (never, never_norms), (acts, _) = runs["none"], runs["never"], runs["acts"]
+    assert none_norms == pytest.approx(never_norms) and min(none_norms) > 1e-3
+    assert all(torch.equal(none[k], never[k]) for k in none)
+    assert any(not torch.equal(none[k], acts[k]) for k in none)

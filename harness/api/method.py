@@ -53,6 +53,10 @@ class TrainConfig:
     adam_beta1: float = 0.9
     adam_beta2: float = 0.999
     adam_epsilon: float = 1e-8
+    # AdamW as one fused kernel: its arithmetic in fp32 whatever the weights' dtype (its state stored in that
+    # dtype).  False: torch's foreach AdamW, every operation rounded to the weights' dtype; on bf16 weights
+    # that is the public DRO code's optimizer (train.py:461, torch 2.3.1's default on CUDA: foreach).
+    adamw_fused: bool = True
     weight_decay: float = 1e-2
     max_grad_norm: float | None = 1.0
     mixed_precision: Literal["no", "fp16", "bf16"] = "no"
