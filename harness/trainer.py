@@ -447,7 +447,8 @@ class Trainer:
                       str(tmp / f"method-{self.rank}.safetensors"))
         self.accelerator.wait_for_everyone()
         if self.accelerator.is_main_process:
-            state = {"step": step, **counters, "skipped": sorted(self.loader.skipped), **self._config_record()}
+            state = {"step": step, **counters, "skipped": sorted(self.loader.skipped), **self._config_record(),
+                     "ema_updates": self.ema.model.optimization_step if self.ema is not None else 0}
             (tmp / "trainer_state.json").write_text(json.dumps(state, indent=1, default=str), encoding="utf-8")
             shutil.rmtree(final, ignore_errors=True)
             os.replace(tmp, final)  # a checkpoint exists completely or not at all
@@ -471,7 +472,7 @@ class Trainer:
         self.optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location=self.device, weights_only=True))
         self.lr_scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
         if self.ema is not None:
-            self.ema.load(load_file(str(path / "ema.safetensors")), updates=state["step"])  # one update per step
+            self.ema.load(load_file(str(path / "ema.safetensors")), updates=state.get("ema_updates", state["step"]))
         self.loader.skipped.update(state.get("skipped", []))  # corrupt images seen before the interruption
         method_file = path / f"method-{self.rank}.safetensors"
         if method_file.exists():
@@ -573,11 +574,20 @@ class Trainer:
             grad_norm = self.accelerator.clip_grad_norm_(list(params.values()), self.config.max_grad_norm)
             terms["grad_norm"] = float(grad_norm)
         terms["lr"] = self.lr_scheduler.get_last_lr()[0]
+        scaler = self.accelerator.scaler  # fp16 only
+        scale = scaler.get_scale() if scaler is not None else None
         self.optimizer.step()
-        self.lr_scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        if self.ema is not None:
-            self.ema.update(params)
+        # A step the fp16 loss scaler skipped (an overflow) leaves the weights as they were: the LR schedule
+        # and the EMA do not advance either, as accelerate's AcceleratedScheduler (0.27.2, scheduler.py:66-68)
+        # treats the public scripts' prepared scheduler.  Told by the scale's back-off, not by accelerate's
+        # step_was_skipped, which a fused AdamW (it skips inside its kernel) never sets.
+        skipped = scale is not None and scaler.get_scale() < scale
+        terms["skipped_step"] = float(skipped)
+        if not skipped:
+            self.lr_scheduler.step()
+            if self.ema is not None:
+                self.ema.update(params)
         return terms
 
     def _tensorboard(self):

@@ -318,3 +318,41 @@ def test_batches_flip_images_and_sample_the_posterior_as_the_public_scripts(tiny
     assert all(not torch.equal(batch.latents, batch.means) for batch in published)  # a fresh posterior sample
     plain = batches(random_flip=False, latent_sample=False)
     assert all(not key.endswith("-flip") and torch.equal(b.latents, b.means) for b in plain for key in b.keys)
+
+
+def test_a_step_the_fp16_scaler_skips_advances_neither_the_lr_schedule_nor_the_ema(tiny_model_dir, data_dir, tmp_path):
+    """An fp16 overflow: the loss scaler skips the optimizer step, and accelerate's AcceleratedScheduler
+    (0.27.2, scheduler.py:66-68), which the public scripts' prepared scheduler is, skips the LR schedule's
+    step too.  The scaler is torch's GradScaler at its default scale, the one accelerate installs for fp16 on
+    a GPU (on a CPU the trainer has none); SFT's loss times 1e36 overflows once scaled, as fp16's range does.
+    The fused AdamW skips inside its kernel, so accelerate's step_was_skipped stays False: the scale's
+    back-off tells."""
+    from accelerate.optimizer import AcceleratedOptimizer
+
+    from methods.sft import SFT
+    from harness.trainer import Trainer
+
+    class LargeLoss(SFT):
+        def loss(self, batch, models):
+            loss, logs = super().loss(batch, models)
+            return loss * 1e36, logs
+
+    config = resolve_config("sft", None, {**FAST, "warmup_steps": 5, "ema_decay": 0.9})
+    trainer = Trainer(LargeLoss(config), base_model=str(tiny_model_dir), data_dir=data_dir,
+                      output_dir=tmp_path / "unused", seed=0, on_log=None)
+    trainer._setup()
+    scaler = torch.amp.GradScaler("cpu")
+    trainer.accelerator.scaler = scaler
+    trainer.optimizer = AcceleratedOptimizer(trainer.optimizer.optimizer, device_placement=False, scaler=scaler)
+    trainer.accelerator._optimizers = [trainer.optimizer]
+    params = {n: p for n, p in trainer.unet.named_parameters() if p.requires_grad}
+    before = {n: p.detach().clone() for n, p in params.items()}
+    terms = trainer._optimizer_step(0, params)
+    assert terms["skipped_step"] == 1.0 and scaler.get_scale() == 2.0**15
+    assert all(torch.equal(before[n], p) for n, p in params.items())
+    assert trainer.lr_scheduler.last_epoch == 0 and trainer.ema.model.optimization_step == 0
+    scaler.update(1e-3)  # a scale the scaled loss fits in: the next step is taken
+    terms = trainer._optimizer_step(1, params)
+    assert terms["skipped_step"] == 0.0
+    assert trainer.lr_scheduler.last_epoch == 1 and trainer.ema.model.optimization_step == 1
+    assert trainer._optimizer_step(2, params)["lr"] == pytest.approx(FAST["lr"] / 5)  # warmup's first step, not its second
