@@ -177,18 +177,23 @@ class EMA:
 
 
 class SampleOrder:
-    """Which record each global sample position reads: a fresh permutation per epoch, fixed by the seed."""
+    """Which record each global sample position reads: a fresh permutation per epoch, fixed by the seed; with
+    ``weights``, each epoch's ``size`` draws with replacement in proportion to them (torch's
+    ``WeightedRandomSampler``, as the public KTO code samples)."""
 
-    def __init__(self, size: int, seed: int) -> None:
+    def __init__(self, size: int, seed: int, weights: Any = None) -> None:
         self.size = size
         self.seed = seed
+        self.weights = None if weights is None else torch.as_tensor(weights, dtype=torch.double)
         self._epoch, self._perm = -1, torch.empty(0, dtype=torch.long)
 
     def __call__(self, position: int) -> int:
         epoch, offset = divmod(position, self.size)
         if epoch != self._epoch:
             generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-            self._epoch, self._perm = epoch, torch.randperm(self.size, generator=generator)
+            self._epoch = epoch
+            self._perm = (torch.randperm(self.size, generator=generator) if self.weights is None else
+                          torch.multinomial(self.weights, self.size, replacement=True, generator=generator))
         return int(self._perm[offset])
 
 
@@ -256,7 +261,7 @@ class Trainer:
         self.loader = ImageLoader()
         self._setup_models()
         self._setup_optimizer()
-        self.order = SampleOrder(len(self.examples), self.seed)
+        self.order = SampleOrder(len(self.examples), self.seed, self.examples.weights)
         self.context = self._context()
         self.method.setup(self.context)
 
@@ -273,7 +278,11 @@ class Trainer:
         return TrainingContext(models=self.models, scheduler=self.noise_scheduler, latent_shape=self.latent_shape,
                                grad_accum=self.grad_accum, captions=self.examples.captions(),
                                data_scores=self.examples.scores, encode=self.features.cond, cache=cache,
-                               device=self.device)
+                               device=self.device, batch=self._batch_of)
+
+    def _batch_of(self, step: int, micro: int) -> Batch:
+        """The micro-batch ``make_batch`` gives in the loop, with the generator the loop hands it."""
+        return self.make_batch(step, micro, step_generator(self.seed, step, micro, self.rank))
 
     def _setup_accelerator(self) -> None:
         from accelerate import Accelerator

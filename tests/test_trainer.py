@@ -355,4 +355,4 @@ def test_a_step_the_fp16_scaler_skips_advances_neither_the_lr_schedule_nor_the_e
     terms = trainer._optimizer_step(1, params)
     assert terms["skipped_step"] == 0.0
     assert trainer.lr_scheduler.last_epoch == 1 and trainer.ema.model.optimization_step == 1
-    assert trainer._optimizer_step(2, params)["lr"] == pytest.approx(FAST["lr"] / 5)  # warmup's first step, not its second
+    assert trainer._optimizer_step(2, params)["lr"] == pytest.approx(FAST["lr"] / 5)  # warmup's first step, not the second

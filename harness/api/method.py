@@ -236,6 +236,9 @@ class TrainingContext:
     encode: Callable[[list[str]], Cond]  # captions -> conditioning, as the batches are encoded
     cache: Callable[[str], Path]
     device: torch.device
+    # (step, micro) -> that micro-batch of this process, exactly as the trainer will hand it to ``loss`` (for a
+    # method whose ``before_micro_step`` draws nothing from the generator): a look at the whole step ahead.
+    batch: Callable[[int, int], Batch] | None = None
 
 
 @dataclass(frozen=True)
