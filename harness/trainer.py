@@ -378,26 +378,36 @@ class Trainer:
     def make_batch(self, step: int, micro: int, generator: torch.Generator) -> Batch:
         """This process's micro-batch: deterministic in (seed, step, micro, rank); corrupt samples replaced.
 
-        Random draws, in this order, each only when its option is on: a flip per image, the
-        latents' posterior samples, then the caption dropout.
+        Random draws, in this order, each only when its option is on: a flip per image (per pair with
+        ``joint_pair_transform``), the latents' posterior samples, then the caption dropout.
         """
         config = self.config
         size = config.batch_size
         first = ((step * self.grad_accum + micro) * self.world + self.rank) * size
         examples = [self.examples[self.order(first + slot)] for slot in range(size)]
         per_example = self.spec.images_per_example
-        flips = (torch.rand(size * per_example, generator=generator) < 0.5).tolist() if config.random_flip else None
-        slot_flips = [flips[i * per_example:(i + 1) * per_example] if flips else None for i in range(size)]
+        joint = config.joint_pair_transform and per_example == 2
+        if not config.random_flip:
+            slot_flips = [None] * size
+        elif joint:  # one coin per pair (mapo utils.py:226-233)
+            slot_flips = [[coin] * 2 for coin in (torch.rand(size, generator=generator) < 0.5).tolist()]
+        else:
+            flips = (torch.rand(size * per_example, generator=generator) < 0.5).tolist()
+            slot_flips = [flips[i * per_example:(i + 1) * per_example] for i in range(size)]
+
+        def encode(example, flips):
+            return self.features.latents(list(example.images), flips, list(example.size_from) if joint else None)
+
         chosen = []
         for slot, example in enumerate(examples):
-            encoded = self.features.latents(list(example.images), slot_flips[slot])
+            encoded = encode(example, slot_flips[slot])
             attempt = 0
             while any(posterior is None for _, posterior in encoded):  # corrupt: take the next sample in the order
                 attempt += 1
                 if attempt >= len(self.examples):
                     raise HarnessError(f"no training sample in {self.data_dir} has decodable images")
                 example = self.examples[self.order(first + slot + attempt)]
-                encoded = self.features.latents(list(example.images), slot_flips[slot])
+                encoded = encode(example, slot_flips[slot])
             chosen.append((example, encoded))
         # Image slot by image slot: for pairs all winners, then all losers (the layout pair losses chunk in two).
         posteriors = [enc[i][1] for i in range(per_example) for _, enc in chosen]

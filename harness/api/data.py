@@ -49,6 +49,9 @@ class Example:
     images: tuple[ImageSource, ...]
     scores: tuple[float, ...] = ()
     labels: tuple[float, ...] = ()
+    # Per image, the index of the image whose size it is resized to before the shared transform, when the pair is
+    # transformed as one (``TrainConfig.joint_pair_transform``): the source's image_1 takes image_0's size.
+    size_from: tuple[int | None, ...] = ()
 
 
 class Examples(Sequence):
@@ -130,7 +133,8 @@ class Pairs(DataSpec):
         if len(pairs) == 0:
             raise HarnessError(f"no usable training pairs in {source} (ties are dropped)")
         return Examples(pairs, 1, lambda pair, _: Example(pair.caption, (pair.image_w, pair.image_l),
-                                                          (_score(pair.score_w), _score(pair.score_l)), (NAN, NAN)),
+                                                          (_score(pair.score_w), _score(pair.score_l)), (NAN, NAN),
+                                                          (None, 0) if pair.preferred_is_image_0 else (1, None)),
                         pair_scores(pairs))
 
     def prepare(self, source: str, training_source: str, scorer_options: dict[str, Any], say: Say) -> tuple[list[str], str]:

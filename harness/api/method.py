@@ -70,6 +70,10 @@ class TrainConfig:
     # fresh sample of the VAE posterior each time it is used.  False: no flip / the posterior mean.
     random_flip: bool = True
     latent_sample: bool = True
+    # Pairs: one flip for both images of a pair, the source's image_1 first resized to image_0's size (MaPO's
+    # transform of the pair as one tensor).  False: each image flipped on its own coin, at its own size (the
+    # Salesforce DPO and SmPO scripts transform each image separately).
+    joint_pair_transform: bool = False
     resolution: int | None = None  # None: the UNet's native size x the VAE's scale factor
     init_unet: str | None = None  # start policy and reference from this UNet (e.g. an SFT run's output)
     # Start from the UNet another method trains first on the same data (SmPO's SD1.5 recipe: "sft"):
