@@ -333,7 +333,8 @@ class Trainer:
         else:
             import copy
 
-            frozen_ref = copy.deepcopy(unet).requires_grad_(False).eval().to(self.weight_dtype)
+            reference_dtype = {None: self.weight_dtype, "fp16": torch.float16, "bf16": torch.bfloat16}[config.reference_dtype]
+            frozen_ref = copy.deepcopy(unet).requires_grad_(False).eval().to(reference_dtype)
             reference = lambda: (frozen_ref, nullcontext())  # noqa: E731
         if config.gradient_checkpointing:
             unet.enable_gradient_checkpointing()
@@ -372,7 +373,8 @@ class Trainer:
         self.policy, self.optimizer = self.accelerator.prepare(self.unet, optimizer)
         self.ema = EMA(trainable_parameters(self.unet), config.ema_decay, config.ema_on_cpu) if config.ema_decay else None
         self.models = Models(policy=self.policy, unwrapped=self.unet, reference=self.reference,
-                             scheduler=self.noise_scheduler, autocast=self.accelerator.autocast)
+                             scheduler=self.noise_scheduler, autocast=self.accelerator.autocast,
+                             reference_in_own_dtype=self.config.reference_dtype is not None)
 
     # -- data ---------------------------------------------------------------------------------------
     def make_batch(self, step: int, micro: int, generator: torch.Generator) -> Batch:

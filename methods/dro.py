@@ -171,7 +171,9 @@ class DRO(Method):
     presets = {
         # 4 GPUs x 4 images x 16 accumulation = 256; bf16 weights as the public code (no fp32 master copy),
         # its EMA kept on the CPU between updates.
-        "sd15": {"effective_batch_size": 256, "mixed_precision": "bf16", "master_weights": "bf16", "ema_on_cpu": True},
+        # The reference network and its errors in bf16 (train.py:363-368, 753-758).
+        "sd15": {"effective_batch_size": 256, "mixed_precision": "bf16", "master_weights": "bf16", "ema_on_cpu": True,
+                 "reference_dtype": "bf16"},
         # The paper trains SD1.5 only: this is the same recipe carried over, not a published one.
         "sdxl": {"effective_batch_size": 256, "mixed_precision": "bf16", "master_weights": "bf16", "ema_on_cpu": True},
         # Not published for SD3: the SD1.5 recipe carried over.

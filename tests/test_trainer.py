@@ -356,3 +356,36 @@ def test_a_step_the_fp16_scaler_skips_advances_neither_the_lr_schedule_nor_the_e
     assert terms["skipped_step"] == 0.0
     assert trainer.lr_scheduler.last_epoch == 1 and trainer.ema.model.optimization_step == 1
     assert trainer._optimizer_step(2, params)["lr"] == pytest.approx(FAST["lr"] / 5)  # warmup's first step, not the second
+
+
+@pytest.mark.parametrize("dtype, name", [(torch.float16, "fp16"), (torch.bfloat16, "bf16")])
+def test_reference_dtype_runs_the_reference_and_its_errors_in_that_dtype_outside_autocast(dtype, name, tiny_model_dir,
+                                                                                         data_dir, tmp_path):
+    """Salesforce DPO train.py:939, 1132-1137 (SmPO train.py:880, 1052-1057): the reference UNet cast to fp16 and
+    called outside autocast, ``(ref_pred - target).pow(2).mean(dim=[1,2,3])`` on fp16 tensors; DRO train.py:363-368,
+    753-758 the same in bf16.  Computed here from the base UNet's weights, independently of the trainer."""
+    from diffusers import UNet2DConditionModel
+
+    from harness.api import per_sample_error
+    from harness.api.registry import METHODS
+    from harness.trainer import Trainer, step_generator
+
+    config = resolve_config("dpo", None, {**FAST, "reference_dtype": name, "mixed_precision": "bf16"})
+    trainer = Trainer(METHODS.get("dpo")(config), base_model=str(tiny_model_dir), data_dir=data_dir,
+                      output_dir=tmp_path / "unused", seed=0, on_log=None)
+    trainer._setup()
+    batch = trainer.make_batch(0, 0, step_generator(0, 0, 0, 0))
+    t = torch.tensor([100, 700] * 2)
+    target = torch.randn(batch.latents.shape, generator=torch.Generator().manual_seed(1))
+    x_t = batch.latents + 0.5 * target
+    cond = batch.cond.repeat(2)
+    ref_err = per_sample_error(trainer.models.reference(x_t, t, cond), target)
+    unet = UNet2DConditionModel.from_pretrained(tiny_model_dir / "unet").to(dtype).eval()
+    with torch.no_grad():
+        pred = unet(x_t.to(dtype), t, encoder_hidden_states=cond.hidden.to(dtype)).sample
+    assert pred.dtype == dtype
+    expected = (pred - target.to(dtype)).pow(2).mean(dim=[1, 2, 3]).float()
+    torch.testing.assert_close(ref_err, expected, rtol=0, atol=0)
+    assert not torch.equal(ref_err, (pred.float() - target).pow(2).mean(dim=[1, 2, 3]))  # fp32 errors differ
+    with pytest.raises(HarnessError, match="reference_dtype needs a frozen reference copy"):
+        resolve_config("dpo", None, {"reference_dtype": name, "lora_rank": 4})
