@@ -311,7 +311,8 @@ class Trainer:
         for name in ("vae", "text_encoder", "text_encoder_2", "text_encoder_3"):
             frozen = getattr(pipe, name, None)
             if frozen is not None:
-                frozen.requires_grad_(False).eval().to(self.weight_dtype)
+                fp32 = name == "vae" and config.vae_fp32
+                frozen.requires_grad_(False).eval().to(torch.float32 if fp32 else self.weight_dtype)
         unet = denoiser(pipe)  # the UNet, or SD3's transformer
         if config.init_unet:
             unet = denoiser_class(pipe).from_pretrained(config.init_unet).to(self.device)

@@ -134,6 +134,7 @@ class KTOConfig(TrainConfig):
     warmup_steps: int = 1000
     batch_size: int = 2
     caption_dropout: float = 0.2  # the script's --proportion_empty_prompts default
+    vae_fp32: bool = True  # train_kto_sd_v1.5.py:859
     beta: float = 1000.0  # --beta_dpo, the script's default (the launcher does not set it)
     lambda_desirable: float = 1.0  # --lambda_d_kto / --lambda_u_kto defaults
     lambda_undesirable: float = 1.0

@@ -101,6 +101,7 @@ class MaPOConfig(TrainConfig):
     caption_dropout: float = 0.0
     # The pair transformed as one tensor: one flip coin, image_1 first resized to image_0's size (utils.py:205-240).
     joint_pair_transform: bool = True
+    vae_fp32: bool = True  # train.py:181
 
     def validate(self) -> None:
         super().validate()

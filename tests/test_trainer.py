@@ -389,3 +389,25 @@ def test_reference_dtype_runs_the_reference_and_its_errors_in_that_dtype_outside
     assert not torch.equal(ref_err, (pred.float() - target).pow(2).mean(dim=[1, 2, 3]))  # fp32 errors differ
     with pytest.raises(HarnessError, match="reference_dtype needs a frozen reference copy"):
         resolve_config("dpo", None, {"reference_dtype": name, "lora_rank": 4})
+
+
+@pytest.mark.parametrize("method, vae_fp32, dtype", [("kto", True, torch.float32), ("mapo", True, torch.float32),
+                                                     ("dpo", False, torch.bfloat16)])
+def test_kto_and_mapo_encode_with_an_fp32_vae_whatever_the_mixed_precision(method, vae_fp32, dtype, tiny_model_dir,
+                                                                           data_dir, tmp_path):
+    """diffusion-kto train_kto_sd_v1.5.py:859 and mapo train.py:181 move the VAE to the GPU in fp32; the Salesforce
+    DPO script casts it to the mixed-precision dtype with the text encoder.  The feature cache is keyed by the
+    VAE's weights, dtype included: the two never share posteriors."""
+    from harness.api.registry import METHODS
+    from harness.trainer import Trainer
+    from harness.train_features import module_fingerprint
+
+    config = resolve_config(method, None, {**FAST, "mixed_precision": "bf16"})
+    assert config.vae_fp32 is vae_fp32
+    trainer = Trainer(METHODS.get(method)(config), base_model=str(tiny_model_dir), data_dir=data_dir,
+                      output_dir=tmp_path / "unused", seed=0, on_log=None)
+    trainer._setup()
+    assert next(trainer.features.vae.parameters()).dtype == dtype
+    assert next(trainer.features.text_encoders[0].parameters()).dtype == torch.bfloat16
+    assert module_fingerprint(trainer.features.vae) != module_fingerprint(trainer.features.vae.to(
+        torch.bfloat16 if vae_fp32 else torch.float32))

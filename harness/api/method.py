@@ -84,6 +84,9 @@ class TrainConfig:
     # `harness run` chains the two; `harness train` needs init_unet instead.
     init_method: str | None = None
     vae: str | None = None  # replacement VAE, e.g. madebyollin/sdxl-vae-fp16-fix
+    # The VAE encodes in fp32 whatever the mixed precision (the KTO and MaPO scripts); False: in the
+    # mixed-precision dtype, as the text encoders (the Salesforce DPO, SmPO and DRO scripts).
+    vae_fp32: bool = False
     cache_features: bool = True  # VAE latents and text embeddings computed once, cached on disk
     cache_dir: str | None = None  # None: $HARNESS_CACHE/train-features (content-keyed, shareable)
     checkpoint_every: int = 500
