@@ -61,7 +61,8 @@ class TrainConfig:
     # the public DRO code trains (cheaper, and updates below bf16's resolution are lost).
     master_weights: Literal["fp32", "bf16"] = "fp32"
     # The frozen reference network's weights, its forward (outside autocast) and its per-sample errors in this
-    # dtype, as the public scripts run it (Salesforce DPO and SmPO: fp16; DRO: bf16).  None: the weights in the
+    # dtype, as the public scripts run it (Salesforce DPO train.py:939, 1132-1137 and SmPO train.py:880,
+    # 1052-1057: fp16; DRO train.py:363-368, 753-758: bf16).  None: the weights in the
     # mixed-precision dtype under autocast, the errors in fp32.  Needs the frozen copy (lora_rank 0).
     reference_dtype: Literal["fp16", "bf16"] | None = None
     gradient_checkpointing: bool = False
@@ -205,7 +206,7 @@ class Models:
 def per_sample_error(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Mean over all but the batch dimension of the squared error: one number per sample, in fp32; computed in
     the prediction's dtype when that is fp16 or bf16 (a ``reference_dtype`` reference, as the public scripts'
-    ``(ref_pred - target).pow(2).mean(...)``, target and all in that dtype)."""
+    ``(ref_pred - target).pow(2).mean(...)``, target and all in that dtype: Salesforce DPO train.py:1137)."""
     dtype = pred.dtype if pred.dtype in (torch.float16, torch.bfloat16) else torch.float32
     return (pred.to(dtype) - target.to(dtype)).pow(2).flatten(1).mean(dim=1).float()
 
