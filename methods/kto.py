@@ -9,7 +9,7 @@ images and downwards for undesirable ones.  Each image has its own timestep and 
                                                                   denoises image i better than the reference)
     z_0  = max(0, mean_i g_i), no gradient                        reference point: a batch estimate of
                                                                   KL(policy || reference), over every
-                                                                  process's images
+                                                                  image of the optimizer step
     s_i  = +1 if image i is desirable, -1 if undesirable
     loss = mean_i lambda_{y_i} * (1 - sigmoid(s_i * beta * (g_i - z_0)))
                                                                   lambda_D for desirable, lambda_U for
