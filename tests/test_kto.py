@@ -181,8 +181,10 @@ def test_per_image_labels_make_an_image_preferred_once_desirable(tmp_path):
     from harness.api import LabelledImages
 
     source = write_shared_image_pairs(tmp_path / "data")
-    labels = {ex.images[0].name: ex.labels[0] for ex in LabelledImages(per_image=True).examples(source)}
+    examples = LabelledImages(per_image=True).examples(source)
+    labels = {ex.images[0].name: ex.labels[0] for ex in examples}
     assert labels == {"a.png": 1.0, "b.png": 0.0, "c.png": 1.0, "d.png": 0.0}
+    assert list(examples.captions()) == [ex.caption for ex in examples] == ["p 0", "p 0", "p 1", "p 2"]
     per_pair = [(ex.images[0].name, ex.labels[0]) for ex in LabelledImages(per_image=False).examples(source)]
     assert len(per_pair) == 6 and ("a.png", 1.0) in per_pair and ("a.png", 0.0) in per_pair
 
@@ -231,3 +233,21 @@ def test_reference_point_is_the_clamped_mean_over_the_steps_images_with_accumula
     else:
         assert all(z >= m - 1e-7 for z, m in zip(z0, step_means))  # a mean of clamps: at least the clamped mean
         assert result.unet_evals_per_sample == 2.0
+
+
+def test_per_image_labels_on_pickapic_identify_images_by_uid_without_decoding_them(tmp_path):
+    """The same rule on Pick-a-Pic rows (train_kto_sd_v1.5.py:1048-1051): image "a" wins row 0 and loses row 1,
+    so it is one desirable example; ties are not pairs.  A copy without uid columns is a one-line error."""
+    import datasets
+
+    from harness.api import LabelledImages
+
+    table = {"caption": ["p0", "p1", "tie"], "jpg_0": [b"A", b"C", b"A"], "jpg_1": [b"B", b"A", b"D"],
+             "image_0_uid": ["a", "c", "a"], "image_1_uid": ["b", "a", "d"], "label_0": [1.0, 1.0, 0.5]}
+    datasets.Dataset.from_dict(table).save_to_disk(str(tmp_path / "pickapic"))
+    examples = LabelledImages(per_image=True).examples(tmp_path / "pickapic")
+    assert sorted((ex.images[0], ex.labels[0]) for ex in examples) == [(b"A", 1.0), (b"B", 0.0), (b"C", 1.0)]
+    del table["image_0_uid"], table["image_1_uid"]
+    datasets.Dataset.from_dict(table).save_to_disk(str(tmp_path / "no-uids"))
+    with pytest.raises(HarnessError, match="per-image labels need the images' uids"):
+        LabelledImages(per_image=True).examples(tmp_path / "no-uids")

@@ -9,7 +9,7 @@ A method declares its data with one of these objects (``Method.data``, or
 - ``Experts(scorer=None, top_k=None)``: single demonstration images.  With a ``scorer``, the
   ``top_k`` training images ranked by it (DRO), made by ``harness data experts``; without one,
   the data's ``experts.jsonl`` or the preferred image of each pair (SFT).
-- ``LabelledImages(per_image=True, desirable_share=None)``: single images labelled desirable (1) or
+- ``LabelledImages(per_image=False, desirable_share=None)``: single images labelled desirable (1) or
   undesirable (0), no pairs (Diffusion-KTO): a ``labelled.jsonl``, or a pairs source read per distinct
   image (desirable if preferred in any of its pairs) or per pair (its winner 1, its loser 0); drawn with
   replacement so that ``desirable_share`` of the draws are desirable, or uniformly without.
@@ -208,18 +208,16 @@ class LabelledImages(DataSpec):
         if len(pairs) == 0:
             raise HarnessError(f"no usable training pairs in {source} to label (ties are dropped)")
 
-        def from_pair(record: tuple[int, int, float], _: int) -> Example:
-            # (pair, side: 0 its preferred image, 1 the other, label)
-            index, side, label = record
-            pair = pairs[index]
-            image, score = (pair.image_w, pair.score_w) if side == 0 else (pair.image_l, pair.score_l)
-            return Example(pair.caption, (image,), (_score(score),), (label,))
+        def from_pair(record: _PairImage, _: int) -> Example:
+            pair = pairs[record.index]
+            image, score = (pair.image_w, pair.score_w) if record.side == 0 else (pair.image_l, pair.score_l)
+            return Example(pair.caption, (image,), (_score(score),), (record.label,))
 
         if self.per_image:
-            records = _labelled_per_image(pairs)
+            records = [_PairImage(pairs, *found) for found in _labelled_per_image(pairs)]
         else:  # each pair gives its preferred image as desirable, then the other as undesirable
-            records = [(index, side, 1.0 - side) for index in range(len(pairs)) for side in (0, 1)]
-        labels = np.array([label for _, _, label in records])
+            records = [_PairImage(pairs, index, side, 1.0 - side) for index in range(len(pairs)) for side in (0, 1)]
+        labels = np.array([record.label for record in records])
         return Examples(records, 1, from_pair, pair_scores(pairs), self._weights(labels))
 
     def _weights(self, labels: np.ndarray) -> np.ndarray | None:
@@ -233,6 +231,20 @@ class LabelledImages(DataSpec):
         return np.where(desirable, self.desirable_share / desirable.sum(), (1 - self.desirable_share) / (~desirable).sum())
 
 
+@dataclass(frozen=True)
+class _PairImage:
+    """One image of a pair as a labelled example: the pair's index, its side (0 preferred, 1 the other), the label."""
+
+    pairs: Sequence[Pair]
+    index: int
+    side: int
+    label: float
+
+    @property
+    def caption(self) -> str:
+        return self.pairs[self.index].caption
+
+
 def _labelled_per_image(pairs: Sequence[Pair]) -> list[tuple[int, int, float]]:
     """(pair index, side, label) for each distinct image of the pairs, at its first appearance; label 1 if it
     is the preferred image of any pair.  An image is its path (a local directory) or its uid (Pick-a-Pic,
@@ -240,6 +252,9 @@ def _labelled_per_image(pairs: Sequence[Pair]) -> list[tuple[int, int, float]]:
     from harness.data import PickapicPairs
 
     if isinstance(pairs, PickapicPairs):
+        if not {"image_0_uid", "image_1_uid"} <= set(pairs.dataset.column_names):
+            raise HarnessError("per-image labels need the images' uids (columns image_0_uid, image_1_uid); "
+                               "set per_image_labels false to label per pair")
         columns = pairs.dataset.select_columns(["image_0_uid", "image_1_uid", "label_0"])
         uid_0, uid_1, label_0 = columns["image_0_uid"], columns["image_1_uid"], columns["label_0"]
         ids = [(uid_0[r], uid_1[r]) if label_0[r] == 1 else (uid_1[r], uid_0[r]) for r in pairs.rows]
