@@ -48,6 +48,7 @@ class Pair:
     image_l: ImageSource
     score_w: float | None = None
     score_l: float | None = None
+    preferred_is_image_0: bool = True  # the preferred image was the source's image_0 (jpg_0), not image_1
 
 
 @dataclass(frozen=True)
@@ -135,7 +136,7 @@ def _oriented(caption: str, image_0, image_1, label_0: float, score_0, score_1) 
         return None
     if label_0 == 1.0:
         return Pair(caption, image_0, image_1, _optional_float(score_0), _optional_float(score_1))
-    return Pair(caption, image_1, image_0, _optional_float(score_1), _optional_float(score_0))
+    return Pair(caption, image_1, image_0, _optional_float(score_1), _optional_float(score_0), preferred_is_image_0=False)
 
 
 def read_local_pairs(directory: Path, scores: dict[tuple[str, str], float | None] | None = None) -> list[Pair]:

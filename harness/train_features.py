@@ -75,18 +75,27 @@ class FeatureEncoder:
             self.text_dir = cache_dir / "text" / f"{module_fingerprint(*self.text_encoders, *t5)}-{resolution}"
 
     # -- latents ----------------------------------------------------------------------------------
-    def latents(self, sources: list[ImageSource], flips: list[bool] | None = None) -> list[tuple[str, Posterior | None]]:
-        """(key, posterior or None if the image is corrupt) for each source, flipped where ``flips`` says.
+    def latents(self, sources: list[ImageSource], flips: list[bool] | None = None,
+                size_from: list[int | None] | None = None) -> list[tuple[str, Posterior | None]]:
+        """(key, posterior or None if the image is corrupt) for each source, flipped where ``flips`` says, and
+        first resized to the size of source ``size_from[i]`` where that is set (MaPO's pairs).
 
-        The key names the image's content and orientation, for per-image caches downstream.
+        The key names the image's content, the size it took and its orientation, for per-image caches downstream.
         """
         flips = flips or [False] * len(sources)
+        size_from = size_from or [None] * len(sources)
         result = []
-        for source, flip in zip(sources, flips):
-            key = content_key(source) + ("-flip" if flip else "")
+        for source, flip, other in zip(sources, flips, size_from):
+            sized_like = None if other is None else sources[other]
+            key = (content_key(source) + ("" if sized_like is None else f"-sized-like-{content_key(sized_like)}")
+                   + ("-flip" if flip else ""))
             posterior = self._load("latent", key)
             if posterior is None:
                 image = self.loader.load(source)
+                if image is not None and sized_like is not None:
+                    like = self.loader.load(sized_like)
+                    # PIL's resize with its default filter, as mapo utils.py:207-211 (corrupt: the pair is replaced)
+                    image = None if like is None else image.resize(like.size)
                 if image is not None:
                     posterior = self._encode_image(to_pixels(image, self.resolution, flip=flip))
                     self._store("latent", key, posterior)

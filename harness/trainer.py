@@ -177,18 +177,23 @@ class EMA:
 
 
 class SampleOrder:
-    """Which record each global sample position reads: a fresh permutation per epoch, fixed by the seed."""
+    """Which record each global sample position reads: a fresh permutation per epoch, fixed by the seed; with
+    ``weights``, each epoch's ``size`` draws with replacement in proportion to them (torch's
+    ``WeightedRandomSampler``, as the public KTO code samples: train_kto_sd_v1.5.py:1186-1189)."""
 
-    def __init__(self, size: int, seed: int) -> None:
+    def __init__(self, size: int, seed: int, weights: Any = None) -> None:
         self.size = size
         self.seed = seed
+        self.weights = None if weights is None else torch.as_tensor(weights, dtype=torch.double)
         self._epoch, self._perm = -1, torch.empty(0, dtype=torch.long)
 
     def __call__(self, position: int) -> int:
         epoch, offset = divmod(position, self.size)
         if epoch != self._epoch:
             generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-            self._epoch, self._perm = epoch, torch.randperm(self.size, generator=generator)
+            self._epoch = epoch
+            self._perm = (torch.randperm(self.size, generator=generator) if self.weights is None else
+                          torch.multinomial(self.weights, self.size, replacement=True, generator=generator))
         return int(self._perm[offset])
 
 
@@ -269,7 +274,7 @@ class Trainer:
         self.loader = ImageLoader()
         self._setup_models()
         self._setup_optimizer()
-        self.order = SampleOrder(len(self.examples), self.seed)
+        self.order = SampleOrder(len(self.examples), self.seed, self.examples.weights)
         self.context = self._context()
         self.method.setup(self.context)
 
@@ -286,7 +291,11 @@ class Trainer:
         return TrainingContext(models=self.models, scheduler=self.noise_scheduler, latent_shape=self.latent_shape,
                                grad_accum=self.grad_accum, captions=self.examples.captions(),
                                data_scores=self.examples.scores, encode=self.features.cond, cache=cache,
-                               device=self.device)
+                               device=self.device, batch=self._batch_of)
+
+    def _batch_of(self, step: int, micro: int) -> Batch:
+        """The micro-batch ``make_batch`` gives in the loop, with the generator the loop hands it."""
+        return self.make_batch(step, micro, step_generator(self.seed, step, micro, self.rank))
 
     def _setup_accelerator(self) -> None:
         from accelerate import Accelerator
@@ -315,7 +324,8 @@ class Trainer:
         for name in ("vae", "text_encoder", "text_encoder_2", "text_encoder_3"):
             frozen = getattr(pipe, name, None)
             if frozen is not None:
-                frozen.requires_grad_(False).eval().to(self.weight_dtype)
+                fp32 = name == "vae" and config.vae_fp32
+                frozen.requires_grad_(False).eval().to(torch.float32 if fp32 else self.weight_dtype)
         unet = denoiser(pipe)  # the UNet, or SD3's transformer
         if config.init_unet:
             unet = denoiser_class(pipe).from_pretrained(config.init_unet).to(self.device)
@@ -337,7 +347,8 @@ class Trainer:
         else:
             import copy
 
-            frozen_ref = copy.deepcopy(unet).requires_grad_(False).eval().to(self.weight_dtype)
+            reference_dtype = {None: self.weight_dtype, "fp16": torch.float16, "bf16": torch.bfloat16}[config.reference_dtype]
+            frozen_ref = copy.deepcopy(unet).requires_grad_(False).eval().to(reference_dtype)
             reference = lambda: (frozen_ref, nullcontext())  # noqa: E731
         if config.gradient_checkpointing:
             unet.enable_gradient_checkpointing()
@@ -367,32 +378,43 @@ class Trainer:
         self.policy, self.optimizer = self.accelerator.prepare(self.unet, optimizer)
         self.ema = EMA(trainable_parameters(self.unet), config.ema_decay, config.ema_on_cpu) if config.ema_decay else None
         self.models = Models(policy=self.policy, unwrapped=self.unet, reference=self.reference,
-                             scheduler=self.noise_scheduler, autocast=self.accelerator.autocast)
+                             scheduler=self.noise_scheduler, autocast=self.accelerator.autocast,
+                             reference_in_own_dtype=self.config.reference_dtype is not None)
 
     # -- data ---------------------------------------------------------------------------------------
     def make_batch(self, step: int, micro: int, generator: torch.Generator) -> Batch:
         """This process's micro-batch: deterministic in (seed, step, micro, rank); corrupt samples replaced.
 
-        Random draws, in this order, each only when its option is on: a flip per image, the
-        latents' posterior samples, then the caption dropout.
+        Random draws, in this order, each only when its option is on: a flip per image (per pair with
+        ``joint_pair_transform``), the latents' posterior samples, then the caption dropout.
         """
         config = self.config
         size = config.batch_size
         first = ((step * self.grad_accum + micro) * self.world + self.rank) * size
         examples = [self.examples[self.order(first + slot)] for slot in range(size)]
         per_example = self.spec.images_per_example
-        flips = (torch.rand(size * per_example, generator=generator) < 0.5).tolist() if config.random_flip else None
-        slot_flips = [flips[i * per_example:(i + 1) * per_example] if flips else None for i in range(size)]
+        joint = config.joint_pair_transform and per_example == 2
+        if not config.random_flip:
+            slot_flips = [None] * size
+        elif joint:  # one coin per pair (mapo utils.py:226-233)
+            slot_flips = [[coin] * 2 for coin in (torch.rand(size, generator=generator) < 0.5).tolist()]
+        else:
+            flips = (torch.rand(size * per_example, generator=generator) < 0.5).tolist()
+            slot_flips = [flips[i * per_example:(i + 1) * per_example] for i in range(size)]
+
+        def encode(example, flips):
+            return self.features.latents(list(example.images), flips, list(example.size_from) if joint else None)
+
         chosen = []
         for slot, example in enumerate(examples):
-            encoded = self.features.latents(list(example.images), slot_flips[slot])
+            encoded = encode(example, slot_flips[slot])
             attempt = 0
             while any(posterior is None for _, posterior in encoded):  # corrupt: take the next sample in the order
                 attempt += 1
                 if attempt >= len(self.examples):
                     raise HarnessError(f"no training sample in {self.data_dir} has decodable images")
                 example = self.examples[self.order(first + slot + attempt)]
-                encoded = self.features.latents(list(example.images), slot_flips[slot])
+                encoded = encode(example, slot_flips[slot])
             chosen.append((example, encoded))
         # Image slot by image slot: for pairs all winners, then all losers (the layout pair losses chunk in two).
         posteriors = [enc[i][1] for i in range(per_example) for _, enc in chosen]
@@ -451,7 +473,8 @@ class Trainer:
                       str(tmp / f"method-{self.rank}.safetensors"))
         self.accelerator.wait_for_everyone()
         if self.accelerator.is_main_process:
-            state = {"step": step, **counters, "skipped": sorted(self.loader.skipped), **self._config_record()}
+            state = {"step": step, **counters, "skipped": sorted(self.loader.skipped), **self._config_record(),
+                     "ema_updates": self.ema.model.optimization_step if self.ema is not None else 0}
             (tmp / "trainer_state.json").write_text(json.dumps(state, indent=1, default=str), encoding="utf-8")
             shutil.rmtree(final, ignore_errors=True)
             os.replace(tmp, final)  # a checkpoint exists completely or not at all
@@ -475,7 +498,7 @@ class Trainer:
         self.optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location=self.device, weights_only=True))
         self.lr_scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
         if self.ema is not None:
-            self.ema.load(load_file(str(path / "ema.safetensors")), updates=state["step"])  # one update per step
+            self.ema.load(load_file(str(path / "ema.safetensors")), updates=state.get("ema_updates", state["step"]))
         self.loader.skipped.update(state.get("skipped", []))  # corrupt images seen before the interruption
         method_file = path / f"method-{self.rank}.safetensors"
         if method_file.exists():
@@ -580,11 +603,20 @@ class Trainer:
             grad_norm = torch.nn.utils.get_total_norm([p.grad for p in params.values() if p.grad is not None])
         terms["grad_norm"] = float(grad_norm)
         terms["lr"] = self.lr_scheduler.get_last_lr()[0]
+        scaler = self.accelerator.scaler  # fp16 only
+        scale = scaler.get_scale() if scaler is not None else None
         self.optimizer.step()
-        self.lr_scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        if self.ema is not None:
-            self.ema.update(params)
+        # A step the fp16 loss scaler skipped (an overflow) leaves the weights as they were: the LR schedule
+        # and the EMA do not advance either, as accelerate's AcceleratedScheduler (0.27.2, scheduler.py:66-68)
+        # treats the public scripts' prepared scheduler.  Told by the scale's back-off, not by accelerate's
+        # step_was_skipped, which a fused AdamW (it skips inside its kernel) never sets.
+        skipped = scale is not None and scaler.get_scale() < scale
+        terms["skipped_step"] = float(skipped)
+        if not skipped:
+            self.lr_scheduler.step()
+            if self.ema is not None:
+                self.ema.update(params)
         return terms
 
     def _tensorboard(self):

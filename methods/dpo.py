@@ -87,10 +87,11 @@ class DPO(Method):
     Config = DPOConfig
     data = Pairs()
     presets = {
-        # 16 GPUs x 1 pair x 128 accumulation = 2048 pairs per step; fp16 as the public launcher.
-        "sd15": {"effective_batch_size": 2048, "mixed_precision": "fp16"},
+        # 16 GPUs x 1 pair x 128 accumulation = 2048 pairs per step; fp16 as the public launcher, the reference
+        # network and its errors in fp16 outside autocast (train.py:933, 939, 1132-1137).
+        "sd15": {"effective_batch_size": 2048, "mixed_precision": "fp16", "reference_dtype": "fp16"},
         # The SDXL launcher: 200 warmup steps (its Adafactor and 1024 px are the sdxl preset's, shared).
-        "sdxl": {"effective_batch_size": 2048, "mixed_precision": "fp16", "warmup_steps": 200},
+        "sdxl": {"effective_batch_size": 2048, "mixed_precision": "fp16", "warmup_steps": 200, "reference_dtype": "fp16"},
         # flow_grpo's SD3.5-M DPO (yifan123/flow_grpo@ac4c86e config/dpo.py:35-53, config/base.py:21,63-76,
         # scripts/train_sd3_dpo.py:389-411, 880-939): beta 100 on the velocity MSE (the same -0.5 * beta convention),
         # LoRA rank 32 / alpha 64, lr 3e-4 unscaled, weight decay 1e-4, 512 px.  That recipe is ONLINE: pairs are the

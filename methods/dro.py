@@ -188,12 +188,14 @@ class DRO(Method):
         # the CPU between updates.  The public code's quirks, kept (docs/methods.md, "The public code, as it
         # runs"): no gradient clipping (AdamW exhausts the filter iterator of :460, so :781 clips an empty
         # list), every trajectory of a refill integrated on the first one's levels (misc/patch.py:57-58).
+        # The reference network and its errors in bf16 (train.py:363-368, 753-758).
         "sd15": {"effective_batch_size": 256, "mixed_precision": "bf16", "master_weights": "bf16", "ema_on_cpu": True,
-                 "adamw_fused": False, "max_grad_norm": None, "per_row_sigmas": False},
+                 "adamw_fused": False, "max_grad_norm": None, "per_row_sigmas": False, "reference_dtype": "bf16"},
         # The public code's --sdxl path (the paper trains SD1.5 only, with no SDXL launcher): the same
         # optimizer, AdamW (train.py:460-461 whatever --sdxl; not the preset's Adafactor), and quirks.
         "sdxl": {"effective_batch_size": 256, "mixed_precision": "bf16", "master_weights": "bf16", "ema_on_cpu": True,
-                 "adamw_fused": False, "max_grad_norm": None, "per_row_sigmas": False, "optimizer": "adamw"},
+                 "adamw_fused": False, "max_grad_norm": None, "per_row_sigmas": False, "optimizer": "adamw",
+                 "reference_dtype": "bf16"},
         # Not published for SD3 (the public code has no SD3 path): the SD1.5 recipe carried over without the
         # SD1.5 code's accidents: it clips at 1.0, runs the fused AdamW, integrates each trajectory on its levels.
         "sd35": {"effective_batch_size": 256, "master_weights": "bf16", "ema_on_cpu": True},

@@ -9,7 +9,7 @@ images and downwards for undesirable ones.  Each image has its own timestep and 
                                                                   denoises image i better than the reference)
     z_0  = max(0, mean_i g_i), no gradient                        reference point: a batch estimate of
                                                                   KL(policy || reference), over every
-                                                                  process's images
+                                                                  image of the optimizer step
     s_i  = +1 if image i is desirable, -1 if undesirable
     loss = mean_i lambda_{y_i} * (1 - sigmoid(s_i * beta * (g_i - z_0)))
                                                                   lambda_D for desirable, lambda_U for
@@ -17,9 +17,9 @@ images and downwards for undesirable ones.  Each image has its own timestep and 
 
 ``err`` is the per-sample error (mean over C, H, W of the squared difference to the noise).  The
 paper's reward ``beta * log(pi_theta / pi_ref)`` becomes, through Diffusion-DPO's ELBO bound,
-``-beta * T * w(t) * (err(policy) - err(ref))``; as the public code, ``T * w(t)`` is folded into beta,
-which multiplies ``g`` directly (Diffusion-DPO's Salesforce convention, ``-0.5 * beta`` on a
-difference of two images, puts a factor 0.5 where this has none).  When the policy is the reference,
+``-beta * T * w(t) * (err(policy) - err(ref))``; as the public code (train_kto_sd_v1.5.py:1453-1473),
+``T * w(t)`` is folded into beta, which multiplies ``g`` directly (Diffusion-DPO's Salesforce convention,
+``-0.5 * beta`` on a difference of two images, puts a factor 0.5 where this has none).  When the policy is the reference,
 ``g = 0``, ``z_0 = 0`` and the loss is ``0.5 * lambda`` for every image.
 
 Flow form (SD3 and other flow-matching bases, ``models.process``): ``err`` is the velocity error, the
@@ -27,7 +27,8 @@ mean over C, H, W of (v_theta(x_t, sigma T, c) - (eps_i - x0))^2 at x_t = (1 - s
 (T = 1000), with sigma_i from SD3's training density (u ~ logit-normal(0, 1) picking a point of the
 scheduler's shifted grid, shift 3), one per image.  Everything else carries over unchanged: g, z_0,
 the utility and both reference-point estimators.  beta multiplies a difference of velocity MSEs here;
-no flow recipe sets it (DPO's on SD3.5, beta 100 with its factor 0.5, is 50 in this convention).
+no published flow recipe sets it: the sd35 entry keeps SD1.5's 1000, the toy-flow entry sets 250 (DPO's on
+SD3.5, beta 100 with its factor 0.5, is 50 in this convention).
 
 ``reference_point="mismatched"`` is the public code's other estimator (its ``--bce_offset original``,
 the original KTO's): ``z_0 = mean_i g'_i`` with ``g'_i`` measured on the same x_t against the caption
@@ -38,15 +39,21 @@ Published data and weights.  Pick-a-Pic v2's train split made into per-image lab
 ``train_processed_v3.csv``, hub dataset ``jacklishufan/pick-a-pick-kto-processed``): each distinct image
 is, by its split's name, ``exclusive_win`` (preferred in every pair it is in), ``exclusive_lose`` (in none) or
 ``intersections`` (in some); the published run counts an image preferred at least once as desirable
-(the script's ``gt_label_wi_l``), and its sampler draws desirable images 80% of the time
-(``--positive_ratio 0.8``, with replacement).  The trained SD1.5 UNet: ``jacklishufan/diffusion-kto``
-(subfolder ``unet``).
+(``--policy gt_label_wi_l``, train_kto_sd_v1.5.py:1048-1051), and its sampler draws desirable images 80% of
+the time, with replacement (``--positive_ratio 0.8``, train_kto_sd_v1.5.py:737-738 and its
+``WeightedRandomSampler``, :1186-1189).  The trained SD1.5 UNet: ``jacklishufan/diffusion-kto`` (subfolder
+``unet``).  The harness does the same on a pairs source (``per_image_labels``: an image is its path, or its
+Pick-a-Pic uid) and on a ``labelled.jsonl`` (``desirable_share``), the draws a function of the seed and the
+position, so a resumed run reads what an uninterrupted one reads.  ``per_image_labels=False,
+desirable_share=None`` is the earlier reading: each pair's winner (1) and loser (0), drawn uniformly (about
+half desirable).
 
-Where this differs from the public script: ``LabelledImages`` on a pairs source makes one example of
-each pair's winner (1) and one of its loser (0), so an image in several pairs is seen once per pair, and
-with both labels when it won one and lost another; draws are uniform over those examples, so about half
-are desirable, not 80%.  A ``labelled.jsonl`` made from the authors' CSV gives their labels, not their
-sampling ratio.  The launcher's 8-bit AdamW is a full-precision AdamW here.
+The reference point of the published run is the clamped mean over one step's 8 images (4 GPUs x 2, no
+accumulation; ``accelerator.reduce``, train_kto_sd_v1.5.py:1470-1471).  ``reference_point_over="step"``
+keeps it the mean over the step's images on any number of GPUs: with accumulation the step's micro-batches
+are evaluated first without gradient (2 more network evaluations per image).  ``"micro_batch"`` averages
+each forward/backward's images (over all processes): on one GPU with accumulation 4, a mean of 2, noisier
+and, through the clamp, biased upward.  The launcher's 8-bit AdamW is a full-precision AdamW here.
 """
 
 from __future__ import annotations
@@ -58,7 +65,7 @@ import torch
 import torch.distributed as dist
 
 from harness.api import (Batch, Cond, HarnessError, LabelledImages, Method, Models, PublishedWeights, TrainConfig,
-                         per_sample_error, register_method)
+                         TrainingContext, per_sample_error, register_method)
 
 
 def kto_implicit_rewards(model_err: torch.Tensor, ref_err: torch.Tensor) -> torch.Tensor:
@@ -127,11 +134,23 @@ class KTOConfig(TrainConfig):
     warmup_steps: int = 1000
     batch_size: int = 2
     caption_dropout: float = 0.2  # the script's --proportion_empty_prompts default
+    vae_fp32: bool = True  # train_kto_sd_v1.5.py:859
     beta: float = 1000.0  # --beta_dpo, the script's default (the launcher does not set it)
     lambda_desirable: float = 1.0  # --lambda_d_kto / --lambda_u_kto defaults
     lambda_undesirable: float = 1.0
     # "batch": the published run's estimator (--bce_offset none); "mismatched": the script's other one.
     reference_point: Literal["batch", "mismatched"] = "batch"
+    # Over which images the "batch" reference point is the mean.  "step": every image of the optimizer step, on
+    # every process (the published 8: 4 GPUs x 2, no accumulation, train_kto_sd_v1.5.py:1470-1471); with
+    # accumulation a no-grad pass over the step's micro-batches first (2 more evaluations per image).
+    # "micro_batch": each forward/backward's own images (all processes'), cheaper and noisier.
+    reference_point_over: Literal["step", "micro_batch"] = "step"
+    # Pairs data: True, each distinct image once, desirable if preferred in any of its pairs (the published
+    # --policy gt_label_wi_l, train_kto_sd_v1.5.py:1048-1051); False, each pair's winner (1) and loser (0).
+    per_image_labels: bool = True
+    # Share of draws that are desirable images, drawn with replacement (--positive_ratio 0.8 and its
+    # WeightedRandomSampler, train_kto_sd_v1.5.py:737-738, 1186-1189); None: each image once per epoch.
+    desirable_share: float | None = 0.8
 
     def validate(self) -> None:
         super().validate()
@@ -141,13 +160,17 @@ class KTOConfig(TrainConfig):
             raise HarnessError("lambda_desirable and lambda_undesirable must be >= 0")
         if self.reference_point not in ("batch", "mismatched"):
             raise HarnessError(f"reference_point must be 'batch' or 'mismatched', not {self.reference_point!r}")
+        if self.reference_point_over not in ("step", "micro_batch"):
+            raise HarnessError("reference_point_over must be 'step' or 'micro_batch', "
+                               f"not {self.reference_point_over!r}")
+        if self.desirable_share is not None and not 0 < self.desirable_share < 1:
+            raise HarnessError(f"desirable_share must lie in (0, 1) or be None, not {self.desirable_share}")
 
 
 @register_method("kto")
 class KTO(Method):
     description = "Diffusion-KTO: single labelled images, Kahneman-Tversky utility vs a reference point (Li 2024)"
     Config = KTOConfig
-    data = LabelledImages()
     presets = {
         # 4 GPUs x 2 images, no accumulation = 8 images per step; fp16 and gradient checkpointing as the launcher.
         "sd15": {"effective_batch_size": 8, "mixed_precision": "fp16", "gradient_checkpointing": True},
@@ -161,16 +184,44 @@ class KTO(Method):
         # +0.048] / +0.028 [+0.003, +0.057]; beta 500: +0.027 / +0.029 (CIs above 0); 16 images: +0.015
         # [-0.004, +0.034] / +0.027; lr 3e-5 (DPO's toy lr), beta 500: +0.011 [-0.019, +0.042] / +0.022
         # [-0.027, +0.072], beta 2000: -0.007 / +0.005 (the policy's error drifts 15-20% above the reference's).
-        "toy": {"batch_size": 32},
+        # Labelled per pair and drawn uniformly (about half desirable), as these entries were measured; the
+        # published per-image labels and 80% share are one --set away (docs/methods.md, Diffusion-KTO).
+        "toy": {"batch_size": 32, "per_image_labels": False, "desirable_share": None},
         # The flow-matching twin (toy-fidelity delta, seen / unseen, 95% CI; toy-quality delta;
         # docs/toy-world.md): the toy entry +0.015 [-0.009, +0.040] / +0.008 [-0.023, +0.041], quality -0.038 /
         # -0.031; beta 250: +0.018 [+0.004, +0.033] / +0.013 [-0.005, +0.033], quality -0.009 / -0.010; beta 250
         # at lr 2e-5: -0.022 / -0.026, quality -0.069 / -0.062 (drifts).
-        "toy-flow": {"batch_size": 32, "beta": 250.0},
+        "toy-flow": {"batch_size": 32, "beta": 250.0, "per_image_labels": False, "desirable_share": None},
         "tiny": {},
     }
     # Trained on Pick-a-Pic's human labels made per image: no reward shaped its data.
     published = {"sd15": PublishedWeights("jacklishufan/diffusion-kto")}
+
+    step_reference_point: torch.Tensor | None = None  # the step's z_0, when measured ahead of its micro-batches
+
+    def data_spec(self) -> LabelledImages:
+        return LabelledImages(per_image=self.config.per_image_labels, desirable_share=self.config.desirable_share)
+
+    def before_micro_step(self, context: TrainingContext, step: int, micro: int, generator: torch.Generator) -> None:
+        # Without accumulation a micro-batch (over all processes) is the step: its own mean is the step's.
+        if micro == 0:
+            over_step = self.config.reference_point == "batch" and self.config.reference_point_over == "step"
+            self.step_reference_point = (self.reference_point_of_step(context, step)
+                                         if over_step and context.grad_accum > 1 else None)
+
+    @staticmethod
+    def reference_point_of_step(context: TrainingContext, step: int) -> torch.Tensor:
+        """``z_0`` over every image of the step: the micro-batches the trainer is about to hand ``loss``, their x_t
+        drawn as ``loss`` draws them, the policy's errors without gradient."""
+        models = context.models
+        rewards = []
+        for micro in range(context.grad_accum):
+            batch = context.batch(step, micro)
+            latents_t, t, target = models.process.noisy(batch.latents, batch.generator)
+            model_err = per_sample_error(models.snapshot(latents_t, t, batch.cond), target)
+            ref_err = per_sample_error(models.reference(latents_t, t, batch.cond), target)
+            rewards.append(kto_implicit_rewards(model_err, ref_err))
+        return kto_batch_reference_point(torch.cat(rewards))
 
     def loss(self, batch: Batch, models: Models) -> tuple[torch.Tensor, dict[str, float]]:
         # Each image its own timestep and noise, as the public script (no pairs to share them).
@@ -178,7 +229,9 @@ class KTO(Method):
         model_err = per_sample_error(models.policy(latents_t, t, batch.cond), target)
         ref_err = per_sample_error(models.reference(latents_t, t, batch.cond), target)
         rewards = kto_implicit_rewards(model_err, ref_err)
-        reference_point = self.estimate_reference_point(rewards, models, latents_t, t, batch.cond, target)
+        reference_point = self.step_reference_point
+        if reference_point is None:
+            reference_point = self.estimate_reference_point(rewards, models, latents_t, t, batch.cond, target)
         labels = batch.labels.to(batch.latents.device)
         loss = kto_loss(rewards, reference_point, labels, self.config.beta, self.config.lambda_desirable,
                         self.config.lambda_undesirable)

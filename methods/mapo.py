@@ -40,6 +40,12 @@ Data: Pick-a-Pic v2 train pairs without ties (the code's ``remove_ties`` default
 beside each value.  The public code and weights are SDXL only; the sd15 entry carries the same settings
 over at 512 px, unpublished.
 
+Pairs are transformed as the public code does (``joint_pair_transform``, mapo utils.py:205-240): the source's
+second image is resized to the first's size (PIL's default filter, :211), the two are stacked and resized,
+flipped on one coin (:232) and centre-cropped together.  ``joint_pair_transform=False`` flips each image on its
+own coin, at its own size, as the Salesforce DPO code.  The harness crops before it flips; with a centre crop the
+two orders differ only where the margin is an odd number of pixels (one column).
+
 Where the harness differs (neither changes the loss): 8-bit AdamW (bitsandbytes, the README's
 ``--use_8bit_adam``) is plain AdamW here; SDXL time ids are (res, res, 0, 0, res, res), where the public
 code passes each pair's original size and crop corner.
@@ -93,6 +99,9 @@ class MaPOConfig(TrainConfig):
     warmup_steps: int = 0
     max_steps: int = 2000
     caption_dropout: float = 0.0
+    # The pair transformed as one tensor: one flip coin, image_1 first resized to image_0's size (utils.py:205-240).
+    joint_pair_transform: bool = True
+    vae_fp32: bool = True  # train.py:181
 
     def validate(self) -> None:
         super().validate()

@@ -197,8 +197,10 @@ class SmPO(Method):
     Config = SmPOConfig
     presets = {
         # 8 GPUs x 1 pair x 128 accumulation; fp16.  SD1.5 starts from an SFT UNet (policy and reference).
-        "sd15": {"effective_batch_size": 1024, "mixed_precision": "fp16", "init_method": "sft"},
-        "sdxl": {"effective_batch_size": 1024, "mixed_precision": "fp16", "beta": 5000.0, "inversion_steps": 10},
+        # The reference network and its errors in fp16 outside autocast (train.py:871, 880, 1052-1057).
+        "sd15": {"effective_batch_size": 1024, "mixed_precision": "fp16", "init_method": "sft", "reference_dtype": "fp16"},
+        "sdxl": {"effective_batch_size": 1024, "mixed_precision": "fp16", "beta": 5000.0, "inversion_steps": 10,
+                 "reference_dtype": "fp16"},
         # Not published for SD3: the SD1.5 recipe carried over (from an SFT transformer), in the preset's bf16.
         "sd35": {"effective_batch_size": 1024, "init_method": "sft"},
         # Rewards are already in [0, 1]: no PickScore bounds.  SmPO's label weight 10*(2p-1) is ~0.5 for

@@ -154,3 +154,100 @@ def test_two_steps_on_the_tiny_preset_train_from_labelled_winners_and_losers(ref
     assert {"implicit_acc", "signed_reward", "model_mse", "ref_mse", "grad_norm"} <= set(logged[0])
     assert logged[1]["model_mse"] != pytest.approx(logged[1]["ref_mse"], abs=1e-6)  # the first step moved the policy
     assert result.unet_evals_per_sample == evals  # policy and reference per image (+ both on mismatched captions)
+
+
+# -- the published data and reference point (train_kto_sd_v1.5.py) ----------------------------------------
+def write_shared_image_pairs(path) -> object:
+    """Three pairs over four images: a.png wins against b.png and loses to c.png; d.png loses to c.png."""
+    from train_fixtures import write_image
+
+    import numpy as np
+
+    path.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for name in "abcd":
+        write_image(path / f"{name}.png", rng)
+    rows = [("a", "b", 1.0), ("c", "a", 1.0), ("d", "c", 0.0)]
+    (path / "pairs.jsonl").write_text("".join(
+        f'{{"caption": "p {i}", "image_0": "{x}.png", "image_1": "{y}.png", "label_0": {label}}}\n'
+        for i, (x, y, label) in enumerate(rows)), encoding="utf-8")
+    return path
+
+
+def test_per_image_labels_make_an_image_preferred_once_desirable(tmp_path):
+    """train_kto_sd_v1.5.py:1048-1051 (--policy gt_label_wi_l): an image in several pairs is one example,
+    desirable if it won any of them ("intersections" join the wins).  Per pair, a.png would be two examples
+    with opposite labels."""
+    from harness.api import LabelledImages
+
+    source = write_shared_image_pairs(tmp_path / "data")
+    examples = LabelledImages(per_image=True).examples(source)
+    labels = {ex.images[0].name: ex.labels[0] for ex in examples}
+    assert labels == {"a.png": 1.0, "b.png": 0.0, "c.png": 1.0, "d.png": 0.0}
+    assert list(examples.captions()) == [ex.caption for ex in examples] == ["p 0", "p 0", "p 1", "p 2"]
+    per_pair = [(ex.images[0].name, ex.labels[0]) for ex in LabelledImages(per_image=False).examples(source)]
+    assert len(per_pair) == 6 and ("a.png", 1.0) in per_pair and ("a.png", 0.0) in per_pair
+
+
+def test_desirable_share_draws_desirable_images_that_often_with_replacement_deterministically(tmp_path):
+    """--positive_ratio 0.8 weights each class by its share over its count (train_kto_sd_v1.5.py:733-738) for a
+    WeightedRandomSampler (:1186-1189): draws with replacement, 80% desirable whatever the classes' sizes.
+    Here 1 desirable image of 4: a uniform order would draw it 25% of the time."""
+    from harness.api import LabelledImages
+    from harness.trainer import SampleOrder
+
+    source = write_shared_image_pairs(tmp_path / "data")
+    (source / "labelled.jsonl").write_text("".join(
+        f'{{"caption": "c", "image": "{x}.png", "label": {int(x == "a")}}}\n' for x in "abcd"), encoding="utf-8")
+    examples = LabelledImages(desirable_share=0.8).examples(source)
+    n = 4000
+    order = SampleOrder(len(examples), seed=3, weights=examples.weights)
+    drawn = [order(p) for p in range(n)]
+    share = sum(examples[i].labels[0] for i in drawn) / n
+    assert abs(share - 0.8) < 4 * (0.8 * 0.2 / n) ** 0.5
+    assert len(set(drawn[:4])) < 4 or len(set(drawn[4:8])) < 4  # with replacement: repeats within an epoch
+    resumed = SampleOrder(len(examples), seed=3, weights=examples.weights)  # a fresh process, read from anywhere
+    assert [resumed(p) for p in range(n - 1, -1, -1)] == drawn[::-1]
+    assert LabelledImages(desirable_share=None).examples(source).weights is None
+    with pytest.raises(HarnessError, match="desirable and undesirable"):
+        (source / "labelled.jsonl").write_text('{"caption": "c", "image": "a.png", "label": 1}\n', encoding="utf-8")
+        LabelledImages(desirable_share=0.8).examples(source)
+
+
+@pytest.mark.parametrize("over", ["step", "micro_batch"])
+def test_reference_point_is_the_clamped_mean_over_the_steps_images_with_accumulation(over, tiny_model_dir, tmp_path):
+    """train_kto_sd_v1.5.py:1470-1471: z_0 = max(0, mean g) over one step's images on every GPU (4 x 2, no
+    accumulation).  With accumulation, "step" keeps that: z_0 is the clamped mean over all 4 micro-batches,
+    which the logs give as mean(ref_mse) - mean(model_mse); "micro_batch" clamps each micro-batch's mean."""
+    logged: list[dict] = []
+    result = train("kto", base_model=tiny_model_dir, data_dir=write_pair_dir(tmp_path / "data", n_pairs=6),
+                   preset="tiny", output_dir=tmp_path / "out",
+                   overrides={"batch_size": 1, "grad_accum": 4, "max_steps": 3, "lr": 1e-4,
+                              "reference_point_over": over},
+                   on_log=lambda step, terms: logged.append(terms))
+    step_means = [max(0.0, t["ref_mse"] - t["model_mse"]) for t in logged[1:]]
+    z0 = [t["reference_point"] for t in logged[1:]]
+    if over == "step":
+        assert z0 == pytest.approx(step_means, abs=1e-7)
+        assert result.unet_evals_per_sample == 4.0  # policy and reference, twice: the look ahead, then the loss
+    else:
+        assert all(z >= m - 1e-7 for z, m in zip(z0, step_means))  # a mean of clamps: at least the clamped mean
+        assert result.unet_evals_per_sample == 2.0
+
+
+def test_per_image_labels_on_pickapic_identify_images_by_uid_without_decoding_them(tmp_path):
+    """The same rule on Pick-a-Pic rows (train_kto_sd_v1.5.py:1048-1051): image "a" wins row 0 and loses row 1,
+    so it is one desirable example; ties are not pairs.  A copy without uid columns is a one-line error."""
+    import datasets
+
+    from harness.api import LabelledImages
+
+    table = {"caption": ["p0", "p1", "tie"], "jpg_0": [b"A", b"C", b"A"], "jpg_1": [b"B", b"A", b"D"],
+             "image_0_uid": ["a", "c", "a"], "image_1_uid": ["b", "a", "d"], "label_0": [1.0, 1.0, 0.5]}
+    datasets.Dataset.from_dict(table).save_to_disk(str(tmp_path / "pickapic"))
+    examples = LabelledImages(per_image=True).examples(tmp_path / "pickapic")
+    assert sorted((ex.images[0], ex.labels[0]) for ex in examples) == [(b"A", 1.0), (b"B", 0.0), (b"C", 1.0)]
+    del table["image_0_uid"], table["image_1_uid"]
+    datasets.Dataset.from_dict(table).save_to_disk(str(tmp_path / "no-uids"))
+    with pytest.raises(HarnessError, match="per-image labels need the images' uids"):
+        LabelledImages(per_image=True).examples(tmp_path / "no-uids")

@@ -178,3 +178,56 @@ def test_presets_resolve_to_the_published_sdxl_recipe_and_the_toy_settings():
     assert sdxl.gradient_checkpointing and sdxl.vae == "madebyollin/sdxl-vae-fp16-fix" and sdxl.caption_dropout == 0.0
     toy = resolve_config("mapo", "toy")
     assert (toy.beta, toy.lr, toy.batch_size, toy.max_steps, toy.random_flip) == (0.01, 3e-5, 16, 300, False)
+
+
+def test_pairs_flip_together_and_the_second_image_takes_the_firsts_size(tiny_model_dir, tmp_path):
+    """mapo utils.py:205-240: jpg_1 is resized to jpg_0's size (:211), the pair is stacked into one tensor and
+    flipped on one coin (:232).  image_1 here is 48 x 32 against image_0's 32 x 32: its latent is that of the
+    squashed image, not of its own centre crop.  The Salesforce DPO transform (each image on its own coin, at
+    its own size) is joint_pair_transform=False."""
+    import json
+
+    import numpy as np
+    from PIL import Image
+
+    from harness.api.registry import METHODS
+    from harness.data import ImageLoader, content_key, to_pixels
+    from harness.models import load_pipeline
+    from harness.train_features import FeatureEncoder
+    from harness.trainer import Trainer, resolve_config, step_generator
+
+    data = tmp_path / "data"
+    data.mkdir()
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(4):
+        Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(data / f"{i}_0.png")
+        Image.fromarray(rng.integers(0, 255, (32, 48, 3), dtype=np.uint8)).save(data / f"{i}_1.png")
+        rows.append({"caption": f"thing {i}", "image_0": f"{i}_0.png", "image_1": f"{i}_1.png", "label_0": float(i % 2)})
+    (data / "pairs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+
+    def batches(method: str, **options) -> tuple[Trainer, list]:
+        config = resolve_config(method, "tiny", {"batch_size": 4, "cache_dir": str(tmp_path / "cache"), **options})
+        trainer = Trainer(METHODS.get(method)(config), base_model=str(tiny_model_dir), data_dir=data,
+                          output_dir=tmp_path / "unused", seed=0, on_log=None)
+        trainer._setup()
+        return trainer, [trainer.make_batch(step, 0, step_generator(0, step, 0, 0)) for step in range(4)]
+
+    trainer, published = batches("mapo", random_flip=True, latent_sample=False)
+    flipped = [[key.endswith("-flip") for key in batch.keys] for batch in published]
+    assert all(f[:4] == f[4:] for f in flipped)  # winners then losers: each pair's two images share the coin
+    assert any(any(f) for f in flipped) and not all(all(f) for f in flipped)
+    pipe = load_pipeline(str(tiny_model_dir), device="cpu")
+    encoder = FeatureEncoder(pipe, device=torch.device("cpu"), resolution=trainer.features.resolution, cache_dir=None,
+                             loader=ImageLoader())
+    batch = published[0]
+    for slot, key in enumerate(batch.keys):
+        name = next(p.name for p in data.glob("*.png") if key.startswith(content_key(p)))
+        image = Image.open(data / name).convert("RGB")
+        if name.endswith("_1.png"):
+            image = image.resize((32, 32))
+        expected = encoder._encode_image(to_pixels(image, trainer.features.resolution, flip=key.endswith("-flip")))
+        torch.testing.assert_close(batch.means[slot], expected.mean, rtol=1e-5, atol=1e-5)
+    _, independent = batches("mapo", random_flip=True, latent_sample=False, joint_pair_transform=False)
+    assert any(f[:4] != f[4:] for f in [[key.endswith("-flip") for key in b.keys] for b in independent])
+    assert not any("sized-like" in key for b in independent for key in b.keys)

@@ -58,7 +58,7 @@ def test_preset_resolves_to_the_published_value(method, preset, setting, value):
 def test_presets_show_prints_every_resolved_field(preset, capsys):
     assert main(["presets", "--show", preset]) == 0
     shown = capsys.readouterr().out
-    for method in ("dpo", "dro", "smpo", "sft"):
+    for method in ("dpo", "dro", "smpo", "sft", "kto", "mapo"):
         config = resolve_config(method, preset)
         block = shown[shown.index(f"\n{method}\n"):].split("\n\n")[0]
         for field in dataclasses.fields(config):

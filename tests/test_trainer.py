@@ -378,3 +378,96 @@ def test_unclipped_training_logs_the_gradient_norm_that_goes_through(tiny_model_
     assert none_norms == pytest.approx(never_norms) and min(none_norms) > 1e-3
     assert all(torch.equal(none[k], never[k]) for k in none)
     assert any(not torch.equal(none[k], acts[k]) for k in none)
+
+
+def test_a_step_the_fp16_scaler_skips_advances_neither_the_lr_schedule_nor_the_ema(tiny_model_dir, data_dir, tmp_path):
+    """An fp16 overflow: the loss scaler skips the optimizer step, and accelerate's AcceleratedScheduler
+    (0.27.2, scheduler.py:66-68), which the public scripts' prepared scheduler is, skips the LR schedule's
+    step too.  The scaler is torch's GradScaler at its default scale, the one accelerate installs for fp16 on
+    a GPU (on a CPU the trainer has none); SFT's loss times 1e36 overflows once scaled, as fp16's range does.
+    The fused AdamW skips inside its kernel, so accelerate's step_was_skipped stays False: the scale's
+    back-off tells."""
+    from accelerate.optimizer import AcceleratedOptimizer
+
+    from methods.sft import SFT
+    from harness.trainer import Trainer
+
+    class LargeLoss(SFT):
+        def loss(self, batch, models):
+            loss, logs = super().loss(batch, models)
+            return loss * 1e36, logs
+
+    config = resolve_config("sft", None, {**FAST, "warmup_steps": 5, "ema_decay": 0.9})
+    trainer = Trainer(LargeLoss(config), base_model=str(tiny_model_dir), data_dir=data_dir,
+                      output_dir=tmp_path / "unused", seed=0, on_log=None)
+    trainer._setup()
+    scaler = torch.amp.GradScaler("cpu")
+    trainer.accelerator.scaler = scaler
+    trainer.optimizer = AcceleratedOptimizer(trainer.optimizer.optimizer, device_placement=False, scaler=scaler)
+    trainer.accelerator._optimizers = [trainer.optimizer]
+    params = {n: p for n, p in trainer.unet.named_parameters() if p.requires_grad}
+    before = {n: p.detach().clone() for n, p in params.items()}
+    terms = trainer._optimizer_step(0, params)
+    assert terms["skipped_step"] == 1.0 and scaler.get_scale() == 2.0**15
+    assert all(torch.equal(before[n], p) for n, p in params.items())
+    assert trainer.lr_scheduler.last_epoch == 0 and trainer.ema.model.optimization_step == 0
+    scaler.update(1e-3)  # a scale the scaled loss fits in: the next step is taken
+    terms = trainer._optimizer_step(1, params)
+    assert terms["skipped_step"] == 0.0
+    assert trainer.lr_scheduler.last_epoch == 1 and trainer.ema.model.optimization_step == 1
+    assert trainer._optimizer_step(2, params)["lr"] == pytest.approx(FAST["lr"] / 5)  # warmup's first step, not the second
+
+
+@pytest.mark.parametrize("dtype, name", [(torch.float16, "fp16"), (torch.bfloat16, "bf16")])
+def test_reference_dtype_runs_the_reference_and_its_errors_in_that_dtype_outside_autocast(dtype, name, tiny_model_dir,
+                                                                                         data_dir, tmp_path):
+    """Salesforce DPO train.py:939, 1132-1137 (SmPO train.py:880, 1052-1057): the reference UNet cast to fp16 and
+    called outside autocast, ``(ref_pred - target).pow(2).mean(dim=[1,2,3])`` on fp16 tensors; DRO train.py:363-368,
+    753-758 the same in bf16.  Computed here from the base UNet's weights, independently of the trainer."""
+    from diffusers import UNet2DConditionModel
+
+    from harness.api import per_sample_error
+    from harness.api.registry import METHODS
+    from harness.trainer import Trainer, step_generator
+
+    config = resolve_config("dpo", None, {**FAST, "reference_dtype": name, "mixed_precision": "bf16"})
+    trainer = Trainer(METHODS.get("dpo")(config), base_model=str(tiny_model_dir), data_dir=data_dir,
+                      output_dir=tmp_path / "unused", seed=0, on_log=None)
+    trainer._setup()
+    batch = trainer.make_batch(0, 0, step_generator(0, 0, 0, 0))
+    t = torch.tensor([100, 700] * 2)
+    target = torch.randn(batch.latents.shape, generator=torch.Generator().manual_seed(1))
+    x_t = batch.latents + 0.5 * target
+    cond = batch.cond.repeat(2)
+    ref_err = per_sample_error(trainer.models.reference(x_t, t, cond), target)
+    unet = UNet2DConditionModel.from_pretrained(tiny_model_dir / "unet").to(dtype).eval()
+    with torch.no_grad():
+        pred = unet(x_t.to(dtype), t, encoder_hidden_states=cond.hidden.to(dtype)).sample
+    assert pred.dtype == dtype
+    expected = (pred - target.to(dtype)).pow(2).mean(dim=[1, 2, 3]).float()
+    torch.testing.assert_close(ref_err, expected, rtol=0, atol=0)
+    assert not torch.equal(ref_err, (pred.float() - target).pow(2).mean(dim=[1, 2, 3]))  # fp32 errors differ
+    with pytest.raises(HarnessError, match="reference_dtype needs a frozen reference copy"):
+        resolve_config("dpo", None, {"reference_dtype": name, "lora_rank": 4})
+
+
+@pytest.mark.parametrize("method, vae_fp32, dtype", [("kto", True, torch.float32), ("mapo", True, torch.float32),
+                                                     ("dpo", False, torch.bfloat16)])
+def test_kto_and_mapo_encode_with_an_fp32_vae_whatever_the_mixed_precision(method, vae_fp32, dtype, tiny_model_dir,
+                                                                           data_dir, tmp_path):
+    """diffusion-kto train_kto_sd_v1.5.py:859 and mapo train.py:181 move the VAE to the GPU in fp32; the Salesforce
+    DPO script casts it to the mixed-precision dtype with the text encoder.  The feature cache is keyed by the
+    VAE's weights, dtype included: the two never share posteriors."""
+    from harness.api.registry import METHODS
+    from harness.trainer import Trainer
+    from harness.train_features import module_fingerprint
+
+    config = resolve_config(method, None, {**FAST, "mixed_precision": "bf16"})
+    assert config.vae_fp32 is vae_fp32
+    trainer = Trainer(METHODS.get(method)(config), base_model=str(tiny_model_dir), data_dir=data_dir,
+                      output_dir=tmp_path / "unused", seed=0, on_log=None)
+    trainer._setup()
+    assert next(trainer.features.vae.parameters()).dtype == dtype
+    assert next(trainer.features.text_encoders[0].parameters()).dtype == torch.bfloat16
+    assert module_fingerprint(trainer.features.vae) != module_fingerprint(trainer.features.vae.to(
+        torch.bfloat16 if vae_fp32 else torch.float32))

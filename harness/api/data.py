@@ -9,8 +9,10 @@ A method declares its data with one of these objects (``Method.data``, or
 - ``Experts(scorer=None, top_k=None)``: single demonstration images.  With a ``scorer``, the
   ``top_k`` training images ranked by it (DRO), made by ``harness data experts``; without one,
   the data's ``experts.jsonl`` or the preferred image of each pair (SFT).
-- ``LabelledImages()``: single images labelled desirable (1) or undesirable (0), no pairs
-  (Diffusion-KTO): a ``labelled.jsonl``, or a pairs source read as its winners (1) and losers (0).
+- ``LabelledImages(per_image=False, desirable_share=None)``: single images labelled desirable (1) or
+  undesirable (0), no pairs (Diffusion-KTO): a ``labelled.jsonl``, or a pairs source read per distinct
+  image (desirable if preferred in any of its pairs) or per pair (its winner 1, its loser 0); drawn with
+  replacement so that ``desirable_share`` of the draws are desirable, or uniformly without.
 - ``PromptsOnly()``: captions alone, for methods that make their own images.
 
 Each spec reads a source into ``Example``s (caption, images, per-image scores and labels), and
@@ -47,6 +49,9 @@ class Example:
     images: tuple[ImageSource, ...]
     scores: tuple[float, ...] = ()
     labels: tuple[float, ...] = ()
+    # Per image, the index of the image whose size it is resized to before the shared transform, when the pair is
+    # transformed as one (``TrainConfig.joint_pair_transform``): the source's image_1 takes image_0's size.
+    size_from: tuple[int | None, ...] = ()
 
 
 class Examples(Sequence):
@@ -55,8 +60,12 @@ class Examples(Sequence):
     ``scores``: every score the data carries, NaN where missing, known without reading an image.
     """
 
-    def __init__(self, records: Sequence, per_record: int, make: Callable[[Any, int], Example], scores: np.ndarray) -> None:
+    def __init__(self, records: Sequence, per_record: int, make: Callable[[Any, int], Example], scores: np.ndarray,
+                 weights: np.ndarray | None = None) -> None:
         self.records, self.per_record, self.make, self.scores = records, per_record, make, scores
+        # Each example's sampling weight: the trainer draws with replacement in proportion to it; None: every
+        # example once per epoch, in a random order.
+        self.weights = weights
 
     def __len__(self) -> int:
         return len(self.records) * self.per_record
@@ -124,7 +133,8 @@ class Pairs(DataSpec):
         if len(pairs) == 0:
             raise HarnessError(f"no usable training pairs in {source} (ties are dropped)")
         return Examples(pairs, 1, lambda pair, _: Example(pair.caption, (pair.image_w, pair.image_l),
-                                                          (_score(pair.score_w), _score(pair.score_l)), (NAN, NAN)),
+                                                          (_score(pair.score_w), _score(pair.score_l)), (NAN, NAN),
+                                                          (None, 0) if pair.preferred_is_image_0 else (1, None)),
                         pair_scores(pairs))
 
     def prepare(self, source: str, training_source: str, scorer_options: dict[str, Any], say: Say) -> tuple[list[str], str]:
@@ -175,26 +185,88 @@ class Experts(DataSpec):
 
 
 class LabelledImages(DataSpec):
+    """``per_image``: a pairs source gives each distinct image once, desirable if it is preferred in at least
+    one of its pairs (Diffusion-KTO's ``gt_label_wi_l``); otherwise each pair its winner (1) and its loser (0),
+    an image in several pairs once per pair.  ``desirable_share``: draws with replacement in which that share is
+    desirable (the public ``WeightedRandomSampler``); None: each example once per epoch."""
+
     name = "labelled images"
     images_per_example = 1
+
+    def __init__(self, per_image: bool = False, desirable_share: float | None = None) -> None:
+        self.per_image, self.desirable_share = per_image, desirable_share
 
     def examples(self, source: str | Path) -> Examples:
         from harness.data import load_labelled, load_pairs, pair_scores
 
         if (Path(source) / "labelled.jsonl").exists():
             rows = load_labelled(source)
+            labels = np.array([row.label for row in rows])
             return Examples(rows, 1, lambda row, _: Example(row.caption, (row.image,), (_score(row.score),), (row.label,)),
-                            np.array([_score(r.score) for r in rows], dtype=float))
+                            np.array([_score(r.score) for r in rows], dtype=float), self._weights(labels))
         pairs = load_pairs(source)
         if len(pairs) == 0:
             raise HarnessError(f"no usable training pairs in {source} to label (ties are dropped)")
 
-        def labelled(pair: Pair, part: int) -> Example:
-            # Each pair gives its preferred image as desirable, then the other as undesirable.
-            image, score = (pair.image_w, pair.score_w) if part == 0 else (pair.image_l, pair.score_l)
-            return Example(pair.caption, (image,), (_score(score),), (1.0 - part,))
+        def from_pair(record: _PairImage, _: int) -> Example:
+            pair = pairs[record.index]
+            image, score = (pair.image_w, pair.score_w) if record.side == 0 else (pair.image_l, pair.score_l)
+            return Example(pair.caption, (image,), (_score(score),), (record.label,))
 
-        return Examples(pairs, 2, labelled, pair_scores(pairs))
+        if self.per_image:
+            records = [_PairImage(pairs, *found) for found in _labelled_per_image(pairs)]
+        else:  # each pair gives its preferred image as desirable, then the other as undesirable
+            records = [_PairImage(pairs, index, side, 1.0 - side) for index in range(len(pairs)) for side in (0, 1)]
+        labels = np.array([record.label for record in records])
+        return Examples(records, 1, from_pair, pair_scores(pairs), self._weights(labels))
+
+    def _weights(self, labels: np.ndarray) -> np.ndarray | None:
+        """The public sampler's weights (train_kto_sd_v1.5.py:733-738): each class's share over its count."""
+        if self.desirable_share is None:
+            return None
+        desirable = labels == 1
+        if desirable.all() or not desirable.any():
+            raise HarnessError(f"desirable_share {self.desirable_share} needs desirable and undesirable images; "
+                               f"the data has {int(desirable.sum())} desirable of {len(labels)}")
+        return np.where(desirable, self.desirable_share / desirable.sum(), (1 - self.desirable_share) / (~desirable).sum())
+
+
+@dataclass(frozen=True)
+class _PairImage:
+    """One image of a pair as a labelled example: the pair's index, its side (0 preferred, 1 the other), the label."""
+
+    pairs: Sequence[Pair]
+    index: int
+    side: int
+    label: float
+
+    @property
+    def caption(self) -> str:
+        return self.pairs[self.index].caption
+
+
+def _labelled_per_image(pairs: Sequence[Pair]) -> list[tuple[int, int, float]]:
+    """(pair index, side, label) for each distinct image of the pairs, at its first appearance; label 1 if it
+    is the preferred image of any pair.  An image is its path (a local directory) or its uid (Pick-a-Pic,
+    read from two columns: no image is decoded)."""
+    from harness.data import PickapicPairs
+
+    if isinstance(pairs, PickapicPairs):
+        if not {"image_0_uid", "image_1_uid"} <= set(pairs.dataset.column_names):
+            raise HarnessError("per-image labels need the images' uids (columns image_0_uid, image_1_uid); "
+                               "set per_image_labels false to label per pair")
+        columns = pairs.dataset.select_columns(["image_0_uid", "image_1_uid", "label_0"])
+        uid_0, uid_1, label_0 = columns["image_0_uid"], columns["image_1_uid"], columns["label_0"]
+        ids = [(uid_0[r], uid_1[r]) if label_0[r] == 1 else (uid_1[r], uid_0[r]) for r in pairs.rows]
+    else:
+        ids = [(str(pair.image_w), str(pair.image_l)) for pair in pairs]
+    first: dict[str, tuple[int, int]] = {}
+    preferred: set[str] = set()
+    for index, (winner, loser) in enumerate(ids):
+        preferred.add(winner)
+        for side, image in enumerate((winner, loser)):
+            first.setdefault(image, (index, side))
+    return [(index, side, float(image in preferred)) for image, (index, side) in first.items()]
 
 
 class PromptsOnly(DataSpec):

@@ -64,6 +64,11 @@ class TrainConfig:
     # (the Salesforce and SmPO scripts); "bf16": the weights themselves in bf16, optimizer state too, as
     # the public DRO code trains (cheaper, and updates below bf16's resolution are lost).
     master_weights: Literal["fp32", "bf16"] = "fp32"
+    # The frozen reference network's weights, its forward (outside autocast) and its per-sample errors in this
+    # dtype, as the public scripts run it (Salesforce DPO train.py:939, 1132-1137 and SmPO train.py:880,
+    # 1052-1057: fp16; DRO train.py:363-368, 753-758: bf16).  None: the weights in the
+    # mixed-precision dtype under autocast, the errors in fp32.  Needs the frozen copy (lora_rank 0).
+    reference_dtype: Literal["fp16", "bf16"] | None = None
     gradient_checkpointing: bool = False
     ema_decay: float | None = None  # None: no EMA; the final UNet is the EMA one when set
     ema_on_cpu: bool = False
@@ -74,12 +79,19 @@ class TrainConfig:
     # fresh sample of the VAE posterior each time it is used.  False: no flip / the posterior mean.
     random_flip: bool = True
     latent_sample: bool = True
+    # Pairs: one flip for both images of a pair, the source's image_1 first resized to image_0's size (MaPO's
+    # transform of the pair as one tensor).  False: each image flipped on its own coin, at its own size (the
+    # Salesforce DPO and SmPO scripts transform each image separately).
+    joint_pair_transform: bool = False
     resolution: int | None = None  # None: the UNet's native size x the VAE's scale factor
     init_unet: str | None = None  # start policy and reference from this UNet (e.g. an SFT run's output)
     # Start from the UNet another method trains first on the same data (SmPO's SD1.5 recipe: "sft"):
     # `harness run` chains the two; `harness train` needs init_unet instead.
     init_method: str | None = None
     vae: str | None = None  # replacement VAE, e.g. madebyollin/sdxl-vae-fp16-fix
+    # The VAE encodes in fp32 whatever the mixed precision (the KTO and MaPO scripts); False: in the
+    # mixed-precision dtype, as the text encoders (the Salesforce DPO, SmPO and DRO scripts).
+    vae_fp32: bool = False
     cache_features: bool = True  # VAE latents and text embeddings computed once, cached on disk
     cache_dir: str | None = None  # None: $HARNESS_CACHE/train-features (content-keyed, shareable)
     checkpoint_every: int = 500
@@ -92,7 +104,7 @@ class TrainConfig:
             if getattr(self, name) < 1:
                 raise HarnessError(f"{name} must be >= 1, not {getattr(self, name)}")
         choices = {"optimizer": ("adamw", "adafactor"), "master_weights": ("fp32", "bf16"),
-                   "mixed_precision": ("no", "fp16", "bf16")}
+                   "mixed_precision": ("no", "fp16", "bf16"), "reference_dtype": ("fp16", "bf16", None)}
         for name, valid in choices.items():
             if getattr(self, name) not in valid:
                 raise HarnessError(f"{name} must be one of {', '.join(valid)}, not {getattr(self, name)!r}")
@@ -103,6 +115,9 @@ class TrainConfig:
         schedules = [kind.value for kind in SchedulerType]
         if self.lr_scheduler not in schedules:
             raise HarnessError(f"unknown lr_scheduler {self.lr_scheduler!r}; valid: {', '.join(schedules)}")
+        if self.reference_dtype is not None and self.lora_rank > 0:
+            raise HarnessError("reference_dtype needs a frozen reference copy; with LoRA the reference is the "
+                               "policy's own weights (set lora_rank 0 or reference_dtype none)")
         if self.ema_decay is not None and not 0.0 < self.ema_decay < 1.0:
             raise HarnessError("ema_decay must lie in (0, 1) or be None")
 
@@ -153,6 +168,7 @@ class Models:
         reference: Callable[[], tuple[torch.nn.Module, Any]],
         scheduler: Any,
         autocast: Callable[[], Any] = nullcontext,
+        reference_in_own_dtype: bool = False,
     ) -> None:
         self._policy = policy
         self._unwrapped = unwrapped
@@ -160,19 +176,22 @@ class Models:
         self.scheduler = scheduler
         self.process = noise_process(scheduler)
         self.autocast = autocast
+        # TrainConfig.reference_dtype: the reference runs outside autocast and returns its own dtype.
+        self.reference_in_own_dtype = reference_in_own_dtype
         self.unet_evals = 0
 
-    def _run(self, unet: torch.nn.Module, x: torch.Tensor, t: torch.Tensor, cond: Cond) -> torch.Tensor:
+    def _run(self, unet: torch.nn.Module, x: torch.Tensor, t: torch.Tensor, cond: Cond,
+             own_dtype: bool = False) -> torch.Tensor:
         self.unet_evals += x.shape[0]
         dtype = next(unet.parameters()).dtype
         added = None if cond.added is None else {k: v.to(dtype) for k, v in cond.added.items()}
-        with self.autocast():
+        with nullcontext() if own_dtype else self.autocast():
             if added is not None and "pooled_projections" in added:  # SD3's transformer
                 out = unet(hidden_states=x.to(dtype), timestep=t, encoder_hidden_states=cond.hidden.to(dtype),
                            pooled_projections=added["pooled_projections"]).sample
             else:
                 out = unet(x.to(dtype), t, encoder_hidden_states=cond.hidden.to(dtype), added_cond_kwargs=added).sample
-        return out.float()
+        return out if own_dtype else out.float()
 
     def policy(self, x: torch.Tensor, t: torch.Tensor, cond: Cond) -> torch.Tensor:
         return self._run(self._policy, x, t, cond)
@@ -181,7 +200,7 @@ class Models:
     def reference(self, x: torch.Tensor, t: torch.Tensor, cond: Cond) -> torch.Tensor:
         unet, context = self._reference()
         with context:
-            return self._run(unet, x, t, cond)
+            return self._run(unet, x, t, cond, own_dtype=self.reference_in_own_dtype)
 
     @torch.no_grad()
     def snapshot(self, x: torch.Tensor, t: torch.Tensor, cond: Cond) -> torch.Tensor:
@@ -189,8 +208,11 @@ class Models:
 
 
 def per_sample_error(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Mean over all but the batch dimension of the squared error: one number per sample."""
-    return (pred.float() - target.float()).pow(2).flatten(1).mean(dim=1)
+    """Mean over all but the batch dimension of the squared error: one number per sample, in fp32; computed in
+    the prediction's dtype when that is fp16 or bf16 (a ``reference_dtype`` reference, as the public scripts'
+    ``(ref_pred - target).pow(2).mean(...)``, target and all in that dtype: Salesforce DPO train.py:1137)."""
+    dtype = pred.dtype if pred.dtype in (torch.float16, torch.bfloat16) else torch.float32
+    return (pred.to(dtype) - target.to(dtype)).pow(2).flatten(1).mean(dim=1).float()
 
 
 def randn_like(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -240,6 +262,9 @@ class TrainingContext:
     encode: Callable[[list[str]], Cond]  # captions -> conditioning, as the batches are encoded
     cache: Callable[[str], Path]
     device: torch.device
+    # (step, micro) -> that micro-batch of this process, exactly as the trainer will hand it to ``loss`` (for a
+    # method whose ``before_micro_step`` draws nothing from the generator): a look at the whole step ahead.
+    batch: Callable[[int, int], Batch] | None = None
 
 
 @dataclass(frozen=True)
