@@ -111,7 +111,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     options = _run_options(args, methods=args.methods, out=Path(args.out), data=args.data, steps=args.steps,
                            vae=args.vae, overrides=_parse_overrides(args.set, [EVERY_METHOD]),
                            pretrained=args.pretrained, seed=args.seed, jobs=args.jobs, eval_every=args.eval_every,
-                           eval_suites=args.eval_suites, backend=args.backend, address=args.address)
+                           eval_suites=args.eval_suites, backend=args.backend, address=args.address,
+                           skip_bad_images=args.skip_bad_images)
     preset = get_preset(options.preset)
     validate(options, preset)  # every mistake is reported before the libraries load
     quiet_libraries()
@@ -168,7 +169,8 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from harness.api.registry import METHODS
-    from harness.config import resolve_base_model
+    from harness.config import require_existing_path, resolve_base_model
+    from harness.data_check import check_data
     from harness.presets import get_preset
     from harness.trainer import train
 
@@ -176,6 +178,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     METHODS.get(args.method)
     preset = get_preset(args.preset)
     overrides = _parse_overrides(args.set, [args.method]).get(args.method, {})
+    require_existing_path(args.data, "--data")
+    check_data(args.data, skip_bad_images=args.skip_bad_images)  # before --out is made
     result = train(
         args.method,
         base_model=resolve_base_model(args.model or preset.base_model),
@@ -417,6 +421,10 @@ def _global_options(after_command: bool) -> argparse.ArgumentParser:
     return options
 
 
+SKIP_BAD_IMAGES = ("leave out the data's rows whose image is missing or cannot be decoded, and count them "
+                   "(without it, such a row is an error naming its file and line)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="harness", description=__doc__.splitlines()[0] if __doc__ else None,
                      parents=[_global_options(after_command=False)], formatter_class=HelpFormatter)
@@ -462,6 +470,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="where the jobs run: this machine's worker processes (local) or a Ray cluster "
                    "(pip install '.[ray]'; docs/scaling.md)")
     p.add_argument("--address", help="with --backend ray: the cluster, auto or HOST:PORT (default: start one here)")
+    p.add_argument("--skip-bad-images", action="store_true", help=SKIP_BAD_IMAGES)
 
     p = command("evaluate", cmd_evaluate, "evaluate any checkpoint into a results directory: generate the suites "
                 "with the preset's protocol, score, store, rank against the base")
@@ -535,6 +544,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                    help="override a field of the method's config, e.g. max_steps=10 (repeatable)")
     p.add_argument("--no-resume", action="store_true", help="ignore existing checkpoints in --out")
+    p.add_argument("--skip-bad-images", action="store_true", help=SKIP_BAD_IMAGES)
     p.add_argument("--seed", type=int, default=0, help="seed of the data order, noise and timesteps")
 
     p = command("generate", cmd_generate, "generate images for a prompt suite with the preset's evaluation protocol "
