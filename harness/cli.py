@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import ast
 import csv
+import difflib
 import json
 import os
 import sys
@@ -47,10 +48,40 @@ def _count(text: str) -> int:
 
 
 class _Parser(argparse.ArgumentParser):
-    """Usage mistakes in one line, as every other mistake (argparse would print the whole usage first)."""
+    """Usage mistakes in one line, as every other mistake (argparse would print the whole usage first), saying
+    what was meant where it can tell: an option before the command's name, a misspelt option."""
+
+    def parse_known_args(self, args=None, namespace=None):  # type: ignore[override]
+        self.given = list(sys.argv[1:] if args is None else args)  # what error() reads the user's words from
+        return super().parse_known_args(args, namespace)
 
     def error(self, message: str) -> NoReturn:
-        self.exit(2, f"harness: error: {message} (see `{self.prog} --help`)\n")
+        meant, prog = self._meant() or (message, self.prog)
+        self.exit(2, f"harness: error: {meant} (see `{prog} --help`)\n")
+
+    def _meant(self) -> tuple[str, str] | None:
+        """The message for a mistake whose cause is plain from the words given, and the command it is about."""
+        given = getattr(self, "given", [])
+        commands = next((action.choices for action in self._actions
+                         if isinstance(action, argparse._SubParsersAction)), {})
+        # The command's name: the first one that is no option's value (`harness --out runs leaderboard`).
+        at = next((i for i, word in enumerate(given) if word in commands
+                   and not (i and given[i - 1].startswith("-") and "=" not in given[i - 1])), None)
+        if at is not None:
+            misplaced = [word for word in given[:at] if word.startswith("-") and word.split("=")[0] not in GLOBAL_OPTIONS]
+            if misplaced:
+                fixed = " ".join([given[at], *given[:at], *given[at + 1:]])
+                return (f"{misplaced[0].split('=')[0]} is an option of the command: write it after the command's name, "
+                        f"`harness {fixed}` (only {', '.join(GLOBAL_OPTIONS)} may come before it)", self.prog)
+        parser = commands.get(given[at], self) if at is not None else self  # the top parser reports unknown words
+        known = [option for action in parser._actions for option in action.option_strings]
+        for word in given:
+            option = word.split("=")[0]
+            if option.startswith("--") and option not in known:
+                close = difflib.get_close_matches(option, known, n=1)
+                if close:
+                    return f"{option} is not an option of `{parser.prog}`: did you mean {close[0]}?", parser.prog
+        return None
 
 
 def _parse_overrides(assignments: list[str], methods: list[str]) -> dict[str, dict[str, Any]]:
@@ -202,9 +233,13 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
     preset = get_preset(args.preset)
     model = args.model or preset.base_model
+    from harness.evaluate import unet_subfolder
+
     require_existing_path(model, "--model")  # before the libraries load
+    subfolder = None
     if args.unet:
         require_existing_path(args.unet, "--unet")
+        subfolder = unet_subfolder(args.unet)
     require_directory_or_nothing(Path(args.out), "--out")
     from harness.models import inference_device, load_pipeline
     from harness.evaluate import Protocol
@@ -221,7 +256,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     settings.update({name: value for name, value in given.items() if value is not None})
     with torchrun_process_group() as device:
         _, dtype = inference_device()
-        pipe = load_pipeline(resolve_base_model(model), unet=args.unet, dtype=dtype, device=device, vae=preset.vae)
+        pipe = load_pipeline(resolve_base_model(model), unet=args.unet, unet_subfolder=subfolder, dtype=dtype,
+                             device=device, vae=preset.vae)
         pipe = optimize_pipeline(pipe, channels_last=args.channels_last, compile_unet=args.compile)
         rows = generate(pipe, suite, Path(args.out), **settings, progress=not args.no_progress)
     print(f"{len(rows)} images in {args.out} (manifest: {Path(args.out) / 'manifest.jsonl'})")
@@ -406,6 +442,9 @@ class HelpFormatter(argparse.HelpFormatter):
             return action.help or ""
         shown = ",".join(default) if isinstance(default, list) else str(default)
         return f"{action.help} (default: {shown.replace('%', '%%')})"
+
+
+GLOBAL_OPTIONS = ("--plugin", "-h", "--help")  # what may come before a command's name
 
 
 def _global_options(after_command: bool) -> argparse.ArgumentParser:

@@ -89,8 +89,20 @@ class Checkpoint:
 
 def unet_subfolder(location: str) -> str | None:
     """Where a UNet is in ``location``: a UNet directory itself, or a repository laid out as a pipeline's
-    (a local download or a hub id, as the published ones) with the UNet in ``unet/``."""
-    return None if (Path(location).expanduser() / "config.json").is_file() else "unet"
+    (a local download or a hub id, as the published ones) with the UNet in ``unet/``.  A local directory
+    that is neither is an error naming it as given, with the trained UNets it holds."""
+    path = Path(location).expanduser()
+    if (path / "config.json").is_file():
+        return None
+    if path.is_dir() and not (path / "unet" / "config.json").is_file():
+        trained = sorted(str(Path(location) / found.parent.relative_to(path))
+                         for pattern in ("final/unet/config.json", "models/*/final/unet/config.json")
+                         for found in path.glob(pattern))
+        hint = f"did you mean {' or '.join(trained)}? " if trained else ""
+        raise HarnessError(f"--unet {location!r} is not a UNet directory (no config.json) nor a pipeline's (no "
+                           f"unet/config.json): {hint}`harness train --out DIR` writes its UNet to DIR/final/unet, "
+                           "`harness run --out DIR` to DIR/models/METHOD/final/unet")
+    return "unet"
 
 
 def load_suite(name: str, limit: int | None = None):
@@ -194,7 +206,8 @@ def generate_suites(name: str, run_id: int, checkpoint: Checkpoint, protocol: Pr
     for suite_name in protocol.suites:
         suite = protocol.load_suite(suite_name)
         say(f"   {name} / {suite.name} ({len(suite)} prompts)")
-        rows = generate(pipe, suite, results.images(name, suite.name), **protocol.sampling(suite.name), shard=shard)
+        rows = generate(pipe, suite, results.images(name, suite.name), **protocol.sampling(suite.name), shard=shard,
+                        model=name)
         folder = results.relative_images(name, suite.name)
         stored = [{**row, "path": str(folder / row["path"])} for row in rows]  # the store's: relative to the results
         store.add_images(run_id, suite=suite.name, suite_version=suite.version, split=suite.split, rows=stored)

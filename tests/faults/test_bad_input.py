@@ -116,6 +116,13 @@ def _missing_image(directory: Path) -> None:
     _pairs(directory, {"image_1": "nope.png"})
 
 
+def _trained(directory: Path) -> None:
+    """``mydpo/``, laid out as `harness train --out mydpo` leaves it: the UNet in mydpo/final/unet."""
+    unet = directory / "mydpo" / "final" / "unet"
+    unet.mkdir(parents=True)
+    (unet / "config.json").write_text((Path(os.environ["HARNESS_CACHE"]) / "tiny-sd" / "unet" / "config.json").read_text())
+
+
 # The tiny preset: should a case ever get past validation, its run ends in seconds.
 RUN = ("run", "--preset", "tiny", "--methods", "dpo")
 GENERATE = ("generate", "--model", "tiny", "--suite", "toy-seen", "--out", "gen")
@@ -168,6 +175,14 @@ CASES = [
          "`mydata/c.png` is not an image", lambda d: _pairs(d, undecodable=True)),
     Case((*RUN, "--data", "mydata"), r"mydata/pairs.jsonl:3: label_0 must be a number, not str '1'",
          "line 3 of `mydata/pairs.jsonl` has the label `\"1\"`", lambda d: _pairs(d, {"label_0": "1"})),
+    Case(("--out", "runs", "leaderboard"),
+         r"--out is an option of the command: write it after the command's name, `harness leaderboard --out runs`"),
+    Case(("train", "--methods", "dpo"), r"--methods is not an option of `harness train`: did you mean --method\?"),
+    Case((*EVALUATE, "--unet", "mydpo"),
+         r"--unet 'mydpo' is not a UNet directory \(no config.json\).*did you mean mydpo/final/unet\?",
+         "`mydpo/` is what `harness train --out mydpo` wrote", _trained),
+    Case((*GENERATE, "--unet", "mydpo"), r"--unet 'mydpo' is not a UNet directory .*did you mean mydpo/final/unet\?",
+         "`mydpo/` is what `harness train --out mydpo` wrote", _trained),
     Case(("--plugin", "broken.py", "methods"), r"cannot load plugin broken.py: broken.py line 2: syntax error",
          "`broken.py` has a syntax error on line 2", _syntax_error),
     Case(("--plugin", "raises.py", "methods"), r"cannot load plugin raises.py: raises.py line 3: RuntimeError: no GPU",
