@@ -382,8 +382,12 @@ def cmd_scorers(args: argparse.Namespace) -> int:
 
 
 def cmd_suites(args: argparse.Namespace) -> int:
-    from harness.suites import list_suites
+    from harness.suites import check_suite_name, get_suite, list_suites, show_suite
 
+    if args.show:
+        check_suite_name(args.show)
+        print(show_suite(get_suite(args.show)))
+        return 0
     print(text_table([["suite", "split", "prompts", "version", "description", "categories"],
                       *(info.cells() for info in list_suites())]))
     return 0
@@ -671,7 +675,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     command("methods", cmd_methods, "list registered methods")
     command("scorers", cmd_scorers, "list registered scorers")
-    command("suites", cmd_suites, "list prompt suites")
+    p = command("suites", cmd_suites, "list prompt suites, or show one's prompts")
+    p.add_argument("--show", metavar="SUITE", help="print the suite's split, size, version and source, and every "
+                   "prompt (a registered suite, NAME:PATH for its local copy, or NAME=FILE for a prompt file)")
     p = command("presets", cmd_presets, "list presets, or show one's resolved recipe per method")
     p.add_argument("--show", metavar="PRESET", help="print every method's resolved settings under this preset")
     return parser

@@ -28,8 +28,9 @@ from harness.config import (is_built_model, require_directory_or_nothing, requir
 from harness.presets import get_preset
 from harness.errors import HarnessError
 from harness.progress import Stages, say
-from harness.api.registry import METHODS, SCORERS, SUITES
+from harness.api.registry import METHODS, SCORERS
 from harness.results import ResultsDir
+from harness.suites import check_suite_name
 
 BASE = "base"  # the run of the untrained base model, which every other run is compared with
 LORA_WEIGHTS = "pytorch_lora_weights.safetensors"  # what `harness train` writes to final/lora (train_export)
@@ -113,6 +114,20 @@ def load_suite(name: str, limit: int | None = None):
     if limit and len(suite) > limit:
         suite = Suite(name=suite.name, split=suite.split, prompts=suite.prompts[:limit], description=suite.description)
     return suite
+
+
+def check_prompts_scorable(suites: Sequence[Any], scorers: Sequence[str]) -> None:
+    """Every prompt of ``suites`` is one each scorer can score (the toy world's reads its grammar): a prompt it
+    cannot read is one line before any image is made, not an error after the base's images."""
+    for name in scorers:
+        scorer = SCORERS.get(name)
+        for suite in suites:
+            for prompt in suite.prompts:
+                try:
+                    scorer.check_prompt(prompt.prompt)
+                except HarnessError as exc:
+                    raise HarnessError(f"suite {suite.name!r}, prompt {prompt.prompt_id!r} ({prompt.prompt!r}): "
+                                       f"scorer {name!r} cannot score it: {exc}") from None
 
 
 def check_scorer_options(name: str, keywords: Mapping[str, Any]) -> None:
@@ -327,7 +342,7 @@ def plan_evaluation(options: EvaluateOptions) -> Evaluation:
     if options.method is not None:
         METHODS.get(options.method)
     for suite in options.suites or ():
-        SUITES.get(suite.split(":", 1)[0])
+        check_suite_name(suite)
     for scorer in options.scorers or ():
         SCORERS.get(scorer)
     for scorer, keywords in options.scorer_options.items():
@@ -336,6 +351,7 @@ def plan_evaluation(options: EvaluateOptions) -> Evaluation:
     protocol = Protocol.of(preset, options.suites, options.scorers, max_prompts=options.max_prompts, seed=seed,
                            scorer_options=options.scorer_options)
     suites = [protocol.load_suite(suite) for suite in protocol.suites]  # a suite file's mistakes, a hub suite not here
+    check_prompts_scorable(suites, protocol.scorers)
 
     if not is_built_model(options.model):
         check_model_available(options.model, config_file="model_index.json", what="--model", pass_as="--model DIR")
