@@ -488,7 +488,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", help="training data: directory with pairs.jsonl/experts.jsonl, or a hub dataset id")
     p.add_argument("--vae", help="replacement VAE, hub id or local directory (default: the preset's, e.g. SDXL's "
                    "madebyollin/sdxl-vae-fp16-fix)")
-    p.add_argument("--suites", type=_comma_list, help="prompt suites (default: the preset's)")
+    p.add_argument("--suites", type=_comma_list, help="prompt suites (default: the preset's; NAME:PATH for a local "
+                   "copy, NAME=FILE[:seen|unseen] for a prompt file of yours)")
     p.add_argument("--scorers", type=_comma_list, help="scorers (default: the preset's)")
     p.add_argument("--max-prompts", type=_count, help="use only the first N prompts of each suite")
     p.add_argument("--images-per-prompt", type=_count, help="images per prompt (default: the preset's protocol)")
@@ -535,7 +536,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", help="the protocol: the preset the results directory was made with (default), "
                    "else toy")
     p.add_argument("--suites", type=_comma_list, help="prompt suites, in-domain or out-of-domain (default: the "
-                   "preset's; NAME:PATH for a local copy)")
+                   "preset's; NAME:PATH for a local copy, NAME=FILE[:seen|unseen] for a prompt file of yours)")
     p.add_argument("--scorers", type=_comma_list, help="scorers (default: the preset's)")
     p.add_argument("--max-prompts", type=_count, help="only the first N prompts of each suite (as the run's, to compare)")
     p.add_argument("--scorer-option", action="append", default=[], metavar="SCORER.OPTION=VALUE",
@@ -567,7 +568,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="the base model: hub id or local directory (default: the preset's)")
     p.add_argument("--unet", action="append", default=[], metavar="METHOD=DIR",
                    help="a method's UNet from a local directory (or hub id) instead of the preset's published id")
-    p.add_argument("--suites", type=_comma_list, help="default: the preset's; NAME:PATH for a local copy")
+    p.add_argument("--suites", type=_comma_list, help="default: the preset's; NAME:PATH for a local copy, "
+                   "NAME=FILE[:seen|unseen] for a prompt file of yours")
     p.add_argument("--scorers", type=_comma_list, help="default: the paper's metrics")
     p.add_argument("--scorer-option", action="append", default=[], metavar="SCORER.OPTION=VALUE",
                    help="where a scorer's weights are, e.g. hpsv2.checkpoint=DIR")
@@ -601,7 +603,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--unet", metavar="DIR", help="replace its UNet: a trained checkpoint, e.g. OUT/final/unet of "
                    "`harness train --out OUT`")
     p.add_argument("--preset", help="whose evaluation protocol to follow (default: toy, the toy world)")
-    p.add_argument("--suite", required=True, help="a registered suite, or NAME:PATH for a local copy")
+    p.add_argument("--suite", required=True, help="a registered suite, NAME:PATH for a local copy, or "
+                   "NAME=FILE[:seen|unseen] for a prompt file of yours")
     p.add_argument("--out", required=True, help="directory to write the images and manifest.jsonl to")
     p.add_argument("--images-per-prompt", type=_count, help="images per prompt" + protocol)
     p.add_argument("--batch-size", type=_count, help="images per pipeline call" + protocol)

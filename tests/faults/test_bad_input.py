@@ -116,6 +116,10 @@ def _missing_image(directory: Path) -> None:
     _pairs(directory, {"image_1": "nope.png"})
 
 
+def _prompts(directory: Path) -> None:
+    (directory / "prompts.txt").write_text("a red circle on the left\nan orange square at the top\n")
+
+
 def _trained(directory: Path) -> None:
     """``mydpo/``, laid out as `harness train --out mydpo` leaves it: the UNet in mydpo/final/unet."""
     unet = directory / "mydpo" / "final" / "unet"
@@ -175,6 +179,17 @@ CASES = [
          "`mydata/c.png` is not an image", lambda d: _pairs(d, undecodable=True)),
     Case((*RUN, "--data", "mydata"), r"mydata/pairs.jsonl:3: label_0 must be a number, not str '1'",
          "line 3 of `mydata/pairs.jsonl` has the label `\"1\"`", lambda d: _pairs(d, {"label_0": "1"})),
+    Case((*RUN, "--suites", "mine:prompts.txt"),
+         r"unknown suite 'mine'; available: .*; a prompt file of your own is --suites mine=FILE\[:seen\|unseen\]",
+         "`prompts.txt` is a prompt file", _prompts),
+    Case((*RUN, "--suites", "toy-seen=prompts.txt"), r"'toy-seen' is a registered suite's name",
+         "`prompts.txt` is a prompt file", _prompts),
+    Case(("run", "--methods", "dpo", "--suites", "mine=prompts.txt"),
+         r"suite 'mine', prompt 'mine-0001' \('an orange square at the top'\): scorer 'toy-fidelity' cannot score it: "
+         r"unknown toy colour 'orange'", "`prompts.txt`'s second prompt is orange", _prompts),
+    Case((*EVALUATE, "--suites", "mine=prompts.txt"), r"scorer 'toy-fidelity' cannot score it: unknown toy colour",
+         "`prompts.txt`'s second prompt is orange", _prompts),
+    Case(("suites", "--show", "nosuch"), r"unknown suite 'nosuch'; available: .*nosuch=FILE"),
     Case(("--out", "runs", "leaderboard"),
          r"--out is an option of the command: write it after the command's name, `harness leaderboard --out runs`"),
     Case(("train", "--methods", "dpo"), r"--methods is not an option of `harness train`: did you mean --method\?"),
@@ -235,7 +250,7 @@ def bad_input_table(outcomes: dict[Case, Outcome]) -> str:
     for case, outcome in outcomes.items():
         command = f"`{case.command}`" + (f" where {case.setup}" if case.setup else "")
         # What is registered changes with every plugin: the table shows where the list goes, not the list.
-        line = re.sub(r"(unknown \w+ '\w+'; available: ).*", r"\1…", outcome.stderr.strip()).replace("|", "\\|")
+        line = re.sub(r"(unknown \w+ '\w+'; available: )[^;]*", r"\1…", outcome.stderr.strip()).replace("|", "\\|")
         rows.append(f"| {command} | `` {line} `` |")  # double backticks: the line may quote a command
     return "\n".join(rows)
 
