@@ -147,7 +147,9 @@ def test_each_run_has_its_own_times_and_figures_in_the_store_the_cli_and_the_das
                                    f"{runs.loc['base', 'peak_memory_mb']:.0f}", "–"]
     assert printed["dpo"][8] == f"{runs.loc['dpo', 'unet_evals_per_sample']:.4g}" and "None" not in result.stdout
     assert printed["dpo"][10] == compute["dpo"]["training_data"]
-    assert re.fullmatch(r"pairs \d+ read, \d+ ties? skipped, 0 unreadable", printed["dpo"][10])
+    # The toy world's data folder: its pairs and the experts made beside them.
+    assert re.fullmatch(r"pairs \d+ read, \d+ ties? skipped, 0 unreadable; experts \d+ read, 0 unreadable",
+                        printed["dpo"][10])
 
     monkeypatch.setenv("HARNESS_OUT", str(tiny_run_dir))
     at = AppTest.from_file(str(APP), default_timeout=60).run()
