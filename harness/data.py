@@ -191,6 +191,10 @@ class PickapicPairs(Sequence):
         missing = required - set(dataset.column_names)
         if missing:
             raise HarnessError(f"dataset lacks Pick-a-Pic column(s): {', '.join(sorted(missing))}")
+        label_type = getattr((getattr(dataset, "features", None) or {}).get("label_0"), "dtype", None)
+        if label_type is not None and not label_type.startswith(("float", "int", "uint")):
+            # Every label would fall outside (0, 1) and be dropped as a tie: no pair left, and no word why.
+            raise HarnessError(f"dataset column label_0 holds {label_type}, not numbers (1, 0 or 0.5 for a tie)")
         self.dataset = dataset
         self.rows = [i for i, label in enumerate(dataset["label_0"]) if label in (0, 1)]
         self.ties_dropped = len(dataset) - len(self.rows)

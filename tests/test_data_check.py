@@ -84,3 +84,13 @@ def test_a_label_given_as_text_is_refused(tmp_path):
 def test_a_hub_dataset_is_not_checked_image_by_image(tmp_path):
     assert check_data("yuvalkirstain/pickapic_v2") is None
     assert check_data(tmp_path) is None  # no data files: what reads it says what is missing
+
+
+def test_pickapic_labels_given_as_text_are_refused_not_dropped_as_ties(tmp_path):
+    import datasets
+
+    from harness.data import PickapicPairs
+
+    table = datasets.Dataset.from_dict({"caption": ["a"], "jpg_0": [b""], "jpg_1": [b""], "label_0": ["1"]})
+    with pytest.raises(HarnessError, match=r"^dataset column label_0 holds string, not numbers"):
+        PickapicPairs(table)
