@@ -68,7 +68,8 @@ class _Parser(argparse.ArgumentParser):
         at = next((i for i, word in enumerate(given) if word in commands
                    and not (i and given[i - 1].startswith("-") and "=" not in given[i - 1])), None)
         if at is not None:
-            misplaced = [word for word in given[:at] if word.startswith("-") and word.split("=")[0] not in GLOBAL_OPTIONS]
+            misplaced = [word for word in given[:at]
+                         if word.startswith("-") and word.split("=")[0] not in GLOBAL_OPTIONS]
             if misplaced:
                 fixed = " ".join([given[at], *given[:at], *given[at + 1:]])
                 return (f"{misplaced[0].split('=')[0]} is an option of the command: write it after the command's name, "
@@ -229,12 +230,11 @@ def cmd_generate(args: argparse.Namespace) -> int:
     """The preset's evaluation protocol (the one `harness run` evaluates with), with the options given replacing
     parts of it.  Under torchrun, every process runs this; prompts are split by rank and rank 0 merges the manifest."""
     from harness.config import require_directory_or_nothing, require_existing_path, resolve_base_model
+    from harness.evaluate import unet_subfolder
     from harness.presets import get_preset
 
     preset = get_preset(args.preset)
     model = args.model or preset.base_model
-    from harness.evaluate import unet_subfolder
-
     require_existing_path(model, "--model")  # before the libraries load
     subfolder = None
     if args.unet:

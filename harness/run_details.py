@@ -46,7 +46,8 @@ def shown_run_details(details: pd.DataFrame) -> pd.DataFrame:
                           "status": details["status"]})
     for column, (title, _) in FIGURES.items():
         shown[title] = [_cell(column, value) for value in details[column]]
-    shown["training data"] = [MISSING if value is None or pd.isna(value) else value for value in details["training_data"]]
+    shown["training data"] = [MISSING if value is None or pd.isna(value) else value
+                              for value in details["training_data"]]
     return shown
 
 

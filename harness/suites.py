@@ -130,6 +130,7 @@ def show_suite(suite: Suite) -> str:
     """``harness suites --show NAME``: the suite's split, size, version and source, then every prompt."""
     from harness.text_table import text_table
 
-    head = f"{suite.name}: {suite.split}, {len(suite)} prompts, v{suite.version}; {suite.description or 'no description'}"
+    source = suite.description or "no description"
+    head = f"{suite.name}: {suite.split}, {len(suite)} prompts, v{suite.version}; {source}"
     rows = [["prompt_id", "category", "prompt"], *([p.prompt_id, p.category or "-", p.prompt] for p in suite.prompts)]
     return head + "\n\n" + text_table(rows)

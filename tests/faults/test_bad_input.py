@@ -108,7 +108,8 @@ def _pairs(directory: Path, third: dict | None = None, undecodable: bool = False
         (directory / "mydata" / "c.png").write_bytes(b"\x89PNG not really")
     rows = [{"caption": "a red circle on the left", "image_0": "a.png", "image_1": "b.png", "label_0": 1},
             {"caption": "a red circle on the left", "image_0": "a.png", "image_1": "c.png", "label_0": 0.5},
-            {"caption": "a blue square at the top", "image_0": "b.png", "image_1": "c.png", "label_0": 0, **(third or {})}]
+            {"caption": "a blue square at the top", "image_0": "b.png", "image_1": "c.png", "label_0": 0,
+             **(third or {})}]
     (directory / "mydata" / "pairs.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
 
 
@@ -124,7 +125,8 @@ def _trained(directory: Path) -> None:
     """``mydpo/``, laid out as `harness train --out mydpo` leaves it: the UNet in mydpo/final/unet."""
     unet = directory / "mydpo" / "final" / "unet"
     unet.mkdir(parents=True)
-    (unet / "config.json").write_text((Path(os.environ["HARNESS_CACHE"]) / "tiny-sd" / "unet" / "config.json").read_text())
+    tiny = Path(os.environ["HARNESS_CACHE"]) / "tiny-sd" / "unet" / "config.json"
+    (unet / "config.json").write_text(tiny.read_text())
 
 
 # The tiny preset: should a case ever get past validation, its run ends in seconds.
@@ -173,7 +175,7 @@ CASES = [
     *(Case(("run", "--preset", preset, "--methods", "dpo", "--data", "mydata"),
            r"mydata/pairs.jsonl:3: image 'nope.png' does not exist \(mydata/nope.png\).*--skip-bad-images",
            "line 3 of `mydata/pairs.jsonl` names a missing image", _missing_image)
-      for preset in ("toy", "tiny", "toy-flow", "sd15", "sdxl", "sd35")),
+      for preset in ("toy", "tiny", "toy-flow", "tiny-flow", "sd15", "sdxl", "sd35")),
     Case(("train", "--method", "dpo", "--data", "mydata", "--out", "trained"),
          r"mydata/pairs.jsonl:3: image 'c.png' cannot be decoded \(UnidentifiedImageError\)",
          "`mydata/c.png` is not an image", lambda d: _pairs(d, undecodable=True)),
