@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import ast
 import csv
+import difflib
 import json
 import os
 import sys
@@ -50,10 +51,41 @@ def _count(text: str) -> int:
 
 
 class _Parser(argparse.ArgumentParser):
-    """Usage mistakes in one line, as every other mistake (argparse would print the whole usage first)."""
+    """Usage mistakes in one line, as every other mistake (argparse would print the whole usage first), saying
+    what was meant where it can tell: an option before the command's name, a misspelt option."""
+
+    def parse_known_args(self, args=None, namespace=None):  # type: ignore[override]
+        self.given = list(sys.argv[1:] if args is None else args)  # what error() reads the user's words from
+        return super().parse_known_args(args, namespace)
 
     def error(self, message: str) -> NoReturn:
-        self.exit(2, f"harness: error: {message} (see `{self.prog} --help`)\n")
+        meant, prog = self._meant() or (message, self.prog)
+        self.exit(2, f"harness: error: {meant} (see `{prog} --help`)\n")
+
+    def _meant(self) -> tuple[str, str] | None:
+        """The message for a mistake whose cause is plain from the words given, and the command it is about."""
+        given = getattr(self, "given", [])
+        commands = next((action.choices for action in self._actions
+                         if isinstance(action, argparse._SubParsersAction)), {})
+        # The command's name: the first one that is no option's value (`harness --out runs leaderboard`).
+        at = next((i for i, word in enumerate(given) if word in commands
+                   and not (i and given[i - 1].startswith("-") and "=" not in given[i - 1])), None)
+        if at is not None:
+            misplaced = [word for word in given[:at]
+                         if word.startswith("-") and word.split("=")[0] not in GLOBAL_OPTIONS]
+            if misplaced:
+                fixed = " ".join([given[at], *given[:at], *given[at + 1:]])
+                return (f"{misplaced[0].split('=')[0]} is an option of the command: write it after the command's name, "
+                        f"`harness {fixed}` (only {', '.join(GLOBAL_OPTIONS)} may come before it)", self.prog)
+        parser = commands.get(given[at], self) if at is not None else self  # the top parser reports unknown words
+        known = [option for action in parser._actions for option in action.option_strings]
+        for word in given:
+            option = word.split("=")[0]
+            if option.startswith("--") and option not in known:
+                close = difflib.get_close_matches(option, known, n=1)
+                if close:
+                    return f"{option} is not an option of `{parser.prog}`: did you mean {close[0]}?", parser.prog
+        return None
 
 
 def _parse_overrides(assignments: list[str], methods: list[str]) -> dict[str, dict[str, Any]]:
@@ -114,7 +146,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     options = _run_options(args, methods=args.methods, out=Path(args.out), data=args.data, steps=args.steps,
                            vae=args.vae, overrides=_parse_overrides(args.set, [EVERY_METHOD]),
                            pretrained=args.pretrained, seed=args.seed, jobs=args.jobs, eval_every=args.eval_every,
-                           eval_suites=args.eval_suites, backend=args.backend, address=args.address)
+                           eval_suites=args.eval_suites, backend=args.backend, address=args.address,
+                           skip_bad_images=args.skip_bad_images)
     preset = get_preset(options.preset)
     validate(options, preset)  # every mistake is reported before the libraries load
     quiet_libraries()
@@ -171,7 +204,8 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from harness.api.registry import METHODS
-    from harness.config import resolve_base_model
+    from harness.config import require_existing_path, resolve_base_model
+    from harness.data_check import check_data
     from harness.presets import get_preset
     from harness.trainer import train
 
@@ -179,6 +213,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     METHODS.get(args.method)
     preset = get_preset(args.preset)
     overrides = _parse_overrides(args.set, [args.method]).get(args.method, {})
+    require_existing_path(args.data, "--data")
+    check_data(args.data, skip_bad_images=args.skip_bad_images)  # before --out is made
     result = train(
         args.method,
         base_model=resolve_base_model(args.model or preset.base_model),
@@ -197,13 +233,16 @@ def cmd_generate(args: argparse.Namespace) -> int:
     """The preset's evaluation protocol (the one `harness run` evaluates with), with the options given replacing
     parts of it.  Under torchrun, every process runs this; prompts are split by rank and rank 0 merges the manifest."""
     from harness.config import require_directory_or_nothing, require_existing_path, resolve_base_model
+    from harness.evaluate import unet_subfolder
     from harness.presets import get_preset
 
     preset = get_preset(args.preset)
     model = args.model or preset.base_model
     require_existing_path(model, "--model")  # before the libraries load
+    subfolder = None
     if args.unet:
         require_existing_path(args.unet, "--unet")
+        subfolder = unet_subfolder(args.unet)
     require_directory_or_nothing(Path(args.out), "--out")
     from harness.models import inference_device, load_pipeline
     from harness.evaluate import Protocol
@@ -220,7 +259,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     settings.update({name: value for name, value in given.items() if value is not None})
     with torchrun_process_group() as device:
         _, dtype = inference_device()
-        pipe = load_pipeline(resolve_base_model(model), unet=args.unet, dtype=dtype, device=device, vae=preset.vae)
+        pipe = load_pipeline(resolve_base_model(model), unet=args.unet, unet_subfolder=subfolder, dtype=dtype,
+                             device=device, vae=preset.vae)
         pipe = optimize_pipeline(pipe, channels_last=args.channels_last, compile_unet=args.compile)
         rows = generate(pipe, suite, Path(args.out), **settings, progress=not args.no_progress)
     print(f"{len(rows)} images in {args.out} (manifest: {Path(args.out) / 'manifest.jsonl'})")
@@ -367,8 +407,12 @@ def cmd_scorers(args: argparse.Namespace) -> int:
 
 
 def cmd_suites(args: argparse.Namespace) -> int:
-    from harness.suites import list_suites
+    from harness.suites import check_suite_name, get_suite, list_suites, show_suite
 
+    if args.show:
+        check_suite_name(args.show)
+        print(show_suite(get_suite(args.show)))
+        return 0
     print(text_table([["suite", "split", "prompts", "version", "description", "categories"],
                       *(info.cells() for info in list_suites())]))
     return 0
@@ -429,6 +473,9 @@ class HelpFormatter(argparse.HelpFormatter):
         return f"{action.help} (default: {shown.replace('%', '%%')})"
 
 
+GLOBAL_OPTIONS = ("--plugin", "-h", "--help")  # what may come before a command's name
+
+
 def _global_options(after_command: bool) -> argparse.ArgumentParser:
     """The options every command takes, before its name (`harness --plugin my.py run ...`) or after it
     (`harness run --plugin my.py ...`).  After it they land in ``*_after`` (``main`` joins the two): argparse
@@ -440,6 +487,10 @@ def _global_options(after_command: bool) -> argparse.ArgumentParser:
                        help="load a plugin: a .py file or a module registering methods, scorers, suites or presets "
                        "(repeatable)")
     return options
+
+
+SKIP_BAD_IMAGES = ("leave out the data's rows whose image is missing or cannot be decoded, and count them "
+                   "(without it, such a row is an error naming its file and line)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -462,7 +513,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", help="training data: directory with pairs.jsonl/experts.jsonl, or a hub dataset id")
     p.add_argument("--vae", help="replacement VAE, hub id or local directory (default: the preset's, e.g. SDXL's "
                    "madebyollin/sdxl-vae-fp16-fix)")
-    p.add_argument("--suites", type=_comma_list, help="prompt suites (default: the preset's)")
+    p.add_argument("--suites", type=_comma_list, help="prompt suites (default: the preset's; NAME:PATH for a local "
+                   "copy, NAME=FILE[:seen|unseen] for a prompt file of yours)")
     p.add_argument("--scorers", type=_comma_list, help="scorers (default: the preset's)")
     p.add_argument("--max-prompts", type=_count, help="use only the first N prompts of each suite")
     p.add_argument("--images-per-prompt", type=_count, help="images per prompt (default: the preset's protocol)")
@@ -487,6 +539,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="where the jobs run: this machine's worker processes (local) or a Ray cluster "
                    "(pip install '.[ray]'; docs/scaling.md)")
     p.add_argument("--address", help="with --backend ray: the cluster, auto or HOST:PORT (default: start one here)")
+    p.add_argument("--skip-bad-images", action="store_true", help=SKIP_BAD_IMAGES)
 
     p = command("evaluate", cmd_evaluate, "evaluate any checkpoint into a results directory: generate the suites "
                 "with the preset's protocol, score, store, rank against the base")
@@ -508,7 +561,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", help="the protocol: the preset the results directory was made with (default), "
                    "else toy")
     p.add_argument("--suites", type=_comma_list, help="prompt suites, in-domain or out-of-domain (default: the "
-                   "preset's; NAME:PATH for a local copy)")
+                   "preset's; NAME:PATH for a local copy, NAME=FILE[:seen|unseen] for a prompt file of yours)")
     p.add_argument("--scorers", type=_comma_list, help="scorers (default: the preset's)")
     p.add_argument("--max-prompts", type=_count, help="only the first N prompts of each suite (as the run's, to compare)")
     p.add_argument("--scorer-option", action="append", default=[], metavar="SCORER.OPTION=VALUE",
@@ -540,7 +593,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="the base model: hub id or local directory (default: the preset's)")
     p.add_argument("--unet", action="append", default=[], metavar="METHOD=DIR",
                    help="a method's UNet from a local directory (or hub id) instead of the preset's published id")
-    p.add_argument("--suites", type=_comma_list, help="default: the preset's; NAME:PATH for a local copy")
+    p.add_argument("--suites", type=_comma_list, help="default: the preset's; NAME:PATH for a local copy, "
+                   "NAME=FILE[:seen|unseen] for a prompt file of yours")
     p.add_argument("--scorers", type=_comma_list, help="default: the paper's metrics")
     p.add_argument("--scorer-option", action="append", default=[], metavar="SCORER.OPTION=VALUE",
                    help="where a scorer's weights are, e.g. hpsv2.checkpoint=DIR")
@@ -560,6 +614,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                    help="override a field of the method's config, e.g. max_steps=10 (repeatable)")
     p.add_argument("--no-resume", action="store_true", help="ignore existing checkpoints in --out")
+    p.add_argument("--skip-bad-images", action="store_true", help=SKIP_BAD_IMAGES)
     p.add_argument("--seed", type=int, default=0, help="seed of the data order, noise and timesteps")
 
     p = command("generate", cmd_generate, "generate images for a prompt suite with the preset's evaluation protocol "
@@ -573,7 +628,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--unet", metavar="DIR", help="replace its UNet: a trained checkpoint, e.g. OUT/final/unet of "
                    "`harness train --out OUT`")
     p.add_argument("--preset", help="whose evaluation protocol to follow (default: toy, the toy world)")
-    p.add_argument("--suite", required=True, help="a registered suite, or NAME:PATH for a local copy")
+    p.add_argument("--suite", required=True, help="a registered suite, NAME:PATH for a local copy, or "
+                   "NAME=FILE[:seen|unseen] for a prompt file of yours")
     p.add_argument("--out", required=True, help="directory to write the images and manifest.jsonl to")
     p.add_argument("--images-per-prompt", type=_count, help="images per prompt" + protocol)
     p.add_argument("--batch-size", type=_count, help="images per pipeline call" + protocol)
@@ -656,7 +712,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     command("methods", cmd_methods, "list registered methods")
     command("scorers", cmd_scorers, "list registered scorers")
-    command("suites", cmd_suites, "list prompt suites")
+    p = command("suites", cmd_suites, "list prompt suites, or show one's prompts")
+    p.add_argument("--show", metavar="SUITE", help="print the suite's split, size, version and source, and every "
+                   "prompt (a registered suite, NAME:PATH for its local copy, or NAME=FILE for a prompt file)")
     p = command("presets", cmd_presets, "list presets, or show one's resolved recipe per method")
     p.add_argument("--show", metavar="PRESET", help="print every method's resolved settings under this preset")
     return parser

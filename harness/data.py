@@ -74,6 +74,18 @@ def content_key(source: ImageSource) -> str:
     return hashlib.sha256(data).hexdigest()[:32]
 
 
+# What decoding a missing, truncated or foreign file raises.
+UNDECODABLE = (OSError, ValueError, Image.DecompressionBombError)
+
+
+def decode_image(source: ImageSource) -> Image.Image:
+    """The image, decoded now (a truncated file fails here, not later in the middle of a batch); raises
+    one of ``UNDECODABLE``."""
+    image = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
+    image.load()
+    return image.convert("RGB")
+
+
 class ImageLoader:
     """Decodes images; a corrupt or missing one is counted and skipped, never fatal."""
 
@@ -82,10 +94,8 @@ class ImageLoader:
 
     def load(self, source: ImageSource) -> Image.Image | None:
         try:
-            image = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
-            image.load()  # decode now: a truncated file fails here, not later in the middle of a batch
-            return image.convert("RGB")
-        except (OSError, ValueError, Image.DecompressionBombError) as exc:
+            return decode_image(source)
+        except UNDECODABLE as exc:
             name = str(source) if isinstance(source, Path) else f"<{len(source)} bytes>"
             self.skipped.add(f"{name}: {type(exc).__name__}")
             return None
@@ -107,23 +117,36 @@ def to_pixels(image: Image.Image, resolution: int, flip: bool = False) -> torch.
     return torch.from_numpy(array).permute(2, 0, 1).contiguous()
 
 
-def _read_jsonl(path: Path) -> list[dict]:
+def numbered_jsonl(path: Path) -> list[tuple[int, dict]]:
+    """(line number, row) of each non-blank line: messages name the line a user's editor shows."""
     rows = []
     with open(path, encoding="utf-8") as f:
         for number, line in enumerate(f, 1):
             if not line.strip():
                 continue
             try:
-                rows.append(json.loads(line))
+                rows.append((number, json.loads(line)))
             except json.JSONDecodeError as exc:
                 raise HarnessError(f"{path}:{number}: not valid JSON ({exc.msg})") from None
     return rows
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    return [row for _, row in numbered_jsonl(path)]
 
 
 def _require(row: dict, keys: tuple[str, ...], where: str) -> None:
     missing = [k for k in keys if k not in row]
     if missing:
         raise HarnessError(f"{where}: missing field(s) {', '.join(missing)}")
+
+
+def label_value(row: dict, key: str, where: str) -> float:
+    """A label as a number: a string such as "1" is a mistake in the data (a writer's bug), not a label."""
+    value = row[key]
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise HarnessError(f"{where}: {key} must be a number, not {type(value).__name__} {value!r}")
+    return float(value)
 
 
 def _optional_float(value) -> float | None:
@@ -142,10 +165,10 @@ def _oriented(caption: str, image_0, image_1, label_0: float, score_0, score_1) 
 def read_local_pairs(directory: Path, scores: dict[tuple[str, str], float | None] | None = None) -> list[Pair]:
     path = directory / "pairs.jsonl"
     pairs = []
-    for number, row in enumerate(_read_jsonl(path), 1):
+    for number, row in numbered_jsonl(path):
         where = f"{path}:{number}"
         _require(row, ("caption", "image_0", "image_1", "label_0"), where)
-        label = float(row["label_0"])
+        label = label_value(row, "label_0", where)
         if label not in (0.0, 0.5, 1.0):
             raise HarnessError(f"{where}: label_0 must be 1.0, 0.0 or 0.5 (tie), not {row['label_0']!r}")
         score_0, score_1 = row.get("score_0"), row.get("score_1")
@@ -169,6 +192,10 @@ class PickapicPairs(Sequence):
         missing = required - set(dataset.column_names)
         if missing:
             raise HarnessError(f"dataset lacks Pick-a-Pic column(s): {', '.join(sorted(missing))}")
+        label_type = getattr((getattr(dataset, "features", None) or {}).get("label_0"), "dtype", None)
+        if label_type is not None and not label_type.startswith(("float", "int", "uint")):
+            # Every label would fall outside (0, 1) and be dropped as a tie: no pair left, and no word why.
+            raise HarnessError(f"dataset column label_0 holds {label_type}, not numbers (1, 0 or 0.5 for a tie)")
         self.dataset = dataset
         self.rows = [i for i, label in enumerate(dataset["label_0"]) if label in (0, 1)]
         self.ties_dropped = len(dataset) - len(self.rows)
@@ -253,7 +280,7 @@ def load_experts(source: str | Path, top_k: int | None = None, scorer: str | Non
         candidates = [Expert(p.caption, img, s) for p in pairs for img, s in ((p.image_w, p.score_w), (p.image_l, p.score_l))]
         return top_k_experts(candidates, top_k)
     experts = []
-    for number, row in enumerate(_read_jsonl(path), 1):
+    for number, row in numbered_jsonl(path):
         _require(row, ("caption", "image"), f"{path}:{number}")
         experts.append(Expert(row["caption"], Path(source) / row["image"], _optional_float(row.get("score"))))
     if top_k and len(experts) > top_k:
@@ -286,9 +313,9 @@ def load_labelled(source: str | Path) -> list[Labelled]:
     """Rows of a directory's ``labelled.jsonl``; a label other than 0 or 1 is an error naming the line."""
     path = Path(source) / "labelled.jsonl"
     rows = []
-    for number, row in enumerate(_read_jsonl(path), 1):
+    for number, row in numbered_jsonl(path):
         _require(row, ("caption", "image", "label"), f"{path}:{number}")
-        if float(row["label"]) not in (0.0, 1.0):
+        if label_value(row, "label", f"{path}:{number}") not in (0.0, 1.0):
             raise HarnessError(f"{path}:{number}: label must be 1 (desirable) or 0 (undesirable), not {row['label']!r}")
         rows.append(Labelled(row["caption"], Path(source) / row["image"], float(row["label"]),
                              _optional_float(row.get("score"))))

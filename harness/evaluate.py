@@ -28,8 +28,9 @@ from harness.config import (is_built_model, require_directory_or_nothing, requir
 from harness.presets import get_preset
 from harness.errors import HarnessError
 from harness.progress import Stages, say
-from harness.api.registry import METHODS, SCORERS, SUITES
+from harness.api.registry import METHODS, SCORERS
 from harness.results import ResultsDir
+from harness.suites import check_suite_name
 
 BASE = "base"  # the run of the untrained base model, which every other run is compared with
 LORA_WEIGHTS = "pytorch_lora_weights.safetensors"  # what `harness train` writes to final/lora (train_export)
@@ -89,8 +90,20 @@ class Checkpoint:
 
 def unet_subfolder(location: str) -> str | None:
     """Where a UNet is in ``location``: a UNet directory itself, or a repository laid out as a pipeline's
-    (a local download or a hub id, as the published ones) with the UNet in ``unet/``."""
-    return None if (Path(location).expanduser() / "config.json").is_file() else "unet"
+    (a local download or a hub id, as the published ones) with the UNet in ``unet/``.  A local directory
+    that is neither is an error naming it as given, with the trained UNets it holds."""
+    path = Path(location).expanduser()
+    if (path / "config.json").is_file():
+        return None
+    if path.is_dir() and not (path / "unet" / "config.json").is_file():
+        trained = sorted(str(Path(location) / found.parent.relative_to(path))
+                         for pattern in ("final/unet/config.json", "models/*/final/unet/config.json")
+                         for found in path.glob(pattern))
+        hint = f"did you mean {' or '.join(trained)}? " if trained else ""
+        raise HarnessError(f"--unet {location!r} is not a UNet directory (no config.json) nor a pipeline's (no "
+                           f"unet/config.json): {hint}`harness train --out DIR` writes its UNet to DIR/final/unet, "
+                           "`harness run --out DIR` to DIR/models/METHOD/final/unet")
+    return "unet"
 
 
 def load_suite(name: str, limit: int | None = None):
@@ -101,6 +114,20 @@ def load_suite(name: str, limit: int | None = None):
     if limit and len(suite) > limit:
         suite = Suite(name=suite.name, split=suite.split, prompts=suite.prompts[:limit], description=suite.description)
     return suite
+
+
+def check_prompts_scorable(suites: Sequence[Any], scorers: Sequence[str]) -> None:
+    """Every prompt of ``suites`` is one each scorer can score (the toy world's reads its grammar): a prompt it
+    cannot read is one line before any image is made, not an error after the base's images."""
+    for name in scorers:
+        scorer = SCORERS.get(name)
+        for suite in suites:
+            for prompt in suite.prompts:
+                try:
+                    scorer.check_prompt(prompt.prompt)
+                except HarnessError as exc:
+                    raise HarnessError(f"suite {suite.name!r}, prompt {prompt.prompt_id!r} ({prompt.prompt!r}): "
+                                       f"scorer {name!r} cannot score it: {exc}") from None
 
 
 def check_scorer_options(name: str, keywords: Mapping[str, Any]) -> None:
@@ -194,7 +221,8 @@ def generate_suites(name: str, run_id: int, checkpoint: Checkpoint, protocol: Pr
     for suite_name in protocol.suites:
         suite = protocol.load_suite(suite_name)
         say(f"   {name} / {suite.name} ({len(suite)} prompts)")
-        rows = generate(pipe, suite, results.images(name, suite.name), **protocol.sampling(suite.name), shard=shard)
+        rows = generate(pipe, suite, results.images(name, suite.name), **protocol.sampling(suite.name), shard=shard,
+                        model=name)
         folder = results.relative_images(name, suite.name)
         stored = [{**row, "path": str(folder / row["path"])} for row in rows]  # the store's: relative to the results
         store.add_images(run_id, suite=suite.name, suite_version=suite.version, split=suite.split, rows=stored)
@@ -314,7 +342,7 @@ def plan_evaluation(options: EvaluateOptions) -> Evaluation:
     if options.method is not None:
         METHODS.get(options.method)
     for suite in options.suites or ():
-        SUITES.get(suite.split(":", 1)[0])
+        check_suite_name(suite)
     for scorer in options.scorers or ():
         SCORERS.get(scorer)
     for scorer, keywords in options.scorer_options.items():
@@ -323,6 +351,7 @@ def plan_evaluation(options: EvaluateOptions) -> Evaluation:
     protocol = Protocol.of(preset, options.suites, options.scorers, max_prompts=options.max_prompts, seed=seed,
                            scorer_options=options.scorer_options)
     suites = [protocol.load_suite(suite) for suite in protocol.suites]  # a suite file's mistakes, a hub suite not here
+    check_prompts_scorable(suites, protocol.scorers)
 
     if not is_built_model(options.model):
         check_model_available(options.model, config_file="model_index.json", what="--model", pass_as="--model DIR")

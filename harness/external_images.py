@@ -29,9 +29,10 @@ from typing import Any
 from harness.atomic import replacing, write_jsonl
 from harness.config import require_directory_or_nothing
 from harness.errors import HarnessError
-from harness.evaluate import BASE, NAME_PATTERN, check_scorer_options, load_suite, score_suites
+from harness.evaluate import BASE, NAME_PATTERN, check_prompts_scorable, check_scorer_options, load_suite, score_suites
 from harness.progress import Stages
-from harness.api.registry import SCORERS, SUITES
+from harness.api.registry import SCORERS
+from harness.suites import check_suite_name
 from harness.results import ResultsDir
 from harness.sampling import MANIFEST_NAME
 
@@ -79,6 +80,7 @@ def plan_scoring(options: ScoreOptions) -> Scoring:
     """Check everything `harness score` was given, every line of the manifest included; creates nothing."""
     results = ResultsDir(options.out)
     manifest, suite = _check_options(options, results)
+    check_prompts_scorable([suite], options.scorers)
     images = read_image_manifest(manifest, suite)
     config = {"images": str(manifest.resolve()), "suite": suite.name, "suite_version": suite.version}
     _check_run_name(options.name, config, results)
@@ -133,7 +135,7 @@ def _check_options(options: ScoreOptions, results: ResultsDir):
     if Path(spec).is_file():  # a prompt file of one's own
         spec = f"file:{spec}"
     else:
-        SUITES.get(spec.split(":", 1)[0])
+        check_suite_name(spec)
     return manifest, load_suite(spec)
 
 

@@ -30,15 +30,17 @@ from typing import Any
 from harness import curves
 from harness.api.method import PublishedWeights
 from harness.api.preset import Preset
-from harness.api.registry import METHODS, SCORERS, SUITES
+from harness.api.registry import METHODS, SCORERS
 from harness.backends import check_backend, open_backend
 from harness.config import is_built_model, require_directory_or_nothing, require_existing_path, resolve_base_model
+from harness.data_check import check_data
 from harness.errors import HarnessError
-from harness.evaluate import (BASE, Checkpoint, Protocol, check_sampler_fits, check_scorer_options, evaluate,
-                              get_or_create_run, load_suite, unet_subfolder)
+from harness.evaluate import (BASE, Checkpoint, Protocol, check_prompts_scorable, check_sampler_fits,
+                              check_scorer_options, evaluate, get_or_create_run, load_suite, unet_subfolder)
 from harness.presets import get_preset, no_published_weights, published_weights
 from harness.progress import Stages as _Stages, say
 from harness.results import ResultsDir
+from harness.suites import check_suite_name
 
 EVERY_METHOD = "*"  # RunOptions.overrides key: settings for every method trained (--set FIELD=VALUE)
 
@@ -66,6 +68,7 @@ class RunOptions:
     eval_suites: list[str] | None = None  # ... on these of the run's suites (None: all of them)
     backend: str = "local"  # where the jobs run: "local" worker processes or a "ray" cluster (harness.backends)
     address: str | None = None  # --backend ray: the cluster ("auto", HOST:PORT; None: start one on this machine)
+    skip_bad_images: bool = False  # leave out the data's rows with an unreadable image instead of refusing the data
 
 
 @dataclass
@@ -92,9 +95,12 @@ def validate(options: RunOptions, preset: Preset) -> None:
     _validate_locations(options)
     _validate_names(options, preset)
     _validate_configs(options, preset)
+    if not options.pretrained:  # the data's mistakes, whatever the preset's models (decoded once; cached)
+        check_data(options.data or preset.data, skip_bad_images=options.skip_bad_images)
     check_models_available(options, preset)
-    for name in options.suites or preset.suites:  # a suite file's mistakes, or a hub suite not available here
-        load_suite(name, options.max_prompts or preset.max_prompts)
+    # A suite file's mistakes, a hub suite not available here, a prompt a scorer cannot read.
+    suites = [load_suite(name, options.max_prompts or preset.max_prompts) for name in options.suites or preset.suites]
+    check_prompts_scorable(suites, options.scorers or preset.scorers)
 
 
 def _validate_counts(options: RunOptions) -> None:
@@ -132,7 +138,7 @@ def _validate_names(options: RunOptions, preset: Preset) -> None:
         if options.pretrained and name not in published_weights(preset.name) and name not in options.unets:
             raise HarnessError(no_published_weights(preset, name))
     for name in options.suites or preset.suites:
-        SUITES.get(name.split(":", 1)[0])  # NAME:PATH reads a local copy
+        check_suite_name(name)
     for name in options.scorers or preset.scorers:
         SCORERS.get(name)
     for name, keywords in options.scorer_options.items():
@@ -426,7 +432,8 @@ def _train(job: _ModelJob) -> EvaluatedModel:
         store.add_checkpoint(model.run_id, result.steps, str(result.unet_dir))
         # A UNet trained only for another method to start from has no evaluation to wait for.
         store.set_run_status(model.run_id, "trained" if model.evaluate else "done",
-                             {"unet_evals_per_sample": result.unet_evals_per_sample})
+                             {"unet_evals_per_sample": result.unet_evals_per_sample,
+                              "training_data": result.data_summary})
     return dataclasses.replace(model, unet=str(result.unet_dir), train=False)
 
 

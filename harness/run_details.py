@@ -2,12 +2,15 @@
 Run details page shows it, both from ``run_details``.
 
 Per run: its own start and end (its first job's start, its last job's end), its wall time (the
-sum of its jobs'), CPU-hours or GPU-hours, UNet evaluations per training sample, and peak memory
-(``harness.compute`` says how each is measured).  A figure a run does not have (the base trains
-nothing; a CPU uses no GPU-hours) shows as ``MISSING``.
+sum of its jobs'), CPU-hours or GPU-hours, UNet evaluations per training sample, peak memory
+(``harness.compute`` says how each is measured), and what its training read of the data (pairs
+read, ties skipped, unreadable).  A figure a run does not have (the base trains nothing; a CPU uses
+no GPU-hours) shows as ``MISSING``.
 """
 
 from __future__ import annotations
+
+import json
 
 import pandas as pd
 
@@ -27,9 +30,12 @@ FIGURES = {
 
 
 def run_details(runs: pd.DataFrame) -> pd.DataFrame:
-    """One row per run (``Store.runs_frame``'s): run_id, method, status and the ``FIGURES`` columns, numbers
-    numeric (NaN where missing) and times as stored (ISO-8601 UTC; None while a run has not ended)."""
-    return runs[["run_id", "method", "status", *FIGURES]].reset_index(drop=True)
+    """One row per run (``Store.runs_frame``'s): run_id, method, status, the ``FIGURES`` columns, numbers
+    numeric (NaN where missing) and times as stored (ISO-8601 UTC; None while a run has not ended), and
+    training_data: what its training read (``harness.data_check``'s summary; None where it trained nothing)."""
+    details = runs[["run_id", "method", "status", *FIGURES]].reset_index(drop=True)
+    details["training_data"] = [json.loads(compute or "{}").get("training_data") for compute in runs["compute"]]
+    return details
 
 
 def shown_run_details(details: pd.DataFrame) -> pd.DataFrame:
@@ -40,6 +46,8 @@ def shown_run_details(details: pd.DataFrame) -> pd.DataFrame:
                           "status": details["status"]})
     for column, (title, _) in FIGURES.items():
         shown[title] = [_cell(column, value) for value in details[column]]
+    shown["training data"] = [MISSING if value is None or pd.isna(value) else value
+                              for value in details["training_data"]]
     return shown
 
 

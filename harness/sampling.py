@@ -91,6 +91,7 @@ def generate(
     scheduler: str | None = None,
     progress: bool = True,
     shard: tuple[int, int] | None = None,
+    model: str | None = None,
 ) -> list[dict]:
     """Generate ``images_per_prompt`` images for every prompt of ``suite`` into ``out_dir``.
 
@@ -105,7 +106,8 @@ def generate(
     bytes, even from a model whose numbers depend on the batch: see
     ``_batch_invariant_numerics``); it returns that part's rows and leaves the manifest to
     ``merge_shards``.  ``shard_count`` says how many parts have work.  Already generated
-    images are skipped.
+    images are skipped.  ``model`` names the model in the progress lines (``dpo / toy-seen: img
+    8/16``): jobs side by side print to one log.
     """
     out_dir = Path(out_dir)
     _check_arguments(suite, images_per_prompt, batch_size, num_inference_steps)
@@ -134,7 +136,8 @@ def generate(
         journal_path = out_dir / _PARTS_DIR / f"rank-{rank}.jsonl"
         with _Journal(journal_path) as journal, progress_bar(
             # Rank 0's shard stands for all: the ranks share the work evenly.
-            total=len(jobs), initial=len(jobs) - len(todo), enabled=progress and rank == 0, desc=suite.name, unit="img"
+            total=len(jobs), initial=len(jobs) - len(todo), enabled=progress and rank == 0, unit="img",
+            desc=suite.name if model is None else f"{model} / {suite.name}"
         ) as bar:
             for start in range(0, len(todo), batch_size):
                 batch = todo[start : start + batch_size]

@@ -19,12 +19,20 @@ from harness.api.suite import _DOWNLOADS_ALLOWED, Suite
 from harness.errors import HarnessError
 
 
+OWN_PROMPTS = "NAME=FILE[:seen|unseen]"  # a prompt file of one's own on the command line
+_SUITE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")  # a folder's name under images/<run>/
+
+
 def get_suite(name: str, **kwargs: object) -> Suite:
     """Load a registered suite (a loader registered with ``@register_suite``).
 
     ``NAME:PATH`` (e.g. ``hpdv2:/data/HPDv2``) passes ``path=PATH`` to the loader, so the
-    command line can point any file-backed suite at a local copy.
+    command line can point any file-backed suite at a local copy.  ``NAME=FILE[:seen|unseen]``
+    is a prompt file of one's own (the ``file`` suite's), named NAME, unseen unless ``:seen``.
     """
+    own = own_prompts(name)
+    if own is not None:
+        return SUITES.get("file")(**own)
     if ":" in name and "path" not in kwargs:
         name, path = name.split(":", 1)
         kwargs["path"] = path
@@ -32,6 +40,33 @@ def get_suite(name: str, **kwargs: object) -> Suite:
     if "path" in kwargs and "path" not in inspect.signature(loader).parameters:
         raise HarnessError(f"suite {name!r} does not read a file; use it without ':PATH'")
     return loader(**kwargs)
+
+
+def own_prompts(spec: str) -> dict[str, str] | None:
+    """The ``file`` suite's arguments (name, path, split) of ``NAME=FILE[:seen|unseen]``, None for another form."""
+    name, sep, path = spec.partition("=")
+    if not sep:
+        return None
+    head, colon, split = path.rpartition(":")
+    path, split = (head, split) if colon and split in ("seen", "unseen") else (path, "unseen")
+    if not _SUITE_NAME.fullmatch(name) or not path:
+        raise HarnessError(f"suite {spec!r}: a prompt file of your own is {OWN_PROMPTS}, NAME letters, digits "
+                           "and . _ + -")
+    if name in SUITES.names():
+        raise HarnessError(f"suite {spec!r}: {name!r} is a registered suite's name; give your prompts another")
+    return {"name": name, "path": path, "split": split}
+
+
+def check_suite_name(spec: str) -> None:
+    """A suite as the command line gives it: a registered one (``NAME:PATH`` for its local copy) or a prompt
+    file of one's own; an unknown name says how to give one's own prompts."""
+    if own_prompts(spec) is not None:
+        return
+    name = spec.split(":", 1)[0]
+    try:
+        SUITES.get(name)
+    except HarnessError as exc:
+        raise HarnessError(f"{exc}; a prompt file of your own is --suites {name}=FILE[:seen|unseen]") from None
 
 
 # --- Unseen must be unseen -------------------------------------------------------------
@@ -89,3 +124,13 @@ def list_suites() -> list[SuiteInfo]:
     finally:
         _DOWNLOADS_ALLOWED.reset(token)
     return infos
+
+
+def show_suite(suite: Suite) -> str:
+    """``harness suites --show NAME``: the suite's split, size, version and source, then every prompt."""
+    from harness.text_table import text_table
+
+    source = suite.description or "no description"
+    head = f"{suite.name}: {suite.split}, {len(suite)} prompts, v{suite.version}; {source}"
+    rows = [["prompt_id", "category", "prompt"], *([p.prompt_id, p.category or "-", p.prompt] for p in suite.prompts)]
+    return head + "\n\n" + text_table(rows)

@@ -50,6 +50,7 @@ class TrainResult:
     unet_evals_per_sample: float  # UNet forward evaluations per training sample (pair or image), all included
     config: dict
     skipped_images: int = 0
+    data_summary: str | None = None  # what was read of a local data directory (harness.data_check), if one
 
 
 def resolve_config(method: str, preset: str | None = None, overrides: dict | None = None) -> TrainConfig:
@@ -267,11 +268,21 @@ class Trainer:
     # -- set-up -----------------------------------------------------------------------------------
     def _setup(self) -> None:
         from harness.data import ImageLoader
+        from harness.data_check import check_data
 
         self._setup_accelerator()
         self.spec = self.method.data_spec()
         self.examples = self.spec.examples(self.data_dir)
         self.loader = ImageLoader()
+        # Rows with an unreadable image are left out before the first step (the same rows however long it
+        # trains), not met when drawn: `harness run` and `train` refuse them up front unless --skip-bad-images.
+        check = check_data(self.data_dir, skip_bad_images=True, progress=self.accelerator.is_local_main_process)
+        self.data_summary = None if check is None else check.summary()
+        if check is not None:
+            self.examples = self.examples.without(check.bad_images())
+            self.loader.skipped.update(f"{bad.message()}" for bad in check.bad)
+            if self.accelerator.is_main_process:
+                print(f"training data: {self.data_summary}", flush=True)
         self._setup_models()
         self._setup_optimizer()
         self.order = SampleOrder(len(self.examples), self.seed, self.examples.weights)
@@ -565,7 +576,7 @@ class Trainer:
             writer.close()
         self._save_final()
         state = {"step": config.max_steps, **counters, "skipped_images": len(self.loader.skipped),
-                 **self._config_record()}
+                 "data_summary": self.data_summary, **self._config_record()}
         if self.accelerator.is_main_process:
             with replacing(final_state) as temporary:
                 temporary.write_text(json.dumps(state, indent=1, default=str), encoding="utf-8")
@@ -634,4 +645,5 @@ class Trainer:
             unet_evals_per_sample=state["unet_evals"] / max(1, state["samples"]),
             config=dataclasses.asdict(self.config),
             skipped_images=state.get("skipped_images", 0),
+            data_summary=state.get("data_summary"),
         )

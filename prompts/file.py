@@ -1,8 +1,9 @@
-"""A user's own prompt file as a suite: ``--suite file:PATH``.
+"""A user's own prompt file as a suite: ``--suites NAME=FILE[:seen|unseen]`` (or ``file:PATH``).
 
 ``PATH`` is JSONL (``{"prompt_id", "prompt", "category"?}`` per line, as the shipped
-suites) or plain text (one prompt per line).  The suite is named after the file; it is
-``unseen`` unless ``split="seen"`` (e.g. for captions held out of the training data).
+suites) or plain text (one prompt per line).  The suite is named NAME (``file:PATH``: after
+the file); it is ``unseen`` unless ``split="seen"`` (e.g. for captions held out of the
+training data).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from harness.api import HarnessError, Prompt, Suite, read_prompts_jsonl, read_te
 
 
 @register_suite("file")
-def prompt_file(path: str | Path | None = None, split: str = "unseen") -> Suite:
+def prompt_file(path: str | Path | None = None, split: str = "unseen", name: str | None = None) -> Suite:
     if path is None:
         raise HarnessError("the file suite needs a path: --suite file:PATH (JSONL rows or one prompt per line)")
     if split not in ("seen", "unseen"):
@@ -23,7 +24,7 @@ def prompt_file(path: str | Path | None = None, split: str = "unseen") -> Suite:
         prompts = read_prompts_jsonl(path)
     else:
         texts = [line.strip() for _, line in read_text_lines(path) if line.strip()]
-        prompts = tuple(Prompt(f"{path.stem}-{i:04d}", text) for i, text in enumerate(texts))
+        prompts = tuple(Prompt(f"{name or path.stem}-{i:04d}", text) for i, text in enumerate(texts))
     if not prompts:
         raise HarnessError(f"{path}: no prompts")
-    return Suite(path.stem, split, prompts, description=f"prompts of {path}")
+    return Suite(name or path.stem, split, prompts, description=f"prompts of {path}")

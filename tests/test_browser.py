@@ -243,8 +243,8 @@ def test_run_details_in_chromium_show_a_missing_figure_as_a_dash(browser) -> Non
     _open_page(driver, "Run details")
     cells = _wait(driver, lambda d: (lambda c: c if set(METHODS) <= set(c) else None)(d.execute_script(READ_GRID, 0)),
                   "run-details")
-    rows = {row[1]: row for row in (cells[i:i + 10] for i in range(0, len(cells), 10))}
+    rows = {row[1]: row for row in (cells[i:i + 11] for i in range(0, len(cells), 11))}
     assert set(rows) == set(METHODS) | {f"dpo@{step}" for step in CURVE_STEPS}  # --eval-every's runs are runs too
-    for method in METHODS:  # run, method, status, started, ended, wall, CPU-h, GPU-h, UNet evals, peak memory
-        assert rows[method][5:] == ["12.5", "–", "–", "4", "–"]
-    assert rows["dpo@1"][5:] == ["–"] * 5  # the fixture records no compute for these
+    for method in METHODS:  # run, method, status, started, ended, wall, CPU-h, GPU-h, UNet evals, peak memory, data
+        assert rows[method][5:] == ["12.5", "–", "–", "4", "–", "–"]
+    assert rows["dpo@1"][5:] == ["–"] * 6  # the fixture records no compute (nor data summary) for these

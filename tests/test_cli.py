@@ -242,8 +242,12 @@ def test_progress_in_a_log_is_a_few_lines_not_redraws(tmp_path):
     assert "\r" not in log
     training = [line for line in log.splitlines() if line.startswith("DPO: step ")]
     assert len(training) == 10 and training[-1].startswith("DPO: step 30/30 (100%) loss ")
-    sampling = [line for line in log.splitlines() if line.startswith(("toy-seen: img", "toy-unseen: img"))]
-    assert 4 <= len(sampling) <= 2 * 2 * 10 and all(" img " in line and "%)" in line for line in sampling)
+    # Each names its model: the base's and dpo's jobs print into the same log side by side.
+    sampling = [line for line in log.splitlines() if line.startswith(tuple(f"{model} / toy-{split}: img "
+                                                                          for model in ("base", "dpo")
+                                                                          for split in ("seen", "unseen")))]
+    assert 4 <= len(sampling) <= 2 * 2 * 10 and all("%)" in line for line in sampling)
+    assert {line.split(" / ")[0] for line in sampling} == {"base", "dpo"}
 
 
 def test_progress_on_a_terminal_is_a_bar():

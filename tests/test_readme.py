@@ -88,3 +88,15 @@ def test_every_recipe_runs(tmp_path, harness_cache):
                            capture_output=True, text=True, check=True).stdout
     assert {"base", "dpo", "kto", "mydpo"} <= {line.split(",")[0] for line in board.splitlines()[1:]}
     assert (tmp_path / "runs" / "mydpo" / "final" / "unet" / "config.json").exists()
+
+
+def test_the_toy_grammar_shown_is_the_toy_worlds():
+    from toyworld.grammar import COLOURS, POSITIONS, SHAPES
+
+    text = README.read_text(encoding="utf-8")
+    marker = "<!-- toy grammar: a test keeps these lists equal to toyworld/grammar.py -->"
+    shown = " ".join(text[text.index(marker) + len(marker):].split("\n\n")[0].split())
+    lists = re.fullmatch(r"colours (.*); shapes (.*); positions (.*?)\. `toy-fidelity`.*", shown)
+    assert lists is not None, shown
+    assert [part.split(", ") for part in lists.groups()] == [
+        list(COLOURS), list(SHAPES), [phrase for _, phrase in POSITIONS.values()]]

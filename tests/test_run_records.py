@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 from datetime import datetime
 from pathlib import Path
@@ -137,13 +138,18 @@ def test_each_run_has_its_own_times_and_figures_in_the_store_the_cli_and_the_das
     result = harness_cli("runs", "--out", str(tiny_run_dir))
     assert result.returncode == 0, result.stderr
     header, *rows = result.stdout.splitlines()
-    assert header.split("  ")[:3] == ["run", "method", "status"] and "peak memory MiB" in header
-    printed = {row.split()[1]: row.split() for row in rows}
-    # run, method, status, started, ended, wall, CPU-hours, GPU-hours, UNet evals per sample, peak memory
+    assert header.split("  ")[:3] == ["run", "method", "status"] and header.endswith("peak memory MiB  training data")
+    # run, method, status, started, ended, wall, CPU-hours, GPU-hours, UNet evals per sample, peak memory, then
+    # what its training read (words: the rest of the line)
+    printed = {row.split()[1]: row.split(maxsplit=10) for row in rows}
     assert printed["base"][4:] == [runs.loc["base", "ended_at"].removesuffix("+00:00"),
                                    f"{runs.loc['base', 'wall_s']:.1f}", f"{runs.loc['base', 'cpu_hours']:.4g}", "–", "–",
-                                   f"{runs.loc['base', 'peak_memory_mb']:.0f}"]
+                                   f"{runs.loc['base', 'peak_memory_mb']:.0f}", "–"]
     assert printed["dpo"][8] == f"{runs.loc['dpo', 'unet_evals_per_sample']:.4g}" and "None" not in result.stdout
+    assert printed["dpo"][10] == compute["dpo"]["training_data"]
+    # The toy world's data folder: its pairs and the experts made beside them.
+    assert re.fullmatch(r"pairs \d+ read, \d+ ties? skipped, 0 unreadable; experts \d+ read, 0 unreadable",
+                        printed["dpo"][10])
 
     monkeypatch.setenv("HARNESS_OUT", str(tiny_run_dir))
     at = AppTest.from_file(str(APP), default_timeout=60).run()

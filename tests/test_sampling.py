@@ -185,6 +185,12 @@ def test_progress_in_a_log_counts_images(pipe, tmp_path, capsys):
     assert "img 4/4 (100%)" in err and "\r" not in err
 
 
+def test_progress_lines_name_the_model_jobs_side_by_side_print_into_one_log(pipe, tmp_path, capsys):
+    suite = case_suite(2)
+    generate(pipe, suite, tmp_path, batch_size=4, progress=True, model="dpo", **{**SETTINGS, "num_inference_steps": 1})
+    assert f"dpo / {suite.name}: img 4/4 (100%)" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize(
     "change, message",
     [

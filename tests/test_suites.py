@@ -10,7 +10,7 @@ import pytest
 
 from harness.errors import HarnessError
 from harness.api import Prompt, Suite
-from harness.suites import caption_overlap, get_suite, list_suites, normalize_caption
+from harness.suites import caption_overlap, check_suite_name, get_suite, list_suites, normalize_caption
 
 SHIPPED_PARTI = Path(__file__).parents[1] / "prompts" / "PartiPrompts.tsv"
 # sha256 of PartiPrompts.tsv as github.com/google-research/parti publishes it (unchanged since its first
@@ -177,3 +177,50 @@ def test_a_users_prompt_file_is_a_suite(tmp_path):
         get_suite("file", path=rows, split="seen")
     # list_suites() shows the loader even though it needs a path.
     assert "needs a path" in {info.name: info for info in list_suites()}["file"].error
+
+
+def test_a_prompt_file_is_named_and_split_as_the_user_says(tmp_path):
+    text = tmp_path / "prompts.txt"
+    text.write_text("a cat\na dog\n")
+    suite = get_suite(f"mine={text}")
+    assert (suite.name, suite.split, suite.prompts[1]) == ("mine", "unseen", Prompt("mine-0001", "a dog"))
+    assert (get_suite(f"held.out={text}:seen").name, get_suite(f"held.out={text}:seen").split) == ("held.out", "seen")
+    with pytest.raises(HarnessError, match="'toy-seen' is a registered suite's name"):
+        get_suite(f"toy-seen={text}")
+    with pytest.raises(HarnessError, match=r"a prompt file of your own is NAME=FILE\[:seen\|unseen\]"):
+        get_suite(f"my suite={text}")
+
+
+def test_an_unknown_suite_says_how_to_give_ones_own_prompts(tmp_path):
+    with pytest.raises(HarnessError, match=r"unknown suite 'mine'; available: .*; a prompt file of your own is "
+                                           r"--suites mine=FILE\[:seen\|unseen\]"):
+        check_suite_name(f"mine:{tmp_path / 'prompts.txt'}")  # the form the README once showed
+    check_suite_name("toy-seen")
+    check_suite_name(f"hpdv2:{tmp_path}")  # a registered suite's local copy
+    check_suite_name(f"mine={tmp_path / 'prompts.txt'}")
+
+
+def test_a_prompt_the_toy_scorer_cannot_read_is_refused_before_any_image(tmp_path):
+    from harness.evaluate import check_prompts_scorable
+
+    text = tmp_path / "prompts.txt"
+    text.write_text("a red circle on the left\nan orange square at the top\n")
+    suite = get_suite(f"mine={text}")
+    check_prompts_scorable([suite], ["toy-quality"])  # it reads no caption
+    with pytest.raises(HarnessError, match=r"^suite 'mine', prompt 'mine-0001' \('an orange square at the top'\): "
+                                           r"scorer 'toy-fidelity' cannot score it: unknown toy colour 'orange'"):
+        check_prompts_scorable([suite], ["toy-quality", "toy-fidelity"])
+    check_prompts_scorable([get_suite("toy-seen"), get_suite("toy-unseen")], ["toy-fidelity"])
+
+
+def test_suites_show_lists_a_suites_prompts_split_and_source(tmp_path):
+    from conftest import harness_cli
+
+    text = tmp_path / "prompts.txt"
+    text.write_text("a red circle on the left\na blue square at the top\n")
+    result = harness_cli("suites", "--show", f"mine={text}:seen")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == f"mine: seen, 2 prompts, v{get_suite(f'mine={text}').version}; prompts of {text}"
+    assert lines[2:] == ["prompt_id  category  prompt", "mine-0000  -         a red circle on the left",
+                         "mine-0001  -         a blue square at the top"]

@@ -143,12 +143,16 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(
     assert checkpoints and not (tmp_path / "nan" / "final").exists()
 
 
-def test_corrupt_images_are_skipped_and_counted(tiny_model_dir, tmp_path, capsys):
+@pytest.mark.parametrize("steps", [1, 3])
+def test_corrupt_images_are_skipped_and_counted_whatever_the_steps(tiny_model_dir, tmp_path, capsys, steps):
+    # Left out before the first step, not met when drawn: one step counts the same image as three.
     data = write_pair_dir(tmp_path / "data", n_pairs=4, corrupt=1)
     result = train("dpo", base_model=tiny_model_dir, data_dir=data, output_dir=tmp_path / "out",
-                   overrides={**FAST, "max_steps": 3})
-    assert result.steps == 3 and result.skipped_images == 1
-    assert "skipped 1 corrupt image" in capsys.readouterr().out
+                   overrides={**FAST, "max_steps": steps})
+    assert result.steps == steps and result.skipped_images == 1
+    assert result.data_summary == "pairs 5 read, 1 tie skipped, 1 unreadable"
+    out = capsys.readouterr().out
+    assert "training data: pairs 5 read, 1 tie skipped, 1 unreadable" in out and "skipped 1 corrupt image" in out
 
 
 def test_lora_trains_adapters_against_the_disabled_adapter_reference(tiny_model_dir, data_dir, tmp_path):

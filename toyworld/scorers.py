@@ -33,6 +33,10 @@ class ToyFidelity(_ToyScorer):
     version = "1"
     description = "toy world: belief that the image shows the caption's colour, shape and position"
 
+    @classmethod
+    def check_prompt(cls, prompt: str) -> None:
+        parse_caption(prompt)
+
     def score(self, images: list[Image.Image], prompts: list[str]) -> list[float]:
         return [rewards.fidelity(self.pixels(im), parse_caption(p)) for im, p in zip(images, prompts, strict=True)]
 

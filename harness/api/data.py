@@ -74,6 +74,15 @@ class Examples(Sequence):
         record, part = divmod(index, self.per_record)
         return self.make(self.records[record], part)
 
+    def without(self, images: set) -> Examples:
+        """These examples less every record that holds one of ``images`` (unreadable ones): the same records
+        are left out whatever training draws."""
+        if not images:
+            return self
+        kept = [record for record in self.records
+                if not any(images.intersection(self.make(record, part).images) for part in range(self.per_record))]
+        return Examples(kept, self.per_record, self.make, self.scores)
+
     def captions(self) -> Sequence[str]:
         """Each example's caption, read when asked for (a Pick-a-Pic row is read whole)."""
         return _Captions(self)

@@ -34,6 +34,12 @@ class Scorer(ABC):
         if "name" in cls.__dict__ and "family" not in cls.__dict__:
             cls.family = cls.name
 
+    @classmethod
+    def check_prompt(cls, prompt: str) -> None:
+        """Raise a ``HarnessError`` saying why, if this scorer cannot score images of ``prompt`` (a programmatic
+        scorer that reads a grammar); runs before anything is made, without the scorer's weights.  Most
+        scorers read any text."""
+
     @abstractmethod
     def score(self, images: list[Image.Image], prompts: list[str]) -> list[float]:
         """One float per (image, prompt), on the metric's published scale."""

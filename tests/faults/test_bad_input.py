@@ -96,6 +96,39 @@ def _images(directory: Path, *rows: dict) -> None:
         (directory / "gen" / "manifest.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
 
 
+def _pairs(directory: Path, third: dict | None = None, undecodable: bool = False) -> None:
+    """``mydata/`` of three pairs (the second a tie); ``third`` replaces fields of the third row, and with
+    ``undecodable`` its image_1 is not an image."""
+    from PIL import Image
+
+    (directory / "mydata").mkdir()
+    for name in ("a.png", "b.png", "c.png"):
+        Image.new("RGB", (32, 32)).save(directory / "mydata" / name)
+    if undecodable:
+        (directory / "mydata" / "c.png").write_bytes(b"\x89PNG not really")
+    rows = [{"caption": "a red circle on the left", "image_0": "a.png", "image_1": "b.png", "label_0": 1},
+            {"caption": "a red circle on the left", "image_0": "a.png", "image_1": "c.png", "label_0": 0.5},
+            {"caption": "a blue square at the top", "image_0": "b.png", "image_1": "c.png", "label_0": 0,
+             **(third or {})}]
+    (directory / "mydata" / "pairs.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+
+
+def _missing_image(directory: Path) -> None:
+    _pairs(directory, {"image_1": "nope.png"})
+
+
+def _prompts(directory: Path) -> None:
+    (directory / "prompts.txt").write_text("a red circle on the left\nan orange square at the top\n")
+
+
+def _trained(directory: Path) -> None:
+    """``mydpo/``, laid out as `harness train --out mydpo` leaves it: the UNet in mydpo/final/unet."""
+    unet = directory / "mydpo" / "final" / "unet"
+    unet.mkdir(parents=True)
+    tiny = Path(os.environ["HARNESS_CACHE"]) / "tiny-sd" / "unet" / "config.json"
+    (unet / "config.json").write_text(tiny.read_text())
+
+
 # The tiny preset: should a case ever get past validation, its run ends in seconds.
 RUN = ("run", "--preset", "tiny", "--methods", "dpo")
 GENERATE = ("generate", "--model", "tiny", "--suite", "toy-seen", "--out", "gen")
@@ -143,6 +176,34 @@ CASES = [
     Case(SCORE, r"gen/manifest.jsonl line 1: prompt 'a purple cat' is not in suite 'toy-seen'",
          "`gen/manifest.jsonl` gives a prompt that is not in the suite",
          lambda d: _images(d, {"path": "00000_00.png", "prompt": "a purple cat"})),
+    *(Case(("run", "--preset", preset, "--methods", "dpo", "--data", "mydata"),
+           r"mydata/pairs.jsonl:3: image 'nope.png' does not exist \(mydata/nope.png\).*--skip-bad-images",
+           "line 3 of `mydata/pairs.jsonl` names a missing image", _missing_image)
+      for preset in ("toy", "tiny", "toy-flow", "tiny-flow", "sd15", "sdxl", "sd35")),
+    Case(("train", "--method", "dpo", "--data", "mydata", "--out", "trained"),
+         r"mydata/pairs.jsonl:3: image 'c.png' cannot be decoded \(UnidentifiedImageError\)",
+         "`mydata/c.png` is not an image", lambda d: _pairs(d, undecodable=True)),
+    Case((*RUN, "--data", "mydata"), r"mydata/pairs.jsonl:3: label_0 must be a number, not str '1'",
+         "line 3 of `mydata/pairs.jsonl` has the label `\"1\"`", lambda d: _pairs(d, {"label_0": "1"})),
+    Case((*RUN, "--suites", "mine:prompts.txt"),
+         r"unknown suite 'mine'; available: .*; a prompt file of your own is --suites mine=FILE\[:seen\|unseen\]",
+         "`prompts.txt` is a prompt file", _prompts),
+    Case((*RUN, "--suites", "toy-seen=prompts.txt"), r"'toy-seen' is a registered suite's name",
+         "`prompts.txt` is a prompt file", _prompts),
+    Case(("run", "--methods", "dpo", "--suites", "mine=prompts.txt"),
+         r"suite 'mine', prompt 'mine-0001' \('an orange square at the top'\): scorer 'toy-fidelity' cannot score it: "
+         r"unknown toy colour 'orange'", "`prompts.txt`'s second prompt is orange", _prompts),
+    Case((*EVALUATE, "--suites", "mine=prompts.txt"), r"scorer 'toy-fidelity' cannot score it: unknown toy colour",
+         "`prompts.txt`'s second prompt is orange", _prompts),
+    Case(("suites", "--show", "nosuch"), r"unknown suite 'nosuch'; available: .*nosuch=FILE"),
+    Case(("--out", "runs", "leaderboard"),
+         r"--out is an option of the command: write it after the command's name, `harness leaderboard --out runs`"),
+    Case(("train", "--methods", "dpo"), r"--methods is not an option of `harness train`: did you mean --method\?"),
+    Case((*EVALUATE, "--unet", "mydpo"),
+         r"--unet 'mydpo' is not a UNet directory \(no config.json\).*did you mean mydpo/final/unet\?",
+         "`mydpo/` is what `harness train --out mydpo` wrote", _trained),
+    Case((*GENERATE, "--unet", "mydpo"), r"--unet 'mydpo' is not a UNet directory .*did you mean mydpo/final/unet\?",
+         "`mydpo/` is what `harness train --out mydpo` wrote", _trained),
     Case(("--plugin", "broken.py", "methods"), r"cannot load plugin broken.py: broken.py line 2: syntax error",
          "`broken.py` has a syntax error on line 2", _syntax_error),
     Case(("--plugin", "raises.py", "methods"), r"cannot load plugin raises.py: raises.py line 3: RuntimeError: no GPU",
@@ -200,7 +261,7 @@ def bad_input_table(outcomes: dict[Case, Outcome]) -> str:
     for case, outcome in outcomes.items():
         command = f"`{case.command}`" + (f" where {case.setup}" if case.setup else "")
         # What is registered changes with every plugin: the table shows where the list goes, not the list.
-        line = re.sub(r"(unknown \w+ '\w+'; available: ).*", r"\1…", outcome.stderr.strip()).replace("|", "\\|")
+        line = re.sub(r"(unknown \w+ '\w+'; available: )[^;]*", r"\1…", outcome.stderr.strip()).replace("|", "\\|")
         rows.append(f"| {command} | `` {line} `` |")  # double backticks: the line may quote a command
     return "\n".join(rows)
 
