@@ -59,5 +59,7 @@ class ToyExact(_ToyScorer):
     description = ("toy world, held out: 1 if the picture is exactly the caption's scene (nearest clean rendering of "
                    "all 90 scenes), else 0; no toy training signal uses it")
 
+    check_prompt = ToyFidelity.check_prompt  # the same grammar
+
     def score(self, images: list[Image.Image], prompts: list[str]) -> list[float]:
         return [rewards.exact(self.pixels(im), parse_caption(p)) for im, p in zip(images, prompts, strict=True)]
