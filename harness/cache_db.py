@@ -79,7 +79,7 @@ def _check(db: sqlite3.Connection) -> str | None:
 
 @contextmanager
 def _healing(path: Path) -> Iterator[None]:
-    with open(path.with_name(f".{path.name}.lock"), "a") as lock:
+    with open(path.with_name(f"{path.name}.lock"), "a") as lock:  # beside it: copied or ignored with it
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
             yield

@@ -244,6 +244,12 @@ def db_path(path: Path | str) -> Path:
     return path if path.suffix == ".db" else ResultsDir(path).db
 
 
+def damaged_record(path: Path, problem: str) -> HarnessError:
+    """The one line for a damaged results database: the record of the experiment, unlike a cache, is not rebuilt."""
+    return HarnessError(f"{path} is damaged ({problem}); it is the record of this experiment, not a cache, so nothing "
+                        "rebuilds it: restore it from a copy (or `sqlite3 results.db .recover`), or use another --out")
+
+
 class StoreJournal:
     """The writes of a job that must not open the results database, for the process that owns it to make.
 
@@ -398,7 +404,18 @@ class Store:
             raise self._not_a_results_database(exc) from None
 
     def _not_a_results_database(self, exc: sqlite3.DatabaseError) -> HarnessError:
+        if "malformed" in str(exc):
+            return damaged_record(self.path, str(exc))
         return HarnessError(f"{self.path} is not a harness results database ({exc}); move it away or use another --out")
+
+    def check_intact(self) -> None:
+        """Stop with one line if SQLite's quick check finds the database damaged (a truncated copy, a bad disk)."""
+        try:
+            problems = [row[0] for row in self._conn.execute("PRAGMA quick_check")]
+        except sqlite3.DatabaseError as exc:
+            problems = [str(exc)]
+        if problems != ["ok"]:
+            raise damaged_record(self.path, problems[0])
 
     def _create_schema(self) -> None:
         """Create a new database, or upgrade an older one in place (one transaction)."""
