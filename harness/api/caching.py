@@ -94,20 +94,25 @@ def load_cached(path: Path, kind: str) -> dict[str, torch.Tensor] | None:
     return None
 
 
+def built_model_damage(directory: Path) -> str | None:
+    """What is wrong with a built model's directory (None: every weights and config file reads whole)."""
+    for file in sorted(directory.rglob("*")):
+        if file.suffix == ".safetensors" and not safetensors_intact(file):
+            return f"{file.relative_to(directory)} is not a whole safetensors file"
+        if file.suffix == ".json":
+            try:
+                json.loads(file.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                return f"{file.relative_to(directory)} does not parse"
+    return None
+
+
 def built_model_ready(directory: Path) -> bool:
     """Whether a built model (diffusers format) is complete and readable; a damaged one is removed,
     counted, and left for its builder to build again."""
     if not (directory / "model_index.json").exists():
         return False
-    for file in sorted(directory.rglob("*")):
-        if file.suffix == ".safetensors" and not safetensors_intact(file):
-            break
-        if file.suffix == ".json":
-            try:
-                json.loads(file.read_text(encoding="utf-8"))
-            except (OSError, ValueError):
-                break
-    else:
+    if built_model_damage(directory) is None:
         return True
     shutil.rmtree(directory, ignore_errors=True)
     count_damaged("built model")
