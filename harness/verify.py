@@ -67,13 +67,13 @@ def verify(out: Path, cache_root: Path) -> Report:
         raise HarnessError(f"no results in {out}: {results.db} does not exist")
     report = Report()
     report.checked["results database"] += 1
-    with Store(results.db, readonly=True) as store:  # a foreign file is a one-line error here
-        problem = store.damage()
-        if problem is not None:
-            report.add("results database", str(results.db), f"damaged ({problem}); it is the record, not a cache: "
-                       "restore it from a copy (or `sqlite3 results.db .recover`)")
-        images = store.images_frame() if problem is None else None
-        scores = store.scores_frame() if problem is None else None
+    images = scores = None
+    try:
+        with Store(results.db, readonly=True) as store:
+            store.check_intact()
+            images, scores = store.images_frame(), store.scores_frame()
+    except HarnessError as exc:  # damaged, or not a results database: what it says, once
+        report.add("results database", str(results.db), str(exc).removeprefix(f"{results.db} "))
     if images is not None:
         _check_images(results, images, report)
         _check_scores(results, images, scores, report)
