@@ -253,7 +253,8 @@ def _check_caches(cache_root: Path, results: ResultsDir, report: Report) -> None
         report.checked["data-score tables"] += 1
         problem = damage(table)
         if problem is not None:
-            report.add("data-score table", str(table), f"damaged ({problem})", repair=lambda table=table: _set_aside(table))
+            report.add("data-score table", str(table), f"damaged ({problem})",
+                       repair=lambda table=table: _set_aside(table))
     for index in sorted(cache_root.glob("*/model_index.json")):
         report.checked["built models"] += 1
         problem = built_model_damage(index.parent)

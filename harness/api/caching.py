@@ -47,15 +47,15 @@ class LRU(OrderedDict):
 _DAMAGED: Counter[str] = Counter()
 
 
-def count_damaged(kind: str, n: int = 1) -> None:
-    """Record ``n`` damaged entries of ``kind`` (singular: "feature-cache entry") discarded to be rebuilt."""
-    _DAMAGED[kind] += n
+def count_damaged(kind: str) -> None:
+    """Record a damaged entry of ``kind`` (singular: "feature-cache entry") discarded to be rebuilt."""
+    _DAMAGED[kind] += 1
 
 
 def damage_lines() -> list[str]:
     """One warning line per kind of damaged entry rebuilt since the last call (and forget them)."""
-    lines = [f"warning: 1 damaged {kind} was rebuilt" if n == 1 else f"warning: {n} damaged {_plural(kind)} were rebuilt"
-             for kind, n in sorted(_DAMAGED.items())]
+    lines = [f"warning: 1 damaged {kind} was rebuilt" if n == 1
+             else f"warning: {n} damaged {_plural(kind)} were rebuilt" for kind, n in sorted(_DAMAGED.items())]
     _DAMAGED.clear()
     return lines
 

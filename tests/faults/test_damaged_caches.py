@@ -173,8 +173,9 @@ def test_verify_finds_each_damage_and_repair_fixes_it(damaged: Env, reference) -
 
     found = verify(damaged)
     assert found.returncode == 1
-    for where in (f"feature-cache entry {feature}:", f"score cache {cache}: damaged", f"built model {built.parents[1]}:",
-                  f"checkpoint {checkpoint.parent}:", f"data-score table {table}: damaged"):
+    for where in (f"feature-cache entry {feature}:", f"score cache {cache}: damaged",
+                  f"built model {built.parents[1]}:", f"checkpoint {checkpoint.parent}:",
+                  f"data-score table {table}: damaged"):
         assert where in found.stdout, (where, found.stdout)
     assert "5 problems:" in found.stdout
     repaired = verify(damaged, "--repair")
