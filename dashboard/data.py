@@ -71,6 +71,9 @@ class Results:
     # Several results directories side by side (``load_experiments``): (name, directory) of each; their
     # methods are named NAME/method, their runs numbered anew, their image paths start with NAME/.
     experiments: tuple[tuple[str, Path], ...] = ()
+    # Each directory's last `harness verify` (harness.verify): (experiment name, "" for one directory, its record
+    # or None: never verified).
+    verified: tuple[tuple[str, dict | None], ...] = ()
 
     @property
     def names(self) -> list[str]:
@@ -118,7 +121,8 @@ def load_experiments(experiments: Sequence[Experiment]) -> Results:
             parts.append(frame)
         frames[field] = pd.concat(parts, ignore_index=True)
     return Results(results_dir=experiments[0].results.root, fingerprint=sum((r.fingerprint for r in loaded), ()),
-                   experiments=tuple((e.name, e.results.root) for e in experiments), **frames)
+                   experiments=tuple((e.name, e.results.root) for e in experiments),
+                   verified=tuple((e.name, r.verified[0][1]) for e, r in zip(experiments, loaded)), **frames)
 
 
 def load_results(results_dir: Path) -> Results:
@@ -136,6 +140,7 @@ def load_results(results_dir: Path) -> Results:
             checkpoints=store.checkpoints_frame(),
             overlaps=store.overlaps_frame(),
             training_signals=store.training_signals_frame(),
+            verified=(("", store.last_verified()),),
         )
 
 
@@ -387,6 +392,20 @@ def prompt_grid(results: Results, suite: str, prompt_id: str) -> pd.DataFrame:
     grid = images[["run_id", "method", "image_index", "seed", "path"]].merge(
         wide.reset_index(), on=["run_id", "image_index"], how="left")
     return grid.sort_values(["image_index", "method"]).reset_index(drop=True)
+
+
+def verification_lines(results: Results) -> list[str]:
+    """When each results directory was last checked by `harness verify`, and what it found."""
+    lines = []
+    for name, record in results.verified:
+        where = f"{name}: " if name else ""
+        if record is None:
+            lines.append(f"{where}never verified (`harness verify --out DIR` checks every image, score, checkpoint "
+                         "and cache entry)")
+        else:
+            found = "no problems" if not record["problems"] else f"{record['problems']} problem(s) left"
+            lines.append(f"{where}last verified {record['at'].replace('T', ' ').replace('+00:00', ' UTC')}: {found}")
+    return lines
 
 
 def overlap_warnings(results: Results) -> list[str]:

@@ -35,6 +35,7 @@ from dashboard.data import (
     spread_prompts,
     statistics,
     thumbnail,
+    verification_lines,
 )
 from harness.experiments import Experiment
 from harness.results import ResultsDir
@@ -328,6 +329,8 @@ def run_details_page(results: Results) -> None:
                "sum), CPU-hours on a CPU or GPU-hours on a GPU, UNet evaluations per training sample and peak "
                f"memory (the largest of its jobs'). '{MISSING}': the run has no such figure.")
     st.dataframe(shown_run_details(run_details(runs)), hide_index=True)
+    for line in verification_lines(results):
+        st.caption(line[0].upper() + line[1:])
     labels = {r.run_id: f"{r.method} — {r.key}" for r in runs.itertuples()}
     run_id = st.selectbox("Run", list(labels), format_func=labels.__getitem__, key="details_run")
     run = runs.set_index("run_id").loc[run_id]

@@ -371,6 +371,13 @@ def cmd_runs(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_verify(args: argparse.Namespace) -> int:
+    from harness.models import default_cache_dir
+    from harness.verify import run_verify
+
+    return run_verify(Path(args.out), args.repair, default_cache_dir())
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     from harness.experiments import parse_experiments
     from harness.store import export_experiments
@@ -679,6 +686,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("runs", cmd_runs, "print each run's own start, end, wall time, CPU- or GPU-hours, UNet evaluations "
                 "per training sample and peak memory")
     p.add_argument("--out", default="runs", help="results directory to read (written by `harness run --out`)")
+
+    p = command("verify", cmd_verify, "check a results directory and the caches it reads, as `git fsck`: the "
+                "store, every image against its manifest hash, every score against the score cache, every checkpoint "
+                "and final/ network, the journals, $HARNESS_CACHE's entries; exit status 1 if anything is wrong")
+    p.add_argument("--out", default="runs", help="results directory to check (written by `harness run --out`)")
+    p.add_argument("--repair", action="store_true", help="fix what was found as a rerun would: damaged cache entries "
+                   "discarded or rebuilt, the score cache refilled from the store; say what only a rerun can redo")
 
     p = command("export", cmd_export, "export the results for pandas / notebooks")
     p.add_argument("--out", action="append", metavar="[NAME=]DIR", help="results directory to read, written by "

@@ -33,8 +33,13 @@ def is_built_model(spec: str) -> bool:
 
 def resolve_base_model(spec: str) -> str:
     """Turn a preset's base-model spec into something ``from_pretrained`` accepts, building it if needed."""
+    from harness.api.caching import damage_lines
     from harness.api.registry import BASE_MODELS
+    from harness.progress import say
 
     if is_built_model(spec):
-        return str(BASE_MODELS.get(spec)())
+        built = str(BASE_MODELS.get(spec)())
+        for line in damage_lines():  # a damaged built model was found and built again
+            say(f"   {line}")
+        return built
     return str(Path(spec)) if Path(spec).exists() else spec

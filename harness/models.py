@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from harness.api.caching import built_model_ready
 from harness.api.registry import register_base_model
 from harness.atomic import publishing
 from harness.config import require_existing_path
@@ -303,7 +304,7 @@ def build_tiny_pipeline(config: TinyPipelineConfig = TinyPipelineConfig(), token
 def save_tiny_pipeline(out_dir: str | Path, config: TinyPipelineConfig = TinyPipelineConfig()) -> Path:
     """Build a tiny pipeline and save it in diffusers format (idempotent)."""
     out_dir = Path(out_dir)
-    if (out_dir / "model_index.json").exists():
+    if built_model_ready(out_dir):
         return out_dir
     with publishing(out_dir) as temporary:
         build_tiny_pipeline(config).save_pretrained(temporary)

@@ -123,8 +123,9 @@ def _validate_locations(options: RunOptions) -> None:
 
     require_directory_or_nothing(options.out, "--out")
     db = ResultsDir(options.out).db
-    if db.exists():  # a corrupt or foreign file is refused before anything is added beside it
-        Store(db, readonly=True).close()
+    if db.exists():  # a corrupt, damaged or foreign file is refused before anything is added beside it
+        with Store(db, readonly=True) as store:
+            store.check_intact()
     for option, location in (("--model", options.model), ("--data", options.data)):
         if location is not None:
             require_existing_path(location, option)

@@ -12,10 +12,10 @@ Tables live under ``$HARNESS_CACHE/data-scores/<data set key>/<scorer>.sqlite``:
 from __future__ import annotations
 
 import hashlib
-import sqlite3
 from collections.abc import Iterable
 from pathlib import Path
 
+from harness.cache_db import open_cache_db
 from harness.errors import HarnessError
 
 _SCHEMA = """
@@ -54,13 +54,8 @@ class ScoreTable:
 
     def __init__(self, path: Path, meta: dict[str, str] | None = None) -> None:
         self.path = Path(path)
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(self.path, timeout=60)
-            self._db.executescript(_SCHEMA)
-            stored = dict(self._db.execute("SELECT key, value FROM meta"))
-        except sqlite3.DatabaseError as exc:
-            raise HarnessError(f"cannot open score table {self.path}: {exc}") from None
+        self._db = open_cache_db(self.path, _SCHEMA)  # a damaged table is moved aside: its images are scored again
+        stored = dict(self._db.execute("SELECT key, value FROM meta"))
         if meta:
             clash = {k: (stored[k], v) for k, v in meta.items() if k in stored and stored[k] != v}
             if clash:

@@ -247,6 +247,12 @@ def db_path(path: Path | str) -> Path:
     return path if path.suffix == ".db" else ResultsDir(path).db
 
 
+def damaged_record(path: Path, problem: str) -> HarnessError:
+    """The one line for a damaged results database: the record of the experiment, unlike a cache, is not rebuilt."""
+    return HarnessError(f"{path} is damaged ({problem}); it is the record of this experiment, not a cache, so nothing "
+                        "rebuilds it: restore it from a copy (or `sqlite3 results.db .recover`), or use another --out")
+
+
 class StoreJournal:
     """The writes of a job that must not open the results database, for the process that owns it to make.
 
@@ -401,7 +407,23 @@ class Store:
             raise self._not_a_results_database(exc) from None
 
     def _not_a_results_database(self, exc: sqlite3.DatabaseError) -> HarnessError:
+        if "malformed" in str(exc):
+            return damaged_record(self.path, str(exc))
         return HarnessError(f"{self.path} is not a harness results database ({exc}); move it away or use another --out")
+
+    def damage(self) -> str | None:
+        """What SQLite's quick check finds wrong with the database (a truncated copy, a bad disk), or None."""
+        try:
+            problems = [row[0] for row in self._conn.execute("PRAGMA quick_check")]
+        except sqlite3.DatabaseError as exc:
+            return str(exc)
+        return None if problems == ["ok"] else problems[0]
+
+    def check_intact(self) -> None:
+        """Stop with one line if the database is damaged."""
+        problem = self.damage()
+        if problem is not None:
+            raise damaged_record(self.path, problem)
 
     def _create_schema(self) -> None:
         """Create a new database, or upgrade an older one in place (one transaction)."""
@@ -521,6 +543,16 @@ class Store:
                 " ON CONFLICT (run_id, suite) DO UPDATE SET n_overlap = excluded.n_overlap",
                 (run_id, suite, int(n_overlap)),
             )
+
+    def set_verified(self, record: dict[str, Any]) -> None:
+        """Record the last `harness verify` of this directory (when, what it checked, the problems it found)."""
+        with self._transaction() as conn:
+            conn.execute("INSERT OR REPLACE INTO meta VALUES ('last_verified', ?)", (json.dumps(record),))
+
+    def last_verified(self) -> dict[str, Any] | None:
+        """What ``set_verified`` recorded last, or None: never verified."""
+        row = self._conn.execute("SELECT value FROM meta WHERE key = 'last_verified'").fetchone()
+        return None if row is None else json.loads(row[0])
 
     @_journaled
     def set_training_signals(self, run_id: int, metrics: list[str], source: str) -> None:

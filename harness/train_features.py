@@ -23,11 +23,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file
 
-from harness.api.caching import LRU, atomic_save
+from harness.api.caching import LRU, atomic_save, count_damaged, load_cached
 from harness.api.method import Cond
 from harness.data import ImageLoader, ImageSource, content_key, to_pixels
+
+
+FEATURE_ENTRY = "feature-cache entry"  # how a damaged entry is counted (harness.api.caching.damage_lines)
 
 
 def module_fingerprint(*modules: torch.nn.Module) -> str:
@@ -157,11 +159,16 @@ class FeatureEncoder:
         if cached is not None:
             return cached
         path = self._path(kind, key)
-        if path is None or not path.exists():
+        tensors = None if path is None else load_cached(path, FEATURE_ENTRY)
+        if tensors is None:
             return None
-        tensors = load_file(str(path))
-        value = Posterior(tensors["mean"], tensors["std"]) if kind == "latent" else Cond(
-            tensors["hidden"], {k[6:]: v for k, v in tensors.items() if k.startswith("added.")} or None)
+        try:
+            value = Posterior(tensors["mean"], tensors["std"]) if kind == "latent" else Cond(
+                tensors["hidden"], {k[6:]: v for k, v in tensors.items() if k.startswith("added.")} or None)
+        except KeyError:  # a whole file of the wrong content: as damaged as a truncated one
+            path.unlink(missing_ok=True)
+            count_damaged(FEATURE_ENTRY)
+            return None
         self.memory.put(kind + key, value)
         return value
 

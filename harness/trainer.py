@@ -32,12 +32,13 @@ from typing import Any, Callable
 
 import torch
 
+from harness.api.caching import damage_lines
 from harness.api.method import Batch, Method, Models, TrainConfig, TrainingContext
 from harness.api.noise import is_flow_matching
 from harness.api.registry import METHODS, PRESETS
 from harness.atomic import replacing, staging
 from harness.errors import HarnessError
-from harness.progress import progress_bar
+from harness.progress import progress_bar, say
 
 LogFn = Callable[[int, dict[str, float]], None]
 
@@ -583,6 +584,8 @@ class Trainer:
             if self.loader.skipped:
                 print(f"skipped {len(self.loader.skipped)} corrupt image(s), e.g. {sorted(self.loader.skipped)[0]}",
                       flush=True)
+        for line in damage_lines():  # the cache entries this process found damaged, and computed again
+            say(f"   {line}")
         self.accelerator.wait_for_everyone()
         return self._result(state, started)
 

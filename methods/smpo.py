@@ -49,7 +49,7 @@ import torch
 
 from harness.api import (Batch, Cond, FlowMatching, HarnessError, Method, Models, NoiseProcess, Pairs,
                          PublishedWeights, TrainConfig, TrainingContext, register_method)
-from harness.api.caching import LRU, atomic_save
+from harness.api.caching import LRU, atomic_save, load_cached
 from methods.dpo import dpo_logits, dpo_loss, forward_noised_pairs, pair_errors, pair_timesteps, preference_logs
 
 # Bounds of PickScore's raw cosine used by the public preprocessing to normalise scores.
@@ -236,14 +236,13 @@ class SmPO(Method):
 
         In RAM for the run, on disk across runs (each entry is k latents; SD1.5 k=5: 160 KB in fp32).
         """
-        from safetensors.torch import load_file
-
         captions = batch.captions * 2
         keys = [f"{k}-{hashlib.sha256(c.encode()).hexdigest()[:16]}" for k, c in zip(batch.keys, captions)]
         for key in keys:
             path = self.cache_dir / key[:2] / f"{key}.safetensors"
-            if self.cache.get_item(key) is None and path.exists():
-                self.cache.put(key, load_file(str(path))["z"].to(batch.latents.device))
+            cached = None if self.cache.get_item(key) is not None else load_cached(path, "inversion-cache entry")
+            if cached is not None:
+                self.cache.put(key, cached["z"].to(batch.latents.device))
         for i, key in enumerate(keys):
             if key not in self.cache:
                 # One image at a time: the cached trajectory must not depend on what shared its batch.

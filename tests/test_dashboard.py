@@ -290,6 +290,18 @@ def test_run_details_page_shows_provenance_and_overlaps(results_dir: Path, monke
     assert len(at.dataframe) == 2 and "None recorded." in [c.value for c in at.caption]
 
 
+def test_run_details_shows_when_the_directory_was_last_verified(results_dir: Path, tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    copy = tmp_path / "results"
+    shutil.copytree(results_dir, copy)
+    at = show(open_app(copy, monkeypatch), "Run details")
+    assert any(c.value.startswith("Never verified (`harness verify --out DIR`") for c in at.caption)
+    with Store(copy) as store:  # what `harness verify` records
+        store.set_verified({"at": "2026-12-07T00:15:00+00:00", "problems": 2, "checked": {"images": 48}})
+    at = show(open_app(copy, monkeypatch), "Run details")
+    assert "Last verified 2026-12-07 00:15:00 UTC: 2 problem(s) left" in [c.value for c in at.caption]
+
+
 def test_the_dashboard_cannot_write_the_results(results_dir: Path, tmp_path: Path,
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     """Every connection the dashboard opens refuses a write, and rendering every page leaves

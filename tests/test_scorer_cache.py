@@ -115,6 +115,37 @@ def test_bad_arguments_are_user_errors(tmp_path: Path):
         score_images(scorer, [gray(1)], ["p"], batch_size=0)
     with pytest.raises(HarnessError, match="cannot read image"):
         score_images(scorer, [tmp_path / "missing.png"], ["p"], keys=["k"])
-    (tmp_path / "not.db").write_text("this is not sqlite" * 100)
-    with pytest.raises(HarnessError, match="cannot open score cache"):
-        ScoreCache(tmp_path / "not.db")
+
+
+def test_a_score_cache_that_is_not_a_database_is_moved_aside_and_rebuilt(tmp_path: Path, capsys):
+    garbage = b"this is not sqlite" * 100
+    (tmp_path / "scores.sqlite").write_bytes(garbage)
+    scorer = Brightness()
+    with ScoreCache(tmp_path / "scores.sqlite") as cache:
+        assert len(cache) == 0
+        assert score_images(scorer, [gray(4)], ["p"], cache=cache) == [expected(4, "p")]
+    [aside] = tmp_path.glob("scores.sqlite.damaged-*")
+    assert aside.read_bytes() == garbage  # kept as it was, for a look
+    [line] = capsys.readouterr().out.splitlines()
+    assert "warning:" in line and "scores.sqlite" in line and "only a cache" in line
+    with ScoreCache(tmp_path / "scores.sqlite") as cache:  # the rebuilt one is whole: no second warning
+        assert score_images(scorer, [gray(4)], ["p"], cache=cache) == [expected(4, "p")]
+    assert scorer.calls == 1 and capsys.readouterr().out == ""
+
+
+def test_a_truncated_score_cache_is_moved_aside_and_rebuilt(tmp_path: Path, capsys):
+    path = tmp_path / "scores.sqlite"
+    scorer = Brightness()
+    with ScoreCache(path) as cache:
+        score_images(scorer, [gray(level) for level in range(200)], [f"prompt {n}" * 20 for n in range(200)],
+                     cache=cache)
+    import sqlite3
+
+    sqlite3.connect(path).execute("PRAGMA wal_checkpoint(TRUNCATE)").close()
+    data = path.read_bytes()
+    assert len(data) > 3 * 4096
+    path.write_bytes(data[: len(data) // 2])
+    with ScoreCache(path) as cache:
+        assert len(cache) == 0
+    assert len(list(tmp_path.glob("scores.sqlite.damaged-*Z"))) == 1
+    assert "warning:" in capsys.readouterr().out

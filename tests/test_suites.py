@@ -141,6 +141,25 @@ def test_hub_suites_are_cached_after_the_first_load(harness_cache):
     assert (harness_cache / "suites" / "hpdv2-test_repo.jsonl").exists()
 
 
+@pytest.mark.parametrize("damage", ["cut short", "a row changed"])
+def test_a_damaged_hub_suite_cache_is_fetched_again(harness_cache, capsys, damage):
+    from harness.api.suite import cached_prompts
+
+    hub_id = f"test/{damage.replace(' ', '-')}"
+    prompts = [Prompt(f"hpdv2-anime-{n:03d}", f"prompt {n}", "anime") for n in range(3)]
+    cached_prompts("hpdv2", hub_id, lambda: prompts)
+    path = harness_cache / "suites" / f"hpdv2-{hub_id.replace('/', '_')}.jsonl"
+    lines = path.read_text().splitlines(keepends=True)
+    # Cut at a line's end (every remaining line parses), or one prompt edited: only the recorded hash tells.
+    path.write_text("".join(lines[:2]) if damage == "cut short" else "".join(lines).replace("prompt 1", "prompt 9"))
+    downloads = []
+    assert cached_prompts("hpdv2", hub_id, lambda: downloads.append(1) or prompts) == tuple(prompts)
+    assert downloads == [1]
+    [line] = capsys.readouterr().out.splitlines()
+    assert "warning: the cached prompts of suite hpdv2" in line and "fetched again" in line
+    assert cached_prompts("hpdv2", hub_id, lambda: 1 / 0) == tuple(prompts)  # whole again: no download
+
+
 def test_list_suites_counts_prompts_without_downloading(harness_cache):
     infos = {info.name: info for info in list_suites()}
     assert {"parti", "hpdv2", "pickapic-test", "drawbench"} <= set(infos)

@@ -29,6 +29,7 @@ import torch
 
 from harness.api import TinyPipelineConfig, build_tiny_pipeline, publishing, register_base_model, replacing
 from harness.api import cache_dir as default_cache_dir
+from harness.api.caching import built_model_ready
 from harness.api.noise import noise_process
 from toyworld.grammar import COLOURS, POSITIONS, SHAPES, seen_scenes
 from toyworld.render import IMAGE_SIZE, Degradation, render
@@ -375,7 +376,7 @@ def _weights(committed: Path, cached: str, build: Callable[[Path, str | Path], P
 
 def _pipeline_dir(weights: Path, name: str, cache_dir: Path) -> Path:
     out = cache_dir / f"{name}-{file_digest(weights)[:12]}"
-    if (out / "model_index.json").exists():
+    if built_model_ready(out):
         return out
     with publishing(out) as temporary:  # concurrent processes (several ranks) may build at once
         pipeline_from_weights(weights, tokenizer_dir=cache_dir / "clip-tokenizer").save_pretrained(temporary)

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Literal
 
-from harness.atomic import write_jsonl
+from harness.atomic import replacing, write_jsonl
 from harness.errors import HarnessError
 
 
@@ -52,15 +52,25 @@ def cached_prompts(suite: str, hub_id: str, download: Callable[[], list[Prompt]]
     """Prompts of ``suite`` fetched from the hub's ``hub_id`` once, then read from
     ``HARNESS_CACHE/suites/<suite>-<hub_id>[-<variant>].jsonl``.
 
-    ``download`` runs only when the cache file is missing; its failures (offline, no
-    such repository) become one-line ``HarnessError``s that say how to load a local copy.
+    ``download`` runs only when the cache file is missing or damaged (it does not match the
+    ``.sha256`` written beside it, or does not parse: discarded, with a warning line); its failures
+    (offline, no such repository) become one-line ``HarnessError``s that say how to load a local copy.
     """
     from harness.models import default_cache_dir
+    from harness.progress import say
 
     key = "-".join(part for part in (suite, hub_id, variant) if part)
     path = default_cache_dir() / "suites" / (re.sub(r"[^A-Za-z0-9._-]+", "_", key) + ".jsonl")
+    digest = path.with_name(path.name + ".sha256")
     if path.exists():
-        return read_prompts_jsonl(path)
+        try:
+            if digest.exists() and digest.read_text().strip() != hashlib.sha256(path.read_bytes()).hexdigest():
+                raise HarnessError("its content is not what was downloaded")
+            return read_prompts_jsonl(path)
+        except HarnessError as exc:
+            path.unlink(missing_ok=True)
+            digest.unlink(missing_ok=True)
+            say(f"   warning: the cached prompts of suite {suite} ({path}) were damaged ({exc}); fetched again")
     local_copy = f"give a local copy as --suite {suite}:PATH (path=PATH)"
     if not _DOWNLOADS_ALLOWED.get():
         raise HarnessError(f"not downloaded yet: fetched from the hub's {hub_id} on first use, or {local_copy}")
@@ -75,6 +85,8 @@ def cached_prompts(suite: str, hub_id: str, download: Callable[[], list[Prompt]]
         ) from None
     path.parent.mkdir(parents=True, exist_ok=True)
     write_jsonl(path, (asdict(p) for p in prompts))
+    with replacing(digest) as temporary:
+        temporary.write_text(hashlib.sha256(path.read_bytes()).hexdigest() + "\n")
     return tuple(prompts)
 
 

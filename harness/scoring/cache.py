@@ -8,13 +8,13 @@ image has a new hash and is rescored; an unchanged one, even moved or copied, ne
 from __future__ import annotations
 
 import hashlib
-import sqlite3
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from PIL import Image
 
 from harness.atomic import writing
+from harness.cache_db import open_cache_db
 from harness.errors import HarnessError
 from harness.api.scorer import Scorer
 
@@ -64,14 +64,8 @@ class ScoreCache:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            # Several processes (ranks, a dashboard) may open it: WAL lets readers run beside a writer.
-            self._db = sqlite3.connect(self.path, timeout=60)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute(_SCHEMA)
-        except sqlite3.DatabaseError as exc:
-            raise HarnessError(f"cannot open score cache {self.path}: {exc}") from None
+        # Several processes (ranks, a dashboard) may open it: WAL lets readers run beside a writer.
+        self._db = open_cache_db(self.path, _SCHEMA, wal=True)
 
     def get(self, scorer: Scorer, keys: Sequence[str], prompts: Sequence[str]) -> dict[tuple[str, str], float]:
         """Cached values as {(image key, prompt): value} for the pairs that have one."""

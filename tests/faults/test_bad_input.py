@@ -86,6 +86,21 @@ def _tiny_run_results(directory: Path) -> None:
     Store(directory / "old", readonly=True).close()
 
 
+def _damaged_results(directory: Path) -> None:
+    """A results database cut short, as an interrupted copy leaves it: its first pages (the schema) are whole."""
+    import sqlite3
+
+    from harness.store import Store
+
+    with Store(directory / "old") as store:
+        for n in range(40):
+            store.get_or_create_run(f"run{n}", method="dpo", preset="tiny", base_model="tiny",
+                                    config={"notes": "x" * 2000, "n": n})
+    sqlite3.connect(directory / "old" / "results.db").execute("PRAGMA wal_checkpoint(TRUNCATE)").close()
+    data = (directory / "old" / "results.db").read_bytes()
+    (directory / "old" / "results.db").write_bytes(data[: len(data) // 2])
+
+
 def _images(directory: Path, *rows: dict) -> None:
     """A folder `gen/` with a manifest of ``rows`` and the one image 00000_00.png."""
     from PIL import Image
@@ -154,6 +169,8 @@ CASES = [
          r"--out 'results.txt' is a file, not a directory", "`results.txt` is a file", _a_file),
     Case((*RUN, "--out", "old"), r"old/results.db is not a harness results database",
          "`old/results.db` is not a database", _not_a_database),
+    Case((*RUN, "--out", "old"), r"old/results.db is damaged \(.*\); it is the record of this experiment, not a cache.*"
+         r"restore it from a copy", "`old/results.db` was cut short (an interrupted copy)", _damaged_results),
     Case((*RUN, "--model", "./nope"), r"--model './nope' does not exist \(a local path"),
     Case((*RUN, "--data", "./nope"), r"--data './nope' does not exist \(a local path"),
     Case((*GENERATE, "--unet", "./nope"), r"--unet './nope' does not exist \(a local path"),
