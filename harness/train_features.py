@@ -56,10 +56,12 @@ class FeatureEncoder:
     """Latents and conditioning for training samples, cached when ``cache_dir`` is set."""
 
     def __init__(self, pipe: Any, *, device: torch.device, resolution: int, cache_dir: Path | None,
-                 loader: ImageLoader) -> None:
+                 loader: ImageLoader, max_sequence_length: int = 256) -> None:
         self.vae = pipe.vae
-        # SD3 encodes through its pipeline (two CLIPs, T5 or its zeros): exactly the conditioning it samples with.
+        # SD3 encodes through its pipeline (two CLIPs, T5 or its zeros): exactly the conditioning it samples with,
+        # ``max_sequence_length`` T5 tokens long (zeros that long without T5).
         self.encode_prompt = pipe.encode_prompt if type(pipe).__name__.startswith("StableDiffusion3") else None
+        self.max_sequence_length = max_sequence_length
         self.tokenizers = [pipe.tokenizer] + ([pipe.tokenizer_2] if getattr(pipe, "text_encoder_2", None) else [])
         self.text_encoders = [pipe.text_encoder] + ([pipe.text_encoder_2] if getattr(pipe, "text_encoder_2", None) else [])
         self.sdxl = len(self.text_encoders) == 2
@@ -72,7 +74,8 @@ class FeatureEncoder:
             self.latent_dir = cache_dir / "posteriors" / f"{module_fingerprint(self.vae)}-{resolution}"
             # SD3's T5, when loaded, shapes the conditioning too (absent: zeros, and the key is the CLIPs' alone).
             t5 = [pipe.text_encoder_3] if getattr(pipe, "text_encoder_3", None) is not None else []
-            self.text_dir = cache_dir / "text" / f"{module_fingerprint(*self.text_encoders, *t5)}-{resolution}"
+            length = f"-t5x{max_sequence_length}" if self.encode_prompt is not None else ""
+            self.text_dir = cache_dir / "text" / f"{module_fingerprint(*self.text_encoders, *t5)}-{resolution}{length}"
 
     # -- latents ----------------------------------------------------------------------------------
     def latents(self, sources: list[ImageSource], flips: list[bool] | None = None) -> list[tuple[str, Posterior | None]]:
@@ -117,7 +120,8 @@ class FeatureEncoder:
     def _encode_text(self, caption: str) -> Cond:
         if self.encode_prompt is not None:
             hidden, _, pooled, _ = self.encode_prompt([caption], None, None, device=self.device,
-                                                      do_classifier_free_guidance=False)
+                                                      do_classifier_free_guidance=False,
+                                                      max_sequence_length=self.max_sequence_length)
             return Cond(hidden.float().cpu(), {"pooled_projections": pooled.float().cpu()})
         hidden_states, pooled = [], None
         for tokenizer, encoder in zip(self.tokenizers, self.text_encoders):

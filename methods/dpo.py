@@ -15,7 +15,8 @@ the mean over C, H, W of (v_theta(x_t, sigma T, c) - (eps - x0))^2 at x_t = (1 -
 picking a point of the scheduler's shifted grid (shift 3).  The loss formula carries over unchanged;
 beta's scale does not: flow_grpo's SD3.5-Medium DPO (``scripts/train_sd3_dpo.py``, the same
 ``-0.5 * beta`` on a per-sample velocity MSE, same noise and t for the pair) uses beta = 100, fifty
-times below the SD1.5 recipe's 5000.  No preset here sets a flow beta (``tiny-flow`` takes ``tiny``'s).
+times below the SD1.5 recipe's 5000.  The ``sd35`` preset takes that 100, ``toy-flow`` its own tuned 100 (at
+lr 6e-5), and ``tiny-flow`` takes ``tiny``'s entry (the Config's 5000).
 """
 
 from __future__ import annotations
