@@ -36,5 +36,8 @@ def resolve_base_model(spec: str) -> str:
     from harness.api.registry import BASE_MODELS
 
     if is_built_model(spec):
+        from harness.workers import quiet_libraries
+
+        quiet_libraries()  # a first use builds and saves it: diffusers' notices about that are noise
         return str(BASE_MODELS.get(spec)())
     return str(Path(spec)) if Path(spec).exists() else spec

@@ -126,14 +126,19 @@ def train(method: str, *, base_model: str | Path, data_dir: Path, output_dir: Pa
     """Train ``method`` from ``base_model`` on ``data_dir``; write checkpoints and ``output_dir/final/unet``
     (and, every ``snapshot_every`` steps before the last, the UNet as it is then: ``snapshot_unet_dir``)."""
     config = resolve_config(method, preset, overrides)
+    require_init_unet(method, config)
+    trainer = Trainer(METHODS.get(method)(config), base_model=str(base_model), data_dir=Path(data_dir),
+                      output_dir=Path(output_dir), seed=seed, on_log=on_log, snapshot_every=snapshot_every)
+    return trainer.run(resume=resume)
+
+
+def require_init_unet(method: str, config: TrainConfig) -> None:
+    """A recipe that starts from another method's UNet needs it given, when trained on its own."""
     if config.init_method and not config.init_unet:
         raise HarnessError(
             f"{method}'s recipe starts from the UNet of a {config.init_method} run on the same data: train it first "
             f"(`harness train --method {config.init_method} ...`) and pass --set init_unet=OUT/final/unet, "
             "or use `harness run`, which chains the two")
-    trainer = Trainer(METHODS.get(method)(config), base_model=str(base_model), data_dir=Path(data_dir),
-                      output_dir=Path(output_dir), seed=seed, on_log=on_log, snapshot_every=snapshot_every)
-    return trainer.run(resume=resume)
 
 
 def snapshot_unet_dir(output_dir: Path, step: int) -> Path:
