@@ -8,7 +8,7 @@ a stale entry.  This removes the VAE encoder from every DPO / SmPO step.
 
 What is cached is the VAE posterior of each image (its mean and std, scaled), once per
 orientation when random flips are on: the trainer then draws a fresh latent from it each
-time the image is used, as the public scripts do with ``latent_dist.sample()``, or takes
+time the image is used, as the public scripts do with ``latent_dist.sample()`` (DiffusionDPO train.py:1028), or takes
 its mean (``latent_sample=False``).  Each image is encoded on its own, so a cached entry
 does not depend on which other images happened to be encoded with it (batched
 convolutions on a CPU differ by ~1e-6 between batch sizes): a run's features are the same
@@ -138,7 +138,7 @@ class FeatureEncoder:
         if not self.sdxl:
             return Cond(hidden)
         size = self.resolution
-        # (original size, crop top-left, target size): square training crops, as the public SDXL code.
+        # (original size, crop top-left, target size): square training crops, as the public SDXL code (DiffusionDPO train.py:1068-1083).
         time_ids = torch.tensor([[size, size, 0, 0, size, size]], dtype=torch.float32)
         return Cond(hidden, {"text_embeds": pooled.float().cpu(), "time_ids": time_ids})
 

@@ -147,7 +147,8 @@ def snapshot_unet_dir(output_dir: Path, step: int) -> Path:
 
 
 class EMA:
-    """diffusers' ``EMAModel`` over the trainable parameters, as the public training scripts use it.
+    """diffusers' ``EMAModel`` over the trainable parameters, as the public training scripts use it (DiffusionDRO
+    train.py:392-393).
 
     Its decay schedule is part of the recipe: 0 at the first update (the shadow becomes the
     weights), then ``min((1 + n) / (10 + n), ema_decay)`` at update ``n + 1``.  With ``on_cpu`` the

@@ -88,7 +88,8 @@ class DPO(Method):
     Config = DPOConfig
     data = Pairs()
     presets = {
-        # 16 GPUs x 1 pair x 128 accumulation = 2048 pairs per step; fp16 as the public launcher.
+        # 16 GPUs x 1 pair x 128 accumulation = 2048 pairs per step; fp16, train.py's default, which the public
+        # launcher keeps (DiffusionDPO train.py:284-286).
         "sd15": {"effective_batch_size": 2048, "mixed_precision": "fp16"},
         # The SDXL launcher: 200 warmup steps (its Adafactor and 1024 px are the sdxl preset's, shared).
         "sdxl": {"effective_batch_size": 2048, "mixed_precision": "fp16", "warmup_steps": 200},

@@ -58,7 +58,8 @@ class TrainConfig:
     mixed_precision: Literal["no", "fp16", "bf16"] = "no"
     # The trainable weights' own dtype.  "fp32": master weights in fp32, the forward in mixed precision
     # (the Salesforce and SmPO scripts); "bf16": the weights themselves in bf16, optimizer state too, as
-    # the public DRO code trains (cheaper, and updates below bf16's resolution are lost).
+    # the public DRO code trains (DiffusionDRO train.py:379-384 loads the UNet in bf16; cheaper, and updates
+    # below bf16's resolution are lost).
     master_weights: Literal["fp32", "bf16"] = "fp32"
     gradient_checkpointing: bool = False
     ema_decay: float | None = None  # None: no EMA; the final UNet is the EMA one when set
@@ -73,8 +74,8 @@ class TrainConfig:
     # scripts/train_sd3_dpo.py:213, 602).  No effect on SD1.5 / SDXL, whose CLIPs read 77.
     max_sequence_length: int = 256
     caption_dropout: float = 0.0  # share of captions replaced by "" during training
-    # As the public scripts: each training image flipped left-right with probability 0.5, and its latent a
-    # fresh sample of the VAE posterior each time it is used.  False: no flip / the posterior mean.
+    # As the public scripts (DiffusionDPO train.py:760, 1028): each training image flipped left-right with
+    # probability 0.5, and its latent a fresh sample of the VAE posterior each time it is used.  False: no flip / the posterior mean.
     random_flip: bool = True
     latent_sample: bool = True
     resolution: int | None = None  # None: the UNet's native size x the VAE's scale factor
