@@ -328,9 +328,13 @@ class Trainer:
             from peft import LoraConfig
 
             unet.requires_grad_(False)
-            unet.add_adapter(LoraConfig(r=config.lora_rank, lora_alpha=config.lora_alpha or config.lora_rank,
-                                        init_lora_weights="gaussian",
-                                        target_modules=lora_targets(unet, config.lora_dual_attention)))
+            # peft draws the adapters' A from the global generator: seeded here, so the same seed starts from
+            # the same adapters whatever ran before in this process (`harness train` and `harness run` alike).
+            with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+                torch.manual_seed(self.seed)
+                unet.add_adapter(LoraConfig(r=config.lora_rank, lora_alpha=config.lora_alpha or config.lora_rank,
+                                            init_lora_weights="gaussian",
+                                            target_modules=lora_targets(unet, config.lora_dual_attention)))
             # The reference is the same network with its adapters off: no second copy in memory.
             reference = lambda: (unet, adapters_disabled(unet))  # noqa: E731
         else:

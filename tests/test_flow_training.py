@@ -256,3 +256,16 @@ def test_sd3_captions_are_encoded_with_the_configured_t5_length(length, tmp_path
     assert hidden.shape[1] == 77 + length
     torch.testing.assert_close(hidden, expected.float())
     assert encoder.text_dir.name.endswith(f"-t5x{length}")  # one length's entries never serve another's
+
+
+def test_lora_adapters_start_from_the_seed_whatever_ran_before(tiny_sd3_dir, pair_dir, tmp_path):
+    """peft draws LoRA's A from torch's global generator: the same seed must give the same trained adapters after
+    any other use of it in the process (a `harness run` worker's, a `harness train` process's)."""
+    def adapters(name: str, draws: int) -> dict[str, torch.Tensor]:
+        torch.randn(draws)  # what else happened to use the global generator first
+        train("dpo", base_model=tiny_sd3_dir, data_dir=pair_dir, output_dir=tmp_path / name,
+              overrides={**FAST, "max_steps": 1, "lora_rank": RANK, "lora_alpha": ALPHA})
+        return load_file(str(tmp_path / name / "final" / "lora" / "pytorch_lora_weights.safetensors"))
+
+    first, second = adapters("first", 1), adapters("second", 1000)
+    assert first.keys() == second.keys() and all(torch.equal(first[key], second[key]) for key in first)
