@@ -11,8 +11,8 @@ reported as ratios:
 - ``dpo``: the harness trainer's DPO step (latents and text embeddings cached).
 - ``smpo/reference``: SmPO with the reference inverting, inversions cached (warm).
 - ``smpo/policy``: SmPO as published: the policy inverts every step (5 ReNoise steps).
-- ``dro/published``: DRO as the public code: before every forward/backward the micro-batch's
-  experts become replay-buffer rows, each with a trajectory the policy samples from its caption.
+- ``dro/published``: DRO as the public code (DiffusionDRO train.py:655-684): before every forward/backward
+  the micro-batch's experts become replay-buffer rows, each with a trajectory the policy samples from its caption.
 - ``dro/every-step``: the cheaper variant, refilling once per optimizer step
   (``refill_every`` = grad_accum: the step's micro-batches share the rows).
 

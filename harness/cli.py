@@ -203,28 +203,16 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from harness.api.registry import METHODS
-    from harness.config import require_existing_path, resolve_base_model
-    from harness.data_check import check_data
     from harness.presets import get_preset
-    from harness.trainer import train
+    from harness.run import EVERY_METHOD, RunOptions, train_alone, validate_training
 
+    options = RunOptions(methods=[args.method], out=Path(args.out), preset=args.preset, model=args.model,
+                         data=args.data, overrides=_parse_overrides(args.set, [EVERY_METHOD]), seed=args.seed,
+                         skip_bad_images=args.skip_bad_images)
+    preset = get_preset(options.preset)
+    validate_training(options, preset)  # `harness run`'s checks of a training, before anything is created
     quiet_libraries()
-    METHODS.get(args.method)
-    preset = get_preset(args.preset)
-    overrides = _parse_overrides(args.set, [args.method]).get(args.method, {})
-    require_existing_path(args.data, "--data")
-    check_data(args.data, skip_bad_images=args.skip_bad_images)  # before --out is made
-    result = train(
-        args.method,
-        base_model=resolve_base_model(args.model or preset.base_model),
-        data_dir=Path(args.data),
-        output_dir=Path(args.out),
-        preset=preset.name,
-        overrides=overrides,
-        resume=not args.no_resume,
-        seed=args.seed,
-    )
+    result = train_alone(options, preset, resume=not args.no_resume)
     print(f"trained {args.method} for {result.steps} steps in {result.wall_s:.1f}s; UNet: {result.unet_dir}")
     return 0
 
@@ -244,7 +232,10 @@ def cmd_generate(args: argparse.Namespace) -> int:
         require_existing_path(args.unet, "--unet")
         subfolder = unet_subfolder(args.unet)
     require_directory_or_nothing(Path(args.out), "--out")
-    from harness.models import inference_device, load_pipeline
+    from harness.models import check_network_fits, inference_device, load_pipeline
+
+    if args.unet:
+        check_network_fits(model, args.unet, what="--unet")
     from harness.evaluate import Protocol
     from harness.distributed import torchrun_process_group
     from harness.sampling import generate, optimize_pipeline
@@ -612,14 +603,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("train", cmd_train, "train one method and write its UNet in diffusers format")
     p.add_argument("--method", required=True, help="a registered method (`harness methods`)")
-    p.add_argument("--data", required=True, help="directory with pairs.jsonl/experts.jsonl, or a hub dataset id")
+    p.add_argument("--data", help="directory with pairs.jsonl/experts.jsonl, or a hub dataset id (default: the "
+                   "preset's, as `harness run`: the toy presets synthesize theirs into OUT/data)")
     p.add_argument("--out", required=True, help="directory to write: checkpoints (resumed from), the UNet in "
-                   "OUT/final/unet")
+                   "OUT/final/unet, data it makes in OUT/data")
     p.add_argument("--model", help="base model (default: the preset's)")
     p.add_argument("--preset", help="whose settings the method trains with (`harness presets --show PRESET`; "
                    "default: toy, the toy world)")
-    p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
-                   help="override a field of the method's config, e.g. max_steps=10 (repeatable)")
+    p.add_argument("--set", action="append", default=[], metavar="[METHOD.]FIELD=VALUE",
+                   help="override a field of the method's config, e.g. max_steps=10 (repeatable; checked as "
+                   "`harness run` checks it)")
     p.add_argument("--no-resume", action="store_true", help="ignore existing checkpoints in --out")
     p.add_argument("--skip-bad-images", action="store_true", help=SKIP_BAD_IMAGES)
     p.add_argument("--seed", type=int, default=0, help="seed of the data order, noise and timesteps")

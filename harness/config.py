@@ -38,6 +38,9 @@ def resolve_base_model(spec: str) -> str:
     from harness.progress import say
 
     if is_built_model(spec):
+        from harness.workers import quiet_libraries
+
+        quiet_libraries()  # a first use builds and saves it: diffusers' notices about that are noise
         built = str(BASE_MODELS.get(spec)())
         for line in damage_lines():  # a damaged built model was found and built again
             say(f"   {line}")

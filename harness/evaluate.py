@@ -326,7 +326,7 @@ def evaluate_checkpoint(plan: Evaluation) -> None:
 
 def plan_evaluation(options: EvaluateOptions) -> Evaluation:
     """Check everything `harness evaluate` was given, cheap checks first; creates nothing."""
-    from harness.models import check_model_available
+    from harness.models import check_model_available, check_network_fits
 
     results = ResultsDir(options.out)
     require_directory_or_nothing(results.root, "--out")
@@ -355,14 +355,16 @@ def plan_evaluation(options: EvaluateOptions) -> Evaluation:
 
     if not is_built_model(options.model):
         check_model_available(options.model, config_file="model_index.json", what="--model", pass_as="--model DIR")
-        check_sampler_fits(options.model, preset)
     subfolder = None
     if options.unet is not None:
         subfolder = unet_subfolder(options.unet)
         check_model_available(options.unet, config_file="config.json", subfolder=subfolder, what="--unet",
                               pass_as="--unet DIR")
+        check_network_fits(options.model, options.unet, what="--unet", subfolder=subfolder)
     if options.lora is not None:
         _check_lora(options.lora)
+        check_network_fits(options.model, options.lora, what="--lora", lora_weights=LORA_WEIGHTS)
+    check_sampler_fits(resolve_base_model(options.model), preset, shown=options.model)
     checkpoint = Checkpoint(options.model, unet=_absolute(options.unet), unet_subfolder=subfolder,
                             lora=_absolute(options.lora), method=options.method,
                             overrides={})
@@ -380,16 +382,16 @@ def plan_evaluation(options: EvaluateOptions) -> Evaluation:
                        protocol, results)
 
 
-def check_sampler_fits(model: str, preset: Preset) -> None:
+def check_sampler_fits(model: str, preset: Preset, shown: str | None = None) -> None:
     """The preset's sampler must fit the model (a diffusion sampler cannot sample SD3): one line before anything
-    is made."""
+    is made (``shown``: the model as the user named it, where ``model`` is where it was built)."""
     from harness.models import pipeline_scheduler
     from harness.sampling import scheduler_mismatch
 
     mismatch = scheduler_mismatch(preset.generation.scheduler, pipeline_scheduler(model))
     if mismatch:
-        raise HarnessError(f"--model {model!r}: the {preset.name} preset's {mismatch}; pass the --preset of a model "
-                           "of its kind (flow matching: sd35, tiny-flow)")
+        raise HarnessError(f"--model {shown or model!r}: the {preset.name} preset's {mismatch}; pass the --preset of "
+                           "a model of its kind (flow matching: sd35, tiny-flow)")
 
 
 def _recorded(results: ResultsDir) -> _Recorded:

@@ -479,6 +479,69 @@ def check_model_available(location: str, *, config_file: str, subfolder: str | N
                            f"`hf download {location} --local-dir DIR` and pass {pass_as}") from None
 
 
+# The model families a trained network belongs to, by the pipeline class of its base.
+_FAMILIES = {"StableDiffusionPipeline": "SD1.5", "StableDiffusionXLPipeline": "SDXL", "StableDiffusion3Pipeline": "SD3"}
+
+
+def _json_file(location: str, name: str, subfolder: str | None = None) -> dict[str, Any] | None:
+    """A model's JSON file from its local directory or (already fetched) its hub repository; None if unreadable."""
+    path = Path(location).expanduser() / (subfolder or "") / name
+    try:
+        if not Path(location).expanduser().exists():
+            from huggingface_hub import hf_hub_download
+
+            path = Path(hf_hub_download(location, name, subfolder=subfolder))
+        return json.loads(path.read_text(encoding="utf-8"))
+    except Exception:  # no such file, offline, not JSON: the loaders report it where it matters
+        return None
+
+
+def network_family(location: str, subfolder: str | None = None) -> tuple[str, str] | None:
+    """(family, class) of a saved denoising network, from its config: SD3's transformer, SDXL's UNet (its
+    added text-and-time embedding) or SD1.5's; None when the config says neither."""
+    config = _json_file(location, "config.json", subfolder) or {}
+    kind = config.get("_class_name")
+    if kind == "SD3Transformer2DModel":
+        return "SD3", kind
+    if kind == "UNet2DConditionModel":
+        return ("SDXL" if config.get("addition_embed_type") == "text_time" else "SD1.5"), kind
+    return None
+
+
+def lora_family(location: str, weights: str) -> tuple[str, str] | None:
+    """(family, what it adapts) of saved LoRA adapters: diffusers prefixes an SD3 transformer's keys with
+    ``transformer.``, a UNet's with ``unet.``; None when neither."""
+    from safetensors import safe_open
+
+    path = Path(location).expanduser() / weights
+    if not path.is_file():
+        return None
+    with safe_open(str(path), "pt") as adapters:
+        prefixes = {key.split(".", 1)[0] for key in adapters.keys()}
+    if "transformer" in prefixes:
+        return "SD3", "adapters of an SD3 transformer"
+    if "unet" in prefixes:
+        return "SD1.5/SDXL", "adapters of a UNet"
+    return None
+
+
+def check_network_fits(base_model: str, location: str, *, what: str, subfolder: str | None = None,
+                       lora_weights: str | None = None) -> None:
+    """A trained network (or, with ``lora_weights``, LoRA adapters) must be of the base model's family: one line
+    naming both before anything is made, not a loader's traceback after the base's images."""
+    from harness.config import resolve_base_model
+
+    index = _json_file(resolve_base_model(base_model), "model_index.json") or {}  # a built base: built (cached) here
+    base_family = _FAMILIES.get(index.get("_class_name", ""))
+    found = lora_family(location, lora_weights) if lora_weights else network_family(location, subfolder)
+    if base_family is None or found is None or base_family in found[0].split("/"):
+        return
+    family, kind = found
+    raise HarnessError(f"{what} {location!r} is for {family} ({kind}), but the base model {base_model!r} is "
+                       f"{base_family} ({index['_class_name']}): pass a network trained from an {base_family} base, "
+                       "or the base model it was trained from")
+
+
 def inference_device() -> tuple[str, torch.dtype]:
     """Where and in which precision to generate: bf16 on a GPU (the papers' protocol), fp32 on CPU."""
     if torch.cuda.is_available():

@@ -46,8 +46,9 @@ def sdxl() -> Preset:
         scorers=_PAPER_SCORERS,
         generation=replace(_PAPER_PROTOCOL, height=1024, width=1024, batch_size=4),
         data="yuvalkirstain/pickapic_v2",
-        # The SDXL recipe every public SDXL launcher shares: 1024 px, Adafactor, gradient checkpointing
-        # (the fp16-safe VAE is ``vae`` below, used by training and generation alike).
+        # What `--sdxl` selects in the Salesforce DPO and SmPO train.py: 1024 px when no --resolution is given
+        # (DiffusionDPO train.py:379-381), Adafactor, gradient checkpointing (the fp16-safe VAE, their launchers'
+        # --pretrained_vae_model_name_or_path, is ``vae`` below, used by training and generation alike).
         method_defaults={"resolution": 1024, "optimizer": "adafactor", "gradient_checkpointing": True},
         vae=SDXL_VAE,
     )
@@ -69,8 +70,11 @@ def sd35() -> Preset:
                            batch_size=4, scheduler=None),
         data="yuvalkirstain/pickapic_v2",
         # Its native 1024 px; bf16, the precision the model card runs it in; gradient checkpointing for its
-        # transformer at 4096 image tokens.  AdamW (the default), as diffusers' SD3 scripts.
-        method_defaults={"resolution": 1024, "gradient_checkpointing": True, "mixed_precision": "bf16"},
+        # transformer at 4096 image tokens.  AdamW (the default), as diffusers' SD3 scripts.  The text length and
+        # LoRA targets of flow_grpo, the one public SD3.5 preference-training code (scripts/train_sd3_dpo.py:213,
+        # 602 and 389-398), for every method: one conditioning for all the preset's methods (docs/methods.md).
+        method_defaults={"resolution": 1024, "gradient_checkpointing": True, "mixed_precision": "bf16",
+                         "max_sequence_length": 128, "lora_dual_attention": False},
     )
 
 

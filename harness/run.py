@@ -165,17 +165,23 @@ def published_unet(options: RunOptions, preset: Preset, method: str) -> tuple[st
 def check_models_available(options: RunOptions, preset: Preset) -> None:
     """Every model the run will load must be there before anything is created: a missing download
     fails at once, in one line saying what to download, and leaves no half-made results."""
-    from harness.models import check_model_available
+    from harness.models import check_model_available, check_network_fits
 
     base = options.model or preset.base_model
     if not is_built_model(base):
         check_model_available(base, config_file="model_index.json", what="base model", pass_as="--model DIR")
-        check_sampler_fits(base, preset)
+    check_sampler_fits(resolve_base_model(base), preset, shown=base)
     if options.pretrained:
         for method in options.methods:
             location, subfolder = published_unet(options, preset, method)
             check_model_available(location, config_file="config.json", subfolder=subfolder,
                                   what=f"{method}'s published UNet", pass_as=f"--unet {method}=DIR")
+            check_network_fits(base, location, what=f"{method}'s UNet", subfolder=subfolder)
+    for method, settings in options.overrides.items():
+        if settings.get("init_unet"):  # the network a training starts from (--set [METHOD.]init_unet=DIR)
+            key = "init_unet" if method == EVERY_METHOD else f"{method}.init_unet"
+            require_existing_path(str(settings["init_unet"]), f"--set {key}")
+            check_network_fits(base, str(settings["init_unet"]), what=f"--set {key}")
 
 
 def _validate_configs(options: RunOptions, preset: Preset) -> None:
@@ -273,6 +279,52 @@ def run_validated(options: RunOptions, preset: Preset) -> list[dict]:
                     if model.train and model.init_from == trained.method:
                         start_training(dataclasses.replace(model, overrides={**model.overrides, "init_unet": trained.unet}))
     return leaderboard(out)
+
+
+def validate_training(options: RunOptions, preset: Preset) -> None:
+    """`harness train`'s checks, before anything is created: those of `harness run` that concern its one method's
+    training (locations, names, the config with every --set value, the base model), and its starting UNet."""
+    from harness.trainer import require_init_unet, resolve_config
+
+    _validate_locations(options)
+    _validate_names(options, preset)
+    trained = _trained_alone(_plan_trainings(options, preset, source=None, synthesized=False), options)
+    require_init_unet(trained.method, resolve_config(trained.method, preset.name, trained.overrides))
+    check_data(options.data or preset.data, skip_bad_images=options.skip_bad_images)
+    check_models_available(options, preset)
+
+
+def train_alone(options: RunOptions, preset: Preset, *, resume: bool = True):
+    """`harness train`: ``options.methods``' one method trained as `harness run` trains it (the same plan and
+    settings, data, data steps, seed and one CPU thread), into ``options.out`` (``final/unet``), without
+    evaluation; data it makes (the toy world's synthesized data, DRO's experts) goes to ``options.out/data``.
+    Returns the trainer's ``TrainResult``: for the same settings, weights byte-identical to the run's."""
+    import torch
+    from accelerate import PartialState
+
+    from harness.trainer import train
+    from harness.workers import one_cpu_thread
+
+    data = options.data or preset.data
+    source = str(ResultsDir(options.out).data) if data == "synthesize" else data
+    model = _trained_alone(_plan_trainings(options, preset, source, data == "synthesize"), options)
+    options.out.mkdir(parents=True, exist_ok=True)
+    stage = _Stages()
+    base_model = resolve_base_model(options.model or preset.base_model)
+    with one_cpu_thread(on_gpu=torch.cuda.is_available()):  # as a job of `harness run` trains
+        # Under torchrun / accelerate launch the first process makes the data; the others then find it made.
+        with PartialState().main_process_first():
+            if data == "synthesize":
+                _synthesize(options, preset, base_model, Path(source), stage)
+            _prepare_data(model, options, source, stage)
+        stage(f"{model.method}: training")
+        return train(model.method, base_model=base_model, data_dir=Path(model.data_dir), output_dir=options.out,
+                     preset=preset.name, overrides=model.overrides, resume=resume, seed=options.seed)
+
+
+def _trained_alone(planned: list[EvaluatedModel], options: RunOptions) -> EvaluatedModel:
+    """The one method `harness train` trains (not the one its recipe would start from: init_unet gives that)."""
+    return next(model for model in planned if model.method == options.methods[0])
 
 
 def _plan_trainings(options: RunOptions, preset: Preset, source: str | None, synthesized: bool) -> list[EvaluatedModel]:

@@ -1,7 +1,7 @@
 """Reward scores of a training set's images, one SQLite table per (data set, split, scorer).
 
 Keyed by (image uid, caption): the same picture shown with two captions is scored twice, as
-the public expert-selection code does.  A NULL value marks an image that could not be decoded
+the public expert-selection code does (DiffusionDRO tools/pickapic.py:105-110).  A NULL value marks an image that could not be decoded
 (so a rerun does not try it again).  The table records the scorer's name, version, scale and
 family and where the data came from, so a reader can check what the numbers mean.
 
@@ -83,7 +83,8 @@ class ScoreTable:
             self._db.executemany("INSERT OR REPLACE INTO scores VALUES (?, ?, ?)", rows)
 
     def ranked(self, k: int) -> list[tuple[float, str, str]]:
-        """The k best (score, uid, caption), ties broken by uid then caption, descending as the public code sorts."""
+        """The k best (score, uid, caption), ties broken by uid then caption, descending as the public code sorts (DiffusionDRO
+        tools/pickapic.py:281-284)."""
         query = "SELECT value, uid, caption FROM scores WHERE value IS NOT NULL ORDER BY value DESC, uid DESC, caption DESC LIMIT ?"
         return list(self._db.execute(query, (k,)))
 

@@ -8,7 +8,7 @@ a stale entry.  This removes the VAE encoder from every DPO / SmPO step.
 
 What is cached is the VAE posterior of each image (its mean and std, scaled), once per
 orientation when random flips are on: the trainer then draws a fresh latent from it each
-time the image is used, as the public scripts do with ``latent_dist.sample()``, or takes
+time the image is used, as the public scripts do with ``latent_dist.sample()`` (DiffusionDPO train.py:1028), or takes
 its mean (``latent_sample=False``).  Each image is encoded on its own, so a cached entry
 does not depend on which other images happened to be encoded with it (batched
 convolutions on a CPU differ by ~1e-6 between batch sizes): a run's features are the same
@@ -58,10 +58,12 @@ class FeatureEncoder:
     """Latents and conditioning for training samples, cached when ``cache_dir`` is set."""
 
     def __init__(self, pipe: Any, *, device: torch.device, resolution: int, cache_dir: Path | None,
-                 loader: ImageLoader) -> None:
+                 loader: ImageLoader, max_sequence_length: int = 256) -> None:
         self.vae = pipe.vae
-        # SD3 encodes through its pipeline (two CLIPs, T5 or its zeros): exactly the conditioning it samples with.
+        # SD3 encodes through its pipeline (two CLIPs, T5 or its zeros): exactly the conditioning it samples with,
+        # ``max_sequence_length`` T5 tokens long (zeros that long without T5).
         self.encode_prompt = pipe.encode_prompt if type(pipe).__name__.startswith("StableDiffusion3") else None
+        self.max_sequence_length = max_sequence_length
         self.tokenizers = [pipe.tokenizer] + ([pipe.tokenizer_2] if getattr(pipe, "text_encoder_2", None) else [])
         self.text_encoders = [pipe.text_encoder] + ([pipe.text_encoder_2] if getattr(pipe, "text_encoder_2", None) else [])
         self.sdxl = len(self.text_encoders) == 2
@@ -74,7 +76,8 @@ class FeatureEncoder:
             self.latent_dir = cache_dir / "posteriors" / f"{module_fingerprint(self.vae)}-{resolution}"
             # SD3's T5, when loaded, shapes the conditioning too (absent: zeros, and the key is the CLIPs' alone).
             t5 = [pipe.text_encoder_3] if getattr(pipe, "text_encoder_3", None) is not None else []
-            self.text_dir = cache_dir / "text" / f"{module_fingerprint(*self.text_encoders, *t5)}-{resolution}"
+            length = f"-t5x{max_sequence_length}" if self.encode_prompt is not None else ""
+            self.text_dir = cache_dir / "text" / f"{module_fingerprint(*self.text_encoders, *t5)}-{resolution}{length}"
 
     # -- latents ----------------------------------------------------------------------------------
     def latents(self, sources: list[ImageSource], flips: list[bool] | None = None,
@@ -128,7 +131,8 @@ class FeatureEncoder:
     def _encode_text(self, caption: str) -> Cond:
         if self.encode_prompt is not None:
             hidden, _, pooled, _ = self.encode_prompt([caption], None, None, device=self.device,
-                                                      do_classifier_free_guidance=False)
+                                                      do_classifier_free_guidance=False,
+                                                      max_sequence_length=self.max_sequence_length)
             return Cond(hidden.float().cpu(), {"pooled_projections": pooled.float().cpu()})
         hidden_states, pooled = [], None
         for tokenizer, encoder in zip(self.tokenizers, self.text_encoders):
@@ -145,7 +149,7 @@ class FeatureEncoder:
         if not self.sdxl:
             return Cond(hidden)
         size = self.resolution
-        # (original size, crop top-left, target size): square training crops, as the public SDXL code.
+        # (original size, crop top-left, target size): square training crops, as the public SDXL code (DiffusionDPO train.py:1068-1083).
         time_ids = torch.tensor([[size, size, 0, 0, size, size]], dtype=torch.float32)
         return Cond(hidden, {"text_embeds": pooled.float().cpu(), "time_ids": time_ids})
 

@@ -128,14 +128,19 @@ def train(method: str, *, base_model: str | Path, data_dir: Path, output_dir: Pa
     """Train ``method`` from ``base_model`` on ``data_dir``; write checkpoints and ``output_dir/final/unet``
     (and, every ``snapshot_every`` steps before the last, the UNet as it is then: ``snapshot_unet_dir``)."""
     config = resolve_config(method, preset, overrides)
+    require_init_unet(method, config)
+    trainer = Trainer(METHODS.get(method)(config), base_model=str(base_model), data_dir=Path(data_dir),
+                      output_dir=Path(output_dir), seed=seed, on_log=on_log, snapshot_every=snapshot_every)
+    return trainer.run(resume=resume)
+
+
+def require_init_unet(method: str, config: TrainConfig) -> None:
+    """A recipe that starts from another method's UNet needs it given, when trained on its own."""
     if config.init_method and not config.init_unet:
         raise HarnessError(
             f"{method}'s recipe starts from the UNet of a {config.init_method} run on the same data: train it first "
             f"(`harness train --method {config.init_method} ...`) and pass --set init_unet=OUT/final/unet, "
             "or use `harness run`, which chains the two")
-    trainer = Trainer(METHODS.get(method)(config), base_model=str(base_model), data_dir=Path(data_dir),
-                      output_dir=Path(output_dir), seed=seed, on_log=on_log, snapshot_every=snapshot_every)
-    return trainer.run(resume=resume)
 
 
 def snapshot_unet_dir(output_dir: Path, step: int) -> Path:
@@ -144,7 +149,8 @@ def snapshot_unet_dir(output_dir: Path, step: int) -> Path:
 
 
 class EMA:
-    """diffusers' ``EMAModel`` over the trainable parameters, as the public training scripts use it.
+    """diffusers' ``EMAModel`` over the trainable parameters, as the public training scripts use it (DiffusionDRO
+    train.py:392-393).
 
     Its decay schedule is part of the recipe: 0 at the first update (the shadow becomes the
     weights), then ``min((1 + n) / (10 + n), ema_decay)`` at update ``n + 1``.  With ``on_cpu`` the
@@ -228,15 +234,19 @@ def training_scheduler(scheduler: Any) -> Any:
 
 
 # LoRA adapts the attention projections.  SD3's joint attention also projects the text stream (add_*_proj,
-# to_add_out): adapted too, as diffusers' SD3 LoRA script and flow_grpo's SD3 DPO do by default.
+# to_add_out): adapted too, as diffusers' SD3 LoRA script and flow_grpo's SD3 DPO do.
 LORA_TARGETS = ["to_k", "to_q", "to_v", "to_out.0"]
 JOINT_ATTENTION_TARGETS = ["add_k_proj", "add_q_proj", "add_v_proj", "to_add_out"]
 
 
-def lora_targets(unet: torch.nn.Module) -> list[str]:
-    """The module names LoRA adapters go on in this network."""
-    joint = type(unet).__name__ == "SD3Transformer2DModel"
-    return LORA_TARGETS + (JOINT_ATTENTION_TARGETS if joint else [])
+def lora_targets(unet: torch.nn.Module, dual_attention: bool = True) -> list[str]:
+    """The module names LoRA adapters go on in this network (peft matches each as a suffix after a dot).
+    On SD3, ``dual_attention`` False prefixes the joint attention's module name, ``attn``, leaving out the
+    ``attn2`` of SD3.5 Medium's dual-attention blocks, as flow_grpo (scripts/train_sd3_dpo.py:389-398)."""
+    if type(unet).__name__ != "SD3Transformer2DModel":
+        return list(LORA_TARGETS)
+    targets = LORA_TARGETS + JOINT_ATTENTION_TARGETS
+    return targets if dual_attention else [f"attn.{name}" for name in targets]
 
 
 def trainable_parameters(unet: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
@@ -347,13 +357,19 @@ class Trainer:
         self.latent_shape = (unet.config.in_channels, resolution // vae_scale, resolution // vae_scale)
         self.cache_dir = Path(config.cache_dir) if config.cache_dir else default_cache_dir() / "train-features"
         self.features = FeatureEncoder(pipe, device=self.device, resolution=resolution,
-                                       cache_dir=self.cache_dir if config.cache_features else None, loader=self.loader)
+                                       cache_dir=self.cache_dir if config.cache_features else None, loader=self.loader,
+                                       max_sequence_length=config.max_sequence_length)
         if config.lora_rank > 0:
             from peft import LoraConfig
 
             unet.requires_grad_(False)
-            unet.add_adapter(LoraConfig(r=config.lora_rank, lora_alpha=config.lora_alpha or config.lora_rank,
-                                        init_lora_weights="gaussian", target_modules=lora_targets(unet)))
+            # peft draws the adapters' A from the global generator: seeded here, so the same seed starts from
+            # the same adapters whatever ran before in this process (`harness train` and `harness run` alike).
+            with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+                torch.manual_seed(self.seed)
+                unet.add_adapter(LoraConfig(r=config.lora_rank, lora_alpha=config.lora_alpha or config.lora_rank,
+                                            init_lora_weights="gaussian",
+                                            target_modules=lora_targets(unet, config.lora_dual_attention)))
             # The reference is the same network with its adapters off: no second copy in memory.
             reference = lambda: (unet, adapters_disabled(unet))  # noqa: E731
         else:

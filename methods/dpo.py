@@ -15,7 +15,8 @@ the mean over C, H, W of (v_theta(x_t, sigma T, c) - (eps - x0))^2 at x_t = (1 -
 picking a point of the scheduler's shifted grid (shift 3).  The loss formula carries over unchanged;
 beta's scale does not: flow_grpo's SD3.5-Medium DPO (``scripts/train_sd3_dpo.py``, the same
 ``-0.5 * beta`` on a per-sample velocity MSE, same noise and t for the pair) uses beta = 100, fifty
-times below the SD1.5 recipe's 5000.  No preset here sets a flow beta (``tiny-flow`` takes ``tiny``'s).
+times below the SD1.5 recipe's 5000.  The ``sd35`` preset takes that 100, ``toy-flow`` its own tuned 100 (at
+lr 6e-5), and ``tiny-flow`` takes ``tiny``'s entry (the Config's 5000).
 """
 
 from __future__ import annotations
@@ -87,8 +88,9 @@ class DPO(Method):
     Config = DPOConfig
     data = Pairs()
     presets = {
-        # 16 GPUs x 1 pair x 128 accumulation = 2048 pairs per step; fp16 as the public launcher, the reference
-        # network and its errors in fp16 outside autocast (train.py:933, 939, 1132-1137).
+        # 16 GPUs x 1 pair x 128 accumulation = 2048 pairs per step; fp16, train.py's default, which the public
+        # launcher keeps (DiffusionDPO train.py:284-286); the reference network and its errors in fp16 outside
+        # autocast (train.py:933, 939, 1132-1137).
         "sd15": {"effective_batch_size": 2048, "mixed_precision": "fp16", "reference_dtype": "fp16"},
         # The SDXL launcher: 200 warmup steps (its Adafactor and 1024 px are the sdxl preset's, shared).
         "sdxl": {"effective_batch_size": 2048, "mixed_precision": "fp16", "warmup_steps": 200, "reference_dtype": "fp16"},

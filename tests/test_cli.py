@@ -279,6 +279,26 @@ def test_progress_on_a_terminal_is_a_bar():
 
 
 @pytest.mark.slow
+def test_harness_train_trains_the_weights_harness_run_trains(tiny_run_dir, tiny_model_dir, tmp_path):
+    """The same method, preset, data and seed: byte-identical weights (the same plan, data steps, seed and one CPU
+    thread); on a toy-world preset `harness train` makes the world's own data, as `harness run` does, without --data."""
+    result = harness_cli("train", "--preset", "tiny", "--method", "dpo", "--out", str(tmp_path / "alone"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    weights = Path("final") / "unet" / "diffusion_pytorch_model.safetensors"
+    trained = (tmp_path / "alone" / weights).read_bytes()
+    assert trained == (tiny_run_dir / "models" / "dpo" / weights).read_bytes()
+    assert trained != (tiny_model_dir / "unet" / "diffusion_pytorch_model.safetensors").read_bytes()  # it trained
+    assert (tmp_path / "alone" / "data" / "pairs.jsonl").read_bytes() == (tiny_run_dir / "data" / "pairs.jsonl").read_bytes()
+
+
+@pytest.mark.parametrize("command", [["run", "--methods", "dpo"], ["train", "--method", "dpo"]])
+def test_set_for_a_method_not_trained_is_the_same_error_in_run_and_train(command, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main([*command, "--preset", "tiny", "--set", "kto.beta=7", "--out", str(out)]) == 2
+    assert capsys.readouterr().err == "harness: error: --set names methods that are not trained: kto\n"
+    assert not out.exists()
+
+
 def test_generate_follows_the_preset_s_protocol(tiny_run_dir, tmp_path):
     """With its defaults, `harness generate` makes the images a run of that preset evaluates: the same bytes."""
     result = harness_cli("generate", "--preset", "tiny", "--suite", "toy-seen", "--out", str(tmp_path / "gen"),

@@ -71,7 +71,7 @@ def pickapic(tmp_path, monkeypatch):
 
 def test_every_unique_image_caption_is_scored_once_and_an_interrupted_step_resumes(pickapic):
     source, images, rows = pickapic
-    unique = {(uid, caption) for caption, a, b, _ in rows for uid in (a, b)}  # ties included, as the public code
+    unique = {(uid, caption) for caption, a, b, _ in rows for uid in (a, b)}  # ties included (DiffusionDRO tools/pickapic.py:105-110)
     with pytest.raises(KeyboardInterrupt):
         with_failure = {"fail_after": 1}
         score_training_images(source, "test-brightness", scorer_options=with_failure, batch_size=3, progress=False)

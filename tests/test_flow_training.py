@@ -199,3 +199,73 @@ def test_an_sd3_model_with_a_diffusion_samplers_preset_is_one_line_before_anythi
                           "(FlowMatchEulerDiscreteScheduler); pass the --preset of a model of its kind "
                           "(flow matching: sd35, tiny-flow)") and "\n" not in error
     assert not out.exists()
+
+
+# flow_grpo's LoRA targets (yifan123/flow_grpo scripts/train_sd3_dpo.py:389-398), which peft 0.10.0 (its pin) matches
+# as a suffix after a dot: the joint attention `attn`, never the dual-attention blocks' `attn2`.
+FLOW_GRPO_TARGETS = ("attn.add_k_proj", "attn.add_q_proj", "attn.add_v_proj", "attn.to_add_out", "attn.to_k",
+                     "attn.to_out.0", "attn.to_q", "attn.to_v")
+
+
+@pytest.mark.parametrize("dual_attention", [False, True])
+def test_sd3_lora_targets_are_flow_grpos_or_also_the_second_attention(dual_attention, tiny_sd3_dir):
+    from diffusers import SD3Transformer2DModel
+    from peft import LoraConfig
+
+    from harness.trainer import lora_targets
+
+    transformer = SD3Transformer2DModel.from_pretrained(tiny_sd3_dir / "transformer")
+    names = [name for name, _ in transformer.named_modules()]
+    expected = {name for name in names if name.endswith(tuple("." + target for target in FLOW_GRPO_TARGETS))}
+    second = {name for name in names if name.split(".")[-2:-1] == ["attn2"] and name.endswith(
+        (".to_q", ".to_k", ".to_v")) or name.endswith(".attn2.to_out.0")}
+    assert second  # tiny-sd3 has a dual-attention block, as SD3.5 Medium's blocks 0-12
+    transformer.add_adapter(LoraConfig(r=2, target_modules=lora_targets(transformer, dual_attention)))
+    adapted = {name.removesuffix(".lora_A") for name, _ in transformer.named_modules() if name.endswith(".lora_A")}
+    assert adapted == (expected | second if dual_attention else expected)
+
+
+def test_the_sd35_recipe_adapts_flow_grpos_modules_and_encodes_128_t5_tokens(tiny_sd3_dir, pair_dir, tmp_path):
+    """The sd35 preset's LoRA and text length reach the trainer: the exported adapters and the cached conditioning."""
+    train("dpo", base_model=tiny_sd3_dir, data_dir=pair_dir, output_dir=tmp_path / "out", preset="sd35",
+          overrides={**SD35_LOWERED, "cache_dir": str(tmp_path / "features"), "lora_rank": RANK})
+    adapters = load_file(str(tmp_path / "out" / "final" / "lora" / "pytorch_lora_weights.safetensors"))
+    adapted = {key.removeprefix("transformer.").split(".lora_A.")[0] for key in adapters if ".lora_A." in key}
+    assert adapted and all(name.endswith(FLOW_GRPO_TARGETS) and ".attn2." not in name for name in adapted)
+    cached = list((tmp_path / "features" / "text").glob("*/*/*.safetensors"))
+    assert cached and {path.parents[1].name.rsplit("-", 1)[1] for path in cached} == {"t5x128"}
+    # CLIP's 77 tokens, then 128 in T5's place (zeros: tiny-sd3 has no T5), as the pipeline encodes with that length.
+    assert {load_file(str(path))["hidden"].shape[1] for path in cached} == {77 + 128}
+
+
+@pytest.mark.parametrize("length", [128, 256])
+def test_sd3_captions_are_encoded_with_the_configured_t5_length(length, tmp_path):
+    from dataclasses import replace
+
+    from harness.data import ImageLoader
+    from harness.models import TINY_SHAPES, load_pipeline, save_tiny_pipeline
+    from harness.train_features import FeatureEncoder
+
+    pipe = load_pipeline(save_tiny_pipeline(tmp_path / "sd3-t5", replace(TINY_SHAPES["tiny-sd3"], t5=True)))
+    encoder = FeatureEncoder(pipe, device=torch.device("cpu"), resolution=32, cache_dir=tmp_path / "c",
+                             loader=ImageLoader(), max_sequence_length=length)
+    hidden = encoder.cond(["a red square"]).hidden
+    with torch.no_grad():
+        expected = pipe.encode_prompt(["a red square"], None, None, device="cpu", do_classifier_free_guidance=False,
+                                      max_sequence_length=length)[0]
+    assert hidden.shape[1] == 77 + length
+    torch.testing.assert_close(hidden, expected.float())
+    assert encoder.text_dir.name.endswith(f"-t5x{length}")  # one length's entries never serve another's
+
+
+def test_lora_adapters_start_from_the_seed_whatever_ran_before(tiny_sd3_dir, pair_dir, tmp_path):
+    """peft draws LoRA's A from torch's global generator: the same seed must give the same trained adapters after
+    any other use of it in the process (a `harness run` worker's, a `harness train` process's)."""
+    def adapters(name: str, draws: int) -> dict[str, torch.Tensor]:
+        torch.randn(draws)  # what else happened to use the global generator first
+        train("dpo", base_model=tiny_sd3_dir, data_dir=pair_dir, output_dir=tmp_path / name,
+              overrides={**FAST, "max_steps": 1, "lora_rank": RANK, "lora_alpha": ALPHA})
+        return load_file(str(tmp_path / name / "final" / "lora" / "pytorch_lora_weights.safetensors"))
+
+    first, second = adapters("first", 1), adapters("second", 1000)
+    assert first.keys() == second.keys() and all(torch.equal(first[key], second[key]) for key in first)

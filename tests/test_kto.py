@@ -49,7 +49,8 @@ def test_single_process_mean_is_the_value_itself():
 
 
 # Each rank's batch mean of g: 0.03 and -0.01.  Clamped per process the reference points would be 0.03 and 0;
-# over both processes, as the public code reduces it, it is max(0, 0.01) = 0.01 on each.
+# over both processes, as the public code reduces it (diffusion-kto train_kto_sd_v1.5.py:1470-1471), it is
+# max(0, 0.01) = 0.01 on each.
 REFERENCE_POINT_ON_A_RANK = """
 import os, torch, torch.distributed as dist
 from methods.kto import kto_batch_reference_point

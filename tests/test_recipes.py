@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import io
 import re
+import tokenize
 from pathlib import Path
 
 import pytest
@@ -82,21 +84,74 @@ def test_dro_presets_run_what_the_public_code_ran_and_each_fix_is_one_setting_aw
         assert (corrected.max_grad_norm, corrected.adamw_fused, corrected.per_row_sigmas) == (1.0, True, True)
 
 
+
+# The rule of docs/methods.md's "The public code, as it runs": a sentence claiming to do what the public code does
+# names the file:line it rests on, in that sentence.  A claim: "as the" or "as in the", then "public", "official"
+# or "authors'" (the public code, script, launcher, buffer; the official code; the authors' code).
+CLAIM = re.compile(r"\bas (?:in )?the (?:public|official|authors'?)\b", re.IGNORECASE)
+CITATION = re.compile(r"\w\.(?:py|sh|ya?ml|json|toml|cfg)`?:\d+")
 ROOT = DOC.parents[1]
+SCANNED = [*sorted(ROOT.glob("*.md")), *sorted((ROOT / "docs").glob("*.md")),
+           *sorted(path for folder in ("harness", "methods", "toyworld", "examples", "dashboard", "bench", "prompts",
+                                       "tests") for path in (ROOT / folder).rglob("*.py"))]
 
 
-def uncited_public_code_claims(text: str) -> list[str]:
-    """Lines saying something is "as the public code" (or its sampler, buffer) with no file:line on that line
-    or the two after it (a claim wrapped over lines)."""
-    lines = text.splitlines()
-    return [line.strip() for i, line in enumerate(lines) if "as the public" in line.lower()
-            and not re.search(r":\d+", " ".join(lines[i:i + 3]))]
+def _python_blocks(text: str) -> list[str]:
+    """A file's comments (consecutive whole-line comments one block, a comment after code its own) and string
+    literals (docstrings among them)."""
+    blocks: list[str] = []
+    last_comment_line = -2
+    for token in tokenize.generate_tokens(io.StringIO(text).readline):
+        if token.type == tokenize.COMMENT:
+            words = token.string.lstrip("#").strip()
+            whole_line = token.line.lstrip().startswith("#")
+            if whole_line and token.start[0] == last_comment_line + 1:
+                blocks[-1] += " " + words
+            else:
+                blocks.append(words)
+            last_comment_line = token.start[0] if whole_line else -2
+        elif token.type == tokenize.STRING:
+            blocks.append(token.string)
+    return blocks
 
 
-def test_dro_claims_as_the_public_code_cite_the_file_and_line_they_rest_on():
-    """docs/methods.md's rule, for DRO's code, its tests and its section of the docs."""
-    doc = DOC.read_text(encoding="utf-8")
-    texts = {"docs/methods.md (DRO)": doc[doc.index("## Diffusion-DRO"):].split("\n## ")[0]}
-    for path in ("methods/dro.py", "bench/dro_public_code.py"):
-        texts[path] = (ROOT / path).read_text(encoding="utf-8")
-    assert {name: uncited_public_code_claims(text) for name, text in texts.items()} == {name: [] for name in texts}
+def _markdown_blocks(text: str) -> list[str]:
+    """Paragraphs, list items and table rows, each one block."""
+    blocks: list[str] = []
+    joined = False
+    for line in text.splitlines():
+        stripped = line.strip()
+        starts_item = stripped.startswith(("|", "- ", "* ", "#")) or re.match(r"\d+\. ", stripped)
+        if stripped and joined and not starts_item:
+            blocks[-1] += " " + stripped
+        elif stripped:
+            blocks.append(stripped)
+        joined = bool(stripped) and not stripped.startswith(("|", "#"))
+    return blocks
+
+
+def uncited_claims() -> list[str]:
+    """Every sentence making such a claim without a file:line: 'path: sentence'."""
+    found = []
+    for path in SCANNED:
+        text = path.read_text(encoding="utf-8")
+        blocks = _python_blocks(text) if path.suffix == ".py" else _markdown_blocks(text)
+        for block in blocks:
+            for sentence in re.split(r"(?<=[.!?;])\s+(?=[A-Z`(])", " ".join(block.split())):
+                if CLAIM.search(sentence) and not CITATION.search(sentence):
+                    found.append(f"{path.relative_to(ROOT)}: {sentence[:160]}")
+    return found
+
+
+def test_every_claim_to_follow_the_public_code_cites_its_file_and_line():
+    assert uncited_claims() == []
+
+
+def test_the_claim_rule_finds_an_uncited_claim_and_accepts_a_cited_one():
+    code = ("x = 1  # clipped at 1.0, as the public code does\ny = 2  # flipped as the public script (train.py:12)\n"
+            "# Sorted as in the official\n# code (tools/pickapic.py:284).\n")
+    blocks = _python_blocks(code)
+    assert [bool(CLAIM.search(b)) for b in blocks] == [True, True, True]
+    assert [bool(CITATION.search(b)) for b in blocks] == [False, True, True]
+    assert _markdown_blocks("- As the official code\n  does (`utils.py:205-233`).\n| a | b |\n") == [
+        "- As the official code does (`utils.py:205-233`).", "| a | b |"]

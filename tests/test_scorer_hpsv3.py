@@ -44,7 +44,7 @@ def checkpoint_state(hpsv3_locations) -> dict[str, torch.Tensor]:
     return load_file(Path(hpsv3_locations["checkpoint"]) / "HPSv3.safetensors")
 
 
-# ------------------------------------------------------------------ preprocessing, as the official code does it
+# ------------------------------------------- preprocessing (the official files: harness/scoring/hpsv3.py)
 
 
 @pytest.mark.parametrize(("size", "resized"), [

@@ -67,7 +67,7 @@ def cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 def open_clip_tokens(prompts: list[str]) -> torch.Tensor:
     import open_clip
 
-    return open_clip.tokenize(prompts)  # OpenAI CLIP's BPE, as the official models were trained
+    return open_clip.tokenize(prompts)  # OpenAI CLIP's BPE, the official models' tokenizer
 
 
 # ---------------------------------------------------------------- transformers CLIP (PickScore, aesthetic)

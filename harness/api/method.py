@@ -62,7 +62,8 @@ class TrainConfig:
     mixed_precision: Literal["no", "fp16", "bf16"] = "no"
     # The trainable weights' own dtype.  "fp32": master weights in fp32, the forward in mixed precision
     # (the Salesforce and SmPO scripts); "bf16": the weights themselves in bf16, optimizer state too, as
-    # the public DRO code trains (cheaper, and updates below bf16's resolution are lost).
+    # the public DRO code trains (DiffusionDRO train.py:379-384 loads the UNet in bf16; cheaper, and updates
+    # below bf16's resolution are lost).
     master_weights: Literal["fp32", "bf16"] = "fp32"
     # The frozen reference network's weights, its forward (outside autocast) and its per-sample errors in this
     # dtype, as the public scripts run it (Salesforce DPO train.py:939, 1132-1137 and SmPO train.py:880,
@@ -74,9 +75,16 @@ class TrainConfig:
     ema_on_cpu: bool = False
     lora_rank: int = 0  # 0: full fine-tuning; >0: LoRA adapters, reference = adapters disabled
     lora_alpha: float | None = None  # None: = lora_rank
+    # SD3 transformers: LoRA on the joint attention (`attn.*`, both streams) and, when True, on the second,
+    # image-only attention (`attn2.*`) of SD3.5 Medium's dual-attention blocks too; False: `attn.*` alone,
+    # flow_grpo's targets (scripts/train_sd3_dpo.py:389-398).  No effect on a UNet.
+    lora_dual_attention: bool = True
+    # SD3: T5 tokens per caption (diffusers' encode_prompt default 256; flow_grpo encodes with 128,
+    # scripts/train_sd3_dpo.py:213, 602).  No effect on SD1.5 / SDXL, whose CLIPs read 77.
+    max_sequence_length: int = 256
     caption_dropout: float = 0.0  # share of captions replaced by "" during training
-    # As the public scripts: each training image flipped left-right with probability 0.5, and its latent a
-    # fresh sample of the VAE posterior each time it is used.  False: no flip / the posterior mean.
+    # As the public scripts (DiffusionDPO train.py:760, 1028): each training image flipped left-right with
+    # probability 0.5, and its latent a fresh sample of the VAE posterior each time it is used.  False: no flip / the posterior mean.
     random_flip: bool = True
     latent_sample: bool = True
     # Pairs: one flip for both images of a pair, the source's image_1 first resized to image_0's size (MaPO's
@@ -108,6 +116,8 @@ class TrainConfig:
         for name, valid in choices.items():
             if getattr(self, name) not in valid:
                 raise HarnessError(f"{name} must be one of {', '.join(valid)}, not {getattr(self, name)!r}")
+        if not 1 <= self.max_sequence_length <= 512:  # T5's positions (diffusers refuses more)
+            raise HarnessError(f"max_sequence_length must lie in [1, 512], not {self.max_sequence_length}")
         if not 0.0 <= self.caption_dropout <= 1.0:
             raise HarnessError("caption_dropout must lie in [0, 1]")
         from diffusers.optimization import SchedulerType

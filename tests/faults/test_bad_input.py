@@ -144,6 +144,39 @@ def _trained(directory: Path) -> None:
     (unet / "config.json").write_text(tiny.read_text())
 
 
+def _network_config(built: str, component: str, folder: str) -> Callable[[Path], None]:
+    """A folder holding the config of a built model's denoising network: its family is in the config, and a
+    mismatch is found before any weights load."""
+    def make(directory: Path) -> None:
+        from harness.config import resolve_base_model
+
+        (directory / folder).mkdir()
+        config = Path(resolve_base_model(built)) / component / "config.json"
+        (directory / folder / "config.json").write_text(config.read_text())
+    return make
+
+
+def _sd3_lora(directory: Path) -> None:
+    """LoRA adapters as diffusers saves an SD3 transformer's (keys under ``transformer.``)."""
+    import torch
+    from safetensors.torch import save_file
+
+    (directory / "sd3-lora").mkdir()
+    save_file({"transformer.transformer_blocks.0.attn.to_q.lora_A.weight": torch.zeros(4, 8)},
+              str(directory / "sd3-lora" / "pytorch_lora_weights.safetensors"))
+
+
+def _sdxl_unet(directory: Path) -> None:
+    (directory / "sdxl-unet").mkdir()
+    config = Path(os.environ["HARNESS_CACHE"]) / "tiny-sdxl" / "unet" / "config.json"
+    (directory / "sdxl-unet" / "config.json").write_text(config.read_text())
+
+
+_TOY_UNET = _network_config("toy", "unet", "toy-unet")
+_SD3_NET = _network_config("tiny-sd3", "transformer", "sd3-net")
+_FAMILY = r"{what} '{location}' is for {family} \({kind}\), but the base model '{base}' is {base_family} "
+SD3_BASE = dict(base_family="SD3", kind="UNet2DConditionModel", family="SD1.5")
+
 # The tiny preset: should a case ever get past validation, its run ends in seconds.
 RUN = ("run", "--preset", "tiny", "--methods", "dpo")
 GENERATE = ("generate", "--model", "tiny", "--suite", "toy-seen", "--out", "gen")
@@ -221,6 +254,37 @@ CASES = [
          "`mydpo/` is what `harness train --out mydpo` wrote", _trained),
     Case((*GENERATE, "--unet", "mydpo"), r"--unet 'mydpo' is not a UNet directory .*did you mean mydpo/final/unet\?",
          "`mydpo/` is what `harness train --out mydpo` wrote", _trained),
+    # A network of another family than the base model's (a toy UNet for the toy world's SD3-shaped twin, ...).
+    Case(("evaluate", "--model", "toy-flow", "--unet", "toy-unet"),
+         _FAMILY.format(what="--unet", location="toy-unet", base="toy-flow", **SD3_BASE),
+         "`toy-unet/` is a toy world UNet", _TOY_UNET),
+    Case(("evaluate", "--model", "toy-flow", "--preset", "toy-flow", "--unet", "toy-unet"),
+         _FAMILY.format(what="--unet", location="toy-unet", base="toy-flow", **SD3_BASE),
+         "`toy-unet/` is a toy world UNet", _TOY_UNET),
+    Case((*EVALUATE, "--unet", "sd3-net"),
+         _FAMILY.format(what="--unet", location="sd3-net", base="tiny", family="SD3", kind="SD3Transformer2DModel",
+                        base_family="SD1.5"), "`sd3-net/` is an SD3 transformer", _SD3_NET),
+    Case((*EVALUATE, "--unet", "sdxl-unet"),
+         _FAMILY.format(what="--unet", location="sdxl-unet", base="tiny", family="SDXL", kind="UNet2DConditionModel",
+                        base_family="SD1.5"), "`sdxl-unet/` is an SDXL UNet", _sdxl_unet),
+    Case((*EVALUATE, "--lora", "sd3-lora"),
+         _FAMILY.format(what="--lora", location="sd3-lora", base="tiny", family="SD3",
+                        kind="adapters of an SD3 transformer", base_family="SD1.5"),
+         "`sd3-lora/` holds an SD3 transformer's adapters", _sd3_lora),
+    Case(("generate", "--model", "tiny-sd3", "--suite", "toy-seen", "--out", "gen", "--unet", "toy-unet"),
+         _FAMILY.format(what="--unet", location="toy-unet", base="tiny-sd3", **SD3_BASE),
+         "`toy-unet/` is a toy world UNet", _TOY_UNET),
+    Case(("run", "--preset", "tiny-flow", "--methods", "dpo", "--set", "init_unet=toy-unet"),
+         _FAMILY.format(what="--set init_unet", location="toy-unet", base="tiny-sd3", **SD3_BASE),
+         "`toy-unet/` is a toy world UNet", _TOY_UNET),
+    Case(("train", "--preset", "tiny", "--method", "dpo", "--out", "mine", "--set", "dpo.init_unet=sd3-net"),
+         _FAMILY.format(what="--set dpo.init_unet", location="sd3-net", base="tiny", family="SD3",
+                        kind="SD3Transformer2DModel", base_family="SD1.5"), "`sd3-net/` is an SD3 transformer", _SD3_NET),
+    Case(("evaluate", "--model", "toy-flow"), r"--model 'toy-flow': the toy preset's scheduler 'ddim' does not fit a "
+         r"flow-matching model"),
+    # `harness train` checks --set as `harness run` does.
+    Case(("train", "--preset", "tiny", "--method", "dpo", "--out", "mine", "--set", "kto.beta=7"),
+         r"--set names methods that are not trained: kto"),
     Case(("--plugin", "broken.py", "methods"), r"cannot load plugin broken.py: broken.py line 2: syntax error",
          "`broken.py` has a syntax error on line 2", _syntax_error),
     Case(("--plugin", "raises.py", "methods"), r"cannot load plugin raises.py: raises.py line 3: RuntimeError: no GPU",
@@ -253,7 +317,7 @@ def _run_case(case: Case, directory: Path) -> Outcome:
 
 
 @pytest.fixture(scope="module")
-def outcomes(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> dict[Case, Outcome]:
+def outcomes(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path, tiny_sdxl_dir: Path) -> dict[Case, Outcome]:
     """Every case, run once (two at a time: each is mostly a process starting up)."""
     directories = [tmp_path_factory.mktemp("bad-input") for _ in CASES]
     with ThreadPoolExecutor(2) as pool:
