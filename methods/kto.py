@@ -75,7 +75,7 @@ def kto_implicit_rewards(model_err: torch.Tensor, ref_err: torch.Tensor) -> torc
 
 def mean_over_processes(x: torch.Tensor) -> torch.Tensor:
     """Mean of ``x`` over every training process (itself alone when not distributed), as the public code
-    reduces its reference point over the GPUs."""
+    reduces its reference point over the GPUs (train_kto_sd_v1.5.py:1469-1471)."""
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return x
     total = x.detach().clone()
@@ -224,7 +224,8 @@ class KTO(Method):
         return kto_batch_reference_point(torch.cat(rewards))
 
     def loss(self, batch: Batch, models: Models) -> tuple[torch.Tensor, dict[str, float]]:
-        # Each image its own timestep and noise, as the public script (no pairs to share them).
+        # Each image its own timestep and noise, as the public script (train_kto_sd_v1.5.py:1321, 1332-1338: no
+        # pairs to share them).
         latents_t, t, target = models.process.noisy(batch.latents, batch.generator)
         model_err = per_sample_error(models.policy(latents_t, t, batch.cond), target)
         ref_err = per_sample_error(models.reference(latents_t, t, batch.cond), target)
