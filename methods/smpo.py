@@ -271,6 +271,10 @@ class SmPO(Method):
         "toy": {"lr": 3e-5, "beta": 2000.0, "score_lo": 0.0, "score_hi": 1.0, "inverter": "none"},
         "tiny": {"score_lo": 0.0, "score_hi": 1.0},
     }
+    unpublished = {"sd15": {"init_method": (
+        "the official run starts from checkpoints/sd15-sft (SmPO examples/sd15.sh:8), whose training nothing "
+        "describes; the sft method's recipe under this preset stands in. With the authors' SFT UNet: "
+        "--set smpo.init_unet=DIR")}}
     published = {preset: PublishedWeights(location, signal="pickscore",
                                           how="released SmPO UNet: pair labels smoothed by PickScore's cosine")
                  for preset, location in (("sd15", "JaydenLu666/SmPO-SD1.5"), ("sdxl", "JaydenLu666/SmPO-SDXL"))}

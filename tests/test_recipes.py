@@ -63,3 +63,27 @@ def test_presets_show_prints_every_resolved_field(preset, capsys):
         for field in dataclasses.fields(config):
             line = next(line for line in block.splitlines() if line.split()[:1] == [field.name])
             assert repr(getattr(config, field.name)) in line
+
+
+def test_smpo_sd15_sft_start_is_marked_ours_with_its_source_and_the_way_round(capsys):
+    """The official SD1.5 run starts from checkpoints/sd15-sft (SmPO examples/sd15.sh:8), trained nobody says how."""
+    assert main(["presets", "--show", "sd15"]) == 0
+    shown = capsys.readouterr().out
+    block = shown[shown.index("\nsmpo\n"):].split("\n\n")[0]
+    line = next(line for line in block.splitlines() if line.split()[:1] == ["init_method"])
+    assert "ours, not published" in line and "examples/sd15.sh:8" in line and "--set smpo.init_unet=DIR" in line
+
+
+def test_run_with_smpo_init_unet_starts_from_it_and_trains_no_sft(tmp_path):
+    """--set smpo.init_unet=DIR (the authors' SFT UNet, say) replaces the sft chain of the sd15 recipe."""
+    from harness.run import RunOptions, _plan_trainings
+
+    def plan(overrides):
+        options = RunOptions(methods=["smpo"], out=tmp_path, preset="sd15", overrides=overrides)
+        return {model.method: model for model in _plan_trainings(options, get_preset("sd15"), None, False)}
+
+    chained = plan({})
+    assert set(chained) == {"sft", "smpo"} and chained["smpo"].init_from == "sft" and not chained["sft"].evaluate
+    given = plan({"smpo": {"init_unet": str(tmp_path / "sd15-sft")}})
+    assert set(given) == {"smpo"} and given["smpo"].init_from is None
+    assert given["smpo"].overrides["init_unet"] == str(tmp_path / "sd15-sft")

@@ -262,6 +262,9 @@ class Method:
     Config: ClassVar[type[TrainConfig]] = TrainConfig
     presets: ClassVar[dict[str, dict[str, Any]]] = {}
     published: ClassVar[dict[str, PublishedWeights]] = {}  # preset name -> the released UNet for its base model
+    # Preset name -> {setting: why}: values of ``presets`` that are ours where the authors published none
+    # (``harness presets --show`` marks them).
+    unpublished: ClassVar[dict[str, dict[str, str]]] = {}
     data: ClassVar[DataSpec] = Pairs()
 
     def __init__(self, config: TrainConfig) -> None:
