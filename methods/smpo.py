@@ -5,8 +5,8 @@ both images (the loss is scaled by 10 (2p - 1), so equal scores give zero
 gradient), and x_t obtained by ReNoise-inverting the real image rather than by
 forward noising, with the target noise implied by the inverted latent.
 
-Which network inverts (``inverter``): ``"policy"`` as the public code (under
-no_grad, recomputed every step), or ``"reference"``: the frozen starting network,
+Which network inverts (``inverter``): ``"policy"`` as the public code (SmPO ``train.py:999-1009``:
+the trained UNet under no_grad, recomputed every step), or ``"reference"``: the frozen starting network,
 whose inversions are deterministic, so each training image (and caption) is
 inverted once per run and cached on disk.  With SmPO's lr (~1e-5) and 200 steps
 the policy barely moves, so the two agree closely; ``bench/train_step.py``
@@ -121,15 +121,17 @@ def _level_steps(sources: torch.Tensor, destinations: torch.Tensor, levels: Inve
     return step, times
 
 
-def inverse_timesteps(scheduler_config: Any, steps: int, levels: InversionLevels = "rolled") -> tuple[InverseStep, torch.Tensor]:
+def inverse_timesteps(scheduler_config: Any, steps: int,
+                      levels: InversionLevels = "rolled") -> tuple[InverseStep, torch.Tensor]:
     """The DDIM inverse steps of a base model's scheduler and the (ascending) timesteps the network sees.
 
     Step j moves a latent from level ``d_j - T // steps`` to ``d_j`` (d: the scheduler's "leading" grid
     ``stride * [0..steps-1] + steps_offset``, SD1.5 and SDXL's, e.g. 1, 201, ..., 801; a source below 0 is the
-    image, at the scheduler's initial alpha), as both diffusers' ``DDIMInverseScheduler.step`` do.  Where the network is evaluated is where the
-    versions differ: at the source level in diffusers 0.20.0, whose ``set_timesteps`` rolls the grid
-    (-199, 1, 201, 401, 601; ``scheduling_ddim_inverse.py:292-293, 338``), the version SmPO pins ("rolled");
-    at the destination in diffusers >= 0.21 ("unrolled").  Computed here, so either holds on any version.
+    image, at the scheduler's initial alpha), as both diffusers' ``DDIMInverseScheduler.step`` do.  Where the
+    network is evaluated is where the versions differ: at the source level in diffusers 0.20.0, whose
+    ``set_timesteps`` rolls the grid (-199, 1, 201, 401, 601; ``scheduling_ddim_inverse.py:292-293, 338``), the
+    version SmPO pins ("rolled");
+    at the destination in diffusers >= 0.22 ("unrolled").  Computed here, so either holds on any version.
     """
     from diffusers import DDIMInverseScheduler
 
@@ -228,10 +230,11 @@ class SmPOConfig(TrainConfig):
     caption_dropout: float = 0.2
     inversion_steps: int = 5
     inverter: Literal["policy", "reference", "none"] = "policy"
-    # Where the inversion's steps evaluate the network and where x_t ends.  "rolled": as the public code ran,
-    # on diffusers 0.20.0 (SmPO requirements.txt): the network at each step's source level (SD1.5: -199, 1,
-    # 201, 401, 601), x_t at the smallest level at or above t (SD1.5: 201 for t = 50 .. 200, 801 for t > 600).
-    # "unrolled": diffusers >= 0.21's DDIMInverseScheduler: the network at each destination (1, 201, .., 801),
+    # Where the inversion's steps evaluate the network and where x_t ends.  "rolled": as the public code ran
+    # (SmPO train.py:1002-1022 on diffusers 0.20.0, requirements.txt:3): the network at each step's source
+    # level (SD1.5: -199, 1, 201, 401, 601), x_t at the smallest level at or above t (SD1.5: 201 for t in 2 ..
+    # 201, 801 for t above 601).
+    # "unrolled": diffusers >= 0.22's DDIMInverseScheduler: the network at each destination (1, 201, .., 801),
     # x_t at the largest level below t, one stride less noisy.  Flow bases follow the same rule on their grid.
     inversion_levels: InversionLevels = "rolled"
     # The reward scoring both images of each pair when the data has no scores, and the fixed bounds
@@ -263,11 +266,11 @@ class SmPO(Method):
         # Rewards are already in [0, 1]: no PickScore bounds.  SmPO's label weight 10*(2p-1) is ~0.5 for
         # the toy world's typical reward gap of 0.1, hence a larger beta than DPO's.  inverter "none": x_t
         # by forward noising, i.e. SmPO's smoothed labels without its ReNoise inversion.  At 8x8 latents the
-        # 5-step inversion gives x_t whose implied noise is mostly image (correlation with x0 0.46-0.98, std
-        # 0.27-0.96) and the reference's error there is 2-3x its error on forward-noised x_t: with inversion
-        # SmPO does not move the fidelity at all (seen +0.000, unseen -0.001; 10 and 20 inversion steps: at
-        # most +0.014, CIs across 0), without it it gains like DPO.  The published variant:
-        # --set smpo.inverter=policy.  Numbers in docs/toy-world.md.
+        # 5-step inversion (measured with inversion_levels "unrolled") gives x_t whose implied noise is mostly
+        # image (correlation with x0 0.46-0.98, std 0.27-0.96) and the reference's error there is 2-3x its
+        # error on forward-noised x_t: with inversion SmPO does not move the fidelity at all (seen +0.000,
+        # unseen -0.001; 10 and 20 inversion steps: at most +0.014, CIs across 0), without it it gains like DPO.
+        # The published variant: --set smpo.inverter=policy.  Numbers in docs/toy-world.md.
         "toy": {"lr": 3e-5, "beta": 2000.0, "score_lo": 0.0, "score_hi": 1.0, "inverter": "none"},
         "tiny": {"score_lo": 0.0, "score_hi": 1.0},
     }

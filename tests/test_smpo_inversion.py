@@ -86,7 +86,7 @@ def invert(layout: str, levels: str | None, t: int) -> tuple[torch.Tensor, torch
     net = ConstantNoise(eps)
     models = Models(policy=net, unwrapped=net, reference=lambda: (net, nullcontext()), scheduler=_scheduler(layout))
     config = SmPOConfig(inversion_steps=STEPS[layout], **({"inversion_levels": levels} if levels else {}))
-    method = SmPO(config)  # inverter "policy", as the public code: the trained network, under no_grad
+    method = SmPO(config)  # inverter "policy", as the public code (train.py:1009): the trained network, no_grad
     method.setup(TrainingContext(models=models, scheduler=models.scheduler, latent_shape=(4, 8, 8), grad_accum=1,
                                  captions=[], data_scores=np.array([]), encode=None,
                                  cache=lambda name: Path("/nonexistent") / name, device=torch.device("cpu")))
