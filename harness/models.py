@@ -163,7 +163,7 @@ def _clip_text_config(width: int, layers: int, **extra: Any):
 # (stable-diffusion-v1-5/stable-diffusion-v1-5) and SDXL (stabilityai/stable-diffusion-xl-base-1.0), keys their
 # own class ignores included: schedulers built from them (DDIMInverseScheduler, SmPO's inversion, a DDIM sampler)
 # read clip_sample and set_alpha_to_one there, both false in the real files.
-HUB_SCHEDULER_CONFIGS: dict[str, dict[str, Any]] = {
+_HUB_SCHEDULER_CONFIGS: dict[str, dict[str, Any]] = {
     "sd15": {"_class_name": "PNDMScheduler", "beta_end": 0.012, "beta_schedule": "scaled_linear", "beta_start": 0.00085,
              "clip_sample": False, "num_train_timesteps": 1000, "set_alpha_to_one": False, "skip_prk_steps": True,
              "steps_offset": 1, "trained_betas": None},
@@ -179,8 +179,8 @@ def _scheduler(layout: str):
     matching, shift 3); the test layout keeps DDPM."""
     import diffusers
 
-    if layout in HUB_SCHEDULER_CONFIGS:
-        config = HUB_SCHEDULER_CONFIGS[layout]
+    if layout in _HUB_SCHEDULER_CONFIGS:
+        config = _HUB_SCHEDULER_CONFIGS[layout]
         return getattr(diffusers, config["_class_name"]).from_config(config)
     if layout == "sd3":
         return diffusers.FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=3.0)
