@@ -84,6 +84,7 @@ def test_run_with_smpo_init_unet_starts_from_it_and_trains_no_sft(tmp_path):
 
     chained = plan({})
     assert set(chained) == {"sft", "smpo"} and chained["smpo"].init_from == "sft" and not chained["sft"].evaluate
+    (tmp_path / "sd15-sft").mkdir()
     given = plan({"smpo": {"init_unet": str(tmp_path / "sd15-sft")}})
     assert set(given) == {"smpo"} and given["smpo"].init_from is None
     assert given["smpo"].overrides["init_unet"] == str(tmp_path / "sd15-sft")

@@ -101,6 +101,10 @@ class TrainConfig:
             raise HarnessError(f"unknown lr_scheduler {self.lr_scheduler!r}; valid: {', '.join(schedules)}")
         if self.ema_decay is not None and not 0.0 < self.ema_decay < 1.0:
             raise HarnessError("ema_decay must lie in (0, 1) or be None")
+        if self.init_unet:
+            from harness.config import require_existing_path
+
+            require_existing_path(self.init_unet, "init_unet")
 
 
 @dataclass

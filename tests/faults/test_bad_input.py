@@ -98,6 +98,7 @@ def _images(directory: Path, *rows: dict) -> None:
 
 # The tiny preset: should a case ever get past validation, its run ends in seconds.
 RUN = ("run", "--preset", "tiny", "--methods", "dpo")
+RUN_SMPO = ("run", "--preset", "tiny", "--methods", "smpo")
 GENERATE = ("generate", "--model", "tiny", "--suite", "toy-seen", "--out", "gen")
 EVALUATE = ("evaluate", "--model", "tiny")
 SCORE = ("score", "--images", "gen", "--prompts", "toy-seen", "--scorers", "toy-fidelity", "--name", "theirs")
@@ -111,6 +112,11 @@ CASES = [
     Case(("run", "--preset", "tiny", "--methods", "dpo,nosuch"), r"unknown method 'nosuch'; available: .*dpo"),
     Case((*RUN, "--suites", "toy-seen,nosuch"), r"unknown suite 'nosuch'; available: .*toy-seen"),
     Case((*RUN, "--set", "dpo.beta=abc"), r"dpo\.beta: cannot read 'abc' as float"),
+    Case((*RUN_SMPO, "--set", "smpo.inversion_levels=sideways"),
+         r"smpo: inversion_levels must be 'rolled' or 'unrolled', not 'sideways'"),
+    Case((*RUN_SMPO, "--set", "smpo.init_unet=./nope"), r"smpo: init_unet './nope' does not exist \(a local path"),
+    Case(("train", "--method", "smpo", "--preset", "tiny", "--data", ".", "--out", "out", "--set", "init_unet=./nope"),
+         r"smpo: init_unet './nope' does not exist \(a local path"),
     Case((*RUN, "--out", "results.txt"), r"--out 'results.txt' is a file, not a directory",
          "`results.txt` is a file", _a_file),
     Case(("generate", "--model", "tiny", "--suite", "toy-seen", "--out", "results.txt"),
