@@ -37,8 +37,8 @@ The grid is the scheduler's shifted training grid s(j) (j = 0 .. T-1, s(0) = 1) 
 stride, k' = 0 .. K-1, stride = T // K: the DDIM inverse grid (t = 0, stride, ..., (K-1) stride)
 mapped onto the flow grid rank for rank (DDPM t <-> j = T - 1 - t).  As in the DDIM form, each sample
 takes every step whose s_k lies below its t, so z ends at the smallest sigma_k at or above sigma_t
-(rolled; sigma_K above it) or the largest below (unrolled), and the model then sees that latent at t.  Inverting an
-exactly linear path (a constant velocity eps - x0) reproduces (1 - sigma_k) x0 + sigma_k eps exactly.
+(rolled; sigma_K above it) or the largest below (unrolled), and the model then sees that latent at t.
+Inverting an exactly linear path (a constant velocity eps - x0) reproduces (1 - sigma_k) x0 + sigma_k eps exactly.
 """
 
 from __future__ import annotations
@@ -130,8 +130,8 @@ def inverse_timesteps(scheduler_config: Any, steps: int,
     image, at the scheduler's initial alpha), as both diffusers' ``DDIMInverseScheduler.step`` do.  Where the
     network is evaluated is where the versions differ: at the source level in diffusers 0.20.0, whose
     ``set_timesteps`` rolls the grid (-199, 1, 201, 401, 601; ``scheduling_ddim_inverse.py:292-293, 338``), the
-    version SmPO pins ("rolled");
-    at the destination in diffusers >= 0.22 ("unrolled").  Computed here, so either holds on any version.
+    version SmPO pins ("rolled"); at the destination in diffusers >= 0.22 ("unrolled").  Computed here, so
+    either holds on any version.
     """
     from diffusers import DDIMInverseScheduler
 
@@ -329,7 +329,7 @@ class SmPO(Method):
             # depend on which draw came first.
             x0 = batch.means
             trajectories = self._reference_trajectories(batch, cond, models)
-            reached = (self.taus.to(t.device)[None, :] < t[:, None]).sum(dim=1)  # inverse steps taken below each t
+            reached = (self.taus.to(t.device)[None, :] < t[:, None]).sum(dim=1)  # inverse steps below each t
             z = torch.cat([x0.unsqueeze(1), trajectories], dim=1)[torch.arange(len(t), device=t.device), reached]
         else:
             x0 = batch.latents
