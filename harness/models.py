@@ -160,23 +160,33 @@ def _clip_text_config(width: int, layers: int, **extra: Any):
                           bos_token_id=49406, eos_token_id=49407, pad_token_id=49407, **extra)
 
 
+# The scheduler configs the real models ship (hub ``scheduler/scheduler_config.json``): SD1.5
+# (stable-diffusion-v1-5/stable-diffusion-v1-5) and SDXL (stabilityai/stable-diffusion-xl-base-1.0), keys their
+# own class ignores included: schedulers built from them (DDIMInverseScheduler, SmPO's inversion, a DDIM sampler)
+# read clip_sample and set_alpha_to_one there, both false in the real files.
+_HUB_SCHEDULER_CONFIGS: dict[str, dict[str, Any]] = {
+    "sd15": {"_class_name": "PNDMScheduler", "beta_end": 0.012, "beta_schedule": "scaled_linear", "beta_start": 0.00085,
+             "clip_sample": False, "num_train_timesteps": 1000, "set_alpha_to_one": False, "skip_prk_steps": True,
+             "steps_offset": 1, "trained_betas": None},
+    "sdxl": {"_class_name": "EulerDiscreteScheduler", "beta_end": 0.012, "beta_schedule": "scaled_linear",
+             "beta_start": 0.00085, "clip_sample": False, "interpolation_type": "linear", "num_train_timesteps": 1000,
+             "prediction_type": "epsilon", "sample_max_value": 1.0, "set_alpha_to_one": False, "skip_prk_steps": True,
+             "steps_offset": 1, "timestep_spacing": "leading", "trained_betas": None, "use_karras_sigmas": False},
+}
+
+
 def _scheduler(layout: str):
-    """The scheduler config each family ships with (SD1.5: PNDM, SDXL: Euler; both scaled_linear
-    betas 0.00085-0.012 over 1000 steps, steps_offset 1); the test layout keeps DDPM."""
-    from diffusers import DDPMScheduler, EulerDiscreteScheduler, PNDMScheduler
+    """The scheduler each family ships with (SD1.5: PNDM, SDXL: Euler, from the hub configs above; SD3: flow
+    matching, shift 3); the test layout keeps DDPM."""
+    import diffusers
 
-    betas = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-                 steps_offset=1)
-    if layout == "sd15":
-        return PNDMScheduler(**betas, skip_prk_steps=True, set_alpha_to_one=False)
-    if layout == "sdxl":
-        return EulerDiscreteScheduler(**betas, timestep_spacing="leading", interpolation_type="linear",
-                                      prediction_type="epsilon", use_karras_sigmas=False)
+    if layout in _HUB_SCHEDULER_CONFIGS:
+        config = _HUB_SCHEDULER_CONFIGS[layout]
+        return getattr(diffusers, config["_class_name"]).from_config(config)
     if layout == "sd3":
-        from diffusers import FlowMatchEulerDiscreteScheduler
-
-        return FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=3.0)
-    return DDPMScheduler(**betas, clip_sample=False)
+        return diffusers.FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=3.0)
+    return diffusers.DDPMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
+                                   beta_schedule="scaled_linear", steps_offset=1, clip_sample=False)
 
 
 def _tiny_vae(config: TinyPipelineConfig, **extra: Any):

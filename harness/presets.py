@@ -145,7 +145,10 @@ def show_preset(preset: Preset) -> str:
         else:
             note = "" if preset.name in cls.presets else f"  (its {preset.method_settings_from} settings)"
         lines.append(f"\n{name}{note}")
+        ours = cls.unpublished.get(preset.name, {})
         for field in dataclasses.fields(config):
             origin = f"{name} recipe" if field.name in own else "preset" if field.name in shared else "default"
+            if field.name in ours:
+                origin += f"; ours, not published: {ours[field.name]}"
             lines.append(f"  {field.name:22s} {getattr(config, field.name)!r:34s} {origin}")
     return "\n".join(lines)

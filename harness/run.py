@@ -239,7 +239,8 @@ def run_validated(options: RunOptions, preset: Preset) -> list[dict]:
 
     for model in methods:
         if model.init_from:
-            say(f"   {model.method} starts from the UNet {model.init_from} trains on the same data (its published recipe)")
+            say(f"   {model.method} starts from the UNet {model.init_from} trains on the same data (its recipe; "
+                f"--set {model.method}.init_unet=DIR starts it from yours)")
     n_models = len(methods) + 1
     processes = min(options.jobs or default_processes(n_models), n_models)
     _import_job_libraries()
@@ -338,12 +339,13 @@ def _plan_trainings(options: RunOptions, preset: Preset, source: str | None, syn
         overrides = {**({"vae": options.vae} if options.vae else {}), **options.overrides.get(EVERY_METHOD, {}),
                      **options.overrides.get(method, {})}
         config = resolve_config(method, preset.name, overrides)
-        if config.init_method and config.init_method not in planned:
-            plan(config.init_method, evaluate=config.init_method in options.methods)
+        starts_from = None if config.init_unet else config.init_method  # a UNet of the user's replaces the chain
+        if starts_from and starts_from not in planned:
+            plan(starts_from, evaluate=starts_from in options.methods)
         spec = METHODS.get(method)(config).data_spec()
         data_dir = spec.training_source(source, ResultsDir(options.out).data, synthesized) if source else source
         planned[method] = EvaluatedModel(method, run_id=-1, overrides=overrides, train=True, evaluate=evaluate,
-                                         data_dir=data_dir, spec=spec, init_from=config.init_method)
+                                         data_dir=data_dir, spec=spec, init_from=starts_from)
 
     for method in options.methods:
         if method not in planned:

@@ -5,8 +5,8 @@ both images (the loss is scaled by 10 (2p - 1), so equal scores give zero
 gradient), and x_t obtained by ReNoise-inverting the real image rather than by
 forward noising, with the target noise implied by the inverted latent.
 
-Which network inverts (``inverter``): ``"policy"`` as the public code (under
-no_grad, recomputed every step), or ``"reference"``: the frozen starting network,
+Which network inverts (``inverter``): ``"policy"`` as the public code (SmPO ``train.py:999-1009``:
+the trained UNet under no_grad, recomputed every step), or ``"reference"``: the frozen starting network,
 whose inversions are deterministic, so each training image (and caption) is
 inverted once per run and cached on disk.  With SmPO's lr (~1e-5) and 200 steps
 the policy barely moves, so the two agree closely; ``bench/train_step.py``
@@ -23,19 +23,22 @@ with the target the velocity the inverted latent implies,
 
 and the inversion runs the flow ODE backwards, Euler steps with sigma *increasing* from the image
 (sigma_0 = 0, z_0 = x0) through an ascending grid sigma_1 < ... < sigma_K (K = ``inversion_steps``),
-each with ReNoise's two evaluations at the step's destination level, averaged (as the DDIM form
-averages two eps):
+each with ReNoise's two evaluations at one level s_k, averaged (as the DDIM form averages two eps):
 
-    v1 = v(z_{k-1}, sigma_k T, c)
+    v1 = v(z_{k-1}, s_k T, c)
     z' = z_{k-1} + (sigma_k - sigma_{k-1}) v1
-    v2 = v(z', sigma_k T, c)
+    v2 = v(z', s_k T, c)
     z_k = z_{k-1} + (sigma_k - sigma_{k-1}) (v1 + v2) / 2
+
+s_k is the step's source level sigma_{k-1} with ``inversion_levels="rolled"`` (the DDIM form's public
+convention, diffusers 0.20.0's), its destination sigma_k with "unrolled".
 
 The grid is the scheduler's shifted training grid s(j) (j = 0 .. T-1, s(0) = 1) at j = T - 1 - k'
 stride, k' = 0 .. K-1, stride = T // K: the DDIM inverse grid (t = 0, stride, ..., (K-1) stride)
 mapped onto the flow grid rank for rank (DDPM t <-> j = T - 1 - t).  As in the DDIM form, each sample
-is inverted through every level below its t and the model then sees that latent at t.  Inverting an
-exactly linear path (a constant velocity eps - x0) reproduces (1 - sigma_k) x0 + sigma_k eps exactly.
+takes every step whose s_k lies below its t, so z ends at the smallest sigma_k at or above sigma_t
+(rolled; sigma_K above it) or the largest below (unrolled), and the model then sees that latent at t.
+Inverting an exactly linear path (a constant velocity eps - x0) reproduces (1 - sigma_k) x0 + sigma_k eps exactly.
 """
 
 from __future__ import annotations
@@ -96,43 +99,91 @@ def check_score_range(scores: np.ndarray, lo: float, hi: float, scorer: str) -> 
 
 
 UNetFn = Callable[[torch.Tensor, torch.Tensor, Cond], torch.Tensor]
-# One inverse step to level tau: (prediction at tau, tau, latent at the level below) -> latent at tau.
+# One inverse step, named by the timestep the network is evaluated at: (prediction, that timestep, latent at the
+# step's source level) -> latent at its destination level.
 InverseStep = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+InversionLevels = Literal["rolled", "unrolled"]
+# (prediction, source level, destination level, latent at the source) -> latent at the destination.
+_Move = Callable[[torch.Tensor, float, float, torch.Tensor], torch.Tensor]
 
 
-def inverse_timesteps(scheduler_config: Any, steps: int) -> tuple[InverseStep, torch.Tensor]:
-    """A DDIM inverse step with ``steps`` steps and its (ascending) timesteps."""
+def _level_steps(sources: torch.Tensor, destinations: torch.Tensor, levels: InversionLevels,
+                 move: _Move) -> tuple[InverseStep, torch.Tensor]:
+    """Inverse steps ``sources[j] -> destinations[j]`` (ascending), each named by the timestep the network sees:
+    the source level ("rolled") or the destination ("unrolled")."""
+    times = sources if levels == "rolled" else destinations
+    where = {float(time): (float(source), float(destination))
+             for time, source, destination in zip(times, sources, destinations)}
+
+    def step(prediction: torch.Tensor, tau: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        return move(prediction, *where[float(tau)], z)
+
+    return step, times
+
+
+def inverse_timesteps(scheduler_config: Any, steps: int,
+                      levels: InversionLevels = "rolled") -> tuple[InverseStep, torch.Tensor]:
+    """The DDIM inverse steps of a base model's scheduler and the (ascending) timesteps the network sees.
+
+    Step j moves a latent from level ``d_j - T // steps`` to ``d_j`` (d: the scheduler's "leading" grid
+    ``stride * [0..steps-1] + steps_offset``, SD1.5 and SDXL's, e.g. 1, 201, ..., 801; a source below 0 is the
+    image, at the scheduler's initial alpha), as both diffusers' ``DDIMInverseScheduler.step`` do.  Where the
+    network is evaluated is where the versions differ: at the source level in diffusers 0.20.0, whose
+    ``set_timesteps`` rolls the grid (-199, 1, 201, 401, 601; ``scheduling_ddim_inverse.py:292-293, 338``), the
+    version SmPO pins ("rolled"); at the destination in diffusers >= 0.22 ("unrolled").  Computed here, so
+    either holds on any version.
+    """
     from diffusers import DDIMInverseScheduler
 
-    inverse = DDIMInverseScheduler.from_config(scheduler_config)
-    inverse.set_timesteps(steps)
-    return (lambda eps, tau, z: inverse.step(eps, int(tau), z).prev_sample), inverse.timesteps.long()
+    inverse = DDIMInverseScheduler.from_config(scheduler_config)  # the scheduler's values, with its defaults
+    config = inverse.config
+    stride = config.num_train_timesteps // steps
+    if config.timestep_spacing != "leading":
+        raise HarnessError(f"smpo: the DDIM inversion follows SD1.5 and SDXL's 'leading' timestep_spacing; this "
+                           f"base model's scheduler has {config.timestep_spacing!r}")
+    destinations = torch.arange(steps) * stride + config.steps_offset
+    alphas = inverse.alphas_cumprod.to(torch.float64)
+    initial = float(inverse.initial_alpha_cumprod)
+
+    def move(eps: torch.Tensor, source: float, destination: float, z: torch.Tensor) -> torch.Tensor:
+        a_source = float(alphas[int(source)]) if source >= 0 else initial
+        a_destination = float(alphas[int(destination)])
+        x0 = (z - (1 - a_source) ** 0.5 * eps) / a_source ** 0.5
+        if config.clip_sample:
+            x0 = x0.clamp(-config.clip_sample_range, config.clip_sample_range)
+        return a_destination ** 0.5 * x0 + (1 - a_destination) ** 0.5 * eps
+
+    return _level_steps(destinations - stride, destinations, levels, move)
 
 
-def flow_inverse_timesteps(process: FlowMatching, steps: int) -> tuple[InverseStep, torch.Tensor]:
-    """The inverse flow ODE's Euler step and its ascending levels ``sigma * T``: the training grid's points
-    ``T - 1 - stride * [0, ..., steps-1]`` (stride = grid size // steps)."""
+def flow_inverse_timesteps(process: FlowMatching, steps: int,
+                           levels: InversionLevels = "rolled") -> tuple[InverseStep, torch.Tensor]:
+    """The inverse flow ODE's Euler steps and the ascending timesteps the network sees.  The levels ``sigma * T``
+    are the training grid's points ``T - 1 - stride * [0, ..., steps-1]`` (stride = grid size // steps); step j
+    goes from the level below (the image, sigma 0, for the first) to level j, and the network sees its source
+    level ("rolled", as the DDIM form's public convention) or its destination ("unrolled")."""
     stride = len(process.sigmas) // steps
-    taus = process.timesteps_at(len(process.sigmas) - 1 - torch.arange(steps) * stride)
-    # Each step starts from the level below its destination tau (the image itself, sigma 0, for the first).
-    below = {float(tau): float(lower) for tau, lower in zip(taus, torch.cat([torch.zeros(1), taus[:-1]]))}
+    destinations = process.timesteps_at(len(process.sigmas) - 1 - torch.arange(steps) * stride)
+    sources = torch.cat([torch.zeros(1), destinations[:-1]])
 
-    def step(v: torch.Tensor, tau: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        return z + (float(tau) - below[float(tau)]) / process.num_train_timesteps * v
+    def move(v: torch.Tensor, source: float, destination: float, z: torch.Tensor) -> torch.Tensor:
+        return z + (destination - source) / process.num_train_timesteps * v
 
-    return step, taus
+    return _level_steps(sources, destinations, levels, move)
 
 
-def inversion_grid(scheduler: Any, process: NoiseProcess, steps: int) -> tuple[InverseStep, torch.Tensor]:
-    """The inverse step and ascending levels of the base model's family: flow ODE or DDIM."""
+def inversion_grid(scheduler: Any, process: NoiseProcess, steps: int,
+                   levels: InversionLevels = "rolled") -> tuple[InverseStep, torch.Tensor]:
+    """The inverse steps and ascending network timesteps of the base model's family: flow ODE or DDIM."""
     if process.kind == "flow":
-        return flow_inverse_timesteps(process, steps)
-    return inverse_timesteps(scheduler.config, steps)
+        return flow_inverse_timesteps(process, steps, levels)
+    return inverse_timesteps(scheduler.config, steps, levels)
 
 
 def renoise_step(unet: UNetFn, z: torch.Tensor, tau: torch.Tensor, cond: Cond, inverse: InverseStep) -> torch.Tensor:
-    """One ReNoise step to level tau: ``e1 = unet(z)``, ``z1 = step(e1, z)``, ``e2 = unet(z1)``,
-    ``z <- step((e1 + e2) / 2, z)`` (conditional branch only, no CFG)."""
+    """One ReNoise step, the network at timestep tau both times: ``e1 = unet(z, tau)``, ``z1 = step(e1, z)``,
+    ``e2 = unet(z1, tau)``, ``z <- step((e1 + e2) / 2, z)`` (conditional branch only, no CFG; SmPO
+    ``train.py:1009-1022``)."""
     tau_batch = tau.expand(len(z)).to(z.device)
     e1 = unet(z, tau_batch, cond)
     z1 = inverse(e1, tau, z)
@@ -143,8 +194,10 @@ def renoise_step(unet: UNetFn, z: torch.Tensor, tau: torch.Tensor, cond: Cond, i
 @torch.no_grad()
 def renoise_inversion(unet: UNetFn, x0: torch.Tensor, cond: Cond, t: torch.Tensor, inverse: InverseStep,
                       taus: torch.Tensor) -> torch.Tensor:
-    """ReNoise inversion of ``x0`` through every inverse timestep below each sample's ``t``
-    (as the public code: the model then sees this latent at t).  Samples whose t is reached stop."""
+    """ReNoise inversion of ``x0`` through every inverse step whose network timestep lies below the sample's ``t``
+    (SmPO ``train.py:1002``, ``timesteps < t``; the model then sees this latent at t).  With the rolled grid
+    the latent ends at the smallest level at or above t (the top level for larger t); unrolled, at the largest
+    level below t (the image itself for t <= the first level)."""
     z = x0.clone()
     for tau in taus:
         active = (t > tau).nonzero().flatten()
@@ -177,6 +230,13 @@ class SmPOConfig(TrainConfig):
     caption_dropout: float = 0.2
     inversion_steps: int = 5
     inverter: Literal["policy", "reference", "none"] = "policy"
+    # Where the inversion's steps evaluate the network and where x_t ends.  "rolled": as the public code ran
+    # (SmPO train.py:1002-1022 on diffusers 0.20.0, requirements.txt:3): the network at each step's source
+    # level (SD1.5: -199, 1, 201, 401, 601), x_t at the smallest level at or above t (SD1.5: 201 for t in 2 ..
+    # 201, 801 for t above 601).
+    # "unrolled": diffusers >= 0.22's DDIMInverseScheduler: the network at each destination (1, 201, .., 801),
+    # x_t at the largest level below t, one stride less noisy.  Flow bases follow the same rule on their grid.
+    inversion_levels: InversionLevels = "rolled"
     # The reward scoring both images of each pair when the data has no scores, and the fixed bounds
     # that normalise it: the public preprocessing's PickScore raw cosine.
     pair_scorer: str = "pickscore-cosine"
@@ -187,6 +247,8 @@ class SmPOConfig(TrainConfig):
         super().validate()
         if self.inverter not in ("policy", "reference", "none"):
             raise HarnessError(f"inverter must be 'policy', 'reference' or 'none', not {self.inverter!r}")
+        if self.inversion_levels not in ("rolled", "unrolled"):
+            raise HarnessError(f"inversion_levels must be 'rolled' or 'unrolled', not {self.inversion_levels!r}")
         if self.score_hi <= self.score_lo:
             raise HarnessError(f"score_hi ({self.score_hi}) must be greater than score_lo ({self.score_lo})")
 
@@ -206,14 +268,18 @@ class SmPO(Method):
         # Rewards are already in [0, 1]: no PickScore bounds.  SmPO's label weight 10*(2p-1) is ~0.5 for
         # the toy world's typical reward gap of 0.1, hence a larger beta than DPO's.  inverter "none": x_t
         # by forward noising, i.e. SmPO's smoothed labels without its ReNoise inversion.  At 8x8 latents the
-        # 5-step inversion gives x_t whose implied noise is mostly image (correlation with x0 0.46-0.98, std
-        # 0.27-0.96) and the reference's error there is 2-3x its error on forward-noised x_t: with inversion
-        # SmPO does not move the fidelity at all (seen +0.000, unseen -0.001; 10 and 20 inversion steps: at
-        # most +0.014, CIs across 0), without it it gains like DPO.  The published variant:
-        # --set smpo.inverter=policy.  Numbers in docs/toy-world.md.
+        # 5-step inversion (measured with inversion_levels "unrolled") gives x_t whose implied noise is mostly
+        # image (correlation with x0 0.46-0.98, std 0.27-0.96) and the reference's error there is 2-3x its
+        # error on forward-noised x_t: with inversion SmPO does not move the fidelity at all (seen +0.000,
+        # unseen -0.001; 10 and 20 inversion steps: at most +0.014, CIs across 0), without it it gains like DPO.
+        # The published variant: --set smpo.inverter=policy.  Numbers in docs/toy-world.md.
         "toy": {"lr": 3e-5, "beta": 2000.0, "score_lo": 0.0, "score_hi": 1.0, "inverter": "none"},
         "tiny": {"score_lo": 0.0, "score_hi": 1.0},
     }
+    unpublished = {"sd15": {"init_method": (
+        "the official run starts from checkpoints/sd15-sft (SmPO examples/sd15.sh:8), whose training nothing "
+        "describes; the sft method's recipe under this preset stands in. With the authors' SFT UNet: "
+        "--set smpo.init_unet=DIR")}}
     published = {preset: PublishedWeights(location, signal="pickscore",
                                           how="released SmPO UNet: pair labels smoothed by PickScore's cosine")
                  for preset, location in (("sd15", "JaydenLu666/SmPO-SD1.5"), ("sdxl", "JaydenLu666/SmPO-SDXL"))}
@@ -224,11 +290,12 @@ class SmPO(Method):
     def setup(self, context: TrainingContext) -> None:
         config = self.config
         check_score_range(context.data_scores, config.score_lo, config.score_hi, config.pair_scorer)
-        self.inverse, self.taus = inversion_grid(context.scheduler, context.models.process, config.inversion_steps)
+        self.inverse, self.taus = inversion_grid(context.scheduler, context.models.process, config.inversion_steps,
+                                                 config.inversion_levels)
         self.cache = LRU()
         # On disk, keyed by the reference weights (the starting ones): another base model or init_unet
         # never reuses these.
-        self.cache_dir = (context.cache("smpo-inversions") / f"k{config.inversion_steps}"
+        self.cache_dir = (context.cache("smpo-inversions") / f"k{config.inversion_steps}-{config.inversion_levels}"
                           if config.inverter == "reference" else None)
 
     def _reference_trajectories(self, batch: Batch, cond: Cond, models: Models) -> torch.Tensor:

@@ -306,11 +306,13 @@ def inverse_grid(steps: int) -> torch.Tensor:
     return grid_sigma(T - 1 - torch.arange(steps) * (T // steps))
 
 
-def hand_renoise_inversion(net, x0: torch.Tensor, cond: Cond, sigmas: torch.Tensor) -> torch.Tensor:
-    """Euler with sigma increasing from 0, two velocities at the destination level averaged; every state."""
-    z, below, states = x0, 0.0, []
+def hand_renoise_inversion(net, x0: torch.Tensor, cond: Cond, sigmas: torch.Tensor,
+                           levels: str = "rolled") -> torch.Tensor:
+    """Euler with sigma increasing from 0, two velocities averaged, at the step's source level (rolled) or its
+    destination (unrolled); every state."""
+    z, below, states = x0, torch.tensor(0.0), []
     for sigma in sigmas:
-        level = sigma.expand(len(z))
+        level = (below if levels == "rolled" else sigma).expand(len(z))
         v1 = velocity(net, z, level, cond)
         v2 = velocity(net, z + (sigma - below) * v1, level, cond)
         z = z + (sigma - below) * (v1 + v2) / 2
@@ -319,16 +321,19 @@ def hand_renoise_inversion(net, x0: torch.Tensor, cond: Cond, sigmas: torch.Tens
     return torch.stack(states, dim=1)
 
 
-def test_flow_inversion_is_renoise_averaged_euler_with_sigma_increasing(flow_nets):
+@pytest.mark.parametrize("levels", ["rolled", "unrolled"])
+def test_flow_inversion_is_renoise_averaged_euler_with_sigma_increasing(flow_nets, levels):
     policy, _, scheduler = flow_nets
     models = flow_models(flow_nets)
     batch = flow_batch(2, 2, seed=7, step_seed=17)
-    step, taus = flow_inverse_timesteps(noise_process(scheduler), 5)
-    torch.testing.assert_close(taus, inverse_grid(5) * T)
+    step, taus = flow_inverse_timesteps(noise_process(scheduler), 5, levels)
+    # The network sees each step's source level (rolled: 0 first, as the DDIM form's public grid) or destination.
+    seen = torch.cat([torch.zeros(1), inverse_grid(5)[:-1]]) if levels == "rolled" else inverse_grid(5)
+    torch.testing.assert_close(taus, seen * T)
     assert (taus.diff() > 0).all()
     states = renoise_trajectory(models.snapshot, batch.latents, batch.cond, step, taus)
     assert models.unet_evals == 2 * 5 * 2  # two velocities per level per image
-    expected = hand_renoise_inversion(policy, batch.latents, batch.cond, inverse_grid(5))
+    expected = hand_renoise_inversion(policy, batch.latents, batch.cond, inverse_grid(5), levels)
     torch.testing.assert_close(states, expected, rtol=1e-4, atol=1e-4)
 
 
@@ -352,7 +357,7 @@ def test_flow_inversion_of_a_straight_path_is_exact(flow_nets):
     step, taus = flow_inverse_timesteps(models.process, 5)
     cond = flow_batch(2, 2, seed=8, step_seed=0).cond
     states = renoise_trajectory(models.snapshot, x0, cond, step, taus)
-    sigmas = (taus / T).view(1, -1, 1, 1, 1)
+    sigmas = inverse_grid(5).view(1, -1, 1, 1, 1)  # the levels the steps reach
     torch.testing.assert_close(states, (1 - sigmas) * x0[:, None] + sigmas * eps[:, None], rtol=1e-5, atol=1e-5)
 
 
@@ -369,12 +374,13 @@ def test_smpo_on_flow_is_the_smoothed_dpo_loss_at_the_inverted_latent_and_its_im
     batch = flow_batch(4, 2, seed=9, step_seed=19, scores=scores)
     method, models = smpo_on_flow(flow_nets, "policy")
     loss, _ = method.loss(batch, models)
-    # By hand: one sigma per pair; each image inverted by the policy through the levels below its sigma.
+    # By hand: one sigma per pair; each image inverted by the policy through every step whose source level (the
+    # level the network sees) lies below its sigma, so it ends at the first level at or above sigma.
     sigma = logit_normal_sigmas(2, torch.Generator().manual_seed(19)).repeat(2)
     cond = batch.cond.repeat(2)
     levels = inverse_grid(5)
     trajectory = hand_renoise_inversion(policy, batch.latents, cond, levels)
-    reached = (levels[None, :] < sigma[:, None]).sum(dim=1)
+    reached = (torch.cat([torch.zeros(1), levels[:-1]])[None, :] < sigma[:, None]).sum(dim=1)
     z = torch.cat([batch.latents[:, None], trajectory], dim=1)[torch.arange(4), reached]
     s = sigma.view(-1, 1, 1, 1)
     target = (z - (1 - s) * batch.latents) / s - batch.latents  # implied noise minus x0

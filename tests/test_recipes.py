@@ -155,3 +155,28 @@ def test_the_claim_rule_finds_an_uncited_claim_and_accepts_a_cited_one():
     assert [bool(CITATION.search(b)) for b in blocks] == [False, True, True]
     assert _markdown_blocks("- As the official code\n  does (`utils.py:205-233`).\n| a | b |\n") == [
         "- As the official code does (`utils.py:205-233`).", "| a | b |"]
+
+
+def test_smpo_sd15_sft_start_is_marked_ours_with_its_source_and_the_way_round(capsys):
+    """The official SD1.5 run starts from checkpoints/sd15-sft (SmPO examples/sd15.sh:8), trained nobody says how."""
+    assert main(["presets", "--show", "sd15"]) == 0
+    shown = capsys.readouterr().out
+    block = shown[shown.index("\nsmpo\n"):].split("\n\n")[0]
+    line = next(line for line in block.splitlines() if line.split()[:1] == ["init_method"])
+    assert "ours, not published" in line and "examples/sd15.sh:8" in line and "--set smpo.init_unet=DIR" in line
+
+
+def test_run_with_smpo_init_unet_starts_from_it_and_trains_no_sft(tmp_path):
+    """--set smpo.init_unet=DIR (the authors' SFT UNet, say) replaces the sft chain of the sd15 recipe."""
+    from harness.run import RunOptions, _plan_trainings
+
+    def plan(overrides):
+        options = RunOptions(methods=["smpo"], out=tmp_path, preset="sd15", overrides=overrides)
+        return {model.method: model for model in _plan_trainings(options, get_preset("sd15"), None, False)}
+
+    chained = plan({})
+    assert set(chained) == {"sft", "smpo"} and chained["smpo"].init_from == "sft" and not chained["sft"].evaluate
+    (tmp_path / "sd15-sft").mkdir()
+    given = plan({"smpo": {"init_unet": str(tmp_path / "sd15-sft")}})
+    assert set(given) == {"smpo"} and given["smpo"].init_from is None
+    assert given["smpo"].overrides["init_unet"] == str(tmp_path / "sd15-sft")

@@ -130,6 +130,10 @@ class TrainConfig:
                                "policy's own weights (set lora_rank 0 or reference_dtype none)")
         if self.ema_decay is not None and not 0.0 < self.ema_decay < 1.0:
             raise HarnessError("ema_decay must lie in (0, 1) or be None")
+        if self.init_unet:
+            from harness.config import require_existing_path
+
+            require_existing_path(self.init_unet, "init_unet")
 
 
 @dataclass
@@ -301,6 +305,9 @@ class Method:
     Config: ClassVar[type[TrainConfig]] = TrainConfig
     presets: ClassVar[dict[str, dict[str, Any]]] = {}
     published: ClassVar[dict[str, PublishedWeights]] = {}  # preset name -> the released UNet for its base model
+    # Preset name -> {setting: why}: values of ``presets`` that are ours where the authors published none
+    # (``harness presets --show`` marks them).
+    unpublished: ClassVar[dict[str, dict[str, str]]] = {}
     data: ClassVar[DataSpec] = Pairs()
 
     def __init__(self, config: TrainConfig) -> None:

@@ -179,6 +179,7 @@ SD3_BASE = dict(base_family="SD3", kind="UNet2DConditionModel", family="SD1.5")
 
 # The tiny preset: should a case ever get past validation, its run ends in seconds.
 RUN = ("run", "--preset", "tiny", "--methods", "dpo")
+RUN_SMPO = ("run", "--preset", "tiny", "--methods", "smpo")
 GENERATE = ("generate", "--model", "tiny", "--suite", "toy-seen", "--out", "gen")
 EVALUATE = ("evaluate", "--model", "tiny")
 SCORE = ("score", "--images", "gen", "--prompts", "toy-seen", "--scorers", "toy-fidelity", "--name", "theirs")
@@ -196,6 +197,11 @@ CASES = [
          r"dpo: reference_dtype needs a frozen reference copy; with LoRA the reference is the policy's own weights"),
     Case(("run", "--preset", "tiny", "--methods", "kto", "--set", "kto.desirable_share=1"),
          r"kto: desirable_share must lie in \(0, 1\) or be None, not 1"),
+    Case((*RUN_SMPO, "--set", "smpo.inversion_levels=sideways"),
+         r"smpo: inversion_levels must be 'rolled' or 'unrolled', not 'sideways'"),
+    Case((*RUN_SMPO, "--set", "smpo.init_unet=./nope"), r"smpo: init_unet './nope' does not exist \(a local path"),
+    Case(("train", "--method", "smpo", "--preset", "tiny", "--data", ".", "--out", "out", "--set", "init_unet=./nope"),
+         r"smpo: init_unet './nope' does not exist \(a local path"),
     Case((*RUN, "--out", "results.txt"), r"--out 'results.txt' is a file, not a directory",
          "`results.txt` is a file", _a_file),
     Case(("generate", "--model", "tiny", "--suite", "toy-seen", "--out", "results.txt"),
