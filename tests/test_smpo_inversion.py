@@ -1,4 +1,4 @@
-"""SmPO's ReNoise inversion runs as the public code ran it, on any diffusers version.
+"""SmPO's ReNoise inversion runs as the public code ran it (SmPO train.py:1002-1022), on any diffusers version.
 
 JaydenLyh/SmPO pins diffusers 0.20.0 (``requirements.txt:3``) and inverts each sample through
 ``inverse_scheduler.timesteps[timesteps < t]`` (``train.py:1002``), evaluating the network twice per step at
