@@ -96,7 +96,7 @@ def test_the_toy_grammar_shown_is_the_toy_worlds():
     text = README.read_text(encoding="utf-8")
     marker = "<!-- toy grammar: a test keeps these lists equal to toyworld/grammar.py -->"
     shown = " ".join(text[text.index(marker) + len(marker):].split("\n\n")[0].split())
-    lists = re.fullmatch(r"colours (.*); shapes (.*); positions (.*?)\. `toy-fidelity`.*", shown)
+    lists = re.fullmatch(r"colours (.*); shapes (.*); positions (.*?)\. A prompt outside it.*", shown)
     assert lists is not None, shown
     assert [part.split(", ") for part in lists.groups()] == [
         list(COLOURS), list(SHAPES), [phrase for _, phrase in POSITIONS.values()]]
