@@ -66,8 +66,8 @@ def compared(value: Any) -> Any:
 
 def shown(value: Any) -> str:
     """A recorded value as a message shows it: a located input by its path."""
-    if isinstance(value, Mapping) and set(value) == {"path", "sha256"}:
-        return value["path"]
+    if _located(value):
+        return _near(value["path"])
     return json.dumps(value, sort_keys=True, default=str) if isinstance(value, (Mapping, list)) else str(value)
 
 
@@ -84,8 +84,8 @@ def difference(recorded: Mapping[str, Any], new: Mapping[str, Any]) -> str | Non
             inner = difference(old_value, new_value)
             return f"{key}.{inner}"
         if _located(old_value) and _located(new_value):
-            moved = "" if old_value["path"] == new_value["path"] else f" (recorded at {old_value['path']})"
-            return (f"{key}: the content of {new_value['path']} has changed{moved}: fingerprint "
+            moved = "" if old_value["path"] == new_value["path"] else f" (recorded at {_near(old_value['path'])})"
+            return (f"{key}: the content of {_near(new_value['path'])} has changed{moved}: fingerprint "
                     f"{old_value['sha256'][:12]} recorded, {new_value['sha256'][:12]} now")
         return f"{key}: recorded {shown(old_value)}, now {shown(new_value)}"
     return None
@@ -93,6 +93,11 @@ def difference(recorded: Mapping[str, Any], new: Mapping[str, Any]) -> str | Non
 
 def _located(value: Any) -> bool:
     return isinstance(value, Mapping) and set(value) == {"path", "sha256"}
+
+
+def _near(path: str) -> str:
+    """An absolute path as a message shows it: relative to the working directory when under it."""
+    return _relative_to(Path(path), Path.cwd().resolve()) or path
 
 
 def _relative_to(path: Path, root: Path) -> str | None:
