@@ -57,3 +57,32 @@ def test_a_copied_and_moved_results_directory_resumes_by_any_path(reference, tmp
     moved.parent.mkdir()
     os.rename(copy, moved)
     resume(tmp_path / "elsewhere", "../archive/runs-moved", moved)  # after `mv`
+
+
+def test_a_ray_run_resumes_from_a_driver_in_another_directory(tmp_path: Path, harness_cache: Path) -> None:
+    """On a local Ray cluster (started as tests/test_ray_backend.py starts one): made from one directory,
+    resumed from another by a relative path, then moved and resumed again; nothing rewritten, the same
+    leaderboard."""
+    ray = pytest.importorskip("ray", reason="the Ray backend needs Ray: pip install '.[ray]'")
+    from conftest import harness_cli
+
+    context = ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", logging_level="WARNING")
+    try:
+        run = ("run", "--preset", "tiny", "--methods", "dpo", "--set", "max_steps=2", "--images-per-prompt", "1",
+               "--backend", "ray", "--address", context.address_info["gcs_address"])
+        first, second = tmp_path / "first", tmp_path / "second"
+        first.mkdir()
+        second.mkdir()
+        made = harness_cli(*run, "--out", "runs", cwd=first)
+        assert made.returncode == 0, made.stdout[-3000:] + made.stderr[-3000:]
+        board, out = leaderboard_json(first / "runs"), first / "runs"
+        for cwd, spelled, where in [(second, "../first/runs", out), (first, "../moved", tmp_path / "moved")]:
+            if where != out:
+                os.rename(out, where)
+            before = _stamps(where)
+            resumed = harness_cli(*run, "--out", spelled, cwd=cwd)
+            assert resumed.returncode == 0, f"--out {spelled} from {cwd}: " + resumed.stderr[-3000:]
+            assert _stamps(where) == before, f"--out {spelled} from {cwd} rewrote files of the results directory"
+            assert leaderboard_json(where) == board
+    finally:
+        ray.shutdown()
