@@ -32,6 +32,7 @@ from typing import Any
 
 from harness.config import is_built_model, looks_like_path
 
+LOCATED_SETTINGS = ("vae", "init_unet")  # training settings (TrainConfig fields) that name a location
 DATA_FILES = ("pairs.jsonl", "experts.jsonl", "labelled.jsonl")  # harness.data's formats
 IMAGE_FIELDS = ("image_0", "image_1", "image")
 # Above this many bytes still to hash, a line says why the command pauses (once: the hashes are cached).
@@ -42,14 +43,21 @@ _RACY_NS = 2_000_000_000
 
 def recorded_location(location: str | Path, root: Path) -> str | dict[str, str]:
     """What a run records about ``location`` (see the module's docstring); ``root``: the results directory."""
+    recorded = located(location)
+    if isinstance(recorded, str):
+        return recorded
+    inside = _relative_to(Path(recorded["path"]), root.resolve())
+    return recorded if inside is None else inside
+
+
+def located(location: str | Path) -> str | dict[str, str]:
+    """``location`` as a training checkpoint records it: a built model's name or a hub id as it is, a local path
+    as its absolute path and fingerprint (so that it resumes wherever its inputs, and it, have moved)."""
     location = str(location)
     path = Path(location).expanduser()
     if is_built_model(location) or not path.exists() and not looks_like_path(location):  # a hub id
         return location
     absolute = path.resolve()
-    inside = _relative_to(absolute, root.resolve())
-    if inside is not None:
-        return inside
     return {"path": str(absolute), "sha256": fingerprint(absolute)}
 
 

@@ -41,7 +41,6 @@ from harness.progress import Stages as _Stages, say
 from harness.results import ResultsDir
 
 EVERY_METHOD = "*"  # RunOptions.overrides key: settings for every method trained (--set FIELD=VALUE)
-LOCATED_SETTINGS = ("vae", "init_unet")  # settings naming a location: recorded by content (harness.identity)
 
 
 @dataclass
@@ -133,7 +132,7 @@ def _recorded_runs(options: RunOptions, preset: Preset, trainings: list[Evaluate
                    source: str | None) -> dict[str, dict]:
     """What each run records besides its base model and seed: a published UNet, or its training data and
     settings; every location as ``harness.identity`` records it (by content, or relative to the results)."""
-    from harness.identity import recorded_location
+    from harness.identity import LOCATED_SETTINGS, recorded_location
 
     root = ResultsDir(options.out).root
     runs: dict[str, dict] = {BASE: {}}
