@@ -384,8 +384,8 @@ def plan_evaluation(options: EvaluateOptions) -> Evaluation:
                                    "pass that base as --model, or evaluate into another --out")
         else:
             base_model, base = recorded.base["base_model"], base_recorded
-    with Store(results.db, readonly=True) if results.db.exists() else contextlib.nullcontext() as store:
-        if store is not None:
+    if results.db.exists():
+        with Store(results.db, readonly=True) as store:
             check_suites(store, suites, results)
     return Evaluation(name, checkpoint, config, model, base_model, base, _base_suites_to_do(recorded, suites, protocol),
                       protocol, results)

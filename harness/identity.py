@@ -12,8 +12,10 @@ A location is recorded as
 Two records are the same input when they are equal with every such dictionary reduced to its fingerprint
 (``compared``): the same content moved elsewhere is the same input, changed content at the same path is not.
 
-A fingerprint hashes every file under a directory (hidden ones, such as a hub download's ``.cache/``, aside)
-and, for a training-data directory, the images its JSONL files name outside it: the files a run reads.  Each
+A fingerprint hashes the files a run reads: for a training-data directory (one with ``pairs.jsonl``,
+``experts.jsonl`` or ``labelled.jsonl``) those files and every image they name, inside the directory or not;
+for any other directory (a model, a data set's local copy) every file under it, hidden ones (a hub
+download's ``.cache/``) aside.  Each
 file's hash is cached in ``$HARNESS_CACHE/fingerprints.sqlite`` by its absolute path, size and modification
 time, so a rerun only looks at the files' sizes and times.
 """
@@ -119,10 +121,15 @@ def _relative_to(path: Path, root: Path) -> str | None:
 def fingerprint(path: Path) -> str:
     """The sha256 of the files a run reads at ``path`` (a file, or a directory: see the module's docstring)."""
     path = Path(path).resolve()
-    named = [(path.name, path)] if path.is_file() else [*_tree(path), *_referenced(path)]
+    if path.is_file():
+        named = {path.name: path}
+    elif any((path / name).is_file() for name in DATA_FILES):
+        named = _data_files(path)
+    else:
+        named = dict(_tree(path))
     with _FileHashes() as hashes:
-        hashes.announce(path, [file for _, file in named])
-        lines = [f"{name}\t{hashes.sha256(file)}\n" for name, file in sorted(named)]
+        hashes.announce(path, list(named.values()))
+        lines = [f"{name}\t{hashes.sha256(file)}\n" for name, file in sorted(named.items())]
     return hashlib.sha256("".join(lines).encode()).hexdigest()
 
 
@@ -135,11 +142,14 @@ def _tree(root: Path) -> Iterator[tuple[str, Path]]:
                 yield file.relative_to(root).as_posix(), file
 
 
-def _referenced(root: Path) -> Iterator[tuple[str, Path]]:
-    """Images a data directory's JSONL files name outside the directory (absolute paths, ``../``)."""
+def _data_files(root: Path) -> dict[str, Path]:
+    """A training-data directory's JSONL files and the images they name (inside it by their relative name,
+    outside it by their absolute path): what training reads, and nothing a run writes beside it (caches)."""
+    files = {}
     for data_file in DATA_FILES:
         if not (root / data_file).is_file():
             continue
+        files[data_file] = root / data_file
         for line in (root / data_file).read_text(encoding="utf-8", errors="replace").splitlines():
             try:
                 row = json.loads(line)
@@ -148,8 +158,9 @@ def _referenced(root: Path) -> Iterator[tuple[str, Path]]:
             for field in IMAGE_FIELDS if isinstance(row, dict) else ():
                 if isinstance(row.get(field), str):
                     file = (root / row[field]).resolve()
-                    if _relative_to(file, root) is None and file.is_file():
-                        yield str(file), file
+                    if file.is_file():
+                        files[_relative_to(file, root) or str(file)] = file
+    return files
 
 
 class _FileHashes:

@@ -121,7 +121,9 @@ def training_source(options: RunOptions, preset: Preset) -> str | None:
     the preset synthesizes its data (absolute: the run records it relative to the results directory)."""
     if options.pretrained:
         return None
-    return str(ResultsDir(options.out).data.absolute()) if _synthesized(options, preset) else options.data or preset.data
+    if _synthesized(options, preset):
+        return str(ResultsDir(options.out).data.absolute())
+    return options.data or preset.data
 
 
 def _synthesized(options: RunOptions, preset: Preset) -> bool:

@@ -79,8 +79,8 @@ def test_a_finished_training_moved_with_its_inputs_is_not_redone_and_edited_data
     assert (after / "out" / "final" / "unet" / weights.name).stat().st_mtime_ns == stamp  # not trained again
     assert moved.steps == 2
     pairs = after / "data" / "pairs.jsonl"
-    pairs.write_text(pairs.read_text().replace('"label_0": 1.0', '"label_0": 9.0').replace('"label_0": 0.0', '"label_0": 1.0')
-                     .replace('"label_0": 9.0', '"label_0": 0.0'))
+    flipped = [{**row, "label_0": 1.0 - row["label_0"]} for row in map(json.loads, pairs.read_text().splitlines())]
+    pairs.write_text("".join(json.dumps(row) + "\n" for row in flipped))
     with pytest.raises(HarnessError, match="checkpoint-2 was written by a run with different settings"):
         train("dpo", base_model=after / "model", data_dir=after / "data", output_dir=after / "out",
               overrides={**FAST, "max_steps": 2})
