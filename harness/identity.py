@@ -65,9 +65,9 @@ def located(location: str | Path) -> str | dict[str, str]:
 
 def compared(value: Any) -> Any:
     """``value`` with every located input reduced to its content: what resuming compares."""
+    if _located(value):
+        return {"sha256": value["sha256"]}
     if isinstance(value, Mapping):
-        if set(value) == {"path", "sha256"}:
-            return {"sha256": value["sha256"]}
         return {key: compared(item) for key, item in value.items()}
     if isinstance(value, (list, tuple)):
         return [compared(item) for item in value]
