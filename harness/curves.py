@@ -101,7 +101,7 @@ def evaluate_job(job: _ModelJob, checkpoint: Checkpoint, evaluate: Callable[...,
     evaluated as run METHOD@STEP by ``evaluate`` (``harness.evaluate.evaluate``, or the Ray backend's split of
     it); then its curve to TensorBoard.  A snapshot the training did not export (it ran without --eval-every)
     is skipped, so a rerun evaluates what there is."""
-    from harness.evaluate import BASE, get_or_create_run
+    from harness.evaluate import BASE, get_or_create_run, recorded_model
     from harness.store import Store
     from harness.trainer import resolve_config, snapshot_unet_dir
 
@@ -114,7 +114,8 @@ def evaluate_job(job: _ModelJob, checkpoint: Checkpoint, evaluate: Callable[...,
             continue
         name = snapshot_name(model.method, step)
         with Store(results.db) as store:
-            run_id = get_or_create_run(store, name, job.preset, job.base_model, options.seed,
+            base = recorded_model(options.model or job.preset.base_model, results)
+            run_id = get_or_create_run(store, name, job.preset, base, options.seed,
                                        snapshot_of=model.method, step=step, suites=list(curve.suites))
         evaluate(name, run_id, dataclasses.replace(checkpoint, unet=unet, unet_subfolder=None), curve, results,
                  job.stage)

@@ -141,11 +141,32 @@ def check_scorer_options(name: str, keywords: Mapping[str, Any]) -> None:
                            f"its options: {', '.join(accepted) or 'none'}")
 
 
-def get_or_create_run(store, name: str, preset: Preset, model: str, seed: int, **config: Any) -> int:
+def get_or_create_run(store, name: str, preset: Preset, model: str | dict, seed: int, **config: Any) -> int:
     """The id of run ``name`` (its images, scores and leaderboard rows are labelled ``name``); the store
-    refuses to resume it with another config, so one results directory stays one experiment."""
-    config = {"preset": preset.name, "base_model": model, "seed": seed, **config}
-    return store.get_or_create_run(name, method=name, preset=preset.name, base_model=model, config=config)
+    refuses to resume it with another config, so one results directory stays one experiment.  ``model``: the
+    base model as runs record it (``recorded_model``)."""
+    return store.get_or_create_run(name, **_run_row(name, preset, model, seed, config))
+
+
+def check_run(store, name: str, preset: Preset, model: str | dict, seed: int, **config: Any) -> None:
+    """``get_or_create_run``'s refusal, from a read-only store, before anything is made."""
+    row = _run_row(name, preset, model, seed, config)
+    store.check_resumable(name, method=row["method"], base_model=row["base_model"], config=row["config"])
+
+
+def _run_row(name: str, preset: Preset, model: str | dict, seed: int, config: dict) -> dict[str, Any]:
+    from harness.identity import shown
+
+    return {"method": name, "preset": preset.name, "base_model": shown(model),
+            "config": {"preset": preset.name, "base_model": model, "seed": seed, **config}}
+
+
+def recorded_model(location: str, results: ResultsDir) -> str | dict:
+    """What a run records of a base model: a built model's name or a hub id, or a directory's content
+    fingerprint and path (``harness.identity``)."""
+    from harness.identity import recorded_location
+
+    return recorded_location(location, results.root)
 
 
 # -- one model's evaluation ----------------------------------------------------------------------
@@ -289,7 +310,9 @@ class Evaluation:
     name: str
     checkpoint: Checkpoint
     config: dict  # what the run records about the checkpoint
+    model: str | dict  # what the run records of its model (``recorded_model``)
     base_model: str  # the base's location (a built model's name unresolved)
+    base: str | dict  # what the base's run records of it
     base_suites: tuple[str, ...]
     protocol: Protocol
     results: ResultsDir
@@ -313,8 +336,8 @@ def evaluate_checkpoint(plan: Evaluation) -> None:
     checkpoint = dataclasses.replace(plan.checkpoint, model=resolve_base_model(plan.checkpoint.model))
     results.root.mkdir(parents=True, exist_ok=True)
     with Store(results.db) as store:
-        base_id = get_or_create_run(store, BASE, preset, base_model, seed)
-        run_id = get_or_create_run(store, plan.name, preset, checkpoint.model, seed, evaluated=plan.config)
+        base_id = get_or_create_run(store, BASE, preset, plan.base, seed)
+        run_id = get_or_create_run(store, plan.name, preset, plan.model, seed, evaluated=plan.config)
     with one_cpu_thread(on_gpu=torch.cuda.is_available()):  # as `harness run`'s jobs: the same images
         if plan.base_suites:
             stage(f"{BASE}: not evaluated on {', '.join(plan.base_suites)} in {results.root} yet: evaluating the "
@@ -326,7 +349,9 @@ def evaluate_checkpoint(plan: Evaluation) -> None:
 
 def plan_evaluation(options: EvaluateOptions) -> Evaluation:
     """Check everything `harness evaluate` was given, cheap checks first; creates nothing."""
+    from harness.identity import compared, difference, shown
     from harness.models import check_model_available, check_network_fits
+    from harness.store import Store
 
     results = ResultsDir(options.out)
     require_directory_or_nothing(results.root, "--out")
@@ -368,18 +393,46 @@ def plan_evaluation(options: EvaluateOptions) -> Evaluation:
     checkpoint = Checkpoint(options.model, unet=_absolute(options.unet), unet_subfolder=subfolder,
                             lora=_absolute(options.lora), method=options.method,
                             overrides={})
-    config = {"model": _absolute(options.model), "unet": checkpoint.unet, "lora": checkpoint.lora,
+    model = recorded_model(options.model, results)
+    config = {"model": model, "unet": _located(options.unet, results), "lora": _located(options.lora, results),
               "method": options.method}
-    if name in recorded.configs and recorded.configs[name].get("evaluated") != config:
-        raise HarnessError(f"{results.root} has a run named {name!r} already, of another model "
-                           f"({recorded.configs[name].get('evaluated') or 'a run of harness run or score'}); "
-                           "give this one another --name")
+    if name in recorded.configs:
+        earlier = recorded.configs[name].get("evaluated")
+        differs = "a run of harness run or score" if earlier is None else difference(earlier, config)
+        if differs is not None:
+            raise HarnessError(f"{results.root} has a run named {name!r} already, of another model ({differs}); "
+                               "give this one another --name")
+    # The model a UNet or LoRA modifies is the base it is compared with; a whole pipeline of its own is compared
+    # with the preset's base.
+    base_model = options.model if options.unet or options.lora else preset.base_model
+    base = model if options.unet or options.lora else recorded_model(preset.base_model, results)
     if recorded.base:
-        base_model = recorded.base["base_model"]
-    else:  # the model the checkpoint modifies, or the preset's base when it is a whole pipeline of its own
-        base_model = options.model if options.unet or options.lora else preset.base_model
-    return Evaluation(name, checkpoint, config, base_model, _base_suites_to_do(recorded, suites, protocol),
-                       protocol, results)
+        base_recorded = recorded.base["config"].get("base_model")
+        if options.unet or options.lora:
+            if compared(base_recorded) != compared(model):
+                raise HarnessError(f"--model {options.model}: the base model of {results.root} is "
+                                   f"{shown(base_recorded)}; a UNet or LoRA is compared with the base it modifies: "
+                                   "pass that base as --model, or evaluate into another --out")
+        else:
+            base_model, base = recorded.base["base_model"], base_recorded
+    if results.db.exists():
+        with Store(results.db, readonly=True) as store:
+            check_suites(store, suites, results)
+    return Evaluation(name, checkpoint, config, model, base_model, base, _base_suites_to_do(recorded, suites, protocol),
+                      protocol, results)
+
+
+def check_suites(store, suites: Sequence, results: ResultsDir) -> None:
+    """A suite's images in one results directory all come from the same prompts: a suite whose prompts changed
+    since (its file edited, another --max-prompts) is refused in one line before anything is made."""
+    recorded = store.images_frame().drop_duplicates("suite")
+    versions = dict(zip(recorded["suite"], recorded["suite_version"]))
+    for suite in suites:
+        version = versions.get(suite.name)
+        if version is not None and version != suite.version:
+            raise HarnessError(f"suite {suite.name!r}: the images in {results.root} were made from other prompts "
+                               f"(suite version {version[:12]} recorded, {suite.version[:12]} now: its file edited, "
+                               "or another --max-prompts); use the prompts they were made from, or another --out")
 
 
 def check_sampler_fits(model: str, preset: Preset, shown: str | None = None) -> None:
@@ -424,14 +477,10 @@ def _preset(name: str | None, recorded: _Recorded, results: ResultsDir) -> Prese
 
 
 def _base_suites_to_do(recorded: _Recorded, suites: list, protocol: Protocol) -> tuple[str, ...]:
-    """The suites the base has no images or scores of yet (its images of another version of a suite are
-    refused: its prompts differ, so nothing would pair)."""
+    """The suites the base has no images or scores of yet."""
     todo = []
     for suite in suites:
         version = recorded.base_suites.get(suite.name)
-        if version is not None and version != suite.version:
-            raise HarnessError(f"the base model's images of suite {suite.name!r} were made from other prompts (another "
-                               "--max-prompts or another version of the suite): evaluate into another --out")
         if version is None or any((suite.name, scorer) not in recorded.base_scored for scorer in protocol.scorers):
             todo.append(suite.name)
     return tuple(todo)
@@ -444,8 +493,14 @@ def _check_lora(location: str) -> None:
                            "`harness train` writes them to OUT/final/lora with lora_rank > 0)")
 
 
+def _located(location: str | None, results: ResultsDir) -> str | dict | None:
+    from harness.identity import recorded_location
+
+    return None if location is None else recorded_location(location, results.root)
+
+
 def _absolute(location: str | None) -> str | None:
-    """A local path made absolute (the run records it; a rerun from elsewhere resumes it), a hub id as it is."""
+    """A local path made absolute (what is loaded, from any working directory), a hub id as it is."""
     if location is None or is_built_model(location) or not Path(location).expanduser().exists():
         return location
     return str(Path(location).expanduser().resolve())

@@ -82,8 +82,11 @@ def plan_scoring(options: ScoreOptions) -> Scoring:
     manifest, suite = _check_options(options, results)
     check_prompts_scorable([suite], options.scorers)
     images = read_image_manifest(manifest, suite)
-    config = {"images": str(manifest.resolve()), "suite": suite.name, "suite_version": suite.version}
-    _check_run_name(options.name, config, results)
+    # The images by content (the same ones moved elsewhere resume the run), with the manifest's path to show.
+    content = "".join(f"{image.prompt_index} {image.image_index} {image.seed} {image.sha256}\n" for image in images)
+    config = {"images": {"path": str(manifest.resolve()), "sha256": hashlib.sha256(content.encode()).hexdigest()},
+              "suite": suite.name, "suite_version": suite.version}
+    _check_run_name(options.name, config, results, suite)
     return Scoring(options, manifest, suite, images, config)
 
 
@@ -139,18 +142,24 @@ def _check_options(options: ScoreOptions, results: ResultsDir):
     return manifest, load_suite(spec)
 
 
-def _check_run_name(name: str, config: dict, results: ResultsDir) -> None:
-    """A rerun with the same images resumes; the name of another run is refused before anything is written."""
+def _check_run_name(name: str, config: dict, results: ResultsDir, suite) -> None:
+    """A rerun with the same images resumes; the name of another run is refused, and so are prompts other than
+    those the directory's images of the suite were made from, before anything is written."""
+    from harness.evaluate import check_suites
+    from harness.identity import difference
     from harness.store import Store
 
     if not results.db.exists():
         return
     with Store(results.db, readonly=True) as store:
         runs = store.runs_frame()
+        check_suites(store, [suite], results)
     same = runs[runs["key"] == name]
-    if not same.empty and json.loads(same.iloc[0]["config"]) != config:
-        raise HarnessError(f"{results.root} has a run named {name!r} already, of other images or prompts: "
-                           "give these another --name")
+    if not same.empty:
+        differs = difference(json.loads(same.iloc[0]["config"]), config)
+        if differs is not None:
+            raise HarnessError(f"{results.root} has a run named {name!r} already, of other images or prompts "
+                               f"({differs}): give these another --name")
 
 
 def read_image_manifest(manifest: Path, suite) -> list[ExternalImage]:

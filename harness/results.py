@@ -11,8 +11,9 @@
     export/                         `harness export`'s tables
     figures/                        `harness figure`'s charts (PNG / SVG / PDF and each chart's Vega-Lite spec)
 
-The store records image paths relative to the directory (``relative_images``), so a results
-directory can be moved or copied whole.
+The store records every path of the directory relative to it (``relative_images``, ``relative``) and the
+inputs outside it by content (``harness.identity``), so a results directory can be moved or copied whole and
+resumed by any spelling of its path, from any working directory.
 """
 
 from __future__ import annotations
@@ -67,6 +68,11 @@ class ResultsDir:
 
     def images(self, run: str, suite: str) -> Path:
         return self.root / self.relative_images(run, suite)
+
+    def relative(self, path: str | Path) -> str:
+        """How the store records ``path``, a file of this directory: relative to it (as typed, ``path`` is under
+        ``root`` as typed)."""
+        return Path(path).relative_to(self.root).as_posix()
 
     def file(self, stored_path: str | Path) -> Path:
         """The file a path recorded in the store (relative to the directory) names."""

@@ -35,8 +35,9 @@ from harness.backends import check_backend, open_backend
 from harness.config import is_built_model, require_directory_or_nothing, require_existing_path, resolve_base_model
 from harness.data_check import check_data
 from harness.errors import HarnessError
-from harness.evaluate import (BASE, Checkpoint, Protocol, check_prompts_scorable, check_sampler_fits,
-                              check_scorer_options, evaluate, get_or_create_run, load_suite, unet_subfolder)
+from harness.evaluate import (BASE, Checkpoint, Protocol, check_prompts_scorable, check_run, check_sampler_fits,
+                              check_scorer_options, check_suites, evaluate, get_or_create_run, load_suite,
+                              recorded_model, unet_subfolder)
 from harness.presets import get_preset, no_published_weights, published_weights
 from harness.progress import Stages as _Stages, say
 from harness.results import ResultsDir
@@ -101,6 +102,57 @@ def validate(options: RunOptions, preset: Preset) -> None:
     # A suite file's mistakes, a hub suite not available here, a prompt a scorer cannot read.
     suites = [load_suite(name, options.max_prompts or preset.max_prompts) for name in options.suites or preset.suites]
     check_prompts_scorable(suites, options.scorers or preset.scorers)
+    _check_recorded(options, preset)
+
+
+def _check_recorded(options: RunOptions, preset: Preset) -> None:
+    """A results directory resumes only with the inputs it was made with: each run's recorded base model, data
+    (by content) and settings, and each suite's prompts (``check_suites``)."""
+    from harness.store import Store
+
+    results = ResultsDir(options.out)
+    if not results.db.exists():
+        return
+    source = training_source(options, preset)
+    trainings = [] if options.pretrained else _plan_trainings(options, preset, source, _synthesized(options, preset))
+    base = recorded_model(options.model or preset.base_model, results)
+    with Store(results.db, readonly=True) as store:
+        for name, config in _recorded_runs(options, preset, trainings, source).items():
+            check_run(store, name, preset, base, options.seed, **config)
+        check_suites(store, [load_suite(name, options.max_prompts or preset.max_prompts)
+                             for name in options.suites or preset.suites], results)
+
+
+def training_source(options: RunOptions, preset: Preset) -> str | None:
+    """Where the trainings read from: ``--data``, the preset's data set, or the results directory's ``data/`` where
+    the preset synthesizes its data (absolute: the run records it relative to the results directory)."""
+    if options.pretrained:
+        return None
+    if _synthesized(options, preset):
+        return str(ResultsDir(options.out).data.absolute())
+    return options.data or preset.data
+
+
+def _synthesized(options: RunOptions, preset: Preset) -> bool:
+    return not options.pretrained and (options.data or preset.data) == "synthesize"
+
+
+def _recorded_runs(options: RunOptions, preset: Preset, trainings: list[EvaluatedModel],
+                   source: str | None) -> dict[str, dict]:
+    """What each run records besides its base model and seed: a published UNet, or its training data and
+    settings; every location as ``harness.identity`` records it (by content, or relative to the results)."""
+    from harness.identity import LOCATED_SETTINGS, recorded_location
+
+    root = ResultsDir(options.out).root
+    runs: dict[str, dict] = {BASE: {}}
+    if options.pretrained:
+        for method in options.methods:
+            runs[method] = {"pretrained": recorded_location(published_unet(options, preset, method)[0], root)}
+    for model in trainings:
+        overrides = {key: recorded_location(value, root) if key in LOCATED_SETTINGS and value else value
+                     for key, value in model.overrides.items()}
+        runs[model.method] = {"data": recorded_location(source, root) if source else None, "overrides": overrides}
+    return runs
 
 
 def _validate_counts(options: RunOptions) -> None:
@@ -205,9 +257,9 @@ def run_validated(options: RunOptions, preset: Preset) -> list[dict]:
 
     out = options.out
     results = ResultsDir(out)
-    data = None if options.pretrained else options.data or preset.data
-    source = str(results.data) if data == "synthesize" else data
-    trainings = [] if options.pretrained else _plan_trainings(options, preset, source, data == "synthesize")
+    source = training_source(options, preset)
+    synthesized = _synthesized(options, preset)
+    trainings = [] if options.pretrained else _plan_trainings(options, preset, source, synthesized)
     out.mkdir(parents=True, exist_ok=True)
     stage = _Stages()
 
@@ -215,27 +267,26 @@ def run_validated(options: RunOptions, preset: Preset) -> list[dict]:
         curves.say_cost(options, preset, trainings)
     stage("base model")
     base_model = resolve_base_model(options.model or preset.base_model)
+    recorded_base = recorded_model(options.model or preset.base_model, results)
     store = Store(results.db)
-
-    def make_run(method: str, config: dict) -> int:
-        # One results directory is one experiment: a method's run is keyed by its name, and the
-        # store refuses to resume it with another config (images/<method>/ would be mixed up).
-        return get_or_create_run(store, method, preset, base_model, options.seed, **config)
+    # One results directory is one experiment: a method's run is keyed by its name, and the store refuses
+    # to resume it with other inputs (images/<method>/ would be mixed up).  Every run is made (or checked
+    # against the stored one) before any heavy work.
+    recorded = _recorded_runs(options, preset, trainings, source)
+    ids = {name: get_or_create_run(store, name, preset, recorded_base, options.seed, **config)
+           for name, config in recorded.items()}
 
     def job(model: EvaluatedModel) -> _ModelJob:
         return _ModelJob(model, options, preset, base_model, stage)
 
-    # Every run is made (or its config checked against the stored one) before any heavy work.
-    base = EvaluatedModel(BASE, make_run(BASE, {}), data_dir=source)
+    base = EvaluatedModel(BASE, ids[BASE], data_dir=source)
     if options.pretrained:
         methods = []
         for method in options.methods:
             unet, subfolder = published_unet(options, preset, method)
-            methods.append(EvaluatedModel(method, make_run(method, {"pretrained": unet}), unet, subfolder))
+            methods.append(EvaluatedModel(method, ids[method], unet, subfolder))
     else:
-        methods = [dataclasses.replace(model, run_id=make_run(model.method, {"data": model.data_dir,
-                                                                              "overrides": model.overrides}))
-                   for model in trainings]
+        methods = [dataclasses.replace(model, run_id=ids[model.method]) for model in trainings]
 
     for model in methods:
         if model.init_from:
@@ -251,7 +302,7 @@ def run_validated(options: RunOptions, preset: Preset) -> list[dict]:
         stage(f"{n_models} models: training, then generation and scoring, {pool.description}")
         pending = {pool.evaluate(job(base))}
         with one_cpu_thread(on_gpu=pool.gpus > 0):  # the data depends on no core count either
-            if data == "synthesize":
+            if synthesized:
                 _synthesize(options, preset, base_model, Path(source), stage)
             signals = {model.method: _prepare_data(model, options, source, stage) for model in methods if model.train}
         _record_signals(store, methods, signals, preset)
@@ -484,7 +535,7 @@ def _train(job: _ModelJob) -> EvaluatedModel:
             raise
         store.log_training(model.run_id, pending)
         store.add_compute(model.run_id, clock.figures("train"))
-        store.add_checkpoint(model.run_id, result.steps, str(result.unet_dir))
+        store.add_checkpoint(model.run_id, result.steps, results.relative(result.unet_dir))
         # A UNet trained only for another method to start from has no evaluation to wait for.
         store.set_run_status(model.run_id, "trained" if model.evaluate else "done",
                              {"unet_evals_per_sample": result.unet_evals_per_sample,

@@ -241,6 +241,13 @@ def _require_fields(row: dict, fields: tuple[str, ...], what: str) -> None:
         raise HarnessError(f"{what} row is missing {', '.join(absent)}: {row!r}")
 
 
+def mismatch(key: str, results: Path, differs: str) -> str:
+    """The one line refusing to resume run ``key`` of ``results`` with other inputs (``differs``:
+    ``harness.identity.difference``'s)."""
+    return (f"run {key!r} in {results} was made with other inputs: {differs}; rerun it with the inputs it was made "
+            "with, or use another --out directory to start a new experiment")
+
+
 def db_path(path: Path | str) -> Path:
     """The database file of a results directory (a path ending in .db is kept as is)."""
     path = Path(path)
@@ -454,22 +461,15 @@ class Store:
                           config: dict) -> int:
         """The id of the run called ``key``, created (with provenance) the first time.
 
-        Resuming a run with another method, base model or config would mix results of two
-        different experiments under one id, so that is refused.
+        Resuming a run with another method or config (its base model's identity included) would mix results of
+        two different experiments under one id, so that is refused, naming the field that differs.  Located
+        inputs compare by content (``harness.identity``): the same data or model at another path is the same.
         """
         config_json = _canonical_json(config)
         with self._transaction() as conn:
-            row = conn.execute(
-                "SELECT run_id, method, base_model, config FROM runs WHERE key = ?", (key,)
-            ).fetchone()
-            if row is not None:
-                run_id, old_method, old_base, old_config = row
-                if (old_method, old_base, old_config) != (method, str(base_model), config_json):
-                    raise HarnessError(
-                        f"run {key!r} already exists in {self.path} with a different method, base model "
-                        "or config; use another --out directory to start a new experiment"
-                    )
-                return int(run_id)
+            run_id = self._resumable(conn, key, method, base_model, config)
+            if run_id is not None:
+                return run_id
             cur = conn.execute(
                 "INSERT INTO runs (key, method, preset, base_model, config, git_commit, versions, status,"
                 " started_at) VALUES (?, ?, ?, ?, ?, ?, ?, 'created', ?)",
@@ -477,6 +477,27 @@ class Store:
                  json.dumps(_package_versions()), _now()),
             )
             return int(cur.lastrowid)
+
+    def check_resumable(self, key: str, *, method: str, base_model: str, config: dict) -> bool:
+        """Whether run ``key`` exists, refusing (as ``get_or_create_run`` does) one made with other inputs; reads
+        only (``harness run`` and ``harness evaluate`` check before anything is made)."""
+        return self._resumable(self._conn, key, method, base_model, config) is not None
+
+    def _resumable(self, conn: sqlite3.Connection, key: str, method: str, base_model: str, config: dict) -> int | None:
+        from harness.identity import difference
+
+        row = conn.execute("SELECT run_id, method, base_model, config FROM runs WHERE key = ?", (key,)).fetchone()
+        if row is None:
+            return None
+        run_id, old_method, old_base, old_config = row
+        # The base_model column shows the base; the config holds its identity when it has one.
+        columns = "base_model" not in config
+        recorded = {"method": old_method, **({"base_model": old_base} if columns else {}), **json.loads(old_config)}
+        differs = difference(recorded, {"method": method, **({"base_model": str(base_model)} if columns else {}),
+                                        **config})
+        if differs is not None:
+            raise HarnessError(mismatch(key, self.path.parent, differs))
+        return int(run_id)
 
     @_journaled
     def set_run_status(self, run_id: int, status: str, compute: dict | None = None) -> None:

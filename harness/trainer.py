@@ -461,13 +461,21 @@ class Trainer:
                      labels=labels, captions=captions, generator=generator)
 
     # -- checkpoints ----------------------------------------------------------------------------------
+    @functools.cached_property
     def _config_record(self) -> dict:
-        return {"method": type(self.method).__name__, "base_model": self.base_model, "seed": self.seed,
-                "config": dataclasses.asdict(self.config)}
+        # Inputs by content (harness.identity): moved, they resume; edited in place, they do not.
+        from harness.identity import LOCATED_SETTINGS, located
+
+        config = {key: located(value) if key in LOCATED_SETTINGS and value else value
+                  for key, value in dataclasses.asdict(self.config).items()}
+        return {"method": type(self.method).__name__, "base_model": located(self.base_model),
+                "data": located(self.data_dir), "seed": self.seed, "config": config}
 
     def _same_settings(self, state: dict) -> bool:
-        record = json.loads(json.dumps(self._config_record(), default=str))
-        return {k: state.get(k) for k in record} == record
+        from harness.identity import compared
+
+        record = json.loads(json.dumps(self._config_record, default=str))
+        return compared({k: state.get(k) for k in record}) == compared(record)
 
     def _checkpoints(self) -> list[tuple[int, Path]]:
         found = []
@@ -501,7 +509,7 @@ class Trainer:
                       str(tmp / f"method-{self.rank}.safetensors"))
         self.accelerator.wait_for_everyone()
         if self.accelerator.is_main_process:
-            state = {"step": step, **counters, "skipped": sorted(self.loader.skipped), **self._config_record(),
+            state = {"step": step, **counters, "skipped": sorted(self.loader.skipped), **self._config_record,
                      "ema_updates": self.ema.model.optimization_step if self.ema is not None else 0}
             (tmp / "trainer_state.json").write_text(json.dumps(state, indent=1, default=str), encoding="utf-8")
             shutil.rmtree(final, ignore_errors=True)
@@ -593,7 +601,7 @@ class Trainer:
             writer.close()
         self._save_final()
         state = {"step": config.max_steps, **counters, "skipped_images": len(self.loader.skipped),
-                 "data_summary": self.data_summary, **self._config_record()}
+                 "data_summary": self.data_summary, **self._config_record}
         if self.accelerator.is_main_process:
             with replacing(final_state) as temporary:
                 temporary.write_text(json.dumps(state, indent=1, default=str), encoding="utf-8")

@@ -84,7 +84,8 @@ def test_published_recipes_run_end_to_end_offline(shape, request, tmp_path, pick
     # starts from the base.
     smpo_state = json.loads((out / "models" / "smpo" / "final" / "trainer_state.json").read_text())
     sft = out / "models" / "sft" / "final" / "unet"
-    assert smpo_state["config"]["init_unet"] == (str(sft) if shape == "sd15" else None)
+    init_unet = smpo_state["config"]["init_unet"]  # recorded by path and content (harness.identity)
+    assert (init_unet["path"] if init_unet else None) == (str(sft.resolve()) if shape == "sd15" else None)
     assert smpo_state["config"]["pair_scorer"] == "pickscore-cosine"
     dro_state = json.loads((out / "models" / "dro" / "final" / "trainer_state.json").read_text())
     assert dro_state["config"]["master_weights"] == "bf16" and dro_state["config"]["ema_decay"] == 0.9999
@@ -121,7 +122,7 @@ def test_sd35_recipes_run_end_to_end_offline(tmp_path, tiny_sd35_dir, pickapic_v
     assert dpo["mixed_precision"] == "bf16" and dpo["gradient_checkpointing"] is True  # the preset's
     assert (models / "dpo" / "final" / "lora" / "pytorch_lora_weights.safetensors").is_file()
     smpo = json.loads((models / "smpo" / "final" / "trainer_state.json").read_text())["config"]
-    assert smpo["init_unet"] == str(models / "sft" / "final" / "unet") and smpo["resolution"] == 1024
+    assert smpo["init_unet"]["path"] == str((models / "sft" / "final" / "unet").resolve()) and smpo["resolution"] == 1024
     manifest = out / "images" / "dpo" / "pickapic-test" / "manifest.jsonl"
     row = json.loads(manifest.read_text().splitlines()[0])
     assert (row["scheduler"], row["height"], row["guidance_scale"]) == ("FlowMatchEulerDiscreteScheduler", 1024, 4.5)

@@ -192,7 +192,7 @@ def test_reproduce_runs_local_checkpoints_and_prints_the_comparison(tmp_path, ti
 
     with Store(out, readonly=True) as store:
         runs = store.runs_frame().set_index("method")
-    assert json.loads(runs.loc["dpo", "config"])["pretrained"] == str(download)
+    assert json.loads(runs.loc["dpo", "config"])["pretrained"]["path"] == str(download.resolve())  # and its content
     scored = [c for c in report["means"] if c["ours"] is not None]
     assert {(c["method"], c["suite"], c["metric"]) for c in scored} == \
         {(m, s, t) for m in ("base", "dpo") for s in ("toy-seen", "toy-unseen") for t in ("toy-fidelity", "toy-quality")}

@@ -181,7 +181,7 @@ def test_a_recipe_that_starts_from_another_method_trains_it_first_without_evalua
     rows = run(RunOptions(methods=["smpo"], out=out, preset="tiny", overrides={"smpo": {"init_method": "sft"}},
                           max_prompts=1, images_per_prompt=1, jobs=1))
     state = json.loads((out / "models" / "smpo" / "final" / "trainer_state.json").read_text())
-    assert state["config"]["init_unet"] == str(out / "models" / "sft" / "final" / "unet")
+    assert state["config"]["init_unet"]["path"] == str((out / "models" / "sft" / "final" / "unet").resolve())
     assert {row["method"] for row in rows} == {"base", "smpo"}
     with Store(out, readonly=True) as store:
         runs = store.runs_frame().set_index("method")

@@ -76,7 +76,7 @@ def test_get_or_create_run_resumes_and_refuses_a_different_config(tmp_path: Path
         run_id = new_run(store)
         assert new_run(store) == run_id
         assert new_run(store, "dro") != run_id
-        with pytest.raises(HarnessError, match="different method, base model or config"):
+        with pytest.raises(HarnessError, match=r"run .dpo. in .* was made with other inputs: beta: recorded 1, now 2;"):
             store.get_or_create_run("dpo", method="dpo", preset="test", base_model="tiny", config={"beta": 2})
 
 

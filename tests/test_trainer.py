@@ -59,6 +59,33 @@ def test_dpo_end_to_end_output_loads_into_a_pipeline_and_logs_every_step(tiny_mo
     assert again.steps == 3 and again.wall_s < result.wall_s  # finished runs are not redone
 
 
+def test_a_finished_training_moved_with_its_inputs_is_not_redone_and_edited_data_is_refused(
+        tiny_model_dir, tmp_path):
+    """The checkpoint records its base model and data by content (harness.identity): the training, its base model
+    and its data moved elsewhere resume as finished; with the data's labels flipped in place it is refused."""
+    import os
+    import shutil
+
+    before, after = tmp_path / "before", tmp_path / "after"
+    shutil.copytree(tiny_model_dir, before / "model")
+    write_pair_dir(before / "data")
+    first = train("dpo", base_model=before / "model", data_dir=before / "data", output_dir=before / "out",
+                  overrides={**FAST, "max_steps": 2})
+    weights = first.unet_dir / "diffusion_pytorch_model.safetensors"
+    stamp = weights.stat().st_mtime_ns
+    os.rename(before, after)
+    moved = train("dpo", base_model=after / "model", data_dir=after / "data", output_dir=after / "out",
+                  overrides={**FAST, "max_steps": 2})
+    assert (after / "out" / "final" / "unet" / weights.name).stat().st_mtime_ns == stamp  # not trained again
+    assert moved.steps == 2
+    pairs = after / "data" / "pairs.jsonl"
+    flipped = [{**row, "label_0": 1.0 - row["label_0"]} for row in map(json.loads, pairs.read_text().splitlines())]
+    pairs.write_text("".join(json.dumps(row) + "\n" for row in flipped))
+    with pytest.raises(HarnessError, match="checkpoint-2 was written by a run with different settings"):
+        train("dpo", base_model=after / "model", data_dir=after / "data", output_dir=after / "out",
+              overrides={**FAST, "max_steps": 2})
+
+
 class Killed(Exception):
     pass
 

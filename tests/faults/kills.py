@@ -47,11 +47,11 @@ def run_args(env: Env, jobs: int, methods: str = METHODS) -> list[str]:
             "--jobs", str(jobs), "--out", str(env.out)]
 
 
-def start(args: list[str], variables: dict[str, str], stderr: Path) -> subprocess.Popen:
+def start(args: list[str], variables: dict[str, str], stderr: Path, cwd: Path | None = None) -> subprocess.Popen:
     """The CLI in a new session: its workers share its process group, which the kill takes whole."""
     with open(stderr, "a") as err:
         return subprocess.Popen([str(HARNESS), *args], stdout=subprocess.PIPE, stderr=err, text=True,
-                                env=variables, start_new_session=True)
+                                env=variables, start_new_session=True, cwd=cwd)
 
 
 def kill_group(process: subprocess.Popen) -> None:
@@ -120,8 +120,9 @@ def run_and_kill(args: list[str], variables: dict[str, str], stderr: Path, log: 
     return Outcome(stages, killed=hit and not ended_first, returncode=process.returncode)
 
 
-def run_to_end(args: list[str], variables: dict[str, str], stderr: Path, timeout: float = 600) -> Outcome:
-    process = start(args, variables, stderr)
+def run_to_end(args: list[str], variables: dict[str, str], stderr: Path, timeout: float = 600,
+               cwd: Path | None = None) -> Outcome:
+    process = start(args, variables, stderr, cwd)
     try:
         out, _ = process.communicate(timeout=timeout)
     finally:

@@ -101,6 +101,53 @@ def _damaged_results(directory: Path) -> None:
     (directory / "old" / "results.db").write_bytes(data[: len(data) // 2])
 
 
+def _recorded_run(directory: Path, base_model: str | dict, runs: dict[str, dict] | None = None,
+                  images_of: str | None = None) -> None:
+    """A results directory `old/` as `harness run --preset tiny` records it: the base's run on ``base_model``
+    (with one image of suite ``images_of``, made from prompts that differ from today's) and ``runs``."""
+    from harness.store import Store
+
+    with Store(directory / "old") as store:
+        for name, config in {"base": {}, **(runs or {})}.items():
+            run_id = store.get_or_create_run(name, method=name, preset="tiny", base_model="shown",
+                                             config={"preset": "tiny", "base_model": base_model, "seed": 0, **config})
+            if images_of and name == "base":
+                store.add_images(run_id, suite=images_of, suite_version="0" * 64, split="unseen", rows=[{
+                    "prompt_id": f"{images_of}-0000", "prompt": "a red circle in the center", "category": "",
+                    "image_index": 0, "seed": 0, "path": f"images/base/{images_of}/00000_00.png", "sha256": "0"}])
+    Store(directory / "old", readonly=True).close()  # as a reader leaves it: with SQLite's -wal and -shm files
+
+
+def _located(path: Path) -> dict:
+    """How a run records a local input: its path, and the fingerprint its content had (not today's)."""
+    return {"path": str(path.resolve()), "sha256": "0" * 64}
+
+
+def _base_of_another_model(directory: Path) -> None:
+    (directory / "mymodel").mkdir()
+    (directory / "mymodel" / "model_index.json").write_text("{}")
+    (directory / "unet").mkdir()
+    config = Path(os.environ["HARNESS_CACHE"]) / "tiny-sd" / "unet" / "config.json"
+    (directory / "unet" / "config.json").write_text(config.read_text())
+    _recorded_run(directory, _located(directory / "mymodel"))
+
+
+def _edited_data(directory: Path) -> None:
+    from PIL import Image
+
+    (directory / "mydata").mkdir()
+    for name, colour in (("a.png", "red"), ("b.png", "blue")):
+        Image.new("RGB", (32, 32), colour).save(directory / "mydata" / name)
+    (directory / "mydata" / "pairs.jsonl").write_text(json.dumps(
+        {"caption": "a red circle in the center", "image_0": "a.png", "image_1": "b.png", "label_0": 0.0}) + "\n")
+    _recorded_run(directory, "tiny", {"dpo": {"data": _located(directory / "mydata"), "overrides": {}}})
+
+
+def _edited_prompts(directory: Path) -> None:
+    (directory / "mine.txt").write_text("a blue square on the left\n")
+    _recorded_run(directory, "tiny", images_of="mine")
+
+
 def _images(directory: Path, *rows: dict) -> None:
     """A folder `gen/` with a manifest of ``rows`` and the one image 00000_00.png."""
     from PIL import Image
@@ -223,6 +270,16 @@ CASES = [
     Case((*EVALUATE, "--preset", "toy", "--out", "old"),
          r"the base model in old was evaluated with preset 'tiny', not 'toy'.*--preset tiny",
          "the base model in `old/` was evaluated with the tiny preset", _tiny_run_results),
+    Case((*EVALUATE, "--unet", "unet", "--out", "old"),
+         r"--model tiny: the base model of old is mymodel; a UNet or LoRA is compared with the base it modifies",
+         "the base model of `old/` is the directory `mymodel/`", _base_of_another_model),
+    Case((*RUN, "--data", "mydata", "--out", "old"),
+         r"run 'dpo' in old was made with other inputs: data: the content of mydata has changed: fingerprint "
+         r"000000000000 recorded, [0-9a-f]{12} now; rerun it with the inputs it was made with, or use another --out",
+         "`mydata/pairs.jsonl` was edited since `old/`'s dpo was trained on it", _edited_data),
+    Case((*RUN, "--suites", "file:mine.txt", "--out", "old"),
+         r"suite 'mine': the images in old were made from other prompts \(suite version 000000000000 recorded",
+         "`mine.txt` was edited since `old/`'s images of it were made", _edited_prompts),
     Case(SCORE, r"--images 'gen': no such manifest \(a manifest.jsonl file, or a folder holding one",
          "`gen/` holds no manifest", _images),
     Case(SCORE, r"gen/manifest.jsonl line 2: image 00000_01.png does not exist",
