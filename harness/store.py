@@ -21,7 +21,7 @@ Schema (version 2; ``meta.schema_version``)
     compute (JSON: every compute figure reported, the three above included; on a CPU
     ``cpu_hours`` instead of ``gpu_hours``; ``peak_memory_mb``; ``runs_frame()`` shows these
     two as columns too; see ``harness.compute``)
-``checkpoints``   (run_id, step) PK, path, created_at
+``checkpoints``   (run_id, step) PK, path (relative to the results directory), created_at
 ``training_log``  (run_id, step, term) PK, value — long format, one row per logged term
                   (loss, lr, and whatever terms a method logs)
 ``images``        image_id INTEGER PK, UNIQUE (run_id, suite, prompt_id, image_index),

@@ -74,7 +74,7 @@ def test_tiny_end_to_end_run(tiny_run_dir):
     # The UNet is in diffusers format, loadable outside the harness.
     from diffusers import UNet2DConditionModel
 
-    unet_dirs = [row[0] for row in db.execute("SELECT path FROM checkpoints")]
+    unet_dirs = [tiny_run_dir / row[0] for row in db.execute("SELECT path FROM checkpoints")]  # relative to it
     assert unet_dirs and UNet2DConditionModel.from_pretrained(unet_dirs[-1]) is not None
 
     result = harness_cli("leaderboard", "--out", str(tiny_run_dir), "--format", "json")
