@@ -10,7 +10,9 @@ values.  Worlds register their own presets (the toy world: ``toy``, ``tiny``).
 from __future__ import annotations
 
 import dataclasses
+import functools
 from dataclasses import replace
+from pathlib import Path
 
 from harness.api.method import PublishedWeights
 from harness.api.preset import GenerationSettings, Preset
@@ -126,10 +128,32 @@ def preset_summary(preset: Preset) -> list[str]:
             f"evaluation: {evaluation_protocol(preset.generation)}"]
 
 
+RECIPE_DOC = Path(__file__).resolve().parents[1] / "docs" / "methods.md"
+
+
+@functools.cache
+def recipe_table() -> tuple[tuple[str, str, str, str, str], ...]:
+    """(method, preset, setting, published value, source) rows of docs/methods.md's "Published recipes" table, the
+    record of where each published value comes from (tests/test_recipes.py checks every value against the presets).
+    Empty where the docs are not installed beside the package."""
+    if not RECIPE_DOC.exists():
+        return ()
+    text = RECIPE_DOC.read_text(encoding="utf-8")
+    rows = []
+    for line in text[text.index("## Published recipes"):].split("\n## ")[0].splitlines():
+        cells = tuple(cell.strip() for cell in line.strip().strip("|").split("|"))
+        if len(cells) == 5 and cells[0] != "method" and not set(cells[0]) <= {"-"}:
+            rows.append(cells)
+    return tuple(rows)
+
+
 def show_preset(preset: Preset) -> str:
     """The preset, then every registered method's settings resolved under it, each with where it comes from:
-    the method's defaults (its paper's), the preset's settings for every method, or the method's own for it."""
+    the method's defaults (its paper's), the preset's settings for every method, or the method's own for it; a
+    published value also with its source (docs/methods.md's recipe table)."""
     from harness.trainer import method_preset_entry, resolve_config
+
+    sources = {(method, name, setting): source for method, name, setting, _, source in recipe_table()}
 
     lines = [f"preset {preset.name}: {preset.description}", f"  base model   {preset.base_model}",
              f"  data         {preset.data}", f"  suites       {', '.join(preset.suites)}",
@@ -150,5 +174,7 @@ def show_preset(preset: Preset) -> str:
             origin = f"{name} recipe" if field.name in own else "preset" if field.name in shared else "default"
             if field.name in ours:
                 origin += f"; ours, not published: {ours[field.name]}"
+            elif (name, preset.name, field.name) in sources:
+                origin += f"; published: {sources[name, preset.name, field.name]}"
             lines.append(f"  {field.name:22s} {getattr(config, field.name)!r:34s} {origin}")
     return "\n".join(lines)

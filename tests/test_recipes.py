@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from harness.cli import main
-from harness.presets import get_preset
+from harness.presets import get_preset, recipe_table
 from harness.trainer import resolve_config
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "methods.md"
@@ -20,14 +20,7 @@ DOC = Path(__file__).resolve().parents[1] / "docs" / "methods.md"
 
 def published_rows() -> list[tuple[str, str, str, str]]:
     """(method, preset, setting, value) of the "Published recipes" table."""
-    text = DOC.read_text(encoding="utf-8")
-    table = text[text.index("## Published recipes"):].split("\n## ")[0]
-    rows = []
-    for line in table.splitlines():
-        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
-        if len(cells) == 5 and cells[0] not in ("method", "---") and not set(cells[0]) <= {"-"}:
-            rows.append(tuple(cells[:4]))
-    return rows
+    return [row[:4] for row in recipe_table()]
 
 
 def parse(value: str):
@@ -54,6 +47,22 @@ def test_preset_resolves_to_the_published_value(method, preset, setting, value):
     else:
         resolved = getattr(resolve_config(method, preset), setting)
     assert resolved == parse(value)
+
+
+@pytest.mark.parametrize("preset", ["sd15", "sdxl", "sd35"])
+def test_presets_show_gives_each_published_value_its_source(preset, capsys):
+    """Every row of the recipe table for this preset is shown with its value and its source (file:line)."""
+    assert main(["presets", "--show", preset]) == 0
+    shown = capsys.readouterr().out
+    rows = [row for row in recipe_table() if row[1] == preset and row[0] != "evaluation"]
+    assert rows
+    for method, _, setting, value, source in rows:
+        block = shown[shown.index(f"\n{method}\n"):].split("\n\n")[0]
+        line = next(line for line in block.splitlines() if line.split()[:1] == [setting])
+        assert repr(parse(value)) in line and (f"published: {source}" in line or "ours, not published" in line), line
+    dro_clip = next(line for line in shown[shown.index("\ndro\n"):].splitlines() if line.split()[:1] == ["max_grad_norm"])
+    if preset != "sd35":
+        assert "train.py:460" in dro_clip  # the public code's clipping that never acts
 
 
 @pytest.mark.parametrize("preset", ["sd15", "sdxl", "sd35"])
