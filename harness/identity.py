@@ -33,10 +33,9 @@ from pathlib import Path
 from typing import Any
 
 from harness.config import is_built_model, looks_like_path
+from harness.data_check import IMAGE_FIELDS
 
 LOCATED_SETTINGS = ("vae", "init_unet")  # training settings (TrainConfig fields) that name a location
-DATA_FILES = ("pairs.jsonl", "experts.jsonl", "labelled.jsonl")  # harness.data's formats
-IMAGE_FIELDS = ("image_0", "image_1", "image")
 # Above this many bytes still to hash, a line says why the command pauses (once: the hashes are cached).
 _ANNOUNCE_BYTES = 1 << 30
 # A file modified this recently is hashed again next time: an edit within the same clock tick keeps the mtime.
@@ -123,7 +122,7 @@ def fingerprint(path: Path) -> str:
     path = Path(path).resolve()
     if path.is_file():
         named = {path.name: path}
-    elif any((path / name).is_file() for name in DATA_FILES):
+    elif any((path / name).is_file() for name in IMAGE_FIELDS):
         named = _data_files(path)
     else:
         named = dict(_tree(path))
@@ -146,7 +145,7 @@ def _data_files(root: Path) -> dict[str, Path]:
     """A training-data directory's JSONL files and the images they name (inside it by their relative name,
     outside it by their absolute path): what training reads, and nothing a run writes beside it (caches)."""
     files = {}
-    for data_file in DATA_FILES:
+    for data_file, fields in IMAGE_FIELDS.items():
         if not (root / data_file).is_file():
             continue
         files[data_file] = root / data_file
@@ -155,7 +154,7 @@ def _data_files(root: Path) -> dict[str, Path]:
                 row = json.loads(line)
             except json.JSONDecodeError:
                 continue  # the data's own checks report it
-            for field in IMAGE_FIELDS if isinstance(row, dict) else ():
+            for field in fields if isinstance(row, dict) else ():
                 if isinstance(row.get(field), str):
                     file = (root / row[field]).resolve()
                     if file.is_file():
@@ -173,19 +172,11 @@ class _FileHashes:
         self._conn: sqlite3.Connection | None = None
 
     def __enter__(self) -> _FileHashes:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        for attempt in range(2):
-            try:
-                self._conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
-                self._conn.execute("CREATE TABLE IF NOT EXISTS files (path TEXT PRIMARY KEY, size INTEGER NOT NULL,"
-                                   " mtime_ns INTEGER NOT NULL, sha256 TEXT NOT NULL)")
-                break
-            except sqlite3.DatabaseError:  # not a database: only a cache, so it is made again
-                if self._conn is not None:
-                    self._conn.close()
-                if attempt:
-                    raise
-                self.path.unlink(missing_ok=True)
+        from harness.cache_db import open_cache_db
+
+        self._conn = open_cache_db(self.path, "CREATE TABLE IF NOT EXISTS files (path TEXT PRIMARY KEY, size INTEGER "
+                                              "NOT NULL, mtime_ns INTEGER NOT NULL, sha256 TEXT NOT NULL);")
+        self._conn.isolation_level = None  # each hash committed as it is made
         return self
 
     def __exit__(self, *exc: object) -> None:

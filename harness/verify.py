@@ -16,7 +16,6 @@ damaged images by hash): verify says so and counts them as left.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import sqlite3
@@ -28,9 +27,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from harness.api.caching import built_model_damage, safetensors_intact
+from harness.api.suite import cached_copy_intact
 from harness.cache_db import damage, open_cache_db
 from harness.errors import HarnessError
 from harness.results import ResultsDir
+from harness.scoring.cache import image_sha256, text_sha256
 
 RERUN = "rerun the command that made it (a rerun redoes only what is missing)"
 
@@ -83,11 +84,6 @@ def verify(out: Path, cache_root: Path) -> Report:
     return report
 
 
-def _sha256(path: Path) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
-
-
 def _check_images(results: ResultsDir, images, report: Report) -> None:
     """Each manifest row's file against its sha256, and each stored image against its manifest's row."""
     manifests: dict[str, str] = {}  # image path relative to the results directory -> manifest sha256
@@ -104,7 +100,7 @@ def _check_images(results: ResultsDir, images, report: Report) -> None:
             report.checked["images"] += 1
             if not path.is_file():
                 report.add("image", str(path), "missing; " + RERUN)
-            elif _sha256(path) != sha:
+            elif image_sha256(path) != sha:
                 report.add("image", str(path), "its bytes differ from the manifest's sha256; " + RERUN)
     for row in images.itertuples():
         if manifests.get(row.path) not in (None, row.sha256):
@@ -145,7 +141,7 @@ def _check_scores(results: ResultsDir, images, scores, report: Report) -> None:
     finally:
         db.close()
     for row in keyed.itertuples():
-        value = cached.get((row.sha256, _text_sha256(row.prompt), row.metric, row.metric_version))
+        value = cached.get((row.sha256, text_sha256(row.prompt), row.metric, row.metric_version))
         where = f"{row.method}/{row.suite}/{row.prompt_id}#{row.image_index} {row.metric} {row.metric_version}"
         if value is None:
             report.add("score", where, "not in the score cache",
@@ -153,10 +149,6 @@ def _check_scores(results: ResultsDir, images, scores, report: Report) -> None:
         elif value != row.value:
             report.add("score", where, f"the store has {row.value!r}, the score cache {value!r}",
                        repair=lambda row=row, value=value: _store_cached_score(results, row, value))
-
-
-def _text_sha256(text: str) -> str:
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 def _refill_score_cache(results: ResultsDir) -> str:
@@ -262,10 +254,9 @@ def _check_caches(cache_root: Path, results: ResultsDir, report: Report) -> None
             report.add("built model", str(index.parent), problem, repair=lambda: _rebuild_models(results))
     for copy in sorted((cache_root / "suites").glob("*.jsonl")):
         report.checked["hub suite copies"] += 1
-        digest = copy.with_name(copy.name + ".sha256")
-        if digest.exists() and digest.read_text().strip() != _sha256(copy):
+        if not cached_copy_intact(copy):
             report.add("hub suite copy", str(copy), "its content is not what was downloaded",
-                       repair=lambda copy=copy, digest=digest: _discard(copy, digest))
+                       repair=lambda copy=copy: _discard(copy, copy.with_name(copy.name + ".sha256")))
 
 
 def _discard(*paths: Path) -> str:

@@ -64,7 +64,7 @@ def cached_prompts(suite: str, hub_id: str, download: Callable[[], list[Prompt]]
     digest = path.with_name(path.name + ".sha256")
     if path.exists():
         try:
-            if digest.exists() and digest.read_text().strip() != hashlib.sha256(path.read_bytes()).hexdigest():
+            if not cached_copy_intact(path):
                 raise HarnessError("its content is not what was downloaded")
             return read_prompts_jsonl(path)
         except HarnessError as exc:
@@ -86,8 +86,18 @@ def cached_prompts(suite: str, hub_id: str, download: Callable[[], list[Prompt]]
     path.parent.mkdir(parents=True, exist_ok=True)
     write_jsonl(path, (asdict(p) for p in prompts))
     with replacing(digest) as temporary:
-        temporary.write_text(hashlib.sha256(path.read_bytes()).hexdigest() + "\n")
+        temporary.write_text(_file_sha256(path) + "\n")
     return tuple(prompts)
+
+
+def cached_copy_intact(path: Path) -> bool:
+    """Whether a suite's cached copy still has the content its ``.sha256`` recorded (no record: nothing to check)."""
+    digest = path.with_name(path.name + ".sha256")
+    return not digest.exists() or digest.read_text().strip() == _file_sha256(path)
+
+
+def _file_sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def read_prompts_jsonl(path: str | Path) -> tuple[Prompt, ...]:

@@ -34,7 +34,8 @@ _LOOKUP_CHUNK = 500
 SCORE_BATCH = 16  # images per scorer call (the Ray backend asks its scorer actors for the same batches)
 
 
-def _text_sha256(text: str) -> str:
+def text_sha256(text: str) -> str:
+    """A prompt's key in the score cache."""
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
@@ -69,7 +70,7 @@ class ScoreCache:
 
     def get(self, scorer: Scorer, keys: Sequence[str], prompts: Sequence[str]) -> dict[tuple[str, str], float]:
         """Cached values as {(image key, prompt): value} for the pairs that have one."""
-        wanted = {(key, _text_sha256(prompt)): (key, prompt) for key, prompt in zip(keys, prompts)}
+        wanted = {(key, text_sha256(prompt)): (key, prompt) for key, prompt in zip(keys, prompts)}
         found: dict[tuple[str, str], float] = {}
         image_keys = sorted({key for key, _ in wanted})
         for start in range(0, len(image_keys), _LOOKUP_CHUNK):
@@ -87,7 +88,7 @@ class ScoreCache:
 
     def put(self, scorer: Scorer, entries: Iterable[tuple[str, str, float]]) -> None:
         """Store (image key, prompt, value) triples in one transaction."""
-        rows = [(key, _text_sha256(prompt), scorer.name, scorer.version, scorer.scale, float(value)) for key, prompt, value in entries]
+        rows = [(key, text_sha256(prompt), scorer.name, scorer.version, scorer.scale, float(value)) for key, prompt, value in entries]
         with writing(self.path), self._db:
             self._db.executemany("INSERT OR REPLACE INTO scores VALUES (?, ?, ?, ?, ?, ?)", rows)
 
