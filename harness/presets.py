@@ -3,14 +3,15 @@ showing one resolved.
 
 A method's settings under a preset are, in order of precedence: its Config's defaults (its
 paper's), the preset's ``method_defaults`` (the settings every method shares there, e.g. SDXL's
-recipe), the method's own entry for the preset (``Method.presets``), then the user's ``--set``
-values.  Worlds register their own presets (the toy world: ``toy``, ``tiny``).
+recipe), the method's own recipe for the preset (``methods/recipes/<preset>/<method>.toml``, every value
+with its source: ``harness.recipes``), then the user's ``--set`` values.  Worlds register their own presets
+(the toy world: ``toy``, ``tiny``).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
+import importlib.util
 from dataclasses import replace
 from pathlib import Path
 
@@ -22,12 +23,15 @@ from harness.errors import HarnessError
 _PAPER_PROTOCOL = GenerationSettings(images_per_prompt=5, num_inference_steps=50, guidance_scale=7.5, batch_size=8)
 _PAPER_SCORERS = ("pickscore", "hpsv2", "hpsv2.1", "imagereward", "clip", "aesthetic")
 SDXL_VAE = "madebyollin/sdxl-vae-fp16-fix"
+# The papers' recipes, <preset>/<method>.toml (found without importing the methods package).
+RECIPES = Path(importlib.util.find_spec("methods").submodule_search_locations[0]) / "recipes"
 
 
 @register_preset("sd15")
 def sd15() -> Preset:
     return Preset(
         name="sd15",
+        recipes=(RECIPES / "sd15",),
         description="Stable Diffusion 1.5, Pick-a-Pic v2; the papers' evaluation protocol (GPU, downloaded weights)",
         base_model="stable-diffusion-v1-5/stable-diffusion-v1-5",
         suites=("pickapic-test", "hpdv2"),
@@ -42,6 +46,7 @@ def sd15() -> Preset:
 def sdxl() -> Preset:
     return Preset(
         name="sdxl",
+        recipes=(RECIPES / "sdxl",),
         description="Stable Diffusion XL base 1.0 with the fp16-safe VAE (GPU, downloaded weights)",
         base_model="stabilityai/stable-diffusion-xl-base-1.0",
         suites=("pickapic-test", "hpdv2"),
@@ -60,6 +65,7 @@ def sdxl() -> Preset:
 def sd35() -> Preset:
     return Preset(
         name="sd35",
+        recipes=(RECIPES / "sd35",),
         description="Stable Diffusion 3.5 Medium (flow matching), Pick-a-Pic v2; the model card's sampler settings "
                     "(GPU, downloaded weights)",
         base_model="stabilityai/stable-diffusion-3.5-medium",
@@ -128,53 +134,33 @@ def preset_summary(preset: Preset) -> list[str]:
             f"evaluation: {evaluation_protocol(preset.generation)}"]
 
 
-RECIPE_DOC = Path(__file__).resolve().parents[1] / "docs" / "methods.md"
-
-
-@functools.cache
-def recipe_table() -> tuple[tuple[str, str, str, str, str], ...]:
-    """(method, preset, setting, published value, source) rows of docs/methods.md's "Published recipes" table, the
-    record of where each published value comes from (tests/test_recipes.py checks every value against the presets).
-    Empty where the docs are not installed beside the package."""
-    if not RECIPE_DOC.exists():
-        return ()
-    text = RECIPE_DOC.read_text(encoding="utf-8")
-    rows = []
-    for line in text[text.index("## Published recipes"):].split("\n## ")[0].splitlines():
-        cells = tuple(cell.strip() for cell in line.strip().strip("|").split("|"))
-        if len(cells) == 5 and cells[0] != "method" and not set(cells[0]) <= {"-"}:
-            rows.append(cells)
-    return tuple(rows)
-
-
 def show_preset(preset: Preset) -> str:
     """The preset, then every registered method's settings resolved under it, each with where it comes from:
-    the method's defaults (its paper's), the preset's settings for every method, or the method's own for it; a
-    published value also with its source (docs/methods.md's recipe table)."""
-    from harness.trainer import method_preset_entry, resolve_config
-
-    sources = {(method, name, setting): source for method, name, setting, _, source in recipe_table()}
+    the method's defaults (its paper's), the preset's settings for every method, or the method's recipe for it,
+    a recipe's value also with its source (harness.recipes: a published one's file:line, or why it is ours)."""
+    from harness.recipes import method_recipe
+    from harness.trainer import resolve_config
 
     lines = [f"preset {preset.name}: {preset.description}", f"  base model   {preset.base_model}",
              f"  data         {preset.data}", f"  suites       {', '.join(preset.suites)}",
              f"  scorers      {', '.join(preset.scorers)}", f"  evaluation   {evaluation_protocol(preset.generation)}"]
     shared = {**({"vae": preset.vae} if preset.vae else {}), **preset.method_defaults}
-    for name, cls in METHODS.items():
+    for name, _ in METHODS.items():
         config = resolve_config(name, preset.name)
-        entry = method_preset_entry(name, preset.name)
-        own = entry or {}
-        if entry is None:
+        found = method_recipe(name, preset.name)
+        own = found[1] if found else {}
+        if found is None:
             note = (f"  (no {preset.name} settings of its own: the preset's for every method)"
                     if preset.needs_method_settings else "")
         else:
-            note = "" if preset.name in cls.presets else f"  (its {preset.method_settings_from} settings)"
+            note = "" if found[0] == preset.name else f"  (its {found[0]} settings)"
         lines.append(f"\n{name}{note}")
-        ours = cls.unpublished.get(preset.name, {})
         for field in dataclasses.fields(config):
             origin = f"{name} recipe" if field.name in own else "preset" if field.name in shared else "default"
-            if field.name in ours:
-                origin += f"; ours, not published: {ours[field.name]}"
-            elif (name, preset.name, field.name) in sources:
-                origin += f"; published: {sources[name, preset.name, field.name]}"
+            setting = own.get(field.name)
+            if setting is not None and setting.ours is not None:
+                origin += f"; ours, not published: {setting.ours}"
+            elif setting is not None and setting.source:
+                origin += f"; published: {setting.source}"
             lines.append(f"  {field.name:22s} {getattr(config, field.name)!r:34s} {origin}")
     return "\n".join(lines)

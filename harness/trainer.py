@@ -39,6 +39,7 @@ from harness.api.registry import METHODS, PRESETS
 from harness.atomic import replacing, staging
 from harness.errors import HarnessError
 from harness.progress import progress_bar, say
+from harness.recipes import method_recipe
 
 LogFn = Callable[[int, dict[str, float]], None]
 
@@ -76,13 +77,11 @@ _WARNED: set[tuple[str, str]] = set()
 
 
 def method_preset_entry(method: str, preset: str | None) -> dict | None:
-    """The method's own entry for ``preset``, or for the preset it is a twin of (``Preset.method_settings_from``);
-    None when it has neither (an empty entry is one: settings chosen for the preset, none of them changed)."""
-    own = METHODS.get(method).presets
-    if preset is None or preset in own:
-        return own.get(preset or "")
-    twin = PRESETS.get(preset)().method_settings_from
-    return own.get(twin) if twin else None
+    """The values of the entry ``method`` trains with under ``preset`` (``harness.recipes.method_recipe``: its own
+    recipe, or the twin preset's); None when it has neither (an empty entry is one: settings chosen for the
+    preset, none of them changed)."""
+    found = method_recipe(method, preset)
+    return None if found is None else {name: setting.value for name, setting in found[1].items()}
 
 
 def _preset_defaults(method: str, preset: str | None) -> dict:
@@ -96,7 +95,7 @@ def _preset_defaults(method: str, preset: str | None) -> dict:
         _WARNED.add((method, preset))
         print(f"warning: {method} has no settings for preset {preset!r}; it trains with the preset's settings for "
               f"every method ({', '.join(f'{k}={v}' for k, v in found.method_defaults.items())}), not ones tuned for "
-              f"it: give it a {preset!r} entry in its presets", file=sys.stderr, flush=True)
+              f"it: give it a recipe, {method}.toml in a folder of the preset's recipes", file=sys.stderr, flush=True)
     return {**({"vae": found.vae} if found.vae else {}), **found.method_defaults}
 
 

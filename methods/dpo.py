@@ -87,32 +87,6 @@ class DPO(Method):
     description = "Diffusion-DPO: preference pairs, sigmoid loss vs a frozen reference (Wallace et al. 2023)"
     Config = DPOConfig
     data = Pairs()
-    presets = {
-        # 16 GPUs x 1 pair x 128 accumulation = 2048 pairs per step; fp16, train.py's default, which the public
-        # launcher keeps (DiffusionDPO train.py:284-286); the reference network and its errors in fp16 outside
-        # autocast (train.py:933, 939, 1132-1137).
-        "sd15": {"effective_batch_size": 2048, "mixed_precision": "fp16", "reference_dtype": "fp16"},
-        # The SDXL launcher: 200 warmup steps (its Adafactor and 1024 px are the sdxl preset's, shared).
-        "sdxl": {"effective_batch_size": 2048, "mixed_precision": "fp16", "warmup_steps": 200, "reference_dtype": "fp16"},
-        # flow_grpo's SD3.5-M DPO (yifan123/flow_grpo@ac4c86e config/dpo.py:35-53, config/base.py:21,63-76,
-        # scripts/train_sd3_dpo.py:389-411, 880-939): beta 100 on the velocity MSE (the same -0.5 * beta convention),
-        # LoRA rank 32 / alpha 64, lr 3e-4 unscaled, weight decay 1e-4, 512 px.  That recipe is ONLINE: pairs are the
-        # best and worst of 24 samples of the model itself per prompt, each pair trained on 39 timesteps; ours is
-        # offline Pick-a-Pic pairs, one timestep per pair.  Not carried: its fp16 (bf16 here, the preset's), its EMA.
-        # The pairs per step, steps, warmup 0 and caption dropout are the SD1.5 recipe's, not published for SD3.
-        "sd35": {"beta": 100.0, "lora_rank": 32, "lora_alpha": 64.0, "lr": 3e-4, "scale_lr": False, "warmup_steps": 0,
-                 "weight_decay": 1e-4, "resolution": 512, "effective_batch_size": 2048},
-        # Tuned on the toy world: lr 1e-4 over-fits and loses fidelity, 3e-5 for 300 steps gains it; flipping
-        # the labels loses it (toyworld/flip_check.py).
-        "toy": {"lr": 3e-5, "beta": 500.0},
-        # The toy world's flow-matching twin (toy-fidelity delta vs base, seen / unseen, 95% CI; toy-quality
-        # delta; docs/toy-world.md): the toy entry +0.013 [+0.005, +0.023] / +0.010 [+0.001, +0.019], its
-        # loss swinging 0.65-1.8 (velocity errors differ more than noise errors: beta 500 saturates);
-        # beta 100 (flow_grpo's): +0.016 [+0.005, +0.027] / +0.014 [+0.003, +0.024]; beta 100 at lr 6e-5:
-        # +0.032 [+0.014, +0.051] / +0.026 [+0.004, +0.050], quality -0.009 on both suites.
-        "toy-flow": {"lr": 6e-5, "beta": 100.0},
-        "tiny": {},
-    }
     # Trained on Pick-a-Pic's human labels: no reward shaped their data.
     published = {"sd15": PublishedWeights("mhdang/dpo-sd1.5-text2image-v1"),
                  "sdxl": PublishedWeights("mhdang/dpo-sdxl-text2image-v1")}

@@ -182,36 +182,6 @@ class DROConfig(TrainConfig):
 class DRO(Method):
     description = "Diffusion-DRO: expert demos vs the policy's own samples, hinge ranking loss (Wu et al. 2025)"
     Config = DROConfig
-    presets = {
-        # 4 GPUs x 4 images x 16 accumulation = 256; the UNet loaded and trained in bf16, no fp32 master copy
-        # (train.py:379-389), its AdamW per operation in bf16 (:460-461, torch 2.3.1's foreach), its EMA on
-        # the CPU between updates.  The public code's quirks, kept (docs/methods.md, "The public code, as it
-        # runs"): no gradient clipping (AdamW exhausts the filter iterator of :460, so :781 clips an empty
-        # list), every trajectory of a refill integrated on the first one's levels (misc/patch.py:57-58).
-        # The reference network and its errors in bf16 (train.py:363-368, 753-758).
-        "sd15": {"effective_batch_size": 256, "mixed_precision": "bf16", "master_weights": "bf16", "ema_on_cpu": True,
-                 "adamw_fused": False, "max_grad_norm": None, "per_row_sigmas": False, "reference_dtype": "bf16"},
-        # The public code's --sdxl path (the paper trains SD1.5 only, with no SDXL launcher): the same
-        # optimizer, AdamW (train.py:460-461 whatever --sdxl; not the preset's Adafactor), and quirks.
-        "sdxl": {"effective_batch_size": 256, "mixed_precision": "bf16", "master_weights": "bf16", "ema_on_cpu": True,
-                 "adamw_fused": False, "max_grad_norm": None, "per_row_sigmas": False, "optimizer": "adamw",
-                 "reference_dtype": "bf16"},
-        # Not published for SD3 (the public code has no SD3 path): the SD1.5 recipe carried over without the
-        # SD1.5 code's accidents: it clips at 1.0, runs the fused AdamW, integrates each trajectory on its levels.
-        "sd35": {"effective_batch_size": 256, "master_weights": "bf16", "ema_on_cpu": True},
-        # The published buffer semantics (each row an expert with a trajectory sampled from its own caption),
-        # made cheaper: 4 of the 16 experts of each step become rows of a 16-row buffer (published: every
-        # expert of the micro-batch, into a buffer of exactly those rows).  Measured (toy-fidelity delta
-        # seen / unseen, docs/toy-world.md): every expert a row each step +0.035 / +0.037 at 9.0 UNet
-        # evaluations per sample; 4 rows per step +0.033 / +0.041 at 5.25; 16 rows every second step
-        # +0.032 / +0.025 at 6.5; all CIs above 0.  sampler_steps 5 (paper: 20): half the refill cost of 10
-        # with the gains intact (10 steps +0.031 / +0.025, 5 steps +0.031 / +0.037).  expert_top_k 72: the
-        # best 12.5% of the 576 base samples (synthesis lists the best 144); with 144 experts the unseen
-        # gain's CI reached below 0, with 288 the gains vanished (measured).
-        "toy": {"lr": 3e-5, "ema_decay": None, "expert_top_k": 72, "sampler_steps": 5, "buffer_size": 16,
-                "refill_rows": 4},
-        "tiny": {},
-    }
     # The repository's only recipe ranks its experts by HPSv2 (which of the paper's two expert settings the
     # released UNet is, its README does not say: see harness/published.py).
     published = {"sd15": PublishedWeights("ylwu/diffusion-dro-sd1.5", signal="hpsv2",

@@ -171,29 +171,6 @@ class KTOConfig(TrainConfig):
 class KTO(Method):
     description = "Diffusion-KTO: single labelled images, Kahneman-Tversky utility vs a reference point (Li 2024)"
     Config = KTOConfig
-    presets = {
-        # 4 GPUs x 2 images, no accumulation = 8 images per step; fp16 and gradient checkpointing as the launcher.
-        "sd15": {"effective_batch_size": 8, "mixed_precision": "fp16", "gradient_checkpointing": True},
-        # No published SDXL recipe (the public script trains SD1.5): the SD1.5 one carried over to the sdxl
-        # preset's shared settings (1024 px, Adafactor, gradient checkpointing, the fp16-safe VAE).
-        "sdxl": {"effective_batch_size": 8, "mixed_precision": "fp16"},
-        # Not published for SD3: the SD1.5 recipe carried over, in the sd35 preset's bf16.
-        "sd35": {"effective_batch_size": 8},
-        # The published beta at the preset's lr, on 32 images per step: the images (and UNet evaluations) of
-        # DPO's 16 pairs.  Measured (toy-fidelity delta vs base, seen / unseen, 95% CI): this +0.028 [+0.010,
-        # +0.048] / +0.028 [+0.003, +0.057]; beta 500: +0.027 / +0.029 (CIs above 0); 16 images: +0.015
-        # [-0.004, +0.034] / +0.027; lr 3e-5 (DPO's toy lr), beta 500: +0.011 [-0.019, +0.042] / +0.022
-        # [-0.027, +0.072], beta 2000: -0.007 / +0.005 (the policy's error drifts 15-20% above the reference's).
-        # Labelled per pair and drawn uniformly (about half desirable), as these entries were measured; the
-        # published per-image labels and 80% share are one --set away (docs/methods.md, Diffusion-KTO).
-        "toy": {"batch_size": 32, "per_image_labels": False, "desirable_share": None},
-        # The flow-matching twin (toy-fidelity delta, seen / unseen, 95% CI; toy-quality delta;
-        # docs/toy-world.md): the toy entry +0.015 [-0.009, +0.040] / +0.008 [-0.023, +0.041], quality -0.038 /
-        # -0.031; beta 250: +0.018 [+0.004, +0.033] / +0.013 [-0.005, +0.033], quality -0.009 / -0.010; beta 250
-        # at lr 2e-5: -0.022 / -0.026, quality -0.069 / -0.062 (drifts).
-        "toy-flow": {"batch_size": 32, "beta": 250.0, "per_image_labels": False, "desirable_share": None},
-        "tiny": {},
-    }
     # Trained on Pick-a-Pic's human labels made per image: no reward shaped its data.
     published = {"sd15": PublishedWeights("jacklishufan/diffusion-kto")}
 

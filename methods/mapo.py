@@ -116,22 +116,6 @@ class MaPO(Method):
     description = "MaPO: reference-free margin between chosen and rejected likelihoods + chosen MSE (Hong et al. 2024)"
     Config = MaPOConfig
     data = Pairs()
-    presets = {
-        # README: 8 pairs per GPU x 2 accumulation on "a node of 8 H100s" -> 128 pairs per step; fp16.
-        # AdamW, not the sdxl preset's Adafactor (1024 px, checkpointing and the fp16-fix VAE are the preset's).
-        "sdxl": {"effective_batch_size": 128, "mixed_precision": "fp16", "optimizer": "adamw"},
-        # Not published (the paper trains SDXL only): the SDXL settings carried over, at SD1.5's 512 px.
-        "sd15": {"effective_batch_size": 128, "mixed_precision": "fp16"},
-        # Not published for SD3: the SDXL settings carried over, in the sd35 preset's bf16.
-        "sd35": {"effective_batch_size": 128},
-        # Tried on the toy world (toy-fidelity delta vs base, seen / unseen, 95% CIs; the README's MaPO
-        # row): beta 0.1 at lr 3e-5 (the other methods' toy lr) -0.030 [-0.052, -0.006] / -0.016;
-        # beta 0.1 at lr 1e-5 -0.012 / -0.003; beta 0.01 at lr 3e-5 -0.001 / +0.007; beta 0 (the chosen
-        # term alone) +0.001 / +0.002; every CI but the first across 0.  The margin term lowers fidelity
-        # here, the least at the smallest beta: no setting tried beats the base.
-        "toy": {"lr": 3e-5, "beta": 0.01},
-        "tiny": {},
-    }
     # The public weights (a full SDXL UNet trained on the pairs' human labels: no reward shaped their data).
     published = {"sdxl": PublishedWeights("mapo-t2i/mapo-beta", subfolder=None)}  # the UNet at the repository root
 

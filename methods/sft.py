@@ -36,13 +36,6 @@ class SFT(Method):
     description = "Supervised fine-tuning on preferred / expert images (the DRO and SmPO baseline)"
     Config = SFTConfig
     data = Experts()
-    presets = {
-        "sd15": {"effective_batch_size": 256, "mixed_precision": "bf16"},
-        "sdxl": {"effective_batch_size": 256, "mixed_precision": "bf16"},
-        "sd35": {"effective_batch_size": 256},  # not published for SD3: the SD1.5 recipe carried over
-        "toy": {},  # the toy preset's settings for every method
-        "tiny": {},
-    }
 
     def loss(self, batch: Batch, models: Models) -> tuple[torch.Tensor, dict[str, float]]:
         latents_t, t, target = models.process.noisy(batch.latents, batch.generator)

@@ -257,29 +257,6 @@ class SmPOConfig(TrainConfig):
 class SmPO(Method):
     description = "SmPO-Diffusion: smoothed reward-based preference + ReNoise inversion (Lu et al. 2025)"
     Config = SmPOConfig
-    presets = {
-        # 8 GPUs x 1 pair x 128 accumulation; fp16.  SD1.5 starts from an SFT UNet (policy and reference).
-        # The reference network and its errors in fp16 outside autocast (train.py:871, 880, 1052-1057).
-        "sd15": {"effective_batch_size": 1024, "mixed_precision": "fp16", "init_method": "sft", "reference_dtype": "fp16"},
-        "sdxl": {"effective_batch_size": 1024, "mixed_precision": "fp16", "beta": 5000.0, "inversion_steps": 10,
-                 "reference_dtype": "fp16"},
-        # Not published for SD3: the SD1.5 recipe carried over (from an SFT transformer), in the preset's bf16.
-        "sd35": {"effective_batch_size": 1024, "init_method": "sft"},
-        # Rewards are already in [0, 1]: no PickScore bounds.  SmPO's label weight 10*(2p-1) is ~0.5 for
-        # the toy world's typical reward gap of 0.1, hence a larger beta than DPO's.  inverter "none": x_t
-        # by forward noising, i.e. SmPO's smoothed labels without its ReNoise inversion.  At 8x8 latents the
-        # 5-step inversion (measured with inversion_levels "unrolled") gives x_t whose implied noise is mostly
-        # image (correlation with x0 0.46-0.98, std 0.27-0.96) and the reference's error there is 2-3x its
-        # error on forward-noised x_t: with inversion SmPO does not move the fidelity at all (seen +0.000,
-        # unseen -0.001; 10 and 20 inversion steps: at most +0.014, CIs across 0), without it it gains like DPO.
-        # The published variant: --set smpo.inverter=policy.  Numbers in docs/toy-world.md.
-        "toy": {"lr": 3e-5, "beta": 2000.0, "score_lo": 0.0, "score_hi": 1.0, "inverter": "none"},
-        "tiny": {"score_lo": 0.0, "score_hi": 1.0},
-    }
-    unpublished = {"sd15": {"init_method": (
-        "the official run starts from checkpoints/sd15-sft (SmPO examples/sd15.sh:8), whose training nothing "
-        "describes; the sft method's recipe under this preset stands in. With the authors' SFT UNet: "
-        "--set smpo.init_unet=DIR")}}
     published = {preset: PublishedWeights(location, signal="pickscore",
                                           how="released SmPO UNet: pair labels smoothed by PickScore's cosine")
                  for preset, location in (("sd15", "JaydenLu666/SmPO-SD1.5"), ("sdxl", "JaydenLu666/SmPO-SDXL"))}

@@ -1,68 +1,107 @@
-"""The sd15 / sdxl / sd35 presets train the published recipes: docs/methods.md's table, field by field."""
+"""The sd15 / sdxl / sd35 presets train the published recipes: the recipe files of methods/recipes/, each value with
+its source, the table docs/methods.md makes of them, and `harness presets --show`.
+
+After editing a recipe file, rewrite docs/methods.md's table:
+
+    HARNESS_UPDATE_DOCS=1 python -m pytest tests/test_recipes.py
+"""
 
 from __future__ import annotations
 
-import ast
 import dataclasses
 import io
+import os
 import re
 import tokenize
+import tomllib
 from pathlib import Path
 
 import pytest
 
+from harness.api.registry import METHODS, PRESETS
 from harness.cli import main
-from harness.presets import get_preset, recipe_table
+from harness.errors import HarnessError
+from harness.presets import RECIPES, get_preset
+from harness.recipes import EVALUATION, read_recipe, recipe_rows, recipe_table
 from harness.trainer import resolve_config
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "methods.md"
+TABLE_START = "<!-- recipe table: generated from methods/recipes/ by harness.recipes.recipe_table -->"
+TABLE_END = "<!-- end of recipe table -->"
+ROWS = recipe_rows(RECIPES)
 
 
-def published_rows() -> list[tuple[str, str, str, str]]:
-    """(method, preset, setting, value) of the "Published recipes" table."""
-    return [row[:4] for row in recipe_table()]
-
-
-def parse(value: str):
-    try:
-        return ast.literal_eval(value)
-    except (ValueError, SyntaxError):
-        return value  # a bare word: a string setting (adamw, bf16, a hub id)
-
-
-ROWS = published_rows()
-
-
-def test_the_table_covers_every_method_and_preset():
-    assert {(m, p) for m, p, _, _ in ROWS} >= {("dpo", "sd15"), ("dpo", "sdxl"), ("dro", "sd15"), ("smpo", "sd15"),
-                                              ("smpo", "sdxl"), ("evaluation", "sd15"),
-                                              ("dpo", "sd35"), ("evaluation", "sd35")}
+def test_the_recipes_cover_every_method_and_published_preset():
+    assert {(m, p) for m, p, *_ in ROWS} == {(m, p) for m in [*METHODS.names(), EVALUATION]
+                                             for p in ("sd15", "sdxl", "sd35")} - {(EVALUATION, "sdxl")}
     assert len(ROWS) > 60
 
 
-@pytest.mark.parametrize("method, preset, setting, value", ROWS, ids=[f"{m}-{p}-{s}" for m, p, s, _ in ROWS])
-def test_preset_resolves_to_the_published_value(method, preset, setting, value):
-    if method == "evaluation":
-        resolved = getattr(get_preset(preset).generation, setting)
-    else:
-        resolved = getattr(resolve_config(method, preset), setting)
-    assert resolved == parse(value)
+def test_docs_recipe_table_is_the_recipe_files():
+    def documented() -> tuple[str, int, int]:
+        text = DOC.read_text(encoding="utf-8")
+        return text, text.index(TABLE_START) + len(TABLE_START), text.index(TABLE_END)
+
+    table = "\n" + recipe_table(RECIPES) + "\n"
+    if os.environ.get("HARNESS_UPDATE_DOCS"):
+        text, start, end = documented()
+        DOC.write_text(text[:start] + table + text[end:], encoding="utf-8")
+    text, start, end = documented()
+    assert text[start:end] == table, "docs/methods.md's recipe table is out of date: rerun with HARNESS_UPDATE_DOCS=1"
+
+
+@pytest.mark.parametrize("preset", ["sd15", "sd35"])
+def test_the_evaluation_recipe_is_the_presets_protocol(preset):
+    """evaluation.toml gives the sources of the Preset's GenerationSettings (Python): its values must be those."""
+    recipe = read_recipe(RECIPES / preset / f"{EVALUATION}.toml")
+    generation = get_preset(preset).generation
+    assert recipe and {name: getattr(generation, name) for name in recipe} == {
+        name: setting.value for name, setting in recipe.items()}
+
+
+def test_every_recipe_folder_is_a_preset_and_every_file_a_method_or_the_evaluation():
+    """No recipe lies where nothing reads it (a misspelt folder or file)."""
+    roots = {folder.parent for _, make in PRESETS.items() for folder in make().recipes}
+    assert RECIPES in roots
+    for folder in (folder for root in roots for folder in root.iterdir()):
+        assert folder.name in PRESETS.names() and folder in PRESETS.get(folder.name)().recipes, folder
+        assert {path.stem for path in folder.glob("*.toml")} <= {*METHODS.names(), EVALUATION}, folder
 
 
 @pytest.mark.parametrize("preset", ["sd15", "sdxl", "sd35"])
-def test_presets_show_gives_each_published_value_its_source(preset, capsys):
-    """Every row of the recipe table for this preset is shown with its value and its source (file:line)."""
+def test_presets_show_gives_each_recipe_value_its_source(preset, capsys):
+    """Every value of the preset's recipes is shown resolved, with its source (file:line), or why it is ours."""
     assert main(["presets", "--show", preset]) == 0
     shown = capsys.readouterr().out
-    rows = [row for row in recipe_table() if row[1] == preset and row[0] != "evaluation"]
+    rows = [row for row in ROWS if row[1] == preset and row[0] != EVALUATION]
     assert rows
     for method, _, setting, value, source in rows:
         block = shown[shown.index(f"\n{method}\n"):].split("\n\n")[0]
         line = next(line for line in block.splitlines() if line.split()[:1] == [setting])
-        assert repr(parse(value)) in line and (f"published: {source}" in line or "ours, not published" in line), line
+        expected = f"ours, not published: {source[len('ours:'):].strip()}" if source.startswith("ours:") else (
+            f"published: {source}")
+        assert repr(value) in line and f"{method} recipe; {expected}" in line, line
     dro_clip = next(line for line in shown[shown.index("\ndro\n"):].splitlines() if line.split()[:1] == ["max_grad_norm"])
     if preset != "sd35":
         assert "train.py:460" in dro_clip  # the public code's clipping that never acts
+
+
+@pytest.mark.parametrize("text, problem", [
+    ("[beta]\nvalue = 1.0\n", "must hold a `source`"),
+    ("[beta]\nvalue = 1.0\nsource = \"ours: x\"\nvalu = 2\n", "must hold a `source`"),
+    ("beta = 1.0\n", "must hold a `source`"),
+    ("[beta\n", "cannot be read as TOML"),
+    ("[betta]\nvalue = 1.0\nsource = \"ours: a typo\"\n", "betta not a setting of dpo"),
+])
+def test_a_malformed_recipe_is_one_line_naming_its_file(tmp_path, monkeypatch, text, problem):
+    folder = tmp_path / "scratch"
+    folder.mkdir()
+    (folder / "dpo.toml").write_text(text, encoding="utf-8")
+    preset = dataclasses.replace(get_preset("sd15"), name="scratch", recipes=(folder,))
+    monkeypatch.setitem(PRESETS._entries, "scratch", lambda: preset)
+    with pytest.raises(HarnessError, match=re.escape(problem)) as caught:
+        resolve_config("dpo", "scratch")
+    assert str(folder / "dpo.toml") in str(caught.value) and "\n" not in str(caught.value)
 
 
 @pytest.mark.parametrize("preset", ["sd15", "sdxl", "sd35"])
@@ -102,7 +141,8 @@ CITATION = re.compile(r"\w\.(?:py|sh|ya?ml|json|toml|cfg)`?:\d+")
 ROOT = DOC.parents[1]
 SCANNED = [*sorted(ROOT.glob("*.md")), *sorted((ROOT / "docs").glob("*.md")),
            *sorted(path for folder in ("harness", "methods", "toyworld", "examples", "dashboard", "bench", "prompts",
-                                       "tests") for path in (ROOT / folder).rglob("*.py"))]
+                                       "tests") for path in (ROOT / folder).rglob("*.py")),
+           *sorted(path for folder in ("methods", "toyworld") for path in (ROOT / folder).rglob("*.toml"))]
 
 
 def _python_blocks(text: str) -> list[str]:
@@ -122,6 +162,12 @@ def _python_blocks(text: str) -> list[str]:
         elif token.type == tokenize.STRING:
             blocks.append(token.string)
     return blocks
+
+
+def _recipe_blocks(text: str) -> list[str]:
+    """A recipe file's comments (one block) and each setting's source."""
+    comments = " ".join(line.lstrip("#").strip() for line in text.splitlines() if line.startswith("#"))
+    return [comments, *(entry["source"] for entry in tomllib.loads(text).values())]
 
 
 def _markdown_blocks(text: str) -> list[str]:
@@ -144,7 +190,7 @@ def uncited_claims() -> list[str]:
     found = []
     for path in SCANNED:
         text = path.read_text(encoding="utf-8")
-        blocks = _python_blocks(text) if path.suffix == ".py" else _markdown_blocks(text)
+        blocks = {".py": _python_blocks, ".toml": _recipe_blocks}.get(path.suffix, _markdown_blocks)(text)
         for block in blocks:
             for sentence in re.split(r"(?<=[.!?;])\s+(?=[A-Z`(])", " ".join(block.split())):
                 if CLAIM.search(sentence) and not CITATION.search(sentence):

@@ -345,6 +345,7 @@ def test_toy_flow_is_the_toy_protocol_on_the_flow_twin() -> None:
     import dataclasses
 
     from harness.api import METHODS, PRESETS
+    from harness.recipes import own_recipe
     from harness.trainer import resolve_config
 
     toy, flow = PRESETS.get("toy")(), PRESETS.get("toy-flow")()
@@ -352,28 +353,28 @@ def test_toy_flow_is_the_toy_protocol_on_the_flow_twin() -> None:
     assert dataclasses.replace(flow.generation, scheduler=toy.generation.scheduler) == toy.generation
     assert {**flow.synthesize, "scheduler": toy.synthesize["scheduler"]} == toy.synthesize
     assert (flow.suites, flow.scorers, flow.method_defaults) == (toy.suites, toy.scorers, toy.method_defaults)
-    for method, cls in METHODS.items():
-        own = cls.presets.get("toy-flow", {})
+    for method in METHODS.names():
+        own = {name: setting.value for name, setting in (own_recipe(method, "toy-flow") or {}).items()}
         expected = dataclasses.replace(resolve_config(method, "toy"), **own)
         assert resolve_config(method, "toy-flow") == expected, method
 
 
 def test_presets_and_method_entries_name_real_settings() -> None:
-    """Every preset's settings for all methods are shared fields, every method's entry for a preset names
-    fields of its own Config and a registered preset, and the toy data settings are synthesize's."""
+    """Every preset's settings for all methods are shared fields, every method's recipe for a preset names
+    fields of its own Config (own_recipe refuses others), and the toy data settings are synthesize's."""
     import dataclasses
     import inspect
 
     from harness.api import METHODS, PRESETS, TrainConfig
     from harness.preference_data import synthesize
+    from harness.recipes import own_recipe
     from toyworld.presets import TOY_DATA, TOY_GENERATION
 
     shared = {f.name for f in dataclasses.fields(TrainConfig)}
     for name, make in PRESETS.items():
         assert set(make().method_defaults) <= shared, name
-    for method, cls in METHODS.items():
-        fields = {f.name for f in dataclasses.fields(cls.Config)}
-        for preset, entry in cls.presets.items():
-            assert preset in PRESETS.names() and set(entry) <= fields, (method, preset, set(entry) - fields)
+    for method in METHODS.names():
+        for preset in PRESETS.names():
+            own_recipe(method, preset)
     assert TOY_GENERATION.height == SIZE
     assert set(TOY_DATA) <= set(inspect.signature(synthesize).parameters)

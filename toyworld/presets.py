@@ -5,12 +5,14 @@ checks on a random-init SD3.5-shaped flow-matching pipeline).
 The papers' hyper-parameters assume SD1.5, thousands of pairs and GPUs; here 576 pairs
 sampled from a tiny model, a CPU, and well under a minute per method.  The settings every
 method shares live here (``method_defaults``); each method's own toy settings (lr, beta, ...)
-live in its file.  A method without them trains with these alone, and is warned that it does.
+are its recipe, ``recipes/<preset>/<method>.toml``.  A method without one trains with these alone,
+and is warned that it does.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 from harness.api import GenerationSettings, Preset, register_preset
 from toyworld import grammar
@@ -37,6 +39,9 @@ TOY_DATA = {
     "batch_size": 48,
 }
 
+# Each method's own settings under these presets: <preset>/<method>.toml (harness.recipes).
+RECIPES = Path(__file__).resolve().parent / "recipes"
+
 TOY_METHOD_DEFAULTS = {
     "batch_size": 16,
     "max_steps": 300,
@@ -58,6 +63,7 @@ TOY_METHOD_DEFAULTS = {
 def toy() -> Preset:
     return Preset(
         name="toy",
+        recipes=(RECIPES / "toy",),
         description="synthetic world of coloured shapes; alignment measurable on a CPU in minutes",
         base_model="toy",
         suites=("toy-seen", "toy-unseen"),
@@ -79,6 +85,7 @@ def toy_flow() -> Preset:
     return dataclasses.replace(
         toy(),
         name="toy-flow",
+        recipes=(RECIPES / "toy-flow",),
         description="the toy world on its base model's flow-matching twin (SD3-shaped): alignment on flow matching "
                     "on a CPU",
         base_model="toy-flow",
@@ -93,6 +100,7 @@ def toy_flow() -> Preset:
 def tiny() -> Preset:
     return Preset(
         name="tiny",
+        recipes=(RECIPES / "tiny",),
         description="random-init tiny pipeline on the toy suites: checks the plumbing in seconds",
         base_model="tiny",
         suites=("toy-seen", "toy-unseen"),
@@ -117,6 +125,7 @@ def tiny_flow() -> Preset:
     return dataclasses.replace(
         tiny_preset,
         name="tiny-flow",
+        recipes=(),  # tiny's recipes, as its twin
         description="random-init tiny SD3.5-shaped (flow-matching) pipeline on the toy suites: plumbing in seconds",
         base_model="tiny-sd3",
         generation=dataclasses.replace(tiny_preset.generation, scheduler="flow-euler"),

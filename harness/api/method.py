@@ -3,9 +3,9 @@
 A method is one class per file, registered with ``@register_method(name)``.  It
 declares the data it trains on (a ``DataSpec``: ``Pairs()``, ``Experts(...)``,
 ``LabelledImages()``, ``PromptsOnly()``), a ``Config`` dataclass with its paper's
-hyper-parameters (it extends ``TrainConfig``, the knobs every method shares), its
-settings under each preset (``presets``: the papers' GPU recipes and the scaled-down
-``toy`` / ``tiny`` worlds alike), and its loss on a batch.  The trainer owns
+hyper-parameters (it extends ``TrainConfig``, the knobs every method shares), and its
+loss on a batch.  Its settings under each preset (the papers' GPU recipes and the scaled-down
+``toy`` / ``tiny`` worlds alike) are data, a recipe file per preset (``harness/recipes.py``).  The trainer owns
 everything else: models, data, encoding caches, precision, distribution, checkpoints;
 what of it a method may use is the ``TrainingContext`` and the ``Models`` below.
 
@@ -295,19 +295,18 @@ class PublishedWeights:
 class Method:
     """Base class of a training method.  Subclasses set the class attributes and ``loss``.
 
-    ``presets`` maps a preset's name to this method's settings under it, applied on top of the
-    settings the preset gives every method (``Preset.method_defaults``).  A method with no entry for
-    a preset whose scale differs from the papers' (``toy``, ``tiny``) trains with the preset's
-    defaults alone, and the harness warns that it does.
+    A method's settings under a preset are its recipe, ``<method>.toml`` in the preset's recipe folders
+    (``harness.recipes``), applied on top of the settings the preset gives every method
+    (``Preset.method_defaults``); a one-file plugin may give them inline instead, ``presets``: a preset's
+    name -> its settings there, without sources.  A method with neither for a preset whose scale differs
+    from the papers' (``toy``, ``tiny``) trains with the preset's defaults alone, and the harness warns that
+    it does.
     """
 
     description: ClassVar[str] = ""
     Config: ClassVar[type[TrainConfig]] = TrainConfig
-    presets: ClassVar[dict[str, dict[str, Any]]] = {}
+    presets: ClassVar[dict[str, dict[str, Any]]] = {}  # a plugin's inline recipes (the built-in ones: files)
     published: ClassVar[dict[str, PublishedWeights]] = {}  # preset name -> the released UNet for its base model
-    # Preset name -> {setting: why}: values of ``presets`` that are ours where the authors published none
-    # (``harness presets --show`` marks them).
-    unpublished: ClassVar[dict[str, dict[str, str]]] = {}
     data: ClassVar[DataSpec] = Pairs()
 
     def __init__(self, config: TrainConfig) -> None:
