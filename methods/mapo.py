@@ -36,9 +36,9 @@ models: w e is now a velocity MSE, whose target eps - x0 has about twice the var
 unit-variance latents, so the same w puts the errors on another part of s's curve.
 
 Data: Pick-a-Pic v2 train pairs without ties (the code's ``remove_ties`` default).  Published recipe
-(SDXL; the weights are mapo-t2i/mapo-beta, a full SDXL UNet): the config and presets below, sources
-beside each value.  The public code and weights are SDXL only; the sd15 entry carries the same settings
-over at 512 px, unpublished.
+(SDXL; the weights are mapo-t2i/mapo-beta, a full SDXL UNet): the config below and its recipes,
+methods/recipes/<preset>/mapo.toml, sources beside each value.  The public code and weights are SDXL
+only; the sd15 recipe carries the same settings over at 512 px, unpublished.
 
 Pairs are transformed as the public code does (``joint_pair_transform``, mapo utils.py:205-240): the source's
 second image is resized to the first's size (PIL's default filter, :211), the two are stacked and resized,
