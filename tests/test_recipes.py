@@ -235,3 +235,45 @@ def test_run_with_smpo_init_unet_starts_from_it_and_trains_no_sft(tmp_path):
     given = plan({"smpo": {"init_unet": str(tmp_path / "sd15-sft")}})
     assert set(given) == {"smpo"} and given["smpo"].init_from is None
     assert given["smpo"].overrides["init_unet"] == str(tmp_path / "sd15-sft")
+
+
+SCRATCH_PRESET = '''
+import dataclasses
+from pathlib import Path
+
+from harness.api import register_preset
+from toyworld.presets import tiny
+
+
+@register_preset("scratch")
+def scratch():
+    return dataclasses.replace(tiny(), name="scratch", description="a preset from a scratch folder",
+                               recipes=(Path(__file__).parent / "recipes",))
+'''
+
+
+@pytest.mark.slow
+def test_a_new_preset_is_a_folder_of_recipes_and_its_preset(tmp_path):
+    """A preset added from a scratch folder, a plugin file registering it and a recipe for an existing method, trains
+    with that recipe: no change to the method."""
+    import json
+
+    from conftest import harness_cli
+
+    (tmp_path / "recipes").mkdir()
+    (tmp_path / "my_preset.py").write_text(SCRATCH_PRESET, encoding="utf-8")
+    (tmp_path / "recipes" / "dpo.toml").write_text(
+        '[max_steps]\nvalue = 1\nsource = "ours: one step shows the recipe is read"\n\n'
+        '[beta]\nvalue = 1234.0\nsource = "ours: a value no other layer gives"\n', encoding="utf-8")
+    plugin = ["--plugin", str(tmp_path / "my_preset.py")]
+    shown = harness_cli(*plugin, "presets", "--show", "scratch")
+    assert shown.returncode == 0, shown.stderr
+    dpo = shown.stdout[shown.stdout.index("\ndpo\n"):].split("\n\n")[0]
+    assert "dpo recipe; ours, not published: a value no other layer gives" in dpo
+    assert "no scratch settings of its own" in shown.stdout.split("\ndro")[1]  # dro has no recipe here
+
+    result = harness_cli(*plugin, "train", "--preset", "scratch", "--method", "dpo", "--out", str(tmp_path / "out"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "no settings for preset" not in result.stderr
+    config = json.loads((tmp_path / "out" / "final" / "trainer_state.json").read_text())["config"]
+    assert (config["beta"], config["max_steps"], config["lr"]) == (1234.0, 1, 1e-3)  # the recipe, tiny's lr
