@@ -391,6 +391,11 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
 def cmd_methods(args: argparse.Namespace) -> int:
     from harness.api.registry import METHODS
 
+    if args.show:
+        from harness.presets import show_method
+
+        print(show_method(args.show))
+        return 0
     print(text_table([["method", "description"],
                       *([name, getattr(cls, "description", "")] for name, cls in METHODS.items())]))
     return 0
@@ -487,6 +492,8 @@ def _global_options(after_command: bool) -> argparse.ArgumentParser:
     return options
 
 
+SET_HELP = ("override a method's setting: METHOD.FIELD=VALUE for one method, FIELD=VALUE for every method, e.g. "
+            "max_steps=10 (repeatable; `harness methods --show METHOD`: each setting, its default and meaning)")
 SKIP_BAD_IMAGES = ("leave out the data's rows whose image is missing or cannot be decoded, and count them "
                    "(without it, such a row is an error naming its file and line)")
 
@@ -518,7 +525,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--images-per-prompt", type=_count, help="images per prompt (default: the preset's protocol)")
     p.add_argument("--steps", type=_count, help="sampler steps of the evaluation (default: the preset's protocol, "
                    "e.g. 50 for sd15; fewer makes a quick check, not the papers' numbers)")
-    p.add_argument("--set", action="append", default=[], metavar="[METHOD.]FIELD=VALUE", help="override a method's config field")
+    p.add_argument("--set", action="append", default=[], metavar="[METHOD.]FIELD=VALUE", help=SET_HELP)
     p.add_argument("--pretrained", action="store_true", help="evaluate the published checkpoints instead of training")
     p.add_argument("--seed", type=int, default=0, help="seed of the trainings and, added to the preset's, of the "
                    "evaluation's images")
@@ -610,9 +617,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="base model (default: the preset's)")
     p.add_argument("--preset", help="whose settings the method trains with (`harness presets --show PRESET`; "
                    "default: toy, the toy world)")
-    p.add_argument("--set", action="append", default=[], metavar="[METHOD.]FIELD=VALUE",
-                   help="override a field of the method's config, e.g. max_steps=10 (repeatable; checked as "
-                   "`harness run` checks it)")
+    p.add_argument("--set", action="append", default=[], metavar="[METHOD.]FIELD=VALUE", help=SET_HELP)
     p.add_argument("--no-resume", action="store_true", help="ignore existing checkpoints in --out")
     p.add_argument("--skip-bad-images", action="store_true", help=SKIP_BAD_IMAGES)
     p.add_argument("--seed", type=int, default=0, help="seed of the data order, noise and timesteps")
@@ -717,7 +722,9 @@ def build_parser() -> argparse.ArgumentParser:
             step.add_argument("--top-k", type=_count, required=True, help="how many experts (DRO: 500)")
             step.add_argument("--out", required=True, help="the experts directory to write")
 
-    command("methods", cmd_methods, "list registered methods")
+    p = command("methods", cmd_methods, "list registered methods, or show one's settings")
+    p.add_argument("--show", metavar="METHOD", help="print the method's settings (what --set takes): each one's "
+                   "default and meaning, and the presets it has recipes for")
     command("scorers", cmd_scorers, "list registered scorers")
     p = command("suites", cmd_suites, "list prompt suites, or show one's prompts")
     p.add_argument("--show", metavar="SUITE", help="print the suite's split, size, version and source, and every "

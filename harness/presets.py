@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import textwrap
 from dataclasses import replace
 from pathlib import Path
 
@@ -143,7 +144,9 @@ def show_preset(preset: Preset) -> str:
 
     lines = [f"preset {preset.name}: {preset.description}", f"  base model   {preset.base_model}",
              f"  data         {preset.data}", f"  suites       {', '.join(preset.suites)}",
-             f"  scorers      {', '.join(preset.scorers)}", f"  evaluation   {evaluation_protocol(preset.generation)}"]
+             f"  scorers      {', '.join(preset.scorers)}", f"  evaluation   {evaluation_protocol(preset.generation)}",
+             "  settings     every method's below, each with where it comes from (their meanings: "
+             "`harness methods --show METHOD`)"]
     shared = {**({"vae": preset.vae} if preset.vae else {}), **preset.method_defaults}
     for name, _ in METHODS.items():
         config = resolve_config(name, preset.name)
@@ -163,4 +166,23 @@ def show_preset(preset: Preset) -> str:
             elif setting is not None and setting.source:
                 origin += f"; published: {setting.source}"
             lines.append(f"  {field.name:22s} {getattr(config, field.name)!r:34s} {origin}")
+    return "\n".join(lines)
+
+
+def show_method(name: str) -> str:
+    """``harness methods --show``: the method, the presets it has recipes for, then every setting of its Config with
+    its default and its help text (``harness.api.method.setting_help``)."""
+    from harness.api.method import setting_help
+    from harness.recipes import method_recipe
+
+    cls = METHODS.get(name)
+    recipes = [preset for preset in PRESETS.names() if (method_recipe(name, preset) or (None,))[0] == preset]
+    lines = [f"method {name}: {cls.description}",
+             f"  recipes for: {', '.join(recipes) or 'no preset'} (each value and its source: "
+             f"`harness presets --show PRESET`)", "", f"  {'setting':22s} {'default':22s} meaning"]
+    config = cls.Config()
+    for field in dataclasses.fields(config):
+        meaning = textwrap.wrap(setting_help(cls.Config, field.name), 70) or [""]
+        lines.append(f"  {field.name:22s} {getattr(config, field.name)!r:22s} {meaning[0]}")
+        lines.extend(f"  {'':22s} {'':22s} {line}" for line in meaning[1:])
     return "\n".join(lines)

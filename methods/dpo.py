@@ -21,7 +21,7 @@ lr 6e-5), and ``tiny-flow`` takes ``tiny``'s entry (the Config's 5000).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -74,7 +74,8 @@ def preference_logs(logits: torch.Tensor, model_err: tuple, ref_err: tuple) -> d
 class DPOConfig(TrainConfig):
     # Published SD1.5 launcher: beta 5000 (Salesforce convention), lr 1e-8 scaled by the effective
     # batch (2048 -> 2.048e-5), 2000 steps, 500 warmup, AdamW; 20% empty captions (code default).
-    beta: float = 5000.0
+    beta: float = field(default=5000.0, metadata={"help": "the sigmoid's scale, Salesforce's convention: "
+                                                          "-0.5 * beta * (Dw - Dl)"})
     lr: float = 1e-8
     scale_lr: bool = True
     max_steps: int = 2000

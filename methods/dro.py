@@ -56,7 +56,7 @@ sigma_0 <= 1.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 import torch
 
 from harness.api import (Batch, Cond, Experts, FlowMatching, Method, Models, PublishedWeights, TrainConfig,
@@ -164,18 +164,23 @@ class DROConfig(TrainConfig):
     max_steps: int = 1600
     ema_decay: float | None = 0.9999
     caption_dropout: float = 0.2
-    margin: float = 0.001
-    expert_top_k: int = 500
-    expert_scorer: str = "hpsv2"
-    sampler_steps: int = 20
-    perturb_timesteps: bool = True
-    buffer_size: int = 4  # rows (expert + its own trajectory) kept, the newest (per process)
-    refill_every: int = 1  # forward/backward iterations between refills (public code: every one, train.py:655)
-    refill_rows: int | None = None  # experts of the micro-batch made into rows per refill; None: all of them
-    # Each trajectory integrated on its own noise levels.  False: every trajectory of a refill on the first
-    # one's levels, the network still told its own timesteps, as the public sampler (misc/patch.py:57-58,
-    # 185-195): its negatives then lie at other levels than their labelled t (docs/methods.md).
-    per_row_sigmas: bool = True
+    margin: float = field(default=0.001, metadata={"help": "the hinge ranking loss's margin"})
+    expert_top_k: int = field(default=500, metadata={"help": "experts kept: the top k training images by expert_scorer"})
+    expert_scorer: str = field(default="hpsv2", metadata={"help": "the scorer ranking the experts"})
+    sampler_steps: int = field(default=20, metadata={"help": "steps of the sampler making each replay trajectory"})
+    perturb_timesteps: bool = field(default=True, metadata={
+        "help": "each trajectory's timesteps perturbed (one perturbation per trajectory)"})
+    buffer_size: int = field(default=4, metadata={
+        "help": "replay buffer rows (expert + its own trajectory) kept, the newest (per process)"})
+    refill_every: int = field(default=1, metadata={
+        "help": "forward/backward iterations between refills (public code: every one, train.py:655)"})
+    refill_rows: int | None = field(default=None, metadata={
+        "help": "experts of the micro-batch made into rows per refill; None: all of them"})
+    per_row_sigmas: bool = field(default=True, metadata={
+        "help": "each trajectory integrated on its own noise levels.  False: every trajectory of a refill on the "
+                "first one's levels, the network still told its own timesteps, "
+                "as the public sampler (misc/patch.py:57-58, 185-195): "
+                "its negatives then lie at other levels than their labelled t"})
 
 
 @register_method("dro")

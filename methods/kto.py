@@ -58,7 +58,7 @@ and, through the clamp, biased upward.  The launcher's 8-bit AdamW is a full-pre
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
@@ -135,22 +135,26 @@ class KTOConfig(TrainConfig):
     batch_size: int = 2
     caption_dropout: float = 0.2  # the script's --proportion_empty_prompts default
     vae_fp32: bool = True  # train_kto_sd_v1.5.py:859
-    beta: float = 1000.0  # --beta_dpo, the script's default (the launcher does not set it)
-    lambda_desirable: float = 1.0  # --lambda_d_kto / --lambda_u_kto defaults
-    lambda_undesirable: float = 1.0
-    # "batch": the published run's estimator (--bce_offset none); "mismatched": the script's other one.
-    reference_point: Literal["batch", "mismatched"] = "batch"
-    # Over which images the "batch" reference point is the mean.  "step": every image of the optimizer step, on
-    # every process (the published 8: 4 GPUs x 2, no accumulation, train_kto_sd_v1.5.py:1470-1471); with
-    # accumulation a no-grad pass over the step's micro-batches first (2 more evaluations per image).
-    # "micro_batch": each forward/backward's own images (all processes'), cheaper and noisier.
-    reference_point_over: Literal["step", "micro_batch"] = "step"
-    # Pairs data: True, each distinct image once, desirable if preferred in any of its pairs (the published
-    # --policy gt_label_wi_l, train_kto_sd_v1.5.py:1048-1051); False, each pair's winner (1) and loser (0).
-    per_image_labels: bool = True
-    # Share of draws that are desirable images, drawn with replacement (--positive_ratio 0.8 and its
-    # WeightedRandomSampler, train_kto_sd_v1.5.py:737-738, 1186-1189); None: each image once per epoch.
-    desirable_share: float | None = 0.8
+    # --beta_dpo, the script's default (the launcher does not set it); --lambda_d_kto / --lambda_u_kto defaults.
+    beta: float = field(default=1000.0, metadata={"help": "the utility's scale on the policy-reference error gap"})
+    lambda_desirable: float = field(default=1.0, metadata={"help": "weight of the desirable images' utility"})
+    lambda_undesirable: float = field(default=1.0, metadata={"help": "weight of the undesirable images' utility"})
+    reference_point: Literal["batch", "mismatched"] = field(default="batch", metadata={
+        "help": "the reference point z_0: \"batch\", the published run's estimator (--bce_offset none); "
+                "\"mismatched\", the script's other one"})
+    reference_point_over: Literal["step", "micro_batch"] = field(default="step", metadata={
+        "help": "over which images the \"batch\" reference point is the mean.  \"step\": every image of the "
+                "optimizer step, on every process (the published 8: 4 GPUs x 2, no accumulation, "
+                "train_kto_sd_v1.5.py:1470-1471); with accumulation a no-grad pass over the step's micro-batches "
+                "first (2 more evaluations per image).  \"micro_batch\": each forward/backward's own images (all "
+                "processes'), cheaper and noisier"})
+    per_image_labels: bool = field(default=True, metadata={
+        "help": "pairs data: True, each distinct image once, desirable if preferred in any of its pairs (the "
+                "published --policy gt_label_wi_l, train_kto_sd_v1.5.py:1048-1051); False, each pair's winner (1) "
+                "and loser (0)"})
+    desirable_share: float | None = field(default=0.8, metadata={
+        "help": "share of draws that are desirable images, drawn with replacement (--positive_ratio 0.8 and its "
+                "WeightedRandomSampler, train_kto_sd_v1.5.py:737-738, 1186-1189); None: each image once per epoch"})
 
     def validate(self) -> None:
         super().validate()

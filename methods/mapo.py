@@ -53,7 +53,7 @@ code passes each pair's original size and crop corner.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -92,8 +92,8 @@ class MaPOConfig(TrainConfig):
     # decay 1e-2, max_grad_norm 1.0, ties removed, no caption dropout, flips unless --no_hflip,
     # latent_dist.sample()) and the README's training command (lr 1e-5 constant, no warmup, 2000 steps,
     # fp16 with the fp32 UNet as master weights, gradient checkpointing, fp16-fix VAE, 1024 px).
-    beta: float = 0.1
-    snr_value: float = 0.5
+    beta: float = field(default=0.1, metadata={"help": "weight of the margin term (the chosen MSE's is 1)"})
+    snr_value: float = field(default=0.5, metadata={"help": "w, scaling the error inside s(e) = w e / (exp(w e) - 1)"})
     lr: float = 1e-5
     lr_scheduler: str = "constant"
     warmup_steps: int = 0

@@ -44,7 +44,7 @@ Inverting an exactly linear path (a constant velocity eps - x0) reproduces (1 - 
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Literal
 
 import numpy as np
@@ -222,26 +222,30 @@ def renoise_trajectory(unet: UNetFn, x0: torch.Tensor, cond: Cond, inverse: Inve
 class SmPOConfig(TrainConfig):
     # Public SD1.5 script: beta 2000, lr 1e-8 scaled by the effective batch 1024 (-> 1.024e-5), 200 steps,
     # 100 warmup, 5 inversion steps, 20% empty captions (code default); the run starts from an SFT UNet.
-    beta: float = 2000.0
+    beta: float = field(default=2000.0, metadata={
+        "help": "DPO's beta (Salesforce convention), scaled per pair by the smoothed label weight 10 * (2p - 1)"})
     lr: float = 1e-8
     scale_lr: bool = True
     max_steps: int = 200
     warmup_steps: int = 100
     caption_dropout: float = 0.2
-    inversion_steps: int = 5
-    inverter: Literal["policy", "reference", "none"] = "policy"
-    # Where the inversion's steps evaluate the network and where x_t ends.  "rolled": as the public code ran
-    # (SmPO train.py:1002-1022 on diffusers 0.20.0, requirements.txt:3): the network at each step's source
-    # level (SD1.5: -199, 1, 201, 401, 601), x_t at the smallest level at or above t (SD1.5: 201 for t in 2 ..
-    # 201, 801 for t above 601).
-    # "unrolled": diffusers >= 0.22's DDIMInverseScheduler: the network at each destination (1, 201, .., 801),
-    # x_t at the largest level below t, one stride less noisy.  Flow bases follow the same rule on their grid.
-    inversion_levels: InversionLevels = "rolled"
-    # The reward scoring both images of each pair when the data has no scores, and the fixed bounds
-    # that normalise it: the public preprocessing's PickScore raw cosine.
-    pair_scorer: str = "pickscore-cosine"
-    score_lo: float = PICKSCORE_LO
-    score_hi: float = PICKSCORE_HI
+    inversion_steps: int = field(default=5, metadata={"help": "DDIM steps of the ReNoise inversion giving x_t"})
+    inverter: Literal["policy", "reference", "none"] = field(default="policy", metadata={
+        "help": "which network inverts the training image to x_t: \"policy\" (the trained one, the published "
+                "variant), \"reference\" (the frozen one, cached on disk), \"none\" (x_t by forward noising: the "
+                "smoothed labels without the inversion)"})
+    inversion_levels: InversionLevels = field(default="rolled", metadata={
+        "help": "where the inversion's steps evaluate the network and where x_t ends.  "
+                "\"rolled\": as the public code ran (SmPO train.py:1002-1022 on diffusers 0.20.0, "
+                "requirements.txt:3): the network at each step's source level (SD1.5: -199, 1, 201, 401, 601), x_t at the smallest level at or above t "
+                "(SD1.5: 201 for t in 2 .. 201, 801 for t above 601).  \"unrolled\": diffusers >= 0.22's "
+                "DDIMInverseScheduler: the network at each destination (1, 201, .., 801), x_t at the largest level "
+                "below t, one stride less noisy.  Flow bases follow the same rule on their grid"})
+    pair_scorer: str = field(default="pickscore-cosine", metadata={
+        "help": "the reward scoring both images of each pair when the data has no scores: the public "
+                "preprocessing's PickScore raw cosine"})
+    score_lo: float = field(default=PICKSCORE_LO, metadata={"help": "the fixed lower bound normalising pair_scorer"})
+    score_hi: float = field(default=PICKSCORE_HI, metadata={"help": "the fixed upper bound normalising pair_scorer"})
 
     def validate(self) -> None:
         super().validate()

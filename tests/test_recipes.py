@@ -277,3 +277,29 @@ def test_a_new_preset_is_a_folder_of_recipes_and_its_preset(tmp_path):
     assert "no settings for preset" not in result.stderr
     config = json.loads((tmp_path / "out" / "final" / "trainer_state.json").read_text())["config"]
     assert (config["beta"], config["max_steps"], config["lr"]) == (1234.0, 1, 1e-3)  # the recipe, tiny's lr
+
+
+def test_every_setting_of_every_method_has_its_help_and_methods_show_prints_it(capsys):
+    from harness.api.method import setting_help
+
+    for name, cls in METHODS.items():
+        assert main(["methods", "--show", name]) == 0
+        shown = capsys.readouterr().out
+        for field in dataclasses.fields(cls.Config):
+            meaning = setting_help(cls.Config, field.name)
+            assert len(meaning) > 5, (name, field.name)
+            line = next(line for line in shown.splitlines() if line.split()[:1] == [field.name])
+            assert meaning.split()[0] in line and repr(getattr(cls.Config(), field.name)) in line, line
+
+
+def test_a_setting_without_help_is_named():
+    from harness.api.method import TrainConfig, setting_help
+
+    @dataclasses.dataclass
+    class Bare(TrainConfig):
+        lr: float = 1e-3  # a changed default keeps its base's help
+        gamma: float = 1.0
+
+    assert setting_help(Bare, "lr") == setting_help(TrainConfig, "lr")
+    with pytest.raises(HarnessError, match=r"Bare\.gamma has no help text"):
+        setting_help(Bare, "gamma")
