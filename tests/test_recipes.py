@@ -303,3 +303,17 @@ def test_a_setting_without_help_is_named():
     assert setting_help(Bare, "lr") == setting_help(TrainConfig, "lr")
     with pytest.raises(HarnessError, match=r"Bare\.gamma has no help text"):
         setting_help(Bare, "gamma")
+
+
+def test_a_recipe_file_and_an_inline_entry_for_one_preset_is_one_line(monkeypatch):
+    """A one-file plugin may give its settings inline (Method.presets); both that and a file is ambiguous."""
+    from methods.dpo import DPO
+
+    class Twice(DPO):
+        presets = {"sd15": {"beta": 1.0}}
+
+    monkeypatch.setitem(METHODS._entries, "dpo", Twice)
+    with pytest.raises(HarnessError, match=r"dpo has two entries for preset 'sd15': .*sd15/dpo.toml and its Method"):
+        resolve_config("dpo", "sd15")
+    monkeypatch.setattr(Twice, "presets", {"tiny-flow": {"beta": 7.0}})  # a preset with no folder of its own
+    assert resolve_config("dpo", "tiny-flow").beta == 7.0 and resolve_config("dpo", "sd15").beta == 5000.0

@@ -21,7 +21,6 @@ the denoising network, SD3's transformer included.
 from __future__ import annotations
 
 from contextlib import nullcontext
-import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from collections.abc import Sequence
