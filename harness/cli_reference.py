@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 
-from harness.cli import HelpFormatter, build_parser
+from harness.cli.parser import HelpFormatter, build_parser
 
 HEADER = """# Command reference
 
