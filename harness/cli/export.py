@@ -23,6 +23,7 @@ def register(commands: Commands) -> None:
     p = commands.add("export", cmd_export, "export the results for pandas / notebooks")
     options.add_results_compared(p)
     # The files' format, not what is printed (add_printed_format): so declared here, once.
-    p.add_argument("--format", choices=["csv", "parquet", "json"], default="csv", help="the files' format, one file "
-                   "per table")
+    p.add_argument(
+        "--format", choices=["csv", "parquet", "json"], default="csv", help="the files' format, one file per table"
+    )
     p.add_argument("--dest", help="where to write (default: OUT/export; required with several --out)")

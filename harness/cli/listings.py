@@ -11,17 +11,25 @@ from harness.text_table import text_table
 def cmd_methods(args: argparse.Namespace) -> int:
     from harness.api.registry import METHODS
 
-    print(text_table([["method", "description"],
-                      *([name, getattr(cls, "description", "")] for name, cls in METHODS.items())]))
+    print(
+        text_table(
+            [["method", "description"], *([name, getattr(cls, "description", "")] for name, cls in METHODS.items())]
+        )
+    )
     return 0
 
 
 def cmd_scorers(args: argparse.Namespace) -> int:
     from harness.api.registry import SCORERS
 
-    print(text_table([["scorer", "version", "scale", "description"],
-                      *([name, cls.version, cls.scale, getattr(cls, "description", "")]
-                        for name, cls in SCORERS.items())]))
+    print(
+        text_table(
+            [
+                ["scorer", "version", "scale", "description"],
+                *([name, cls.version, cls.scale, getattr(cls, "description", "")] for name, cls in SCORERS.items()),
+            ]
+        )
+    )
     return 0
 
 
@@ -32,8 +40,14 @@ def cmd_suites(args: argparse.Namespace) -> int:
         check_suite_name(args.show)
         print(show_suite(get_suite(args.show)))
         return 0
-    print(text_table([["suite", "split", "prompts", "version", "description", "categories"],
-                      *(info.cells() for info in list_suites())]))
+    print(
+        text_table(
+            [
+                ["suite", "split", "prompts", "version", "description", "categories"],
+                *(info.cells() for info in list_suites()),
+            ]
+        )
+    )
     return 0
 
 
@@ -57,7 +71,11 @@ def register(commands: Commands) -> None:
     commands.add("methods", cmd_methods, "list registered methods")
     commands.add("scorers", cmd_scorers, "list registered scorers")
     p = commands.add("suites", cmd_suites, "list prompt suites, or show one's prompts")
-    p.add_argument("--show", metavar="SUITE", help="print the suite's split, size, version and source, and every "
-                   "prompt (a registered suite, NAME:PATH for its local copy, or NAME=FILE for a prompt file)")
+    p.add_argument(
+        "--show",
+        metavar="SUITE",
+        help="print the suite's split, size, version and source, and every "
+        "prompt (a registered suite, NAME:PATH for its local copy, or NAME=FILE for a prompt file)",
+    )
     p = commands.add("presets", cmd_presets, "list presets, or show one's resolved recipe per method")
     p.add_argument("--show", metavar="PRESET", help="print every method's resolved settings under this preset")

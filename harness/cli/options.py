@@ -46,8 +46,12 @@ def add_results_written(parser: argparse.ArgumentParser, default: str = "runs", 
     """`--out DIR` of the commands that add runs to a results directory (run, evaluate, score, reproduce).
     ``default``: the directory when none is given; ``shown``: how the help states a default that depends on
     other options (then ``default`` is None and the command computes it)."""
-    parser.add_argument("--out", default=default, help="results directory to write, or to add to: a `harness run`'s, "
-                        "or a new one; rerun the same command to resume" + (f" (default: {shown})" if shown else ""))
+    parser.add_argument(
+        "--out",
+        default=default,
+        help="results directory to write, or to add to: a `harness run`'s, "
+        "or a new one; rerun the same command to resume" + (f" (default: {shown})" if shown else ""),
+    )
 
 
 def add_results_read(parser: argparse.ArgumentParser) -> None:
@@ -58,10 +62,15 @@ def add_results_read(parser: argparse.ArgumentParser) -> None:
 def add_results_compared(parser: argparse.ArgumentParser) -> None:
     """`--out [NAME=]DIR`, repeatable, of the commands that set results directories side by side (leaderboard,
     figure, export, dashboard); ``experiments`` reads it."""
-    parser.add_argument("--out", action="append", metavar="[NAME=]DIR", help="results directory to read, written by "
-                        "`harness run --out` (default: runs); repeat it (or a comma list) to compare experiments, "
-                        "methods named NAME/method (NAME: the directory's name unless given), each compared with its "
-                        "own base")
+    parser.add_argument(
+        "--out",
+        action="append",
+        metavar="[NAME=]DIR",
+        help="results directory to read, written by "
+        "`harness run --out` (default: runs); repeat it (or a comma list) to compare experiments, "
+        "methods named NAME/method (NAME: the directory's name unless given), each compared with its "
+        "own base",
+    )
 
 
 def experiments(args: argparse.Namespace) -> list[Experiment]:
@@ -95,25 +104,41 @@ def add_preset(parser: argparse.ArgumentParser, role: str, default: str | None =
 
 def add_model(parser: argparse.ArgumentParser, required: bool = False) -> None:
     """`--model ID|DIR`: the base model (default: the preset's, unless ``required``)."""
-    parser.add_argument("--model", required=required, metavar="ID|DIR", help="the base model: a built model (toy, "
-                        "tiny), a hub id or a local diffusers directory" + ("" if required else " (default: the "
-                                                                             "preset's)"))
+    parser.add_argument(
+        "--model",
+        required=required,
+        metavar="ID|DIR",
+        help="the base model: a built model (toy, "
+        "tiny), a hub id or a local diffusers directory" + ("" if required else " (default: the preset's)"),
+    )
 
 
 def add_training_data(parser: argparse.ArgumentParser) -> None:
     """`--data` and `--skip-bad-images`: what a training reads (run, train)."""
-    parser.add_argument("--data", help="training data: a directory with pairs.jsonl/experts.jsonl, or a hub dataset "
-                        "id (default: the preset's; the toy presets synthesize theirs into OUT/data)")
-    parser.add_argument("--skip-bad-images", action="store_true", help="leave out the data's rows whose image is "
-                        "missing or cannot be decoded, and count them (without it, such a row is an error naming its "
-                        "file and line)")
+    parser.add_argument(
+        "--data",
+        help="training data: a directory with pairs.jsonl/experts.jsonl, or a hub dataset "
+        "id (default: the preset's; the toy presets synthesize theirs into OUT/data)",
+    )
+    parser.add_argument(
+        "--skip-bad-images",
+        action="store_true",
+        help="leave out the data's rows whose image is "
+        "missing or cannot be decoded, and count them (without it, such a row is an error naming its "
+        "file and line)",
+    )
 
 
 def add_overrides(parser: argparse.ArgumentParser) -> None:
     """`--set [METHOD.]FIELD=VALUE`, repeatable (run, train); ``parse_overrides`` reads it."""
-    parser.add_argument("--set", action="append", default=[], metavar="[METHOD.]FIELD=VALUE",
-                        help="override a field of a method's config, e.g. max_steps=10 or dpo.beta=2000 "
-                        "(repeatable; checked before anything runs)")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="[METHOD.]FIELD=VALUE",
+        help="override a field of a method's config, e.g. max_steps=10 or dpo.beta=2000 "
+        "(repeatable; checked before anything runs)",
+    )
 
 
 def parse_overrides(assignments: list[str], methods: list[str]) -> dict[str, dict[str, Any]]:
@@ -136,9 +161,15 @@ def parse_overrides(assignments: list[str], methods: list[str]) -> dict[str, dic
 
 def add_method_unets(parser: argparse.ArgumentParser) -> None:
     """`--unet METHOD=DIR`, repeatable (run --pretrained, reproduce); ``parse_unets`` reads it."""
-    parser.add_argument("--unet", action="append", default=[], metavar="METHOD=DIR", help="with published "
-                        "checkpoints: a method's UNet from a local directory (or hub id) instead of the preset's "
-                        "published id")
+    parser.add_argument(
+        "--unet",
+        action="append",
+        default=[],
+        metavar="METHOD=DIR",
+        help="with published "
+        "checkpoints: a method's UNet from a local directory (or hub id) instead of the preset's "
+        "published id",
+    )
 
 
 def parse_unets(assignments: list[str]) -> dict[str, str]:
@@ -154,29 +185,44 @@ def parse_unets(assignments: list[str]) -> dict[str, str]:
 
 def add_unet(parser: argparse.ArgumentParser) -> None:
     """`--unet DIR`: one UNet replacing the base model's (evaluate, generate)."""
-    parser.add_argument("--unet", metavar="DIR", help="replace the base model's UNet: a UNet directory (e.g. "
-                        "OUT/final/unet of `harness train --out OUT`) or a repository with the UNet in unet/")
+    parser.add_argument(
+        "--unet",
+        metavar="DIR",
+        help="replace the base model's UNet: a UNet directory (e.g. "
+        "OUT/final/unet of `harness train --out OUT`) or a repository with the UNet in unet/",
+    )
 
 
 def add_evaluation(parser: argparse.ArgumentParser, scorers: str = "the preset's") -> None:
     """`--suites`, `--scorers`, `--max-prompts`, `--scorer-option`: what an evaluation generates and scores (run,
     evaluate, reproduce); ``scorers``: the default scorers, as the help says them."""
-    parser.add_argument("--suites", type=comma_list, help="prompt suites (default: the preset's; NAME:PATH for a "
-                        "local copy, NAME=FILE[:seen|unseen] for a prompt file of yours)")
+    parser.add_argument(
+        "--suites",
+        type=comma_list,
+        help="prompt suites (default: the preset's; NAME:PATH for a "
+        "local copy, NAME=FILE[:seen|unseen] for a prompt file of yours)",
+    )
     parser.add_argument("--scorers", type=comma_list, help=f"scorers (default: {scorers})")
-    parser.add_argument("--max-prompts", type=count, help="only the first N prompts of each suite (a quick check; "
-                        "the same N as a run's to compare with it)")
+    parser.add_argument(
+        "--max-prompts",
+        type=count,
+        help="only the first N prompts of each suite (a quick check; the same N as a run's to compare with it)",
+    )
     add_scorer_options(parser)
 
 
 def add_scorer_options(parser: argparse.ArgumentParser, scorer_known: bool = False) -> None:
     """`--scorer-option`, repeatable: SCORER.OPTION=VALUE, or OPTION=VALUE where the command names its one
     scorer (``scorer_known``); ``parse_scorer_options`` reads it."""
-    parser.add_argument("--scorer-option", action="append", default=[],
-                        metavar="OPTION=VALUE" if scorer_known else "SCORER.OPTION=VALUE",
-                        help="where a scorer's weights are, e.g. " + ("checkpoint=DIR" if scorer_known else
-                                                                       "hpsv2.checkpoint=DIR")
-                        + " (see `harness scorers`)")
+    parser.add_argument(
+        "--scorer-option",
+        action="append",
+        default=[],
+        metavar="OPTION=VALUE" if scorer_known else "SCORER.OPTION=VALUE",
+        help="where a scorer's weights are, e.g. "
+        + ("checkpoint=DIR" if scorer_known else "hpsv2.checkpoint=DIR")
+        + " (see `harness scorers`)",
+    )
 
 
 def parse_scorer_options(assignments: list[str], scorer: str | None = None) -> dict[str, dict[str, str]]:
@@ -198,10 +244,17 @@ def run_options(args: argparse.Namespace, **specific: Any) -> RunOptions:
     ``add_method_unets``, `--images-per-prompt`), with each command's ``specific`` ones."""
     from harness.run import RunOptions
 
-    return RunOptions(preset=args.preset, model=args.model, suites=args.suites, scorers=args.scorers,
-                      max_prompts=args.max_prompts, images_per_prompt=args.images_per_prompt,
-                      scorer_options=parse_scorer_options(args.scorer_option), unets=parse_unets(args.unet),
-                      **specific)
+    return RunOptions(
+        preset=args.preset,
+        model=args.model,
+        suites=args.suites,
+        scorers=args.scorers,
+        max_prompts=args.max_prompts,
+        images_per_prompt=args.images_per_prompt,
+        scorer_options=parse_scorer_options(args.scorer_option),
+        unets=parse_unets(args.unet),
+        **specific,
+    )
 
 
 # --- what is printed ------------------------------------------------------------------------------------------

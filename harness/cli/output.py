@@ -11,20 +11,42 @@ from typing import Any
 from harness.text_table import text_table
 
 LEADERBOARD_COLUMNS = [
-    "method", "suite", "split", "metric", "higher_is_better", "n", "mean", "ci_low", "ci_high",
-    "delta_vs_base", "delta_ci_low", "delta_ci_high", "win_rate_vs_base", "trained_on_signal",
+    "method",
+    "suite",
+    "split",
+    "metric",
+    "higher_is_better",
+    "n",
+    "mean",
+    "ci_low",
+    "ci_high",
+    "delta_vs_base",
+    "delta_ci_low",
+    "delta_ci_high",
+    "win_rate_vs_base",
+    "trained_on_signal",
 ]
 
 
-def print_leaderboard(rows: list[dict], fmt: str, *, base: str = "base", ci: bool = False,
-                      by: str | None = None, statistics: list[str] | None = None) -> None:
+def print_leaderboard(
+    rows: list[dict],
+    fmt: str,
+    *,
+    base: str = "base",
+    ci: bool = False,
+    by: str | None = None,
+    statistics: list[str] | None = None,
+) -> None:
     """Print ``rows`` (harness.stats.leaderboard's) in ``fmt``: table, csv, json, latex or markdown.  ``base``,
     ``by``, ``statistics``: the paper tables' (harness.tables); ``ci``: intervals beside the values."""
     if fmt in ("latex", "markdown"):
         from harness.tables import DEFAULT_STATISTICS, paper_tables, to_latex, to_markdown
 
-        print((to_latex if fmt == "latex" else to_markdown)(paper_tables(rows, base=base, by=by), ci=ci,
-                                                           statistics=statistics or DEFAULT_STATISTICS))
+        print(
+            (to_latex if fmt == "latex" else to_markdown)(
+                paper_tables(rows, base=base, by=by), ci=ci, statistics=statistics or DEFAULT_STATISTICS
+            )
+        )
     elif fmt == "json":
         print(json.dumps(rows, indent=2))
     elif fmt == "csv":
@@ -57,18 +79,35 @@ def format_table(rows: list[dict], ci: bool = False) -> str:
     header = ["method", "suite", *parts, "metric", "n", "mean [95% CI]", "Δ vs base [95% CI]", "win rate"]
     lines = [header]
     for r in rows:
-        delta = (MISSING if r.get("delta_vs_base") is None
-                 else f"{num(r['delta_vs_base'], 3)} {interval(r['delta_ci_low'], r['delta_ci_high'], 3)}")
+        delta = (
+            MISSING
+            if r.get("delta_vs_base") is None
+            else f"{num(r['delta_vs_base'], 3)} {interval(r['delta_ci_low'], r['delta_ci_high'], 3)}"
+        )
         win = MISSING if r.get("win_rate_vs_base") is None else f"{r['win_rate_vs_base']:.1%}"
         if ci and r.get("win_ci_low") is not None:
             win += f" [{r['win_ci_low']:.1%}, {r['win_ci_high']:.1%}]"
         mark = SIGNAL_MARK if r.get("trained_on_signal") else ""
         metric = r["metric"] if r.get("higher_is_better", True) else f"{r['metric']} {LOWER_MARK}"
-        lines.append([
-            r["method"], r["suite"], *([str(r["category"]), str(r["n_prompts"])] if by_category else []),
-            metric, str(r["n"]), f"{num(r['mean'])}{mark} {interval(r['ci_low'], r['ci_high'], 4)}", delta, win,
-        ])
+        lines.append(
+            [
+                r["method"],
+                r["suite"],
+                *([str(r["category"]), str(r["n_prompts"])] if by_category else []),
+                metric,
+                str(r["n"]),
+                f"{num(r['mean'])}{mark} {interval(r['ci_low'], r['ci_high'], 4)}",
+                delta,
+                win,
+            ]
+        )
     table = text_table(lines)
-    notes = [note for note, shown in ((SIGNAL_NOTE, any(r.get("trained_on_signal") for r in rows)),
-                                      (LOWER_NOTE, not all(r.get("higher_is_better", True) for r in rows))) if shown]
+    notes = [
+        note
+        for note, shown in (
+            (SIGNAL_NOTE, any(r.get("trained_on_signal") for r in rows)),
+            (LOWER_NOTE, not all(r.get("higher_is_better", True) for r in rows)),
+        )
+        if shown
+    ]
     return "\n".join([table, *notes])

@@ -12,8 +12,22 @@ from typing import NoReturn
 
 # The modules of harness/cli/ that register commands, in the order `harness --help` lists them.  Each has
 # ``register(commands: Commands)``, and imports nothing heavy at its top: every one is imported to build the parser.
-COMMAND_MODULES = ("run", "evaluate", "score", "reproduce", "train", "generate", "leaderboard", "figure", "runs",
-                   "verify", "export", "dashboard", "data", "listings")
+COMMAND_MODULES = (
+    "run",
+    "evaluate",
+    "score",
+    "reproduce",
+    "train",
+    "generate",
+    "leaderboard",
+    "figure",
+    "runs",
+    "verify",
+    "export",
+    "dashboard",
+    "data",
+    "listings",
+)
 
 GLOBAL_OPTIONS = ("--plugin", "-h", "--help")  # what may come before a command's name
 
@@ -46,7 +60,9 @@ class Parser(argparse.ArgumentParser):
             None,
         )
         if at is not None:
-            misplaced = [word for word in given[:at] if word.startswith("-") and word.split("=")[0] not in GLOBAL_OPTIONS]
+            misplaced = [
+                word for word in given[:at] if word.startswith("-") and word.split("=")[0] not in GLOBAL_OPTIONS
+            ]
             if misplaced:
                 fixed = " ".join([given[at], *given[:at], *given[at + 1 :]])
                 return (
@@ -129,8 +145,9 @@ def build_parser() -> argparse.ArgumentParser:
         parents=[_global_options(after_command=False)],
         formatter_class=HelpFormatter,
     )
-    commands = Commands(parser.add_subparsers(dest="command", required=True, metavar="COMMAND"),
-                        [_global_options(after_command=True)])
+    commands = Commands(
+        parser.add_subparsers(dest="command", required=True, metavar="COMMAND"), [_global_options(after_command=True)]
+    )
     for name in COMMAND_MODULES:
         importlib.import_module(f"harness.cli.{name}").register(commands)
     return parser

@@ -14,9 +14,16 @@ def cmd_train(args: argparse.Namespace) -> int:
     from harness.run import EVERY_METHOD, RunOptions, train_alone, validate_training
     from harness.workers import quiet_libraries
 
-    run_options = RunOptions(methods=[args.method], out=Path(args.out), preset=args.preset, model=args.model,
-                             data=args.data, overrides=options.parse_overrides(args.set, [EVERY_METHOD]),
-                             seed=args.seed, skip_bad_images=args.skip_bad_images)
+    run_options = RunOptions(
+        methods=[args.method],
+        out=Path(args.out),
+        preset=args.preset,
+        model=args.model,
+        data=args.data,
+        overrides=options.parse_overrides(args.set, [EVERY_METHOD]),
+        seed=args.seed,
+        skip_bad_images=args.skip_bad_images,
+    )
     preset = get_preset(run_options.preset)
     validate_training(run_options, preset)  # `harness run`'s checks of a training, before anything is created
     quiet_libraries()
@@ -29,11 +36,11 @@ def register(commands: Commands) -> None:
     p = commands.add("train", cmd_train, "train one method and write its UNet in diffusers format")
     p.add_argument("--method", required=True, help="a registered method (`harness methods`)")
     options.add_training_data(p)
-    options.add_output_directory(p, "checkpoints (resumed from), the UNet in OUT/final/unet, data it makes in "
-                                 "OUT/data")
+    options.add_output_directory(p, "checkpoints (resumed from), the UNet in OUT/final/unet, data it makes in OUT/data")
     options.add_model(p)
-    options.add_preset(p, "whose settings the method trains with (`harness presets --show PRESET`; default: toy, "
-                       "the toy world)")
+    options.add_preset(
+        p, "whose settings the method trains with (`harness presets --show PRESET`; default: toy, the toy world)"
+    )
     options.add_overrides(p)
     p.add_argument("--no-resume", action="store_true", help="ignore existing checkpoints in --out")
     p.add_argument("--seed", type=int, default=0, help="seed of the data order, noise and timesteps")
