@@ -43,16 +43,15 @@ def register(commands: Commands) -> None:
     p = commands.add(
         "evaluate",
         cmd_evaluate,
-        "evaluate any checkpoint into a results directory: generate the suites "
-        "with the preset's protocol, score, store, rank against the base",
+        "evaluate any checkpoint into a results directory: generate the suites with the preset's protocol, score, "
+        "store, rank against the base",
     )
     p.epilog = (
-        "The generation protocol (sampler and steps, CFG, seeds, images per prompt, resolution) is the "
-        "preset's, as `harness run` uses it: the images pair with a run's image for image and the numbers "
-        "are comparable with the run's (its --seed too; a run made with --steps, --images-per-prompt or --vae "
-        "used another). The leaderboard compares with the results directory's base run: "
-        "where the base model has not been evaluated on a suite asked, it is evaluated too. Rerun the "
-        "same command to resume."
+        "The generation protocol (sampler and steps, CFG, seeds, images per prompt, resolution) is the preset's, as "
+        "`harness run` uses it: the images pair with a run's image for image and the numbers are comparable with the "
+        "run's (its --seed too; a run made with --steps, --images-per-prompt or --vae used another). The leaderboard "
+        "compares with the results directory's base run: where the base model has not been evaluated on a suite "
+        "asked, it is evaluated too. Rerun the same command to resume."
     )
     options.add_model(p, required=True)
     options.add_unet(p)

@@ -30,8 +30,8 @@ def register(commands: Commands) -> None:
     p = commands.add(
         "figure",
         cmd_figure,
-        "write the dashboard's charts as files for a paper: Δ vs base with CIs "
-        "(overall and per category), win-rate heatmaps, image grids (prompts × methods, same seeds)",
+        "write the dashboard's charts as files for a paper: Δ vs base with CIs (overall and per category), win-rate "
+        "heatmaps, image grids (prompts × methods, same seeds)",
     )
     options.add_results_compared(p)
     p.add_argument("--figures", help="where to write (default: OUT/figures; required with several --out)")

@@ -70,9 +70,9 @@ def register(commands: Commands) -> None:
         "generate images for a prompt suite with the preset's evaluation protocol (per-image deterministic seeds)",
     )
     p.epilog = (
-        "The sampler, steps, CFG, images per prompt, size, seeds and prompt cap are the preset's evaluation "
-        "protocol (`harness presets` shows it), as `harness run` evaluates with: with the defaults, the "
-        "images are comparable with a run's of that preset. Each option given replaces its part."
+        "The sampler, steps, CFG, images per prompt, size, seeds and prompt cap are the preset's evaluation protocol "
+        "(`harness presets` shows it), as `harness run` evaluates with: with the defaults, the images are comparable "
+        "with a run's of that preset. Each option given replaces its part."
     )
     protocol = " (default: the preset's protocol)"
     options.add_model(p)

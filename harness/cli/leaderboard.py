@@ -33,27 +33,26 @@ def register(commands: Commands) -> None:
     options.add_printed_format(
         p,
         ["table", "csv", "json", "latex", "markdown"],
-        "table: for people; csv, json: for "
-        "programs; latex, markdown: a table for a paper, the best value per column in bold",
+        "table: for people; csv, json: for programs; latex, markdown: a table for a paper, the best value per column "
+        "in bold",
     )
     options.add_base(p)
     p.add_argument(
         "--by",
         choices=["category"],
-        help="a row per category of each suite, each with the whole "
-        "leaderboard's statistics computed on its prompts alone",
+        help="a row per category of each suite, each with the whole leaderboard's statistics computed on its prompts "
+        "alone",
     )
     p.add_argument(
         "--columns",
         type=options.comma_list,
         metavar="STAT,...",
-        help="latex/markdown: the columns per "
-        "suite and metric, some of mean (the mean score), delta (Δ vs base) and win (win rate vs base, %%) "
-        "(default: mean,delta,win)",
+        help="latex/markdown: the columns per suite and metric, some of mean (the mean score), delta (Δ vs base) and "
+        "win (win rate vs base, %%) (default: mean,delta,win)",
     )
     p.add_argument(
         "--ci",
         action="store_true",
-        help="latex/markdown: each value's 95%% interval beside it (bootstrap "
-        "over prompts for means and Δ, Wilson for win rates); table: the win rate's Wilson interval",
+        help="latex/markdown: each value's 95%% interval beside it (bootstrap over prompts for means and Δ, Wilson "
+        "for win rates); table: the win rate's Wilson interval",
     )

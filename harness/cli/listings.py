@@ -74,8 +74,8 @@ def register(commands: Commands) -> None:
     p.add_argument(
         "--show",
         metavar="SUITE",
-        help="print the suite's split, size, version and source, and every "
-        "prompt (a registered suite, NAME:PATH for its local copy, or NAME=FILE for a prompt file)",
+        help="print the suite's split, size, version and source, and every prompt (a registered suite, NAME:PATH for "
+        "its local copy, or NAME=FILE for a prompt file)",
     )
     p = commands.add("presets", cmd_presets, "list presets, or show one's resolved recipe per method")
     p.add_argument("--show", metavar="PRESET", help="print every method's resolved settings under this preset")

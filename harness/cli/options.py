@@ -66,10 +66,9 @@ def add_results_compared(parser: argparse.ArgumentParser) -> None:
         "--out",
         action="append",
         metavar="[NAME=]DIR",
-        help="results directory to read, written by "
-        "`harness run --out` (default: runs); repeat it (or a comma list) to compare experiments, "
-        "methods named NAME/method (NAME: the directory's name unless given), each compared with its "
-        "own base",
+        help="results directory to read, written by `harness run --out` (default: runs); repeat it (or a comma list) "
+        "to compare experiments, methods named NAME/method (NAME: the directory's name unless given), each "
+        "compared with its own base",
     )
 
 
@@ -117,15 +116,14 @@ def add_training_data(parser: argparse.ArgumentParser) -> None:
     """`--data` and `--skip-bad-images`: what a training reads (run, train)."""
     parser.add_argument(
         "--data",
-        help="training data: a directory with pairs.jsonl/experts.jsonl, or a hub dataset "
-        "id (default: the preset's; the toy presets synthesize theirs into OUT/data)",
+        help="training data: a directory with pairs.jsonl/experts.jsonl, or a hub dataset id (default: the preset's; "
+        "the toy presets synthesize theirs into OUT/data)",
     )
     parser.add_argument(
         "--skip-bad-images",
         action="store_true",
-        help="leave out the data's rows whose image is "
-        "missing or cannot be decoded, and count them (without it, such a row is an error naming its "
-        "file and line)",
+        help="leave out the data's rows whose image is missing or cannot be decoded, and count them (without it, "
+        "such a row is an error naming its file and line)",
     )
 
 
@@ -136,8 +134,8 @@ def add_overrides(parser: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         metavar="[METHOD.]FIELD=VALUE",
-        help="override a field of a method's config, e.g. max_steps=10 or dpo.beta=2000 "
-        "(repeatable; checked before anything runs)",
+        help="override a field of a method's config, e.g. max_steps=10 or dpo.beta=2000 (repeatable; checked before "
+        "anything runs)",
     )
 
 
@@ -166,8 +164,7 @@ def add_method_unets(parser: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         metavar="METHOD=DIR",
-        help="with published "
-        "checkpoints: a method's UNet from a local directory (or hub id) instead of the preset's "
+        help="with published checkpoints: a method's UNet from a local directory (or hub id) instead of the preset's "
         "published id",
     )
 
@@ -188,8 +185,8 @@ def add_unet(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--unet",
         metavar="DIR",
-        help="replace the base model's UNet: a UNet directory (e.g. "
-        "OUT/final/unet of `harness train --out OUT`) or a repository with the UNet in unet/",
+        help="replace the base model's UNet: a UNet directory (e.g. OUT/final/unet of `harness train --out OUT`) or "
+        "a repository with the UNet in unet/",
     )
 
 
@@ -199,8 +196,8 @@ def add_evaluation(parser: argparse.ArgumentParser, scorers: str = "the preset's
     parser.add_argument(
         "--suites",
         type=comma_list,
-        help="prompt suites (default: the preset's; NAME:PATH for a "
-        "local copy, NAME=FILE[:seen|unseen] for a prompt file of yours)",
+        help="prompt suites (default: the preset's; NAME:PATH for a local copy, NAME=FILE[:seen|unseen] for a prompt "
+        "file of yours)",
     )
     parser.add_argument("--scorers", type=comma_list, help=f"scorers (default: {scorers})")
     parser.add_argument(

@@ -40,8 +40,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     print()
     print_leaderboard(rows, "table")
     print(
-        f"\nresults: {ResultsDir(args.out).db}  (harness leaderboard --out {args.out}; "
-        f"harness dashboard --out {args.out})"
+        f"\nresults: {ResultsDir(args.out).db}  (harness leaderboard --out {args.out}; harness dashboard --out "
+        f"{args.out})"
     )
     return 0
 
@@ -63,8 +63,8 @@ def register(commands: Commands) -> None:
     p.add_argument(
         "--steps",
         type=options.count,
-        help="sampler steps of the evaluation (default: the preset's "
-        "protocol, e.g. 50 for sd15; fewer makes a quick check, not the papers' numbers)",
+        help="sampler steps of the evaluation (default: the preset's protocol, e.g. 50 for sd15; fewer makes a quick "
+        "check, not the papers' numbers)",
     )
     options.add_overrides(p)
     p.add_argument("--pretrained", action="store_true", help="evaluate the published checkpoints instead of training")
@@ -78,16 +78,15 @@ def register(commands: Commands) -> None:
     p.add_argument(
         "--jobs",
         type=options.count,
-        help="jobs (a training, a model's evaluation) run at once "
-        "(default: one per core on a CPU, one thread each; one per GPU)",
+        help="jobs (a training, a model's evaluation) run at once (default: one per core on a CPU, one thread each; "
+        "one per GPU)",
     )
     p.add_argument(
         "--eval-every",
         type=options.count,
         metavar="N",
-        help="also evaluate each method's UNet every N "
-        "training steps, with the final evaluation's prompts, seeds, sampler and scorers (metric-vs-step "
-        "curves; the cost is printed before the run starts)",
+        help="also evaluate each method's UNet every N training steps, with the final evaluation's prompts, seeds, "
+        "sampler and scorers (metric-vs-step curves; the cost is printed before the run starts)",
     )
     p.add_argument(
         "--eval-suites",
@@ -98,7 +97,7 @@ def register(commands: Commands) -> None:
         "--backend",
         choices=["local", "ray"],
         default="local",
-        help="where the jobs run: this machine's "
-        "worker processes (local) or a Ray cluster (pip install '.[ray]'; docs/scaling.md)",
+        help="where the jobs run: this machine's worker processes (local) or a Ray cluster (pip install '.[ray]'; "
+        "docs/scaling.md)",
     )
     p.add_argument("--address", help="with --backend ray: the cluster, auto or HOST:PORT (default: start one here)")

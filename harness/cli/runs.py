@@ -26,7 +26,7 @@ def register(commands: Commands) -> None:
     p = commands.add(
         "runs",
         cmd_runs,
-        "print each run's own start, end, wall time, CPU- or GPU-hours, UNet "
-        "evaluations per training sample and peak memory",
+        "print each run's own start, end, wall time, CPU- or GPU-hours, UNet evaluations per training sample and "
+        "peak memory",
     )
     options.add_results_read(p)

@@ -40,12 +40,11 @@ def cmd_score(args: argparse.Namespace) -> int:
 def register(commands: Commands) -> None:
     p = commands.add("score", cmd_score, "score images made elsewhere into a results directory, as a run of their own")
     p.epilog = (
-        "The manifest is JSONL, one image a line: path (relative to the manifest's folder), prompt_id or "
-        "prompt (of the --prompts suite), image_index (default: the order of the prompt's lines), seed "
-        "(optional), sha256 (optional, checked); other keys are ignored, so `harness generate`'s "
-        "manifest.jsonl is one. The images are copied into OUT/images/NAME/SUITE/. Δ and win rates pair "
-        "them with the base's images of the same prompt, index and seed: images without a seed are "
-        "compared with no other run."
+        "The manifest is JSONL, one image a line: path (relative to the manifest's folder), prompt_id or prompt (of "
+        "the --prompts suite), image_index (default: the order of the prompt's lines), seed (optional), sha256 "
+        "(optional, checked); other keys are ignored, so `harness generate`'s manifest.jsonl is one. The images are "
+        "copied into OUT/images/NAME/SUITE/. Δ and win rates pair them with the base's images of the same prompt, "
+        "index and seed: images without a seed are compared with no other run."
     )
     p.add_argument(
         "--images",

@@ -20,15 +20,14 @@ def register(commands: Commands) -> None:
     p = commands.add(
         "verify",
         cmd_verify,
-        "check a results directory and the caches it reads, as `git fsck`: the "
-        "store, every image against its manifest hash, every score against the score cache, every "
-        "checkpoint and final/ network, the journals, $HARNESS_CACHE's entries; exit status 1 if "
-        "anything is wrong",
+        "check a results directory and the caches it reads, as `git fsck`: the store, every image against its "
+        "manifest hash, every score against the score cache, every checkpoint and final/ network, the journals, "
+        "$HARNESS_CACHE's entries; exit status 1 if anything is wrong",
     )
     options.add_results_read(p)
     p.add_argument(
         "--repair",
         action="store_true",
-        help="fix what was found as a rerun would: damaged cache entries "
-        "discarded or rebuilt, the score cache refilled from the store; say what only a rerun can redo",
+        help="fix what was found as a rerun would: damaged cache entries discarded or rebuilt, the score cache "
+        "refilled from the store; say what only a rerun can redo",
     )
