@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 
-from harness.cli import HelpFormatter, build_parser
+from harness.cli.parser import HelpFormatter, build_parser
 
 HEADER = """# Command reference
 
@@ -31,8 +31,11 @@ def _commands(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
 def _options(parser: argparse.ArgumentParser) -> list[str]:
     """Each option as `--help` shows it (argparse's own formatting, through its private methods)."""
     formatter = HelpFormatter(parser.prog)
-    return [f"- `{formatter._format_action_invocation(action)}`: {formatter._expand_help(action)}"
-            for action in parser._actions if action.option_strings and not isinstance(action, argparse._HelpAction)]
+    return [
+        f"- `{formatter._format_action_invocation(action)}`: {formatter._expand_help(action)}"
+        for action in parser._actions
+        if action.option_strings and not isinstance(action, argparse._HelpAction)
+    ]
 
 
 def reference() -> str:

@@ -7,7 +7,10 @@ from pathlib import Path
 import pytest
 
 from conftest import harness_cli
-from harness.cli import HelpFormatter, _parse_overrides, build_parser, format_table, main
+from harness.cli import build_parser, main
+from harness.cli.options import parse_overrides
+from harness.cli.output import format_table
+from harness.cli.parser import HelpFormatter
 from harness.errors import HarnessError
 from harness.stats import SIGNAL_MARK, SIGNAL_NOTE
 from harness.text_table import text_table
@@ -38,13 +41,13 @@ def test_methods_lists_each_with_a_description():
 
 
 def test_overrides_parse_values_and_targets():
-    assert _parse_overrides(["dpo.beta=2000", "lr=1e-4"], ["dpo", "dro"]) == {
+    assert parse_overrides(["dpo.beta=2000", "lr=1e-4"], ["dpo", "dro"]) == {
         "dpo": {"beta": 2000, "lr": 1e-4},
         "dro": {"lr": 1e-4},
     }
-    assert _parse_overrides(["dpo.name=abc"], ["dpo"]) == {"dpo": {"name": "abc"}}
+    assert parse_overrides(["dpo.name=abc"], ["dpo"]) == {"dpo": {"name": "abc"}}
     with pytest.raises(HarnessError):
-        _parse_overrides(["beta"], ["dpo"])
+        parse_overrides(["beta"], ["dpo"])
 
 
 def test_table_shows_ci_delta_and_win_rate():
@@ -174,6 +177,34 @@ def test_every_option_of_every_command_has_help_and_shows_its_default():
     for prog in ("leaderboard", "export", "dashboard", "figure", "runs"):
         out = next(a for c, a in _commands_and_options() if c.prog == f"harness {prog}" and "--out" in a.option_strings)
         assert "results directory to read" in out.help and "harness run --out" in out.help, prog
+
+
+def test_out_has_one_meaning_per_declaration():
+    """Every command's --out is a results directory written, one read, several compared, or an output directory
+    that is no results directory, and its help says which (harness/cli/options.py declares each once)."""
+    meanings = ("results directory to write, or to add to", "results directory to read (",
+                "results directory to read, written by", "directory to write, not a results directory")
+    found = {c.prog: a.help for c, a in _commands_and_options() if "--out" in a.option_strings}
+    assert {prog: next(m for m in meanings if help.startswith(m)) for prog, help in found.items()} == {
+        **dict.fromkeys(["harness run", "harness evaluate", "harness score", "harness reproduce"], meanings[0]),
+        **dict.fromkeys(["harness runs", "harness verify"], meanings[1]),
+        **dict.fromkeys(["harness leaderboard", "harness figure", "harness export", "harness dashboard"], meanings[2]),
+        **dict.fromkeys(["harness train", "harness generate", "harness data experts"], meanings[3]),
+    }
+
+
+def test_the_parser_loads_no_heavy_library():
+    """`harness --help`, and every command's parsing, before the command runs: no torch, diffusers, ..."""
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom harness.cli import build_parser\nbuild_parser()\n"
+            "print(sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'diffusers', 'transformers', "
+            "'numpy', 'pandas', 'streamlit', 'dashboard', 'methods', 'toyworld'}))")
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
+    assert loaded.stdout.strip() == "[]", loaded.stdout
+    help = subprocess.run([sys.executable, "-m", "harness.cli", "--help"], capture_output=True, text=True, timeout=60)
+    assert help.returncode == 0 and "COMMAND" in help.stdout, help.stderr
 
 
 def test_cli_reference_is_the_parser_s():

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from conftest import harness_cli
-from harness.cli import format_table
+from harness.cli.output import format_table
 from harness.run import leaderboard
 from harness.stats import LOWER_MARK, LOWER_NOTE, leaderboard as statistics, paired_comparison, win_rate_matrix
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from conftest import harness_cli
-from harness.cli import _parse_unets
+from harness.cli.options import parse_unets
 from harness.presets import get_preset, published_weights
 from harness.errors import HarnessError
 from harness.published import DRO_SD15
@@ -135,10 +135,10 @@ def test_unet_and_local_suite_options_are_checked(tmp_path, tiny_model_dir):
         validate(RunOptions(["dro"], tmp_path, "sd15", unets={"dro": str(tmp_path)}), sd15)
     with pytest.raises(HarnessError, match="not among the methods"):
         validate(RunOptions(["dpo"], tmp_path, "sd15", pretrained=True, unets={"dro": str(tmp_path)}), sd15)
-    assert _parse_unets(["dro=/data/dro", "dpo=mhdang/dpo-sd1.5-text2image-v1"]) == \
+    assert parse_unets(["dro=/data/dro", "dpo=mhdang/dpo-sd1.5-text2image-v1"]) == \
         {"dro": "/data/dro", "dpo": "mhdang/dpo-sd1.5-text2image-v1"}
     with pytest.raises(HarnessError, match="--unet expects METHOD=DIR"):
-        _parse_unets(["/data/dro"])
+        parse_unets(["/data/dro"])
 
 
 def test_missing_weights_fail_in_one_line_before_anything_is_made(tmp_path):

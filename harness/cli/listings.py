@@ -1,0 +1,92 @@
+"""`harness methods|scorers|suites|presets`: what is registered, and one suite's or preset's details."""
+
+from __future__ import annotations
+
+import argparse
+
+from harness.cli.parser import Commands
+from harness.text_table import text_table
+
+
+def cmd_methods(args: argparse.Namespace) -> int:
+    from harness.api.registry import METHODS
+
+    if args.show:
+        from harness.presets import show_method
+
+        print(show_method(args.show))
+        return 0
+    print(
+        text_table(
+            [["method", "description"], *([name, getattr(cls, "description", "")] for name, cls in METHODS.items())]
+        )
+    )
+    return 0
+
+
+def cmd_scorers(args: argparse.Namespace) -> int:
+    from harness.api.registry import SCORERS
+
+    print(
+        text_table(
+            [
+                ["scorer", "version", "scale", "description"],
+                *([name, cls.version, cls.scale, getattr(cls, "description", "")] for name, cls in SCORERS.items()),
+            ]
+        )
+    )
+    return 0
+
+
+def cmd_suites(args: argparse.Namespace) -> int:
+    from harness.suites import check_suite_name, get_suite, list_suites, show_suite
+
+    if args.show:
+        check_suite_name(args.show)
+        print(show_suite(get_suite(args.show)))
+        return 0
+    print(
+        text_table(
+            [
+                ["suite", "split", "prompts", "version", "description", "categories"],
+                *(info.cells() for info in list_suites()),
+            ]
+        )
+    )
+    return 0
+
+
+def cmd_presets(args: argparse.Namespace) -> int:
+    from harness.api.registry import PRESETS
+    from harness.presets import get_preset, preset_summary, show_preset
+
+    if args.show:
+        print(show_preset(get_preset(args.show)))
+        return 0
+    rows = [["preset", "description and main settings (`harness presets --show PRESET`: every method's)"]]
+    for name in PRESETS.names():
+        preset = get_preset(name)
+        rows.append([name, preset.description + ("  (the default)" if preset.default else "")])
+        rows.extend(["", line] for line in preset_summary(preset))
+    print(text_table(rows))
+    return 0
+
+
+def register(commands: Commands) -> None:
+    p = commands.add("methods", cmd_methods, "list registered methods, or show one's settings")
+    p.add_argument(
+        "--show",
+        metavar="METHOD",
+        help="print the method's settings (what --set takes): each one's default and meaning, and the presets it has "
+        "recipes for",
+    )
+    commands.add("scorers", cmd_scorers, "list registered scorers")
+    p = commands.add("suites", cmd_suites, "list prompt suites, or show one's prompts")
+    p.add_argument(
+        "--show",
+        metavar="SUITE",
+        help="print the suite's split, size, version and source, and every prompt (a registered suite, NAME:PATH for "
+        "its local copy, or NAME=FILE for a prompt file)",
+    )
+    p = commands.add("presets", cmd_presets, "list presets, or show one's resolved recipe per method")
+    p.add_argument("--show", metavar="PRESET", help="print every method's resolved settings under this preset")

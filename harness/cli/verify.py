@@ -1,0 +1,33 @@
+"""`harness verify`: a results directory and the caches it reads checked, as `git fsck`."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from harness.cli import options
+from harness.cli.parser import Commands
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from harness.models import default_cache_dir
+    from harness.verify import run_verify
+
+    return run_verify(Path(args.out), args.repair, default_cache_dir())
+
+
+def register(commands: Commands) -> None:
+    p = commands.add(
+        "verify",
+        cmd_verify,
+        "check a results directory and the caches it reads, as `git fsck`: the store, every image against its "
+        "manifest hash, every score against the score cache, every checkpoint and final/ network, the journals, "
+        "$HARNESS_CACHE's entries; exit status 1 if anything is wrong",
+    )
+    options.add_results_read(p)
+    p.add_argument(
+        "--repair",
+        action="store_true",
+        help="fix what was found as a rerun would: damaged cache entries discarded or rebuilt, the score cache "
+        "refilled from the store; say what only a rerun can redo",
+    )
