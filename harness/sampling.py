@@ -94,8 +94,8 @@ def generate(
 ) -> list[dict]:
     """Generate ``images_per_prompt`` images for every prompt of ``suite`` into ``out_dir``.
 
-    ``pipe`` is a diffusers text-to-image pipeline (StableDiffusionPipeline or
-    StableDiffusionXLPipeline) already on its device.  ``scheduler`` swaps the
+    ``pipe`` is a diffusers text-to-image pipeline of a family of ``harness.families``
+    already on its device.  ``scheduler`` swaps the
     pipeline's scheduler for the duration of the call (a key of ``SCHEDULERS``).
     Under an initialised ``torch.distributed`` process group, rank ``r`` of ``W``
     generates the prompts ``k`` with ``k % W == r`` and rank 0 merges the manifest;

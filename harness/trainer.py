@@ -318,11 +318,9 @@ class Trainer:
         config = self.config
         pipe = load_pipeline(self.base_model, device=self.device, vae=config.vae)
         self.family = family_of(pipe)
-        for name in ("vae", "text_encoder", "text_encoder_2", "text_encoder_3"):
-            frozen = getattr(pipe, name, None)
-            if frozen is not None:
-                fp32 = name == "vae" and config.vae_fp32
-                frozen.requires_grad_(False).eval().to(torch.float32 if fp32 else self.weight_dtype)
+        pipe.vae.requires_grad_(False).eval().to(torch.float32 if config.vae_fp32 else self.weight_dtype)
+        for encoder in self.family.text_encoders(pipe):
+            encoder.requires_grad_(False).eval().to(self.weight_dtype)
         unet = self.family.denoiser(pipe)  # the UNet, or SD3's transformer
         if config.init_unet:
             unet = self.family.load_denoiser(config.init_unet).to(self.device)
