@@ -50,8 +50,9 @@ class ModelFamily:
     Class attributes: ``name`` (str, as messages say it: "SD1.5"), ``pipeline_class`` (str, the diffusers
     pipeline class of its models), ``denoiser_component`` / ``denoiser_class`` (str: the pipeline's attribute
     holding the denoising network, and that network's diffusers class), ``flow_matching`` (bool: trained and
-    sampled as a flow), ``lora_prefix`` (str: the first part of saved adapters' keys) and ``lora_adapts``
-    (str: what its adapters adapt, in words).
+    sampled as a flow), ``lora_prefix`` (str: the first part of saved adapters' keys), ``lora_adapts``
+    (str: what its adapters adapt, in words) and ``components`` (tuple of str: the pipeline components that
+    tell its pipelines apart where their class does not; the family with the most of them present wins).
     """
 
     name: str
@@ -61,6 +62,7 @@ class ModelFamily:
     flow_matching = False
     lora_prefix = "unet"
     lora_adapts = "a UNet"
+    components: tuple[str, ...] = ("unet",)
 
     def __repr__(self) -> str:
         return f"<ModelFamily {self.name}>"
@@ -174,6 +176,7 @@ class SDXLFamily(ModelFamily):
 
     name = "SDXL"
     pipeline_class = "StableDiffusionXLPipeline"
+    components = ("unet", "text_encoder_2")
 
     def is_network(self, config: dict[str, Any]) -> bool:
         return super().is_network(config) and config.get("addition_embed_type") == "text_time"
@@ -207,6 +210,7 @@ class SD3Family(ModelFamily):
     flow_matching = True
     lora_prefix = "transformer"
     lora_adapts = "an SD3 transformer"
+    components = ("transformer",)
 
     def denoise(self, network: Any, x: torch.Tensor, t: torch.Tensor, hidden: torch.Tensor,
                 added: dict[str, torch.Tensor] | None) -> torch.Tensor:
@@ -275,7 +279,15 @@ def family_named(pipeline_class: str) -> ModelFamily:
 
 
 def family_of(pipe: Any) -> ModelFamily:
-    """The family of a loaded pipeline."""
+    """The family of a loaded pipeline, of a subclass of one, or of an object forwarding a pipeline's components
+    (what a method's ``sampler`` may return: a wrapper)."""
+    for cls in type(pipe).__mro__:
+        if cls.__name__ in FAMILIES:
+            return FAMILIES[cls.__name__]
+    by_components = sorted(FAMILIES.values(), key=lambda family: len(family.components), reverse=True)
+    for family in by_components:
+        if all(getattr(pipe, name, None) is not None for name in family.components):
+            return family
     return family_named(type(pipe).__name__)
 
 
