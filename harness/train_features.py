@@ -108,7 +108,7 @@ class FeatureEncoder:
         dtype = next(self.vae.parameters()).dtype
         posterior = self.vae.encode(pixels[None].to(self.device, dtype)).latent_dist
         scale = self.vae.config.scaling_factor
-        shift = self.vae.config.get("shift_factor") or 0.0  # a VAE with a shift (SD3's): latents are (z - shift) * scale
+        shift = self.vae.config.get("shift_factor") or 0.0  # a shifted VAE (SD3's): latents are (z - shift) * scale
         return Posterior(((posterior.mean[0] - shift) * scale).float().cpu(), (posterior.std[0] * scale).float().cpu())
 
     # -- text -------------------------------------------------------------------------------------

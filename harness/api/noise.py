@@ -11,8 +11,8 @@ the same kind of number for every base model, and one loss formula serves both f
   the network predicts the velocity ``eps - x0``; its timestep input is ``sigma * T``.
 
 Each process is built from the training scheduler (``from_scheduler``); the model's family
-(``harness.families``) picks which.  Timesteps are what the network receives (an integer index, or ``sigma * T`` as a float), so a
-method stores and passes them around without knowing which family it trains.
+(``harness.families``) picks which.  Timesteps are what the network receives (an integer index,
+or ``sigma * T`` as a float), so a method stores and passes them around without knowing which family it trains.
 """
 
 from __future__ import annotations
