@@ -45,7 +45,8 @@ def levels(batches: int) -> None:
 
     from diffusers import DDPMScheduler
 
-    from harness.api import Cond, Models
+    from harness.api import Cond
+    from harness.families import SD15
     from methods.dro import sample_trajectories
 
     # SD1.5's scheduler config (stable-diffusion-v1-5 scheduler/scheduler_config.json).
@@ -54,7 +55,7 @@ def levels(batches: int) -> None:
     abar = scheduler.alphas_cumprod
     shape, steps, stride = (4, 64, 64), 20, 50
     oracle = Oracle(abar, shape)
-    models = Models(policy=oracle, unwrapped=oracle, reference=lambda: (oracle, nullcontext()), scheduler=scheduler)
+    models = SD15.models(policy=oracle, unwrapped=oracle, reference=lambda: (oracle, nullcontext()), scheduler=scheduler)
     generator = torch.Generator().manual_seed(0)
     grid = torch.arange(steps - 1, -1, -1) * stride
     label = int(grid[10]) + 49
@@ -93,7 +94,7 @@ def levels(batches: int) -> None:
 def adamw(steps: int) -> None:
     from safetensors.torch import load_file
 
-    from harness.models import save_tiny_pipeline
+    from harness.testing.tiny_models import save_tiny_pipeline
     from harness.trainer import train
 
     root = Path(tempfile.mkdtemp(prefix="dro-adamw-"))

@@ -18,12 +18,12 @@ def lora_counts() -> None:
     from peft import LoraConfig
 
     from bench.train_step import SD35_TRANSFORMER
-    from harness.trainer import lora_targets
+    from harness.families import SD3
 
     for dual in (False, True):
         with torch.device("meta"):
             transformer = SD3Transformer2DModel(**SD35_TRANSFORMER)
-        transformer.add_adapter(LoraConfig(r=32, lora_alpha=64, target_modules=lora_targets(transformer, dual)))
+        transformer.add_adapter(LoraConfig(r=32, lora_alpha=64, target_modules=SD3.lora_targets(dual)))
         modules = sum(1 for name, _ in transformer.named_modules() if name.endswith(".lora_A"))
         params = sum(p.numel() for name, p in transformer.named_parameters() if "lora_" in name)
         print(f"lora_dual_attention={dual}: {modules} modules, {params / 1e6:.2f} M LoRA parameters")

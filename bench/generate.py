@@ -25,7 +25,8 @@ from pathlib import Path
 
 import torch
 
-from harness.models import TinyPipelineConfig, default_cache_dir, load_pipeline, save_tiny_pipeline
+from harness.models import default_cache_dir, load_pipeline
+from harness.testing.tiny_models import TinyPipelineConfig, save_tiny_pipeline
 from harness.sampling import generate, optimize_pipeline
 from harness.api.suite import Suite
 from harness.suites import get_suite
@@ -48,7 +49,7 @@ def sd15_shaped_pipeline():
     from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from harness.models import clip_tokenizer
+    from harness.testing.tiny_models import clip_tokenizer
 
     torch.manual_seed(0)
     unet = UNet2DConditionModel(

@@ -21,7 +21,7 @@ import time
 import torch
 
 from harness.scoring.hpsv3 import REWARD_TOKEN, chat_text, empty_reward_model
-from harness.scoring._random_weights import TINY_QWEN2_VL_CONFIG
+from harness.testing.scorer_weights import TINY_QWEN2_VL_CONFIG
 
 # config.json of Qwen/Qwen2-VL-7B-Instruct (public values); HPSv3 resizes the vocabulary to the
 # tokenizer's 151657 tokens plus <|Reward|>.
@@ -38,7 +38,7 @@ QWEN2_VL_7B_CONFIG = {
                       "hidden_size": 3584, "patch_size": 14, "spatial_merge_size": 2, "temporal_patch_size": 2},
 }
 HPSV3_VOCAB = 151657 + 1
-TINY_VOCAB = 2000  # the tests' tokenizer (harness.scoring._random_weights.save_qwen2_vl_processor)
+TINY_VOCAB = 2000  # the tests' tokenizer (harness.testing.scorer_weights.save_qwen2_vl_processor)
 IMAGE_GRID = (1, 32, 32)  # a 448x448 image in 14-pixel patches
 
 

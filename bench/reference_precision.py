@@ -16,8 +16,8 @@ import torch
 
 from harness.api import per_sample_error
 from harness.api.registry import BASE_MODELS
-from harness.models import denoiser, load_pipeline
-from harness.trainer import training_scheduler
+from harness.families import family_of
+from harness.models import load_pipeline
 
 
 def main() -> None:
@@ -29,8 +29,9 @@ def main() -> None:
     torch.set_num_threads(1)
     location = BASE_MODELS.get(args.base)() if args.base in BASE_MODELS.names() else args.base
     pipe = load_pipeline(location, device="cpu")
-    unet = denoiser(pipe).float().eval()
-    scheduler = training_scheduler(pipe.scheduler)
+    family = family_of(pipe)
+    unet = family.denoiser(pipe).float().eval()
+    scheduler = family.training_scheduler(pipe.scheduler)
     generator = torch.Generator().manual_seed(0)
     channels, size = unet.config.in_channels, unet.config.sample_size
     x0 = torch.randn(2 * args.pairs, channels, size, size, generator=generator)

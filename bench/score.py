@@ -23,7 +23,7 @@ import torch
 from PIL import Image
 
 from harness.scoring import ScoreCache, Scorer, get_scorer, score_images
-from harness.scoring._random_weights import (
+from harness.testing.scorer_weights import (
     CLIP_SHAPES,
     register_tiny_open_clip,
     save_aesthetic_head,

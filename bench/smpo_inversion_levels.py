@@ -12,8 +12,8 @@ from __future__ import annotations
 import torch
 
 from harness.api import Cond
-from harness.api.noise import noise_process
-from harness.models import _scheduler
+from harness.families import SD15, SDXL
+from harness.testing.tiny_models import _scheduler
 from methods.smpo import inverse_timesteps, renoise_inversion
 
 TS = (50, 150, 250, 500, 801, 802, 950)
@@ -24,9 +24,9 @@ def main() -> None:
     x0, eps = torch.randn(4, 4, 64, 64, generator=generator), torch.randn(4, 4, 64, 64, generator=generator)
     cond = Cond(torch.zeros(len(x0), 1, 1))
     print("| base | t | levels | x_t's level | std(eps_hat) | corr(eps_hat, x0) |\n|---|---|---|---|---|---|")
-    for layout, steps in (("sd15", 5), ("sdxl", 10)):
+    for layout, family, steps in (("sd15", SD15, 5), ("sdxl", SDXL, 10)):
         scheduler = _scheduler(layout)
-        process = noise_process(scheduler)
+        process = family.noise_process(scheduler)
         abar = process.alphas_cumprod.double()
         for t in TS:
             for levels in ("rolled", "unrolled"):

@@ -16,7 +16,8 @@ from pathlib import Path
 
 import torch
 
-from harness.models import TINY_SHAPES, load_pipeline, save_tiny_pipeline
+from harness.models import load_pipeline
+from harness.testing.tiny_models import TINY_SHAPES, save_tiny_pipeline
 
 
 def best_of(repeats: int, function) -> str:

@@ -49,7 +49,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from harness.models import TinyPipelineConfig, save_tiny_pipeline  # noqa: E402
+from harness.testing.tiny_models import TinyPipelineConfig, save_tiny_pipeline  # noqa: E402
 from harness.api.registry import METHODS  # noqa: E402
 from harness.trainer import Trainer, resolve_config  # noqa: E402
 
@@ -168,7 +168,8 @@ def sd15_dpo_step(unet_kind: str, device: str, rounds: int) -> None:
 
     from diffusers import DDPMScheduler, UNet2DConditionModel
 
-    from harness.api.method import Batch, Cond, Models
+    from harness.api.method import Batch, Cond
+    from harness.families import SD15
     from methods.dpo import DPO, DPOConfig
 
     shape = SD15_UNET if unet_kind == "sd15" else MID_UNET
@@ -182,8 +183,8 @@ def sd15_dpo_step(unet_kind: str, device: str, rounds: int) -> None:
         reference = copy.deepcopy(policy).requires_grad_(False).to(dtype)
         optimizer = torch.optim.AdamW(policy.parameters(), lr=1e-6)
         autocast = lambda: torch.autocast(device_type=device, dtype=dtype)  # noqa: E731
-        models = Models(policy=policy, unwrapped=policy, reference=lambda: (reference, nullcontext()),
-                        scheduler=scheduler, autocast=autocast)
+        models = SD15.models(policy=policy, unwrapped=policy, reference=lambda: (reference, nullcontext()),
+                             scheduler=scheduler, autocast=autocast)
         method = DPO(DPOConfig())
         size = shape["sample_size"]
         latents = torch.randn(2, 4, size, size, device=device)
@@ -213,8 +214,9 @@ def sd35_dpo_step(kind: str, device: str, rounds: int) -> None:
 
     from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel
 
-    from harness.api.method import Batch, Cond, Models
-    from harness.trainer import adapters_disabled, lora_targets
+    from harness.api.method import Batch, Cond
+    from harness.families import SD3
+    from harness.trainer import adapters_disabled
     from methods.dpo import DPO, DPOConfig
 
     shape = SD35_TRANSFORMER if kind == "sd35" else MID_TRANSFORMER
@@ -230,7 +232,7 @@ def sd35_dpo_step(kind: str, device: str, rounds: int) -> None:
 
                 policy.requires_grad_(False)
                 policy.add_adapter(LoraConfig(r=32, lora_alpha=64, init_lora_weights="gaussian",
-                                              target_modules=lora_targets(policy)))  # the trainer's
+                                              target_modules=SD3.lora_targets()))  # the trainer's
                 reference = lambda: (policy, adapters_disabled(policy))  # noqa: E731
             else:
                 frozen = copy.deepcopy(policy).requires_grad_(False).to(dtype)
@@ -240,7 +242,8 @@ def sd35_dpo_step(kind: str, device: str, rounds: int) -> None:
             trainable = [p for p in policy.parameters() if p.requires_grad]
             optimizer = torch.optim.AdamW(trainable, lr=1e-6)
             autocast = lambda: torch.autocast(device_type=device, dtype=dtype)  # noqa: E731
-            models = Models(policy=policy, unwrapped=policy, reference=reference, scheduler=scheduler, autocast=autocast)
+            models = SD3.models(policy=policy, unwrapped=policy, reference=reference, scheduler=scheduler,
+                                autocast=autocast)
             method = DPO(DPOConfig(beta=100.0))
             size = resolution // 8
             latents = torch.randn(2, 16, size, size, device=device)

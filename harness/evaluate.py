@@ -350,7 +350,8 @@ def evaluate_checkpoint(plan: Evaluation) -> None:
 def plan_evaluation(options: EvaluateOptions) -> Evaluation:
     """Check everything `harness evaluate` was given, cheap checks first; creates nothing."""
     from harness.identity import compared, difference, shown
-    from harness.models import check_model_available, check_network_fits
+    from harness.families import check_network_fits
+    from harness.models import check_model_available
     from harness.store import Store
 
     results = ResultsDir(options.out)
@@ -438,10 +439,10 @@ def check_suites(store, suites: Sequence, results: ResultsDir) -> None:
 def check_sampler_fits(model: str, preset: Preset, shown: str | None = None) -> None:
     """The preset's sampler must fit the model (a diffusion sampler cannot sample SD3): one line before anything
     is made (``shown``: the model as the user named it, where ``model`` is where it was built)."""
+    from harness.families import family_of_model
     from harness.models import pipeline_scheduler
-    from harness.sampling import scheduler_mismatch
 
-    mismatch = scheduler_mismatch(preset.generation.scheduler, pipeline_scheduler(model))
+    mismatch = family_of_model(model).sampler_mismatch(preset.generation.scheduler, pipeline_scheduler(model))
     if mismatch:
         raise HarnessError(f"--model {shown or model!r}: the {preset.name} preset's {mismatch}; pass the --preset of "
                            "a model of its kind (flow matching: sd35, tiny-flow)")

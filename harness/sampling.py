@@ -41,7 +41,6 @@ from harness.atomic import remove_leftovers, replacing, write_jsonl, writing
 from harness.distributed import barrier, rank_and_size
 from harness.errors import HarnessError
 from harness.progress import progress_bar
-from harness.api.noise import is_flow_matching
 from harness.api.suite import Suite
 
 MANIFEST_NAME = "manifest.jsonl"
@@ -56,7 +55,7 @@ SCHEDULERS: dict[str, str] = {
     "euler-a": "EulerAncestralDiscreteScheduler",
     "dpm++": "DPMSolverMultistepScheduler",
     "unipc": "UniPCMultistepScheduler",
-    "flow-euler": "FlowMatchEulerDiscreteScheduler",  # flow-matching models (SD3) only
+    "flow-euler": "FlowMatchEulerDiscreteScheduler",  # flow-matching models only (harness.families.FLOW_SAMPLERS)
 }
 
 
@@ -95,8 +94,8 @@ def generate(
 ) -> list[dict]:
     """Generate ``images_per_prompt`` images for every prompt of ``suite`` into ``out_dir``.
 
-    ``pipe`` is a diffusers text-to-image pipeline (StableDiffusionPipeline or
-    StableDiffusionXLPipeline) already on its device.  ``scheduler`` swaps the
+    ``pipe`` is a diffusers text-to-image pipeline of a family of ``harness.families``
+    already on its device.  ``scheduler`` swaps the
     pipeline's scheduler for the duration of the call (a key of ``SCHEDULERS``).
     Under an initialised ``torch.distributed`` process group, rank ``r`` of ``W``
     generates the prompts ``k`` with ``k % W == r`` and rank 0 merges the manifest;
@@ -167,14 +166,14 @@ def optimize_pipeline(pipe: Any, *, channels_last: bool = False, compile_unet: b
     SDPA attention and the batched classifier-free-guidance UNet call are diffusers'
     defaults already; run the pipeline in bf16 on a GPU through ``load_pipeline(dtype=...)``.
     """
-    from harness.models import denoiser, denoiser_component
+    from harness.families import family_of
 
-    name = denoiser_component(type(pipe).__name__)[0]
+    family = family_of(pipe)
     if channels_last:
-        denoiser(pipe).to(memory_format=torch.channels_last)
+        family.denoiser(pipe).to(memory_format=torch.channels_last)
         pipe.vae.to(memory_format=torch.channels_last)
     if compile_unet:
-        setattr(pipe, name, torch.compile(denoiser(pipe)))
+        setattr(pipe, family.denoiser_component, torch.compile(family.denoiser(pipe)))
     return pipe
 
 
@@ -209,15 +208,6 @@ def _check_arguments(suite: Suite, images_per_prompt: int, batch_size: int, num_
         raise HarnessError(f"suite {suite.name!r} has duplicate prompt_id {duplicate!r}")
 
 
-def scheduler_mismatch(name: str | None, model_scheduler: str) -> str | None:
-    """Why sampler ``name`` (a key of ``SCHEDULERS``; None: the model's own) cannot sample a model whose own
-    scheduler is the class ``model_scheduler``: a diffusion sampler on a flow-matching model or the reverse."""
-    if name is None or (name == "flow-euler") == is_flow_matching(model_scheduler):
-        return None
-    family = "a flow-matching" if name != "flow-euler" else "a diffusion"
-    return f"scheduler {name!r} does not fit {family} model ({model_scheduler})"
-
-
 @contextmanager
 def _scheduler_swapped(pipe: Any, name: str | None) -> Iterator[None]:
     if name is None:
@@ -227,11 +217,15 @@ def _scheduler_swapped(pipe: Any, name: str | None) -> Iterator[None]:
         raise HarnessError(f"unknown scheduler {name!r}; available: {', '.join(SCHEDULERS)}")
     import diffusers
 
+    from harness.families import family_of
+
     original = pipe.scheduler
-    mismatch = scheduler_mismatch(name, type(original).__name__)
+    family = family_of(pipe)
+    mismatch = family.sampler_mismatch(name, type(original).__name__)
     if mismatch:
-        diffusion = ", ".join(s for s in SCHEDULERS if s != "flow-euler")
-        raise HarnessError(f"{mismatch}; " + ("use flow-euler" if name != "flow-euler" else f"choose one of {diffusion}"))
+        fitting = [s for s in SCHEDULERS if family.fits_sampler(s)]
+        raise HarnessError(f"{mismatch}; " + (f"use {fitting[0]}" if len(fitting) == 1 else
+                                              f"choose one of {', '.join(fitting)}"))
     pipe.scheduler = getattr(diffusers, SCHEDULERS[name]).from_config(original.config)
     try:
         yield
@@ -327,10 +321,10 @@ def _fixed_chunks(decode: Any) -> Any:
 
 
 def _resolve_size(pipe: Any, height: int | None, width: int | None) -> tuple[int, int]:
-    from harness.models import denoiser
+    from harness.families import family_of
 
     factor = pipe.vae_scale_factor
-    default = denoiser(pipe).config.sample_size * factor
+    default = family_of(pipe).denoiser(pipe).config.sample_size * factor
     height, width = height or default, width or default
     if height % factor or width % factor:
         raise HarnessError(f"height and width must be multiples of {factor} for this model, got {height}x{width}")
@@ -344,9 +338,10 @@ def _settings(
 
     Batch size and process count are deliberately absent: they do not change the bytes.
     """
-    from harness.models import denoiser
+    from harness.families import family_of
 
-    unet = denoiser(pipe)
+    family = family_of(pipe)
+    unet = family.denoiser(pipe)
     first_conv = next(p for p in unet.parameters() if p.ndim == 4)  # conv_in, or the transformer's patch embedding
     return {
         "suite": suite.name,
@@ -360,18 +355,17 @@ def _settings(
         "dtype": str(unet.dtype).removeprefix("torch."),
         "channels_last": first_conv.is_contiguous(memory_format=torch.channels_last),
         "compiled": hasattr(unet, "_orig_mod"),  # what torch.compile wraps the module in
-        # SD3 with or without its T5 encoder (HARNESS_DROP_T5): other conditioning, other images.
-        **({"t5": pipe.text_encoder_3 is not None} if hasattr(pipe, "text_encoder_3") else {}),
+        **family.sampling_settings(pipe),
     }
 
 
 def _sample(pipe: Any, suite: Suite, batch: list[_Job], settings: dict[str, Any]) -> list:
     """One pipeline call for the batch; each image's randomness comes from its own generator."""
-    from harness.models import denoiser
+    from harness.families import family_of
 
     generators = [torch.Generator("cpu").manual_seed(job.seed) for job in batch]
     factor = pipe.vae_scale_factor
-    network = denoiser(pipe)
+    network = family_of(pipe).denoiser(pipe)
     shape = (1, network.config.in_channels, settings["height"] // factor, settings["width"] // factor)
     # Drawn in float32 on the CPU whatever the model's dtype/device, so bf16-on-GPU and
     # fp32-on-CPU runs start from the same noise.  The generators then go on to supply

@@ -1,5 +1,5 @@
-"""Write a trained network as users load it: ``UNet2DConditionModel.from_pretrained(dir)`` (SD3's
-``SD3Transformer2DModel.from_pretrained(dir)``).
+"""Write a trained network as users load it: ``<its family's denoiser class>.from_pretrained(dir)``
+(``UNet2DConditionModel``, SD3's ``SD3Transformer2DModel``).
 
 With LoRA the adapters are merged into the base weights (W + alpha/r * B A) so the
 exported UNet is a plain diffusers UNet; the adapters alone are also written next
@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from harness.atomic import staging
+from harness.families import ModelFamily
 
 
 def _merged_state(unet: torch.nn.Module, overrides: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -39,8 +40,10 @@ def _merged_state(unet: torch.nn.Module, overrides: dict[str, torch.Tensor]) -> 
     return merged
 
 
-def export_unet(unet: torch.nn.Module, out_dir: Path, ema: dict[str, torch.Tensor] | None = None) -> Path:
-    """Save ``unet`` (its EMA weights when given, LoRA merged) atomically in diffusers format."""
+def export_unet(unet: torch.nn.Module, out_dir: Path, family: ModelFamily,
+                ema: dict[str, torch.Tensor] | None = None) -> Path:
+    """Save ``unet`` (a network of ``family``; its EMA weights when given, LoRA merged) atomically in diffusers
+    format, its LoRA adapters alone in ``../lora``."""
     plain = type(unet).from_config(unet.config)
     plain.load_state_dict(_merged_state(unet, ema or {}))
     tmp = out_dir.with_name(out_dir.name + ".tmp")
@@ -48,8 +51,6 @@ def export_unet(unet: torch.nn.Module, out_dir: Path, ema: dict[str, torch.Tenso
     with staging(out_dir, tmp):
         plain.save_pretrained(tmp)
     if getattr(unet, "peft_config", None):
-        from diffusers import StableDiffusion3Pipeline, StableDiffusionPipeline
-        from diffusers.utils import convert_state_dict_to_diffusers
         from peft.utils import get_peft_model_state_dict
 
         lora_state = get_peft_model_state_dict(unet)
@@ -57,16 +58,7 @@ def export_unet(unet: torch.nn.Module, out_dir: Path, ema: dict[str, torch.Tenso
             lora_state = {k: ema.get(k.replace(".weight", ".default.weight"), v) for k, v in lora_state.items()}
         # The adapters' config (alpha above all: the scale alpha / r) goes with them, so that
         # `load_lora_weights` (`harness evaluate --lora`) adds what the merged UNet has.
-        metadata = unet.peft_config["default"].to_dict()
-        # Each family's layout as diffusers' own LoRA scripts save it: SD3's in PEFT's key names (lora_A / lora_B),
-        # a UNet's in diffusers' older ones (lora.down / lora.up).
-        if type(unet).__name__ == "SD3Transformer2DModel":
-            StableDiffusion3Pipeline.save_lora_weights(out_dir.parent / "lora", transformer_lora_layers=lora_state,
-                                                       transformer_lora_adapter_metadata=metadata)
-        else:
-            StableDiffusionPipeline.save_lora_weights(out_dir.parent / "lora",
-                                                      unet_lora_layers=convert_state_dict_to_diffusers(lora_state),
-                                                      unet_lora_adapter_metadata=metadata)
+        family.save_lora(out_dir.parent / "lora", lora_state, unet.peft_config["default"].to_dict())
     shutil.rmtree(out_dir, ignore_errors=True)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     os.replace(tmp, out_dir)

@@ -59,14 +59,12 @@ class FeatureEncoder:
 
     def __init__(self, pipe: Any, *, device: torch.device, resolution: int, cache_dir: Path | None,
                  loader: ImageLoader, max_sequence_length: int = 256) -> None:
+        from harness.families import family_of
+
         self.vae = pipe.vae
-        # SD3 encodes through its pipeline (two CLIPs, T5 or its zeros): exactly the conditioning it samples with,
-        # ``max_sequence_length`` T5 tokens long (zeros that long without T5).
-        self.encode_prompt = pipe.encode_prompt if type(pipe).__name__.startswith("StableDiffusion3") else None
+        self.pipe = pipe
+        self.family = family_of(pipe)  # how a caption is encoded, and what its conditioning depends on
         self.max_sequence_length = max_sequence_length
-        self.tokenizers = [pipe.tokenizer] + ([pipe.tokenizer_2] if getattr(pipe, "text_encoder_2", None) else [])
-        self.text_encoders = [pipe.text_encoder] + ([pipe.text_encoder_2] if getattr(pipe, "text_encoder_2", None) else [])
-        self.sdxl = len(self.text_encoders) == 2
         self.device = device
         self.resolution = resolution
         self.loader = loader
@@ -74,10 +72,8 @@ class FeatureEncoder:
         self.latent_dir = self.text_dir = None
         if cache_dir is not None:
             self.latent_dir = cache_dir / "posteriors" / f"{module_fingerprint(self.vae)}-{resolution}"
-            # SD3's T5, when loaded, shapes the conditioning too (absent: zeros, and the key is the CLIPs' alone).
-            t5 = [pipe.text_encoder_3] if getattr(pipe, "text_encoder_3", None) is not None else []
-            length = f"-t5x{max_sequence_length}" if self.encode_prompt is not None else ""
-            self.text_dir = cache_dir / "text" / f"{module_fingerprint(*self.text_encoders, *t5)}-{resolution}{length}"
+            self.text_dir = cache_dir / "text" / (f"{module_fingerprint(*self.family.text_encoders(pipe))}-{resolution}"
+                                                  f"{self.family.text_key(max_sequence_length)}")
 
     # -- latents ----------------------------------------------------------------------------------
     def latents(self, sources: list[ImageSource], flips: list[bool] | None = None,
@@ -112,7 +108,7 @@ class FeatureEncoder:
         dtype = next(self.vae.parameters()).dtype
         posterior = self.vae.encode(pixels[None].to(self.device, dtype)).latent_dist
         scale = self.vae.config.scaling_factor
-        shift = self.vae.config.get("shift_factor") or 0.0  # SD3's VAE: latents are (z - shift) * scale
+        shift = self.vae.config.get("shift_factor") or 0.0  # a shifted VAE (SD3's): latents are (z - shift) * scale
         return Posterior(((posterior.mean[0] - shift) * scale).float().cpu(), (posterior.std[0] * scale).float().cpu())
 
     # -- text -------------------------------------------------------------------------------------
@@ -129,29 +125,8 @@ class FeatureEncoder:
 
     @torch.no_grad()
     def _encode_text(self, caption: str) -> Cond:
-        if self.encode_prompt is not None:
-            hidden, _, pooled, _ = self.encode_prompt([caption], None, None, device=self.device,
-                                                      do_classifier_free_guidance=False,
-                                                      max_sequence_length=self.max_sequence_length)
-            return Cond(hidden.float().cpu(), {"pooled_projections": pooled.float().cpu()})
-        hidden_states, pooled = [], None
-        for tokenizer, encoder in zip(self.tokenizers, self.text_encoders):
-            ids = tokenizer([caption], padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
-                            return_tensors="pt").input_ids.to(self.device)
-            if not self.sdxl:
-                hidden_states.append(encoder(ids)[0])
-                continue
-            # SDXL: penultimate hidden states of both encoders, pooled projection of the second.
-            out = encoder(ids, output_hidden_states=True)
-            hidden_states.append(out.hidden_states[-2])
-            pooled = out[0]
-        hidden = torch.cat(hidden_states, dim=-1).float().cpu()
-        if not self.sdxl:
-            return Cond(hidden)
-        size = self.resolution
-        # (original size, crop top-left, target size): square training crops, as the public SDXL code (DiffusionDPO train.py:1068-1083).
-        time_ids = torch.tensor([[size, size, 0, 0, size, size]], dtype=torch.float32)
-        return Cond(hidden, {"text_embeds": pooled.float().cpu(), "time_ids": time_ids})
+        return self.family.encode_caption(self.pipe, caption, device=self.device, resolution=self.resolution,
+                                          max_sequence_length=self.max_sequence_length)
 
     # -- storage ----------------------------------------------------------------------------------
     def _path(self, kind: str, key: str) -> Path | None:

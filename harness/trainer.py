@@ -33,8 +33,7 @@ from typing import Any, Callable
 import torch
 
 from harness.api.caching import damage_lines
-from harness.api.method import Batch, Method, Models, TrainConfig, TrainingContext
-from harness.api.noise import is_flow_matching
+from harness.api.method import Batch, Method, TrainConfig, TrainingContext
 from harness.api.registry import METHODS, PRESETS
 from harness.atomic import replacing, staging
 from harness.errors import HarnessError
@@ -222,32 +221,6 @@ def step_generator(seed: int, step: int, micro: int, rank: int) -> torch.Generat
     return torch.Generator().manual_seed(((seed * 1_000_003 + step) * 1009 + micro) * 131 + rank)
 
 
-def training_scheduler(scheduler: Any) -> Any:
-    """The scheduler training noises with: a flow-matching model's own, DDPM's for every diffusion model
-    (whatever sampler the pipeline ships with, its betas define the forward process)."""
-    if is_flow_matching(type(scheduler).__name__):
-        return type(scheduler).from_config(scheduler.config)
-    from diffusers import DDPMScheduler
-
-    return DDPMScheduler.from_config(scheduler.config)
-
-
-# LoRA adapts the attention projections.  SD3's joint attention also projects the text stream (add_*_proj,
-# to_add_out): adapted too, as diffusers' SD3 LoRA script and flow_grpo's SD3 DPO do.
-LORA_TARGETS = ["to_k", "to_q", "to_v", "to_out.0"]
-JOINT_ATTENTION_TARGETS = ["add_k_proj", "add_q_proj", "add_v_proj", "to_add_out"]
-
-
-def lora_targets(unet: torch.nn.Module, dual_attention: bool = True) -> list[str]:
-    """The module names LoRA adapters go on in this network (peft matches each as a suffix after a dot).
-    On SD3, ``dual_attention`` False prefixes the joint attention's module name, ``attn``, leaving out the
-    ``attn2`` of SD3.5 Medium's dual-attention blocks, as flow_grpo (scripts/train_sd3_dpo.py:389-398)."""
-    if type(unet).__name__ != "SD3Transformer2DModel":
-        return list(LORA_TARGETS)
-    targets = LORA_TARGETS + JOINT_ATTENTION_TARGETS
-    return targets if dual_attention else [f"attn.{name}" for name in targets]
-
-
 def trainable_parameters(unet: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
     return {n: p for n, p in unet.named_parameters() if p.requires_grad}
 
@@ -337,19 +310,19 @@ class Trainer:
 
     def _setup_models(self) -> None:
         """Frozen encoders in the compute dtype, the policy in fp32, the reference, the feature cache."""
-        from harness.models import default_cache_dir, denoiser, denoiser_class, load_pipeline
+        from harness.families import family_of
+        from harness.models import default_cache_dir, load_pipeline
         from harness.train_features import FeatureEncoder
 
         config = self.config
         pipe = load_pipeline(self.base_model, device=self.device, vae=config.vae)
-        for name in ("vae", "text_encoder", "text_encoder_2", "text_encoder_3"):
-            frozen = getattr(pipe, name, None)
-            if frozen is not None:
-                fp32 = name == "vae" and config.vae_fp32
-                frozen.requires_grad_(False).eval().to(torch.float32 if fp32 else self.weight_dtype)
-        unet = denoiser(pipe)  # the UNet, or SD3's transformer
+        self.family = family_of(pipe)
+        pipe.vae.requires_grad_(False).eval().to(torch.float32 if config.vae_fp32 else self.weight_dtype)
+        for encoder in self.family.text_encoders(pipe):
+            encoder.requires_grad_(False).eval().to(self.weight_dtype)
+        unet = self.family.denoiser(pipe)  # the UNet, or SD3's transformer
         if config.init_unet:
-            unet = denoiser_class(pipe).from_pretrained(config.init_unet).to(self.device)
+            unet = self.family.load_denoiser(config.init_unet).to(self.device)
         unet.to(torch.bfloat16 if config.master_weights == "bf16" else torch.float32)
         vae_scale = 2 ** (len(pipe.vae.config.block_out_channels) - 1)
         resolution = config.resolution or unet.config.sample_size * vae_scale
@@ -368,7 +341,7 @@ class Trainer:
                 torch.manual_seed(self.seed)
                 unet.add_adapter(LoraConfig(r=config.lora_rank, lora_alpha=config.lora_alpha or config.lora_rank,
                                             init_lora_weights="gaussian",
-                                            target_modules=lora_targets(unet, config.lora_dual_attention)))
+                                            target_modules=self.family.lora_targets(config.lora_dual_attention)))
             # The reference is the same network with its adapters off: no second copy in memory.
             reference = lambda: (unet, adapters_disabled(unet))  # noqa: E731
         else:
@@ -382,7 +355,7 @@ class Trainer:
         unet.train()
         self.unet = unet
         self.reference = reference
-        self.noise_scheduler = training_scheduler(pipe.scheduler)
+        self.noise_scheduler = self.family.training_scheduler(pipe.scheduler)
 
     def _setup_optimizer(self) -> None:
         """Accumulation, (scaled) lr, optimizer, LR schedule, DDP wrapping, EMA; then the loss-side Models."""
@@ -404,9 +377,9 @@ class Trainer:
                                           num_training_steps=config.max_steps)
         self.policy, self.optimizer = self.accelerator.prepare(self.unet, optimizer)
         self.ema = EMA(trainable_parameters(self.unet), config.ema_decay, config.ema_on_cpu) if config.ema_decay else None
-        self.models = Models(policy=self.policy, unwrapped=self.unet, reference=self.reference,
-                             scheduler=self.noise_scheduler, autocast=self.accelerator.autocast,
-                             reference_in_own_dtype=self.config.reference_dtype is not None)
+        self.models = self.family.models(policy=self.policy, unwrapped=self.unet, reference=self.reference,
+                                         scheduler=self.noise_scheduler, autocast=self.accelerator.autocast,
+                                         reference_in_own_dtype=self.config.reference_dtype is not None)
 
     # -- data ---------------------------------------------------------------------------------------
     def make_batch(self, step: int, micro: int, generator: torch.Generator) -> Batch:
@@ -547,7 +520,7 @@ class Trainer:
         from harness.train_export import export_unet
 
         if self.accelerator.is_main_process:
-            export_unet(self.unet, unet_dir, ema=self.ema.shadow() if self.ema else None)
+            export_unet(self.unet, unet_dir, self.family, ema=self.ema.shadow() if self.ema else None)
         self.accelerator.wait_for_everyone()
         return unet_dir
 

@@ -37,7 +37,7 @@ def harness_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_model_dir(harness_cache: Path) -> Path:
     """A tiny StableDiffusionPipeline (random init, real CLIP tokenizer) saved in diffusers format."""
-    from harness.models import save_tiny_pipeline
+    from harness.testing.tiny_models import save_tiny_pipeline
 
     return save_tiny_pipeline(harness_cache / "tiny-sd")
 
@@ -100,7 +100,7 @@ def hpdv2_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def scorer_locations(tmp_path_factory: pytest.TempPathFactory, harness_cache: Path) -> dict[str, dict[str, str]]:
     """Tiny random weights of the six published scorers: name -> ``get_scorer`` keywords."""
-    from harness.scoring._random_weights import save_scorer_set
+    from harness.testing.scorer_weights import save_scorer_set
 
     return save_scorer_set(tmp_path_factory.mktemp("scorer-weights"))
 
@@ -109,7 +109,7 @@ def scorer_locations(tmp_path_factory: pytest.TempPathFactory, harness_cache: Pa
 def hpsv3_locations(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     """A tiny random HPSv3 (HPSv3.safetensors in the official key layout, and a Qwen2-VL base config and
     processor built offline): the ``get_scorer("hpsv3", ...)`` keywords."""
-    from harness.scoring._random_weights import save_hpsv3
+    from harness.testing.scorer_weights import save_hpsv3
 
     return save_hpsv3(tmp_path_factory.mktemp("hpsv3-weights"))
 
@@ -117,7 +117,7 @@ def hpsv3_locations(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
 @pytest.fixture(scope="session")
 def tiny_sd15_dir(harness_cache: Path) -> Path:
     """An SD1.5-shaped random-init pipeline (512 px native), saved in diffusers format."""
-    from harness.models import TINY_SHAPES, save_tiny_pipeline
+    from harness.testing.tiny_models import TINY_SHAPES, save_tiny_pipeline
 
     return save_tiny_pipeline(harness_cache / "tiny-sd15", TINY_SHAPES["sd15"])
 
@@ -125,7 +125,7 @@ def tiny_sd15_dir(harness_cache: Path) -> Path:
 @pytest.fixture(scope="session")
 def tiny_sdxl_dir(harness_cache: Path) -> Path:
     """An SDXL-shaped random-init pipeline (1024 px native), saved in diffusers format."""
-    from harness.models import TINY_SHAPES, save_tiny_pipeline
+    from harness.testing.tiny_models import TINY_SHAPES, save_tiny_pipeline
 
     return save_tiny_pipeline(harness_cache / "tiny-sdxl", TINY_SHAPES["sdxl"])
 
@@ -134,7 +134,7 @@ def tiny_sdxl_dir(harness_cache: Path) -> Path:
 def tiny_sd3_dir(harness_cache: Path) -> Path:
     """The SD3.5-Medium-shaped random-init flow-matching pipeline at 32 px (the ``tiny-sd3`` base model),
     saved in diffusers format."""
-    from harness.models import TINY_SHAPES, save_tiny_pipeline
+    from harness.testing.tiny_models import TINY_SHAPES, save_tiny_pipeline
 
     return save_tiny_pipeline(harness_cache / "tiny-sd3", TINY_SHAPES["tiny-sd3"])
 
@@ -142,7 +142,7 @@ def tiny_sd3_dir(harness_cache: Path) -> Path:
 @pytest.fixture(scope="session")
 def tiny_sd35_dir(harness_cache: Path) -> Path:
     """An SD3.5-Medium-shaped random-init pipeline (1024 px native, 128x128 latents), saved in diffusers format."""
-    from harness.models import TINY_SHAPES, save_tiny_pipeline
+    from harness.testing.tiny_models import TINY_SHAPES, save_tiny_pipeline
 
     return save_tiny_pipeline(harness_cache / "tiny-sd35", TINY_SHAPES["sd35"])
 
@@ -157,7 +157,7 @@ def small_sdxl_dir(harness_cache: Path) -> Path:
     "policy == reference at step 1" checks see."""
     from dataclasses import replace
 
-    from harness.models import TINY_SHAPES, save_tiny_pipeline
+    from harness.testing.tiny_models import TINY_SHAPES, save_tiny_pipeline
 
     return save_tiny_pipeline(harness_cache / "tiny-sdxl-128", replace(TINY_SHAPES["sdxl"], image_size=128))
 

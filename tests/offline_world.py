@@ -9,7 +9,7 @@ real loaders, exactly as it would read a downloaded copy:
 - ``write_hpdv2_benchmark``: the HPDv2 benchmark prompts (``zhwang/HPDv2``) of the ``hpdv2`` suite.
 
 Tiny SD1.5- / SDXL-shaped pipelines are in ``harness.models`` (``TINY_SHAPES``) and scorer weights
-in the official file layouts in ``harness.scoring._random_weights`` (``save_scorer_set``).
+in the official file layouts in ``harness.testing.scorer_weights`` (``save_scorer_set``).
 """
 
 from __future__ import annotations

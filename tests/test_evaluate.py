@@ -64,6 +64,7 @@ def lora_training(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path
     from diffusers import UNet2DConditionModel
     from peft import LoraConfig
 
+    from harness.families import SD15
     from harness.train_export import export_unet
 
     unet = UNet2DConditionModel.from_pretrained(tiny_model_dir / "unet")
@@ -75,7 +76,7 @@ def lora_training(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path
             if ".lora_B." in name:
                 parameter.copy_(0.05 * torch.randn(parameter.shape, generator=generator))
     final = tmp_path_factory.mktemp("lora-training") / "final"
-    export_unet(unet, final / "unet")
+    export_unet(unet, final / "unet", SD15)
     return final
 
 

@@ -19,7 +19,8 @@ import torch
 import torch.nn.functional as F
 
 from harness.api import Batch, Cond, HarnessError, Models
-from harness.api.noise import FlowMatching, noise_process
+from harness.api.noise import FlowMatching
+from harness.families import SD3, SD15
 from methods.dpo import DPO, DPOConfig
 from methods.dro import DRO, DROConfig
 from methods.kto import KTO, KTOConfig
@@ -74,7 +75,7 @@ def flow_nets(harness_cache):
     losses' policy-minus-reference terms are not all zero)."""
     from diffusers import FlowMatchEulerDiscreteScheduler
 
-    from harness.models import TINY_SHAPES, build_tiny_pipeline
+    from harness.testing.tiny_models import TINY_SHAPES, build_tiny_pipeline
 
     reference = build_tiny_pipeline(TINY_SHAPES["tiny-sd3"]).transformer.requires_grad_(False)
     policy = copy.deepcopy(reference).requires_grad_(True)
@@ -88,7 +89,7 @@ def flow_nets(harness_cache):
 def flow_models(flow_nets, policy: torch.nn.Module | None = None) -> Models:
     trained, reference, scheduler = flow_nets
     policy = policy or copy.deepcopy(trained)
-    return Models(policy=policy, unwrapped=policy, reference=lambda: (reference, nullcontext()), scheduler=scheduler)
+    return SD3.models(policy=policy, unwrapped=policy, reference=lambda: (reference, nullcontext()), scheduler=scheduler)
 
 
 def flow_batch(n_images: int, n_captions: int, seed: int, step_seed: int, scores=None, labels=None) -> Batch:
@@ -114,7 +115,7 @@ def pair_draws(batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
 
 # -- the process itself ---------------------------------------------------------------------------------------------
 def test_flow_timesteps_follow_the_logit_normal_density_on_the_shifted_grid(flow_nets):
-    process = noise_process(flow_nets[2])
+    process = SD3.noise_process(flow_nets[2])
     assert isinstance(process, FlowMatching)
     sigma = process.sample_timesteps(200_000, torch.Generator().manual_seed(0)) / T
     normal = torch.distributions.Normal(0.0, 1.0)
@@ -128,7 +129,7 @@ def test_flow_timesteps_follow_the_logit_normal_density_on_the_shifted_grid(flow
 
 
 def test_flow_noising_target_and_implied_noise_agree(flow_nets):
-    process = noise_process(flow_nets[2])
+    process = SD3.noise_process(flow_nets[2])
     generator = torch.Generator().manual_seed(1)
     x0, eps = torch.randn(5, *LATENT, generator=generator), torch.randn(5, *LATENT, generator=generator)
     t = process.sample_timesteps(5, generator)
@@ -146,7 +147,7 @@ def test_a_base_model_whose_scheduler_says_v_prediction_is_refused_in_one_line()
     from diffusers import DDPMScheduler
 
     with pytest.raises(HarnessError) as error:
-        noise_process(DDPMScheduler(prediction_type="v_prediction"))
+        SD15.noise_process(DDPMScheduler(prediction_type="v_prediction"))
     assert "'v_prediction'" in str(error.value) and "\n" not in str(error.value)
 
 
@@ -326,7 +327,7 @@ def test_flow_inversion_is_renoise_averaged_euler_with_sigma_increasing(flow_net
     policy, _, scheduler = flow_nets
     models = flow_models(flow_nets)
     batch = flow_batch(2, 2, seed=7, step_seed=17)
-    step, taus = flow_inverse_timesteps(noise_process(scheduler), 5, levels)
+    step, taus = flow_inverse_timesteps(SD3.noise_process(scheduler), 5, levels)
     # The network sees each step's source level (rolled: 0 first, as the DDIM form's public grid) or destination.
     seen = torch.cat([torch.zeros(1), inverse_grid(5)[:-1]]) if levels == "rolled" else inverse_grid(5)
     torch.testing.assert_close(taus, seen * T)
@@ -353,7 +354,7 @@ def test_flow_inversion_of_a_straight_path_is_exact(flow_nets):
     generator = torch.Generator().manual_seed(8)
     x0, eps = torch.randn(2, *LATENT, generator=generator), torch.randn(2, *LATENT, generator=generator)
     field = ConstantVelocity(x0, eps)
-    models = Models(policy=field, unwrapped=field, reference=lambda: (field, nullcontext()), scheduler=flow_nets[2])
+    models = SD3.models(policy=field, unwrapped=field, reference=lambda: (field, nullcontext()), scheduler=flow_nets[2])
     step, taus = flow_inverse_timesteps(models.process, 5)
     cond = flow_batch(2, 2, seed=8, step_seed=0).cond
     states = renoise_trajectory(models.snapshot, x0, cond, step, taus)
@@ -401,8 +402,8 @@ def test_smpo_on_flow_reference_inversions_are_cached_and_equal_the_inversion_lo
     scores = torch.tensor([0.8, 0.6, 0.3, 0.5])
     logs = {}
     for inverter in ("reference", "policy"):
-        models = Models(policy=copy.deepcopy(reference), unwrapped=copy.deepcopy(reference),
-                        reference=lambda: (reference, nullcontext()), scheduler=scheduler)
+        models = SD3.models(policy=copy.deepcopy(reference), unwrapped=copy.deepcopy(reference),
+                            reference=lambda: (reference, nullcontext()), scheduler=scheduler)
         method = SmPO(SmPOConfig(beta=100.0, inverter=inverter, inversion_steps=5, score_lo=0.0, score_hi=1.0))
         method.setup(make_context(models, tmp_path, latent_shape=LATENT))
         logs[inverter] = [method.loss(flow_batch(4, 2, seed=10, step_seed=seed, scores=scores), models)[1]["model_mse"]

@@ -163,7 +163,9 @@ def test_harness_evaluate_takes_a_trained_sd3_transformer_and_its_lora_adapters(
 def test_a_pipeline_with_t5_loads_and_trains_with_it_and_harness_drop_t5_leaves_it_out(pair_dir, tmp_path, monkeypatch):
     from dataclasses import replace
 
-    from harness.models import DROP_T5, TINY_SHAPES, load_pipeline, save_tiny_pipeline
+    from harness.families import DROP_T5
+    from harness.models import load_pipeline
+    from harness.testing.tiny_models import TINY_SHAPES, save_tiny_pipeline
 
     model = save_tiny_pipeline(tmp_path / "sd3-t5", replace(TINY_SHAPES["tiny-sd3"], t5=True))
 
@@ -212,7 +214,7 @@ def test_sd3_lora_targets_are_flow_grpos_or_also_the_second_attention(dual_atten
     from diffusers import SD3Transformer2DModel
     from peft import LoraConfig
 
-    from harness.trainer import lora_targets
+    from harness.families import SD3
 
     transformer = SD3Transformer2DModel.from_pretrained(tiny_sd3_dir / "transformer")
     names = [name for name, _ in transformer.named_modules()]
@@ -220,7 +222,7 @@ def test_sd3_lora_targets_are_flow_grpos_or_also_the_second_attention(dual_atten
     second = {name for name in names if name.split(".")[-2:-1] == ["attn2"] and name.endswith(
         (".to_q", ".to_k", ".to_v")) or name.endswith(".attn2.to_out.0")}
     assert second  # tiny-sd3 has a dual-attention block, as SD3.5 Medium's blocks 0-12
-    transformer.add_adapter(LoraConfig(r=2, target_modules=lora_targets(transformer, dual_attention)))
+    transformer.add_adapter(LoraConfig(r=2, target_modules=SD3.lora_targets(dual_attention)))
     adapted = {name.removesuffix(".lora_A") for name, _ in transformer.named_modules() if name.endswith(".lora_A")}
     assert adapted == (expected | second if dual_attention else expected)
 
@@ -243,7 +245,8 @@ def test_sd3_captions_are_encoded_with_the_configured_t5_length(length, tmp_path
     from dataclasses import replace
 
     from harness.data import ImageLoader
-    from harness.models import TINY_SHAPES, load_pipeline, save_tiny_pipeline
+    from harness.models import load_pipeline
+    from harness.testing.tiny_models import TINY_SHAPES, save_tiny_pipeline
     from harness.train_features import FeatureEncoder
 
     pipe = load_pipeline(save_tiny_pipeline(tmp_path / "sd3-t5", replace(TINY_SHAPES["tiny-sd3"], t5=True)))

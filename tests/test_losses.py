@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from harness.api import Batch, Cond, Models, TrainingContext, per_sample_error
+from harness.families import SD15
 from methods.dpo import DPO, DPOConfig, dpo_loss
 from methods.dro import DRO, DROConfig, dro_loss, trajectory_timesteps
 from methods.smpo import PICKSCORE_HI, PICKSCORE_LO, SmPO, SmPOConfig, check_score_range, smpo_loss, smpo_probability
@@ -131,7 +132,7 @@ def make_models(tiny_models) -> Models:
     reference = copy.deepcopy(unet).requires_grad_(False)
     from contextlib import nullcontext
 
-    return Models(policy=policy, unwrapped=policy, reference=lambda: (reference, nullcontext()), scheduler=scheduler)
+    return SD15.models(policy=policy, unwrapped=policy, reference=lambda: (reference, nullcontext()), scheduler=scheduler)
 
 
 def make_context(models: Models, cache_root=None, latent_shape=(4, 8, 8)) -> TrainingContext:
@@ -332,8 +333,8 @@ def test_dro_loss_compares_each_expert_with_its_own_rows_trajectory_under_one_co
     reference = copy.deepcopy(unet).requires_grad_(False)
     from contextlib import nullcontext
 
-    models = Models(policy=recorder, unwrapped=recorder.unet, reference=lambda: (reference, nullcontext()),
-                    scheduler=scheduler)
+    models = SD15.models(policy=recorder, unwrapped=recorder.unet, reference=lambda: (reference, nullcontext()),
+                         scheduler=scheduler)
     latents, cond, keys, scores = make_batch(4, 4, seed=5)
     latents = torch.arange(4.0).view(4, 1, 1, 1).expand(4, 4, 8, 8) * 100.0  # row r's expert: all 100 r
     batch = batch_with((latents.clone(), cond, keys, scores), 6)

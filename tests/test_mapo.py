@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from harness.api import Batch, Cond, Models
+from harness.families import SD15
 from methods.mapo import MaPO, MaPOConfig, mapo_loss, mapo_margin, mapo_score
 from train_fixtures import one_torch_thread  # noqa: F401 (autouse fixture)
 
@@ -85,7 +86,7 @@ def recording_models(tiny_models) -> tuple[Models, list[str]]:
         calls.append("reference")
         return reference, nullcontext()
 
-    return Models(policy=policy, unwrapped=policy, reference=get_reference, scheduler=scheduler), calls
+    return SD15.models(policy=policy, unwrapped=policy, reference=get_reference, scheduler=scheduler), calls
 
 
 def pair_batch(pairs: int, seed: int) -> Batch:

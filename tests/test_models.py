@@ -2,7 +2,8 @@ import pytest
 import torch
 
 from harness.errors import HarnessError
-from harness.models import clip_tokenizer, load_pipeline, save_tiny_pipeline, TinyPipelineConfig
+from harness.models import load_pipeline
+from harness.testing.tiny_models import clip_tokenizer, save_tiny_pipeline, TinyPipelineConfig
 
 PROMPTS = [
     "a red square on a blue background",

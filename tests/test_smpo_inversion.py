@@ -21,8 +21,9 @@ import numpy as np
 import pytest
 import torch
 
-from harness.api import Cond, Models, TrainingContext
-from harness.models import _scheduler
+from harness.api import Cond, TrainingContext
+from harness.families import SD15, SDXL
+from harness.testing.tiny_models import _scheduler
 from methods.smpo import SmPO, SmPOConfig, renoise_inversion
 from train_fixtures import one_torch_thread  # noqa: F401 (autouse fixture)
 
@@ -84,7 +85,8 @@ def invert(layout: str, levels: str | None, t: int) -> tuple[torch.Tensor, torch
     generator = torch.Generator().manual_seed(3)
     x0, eps = 2.5 * torch.randn(1, 4, 8, 8, generator=generator), torch.randn(1, 4, 8, 8, generator=generator)
     net = ConstantNoise(eps)
-    models = Models(policy=net, unwrapped=net, reference=lambda: (net, nullcontext()), scheduler=_scheduler(layout))
+    family = {"sd15": SD15, "sdxl": SDXL}[layout]
+    models = family.models(policy=net, unwrapped=net, reference=lambda: (net, nullcontext()), scheduler=_scheduler(layout))
     config = SmPOConfig(inversion_steps=STEPS[layout], **({"inversion_levels": levels} if levels else {}))
     method = SmPO(config)  # inverter "policy", as the public code (train.py:1009): the trained network, no_grad
     method.setup(TrainingContext(models=models, scheduler=models.scheduler, latent_shape=(4, 8, 8), grad_accum=1,

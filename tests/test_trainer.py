@@ -499,6 +499,6 @@ def test_kto_and_mapo_encode_with_an_fp32_vae_whatever_the_mixed_precision(metho
                       output_dir=tmp_path / "unused", seed=0, on_log=None)
     trainer._setup()
     assert next(trainer.features.vae.parameters()).dtype == dtype
-    assert next(trainer.features.text_encoders[0].parameters()).dtype == torch.bfloat16
+    assert next(trainer.features.pipe.text_encoder.parameters()).dtype == torch.bfloat16
     assert module_fingerprint(trainer.features.vae) != module_fingerprint(trainer.features.vae.to(
         torch.bfloat16 if vae_fp32 else torch.float32))

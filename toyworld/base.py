@@ -30,7 +30,7 @@ import torch
 from harness.api import TinyPipelineConfig, build_tiny_pipeline, publishing, register_base_model, replacing
 from harness.api import cache_dir as default_cache_dir
 from harness.api.caching import built_model_ready
-from harness.api.noise import noise_process
+from harness.api.noise import FlowMatching
 from toyworld.grammar import COLOURS, POSITIONS, SHAPES, seen_scenes
 from toyworld.render import IMAGE_SIZE, Degradation, render
 
@@ -179,7 +179,7 @@ def _train_transformer(pipe, latents: torch.Tensor, caption_ids: torch.Tensor, h
                        pooled: torch.Tensor, s: BuildSettings, generator: torch.Generator, log) -> None:
     """SD3's flow-matching loss (velocity target, logit-normal noise levels on the shifted grid, unweighted), the
     same process the alignment methods train with; the last rows of ``hidden`` / ``pooled`` are the empty caption."""
-    transformer, process = pipe.transformer, noise_process(pipe.scheduler)
+    transformer, process = pipe.transformer, FlowMatching.from_scheduler(pipe.scheduler)
 
     def batch_loss() -> torch.Tensor:
         x0, ids = _conditioned_batch(latents, caption_ids, len(hidden) - 1, s, generator)

@@ -33,8 +33,8 @@ from harness.atomic import publishing, replacing
 from harness.errors import HarnessError
 
 # Imported on first use: these modules import the registries above themselves.
-_LAZY = {"TinyPipelineConfig": "harness.models", "build_tiny_pipeline": "harness.models",
-         "RunOptions": "harness.run", "run": "harness.run"}
+_LAZY = {"TinyPipelineConfig": "harness.testing.tiny_models",
+         "build_tiny_pipeline": "harness.testing.tiny_models", "RunOptions": "harness.run", "run": "harness.run"}
 
 
 def __getattr__(name: str):

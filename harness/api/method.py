@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from harness.api.data import DataSpec, Pairs
-from harness.api.noise import noise_process
+from harness.api.noise import NoiseProcess
 from harness.errors import HarnessError
 
 
@@ -201,7 +201,9 @@ class Models:
     distributed), ``reference`` the frozen starting network without gradients (a
     copy, or with LoRA the same network with its adapters disabled), ``snapshot`` the
     policy without gradients (DRO's sampler; SmPO's ``policy`` inversion).  ``process``
-    is the forward process of the training ``scheduler``: timesteps, noisy inputs and targets.
+    (a ``NoiseProcess``) is the forward process of the training ``scheduler``: timesteps, noisy inputs
+    and targets.  ``denoise(network, x, t, hidden, added)`` calls a network of the base model's family
+    (``harness.families.ModelFamily.denoise``), its inputs already in the network's dtype.
     """
 
     def __init__(
@@ -211,6 +213,8 @@ class Models:
         unwrapped: torch.nn.Module,
         reference: Callable[[], tuple[torch.nn.Module, Any]],
         scheduler: Any,
+        process: NoiseProcess,
+        denoise: Callable[..., torch.Tensor],
         autocast: Callable[[], Any] = nullcontext,
         reference_in_own_dtype: bool = False,
     ) -> None:
@@ -218,7 +222,8 @@ class Models:
         self._unwrapped = unwrapped
         self._reference = reference
         self.scheduler = scheduler
-        self.process = noise_process(scheduler)
+        self.process = process
+        self._denoise = denoise
         self.autocast = autocast
         # TrainConfig.reference_dtype: the reference runs outside autocast and returns its own dtype.
         self.reference_in_own_dtype = reference_in_own_dtype
@@ -230,11 +235,7 @@ class Models:
         dtype = next(unet.parameters()).dtype
         added = None if cond.added is None else {k: v.to(dtype) for k, v in cond.added.items()}
         with nullcontext() if own_dtype else self.autocast():
-            if added is not None and "pooled_projections" in added:  # SD3's transformer
-                out = unet(hidden_states=x.to(dtype), timestep=t, encoder_hidden_states=cond.hidden.to(dtype),
-                           pooled_projections=added["pooled_projections"]).sample
-            else:
-                out = unet(x.to(dtype), t, encoder_hidden_states=cond.hidden.to(dtype), added_cond_kwargs=added).sample
+            out = self._denoise(unet, x.to(dtype), t, cond.hidden.to(dtype), added)
         return out if own_dtype else out.float()
 
     def policy(self, x: torch.Tensor, t: torch.Tensor, cond: Cond) -> torch.Tensor:

@@ -10,8 +10,9 @@ the same kind of number for every base model, and one loss formula serves both f
   density and mapped through the scheduler's shifted grid, ``x_t = (1 - sigma) x0 + sigma eps``,
   the network predicts the velocity ``eps - x0``; its timestep input is ``sigma * T``.
 
-Timesteps are what the network receives (an integer index, or ``sigma * T`` as a float), so a
-method stores and passes them around without knowing which family it trains.
+Each process is built from the training scheduler (``from_scheduler``); the model's family
+(``harness.families``) picks which.  Timesteps are what the network receives (an integer index,
+or ``sigma * T`` as a float), so a method stores and passes them around without knowing which family it trains.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from abc import ABC, abstractmethod
 from typing import Any, ClassVar
 
 import torch
+
+from harness.errors import HarnessError
 
 
 def _per_sample(value: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -71,6 +74,18 @@ class EpsilonDiffusion(NoiseProcess):
         super().__init__(len(alphas_cumprod))
         self.alphas_cumprod = alphas_cumprod.to(torch.float32)
 
+    @classmethod
+    def from_scheduler(cls, scheduler: Any) -> EpsilonDiffusion:
+        """The process of a diffusers scheduler's betas (DDPM's); one line unless it predicts epsilon."""
+        config = scheduler.config
+        prediction = config.get("prediction_type", "epsilon")
+        if prediction != "epsilon":
+            raise HarnessError(f"the base model predicts {prediction!r}; training supports epsilon-prediction and "
+                               "flow-matching models")
+        from diffusers import DDPMScheduler
+
+        return cls(DDPMScheduler.from_config(config).alphas_cumprod)
+
     def sample_timesteps(self, n: int, generator: torch.Generator) -> torch.Tensor:
         return torch.randint(0, self.num_train_timesteps, (n,), generator=generator)
 
@@ -110,6 +125,13 @@ class FlowMatching(NoiseProcess):
         self.logit_mean = logit_mean
         self.logit_std = logit_std
 
+    @classmethod
+    def from_scheduler(cls, scheduler: Any) -> FlowMatching:
+        """The process of a diffusers flow-match scheduler: its training grid, whatever sampling did to this one."""
+        config = scheduler.config
+        grid = type(scheduler).from_config(config)
+        return cls(grid.sigmas[: config.num_train_timesteps].clone(), config.num_train_timesteps)
+
     def sample_timesteps(self, n: int, generator: torch.Generator) -> torch.Tensor:
         u = torch.sigmoid(self.logit_mean + self.logit_std * torch.randn(n, generator=generator))
         return self.timesteps_at((u * len(self.sigmas)).long().clamp(max=len(self.sigmas) - 1))
@@ -135,26 +157,3 @@ class FlowMatching(NoiseProcess):
     def snr(self, t: torch.Tensor) -> torch.Tensor:
         sigma = t.float() / self.num_train_timesteps
         return ((1 - sigma) / sigma) ** 2
-
-
-def is_flow_matching(scheduler_class: str) -> bool:
-    """Whether a diffusers scheduler class (by name) belongs to a flow-matching model: SD3's FlowMatch* ones."""
-    return scheduler_class.startswith("FlowMatch")
-
-
-def noise_process(scheduler: Any) -> NoiseProcess:
-    """The training process of a pipeline's scheduler: flow matching for diffusers' flow-match schedulers,
-    epsilon diffusion (DDPM's betas) for every other."""
-    config = scheduler.config
-    if is_flow_matching(type(scheduler).__name__):
-        grid = type(scheduler).from_config(config)  # the training grid, whatever sampling did to this one
-        return FlowMatching(grid.sigmas[: config.num_train_timesteps].clone(), config.num_train_timesteps)
-    prediction = config.get("prediction_type", "epsilon")
-    if prediction != "epsilon":
-        from harness.errors import HarnessError
-
-        raise HarnessError(f"the base model predicts {prediction!r}; training supports epsilon-prediction and "
-                           "flow-matching models")
-    from diffusers import DDPMScheduler
-
-    return EpsilonDiffusion(DDPMScheduler.from_config(config).alphas_cumprod)

@@ -159,7 +159,8 @@ SUITES: Registry[Callable[..., Suite]] = Registry("suite", "harness.suites", ("p
 # A preset is registered as a function building it (presets are cheap, but read as plain data).
 PRESETS: Registry[Callable[[], Preset]] = Registry("preset", "harness.presets", ("harness.presets",))
 # Base models that are built here rather than downloaded: a function returning the model's directory.
-BASE_MODELS: Registry[Callable[[], str]] = Registry("base model", "harness.base_models", ("harness.models",))
+BASE_MODELS: Registry[Callable[[], str]] = Registry("base model", "harness.base_models",
+                                                   ("harness.testing.tiny_models",))
 
 register_method = METHODS.register
 register_scorer = SCORERS.register

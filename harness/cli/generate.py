@@ -24,7 +24,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
         require_existing_path(args.unet, "--unet")
         subfolder = unet_subfolder(args.unet)
     require_directory_or_nothing(Path(args.out), "--out")
-    from harness.models import check_network_fits, inference_device, load_pipeline
+    from harness.families import check_network_fits
+    from harness.models import inference_device, load_pipeline
 
     if args.unet:
         check_network_fits(model, args.unet, what="--unet")

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from harness.models import write_clip_tokenizer
+from harness.testing.tiny_models import write_clip_tokenizer
 
 
 @dataclass(frozen=True)
