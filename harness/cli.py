@@ -21,7 +21,7 @@ from harness.atomic import disk_full_error
 from harness.errors import HarnessError
 from harness.results import ResultsDir
 from harness.text_table import text_table
-from harness.workers import quiet_libraries
+from harness.libraries import quiet_libraries
 
 if TYPE_CHECKING:
     from harness.experiments import Experiment

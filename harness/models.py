@@ -23,7 +23,8 @@ import torch
 from harness.api.caching import built_model_ready
 from harness.api.registry import register_base_model
 from harness.atomic import publishing
-from harness.config import require_existing_path
+from harness.api.environment import cache_dir as default_cache_dir
+from harness.config import require_existing_path, resolve_base_model
 from harness.errors import HarnessError, refused_pickle
 
 CLIP_VOCAB_SIZE = 49408
@@ -322,13 +323,6 @@ def save_tiny_pipeline(out_dir: str | Path, config: TinyPipelineConfig = TinyPip
     return out_dir
 
 
-def default_cache_dir() -> Path:
-    """Where built artefacts (tokenizer, tiny and toy models) are cached across runs."""
-    import os
-
-    return Path(os.environ.get("HARNESS_CACHE", Path.home() / ".cache" / "harness"))
-
-
 @register_base_model("tiny")
 def tiny_base_model() -> str:
     """The random-init tiny SD1.5-shaped pipeline (the ``tiny`` preset's base model)."""
@@ -539,8 +533,6 @@ def check_network_fits(base_model: str, location: str, *, what: str, subfolder: 
                        lora_weights: str | None = None) -> None:
     """A trained network (or, with ``lora_weights``, LoRA adapters) must be of the base model's family: one line
     naming both before anything is made, not a loader's traceback after the base's images."""
-    from harness.config import resolve_base_model
-
     index = _json_file(resolve_base_model(base_model), "model_index.json") or {}  # a built base: built (cached) here
     base_family = _FAMILIES.get(index.get("_class_name", ""))
     found = lora_family(location, lora_weights) if lora_weights else network_family(location, subfolder)

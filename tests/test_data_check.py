@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 import harness.data
+from harness import data_specs
 from harness.data import load_labelled, load_pairs
 from harness.data_check import check_data
 from harness.errors import HarnessError
@@ -41,7 +42,7 @@ def test_skipping_leaves_out_and_counts_the_same_rows_and_summarises(tmp_path):
     assert check.bad_images() == {data / "0_1.png", data / "1_1.png"}
     from harness.api import Pairs
 
-    examples = Pairs().examples(data).without(check.bad_images())
+    examples = data_specs.examples(Pairs(), data).without(check.bad_images())
     assert [example.caption for example in examples] == ["a photo of thing 2", "a photo of thing 3"]
 
 

@@ -19,6 +19,7 @@ imports only this package.  What it may rely on:
 Everything else in ``harness`` is its implementation, free to change.
 """
 
+from harness.api.environment import cache_dir
 from harness.api.data import DataSpec, Example, Experts, ImageSource, LabelledImages, Pairs, PromptsOnly
 from harness.api.method import (Batch, Cond, Method, Models, PublishedWeights, TrainConfig, TrainingContext,
                                 per_sample_error, randn_like)
@@ -43,13 +44,6 @@ def __getattr__(name: str):
 
         return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'harness.api' has no attribute {name!r}")
-
-
-def cache_dir():
-    """The harness's cache root (``$HARNESS_CACHE``, default ``~/.cache/harness``)."""
-    from harness.models import default_cache_dir
-
-    return default_cache_dir()
 
 
 __all__ = [

@@ -21,6 +21,8 @@ from typing import Any, ClassVar
 
 import torch
 
+from harness.errors import HarnessError
+
 
 def _per_sample(value: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return value.to(like.device, torch.float32).view(-1, *([1] * (like.ndim - 1)))
@@ -151,8 +153,6 @@ def noise_process(scheduler: Any) -> NoiseProcess:
         return FlowMatching(grid.sigmas[: config.num_train_timesteps].clone(), config.num_train_timesteps)
     prediction = config.get("prediction_type", "epsilon")
     if prediction != "epsilon":
-        from harness.errors import HarnessError
-
         raise HarnessError(f"the base model predicts {prediction!r}; training supports epsilon-prediction and "
                            "flow-matching models")
     from diffusers import DDPMScheduler
