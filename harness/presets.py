@@ -18,6 +18,7 @@ from harness.api.method import PublishedWeights
 from harness.api.preset import GenerationSettings, Preset
 from harness.api.registry import METHODS, PRESETS, register_preset
 from harness.errors import HarnessError
+from harness.trainer import method_preset_entry, resolve_config
 
 _PAPER_PROTOCOL = GenerationSettings(images_per_prompt=5, num_inference_steps=50, guidance_scale=7.5, batch_size=8)
 _PAPER_SCORERS = ("pickscore", "hpsv2", "hpsv2.1", "imagereward", "clip", "aesthetic")
@@ -151,8 +152,6 @@ def show_preset(preset: Preset) -> str:
     """The preset, then every registered method's settings resolved under it, each with where it comes from:
     the method's defaults (its paper's), the preset's settings for every method, or the method's own for it; a
     published value also with its source (docs/methods.md's recipe table)."""
-    from harness.trainer import method_preset_entry, resolve_config
-
     sources = {(method, name, setting): source for method, name, setting, _, source in recipe_table()}
 
     lines = [f"preset {preset.name}: {preset.description}", f"  base model   {preset.base_model}",
