@@ -252,3 +252,10 @@ def test_a_hierarchy_passes(tree):
     assert {(edge.module, edge.target) for edge in edges} == \
         {("harness.api", "harness.errors"), ("harness.plan", "harness.api"), ("harness.plan", "harness.errors")}
     assert cycles(edges) == [] and not any(breaks_the_contract(edge) for edge in edges)
+
+
+def test_modules_tangled_round_several_cycles_are_named_together(tree):
+    edges = tree({"harness/__init__.py": "", "harness/a.py": "import harness.b\n",
+                  "harness/b.py": "import harness.c\nimport harness.a\n", "harness/c.py": "import harness.a\n"})
+    assert report(cycles(edges)) == \
+        "harness.a:1 -> harness.b:2 -> harness.a  (and more cycles among harness.a, harness.b, harness.c)"
