@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from harness.api.caching import damage_lines
-from harness.api.environment import looks_like_path, require_existing_path  # noqa: F401 (the core reads them here)
+from harness.api.environment import require_existing_path  # noqa: F401 (in the contract for TrainConfig; read here too)
 from harness.api.registry import BASE_MODELS
 from harness.errors import HarnessError
 from harness.libraries import quiet_libraries

@@ -32,9 +32,9 @@ from contextlib import closing
 from pathlib import Path
 from typing import Any
 
-from harness.api.environment import cache_dir
+from harness.api.environment import cache_dir, looks_like_path
 from harness.cache_db import open_cache_db
-from harness.config import is_built_model, looks_like_path
+from harness.config import is_built_model
 from harness.data_check import IMAGE_FIELDS
 from harness.progress import say
 

@@ -21,10 +21,11 @@ from typing import Any
 import torch
 
 from harness.api.caching import built_model_ready
+from harness.api.environment import cache_dir as default_cache_dir  # its name for the harness's other modules
+from harness.api.environment import require_existing_path
 from harness.api.registry import register_base_model
 from harness.atomic import publishing
-from harness.api.environment import cache_dir as default_cache_dir
-from harness.config import require_existing_path, resolve_base_model
+from harness.config import resolve_base_model
 from harness.errors import HarnessError, refused_pickle
 
 CLIP_VOCAB_SIZE = 49408

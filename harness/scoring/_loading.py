@@ -17,8 +17,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from harness.api.environment import cache_dir
-from harness.config import looks_like_path
+from harness.api.environment import cache_dir, looks_like_path
 from harness.errors import HarnessError, refused_pickle
 
 if TYPE_CHECKING:  # torch is imported where it is used: listing scorers stays fast
