@@ -9,7 +9,8 @@ under ``if TYPE_CHECKING`` too, relative ones resolved) into a graph of modules,
 - a function imports only third-party libraries (heavy ones, kept out of start-up): an import of the harness's own
   modules inside a function is how a cycle hides, so it is written at the top of the module.
 
-Nothing here names a module except the contract and what it may use, so the rules hold as modules move.
+The rules name no module but the contract and what it may use, so they hold as modules move into packages (the
+temporary allowances below name the modules other branches are rewriting).
 """
 
 from __future__ import annotations
@@ -151,6 +152,7 @@ def describe(cycle: list[Import]) -> str:
 
 
 def report(found: list[tuple[list[Import], list[str]]]) -> str:
+    """One line per tangle of modules: its shortest cycle, and the other modules caught in it."""
     return "\n".join(f"{describe(path)}" + (f"  (and more cycles among {', '.join(group)})" if len(group) > len(path)
                                             else "") for path, group in found)
 
