@@ -24,6 +24,7 @@ from dashboard.data import delta_frame, direction_title, image_grid, load_experi
 from dashboard.server import check_results_dir
 from harness.errors import HarnessError
 from harness.experiments import SEPARATOR, Experiment, qualified
+from harness.stats import win_rate_matrix
 
 GRID_PX = 128
 
@@ -69,7 +70,6 @@ def write_figures(experiments: Sequence[Experiment], options: FigureOptions) -> 
     charts.check_formats(options.formats)
     for experiment in experiments:
         check_results_dir(experiment.results.root)
-    from harness.stats import win_rate_matrix
 
     results = load_experiments(experiments)
     scored = set(results.scores["method"])

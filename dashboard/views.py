@@ -40,7 +40,7 @@ from dashboard.data import (
 from harness.experiments import Experiment
 from harness.results import ResultsDir
 from harness.run_details import MISSING, run_details, shown_run_details
-from harness.stats import SIGNAL_MARK, SIGNAL_NOTE
+from harness.stats import SIGNAL_MARK, SIGNAL_NOTE, win_rate_matrix
 
 HIGHLIGHT = "background-color: rgba(46, 160, 67, 0.30); font-weight: bold"
 THUMBNAIL_PX = 256
@@ -71,8 +71,6 @@ def cached_category_board(results: Results) -> pd.DataFrame:
 
 @st.cache_data(max_entries=32, hash_funcs={Results: _results_key})
 def cached_win_matrix(results: Results, metric: str, version: str, suite: str) -> pd.DataFrame:
-    from harness.stats import win_rate_matrix
-
     return win_rate_matrix(results.scores, metric, suite, metric_version=version)
 
 

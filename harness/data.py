@@ -31,12 +31,17 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
 from PIL import Image
 
 from harness.api.data import ImageSource
 from harness.errors import HarnessError
+
+if TYPE_CHECKING:
+    import torch
+from harness.score_table import ScoreTable
 
 
 @dataclass(frozen=True)
@@ -108,6 +113,7 @@ def to_pixels(image: Image.Image, resolution: int, flip: bool = False) -> torch.
     torchvision's own functions, so sizes and rounding are exactly those of the Salesforce / SmPO
     ``transforms.Resize(res, BILINEAR)`` + ``CenterCrop(res)`` + ``RandomHorizontalFlip`` pipeline.
     """
+    import torch  # here: reading data sets and checking images stays free of torch
     from torchvision.transforms import functional as TF
 
     image = TF.center_crop(TF.resize(image, resolution, interpolation=TF.InterpolationMode.BILINEAR), resolution)
@@ -328,7 +334,6 @@ def scored_pairs(source: str | Path, scorer: str | None) -> Sequence[Pair]:
     pairs = load_pairs(source)
     if not scorer or not np.isnan(pair_scores(pairs)).any():
         return pairs
-    from harness.score_table import ScoreTable
 
     table = ScoreTable.find(source, "train", scorer)
     if table is None:

@@ -26,7 +26,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+from harness.api.environment import cache_dir
+from harness.atomic import replacing
+from harness.data import UNDECODABLE, decode_image, load_experts, load_labelled, numbered_jsonl, read_local_pairs
 from harness.errors import HarnessError
+from harness.progress import progress_bar
 
 # The files of a local data directory and the fields naming their images.
 IMAGE_FIELDS = {"pairs.jsonl": ("image_0", "image_1"), "experts.jsonl": ("image",), "labelled.jsonl": ("image",)}
@@ -84,8 +88,6 @@ def check_data(source: str | Path, *, skip_bad_images: bool = False, progress: b
     """Check a local data directory (None for anything else: a hub dataset, Pick-a-Pic's local copy).
 
     A bad image is an error naming the first one's file and line, unless ``skip_bad_images``."""
-    from harness.data import load_experts, load_labelled, read_local_pairs
-
     directory = Path(source)
     if not directory.is_dir() or not any((directory / name).exists() for name in IMAGE_FIELDS):
         return None
@@ -111,8 +113,6 @@ def usable_examples(records: Sequence, bad_images: set[Path], images_of) -> list
 
 
 def _check_file(path: Path, progress: bool) -> FileCheck:
-    from harness.data import numbered_jsonl
-
     rows = numbered_jsonl(path)
     fields = IMAGE_FIELDS[path.name]
     ties = {number for number, row in rows if path.name == "pairs.jsonl" and row.get("label_0") == TIE}
@@ -130,11 +130,7 @@ def _check_file(path: Path, progress: bool) -> FileCheck:
 
 def _decode_all(directory: Path, images: list[str], progress: bool, path: Path) -> dict[str, str]:
     """Each image that cannot be read, with why; decoded on threads (PIL releases the GIL while decoding)."""
-    from harness.progress import progress_bar
-
     def problem(image: str) -> str | None:
-        from harness.data import UNDECODABLE, decode_image
-
         location = directory / image
         if not location.is_file():
             return f"does not exist ({location})"
@@ -155,8 +151,6 @@ def _decode_all(directory: Path, images: list[str], progress: bool, path: Path) 
 
 
 def _cache_path(path: Path, images: list[str]) -> Path:
-    from harness.models import default_cache_dir
-
     key = hashlib.sha256(path.read_bytes())
     for image in images:
         try:
@@ -164,12 +158,10 @@ def _cache_path(path: Path, images: list[str]) -> Path:
             key.update(f"\0{image}\0{stat.st_size}\0{stat.st_mtime_ns}".encode())
         except OSError:
             key.update(f"\0{image}\0missing".encode())
-    return default_cache_dir() / "data-checks" / f"{key.hexdigest()[:32]}.json"
+    return cache_dir() / "data-checks" / f"{key.hexdigest()[:32]}.json"
 
 
 def _write_cache(cache: Path, problems: dict[str, str]) -> None:
-    from harness.atomic import replacing
-
     cache.parent.mkdir(parents=True, exist_ok=True)
     with replacing(cache) as temporary:
         temporary.write_text(json.dumps(problems, sort_keys=True), encoding="utf-8")

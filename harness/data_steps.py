@@ -31,6 +31,7 @@ from harness.data import ImageLoader, ImageSource, _read_jsonl, load_hf_dataset
 from harness.errors import HarnessError
 from harness.progress import progress_bar
 from harness.score_table import ScoreTable, dataset_key, table_path
+from harness.scoring import get_scorer
 
 EXPERTS_META = "experts.json"
 
@@ -84,8 +85,6 @@ def score_training_images(source: str | Path, scorer_name: str, *, split: str = 
 
     Resumable: only what the table lacks is scored, and each batch is committed at once.
     """
-    from harness.scoring import get_scorer
-
     pairs = PairRows.open(source, split)
     scorer = get_scorer(scorer_name, **(scorer_options or {}))
     meta = {"scorer": scorer.name, "version": scorer.version, "scale": scorer.scale,

@@ -26,15 +26,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from harness.api.registry import SCORERS
 from harness.atomic import replacing, write_jsonl
+from harness.compute import JobClock
 from harness.config import require_directory_or_nothing
 from harness.errors import HarnessError
-from harness.evaluate import BASE, NAME_PATTERN, check_prompts_scorable, check_scorer_options, load_suite, score_suites
+from harness.evaluate import (BASE, NAME_PATTERN, check_prompts_scorable, check_scorer_options, check_suites,
+                              load_suite, score_suites)
+from harness.identity import difference
 from harness.progress import Stages
-from harness.api.registry import SCORERS
-from harness.suites import check_suite_name
 from harness.results import ResultsDir
-from harness.sampling import MANIFEST_NAME
+from harness.sampling import MANIFEST_NAME, read_manifest
+from harness.store import Store
+from harness.suites import check_suite_name
 
 UNKNOWN_SEED = -1  # what the store records for an image whose seed the manifest does not give
 UNKNOWN_MODEL = "unknown (images made elsewhere)"
@@ -92,9 +96,6 @@ def plan_scoring(options: ScoreOptions) -> Scoring:
 
 def score_external(plan: Scoring) -> None:
     """Copy the manifest's images into the results directory as run ``options.name`` and score them."""
-    from harness.compute import JobClock
-    from harness.store import Store
-
     clock = JobClock()
     options, suite, images = plan.options, plan.suite, plan.images
     results = ResultsDir(options.out)
@@ -116,8 +117,6 @@ def score_external(plan: Scoring) -> None:
 
 def _check_options(options: ScoreOptions, results: ResultsDir):
     """The manifest and the suite, every option checked; creates nothing."""
-    from harness.store import Store
-
     require_directory_or_nothing(results.root, "--out")
     if results.db.exists():  # a corrupt or foreign file is refused before anything is added beside it
         Store(results.db, readonly=True).close()
@@ -145,10 +144,6 @@ def _check_options(options: ScoreOptions, results: ResultsDir):
 def _check_run_name(name: str, config: dict, results: ResultsDir, suite) -> None:
     """A rerun with the same images resumes; the name of another run is refused, and so are prompts other than
     those the directory's images of the suite were made from, before anything is written."""
-    from harness.evaluate import check_suites
-    from harness.identity import difference
-    from harness.store import Store
-
     if not results.db.exists():
         return
     with Store(results.db, readonly=True) as store:
@@ -165,8 +160,6 @@ def _check_run_name(name: str, config: dict, results: ResultsDir, suite) -> None
 def read_image_manifest(manifest: Path, suite) -> list[ExternalImage]:
     """The manifest's images, each checked (file, prompt, index); the first mistake is an error naming
     the manifest's line."""
-    from harness.sampling import read_manifest
-
     by_id = {prompt.prompt_id: k for k, prompt in enumerate(suite.prompts)}
     texts = Counter(prompt.prompt for prompt in suite.prompts)
     by_text = {prompt.prompt: k for k, prompt in enumerate(suite.prompts)}

@@ -32,8 +32,11 @@ from contextlib import closing
 from pathlib import Path
 from typing import Any
 
-from harness.config import is_built_model, looks_like_path
+from harness.api.environment import cache_dir, looks_like_path
+from harness.cache_db import open_cache_db
+from harness.config import is_built_model
 from harness.data_check import IMAGE_FIELDS
+from harness.progress import say
 
 LOCATED_SETTINGS = ("vae", "init_unet")  # training settings (TrainConfig fields) that name a location
 # Above this many bytes still to hash, a line says why the command pauses (once: the hashes are cached).
@@ -166,14 +169,10 @@ class _FileHashes:
     """Each file's sha256, cached by (absolute path, size, mtime); a damaged cache is rebuilt."""
 
     def __init__(self) -> None:
-        from harness.models import default_cache_dir
-
-        self.path = default_cache_dir() / "fingerprints.sqlite"
+        self.path = cache_dir() / "fingerprints.sqlite"
         self._conn: sqlite3.Connection | None = None
 
     def __enter__(self) -> _FileHashes:
-        from harness.cache_db import open_cache_db
-
         self._conn = open_cache_db(self.path, "CREATE TABLE IF NOT EXISTS files (path TEXT PRIMARY KEY, size INTEGER "
                                               "NOT NULL, mtime_ns INTEGER NOT NULL, sha256 TEXT NOT NULL);")
         self._conn.isolation_level = None  # each hash committed as it is made
@@ -190,8 +189,6 @@ class _FileHashes:
         return row[0] if row else None
 
     def announce(self, root: Path, files: list[Path]) -> None:
-        from harness.progress import say
-
         todo = sum(file.stat().st_size for file in files if self._cached(file) is None)
         if todo > _ANNOUNCE_BYTES:
             say(f"   fingerprinting {root} ({todo / 1e9:.1f} GB; once: the hashes are cached by size and time)")

@@ -6,7 +6,6 @@ the ``tiny`` presets load are built in ``harness.testing.tiny_models``.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -14,13 +13,10 @@ from typing import Any
 
 import torch
 
-from harness.config import require_existing_path
+from harness.api.environment import require_existing_path
 from harness.errors import HarnessError, refused_pickle
 
 
-def default_cache_dir() -> Path:
-    """Where built artefacts (tokenizer, tiny and toy models) are cached across runs."""
-    return Path(os.environ.get("HARNESS_CACHE", Path.home() / ".cache" / "harness"))
 
 
 def _pipeline_index(model: str) -> dict[str, Any]:

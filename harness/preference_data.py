@@ -30,9 +30,14 @@ from typing import Any
 
 import numpy as np
 
+from harness.api.registry import SCORERS
+from harness.api.suite import Prompt, Suite
 from harness.atomic import publishing, replacing, write_jsonl
 from harness.distributed import barrier, rank_and_size
 from harness.errors import HarnessError
+from harness.models import load_pipeline
+from harness.sampling import generate
+from harness.scoring import ScoreCache, get_scorer, score_images
 
 SETTINGS_FILE = "synthesis.json"
 
@@ -170,8 +175,6 @@ def _cache_entry(cache_dir: Path, base_model: str | Path, settings: dict[str, An
     import PIL
     import torch
 
-    from harness.api.registry import SCORERS
-
     model = Path(base_model)
     if not model.is_dir():
         return None
@@ -246,10 +249,6 @@ def _check(captions, scorers, samples_per_caption, pairs_per_caption, expert_top
 def _sample(base_model, captions, out_dir, samples_per_caption, seed, steps, guidance_scale, scheduler, batch_size) -> list[dict]:
     import torch
 
-    from harness.models import load_pipeline
-    from harness.sampling import generate
-    from harness.api.suite import Prompt, Suite
-
     digest = hashlib.sha256("\n".join(captions).encode("utf-8")).hexdigest()[:12]
     suite = Suite(
         name=f"synthesis-{digest}",
@@ -274,8 +273,6 @@ def _sample(base_model, captions, out_dir, samples_per_caption, seed, steps, gui
 
 def _score(rows: list[dict], out_dir: Path, scorers: list[str]) -> np.ndarray:
     from PIL import Image
-
-    from harness.scoring import ScoreCache, get_scorer, score_images
 
     images = [Image.open(out_dir / "images" / row["path"]).convert("RGB") for row in rows]
     prompts = [row["prompt"] for row in rows]

@@ -20,6 +20,8 @@ from harness.api.method import PublishedWeights
 from harness.api.preset import GenerationSettings, Preset
 from harness.api.registry import METHODS, PRESETS, register_preset
 from harness.errors import HarnessError
+from harness.recipes import method_recipe
+from harness.trainer import resolve_config
 
 _PAPER_PROTOCOL = GenerationSettings(images_per_prompt=5, num_inference_steps=50, guidance_scale=7.5, batch_size=8)
 _PAPER_SCORERS = ("pickscore", "hpsv2", "hpsv2.1", "imagereward", "clip", "aesthetic")
@@ -139,8 +141,6 @@ def show_preset(preset: Preset) -> str:
     """The preset, then every registered method's settings resolved under it, each with where it comes from:
     the method's defaults (its paper's), the preset's settings for every method, or the method's recipe for it,
     a recipe's value also with its source (harness.recipes: a published one's file:line, or why it is ours)."""
-    from harness.recipes import method_recipe
-    from harness.trainer import resolve_config
 
     lines = [f"preset {preset.name}: {preset.description}", f"  base model   {preset.base_model}",
              f"  data         {preset.data}", f"  suites       {', '.join(preset.suites)}",

@@ -5,16 +5,9 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import Any, Iterable, Iterator, TextIO
+from typing import Any, Iterable, Iterator
 
-
-def say(line: str, stream: TextIO | None = None) -> None:
-    """Print ``line`` in one write (to stdout by default): the workers print to the same stdout, and unbuffered
-    (PYTHONUNBUFFERED) ``print`` writes the text and the newline apart, so another process's line could land in
-    between."""
-    stream = stream or sys.stdout
-    stream.write(line + "\n")
-    stream.flush()
+from harness.api.environment import say
 
 
 class Stages:

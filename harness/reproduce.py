@@ -30,7 +30,8 @@ from typing import Any
 
 from harness.errors import HarnessError
 from harness.published import PUBLISHED, Metric, PaperRow, PublishedTables
-from harness.run import BASE
+from harness.run import BASE, run
+
 MISSING = "–"
 FLAG_MARK = "!"
 Z_NOTE = ("z = (ours - paper) / (our mean's distance to our 95% CI bound on the paper's side): "
@@ -85,8 +86,6 @@ def reproduce(options) -> Report:
     ``scorers``: the paper's metrics.  The run resumes like ``harness run``; its progress goes to
     stderr, so stdout carries only the report.
     """
-    from harness.run import run
-
     tables = published_tables(options.preset)
     options = dataclasses.replace(
         options, pretrained=True,

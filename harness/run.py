@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from harness import curves
+from harness import curves, data_specs
 from harness.api.method import PublishedWeights
 from harness.api.preset import Preset
 from harness.api.registry import METHODS, SCORERS
@@ -395,7 +395,7 @@ def _plan_trainings(options: RunOptions, preset: Preset, source: str | None, syn
         if starts_from and starts_from not in planned:
             plan(starts_from, evaluate=starts_from in options.methods)
         spec = METHODS.get(method)(config).data_spec()
-        data_dir = spec.training_source(source, ResultsDir(options.out).data, synthesized) if source else source
+        data_dir = data_specs.training_source(spec, source, ResultsDir(options.out).data, synthesized) if source else source
         planned[method] = EvaluatedModel(method, run_id=-1, overrides=overrides, train=True, evaluate=evaluate,
                                          data_dir=data_dir, spec=spec, init_from=starts_from)
 
@@ -418,7 +418,7 @@ def _prepare_data(model: EvaluatedModel, options: RunOptions, source: str, stage
         scorers = synthesized["scorers"]
         return sorted({m for name in scorers for m in same_signal(name)}), \
             f"training data labelled and ranked by {', '.join(scorers)}"
-    return model.spec.prepare(source, model.data_dir, options.scorer_options.get(model.spec.scorer or "", {}),
+    return data_specs.prepare(model.spec, source, model.data_dir, options.scorer_options.get(model.spec.scorer or "", {}),
                               lambda what: stage(f"{model.method}: {what}"))
 
 

@@ -37,11 +37,12 @@ from typing import Any, Iterator
 
 import torch
 
+from harness.api.suite import Suite
 from harness.atomic import remove_leftovers, replacing, write_jsonl, writing
 from harness.distributed import barrier, rank_and_size
 from harness.errors import HarnessError
+from harness.families import family_of
 from harness.progress import progress_bar
-from harness.api.suite import Suite
 
 MANIFEST_NAME = "manifest.jsonl"
 _PARTS_DIR = ".manifest-parts"
@@ -166,8 +167,6 @@ def optimize_pipeline(pipe: Any, *, channels_last: bool = False, compile_unet: b
     SDPA attention and the batched classifier-free-guidance UNet call are diffusers'
     defaults already; run the pipeline in bf16 on a GPU through ``load_pipeline(dtype=...)``.
     """
-    from harness.families import family_of
-
     family = family_of(pipe)
     if channels_last:
         family.denoiser(pipe).to(memory_format=torch.channels_last)
@@ -321,8 +320,6 @@ def _fixed_chunks(decode: Any) -> Any:
 
 
 def _resolve_size(pipe: Any, height: int | None, width: int | None) -> tuple[int, int]:
-    from harness.families import family_of
-
     factor = pipe.vae_scale_factor
     default = family_of(pipe).denoiser(pipe).config.sample_size * factor
     height, width = height or default, width or default
@@ -338,8 +335,6 @@ def _settings(
 
     Batch size and process count are deliberately absent: they do not change the bytes.
     """
-    from harness.families import family_of
-
     family = family_of(pipe)
     unet = family.denoiser(pipe)
     first_conv = next(p for p in unet.parameters() if p.ndim == 4)  # conv_in, or the transformer's patch embedding
@@ -361,8 +356,6 @@ def _settings(
 
 def _sample(pipe: Any, suite: Suite, batch: list[_Job], settings: dict[str, Any]) -> list:
     """One pipeline call for the batch; each image's randomness comes from its own generator."""
-    from harness.families import family_of
-
     generators = [torch.Generator("cpu").manual_seed(job.seed) for job in batch]
     factor = pipe.vae_scale_factor
     network = family_of(pipe).denoiser(pipe)

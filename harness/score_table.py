@@ -15,6 +15,7 @@ import hashlib
 from collections.abc import Iterable
 from pathlib import Path
 
+from harness.api.environment import cache_dir
 from harness.cache_db import open_cache_db
 from harness.errors import HarnessError
 
@@ -44,9 +45,7 @@ def dataset_key(source: str | Path, split: str) -> str:
 
 
 def table_path(source: str | Path, split: str, scorer: str) -> Path:
-    from harness.models import default_cache_dir
-
-    return default_cache_dir() / "data-scores" / dataset_key(source, split) / f"{scorer}.sqlite"
+    return cache_dir() / "data-scores" / dataset_key(source, split) / f"{scorer}.sqlite"
 
 
 class ScoreTable:

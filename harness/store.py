@@ -63,6 +63,7 @@ import pandas as pd
 from harness.atomic import replacing, writing
 from harness.compute import combine
 from harness.errors import HarnessError
+from harness.identity import difference
 from harness.results import ResultsDir
 
 if TYPE_CHECKING:
@@ -484,8 +485,6 @@ class Store:
         return self._resumable(self._conn, key, method, base_model, config) is not None
 
     def _resumable(self, conn: sqlite3.Connection, key: str, method: str, base_model: str, config: dict) -> int | None:
-        from harness.identity import difference
-
         row = conn.execute("SELECT run_id, method, base_model, config FROM runs WHERE key = ?", (key,)).fetchone()
         if row is None:
             return None

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from harness.api.registry import SUITES
 from harness.api.suite import _DOWNLOADS_ALLOWED, Suite
 from harness.errors import HarnessError
-
+from harness.text_table import text_table
 
 OWN_PROMPTS = "NAME=FILE[:seen|unseen]"  # a prompt file of one's own on the command line
 _SUITE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")  # a folder's name under images/<run>/
@@ -128,8 +128,6 @@ def list_suites() -> list[SuiteInfo]:
 
 def show_suite(suite: Suite) -> str:
     """``harness suites --show NAME``: the suite's split, size, version and source, then every prompt."""
-    from harness.text_table import text_table
-
     source = suite.description or "no description"
     head = f"{suite.name}: {suite.split}, {len(suite)} prompts, v{suite.version}; {source}"
     rows = [["prompt_id", "category", "prompt"], *([p.prompt_id, p.category or "-", p.prompt] for p in suite.prompts)]

@@ -32,6 +32,7 @@ from typing import Any, Callable
 
 import torch
 
+from harness import data_specs
 from harness.api.caching import damage_lines
 from harness.api.method import Batch, Method, TrainConfig, TrainingContext
 from harness.api.registry import METHODS, PRESETS
@@ -255,7 +256,7 @@ class Trainer:
 
         self._setup_accelerator()
         self.spec = self.method.data_spec()
-        self.examples = self.spec.examples(self.data_dir)
+        self.examples = data_specs.examples(self.spec, self.data_dir)
         self.loader = ImageLoader()
         # Rows with an unreadable image are left out before the first step (the same rows however long it
         # trains), not met when drawn: `harness run` and `train` refuse them up front unless --skip-bad-images.

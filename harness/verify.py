@@ -29,9 +29,13 @@ from pathlib import Path
 from harness.api.caching import built_model_damage, safetensors_intact
 from harness.api.suite import cached_copy_intact
 from harness.cache_db import damage, open_cache_db
+from harness.config import is_built_model, resolve_base_model
 from harness.errors import HarnessError
+from harness.presets import get_preset
+from harness.progress import say
 from harness.results import ResultsDir
-from harness.scoring.cache import image_sha256, text_sha256
+from harness.scoring.cache import ScoreCache, image_sha256, text_sha256
+from harness.store import Store
 
 RERUN = "rerun the command that made it (a rerun redoes only what is missing)"
 
@@ -61,8 +65,6 @@ class Report:
 
 def verify(out: Path, cache_root: Path) -> Report:
     """Every check; nothing is changed."""
-    from harness.store import Store
-
     results = ResultsDir(out)
     if not results.db.exists():
         raise HarnessError(f"no results in {out}: {results.db} does not exist")
@@ -153,9 +155,6 @@ def _check_scores(results: ResultsDir, images, scores, report: Report) -> None:
 
 def _refill_score_cache(results: ResultsDir) -> str:
     """Move a damaged score cache aside (``ScoreCache`` does) and fill it with the store's scores."""
-    from harness.scoring.cache import ScoreCache
-    from harness.store import Store
-
     with Store(results.db, readonly=True) as store:
         images, scores = store.images_frame(), store.scores_frame()
     keyed = scores.merge(images[["run_id", "suite", "prompt_id", "image_index", "prompt", "sha256"]],
@@ -167,16 +166,12 @@ def _refill_score_cache(results: ResultsDir) -> str:
 
 
 def _cache_stored_score(results: ResultsDir, row) -> str:
-    from harness.scoring.cache import ScoreCache
-
     with ScoreCache(results.score_cache) as cache:
         cache.put(_ScorerIdentity(row.metric, row.metric_version, row.scale), [(row.sha256, row.prompt, row.value)])
     return "the store's value cached"
 
 
 def _store_cached_score(results: ResultsDir, row, value: float) -> str:
-    from harness.store import Store
-
     with Store(results.db) as store:
         store.add_scores(row.run_id, suite=row.suite, rows=[{
             "prompt_id": row.prompt_id, "image_index": row.image_index, "scorer": row.metric,
@@ -272,10 +267,6 @@ def _set_aside(table: Path) -> str:
 
 def _rebuild_models(results: ResultsDir) -> str:
     """Build again the built base models of the directory's runs (a damaged one is removed first)."""
-    from harness.config import is_built_model, resolve_base_model
-    from harness.presets import get_preset
-    from harness.store import Store
-
     with Store(results.db, readonly=True) as store:
         presets = set(store.runs_frame()["preset"].dropna())
     built = sorted({get_preset(name).base_model for name in presets if is_built_model(get_preset(name).base_model)})
@@ -287,8 +278,6 @@ def _rebuild_models(results: ResultsDir) -> str:
 def run_verify(out: Path, repair: bool, cache_root: Path) -> int:
     """`harness verify`: the summary, the problems (and with ``repair`` what was done), recorded in the store;
     exit status 1 if any problem is left."""
-    from harness.progress import say
-
     report = verify(out, cache_root)
     say(report.summary())
     if repair and report.problems:
@@ -308,8 +297,6 @@ def run_verify(out: Path, repair: bool, cache_root: Path) -> int:
 
 
 def _record(out: Path, report: Report) -> None:
-    from harness.store import Store
-
     if any(problem.what == "results database" for problem in report.problems):
         return  # nothing to write into
     try:

@@ -34,9 +34,12 @@ import signal
 import sys
 import threading
 from collections.abc import Callable, Collection, Iterator, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, wait
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from contextlib import contextmanager
 from typing import Any, NoReturn, TypeVar
+
+from harness.api.registry import load_plugin, loaded_plugins
+from harness.libraries import quiet_libraries
 
 Job = TypeVar("Job")
 Result = TypeVar("Result")
@@ -74,16 +77,6 @@ def one_cpu_thread(on_gpu: bool) -> Iterator[None]:
         torch.set_num_threads(previous)
 
 
-def quiet_libraries() -> None:
-    """Our own progress bars say what is happening; the libraries' per-load bars and notices are noise."""
-    import diffusers
-    import transformers
-
-    for library in (diffusers, transformers):
-        library.utils.logging.set_verbosity_error()
-        library.utils.logging.disable_progress_bar()
-
-
 def _unwind(signum: int, frame: Any) -> NoReturn:
     raise SystemExit(128 + signum)
 
@@ -104,8 +97,6 @@ def _init_worker(slots: Any, gpus: int, plugins: list[str]) -> None:
     # tqdm's default lock is a multiprocessing semaphore, which a terminated worker would leave for
     # the resource tracker to report as leaked; bars of one process need only a thread lock.
     tqdm.set_lock(threading.RLock())
-    from harness.api.registry import load_plugin
-
     for plugin in plugins:
         load_plugin(plugin)
     quiet_libraries()
@@ -127,10 +118,6 @@ class WorkerPool:
         self.gpus = _gpu_count()
         self.executor = None
         if processes > 1:
-            from concurrent.futures import ProcessPoolExecutor
-
-            from harness.api.registry import loaded_plugins
-
             method = start_method(self.gpus)
             context = multiprocessing.get_context(method)
             slots = context.SimpleQueue()  # unlike Queue, no feeder thread for a fork to copy

@@ -11,6 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
+from harness import data_specs
 from harness.api import Experts, LabelledImages, Pairs
 from harness.data import (Expert, ImageLoader, content_key, load_experts, load_pairs, to_pixels,
                           top_k_experts, training_captions)
@@ -106,14 +107,14 @@ def test_experts_from_jsonl_or_from_scored_pairs(tmp_path):
     write_pair_dir(tmp_path / "p", n_pairs=4)
     top = load_experts(tmp_path / "p", top_k=3)  # the top 3 by the pairs' own scores
     assert [round(e.score, 3) for e in top] == [0.24, 0.23, 0.22]
-    winners = Experts().examples(tmp_path / "p")  # no ranking: SFT on the preferred images
+    winners = data_specs.examples(Experts(), tmp_path / "p")  # no ranking: SFT on the preferred images
     assert len(winners) == 4 and winners[1].images == (tmp_path / "p" / "1_1.png",)
 
 
 def test_experts_ranked_by_a_reward_never_fall_back_silently(tmp_path):
     write_pair_dir(tmp_path / "p", n_pairs=4)
     with pytest.raises(HarnessError, match=r"harness data experts --data .* --scorer hpsv2 --top-k 500"):
-        Experts(scorer="hpsv2", top_k=500).examples(tmp_path / "p")
+        data_specs.examples(Experts(scorer="hpsv2", top_k=500), tmp_path / "p")
     rows = (tmp_path / "p" / "pairs.jsonl").read_text().splitlines()
     (tmp_path / "p" / "pairs.jsonl").write_text("\n".join(r.replace('"score_0"', '"s0"') for r in rows))
     with pytest.raises(HarnessError, match="needs score_0 and score_1"):
@@ -197,8 +198,8 @@ def test_training_captions_cover_pairs_and_experts_but_not_ties(tmp_path):
 
 def test_labelled_images_from_pairs_or_from_their_own_file(tmp_path):
     write_pair_dir(tmp_path / "p", n_pairs=3)
-    pairs = Pairs().examples(tmp_path / "p")
-    labelled = LabelledImages().examples(tmp_path / "p")
+    pairs = data_specs.examples(Pairs(), tmp_path / "p")
+    labelled = data_specs.examples(LabelledImages(), tmp_path / "p")
     assert len(labelled) == 2 * len(pairs)  # each pair: its winner desirable, then its loser undesirable
     for i, pair in enumerate(pairs):
         assert labelled[2 * i].images == pair.images[:1] and labelled[2 * i].labels == (1.0,)
@@ -208,9 +209,9 @@ def test_labelled_images_from_pairs_or_from_their_own_file(tmp_path):
     own.mkdir()
     (own / "labelled.jsonl").write_text('{"caption": "a", "image": "x.png", "label": 1}\n'
                                         '{"caption": "b", "image": "y.png", "label": 0, "score": 0.5}\n')
-    rows = LabelledImages().examples(own)
+    rows = data_specs.examples(LabelledImages(), own)
     assert [(r.caption, r.images, r.labels) for r in rows] == [("a", (own / "x.png",), (1.0,)), ("b", (own / "y.png",), (0.0,))]
     assert training_captions(own) == ["a", "b"]
     (own / "labelled.jsonl").write_text('{"caption": "a", "image": "x.png", "label": 0.7}\n')
     with pytest.raises(HarnessError, match=r"labelled.jsonl:1: label must be 1 \(desirable\) or 0"):
-        LabelledImages().examples(own)
+        data_specs.examples(LabelledImages(), own)

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-import harness.data
+import harness.data_check
+from harness import data_specs
 from harness.data import load_labelled, load_pairs
 from harness.data_check import check_data
 from harness.errors import HarnessError
@@ -41,7 +42,7 @@ def test_skipping_leaves_out_and_counts_the_same_rows_and_summarises(tmp_path):
     assert check.bad_images() == {data / "0_1.png", data / "1_1.png"}
     from harness.api import Pairs
 
-    examples = Pairs().examples(data).without(check.bad_images())
+    examples = data_specs.examples(Pairs(), data).without(check.bad_images())
     assert [example.caption for example in examples] == ["a photo of thing 2", "a photo of thing 3"]
 
 
@@ -61,7 +62,7 @@ def test_a_second_check_of_unchanged_data_decodes_nothing_and_an_edit_is_checked
     def no_decoding(source):
         raise AssertionError(f"decoded {source} again")
 
-    monkeypatch.setattr(harness.data, "decode_image", no_decoding)
+    monkeypatch.setattr(harness.data_check, "decode_image", no_decoding)
     assert check_data(data).summary() == "pairs 4 read, 1 tie skipped, 0 unreadable"
     monkeypatch.undo()
     (data / "2_0.png").write_bytes(b"not an image any more")

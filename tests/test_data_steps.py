@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from harness import data_specs
 from harness.api import Pairs
 from harness.data import load_experts
 from harness.data_steps import experts_recipe, score_training_images, select_experts
@@ -113,9 +114,9 @@ def test_smpo_pairs_read_their_scores_from_the_table_or_say_how_to_make_them(pic
     source, images, rows = pickapic
     spec = Pairs(scorer="test-brightness")
     with pytest.raises(HarnessError, match=r"harness data score --data .* --scorer test-brightness"):
-        spec.examples(source)
+        data_specs.examples(spec, source)
     score_training_images(source, "test-brightness", progress=False)
-    pairs = spec.examples(source).records
+    pairs = data_specs.examples(spec, source).records
     decisive = [r for r in rows if r[3] != 0.5]
     assert len(pairs) == len(decisive)
     for pair, (caption, a, b, label) in zip(pairs, decisive):

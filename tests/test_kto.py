@@ -11,6 +11,7 @@ import sys
 import pytest
 import torch
 
+from harness import data_specs
 from harness.api import Cond, HarnessError
 from harness.trainer import resolve_config, train
 from methods.kto import (captions_of_the_previous_image, kto_batch_reference_point, kto_implicit_rewards, kto_loss,
@@ -182,11 +183,11 @@ def test_per_image_labels_make_an_image_preferred_once_desirable(tmp_path):
     from harness.api import LabelledImages
 
     source = write_shared_image_pairs(tmp_path / "data")
-    examples = LabelledImages(per_image=True).examples(source)
+    examples = data_specs.examples(LabelledImages(per_image=True), source)
     labels = {ex.images[0].name: ex.labels[0] for ex in examples}
     assert labels == {"a.png": 1.0, "b.png": 0.0, "c.png": 1.0, "d.png": 0.0}
     assert list(examples.captions()) == [ex.caption for ex in examples] == ["p 0", "p 0", "p 1", "p 2"]
-    per_pair = [(ex.images[0].name, ex.labels[0]) for ex in LabelledImages(per_image=False).examples(source)]
+    per_pair = [(ex.images[0].name, ex.labels[0]) for ex in data_specs.examples(LabelledImages(per_image=False), source)]
     assert len(per_pair) == 6 and ("a.png", 1.0) in per_pair and ("a.png", 0.0) in per_pair
 
 
@@ -200,7 +201,7 @@ def test_desirable_share_draws_desirable_images_that_often_with_replacement_dete
     source = write_shared_image_pairs(tmp_path / "data")
     (source / "labelled.jsonl").write_text("".join(
         f'{{"caption": "c", "image": "{x}.png", "label": {int(x == "a")}}}\n' for x in "abcd"), encoding="utf-8")
-    examples = LabelledImages(desirable_share=0.8).examples(source)
+    examples = data_specs.examples(LabelledImages(desirable_share=0.8), source)
     n = 4000
     order = SampleOrder(len(examples), seed=3, weights=examples.weights)
     drawn = [order(p) for p in range(n)]
@@ -209,10 +210,10 @@ def test_desirable_share_draws_desirable_images_that_often_with_replacement_dete
     assert len(set(drawn[:4])) < 4 or len(set(drawn[4:8])) < 4  # with replacement: repeats within an epoch
     resumed = SampleOrder(len(examples), seed=3, weights=examples.weights)  # a fresh process, read from anywhere
     assert [resumed(p) for p in range(n - 1, -1, -1)] == drawn[::-1]
-    assert LabelledImages(desirable_share=None).examples(source).weights is None
+    assert data_specs.examples(LabelledImages(desirable_share=None), source).weights is None
     with pytest.raises(HarnessError, match="desirable and undesirable"):
         (source / "labelled.jsonl").write_text('{"caption": "c", "image": "a.png", "label": 1}\n', encoding="utf-8")
-        LabelledImages(desirable_share=0.8).examples(source)
+        data_specs.examples(LabelledImages(desirable_share=0.8), source)
 
 
 @pytest.mark.parametrize("over", ["step", "micro_batch"])
@@ -246,9 +247,9 @@ def test_per_image_labels_on_pickapic_identify_images_by_uid_without_decoding_th
     table = {"caption": ["p0", "p1", "tie"], "jpg_0": [b"A", b"C", b"A"], "jpg_1": [b"B", b"A", b"D"],
              "image_0_uid": ["a", "c", "a"], "image_1_uid": ["b", "a", "d"], "label_0": [1.0, 1.0, 0.5]}
     datasets.Dataset.from_dict(table).save_to_disk(str(tmp_path / "pickapic"))
-    examples = LabelledImages(per_image=True).examples(tmp_path / "pickapic")
+    examples = data_specs.examples(LabelledImages(per_image=True), tmp_path / "pickapic")
     assert sorted((ex.images[0], ex.labels[0]) for ex in examples) == [(b"A", 1.0), (b"B", 0.0), (b"C", 1.0)]
     del table["image_0_uid"], table["image_1_uid"]
     datasets.Dataset.from_dict(table).save_to_disk(str(tmp_path / "no-uids"))
     with pytest.raises(HarnessError, match="per-image labels need the images' uids"):
-        LabelledImages(per_image=True).examples(tmp_path / "no-uids")
+        data_specs.examples(LabelledImages(per_image=True), tmp_path / "no-uids")

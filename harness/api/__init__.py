@@ -19,46 +19,34 @@ imports only this package.  What it may rely on:
 Everything else in ``harness`` is its implementation, free to change.
 """
 
-from harness.api.data import DataSpec, Example, Experts, ImageSource, LabelledImages, Pairs, PromptsOnly
-from harness.api.method import (Batch, Cond, Method, Models, PublishedWeights, TrainConfig, TrainingContext,
-                                per_sample_error, randn_like)
-from harness.api.noise import EpsilonDiffusion, FlowMatching, NoiseProcess
-from harness.api.preset import GenerationSettings, Preset
-from harness.api.registry import (BASE_MODELS, METHODS, PRESETS, SCORERS, SUITES, Registry, UnknownEntryError,
-                                  register_base_model, register_method, register_preset, register_scorer,
-                                  register_suite)
-from harness.api.scorer import Scorer
-from harness.api.suite import Prompt, Suite, cached_prompts, read_prompts_jsonl, read_text_lines
-from harness.atomic import publishing, replacing
-from harness.errors import HarnessError
+import importlib
 
-# Imported on first use: these modules import the registries above themselves.
-_LAZY = {"TinyPipelineConfig": "harness.testing.tiny_models",
-         "build_tiny_pipeline": "harness.testing.tiny_models", "RunOptions": "harness.run", "run": "harness.run"}
+# Each name's module, imported on first use (PEP 562): ``harness.api.registry`` or ``environment`` alone, as the core
+# imports them, stays free of torch.  The last four are the harness's own entry points offered to worlds.
+_EXPORTS = {
+    **dict.fromkeys(["cache_dir"], "harness.api.environment"),
+    **dict.fromkeys(["DataSpec", "Example", "Experts", "ImageSource", "LabelledImages", "Pairs", "PromptsOnly"],
+                    "harness.api.data"),
+    **dict.fromkeys(["Batch", "Cond", "Method", "Models", "PublishedWeights", "TrainConfig", "TrainingContext",
+                     "per_sample_error", "randn_like"], "harness.api.method"),
+    **dict.fromkeys(["EpsilonDiffusion", "FlowMatching", "NoiseProcess"], "harness.api.noise"),
+    **dict.fromkeys(["GenerationSettings", "Preset"], "harness.api.preset"),
+    **dict.fromkeys(["BASE_MODELS", "METHODS", "PRESETS", "SCORERS", "SUITES", "Registry", "UnknownEntryError",
+                     "register_base_model", "register_method", "register_preset", "register_scorer",
+                     "register_suite"], "harness.api.registry"),
+    **dict.fromkeys(["Scorer"], "harness.api.scorer"),
+    **dict.fromkeys(["Prompt", "Suite", "cached_prompts", "read_prompts_jsonl", "read_text_lines"], "harness.api.suite"),
+    **dict.fromkeys(["publishing", "replacing"], "harness.atomic"),
+    **dict.fromkeys(["HarnessError"], "harness.errors"),
+    **dict.fromkeys(["TinyPipelineConfig", "build_tiny_pipeline"], "harness.testing.tiny_models"),
+    **dict.fromkeys(["RunOptions", "run"], "harness.run"),
+}
 
 
 def __getattr__(name: str):
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(_LAZY[name]), name)
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
     raise AttributeError(f"module 'harness.api' has no attribute {name!r}")
 
 
-def cache_dir():
-    """The harness's cache root (``$HARNESS_CACHE``, default ``~/.cache/harness``)."""
-    from harness.models import default_cache_dir
-
-    return default_cache_dir()
-
-
-__all__ = [
-    "BASE_MODELS", "Batch", "Cond", "DataSpec", "EpsilonDiffusion", "Example", "Experts", "FlowMatching",
-    "GenerationSettings", "HarnessError", "ImageSource", "LabelledImages", "METHODS", "Method", "Models",
-    "NoiseProcess", "PRESETS", "Pairs", "Preset", "Prompt", "PromptsOnly", "PublishedWeights", "Registry",
-    "RunOptions", "SCORERS", "SUITES", "Scorer", "Suite", "TinyPipelineConfig", "TrainConfig",
-    "TrainingContext", "UnknownEntryError", "build_tiny_pipeline", "cache_dir", "cached_prompts",
-    "per_sample_error", "publishing", "randn_like", "read_prompts_jsonl", "read_text_lines",
-    "register_base_model", "register_method", "register_preset", "register_scorer", "register_suite",
-    "replacing", "run",
-]
+__all__ = sorted(_EXPORTS)

@@ -12,17 +12,19 @@ import shutil
 import struct
 from collections import Counter, OrderedDict
 from pathlib import Path
-from typing import Any
-
-import torch
-from safetensors.torch import load_file, save_file
+from typing import TYPE_CHECKING, Any
 
 from harness.atomic import replacing
+
+if TYPE_CHECKING:
+    import torch
 
 MEMORY_ITEMS = 4096  # in-RAM LRU in front of the disk cache
 
 
 def atomic_save(tensors: dict[str, torch.Tensor], path: Path) -> None:
+    from safetensors.torch import save_file  # here: the cache's bookkeeping stays free of torch
+
     path.parent.mkdir(parents=True, exist_ok=True)
     with replacing(path) as temporary:
         save_file({k: v.contiguous() for k, v in tensors.items()}, str(temporary))
@@ -82,6 +84,8 @@ def safetensors_intact(path: Path) -> bool:
 def load_cached(path: Path, kind: str) -> dict[str, torch.Tensor] | None:
     """The tensors of a cache entry, or None when there is none; an unreadable entry is removed and
     counted under ``kind`` (its reader then computes and stores it again)."""
+    from safetensors.torch import load_file
+
     if not path.exists():
         return None
     try:

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from harness.api.data import DataSpec, Pairs
+from harness.api.environment import require_existing_path
 from harness.api.noise import NoiseProcess
 from harness.errors import HarnessError
 
@@ -152,8 +153,6 @@ class TrainConfig:
         if self.ema_decay is not None and not 0.0 < self.ema_decay < 1.0:
             raise HarnessError("ema_decay must lie in (0, 1) or be None")
         if self.init_unet:
-            from harness.config import require_existing_path
-
             require_existing_path(self.init_unet, "init_unet")
 
 

@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Literal
 
+from harness.api.environment import cache_dir, say
 from harness.atomic import replacing, write_jsonl
 from harness.errors import HarnessError
 
@@ -56,11 +57,8 @@ def cached_prompts(suite: str, hub_id: str, download: Callable[[], list[Prompt]]
     ``.sha256`` written beside it, or does not parse: discarded, with a warning line); its failures
     (offline, no such repository) become one-line ``HarnessError``s that say how to load a local copy.
     """
-    from harness.models import default_cache_dir
-    from harness.progress import say
-
     key = "-".join(part for part in (suite, hub_id, variant) if part)
-    path = default_cache_dir() / "suites" / (re.sub(r"[^A-Za-z0-9._-]+", "_", key) + ".jsonl")
+    path = cache_dir() / "suites" / (re.sub(r"[^A-Za-z0-9._-]+", "_", key) + ".jsonl")
     digest = path.with_name(path.name + ".sha256")
     if path.exists():
         try:

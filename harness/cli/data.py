@@ -12,7 +12,7 @@ from harness.cli.parser import Commands
 def cmd_data_score(args: argparse.Namespace) -> int:
     from harness.data_steps import score_training_images
     from harness.score_table import ScoreTable
-    from harness.workers import quiet_libraries
+    from harness.libraries import quiet_libraries
 
     quiet_libraries()
     scorer_options = options.parse_scorer_options(args.scorer_option, scorer=args.scorer)
@@ -33,7 +33,7 @@ def cmd_data_score(args: argparse.Namespace) -> int:
 
 def cmd_data_experts(args: argparse.Namespace) -> int:
     from harness.data_steps import experts_recipe, select_experts
-    from harness.workers import quiet_libraries
+    from harness.libraries import quiet_libraries
 
     quiet_libraries()
     scorer_options = options.parse_scorer_options(args.scorer_option, scorer=args.scorer)

@@ -14,7 +14,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from harness.evaluate import EvaluateOptions, evaluate_checkpoint, plan_evaluation
     from harness.results import ResultsDir
     from harness.run import leaderboard
-    from harness.workers import quiet_libraries
+    from harness.libraries import quiet_libraries
 
     plan = plan_evaluation(
         EvaluateOptions(

@@ -32,7 +32,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from harness.distributed import torchrun_process_group
     from harness.evaluate import Protocol
     from harness.sampling import generate, optimize_pipeline
-    from harness.workers import quiet_libraries
+    from harness.libraries import quiet_libraries
 
     quiet_libraries()
     protocol = Protocol.of(

@@ -12,7 +12,7 @@ from harness.cli.parser import Commands
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
     from harness.reproduce import format_report, reproduce
-    from harness.workers import quiet_libraries
+    from harness.libraries import quiet_libraries
 
     quiet_libraries()
     report = reproduce(

@@ -14,7 +14,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from harness.presets import get_preset
     from harness.results import ResultsDir
     from harness.run import EVERY_METHOD, run_validated, validate
-    from harness.workers import quiet_libraries
+    from harness.libraries import quiet_libraries
 
     run_options = options.run_options(
         args,

@@ -12,7 +12,7 @@ from harness.cli.parser import Commands
 def cmd_train(args: argparse.Namespace) -> int:
     from harness.presets import get_preset
     from harness.run import EVERY_METHOD, RunOptions, train_alone, validate_training
-    from harness.workers import quiet_libraries
+    from harness.libraries import quiet_libraries
 
     run_options = RunOptions(
         methods=[args.method],

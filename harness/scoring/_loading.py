@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from harness.config import looks_like_path
+from harness.api.environment import cache_dir, looks_like_path
 from harness.errors import HarnessError, refused_pickle
 
 if TYPE_CHECKING:  # torch is imported where it is used: listing scorers stays fast
@@ -69,10 +69,8 @@ def resolve_file(location: str | Path, filename: str, *, what: str, option: str)
 def _download_url(url: str, *, what: str, option: str) -> Path:
     import torch
 
-    from harness.models import default_cache_dir
-
     name = url.rstrip("/").rsplit("/", 1)[-1].split("?")[0]
-    target = default_cache_dir() / "downloads" / hashlib.sha256(url.encode()).hexdigest()[:16] / name
+    target = cache_dir() / "downloads" / hashlib.sha256(url.encode()).hexdigest()[:16] / name
     if target.is_file():
         return target
     from huggingface_hub import constants

@@ -16,7 +16,10 @@ from pathlib import Path
 
 import torch
 
+from harness.api.environment import cache_dir
+from harness.atomic import replacing
 from harness.testing.tiny_models import write_clip_tokenizer
+from harness.scoring.hpsv3 import chat_text, empty_reward_model, official_key
 
 
 @dataclass(frozen=True)
@@ -86,9 +89,6 @@ def register_tiny_open_clip(config_dir: Path | None = None, name: str = TINY_OPE
     """
     import open_clip
 
-    from harness.atomic import replacing
-    from harness.models import default_cache_dir
-
     s = CLIP_SHAPES["tiny"]
     config = {
         "embed_dim": s.projection,
@@ -97,7 +97,7 @@ def register_tiny_open_clip(config_dir: Path | None = None, name: str = TINY_OPE
         "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": s.text.width, "heads": s.text.heads,
                      "layers": s.text.layers},
     }
-    config_dir = default_cache_dir() / "open-clip-configs" if config_dir is None else config_dir
+    config_dir = cache_dir() / "open-clip-configs" if config_dir is None else config_dir
     config_dir.mkdir(parents=True, exist_ok=True)
     with replacing(config_dir / f"{name}.json") as temporary:
         temporary.write_text(json.dumps(config))
@@ -275,8 +275,6 @@ def save_qwen2_vl_processor(out_dir: Path, vocab_size: int = 2000):
     from transformers import PreTrainedTokenizerFast, Qwen2VLImageProcessor, Qwen2VLProcessor
     from transformers.models.qwen2_vl.video_processing_qwen2_vl import Qwen2VLVideoProcessor
 
-    from harness.scoring.hpsv3 import chat_text
-
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
@@ -297,8 +295,6 @@ def hpsv3_state_dict(config: dict, *, seed: int = 0) -> dict[str, torch.Tensor]:
 
     Backbone tensors are bfloat16 and the head float32, as the published file stores them."""
     from transformers import Qwen2VLConfig
-
-    from harness.scoring.hpsv3 import empty_reward_model, official_key
 
     qwen_config = Qwen2VLConfig(**{**config, "vocab_size": config["vocab_size"] + 1})
     gen = torch.Generator().manual_seed(seed)
