@@ -140,6 +140,7 @@ def _run_options(args: argparse.Namespace, **specific: Any):
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from harness.plan import describe
     from harness.presets import get_preset
     from harness.run import EVERY_METHOD, run_validated, validate
 
@@ -148,10 +149,12 @@ def cmd_run(args: argparse.Namespace) -> int:
                            pretrained=args.pretrained, seed=args.seed, jobs=args.jobs, eval_every=args.eval_every,
                            eval_suites=args.eval_suites, backend=args.backend, address=args.address,
                            skip_bad_images=args.skip_bad_images)
-    preset = get_preset(options.preset)
-    validate(options, preset)  # every mistake is reported before the libraries load
+    plan = validate(options, get_preset(options.preset))  # every mistake is reported before the libraries load
+    if args.dry_run:
+        print(describe(plan))
+        return 0
     quiet_libraries()
-    rows = run_validated(options, preset)
+    rows = run_validated(plan)
     print()
     _print_leaderboard(rows, "table")
     print(f"\nresults: {ResultsDir(args.out).db}  (harness leaderboard --out {args.out}; harness dashboard --out {args.out})")
@@ -209,10 +212,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     options = RunOptions(methods=[args.method], out=Path(args.out), preset=args.preset, model=args.model,
                          data=args.data, overrides=_parse_overrides(args.set, [EVERY_METHOD]), seed=args.seed,
                          skip_bad_images=args.skip_bad_images)
-    preset = get_preset(options.preset)
-    validate_training(options, preset)  # `harness run`'s checks of a training, before anything is created
+    plan = validate_training(options, get_preset(options.preset))  # `harness run`'s checks, before anything is made
     quiet_libraries()
-    result = train_alone(options, preset, resume=not args.no_resume)
+    result = train_alone(plan, resume=not args.no_resume)
     print(f"trained {args.method} for {result.steps} steps in {result.wall_s:.1f}s; UNet: {result.unet_dir}")
     return 0
 
@@ -538,6 +540,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "(pip install '.[ray]'; docs/scaling.md)")
     p.add_argument("--address", help="with --backend ray: the cluster, auto or HOST:PORT (default: start one here)")
     p.add_argument("--skip-bad-images", action="store_true", help=SKIP_BAD_IMAGES)
+    p.add_argument("--dry-run", action="store_true", help="check everything and print the plan (each model's settings "
+                   "and where they come from, the jobs in order, the UNet evaluations), creating nothing")
 
     p = command("evaluate", cmd_evaluate, "evaluate any checkpoint into a results directory: generate the suites "
                 "with the preset's protocol, score, store, rank against the base")

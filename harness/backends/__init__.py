@@ -19,12 +19,13 @@ import importlib.util
 import socket
 from collections.abc import Collection
 from concurrent.futures import Future
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from harness.errors import HarnessError
 
 if TYPE_CHECKING:
-    from harness.run import RunOptions
+    from harness.jobs import ModelJob
+    from harness.plan import RunOptions
 
 BACKENDS = ("local", "ray")
 
@@ -33,9 +34,9 @@ class Backend(Protocol):
     gpus: int  # GPUs the jobs can use (0: a CPU machine or cluster)
     description: str  # how the jobs run, for the run's progress line
 
-    def train(self, job: Any) -> Future: ...  # result: the trained model (harness.run.EvaluatedModel)
+    def train(self, job: ModelJob) -> Future: ...  # harness.jobs.train_job's; result: the trained model's entry
 
-    def evaluate(self, job: Any) -> Future: ...
+    def evaluate(self, job: ModelJob) -> Future: ...  # harness.jobs.evaluate_job's
 
     def wait_any(self, futures: Collection[Future]) -> set[Future]: ...  # raises a failed job's error
 
