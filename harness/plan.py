@@ -332,7 +332,7 @@ def _sources(method: str, preset: Preset, config: Any, *, vae: str | None, every
 
     given = {"default": {}, f"preset {preset.name}": {**({"vae": 1} if preset.vae else {}), **preset.method_defaults},
              f"{method}'s {preset.name} entry": method_preset_entry(method, preset.name) or {},
-             "--vae": {"vae": 1} if vae else {}, "--set": every, f"--set {method}.": own}
+             "--vae": {"vae": 1} if vae else {}, "--set": every, f"--set {method}": own}
     sources = {}
     for setting in (f.name for f in dataclasses.fields(config)):
         sources[setting] = next(source for source, settings in reversed(given.items())

@@ -27,7 +27,7 @@ from pathlib import Path
 from harness import curves
 from harness.api.method import PublishedWeights
 from harness.api.preset import Preset
-from harness.backends import open_backend
+from harness.backends import Backend
 from harness.config import resolve_base_model
 from harness.errors import HarnessError
 from harness.evaluate import BASE, get_or_create_run, recorded_model
@@ -115,6 +115,18 @@ def run_validated(plan: Plan) -> list[dict]:
                     if model.train and model.init_from == trained.method:
                         start_training(model.starting_from(trained.unet))
     return leaderboard(out)
+
+
+def open_backend(options: RunOptions, processes: int) -> Backend:
+    """The backend ``options.backend`` names; ``processes``: the local pool's workers.  Chosen here, above the
+    backends: they run ``harness.jobs``, which reads the plan, whose checks include the backend's options."""
+    if options.backend == "ray":
+        from harness.backends.ray import RayBackend
+
+        return RayBackend(options.address)
+    from harness.backends.local import LocalBackend
+
+    return LocalBackend(processes)
 
 
 def train_alone(plan: Plan, *, resume: bool = True):
