@@ -152,9 +152,8 @@ def _plan(options: RunOptions, preset: Preset, protocol: Protocol, source: str |
         for method in options.methods:
             unet, subfolder = published_unet(options, preset, method)
             config = resolve_config(method, preset.name)
-            methods.append(ModelEntry(method, config, sources=_sources(method, preset, config, vae=None, every={}, own={}),
-                                      unet=unet,
-                                      unet_subfolder=subfolder))
+            sources = _sources(method, preset, config, vae=None, every={}, own={})
+            methods.append(ModelEntry(method, config, sources=sources, unet=unet, unet_subfolder=subfolder))
     else:
         methods = trainings
     curve = None

@@ -1,10 +1,12 @@
 """`harness run`: train each method from one base, generate, score, store, rank.
 
-Each method's training is one job, and each model's evaluation (the base's and every trained
-method's: sample the suites, score the images; ``harness.evaluate``) another.  The jobs run side by side in worker
-processes (``harness.workers``) and write to the one results database: first the base's
-evaluation, which needs no training data (the toy preset makes the data in this process
-meanwhile), then the trainings, and each trained model's evaluation as soon as its training ends.
+The run carries out its plan (``harness.plan``: every input checked and every model's config resolved once,
+before anything is created).  Each method's training is one job, and each model's evaluation (the base's and
+every trained method's: sample the suites, score the images; ``harness.evaluate``) another (``harness.jobs``,
+each of one plan entry).  The jobs run side by side in worker processes (``harness.workers``) and write to
+the one results database: first the base's evaluation, which needs no training data (the toy preset makes
+the data in this process meanwhile), then the trainings, and each trained model's evaluation as soon as its
+training ends.
 
 Before the trainings, the data each method's published recipe needs is made here: DRO's
 experts ranked by a reward, SmPO's pair scores (``harness.data_steps``, cached and resumable),
@@ -33,7 +35,8 @@ from harness.errors import HarnessError
 from harness.evaluate import BASE, get_or_create_run, recorded_model
 from harness.jobs import ModelJob
 # `harness run` as a function (harness.api): its options and checks are the plan's
-from harness.plan import EVERY_METHOD, ModelEntry, Plan, RunOptions, recorded_runs, validate, validate_training  # noqa: F401
+from harness.plan import (EVERY_METHOD, ModelEntry, Plan, RunOptions, recorded_runs, validate,  # noqa: F401
+                          validate_training)
 from harness.presets import get_preset, published_weights
 from harness.progress import Stages as _Stages, say
 from harness.results import ResultsDir

@@ -89,7 +89,8 @@ def test_dry_run_prints_the_plan_and_creates_nothing(resolved, tmp_path, monkeyp
     assert "generation: 60 UNet evaluations in all" in printed
 
 
-LAYER = ["run", "plan", "jobs", "backends", "backends.local", "backends.ray", "curves", "evaluate", "experiments", "store"]
+LAYER = ["run", "plan", "jobs", "backends", "backends.local", "backends.ray", "curves", "evaluate", "experiments",
+         "store"]
 
 
 def test_no_import_cycle_among_the_run_its_plan_jobs_backends_and_curves():
