@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -32,8 +32,9 @@ from harness.results import ResultsDir
 
 if TYPE_CHECKING:
     from harness.api.preset import Preset
-    from harness.evaluate import Checkpoint, Protocol
-    from harness.run import EvaluatedModel, RunOptions, _ModelJob
+    from harness.evaluate import Checkpoint
+    from harness.jobs import ModelJob
+    from harness.plan import Plan, RunOptions
 
 MARK = "@"  # METHOD@STEP; run names and method names never hold it
 _SNAPSHOT = re.compile(r"(?P<method>.+)@(?P<step>\d+)")
@@ -72,50 +73,39 @@ def validate(options: RunOptions, preset: Preset) -> None:
         raise HarnessError(f"--eval-suites {', '.join(unknown)}: not a suite of this run ({', '.join(suites)})")
 
 
-def protocol(options: RunOptions, preset: Preset) -> Protocol:
-    """The run's protocol, on the --eval-suites only when given."""
-    from harness.run import protocol_of
-
-    run_protocol = protocol_of(options, preset)
-    return dataclasses.replace(run_protocol, suites=tuple(options.eval_suites)) if options.eval_suites else run_protocol
-
-
-def say_cost(options: RunOptions, preset: Preset, trainings: Sequence[EvaluatedModel]) -> None:
+def say_cost(plan: Plan) -> None:
     """Print, before the run starts, how many more images --eval-every makes and scores."""
-    from harness.trainer import resolve_config
-
-    curve = protocol(options, preset)
+    curve = plan.curve_protocol
     images = sum(len(curve.load_suite(s)) * curve.sampling(s)["images_per_prompt"] for s in curve.suites)
-    points = {m.method: len(curve_steps(resolve_config(m.method, preset.name, m.overrides).max_steps,
-                                        options.eval_every))
-              for m in trainings if m.evaluate}
+    points = {m.method: len(curve_steps(m.config.max_steps, plan.options.eval_every))
+              for m in plan.methods if m.train and m.evaluate}
     total = sum(points.values())
-    say(f"   --eval-every {options.eval_every}: {total} more evaluations "
+    say(f"   --eval-every {plan.options.eval_every}: {total} more evaluations "
         f"({', '.join(f'{m} {n}' for m, n in points.items())}) of {images} images each on "
         f"{', '.join(curve.suites)}: {total * images} images to generate and score (each method's last point "
         "is its final UNet again, whose scores come from the cache)")
 
 
-def evaluate_job(job: _ModelJob, checkpoint: Checkpoint, evaluate: Callable[..., None]) -> None:
+def evaluate_curve(job: ModelJob, checkpoint: Checkpoint, evaluate: Callable[..., None]) -> None:
     """After a trained model's evaluation (in its job): its UNet of every step ``curve_steps`` names, each
     evaluated as run METHOD@STEP by ``evaluate`` (``harness.evaluate.evaluate``, or the Ray backend's split of
-    it); then its curve to TensorBoard.  A snapshot the training did not export (it ran without --eval-every)
-    is skipped, so a rerun evaluates what there is."""
+    it) with the plan's ``curve_protocol``; then its curve to TensorBoard.  A snapshot the training did not
+    export (it ran without --eval-every) is skipped, so a rerun evaluates what there is."""
     from harness.evaluate import BASE, get_or_create_run, recorded_model
     from harness.store import Store
-    from harness.trainer import resolve_config, snapshot_unet_dir
+    from harness.trainer import snapshot_unet_dir
 
-    model, options, results = job.model, job.options, ResultsDir(job.options.out)
-    curve = protocol(options, job.preset)
-    max_steps = resolve_config(model.method, job.preset.name, model.overrides).max_steps
-    for step in curve_steps(max_steps, options.eval_every):
+    model, plan = job.model, job.plan
+    results, curve = ResultsDir(plan.options.out), plan.curve_protocol
+    max_steps = model.config.max_steps
+    for step in curve_steps(max_steps, plan.options.eval_every):
         unet = model.unet if step == max_steps else str(snapshot_unet_dir(results.model(model.method), step))
         if not Path(unet).is_dir():
             continue
         name = snapshot_name(model.method, step)
         with Store(results.db) as store:
-            base = recorded_model(options.model or job.preset.base_model, results)
-            run_id = get_or_create_run(store, name, job.preset, base, options.seed,
+            base = recorded_model(plan.base_model, results)
+            run_id = get_or_create_run(store, name, plan.preset, base, plan.options.seed,
                                        snapshot_of=model.method, step=step, suites=list(curve.suites))
         evaluate(name, run_id, dataclasses.replace(checkpoint, unet=unet, unet_subfolder=None), curve, results,
                  job.stage)

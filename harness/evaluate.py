@@ -85,7 +85,7 @@ class Checkpoint:
     unet_subfolder: str | None = None
     lora: str | None = None  # LoRA adapters loaded into the UNet (diffusers format, as `harness train` writes)
     method: str | None = None  # generate through this method's sampler (``Method.sampler``)
-    overrides: Mapping[str, Any] = field(default_factory=dict)  # that method's settings
+    config: Any = None  # that method's resolved settings (``harness.trainer.resolve_config``'s TrainConfig)
 
 
 def unet_subfolder(location: str) -> str | None:
@@ -209,10 +209,7 @@ def load_checkpoint(checkpoint: Checkpoint, protocol: Protocol):
     if checkpoint.lora is not None:
         load_lora(pipe, checkpoint.lora)
     if checkpoint.method is not None:
-        from harness.trainer import resolve_config
-
-        method = METHODS.get(checkpoint.method)
-        pipe = method(resolve_config(checkpoint.method, protocol.preset.name, dict(checkpoint.overrides))).sampler(pipe)
+        pipe = METHODS.get(checkpoint.method)(checkpoint.config).sampler(pipe)
     return pipe
 
 
@@ -353,6 +350,7 @@ def plan_evaluation(options: EvaluateOptions) -> Evaluation:
     from harness.families import check_network_fits
     from harness.models import check_model_available
     from harness.store import Store
+    from harness.trainer import resolve_config
 
     results = ResultsDir(options.out)
     require_directory_or_nothing(results.root, "--out")
@@ -393,7 +391,7 @@ def plan_evaluation(options: EvaluateOptions) -> Evaluation:
     check_sampler_fits(resolve_base_model(options.model), preset, shown=options.model)
     checkpoint = Checkpoint(options.model, unet=_absolute(options.unet), unet_subfolder=subfolder,
                             lora=_absolute(options.lora), method=options.method,
-                            overrides={})
+                            config=resolve_config(options.method, preset.name) if options.method else None)
     model = recorded_model(options.model, results)
     config = {"model": model, "unet": _located(options.unet, results), "lora": _located(options.lora, results),
               "method": options.method}

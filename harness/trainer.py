@@ -1,7 +1,7 @@
 """The shared trainer: one accelerate loop for every method.
 
-``train(method, ...)`` resolves the method's config (paper defaults <- preset <-
-overrides), loads the base model, and runs optimizer steps of ``grad_accum``
+``train(method, ...)`` takes the method's resolved config (``resolve_config``: paper defaults <-
+preset <- overrides), loads the base model, and runs optimizer steps of ``grad_accum``
 forward/backward passes each, on one CPU / GPU or many processes (``torchrun`` /
 ``accelerate launch``, DDP).  The method only writes its loss; everything else
 lives here: precision, clipping, EMA, LoRA, feature caches, checkpoints, logs.
@@ -121,12 +121,17 @@ def _coerce(name: str, value: Any, hint: Any) -> Any:
     raise HarnessError(f"setting {name}: cannot read {value!r} as {getattr(hint, '__name__', hint)}")
 
 
-def train(method: str, *, base_model: str | Path, data_dir: Path, output_dir: Path, preset: str | None = None,
-          overrides: dict | None = None, on_log: LogFn | None = None, resume: bool = True, seed: int = 0,
-          snapshot_every: int = 0) -> TrainResult:
+def train(method: str, *, base_model: str | Path, data_dir: Path, output_dir: Path, config: TrainConfig | None = None,
+          preset: str | None = None, overrides: dict | None = None, on_log: LogFn | None = None, resume: bool = True,
+          seed: int = 0, snapshot_every: int = 0) -> TrainResult:
     """Train ``method`` from ``base_model`` on ``data_dir``; write checkpoints and ``output_dir/final/unet``
-    (and, every ``snapshot_every`` steps before the last, the UNet as it is then: ``snapshot_unet_dir``)."""
-    config = resolve_config(method, preset, overrides)
+    (and, every ``snapshot_every`` steps before the last, the UNet as it is then: ``snapshot_unet_dir``).
+    ``config``: the method's resolved settings (a plan's, ``harness.plan``); None: ``resolve_config(method,
+    preset, overrides)`` (give one or the other, not both)."""
+    if config is None:
+        config = resolve_config(method, preset, overrides)
+    elif preset is not None or overrides:
+        raise TypeError("train: a resolved config is given, so preset and overrides would be ignored")
     require_init_unet(method, config)
     trainer = Trainer(METHODS.get(method)(config), base_model=str(base_model), data_dir=Path(data_dir),
                       output_dir=Path(output_dir), seed=seed, on_log=on_log, snapshot_every=snapshot_every)

@@ -223,11 +223,11 @@ def test_smpo_sd15_sft_start_is_marked_ours_with_its_source_and_the_way_round(ca
 
 def test_run_with_smpo_init_unet_starts_from_it_and_trains_no_sft(tmp_path):
     """--set smpo.init_unet=DIR (the authors' SFT UNet, say) replaces the sft chain of the sd15 recipe."""
-    from harness.run import RunOptions, _plan_trainings
+    from harness.plan import RunOptions, plan_trainings
 
     def plan(overrides):
         options = RunOptions(methods=["smpo"], out=tmp_path, preset="sd15", overrides=overrides)
-        return {model.method: model for model in _plan_trainings(options, get_preset("sd15"), None, False)}
+        return {model.method: model for model in plan_trainings(options, get_preset("sd15"), None, False)}
 
     chained = plan({})
     assert set(chained) == {"sft", "smpo"} and chained["smpo"].init_from == "sft" and not chained["sft"].evaluate

@@ -1,8 +1,8 @@
 """Where `harness run`'s jobs run: this machine's worker processes (default) or a Ray cluster.
 
-A backend takes the run's two kinds of job, a method's training and a model's evaluation
-(generation and scoring of every suite), and hands back a ``Future`` for each; the run
-schedules them the same way on both (``harness.run.run_validated``):
+A backend takes the run's two kinds of job (``harness.jobs``: a method's training and a model's
+evaluation, generation and scoring of every suite, each of one entry of the run's plan) and hands
+back a ``Future`` for each; the run schedules them the same way on both (``harness.run.run_validated``):
 
 - ``local`` (``harness.workers.WorkerPool``): one worker process per core on a CPU, per GPU on
   a GPU machine; a training or an evaluation is one job on one worker.
@@ -19,12 +19,13 @@ import importlib.util
 import socket
 from collections.abc import Collection
 from concurrent.futures import Future
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from harness.errors import HarnessError
 
 if TYPE_CHECKING:
-    from harness.run import RunOptions
+    from harness.jobs import ModelJob
+    from harness.plan import RunOptions
 
 BACKENDS = ("local", "ray")
 
@@ -33,9 +34,9 @@ class Backend(Protocol):
     gpus: int  # GPUs the jobs can use (0: a CPU machine or cluster)
     description: str  # how the jobs run, for the run's progress line
 
-    def train(self, job: Any) -> Future: ...  # result: the trained model (harness.run.EvaluatedModel)
+    def train(self, job: ModelJob) -> Future: ...  # harness.jobs.train_job's; result: the trained model's entry
 
-    def evaluate(self, job: Any) -> Future: ...
+    def evaluate(self, job: ModelJob) -> Future: ...  # harness.jobs.evaluate_job's
 
     def wait_any(self, futures: Collection[Future]) -> set[Future]: ...  # raises a failed job's error
 
@@ -72,14 +73,3 @@ def _check_reachable(address: str) -> None:
     except OSError as exc:
         raise HarnessError(f"--address {address}: no Ray cluster answers there ({exc.strerror or exc}); start one "
                            "with `ray start --head` or check the address") from None
-
-
-def open_backend(options: RunOptions, processes: int) -> Backend:
-    """The backend ``options.backend`` names; ``processes``: the local pool's workers."""
-    if options.backend == "ray":
-        from harness.backends.ray import RayBackend
-
-        return RayBackend(options.address)
-    from harness.backends.local import LocalBackend
-
-    return LocalBackend(processes)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Collection
 from concurrent.futures import Future
-from typing import Any
 
+from harness.jobs import ModelJob, evaluate_job, train_job
 from harness.workers import WorkerPool
 
 
@@ -17,15 +17,11 @@ class LocalBackend:
         self.gpus = self.pool.gpus
         self.description = f"{processes} jobs at a time"
 
-    def train(self, job: Any) -> Future:
-        from harness.run import _train
+    def train(self, job: ModelJob) -> Future:
+        return self.pool.submit(train_job, job)
 
-        return self.pool.submit(_train, job)
-
-    def evaluate(self, job: Any) -> Future:
-        from harness.run import _evaluate
-
-        return self.pool.submit(_evaluate, job)
+    def evaluate(self, job: ModelJob) -> Future:
+        return self.pool.submit(evaluate_job, job)
 
     def wait_any(self, futures: Collection[Future]) -> set[Future]:
         return self.pool.wait_any(futures)

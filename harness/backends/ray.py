@@ -5,7 +5,7 @@ What runs where:
   one writer of ``results.db`` and of the score cache: a worker may be on another machine, where
   SQLite's locks on the shared results directory do not hold.
 - A method's training is one Ray task asking for a GPU (a CPU on a CPU cluster).  It runs the
-  local job (``harness.run._train``) with its store writes recorded in a journal file in the
+  local job (``harness.jobs.train_job``) with its store writes recorded in a journal file in the
   results directory (``harness.store.StoreJournal``), which the driver makes while the training
   runs (the dashboard shows live curves) and at its end.
 - A model's evaluation is ``harness.evaluate.evaluate`` (the local job's: the run's status, its
@@ -47,6 +47,7 @@ import ray
 
 from harness.compute import GPUS_PER_JOB
 from harness.errors import HarnessError
+from harness.jobs import evaluate_job, train_job
 from harness.progress import say
 from harness.results import ResultsDir
 from harness.scoring.cache import SCORE_BATCH
@@ -95,22 +96,19 @@ class RayBackend:
         return self.threads.submit(self._train, job)
 
     def evaluate(self, job: Any) -> Future:
-        from harness.run import _evaluate
-
-        return self.threads.submit(_evaluate, job, self._evaluate)
+        return self.threads.submit(evaluate_job, job, self._evaluate)
 
     def wait_any(self, futures: Collection[Future]) -> set[Future]:
         return wait_any(futures)
 
     def _train(self, job: Any) -> Any:
-        from harness.run import _train
         from harness.store import Store, StoreJournal
 
-        results = ResultsDir(job.options.out)
+        results = ResultsDir(job.plan.options.out)
         journal = StoreJournal(results.ray_journals / f"{job.model.method}-training.jsonl")
         # The task's name prefixes its lines in the run's output and names it on the dashboard.
         ref = (_recorded.options(**self.slot, max_retries=RETRIES, name=f"{job.model.method} training")
-               .remote(_train, job, journal, self.setup))
+               .remote(train_job, job, journal, self.setup))
         with Store(results.db) as store:
             made = 0
             while not self._ready(ref, timeout=JOURNAL_POLL_S):

@@ -11,6 +11,7 @@ from harness.cli.parser import Commands
 
 def cmd_run(args: argparse.Namespace) -> int:
     from harness.cli.output import print_leaderboard
+    from harness.plan import describe
     from harness.presets import get_preset
     from harness.results import ResultsDir
     from harness.run import EVERY_METHOD, run_validated, validate
@@ -33,10 +34,12 @@ def cmd_run(args: argparse.Namespace) -> int:
         address=args.address,
         skip_bad_images=args.skip_bad_images,
     )
-    preset = get_preset(run_options.preset)
-    validate(run_options, preset)  # every mistake is reported before the libraries load
+    plan = validate(run_options, get_preset(run_options.preset))  # every mistake is reported before the libraries load
+    if args.dry_run:
+        print(describe(plan))
+        return 0
     quiet_libraries()
-    rows = run_validated(run_options, preset)
+    rows = run_validated(plan)
     print()
     print_leaderboard(rows, "table")
     print(
@@ -101,3 +104,9 @@ def register(commands: Commands) -> None:
         "docs/scaling.md)",
     )
     p.add_argument("--address", help="with --backend ray: the cluster, auto or HOST:PORT (default: start one here)")
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="check everything and print the plan (each model's settings and where they come from, the jobs in order, "
+        "the UNet evaluations), creating nothing",
+    )

@@ -24,10 +24,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         seed=args.seed,
         skip_bad_images=args.skip_bad_images,
     )
-    preset = get_preset(run_options.preset)
-    validate_training(run_options, preset)  # `harness run`'s checks of a training, before anything is created
+    plan = validate_training(run_options, get_preset(run_options.preset))  # `harness run`'s checks, before anything
     quiet_libraries()
-    result = train_alone(run_options, preset, resume=not args.no_resume)
+    result = train_alone(plan, resume=not args.no_resume)
     print(f"trained {args.method} for {result.steps} steps in {result.wall_s:.1f}s; UNet: {result.unet_dir}")
     return 0
 

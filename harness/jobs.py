@@ -1,0 +1,91 @@
+"""The two kinds of job of `harness run`: a method's training and a model's evaluation, each of one plan entry.
+
+A backend (``harness.backends``) runs them, in this process's workers or on a Ray cluster; both read all they
+need from the job (the run's ``harness.plan.Plan`` and the entry) and resolve nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from harness import curves
+from harness.errors import HarnessError
+from harness.evaluate import BASE, Checkpoint, evaluate
+from harness.plan import ModelEntry, Plan
+from harness.progress import Stages
+from harness.results import ResultsDir
+
+
+@dataclass(frozen=True)
+class ModelJob:
+    """One model's training, or its sampling and scoring (picklable: it runs in a worker process)."""
+
+    plan: Plan
+    model: ModelEntry
+    run_id: int  # its run in the results store
+    base_model: str  # the base model resolved (``harness.config.resolve_base_model``)
+    stage: Stages
+
+
+def train_job(job: ModelJob) -> ModelEntry:
+    """Train a method from the base (a job); the entry returned holds its trained UNet, to be evaluated."""
+    from harness.compute import JobClock
+    from harness.store import Store
+    from harness.trainer import train
+
+    model, options = job.model, job.plan.options
+    job.stage(f"{model.method}: training")
+    clock = JobClock()
+    results = ResultsDir(options.out)
+    with Store(results.db) as store:
+        store.set_run_status(job.run_id, "running")
+        pending: list[tuple[int, dict[str, float]]] = []
+
+        def on_log(step: int, terms: dict[str, float]) -> None:
+            pending.append((step, dict(terms)))
+            if len(pending) >= 20:
+                store.log_training(job.run_id, pending)
+                pending.clear()
+
+        try:
+            result = train(
+                model.method,
+                config=model.config,
+                base_model=job.base_model,
+                data_dir=Path(model.data_dir),
+                output_dir=results.model(model.method),
+                on_log=on_log,
+                resume=True,
+                seed=options.seed,
+                snapshot_every=(options.eval_every or 0) if model.evaluate else 0,
+            )
+        except BaseException:
+            with contextlib.suppress(HarnessError):  # (a full disk, say) what failed matters more than its record
+                store.log_training(job.run_id, pending)
+                store.add_compute(job.run_id, clock.figures("train"))
+                store.set_run_status(job.run_id, "failed")
+            raise
+        store.log_training(job.run_id, pending)
+        store.add_compute(job.run_id, clock.figures("train"))
+        store.add_checkpoint(job.run_id, result.steps, results.relative(result.unet_dir))
+        # A UNet trained only for another method to start from has no evaluation to wait for.
+        store.set_run_status(job.run_id, "trained" if model.evaluate else "done",
+                             {"unet_evals_per_sample": result.unet_evals_per_sample,
+                              "training_data": result.data_summary})
+    return dataclasses.replace(model, unet=str(result.unet_dir), train=False)
+
+
+def evaluate_job(job: ModelJob, evaluate_one: Callable[..., None] = evaluate) -> None:
+    """Generate the suites and score them: one model's evaluation (a job), and with --eval-every its UNets of
+    the steps between.  ``evaluate_one``: how one checkpoint is evaluated, with ``harness.evaluate.evaluate``'s
+    signature (the Ray backend passes its own, which runs that one's parts on its workers)."""
+    model, plan = job.model, job.plan
+    checkpoint = Checkpoint(job.base_model, unet=model.unet, unet_subfolder=model.unet_subfolder,
+                            method=None if model.method == BASE else model.method, config=model.config)
+    evaluate_one(model.method, job.run_id, checkpoint, plan.protocol, ResultsDir(plan.options.out), job.stage)
+    if plan.curve_protocol and model.method != BASE:
+        curves.evaluate_curve(job, checkpoint, evaluate_one)

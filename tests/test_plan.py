@@ -1,0 +1,134 @@
+"""The plan (``harness.plan``): every model's config resolved once per command, and `harness run --dry-run`."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+import harness.trainer
+from harness.cli import main
+
+# The smallest real run: the tiny preset trains 2 steps; 2 prompts of one suite, 1 image each.
+SMALL = ["--preset", "tiny", "--suites", "toy-seen", "--max-prompts", "2", "--images-per-prompt", "1"]
+
+
+@pytest.fixture
+def resolved(monkeypatch, tmp_path) -> Path:
+    """A file with one line per ``resolve_config`` call, naming the method, from this process and the workers it
+    forks (they inherit the patched function)."""
+    log = tmp_path / "resolved.log"
+    resolve = harness.trainer.resolve_config
+
+    def counted(method, *args, **kwargs):
+        with log.open("a") as file:
+            file.write(method + "\n")
+        return resolve(method, *args, **kwargs)
+
+    monkeypatch.setattr(harness.trainer, "resolve_config", counted)
+    return log
+
+
+def calls(log: Path) -> Counter:
+    return Counter(log.read_text().split()) if log.exists() else Counter()
+
+
+@pytest.mark.slow
+def test_a_run_with_eval_every_resolves_each_models_config_once(resolved, tmp_path):
+    """Planning, validation, the run's records, the training job, the evaluation's sampler and --eval-every's
+    points all read the one plan."""
+    assert main(["run", "--methods", "dpo", "--out", str(tmp_path / "out"), "--eval-every", "1", "--jobs", "1",
+                 *SMALL]) == 0
+    assert calls(resolved) == Counter({"dpo": 1})
+    assert (tmp_path / "out" / "models" / "dpo" / "snapshots" / "step-1" / "unet").is_dir()  # the points were made
+
+
+@pytest.mark.slow
+def test_harness_train_resolves_its_config_once(resolved, tmp_path):
+    assert main(["train", "--preset", "tiny", "--method", "dpo", "--out", str(tmp_path / "alone")]) == 0
+    assert calls(resolved) == Counter({"dpo": 1})
+
+
+def test_dry_run_prints_the_plan_and_creates_nothing(resolved, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "out"
+    assert main(["run", "--methods", "smpo,dpo", "--out", str(out), "--set", "smpo.init_method=sft",
+                 "--set", "dpo.beta=123", "--set", "lr=0.002", "--eval-every", "1", "--steps", "3", "--dry-run",
+                 *SMALL]) == 0
+    printed = capsys.readouterr().out
+    assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["resolved.log"]
+    # Each model's config resolved once, the method a recipe starts from included.
+    assert calls(resolved) == Counter({"sft": 1, "smpo": 1, "dpo": 1})
+
+    def setting(model: str, name: str) -> list[str]:
+        block = printed[printed.index(f"\n{model} ("):].split("\n\n")[0]
+        return next(line.split(maxsplit=2)[1:] for line in block.splitlines() if line.split()[:1] == [name])
+
+    assert "\nsft (trained, only as another's start)\n" in printed
+    assert "\nsmpo (trained, from sft's UNet)\n" in printed
+    assert setting("dpo", "beta") == ["123", "--set dpo"]
+    assert setting("smpo", "init_method") == ["'sft'", "--set smpo"]
+    assert setting("dpo", "lr") == ["0.002", "--set"]
+    assert setting("dpo", "max_steps") == ["2", "preset tiny"]
+    assert setting("dpo", "optimizer") == ["'adamw'", "default"]
+
+    # The jobs in the order they start, sft's training before smpo's; the UNet evaluations of each.
+    # Generation: 2 prompts x 1 image x 3 steps x 2 (the tiny preset's guidance 3.0 runs both halves) = 12.
+    jobs = [line.split(". ", 1)[1] for line in printed.splitlines() if line[:4].strip().rstrip(".").isdigit()]
+    assert jobs == [
+        "evaluate base: 12 UNet evaluations",
+        "train sft: 2 steps x 2 samples = 4 samples x the method's UNet evaluations per sample",
+        "train smpo: 2 steps x 2 samples = 4 samples x the method's UNet evaluations per sample",
+        "evaluate smpo: 12 UNet evaluations",
+        "evaluate smpo every 1 steps: 1 more points x 12 = 12 UNet evaluations",
+        "train dpo: 2 steps x 2 samples = 4 samples x the method's UNet evaluations per sample",
+        "evaluate dpo: 12 UNet evaluations",
+        "evaluate dpo every 1 steps: 1 more points x 12 = 12 UNet evaluations",
+    ]
+    assert "generation: 60 UNet evaluations in all" in printed
+
+
+LAYER = ["run", "plan", "jobs", "backends", "backends.local", "backends.ray", "curves", "evaluate", "experiments",
+         "store"]
+
+
+def test_no_import_cycle_among_the_run_its_plan_jobs_backends_and_curves():
+    """Every import, at the top or inside a function (those for type checking only aside): the backends run
+    ``harness.jobs``, and nothing below imports the run or another module's private functions."""
+    import ast
+
+    harness_dir = Path(harness.trainer.__file__).parent
+    modules = {name: harness_dir / (name.replace(".", "/") + ("/__init__.py" if name == "backends" else ".py"))
+               for name in LAYER}
+
+    class Imports(ast.NodeVisitor):
+        def __init__(self) -> None:
+            self.found: set[str] = set()
+
+        def visit_If(self, node: ast.If) -> None:
+            if "TYPE_CHECKING" not in ast.unparse(node.test):
+                self.generic_visit(node)
+
+        def visit_ImportFrom(self, node: ast.ImportFrom) -> None:
+            if node.module == "harness" or (node.module or "").startswith("harness."):
+                module = node.module.removeprefix("harness").removeprefix(".")
+                self.found |= {module, *(f"{module}.{alias.name}".lstrip(".") for alias in node.names)}
+                assert not any(alias.name.startswith("_") for alias in node.names), node.module
+
+    def imported(path: Path) -> set[str]:
+        visitor = Imports()
+        visitor.visit(ast.parse(path.read_text()))
+        return visitor.found & set(LAYER)
+
+    edges = {name: imported(path) - {name} for name, path in modules.items()}
+
+    def reaches(start: str) -> set[str]:
+        seen, todo = set(), [start]
+        while todo:
+            for nxt in edges[todo.pop()] - seen:
+                seen.add(nxt)
+                todo.append(nxt)
+        return seen
+
+    assert [name for name in LAYER if name in reaches(name)] == []
