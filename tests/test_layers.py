@@ -163,46 +163,11 @@ def breaks_the_contract(edge: Import) -> bool:
         and not any(inside(edge.target, allowed) for allowed in CONTRACT_USES)
 
 
-# Delete these three when the branches of issue 27 that own those modules merge.  The planner ("plan") removes the
-# second cycle, run <-> backends <-> curves <-> evaluate <-> experiments <-> store, which these function-local imports
-# (module: the modules it imports inside functions) and backends' type-only import of run close; the CLI package
-# ("cli") loads its commands without them.
-UNTIL_THE_PLANNER_MERGES: dict[str, tuple[str, ...]] = {
-    "harness.run": ("harness.compute", "harness.data", "harness.identity", "harness.models", "harness.preference_data",
-                    "harness.scoring", "harness.stats", "harness.store", "harness.suites", "harness.trainer",
-                    "harness.workers"),
-    "harness.curves": ("harness.evaluate", "harness.run", "harness.stats", "harness.store", "harness.trainer"),
-    "harness.backends": ("harness.backends.local", "harness.backends.ray"),
-    "harness.backends.local": ("harness.run",),
-    "harness.backends.ray": ("harness.api.registry", "harness.compute", "harness.evaluate", "harness.run",
-                             "harness.sampling", "harness.scoring", "harness.scoring.cache", "harness.store",
-                             "harness.workers"),
-    "harness.evaluate": ("harness.compute", "harness.identity", "harness.models", "harness.sampling", "harness.scoring",
-                         "harness.scoring.cache", "harness.store", "harness.suites", "harness.trainer",
-                         "harness.workers"),
-    "harness.experiments": ("harness.curves", "harness.run", "harness.stats", "harness.store"),
-    "harness.trainer": ("harness.data", "harness.data_check", "harness.identity", "harness.models",
-                        "harness.train_export", "harness.train_features"),
-}
-TYPE_ONLY_UNTIL_THE_PLANNER_MERGES = {("harness.backends", "harness.run"), ("harness.curves", "harness.run")}
-UNTIL_THE_CLI_MERGES = ("harness.cli",)  # its commands import what they run inside their functions
-
-
-def _allowed(edge: Import) -> bool:
-    if edge.in_function:
-        return edge.target in UNTIL_THE_PLANNER_MERGES.get(edge.module, ())
-    return (edge.module, edge.target) in TYPE_ONLY_UNTIL_THE_PLANNER_MERGES
-
-
-def _checked(edges: list[Import]) -> list[Import]:
-    return [edge for edge in edges if not _allowed(edge)]
-
-
 EDGES = import_graph(module_files())
 
 
 def test_no_module_imports_itself_round_a_cycle():
-    found = cycles(_checked(EDGES))
+    found = cycles(EDGES)
     assert not found, "import cycles (module:line of each import):\n" + report(found)
 
 
@@ -213,17 +178,8 @@ def test_the_contract_imports_only_itself_errors_and_atomic():
 
 
 def test_functions_import_only_third_party_libraries():
-    wrong = [str(edge) for edge in _checked(EDGES) if edge.in_function and edge.module not in UNTIL_THE_CLI_MERGES]
+    wrong = [str(edge) for edge in EDGES if edge.in_function]
     assert not wrong, "harness modules imported inside functions (import them at the top):\n" + "\n".join(wrong)
-
-
-def test_every_allowance_is_still_needed():
-    """An allowance that no import needs any more is deleted, so the list only shrinks."""
-    allowed = {(module, target, True) for module, targets in UNTIL_THE_PLANNER_MERGES.items() for target in targets}
-    allowed |= {(module, target, False) for module, target in TYPE_ONLY_UNTIL_THE_PLANNER_MERGES}
-    stale = allowed - {(edge.module, edge.target, edge.in_function) for edge in EDGES}
-    stale_modules = set(UNTIL_THE_CLI_MERGES) - {edge.module for edge in EDGES if edge.in_function}
-    assert not stale and not stale_modules, f"allowances no import needs (delete them): {sorted(stale | stale_modules)}"
 
 
 # -- the checks themselves, on a small made-up tree: each rule can fail ------------------------------------------------
