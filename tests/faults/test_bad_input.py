@@ -1,8 +1,9 @@
 """Bad input gets one line on stderr, exit status 2, no traceback, and creates nothing.
 
-Every case runs the real `harness` command in a fresh process, in a directory of its own that
-holds only what the case sets up; the test checks the line, the status and that the directory
-is left as it was.  The table of docs/bad-input.md is made from the same cases and their actual
+Every case runs the `harness` command's ``main(argv)`` in this process (each case is mostly a process
+starting up otherwise), in a directory of its own that holds only what the case sets up; the test checks
+the line, the status and that the directory is left as it was.  One case also runs the installed command
+in a fresh process, which must print the same line and exit with the same status.  The table of docs/bad-input.md is made from the same cases and their actual
 output, and a test keeps it equal; after changing a case or a message, rewrite it:
 
     HARNESS_UPDATE_DOCS=1 python -m pytest tests/faults/test_bad_input.py
@@ -10,11 +11,15 @@ output, and a test keeps it equal; after changing a case or a message, rewrite i
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import re
+import sys
+import tempfile
+import traceback
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -371,20 +376,63 @@ def _files(directory: Path) -> set[str]:
     return {str(path.relative_to(directory)) for path in directory.rglob("*")}
 
 
+@contextlib.contextmanager
+def _in(directory: Path):
+    """Run in ``directory`` with this process's environment and torch's thread count restored after."""
+    import torch
+
+    cwd, environ, threads = Path.cwd(), dict(os.environ), torch.get_num_threads()
+    os.chdir(directory)
+    try:
+        yield
+    finally:
+        os.chdir(cwd)
+        os.environ.clear()
+        os.environ.update(environ)
+        torch.set_num_threads(threads)
+
+
+def _main(argv: tuple[str, ...]) -> tuple[int, str]:
+    """(exit status, stderr) of ``harness ARGV``, run in this process: what Python code writes to
+    ``sys.stderr`` and what anything writes to file descriptor 2; an exception that escapes ``main`` is
+    written as the installed command would write it, a traceback and status 1."""
+    from harness.cli import main
+
+    written = io.StringIO()
+    with tempfile.TemporaryFile() as descriptor_2:
+        sys.stderr.flush()
+        saved = os.dup(2)
+        os.dup2(descriptor_2.fileno(), 2)
+        try:
+            with contextlib.redirect_stderr(written):
+                try:
+                    status = main(list(argv))
+                except SystemExit as exit:  # argparse's errors
+                    status = exit.code if isinstance(exit.code, int) else 1
+                except BaseException:  # whatever escapes: the traceback these tests must not see
+                    traceback.print_exc()
+                    status = 1
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+        descriptor_2.seek(0)
+        return status, written.getvalue() + descriptor_2.read().decode(errors="replace")
+
+
 def _run_case(case: Case, directory: Path) -> Outcome:
     if case.make:
         case.make(directory)
     before = _files(directory)
-    result = harness_cli(*case.argv, cwd=directory, timeout=300)
-    return Outcome(result.returncode, result.stderr, sorted(_files(directory) - before))
+    with _in(directory):
+        status, stderr = _main(case.argv)
+    return Outcome(status, stderr, sorted(_files(directory) - before))
 
 
 @pytest.fixture(scope="module")
 def outcomes(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path, tiny_sdxl_dir: Path) -> dict[Case, Outcome]:
-    """Every case, run once (two at a time: each is mostly a process starting up)."""
-    directories = [tmp_path_factory.mktemp("bad-input") for _ in CASES]
-    with ThreadPoolExecutor(2) as pool:
-        return dict(zip(CASES, pool.map(_run_case, CASES, directories)))
+    """Every case, run once."""
+    return {case: _run_case(case, tmp_path_factory.mktemp("bad-input")) for case in CASES}
 
 
 @pytest.mark.parametrize("case", CASES, ids=[case.command.removeprefix("harness ") for case in CASES])
@@ -397,6 +445,14 @@ def test_bad_input_is_one_line_and_creates_nothing(case: Case, outcomes: dict[Ca
     assert "huggingface-cli" not in lines[0]  # none of these is about a missing download
     assert outcome.returncode == 2
     assert outcome.created == []
+
+
+def test_the_installed_command_prints_the_same_line_and_exits_2(tmp_path: Path, outcomes: dict[Case, Outcome]) -> None:
+    """What the cases prove of ``main`` holds for the real entry point: a fresh process of the installed
+    `harness` script gives the same line and status, and creates nothing either."""
+    case = next(case for case in CASES if case.argv == (*RUN, "--model", "./nope"))
+    result = harness_cli(*case.argv, cwd=tmp_path, timeout=300)
+    assert (result.returncode, result.stderr, _files(tmp_path)) == (2, outcomes[case].stderr, set())
 
 
 def bad_input_table(outcomes: dict[Case, Outcome]) -> str:
