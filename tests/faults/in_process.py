@@ -5,12 +5,15 @@ arguments; tests of what a command does (not of processes: kills, signals, the e
 run it here instead, as the command would run it: in its working directory, with its environment, its
 output read from both ``sys.stdout``/``sys.stderr`` and file descriptors 1 and 2.  What a command changes in
 the process is put back afterwards, so one command cannot reach the next: the working directory, the
-environment, torch's thread count, and the plugins it loaded (their registrations and modules).
+environment, torch's thread count, and the plugins it loaded (their registrations and modules); and what the
+command left for garbage collection is collected, as its process's exit would end it (an SQLite connection
+left unreferenced checkpoints its write-ahead log into the database when it is finalized).
 """
 
 from __future__ import annotations
 
 import contextlib
+import gc
 import io
 import os
 import subprocess
@@ -59,6 +62,7 @@ def _restored_process_state(cwd: Path | None, env: dict[str, str] | None) -> Ite
     try:
         yield
     finally:
+        gc.collect()
         os.chdir(directory)
         os.environ.clear()
         os.environ.update(environ)
