@@ -18,6 +18,7 @@ from harness.sampling import MANIFEST_NAME, generate
 
 
 @pytest.mark.distributed
+@pytest.mark.slow
 def test_two_processes_write_the_single_process_manifest(tiny_model_dir, tmp_path):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as each torchrun worker: oneDNN's last bits can depend on the thread count

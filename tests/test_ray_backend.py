@@ -1,5 +1,6 @@
 """`harness run --backend ray` on a real local Ray cluster: the local run's results, byte for byte, with
-workers killed in the middle of their jobs on the way (Ray retries them)."""
+workers killed in the middle of their jobs on the way (Ray retries them); its results directory, moved,
+resumes from a driver in another directory without redoing anything."""
 
 from __future__ import annotations
 
@@ -13,10 +14,13 @@ from pathlib import Path
 import pytest
 
 from conftest import harness_cli
+from faults.in_process import harness_main
+from faults.kills import stamps
 from harness.errors import HarnessError
 from harness.results import ResultsDir
 
 ray = pytest.importorskip("ray", reason="the Ray backend needs Ray: pip install '.[ray]'")
+pytestmark = pytest.mark.slow  # a Ray cluster and runs on it
 
 # Three images per prompt: 12 a suite, batches of 8 and 4 (the tiny preset's batch is 8), so an evaluation
 # splits into two shards when both CPUs of the cluster are free, and each shard must keep the one-process
@@ -33,9 +37,9 @@ PLUGIN = Path(__file__).with_name("ray_kill_plugin.py")
 
 @pytest.fixture(scope="module")
 def local_run(tmp_path_factory: pytest.TempPathFactory, harness_cache: Path) -> Path:
-    """The reference: the same run on the local backend (the default)."""
+    """The reference: the same run on the local backend (the default), in this process."""
     out = tmp_path_factory.mktemp("local") / "out"
-    result = harness_cli(*RUN, "--out", str(out))
+    result = harness_main(*RUN, "--out", str(out))
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return out
 
@@ -62,11 +66,16 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, harness_cache: Path):
 def ray_run(cluster, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess]:
     """The same run on the cluster (``--address``), where two workers SIGKILL themselves mid-job
     (tests/ray_kill_plugin.py): a training task and a scorer actor."""
-    address, _ = cluster
     out = tmp_path_factory.mktemp("ray") / "out"
-    result = harness_cli("--plugin", str(PLUGIN), *RUN, "--backend", "ray", "--address", address, "--out", str(out))
+    result = harness_cli(*ray_command(cluster, str(out)))
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return out, result
+
+
+def ray_command(cluster, out: str) -> tuple[str, ...]:
+    """The arguments of `harness run` on the cluster, into ``out``."""
+    address, _ = cluster
+    return "--plugin", str(PLUGIN), *RUN, "--backend", "ray", "--address", address, "--out", out
 
 
 def leaderboard_json(out: Path) -> str:
@@ -149,3 +158,25 @@ def test_killed_workers_were_retried_and_nothing_was_recorded_twice(ray_run, clu
                                                                   ("toy-error", 0)}  # each scorer's direction
     assert ours["statuses"] == [("base", "done"), ("dpo", "done"), ("dpo@1", "done"), ("dpo@2", "done")]
     assert not ResultsDir(out).ray_journals.exists()  # every write the training recorded was made
+
+
+def test_a_moved_ray_run_resumes_from_a_driver_in_another_directory(cluster, tmp_path: Path) -> None:
+    """A small run made on the cluster from one directory, moved, and resumed by a relative path from a
+    driver in another working directory: nothing rewritten, the same leaderboard.  A path recorded absolute
+    would miss the move; one recorded relative to the working directory, the driver.  (Not ``ray_run``: its
+    --eval-every curve is written to TensorBoard again by every rerun.)"""
+    address, _ = cluster
+    run = ("run", "--preset", "tiny", "--methods", "dpo", "--set", "max_steps=2", "--images-per-prompt", "1",
+           "--backend", "ray", "--address", address)
+    first, elsewhere, moved = tmp_path / "first", tmp_path / "elsewhere", tmp_path / "archive" / "runs-moved"
+    for folder in (first, elsewhere, moved.parent):
+        folder.mkdir()
+    made = harness_cli(*run, "--out", "runs", cwd=first)
+    assert made.returncode == 0, made.stdout[-3000:] + made.stderr[-3000:]
+    board = leaderboard_json(first / "runs")
+    os.rename(first / "runs", moved)
+    before = stamps(moved)
+    resumed = harness_cli(*run, "--out", "../archive/runs-moved", cwd=elsewhere)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert stamps(moved) == before, "the resumed run rewrote files of the results directory"
+    assert leaderboard_json(moved) == board

@@ -1,5 +1,8 @@
 """The README's recipes run: every block marked ``<!-- recipe: NAME -->`` is executed here, in order, in one
-scratch directory, so a recipe that stops working fails CI.
+scratch directory, so a recipe that stops working fails CI.  Each command of a block is split as bash splits
+it (a backslash continues the line, ``#`` starts a comment); a ``harness`` command runs through the CLI's
+``main`` in this process (``faults.in_process``: a fresh process would spend most of its time importing
+torch), a ``python`` one in a fresh Python, and a block with any other command fails the test.
 
 To stay fast the recipes run on the ``tiny`` preset, the toy world's random-init twin: the only change
 made to a command is ``--preset toy`` -> ``--preset tiny`` and ``--model toy`` -> ``--model tiny``.  The
@@ -10,7 +13,6 @@ to be the files in ``examples/`` that this test runs.
 
 from __future__ import annotations
 
-import os
 import re
 import shlex
 import subprocess
@@ -18,6 +20,8 @@ import sys
 from pathlib import Path
 
 import pytest
+
+from faults.in_process import harness_main
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
@@ -60,11 +64,32 @@ def test_the_plugin_files_shown_are_the_files_that_run():
         assert block["body"] == (ROOT / path).read_text(encoding="utf-8"), f"README's copy of {path} differs"
 
 
+def commands(body: str) -> list[list[str]]:
+    """The words of each command of a bash block, as bash splits them."""
+    return [words for line in body.replace("\\\n", "").splitlines() if (words := shlex.split(line, comments=True))]
+
+
+def test_commands_are_split_as_bash_splits_them():
+    """Bash itself runs every recipe block, its commands replaced by a function printing their words."""
+    for name, language, body in recipes():
+        if language != "bash":
+            continue
+        words = 'printf "%s\\037" "$FUNCNAME" "$@"; printf "\\n"'
+        script = f"harness() {{ {words}; }}\npython() {{ {words}; }}\n{body}"
+        shown = subprocess.run(["bash", "-e", "-c", script], capture_output=True, text=True, check=True).stdout
+        assert commands(body) == [line.split("\037")[:-1] for line in shown.splitlines()], name
+
+
+def run_command(words: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    if words[0] == "harness":
+        return harness_main(*words[1:], cwd=cwd)
+    assert words[0] == "python", f"a recipe runs {words[0]!r}: this test runs only harness and python commands"
+    return subprocess.run([sys.executable, *words[1:]], cwd=cwd, capture_output=True, text=True, timeout=300)
+
+
 @pytest.mark.slow
 def test_every_recipe_runs(tmp_path, harness_cache):
     (tmp_path / "examples").symlink_to(ROOT / "examples")
-    env = {**os.environ, "HARNESS_CACHE": str(harness_cache),
-           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     ran = []
     for name, language, body in recipes():
         if name == "real-models" or language == "python" and not body.startswith("# "):
@@ -76,17 +101,18 @@ def test_every_recipe_runs(tmp_path, harness_cache):
             continue
         for old, new in TINY:
             body = body.replace(old, new)
-        result = subprocess.run(["bash", "-e", "-c", body.replace("python ", f"{sys.executable} ")], cwd=tmp_path,
-                                env=env, capture_output=True, text=True, timeout=900)
-        assert result.returncode == 0, f"recipe {name} failed:\n{body}\n{result.stdout[-2000:]}{result.stderr[-3000:]}"
-        # Every method a recipe trains has settings for the preset (the example plugin its own), so no warning.
-        assert "no settings for preset" not in result.stderr, result.stderr
+        for words in commands(body):
+            result = run_command(words, tmp_path)
+            assert result.returncode == 0, \
+                f"recipe {name} failed at `{shlex.join(words)}`:\n{result.stdout[-2000:]}{result.stderr[-3000:]}"
+            # Every method a recipe trains has settings for the preset (the example plugin its own), so no warning.
+            assert "no settings for preset" not in result.stderr, result.stderr
         ran.append(name)
     assert ran == ["own-data-run", "evaluate", "add-a-method-run", "add-a-scorer-and-suite-run"]
     # What the recipes promise: the user's data trained on, the checkpoint evaluated beside the run's models.
-    board = subprocess.run(["harness", "leaderboard", "--out", "runs/mine", "--format", "csv"], cwd=tmp_path, env=env,
-                           capture_output=True, text=True, check=True).stdout
-    assert {"base", "dpo", "kto", "mydpo"} <= {line.split(",")[0] for line in board.splitlines()[1:]}
+    board = harness_main("leaderboard", "--out", "runs/mine", "--format", "csv", cwd=tmp_path)
+    assert board.returncode == 0, board.stderr
+    assert {"base", "dpo", "kto", "mydpo"} <= {line.split(",")[0] for line in board.stdout.splitlines()[1:]}
     assert (tmp_path / "runs" / "mydpo" / "final" / "unet" / "config.json").exists()
 
 

@@ -13,6 +13,7 @@ steps instead of 5 / 10, one prompt of each suite, one image per prompt, 2 sampl
 evaluation. The SD1.5 shape's attention at 64x64 latents costs ~0.17 s per UNet call on a CPU core
 even at tiny widths (the SDXL shape's VAE ~1 s per 1024 px image), so the published compute, for
 four models, would take hours here.
+Every command runs through the CLI's ``main`` in this process (``faults.in_process``).
 The random-weight PickScore gives cosines around 0, outside the published bounds for the real
 model's (0.115..0.282), so SmPO's bounds are widened here, and only here, to [-1, 1].
 """
@@ -24,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import harness_cli
+from faults.in_process import harness_main
 from test_readme import readme_command
 
 PLUGIN = Path(__file__).resolve().parent / "plugins" / "tiny_scorer_archs.py"
@@ -53,11 +54,11 @@ def rehearse(preset: str, model: Path, data: Path, out: Path, scorer_locations: 
     module says (the options added last win)."""
     lowered = [arg for method in methods for setting in LOWERED.get(method, ())
                for arg in ("--set", f"{method}.{setting}")]
-    result = harness_cli(
+    result = harness_main(
         "--plugin", str(PLUGIN), *readme_command(preset), "--model", str(model), "--data", str(data),
         "--methods", ",".join(methods), "--max-prompts", "1", "--images-per-prompt", "1", "--steps", "2",
         "--out", str(out), "--set", "max_steps=1", "--set", "effective_batch_size=None", *lowered,
-        *scorer_options(scorer_locations), *arguments, timeout=1200)
+        *scorer_options(scorer_locations), *arguments)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
 
 
@@ -94,7 +95,7 @@ def test_published_recipes_run_end_to_end_offline(shape, request, tmp_path, pick
     assert {k: dro_state["config"][k] for k in ("optimizer", "adamw_fused", "max_grad_norm", "per_row_sigmas")} == {
         "optimizer": "adamw", "adamw_fused": False, "max_grad_norm": None, "per_row_sigmas": False}
 
-    board = harness_cli("leaderboard", "--out", str(out), "--format", "json")
+    board = harness_main("leaderboard", "--out", str(out), "--format", "json")
     assert board.returncode == 0, board.stderr
     leaderboard = json.loads(board.stdout)
     cells = {(r["method"], r["suite"], r["metric"]): r for r in leaderboard}
@@ -127,7 +128,7 @@ def test_sd35_recipes_run_end_to_end_offline(tmp_path, tiny_sd35_dir, pickapic_v
     row = json.loads(manifest.read_text().splitlines()[0])
     assert (row["scheduler"], row["height"], row["guidance_scale"]) == ("FlowMatchEulerDiscreteScheduler", 1024, 4.5)
 
-    board = harness_cli("leaderboard", "--out", str(out), "--format", "json")
+    board = harness_main("leaderboard", "--out", str(out), "--format", "json")
     assert board.returncode == 0, board.stderr
     cells = {(r["method"], r["metric"]) for r in json.loads(board.stdout)}
     assert cells == {(method, "pickscore") for method in ("base", "dpo", "smpo")}

@@ -17,6 +17,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from faults.in_process import harness_main
+
 PLUGIN = Path(__file__).with_name("work_log_plugin.py")
 HARNESS = Path(sys.executable).with_name("harness")
 # The runs of the suite: two methods that train (DRO also samples from its policy while training),
@@ -133,8 +135,8 @@ def run_to_end(args: list[str], variables: dict[str, str], stderr: Path, timeout
 
 
 def leaderboard_json(out: Path) -> str:
-    result = subprocess.run([str(HARNESS), "leaderboard", "--out", str(out), "--format", "json"],
-                            capture_output=True, text=True, timeout=120)
+    """What `harness leaderboard --out OUT --format json` prints (run in this process)."""
+    result = harness_main("leaderboard", "--out", str(out), "--format", "json")
     assert result.returncode == 0, result.stderr
     return result.stdout
 
@@ -191,6 +193,14 @@ def image_files(out: Path) -> dict[str, tuple[int, int]]:
     """Every image of a results directory (evaluation and training data) -> (inode, mtime_ns)."""
     files = [*out.glob("images/*/*/*.png"), *out.glob("data/images/*.png")]
     return {str(path): (path.stat().st_ino, path.stat().st_mtime_ns) for path in files}
+
+
+def stamps(out: Path) -> dict[str, tuple[int, int]]:
+    """Every file of the trained models and images (relative to ``out``) -> (inode, mtime_ns): equal before
+    and after a rerun that rewrote none of them."""
+    files = [path for path in out.glob("models/**/*") if path.is_file()]
+    stamps = {str(path.relative_to(out)): (path.stat().st_ino, path.stat().st_mtime_ns) for path in files}
+    return {**stamps, **{str(Path(path).relative_to(out)): stamp for path, stamp in image_files(out).items()}}
 
 
 def _recorded_images(out: Path) -> dict[str, tuple[int, int]]:

@@ -1,6 +1,7 @@
 """Inputs edited in place since a run: the rerun is refused in one line naming what changed, before anything is
 made, never answered with the old numbers.  The data folder, a local ``--model`` directory and a prompt file of
-one real (small) run, each edited in turn; then `harness evaluate` of a UNet on another base model."""
+one real (small) run, each edited in turn; then `harness evaluate` of a UNet on another base model.  Every
+command runs in this process (``faults.in_process``): what is checked is what the commands decide."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import harness_cli
+from faults.in_process import harness_main
 
 pytestmark = [pytest.mark.faults, pytest.mark.slow]
 
@@ -50,7 +51,7 @@ def test_edited_data_model_and_prompts_are_refused_and_another_base_too(tmp_path
     (tmp_path / "mine.txt").write_text("a red circle on the left\na blue square in the center\n")
     run = ("run", "--preset", "tiny", "--methods", "dpo", "--data", "mydata", "--model", "mymodel",
            "--suites", "file:mine.txt", *SMALL, "--out", "runs")
-    first = harness_cli(*run, cwd=tmp_path)
+    first = harness_main(*run, cwd=tmp_path)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     recorded = _files(tmp_path / "runs")
 
@@ -58,21 +59,21 @@ def test_edited_data_model_and_prompts_are_refused_and_another_base_too(tmp_path
     pairs = tmp_path / "mydata" / "pairs.jsonl"
     original = pairs.read_text()
     pairs.write_text(original.replace('"label_0": 1.0', '"label_0": 0.0'))
-    _refused(harness_cli(*run, cwd=tmp_path), "run 'dpo' in runs was made with other inputs: data: the content of "
+    _refused(harness_main(*run, cwd=tmp_path), "run 'dpo' in runs was made with other inputs: data: the content of "
              "mydata has changed", "use another --out")
     pairs.write_text(original)
 
     # One byte of the base model's scheduler settings.
     scheduler = tmp_path / "mymodel" / "scheduler" / "scheduler_config.json"
     scheduler.write_text(scheduler.read_text() + " ")
-    _refused(harness_cli(*run, cwd=tmp_path), "run 'base' in runs was made with other inputs: base_model: the "
+    _refused(harness_main(*run, cwd=tmp_path), "run 'base' in runs was made with other inputs: base_model: the "
              "content of mymodel has changed")
     # The base model's UNet on another base: one line, nothing made.
-    _refused(harness_cli("evaluate", "--model", "tiny", "--unet", "runs/models/dpo/final/unet", "--out", "runs",
+    _refused(harness_main("evaluate", "--model", "tiny", "--unet", "runs/models/dpo/final/unet", "--out", "runs",
                          cwd=tmp_path), "--model tiny: the base model of runs is mymodel")
     scheduler.write_text(scheduler.read_text()[:-1])
 
     # A prompt file edited: its suite's images were made from other prompts.
     (tmp_path / "mine.txt").write_text("a red circle on the right\na blue square in the center\n")
-    _refused(harness_cli(*run, cwd=tmp_path), "suite 'mine': the images in runs were made from other prompts")
+    _refused(harness_main(*run, cwd=tmp_path), "suite 'mine': the images in runs were made from other prompts")
     assert _files(tmp_path / "runs") == recorded  # nothing made, nothing touched

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from faults.in_process import harness_main
 from faults.kills import HARNESS, Env, leaderboard_json, results_fingerprint, run_args
 
 pytestmark = [pytest.mark.faults, pytest.mark.slow]
@@ -57,8 +58,8 @@ def cut_short(path: Path) -> None:
 
 
 def verify(env: Env, *options: str) -> subprocess.CompletedProcess:
-    return subprocess.run([str(HARNESS), "verify", "--out", str(env.out), *options], env=env.variables(),
-                          capture_output=True, text=True, timeout=600)
+    """`harness verify --out OUT OPTIONS` with the run's HARNESS_CACHE (in this process)."""
+    return harness_main("verify", "--out", str(env.out), *options, env=env.variables())
 
 
 def test_truncated_feature_cache_entries_are_rebuilt(damaged: Env, reference) -> None:

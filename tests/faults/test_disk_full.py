@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import harness_cli
+from faults.in_process import harness_main
 from harness.atomic import DiskFullError, replacing
 from harness.store import Store
 
@@ -53,7 +53,7 @@ def _results(out: Path) -> tuple[list, list]:
 @pytest.mark.slow
 def test_a_full_disk_is_one_line_and_the_same_command_completes_after_freeing_space(small_disk, tiny_run_dir):
     out = small_disk / "runs"
-    failed = harness_cli(*RUN, "--out", str(out))
+    failed = harness_main(*RUN, "--out", str(out))
     assert failed.returncode == 2, failed.stderr[-3000:]
     assert "Traceback" not in failed.stderr and failed.stderr.count("harness: error:") == 1, failed.stderr[-3000:]
     error = failed.stderr.rstrip().rpartition("harness: error: ")[2]
@@ -62,7 +62,7 @@ def test_a_full_disk_is_one_line_and_the_same_command_completes_after_freeing_sp
     assert _temporaries(out) == []
 
     subprocess.run(["mount", "-o", "remount,size=64m", str(small_disk)], check=True)  # space freed
-    rerun = harness_cli(*RUN, "--out", str(out))
+    rerun = harness_main(*RUN, "--out", str(out))
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert _temporaries(out) == []
     assert _results(out) == _results(tiny_run_dir)  # as if the disk had never been full
