@@ -25,7 +25,8 @@ from pathlib import Path
 
 import torch
 
-from harness.models import default_cache_dir, load_pipeline
+from harness.api.environment import cache_dir
+from harness.models import load_pipeline
 from harness.testing.tiny_models import TinyPipelineConfig, save_tiny_pipeline
 from harness.sampling import generate, optimize_pipeline
 from harness.api.suite import Suite
@@ -36,9 +37,9 @@ SMALL = TinyPipelineConfig(image_size=64, block_out_channels=(64, 128, 256), lay
 
 def build_model(name: str, device: str, dtype: torch.dtype):
     if name == "tiny":
-        return load_pipeline(save_tiny_pipeline(default_cache_dir() / "tiny-sd"), device=device, dtype=dtype)
+        return load_pipeline(save_tiny_pipeline(cache_dir() / "tiny-sd"), device=device, dtype=dtype)
     if name == "small":
-        return load_pipeline(save_tiny_pipeline(default_cache_dir() / "bench-small-sd", SMALL), device=device, dtype=dtype)
+        return load_pipeline(save_tiny_pipeline(cache_dir() / "bench-small-sd", SMALL), device=device, dtype=dtype)
     if name == "sd15":
         return sd15_shaped_pipeline().to(device=device, dtype=dtype)
     return load_pipeline(name, device=device, dtype=dtype)
@@ -66,7 +67,7 @@ def sd15_shaped_pipeline():
                                                 num_attention_heads=12, max_position_embeddings=77))
     scheduler = DDPMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
                               steps_offset=1)
-    pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=clip_tokenizer(default_cache_dir() / "clip-tokenizer"),
+    pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=clip_tokenizer(cache_dir() / "clip-tokenizer"),
                                    unet=unet, scheduler=scheduler, safety_checker=None, feature_extractor=None,
                                    requires_safety_checker=False)
     pipe.set_progress_bar_config(disable=True)

@@ -220,7 +220,7 @@ def _record_overlap(store, plan: Plan, ids: dict[str, int]) -> None:
 
 
 def _synthesize(preset: Preset, base_model: str, data_dir: Path, stage: _Stages) -> None:
-    from harness.models import default_cache_dir
+    from harness.api.environment import cache_dir
     from harness.preference_data import synthesize
 
     stage("training data (base samples labelled by the rewards)")
@@ -230,7 +230,7 @@ def _synthesize(preset: Preset, base_model: str, data_dir: Path, stage: _Stages)
     max_captions = settings.pop("max_captions", None)
     scorers = settings.pop("scorers", list(preset.scorers))
     captions = preset.training_captions()[:max_captions]
-    synthesize(base_model, captions, data_dir, scorers=scorers, cache_dir=default_cache_dir() / "training-data", **settings)
+    synthesize(base_model, captions, data_dir, scorers=scorers, cache_dir=cache_dir() / "training-data", **settings)
 
 
 def leaderboard(out: Path, base: str = BASE, by: Sequence[str] = ()) -> list[dict]:

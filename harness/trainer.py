@@ -317,7 +317,8 @@ class Trainer:
     def _setup_models(self) -> None:
         """Frozen encoders in the compute dtype, the policy in fp32, the reference, the feature cache."""
         from harness.families import family_of
-        from harness.models import default_cache_dir, load_pipeline
+        from harness.api.environment import cache_dir
+        from harness.models import load_pipeline
         from harness.train_features import FeatureEncoder
 
         config = self.config
@@ -333,7 +334,7 @@ class Trainer:
         vae_scale = 2 ** (len(pipe.vae.config.block_out_channels) - 1)
         resolution = config.resolution or unet.config.sample_size * vae_scale
         self.latent_shape = (unet.config.in_channels, resolution // vae_scale, resolution // vae_scale)
-        self.cache_dir = Path(config.cache_dir) if config.cache_dir else default_cache_dir() / "train-features"
+        self.cache_dir = Path(config.cache_dir) if config.cache_dir else cache_dir() / "train-features"
         self.features = FeatureEncoder(pipe, device=self.device, resolution=resolution,
                                        cache_dir=self.cache_dir if config.cache_features else None, loader=self.loader,
                                        max_sequence_length=config.max_sequence_length)

@@ -10,10 +10,10 @@ from harness.cli.parser import Commands
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from harness.models import default_cache_dir
+    from harness.api.environment import cache_dir
     from harness.verify import run_verify
 
-    return run_verify(Path(args.out), args.repair, default_cache_dir())
+    return run_verify(Path(args.out), args.repair, cache_dir())
 
 
 def register(commands: Commands) -> None:

@@ -17,7 +17,7 @@ import torch
 from harness.api.caching import built_model_ready
 from harness.api.registry import register_base_model
 from harness.atomic import publishing
-from harness.models import default_cache_dir
+from harness.api.environment import cache_dir
 
 CLIP_VOCAB_SIZE = 49408
 
@@ -253,7 +253,7 @@ def build_tiny_pipeline(config: TinyPipelineConfig = TinyPipelineConfig(), token
 
     torch.manual_seed(config.seed)
     if tokenizer_dir is None:
-        tokenizer_dir = default_cache_dir() / "clip-tokenizer"
+        tokenizer_dir = cache_dir() / "clip-tokenizer"
     if config.layout == "sd3":
         return _tiny_sd3_pipeline(config, Path(tokenizer_dir))
     sdxl = config.layout == "sdxl"
@@ -318,12 +318,12 @@ def save_tiny_pipeline(out_dir: str | Path, config: TinyPipelineConfig = TinyPip
 @register_base_model("tiny")
 def tiny_base_model() -> str:
     """The random-init tiny SD1.5-shaped pipeline (the ``tiny`` preset's base model)."""
-    return str(save_tiny_pipeline(default_cache_dir() / "tiny-sd"))
+    return str(save_tiny_pipeline(cache_dir() / "tiny-sd"))
 
 
 @register_base_model("tiny-sd3")
 def tiny_sd3_base_model() -> str:
     """The random-init tiny SD3.5-shaped (flow-matching) pipeline (the ``tiny-flow`` preset's base model)."""
-    return str(save_tiny_pipeline(default_cache_dir() / "tiny-sd3", TINY_SHAPES["tiny-sd3"]))
+    return str(save_tiny_pipeline(cache_dir() / "tiny-sd3", TINY_SHAPES["tiny-sd3"]))
 
 
