@@ -272,7 +272,8 @@ def published_unet(options: RunOptions, preset: Preset, method: str) -> tuple[st
 def check_models_available(options: RunOptions, preset: Preset) -> None:
     """Every model the run will load must be there before anything is created: a missing download
     fails at once, in one line saying what to download, and leaves no half-made results."""
-    from harness.models import check_model_available, check_network_fits
+    from harness.families import check_network_fits
+    from harness.models import check_model_available
 
     base = options.model or preset.base_model
     if not is_built_model(base):
