@@ -13,10 +13,10 @@ from typing import Any
 
 import torch
 
+from harness.api.environment import cache_dir as default_cache_dir  # noqa: F401  (its name for the harness's other modules)
 from harness.api.environment import require_existing_path
 from harness.errors import HarnessError, refused_pickle
-
-
+from harness.families import family_named
 
 
 def _pipeline_index(model: str) -> dict[str, Any]:
@@ -81,8 +81,6 @@ def load_pipeline(
     the directory's (SD3 with or without T5), T5 left out under ``HARNESS_DROP_T5=1`` (``harness.families``).
     """
     from diffusers import AutoencoderKL, DiffusionPipeline
-
-    from harness.families import family_named
 
     model = str(model)
     for what, location in (("model", model), ("UNet", unet), ("VAE", vae)):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import sys
 
+from harness.api.registry import load_plugin
 from harness.atomic import disk_full_error
 from harness.cli.parser import build_parser
 from harness.errors import HarnessError
@@ -20,8 +21,6 @@ def main(argv: list[str] | None = None) -> int:
     """Run the command ``argv`` (default: the process's arguments) names; its exit status."""
     args = build_parser().parse_args(argv)
     try:
-        from harness.api.registry import load_plugin
-
         for plugin in [*args.plugin, *getattr(args, "plugin_after", [])]:
             load_plugin(plugin)
         status = args.func(args)

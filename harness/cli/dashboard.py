@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import argparse
 
+from dashboard import serve
 from harness.cli import options
 from harness.cli.parser import Commands
 
 
 def cmd_dashboard(args: argparse.Namespace) -> int:
-    from dashboard import serve
-
     return serve(options.experiments(args), port=args.port)
 
 

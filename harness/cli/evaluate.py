@@ -6,16 +6,15 @@ import argparse
 from pathlib import Path
 
 from harness.cli import options
+from harness.cli.output import print_leaderboard
 from harness.cli.parser import Commands
+from harness.evaluate import EvaluateOptions, evaluate_checkpoint, plan_evaluation
+from harness.libraries import quiet_libraries
+from harness.results import ResultsDir
+from harness.run import leaderboard
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from harness.cli.output import print_leaderboard
-    from harness.evaluate import EvaluateOptions, evaluate_checkpoint, plan_evaluation
-    from harness.results import ResultsDir
-    from harness.run import leaderboard
-    from harness.libraries import quiet_libraries
-
     plan = plan_evaluation(
         EvaluateOptions(
             model=args.model,

@@ -7,14 +7,13 @@ from pathlib import Path
 
 from harness.cli import options
 from harness.cli.parser import Commands
+from harness.store import export_experiments
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from harness.store import export_experiments
-
     experiments = options.experiments(args)
     dest = Path(args.dest) if args.dest else options.one_results_directory(experiments, "--dest")
-    for path in export_experiments(experiments, dest, args.format):
+    for path in export_experiments({e.name: e.results for e in experiments}, dest, args.format):
         print(path)
     return 0
 

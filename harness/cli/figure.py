@@ -5,13 +5,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from dashboard.figures import FigureOptions, write_figures
 from harness.cli import options
 from harness.cli.parser import Commands
 
 
 def cmd_figure(args: argparse.Namespace) -> int:
-    from dashboard.figures import FigureOptions, write_figures
-
     experiments = options.experiments(args)
     figures = Path(args.figures) if args.figures else options.one_results_directory(experiments, "--figures")
     figure_options = FigureOptions(

@@ -10,6 +10,8 @@ import sys
 from collections.abc import Callable
 from typing import NoReturn
 
+from harness import cli
+
 # The modules of harness/cli/ that register commands, in the order `harness --help` lists them.  Each has
 # ``register(commands: Commands)``, and imports nothing heavy at its top: every one is imported to build the parser.
 COMMAND_MODULES = (
@@ -137,8 +139,6 @@ class Commands:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from harness import cli
-
     parser = Parser(
         prog="harness",
         description=cli.__doc__.splitlines()[0] if cli.__doc__ else None,

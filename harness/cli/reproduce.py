@@ -8,12 +8,11 @@ from pathlib import Path
 
 from harness.cli import options
 from harness.cli.parser import Commands
+from harness.libraries import quiet_libraries
+from harness.reproduce import format_report, reproduce
 
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
-    from harness.reproduce import format_report, reproduce
-    from harness.libraries import quiet_libraries
-
     quiet_libraries()
     report = reproduce(
         options.run_options(

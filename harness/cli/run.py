@@ -6,17 +6,16 @@ import argparse
 from pathlib import Path
 
 from harness.cli import options
+from harness.cli.output import print_leaderboard
 from harness.cli.parser import Commands
+from harness.libraries import quiet_libraries
+from harness.plan import describe
+from harness.presets import get_preset
+from harness.results import ResultsDir
+from harness.run import EVERY_METHOD, run_validated, validate
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from harness.cli.output import print_leaderboard
-    from harness.plan import describe
-    from harness.presets import get_preset
-    from harness.results import ResultsDir
-    from harness.run import EVERY_METHOD, run_validated, validate
-    from harness.libraries import quiet_libraries
-
     run_options = options.run_options(
         args,
         methods=args.methods,

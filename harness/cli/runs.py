@@ -7,13 +7,12 @@ import argparse
 from harness.cli import options
 from harness.cli.parser import Commands
 from harness.errors import HarnessError
+from harness.results import ResultsDir
+from harness.run_details import format_run_details, run_details
+from harness.store import Store
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
-    from harness.results import ResultsDir
-    from harness.run_details import format_run_details, run_details
-    from harness.store import Store
-
     db = ResultsDir(args.out).db
     if not db.exists():
         raise HarnessError(f"no results in {args.out}: {db} does not exist (run `harness run --out {args.out}` first)")

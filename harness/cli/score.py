@@ -6,15 +6,14 @@ import argparse
 from pathlib import Path
 
 from harness.cli import options
+from harness.cli.output import print_leaderboard
 from harness.cli.parser import Commands
+from harness.external_images import ScoreOptions, plan_scoring, score_external
+from harness.results import ResultsDir
+from harness.run import leaderboard
 
 
 def cmd_score(args: argparse.Namespace) -> int:
-    from harness.cli.output import print_leaderboard
-    from harness.external_images import ScoreOptions, plan_scoring, score_external
-    from harness.results import ResultsDir
-    from harness.run import leaderboard
-
     plan = plan_scoring(
         ScoreOptions(
             images=Path(args.images),

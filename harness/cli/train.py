@@ -7,13 +7,12 @@ from pathlib import Path
 
 from harness.cli import options
 from harness.cli.parser import Commands
+from harness.libraries import quiet_libraries
+from harness.presets import get_preset
+from harness.run import EVERY_METHOD, RunOptions, train_alone, validate_training
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from harness.presets import get_preset
-    from harness.run import EVERY_METHOD, RunOptions, train_alone, validate_training
-    from harness.libraries import quiet_libraries
-
     run_options = RunOptions(
         methods=[args.method],
         out=Path(args.out),

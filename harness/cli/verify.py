@@ -7,12 +7,11 @@ from pathlib import Path
 
 from harness.cli import options
 from harness.cli.parser import Commands
+from harness.models import default_cache_dir
+from harness.verify import run_verify
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from harness.models import default_cache_dir
-    from harness.verify import run_verify
-
     return run_verify(Path(args.out), args.repair, default_cache_dir())
 
 
