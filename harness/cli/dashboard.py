@@ -14,6 +14,6 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
 
 
 def register(commands: Commands) -> None:
-    p = commands.add("dashboard", cmd_dashboard, "open the Streamlit leaderboard on 127.0.0.1")
+    p = commands.add("dashboard", cmd_dashboard)
     options.add_results_compared(p)
     p.add_argument("--port", type=int, default=8501, help="the port on 127.0.0.1 to serve on")

@@ -51,7 +51,7 @@ def cmd_data_experts(args: argparse.Namespace) -> int:
 
 
 def register(commands: Commands) -> None:
-    steps = commands.group("data", "data steps: score the training images with a reward, pick experts", "STEP")
+    steps = commands.group("data", metavar="STEP")
     for name, run, help in (
         (
             "score",

@@ -39,12 +39,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def register(commands: Commands) -> None:
-    p = commands.add(
-        "evaluate",
-        cmd_evaluate,
-        "evaluate any checkpoint into a results directory: generate the suites with the preset's protocol, score, "
-        "store, rank against the base",
-    )
+    p = commands.add("evaluate", cmd_evaluate)
     p.epilog = (
         "The generation protocol (sampler and steps, CFG, seeds, images per prompt, resolution) is the preset's, as "
         "`harness run` uses it: the images pair with a run's image for image and the numbers are comparable with the "

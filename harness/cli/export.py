@@ -19,7 +19,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def register(commands: Commands) -> None:
-    p = commands.add("export", cmd_export, "export the results for pandas / notebooks")
+    p = commands.add("export", cmd_export)
     options.add_results_compared(p)
     # The files' format, not what is printed (add_printed_format): so declared here, once.
     p.add_argument(

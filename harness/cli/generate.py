@@ -61,11 +61,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def register(commands: Commands) -> None:
-    p = commands.add(
-        "generate",
-        cmd_generate,
-        "generate images for a prompt suite with the preset's evaluation protocol (per-image deterministic seeds)",
-    )
+    p = commands.add("generate", cmd_generate)
     p.epilog = (
         "The sampler, steps, CFG, images per prompt, size, seeds and prompt cap are the preset's evaluation protocol "
         "(`harness presets` shows it), as `harness run` evaluates with: with the defaults, the images are comparable "

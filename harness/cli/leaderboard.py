@@ -24,9 +24,7 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
 
 
 def register(commands: Commands) -> None:
-    p = commands.add(
-        "leaderboard", cmd_leaderboard, "print the leaderboard of a results directory, or of several side by side"
-    )
+    p = commands.add("leaderboard", cmd_leaderboard)
     options.add_results_compared(p)
     options.add_printed_format(
         p,

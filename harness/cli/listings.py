@@ -65,20 +65,20 @@ def cmd_presets(args: argparse.Namespace) -> int:
 
 
 def register(commands: Commands) -> None:
-    p = commands.add("methods", cmd_methods, "list registered methods, or show one's settings")
+    p = commands.add("methods", cmd_methods)
     p.add_argument(
         "--show",
         metavar="METHOD",
         help="print the method's settings (what --set takes): each one's default and meaning, and the presets it has "
         "recipes for",
     )
-    commands.add("scorers", cmd_scorers, "list registered scorers")
-    p = commands.add("suites", cmd_suites, "list prompt suites, or show one's prompts")
+    commands.add("scorers", cmd_scorers)
+    p = commands.add("suites", cmd_suites)
     p.add_argument(
         "--show",
         metavar="SUITE",
         help="print the suite's split, size, version and source, and every prompt (a registered suite, NAME:PATH for "
         "its local copy, or NAME=FILE for a prompt file)",
     )
-    p = commands.add("presets", cmd_presets, "list presets, or show one's resolved recipe per method")
+    p = commands.add("presets", cmd_presets)
     p.add_argument("--show", metavar="PRESET", help="print every method's resolved settings under this preset")

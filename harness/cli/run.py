@@ -49,7 +49,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def register(commands: Commands) -> None:
-    p = commands.add("run", cmd_run, "train each method from one base, generate the suites, score, store and rank")
+    p = commands.add("run", cmd_run)
     p.add_argument("--methods", type=options.comma_list, required=True, help="comma-separated, e.g. dpo,dro,smpo")
     options.add_results_written(p)
     options.add_preset(p, "the methods' settings, training data and evaluation protocol (default: toy, the toy world)")

@@ -22,10 +22,5 @@ def cmd_runs(args: argparse.Namespace) -> int:
 
 
 def register(commands: Commands) -> None:
-    p = commands.add(
-        "runs",
-        cmd_runs,
-        "print each run's own start, end, wall time, CPU- or GPU-hours, UNet evaluations per training sample and "
-        "peak memory",
-    )
+    p = commands.add("runs", cmd_runs)
     options.add_results_read(p)

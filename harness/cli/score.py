@@ -37,7 +37,7 @@ def cmd_score(args: argparse.Namespace) -> int:
 
 
 def register(commands: Commands) -> None:
-    p = commands.add("score", cmd_score, "score images made elsewhere into a results directory, as a run of their own")
+    p = commands.add("score", cmd_score)
     p.epilog = (
         "The manifest is JSONL, one image a line: path (relative to the manifest's folder), prompt_id or prompt (of "
         "the --prompts suite), image_index (default: the order of the prompt's lines), seed (optional), sha256 "

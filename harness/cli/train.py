@@ -31,7 +31,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def register(commands: Commands) -> None:
-    p = commands.add("train", cmd_train, "train one method and write its UNet in diffusers format")
+    p = commands.add("train", cmd_train)
     p.add_argument("--method", required=True, help="a registered method (`harness methods`)")
     options.add_training_data(p)
     options.add_output_directory(p, "checkpoints (resumed from), the UNet in OUT/final/unet, data it makes in OUT/data")

@@ -16,13 +16,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def register(commands: Commands) -> None:
-    p = commands.add(
-        "verify",
-        cmd_verify,
-        "check a results directory and the caches it reads, as `git fsck`: the store, every image against its "
-        "manifest hash, every score against the score cache, every checkpoint and final/ network, the journals, "
-        "$HARNESS_CACHE's entries; exit status 1 if anything is wrong",
-    )
+    p = commands.add("verify", cmd_verify)
     options.add_results_read(p)
     p.add_argument(
         "--repair",
