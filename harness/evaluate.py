@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from harness import trainer  # trainer.resolve_config read at each call: the tests count calls
 from harness.api.preset import Preset
 from harness.api.registry import METHODS, SCORERS
 from harness.compute import JobClock
@@ -44,7 +45,6 @@ from harness.scoring import get_scorer, score_images
 from harness.scoring.cache import ScoreCache
 from harness.store import Store
 from harness.suites import Suite, check_suite_name, get_suite
-from harness.trainer import resolve_config
 from harness.workers import one_cpu_thread
 
 BASE = "base"  # the run of the untrained base model, which every other run is compared with
@@ -379,7 +379,7 @@ def plan_evaluation(options: EvaluateOptions) -> Evaluation:
     check_sampler_fits(resolve_base_model(options.model), preset, shown=options.model)
     checkpoint = Checkpoint(options.model, unet=_absolute(options.unet), unet_subfolder=subfolder,
                             lora=_absolute(options.lora), method=options.method,
-                            config=resolve_config(options.method, preset.name) if options.method else None)
+                            config=trainer.resolve_config(options.method, preset.name) if options.method else None)
     model = recorded_model(options.model, results)
     config = {"model": model, "unet": _located(options.unet, results), "lora": _located(options.lora, results),
               "method": options.method}

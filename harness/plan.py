@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from harness import curves, data_specs
+from harness import curves, data_specs, trainer  # trainer.resolve_config read at each call: the tests count calls
 from harness.api.preset import Preset
 from harness.api.registry import METHODS, SCORERS
 from harness.config import is_built_model, require_directory_or_nothing, require_existing_path, resolve_base_model
@@ -43,7 +43,7 @@ from harness.presets import no_published_weights, published_weights
 from harness.results import ResultsDir
 from harness.store import Store
 from harness.suites import check_suite_name
-from harness.trainer import method_preset_entry, require_init_unet, resolve_config
+from harness.trainer import method_preset_entry, require_init_unet
 
 BACKENDS = ("local", "ray")  # where the jobs run: harness.backends
 EVERY_METHOD = "*"  # RunOptions.overrides key: settings for every method trained (--set FIELD=VALUE)
@@ -163,7 +163,7 @@ def _plan(options: RunOptions, preset: Preset, protocol: Protocol, source: str |
         methods = []
         for method in options.methods:
             unet, subfolder = published_unet(options, preset, method)
-            config = resolve_config(method, preset.name)
+            config = trainer.resolve_config(method, preset.name)
             sources = _sources(method, preset, config, vae=None, every={}, own={})
             methods.append(ModelEntry(method, config, sources=sources, unet=unet, unet_subfolder=subfolder))
     else:
@@ -348,7 +348,7 @@ def plan_trainings(options: RunOptions, preset: Preset, source: str | None, synt
     def plan(method: str, evaluate: bool) -> None:
         overrides = {**({"vae": options.vae} if options.vae else {}), **options.overrides.get(EVERY_METHOD, {}),
                      **options.overrides.get(method, {})}
-        config = resolve_config(method, preset.name, overrides)
+        config = trainer.resolve_config(method, preset.name, overrides)
         starts_from = None if config.init_unet else config.init_method  # a UNet of the user's replaces the chain
         if starts_from and starts_from not in planned:
             plan(starts_from, evaluate=starts_from in options.methods)

@@ -130,7 +130,8 @@ class RayBackend:
         """``harness.evaluate.generate_suites``, in shards of whole batches, one per free GPU (CPU)."""
         n_shards = max(1, min(self._free_slots(), _most_batches(protocol)))
         say(f"   {name}: generation in {n_shards} shard{'s' * (n_shards > 1)}")
-        refs = [self.generate_shard.options(**self.slot, max_retries=RETRIES, name=f"{name} generation {r + 1}/{n_shards}")
+        refs = [self.generate_shard.options(**self.slot, max_retries=RETRIES,
+                                            name=f"{name} generation {r + 1}/{n_shards}")
                 .remote(name, run_id, checkpoint, protocol, results, (r, n_shards), self.setup)
                 for r in range(n_shards)]
         shards = [self._result(ref, f"{name}'s generation, shard {r} of {n_shards}") for r, ref in enumerate(refs)]
