@@ -1,13 +1,13 @@
 """Metrics over training: `harness run --eval-every N` evaluates a method's UNet every N steps.
 
-The training exports its UNet every N steps (``harness.trainer.snapshot_unet_dir``, as it exports
-the final one); after the method's own evaluation, each of these and the final UNet are evaluated
-by ``harness.evaluate.evaluate`` (the one evaluation path), each as a run of its own named
-``METHOD@STEP``, with the run's protocol: the same prompts, seeds, sampler and scorers as the
-final evaluation (``--eval-suites`` keeps some of its suites, each whole: cutting a suite's
-prompts would change the seeds of its images, ``harness.sampling``).  So the last point, the final
-UNet evaluated again, equals the method's leaderboard number; its images are the final
-evaluation's, so their scores come from the score cache.
+The training exports its UNet every N steps (``harness.trainer.snapshot_unet_dir``, as it exports the
+final one); after the method's own evaluation, in its job (``harness.jobs.evaluate_curve``), each of
+these and the final UNet are evaluated by ``harness.evaluate.evaluate`` (the one evaluation path), each
+as a run of its own named ``METHOD@STEP``, with the run's protocol: the same prompts, seeds, sampler and
+scorers as the final evaluation (``--eval-suites`` keeps some of its suites, each whole: cutting a
+suite's prompts would change the seeds of its images, ``harness.sampling``). So the last point, the final
+UNet evaluated again, equals the method's leaderboard number; its images are the final evaluation's, so
+their scores come from the score cache.
 
 The scores of these runs are in the store like any run's; a curve point is the leaderboard's
 statistics of one of them (mean with its 95 % bootstrap CI, Δ vs the base with its CI), computed by
