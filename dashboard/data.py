@@ -18,8 +18,15 @@ from PIL import Image
 
 from harness.curves import curve_points, split_snapshots
 from harness.errors import HarnessError
-from harness.experiments import (SEPARATOR, Experiment, check_comparable, leaderboard, parse_experiments, qualified,
-                                 versions_of)
+from harness.experiments import (
+    SEPARATOR,
+    Experiment,
+    check_comparable,
+    leaderboard,
+    parse_experiments,
+    qualified,
+    versions_of,
+)
 from harness.results import ResultsDir
 from harness.stats import higher_is_better_of, signals_by_method, verdict
 from harness.store import Store

@@ -18,8 +18,16 @@ from typing import Any
 import numpy as np
 
 from harness.api.data import DataSpec, Example, Experts, LabelledImages, Pairs, PromptsOnly
-from harness.data import (Pair, PickapicPairs, load_experts, load_labelled, load_pairs, pair_scores, scored_pairs,
-                          training_captions)
+from harness.data import (
+    Pair,
+    PickapicPairs,
+    load_experts,
+    load_labelled,
+    load_pairs,
+    pair_scores,
+    scored_pairs,
+    training_captions,
+)
 from harness.data_steps import experts_recipe, score_training_images, select_experts
 from harness.errors import HarnessError
 from harness.scoring import same_signal

@@ -22,15 +22,30 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from harness import trainer  # trainer.resolve_config read at each call: the tests count calls
 from harness.api.preset import Preset
-from harness.config import (is_built_model, require_directory_or_nothing, require_existing_path,
-                            resolve_base_model)
-from harness.presets import get_preset
-from harness.errors import HarnessError
-from harness.progress import Stages, say
 from harness.api.registry import METHODS, SCORERS
+from harness.compute import JobClock
+from harness.config import is_built_model, require_directory_or_nothing, require_existing_path, resolve_base_model
+from harness.errors import HarnessError
+from harness.families import check_network_fits, family_of_model
+from harness.identity import compared, difference, recorded_location, shown
+from harness.models import (
+    check_model_available,
+    inference_device,
+    load_pipeline,
+    pipeline_scheduler,
+    reporting_load_errors,
+)
+from harness.presets import get_preset
+from harness.progress import Stages, say
 from harness.results import ResultsDir
-from harness.suites import check_suite_name
+from harness.sampling import generate
+from harness.scoring import get_scorer, score_images
+from harness.scoring.cache import ScoreCache
+from harness.store import Store
+from harness.suites import Suite, check_suite_name, get_suite
+from harness.workers import one_cpu_thread
 
 BASE = "base"  # the run of the untrained base model, which every other run is compared with
 LORA_WEIGHTS = "pytorch_lora_weights.safetensors"  # what `harness train` writes to final/lora (train_export)
@@ -108,8 +123,6 @@ def unet_subfolder(location: str) -> str | None:
 
 def load_suite(name: str, limit: int | None = None):
     """A registered suite, cut to its first ``limit`` prompts (a new, smaller suite with its own version)."""
-    from harness.suites import Suite, get_suite
-
     suite = get_suite(name)
     if limit and len(suite) > limit:
         suite = Suite(name=suite.name, split=suite.split, prompts=suite.prompts[:limit], description=suite.description)
@@ -155,8 +168,6 @@ def check_run(store, name: str, preset: Preset, model: str | dict, seed: int, **
 
 
 def _run_row(name: str, preset: Preset, model: str | dict, seed: int, config: dict) -> dict[str, Any]:
-    from harness.identity import shown
-
     return {"method": name, "preset": preset.name, "base_model": shown(model),
             "config": {"preset": preset.name, "base_model": model, "seed": seed, **config}}
 
@@ -164,8 +175,6 @@ def _run_row(name: str, preset: Preset, model: str | dict, seed: int, config: di
 def recorded_model(location: str, results: ResultsDir) -> str | dict:
     """What a run records of a base model: a built model's name or a hub id, or a directory's content
     fingerprint and path (``harness.identity``)."""
-    from harness.identity import recorded_location
-
     return recorded_location(location, results.root)
 
 
@@ -179,9 +188,6 @@ def evaluate(name: str, run_id: int, checkpoint: Checkpoint, protocol: Protocol,
     ``generate``, ``score``: ``generate_suites``' and ``score_suites``' signatures, those two by default (the Ray
     backend passes its own, which run them in parts on its workers and add the workers' cost); ``clock``: what
     measures this process's cost (``harness.compute.JobClock``)."""
-    from harness.compute import JobClock
-    from harness.store import Store
-
     clock = (clock or JobClock)()
     with Store(results.db) as store:
         store.set_run_status(run_id, "running")
@@ -201,8 +207,6 @@ def evaluate(name: str, run_id: int, checkpoint: Checkpoint, protocol: Protocol,
 
 def load_checkpoint(checkpoint: Checkpoint, protocol: Protocol):
     """The pipeline to sample ``checkpoint`` with, on the inference device."""
-    from harness.models import inference_device, load_pipeline
-
     device, dtype = inference_device()
     pipe = load_pipeline(checkpoint.model, unet=checkpoint.unet, unet_subfolder=checkpoint.unet_subfolder,
                          dtype=dtype, device=device, vae=protocol.vae or protocol.preset.vae)
@@ -218,8 +222,6 @@ def load_lora(pipe: Any, location: str) -> None:
 
     Merged, sampling costs what the plain UNet costs, and the weights are computed as
     ``harness.train_export`` computes the merged UNet it writes beside the adapters."""
-    from harness.models import reporting_load_errors
-
     with reporting_load_errors("LoRA", location):
         pipe.load_lora_weights(location, use_safetensors=True)
     pipe.fuse_lora()
@@ -232,8 +234,6 @@ def generate_suites(name: str, run_id: int, checkpoint: Checkpoint, protocol: Pr
 
     ``shard=(r, W)``: only part ``r`` of ``W`` of every suite (``harness.sampling.generate``'s), its rows
     recorded and returned; ``harness.sampling.merge_shards`` writes the manifests once every part is made."""
-    from harness.sampling import generate
-
     pipe = load_checkpoint(checkpoint, protocol)
     manifests = {}
     for suite_name in protocol.suites:
@@ -253,9 +253,6 @@ def score_suites(name: str, run_id: int, manifests: Mapping[str, list[dict]], sc
                  scorer_options: Mapping[str, Mapping[str, Any]], results: ResultsDir, store) -> None:
     """Score run ``name``'s stored images (``manifests``: rows by suite, paths relative to the suite's
     image folder) with every scorer; unchanged images are never scored twice."""
-    from harness.scoring import get_scorer, score_images
-    from harness.scoring.cache import ScoreCache
-
     with ScoreCache(results.score_cache) as cache:
         for scorer_name in scorers:
             scorer = get_scorer(scorer_name, **scorer_options.get(scorer_name, {}))
@@ -323,9 +320,6 @@ def evaluate_checkpoint(plan: Evaluation) -> None:
     base model too, on the suites it has not been evaluated on there)."""
     import torch
 
-    from harness.store import Store
-    from harness.workers import one_cpu_thread
-
     results, preset, seed = plan.results, plan.protocol.preset, plan.protocol.seed
     stage = Stages()
     stage("base model")
@@ -346,12 +340,6 @@ def evaluate_checkpoint(plan: Evaluation) -> None:
 
 def plan_evaluation(options: EvaluateOptions) -> Evaluation:
     """Check everything `harness evaluate` was given, cheap checks first; creates nothing."""
-    from harness.identity import compared, difference, shown
-    from harness.families import check_network_fits
-    from harness.models import check_model_available
-    from harness.store import Store
-    from harness.trainer import resolve_config
-
     results = ResultsDir(options.out)
     require_directory_or_nothing(results.root, "--out")
     for option, location in (("--model", options.model), ("--unet", options.unet), ("--lora", options.lora)):
@@ -391,7 +379,7 @@ def plan_evaluation(options: EvaluateOptions) -> Evaluation:
     check_sampler_fits(resolve_base_model(options.model), preset, shown=options.model)
     checkpoint = Checkpoint(options.model, unet=_absolute(options.unet), unet_subfolder=subfolder,
                             lora=_absolute(options.lora), method=options.method,
-                            config=resolve_config(options.method, preset.name) if options.method else None)
+                            config=trainer.resolve_config(options.method, preset.name) if options.method else None)
     model = recorded_model(options.model, results)
     config = {"model": model, "unet": _located(options.unet, results), "lora": _located(options.lora, results),
               "method": options.method}
@@ -437,9 +425,6 @@ def check_suites(store, suites: Sequence, results: ResultsDir) -> None:
 def check_sampler_fits(model: str, preset: Preset, shown: str | None = None) -> None:
     """The preset's sampler must fit the model (a diffusion sampler cannot sample SD3): one line before anything
     is made (``shown``: the model as the user named it, where ``model`` is where it was built)."""
-    from harness.families import family_of_model
-    from harness.models import pipeline_scheduler
-
     mismatch = family_of_model(model).sampler_mismatch(preset.generation.scheduler, pipeline_scheduler(model))
     if mismatch:
         raise HarnessError(f"--model {shown or model!r}: the {preset.name} preset's {mismatch}; pass the --preset of "
@@ -448,8 +433,6 @@ def check_sampler_fits(model: str, preset: Preset, shown: str | None = None) -> 
 
 def _recorded(results: ResultsDir) -> _Recorded:
     import json
-
-    from harness.store import Store
 
     if not results.db.exists():
         return _Recorded()
@@ -493,8 +476,6 @@ def _check_lora(location: str) -> None:
 
 
 def _located(location: str | None, results: ResultsDir) -> str | dict | None:
-    from harness.identity import recorded_location
-
     return None if location is None else recorded_location(location, results.root)
 
 

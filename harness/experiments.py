@@ -24,8 +24,13 @@ from pathlib import Path
 
 import pandas as pd
 
+from harness.curves import split_snapshots
 from harness.errors import HarnessError
 from harness.results import ResultsDir
+from harness.run import leaderboard as one_directory
+from harness.stats import leaderboard as statistics
+from harness.stats import signals_by_method
+from harness.store import Store
 
 SEPARATOR = "/"  # experiment/method
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")
@@ -89,8 +94,6 @@ def leaderboard(scores: pd.DataFrame, experiments: Sequence[str], base: str = "b
                 signals: Mapping[str, Collection[str]] | None = None, by: Sequence[str] = ()) -> list[dict]:
     """``harness.stats.leaderboard`` of every experiment, each against its own base (``experiments``: their
     names; methods in ``scores`` are qualified).  No experiments: one results directory, as it is."""
-    from harness.stats import leaderboard as statistics
-
     if not experiments:
         return statistics(scores, base=base, signals=signals, by=by)
     rows = []
@@ -111,11 +114,6 @@ def leaderboard(scores: pd.DataFrame, experiments: Sequence[str], base: str = "b
 
 def load_leaderboard(experiments: Sequence[Experiment], base: str = "base", by: Sequence[str] = ()) -> list[dict]:
     """`harness leaderboard`'s rows of one results directory, or of several side by side."""
-    from harness.curves import split_snapshots
-    from harness.run import leaderboard as one_directory
-    from harness.stats import signals_by_method
-    from harness.store import Store
-
     if len(experiments) == 1:
         return one_directory(experiments[0].results.root, base=base, by=by)
     scores, signals, versions = [], {}, {}

@@ -31,8 +31,15 @@ from harness.atomic import replacing, write_jsonl
 from harness.compute import JobClock
 from harness.config import require_directory_or_nothing
 from harness.errors import HarnessError
-from harness.evaluate import (BASE, NAME_PATTERN, check_prompts_scorable, check_scorer_options, check_suites,
-                              load_suite, score_suites)
+from harness.evaluate import (
+    BASE,
+    NAME_PATTERN,
+    check_prompts_scorable,
+    check_scorer_options,
+    check_suites,
+    load_suite,
+    score_suites,
+)
 from harness.identity import difference
 from harness.progress import Stages
 from harness.results import ResultsDir

@@ -22,6 +22,7 @@ import torch
 
 from harness.api.method import Cond, Models
 from harness.api.noise import EpsilonDiffusion, FlowMatching, NoiseProcess
+from harness.config import resolve_base_model
 from harness.errors import HarnessError
 
 # `HARNESS_DROP_T5=1`: SD3 pipelines load without their T5-XXL encoder (the largest of the three), the
@@ -339,8 +340,6 @@ def check_network_fits(base_model: str, location: str, *, what: str, subfolder: 
                        lora_weights: str | None = None) -> None:
     """A trained network (or, with ``lora_weights``, LoRA adapters) must be of the base model's family: one line
     naming both before anything is made, not a loader's traceback after the base's images."""
-    from harness.config import resolve_base_model
-
     index = _json_file(resolve_base_model(base_model), "model_index.json") or {}  # a built base: built (cached) here
     base = FAMILIES.get(index.get("_class_name", ""))
     found = lora_family(location, lora_weights) if lora_weights else network_family(location, subfolder)

@@ -12,12 +12,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness import curves
+from harness.compute import JobClock
+from harness.curves import MARK, curve_points, curve_steps, snapshot_name, write_tensorboard
 from harness.errors import HarnessError
-from harness.evaluate import BASE, Checkpoint, evaluate
+from harness.evaluate import BASE, Checkpoint, evaluate, get_or_create_run, recorded_model
 from harness.plan import ModelEntry, Plan
 from harness.progress import Stages
 from harness.results import ResultsDir
+from harness.store import Store
+from harness.trainer import snapshot_unet_dir, train
 
 
 @dataclass(frozen=True)
@@ -33,10 +36,6 @@ class ModelJob:
 
 def train_job(job: ModelJob) -> ModelEntry:
     """Train a method from the base (a job); the entry returned holds its trained UNet, to be evaluated."""
-    from harness.compute import JobClock
-    from harness.store import Store
-    from harness.trainer import train
-
     model, options = job.model, job.plan.options
     job.stage(f"{model.method}: training")
     clock = JobClock()
@@ -88,4 +87,29 @@ def evaluate_job(job: ModelJob, evaluate_one: Callable[..., None] = evaluate) ->
                             method=None if model.method == BASE else model.method, config=model.config)
     evaluate_one(model.method, job.run_id, checkpoint, plan.protocol, ResultsDir(plan.options.out), job.stage)
     if plan.curve_protocol and model.method != BASE:
-        curves.evaluate_curve(job, checkpoint, evaluate_one)
+        evaluate_curve(job, checkpoint, evaluate_one)
+
+
+def evaluate_curve(job: ModelJob, checkpoint: Checkpoint, evaluate: Callable[..., None]) -> None:
+    """After a trained model's evaluation (in its job): its UNet of every step ``curve_steps`` names, each
+    evaluated as run METHOD@STEP by ``evaluate`` (``harness.evaluate.evaluate``, or the Ray backend's split of
+    it) with the plan's ``curve_protocol``; then its curve to TensorBoard.  A snapshot the training did not
+    export (it ran without --eval-every) is skipped, so a rerun evaluates what there is."""
+    model, plan = job.model, job.plan
+    results, curve = ResultsDir(plan.options.out), plan.curve_protocol
+    max_steps = model.config.max_steps
+    for step in curve_steps(max_steps, plan.options.eval_every):
+        unet = model.unet if step == max_steps else str(snapshot_unet_dir(results.model(model.method), step))
+        if not Path(unet).is_dir():
+            continue
+        name = snapshot_name(model.method, step)
+        with Store(results.db) as store:
+            base = recorded_model(plan.base_model, results)
+            run_id = get_or_create_run(store, name, plan.preset, base, plan.options.seed,
+                                       snapshot_of=model.method, step=step, suites=list(curve.suites))
+        evaluate(name, run_id, dataclasses.replace(checkpoint, unet=unet, unet_subfolder=None), curve, results,
+                 job.stage)
+    with Store(results.db, readonly=True) as store:
+        scores = store.scores_frame()
+    own = scores["method"].eq(BASE) | scores["method"].str.startswith(model.method + MARK)
+    write_tensorboard(curve_points(scores[own]), model.method, results.model(model.method) / "tensorboard")

@@ -15,8 +15,7 @@ import torch
 
 from harness.api.environment import require_existing_path
 from harness.errors import HarnessError, refused_pickle
-
-
+from harness.families import family_named
 
 
 def _pipeline_index(model: str) -> dict[str, Any]:
@@ -81,8 +80,6 @@ def load_pipeline(
     the directory's (SD3 with or without T5), T5 left out under ``HARNESS_DROP_T5=1`` (``harness.families``).
     """
     from diffusers import AutoencoderKL, DiffusionPipeline
-
-    from harness.families import family_named
 
     model = str(model)
     for what, location in (("model", model), ("UNet", unet), ("VAE", vae)):

@@ -12,24 +12,40 @@ the store records of each run (``recorded_runs``).  `harness run --dry-run` prin
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
+import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from harness import curves, data_specs
+from harness import curves, data_specs, trainer  # trainer.resolve_config read at each call: the tests count calls
 from harness.api.preset import Preset
 from harness.api.registry import METHODS, SCORERS
-from harness.backends import check_backend
 from harness.config import is_built_model, require_directory_or_nothing, require_existing_path, resolve_base_model
 from harness.data_check import check_data
 from harness.errors import HarnessError
-from harness.evaluate import (BASE, Protocol, check_prompts_scorable, check_run, check_sampler_fits,
-                              check_scorer_options, check_suites, recorded_model, unet_subfolder)
+from harness.evaluate import (
+    BASE,
+    Protocol,
+    check_prompts_scorable,
+    check_run,
+    check_sampler_fits,
+    check_scorer_options,
+    check_suites,
+    recorded_model,
+    unet_subfolder,
+)
+from harness.families import check_network_fits
+from harness.identity import LOCATED_SETTINGS, recorded_location
+from harness.models import check_model_available
 from harness.presets import no_published_weights, published_weights
 from harness.results import ResultsDir
+from harness.store import Store
 from harness.suites import check_suite_name
+from harness.trainer import method_preset_entry, require_init_unet
 
+BACKENDS = ("local", "ray")  # where the jobs run: harness.backends
 EVERY_METHOD = "*"  # RunOptions.overrides key: settings for every method trained (--set FIELD=VALUE)
 
 
@@ -106,8 +122,8 @@ def validate(options: RunOptions, preset: Preset) -> Plan:
     """Fail on any bad input before anything is created or any heavy work starts (cheap checks first); return the
     run's plan."""
     _validate_counts(options)
-    check_backend(options)
-    curves.validate(options, preset)
+    _validate_backend(options)
+    _validate_curves(options, preset)
     _validate_locations(options)
     _validate_names(options, preset)
     source = training_source(options, preset)
@@ -128,8 +144,6 @@ def validate_training(options: RunOptions, preset: Preset) -> Plan:
     """`harness train`'s checks, before anything is created: those of `harness run` that concern its one method's
     training (locations, names, the config with every --set value, the base model), and its starting UNet; return
     the plan of that one training (``Plan.methods``' one entry; data it makes goes to ``options.out/data``)."""
-    from harness.trainer import require_init_unet
-
     _validate_locations(options)
     _validate_names(options, preset)
     synthesized = _synthesized(options, preset)
@@ -145,13 +159,11 @@ def validate_training(options: RunOptions, preset: Preset) -> Plan:
 
 def _plan(options: RunOptions, preset: Preset, protocol: Protocol, source: str | None,
           trainings: list[ModelEntry]) -> Plan:
-    from harness.trainer import resolve_config
-
     if options.pretrained:  # a published UNet is sampled through its method's sampler, with its preset settings
         methods = []
         for method in options.methods:
             unet, subfolder = published_unet(options, preset, method)
-            config = resolve_config(method, preset.name)
+            config = trainer.resolve_config(method, preset.name)
             sources = _sources(method, preset, config, vae=None, every={}, own={})
             methods.append(ModelEntry(method, config, sources=sources, unet=unet, unet_subfolder=subfolder))
     else:
@@ -166,8 +178,6 @@ def _plan(options: RunOptions, preset: Preset, protocol: Protocol, source: str |
 def _check_recorded(plan: Plan, suites: list) -> None:
     """A results directory resumes only with the inputs it was made with: each run's recorded base model, data
     (by content) and settings, and each suite's prompts (``check_suites``)."""
-    from harness.store import Store
-
     results = ResultsDir(plan.options.out)
     if not results.db.exists():
         return
@@ -195,8 +205,6 @@ def _synthesized(options: RunOptions, preset: Preset) -> bool:
 def recorded_runs(plan: Plan) -> dict[str, dict]:
     """What each run records besides its base model and seed: a published UNet, or its training data and
     settings; every location as ``harness.identity`` records it (by content, or relative to the results)."""
-    from harness.identity import LOCATED_SETTINGS, recorded_location
-
     root = ResultsDir(plan.options.out).root
     runs: dict[str, dict] = {BASE: {}}
     for model in plan.methods:
@@ -225,9 +233,51 @@ def protocol_of(options: RunOptions, preset: Preset) -> Protocol:
                        vae=options.vae, scorer_options=options.scorer_options)
 
 
-def _validate_locations(options: RunOptions) -> None:
-    from harness.store import Store
+def _validate_backend(options: RunOptions) -> None:
+    """The backend options, before anything is created: a mistake is one line."""
+    if options.backend not in BACKENDS:
+        raise HarnessError(f"unknown backend {options.backend!r}; available: {', '.join(BACKENDS)}")
+    if options.backend != "ray":
+        if options.address is not None:
+            raise HarnessError("--address names a Ray cluster: use it with --backend ray")
+        return
+    if options.jobs is not None:
+        raise HarnessError("--jobs sizes the local pool; on Ray the cluster's free GPUs (CPUs) decide how many "
+                           "jobs run at once")
+    if importlib.util.find_spec("ray") is None:
+        raise HarnessError("--backend ray needs Ray: pip install 'diffusion-alignment-harness[ray]' "
+                           "(or pip install 'ray[default]')")
+    if options.address not in (None, "auto"):
+        _check_reachable(options.address)
 
+
+def _check_reachable(address: str) -> None:
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise HarnessError(f"--address {address!r}: expected auto or HOST:PORT (the head node's GCS port, "
+                           "6379 by default)")
+    try:
+        socket.create_connection((host, int(port)), timeout=5).close()
+    except OSError as exc:
+        raise HarnessError(f"--address {address}: no Ray cluster answers there ({exc.strerror or exc}); start one "
+                           "with `ray start --head` or check the address") from None
+
+
+def _validate_curves(options: RunOptions, preset: Preset) -> None:
+    """--eval-every and --eval-suites, checked with the run's other options."""
+    if options.eval_every is None:
+        if options.eval_suites:
+            raise HarnessError("--eval-suites names the suites of --eval-every's evaluations: give --eval-every N too")
+        return
+    if options.pretrained:
+        raise HarnessError("--eval-every evaluates a training's intermediate UNets; --pretrained trains nothing")
+    suites = options.suites or preset.suites
+    unknown = sorted(set(options.eval_suites or ()) - set(suites))
+    if unknown:
+        raise HarnessError(f"--eval-suites {', '.join(unknown)}: not a suite of this run ({', '.join(suites)})")
+
+
+def _validate_locations(options: RunOptions) -> None:
     require_directory_or_nothing(options.out, "--out")
     db = ResultsDir(options.out).db
     if db.exists():  # a corrupt, damaged or foreign file is refused before anything is added beside it
@@ -272,9 +322,6 @@ def published_unet(options: RunOptions, preset: Preset, method: str) -> tuple[st
 def check_models_available(options: RunOptions, preset: Preset) -> None:
     """Every model the run will load must be there before anything is created: a missing download
     fails at once, in one line saying what to download, and leaves no half-made results."""
-    from harness.families import check_network_fits
-    from harness.models import check_model_available
-
     base = options.model or preset.base_model
     if not is_built_model(base):
         check_model_available(base, config_file="model_index.json", what="base model", pass_as="--model DIR")
@@ -296,14 +343,12 @@ def plan_trainings(options: RunOptions, preset: Preset, source: str | None, synt
     """The methods to train, each with its resolved settings and data, every --set value checked; a method
     whose recipe starts from another's UNet brings that one along (trained, not evaluated) unless asked for,
     and comes after it."""
-    from harness.trainer import resolve_config
-
     planned: dict[str, ModelEntry] = {}
 
     def plan(method: str, evaluate: bool) -> None:
         overrides = {**({"vae": options.vae} if options.vae else {}), **options.overrides.get(EVERY_METHOD, {}),
                      **options.overrides.get(method, {})}
-        config = resolve_config(method, preset.name, overrides)
+        config = trainer.resolve_config(method, preset.name, overrides)
         starts_from = None if config.init_unet else config.init_method  # a UNet of the user's replaces the chain
         if starts_from and starts_from not in planned:
             plan(starts_from, evaluate=starts_from in options.methods)
@@ -328,8 +373,6 @@ def _sources(method: str, preset: Preset, config: Any, *, vae: str | None, every
     """Where each of ``config``'s settings comes from, in ``resolve_config``'s order, the last one given winning:
     the method's defaults, the preset's settings for every method, the method's own entry for the preset, --vae
     (``vae``), --set for every method (``every``) and for this one (``own``)."""
-    from harness.trainer import method_preset_entry
-
     given = {"default": {}, f"preset {preset.name}": {**({"vae": 1} if preset.vae else {}), **preset.method_defaults},
              f"{method}'s {preset.name} entry": method_preset_entry(method, preset.name) or {},
              "--vae": {"vae": 1} if vae else {}, "--set": every, f"--set {method}": own}

@@ -16,7 +16,7 @@ import textwrap
 from dataclasses import replace
 from pathlib import Path
 
-from harness.api.method import PublishedWeights
+from harness.api.method import PublishedWeights, setting_help
 from harness.api.preset import GenerationSettings, Preset
 from harness.api.registry import METHODS, PRESETS, register_preset
 from harness.errors import HarnessError
@@ -172,9 +172,6 @@ def show_preset(preset: Preset) -> str:
 def show_method(name: str) -> str:
     """``harness methods --show``: the method, the presets it has recipes for, then every setting of its Config with
     its default and its help text (``harness.api.method.setting_help``)."""
-    from harness.api.method import setting_help
-    from harness.recipes import method_recipe
-
     cls = METHODS.get(name)
     recipes = [preset for preset in PRESETS.names() if (method_recipe(name, preset) or (None,))[0] == preset]
     lines = [f"method {name}: {cls.description}",

@@ -27,19 +27,32 @@ from concurrent.futures import Future
 from pathlib import Path
 
 from harness import curves, data_specs
+from harness.api.environment import cache_dir
 from harness.api.method import PublishedWeights
 from harness.api.preset import Preset
 from harness.backends import Backend
+from harness.backends.local import LocalBackend
+from harness.backends.ray import RayBackend
 from harness.config import resolve_base_model
+from harness.data import training_captions
 from harness.errors import HarnessError
 from harness.evaluate import BASE, get_or_create_run, recorded_model
 from harness.jobs import ModelJob
+
 # `harness run` as a function (harness.api): its options and checks are the plan's
-from harness.plan import (EVERY_METHOD, ModelEntry, Plan, RunOptions, recorded_runs, validate,  # noqa: F401
-                          validate_training)
+from harness.plan import EVERY_METHOD, ModelEntry, Plan, RunOptions, recorded_runs, validate, validate_training  # noqa: F401
+from harness.preference_data import synthesis_settings, synthesize
 from harness.presets import get_preset, published_weights
-from harness.progress import Stages as _Stages, say
+from harness.progress import Stages as _Stages
+from harness.progress import say
 from harness.results import ResultsDir
+from harness.scoring import same_signal
+from harness.stats import leaderboard as compute
+from harness.stats import signals_by_method
+from harness.store import Store
+from harness.suites import caption_overlap
+from harness.trainer import train
+from harness.workers import default_processes, one_cpu_thread
 
 
 def run(options: RunOptions) -> list[dict]:
@@ -49,9 +62,6 @@ def run(options: RunOptions) -> list[dict]:
 
 def run_validated(plan: Plan) -> list[dict]:
     """Carry out the ``plan`` ``validate`` returned (the CLI validates before the libraries load)."""
-    from harness.store import Store
-    from harness.workers import default_processes, one_cpu_thread
-
     options, preset = plan.options, plan.preset
     out = options.out
     results = ResultsDir(out)
@@ -59,7 +69,7 @@ def run_validated(plan: Plan) -> list[dict]:
     stage = _Stages()
 
     if options.eval_every:
-        curves.say_cost(plan)
+        _say_curve_cost(plan)
     stage("base model")
     base_model = resolve_base_model(plan.base_model)
     recorded_base = recorded_model(plan.base_model, results)
@@ -120,15 +130,24 @@ def run_validated(plan: Plan) -> list[dict]:
     return leaderboard(out)
 
 
+def _say_curve_cost(plan: Plan) -> None:
+    """Print, before the run starts, how many more images --eval-every makes and scores."""
+    curve = plan.curve_protocol
+    images = sum(len(curve.load_suite(s)) * curve.sampling(s)["images_per_prompt"] for s in curve.suites)
+    points = {m.method: len(curves.curve_steps(m.config.max_steps, plan.options.eval_every))
+              for m in plan.methods if m.train and m.evaluate}
+    total = sum(points.values())
+    say(f"   --eval-every {plan.options.eval_every}: {total} more evaluations "
+        f"({', '.join(f'{m} {n}' for m, n in points.items())}) of {images} images each on "
+        f"{', '.join(curve.suites)}: {total * images} images to generate and score (each method's last point "
+        "is its final UNet again, whose scores come from the cache)")
+
+
 def open_backend(options: RunOptions, processes: int) -> Backend:
     """The backend ``options.backend`` names; ``processes``: the local pool's workers.  Chosen here, above the
     backends: they run ``harness.jobs``, which reads the plan, whose checks include the backend's options."""
     if options.backend == "ray":
-        from harness.backends.ray import RayBackend
-
         return RayBackend(options.address)
-    from harness.backends.local import LocalBackend
-
     return LocalBackend(processes)
 
 
@@ -139,9 +158,6 @@ def train_alone(plan: Plan, *, resume: bool = True):
     Returns the trainer's ``TrainResult``: for the same settings, weights byte-identical to the run's."""
     import torch
     from accelerate import PartialState
-
-    from harness.trainer import train
-    from harness.workers import one_cpu_thread
 
     options, (model,) = plan.options, plan.methods
     options.out.mkdir(parents=True, exist_ok=True)
@@ -160,9 +176,6 @@ def train_alone(plan: Plan, *, resume: bool = True):
 
 def _prepare_data(model: ModelEntry, options: RunOptions, source: str, stage: _Stages) -> tuple[list[str], str]:
     """Make what the method's data spec needs from ``source``; return the rewards that shaped its data, and how."""
-    from harness.preference_data import synthesis_settings
-    from harness.scoring import same_signal
-
     synthesized = synthesis_settings(model.data_dir)
     if synthesized is not None:
         scorers = synthesized["scorers"]
@@ -182,8 +195,6 @@ def _import_job_libraries() -> None:
 def _record_signals(store, methods: Sequence[ModelEntry], ids: dict[str, int],
                     signals: dict[str, tuple[list[str], str]], preset: Preset) -> None:
     """Record, per run, the metrics whose reward shaped its training data (the leaderboard's † marks)."""
-    from harness.scoring import same_signal
-
     for model in methods:
         if model.train:
             metrics, why = signals[model.method]
@@ -201,9 +212,6 @@ def _record_signals(store, methods: Sequence[ModelEntry], ids: dict[str, int],
 
 def _record_overlap(store, plan: Plan, ids: dict[str, int]) -> None:
     """How many prompts of each unseen suite a model's training data has captions for (0 is what "unseen" promises)."""
-    from harness.data import training_captions
-    from harness.suites import caption_overlap
-
     unseen = [suite for suite in map(plan.protocol.load_suite, plan.protocol.suites) if suite.split == "unseen"]
     counts: dict[tuple[str, str], int] = {}
     for model in plan.models:
@@ -220,9 +228,6 @@ def _record_overlap(store, plan: Plan, ids: dict[str, int]) -> None:
 
 
 def _synthesize(preset: Preset, base_model: str, data_dir: Path, stage: _Stages) -> None:
-    from harness.api.environment import cache_dir
-    from harness.preference_data import synthesize
-
     stage("training data (base samples labelled by the rewards)")
     if preset.training_captions is None:
         raise HarnessError(f"preset {preset.name!r} synthesizes its data but names no training captions")
@@ -236,9 +241,6 @@ def _synthesize(preset: Preset, base_model: str, data_dir: Path, stage: _Stages)
 def leaderboard(out: Path, base: str = BASE, by: Sequence[str] = ()) -> list[dict]:
     """Leaderboard rows computed from a results directory's stored scores and training signals
     (``by``: ``harness.stats.leaderboard``'s, e.g. ``["category"]``)."""
-    from harness.stats import leaderboard as compute, signals_by_method
-    from harness.store import Store
-
     db = ResultsDir(out).db
     if not db.exists():
         raise HarnessError(f"no results in {out}: {db} does not exist (run `harness run --out {out}` first)")

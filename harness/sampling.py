@@ -216,8 +216,6 @@ def _scheduler_swapped(pipe: Any, name: str | None) -> Iterator[None]:
         raise HarnessError(f"unknown scheduler {name!r}; available: {', '.join(SCHEDULERS)}")
     import diffusers
 
-    from harness.families import family_of
-
     original = pipe.scheduler
     family = family_of(pipe)
     mismatch = family.sampler_mismatch(name, type(original).__name__)

@@ -51,12 +51,12 @@ import json
 import platform
 import sqlite3
 import subprocess
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Literal, TypeVar
+from typing import Any, Callable, Literal, TypeVar
 
 import pandas as pd
 
@@ -65,9 +65,6 @@ from harness.compute import combine
 from harness.errors import HarnessError
 from harness.identity import difference
 from harness.results import ResultsDir
-
-if TYPE_CHECKING:
-    from harness.experiments import Experiment
 
 SCHEMA_VERSION = "2"
 # Older versions this harness reads; opening one for writing upgrades it (CREATE TABLE IF NOT
@@ -743,12 +740,13 @@ def export(results_dir: Path, out: Path, fmt: Literal["csv", "parquet", "json"])
     return _write_tables(_tables(results_dir), Path(out), fmt)
 
 
-def export_experiments(experiments: Sequence[Experiment], out: Path,
+def export_experiments(experiments: Mapping[str, ResultsDir], out: Path,
                        fmt: Literal["csv", "parquet", "json"]) -> list[Path]:
-    """``export`` of one results directory, or of several side by side: each table of every experiment in one
-    file, its rows led by an ``experiment`` column (the experiment's name; a run is (experiment, run_id))."""
+    """``export`` of one results directory, or of several side by side (``experiments``: each experiment's name
+    and results directory): each table of every experiment in one file, its rows led by an ``experiment`` column
+    (the experiment's name; a run is (experiment, run_id))."""
     _check_export_format(fmt)
-    loaded = [(experiment.name, _tables(experiment.results.root)) for experiment in experiments]  # all read first
+    loaded = [(name, _tables(results.root)) for name, results in experiments.items()]  # all read first
     if len(loaded) == 1:
         return _write_tables(loaded[0][1], Path(out), fmt)
     tables = {name: pd.concat([own[name].assign(experiment=experiment) for experiment, own in loaded],

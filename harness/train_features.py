@@ -27,7 +27,7 @@ import torch
 from harness.api.caching import LRU, atomic_save, count_damaged, load_cached
 from harness.api.method import Cond
 from harness.data import ImageLoader, ImageSource, content_key, to_pixels
-
+from harness.families import family_of
 
 FEATURE_ENTRY = "feature-cache entry"  # how a damaged entry is counted (harness.api.caching.damage_lines)
 
@@ -59,8 +59,6 @@ class FeatureEncoder:
 
     def __init__(self, pipe: Any, *, device: torch.device, resolution: int, cache_dir: Path | None,
                  loader: ImageLoader, max_sequence_length: int = 256) -> None:
-        from harness.families import family_of
-
         self.vae = pipe.vae
         self.pipe = pipe
         self.family = family_of(pipe)  # how a caption is encoded, and what its conditioning depends on

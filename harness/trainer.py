@@ -34,12 +34,20 @@ import torch
 
 from harness import data_specs
 from harness.api.caching import damage_lines
+from harness.api.environment import cache_dir
 from harness.api.method import Batch, Method, TrainConfig, TrainingContext
 from harness.api.registry import METHODS, PRESETS
 from harness.atomic import replacing, staging
+from harness.data import ImageLoader
+from harness.data_check import check_data
 from harness.errors import HarnessError
+from harness.families import family_of
+from harness.identity import LOCATED_SETTINGS, compared, located
+from harness.models import load_pipeline
 from harness.progress import progress_bar, say
 from harness.recipes import method_recipe
+from harness.train_export import export_unet
+from harness.train_features import FeatureEncoder, module_fingerprint
 
 LogFn = Callable[[int, dict[str, float]], None]
 
@@ -256,9 +264,6 @@ class Trainer:
 
     # -- set-up -----------------------------------------------------------------------------------
     def _setup(self) -> None:
-        from harness.data import ImageLoader
-        from harness.data_check import check_data
-
         self._setup_accelerator()
         self.spec = self.method.data_spec()
         self.examples = data_specs.examples(self.spec, self.data_dir)
@@ -279,8 +284,6 @@ class Trainer:
         self.method.setup(self.context)
 
     def _context(self) -> TrainingContext:
-        from harness.train_features import module_fingerprint
-
         # Keyed by the weights training starts from (hashed once, on first use): another base model or
         # init_unet never shares a method's cache.
         starting_weights = functools.cache(lambda: module_fingerprint(self.unet))
@@ -316,11 +319,6 @@ class Trainer:
 
     def _setup_models(self) -> None:
         """Frozen encoders in the compute dtype, the policy in fp32, the reference, the feature cache."""
-        from harness.families import family_of
-        from harness.api.environment import cache_dir
-        from harness.models import load_pipeline
-        from harness.train_features import FeatureEncoder
-
         config = self.config
         pipe = load_pipeline(self.base_model, device=self.device, vae=config.vae)
         self.family = family_of(pipe)
@@ -443,16 +441,12 @@ class Trainer:
     @functools.cached_property
     def _config_record(self) -> dict:
         # Inputs by content (harness.identity): moved, they resume; edited in place, they do not.
-        from harness.identity import LOCATED_SETTINGS, located
-
         config = {key: located(value) if key in LOCATED_SETTINGS and value else value
                   for key, value in dataclasses.asdict(self.config).items()}
         return {"method": type(self.method).__name__, "base_model": located(self.base_model),
                 "data": located(self.data_dir), "seed": self.seed, "config": config}
 
     def _same_settings(self, state: dict) -> bool:
-        from harness.identity import compared
-
         record = json.loads(json.dumps(self._config_record, default=str))
         return compared({k: state.get(k) for k in record}) == compared(record)
 
@@ -524,8 +518,6 @@ class Trainer:
         return self._export_unet(self.output_dir / "final" / "unet")
 
     def _export_unet(self, unet_dir: Path) -> Path:
-        from harness.train_export import export_unet
-
         if self.accelerator.is_main_process:
             export_unet(self.unet, unet_dir, self.family, ema=self.ema.shadow() if self.ema else None)
         self.accelerator.wait_for_everyone()

@@ -20,10 +20,10 @@ the denoising network, SD3's transformer included.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from collections.abc import Sequence
 from typing import Any, Callable, ClassVar, Literal
 
 import numpy as np

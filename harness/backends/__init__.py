@@ -15,19 +15,11 @@ Both give the same results, byte for byte on a CPU (tested).
 
 from __future__ import annotations
 
-import importlib.util
-import socket
 from collections.abc import Collection
 from concurrent.futures import Future
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
-from harness.errors import HarnessError
-
-if TYPE_CHECKING:
-    from harness.jobs import ModelJob
-    from harness.plan import RunOptions
-
-BACKENDS = ("local", "ray")
+from harness.jobs import ModelJob
 
 
 class Backend(Protocol):
@@ -43,33 +35,3 @@ class Backend(Protocol):
     def __enter__(self) -> Backend: ...
 
     def __exit__(self, exc_type: type | None, *exc_info: object) -> None: ...
-
-
-def check_backend(options: RunOptions) -> None:
-    """The backend options, before anything is created: a mistake is one line."""
-    if options.backend not in BACKENDS:
-        raise HarnessError(f"unknown backend {options.backend!r}; available: {', '.join(BACKENDS)}")
-    if options.backend != "ray":
-        if options.address is not None:
-            raise HarnessError("--address names a Ray cluster: use it with --backend ray")
-        return
-    if options.jobs is not None:
-        raise HarnessError("--jobs sizes the local pool; on Ray the cluster's free GPUs (CPUs) decide how many "
-                           "jobs run at once")
-    if importlib.util.find_spec("ray") is None:
-        raise HarnessError("--backend ray needs Ray: pip install 'diffusion-alignment-harness[ray]' "
-                           "(or pip install 'ray[default]')")
-    if options.address not in (None, "auto"):
-        _check_reachable(options.address)
-
-
-def _check_reachable(address: str) -> None:
-    host, sep, port = address.rpartition(":")
-    if not sep or not host or not port.isdigit():
-        raise HarnessError(f"--address {address!r}: expected auto or HOST:PORT (the head node's GCS port, "
-                           "6379 by default)")
-    try:
-        socket.create_connection((host, int(port)), timeout=5).close()
-    except OSError as exc:
-        raise HarnessError(f"--address {address}: no Ray cluster answers there ({exc.strerror or exc}); start one "
-                           "with `ray start --head` or check the address") from None

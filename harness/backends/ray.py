@@ -41,20 +41,20 @@ import threading
 from collections.abc import Callable, Collection, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
-import ray
-
-from harness.compute import GPUS_PER_JOB
+from harness.api.registry import load_plugin, loaded_plugins
+from harness.compute import GPUS_PER_JOB, JobClock
 from harness.errors import HarnessError
+from harness.evaluate import Checkpoint, Protocol, evaluate, generate_suites, score_rows
 from harness.jobs import evaluate_job, train_job
 from harness.progress import say
 from harness.results import ResultsDir
-from harness.scoring.cache import SCORE_BATCH
-from harness.workers import wait_any
-
-if TYPE_CHECKING:
-    from harness.evaluate import Checkpoint, Protocol
+from harness.sampling import merge_shards, shard_count
+from harness.scoring import get_scorer, score_images
+from harness.scoring.cache import SCORE_BATCH, ScoreCache
+from harness.store import Store, StoreJournal
+from harness.workers import one_cpu_thread, quiet_libraries, wait_any
 
 RETRIES = 3  # times a job whose worker died runs again
 JOURNAL_POLL_S = 5.0  # how often the driver makes the writes a running training recorded
@@ -67,7 +67,7 @@ class RayBackend:
     """Jobs on a Ray cluster: the one at ``address`` ("auto", HOST:PORT), or one started here (None)."""
 
     def __init__(self, address: str | None) -> None:
-        from harness.api.registry import loaded_plugins
+        import ray  # heavy, and an optional extra: imported once a run uses it (so are the calls below)
 
         self.started_here = not ray.is_initialized()
         if self.started_here:
@@ -87,6 +87,8 @@ class RayBackend:
         # What one job asks for: a GPU, or a CPU on a CPU cluster (one thread each, as locally).
         self.slot = {"num_cpus": 1, "num_gpus": GPUS_PER_JOB if self.gpus else 0}
         self.setup = _WorkerSetup(cwd=os.getcwd(), plugins=loaded_plugins())
+        self.recorded, self.generate_shard = ray.remote(_recorded), ray.remote(_generate_shard)
+        self.scorers = ray.remote(_Scorers)
         self.stopping = threading.Event()
         # The driver's side of each job (waiting, writing the results) runs on a thread of its own.
         self.threads = ThreadPoolExecutor(max_workers=64, thread_name_prefix="ray-job")
@@ -102,12 +104,10 @@ class RayBackend:
         return wait_any(futures)
 
     def _train(self, job: Any) -> Any:
-        from harness.store import Store, StoreJournal
-
         results = ResultsDir(job.plan.options.out)
         journal = StoreJournal(results.ray_journals / f"{job.model.method}-training.jsonl")
         # The task's name prefixes its lines in the run's output and names it on the dashboard.
-        ref = (_recorded.options(**self.slot, max_retries=RETRIES, name=f"{job.model.method} training")
+        ref = (self.recorded.options(**self.slot, max_retries=RETRIES, name=f"{job.model.method} training")
                .remote(train_job, job, journal, self.setup))
         with Store(results.db) as store:
             made = 0
@@ -122,9 +122,6 @@ class RayBackend:
     def _evaluate(self, name: str, run_id: int, checkpoint: Checkpoint, protocol: Protocol, results: ResultsDir,
                   stage: Callable[[str], None]) -> None:
         """``harness.evaluate.evaluate``, with its generation in shards on the workers, its scoring on actors."""
-        from harness.compute import JobClock
-        from harness.evaluate import evaluate
-
         evaluate(name, run_id, checkpoint, protocol, results, stage, generate=self._generate, score=self._score,
                  clock=lambda: JobClock(on_gpu=False))  # the driver holds no GPU: the workers' hours are added
 
@@ -133,7 +130,8 @@ class RayBackend:
         """``harness.evaluate.generate_suites``, in shards of whole batches, one per free GPU (CPU)."""
         n_shards = max(1, min(self._free_slots(), _most_batches(protocol)))
         say(f"   {name}: generation in {n_shards} shard{'s' * (n_shards > 1)}")
-        refs = [_generate_shard.options(**self.slot, max_retries=RETRIES, name=f"{name} generation {r + 1}/{n_shards}")
+        refs = [self.generate_shard.options(**self.slot, max_retries=RETRIES,
+                                            name=f"{name} generation {r + 1}/{n_shards}")
                 .remote(name, run_id, checkpoint, protocol, results, (r, n_shards), self.setup)
                 for r in range(n_shards)]
         shards = [self._result(ref, f"{name}'s generation, shard {r} of {n_shards}") for r, ref in enumerate(refs)]
@@ -148,12 +146,8 @@ class RayBackend:
     def _score(self, name: str, run_id: int, manifests: dict[str, list[dict]], scorers: Sequence[str],
                scorer_options: Mapping[str, Mapping[str, Any]], results: ResultsDir, store: Any) -> None:
         """``harness.evaluate.score_suites``, what the score cache lacks scored on actors, one per free GPU (CPU)."""
-        from harness.evaluate import score_rows
-        from harness.scoring import score_images
-        from harness.scoring.cache import ScoreCache
-
         n_images = sum(len(rows) for rows in manifests.values())
-        actors = [_Scorers.options(**self.slot, max_restarts=RETRIES, max_task_retries=RETRIES).remote(self.setup)
+        actors = [self.scorers.options(**self.slot, max_restarts=RETRIES, max_task_retries=RETRIES).remote(self.setup)
                   for _ in range(max(1, min(self._free_slots(), math.ceil(n_images / SCORE_BATCH))))]
         try:
             with ScoreCache(results.score_cache) as cache:
@@ -168,12 +162,16 @@ class RayBackend:
             for actor in actors:
                 store.add_compute(run_id, _hours(self._result(actor.cost.remote(), "a scorer's cost")))
         finally:
+            import ray
+
             for actor in actors:
                 ray.kill(actor)
 
     # -- waiting for Ray --------------------------------------------------------------------------------
     def _ready(self, ref: Any, timeout: float) -> bool:
         """Whether ``ref``'s job has ended, after waiting up to ``timeout`` s (a stopping run cancels it)."""
+        import ray
+
         waited = 0.0
         while waited < timeout:
             if self.stopping.is_set():
@@ -190,6 +188,8 @@ class RayBackend:
         """``ref``'s value once its job ends; its error as the job raised it (a HarnessError stays one line)."""
         while not self._ready(ref, timeout=_POLL_S):
             pass
+        import ray
+
         try:
             return ray.get(ref)
         except ray.exceptions.RayTaskError as exc:
@@ -199,6 +199,8 @@ class RayBackend:
                                "same command to resume") from None
 
     def _free_slots(self) -> int:
+        import ray
+
         return int(ray.available_resources().get("GPU" if self.gpus else "CPU", 0))
 
     def __enter__(self) -> RayBackend:
@@ -209,6 +211,8 @@ class RayBackend:
             self.stopping.set()  # the other jobs stop too; a rerun resumes them
         self.threads.shutdown(wait=True, cancel_futures=True)
         if self.started_here:
+            import ray
+
             ray.shutdown()
 
 
@@ -221,8 +225,6 @@ class _WorkerSetup:
     plugins: list[str]
 
     def apply(self) -> None:
-        from harness.api.registry import load_plugin, loaded_plugins
-
         if os.path.isdir(self.cwd):
             os.chdir(self.cwd)
         for plugin in self.plugins:
@@ -233,31 +235,20 @@ class _WorkerSetup:
 def _one_thread() -> Any:
     import torch
 
-    from harness.workers import one_cpu_thread
-
     return one_cpu_thread(on_gpu=torch.cuda.is_available())
 
 
-@ray.remote
 def _recorded(fn: Callable[[Any], Result], job: Any, journal: Any, setup: _WorkerSetup) -> Result:
     """``fn(job)`` with its store writes recorded in ``journal``."""
-    from harness.workers import quiet_libraries
-
     setup.apply()
     quiet_libraries()
     with journal.recording(), _one_thread():
         return fn(job)
 
 
-@ray.remote
 def _generate_shard(name: str, run_id: int, checkpoint: Checkpoint, protocol: Protocol, results: ResultsDir,
                     shard: tuple[int, int], setup: _WorkerSetup) -> tuple[list[dict], dict[str, float]]:
     """Generate ``shard`` of the model's suites; returns the store writes that record it, and its cost."""
-    from harness.compute import JobClock
-    from harness.evaluate import generate_suites
-    from harness.store import Store, StoreJournal
-    from harness.workers import quiet_libraries
-
     setup.apply()
     quiet_libraries()
     clock = JobClock()
@@ -267,26 +258,19 @@ def _generate_shard(name: str, run_id: int, checkpoint: Checkpoint, protocol: Pr
     return journal.entries(), clock.figures("eval")
 
 
-@ray.remote
 class _Scorers:
     """Scores image files with the run's scorers, each loaded once, at its first use."""
 
     def __init__(self, setup: _WorkerSetup) -> None:
-        from harness.compute import JobClock
-
         setup.apply()
         self.clock = JobClock(on_gpu=_on_gpu())
         self.scorers: dict[str, Any] = {}
 
     def _scorer(self, name: str, locations: dict[str, Any]) -> Any:
-        from harness.scoring import get_scorer
-
         key = json.dumps([name, locations], sort_keys=True)
         if key not in self.scorers:
             self.scorers[key] = get_scorer(name, **locations)
             if "transformers" in sys.modules:  # a model scorer: its libraries' load bars are noise
-                from harness.workers import quiet_libraries
-
                 quiet_libraries()
         return self.scorers[key]
 
@@ -295,8 +279,6 @@ class _Scorers:
         return scorer.name, scorer.version, scorer.scale, scorer.higher_is_better
 
     def score(self, name: str, locations: dict[str, Any], paths: list[str], prompts: list[str]) -> list[float]:
-        from harness.scoring import score_images
-
         scorer = self._scorer(name, locations)
         with _threads_as_locally():
             # The paths stand in for the content keys: the driver looked the cache up already.
@@ -307,6 +289,8 @@ class _Scorers:
 
 
 def _on_gpu() -> bool:
+    import ray
+
     return bool(ray.get_gpu_ids())
 
 
@@ -341,8 +325,6 @@ class _RemoteScorer:
 
 def _most_batches(protocol: Protocol) -> int:
     """The batches of the protocol's largest suite in a one-process run: more shards would have nothing to do."""
-    from harness.sampling import shard_count
-
     def batches(suite_name: str) -> int:
         settings = protocol.sampling(suite_name)
         return shard_count(len(protocol.load_suite(suite_name)), settings["images_per_prompt"], settings["batch_size"])
@@ -353,8 +335,6 @@ def _most_batches(protocol: Protocol) -> int:
 def _merged_images(results: ResultsDir, shards: list[list[dict]]) -> dict[str, tuple[dict, list[dict]]]:
     """By suite: the ``add_images`` call the shards recorded, with every shard's rows in prompt order, and the
     suite's manifest rows, the manifest written from them (``harness.sampling.merge_shards``)."""
-    from harness.sampling import merge_shards
-
     suites: dict[str, dict] = {}
     for entries in shards:
         for entry in entries:

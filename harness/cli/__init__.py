@@ -1,9 +1,9 @@
 """The `harness` command line.
 
 One module per command (harness/cli/run.py, ...: its options and what it calls), the options several commands
-share declared once (options.py), the parser (parser.py).  Heavy libraries (torch, diffusers, transformers) are
-imported inside the commands so that `harness --help` and `harness methods` start quickly.  A mistake the user
-can fix is a ``HarnessError``: one line on stderr, exit 2.
+share declared once (options.py), the parser (parser.py), which imports only the invoked command's module: a
+command's module imports what the command runs (torch, for most), so `harness --help` starts quickly.  A mistake
+the user can fix is a ``HarnessError``: one line on stderr, exit 2.
 """
 
 from __future__ import annotations
@@ -11,17 +11,18 @@ from __future__ import annotations
 import os
 import sys
 
+from harness.api.registry import load_plugin
 from harness.atomic import disk_full_error
-from harness.cli.parser import build_parser
+from harness.cli.parser import build_parser, parse
 from harness.errors import HarnessError
+
+__all__ = ["build_parser", "main"]  # build_parser: every command's parser (the reference, the tests)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the command ``argv`` (default: the process's arguments) names; its exit status."""
-    args = build_parser().parse_args(argv)
+    args = parse(argv)
     try:
-        from harness.api.registry import load_plugin
-
         for plugin in [*args.plugin, *getattr(args, "plugin_after", [])]:
             load_plugin(plugin)
         status = args.func(args)

@@ -4,17 +4,16 @@ from __future__ import annotations
 
 import argparse
 
+from dashboard import serve
 from harness.cli import options
 from harness.cli.parser import Commands
 
 
 def cmd_dashboard(args: argparse.Namespace) -> int:
-    from dashboard import serve
-
     return serve(options.experiments(args), port=args.port)
 
 
 def register(commands: Commands) -> None:
-    p = commands.add("dashboard", cmd_dashboard, "open the Streamlit leaderboard on 127.0.0.1")
+    p = commands.add("dashboard", cmd_dashboard)
     options.add_results_compared(p)
     p.add_argument("--port", type=int, default=8501, help="the port on 127.0.0.1 to serve on")

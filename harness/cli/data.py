@@ -7,13 +7,12 @@ from pathlib import Path
 
 from harness.cli import options
 from harness.cli.parser import Commands
+from harness.data_steps import experts_recipe, score_training_images, select_experts
+from harness.libraries import quiet_libraries
+from harness.score_table import ScoreTable
 
 
 def cmd_data_score(args: argparse.Namespace) -> int:
-    from harness.data_steps import score_training_images
-    from harness.score_table import ScoreTable
-    from harness.libraries import quiet_libraries
-
     quiet_libraries()
     scorer_options = options.parse_scorer_options(args.scorer_option, scorer=args.scorer)
     path = score_training_images(
@@ -32,9 +31,6 @@ def cmd_data_score(args: argparse.Namespace) -> int:
 
 
 def cmd_data_experts(args: argparse.Namespace) -> int:
-    from harness.data_steps import experts_recipe, select_experts
-    from harness.libraries import quiet_libraries
-
     quiet_libraries()
     scorer_options = options.parse_scorer_options(args.scorer_option, scorer=args.scorer)
     out = select_experts(
@@ -55,7 +51,7 @@ def cmd_data_experts(args: argparse.Namespace) -> int:
 
 
 def register(commands: Commands) -> None:
-    steps = commands.group("data", "data steps: score the training images with a reward, pick experts", "STEP")
+    steps = commands.group("data", metavar="STEP")
     for name, run, help in (
         (
             "score",

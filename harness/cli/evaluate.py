@@ -6,16 +6,15 @@ import argparse
 from pathlib import Path
 
 from harness.cli import options
+from harness.cli.output import print_leaderboard
 from harness.cli.parser import Commands
+from harness.evaluate import EvaluateOptions, evaluate_checkpoint, plan_evaluation
+from harness.libraries import quiet_libraries
+from harness.results import ResultsDir
+from harness.run import leaderboard
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from harness.cli.output import print_leaderboard
-    from harness.evaluate import EvaluateOptions, evaluate_checkpoint, plan_evaluation
-    from harness.results import ResultsDir
-    from harness.run import leaderboard
-    from harness.libraries import quiet_libraries
-
     plan = plan_evaluation(
         EvaluateOptions(
             model=args.model,
@@ -40,12 +39,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def register(commands: Commands) -> None:
-    p = commands.add(
-        "evaluate",
-        cmd_evaluate,
-        "evaluate any checkpoint into a results directory: generate the suites with the preset's protocol, score, "
-        "store, rank against the base",
-    )
+    p = commands.add("evaluate", cmd_evaluate)
     p.epilog = (
         "The generation protocol (sampler and steps, CFG, seeds, images per prompt, resolution) is the preset's, as "
         "`harness run` uses it: the images pair with a run's image for image and the numbers are comparable with the "

@@ -7,20 +7,19 @@ from pathlib import Path
 
 from harness.cli import options
 from harness.cli.parser import Commands
+from harness.store import export_experiments
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from harness.store import export_experiments
-
     experiments = options.experiments(args)
     dest = Path(args.dest) if args.dest else options.one_results_directory(experiments, "--dest")
-    for path in export_experiments(experiments, dest, args.format):
+    for path in export_experiments({e.name: e.results for e in experiments}, dest, args.format):
         print(path)
     return 0
 
 
 def register(commands: Commands) -> None:
-    p = commands.add("export", cmd_export, "export the results for pandas / notebooks")
+    p = commands.add("export", cmd_export)
     options.add_results_compared(p)
     # The files' format, not what is printed (add_printed_format): so declared here, once.
     p.add_argument(

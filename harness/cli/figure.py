@@ -5,13 +5,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from dashboard.figures import FigureOptions, write_figures
 from harness.cli import options
 from harness.cli.parser import Commands
 
 
 def cmd_figure(args: argparse.Namespace) -> int:
-    from dashboard.figures import FigureOptions, write_figures
-
     experiments = options.experiments(args)
     figures = Path(args.figures) if args.figures else options.one_results_directory(experiments, "--figures")
     figure_options = FigureOptions(
@@ -27,12 +26,7 @@ def cmd_figure(args: argparse.Namespace) -> int:
 
 
 def register(commands: Commands) -> None:
-    p = commands.add(
-        "figure",
-        cmd_figure,
-        "write the dashboard's charts as files for a paper: Δ vs base with CIs (overall and per category), win-rate "
-        "heatmaps, image grids (prompts × methods, same seeds)",
-    )
+    p = commands.add("figure", cmd_figure)
     options.add_results_compared(p)
     p.add_argument("--figures", help="where to write (default: OUT/figures; required with several --out)")
     p.add_argument("--formats", type=options.comma_list, default=["png", "svg"], help="comma-separated: png, svg, pdf")

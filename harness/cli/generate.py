@@ -7,15 +7,19 @@ from pathlib import Path
 
 from harness.cli import options
 from harness.cli.parser import Commands
+from harness.config import require_directory_or_nothing, require_existing_path, resolve_base_model
+from harness.distributed import torchrun_process_group
+from harness.evaluate import Protocol, unet_subfolder
+from harness.families import check_network_fits
+from harness.libraries import quiet_libraries
+from harness.models import inference_device, load_pipeline
+from harness.presets import get_preset
+from harness.sampling import generate, optimize_pipeline
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
     """The preset's evaluation protocol (the one `harness run` evaluates with), with the options given replacing
     parts of it.  Under torchrun, every process runs this; prompts are split by rank and rank 0 merges the manifest."""
-    from harness.config import require_directory_or_nothing, require_existing_path, resolve_base_model
-    from harness.evaluate import unet_subfolder
-    from harness.presets import get_preset
-
     preset = get_preset(args.preset)
     model = args.model or preset.base_model
     require_existing_path(model, "--model")  # before the libraries load
@@ -24,16 +28,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
         require_existing_path(args.unet, "--unet")
         subfolder = unet_subfolder(args.unet)
     require_directory_or_nothing(Path(args.out), "--out")
-    from harness.families import check_network_fits
-    from harness.models import inference_device, load_pipeline
-
     if args.unet:
         check_network_fits(model, args.unet, what="--unet")
-    from harness.distributed import torchrun_process_group
-    from harness.evaluate import Protocol
-    from harness.sampling import generate, optimize_pipeline
-    from harness.libraries import quiet_libraries
-
     quiet_libraries()
     protocol = Protocol.of(
         preset, max_prompts=args.max_prompts, images_per_prompt=args.images_per_prompt, steps=args.steps, seed=args.seed
@@ -65,11 +61,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def register(commands: Commands) -> None:
-    p = commands.add(
-        "generate",
-        cmd_generate,
-        "generate images for a prompt suite with the preset's evaluation protocol (per-image deterministic seeds)",
-    )
+    p = commands.add("generate", cmd_generate)
     p.epilog = (
         "The sampler, steps, CFG, images per prompt, size, seeds and prompt cap are the preset's evaluation protocol "
         "(`harness presets` shows it), as `harness run` evaluates with: with the defaults, the images are comparable "

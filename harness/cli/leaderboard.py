@@ -5,18 +5,16 @@ from __future__ import annotations
 import argparse
 
 from harness.cli import options
+from harness.cli.output import print_leaderboard
 from harness.cli.parser import Commands
 from harness.errors import HarnessError
+from harness.experiments import load_leaderboard
+from harness.tables import FORMATS, check_statistics
 
 
 def cmd_leaderboard(args: argparse.Namespace) -> int:
-    from harness.cli.output import print_leaderboard
-    from harness.experiments import load_leaderboard
-
     by = [args.by] if args.by else []
     if args.columns is not None:
-        from harness.tables import FORMATS, check_statistics
-
         if args.format not in FORMATS:
             raise HarnessError(f"--columns chooses the columns of --format {' or '.join(FORMATS)}, not {args.format}")
         check_statistics(args.columns)
@@ -26,9 +24,7 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
 
 
 def register(commands: Commands) -> None:
-    p = commands.add(
-        "leaderboard", cmd_leaderboard, "print the leaderboard of a results directory, or of several side by side"
-    )
+    p = commands.add("leaderboard", cmd_leaderboard)
     options.add_results_compared(p)
     options.add_printed_format(
         p,

@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import argparse
 
+from harness.api.registry import METHODS, PRESETS, SCORERS
 from harness.cli.parser import Commands
+from harness.presets import get_preset, preset_summary, show_method, show_preset
+from harness.suites import check_suite_name, get_suite, list_suites, show_suite
 from harness.text_table import text_table
 
 
 def cmd_methods(args: argparse.Namespace) -> int:
-    from harness.api.registry import METHODS
-
     if args.show:
-        from harness.presets import show_method
-
         print(show_method(args.show))
         return 0
     print(
@@ -25,8 +24,6 @@ def cmd_methods(args: argparse.Namespace) -> int:
 
 
 def cmd_scorers(args: argparse.Namespace) -> int:
-    from harness.api.registry import SCORERS
-
     print(
         text_table(
             [
@@ -39,8 +36,6 @@ def cmd_scorers(args: argparse.Namespace) -> int:
 
 
 def cmd_suites(args: argparse.Namespace) -> int:
-    from harness.suites import check_suite_name, get_suite, list_suites, show_suite
-
     if args.show:
         check_suite_name(args.show)
         print(show_suite(get_suite(args.show)))
@@ -57,9 +52,6 @@ def cmd_suites(args: argparse.Namespace) -> int:
 
 
 def cmd_presets(args: argparse.Namespace) -> int:
-    from harness.api.registry import PRESETS
-    from harness.presets import get_preset, preset_summary, show_preset
-
     if args.show:
         print(show_preset(get_preset(args.show)))
         return 0
@@ -73,20 +65,20 @@ def cmd_presets(args: argparse.Namespace) -> int:
 
 
 def register(commands: Commands) -> None:
-    p = commands.add("methods", cmd_methods, "list registered methods, or show one's settings")
+    p = commands.add("methods", cmd_methods)
     p.add_argument(
         "--show",
         metavar="METHOD",
         help="print the method's settings (what --set takes): each one's default and meaning, and the presets it has "
         "recipes for",
     )
-    commands.add("scorers", cmd_scorers, "list registered scorers")
-    p = commands.add("suites", cmd_suites, "list prompt suites, or show one's prompts")
+    commands.add("scorers", cmd_scorers)
+    p = commands.add("suites", cmd_suites)
     p.add_argument(
         "--show",
         metavar="SUITE",
         help="print the suite's split, size, version and source, and every prompt (a registered suite, NAME:PATH for "
         "its local copy, or NAME=FILE for a prompt file)",
     )
-    p = commands.add("presets", cmd_presets, "list presets, or show one's resolved recipe per method")
+    p = commands.add("presets", cmd_presets)
     p.add_argument("--show", metavar="PRESET", help="print every method's resolved settings under this preset")

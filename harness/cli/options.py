@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from harness.errors import HarnessError
+from harness.experiments import parse_experiments
+from harness.run import RunOptions
 
 if TYPE_CHECKING:
     from harness.experiments import Experiment
@@ -74,8 +76,6 @@ def add_results_compared(parser: argparse.ArgumentParser) -> None:
 
 def experiments(args: argparse.Namespace) -> list[Experiment]:
     """The results directories of ``add_results_compared``'s `--out`, in the order given."""
-    from harness.experiments import parse_experiments
-
     return parse_experiments(args.out or ["runs"])
 
 
@@ -239,8 +239,6 @@ def parse_scorer_options(assignments: list[str], scorer: str | None = None) -> d
 def run_options(args: argparse.Namespace, **specific: Any) -> RunOptions:
     """The ``RunOptions`` of what `run` and `reproduce` share (``add_preset``, ``add_model``, ``add_evaluation``,
     ``add_method_unets``, `--images-per-prompt`), with each command's ``specific`` ones."""
-    from harness.run import RunOptions
-
     return RunOptions(
         preset=args.preset,
         model=args.model,

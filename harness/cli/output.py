@@ -8,6 +8,9 @@ import json
 import sys
 from typing import Any
 
+from harness.run_details import MISSING
+from harness.stats import LOWER_MARK, LOWER_NOTE, SIGNAL_MARK, SIGNAL_NOTE
+from harness.tables import DEFAULT_STATISTICS, paper_tables, to_latex, to_markdown
 from harness.text_table import text_table
 
 LEADERBOARD_COLUMNS = [
@@ -40,8 +43,6 @@ def print_leaderboard(
     """Print ``rows`` (harness.stats.leaderboard's) in ``fmt``: table, csv, json, latex or markdown.  ``base``,
     ``by``, ``statistics``: the paper tables' (harness.tables); ``ci``: intervals beside the values."""
     if fmt in ("latex", "markdown"):
-        from harness.tables import DEFAULT_STATISTICS, paper_tables, to_latex, to_markdown
-
         print(
             (to_latex if fmt == "latex" else to_markdown)(
                 paper_tables(rows, base=base, by=by), ci=ci, statistics=statistics or DEFAULT_STATISTICS
@@ -64,9 +65,6 @@ def format_table(rows: list[dict], ci: bool = False) -> str:
     A mean is marked when its method was trained on that metric, and a lower-is-better metric's name,
     each with a footnote saying what it means.
     """
-    from harness.run_details import MISSING
-    from harness.stats import LOWER_MARK, LOWER_NOTE, SIGNAL_MARK, SIGNAL_NOTE
-
     def num(value: Any, digits: int = 4) -> str:
         return MISSING if value is None else f"{value:.{digits}g}"
 

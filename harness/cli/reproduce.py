@@ -8,12 +8,11 @@ from pathlib import Path
 
 from harness.cli import options
 from harness.cli.parser import Commands
+from harness.libraries import quiet_libraries
+from harness.reproduce import format_report, reproduce
 
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
-    from harness.reproduce import format_report, reproduce
-    from harness.libraries import quiet_libraries
-
     quiet_libraries()
     report = reproduce(
         options.run_options(
@@ -28,12 +27,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 
 
 def register(commands: Commands) -> None:
-    p = commands.add(
-        "reproduce",
-        cmd_reproduce,
-        "run the published checkpoints (harness run --pretrained) and set our numbers beside the paper's, each "
-        "difference in units of our confidence interval",
-    )
+    p = commands.add("reproduce", cmd_reproduce)
     options.add_preset(p, "one with published tables", default="sd15")
     options.add_results_written(p, default=None, shown="runs/reproduce-PRESET")
     p.add_argument(

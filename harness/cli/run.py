@@ -6,17 +6,16 @@ import argparse
 from pathlib import Path
 
 from harness.cli import options
+from harness.cli.output import print_leaderboard
 from harness.cli.parser import Commands
+from harness.libraries import quiet_libraries
+from harness.plan import describe
+from harness.presets import get_preset
+from harness.results import ResultsDir
+from harness.run import EVERY_METHOD, run_validated, validate
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from harness.cli.output import print_leaderboard
-    from harness.plan import describe
-    from harness.presets import get_preset
-    from harness.results import ResultsDir
-    from harness.run import EVERY_METHOD, run_validated, validate
-    from harness.libraries import quiet_libraries
-
     run_options = options.run_options(
         args,
         methods=args.methods,
@@ -50,7 +49,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def register(commands: Commands) -> None:
-    p = commands.add("run", cmd_run, "train each method from one base, generate the suites, score, store and rank")
+    p = commands.add("run", cmd_run)
     p.add_argument("--methods", type=options.comma_list, required=True, help="comma-separated, e.g. dpo,dro,smpo")
     options.add_results_written(p)
     options.add_preset(p, "the methods' settings, training data and evaluation protocol (default: toy, the toy world)")

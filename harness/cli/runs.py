@@ -7,13 +7,12 @@ import argparse
 from harness.cli import options
 from harness.cli.parser import Commands
 from harness.errors import HarnessError
+from harness.results import ResultsDir
+from harness.run_details import format_run_details, run_details
+from harness.store import Store
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
-    from harness.results import ResultsDir
-    from harness.run_details import format_run_details, run_details
-    from harness.store import Store
-
     db = ResultsDir(args.out).db
     if not db.exists():
         raise HarnessError(f"no results in {args.out}: {db} does not exist (run `harness run --out {args.out}` first)")
@@ -23,10 +22,5 @@ def cmd_runs(args: argparse.Namespace) -> int:
 
 
 def register(commands: Commands) -> None:
-    p = commands.add(
-        "runs",
-        cmd_runs,
-        "print each run's own start, end, wall time, CPU- or GPU-hours, UNet evaluations per training sample and "
-        "peak memory",
-    )
+    p = commands.add("runs", cmd_runs)
     options.add_results_read(p)

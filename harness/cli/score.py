@@ -6,15 +6,14 @@ import argparse
 from pathlib import Path
 
 from harness.cli import options
+from harness.cli.output import print_leaderboard
 from harness.cli.parser import Commands
+from harness.external_images import ScoreOptions, plan_scoring, score_external
+from harness.results import ResultsDir
+from harness.run import leaderboard
 
 
 def cmd_score(args: argparse.Namespace) -> int:
-    from harness.cli.output import print_leaderboard
-    from harness.external_images import ScoreOptions, plan_scoring, score_external
-    from harness.results import ResultsDir
-    from harness.run import leaderboard
-
     plan = plan_scoring(
         ScoreOptions(
             images=Path(args.images),
@@ -38,7 +37,7 @@ def cmd_score(args: argparse.Namespace) -> int:
 
 
 def register(commands: Commands) -> None:
-    p = commands.add("score", cmd_score, "score images made elsewhere into a results directory, as a run of their own")
+    p = commands.add("score", cmd_score)
     p.epilog = (
         "The manifest is JSONL, one image a line: path (relative to the manifest's folder), prompt_id or prompt (of "
         "the --prompts suite), image_index (default: the order of the prompt's lines), seed (optional), sha256 "

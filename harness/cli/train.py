@@ -7,13 +7,12 @@ from pathlib import Path
 
 from harness.cli import options
 from harness.cli.parser import Commands
+from harness.libraries import quiet_libraries
+from harness.presets import get_preset
+from harness.run import EVERY_METHOD, RunOptions, train_alone, validate_training
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from harness.presets import get_preset
-    from harness.run import EVERY_METHOD, RunOptions, train_alone, validate_training
-    from harness.libraries import quiet_libraries
-
     run_options = RunOptions(
         methods=[args.method],
         out=Path(args.out),
@@ -32,7 +31,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def register(commands: Commands) -> None:
-    p = commands.add("train", cmd_train, "train one method and write its UNet in diffusers format")
+    p = commands.add("train", cmd_train)
     p.add_argument("--method", required=True, help="a registered method (`harness methods`)")
     options.add_training_data(p)
     options.add_output_directory(p, "checkpoints (resumed from), the UNet in OUT/final/unet, data it makes in OUT/data")

@@ -5,25 +5,18 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from harness.api.environment import cache_dir
 from harness.cli import options
 from harness.cli.parser import Commands
+from harness.verify import run_verify
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from harness.api.environment import cache_dir
-    from harness.verify import run_verify
-
     return run_verify(Path(args.out), args.repair, cache_dir())
 
 
 def register(commands: Commands) -> None:
-    p = commands.add(
-        "verify",
-        cmd_verify,
-        "check a results directory and the caches it reads, as `git fsck`: the store, every image against its "
-        "manifest hash, every score against the score cache, every checkpoint and final/ network, the journals, "
-        "$HARNESS_CACHE's entries; exit status 1 if anything is wrong",
-    )
+    p = commands.add("verify", cmd_verify)
     options.add_results_read(p)
     p.add_argument(
         "--repair",

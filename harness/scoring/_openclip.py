@@ -8,9 +8,9 @@ from typing import TYPE_CHECKING, Callable, ClassVar
 
 from PIL import Image
 
+from harness.api.scorer import Scorer
 from harness.errors import HarnessError
 from harness.scoring._loading import load_state_dict, pick_device, resolve_file, weights_version
-from harness.api.scorer import Scorer
 
 if TYPE_CHECKING:
     import torch

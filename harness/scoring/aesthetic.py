@@ -6,11 +6,11 @@ from pathlib import Path
 
 from PIL import Image
 
-from harness.errors import HarnessError
 from harness.api.registry import register_scorer
+from harness.api.scorer import Scorer
+from harness.errors import HarnessError
 from harness.scoring._hf_clip import image_embeddings, load_clip
 from harness.scoring._loading import load_state_dict, pick_device, resolve_file, weights_version
-from harness.api.scorer import Scorer
 
 MODEL = "openai/clip-vit-large-patch14"
 # The head is published in the predictor's GitHub repository only, not on the hub.

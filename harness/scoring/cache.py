@@ -13,10 +13,10 @@ from pathlib import Path
 
 from PIL import Image
 
+from harness.api.scorer import Scorer
 from harness.atomic import writing
 from harness.cache_db import open_cache_db
 from harness.errors import HarnessError
-from harness.api.scorer import Scorer
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS scores (

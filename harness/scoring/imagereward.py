@@ -18,10 +18,10 @@ from typing import TYPE_CHECKING
 
 from PIL import Image
 
-from harness.errors import HarnessError
 from harness.api.registry import register_scorer
-from harness.scoring._loading import from_pretrained, load_state_dict, pick_device, resolve_file, weights_version
 from harness.api.scorer import Scorer
+from harness.errors import HarnessError
+from harness.scoring._loading import from_pretrained, load_state_dict, pick_device, resolve_file, weights_version
 
 if TYPE_CHECKING:
     import torch

@@ -7,9 +7,9 @@ from pathlib import Path
 from PIL import Image
 
 from harness.api.registry import register_scorer
+from harness.api.scorer import Scorer
 from harness.scoring._hf_clip import image_embeddings, load_clip, text_embeddings
 from harness.scoring._loading import pick_device, weights_version
-from harness.api.scorer import Scorer
 
 MODEL = "yuvalkirstain/PickScore_v1"
 PROCESSOR = "laion/CLIP-ViT-H-14-laion2B-s32B-b79K"

@@ -18,8 +18,8 @@ import torch
 
 from harness.api.environment import cache_dir
 from harness.atomic import replacing
-from harness.testing.tiny_models import write_clip_tokenizer
 from harness.scoring.hpsv3 import chat_text, empty_reward_model, official_key
+from harness.testing.tiny_models import write_clip_tokenizer
 
 
 @dataclass(frozen=True)

@@ -15,9 +15,9 @@ from typing import Any
 import torch
 
 from harness.api.caching import built_model_ready
+from harness.api.environment import cache_dir
 from harness.api.registry import register_base_model
 from harness.atomic import publishing
-from harness.api.environment import cache_dir
 
 CLIP_VOCAB_SIZE = 49408
 
