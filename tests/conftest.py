@@ -77,14 +77,14 @@ def tiny_parti_run_dir(tmp_path_factory: pytest.TempPathFactory, harness_cache: 
     return out
 
 
-# Offline stand-ins for the sd15 / sdxl recipes' downloads (tests/offline_world.py documents the layouts).
+# Offline stand-ins for the sd15 / sdxl recipes' downloads (tests/support/offline_world.py documents the layouts).
 
 
 @pytest.fixture(scope="session")
 def pickapic_v2_dir(tmp_path_factory: pytest.TempPathFactory, harness_cache: Path) -> Path:
     """A small Pick-a-Pic v2 in the hub repository's layout (``--data DIR``; the pickapic-test suite
     takes DIR or its test_unique parquet file)."""
-    from offline_world import write_pickapic_v2
+    from support.offline_world import write_pickapic_v2
 
     return write_pickapic_v2(tmp_path_factory.mktemp("pickapic_v2"))
 
@@ -92,7 +92,7 @@ def pickapic_v2_dir(tmp_path_factory: pytest.TempPathFactory, harness_cache: Pat
 @pytest.fixture(scope="session")
 def hpdv2_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """HPDv2's benchmark prompts as the hub stores them (``--suites hpdv2:DIR``)."""
-    from offline_world import write_hpdv2_benchmark
+    from support.offline_world import write_hpdv2_benchmark
 
     return write_hpdv2_benchmark(tmp_path_factory.mktemp("HPDv2"))
 

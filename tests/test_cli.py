@@ -11,7 +11,7 @@ from harness.cli import HelpFormatter, _parse_overrides, build_parser, format_ta
 from harness.errors import HarnessError
 from harness.stats import SIGNAL_MARK, SIGNAL_NOTE
 from harness.text_table import text_table
-from results_fixture import SUITES, as_schema_1, build_results_dir
+from support.results_fixture import SUITES, as_schema_1, build_results_dir
 
 
 def test_unknown_method_is_one_line_listing_the_available_ones(tmp_path):

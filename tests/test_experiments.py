@@ -95,7 +95,7 @@ def test_experiments_need_names_of_their_own(tmp_path):
 
 
 def _two_experiments(tmp_path: Path) -> tuple[Path, Path]:
-    from results_fixture import build_results_dir
+    from support.results_fixture import build_results_dir
 
     return build_results_dir(tmp_path / "a"), build_results_dir(tmp_path / "b")
 

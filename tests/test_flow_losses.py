@@ -27,7 +27,7 @@ from methods.mapo import MaPO, MaPOConfig
 from methods.sft import SFT, SFTConfig
 from methods.smpo import SmPO, SmPOConfig, flow_inverse_timesteps, renoise_trajectory
 from test_losses import make_context
-from train_fixtures import one_torch_thread  # noqa: F401 (autouse fixture)
+from support.train_fixtures import one_torch_thread  # noqa: F401 (autouse fixture)
 
 T = 1000
 SHIFT = 3.0

@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 
 from harness.api import METHODS
 from harness.trainer import resolve_config, train
-from train_fixtures import one_torch_thread, write_expert_dir, write_pair_dir  # noqa: F401 (autouse fixture)
+from support.train_fixtures import one_torch_thread, write_expert_dir, write_pair_dir  # noqa: F401 (autouse fixture)
 
 FAST = {"batch_size": 2, "lr": 1e-4, "scale_lr": False, "warmup_steps": 0}
 RANK, ALPHA = 4, 8.0  # a LoRA scale of 2: an export that forgot alpha / r would be off by a factor of 2

@@ -15,7 +15,7 @@ from harness.api import Cond, HarnessError
 from harness.trainer import resolve_config, train
 from methods.kto import (captions_of_the_previous_image, kto_batch_reference_point, kto_implicit_rewards, kto_loss,
                          kto_mismatched_reference_point, mean_over_processes)
-from train_fixtures import one_torch_thread, write_pair_dir  # noqa: F401 (autouse fixture)
+from support.train_fixtures import one_torch_thread, write_pair_dir  # noqa: F401 (autouse fixture)
 
 
 def sigmoid(x: float) -> float:
@@ -160,7 +160,7 @@ def test_two_steps_on_the_tiny_preset_train_from_labelled_winners_and_losers(ref
 # -- the published data and reference point (train_kto_sd_v1.5.py) ----------------------------------------
 def write_shared_image_pairs(path) -> object:
     """Three pairs over four images: a.png wins against b.png and loses to c.png; d.png loses to c.png."""
-    from train_fixtures import write_image
+    from support.train_fixtures import write_image
 
     import numpy as np
 

@@ -14,7 +14,7 @@ from harness.api import Batch, Cond, Models, TrainingContext, per_sample_error
 from methods.dpo import DPO, DPOConfig, dpo_loss
 from methods.dro import DRO, DROConfig, dro_loss, trajectory_timesteps
 from methods.smpo import PICKSCORE_HI, PICKSCORE_LO, SmPO, SmPOConfig, check_score_range, smpo_loss, smpo_probability
-from train_fixtures import one_torch_thread  # noqa: F401 (autouse fixture)
+from support.train_fixtures import one_torch_thread  # noqa: F401 (autouse fixture)
 
 LN2 = math.log(2.0)
 

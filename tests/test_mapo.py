@@ -11,7 +11,7 @@ import torch
 
 from harness.api import Batch, Cond, Models
 from methods.mapo import MaPO, MaPOConfig, mapo_loss, mapo_margin, mapo_score
-from train_fixtures import one_torch_thread  # noqa: F401 (autouse fixture)
+from support.train_fixtures import one_torch_thread  # noqa: F401 (autouse fixture)
 
 
 def published_score(error: float, snr_value: float) -> float:
@@ -153,7 +153,7 @@ def test_two_tiny_preset_steps_through_the_trainer_run_only_the_policy(tiny_mode
     from safetensors.torch import load_file
 
     from harness.trainer import train
-    from train_fixtures import write_pair_dir
+    from support.train_fixtures import write_pair_dir
 
     logged: list[tuple[int, dict]] = []
     result = train("mapo", base_model=tiny_model_dir, data_dir=write_pair_dir(tmp_path / "data"),

@@ -24,7 +24,7 @@ from harness.errors import HarnessError
 from harness.models import load_pipeline
 from harness.scoring import get_scorer
 from harness.suites import get_suite
-from offline_world import HPDV2_STYLES, PICKAPIC_COLUMNS, pickapic_test_file, write_pickapic_v2
+from support.offline_world import HPDV2_STYLES, PICKAPIC_COLUMNS, pickapic_test_file, write_pickapic_v2
 
 PLUGIN = Path(__file__).parent / "plugins" / "tiny_scorer_archs.py"
 

@@ -20,7 +20,7 @@ from harness.compute import JobClock
 from harness.run import RunOptions, run
 from harness.store import Store
 from harness.suites import get_suite
-from train_fixtures import write_pair_dir
+from support.train_fixtures import write_pair_dir
 
 APP = Path(__file__).resolve().parent.parent / "dashboard" / "app.py"
 

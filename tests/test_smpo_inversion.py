@@ -24,7 +24,7 @@ import torch
 from harness.api import Cond, Models, TrainingContext
 from harness.models import _scheduler
 from methods.smpo import SmPO, SmPOConfig, renoise_inversion
-from train_fixtures import one_torch_thread  # noqa: F401 (autouse fixture)
+from support.train_fixtures import one_torch_thread  # noqa: F401 (autouse fixture)
 
 T = 1000
 TS = (50, 150, 250, 500, 801, 802, 950)

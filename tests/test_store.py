@@ -18,7 +18,7 @@ import pytest
 
 from harness.errors import HarnessError
 from harness.store import Store, export
-from results_fixture import (
+from support.results_fixture import (
     METHODS,
     SCORERS,
     TRAINING_SIGNALS,

@@ -270,7 +270,7 @@ def _pickapic_card(sizes: dict[str, tuple[int, int]]) -> str:
         + f"  download_size: {total}\n  dataset_size: {total}\n---\n"
         "# Pick-a-Pic v2 (offline test copy)\n\n"
         "Seeded synthetic rows in the layout and schema of the hub dataset yuvalkirstain/pickapic_v2; "
-        "the images are generated shapes, the captions templates.  Written by tests/offline_world.py.\n"
+        "the images are generated shapes, the captions templates.  Written by tests/support/offline_world.py.\n"
     )
 
 
