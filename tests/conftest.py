@@ -174,3 +174,24 @@ def tiny_models():
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
     )
     return unet, DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012)
+
+
+@pytest.fixture(scope="session")
+def flow_nets(harness_cache):
+    """The tiny-sd3 transformer as reference, and a policy a small random step away from it (so the
+    losses' policy-minus-reference terms are not all zero); shared by every module: no test changes them."""
+    import copy
+
+    import torch
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    from harness.models import TINY_SHAPES, build_tiny_pipeline
+    from support.flow import SHIFT, T
+
+    reference = build_tiny_pipeline(TINY_SHAPES["tiny-sd3"]).transformer.requires_grad_(False)
+    policy = copy.deepcopy(reference).requires_grad_(True)
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in policy.parameters():
+            p.add_(0.01 * torch.randn(p.shape, generator=generator))
+    return policy, reference, FlowMatchEulerDiscreteScheduler(num_train_timesteps=T, shift=SHIFT)

@@ -1,4 +1,4 @@
-"""Diffusion-KTO: its loss against the formula in methods/kto.py's docstring, on small hand-computed tensors."""
+"""Diffusion-KTO: its loss against the formula in methods/kto.py's docstring, on small hand-computed tensors.  Its flow form (SD3) too."""
 
 from __future__ import annotations
 
@@ -13,9 +13,10 @@ import torch
 
 from harness.api import Cond, HarnessError
 from harness.trainer import resolve_config, train
-from methods.kto import (captions_of_the_previous_image, kto_batch_reference_point, kto_implicit_rewards, kto_loss,
-                         kto_mismatched_reference_point, mean_over_processes)
-from support.train_fixtures import one_torch_thread, write_pair_dir  # noqa: F401 (autouse fixture)
+from methods.kto import (KTO, KTOConfig, captions_of_the_previous_image, kto_batch_reference_point,
+                         kto_implicit_rewards, kto_loss, kto_mismatched_reference_point, mean_over_processes)
+from support.flow import LATENT, flow_batch, flow_models, logit_normal_sigmas, velocity_errors
+from support.train_fixtures import write_pair_dir
 
 
 def sigmoid(x: float) -> float:
@@ -160,9 +161,9 @@ def test_two_steps_on_the_tiny_preset_train_from_labelled_winners_and_losers(ref
 # -- the published data and reference point (train_kto_sd_v1.5.py) ----------------------------------------
 def write_shared_image_pairs(path) -> object:
     """Three pairs over four images: a.png wins against b.png and loses to c.png; d.png loses to c.png."""
-    from support.train_fixtures import write_image
-
     import numpy as np
+
+    from support.train_fixtures import write_image
 
     path.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
@@ -252,3 +253,19 @@ def test_per_image_labels_on_pickapic_identify_images_by_uid_without_decoding_th
     datasets.Dataset.from_dict(table).save_to_disk(str(tmp_path / "no-uids"))
     with pytest.raises(HarnessError, match="per-image labels need the images' uids"):
         LabelledImages(per_image=True).examples(tmp_path / "no-uids")
+
+
+def test_kto_on_flow_is_the_utility_of_velocity_error_rewards(flow_nets):
+    policy, reference, _ = flow_nets
+    labels = torch.tensor([1.0, 0.0, 1.0, 0.0])
+    batch = flow_batch(4, 4, seed=1, step_seed=11, labels=labels)
+    loss, _ = KTO(KTOConfig(beta=50.0, lambda_desirable=1.0, lambda_undesirable=2.0)).loss(batch, flow_models(flow_nets))
+    generator = torch.Generator().manual_seed(11)
+    sigma = logit_normal_sigmas(4, generator)  # each image its own sigma, then its own noise
+    eps = torch.randn((4, *LATENT), generator=generator)
+    g = (velocity_errors(reference, batch.latents, eps, sigma, batch.cond)
+         - velocity_errors(policy, batch.latents, eps, sigma, batch.cond))
+    z0 = g.mean().clamp(min=0)
+    weights, signs = torch.tensor([1.0, 2.0, 1.0, 2.0]), 2 * labels - 1
+    expected = (weights * (1 - torch.sigmoid(signs * 50.0 * (g - z0)))).mean()
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
