@@ -162,9 +162,10 @@ def small_sdxl_dir(harness_cache: Path) -> Path:
     return save_tiny_pipeline(harness_cache / "tiny-sdxl-128", replace(TINY_SHAPES["sdxl"], image_size=128))
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def tiny_models():
-    """(a small random UNet, a DDPM scheduler): the networks the loss tests run a method's loss on."""
+    """(a small random UNet, a DDPM scheduler): the networks the loss tests run a method's loss on (each test
+    trains deep copies of the UNet, never the UNet itself)."""
     import torch
     from diffusers import DDPMScheduler, UNet2DConditionModel
 

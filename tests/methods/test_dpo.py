@@ -12,6 +12,7 @@ from methods.dpo import DPO, DPOConfig, dpo_loss
 from methods.smpo import smpo_loss
 from support.flow import flow_batch, flow_models, pair_draws, velocity_errors
 from support.losses import LN2, batch_with, descend, errors, make_batch, make_models
+from support.train_fixtures import one_torch_thread  # noqa: F401 (autouse fixture)
 
 
 def test_dpo_loss_matches_formula_with_salesforce_beta():

@@ -14,6 +14,7 @@ from methods.dro import DRO, DROConfig, dro_loss, trajectory_timesteps
 from support.flow import (LATENT, T, flow_batch, flow_models, grid_sigma, noised, per_pixel_mean, velocity,
                           velocity_errors)
 from support.losses import batch_with, descend, errors, make_batch, make_context, make_models
+from support.train_fixtures import one_torch_thread  # noqa: F401 (autouse fixture)
 
 
 def test_dro_loss_matches_hinge_formula():

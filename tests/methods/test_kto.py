@@ -17,6 +17,7 @@ from methods.kto import (KTO, KTOConfig, captions_of_the_previous_image, kto_bat
                          kto_implicit_rewards, kto_loss, kto_mismatched_reference_point, mean_over_processes)
 from support.flow import LATENT, flow_batch, flow_models, logit_normal_sigmas, velocity_errors
 from support.train_fixtures import write_pair_dir
+from support.train_fixtures import one_torch_thread  # noqa: F401 (autouse fixture)
 
 
 def sigmoid(x: float) -> float:

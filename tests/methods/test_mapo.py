@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from harness.api import Batch, Cond, HarnessError, Models, per_sample_error
 from methods.mapo import MaPO, MaPOConfig, mapo_loss, mapo_margin, mapo_score
 from support.flow import T, flow_batch, flow_models, pair_draws, velocity_errors
+from support.train_fixtures import one_torch_thread  # noqa: F401 (autouse fixture)
 
 
 def published_score(error: float, snr_value: float) -> float:

@@ -7,6 +7,7 @@ import torch
 
 from methods.sft import SFT, SFTConfig
 from support.flow import LATENT, flow_batch, flow_models, logit_normal_sigmas, velocity_errors
+from support.train_fixtures import one_torch_thread  # noqa: F401 (autouse fixture)
 
 
 def test_sft_on_flow_is_the_mean_velocity_error(flow_nets):

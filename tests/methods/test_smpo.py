@@ -21,6 +21,7 @@ from methods.smpo import (PICKSCORE_HI, PICKSCORE_LO, SmPO, SmPOConfig, check_sc
                           renoise_inversion, renoise_trajectory, smpo_loss, smpo_probability)
 from support.flow import LATENT, T, flow_batch, flow_models, grid_sigma, logit_normal_sigmas, per_pixel_mean, velocity
 from support.losses import LN2, batch_with, descend, errors, make_batch, make_context, make_models
+from support.train_fixtures import one_torch_thread  # noqa: F401 (autouse fixture)
 
 
 def test_smpo_probability_normalises_scores_and_lies_in_published_range():

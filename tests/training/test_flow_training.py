@@ -1,7 +1,7 @@
 """Training and evaluating a flow-matching model: the shared trainer's options on the SD3.5-Medium-shaped tiny
 pipeline (``tiny-sd3``: an MMDiT transformer, two CLIP encoders, no T5), and `harness evaluate` of what it writes.
 
-The trainer's resume test runs every method on this pipeline too (tests/test_trainer.py)."""
+The trainer's resume test runs every method on this pipeline too (tests/training/test_trainer.py)."""
 
 from __future__ import annotations
 
