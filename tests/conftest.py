@@ -13,6 +13,17 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 
+# Fixtures that make a real `harness run`: a test that takes one is an end-to-end test, whatever its file.
+END_TO_END_FIXTURES = ("tiny_run_dir", "tiny_parti_run_dir")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark ``slow`` (left out of ``make test-fast``) every test that takes an END_TO_END_FIXTURES run."""
+    for item in items:
+        if set(END_TO_END_FIXTURES) & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture(autouse=True)
 def _keep_main_module():
     """Streamlit's AppTest leaves the dashboard script registered as ``__main__``; worker processes

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import math
-import os
+import multiprocessing
 import socket
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -53,26 +51,31 @@ def test_single_process_mean_is_the_value_itself():
 # Each rank's batch mean of g: 0.03 and -0.01.  Clamped per process the reference points would be 0.03 and 0;
 # over both processes, as the public code reduces it (diffusion-kto train_kto_sd_v1.5.py:1470-1471), it is
 # max(0, 0.01) = 0.01 on each.
-REFERENCE_POINT_ON_A_RANK = """
-import os, torch, torch.distributed as dist
-from methods.kto import kto_batch_reference_point
-dist.init_process_group("gloo")
-rewards = torch.tensor([[0.02, 0.04], [-0.03, 0.01]])[dist.get_rank()]
-print(kto_batch_reference_point(rewards).item())
-dist.destroy_process_group()
-"""
+def reference_point_on_a_rank(rank: int, port: int, results) -> None:
+    """One of two forked processes (forked: they start with torch imported): its rank's reference point, reduced
+    over both."""
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    rewards = torch.tensor([[0.02, 0.04], [-0.03, 0.01]])[rank]
+    results.put((rank, kto_batch_reference_point(rewards).item()))
+    dist.destroy_process_group()
 
 
 def test_batch_reference_point_is_the_mean_over_every_process():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "WORLD_SIZE": "2", "OMP_NUM_THREADS": "1"}
-    ranks = [subprocess.Popen([sys.executable, "-c", REFERENCE_POINT_ON_A_RANK], env={**env, "RANK": str(rank)},
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for rank in range(2)]
-    outputs = [rank.communicate(timeout=300) for rank in ranks]
-    assert all(rank.returncode == 0 for rank in ranks), outputs
-    assert [float(out.strip()) for out, _ in outputs] == [pytest.approx(0.01), pytest.approx(0.01)]
+    context = multiprocessing.get_context("fork")
+    results = context.Queue()
+    ranks = [context.Process(target=reference_point_on_a_rank, args=(rank, port, results)) for rank in range(2)]
+    for rank in ranks:
+        rank.start()
+    points = dict(results.get(timeout=300) for _ in ranks)
+    for rank in ranks:
+        rank.join(timeout=60)
+    assert [rank.exitcode for rank in ranks] == [0, 0]
+    assert points == {0: pytest.approx(0.01), 1: pytest.approx(0.01)}
 
 
 def test_kto_loss_matches_the_formula_on_hand_computed_values():
