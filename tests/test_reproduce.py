@@ -19,6 +19,7 @@ from harness.api.registry import SCORERS, SUITES
 from harness.reproduce import MISSING, ci_units, compare, format_report, reproduce
 from harness.run import RunOptions, leaderboard, validate
 from harness.store import Store
+from support.cli import harness_main
 from support.results_fixture import write_png
 
 PROMPTS = 8
@@ -143,7 +144,7 @@ def test_unet_and_local_suite_options_are_checked(tmp_path, tiny_model_dir):
 
 def test_missing_weights_fail_in_one_line_before_anything_is_made(tmp_path):
     out = tmp_path / "out"
-    result = harness_cli("reproduce", "--preset", "sd15", "--out", str(out))  # HF_HUB_OFFLINE=1 (conftest)
+    result = harness_main("reproduce", "--preset", "sd15", "--out", str(out))  # HF_HUB_OFFLINE=1 (conftest)
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
