@@ -187,6 +187,7 @@ def test_every_published_scorer_builds_from_the_tiny_weights(scorer_locations, n
     assert "+custom-" in scorer.version  # never stored as the published metric
 
 
+@pytest.mark.slow  # a new interpreter
 def test_the_plugin_registers_the_tiny_architecture_in_another_process(scorer_locations, harness_cache, tmp_path):
     images = random_images(1)
     for i, image in enumerate(images):

@@ -297,6 +297,7 @@ WRITER = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow  # a writer process SIGKILLed mid-run
 def test_a_killed_writer_leaves_whole_transactions_and_a_rerun_completes(tmp_path: Path) -> None:
     batches, batch = 40, 500
     cmd = [sys.executable, "-c", WRITER, str(tmp_path), str(batches), str(batch)]

@@ -35,7 +35,8 @@ SD35_LOWERED = {"resolution": 32, "max_steps": 1, "batch_size": 2, "effective_ba
 SD35_METHOD_LOWERED = {"dro": {"expert_top_k": 2, "sampler_steps": 2}, "smpo": {"inversion_steps": 2}}
 
 
-@pytest.mark.parametrize("method", METHODS.names())
+# DPO's in the fast tier; every other method's (a new one included) with the slow tests.
+@pytest.mark.parametrize("method", [m if m == "dpo" else pytest.param(m, marks=pytest.mark.slow) for m in METHODS.names()])
 def test_every_sd35_recipe_trains_on_the_sd3_transformer(method, tiny_sd3_dir, pair_dir, tmp_path):
     """Each method's sd35 features (bf16, DRO's bf16 weights, EMA on the CPU and replay buffer from scored experts,
     SmPO's scored pairs and inversion, DPO's LoRA, checkpointing) on a flow-matching transformer."""
