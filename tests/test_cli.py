@@ -138,6 +138,7 @@ def test_leaderboard_marks_the_metric_a_method_was_trained_on(tmp_path):
 EXAMPLE_PLUGIN = str(Path(__file__).parents[1] / "examples" / "desirable_sft.py")
 
 
+@pytest.mark.slow  # three new interpreters
 def test_plugin_option_works_before_or_after_the_command(tmp_path):
     for args in (["--plugin", EXAMPLE_PLUGIN, "methods"], ["methods", "--plugin", EXAMPLE_PLUGIN]):
         result = harness_cli(*args)
@@ -221,6 +222,7 @@ def test_presets_show_each_description_and_main_settings(capsys):
     assert sd15.index("Stable Diffusion 1.5") == indent
 
 
+@pytest.mark.slow  # a reader process that closes its pipe
 def test_a_closed_pipe_ends_the_output_quietly(tmp_path):
     """`harness leaderboard ... | head -1`, or a pasted `--format table|csv` whose `csv` reads nothing."""
     import subprocess

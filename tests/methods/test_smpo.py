@@ -1,5 +1,6 @@
 """SmPO: its smoothed loss against the formula, the score range it accepts, one real step on a tiny UNet with
-each inverter, its ReNoise inversion as the public code ran it, and its flow form (SD3)."""
+each inverter, its ReNoise inversion as the public code ran it (SmPO train.py:1002-1022), and its flow form
+(SD3)."""
 
 from __future__ import annotations
 

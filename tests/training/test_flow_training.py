@@ -143,6 +143,7 @@ def _run_rows(out: Path, method: str) -> dict:
     return {row[:3] + (row[5],): (row[3], row[4], row[6]) for row in rows}
 
 
+@pytest.mark.slow  # a real harness evaluate
 def test_harness_evaluate_takes_a_trained_sd3_transformer_and_its_lora_adapters(lora_run, tiny_sd3_dir, tmp_path):
     """The merged transformer (--unet) and the adapters (--lora) are the same model: the same images, byte for byte."""
     from harness.cli import main
@@ -161,6 +162,7 @@ def test_harness_evaluate_takes_a_trained_sd3_transformer_and_its_lora_adapters(
         "FlowMatchEulerDiscreteScheduler"}
 
 
+@pytest.mark.slow  # builds and trains a second SD3 pipeline, with T5
 def test_a_pipeline_with_t5_loads_and_trains_with_it_and_harness_drop_t5_leaves_it_out(pair_dir, tmp_path, monkeypatch):
     from dataclasses import replace
 
