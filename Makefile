@@ -1,4 +1,5 @@
-# The two entry points of the README: `make run` (the main job) and `make test`.
+# The two entry points of the README: `make run` (the main job) and `make test`; `make test-fast` is the
+# inner loop (every module exercised, no end-to-end run: the tests marked slow are left out).
 # Both create .venv/ and install the project into it when needed.
 PYTHON ?= python3
 VENV := .venv
@@ -6,7 +7,7 @@ STAMP := $(VENV)/.installed
 METHODS ?= dpo,dro,smpo
 OUT ?= runs
 
-.PHONY: setup run test
+.PHONY: setup run test test-fast
 setup: $(STAMP)
 
 # torch / torchvision are pinned to the versions this project is tested with; on a
@@ -25,3 +26,6 @@ test: $(STAMP)
 	bash .ci/install-browser.sh
 	bash .ci/install-tex.sh
 	$(VENV)/bin/python -m pytest -q --durations=15
+
+test-fast: $(STAMP)
+	$(VENV)/bin/python -m pytest -q -m "not slow" --durations=10

@@ -102,7 +102,7 @@ def adamw(steps: int) -> None:
     import sys
 
     sys.path.insert(0, str(sys_path))
-    from train_fixtures import write_expert_dir
+    from support.train_fixtures import write_expert_dir
 
     base = save_tiny_pipeline(root / "tiny-sd")
     data = write_expert_dir(root / "data")

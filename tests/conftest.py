@@ -13,6 +13,17 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 
+# Fixtures that make a real `harness run`: a test that takes one is an end-to-end test, whatever its file.
+END_TO_END_FIXTURES = ("tiny_run_dir", "tiny_parti_run_dir")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark ``slow`` (left out of ``make test-fast``) every test that takes an END_TO_END_FIXTURES run."""
+    for item in items:
+        if set(END_TO_END_FIXTURES) & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture(autouse=True)
 def _keep_main_module():
     """Streamlit's AppTest leaves the dashboard script registered as ``__main__``; worker processes
@@ -77,14 +88,14 @@ def tiny_parti_run_dir(tmp_path_factory: pytest.TempPathFactory, harness_cache: 
     return out
 
 
-# Offline stand-ins for the sd15 / sdxl recipes' downloads (tests/offline_world.py documents the layouts).
+# Offline stand-ins for the sd15 / sdxl recipes' downloads (tests/support/offline_world.py documents the layouts).
 
 
 @pytest.fixture(scope="session")
 def pickapic_v2_dir(tmp_path_factory: pytest.TempPathFactory, harness_cache: Path) -> Path:
     """A small Pick-a-Pic v2 in the hub repository's layout (``--data DIR``; the pickapic-test suite
     takes DIR or its test_unique parquet file)."""
-    from offline_world import write_pickapic_v2
+    from support.offline_world import write_pickapic_v2
 
     return write_pickapic_v2(tmp_path_factory.mktemp("pickapic_v2"))
 
@@ -92,7 +103,7 @@ def pickapic_v2_dir(tmp_path_factory: pytest.TempPathFactory, harness_cache: Pat
 @pytest.fixture(scope="session")
 def hpdv2_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """HPDv2's benchmark prompts as the hub stores them (``--suites hpdv2:DIR``)."""
-    from offline_world import write_hpdv2_benchmark
+    from support.offline_world import write_hpdv2_benchmark
 
     return write_hpdv2_benchmark(tmp_path_factory.mktemp("HPDv2"))
 
@@ -162,9 +173,10 @@ def small_sdxl_dir(harness_cache: Path) -> Path:
     return save_tiny_pipeline(harness_cache / "tiny-sdxl-128", replace(TINY_SHAPES["sdxl"], image_size=128))
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def tiny_models():
-    """(a small random UNet, a DDPM scheduler): the networks the loss tests run a method's loss on."""
+    """(a small random UNet, a DDPM scheduler): the networks the loss tests run a method's loss on (each test
+    trains deep copies of the UNet, never the UNet itself)."""
     import torch
     from diffusers import DDPMScheduler, UNet2DConditionModel
 
@@ -174,3 +186,24 @@ def tiny_models():
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
     )
     return unet, DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012)
+
+
+@pytest.fixture(scope="session")
+def flow_nets(harness_cache):
+    """The tiny-sd3 transformer as reference, and a policy a small random step away from it (so the
+    losses' policy-minus-reference terms are not all zero); shared by every module: no test changes them."""
+    import copy
+
+    import torch
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    from harness.testing.tiny_models import TINY_SHAPES, build_tiny_pipeline
+    from support.flow import SHIFT, T
+
+    reference = build_tiny_pipeline(TINY_SHAPES["tiny-sd3"]).transformer.requires_grad_(False)
+    policy = copy.deepcopy(reference).requires_grad_(True)
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in policy.parameters():
+            p.add_(0.01 * torch.randn(p.shape, generator=generator))
+    return policy, reference, FlowMatchEulerDiscreteScheduler(num_train_timesteps=T, shift=SHIFT)

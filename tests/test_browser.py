@@ -19,7 +19,7 @@ from PIL import Image
 
 from dashboard.data import curves, data_url, load_results, thumbnail
 from harness.stats import leaderboard
-from results_fixture import CURVE_STEPS, METHODS, SUITES, add_curve_runs, build_results_dir
+from support.results_fixture import CURVE_STEPS, METHODS, SUITES, add_curve_runs, build_results_dir
 
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"

@@ -18,7 +18,7 @@ from PIL import Image
 from dashboard.charts import delta_chart
 from dashboard.data import spread_prompts, thumbnail
 from harness.cli import main
-from results_fixture import SUITES, build_results_dir
+from support.results_fixture import SUITES, build_results_dir
 
 
 def _frame(deltas: list[tuple[float, float, float]], verdict: str) -> pd.DataFrame:

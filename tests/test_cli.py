@@ -14,11 +14,12 @@ from harness.cli.parser import HelpFormatter
 from harness.errors import HarnessError
 from harness.stats import SIGNAL_MARK, SIGNAL_NOTE
 from harness.text_table import text_table
-from results_fixture import SUITES, as_schema_1, build_results_dir
+from support.cli import harness_main
+from support.results_fixture import SUITES, as_schema_1, build_results_dir
 
 
 def test_unknown_method_is_one_line_listing_the_available_ones(tmp_path):
-    result = harness_cli("run", "--methods", "nosuch", "--out", str(tmp_path))
+    result = harness_main("run", "--methods", "nosuch", "--out", str(tmp_path))
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
@@ -27,14 +28,14 @@ def test_unknown_method_is_one_line_listing_the_available_ones(tmp_path):
 
 
 def test_unknown_preset_and_missing_results_fail_cleanly(tmp_path):
-    result = harness_cli("run", "--methods", "dpo", "--preset", "sd99", "--out", str(tmp_path))
+    result = harness_main("run", "--methods", "dpo", "--preset", "sd99", "--out", str(tmp_path))
     assert result.returncode == 2 and "unknown preset 'sd99'" in result.stderr
-    result = harness_cli("leaderboard", "--out", str(tmp_path / "empty"))
+    result = harness_main("leaderboard", "--out", str(tmp_path / "empty"))
     assert result.returncode == 2 and "no results" in result.stderr and "Traceback" not in result.stderr
 
 
 def test_methods_lists_each_with_a_description():
-    result = harness_cli("methods")
+    result = harness_main("methods")
     assert result.returncode == 0
     lines = {line.split()[0]: line for line in result.stdout.splitlines()}
     assert "dpo" in lines and len(lines["dpo"].split()) > 1
@@ -99,13 +100,13 @@ def test_tiny_end_to_end_run(tiny_run_dir):
 
 def test_real_model_paths_fail_with_one_line_offline(tmp_path):
     """SD1.5 needs downloaded weights: offline, the user gets one line naming the model and the fix."""
-    result = harness_cli("run", "--methods", "dpo", "--preset", "sd15", "--pretrained", "--suites", "parti",
-                         "--max-prompts", "1", "--out", str(tmp_path))
+    result = harness_main("run", "--methods", "dpo", "--preset", "sd15", "--pretrained", "--suites", "parti",
+                          "--max-prompts", "1", "--out", str(tmp_path))
     assert result.returncode == 2, result.stderr[-2000:]
     error = result.stderr.strip().splitlines()[-1]
     assert "stable-diffusion-v1-5/stable-diffusion-v1-5" in error and "download" in error
     assert "Traceback" not in result.stderr
-    result = harness_cli("run", "--methods", "sft", "--preset", "sd15", "--pretrained", "--out", str(tmp_path))
+    result = harness_main("run", "--methods", "sft", "--preset", "sd15", "--pretrained", "--out", str(tmp_path))
     assert result.returncode == 2 and "no published weights for 'sft'" in result.stderr
 
 
@@ -113,23 +114,23 @@ def test_leaderboard_marks_the_metric_a_method_was_trained_on(tmp_path):
     results = build_results_dir(tmp_path / "results")  # dro's experts were ranked by pickscore
     trained = {("dro", suite, "pickscore") for suite in SUITES}
 
-    table = harness_cli("leaderboard", "--out", str(results))
+    table = harness_main("leaderboard", "--out", str(results))
     assert table.returncode == 0, table.stderr
     *rows, note = table.stdout.strip().splitlines()[1:]
     assert note == SIGNAL_NOTE
     assert {tuple(row.split()[:3]) for row in rows if SIGNAL_MARK in row} == trained
     assert all(row.split()[4].endswith(SIGNAL_MARK) for row in rows if SIGNAL_MARK in row)  # on the mean
 
-    marked = json.loads(harness_cli("leaderboard", "--out", str(results), "--format", "json").stdout)
+    marked = json.loads(harness_main("leaderboard", "--out", str(results), "--format", "json").stdout)
     assert {(r["method"], r["suite"], r["metric"]) for r in marked if r["trained_on_signal"]} == trained
     assert all(isinstance(r["trained_on_signal"], bool) for r in marked)
-    table = list(csv.DictReader(harness_cli("leaderboard", "--out", str(results), "--format", "csv").stdout.splitlines()))
+    table = list(csv.DictReader(harness_main("leaderboard", "--out", str(results), "--format", "csv").stdout.splitlines()))
     assert {(r["method"], r["suite"], r["metric"]) for r in table if r["trained_on_signal"] == "True"} == trained
 
     # A results directory of store schema 1 records no signals: the same numbers, nothing marked,
     # and reading it leaves it at schema 1.
     old = as_schema_1(results)
-    rows = json.loads(harness_cli("leaderboard", "--out", str(old), "--format", "json").stdout)
+    rows = json.loads(harness_main("leaderboard", "--out", str(old), "--format", "json").stdout)
     assert rows == [dict(r, trained_on_signal=False) for r in marked]
     with sqlite3.connect(old / "results.db") as db:
         assert db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == ("1",)
@@ -140,6 +141,7 @@ def test_leaderboard_marks_the_metric_a_method_was_trained_on(tmp_path):
 EXAMPLE_PLUGIN = str(Path(__file__).parents[1] / "examples" / "desirable_sft.py")
 
 
+@pytest.mark.slow  # three new interpreters
 def test_plugin_option_works_before_or_after_the_command(tmp_path):
     for args in (["--plugin", EXAMPLE_PLUGIN, "methods"], ["methods", "--plugin", EXAMPLE_PLUGIN]):
         result = harness_cli(*args)
@@ -254,6 +256,7 @@ def test_presets_show_each_description_and_main_settings(capsys):
     assert sd15.index("Stable Diffusion 1.5") == indent
 
 
+@pytest.mark.slow  # a reader process that closes its pipe
 def test_a_closed_pipe_ends_the_output_quietly(tmp_path):
     """`harness leaderboard ... | head -1`, or a pasted `--format table|csv` whose `csv` reads nothing."""
     import subprocess
@@ -267,6 +270,7 @@ def test_a_closed_pipe_ends_the_output_quietly(tmp_path):
     assert err == b"" and reader.returncode == 141
 
 
+@pytest.mark.slow  # a real harness run
 def test_progress_in_a_log_is_a_few_lines_not_redraws(tmp_path):
     """stdout and stderr to pipes, as `harness run > log 2>&1`: no carriage returns, a line per tenth."""
     result = harness_cli("run", "--preset", "tiny", "--methods", "dpo", "--set", "max_steps=30",

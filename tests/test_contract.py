@@ -75,7 +75,7 @@ def test_labelled_images_reach_the_loss_as_labels(tiny_model_dir, tmp_path):
     """From pairs: winners labelled 1, losers 0, every image once per epoch."""
     from harness.api import LabelledImages, Method
     from harness.trainer import Trainer, resolve_config, step_generator
-    from train_fixtures import write_pair_dir
+    from support.train_fixtures import write_pair_dir
 
     data = write_pair_dir(tmp_path / "data", n_pairs=3)
     method = Method(resolve_config("sft", "tiny", {"batch_size": 6}))
@@ -121,7 +121,7 @@ class MatchTheReference:
 def test_a_prompts_only_method_trains_on_captions_alone(tiny_model_dir, tmp_path, monkeypatch):
     from harness.api import METHODS
     from harness.trainer import train
-    from train_fixtures import write_expert_dir
+    from support.train_fixtures import write_expert_dir
 
     monkeypatch.setitem(METHODS._entries, "match-reference", MatchTheReference.make())
     data = write_expert_dir(tmp_path / "data", n=3)

@@ -17,6 +17,7 @@ from harness.store import Store
 APP = Path(__file__).resolve().parent.parent / "dashboard" / "app.py"
 
 
+@pytest.mark.slow  # a real harness run
 def test_the_curve_ends_on_the_final_number_in_the_store_tensorboard_and_dashboard(tmp_path, capsys, monkeypatch):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 

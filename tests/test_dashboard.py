@@ -34,7 +34,7 @@ from dashboard.views import PAGES
 from harness.errors import HarnessError
 from harness.stats import SIGNAL_MARK, SIGNAL_NOTE, leaderboard
 from harness.store import Store
-from results_fixture import (
+from support.results_fixture import (
     IMAGES_PER_PROMPT,
     METHODS,
     SUITES,

@@ -95,7 +95,7 @@ def test_experiments_need_names_of_their_own(tmp_path):
 
 
 def _two_experiments(tmp_path: Path) -> tuple[Path, Path]:
-    from results_fixture import build_results_dir
+    from support.results_fixture import build_results_dir
 
     return build_results_dir(tmp_path / "a"), build_results_dir(tmp_path / "b")
 
@@ -117,6 +117,7 @@ def test_side_by_side_rows_interleave_the_experiments_in_the_order_given(tmp_pat
     assert load_experiments(parse_experiments([f"B={b}", f"A={a}"])).methods == methods
 
 
+@pytest.mark.slow  # renders the figures, as tests/test_figures.py
 def test_figure_and_export_use_every_out_side_by_side(tmp_path, capsys):
     a, b = _two_experiments(tmp_path)
     figures, export = tmp_path / "figures", tmp_path / "export"

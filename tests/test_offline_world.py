@@ -24,7 +24,7 @@ from harness.errors import HarnessError
 from harness.models import load_pipeline
 from harness.scoring import get_scorer
 from harness.suites import get_suite
-from offline_world import HPDV2_STYLES, PICKAPIC_COLUMNS, pickapic_test_file, write_pickapic_v2
+from support.offline_world import HPDV2_STYLES, PICKAPIC_COLUMNS, pickapic_test_file, write_pickapic_v2
 
 PLUGIN = Path(__file__).parent / "plugins" / "tiny_scorer_archs.py"
 
@@ -187,6 +187,7 @@ def test_every_published_scorer_builds_from_the_tiny_weights(scorer_locations, n
     assert "+custom-" in scorer.version  # never stored as the published metric
 
 
+@pytest.mark.slow  # a new interpreter
 def test_the_plugin_registers_the_tiny_architecture_in_another_process(scorer_locations, harness_cache, tmp_path):
     images = random_images(1)
     for i, image in enumerate(images):

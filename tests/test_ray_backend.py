@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from conftest import harness_cli
-from faults.in_process import harness_main
+from support.cli import harness_main
 from faults.kills import stamps
 from harness.errors import HarnessError
 from harness.results import ResultsDir

@@ -1,7 +1,7 @@
 """The README's recipes run: every block marked ``<!-- recipe: NAME -->`` is executed here, in order, in one
 scratch directory, so a recipe that stops working fails CI.  Each command of a block is split as bash splits
 it (a backslash continues the line, ``#`` starts a comment); a ``harness`` command runs through the CLI's
-``main`` in this process (``faults.in_process``: a fresh process would spend most of its time importing
+``main`` in this process (``support.cli``: a fresh process would spend most of its time importing
 torch), a ``python`` one in a fresh Python, and a block with any other command fails the test.
 
 To stay fast the recipes run on the ``tiny`` preset, the toy world's random-init twin: the only change
@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from faults.in_process import harness_main
+from support.cli import harness_main
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"

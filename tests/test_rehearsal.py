@@ -13,7 +13,7 @@ steps instead of 5 / 10, one prompt of each suite, one image per prompt, 2 sampl
 evaluation. The SD1.5 shape's attention at 64x64 latents costs ~0.17 s per UNet call on a CPU core
 even at tiny widths (the SDXL shape's VAE ~1 s per 1024 px image), so the published compute, for
 four models, would take hours here.
-Every command runs through the CLI's ``main`` in this process (``faults.in_process``).
+Every command runs through the CLI's ``main`` in this process (``support.cli``).
 The random-weight PickScore gives cosines around 0, outside the published bounds for the real
 model's (0.115..0.282), so SmPO's bounds are widened here, and only here, to [-1, 1].
 """
@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from faults.in_process import harness_main
+from support.cli import harness_main
 from test_readme import readme_command
 
 PLUGIN = Path(__file__).resolve().parent / "plugins" / "tiny_scorer_archs.py"

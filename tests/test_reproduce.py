@@ -19,7 +19,8 @@ from harness.api.registry import SCORERS, SUITES
 from harness.reproduce import MISSING, ci_units, compare, format_report, reproduce
 from harness.run import RunOptions, leaderboard, validate
 from harness.store import Store
-from results_fixture import write_png
+from support.cli import harness_main
+from support.results_fixture import write_png
 
 PROMPTS = 8
 IMAGES = 2
@@ -143,7 +144,7 @@ def test_unet_and_local_suite_options_are_checked(tmp_path, tiny_model_dir):
 
 def test_missing_weights_fail_in_one_line_before_anything_is_made(tmp_path):
     out = tmp_path / "out"
-    result = harness_cli("reproduce", "--preset", "sd15", "--out", str(out))  # HF_HUB_OFFLINE=1 (conftest)
+    result = harness_main("reproduce", "--preset", "sd15", "--out", str(out))  # HF_HUB_OFFLINE=1 (conftest)
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
@@ -183,7 +184,7 @@ def test_reproduce_runs_local_checkpoints_and_prints_the_comparison(tmp_path, ti
     """The tiny preset with stand-in tables (a plugin), dpo's "published" UNet from a local download."""
     download = save_published_unet(tiny_model_dir, tmp_path / "dpo-download", shift=0.01)
     out = tmp_path / "out"
-    result = harness_cli("--plugin", str(Path(__file__).with_name("standin_tables.py")), "reproduce", "--preset", "tiny",
+    result = harness_cli("--plugin", str(Path(__file__).parent / "plugins" / "standin_tables.py"), "reproduce", "--preset", "tiny",
                          "--model", str(tiny_model_dir), "--unet", f"dpo={download}", "--out", str(out),
                          "--scorers", "toy-fidelity,toy-quality", "--max-prompts", "2", "--format", "json")
     assert result.returncode == 0, result.stderr[-3000:]

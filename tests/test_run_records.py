@@ -20,7 +20,7 @@ from harness.compute import JobClock
 from harness.run import RunOptions, run
 from harness.store import Store
 from harness.suites import get_suite
-from train_fixtures import write_pair_dir
+from support.train_fixtures import write_pair_dir
 
 APP = Path(__file__).resolve().parent.parent / "dashboard" / "app.py"
 
@@ -32,6 +32,7 @@ def test_the_toy_worlds_unseen_suite_has_no_training_caption(tiny_run_dir):
         ("base", "toy-unseen", 0), ("dpo", "toy-unseen", 0)]
 
 
+@pytest.mark.slow  # a real harness run
 def test_a_run_whose_captions_hold_unseen_prompts_records_the_count_and_warns(tmp_path, capsys):
     unseen = get_suite("toy-unseen").prompts
     data = write_pair_dir(tmp_path / "data")
@@ -160,6 +161,7 @@ def test_each_run_has_its_own_times_and_figures_in_the_store_the_cli_and_the_das
     assert cells.loc["base"].tolist()[1:] == printed["base"][2:] and cells.loc["dpo"].tolist()[1:] == printed["dpo"][2:]
 
 
+@pytest.mark.slow  # a real harness run
 def test_a_published_checkpoint_records_the_reward_its_training_used(tmp_path, tiny_model_dir):
     """--pretrained dro (the sd15 preset's released UNet, here a local stand-in): its experts were ranked by
     HPSv2, so that family is its training signal, recorded with the run and marked on the leaderboard."""
@@ -174,6 +176,7 @@ def test_a_published_checkpoint_records_the_reward_its_training_used(tmp_path, t
     assert "hpsv2" in signals["source"].iloc[0]
 
 
+@pytest.mark.slow  # a real harness run
 def test_a_recipe_that_starts_from_another_method_trains_it_first_without_evaluating_it(tmp_path):
     """SmPO's SD1.5 recipe starts from an SFT UNet: asked for smpo alone, the run trains sft first on the
     same data (it is no row of the leaderboard) and starts smpo's policy and reference from it."""

@@ -18,7 +18,7 @@ import pytest
 
 from harness.errors import HarnessError
 from harness.store import Store, export
-from results_fixture import (
+from support.results_fixture import (
     METHODS,
     SCORERS,
     TRAINING_SIGNALS,
@@ -297,6 +297,7 @@ WRITER = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow  # a writer process SIGKILLed mid-run
 def test_a_killed_writer_leaves_whole_transactions_and_a_rerun_completes(tmp_path: Path) -> None:
     batches, batch = 40, 500
     cmd = [sys.executable, "-c", WRITER, str(tmp_path), str(batches), str(batch)]

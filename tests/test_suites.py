@@ -233,11 +233,11 @@ def test_a_prompt_the_toy_scorer_cannot_read_is_refused_before_any_image(tmp_pat
 
 
 def test_suites_show_lists_a_suites_prompts_split_and_source(tmp_path):
-    from conftest import harness_cli
+    from support.cli import harness_main
 
     text = tmp_path / "prompts.txt"
     text.write_text("a red circle on the left\na blue square at the top\n")
-    result = harness_cli("suites", "--show", f"mine={text}:seen")
+    result = harness_main("suites", "--show", f"mine={text}:seen")
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert lines[0] == f"mine: seen, 2 prompts, v{get_suite(f'mine={text}').version}; prompts of {text}"

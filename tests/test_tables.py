@@ -180,6 +180,7 @@ def _require_pdflatex() -> str:
     pytest.skip("pdflatex is not installed (run .ci/install-tex.sh)")
 
 
+@pytest.mark.slow  # runs pdflatex
 def test_the_latex_compiles_and_fits_the_page(rows, category_rows, tmp_path: Path):
     """Every table, all columns and intervals on, the names full of LaTeX's special characters, among them one
     of 6 metrics (18 columns) and one per category with 12 categories (longer than a page): pdflatex makes a

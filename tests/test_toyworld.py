@@ -221,6 +221,7 @@ def test_imperfect_training_images_score_lower_than_clean_ones() -> None:
                     for im, c in zip(perfect, imperfect_dataset(40, Imperfection(0, 0, 0, 0, 0), seed=0)[1])]) > 0.9
 
 
+@pytest.mark.slow  # builds the base model's weights, twice
 def test_base_weights_build_is_reproducible_bit_for_bit(tmp_path, harness_cache) -> None:
     from toyworld.base import BuildSettings, build_weights, file_digest, pipeline_from_weights
 
@@ -235,6 +236,7 @@ def test_base_weights_build_is_reproducible_bit_for_bit(tmp_path, harness_cache)
     assert pipe.vae.config.scaling_factor > 0 and pipe.unet.dtype.is_floating_point
 
 
+@pytest.mark.slow  # samples and scores a suite
 def test_the_committed_base_model_draws_the_toy_world(harness_cache, tiny_model_dir) -> None:
     """The shipped base is mediocre, not random: its samples follow captions far better than a random-init model's."""
     import torch
@@ -271,6 +273,7 @@ def _tensors(path, prefix: str) -> dict:
     return {k: v for k, v in load_file(str(path)).items() if k.startswith(prefix)}
 
 
+@pytest.mark.slow  # builds the base model's weights, twice
 def test_flow_twin_build_is_reproducible_and_keeps_the_toy_vae(tmp_path, harness_cache) -> None:
     import torch
 
@@ -294,6 +297,7 @@ def test_flow_twin_build_is_reproducible_and_keeps_the_toy_vae(tmp_path, harness
     assert pipe.vae.config.latent_channels == pipe.transformer.config.in_channels == 4
 
 
+@pytest.mark.slow  # samples and scores a suite
 def test_the_committed_flow_twin_matches_its_metadata_and_draws_the_toy_world(harness_cache) -> None:
     """The shipped flow twin is the build its metadata describes, on the committed toy base's VAE, and mediocre,
     not random: its flow-Euler samples follow captions."""

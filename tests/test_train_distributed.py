@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from train_fixtures import write_expert_dir, write_pair_dir
+from support.train_fixtures import write_expert_dir, write_pair_dir
 
 SCRIPT = Path(__file__).with_name("dist_train_check.py")
 

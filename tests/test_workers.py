@@ -48,6 +48,7 @@ def _method_description(name: str) -> str:
     return registry.METHODS.get(name).description
 
 
+@pytest.mark.slow  # spawns new interpreters
 def test_spawned_workers_load_the_plugins(monkeypatch, tmp_path):
     """On a GPU machine workers are spawned, not forked (CUDA cannot be forked): they import the
     parent's plugins themselves.  Forked workers (a CPU) inherit them: the next test covers that."""

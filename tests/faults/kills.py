@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from faults.in_process import harness_main
+from support.cli import harness_main
 
 PLUGIN = Path(__file__).with_name("work_log_plugin.py")
 HARNESS = Path(sys.executable).with_name("harness")

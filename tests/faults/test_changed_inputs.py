@@ -1,7 +1,7 @@
 """Inputs edited in place since a run: the rerun is refused in one line naming what changed, before anything is
 made, never answered with the old numbers.  The data folder, a local ``--model`` directory and a prompt file of
 one real (small) run, each edited in turn; then `harness evaluate` of a UNet on another base model.  Every
-command runs in this process (``faults.in_process``): what is checked is what the commands decide."""
+command runs in this process (``support.cli``): what is checked is what the commands decide."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from faults.in_process import harness_main
+from support.cli import harness_main
 
 pytestmark = [pytest.mark.faults, pytest.mark.slow]
 

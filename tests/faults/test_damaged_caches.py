@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from faults.in_process import harness_main
+from support.cli import harness_main
 from faults.kills import HARNESS, Env, leaderboard_json, results_fingerprint, run_args
 
 pytestmark = [pytest.mark.faults, pytest.mark.slow]

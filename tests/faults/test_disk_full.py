@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from faults.in_process import harness_main
+from support.cli import harness_main
 from harness.atomic import DiskFullError, replacing
 from harness.store import Store
 

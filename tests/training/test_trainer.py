@@ -14,7 +14,7 @@ from harness.api import METHODS
 from harness.errors import HarnessError
 from harness.trainer import resolve_config, train
 from harness.trainer import train as train_method
-from train_fixtures import one_torch_thread, write_expert_dir, write_pair_dir  # noqa: F401 (autouse fixture)
+from support.train_fixtures import one_torch_thread, write_expert_dir, write_pair_dir  # noqa: F401 (autouse fixture)
 
 FAST = {"batch_size": 2, "lr": 1e-4, "scale_lr": False, "warmup_steps": 0}
 PER_METHOD = {"dpo": {}, "sft": {}, "smpo": {"inversion_steps": 3}, "dro": {"sampler_steps": 4, "ema_decay": 0.9}}

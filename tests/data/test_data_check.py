@@ -13,7 +13,7 @@ from harness import data_specs
 from harness.data import load_labelled, load_pairs
 from harness.data_check import check_data
 from harness.errors import HarnessError
-from train_fixtures import write_expert_dir, write_pair_dir
+from support.train_fixtures import write_expert_dir, write_pair_dir
 
 
 def _rows(path: Path) -> list[dict]:

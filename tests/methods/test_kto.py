@@ -1,12 +1,10 @@
-"""Diffusion-KTO: its loss against the formula in methods/kto.py's docstring, on small hand-computed tensors."""
+"""Diffusion-KTO: its loss against the formula in methods/kto.py's docstring, on small hand-computed tensors.  Its flow form (SD3) too."""
 
 from __future__ import annotations
 
 import math
-import os
+import multiprocessing
 import socket
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -14,9 +12,11 @@ import torch
 from harness import data_specs
 from harness.api import Cond, HarnessError
 from harness.trainer import resolve_config, train
-from methods.kto import (captions_of_the_previous_image, kto_batch_reference_point, kto_implicit_rewards, kto_loss,
-                         kto_mismatched_reference_point, mean_over_processes)
-from train_fixtures import one_torch_thread, write_pair_dir  # noqa: F401 (autouse fixture)
+from methods.kto import (KTO, KTOConfig, captions_of_the_previous_image, kto_batch_reference_point,
+                         kto_implicit_rewards, kto_loss, kto_mismatched_reference_point, mean_over_processes)
+from support.flow import LATENT, flow_batch, flow_models, logit_normal_sigmas, velocity_errors
+from support.train_fixtures import write_pair_dir
+from support.train_fixtures import one_torch_thread  # noqa: F401 (autouse fixture)
 
 
 def sigmoid(x: float) -> float:
@@ -52,26 +52,31 @@ def test_single_process_mean_is_the_value_itself():
 # Each rank's batch mean of g: 0.03 and -0.01.  Clamped per process the reference points would be 0.03 and 0;
 # over both processes, as the public code reduces it (diffusion-kto train_kto_sd_v1.5.py:1470-1471), it is
 # max(0, 0.01) = 0.01 on each.
-REFERENCE_POINT_ON_A_RANK = """
-import os, torch, torch.distributed as dist
-from methods.kto import kto_batch_reference_point
-dist.init_process_group("gloo")
-rewards = torch.tensor([[0.02, 0.04], [-0.03, 0.01]])[dist.get_rank()]
-print(kto_batch_reference_point(rewards).item())
-dist.destroy_process_group()
-"""
+def reference_point_on_a_rank(rank: int, port: int, results) -> None:
+    """One of two forked processes (forked: they start with torch imported): its rank's reference point, reduced
+    over both."""
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    rewards = torch.tensor([[0.02, 0.04], [-0.03, 0.01]])[rank]
+    results.put((rank, kto_batch_reference_point(rewards).item()))
+    dist.destroy_process_group()
 
 
 def test_batch_reference_point_is_the_mean_over_every_process():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "WORLD_SIZE": "2", "OMP_NUM_THREADS": "1"}
-    ranks = [subprocess.Popen([sys.executable, "-c", REFERENCE_POINT_ON_A_RANK], env={**env, "RANK": str(rank)},
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for rank in range(2)]
-    outputs = [rank.communicate(timeout=300) for rank in ranks]
-    assert all(rank.returncode == 0 for rank in ranks), outputs
-    assert [float(out.strip()) for out, _ in outputs] == [pytest.approx(0.01), pytest.approx(0.01)]
+    context = multiprocessing.get_context("fork")
+    results = context.Queue()
+    ranks = [context.Process(target=reference_point_on_a_rank, args=(rank, port, results)) for rank in range(2)]
+    for rank in ranks:
+        rank.start()
+    points = dict(results.get(timeout=300) for _ in ranks)
+    for rank in ranks:
+        rank.join(timeout=60)
+    assert [rank.exitcode for rank in ranks] == [0, 0]
+    assert points == {0: pytest.approx(0.01), 1: pytest.approx(0.01)}
 
 
 def test_kto_loss_matches_the_formula_on_hand_computed_values():
@@ -161,9 +166,9 @@ def test_two_steps_on_the_tiny_preset_train_from_labelled_winners_and_losers(ref
 # -- the published data and reference point (train_kto_sd_v1.5.py) ----------------------------------------
 def write_shared_image_pairs(path) -> object:
     """Three pairs over four images: a.png wins against b.png and loses to c.png; d.png loses to c.png."""
-    from train_fixtures import write_image
-
     import numpy as np
+
+    from support.train_fixtures import write_image
 
     path.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
@@ -253,3 +258,19 @@ def test_per_image_labels_on_pickapic_identify_images_by_uid_without_decoding_th
     datasets.Dataset.from_dict(table).save_to_disk(str(tmp_path / "no-uids"))
     with pytest.raises(HarnessError, match="per-image labels need the images' uids"):
         data_specs.examples(LabelledImages(per_image=True), tmp_path / "no-uids")
+
+
+def test_kto_on_flow_is_the_utility_of_velocity_error_rewards(flow_nets):
+    policy, reference, _ = flow_nets
+    labels = torch.tensor([1.0, 0.0, 1.0, 0.0])
+    batch = flow_batch(4, 4, seed=1, step_seed=11, labels=labels)
+    loss, _ = KTO(KTOConfig(beta=50.0, lambda_desirable=1.0, lambda_undesirable=2.0)).loss(batch, flow_models(flow_nets))
+    generator = torch.Generator().manual_seed(11)
+    sigma = logit_normal_sigmas(4, generator)  # each image its own sigma, then its own noise
+    eps = torch.randn((4, *LATENT), generator=generator)
+    g = (velocity_errors(reference, batch.latents, eps, sigma, batch.cond)
+         - velocity_errors(policy, batch.latents, eps, sigma, batch.cond))
+    z0 = g.mean().clamp(min=0)
+    weights, signs = torch.tensor([1.0, 2.0, 1.0, 2.0]), 2 * labels - 1
+    expected = (weights * (1 - torch.sigmoid(signs * 50.0 * (g - z0)))).mean()
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)

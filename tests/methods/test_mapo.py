@@ -1,4 +1,4 @@
-"""MaPO: its loss against the statement in methods/mapo.py, reference-freeness, and the direction it trains."""
+"""MaPO: its loss against the statement in methods/mapo.py, reference-freeness, and the direction it trains; its flow form (SD3)."""
 
 from __future__ import annotations
 
@@ -8,11 +8,13 @@ from contextlib import nullcontext
 
 import pytest
 import torch
+import torch.nn.functional as F
 
-from harness.api import Batch, Cond, Models
+from harness.api import Batch, Cond, HarnessError, Models, per_sample_error
 from harness.families import SD15
 from methods.mapo import MaPO, MaPOConfig, mapo_loss, mapo_margin, mapo_score
-from train_fixtures import one_torch_thread  # noqa: F401 (autouse fixture)
+from support.flow import T, flow_batch, flow_models, pair_draws, velocity_errors
+from support.train_fixtures import one_torch_thread  # noqa: F401 (autouse fixture)
 
 
 def published_score(error: float, snr_value: float) -> float:
@@ -107,7 +109,7 @@ def test_reference_network_is_never_called_and_each_image_costs_one_evaluation(t
 
 
 def test_loss_is_the_statement_over_the_policys_errors_at_one_t_and_noise_per_pair(tiny_models):
-    from harness.api import per_sample_error, randn_like
+    from harness.api import randn_like
 
     models, _ = recording_models(tiny_models)
     batch = pair_batch(2, seed=1)
@@ -142,7 +144,6 @@ def test_one_descent_step_widens_the_margin_for_the_chosen_image(tiny_models):
 @pytest.mark.parametrize("field, value, message", [("beta", -0.1, "beta must be at least 0"),
                                                    ("snr_value", 0.0, "snr_value must be positive")])
 def test_bad_settings_are_a_one_line_error(field, value, message):
-    from harness.api import HarnessError
 
     with pytest.raises(HarnessError, match=message):
         MaPOConfig(**{field: value}).validate()
@@ -154,7 +155,7 @@ def test_two_tiny_preset_steps_through_the_trainer_run_only_the_policy(tiny_mode
     from safetensors.torch import load_file
 
     from harness.trainer import train
-    from train_fixtures import write_pair_dir
+    from support.train_fixtures import write_pair_dir
 
     logged: list[tuple[int, dict]] = []
     result = train("mapo", base_model=tiny_model_dir, data_dir=write_pair_dir(tmp_path / "data"),
@@ -232,3 +233,17 @@ def test_pairs_flip_together_and_the_second_image_takes_the_firsts_size(tiny_mod
     _, independent = batches("mapo", random_flip=True, latent_sample=False, joint_pair_transform=False)
     assert any(f[:4] != f[4:] for f in [[key.endswith("-flip") for key in b.keys] for b in independent])
     assert not any("sized-like" in key for b in independent for key in b.keys)
+
+
+def test_mapo_on_flow_is_the_margin_loss_over_the_policys_velocity_errors(flow_nets):
+    policy, _, _ = flow_nets
+    batch = flow_batch(4, 2, seed=2, step_seed=12)
+    loss, _ = MaPO(MaPOConfig(beta=0.1, snr_value=0.5)).loss(batch, flow_models(flow_nets))
+    sigma, eps = pair_draws(batch)
+    err_w, err_l = velocity_errors(policy, batch.latents, eps, sigma, batch.cond.repeat(2)).chunk(2)
+
+    def score(e):  # the public form, finite at these errors
+        return 0.5 * e / (torch.exp(0.5 * e) - 1)
+
+    expected = err_w.mean() - 0.1 * F.logsigmoid(T * (score(err_w) - score(err_l))).mean()
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)

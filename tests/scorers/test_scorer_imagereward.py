@@ -17,7 +17,7 @@ from PIL import Image
 from harness.errors import HarnessError
 from harness.scoring import get_scorer
 from harness.testing.scorer_weights import IMAGEREWARD_SHAPES, imagereward_state_dict, save_imagereward
-from scorer_images import CLIP_MEAN, CLIP_STD, odd_sized_images, shortest_side_and_centre_crop
+from support.scorer_images import CLIP_MEAN, CLIP_STD, odd_sized_images, shortest_side_and_centre_crop
 
 SHAPE = IMAGEREWARD_SHAPES["tiny"]
 SIZE, PATCH, VOCAB = SHAPE.image_size, SHAPE.patch_size, list(SHAPE.vocab)

@@ -21,7 +21,7 @@ from harness.api.registry import SCORERS, UnknownEntryError, register_scorer
 from harness.scoring import get_scorer, same_signal
 from harness.scoring.pickscore import PickScore
 from harness.testing.scorer_weights import register_tiny_open_clip, save_aesthetic_head, save_hf_clip, save_open_clip
-from scorer_images import (
+from support.scorer_images import (
     CLIP_MEAN,
     CLIP_STD,
     OTHER_SIZES,

@@ -8,7 +8,7 @@ real loaders, exactly as it would read a downloaded copy:
   ``test_unique`` captions of the ``pickapic-test`` suite;
 - ``write_hpdv2_benchmark``: the HPDv2 benchmark prompts (``zhwang/HPDv2``) of the ``hpdv2`` suite.
 
-Tiny SD1.5- / SDXL-shaped pipelines are in ``harness.models`` (``TINY_SHAPES``) and scorer weights
+Tiny SD1.5- / SDXL-shaped pipelines are in ``harness.testing.tiny_models`` (``TINY_SHAPES``) and scorer weights
 in the official file layouts in ``harness.testing.scorer_weights`` (``save_scorer_set``).
 """
 
@@ -270,7 +270,7 @@ def _pickapic_card(sizes: dict[str, tuple[int, int]]) -> str:
         + f"  download_size: {total}\n  dataset_size: {total}\n---\n"
         "# Pick-a-Pic v2 (offline test copy)\n\n"
         "Seeded synthetic rows in the layout and schema of the hub dataset yuvalkirstain/pickapic_v2; "
-        "the images are generated shapes, the captions templates.  Written by tests/offline_world.py.\n"
+        "the images are generated shapes, the captions templates.  Written by tests/support/offline_world.py.\n"
     )
 
 

@@ -16,7 +16,7 @@ from harness.api import Experts, LabelledImages, Pairs
 from harness.data import (Expert, ImageLoader, content_key, load_experts, load_pairs, to_pixels,
                           top_k_experts, training_captions)
 from harness.errors import HarnessError
-from train_fixtures import one_torch_thread, write_expert_dir, write_pair_dir  # noqa: F401 (autouse fixture)
+from support.train_fixtures import one_torch_thread, write_expert_dir, write_pair_dir  # noqa: F401 (autouse fixture)
 
 
 def test_local_pairs_put_the_preferred_image_first_and_drop_ties(tmp_path):

@@ -1,7 +1,7 @@
 """Training and evaluating a flow-matching model: the shared trainer's options on the SD3.5-Medium-shaped tiny
 pipeline (``tiny-sd3``: an MMDiT transformer, two CLIP encoders, no T5), and `harness evaluate` of what it writes.
 
-The trainer's resume test runs every method on this pipeline too (tests/test_trainer.py)."""
+The trainer's resume test runs every method on this pipeline too (tests/training/test_trainer.py)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 
 from harness.api import METHODS
 from harness.trainer import resolve_config, train
-from train_fixtures import one_torch_thread, write_expert_dir, write_pair_dir  # noqa: F401 (autouse fixture)
+from support.train_fixtures import one_torch_thread, write_expert_dir, write_pair_dir  # noqa: F401 (autouse fixture)
 
 FAST = {"batch_size": 2, "lr": 1e-4, "scale_lr": False, "warmup_steps": 0}
 RANK, ALPHA = 4, 8.0  # a LoRA scale of 2: an export that forgot alpha / r would be off by a factor of 2
@@ -35,7 +35,8 @@ SD35_LOWERED = {"resolution": 32, "max_steps": 1, "batch_size": 2, "effective_ba
 SD35_METHOD_LOWERED = {"dro": {"expert_top_k": 2, "sampler_steps": 2}, "smpo": {"inversion_steps": 2}}
 
 
-@pytest.mark.parametrize("method", METHODS.names())
+# DPO's in the fast tier; every other method's (a new one included) with the slow tests.
+@pytest.mark.parametrize("method", [m if m == "dpo" else pytest.param(m, marks=pytest.mark.slow) for m in METHODS.names()])
 def test_every_sd35_recipe_trains_on_the_sd3_transformer(method, tiny_sd3_dir, pair_dir, tmp_path):
     """Each method's sd35 features (bf16, DRO's bf16 weights, EMA on the CPU and replay buffer from scored experts,
     SmPO's scored pairs and inversion, DPO's LoRA, checkpointing) on a flow-matching transformer."""
@@ -142,6 +143,7 @@ def _run_rows(out: Path, method: str) -> dict:
     return {row[:3] + (row[5],): (row[3], row[4], row[6]) for row in rows}
 
 
+@pytest.mark.slow  # a real harness evaluate
 def test_harness_evaluate_takes_a_trained_sd3_transformer_and_its_lora_adapters(lora_run, tiny_sd3_dir, tmp_path):
     """The merged transformer (--unet) and the adapters (--lora) are the same model: the same images, byte for byte."""
     from harness.cli import main
@@ -160,6 +162,7 @@ def test_harness_evaluate_takes_a_trained_sd3_transformer_and_its_lora_adapters(
         "FlowMatchEulerDiscreteScheduler"}
 
 
+@pytest.mark.slow  # builds and trains a second SD3 pipeline, with T5
 def test_a_pipeline_with_t5_loads_and_trains_with_it_and_harness_drop_t5_leaves_it_out(pair_dir, tmp_path, monkeypatch):
     from dataclasses import replace
 
