@@ -23,8 +23,8 @@ from PIL import Image
 
 from dashboard import views
 from dashboard.data import load_results, thumbnail
-from harness.stats import leaderboard
-from harness.store import Store
+from harness.results.stats import leaderboard
+from harness.results.store import Store
 
 MODELS = ("base", "dpo", "dro", "smpo")
 METRICS = ("pickscore", "hpsv2", "imagereward", "clip", "aesthetic")

@@ -46,7 +46,7 @@ def levels(batches: int) -> None:
     from diffusers import DDPMScheduler
 
     from harness.api import Cond
-    from harness.families import SD15
+    from harness.models.families import SD15
     from methods.dro import sample_trajectories
 
     # SD1.5's scheduler config (stable-diffusion-v1-5 scheduler/scheduler_config.json).
@@ -95,7 +95,7 @@ def adamw(steps: int) -> None:
     from safetensors.torch import load_file
 
     from harness.testing.tiny_models import save_tiny_pipeline
-    from harness.trainer import train
+    from harness.train.trainer import train
 
     root = Path(tempfile.mkdtemp(prefix="dro-adamw-"))
     sys_path = Path(__file__).resolve().parents[1] / "tests"

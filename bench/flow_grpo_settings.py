@@ -18,7 +18,7 @@ def lora_counts() -> None:
     from peft import LoraConfig
 
     from bench.train_step import SD35_TRANSFORMER
-    from harness.families import SD3
+    from harness.models.families import SD3
 
     for dual in (False, True):
         with torch.device("meta"):
@@ -31,8 +31,8 @@ def lora_counts() -> None:
 
 @torch.no_grad()
 def text_length_shift() -> None:
-    from harness.config import resolve_base_model
-    from harness.models import load_pipeline
+    from harness.plan.locations import resolve_base_model
+    from harness.models.loading import load_pipeline
 
     pipe = load_pipeline(resolve_base_model("toy-flow"))
     generator = torch.Generator().manual_seed(0)

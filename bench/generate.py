@@ -1,7 +1,7 @@
 """Does `harness generate` add anything on top of the diffusers pipeline?
 
 Times, in one process, on the same prompts, model and settings, interleaved repeat by repeat:
-  harness    harness.sampling.generate (per-image generators and latents, PNG + sha256 +
+  harness    harness.evaluation.sampling.generate (per-image generators and latents, PNG + sha256 +
              journal per image, batch-invariant numerics on CPU)
   pipeline   a plain StableDiffusionPipeline call per batch of the same size, PIL images
              returned and not saved (the baseline: ratio harness/pipeline, target >= 0.95)
@@ -26,11 +26,11 @@ from pathlib import Path
 import torch
 
 from harness.api.environment import cache_dir
-from harness.models import load_pipeline
+from harness.models.loading import load_pipeline
 from harness.testing.tiny_models import TinyPipelineConfig, save_tiny_pipeline
-from harness.sampling import generate, optimize_pipeline
+from harness.evaluation.sampling import generate, optimize_pipeline
 from harness.api.suite import Suite
-from harness.suites import get_suite
+from harness.evaluation.suites import get_suite
 
 SMALL = TinyPipelineConfig(image_size=64, block_out_channels=(64, 128, 256), layers_per_block=2, text_hidden_size=64)
 

@@ -16,8 +16,8 @@ import torch
 
 from harness.api import per_sample_error
 from harness.api.registry import BASE_MODELS
-from harness.families import family_of
-from harness.models import load_pipeline
+from harness.models.families import family_of
+from harness.models.loading import load_pipeline
 
 
 def main() -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 
 from harness.api import Cond
-from harness.families import SD15, SDXL
+from harness.models.families import SD15, SDXL
 from harness.testing.tiny_models import _scheduler
 from methods.smpo import inverse_timesteps, renoise_inversion
 

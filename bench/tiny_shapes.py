@@ -1,4 +1,4 @@
-"""How fast are the SD1.5- and SDXL-shaped tiny pipelines (``harness.models.TINY_SHAPES``) on one CPU thread?
+"""How fast are the SD1.5- and SDXL-shaped tiny pipelines (``harness.models.loading.TINY_SHAPES``) on one CPU thread?
 
 They stand in for the real models in the offline rehearsal of the sd15 / sdxl recipes, where
 their UNet and VAE run hundreds of times.  Prints, per shape, the best of --repeats timings (wall clock and CPU) of
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from harness.models import load_pipeline
+from harness.models.loading import load_pipeline
 from harness.testing.tiny_models import TINY_SHAPES, save_tiny_pipeline
 
 

@@ -51,7 +51,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from harness.testing.tiny_models import TinyPipelineConfig, save_tiny_pipeline  # noqa: E402
 from harness.api.registry import METHODS  # noqa: E402
-from harness.trainer import Trainer, resolve_config  # noqa: E402
+from harness.train.trainer import Trainer, resolve_config  # noqa: E402
 
 MID = TinyPipelineConfig(image_size=64, block_out_channels=(64, 128, 256), layers_per_block=2)
 
@@ -169,7 +169,7 @@ def sd15_dpo_step(unet_kind: str, device: str, rounds: int) -> None:
     from diffusers import DDPMScheduler, UNet2DConditionModel
 
     from harness.api.method import Batch, Cond
-    from harness.families import SD15
+    from harness.models.families import SD15
     from methods.dpo import DPO, DPOConfig
 
     shape = SD15_UNET if unet_kind == "sd15" else MID_UNET
@@ -215,8 +215,8 @@ def sd35_dpo_step(kind: str, device: str, rounds: int) -> None:
     from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel
 
     from harness.api.method import Batch, Cond
-    from harness.families import SD3
-    from harness.trainer import adapters_disabled
+    from harness.models.families import SD3
+    from harness.train.trainer import adapters_disabled
     from methods.dpo import DPO, DPOConfig
 
     shape = SD35_TRANSFORMER if kind == "sd35" else MID_TRANSFORMER

@@ -19,7 +19,7 @@ import pandas as pd
 
 from harness.atomic import replacing
 from harness.errors import HarnessError
-from harness.stats import VERDICTS
+from harness.results.stats import VERDICTS
 
 FORMATS = ("png", "svg", "pdf")
 PNG_SCALE = 2  # twice the on-screen pixels: sharp in print
@@ -71,7 +71,7 @@ def delta_chart(frame: pd.DataFrame, *, y_title: str, facet_title: str, x_title:
 
 
 def win_rate_chart(matrix: pd.DataFrame, order: Sequence[str], title: str = "") -> alt.LayerChart:
-    """Heatmap of ``harness.stats.win_rate_matrix``: cell [row, column] = the row method's win rate."""
+    """Heatmap of ``harness.results.stats.win_rate_matrix``: cell [row, column] = the row method's win rate."""
     cells = matrix.rename_axis(index="method", columns="against").stack(future_stack=True)
     cells = cells.rename("win_rate").reset_index()
     base = alt.Chart(cells).encode(
@@ -107,7 +107,7 @@ def image_grid_chart(grid: pd.DataFrame, methods: Sequence[str], px: int, title:
 
 
 def curve_chart(points: pd.DataFrame, methods: Sequence[str], y_title: str, title: str = "") -> alt.LayerChart:
-    """A metric over training steps (``harness.curves.curve_points`` of one suite and metric): a line per method
+    """A metric over training steps (``harness.evaluation.curves.curve_points`` of one suite and metric): a line per method
     through its means, its 95 % CI as a band."""
     base = alt.Chart(points).encode(x=alt.X("step:Q", title="training step"),
                                     color=alt.Color("method:N", sort=list(methods)))

@@ -16,9 +16,9 @@ from pathlib import Path
 import pandas as pd
 from PIL import Image
 
-from harness.curves import curve_points, split_snapshots
+from harness.evaluation.curves import curve_points, split_snapshots
 from harness.errors import HarnessError
-from harness.experiments import (
+from harness.results.experiments import (
     SEPARATOR,
     Experiment,
     check_comparable,
@@ -27,10 +27,10 @@ from harness.experiments import (
     qualified,
     versions_of,
 )
-from harness.results import ResultsDir
-from harness.stats import higher_is_better_of, signals_by_method, verdict
-from harness.store import Store
-from harness.tables import metric_label
+from harness.results.layout import ResultsDir
+from harness.results.stats import higher_is_better_of, signals_by_method, verdict
+from harness.results.store import Store
+from harness.results.tables import metric_label
 
 BASE = "base"
 OUT_ENV = "HARNESS_OUT"
@@ -74,11 +74,11 @@ class Results:
     checkpoints: pd.DataFrame
     overlaps: pd.DataFrame
     training_signals: pd.DataFrame
-    curve_scores: pd.DataFrame  # the scores of --eval-every's METHOD@STEP runs (harness.curves), none of the above's
+    curve_scores: pd.DataFrame  # the scores of --eval-every's METHOD@STEP runs (harness.evaluation.curves), none of the above's
     # Several results directories side by side (``load_experiments``): (name, directory) of each; their
     # methods are named NAME/method, their runs numbered anew, their image paths start with NAME/.
     experiments: tuple[tuple[str, Path], ...] = ()
-    # Each directory's last `harness verify` (harness.verify): (experiment name, "" for one directory, its record
+    # Each directory's last `harness verify` (harness.results.verify): (experiment name, "" for one directory, its record
     # or None: never verified).
     verified: tuple[tuple[str, dict | None], ...] = ()
 
@@ -108,7 +108,7 @@ FRAMES = ("scores", "images", "training", "runs", "checkpoints", "overlaps", "tr
 
 
 def load_experiments(experiments: Sequence[Experiment]) -> Results:
-    """One results directory as it is, or several side by side (``harness.experiments``), refused when a
+    """One results directory as it is, or several side by side (``harness.results.experiments``), refused when a
     suite or metric differs in version between them."""
     if len(experiments) == 1:
         return load_results(experiments[0].results.root)
@@ -157,7 +157,7 @@ def metric_labels(frame: pd.DataFrame) -> list[str]:
 
 
 def leaderboard_frame(rows: list[dict]) -> pd.DataFrame:
-    """``harness.stats.leaderboard`` rows as a frame with a ``metric_label`` column."""
+    """``harness.results.stats.leaderboard`` rows as a frame with a ``metric_label`` column."""
     board = pd.DataFrame(rows)
     if board.empty:
         return board
@@ -172,7 +172,7 @@ def statistics(results: Results, base: str = BASE, by: Sequence[str] = ()) -> pd
 
 
 def curves(results: Results, base: str = BASE) -> pd.DataFrame:
-    """``harness.curves.curve_points`` of every experiment shown (each against its own base), with a
+    """``harness.evaluation.curves.curve_points`` of every experiment shown (each against its own base), with a
     ``metric_label`` column."""
     scores = pd.concat([results.scores, results.curve_scores], ignore_index=True)
     parts = [(scores, base)] if not results.names else [
@@ -272,7 +272,7 @@ def category_label(category: str | None, n_prompts: int) -> str:
 def delta_frame(board: pd.DataFrame, label: str, *, y: str, facet: str) -> pd.DataFrame:
     """The rows of one metric that have a Δ vs the base, shaped for ``dashboard.charts.delta_chart``:
     columns y, facet (labels: method, suite, or a category with its prompt count), method, delta,
-    low, high (NaN where there is no interval), n_prompts and verdict (``harness.stats.verdict``)."""
+    low, high (NaN where there is no interval), n_prompts and verdict (``harness.results.stats.verdict``)."""
     rows = board[(board["metric_label"] == label) & board["delta_vs_base"].notna()]
 
     def labels(field: str) -> list[str]:

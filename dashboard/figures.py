@@ -23,8 +23,8 @@ from dashboard import charts
 from dashboard.data import delta_frame, direction_title, image_grid, load_experiments, spread_prompts, statistics
 from dashboard.server import check_results_dir
 from harness.errors import HarnessError
-from harness.experiments import SEPARATOR, Experiment, qualified
-from harness.stats import win_rate_matrix
+from harness.results.experiments import SEPARATOR, Experiment, qualified
+from harness.results.stats import win_rate_matrix
 
 GRID_PX = 128
 

@@ -9,13 +9,13 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from harness.errors import HarnessError
-from harness.experiments import Experiment
-from harness.results import ResultsDir
+from harness.results.experiments import Experiment
+from harness.results.layout import ResultsDir
 
 APP = Path(__file__).with_name("app.py")
 
 
-Shown = Path | Sequence[Experiment]  # a results directory, or several side by side (harness.experiments)
+Shown = Path | Sequence[Experiment]  # a results directory, or several side by side (harness.results.experiments)
 
 
 def _experiments(shown: Shown) -> list[Experiment]:

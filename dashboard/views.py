@@ -1,5 +1,5 @@
 """The dashboard's pages.  Each page is a function of the loaded ``Results``; the tables
-come from ``dashboard.data`` and the statistics from ``harness.stats``."""
+come from ``dashboard.data`` and the statistics from ``harness.results.stats``."""
 
 from __future__ import annotations
 
@@ -37,10 +37,10 @@ from dashboard.data import (
     thumbnail,
     verification_lines,
 )
-from harness.experiments import Experiment
-from harness.results import ResultsDir
-from harness.run_details import MISSING, run_details, shown_run_details
-from harness.stats import SIGNAL_MARK, SIGNAL_NOTE, win_rate_matrix
+from harness.results.experiments import Experiment
+from harness.results.layout import ResultsDir
+from harness.results.run_details import MISSING, run_details, shown_run_details
+from harness.results.stats import SIGNAL_MARK, SIGNAL_NOTE, win_rate_matrix
 
 HIGHLIGHT = "background-color: rgba(46, 160, 67, 0.30); font-weight: bold"
 THUMBNAIL_PX = 256

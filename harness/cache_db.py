@@ -4,7 +4,7 @@ The score cache (``DIR/cache/scores.sqlite``) and the data-score tables (``$HARN
 only spare work: whatever they lose is computed again.  So a damaged one (a truncated copy, garbage, a
 bad disk) is no reason to stop a run: it is renamed ``NAME.damaged-<UTC time>`` (kept for a post-mortem)
 and an empty one takes its place, with one warning line.  ``results.db`` is the record, not a cache,
-and never goes through here (``harness.store`` stops with an error instead).
+and never goes through here (``harness.results.store`` stops with an error instead).
 """
 
 from __future__ import annotations

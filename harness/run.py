@@ -1,15 +1,15 @@
 """`harness run`: train each method from one base, generate, score, store, rank.
 
-The run carries out its plan (``harness.plan``: every input checked and every model's config resolved once,
+The run carries out its plan (``harness.plan.planner``: every input checked and every model's config resolved once,
 before anything is created).  Each method's training is one job, and each model's evaluation (the base's and
-every trained method's: sample the suites, score the images; ``harness.evaluate``) another (``harness.jobs``,
-each of one plan entry).  The jobs run side by side in worker processes (``harness.workers``) and write to
+every trained method's: sample the suites, score the images; ``harness.evaluation.evaluate``) another (``harness.backends.jobs``,
+each of one plan entry).  The jobs run side by side in worker processes (``harness.backends.workers``) and write to
 the one results database: first the base's evaluation, which needs no training data (the toy preset makes
 the data in this process meanwhile), then the trainings, and each trained model's evaluation as soon as its
 training ends.
 
 Before the trainings, the data each method's published recipe needs is made here: DRO's
-experts ranked by a reward, SmPO's pair scores (``harness.data_steps``, cached and resumable),
+experts ranked by a reward, SmPO's pair scores (``harness.data.steps``, cached and resumable),
 or the toy world's synthesized data.  A method whose recipe starts from another method's UNet
 (SmPO on SD1.5 starts from SFT) is trained once that one is.  Which rewards shaped each method's
 training data is recorded with its run (the leaderboard marks those metrics).
@@ -26,33 +26,35 @@ from collections.abc import Sequence
 from concurrent.futures import Future
 from pathlib import Path
 
-from harness import curves, data_specs
+from harness.evaluation import curves
+
+from harness.data import specs as data_specs
 from harness.api.environment import cache_dir
 from harness.api.method import PublishedWeights
 from harness.api.preset import Preset
 from harness.backends import Backend
 from harness.backends.local import LocalBackend
 from harness.backends.ray import RayBackend
-from harness.config import resolve_base_model
-from harness.data import training_captions
+from harness.plan.locations import resolve_base_model
+from harness.data.readers import training_captions
 from harness.errors import HarnessError
-from harness.evaluate import BASE, get_or_create_run, recorded_model
-from harness.jobs import ModelJob
+from harness.evaluation.evaluate import BASE, get_or_create_run, recorded_model
+from harness.backends.jobs import ModelJob
 
 # `harness run` as a function (harness.api): its options and checks are the plan's
-from harness.plan import EVERY_METHOD, ModelEntry, Plan, RunOptions, recorded_runs, validate, validate_training  # noqa: F401
-from harness.preference_data import synthesis_settings, synthesize
-from harness.presets import get_preset, published_weights
+from harness.plan.planner import EVERY_METHOD, ModelEntry, Plan, RunOptions, recorded_runs, validate, validate_training  # noqa: F401
+from harness.data.synthesis import synthesis_settings, synthesize
+from harness.plan.presets import get_preset, published_weights
 from harness.progress import Stages as _Stages
 from harness.progress import say
-from harness.results import ResultsDir
+from harness.results.layout import ResultsDir
 from harness.scoring import same_signal
-from harness.stats import leaderboard as compute
-from harness.stats import signals_by_method
-from harness.store import Store
-from harness.suites import caption_overlap
-from harness.trainer import train
-from harness.workers import default_processes, one_cpu_thread
+from harness.results.stats import leaderboard as compute
+from harness.results.stats import signals_by_method
+from harness.results.store import Store
+from harness.evaluation.suites import caption_overlap
+from harness.train.trainer import train
+from harness.backends.workers import default_processes, one_cpu_thread
 
 
 def run(options: RunOptions) -> list[dict]:
@@ -145,7 +147,7 @@ def _say_curve_cost(plan: Plan) -> None:
 
 def open_backend(options: RunOptions, processes: int) -> Backend:
     """The backend ``options.backend`` names; ``processes``: the local pool's workers.  Chosen here, above the
-    backends: they run ``harness.jobs``, which reads the plan, whose checks include the backend's options."""
+    backends: they run ``harness.backends.jobs``, which reads the plan, whose checks include the backend's options."""
     if options.backend == "ray":
         return RayBackend(options.address)
     return LocalBackend(processes)
@@ -240,7 +242,7 @@ def _synthesize(preset: Preset, base_model: str, data_dir: Path, stage: _Stages)
 
 def leaderboard(out: Path, base: str = BASE, by: Sequence[str] = ()) -> list[dict]:
     """Leaderboard rows computed from a results directory's stored scores and training signals
-    (``by``: ``harness.stats.leaderboard``'s, e.g. ``["category"]``)."""
+    (``by``: ``harness.results.stats.leaderboard``'s, e.g. ``["category"]``)."""
     db = ResultsDir(out).db
     if not db.exists():
         raise HarnessError(f"no results in {out}: {db} does not exist (run `harness run --out {out}` first)")

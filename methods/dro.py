@@ -188,7 +188,7 @@ class DRO(Method):
     description = "Diffusion-DRO: expert demos vs the policy's own samples, hinge ranking loss (Wu et al. 2025)"
     Config = DROConfig
     # The repository's only recipe ranks its experts by HPSv2 (which of the paper's two expert settings the
-    # released UNet is, its README does not say: see harness/published.py).
+    # released UNet is, its README does not say: see harness/results/published.py).
     published = {"sd15": PublishedWeights("ylwu/diffusion-dro-sd1.5", signal="hpsv2",
                                           how="released DRO UNet: experts ranked by hpsv2 (the repository's recipe)")}
 

@@ -163,7 +163,7 @@ def small_sdxl_dir(harness_cache: Path) -> Path:
     """The SDXL-shaped pipeline at 128 px native (latents 16x16): SDXL's conditioning in fast tests.
 
     Not smaller: with 8x8 latents or less the UNet's deepest levels are 2x2 or 1x1, and on CPU their
-    results then depend by ~1e-6 on the batch size (see harness.sampling) and even on the weights'
+    results then depend by ~1e-6 on the batch size (see harness.evaluation.sampling) and even on the weights'
     memory (a deep copy of the UNet gives other outputs), which batch-invariance tests and the
     "policy == reference at step 1" checks see."""
     from dataclasses import replace

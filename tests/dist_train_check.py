@@ -16,7 +16,7 @@ import torch
 import torch.distributed as dist
 
 from harness.api.registry import METHODS
-from harness.trainer import Trainer, resolve_config
+from harness.train.trainer import Trainer, resolve_config
 
 
 class CheckedTrainer(Trainer):

@@ -31,9 +31,9 @@ def main() -> None:
     import torch
     import torch.distributed as dist
 
-    from harness.models import load_pipeline
+    from harness.models.loading import load_pipeline
     from harness.distributed import torchrun_process_group
-    from harness.sampling import generate
+    from harness.evaluation.sampling import generate
 
     model_dir, out_dir, batch_size = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3])
     images_per_prompt = int(sys.argv[4]) if len(sys.argv) > 4 else SETTINGS["images_per_prompt"]

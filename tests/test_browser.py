@@ -18,7 +18,7 @@ import pytest
 from PIL import Image
 
 from dashboard.data import curves, data_url, load_results, thumbnail
-from harness.stats import leaderboard
+from harness.results.stats import leaderboard
 from support.results_fixture import CURVE_STEPS, METHODS, SUITES, add_curve_runs, build_results_dir
 
 CHROMEDRIVER = Path("/usr/bin/chromedriver")

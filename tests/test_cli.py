@@ -12,8 +12,8 @@ from harness.cli.options import parse_overrides
 from harness.cli.output import format_table
 from harness.cli.parser import HelpFormatter
 from harness.errors import HarnessError
-from harness.stats import SIGNAL_MARK, SIGNAL_NOTE
-from harness.text_table import text_table
+from harness.results.stats import SIGNAL_MARK, SIGNAL_NOTE
+from harness.results.text_table import text_table
 from support.cli import harness_main
 from support.results_fixture import SUITES, as_schema_1, build_results_dir
 
@@ -158,7 +158,7 @@ def test_plugin_option_works_before_or_after_the_command(tmp_path):
 
 
 def _commands_and_options():
-    from harness.cli_reference import _commands
+    from harness.cli.reference import _commands
 
     for command in _commands(build_parser()):
         for action in command._actions:
@@ -213,10 +213,10 @@ def test_the_command_list_and_a_mistyped_command_load_no_heavy_library():
 
 
 def test_cli_reference_is_the_parser_s():
-    from harness.cli_reference import reference
+    from harness.cli.reference import reference
 
     written = (Path(__file__).parents[1] / "docs" / "cli.md").read_text(encoding="utf-8")
-    assert written == reference(), "docs/cli.md is out of date: python -m harness.cli_reference > docs/cli.md"
+    assert written == reference(), "docs/cli.md is out of date: python -m harness.cli.reference > docs/cli.md"
     assert "## `harness data experts`" in written and "`--grid-prompts GRID_PROMPTS`" in written
 
 

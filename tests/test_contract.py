@@ -63,9 +63,9 @@ def test_plugins_import_only_the_contract(path):
 def test_the_rule_is_checked_on_real_imports(tmp_path):
     """The walker sees imports inside functions and relative ones, so the two tests above could fail."""
     probe = ROOT / "methods" / "_probe_for_the_contract_test.py"
-    probe.write_text("from . import dpo\ndef f():\n    from harness.trainer import train\n    import toyworld.grammar\n")
+    probe.write_text("from . import dpo\ndef f():\n    from harness.train.trainer import train\n    import toyworld.grammar\n")
     try:
-        assert imported_modules(probe) == [(1, "methods"), (3, "harness.trainer"), (4, "toyworld.grammar")]
+        assert imported_modules(probe) == [(1, "methods"), (3, "harness.train.trainer"), (4, "toyworld.grammar")]
     finally:
         probe.unlink()
 
@@ -74,7 +74,7 @@ def test_the_rule_is_checked_on_real_imports(tmp_path):
 def test_labelled_images_reach_the_loss_as_labels(tiny_model_dir, tmp_path):
     """From pairs: winners labelled 1, losers 0, every image once per epoch."""
     from harness.api import LabelledImages, Method
-    from harness.trainer import Trainer, resolve_config, step_generator
+    from harness.train.trainer import Trainer, resolve_config, step_generator
     from support.train_fixtures import write_pair_dir
 
     data = write_pair_dir(tmp_path / "data", n_pairs=3)
@@ -120,7 +120,7 @@ class MatchTheReference:
 
 def test_a_prompts_only_method_trains_on_captions_alone(tiny_model_dir, tmp_path, monkeypatch):
     from harness.api import METHODS
-    from harness.trainer import train
+    from harness.train.trainer import train
     from support.train_fixtures import write_expert_dir
 
     monkeypatch.setitem(METHODS._entries, "match-reference", MatchTheReference.make())

@@ -8,11 +8,11 @@ import pytest
 from streamlit.dataframe_util import convert_arrow_bytes_to_pandas_df
 from streamlit.testing.v1 import AppTest
 
-from harness.curves import curve_points
+from harness.evaluation.curves import curve_points
 from harness.errors import HarnessError
-from harness.presets import get_preset
+from harness.plan.presets import get_preset
 from harness.run import RunOptions, run, validate
-from harness.store import Store
+from harness.results.store import Store
 
 APP = Path(__file__).resolve().parent.parent / "dashboard" / "app.py"
 

@@ -32,8 +32,8 @@ import dashboard.data
 from dashboard import serve
 from dashboard.views import PAGES
 from harness.errors import HarnessError
-from harness.stats import SIGNAL_MARK, SIGNAL_NOTE, leaderboard
-from harness.store import Store
+from harness.results.stats import SIGNAL_MARK, SIGNAL_NOTE, leaderboard
+from harness.results.store import Store
 from support.results_fixture import (
     IMAGES_PER_PROMPT,
     METHODS,
@@ -362,7 +362,7 @@ def test_every_page_renders_a_real_tiny_run(tiny_run_dir: Path, monkeypatch: pyt
 # as a run that is still generating and scoring would, until killed.
 WRITER = textwrap.dedent("""
     import itertools, sys, time
-    from harness.store import Store
+    from harness.results.store import Store
     with Store(sys.argv[1]) as store:
         run_id = store.get_or_create_run("dpo", method="dpo", preset="test", base_model="tiny-sd",
                                          config={"method": "dpo", "beta": 5000})

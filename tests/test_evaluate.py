@@ -16,7 +16,7 @@ import torch
 from conftest import harness_cli
 from harness.cli.output import format_table
 from harness.run import leaderboard
-from harness.stats import LOWER_MARK, LOWER_NOTE, leaderboard as statistics, paired_comparison, win_rate_matrix
+from harness.results.stats import LOWER_MARK, LOWER_NOTE, leaderboard as statistics, paired_comparison, win_rate_matrix
 
 PLUGIN = Path(__file__).resolve().parent / "plugins" / "toy_error.py"
 
@@ -59,13 +59,13 @@ def test_evaluating_a_runs_trained_unet_gives_the_runs_own_images_and_scores(tin
 @pytest.fixture(scope="module")
 def lora_training(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Path:
     """LoRA adapters on the tiny UNet, written by what `harness train` writes them with
-    (``harness.train_export``): final/lora, and the merged final/unet beside it.  Rank 4 and alpha 8
+    (``harness.train.export``): final/lora, and the merged final/unet beside it.  Rank 4 and alpha 8
     (a scale of 2); B drawn at random, where training would have moved it from zero."""
     from diffusers import UNet2DConditionModel
     from peft import LoraConfig
 
-    from harness.families import SD15
-    from harness.train_export import export_unet
+    from harness.models.families import SD15
+    from harness.train.export import export_unet
 
     unet = UNet2DConditionModel.from_pretrained(tiny_model_dir / "unet")
     unet.add_adapter(LoraConfig(r=4, lora_alpha=8, init_lora_weights="gaussian",
@@ -81,8 +81,8 @@ def lora_training(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path
 
 
 def test_lora_adapters_load_as_the_merged_unet_written_beside_them(lora_training, tiny_model_dir):
-    from harness.presets import get_preset
-    from harness.evaluate import Checkpoint, Protocol, load_checkpoint
+    from harness.plan.presets import get_preset
+    from harness.evaluation.evaluate import Checkpoint, Protocol, load_checkpoint
 
     protocol = Protocol.of(get_preset("tiny"))
     model = str(tiny_model_dir)

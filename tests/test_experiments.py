@@ -13,7 +13,7 @@ from streamlit.testing.v1 import AppTest
 
 from harness.cli import main
 from harness.errors import HarnessError
-from harness.experiments import parse_experiments
+from harness.results.experiments import parse_experiments
 from harness.run import leaderboard
 
 APP = Path(__file__).resolve().parent.parent / "dashboard" / "app.py"

@@ -1,4 +1,4 @@
-"""The model-family adapter (harness.families): each tiny stand-in is found as its family, from the pipeline, a
+"""The model-family adapter (harness.models.families): each tiny stand-in is found as its family, from the pipeline, a
 wrapper of it and its directory, and the family answers for it (its denoiser, its conditioning's shape, the
 samplers that fit, its LoRA targets); a pipeline of no family is one line."""
 
@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from harness.errors import HarnessError
-from harness.families import FAMILIES, SD3, SD15, SDXL, family_named, family_of, family_of_model
-from harness.models import load_pipeline
-from harness.sampling import SCHEDULERS
+from harness.models.families import FAMILIES, SD3, SD15, SDXL, family_named, family_of, family_of_model
+from harness.models.loading import load_pipeline
+from harness.evaluation.sampling import SCHEDULERS
 
 
 @pytest.fixture(scope="module")

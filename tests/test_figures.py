@@ -17,8 +17,8 @@ from streamlit.testing.v1 import AppTest
 from conftest import PARTI_CATEGORIES
 from dashboard.data import NO_INTERVAL, thumbnail
 from harness.cli import main
-from harness.stats import leaderboard, signals_by_method
-from harness.store import Store
+from harness.results.stats import leaderboard, signals_by_method
+from harness.results.store import Store
 
 pytestmark = pytest.mark.slow
 APP = Path(__file__).resolve().parent.parent / "dashboard" / "app.py"

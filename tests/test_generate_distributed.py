@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from generate_worker import SETTINGS, case_suite
-from harness.models import load_pipeline
-from harness.sampling import MANIFEST_NAME, generate
+from harness.models.loading import load_pipeline
+from harness.evaluation.sampling import MANIFEST_NAME, generate
 
 
 @pytest.mark.distributed

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from harness.errors import HarnessError
-from harness.models import load_pipeline
+from harness.models.loading import load_pipeline
 from harness.testing.tiny_models import clip_tokenizer, save_tiny_pipeline, TinyPipelineConfig
 
 PROMPTS = [

@@ -8,7 +8,7 @@ import torch
 
 from harness.api import HarnessError, per_sample_error
 from harness.api.noise import FlowMatching
-from harness.families import SD3, SD15
+from harness.models.families import SD3, SD15
 from support.flow import LATENT, T, grid_sigma
 from support.train_fixtures import one_torch_thread  # noqa: F401 (autouse fixture)
 

@@ -19,11 +19,11 @@ import pytest
 import torch
 from PIL import Image
 
-from harness.data import load_pairs, training_captions
+from harness.data.readers import load_pairs, training_captions
 from harness.errors import HarnessError
-from harness.models import load_pipeline
+from harness.models.loading import load_pipeline
 from harness.scoring import get_scorer
-from harness.suites import get_suite
+from harness.evaluation.suites import get_suite
 from support.offline_world import HPDV2_STYLES, PICKAPIC_COLUMNS, pickapic_test_file, write_pickapic_v2
 
 PLUGIN = Path(__file__).parent / "plugins" / "tiny_scorer_archs.py"

@@ -1,4 +1,4 @@
-"""The plan (``harness.plan``): every model's config resolved once per command, and `harness run --dry-run`."""
+"""The plan (``harness.plan.planner``): every model's config resolved once per command, and `harness run --dry-run`."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-import harness.trainer
+import harness.train.trainer
 from harness.cli import main
 
 # The smallest real run: the tiny preset trains 2 steps; 2 prompts of one suite, 1 image each.
@@ -19,14 +19,14 @@ def resolved(monkeypatch, tmp_path) -> Path:
     """A file with one line per ``resolve_config`` call, naming the method, from this process and the workers it
     forks (they inherit the patched function)."""
     log = tmp_path / "resolved.log"
-    resolve = harness.trainer.resolve_config
+    resolve = harness.train.trainer.resolve_config
 
     def counted(method, *args, **kwargs):
         with log.open("a") as file:
             file.write(method + "\n")
         return resolve(method, *args, **kwargs)
 
-    monkeypatch.setattr(harness.trainer, "resolve_config", counted)
+    monkeypatch.setattr(harness.train.trainer, "resolve_config", counted)
     return log
 
 
@@ -95,10 +95,10 @@ LAYER = ["run", "plan", "jobs", "backends", "backends.local", "backends.ray", "c
 
 def test_no_import_cycle_among_the_run_its_plan_jobs_backends_and_curves():
     """Every import, at the top or inside a function (those for type checking only aside): the backends run
-    ``harness.jobs``, and nothing below imports the run or another module's private functions."""
+    ``harness.backends.jobs``, and nothing below imports the run or another module's private functions."""
     import ast
 
-    harness_dir = Path(harness.trainer.__file__).parent
+    harness_dir = Path(harness.train.trainer.__file__).parent
     modules = {name: harness_dir / (name.replace(".", "/") + ("/__init__.py" if name == "backends" else ".py"))
                for name in LAYER}
 

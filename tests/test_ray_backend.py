@@ -17,7 +17,7 @@ from conftest import harness_cli
 from support.cli import harness_main
 from faults.kills import stamps
 from harness.errors import HarnessError
-from harness.results import ResultsDir
+from harness.results.layout import ResultsDir
 
 ray = pytest.importorskip("ray", reason="the Ray backend needs Ray: pip install '.[ray]'")
 pytestmark = pytest.mark.slow  # a Ray cluster and runs on it
@@ -27,7 +27,7 @@ pytestmark = pytest.mark.slow  # a Ray cluster and runs on it
 # run's batches: the tiny model's numbers depend on the batch size.
 IMAGES_PER_PROMPT = 3
 # The preset's two scorers and a lower-is-better one (its direction must reach the store from the actors too);
-# --eval-every 1: dpo's UNets of steps 1 and 2 evaluated too, as runs dpo@1 and dpo@2 (harness.curves).
+# --eval-every 1: dpo's UNets of steps 1 and 2 evaluated too, as runs dpo@1 and dpo@2 (harness.evaluation.curves).
 SCORERS = ("toy-fidelity", "toy-quality", "toy-error")
 LOWER_IS_BETTER = Path(__file__).parent / "plugins" / "toy_error.py"
 RUN = ("--plugin", str(LOWER_IS_BETTER), "run", "--preset", "tiny", "--methods", "dpo", "--images-per-prompt",

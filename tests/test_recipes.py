@@ -21,12 +21,12 @@ import pytest
 from harness.api.registry import METHODS, PRESETS
 from harness.cli import main
 from harness.errors import HarnessError
-from harness.presets import RECIPES, get_preset
-from harness.recipes import EVALUATION, read_recipe, recipe_rows, recipe_table
-from harness.trainer import resolve_config
+from harness.plan.presets import RECIPES, get_preset
+from harness.plan.recipes import EVALUATION, read_recipe, recipe_rows, recipe_table
+from harness.train.trainer import resolve_config
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "methods.md"
-TABLE_START = "<!-- recipe table: generated from methods/recipes/ by harness.recipes.recipe_table -->"
+TABLE_START = "<!-- recipe table: generated from methods/recipes/ by harness.plan.recipes.recipe_table -->"
 TABLE_END = "<!-- end of recipe table -->"
 ROWS = recipe_rows(RECIPES)
 
@@ -223,7 +223,7 @@ def test_smpo_sd15_sft_start_is_marked_ours_with_its_source_and_the_way_round(ca
 
 def test_run_with_smpo_init_unet_starts_from_it_and_trains_no_sft(tmp_path):
     """--set smpo.init_unet=DIR (the authors' SFT UNet, say) replaces the sft chain of the sd15 recipe."""
-    from harness.plan import RunOptions, plan_trainings
+    from harness.plan.planner import RunOptions, plan_trainings
 
     def plan(overrides):
         options = RunOptions(methods=["smpo"], out=tmp_path, preset="sd15", overrides=overrides)

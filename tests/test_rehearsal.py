@@ -85,7 +85,7 @@ def test_published_recipes_run_end_to_end_offline(shape, request, tmp_path, pick
     # starts from the base.
     smpo_state = json.loads((out / "models" / "smpo" / "final" / "trainer_state.json").read_text())
     sft = out / "models" / "sft" / "final" / "unet"
-    init_unet = smpo_state["config"]["init_unet"]  # recorded by path and content (harness.identity)
+    init_unet = smpo_state["config"]["init_unet"]  # recorded by path and content (harness.results.identity)
     assert (init_unet["path"] if init_unet else None) == (str(sft.resolve()) if shape == "sd15" else None)
     assert smpo_state["config"]["pair_scorer"] == "pickscore-cosine"
     dro_state = json.loads((out / "models" / "dro" / "final" / "trainer_state.json").read_text())

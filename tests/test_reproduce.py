@@ -12,13 +12,13 @@ import pytest
 
 from conftest import harness_cli
 from harness.cli.options import parse_unets
-from harness.presets import get_preset, published_weights
+from harness.plan.presets import get_preset, published_weights
 from harness.errors import HarnessError
-from harness.published import DRO_SD15
+from harness.results.published import DRO_SD15
 from harness.api.registry import SCORERS, SUITES
-from harness.reproduce import MISSING, ci_units, compare, format_report, reproduce
+from harness.results.reproduce import MISSING, ci_units, compare, format_report, reproduce
 from harness.run import RunOptions, leaderboard, validate
-from harness.store import Store
+from harness.results.store import Store
 from support.cli import harness_main
 from support.results_fixture import write_png
 

@@ -17,8 +17,8 @@ from PIL import Image
 
 from generate_worker import SETTINGS, case_suite
 from harness.errors import HarnessError
-from harness.models import load_pipeline
-from harness.sampling import MANIFEST_NAME, generate, image_seed, optimize_pipeline
+from harness.models.loading import load_pipeline
+from harness.evaluation.sampling import MANIFEST_NAME, generate, image_seed, optimize_pipeline
 from harness.api import Prompt, Suite
 
 N_IMAGES = len(case_suite()) * SETTINGS["images_per_prompt"]
@@ -238,7 +238,7 @@ def test_shards_generated_apart_merge_to_the_same_bytes(pipe, tmp_path):
     """``shard=(r, W)`` (the Ray backend's split of a suite: independent jobs, no process group): each shard
     makes whole batches of a one-process run and returns its own rows, in any order, and ``merge_shards``
     writes that run's manifest; the bytes are that run's even where the model's numbers depend on the batch."""
-    from harness.sampling import merge_shards, shard_count
+    from harness.evaluation.sampling import merge_shards, shard_count
 
     whole = generate(pipe, case_suite(), tmp_path / "whole", batch_size=3, progress=False, **SETTINGS)
     assert shard_count(len(case_suite()), SETTINGS["images_per_prompt"], 3) == 4  # 10 images in batches of 3

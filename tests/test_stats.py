@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from harness.errors import HarnessError
-from harness.stats import (
+from harness.results.stats import (
     VERDICTS,
     best_flags,
     bootstrap_mean_ci,
@@ -67,7 +67,7 @@ def test_summary_matches_numpy_and_ci_is_the_textbook_one(base_values):
 
 def percentile_bootstrap(per_prompt: list[np.ndarray], n_boot: int, seed: int) -> tuple[float, float, float]:
     """(2.5th, 97.5th percentile, std) of the image-level mean over prompts drawn with replacement,
-    written independently of harness.stats: a resample is a multinomial count of draws per prompt."""
+    written independently of harness.results.stats: a resample is a multinomial count of draws per prompt."""
     sums = np.array([values.sum() for values in per_prompt])
     sizes = np.array([len(values) for values in per_prompt], dtype=float)
     n = len(per_prompt)

@@ -17,7 +17,7 @@ import pandas as pd
 import pytest
 
 from harness.errors import HarnessError
-from harness.store import Store, export
+from harness.results.store import Store, export
 from support.results_fixture import (
     METHODS,
     SCORERS,
@@ -29,7 +29,7 @@ from support.results_fixture import (
     score_rows,
 )
 
-# The contract with harness.stats and the lead's orchestrator, spelled out independently of store.py.
+# The contract with harness.results.stats and the lead's orchestrator, spelled out independently of store.py.
 SCORES_COLUMNS = ["run_id", "method", "suite", "split", "metric", "metric_version", "scale", "higher_is_better",
                   "prompt_id", "category", "image_index", "seed", "path", "value"]
 
@@ -283,7 +283,7 @@ def test_a_schema_1_database_is_read_as_is_and_upgraded_when_opened_for_writing(
 # killed at any moment.  Rerunning it must fill in exactly what is missing.
 WRITER = textwrap.dedent("""
     import sys
-    from harness.store import Store
+    from harness.results.store import Store
     out, batches, batch = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
     with Store(out) as store:
         run_id = store.get_or_create_run("dpo", method="dpo", preset=None, base_model="tiny", config={})
@@ -355,7 +355,7 @@ def test_export_rejects_unknown_format_and_missing_results(results_dir: Path, tm
 def test_a_journal_records_a_jobs_writes_for_the_owner_of_the_database_to_make(tmp_path: Path) -> None:
     """A job on a Ray worker must not open results.db (another machine: SQLite's locks do not hold):
     its Store records its writes in a journal file, which the driver replays into the database."""
-    from harness.store import StoreJournal
+    from harness.results.store import StoreJournal
 
     db = tmp_path / "out" / "results.db"
     with Store(db) as store:

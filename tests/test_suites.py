@@ -10,7 +10,7 @@ import pytest
 
 from harness.errors import HarnessError
 from harness.api import Prompt, Suite
-from harness.suites import caption_overlap, check_suite_name, get_suite, list_suites, normalize_caption
+from harness.evaluation.suites import caption_overlap, check_suite_name, get_suite, list_suites, normalize_caption
 
 SHIPPED_PARTI = Path(__file__).parents[1] / "prompts" / "PartiPrompts.tsv"
 # sha256 of PartiPrompts.tsv as github.com/google-research/parti publishes it (unchanged since its first
@@ -220,7 +220,7 @@ def test_an_unknown_suite_says_how_to_give_ones_own_prompts(tmp_path):
 
 
 def test_a_prompt_the_toy_scorer_cannot_read_is_refused_before_any_image(tmp_path):
-    from harness.evaluate import check_prompts_scorable
+    from harness.evaluation.evaluate import check_prompts_scorable
 
     text = tmp_path / "prompts.txt"
     text.write_text("a red circle on the left\nan orange square at the top\n")

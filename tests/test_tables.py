@@ -16,8 +16,8 @@ import pandas as pd
 import pytest
 
 from harness.errors import HarnessError
-from harness.stats import leaderboard
-from harness.tables import latex_escape, markdown_escape, paper_tables, to_latex, to_markdown
+from harness.results.stats import leaderboard
+from harness.results.tables import latex_escape, markdown_escape, paper_tables, to_latex, to_markdown
 
 NASTY_METHOD = "my_method 100% & #1"
 NASTY_CATEGORY = "Food & Beverage_2 #x 5%"

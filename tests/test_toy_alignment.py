@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from harness.stats import bootstrap_mean_ci
+from harness.results.stats import bootstrap_mean_ci
 from toyworld.flip_check import flip_pairs
 from toyworld.grammar import training_captions
 from toyworld.presets import TOY_DATA, TOY_GENERATION
@@ -24,8 +24,8 @@ IMAGES_PER_PROMPT = 4
 
 def fidelity_of(model_dir: Path, unet: Path | None, out: Path) -> tuple[np.ndarray, np.ndarray]:
     """toy-fidelity of IMAGES_PER_PROMPT evaluation images per caption, and each image's prompt id."""
-    from harness.models import load_pipeline
-    from harness.sampling import generate
+    from harness.models.loading import load_pipeline
+    from harness.evaluation.sampling import generate
     from harness.scoring import get_scorer, score_images
     from harness.api import Prompt, Suite
 
@@ -39,9 +39,9 @@ def fidelity_of(model_dir: Path, unet: Path | None, out: Path) -> tuple[np.ndarr
 
 @pytest.mark.slow
 def test_dpo_on_flipped_labels_ends_below_the_base(harness_cache, tmp_path) -> None:
-    from harness.preference_data import synthesize
+    from harness.data.synthesis import synthesize
     from toyworld.base import ensure_base_model
-    from harness.trainer import train
+    from harness.train.trainer import train
 
     base = ensure_base_model(harness_cache)
     data = synthesize(base, CAPTIONS, tmp_path / "data", **TOY_DATA)

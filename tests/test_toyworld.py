@@ -79,7 +79,7 @@ def test_held_out_combinations_are_new_combinations_of_seen_attributes() -> None
 
 
 def test_suites_match_the_grammar() -> None:
-    from harness.suites import get_suite
+    from harness.evaluation.suites import get_suite
 
     seen, unseen = get_suite("toy-seen"), get_suite("toy-unseen")
     assert (seen.split, unseen.split) == ("seen", "unseen")
@@ -241,8 +241,8 @@ def test_the_committed_base_model_draws_the_toy_world(harness_cache, tiny_model_
     """The shipped base is mediocre, not random: its samples follow captions far better than a random-init model's."""
     import torch
 
-    from harness.models import load_pipeline
-    from harness.sampling import generate
+    from harness.models.loading import load_pipeline
+    from harness.evaluation.sampling import generate
     from harness.scoring import get_scorer
     from harness.api import Prompt, Suite
     from toyworld.base import COMMITTED_WEIGHTS, ensure_base_model
@@ -305,8 +305,8 @@ def test_the_committed_flow_twin_matches_its_metadata_and_draws_the_toy_world(ha
 
     import torch
 
-    from harness.models import load_pipeline
-    from harness.sampling import generate
+    from harness.models.loading import load_pipeline
+    from harness.evaluation.sampling import generate
     from harness.scoring import get_scorer
     from harness.api import Prompt, Suite
     from toyworld.base import (COMMITTED_WEIGHTS, FLOW_BUILD_SETTINGS, FLOW_PIPELINE_CONFIG, FLOW_WEIGHTS,
@@ -349,8 +349,8 @@ def test_toy_flow_is_the_toy_protocol_on_the_flow_twin() -> None:
     import dataclasses
 
     from harness.api import METHODS, PRESETS
-    from harness.recipes import own_recipe
-    from harness.trainer import resolve_config
+    from harness.plan.recipes import own_recipe
+    from harness.train.trainer import resolve_config
 
     toy, flow = PRESETS.get("toy")(), PRESETS.get("toy-flow")()
     assert (flow.base_model, flow.method_settings_from, flow.generation.scheduler) == ("toy-flow", "toy", "flow-euler")
@@ -370,8 +370,8 @@ def test_presets_and_method_entries_name_real_settings() -> None:
     import inspect
 
     from harness.api import METHODS, PRESETS, TrainConfig
-    from harness.preference_data import synthesize
-    from harness.recipes import own_recipe
+    from harness.data.synthesis import synthesize
+    from harness.plan.recipes import own_recipe
     from toyworld.presets import TOY_DATA, TOY_GENERATION
 
     shared = {f.name for f in dataclasses.fields(TrainConfig)}

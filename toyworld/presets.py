@@ -24,7 +24,7 @@ TOY_GENERATION = GenerationSettings(images_per_prompt=4, suite_images_per_prompt
                                     num_inference_steps=10, guidance_scale=3.0, height=32, width=32, batch_size=48,
                                     scheduler="ddim")
 
-# harness.preference_data.synthesize(...): 8 base samples of each of the 72 training captions,
+# harness.data.synthesis.synthesize(...): 8 base samples of each of the 72 training captions,
 # 8 pairs per caption labelled by the noisy panel; raters care mostly about the prompt (3:1).
 # The panel sees the two rewards only: the preset's third scorer, toy-exact, stays a held-out judge.
 TOY_DATA = {
@@ -39,7 +39,7 @@ TOY_DATA = {
     "batch_size": 48,
 }
 
-# Each method's own settings under these presets: <preset>/<method>.toml (harness.recipes).
+# Each method's own settings under these presets: <preset>/<method>.toml (harness.plan.recipes).
 RECIPES = Path(__file__).resolve().parent / "recipes"
 
 TOY_METHOD_DEFAULTS = {

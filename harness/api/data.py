@@ -15,7 +15,7 @@ A method declares its data with one of these objects (``Method.data``, or
   replacement so that ``desirable_share`` of the draws are desirable, or uniformly without.
 - ``PromptsOnly()``: captions alone, for methods that make their own images.
 
-Each spec holds only its parameters: ``harness.data_specs`` reads a source into the spec's examples
+Each spec holds only its parameters: ``harness.data.specs`` reads a source into the spec's examples
 (caption, images, per-image scores and labels) and makes what ``harness run`` needs from a source first
 (its data steps), dispatched on the spec's type, so neither the trainer nor the run knows any spec.
 """

@@ -5,7 +5,7 @@ declares the data it trains on (a ``DataSpec``: ``Pairs()``, ``Experts(...)``,
 ``LabelledImages()``, ``PromptsOnly()``), a ``Config`` dataclass with its paper's
 hyper-parameters (it extends ``TrainConfig``, the knobs every method shares), and its
 loss on a batch.  Its settings under each preset (the papers' GPU recipes and the scaled-down
-``toy`` / ``tiny`` worlds alike) are data, a recipe file per preset (``harness/recipes.py``).  The trainer owns
+``toy`` / ``tiny`` worlds alike) are data, a recipe file per preset (``harness/plan/recipes.py``).  The trainer owns
 everything else: models, data, encoding caches, precision, distribution, checkpoints;
 what of it a method may use is the ``TrainingContext`` and the ``Models`` below.
 
@@ -202,7 +202,7 @@ class Models:
     policy without gradients (DRO's sampler; SmPO's ``policy`` inversion).  ``process``
     (a ``NoiseProcess``) is the forward process of the training ``scheduler``: timesteps, noisy inputs
     and targets.  ``denoise(network, x, t, hidden, added)`` calls a network of the base model's family
-    (``harness.families.ModelFamily.denoise``), its inputs already in the network's dtype.
+    (``harness.models.families.ModelFamily.denoise``), its inputs already in the network's dtype.
     """
 
     def __init__(
@@ -326,7 +326,7 @@ class Method:
     """Base class of a training method.  Subclasses set the class attributes and ``loss``.
 
     A method's settings under a preset are its recipe, ``<method>.toml`` in the preset's recipe folders
-    (``harness.recipes``), applied on top of the settings the preset gives every method
+    (``harness.plan.recipes``), applied on top of the settings the preset gives every method
     (``Preset.method_defaults``); a one-file plugin may give them inline instead, ``presets``: a preset's
     name -> its settings there, without sources.  A method with neither for a preset whose scale differs
     from the papers' (``toy``, ``tiny``) trains with the preset's defaults alone, and the harness warns that

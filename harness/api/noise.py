@@ -11,7 +11,7 @@ the same kind of number for every base model, and one loss formula serves both f
   the network predicts the velocity ``eps - x0``; its timestep input is ``sigma * T``.
 
 Each process is built from the training scheduler (``from_scheduler``); the model's family
-(``harness.families``) picks which.  Timesteps are what the network receives (an integer index,
+(``harness.models.families``) picks which.  Timesteps are what the network receives (an integer index,
 or ``sigma * T`` as a float), so a method stores and passes them around without knowing which family it trains.
 """
 

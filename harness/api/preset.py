@@ -4,9 +4,9 @@ A preset names the base model, how the training data is obtained, the prompt sui
 the scorers, the evaluation protocol, and the settings every method trains with under
 it (``method_defaults``: a shared recipe such as SDXL's Adafactor and 1024 px, or a
 scaled-down world's step counts).  Each method's own settings for the preset are data: a
-recipe file per method in the preset's recipe folders (``recipes``; ``harness/recipes.py``),
+recipe file per method in the preset's recipe folders (``recipes``; ``harness/plan/recipes.py``),
 so a new preset is a folder of recipes plus its ``Preset``.  Presets are registered with ``@register_preset(name)``
-on a function that builds one: the papers' in ``harness/presets.py``, the toy world's
+on a function that builds one: the papers' in ``harness/plan/presets.py``, the toy world's
 in its own package.
 """
 
@@ -47,13 +47,13 @@ class Preset:
     generation: GenerationSettings
     # Training data: a directory / hub id, or "synthesize" (sample the base on ``training_captions``,
     # label with the preset's scorers, or with ``synthesize["scorers"]`` where those are fewer: a scorer the labels
-    # never see stays a held-out judge; ``synthesize`` holds harness.preference_data.synthesize's settings).
+    # never see stays a held-out judge; ``synthesize`` holds harness.data.synthesis.synthesize's settings).
     data: str
     synthesize: dict[str, Any] = field(default_factory=dict)
     training_captions: Callable[[], list[str]] | None = None  # a module-level function (runs in workers)
     max_prompts: int | None = None  # cap on prompts per suite (fast presets)
     # Folders of this preset's recipes, ``<method>.toml`` each: a method's own settings under it, every value with
-    # its source (harness.recipes).  A plugin's preset gives its own: ``(Path(__file__).parent / "recipes",)``.
+    # its source (harness.plan.recipes).  A plugin's preset gives its own: ``(Path(__file__).parent / "recipes",)``.
     recipes: tuple[Path, ...] = ()
     # Settings every method trains with under this preset, before the method's own entry for it.
     method_defaults: dict[str, Any] = field(default_factory=dict)

@@ -4,7 +4,7 @@ Built-in entries live in ordinary packages (``methods/``, ``harness/scoring/``,
 ``prompts/``): every module of those packages is imported the first time a
 registry is consulted, so adding a method is adding one file.  Third-party
 packages add entries in two ways: an entry point of the registry's own group
-(``harness.methods``, ``harness.scorers``, ``harness.suites``, ``harness.presets``,
+(``harness.methods``, ``harness.scorers``, ``harness.evaluation.suites``, ``harness.plan.presets``,
 ``harness.base_models``) naming one object, or a module in the ``harness.plugins``
 group, imported whole so that its ``@register_*`` decorators run (a *world*: the
 toy world registers its scorers, suites, presets and base model this way).
@@ -157,7 +157,7 @@ METHODS: Registry[type[Method]] = Registry("method", "harness.methods", ("method
 SCORERS: Registry[type[Scorer]] = Registry("scorer", "harness.scorers", ("harness.scoring",))
 SUITES: Registry[Callable[..., Suite]] = Registry("suite", "harness.suites", ("prompts",))
 # A preset is registered as a function building it (presets are cheap, but read as plain data).
-PRESETS: Registry[Callable[[], Preset]] = Registry("preset", "harness.presets", ("harness.presets",))
+PRESETS: Registry[Callable[[], Preset]] = Registry("preset", "harness.presets", ("harness.plan.presets",))
 # Base models that are built here rather than downloaded: a function returning the model's directory.
 BASE_MODELS: Registry[Callable[[], str]] = Registry("base model", "harness.base_models",
                                                    ("harness.testing.tiny_models",))

@@ -1,12 +1,12 @@
-"""The local backend: the run's jobs on this machine's worker processes (``harness.workers``)."""
+"""The local backend: the run's jobs on this machine's worker processes (``harness.backends.workers``)."""
 
 from __future__ import annotations
 
 from collections.abc import Collection
 from concurrent.futures import Future
 
-from harness.jobs import ModelJob, evaluate_job, train_job
-from harness.workers import WorkerPool
+from harness.backends.jobs import ModelJob, evaluate_job, train_job
+from harness.backends.workers import WorkerPool
 
 
 class LocalBackend:

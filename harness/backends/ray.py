@@ -5,24 +5,24 @@ What runs where:
   one writer of ``results.db`` and of the score cache: a worker may be on another machine, where
   SQLite's locks on the shared results directory do not hold.
 - A method's training is one Ray task asking for a GPU (a CPU on a CPU cluster).  It runs the
-  local job (``harness.jobs.train_job``) with its store writes recorded in a journal file in the
-  results directory (``harness.store.StoreJournal``), which the driver makes while the training
+  local job (``harness.backends.jobs.train_job``) with its store writes recorded in a journal file in the
+  results directory (``harness.results.store.StoreJournal``), which the driver makes while the training
   runs (the dashboard shows live curves) and at its end.
-- A model's evaluation is ``harness.evaluate.evaluate`` (the local job's: the run's status, its
+- A model's evaluation is ``harness.evaluation.evaluate.evaluate`` (the local job's: the run's status, its
   stage lines, its cost) run by the driver with its two parts split over the cluster: one shard per free GPU
   (CPU), each a task that loads the pipeline once and generates its part of every suite
   (``generate_suites(..., shard=)``: whole batches of the one-process run, each image with its
   seed, so the bytes are that run's); the driver merges the shards' manifests and records the
   images; then scorer actors, one per free GPU (CPU), each loading a scorer once, score what the
   score cache lacks, reading the images from the results directory, in the local run's batches
-  (the same numbers); the driver records the scores (``harness.evaluate.score_rows``).
+  (the same numbers); the driver records the scores (``harness.evaluation.evaluate.score_rows``).
 
 A worker process that dies (killed, out of memory, its machine lost) is retried by Ray (a task
 runs again, an actor restarts and its call runs again), up to ``RETRIES`` times; the retry
 resumes as a rerun does (checkpoints, generation journals, the score cache), so the results do
 not change and no row is written twice.  A job that fails (a Python exception) stops the run,
 as locally; rerun the same command to resume.  On a CPU every job runs with one thread, as
-locally (``harness.workers``), so the numbers are the local run's.
+locally (``harness.backends.workers``), so the numbers are the local run's.
 
 The results directory (``--out``) must be on storage every node sees at the same path, and so
 must ``--plugin`` files and local model directories (docs/scaling.md).
@@ -44,17 +44,17 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from harness.api.registry import load_plugin, loaded_plugins
-from harness.compute import GPUS_PER_JOB, JobClock
+from harness.results.compute import GPUS_PER_JOB, JobClock
 from harness.errors import HarnessError
-from harness.evaluate import Checkpoint, Protocol, evaluate, generate_suites, score_rows
-from harness.jobs import evaluate_job, train_job
+from harness.evaluation.evaluate import Checkpoint, Protocol, evaluate, generate_suites, score_rows
+from harness.backends.jobs import evaluate_job, train_job
 from harness.progress import say
-from harness.results import ResultsDir
-from harness.sampling import merge_shards, shard_count
+from harness.results.layout import ResultsDir
+from harness.evaluation.sampling import merge_shards, shard_count
 from harness.scoring import get_scorer, score_images
 from harness.scoring.cache import SCORE_BATCH, ScoreCache
-from harness.store import Store, StoreJournal
-from harness.workers import one_cpu_thread, quiet_libraries, wait_any
+from harness.results.store import Store, StoreJournal
+from harness.backends.workers import one_cpu_thread, quiet_libraries, wait_any
 
 RETRIES = 3  # times a job whose worker died runs again
 JOURNAL_POLL_S = 5.0  # how often the driver makes the writes a running training recorded
@@ -121,13 +121,13 @@ class RayBackend:
 
     def _evaluate(self, name: str, run_id: int, checkpoint: Checkpoint, protocol: Protocol, results: ResultsDir,
                   stage: Callable[[str], None]) -> None:
-        """``harness.evaluate.evaluate``, with its generation in shards on the workers, its scoring on actors."""
+        """``harness.evaluation.evaluate.evaluate``, with its generation in shards on the workers, its scoring on actors."""
         evaluate(name, run_id, checkpoint, protocol, results, stage, generate=self._generate, score=self._score,
                  clock=lambda: JobClock(on_gpu=False))  # the driver holds no GPU: the workers' hours are added
 
     def _generate(self, name: str, run_id: int, checkpoint: Checkpoint, protocol: Protocol, results: ResultsDir,
                   store: Any) -> dict[str, list[dict]]:
-        """``harness.evaluate.generate_suites``, in shards of whole batches, one per free GPU (CPU)."""
+        """``harness.evaluation.evaluate.generate_suites``, in shards of whole batches, one per free GPU (CPU)."""
         n_shards = max(1, min(self._free_slots(), _most_batches(protocol)))
         say(f"   {name}: generation in {n_shards} shard{'s' * (n_shards > 1)}")
         refs = [self.generate_shard.options(**self.slot, max_retries=RETRIES,
@@ -145,7 +145,7 @@ class RayBackend:
 
     def _score(self, name: str, run_id: int, manifests: dict[str, list[dict]], scorers: Sequence[str],
                scorer_options: Mapping[str, Mapping[str, Any]], results: ResultsDir, store: Any) -> None:
-        """``harness.evaluate.score_suites``, what the score cache lacks scored on actors, one per free GPU (CPU)."""
+        """``harness.evaluation.evaluate.score_suites``, what the score cache lacks scored on actors, one per free GPU (CPU)."""
         n_images = sum(len(rows) for rows in manifests.values())
         actors = [self.scorers.options(**self.slot, max_restarts=RETRIES, max_task_retries=RETRIES).remote(self.setup)
                   for _ in range(max(1, min(self._free_slots(), math.ceil(n_images / SCORE_BATCH))))]
@@ -334,7 +334,7 @@ def _most_batches(protocol: Protocol) -> int:
 
 def _merged_images(results: ResultsDir, shards: list[list[dict]]) -> dict[str, tuple[dict, list[dict]]]:
     """By suite: the ``add_images`` call the shards recorded, with every shard's rows in prompt order, and the
-    suite's manifest rows, the manifest written from them (``harness.sampling.merge_shards``)."""
+    suite's manifest rows, the manifest written from them (``harness.evaluation.sampling.merge_shards``)."""
     suites: dict[str, dict] = {}
     for entries in shards:
         for entry in entries:

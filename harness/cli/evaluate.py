@@ -8,9 +8,9 @@ from pathlib import Path
 from harness.cli import options
 from harness.cli.output import print_leaderboard
 from harness.cli.parser import Commands
-from harness.evaluate import EvaluateOptions, evaluate_checkpoint, plan_evaluation
+from harness.evaluation.evaluate import EvaluateOptions, evaluate_checkpoint, plan_evaluation
 from harness.libraries import quiet_libraries
-from harness.results import ResultsDir
+from harness.results.layout import ResultsDir
 from harness.run import leaderboard
 
 

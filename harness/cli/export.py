@@ -7,7 +7,7 @@ from pathlib import Path
 
 from harness.cli import options
 from harness.cli.parser import Commands
-from harness.store import export_experiments
+from harness.results.store import export_experiments
 
 
 def cmd_export(args: argparse.Namespace) -> int:

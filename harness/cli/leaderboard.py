@@ -8,8 +8,8 @@ from harness.cli import options
 from harness.cli.output import print_leaderboard
 from harness.cli.parser import Commands
 from harness.errors import HarnessError
-from harness.experiments import load_leaderboard
-from harness.tables import FORMATS, check_statistics
+from harness.results.experiments import load_leaderboard
+from harness.results.tables import FORMATS, check_statistics
 
 
 def cmd_leaderboard(args: argparse.Namespace) -> int:

@@ -8,10 +8,10 @@ import json
 import sys
 from typing import Any
 
-from harness.run_details import MISSING
-from harness.stats import LOWER_MARK, LOWER_NOTE, SIGNAL_MARK, SIGNAL_NOTE
-from harness.tables import DEFAULT_STATISTICS, paper_tables, to_latex, to_markdown
-from harness.text_table import text_table
+from harness.results.run_details import MISSING
+from harness.results.stats import LOWER_MARK, LOWER_NOTE, SIGNAL_MARK, SIGNAL_NOTE
+from harness.results.tables import DEFAULT_STATISTICS, paper_tables, to_latex, to_markdown
+from harness.results.text_table import text_table
 
 LEADERBOARD_COLUMNS = [
     "method",
@@ -40,8 +40,8 @@ def print_leaderboard(
     by: str | None = None,
     statistics: list[str] | None = None,
 ) -> None:
-    """Print ``rows`` (harness.stats.leaderboard's) in ``fmt``: table, csv, json, latex or markdown.  ``base``,
-    ``by``, ``statistics``: the paper tables' (harness.tables); ``ci``: intervals beside the values."""
+    """Print ``rows`` (harness.results.stats.leaderboard's) in ``fmt``: table, csv, json, latex or markdown.  ``base``,
+    ``by``, ``statistics``: the paper tables' (harness.results.tables); ``ci``: intervals beside the values."""
     if fmt in ("latex", "markdown"):
         print(
             (to_latex if fmt == "latex" else to_markdown)(

@@ -9,7 +9,7 @@ from pathlib import Path
 from harness.cli import options
 from harness.cli.parser import Commands
 from harness.libraries import quiet_libraries
-from harness.reproduce import format_report, reproduce
+from harness.results.reproduce import format_report, reproduce
 
 
 def cmd_reproduce(args: argparse.Namespace) -> int:

@@ -9,9 +9,9 @@ from harness.cli import options
 from harness.cli.output import print_leaderboard
 from harness.cli.parser import Commands
 from harness.libraries import quiet_libraries
-from harness.plan import describe
-from harness.presets import get_preset
-from harness.results import ResultsDir
+from harness.plan.planner import describe
+from harness.plan.presets import get_preset
+from harness.results.layout import ResultsDir
 from harness.run import EVERY_METHOD, run_validated, validate
 
 

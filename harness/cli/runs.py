@@ -7,9 +7,9 @@ import argparse
 from harness.cli import options
 from harness.cli.parser import Commands
 from harness.errors import HarnessError
-from harness.results import ResultsDir
-from harness.run_details import format_run_details, run_details
-from harness.store import Store
+from harness.results.layout import ResultsDir
+from harness.results.run_details import format_run_details, run_details
+from harness.results.store import Store
 
 
 def cmd_runs(args: argparse.Namespace) -> int:

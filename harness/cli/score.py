@@ -8,8 +8,8 @@ from pathlib import Path
 from harness.cli import options
 from harness.cli.output import print_leaderboard
 from harness.cli.parser import Commands
-from harness.external_images import ScoreOptions, plan_scoring, score_external
-from harness.results import ResultsDir
+from harness.evaluation.external_images import ScoreOptions, plan_scoring, score_external
+from harness.results.layout import ResultsDir
 from harness.run import leaderboard
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from harness.cli import options
 from harness.cli.parser import Commands
 from harness.libraries import quiet_libraries
-from harness.presets import get_preset
+from harness.plan.presets import get_preset
 from harness.run import EVERY_METHOD, RunOptions, train_alone, validate_training
 
 

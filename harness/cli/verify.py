@@ -8,7 +8,7 @@ from pathlib import Path
 from harness.api.environment import cache_dir
 from harness.cli import options
 from harness.cli.parser import Commands
-from harness.verify import run_verify
+from harness.results.verify import run_verify
 
 
 def cmd_verify(args: argparse.Namespace) -> int:

@@ -1,6 +1,6 @@
 """Score cache: an image is scored once per scorer version, whatever path it lives at.
 
-The key is the image's content hash (what ``harness.sampling`` writes as ``sha256`` in the
+The key is the image's content hash (what ``harness.evaluation.sampling`` writes as ``sha256`` in the
 manifest), the prompt it was scored against, and the scorer's name and version.  A regenerated
 image has a new hash and is rescored; an unchanged one, even moved or copied, never is.
 """

@@ -1,5 +1,5 @@
 """Tiny Stable-Diffusion-shaped pipelines built offline from configs and saved with ``save_pretrained``, so the
-real loading path (``harness.models.load_pipeline``) runs without downloads; their tokenizer is the real CLIP BPE
+real loading path (``harness.models.loading.load_pipeline``) runs without downloads; their tokenizer is the real CLIP BPE
 tokenizer, rebuilt from the vocabulary file that ``open_clip_torch`` ships.  Registers the ``tiny`` and
 ``tiny-sd3`` base models.
 """

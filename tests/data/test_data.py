@@ -11,9 +11,9 @@ import pytest
 import torch
 from PIL import Image
 
-from harness import data_specs
+from harness.data import specs as data_specs
 from harness.api import Experts, LabelledImages, Pairs
-from harness.data import (Expert, ImageLoader, content_key, load_experts, load_pairs, to_pixels,
+from harness.data.readers import (Expert, ImageLoader, content_key, load_experts, load_pairs, to_pixels,
                           top_k_experts, training_captions)
 from harness.errors import HarnessError
 from support.train_fixtures import one_torch_thread, write_expert_dir, write_pair_dir  # noqa: F401 (autouse fixture)
@@ -138,8 +138,8 @@ def test_top_k_counts_each_image_once(tmp_path):
 
 
 def test_feature_cache_is_content_keyed_and_reused(tiny_model_dir, tmp_path):
-    from harness.models import load_pipeline
-    from harness.train_features import FeatureEncoder
+    from harness.models.loading import load_pipeline
+    from harness.train.features import FeatureEncoder
 
     write_pair_dir(tmp_path / "d", n_pairs=2)
     sources = [tmp_path / "d" / "0_0.png", tmp_path / "d" / "0_1.png"]
@@ -169,8 +169,8 @@ def test_feature_cache_is_content_keyed_and_reused(tiny_model_dir, tmp_path):
 def test_cached_latents_do_not_depend_on_what_was_cached_before(tiny_model_dir, tmp_path):
     """A first run killed after caching some images, then rerun, must see the features of an uninterrupted
     run: each entry is computed alone, whatever else was encoded in the same call."""
-    from harness.models import load_pipeline
-    from harness.train_features import FeatureEncoder
+    from harness.models.loading import load_pipeline
+    from harness.train.features import FeatureEncoder
 
     write_pair_dir(tmp_path / "d", n_pairs=4)
     sources = sorted((tmp_path / "d").glob("*.png"))

@@ -1,4 +1,4 @@
-"""Training data checked before training (harness.data_check): every image a row names exists and
+"""Training data checked before training (harness.data.check): every image a row names exists and
 decodes, labels are numbers, a summary line; bad rows refused by file and line, or left out and counted."""
 
 from __future__ import annotations
@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-import harness.data_check
-from harness import data_specs
-from harness.data import load_labelled, load_pairs
-from harness.data_check import check_data
+import harness.data.check
+from harness.data import specs as data_specs
+from harness.data.readers import load_labelled, load_pairs
+from harness.data.check import check_data
 from harness.errors import HarnessError
 from support.train_fixtures import write_expert_dir, write_pair_dir
 
@@ -62,7 +62,7 @@ def test_a_second_check_of_unchanged_data_decodes_nothing_and_an_edit_is_checked
     def no_decoding(source):
         raise AssertionError(f"decoded {source} again")
 
-    monkeypatch.setattr(harness.data_check, "decode_image", no_decoding)
+    monkeypatch.setattr(harness.data.check, "decode_image", no_decoding)
     assert check_data(data).summary() == "pairs 4 read, 1 tie skipped, 0 unreadable"
     monkeypatch.undo()
     (data / "2_0.png").write_bytes(b"not an image any more")
@@ -90,7 +90,7 @@ def test_a_hub_dataset_is_not_checked_image_by_image(tmp_path):
 def test_pickapic_labels_given_as_text_are_refused_not_dropped_as_ties(tmp_path):
     import datasets
 
-    from harness.data import PickapicPairs
+    from harness.data.readers import PickapicPairs
 
     table = datasets.Dataset.from_dict({"caption": ["a"], "jpg_0": [b""], "jpg_1": [b""], "label_0": ["1"]})
     with pytest.raises(HarnessError, match=r"^dataset column label_0 holds string, not numbers"):

@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from harness import data_specs
+from harness.data import specs as data_specs
 from harness.api import Pairs
-from harness.data import load_experts
-from harness.data_steps import experts_recipe, score_training_images, select_experts
+from harness.data.readers import load_experts
+from harness.data.steps import experts_recipe, score_training_images, select_experts
 from harness.errors import HarnessError
 from harness.api.registry import register_scorer
-from harness.score_table import ScoreTable
+from harness.data.score_table import ScoreTable
 from harness.api.scorer import Scorer
 
 CALLS: list[int] = []  # images per score() call of the scorer below

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from harness.errors import HarnessError
-from harness.preference_data import noisy_label, synthesize
+from harness.data.synthesis import noisy_label, synthesize
 
 CAPTIONS = ["a red circle on the left", "a blue square at the top", "a white triangle in the center"]
 
@@ -64,7 +64,7 @@ def test_synthesize_writes_pairs_experts_and_scores(synthesized) -> None:
 
 
 def test_the_trainer_side_reads_the_synthesized_data(synthesized) -> None:
-    from harness.data import load_experts, load_pairs
+    from harness.data.readers import load_experts, load_pairs
 
     out, _ = synthesized
     rows = read_jsonl(out / "pairs.jsonl")
@@ -96,7 +96,7 @@ def _data_files(data_dir: Path) -> dict[str, bytes]:
 
 
 def test_data_made_once_is_copied_from_the_cache(synthesized, tiny_model_dir: Path, tmp_path: Path, monkeypatch) -> None:
-    import harness.preference_data as preference_data
+    import harness.data.synthesis as preference_data
 
     _, settings = synthesized
     cache = tmp_path / "cache"
@@ -120,7 +120,7 @@ def test_the_cache_key_follows_the_model_files_and_skips_hub_models(synthesized,
     import os
     import shutil
 
-    from harness.preference_data import _cache_entry
+    from harness.data.synthesis import _cache_entry
 
     _, settings = synthesized
     model = shutil.copytree(tiny_model_dir, tmp_path / "model")

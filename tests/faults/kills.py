@@ -204,7 +204,7 @@ def stamps(out: Path) -> dict[str, tuple[int, int]]:
 
 
 def _recorded_images(out: Path) -> dict[str, tuple[int, int]]:
-    """Images that count as done (``harness.sampling``'s layout): a manifest or journal row whose
+    """Images that count as done (``harness.evaluation.sampling``'s layout): a manifest or journal row whose
     file is on disk with the recorded sha256.  A file written but not yet recorded is redone."""
     files = image_files(out)
     done = {}

@@ -79,7 +79,7 @@ def _empty_lora(directory: Path) -> None:
 def _tiny_run_results(directory: Path) -> None:
     """A results directory whose base model was evaluated with the tiny preset, and read since (as by
     `harness leaderboard`): a reader leaves SQLite's -wal and -shm files beside the database."""
-    from harness.store import Store
+    from harness.results.store import Store
 
     with Store(directory / "old") as store:
         store.get_or_create_run("base", method="base", preset="tiny", base_model="tiny",
@@ -91,7 +91,7 @@ def _damaged_results(directory: Path) -> None:
     """A results database cut short, as an interrupted copy leaves it: its first pages (the schema) are whole."""
     import sqlite3
 
-    from harness.store import Store
+    from harness.results.store import Store
 
     with Store(directory / "old") as store:
         for n in range(40):
@@ -106,7 +106,7 @@ def _recorded_run(directory: Path, base_model: str | dict, runs: dict[str, dict]
                   images_of: str | None = None) -> None:
     """A results directory `old/` as `harness run --preset tiny` records it: the base's run on ``base_model``
     (with one image of suite ``images_of``, made from prompts that differ from today's) and ``runs``."""
-    from harness.store import Store
+    from harness.results.store import Store
 
     with Store(directory / "old") as store:
         for name, config in {"base": {}, **(runs or {})}.items():
@@ -196,7 +196,7 @@ def _network_config(built: str, component: str, folder: str) -> Callable[[Path],
     """A folder holding the config of a built model's denoising network: its family is in the config, and a
     mismatch is found before any weights load."""
     def make(directory: Path) -> None:
-        from harness.config import resolve_base_model
+        from harness.plan.locations import resolve_base_model
 
         (directory / folder).mkdir()
         config = Path(resolve_base_model(built)) / component / "config.json"

@@ -19,7 +19,7 @@ import torch
 
 from support.cli import harness_main
 from harness.atomic import DiskFullError, replacing
-from harness.store import Store
+from harness.results.store import Store
 
 RUN = ("run", "--preset", "tiny", "--methods", "dpo")
 

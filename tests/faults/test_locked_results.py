@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from harness import store as store_module
+from harness.results import store as store_module
 from harness.errors import HarnessError
-from harness.store import Store
+from harness.results.store import Store
 
 # Another process takes the write lock and keeps it (a stuck `harness run`, an open sqlite3 shell).
 HOLD_THE_LOCK = """

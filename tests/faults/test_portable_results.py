@@ -1,6 +1,6 @@
 """A finished results directory resumes by any spelling of its path: absolute after being copied, relative from
 another working directory after being moved, with its inputs' identity recorded by content
-(``harness.identity``).  Each rerun trains nothing, generates and scores nothing, rewrites no file of the
+(``harness.results.identity``).  Each rerun trains nothing, generates and scores nothing, rewrites no file of the
 directory's models and images, and prints the leaderboard byte for byte.  The same on a local Ray cluster:
 tests/test_ray_backend.py."""
 

@@ -19,7 +19,7 @@ import torch
 from safetensors.torch import load_file
 
 from faults.kills import PLUGIN, WorkLog, run_and_kill, temporaries
-from harness.trainer import train
+from harness.train.trainer import train
 from support.train_fixtures import one_torch_thread, write_pair_dir  # noqa: F401 (autouse fixture: one thread, as below)
 
 pytestmark = [pytest.mark.faults, pytest.mark.slow]

@@ -33,7 +33,7 @@ import torch
 from diffusers import UNet2DConditionModel
 
 import harness.scoring
-import harness.trainer
+import harness.train.trainer
 from harness.scoring.cache import ScoreCache
 
 LOG = os.environ["FAULTS_WORK_LOG"]
@@ -130,10 +130,10 @@ def gated_save(save, checkpoint: int, name: str):
 UNet2DConditionModel.forward = counted_forward(UNet2DConditionModel.forward)
 harness.scoring.get_scorer = counted_get_scorer(harness.scoring.get_scorer)
 ScoreCache.put = counted_put(ScoreCache.put)
-harness.trainer.Trainer._optimizer_step = logged_step(harness.trainer.Trainer._optimizer_step)
+harness.train.trainer.Trainer._optimizer_step = logged_step(harness.train.trainer.Trainer._optimizer_step)
 if GATE.startswith("micro:"):
     _, step, micro = GATE.split(":")
-    harness.trainer.Trainer.make_batch = gated_make_batch(harness.trainer.Trainer.make_batch, int(step), int(micro))
+    harness.train.trainer.Trainer.make_batch = gated_make_batch(harness.train.trainer.Trainer.make_batch, int(step), int(micro))
 elif GATE.startswith("checkpoint:"):
     _, checkpoint, name = GATE.split(":")
     torch.save = gated_save(torch.save, int(checkpoint), name)

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from harness.api import Batch, Cond, Models
-from harness.families import SD15
+from harness.models.families import SD15
 from methods.dro import DRO, DROConfig, dro_loss, trajectory_timesteps
 from support.flow import (LATENT, T, flow_batch, flow_models, grid_sigma, noised, per_pixel_mean, velocity,
                           velocity_errors)

@@ -9,9 +9,9 @@ import socket
 import pytest
 import torch
 
-from harness import data_specs
+from harness.data import specs as data_specs
 from harness.api import Cond, HarnessError
-from harness.trainer import resolve_config, train
+from harness.train.trainer import resolve_config, train
 from methods.kto import (KTO, KTOConfig, captions_of_the_previous_image, kto_batch_reference_point,
                          kto_implicit_rewards, kto_loss, kto_mismatched_reference_point, mean_over_processes)
 from support.flow import LATENT, flow_batch, flow_models, logit_normal_sigmas, velocity_errors
@@ -201,7 +201,7 @@ def test_desirable_share_draws_desirable_images_that_often_with_replacement_dete
     WeightedRandomSampler (:1186-1189): draws with replacement, 80% desirable whatever the classes' sizes.
     Here 1 desirable image of 4: a uniform order would draw it 25% of the time."""
     from harness.api import LabelledImages
-    from harness.trainer import SampleOrder
+    from harness.train.trainer import SampleOrder
 
     source = write_shared_image_pairs(tmp_path / "data")
     (source / "labelled.jsonl").write_text("".join(

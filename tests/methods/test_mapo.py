@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from harness.api import Batch, Cond, HarnessError, Models, per_sample_error
-from harness.families import SD15
+from harness.models.families import SD15
 from methods.mapo import MaPO, MaPOConfig, mapo_loss, mapo_margin, mapo_score
 from support.flow import T, flow_batch, flow_models, pair_draws, velocity_errors
 from support.train_fixtures import one_torch_thread  # noqa: F401 (autouse fixture)
@@ -154,7 +154,7 @@ def test_two_tiny_preset_steps_through_the_trainer_run_only_the_policy(tiny_mode
     from diffusers import UNet2DConditionModel
     from safetensors.torch import load_file
 
-    from harness.trainer import train
+    from harness.train.trainer import train
     from support.train_fixtures import write_pair_dir
 
     logged: list[tuple[int, dict]] = []
@@ -171,7 +171,7 @@ def test_two_tiny_preset_steps_through_the_trainer_run_only_the_policy(tiny_mode
 
 
 def test_presets_resolve_to_the_published_sdxl_recipe_and_the_toy_settings():
-    from harness.trainer import resolve_config
+    from harness.train.trainer import resolve_config
 
     sdxl = resolve_config("mapo", "sdxl")
     assert (sdxl.beta, sdxl.snr_value, sdxl.lr, sdxl.lr_scheduler, sdxl.warmup_steps, sdxl.max_steps) == (
@@ -193,10 +193,10 @@ def test_pairs_flip_together_and_the_second_image_takes_the_firsts_size(tiny_mod
     from PIL import Image
 
     from harness.api.registry import METHODS
-    from harness.data import ImageLoader, content_key, to_pixels
-    from harness.models import load_pipeline
-    from harness.train_features import FeatureEncoder
-    from harness.trainer import Trainer, resolve_config, step_generator
+    from harness.data.readers import ImageLoader, content_key, to_pixels
+    from harness.models.loading import load_pipeline
+    from harness.train.features import FeatureEncoder
+    from harness.train.trainer import Trainer, resolve_config, step_generator
 
     data = tmp_path / "data"
     data.mkdir()

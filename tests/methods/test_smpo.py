@@ -15,8 +15,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from harness.api import Cond, HarnessError, TrainingContext, per_sample_error
-from harness.families import SD3, SD15, SDXL
+from harness.api import Cond, HarnessError, Models, TrainingContext, per_sample_error
+from harness.models.families import SD3, SD15, SDXL
 from harness.testing.tiny_models import _scheduler
 from methods.smpo import (PICKSCORE_HI, PICKSCORE_LO, SmPO, SmPOConfig, check_score_range, flow_inverse_timesteps,
                           renoise_inversion, renoise_trajectory, smpo_loss, smpo_probability)

@@ -4,7 +4,7 @@ Base 0.5 and dpo 0.6 on both toy rewards; toy-quality "published" with version 0
 flagged); pickscore in the table but not run (missing); one win rate.
 """
 
-from harness.published import PUBLISHED, Metric, PaperRow, PublishedTables
+from harness.results.published import PUBLISHED, Metric, PaperRow, PublishedTables
 
 SUITES = ("toy-seen", "toy-unseen")
 

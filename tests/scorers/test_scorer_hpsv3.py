@@ -16,7 +16,7 @@ from safetensors.torch import load_file, save_file
 
 from harness.cli import main
 from harness.errors import HarnessError
-from harness.evaluate import check_scorer_options
+from harness.evaluation.evaluate import check_scorer_options
 from harness.scoring import get_scorer, same_signal
 from harness.scoring.hpsv3 import chat_text, fitted_size
 

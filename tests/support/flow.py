@@ -18,7 +18,7 @@ from contextlib import nullcontext
 import torch
 
 from harness.api import Batch, Cond, Models
-from harness.families import SD3
+from harness.models.families import SD3
 
 T = 1000
 SHIFT = 3.0

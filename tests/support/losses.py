@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from harness.api import Batch, Cond, Models, TrainingContext
-from harness.families import SD15
+from harness.models.families import SD15
 
 LN2 = math.log(2.0)
 

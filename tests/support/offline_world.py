@@ -212,7 +212,7 @@ def write_pickapic_v2(root: Path, *, n_train: int = 24, n_test_unique: int = 6, 
     repeat across rows; the splits' captions are disjoint.
 
     How the harness reads it:
-    - training pairs: ``harness.data.load_pairs(ROOT)`` (``--data ROOT``), through
+    - training pairs: ``harness.data.readers.load_pairs(ROOT)`` (``--data ROOT``), through
       ``datasets.load_dataset(ROOT, split="train")``;
     - the ``pickapic-test`` suite (its test_unique captions): ``--suites pickapic-test:ROOT``
       (also ``ROOT/data``, or the shard itself, ``ROOT/data/test_unique-00000-of-00001-<hex>.parquet``,

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from harness.store import Store, db_path
+from harness.results.store import Store, db_path
 
 METHODS = {"base": 0.0, "dpo": 0.5, "dro": 1.0}
 SUITES = {
@@ -42,7 +42,7 @@ def write_png(path: Path, seed: int, size: int = 32) -> str:
 
 
 def manifest_rows(results_dir: Path, method: str, suite: str) -> list[dict]:
-    """Sampling-manifest rows (with real PNGs) for one method and suite, seeds as harness.sampling."""
+    """Sampling-manifest rows (with real PNGs) for one method and suite, seeds as harness.evaluation.sampling."""
     _, prompts = SUITES[suite]
     rows = []
     for k, (prompt_id, prompt, category) in enumerate(prompts):
@@ -92,7 +92,7 @@ def build_results_dir(results_dir: Path) -> Path:
     return results_dir
 
 
-# `harness run --eval-every`'s runs of dpo (harness.curves): step -> how far its scores lie above the base's;
+# `harness run --eval-every`'s runs of dpo (harness.evaluation.curves): step -> how far its scores lie above the base's;
 # the last step's are dpo's own.
 CURVE_STEPS = {1: 0.1, 3: 0.3, TRAIN_STEPS: METHODS["dpo"]}
 

@@ -15,7 +15,7 @@ import torch
 from safetensors.torch import load_file
 
 from harness.api import METHODS
-from harness.trainer import resolve_config, train
+from harness.train.trainer import resolve_config, train
 from support.train_fixtures import one_torch_thread, write_expert_dir, write_pair_dir  # noqa: F401 (autouse fixture)
 
 FAST = {"batch_size": 2, "lr": 1e-4, "scale_lr": False, "warmup_steps": 0}
@@ -92,7 +92,7 @@ def test_lora_on_the_transformer_trains_against_the_adapters_off_and_exports_bas
 def test_the_exported_adapters_load_into_the_sd3_pipeline_as_the_merged_transformer(lora_run, tiny_sd3_dir):
     from diffusers import SD3Transformer2DModel
 
-    from harness.models import load_pipeline
+    from harness.models.loading import load_pipeline
 
     out, _ = lora_run
     adapted = load_pipeline(tiny_sd3_dir)
@@ -166,8 +166,8 @@ def test_harness_evaluate_takes_a_trained_sd3_transformer_and_its_lora_adapters(
 def test_a_pipeline_with_t5_loads_and_trains_with_it_and_harness_drop_t5_leaves_it_out(pair_dir, tmp_path, monkeypatch):
     from dataclasses import replace
 
-    from harness.families import DROP_T5
-    from harness.models import load_pipeline
+    from harness.models.families import DROP_T5
+    from harness.models.loading import load_pipeline
     from harness.testing.tiny_models import TINY_SHAPES, save_tiny_pipeline
 
     model = save_tiny_pipeline(tmp_path / "sd3-t5", replace(TINY_SHAPES["tiny-sd3"], t5=True))
@@ -217,7 +217,7 @@ def test_sd3_lora_targets_are_flow_grpos_or_also_the_second_attention(dual_atten
     from diffusers import SD3Transformer2DModel
     from peft import LoraConfig
 
-    from harness.families import SD3
+    from harness.models.families import SD3
 
     transformer = SD3Transformer2DModel.from_pretrained(tiny_sd3_dir / "transformer")
     names = [name for name, _ in transformer.named_modules()]
@@ -247,10 +247,10 @@ def test_the_sd35_recipe_adapts_flow_grpos_modules_and_encodes_128_t5_tokens(tin
 def test_sd3_captions_are_encoded_with_the_configured_t5_length(length, tmp_path):
     from dataclasses import replace
 
-    from harness.data import ImageLoader
-    from harness.models import load_pipeline
+    from harness.data.readers import ImageLoader
+    from harness.models.loading import load_pipeline
     from harness.testing.tiny_models import TINY_SHAPES, save_tiny_pipeline
-    from harness.train_features import FeatureEncoder
+    from harness.train.features import FeatureEncoder
 
     pipe = load_pipeline(save_tiny_pipeline(tmp_path / "sd3-t5", replace(TINY_SHAPES["tiny-sd3"], t5=True)))
     encoder = FeatureEncoder(pipe, device=torch.device("cpu"), resolution=32, cache_dir=tmp_path / "c",

@@ -12,8 +12,8 @@ from safetensors.torch import load_file
 
 from harness.api import METHODS
 from harness.errors import HarnessError
-from harness.trainer import resolve_config, train
-from harness.trainer import train as train_method
+from harness.train.trainer import resolve_config, train
+from harness.train.trainer import train as train_method
 from support.train_fixtures import one_torch_thread, write_expert_dir, write_pair_dir  # noqa: F401 (autouse fixture)
 
 FAST = {"batch_size": 2, "lr": 1e-4, "scale_lr": False, "warmup_steps": 0}
@@ -61,7 +61,7 @@ def test_dpo_end_to_end_output_loads_into_a_pipeline_and_logs_every_step(tiny_mo
 
 def test_a_finished_training_moved_with_its_inputs_is_not_redone_and_edited_data_is_refused(
         tiny_model_dir, tmp_path):
-    """The checkpoint records its base model and data by content (harness.identity): the training, its base model
+    """The checkpoint records its base model and data by content (harness.results.identity): the training, its base model
     and its data moved elsewhere resume as finished; with the data's labels flipped in place it is refused."""
     import os
     import shutil
@@ -132,7 +132,7 @@ def test_unknown_override_is_a_one_line_error_listing_valid_names():
 
 
 def test_config_layers_defaults_preset_method_entry_and_overrides(capsys):
-    from harness.presets import SDXL_VAE
+    from harness.plan.presets import SDXL_VAE
 
     config = resolve_config("dpo", "sdxl", {"beta": "2500", "scale_lr": "false"})
     assert config.effective_batch_size == 2048 and config.warmup_steps == 200  # DPO's own sdxl entry
@@ -337,7 +337,7 @@ def test_effective_batch_size_sets_the_accumulation_and_the_scaled_lr(tiny_model
 
 def test_batches_flip_images_and_sample_the_posterior_as_the_public_scripts(tiny_model_dir, data_dir, tmp_path):
     from harness.api.registry import METHODS
-    from harness.trainer import Trainer, step_generator
+    from harness.train.trainer import Trainer, step_generator
 
     def batches(**options) -> list:
         config = resolve_config("dpo", None, {**FAST, **options})
@@ -360,7 +360,7 @@ def test_adamw_per_operation_rounds_every_operation_to_bf16_as_the_public_dro_co
     foreach).  Checked against AdamW written here operation by operation, each in fp32 and rounded to bf16;
     the fused kernel (its arithmetic in fp32, only the results rounded) is not that."""
     from harness.api import TrainConfig
-    from harness.trainer import make_optimizer
+    from harness.train.trainer import make_optimizer
 
     lr, (b1, b2), eps, wd = 1e-3, (0.9, 0.999), 1e-8, 0.01
     generator = torch.Generator().manual_seed(0)
@@ -421,7 +421,7 @@ def test_a_step_the_fp16_scaler_skips_advances_neither_the_lr_schedule_nor_the_e
     from accelerate.optimizer import AcceleratedOptimizer
 
     from methods.sft import SFT
-    from harness.trainer import Trainer
+    from harness.train.trainer import Trainer
 
     class LargeLoss(SFT):
         def loss(self, batch, models):
@@ -459,7 +459,7 @@ def test_reference_dtype_runs_the_reference_and_its_errors_in_that_dtype_outside
 
     from harness.api import per_sample_error
     from harness.api.registry import METHODS
-    from harness.trainer import Trainer, step_generator
+    from harness.train.trainer import Trainer, step_generator
 
     config = resolve_config("dpo", None, {**FAST, "reference_dtype": name, "mixed_precision": "bf16"})
     trainer = Trainer(METHODS.get("dpo")(config), base_model=str(tiny_model_dir), data_dir=data_dir,
@@ -490,8 +490,8 @@ def test_kto_and_mapo_encode_with_an_fp32_vae_whatever_the_mixed_precision(metho
     DPO script casts it to the mixed-precision dtype with the text encoder.  The feature cache is keyed by the
     VAE's weights, dtype included: the two never share posteriors."""
     from harness.api.registry import METHODS
-    from harness.trainer import Trainer
-    from harness.train_features import module_fingerprint
+    from harness.train.trainer import Trainer
+    from harness.train.features import module_fingerprint
 
     config = resolve_config(method, None, {**FAST, "mixed_precision": "bf16"})
     assert config.vae_fp32 is vae_fp32

@@ -1,0 +1,1 @@
+"""Results: the store, statistics, tables, runs' records, comparisons, verification, published numbers."""

@@ -1,0 +1,1 @@
+"""Training: the shared trainer, its cached features, the export of a trained network."""
