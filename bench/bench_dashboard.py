@@ -49,14 +49,35 @@ def build(results_dir: Path, n_prompts: int, png_prompts: int) -> None:
                         if k < png_prompts:
                             (results_dir / path).parent.mkdir(parents=True, exist_ok=True)
                             (results_dir / path).write_bytes(buffer.getvalue())
-                        rows.append(dict(prompt_id=f"{k:05d}", prompt=f"prompt {k}", category=f"c{k % 4}",
-                                         image_index=j, seed=k + j * count, path=path, sha256=f"{method}{k}{j}"))
+                        rows.append(
+                            dict(
+                                prompt_id=f"{k:05d}",
+                                prompt=f"prompt {k}",
+                                category=f"c{k % 4}",
+                                image_index=j,
+                                seed=k + j * count,
+                                path=path,
+                                sha256=f"{method}{k}{j}",
+                            )
+                        )
                 store.add_images(run_id, suite=suite, suite_version="v", split=split, rows=rows)
                 values = rng.normal(offset * 0.1, 1.0, size=(len(rows), len(METRICS)))
-                store.add_scores(run_id, suite=suite, rows=[
-                    dict(prompt_id=r["prompt_id"], image_index=r["image_index"], scorer=m, version="v1",
-                         scale="x", value=float(values[i, c]))
-                    for i, r in enumerate(rows) for c, m in enumerate(METRICS)])
+                store.add_scores(
+                    run_id,
+                    suite=suite,
+                    rows=[
+                        dict(
+                            prompt_id=r["prompt_id"],
+                            image_index=r["image_index"],
+                            scorer=m,
+                            version="v1",
+                            scale="x",
+                            value=float(values[i, c]),
+                        )
+                        for i, r in enumerate(rows)
+                        for c, m in enumerate(METRICS)
+                    ],
+                )
             store.set_run_status(run_id, "done")
 
 
@@ -80,17 +101,22 @@ def main() -> None:
         results_dir = Path(tmp)
         start = time.perf_counter()
         build(results_dir, args.prompts, png_prompts=4)
-        print(f"built {len(MODELS)} x {args.prompts * IMAGES_PER_PROMPT} images x {len(METRICS)} metrics "
-              f"in {time.perf_counter() - start:.1f} s")
+        print(
+            f"built {len(MODELS)} x {args.prompts * IMAGES_PER_PROMPT} images x {len(METRICS)} metrics "
+            f"in {time.perf_counter() - start:.1f} s"
+        )
 
         results = load_results(results_dir)
         t_load = median_time(lambda: load_results(results_dir), args.repeats)
         t_stats = median_time(lambda: leaderboard(results.scores), 1)
-        print(f"read-only queries (every frame the pages read): {t_load:.2f} s;  leaderboard statistics: {t_stats:.2f} s")
+        print(
+            f"read-only queries (every frame the pages read): {t_load:.2f} s;  leaderboard statistics: {t_stats:.2f} s"
+        )
 
         os.environ["HARNESS_OUT"] = str(results_dir)
         print(f"{'page':18s} {'cold s':>8s} {'warm s':>8s} {'warm/cold':>10s}")
         for page in views.PAGES:
+
             def render(page: str = page) -> AppTest:
                 at = AppTest.from_file(str(APP), default_timeout=600)
                 at.session_state["page"] = page
@@ -114,9 +140,12 @@ def main() -> None:
         files = sorted(results_dir.glob("images/*/pickapic-test/00000_*.png"))
         full = sum(f.stat().st_size for f in files)
         thumbs = sum(len(thumbnail(f, views.THUMBNAIL_PX)) for f in files)
-        print(f"Compare, next prompt: {t_step:.3f} s; one prompt's {len(files)} images sent as thumbnails "
-              f"{thumbs / 1024:.0f} KiB vs full size {full / 1024:.0f} KiB (ratio {thumbs / full:.2f}; "
-              "noise PNGs, the worst case for compression)")
+        print(
+            f"Compare, next prompt: {t_step:.3f} s; one prompt's {len(files)} images sent as thumbnails "
+            f"{thumbs / 1024:.0f} KiB vs full size {full / 1024:.0f} KiB (ratio {thumbs / full:.2f}; "
+            "noise PNGs, the worst case for compression)"
+        )
+
 
 if __name__ == "__main__":
     main()

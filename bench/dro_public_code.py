@@ -50,12 +50,15 @@ def levels(batches: int) -> None:
     from methods.dro import sample_trajectories
 
     # SD1.5's scheduler config (stable-diffusion-v1-5 scheduler/scheduler_config.json).
-    scheduler = DDPMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-                              num_train_timesteps=1000)
+    scheduler = DDPMScheduler(
+        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000
+    )
     abar = scheduler.alphas_cumprod
     shape, steps, stride = (4, 64, 64), 20, 50
     oracle = Oracle(abar, shape)
-    models = SD15.models(policy=oracle, unwrapped=oracle, reference=lambda: (oracle, nullcontext()), scheduler=scheduler)
+    models = SD15.models(
+        policy=oracle, unwrapped=oracle, reference=lambda: (oracle, nullcontext()), scheduler=scheduler
+    )
     generator = torch.Generator().manual_seed(0)
     grid = torch.arange(steps - 1, -1, -1) * stride
     label = int(grid[10]) + 49
@@ -66,10 +69,16 @@ def levels(batches: int) -> None:
         offsets[1] = 49
         timesteps = grid[None, :] + offsets[:, None]
         x0 = torch.randn((4, *shape), generator=generator)
-        seed = int(torch.randint(0, 2 ** 31, (1,), generator=generator))
+        seed = int(torch.randint(0, 2**31, (1,), generator=generator))
         for per_row in (True, False):
-            xs, _ = sample_trajectories(models, Cond(x0.view(4, 1, -1)), shape, timesteps,
-                                        torch.Generator().manual_seed(seed), per_row_sigmas=per_row)
+            xs, _ = sample_trajectories(
+                models,
+                Cond(x0.view(4, 1, -1)),
+                shape,
+                timesteps,
+                torch.Generator().manual_seed(seed),
+                per_row_sigmas=per_row,
+            )
             # Every state is a x0 + b x_T (the oracle is linear in both): a, exactly, by least squares.
             x_start = torch.randn((4, *shape), generator=torch.Generator().manual_seed(seed))
             basis = torch.stack([x0, x_start], dim=1).flatten(2).double()  # (4, 2, D)
@@ -82,13 +91,17 @@ def levels(batches: int) -> None:
             level[per_row].append(torch.searchsorted(-abar.sqrt(), -coefficient[2:, 1:].clamp(max=1.0).contiguous()))
     for per_row in (True, False):
         values = torch.tensor(signal[per_row])
-        print(f"per_row_sigmas={per_row}: signal coefficient of row 1's state labelled t={label}: mean "
-              f"{values.mean():.4f}, sd {values.std():.4f}, range [{values.min():.4f}, {values.max():.4f}] "
-              f"(sqrt(abar_t) {abar[label].sqrt():.4f})")
+        print(
+            f"per_row_sigmas={per_row}: signal coefficient of row 1's state labelled t={label}: mean "
+            f"{values.mean():.4f}, sd {values.std():.4f}, range [{values.min():.4f}, {values.max():.4f}] "
+            f"(sqrt(abar_t) {abar[label].sqrt():.4f})"
+        )
     moved = (torch.cat(level[False]) - torch.cat(level[True])).float().flatten()
-    print(f"rows 2-3 (random offsets), every state after the first: row 0's levels move a state's level by "
-          f"mean {moved.mean():+.1f}, mean |.| {moved.abs().mean():.1f}, max |.| {moved.abs().max():.0f} timesteps "
-          f"({len(moved)} states)")
+    print(
+        f"rows 2-3 (random offsets), every state after the first: row 0's levels move a state's level by "
+        f"mean {moved.mean():+.1f}, mean |.| {moved.abs().mean():.1f}, max |.| {moved.abs().max():.0f} timesteps "
+        f"({len(moved)} states)"
+    )
 
 
 def adamw(steps: int) -> None:
@@ -106,25 +119,45 @@ def adamw(steps: int) -> None:
 
     base = save_tiny_pipeline(root / "tiny-sd")
     data = write_expert_dir(root / "data")
-    overrides = {"max_steps": steps, "batch_size": 2, "grad_accum": 2, "lr": 1e-4, "sampler_steps": 4,
-                 "buffer_size": 2, "ema_decay": None, "mixed_precision": "bf16", "master_weights": "bf16",
-                 "max_grad_norm": 1e9, "checkpoint_every": 10 ** 6}  # 1e9: the norm logged, never clipped
-    start = {k: v.bfloat16().float() for k, v in load_file(str(base / "unet" / "diffusion_pytorch_model.safetensors")).items()}
+    overrides = {
+        "max_steps": steps,
+        "batch_size": 2,
+        "grad_accum": 2,
+        "lr": 1e-4,
+        "sampler_steps": 4,
+        "buffer_size": 2,
+        "ema_decay": None,
+        "mixed_precision": "bf16",
+        "master_weights": "bf16",
+        "max_grad_norm": 1e9,
+        "checkpoint_every": 10**6,
+    }  # 1e9: the norm logged, never clipped
+    start = {
+        k: v.bfloat16().float()
+        for k, v in load_file(str(base / "unet" / "diffusion_pytorch_model.safetensors")).items()
+    }
     final, norms = {}, []
     for fused in (True, False):
-        result = train("dro", base_model=base, data_dir=data, output_dir=root / f"fused-{fused}",
-                       overrides={**overrides, "adamw_fused": fused},
-                       on_log=lambda step, terms: norms.append(terms["grad_norm"]))
+        result = train(
+            "dro",
+            base_model=base,
+            data_dir=data,
+            output_dir=root / f"fused-{fused}",
+            overrides={**overrides, "adamw_fused": fused},
+            on_log=lambda step, terms: norms.append(terms["grad_norm"]),
+        )
         final[fused] = load_file(str(result.unet_dir / "diffusion_pytorch_model.safetensors"))
     flat = {fused: torch.cat([final[fused][k].float().flatten() for k in start]) for fused in final}
     origin = torch.cat([start[k].flatten() for k in start])
     moved = {fused: (flat[fused] - origin).norm() for fused in flat}
     apart = (flat[True] - flat[False]).norm()
-    print(f"{steps} steps, {origin.numel()} weights: |per-op - fused| / |fused - start| = {apart / moved[True]:.3f}; "
-          f"|per-op - start| / |fused - start| = {moved[False] / moved[True]:.3f}; weights that differ "
-          f"{(flat[True] != flat[False]).float().mean():.3%}; weights moved: fused "
-          f"{(flat[True] != origin).float().mean():.3%}, per-op {(flat[False] != origin).float().mean():.3%}; "
-          f"gradient norm median {sorted(norms)[len(norms) // 2]:.3g}, max {max(norms):.3g}")
+    print(
+        f"{steps} steps, {origin.numel()} weights: |per-op - fused| / |fused - start| = {apart / moved[True]:.3f}; "
+        f"|per-op - start| / |fused - start| = {moved[False] / moved[True]:.3f}; weights that differ "
+        f"{(flat[True] != flat[False]).float().mean():.3%}; weights moved: fused "
+        f"{(flat[True] != origin).float().mean():.3%}, per-op {(flat[False] != origin).float().mean():.3%}; "
+        f"gradient norm median {sorted(norms)[len(norms) // 2]:.3g}, max {max(norms):.3g}"
+    )
 
 
 def main() -> None:

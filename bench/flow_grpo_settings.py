@@ -31,8 +31,8 @@ def lora_counts() -> None:
 
 @torch.no_grad()
 def text_length_shift() -> None:
-    from harness.plan.locations import resolve_base_model
     from harness.models.loading import load_pipeline
+    from harness.plan.locations import resolve_base_model
 
     pipe = load_pipeline(resolve_base_model("toy-flow"))
     generator = torch.Generator().manual_seed(0)
@@ -42,10 +42,12 @@ def text_length_shift() -> None:
     for t in (250.0, 500.0, 750.0):
         outputs = {}
         for length in (128, 256):
-            hidden, _, pooled, _ = pipe.encode_prompt(captions, None, None, device="cpu",
-                                                      do_classifier_free_guidance=False, max_sequence_length=length)
-            outputs[length] = pipe.transformer(x_t, encoder_hidden_states=hidden, pooled_projections=pooled,
-                                               timestep=torch.full((4,), t)).sample
+            hidden, _, pooled, _ = pipe.encode_prompt(
+                captions, None, None, device="cpu", do_classifier_free_guidance=False, max_sequence_length=length
+            )
+            outputs[length] = pipe.transformer(
+                x_t, encoder_hidden_states=hidden, pooled_projections=pooled, timestep=torch.full((4,), t)
+            ).sample
         shift = (outputs[128] - outputs[256]).norm() / outputs[256].norm()
         print(f"toy-flow, t={t:.0f}: ||v_128 - v_256|| / ||v_256|| = {shift:.4f}")
 

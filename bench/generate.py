@@ -26,11 +26,11 @@ from pathlib import Path
 import torch
 
 from harness.api.environment import cache_dir
+from harness.api.suite import Suite
+from harness.evaluation.sampling import generate, optimize_pipeline
+from harness.evaluation.suites import get_suite
 from harness.models.loading import load_pipeline
 from harness.testing.tiny_models import TinyPipelineConfig, save_tiny_pipeline
-from harness.evaluation.sampling import generate, optimize_pipeline
-from harness.api.suite import Suite
-from harness.evaluation.suites import get_suite
 
 SMALL = TinyPipelineConfig(image_size=64, block_out_channels=(64, 128, 256), layers_per_block=2, text_hidden_size=64)
 
@@ -54,22 +54,44 @@ def sd15_shaped_pipeline():
 
     torch.manual_seed(0)
     unet = UNet2DConditionModel(
-        sample_size=64, cross_attention_dim=768, attention_head_dim=8, layers_per_block=2,
+        sample_size=64,
+        cross_attention_dim=768,
+        attention_head_dim=8,
+        layers_per_block=2,
         block_out_channels=(320, 640, 1280, 1280),
         down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
         up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
     )
     vae = AutoencoderKL(
-        block_out_channels=(128, 256, 512, 512), latent_channels=4, layers_per_block=2,
-        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4, sample_size=512,
+        block_out_channels=(128, 256, 512, 512),
+        latent_channels=4,
+        layers_per_block=2,
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        sample_size=512,
     )
-    text_encoder = CLIPTextModel(CLIPTextConfig(hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
-                                                num_attention_heads=12, max_position_embeddings=77))
-    scheduler = DDPMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
-                              steps_offset=1)
-    pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=clip_tokenizer(cache_dir() / "clip-tokenizer"),
-                                   unet=unet, scheduler=scheduler, safety_checker=None, feature_extractor=None,
-                                   requires_safety_checker=False)
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(
+            hidden_size=768,
+            intermediate_size=3072,
+            num_hidden_layers=12,
+            num_attention_heads=12,
+            max_position_embeddings=77,
+        )
+    )
+    scheduler = DDPMScheduler(
+        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False, steps_offset=1
+    )
+    pipe = StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=clip_tokenizer(cache_dir() / "clip-tokenizer"),
+        unet=unet,
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
@@ -80,7 +102,9 @@ def unet_flops_per_step(pipe, batch_size: int, height: int, width: int) -> int:
 
     factor = pipe.vae_scale_factor
     device, dtype = pipe._execution_device, pipe.unet.dtype
-    latents = torch.randn(2 * batch_size, pipe.unet.config.in_channels, height // factor, width // factor, device=device, dtype=dtype)
+    latents = torch.randn(
+        2 * batch_size, pipe.unet.config.in_channels, height // factor, width // factor, device=device, dtype=dtype
+    )
     text = torch.randn(2 * batch_size, 77, pipe.unet.config.cross_attention_dim, device=device, dtype=dtype)
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
         pipe.unet(latents, torch.tensor(500, device=device), encoder_hidden_states=text)
@@ -108,7 +132,9 @@ def main() -> None:
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
-    pipe = optimize_pipeline(build_model(args.model, device, dtype), channels_last=args.channels_last, compile_unet=args.compile)
+    pipe = optimize_pipeline(
+        build_model(args.model, device, dtype), channels_last=args.channels_last, compile_unet=args.compile
+    )
     suite = Suite("bench", "unseen", get_suite("parti").prompts[: args.prompts])
     size = args.resolution or pipe.unet.config.sample_size * pipe.vae_scale_factor
     settings = dict(num_inference_steps=args.steps, guidance_scale=args.cfg, height=size, width=size)
@@ -117,12 +143,24 @@ def main() -> None:
 
     def harness_run() -> None:
         with tempfile.TemporaryDirectory() as out:
-            generate(pipe, suite, Path(out), images_per_prompt=args.images_per_prompt, batch_size=args.batch_size,
-                     seed=0, progress=False, **settings)
+            generate(
+                pipe,
+                suite,
+                Path(out),
+                images_per_prompt=args.images_per_prompt,
+                batch_size=args.batch_size,
+                seed=0,
+                progress=False,
+                **settings,
+            )
 
     def pipeline_run() -> None:
         for start in range(0, n_images, args.batch_size):
-            pipe(prompt=prompts[start : start + args.batch_size], generator=torch.Generator().manual_seed(start), **settings)
+            pipe(
+                prompt=prompts[start : start + args.batch_size],
+                generator=torch.Generator().manual_seed(start),
+                **settings,
+            )
 
     def per_image_run() -> None:
         for i, prompt in enumerate(prompts):
@@ -143,8 +181,10 @@ def main() -> None:
             seconds[name].append(time.perf_counter() - start)
 
     rate = {name: n_images / statistics.median(times) for name, times in seconds.items()}
-    print(f"model {args.model} on {device} ({dtype}, {torch.get_num_threads()} threads), {size}x{size}, "
-          f"{args.steps} steps, CFG {args.cfg}, {n_images} images, batch {args.batch_size}, median of {args.repeats}")
+    print(
+        f"model {args.model} on {device} ({dtype}, {torch.get_num_threads()} threads), {size}x{size}, "
+        f"{args.steps} steps, CFG {args.cfg}, {n_images} images, batch {args.batch_size}, median of {args.repeats}"
+    )
     for name, value in rate.items():
         print(f"  {name:10s} {value:8.3f} images/s   (runs: {', '.join(f'{t:.2f}s' for t in seconds[name])})")
     print(f"  harness / pipeline  = {rate['harness'] / rate['pipeline']:.3f}   (target >= 0.95)")

@@ -20,22 +20,49 @@ import time
 
 import torch
 
-from harness.scoring.hpsv3 import REWARD_TOKEN, chat_text, empty_reward_model
+from harness.scoring.hpsv3 import chat_text, empty_reward_model
 from harness.testing.scorer_weights import TINY_QWEN2_VL_CONFIG
 
 # config.json of Qwen/Qwen2-VL-7B-Instruct (public values); HPSv3 resizes the vocabulary to the
 # tokenizer's 151657 tokens plus <|Reward|>.
 QWEN2_VL_7B_CONFIG = {
-    "architectures": ["Qwen2VLForConditionalGeneration"], "model_type": "qwen2_vl",
-    "bos_token_id": 151643, "eos_token_id": 151645, "vision_start_token_id": 151652, "vision_end_token_id": 151653,
-    "vision_token_id": 151654, "image_token_id": 151655, "video_token_id": 151656,
-    "hidden_act": "silu", "hidden_size": 3584, "intermediate_size": 18944, "num_hidden_layers": 28,
-    "num_attention_heads": 28, "num_key_value_heads": 4, "max_position_embeddings": 32768, "max_window_layers": 28,
-    "rms_norm_eps": 1e-6, "rope_theta": 1000000.0, "rope_scaling": {"type": "mrope", "mrope_section": [16, 24, 24]},
-    "sliding_window": 32768, "use_sliding_window": False, "tie_word_embeddings": False, "vocab_size": 152064,
-    "attention_dropout": 0.0, "initializer_range": 0.02,
-    "vision_config": {"depth": 32, "embed_dim": 1280, "mlp_ratio": 4, "num_heads": 16, "in_chans": 3,
-                      "hidden_size": 3584, "patch_size": 14, "spatial_merge_size": 2, "temporal_patch_size": 2},
+    "architectures": ["Qwen2VLForConditionalGeneration"],
+    "model_type": "qwen2_vl",
+    "bos_token_id": 151643,
+    "eos_token_id": 151645,
+    "vision_start_token_id": 151652,
+    "vision_end_token_id": 151653,
+    "vision_token_id": 151654,
+    "image_token_id": 151655,
+    "video_token_id": 151656,
+    "hidden_act": "silu",
+    "hidden_size": 3584,
+    "intermediate_size": 18944,
+    "num_hidden_layers": 28,
+    "num_attention_heads": 28,
+    "num_key_value_heads": 4,
+    "max_position_embeddings": 32768,
+    "max_window_layers": 28,
+    "rms_norm_eps": 1e-6,
+    "rope_theta": 1000000.0,
+    "rope_scaling": {"type": "mrope", "mrope_section": [16, 24, 24]},
+    "sliding_window": 32768,
+    "use_sliding_window": False,
+    "tie_word_embeddings": False,
+    "vocab_size": 152064,
+    "attention_dropout": 0.0,
+    "initializer_range": 0.02,
+    "vision_config": {
+        "depth": 32,
+        "embed_dim": 1280,
+        "mlp_ratio": 4,
+        "num_heads": 16,
+        "in_chans": 3,
+        "hidden_size": 3584,
+        "patch_size": 14,
+        "spatial_merge_size": 2,
+        "temporal_patch_size": 2,
+    },
 }
 HPSV3_VOCAB = 151657 + 1
 TINY_VOCAB = 2000  # the tests' tokenizer (harness.testing.scorer_weights.save_qwen2_vl_processor)
@@ -47,8 +74,20 @@ def build(tiny: bool, device: torch.device, dtype: torch.dtype) -> tuple[torch.n
     from transformers import Qwen2VLConfig
 
     if tiny:
-        ids = dict(zip(("bos_token_id", "eos_token_id", "vision_start_token_id", "vision_end_token_id",
-                        "vision_token_id", "image_token_id", "video_token_id"), (0, 2, 3, 4, 5, 6, 7)))
+        ids = dict(
+            zip(
+                (
+                    "bos_token_id",
+                    "eos_token_id",
+                    "vision_start_token_id",
+                    "vision_end_token_id",
+                    "vision_token_id",
+                    "image_token_id",
+                    "video_token_id",
+                ),
+                (0, 2, 3, 4, 5, 6, 7),
+            )
+        )
         config = Qwen2VLConfig(**{**TINY_QWEN2_VL_CONFIG, **ids, "vocab_size": TINY_VOCAB})
     else:
         config = Qwen2VLConfig(**{**QWEN2_VL_7B_CONFIG, "vocab_size": HPSV3_VOCAB})
@@ -68,8 +107,9 @@ def default_text_tokens() -> int:
     return len(specials) + len(re.findall(r"\w+|[^\w\s]", re.sub(r"<\|[a-z_A-Z]+\|>", " ", text)))
 
 
-def inputs(model: torch.nn.Module, reward_token_id: int, batch: int, text_tokens: int,
-           device: torch.device) -> dict[str, torch.Tensor]:
+def inputs(
+    model: torch.nn.Module, reward_token_id: int, batch: int, text_tokens: int, device: torch.device
+) -> dict[str, torch.Tensor]:
     """A batch as the scorer builds it: text ids around the image's tokens, ``<|Reward|>`` near the end."""
     t, h, w = IMAGE_GRID
     image_tokens = t * h * w // 4
@@ -77,13 +117,17 @@ def inputs(model: torch.nn.Module, reward_token_id: int, batch: int, text_tokens
     ids[:, 10 : 10 + image_tokens] = model.image_token_id
     ids[:, -8] = reward_token_id
     patch = 3 * 2 * 14 * 14
-    return {"input_ids": ids.to(device), "attention_mask": torch.ones_like(ids, device=device),
-            "pixel_values": torch.randn(batch * t * h * w, patch, device=device),
-            "image_grid_thw": torch.tensor([IMAGE_GRID] * batch, device=device)}
+    return {
+        "input_ids": ids.to(device),
+        "attention_mask": torch.ones_like(ids, device=device),
+        "pixel_values": torch.randn(batch * t * h * w, patch, device=device),
+        "image_grid_thw": torch.tensor([IMAGE_GRID] * batch, device=device),
+    }
 
 
-def measure(model, reward_token_id: int, batch: int, text_tokens: int, device: torch.device,
-            repeats: int) -> tuple[float | None, float]:
+def measure(
+    model, reward_token_id: int, batch: int, text_tokens: int, device: torch.device, repeats: int
+) -> tuple[float | None, float]:
     """(peak GPU memory in GB, None on CPU; median images/s) over ``repeats`` forward passes after one warm-up."""
     data = inputs(model, reward_token_id, batch, text_tokens, device)
     cuda = device.type == "cuda"
@@ -117,11 +161,15 @@ def main() -> None:
     model, reward_token_id = build(args.tiny, device, dtype)
     params = sum(p.numel() for p in model.parameters())
     weights = sum(p.numel() * p.element_size() for p in model.parameters()) / 1e9
-    print(f"HPSv3 {'tiny' if args.tiny else 'Qwen2-VL-7B'} on {device} ({str(dtype).removeprefix('torch.')}): "
-          f"{params:,} parameters ({params / 1e9:.2f}e9; lm_head, unused by the reward, not built), "
-          f"weights {weights:.2f} GB")
-    print(f"per image: 256 image tokens (448x448) + {args.text_tokens} text tokens "
-          f"(default: words and punctuation of the prompt, an estimate of Qwen2's BPE count)")
+    print(
+        f"HPSv3 {'tiny' if args.tiny else 'Qwen2-VL-7B'} on {device} ({str(dtype).removeprefix('torch.')}): "
+        f"{params:,} parameters ({params / 1e9:.2f}e9; lm_head, unused by the reward, not built), "
+        f"weights {weights:.2f} GB"
+    )
+    print(
+        f"per image: 256 image tokens (448x448) + {args.text_tokens} text tokens "
+        f"(default: words and punctuation of the prompt, an estimate of Qwen2's BPE count)"
+    )
     print(f"{'mode':10s} {'batch':>5s} {'peak GB':>9s} {'images/s':>9s}")
     sizes = [int(size) for size in args.batch_sizes.split(",")]
     for batch in sizes:

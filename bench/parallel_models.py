@@ -33,7 +33,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from harness.backends.workers import default_processes, run_jobs  # noqa: E402
+from harness.backends.workers import default_processes, run_jobs
 
 PAIRS = 16
 
@@ -88,8 +88,10 @@ def main() -> None:
     medians = {name: statistics.median(values) for name, values in times.items()}
     baseline = next(iter(medians.values()))
     for name, values in times.items():
-        print(f"{name:45s} {medians[name]:6.1f} s  ({medians[name] / baseline:.2f}x sequential)  rounds "
-              f"{[round(value, 1) for value in values]}")
+        print(
+            f"{name:45s} {medians[name]:6.1f} s  ({medians[name] / baseline:.2f}x sequential)  rounds "
+            f"{[round(value, 1) for value in values]}"
+        )
 
 
 if __name__ == "__main__":

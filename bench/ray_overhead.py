@@ -32,7 +32,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from harness.backends.workers import WorkerPool, default_processes  # noqa: E402
+from harness.backends.workers import WorkerPool, default_processes
 
 HARNESS = Path(sys.executable).with_name("harness")
 
@@ -74,8 +74,18 @@ def empty_jobs_ray(n: int) -> tuple[float, float]:
 
 def harness_run(backend: str, args: argparse.Namespace, cache: Path, out: Path) -> float:
     """Wall seconds of one `harness run` on ``backend``."""
-    command = [str(HARNESS), "run", "--preset", args.preset, "--methods", args.methods, "--backend", backend,
-               "--out", str(out)]
+    command = [
+        str(HARNESS),
+        "run",
+        "--preset",
+        args.preset,
+        "--methods",
+        args.methods,
+        "--backend",
+        backend,
+        "--out",
+        str(out),
+    ]
     started = time.perf_counter()
     result = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "HARNESS_CACHE": str(cache)})
     elapsed = time.perf_counter() - started
@@ -96,8 +106,10 @@ def main() -> None:
     for _ in range(args.rounds):
         empty["local"].append(empty_jobs_local(args.jobs_per_round))
         empty["ray"].append(empty_jobs_ray(args.jobs_per_round))
-    print(f"empty jobs ({args.jobs_per_round} a round, {default_processes(args.jobs_per_round)} workers, "
-          f"median of {args.rounds} rounds):")
+    print(
+        f"empty jobs ({args.jobs_per_round} a round, {default_processes(args.jobs_per_round)} workers, "
+        f"median of {args.rounds} rounds):"
+    )
     for backend, rounds in empty.items():
         start = statistics.median(r[0] for r in rounds)
         per_job = statistics.median(r[1] for r in rounds)
@@ -116,10 +128,14 @@ def main() -> None:
                 shutil.rmtree(out)
     local, ray_ = statistics.median(walls["local"]), statistics.median(walls["ray"])
     print(f"harness run --preset {args.preset} --methods {args.methods} ({n_jobs} jobs, median of {args.rounds}):")
-    print(f"  local {local:7.1f} s   ray {ray_:7.1f} s   ray/local {ray_ / local:.2f}x   "
-          f"per job {(ray_ - local) / n_jobs:+.1f} s")
-    print(f"  each round: local {', '.join(f'{w:.1f}' for w in walls['local'])} s; "
-          f"ray {', '.join(f'{w:.1f}' for w in walls['ray'])} s")
+    print(
+        f"  local {local:7.1f} s   ray {ray_:7.1f} s   ray/local {ray_ / local:.2f}x   "
+        f"per job {(ray_ - local) / n_jobs:+.1f} s"
+    )
+    print(
+        f"  each round: local {', '.join(f'{w:.1f}' for w in walls['local'])} s; "
+        f"ray {', '.join(f'{w:.1f}' for w in walls['ray'])} s"
+    )
     print(f"load average while measured: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
 
 

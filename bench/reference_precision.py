@@ -38,26 +38,37 @@ def main() -> None:
     noise = torch.randn(args.pairs, channels, size, size, generator=generator).repeat(2, 1, 1, 1)
     t = torch.randint(0, scheduler.config.num_train_timesteps, (args.pairs,), generator=generator).repeat(2)
     x_t = scheduler.add_noise(x0, noise, t)
-    ids = pipe.tokenizer([""], padding="max_length", max_length=pipe.tokenizer.model_max_length,
-                         return_tensors="pt").input_ids
+    ids = pipe.tokenizer(
+        [""], padding="max_length", max_length=pipe.tokenizer.model_max_length, return_tensors="pt"
+    ).input_ids
     with torch.no_grad():
         hidden = pipe.text_encoder(ids)[0].expand(2 * args.pairs, -1, -1)
         errors = {}
         for name, dtype in (("fp32", torch.float32), ("fp16", torch.float16), ("bf16", torch.bfloat16)):
             net = unet.to(dtype)
-            pred = torch.cat([net(x_t[i:i + 64].to(dtype), t[i:i + 64], encoder_hidden_states=hidden[i:i + 64].to(dtype)).sample
-                              for i in range(0, len(x_t), 64)])
+            pred = torch.cat(
+                [
+                    net(
+                        x_t[i : i + 64].to(dtype), t[i : i + 64], encoder_hidden_states=hidden[i : i + 64].to(dtype)
+                    ).sample
+                    for i in range(0, len(x_t), 64)
+                ]
+            )
             errors[name] = per_sample_error(pred, noise)
         unet.float()
     policy_w, policy_l = errors["fp32"].chunk(2)
-    print(f"{args.base}: {args.pairs} pairs, beta {args.beta:g}; per-sample fp32 MSE: mean {errors['fp32'].mean():.4f}, "
-          f"range [{errors['fp32'].min():.4f}, {errors['fp32'].max():.4f}]")
+    print(
+        f"{args.base}: {args.pairs} pairs, beta {args.beta:g}; per-sample fp32 MSE: mean {errors['fp32'].mean():.4f}, "
+        f"range [{errors['fp32'].min():.4f}, {errors['fp32'].max():.4f}]"
+    )
     for name in ("fp16", "bf16"):
         ref_w, ref_l = errors[name].chunk(2)
         shift = (-0.5 * args.beta * ((policy_w - policy_l) - (ref_w - ref_l))).abs()
-        print(f"  reference in {name}: |logit shift| mean {shift.mean():.3f}, median {shift.median():.3f}, "
-              f"95th pct {shift.quantile(0.95):.3f}, max {shift.max():.3f}; "
-              f"|MSE change| mean {(errors[name] - errors['fp32']).abs().mean():.2e}")
+        print(
+            f"  reference in {name}: |logit shift| mean {shift.mean():.3f}, median {shift.median():.3f}, "
+            f"95th pct {shift.quantile(0.95):.3f}, max {shift.max():.3f}; "
+            f"|MSE change| mean {(errors[name] - errors['fp32']).abs().mean():.2e}"
+        )
 
 
 if __name__ == "__main__":

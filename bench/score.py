@@ -33,8 +33,11 @@ from harness.testing.scorer_weights import (
 )
 
 SCORERS = ("pickscore", "hpsv2", "hpsv2.1", "clip", "aesthetic", "imagereward")
-OPEN_CLIP_FILES = {"hpsv2": ("HPS_v2_compressed.pt", True), "hpsv2.1": ("HPS_v2.1_compressed.pt", True),
-                   "clip": ("open_clip_pytorch_model.bin", False)}
+OPEN_CLIP_FILES = {
+    "hpsv2": ("HPS_v2_compressed.pt", True),
+    "hpsv2.1": ("HPS_v2.1_compressed.pt", True),
+    "clip": ("open_clip_pytorch_model.bin", False),
+}
 
 
 def build(name: str, size: str, root: Path, device: str) -> Scorer:
@@ -68,7 +71,9 @@ def images_per_second(run, n_images: int) -> float:
     return n_images / (time.perf_counter() - start)
 
 
-def bench(scorer: Scorer, images: list[Image.Image], prompts: list[str], batch: int, repeats: int, cache: ScoreCache) -> dict:
+def bench(
+    scorer: Scorer, images: list[Image.Image], prompts: list[str], batch: int, repeats: int, cache: ScoreCache
+) -> dict:
     keys = [f"bench-{i}" for i in range(len(images))]
     score_images(scorer, images, prompts, keys, cache, batch)  # warm-up, and fills the cache
     variants = {
@@ -96,12 +101,18 @@ def main() -> None:
 
     torch.set_grad_enabled(False)
     rng = np.random.default_rng(0)
-    images = [Image.fromarray(rng.integers(0, 256, (args.resolution, args.resolution, 3), dtype=np.uint8))
-              for _ in range(args.images)]
+    images = [
+        Image.fromarray(rng.integers(0, 256, (args.resolution, args.resolution, 3), dtype=np.uint8))
+        for _ in range(args.images)
+    ]
     prompts = [f"a photo of object number {i} on a wooden table, highly detailed" for i in range(args.images)]
-    print(f"# {args.images} images {args.resolution}px, {args.size} weights, device {args.device}, "
-          f"torch threads {torch.get_num_threads()}, medians of {args.repeats}")
-    print(f"{'scorer':<12} {'load s':>7} {'1-by-1 img/s':>13} {'batch img/s':>12} {'x vs 1-by-1':>11} {'cached img/s':>13}")
+    print(
+        f"# {args.images} images {args.resolution}px, {args.size} weights, device {args.device}, "
+        f"torch threads {torch.get_num_threads()}, medians of {args.repeats}"
+    )
+    print(
+        f"{'scorer':<12} {'load s':>7} {'1-by-1 img/s':>13} {'batch img/s':>12} {'x vs 1-by-1':>11} {'cached img/s':>13}"
+    )
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.scorers.split(","):
             start = time.perf_counter()
@@ -110,7 +121,9 @@ def main() -> None:
             with ScoreCache(Path(tmp) / f"{name}.db") as cache:
                 rates = bench(scorer, images, prompts, args.batch, args.repeats, cache)
             single, batched, cached = rates.values()
-            print(f"{name:<12} {load_s:>7.1f} {single:>13.3g} {batched:>12.3g} {batched / single:>11.2f} {cached:>13.3g}")
+            print(
+                f"{name:<12} {load_s:>7.1f} {single:>13.3g} {batched:>12.3g} {batched / single:>11.2f} {cached:>13.3g}"
+            )
             del scorer
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()

@@ -34,8 +34,10 @@ def main() -> None:
                 tt = torch.full((len(x0),), t)
                 z = renoise_inversion(lambda x, tau, c: eps.expand_as(x), x0, cond, tt, step, taus).double()
                 # The grid level whose forward-noised latent is nearest z (exact up to the first step's alpha-bar_0).
-                level = min(range(1, 1000, 1000 // steps),
-                            key=lambda j: (z - abar[j].sqrt() * x0 - (1 - abar[j]).sqrt() * eps).abs().max())
+                level = min(
+                    range(1, 1000, 1000 // steps),
+                    key=lambda j: (z - abar[j].sqrt() * x0 - (1 - abar[j]).sqrt() * eps).abs().max(),
+                )
                 implied = process.noise_of(z.float(), x0, tt).double()
                 corr = torch.corrcoef(torch.stack([implied.flatten(), x0.double().flatten()]))[0, 1]
                 print(f"| {layout} | {t} | {levels} | {level} | {implied.std():.3f} | {corr:+.3f} |")

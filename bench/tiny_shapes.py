@@ -36,8 +36,11 @@ def unet_inputs(pipe) -> dict:
     """Random inputs of the UNet's native latent size, batch 2, with SDXL's extra conditioning."""
     config = pipe.unet.config
     size, pixels = config.sample_size, config.sample_size * pipe.vae_scale_factor
-    inputs = {"sample": torch.randn(2, config.in_channels, size, size), "timestep": 500,
-              "encoder_hidden_states": torch.randn(2, 77, config.cross_attention_dim)}
+    inputs = {
+        "sample": torch.randn(2, config.in_channels, size, size),
+        "timestep": 500,
+        "encoder_hidden_states": torch.randn(2, 77, config.cross_attention_dim),
+    }
     if config.addition_embed_type == "text_time":
         inputs["added_cond_kwargs"] = {
             "text_embeds": torch.randn(2, pipe.text_encoder_2.config.projection_dim),
@@ -63,8 +66,11 @@ def main() -> None:
             unet_s = best_of(args.repeats, lambda: pipe.unet(**inputs))
             encode_s = best_of(args.repeats, lambda: pipe.vae.encode(image))
             decode_s = best_of(args.repeats, lambda: pipe.vae.decode(latents))
-            print(f"{shape} ({args.threads} thread(s)): UNet forward, batch 2 at {tuple(inputs['sample'].shape[2:])} "
-                  f"latents: {unet_s};  VAE at {pixels} px: encode {encode_s}, decode {decode_s}", flush=True)
+            print(
+                f"{shape} ({args.threads} thread(s)): UNet forward, batch 2 at {tuple(inputs['sample'].shape[2:])} "
+                f"latents: {unet_s};  VAE at {pixels} px: encode {encode_s}, decode {decode_s}",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

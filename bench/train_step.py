@@ -49,9 +49,9 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from harness.testing.tiny_models import TinyPipelineConfig, save_tiny_pipeline  # noqa: E402
-from harness.api.registry import METHODS  # noqa: E402
-from harness.train.trainer import Trainer, resolve_config  # noqa: E402
+from harness.api.registry import METHODS
+from harness.testing.tiny_models import TinyPipelineConfig, save_tiny_pipeline
+from harness.train.trainer import Trainer, resolve_config
 
 MID = TinyPipelineConfig(image_size=64, block_out_channels=(64, 128, 256), layers_per_block=2)
 
@@ -63,8 +63,16 @@ def write_data(path: Path, n_pairs: int) -> Path:
     for i in range(n_pairs):
         for j in range(2):
             Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(path / f"{i}_{j}.png")
-        pairs.append({"caption": f"thing {i}", "image_0": f"{i}_0.png", "image_1": f"{i}_1.png", "label_0": 1.0,
-                      "score_0": 0.22, "score_1": 0.18})
+        pairs.append(
+            {
+                "caption": f"thing {i}",
+                "image_0": f"{i}_0.png",
+                "image_1": f"{i}_1.png",
+                "label_0": 1.0,
+                "score_0": 0.22,
+                "score_1": 0.18,
+            }
+        )
         experts.append({"caption": f"thing {i}", "image": f"{i}_0.png", "score": 1.0})
     (path / "pairs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in pairs))
     (path / "experts.jsonl").write_text("".join(json.dumps(r) + "\n" for r in experts))
@@ -81,10 +89,12 @@ class Timed(Trainer):
         self.refill_s = 0.0
         refill = getattr(self.method, "refill", None)
         if refill is not None:
+
             def timed_refill(*args, **kwargs):
                 started = time.perf_counter()
                 refill(*args, **kwargs)
                 self.refill_s += time.perf_counter() - started
+
             self.method.refill = timed_refill
 
     def one_step(self) -> float:
@@ -97,11 +107,23 @@ class Timed(Trainer):
 def make_trainer(method: str, model: Path, data: Path, out: Path, cache: Path, overrides: dict) -> Timed:
     # No flips: a flipped image is another cache entry (latent, SmPO's cached inversion), and the two
     # warm-up steps must fill every cache for the rounds to time cached steps.
-    config = resolve_config(method, None, {"lr": 1e-6, "scale_lr": False, "warmup_steps": 0, "max_steps": 10_000,
-                                           "caption_dropout": 0.0, "random_flip": False, "cache_dir": str(cache),
-                                           **overrides})
-    trainer = Timed(METHODS.get(method)(config), base_model=str(model), data_dir=data, output_dir=out, seed=0,
-                    on_log=None)
+    config = resolve_config(
+        method,
+        None,
+        {
+            "lr": 1e-6,
+            "scale_lr": False,
+            "warmup_steps": 0,
+            "max_steps": 10_000,
+            "caption_dropout": 0.0,
+            "random_flip": False,
+            "cache_dir": str(cache),
+            **overrides,
+        },
+    )
+    trainer = Timed(
+        METHODS.get(method)(config), base_model=str(model), data_dir=data, output_dir=out, seed=0, on_log=None
+    )
     trainer.setup_for_bench()
     return trainer
 
@@ -132,13 +154,24 @@ def bare_loop(model: Path, pairs: int):
     return step
 
 
-SD15_UNET = dict(sample_size=64, block_out_channels=(320, 640, 1280, 1280), layers_per_block=2,
-                 cross_attention_dim=768, attention_head_dim=8,
-                 down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
-                 up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3)
-MID_UNET = dict(sample_size=16, block_out_channels=(64, 128, 256), layers_per_block=2, cross_attention_dim=768,
-                attention_head_dim=8, down_block_types=("DownBlock2D",) + ("CrossAttnDownBlock2D",) * 2,
-                up_block_types=("CrossAttnUpBlock2D",) * 2 + ("UpBlock2D",))
+SD15_UNET = dict(
+    sample_size=64,
+    block_out_channels=(320, 640, 1280, 1280),
+    layers_per_block=2,
+    cross_attention_dim=768,
+    attention_head_dim=8,
+    down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+    up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+)
+MID_UNET = dict(
+    sample_size=16,
+    block_out_channels=(64, 128, 256),
+    layers_per_block=2,
+    cross_attention_dim=768,
+    attention_head_dim=8,
+    down_block_types=("DownBlock2D",) + ("CrossAttnDownBlock2D",) * 2,
+    up_block_types=("CrossAttnUpBlock2D",) * 2 + ("UpBlock2D",),
+)
 
 
 def timed_steps(method, batch, models, optimizer, device: str, rounds: int) -> tuple[float, float]:
@@ -183,29 +216,62 @@ def sd15_dpo_step(unet_kind: str, device: str, rounds: int) -> None:
         reference = copy.deepcopy(policy).requires_grad_(False).to(dtype)
         optimizer = torch.optim.AdamW(policy.parameters(), lr=1e-6)
         autocast = lambda: torch.autocast(device_type=device, dtype=dtype)  # noqa: E731
-        models = SD15.models(policy=policy, unwrapped=policy, reference=lambda: (reference, nullcontext()),
-                             scheduler=scheduler, autocast=autocast)
+        models = SD15.models(
+            policy=policy,
+            unwrapped=policy,
+            reference=lambda: (reference, nullcontext()),
+            scheduler=scheduler,
+            autocast=autocast,
+        )
         method = DPO(DPOConfig())
         size = shape["sample_size"]
         latents = torch.randn(2, 4, size, size, device=device)
-        batch = Batch(latents=latents, means=latents, cond=Cond(torch.randn(1, 77, 768, device=device)),
-                      keys=["w", "l"], scores=torch.full((2,), float("nan")),
-                      labels=torch.full((2,), float("nan")), captions=["x"], generator=torch.Generator())
+        batch = Batch(
+            latents=latents,
+            means=latents,
+            cond=Cond(torch.randn(1, 77, 768, device=device)),
+            keys=["w", "l"],
+            scores=torch.full((2,), float("nan")),
+            labels=torch.full((2,), float("nan")),
+            captions=["x"],
+            generator=torch.Generator(),
+        )
         step, peak = timed_steps(method, batch, models, optimizer, device, rounds)
         n_params = sum(p.numel() for p in policy.parameters()) / 1e6
-        print(f"{unet_kind} UNet {n_params:.0f} M params, 1 pair, bf16, gradient checkpointing {checkpointing}: "
-              f"median step {step:.3f} s, peak memory {peak:.2f} GiB", flush=True)
+        print(
+            f"{unet_kind} UNet {n_params:.0f} M params, 1 pair, bf16, gradient checkpointing {checkpointing}: "
+            f"median step {step:.3f} s, peak memory {peak:.2f} GiB",
+            flush=True,
+        )
         del policy, reference, optimizer, models
         if device == "cuda":
             torch.cuda.empty_cache()
 
 
-SD35_TRANSFORMER = dict(sample_size=128, patch_size=2, in_channels=16, out_channels=16, num_layers=24,
-                        attention_head_dim=64, num_attention_heads=24, joint_attention_dim=4096,
-                        caption_projection_dim=1536, pooled_projection_dim=2048, pos_embed_max_size=384,
-                        dual_attention_layers=tuple(range(13)), qk_norm="rms_norm")
-MID_TRANSFORMER = {**SD35_TRANSFORMER, "num_layers": 2, "num_attention_heads": 2, "caption_projection_dim": 128,
-                   "dual_attention_layers": (0,), "joint_attention_dim": 256, "pooled_projection_dim": 64}
+SD35_TRANSFORMER = dict(
+    sample_size=128,
+    patch_size=2,
+    in_channels=16,
+    out_channels=16,
+    num_layers=24,
+    attention_head_dim=64,
+    num_attention_heads=24,
+    joint_attention_dim=4096,
+    caption_projection_dim=1536,
+    pooled_projection_dim=2048,
+    pos_embed_max_size=384,
+    dual_attention_layers=tuple(range(13)),
+    qk_norm="rms_norm",
+)
+MID_TRANSFORMER = {
+    **SD35_TRANSFORMER,
+    "num_layers": 2,
+    "num_attention_heads": 2,
+    "caption_projection_dim": 128,
+    "dual_attention_layers": (0,),
+    "joint_attention_dim": 256,
+    "pooled_projection_dim": 64,
+}
 
 
 def sd35_dpo_step(kind: str, device: str, rounds: int) -> None:
@@ -231,8 +297,9 @@ def sd35_dpo_step(kind: str, device: str, rounds: int) -> None:
                 from peft import LoraConfig
 
                 policy.requires_grad_(False)
-                policy.add_adapter(LoraConfig(r=32, lora_alpha=64, init_lora_weights="gaussian",
-                                              target_modules=SD3.lora_targets()))  # the trainer's
+                policy.add_adapter(
+                    LoraConfig(r=32, lora_alpha=64, init_lora_weights="gaussian", target_modules=SD3.lora_targets())
+                )  # the trainer's
                 reference = lambda: (policy, adapters_disabled(policy))  # noqa: E731
             else:
                 frozen = copy.deepcopy(policy).requires_grad_(False).to(dtype)
@@ -242,22 +309,35 @@ def sd35_dpo_step(kind: str, device: str, rounds: int) -> None:
             trainable = [p for p in policy.parameters() if p.requires_grad]
             optimizer = torch.optim.AdamW(trainable, lr=1e-6)
             autocast = lambda: torch.autocast(device_type=device, dtype=dtype)  # noqa: E731
-            models = SD3.models(policy=policy, unwrapped=policy, reference=reference, scheduler=scheduler,
-                                autocast=autocast)
+            models = SD3.models(
+                policy=policy, unwrapped=policy, reference=reference, scheduler=scheduler, autocast=autocast
+            )
             method = DPO(DPOConfig(beta=100.0))
             size = resolution // 8
             latents = torch.randn(2, 16, size, size, device=device)
-            cond = Cond(torch.randn(1, 77 + 256, shape["joint_attention_dim"], device=device),
-                        {"pooled_projections": torch.randn(1, shape["pooled_projection_dim"], device=device)})
-            batch = Batch(latents=latents, means=latents, cond=cond, keys=["w", "l"],
-                          scores=torch.full((2,), float("nan")), labels=torch.full((2,), float("nan")),
-                          captions=["x"], generator=torch.Generator())
+            cond = Cond(
+                torch.randn(1, 77 + 256, shape["joint_attention_dim"], device=device),
+                {"pooled_projections": torch.randn(1, shape["pooled_projection_dim"], device=device)},
+            )
+            batch = Batch(
+                latents=latents,
+                means=latents,
+                cond=cond,
+                keys=["w", "l"],
+                scores=torch.full((2,), float("nan")),
+                labels=torch.full((2,), float("nan")),
+                captions=["x"],
+                generator=torch.Generator(),
+            )
             step, peak = timed_steps(method, batch, models, optimizer, device, rounds)
             n_params = sum(p.numel() for p in policy.parameters()) / 1e6
             n_trained = sum(p.numel() for p in trainable) / 1e6
-            print(f"{kind} transformer {n_params:.0f} M params ({n_trained:.1f} M trained), {resolution} px, 1 pair, "
-                  f"bf16 autocast, {variant}: median step {step:.3f} s, "
-                  f"peak memory {peak:.2f} GiB", flush=True)
+            print(
+                f"{kind} transformer {n_params:.0f} M params ({n_trained:.1f} M trained), {resolution} px, 1 pair, "
+                f"bf16 autocast, {variant}: median step {step:.3f} s, "
+                f"peak memory {peak:.2f} GiB",
+                flush=True,
+            )
             del policy, optimizer, models, reference, trainable
             if variant != "lora32":
                 del frozen
@@ -291,8 +371,10 @@ def main() -> None:
     from diffusers import UNet2DConditionModel
 
     n_params = sum(p.numel() for p in UNet2DConditionModel.from_pretrained(model / "unet").parameters())
-    print(f"mid UNet: {n_params / 1e6:.1f} M parameters, 16x16 latents, {args.pairs} pairs / images per micro-batch, "
-          f"torch threads {torch.get_num_threads()}")
+    print(
+        f"mid UNet: {n_params / 1e6:.1f} M parameters, 16x16 latents, {args.pairs} pairs / images per micro-batch, "
+        f"torch threads {torch.get_num_threads()}"
+    )
 
     pair = {"batch_size": args.pairs}
     dro = {"batch_size": args.pairs, "grad_accum": args.accum, "ema_decay": 0.9999, "buffer_size": args.pairs}
@@ -325,8 +407,10 @@ def main() -> None:
     print(f"smpo/policy / dpo                       = {median['smpo/policy'] / median['dpo']:.3f}")
     for name in ("dro/published", "dro/every-step"):
         refill = trainers[name].refill_s / args.rounds
-        print(f"{name:22s} per micro-batch / dpo = {median[name] / args.accum / median['dpo']:.3f}; "
-              f"refills {refill:.3f} s of a {median[name]:.3f} s step ({100 * refill / median[name]:.0f}%)")
+        print(
+            f"{name:22s} per micro-batch / dpo = {median[name] / args.accum / median['dpo']:.3f}; "
+            f"refills {refill:.3f} s of a {median[name]:.3f} s step ({100 * refill / median[name]:.0f}%)"
+        )
     print(f"dro published / every-step              = {median['dro/published'] / median['dro/every-step']:.3f}")
 
 

@@ -46,25 +46,39 @@ def _tick_format(ticks: Sequence[float]) -> str:
     return f".{decimals}f"
 
 
-def delta_chart(frame: pd.DataFrame, *, y_title: str, facet_title: str, x_title: str, order: Sequence[str],
-                title: str = "") -> alt.FacetChart:
+def delta_chart(
+    frame: pd.DataFrame, *, y_title: str, facet_title: str, x_title: str, order: Sequence[str], title: str = ""
+) -> alt.FacetChart:
     """Δ vs the base with its 95 % CI, a row per ``y``, a panel per ``facet`` (``dashboard.data.delta_frame``).
 
     The colour is the CI's verdict, the legend listing the verdicts drawn; a row whose CI is missing (one
     prompt) keeps its point.  The Δ axis spans 0 and labels it (``zero_ticks``)."""
     rows = alt.Chart().encode(y=alt.Y("y:N", sort=list(order), title=y_title))
     drawn = [v for v in VERDICT_COLOURS if v in set(frame["verdict"])] or list(VERDICT_COLOURS)
-    colour = alt.Color("verdict:N", title="95% CI", scale=alt.Scale(domain=drawn,
-                                                                    range=[VERDICT_COLOURS[v] for v in drawn]))
+    colour = alt.Color(
+        "verdict:N", title="95% CI", scale=alt.Scale(domain=drawn, range=[VERDICT_COLOURS[v] for v in drawn])
+    )
     ticks = zero_ticks([*frame["delta"], *frame["low"], *frame["high"]])
-    x = alt.X("low:Q", title=x_title, scale=alt.Scale(domain=[ticks[0], ticks[-1]], nice=False, zero=False),
-              axis=alt.Axis(values=ticks, format=_tick_format(ticks), labelOverlap=False))
+    x = alt.X(
+        "low:Q",
+        title=x_title,
+        scale=alt.Scale(domain=[ticks[0], ticks[-1]], nice=False, zero=False),
+        axis=alt.Axis(values=ticks, format=_tick_format(ticks), labelOverlap=False),
+    )
     intervals = rows.mark_rule(strokeWidth=2).encode(x=x, x2="high:Q", color=colour)
     points = rows.mark_point(filled=True, size=60, opacity=1).encode(
-        x="delta:Q", color=colour,
-        tooltip=["facet:N", "y:N", alt.Tooltip("delta:Q", format="+.4g", title="Δ"),
-                 alt.Tooltip("low:Q", format="+.4g", title="CI low"), alt.Tooltip("high:Q", format="+.4g", title="CI high"),
-                 alt.Tooltip("n_prompts:Q", title="prompts"), "verdict:N"])
+        x="delta:Q",
+        color=colour,
+        tooltip=[
+            "facet:N",
+            "y:N",
+            alt.Tooltip("delta:Q", format="+.4g", title="Δ"),
+            alt.Tooltip("low:Q", format="+.4g", title="CI low"),
+            alt.Tooltip("high:Q", format="+.4g", title="CI high"),
+            alt.Tooltip("n_prompts:Q", title="prompts"),
+            "verdict:N",
+        ],
+    )
     zero = alt.Chart().mark_rule(color="black", strokeDash=[4, 4]).encode(x=alt.datum(0))
     layers = alt.layer(zero, intervals, points, data=frame).properties(width=260)
     return layers.facet(column=alt.Column("facet:N", title=facet_title)).properties(title=title)
@@ -83,9 +97,14 @@ def win_rate_chart(matrix: pd.DataFrame, order: Sequence[str], title: str = "") 
         tooltip=["method", "against", alt.Tooltip("win_rate:Q", format=".1%")],
     )
     # No label on the diagonal (a method against itself), which holds no number.
-    text = base.transform_filter("isValid(datum.win_rate)").mark_text().encode(
-        text=alt.Text("win_rate:Q", format=".0%"),
-        color=alt.condition("abs(datum.win_rate - 0.5) > 0.3", alt.value("white"), alt.value("black")))
+    text = (
+        base.transform_filter("isValid(datum.win_rate)")
+        .mark_text()
+        .encode(
+            text=alt.Text("win_rate:Q", format=".0%"),
+            color=alt.condition("abs(datum.win_rate - 0.5) > 0.3", alt.value("white"), alt.value("black")),
+        )
+    )
     # A fixed band per method: without it Vega-Lite draws 20-pixel cells.
     return (heat + text).properties(width=alt.Step(64), height=alt.Step(48), title=title)
 
@@ -94,28 +113,47 @@ def image_grid_chart(grid: pd.DataFrame, methods: Sequence[str], px: int, title:
     """Prompts (rows) × methods (columns), one image each at the same seed (``dashboard.data.image_grid``)."""
     order = list(dict.fromkeys(grid["row"]))
     base = alt.Chart(grid).encode(
-        x=alt.X("method:N", sort=list(methods), title=None, axis=alt.Axis(orient="top", labelAngle=0, ticks=False,
-                                                                          domain=False, labelFontWeight="bold")),
+        x=alt.X(
+            "method:N",
+            sort=list(methods),
+            title=None,
+            axis=alt.Axis(orient="top", labelAngle=0, ticks=False, domain=False, labelFontWeight="bold"),
+        ),
         y=alt.Y("row:N", sort=order, title=None, axis=alt.Axis(ticks=False, domain=False, labelLimit=320)),
     )
     # Unsmoothed: a small image's thumbnail is already enlarged by whole pixels (``dashboard.data.thumbnail``).
-    images = base.transform_filter("isValid(datum.url)").mark_image(width=px, height=px, smooth=False).encode(
-        url="url:N", tooltip=["method", "prompt", "seed"])
+    images = (
+        base.transform_filter("isValid(datum.url)")
+        .mark_image(width=px, height=px, smooth=False)
+        .encode(url="url:N", tooltip=["method", "prompt", "seed"])
+    )
     missing = base.transform_filter("!isValid(datum.url)").mark_text(color="#cf222e").encode(text=alt.value("no image"))
-    return (images + missing).properties(width=alt.Step(px + 8), height=alt.Step(px + 8), title=title) \
+    return (
+        (images + missing)
+        .properties(width=alt.Step(px + 8), height=alt.Step(px + 8), title=title)
         .configure_view(stroke=None)
+    )
 
 
 def curve_chart(points: pd.DataFrame, methods: Sequence[str], y_title: str, title: str = "") -> alt.LayerChart:
     """A metric over training steps (``harness.evaluation.curves.curve_points`` of one suite and metric): a line per method
     through its means, its 95 % CI as a band."""
-    base = alt.Chart(points).encode(x=alt.X("step:Q", title="training step"),
-                                    color=alt.Color("method:N", sort=list(methods)))
-    band = base.mark_area(opacity=0.2).encode(y=alt.Y("ci_low:Q", title=y_title, scale=alt.Scale(zero=False)),
-                                               y2="ci_high:Q")
+    base = alt.Chart(points).encode(
+        x=alt.X("step:Q", title="training step"), color=alt.Color("method:N", sort=list(methods))
+    )
+    band = base.mark_area(opacity=0.2).encode(
+        y=alt.Y("ci_low:Q", title=y_title, scale=alt.Scale(zero=False)), y2="ci_high:Q"
+    )
     line = base.mark_line(point=True).encode(
-        y="mean:Q", tooltip=["method", "step", alt.Tooltip("mean:Q", format=".4g"),
-                             alt.Tooltip("ci_low:Q", format=".4g"), alt.Tooltip("ci_high:Q", format=".4g")])
+        y="mean:Q",
+        tooltip=[
+            "method",
+            "step",
+            alt.Tooltip("mean:Q", format=".4g"),
+            alt.Tooltip("ci_low:Q", format=".4g"),
+            alt.Tooltip("ci_high:Q", format=".4g"),
+        ],
+    )
     return (band + line).properties(title=title)
 
 

@@ -16,8 +16,8 @@ from pathlib import Path
 import pandas as pd
 from PIL import Image
 
-from harness.evaluation.curves import curve_points, split_snapshots
 from harness.errors import HarnessError
+from harness.evaluation.curves import curve_points, split_snapshots
 from harness.results.experiments import (
     SEPARATOR,
     Experiment,
@@ -74,7 +74,9 @@ class Results:
     checkpoints: pd.DataFrame
     overlaps: pd.DataFrame
     training_signals: pd.DataFrame
-    curve_scores: pd.DataFrame  # the scores of --eval-every's METHOD@STEP runs (harness.evaluation.curves), none of the above's
+    curve_scores: (
+        pd.DataFrame
+    )  # the scores of --eval-every's METHOD@STEP runs (harness.evaluation.curves), none of the above's
     # Several results directories side by side (``load_experiments``): (name, directory) of each; their
     # methods are named NAME/method, their runs numbered anew, their image paths start with NAME/.
     experiments: tuple[tuple[str, Path], ...] = ()
@@ -92,8 +94,10 @@ class Results:
         """Methods in display order: by experiment in the order given, each with its base first, then
         alphabetical (--eval-every's METHOD@STEP runs are no methods: they are the Curves page's)."""
         names = {name: i for i, name in enumerate(self.names)}
-        return sorted(set(split_snapshots(self.runs)[0]["method"]),
-                      key=lambda m: (names.get(m.rpartition(SEPARATOR)[0], 0), not is_base(m), m))
+        return sorted(
+            set(split_snapshots(self.runs)[0]["method"]),
+            key=lambda m: (names.get(m.rpartition(SEPARATOR)[0], 0), not is_base(m), m),
+        )
 
     def image_file(self, path: str) -> Path | None:
         """``image_file`` of a stored path (an experiment's, when several are side by side)."""
@@ -114,22 +118,32 @@ def load_experiments(experiments: Sequence[Experiment]) -> Results:
         return load_results(experiments[0].results.root)
     loaded = [load_results(e.results.root) for e in experiments]
     check_comparable({e.name: versions_of(r.images, r.scores) for e, r in zip(experiments, loaded)})
-    run_ids = {(e.name, run_id): new for new, (e, run_id) in
-               enumerate(((e, run_id) for e, r in zip(experiments, loaded) for run_id in r.runs["run_id"]), start=1)}
+    run_ids = {
+        (e.name, run_id): new
+        for new, (e, run_id) in enumerate(
+            ((e, run_id) for e, r in zip(experiments, loaded) for run_id in r.runs["run_id"]), start=1
+        )
+    }
     frames = {}
     for field in FRAMES:
         parts = []
         for experiment, results in zip(experiments, loaded):
             frame = getattr(results, field)
-            frame = frame.assign(run_id=[run_ids[experiment.name, r] for r in frame["run_id"]],
-                                 method=[qualified(experiment.name, m) for m in frame["method"]])
+            frame = frame.assign(
+                run_id=[run_ids[experiment.name, r] for r in frame["run_id"]],
+                method=[qualified(experiment.name, m) for m in frame["method"]],
+            )
             if "path" in frame.columns and field != "checkpoints":
                 frame["path"] = [qualified(experiment.name, p) for p in frame["path"]]
             parts.append(frame)
         frames[field] = pd.concat(parts, ignore_index=True)
-    return Results(results_dir=experiments[0].results.root, fingerprint=sum((r.fingerprint for r in loaded), ()),
-                   experiments=tuple((e.name, e.results.root) for e in experiments),
-                   verified=tuple((e.name, r.verified[0][1]) for e, r in zip(experiments, loaded)), **frames)
+    return Results(
+        results_dir=experiments[0].results.root,
+        fingerprint=sum((r.fingerprint for r in loaded), ()),
+        experiments=tuple((e.name, e.results.root) for e in experiments),
+        verified=tuple((e.name, r.verified[0][1]) for e, r in zip(experiments, loaded)),
+        **frames,
+    )
 
 
 def load_results(results_dir: Path) -> Results:
@@ -153,7 +167,9 @@ def load_results(results_dir: Path) -> Results:
 
 def metric_labels(frame: pd.DataFrame) -> list[str]:
     """``metric_label`` of each row of a leaderboard or scores frame."""
-    return [metric_label(*row) for row in frame[["metric", "metric_version", "higher_is_better"]].itertuples(index=False)]
+    return [
+        metric_label(*row) for row in frame[["metric", "metric_version", "higher_is_better"]].itertuples(index=False)
+    ]
 
 
 def leaderboard_frame(rows: list[dict]) -> pd.DataFrame:
@@ -175,8 +191,14 @@ def curves(results: Results, base: str = BASE) -> pd.DataFrame:
     """``harness.evaluation.curves.curve_points`` of every experiment shown (each against its own base), with a
     ``metric_label`` column."""
     scores = pd.concat([results.scores, results.curve_scores], ignore_index=True)
-    parts = [(scores, base)] if not results.names else [
-        (scores[scores["method"].str.startswith(qualified(name, ""))], qualified(name, base)) for name in results.names]
+    parts = (
+        [(scores, base)]
+        if not results.names
+        else [
+            (scores[scores["method"].str.startswith(qualified(name, ""))], qualified(name, base))
+            for name in results.names
+        ]
+    )
     points = pd.concat([curve_points(own, own_base) for own, own_base in parts], ignore_index=True)
     return leaderboard_frame(points.to_dict("records"))
 
@@ -212,7 +234,8 @@ def column_directions(board: pd.DataFrame) -> dict[str, bool]:
     return {
         f"{suite} · {label}": bool(higher)
         for suite, label, higher in board[["suite", "metric_label", "higher_is_better"]]
-        .drop_duplicates().itertuples(index=False)
+        .drop_duplicates()
+        .itertuples(index=False)
     }
 
 
@@ -247,21 +270,25 @@ def detail_table(board: pd.DataFrame, label: str, methods: Sequence[str], by: st
     keys = ["suite", *([by] if by else []), "method"]
     rows = rows.sort_values(keys, key=lambda c: c.map(order) if c.name == "method" else c)
     parts = {by: rows[by], "prompts": rows["n_prompts"]} if by else {}
-    return pd.DataFrame({
-        "method": rows["method"],
-        "suite": rows["suite"],
-        "split": rows["split"],
-        **parts,
-        "n": rows["n"],
-        "mean": rows["mean"],
-        "trained_on_signal": rows["trained_on_signal"],
-        "95% CI": [_interval(lo, hi, ".4g", v) for lo, hi, v in zip(rows["ci_low"], rows["ci_high"], rows["mean"])],
-        "Δ vs base": pd.to_numeric(rows["delta_vs_base"]),
-        "Δ 95% CI": [_interval(lo, hi, ".3g", v) for lo, hi, v in
-                     zip(rows["delta_ci_low"], rows["delta_ci_high"], rows["delta_vs_base"])],
-        "win rate vs base": pd.to_numeric(rows["win_rate_vs_base"]),
-        "win 95% CI": [_interval(lo, hi, ".0%") for lo, hi in zip(rows["win_ci_low"], rows["win_ci_high"])],
-    }).reset_index(drop=True)
+    return pd.DataFrame(
+        {
+            "method": rows["method"],
+            "suite": rows["suite"],
+            "split": rows["split"],
+            **parts,
+            "n": rows["n"],
+            "mean": rows["mean"],
+            "trained_on_signal": rows["trained_on_signal"],
+            "95% CI": [_interval(lo, hi, ".4g", v) for lo, hi, v in zip(rows["ci_low"], rows["ci_high"], rows["mean"])],
+            "Δ vs base": pd.to_numeric(rows["delta_vs_base"]),
+            "Δ 95% CI": [
+                _interval(lo, hi, ".3g", v)
+                for lo, hi, v in zip(rows["delta_ci_low"], rows["delta_ci_high"], rows["delta_vs_base"])
+            ],
+            "win rate vs base": pd.to_numeric(rows["win_rate_vs_base"]),
+            "win 95% CI": [_interval(lo, hi, ".0%") for lo, hi in zip(rows["win_ci_low"], rows["win_ci_high"])],
+        }
+    ).reset_index(drop=True)
 
 
 def category_label(category: str | None, n_prompts: int) -> str:
@@ -280,17 +307,20 @@ def delta_frame(board: pd.DataFrame, label: str, *, y: str, facet: str) -> pd.Da
             return [category_label(c, n) for c, n in zip(rows["category"], rows["n_prompts"])]
         return rows[field].tolist()
 
-    return pd.DataFrame({
-        "y": labels(y),
-        "facet": labels(facet),
-        "method": rows["method"].tolist(),
-        "delta": pd.to_numeric(rows["delta_vs_base"]).tolist(),
-        "low": pd.to_numeric(rows["delta_ci_low"]).tolist(),
-        "high": pd.to_numeric(rows["delta_ci_high"]).tolist(),
-        "n_prompts": rows["n_prompts"].tolist(),
-        "verdict": [verdict(r.get("delta_ci_low"), r.get("delta_ci_high"), higher_is_better_of(r))
-                    for r in _records(rows)],
-    })
+    return pd.DataFrame(
+        {
+            "y": labels(y),
+            "facet": labels(facet),
+            "method": rows["method"].tolist(),
+            "delta": pd.to_numeric(rows["delta_vs_base"]).tolist(),
+            "low": pd.to_numeric(rows["delta_ci_low"]).tolist(),
+            "high": pd.to_numeric(rows["delta_ci_high"]).tolist(),
+            "n_prompts": rows["n_prompts"].tolist(),
+            "verdict": [
+                verdict(r.get("delta_ci_low"), r.get("delta_ci_high"), higher_is_better_of(r)) for r in _records(rows)
+            ],
+        }
+    )
 
 
 def _records(rows: pd.DataFrame) -> list[dict]:
@@ -360,14 +390,21 @@ def prompt_table(images: pd.DataFrame, suite: str, categories: Sequence[str]) ->
     return rows.drop_duplicates("prompt_id")[["prompt_id", "prompt", "category"]].sort_values("prompt_id")
 
 
-def image_grid(results: Results, suite: str, prompt_ids: Sequence[str], image_index: int, px: int,
-               thumb: Callable[[Path, int], bytes] = thumbnail) -> pd.DataFrame:
+def image_grid(
+    results: Results,
+    suite: str,
+    prompt_ids: Sequence[str],
+    image_index: int,
+    px: int,
+    thumb: Callable[[Path, int], bytes] = thumbnail,
+) -> pd.DataFrame:
     """One image per (prompt, method) at ``image_index`` — the same seed for every method — shaped for
     ``dashboard.charts.image_grid_chart``: columns row (the prompt and its seed), prompt, method, seed,
     url (a data URL of a ``px`` thumbnail; None where the file is missing)."""
     images = results.images
-    images = images[(images["suite"] == suite) & images["prompt_id"].isin(prompt_ids)
-                    & (images["image_index"] == image_index)]
+    images = images[
+        (images["suite"] == suite) & images["prompt_id"].isin(prompt_ids) & (images["image_index"] == image_index)
+    ]
     rows = []
     for prompt_id in prompt_ids:
         of_prompt = images[images["prompt_id"] == prompt_id]
@@ -397,7 +434,8 @@ def prompt_grid(results: Results, suite: str, prompt_id: str) -> pd.DataFrame:
         wide = scores.pivot_table(index=["run_id", "image_index"], columns="label", values="value", aggfunc="first")
         wide.columns.name = None
     grid = images[["run_id", "method", "image_index", "seed", "path"]].merge(
-        wide.reset_index(), on=["run_id", "image_index"], how="left")
+        wide.reset_index(), on=["run_id", "image_index"], how="left"
+    )
     return grid.sort_values(["image_index", "method"]).reset_index(drop=True)
 
 
@@ -407,8 +445,10 @@ def verification_lines(results: Results) -> list[str]:
     for name, record in results.verified:
         where = f"{name}: " if name else ""
         if record is None:
-            lines.append(f"{where}never verified (`harness verify --out DIR` checks every image, score, checkpoint "
-                         "and cache entry)")
+            lines.append(
+                f"{where}never verified (`harness verify --out DIR` checks every image, score, checkpoint "
+                "and cache entry)"
+            )
         else:
             found = "no problems" if not record["problems"] else f"{record['problems']} problem(s) left"
             lines.append(f"{where}last verified {record['at'].replace('T', ' ').replace('+00:00', ' UTC')}: {found}")

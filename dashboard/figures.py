@@ -51,8 +51,14 @@ def has_categories(board: pd.DataFrame, suite: str) -> bool:
 def overall_delta_chart(board: pd.DataFrame, label: str, methods: Sequence[str], base: str) -> alt.FacetChart:
     """Δ vs ``base`` of each method on one metric, a panel per suite."""
     frame = delta_frame(board, label, y="method", facet="suite")
-    return charts.delta_chart(frame, y_title="method", facet_title="suite", order=methods,
-                              x_title=direction_title(board, label, base), title=f"{label}: Δ vs {base}")
+    return charts.delta_chart(
+        frame,
+        y_title="method",
+        facet_title="suite",
+        order=methods,
+        x_title=direction_title(board, label, base),
+        title=f"{label}: Δ vs {base}",
+    )
 
 
 def category_delta_chart(by_category: pd.DataFrame, label: str, suite: str, base: str) -> alt.FacetChart:
@@ -60,8 +66,14 @@ def category_delta_chart(by_category: pd.DataFrame, label: str, suite: str, base
     rows = by_category[by_category["suite"] == suite]
     frame = delta_frame(rows, label, y="category", facet="method")
     order = sorted(set(frame["y"]))
-    return charts.delta_chart(frame, y_title="category (prompts)", facet_title="method", order=order,
-                              x_title=direction_title(rows, label, base), title=f"{suite} · {label}: Δ vs {base} per category")
+    return charts.delta_chart(
+        frame,
+        y_title="category (prompts)",
+        facet_title="method",
+        order=order,
+        x_title=direction_title(rows, label, base),
+        title=f"{suite} · {label}: Δ vs {base} per category",
+    )
 
 
 def write_figures(experiments: Sequence[Experiment], options: FigureOptions) -> list[Path]:
@@ -79,8 +91,10 @@ def write_figures(experiments: Sequence[Experiment], options: FigureOptions) -> 
         if not own:
             raise HarnessError(f"no scores in {experiment.results.root} yet: nothing to draw")
         if base not in scored:
-            raise HarnessError(f"no scores of the base {options.base!r} in {experiment.results.root}; pass --base "
-                               f"with one of {', '.join(m.rpartition(SEPARATOR)[2] for m in own)}")
+            raise HarnessError(
+                f"no scores of the base {options.base!r} in {experiment.results.root}; pass --base "
+                f"with one of {', '.join(m.rpartition(SEPARATOR)[2] for m in own)}"
+            )
     board, by_category = statistics(results, options.base), statistics(results, options.base, by=["category"])
     methods = [m for m in results.methods if m.rpartition(SEPARATOR)[2] != options.base]
     # Every chart is built before the first file is written: a mistake leaves nothing behind.
@@ -90,18 +104,28 @@ def write_figures(experiments: Sequence[Experiment], options: FigureOptions) -> 
         figures.append((overall_delta_chart(board, label, methods, options.base), ("delta", metric, version)))
         for suite in sorted(board.loc[board["metric_label"] == label, "suite"].unique()):
             if has_categories(by_category, suite):
-                figures.append((category_delta_chart(by_category, label, suite, options.base),
-                                ("delta-by-category", suite, metric, version)))
+                figures.append(
+                    (
+                        category_delta_chart(by_category, label, suite, options.base),
+                        ("delta-by-category", suite, metric, version),
+                    )
+                )
             matrix = win_rate_matrix(results.scores, metric, suite, metric_version=version)
             order = [m for m in results.methods if m in matrix.index]
-            figures.append((charts.win_rate_chart(matrix, order, title=f"{suite} · {label}: win rate"),
-                            ("winrate", suite, metric, version)))
+            figures.append(
+                (
+                    charts.win_rate_chart(matrix, order, title=f"{suite} · {label}: win rate"),
+                    ("winrate", suite, metric, version),
+                )
+            )
     for suite in sorted(results.images["suite"].unique()):
         prompts = results.images[results.images["suite"] == suite]
         grid = image_grid(results, suite, spread_prompts(prompts, options.grid_prompts), options.grid_image, GRID_PX)
         if grid.empty:
-            raise HarnessError(f"no image {options.grid_image} of any prompt of {suite}; pass a --grid-image "
-                               "below the images per prompt")
+            raise HarnessError(
+                f"no image {options.grid_image} of any prompt of {suite}; pass a --grid-image "
+                "below the images per prompt"
+            )
         title = f"{suite}: image {options.grid_image} of each prompt, the same seed for every method"
         figures.append((charts.image_grid_chart(grid, results.methods, GRID_PX, title=title), ("grid", suite)))
 

@@ -32,15 +32,25 @@ def command(shown: Shown, port: int, host: str = "127.0.0.1") -> list[str]:
     else:
         outs = [arg for e in experiments for arg in ("--out", f"{e.name}={e.results.root.resolve()}")]
     return [
-        sys.executable, "-m", "streamlit", "run", str(APP),
-        "--server.address", host,
-        "--server.port", str(port),
-        "--server.headless", "true",
+        sys.executable,
+        "-m",
+        "streamlit",
+        "run",
+        str(APP),
+        "--server.address",
+        host,
+        "--server.port",
+        str(port),
+        "--server.headless",
+        "true",
         # No telemetry, no file watcher (nothing here is edited live), no browser auto-open.
-        "--browser.gatherUsageStats", "false",
-        "--server.fileWatcherType", "none",
+        "--browser.gatherUsageStats",
+        "false",
+        "--server.fileWatcherType",
+        "none",
         # A read-only local tool: the toolbar without the developer's items ("Deploy" among them).
-        "--client.toolbarMode", "viewer",
+        "--client.toolbarMode",
+        "viewer",
         "--",
         *outs,
     ]

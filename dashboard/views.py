@@ -63,8 +63,9 @@ def cached_leaderboard(results: Results) -> pd.DataFrame:
     return statistics(results, BASE)
 
 
-@st.cache_data(max_entries=4, show_spinner="Computing confidence intervals per category…",
-               hash_funcs={Results: _results_key})
+@st.cache_data(
+    max_entries=4, show_spinner="Computing confidence intervals per category…", hash_funcs={Results: _results_key}
+)
 def cached_category_board(results: Results) -> pd.DataFrame:
     return statistics(results, BASE, by=["category"])
 
@@ -108,8 +109,10 @@ def leaderboard_page(results: Results) -> None:
         return
 
     st.subheader("Mean score per method")
-    st.caption("One column per suite and metric (version in brackets; versions are never mixed). "
-               "The best value of each column is highlighted. Click a header to sort.")
+    st.caption(
+        "One column per suite and metric (version in brackets; versions are never mixed). "
+        "The best value of each column is highlighted. Click a header to sort."
+    )
     table = overview_table(board, results.methods)
     directions = column_directions(board)
     mask = best_cells(table, directions)
@@ -125,20 +128,27 @@ def leaderboard_page(results: Results) -> None:
     chosen = board[board["metric_label"] == label].iloc[0]
     higher = bool(chosen["higher_is_better"])
     scores = results.scores
-    scale = scores.loc[(scores["metric"] == chosen["metric"]) & (scores["metric_version"] == chosen["metric_version"]),
-                       "scale"].iloc[0]
-    st.caption(f"{label}: scale {scale}, {'higher' if higher else 'lower'} is better. 95% bootstrap CIs over "
-               f"prompts; Δ (method − {BASE}) and win rate are paired with '{BASE}' on the same prompts and seeds "
-               f"(win: the method's median image of a prompt scores strictly {'higher' if higher else 'lower'}).")
+    scale = scores.loc[
+        (scores["metric"] == chosen["metric"]) & (scores["metric_version"] == chosen["metric_version"]), "scale"
+    ].iloc[0]
+    st.caption(
+        f"{label}: scale {scale}, {'higher' if higher else 'lower'} is better. 95% bootstrap CIs over "
+        f"prompts; Δ (method − {BASE}) and win rate are paired with '{BASE}' on the same prompts and seeds "
+        f"(win: the method's median image of a prompt scores strictly {'higher' if higher else 'lower'})."
+    )
     detail = detail_table(board, label, results.methods)
     best = best_per_suite(detail, higher)
     styled = detail.style.apply(lambda column: [HIGHLIGHT if b else "" for b in best], subset=["mean"])
     marked = pd.DataFrame({"mean": detail["trained_on_signal"]})
-    st.dataframe(_format_means(styled, marked, ["mean"]), hide_index=True, column_config={
-        "trained_on_signal": None,  # shown as the mark on the mean
-        "Δ vs base": st.column_config.NumberColumn(format="%+.4f"),
-        "win rate vs base": st.column_config.NumberColumn(format="percent"),
-    })
+    st.dataframe(
+        _format_means(styled, marked, ["mean"]),
+        hide_index=True,
+        column_config={
+            "trained_on_signal": None,  # shown as the mark on the mean
+            "Δ vs base": st.column_config.NumberColumn(format="%+.4f"),
+            "win rate vs base": st.column_config.NumberColumn(format="percent"),
+        },
+    )
     if detail["trained_on_signal"].any():
         st.caption(SIGNAL_NOTE)
     if board["delta_vs_base"].notna().any():
@@ -152,9 +162,11 @@ def categories_page(results: Results) -> None:
     if board.empty:
         st.info("No scores stored yet: the run has not reached scoring.")
         return
-    st.caption("Every statistic of the leaderboard, computed on each category's prompts alone, so a category "
-               f"with few prompts has a wide CI and one prompt has none ('{NO_INTERVAL}'). Under about ten "
-               "prompts a bootstrap interval is itself too narrow to trust: read the prompt count beside it.")
+    st.caption(
+        "Every statistic of the leaderboard, computed on each category's prompts alone, so a category "
+        f"with few prompts has a wide CI and one prompt has none ('{NO_INTERVAL}'). Under about ten "
+        "prompts a bootstrap interval is itself too narrow to trust: read the prompt count beside it."
+    )
     labels = sorted(board["metric_label"].unique())
     label = st.selectbox("Metric", labels, key="categories_metric")
     suites = sorted(board.loc[board["metric_label"] == label, "suite"].unique())
@@ -166,11 +178,15 @@ def categories_page(results: Results) -> None:
         st.info(f"Only '{BASE}' has scores on {suite}: there is no Δ to draw.")
     detail = detail_table(rows, label, results.methods, by="category").drop(columns=["suite", "split"])
     marked = pd.DataFrame({"mean": detail["trained_on_signal"]})
-    st.dataframe(_format_means(detail.style, marked, ["mean"]), hide_index=True, column_config={
-        "trained_on_signal": None,  # shown as the mark on the mean
-        "Δ vs base": st.column_config.NumberColumn(format="%+.4f"),
-        "win rate vs base": st.column_config.NumberColumn(format="percent"),
-    })
+    st.dataframe(
+        _format_means(detail.style, marked, ["mean"]),
+        hide_index=True,
+        column_config={
+            "trained_on_signal": None,  # shown as the mark on the mean
+            "Δ vs base": st.column_config.NumberColumn(format="%+.4f"),
+            "win rate vs base": st.column_config.NumberColumn(format="percent"),
+        },
+    )
     if detail["trained_on_signal"].any():
         st.caption(SIGNAL_NOTE)
 
@@ -183,20 +199,37 @@ def image_grid_page(results: Results) -> None:
         return
     suite = st.selectbox("Suite", sorted(images["suite"].unique()), key="grid_suite")
     in_suite = images[images["suite"] == suite]
-    categories = st.multiselect("Categories", sorted(in_suite["category"].dropna().unique()),
-                                key=f"grid_categories:{suite}")
+    categories = st.multiselect(
+        "Categories", sorted(in_suite["category"].dropna().unique()), key=f"grid_categories:{suite}"
+    )
     prompts = prompt_table(images, suite, categories)
     # Keys depend on the filter, so a smaller selection never keeps a count larger than itself.
     filter_id = f"{suite}|{'|'.join(categories)}"
-    count = st.number_input("Prompts (taken in turn from each category)", 1, len(prompts), min(4, len(prompts)),
-                            key=f"grid_count:{filter_id}")
-    index = st.selectbox("Image of each prompt (the same seed for every method)",
-                         sorted(in_suite["image_index"].unique()), key=f"grid_image:{suite}")
-    grid = image_grid(results, suite, spread_prompts(prompts, count), index, figures.GRID_PX,
-                      thumb=lambda path, size: cached_thumbnail(str(path), path.stat().st_mtime_ns, size))
+    count = st.number_input(
+        "Prompts (taken in turn from each category)",
+        1,
+        len(prompts),
+        min(4, len(prompts)),
+        key=f"grid_count:{filter_id}",
+    )
+    index = st.selectbox(
+        "Image of each prompt (the same seed for every method)",
+        sorted(in_suite["image_index"].unique()),
+        key=f"grid_image:{suite}",
+    )
+    grid = image_grid(
+        results,
+        suite,
+        spread_prompts(prompts, count),
+        index,
+        figures.GRID_PX,
+        thumb=lambda path, size: cached_thumbnail(str(path), path.stat().st_mtime_ns, size),
+    )
     st.altair_chart(charts.image_grid_chart(grid, results.methods, figures.GRID_PX))
-    st.caption(f"`harness figure --out {results.results_dir}` writes this grid (prompts taken in turn from each "
-               "category of each suite) as PNG and SVG, with the Δ charts and win-rate heatmaps.")
+    st.caption(
+        f"`harness figure --out {results.results_dir}` writes this grid (prompts taken in turn from each "
+        "category of each suite) as PNG and SVG, with the Δ charts and win-rate heatmaps."
+    )
 
 
 def _sync_page_from_prompt(prompt_key: str, page_key: str, prompt_ids: list[str]) -> None:
@@ -214,10 +247,12 @@ def compare_page(results: Results) -> None:
         st.info("No images stored yet: the run has not reached generation.")
         return
     splits = images.drop_duplicates("suite").set_index("suite")["split"]
-    suite = st.selectbox("Suite", sorted(splits.index), format_func=lambda s: f"{s} ({splits[s]})",
-                         key="compare_suite")
-    categories = st.multiselect("Categories", sorted(images.loc[images["suite"] == suite, "category"].unique()),
-                                key=f"compare_categories:{suite}")
+    suite = st.selectbox("Suite", sorted(splits.index), format_func=lambda s: f"{s} ({splits[s]})", key="compare_suite")
+    categories = st.multiselect(
+        "Categories",
+        sorted(images.loc[images["suite"] == suite, "category"].unique()),
+        key=f"compare_categories:{suite}",
+    )
     prompts = prompt_table(images, suite, categories)
     prompt_ids = prompts["prompt_id"].tolist()
     # Keys depend on the filter, so a new filter starts from its first prompt.
@@ -225,8 +260,14 @@ def compare_page(results: Results) -> None:
     prompt_key, page_key = f"compare_prompt:{filter_id}", f"compare_page:{filter_id}"
     texts = dict(zip(prompts["prompt_id"], prompts["prompt"]))
     sync_args = (prompt_key, page_key, prompt_ids)
-    st.selectbox("Prompt", prompt_ids, format_func=lambda p: f"{p} — {texts[p]}", key=prompt_key,
-                 on_change=_sync_page_from_prompt, args=sync_args)
+    st.selectbox(
+        "Prompt",
+        prompt_ids,
+        format_func=lambda p: f"{p} — {texts[p]}",
+        key=prompt_key,
+        on_change=_sync_page_from_prompt,
+        args=sync_args,
+    )
     page = st.pagination(len(prompt_ids), key=page_key, on_change=_sync_prompt_from_page, args=sync_args)
     prompt = prompts.iloc[page - 1]
     st.markdown(f"**{prompt['prompt_id']}** · *{prompt['category'] or 'no category'}* — {prompt['prompt']}")
@@ -267,9 +308,11 @@ def win_rate_page(results: Results) -> None:
     matrix = cached_win_matrix(results, metric, version, suite)
     order = [m for m in results.methods if m in matrix.index]
     st.altair_chart(charts.win_rate_chart(matrix, order), width="stretch")
-    st.caption(f"Cell = share of prompts where the row method's median image scores strictly "
-               f"{'higher' if higher else 'lower'} ({'higher' if higher else 'lower'} is better) than the column "
-               "method's, on the same seeds. Ties count for neither, so a[i,j] + a[j,i] can be below 1.")
+    st.caption(
+        f"Cell = share of prompts where the row method's median image scores strictly "
+        f"{'higher' if higher else 'lower'} ({'higher' if higher else 'lower'} is better) than the column "
+        "method's, on the same seeds. Ties count for neither, so a[i,j] + a[j,i] can be below 1."
+    )
     st.dataframe(matrix.loc[order, order].reset_index(), hide_index=True)
 
 
@@ -284,16 +327,23 @@ def training_page(results: Results) -> None:
     methods = [m for m in results.methods if m in set(training["method"])]
     for term in chosen:
         rows = training[training["term"] == term]
-        chart = alt.Chart(rows).mark_line().encode(
-            x=alt.X("step:Q"), y=alt.Y("value:Q", title=term, scale=alt.Scale(zero=False)),
-            color=alt.Color("method:N", sort=methods), tooltip=["method", "step", "value"],
+        chart = (
+            alt.Chart(rows)
+            .mark_line()
+            .encode(
+                x=alt.X("step:Q"),
+                y=alt.Y("value:Q", title=term, scale=alt.Scale(zero=False)),
+                color=alt.Color("method:N", sort=methods),
+                tooltip=["method", "step", "value"],
+            )
         )
         st.subheader(term)
         st.altair_chart(chart, width="stretch")
 
 
-@st.cache_data(max_entries=4, show_spinner="Computing confidence intervals over training…",
-               hash_funcs={Results: _results_key})
+@st.cache_data(
+    max_entries=4, show_spinner="Computing confidence intervals over training…", hash_funcs={Results: _results_key}
+)
 def cached_curves(results: Results) -> pd.DataFrame:
     return curves(results, BASE)
 
@@ -302,19 +352,24 @@ def curves_page(results: Results) -> None:
     st.header("Curves")
     points = cached_curves(results)
     if points.empty:
-        st.info("No evaluation during training: `harness run --eval-every N` evaluates each method's UNet every N "
-                "steps.")
+        st.info(
+            "No evaluation during training: `harness run --eval-every N` evaluates each method's UNet every N steps."
+        )
         return
     label = st.selectbox("Metric", sorted(points["metric_label"].unique()), key="curves_metric")
-    suite = st.selectbox("Suite", sorted(points.loc[points["metric_label"] == label, "suite"].unique()),
-                         key="curves_suite")
+    suite = st.selectbox(
+        "Suite", sorted(points.loc[points["metric_label"] == label, "suite"].unique()), key="curves_suite"
+    )
     rows = points[(points["metric_label"] == label) & (points["suite"] == suite)]
     methods = [m for m in results.methods if m in set(rows["method"])]
-    st.altair_chart(charts.curve_chart(rows[["method", "step", "mean", "ci_low", "ci_high"]], methods, label),
-                    width="stretch")
-    st.caption("Each point: the method's UNet at that step, evaluated with the run's protocol (the same prompts, "
-               "seeds, sampler and scorers as the final evaluation), its mean with the 95% bootstrap CI over "
-               "prompts. The last point is the final UNet: the leaderboard's number.")
+    st.altair_chart(
+        charts.curve_chart(rows[["method", "step", "mean", "ci_low", "ci_high"]], methods, label), width="stretch"
+    )
+    st.caption(
+        "Each point: the method's UNet at that step, evaluated with the run's protocol (the same prompts, "
+        "seeds, sampler and scorers as the final evaluation), its mean with the 95% bootstrap CI over "
+        "prompts. The last point is the final UNet: the leaderboard's number."
+    )
     st.dataframe(detail_table(rows, label, methods, by="step").drop(columns=["trained_on_signal"]), hide_index=True)
 
 
@@ -323,9 +378,11 @@ def run_details_page(results: Results) -> None:
     for warning in overlap_warnings(results):
         st.warning(warning)
     runs = results.runs
-    st.caption("Each run's own start and end (its first job's start, its last job's end, UTC), wall time (its jobs' "
-               "sum), CPU-hours on a CPU or GPU-hours on a GPU, UNet evaluations per training sample and peak "
-               f"memory (the largest of its jobs'). '{MISSING}': the run has no such figure.")
+    st.caption(
+        "Each run's own start and end (its first job's start, its last job's end, UTC), wall time (its jobs' "
+        "sum), CPU-hours on a CPU or GPU-hours on a GPU, UNet evaluations per training sample and peak "
+        f"memory (the largest of its jobs'). '{MISSING}': the run has no such figure."
+    )
     st.dataframe(shown_run_details(run_details(runs)), hide_index=True)
     for line in verification_lines(results):
         st.caption(line[0].upper() + line[1:])
@@ -334,15 +391,23 @@ def run_details_page(results: Results) -> None:
     run = runs.set_index("run_id").loc[run_id]
     provenance, compute, config = st.columns(3)
     provenance.markdown("**Provenance**")
-    provenance.json({"key": run["key"], "base_model": run["base_model"], "preset": run["preset"],
-                     "git_commit": run["git_commit"], "versions": json.loads(run["versions"])})
+    provenance.json(
+        {
+            "key": run["key"],
+            "base_model": run["base_model"],
+            "preset": run["preset"],
+            "git_commit": run["git_commit"],
+            "versions": json.loads(run["versions"]),
+        }
+    )
     compute.markdown("**Compute**")
     compute.json(json.loads(run["compute"]))
     config.markdown("**Config**")
     config.json(json.loads(run["config"]))
     st.markdown("**Checkpoints**")
-    st.dataframe(results.checkpoints[results.checkpoints["run_id"] == run_id][["step", "path", "created_at"]],
-                 hide_index=True)
+    st.dataframe(
+        results.checkpoints[results.checkpoints["run_id"] == run_id][["step", "path", "created_at"]], hide_index=True
+    )
     overlaps = results.overlaps[results.overlaps["run_id"] == run_id]
     if not overlaps.empty:
         st.markdown("**Training captions found in the evaluation suites**")

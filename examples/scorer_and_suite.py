@@ -30,6 +30,9 @@ class Redness(Scorer):
 @register_suite("toy-reds")
 def toy_reds() -> Suite:
     shapes, places = ("circle", "square", "triangle"), ("on the left", "in the center", "on the right")
-    prompts = [Prompt(f"red-{shape}-{i}", f"a red {shape} {place}", category=shape)
-               for shape in shapes for i, place in enumerate(places)]
+    prompts = [
+        Prompt(f"red-{shape}-{i}", f"a red {shape} {place}", category=shape)
+        for shape in shapes
+        for i, place in enumerate(places)
+    ]
     return Suite("toy-reds", split="seen", prompts=tuple(prompts), description="red shapes (an example suite)")

@@ -63,8 +63,9 @@ def disk_full_error(exc: BaseException, path: Path | str | None = None) -> DiskF
         return None
     if path is None:
         return DiskFullError("no space left on device; free space and rerun the same command")
-    return DiskFullError(f"no space left on {_mount_point(path)} while writing {path}; "
-                         "free space and rerun the same command")
+    return DiskFullError(
+        f"no space left on {_mount_point(path)} while writing {path}; free space and rerun the same command"
+    )
 
 
 @contextmanager

@@ -33,8 +33,10 @@ def open_cache_db(path: Path, schema: str, *, wal: bool = False) -> sqlite3.Conn
                 companion = Path(f"{path}{suffix}")
                 if companion.exists():
                     os.replace(companion, f"{aside}{suffix}")
-            say(f"   warning: {path} was damaged ({problem}); it is only a cache: moved aside to {aside.name} "
-                "and rebuilt")
+            say(
+                f"   warning: {path} was damaged ({problem}); it is only a cache: moved aside to {aside.name} "
+                "and rebuilt"
+            )
             db, problem = _connect(path, schema, wal)
             if db is None:
                 raise sqlite3.DatabaseError(f"{path}: {problem}")

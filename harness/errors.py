@@ -20,8 +20,11 @@ def refused_pickle(exc: BaseException) -> str | None:
         text = str(exc)
         if isinstance(exc, pickle.UnpicklingError) and "Weights only load failed" in text:
             detail = text.partition("WeightsUnpickler error: ")[2].split(". ")[0].strip()
-            return ("it holds pickled Python objects, not only tensors" + (f" ({detail})" if detail else "")
-                    + "; the harness never unpickles code from a checkpoint: save the weights with "
-                    "safetensors (or as plain tensors) if you trust the file")
+            return (
+                "it holds pickled Python objects, not only tensors"
+                + (f" ({detail})" if detail else "")
+                + "; the harness never unpickles code from a checkpoint: save the weights with "
+                "safetensors (or as plain tensors) if you trust the file"
+            )
         exc = exc.__cause__ or exc.__context__
     return None

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import Any, Iterable, Iterator
+from collections.abc import Iterable, Iterator
+from typing import Any
 
 from harness.api.environment import say
 
@@ -57,15 +58,24 @@ class _LogLines:
         if self._tenth() > self.last_tenth or now - self.last_line >= self.LOG_EVERY_S:
             self.last_tenth, self.last_line = self._tenth(), now
             percent = f" ({100 * self.n // self.total}%)" if self.total else ""
-            say(f"{self.desc}: {self.unit} {self.n}/{self.total}{percent}{self.postfix}  [{now - self.started:.0f} s]",
-                sys.stderr)  # where the bar would be
+            say(
+                f"{self.desc}: {self.unit} {self.n}/{self.total}{percent}{self.postfix}  [{now - self.started:.0f} s]",
+                sys.stderr,
+            )  # where the bar would be
 
     def _tenth(self) -> int:
         return 10 * self.n // self.total if self.total else 0
 
 
-def progress_bar(iterable: Iterable[Any] | None = None, *, total: int, initial: int = 0, desc: str,
-                 unit: str = "it", enabled: bool = True) -> Any:
+def progress_bar(
+    iterable: Iterable[Any] | None = None,
+    *,
+    total: int,
+    initial: int = 0,
+    desc: str,
+    unit: str = "it",
+    enabled: bool = True,
+) -> Any:
     """tqdm's bar where it is drawn on a terminal; elsewhere (a log file, a pipe) a line now and then, not the
     carriage-return redraws a bar writes there.  Iterate it (over ``iterable``) or call ``update(n)``; use it in
     a ``with`` or iterate it to the end."""

@@ -26,35 +26,34 @@ from collections.abc import Sequence
 from concurrent.futures import Future
 from pathlib import Path
 
-from harness.evaluation import curves
-
-from harness.data import specs as data_specs
 from harness.api.environment import cache_dir
 from harness.api.method import PublishedWeights
 from harness.api.preset import Preset
 from harness.backends import Backend
+from harness.backends.jobs import ModelJob
 from harness.backends.local import LocalBackend
 from harness.backends.ray import RayBackend
-from harness.plan.locations import resolve_base_model
+from harness.backends.workers import default_processes, one_cpu_thread
+from harness.data import specs as data_specs
 from harness.data.readers import training_captions
+from harness.data.synthesis import synthesis_settings, synthesize
 from harness.errors import HarnessError
+from harness.evaluation import curves
 from harness.evaluation.evaluate import BASE, get_or_create_run, recorded_model
-from harness.backends.jobs import ModelJob
+from harness.evaluation.suites import caption_overlap
+from harness.plan.locations import resolve_base_model
 
 # `harness run` as a function (harness.api): its options and checks are the plan's
 from harness.plan.planner import EVERY_METHOD, ModelEntry, Plan, RunOptions, recorded_runs, validate, validate_training  # noqa: F401
-from harness.data.synthesis import synthesis_settings, synthesize
 from harness.plan.presets import get_preset, published_weights
 from harness.progress import Stages as _Stages
 from harness.progress import say
 from harness.results.layout import ResultsDir
-from harness.scoring import same_signal
 from harness.results.stats import leaderboard as compute
 from harness.results.stats import signals_by_method
 from harness.results.store import Store
-from harness.evaluation.suites import caption_overlap
+from harness.scoring import same_signal
 from harness.train.trainer import train
-from harness.backends.workers import default_processes, one_cpu_thread
 
 
 def run(options: RunOptions) -> list[dict]:
@@ -79,8 +78,10 @@ def run_validated(plan: Plan) -> list[dict]:
     # One results directory is one experiment: a method's run is keyed by its name, and the store refuses
     # to resume it with other inputs (images/<method>/ would be mixed up).  Every run is made (or checked
     # against the stored one) before any heavy work.
-    ids = {name: get_or_create_run(store, name, preset, recorded_base, options.seed, **config)
-           for name, config in recorded_runs(plan).items()}
+    ids = {
+        name: get_or_create_run(store, name, preset, recorded_base, options.seed, **config)
+        for name, config in recorded_runs(plan).items()
+    }
 
     def job(model: ModelEntry) -> ModelJob:
         return ModelJob(plan, model, ids[model.method], base_model, stage)
@@ -88,8 +89,10 @@ def run_validated(plan: Plan) -> list[dict]:
     base, methods = plan.models[0], plan.methods
     for model in methods:
         if model.init_from:
-            say(f"   {model.method} starts from the UNet {model.init_from} trains on the same data (its recipe; "
-                f"--set {model.method}.init_unet=DIR starts it from yours)")
+            say(
+                f"   {model.method} starts from the UNet {model.init_from} trains on the same data (its recipe; "
+                f"--set {model.method}.init_unet=DIR starts it from yours)"
+            )
     n_models = len(plan.models)
     processes = min(options.jobs or default_processes(n_models), n_models)
     _import_job_libraries()
@@ -102,8 +105,9 @@ def run_validated(plan: Plan) -> list[dict]:
         with one_cpu_thread(on_gpu=pool.gpus > 0):  # the data depends on no core count either
             if plan.synthesized:
                 _synthesize(plan.preset, base_model, Path(plan.source), stage)
-            signals = {model.method: _prepare_data(model, options, plan.source, stage)
-                       for model in methods if model.train}
+            signals = {
+                model.method: _prepare_data(model, options, plan.source, stage) for model in methods if model.train
+            }
         _record_signals(store, methods, ids, signals, preset)
         if plan.source:
             _record_overlap(store, plan, ids)
@@ -136,13 +140,18 @@ def _say_curve_cost(plan: Plan) -> None:
     """Print, before the run starts, how many more images --eval-every makes and scores."""
     curve = plan.curve_protocol
     images = sum(len(curve.load_suite(s)) * curve.sampling(s)["images_per_prompt"] for s in curve.suites)
-    points = {m.method: len(curves.curve_steps(m.config.max_steps, plan.options.eval_every))
-              for m in plan.methods if m.train and m.evaluate}
+    points = {
+        m.method: len(curves.curve_steps(m.config.max_steps, plan.options.eval_every))
+        for m in plan.methods
+        if m.train and m.evaluate
+    }
     total = sum(points.values())
-    say(f"   --eval-every {plan.options.eval_every}: {total} more evaluations "
+    say(
+        f"   --eval-every {plan.options.eval_every}: {total} more evaluations "
         f"({', '.join(f'{m} {n}' for m, n in points.items())}) of {images} images each on "
         f"{', '.join(curve.suites)}: {total * images} images to generate and score (each method's last point "
-        "is its final UNet again, whose scores come from the cache)")
+        "is its final UNet again, whose scores come from the cache)"
+    )
 
 
 def open_backend(options: RunOptions, processes: int) -> Backend:
@@ -172,8 +181,15 @@ def train_alone(plan: Plan, *, resume: bool = True):
                 _synthesize(plan.preset, base_model, Path(plan.source), stage)
             _prepare_data(model, options, plan.source, stage)
         stage(f"{model.method}: training")
-        return train(model.method, config=model.config, base_model=base_model, data_dir=Path(model.data_dir),
-                     output_dir=options.out, resume=resume, seed=options.seed)
+        return train(
+            model.method,
+            config=model.config,
+            base_model=base_model,
+            data_dir=Path(model.data_dir),
+            output_dir=options.out,
+            resume=resume,
+            seed=options.seed,
+        )
 
 
 def _prepare_data(model: ModelEntry, options: RunOptions, source: str, stage: _Stages) -> tuple[list[str], str]:
@@ -181,10 +197,16 @@ def _prepare_data(model: ModelEntry, options: RunOptions, source: str, stage: _S
     synthesized = synthesis_settings(model.data_dir)
     if synthesized is not None:
         scorers = synthesized["scorers"]
-        return sorted({m for name in scorers for m in same_signal(name)}), \
-            f"training data labelled and ranked by {', '.join(scorers)}"
-    return data_specs.prepare(model.spec, source, model.data_dir, options.scorer_options.get(model.spec.scorer or "", {}),
-                              lambda what: stage(f"{model.method}: {what}"))
+        return sorted(
+            {m for name in scorers for m in same_signal(name)}
+        ), f"training data labelled and ranked by {', '.join(scorers)}"
+    return data_specs.prepare(
+        model.spec,
+        source,
+        model.data_dir,
+        options.scorer_options.get(model.spec.scorer or "", {}),
+        lambda what: stage(f"{model.method}: {what}"),
+    )
 
 
 def _import_job_libraries() -> None:
@@ -194,8 +216,9 @@ def _import_job_libraries() -> None:
     from torch.utils.tensorboard import SummaryWriter  # noqa: F401  (the trainer's logs)
 
 
-def _record_signals(store, methods: Sequence[ModelEntry], ids: dict[str, int],
-                    signals: dict[str, tuple[list[str], str]], preset: Preset) -> None:
+def _record_signals(
+    store, methods: Sequence[ModelEntry], ids: dict[str, int], signals: dict[str, tuple[list[str], str]], preset: Preset
+) -> None:
     """Record, per run, the metrics whose reward shaped its training data (the leaderboard's † marks)."""
     for model in methods:
         if model.train:
@@ -224,8 +247,10 @@ def _record_overlap(store, plan: Plan, ids: dict[str, int]) -> None:
             if key not in counts:
                 counts[key] = caption_overlap(suite, training_captions(model.data_dir))
                 if counts[key]:
-                    say(f"   warning: {counts[key]} prompts of unseen suite {suite.name!r} appear in the "
-                        f"training captions of {model.data_dir}")
+                    say(
+                        f"   warning: {counts[key]} prompts of unseen suite {suite.name!r} appear in the "
+                        f"training captions of {model.data_dir}"
+                    )
             store.set_overlap(ids[model.method], suite=suite.name, n_overlap=counts[key])
 
 

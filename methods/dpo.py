@@ -26,18 +26,33 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from harness.api import (Batch, Method, Models, Pairs, PublishedWeights, TrainConfig, per_sample_error, randn_like,
-                         register_method)
+from harness.api import (
+    Batch,
+    Method,
+    Models,
+    Pairs,
+    PublishedWeights,
+    TrainConfig,
+    per_sample_error,
+    randn_like,
+    register_method,
+)
 
 
-def dpo_logits(model_err_w: torch.Tensor, model_err_l: torch.Tensor, ref_err_w: torch.Tensor,
-               ref_err_l: torch.Tensor, beta: float | torch.Tensor) -> torch.Tensor:
+def dpo_logits(
+    model_err_w: torch.Tensor,
+    model_err_l: torch.Tensor,
+    ref_err_w: torch.Tensor,
+    ref_err_l: torch.Tensor,
+    beta: float | torch.Tensor,
+) -> torch.Tensor:
     """Per-pair argument of the sigmoid: ``-0.5 * beta * (Dw - Dl)``; positive = the winner is favoured."""
     return -0.5 * beta * ((model_err_w - ref_err_w) - (model_err_l - ref_err_l))
 
 
-def dpo_loss(model_err_w: torch.Tensor, model_err_l: torch.Tensor, ref_err_w: torch.Tensor,
-             ref_err_l: torch.Tensor, beta: float) -> torch.Tensor:
+def dpo_loss(
+    model_err_w: torch.Tensor, model_err_l: torch.Tensor, ref_err_w: torch.Tensor, ref_err_l: torch.Tensor, beta: float
+) -> torch.Tensor:
     """``mean(-log sigmoid(-0.5 * beta * (Dw - Dl)))`` over per-sample squared errors (Salesforce beta)."""
     return -F.logsigmoid(dpo_logits(model_err_w, model_err_l, ref_err_w, ref_err_l, beta)).mean()
 
@@ -74,8 +89,9 @@ def preference_logs(logits: torch.Tensor, model_err: tuple, ref_err: tuple) -> d
 class DPOConfig(TrainConfig):
     # Published SD1.5 launcher: beta 5000 (Salesforce convention), lr 1e-8 scaled by the effective
     # batch (2048 -> 2.048e-5), 2000 steps, 500 warmup, AdamW; 20% empty captions (code default).
-    beta: float = field(default=5000.0, metadata={"help": "the sigmoid's scale, Salesforce's convention: "
-                                                          "-0.5 * beta * (Dw - Dl)"})
+    beta: float = field(
+        default=5000.0, metadata={"help": "the sigmoid's scale, Salesforce's convention: -0.5 * beta * (Dw - Dl)"}
+    )
     lr: float = 1e-8
     scale_lr: bool = True
     max_steps: int = 2000
@@ -89,8 +105,10 @@ class DPO(Method):
     Config = DPOConfig
     data = Pairs()
     # Trained on Pick-a-Pic's human labels: no reward shaped their data.
-    published = {"sd15": PublishedWeights("mhdang/dpo-sd1.5-text2image-v1"),
-                 "sdxl": PublishedWeights("mhdang/dpo-sdxl-text2image-v1")}
+    published = {
+        "sd15": PublishedWeights("mhdang/dpo-sd1.5-text2image-v1"),
+        "sdxl": PublishedWeights("mhdang/dpo-sdxl-text2image-v1"),
+    }
 
     def loss(self, batch: Batch, models: Models) -> tuple[torch.Tensor, dict[str, float]]:
         t = pair_timesteps(batch, models)

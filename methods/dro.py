@@ -57,14 +57,32 @@ sigma_0 <= 1.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+
 import torch
 
-from harness.api import (Batch, Cond, Experts, FlowMatching, Method, Models, PublishedWeights, TrainConfig,
-                         TrainingContext, per_sample_error, randn_like, register_method)
+from harness.api import (
+    Batch,
+    Cond,
+    Experts,
+    FlowMatching,
+    Method,
+    Models,
+    PublishedWeights,
+    TrainConfig,
+    TrainingContext,
+    per_sample_error,
+    randn_like,
+    register_method,
+)
 
 
-def dro_loss(model_err_expert: torch.Tensor, ref_err_expert: torch.Tensor, model_err_policy: torch.Tensor,
-             ref_err_policy: torch.Tensor, margin: float) -> torch.Tensor:
+def dro_loss(
+    model_err_expert: torch.Tensor,
+    ref_err_expert: torch.Tensor,
+    model_err_policy: torch.Tensor,
+    ref_err_policy: torch.Tensor,
+    margin: float,
+) -> torch.Tensor:
     """Hinge ranking loss ``mean(max(De - Dp + margin, 0))``; zero gradient once ``De - Dp <= -margin``."""
     expert_diff = model_err_expert - ref_err_expert
     policy_diff = model_err_policy - ref_err_policy
@@ -76,8 +94,9 @@ def stride_offsets(n: int, stride: int, generator: torch.Generator, perturb: boo
     return torch.randint(0, stride, (n, 1), generator=generator) if perturb else torch.zeros(n, 1, dtype=torch.long)
 
 
-def trajectory_timesteps(n: int, steps: int, generator: torch.Generator, num_train_timesteps: int = 1000,
-                         perturb: bool = True) -> torch.Tensor:
+def trajectory_timesteps(
+    n: int, steps: int, generator: torch.Generator, num_train_timesteps: int = 1000, perturb: bool = True
+) -> torch.Tensor:
     """(n, steps) decreasing timesteps: the grid ``stride * [steps-1, ..., 1, 0]`` (stride = T // steps),
     each trajectory shifted by its own offset drawn uniformly from [0, stride)."""
     stride = num_train_timesteps // steps
@@ -85,8 +104,9 @@ def trajectory_timesteps(n: int, steps: int, generator: torch.Generator, num_tra
     return grid[None, :] + stride_offsets(n, stride, generator, perturb)
 
 
-def flow_trajectory_timesteps(n: int, steps: int, generator: torch.Generator, process: FlowMatching,
-                              perturb: bool = True) -> torch.Tensor:
+def flow_trajectory_timesteps(
+    n: int, steps: int, generator: torch.Generator, process: FlowMatching, perturb: bool = True
+) -> torch.Tensor:
     """(n, steps) decreasing flow timesteps ``sigma * T``: the training grid's points ``stride * [0, 1, ...,
     steps-1]`` (index 0: sigma = 1; stride = grid size // steps), each trajectory moved toward less noise by
     its own offset drawn uniformly from [0, stride)."""
@@ -96,8 +116,14 @@ def flow_trajectory_timesteps(n: int, steps: int, generator: torch.Generator, pr
 
 
 @torch.no_grad()
-def sample_trajectories(models: Models, cond: Cond, shape: tuple[int, ...], timesteps: torch.Tensor,
-                        generator: torch.Generator, per_row_sigmas: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+def sample_trajectories(
+    models: Models,
+    cond: Cond,
+    shape: tuple[int, ...],
+    timesteps: torch.Tensor,
+    generator: torch.Generator,
+    per_row_sigmas: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Sample one trajectory per conditioning with the policy (CFG 1: the conditional prediction alone),
     the network seeing each row's own timesteps; return every visited state: x (n, steps, C, H, W) and
     the policy's eps at it (same shape).
@@ -113,8 +139,9 @@ def sample_trajectories(models: Models, cond: Cond, shape: tuple[int, ...], time
     n, steps = timesteps.shape
     schedulers = []
     for row in timesteps:
-        scheduler = DPMSolverMultistepScheduler.from_config(models.scheduler.config, algorithm_type="dpmsolver++",
-                                                            solver_order=2)
+        scheduler = DPMSolverMultistepScheduler.from_config(
+            models.scheduler.config, algorithm_type="dpmsolver++", solver_order=2
+        )
         scheduler.set_timesteps(timesteps=(row if per_row_sigmas else timesteps[0]).tolist())
         scheduler.timesteps = row.to(scheduler.timesteps)  # a step finds its index among the row's own timesteps
         schedulers.append(scheduler)
@@ -124,15 +151,24 @@ def sample_trajectories(models: Models, cond: Cond, shape: tuple[int, ...], time
     for i in range(steps):
         eps = models.snapshot(x, timesteps[:, i].to(device), cond)
         xs.append(x), epss.append(eps)
-        x = torch.cat([scheduler.step(eps[j:j + 1], scheduler.timesteps[i], x[j:j + 1]).prev_sample
-                       for j, scheduler in enumerate(schedulers)])
+        x = torch.cat(
+            [
+                scheduler.step(eps[j : j + 1], scheduler.timesteps[i], x[j : j + 1]).prev_sample
+                for j, scheduler in enumerate(schedulers)
+            ]
+        )
     return torch.stack(xs, dim=1), torch.stack(epss, dim=1)
 
 
 @torch.no_grad()
-def sample_flow_trajectories(models: Models, cond: Cond, shape: tuple[int, ...], timesteps: torch.Tensor,
-                             generator: torch.Generator,
-                             per_row_sigmas: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+def sample_flow_trajectories(
+    models: Models,
+    cond: Cond,
+    shape: tuple[int, ...],
+    timesteps: torch.Tensor,
+    generator: torch.Generator,
+    per_row_sigmas: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Euler steps of the probability-flow ODE from pure noise with the policy (CFG 1), each row on its own
     levels ``timesteps / T`` and then to sigma = 0: ``x <- x + (sigma_next - sigma) v``.  Returns every
     visited state x (n, steps, C, H, W) and the policy's velocity at it (same shape).  ``per_row_sigmas``
@@ -165,22 +201,33 @@ class DROConfig(TrainConfig):
     ema_decay: float | None = 0.9999
     caption_dropout: float = 0.2
     margin: float = field(default=0.001, metadata={"help": "the hinge ranking loss's margin"})
-    expert_top_k: int = field(default=500, metadata={"help": "experts kept: the top k training images by expert_scorer"})
+    expert_top_k: int = field(
+        default=500, metadata={"help": "experts kept: the top k training images by expert_scorer"}
+    )
     expert_scorer: str = field(default="hpsv2", metadata={"help": "the scorer ranking the experts"})
     sampler_steps: int = field(default=20, metadata={"help": "steps of the sampler making each replay trajectory"})
-    perturb_timesteps: bool = field(default=True, metadata={
-        "help": "each trajectory's timesteps perturbed (one perturbation per trajectory)"})
-    buffer_size: int = field(default=4, metadata={
-        "help": "replay buffer rows (expert + its own trajectory) kept, the newest (per process)"})
-    refill_every: int = field(default=1, metadata={
-        "help": "forward/backward iterations between refills (public code: every one, train.py:655)"})
-    refill_rows: int | None = field(default=None, metadata={
-        "help": "experts of the micro-batch made into rows per refill; None: all of them"})
-    per_row_sigmas: bool = field(default=True, metadata={
-        "help": "each trajectory integrated on its own noise levels.  False: every trajectory of a refill on the "
-                "first one's levels, the network still told its own timesteps, "
-                "as the public sampler (misc/patch.py:57-58, 185-195): "
-                "its negatives then lie at other levels than their labelled t"})
+    perturb_timesteps: bool = field(
+        default=True, metadata={"help": "each trajectory's timesteps perturbed (one perturbation per trajectory)"}
+    )
+    buffer_size: int = field(
+        default=4, metadata={"help": "replay buffer rows (expert + its own trajectory) kept, the newest (per process)"}
+    )
+    refill_every: int = field(
+        default=1,
+        metadata={"help": "forward/backward iterations between refills (public code: every one, train.py:655)"},
+    )
+    refill_rows: int | None = field(
+        default=None, metadata={"help": "experts of the micro-batch made into rows per refill; None: all of them"}
+    )
+    per_row_sigmas: bool = field(
+        default=True,
+        metadata={
+            "help": "each trajectory integrated on its own noise levels.  False: every trajectory of a refill on the "
+            "first one's levels, the network still told its own timesteps, "
+            "as the public sampler (misc/patch.py:57-58, 185-195): "
+            "its negatives then lie at other levels than their labelled t"
+        },
+    )
 
 
 @register_method("dro")
@@ -189,8 +236,13 @@ class DRO(Method):
     Config = DROConfig
     # The repository's only recipe ranks its experts by HPSv2 (which of the paper's two expert settings the
     # released UNet is, its README does not say: see harness/results/published.py).
-    published = {"sd15": PublishedWeights("ylwu/diffusion-dro-sd1.5", signal="hpsv2",
-                                          how="released DRO UNet: experts ranked by hpsv2 (the repository's recipe)")}
+    published = {
+        "sd15": PublishedWeights(
+            "ylwu/diffusion-dro-sd1.5",
+            signal="hpsv2",
+            how="released DRO UNet: experts ranked by hpsv2 (the repository's recipe)",
+        )
+    }
 
     def data_spec(self) -> Experts:
         return Experts(scorer=self.config.expert_scorer, top_k=self.config.expert_top_k)
@@ -220,14 +272,22 @@ class DRO(Method):
         """One trajectory per conditioning with the sampler of the base model's family: (t, x, prediction)."""
         config, process = self.config, models.process
         if process.kind == "flow":
-            timesteps = flow_trajectory_timesteps(len(cond), config.sampler_steps, generator, process,
-                                                  config.perturb_timesteps)
-            return timesteps, *sample_flow_trajectories(models, cond, self.latent_shape, timesteps, generator,
-                                                        config.per_row_sigmas)
-        timesteps = trajectory_timesteps(len(cond), config.sampler_steps, generator,
-                                         models.scheduler.config.num_train_timesteps, config.perturb_timesteps)
-        return timesteps, *sample_trajectories(models, cond, self.latent_shape, timesteps, generator,
-                                               config.per_row_sigmas)
+            timesteps = flow_trajectory_timesteps(
+                len(cond), config.sampler_steps, generator, process, config.perturb_timesteps
+            )
+            return timesteps, *sample_flow_trajectories(
+                models, cond, self.latent_shape, timesteps, generator, config.per_row_sigmas
+            )
+        timesteps = trajectory_timesteps(
+            len(cond),
+            config.sampler_steps,
+            generator,
+            models.scheduler.config.num_train_timesteps,
+            config.perturb_timesteps,
+        )
+        return timesteps, *sample_trajectories(
+            models, cond, self.latent_shape, timesteps, generator, config.per_row_sigmas
+        )
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return dict(self.buffer)
@@ -241,13 +301,19 @@ class DRO(Method):
         n, rows, states = len(batch.cond), len(self.buffer["t"]), self.buffer["t"].shape[1]
         generator = batch.generator
         # As the public buffer (misc/buffer.py:106-110): distinct rows while it has enough, then with replacement.
-        row = torch.randperm(rows, generator=generator)[:n] if n <= rows else torch.randint(0, rows, (n,), generator=generator)
+        row = (
+            torch.randperm(rows, generator=generator)[:n]
+            if n <= rows
+            else torch.randint(0, rows, (n,), generator=generator)
+        )
         state = torch.randint(0, states, (n,), generator=generator)
         device = self.buffer["t"].device
         row, state = row.to(device), state.to(device)
         t = self.buffer["t"][row, state]
-        cond = Cond(self.buffer["hidden"][row],
-                    {k[6:]: v[row] for k, v in self.buffer.items() if k.startswith("added.")} or None)
+        cond = Cond(
+            self.buffer["hidden"][row],
+            {k[6:]: v[row] for k, v in self.buffer.items() if k.startswith("added.")} or None,
+        )
         x0 = self.buffer["x0"][row]
         eps_expert = randn_like(x0, generator)
         # One forward per network for the expert and the policy terms together.

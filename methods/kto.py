@@ -64,8 +64,19 @@ from typing import Literal
 import torch
 import torch.distributed as dist
 
-from harness.api import (Batch, Cond, HarnessError, LabelledImages, Method, Models, PublishedWeights, TrainConfig,
-                         TrainingContext, per_sample_error, register_method)
+from harness.api import (
+    Batch,
+    Cond,
+    HarnessError,
+    LabelledImages,
+    Method,
+    Models,
+    PublishedWeights,
+    TrainConfig,
+    TrainingContext,
+    per_sample_error,
+    register_method,
+)
 
 
 def kto_implicit_rewards(model_err: torch.Tensor, ref_err: torch.Tensor) -> torch.Tensor:
@@ -99,14 +110,21 @@ def kto_signs(labels: torch.Tensor) -> torch.Tensor:
     return 2.0 * labels - 1.0
 
 
-def kto_utility_arguments(rewards: torch.Tensor, reference_point: torch.Tensor, labels: torch.Tensor,
-                          beta: float) -> torch.Tensor:
+def kto_utility_arguments(
+    rewards: torch.Tensor, reference_point: torch.Tensor, labels: torch.Tensor, beta: float
+) -> torch.Tensor:
     """``s * beta * (g - z_0)`` per image: positive when the image is on its label's side of the reference point."""
     return kto_signs(labels) * beta * (rewards - reference_point)
 
 
-def kto_loss(rewards: torch.Tensor, reference_point: torch.Tensor, labels: torch.Tensor, beta: float,
-             lambda_desirable: float, lambda_undesirable: float) -> torch.Tensor:
+def kto_loss(
+    rewards: torch.Tensor,
+    reference_point: torch.Tensor,
+    labels: torch.Tensor,
+    beta: float,
+    lambda_desirable: float,
+    lambda_undesirable: float,
+) -> torch.Tensor:
     """``mean(lambda_y * (1 - sigmoid(s * beta * (g - z_0))))``; ``labels`` 1.0 desirable, 0.0 undesirable."""
     weights = torch.where(labels == 1, lambda_desirable, lambda_undesirable)
     utility = torch.sigmoid(kto_utility_arguments(rewards, reference_point, labels, beta))
@@ -139,22 +157,38 @@ class KTOConfig(TrainConfig):
     beta: float = field(default=1000.0, metadata={"help": "the utility's scale on the policy-reference error gap"})
     lambda_desirable: float = field(default=1.0, metadata={"help": "weight of the desirable images' utility"})
     lambda_undesirable: float = field(default=1.0, metadata={"help": "weight of the undesirable images' utility"})
-    reference_point: Literal["batch", "mismatched"] = field(default="batch", metadata={
-        "help": "the reference point z_0: \"batch\", the published run's estimator (--bce_offset none); "
-                "\"mismatched\", the script's other one"})
-    reference_point_over: Literal["step", "micro_batch"] = field(default="step", metadata={
-        "help": "over which images the \"batch\" reference point is the mean.  \"step\": every image of the "
-                "optimizer step, on every process (the published 8: 4 GPUs x 2, no accumulation, "
-                "train_kto_sd_v1.5.py:1470-1471); with accumulation a no-grad pass over the step's micro-batches "
-                "first (2 more evaluations per image).  \"micro_batch\": each forward/backward's own images (all "
-                "processes'), cheaper and noisier"})
-    per_image_labels: bool = field(default=True, metadata={
-        "help": "pairs data: True, each distinct image once, desirable if preferred in any of its pairs (the "
-                "published --policy gt_label_wi_l, train_kto_sd_v1.5.py:1048-1051); False, each pair's winner (1) "
-                "and loser (0)"})
-    desirable_share: float | None = field(default=0.8, metadata={
-        "help": "share of draws that are desirable images, drawn with replacement (--positive_ratio 0.8 and its "
-                "WeightedRandomSampler, train_kto_sd_v1.5.py:737-738, 1186-1189); None: each image once per epoch"})
+    reference_point: Literal["batch", "mismatched"] = field(
+        default="batch",
+        metadata={
+            "help": 'the reference point z_0: "batch", the published run\'s estimator (--bce_offset none); '
+            '"mismatched", the script\'s other one'
+        },
+    )
+    reference_point_over: Literal["step", "micro_batch"] = field(
+        default="step",
+        metadata={
+            "help": 'over which images the "batch" reference point is the mean.  "step": every image of the '
+            "optimizer step, on every process (the published 8: 4 GPUs x 2, no accumulation, "
+            "train_kto_sd_v1.5.py:1470-1471); with accumulation a no-grad pass over the step's micro-batches "
+            'first (2 more evaluations per image).  "micro_batch": each forward/backward\'s own images (all '
+            "processes'), cheaper and noisier"
+        },
+    )
+    per_image_labels: bool = field(
+        default=True,
+        metadata={
+            "help": "pairs data: True, each distinct image once, desirable if preferred in any of its pairs (the "
+            "published --policy gt_label_wi_l, train_kto_sd_v1.5.py:1048-1051); False, each pair's winner (1) "
+            "and loser (0)"
+        },
+    )
+    desirable_share: float | None = field(
+        default=0.8,
+        metadata={
+            "help": "share of draws that are desirable images, drawn with replacement (--positive_ratio 0.8 and its "
+            "WeightedRandomSampler, train_kto_sd_v1.5.py:737-738, 1186-1189); None: each image once per epoch"
+        },
+    )
 
     def validate(self) -> None:
         super().validate()
@@ -165,8 +199,9 @@ class KTOConfig(TrainConfig):
         if self.reference_point not in ("batch", "mismatched"):
             raise HarnessError(f"reference_point must be 'batch' or 'mismatched', not {self.reference_point!r}")
         if self.reference_point_over not in ("step", "micro_batch"):
-            raise HarnessError("reference_point_over must be 'step' or 'micro_batch', "
-                               f"not {self.reference_point_over!r}")
+            raise HarnessError(
+                f"reference_point_over must be 'step' or 'micro_batch', not {self.reference_point_over!r}"
+            )
         if self.desirable_share is not None and not 0 < self.desirable_share < 1:
             raise HarnessError(f"desirable_share must lie in (0, 1) or be None, not {self.desirable_share}")
 
@@ -187,8 +222,9 @@ class KTO(Method):
         # Without accumulation a micro-batch (over all processes) is the step: its own mean is the step's.
         if micro == 0:
             over_step = self.config.reference_point == "batch" and self.config.reference_point_over == "step"
-            self.step_reference_point = (self.reference_point_of_step(context, step)
-                                         if over_step and context.grad_accum > 1 else None)
+            self.step_reference_point = (
+                self.reference_point_of_step(context, step) if over_step and context.grad_accum > 1 else None
+            )
 
     @staticmethod
     def reference_point_of_step(context: TrainingContext, step: int) -> torch.Tensor:
@@ -215,12 +251,25 @@ class KTO(Method):
         if reference_point is None:
             reference_point = self.estimate_reference_point(rewards, models, latents_t, t, batch.cond, target)
         labels = batch.labels.to(batch.latents.device)
-        loss = kto_loss(rewards, reference_point, labels, self.config.beta, self.config.lambda_desirable,
-                        self.config.lambda_undesirable)
+        loss = kto_loss(
+            rewards,
+            reference_point,
+            labels,
+            self.config.beta,
+            self.config.lambda_desirable,
+            self.config.lambda_undesirable,
+        )
         return loss, self.logs(rewards, reference_point, labels, model_err, ref_err)
 
-    def estimate_reference_point(self, rewards: torch.Tensor, models: Models, latents_t: torch.Tensor,
-                                 t: torch.Tensor, cond: Cond, target: torch.Tensor) -> torch.Tensor:
+    def estimate_reference_point(
+        self,
+        rewards: torch.Tensor,
+        models: Models,
+        latents_t: torch.Tensor,
+        t: torch.Tensor,
+        cond: Cond,
+        target: torch.Tensor,
+    ) -> torch.Tensor:
         if self.config.reference_point == "batch":
             return kto_batch_reference_point(rewards)
         mismatched = captions_of_the_previous_image(cond)
@@ -228,8 +277,14 @@ class KTO(Method):
         ref_err = per_sample_error(models.reference(latents_t, t, mismatched), target)
         return kto_mismatched_reference_point(kto_implicit_rewards(model_err, ref_err))
 
-    def logs(self, rewards: torch.Tensor, reference_point: torch.Tensor, labels: torch.Tensor,
-             model_err: torch.Tensor, ref_err: torch.Tensor) -> dict[str, float]:
+    def logs(
+        self,
+        rewards: torch.Tensor,
+        reference_point: torch.Tensor,
+        labels: torch.Tensor,
+        model_err: torch.Tensor,
+        ref_err: torch.Tensor,
+    ) -> dict[str, float]:
         """The share of images on their label's side of the reference point, the reference point, the mean
         reward signed by label (> 0: desirable images gain on the reference and undesirable ones lose) and
         the two MSEs: defined for any micro-batch, whatever its labels."""

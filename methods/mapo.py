@@ -58,8 +58,17 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from harness.api import (Batch, HarnessError, Method, Models, Pairs, PublishedWeights, TrainConfig, per_sample_error,
-                         register_method)
+from harness.api import (
+    Batch,
+    HarnessError,
+    Method,
+    Models,
+    Pairs,
+    PublishedWeights,
+    TrainConfig,
+    per_sample_error,
+    register_method,
+)
 from methods.dpo import forward_noised_pairs, pair_timesteps
 
 
@@ -79,8 +88,7 @@ def mapo_margin(err_w: torch.Tensor, err_l: torch.Tensor, snr_value: float, time
     return timesteps * (mapo_score(err_w, snr_value) - mapo_score(err_l, snr_value))
 
 
-def mapo_loss(err_w: torch.Tensor, err_l: torch.Tensor, beta: float, snr_value: float,
-              timesteps: int) -> torch.Tensor:
+def mapo_loss(err_w: torch.Tensor, err_l: torch.Tensor, beta: float, snr_value: float, timesteps: int) -> torch.Tensor:
     """``mean(e_w) - beta * mean(log sigmoid(T (s(e_w) - s(e_l))))``."""
     margin = mapo_margin(err_w, err_l, snr_value, timesteps)
     return err_w.mean() - beta * F.logsigmoid(margin).mean()

@@ -44,14 +44,27 @@ Inverting an exactly linear path (a constant velocity eps - x0) reproduces (1 - 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
 
-from harness.api import (Batch, Cond, FlowMatching, HarnessError, Method, Models, NoiseProcess, Pairs,
-                         PublishedWeights, TrainConfig, TrainingContext, register_method)
+from harness.api import (
+    Batch,
+    Cond,
+    FlowMatching,
+    HarnessError,
+    Method,
+    Models,
+    NoiseProcess,
+    Pairs,
+    PublishedWeights,
+    TrainConfig,
+    TrainingContext,
+    register_method,
+)
 from harness.api.caching import LRU, atomic_save, load_cached
 from methods.dpo import dpo_logits, dpo_loss, forward_noised_pairs, pair_errors, pair_timesteps, preference_logs
 
@@ -74,8 +87,14 @@ def smpo_scale(p: torch.Tensor) -> torch.Tensor:
     return 10.0 * (2.0 * p - 1.0)
 
 
-def smpo_loss(model_err_w: torch.Tensor, model_err_l: torch.Tensor, ref_err_w: torch.Tensor, ref_err_l: torch.Tensor,
-              p: torch.Tensor, beta: float) -> torch.Tensor:
+def smpo_loss(
+    model_err_w: torch.Tensor,
+    model_err_l: torch.Tensor,
+    ref_err_w: torch.Tensor,
+    ref_err_l: torch.Tensor,
+    p: torch.Tensor,
+    beta: float,
+) -> torch.Tensor:
     """``mean(-log sigmoid(-0.5 * beta * 10 (2p - 1) * (Dw - Dl)))`` (Salesforce beta convention)."""
     return dpo_loss(model_err_w, model_err_l, ref_err_w, ref_err_l, beta * smpo_scale(p))
 
@@ -87,15 +106,18 @@ def check_score_range(scores: np.ndarray, lo: float, hi: float, scorer: str) -> 
     silently turn SmPO into DPO with a 10x beta: that is an error, not a training run.
     """
     if np.isnan(scores).any():
-        raise HarnessError(f"smpo: {int(np.isnan(scores).sum())} pair image(s) have no score; SmPO's labels need "
-                           f"both images of every pair scored ({scorer})")
+        raise HarnessError(
+            f"smpo: {int(np.isnan(scores).sum())} pair image(s) have no score; SmPO's labels need "
+            f"both images of every pair scored ({scorer})"
+        )
     slack = 0.1 * (hi - lo)
     outside = (scores < lo - slack) | (scores > hi + slack)
     if outside.any():
         raise HarnessError(
             f"smpo: {int(outside.sum())} of {len(scores)} pair scores lie outside the bounds [{lo:.4g}, {hi:.4g}] "
             f"(e.g. {scores[outside][0]:.4g}); the bounds must be on the scale of the scores ({scorer}): score the "
-            "pairs with that scorer, or set smpo.score_lo / smpo.score_hi to your scores' range")
+            "pairs with that scorer, or set smpo.score_lo / smpo.score_hi to your scores' range"
+        )
 
 
 UNetFn = Callable[[torch.Tensor, torch.Tensor, Cond], torch.Tensor]
@@ -107,13 +129,16 @@ InversionLevels = Literal["rolled", "unrolled"]
 _Move = Callable[[torch.Tensor, float, float, torch.Tensor], torch.Tensor]
 
 
-def _level_steps(sources: torch.Tensor, destinations: torch.Tensor, levels: InversionLevels,
-                 move: _Move) -> tuple[InverseStep, torch.Tensor]:
+def _level_steps(
+    sources: torch.Tensor, destinations: torch.Tensor, levels: InversionLevels, move: _Move
+) -> tuple[InverseStep, torch.Tensor]:
     """Inverse steps ``sources[j] -> destinations[j]`` (ascending), each named by the timestep the network sees:
     the source level ("rolled") or the destination ("unrolled")."""
     times = sources if levels == "rolled" else destinations
-    where = {float(time): (float(source), float(destination))
-             for time, source, destination in zip(times, sources, destinations)}
+    where = {
+        float(time): (float(source), float(destination))
+        for time, source, destination in zip(times, sources, destinations)
+    }
 
     def step(prediction: torch.Tensor, tau: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         return move(prediction, *where[float(tau)], z)
@@ -121,8 +146,9 @@ def _level_steps(sources: torch.Tensor, destinations: torch.Tensor, levels: Inve
     return step, times
 
 
-def inverse_timesteps(scheduler_config: Any, steps: int,
-                      levels: InversionLevels = "rolled") -> tuple[InverseStep, torch.Tensor]:
+def inverse_timesteps(
+    scheduler_config: Any, steps: int, levels: InversionLevels = "rolled"
+) -> tuple[InverseStep, torch.Tensor]:
     """The DDIM inverse steps of a base model's scheduler and the (ascending) timesteps the network sees.
 
     Step j moves a latent from level ``d_j - T // steps`` to ``d_j`` (d: the scheduler's "leading" grid
@@ -139,8 +165,10 @@ def inverse_timesteps(scheduler_config: Any, steps: int,
     config = inverse.config
     stride = config.num_train_timesteps // steps
     if config.timestep_spacing != "leading":
-        raise HarnessError(f"smpo: the DDIM inversion follows SD1.5 and SDXL's 'leading' timestep_spacing; this "
-                           f"base model's scheduler has {config.timestep_spacing!r}")
+        raise HarnessError(
+            f"smpo: the DDIM inversion follows SD1.5 and SDXL's 'leading' timestep_spacing; this "
+            f"base model's scheduler has {config.timestep_spacing!r}"
+        )
     destinations = torch.arange(steps) * stride + config.steps_offset
     alphas = inverse.alphas_cumprod.to(torch.float64)
     initial = float(inverse.initial_alpha_cumprod)
@@ -148,16 +176,17 @@ def inverse_timesteps(scheduler_config: Any, steps: int,
     def move(eps: torch.Tensor, source: float, destination: float, z: torch.Tensor) -> torch.Tensor:
         a_source = float(alphas[int(source)]) if source >= 0 else initial
         a_destination = float(alphas[int(destination)])
-        x0 = (z - (1 - a_source) ** 0.5 * eps) / a_source ** 0.5
+        x0 = (z - (1 - a_source) ** 0.5 * eps) / a_source**0.5
         if config.clip_sample:
             x0 = x0.clamp(-config.clip_sample_range, config.clip_sample_range)
-        return a_destination ** 0.5 * x0 + (1 - a_destination) ** 0.5 * eps
+        return a_destination**0.5 * x0 + (1 - a_destination) ** 0.5 * eps
 
     return _level_steps(destinations - stride, destinations, levels, move)
 
 
-def flow_inverse_timesteps(process: FlowMatching, steps: int,
-                           levels: InversionLevels = "rolled") -> tuple[InverseStep, torch.Tensor]:
+def flow_inverse_timesteps(
+    process: FlowMatching, steps: int, levels: InversionLevels = "rolled"
+) -> tuple[InverseStep, torch.Tensor]:
     """The inverse flow ODE's Euler steps and the ascending timesteps the network sees.  The levels ``sigma * T``
     are the training grid's points ``T - 1 - stride * [0, ..., steps-1]`` (stride = grid size // steps); step j
     goes from the level below (the image, sigma 0, for the first) to level j, and the network sees its source
@@ -172,8 +201,9 @@ def flow_inverse_timesteps(process: FlowMatching, steps: int,
     return _level_steps(sources, destinations, levels, move)
 
 
-def inversion_grid(scheduler: Any, process: NoiseProcess, steps: int,
-                   levels: InversionLevels = "rolled") -> tuple[InverseStep, torch.Tensor]:
+def inversion_grid(
+    scheduler: Any, process: NoiseProcess, steps: int, levels: InversionLevels = "rolled"
+) -> tuple[InverseStep, torch.Tensor]:
     """The inverse steps and ascending network timesteps of the base model's family: flow ODE or DDIM."""
     if process.kind == "flow":
         return flow_inverse_timesteps(process, steps, levels)
@@ -192,8 +222,9 @@ def renoise_step(unet: UNetFn, z: torch.Tensor, tau: torch.Tensor, cond: Cond, i
 
 
 @torch.no_grad()
-def renoise_inversion(unet: UNetFn, x0: torch.Tensor, cond: Cond, t: torch.Tensor, inverse: InverseStep,
-                      taus: torch.Tensor) -> torch.Tensor:
+def renoise_inversion(
+    unet: UNetFn, x0: torch.Tensor, cond: Cond, t: torch.Tensor, inverse: InverseStep, taus: torch.Tensor
+) -> torch.Tensor:
     """ReNoise inversion of ``x0`` through every inverse step whose network timestep lies below the sample's ``t``
     (SmPO ``train.py:1002``, ``timesteps < t``; the model then sees this latent at t).  With the rolled grid
     the latent ends at the smallest level at or above t (the top level for larger t); unrolled, at the largest
@@ -208,8 +239,9 @@ def renoise_inversion(unet: UNetFn, x0: torch.Tensor, cond: Cond, t: torch.Tenso
 
 
 @torch.no_grad()
-def renoise_trajectory(unet: UNetFn, x0: torch.Tensor, cond: Cond, inverse: InverseStep,
-                       taus: torch.Tensor) -> torch.Tensor:
+def renoise_trajectory(
+    unet: UNetFn, x0: torch.Tensor, cond: Cond, inverse: InverseStep, taus: torch.Tensor
+) -> torch.Tensor:
     """The inverted latent after each inverse timestep: shape (len(x0), len(taus), C, H, W)."""
     states, z = [], x0
     for tau in taus:
@@ -222,28 +254,44 @@ def renoise_trajectory(unet: UNetFn, x0: torch.Tensor, cond: Cond, inverse: Inve
 class SmPOConfig(TrainConfig):
     # Public SD1.5 script: beta 2000, lr 1e-8 scaled by the effective batch 1024 (-> 1.024e-5), 200 steps,
     # 100 warmup, 5 inversion steps, 20% empty captions (code default); the run starts from an SFT UNet.
-    beta: float = field(default=2000.0, metadata={
-        "help": "DPO's beta (Salesforce convention), scaled per pair by the smoothed label weight 10 * (2p - 1)"})
+    beta: float = field(
+        default=2000.0,
+        metadata={
+            "help": "DPO's beta (Salesforce convention), scaled per pair by the smoothed label weight 10 * (2p - 1)"
+        },
+    )
     lr: float = 1e-8
     scale_lr: bool = True
     max_steps: int = 200
     warmup_steps: int = 100
     caption_dropout: float = 0.2
     inversion_steps: int = field(default=5, metadata={"help": "DDIM steps of the ReNoise inversion giving x_t"})
-    inverter: Literal["policy", "reference", "none"] = field(default="policy", metadata={
-        "help": "which network inverts the training image to x_t: \"policy\" (the trained one, the published "
-                "variant), \"reference\" (the frozen one, cached on disk), \"none\" (x_t by forward noising: the "
-                "smoothed labels without the inversion)"})
-    inversion_levels: InversionLevels = field(default="rolled", metadata={
-        "help": "where the inversion's steps evaluate the network and where x_t ends.  "
-                "\"rolled\": as the public code ran (SmPO train.py:1002-1022 on diffusers 0.20.0, "
-                "requirements.txt:3): the network at each step's source level (SD1.5: -199, 1, 201, 401, 601), x_t at the smallest level at or above t "
-                "(SD1.5: 201 for t in 2 .. 201, 801 for t above 601).  \"unrolled\": diffusers >= 0.22's "
-                "DDIMInverseScheduler: the network at each destination (1, 201, .., 801), x_t at the largest level "
-                "below t, one stride less noisy.  Flow bases follow the same rule on their grid"})
-    pair_scorer: str = field(default="pickscore-cosine", metadata={
-        "help": "the reward scoring both images of each pair when the data has no scores: the public "
-                "preprocessing's PickScore raw cosine"})
+    inverter: Literal["policy", "reference", "none"] = field(
+        default="policy",
+        metadata={
+            "help": 'which network inverts the training image to x_t: "policy" (the trained one, the published '
+            'variant), "reference" (the frozen one, cached on disk), "none" (x_t by forward noising: the '
+            "smoothed labels without the inversion)"
+        },
+    )
+    inversion_levels: InversionLevels = field(
+        default="rolled",
+        metadata={
+            "help": "where the inversion's steps evaluate the network and where x_t ends.  "
+            '"rolled": as the public code ran (SmPO train.py:1002-1022 on diffusers 0.20.0, '
+            "requirements.txt:3): the network at each step's source level (SD1.5: -199, 1, 201, 401, 601), x_t at the smallest level at or above t "
+            '(SD1.5: 201 for t in 2 .. 201, 801 for t above 601).  "unrolled": diffusers >= 0.22\'s '
+            "DDIMInverseScheduler: the network at each destination (1, 201, .., 801), x_t at the largest level "
+            "below t, one stride less noisy.  Flow bases follow the same rule on their grid"
+        },
+    )
+    pair_scorer: str = field(
+        default="pickscore-cosine",
+        metadata={
+            "help": "the reward scoring both images of each pair when the data has no scores: the public "
+            "preprocessing's PickScore raw cosine"
+        },
+    )
     score_lo: float = field(default=PICKSCORE_LO, metadata={"help": "the fixed lower bound normalising pair_scorer"})
     score_hi: float = field(default=PICKSCORE_HI, metadata={"help": "the fixed upper bound normalising pair_scorer"})
 
@@ -261,9 +309,12 @@ class SmPOConfig(TrainConfig):
 class SmPO(Method):
     description = "SmPO-Diffusion: smoothed reward-based preference + ReNoise inversion (Lu et al. 2025)"
     Config = SmPOConfig
-    published = {preset: PublishedWeights(location, signal="pickscore",
-                                          how="released SmPO UNet: pair labels smoothed by PickScore's cosine")
-                 for preset, location in (("sd15", "JaydenLu666/SmPO-SD1.5"), ("sdxl", "JaydenLu666/SmPO-SDXL"))}
+    published = {
+        preset: PublishedWeights(
+            location, signal="pickscore", how="released SmPO UNet: pair labels smoothed by PickScore's cosine"
+        )
+        for preset, location in (("sd15", "JaydenLu666/SmPO-SD1.5"), ("sdxl", "JaydenLu666/SmPO-SDXL"))
+    }
 
     def data_spec(self) -> Pairs:
         return Pairs(scorer=self.config.pair_scorer)
@@ -271,13 +322,17 @@ class SmPO(Method):
     def setup(self, context: TrainingContext) -> None:
         config = self.config
         check_score_range(context.data_scores, config.score_lo, config.score_hi, config.pair_scorer)
-        self.inverse, self.taus = inversion_grid(context.scheduler, context.models.process, config.inversion_steps,
-                                                 config.inversion_levels)
+        self.inverse, self.taus = inversion_grid(
+            context.scheduler, context.models.process, config.inversion_steps, config.inversion_levels
+        )
         self.cache = LRU()
         # On disk, keyed by the reference weights (the starting ones): another base model or init_unet
         # never reuses these.
-        self.cache_dir = (context.cache("smpo-inversions") / f"k{config.inversion_steps}-{config.inversion_levels}"
-                          if config.inverter == "reference" else None)
+        self.cache_dir = (
+            context.cache("smpo-inversions") / f"k{config.inversion_steps}-{config.inversion_levels}"
+            if config.inverter == "reference"
+            else None
+        )
 
     def _reference_trajectories(self, batch: Batch, cond: Cond, models: Models) -> torch.Tensor:
         """Per image and caption, the reference's inversion trajectory (2B, k, C, H, W), computed once.
@@ -295,13 +350,16 @@ class SmPO(Method):
             if key not in self.cache:
                 # One image at a time: the cached trajectory must not depend on what shared its batch.
                 index = torch.tensor([i], device=batch.latents.device)
-                states = renoise_trajectory(models.reference, batch.means[index], cond.index(index), self.inverse,
-                                            self.taus)[0]
+                states = renoise_trajectory(
+                    models.reference, batch.means[index], cond.index(index), self.inverse, self.taus
+                )[0]
                 self.cache.put(key, states)
                 atomic_save({"z": states.cpu()}, self.cache_dir / key[:2] / f"{key}.safetensors")
         return torch.stack([self.cache[key] for key in keys])
 
-    def _noisy_latents(self, batch: Batch, t: torch.Tensor, cond: Cond, models: Models) -> tuple[torch.Tensor, torch.Tensor]:
+    def _noisy_latents(
+        self, batch: Batch, t: torch.Tensor, cond: Cond, models: Models
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """The model input x_t and its target: the inverted latent and the target its implied noise gives, or
         (inverter "none") DPO's forward noising, one noise per pair."""
         if self.config.inverter == "none":

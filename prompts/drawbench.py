@@ -31,7 +31,9 @@ def read_drawbench_csv(path: Path) -> list[Prompt]:
     reader = csv.DictReader(io.StringIO(text))
     missing = {PROMPT_COLUMN, CATEGORY_COLUMN} - set(reader.fieldnames or [])
     if missing:
-        raise HarnessError(f"{path}:1: missing column(s) {', '.join(sorted(missing))} (expected {PROMPT_COLUMN}, {CATEGORY_COLUMN})")
+        raise HarnessError(
+            f"{path}:1: missing column(s) {', '.join(sorted(missing))} (expected {PROMPT_COLUMN}, {CATEGORY_COLUMN})"
+        )
     prompts = []
     try:
         for row in reader:

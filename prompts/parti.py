@@ -26,7 +26,9 @@ def parti(path: str | Path = DEFAULT_PATH) -> Suite:
             continue
         fields = line.rstrip("\r").split("\t")
         if len(fields) != len(COLUMNS):
-            raise HarnessError(f"{path}:{line_number}: expected {len(COLUMNS)} tab-separated fields, found {len(fields)}")
+            raise HarnessError(
+                f"{path}:{line_number}: expected {len(COLUMNS)} tab-separated fields, found {len(fields)}"
+            )
         prompt, category = fields[0].strip(), fields[1].strip()
         if not prompt:
             raise HarnessError(f"{path}:{line_number}: empty prompt")

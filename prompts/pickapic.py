@@ -58,8 +58,9 @@ def _downloaded_shards(path: Path, split: str) -> list[Path]:
     """The split's parquet shards in a download of the hub repository (its root or its data/ folder)."""
     shards = sorted(path.glob(f"data/{split}-*.parquet")) or sorted(path.glob(f"{split}-*.parquet"))
     if not shards:
-        raise HarnessError(f"{path}: neither a save_to_disk directory nor a download of {HUB_ID} "
-                           f"(no data/{split}-*.parquet)")
+        raise HarnessError(
+            f"{path}: neither a save_to_disk directory nor a download of {HUB_ID} (no data/{split}-*.parquet)"
+        )
     return shards
 
 

@@ -59,8 +59,9 @@ def harness_cli(*args: str, env: dict | None = None, timeout: int = 600, cwd: Pa
     import sys
 
     exe = Path(sys.executable).with_name("harness")
-    return subprocess.run([str(exe), *args], capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, **(env or {})}, cwd=cwd)
+    return subprocess.run(
+        [str(exe), *args], capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})}, cwd=cwd
+    )
 
 
 @pytest.fixture(scope="session")
@@ -82,8 +83,23 @@ def tiny_parti_run_dir(tmp_path_factory: pytest.TempPathFactory, harness_cache: 
     """`harness run --preset tiny --methods dpo` on the first 40 PartiPrompts (one sampler step, scored
     by toy-quality, the toy reward that does not read the caption), made once per session."""
     out = tmp_path_factory.mktemp("tiny-parti-run")
-    result = harness_cli("run", "--preset", "tiny", "--methods", "dpo", "--suites", "parti", "--scorers", "toy-quality",
-                         "--max-prompts", str(sum(PARTI_CATEGORIES.values())), "--steps", "1", "--out", str(out))
+    result = harness_cli(
+        "run",
+        "--preset",
+        "tiny",
+        "--methods",
+        "dpo",
+        "--suites",
+        "parti",
+        "--scorers",
+        "toy-quality",
+        "--max-prompts",
+        str(sum(PARTI_CATEGORIES.values())),
+        "--steps",
+        "1",
+        "--out",
+        str(out),
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return out
 
@@ -182,8 +198,13 @@ def tiny_models():
 
     torch.manual_seed(0)
     unet = UNet2DConditionModel(
-        sample_size=8, block_out_channels=(32, 64), layers_per_block=1, cross_attention_dim=32, attention_head_dim=8,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        sample_size=8,
+        block_out_channels=(32, 64),
+        layers_per_block=1,
+        cross_attention_dim=32,
+        attention_head_dim=8,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
     )
     return unet, DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012)
 

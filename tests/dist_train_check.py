@@ -31,19 +31,35 @@ class CheckedTrainer(Trainer):
         assert gathered.shape[0] == 2, f"expected 2 processes, got {gathered.shape[0]}"
         assert torch.equal(gathered[0], gathered[1]), f"parameters differ across ranks after step {step + 1}"
         if self.accelerator.is_main_process:
-            print(f"{self.method_name} step {step + 1}: parameters identical on both ranks; loss {terms['loss']:.5f}", flush=True)
+            print(
+                f"{self.method_name} step {step + 1}: parameters identical on both ranks; loss {terms['loss']:.5f}",
+                flush=True,
+            )
         return terms
 
 
 def main() -> None:
     methods, base_model, data_dir, out_dir = sys.argv[1:5]
     for method in methods.split(","):
-        overrides = {"max_steps": 2, "batch_size": 1, "grad_accum": 2, "lr": 1e-4, "scale_lr": False,
-                     "warmup_steps": 0, "checkpoint_every": 1}
+        overrides = {
+            "max_steps": 2,
+            "batch_size": 1,
+            "grad_accum": 2,
+            "lr": 1e-4,
+            "scale_lr": False,
+            "warmup_steps": 0,
+            "checkpoint_every": 1,
+        }
         overrides.update({"dro": {"sampler_steps": 4}, "smpo": {"inversion_steps": 3}}.get(method, {}))
         config = resolve_config(method, None, overrides)
-        trainer = CheckedTrainer(METHODS.get(method)(config), base_model=base_model, data_dir=Path(data_dir),
-                                 output_dir=Path(out_dir) / method, seed=0, on_log=None)
+        trainer = CheckedTrainer(
+            METHODS.get(method)(config),
+            base_model=base_model,
+            data_dir=Path(data_dir),
+            output_dir=Path(out_dir) / method,
+            seed=0,
+            on_log=None,
+        )
         result = trainer.run(resume=False)
         assert trainer.world == 2
         if trainer.accelerator.is_main_process:

@@ -24,24 +24,30 @@ SETTINGS = dict(images_per_prompt=2, seed=123, num_inference_steps=4, guidance_s
 
 
 def case_suite(n_prompts: int = len(PROMPTS)) -> Suite:
-    return Suite("case", "unseen", tuple(Prompt(f"p{i}", text, f"cat{i % 2}") for i, text in enumerate(PROMPTS[:n_prompts])))
+    return Suite(
+        "case", "unseen", tuple(Prompt(f"p{i}", text, f"cat{i % 2}") for i, text in enumerate(PROMPTS[:n_prompts]))
+    )
 
 
 def main() -> None:
     import torch
     import torch.distributed as dist
 
-    from harness.models.loading import load_pipeline
     from harness.distributed import torchrun_process_group
     from harness.evaluation.sampling import generate
+    from harness.models.loading import load_pipeline
 
     model_dir, out_dir, batch_size = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3])
     images_per_prompt = int(sys.argv[4]) if len(sys.argv) > 4 else SETTINGS["images_per_prompt"]
     with torchrun_process_group() as device:
         rank = dist.get_rank() if dist.is_initialized() else 0
         rows = generate(
-            load_pipeline(model_dir, device=device), case_suite(), out_dir,
-            **{**SETTINGS, "images_per_prompt": images_per_prompt}, batch_size=batch_size, progress=False,
+            load_pipeline(model_dir, device=device),
+            case_suite(),
+            out_dir,
+            **{**SETTINGS, "images_per_prompt": images_per_prompt},
+            batch_size=batch_size,
+            progress=False,
         )
         print(f"rank {rank}: {len(rows)} rows, {torch.get_num_threads()} threads", flush=True)
 

@@ -21,14 +21,26 @@ def _closed_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--address", "auto"], "--address names a Ray cluster: use it with --backend ray"),
-    (["--backend", "ray", "--jobs", "2"], "--jobs sizes the local pool; on Ray the cluster's free GPUs (CPUs) decide"),
-    pytest.param(["--backend", "ray", "--address", "head-node"], "--address 'head-node': expected auto or HOST:PORT",
-                 marks=needs_ray),
-    pytest.param(["--backend", "ray", "--address", "127.0.0.1:{port}"],
-                 "--address 127.0.0.1:{port}: no Ray cluster answers there", marks=needs_ray),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--address", "auto"], "--address names a Ray cluster: use it with --backend ray"),
+        (
+            ["--backend", "ray", "--jobs", "2"],
+            "--jobs sizes the local pool; on Ray the cluster's free GPUs (CPUs) decide",
+        ),
+        pytest.param(
+            ["--backend", "ray", "--address", "head-node"],
+            "--address 'head-node': expected auto or HOST:PORT",
+            marks=needs_ray,
+        ),
+        pytest.param(
+            ["--backend", "ray", "--address", "127.0.0.1:{port}"],
+            "--address 127.0.0.1:{port}: no Ray cluster answers there",
+            marks=needs_ray,
+        ),
+    ],
+)
 def test_backend_mistakes_are_one_line_before_anything_is_created(args, message, tmp_path, capsys):
     port = _closed_port()
     args = [arg.format(port=port) for arg in args]

@@ -57,8 +57,10 @@ def _wait_for_http(url: str, server: subprocess.Popen, timeout: float) -> None:
 
 # The data grid draws on a canvas; its cells are mirrored in an accessible table (role=gridcell),
 # which is what a screen reader, and these tests, read.
-READ_GRID = ("const grid = document.querySelectorAll(\"[data-testid='stDataFrame']\")[arguments[0]];"
-             "return grid ? Array.from(grid.querySelectorAll('[role=gridcell]'), c => c.textContent) : [];")
+READ_GRID = (
+    "const grid = document.querySelectorAll(\"[data-testid='stDataFrame']\")[arguments[0]];"
+    "return grid ? Array.from(grid.querySelectorAll('[role=gridcell]'), c => c.textContent) : [];"
+)
 
 
 @pytest.fixture(scope="module")
@@ -75,13 +77,26 @@ def browser(tmp_path_factory: pytest.TempPathFactory):
     url = f"http://127.0.0.1:{port}"
     harness = Path(sys.executable).with_name("harness")
     log = open(tmp_path / "dashboard.log", "w")
-    server = subprocess.Popen([str(harness), "dashboard", "--out", str(results), "--port", str(port)],
-                              stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    server = subprocess.Popen(
+        [str(harness), "dashboard", "--out", str(results), "--port", str(port)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     options = webdriver.ChromeOptions()
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--no-first-run", f"--user-data-dir={tmp_path / 'chromium-profile'}", "--window-size=1400,1800",
-                 "--force-device-scale-factor=1"):
+    for flag in (
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        f"--user-data-dir={tmp_path / 'chromium-profile'}",
+        "--window-size=1400,1800",
+        "--force-device-scale-factor=1",
+    ):
         options.add_argument(flag)
     options.binary_location = shutil.which("chromium") or ""
     driver = None
@@ -117,13 +132,21 @@ def _open_page(driver, page: str) -> None:
     from selenium.webdriver.common.by import By
 
     driver.find_element(By.XPATH, f"//*[@data-testid='stSidebar']//label[.//p[normalize-space()='{page}']]").click()
-    _wait(driver, lambda d: d.find_element(By.CSS_SELECTOR, "[data-testid='stMain'] h2").text.startswith(page)
-          and not d.find_elements(By.CSS_SELECTOR, "[data-testid='stSkeleton']"), page.lower().replace(" ", "-"))
+    _wait(
+        driver,
+        lambda d: (
+            d.find_element(By.CSS_SELECTOR, "[data-testid='stMain'] h2").text.startswith(page)
+            and not d.find_elements(By.CSS_SELECTOR, "[data-testid='stSkeleton']")
+        ),
+        page.lower().replace(" ", "-"),
+    )
 
 
 # Vega draws the page's chart as SVG; each mark carries an aria-label naming its fields and values.
-READ_MARKS = ("const chart = document.querySelector(\"[data-testid='stVegaLiteChart'] svg\");"
-              "return chart ? Array.from(chart.querySelectorAll(arguments[0]), m => m.getAttribute(arguments[1])) : [];")
+READ_MARKS = (
+    "const chart = document.querySelector(\"[data-testid='stVegaLiteChart'] svg\");"
+    "return chart ? Array.from(chart.querySelectorAll(arguments[0]), m => m.getAttribute(arguments[1])) : [];"
+)
 
 
 def _marks(driver, selector: str, attribute: str) -> list[str]:
@@ -165,20 +188,26 @@ def test_categories_page_in_chromium(browser) -> None:
     _open_page(driver, "Categories")
     # A row per category and method, with the category's prompt count.
     expected = {"shapes", "animals", *METHODS}
-    cells = _wait(driver, lambda d: (lambda c: c if expected <= set(c) else None)(d.execute_script(READ_GRID, 0)),
-                  "categories")
+    cells = _wait(
+        driver, lambda d: (lambda c: c if expected <= set(c) else None)(d.execute_script(READ_GRID, 0)), "categories"
+    )
     assert cells.count("shapes") == cells.count("animals") == len(METHODS)
     # The Δ chart: a point per category and trained method, at the statistics' Δ, with the CI's verdict.
-    points = _wait(driver, lambda d: [m for m in _marks(d, "[aria-label]", "aria-label") if "verdict: " in m] or None,
-                   "categories-chart")
+    points = _wait(
+        driver,
+        lambda d: [m for m in _marks(d, "[aria-label]", "aria-label") if "verdict: " in m] or None,
+        "categories-chart",
+    )
     scores = load_results(results).scores
     scores = scores[(scores["suite"] == "toy-seen") & (scores["metric"] == "aesthetic")]
     expected_points = set()
     for row in leaderboard(scores, by=["category"]):
         if row["method"] != "base":
             expected_points.add((f"{row['category']} (2 prompts)", row["method"], f"{row['delta_vs_base']:+.4g}"))
-    drawn = {(re.search(r"; y: ([^;]+)", p)[1], re.search(r"facet: ([^;]+)", p)[1], re.search(r"Δ: ([^;]+)", p)[1])
-             for p in points}
+    drawn = {
+        (re.search(r"; y: ([^;]+)", p)[1], re.search(r"facet: ([^;]+)", p)[1], re.search(r"Δ: ([^;]+)", p)[1])
+        for p in points
+    }
     assert drawn == expected_points
     assert all("verdict: better than base" in p for p in points)
     assert not driver.find_elements(By.CSS_SELECTOR, "[data-testid='stException']")
@@ -194,8 +223,9 @@ def test_image_grid_page_in_chromium(browser) -> None:
     shown = images[(images["suite"] == "toy-seen") & (images["image_index"] == 0)]
     thumbnails = sorted(data_url(thumbnail(results / path, 128)) for path in shown["path"])
     assert len(thumbnails) == len(METHODS) * len(SUITES["toy-seen"][1])
-    hrefs = _wait(driver, lambda d: (lambda h: h if len(h) == len(thumbnails) else None)(_marks(d, "image", "href")),
-                  "image-grid")
+    hrefs = _wait(
+        driver, lambda d: (lambda h: h if len(h) == len(thumbnails) else None)(_marks(d, "image", "href")), "image-grid"
+    )
     assert sorted(hrefs) == thumbnails
     # ... and drawn: each fixture image is one plain colour, and every one of them is on the screen.
     colours = {Image.open(results / path).getpixel((0, 0)) for path in shown["path"]}
@@ -209,8 +239,11 @@ def test_the_toolbar_is_in_viewer_mode_without_a_deploy_button(browser) -> None:
 
     driver, _ = browser
     # The viewer's menu stays: once it is drawn, the toolbar is.
-    _wait(driver, lambda d: d.find_elements(By.CSS_SELECTOR, "[data-testid='stToolbar'] [data-testid='stMainMenu']"),
-          "toolbar")
+    _wait(
+        driver,
+        lambda d: d.find_elements(By.CSS_SELECTOR, "[data-testid='stToolbar'] [data-testid='stMainMenu']"),
+        "toolbar",
+    )
     assert not driver.find_elements(By.CSS_SELECTOR, "[data-testid='stAppDeployButton']")
     assert not driver.find_elements(By.XPATH, "//button[normalize-space()='Deploy']")
 
@@ -222,13 +255,17 @@ def test_curves_page_in_chromium(browser) -> None:
     driver, results = browser
     _open_page(driver, "Curves")
     # The points' labels (the CI bands' carry no mean).
-    points = _wait(driver, lambda d: [m for m in _marks(d, "[aria-label]", "aria-label")
-                                      if "step: " in m and "mean: " in m] or None, "curves")
+    points = _wait(
+        driver,
+        lambda d: [m for m in _marks(d, "[aria-label]", "aria-label") if "step: " in m and "mean: " in m] or None,
+        "curves",
+    )
     loaded = load_results(results)
     expected = curves(loaded)
     expected = expected[(expected["metric"] == "aesthetic") & (expected["suite"] == "toy-seen")]
-    drawn = dict(sorted((int(re.search(r"step: (\d+)", p)[1]), float(re.search(r"mean: ([^;]+)", p)[1]))
-                        for p in points))
+    drawn = dict(
+        sorted((int(re.search(r"step: (\d+)", p)[1]), float(re.search(r"mean: ([^;]+)", p)[1])) for p in points)
+    )
     assert list(drawn) == sorted(CURVE_STEPS) == expected["step"].tolist()
     assert list(drawn.values()) == pytest.approx(expected["mean"].tolist(), rel=1e-9)
     final = leaderboard(loaded.scores)
@@ -241,9 +278,12 @@ def test_run_details_in_chromium_show_a_missing_figure_as_a_dash(browser) -> Non
     """Each run's own figures; what a run lacks (here CPU- and GPU-hours, peak memory) reads '–', never 'None'."""
     driver, _ = browser
     _open_page(driver, "Run details")
-    cells = _wait(driver, lambda d: (lambda c: c if set(METHODS) <= set(c) else None)(d.execute_script(READ_GRID, 0)),
-                  "run-details")
-    rows = {row[1]: row for row in (cells[i:i + 11] for i in range(0, len(cells), 11))}
+    cells = _wait(
+        driver,
+        lambda d: (lambda c: c if set(METHODS) <= set(c) else None)(d.execute_script(READ_GRID, 0)),
+        "run-details",
+    )
+    rows = {row[1]: row for row in (cells[i : i + 11] for i in range(0, len(cells), 11))}
     assert set(rows) == set(METHODS) | {f"dpo@{step}" for step in CURVE_STEPS}  # --eval-every's runs are runs too
     for method in METHODS:  # run, method, status, started, ended, wall, CPU-h, GPU-h, UNet evals, peak memory, data
         assert rows[method][5:] == ["12.5", "–", "–", "4", "–", "–"]

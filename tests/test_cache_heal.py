@@ -7,8 +7,7 @@ from pathlib import Path
 
 import torch
 
-from harness.api.caching import (atomic_save, built_model_ready, damage_lines, load_cached,
-                                 safetensors_intact)
+from harness.api.caching import atomic_save, built_model_ready, damage_lines, load_cached, safetensors_intact
 
 
 def test_a_whole_entry_is_read_a_damaged_one_discarded_and_counted(tmp_path: Path) -> None:

@@ -23,16 +23,24 @@ from support.results_fixture import SUITES, build_results_dir
 
 def _frame(deltas: list[tuple[float, float, float]], verdict: str) -> pd.DataFrame:
     methods = [f"m{i}" for i in range(len(deltas))]
-    return pd.DataFrame({"y": methods, "facet": "suite", "method": methods, "delta": [d for d, _, _ in deltas],
-                         "low": [low for _, low, _ in deltas], "high": [high for _, _, high in deltas],
-                         "n_prompts": 10, "verdict": verdict})
+    return pd.DataFrame(
+        {
+            "y": methods,
+            "facet": "suite",
+            "method": methods,
+            "delta": [d for d, _, _ in deltas],
+            "low": [low for _, low, _ in deltas],
+            "high": [high for _, _, high in deltas],
+            "n_prompts": 10,
+            "verdict": verdict,
+        }
+    )
 
 
 def _shown_texts(chart) -> list[str]:
     """The texts the SVG of ``chart`` shows (Vega keeps labels it hides for overlap, at opacity 0)."""
     root = ET.fromstring(vl_convert.vegalite_to_svg(chart.to_dict()))
-    return [node.text for node in root.iter() if node.tag.endswith("text") and node.text
-            and node.get("opacity") != "0"]
+    return [node.text for node in root.iter() if node.tag.endswith("text") and node.text and node.get("opacity") != "0"]
 
 
 def _number(text: str) -> float | None:
@@ -42,13 +50,16 @@ def _number(text: str) -> float | None:
         return None
 
 
-@pytest.mark.parametrize("deltas", [
-    [(-0.019, -0.0215, -0.017), (-0.005, -0.007, -0.004)],  # Vega's own ticks hid 0 at the axis's end
-    [(0.5, 0.45, 0.56), (1.0, 0.93, 1.08)],
-    [(-0.001, -0.02, 0.019), (0.007, -0.024, 0.046), (-0.03, -0.052, -0.006)],
-    [(3e-5, 1e-5, 6e-5)],
-    [(0.0, 0.0, 0.0)],  # a method identical to the base
-])
+@pytest.mark.parametrize(
+    "deltas",
+    [
+        [(-0.019, -0.0215, -0.017), (-0.005, -0.007, -0.004)],  # Vega's own ticks hid 0 at the axis's end
+        [(0.5, 0.45, 0.56), (1.0, 0.93, 1.08)],
+        [(-0.001, -0.02, 0.019), (0.007, -0.024, 0.046), (-0.03, -0.052, -0.006)],
+        [(3e-5, 1e-5, 6e-5)],
+        [(0.0, 0.0, 0.0)],  # a method identical to the base
+    ],
+)
 def test_the_delta_axis_always_labels_zero(deltas):
     verdict = "worse than base" if deltas[0][2] < 0 else "better than base"
     chart = delta_chart(_frame(deltas, verdict), y_title="method", facet_title="suite", x_title="Δ", order=[])
@@ -58,8 +69,13 @@ def test_the_delta_axis_always_labels_zero(deltas):
 
 
 def test_the_legend_lists_only_the_verdicts_drawn():
-    chart = delta_chart(_frame([(-0.02, -0.03, -0.01), (-0.01, -0.015, -0.005)], "worse than base"),
-                        y_title="method", facet_title="suite", x_title="Δ", order=[])
+    chart = delta_chart(
+        _frame([(-0.02, -0.03, -0.01), (-0.01, -0.015, -0.005)], "worse than base"),
+        y_title="method",
+        facet_title="suite",
+        x_title="Δ",
+        order=[],
+    )
     texts = _shown_texts(chart)
     assert "worse than base" in texts
     assert not {"better than base", "CI includes 0", "no CI (1 prompt)"} & set(texts)
@@ -78,13 +94,29 @@ def test_a_small_image_is_enlarged_by_whole_pixels_and_a_large_one_made_smaller(
 
 
 def test_the_grid_takes_its_prompts_in_turn_from_each_category(tmp_path: Path, capsys: pytest.CaptureFixture):
-    prompts = pd.DataFrame({"prompt_id": ["a1", "a2", "a3", "b1", "c1", "c2"], "category": ["a", "a", "a", "b", "c", None]})
+    prompts = pd.DataFrame(
+        {"prompt_id": ["a1", "a2", "a3", "b1", "c1", "c2"], "category": ["a", "a", "a", "b", "c", None]}
+    )
     assert spread_prompts(prompts, 4) == ["c2", "a1", "b1", "c1"]  # no category, then a, b, c: each a prompt in turn
     assert spread_prompts(prompts, 9) == ["c2", "a1", "b1", "c1", "a2", "a3"]
 
     results = build_results_dir(tmp_path / "results")
-    assert main(["figure", "--out", str(results), "--figures", str(tmp_path / "figures"), "--formats", "png",
-                 "--grid-prompts", "2"]) == 0
+    assert (
+        main(
+            [
+                "figure",
+                "--out",
+                str(results),
+                "--figures",
+                str(tmp_path / "figures"),
+                "--formats",
+                "png",
+                "--grid-prompts",
+                "2",
+            ]
+        )
+        == 0
+    )
     (grid,) = json.loads((tmp_path / "figures" / "grid-toy-seen.vl.json").read_text())["datasets"].values()
     categories = {prompt: category for _, prompt, category in SUITES["toy-seen"][1]}
     assert sorted({categories[cell["prompt"]] for cell in grid}) == ["animals", "shapes"]  # not the first two

@@ -53,10 +53,32 @@ def test_overrides_parse_values_and_targets():
 
 def test_table_shows_ci_delta_and_win_rate():
     rows = [
-        {"method": "base", "suite": "s", "metric": "m", "n": 4, "mean": 0.5, "ci_low": 0.4, "ci_high": 0.6,
-         "delta_vs_base": None, "delta_ci_low": None, "delta_ci_high": None, "win_rate_vs_base": None},
-        {"method": "dpo", "suite": "s", "metric": "m", "n": 4, "mean": 0.7, "ci_low": 0.6, "ci_high": 0.8,
-         "delta_vs_base": 0.2, "delta_ci_low": 0.1, "delta_ci_high": 0.3, "win_rate_vs_base": 0.75},
+        {
+            "method": "base",
+            "suite": "s",
+            "metric": "m",
+            "n": 4,
+            "mean": 0.5,
+            "ci_low": 0.4,
+            "ci_high": 0.6,
+            "delta_vs_base": None,
+            "delta_ci_low": None,
+            "delta_ci_high": None,
+            "win_rate_vs_base": None,
+        },
+        {
+            "method": "dpo",
+            "suite": "s",
+            "metric": "m",
+            "n": 4,
+            "mean": 0.7,
+            "ci_low": 0.6,
+            "ci_high": 0.8,
+            "delta_vs_base": 0.2,
+            "delta_ci_low": 0.1,
+            "delta_ci_high": 0.3,
+            "win_rate_vs_base": 0.75,
+        },
     ]
     table = format_table(rows).splitlines()
     assert table[2].split()[:3] == ["dpo", "s", "m"]
@@ -100,8 +122,20 @@ def test_tiny_end_to_end_run(tiny_run_dir):
 
 def test_real_model_paths_fail_with_one_line_offline(tmp_path):
     """SD1.5 needs downloaded weights: offline, the user gets one line naming the model and the fix."""
-    result = harness_main("run", "--methods", "dpo", "--preset", "sd15", "--pretrained", "--suites", "parti",
-                          "--max-prompts", "1", "--out", str(tmp_path))
+    result = harness_main(
+        "run",
+        "--methods",
+        "dpo",
+        "--preset",
+        "sd15",
+        "--pretrained",
+        "--suites",
+        "parti",
+        "--max-prompts",
+        "1",
+        "--out",
+        str(tmp_path),
+    )
     assert result.returncode == 2, result.stderr[-2000:]
     error = result.stderr.strip().splitlines()[-1]
     assert "stable-diffusion-v1-5/stable-diffusion-v1-5" in error and "download" in error
@@ -124,7 +158,9 @@ def test_leaderboard_marks_the_metric_a_method_was_trained_on(tmp_path):
     marked = json.loads(harness_main("leaderboard", "--out", str(results), "--format", "json").stdout)
     assert {(r["method"], r["suite"], r["metric"]) for r in marked if r["trained_on_signal"]} == trained
     assert all(isinstance(r["trained_on_signal"], bool) for r in marked)
-    table = list(csv.DictReader(harness_main("leaderboard", "--out", str(results), "--format", "csv").stdout.splitlines()))
+    table = list(
+        csv.DictReader(harness_main("leaderboard", "--out", str(results), "--format", "csv").stdout.splitlines())
+    )
     assert {(r["method"], r["suite"], r["metric"]) for r in table if r["trained_on_signal"] == "True"} == trained
 
     # A results directory of store schema 1 records no signals: the same numbers, nothing marked,
@@ -149,12 +185,14 @@ def test_plugin_option_works_before_or_after_the_command(tmp_path):
         assert "desirable-sft" in result.stdout
     # After `run`: the plugin's method is known (the error is about its weights, not an unknown option or method),
     # and on a preset without published weights the error names the presets that have them.
-    result = harness_cli("run", "--plugin", EXAMPLE_PLUGIN, "--methods", "desirable-sft", "--pretrained",
-                         "--out", str(tmp_path))
+    result = harness_cli(
+        "run", "--plugin", EXAMPLE_PLUGIN, "--methods", "desirable-sft", "--pretrained", "--out", str(tmp_path)
+    )
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
         "harness: error: preset 'toy' has no published weights for any method; --pretrained works with "
-        "--preset sd15 (dpo, dro, kto, smpo) or --preset sdxl (dpo, mapo, smpo)"]
+        "--preset sd15 (dpo, dro, kto, smpo) or --preset sdxl (dpo, mapo, smpo)"
+    ]
 
 
 def _commands_and_options():
@@ -184,8 +222,12 @@ def test_every_option_of_every_command_has_help_and_shows_its_default():
 def test_out_has_one_meaning_per_declaration():
     """Every command's --out is a results directory written, one read, several compared, or an output directory
     that is no results directory, and its help says which (harness/cli/options.py declares each once)."""
-    meanings = ("results directory to write, or to add to", "results directory to read (",
-                "results directory to read, written by", "directory to write, not a results directory")
+    meanings = (
+        "results directory to write, or to add to",
+        "results directory to read (",
+        "results directory to read, written by",
+        "directory to write, not a results directory",
+    )
     found = {c.prog: a.help for c, a in _commands_and_options() if "--out" in a.option_strings}
     assert {prog: next(m for m in meanings if help.startswith(m)) for prog, help in found.items()} == {
         **dict.fromkeys(["harness run", "harness evaluate", "harness score", "harness reproduce"], meanings[0]),
@@ -201,9 +243,11 @@ def test_the_command_list_and_a_mistyped_command_load_no_heavy_library():
     import subprocess
     import sys
 
-    code = ("import sys\nfrom harness.cli import main\ntry:\n    main(sys.argv[1:])\nexcept SystemExit:\n    pass\n"
-            "print(sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'diffusers', 'transformers', "
-            "'numpy', 'pandas', 'streamlit', 'dashboard', 'methods', 'toyworld'}))")
+    code = (
+        "import sys\nfrom harness.cli import main\ntry:\n    main(sys.argv[1:])\nexcept SystemExit:\n    pass\n"
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'diffusers', 'transformers', "
+        "'numpy', 'pandas', 'streamlit', 'dashboard', 'methods', 'toyworld'}))"
+    )
     for words in (["--help"], ["rnu", "--out", "x"], ["--out", "x"]):
         loaded = subprocess.run([sys.executable, "-c", code, *words], capture_output=True, text=True, timeout=60)
         assert loaded.stdout.splitlines()[-1] == "[]", (words, loaded.stdout, loaded.stderr)
@@ -222,8 +266,14 @@ def test_cli_reference_is_the_parser_s():
 
 def test_text_table_aligns_columns_from_the_content():
     long = "a-scorer-with-a-very-long-name"
-    lines = text_table([["name", "version", "description"], [long, "v1", "first"], ["b", "a-long-version-2", "x"],
-                        ["c", "unavailable: a long reason that runs on"]]).splitlines()
+    lines = text_table(
+        [
+            ["name", "version", "description"],
+            [long, "v1", "first"],
+            ["b", "a-long-version-2", "x"],
+            ["c", "unavailable: a long reason that runs on"],
+        ]
+    ).splitlines()
     assert lines[1].index("v1") == lines[2].index("a-long-version-2") == lines[0].index("version") == len(long) + 2
     assert lines[1].index("first") == lines[2].index("x") == len(long) + 2 + len("a-long-version-2") + 2
     assert lines[3] == "c" + " " * (len(long) + 1) + "unavailable: a long reason that runs on"  # a last cell runs on
@@ -263,8 +313,11 @@ def test_a_closed_pipe_ends_the_output_quietly(tmp_path):
     import sys
 
     results = build_results_dir(tmp_path / "results")
-    reader = subprocess.Popen([str(Path(sys.executable).with_name("harness")), "leaderboard", "--out", str(results)],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    reader = subprocess.Popen(
+        [str(Path(sys.executable).with_name("harness")), "leaderboard", "--out", str(results)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     reader.stdout.close()  # the reader has gone before the first line is written
     _, err = reader.communicate(timeout=120)
     assert err == b"" and reader.returncode == 141
@@ -273,17 +326,20 @@ def test_a_closed_pipe_ends_the_output_quietly(tmp_path):
 @pytest.mark.slow  # a real harness run
 def test_progress_in_a_log_is_a_few_lines_not_redraws(tmp_path):
     """stdout and stderr to pipes, as `harness run > log 2>&1`: no carriage returns, a line per tenth."""
-    result = harness_cli("run", "--preset", "tiny", "--methods", "dpo", "--set", "max_steps=30",
-                         "--out", str(tmp_path))
+    result = harness_cli("run", "--preset", "tiny", "--methods", "dpo", "--set", "max_steps=30", "--out", str(tmp_path))
     assert result.returncode == 0, result.stderr[-3000:]
     log = result.stdout + result.stderr
     assert "\r" not in log
     training = [line for line in log.splitlines() if line.startswith("DPO: step ")]
     assert len(training) == 10 and training[-1].startswith("DPO: step 30/30 (100%) loss ")
     # Each names its model: the base's and dpo's jobs print into the same log side by side.
-    sampling = [line for line in log.splitlines() if line.startswith(tuple(f"{model} / toy-{split}: img "
-                                                                          for model in ("base", "dpo")
-                                                                          for split in ("seen", "unseen")))]
+    sampling = [
+        line
+        for line in log.splitlines()
+        if line.startswith(
+            tuple(f"{model} / toy-{split}: img " for model in ("base", "dpo") for split in ("seen", "unseen"))
+        )
+    ]
     assert 4 <= len(sampling) <= 2 * 2 * 10 and all("%)" in line for line in sampling)
     assert {line.split(" / ")[0] for line in sampling} == {"base", "dpo"}
 
@@ -326,7 +382,9 @@ def test_harness_train_trains_the_weights_harness_run_trains(tiny_run_dir, tiny_
     trained = (tmp_path / "alone" / weights).read_bytes()
     assert trained == (tiny_run_dir / "models" / "dpo" / weights).read_bytes()
     assert trained != (tiny_model_dir / "unet" / "diffusion_pytorch_model.safetensors").read_bytes()  # it trained
-    assert (tmp_path / "alone" / "data" / "pairs.jsonl").read_bytes() == (tiny_run_dir / "data" / "pairs.jsonl").read_bytes()
+    assert (tmp_path / "alone" / "data" / "pairs.jsonl").read_bytes() == (
+        tiny_run_dir / "data" / "pairs.jsonl"
+    ).read_bytes()
 
 
 @pytest.mark.parametrize("command", [["run", "--methods", "dpo"], ["train", "--method", "dpo"]])
@@ -339,8 +397,16 @@ def test_set_for_a_method_not_trained_is_the_same_error_in_run_and_train(command
 
 def test_generate_follows_the_preset_s_protocol(tiny_run_dir, tmp_path):
     """With its defaults, `harness generate` makes the images a run of that preset evaluates: the same bytes."""
-    result = harness_cli("generate", "--preset", "tiny", "--suite", "toy-seen", "--out", str(tmp_path / "gen"),
-                         env={"OMP_NUM_THREADS": "1"})  # one thread, as the run's workers (faster on a busy CPU)
+    result = harness_cli(
+        "generate",
+        "--preset",
+        "tiny",
+        "--suite",
+        "toy-seen",
+        "--out",
+        str(tmp_path / "gen"),
+        env={"OMP_NUM_THREADS": "1"},
+    )  # one thread, as the run's workers (faster on a busy CPU)
     assert result.returncode == 0, result.stderr[-3000:]
 
     def images(manifest: Path) -> dict:

@@ -53,8 +53,12 @@ def test_plugins_import_only_the_contract(path):
     own = path.relative_to(ROOT).parts[0]
 
     def allowed(module: str) -> bool:
-        return top(module) not in CORE + PLUGINS or module == "harness.api" or module.startswith("harness.api.") \
+        return (
+            top(module) not in CORE + PLUGINS
+            or module == "harness.api"
+            or module.startswith("harness.api.")
             or top(module) == own
+        )
 
     wrong = [f"line {line}: {module}" for line, module in imported_modules(path) if not allowed(module)]
     assert not wrong, f"{path.relative_to(ROOT)} imports harness internals (use harness.api): {wrong}"
@@ -63,7 +67,9 @@ def test_plugins_import_only_the_contract(path):
 def test_the_rule_is_checked_on_real_imports(tmp_path):
     """The walker sees imports inside functions and relative ones, so the two tests above could fail."""
     probe = ROOT / "methods" / "_probe_for_the_contract_test.py"
-    probe.write_text("from . import dpo\ndef f():\n    from harness.train.trainer import train\n    import toyworld.grammar\n")
+    probe.write_text(
+        "from . import dpo\ndef f():\n    from harness.train.trainer import train\n    import toyworld.grammar\n"
+    )
     try:
         assert imported_modules(probe) == [(1, "methods"), (3, "harness.train.trainer"), (4, "toyworld.grammar")]
     finally:
@@ -80,8 +86,9 @@ def test_labelled_images_reach_the_loss_as_labels(tiny_model_dir, tmp_path):
     data = write_pair_dir(tmp_path / "data", n_pairs=3)
     method = Method(resolve_config("sft", "tiny", {"batch_size": 6}))
     method.data = LabelledImages()
-    trainer = Trainer(method, base_model=str(tiny_model_dir), data_dir=data, output_dir=tmp_path / "x", seed=0,
-                      on_log=None)
+    trainer = Trainer(
+        method, base_model=str(tiny_model_dir), data_dir=data, output_dir=tmp_path / "x", seed=0, on_log=None
+    )
     trainer._setup()
     batch = trainer.make_batch(0, 0, step_generator(0, 0, 0, 0))
     assert batch.latents.shape[0] == 6 and sorted(batch.labels.tolist()) == [0.0] * 3 + [1.0] * 3
@@ -125,6 +132,11 @@ def test_a_prompts_only_method_trains_on_captions_alone(tiny_model_dir, tmp_path
 
     monkeypatch.setitem(METHODS._entries, "match-reference", MatchTheReference.make())
     data = write_expert_dir(tmp_path / "data", n=3)
-    result = train("match-reference", base_model=tiny_model_dir, data_dir=data, output_dir=tmp_path / "out",
-                   overrides={"max_steps": 2, "batch_size": 2})
+    result = train(
+        "match-reference",
+        base_model=tiny_model_dir,
+        data_dir=data,
+        output_dir=tmp_path / "out",
+        overrides={"max_steps": 2, "batch_size": 2},
+    )
     assert result.steps == 2 and result.unet_evals_per_sample == 2.0  # policy and reference, no image encoded

@@ -8,11 +8,11 @@ import pytest
 from streamlit.dataframe_util import convert_arrow_bytes_to_pandas_df
 from streamlit.testing.v1 import AppTest
 
-from harness.evaluation.curves import curve_points
 from harness.errors import HarnessError
+from harness.evaluation.curves import curve_points
 from harness.plan.presets import get_preset
-from harness.run import RunOptions, run, validate
 from harness.results.store import Store
+from harness.run import RunOptions, run, validate
 
 APP = Path(__file__).resolve().parent.parent / "dashboard" / "app.py"
 
@@ -22,8 +22,19 @@ def test_the_curve_ends_on_the_final_number_in_the_store_tensorboard_and_dashboa
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     out = tmp_path / "out"
-    rows = run(RunOptions(methods=["dpo"], out=out, preset="tiny", suites=["toy-seen", "toy-unseen"], max_prompts=2,
-                          images_per_prompt=1, eval_every=1, eval_suites=["toy-seen"], jobs=1))
+    rows = run(
+        RunOptions(
+            methods=["dpo"],
+            out=out,
+            preset="tiny",
+            suites=["toy-seen", "toy-unseen"],
+            max_prompts=2,
+            images_per_prompt=1,
+            eval_every=1,
+            eval_suites=["toy-seen"],
+            jobs=1,
+        )
+    )
     printed = capsys.readouterr().out
     # The cost, said before anything runs: the tiny preset trains 2 steps, so 2 points of 2 prompts x 1 image.
     assert "--eval-every 1: 2 more evaluations (dpo 2) of 2 images each on toy-seen: 4 images" in printed
@@ -34,12 +45,15 @@ def test_the_curve_ends_on_the_final_number_in_the_store_tensorboard_and_dashboa
         points = curve_points(store.scores_frame())
         images = store.images_frame().set_index(["method", "suite", "prompt_id"])["sha256"]
     assert sorted(set(zip(points["method"], points["step"], points["suite"]))) == [
-        ("dpo", 1, "toy-seen"), ("dpo", 2, "toy-seen")]
+        ("dpo", 1, "toy-seen"),
+        ("dpo", 2, "toy-seen"),
+    ]
     final = {(r["suite"], r["metric"]): r for r in rows if r["method"] == "dpo"}
     for point in points[points["step"] == 2].itertuples():
         # Evaluated anew from the final UNet, with the final evaluation's prompts, seeds, sampler and scorers.
         assert (point.mean, point.ci_low, point.ci_high) == tuple(
-            final[point.suite, point.metric][k] for k in ("mean", "ci_low", "ci_high"))
+            final[point.suite, point.metric][k] for k in ("mean", "ci_low", "ci_high")
+        )
         assert point.delta_vs_base == final[point.suite, point.metric]["delta_vs_base"]
     seen = images.xs("toy-seen", level="suite")
     assert seen["dpo@2"].equals(seen["dpo"]) and not seen["dpo@1"].equals(seen["dpo"])

@@ -18,6 +18,8 @@ import pytest
 from streamlit.dataframe_util import convert_arrow_bytes_to_pandas_df
 from streamlit.testing.v1 import AppTest
 
+import dashboard.data
+from dashboard import serve
 from dashboard.data import (
     NO_INTERVAL,
     best_cells,
@@ -28,8 +30,6 @@ from dashboard.data import (
     overview_table,
     thumbnail,
 )
-import dashboard.data
-from dashboard import serve
 from dashboard.views import PAGES
 from harness.errors import HarnessError
 from harness.results.stats import SIGNAL_MARK, SIGNAL_NOTE, leaderboard
@@ -76,8 +76,12 @@ def shown(table) -> pd.DataFrame:
 
 def marked_cells(cells: pd.DataFrame, *keys: str) -> set[tuple]:
     """``(*row keys, column)`` of every cell carrying the signal mark."""
-    return {(*row[list(keys)], column) for _, row in cells.iterrows()
-            for column in cells.columns if SIGNAL_MARK in str(row[column])}
+    return {
+        (*row[list(keys)], column)
+        for _, row in cells.iterrows()
+        for column in cells.columns
+        if SIGNAL_MARK in str(row[column])
+    }
 
 
 def notes(at: AppTest) -> int:
@@ -204,21 +208,28 @@ def test_categories_page_shows_each_categorys_statistics_with_its_prompt_count(
     assert table.loc[("animals", "dro"), "Δ vs base"] == pytest.approx(alone["dro"]["delta_vs_base"])
 
     delta = chart_data(at).set_index(["y", "facet"])
-    assert set(delta.index) == {(f"{c} ({n} prompt{'s' * (n > 1)})", m) for c, n in (("animals", 1), ("shapes", 2))
-                                for m in ("dpo", "dro")}
+    assert set(delta.index) == {
+        (f"{c} ({n} prompt{'s' * (n > 1)})", m) for c, n in (("animals", 1), ("shapes", 2)) for m in ("dpo", "dro")
+    }
     lonely = delta.loc[("animals (1 prompt)", "dro")]
     assert lonely["delta"] == pytest.approx(alone["dro"]["delta_vs_base"]) and pd.isna(lonely["low"])
     assert lonely["verdict"] == "no CI (1 prompt)"
     assert delta.loc[("shapes (2 prompts)", "dro"), "verdict"] == "better than base"
 
 
-def test_image_grid_page_shows_prompts_by_methods_at_one_seed(results_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_image_grid_page_shows_prompts_by_methods_at_one_seed(
+    results_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     at = show(open_app(results_dir, monkeypatch), "Image grid")
     grid = chart_data(at)
     _, prompts = SUITES["toy-seen"]
     # Taken in turn from each category (animals, shapes), not the suite's first prompts.
-    assert grid["prompt"].drop_duplicates().tolist() == ["a cat on a mat", "a red circle", "a dog in the park",
-                                                          "a blue square"]
+    assert grid["prompt"].drop_duplicates().tolist() == [
+        "a cat on a mat",
+        "a red circle",
+        "a dog in the park",
+        "a blue square",
+    ]
     assert len(grid) == len(prompts) * len(METHODS) and set(grid["method"]) == set(METHODS)
     images = load_results(results_dir).images.set_index(["method", "prompt", "image_index"])
     for cell in grid.itertuples():
@@ -282,7 +293,8 @@ def test_run_details_page_shows_provenance_and_overlaps(results_dir: Path, monke
     assert at.dataframe[1].value["step"].tolist() == [TRAIN_STEPS]
     assert at.dataframe[2].value.to_dict("records") == [{"suite": "toy-unseen", "split": "unseen", "n_overlap": 1}]
     assert at.dataframe[3].value.to_dict("records") == [
-        {"metric": "pickscore", "source": "experts ranked by pickscore (top 2)"}]
+        {"metric": "pickscore", "source": "experts ranked by pickscore (top 2)"}
+    ]
     assert [w.value for w in at.warning] and "dro" in at.warning[0].value
     assert '"beta": 5000' in at.json[2].value
     base_run = int(cells.loc["base", "run"])
@@ -290,8 +302,9 @@ def test_run_details_page_shows_provenance_and_overlaps(results_dir: Path, monke
     assert len(at.dataframe) == 2 and "None recorded." in [c.value for c in at.caption]
 
 
-def test_run_details_shows_when_the_directory_was_last_verified(results_dir: Path, tmp_path: Path,
-                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+def test_run_details_shows_when_the_directory_was_last_verified(
+    results_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     copy = tmp_path / "results"
     shutil.copytree(results_dir, copy)
     at = show(open_app(copy, monkeypatch), "Run details")
@@ -302,8 +315,9 @@ def test_run_details_shows_when_the_directory_was_last_verified(results_dir: Pat
     assert "Last verified 2026-12-07 00:15:00 UTC: 2 problem(s) left" in [c.value for c in at.caption]
 
 
-def test_the_dashboard_cannot_write_the_results(results_dir: Path, tmp_path: Path,
-                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_dashboard_cannot_write_the_results(
+    results_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Every connection the dashboard opens refuses a write, and rendering every page leaves
     results.db as it was, byte for byte and mtime."""
     copy = tmp_path / "results"  # a directory the dashboard's cache has not seen: it must load it

@@ -15,8 +15,9 @@ import torch
 
 from conftest import harness_cli
 from harness.cli.output import format_table
+from harness.results.stats import LOWER_MARK, LOWER_NOTE, paired_comparison, win_rate_matrix
+from harness.results.stats import leaderboard as statistics
 from harness.run import leaderboard
-from harness.results.stats import LOWER_MARK, LOWER_NOTE, leaderboard as statistics, paired_comparison, win_rate_matrix
 
 PLUGIN = Path(__file__).resolve().parent / "plugins" / "toy_error.py"
 
@@ -26,7 +27,9 @@ def _runs_rows(out: Path, method: str) -> dict:
     db = sqlite3.connect(out / "results.db")
     rows = db.execute(
         "SELECT i.suite, i.prompt_id, i.image_index, i.seed, i.sha256, s.scorer, s.version, s.value "
-        "FROM images i JOIN runs r USING (run_id) JOIN scores s USING (image_id) WHERE r.method = ?", (method,)).fetchall()
+        "FROM images i JOIN runs r USING (run_id) JOIN scores s USING (image_id) WHERE r.method = ?",
+        (method,),
+    ).fetchall()
     db.close()
     table: dict = {}
     for suite, prompt_id, index, seed, sha256, scorer, version, value in rows:
@@ -36,22 +39,36 @@ def _runs_rows(out: Path, method: str) -> dict:
 
 def _board(rows: list[dict], method: str) -> dict:
     """A method's leaderboard rows by (suite, metric), without the fields that name the run."""
-    return {(r["suite"], r["metric"]): {k: v for k, v in r.items() if k not in ("method", "trained_on_signal")}
-            for r in rows if r["method"] == method}
+    return {
+        (r["suite"], r["metric"]): {k: v for k, v in r.items() if k not in ("method", "trained_on_signal")}
+        for r in rows
+        if r["method"] == method
+    }
 
 
 def test_evaluating_a_runs_trained_unet_gives_the_runs_own_images_and_scores(tiny_run_dir, tmp_path):
     out = tmp_path / "results"
     shutil.copytree(tiny_run_dir, out)
-    result = harness_cli("evaluate", "--model", "tiny", "--unet", str(out / "models" / "dpo" / "final" / "unet"),
-                         "--name", "dpo-again", "--out", str(out))
+    result = harness_cli(
+        "evaluate",
+        "--model",
+        "tiny",
+        "--unet",
+        str(out / "models" / "dpo" / "final" / "unet"),
+        "--name",
+        "dpo-again",
+        "--out",
+        str(out),
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "base: not evaluated" not in result.stdout  # the run's base has every suite and scorer already
 
     again, trained = _runs_rows(out, "dpo-again"), _runs_rows(out, "dpo")
     assert again and again == trained  # the same images (seeds, bytes) and scores
     assert {key[0] for key in again} == {"toy-seen", "toy-unseen"}
-    assert all((out / "images" / "dpo-again" / suite / "manifest.jsonl").is_file() for suite in ("toy-seen", "toy-unseen"))
+    assert all(
+        (out / "images" / "dpo-again" / suite / "manifest.jsonl").is_file() for suite in ("toy-seen", "toy-unseen")
+    )
     rows = leaderboard(out)
     assert _board(rows, "dpo-again") == _board(rows, "dpo")  # Δ and win rates against the run's base included
 
@@ -68,8 +85,9 @@ def lora_training(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path
     from harness.train.export import export_unet
 
     unet = UNet2DConditionModel.from_pretrained(tiny_model_dir / "unet")
-    unet.add_adapter(LoraConfig(r=4, lora_alpha=8, init_lora_weights="gaussian",
-                                target_modules=["to_k", "to_q", "to_v", "to_out.0"]))
+    unet.add_adapter(
+        LoraConfig(r=4, lora_alpha=8, init_lora_weights="gaussian", target_modules=["to_k", "to_q", "to_v", "to_out.0"])
+    )
     generator = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for name, parameter in unet.named_parameters():
@@ -81,8 +99,8 @@ def lora_training(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path
 
 
 def test_lora_adapters_load_as_the_merged_unet_written_beside_them(lora_training, tiny_model_dir):
-    from harness.plan.presets import get_preset
     from harness.evaluation.evaluate import Checkpoint, Protocol, load_checkpoint
+    from harness.plan.presets import get_preset
 
     protocol = Protocol.of(get_preset("tiny"))
     model = str(tiny_model_dir)
@@ -95,14 +113,28 @@ def test_lora_adapters_load_as_the_merged_unet_written_beside_them(lora_training
     assert any(not torch.equal(merged[key], base[key]) for key in merged)  # the adapters do change the UNet
 
 
-def test_lora_adapters_into_a_new_directory_evaluate_the_base_too_and_a_rerun_resumes(lora_training, tiny_model_dir,
-                                                                                       tmp_path, capsys):
+def test_lora_adapters_into_a_new_directory_evaluate_the_base_too_and_a_rerun_resumes(
+    lora_training, tiny_model_dir, tmp_path, capsys
+):
     """In this process, the command line's own entry point (a fresh process per command is tested above)."""
     from harness.cli import main
 
     out = tmp_path / "results"
-    command = ["evaluate", "--model", str(tiny_model_dir), "--lora", str(lora_training / "lora"), "--preset", "tiny",
-               "--suites", "toy-seen", "--name", "lora", "--out", str(out)]
+    command = [
+        "evaluate",
+        "--model",
+        str(tiny_model_dir),
+        "--lora",
+        str(lora_training / "lora"),
+        "--preset",
+        "tiny",
+        "--suites",
+        "toy-seen",
+        "--name",
+        "lora",
+        "--out",
+        str(out),
+    ]
     assert main(command) == 0
     assert "== base: not evaluated on toy-seen" in capsys.readouterr().out
 
@@ -131,8 +163,16 @@ def _draw_the_captions(manifest: Path, folder: Path) -> Path:
     lines = []
     for number, row in enumerate(json.loads(line) for line in manifest.read_text().splitlines()):
         to_pil(render(parse_caption(row["prompt"]))).save(folder / f"drawn-{number}.png")
-        lines.append(json.dumps({"path": f"drawn-{number}.png", "prompt": row["prompt"],
-                                 "image_index": row["image_index"], "seed": row["seed"]}))
+        lines.append(
+            json.dumps(
+                {
+                    "path": f"drawn-{number}.png",
+                    "prompt": row["prompt"],
+                    "image_index": row["image_index"],
+                    "seed": row["seed"],
+                }
+            )
+        )
     (folder / "manifest.jsonl").write_text("\n".join(lines) + "\n")
     return folder / "manifest.jsonl"
 
@@ -145,8 +185,17 @@ def test_scored_images_and_a_lower_is_better_metric_rank_the_better_model_first(
     generated = tiny_run_dir / "images" / "base" / "toy-seen"
     drawn = _draw_the_captions(generated / "manifest.jsonl", tmp_path / "drawn")
     out = tmp_path / "results"
-    score = ("--plugin", str(PLUGIN), "score", "--prompts", "toy-seen", "--scorers", "toy-fidelity,toy-error",
-             "--out", str(out))
+    score = (
+        "--plugin",
+        str(PLUGIN),
+        "score",
+        "--prompts",
+        "toy-seen",
+        "--scorers",
+        "toy-fidelity,toy-error",
+        "--out",
+        str(out),
+    )
     for images, name in ((generated, "generated"), (drawn, "drawn")):
         result = harness_cli(*score, "--images", str(images), "--name", name)
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -186,9 +235,21 @@ def test_win_rates_and_deltas_follow_the_metrics_direction():
     for method, error in (("base", 0.5), ("better", 0.2)):
         for prompt in range(4):
             for index in range(2):
-                rows.append({"method": method, "suite": "s", "split": "seen", "metric": "err", "metric_version": "1",
-                             "higher_is_better": False, "prompt_id": f"p{prompt}", "category": "",
-                             "image_index": index, "seed": prompt + 4 * index, "value": error + 0.01 * prompt})
+                rows.append(
+                    {
+                        "method": method,
+                        "suite": "s",
+                        "split": "seen",
+                        "metric": "err",
+                        "metric_version": "1",
+                        "higher_is_better": False,
+                        "prompt_id": f"p{prompt}",
+                        "category": "",
+                        "image_index": index,
+                        "seed": prompt + 4 * index,
+                        "value": error + 0.01 * prompt,
+                    }
+                )
     scores = pd.DataFrame(rows)
     better = next(row for row in statistics(scores) if row["method"] == "better")
     assert better["higher_is_better"] is False

@@ -33,11 +33,16 @@ def _app(outs: str, monkeypatch: pytest.MonkeyPatch) -> AppTest:
     return AppTest.from_file(str(APP), default_timeout=60).run()
 
 
-def test_two_experiments_compare_in_one_leaderboard_each_against_its_own_base(tiny_run_dir, tmp_path, capsys,
-                                                                                monkeypatch):
-    second = _second_experiment(tiny_run_dir, tmp_path, f"""
+def test_two_experiments_compare_in_one_leaderboard_each_against_its_own_base(
+    tiny_run_dir, tmp_path, capsys, monkeypatch
+):
+    second = _second_experiment(
+        tiny_run_dir,
+        tmp_path,
+        f"""
         UPDATE scores SET value = value + {SHIFT} WHERE image_id IN
-        (SELECT image_id FROM images JOIN runs USING (run_id) WHERE runs.method = 'dpo')""")
+        (SELECT image_id FROM images JOIN runs USING (run_id) WHERE runs.method = 'dpo')""",
+    )
     assert main(["leaderboard", "--out", f"A={tiny_run_dir}", "--out", f"B={second}", "--format", "json"]) == 0
     rows = json.loads(capsys.readouterr().out)
     assert sorted({r["method"] for r in rows}) == ["A/base", "A/dpo", "B/base", "B/dpo"]
@@ -70,14 +75,18 @@ def test_two_experiments_compare_in_one_leaderboard_each_against_its_own_base(ti
 def _images(results_dir: Path, suite: str) -> list[dict]:
     with closing(sqlite3.connect(results_dir / "results.db")) as conn:
         conn.row_factory = sqlite3.Row
-        rows = conn.execute("SELECT * FROM images WHERE suite = ? AND prompt_id = (SELECT MIN(prompt_id) FROM images "
-                            "WHERE suite = ?) AND run_id = 1", (suite, suite)).fetchall()
+        rows = conn.execute(
+            "SELECT * FROM images WHERE suite = ? AND prompt_id = (SELECT MIN(prompt_id) FROM images "
+            "WHERE suite = ?) AND run_id = 1",
+            (suite, suite),
+        ).fetchall()
     return [dict(r) for r in rows]
 
 
 def test_experiments_with_another_suite_version_are_refused_in_one_line(tiny_run_dir, tmp_path, capsys, monkeypatch):
-    second = _second_experiment(tiny_run_dir, tmp_path, "UPDATE images SET suite_version = 'other' "
-                                                        "WHERE suite = 'toy-seen'")
+    second = _second_experiment(
+        tiny_run_dir, tmp_path, "UPDATE images SET suite_version = 'other' WHERE suite = 'toy-seen'"
+    )
     assert main(["leaderboard", "--out", f"{tiny_run_dir},{second}"]) == 2
     error = capsys.readouterr().err
     assert error.count("\n") == 1 and "suite 'toy-seen'" in error and "other prompts" in error
@@ -127,7 +136,8 @@ def test_figure_and_export_use_every_out_side_by_side(tmp_path, capsys):
     assert {row["method"] for row in drawn} == {"B/dpo", "B/dro", "A/dpo", "A/dro"}
     grid = json.loads((figures / "grid-toy-seen.vl.json").read_text())
     assert {row["method"] for rows in grid["datasets"].values() for row in rows} == {
-        f"{e}/{m}" for e in "AB" for m in ("base", "dpo", "dro")}
+        f"{e}/{m}" for e in "AB" for m in ("base", "dpo", "dro")
+    }
     assert main(["export", "--out", f"B={b}", "--out", f"A={a}", "--dest", str(export)]) == 0
     import pandas as pd
 

@@ -8,16 +8,18 @@ import pytest
 import torch
 
 from harness.errors import HarnessError
+from harness.evaluation.sampling import SCHEDULERS
 from harness.models.families import FAMILIES, SD3, SD15, SDXL, family_named, family_of, family_of_model
 from harness.models.loading import load_pipeline
-from harness.evaluation.sampling import SCHEDULERS
 
 
 @pytest.fixture(scope="module")
 def pipes(tiny_model_dir, small_sdxl_dir, tiny_sd3_dir):
     """(directory, loaded pipeline, expected family) of each tiny stand-in."""
-    return [(directory, load_pipeline(directory), family)
-            for directory, family in ((tiny_model_dir, SD15), (small_sdxl_dir, SDXL), (tiny_sd3_dir, SD3))]
+    return [
+        (directory, load_pipeline(directory), family)
+        for directory, family in ((tiny_model_dir, SD15), (small_sdxl_dir, SDXL), (tiny_sd3_dir, SD3))
+    ]
 
 
 class Wrapper:
@@ -36,8 +38,11 @@ def test_each_stand_in_is_its_family_from_the_pipeline_a_wrapper_and_the_directo
         assert family.denoiser(pipe) is getattr(pipe, {SD3: "transformer"}.get(family, "unet"))
         assert type(family.denoiser(pipe)).__name__ == family.denoiser_class
         assert family.is_network(dict(family.denoiser(pipe).config, _class_name=family.denoiser_class))
-        assert [other for other in FAMILIES.values()
-                if other.is_network(dict(family.denoiser(pipe).config, _class_name=family.denoiser_class))] == [family]
+        assert [
+            other
+            for other in FAMILIES.values()
+            if other.is_network(dict(family.denoiser(pipe).config, _class_name=family.denoiser_class))
+        ] == [family]
 
 
 def test_each_family_encodes_a_caption_into_what_its_network_takes(pipes):
@@ -60,15 +65,25 @@ def test_only_flow_samplers_fit_a_flow_family_and_only_the_others_a_diffusion_on
     assert [name for name in SCHEDULERS if SD15.fits_sampler(name)] == [n for n in SCHEDULERS if n != "flow-euler"]
     assert SD3.sampler_mismatch(None, "X") is None and SDXL.sampler_mismatch("euler", "X") is None
     assert SD3.sampler_mismatch("ddim", "FlowMatchEulerDiscreteScheduler") == (
-        "scheduler 'ddim' does not fit a flow-matching model (FlowMatchEulerDiscreteScheduler)")
+        "scheduler 'ddim' does not fit a flow-matching model (FlowMatchEulerDiscreteScheduler)"
+    )
     assert SD15.sampler_mismatch("flow-euler", "PNDMScheduler") == (
-        "scheduler 'flow-euler' does not fit a diffusion model (PNDMScheduler)")
+        "scheduler 'flow-euler' does not fit a diffusion model (PNDMScheduler)"
+    )
 
 
 def test_lora_targets_add_the_joint_attention_only_on_sd3():
     assert SD15.lora_targets() == SDXL.lora_targets(False) == ["to_k", "to_q", "to_v", "to_out.0"]
-    assert SD3.lora_targets() == ["to_k", "to_q", "to_v", "to_out.0", "add_k_proj", "add_q_proj", "add_v_proj",
-                                  "to_add_out"]
+    assert SD3.lora_targets() == [
+        "to_k",
+        "to_q",
+        "to_v",
+        "to_out.0",
+        "add_k_proj",
+        "add_q_proj",
+        "add_v_proj",
+        "to_add_out",
+    ]
     assert SD3.lora_targets(False) == ["attn." + name for name in SD3.lora_targets()]
 
 

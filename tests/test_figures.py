@@ -59,14 +59,31 @@ def spec_data(spec: dict) -> pd.DataFrame:
     return pd.DataFrame(values)
 
 
-def test_figure_writes_the_dashboards_charts(tiny_parti_run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture,
-                                             monkeypatch: pytest.MonkeyPatch) -> None:
+def test_figure_writes_the_dashboards_charts(
+    tiny_parti_run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
     figures = tmp_path / "figures"
-    printed = run_cli(capsys, "figure", "--out", str(tiny_parti_run_dir), "--figures", str(figures),
-                      "--formats", "png,svg,pdf", "--grid-prompts", str(GRID_PROMPTS)).split()
-    stems = ["delta-toy-quality-1", "delta-by-category-parti-toy-quality-1", "winrate-parti-toy-quality-1", "grid-parti"]
-    assert sorted(printed) == sorted(str(figures / f"{stem}.{ext}") for stem in stems
-                                     for ext in ("vl.json", "png", "svg", "pdf"))
+    printed = run_cli(
+        capsys,
+        "figure",
+        "--out",
+        str(tiny_parti_run_dir),
+        "--figures",
+        str(figures),
+        "--formats",
+        "png,svg,pdf",
+        "--grid-prompts",
+        str(GRID_PROMPTS),
+    ).split()
+    stems = [
+        "delta-toy-quality-1",
+        "delta-by-category-parti-toy-quality-1",
+        "winrate-parti-toy-quality-1",
+        "grid-parti",
+    ]
+    assert sorted(printed) == sorted(
+        str(figures / f"{stem}.{ext}") for stem in stems for ext in ("vl.json", "png", "svg", "pdf")
+    )
     for stem in stems:
         with Image.open(figures / f"{stem}.png") as png:
             assert png.format == "PNG" and min(png.size) > 100
@@ -93,7 +110,9 @@ def test_figure_writes_the_dashboards_charts(tiny_parti_run_dir: Path, tmp_path:
         stored = images.loc[(cell.method, cell.prompt, 0)]
         assert cell.seed == stored["seed"]
         assert base64.b64decode(cell.url.split(",", 1)[1]) == thumbnail(tiny_parti_run_dir / stored["path"], 128)
-    assert {images.loc[(cell.method, cell.prompt, 0), "category"] for cell in grid.itertuples()} == set(PARTI_CATEGORIES)
+    assert {images.loc[(cell.method, cell.prompt, 0), "category"] for cell in grid.itertuples()} == set(
+        PARTI_CATEGORIES
+    )
 
     # The dashboard's Categories page draws the same chart from the same numbers.
     monkeypatch.setenv("HARNESS_OUT", str(tiny_parti_run_dir))
@@ -101,7 +120,10 @@ def test_figure_writes_the_dashboards_charts(tiny_parti_run_dir: Path, tmp_path:
     at.sidebar.radio(key="page").set_value("Categories").run()
     assert not at.exception, at.exception
     (chart,) = at.get("vega_lite_chart")
-    shown, saved = json.loads(chart.proto.spec), json.loads((figures / "delta-by-category-parti-toy-quality-1.vl.json").read_text())
+    shown, saved = (
+        json.loads(chart.proto.spec),
+        json.loads((figures / "delta-by-category-parti-toy-quality-1.vl.json").read_text()),
+    )
     assert shown["spec"] == saved["spec"] and shown["facet"] == saved["facet"] and shown["title"] == saved["title"]
     (dataset,) = chart.proto.datasets
     drawn = convert_arrow_bytes_to_pandas_df(dataset.data.data)
@@ -110,8 +132,9 @@ def test_figure_writes_the_dashboards_charts(tiny_parti_run_dir: Path, tmp_path:
     assert table.loc[("Vehicles", "dpo"), "Δ 95% CI"] == NO_INTERVAL and table.loc[("Vehicles", "dpo"), "prompts"] == 1
 
 
-def test_figure_refuses_bad_input_in_one_line(tiny_parti_run_dir: Path, tmp_path: Path,
-                                               capsys: pytest.CaptureFixture) -> None:
+def test_figure_refuses_bad_input_in_one_line(
+    tiny_parti_run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     for args, message in (
         (["--formats", "png,gif"], "unknown figure format gif"),
         (["--base", "nosuch"], "no scores of the base 'nosuch'"),

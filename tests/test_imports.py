@@ -11,8 +11,10 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("harness", "dashboard", "methods", "toyworld", "prompts")
 # Scripts that run on import; the test named beside each runs them.
-SCRIPTS = {"dashboard.app": "tests/test_dashboard.py runs it through Streamlit's AppTest",
-           "harness.cli.__main__": "`python -m harness.cli`: tests/test_cli.py runs it in a fresh process"}
+SCRIPTS = {
+    "dashboard.app": "tests/test_dashboard.py runs it through Streamlit's AppTest",
+    "harness.cli.__main__": "`python -m harness.cli`: tests/test_cli.py runs it in a fresh process",
+}
 
 
 def module_names() -> list[str]:

@@ -153,14 +153,19 @@ def describe(cycle: list[Import]) -> str:
 
 def report(found: list[tuple[list[Import], list[str]]]) -> str:
     """One line per tangle of modules: its shortest cycle, and the other modules caught in it."""
-    return "\n".join(f"{describe(path)}" + (f"  (and more cycles among {', '.join(group)})" if len(group) > len(path)
-                                            else "") for path, group in found)
+    return "\n".join(
+        f"{describe(path)}" + (f"  (and more cycles among {', '.join(group)})" if len(group) > len(path) else "")
+        for path, group in found
+    )
 
 
 def breaks_the_contract(edge: Import) -> bool:
     inside = lambda name, package: name == package or name.startswith(package + ".")  # noqa: E731
-    return inside(edge.module, CONTRACT) and not inside(edge.target, CONTRACT) \
+    return (
+        inside(edge.module, CONTRACT)
+        and not inside(edge.target, CONTRACT)
         and not any(inside(edge.target, allowed) for allowed in CONTRACT_USES)
+    )
 
 
 EDGES = import_graph(module_files())
@@ -173,8 +178,10 @@ def test_no_module_imports_itself_round_a_cycle():
 
 def test_the_contract_imports_only_itself_errors_and_atomic():
     wrong = [str(edge) for edge in EDGES if breaks_the_contract(edge)]
-    assert not wrong, f"{CONTRACT} must not depend on the core (move it under {CONTRACT}, or let the core " \
-                      f"interpret a declaration):\n" + "\n".join(wrong)
+    assert not wrong, (
+        f"{CONTRACT} must not depend on the core (move it under {CONTRACT}, or let the core "
+        f"interpret a declaration):\n" + "\n".join(wrong)
+    )
 
 
 def test_functions_import_only_third_party_libraries():
@@ -190,30 +197,54 @@ def tree(tmp_path):
             (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
             (tmp_path / name).write_text(text)
         return import_graph(module_files(tmp_path, ("harness",)))
+
     return write
 
 
 def test_a_cycle_through_a_function_and_a_relative_import_is_found_as_a_path(tree):
-    edges = tree({"harness/__init__.py": "", "harness/api/__init__.py": "from harness.api import data\n",
-                  "harness/api/data.py": "import os\n\ndef f():\n    from ..plan import run\n",
-                  "harness/plan/planner.py": "from harness.api.data import x\nimport harness.errors\n",
-                  "harness/errors.py": ""})
+    edges = tree(
+        {
+            "harness/__init__.py": "",
+            "harness/api/__init__.py": "from harness.api import data\n",
+            "harness/api/data.py": "import os\n\ndef f():\n    from ..plan import run\n",
+            "harness/plan/planner.py": "from harness.api.data import x\nimport harness.errors\n",
+            "harness/errors.py": "",
+        }
+    )
     assert report(cycles(edges)) == "harness.api.data:4 -> harness.plan.planner:1 -> harness.api.data"
-    assert [str(edge) for edge in edges if breaks_the_contract(edge)] == \
-        ["harness.api.data:4 imports harness.plan.planner inside a function"]
+    assert [str(edge) for edge in edges if breaks_the_contract(edge)] == [
+        "harness.api.data:4 imports harness.plan.planner inside a function"
+    ]
     assert [edge.line for edge in edges if edge.in_function] == [4]
 
 
 def test_a_hierarchy_passes(tree):
-    edges = tree({"harness/__init__.py": "", "harness/api/__init__.py": "from harness import errors\n",
-                  "harness/errors.py": "import json\n", "harness/plan/planner.py": "from . import api, errors\n"})
-    assert {(edge.module, edge.target) for edge in edges} == \
-        {("harness.api", "harness.errors"), ("harness.plan.planner", "harness.api"), ("harness.plan.planner", "harness.errors")}
+    edges = tree(
+        {
+            "harness/__init__.py": "",
+            "harness/api/__init__.py": "from harness import errors\n",
+            "harness/errors.py": "import json\n",
+            "harness/plan/planner.py": "from . import api, errors\n",
+        }
+    )
+    assert {(edge.module, edge.target) for edge in edges} == {
+        ("harness.api", "harness.errors"),
+        ("harness.plan.planner", "harness.api"),
+        ("harness.plan.planner", "harness.errors"),
+    }
     assert cycles(edges) == [] and not any(breaks_the_contract(edge) for edge in edges)
 
 
 def test_modules_tangled_round_several_cycles_are_named_together(tree):
-    edges = tree({"harness/__init__.py": "", "harness/a.py": "import harness.b\n",
-                  "harness/b.py": "import harness.c\nimport harness.a\n", "harness/c.py": "import harness.a\n"})
-    assert report(cycles(edges)) == \
-        "harness.a:1 -> harness.b:2 -> harness.a  (and more cycles among harness.a, harness.b, harness.c)"
+    edges = tree(
+        {
+            "harness/__init__.py": "",
+            "harness/a.py": "import harness.b\n",
+            "harness/b.py": "import harness.c\nimport harness.a\n",
+            "harness/c.py": "import harness.a\n",
+        }
+    )
+    assert (
+        report(cycles(edges))
+        == "harness.a:1 -> harness.b:2 -> harness.a  (and more cycles among harness.a, harness.b, harness.c)"
+    )

@@ -3,7 +3,7 @@ import torch
 
 from harness.errors import HarnessError
 from harness.models.loading import load_pipeline
-from harness.testing.tiny_models import clip_tokenizer, save_tiny_pipeline, TinyPipelineConfig
+from harness.testing.tiny_models import TinyPipelineConfig, clip_tokenizer, save_tiny_pipeline
 
 PROMPTS = [
     "a red square on a blue background",
@@ -33,8 +33,9 @@ def test_tiny_pipeline_round_trip(tiny_model_dir):
     config = TinyPipelineConfig()
     assert image.shape == (config.image_size, config.image_size, 3)
     # Saved and reloaded weights give the same images.
-    again = load_pipeline(tiny_model_dir)("a red circle", num_inference_steps=2,
-                                          generator=torch.Generator().manual_seed(0), output_type="np").images[0]
+    again = load_pipeline(tiny_model_dir)(
+        "a red circle", num_inference_steps=2, generator=torch.Generator().manual_seed(0), output_type="np"
+    ).images[0]
     assert (image == again).all()
 
 

@@ -21,9 +21,9 @@ from PIL import Image
 
 from harness.data.readers import load_pairs, training_captions
 from harness.errors import HarnessError
+from harness.evaluation.suites import get_suite
 from harness.models.loading import load_pipeline
 from harness.scoring import get_scorer
-from harness.evaluation.suites import get_suite
 from support.offline_world import HPDV2_STYLES, PICKAPIC_COLUMNS, pickapic_test_file, write_pickapic_v2
 
 PLUGIN = Path(__file__).parent / "plugins" / "tiny_scorer_archs.py"
@@ -33,8 +33,14 @@ PLUGIN = Path(__file__).parent / "plugins" / "tiny_scorer_archs.py"
 
 def test_pickapic_copy_has_the_hub_files_and_schema(pickapic_v2_dir):
     names = sorted(p.name.rsplit("-", 1)[0] for p in (pickapic_v2_dir / "data").glob("*.parquet"))
-    assert names == ["test-00000-of-00001", "test_unique-00000-of-00001", "train-00000-of-00002",
-                     "train-00001-of-00002", "validation-00000-of-00001", "validation_unique-00000-of-00001"]
+    assert names == [
+        "test-00000-of-00001",
+        "test_unique-00000-of-00001",
+        "train-00000-of-00002",
+        "train-00001-of-00002",
+        "validation-00000-of-00001",
+        "validation_unique-00000-of-00001",
+    ]
     schema = pq.read_schema(next((pickapic_v2_dir / "data").glob("train-00000-*.parquet")))
     published = {name: pa.type_for_alias(dtype) for name, dtype in PICKAPIC_COLUMNS.items()}
     assert {field.name: field.type for field in schema} == published
@@ -141,10 +147,20 @@ def test_sd15_shaped_pipeline_has_sd15s_structure(tiny_sd15_dir, one_thread):
     assert isinstance(pipe.scheduler, PNDMScheduler)
     scheduler = pipe.scheduler.config
     assert (scheduler.beta_schedule, scheduler.beta_start, scheduler.beta_end, scheduler.steps_offset) == (
-        "scaled_linear", 0.00085, 0.012, 1)
+        "scaled_linear",
+        0.00085,
+        0.012,
+        1,
+    )
     assert type(DiffusionPipeline.from_pretrained(tiny_sd15_dir)).__name__ == "StableDiffusionPipeline"
-    image = pipe("a corgi on the moon", num_inference_steps=2, height=64, width=96, output_type="np",
-                 generator=torch.Generator().manual_seed(0)).images
+    image = pipe(
+        "a corgi on the moon",
+        num_inference_steps=2,
+        height=64,
+        width=96,
+        output_type="np",
+        generator=torch.Generator().manual_seed(0),
+    ).images
     assert image.shape == (1, 64, 96, 3) and np.isfinite(image).all()
 
 
@@ -159,14 +175,21 @@ def test_sdxl_shaped_pipeline_has_sdxls_structure(tiny_sdxl_dir, one_thread):
     # Hidden states of both encoders concatenated; pooled embedding + 6 size/crop numbers as extra conditioning.
     assert unet.cross_attention_dim == pipe.text_encoder.config.hidden_size + pipe.text_encoder_2.config.hidden_size
     assert unet.addition_embed_type == "text_time"
-    assert unet.projection_class_embeddings_input_dim == (pipe.text_encoder_2.config.projection_dim
-                                                           + 6 * unet.addition_time_embed_dim)
+    assert unet.projection_class_embeddings_input_dim == (
+        pipe.text_encoder_2.config.projection_dim + 6 * unet.addition_time_embed_dim
+    )
     assert type(pipe.text_encoder_2).__name__ == "CLIPTextModelWithProjection" and pipe.tokenizer_2.pad_token == "!"
     assert (unet.sample_size, pipe.vae_scale_factor, vae.scaling_factor) == (128, 8, 0.13025)
     assert isinstance(pipe.scheduler, EulerDiscreteScheduler)
     assert (pipe.scheduler.config.beta_schedule, pipe.scheduler.config.timestep_spacing) == ("scaled_linear", "leading")
-    image = pipe("a corgi on the moon", num_inference_steps=2, height=64, width=96, output_type="np",
-                 generator=torch.Generator().manual_seed(0)).images
+    image = pipe(
+        "a corgi on the moon",
+        num_inference_steps=2,
+        height=64,
+        width=96,
+        output_type="np",
+        generator=torch.Generator().manual_seed(0),
+    ).images
     assert image.shape == (1, 64, 96, 3) and np.isfinite(image).all()
 
 
@@ -211,8 +234,13 @@ print(json.dumps(get_scorer("hpsv2", device="cpu", **locations).score(images, ["
 """
     fresh_cache = tmp_path / "cache"  # the plugin writes its architecture file into a new cache
     env = {**os.environ, "HARNESS_CACHE": str(fresh_cache)}
-    result = subprocess.run([sys.executable, "-c", script, json.dumps(scorer_locations["hpsv2"])],
-                            capture_output=True, text=True, env=env, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-c", script, json.dumps(scorer_locations["hpsv2"])],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     assert json.loads(result.stdout.strip().splitlines()[-1]) == pytest.approx(expected, rel=1e-5)
     assert (fresh_cache / "open-clip-configs" / "tiny-test-ViT.json").exists()

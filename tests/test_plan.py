@@ -38,8 +38,10 @@ def calls(log: Path) -> Counter:
 def test_a_run_with_eval_every_resolves_each_models_config_once(resolved, tmp_path):
     """Planning, validation, the run's records, the training job, the evaluation's sampler and --eval-every's
     points all read the one plan."""
-    assert main(["run", "--methods", "dpo", "--out", str(tmp_path / "out"), "--eval-every", "1", "--jobs", "1",
-                 *SMALL]) == 0
+    assert (
+        main(["run", "--methods", "dpo", "--out", str(tmp_path / "out"), "--eval-every", "1", "--jobs", "1", *SMALL])
+        == 0
+    )
     assert calls(resolved) == Counter({"dpo": 1})
     assert (tmp_path / "out" / "models" / "dpo" / "snapshots" / "step-1" / "unet").is_dir()  # the points were made
 
@@ -53,16 +55,37 @@ def test_harness_train_resolves_its_config_once(resolved, tmp_path):
 def test_dry_run_prints_the_plan_and_creates_nothing(resolved, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     out = tmp_path / "out"
-    assert main(["run", "--methods", "smpo,dpo", "--out", str(out), "--set", "smpo.init_method=sft",
-                 "--set", "dpo.beta=123", "--set", "lr=0.002", "--eval-every", "1", "--steps", "3", "--dry-run",
-                 *SMALL]) == 0
+    assert (
+        main(
+            [
+                "run",
+                "--methods",
+                "smpo,dpo",
+                "--out",
+                str(out),
+                "--set",
+                "smpo.init_method=sft",
+                "--set",
+                "dpo.beta=123",
+                "--set",
+                "lr=0.002",
+                "--eval-every",
+                "1",
+                "--steps",
+                "3",
+                "--dry-run",
+                *SMALL,
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["resolved.log"]
     # Each model's config resolved once, the method a recipe starts from included.
     assert calls(resolved) == Counter({"sft": 1, "smpo": 1, "dpo": 1})
 
     def setting(model: str, name: str) -> list[str]:
-        block = printed[printed.index(f"\n{model} ("):].split("\n\n")[0]
+        block = printed[printed.index(f"\n{model} (") :].split("\n\n")[0]
         return next(line.split(maxsplit=2)[1:] for line in block.splitlines() if line.split()[:1] == [name])
 
     assert "\nsft (trained, only as another's start)\n" in printed
@@ -89,8 +112,18 @@ def test_dry_run_prints_the_plan_and_creates_nothing(resolved, tmp_path, monkeyp
     assert "generation: 60 UNet evaluations in all" in printed
 
 
-LAYER = ["run", "plan", "jobs", "backends", "backends.local", "backends.ray", "curves", "evaluate", "experiments",
-         "store"]
+LAYER = [
+    "run",
+    "plan",
+    "jobs",
+    "backends",
+    "backends.local",
+    "backends.ray",
+    "curves",
+    "evaluate",
+    "experiments",
+    "store",
+]
 
 
 def test_no_import_cycle_among_the_run_its_plan_jobs_backends_and_curves():
@@ -99,8 +132,10 @@ def test_no_import_cycle_among_the_run_its_plan_jobs_backends_and_curves():
     import ast
 
     harness_dir = Path(harness.train.trainer.__file__).parent
-    modules = {name: harness_dir / (name.replace(".", "/") + ("/__init__.py" if name == "backends" else ".py"))
-               for name in LAYER}
+    modules = {
+        name: harness_dir / (name.replace(".", "/") + ("/__init__.py" if name == "backends" else ".py"))
+        for name in LAYER
+    }
 
     class Imports(ast.NodeVisitor):
         def __init__(self) -> None:

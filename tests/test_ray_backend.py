@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 
 from conftest import harness_cli
-from support.cli import harness_main
 from faults.kills import stamps
 from harness.errors import HarnessError
 from harness.results.layout import ResultsDir
+from support.cli import harness_main
 
 ray = pytest.importorskip("ray", reason="the Ray backend needs Ray: pip install '.[ray]'")
 pytestmark = pytest.mark.slow  # a Ray cluster and runs on it
@@ -30,8 +30,21 @@ IMAGES_PER_PROMPT = 3
 # --eval-every 1: dpo's UNets of steps 1 and 2 evaluated too, as runs dpo@1 and dpo@2 (harness.evaluation.curves).
 SCORERS = ("toy-fidelity", "toy-quality", "toy-error")
 LOWER_IS_BETTER = Path(__file__).parent / "plugins" / "toy_error.py"
-RUN = ("--plugin", str(LOWER_IS_BETTER), "run", "--preset", "tiny", "--methods", "dpo", "--images-per-prompt",
-       str(IMAGES_PER_PROMPT), "--scorers", ",".join(SCORERS), "--eval-every", "1")
+RUN = (
+    "--plugin",
+    str(LOWER_IS_BETTER),
+    "run",
+    "--preset",
+    "tiny",
+    "--methods",
+    "dpo",
+    "--images-per-prompt",
+    str(IMAGES_PER_PROMPT),
+    "--scorers",
+    ",".join(SCORERS),
+    "--eval-every",
+    "1",
+)
 PLUGIN = Path(__file__).with_name("ray_kill_plugin.py")
 
 
@@ -88,19 +101,32 @@ def leaderboard_json(out: Path) -> str:
 def results(out: Path) -> dict[str, object]:
     """What a finished run recorded, keyed so that a row written twice would show."""
     db = sqlite3.connect(out / "results.db")
-    images = db.execute("SELECT r.method, i.suite, i.prompt_id, i.image_index, i.seed, i.path, i.sha256 "
-                        "FROM images i JOIN runs r USING (run_id) ORDER BY 1, 2, 3, 4").fetchall()
-    scores = db.execute("SELECT r.method, i.suite, i.prompt_id, i.image_index, s.scorer, s.version, s.scale, "
-                        "s.higher_is_better, s.value "
-                        "FROM scores s JOIN images i USING (image_id) JOIN runs r USING (run_id) "
-                        "ORDER BY 1, 2, 3, 4, 5").fetchall()
-    training = db.execute("SELECT r.method, t.step, t.term, t.value FROM training_log t JOIN runs r USING (run_id) "
-                          "ORDER BY 1, 2, 3").fetchall()
+    images = db.execute(
+        "SELECT r.method, i.suite, i.prompt_id, i.image_index, i.seed, i.path, i.sha256 "
+        "FROM images i JOIN runs r USING (run_id) ORDER BY 1, 2, 3, 4"
+    ).fetchall()
+    scores = db.execute(
+        "SELECT r.method, i.suite, i.prompt_id, i.image_index, s.scorer, s.version, s.scale, "
+        "s.higher_is_better, s.value "
+        "FROM scores s JOIN images i USING (image_id) JOIN runs r USING (run_id) "
+        "ORDER BY 1, 2, 3, 4, 5"
+    ).fetchall()
+    training = db.execute(
+        "SELECT r.method, t.step, t.term, t.value FROM training_log t JOIN runs r USING (run_id) ORDER BY 1, 2, 3"
+    ).fetchall()
     statuses = db.execute("SELECT method, status FROM runs ORDER BY 1").fetchall()
     db.close()
-    manifests = {str(path.relative_to(out)): path.read_bytes() for path in sorted(out.glob("images/*/*/manifest.jsonl"))}
-    return {"images": images, "scores": scores, "training": training, "statuses": statuses, "manifests": manifests,
-            "files": sorted(str(path.relative_to(out)) for path in out.glob("images/**/*") if path.is_file())}
+    manifests = {
+        str(path.relative_to(out)): path.read_bytes() for path in sorted(out.glob("images/*/*/manifest.jsonl"))
+    }
+    return {
+        "images": images,
+        "scores": scores,
+        "training": training,
+        "statuses": statuses,
+        "manifests": manifests,
+        "files": sorted(str(path.relative_to(out)) for path in out.glob("images/**/*") if path.is_file()),
+    }
 
 
 def test_a_jobs_error_comes_back_as_it_was_raised_and_a_stopping_run_stops_waiting(cluster):
@@ -154,8 +180,11 @@ def test_killed_workers_were_retried_and_nothing_was_recorded_twice(ray_run, clu
     # Four runs (base, dpo, and with --eval-every 1 dpo@1 and dpo@2), two suites of four prompts, three scorers,
     # each row once (the keys are the tables' own).
     assert len(ours["images"]) == 4 * 2 * 4 * IMAGES_PER_PROMPT and len(ours["scores"]) == 3 * len(ours["images"])
-    assert {(score[4], score[7]) for score in ours["scores"]} == {("toy-fidelity", 1), ("toy-quality", 1),
-                                                                  ("toy-error", 0)}  # each scorer's direction
+    assert {(score[4], score[7]) for score in ours["scores"]} == {
+        ("toy-fidelity", 1),
+        ("toy-quality", 1),
+        ("toy-error", 0),
+    }  # each scorer's direction
     assert ours["statuses"] == [("base", "done"), ("dpo", "done"), ("dpo@1", "done"), ("dpo@2", "done")]
     assert not ResultsDir(out).ray_journals.exists()  # every write the training recorded was made
 
@@ -166,8 +195,21 @@ def test_a_moved_ray_run_resumes_from_a_driver_in_another_directory(cluster, tmp
     would miss the move; one recorded relative to the working directory, the driver.  (Not ``ray_run``: its
     --eval-every curve is written to TensorBoard again by every rerun.)"""
     address, _ = cluster
-    run = ("run", "--preset", "tiny", "--methods", "dpo", "--set", "max_steps=2", "--images-per-prompt", "1",
-           "--backend", "ray", "--address", address)
+    run = (
+        "run",
+        "--preset",
+        "tiny",
+        "--methods",
+        "dpo",
+        "--set",
+        "max_steps=2",
+        "--images-per-prompt",
+        "1",
+        "--backend",
+        "ray",
+        "--address",
+        address,
+    )
     first, elsewhere, moved = tmp_path / "first", tmp_path / "elsewhere", tmp_path / "archive" / "runs-moved"
     for folder in (first, elsewhere, moved.parent):
         folder.mkdir()

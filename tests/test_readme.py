@@ -57,8 +57,9 @@ def test_links_stay_inside_the_repository():
 
 def test_the_plugin_files_shown_are_the_files_that_run():
     text = README.read_text(encoding="utf-8")
-    shown = [(m["path"], _BLOCK.match(text, text.rfind("<!-- recipe:", 0, m.start())))
-             for m in _SHOWN_FILE.finditer(text)]
+    shown = [
+        (m["path"], _BLOCK.match(text, text.rfind("<!-- recipe:", 0, m.start()))) for m in _SHOWN_FILE.finditer(text)
+    ]
     assert {path for path, _ in shown} == {"examples/desirable_sft.py", "examples/scorer_and_suite.py"}
     for path, block in shown:
         assert block["body"] == (ROOT / path).read_text(encoding="utf-8"), f"README's copy of {path} differs"
@@ -92,7 +93,7 @@ def test_every_recipe_runs(tmp_path, harness_cache):
     (tmp_path / "examples").symlink_to(ROOT / "examples")
     ran = []
     for name, language, body in recipes():
-        if name == "real-models" or language == "python" and not body.startswith("# "):
+        if name == "real-models" or (language == "python" and not body.startswith("# ")):
             continue  # real models: tests/test_rehearsal.py; a python block without a file name: shown, not run
         if language == "python":
             file_name = body.split()[1].rstrip(":")
@@ -103,8 +104,9 @@ def test_every_recipe_runs(tmp_path, harness_cache):
             body = body.replace(old, new)
         for words in commands(body):
             result = run_command(words, tmp_path)
-            assert result.returncode == 0, \
+            assert result.returncode == 0, (
                 f"recipe {name} failed at `{shlex.join(words)}`:\n{result.stdout[-2000:]}{result.stderr[-3000:]}"
+            )
             # Every method a recipe trains has settings for the preset (the example plugin its own), so no warning.
             assert "no settings for preset" not in result.stderr, result.stderr
         ran.append(name)
@@ -121,8 +123,11 @@ def test_the_toy_grammar_shown_is_the_toy_worlds():
 
     text = README.read_text(encoding="utf-8")
     marker = "<!-- toy grammar: a test keeps these lists equal to toyworld/grammar.py -->"
-    shown = " ".join(text[text.index(marker) + len(marker):].split("\n\n")[0].split())
+    shown = " ".join(text[text.index(marker) + len(marker) :].split("\n\n")[0].split())
     lists = re.fullmatch(r"colours (.*); shapes (.*); positions (.*?)\. A prompt outside it.*", shown)
     assert lists is not None, shown
     assert [part.split(", ") for part in lists.groups()] == [
-        list(COLOURS), list(SHAPES), [phrase for _, phrase in POSITIONS.values()]]
+        list(COLOURS),
+        list(SHAPES),
+        [phrase for _, phrase in POSITIONS.values()],
+    ]

@@ -32,8 +32,9 @@ ROWS = recipe_rows(RECIPES)
 
 
 def test_the_recipes_cover_every_method_and_published_preset():
-    assert {(m, p) for m, p, *_ in ROWS} == {(m, p) for m in [*METHODS.names(), EVALUATION]
-                                             for p in ("sd15", "sdxl", "sd35")} - {(EVALUATION, "sdxl")}
+    assert {(m, p) for m, p, *_ in ROWS} == {
+        (m, p) for m in [*METHODS.names(), EVALUATION] for p in ("sd15", "sdxl", "sd35")
+    } - {(EVALUATION, "sdxl")}
     assert len(ROWS) > 60
 
 
@@ -56,7 +57,8 @@ def test_the_evaluation_recipe_is_the_presets_protocol(preset):
     recipe = read_recipe(RECIPES / preset / f"{EVALUATION}.toml")
     generation = get_preset(preset).generation
     assert recipe and {name: getattr(generation, name) for name in recipe} == {
-        name: setting.value for name, setting in recipe.items()}
+        name: setting.value for name, setting in recipe.items()
+    }
 
 
 def test_every_recipe_folder_is_a_preset_and_every_file_a_method_or_the_evaluation():
@@ -76,23 +78,31 @@ def test_presets_show_gives_each_recipe_value_its_source(preset, capsys):
     rows = [row for row in ROWS if row[1] == preset and row[0] != EVALUATION]
     assert rows
     for method, _, setting, value, source in rows:
-        block = shown[shown.index(f"\n{method}\n"):].split("\n\n")[0]
+        block = shown[shown.index(f"\n{method}\n") :].split("\n\n")[0]
         line = next(line for line in block.splitlines() if line.split()[:1] == [setting])
-        expected = f"ours, not published: {source[len('ours:'):].strip()}" if source.startswith("ours:") else (
-            f"published: {source}")
+        expected = (
+            f"ours, not published: {source[len('ours:') :].strip()}"
+            if source.startswith("ours:")
+            else (f"published: {source}")
+        )
         assert repr(value) in line and f"{method} recipe; {expected}" in line, line
-    dro_clip = next(line for line in shown[shown.index("\ndro\n"):].splitlines() if line.split()[:1] == ["max_grad_norm"])
+    dro_clip = next(
+        line for line in shown[shown.index("\ndro\n") :].splitlines() if line.split()[:1] == ["max_grad_norm"]
+    )
     if preset != "sd35":
         assert "train.py:460" in dro_clip  # the public code's clipping that never acts
 
 
-@pytest.mark.parametrize("text, problem", [
-    ("[beta]\nvalue = 1.0\n", "must hold a `source`"),
-    ("[beta]\nvalue = 1.0\nsource = \"ours: x\"\nvalu = 2\n", "must hold a `source`"),
-    ("beta = 1.0\n", "must hold a `source`"),
-    ("[beta\n", "cannot be read as TOML"),
-    ("[betta]\nvalue = 1.0\nsource = \"ours: a typo\"\n", "betta not a setting of dpo"),
-])
+@pytest.mark.parametrize(
+    "text, problem",
+    [
+        ("[beta]\nvalue = 1.0\n", "must hold a `source`"),
+        ('[beta]\nvalue = 1.0\nsource = "ours: x"\nvalu = 2\n', "must hold a `source`"),
+        ("beta = 1.0\n", "must hold a `source`"),
+        ("[beta\n", "cannot be read as TOML"),
+        ('[betta]\nvalue = 1.0\nsource = "ours: a typo"\n', "betta not a setting of dpo"),
+    ],
+)
 def test_a_malformed_recipe_is_one_line_naming_its_file(tmp_path, monkeypatch, text, problem):
     folder = tmp_path / "scratch"
     folder.mkdir()
@@ -110,7 +120,7 @@ def test_presets_show_prints_every_resolved_field(preset, capsys):
     shown = capsys.readouterr().out
     for method in ("dpo", "dro", "smpo", "sft", "kto", "mapo"):
         config = resolve_config(method, preset)
-        block = shown[shown.index(f"\n{method}\n"):].split("\n\n")[0]
+        block = shown[shown.index(f"\n{method}\n") :].split("\n\n")[0]
         for field in dataclasses.fields(config):
             line = next(line for line in block.splitlines() if line.split()[:1] == [field.name])
             assert repr(getattr(config, field.name)) in line
@@ -123,14 +133,18 @@ def test_dro_presets_run_what_the_public_code_ran_and_each_fix_is_one_setting_aw
     preset's Adafactor), foreach arithmetic on the bf16 UNet; misc/patch.py:57-58, 185-195 integrate every
     trajectory of a batch on the first one's noise levels."""
     config = resolve_config("dro", preset)
-    assert (config.max_grad_norm, config.optimizer, config.master_weights, config.adamw_fused,
-            config.per_row_sigmas) == (None, "adamw", "bf16", False, False)
+    assert (
+        config.max_grad_norm,
+        config.optimizer,
+        config.master_weights,
+        config.adamw_fused,
+        config.per_row_sigmas,
+    ) == (None, "adamw", "bf16", False, False)
     fixed = resolve_config("dro", preset, {"max_grad_norm": 1.0, "adamw_fused": True, "per_row_sigmas": True})
     assert (fixed.max_grad_norm, fixed.adamw_fused, fixed.per_row_sigmas) == (1.0, True, True)
     # The method's own defaults (the toy and tiny worlds) and sd35 (no public SD3 path) keep the corrected ones.
     for corrected in (resolve_config("dro"), resolve_config("dro", "sd35")):
         assert (corrected.max_grad_norm, corrected.adamw_fused, corrected.per_row_sigmas) == (1.0, True, True)
-
 
 
 # The rule of docs/methods.md's "The public code, as it runs": a sentence claiming to do what the public code does
@@ -139,10 +153,16 @@ def test_dro_presets_run_what_the_public_code_ran_and_each_fix_is_one_setting_aw
 CLAIM = re.compile(r"\bas (?:in )?the (?:public|official|authors'?)\b", re.IGNORECASE)
 CITATION = re.compile(r"\w\.(?:py|sh|ya?ml|json|toml|cfg)`?:\d+")
 ROOT = DOC.parents[1]
-SCANNED = [*sorted(ROOT.glob("*.md")), *sorted((ROOT / "docs").glob("*.md")),
-           *sorted(path for folder in ("harness", "methods", "toyworld", "examples", "dashboard", "bench", "prompts",
-                                       "tests") for path in (ROOT / folder).rglob("*.py")),
-           *sorted(path for folder in ("methods", "toyworld") for path in (ROOT / folder).rglob("*.toml"))]
+SCANNED = [
+    *sorted(ROOT.glob("*.md")),
+    *sorted((ROOT / "docs").glob("*.md")),
+    *sorted(
+        path
+        for folder in ("harness", "methods", "toyworld", "examples", "dashboard", "bench", "prompts", "tests")
+        for path in (ROOT / folder).rglob("*.py")
+    ),
+    *sorted(path for folder in ("methods", "toyworld") for path in (ROOT / folder).rglob("*.toml")),
+]
 
 
 def _python_blocks(text: str) -> list[str]:
@@ -203,20 +223,24 @@ def test_every_claim_to_follow_the_public_code_cites_its_file_and_line():
 
 
 def test_the_claim_rule_finds_an_uncited_claim_and_accepts_a_cited_one():
-    code = ("x = 1  # clipped at 1.0, as the public code does\ny = 2  # flipped as the public script (train.py:12)\n"
-            "# Sorted as in the official\n# code (tools/pickapic.py:284).\n")
+    code = (
+        "x = 1  # clipped at 1.0, as the public code does\ny = 2  # flipped as the public script (train.py:12)\n"
+        "# Sorted as in the official\n# code (tools/pickapic.py:284).\n"
+    )
     blocks = _python_blocks(code)
     assert [bool(CLAIM.search(b)) for b in blocks] == [True, True, True]
     assert [bool(CITATION.search(b)) for b in blocks] == [False, True, True]
     assert _markdown_blocks("- As the official code\n  does (`utils.py:205-233`).\n| a | b |\n") == [
-        "- As the official code does (`utils.py:205-233`).", "| a | b |"]
+        "- As the official code does (`utils.py:205-233`).",
+        "| a | b |",
+    ]
 
 
 def test_smpo_sd15_sft_start_is_marked_ours_with_its_source_and_the_way_round(capsys):
     """The official SD1.5 run starts from checkpoints/sd15-sft (SmPO examples/sd15.sh:8), trained nobody says how."""
     assert main(["presets", "--show", "sd15"]) == 0
     shown = capsys.readouterr().out
-    block = shown[shown.index("\nsmpo\n"):].split("\n\n")[0]
+    block = shown[shown.index("\nsmpo\n") :].split("\n\n")[0]
     line = next(line for line in block.splitlines() if line.split()[:1] == ["init_method"])
     assert "ours, not published" in line and "examples/sd15.sh:8" in line and "--set smpo.init_unet=DIR" in line
 
@@ -237,7 +261,7 @@ def test_run_with_smpo_init_unet_starts_from_it_and_trains_no_sft(tmp_path):
     assert given["smpo"].overrides["init_unet"] == str(tmp_path / "sd15-sft")
 
 
-SCRATCH_PRESET = '''
+SCRATCH_PRESET = """
 import dataclasses
 from pathlib import Path
 
@@ -249,7 +273,7 @@ from toyworld.presets import tiny
 def scratch():
     return dataclasses.replace(tiny(), name="scratch", description="a preset from a scratch folder",
                                recipes=(Path(__file__).parent / "recipes",))
-'''
+"""
 
 
 @pytest.mark.slow
@@ -264,11 +288,13 @@ def test_a_new_preset_is_a_folder_of_recipes_and_its_preset(tmp_path):
     (tmp_path / "my_preset.py").write_text(SCRATCH_PRESET, encoding="utf-8")
     (tmp_path / "recipes" / "dpo.toml").write_text(
         '[max_steps]\nvalue = 1\nsource = "ours: one step shows the recipe is read"\n\n'
-        '[beta]\nvalue = 1234.0\nsource = "ours: a value no other layer gives"\n', encoding="utf-8")
+        '[beta]\nvalue = 1234.0\nsource = "ours: a value no other layer gives"\n',
+        encoding="utf-8",
+    )
     plugin = ["--plugin", str(tmp_path / "my_preset.py")]
     shown = harness_cli(*plugin, "presets", "--show", "scratch")
     assert shown.returncode == 0, shown.stderr
-    dpo = shown.stdout[shown.stdout.index("\ndpo\n"):].split("\n\n")[0]
+    dpo = shown.stdout[shown.stdout.index("\ndpo\n") :].split("\n\n")[0]
     assert "dpo recipe; ours, not published: a value no other layer gives" in dpo
     assert "no scratch settings of its own" in shown.stdout.split("\ndro")[1]  # dro has no recipe here
 

@@ -3,8 +3,8 @@ import textwrap
 
 import pytest
 
-from harness.errors import HarnessError
 from harness.api.registry import METHODS, Registry, UnknownEntryError, load_plugin
+from harness.errors import HarnessError
 
 
 def test_unknown_name_lists_available():
@@ -44,13 +44,15 @@ def test_plugin_file_registers_a_method(tmp_path, monkeypatch):
     METHODS.names()  # built-ins loaded before the entries are copied
     monkeypatch.setattr(METHODS, "_entries", dict(METHODS._entries))  # the plugin's entry is gone after the test
     plugin = tmp_path / "my_method.py"
-    plugin.write_text(textwrap.dedent("""
+    plugin.write_text(
+        textwrap.dedent("""
         from harness.api import Method, register_method
 
         @register_method("test-plugin-method")
         class Mine(Method):
             description = "a user's own method"
-    """))
+    """)
+    )
     load_plugin(str(plugin))
     assert METHODS.get("test-plugin-method").description == "a user's own method"
     sys.modules.pop("harness_plugin_my_method", None)

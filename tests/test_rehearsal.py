@@ -29,14 +29,20 @@ from support.cli import harness_main
 from test_readme import readme_command
 
 PLUGIN = Path(__file__).resolve().parent / "plugins" / "tiny_scorer_archs.py"
-BUILT_IN = sorted(p.stem for p in (Path(__file__).resolve().parents[1] / "methods").glob("*.py") if p.stem != "__init__")
+BUILT_IN = sorted(
+    p.stem for p in (Path(__file__).resolve().parents[1] / "methods").glob("*.py") if p.stem != "__init__"
+)
 SCORERS = ("pickscore", "hpsv2", "hpsv2.1", "imagereward", "clip", "aesthetic")
 
 
 def scorer_options(locations: dict[str, dict[str, str]]) -> list[str]:
     options = {**locations, "pickscore-cosine": locations["pickscore"]}  # the same model, its raw cosine
-    return [arg for name, keywords in options.items() for key, value in keywords.items()
-            for arg in ("--scorer-option", f"{name}.{key}={value}")]
+    return [
+        arg
+        for name, keywords in options.items()
+        for key, value in keywords.items()
+        for arg in ("--scorer-option", f"{name}.{key}={value}")
+    ]
 
 
 # Each method's compute lowered as the module says (SmPO's bounds widened for the random PickScore).
@@ -48,32 +54,65 @@ def readme_methods(preset: str) -> tuple[str, ...]:
     return tuple(command[command.index("--methods") + 1].split(","))
 
 
-def rehearse(preset: str, model: Path, data: Path, out: Path, scorer_locations: dict, methods: tuple[str, ...],
-             *arguments: str) -> None:
+def rehearse(
+    preset: str, model: Path, data: Path, out: Path, scorer_locations: dict, methods: tuple[str, ...], *arguments: str
+) -> None:
     """The README's `harness run --preset PRESET ...` offline, for ``methods``, its compute lowered as the
     module says (the options added last win)."""
-    lowered = [arg for method in methods for setting in LOWERED.get(method, ())
-               for arg in ("--set", f"{method}.{setting}")]
+    lowered = [
+        arg for method in methods for setting in LOWERED.get(method, ()) for arg in ("--set", f"{method}.{setting}")
+    ]
     result = harness_main(
-        "--plugin", str(PLUGIN), *readme_command(preset), "--model", str(model), "--data", str(data),
-        "--methods", ",".join(methods), "--max-prompts", "1", "--images-per-prompt", "1", "--steps", "2",
-        "--out", str(out), "--set", "max_steps=1", "--set", "effective_batch_size=None", *lowered,
-        *scorer_options(scorer_locations), *arguments)
+        "--plugin",
+        str(PLUGIN),
+        *readme_command(preset),
+        "--model",
+        str(model),
+        "--data",
+        str(data),
+        "--methods",
+        ",".join(methods),
+        "--max-prompts",
+        "1",
+        "--images-per-prompt",
+        "1",
+        "--steps",
+        "2",
+        "--out",
+        str(out),
+        "--set",
+        "max_steps=1",
+        "--set",
+        "effective_batch_size=None",
+        *lowered,
+        *scorer_options(scorer_locations),
+        *arguments,
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("shape", ["sd15", "sdxl"])
-def test_published_recipes_run_end_to_end_offline(shape, request, tmp_path, pickapic_v2_dir, hpdv2_dir,
-                                                  scorer_locations):
+def test_published_recipes_run_end_to_end_offline(
+    shape, request, tmp_path, pickapic_v2_dir, hpdv2_dir, scorer_locations
+):
     model = request.getfixturevalue(f"tiny_{shape}_dir")
     out = tmp_path / "run"
     # SDXL's recipe replaces the VAE by the fp16-safe one from the hub: offline, a local stand-in.
     vae = ["--vae", str(model / "vae")] if shape == "sdxl" else []
     methods = readme_methods(shape)
     assert sorted(methods) == BUILT_IN  # the README's recipe trains every built-in method
-    rehearse(shape, model, pickapic_v2_dir, out, scorer_locations, methods, *vae,
-             "--suites", f"pickapic-test:{pickapic_v2_dir},hpdv2:{hpdv2_dir}")
+    rehearse(
+        shape,
+        model,
+        pickapic_v2_dir,
+        out,
+        scorer_locations,
+        methods,
+        *vae,
+        "--suites",
+        f"pickapic-test:{pickapic_v2_dir},hpdv2:{hpdv2_dir}",
+    )
 
     # DRO trained on the top 10 by HPSv2, made by the data step through the scorer registry.
     experts = out / "data" / "experts-hpsv2-top10"
@@ -93,7 +132,11 @@ def test_published_recipes_run_end_to_end_offline(shape, request, tmp_path, pick
     # The public code's quirks, trained through (docs/methods.md): AdamW (on SDXL too) per operation in bf16,
     # no clipping, every trajectory on row 0's levels.
     assert {k: dro_state["config"][k] for k in ("optimizer", "adamw_fused", "max_grad_norm", "per_row_sigmas")} == {
-        "optimizer": "adamw", "adamw_fused": False, "max_grad_norm": None, "per_row_sigmas": False}
+        "optimizer": "adamw",
+        "adamw_fused": False,
+        "max_grad_norm": None,
+        "per_row_sigmas": False,
+    }
 
     board = harness_main("leaderboard", "--out", str(out), "--format", "json")
     assert board.returncode == 0, board.stderr
@@ -115,15 +158,27 @@ def test_sd35_recipes_run_end_to_end_offline(tmp_path, tiny_sd35_dir, pickapic_v
     both suites and six scorers passed too, in 275 s on a busy machine (too long for the suite)."""
     out = tmp_path / "run"
     assert sorted(readme_methods("sd35")) == BUILT_IN
-    rehearse("sd35", tiny_sd35_dir, pickapic_v2_dir, out, scorer_locations, ("dpo", "smpo"),
-             "--suites", f"pickapic-test:{pickapic_v2_dir}", "--scorers", "pickscore")
+    rehearse(
+        "sd35",
+        tiny_sd35_dir,
+        pickapic_v2_dir,
+        out,
+        scorer_locations,
+        ("dpo", "smpo"),
+        "--suites",
+        f"pickapic-test:{pickapic_v2_dir}",
+        "--scorers",
+        "pickscore",
+    )
     models = out / "models"
     dpo = json.loads((models / "dpo" / "final" / "trainer_state.json").read_text())["config"]
     assert (dpo["lora_rank"], dpo["lora_alpha"], dpo["beta"], dpo["resolution"]) == (32, 64.0, 100.0, 512)
     assert dpo["mixed_precision"] == "bf16" and dpo["gradient_checkpointing"] is True  # the preset's
     assert (models / "dpo" / "final" / "lora" / "pytorch_lora_weights.safetensors").is_file()
     smpo = json.loads((models / "smpo" / "final" / "trainer_state.json").read_text())["config"]
-    assert smpo["init_unet"]["path"] == str((models / "sft" / "final" / "unet").resolve()) and smpo["resolution"] == 1024
+    assert (
+        smpo["init_unet"]["path"] == str((models / "sft" / "final" / "unet").resolve()) and smpo["resolution"] == 1024
+    )
     manifest = out / "images" / "dpo" / "pickapic-test" / "manifest.jsonl"
     row = json.loads(manifest.read_text().splitlines()[0])
     assert (row["scheduler"], row["height"], row["guidance_scale"]) == ("FlowMatchEulerDiscreteScheduler", 1024, 4.5)

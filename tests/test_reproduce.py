@@ -11,14 +11,14 @@ from pathlib import Path
 import pytest
 
 from conftest import harness_cli
-from harness.cli.options import parse_unets
-from harness.plan.presets import get_preset, published_weights
-from harness.errors import HarnessError
-from harness.results.published import DRO_SD15
 from harness.api.registry import SCORERS, SUITES
+from harness.cli.options import parse_unets
+from harness.errors import HarnessError
+from harness.plan.presets import get_preset, published_weights
+from harness.results.published import DRO_SD15
 from harness.results.reproduce import MISSING, ci_units, compare, format_report, reproduce
-from harness.run import RunOptions, leaderboard, validate
 from harness.results.store import Store
+from harness.run import RunOptions, leaderboard, validate
 from support.cli import harness_main
 from support.results_fixture import write_png
 
@@ -36,8 +36,9 @@ def test_published_data_names_our_scorers_suites_and_checkpoints():
         SUITES.get(suite)
         assert suite in preset.suites
     for row in DRO_SD15.rows:
-        assert {(s, m) for s in row.means for m in row.means[s]} == \
-            {(s, m.scorer) for s in DRO_SD15.suites for m in DRO_SD15.metrics}
+        assert {(s, m) for s in row.means for m in row.means[s]} == {
+            (s, m.scorer) for s in DRO_SD15.suites for m in DRO_SD15.metrics
+        }
         if row.method == "base":
             assert row.checkpoint == preset.base_model
         elif row.method is not None:
@@ -74,12 +75,29 @@ def build_results(out: Path) -> Path:
                 for k in range(PROMPTS):
                     for j in range(IMAGES):
                         rel = f"images/{method}/{suite}/{k}_{j}.png"
-                        images.append(dict(prompt_id=f"p{k}", prompt=f"prompt {k}", category="", image_index=j,
-                                           seed=k + j * PROMPTS, path=rel, sha256=write_png(out / rel, k + j)))
+                        images.append(
+                            dict(
+                                prompt_id=f"p{k}",
+                                prompt=f"prompt {k}",
+                                category="",
+                                image_index=j,
+                                seed=k + j * PROMPTS,
+                                path=rel,
+                                sha256=write_png(out / rel, k + j),
+                            )
+                        )
                         for scorer, version in (("pickscore", "v1"), ("hpsv2", CUSTOM_HPS)):
                             value = paper[suite][scorer] + offset + rng.uniform(-0.05, 0.05)
-                            scores.append(dict(prompt_id=f"p{k}", image_index=j, scorer=scorer, version=version,
-                                               scale="100*cos", value=value))
+                            scores.append(
+                                dict(
+                                    prompt_id=f"p{k}",
+                                    image_index=j,
+                                    scorer=scorer,
+                                    version=version,
+                                    scale="100*cos",
+                                    value=value,
+                                )
+                            )
                 store.add_images(run_id, suite=suite, suite_version="v", split=split, rows=images)
                 store.add_scores(run_id, suite=suite, rows=scores)
     return out
@@ -115,8 +133,9 @@ def test_comparison_places_ours_beside_the_paper(tmp_path):
     assert wins["aesthetic"].ours is None
 
     text = format_report(report)
-    dpo_line = next(line for line in text.splitlines() if line.startswith("hpdv2") and "(dpo)" in line
-                    and "PickScore" in line)
+    dpo_line = next(
+        line for line in text.splitlines() if line.startswith("hpdv2") and "(dpo)" in line and "PickScore" in line
+    )
     assert "21.30" in dpo_line and f"{by_key[('dpo', 'hpdv2', 'pickscore')].z:+.2f}" in dpo_line
     assert any(line.count(MISSING) >= 4 and "Aesthetic" in line for line in text.splitlines())
     assert f"! hpsv2 {CUSTOM_HPS}" in text and "inferred, not stated" in text
@@ -130,14 +149,26 @@ def test_unet_and_local_suite_options_are_checked(tmp_path, tiny_model_dir):
     unet = tmp_path / "dro-unet"
     unet.mkdir()
     (unet / "config.json").write_text("{}")
-    validate(RunOptions(["dro"], tmp_path / "out", "sd15", model=str(tiny_model_dir), pretrained=True,
-                        suites=[f"pickapic-test:{captions}"], unets={"dro": str(unet)}), sd15)
+    validate(
+        RunOptions(
+            ["dro"],
+            tmp_path / "out",
+            "sd15",
+            model=str(tiny_model_dir),
+            pretrained=True,
+            suites=[f"pickapic-test:{captions}"],
+            unets={"dro": str(unet)},
+        ),
+        sd15,
+    )
     with pytest.raises(HarnessError, match="use it with --pretrained"):
         validate(RunOptions(["dro"], tmp_path, "sd15", unets={"dro": str(tmp_path)}), sd15)
     with pytest.raises(HarnessError, match="not among the methods"):
         validate(RunOptions(["dpo"], tmp_path, "sd15", pretrained=True, unets={"dro": str(tmp_path)}), sd15)
-    assert parse_unets(["dro=/data/dro", "dpo=mhdang/dpo-sd1.5-text2image-v1"]) == \
-        {"dro": "/data/dro", "dpo": "mhdang/dpo-sd1.5-text2image-v1"}
+    assert parse_unets(["dro=/data/dro", "dpo=mhdang/dpo-sd1.5-text2image-v1"]) == {
+        "dro": "/data/dro",
+        "dpo": "mhdang/dpo-sd1.5-text2image-v1",
+    }
     with pytest.raises(HarnessError, match="--unet expects METHOD=DIR"):
         parse_unets(["/data/dro"])
 
@@ -184,9 +215,25 @@ def test_reproduce_runs_local_checkpoints_and_prints_the_comparison(tmp_path, ti
     """The tiny preset with stand-in tables (a plugin), dpo's "published" UNet from a local download."""
     download = save_published_unet(tiny_model_dir, tmp_path / "dpo-download", shift=0.01)
     out = tmp_path / "out"
-    result = harness_cli("--plugin", str(Path(__file__).parent / "plugins" / "standin_tables.py"), "reproduce", "--preset", "tiny",
-                         "--model", str(tiny_model_dir), "--unet", f"dpo={download}", "--out", str(out),
-                         "--scorers", "toy-fidelity,toy-quality", "--max-prompts", "2", "--format", "json")
+    result = harness_cli(
+        "--plugin",
+        str(Path(__file__).parent / "plugins" / "standin_tables.py"),
+        "reproduce",
+        "--preset",
+        "tiny",
+        "--model",
+        str(tiny_model_dir),
+        "--unet",
+        f"dpo={download}",
+        "--out",
+        str(out),
+        "--scorers",
+        "toy-fidelity,toy-quality",
+        "--max-prompts",
+        "2",
+        "--format",
+        "json",
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(result.stdout)  # the run's progress went to stderr
     assert "== base: generation" in result.stderr
@@ -195,8 +242,9 @@ def test_reproduce_runs_local_checkpoints_and_prints_the_comparison(tmp_path, ti
         runs = store.runs_frame().set_index("method")
     assert json.loads(runs.loc["dpo", "config"])["pretrained"]["path"] == str(download.resolve())  # and its content
     scored = [c for c in report["means"] if c["ours"] is not None]
-    assert {(c["method"], c["suite"], c["metric"]) for c in scored} == \
-        {(m, s, t) for m in ("base", "dpo") for s in ("toy-seen", "toy-unseen") for t in ("toy-fidelity", "toy-quality")}
+    assert {(c["method"], c["suite"], c["metric"]) for c in scored} == {
+        (m, s, t) for m in ("base", "dpo") for s in ("toy-seen", "toy-unseen") for t in ("toy-fidelity", "toy-quality")
+    }
     for c in scored:
         assert c["n_prompts"] == 2 and 0 <= c["ours"] <= 1 and c["paper"] == (0.5 if c["method"] == "base" else 0.6)
         assert c["diff"] == pytest.approx(c["ours"] - c["paper"]) and c["diff"] * c["z"] > 0

@@ -15,11 +15,10 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from conftest import harness_cli
-
-from harness.results.compute import JobClock
-from harness.run import RunOptions, run
-from harness.results.store import Store
 from harness.evaluation.suites import get_suite
+from harness.results.compute import JobClock
+from harness.results.store import Store
+from harness.run import RunOptions, run
 from support.train_fixtures import write_pair_dir
 
 APP = Path(__file__).resolve().parent.parent / "dashboard" / "app.py"
@@ -29,7 +28,9 @@ def test_the_toy_worlds_unseen_suite_has_no_training_caption(tiny_run_dir):
     with Store(tiny_run_dir, readonly=True) as store:
         overlaps = store.overlaps_frame()
     assert sorted(zip(overlaps["method"], overlaps["suite"], overlaps["n_overlap"])) == [
-        ("base", "toy-unseen", 0), ("dpo", "toy-unseen", 0)]
+        ("base", "toy-unseen", 0),
+        ("dpo", "toy-unseen", 0),
+    ]
 
 
 @pytest.mark.slow  # a real harness run
@@ -42,9 +43,19 @@ def test_a_run_whose_captions_hold_unseen_prompts_records_the_count_and_warns(tm
         row["caption"] = caption
     (data / "pairs.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
     tiny_training = {"max_steps": 1, "batch_size": 2, "warmup_steps": 0}
-    run(RunOptions(methods=["dpo"], out=tmp_path / "out", preset="tiny", data=str(data),
-                   suites=["toy-seen", "toy-unseen"], max_prompts=2, images_per_prompt=1,
-                   overrides={"dpo": tiny_training}, jobs=1))
+    run(
+        RunOptions(
+            methods=["dpo"],
+            out=tmp_path / "out",
+            preset="tiny",
+            data=str(data),
+            suites=["toy-seen", "toy-unseen"],
+            max_prompts=2,
+            images_per_prompt=1,
+            overrides={"dpo": tiny_training},
+            jobs=1,
+        )
+    )
 
     warnings = [line.strip() for line in capsys.readouterr().out.splitlines() if "warning" in line]
     assert warnings == [f"warning: 2 prompts of unseen suite 'toy-unseen' appear in the training captions of {data}"]
@@ -52,7 +63,9 @@ def test_a_run_whose_captions_hold_unseen_prompts_records_the_count_and_warns(tm
         overlaps = store.overlaps_frame()
     # Every run of the comparison carries the count of each unseen suite; seen suites have none.
     assert sorted(zip(overlaps["method"], overlaps["suite"], overlaps["n_overlap"])) == [
-        ("base", "toy-unseen", 2), ("dpo", "toy-unseen", 2)]
+        ("base", "toy-unseen", 2),
+        ("dpo", "toy-unseen", 2),
+    ]
 
 
 def _spin(cpu_seconds: float) -> None:
@@ -69,8 +82,14 @@ def test_a_job_costs_its_cpu_time_on_a_cpu_and_its_wall_time_on_a_gpu():
     _spin(0.3)
     wall = time.perf_counter() - started
     on_cpu, on_gpu = cpu.figures("eval"), gpu.figures("train")
-    assert set(on_cpu) == {"cpu_hours", "eval_cpu_hours", "wall_s", "eval_wall_s", "peak_memory_mb",
-                           "eval_peak_memory_mb"}
+    assert set(on_cpu) == {
+        "cpu_hours",
+        "eval_cpu_hours",
+        "wall_s",
+        "eval_wall_s",
+        "peak_memory_mb",
+        "eval_peak_memory_mb",
+    }
     assert on_cpu["cpu_hours"] == on_cpu["eval_cpu_hours"] and on_cpu["wall_s"] == on_cpu["eval_wall_s"]
     assert 0.3 <= on_cpu["cpu_hours"] * 3600 < 0.5
     assert wall <= on_cpu["wall_s"] < wall + 0.1
@@ -143,14 +162,21 @@ def test_each_run_has_its_own_times_and_figures_in_the_store_the_cli_and_the_das
     # run, method, status, started, ended, wall, CPU-hours, GPU-hours, UNet evals per sample, peak memory, then
     # what its training read (words: the rest of the line)
     printed = {row.split()[1]: row.split(maxsplit=10) for row in rows}
-    assert printed["base"][4:] == [runs.loc["base", "ended_at"].removesuffix("+00:00"),
-                                   f"{runs.loc['base', 'wall_s']:.1f}", f"{runs.loc['base', 'cpu_hours']:.4g}", "–", "–",
-                                   f"{runs.loc['base', 'peak_memory_mb']:.0f}", "–"]
+    assert printed["base"][4:] == [
+        runs.loc["base", "ended_at"].removesuffix("+00:00"),
+        f"{runs.loc['base', 'wall_s']:.1f}",
+        f"{runs.loc['base', 'cpu_hours']:.4g}",
+        "–",
+        "–",
+        f"{runs.loc['base', 'peak_memory_mb']:.0f}",
+        "–",
+    ]
     assert printed["dpo"][8] == f"{runs.loc['dpo', 'unet_evals_per_sample']:.4g}" and "None" not in result.stdout
     assert printed["dpo"][10] == compute["dpo"]["training_data"]
     # The toy world's data folder: its pairs and the experts made beside them.
-    assert re.fullmatch(r"pairs \d+ read, \d+ ties? skipped, 0 unreadable; experts \d+ read, 0 unreadable",
-                        printed["dpo"][10])
+    assert re.fullmatch(
+        r"pairs \d+ read, \d+ ties? skipped, 0 unreadable; experts \d+ read, 0 unreadable", printed["dpo"][10]
+    )
 
     monkeypatch.setenv("HARNESS_OUT", str(tiny_run_dir))
     at = AppTest.from_file(str(APP), default_timeout=60).run()
@@ -167,9 +193,21 @@ def test_a_published_checkpoint_records_the_reward_its_training_used(tmp_path, t
     HPSv2, so that family is its training signal, recorded with the run and marked on the leaderboard."""
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("a red square on the left\n")
-    run(RunOptions(methods=["dro"], out=tmp_path / "out", preset="sd15", model=str(tiny_model_dir),
-                   pretrained=True, unets={"dro": str(tiny_model_dir / "unet")}, suites=[f"file:{prompts}"],
-                   scorers=["toy-quality"], images_per_prompt=1, steps=1, jobs=1))
+    run(
+        RunOptions(
+            methods=["dro"],
+            out=tmp_path / "out",
+            preset="sd15",
+            model=str(tiny_model_dir),
+            pretrained=True,
+            unets={"dro": str(tiny_model_dir / "unet")},
+            suites=[f"file:{prompts}"],
+            scorers=["toy-quality"],
+            images_per_prompt=1,
+            steps=1,
+            jobs=1,
+        )
+    )
     with Store(tmp_path / "out", readonly=True) as store:
         signals = store.training_signals_frame()
     assert sorted(zip(signals["method"], signals["metric"])) == [("dro", "hpsv2"), ("dro", "hpsv2.1")]
@@ -181,8 +219,17 @@ def test_a_recipe_that_starts_from_another_method_trains_it_first_without_evalua
     """SmPO's SD1.5 recipe starts from an SFT UNet: asked for smpo alone, the run trains sft first on the
     same data (it is no row of the leaderboard) and starts smpo's policy and reference from it."""
     out = tmp_path / "out"
-    rows = run(RunOptions(methods=["smpo"], out=out, preset="tiny", overrides={"smpo": {"init_method": "sft"}},
-                          max_prompts=1, images_per_prompt=1, jobs=1))
+    rows = run(
+        RunOptions(
+            methods=["smpo"],
+            out=out,
+            preset="tiny",
+            overrides={"smpo": {"init_method": "sft"}},
+            max_prompts=1,
+            images_per_prompt=1,
+            jobs=1,
+        )
+    )
     state = json.loads((out / "models" / "smpo" / "final" / "trainer_state.json").read_text())
     assert state["config"]["init_unet"]["path"] == str((out / "models" / "sft" / "final" / "unet").resolve())
     assert {row["method"] for row in rows} == {"base", "smpo"}

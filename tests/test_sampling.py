@@ -16,10 +16,10 @@ import pytest
 from PIL import Image
 
 from generate_worker import SETTINGS, case_suite
-from harness.errors import HarnessError
-from harness.models.loading import load_pipeline
-from harness.evaluation.sampling import MANIFEST_NAME, generate, image_seed, optimize_pipeline
 from harness.api import Prompt, Suite
+from harness.errors import HarnessError
+from harness.evaluation.sampling import MANIFEST_NAME, generate, image_seed, optimize_pipeline
+from harness.models.loading import load_pipeline
 
 N_IMAGES = len(case_suite()) * SETTINGS["images_per_prompt"]
 
@@ -137,7 +137,8 @@ def test_interrupted_run_resumes_to_the_same_manifest(pipe, reference, tmp_path)
 def test_killed_process_resumes_and_more_images_per_prompt_extend_the_run(pipe, reference, tmp_path, tiny_model_dir):
     worker = Path(__file__).with_name("generate_worker.py")
     process = subprocess.Popen(
-        [sys.executable, str(worker), str(tiny_model_dir), str(tmp_path), "1", "4"], env={**os.environ, "OMP_NUM_THREADS": "1"}
+        [sys.executable, str(worker), str(tiny_model_dir), str(tmp_path), "1", "4"],
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
     )
     journal = tmp_path / ".manifest-parts" / "rank-0.jsonl"
     deadline = time.monotonic() + 120
@@ -231,7 +232,9 @@ def test_sd3_pipeline_generates_deterministic_batch_independent_images(tiny_sd3_
     assert one == three and len({row["sha256"] for row in one}) == 6
     assert {row["scheduler"] for row in one} == {"FlowMatchEulerDiscreteScheduler"}
     again = generate(pipe, suite, tmp_path / "again", batch_size=2, progress=False, **settings)
-    assert all((tmp_path / "again" / r["path"]).read_bytes() == (tmp_path / "b1" / r["path"]).read_bytes() for r in again)
+    assert all(
+        (tmp_path / "again" / r["path"]).read_bytes() == (tmp_path / "b1" / r["path"]).read_bytes() for r in again
+    )
 
 
 def test_shards_generated_apart_merge_to_the_same_bytes(pipe, tmp_path):
@@ -243,12 +246,14 @@ def test_shards_generated_apart_merge_to_the_same_bytes(pipe, tmp_path):
     whole = generate(pipe, case_suite(), tmp_path / "whole", batch_size=3, progress=False, **SETTINGS)
     assert shard_count(len(case_suite()), SETTINGS["images_per_prompt"], 3) == 4  # 10 images in batches of 3
     out = tmp_path / "shards"
-    parts = {r: generate(pipe, case_suite(), out, batch_size=3, progress=False, shard=(r, 3), **SETTINGS)
-             for r in (2, 0, 1)}
+    parts = {
+        r: generate(pipe, case_suite(), out, batch_size=3, progress=False, shard=(r, 3), **SETTINGS) for r in (2, 0, 1)
+    }
     assert {r: [row["path"] for row in part] for r, part in parts.items()} == {
         0: ["00000_00.png", "00000_01.png", "00001_00.png", "00004_01.png"],  # batches 0 and 3
         1: ["00001_01.png", "00002_00.png", "00002_01.png"],
-        2: ["00003_00.png", "00003_01.png", "00004_00.png"]}
+        2: ["00003_00.png", "00003_01.png", "00004_00.png"],
+    }
     assert not (out / MANIFEST_NAME).exists()
     rows = merge_shards(out, [row for part in parts.values() for row in part])
     assert rows == whole and (out / MANIFEST_NAME).read_bytes() == (tmp_path / "whole" / MANIFEST_NAME).read_bytes()

@@ -23,15 +23,30 @@ from harness.results.stats import (
 )
 
 
-def frame(method: str, values: np.ndarray, *, suite: str = "parti", metric: str = "pickscore", version: str = "v1",
-          seed0: int = 0, categories: tuple[str, ...] = ("animals", "art")) -> pd.DataFrame:
+def frame(
+    method: str,
+    values: np.ndarray,
+    *,
+    suite: str = "parti",
+    metric: str = "pickscore",
+    version: str = "v1",
+    seed0: int = 0,
+    categories: tuple[str, ...] = ("animals", "art"),
+) -> pd.DataFrame:
     """values[k, j] = score of image j of prompt k; seeds follow the harness protocol seed0 + k + j*N."""
     n_prompts, k = values.shape
     rows = [
         {
-            "method": method, "suite": suite, "split": "unseen", "metric": metric, "metric_version": version,
-            "prompt_id": f"p{p:04d}", "category": categories[p % len(categories)], "image_index": j,
-            "seed": seed0 + p + j * n_prompts, "value": float(values[p, j]),
+            "method": method,
+            "suite": suite,
+            "split": "unseen",
+            "metric": metric,
+            "metric_version": version,
+            "prompt_id": f"p{p:04d}",
+            "category": categories[p % len(categories)],
+            "image_index": j,
+            "seed": seed0 + p + j * n_prompts,
+            "value": float(values[p, j]),
         }
         for p in range(n_prompts)
         for j in range(k)
@@ -153,11 +168,13 @@ def test_wilson_interval_matches_published_values():
 
 
 def test_pairing_requires_the_same_seeds_and_the_base_on_the_suite(base_values):
-    scores = pd.concat([
-        frame("base", base_values),
-        frame("dpo", base_values + 1.0, seed0=1000),  # generated with another base seed: nothing pairs
-        frame("dpo", base_values, suite="drawbench"),  # no base on this suite
-    ])
+    scores = pd.concat(
+        [
+            frame("base", base_values),
+            frame("dpo", base_values + 1.0, seed0=1000),  # generated with another base seed: nothing pairs
+            frame("dpo", base_values, suite="drawbench"),  # no base on this suite
+        ]
+    )
     rows = leaderboard(scores)
     for suite in ("parti", "drawbench"):
         row = row_of(rows, "dpo", suite=suite)
@@ -166,11 +183,13 @@ def test_pairing_requires_the_same_seeds_and_the_base_on_the_suite(base_values):
 
 
 def test_metric_versions_are_separate_rows_and_compared_within_a_version(base_values):
-    scores = pd.concat([
-        frame("base", base_values, metric="hpsv2", version="v2.0"),
-        frame("base", base_values + 100, metric="hpsv2", version="v2.1"),
-        frame("dpo", base_values + 1, metric="hpsv2", version="v2.0"),
-    ])
+    scores = pd.concat(
+        [
+            frame("base", base_values, metric="hpsv2", version="v2.0"),
+            frame("base", base_values + 100, metric="hpsv2", version="v2.1"),
+            frame("dpo", base_values + 1, metric="hpsv2", version="v2.0"),
+        ]
+    )
     rows = leaderboard(scores)
     assert len(rows) == 3
     assert row_of(rows, "dpo")["delta_vs_base"] == pytest.approx(1.0)
@@ -190,16 +209,41 @@ def test_leaderboard_is_deterministic_and_json_ready(base_values):
     assert single[0]["std"] is None
     json.dumps(first + single, allow_nan=False)
     assert set(first[0]) >= {
-        "method", "suite", "split", "metric", "metric_version", "n", "mean", "std", "ci_low", "ci_high",
-        "delta_vs_base", "delta_ci_low", "delta_ci_high", "win_rate_vs_base", "win_ci_low", "win_ci_high",
+        "method",
+        "suite",
+        "split",
+        "metric",
+        "metric_version",
+        "n",
+        "mean",
+        "std",
+        "ci_low",
+        "ci_high",
+        "delta_vs_base",
+        "delta_ci_low",
+        "delta_ci_high",
+        "win_rate_vs_base",
+        "win_ci_low",
+        "win_ci_high",
     }
 
 
 def test_rows_of_a_metric_a_method_was_trained_on_are_flagged_and_nothing_else_changes(base_values):
-    scores = pd.concat([frame(method, base_values + shift, metric=metric)
-                        for method, shift in (("base", 0), ("dpo", 1), ("dro", 2)) for metric in ("pickscore", "hpsv2")])
-    recorded = pd.DataFrame({"run_id": [2, 2, 3], "method": ["dro", "dro", "dpo"],
-                             "metric": ["hpsv2", "hpsv2.1", "aesthetic"], "source": ["experts", "experts", "pairs"]})
+    scores = pd.concat(
+        [
+            frame(method, base_values + shift, metric=metric)
+            for method, shift in (("base", 0), ("dpo", 1), ("dro", 2))
+            for metric in ("pickscore", "hpsv2")
+        ]
+    )
+    recorded = pd.DataFrame(
+        {
+            "run_id": [2, 2, 3],
+            "method": ["dro", "dro", "dpo"],
+            "metric": ["hpsv2", "hpsv2.1", "aesthetic"],
+            "source": ["experts", "experts", "pairs"],
+        }
+    )
     signals = signals_by_method(recorded)
     assert signals == {"dpo": {"aesthetic"}, "dro": {"hpsv2", "hpsv2.1"}}
 
@@ -243,15 +287,27 @@ def test_rows_by_category_are_the_overall_statistics_of_each_category_alone(base
     """``by=["category"]`` runs the overall code on each category's prompts: every number of a category's
     row is the one the leaderboard gives for a frame holding that category only."""
     categories = ("animals", "art", "food & drink")
-    scores = pd.concat([frame("base", base_values, categories=categories),
-                        frame("dpo", base_values + 0.1 * (np.arange(200) % 3)[:, None], categories=categories)])
+    scores = pd.concat(
+        [
+            frame("base", base_values, categories=categories),
+            frame("dpo", base_values + 0.1 * (np.arange(200) % 3)[:, None], categories=categories),
+        ]
+    )
     split = leaderboard(scores, n_boot=200, by=["category"])
     assert {r["category"] for r in split} == set(categories) and len(split) == 2 * len(categories)
     for category in categories:
         alone = leaderboard(scores[scores["category"] == category], n_boot=200)
         assert [{k: v for k, v in r.items() if k != "category"} for r in split if r["category"] == category] == alone
     # The part's key comes after the metric's, so the overall rows keep their layout.
-    assert list(split[0])[:7] == ["method", "suite", "split", "metric", "metric_version", "higher_is_better", "category"]
+    assert list(split[0])[:7] == [
+        "method",
+        "suite",
+        "split",
+        "metric",
+        "metric_version",
+        "higher_is_better",
+        "category",
+    ]
     assert row_of(split, "dpo", category="art")["delta_vs_base"] == pytest.approx(0.1)
     with pytest.raises(HarnessError, match="no such column"):
         leaderboard(scores, by=["style"])
@@ -268,7 +324,8 @@ def test_a_single_prompt_has_no_interval_and_few_prompts_a_wide_one(base_values)
     assert lonely["ci_low"] is lonely["ci_high"] is lonely["delta_ci_low"] is lonely["delta_ci_high"] is None
     assert lonely["win_rate_vs_base"] == 1.0 and lonely["win_ci_low"] < 0.25  # Wilson over one prompt: wide
     assert bootstrap_mean_ci(np.array([1.0, 2.0]), np.array(["p", "p"])) != bootstrap_mean_ci(
-        np.array([1.0, 2.0]), np.array(["p", "q"]))
+        np.array([1.0, 2.0]), np.array(["p", "q"])
+    )
     few, every = row_of(rows, "base", category="few"), row_of(leaderboard(scores, n_boot=500), "base")
     assert few["n_prompts"] == 3 and every["n_prompts"] == 41
     assert few["ci_high"] - few["ci_low"] > 1.5 * (every["ci_high"] - every["ci_low"])

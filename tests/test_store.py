@@ -10,7 +10,7 @@ import sys
 import textwrap
 import time
 from contextlib import closing
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pandas as pd
@@ -30,8 +30,22 @@ from support.results_fixture import (
 )
 
 # The contract with harness.results.stats and the lead's orchestrator, spelled out independently of store.py.
-SCORES_COLUMNS = ["run_id", "method", "suite", "split", "metric", "metric_version", "scale", "higher_is_better",
-                  "prompt_id", "category", "image_index", "seed", "path", "value"]
+SCORES_COLUMNS = [
+    "run_id",
+    "method",
+    "suite",
+    "split",
+    "metric",
+    "metric_version",
+    "scale",
+    "higher_is_better",
+    "prompt_id",
+    "category",
+    "image_index",
+    "seed",
+    "path",
+    "value",
+]
 
 
 @pytest.fixture(scope="module")
@@ -104,20 +118,27 @@ def test_a_runs_start_is_its_first_jobs_and_its_peak_memory_the_largest_jobs(tmp
         set_started("2000-01-01T00:00:00+00:00")
         store.set_run_status(run_id, "running")  # its first job starts: the run starts now, not at its creation
         started = store.runs_frame().iloc[0]["started_at"]
-        assert "2000-01-01T00:00:00+00:00" < started <= datetime.now(timezone.utc).isoformat()
+        assert "2000-01-01T00:00:00+00:00" < started <= datetime.now(UTC).isoformat()
         set_started("2001-01-01T00:00:00+00:00")
         store.set_run_status(run_id, "failed")
         store.set_run_status(run_id, "running")  # resumed: still the first job's start
-        store.add_compute(run_id, {"wall_s": 2.0, "train_wall_s": 2.0, "peak_memory_mb": 900.0,
-                                   "train_peak_memory_mb": 900.0})
-        store.add_compute(run_id, {"wall_s": 1.5, "eval_wall_s": 1.5, "peak_memory_mb": 300.0,
-                                   "eval_peak_memory_mb": 300.0})
+        store.add_compute(
+            run_id, {"wall_s": 2.0, "train_wall_s": 2.0, "peak_memory_mb": 900.0, "train_peak_memory_mb": 900.0}
+        )
+        store.add_compute(
+            run_id, {"wall_s": 1.5, "eval_wall_s": 1.5, "peak_memory_mb": 300.0, "eval_peak_memory_mb": 300.0}
+        )
         run = store.runs_frame().iloc[0]
     assert run["started_at"] == "2001-01-01T00:00:00+00:00" and pd.isna(run["ended_at"])
     assert (run["wall_s"], run["peak_memory_mb"]) == (3.5, 900.0)
-    assert json.loads(run["compute"]) == {"wall_s": 3.5, "train_wall_s": 2.0, "eval_wall_s": 1.5,
-                                          "peak_memory_mb": 900.0, "train_peak_memory_mb": 900.0,
-                                          "eval_peak_memory_mb": 300.0}
+    assert json.loads(run["compute"]) == {
+        "wall_s": 3.5,
+        "train_wall_s": 2.0,
+        "eval_wall_s": 1.5,
+        "peak_memory_mb": 900.0,
+        "train_peak_memory_mb": 900.0,
+        "eval_peak_memory_mb": 300.0,
+    }
 
 
 def test_add_compute_sums_each_jobs_hours(tmp_path: Path) -> None:
@@ -129,7 +150,11 @@ def test_add_compute_sums_each_jobs_hours(tmp_path: Path) -> None:
         store.set_run_status(gpu, "done", compute={"wall_s": 3.0})  # keeps the sums
         runs = store.runs_frame().set_index("method")
         assert json.loads(runs.loc["dpo", "compute"]) == {
-            "gpu_hours": 0.75, "train_gpu_hours": 0.25, "eval_gpu_hours": 0.5, "wall_s": 3.0}
+            "gpu_hours": 0.75,
+            "train_gpu_hours": 0.25,
+            "eval_gpu_hours": 0.5,
+            "wall_s": 3.0,
+        }
         assert runs.loc["dpo", "gpu_hours"] == 0.75 and pd.isna(runs.loc["dpo", "cpu_hours"])
         assert runs.loc["dro", "cpu_hours"] == 0.125 and pd.isna(runs.loc["dro", "gpu_hours"])
         with pytest.raises(HarnessError, match="no run with id"):
@@ -169,8 +194,13 @@ def test_a_failing_write_leaves_no_partial_rows(tmp_path: Path) -> None:
             store.add_scores(run_id, suite="toy-seen", rows=good + [orphan])
         assert store.scores_frame().empty
         with pytest.raises(HarnessError, match="missing sha256"):
-            store.add_images(run_id, suite="other", suite_version="v", split="seen",
-                             rows=[{k: v for k, v in r.items() if k != "sha256"} for r in rows])
+            store.add_images(
+                run_id,
+                suite="other",
+                suite_version="v",
+                split="seen",
+                rows=[{k: v for k, v in r.items() if k != "sha256"} for r in rows],
+            )
         with pytest.raises(HarnessError, match="split must be"):
             store.add_images(run_id, suite="other", suite_version="v", split="train", rows=rows)
         assert set(store.images_frame()["suite"]) == {"toy-seen"}
@@ -201,9 +231,8 @@ def test_readonly_store_cannot_write_and_needs_an_existing_database(results_dir:
     with pytest.raises(HarnessError, match="no results database"):
         Store(tmp_path, readonly=True)
     assert not (tmp_path / "results.db").exists()
-    with Store(results_dir, readonly=True) as store:
-        with pytest.raises(sqlite3.OperationalError, match="readonly"):
-            store.set_overlap(1, suite="toy-seen", n_overlap=3)
+    with Store(results_dir, readonly=True) as store, pytest.raises(sqlite3.OperationalError, match="readonly"):
+        store.set_overlap(1, suite="toy-seen", n_overlap=3)
 
 
 def test_foreign_or_newer_databases_are_refused(tmp_path: Path) -> None:
@@ -330,11 +359,13 @@ def test_a_killed_writer_leaves_whole_transactions_and_a_rerun_completes(tmp_pat
 def test_export_writes_every_table_readable_by_pandas(results_dir: Path, tmp_path: Path, fmt: str) -> None:
     files = export(results_dir, tmp_path / "export", fmt)
     assert sorted(f.name for f in files) == sorted(
-        f"{t}.{fmt}" for t in ("runs", "checkpoints", "training", "images", "scores", "overlaps", "training_signals"))
+        f"{t}.{fmt}" for t in ("runs", "checkpoints", "training", "images", "scores", "overlaps", "training_signals")
+    )
     read = {"csv": pd.read_csv, "parquet": pd.read_parquet, "json": pd.read_json}[fmt]
     signals = read(tmp_path / "export" / f"training_signals.{fmt}")
     assert [(r.method, r.metric, r.source) for r in signals.itertuples()] == [
-        (method, metric, source) for method, (metrics, source) in TRAINING_SIGNALS.items() for metric in metrics]
+        (method, metric, source) for method, (metrics, source) in TRAINING_SIGNALS.items() for metric in metrics
+    ]
     scores = read(tmp_path / "export" / f"scores.{fmt}")
     with Store(results_dir, readonly=True) as store:
         expected = store.scores_frame()
@@ -349,7 +380,6 @@ def test_export_rejects_unknown_format_and_missing_results(results_dir: Path, tm
         export(results_dir, tmp_path, "xlsx")  # type: ignore[arg-type]
     with pytest.raises(HarnessError, match="no results database"):
         export(tmp_path / "nothing-here", tmp_path / "out", "csv")
-
 
 
 def test_a_journal_records_a_jobs_writes_for_the_owner_of_the_database_to_make(tmp_path: Path) -> None:
@@ -382,9 +412,8 @@ def test_a_journal_records_a_jobs_writes_for_the_owner_of_the_database_to_make(t
     with open(journal.path, "a") as f:
         f.write('{"write": "add_compute", "args": [')
     assert len(journal.entries()) == 5
-    with journal.recording():
-        with Store(db) as store:
-            store.set_run_status(run_id, "trained", {"wall_s": 2.0})
+    with journal.recording(), Store(db) as store:
+        store.set_run_status(run_id, "trained", {"wall_s": 2.0})
 
     with Store(db) as store:
         made = journal.replay(store, journal.replay(store, 0) - 1)  # the last write twice: an upsert
@@ -397,4 +426,6 @@ def test_a_journal_records_a_jobs_writes_for_the_owner_of_the_database_to_make(t
     in_memory = StoreJournal()
     with in_memory.recording(), Store(db) as store:
         store.add_checkpoint(run_id, 2, "models/dpo/checkpoint-2")
-    assert in_memory.entries() == [{"write": "add_checkpoint", "args": [run_id, 2, "models/dpo/checkpoint-2"], "kwargs": {}}]
+    assert in_memory.entries() == [
+        {"write": "add_checkpoint", "args": [run_id, 2, "models/dpo/checkpoint-2"], "kwargs": {}}
+    ]

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from harness.errors import HarnessError
 from harness.api import Prompt, Suite
+from harness.errors import HarnessError
 from harness.evaluation.suites import caption_overlap, check_suite_name, get_suite, list_suites, normalize_caption
 
 SHIPPED_PARTI = Path(__file__).parents[1] / "prompts" / "PartiPrompts.tsv"
@@ -43,7 +43,10 @@ def test_shipped_parti_is_the_published_file_and_the_default(tmp_path):
     "edit, where",
     [
         (lambda lines: ["Prompt\tCategory"] + lines[1:], ":1: expected the tab-separated header"),
-        (lambda lines: lines[:5] + ["a cat\tAnimals\tBasic"] + lines[5:], ":6: expected 4 tab-separated fields, found 3"),
+        (
+            lambda lines: lines[:5] + ["a cat\tAnimals\tBasic"] + lines[5:],
+            ":6: expected 4 tab-separated fields, found 3",
+        ),
         (lambda lines: lines[:9] + ["\tAnimals\tBasic\t"] + lines[9:], ":10: empty prompt"),
     ],
 )
@@ -64,7 +67,9 @@ def test_non_utf8_file_names_the_line(tmp_path):
 def write_hpdv2(root: Path) -> None:
     (root / "benchmark").mkdir(parents=True)
     for style in ("anime", "concept-art", "paintings", "photo"):
-        (root / "benchmark" / f"{style}.json").write_text(json.dumps([f"{style} prompt {i}" for i in range(3)], indent=1))
+        (root / "benchmark" / f"{style}.json").write_text(
+            json.dumps([f"{style} prompt {i}" for i in range(3)], indent=1)
+        )
 
 
 def test_hpdv2_from_a_local_directory(tmp_path):
@@ -171,12 +176,14 @@ def test_list_suites_counts_prompts_without_downloading(harness_cache):
 
 
 def test_normalize_caption():
-    assert normalize_caption("  A Cat,  SLEEPING... on the \"mat\"! ") == "a cat sleeping on the mat"
+    assert normalize_caption('  A Cat,  SLEEPING... on the "mat"! ') == "a cat sleeping on the mat"
     assert normalize_caption("émigré café") == "émigré café"
 
 
 def test_caption_overlap_counts_prompts_found_in_training_captions():
-    suite = Suite("s", "unseen", (Prompt("0", "A red cube."), Prompt("1", "a blue ball"), Prompt("2", "a red cube on grass")))
+    suite = Suite(
+        "s", "unseen", (Prompt("0", "A red cube."), Prompt("1", "a blue ball"), Prompt("2", "a red cube on grass"))
+    )
     captions = ["a  RED cube", "a blue ball!", "something else"]
     assert caption_overlap(suite, captions) == 2
     assert caption_overlap(suite, iter(captions)) == 2  # any iterable, read once
@@ -189,7 +196,11 @@ def test_a_users_prompt_file_is_a_suite(tmp_path):
     text = tmp_path / "mine.txt"
     text.write_text("a cat\n\n  a dog on a log \n")
     suite = get_suite(f"file:{text}")
-    assert (suite.name, suite.split, suite.prompts) == ("mine", "unseen", (Prompt("mine-0000", "a cat"), Prompt("mine-0001", "a dog on a log")))
+    assert (suite.name, suite.split, suite.prompts) == (
+        "mine",
+        "unseen",
+        (Prompt("mine-0000", "a cat"), Prompt("mine-0001", "a dog on a log")),
+    )
     rows = tmp_path / "held_out.jsonl"
     rows.write_text('{"prompt_id": "c1", "prompt": "a cat", "category": "animal"}\n{"prompt_id": "c2"}\n')
     with pytest.raises(HarnessError, match=f"^{rows}:2: not a prompt row"):
@@ -211,8 +222,11 @@ def test_a_prompt_file_is_named_and_split_as_the_user_says(tmp_path):
 
 
 def test_an_unknown_suite_says_how_to_give_ones_own_prompts(tmp_path):
-    with pytest.raises(HarnessError, match=r"unknown suite 'mine'; available: .*; a prompt file of your own is "
-                                           r"--suites mine=FILE\[:seen\|unseen\]"):
+    with pytest.raises(
+        HarnessError,
+        match=r"unknown suite 'mine'; available: .*; a prompt file of your own is "
+        r"--suites mine=FILE\[:seen\|unseen\]",
+    ):
         check_suite_name(f"mine:{tmp_path / 'prompts.txt'}")  # the form the README once showed
     check_suite_name("toy-seen")
     check_suite_name(f"hpdv2:{tmp_path}")  # a registered suite's local copy
@@ -226,8 +240,11 @@ def test_a_prompt_the_toy_scorer_cannot_read_is_refused_before_any_image(tmp_pat
     text.write_text("a red circle on the left\nan orange square at the top\n")
     suite = get_suite(f"mine={text}")
     check_prompts_scorable([suite], ["toy-quality"])  # it reads no caption
-    with pytest.raises(HarnessError, match=r"^suite 'mine', prompt 'mine-0001' \('an orange square at the top'\): "
-                                           r"scorer 'toy-fidelity' cannot score it: unknown toy colour 'orange'"):
+    with pytest.raises(
+        HarnessError,
+        match=r"^suite 'mine', prompt 'mine-0001' \('an orange square at the top'\): "
+        r"scorer 'toy-fidelity' cannot score it: unknown toy colour 'orange'",
+    ):
         check_prompts_scorable([suite], ["toy-quality", "toy-fidelity"])
     check_prompts_scorable([get_suite("toy-seen"), get_suite("toy-unseen")], ["toy-fidelity"])
 
@@ -241,5 +258,8 @@ def test_suites_show_lists_a_suites_prompts_split_and_source(tmp_path):
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert lines[0] == f"mine: seen, 2 prompts, v{get_suite(f'mine={text}').version}; prompts of {text}"
-    assert lines[2:] == ["prompt_id  category  prompt", "mine-0000  -         a red circle on the left",
-                         "mine-0001  -         a blue square at the top"]
+    assert lines[2:] == [
+        "prompt_id  category  prompt",
+        "mine-0000  -         a red circle on the left",
+        "mine-0001  -         a blue square at the top",
+    ]

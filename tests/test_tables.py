@@ -38,13 +38,25 @@ def scores(categories: int = 2, metrics: int = 2) -> pd.DataFrame:
         for method, offset in OFFSETS.items():
             own = rng.normal(scale=0.4, size=(12, 2))
             for p in range(12):
-                category = (NASTY_CATEGORY if p == 0 else f"Category {p % (categories - 1)}" if categories > 2
-                            else "Animals")
+                category = (
+                    NASTY_CATEGORY if p == 0 else f"Category {p % (categories - 1)}" if categories > 2 else "Animals"
+                )
                 for j in range(2):
-                    rows.append(dict(method=method, suite="parti", split="unseen", metric=metric,
-                                     metric_version=version, prompt_id=f"p{p}", image_index=j, seed=p + 12 * j,
-                                     category=category, higher_is_better=higher,
-                                     value=20.0 + offset + noise[p, j] + own[p, j]))
+                    rows.append(
+                        dict(
+                            method=method,
+                            suite="parti",
+                            split="unseen",
+                            metric=metric,
+                            metric_version=version,
+                            prompt_id=f"p{p}",
+                            image_index=j,
+                            seed=p + 12 * j,
+                            category=category,
+                            higher_is_better=higher,
+                            value=20.0 + offset + noise[p, j] + own[p, j],
+                        )
+                    )
     return pd.DataFrame(rows)
 
 
@@ -62,9 +74,13 @@ def _markdown_cells(markdown: str) -> dict[tuple[str, str], str]:
     """{(method, header): cell} of a one-table Markdown output."""
     lines = markdown.splitlines()
     header = [h.strip() for h in lines[2].strip("| ").split(" | ")]
-    return {(values[0], column): value for line in lines[4:] if line.startswith("| ")
-            for values in [[v.strip() for v in line.strip("| ").split(" | ")]]
-            for column, value in zip(header[1:], values[1:])}
+    return {
+        (values[0], column): value
+        for line in lines[4:]
+        if line.startswith("| ")
+        for values in [[v.strip() for v in line.strip("| ").split(" | ")]]
+        for column, value in zip(header[1:], values[1:])
+    }
 
 
 def test_the_best_value_of_each_column_is_bold_by_the_metrics_direction(rows):
@@ -91,8 +107,10 @@ def test_delta_and_win_rate_columns_are_the_paired_comparison_with_the_base(rows
     frame = scores()
     cells = _markdown_cells(to_markdown(paper_tables(rows), ci=True))
     z, tested = 1.959963984540054, set()
-    for metric, column, higher in (("pickscore", "parti · pickscore", True),
-                                   ("fid_like", r"parti · fid\_like ↓", False)):
+    for metric, column, higher in (
+        ("pickscore", "parti · pickscore", True),
+        ("fid_like", r"parti · fid\_like ↓", False),
+    ):
         of = frame[frame["metric"] == metric].set_index(["method", "prompt_id", "image_index"])["value"]
         assert cells["base", f"{column} · Δ"] == cells["base", f"{column} · win %"] == "–"
         for method in OFFSETS.keys() - {"base"}:
@@ -115,9 +133,24 @@ def test_delta_and_win_rate_columns_are_the_paired_comparison_with_the_base(rows
 
 def test_values_that_print_the_same_are_bold_alike():
     def row(method: str, mean: float, delta: float | None, win: float | None) -> dict:
-        return dict(method=method, suite="s", metric="m", metric_version="1", higher_is_better=True, n_prompts=40,
-                    mean=mean, ci_low=None, ci_high=None, delta_vs_base=delta, delta_ci_low=None, delta_ci_high=None,
-                    win_rate_vs_base=win, win_ci_low=None, win_ci_high=None, trained_on_signal=False)
+        return dict(
+            method=method,
+            suite="s",
+            metric="m",
+            metric_version="1",
+            higher_is_better=True,
+            n_prompts=40,
+            mean=mean,
+            ci_low=None,
+            ci_high=None,
+            delta_vs_base=delta,
+            delta_ci_low=None,
+            delta_ci_high=None,
+            win_rate_vs_base=win,
+            win_ci_low=None,
+            win_ci_high=None,
+            trained_on_signal=False,
+        )
 
     rows = [row("base", 0.4369, None, None), row("a", 0.4366, -0.000262, 0.45), row("b", 0.4365, -0.000333, 0.4250)]
     cells = _markdown_cells(to_markdown(paper_tables(rows)))
@@ -144,14 +177,18 @@ def test_per_category_tables_have_a_block_of_rows_per_category_and_cis_on_reques
     count; bold marks each category's best; a single prompt says it has no interval."""
     (table,) = paper_tables(category_rows, by="category")
     markdown = to_markdown([table], ci=True)
-    rows = {tuple(line.strip("| ").split(" | ")[:2]): line.strip("| ").split(" | ")[2:]
-            for line in markdown.splitlines()[4:] if line.startswith("| ")}
+    rows = {
+        tuple(line.strip("| ").split(" | ")[:2]): line.strip("| ").split(" | ")[2:]
+        for line in markdown.splitlines()[4:]
+        if line.startswith("| ")
+    }
     single, many = f"{markdown_escape(NASTY_CATEGORY)} (1 prompt)", "Animals (11 prompts)"
     assert sorted({category for category, _ in rows}) == [many, single]
     methods = [markdown_escape(method) for method in table.methods]
     assert [method for category, method in rows if category == many] == methods
     assert {cell for cell in rows[single, "base"]} >= {"–"} and all(
-        cell.endswith("[–]") for cell in rows[single, "base"] if cell != "–")  # the means: no interval
+        cell.endswith("[–]") for cell in rows[single, "base"] if cell != "–"
+    )  # the means: no interval
     assert all(cell.count("[") == 1 and "–" not in cell for cell in rows[many, "base"] if cell != "–")
     for category in (single, many):  # each column's best (ties all), within the category
         bold = [sum("**" in rows[category, m][i] for m in methods) for i in range(len(rows[category, "base"]))]
@@ -162,7 +199,10 @@ def test_per_category_tables_have_a_block_of_rows_per_category_and_cis_on_reques
 
 
 def test_names_are_escaped_for_latex_and_markdown(category_rows):
-    assert latex_escape("a_b 5% & #1 {x} ~^\\") == r"a\_b 5\% \& \#1 \{x\} \textasciitilde{}\textasciicircum{}\textbackslash{}"
+    assert (
+        latex_escape("a_b 5% & #1 {x} ~^\\")
+        == r"a\_b 5\% \& \#1 \{x\} \textasciitilde{}\textasciicircum{}\textbackslash{}"
+    )
     assert markdown_escape("a_b|c *d* #1 <i>") == r"a\_b\|c \*d\* \#1 \<i\>"
     latex = to_latex(paper_tables(category_rows, by="category"))
     assert r"my\_method 100\% \& \#1" in latex and r"Food \& Beverage\_2 \#x 5\%" in latex
@@ -189,13 +229,25 @@ def test_the_latex_compiles_and_fits_the_page(rows, category_rows, tmp_path: Pat
     wide = leaderboard(scores(metrics=6), n_boot=50)
     long = paper_tables(leaderboard(scores(categories=12, metrics=3), n_boot=50, by=["category"]), by="category")
     assert len(long[0].blocks) == 12
-    body = "\n\n".join([to_latex(paper_tables(rows), ci=True), to_latex(paper_tables(category_rows, by="category"),
-                                                                           ci=True),
-                         to_latex(paper_tables(wide), ci=True), to_latex(long, ci=True), to_latex(paper_tables(rows))])
-    (tmp_path / "paper.tex").write_text("\\documentclass{article}\n\\usepackage{graphicx}\n\\begin{document}\n"
-                                        + body + "\n\\end{document}\n")
-    result = subprocess.run([pdflatex, "-interaction=nonstopmode", "-halt-on-error", "paper.tex"], cwd=tmp_path,
-                            capture_output=True, text=True, timeout=120)
+    body = "\n\n".join(
+        [
+            to_latex(paper_tables(rows), ci=True),
+            to_latex(paper_tables(category_rows, by="category"), ci=True),
+            to_latex(paper_tables(wide), ci=True),
+            to_latex(long, ci=True),
+            to_latex(paper_tables(rows)),
+        ]
+    )
+    (tmp_path / "paper.tex").write_text(
+        "\\documentclass{article}\n\\usepackage{graphicx}\n\\begin{document}\n" + body + "\n\\end{document}\n"
+    )
+    result = subprocess.run(
+        [pdflatex, "-interaction=nonstopmode", "-halt-on-error", "paper.tex"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stdout[-3000:]
     assert (tmp_path / "paper.pdf").read_bytes().startswith(b"%PDF")
     log = (tmp_path / "paper.log").read_text(errors="replace")

@@ -24,15 +24,24 @@ IMAGES_PER_PROMPT = 4
 
 def fidelity_of(model_dir: Path, unet: Path | None, out: Path) -> tuple[np.ndarray, np.ndarray]:
     """toy-fidelity of IMAGES_PER_PROMPT evaluation images per caption, and each image's prompt id."""
-    from harness.models.loading import load_pipeline
-    from harness.evaluation.sampling import generate
-    from harness.scoring import get_scorer, score_images
     from harness.api import Prompt, Suite
+    from harness.evaluation.sampling import generate
+    from harness.models.loading import load_pipeline
+    from harness.scoring import get_scorer, score_images
 
     suite = Suite("flip-probe", "seen", tuple(Prompt(f"p{i:02d}", c) for i, c in enumerate(CAPTIONS)))
-    settings = {k: getattr(TOY_GENERATION, k) for k in ("num_inference_steps", "guidance_scale", "scheduler", "batch_size")}
-    rows = generate(load_pipeline(model_dir, unet=unet), suite, out, images_per_prompt=IMAGES_PER_PROMPT, seed=0,
-                    progress=False, **settings)
+    settings = {
+        k: getattr(TOY_GENERATION, k) for k in ("num_inference_steps", "guidance_scale", "scheduler", "batch_size")
+    }
+    rows = generate(
+        load_pipeline(model_dir, unet=unet),
+        suite,
+        out,
+        images_per_prompt=IMAGES_PER_PROMPT,
+        seed=0,
+        progress=False,
+        **settings,
+    )
     values = score_images(get_scorer("toy-fidelity"), [out / r["path"] for r in rows], [r["prompt"] for r in rows])
     return np.asarray(values), np.asarray([r["prompt_id"] for r in rows])
 
@@ -40,8 +49,8 @@ def fidelity_of(model_dir: Path, unet: Path | None, out: Path) -> tuple[np.ndarr
 @pytest.mark.slow
 def test_dpo_on_flipped_labels_ends_below_the_base(harness_cache, tmp_path) -> None:
     from harness.data.synthesis import synthesize
-    from toyworld.base import ensure_base_model
     from harness.train.trainer import train
+    from toyworld.base import ensure_base_model
 
     base = ensure_base_model(harness_cache)
     data = synthesize(base, CAPTIONS, tmp_path / "data", **TOY_DATA)

@@ -125,8 +125,13 @@ def test_fidelity_of_a_hand_drawn_image_is_high_only_for_its_own_caption() -> No
 
 @pytest.mark.parametrize(
     "shape, colour, cx, cy, position",
-    [("circle", "green", 16, 9, "top"), ("triangle", "purple", 16, 23, "bottom"), ("square", "white", 16, 16, "center"),
-     ("triangle", "yellow", 23, 16, "right"), ("circle", "blue", 9, 16, "left")],
+    [
+        ("circle", "green", 16, 9, "top"),
+        ("triangle", "purple", 16, 23, "bottom"),
+        ("square", "white", 16, 16, "center"),
+        ("triangle", "yellow", 23, 16, "right"),
+        ("circle", "blue", 9, 16, "left"),
+    ],
 )
 def test_reading_recovers_every_attribute_of_hand_drawn_images(shape, colour, cx, cy, position) -> None:
     reading = rewards.read(draw(canvas(), shape, colour, cx, cy))
@@ -141,7 +146,9 @@ def test_quality_drops_with_blur_low_contrast_and_noise_but_not_with_the_caption
     assert clean > 0.9
     blurred = rewards.quality(box_blur(RED_SQUARE_LEFT, 1))
     washed = rewards.quality(BACKGROUND + 0.4 * (RED_SQUARE_LEFT - BACKGROUND))
-    noisy = rewards.quality(np.clip(RED_SQUARE_LEFT + np.random.default_rng(0).normal(0, 0.05, RED_SQUARE_LEFT.shape), 0, 1))
+    noisy = rewards.quality(
+        np.clip(RED_SQUARE_LEFT + np.random.default_rng(0).normal(0, 0.05, RED_SQUARE_LEFT.shape), 0, 1)
+    )
     assert blurred < clean - 0.05 and washed < clean - 0.15 and noisy < clean - 0.1
     assert rewards.read(BACKGROUND + 0.4 * (RED_SQUARE_LEFT - BACKGROUND)).contrast == pytest.approx(0.4, abs=0.05)
     # Blur and washing out leave the caption readable: fidelity is about content.
@@ -180,8 +187,9 @@ def test_exact_is_held_out_from_every_toy_training_signal() -> None:
         labels = preset.synthesize["scorers"]
         assert "toy-exact" in preset.scorers and set(labels) < set(preset.scorers)
         assert not {m for scorer in labels for m in same_signal(scorer)} & set(same_signal("toy-exact"))
-    assert get_scorer("toy-exact").score([to_pil(RED_SQUARE_LEFT)] * 2,
-                                         ["a red square on the left", "a red circle on the left"]) == [1.0, 0.0]
+    assert get_scorer("toy-exact").score(
+        [to_pil(RED_SQUARE_LEFT)] * 2, ["a red square on the left", "a red circle on the left"]
+    ) == [1.0, 0.0]
 
 
 def test_registered_scorers_score_pil_images_at_any_size() -> None:
@@ -217,20 +225,37 @@ def test_imperfect_training_images_score_lower_than_clean_ones() -> None:
     assert clean.mean() > 0.9 and clean.mean() - fid.mean() > 0.08
     assert 0.25 < (fid < 0.8).mean() < 0.6
     perfect, _ = imperfect_dataset(40, Imperfection(0, 0, 0, 0, 0), seed=0)
-    assert np.mean([rewards.fidelity((im.transpose(1, 2, 0) + 1) / 2, parse_caption(c))
-                    for im, c in zip(perfect, imperfect_dataset(40, Imperfection(0, 0, 0, 0, 0), seed=0)[1])]) > 0.9
+    assert (
+        np.mean(
+            [
+                rewards.fidelity((im.transpose(1, 2, 0) + 1) / 2, parse_caption(c))
+                for im, c in zip(perfect, imperfect_dataset(40, Imperfection(0, 0, 0, 0, 0), seed=0)[1])
+            ]
+        )
+        > 0.9
+    )
 
 
 @pytest.mark.slow  # builds the base model's weights, twice
 def test_base_weights_build_is_reproducible_bit_for_bit(tmp_path, harness_cache) -> None:
     from toyworld.base import BuildSettings, build_weights, file_digest, pipeline_from_weights
 
-    settings = BuildSettings(dataset_size=16, vae_steps=2, vae_batch_size=4, unet_steps=2, unet_batch_size=4, warmup_steps=1)
-    a = build_weights(tmp_path / "a.safetensors", settings, tokenizer_dir=harness_cache / "clip-tokenizer", verbose=False)
-    b = build_weights(tmp_path / "b.safetensors", settings, tokenizer_dir=harness_cache / "clip-tokenizer", verbose=False)
+    settings = BuildSettings(
+        dataset_size=16, vae_steps=2, vae_batch_size=4, unet_steps=2, unet_batch_size=4, warmup_steps=1
+    )
+    a = build_weights(
+        tmp_path / "a.safetensors", settings, tokenizer_dir=harness_cache / "clip-tokenizer", verbose=False
+    )
+    b = build_weights(
+        tmp_path / "b.safetensors", settings, tokenizer_dir=harness_cache / "clip-tokenizer", verbose=False
+    )
     assert file_digest(a) == file_digest(b)
-    other = build_weights(tmp_path / "c.safetensors", BuildSettings(**{**settings.__dict__, "seed": 1}),
-                          tokenizer_dir=harness_cache / "clip-tokenizer", verbose=False)
+    other = build_weights(
+        tmp_path / "c.safetensors",
+        BuildSettings(**{**settings.__dict__, "seed": 1}),
+        tokenizer_dir=harness_cache / "clip-tokenizer",
+        verbose=False,
+    )
     assert file_digest(other) != file_digest(a)
     pipe = pipeline_from_weights(a, tokenizer_dir=harness_cache / "clip-tokenizer")
     assert pipe.vae.config.scaling_factor > 0 and pipe.unet.dtype.is_floating_point
@@ -241,10 +266,10 @@ def test_the_committed_base_model_draws_the_toy_world(harness_cache, tiny_model_
     """The shipped base is mediocre, not random: its samples follow captions far better than a random-init model's."""
     import torch
 
-    from harness.models.loading import load_pipeline
-    from harness.evaluation.sampling import generate
-    from harness.scoring import get_scorer
     from harness.api import Prompt, Suite
+    from harness.evaluation.sampling import generate
+    from harness.models.loading import load_pipeline
+    from harness.scoring import get_scorer
     from toyworld.base import COMMITTED_WEIGHTS, ensure_base_model
 
     assert COMMITTED_WEIGHTS.stat().st_size <= 10_000_000
@@ -258,8 +283,18 @@ def test_the_committed_base_model_draws_the_toy_world(harness_cache, tiny_model_
     try:
         for name, model in (("toy", first), ("random", tiny_model_dir)):
             out = harness_cache / f"probe-{name}"
-            rows = generate(load_pipeline(model), suite, out, images_per_prompt=2, batch_size=16, seed=0,
-                            num_inference_steps=8, guidance_scale=3.0, scheduler="ddim", progress=False)
+            rows = generate(
+                load_pipeline(model),
+                suite,
+                out,
+                images_per_prompt=2,
+                batch_size=16,
+                seed=0,
+                num_inference_steps=8,
+                guidance_scale=3.0,
+                scheduler="ddim",
+                progress=False,
+            )
             images = [Image.open(out / r["path"]) for r in rows]
             means[name] = np.mean(fidelity.score(images, [r["prompt"] for r in rows]))
     finally:
@@ -277,12 +312,21 @@ def _tensors(path, prefix: str) -> dict:
 def test_flow_twin_build_is_reproducible_and_keeps_the_toy_vae(tmp_path, harness_cache) -> None:
     import torch
 
-    from toyworld.base import (COMMITTED_WEIGHTS, BuildSettings, build_flow_weights, file_digest, pipeline_from_weights,
-                               read_description)
+    from toyworld.base import (
+        COMMITTED_WEIGHTS,
+        BuildSettings,
+        build_flow_weights,
+        file_digest,
+        pipeline_from_weights,
+        read_description,
+    )
 
     settings = BuildSettings(dataset_size=16, unet_steps=2, unet_batch_size=4, warmup_steps=1)
     tokenizer = harness_cache / "clip-tokenizer"
-    a, b = (build_flow_weights(tmp_path / f"{n}.safetensors", settings, tokenizer_dir=tokenizer, verbose=False) for n in "ab")
+    a, b = (
+        build_flow_weights(tmp_path / f"{n}.safetensors", settings, tokenizer_dir=tokenizer, verbose=False)
+        for n in "ab"
+    )
     assert file_digest(a) == file_digest(b)
     toy_vae = _tensors(COMMITTED_WEIGHTS, "vae.")
     assert toy_vae.keys() == _tensors(a, "vae.").keys()
@@ -305,12 +349,20 @@ def test_the_committed_flow_twin_matches_its_metadata_and_draws_the_toy_world(ha
 
     import torch
 
-    from harness.models.loading import load_pipeline
-    from harness.evaluation.sampling import generate
-    from harness.scoring import get_scorer
     from harness.api import Prompt, Suite
-    from toyworld.base import (COMMITTED_WEIGHTS, FLOW_BUILD_SETTINGS, FLOW_PIPELINE_CONFIG, FLOW_WEIGHTS,
-                               ensure_flow_base_model, file_digest, pipeline_config, read_description)
+    from harness.evaluation.sampling import generate
+    from harness.models.loading import load_pipeline
+    from harness.scoring import get_scorer
+    from toyworld.base import (
+        COMMITTED_WEIGHTS,
+        FLOW_BUILD_SETTINGS,
+        FLOW_PIPELINE_CONFIG,
+        FLOW_WEIGHTS,
+        ensure_flow_base_model,
+        file_digest,
+        pipeline_config,
+        read_description,
+    )
 
     assert FLOW_WEIGHTS.stat().st_size <= 10_000_000
     description = read_description(FLOW_WEIGHTS)
@@ -328,8 +380,18 @@ def test_the_committed_flow_twin_matches_its_metadata_and_draws_the_toy_world(ha
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        rows = generate(pipe, suite, harness_cache / "probe-flow", images_per_prompt=2, batch_size=16, seed=0,
-                        num_inference_steps=8, guidance_scale=3.0, scheduler="flow-euler", progress=False)
+        rows = generate(
+            pipe,
+            suite,
+            harness_cache / "probe-flow",
+            images_per_prompt=2,
+            batch_size=16,
+            seed=0,
+            num_inference_steps=8,
+            guidance_scale=3.0,
+            scheduler="flow-euler",
+            progress=False,
+        )
     finally:
         torch.set_num_threads(threads)
     images = [Image.open(harness_cache / "probe-flow" / r["path"]) for r in rows]

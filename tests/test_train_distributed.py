@@ -24,9 +24,21 @@ def test_two_process_training_keeps_ranks_identical(tiny_model_dir, tmp_path):
     torchrun = Path(sys.executable).with_name("torchrun")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(
-        [str(torchrun), "--standalone", "--nproc_per_node", "2", str(SCRIPT), ",".join(METHODS), str(tiny_model_dir),
-         str(data), str(tmp_path / "out")],
-        capture_output=True, text=True, timeout=400, env=env,
+        [
+            str(torchrun),
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            str(SCRIPT),
+            ",".join(METHODS),
+            str(tiny_model_dir),
+            str(data),
+            str(tmp_path / "out"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=400,
+        env=env,
     )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     for method in METHODS:

@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 
 from conftest import harness_cli
-from harness.backends import workers
 from harness.api import registry
-from harness.errors import HarnessError
+from harness.backends import workers
 from harness.backends.workers import run_jobs
+from harness.errors import HarnessError
 
 
 def _square_or_fail(job: tuple[str, float]) -> float:
@@ -56,18 +56,22 @@ def test_spawned_workers_load_the_plugins(monkeypatch, tmp_path):
     monkeypatch.setattr(registry.METHODS, "_entries", dict(registry.METHODS._entries))  # undone after the test
     monkeypatch.setattr(registry, "_LOADED_PLUGINS", [])
     plugin = tmp_path / "spawned_plugin.py"
-    plugin.write_text(textwrap.dedent("""
+    plugin.write_text(
+        textwrap.dedent("""
         from harness.api.registry import register_method
         from methods.dpo import DPO
 
         @register_method("spawned-dpo")
         class SpawnedDPO(DPO):
             description = "registered by a plugin"
-    """))
+    """)
+    )
     registry.load_plugin(str(plugin))
     monkeypatch.setattr(workers, "start_method", lambda gpus: "spawn")
     assert run_jobs(_method_description, ["spawned-dpo", "dpo"], processes=2) == [
-        "registered by a plugin", registry.METHODS.get("dpo").description]
+        "registered by a plugin",
+        registry.METHODS.get("dpo").description,
+    ]
 
 
 def _images_and_scores(out: Path, methods: tuple[str, ...]) -> dict:
@@ -76,7 +80,9 @@ def _images_and_scores(out: Path, methods: tuple[str, ...]) -> dict:
     rows = db.execute(
         "SELECT r.method, i.suite, i.prompt_id, i.image_index, s.scorer, s.version, i.sha256, s.value FROM images i "
         "JOIN runs r USING (run_id) JOIN scores s USING (image_id) "
-        f"WHERE r.method IN ({','.join('?' * len(methods))})", methods).fetchall()
+        f"WHERE r.method IN ({','.join('?' * len(methods))})",
+        methods,
+    ).fetchall()
     db.close()
     table = {tuple(row[:6]): row[6:] for row in rows}
     assert len(table) == len(rows), "two scores share a key: one of them would never be compared"
@@ -89,25 +95,40 @@ def test_results_do_not_depend_on_jobs_and_plugins_reach_the_workers(tiny_run_di
     in this process, one after the other.  A plugin method (DPO under another name) runs in a (forked)
     worker too."""
     plugin = tmp_path / "renamed_dpo.py"
-    plugin.write_text(textwrap.dedent("""
+    plugin.write_text(
+        textwrap.dedent("""
         from harness.api.registry import register_method
         from methods.dpo import DPO
 
         @register_method("renamed-dpo")
         class RenamedDPO(DPO):
             description = "Diffusion-DPO under another name (a plugin)"
-    """))
+    """)
+    )
     out = tmp_path / "sequential"
-    result = harness_cli("--plugin", str(plugin), "run", "--preset", "tiny", "--methods", "dpo", "--jobs", "1",
-                         "--out", str(out))
+    result = harness_cli(
+        "--plugin", str(plugin), "run", "--preset", "tiny", "--methods", "dpo", "--jobs", "1", "--out", str(out)
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     sequential = _images_and_scores(out, ("base", "dpo"))
     assert sequential and sequential == _images_and_scores(tiny_run_dir, ("base", "dpo"))
 
     out = tmp_path / "plugin"
     tiny_dpo = ["max_steps=2", "batch_size=2", "lr=1e-3", "scale_lr=False", "warmup_steps=0", "lr_scheduler=constant"]
-    result = harness_cli("--plugin", str(plugin), "run", "--preset", "tiny", "--methods", "renamed-dpo", "--jobs", "2",
-                         *[arg for setting in tiny_dpo for arg in ("--set", setting)], "--out", str(out))
+    result = harness_cli(
+        "--plugin",
+        str(plugin),
+        "run",
+        "--preset",
+        "tiny",
+        "--methods",
+        "renamed-dpo",
+        "--jobs",
+        "2",
+        *[arg for setting in tiny_dpo for arg in ("--set", setting)],
+        "--out",
+        str(out),
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     renamed = {("dpo", *key[1:]): value for key, value in _images_and_scores(out, ("renamed-dpo",)).items()}
     assert renamed == {key: value for key, value in sequential.items() if key[0] == "dpo"}

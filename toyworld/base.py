@@ -35,15 +35,23 @@ from toyworld.grammar import COLOURS, POSITIONS, SHAPES, seen_scenes
 from toyworld.render import IMAGE_SIZE, Degradation, render
 
 COMMITTED_WEIGHTS = Path(__file__).with_name("base.safetensors")
-PIPELINE_CONFIG = TinyPipelineConfig(image_size=IMAGE_SIZE, block_out_channels=(32, 64), vae_block_out_channels=(32, 32, 64))
+PIPELINE_CONFIG = TinyPipelineConfig(
+    image_size=IMAGE_SIZE, block_out_channels=(32, 64), vae_block_out_channels=(32, 32, 64)
+)
 _COMPONENTS = ("vae", "text_encoder", "unet")
 
 # The flow-matching twin: SD3's layout around the toy base's VAE (4 latent channels, 8x8 latents, so 4x4
 # patches of 2x2 for the transformer); sizes chosen in docs/toy-world.md ("Flow-matching twin").
 FLOW_WEIGHTS = Path(__file__).with_name("base-flow.safetensors")
-FLOW_PIPELINE_CONFIG = TinyPipelineConfig(layout="sd3", image_size=IMAGE_SIZE, latent_channels=4,
-                                          vae_block_out_channels=PIPELINE_CONFIG.vae_block_out_channels,
-                                          transformer_layers=3, transformer_heads=2, transformer_head_dim=16)
+FLOW_PIPELINE_CONFIG = TinyPipelineConfig(
+    layout="sd3",
+    image_size=IMAGE_SIZE,
+    latent_channels=4,
+    vae_block_out_channels=PIPELINE_CONFIG.vae_block_out_channels,
+    transformer_layers=3,
+    transformer_heads=2,
+    transformer_head_dim=16,
+)
 _FLOW_COMPONENTS = ("vae", "text_encoder", "text_encoder_2", "transformer")
 
 
@@ -122,12 +130,21 @@ def _lr_factor(step: int, total: int, warmup: int) -> float:
 @torch.no_grad()
 def encode_captions(pipe, captions: list[str]) -> torch.Tensor:
     """The frozen text encoder's hidden states, exactly as the pipeline computes them at sampling time."""
-    tokens = pipe.tokenizer(captions, padding="max_length", max_length=pipe.tokenizer.model_max_length, truncation=True, return_tensors="pt")
+    tokens = pipe.tokenizer(
+        captions, padding="max_length", max_length=pipe.tokenizer.model_max_length, truncation=True, return_tensors="pt"
+    )
     return pipe.text_encoder(tokens.input_ids)[0]
 
 
-def _fit(network: torch.nn.Module, steps: int, lr: float, warmup: int, batch_loss: Callable[[], torch.Tensor],
-         log: Callable, stage: str) -> None:
+def _fit(
+    network: torch.nn.Module,
+    steps: int,
+    lr: float,
+    warmup: int,
+    batch_loss: Callable[[], torch.Tensor],
+    log: Callable,
+    stage: str,
+) -> None:
     """AdamW on ``network`` for ``steps`` steps (linear warmup, cosine decay), ``batch_loss()`` drawing each batch."""
     optimizer = torch.optim.AdamW(network.parameters(), lr=lr, weight_decay=0.0)
     network.train()
@@ -152,16 +169,24 @@ def _train_vae(vae, pixels: torch.Tensor, s: BuildSettings, generator: torch.Gen
     _fit(vae, s.vae_steps, s.vae_lr, s.warmup_steps, batch_loss, log, "vae")
 
 
-def _conditioned_batch(latents: torch.Tensor, caption_ids: torch.Tensor, empty: int, s: BuildSettings,
-                       generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+def _conditioned_batch(
+    latents: torch.Tensor, caption_ids: torch.Tensor, empty: int, s: BuildSettings, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
     """A batch of latents and their caption ids, a share of them (``caption_dropout``) replaced by ``empty``."""
     index = torch.randint(len(latents), (s.unet_batch_size,), generator=generator)
     ids = torch.where(torch.rand(len(index), generator=generator) < s.caption_dropout, empty, caption_ids[index])
     return latents[index], ids
 
 
-def _train_unet(pipe, latents: torch.Tensor, caption_ids: torch.Tensor, embeddings: torch.Tensor, s: BuildSettings,
-                generator: torch.Generator, log) -> None:
+def _train_unet(
+    pipe,
+    latents: torch.Tensor,
+    caption_ids: torch.Tensor,
+    embeddings: torch.Tensor,
+    s: BuildSettings,
+    generator: torch.Generator,
+    log,
+) -> None:
     """Epsilon-prediction denoising loss; the last row of ``embeddings`` is the empty caption."""
     unet, scheduler = pipe.unet, pipe.scheduler
 
@@ -175,8 +200,16 @@ def _train_unet(pipe, latents: torch.Tensor, caption_ids: torch.Tensor, embeddin
     _fit(unet, s.unet_steps, s.unet_lr, s.warmup_steps, batch_loss, log, "unet")
 
 
-def _train_transformer(pipe, latents: torch.Tensor, caption_ids: torch.Tensor, hidden: torch.Tensor,
-                       pooled: torch.Tensor, s: BuildSettings, generator: torch.Generator, log) -> None:
+def _train_transformer(
+    pipe,
+    latents: torch.Tensor,
+    caption_ids: torch.Tensor,
+    hidden: torch.Tensor,
+    pooled: torch.Tensor,
+    s: BuildSettings,
+    generator: torch.Generator,
+    log,
+) -> None:
     """SD3's flow-matching loss (velocity target, logit-normal noise levels on the shifted grid, unweighted), the
     same process the alignment methods train with; the last rows of ``hidden`` / ``pooled`` are the empty caption."""
     transformer, process = pipe.transformer, FlowMatching.from_scheduler(pipe.scheduler)
@@ -184,8 +217,9 @@ def _train_transformer(pipe, latents: torch.Tensor, caption_ids: torch.Tensor, h
     def batch_loss() -> torch.Tensor:
         x0, ids = _conditioned_batch(latents, caption_ids, len(hidden) - 1, s, generator)
         x_t, t, target = process.noisy(x0, generator)
-        prediction = transformer(hidden_states=x_t, timestep=t, encoder_hidden_states=hidden[ids],
-                                 pooled_projections=pooled[ids]).sample
+        prediction = transformer(
+            hidden_states=x_t, timestep=t, encoder_hidden_states=hidden[ids], pooled_projections=pooled[ids]
+        ).sample
         return (prediction - target).pow(2).mean()
 
     _fit(transformer, s.unet_steps, s.unet_lr, s.warmup_steps, batch_loss, log, "transformer")
@@ -206,7 +240,10 @@ def _progress_log(name: str, verbose: bool) -> Callable[[str, int, int, float], 
 
     def log(stage: str, step: int, total: int, loss: float) -> None:
         if verbose and (step % 100 == 0 or step == total - 1):
-            print(f"[{name}] {stage} step {step + 1}/{total} loss {loss:.4f} ({time.perf_counter() - started:.0f}s)", flush=True)
+            print(
+                f"[{name}] {stage} step {step + 1}/{total} loss {loss:.4f} ({time.perf_counter() - started:.0f}s)",
+                flush=True,
+            )
 
     return log
 
@@ -234,13 +271,19 @@ def _write_weights(out_path: Path, pipe, components: tuple[str, ...], descriptio
     return out_path
 
 
-def build_weights(out_path: str | Path, settings: BuildSettings = BuildSettings(), tokenizer_dir: str | Path | None = None,
-                  verbose: bool = True) -> Path:
+def build_weights(
+    out_path: str | Path,
+    settings: BuildSettings = BuildSettings(),
+    tokenizer_dir: str | Path | None = None,
+    verbose: bool = True,
+) -> Path:
     """Train the toy base model and write its weights (fp16 safetensors) atomically to ``out_path``."""
     s = settings
     log = _progress_log("toy base", verbose)
     with _fixed_threads(s.threads):
-        pipe = build_tiny_pipeline(PIPELINE_CONFIG, tokenizer_dir=tokenizer_dir or default_cache_dir() / "clip-tokenizer")
+        pipe = build_tiny_pipeline(
+            PIPELINE_CONFIG, tokenizer_dir=tokenizer_dir or default_cache_dir() / "clip-tokenizer"
+        )
         _round_to_fp16(pipe.text_encoder)
         generator = torch.Generator().manual_seed(s.seed)
         pixels_np, captions = imperfect_dataset(s.dataset_size, s.imperfection, s.seed)
@@ -256,8 +299,11 @@ def build_weights(out_path: str | Path, settings: BuildSettings = BuildSettings(
         vocabulary, caption_ids = _caption_vocabulary(captions)
         embeddings = encode_captions(pipe, vocabulary)
         _train_unet(pipe, raw * scaling_factor, caption_ids, embeddings, s, generator, log)
-        description = {"pipeline_config": PIPELINE_CONFIG.recorded(), "scaling_factor": scaling_factor,
-                       "build_settings": asdict(s)}
+        description = {
+            "pipeline_config": PIPELINE_CONFIG.recorded(),
+            "scaling_factor": scaling_factor,
+            "build_settings": asdict(s),
+        }
         return _write_weights(Path(out_path), pipe, _COMPONENTS, description)
 
 
@@ -271,9 +317,13 @@ def _latent_means(vae, pixels: torch.Tensor) -> torch.Tensor:
     return torch.cat([vae.encode(chunk).latent_dist.mean for chunk in pixels.split(256)])
 
 
-def build_flow_weights(out_path: str | Path, settings: BuildSettings = FLOW_BUILD_SETTINGS,
-                       toy_weights: str | Path = COMMITTED_WEIGHTS, tokenizer_dir: str | Path | None = None,
-                       verbose: bool = True) -> Path:
+def build_flow_weights(
+    out_path: str | Path,
+    settings: BuildSettings = FLOW_BUILD_SETTINGS,
+    toy_weights: str | Path = COMMITTED_WEIGHTS,
+    tokenizer_dir: str | Path | None = None,
+    verbose: bool = True,
+) -> Path:
     """Train the toy base's flow-matching twin and write its weights (fp16 safetensors) atomically to ``out_path``.
 
     An SD3-shaped pipeline (``FLOW_PIPELINE_CONFIG``: MMDiT transformer, two frozen random CLIP encoders, no
@@ -324,7 +374,9 @@ def read_description(weights: str | Path) -> dict:
 
 def pipeline_config(description: dict) -> TinyPipelineConfig:
     """The pipeline shape a toy base file's description records (fields added since take their defaults)."""
-    return TinyPipelineConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in description["pipeline_config"].items()})
+    return TinyPipelineConfig(
+        **{k: tuple(v) if isinstance(v, list) else v for k, v in description["pipeline_config"].items()}
+    )
 
 
 def pipeline_from_weights(weights: str | Path, tokenizer_dir: str | Path | None = None):
@@ -335,14 +387,16 @@ def pipeline_from_weights(weights: str | Path, tokenizer_dir: str | Path | None 
     description = read_description(weights)
     with safe_open(str(weights), framework="pt") as f:
         tensors = {key: f.get_tensor(key).float() for key in f.keys()}
-    pipe = build_tiny_pipeline(pipeline_config(description), tokenizer_dir=tokenizer_dir or default_cache_dir() / "clip-tokenizer")
+    pipe = build_tiny_pipeline(
+        pipeline_config(description), tokenizer_dir=tokenizer_dir or default_cache_dir() / "clip-tokenizer"
+    )
     if "vae_config" in description:  # the flow twin holds the toy base's VAE, not the one its layout builds
         from diffusers import AutoencoderKL
 
         pipe.register_modules(vae=AutoencoderKL.from_config(description["vae_config"]))
     for name in description.get("components", _COMPONENTS):
         prefix = name + "."
-        getattr(pipe, name).load_state_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
+        getattr(pipe, name).load_state_dict({k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)})
     pipe.vae.register_to_config(scaling_factor=description["scaling_factor"])
     if "shift_factor" in description:
         pipe.vae.register_to_config(shift_factor=description["shift_factor"])
@@ -384,8 +438,12 @@ def _pipeline_dir(weights: Path, name: str, cache_dir: Path) -> Path:
 
 
 def _toy_weights(cache_dir: Path) -> Path:
-    return _weights(COMMITTED_WEIGHTS, "toy-base.safetensors",
-                    lambda out, tokenizer_dir: build_weights(out, tokenizer_dir=tokenizer_dir), cache_dir)
+    return _weights(
+        COMMITTED_WEIGHTS,
+        "toy-base.safetensors",
+        lambda out, tokenizer_dir: build_weights(out, tokenizer_dir=tokenizer_dir),
+        cache_dir,
+    )
 
 
 def ensure_base_model(cache_dir: Path | None = None) -> Path:
@@ -398,7 +456,12 @@ def ensure_flow_base_model(cache_dir: Path | None = None) -> Path:
     """Directory (diffusers format) of the flow twin's pipeline, built from the committed weights or trained once
     (on the toy base's VAE)."""
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    weights = _weights(FLOW_WEIGHTS, "toy-flow-base.safetensors",
-                       lambda out, tokenizer_dir: build_flow_weights(out, toy_weights=_toy_weights(cache_dir),
-                                                                     tokenizer_dir=tokenizer_dir), cache_dir)
+    weights = _weights(
+        FLOW_WEIGHTS,
+        "toy-flow-base.safetensors",
+        lambda out, tokenizer_dir: build_flow_weights(
+            out, toy_weights=_toy_weights(cache_dir), tokenizer_dir=tokenizer_dir
+        ),
+        cache_dir,
+    )
     return _pipeline_dir(weights, "toy-flow-base", cache_dir)

@@ -13,15 +13,26 @@ import dataclasses
 import time
 from pathlib import Path
 
-from toyworld.base import (COMMITTED_WEIGHTS, FLOW_BUILD_SETTINGS, FLOW_WEIGHTS, BuildSettings, build_flow_weights,
-                           build_weights, file_digest)
+from toyworld.base import (
+    COMMITTED_WEIGHTS,
+    FLOW_BUILD_SETTINGS,
+    FLOW_WEIGHTS,
+    BuildSettings,
+    build_flow_weights,
+    build_weights,
+    file_digest,
+)
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--flow", action="store_true", help="train the flow-matching twin (SD3-shaped) instead")
-    parser.add_argument("--out", type=Path, help=f"weights file to write (fp16 safetensors; default {COMMITTED_WEIGHTS.name}, "
-                                                 f"{FLOW_WEIGHTS.name} with --flow)")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        help=f"weights file to write (fp16 safetensors; default {COMMITTED_WEIGHTS.name}, "
+        f"{FLOW_WEIGHTS.name} with --flow)",
+    )
     parser.add_argument("--vae-steps", type=int, help="default: the model's build settings (unused with --flow)")
     parser.add_argument("--unet-steps", type=int, help="denoiser steps (the UNet, or the twin's transformer)")
     parser.add_argument("--seed", type=int)
@@ -34,7 +45,9 @@ def main(argv: list[str] | None = None) -> None:
         path = build_flow_weights(args.out or FLOW_WEIGHTS, settings)
     else:
         path = build_weights(args.out or COMMITTED_WEIGHTS, settings)
-    print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB, sha256 {file_digest(path)}) in {time.perf_counter() - started:.0f}s")
+    print(
+        f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB, sha256 {file_digest(path)}) in {time.perf_counter() - started:.0f}s"
+    )
 
 
 if __name__ == "__main__":

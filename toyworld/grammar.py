@@ -64,7 +64,9 @@ def parse_caption(caption: str) -> Scene:
     """The scene a caption describes; HarnessError if it is not a toy-world caption."""
     match = _CAPTION.match(caption.strip().lower())
     if match is None:
-        raise HarnessError(f"not a toy-world caption: {caption!r} (expected e.g. {Scene('red', 'circle', 'left').caption!r})")
+        raise HarnessError(
+            f"not a toy-world caption: {caption!r} (expected e.g. {Scene('red', 'circle', 'left').caption!r})"
+        )
     position = next(name for name, (_, phrase) in POSITIONS.items() if phrase == match["phrase"])
     return Scene(match["colour"], match["shape"], position)
 

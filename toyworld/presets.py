@@ -20,9 +20,16 @@ from toyworld import grammar
 # Evaluation protocol.  The unseen suite has only 18 prompts: with 4 images each its paired CIs were
 # too wide to tell a +0.02 fidelity gain from zero, hence 8 there; the 72 seen prompts keep 4 (288
 # images), which bounds the run's generation time (measured; see docs/toy-world.md).
-TOY_GENERATION = GenerationSettings(images_per_prompt=4, suite_images_per_prompt={"toy-unseen": 8},
-                                    num_inference_steps=10, guidance_scale=3.0, height=32, width=32, batch_size=48,
-                                    scheduler="ddim")
+TOY_GENERATION = GenerationSettings(
+    images_per_prompt=4,
+    suite_images_per_prompt={"toy-unseen": 8},
+    num_inference_steps=10,
+    guidance_scale=3.0,
+    height=32,
+    width=32,
+    batch_size=48,
+    scheduler="ddim",
+)
 
 # harness.data.synthesis.synthesize(...): 8 base samples of each of the 72 training captions,
 # 8 pairs per caption labelled by the noisy panel; raters care mostly about the prompt (3:1).
@@ -87,7 +94,7 @@ def toy_flow() -> Preset:
         name="toy-flow",
         recipes=(RECIPES / "toy-flow",),
         description="the toy world on its base model's flow-matching twin (SD3-shaped): alignment on flow matching "
-                    "on a CPU",
+        "on a CPU",
         base_model="toy-flow",
         generation=dataclasses.replace(TOY_GENERATION, scheduler="flow-euler"),
         synthesize={**TOY_DATA, "scheduler": "flow-euler"},
@@ -112,8 +119,14 @@ def tiny() -> Preset:
         max_prompts=4,
         # Two real optimizer steps at an lr large enough to change the weights (the papers' 1e-8 with
         # warmup would leave the UNet untouched), so the tests see trained != base.
-        method_defaults={"max_steps": 2, "batch_size": 2, "lr": 1e-3, "scale_lr": False, "warmup_steps": 0,
-                         "lr_scheduler": "constant"},
+        method_defaults={
+            "max_steps": 2,
+            "batch_size": 2,
+            "lr": 1e-3,
+            "scale_lr": False,
+            "warmup_steps": 0,
+            "lr_scheduler": "constant",
+        },
         needs_method_settings=True,
     )
 

@@ -62,7 +62,12 @@ def _border(image: np.ndarray) -> np.ndarray:
     """Pixels of a 2-pixel frame: shapes never reach it, so it is background."""
     band = 2
     return np.concatenate(
-        [image[:band].reshape(-1, 3), image[-band:].reshape(-1, 3), image[:, :band].reshape(-1, 3), image[:, -band:].reshape(-1, 3)]
+        [
+            image[:band].reshape(-1, 3),
+            image[-band:].reshape(-1, 3),
+            image[:, :band].reshape(-1, 3),
+            image[:, -band:].reshape(-1, 3),
+        ]
     )
 
 
@@ -87,12 +92,16 @@ def read(image: np.ndarray) -> Reading:
     mean_colour = image[core].mean(axis=0) if core.any() else background
     direction = _unit(mean_colour - background)
     colour = _softmax(
-        {name: float(direction @ _unit(np.asarray(rgb) - background)) / _COLOUR_TEMPERATURE for name, rgb in COLOURS.items()}
+        {
+            name: float(direction @ _unit(np.asarray(rgb) - background)) / _COLOUR_TEMPERATURE
+            for name, rgb in COLOURS.items()
+        }
     )
     shape = _softmax({name: _template_iou(mask, name, centroid, area) / _SHAPE_TEMPERATURE for name in SHAPES})
     position = _softmax(
         {
-            name: -(np.hypot(*np.subtract(centroid, position_centre(name, size))) / size) ** 2 / (2 * _POSITION_SIGMA**2)
+            name: -((np.hypot(*np.subtract(centroid, position_centre(name, size))) / size) ** 2)
+            / (2 * _POSITION_SIGMA**2)
             for name in POSITIONS
         }
     )
@@ -112,7 +121,7 @@ def _unit(v: np.ndarray) -> np.ndarray:
     return v / max(float(np.linalg.norm(v)), 1e-6)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _unit_template(shape: str, size: int) -> tuple[float, float]:
     """Area of ``shape`` at scale 1, and how far its centroid lies below its bounding-box centre."""
     unit = shape_coverage(shape, (size / 2, size / 2), size=size)
@@ -157,7 +166,7 @@ def quality(image: np.ndarray) -> float:
     return r.presence * (r.contrast + r.sharpness + r.clean) / 3.0
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _scene_templates(size: int) -> tuple[list[Scene], np.ndarray]:
     """Every scene and its clean rendering minus the background, unit-normalised: (scenes, (n, size*size*3))."""
     scenes = all_scenes()

@@ -17,7 +17,9 @@ class _ToyScorer(Scorer):
 
     def __init__(self, **locations: object) -> None:
         if locations:
-            raise HarnessError(f"scorer {self.name!r} is programmatic and takes no model locations (got {', '.join(locations)})")
+            raise HarnessError(
+                f"scorer {self.name!r} is programmatic and takes no model locations (got {', '.join(locations)})"
+            )
 
     @staticmethod
     def pixels(image: Image.Image) -> np.ndarray:
@@ -56,8 +58,10 @@ class ToyExact(_ToyScorer):
     name = "toy-exact"
     version = "1"
     scale = "{0,1}"
-    description = ("toy world, held out: 1 if the picture is exactly the caption's scene (nearest clean rendering of "
-                   "all 90 scenes), else 0; no toy training signal uses it")
+    description = (
+        "toy world, held out: 1 if the picture is exactly the caption's scene (nearest clean rendering of "
+        "all 90 scenes), else 0; no toy training signal uses it"
+    )
 
     check_prompt = ToyFidelity.check_prompt  # the same grammar
 

@@ -23,7 +23,10 @@ def scene_prompts(scenes: list[Scene]) -> list[Prompt]:
 
 def write_suite_files() -> None:
     for name, scenes in (("toy-seen", seen_scenes()), ("toy-unseen", unseen_scenes())):
-        lines = [json.dumps({"prompt_id": p.prompt_id, "prompt": p.prompt, "category": p.category}) for p in scene_prompts(scenes)]
+        lines = [
+            json.dumps({"prompt_id": p.prompt_id, "prompt": p.prompt, "category": p.category})
+            for p in scene_prompts(scenes)
+        ]
         SUITE_FILES[name].write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 

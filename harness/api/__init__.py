@@ -25,17 +25,46 @@ import importlib
 # imports them, stays free of torch.  The last four are the harness's own entry points offered to worlds.
 _EXPORTS = {
     **dict.fromkeys(["cache_dir"], "harness.api.environment"),
-    **dict.fromkeys(["DataSpec", "Example", "Experts", "ImageSource", "LabelledImages", "Pairs", "PromptsOnly"],
-                    "harness.api.data"),
-    **dict.fromkeys(["Batch", "Cond", "Method", "Models", "PublishedWeights", "TrainConfig", "TrainingContext",
-                     "per_sample_error", "randn_like"], "harness.api.method"),
+    **dict.fromkeys(
+        ["DataSpec", "Example", "Experts", "ImageSource", "LabelledImages", "Pairs", "PromptsOnly"], "harness.api.data"
+    ),
+    **dict.fromkeys(
+        [
+            "Batch",
+            "Cond",
+            "Method",
+            "Models",
+            "PublishedWeights",
+            "TrainConfig",
+            "TrainingContext",
+            "per_sample_error",
+            "randn_like",
+        ],
+        "harness.api.method",
+    ),
     **dict.fromkeys(["EpsilonDiffusion", "FlowMatching", "NoiseProcess"], "harness.api.noise"),
     **dict.fromkeys(["GenerationSettings", "Preset"], "harness.api.preset"),
-    **dict.fromkeys(["BASE_MODELS", "METHODS", "PRESETS", "SCORERS", "SUITES", "Registry", "UnknownEntryError",
-                     "register_base_model", "register_method", "register_preset", "register_scorer",
-                     "register_suite"], "harness.api.registry"),
+    **dict.fromkeys(
+        [
+            "BASE_MODELS",
+            "METHODS",
+            "PRESETS",
+            "SCORERS",
+            "SUITES",
+            "Registry",
+            "UnknownEntryError",
+            "register_base_model",
+            "register_method",
+            "register_preset",
+            "register_scorer",
+            "register_suite",
+        ],
+        "harness.api.registry",
+    ),
     **dict.fromkeys(["Scorer"], "harness.api.scorer"),
-    **dict.fromkeys(["Prompt", "Suite", "cached_prompts", "read_prompts_jsonl", "read_text_lines"], "harness.api.suite"),
+    **dict.fromkeys(
+        ["Prompt", "Suite", "cached_prompts", "read_prompts_jsonl", "read_text_lines"], "harness.api.suite"
+    ),
     **dict.fromkeys(["publishing", "replacing"], "harness.atomic"),
     **dict.fromkeys(["HarnessError"], "harness.errors"),
     **dict.fromkeys(["TinyPipelineConfig", "build_tiny_pipeline"], "harness.testing.tiny_models"),

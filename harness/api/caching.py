@@ -56,8 +56,10 @@ def count_damaged(kind: str) -> None:
 
 def damage_lines() -> list[str]:
     """One warning line per kind of damaged entry rebuilt since the last call (and forget them)."""
-    lines = [f"warning: 1 damaged {kind} was rebuilt" if n == 1
-             else f"warning: {n} damaged {_plural(kind)} were rebuilt" for kind, n in sorted(_DAMAGED.items())]
+    lines = [
+        f"warning: 1 damaged {kind} was rebuilt" if n == 1 else f"warning: {n} damaged {_plural(kind)} were rebuilt"
+        for kind, n in sorted(_DAMAGED.items())
+    ]
     _DAMAGED.clear()
     return lines
 

@@ -20,11 +20,11 @@ the denoising network, SD3's transformer included.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
@@ -48,82 +48,143 @@ class TrainConfig:
     default keeps its base's (``setting_help``)."""
 
     max_steps: int = field(default=1000, metadata=_help("optimizer steps"))
-    batch_size: int = field(default=1, metadata=_help(
-        "samples (pairs, or expert images) per process per forward/backward"))
+    batch_size: int = field(
+        default=1, metadata=_help("samples (pairs, or expert images) per process per forward/backward")
+    )
     grad_accum: int = field(default=1, metadata=_help("forward/backward passes per optimizer step"))
-    effective_batch_size: int | None = field(default=None, metadata=_help(
-        """samples per optimizer step over all processes; when set, grad_accum = effective_batch_size /
-        (batch_size x processes): the published effective batch reproduced on whatever number of GPUs is at hand"""))
+    effective_batch_size: int | None = field(
+        default=None,
+        metadata=_help(
+            """samples per optimizer step over all processes; when set, grad_accum = effective_batch_size /
+        (batch_size x processes): the published effective batch reproduced on whatever number of GPUs is at hand"""
+        ),
+    )
     lr: float = field(default=1e-5, metadata=_help("learning rate (scaled first when scale_lr)"))
-    scale_lr: bool = field(default=False, metadata=_help(
-        """Salesforce's --scale_lr: lr x batch_size x grad_accum x processes (so 1e-8 x 2048 = 2.048e-5)"""))
-    lr_scheduler: str = field(default="constant_with_warmup", metadata=_help(
-        "any name diffusers.optimization.get_scheduler knows"))
+    scale_lr: bool = field(
+        default=False,
+        metadata=_help(
+            """Salesforce's --scale_lr: lr x batch_size x grad_accum x processes (so 1e-8 x 2048 = 2.048e-5)"""
+        ),
+    )
+    lr_scheduler: str = field(
+        default="constant_with_warmup", metadata=_help("any name diffusers.optimization.get_scheduler knows")
+    )
     warmup_steps: int = field(default=0, metadata=_help("optimizer steps of the lr schedule's warmup"))
     optimizer: Literal["adamw", "adafactor"] = field(default="adamw", metadata=_help("adamw or adafactor"))
     adam_beta1: float = field(default=0.9, metadata=_help("AdamW's beta1"))
     adam_beta2: float = field(default=0.999, metadata=_help("AdamW's beta2"))
     adam_epsilon: float = field(default=1e-8, metadata=_help("AdamW's epsilon"))
-    adamw_fused: bool = field(default=True, metadata=_help(
-        """AdamW as one fused kernel: its arithmetic in fp32 whatever the weights' dtype (its state stored in that
+    adamw_fused: bool = field(
+        default=True,
+        metadata=_help(
+            """AdamW as one fused kernel: its arithmetic in fp32 whatever the weights' dtype (its state stored in that
         dtype).  False: torch's foreach AdamW, every operation rounded to the weights' dtype; on bf16 weights that
-        is the public DRO code's optimizer (train.py:461, torch 2.3.1's default on CUDA: foreach)"""))
+        is the public DRO code's optimizer (train.py:461, torch 2.3.1's default on CUDA: foreach)"""
+        ),
+    )
     weight_decay: float = field(default=1e-2, metadata=_help("AdamW's weight decay"))
-    max_grad_norm: float | None = field(default=1.0, metadata=_help(
-        "gradients clipped to this norm; None: no clipping (the norm is still logged)"))
-    mixed_precision: Literal["no", "fp16", "bf16"] = field(default="no", metadata=_help(
-        "autocast dtype of the forward: no, fp16 or bf16"))
-    master_weights: Literal["fp32", "bf16"] = field(default="fp32", metadata=_help(
-        """the trainable weights' own dtype.  "fp32": master weights in fp32, the forward in mixed precision (the
+    max_grad_norm: float | None = field(
+        default=1.0, metadata=_help("gradients clipped to this norm; None: no clipping (the norm is still logged)")
+    )
+    mixed_precision: Literal["no", "fp16", "bf16"] = field(
+        default="no", metadata=_help("autocast dtype of the forward: no, fp16 or bf16")
+    )
+    master_weights: Literal["fp32", "bf16"] = field(
+        default="fp32",
+        metadata=_help(
+            """the trainable weights' own dtype.  "fp32": master weights in fp32, the forward in mixed precision (the
         Salesforce and SmPO scripts); "bf16": the weights themselves in bf16, optimizer state too, as the public
         DRO code trains (DiffusionDRO train.py:379-384 loads the UNet in bf16; cheaper, and updates below bf16's
-        resolution are lost)"""))
-    reference_dtype: Literal["fp16", "bf16"] | None = field(default=None, metadata=_help(
-        """the frozen reference network's weights, its forward (outside autocast) and its per-sample errors in this
+        resolution are lost)"""
+        ),
+    )
+    reference_dtype: Literal["fp16", "bf16"] | None = field(
+        default=None,
+        metadata=_help(
+            """the frozen reference network's weights, its forward (outside autocast) and its per-sample errors in this
         dtype, as the public scripts run it (Salesforce DPO train.py:939, 1132-1137 and SmPO train.py:880,
         1052-1057: fp16; DRO train.py:363-368, 753-758: bf16).  None: the weights in the mixed-precision dtype
-        under autocast, the errors in fp32.  Needs the frozen copy (lora_rank 0)"""))
-    gradient_checkpointing: bool = field(default=False, metadata=_help(
-        "recompute activations in the backward: less memory, more time"))
-    ema_decay: float | None = field(default=None, metadata=_help(
-        "decay of an EMA of the weights; None: no EMA; the final UNet is the EMA one when set"))
+        under autocast, the errors in fp32.  Needs the frozen copy (lora_rank 0)"""
+        ),
+    )
+    gradient_checkpointing: bool = field(
+        default=False, metadata=_help("recompute activations in the backward: less memory, more time")
+    )
+    ema_decay: float | None = field(
+        default=None,
+        metadata=_help("decay of an EMA of the weights; None: no EMA; the final UNet is the EMA one when set"),
+    )
     ema_on_cpu: bool = field(default=False, metadata=_help("keep the EMA weights on the CPU between updates"))
-    lora_rank: int = field(default=0, metadata=_help(
-        "0: full fine-tuning; >0: LoRA adapters of this rank, reference = adapters disabled"))
+    lora_rank: int = field(
+        default=0, metadata=_help("0: full fine-tuning; >0: LoRA adapters of this rank, reference = adapters disabled")
+    )
     lora_alpha: float | None = field(default=None, metadata=_help("LoRA's alpha; None: = lora_rank"))
-    lora_dual_attention: bool = field(default=True, metadata=_help(
-        """SD3 transformers: LoRA on the joint attention (`attn.*`, both streams) and, when True, on the second,
+    lora_dual_attention: bool = field(
+        default=True,
+        metadata=_help(
+            """SD3 transformers: LoRA on the joint attention (`attn.*`, both streams) and, when True, on the second,
         image-only attention (`attn2.*`) of SD3.5 Medium's dual-attention blocks too; False: `attn.*` alone,
-        flow_grpo's targets (scripts/train_sd3_dpo.py:389-398).  No effect on a UNet"""))
-    max_sequence_length: int = field(default=256, metadata=_help(
-        """SD3: T5 tokens per caption (diffusers' encode_prompt default 256; flow_grpo encodes with 128,
-        scripts/train_sd3_dpo.py:213, 602).  No effect on SD1.5 / SDXL, whose CLIPs read 77"""))
+        flow_grpo's targets (scripts/train_sd3_dpo.py:389-398).  No effect on a UNet"""
+        ),
+    )
+    max_sequence_length: int = field(
+        default=256,
+        metadata=_help(
+            """SD3: T5 tokens per caption (diffusers' encode_prompt default 256; flow_grpo encodes with 128,
+        scripts/train_sd3_dpo.py:213, 602).  No effect on SD1.5 / SDXL, whose CLIPs read 77"""
+        ),
+    )
     caption_dropout: float = field(default=0.0, metadata=_help('share of captions replaced by "" during training'))
-    random_flip: bool = field(default=True, metadata=_help(
-        """each training image flipped left-right with probability 0.5, as the public scripts (DiffusionDPO
-        train.py:760); False: no flip"""))
-    latent_sample: bool = field(default=True, metadata=_help(
-        """each training latent a fresh sample of the VAE posterior each time it is used, as the public scripts
-        (DiffusionDPO train.py:1028); False: the posterior mean"""))
-    joint_pair_transform: bool = field(default=False, metadata=_help(
-        """pairs: one flip for both images of a pair, the source's image_1 first resized to image_0's size (MaPO's
+    random_flip: bool = field(
+        default=True,
+        metadata=_help(
+            """each training image flipped left-right with probability 0.5, as the public scripts (DiffusionDPO
+        train.py:760); False: no flip"""
+        ),
+    )
+    latent_sample: bool = field(
+        default=True,
+        metadata=_help(
+            """each training latent a fresh sample of the VAE posterior each time it is used, as the public scripts
+        (DiffusionDPO train.py:1028); False: the posterior mean"""
+        ),
+    )
+    joint_pair_transform: bool = field(
+        default=False,
+        metadata=_help(
+            """pairs: one flip for both images of a pair, the source's image_1 first resized to image_0's size (MaPO's
         transform of the pair as one tensor).  False: each image flipped on its own coin, at its own size (the
-        Salesforce DPO and SmPO scripts transform each image separately)"""))
-    resolution: int | None = field(default=None, metadata=_help(
-        "training image size in px; None: the UNet's native size x the VAE's scale factor"))
-    init_unet: str | None = field(default=None, metadata=_help(
-        "start policy and reference from this UNet (e.g. an SFT run's output)"))
-    init_method: str | None = field(default=None, metadata=_help(
-        """start from the UNet another method trains first on the same data (SmPO's SD1.5 recipe: "sft"):
-        `harness run` chains the two; `harness train` needs init_unet instead"""))
+        Salesforce DPO and SmPO scripts transform each image separately)"""
+        ),
+    )
+    resolution: int | None = field(
+        default=None, metadata=_help("training image size in px; None: the UNet's native size x the VAE's scale factor")
+    )
+    init_unet: str | None = field(
+        default=None, metadata=_help("start policy and reference from this UNet (e.g. an SFT run's output)")
+    )
+    init_method: str | None = field(
+        default=None,
+        metadata=_help(
+            """start from the UNet another method trains first on the same data (SmPO's SD1.5 recipe: "sft"):
+        `harness run` chains the two; `harness train` needs init_unet instead"""
+        ),
+    )
     vae: str | None = field(default=None, metadata=_help("replacement VAE, e.g. madebyollin/sdxl-vae-fp16-fix"))
-    vae_fp32: bool = field(default=False, metadata=_help(
-        """the VAE encodes in fp32 whatever the mixed precision (the KTO and MaPO scripts); False: in the
-        mixed-precision dtype, as the text encoders (the Salesforce DPO, SmPO and DRO scripts)"""))
-    cache_features: bool = field(default=True, metadata=_help(
-        "VAE latents and text embeddings computed once, cached on disk"))
-    cache_dir: str | None = field(default=None, metadata=_help(
-        "the feature cache; None: $HARNESS_CACHE/train-features (content-keyed, shareable)"))
+    vae_fp32: bool = field(
+        default=False,
+        metadata=_help(
+            """the VAE encodes in fp32 whatever the mixed precision (the KTO and MaPO scripts); False: in the
+        mixed-precision dtype, as the text encoders (the Salesforce DPO, SmPO and DRO scripts)"""
+        ),
+    )
+    cache_features: bool = field(
+        default=True, metadata=_help("VAE latents and text embeddings computed once, cached on disk")
+    )
+    cache_dir: str | None = field(
+        default=None,
+        metadata=_help("the feature cache; None: $HARNESS_CACHE/train-features (content-keyed, shareable)"),
+    )
     checkpoint_every: int = field(default=500, metadata=_help("optimizer steps between checkpoints"))
     checkpoints_kept: int = field(default=2, metadata=_help("the newest checkpoints kept on disk"))
 
@@ -133,8 +194,12 @@ class TrainConfig:
         for name in ("max_steps", "batch_size", "grad_accum", "checkpoint_every"):
             if getattr(self, name) < 1:
                 raise HarnessError(f"{name} must be >= 1, not {getattr(self, name)}")
-        choices = {"optimizer": ("adamw", "adafactor"), "master_weights": ("fp32", "bf16"),
-                   "mixed_precision": ("no", "fp16", "bf16"), "reference_dtype": ("fp16", "bf16", None)}
+        choices = {
+            "optimizer": ("adamw", "adafactor"),
+            "master_weights": ("fp32", "bf16"),
+            "mixed_precision": ("no", "fp16", "bf16"),
+            "reference_dtype": ("fp16", "bf16", None),
+        }
         for name, valid in choices.items():
             if getattr(self, name) not in valid:
                 raise HarnessError(f"{name} must be one of {', '.join(valid)}, not {getattr(self, name)!r}")
@@ -148,8 +213,10 @@ class TrainConfig:
         if self.lr_scheduler not in schedules:
             raise HarnessError(f"unknown lr_scheduler {self.lr_scheduler!r}; valid: {', '.join(schedules)}")
         if self.reference_dtype is not None and self.lora_rank > 0:
-            raise HarnessError("reference_dtype needs a frozen reference copy; with LoRA the reference is the "
-                               "policy's own weights (set lora_rank 0 or reference_dtype none)")
+            raise HarnessError(
+                "reference_dtype needs a frozen reference copy; with LoRA the reference is the "
+                "policy's own weights (set lora_rank 0 or reference_dtype none)"
+            )
         if self.ema_decay is not None and not 0.0 < self.ema_decay < 1.0:
             raise HarnessError("ema_decay must lie in (0, 1) or be None")
         if self.init_unet:
@@ -228,8 +295,9 @@ class Models:
         self.reference_in_own_dtype = reference_in_own_dtype
         self.unet_evals = 0
 
-    def _run(self, unet: torch.nn.Module, x: torch.Tensor, t: torch.Tensor, cond: Cond,
-             own_dtype: bool = False) -> torch.Tensor:
+    def _run(
+        self, unet: torch.nn.Module, x: torch.Tensor, t: torch.Tensor, cond: Cond, own_dtype: bool = False
+    ) -> torch.Tensor:
         self.unet_evals += x.shape[0]
         dtype = next(unet.parameters()).dtype
         added = None if cond.added is None else {k: v.to(dtype) for k, v in cond.added.items()}

@@ -80,8 +80,9 @@ class EpsilonDiffusion(NoiseProcess):
         config = scheduler.config
         prediction = config.get("prediction_type", "epsilon")
         if prediction != "epsilon":
-            raise HarnessError(f"the base model predicts {prediction!r}; training supports epsilon-prediction and "
-                               "flow-matching models")
+            raise HarnessError(
+                f"the base model predicts {prediction!r}; training supports epsilon-prediction and flow-matching models"
+            )
         from diffusers import DDPMScheduler
 
         return cls(DDPMScheduler.from_config(config).alphas_cumprod)
@@ -118,8 +119,9 @@ class FlowMatching(NoiseProcess):
 
     kind = "flow"
 
-    def __init__(self, sigmas: torch.Tensor, num_train_timesteps: int, logit_mean: float = 0.0,
-                 logit_std: float = 1.0) -> None:
+    def __init__(
+        self, sigmas: torch.Tensor, num_train_timesteps: int, logit_mean: float = 0.0, logit_std: float = 1.0
+    ) -> None:
         super().__init__(num_train_timesteps)
         self.sigmas = sigmas.to(torch.float32)  # descending: index 0 is the noisiest level
         self.logit_mean = logit_mean

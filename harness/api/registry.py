@@ -18,9 +18,10 @@ import importlib.util
 import pkgutil
 import sys
 import traceback
+from collections.abc import Callable
 from importlib.metadata import entry_points
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Generic, TypeVar
+from typing import TYPE_CHECKING, Generic, TypeVar
 
 from harness.errors import HarnessError
 
@@ -43,7 +44,9 @@ class Registry(Generic[T]):
         def decorator(obj: T) -> T:
             existing = self._entries.get(name)
             if existing is not None and existing is not obj and _qualname(existing) != _qualname(obj):
-                raise HarnessError(f"{self.kind} {name!r} is registered twice: {_qualname(existing)} and {_qualname(obj)}")
+                raise HarnessError(
+                    f"{self.kind} {name!r} is registered twice: {_qualname(existing)} and {_qualname(obj)}"
+                )
             self._entries[name] = obj
             return obj
 
@@ -159,8 +162,9 @@ SUITES: Registry[Callable[..., Suite]] = Registry("suite", "harness.suites", ("p
 # A preset is registered as a function building it (presets are cheap, but read as plain data).
 PRESETS: Registry[Callable[[], Preset]] = Registry("preset", "harness.presets", ("harness.plan.presets",))
 # Base models that are built here rather than downloaded: a function returning the model's directory.
-BASE_MODELS: Registry[Callable[[], str]] = Registry("base model", "harness.base_models",
-                                                   ("harness.testing.tiny_models",))
+BASE_MODELS: Registry[Callable[[], str]] = Registry(
+    "base model", "harness.base_models", ("harness.testing.tiny_models",)
+)
 
 register_method = METHODS.register
 register_scorer = SCORERS.register

@@ -10,10 +10,11 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections.abc import Callable
 from contextvars import ContextVar
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Literal
+from typing import Literal
 
 from harness.api.environment import cache_dir, say
 from harness.atomic import replacing, write_jsonl
@@ -49,7 +50,9 @@ class Suite:
 _DOWNLOADS_ALLOWED: ContextVar[bool] = ContextVar("suite_downloads_allowed", default=True)
 
 
-def cached_prompts(suite: str, hub_id: str, download: Callable[[], list[Prompt]], variant: str = "") -> tuple[Prompt, ...]:
+def cached_prompts(
+    suite: str, hub_id: str, download: Callable[[], list[Prompt]], variant: str = ""
+) -> tuple[Prompt, ...]:
     """Prompts of ``suite`` fetched from the hub's ``hub_id`` once, then read from
     ``HARNESS_CACHE/suites/<suite>-<hub_id>[-<variant>].jsonl``.
 

@@ -26,7 +26,9 @@ class Backend(Protocol):
     gpus: int  # GPUs the jobs can use (0: a CPU machine or cluster)
     description: str  # how the jobs run, for the run's progress line
 
-    def train(self, job: ModelJob) -> Future: ...  # harness.backends.jobs.train_job's; result: the trained model's entry
+    def train(
+        self, job: ModelJob
+    ) -> Future: ...  # harness.backends.jobs.train_job's; result: the trained model's entry
 
     def evaluate(self, job: ModelJob) -> Future: ...  # harness.backends.jobs.evaluate_job's
 

@@ -12,12 +12,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness.results.compute import JobClock
-from harness.evaluation.curves import MARK, curve_points, curve_steps, snapshot_name, write_tensorboard
 from harness.errors import HarnessError
+from harness.evaluation.curves import MARK, curve_points, curve_steps, snapshot_name, write_tensorboard
 from harness.evaluation.evaluate import BASE, Checkpoint, evaluate, get_or_create_run, recorded_model
 from harness.plan.planner import ModelEntry, Plan
 from harness.progress import Stages
+from harness.results.compute import JobClock
 from harness.results.layout import ResultsDir
 from harness.results.store import Store
 from harness.train.trainer import snapshot_unet_dir, train
@@ -72,9 +72,11 @@ def train_job(job: ModelJob) -> ModelEntry:
         store.add_compute(job.run_id, clock.figures("train"))
         store.add_checkpoint(job.run_id, result.steps, results.relative(result.unet_dir))
         # A UNet trained only for another method to start from has no evaluation to wait for.
-        store.set_run_status(job.run_id, "trained" if model.evaluate else "done",
-                             {"unet_evals_per_sample": result.unet_evals_per_sample,
-                              "training_data": result.data_summary})
+        store.set_run_status(
+            job.run_id,
+            "trained" if model.evaluate else "done",
+            {"unet_evals_per_sample": result.unet_evals_per_sample, "training_data": result.data_summary},
+        )
     return dataclasses.replace(model, unet=str(result.unet_dir), train=False)
 
 
@@ -83,8 +85,13 @@ def evaluate_job(job: ModelJob, evaluate_one: Callable[..., None] = evaluate) ->
     the steps between.  ``evaluate_one``: how one checkpoint is evaluated, with ``harness.evaluation.evaluate.evaluate``'s
     signature (the Ray backend passes its own, which runs that one's parts on its workers)."""
     model, plan = job.model, job.plan
-    checkpoint = Checkpoint(job.base_model, unet=model.unet, unet_subfolder=model.unet_subfolder,
-                            method=None if model.method == BASE else model.method, config=model.config)
+    checkpoint = Checkpoint(
+        job.base_model,
+        unet=model.unet,
+        unet_subfolder=model.unet_subfolder,
+        method=None if model.method == BASE else model.method,
+        config=model.config,
+    )
     evaluate_one(model.method, job.run_id, checkpoint, plan.protocol, ResultsDir(plan.options.out), job.stage)
     if plan.curve_protocol and model.method != BASE:
         evaluate_curve(job, checkpoint, evaluate_one)
@@ -105,10 +112,19 @@ def evaluate_curve(job: ModelJob, checkpoint: Checkpoint, evaluate: Callable[...
         name = snapshot_name(model.method, step)
         with Store(results.db) as store:
             base = recorded_model(plan.base_model, results)
-            run_id = get_or_create_run(store, name, plan.preset, base, plan.options.seed,
-                                       snapshot_of=model.method, step=step, suites=list(curve.suites))
-        evaluate(name, run_id, dataclasses.replace(checkpoint, unet=unet, unet_subfolder=None), curve, results,
-                 job.stage)
+            run_id = get_or_create_run(
+                store,
+                name,
+                plan.preset,
+                base,
+                plan.options.seed,
+                snapshot_of=model.method,
+                step=step,
+                suites=list(curve.suites),
+            )
+        evaluate(
+            name, run_id, dataclasses.replace(checkpoint, unet=unet, unet_subfolder=None), curve, results, job.stage
+        )
     with Store(results.db, readonly=True) as store:
         scores = store.scores_frame()
     own = scores["method"].eq(BASE) | scores["method"].str.startswith(model.method + MARK)

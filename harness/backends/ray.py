@@ -44,17 +44,17 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from harness.api.registry import load_plugin, loaded_plugins
-from harness.results.compute import GPUS_PER_JOB, JobClock
+from harness.backends.jobs import evaluate_job, train_job
+from harness.backends.workers import one_cpu_thread, quiet_libraries, wait_any
 from harness.errors import HarnessError
 from harness.evaluation.evaluate import Checkpoint, Protocol, evaluate, generate_suites, score_rows
-from harness.backends.jobs import evaluate_job, train_job
-from harness.progress import say
-from harness.results.layout import ResultsDir
 from harness.evaluation.sampling import merge_shards, shard_count
+from harness.progress import say
+from harness.results.compute import GPUS_PER_JOB, JobClock
+from harness.results.layout import ResultsDir
+from harness.results.store import Store, StoreJournal
 from harness.scoring import get_scorer, score_images
 from harness.scoring.cache import SCORE_BATCH, ScoreCache
-from harness.results.store import Store, StoreJournal
-from harness.backends.workers import one_cpu_thread, quiet_libraries, wait_any
 
 RETRIES = 3  # times a job whose worker died runs again
 JOURNAL_POLL_S = 5.0  # how often the driver makes the writes a running training recorded
@@ -82,8 +82,11 @@ class RayBackend:
             dashboard = None
         resources = ray.cluster_resources()
         self.gpus = int(resources.get("GPU", 0))
-        self.description = (f"on Ray ({int(resources.get('CPU', 0))} CPUs, {self.gpus} GPUs"
-                            + (f"; dashboard http://{dashboard}" if dashboard else "") + ")")
+        self.description = (
+            f"on Ray ({int(resources.get('CPU', 0))} CPUs, {self.gpus} GPUs"
+            + (f"; dashboard http://{dashboard}" if dashboard else "")
+            + ")"
+        )
         # What one job asks for: a GPU, or a CPU on a CPU cluster (one thread each, as locally).
         self.slot = {"num_cpus": 1, "num_gpus": GPUS_PER_JOB if self.gpus else 0}
         self.setup = _WorkerSetup(cwd=os.getcwd(), plugins=loaded_plugins())
@@ -107,8 +110,9 @@ class RayBackend:
         results = ResultsDir(job.plan.options.out)
         journal = StoreJournal(results.ray_journals / f"{job.model.method}-training.jsonl")
         # The task's name prefixes its lines in the run's output and names it on the dashboard.
-        ref = (self.recorded.options(**self.slot, max_retries=RETRIES, name=f"{job.model.method} training")
-               .remote(train_job, job, journal, self.setup))
+        ref = self.recorded.options(**self.slot, max_retries=RETRIES, name=f"{job.model.method} training").remote(
+            train_job, job, journal, self.setup
+        )
         with Store(results.db) as store:
             made = 0
             while not self._ready(ref, timeout=JOURNAL_POLL_S):
@@ -119,21 +123,40 @@ class RayBackend:
             journal.path.parent.rmdir()
         return self._result(ref, f"{job.model.method}'s training")
 
-    def _evaluate(self, name: str, run_id: int, checkpoint: Checkpoint, protocol: Protocol, results: ResultsDir,
-                  stage: Callable[[str], None]) -> None:
+    def _evaluate(
+        self,
+        name: str,
+        run_id: int,
+        checkpoint: Checkpoint,
+        protocol: Protocol,
+        results: ResultsDir,
+        stage: Callable[[str], None],
+    ) -> None:
         """``harness.evaluation.evaluate.evaluate``, with its generation in shards on the workers, its scoring on actors."""
-        evaluate(name, run_id, checkpoint, protocol, results, stage, generate=self._generate, score=self._score,
-                 clock=lambda: JobClock(on_gpu=False))  # the driver holds no GPU: the workers' hours are added
+        evaluate(
+            name,
+            run_id,
+            checkpoint,
+            protocol,
+            results,
+            stage,
+            generate=self._generate,
+            score=self._score,
+            clock=lambda: JobClock(on_gpu=False),
+        )  # the driver holds no GPU: the workers' hours are added
 
-    def _generate(self, name: str, run_id: int, checkpoint: Checkpoint, protocol: Protocol, results: ResultsDir,
-                  store: Any) -> dict[str, list[dict]]:
+    def _generate(
+        self, name: str, run_id: int, checkpoint: Checkpoint, protocol: Protocol, results: ResultsDir, store: Any
+    ) -> dict[str, list[dict]]:
         """``harness.evaluation.evaluate.generate_suites``, in shards of whole batches, one per free GPU (CPU)."""
         n_shards = max(1, min(self._free_slots(), _most_batches(protocol)))
         say(f"   {name}: generation in {n_shards} shard{'s' * (n_shards > 1)}")
-        refs = [self.generate_shard.options(**self.slot, max_retries=RETRIES,
-                                            name=f"{name} generation {r + 1}/{n_shards}")
-                .remote(name, run_id, checkpoint, protocol, results, (r, n_shards), self.setup)
-                for r in range(n_shards)]
+        refs = [
+            self.generate_shard.options(
+                **self.slot, max_retries=RETRIES, name=f"{name} generation {r + 1}/{n_shards}"
+            ).remote(name, run_id, checkpoint, protocol, results, (r, n_shards), self.setup)
+            for r in range(n_shards)
+        ]
         shards = [self._result(ref, f"{name}'s generation, shard {r} of {n_shards}") for r, ref in enumerate(refs)]
         manifests = {}
         for suite, (images, manifest) in _merged_images(results, [entries for entries, _ in shards]).items():
@@ -143,21 +166,36 @@ class RayBackend:
             store.add_compute(run_id, _hours(cost))
         return manifests
 
-    def _score(self, name: str, run_id: int, manifests: dict[str, list[dict]], scorers: Sequence[str],
-               scorer_options: Mapping[str, Mapping[str, Any]], results: ResultsDir, store: Any) -> None:
+    def _score(
+        self,
+        name: str,
+        run_id: int,
+        manifests: dict[str, list[dict]],
+        scorers: Sequence[str],
+        scorer_options: Mapping[str, Mapping[str, Any]],
+        results: ResultsDir,
+        store: Any,
+    ) -> None:
         """``harness.evaluation.evaluate.score_suites``, what the score cache lacks scored on actors, one per free GPU (CPU)."""
         n_images = sum(len(rows) for rows in manifests.values())
-        actors = [self.scorers.options(**self.slot, max_restarts=RETRIES, max_task_retries=RETRIES).remote(self.setup)
-                  for _ in range(max(1, min(self._free_slots(), math.ceil(n_images / SCORE_BATCH))))]
+        actors = [
+            self.scorers.options(**self.slot, max_restarts=RETRIES, max_task_retries=RETRIES).remote(self.setup)
+            for _ in range(max(1, min(self._free_slots(), math.ceil(n_images / SCORE_BATCH))))
+        ]
         try:
             with ScoreCache(results.score_cache) as cache:
                 for scorer_name in scorers:
                     scorer = _RemoteScorer(self, actors, scorer_name, dict(scorer_options.get(scorer_name, {})))
                     for suite_name, rows in manifests.items():
                         folder = results.images(name, suite_name)
-                        values = score_images(scorer, [_ImageFile(folder / row["path"]) for row in rows],
-                                              [row["prompt"] for row in rows], [row["sha256"] for row in rows],
-                                              cache=cache, batch_size=len(rows))  # the scorer splits the batches
+                        values = score_images(
+                            scorer,
+                            [_ImageFile(folder / row["path"]) for row in rows],
+                            [row["prompt"] for row in rows],
+                            [row["sha256"] for row in rows],
+                            cache=cache,
+                            batch_size=len(rows),
+                        )  # the scorer splits the batches
                         store.add_scores(run_id, suite=suite_name, rows=score_rows(scorer, rows, values))
             for actor in actors:
                 store.add_compute(run_id, _hours(self._result(actor.cost.remote(), "a scorer's cost")))
@@ -195,8 +233,9 @@ class RayBackend:
         except ray.exceptions.RayTaskError as exc:
             raise (exc.cause if isinstance(exc.cause, BaseException) else exc) from None
         except ray.exceptions.RayError as exc:  # the worker died more often than Ray retries
-            raise HarnessError(f"{what} failed on Ray after {RETRIES} retries: {_first_line(exc)}; rerun the "
-                               "same command to resume") from None
+            raise HarnessError(
+                f"{what} failed on Ray after {RETRIES} retries: {_first_line(exc)}; rerun the same command to resume"
+            ) from None
 
     def _free_slots(self) -> int:
         import ray
@@ -246,8 +285,15 @@ def _recorded(fn: Callable[[Any], Result], job: Any, journal: Any, setup: _Worke
         return fn(job)
 
 
-def _generate_shard(name: str, run_id: int, checkpoint: Checkpoint, protocol: Protocol, results: ResultsDir,
-                    shard: tuple[int, int], setup: _WorkerSetup) -> tuple[list[dict], dict[str, float]]:
+def _generate_shard(
+    name: str,
+    run_id: int,
+    checkpoint: Checkpoint,
+    protocol: Protocol,
+    results: ResultsDir,
+    shard: tuple[int, int],
+    setup: _WorkerSetup,
+) -> tuple[list[dict], dict[str, float]]:
     """Generate ``shard`` of the model's suites; returns the store writes that record it, and its cost."""
     setup.apply()
     quiet_libraries()
@@ -313,18 +359,25 @@ class _RemoteScorer:
     def __init__(self, backend: RayBackend, actors: list[Any], name: str, locations: dict[str, Any]) -> None:
         self.backend, self.actors, self.locations = backend, actors, locations
         self.name, self.version, self.scale, self.higher_is_better = backend._result(
-            actors[0].identity.remote(name, locations), f"loading scorer {name}")
+            actors[0].identity.remote(name, locations), f"loading scorer {name}"
+        )
 
     def score(self, images: list[_ImageFile], prompts: list[str]) -> list[float]:
-        refs = [self.actors[i % len(self.actors)].score.remote(
-                    self.name, self.locations, [str(image.path) for image in images[start:start + SCORE_BATCH]],
-                    prompts[start:start + SCORE_BATCH])
-                for i, start in enumerate(range(0, len(images), SCORE_BATCH))]
+        refs = [
+            self.actors[i % len(self.actors)].score.remote(
+                self.name,
+                self.locations,
+                [str(image.path) for image in images[start : start + SCORE_BATCH]],
+                prompts[start : start + SCORE_BATCH],
+            )
+            for i, start in enumerate(range(0, len(images), SCORE_BATCH))
+        ]
         return [value for ref in refs for value in self.backend._result(ref, f"scoring with {self.name}")]
 
 
 def _most_batches(protocol: Protocol) -> int:
     """The batches of the protocol's largest suite in a one-process run: more shards would have nothing to do."""
+
     def batches(suite_name: str) -> int:
         settings = protocol.sampling(suite_name)
         return shard_count(len(protocol.load_suite(suite_name)), settings["images_per_prompt"], settings["batch_size"])
@@ -346,7 +399,9 @@ def _merged_images(results: ResultsDir, shards: list[list[dict]]) -> dict[str, t
     for suite, images in suites.items():
         # The store's paths are relative to the results directory, the manifest's to the suite's folder.
         folder = Path(images["rows"][0]["path"]).parent
-        manifest = merge_shards(results.file(folder), [{**row, "path": Path(row["path"]).name} for row in images["rows"]])
+        manifest = merge_shards(
+            results.file(folder), [{**row, "path": Path(row["path"]).name} for row in images["rows"]]
+        )
         merged[suite] = ({**images, "rows": [{**row, "path": str(folder / row["path"])} for row in manifest]}, manifest)
     return merged
 

@@ -125,8 +125,9 @@ class WorkerPool:
                 slots.put(slot)
             plugins = loaded_plugins() if method == "spawn" else []  # a forked worker has them already
             # A worker that dies (killed, out of memory) fails its job with BrokenProcessPool instead of hanging.
-            self.executor = ProcessPoolExecutor(processes, mp_context=context, initializer=_init_worker,
-                                                initargs=(slots, self.gpus, plugins))
+            self.executor = ProcessPoolExecutor(
+                processes, mp_context=context, initializer=_init_worker, initargs=(slots, self.gpus, plugins)
+            )
 
     def submit(self, fn: Callable[[Job], Result], job: Job) -> Future:
         if self.executor is not None:
@@ -146,7 +147,7 @@ class WorkerPool:
             pending -= self.wait_any(pending)
         return [future.result() for future in futures]
 
-    def __enter__(self) -> "WorkerPool":
+    def __enter__(self) -> WorkerPool:
         return self
 
     def __exit__(self, exc_type: type | None, *exc_info: object) -> None:

@@ -7,9 +7,9 @@ from pathlib import Path
 
 from harness.cli import options
 from harness.cli.parser import Commands
+from harness.data.score_table import ScoreTable
 from harness.data.steps import experts_recipe, score_training_images, select_experts
 from harness.libraries import quiet_libraries
-from harness.data.score_table import ScoreTable
 
 
 def cmd_data_score(args: argparse.Namespace) -> int:

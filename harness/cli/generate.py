@@ -7,14 +7,14 @@ from pathlib import Path
 
 from harness.cli import options
 from harness.cli.parser import Commands
-from harness.plan.locations import require_directory_or_nothing, require_existing_path, resolve_base_model
 from harness.distributed import torchrun_process_group
 from harness.evaluation.evaluate import Protocol, unet_subfolder
-from harness.models.families import check_network_fits
-from harness.libraries import quiet_libraries
-from harness.models.loading import inference_device, load_pipeline
-from harness.plan.presets import get_preset
 from harness.evaluation.sampling import generate, optimize_pipeline
+from harness.libraries import quiet_libraries
+from harness.models.families import check_network_fits
+from harness.models.loading import inference_device, load_pipeline
+from harness.plan.locations import require_directory_or_nothing, require_existing_path, resolve_base_model
+from harness.plan.presets import get_preset
 
 
 def cmd_generate(args: argparse.Namespace) -> int:

@@ -6,8 +6,8 @@ import argparse
 
 from harness.api.registry import METHODS, PRESETS, SCORERS
 from harness.cli.parser import Commands
-from harness.plan.presets import get_preset, preset_summary, show_method, show_preset
 from harness.evaluation.suites import check_suite_name, get_suite, list_suites, show_suite
+from harness.plan.presets import get_preset, preset_summary, show_method, show_preset
 from harness.results.text_table import text_table
 
 

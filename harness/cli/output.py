@@ -65,6 +65,7 @@ def format_table(rows: list[dict], ci: bool = False) -> str:
     A mean is marked when its method was trained on that metric, and a lower-is-better metric's name,
     each with a footnote saying what it means.
     """
+
     def num(value: Any, digits: int = 4) -> str:
         return MISSING if value is None else f"{value:.{digits}g}"
 

@@ -20,28 +20,39 @@ class Command(NamedTuple):
 # `harness --help` and a mistyped command start quickly (a command's module imports what the command runs).
 COMMANDS = {
     "run": Command("run", "train each method from one base, generate the suites, score, store and rank"),
-    "evaluate": Command("evaluate",
+    "evaluate": Command(
+        "evaluate",
         "evaluate any checkpoint into a results directory: generate the suites with the preset's protocol, "
-        "score, store, rank against the base"),
+        "score, store, rank against the base",
+    ),
     "score": Command("score", "score images made elsewhere into a results directory, as a run of their own"),
-    "reproduce": Command("reproduce",
+    "reproduce": Command(
+        "reproduce",
         "run the published checkpoints (harness run --pretrained) and set our numbers beside the paper's, "
-        "each difference in units of our confidence interval"),
+        "each difference in units of our confidence interval",
+    ),
     "train": Command("train", "train one method and write its UNet in diffusers format"),
-    "generate": Command("generate",
-        "generate images for a prompt suite with the preset's evaluation protocol (per-image deterministic "
-        "seeds)"),
+    "generate": Command(
+        "generate",
+        "generate images for a prompt suite with the preset's evaluation protocol (per-image deterministic seeds)",
+    ),
     "leaderboard": Command("leaderboard", "print the leaderboard of a results directory, or of several side by side"),
-    "figure": Command("figure",
+    "figure": Command(
+        "figure",
         "write the dashboard's charts as files for a paper: Δ vs base with CIs (overall and per category), "
-        "win-rate heatmaps, image grids (prompts × methods, same seeds)"),
-    "runs": Command("runs",
+        "win-rate heatmaps, image grids (prompts × methods, same seeds)",
+    ),
+    "runs": Command(
+        "runs",
         "print each run's own start, end, wall time, CPU- or GPU-hours, UNet evaluations per training sample "
-        "and peak memory"),
-    "verify": Command("verify",
+        "and peak memory",
+    ),
+    "verify": Command(
+        "verify",
         "check a results directory and the caches it reads, as `git fsck`: the store, every image against its"
         " manifest hash, every score against the score cache, every checkpoint and final/ network, the "
-        "journals, $HARNESS_CACHE's entries; exit status 1 if anything is wrong"),
+        "journals, $HARNESS_CACHE's entries; exit status 1 if anything is wrong",
+    ),
     "export": Command("export", "export the results for pandas / notebooks"),
     "dashboard": Command("dashboard", "open the Streamlit leaderboard on 127.0.0.1"),
     "data": Command("data", "data steps: score the training images with a reward, pick experts"),

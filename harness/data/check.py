@@ -28,7 +28,14 @@ from pathlib import Path
 
 from harness.api.environment import cache_dir
 from harness.atomic import replacing
-from harness.data.readers import UNDECODABLE, decode_image, load_experts, load_labelled, numbered_jsonl, read_local_pairs
+from harness.data.readers import (
+    UNDECODABLE,
+    decode_image,
+    load_experts,
+    load_labelled,
+    numbered_jsonl,
+    read_local_pairs,
+)
 from harness.errors import HarnessError
 from harness.progress import progress_bar
 
@@ -102,8 +109,10 @@ def check_data(source: str | Path, *, skip_bad_images: bool = False, progress: b
     if check.bad and not skip_bad_images:
         more = len(check.bad) - 1
         others = f" ({more} more unreadable)" if more else ""
-        raise HarnessError(f"{check.bad[0].message()}{others}: fix the data, or pass --skip-bad-images to leave out "
-                           "the rows that hold one")
+        raise HarnessError(
+            f"{check.bad[0].message()}{others}: fix the data, or pass --skip-bad-images to leave out "
+            "the rows that hold one"
+        )
     return check
 
 
@@ -130,6 +139,7 @@ def _check_file(path: Path, progress: bool) -> FileCheck:
 
 def _decode_all(directory: Path, images: list[str], progress: bool, path: Path) -> dict[str, str]:
     """Each image that cannot be read, with why; decoded on threads (PIL releases the GIL while decoding)."""
+
     def problem(image: str) -> str | None:
         location = directory / image
         if not location.is_file():
@@ -141,8 +151,10 @@ def _decode_all(directory: Path, images: list[str], progress: bool, path: Path) 
         return None
 
     problems = {}
-    with ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool, \
-            progress_bar(total=len(images), desc=f"checking the images of {path}", unit="img", enabled=progress) as bar:
+    with (
+        ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool,
+        progress_bar(total=len(images), desc=f"checking the images of {path}", unit="img", enabled=progress) as bar,
+    ):
         for image, found in zip(images, pool.map(problem, images)):
             if found is not None:
                 problems[image] = found

@@ -165,7 +165,9 @@ def _oriented(caption: str, image_0, image_1, label_0: float, score_0, score_1) 
         return None
     if label_0 == 1.0:
         return Pair(caption, image_0, image_1, _optional_float(score_0), _optional_float(score_1))
-    return Pair(caption, image_1, image_0, _optional_float(score_1), _optional_float(score_0), preferred_is_image_0=False)
+    return Pair(
+        caption, image_1, image_0, _optional_float(score_1), _optional_float(score_0), preferred_is_image_0=False
+    )
 
 
 def read_local_pairs(directory: Path, scores: dict[tuple[str, str], float | None] | None = None) -> list[Pair]:
@@ -180,7 +182,9 @@ def read_local_pairs(directory: Path, scores: dict[tuple[str, str], float | None
         score_0, score_1 = row.get("score_0"), row.get("score_1")
         if scores is not None:
             score_0, score_1 = (scores.get((row[image], row["caption"])) for image in ("image_0", "image_1"))
-        pair = _oriented(row["caption"], directory / row["image_0"], directory / row["image_1"], label, score_0, score_1)
+        pair = _oriented(
+            row["caption"], directory / row["image_0"], directory / row["image_1"], label, score_0, score_1
+        )
         if pair is not None:
             pairs.append(pair)
     return pairs
@@ -194,7 +198,9 @@ class PickapicPairs(Sequence):
     """
 
     def __init__(self, dataset, scores: dict[tuple[str, str], float | None] | None = None) -> None:
-        required = {"jpg_0", "jpg_1", "label_0", "caption"} | ({"image_0_uid", "image_1_uid"} if scores is not None else set())
+        required = {"jpg_0", "jpg_1", "label_0", "caption"} | (
+            {"image_0_uid", "image_1_uid"} if scores is not None else set()
+        )
         missing = required - set(dataset.column_names)
         if missing:
             raise HarnessError(f"dataset lacks Pick-a-Pic column(s): {', '.join(sorted(missing))}")
@@ -209,8 +215,16 @@ class PickapicPairs(Sequence):
         if scores is not None:
             keys = dataset.select_columns(["caption", "image_0_uid", "image_1_uid"])
             captions, uid_0, uid_1 = keys["caption"], keys["image_0_uid"], keys["image_1_uid"]
-            self.scores = np.array([[_nan_if_none(scores.get((uid_0[i], captions[i]))),
-                                     _nan_if_none(scores.get((uid_1[i], captions[i])))] for i in self.rows], dtype=float)
+            self.scores = np.array(
+                [
+                    [
+                        _nan_if_none(scores.get((uid_0[i], captions[i]))),
+                        _nan_if_none(scores.get((uid_1[i], captions[i]))),
+                    ]
+                    for i in self.rows
+                ],
+                dtype=float,
+            )
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -218,7 +232,9 @@ class PickapicPairs(Sequence):
     def __getitem__(self, index: int) -> Pair:  # type: ignore[override]
         row = self.dataset[self.rows[index]]
         score_0, score_1 = (row.get("score_0"), row.get("score_1")) if self.scores is None else self.scores[index]
-        pair = _oriented(row["caption"], bytes(row["jpg_0"]), bytes(row["jpg_1"]), float(row["label_0"]), score_0, score_1)
+        pair = _oriented(
+            row["caption"], bytes(row["jpg_0"]), bytes(row["jpg_1"]), float(row["label_0"]), score_0, score_1
+        )
         assert pair is not None
         return pair
 
@@ -249,8 +265,9 @@ def load_hf_dataset(source: str, split: str = "train"):
         raise HarnessError(f"cannot load dataset {source!r} (split {split!r}): {first_line}") from None
 
 
-def load_pairs(source: str | Path, split: str = "train",
-               scores: dict[tuple[str, str], float | None] | None = None) -> Sequence[Pair]:
+def load_pairs(
+    source: str | Path, split: str = "train", scores: dict[tuple[str, str], float | None] | None = None
+) -> Sequence[Pair]:
     """Preference pairs from a local ``pairs.jsonl`` directory or Pick-a-Pic v2 (hub id or local copy).
 
     ``scores``: a score table's values by (image uid, caption) (the uid of a local image is its path
@@ -277,13 +294,16 @@ def load_experts(source: str | Path, top_k: int | None = None, scorer: str | Non
             raise HarnessError(
                 f"the experts are the top {top_k} images of {source} ranked by {scorer}: make them with "
                 f"`harness data experts --data {source} --scorer {scorer} --top-k {top_k} --out DIR` and train on DIR "
-                "(`harness run` does this itself)")
+                "(`harness run` does this itself)"
+            )
         pairs = load_pairs(source)
         if not top_k:
             return [Expert(p.caption, p.image_w, p.score_w) for p in pairs]
         if np.isnan(pair_scores(pairs)).any():
             raise HarnessError(f"{source}: ranking the top {top_k} experts needs score_0 and score_1 on every pair")
-        candidates = [Expert(p.caption, img, s) for p in pairs for img, s in ((p.image_w, p.score_w), (p.image_l, p.score_l))]
+        candidates = [
+            Expert(p.caption, img, s) for p in pairs for img, s in ((p.image_w, p.score_w), (p.image_l, p.score_l))
+        ]
         return top_k_experts(candidates, top_k)
     experts = []
     for number, row in numbered_jsonl(path):
@@ -291,7 +311,9 @@ def load_experts(source: str | Path, top_k: int | None = None, scorer: str | Non
         experts.append(Expert(row["caption"], Path(source) / row["image"], _optional_float(row.get("score"))))
     if top_k and len(experts) > top_k:
         if any(expert.score is None for expert in experts):
-            raise HarnessError(f"{path} has {len(experts)} experts and top_k is {top_k}: every row needs a 'score' to rank by")
+            raise HarnessError(
+                f"{path} has {len(experts)} experts and top_k is {top_k}: every row needs a 'score' to rank by"
+            )
         return top_k_experts(experts, top_k)
     return experts
 
@@ -323,8 +345,11 @@ def load_labelled(source: str | Path) -> list[Labelled]:
         _require(row, ("caption", "image", "label"), f"{path}:{number}")
         if label_value(row, "label", f"{path}:{number}") not in (0.0, 1.0):
             raise HarnessError(f"{path}:{number}: label must be 1 (desirable) or 0 (undesirable), not {row['label']!r}")
-        rows.append(Labelled(row["caption"], Path(source) / row["image"], float(row["label"]),
-                             _optional_float(row.get("score"))))
+        rows.append(
+            Labelled(
+                row["caption"], Path(source) / row["image"], float(row["label"]), _optional_float(row.get("score"))
+            )
+        )
     return rows
 
 
@@ -339,11 +364,14 @@ def scored_pairs(source: str | Path, scorer: str | None) -> Sequence[Pair]:
     if table is None:
         raise HarnessError(
             f"the pairs in {source} carry no scores and this method needs every image scored by {scorer}: "
-            f"run `harness data score --data {source} --scorer {scorer}` (`harness run` does this itself)")
+            f"run `harness data score --data {source} --scorer {scorer}` (`harness run` does this itself)"
+        )
     with table:
         pairs = load_pairs(source, scores=table.values())
     unscored = int(np.isnan(pair_scores(pairs)).sum())
     if unscored:
-        raise HarnessError(f"{unscored} image(s) of {source} have no {scorer} score in {table.path} "
-                           "(undecodable, or the data changed): rerun `harness data score`")
+        raise HarnessError(
+            f"{unscored} image(s) of {source} have no {scorer} score in {table.path} "
+            "(undecodable, or the data changed): rerun `harness data score`"
+        )
     return pairs

@@ -75,7 +75,9 @@ class ScoreTable:
         return set(self._db.execute("SELECT uid, caption FROM scores"))
 
     def values(self) -> dict[tuple[str, str], float | None]:
-        return {(uid, caption): value for uid, caption, value in self._db.execute("SELECT uid, caption, value FROM scores")}
+        return {
+            (uid, caption): value for uid, caption, value in self._db.execute("SELECT uid, caption, value FROM scores")
+        }
 
     def put(self, rows: Iterable[tuple[str, str, float | None]]) -> None:
         with self._db:

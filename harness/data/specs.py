@@ -42,8 +42,14 @@ class Examples(Sequence):
     ``scores``: every score the data carries, NaN where missing, known without reading an image.
     """
 
-    def __init__(self, records: Sequence, per_record: int, make: Callable[[Any, int], Example], scores: np.ndarray,
-                 weights: np.ndarray | None = None) -> None:
+    def __init__(
+        self,
+        records: Sequence,
+        per_record: int,
+        make: Callable[[Any, int], Example],
+        scores: np.ndarray,
+        weights: np.ndarray | None = None,
+    ) -> None:
         self.records, self.per_record, self.make, self.scores = records, per_record, make, scores
         # Each example's sampling weight: the trainer draws with replacement in proportion to it; None: every
         # example once per epoch, in a random order.
@@ -61,8 +67,11 @@ class Examples(Sequence):
         are left out whatever training draws."""
         if not images:
             return self
-        kept = [record for record in self.records
-                if not any(images.intersection(self.make(record, part).images) for part in range(self.per_record))]
+        kept = [
+            record
+            for record in self.records
+            if not any(images.intersection(self.make(record, part).images) for part in range(self.per_record))
+        ]
         return Examples(kept, self.per_record, self.make, self.scores)
 
     def captions(self) -> Sequence[str]:
@@ -89,8 +98,9 @@ def _score(value: float | None) -> float:
 @singledispatch
 def examples(spec: DataSpec, source: str | Path) -> Examples:
     """The training examples ``spec`` reads from ``source`` (a directory or a hub dataset), or a one-line error."""
-    raise HarnessError(f"no reader for the data spec {spec!r}: a method declares Pairs, Experts, LabelledImages "
-                       f"or PromptsOnly")
+    raise HarnessError(
+        f"no reader for the data spec {spec!r}: a method declares Pairs, Experts, LabelledImages or PromptsOnly"
+    )
 
 
 @examples.register
@@ -98,10 +108,18 @@ def _(spec: Pairs, source: str | Path) -> Examples:
     pairs = scored_pairs(source, spec.scorer)
     if len(pairs) == 0:
         raise HarnessError(f"no usable training pairs in {source} (ties are dropped)")
-    return Examples(pairs, 1, lambda pair, _: Example(pair.caption, (pair.image_w, pair.image_l),
-                                                      (_score(pair.score_w), _score(pair.score_l)), (NAN, NAN),
-                                                      (None, 0) if pair.preferred_is_image_0 else (1, None)),
-                    pair_scores(pairs))
+    return Examples(
+        pairs,
+        1,
+        lambda pair, _: Example(
+            pair.caption,
+            (pair.image_w, pair.image_l),
+            (_score(pair.score_w), _score(pair.score_l)),
+            (NAN, NAN),
+            (None, 0) if pair.preferred_is_image_0 else (1, None),
+        ),
+        pair_scores(pairs),
+    )
 
 
 @examples.register
@@ -109,8 +127,12 @@ def _(spec: Experts, source: str | Path) -> Examples:
     experts = load_experts(source, spec.top_k, spec.scorer)
     if len(experts) == 0:
         raise HarnessError(f"no usable training experts in {source}")
-    return Examples(experts, 1, lambda expert, _: Example(expert.caption, (expert.image,), (_score(expert.score),), (NAN,)),
-                    np.array([_score(e.score) for e in experts], dtype=float))
+    return Examples(
+        experts,
+        1,
+        lambda expert, _: Example(expert.caption, (expert.image,), (_score(expert.score),), (NAN,)),
+        np.array([_score(e.score) for e in experts], dtype=float),
+    )
 
 
 @examples.register
@@ -118,8 +140,13 @@ def _(spec: LabelledImages, source: str | Path) -> Examples:
     if (Path(source) / "labelled.jsonl").exists():
         rows = load_labelled(source)
         labels = np.array([row.label for row in rows])
-        return Examples(rows, 1, lambda row, _: Example(row.caption, (row.image,), (_score(row.score),), (row.label,)),
-                        np.array([_score(r.score) for r in rows], dtype=float), _weights(spec, labels))
+        return Examples(
+            rows,
+            1,
+            lambda row, _: Example(row.caption, (row.image,), (_score(row.score),), (row.label,)),
+            np.array([_score(r.score) for r in rows], dtype=float),
+            _weights(spec, labels),
+        )
     pairs = load_pairs(source)
     if len(pairs) == 0:
         raise HarnessError(f"no usable training pairs in {source} to label (ties are dropped)")
@@ -151,8 +178,10 @@ def _weights(spec: LabelledImages, labels: np.ndarray) -> np.ndarray | None:
         return None
     desirable = labels == 1
     if desirable.all() or not desirable.any():
-        raise HarnessError(f"desirable_share {spec.desirable_share} needs desirable and undesirable images; "
-                           f"the data has {int(desirable.sum())} desirable of {len(labels)}")
+        raise HarnessError(
+            f"desirable_share {spec.desirable_share} needs desirable and undesirable images; "
+            f"the data has {int(desirable.sum())} desirable of {len(labels)}"
+        )
     return np.where(desirable, spec.desirable_share / desirable.sum(), (1 - spec.desirable_share) / (~desirable).sum())
 
 
@@ -176,8 +205,10 @@ def _labelled_per_image(pairs: Sequence[Pair]) -> list[tuple[int, int, float]]:
     read from two columns: no image is decoded)."""
     if isinstance(pairs, PickapicPairs):
         if not {"image_0_uid", "image_1_uid"} <= set(pairs.dataset.column_names):
-            raise HarnessError("per-image labels need the images' uids (columns image_0_uid, image_1_uid); "
-                               "set per_image_labels false to label per pair")
+            raise HarnessError(
+                "per-image labels need the images' uids (columns image_0_uid, image_1_uid); "
+                "set per_image_labels false to label per pair"
+            )
         columns = pairs.dataset.select_columns(["image_0_uid", "image_1_uid", "label_0"])
         uid_0, uid_1, label_0 = columns["image_0_uid"], columns["image_1_uid"], columns["label_0"]
         ids = [(uid_0[r], uid_1[r]) if label_0[r] == 1 else (uid_1[r], uid_0[r]) for r in pairs.rows]
@@ -202,22 +233,30 @@ def training_source(spec: DataSpec, source: str, made_data: Path, synthesized: b
     """Where training reads: ``source`` itself, or a directory ``prepare`` makes from it in ``made_data`` (the
     results directory's ``data/``): DRO's experts ranked by a reward, unless the source has its own
     ``experts.jsonl`` or is synthesized data (which has one)."""
-    if isinstance(spec, Experts) and spec.scorer and source and not synthesized \
-            and not (Path(source) / "experts.jsonl").exists():
+    if (
+        isinstance(spec, Experts)
+        and spec.scorer
+        and source
+        and not synthesized
+        and not (Path(source) / "experts.jsonl").exists()
+    ):
         return str(made_data / f"experts-{spec.scorer}-top{spec.top_k}")
     return source
 
 
 @singledispatch
-def prepare(spec: DataSpec, source: str, training_source: str, scorer_options: dict[str, Any],
-            say: Say) -> tuple[list[str], str]:
+def prepare(
+    spec: DataSpec, source: str, training_source: str, scorer_options: dict[str, Any], say: Say
+) -> tuple[list[str], str]:
     """Make what training on ``spec`` needs from ``source`` (idempotent); return the rewards that shaped the data,
     and how (none for a spec that reads its source as it is)."""
     return [], ""
 
 
 @prepare.register
-def _(spec: Pairs, source: str, training_source: str, scorer_options: dict[str, Any], say: Say) -> tuple[list[str], str]:
+def _(
+    spec: Pairs, source: str, training_source: str, scorer_options: dict[str, Any], say: Say
+) -> tuple[list[str], str]:
     if spec.scorer and np.isnan(pair_scores(load_pairs(source))).any():
         say(f"scoring the training pairs with {spec.scorer}")
         score_training_images(source, spec.scorer, scorer_options=scorer_options)
@@ -226,7 +265,9 @@ def _(spec: Pairs, source: str, training_source: str, scorer_options: dict[str, 
 
 
 @prepare.register
-def _(spec: Experts, source: str, training_source: str, scorer_options: dict[str, Any], say: Say) -> tuple[list[str], str]:
+def _(
+    spec: Experts, source: str, training_source: str, scorer_options: dict[str, Any], say: Say
+) -> tuple[list[str], str]:
     if spec.scorer and training_source != source:
         say(f"top {spec.top_k} experts of {source} by {spec.scorer}")
         select_experts(source, spec.scorer, spec.top_k, Path(training_source), scorer_options=scorer_options)

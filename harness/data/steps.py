@@ -28,9 +28,9 @@ from PIL import Image
 
 from harness.atomic import publishing, write_jsonl
 from harness.data.readers import ImageLoader, ImageSource, _read_jsonl, load_hf_dataset
+from harness.data.score_table import ScoreTable, dataset_key, table_path
 from harness.errors import HarnessError
 from harness.progress import progress_bar
-from harness.data.score_table import ScoreTable, dataset_key, table_path
 from harness.scoring import get_scorer
 
 EXPERTS_META = "experts.json"
@@ -58,7 +58,9 @@ class PairRows:
         dataset = load_hf_dataset(str(source), split)
         missing = {"caption", "image_0_uid", "image_1_uid", "jpg_0", "jpg_1"} - set(dataset.column_names)
         if missing:
-            raise HarnessError(f"{source} lacks the Pick-a-Pic column(s) {', '.join(sorted(missing))} a data step needs")
+            raise HarnessError(
+                f"{source} lacks the Pick-a-Pic column(s) {', '.join(sorted(missing))} a data step needs"
+            )
         columns = dataset.select_columns(["caption", "image_0_uid", "image_1_uid"])
         keys = list(zip(columns["caption"], columns["image_0_uid"], columns["image_1_uid"]))
         return cls(str(source), split, keys, dataset)
@@ -72,23 +74,35 @@ class PairRows:
             return
         chunk = 256  # rows read at once: bounded memory whatever the split's size
         for start in range(0, len(rows), chunk):
-            part = rows[start:start + chunk]
+            part = rows[start : start + chunk]
             selected = self.dataset.select(part).select_columns(["jpg_0", "jpg_1"])
             for row, jpg_0, jpg_1 in zip(part, selected["jpg_0"], selected["jpg_1"]):
                 yield row, bytes(jpg_0), bytes(jpg_1)
 
 
-def score_training_images(source: str | Path, scorer_name: str, *, split: str = "train",
-                          scorer_options: dict[str, Any] | None = None, batch_size: int = 32,
-                          progress: bool = True) -> Path:
+def score_training_images(
+    source: str | Path,
+    scorer_name: str,
+    *,
+    split: str = "train",
+    scorer_options: dict[str, Any] | None = None,
+    batch_size: int = 32,
+    progress: bool = True,
+) -> Path:
     """Score every unique (image, caption) of the pairs in ``source`` with ``scorer_name``; returns the table's path.
 
     Resumable: only what the table lacks is scored, and each batch is committed at once.
     """
     pairs = PairRows.open(source, split)
     scorer = get_scorer(scorer_name, **(scorer_options or {}))
-    meta = {"scorer": scorer.name, "version": scorer.version, "scale": scorer.scale,
-            "family": getattr(scorer, "family", scorer.name), "split": split, "dataset_key": dataset_key(source, split)}
+    meta = {
+        "scorer": scorer.name,
+        "version": scorer.version,
+        "scale": scorer.scale,
+        "family": getattr(scorer, "family", scorer.name),
+        "split": split,
+        "dataset_key": dataset_key(source, split),
+    }
     with ScoreTable(table_path(source, split, scorer_name), meta) as table:
         done = table.known()
         todo: dict[tuple[str, str], tuple[int, int]] = {}  # (uid, caption) -> (row, image column)
@@ -97,14 +111,20 @@ def score_training_images(source: str | Path, scorer_name: str, *, split: str = 
                 if (uid, caption) not in done:
                     todo.setdefault((uid, caption), (row, column))
         if todo:
-            _score(pairs, todo, scorer, table, batch_size, progress_bar(total=len(todo), unit="img",
-                                                                         desc=f"scoring with {scorer.name}",
-                                                                         enabled=progress))
+            _score(
+                pairs,
+                todo,
+                scorer,
+                table,
+                batch_size,
+                progress_bar(total=len(todo), unit="img", desc=f"scoring with {scorer.name}", enabled=progress),
+            )
         return table.path
 
 
-def _score(pairs: PairRows, todo: dict[tuple[str, str], tuple[int, int]], scorer, table: ScoreTable,
-           batch_size: int, bar) -> None:
+def _score(
+    pairs: PairRows, todo: dict[tuple[str, str], tuple[int, int]], scorer, table: ScoreTable, batch_size: int, bar
+) -> None:
     wanted: dict[int, list[tuple[int, str, str]]] = {}
     for (uid, caption), (row, column) in todo.items():
         wanted.setdefault(row, []).append((column, uid, caption))
@@ -130,11 +150,22 @@ def _score(pairs: PairRows, todo: dict[tuple[str, str], tuple[int, int]], scorer
                     flush()
         flush()
     if loader.skipped:
-        print(f"   {len(loader.skipped)} undecodable image(s) left unscored, e.g. {sorted(loader.skipped)[0]}", flush=True)
+        print(
+            f"   {len(loader.skipped)} undecodable image(s) left unscored, e.g. {sorted(loader.skipped)[0]}", flush=True
+        )
 
 
-def select_experts(source: str | Path, scorer_name: str, top_k: int, out_dir: Path, *, split: str = "train",
-                   scorer_options: dict[str, Any] | None = None, batch_size: int = 32, progress: bool = True) -> Path:
+def select_experts(
+    source: str | Path,
+    scorer_name: str,
+    top_k: int,
+    out_dir: Path,
+    *,
+    split: str = "train",
+    scorer_options: dict[str, Any] | None = None,
+    batch_size: int = 32,
+    progress: bool = True,
+) -> Path:
     """DRO's expert set: the ``top_k`` training images by ``scorer_name``, as ``out_dir/experts.jsonl`` + images.
 
     Scores first (resuming), then writes the directory atomically; a finished directory with the
@@ -146,8 +177,9 @@ def select_experts(source: str | Path, scorer_name: str, top_k: int, out_dir: Pa
     recipe = {"split": split, "dataset_key": dataset_key(source, split), "top_k": top_k}
     if _same_recipe(out_dir, recipe, scorer_name):
         return out_dir
-    table_file = score_training_images(source, scorer_name, split=split, scorer_options=scorer_options,
-                                       batch_size=batch_size, progress=progress)
+    table_file = score_training_images(
+        source, scorer_name, split=split, scorer_options=scorer_options, batch_size=batch_size, progress=progress
+    )
     with ScoreTable(table_file) as table:
         ranked, meta = table.ranked(top_k), dict(table.meta)
     pairs = PairRows.open(source, split)
@@ -168,8 +200,16 @@ def select_experts(source: str | Path, scorer_name: str, top_k: int, out_dir: Pa
                     rows[row, column] = {"caption": caption, "image": name, "score": score, "uid": uid}
         ordered = [rows[where[uid, caption]] for _, uid, caption in ranked]
         write_jsonl(temporary / "experts.jsonl", ordered)
-        record = {**recipe, "source": str(source), "scorer": meta["scorer"], "version": meta["version"], "scale": meta["scale"],
-                  "family": meta["family"], "scores": str(table_file), "n": len(ordered)}
+        record = {
+            **recipe,
+            "source": str(source),
+            "scorer": meta["scorer"],
+            "version": meta["version"],
+            "scale": meta["scale"],
+            "family": meta["family"],
+            "scores": str(table_file),
+            "n": len(ordered),
+        }
         (temporary / EXPERTS_META).write_text(json.dumps(record, indent=1), encoding="utf-8")
         if out_dir.exists():  # another recipe's experts: replaced whole
             shutil.rmtree(out_dir)
@@ -184,8 +224,12 @@ def experts_recipe(directory: str | Path) -> dict | None:
 
 def _same_recipe(out_dir: Path, recipe: dict, scorer_name: str) -> bool:
     made = experts_recipe(out_dir)
-    return made is not None and (out_dir / "experts.jsonl").exists() and made.get("scorer") == scorer_name and all(
-        made.get(k) == v for k, v in recipe.items())
+    return (
+        made is not None
+        and (out_dir / "experts.jsonl").exists()
+        and made.get("scorer") == scorer_name
+        and all(made.get(k) == v for k, v in recipe.items())
+    )
 
 
 def _bytes(source: ImageSource) -> bytes:

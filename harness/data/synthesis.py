@@ -35,8 +35,8 @@ from harness.api.suite import Prompt, Suite
 from harness.atomic import publishing, replacing, write_jsonl
 from harness.distributed import barrier, rank_and_size
 from harness.errors import HarnessError
-from harness.models.loading import load_pipeline
 from harness.evaluation.sampling import generate
+from harness.models.loading import load_pipeline
 from harness.scoring import ScoreCache, get_scorer, score_images
 
 SETTINGS_FILE = "synthesis.json"
@@ -102,7 +102,17 @@ def synthesize(
         barrier()
         return out_dir
 
-    rows = _sample(base_model, captions, out_dir, samples_per_caption, seed, num_inference_steps, guidance_scale, scheduler, batch_size)
+    rows = _sample(
+        base_model,
+        captions,
+        out_dir,
+        samples_per_caption,
+        seed,
+        num_inference_steps,
+        guidance_scale,
+        scheduler,
+        batch_size,
+    )
     scores = _score(rows, out_dir, scorers)  # (n_images, n_scorers)
     rng = np.random.default_rng(seed)
     panel = rng.dirichlet(rater_concentration * weights / weights.sum(), size=raters)  # (raters, n_scorers)
@@ -182,7 +192,7 @@ def _cache_entry(cache_dir: Path, base_model: str | Path, settings: dict[str, An
     package = Path(__file__).parents[1]  # the whole harness package: its code is part of the key
     code = hashlib.sha256()
     for path in sorted(package.rglob("*.py")):
-        code.update(f"{path.relative_to(package)}\n".encode("utf-8") + path.read_bytes())
+        code.update(f"{path.relative_to(package)}\n".encode() + path.read_bytes())
     compute = "cuda" if torch.cuda.is_available() else f"cpu, {torch.get_num_threads()} threads"
     key = {
         "settings": settings,
@@ -226,7 +236,9 @@ def noisy_label(utility_gap: float, temperature: float, tie_margin: float, rng: 
     return 1.0 if rng.random() < p_first else 0.0
 
 
-def _check(captions, scorers, samples_per_caption, pairs_per_caption, expert_top_k, weights, raters, temperature) -> None:
+def _check(
+    captions, scorers, samples_per_caption, pairs_per_caption, expert_top_k, weights, raters, temperature
+) -> None:
     if not captions:
         raise HarnessError("synthesize needs at least one caption")
     if len(set(captions)) != len(captions):
@@ -237,7 +249,9 @@ def _check(captions, scorers, samples_per_caption, pairs_per_caption, expert_top
         raise HarnessError(f"samples_per_caption must be at least 2 (a pair), got {samples_per_caption}")
     max_pairs = samples_per_caption * (samples_per_caption - 1) // 2
     if not 1 <= pairs_per_caption <= max_pairs:
-        raise HarnessError(f"pairs_per_caption must be in 1..{max_pairs} for {samples_per_caption} samples, got {pairs_per_caption}")
+        raise HarnessError(
+            f"pairs_per_caption must be in 1..{max_pairs} for {samples_per_caption} samples, got {pairs_per_caption}"
+        )
     if not 1 <= expert_top_k <= len(captions) * samples_per_caption:
         raise HarnessError(f"expert_top_k must be in 1..{len(captions) * samples_per_caption}, got {expert_top_k}")
     if len(weights) != len(scorers) or (weights < 0).any() or weights.sum() <= 0:
@@ -246,7 +260,9 @@ def _check(captions, scorers, samples_per_caption, pairs_per_caption, expert_top
         raise HarnessError("synthesize needs raters >= 1 and temperature > 0")
 
 
-def _sample(base_model, captions, out_dir, samples_per_caption, seed, steps, guidance_scale, scheduler, batch_size) -> list[dict]:
+def _sample(
+    base_model, captions, out_dir, samples_per_caption, seed, steps, guidance_scale, scheduler, batch_size
+) -> list[dict]:
     import torch
 
     digest = hashlib.sha256("\n".join(captions).encode("utf-8")).hexdigest()[:12]

@@ -59,7 +59,8 @@ def curve_points(scores: pd.DataFrame, base: str = "base") -> pd.DataFrame:
         return points
     parsed = points["method"].str.extract(f"^{_SNAPSHOT.pattern}$")
     return points.assign(method=parsed["method"], step=parsed["step"].astype(int)).sort_values(
-        ["method", "suite", "metric", "step"], ignore_index=True)
+        ["method", "suite", "metric", "step"], ignore_index=True
+    )
 
 
 def write_tensorboard(points: pd.DataFrame, method: str, log_dir: Path) -> None:

@@ -22,14 +22,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from harness.train import trainer  # trainer.resolve_config read at each call: the tests count calls
 from harness.api.preset import Preset
 from harness.api.registry import METHODS, SCORERS
-from harness.results.compute import JobClock
-from harness.plan.locations import is_built_model, require_directory_or_nothing, require_existing_path, resolve_base_model
+from harness.backends.workers import one_cpu_thread
 from harness.errors import HarnessError
+from harness.evaluation.sampling import generate
+from harness.evaluation.suites import Suite, check_suite_name, get_suite
 from harness.models.families import check_network_fits, family_of_model
-from harness.results.identity import compared, difference, recorded_location, shown
 from harness.models.loading import (
     check_model_available,
     inference_device,
@@ -37,15 +36,21 @@ from harness.models.loading import (
     pipeline_scheduler,
     reporting_load_errors,
 )
+from harness.plan.locations import (
+    is_built_model,
+    require_directory_or_nothing,
+    require_existing_path,
+    resolve_base_model,
+)
 from harness.plan.presets import get_preset
 from harness.progress import Stages, say
+from harness.results.compute import JobClock
+from harness.results.identity import compared, difference, recorded_location, shown
 from harness.results.layout import ResultsDir
-from harness.evaluation.sampling import generate
+from harness.results.store import Store
 from harness.scoring import get_scorer, score_images
 from harness.scoring.cache import ScoreCache
-from harness.results.store import Store
-from harness.evaluation.suites import Suite, check_suite_name, get_suite
-from harness.backends.workers import one_cpu_thread
+from harness.train import trainer  # trainer.resolve_config read at each call: the tests count calls
 
 BASE = "base"  # the run of the untrained base model, which every other run is compared with
 LORA_WEIGHTS = "pytorch_lora_weights.safetensors"  # what `harness train` writes to final/lora (train_export)
@@ -68,8 +73,9 @@ class Protocol:
     scorer_options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
     @classmethod
-    def of(cls, preset: Preset, suites: list[str] | None = None, scorers: list[str] | None = None,
-           **changes: Any) -> Protocol:
+    def of(
+        cls, preset: Preset, suites: list[str] | None = None, scorers: list[str] | None = None, **changes: Any
+    ) -> Protocol:
         """The preset's protocol; ``suites`` and ``scorers`` replace the preset's when given."""
         return cls(preset, tuple(suites or preset.suites), tuple(scorers or preset.scorers), **changes)
 
@@ -111,13 +117,17 @@ def unet_subfolder(location: str) -> str | None:
     if (path / "config.json").is_file():
         return None
     if path.is_dir() and not (path / "unet" / "config.json").is_file():
-        trained = sorted(str(Path(location) / found.parent.relative_to(path))
-                         for pattern in ("final/unet/config.json", "models/*/final/unet/config.json")
-                         for found in path.glob(pattern))
+        trained = sorted(
+            str(Path(location) / found.parent.relative_to(path))
+            for pattern in ("final/unet/config.json", "models/*/final/unet/config.json")
+            for found in path.glob(pattern)
+        )
         hint = f"did you mean {' or '.join(trained)}? " if trained else ""
-        raise HarnessError(f"--unet {location!r} is not a UNet directory (no config.json) nor a pipeline's (no "
-                           f"unet/config.json): {hint}`harness train --out DIR` writes its UNet to DIR/final/unet, "
-                           "`harness run --out DIR` to DIR/models/METHOD/final/unet")
+        raise HarnessError(
+            f"--unet {location!r} is not a UNet directory (no config.json) nor a pipeline's (no "
+            f"unet/config.json): {hint}`harness train --out DIR` writes its UNet to DIR/final/unet, "
+            "`harness run --out DIR` to DIR/models/METHOD/final/unet"
+        )
     return "unet"
 
 
@@ -139,8 +149,10 @@ def check_prompts_scorable(suites: Sequence[Any], scorers: Sequence[str]) -> Non
                 try:
                     scorer.check_prompt(prompt.prompt)
                 except HarnessError as exc:
-                    raise HarnessError(f"suite {suite.name!r}, prompt {prompt.prompt_id!r} ({prompt.prompt!r}): "
-                                       f"scorer {name!r} cannot score it: {exc}") from None
+                    raise HarnessError(
+                        f"suite {suite.name!r}, prompt {prompt.prompt_id!r} ({prompt.prompt!r}): "
+                        f"scorer {name!r} cannot score it: {exc}"
+                    ) from None
 
 
 def check_scorer_options(name: str, keywords: Mapping[str, Any]) -> None:
@@ -150,8 +162,9 @@ def check_scorer_options(name: str, keywords: Mapping[str, Any]) -> None:
     accepted = [p for p in inspect.signature(SCORERS.get(name).__init__).parameters if p != "self"]
     unknown = sorted(set(keywords) - set(accepted))
     if unknown:
-        raise HarnessError(f"scorer {name!r} takes no option {', '.join(unknown)}; "
-                           f"its options: {', '.join(accepted) or 'none'}")
+        raise HarnessError(
+            f"scorer {name!r} takes no option {', '.join(unknown)}; its options: {', '.join(accepted) or 'none'}"
+        )
 
 
 def get_or_create_run(store, name: str, preset: Preset, model: str | dict, seed: int, **config: Any) -> int:
@@ -168,8 +181,12 @@ def check_run(store, name: str, preset: Preset, model: str | dict, seed: int, **
 
 
 def _run_row(name: str, preset: Preset, model: str | dict, seed: int, config: dict) -> dict[str, Any]:
-    return {"method": name, "preset": preset.name, "base_model": shown(model),
-            "config": {"preset": preset.name, "base_model": model, "seed": seed, **config}}
+    return {
+        "method": name,
+        "preset": preset.name,
+        "base_model": shown(model),
+        "config": {"preset": preset.name, "base_model": model, "seed": seed, **config},
+    }
 
 
 def recorded_model(location: str, results: ResultsDir) -> str | dict:
@@ -179,9 +196,18 @@ def recorded_model(location: str, results: ResultsDir) -> str | dict:
 
 
 # -- one model's evaluation ----------------------------------------------------------------------
-def evaluate(name: str, run_id: int, checkpoint: Checkpoint, protocol: Protocol, results: ResultsDir,
-             stage: Callable[[str], None], *, generate: Callable[..., dict[str, list[dict]]] | None = None,
-             score: Callable[..., None] | None = None, clock: Callable[[], Any] | None = None) -> None:
+def evaluate(
+    name: str,
+    run_id: int,
+    checkpoint: Checkpoint,
+    protocol: Protocol,
+    results: ResultsDir,
+    stage: Callable[[str], None],
+    *,
+    generate: Callable[..., dict[str, list[dict]]] | None = None,
+    score: Callable[..., None] | None = None,
+    clock: Callable[[], Any] | None = None,
+) -> None:
     """Generate the protocol's suites with ``checkpoint``, score them, store both under run ``name``: the run's
     last job, so the run is 'done' when it ends ('failed' if it fails), with what it cost added to the run's.
 
@@ -208,8 +234,14 @@ def evaluate(name: str, run_id: int, checkpoint: Checkpoint, protocol: Protocol,
 def load_checkpoint(checkpoint: Checkpoint, protocol: Protocol):
     """The pipeline to sample ``checkpoint`` with, on the inference device."""
     device, dtype = inference_device()
-    pipe = load_pipeline(checkpoint.model, unet=checkpoint.unet, unet_subfolder=checkpoint.unet_subfolder,
-                         dtype=dtype, device=device, vae=protocol.vae or protocol.preset.vae)
+    pipe = load_pipeline(
+        checkpoint.model,
+        unet=checkpoint.unet,
+        unet_subfolder=checkpoint.unet_subfolder,
+        dtype=dtype,
+        device=device,
+        vae=protocol.vae or protocol.preset.vae,
+    )
     if checkpoint.lora is not None:
         load_lora(pipe, checkpoint.lora)
     if checkpoint.method is not None:
@@ -227,8 +259,15 @@ def load_lora(pipe: Any, location: str) -> None:
     pipe.fuse_lora()
 
 
-def generate_suites(name: str, run_id: int, checkpoint: Checkpoint, protocol: Protocol, results: ResultsDir,
-                    store, shard: tuple[int, int] | None = None) -> dict[str, list[dict]]:
+def generate_suites(
+    name: str,
+    run_id: int,
+    checkpoint: Checkpoint,
+    protocol: Protocol,
+    results: ResultsDir,
+    store,
+    shard: tuple[int, int] | None = None,
+) -> dict[str, list[dict]]:
     """Sample every suite of the protocol into ``images/<name>/<suite>/``; record the images; return the
     manifests' rows by suite (their paths relative to that folder).
 
@@ -239,8 +278,9 @@ def generate_suites(name: str, run_id: int, checkpoint: Checkpoint, protocol: Pr
     for suite_name in protocol.suites:
         suite = protocol.load_suite(suite_name)
         say(f"   {name} / {suite.name} ({len(suite)} prompts)")
-        rows = generate(pipe, suite, results.images(name, suite.name), **protocol.sampling(suite.name), shard=shard,
-                        model=name)
+        rows = generate(
+            pipe, suite, results.images(name, suite.name), **protocol.sampling(suite.name), shard=shard, model=name
+        )
         folder = results.relative_images(name, suite.name)
         stored = [{**row, "path": str(folder / row["path"])} for row in rows]  # the store's: relative to the results
         store.add_images(run_id, suite=suite.name, suite_version=suite.version, split=suite.split, rows=stored)
@@ -249,8 +289,15 @@ def generate_suites(name: str, run_id: int, checkpoint: Checkpoint, protocol: Pr
     return manifests
 
 
-def score_suites(name: str, run_id: int, manifests: Mapping[str, list[dict]], scorers: Sequence[str],
-                 scorer_options: Mapping[str, Mapping[str, Any]], results: ResultsDir, store) -> None:
+def score_suites(
+    name: str,
+    run_id: int,
+    manifests: Mapping[str, list[dict]],
+    scorers: Sequence[str],
+    scorer_options: Mapping[str, Mapping[str, Any]],
+    results: ResultsDir,
+    store,
+) -> None:
     """Score run ``name``'s stored images (``manifests``: rows by suite, paths relative to the suite's
     image folder) with every scorer; unchanged images are never scored twice."""
     with ScoreCache(results.score_cache) as cache:
@@ -258,17 +305,30 @@ def score_suites(name: str, run_id: int, manifests: Mapping[str, list[dict]], sc
             scorer = get_scorer(scorer_name, **scorer_options.get(scorer_name, {}))
             for suite_name, rows in manifests.items():
                 folder = results.images(name, suite_name)
-                values = score_images(scorer, [folder / row["path"] for row in rows], [row["prompt"] for row in rows],
-                                      [row["sha256"] for row in rows], cache=cache)
+                values = score_images(
+                    scorer,
+                    [folder / row["path"] for row in rows],
+                    [row["prompt"] for row in rows],
+                    [row["sha256"] for row in rows],
+                    cache=cache,
+                )
                 store.add_scores(run_id, suite=suite_name, rows=score_rows(scorer, rows, values))
 
 
 def score_rows(scorer, rows: list[dict], values: list[float]) -> list[dict]:
     """The store's score rows of one scorer's ``values`` for the images ``rows``."""
-    return [{"prompt_id": row["prompt_id"], "image_index": row["image_index"], "scorer": scorer.name,
-             "version": scorer.version, "scale": scorer.scale, "higher_is_better": scorer.higher_is_better,
-             "value": value}
-            for row, value in zip(rows, values)]
+    return [
+        {
+            "prompt_id": row["prompt_id"],
+            "image_index": row["image_index"],
+            "scorer": scorer.name,
+            "version": scorer.version,
+            "scale": scorer.scale,
+            "higher_is_better": scorer.higher_is_better,
+            "value": value,
+        }
+        for row, value in zip(rows, values)
+    ]
 
 
 # -- `harness evaluate`: any checkpoint into a results directory ----------------------------------
@@ -331,10 +391,18 @@ def evaluate_checkpoint(plan: Evaluation) -> None:
         run_id = get_or_create_run(store, plan.name, preset, plan.model, seed, evaluated=plan.config)
     with one_cpu_thread(on_gpu=torch.cuda.is_available()):  # as `harness run`'s jobs: the same images
         if plan.base_suites:
-            stage(f"{BASE}: not evaluated on {', '.join(plan.base_suites)} in {results.root} yet: evaluating the "
-                  f"base model {plan.base_model} too (the leaderboard's Δ and win rates compare with it)")
-            evaluate(BASE, base_id, Checkpoint(base_model), dataclasses.replace(plan.protocol, suites=plan.base_suites),
-                     results, stage)
+            stage(
+                f"{BASE}: not evaluated on {', '.join(plan.base_suites)} in {results.root} yet: evaluating the "
+                f"base model {plan.base_model} too (the leaderboard's Δ and win rates compare with it)"
+            )
+            evaluate(
+                BASE,
+                base_id,
+                Checkpoint(base_model),
+                dataclasses.replace(plan.protocol, suites=plan.base_suites),
+                results,
+                stage,
+            )
         evaluate(plan.name, run_id, checkpoint, plan.protocol, results, stage)
 
 
@@ -349,8 +417,9 @@ def plan_evaluation(options: EvaluateOptions) -> Evaluation:
     preset = _preset(options.preset, recorded, results)
     name = options.name or _default_name(options.lora or options.unet or options.model)
     if not NAME_PATTERN.fullmatch(name) or name == BASE:
-        raise HarnessError(f"--name {name!r}: a run's name is letters, digits and . _ + - (not {BASE!r}, the base "
-                           "model's run)")
+        raise HarnessError(
+            f"--name {name!r}: a run's name is letters, digits and . _ + - (not {BASE!r}, the base model's run)"
+        )
     if options.method is not None:
         METHODS.get(options.method)
     for suite in options.suites or ():
@@ -360,8 +429,14 @@ def plan_evaluation(options: EvaluateOptions) -> Evaluation:
     for scorer, keywords in options.scorer_options.items():
         check_scorer_options(scorer, keywords)
     seed = recorded.base["config"].get("seed", 0) if recorded.base else 0
-    protocol = Protocol.of(preset, options.suites, options.scorers, max_prompts=options.max_prompts, seed=seed,
-                           scorer_options=options.scorer_options)
+    protocol = Protocol.of(
+        preset,
+        options.suites,
+        options.scorers,
+        max_prompts=options.max_prompts,
+        seed=seed,
+        scorer_options=options.scorer_options,
+    )
     suites = [protocol.load_suite(suite) for suite in protocol.suites]  # a suite file's mistakes, a hub suite not here
     check_prompts_scorable(suites, protocol.scorers)
 
@@ -370,25 +445,37 @@ def plan_evaluation(options: EvaluateOptions) -> Evaluation:
     subfolder = None
     if options.unet is not None:
         subfolder = unet_subfolder(options.unet)
-        check_model_available(options.unet, config_file="config.json", subfolder=subfolder, what="--unet",
-                              pass_as="--unet DIR")
+        check_model_available(
+            options.unet, config_file="config.json", subfolder=subfolder, what="--unet", pass_as="--unet DIR"
+        )
         check_network_fits(options.model, options.unet, what="--unet", subfolder=subfolder)
     if options.lora is not None:
         _check_lora(options.lora)
         check_network_fits(options.model, options.lora, what="--lora", lora_weights=LORA_WEIGHTS)
     check_sampler_fits(resolve_base_model(options.model), preset, shown=options.model)
-    checkpoint = Checkpoint(options.model, unet=_absolute(options.unet), unet_subfolder=subfolder,
-                            lora=_absolute(options.lora), method=options.method,
-                            config=trainer.resolve_config(options.method, preset.name) if options.method else None)
+    checkpoint = Checkpoint(
+        options.model,
+        unet=_absolute(options.unet),
+        unet_subfolder=subfolder,
+        lora=_absolute(options.lora),
+        method=options.method,
+        config=trainer.resolve_config(options.method, preset.name) if options.method else None,
+    )
     model = recorded_model(options.model, results)
-    config = {"model": model, "unet": _located(options.unet, results), "lora": _located(options.lora, results),
-              "method": options.method}
+    config = {
+        "model": model,
+        "unet": _located(options.unet, results),
+        "lora": _located(options.lora, results),
+        "method": options.method,
+    }
     if name in recorded.configs:
         earlier = recorded.configs[name].get("evaluated")
         differs = "a run of harness run or score" if earlier is None else difference(earlier, config)
         if differs is not None:
-            raise HarnessError(f"{results.root} has a run named {name!r} already, of another model ({differs}); "
-                               "give this one another --name")
+            raise HarnessError(
+                f"{results.root} has a run named {name!r} already, of another model ({differs}); "
+                "give this one another --name"
+            )
     # The model a UNet or LoRA modifies is the base it is compared with; a whole pipeline of its own is compared
     # with the preset's base.
     base_model = options.model if options.unet or options.lora else preset.base_model
@@ -397,16 +484,27 @@ def plan_evaluation(options: EvaluateOptions) -> Evaluation:
         base_recorded = recorded.base["config"].get("base_model")
         if options.unet or options.lora:
             if compared(base_recorded) != compared(model):
-                raise HarnessError(f"--model {options.model}: the base model of {results.root} is "
-                                   f"{shown(base_recorded)}; a UNet or LoRA is compared with the base it modifies: "
-                                   "pass that base as --model, or evaluate into another --out")
+                raise HarnessError(
+                    f"--model {options.model}: the base model of {results.root} is "
+                    f"{shown(base_recorded)}; a UNet or LoRA is compared with the base it modifies: "
+                    "pass that base as --model, or evaluate into another --out"
+                )
         else:
             base_model, base = recorded.base["base_model"], base_recorded
     if results.db.exists():
         with Store(results.db, readonly=True) as store:
             check_suites(store, suites, results)
-    return Evaluation(name, checkpoint, config, model, base_model, base, _base_suites_to_do(recorded, suites, protocol),
-                      protocol, results)
+    return Evaluation(
+        name,
+        checkpoint,
+        config,
+        model,
+        base_model,
+        base,
+        _base_suites_to_do(recorded, suites, protocol),
+        protocol,
+        results,
+    )
 
 
 def check_suites(store, suites: Sequence, results: ResultsDir) -> None:
@@ -417,9 +515,11 @@ def check_suites(store, suites: Sequence, results: ResultsDir) -> None:
     for suite in suites:
         version = versions.get(suite.name)
         if version is not None and version != suite.version:
-            raise HarnessError(f"suite {suite.name!r}: the images in {results.root} were made from other prompts "
-                               f"(suite version {version[:12]} recorded, {suite.version[:12]} now: its file edited, "
-                               "or another --max-prompts); use the prompts they were made from, or another --out")
+            raise HarnessError(
+                f"suite {suite.name!r}: the images in {results.root} were made from other prompts "
+                f"(suite version {version[:12]} recorded, {suite.version[:12]} now: its file edited, "
+                "or another --max-prompts); use the prompts they were made from, or another --out"
+            )
 
 
 def check_sampler_fits(model: str, preset: Preset, shown: str | None = None) -> None:
@@ -427,8 +527,10 @@ def check_sampler_fits(model: str, preset: Preset, shown: str | None = None) -> 
     is made (``shown``: the model as the user named it, where ``model`` is where it was built)."""
     mismatch = family_of_model(model).sampler_mismatch(preset.generation.scheduler, pipeline_scheduler(model))
     if mismatch:
-        raise HarnessError(f"--model {shown or model!r}: the {preset.name} preset's {mismatch}; pass the --preset of "
-                           "a model of its kind (flow matching: sd35, tiny-flow)")
+        raise HarnessError(
+            f"--model {shown or model!r}: the {preset.name} preset's {mismatch}; pass the --preset of "
+            "a model of its kind (flow matching: sd35, tiny-flow)"
+        )
 
 
 def _recorded(results: ResultsDir) -> _Recorded:
@@ -444,17 +546,22 @@ def _recorded(results: ResultsDir) -> _Recorded:
         return _Recorded(configs=configs)
     base_images = images[images["method"] == BASE].drop_duplicates("suite")
     base_scores = scores[scores["method"] == BASE][["suite", "metric"]].drop_duplicates()
-    return _Recorded({**base.iloc[0].to_dict(), "config": configs[BASE]}, configs,
-                     dict(zip(base_images["suite"], base_images["suite_version"])),
-                     frozenset(base_scores.itertuples(index=False, name=None)))
+    return _Recorded(
+        {**base.iloc[0].to_dict(), "config": configs[BASE]},
+        configs,
+        dict(zip(base_images["suite"], base_images["suite_version"])),
+        frozenset(base_scores.itertuples(index=False, name=None)),
+    )
 
 
 def _preset(name: str | None, recorded: _Recorded, results: ResultsDir) -> Preset:
     """``--preset``, which must be the one the results directory's base was evaluated with (its protocol)."""
     made_with = recorded.base["preset"] if recorded.base else None
     if name is not None and made_with is not None and name != made_with:
-        raise HarnessError(f"the base model in {results.root} was evaluated with preset {made_with!r}, not {name!r}: "
-                           f"evaluate with its protocol (--preset {made_with}) or into another --out")
+        raise HarnessError(
+            f"the base model in {results.root} was evaluated with preset {made_with!r}, not {name!r}: "
+            f"evaluate with its protocol (--preset {made_with}) or into another --out"
+        )
     return get_preset(name or made_with)  # neither: the default preset
 
 
@@ -471,8 +578,10 @@ def _base_suites_to_do(recorded: _Recorded, suites: list, protocol: Protocol) ->
 def _check_lora(location: str) -> None:
     folder = Path(location).expanduser()
     if folder.exists() and not (folder / LORA_WEIGHTS).is_file():
-        raise HarnessError(f"--lora {location!r} has no {LORA_WEIGHTS} (LoRA adapters in diffusers format, as "
-                           "`harness train` writes them to OUT/final/lora with lora_rank > 0)")
+        raise HarnessError(
+            f"--lora {location!r} has no {LORA_WEIGHTS} (LoRA adapters in diffusers format, as "
+            "`harness train` writes them to OUT/final/lora with lora_rank > 0)"
+        )
 
 
 def _located(location: str | None, results: ResultsDir) -> str | dict | None:

@@ -28,8 +28,6 @@ from typing import Any
 
 from harness.api.registry import SCORERS
 from harness.atomic import replacing, write_jsonl
-from harness.results.compute import JobClock
-from harness.plan.locations import require_directory_or_nothing
 from harness.errors import HarnessError
 from harness.evaluation.evaluate import (
     BASE,
@@ -40,12 +38,14 @@ from harness.evaluation.evaluate import (
     load_suite,
     score_suites,
 )
-from harness.results.identity import difference
-from harness.progress import Stages
-from harness.results.layout import ResultsDir
 from harness.evaluation.sampling import MANIFEST_NAME, read_manifest
-from harness.results.store import Store
 from harness.evaluation.suites import check_suite_name
+from harness.plan.locations import require_directory_or_nothing
+from harness.progress import Stages
+from harness.results.compute import JobClock
+from harness.results.identity import difference
+from harness.results.layout import ResultsDir
+from harness.results.store import Store
 
 UNKNOWN_SEED = -1  # what the store records for an image whose seed the manifest does not give
 UNKNOWN_MODEL = "unknown (images made elsewhere)"
@@ -95,8 +95,11 @@ def plan_scoring(options: ScoreOptions) -> Scoring:
     images = read_image_manifest(manifest, suite)
     # The images by content (the same ones moved elsewhere resume the run), with the manifest's path to show.
     content = "".join(f"{image.prompt_index} {image.image_index} {image.seed} {image.sha256}\n" for image in images)
-    config = {"images": {"path": str(manifest.resolve()), "sha256": hashlib.sha256(content.encode()).hexdigest()},
-              "suite": suite.name, "suite_version": suite.version}
+    config = {
+        "images": {"path": str(manifest.resolve()), "sha256": hashlib.sha256(content.encode()).hexdigest()},
+        "suite": suite.name,
+        "suite_version": suite.version,
+    }
     _check_run_name(options.name, config, results, suite)
     return Scoring(options, manifest, suite, images, config)
 
@@ -111,11 +114,17 @@ def score_external(plan: Scoring) -> None:
     rows = _copy_images(images, suite, results.images(options.name, suite.name))
     folder = results.relative_images(options.name, suite.name)
     with Store(results.db) as store:
-        run_id = store.get_or_create_run(options.name, method=options.name, preset=None, base_model=UNKNOWN_MODEL,
-                                         config=plan.config)
+        run_id = store.get_or_create_run(
+            options.name, method=options.name, preset=None, base_model=UNKNOWN_MODEL, config=plan.config
+        )
         store.set_run_status(run_id, "running")
-        store.add_images(run_id, suite=suite.name, suite_version=suite.version, split=suite.split,
-                         rows=[{**row, "path": str(folder / row["path"])} for row in rows])
+        store.add_images(
+            run_id,
+            suite=suite.name,
+            suite_version=suite.version,
+            split=suite.split,
+            rows=[{**row, "path": str(folder / row["path"])} for row in rows],
+        )
         stage(f"{options.name}: scoring")
         score_suites(options.name, run_id, {suite.name: rows}, options.scorers, options.scorer_options, results, store)
         store.add_compute(run_id, clock.figures("score"))
@@ -128,8 +137,9 @@ def _check_options(options: ScoreOptions, results: ResultsDir):
     if results.db.exists():  # a corrupt or foreign file is refused before anything is added beside it
         Store(results.db, readonly=True).close()
     if not NAME_PATTERN.fullmatch(options.name) or options.name == BASE:
-        raise HarnessError(f"--name {options.name!r}: a run's name is letters, digits and . _ + - (not {BASE!r}, "
-                           "the base model's run)")
+        raise HarnessError(
+            f"--name {options.name!r}: a run's name is letters, digits and . _ + - (not {BASE!r}, the base model's run)"
+        )
     for scorer in options.scorers:
         SCORERS.get(scorer)
     for scorer, keywords in options.scorer_options.items():
@@ -138,8 +148,10 @@ def _check_options(options: ScoreOptions, results: ResultsDir):
     if manifest.is_dir():
         manifest = manifest / MANIFEST_NAME
     if not manifest.is_file():
-        raise HarnessError(f"--images {str(options.images)!r}: no such manifest (a {MANIFEST_NAME} file, or a folder "
-                           "holding one, as `harness generate` writes)")
+        raise HarnessError(
+            f"--images {str(options.images)!r}: no such manifest (a {MANIFEST_NAME} file, or a folder "
+            "holding one, as `harness generate` writes)"
+        )
     spec = options.prompts
     if Path(spec).is_file():  # a prompt file of one's own
         spec = f"file:{spec}"
@@ -160,8 +172,10 @@ def _check_run_name(name: str, config: dict, results: ResultsDir, suite) -> None
     if not same.empty:
         differs = difference(json.loads(same.iloc[0]["config"]), config)
         if differs is not None:
-            raise HarnessError(f"{results.root} has a run named {name!r} already, of other images or prompts "
-                               f"({differs}): give these another --name")
+            raise HarnessError(
+                f"{results.root} has a run named {name!r} already, of other images or prompts "
+                f"({differs}): give these another --name"
+            )
 
 
 def read_image_manifest(manifest: Path, suite) -> list[ExternalImage]:
@@ -191,7 +205,9 @@ def read_image_manifest(manifest: Path, suite) -> list[ExternalImage]:
         file = _image_file(row, manifest, where)
         sha256 = _sha256(file)
         if row.get("sha256", sha256) != sha256:
-            raise HarnessError(f"{where}: {row['path']} has changed since the manifest was written (its sha256 differs)")
+            raise HarnessError(
+                f"{where}: {row['path']} has changed since the manifest was written (its sha256 differs)"
+            )
         images.append(ExternalImage(file, k, j, seed, sha256))
     if not images:
         raise HarnessError(f"{manifest}: no images listed")
@@ -207,14 +223,17 @@ def _prompt_index(row: dict, suite, by_id: dict, by_text: dict, texts: Counter, 
             raise HarnessError(f"{where}: prompt_id {prompt_id!r} is not in suite {suite.name!r}")
         k = by_id[str(prompt_id)]
         if text is not None and text != suite.prompts[k].prompt:
-            raise HarnessError(f"{where}: prompt {text!r} is not the text of prompt_id {prompt_id!r} in suite "
-                               f"{suite.name!r} ({suite.prompts[k].prompt!r})")
+            raise HarnessError(
+                f"{where}: prompt {text!r} is not the text of prompt_id {prompt_id!r} in suite "
+                f"{suite.name!r} ({suite.prompts[k].prompt!r})"
+            )
         return k
     if text not in by_text:
         raise HarnessError(f"{where}: prompt {text!r} is not in suite {suite.name!r}")
     if texts[text] > 1:
-        raise HarnessError(f"{where}: prompt {text!r} appears {texts[text]} times in suite {suite.name!r}: "
-                           "give its prompt_id")
+        raise HarnessError(
+            f"{where}: prompt {text!r} appears {texts[text]} times in suite {suite.name!r}: give its prompt_id"
+        )
     return by_text[text]
 
 
@@ -250,8 +269,17 @@ def _copy_images(images: list[ExternalImage], suite, folder: Path) -> list[dict]
             with replacing(target) as temporary:
                 shutil.copyfile(image.file, temporary)
         prompt = suite.prompts[image.prompt_index]
-        rows.append({"prompt_id": prompt.prompt_id, "prompt": prompt.prompt, "category": prompt.category,
-                     "image_index": image.image_index, "seed": image.seed, "path": target.name,
-                     "sha256": image.sha256, "source": str(image.file.resolve())})
+        rows.append(
+            {
+                "prompt_id": prompt.prompt_id,
+                "prompt": prompt.prompt,
+                "category": prompt.category,
+                "image_index": image.image_index,
+                "seed": image.seed,
+                "path": target.name,
+                "sha256": image.sha256,
+                "source": str(image.file.resolve()),
+            }
+        )
     write_jsonl(folder / MANIFEST_NAME, rows)
     return rows

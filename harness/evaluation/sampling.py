@@ -30,10 +30,11 @@ import hashlib
 import io
 import json
 import math
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 
@@ -122,8 +123,11 @@ def generate(
         settings = _settings(pipe, suite, seed, num_inference_steps, guidance_scale, height, width)
         n = len(suite)
         if synchronised:
-            jobs = [_Job(k, j, image_seed(seed, k, j, n)) for k in range(rank, n, world_size)
-                    for j in range(images_per_prompt)]
+            jobs = [
+                _Job(k, j, image_seed(seed, k, j, n))
+                for k in range(rank, n, world_size)
+                for j in range(images_per_prompt)
+            ]
         else:
             everything = [_Job(k, j, image_seed(seed, k, j, n)) for k in range(n) for j in range(images_per_prompt)]
             batches = [everything[start : start + batch_size] for start in range(0, len(everything), batch_size)]
@@ -134,15 +138,23 @@ def generate(
         if synchronised:
             barrier()
         journal_path = out_dir / _PARTS_DIR / f"rank-{rank}.jsonl"
-        with _Journal(journal_path) as journal, progress_bar(
-            # Rank 0's shard stands for all: the ranks share the work evenly.
-            total=len(jobs), initial=len(jobs) - len(todo), enabled=progress and rank == 0, unit="img",
-            desc=suite.name if model is None else f"{model} / {suite.name}"
-        ) as bar:
+        with (
+            _Journal(journal_path) as journal,
+            progress_bar(
+                # Rank 0's shard stands for all: the ranks share the work evenly.
+                total=len(jobs),
+                initial=len(jobs) - len(todo),
+                enabled=progress and rank == 0,
+                unit="img",
+                desc=suite.name if model is None else f"{model} / {suite.name}",
+            ) as bar,
+        ):
             for start in range(0, len(todo), batch_size):
                 batch = todo[start : start + batch_size]
                 images = _sample(pipe, suite, batch, settings)
-                journal.append([_write_image(out_dir, suite, job, image, settings) for job, image in zip(batch, images)])
+                journal.append(
+                    [_write_image(out_dir, suite, job, image, settings) for job, image in zip(batch, images)]
+                )
                 bar.update(len(batch))
     if not synchronised:
         current = _current_rows(out_dir, suite, settings)
@@ -221,8 +233,9 @@ def _scheduler_swapped(pipe: Any, name: str | None) -> Iterator[None]:
     mismatch = family.sampler_mismatch(name, type(original).__name__)
     if mismatch:
         fitting = [s for s in SCHEDULERS if family.fits_sampler(s)]
-        raise HarnessError(f"{mismatch}; " + (f"use {fitting[0]}" if len(fitting) == 1 else
-                                              f"choose one of {', '.join(fitting)}"))
+        raise HarnessError(
+            f"{mismatch}; " + (f"use {fitting[0]}" if len(fitting) == 1 else f"choose one of {', '.join(fitting)}")
+        )
     pipe.scheduler = getattr(diffusers, SCHEDULERS[name]).from_config(original.config)
     try:
         yield
@@ -400,7 +413,7 @@ class _Journal:
     def __init__(self, path: Path) -> None:
         self.path = path
 
-    def __enter__(self) -> "_Journal":
+    def __enter__(self) -> _Journal:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if self.path.exists():
             data = self.path.read_bytes()
@@ -445,9 +458,7 @@ def _current_rows(out_dir: Path, suite: Suite, settings: dict[str, Any]) -> dict
     return rows
 
 
-def _verified_done(
-    out_dir: Path, suite: Suite, settings: dict[str, Any], jobs: list[_Job]
-) -> set[tuple[int, int]]:
+def _verified_done(out_dir: Path, suite: Suite, settings: dict[str, Any], jobs: list[_Job]) -> set[tuple[int, int]]:
     recorded = _current_rows(out_dir, suite, settings)
     done = set()
     for job in jobs:

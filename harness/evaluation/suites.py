@@ -50,8 +50,9 @@ def own_prompts(spec: str) -> dict[str, str] | None:
     head, colon, split = path.rpartition(":")
     path, split = (head, split) if colon and split in ("seen", "unseen") else (path, "unseen")
     if not _SUITE_NAME.fullmatch(name) or not path:
-        raise HarnessError(f"suite {spec!r}: a prompt file of your own is {OWN_PROMPTS}, NAME letters, digits "
-                           "and . _ + -")
+        raise HarnessError(
+            f"suite {spec!r}: a prompt file of your own is {OWN_PROMPTS}, NAME letters, digits and . _ + -"
+        )
     if name in SUITES.names():
         raise HarnessError(f"suite {spec!r}: {name!r} is a registered suite's name; give your prompts another")
     return {"name": name, "path": path, "split": split}

@@ -22,8 +22,8 @@ import torch
 
 from harness.api.method import Cond, Models
 from harness.api.noise import EpsilonDiffusion, FlowMatching, NoiseProcess
-from harness.plan.locations import resolve_base_model
 from harness.errors import HarnessError
+from harness.plan.locations import resolve_base_model
 
 # `HARNESS_DROP_T5=1`: SD3 pipelines load without their T5-XXL encoder (the largest of the three), the
 # pipeline feeding zeros in its place, as diffusers documents ("a slight loss in performance").  Set it for
@@ -41,8 +41,9 @@ JOINT_ATTENTION_PROJECTIONS = ("add_k_proj", "add_q_proj", "add_v_proj", "to_add
 
 
 def _token_ids(tokenizer: Any, caption: str, device: torch.device | str) -> torch.Tensor:
-    return tokenizer([caption], padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
-                     return_tensors="pt").input_ids.to(device)
+    return tokenizer(
+        [caption], padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt"
+    ).input_ids.to(device)
 
 
 class ModelFamily:
@@ -83,8 +84,14 @@ class ModelFamily:
         """Whether a saved network's ``config.json`` (as a dict) is this family's denoiser."""
         return config.get("_class_name") == self.denoiser_class
 
-    def denoise(self, network: Any, x: torch.Tensor, t: torch.Tensor, hidden: torch.Tensor,
-                added: dict[str, torch.Tensor] | None) -> torch.Tensor:
+    def denoise(
+        self,
+        network: Any,
+        x: torch.Tensor,
+        t: torch.Tensor,
+        hidden: torch.Tensor,
+        added: dict[str, torch.Tensor] | None,
+    ) -> torch.Tensor:
         """The network's output at (x_t ``x``, timesteps ``t``) for text states ``hidden`` and the added
         conditioning ``added`` (``Cond.added``), all already in the network's dtype."""
         return network(x, t, encoder_hidden_states=hidden, added_cond_kwargs=added).sample
@@ -123,8 +130,9 @@ class ModelFamily:
         from diffusers import StableDiffusionPipeline
         from diffusers.utils import convert_state_dict_to_diffusers
 
-        StableDiffusionPipeline.save_lora_weights(directory, unet_lora_layers=convert_state_dict_to_diffusers(state),
-                                                  unet_lora_adapter_metadata=metadata)
+        StableDiffusionPipeline.save_lora_weights(
+            directory, unet_lora_layers=convert_state_dict_to_diffusers(state), unet_lora_adapter_metadata=metadata
+        )
 
     # -- conditioning -------------------------------------------------------------------------------
     def text_encoders(self, pipe: Any) -> list[torch.nn.Module]:
@@ -135,8 +143,9 @@ class ModelFamily:
         """What else a cached conditioning depends on, as a suffix of its cache key ("" for nothing)."""
         return ""
 
-    def encode_caption(self, pipe: Any, caption: str, *, device: torch.device | str, resolution: int,
-                       max_sequence_length: int) -> Cond:
+    def encode_caption(
+        self, pipe: Any, caption: str, *, device: torch.device | str, resolution: int, max_sequence_length: int
+    ) -> Cond:
         """One caption's conditioning, on the CPU in float32: SD1.5's CLIP's last hidden states."""
         return Cond(pipe.text_encoder(_token_ids(pipe.tokenizer, caption, device))[0].float().cpu())
 
@@ -185,8 +194,9 @@ class SDXLFamily(ModelFamily):
     def text_encoders(self, pipe: Any) -> list[torch.nn.Module]:
         return [pipe.text_encoder, pipe.text_encoder_2]
 
-    def encode_caption(self, pipe: Any, caption: str, *, device: torch.device | str, resolution: int,
-                       max_sequence_length: int) -> Cond:
+    def encode_caption(
+        self, pipe: Any, caption: str, *, device: torch.device | str, resolution: int, max_sequence_length: int
+    ) -> Cond:
         hidden_states, pooled = [], None
         for tokenizer, encoder in ((pipe.tokenizer, pipe.text_encoder), (pipe.tokenizer_2, pipe.text_encoder_2)):
             # Penultimate hidden states of both encoders, pooled projection of the second.
@@ -196,8 +206,9 @@ class SDXLFamily(ModelFamily):
         # (original size, crop top-left, target size): square training crops, as the public SDXL code
         # (DiffusionDPO train.py:1068-1083).
         time_ids = torch.tensor([[resolution, resolution, 0, 0, resolution, resolution]], dtype=torch.float32)
-        return Cond(torch.cat(hidden_states, dim=-1).float().cpu(), {"text_embeds": pooled.float().cpu(),
-                                                                     "time_ids": time_ids})
+        return Cond(
+            torch.cat(hidden_states, dim=-1).float().cpu(), {"text_embeds": pooled.float().cpu(), "time_ids": time_ids}
+        )
 
 
 class SD3Family(ModelFamily):
@@ -213,10 +224,17 @@ class SD3Family(ModelFamily):
     lora_adapts = "an SD3 transformer"
     components = ("transformer",)
 
-    def denoise(self, network: Any, x: torch.Tensor, t: torch.Tensor, hidden: torch.Tensor,
-                added: dict[str, torch.Tensor] | None) -> torch.Tensor:
-        return network(hidden_states=x, timestep=t, encoder_hidden_states=hidden,
-                       pooled_projections=added["pooled_projections"]).sample
+    def denoise(
+        self,
+        network: Any,
+        x: torch.Tensor,
+        t: torch.Tensor,
+        hidden: torch.Tensor,
+        added: dict[str, torch.Tensor] | None,
+    ) -> torch.Tensor:
+        return network(
+            hidden_states=x, timestep=t, encoder_hidden_states=hidden, pooled_projections=added["pooled_projections"]
+        ).sample
 
     def load_options(self) -> dict[str, Any]:
         if os.environ.get(DROP_T5, "0") not in ("", "0"):
@@ -240,8 +258,9 @@ class SD3Family(ModelFamily):
         """In PEFT's key names (lora_A / lora_B), as diffusers' SD3 LoRA script saves them."""
         from diffusers import StableDiffusion3Pipeline
 
-        StableDiffusion3Pipeline.save_lora_weights(directory, transformer_lora_layers=state,
-                                                   transformer_lora_adapter_metadata=metadata)
+        StableDiffusion3Pipeline.save_lora_weights(
+            directory, transformer_lora_layers=state, transformer_lora_adapter_metadata=metadata
+        )
 
     def text_encoders(self, pipe: Any) -> list[torch.nn.Module]:
         # T5, when loaded, shapes the conditioning too (absent: zeros, and the key is the CLIPs' alone).
@@ -251,13 +270,19 @@ class SD3Family(ModelFamily):
     def text_key(self, max_sequence_length: int) -> str:
         return f"-t5x{max_sequence_length}"
 
-    def encode_caption(self, pipe: Any, caption: str, *, device: torch.device | str, resolution: int,
-                       max_sequence_length: int) -> Cond:
+    def encode_caption(
+        self, pipe: Any, caption: str, *, device: torch.device | str, resolution: int, max_sequence_length: int
+    ) -> Cond:
         """Through the pipeline's encoder: exactly the conditioning it samples with, ``max_sequence_length`` T5
         tokens long (zeros that long without T5)."""
-        hidden, _, pooled, _ = pipe.encode_prompt([caption], None, None, device=device,
-                                                  do_classifier_free_guidance=False,
-                                                  max_sequence_length=max_sequence_length)
+        hidden, _, pooled, _ = pipe.encode_prompt(
+            [caption],
+            None,
+            None,
+            device=device,
+            do_classifier_free_guidance=False,
+            max_sequence_length=max_sequence_length,
+        )
         return Cond(hidden.float().cpu(), {"pooled_projections": pooled.float().cpu()})
 
     def sampling_settings(self, pipe: Any) -> dict[str, Any]:
@@ -336,8 +361,9 @@ def lora_family(location: str, weights: str) -> tuple[list[ModelFamily], str] | 
     return None
 
 
-def check_network_fits(base_model: str, location: str, *, what: str, subfolder: str | None = None,
-                       lora_weights: str | None = None) -> None:
+def check_network_fits(
+    base_model: str, location: str, *, what: str, subfolder: str | None = None, lora_weights: str | None = None
+) -> None:
     """A trained network (or, with ``lora_weights``, LoRA adapters) must be of the base model's family: one line
     naming both before anything is made, not a loader's traceback after the base's images."""
     index = _json_file(resolve_base_model(base_model), "model_index.json") or {}  # a built base: built (cached) here
@@ -346,6 +372,8 @@ def check_network_fits(base_model: str, location: str, *, what: str, subfolder: 
     if base is None or found is None or base in found[0]:
         return
     families, kind = found
-    raise HarnessError(f"{what} {location!r} is for {'/'.join(f.name for f in families)} ({kind}), but the base "
-                       f"model {base_model!r} is {base.name} ({index['_class_name']}): pass a network trained from "
-                       f"an {base.name} base, or the base model it was trained from")
+    raise HarnessError(
+        f"{what} {location!r} is for {'/'.join(f.name for f in families)} ({kind}), but the base "
+        f"model {base_model!r} is {base.name} ({index['_class_name']}): pass a network trained from "
+        f"an {base.name} base, or the base model it was trained from"
+    )

@@ -32,8 +32,11 @@ def pipeline_scheduler(model: str) -> str:
 def _absent_components(index: dict[str, Any]) -> dict[str, None]:
     """Components saved as absent (SD3 without T5: ``text_encoder_3: [null, null]``), which
     ``from_pretrained`` wants passed as None explicitly."""
-    return {name: None for name, value in index.items()
-            if not name.startswith("_") and isinstance(value, list) and value == [None, None]}
+    return {
+        name: None
+        for name, value in index.items()
+        if not name.startswith("_") and isinstance(value, list) and value == [None, None]
+    }
 
 
 @contextmanager
@@ -92,7 +95,8 @@ def load_pipeline(
     if unet is not None:
         with reporting_load_errors("UNet", unet):
             kwargs[family.denoiser_component] = family.load_denoiser(
-                unet, subfolder=unet_subfolder, dtype=dtype, **_weights_format(unet, unet_subfolder))
+                unet, subfolder=unet_subfolder, dtype=dtype, **_weights_format(unet, unet_subfolder)
+            )
     if vae is not None:
         with reporting_load_errors("VAE", vae):
             kwargs["vae"] = AutoencoderKL.from_pretrained(vae, dtype=dtype)
@@ -102,8 +106,9 @@ def load_pipeline(
     return pipe.to(device)
 
 
-def check_model_available(location: str, *, config_file: str, subfolder: str | None = None, what: str,
-                          pass_as: str) -> None:
+def check_model_available(
+    location: str, *, config_file: str, subfolder: str | None = None, what: str, pass_as: str
+) -> None:
     """Fail with one line unless ``location`` (a local directory or a hub id) has ``config_file``.
 
     Reads only the config, from the directory, the local Hugging Face cache, or (online) the hub,
@@ -117,16 +122,25 @@ def check_model_available(location: str, *, config_file: str, subfolder: str | N
     where = path / subfolder if subfolder else path
     if path.exists():
         if not (where / config_file).is_file():
-            raise HarnessError(f"{what}: {where} has no {config_file} (not a diffusers "
-                               f"{'pipeline' if config_file == 'model_index.json' else 'model'} directory)")
+            raise HarnessError(
+                f"{what}: {where} has no {config_file} (not a diffusers "
+                f"{'pipeline' if config_file == 'model_index.json' else 'model'} directory)"
+            )
         return
     try:
         hf_hub_download(location, config_file, subfolder=subfolder)
     except Exception as exc:  # offline and not cached, no such repository, a malformed id: all "not available"
-        reason = ("HF_HUB_OFFLINE is set and it is not in the local Hugging Face cache" if constants.HF_HUB_OFFLINE
-                  else str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
-        raise HarnessError(f"{what} {location!r} is not available ({reason}): download it with "
-                           f"`hf download {location} --local-dir DIR` and pass {pass_as}") from None
+        reason = (
+            "HF_HUB_OFFLINE is set and it is not in the local Hugging Face cache"
+            if constants.HF_HUB_OFFLINE
+            else str(exc).strip().splitlines()[0]
+            if str(exc).strip()
+            else type(exc).__name__
+        )
+        raise HarnessError(
+            f"{what} {location!r} is not available ({reason}): download it with "
+            f"`hf download {location} --local-dir DIR` and pass {pass_as}"
+        ) from None
 
 
 def inference_device() -> tuple[str, torch.dtype]:

@@ -15,7 +15,9 @@ from harness.progress import say
 def require_directory_or_nothing(path: Path, option: str) -> None:
     """An output location must be a directory, or not exist yet (it is then created)."""
     if path.exists() and not path.is_dir():
-        raise HarnessError(f"{option} {str(path)!r} is a file, not a directory; pass a directory (it is created if missing)")
+        raise HarnessError(
+            f"{option} {str(path)!r} is a file, not a directory; pass a directory (it is created if missing)"
+        )
 
 
 def is_built_model(spec: str) -> bool:

@@ -19,16 +19,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from harness.train import trainer  # trainer.resolve_config read at each call: the tests count calls
-
-from harness.evaluation import curves
-
-from harness.data import specs as data_specs
 from harness.api.preset import Preset
 from harness.api.registry import METHODS, SCORERS
-from harness.plan.locations import is_built_model, require_directory_or_nothing, require_existing_path, resolve_base_model
+from harness.data import specs as data_specs
 from harness.data.check import check_data
 from harness.errors import HarnessError
+from harness.evaluation import curves
 from harness.evaluation.evaluate import (
     BASE,
     Protocol,
@@ -40,13 +36,20 @@ from harness.evaluation.evaluate import (
     recorded_model,
     unet_subfolder,
 )
+from harness.evaluation.suites import check_suite_name
 from harness.models.families import check_network_fits
-from harness.results.identity import LOCATED_SETTINGS, recorded_location
 from harness.models.loading import check_model_available
+from harness.plan.locations import (
+    is_built_model,
+    require_directory_or_nothing,
+    require_existing_path,
+    resolve_base_model,
+)
 from harness.plan.presets import no_published_weights, published_weights
+from harness.results.identity import LOCATED_SETTINGS, recorded_location
 from harness.results.layout import ResultsDir
 from harness.results.store import Store
-from harness.evaluation.suites import check_suite_name
+from harness.train import trainer  # trainer.resolve_config read at each call: the tests count calls
 from harness.train.trainer import method_preset_entry, require_init_unet
 
 BACKENDS = ("local", "ray")  # where the jobs run: harness.backends
@@ -153,16 +156,18 @@ def validate_training(options: RunOptions, preset: Preset) -> Plan:
     synthesized = _synthesized(options, preset)
     source = str(ResultsDir(options.out).data) if synthesized else options.data or preset.data
     # Not the method its recipe would start from: init_unet gives that.
-    trained = next(model for model in plan_trainings(options, preset, source, synthesized)
-                   if model.method == options.methods[0])
+    trained = next(
+        model for model in plan_trainings(options, preset, source, synthesized) if model.method == options.methods[0]
+    )
     require_init_unet(trained.method, trained.config)
     check_data(options.data or preset.data, skip_bad_images=options.skip_bad_images)
     check_models_available(options, preset)
     return _plan(options, preset, protocol_of(options, preset), source, [trained])
 
 
-def _plan(options: RunOptions, preset: Preset, protocol: Protocol, source: str | None,
-          trainings: list[ModelEntry]) -> Plan:
+def _plan(
+    options: RunOptions, preset: Preset, protocol: Protocol, source: str | None, trainings: list[ModelEntry]
+) -> Plan:
     if options.pretrained:  # a published UNet is sampled through its method's sampler, with its preset settings
         methods = []
         for method in options.methods:
@@ -175,8 +180,15 @@ def _plan(options: RunOptions, preset: Preset, protocol: Protocol, source: str |
     curve = None
     if options.eval_every:
         curve = dataclasses.replace(protocol, suites=tuple(options.eval_suites)) if options.eval_suites else protocol
-    return Plan(options, preset, protocol, curve, source, _synthesized(options, preset),
-                (ModelEntry(BASE, data_dir=source), *methods))
+    return Plan(
+        options,
+        preset,
+        protocol,
+        curve,
+        source,
+        _synthesized(options, preset),
+        (ModelEntry(BASE, data_dir=source), *methods),
+    )
 
 
 def _check_recorded(plan: Plan, suites: list) -> None:
@@ -215,16 +227,25 @@ def recorded_runs(plan: Plan) -> dict[str, dict]:
         if not model.train:
             runs[model.method] = {"pretrained": recorded_location(model.unet, root)}
             continue
-        overrides = {key: recorded_location(value, root) if key in LOCATED_SETTINGS and value else value
-                     for key, value in model.overrides.items()}
-        runs[model.method] = {"data": recorded_location(plan.source, root) if plan.source else None,
-                              "overrides": overrides}
+        overrides = {
+            key: recorded_location(value, root) if key in LOCATED_SETTINGS and value else value
+            for key, value in model.overrides.items()
+        }
+        runs[model.method] = {
+            "data": recorded_location(plan.source, root) if plan.source else None,
+            "overrides": overrides,
+        }
     return runs
 
 
 def _validate_counts(options: RunOptions) -> None:
-    counts = {"--max-prompts": options.max_prompts, "--images-per-prompt": options.images_per_prompt,
-              "--steps": options.steps, "--jobs": options.jobs, "--eval-every": options.eval_every}
+    counts = {
+        "--max-prompts": options.max_prompts,
+        "--images-per-prompt": options.images_per_prompt,
+        "--steps": options.steps,
+        "--jobs": options.jobs,
+        "--eval-every": options.eval_every,
+    }
     for option, value in counts.items():
         if value is not None and value < 1:
             raise HarnessError(f"{option} must be at least 1, not {value}")
@@ -232,9 +253,17 @@ def _validate_counts(options: RunOptions) -> None:
 
 def protocol_of(options: RunOptions, preset: Preset) -> Protocol:
     """The run's evaluation protocol: every model's, and every point's of --eval-every."""
-    return Protocol.of(preset, options.suites, options.scorers, max_prompts=options.max_prompts,
-                       images_per_prompt=options.images_per_prompt, steps=options.steps, seed=options.seed,
-                       vae=options.vae, scorer_options=options.scorer_options)
+    return Protocol.of(
+        preset,
+        options.suites,
+        options.scorers,
+        max_prompts=options.max_prompts,
+        images_per_prompt=options.images_per_prompt,
+        steps=options.steps,
+        seed=options.seed,
+        vae=options.vae,
+        scorer_options=options.scorer_options,
+    )
 
 
 def _validate_backend(options: RunOptions) -> None:
@@ -246,11 +275,13 @@ def _validate_backend(options: RunOptions) -> None:
             raise HarnessError("--address names a Ray cluster: use it with --backend ray")
         return
     if options.jobs is not None:
-        raise HarnessError("--jobs sizes the local pool; on Ray the cluster's free GPUs (CPUs) decide how many "
-                           "jobs run at once")
+        raise HarnessError(
+            "--jobs sizes the local pool; on Ray the cluster's free GPUs (CPUs) decide how many jobs run at once"
+        )
     if importlib.util.find_spec("ray") is None:
-        raise HarnessError("--backend ray needs Ray: pip install 'diffusion-alignment-harness[ray]' "
-                           "(or pip install 'ray[default]')")
+        raise HarnessError(
+            "--backend ray needs Ray: pip install 'diffusion-alignment-harness[ray]' (or pip install 'ray[default]')"
+        )
     if options.address not in (None, "auto"):
         _check_reachable(options.address)
 
@@ -258,13 +289,16 @@ def _validate_backend(options: RunOptions) -> None:
 def _check_reachable(address: str) -> None:
     host, sep, port = address.rpartition(":")
     if not sep or not host or not port.isdigit():
-        raise HarnessError(f"--address {address!r}: expected auto or HOST:PORT (the head node's GCS port, "
-                           "6379 by default)")
+        raise HarnessError(
+            f"--address {address!r}: expected auto or HOST:PORT (the head node's GCS port, 6379 by default)"
+        )
     try:
         socket.create_connection((host, int(port)), timeout=5).close()
     except OSError as exc:
-        raise HarnessError(f"--address {address}: no Ray cluster answers there ({exc.strerror or exc}); start one "
-                           "with `ray start --head` or check the address") from None
+        raise HarnessError(
+            f"--address {address}: no Ray cluster answers there ({exc.strerror or exc}); start one "
+            "with `ray start --head` or check the address"
+        ) from None
 
 
 def _validate_curves(options: RunOptions, preset: Preset) -> None:
@@ -333,8 +367,13 @@ def check_models_available(options: RunOptions, preset: Preset) -> None:
     if options.pretrained:
         for method in options.methods:
             location, subfolder = published_unet(options, preset, method)
-            check_model_available(location, config_file="config.json", subfolder=subfolder,
-                                  what=f"{method}'s published UNet", pass_as=f"--unet {method}=DIR")
+            check_model_available(
+                location,
+                config_file="config.json",
+                subfolder=subfolder,
+                what=f"{method}'s published UNet",
+                pass_as=f"--unet {method}=DIR",
+            )
             check_network_fits(base, location, what=f"{method}'s UNet", subfolder=subfolder)
     for method, settings in options.overrides.items():
         if settings.get("init_unet"):  # the network a training starts from (--set [METHOD.]init_unet=DIR)
@@ -350,18 +389,38 @@ def plan_trainings(options: RunOptions, preset: Preset, source: str | None, synt
     planned: dict[str, ModelEntry] = {}
 
     def plan(method: str, evaluate: bool) -> None:
-        overrides = {**({"vae": options.vae} if options.vae else {}), **options.overrides.get(EVERY_METHOD, {}),
-                     **options.overrides.get(method, {})}
+        overrides = {
+            **({"vae": options.vae} if options.vae else {}),
+            **options.overrides.get(EVERY_METHOD, {}),
+            **options.overrides.get(method, {}),
+        }
         config = trainer.resolve_config(method, preset.name, overrides)
         starts_from = None if config.init_unet else config.init_method  # a UNet of the user's replaces the chain
         if starts_from and starts_from not in planned:
             plan(starts_from, evaluate=starts_from in options.methods)
         spec = METHODS.get(method)(config).data_spec()
-        data_dir = data_specs.training_source(spec, source, ResultsDir(options.out).data, synthesized) if source else source
-        sources = _sources(method, preset, config, vae=options.vae, every=options.overrides.get(EVERY_METHOD, {}),
-                           own=options.overrides.get(method, {}))
-        planned[method] = ModelEntry(method, config, overrides, sources, train=True,
-                                     evaluate=evaluate, data_dir=data_dir, spec=spec, init_from=starts_from)
+        data_dir = (
+            data_specs.training_source(spec, source, ResultsDir(options.out).data, synthesized) if source else source
+        )
+        sources = _sources(
+            method,
+            preset,
+            config,
+            vae=options.vae,
+            every=options.overrides.get(EVERY_METHOD, {}),
+            own=options.overrides.get(method, {}),
+        )
+        planned[method] = ModelEntry(
+            method,
+            config,
+            overrides,
+            sources,
+            train=True,
+            evaluate=evaluate,
+            data_dir=data_dir,
+            spec=spec,
+            init_from=starts_from,
+        )
 
     for method in options.methods:
         if method not in planned:
@@ -372,18 +431,25 @@ def plan_trainings(options: RunOptions, preset: Preset, source: str | None, synt
     return list(planned.values())
 
 
-def _sources(method: str, preset: Preset, config: Any, *, vae: str | None, every: Mapping[str, Any],
-             own: Mapping[str, Any]) -> dict[str, str]:
+def _sources(
+    method: str, preset: Preset, config: Any, *, vae: str | None, every: Mapping[str, Any], own: Mapping[str, Any]
+) -> dict[str, str]:
     """Where each of ``config``'s settings comes from, in ``resolve_config``'s order, the last one given winning:
     the method's defaults, the preset's settings for every method, the method's own entry for the preset, --vae
     (``vae``), --set for every method (``every``) and for this one (``own``)."""
-    given = {"default": {}, f"preset {preset.name}": {**({"vae": 1} if preset.vae else {}), **preset.method_defaults},
-             f"{method}'s {preset.name} entry": method_preset_entry(method, preset.name) or {},
-             "--vae": {"vae": 1} if vae else {}, "--set": every, f"--set {method}": own}
+    given = {
+        "default": {},
+        f"preset {preset.name}": {**({"vae": 1} if preset.vae else {}), **preset.method_defaults},
+        f"{method}'s {preset.name} entry": method_preset_entry(method, preset.name) or {},
+        "--vae": {"vae": 1} if vae else {},
+        "--set": every,
+        f"--set {method}": own,
+    }
     sources = {}
     for setting in (f.name for f in dataclasses.fields(config)):
-        sources[setting] = next(source for source, settings in reversed(given.items())
-                                if setting in settings or source == "default")
+        sources[setting] = next(
+            source for source, settings in reversed(given.items()) if setting in settings or source == "default"
+        )
     return sources
 
 
@@ -391,19 +457,29 @@ def describe(plan: Plan) -> str:
     """`harness run --dry-run`'s text: each model's settings with their sources, the jobs in order, and the UNet
     evaluations they will cost."""
     options, preset, protocol = plan.options, plan.preset, plan.protocol
-    lines = [f"plan of `harness run --out {options.out}` (--dry-run: nothing is created)",
-             f"  preset       {preset.name}", f"  base model   {plan.base_model}",
-             f"  data         {plan.source or '(none: nothing is trained)'}",
-             f"  suites       {', '.join(protocol.suites)}", f"  scorers      {', '.join(protocol.scorers)}"]
+    lines = [
+        f"plan of `harness run --out {options.out}` (--dry-run: nothing is created)",
+        f"  preset       {preset.name}",
+        f"  base model   {plan.base_model}",
+        f"  data         {plan.source or '(none: nothing is trained)'}",
+        f"  suites       {', '.join(protocol.suites)}",
+        f"  scorers      {', '.join(protocol.scorers)}",
+    ]
     for model in plan.methods:
-        role = ("published UNet " + model.unet if not model.train else
-                "trained" + ("" if model.evaluate else ", only as another's start")
-                + (f", from {model.init_from}'s UNet" if model.init_from else ""))
+        role = (
+            "published UNet " + model.unet
+            if not model.train
+            else "trained"
+            + ("" if model.evaluate else ", only as another's start")
+            + (f", from {model.init_from}'s UNet" if model.init_from else "")
+        )
         lines += ["", f"{model.method} ({role})"]
         if model.train:
             lines.append(f"  data         {model.data_dir}")
-        lines += [f"  {name:24s} {value!r:34s} {model.sources[name]}"
-                  for name, value in dataclasses.asdict(model.config).items()]
+        lines += [
+            f"  {name:24s} {value!r:34s} {model.sources[name]}"
+            for name, value in dataclasses.asdict(model.config).items()
+        ]
     lines += ["", "jobs, in order (each training's evaluation starts when it ends):"]
     generation = _generation_evals(protocol)
     curve = _generation_evals(plan.curve_protocol) if plan.curve_protocol else 0
@@ -412,16 +488,20 @@ def describe(plan: Plan) -> str:
     for model in plan.methods:
         if model.train:
             samples = model.config.max_steps * _samples_per_step(model.config)
-            jobs.append(f"train {model.method}: {model.config.max_steps} steps x {_samples_per_step(model.config)} "
-                        f"samples = {samples:,} samples x the method's UNet evaluations per sample")
+            jobs.append(
+                f"train {model.method}: {model.config.max_steps} steps x {_samples_per_step(model.config)} "
+                f"samples = {samples:,} samples x the method's UNet evaluations per sample"
+            )
         if model.evaluate:
             jobs.append(f"evaluate {model.method}: {generation:,} UNet evaluations")
             total += generation
             if curve:
                 # The last point is the final UNet again: its images are the evaluation's.
                 points = len(curves.curve_steps(model.config.max_steps, options.eval_every)) - 1
-                jobs.append(f"evaluate {model.method} every {options.eval_every} steps: {points} more points x "
-                            f"{curve:,} = {points * curve:,} UNet evaluations")
+                jobs.append(
+                    f"evaluate {model.method} every {options.eval_every} steps: {points} more points x "
+                    f"{curve:,} = {points * curve:,} UNet evaluations"
+                )
                 total += points * curve
     lines += [f"  {n}. {job}" for n, job in enumerate(jobs, 1)]
     lines.append(f"generation: {total:,} UNet evaluations in all (prompts x images x steps x 2 with guidance)")
@@ -440,6 +520,7 @@ def _generation_evals(protocol: Protocol) -> int:
     for name in protocol.suites:
         settings = protocol.sampling(name)
         guided = 2 if settings["guidance_scale"] > 1 else 1
-        total += (len(protocol.load_suite(name)) * settings["images_per_prompt"] * settings["num_inference_steps"]
-                  * guided)
+        total += (
+            len(protocol.load_suite(name)) * settings["images_per_prompt"] * settings["num_inference_steps"] * guided
+        )
     return total

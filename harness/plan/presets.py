@@ -70,22 +70,34 @@ def sd35() -> Preset:
         name="sd35",
         recipes=(RECIPES / "sd35",),
         description="Stable Diffusion 3.5 Medium (flow matching), Pick-a-Pic v2; the model card's sampler settings "
-                    "(GPU, downloaded weights)",
+        "(GPU, downloaded weights)",
         base_model="stabilityai/stable-diffusion-3.5-medium",
         suites=("pickapic-test", "hpdv2"),
         # HPSv3 too: what 2026 papers on flow-matching models report (a 7B reward model: docs/results.md).
         scorers=(*_PAPER_SCORERS, "hpsv3"),
         # The model card's diffusers snippet: 40 steps, guidance 4.5, 1024 px, the pipeline's own flow-matching
         # Euler scheduler (shift 3; scheduler None keeps it).  Not the pipeline's defaults (28 steps, 7.0: SD3's).
-        generation=replace(_PAPER_PROTOCOL, num_inference_steps=40, guidance_scale=4.5, height=1024, width=1024,
-                           batch_size=4, scheduler=None),
+        generation=replace(
+            _PAPER_PROTOCOL,
+            num_inference_steps=40,
+            guidance_scale=4.5,
+            height=1024,
+            width=1024,
+            batch_size=4,
+            scheduler=None,
+        ),
         data="yuvalkirstain/pickapic_v2",
         # Its native 1024 px; bf16, the precision the model card runs it in; gradient checkpointing for its
         # transformer at 4096 image tokens.  AdamW (the default), as diffusers' SD3 scripts.  The text length and
         # LoRA targets of flow_grpo, the one public SD3.5 preference-training code (scripts/train_sd3_dpo.py:213,
         # 602 and 389-398), for every method: one conditioning for all the preset's methods (docs/methods.md).
-        method_defaults={"resolution": 1024, "gradient_checkpointing": True, "mixed_precision": "bf16",
-                         "max_sequence_length": 128, "lora_dual_attention": False},
+        method_defaults={
+            "resolution": 1024,
+            "gradient_checkpointing": True,
+            "mixed_precision": "bf16",
+            "max_sequence_length": 128,
+            "lora_dual_attention": False,
+        },
     )
 
 
@@ -96,8 +108,10 @@ def get_preset(name: str | None) -> Preset:
     defaults = [preset for preset in (make() for _, make in PRESETS.items()) if preset.default]
     if len(defaults) != 1:
         claimed = ", ".join(p.name for p in defaults) or "none"
-        raise HarnessError(f"pass --preset (available: {', '.join(PRESETS.names())}): the installed presets claiming "
-                           f"to be the default are {claimed}, not exactly one")
+        raise HarnessError(
+            f"pass --preset (available: {', '.join(PRESETS.names())}): the installed presets claiming "
+            f"to be the default are {claimed}, not exactly one"
+        )
     return defaults[0]
 
 
@@ -116,8 +130,10 @@ def no_published_weights(preset: Preset, method: str) -> str:
         for other in cls.published:
             presets.setdefault(other, []).append(name)
     elsewhere = " or ".join(f"--preset {other} ({', '.join(names)})" for other, names in sorted(presets.items()))
-    return (f"preset {preset.name!r} has no published weights for any method; --pretrained works with "
-            f"{elsewhere or 'no installed preset'}")
+    return (
+        f"preset {preset.name!r} has no published weights for any method; --pretrained works with "
+        f"{elsewhere or 'no installed preset'}"
+    )
 
 
 def evaluation_protocol(settings: GenerationSettings) -> str:
@@ -126,15 +142,19 @@ def evaluation_protocol(settings: GenerationSettings) -> str:
     images = f"{settings.images_per_prompt} images per prompt" + (f" ({exceptions})" if exceptions else "")
     scheduler = settings.scheduler or "the model's scheduler"
     size = f"{settings.width}x{settings.height} px" if settings.height and settings.width else "the model's size"
-    return (f"{images}, {scheduler} {settings.num_inference_steps} steps, CFG {settings.guidance_scale}, {size}, "
-            f"seed {settings.seed}")
+    return (
+        f"{images}, {scheduler} {settings.num_inference_steps} steps, CFG {settings.guidance_scale}, {size}, "
+        f"seed {settings.seed}"
+    )
 
 
 def preset_summary(preset: Preset) -> list[str]:
     """``harness presets``' lines under a preset's description: its main settings."""
-    return [f"base model {preset.base_model}; training data {preset.data}",
-            f"suites {', '.join(preset.suites)}; scorers {', '.join(preset.scorers)}",
-            f"evaluation: {evaluation_protocol(preset.generation)}"]
+    return [
+        f"base model {preset.base_model}; training data {preset.data}",
+        f"suites {', '.join(preset.suites)}; scorers {', '.join(preset.scorers)}",
+        f"evaluation: {evaluation_protocol(preset.generation)}",
+    ]
 
 
 def show_preset(preset: Preset) -> str:
@@ -142,19 +162,27 @@ def show_preset(preset: Preset) -> str:
     the method's defaults (its paper's), the preset's settings for every method, or the method's recipe for it,
     a recipe's value also with its source (harness.plan.recipes: a published one's file:line, or why it is ours)."""
 
-    lines = [f"preset {preset.name}: {preset.description}", f"  base model   {preset.base_model}",
-             f"  data         {preset.data}", f"  suites       {', '.join(preset.suites)}",
-             f"  scorers      {', '.join(preset.scorers)}", f"  evaluation   {evaluation_protocol(preset.generation)}",
-             "  settings     every method's below, each with where it comes from (their meanings: "
-             "`harness methods --show METHOD`)"]
+    lines = [
+        f"preset {preset.name}: {preset.description}",
+        f"  base model   {preset.base_model}",
+        f"  data         {preset.data}",
+        f"  suites       {', '.join(preset.suites)}",
+        f"  scorers      {', '.join(preset.scorers)}",
+        f"  evaluation   {evaluation_protocol(preset.generation)}",
+        "  settings     every method's below, each with where it comes from (their meanings: "
+        "`harness methods --show METHOD`)",
+    ]
     shared = {**({"vae": preset.vae} if preset.vae else {}), **preset.method_defaults}
     for name, _ in METHODS.items():
         config = resolve_config(name, preset.name)
         found = method_recipe(name, preset.name)
         own = found[1] if found else {}
         if found is None:
-            note = (f"  (no {preset.name} settings of its own: the preset's for every method)"
-                    if preset.needs_method_settings else "")
+            note = (
+                f"  (no {preset.name} settings of its own: the preset's for every method)"
+                if preset.needs_method_settings
+                else ""
+            )
         else:
             note = "" if found[0] == preset.name else f"  (its {found[0]} settings)"
         lines.append(f"\n{name}{note}")
@@ -174,9 +202,13 @@ def show_method(name: str) -> str:
     its default and its help text (``harness.api.method.setting_help``)."""
     cls = METHODS.get(name)
     recipes = [preset for preset in PRESETS.names() if (method_recipe(name, preset) or (None,))[0] == preset]
-    lines = [f"method {name}: {cls.description}",
-             f"  recipes for: {', '.join(recipes) or 'no preset'} (each value and its source: "
-             f"`harness presets --show PRESET`)", "", f"  {'setting':22s} {'default':22s} meaning"]
+    lines = [
+        f"method {name}: {cls.description}",
+        f"  recipes for: {', '.join(recipes) or 'no preset'} (each value and its source: "
+        f"`harness presets --show PRESET`)",
+        "",
+        f"  {'setting':22s} {'default':22s} meaning",
+    ]
     config = cls.Config()
     for field in dataclasses.fields(config):
         meaning = textwrap.wrap(setting_help(cls.Config, field.name), 70) or [""]

@@ -45,7 +45,7 @@ class Setting:
     @property
     def ours(self) -> str | None:
         """Why we chose it, where nothing is published; None for a published value."""
-        return self.source[len(OURS):].strip() if self.source.startswith(OURS) else None
+        return self.source[len(OURS) :].strip() if self.source.startswith(OURS) else None
 
 
 @functools.cache
@@ -59,8 +59,10 @@ def read_recipe(path: Path) -> dict[str, Setting]:
     for name, entry in data.items():
         source = entry.get("source") if isinstance(entry, dict) else None
         if not isinstance(source, str) or not source.strip() or set(entry) - {"value", "source"}:
-            raise HarnessError(f"recipe {path}: [{name}] must hold a `source` (file:line, paper section or "
-                               f"\"ours: why\") and optionally a `value` (none: None), not {entry!r}")
+            raise HarnessError(
+                f"recipe {path}: [{name}] must hold a `source` (file:line, paper section or "
+                f'"ours: why") and optionally a `value` (none: None), not {entry!r}'
+            )
         settings[name] = Setting(entry.get("value"), source)
     return settings
 
@@ -110,13 +112,16 @@ def recipe_rows(folder: Path) -> list[tuple[str, str, str, Any, str]]:
     for preset in sorted(path for path in folder.iterdir() if path.is_dir()):
         files = sorted(preset.glob("*.toml"), key=lambda path: (path.stem == EVALUATION, path.stem))
         for path in files:
-            rows.extend((path.stem, preset.name, name, setting.value, setting.source)
-                        for name, setting in read_recipe(path).items())
+            rows.extend(
+                (path.stem, preset.name, name, setting.value, setting.source)
+                for name, setting in read_recipe(path).items()
+            )
     return rows
 
 
 def recipe_table(folder: Path) -> str:
     """The markdown table of docs/methods.md's "Published recipes": every recipe under ``folder``."""
+
     def cell(text: str) -> str:
         return text.replace("|", "\\|")
 

@@ -24,13 +24,13 @@ from pathlib import Path
 
 import pandas as pd
 
-from harness.evaluation.curves import split_snapshots
 from harness.errors import HarnessError
+from harness.evaluation.curves import split_snapshots
 from harness.results.layout import ResultsDir
-from harness.run import leaderboard as one_directory
 from harness.results.stats import leaderboard as statistics
 from harness.results.stats import signals_by_method
 from harness.results.store import Store
+from harness.run import leaderboard as one_directory
 
 SEPARATOR = "/"  # experiment/method
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")
@@ -50,14 +50,17 @@ def parse_experiments(values: Sequence[str]) -> list[Experiment]:
             name, _, location = spec.partition("=") if "=" in spec else ("", "", spec)
             name = name or Path(location).resolve().name
             if not NAME_PATTERN.fullmatch(name):
-                raise HarnessError(f"--out {spec!r}: an experiment's name is letters, digits and . _ + - "
-                                   "(name it NAME=DIR)")
+                raise HarnessError(
+                    f"--out {spec!r}: an experiment's name is letters, digits and . _ + - (name it NAME=DIR)"
+                )
             experiments.append(Experiment(name, ResultsDir(location)))
     names = [e.name for e in experiments]
     twice = sorted({n for n in names if names.count(n) > 1})
     if twice:
-        raise HarnessError(f"two experiments named {twice[0]!r}: name them apart with NAME=DIR, e.g. "
-                           f"--out a={experiments[names.index(twice[0])].results.root}")
+        raise HarnessError(
+            f"two experiments named {twice[0]!r}: name them apart with NAME=DIR, e.g. "
+            f"--out a={experiments[names.index(twice[0])].results.root}"
+        )
     if not experiments:
         raise HarnessError("--out names no results directory")
     return experiments
@@ -80,7 +83,8 @@ def check_comparable(versions: Mapping[str, pd.DataFrame]) -> None:
                 raise HarnessError(
                     f"cannot compare {first[0]} and {experiment}: {kind} {name!r} is version "
                     f"{', '.join(sorted(first[1]))} in {first[0]} and {', '.join(sorted(held))} in {experiment} ({why}), "
-                    "and one column holds one version")
+                    "and one column holds one version"
+                )
 
 
 def versions_of(images: pd.DataFrame, scores: pd.DataFrame) -> pd.DataFrame:
@@ -90,8 +94,14 @@ def versions_of(images: pd.DataFrame, scores: pd.DataFrame) -> pd.DataFrame:
     return pd.concat([suites.assign(kind="suite"), metrics.assign(kind="metric")], ignore_index=True)
 
 
-def leaderboard(scores: pd.DataFrame, experiments: Sequence[str], base: str = "base", *,
-                signals: Mapping[str, Collection[str]] | None = None, by: Sequence[str] = ()) -> list[dict]:
+def leaderboard(
+    scores: pd.DataFrame,
+    experiments: Sequence[str],
+    base: str = "base",
+    *,
+    signals: Mapping[str, Collection[str]] | None = None,
+    by: Sequence[str] = (),
+) -> list[dict]:
     """``harness.results.stats.leaderboard`` of every experiment, each against its own base (``experiments``: their
     names; methods in ``scores`` are qualified).  No experiments: one results directory, as it is."""
     if not experiments:
@@ -128,5 +138,6 @@ def load_leaderboard(experiments: Sequence[Experiment], base: str = "base", by: 
         scores.append(own.assign(method=[qualified(experiment.name, m) for m in own["method"]]))
         signals |= {qualified(experiment.name, m): metrics for m, metrics in own_signals.items()}
     check_comparable(versions)
-    return leaderboard(pd.concat(scores, ignore_index=True), [e.name for e in experiments], base,
-                       signals=signals, by=by)
+    return leaderboard(
+        pd.concat(scores, ignore_index=True), [e.name for e in experiments], base, signals=signals, by=by
+    )

@@ -34,8 +34,8 @@ from typing import Any
 
 from harness.api.environment import cache_dir, looks_like_path
 from harness.cache_db import open_cache_db
-from harness.plan.locations import is_built_model
 from harness.data.check import IMAGE_FIELDS
+from harness.plan.locations import is_built_model
 from harness.progress import say
 
 LOCATED_SETTINGS = ("vae", "init_unet")  # training settings (TrainConfig fields) that name a location
@@ -59,7 +59,7 @@ def located(location: str | Path) -> str | dict[str, str]:
     as its absolute path and fingerprint (so that it resumes wherever its inputs, and it, have moved)."""
     location = str(location)
     path = Path(location).expanduser()
-    if is_built_model(location) or not path.exists() and not looks_like_path(location):  # a hub id
+    if is_built_model(location) or (not path.exists() and not looks_like_path(location)):  # a hub id
         return location
     absolute = path.resolve()
     return {"path": str(absolute), "sha256": fingerprint(absolute)}
@@ -91,14 +91,20 @@ def difference(recorded: Mapping[str, Any], new: Mapping[str, Any]) -> str | Non
         old_value, new_value = recorded.get(key), new.get(key)
         if compared(old_value) == compared(new_value):
             continue
-        if isinstance(old_value, Mapping) and isinstance(new_value, Mapping) and not _located(old_value) \
-                and not _located(new_value):
+        if (
+            isinstance(old_value, Mapping)
+            and isinstance(new_value, Mapping)
+            and not _located(old_value)
+            and not _located(new_value)
+        ):
             inner = difference(old_value, new_value)
             return f"{key}.{inner}"
         if _located(old_value) and _located(new_value):
             moved = "" if old_value["path"] == new_value["path"] else f" (recorded at {_near(old_value['path'])})"
-            return (f"{key}: the content of {_near(new_value['path'])} has changed{moved}: fingerprint "
-                    f"{old_value['sha256'][:12]} recorded, {new_value['sha256'][:12]} now")
+            return (
+                f"{key}: the content of {_near(new_value['path'])} has changed{moved}: fingerprint "
+                f"{old_value['sha256'][:12]} recorded, {new_value['sha256'][:12]} now"
+            )
         return f"{key}: recorded {shown(old_value)}, now {shown(new_value)}"
     return None
 
@@ -173,8 +179,11 @@ class _FileHashes:
         self._conn: sqlite3.Connection | None = None
 
     def __enter__(self) -> _FileHashes:
-        self._conn = open_cache_db(self.path, "CREATE TABLE IF NOT EXISTS files (path TEXT PRIMARY KEY, size INTEGER "
-                                              "NOT NULL, mtime_ns INTEGER NOT NULL, sha256 TEXT NOT NULL);")
+        self._conn = open_cache_db(
+            self.path,
+            "CREATE TABLE IF NOT EXISTS files (path TEXT PRIMARY KEY, size INTEGER "
+            "NOT NULL, mtime_ns INTEGER NOT NULL, sha256 TEXT NOT NULL);",
+        )
         self._conn.isolation_level = None  # each hash committed as it is made
         return self
 
@@ -184,8 +193,10 @@ class _FileHashes:
 
     def _cached(self, file: Path) -> str | None:
         stat = file.stat()
-        row = self._conn.execute("SELECT sha256 FROM files WHERE path = ? AND size = ? AND mtime_ns = ?",
-                                 (str(file), stat.st_size, stat.st_mtime_ns)).fetchone()
+        row = self._conn.execute(
+            "SELECT sha256 FROM files WHERE path = ? AND size = ? AND mtime_ns = ?",
+            (str(file), stat.st_size, stat.st_mtime_ns),
+        ).fetchone()
         return row[0] if row else None
 
     def announce(self, root: Path, files: list[Path]) -> None:
@@ -203,6 +214,7 @@ class _FileHashes:
         if time.time_ns() - stat.st_mtime_ns < _RACY_NS:
             return digest  # changed within the clock's granularity, it could change again unseen: not cached
         with closing(self._conn.cursor()) as cursor:
-            cursor.execute("INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?)",
-                           (str(file), stat.st_size, stat.st_mtime_ns, digest))
+            cursor.execute(
+                "INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?)", (str(file), stat.st_size, stat.st_mtime_ns, digest)
+            )
         return digest

@@ -91,21 +91,33 @@ DRO_SD15 = PublishedTables(
         Metric("imagereward", "ImageReward", "v1.0", 4),
     ),
     rows=(
-        PaperRow("SD1.5", _means((20.68, 26.88, 5.93, 0.3369, 0.1765), (20.92, 27.36, 6.22, 0.3532, 0.2242)),
-                 method="base", checkpoint="stable-diffusion-v1-5/stable-diffusion-v1-5",
-                 mapping="the base model itself"),
-        PaperRow("Diffusion-DPO (released)",
-                 _means((21.00, 27.22, 5.96, 0.3427, 0.3369), (21.30, 27.75, 6.29, 0.3584, 0.4070)),
-                 method="dpo", checkpoint="mhdang/dpo-sd1.5-text2image-v1",
-                 mapping="the paper scores the released Diffusion-DPO UNet"),
-        PaperRow("DRO (HPSv2 experts)",
-                 _means((21.52, 28.49, 6.40, 0.3390, 0.8511), (21.82, 29.05, 6.70, 0.3521, 0.8853)),
-                 method="dro", checkpoint="ylwu/diffusion-dro-sd1.5",
-                 mapping="inferred, not stated: the DRO README does not say which experts the released UNet "
-                         "was trained on; its only training command (and train.py's default) uses the HPSv2 "
-                         "top-500 experts"),
-        PaperRow("DRO (PickScore experts)",
-                 _means((21.76, 28.38, 6.40, 0.3446, 0.8636), (22.04, 28.99, 6.66, 0.3560, 0.9069))),
+        PaperRow(
+            "SD1.5",
+            _means((20.68, 26.88, 5.93, 0.3369, 0.1765), (20.92, 27.36, 6.22, 0.3532, 0.2242)),
+            method="base",
+            checkpoint="stable-diffusion-v1-5/stable-diffusion-v1-5",
+            mapping="the base model itself",
+        ),
+        PaperRow(
+            "Diffusion-DPO (released)",
+            _means((21.00, 27.22, 5.96, 0.3427, 0.3369), (21.30, 27.75, 6.29, 0.3584, 0.4070)),
+            method="dpo",
+            checkpoint="mhdang/dpo-sd1.5-text2image-v1",
+            mapping="the paper scores the released Diffusion-DPO UNet",
+        ),
+        PaperRow(
+            "DRO (HPSv2 experts)",
+            _means((21.52, 28.49, 6.40, 0.3390, 0.8511), (21.82, 29.05, 6.70, 0.3521, 0.8853)),
+            method="dro",
+            checkpoint="ylwu/diffusion-dro-sd1.5",
+            mapping="inferred, not stated: the DRO README does not say which experts the released UNet "
+            "was trained on; its only training command (and train.py's default) uses the HPSv2 "
+            "top-500 experts",
+        ),
+        PaperRow(
+            "DRO (PickScore experts)",
+            _means((21.76, 28.38, 6.40, 0.3446, 0.8636), (22.04, 28.99, 6.66, 0.3560, 0.9069)),
+        ),
     ),
     win_rates={
         ("dro", "pickapic-test", "pickscore"): 0.878,

@@ -34,8 +34,10 @@ from harness.run import BASE, run
 
 MISSING = "–"
 FLAG_MARK = "!"
-Z_NOTE = ("z = (ours - paper) / (our mean's distance to our 95% CI bound on the paper's side): "
-          "|z| <= 1 when the paper's value lies inside our CI")
+Z_NOTE = (
+    "z = (ours - paper) / (our mean's distance to our 95% CI bound on the paper's side): "
+    "|z| <= 1 when the paper's value lies inside our CI"
+)
 
 
 @dataclass(frozen=True)
@@ -67,9 +69,13 @@ class Report:
     notes: list[str]
 
     def to_json(self) -> dict[str, Any]:
-        return {"paper": self.tables.paper, "preset": self.tables.preset,
-                "means": [dataclasses.asdict(c) for c in self.means],
-                "win_rates": [dataclasses.asdict(c) for c in self.win_rates], "notes": self.notes}
+        return {
+            "paper": self.tables.paper,
+            "preset": self.tables.preset,
+            "means": [dataclasses.asdict(c) for c in self.means],
+            "win_rates": [dataclasses.asdict(c) for c in self.win_rates],
+            "notes": self.notes,
+        }
 
 
 def published_tables(preset: str) -> PublishedTables:
@@ -88,7 +94,8 @@ def reproduce(options) -> Report:
     """
     tables = published_tables(options.preset)
     options = dataclasses.replace(
-        options, pretrained=True,
+        options,
+        pretrained=True,
         methods=options.methods or [row.method for row in tables.rows if row.method not in (None, BASE)],
         scorers=options.scorers or [metric.scorer for metric in tables.metrics],
     )
@@ -123,34 +130,69 @@ def compare(rows: list[dict], tables: PublishedTables, methods: Iterable[str]) -
     for row in compared:
         for suite in tables.suites:
             for metric in tables.metrics:
-                means += _beside(found[(row.method, suite, metric.scorer)], "mean", row, suite, metric,
-                                 paper=row.means[suite][metric.scorer], source=tables.mean_source(row, suite, metric),
-                                 fields=("mean", "ci_low", "ci_high"))
+                means += _beside(
+                    found[(row.method, suite, metric.scorer)],
+                    "mean",
+                    row,
+                    suite,
+                    metric,
+                    paper=row.means[suite][metric.scorer],
+                    source=tables.mean_source(row, suite, metric),
+                    fields=("mean", "ci_low", "ci_high"),
+                )
     win_rates: list[Comparison] = []
     for (method, suite, scorer), paper in tables.win_rates.items():
         if method in methods:
             row, metric = tables.row_of(method), tables.metric(scorer)
-            win_rates += _beside(found[(method, suite, scorer)], "win rate", row, suite, metric,
-                                 paper=paper, source=tables.win_rate_source(row, suite, metric),
-                                 fields=("win_rate_vs_base", "win_ci_low", "win_ci_high"))
+            win_rates += _beside(
+                found[(method, suite, scorer)],
+                "win rate",
+                row,
+                suite,
+                metric,
+                paper=paper,
+                source=tables.win_rate_source(row, suite, metric),
+                fields=("win_rate_vs_base", "win_ci_low", "win_ci_high"),
+            )
     notes = [Z_NOTE] + [f"{row.method} = {row.label!r}: {row.mapping}" for row in compared]
-    notes += [f"{method}: no row in the paper's tables, not compared (see `harness leaderboard`)"
-              for method in methods if tables.row_of(method) is None]
+    notes += [
+        f"{method}: no row in the paper's tables, not compared (see `harness leaderboard`)"
+        for method in methods
+        if tables.row_of(method) is None
+    ]
     if any(c.flag for c in means + win_rates):
         notes.append(f"{FLAG_MARK} the metric's weights are not the paper's: that row is not a reproduction")
     return Report(tables, means, win_rates, notes)
 
 
-def _beside(found: list[dict], kind: str, row: PaperRow, suite: str, metric: Metric, *, paper: float,
-            source: str, fields: tuple[str, str, str]) -> list[Comparison]:
+def _beside(
+    found: list[dict],
+    kind: str,
+    row: PaperRow,
+    suite: str,
+    metric: Metric,
+    *,
+    paper: float,
+    source: str,
+    fields: tuple[str, str, str],
+) -> list[Comparison]:
     """One comparison per version of the metric the run stored (usually one), or one without ours."""
     missing = Comparison(kind, row.label, row.method, suite, metric.scorer, paper, source)
     value, low, high = fields
     return [
-        dataclasses.replace(missing, ours=r[value], ci_low=r[low], ci_high=r[high], n_prompts=r["n_prompts"],
-                            version=r["metric_version"], diff=r[value] - paper,
-                            z=ci_units(r[value], r[low], r[high], paper), flag=version_flag(metric, r["metric_version"]))
-        for r in found if r[value] is not None
+        dataclasses.replace(
+            missing,
+            ours=r[value],
+            ci_low=r[low],
+            ci_high=r[high],
+            n_prompts=r["n_prompts"],
+            version=r["metric_version"],
+            diff=r[value] - paper,
+            z=ci_units(r[value], r[low], r[high], paper),
+            flag=version_flag(metric, r["metric_version"]),
+        )
+        for r in found
+        if r[value] is not None
     ] or [missing]
 
 
@@ -177,11 +219,19 @@ def version_flag(metric: Metric, version: str) -> str:
 
 def format_report(report: Report) -> str:
     tables = report.tables
-    parts = [f"{tables.paper}: published numbers beside ours (preset {tables.preset})", "",
-             "Mean scores", _table(report.means, tables, percent=False)]
+    parts = [
+        f"{tables.paper}: published numbers beside ours (preset {tables.preset})",
+        "",
+        "Mean scores",
+        _table(report.means, tables, percent=False),
+    ]
     if report.win_rates:
-        parts += ["", f"Win rates over {tables.row_of(BASE).label} (per prompt the median of its images, "
-                      "a win when strictly higher)", _table(report.win_rates, tables, percent=True)]
+        parts += [
+            "",
+            f"Win rates over {tables.row_of(BASE).label} (per prompt the median of its images, "
+            "a win when strictly higher)",
+            _table(report.win_rates, tables, percent=True),
+        ]
     parts += ["", "Notes"] + [f"  {note}" for note in report.notes]
     return "\n".join(parts)
 
@@ -199,8 +249,18 @@ def _table(comparisons: list[Comparison], tables: PublishedTables, *, percent: b
 
         ours = MISSING if c.ours is None else f"{number(c.ours)} [{number(c.ci_low)}, {number(c.ci_high)}]"
         paper = f"{c.paper:.1%}" if percent else f"{c.paper:.{metric.decimals}f}"
-        lines.append([c.suite, f"{c.model} ({c.method})", metric.label, paper, ours,
-                      MISSING if c.n_prompts is None else str(c.n_prompts), number(c.diff, "+"),
-                      MISSING if c.z is None else f"{c.z:+.2f}", f"{FLAG_MARK} {c.flag}" if c.flag else ""])
+        lines.append(
+            [
+                c.suite,
+                f"{c.model} ({c.method})",
+                metric.label,
+                paper,
+                ours,
+                MISSING if c.n_prompts is None else str(c.n_prompts),
+                number(c.diff, "+"),
+                MISSING if c.z is None else f"{c.z:+.2f}",
+                f"{FLAG_MARK} {c.flag}" if c.flag else "",
+            ]
+        )
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip() for line in lines)

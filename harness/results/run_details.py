@@ -42,12 +42,14 @@ def shown_run_details(details: pd.DataFrame) -> pd.DataFrame:
     """``run_details`` as the text shown (columns: run, method, status and the ``FIGURES`` headers), ``MISSING``
     for what a run does not have.  Text, not numbers with a missing-value format: Streamlit's grid draws a
     missing number as "None" whatever the format says."""
-    shown = pd.DataFrame({"run": details["run_id"].astype(str), "method": details["method"],
-                          "status": details["status"]})
+    shown = pd.DataFrame(
+        {"run": details["run_id"].astype(str), "method": details["method"], "status": details["status"]}
+    )
     for column, (title, _) in FIGURES.items():
         shown[title] = [_cell(column, value) for value in details[column]]
-    shown["training data"] = [MISSING if value is None or pd.isna(value) else value
-                              for value in details["training_data"]]
+    shown["training data"] = [
+        MISSING if value is None or pd.isna(value) else value for value in details["training_data"]
+    ]
     return shown
 
 

@@ -41,7 +41,18 @@ import pandas as pd
 
 from harness.errors import HarnessError
 
-COLUMNS = ("method", "suite", "split", "metric", "metric_version", "prompt_id", "category", "image_index", "seed", "value")
+COLUMNS = (
+    "method",
+    "suite",
+    "split",
+    "metric",
+    "metric_version",
+    "prompt_id",
+    "category",
+    "image_index",
+    "seed",
+    "value",
+)
 PAIR_KEYS = ["prompt_id", "image_index", "seed"]
 DEFAULT_N_BOOT = 1000
 DEFAULT_SEED = 0
@@ -53,8 +64,9 @@ SIGNAL_MEANING = "trained on this signal: a gain here is not independent evidenc
 SIGNAL_NOTE = f"{SIGNAL_MARK} {SIGNAL_MEANING}"
 # How they mark a lower-is-better metric (an error, a distance), and what follows for Δ and the win rate.
 LOWER_MARK = "↓"
-LOWER_NOTE = (f"{LOWER_MARK} lower is better: a negative Δ is a gain, and a win is a prompt where the method's "
-              "median is lower")
+LOWER_NOTE = (
+    f"{LOWER_MARK} lower is better: a negative Δ is a gain, and a win is a prompt where the method's median is lower"
+)
 
 
 def toward_better(value: float, higher_is_better: bool = True) -> float:
@@ -68,8 +80,10 @@ def best_flags(values: Iterable[float | None], higher_is_better: bool = True) ->
     values = list(values)
     known = [toward_better(v, higher_is_better) for v in values if v is not None and not math.isnan(v)]
     best = max(known, default=None)
-    return [best is not None and v is not None and not math.isnan(v) and toward_better(v, higher_is_better) == best
-            for v in values]
+    return [
+        best is not None and v is not None and not math.isnan(v) and toward_better(v, higher_is_better) == best
+        for v in values
+    ]
 
 
 VERDICTS = ("better than base", "worse than base", "CI includes 0", "no CI (1 prompt)")
@@ -140,7 +154,11 @@ def _select(scores: pd.DataFrame, method: str, metric: str, suite: str, metric_v
 def _pairs(a: pd.DataFrame, b: pd.DataFrame) -> pd.DataFrame:
     """Rows of a and b on the same image slot, with columns prompt_id, value_a, value_b."""
     # pandas matches NaN keys with each other, so images of unknown seed still pair by index.
-    return a[PAIR_KEYS + ["value"]].merge(b[PAIR_KEYS + ["value"]], on=PAIR_KEYS, suffixes=("_a", "_b")).sort_values(PAIR_KEYS)
+    return (
+        a[PAIR_KEYS + ["value"]]
+        .merge(b[PAIR_KEYS + ["value"]], on=PAIR_KEYS, suffixes=("_a", "_b"))
+        .sort_values(PAIR_KEYS)
+    )
 
 
 def higher_is_better(rows: pd.DataFrame) -> bool:
@@ -150,8 +168,10 @@ def higher_is_better(rows: pd.DataFrame) -> bool:
     directions = set(rows["higher_is_better"].astype(bool))
     if len(directions) > 1:
         metric = ", ".join(sorted(set(rows["metric"])))
-        raise HarnessError(f"{metric!r} is stored as both higher- and lower-is-better; score it again (rerun the "
-                           "command that scored it) so that its scorer's direction is recorded")
+        raise HarnessError(
+            f"{metric!r} is stored as both higher- and lower-is-better; score it again (rerun the "
+            "command that scored it) so that its scorer's direction is recorded"
+        )
     return directions.pop()
 
 
@@ -169,8 +189,14 @@ def _compare(a: pd.DataFrame, b: pd.DataFrame, *, higher: bool, n_boot: int, see
     pairs = _pairs(a, b)
     if pairs.empty:
         return {
-            "n_pairs": 0, "n_prompts": 0, "mean_diff": None, "diff_ci_low": None, "diff_ci_high": None,
-            "win_rate": None, "win_ci_low": None, "win_ci_high": None,
+            "n_pairs": 0,
+            "n_prompts": 0,
+            "mean_diff": None,
+            "diff_ci_low": None,
+            "diff_ci_high": None,
+            "win_rate": None,
+            "win_ci_low": None,
+            "win_ci_high": None,
         }
     diff = (pairs["value_a"] - pairs["value_b"]).to_numpy()
     diff_low, diff_high = bootstrap_mean_ci(diff, pairs["prompt_id"].to_numpy(), n_boot=n_boot, seed=seed)
@@ -288,21 +314,31 @@ def leaderboard(
                 "std": values.std(ddof=1) if len(values) > 1 else math.nan,
                 "ci_low": ci_low,
                 "ci_high": ci_high,
-                "delta_vs_base": None, "delta_ci_low": None, "delta_ci_high": None,
-                "win_rate_vs_base": None, "win_ci_low": None, "win_ci_high": None,
+                "delta_vs_base": None,
+                "delta_ci_low": None,
+                "delta_ci_high": None,
+                "win_rate_vs_base": None,
+                "win_ci_low": None,
+                "win_ci_high": None,
                 "trained_on_signal": metric in signals.get(method, ()),
             }
             if method != base and not base_rows.empty:
                 cmp = _compare(group, base_rows, higher=higher, n_boot=n_boot, seed=seed)
                 row.update(
-                    delta_vs_base=cmp["mean_diff"], delta_ci_low=cmp["diff_ci_low"], delta_ci_high=cmp["diff_ci_high"],
-                    win_rate_vs_base=cmp["win_rate"], win_ci_low=cmp["win_ci_low"], win_ci_high=cmp["win_ci_high"],
+                    delta_vs_base=cmp["mean_diff"],
+                    delta_ci_low=cmp["diff_ci_low"],
+                    delta_ci_high=cmp["diff_ci_high"],
+                    win_rate_vs_base=cmp["win_rate"],
+                    win_ci_low=cmp["win_ci_low"],
+                    win_ci_high=cmp["win_ci_high"],
                 )
             rows.append({k: _clean(v) for k, v in row.items()})
     return rows
 
 
-def win_rate_matrix(scores: pd.DataFrame, metric: str, suite: str, *, metric_version: str | None = None) -> pd.DataFrame:
+def win_rate_matrix(
+    scores: pd.DataFrame, metric: str, suite: str, *, metric_version: str | None = None
+) -> pd.DataFrame:
     """Square frame: entry [a, b] is a's win rate over b (median-of-k, strictly better in the metric's
     direction); NaN on the diagonal and where two methods share no image slot.  Rows and columns are the
     methods, sorted."""

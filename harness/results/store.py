@@ -51,18 +51,18 @@ import json
 import platform
 import sqlite3
 import subprocess
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Callable, Literal, TypeVar
+from typing import Any, Literal, TypeVar
 
 import pandas as pd
 
 from harness.atomic import replacing, writing
-from harness.results.compute import combine
 from harness.errors import HarnessError
+from harness.results.compute import combine
 from harness.results.identity import difference
 from harness.results.layout import ResultsDir
 
@@ -157,8 +157,22 @@ _SCORES_QUERY = """
 SELECT image_id, scorer AS metric, version AS metric_version, scale, higher_is_better, value
 FROM scores ORDER BY image_id, scorer, version
 """
-SCORES_COLUMNS = ["run_id", "method", "suite", "split", "metric", "metric_version", "scale", "higher_is_better",
-                  "prompt_id", "category", "image_index", "seed", "path", "value"]
+SCORES_COLUMNS = [
+    "run_id",
+    "method",
+    "suite",
+    "split",
+    "metric",
+    "metric_version",
+    "scale",
+    "higher_is_better",
+    "prompt_id",
+    "category",
+    "image_index",
+    "seed",
+    "path",
+    "value",
+]
 _IMAGES_QUERY = """
 SELECT i.image_id, i.run_id, r.method, i.suite, i.suite_version, i.split, i.prompt_id, i.prompt,
        i.category, i.image_index, i.seed, i.path, i.sha256
@@ -197,7 +211,7 @@ _SCORE_FIELDS = ("prompt_id", "image_index", "scorer", "version", "scale", "valu
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 def _canonical_json(obj: object) -> str:
@@ -209,8 +223,12 @@ def _git_commit() -> str | None:
     """The commit of the checkout the harness runs from, or None outside a git checkout."""
     try:
         out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent,
-            capture_output=True, text=True, timeout=10, check=True,
+            ["git", "rev-parse", "HEAD"],
+            cwd=Path(__file__).resolve().parent,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
         )
     except (OSError, subprocess.SubprocessError):
         return None
@@ -218,8 +236,12 @@ def _git_commit() -> str | None:
 
 
 # What the provenance records, as {name shown: installed distribution}.
-_PROVENANCE_PACKAGES = {"torch": "torch", "diffusers": "diffusers", "transformers": "transformers",
-                        "harness": "diffusion-alignment-harness"}
+_PROVENANCE_PACKAGES = {
+    "torch": "torch",
+    "diffusers": "diffusers",
+    "transformers": "transformers",
+    "harness": "diffusion-alignment-harness",
+}
 
 
 def _package_versions() -> dict[str, str | None]:
@@ -242,8 +264,10 @@ def _require_fields(row: dict, fields: tuple[str, ...], what: str) -> None:
 def mismatch(key: str, results: Path, differs: str) -> str:
     """The one line refusing to resume run ``key`` of ``results`` with other inputs (``differs``:
     ``harness.results.identity.difference``'s)."""
-    return (f"run {key!r} in {results} was made with other inputs: {differs}; rerun it with the inputs it was made "
-            "with, or use another --out directory to start a new experiment")
+    return (
+        f"run {key!r} in {results} was made with other inputs: {differs}; rerun it with the inputs it was made "
+        "with, or use another --out directory to start a new experiment"
+    )
 
 
 def db_path(path: Path | str) -> Path:
@@ -254,8 +278,10 @@ def db_path(path: Path | str) -> Path:
 
 def damaged_record(path: Path, problem: str) -> HarnessError:
     """The one line for a damaged results database: the record of the experiment, unlike a cache, is not rebuilt."""
-    return HarnessError(f"{path} is damaged ({problem}); it is the record of this experiment, not a cache, so nothing "
-                        "rebuilds it: restore it from a copy (or `sqlite3 results.db .recover`), or use another --out")
+    return HarnessError(
+        f"{path} is damaged ({problem}); it is the record of this experiment, not a cache, so nothing "
+        "rebuilds it: restore it from a copy (or `sqlite3 results.db .recover`), or use another --out"
+    )
 
 
 class StoreJournal:
@@ -382,8 +408,10 @@ class Store:
         # IMMEDIATE takes the write lock up front: two writers queue on busy_timeout instead of
         # failing when a read lock would have to be upgraded.
         if self._journal is not None:
-            raise HarnessError(f"this job records its writes to {self.path} for another process to make: "
-                               "it can only record them (add_*, set_*, log_training)")
+            raise HarnessError(
+                f"this job records its writes to {self.path} for another process to make: "
+                "it can only record them (add_*, set_*, log_training)"
+            )
         with self._reporting():
             self._conn.execute("BEGIN IMMEDIATE")
             try:
@@ -455,8 +483,7 @@ class Store:
         return row[0]
 
     # -- runs --------------------------------------------------------------------------------
-    def get_or_create_run(self, key: str, *, method: str, preset: str | None, base_model: str,
-                          config: dict) -> int:
+    def get_or_create_run(self, key: str, *, method: str, preset: str | None, base_model: str, config: dict) -> int:
         """The id of the run called ``key``, created (with provenance) the first time.
 
         Resuming a run with another method or config (its base model's identity included) would mix results of
@@ -471,8 +498,16 @@ class Store:
             cur = conn.execute(
                 "INSERT INTO runs (key, method, preset, base_model, config, git_commit, versions, status,"
                 " started_at) VALUES (?, ?, ?, ?, ?, ?, ?, 'created', ?)",
-                (key, method, preset, str(base_model), config_json, _git_commit(),
-                 json.dumps(_package_versions()), _now()),
+                (
+                    key,
+                    method,
+                    preset,
+                    str(base_model),
+                    config_json,
+                    _git_commit(),
+                    json.dumps(_package_versions()),
+                    _now(),
+                ),
             )
             return int(cur.lastrowid)
 
@@ -489,8 +524,9 @@ class Store:
         # The base_model column shows the base; the config holds its identity when it has one.
         columns = "base_model" not in config
         recorded = {"method": old_method, **({"base_model": old_base} if columns else {}), **json.loads(old_config)}
-        differs = difference(recorded, {"method": method, **({"base_model": str(base_model)} if columns else {}),
-                                        **config})
+        differs = difference(
+            recorded, {"method": method, **({"base_model": str(base_model)} if columns else {}), **config}
+        )
         if differs is not None:
             raise HarnessError(mismatch(key, self.path.parent, differs))
         return int(run_id)
@@ -513,8 +549,17 @@ class Store:
                 "UPDATE runs SET started_at = CASE WHEN status = 'created' AND ? = 'running' THEN ? ELSE started_at END,"
                 " status = ?, ended_at = ?, compute = ?, wall_s = ?, gpu_hours = ?,"
                 " unet_evals_per_sample = ? WHERE run_id = ?",
-                (status, now, status, ended_at, _canonical_json(merged), merged.get("wall_s"), merged.get("gpu_hours"),
-                 merged.get("unet_evals_per_sample"), run_id),
+                (
+                    status,
+                    now,
+                    status,
+                    ended_at,
+                    _canonical_json(merged),
+                    merged.get("wall_s"),
+                    merged.get("gpu_hours"),
+                    merged.get("unet_evals_per_sample"),
+                    run_id,
+                ),
             )
 
     @_journaled
@@ -523,8 +568,10 @@ class Store:
         included: unlike ``set_run_status``'s, these accumulate (``harness.results.compute.combine``)."""
         with self._transaction() as conn:
             compute = combine(self._compute(conn, run_id), figures)
-            conn.execute("UPDATE runs SET compute = ?, wall_s = ?, gpu_hours = ? WHERE run_id = ?",
-                         (_canonical_json(compute), compute.get("wall_s"), compute.get("gpu_hours"), run_id))
+            conn.execute(
+                "UPDATE runs SET compute = ?, wall_s = ?, gpu_hours = ? WHERE run_id = ?",
+                (_canonical_json(compute), compute.get("wall_s"), compute.get("gpu_hours"), run_id),
+            )
 
     def _compute(self, conn: sqlite3.Connection, run_id: int) -> dict:
         row = conn.execute("SELECT compute FROM runs WHERE run_id = ?", (run_id,)).fetchone()
@@ -585,13 +632,14 @@ class Store:
             if conn.execute("SELECT 1 FROM runs WHERE run_id = ?", (run_id,)).fetchone() is None:
                 raise HarnessError(f"no run with id {run_id} in {self.path}")
             conn.execute("DELETE FROM training_signals WHERE run_id = ?", (run_id,))
-            conn.executemany("INSERT INTO training_signals VALUES (?, ?, ?)",
-                             [(run_id, metric, source) for metric in sorted(set(metrics))])
+            conn.executemany(
+                "INSERT INTO training_signals VALUES (?, ?, ?)",
+                [(run_id, metric, source) for metric in sorted(set(metrics))],
+            )
 
     # -- images and scores -------------------------------------------------------------------
     @_journaled
-    def add_images(self, run_id: int, *, suite: str, suite_version: str, split: str,
-                   rows: list[dict]) -> None:
+    def add_images(self, run_id: int, *, suite: str, suite_version: str, split: str, rows: list[dict]) -> None:
         """Record generated images (sampling manifest rows), keyed (run, suite, prompt_id, image_index).
 
         A row already stored with the same sha256 keeps its scores; a changed sha256 means a
@@ -606,7 +654,8 @@ class Store:
                 key = (run_id, suite, str(row["prompt_id"]), int(row["image_index"]))
                 old = conn.execute(
                     "SELECT image_id, sha256 FROM images"
-                    " WHERE run_id = ? AND suite = ? AND prompt_id = ? AND image_index = ?", key
+                    " WHERE run_id = ? AND suite = ? AND prompt_id = ? AND image_index = ?",
+                    key,
                 ).fetchone()
                 if old is not None and old[1] != row["sha256"]:
                     conn.execute("DELETE FROM scores WHERE image_id = ?", (old[0],))
@@ -617,8 +666,16 @@ class Store:
                     " suite_version = excluded.suite_version, split = excluded.split,"
                     " prompt = excluded.prompt, category = excluded.category, seed = excluded.seed,"
                     " path = excluded.path, sha256 = excluded.sha256",
-                    (*key, suite_version, split, row["prompt"], row["category"] or "", int(row["seed"]),
-                     str(row["path"]), row["sha256"]),
+                    (
+                        *key,
+                        suite_version,
+                        split,
+                        row["prompt"],
+                        row["category"] or "",
+                        int(row["seed"]),
+                        str(row["path"]),
+                        row["sha256"],
+                    ),
                 )
 
     @_journaled
@@ -647,8 +704,16 @@ class Store:
                         f"score for an image that is not stored: run {run_id}, suite {suite!r}, "
                         f"prompt {row['prompt_id']!r}, image {row['image_index']} (add_images first)"
                     )
-                values.append((image_id, row["scorer"], str(row["version"]), str(row["scale"]),
-                               int(bool(row.get("higher_is_better", True))), float(row["value"])))
+                values.append(
+                    (
+                        image_id,
+                        row["scorer"],
+                        str(row["version"]),
+                        str(row["scale"]),
+                        int(bool(row.get("higher_is_better", True))),
+                        float(row["value"]),
+                    )
+                )
             conn.executemany(
                 "INSERT INTO scores VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (image_id, scorer, version)"
                 " DO UPDATE SET scale = excluded.scale, higher_is_better = excluded.higher_is_better,"
@@ -740,8 +805,9 @@ def export(results_dir: Path, out: Path, fmt: Literal["csv", "parquet", "json"])
     return _write_tables(_tables(results_dir), Path(out), fmt)
 
 
-def export_experiments(experiments: Mapping[str, ResultsDir], out: Path,
-                       fmt: Literal["csv", "parquet", "json"]) -> list[Path]:
+def export_experiments(
+    experiments: Mapping[str, ResultsDir], out: Path, fmt: Literal["csv", "parquet", "json"]
+) -> list[Path]:
     """``export`` of one results directory, or of several side by side (``experiments``: each experiment's name
     and results directory): each table of every experiment in one file, its rows led by an ``experiment`` column
     (the experiment's name; a run is (experiment, run_id))."""
@@ -749,10 +815,13 @@ def export_experiments(experiments: Mapping[str, ResultsDir], out: Path,
     loaded = [(name, _tables(results.root)) for name, results in experiments.items()]  # all read first
     if len(loaded) == 1:
         return _write_tables(loaded[0][1], Path(out), fmt)
-    tables = {name: pd.concat([own[name].assign(experiment=experiment) for experiment, own in loaded],
-                              ignore_index=True) for name in loaded[0][1]}
-    tables = {name: frame[["experiment", *(c for c in frame.columns if c != "experiment")]]
-              for name, frame in tables.items()}
+    tables = {
+        name: pd.concat([own[name].assign(experiment=experiment) for experiment, own in loaded], ignore_index=True)
+        for name in loaded[0][1]
+    }
+    tables = {
+        name: frame[["experiment", *(c for c in frame.columns if c != "experiment")]] for name, frame in tables.items()
+    }
     return _write_tables(tables, Path(out), fmt)
 
 

@@ -31,8 +31,10 @@ FORMATS = ("latex", "markdown")
 # The statistics a table can show per suite and metric (``--columns``), and what a paper shows by default.
 STATISTICS = ("mean", "delta", "win")
 DEFAULT_STATISTICS = STATISTICS
-CI_NOTE = ("95% intervals in brackets: bootstrap over prompts for means and Δ, Wilson for win rates; "
-           "a single prompt has none (–)")
+CI_NOTE = (
+    "95% intervals in brackets: bootstrap over prompts for means and Δ, Wilson for win rates; "
+    "a single prompt has none (–)"
+)
 DELTA_NOTE = "Δ: method − base, paired on prompt, image and seed"
 WIN_NOTE = "win: % of prompts where the method's median image beats the base's"
 
@@ -53,8 +55,9 @@ def check_statistics(statistics: Sequence[str]) -> tuple[str, ...]:
     """``--columns``: some of ``STATISTICS``, each once."""
     unknown = [s for s in statistics if s not in STATISTICS]
     if unknown or not statistics:
-        raise HarnessError(f"--columns: unknown column {', '.join(unknown) or '(none)'}; expected some of "
-                           f"{', '.join(STATISTICS)}")
+        raise HarnessError(
+            f"--columns: unknown column {', '.join(unknown) or '(none)'}; expected some of {', '.join(STATISTICS)}"
+        )
     return tuple(dict.fromkeys(statistics))
 
 
@@ -93,8 +96,9 @@ def method_order(rows: Sequence[dict], base: str = "base") -> list[str]:
     with its base first, then by name."""
     methods = list(dict.fromkeys(r["method"] for r in rows))
     experiments = list(dict.fromkeys(m.rpartition(SEPARATOR)[0] for m in methods))
-    return sorted(methods, key=lambda m: (experiments.index(m.rpartition(SEPARATOR)[0]),
-                                          m.rpartition(SEPARATOR)[2] != base, m))
+    return sorted(
+        methods, key=lambda m: (experiments.index(m.rpartition(SEPARATOR)[0]), m.rpartition(SEPARATOR)[2] != base, m)
+    )
 
 
 def paper_tables(rows: Sequence[dict], base: str = "base", by: str | None = None) -> list[PaperTable]:
@@ -115,8 +119,15 @@ def paper_tables(rows: Sequence[dict], base: str = "base", by: str | None = None
             part = _part(row, by)
             prompts[part] = max(prompts.get(part, 0), row["n_prompts"])
         blocks = {part: f"{part} ({_plural(n, 'prompt')})" for part, n in sorted(prompts.items())}
-        tables.append(PaperTable(f"{suite} by {by}", methods, _columns(own, versions, by=by, blocks=blocks), versions,
-                                 list(blocks.values())))
+        tables.append(
+            PaperTable(
+                f"{suite} by {by}",
+                methods,
+                _columns(own, versions, by=by, blocks=blocks),
+                versions,
+                list(blocks.values()),
+            )
+        )
     return tables
 
 
@@ -124,12 +135,14 @@ def _part(row: dict, by: str) -> str:
     return str(row.get(by) or f"no {by}")
 
 
-def _columns(rows: Sequence[dict], versions: dict[str, list[str]], *, by: str | None = None,
-             blocks: dict[str, str] | None = None) -> list[Column]:
+def _columns(
+    rows: Sequence[dict], versions: dict[str, list[str]], *, by: str | None = None, blocks: dict[str, str] | None = None
+) -> list[Column]:
     columns: dict[tuple, Column] = {}
     for row in sorted(rows, key=lambda r: (r["suite"], r["metric"], r["metric_version"])):
-        label = _short_label(row["metric"], row["metric_version"], higher_is_better_of(row),
-                             len(versions[row["metric"]]) > 1)
+        label = _short_label(
+            row["metric"], row["metric_version"], higher_is_better_of(row), len(versions[row["metric"]]) > 1
+        )
         key = (row["suite"], label)
         if key not in columns:
             columns[key] = Column(group=None if by else row["suite"], title=label)
@@ -152,8 +165,11 @@ class Cell:
 
 
 # Per statistic: the row's value and interval fields, and whether larger is better whatever the metric.
-_FIELDS = {"mean": ("mean", "ci_low", "ci_high"), "delta": ("delta_vs_base", "delta_ci_low", "delta_ci_high"),
-           "win": ("win_rate_vs_base", "win_ci_low", "win_ci_high")}
+_FIELDS = {
+    "mean": ("mean", "ci_low", "ci_high"),
+    "delta": ("delta_vs_base", "delta_ci_low", "delta_ci_high"),
+    "win": ("win_rate_vs_base", "win_ci_low", "win_ci_high"),
+}
 
 
 def _cells(column: Column, methods: Sequence[str], statistic: str, block: str | None) -> dict[str, Cell]:
@@ -176,10 +192,17 @@ def _cells(column: Column, methods: Sequence[str], statistic: str, block: str | 
     cells = {}
     for method, best in zip(present, best_flags(values, higher)):
         row = rows[method]
-        ci = None if row[low] is None or row[high] is None else \
-            f"[{scale * row[low]:{sign}.{digits}f}, {scale * row[high]:{sign}.{digits}f}]"
-        cells[method] = Cell(f"{scale * row[value]:{sign}.{digits}f}", ci, best,
-                             statistic == "mean" and bool(row.get("trained_on_signal")))
+        ci = (
+            None
+            if row[low] is None or row[high] is None
+            else f"[{scale * row[low]:{sign}.{digits}f}, {scale * row[high]:{sign}.{digits}f}]"
+        )
+        cells[method] = Cell(
+            f"{scale * row[value]:{sign}.{digits}f}",
+            ci,
+            best,
+            statistic == "mean" and bool(row.get("trained_on_signal")),
+        )
     return cells
 
 
@@ -197,8 +220,11 @@ def _groups(columns: Sequence[Column]) -> list[tuple[str | None, int]]:
 def _notes(table: PaperTable, statistics: Sequence[str], ci: bool) -> list[str]:
     """The caption's sentences, plain text: what the columns and marks mean."""
     notes = ["Best value per column in bold"]
-    notes += [note for note, shown in ((DELTA_NOTE, "delta" in statistics), (WIN_NOTE, "win" in statistics),
-                                       (CI_NOTE, ci)) if shown]
+    notes += [
+        note
+        for note, shown in ((DELTA_NOTE, "delta" in statistics), (WIN_NOTE, "win" in statistics), (CI_NOTE, ci))
+        if shown
+    ]
     single = {metric: versions[0] for metric, versions in table.versions.items() if len(versions) == 1}
     if single:
         notes.append("Metric versions: " + ", ".join(f"{metric} {version}" for metric, version in single.items()))
@@ -216,8 +242,16 @@ def _table_rows(table: PaperTable, statistics: Sequence[str]) -> list[tuple[str 
 
 # -- LaTeX -----------------------------------------------------------------------------------------
 _LATEX_SPECIAL = {
-    "\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
-    "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
+    "\\": r"\textbackslash{}",
+    "&": r"\&",
+    "%": r"\%",
+    "$": r"\$",
+    "#": r"\#",
+    "_": r"\_",
+    "{": r"\{",
+    "}": r"\}",
+    "~": r"\textasciitilde{}",
+    "^": r"\textasciicircum{}",
 }
 _LATEX_TEXT = {"–": "--", "−": "--", "Δ": r"$\Delta$", "↓": r"$\downarrow$", "†": r"\dag{}"}
 _LATEX_HEADERS = {"mean": "mean", "delta": r"$\Delta$", "win": r"win \%"}
@@ -271,8 +305,9 @@ def _latex_table(table: PaperTable, ci: bool, statistics: Sequence[str]) -> str:
     if table.marked:
         notes.append(SIGNAL_NOTE)
     k, width = len(statistics), 1 + len(statistics) * len(table.columns)
-    groups = " & ".join(rf"\multicolumn{{{n * k}}}{{c}}{{{latex_escape(group or '')}}}"
-                        for group, n in _groups(table.columns))
+    groups = " & ".join(
+        rf"\multicolumn{{{n * k}}}{{c}}{{{latex_escape(group or '')}}}" for group, n in _groups(table.columns)
+    )
     titles = " & ".join(rf"\multicolumn{{{k}}}{{c}}{{{latex_escape(column.title)}}}" for column in table.columns)
     stats = " & ".join(_LATEX_HEADERS[s] for s in statistics)
     header = [
@@ -280,19 +315,32 @@ def _latex_table(table: PaperTable, ci: bool, statistics: Sequence[str]) -> str:
         r"\hline",
         *([rf" & {groups} \\"] if any(column.group for column in table.columns) else []),
         *([rf" & {titles} \\"] if k > 1 else []),
-        "method & " + (" & ".join([stats] * len(table.columns)) if k > 1 else
-                       " & ".join(latex_escape(column.title) for column in table.columns)) + r" \\",
+        "method & "
+        + (
+            " & ".join([stats] * len(table.columns))
+            if k > 1
+            else " & ".join(latex_escape(column.title) for column in table.columns)
+        )
+        + r" \\",
         r"\hline",
     ]
     rows = _table_rows(table, statistics)
     chunks = _chunks(table, ci)
     floats = [r"% needs \usepackage{graphicx} (for \resizebox: a table wider than the text is scaled to its width)"]
     for number, chunk in enumerate(chunks, start=1):
-        caption = f"{table.title}. {'. '.join(notes)}." if number == 1 else \
-            f"{table.title} (continued, {number} of {len(chunks)})."
-        lines = [r"\begin{table}[t]", r"\centering", rf"\caption{{{latex_escape(caption)}}}",
-                 # Set in a box first, so that only a table wider than the text is scaled down.
-                 r"\sbox0{%", *header]
+        caption = (
+            f"{table.title}. {'. '.join(notes)}."
+            if number == 1
+            else f"{table.title} (continued, {number} of {len(chunks)})."
+        )
+        lines = [
+            r"\begin{table}[t]",
+            r"\centering",
+            rf"\caption{{{latex_escape(caption)}}}",
+            # Set in a box first, so that only a table wider than the text is scaled down.
+            r"\sbox0{%",
+            *header,
+        ]
         for block, method, row in rows:
             if block not in chunk:
                 continue
@@ -301,9 +349,12 @@ def _latex_table(table: PaperTable, ci: bool, statistics: Sequence[str]) -> str:
             lines.append(f"{latex_escape(method)} & {' & '.join(_latex_cell(c) for c in row)} \\\\")
             if ci and any(row):  # the base has no Δ or win rate, hence no interval line of them
                 lines.append(f" & {' & '.join(_latex_ci(c) for c in row)} \\\\")
-        lines += [r"\hline", r"\end{tabular}}%",
-                  r"\ifdim\wd0>\linewidth\resizebox{\linewidth}{!}{\usebox{0}}\else\usebox{0}\fi",
-                  r"\end{table}"]
+        lines += [
+            r"\hline",
+            r"\end{tabular}}%",
+            r"\ifdim\wd0>\linewidth\resizebox{\linewidth}{!}{\usebox{0}}\else\usebox{0}\fi",
+            r"\end{table}",
+        ]
         floats.append("\n".join(lines))
     return "\n".join(floats)
 
@@ -337,9 +388,13 @@ def _markdown_table(table: PaperTable, ci: bool, statistics: Sequence[str]) -> s
     notes = _notes(table, statistics, ci)
     blocks = table.blocks != [None]
     headers = ["category"] * blocks + ["method"]
-    headers += [" · ".join([*filter(None, [column.group]), column.title]
-                           + ([_MARKDOWN_HEADERS[s]] if len(statistics) > 1 else []))
-                for column in table.columns for s in statistics]
+    headers += [
+        " · ".join(
+            [*filter(None, [column.group]), column.title] + ([_MARKDOWN_HEADERS[s]] if len(statistics) > 1 else [])
+        )
+        for column in table.columns
+        for s in statistics
+    ]
     lines = [
         f"**{markdown_escape(table.title)}** ({markdown_escape('; '.join(notes))})",
         "",
@@ -350,6 +405,7 @@ def _markdown_table(table: PaperTable, ci: bool, statistics: Sequence[str]) -> s
         names = [markdown_escape(name) for name in (*([block] if blocks else []), method)]
         lines.append(f"| {' | '.join(names + [_markdown_cell(c, ci) for c in row])} |")
     lines += [""] * (table.marked or table.lower)
-    lines += [markdown_escape(note) for note, shown in ((SIGNAL_NOTE, table.marked), (LOWER_NOTE, table.lower))
-              if shown]
+    lines += [
+        markdown_escape(note) for note, shown in ((SIGNAL_NOTE, table.marked), (LOWER_NOTE, table.lower)) if shown
+    ]
     return "\n".join(lines)

@@ -23,19 +23,19 @@ import sys
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from harness.api.caching import built_model_damage, safetensors_intact
 from harness.api.suite import cached_copy_intact
 from harness.cache_db import damage, open_cache_db
-from harness.plan.locations import is_built_model, resolve_base_model
 from harness.errors import HarnessError
+from harness.plan.locations import is_built_model, resolve_base_model
 from harness.plan.presets import get_preset
 from harness.progress import say
 from harness.results.layout import ResultsDir
-from harness.scoring.cache import ScoreCache, image_sha256, text_sha256
 from harness.results.store import Store
+from harness.scoring.cache import ScoreCache, image_sha256, text_sha256
 
 RERUN = "rerun the command that made it (a rerun redoes only what is missing)"
 
@@ -106,8 +106,9 @@ def _check_images(results: ResultsDir, images, report: Report) -> None:
                 report.add("image", str(path), "its bytes differ from the manifest's sha256; " + RERUN)
     for row in images.itertuples():
         if manifests.get(row.path) not in (None, row.sha256):
-            report.add("image", str(results.file(row.path)), "the store records another sha256 than its manifest; "
-                       + RERUN)
+            report.add(
+                "image", str(results.file(row.path)), "the store records another sha256 than its manifest; " + RERUN
+            )
         elif row.path not in manifests:
             report.add("image", str(results.file(row.path)), "recorded in the store but in no manifest; " + RERUN)
 
@@ -124,8 +125,11 @@ class _ScorerIdentity:
 def _check_scores(results: ResultsDir, images, scores, report: Report) -> None:
     """Each stored score against the score cache's value for the same image content, prompt and scorer version."""
     cache = results.score_cache
-    keyed = scores.merge(images[["run_id", "suite", "prompt_id", "image_index", "prompt", "sha256"]],
-                         on=["run_id", "suite", "prompt_id", "image_index"], how="inner")
+    keyed = scores.merge(
+        images[["run_id", "suite", "prompt_id", "image_index", "prompt", "sha256"]],
+        on=["run_id", "suite", "prompt_id", "image_index"],
+        how="inner",
+    )
     report.checked["scores"] += len(keyed)
     if not cache.exists():
         if len(keyed):
@@ -138,27 +142,39 @@ def _check_scores(results: ResultsDir, images, scores, report: Report) -> None:
         return
     db = sqlite3.connect(f"{cache.resolve().as_uri()}?mode=ro", uri=True)
     try:
-        cached = {(image, prompt, scorer, version): value for image, prompt, scorer, version, value in db.execute(
-            "SELECT image_sha256, prompt_sha256, scorer, version, value FROM scores")}
+        cached = {
+            (image, prompt, scorer, version): value
+            for image, prompt, scorer, version, value in db.execute(
+                "SELECT image_sha256, prompt_sha256, scorer, version, value FROM scores"
+            )
+        }
     finally:
         db.close()
     for row in keyed.itertuples():
         value = cached.get((row.sha256, text_sha256(row.prompt), row.metric, row.metric_version))
         where = f"{row.method}/{row.suite}/{row.prompt_id}#{row.image_index} {row.metric} {row.metric_version}"
         if value is None:
-            report.add("score", where, "not in the score cache",
-                       repair=lambda row=row: _cache_stored_score(results, row))
+            report.add(
+                "score", where, "not in the score cache", repair=lambda row=row: _cache_stored_score(results, row)
+            )
         elif value != row.value:
-            report.add("score", where, f"the store has {row.value!r}, the score cache {value!r}",
-                       repair=lambda row=row, value=value: _store_cached_score(results, row, value))
+            report.add(
+                "score",
+                where,
+                f"the store has {row.value!r}, the score cache {value!r}",
+                repair=lambda row=row, value=value: _store_cached_score(results, row, value),
+            )
 
 
 def _refill_score_cache(results: ResultsDir) -> str:
     """Move a damaged score cache aside (``ScoreCache`` does) and fill it with the store's scores."""
     with Store(results.db, readonly=True) as store:
         images, scores = store.images_frame(), store.scores_frame()
-    keyed = scores.merge(images[["run_id", "suite", "prompt_id", "image_index", "prompt", "sha256"]],
-                         on=["run_id", "suite", "prompt_id", "image_index"], how="inner")
+    keyed = scores.merge(
+        images[["run_id", "suite", "prompt_id", "image_index", "prompt", "sha256"]],
+        on=["run_id", "suite", "prompt_id", "image_index"],
+        how="inner",
+    )
     with ScoreCache(results.score_cache) as cache:
         for (metric, version, scale), rows in keyed.groupby(["metric", "metric_version", "scale"]):
             cache.put(_ScorerIdentity(metric, version, scale), zip(rows["sha256"], rows["prompt"], rows["value"]))
@@ -173,10 +189,21 @@ def _cache_stored_score(results: ResultsDir, row) -> str:
 
 def _store_cached_score(results: ResultsDir, row, value: float) -> str:
     with Store(results.db) as store:
-        store.add_scores(row.run_id, suite=row.suite, rows=[{
-            "prompt_id": row.prompt_id, "image_index": row.image_index, "scorer": row.metric,
-            "version": row.metric_version, "scale": row.scale, "higher_is_better": bool(row.higher_is_better),
-            "value": value}])
+        store.add_scores(
+            row.run_id,
+            suite=row.suite,
+            rows=[
+                {
+                    "prompt_id": row.prompt_id,
+                    "image_index": row.image_index,
+                    "scorer": row.metric,
+                    "version": row.metric_version,
+                    "scale": row.scale,
+                    "higher_is_better": bool(row.higher_is_better),
+                    "value": value,
+                }
+            ],
+        )
     return "the score cache's value stored (as a rerun's scoring does)"
 
 
@@ -234,14 +261,19 @@ def _check_caches(cache_root: Path, results: ResultsDir, report: Report) -> None
     for entry in sorted((cache_root / "train-features").rglob("*.safetensors")):
         report.checked["feature-cache entries"] += 1
         if not safetensors_intact(entry):
-            report.add("feature-cache entry", str(entry), "not a whole safetensors file",
-                       repair=lambda entry=entry: _discard(entry))
+            report.add(
+                "feature-cache entry",
+                str(entry),
+                "not a whole safetensors file",
+                repair=lambda entry=entry: _discard(entry),
+            )
     for table in sorted((cache_root / "data-scores").glob("*/*.sqlite")):
         report.checked["data-score tables"] += 1
         problem = damage(table)
         if problem is not None:
-            report.add("data-score table", str(table), f"damaged ({problem})",
-                       repair=lambda table=table: _set_aside(table))
+            report.add(
+                "data-score table", str(table), f"damaged ({problem})", repair=lambda table=table: _set_aside(table)
+            )
     for index in sorted(cache_root.glob("*/model_index.json")):
         report.checked["built models"] += 1
         problem = built_model_damage(index.parent)
@@ -250,8 +282,12 @@ def _check_caches(cache_root: Path, results: ResultsDir, report: Report) -> None
     for copy in sorted((cache_root / "suites").glob("*.jsonl")):
         report.checked["hub suite copies"] += 1
         if not cached_copy_intact(copy):
-            report.add("hub suite copy", str(copy), "its content is not what was downloaded",
-                       repair=lambda copy=copy: _discard(copy, copy.with_name(copy.name + ".sha256")))
+            report.add(
+                "hub suite copy",
+                str(copy),
+                "its content is not what was downloaded",
+                repair=lambda copy=copy: _discard(copy, copy.with_name(copy.name + ".sha256")),
+            )
 
 
 def _discard(*paths: Path) -> str:
@@ -301,8 +337,12 @@ def _record(out: Path, report: Report) -> None:
         return  # nothing to write into
     try:
         with Store(ResultsDir(out).db) as store:
-            store.set_verified({"at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                                "problems": len(report.problems),
-                                "checked": dict(report.checked)})
+            store.set_verified(
+                {
+                    "at": datetime.now(UTC).isoformat(timespec="seconds"),
+                    "problems": len(report.problems),
+                    "checked": dict(report.checked),
+                }
+            )
     except HarnessError as exc:
         print(f"harness: warning: the verification was not recorded: {exc}", file=sys.stderr)

@@ -77,7 +77,9 @@ def _download_url(url: str, *, what: str, option: str) -> Path:
 
     # Offline means offline for every source, not only the hub.
     if constants.HF_HUB_OFFLINE:
-        raise HarnessError(f"{what}: {name} is not cached and HF_HUB_OFFLINE is set; download {url} and pass {option}=/path/to/{name}")
+        raise HarnessError(
+            f"{what}: {name} is not cached and HF_HUB_OFFLINE is set; download {url} and pass {option}=/path/to/{name}"
+        )
     target.parent.mkdir(parents=True, exist_ok=True)
     partial = target.with_name(target.name + ".part")
     try:
@@ -106,7 +108,9 @@ def load_state_dict(path: Path, *, what: str) -> dict[str, torch.Tensor]:
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise HarnessError(f"{what}: cannot read weights from {path}: {refused_pickle(exc) or _first_line(exc)}") from None
+        raise HarnessError(
+            f"{what}: cannot read weights from {path}: {refused_pickle(exc) or _first_line(exc)}"
+        ) from None
     if isinstance(state, Mapping) and isinstance(state.get("state_dict"), Mapping):
         state = state["state_dict"]
     if not isinstance(state, Mapping):
@@ -121,7 +125,9 @@ def from_pretrained(cls: Any, location: str | Path, *, what: str, option: str, *
     if path.exists():
         location = str(path)
     elif looks_like_path(location):
-        raise HarnessError(f"{what}: no such directory {location}; pass {option}=DIR (a save_pretrained directory or hub id)")
+        raise HarnessError(
+            f"{what}: no such directory {location}; pass {option}=DIR (a save_pretrained directory or hub id)"
+        )
     try:
         return cls.from_pretrained(location, **kwargs)
     except (OSError, ValueError) as exc:

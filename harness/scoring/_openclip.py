@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 from PIL import Image
 
@@ -54,8 +55,9 @@ class OpenClipScorer(Scorer):
         self.model = model.eval().to(self.device)
         self.tokenizer = open_clip.get_tokenizer(arch)
         self.preprocess = self.image_transform(model, preprocess)
-        self.version = weights_version(type(self).version, {"checkpoint": checkpoint, "arch": arch},
-                                       {"checkpoint": self.repo, "arch": ARCH})
+        self.version = weights_version(
+            type(self).version, {"checkpoint": checkpoint, "arch": arch}, {"checkpoint": self.repo, "arch": ARCH}
+        )
 
     def image_transform(self, model: torch.nn.Module, default: Callable) -> Callable[[Image.Image], torch.Tensor]:
         """PIL image -> normalised tensor; OpenCLIP's own evaluation transform unless overridden."""

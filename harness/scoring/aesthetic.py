@@ -43,11 +43,16 @@ class Aesthetic(Scorer):
         weight, bias = state.get("weight"), state.get("bias")
         width = self.model.config.projection_dim
         if weight is None or bias is None or tuple(weight.shape) != (1, width):
-            raise HarnessError(f"aesthetic predictor head {path}: expected a Linear({width}, 1) state dict (weight, bias)")
+            raise HarnessError(
+                f"aesthetic predictor head {path}: expected a Linear({width}, 1) state dict (weight, bias)"
+            )
         self.head = torch.nn.Linear(width, 1).to(self.device)
         self.head.load_state_dict({"weight": weight, "bias": bias})
-        self.version = weights_version(type(self).version, {"model": model, "checkpoint": checkpoint, "processor": processor},
-                                       {"model": MODEL, "checkpoint": CHECKPOINT, "processor": MODEL})
+        self.version = weights_version(
+            type(self).version,
+            {"model": model, "checkpoint": checkpoint, "processor": processor},
+            {"model": MODEL, "checkpoint": CHECKPOINT, "processor": MODEL},
+        )
 
     def score(self, images: list[Image.Image], prompts: list[str]) -> list[float]:
         import torch

@@ -88,7 +88,10 @@ class ScoreCache:
 
     def put(self, scorer: Scorer, entries: Iterable[tuple[str, str, float]]) -> None:
         """Store (image key, prompt, value) triples in one transaction."""
-        rows = [(key, text_sha256(prompt), scorer.name, scorer.version, scorer.scale, float(value)) for key, prompt, value in entries]
+        rows = [
+            (key, text_sha256(prompt), scorer.name, scorer.version, scorer.scale, float(value))
+            for key, prompt, value in entries
+        ]
         with writing(self.path), self._db:
             self._db.executemany("INSERT OR REPLACE INTO scores VALUES (?, ?, ?, ?, ?, ?)", rows)
 

@@ -7,7 +7,8 @@ pins protobuf<4 and pytest at run time and ships without its BPE vocabulary.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from PIL import Image
 

@@ -120,9 +120,11 @@ INSTRUCTION = (
 )
 RATING_REQUEST = f"\nPlease provide the overall ratings of this image: {REWARD_TOKEN}\n\nEND\n"
 # Qwen2-VL-Instruct's chat template for one user message (an image, then text) with a generation prompt.
-_CHAT = ("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
-         "<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>{text}<|im_end|>\n"
-         "<|im_start|>assistant\n")
+_CHAT = (
+    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
+    "<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>{text}<|im_end|>\n"
+    "<|im_start|>assistant\n"
+)
 
 
 def chat_text(prompt: str) -> str:
@@ -159,8 +161,14 @@ def reward_head(hidden_size: int) -> torch.nn.Sequential:
     from torch import nn
 
     wide, narrow, out = HEAD_WIDTHS
-    return nn.Sequential(nn.Linear(hidden_size, wide), nn.ReLU(), nn.Dropout(0.05), nn.Linear(wide, narrow), nn.ReLU(),
-                         nn.Linear(narrow, out))
+    return nn.Sequential(
+        nn.Linear(hidden_size, wide),
+        nn.ReLU(),
+        nn.Dropout(0.05),
+        nn.Linear(wide, narrow),
+        nn.ReLU(),
+        nn.Linear(narrow, out),
+    )
 
 
 def model_key(checkpoint_key: str) -> str | None:
@@ -170,8 +178,12 @@ def model_key(checkpoint_key: str) -> str | None:
         return None
     if checkpoint_key.startswith("rm_head."):
         return checkpoint_key
-    for old, new in (("model.visual.", "backbone.visual."), ("model.language_model.", "backbone.language_model."),
-                     ("visual.", "backbone.visual."), ("model.", "backbone.language_model.")):
+    for old, new in (
+        ("model.visual.", "backbone.visual."),
+        ("model.language_model.", "backbone.language_model."),
+        ("visual.", "backbone.visual."),
+        ("model.", "backbone.language_model."),
+    ):
         if checkpoint_key.startswith(old):
             return new + checkpoint_key.removeprefix(old)
     return checkpoint_key  # unknown: reported as unexpected by the strict load
@@ -194,8 +206,13 @@ def reward_model_class() -> type:
             self.image_token_id = config.image_token_id
             self.reward_token_id = reward_token_id
 
-        def reward_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, pixel_values: torch.Tensor,
-                          image_grid_thw: torch.Tensor) -> torch.Tensor:
+        def reward_states(
+            self,
+            input_ids: torch.Tensor,
+            attention_mask: torch.Tensor,
+            pixel_values: torch.Tensor,
+            image_grid_thw: torch.Tensor,
+        ) -> torch.Tensor:
             """[batch, hidden]: the decoder's final hidden state at each sequence's ``<|Reward|>``."""
             embeds = self.backbone.get_input_embeddings()(input_ids)
             visual = self.backbone.visual
@@ -207,15 +224,21 @@ def reward_model_class() -> type:
             # HPSv3's plain sequential positions (see the module docstring); right padding keeps them
             # equal to each sequence's own.
             positions = torch.arange(input_ids.shape[1], device=input_ids.device).expand_as(input_ids)
-            hidden = self.backbone.language_model(inputs_embeds=embeds, attention_mask=attention_mask,
-                                                  position_ids=positions, use_cache=False).last_hidden_state
+            hidden = self.backbone.language_model(
+                inputs_embeds=embeds, attention_mask=attention_mask, position_ids=positions, use_cache=False
+            ).last_hidden_state
             reward_slots = input_ids == self.reward_token_id
             if not bool((reward_slots.sum(dim=1) == 1).all()):
                 raise RuntimeError(f"each sequence needs exactly one {REWARD_TOKEN} token")
             return hidden[reward_slots]
 
-        def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, pixel_values: torch.Tensor,
-                    image_grid_thw: torch.Tensor) -> torch.Tensor:
+        def forward(
+            self,
+            input_ids: torch.Tensor,
+            attention_mask: torch.Tensor,
+            pixel_values: torch.Tensor,
+            image_grid_thw: torch.Tensor,
+        ) -> torch.Tensor:
             """[batch, 2]: (mu, log sigma) per sequence, the head in float32 like the official one."""
             states = self.reward_states(input_ids, attention_mask, pixel_values, image_grid_thw)
             return self.rm_head(states.float())
@@ -245,22 +268,29 @@ def load_reward_model(path: Path, config: Any, reward_token_id: int, dtype: torc
         with safe_open(str(path), framework="pt") as f:
             names = {model_key(key): key for key in f.keys()}
             if names.pop(None, None) is None or "backbone.language_model.embed_tokens.weight" not in names:
-                raise HarnessError(f"HPSv3 weights {path}: no lm_head.weight or model.embed_tokens.weight; "
-                                   "not an HPSv3 checkpoint")
-            config.text_config.vocab_size = f.get_slice(names["backbone.language_model.embed_tokens.weight"]).get_shape()[0]
+                raise HarnessError(
+                    f"HPSv3 weights {path}: no lm_head.weight or model.embed_tokens.weight; not an HPSv3 checkpoint"
+                )
+            config.text_config.vocab_size = f.get_slice(
+                names["backbone.language_model.embed_tokens.weight"]
+            ).get_shape()[0]
             model = empty_reward_model(config, reward_token_id)
             expected = model.state_dict()
             missing, unexpected = sorted(set(expected) - set(names)), sorted(set(names) - set(expected))
             if missing or unexpected:
-                raise HarnessError(f"HPSv3 weights {path} do not fit Qwen2-VL (config from the base option) with the "
-                                   f"HPSv3 head: missing {[official_key(k) for k in missing[:3]]}, "
-                                   f"unexpected {[names[k] for k in unexpected[:3]]}")
+                raise HarnessError(
+                    f"HPSv3 weights {path} do not fit Qwen2-VL (config from the base option) with the "
+                    f"HPSv3 head: missing {[official_key(k) for k in missing[:3]]}, "
+                    f"unexpected {[names[k] for k in unexpected[:3]]}"
+                )
             state = {}
             for name, target in expected.items():
                 tensor = f.get_tensor(names[name])
                 if tensor.shape != target.shape:
-                    raise HarnessError(f"HPSv3 weights {path}: {names[name]} has shape {tuple(tensor.shape)}, "
-                                       f"the base config gives {tuple(target.shape)}")
+                    raise HarnessError(
+                        f"HPSv3 weights {path}: {names[name]} has shape {tuple(tensor.shape)}, "
+                        f"the base config gives {tuple(target.shape)}"
+                    )
                 state[name] = tensor.to(torch.float32 if name.startswith("rm_head.") else dtype)
     except HarnessError:
         raise
@@ -316,11 +346,20 @@ class HPSv3(Scorer):
     version = "v1.0"
     scale = "mu (unbounded)"
     higher_is_better = True
-    description = ("HPSv3: Qwen2-VL-7B reward model, mean mu of its Gaussian preference score "
-                   "(options: checkpoint, base, batch_size, dtype, offload)")
+    description = (
+        "HPSv3: Qwen2-VL-7B reward model, mean mu of its Gaussian preference score "
+        "(options: checkpoint, base, batch_size, dtype, offload)"
+    )
 
-    def __init__(self, checkpoint: str | Path = REPO, base: str | Path = BASE, device: str | None = None,
-                 dtype: str = "auto", batch_size: int | str = 8, offload: bool | str = False) -> None:
+    def __init__(
+        self,
+        checkpoint: str | Path = REPO,
+        base: str | Path = BASE,
+        device: str | None = None,
+        dtype: str = "auto",
+        batch_size: int | str = 8,
+        offload: bool | str = False,
+    ) -> None:
         from transformers import AutoProcessor, Qwen2VLConfig
 
         self.device = pick_device(device)
@@ -340,13 +379,18 @@ class HPSv3(Scorer):
             cpu_offload(self.model, execution_device=self.device)
         else:
             self.model.to(self.device)
-        self.version = weights_version(type(self).version, {"checkpoint": checkpoint, "base": base},
-                                       {"checkpoint": REPO, "base": BASE})
+        self.version = weights_version(
+            type(self).version, {"checkpoint": checkpoint, "base": base}, {"checkpoint": REPO, "base": BASE}
+        )
 
     def inputs(self, images: list[Image.Image], prompts: list[str]) -> dict[str, torch.Tensor]:
         """The model's input tensors (right-padded token ids, mask, image patches and grids) on the device."""
-        batch = self.processor(text=[chat_text(prompt) for prompt in prompts],
-                               images=[resize_for_hpsv3(image) for image in images], padding=True, return_tensors="pt")
+        batch = self.processor(
+            text=[chat_text(prompt) for prompt in prompts],
+            images=[resize_for_hpsv3(image) for image in images],
+            padding=True,
+            return_tensors="pt",
+        )
         keys = ("input_ids", "attention_mask", "pixel_values", "image_grid_thw")
         return {key: batch[key].to(self.device) for key in keys}
 
@@ -365,8 +409,9 @@ class HPSv3(Scorer):
                     outputs.append(self.model(**self.inputs(images[start:stop], prompts[start:stop])).cpu())
                 except torch.cuda.OutOfMemoryError:
                     if self.batch_size == 1:
-                        raise HarnessError("hpsv3: out of GPU memory with one image per batch; "
-                                           "pass --scorer-option hpsv3.offload=true") from None
+                        raise HarnessError(
+                            "hpsv3: out of GPU memory with one image per batch; pass --scorer-option hpsv3.offload=true"
+                        ) from None
                     self.batch_size //= 2  # kept for the next calls too: the memory will not grow
                     torch.cuda.empty_cache()
                     continue

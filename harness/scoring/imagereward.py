@@ -91,9 +91,14 @@ def vision_config(vision_state: dict[str, torch.Tensor]):
     layers = sum(1 for key in vision_state if key.endswith("layer_norm1.weight"))
     grid = round((positions - 1) ** 0.5)
     return BlipVisionConfig(
-        hidden_size=hidden, intermediate_size=intermediate, num_hidden_layers=layers,
-        num_attention_heads=max(1, hidden // VISION_HEAD_DIM), image_size=grid * patch, patch_size=patch,
-        layer_norm_eps=1e-6, hidden_act="gelu",
+        hidden_size=hidden,
+        intermediate_size=intermediate,
+        num_hidden_layers=layers,
+        num_attention_heads=max(1, hidden // VISION_HEAD_DIM),
+        image_size=grid * patch,
+        patch_size=patch,
+        layer_norm_eps=1e-6,
+        hidden_act="gelu",
     )
 
 
@@ -102,15 +107,23 @@ def text_config(med_config: dict, encoder_width: int):
     from transformers import BlipTextConfig
 
     return BlipTextConfig(
-        vocab_size=med_config["vocab_size"], hidden_size=med_config["hidden_size"],
-        intermediate_size=med_config["intermediate_size"], num_hidden_layers=med_config["num_hidden_layers"],
+        vocab_size=med_config["vocab_size"],
+        hidden_size=med_config["hidden_size"],
+        intermediate_size=med_config["intermediate_size"],
+        num_hidden_layers=med_config["num_hidden_layers"],
         num_attention_heads=med_config["num_attention_heads"],
         max_position_embeddings=med_config["max_position_embeddings"],
-        hidden_act=med_config.get("hidden_act", "gelu"), layer_norm_eps=med_config.get("layer_norm_eps", 1e-12),
-        pad_token_id=med_config.get("pad_token_id", 0), encoder_hidden_size=encoder_width,
+        hidden_act=med_config.get("hidden_act", "gelu"),
+        layer_norm_eps=med_config.get("layer_norm_eps", 1e-12),
+        pad_token_id=med_config.get("pad_token_id", 0),
+        encoder_hidden_size=encoder_width,
         # is_decoder builds the cross-attention layers; forward() still attends bidirectionally.
-        is_decoder=True, bos_token_id=None, eos_token_id=None, sep_token_id=None,
-        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+        is_decoder=True,
+        bos_token_id=None,
+        eos_token_id=None,
+        sep_token_id=None,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
     )
 
 
@@ -120,8 +133,14 @@ def reward_head(width: int) -> torch.nn.Sequential:
     from torch import nn
 
     return nn.Sequential(
-        nn.Linear(width, 1024), nn.Dropout(0.2), nn.Linear(1024, 128), nn.Dropout(0.2),
-        nn.Linear(128, 64), nn.Dropout(0.1), nn.Linear(64, 16), nn.Linear(16, 1),
+        nn.Linear(width, 1024),
+        nn.Dropout(0.2),
+        nn.Linear(1024, 128),
+        nn.Dropout(0.2),
+        nn.Linear(128, 64),
+        nn.Dropout(0.1),
+        nn.Linear(64, 16),
+        nn.Linear(16, 1),
     )
 
 
@@ -160,20 +179,32 @@ class ImageReward(Scorer):
         vision_state, text_state, head_state = split_checkpoint(load_state_dict(path, what="ImageReward weights"))
         vision_cfg = vision_config(vision_state)
         self.vision = BlipVisionModel(vision_cfg)
-        self.text = BlipTextModel(text_config(json.loads(config_path.read_text()), vision_cfg.hidden_size), add_pooling_layer=False)
+        self.text = BlipTextModel(
+            text_config(json.loads(config_path.read_text()), vision_cfg.hidden_size), add_pooling_layer=False
+        )
         self.head = reward_head(self.text.config.hidden_size)
-        for module, state, part in ((self.vision, vision_state, "image encoder"), (self.text, text_state, "text encoder"),
-                                    (self.head, head_state, "reward head")):
+        for module, state, part in (
+            (self.vision, vision_state, "image encoder"),
+            (self.text, text_state, "text encoder"),
+            (self.head, head_state, "reward head"),
+        ):
             _load_strict(module, state, part, path)
             module.eval().to(self.device)
-        self.tokenizer = from_pretrained(BertTokenizer, tokenizer, what="ImageReward tokenizer (bert-base-uncased)", option="tokenizer")
+        self.tokenizer = from_pretrained(
+            BertTokenizer, tokenizer, what="ImageReward tokenizer (bert-base-uncased)", option="tokenizer"
+        )
         size = vision_cfg.image_size
-        self.preprocess = T.Compose([
-            T.Resize(size, interpolation=T.InterpolationMode.BICUBIC), T.CenterCrop(size), T.ToTensor(),
-            T.Normalize(_CLIP_MEAN, _CLIP_STD),
-        ])
+        self.preprocess = T.Compose(
+            [
+                T.Resize(size, interpolation=T.InterpolationMode.BICUBIC),
+                T.CenterCrop(size),
+                T.ToTensor(),
+                T.Normalize(_CLIP_MEAN, _CLIP_STD),
+            ]
+        )
         self.version = weights_version(
-            type(self).version, {"checkpoint": checkpoint, "med_config": med_config, "tokenizer": tokenizer},
+            type(self).version,
+            {"checkpoint": checkpoint, "med_config": med_config, "tokenizer": tokenizer},
             {"checkpoint": REPO, "med_config": REPO, "tokenizer": TOKENIZER},
         )
 
@@ -187,7 +218,9 @@ class ImageReward(Scorer):
         import torch
 
         pixels = torch.stack([self.preprocess(image.convert("RGB")) for image in images]).to(self.device)
-        tokens = self.tokenizer(prompts, padding="max_length", truncation=True, max_length=MAX_PROMPT_TOKENS, return_tensors="pt")
+        tokens = self.tokenizer(
+            prompts, padding="max_length", truncation=True, max_length=MAX_PROMPT_TOKENS, return_tensors="pt"
+        )
         image_states = self.vision(pixel_values=pixels).last_hidden_state
         text_states = self.text(
             input_ids=tokens["input_ids"].to(self.device),

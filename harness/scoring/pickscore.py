@@ -26,8 +26,9 @@ class PickScore(Scorer):
     def __init__(self, model: str | Path = MODEL, processor: str | Path = PROCESSOR, device: str | None = None) -> None:
         self.device = pick_device(device)
         self.model, self.processor = load_clip(model, processor, self.device, what="PickScore model")
-        self.version = weights_version(type(self).version, {"model": model, "processor": processor},
-                                       {"model": MODEL, "processor": PROCESSOR})
+        self.version = weights_version(
+            type(self).version, {"model": model, "processor": processor}, {"model": MODEL, "processor": PROCESSOR}
+        )
 
     def score(self, images: list[Image.Image], prompts: list[str]) -> list[float]:
         import torch

@@ -53,11 +53,25 @@ def save_hf_clip(out_dir: Path, shape: str = "tiny", *, logit_scale: float = 3.1
     s = CLIP_SHAPES[shape]
     torch.manual_seed(seed)
     config = CLIPConfig(
-        text_config=dict(vocab_size=49408, hidden_size=s.text.width, intermediate_size=s.text.mlp,
-                         num_hidden_layers=s.text.layers, num_attention_heads=s.text.heads, max_position_embeddings=77,
-                         bos_token_id=49406, eos_token_id=49407, pad_token_id=49407),
-        vision_config=dict(hidden_size=s.vision.width, intermediate_size=s.vision.mlp, num_hidden_layers=s.vision.layers,
-                           num_attention_heads=s.vision.heads, image_size=s.image_size, patch_size=s.patch_size),
+        text_config=dict(
+            vocab_size=49408,
+            hidden_size=s.text.width,
+            intermediate_size=s.text.mlp,
+            num_hidden_layers=s.text.layers,
+            num_attention_heads=s.text.heads,
+            max_position_embeddings=77,
+            bos_token_id=49406,
+            eos_token_id=49407,
+            pad_token_id=49407,
+        ),
+        vision_config=dict(
+            hidden_size=s.vision.width,
+            intermediate_size=s.vision.mlp,
+            num_hidden_layers=s.vision.layers,
+            num_attention_heads=s.vision.heads,
+            image_size=s.image_size,
+            patch_size=s.patch_size,
+        ),
         projection_dim=s.projection,
     )
     model = CLIPModel(config)
@@ -65,7 +79,9 @@ def save_hf_clip(out_dir: Path, shape: str = "tiny", *, logit_scale: float = 3.1
         model.logit_scale.fill_(logit_scale)
     model.save_pretrained(out_dir / "model")
     tokenizer = CLIPTokenizer.from_pretrained(str(write_clip_tokenizer(out_dir / "tokenizer")), model_max_length=77)
-    images = CLIPImageProcessor(size={"shortest_edge": s.image_size}, crop_size={"height": s.image_size, "width": s.image_size})
+    images = CLIPImageProcessor(
+        size={"shortest_edge": s.image_size}, crop_size={"height": s.image_size, "width": s.image_size}
+    )
     CLIPProcessor(image_processor=images, tokenizer=tokenizer).save_pretrained(out_dir / "processor")
     return out_dir / "model", out_dir / "processor"
 
@@ -92,10 +108,20 @@ def register_tiny_open_clip(config_dir: Path | None = None, name: str = TINY_OPE
     s = CLIP_SHAPES["tiny"]
     config = {
         "embed_dim": s.projection,
-        "vision_cfg": {"image_size": s.image_size, "layers": s.vision.layers, "width": s.vision.width,
-                       "head_width": s.vision.width // s.vision.heads, "patch_size": s.patch_size},
-        "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": s.text.width, "heads": s.text.heads,
-                     "layers": s.text.layers},
+        "vision_cfg": {
+            "image_size": s.image_size,
+            "layers": s.vision.layers,
+            "width": s.vision.width,
+            "head_width": s.vision.width // s.vision.heads,
+            "patch_size": s.patch_size,
+        },
+        "text_cfg": {
+            "context_length": 77,
+            "vocab_size": 49408,
+            "width": s.text.width,
+            "heads": s.text.heads,
+            "layers": s.text.layers,
+        },
     }
     config_dir = cache_dir() / "open-clip-configs" if config_dir is None else config_dir
     config_dir.mkdir(parents=True, exist_ok=True)
@@ -126,12 +152,20 @@ class ImageRewardShape:
 
 
 _SPECIAL = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
-_TINY_WORDS = tuple("a red cube on table two dogs playing in the snow painting of lighthouse".split())
+_TINY_WORDS = tuple(
+    ["a", "red", "cube", "on", "table", "two", "dogs", "playing", "in", "the", "snow", "painting", "of", "lighthouse"]
+)
 IMAGEREWARD_SHAPES = {
     "tiny": ImageRewardShape(32, 8, Tower(128, 2, 2, 256), Tower(32, 2, 2, 64), 40, _SPECIAL + _TINY_WORDS),
     # ViT-L/16 at 224 and bert-base (30522 words + BLIP's [DEC] and [ENC]); the words are placeholders.
-    "large": ImageRewardShape(224, 16, Tower(1024, 24, 16, 4096), Tower(768, 12, 12, 3072), 512,
-                              _SPECIAL + tuple(f"word{i}" for i in range(30524 - len(_SPECIAL)))),
+    "large": ImageRewardShape(
+        224,
+        16,
+        Tower(1024, 24, 16, 4096),
+        Tower(768, 12, 12, 3072),
+        512,
+        _SPECIAL + tuple(f"word{i}" for i in range(30524 - len(_SPECIAL))),
+    ),
 }
 
 
@@ -147,11 +181,15 @@ def imagereward_state_dict(shape: str = "tiny", *, seed: int = 0) -> dict[str, t
         return {f"{prefix}.weight": 1 + rand(width, scale=0.1), f"{prefix}.bias": rand(width, scale=0.1)}
 
     def linear(prefix: str, n_out: int, n_in: int) -> dict[str, torch.Tensor]:
-        return {f"{prefix}.weight": rand(n_out, n_in, scale=1 / math.sqrt(n_in)), f"{prefix}.bias": rand(n_out, scale=0.1)}
+        return {
+            f"{prefix}.weight": rand(n_out, n_in, scale=1 / math.sqrt(n_in)),
+            f"{prefix}.bias": rand(n_out, scale=0.1),
+        }
 
     v, vw, grid = "blip.visual_encoder", s.vision.width, s.image_size // s.patch_size
     state = {
-        f"{v}.cls_token": rand(1, 1, vw, scale=0.2), f"{v}.pos_embed": rand(1, grid * grid + 1, vw, scale=0.2),
+        f"{v}.cls_token": rand(1, 1, vw, scale=0.2),
+        f"{v}.pos_embed": rand(1, grid * grid + 1, vw, scale=0.2),
         f"{v}.patch_embed.proj.weight": rand(vw, 3, s.patch_size, s.patch_size, scale=0.05),
         f"{v}.patch_embed.proj.bias": rand(vw, scale=0.2),
         **norm(f"{v}.norm", vw),
@@ -190,11 +228,22 @@ def save_imagereward(out_dir: Path, shape: str = "tiny", *, seed: int = 0) -> Pa
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.save(imagereward_state_dict(shape, seed=seed), out_dir / "ImageReward.pt")
     med_config = {
-        "architectures": ["BertModel"], "attention_probs_dropout_prob": 0.1, "hidden_act": "gelu",
-        "hidden_dropout_prob": 0.1, "hidden_size": s.text.width, "initializer_range": 0.02,
-        "intermediate_size": s.text.mlp, "layer_norm_eps": 1e-12, "max_position_embeddings": s.text_positions,
-        "model_type": "bert", "num_attention_heads": s.text.heads, "num_hidden_layers": s.text.layers,
-        "pad_token_id": 0, "type_vocab_size": 2, "vocab_size": len(s.vocab), "encoder_width": 768,
+        "architectures": ["BertModel"],
+        "attention_probs_dropout_prob": 0.1,
+        "hidden_act": "gelu",
+        "hidden_dropout_prob": 0.1,
+        "hidden_size": s.text.width,
+        "initializer_range": 0.02,
+        "intermediate_size": s.text.mlp,
+        "layer_norm_eps": 1e-12,
+        "max_position_embeddings": s.text_positions,
+        "model_type": "bert",
+        "num_attention_heads": s.text.heads,
+        "num_hidden_layers": s.text.layers,
+        "pad_token_id": 0,
+        "type_vocab_size": 2,
+        "vocab_size": len(s.vocab),
+        "encoder_width": 768,
         "add_cross_attention": True,
     }
     (out_dir / "med_config.json").write_text(json.dumps(med_config, indent=1))
@@ -227,13 +276,16 @@ def save_scorer_set(root: Path, *, seed: int = 0) -> dict[str, dict[str, str]]:
     arch = register_tiny_open_clip()
     pickscore_model, pickscore_processor = save_hf_clip(root / "pickscore", seed=seed)
     aesthetic_model, aesthetic_processor = save_hf_clip(root / "aesthetic", logit_scale=4.6, seed=seed + 1)
-    head = save_aesthetic_head(root / "aesthetic" / "sa_0_4_vit_l_14_linear.pth", CLIP_SHAPES["tiny"].projection,
-                               seed=seed + 2)
+    head = save_aesthetic_head(
+        root / "aesthetic" / "sa_0_4_vit_l_14_linear.pth", CLIP_SHAPES["tiny"].projection, seed=seed + 2
+    )
     (root / "hpsv2").mkdir(parents=True, exist_ok=True)
     (root / "clip").mkdir(parents=True, exist_ok=True)
-    for offset, path, wrapped in ((3, root / "hpsv2" / "HPS_v2_compressed.pt", True),
-                                  (4, root / "hpsv2" / "HPS_v2.1_compressed.pt", True),
-                                  (5, root / "clip" / "open_clip_pytorch_model.bin", False)):
+    for offset, path, wrapped in (
+        (3, root / "hpsv2" / "HPS_v2_compressed.pt", True),
+        (4, root / "hpsv2" / "HPS_v2.1_compressed.pt", True),
+        (5, root / "clip" / "open_clip_pytorch_model.bin", False),
+    ):
         save_open_clip(path, arch, training_checkpoint=wrapped, seed=seed + offset)
     imagereward = save_imagereward(root / "imagereward", "tiny", seed=seed + 6)
     return {
@@ -248,19 +300,46 @@ def save_scorer_set(root: Path, *, seed: int = 0) -> dict[str, dict[str, str]]:
 
 # HPSv3: a Qwen2-VL in the flat config.json layout the Qwen/Qwen2-VL-7B-Instruct repo uses, scaled down;
 # save_hpsv3 fills in the vocabulary size and the special tokens' ids from the tokenizer it builds.
-QWEN2_VL_SPECIAL_TOKENS = {"<|endoftext|>": "bos_token_id", "<|im_start|>": None, "<|im_end|>": "eos_token_id",
-                           "<|vision_start|>": "vision_start_token_id", "<|vision_end|>": "vision_end_token_id",
-                           "<|vision_pad|>": "vision_token_id", "<|image_pad|>": "image_token_id",
-                           "<|video_pad|>": "video_token_id"}
+QWEN2_VL_SPECIAL_TOKENS = {
+    "<|endoftext|>": "bos_token_id",
+    "<|im_start|>": None,
+    "<|im_end|>": "eos_token_id",
+    "<|vision_start|>": "vision_start_token_id",
+    "<|vision_end|>": "vision_end_token_id",
+    "<|vision_pad|>": "vision_token_id",
+    "<|image_pad|>": "image_token_id",
+    "<|video_pad|>": "video_token_id",
+}
 TINY_QWEN2_VL_CONFIG = {
-    "architectures": ["Qwen2VLForConditionalGeneration"], "model_type": "qwen2_vl",
-    "hidden_act": "silu", "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
-    "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 32768, "rms_norm_eps": 1e-6,
-    "rope_theta": 1000000.0, "rope_scaling": {"type": "mrope", "mrope_section": [2, 3, 3]},
-    "use_sliding_window": False, "sliding_window": 32768, "max_window_layers": 2, "tie_word_embeddings": False,
-    "attention_dropout": 0.0, "initializer_range": 0.02,
-    "vision_config": {"depth": 2, "embed_dim": 32, "mlp_ratio": 2, "num_heads": 2, "in_chans": 3, "hidden_size": 64,
-                      "patch_size": 14, "spatial_merge_size": 2, "temporal_patch_size": 2},
+    "architectures": ["Qwen2VLForConditionalGeneration"],
+    "model_type": "qwen2_vl",
+    "hidden_act": "silu",
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "max_position_embeddings": 32768,
+    "rms_norm_eps": 1e-6,
+    "rope_theta": 1000000.0,
+    "rope_scaling": {"type": "mrope", "mrope_section": [2, 3, 3]},
+    "use_sliding_window": False,
+    "sliding_window": 32768,
+    "max_window_layers": 2,
+    "tie_word_embeddings": False,
+    "attention_dropout": 0.0,
+    "initializer_range": 0.02,
+    "vision_config": {
+        "depth": 2,
+        "embed_dim": 32,
+        "mlp_ratio": 2,
+        "num_heads": 2,
+        "in_chans": 3,
+        "hidden_size": 64,
+        "patch_size": 14,
+        "spatial_merge_size": 2,
+        "temporal_patch_size": 2,
+    },
 }
 
 
@@ -278,13 +357,18 @@ def save_qwen2_vl_processor(out_dir: Path, vocab_size: int = 2000):
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(QWEN2_VL_SPECIAL_TOKENS),
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=list(QWEN2_VL_SPECIAL_TOKENS),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
     tokenizer.train_from_iterator([chat_text("")], trainer=trainer)
     fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, pad_token="<|endoftext|>", eos_token="<|im_end|>")
     pixels = {"shortest_edge": 56 * 56, "longest_edge": 28 * 28 * 16384}
-    processor = Qwen2VLProcessor(image_processor=Qwen2VLImageProcessor(size=pixels), tokenizer=fast,
-                                 video_processor=Qwen2VLVideoProcessor())
+    processor = Qwen2VLProcessor(
+        image_processor=Qwen2VLImageProcessor(size=pixels), tokenizer=fast, video_processor=Qwen2VLVideoProcessor()
+    )
     processor.save_pretrained(out_dir)
     return processor
 
@@ -307,7 +391,9 @@ def hpsv3_state_dict(config: dict, *, seed: int = 0) -> dict[str, torch.Tensor]:
             values = torch.randn(tensor.shape, generator=gen) / math.sqrt(fan_in)
         dtype = torch.float32 if name.startswith("rm_head.") else torch.bfloat16
         state[official_key(name)] = values.to(dtype)
-    state["lm_head.weight"] = torch.randn(config["vocab_size"] + 1, config["hidden_size"], generator=gen).to(torch.bfloat16)
+    state["lm_head.weight"] = torch.randn(config["vocab_size"] + 1, config["hidden_size"], generator=gen).to(
+        torch.bfloat16
+    )
     return state
 
 

@@ -24,7 +24,9 @@ CLIP_VOCAB_SIZE = 49408
 
 def _bytes_to_unicode() -> dict[int, str]:
     """GPT-2/CLIP's reversible byte -> printable-unicode table."""
-    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    printable = (
+        list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    )
     chars = printable[:]
     extra = 0
     for byte in range(256):
@@ -122,15 +124,39 @@ _SD3_ONLY_FIELDS = ("transformer_layers", "transformer_heads", "transformer_head
 # UNet forward's time there, and it grows with the number of heads, not with their width.
 TINY_SHAPES: dict[str, TinyPipelineConfig] = {
     "tiny": TinyPipelineConfig(),
-    "sd15": TinyPipelineConfig(layout="sd15", image_size=512, block_out_channels=(8, 16, 32, 32), attention_head_dim=1,
-                               text_hidden_size=32, text_layers=1, vae_block_out_channels=(4, 8, 16, 16)),
-    "sdxl": TinyPipelineConfig(layout="sdxl", image_size=1024, block_out_channels=(8, 16, 32),
-                               attention_head_dim=(1, 1, 2), text_hidden_size=16, text_hidden_size_2=32, text_layers=1,
-                               vae_block_out_channels=(4, 8, 16, 16), addition_time_embed_dim=8),
+    "sd15": TinyPipelineConfig(
+        layout="sd15",
+        image_size=512,
+        block_out_channels=(8, 16, 32, 32),
+        attention_head_dim=1,
+        text_hidden_size=32,
+        text_layers=1,
+        vae_block_out_channels=(4, 8, 16, 16),
+    ),
+    "sdxl": TinyPipelineConfig(
+        layout="sdxl",
+        image_size=1024,
+        block_out_channels=(8, 16, 32),
+        attention_head_dim=(1, 1, 2),
+        text_hidden_size=16,
+        text_hidden_size_2=32,
+        text_layers=1,
+        vae_block_out_channels=(4, 8, 16, 16),
+        addition_time_embed_dim=8,
+    ),
     # SD3.5 Medium: 1024 px, 16-channel latents 128x128, patches of 2 (4096 image tokens).
-    "sd35": TinyPipelineConfig(layout="sd3", image_size=1024, latent_channels=16, text_hidden_size=16,
-                               text_hidden_size_2=32, text_layers=1, vae_block_out_channels=(4, 8, 16, 16),
-                               transformer_layers=2, transformer_heads=1, transformer_head_dim=16),
+    "sd35": TinyPipelineConfig(
+        layout="sd3",
+        image_size=1024,
+        latent_channels=16,
+        text_hidden_size=16,
+        text_hidden_size_2=32,
+        text_layers=1,
+        vae_block_out_channels=(4, 8, 16, 16),
+        transformer_layers=2,
+        transformer_heads=1,
+        transformer_head_dim=16,
+    ),
     # The flow-matching test pipeline: SD3's layout at the test pipeline's 32 px.
     "tiny-sd3": TinyPipelineConfig(layout="sd3", latent_channels=16),
 }
@@ -148,9 +174,18 @@ def _down_block_types(config: TinyPipelineConfig) -> tuple[str, ...]:
 def _clip_text_config(width: int, layers: int, **extra: Any):
     from transformers import CLIPTextConfig
 
-    return CLIPTextConfig(vocab_size=CLIP_VOCAB_SIZE, hidden_size=width, intermediate_size=width * 4,
-                          num_hidden_layers=layers, num_attention_heads=max(1, width // 16), max_position_embeddings=77,
-                          bos_token_id=49406, eos_token_id=49407, pad_token_id=49407, **extra)
+    return CLIPTextConfig(
+        vocab_size=CLIP_VOCAB_SIZE,
+        hidden_size=width,
+        intermediate_size=width * 4,
+        num_hidden_layers=layers,
+        num_attention_heads=max(1, width // 16),
+        max_position_embeddings=77,
+        bos_token_id=49406,
+        eos_token_id=49407,
+        pad_token_id=49407,
+        **extra,
+    )
 
 
 # The scheduler configs the real models ship (hub ``scheduler/scheduler_config.json``): SD1.5
@@ -158,13 +193,35 @@ def _clip_text_config(width: int, layers: int, **extra: Any):
 # own class ignores included: schedulers built from them (DDIMInverseScheduler, SmPO's inversion, a DDIM sampler)
 # read clip_sample and set_alpha_to_one there, both false in the real files.
 _HUB_SCHEDULER_CONFIGS: dict[str, dict[str, Any]] = {
-    "sd15": {"_class_name": "PNDMScheduler", "beta_end": 0.012, "beta_schedule": "scaled_linear", "beta_start": 0.00085,
-             "clip_sample": False, "num_train_timesteps": 1000, "set_alpha_to_one": False, "skip_prk_steps": True,
-             "steps_offset": 1, "trained_betas": None},
-    "sdxl": {"_class_name": "EulerDiscreteScheduler", "beta_end": 0.012, "beta_schedule": "scaled_linear",
-             "beta_start": 0.00085, "clip_sample": False, "interpolation_type": "linear", "num_train_timesteps": 1000,
-             "prediction_type": "epsilon", "sample_max_value": 1.0, "set_alpha_to_one": False, "skip_prk_steps": True,
-             "steps_offset": 1, "timestep_spacing": "leading", "trained_betas": None, "use_karras_sigmas": False},
+    "sd15": {
+        "_class_name": "PNDMScheduler",
+        "beta_end": 0.012,
+        "beta_schedule": "scaled_linear",
+        "beta_start": 0.00085,
+        "clip_sample": False,
+        "num_train_timesteps": 1000,
+        "set_alpha_to_one": False,
+        "skip_prk_steps": True,
+        "steps_offset": 1,
+        "trained_betas": None,
+    },
+    "sdxl": {
+        "_class_name": "EulerDiscreteScheduler",
+        "beta_end": 0.012,
+        "beta_schedule": "scaled_linear",
+        "beta_start": 0.00085,
+        "clip_sample": False,
+        "interpolation_type": "linear",
+        "num_train_timesteps": 1000,
+        "prediction_type": "epsilon",
+        "sample_max_value": 1.0,
+        "set_alpha_to_one": False,
+        "skip_prk_steps": True,
+        "steps_offset": 1,
+        "timestep_spacing": "leading",
+        "trained_betas": None,
+        "use_karras_sigmas": False,
+    },
 }
 
 
@@ -178,8 +235,14 @@ def _scheduler(layout: str):
         return getattr(diffusers, config["_class_name"]).from_config(config)
     if layout == "sd3":
         return diffusers.FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=3.0)
-    return diffusers.DDPMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
-                                   beta_schedule="scaled_linear", steps_offset=1, clip_sample=False)
+    return diffusers.DDPMScheduler(
+        num_train_timesteps=1000,
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        steps_offset=1,
+        clip_sample=False,
+    )
 
 
 def _tiny_vae(config: TinyPipelineConfig, **extra: Any):
@@ -205,9 +268,12 @@ def _tiny_sd3_pipeline(config: TinyPipelineConfig, tokenizer_dir: Path):
     from transformers import CLIPTextModelWithProjection
 
     latent_size = config.image_size // 2 ** (len(config.vae_block_out_channels) - 1)
-    encoders = [CLIPTextModelWithProjection(_clip_text_config(width, config.text_layers, projection_dim=width,
-                                                              hidden_act="gelu"))
-                for width in (config.text_hidden_size, config.text_hidden_size_2)]
+    encoders = [
+        CLIPTextModelWithProjection(
+            _clip_text_config(width, config.text_layers, projection_dim=width, hidden_act="gelu")
+        )
+        for width in (config.text_hidden_size, config.text_hidden_size_2)
+    ]
     transformer = SD3Transformer2DModel(
         sample_size=latent_size,
         patch_size=2,
@@ -223,13 +289,16 @@ def _tiny_sd3_pipeline(config: TinyPipelineConfig, tokenizer_dir: Path):
         dual_attention_layers=(0,),
         qk_norm="rms_norm",
     )
-    vae = _tiny_vae(config, scaling_factor=1.5305, shift_factor=0.0609, use_quant_conv=False,
-                    use_post_quant_conv=False)
+    vae = _tiny_vae(config, scaling_factor=1.5305, shift_factor=0.0609, use_quant_conv=False, use_post_quant_conv=False)
     return StableDiffusion3Pipeline(
-        transformer=transformer, scheduler=_scheduler("sd3"), vae=vae,
-        text_encoder=encoders[0], tokenizer=clip_tokenizer(tokenizer_dir),
+        transformer=transformer,
+        scheduler=_scheduler("sd3"),
+        vae=vae,
+        text_encoder=encoders[0],
+        tokenizer=clip_tokenizer(tokenizer_dir),
         # CLIP-G's tokenizer pads with "!" (OpenCLIP's convention), CLIP-L's with <|endoftext|>.
-        text_encoder_2=encoders[1], tokenizer_2=clip_tokenizer(tokenizer_dir, pad_token="!"),
+        text_encoder_2=encoders[1],
+        tokenizer_2=clip_tokenizer(tokenizer_dir, pad_token="!"),
         **(_tiny_t5(config.joint_attention_dim) if config.t5 else {"text_encoder_3": None, "tokenizer_3": None}),
     )
 
@@ -240,8 +309,9 @@ def _tiny_t5(width: int) -> dict[str, Any]:
 
     symbols = "abcdefghijklmnopqrstuvwxyz0123456789"
     vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("\u2581", -1.0)] + [(c, -2.0) for c in symbols]
-    encoder = T5EncoderModel(T5Config(vocab_size=len(vocab), d_model=width, d_kv=8, d_ff=width, num_layers=1,
-                                      num_heads=2))
+    encoder = T5EncoderModel(
+        T5Config(vocab_size=len(vocab), d_model=width, d_kv=8, d_ff=width, num_layers=1, num_heads=2)
+    )
     return {"text_encoder_3": encoder, "tokenizer_3": T5TokenizerFast(vocab=vocab, extra_ids=0)}
 
 
@@ -262,10 +332,12 @@ def build_tiny_pipeline(config: TinyPipelineConfig = TinyPipelineConfig(), token
     conditioning: dict[str, Any] = {"cross_attention_dim": config.text_hidden_size}
     if sdxl:  # the text encoders' hidden states are concatenated; the pooled one joins 6 size numbers
         conditioning = dict(
-            cross_attention_dim=config.text_hidden_size + config.text_hidden_size_2, addition_embed_type="text_time",
+            cross_attention_dim=config.text_hidden_size + config.text_hidden_size_2,
+            addition_embed_type="text_time",
             addition_time_embed_dim=config.addition_time_embed_dim,
             projection_class_embeddings_input_dim=config.text_hidden_size_2 + 6 * config.addition_time_embed_dim,
-            use_linear_projection=True, transformer_layers_per_block=1,
+            use_linear_projection=True,
+            transformer_layers_per_block=1,
         )
     unet = UNet2DConditionModel(
         sample_size=latent_size,
@@ -284,13 +356,25 @@ def build_tiny_pipeline(config: TinyPipelineConfig = TinyPipelineConfig(), token
     tokenizer = clip_tokenizer(tokenizer_dir)
     scheduler = _scheduler(config.layout)
     if sdxl:
-        text_encoder_2 = CLIPTextModelWithProjection(_clip_text_config(
-            config.text_hidden_size_2, config.text_layers, projection_dim=config.text_hidden_size_2, hidden_act="gelu"))
+        text_encoder_2 = CLIPTextModelWithProjection(
+            _clip_text_config(
+                config.text_hidden_size_2,
+                config.text_layers,
+                projection_dim=config.text_hidden_size_2,
+                hidden_act="gelu",
+            )
+        )
         return StableDiffusionXLPipeline(
-            vae=vae, text_encoder=text_encoder, text_encoder_2=text_encoder_2, tokenizer=tokenizer,
+            vae=vae,
+            text_encoder=text_encoder,
+            text_encoder_2=text_encoder_2,
+            tokenizer=tokenizer,
             # SDXL's second tokenizer pads with "!" (OpenCLIP's convention), the first with <|endoftext|>.
-            tokenizer_2=clip_tokenizer(tokenizer_dir, pad_token="!"), unet=unet, scheduler=scheduler,
-            force_zeros_for_empty_prompt=True, add_watermarker=False,
+            tokenizer_2=clip_tokenizer(tokenizer_dir, pad_token="!"),
+            unet=unet,
+            scheduler=scheduler,
+            force_zeros_for_empty_prompt=True,
+            add_watermarker=False,
         )
     return StableDiffusionPipeline(
         vae=vae,
@@ -325,5 +409,3 @@ def tiny_base_model() -> str:
 def tiny_sd3_base_model() -> str:
     """The random-init tiny SD3.5-shaped (flow-matching) pipeline (the ``tiny-flow`` preset's base model)."""
     return str(save_tiny_pipeline(cache_dir() / "tiny-sd3", TINY_SHAPES["tiny-sd3"]))
-
-

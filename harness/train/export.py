@@ -40,8 +40,9 @@ def _merged_state(unet: torch.nn.Module, overrides: dict[str, torch.Tensor]) -> 
     return merged
 
 
-def export_unet(unet: torch.nn.Module, out_dir: Path, family: ModelFamily,
-                ema: dict[str, torch.Tensor] | None = None) -> Path:
+def export_unet(
+    unet: torch.nn.Module, out_dir: Path, family: ModelFamily, ema: dict[str, torch.Tensor] | None = None
+) -> Path:
     """Save ``unet`` (a network of ``family``; its EMA weights when given, LoRA merged) atomically in diffusers
     format, its LoRA adapters alone in ``../lora``."""
     plain = type(unet).from_config(unet.config)

@@ -57,8 +57,16 @@ class Posterior:
 class FeatureEncoder:
     """Latents and conditioning for training samples, cached when ``cache_dir`` is set."""
 
-    def __init__(self, pipe: Any, *, device: torch.device, resolution: int, cache_dir: Path | None,
-                 loader: ImageLoader, max_sequence_length: int = 256) -> None:
+    def __init__(
+        self,
+        pipe: Any,
+        *,
+        device: torch.device,
+        resolution: int,
+        cache_dir: Path | None,
+        loader: ImageLoader,
+        max_sequence_length: int = 256,
+    ) -> None:
         self.vae = pipe.vae
         self.pipe = pipe
         self.family = family_of(pipe)  # how a caption is encoded, and what its conditioning depends on
@@ -70,12 +78,19 @@ class FeatureEncoder:
         self.latent_dir = self.text_dir = None
         if cache_dir is not None:
             self.latent_dir = cache_dir / "posteriors" / f"{module_fingerprint(self.vae)}-{resolution}"
-            self.text_dir = cache_dir / "text" / (f"{module_fingerprint(*self.family.text_encoders(pipe))}-{resolution}"
-                                                  f"{self.family.text_key(max_sequence_length)}")
+            self.text_dir = (
+                cache_dir
+                / "text"
+                / (
+                    f"{module_fingerprint(*self.family.text_encoders(pipe))}-{resolution}"
+                    f"{self.family.text_key(max_sequence_length)}"
+                )
+            )
 
     # -- latents ----------------------------------------------------------------------------------
-    def latents(self, sources: list[ImageSource], flips: list[bool] | None = None,
-                size_from: list[int | None] | None = None) -> list[tuple[str, Posterior | None]]:
+    def latents(
+        self, sources: list[ImageSource], flips: list[bool] | None = None, size_from: list[int | None] | None = None
+    ) -> list[tuple[str, Posterior | None]]:
         """(key, posterior or None if the image is corrupt) for each source, flipped where ``flips`` says, and
         first resized to the size of source ``size_from[i]`` where that is set (MaPO's pairs).
 
@@ -86,8 +101,11 @@ class FeatureEncoder:
         result = []
         for source, flip, other in zip(sources, flips, size_from):
             sized_like = None if other is None else sources[other]
-            key = (content_key(source) + ("" if sized_like is None else f"-sized-like-{content_key(sized_like)}")
-                   + ("-flip" if flip else ""))
+            key = (
+                content_key(source)
+                + ("" if sized_like is None else f"-sized-like-{content_key(sized_like)}")
+                + ("-flip" if flip else "")
+            )
             posterior = self._load("latent", key)
             if posterior is None:
                 image = self.loader.load(source)
@@ -123,8 +141,13 @@ class FeatureEncoder:
 
     @torch.no_grad()
     def _encode_text(self, caption: str) -> Cond:
-        return self.family.encode_caption(self.pipe, caption, device=self.device, resolution=self.resolution,
-                                          max_sequence_length=self.max_sequence_length)
+        return self.family.encode_caption(
+            self.pipe,
+            caption,
+            device=self.device,
+            resolution=self.resolution,
+            max_sequence_length=self.max_sequence_length,
+        )
 
     # -- storage ----------------------------------------------------------------------------------
     def _path(self, kind: str, key: str) -> Path | None:
@@ -140,8 +163,11 @@ class FeatureEncoder:
         if tensors is None:
             return None
         try:
-            value = Posterior(tensors["mean"], tensors["std"]) if kind == "latent" else Cond(
-                tensors["hidden"], {k[6:]: v for k, v in tensors.items() if k.startswith("added.")} or None)
+            value = (
+                Posterior(tensors["mean"], tensors["std"])
+                if kind == "latent"
+                else Cond(tensors["hidden"], {k[6:]: v for k, v in tensors.items() if k.startswith("added.")} or None)
+            )
         except KeyError:  # a whole file of the wrong content: as damaged as a truncated one
             path.unlink(missing_ok=True)
             count_damaged(FEATURE_ENTRY)

@@ -25,27 +25,28 @@ import shutil
 import sys
 import time
 import typing
+from collections.abc import Callable
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
-from harness.data import specs as data_specs
 from harness.api.caching import damage_lines
 from harness.api.environment import cache_dir
 from harness.api.method import Batch, Method, TrainConfig, TrainingContext
 from harness.api.registry import METHODS, PRESETS
 from harness.atomic import replacing, staging
-from harness.data.readers import ImageLoader
+from harness.data import specs as data_specs
 from harness.data.check import check_data
+from harness.data.readers import ImageLoader
 from harness.errors import HarnessError
 from harness.models.families import family_of
-from harness.results.identity import LOCATED_SETTINGS, compared, located
 from harness.models.loading import load_pipeline
-from harness.progress import progress_bar, say
 from harness.plan.recipes import method_recipe
+from harness.progress import progress_bar, say
+from harness.results.identity import LOCATED_SETTINGS, compared, located
 from harness.train.export import export_unet
 from harness.train.features import FeatureEncoder, module_fingerprint
 
@@ -101,9 +102,13 @@ def _preset_defaults(method: str, preset: str | None) -> dict:
     untuned = method_preset_entry(method, preset) is None
     if found.needs_method_settings and untuned and (method, preset) not in _WARNED:
         _WARNED.add((method, preset))
-        print(f"warning: {method} has no settings for preset {preset!r}; it trains with the preset's settings for "
-              f"every method ({', '.join(f'{k}={v}' for k, v in found.method_defaults.items())}), not ones tuned for "
-              f"it: give it a recipe, {method}.toml in a folder of the preset's recipes", file=sys.stderr, flush=True)
+        print(
+            f"warning: {method} has no settings for preset {preset!r}; it trains with the preset's settings for "
+            f"every method ({', '.join(f'{k}={v}' for k, v in found.method_defaults.items())}), not ones tuned for "
+            f"it: give it a recipe, {method}.toml in a folder of the preset's recipes",
+            file=sys.stderr,
+            flush=True,
+        )
     return {**({"vae": found.vae} if found.vae else {}), **found.method_defaults}
 
 
@@ -124,14 +129,29 @@ def _coerce(name: str, value: Any, hint: Any) -> Any:
                 return kind(value)
             except ValueError:
                 continue
-    if str in options or typing.get_origin(hint) is typing.Literal or any(typing.get_origin(o) is typing.Literal for o in options):
+    if (
+        str in options
+        or typing.get_origin(hint) is typing.Literal
+        or any(typing.get_origin(o) is typing.Literal for o in options)
+    ):
         return value
     raise HarnessError(f"setting {name}: cannot read {value!r} as {getattr(hint, '__name__', hint)}")
 
 
-def train(method: str, *, base_model: str | Path, data_dir: Path, output_dir: Path, config: TrainConfig | None = None,
-          preset: str | None = None, overrides: dict | None = None, on_log: LogFn | None = None, resume: bool = True,
-          seed: int = 0, snapshot_every: int = 0) -> TrainResult:
+def train(
+    method: str,
+    *,
+    base_model: str | Path,
+    data_dir: Path,
+    output_dir: Path,
+    config: TrainConfig | None = None,
+    preset: str | None = None,
+    overrides: dict | None = None,
+    on_log: LogFn | None = None,
+    resume: bool = True,
+    seed: int = 0,
+    snapshot_every: int = 0,
+) -> TrainResult:
     """Train ``method`` from ``base_model`` on ``data_dir``; write checkpoints and ``output_dir/final/unet``
     (and, every ``snapshot_every`` steps before the last, the UNet as it is then: ``snapshot_unet_dir``).
     ``config``: the method's resolved settings (a plan's, ``harness.plan.planner``); None: ``resolve_config(method,
@@ -141,8 +161,15 @@ def train(method: str, *, base_model: str | Path, data_dir: Path, output_dir: Pa
     elif preset is not None or overrides:
         raise TypeError("train: a resolved config is given, so preset and overrides would be ignored")
     require_init_unet(method, config)
-    trainer = Trainer(METHODS.get(method)(config), base_model=str(base_model), data_dir=Path(data_dir),
-                      output_dir=Path(output_dir), seed=seed, on_log=on_log, snapshot_every=snapshot_every)
+    trainer = Trainer(
+        METHODS.get(method)(config),
+        base_model=str(base_model),
+        data_dir=Path(data_dir),
+        output_dir=Path(output_dir),
+        seed=seed,
+        on_log=on_log,
+        snapshot_every=snapshot_every,
+    )
     return trainer.run(resume=resume)
 
 
@@ -152,7 +179,8 @@ def require_init_unet(method: str, config: TrainConfig) -> None:
         raise HarnessError(
             f"{method}'s recipe starts from the UNet of a {config.init_method} run on the same data: train it first "
             f"(`harness train --method {config.init_method} ...`) and pass --set init_unet=OUT/final/unet, "
-            "or use `harness run`, which chains the two")
+            "or use `harness run`, which chains the two"
+        )
 
 
 def snapshot_unet_dir(output_dir: Path, step: int) -> Path:
@@ -212,8 +240,11 @@ class SampleOrder:
         if epoch != self._epoch:
             generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
             self._epoch = epoch
-            self._perm = (torch.randperm(self.size, generator=generator) if self.weights is None else
-                          torch.multinomial(self.weights, self.size, replacement=True, generator=generator))
+            self._perm = (
+                torch.randperm(self.size, generator=generator)
+                if self.weights is None
+                else torch.multinomial(self.weights, self.size, replacement=True, generator=generator)
+            )
         return int(self._perm[offset])
 
 
@@ -222,12 +253,25 @@ def make_optimizer(params: list[torch.nn.Parameter], config: TrainConfig, lr: fl
     if config.optimizer == "adafactor":
         from transformers.optimization import Adafactor
 
-        return Adafactor(params, lr=lr, weight_decay=config.weight_decay, scale_parameter=False,
-                         relative_step=False, warmup_init=False, clip_threshold=1.0)
+        return Adafactor(
+            params,
+            lr=lr,
+            weight_decay=config.weight_decay,
+            scale_parameter=False,
+            relative_step=False,
+            warmup_init=False,
+            clip_threshold=1.0,
+        )
     # fused: one kernel over all tensors; on CPU 6x faster than the per-tensor loop (bench/train_step.py).
-    return torch.optim.AdamW(params, lr=lr, betas=(config.adam_beta1, config.adam_beta2), eps=config.adam_epsilon,
-                             weight_decay=config.weight_decay, fused=config.adamw_fused,
-                             foreach=not config.adamw_fused)
+    return torch.optim.AdamW(
+        params,
+        lr=lr,
+        betas=(config.adam_beta1, config.adam_beta2),
+        eps=config.adam_epsilon,
+        weight_decay=config.weight_decay,
+        fused=config.adamw_fused,
+        foreach=not config.adamw_fused,
+    )
 
 
 def step_generator(seed: int, step: int, micro: int, rank: int) -> torch.Generator:
@@ -251,8 +295,17 @@ def adapters_disabled(unet: Any):
 class Trainer:
     """One training run.  Methods' hooks receive its ``TrainingContext``, never the trainer itself."""
 
-    def __init__(self, method: Method, *, base_model: str, data_dir: Path, output_dir: Path, seed: int,
-                 on_log: LogFn | None, snapshot_every: int = 0) -> None:
+    def __init__(
+        self,
+        method: Method,
+        *,
+        base_model: str,
+        data_dir: Path,
+        output_dir: Path,
+        seed: int,
+        on_log: LogFn | None,
+        snapshot_every: int = 0,
+    ) -> None:
         self.method = method
         self.config = method.config
         self.base_model = base_model
@@ -291,10 +344,18 @@ class Trainer:
         def cache(name: str) -> Path:
             return self.cache_dir / name / starting_weights()
 
-        return TrainingContext(models=self.models, scheduler=self.noise_scheduler, latent_shape=self.latent_shape,
-                               grad_accum=self.grad_accum, captions=self.examples.captions(),
-                               data_scores=self.examples.scores, encode=self.features.cond, cache=cache,
-                               device=self.device, batch=self._batch_of)
+        return TrainingContext(
+            models=self.models,
+            scheduler=self.noise_scheduler,
+            latent_shape=self.latent_shape,
+            grad_accum=self.grad_accum,
+            captions=self.examples.captions(),
+            data_scores=self.examples.scores,
+            encode=self.features.cond,
+            cache=cache,
+            device=self.device,
+            batch=self._batch_of,
+        )
 
     def _batch_of(self, step: int, micro: int) -> Batch:
         """The micro-batch ``make_batch`` gives in the loop, with the generator the loop hands it."""
@@ -333,9 +394,14 @@ class Trainer:
         resolution = config.resolution or unet.config.sample_size * vae_scale
         self.latent_shape = (unet.config.in_channels, resolution // vae_scale, resolution // vae_scale)
         self.cache_dir = Path(config.cache_dir) if config.cache_dir else cache_dir() / "train-features"
-        self.features = FeatureEncoder(pipe, device=self.device, resolution=resolution,
-                                       cache_dir=self.cache_dir if config.cache_features else None, loader=self.loader,
-                                       max_sequence_length=config.max_sequence_length)
+        self.features = FeatureEncoder(
+            pipe,
+            device=self.device,
+            resolution=resolution,
+            cache_dir=self.cache_dir if config.cache_features else None,
+            loader=self.loader,
+            max_sequence_length=config.max_sequence_length,
+        )
         if config.lora_rank > 0:
             from peft import LoraConfig
 
@@ -344,15 +410,22 @@ class Trainer:
             # the same adapters whatever ran before in this process (`harness train` and `harness run` alike).
             with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
                 torch.manual_seed(self.seed)
-                unet.add_adapter(LoraConfig(r=config.lora_rank, lora_alpha=config.lora_alpha or config.lora_rank,
-                                            init_lora_weights="gaussian",
-                                            target_modules=self.family.lora_targets(config.lora_dual_attention)))
+                unet.add_adapter(
+                    LoraConfig(
+                        r=config.lora_rank,
+                        lora_alpha=config.lora_alpha or config.lora_rank,
+                        init_lora_weights="gaussian",
+                        target_modules=self.family.lora_targets(config.lora_dual_attention),
+                    )
+                )
             # The reference is the same network with its adapters off: no second copy in memory.
             reference = lambda: (unet, adapters_disabled(unet))  # noqa: E731
         else:
             import copy
 
-            reference_dtype = {None: self.weight_dtype, "fp16": torch.float16, "bf16": torch.bfloat16}[config.reference_dtype]
+            reference_dtype = {None: self.weight_dtype, "fp16": torch.float16, "bf16": torch.bfloat16}[
+                config.reference_dtype
+            ]
             frozen_ref = copy.deepcopy(unet).requires_grad_(False).eval().to(reference_dtype)
             reference = lambda: (frozen_ref, nullcontext())  # noqa: E731
         if config.gradient_checkpointing:
@@ -371,20 +444,30 @@ class Trainer:
         self.grad_accum = config.grad_accum
         if config.effective_batch_size:
             if config.effective_batch_size % batch_per_step:
-                raise HarnessError(f"effective_batch_size {config.effective_batch_size} is not a multiple of "
-                                   f"batch_size x processes = {batch_per_step}")
+                raise HarnessError(
+                    f"effective_batch_size {config.effective_batch_size} is not a multiple of "
+                    f"batch_size x processes = {batch_per_step}"
+                )
             self.grad_accum = config.effective_batch_size // batch_per_step
         self.lr = config.lr * (batch_per_step * self.grad_accum if config.scale_lr else 1)
         optimizer = make_optimizer(list(trainable_parameters(self.unet).values()), config, self.lr)
         # Stepped by us once per optimizer step (not prepared by accelerate, which would step it once
         # per process and force the Salesforce code's "warmup x num_processes" correction).
-        self.lr_scheduler = get_scheduler(config.lr_scheduler, optimizer, num_warmup_steps=config.warmup_steps,
-                                          num_training_steps=config.max_steps)
+        self.lr_scheduler = get_scheduler(
+            config.lr_scheduler, optimizer, num_warmup_steps=config.warmup_steps, num_training_steps=config.max_steps
+        )
         self.policy, self.optimizer = self.accelerator.prepare(self.unet, optimizer)
-        self.ema = EMA(trainable_parameters(self.unet), config.ema_decay, config.ema_on_cpu) if config.ema_decay else None
-        self.models = self.family.models(policy=self.policy, unwrapped=self.unet, reference=self.reference,
-                                         scheduler=self.noise_scheduler, autocast=self.accelerator.autocast,
-                                         reference_in_own_dtype=self.config.reference_dtype is not None)
+        self.ema = (
+            EMA(trainable_parameters(self.unet), config.ema_decay, config.ema_on_cpu) if config.ema_decay else None
+        )
+        self.models = self.family.models(
+            policy=self.policy,
+            unwrapped=self.unet,
+            reference=self.reference,
+            scheduler=self.noise_scheduler,
+            autocast=self.accelerator.autocast,
+            reference_in_own_dtype=self.config.reference_dtype is not None,
+        )
 
     # -- data ---------------------------------------------------------------------------------------
     def make_batch(self, step: int, micro: int, generator: torch.Generator) -> Batch:
@@ -405,7 +488,7 @@ class Trainer:
             slot_flips = [[coin] * 2 for coin in (torch.rand(size, generator=generator) < 0.5).tolist()]
         else:
             flips = (torch.rand(size * per_example, generator=generator) < 0.5).tolist()
-            slot_flips = [flips[i * per_example:(i + 1) * per_example] for i in range(size)]
+            slot_flips = [flips[i * per_example : (i + 1) * per_example] for i in range(size)]
 
         def encode(example, flips):
             return self.features.latents(list(example.images), flips, list(example.size_from) if joint else None)
@@ -434,17 +517,32 @@ class Trainer:
         dropped = torch.rand(size, generator=generator) < config.caption_dropout
         captions = ["" if drop else ex.caption for (ex, _), drop in zip(chosen, dropped.tolist())]
         cond = self.features.cond(captions)
-        return Batch(latents=latents.to(self.device), means=means.to(self.device), cond=cond, keys=keys, scores=scores,
-                     labels=labels, captions=captions, generator=generator)
+        return Batch(
+            latents=latents.to(self.device),
+            means=means.to(self.device),
+            cond=cond,
+            keys=keys,
+            scores=scores,
+            labels=labels,
+            captions=captions,
+            generator=generator,
+        )
 
     # -- checkpoints ----------------------------------------------------------------------------------
     @functools.cached_property
     def _config_record(self) -> dict:
         # Inputs by content (harness.results.identity): moved, they resume; edited in place, they do not.
-        config = {key: located(value) if key in LOCATED_SETTINGS and value else value
-                  for key, value in dataclasses.asdict(self.config).items()}
-        return {"method": type(self.method).__name__, "base_model": located(self.base_model),
-                "data": located(self.data_dir), "seed": self.seed, "config": config}
+        config = {
+            key: located(value) if key in LOCATED_SETTINGS and value else value
+            for key, value in dataclasses.asdict(self.config).items()
+        }
+        return {
+            "method": type(self.method).__name__,
+            "base_model": located(self.base_model),
+            "data": located(self.data_dir),
+            "seed": self.seed,
+            "config": config,
+        }
 
     def _same_settings(self, state: dict) -> bool:
         record = json.loads(json.dumps(self._config_record, default=str))
@@ -469,8 +567,10 @@ class Trainer:
         if self.accelerator.is_main_process:
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
-            save_file({n: p.detach().cpu().contiguous() for n, p in trainable_parameters(self.unet).items()},
-                      str(tmp / "unet.safetensors"))
+            save_file(
+                {n: p.detach().cpu().contiguous() for n, p in trainable_parameters(self.unet).items()},
+                str(tmp / "unet.safetensors"),
+            )
             torch.save(self.optimizer.state_dict(), tmp / "optimizer.pt")
             torch.save(self.lr_scheduler.state_dict(), tmp / "scheduler.pt")
             if self.ema is not None:
@@ -478,12 +578,18 @@ class Trainer:
         self.accelerator.wait_for_everyone()
         method_state = self.method.state_dict()  # per process: each rank has its own DRO replay buffer
         if method_state:
-            save_file({n: t.cpu().contiguous() for n, t in method_state.items()},
-                      str(tmp / f"method-{self.rank}.safetensors"))
+            save_file(
+                {n: t.cpu().contiguous() for n, t in method_state.items()}, str(tmp / f"method-{self.rank}.safetensors")
+            )
         self.accelerator.wait_for_everyone()
         if self.accelerator.is_main_process:
-            state = {"step": step, **counters, "skipped": sorted(self.loader.skipped), **self._config_record,
-                     "ema_updates": self.ema.model.optimization_step if self.ema is not None else 0}
+            state = {
+                "step": step,
+                **counters,
+                "skipped": sorted(self.loader.skipped),
+                **self._config_record,
+                "ema_updates": self.ema.model.optimization_step if self.ema is not None else 0,
+            }
             (tmp / "trainer_state.json").write_text(json.dumps(state, indent=1, default=str), encoding="utf-8")
             shutil.rmtree(final, ignore_errors=True)
             os.replace(tmp, final)  # a checkpoint exists completely or not at all
@@ -496,8 +602,10 @@ class Trainer:
 
         state = json.loads((path / "trainer_state.json").read_text(encoding="utf-8"))
         if not self._same_settings(state):
-            raise HarnessError(f"{path} was written by a run with different settings; use another output "
-                               "directory or resume=False to start over")
+            raise HarnessError(
+                f"{path} was written by a run with different settings; use another output "
+                "directory or resume=False to start over"
+            )
         weights = load_file(str(path / "unet.safetensors"))
         params = trainable_parameters(self.unet)
         with torch.no_grad():
@@ -547,8 +655,14 @@ class Trainer:
             start = loaded["step"]
             counters = {k: loaded[k] for k in counters}
         writer = self._tensorboard()
-        progress = progress_bar(range(start, config.max_steps), initial=start, total=config.max_steps, unit="step",
-                                desc=type(self.method).__name__, enabled=self.accelerator.is_local_main_process)
+        progress = progress_bar(
+            range(start, config.max_steps),
+            initial=start,
+            total=config.max_steps,
+            unit="step",
+            desc=type(self.method).__name__,
+            enabled=self.accelerator.is_local_main_process,
+        )
         params = trainable_parameters(self.unet)
         self.models.unet_evals = 0
         evals_before = counters["unet_evals"]
@@ -571,14 +685,21 @@ class Trainer:
         if writer is not None:
             writer.close()
         self._save_final()
-        state = {"step": config.max_steps, **counters, "skipped_images": len(self.loader.skipped),
-                 "data_summary": self.data_summary, **self._config_record}
+        state = {
+            "step": config.max_steps,
+            **counters,
+            "skipped_images": len(self.loader.skipped),
+            "data_summary": self.data_summary,
+            **self._config_record,
+        }
         if self.accelerator.is_main_process:
             with replacing(final_state) as temporary:
                 temporary.write_text(json.dumps(state, indent=1, default=str), encoding="utf-8")
             if self.loader.skipped:
-                print(f"skipped {len(self.loader.skipped)} corrupt image(s), e.g. {sorted(self.loader.skipped)[0]}",
-                      flush=True)
+                print(
+                    f"skipped {len(self.loader.skipped)} corrupt image(s), e.g. {sorted(self.loader.skipped)[0]}",
+                    flush=True,
+                )
         for line in damage_lines():  # the cache entries this process found damaged, and computed again
             say(f"   {line}")
         self.accelerator.wait_for_everyone()
@@ -603,8 +724,10 @@ class Trainer:
         if not math.isfinite(terms["loss"]):
             last_good = self._checkpoints()
             where = f"last good checkpoint: {last_good[-1][1]}" if last_good else "no checkpoint was written yet"
-            raise HarnessError(f"loss became {terms['loss']} at step {step + 1}; training stopped ({where}); "
-                               "lower lr or beta, or use bf16 instead of fp16")
+            raise HarnessError(
+                f"loss became {terms['loss']} at step {step + 1}; training stopped ({where}); "
+                "lower lr or beta, or use bf16 instead of fp16"
+            )
         if self.config.max_grad_norm:
             grad_norm = self.accelerator.clip_grad_norm_(list(params.values()), self.config.max_grad_norm)
         else:  # unclipped (DRO's published recipes): the norm that goes through is still logged

@@ -4,17 +4,24 @@ from __future__ import annotations
 
 import io
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from harness.data import specs as data_specs
 from harness.api import Experts, LabelledImages, Pairs
-from harness.data.readers import (Expert, ImageLoader, content_key, load_experts, load_pairs, to_pixels,
-                          top_k_experts, training_captions)
+from harness.data import specs as data_specs
+from harness.data.readers import (
+    Expert,
+    ImageLoader,
+    content_key,
+    load_experts,
+    load_pairs,
+    to_pixels,
+    top_k_experts,
+    training_captions,
+)
 from harness.errors import HarnessError
 from support.train_fixtures import one_torch_thread, write_expert_dir, write_pair_dir  # noqa: F401 (autouse fixture)
 
@@ -50,12 +57,14 @@ def test_pickapic_through_datasets_local_copy_drops_ties_and_orients_pairs(tmp_p
     import datasets
 
     red, blue, green = png_bytes((255, 0, 0)), png_bytes((0, 0, 255)), png_bytes((0, 255, 0))
-    table = datasets.Dataset.from_dict({
-        "caption": ["red wins", "blue wins", "tie"],
-        "jpg_0": [red, red, green],
-        "jpg_1": [blue, blue, green],
-        "label_0": [1.0, 0.0, 0.5],
-    })
+    table = datasets.Dataset.from_dict(
+        {
+            "caption": ["red wins", "blue wins", "tie"],
+            "jpg_0": [red, red, green],
+            "jpg_1": [blue, blue, green],
+            "label_0": [1.0, 0.0, 0.5],
+        }
+    )
     table.save_to_disk(str(tmp_path / "pickapic"))
     pairs = load_pairs(tmp_path / "pickapic")
     assert len(pairs) == 2 and pairs.ties_dropped == 1
@@ -91,13 +100,15 @@ def test_to_pixels_is_the_public_scripts_torchvision_transform(size):
     rng = np.random.default_rng(sum(size))
     image = Image.fromarray(rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8))
     for flip in (False, True):
-        published = transforms.Compose([
-            transforms.Resize(32, interpolation=transforms.InterpolationMode.BILINEAR),
-            transforms.CenterCrop(32),
-            transforms.RandomHorizontalFlip(p=1.0 if flip else 0.0),
-            transforms.ToTensor(),
-            transforms.Normalize([0.5], [0.5]),
-        ])
+        published = transforms.Compose(
+            [
+                transforms.Resize(32, interpolation=transforms.InterpolationMode.BILINEAR),
+                transforms.CenterCrop(32),
+                transforms.RandomHorizontalFlip(p=1.0 if flip else 0.0),
+                transforms.ToTensor(),
+                transforms.Normalize([0.5], [0.5]),
+            ]
+        )
         torch.testing.assert_close(to_pixels(image, 32, flip=flip), published(image), rtol=0, atol=1e-6)
 
 
@@ -144,14 +155,17 @@ def test_feature_cache_is_content_keyed_and_reused(tiny_model_dir, tmp_path):
     write_pair_dir(tmp_path / "d", n_pairs=2)
     sources = [tmp_path / "d" / "0_0.png", tmp_path / "d" / "0_1.png"]
     pipe = load_pipeline(tiny_model_dir)
-    first = FeatureEncoder(pipe, device=torch.device("cpu"), resolution=32, cache_dir=tmp_path / "c", loader=ImageLoader())
+    first = FeatureEncoder(
+        pipe, device=torch.device("cpu"), resolution=32, cache_dir=tmp_path / "c", loader=ImageLoader()
+    )
     latents = first.latents(sources)
     cond = first.cond(["a photo", ""])
     assert latents[0][1].mean.shape == (4, 8, 8) and cond.hidden.shape == (2, 77, 32)
     assert latents[0][0] == content_key(sources[0])
     # A second encoder (a new run) reads the disk cache: poison its VAE to prove it is not called.
-    second = FeatureEncoder(pipe, device=torch.device("cpu"), resolution=32, cache_dir=tmp_path / "c",
-                            loader=ImageLoader())
+    second = FeatureEncoder(
+        pipe, device=torch.device("cpu"), resolution=32, cache_dir=tmp_path / "c", loader=ImageLoader()
+    )
     second._encode_image = None  # type: ignore[assignment]
     again = second.latents(sources)
     assert all(torch.equal(a[1].mean, b[1].mean) and torch.equal(a[1].std, b[1].std) for a, b in zip(latents, again))
@@ -162,7 +176,9 @@ def test_feature_cache_is_content_keyed_and_reused(tiny_model_dir, tmp_path):
     # Other VAE weights: another fingerprint, so the old entries are never served.
     with torch.no_grad():
         next(pipe.vae.parameters()).add_(1.0)
-    third = FeatureEncoder(pipe, device=torch.device("cpu"), resolution=32, cache_dir=tmp_path / "c", loader=ImageLoader())
+    third = FeatureEncoder(
+        pipe, device=torch.device("cpu"), resolution=32, cache_dir=tmp_path / "c", loader=ImageLoader()
+    )
     assert third.latent_dir != first.latent_dir
 
 
@@ -177,8 +193,9 @@ def test_cached_latents_do_not_depend_on_what_was_cached_before(tiny_model_dir, 
     pipe = load_pipeline(tiny_model_dir)
 
     def encoder(cache: str) -> FeatureEncoder:
-        return FeatureEncoder(pipe, device=torch.device("cpu"), resolution=32, cache_dir=tmp_path / cache,
-                              loader=ImageLoader())
+        return FeatureEncoder(
+            pipe, device=torch.device("cpu"), resolution=32, cache_dir=tmp_path / cache, loader=ImageLoader()
+        )
 
     at_once = encoder("a").latents(sources)
     piecemeal = encoder("b")
@@ -193,7 +210,8 @@ def test_training_captions_cover_pairs_and_experts_but_not_ties(tmp_path):
     data = write_pair_dir(tmp_path / "data", n_pairs=3)
     write_expert_dir(data, n=2)
     assert training_captions(data) == [f"a photo of thing {i}" for i in range(3)] + [
-        f"an expert picture {i}" for i in range(2)]
+        f"an expert picture {i}" for i in range(2)
+    ]
 
 
 def test_labelled_images_from_pairs_or_from_their_own_file(tmp_path):
@@ -207,10 +225,14 @@ def test_labelled_images_from_pairs_or_from_their_own_file(tmp_path):
         assert labelled[2 * i].scores + labelled[2 * i + 1].scores == pair.scores
     own = tmp_path / "l"
     own.mkdir()
-    (own / "labelled.jsonl").write_text('{"caption": "a", "image": "x.png", "label": 1}\n'
-                                        '{"caption": "b", "image": "y.png", "label": 0, "score": 0.5}\n')
+    (own / "labelled.jsonl").write_text(
+        '{"caption": "a", "image": "x.png", "label": 1}\n{"caption": "b", "image": "y.png", "label": 0, "score": 0.5}\n'
+    )
     rows = data_specs.examples(LabelledImages(), own)
-    assert [(r.caption, r.images, r.labels) for r in rows] == [("a", (own / "x.png",), (1.0,)), ("b", (own / "y.png",), (0.0,))]
+    assert [(r.caption, r.images, r.labels) for r in rows] == [
+        ("a", (own / "x.png",), (1.0,)),
+        ("b", (own / "y.png",), (0.0,)),
+    ]
     assert training_captions(own) == ["a", "b"]
     (own / "labelled.jsonl").write_text('{"caption": "a", "image": "x.png", "label": 0.7}\n')
     with pytest.raises(HarnessError, match=r"labelled.jsonl:1: label must be 1 \(desirable\) or 0"):

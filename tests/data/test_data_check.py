@@ -10,8 +10,8 @@ import pytest
 
 import harness.data.check
 from harness.data import specs as data_specs
-from harness.data.readers import load_labelled, load_pairs
 from harness.data.check import check_data
+from harness.data.readers import load_labelled, load_pairs
 from harness.errors import HarnessError
 from support.train_fixtures import write_expert_dir, write_pair_dir
 
@@ -54,8 +54,9 @@ def test_every_file_of_a_directory_is_checked_and_summarised(tmp_path):
     assert check.summary() == "pairs 3 read, 1 tie skipped, 0 unreadable; experts 3 read, 1 unreadable"
 
 
-def test_a_second_check_of_unchanged_data_decodes_nothing_and_an_edit_is_checked_again(tmp_path, harness_cache,
-                                                                                      monkeypatch):
+def test_a_second_check_of_unchanged_data_decodes_nothing_and_an_edit_is_checked_again(
+    tmp_path, harness_cache, monkeypatch
+):
     data = write_pair_dir(tmp_path / "data", n_pairs=3)
     assert check_data(data).summary() == "pairs 4 read, 1 tie skipped, 0 unreadable"
 

@@ -9,14 +9,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from harness.data import specs as data_specs
 from harness.api import Pairs
+from harness.api.registry import register_scorer
+from harness.api.scorer import Scorer
+from harness.data import specs as data_specs
 from harness.data.readers import load_experts
+from harness.data.score_table import ScoreTable
 from harness.data.steps import experts_recipe, score_training_images, select_experts
 from harness.errors import HarnessError
-from harness.api.registry import register_scorer
-from harness.data.score_table import ScoreTable
-from harness.api.scorer import Scorer
 
 CALLS: list[int] = []  # images per score() call of the scorer below
 
@@ -37,7 +37,10 @@ class Brightness(Scorer):
         if self.fail_after is not None and len(CALLS) >= self.fail_after:
             raise KeyboardInterrupt  # an interruption in the middle of the step
         CALLS.append(len(images))
-        return [float(np.asarray(image, dtype=np.float32).mean() / 255 + 0.001 * len(p)) for image, p in zip(images, prompts)]
+        return [
+            float(np.asarray(image, dtype=np.float32).mean() / 255 + 0.001 * len(p))
+            for image, p in zip(images, prompts)
+        ]
 
 
 def jpeg(value: int, size: tuple[int, int] = (24, 16)) -> bytes:
@@ -47,7 +50,9 @@ def jpeg(value: int, size: tuple[int, int] = (24, 16)) -> bytes:
 
 
 def brightness_of(data: bytes, caption: str) -> float:
-    return float(np.asarray(Image.open(io.BytesIO(data)).convert("RGB"), dtype=np.float32).mean() / 255 + 0.001 * len(caption))
+    return float(
+        np.asarray(Image.open(io.BytesIO(data)).convert("RGB"), dtype=np.float32).mean() / 255 + 0.001 * len(caption)
+    )
 
 
 @pytest.fixture()
@@ -57,13 +62,24 @@ def pickapic(tmp_path, monkeypatch):
     import datasets
 
     images = {f"u{i}": jpeg(20 * i + 10, (24 + i, 16)) for i in range(6)}
-    rows = [("a cat", "u0", "u1", 1.0), ("a cat", "u0", "u2", 0.0), ("a dog", "u3", "u4", 0.5),
-            ("a dog", "u5", "u3", 1.0), ("a cat on a mat", "u0", "u5", 0.0)]
-    table = datasets.Dataset.from_dict({
-        "caption": [r[0] for r in rows], "image_0_uid": [r[1] for r in rows], "image_1_uid": [r[2] for r in rows],
-        "jpg_0": [images[r[1]] for r in rows], "jpg_1": [images[r[2]] for r in rows],
-        "label_0": [r[3] for r in rows], "label_1": [1 - r[3] for r in rows],
-    })
+    rows = [
+        ("a cat", "u0", "u1", 1.0),
+        ("a cat", "u0", "u2", 0.0),
+        ("a dog", "u3", "u4", 0.5),
+        ("a dog", "u5", "u3", 1.0),
+        ("a cat on a mat", "u0", "u5", 0.0),
+    ]
+    table = datasets.Dataset.from_dict(
+        {
+            "caption": [r[0] for r in rows],
+            "image_0_uid": [r[1] for r in rows],
+            "image_1_uid": [r[2] for r in rows],
+            "jpg_0": [images[r[1]] for r in rows],
+            "jpg_1": [images[r[2]] for r in rows],
+            "label_0": [r[3] for r in rows],
+            "label_1": [1 - r[3] for r in rows],
+        }
+    )
     table.save_to_disk(str(tmp_path / "pickapic"))
     monkeypatch.setenv("HARNESS_CACHE", str(tmp_path / "cache"))  # score tables are cached by content: start empty
     CALLS.clear()
@@ -72,7 +88,9 @@ def pickapic(tmp_path, monkeypatch):
 
 def test_every_unique_image_caption_is_scored_once_and_an_interrupted_step_resumes(pickapic):
     source, images, rows = pickapic
-    unique = {(uid, caption) for caption, a, b, _ in rows for uid in (a, b)}  # ties included (DiffusionDRO tools/pickapic.py:105-110)
+    unique = {
+        (uid, caption) for caption, a, b, _ in rows for uid in (a, b)
+    }  # ties included (DiffusionDRO tools/pickapic.py:105-110)
     with pytest.raises(KeyboardInterrupt):
         with_failure = {"fail_after": 1}
         score_training_images(source, "test-brightness", scorer_options=with_failure, batch_size=3, progress=False)
@@ -94,8 +112,10 @@ def test_experts_are_the_top_k_ranked_by_the_reward_with_their_bytes_and_recipe(
     source, images, rows = pickapic
     out = select_experts(source, "test-brightness", 3, tmp_path / "experts", progress=False)
     experts = [json.loads(line) for line in (out / "experts.jsonl").read_text().splitlines()]
-    everything = sorted(((brightness_of(images[uid], caption), uid, caption) for caption, a, b, _ in rows
-                         for uid in (a, b)), reverse=True)
+    everything = sorted(
+        ((brightness_of(images[uid], caption), uid, caption) for caption, a, b, _ in rows for uid in (a, b)),
+        reverse=True,
+    )
     expected = list(dict.fromkeys((uid, caption) for _, uid, caption in everything))[:3]
     assert [(e["uid"], e["caption"]) for e in experts] == expected
     for expert in experts:
@@ -107,7 +127,9 @@ def test_experts_are_the_top_k_ranked_by_the_reward_with_their_bytes_and_recipe(
     select_experts(source, "test-brightness", 3, tmp_path / "experts", progress=False)
     assert CALLS == [] and experts_recipe(out) == recipe  # kept as is
     select_experts(source, "test-brightness", 2, tmp_path / "experts", progress=False)
-    assert len((out / "experts.jsonl").read_text().splitlines()) == 2 and CALLS == []  # new k: re-selected, not re-scored
+    assert (
+        len((out / "experts.jsonl").read_text().splitlines()) == 2 and CALLS == []
+    )  # new k: re-selected, not re-scored
 
 
 def test_smpo_pairs_read_their_scores_from_the_table_or_say_how_to_make_them(pickapic):

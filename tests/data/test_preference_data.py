@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from harness.errors import HarnessError
 from harness.data.synthesis import noisy_label, synthesize
+from harness.errors import HarnessError
 
 CAPTIONS = ["a red circle on the left", "a blue square at the top", "a white triangle in the center"]
 
@@ -33,8 +33,13 @@ def test_noisy_label_follows_bradley_terry() -> None:
 def synthesized(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     out = tmp_path_factory.mktemp("synth")
     settings = dict(
-        scorers=["toy-fidelity", "toy-quality"], samples_per_caption=4, seed=0, pairs_per_caption=3, expert_top_k=5,
-        num_inference_steps=2, batch_size=6,
+        scorers=["toy-fidelity", "toy-quality"],
+        samples_per_caption=4,
+        seed=0,
+        pairs_per_caption=3,
+        expert_top_k=5,
+        num_inference_steps=2,
+        batch_size=6,
     )
     synthesize(tiny_model_dir, CAPTIONS, out, **settings)
     return out, settings
@@ -91,11 +96,16 @@ def test_synthesize_is_idempotent_and_redoes_work_when_settings_change(synthesiz
 
 
 def _data_files(data_dir: Path) -> dict[str, bytes]:
-    return {str(path.relative_to(data_dir)): path.read_bytes() for path in sorted(data_dir.rglob("*"))
-            if path.is_file() and not path.name.startswith("scores.sqlite")}
+    return {
+        str(path.relative_to(data_dir)): path.read_bytes()
+        for path in sorted(data_dir.rglob("*"))
+        if path.is_file() and not path.name.startswith("scores.sqlite")
+    }
 
 
-def test_data_made_once_is_copied_from_the_cache(synthesized, tiny_model_dir: Path, tmp_path: Path, monkeypatch) -> None:
+def test_data_made_once_is_copied_from_the_cache(
+    synthesized, tiny_model_dir: Path, tmp_path: Path, monkeypatch
+) -> None:
     import harness.data.synthesis as preference_data
 
     _, settings = synthesized
@@ -116,7 +126,9 @@ def test_data_made_once_is_copied_from_the_cache(synthesized, tiny_model_dir: Pa
         synthesize(tiny_model_dir, CAPTIONS, tmp_path / "third", cache_dir=cache, **{**settings, "seed": 1})
 
 
-def test_the_cache_key_follows_the_model_files_and_skips_hub_models(synthesized, tiny_model_dir: Path, tmp_path: Path) -> None:
+def test_the_cache_key_follows_the_model_files_and_skips_hub_models(
+    synthesized, tiny_model_dir: Path, tmp_path: Path
+) -> None:
     import os
     import shutil
 
@@ -129,7 +141,10 @@ def test_the_cache_key_follows_the_model_files_and_skips_hub_models(synthesized,
     weights = next(model.glob("unet/*.safetensors"))
     os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 1))  # retrained in place
     assert _cache_entry(tmp_path, model, settings) != before
-    assert _cache_entry(tmp_path, model, {**settings, "seed": 7}) not in (before, _cache_entry(tmp_path, model, settings))
+    assert _cache_entry(tmp_path, model, {**settings, "seed": 7}) not in (
+        before,
+        _cache_entry(tmp_path, model, settings),
+    )
     assert _cache_entry(tmp_path, "org/hub-model", settings) is None  # a hub id names no fixed files
 
 

@@ -36,7 +36,7 @@ class Env:
     log: Path
 
     @classmethod
-    def fresh(cls, root: Path) -> "Env":
+    def fresh(cls, root: Path) -> Env:
         root.mkdir(parents=True, exist_ok=True)
         return cls(out=root / "out", cache=root / "cache", log=root / "work.jsonl")
 
@@ -45,15 +45,34 @@ class Env:
 
 
 def run_args(env: Env, jobs: int, methods: str = METHODS) -> list[str]:
-    return ["--plugin", str(PLUGIN), "run", "--preset", "tiny", "--methods", methods, *TRAINING,
-            "--jobs", str(jobs), "--out", str(env.out)]
+    return [
+        "--plugin",
+        str(PLUGIN),
+        "run",
+        "--preset",
+        "tiny",
+        "--methods",
+        methods,
+        *TRAINING,
+        "--jobs",
+        str(jobs),
+        "--out",
+        str(env.out),
+    ]
 
 
 def start(args: list[str], variables: dict[str, str], stderr: Path, cwd: Path | None = None) -> subprocess.Popen:
     """The CLI in a new session: its workers share its process group, which the kill takes whole."""
     with open(stderr, "a") as err:
-        return subprocess.Popen([str(HARNESS), *args], stdout=subprocess.PIPE, stderr=err, text=True,
-                                env=variables, start_new_session=True, cwd=cwd)
+        return subprocess.Popen(
+            [str(HARNESS), *args],
+            stdout=subprocess.PIPE,
+            stderr=err,
+            text=True,
+            env=variables,
+            start_new_session=True,
+            cwd=cwd,
+        )
 
 
 def kill_group(process: subprocess.Popen) -> None:
@@ -96,9 +115,15 @@ def _collect_stages(stdout, stages: list[str]) -> None:
             stages.append(line.strip())
 
 
-def run_and_kill(args: list[str], variables: dict[str, str], stderr: Path, log: WorkLog,
-                 reached: Callable[[list[str], list[dict]], bool], delay: float = 0.0,
-                 timeout: float = 600) -> Outcome:
+def run_and_kill(
+    args: list[str],
+    variables: dict[str, str],
+    stderr: Path,
+    log: WorkLog,
+    reached: Callable[[list[str], list[dict]], bool],
+    delay: float = 0.0,
+    timeout: float = 600,
+) -> Outcome:
     """Run until ``reached(stage lines printed, work-log events logged)`` holds, wait ``delay`` seconds,
     then SIGKILL the whole process group."""
     process = start(args, variables, stderr)
@@ -122,8 +147,9 @@ def run_and_kill(args: list[str], variables: dict[str, str], stderr: Path, log: 
     return Outcome(stages, killed=hit and not ended_first, returncode=process.returncode)
 
 
-def run_to_end(args: list[str], variables: dict[str, str], stderr: Path, timeout: float = 600,
-               cwd: Path | None = None) -> Outcome:
+def run_to_end(
+    args: list[str], variables: dict[str, str], stderr: Path, timeout: float = 600, cwd: Path | None = None
+) -> Outcome:
     process = start(args, variables, stderr, cwd)
     try:
         out, _ = process.communicate(timeout=timeout)
@@ -176,17 +202,19 @@ class DoneAtKill:
     scores: dict[str, set[tuple[str, str, str, str]]]  # score cache file -> its keys
     checkpoints: dict[str, int | None]  # trainer output dir -> latest complete checkpoint (None: finished)
 
-
     def __str__(self) -> str:
-        trainings = {Path(model).name: "finished" if step is None else f"checkpoint {step}"
-                     for model, step in self.checkpoints.items()}
+        trainings = {
+            Path(model).name: "finished" if step is None else f"checkpoint {step}"
+            for model, step in self.checkpoints.items()
+        }
         scores = sum(len(keys) for keys in self.scores.values())
         return f"{len(self.images)} images, {scores} scores, trainings: {trainings}"
 
 
 def done_at_kill(env: Env) -> DoneAtKill:
-    return DoneAtKill(images=_recorded_images(env.out), scores=_cached_scores(env.out),
-                      checkpoints=_checkpoints(env.out))
+    return DoneAtKill(
+        images=_recorded_images(env.out), scores=_cached_scores(env.out), checkpoints=_checkpoints(env.out)
+    )
 
 
 def image_files(out: Path) -> dict[str, tuple[int, int]]:
@@ -278,8 +306,12 @@ def redone_work(done: DoneAtKill, events: list[dict], after: dict[str, tuple[int
     rewritten = sorted(path for path, stamp in done.images.items() if after.get(path) != stamp)
     if rewritten:
         problems.append(f"{len(rewritten)} finished images rewritten, e.g. {rewritten[0]}")
-    rescored = [e for e in events if e["event"] == "cached"
-                and (e["image"], e["prompt"], e["scorer"], e["version"]) in done.scores.get(e["cache"], set())]
+    rescored = [
+        e
+        for e in events
+        if e["event"] == "cached"
+        and (e["image"], e["prompt"], e["scorer"], e["version"]) in done.scores.get(e["cache"], set())
+    ]
     if rescored:
         problems.append(f"{len(rescored)} cached scores computed again, e.g. {rescored[0]}")
     for model, latest in done.checkpoints.items():

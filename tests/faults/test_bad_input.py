@@ -82,8 +82,13 @@ def _tiny_run_results(directory: Path) -> None:
     from harness.results.store import Store
 
     with Store(directory / "old") as store:
-        store.get_or_create_run("base", method="base", preset="tiny", base_model="tiny",
-                                config={"preset": "tiny", "base_model": "tiny", "seed": 0})
+        store.get_or_create_run(
+            "base",
+            method="base",
+            preset="tiny",
+            base_model="tiny",
+            config={"preset": "tiny", "base_model": "tiny", "seed": 0},
+        )
     Store(directory / "old", readonly=True).close()
 
 
@@ -95,27 +100,48 @@ def _damaged_results(directory: Path) -> None:
 
     with Store(directory / "old") as store:
         for n in range(40):
-            store.get_or_create_run(f"run{n}", method="dpo", preset="tiny", base_model="tiny",
-                                    config={"notes": "x" * 2000, "n": n})
+            store.get_or_create_run(
+                f"run{n}", method="dpo", preset="tiny", base_model="tiny", config={"notes": "x" * 2000, "n": n}
+            )
     sqlite3.connect(directory / "old" / "results.db").execute("PRAGMA wal_checkpoint(TRUNCATE)").close()
     data = (directory / "old" / "results.db").read_bytes()
     (directory / "old" / "results.db").write_bytes(data[: len(data) // 2])
 
 
-def _recorded_run(directory: Path, base_model: str | dict, runs: dict[str, dict] | None = None,
-                  images_of: str | None = None) -> None:
+def _recorded_run(
+    directory: Path, base_model: str | dict, runs: dict[str, dict] | None = None, images_of: str | None = None
+) -> None:
     """A results directory `old/` as `harness run --preset tiny` records it: the base's run on ``base_model``
     (with one image of suite ``images_of``, made from prompts that differ from today's) and ``runs``."""
     from harness.results.store import Store
 
     with Store(directory / "old") as store:
         for name, config in {"base": {}, **(runs or {})}.items():
-            run_id = store.get_or_create_run(name, method=name, preset="tiny", base_model="shown",
-                                             config={"preset": "tiny", "base_model": base_model, "seed": 0, **config})
+            run_id = store.get_or_create_run(
+                name,
+                method=name,
+                preset="tiny",
+                base_model="shown",
+                config={"preset": "tiny", "base_model": base_model, "seed": 0, **config},
+            )
             if images_of and name == "base":
-                store.add_images(run_id, suite=images_of, suite_version="0" * 64, split="unseen", rows=[{
-                    "prompt_id": f"{images_of}-0000", "prompt": "a red circle in the center", "category": "",
-                    "image_index": 0, "seed": 0, "path": f"images/base/{images_of}/00000_00.png", "sha256": "0"}])
+                store.add_images(
+                    run_id,
+                    suite=images_of,
+                    suite_version="0" * 64,
+                    split="unseen",
+                    rows=[
+                        {
+                            "prompt_id": f"{images_of}-0000",
+                            "prompt": "a red circle in the center",
+                            "category": "",
+                            "image_index": 0,
+                            "seed": 0,
+                            "path": f"images/base/{images_of}/00000_00.png",
+                            "sha256": "0",
+                        }
+                    ],
+                )
     Store(directory / "old", readonly=True).close()  # as a reader leaves it: with SQLite's -wal and -shm files
 
 
@@ -139,8 +165,10 @@ def _edited_data(directory: Path) -> None:
     (directory / "mydata").mkdir()
     for name, colour in (("a.png", "red"), ("b.png", "blue")):
         Image.new("RGB", (32, 32), colour).save(directory / "mydata" / name)
-    (directory / "mydata" / "pairs.jsonl").write_text(json.dumps(
-        {"caption": "a red circle in the center", "image_0": "a.png", "image_1": "b.png", "label_0": 0.0}) + "\n")
+    (directory / "mydata" / "pairs.jsonl").write_text(
+        json.dumps({"caption": "a red circle in the center", "image_0": "a.png", "image_1": "b.png", "label_0": 0.0})
+        + "\n"
+    )
     _recorded_run(directory, "tiny", {"dpo": {"data": _located(directory / "mydata"), "overrides": {}}})
 
 
@@ -169,10 +197,11 @@ def _pairs(directory: Path, third: dict | None = None, undecodable: bool = False
         Image.new("RGB", (32, 32)).save(directory / "mydata" / name)
     if undecodable:
         (directory / "mydata" / "c.png").write_bytes(b"\x89PNG not really")
-    rows = [{"caption": "a red circle on the left", "image_0": "a.png", "image_1": "b.png", "label_0": 1},
-            {"caption": "a red circle on the left", "image_0": "a.png", "image_1": "c.png", "label_0": 0.5},
-            {"caption": "a blue square at the top", "image_0": "b.png", "image_1": "c.png", "label_0": 0,
-             **(third or {})}]
+    rows = [
+        {"caption": "a red circle on the left", "image_0": "a.png", "image_1": "b.png", "label_0": 1},
+        {"caption": "a red circle on the left", "image_0": "a.png", "image_1": "c.png", "label_0": 0.5},
+        {"caption": "a blue square at the top", "image_0": "b.png", "image_1": "c.png", "label_0": 0, **(third or {})},
+    ]
     (directory / "mydata" / "pairs.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
 
 
@@ -195,12 +224,14 @@ def _trained(directory: Path) -> None:
 def _network_config(built: str, component: str, folder: str) -> Callable[[Path], None]:
     """A folder holding the config of a built model's denoising network: its family is in the config, and a
     mismatch is found before any weights load."""
+
     def make(directory: Path) -> None:
         from harness.plan.locations import resolve_base_model
 
         (directory / folder).mkdir()
         config = Path(resolve_base_model(built)) / component / "config.json"
         (directory / folder / "config.json").write_text(config.read_text())
+
     return make
 
 
@@ -210,8 +241,10 @@ def _sd3_lora(directory: Path) -> None:
     from safetensors.torch import save_file
 
     (directory / "sd3-lora").mkdir()
-    save_file({"transformer.transformer_blocks.0.attn.to_q.lora_A.weight": torch.zeros(4, 8)},
-              str(directory / "sd3-lora" / "pytorch_lora_weights.safetensors"))
+    save_file(
+        {"transformer.transformer_blocks.0.attn.to_q.lora_A.weight": torch.zeros(4, 8)},
+        str(directory / "sd3-lora" / "pytorch_lora_weights.safetensors"),
+    )
 
 
 def _sdxl_unet(directory: Path) -> None:
@@ -241,121 +274,282 @@ CASES = [
     Case(("run", "--preset", "tiny", "--methods", "dpo,nosuch"), r"unknown method 'nosuch'; available: .*dpo"),
     Case((*RUN, "--suites", "toy-seen,nosuch"), r"unknown suite 'nosuch'; available: .*toy-seen"),
     Case((*RUN, "--set", "dpo.beta=abc"), r"dpo\.beta: cannot read 'abc' as float"),
-    Case((*RUN, "--set", "dpo.reference_dtype=fp16", "--set", "dpo.lora_rank=4"),
-         r"dpo: reference_dtype needs a frozen reference copy; with LoRA the reference is the policy's own weights"),
-    Case(("run", "--preset", "tiny", "--methods", "kto", "--set", "kto.desirable_share=1"),
-         r"kto: desirable_share must lie in \(0, 1\) or be None, not 1"),
-    Case((*RUN_SMPO, "--set", "smpo.inversion_levels=sideways"),
-         r"smpo: inversion_levels must be 'rolled' or 'unrolled', not 'sideways'"),
+    Case(
+        (*RUN, "--set", "dpo.reference_dtype=fp16", "--set", "dpo.lora_rank=4"),
+        r"dpo: reference_dtype needs a frozen reference copy; with LoRA the reference is the policy's own weights",
+    ),
+    Case(
+        ("run", "--preset", "tiny", "--methods", "kto", "--set", "kto.desirable_share=1"),
+        r"kto: desirable_share must lie in \(0, 1\) or be None, not 1",
+    ),
+    Case(
+        (*RUN_SMPO, "--set", "smpo.inversion_levels=sideways"),
+        r"smpo: inversion_levels must be 'rolled' or 'unrolled', not 'sideways'",
+    ),
     Case((*RUN_SMPO, "--set", "smpo.init_unet=./nope"), r"smpo: init_unet './nope' does not exist \(a local path"),
-    Case(("train", "--method", "smpo", "--preset", "tiny", "--data", ".", "--out", "out", "--set", "init_unet=./nope"),
-         r"smpo: init_unet './nope' does not exist \(a local path"),
-    Case((*RUN, "--out", "results.txt"), r"--out 'results.txt' is a file, not a directory",
-         "`results.txt` is a file", _a_file),
-    Case(("generate", "--model", "tiny", "--suite", "toy-seen", "--out", "results.txt"),
-         r"--out 'results.txt' is a file, not a directory", "`results.txt` is a file", _a_file),
-    Case((*RUN, "--out", "old"), r"old/results.db is not a harness results database",
-         "`old/results.db` is not a database", _not_a_database),
-    Case((*RUN, "--out", "old"), r"old/results.db is damaged \(.*\); it is the record of this experiment, not a cache.*"
-         r"restore it from a copy", "`old/results.db` was cut short (an interrupted copy)", _damaged_results),
+    Case(
+        ("train", "--method", "smpo", "--preset", "tiny", "--data", ".", "--out", "out", "--set", "init_unet=./nope"),
+        r"smpo: init_unet './nope' does not exist \(a local path",
+    ),
+    Case(
+        (*RUN, "--out", "results.txt"),
+        r"--out 'results.txt' is a file, not a directory",
+        "`results.txt` is a file",
+        _a_file,
+    ),
+    Case(
+        ("generate", "--model", "tiny", "--suite", "toy-seen", "--out", "results.txt"),
+        r"--out 'results.txt' is a file, not a directory",
+        "`results.txt` is a file",
+        _a_file,
+    ),
+    Case(
+        (*RUN, "--out", "old"),
+        r"old/results.db is not a harness results database",
+        "`old/results.db` is not a database",
+        _not_a_database,
+    ),
+    Case(
+        (*RUN, "--out", "old"),
+        r"old/results.db is damaged \(.*\); it is the record of this experiment, not a cache.*"
+        r"restore it from a copy",
+        "`old/results.db` was cut short (an interrupted copy)",
+        _damaged_results,
+    ),
     Case((*RUN, "--model", "./nope"), r"--model './nope' does not exist \(a local path"),
     Case((*RUN, "--data", "./nope"), r"--data './nope' does not exist \(a local path"),
     Case((*GENERATE, "--unet", "./nope"), r"--unet './nope' does not exist \(a local path"),
-    Case((*GENERATE, "--unet", "their-unet"),
-         r"UNet 'their-unet': a weights file was refused: it holds pickled Python objects.*GLOBAL print",
-         "`their-unet/` holds a pickle that would run code", _unet_that_runs_code),
+    Case(
+        (*GENERATE, "--unet", "their-unet"),
+        r"UNet 'their-unet': a weights file was refused: it holds pickled Python objects.*GLOBAL print",
+        "`their-unet/` holds a pickle that would run code",
+        _unet_that_runs_code,
+    ),
     Case((*EVALUATE, "--unet", "./nope"), r"--unet './nope' does not exist \(a local path"),
-    Case((*EVALUATE, "--lora", "lora"), r"--lora 'lora' has no pytorch_lora_weights.safetensors .*harness train",
-         "`lora/` is empty", _empty_lora),
+    Case(
+        (*EVALUATE, "--lora", "lora"),
+        r"--lora 'lora' has no pytorch_lora_weights.safetensors .*harness train",
+        "`lora/` is empty",
+        _empty_lora,
+    ),
     Case((*EVALUATE, "--name", "base"), r"--name 'base': a run's name is letters, digits .*not 'base'"),
-    Case((*EVALUATE, "--preset", "toy", "--out", "old"),
-         r"the base model in old was evaluated with preset 'tiny', not 'toy'.*--preset tiny",
-         "the base model in `old/` was evaluated with the tiny preset", _tiny_run_results),
-    Case((*EVALUATE, "--unet", "unet", "--out", "old"),
-         r"--model tiny: the base model of old is mymodel; a UNet or LoRA is compared with the base it modifies",
-         "the base model of `old/` is the directory `mymodel/`", _base_of_another_model),
-    Case((*RUN, "--data", "mydata", "--out", "old"),
-         r"run 'dpo' in old was made with other inputs: data: the content of mydata has changed: fingerprint "
-         r"000000000000 recorded, [0-9a-f]{12} now; rerun it with the inputs it was made with, or use another --out",
-         "`mydata/pairs.jsonl` was edited since `old/`'s dpo was trained on it", _edited_data),
-    Case((*RUN, "--suites", "file:mine.txt", "--out", "old"),
-         r"suite 'mine': the images in old were made from other prompts \(suite version 000000000000 recorded",
-         "`mine.txt` was edited since `old/`'s images of it were made", _edited_prompts),
-    Case(SCORE, r"--images 'gen': no such manifest \(a manifest.jsonl file, or a folder holding one",
-         "`gen/` holds no manifest", _images),
-    Case(SCORE, r"gen/manifest.jsonl line 2: image 00000_01.png does not exist",
-         "`gen/manifest.jsonl`'s second image is missing",
-         lambda d: _images(d, {"path": "00000_00.png", "prompt_id": "red-circle-right"},
-                           {"path": "00000_01.png", "prompt_id": "red-circle-right"})),
-    Case(SCORE, r"gen/manifest.jsonl line 1: prompt 'a purple cat' is not in suite 'toy-seen'",
-         "`gen/manifest.jsonl` gives a prompt that is not in the suite",
-         lambda d: _images(d, {"path": "00000_00.png", "prompt": "a purple cat"})),
-    *(Case(("run", "--preset", preset, "--methods", "dpo", "--data", "mydata"),
-           r"mydata/pairs.jsonl:3: image 'nope.png' does not exist \(mydata/nope.png\).*--skip-bad-images",
-           "line 3 of `mydata/pairs.jsonl` names a missing image", _missing_image)
-      for preset in ("toy", "tiny", "toy-flow", "tiny-flow", "sd15", "sdxl", "sd35")),
-    Case(("train", "--method", "dpo", "--data", "mydata", "--out", "trained"),
-         r"mydata/pairs.jsonl:3: image 'c.png' cannot be decoded \(UnidentifiedImageError\)",
-         "`mydata/c.png` is not an image", lambda d: _pairs(d, undecodable=True)),
-    Case((*RUN, "--data", "mydata"), r"mydata/pairs.jsonl:3: label_0 must be a number, not str '1'",
-         "line 3 of `mydata/pairs.jsonl` has the label `\"1\"`", lambda d: _pairs(d, {"label_0": "1"})),
-    Case((*RUN, "--suites", "mine:prompts.txt"),
-         r"unknown suite 'mine'; available: .*; a prompt file of your own is --suites mine=FILE\[:seen\|unseen\]",
-         "`prompts.txt` is a prompt file", _prompts),
-    Case((*RUN, "--suites", "toy-seen=prompts.txt"), r"'toy-seen' is a registered suite's name",
-         "`prompts.txt` is a prompt file", _prompts),
-    Case(("run", "--methods", "dpo", "--suites", "mine=prompts.txt"),
-         r"suite 'mine', prompt 'mine-0001' \('an orange square at the top'\): scorer 'toy-fidelity' cannot score it: "
-         r"unknown toy colour 'orange'", "`prompts.txt`'s second prompt is orange", _prompts),
-    Case((*EVALUATE, "--suites", "mine=prompts.txt"), r"scorer 'toy-fidelity' cannot score it: unknown toy colour",
-         "`prompts.txt`'s second prompt is orange", _prompts),
+    Case(
+        (*EVALUATE, "--preset", "toy", "--out", "old"),
+        r"the base model in old was evaluated with preset 'tiny', not 'toy'.*--preset tiny",
+        "the base model in `old/` was evaluated with the tiny preset",
+        _tiny_run_results,
+    ),
+    Case(
+        (*EVALUATE, "--unet", "unet", "--out", "old"),
+        r"--model tiny: the base model of old is mymodel; a UNet or LoRA is compared with the base it modifies",
+        "the base model of `old/` is the directory `mymodel/`",
+        _base_of_another_model,
+    ),
+    Case(
+        (*RUN, "--data", "mydata", "--out", "old"),
+        r"run 'dpo' in old was made with other inputs: data: the content of mydata has changed: fingerprint "
+        r"000000000000 recorded, [0-9a-f]{12} now; rerun it with the inputs it was made with, or use another --out",
+        "`mydata/pairs.jsonl` was edited since `old/`'s dpo was trained on it",
+        _edited_data,
+    ),
+    Case(
+        (*RUN, "--suites", "file:mine.txt", "--out", "old"),
+        r"suite 'mine': the images in old were made from other prompts \(suite version 000000000000 recorded",
+        "`mine.txt` was edited since `old/`'s images of it were made",
+        _edited_prompts,
+    ),
+    Case(
+        SCORE,
+        r"--images 'gen': no such manifest \(a manifest.jsonl file, or a folder holding one",
+        "`gen/` holds no manifest",
+        _images,
+    ),
+    Case(
+        SCORE,
+        r"gen/manifest.jsonl line 2: image 00000_01.png does not exist",
+        "`gen/manifest.jsonl`'s second image is missing",
+        lambda d: _images(
+            d,
+            {"path": "00000_00.png", "prompt_id": "red-circle-right"},
+            {"path": "00000_01.png", "prompt_id": "red-circle-right"},
+        ),
+    ),
+    Case(
+        SCORE,
+        r"gen/manifest.jsonl line 1: prompt 'a purple cat' is not in suite 'toy-seen'",
+        "`gen/manifest.jsonl` gives a prompt that is not in the suite",
+        lambda d: _images(d, {"path": "00000_00.png", "prompt": "a purple cat"}),
+    ),
+    *(
+        Case(
+            ("run", "--preset", preset, "--methods", "dpo", "--data", "mydata"),
+            r"mydata/pairs.jsonl:3: image 'nope.png' does not exist \(mydata/nope.png\).*--skip-bad-images",
+            "line 3 of `mydata/pairs.jsonl` names a missing image",
+            _missing_image,
+        )
+        for preset in ("toy", "tiny", "toy-flow", "tiny-flow", "sd15", "sdxl", "sd35")
+    ),
+    Case(
+        ("train", "--method", "dpo", "--data", "mydata", "--out", "trained"),
+        r"mydata/pairs.jsonl:3: image 'c.png' cannot be decoded \(UnidentifiedImageError\)",
+        "`mydata/c.png` is not an image",
+        lambda d: _pairs(d, undecodable=True),
+    ),
+    Case(
+        (*RUN, "--data", "mydata"),
+        r"mydata/pairs.jsonl:3: label_0 must be a number, not str '1'",
+        'line 3 of `mydata/pairs.jsonl` has the label `"1"`',
+        lambda d: _pairs(d, {"label_0": "1"}),
+    ),
+    Case(
+        (*RUN, "--suites", "mine:prompts.txt"),
+        r"unknown suite 'mine'; available: .*; a prompt file of your own is --suites mine=FILE\[:seen\|unseen\]",
+        "`prompts.txt` is a prompt file",
+        _prompts,
+    ),
+    Case(
+        (*RUN, "--suites", "toy-seen=prompts.txt"),
+        r"'toy-seen' is a registered suite's name",
+        "`prompts.txt` is a prompt file",
+        _prompts,
+    ),
+    Case(
+        ("run", "--methods", "dpo", "--suites", "mine=prompts.txt"),
+        r"suite 'mine', prompt 'mine-0001' \('an orange square at the top'\): scorer 'toy-fidelity' cannot score it: "
+        r"unknown toy colour 'orange'",
+        "`prompts.txt`'s second prompt is orange",
+        _prompts,
+    ),
+    Case(
+        (*EVALUATE, "--suites", "mine=prompts.txt"),
+        r"scorer 'toy-fidelity' cannot score it: unknown toy colour",
+        "`prompts.txt`'s second prompt is orange",
+        _prompts,
+    ),
     Case(("suites", "--show", "nosuch"), r"unknown suite 'nosuch'; available: .*nosuch=FILE"),
-    Case(("--out", "runs", "leaderboard"),
-         r"--out is an option of the command: write it after the command's name, `harness leaderboard --out runs`"),
+    Case(
+        ("--out", "runs", "leaderboard"),
+        r"--out is an option of the command: write it after the command's name, `harness leaderboard --out runs`",
+    ),
     Case(("train", "--methods", "dpo"), r"--methods is not an option of `harness train`: did you mean --method\?"),
-    Case((*EVALUATE, "--unet", "mydpo"),
-         r"--unet 'mydpo' is not a UNet directory \(no config.json\).*did you mean mydpo/final/unet\?",
-         "`mydpo/` is what `harness train --out mydpo` wrote", _trained),
-    Case((*GENERATE, "--unet", "mydpo"), r"--unet 'mydpo' is not a UNet directory .*did you mean mydpo/final/unet\?",
-         "`mydpo/` is what `harness train --out mydpo` wrote", _trained),
+    Case(
+        (*EVALUATE, "--unet", "mydpo"),
+        r"--unet 'mydpo' is not a UNet directory \(no config.json\).*did you mean mydpo/final/unet\?",
+        "`mydpo/` is what `harness train --out mydpo` wrote",
+        _trained,
+    ),
+    Case(
+        (*GENERATE, "--unet", "mydpo"),
+        r"--unet 'mydpo' is not a UNet directory .*did you mean mydpo/final/unet\?",
+        "`mydpo/` is what `harness train --out mydpo` wrote",
+        _trained,
+    ),
     # A network of another family than the base model's (a toy UNet for the toy world's SD3-shaped twin, ...).
-    Case(("evaluate", "--model", "toy-flow", "--unet", "toy-unet"),
-         _FAMILY.format(what="--unet", location="toy-unet", base="toy-flow", **SD3_BASE),
-         "`toy-unet/` is a toy world UNet", _TOY_UNET),
-    Case(("evaluate", "--model", "toy-flow", "--preset", "toy-flow", "--unet", "toy-unet"),
-         _FAMILY.format(what="--unet", location="toy-unet", base="toy-flow", **SD3_BASE),
-         "`toy-unet/` is a toy world UNet", _TOY_UNET),
-    Case((*EVALUATE, "--unet", "sd3-net"),
-         _FAMILY.format(what="--unet", location="sd3-net", base="tiny", family="SD3", kind="SD3Transformer2DModel",
-                        base_family="SD1.5"), "`sd3-net/` is an SD3 transformer", _SD3_NET),
-    Case((*EVALUATE, "--unet", "sdxl-unet"),
-         _FAMILY.format(what="--unet", location="sdxl-unet", base="tiny", family="SDXL", kind="UNet2DConditionModel",
-                        base_family="SD1.5"), "`sdxl-unet/` is an SDXL UNet", _sdxl_unet),
-    Case((*EVALUATE, "--lora", "sd3-lora"),
-         _FAMILY.format(what="--lora", location="sd3-lora", base="tiny", family="SD3",
-                        kind="adapters of an SD3 transformer", base_family="SD1.5"),
-         "`sd3-lora/` holds an SD3 transformer's adapters", _sd3_lora),
-    Case(("generate", "--model", "tiny-sd3", "--suite", "toy-seen", "--out", "gen", "--unet", "toy-unet"),
-         _FAMILY.format(what="--unet", location="toy-unet", base="tiny-sd3", **SD3_BASE),
-         "`toy-unet/` is a toy world UNet", _TOY_UNET),
-    Case(("run", "--preset", "tiny-flow", "--methods", "dpo", "--set", "init_unet=toy-unet"),
-         _FAMILY.format(what="--set init_unet", location="toy-unet", base="tiny-sd3", **SD3_BASE),
-         "`toy-unet/` is a toy world UNet", _TOY_UNET),
-    Case(("train", "--preset", "tiny", "--method", "dpo", "--out", "mine", "--set", "dpo.init_unet=sd3-net"),
-         _FAMILY.format(what="--set dpo.init_unet", location="sd3-net", base="tiny", family="SD3",
-                        kind="SD3Transformer2DModel", base_family="SD1.5"), "`sd3-net/` is an SD3 transformer", _SD3_NET),
-    Case(("evaluate", "--model", "toy-flow"), r"--model 'toy-flow': the toy preset's scheduler 'ddim' does not fit a "
-         r"flow-matching model"),
+    Case(
+        ("evaluate", "--model", "toy-flow", "--unet", "toy-unet"),
+        _FAMILY.format(what="--unet", location="toy-unet", base="toy-flow", **SD3_BASE),
+        "`toy-unet/` is a toy world UNet",
+        _TOY_UNET,
+    ),
+    Case(
+        ("evaluate", "--model", "toy-flow", "--preset", "toy-flow", "--unet", "toy-unet"),
+        _FAMILY.format(what="--unet", location="toy-unet", base="toy-flow", **SD3_BASE),
+        "`toy-unet/` is a toy world UNet",
+        _TOY_UNET,
+    ),
+    Case(
+        (*EVALUATE, "--unet", "sd3-net"),
+        _FAMILY.format(
+            what="--unet",
+            location="sd3-net",
+            base="tiny",
+            family="SD3",
+            kind="SD3Transformer2DModel",
+            base_family="SD1.5",
+        ),
+        "`sd3-net/` is an SD3 transformer",
+        _SD3_NET,
+    ),
+    Case(
+        (*EVALUATE, "--unet", "sdxl-unet"),
+        _FAMILY.format(
+            what="--unet",
+            location="sdxl-unet",
+            base="tiny",
+            family="SDXL",
+            kind="UNet2DConditionModel",
+            base_family="SD1.5",
+        ),
+        "`sdxl-unet/` is an SDXL UNet",
+        _sdxl_unet,
+    ),
+    Case(
+        (*EVALUATE, "--lora", "sd3-lora"),
+        _FAMILY.format(
+            what="--lora",
+            location="sd3-lora",
+            base="tiny",
+            family="SD3",
+            kind="adapters of an SD3 transformer",
+            base_family="SD1.5",
+        ),
+        "`sd3-lora/` holds an SD3 transformer's adapters",
+        _sd3_lora,
+    ),
+    Case(
+        ("generate", "--model", "tiny-sd3", "--suite", "toy-seen", "--out", "gen", "--unet", "toy-unet"),
+        _FAMILY.format(what="--unet", location="toy-unet", base="tiny-sd3", **SD3_BASE),
+        "`toy-unet/` is a toy world UNet",
+        _TOY_UNET,
+    ),
+    Case(
+        ("run", "--preset", "tiny-flow", "--methods", "dpo", "--set", "init_unet=toy-unet"),
+        _FAMILY.format(what="--set init_unet", location="toy-unet", base="tiny-sd3", **SD3_BASE),
+        "`toy-unet/` is a toy world UNet",
+        _TOY_UNET,
+    ),
+    Case(
+        ("train", "--preset", "tiny", "--method", "dpo", "--out", "mine", "--set", "dpo.init_unet=sd3-net"),
+        _FAMILY.format(
+            what="--set dpo.init_unet",
+            location="sd3-net",
+            base="tiny",
+            family="SD3",
+            kind="SD3Transformer2DModel",
+            base_family="SD1.5",
+        ),
+        "`sd3-net/` is an SD3 transformer",
+        _SD3_NET,
+    ),
+    Case(
+        ("evaluate", "--model", "toy-flow"),
+        r"--model 'toy-flow': the toy preset's scheduler 'ddim' does not fit a "
+        r"flow-matching model",
+    ),
     # `harness train` checks --set as `harness run` does.
-    Case(("train", "--preset", "tiny", "--method", "dpo", "--out", "mine", "--set", "kto.beta=7"),
-         r"--set names methods that are not trained: kto"),
-    Case(("--plugin", "broken.py", "methods"), r"cannot load plugin broken.py: broken.py line 2: syntax error",
-         "`broken.py` has a syntax error on line 2", _syntax_error),
-    Case(("--plugin", "raises.py", "methods"), r"cannot load plugin raises.py: raises.py line 3: RuntimeError: no GPU",
-         "`raises.py` raises on line 3", _raises),
-    Case(("leaderboard", "--format", "latex", "--columns", "mean,median"),
-         r"--columns: unknown column median; expected some of mean, delta, win"),
-    Case(("leaderboard", "--columns", "delta"), r"--columns chooses the columns of --format latex or markdown, not table"),
+    Case(
+        ("train", "--preset", "tiny", "--method", "dpo", "--out", "mine", "--set", "kto.beta=7"),
+        r"--set names methods that are not trained: kto",
+    ),
+    Case(
+        ("--plugin", "broken.py", "methods"),
+        r"cannot load plugin broken.py: broken.py line 2: syntax error",
+        "`broken.py` has a syntax error on line 2",
+        _syntax_error,
+    ),
+    Case(
+        ("--plugin", "raises.py", "methods"),
+        r"cannot load plugin raises.py: raises.py line 3: RuntimeError: no GPU",
+        "`raises.py` raises on line 3",
+        _raises,
+    ),
+    Case(
+        ("leaderboard", "--format", "latex", "--columns", "mean,median"),
+        r"--columns: unknown column median; expected some of mean, delta, win",
+    ),
+    Case(
+        ("leaderboard", "--columns", "delta"), r"--columns chooses the columns of --format latex or markdown, not table"
+    ),
     Case(("figure", "--out", "a", "--out", "b"), r"several --out side by side: say where to write with --figures DIR"),
     Case(("export", "--out", "a", "--out", "b"), r"several --out side by side: say where to write with --dest DIR"),
 ]
@@ -381,7 +575,9 @@ def _run_case(case: Case, directory: Path) -> Outcome:
 
 
 @pytest.fixture(scope="module")
-def outcomes(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path, tiny_sdxl_dir: Path) -> dict[Case, Outcome]:
+def outcomes(
+    tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path, tiny_sdxl_dir: Path
+) -> dict[Case, Outcome]:
     """Every case, run once."""
     return {case: _run_case(case, tmp_path_factory.mktemp("bad-input")) for case in CASES}
 

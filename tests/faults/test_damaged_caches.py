@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from support.cli import harness_main
 from faults.kills import HARNESS, Env, leaderboard_json, results_fingerprint, run_args
+from support.cli import harness_main
 
 pytestmark = [pytest.mark.faults, pytest.mark.slow]
 
@@ -43,8 +43,13 @@ def damaged(reference, tmp_path: Path) -> Iterator[Env]:
 
 
 def rerun(env: Env, args: list[str] | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([str(HARNESS), *(args or run_args(env, jobs=2))], env=env.variables(), capture_output=True,
-                          text=True, timeout=600)
+    return subprocess.run(
+        [str(HARNESS), *(args or run_args(env, jobs=2))],
+        env=env.variables(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
 
 
 def warnings(result: subprocess.CompletedProcess) -> list[str]:
@@ -113,10 +118,18 @@ def scored_run(reference, tmp_path_factory: pytest.TempPathFactory) -> tuple[Env
     pairs = root / "pairs"
     shutil.copytree(reference.env.out / "data" / "images", pairs / "images")
     rows = [json.loads(line) for line in (reference.env.out / "data" / "pairs.jsonl").read_text().splitlines()]
-    (pairs / "pairs.jsonl").write_text("".join(
-        json.dumps({k: v for k, v in row.items() if not k.startswith("score")}) + "\n" for row in rows))
-    args = [*run_args(env, jobs=2, methods="dro"), "--data", str(pairs),
-            "--set", "expert_scorer=toy-fidelity", "--set", "expert_top_k=4"]
+    (pairs / "pairs.jsonl").write_text(
+        "".join(json.dumps({k: v for k, v in row.items() if not k.startswith("score")}) + "\n" for row in rows)
+    )
+    args = [
+        *run_args(env, jobs=2, methods="dro"),
+        "--data",
+        str(pairs),
+        "--set",
+        "expert_scorer=toy-fidelity",
+        "--set",
+        "expert_top_k=4",
+    ]
     result = rerun(env, args)
     assert result.returncode == 0, result.stderr[-3000:]
     return env, args, leaderboard_json(env.out)
@@ -174,9 +187,13 @@ def test_verify_finds_each_damage_and_repair_fixes_it(damaged: Env, reference) -
 
     found = verify(damaged)
     assert found.returncode == 1
-    for where in (f"feature-cache entry {feature}:", f"score cache {cache}: damaged",
-                  f"built model {built.parents[1]}:", f"checkpoint {checkpoint.parent}:",
-                  f"data-score table {table}: damaged"):
+    for where in (
+        f"feature-cache entry {feature}:",
+        f"score cache {cache}: damaged",
+        f"built model {built.parents[1]}:",
+        f"checkpoint {checkpoint.parent}:",
+        f"data-score table {table}: damaged",
+    ):
         assert where in found.stdout, (where, found.stdout)
     assert "5 problems:" in found.stdout
     repaired = verify(damaged, "--repair")

@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from support.cli import harness_main
 from harness.atomic import DiskFullError, replacing
 from harness.results.store import Store
+from support.cli import harness_main
 
 RUN = ("run", "--preset", "tiny", "--methods", "dpo")
 
@@ -31,7 +31,9 @@ def small_disk(tmp_path: Path):
         pytest.skip("mounting a tmpfs needs root")
     disk = tmp_path / "disk"
     disk.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(disk)], capture_output=True, text=True)
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(disk)], capture_output=True, text=True
+    )
     if mounted.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
     yield disk
@@ -57,8 +59,11 @@ def test_a_full_disk_is_one_line_and_the_same_command_completes_after_freeing_sp
     assert failed.returncode == 2, failed.stderr[-3000:]
     assert "Traceback" not in failed.stderr and failed.stderr.count("harness: error:") == 1, failed.stderr[-3000:]
     error = failed.stderr.rstrip().rpartition("harness: error: ")[2]
-    assert re.fullmatch(rf"no space left on {re.escape(str(small_disk))} while writing {re.escape(str(out))}/\S+; "
-                        "free space and rerun the same command", error), error
+    assert re.fullmatch(
+        rf"no space left on {re.escape(str(small_disk))} while writing {re.escape(str(out))}/\S+; "
+        "free space and rerun the same command",
+        error,
+    ), error
     assert _temporaries(out) == []
 
     subprocess.run(["mount", "-o", "remount,size=64m", str(small_disk)], check=True)  # space freed
@@ -88,10 +93,15 @@ def test_every_kind_of_write_on_a_full_disk_names_its_file(small_disk):
         "notes.json": lambda path: path.write_text("x" * 100_000),
     }
     for name, write in writers.items():
-        with pytest.raises(DiskFullError, match=rf"no space left on {re.escape(str(small_disk))} while writing "
-                                                rf"{re.escape(str(small_disk / name))}; free space"):
-            with replacing(small_disk / name) as temporary:
-                write(temporary)
+        with (
+            pytest.raises(
+                DiskFullError,
+                match=rf"no space left on {re.escape(str(small_disk))} while writing "
+                rf"{re.escape(str(small_disk / name))}; free space",
+            ),
+            replacing(small_disk / name) as temporary,
+        ):
+            write(temporary)
     assert sorted(path.name for path in small_disk.iterdir()) == ["filler"]  # no temporary left
 
     (small_disk / "filler").unlink()

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from harness.results import store as store_module
 from harness.errors import HarnessError
+from harness.results import store as store_module
 from harness.results.store import Store
 
 # Another process takes the write lock and keeps it (a stuck `harness run`, an open sqlite3 shell).
@@ -24,15 +24,18 @@ time.sleep(120)
 
 def test_a_database_locked_for_long_is_one_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     Store(tmp_path).close()
-    holder = subprocess.Popen([sys.executable, "-c", HOLD_THE_LOCK, str(tmp_path / "results.db")],
-                              stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_THE_LOCK, str(tmp_path / "results.db")], stdout=subprocess.PIPE, text=True
+    )
     try:
         assert holder.stdout.readline() == "locked\n"
         monkeypatch.setattr(store_module, "BUSY_TIMEOUT_MS", 1000)  # the harness waits 30 s
         with pytest.raises(HarnessError) as error:
             Store(tmp_path)
-        assert str(error.value) == (f"{tmp_path / 'results.db'} stayed locked by another process for 1 s (is another "
-                                    "`harness run` writing to this directory?); wait for it to finish or use another --out")
+        assert str(error.value) == (
+            f"{tmp_path / 'results.db'} stayed locked by another process for 1 s (is another "
+            "`harness run` writing to this directory?); wait for it to finish or use another --out"
+        )
     finally:
         holder.kill()
         holder.wait()

@@ -39,8 +39,9 @@ def test_a_copied_and_moved_results_directory_resumes_by_any_path(reference, tmp
         outcome = run_to_end(_args_with_out(env, out), env.variables(), stderr, cwd=cwd)
         assert outcome.returncode == 0, f"--out {out} from {cwd}: " + stderr.read_text()[-3000:]
         events = log.since_mark()
-        assert count(events, "step") == 0 and count(events, "unet") == 0 and count(events, "cached") == 0, \
+        assert count(events, "step") == 0 and count(events, "unet") == 0 and count(events, "cached") == 0, (
             f"--out {out} from {cwd} redid work: {[e for e in events if e['event'] != 'gate'][:5]}"
+        )
         assert stamps(where) == before, f"--out {out} from {cwd} rewrote files of the results directory"
         assert leaderboard_json(where) == reference.fingerprint["leaderboard"]
 

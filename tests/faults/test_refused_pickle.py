@@ -25,7 +25,9 @@ def test_a_refused_pickle_says_what_is_wrong(tmp_path: Path) -> None:
     with pytest.raises(HarnessError) as error:
         load_state_dict(tmp_path / "head.pt", what="aesthetic head")
     message = str(error.value)
-    assert message.startswith(f"aesthetic head: cannot read weights from {tmp_path / 'head.pt'}: it holds pickled "
-                              "Python objects, not only tensors (Unsupported global: GLOBAL ")
+    assert message.startswith(
+        f"aesthetic head: cannot read weights from {tmp_path / 'head.pt'}: it holds pickled "
+        "Python objects, not only tensors (Unsupported global: GLOBAL "
+    )
     assert "\n" not in message and "weights_only=False" not in message and "trust the source" not in message
     assert not marker.exists()

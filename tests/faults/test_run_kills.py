@@ -28,8 +28,8 @@ from faults.kills import (
     leaderboard_json,
     redone_work,
     results_fingerprint,
-    run_args,
     run_and_kill,
+    run_args,
     run_to_end,
     temporaries,
 )
@@ -60,8 +60,13 @@ class InStep:
     delay: tuple[float, float]
 
     def reached(self, stages: list[str], events: list[dict]) -> bool:
-        return any(e["event"] == "step" and e["phase"] == "begin" and e["step"] == self.step
-                   and Path(e["out"]).name == self.method for e in events)
+        return any(
+            e["event"] == "step"
+            and e["phase"] == "begin"
+            and e["step"] == self.step
+            and Path(e["out"]).name == self.method
+            for e in events
+        )
 
 
 @dataclass(frozen=True)
@@ -81,19 +86,22 @@ TRIALS = [
     # evaluation runs beside it in a worker; 2-3 s on the 2-core machine); then in DRO's third
     # optimizer step (~0.6 s each), after its checkpoint-2 (replay buffer included) was written,
     # while DPO finishes its training or evaluates beside it.
-    Trial("first-run-jobs-2", jobs=2, methods="dpo,dro", kills=(
-        AfterStage("training data", (0.2, 1.0)),
-        InStep("dro", 2, (0.05, 0.3)),
-    )),
+    Trial(
+        "first-run-jobs-2",
+        jobs=2,
+        methods="dpo,dro",
+        kills=(
+            AfterStage("training data", (0.2, 1.0)),
+            InStep("dro", 2, (0.05, 0.3)),
+        ),
+    ),
     # One job at a time, in the CLI's process, killed at the boundary between the two trainings:
     # the base's evaluation, the training data and the first training are finished, and the rerun
     # must redo none of them.  The methods are listed the other way round, so DRO trains first and
     # caches the features of its experts before DPO meets those images in its pairs (in the
     # reference, DPO caches them first): what a run finds in the feature cache must not change its
     # numbers (the campaign's bug).
-    Trial("first-run-jobs-1", jobs=1, methods="dro,dpo", kills=(
-        AfterStage("dpo: training", (0.0, 0.0)),
-    )),
+    Trial("first-run-jobs-1", jobs=1, methods="dro,dpo", kills=(AfterStage("dpo: training", (0.0, 0.0)),)),
 ]
 
 
@@ -111,7 +119,11 @@ def test_a_rerun_of_a_finished_run_does_no_work(reference) -> None:
     assert outcome.returncode == 0, (env.out.parent / "rerun-stderr.txt").read_text()[-3000:]
     work = log.since_mark()
     assert {event: count(work, event) for event in ("unet", "score", "cached", "step")} == {
-        "unet": 0, "score": 0, "cached": 0, "step": 0}
+        "unet": 0,
+        "score": 0,
+        "cached": 0,
+        "step": 0,
+    }
     assert image_files(env.out) == images  # not one file rewritten (same inode and mtime)
     assert leaderboard_json(env.out) == reference.fingerprint["leaderboard"]
 

@@ -40,8 +40,13 @@ PRINTERS = textwrap.dedent("""
 
 
 def test_stage_lines_of_concurrent_workers_stay_whole() -> None:
-    result = subprocess.run([sys.executable, "-c", PRINTERS], capture_output=True, text=True, timeout=120,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    result = subprocess.run(
+        [sys.executable, "-c", PRINTERS],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     broken = [line for line in lines if not re.fullmatch(r"== worker [01]: step \d+  \[\d+ s\]", line)]

@@ -24,8 +24,16 @@ from support.train_fixtures import one_torch_thread, write_pair_dir  # noqa: F40
 
 pytestmark = [pytest.mark.faults, pytest.mark.slow]
 
-SETTINGS = {"max_steps": 6, "checkpoint_every": 2, "batch_size": 2, "grad_accum": 2, "lr": 1e-3,
-            "lr_scheduler": "linear", "warmup_steps": 3, "ema_decay": 0.9}
+SETTINGS = {
+    "max_steps": 6,
+    "checkpoint_every": 2,
+    "batch_size": 2,
+    "grad_accum": 2,
+    "lr": 1e-3,
+    "lr_scheduler": "linear",
+    "warmup_steps": 3,
+    "ema_decay": 0.9,
+}
 
 
 def steps(events: list[dict], phase: str) -> list[int]:
@@ -40,28 +48,54 @@ def complete_checkpoints(out: Path) -> list[str]:
     return sorted(p.name for p in out.glob("checkpoint-*") if (p / "trainer_state.json").exists())
 
 
-def test_training_killed_mid_step_and_mid_checkpoint_resumes_to_the_same_weights(tiny_model_dir, harness_cache,
-                                                                                  tmp_path):
+def test_training_killed_mid_step_and_mid_checkpoint_resumes_to_the_same_weights(
+    tiny_model_dir, harness_cache, tmp_path
+):
     data = write_pair_dir(tmp_path / "data")
     overrides = SETTINGS  # on top of the tiny preset's settings, as `harness train --preset tiny --set ...`
 
     def train_here(output_dir: Path, on_log=None):
-        return train("dpo", base_model=tiny_model_dir, data_dir=data, output_dir=output_dir, preset="tiny",
-                     overrides=overrides, on_log=on_log)
+        return train(
+            "dpo",
+            base_model=tiny_model_dir,
+            data_dir=data,
+            output_dir=output_dir,
+            preset="tiny",
+            overrides=overrides,
+            on_log=on_log,
+        )
 
     straight = train_here(tmp_path / "straight")
 
     out = tmp_path / "killed"
-    args = ["--plugin", str(PLUGIN), "train", "--method", "dpo", "--data", str(data), "--out", str(out),
-            "--preset", "tiny", "--model", str(tiny_model_dir),
-            *[arg for name, value in SETTINGS.items() for arg in ("--set", f"{name}={value}")]]
+    args = [
+        "--plugin",
+        str(PLUGIN),
+        "train",
+        "--method",
+        "dpo",
+        "--data",
+        str(data),
+        "--out",
+        str(out),
+        "--preset",
+        "tiny",
+        "--model",
+        str(tiny_model_dir),
+        *[arg for name, value in SETTINGS.items() for arg in ("--set", f"{name}={value}")],
+    ]
     log = WorkLog(tmp_path / "work.jsonl")
     stderr = tmp_path / "stderr.txt"
 
     def variables(gate: str = "") -> dict[str, str]:
         # One thread, as the uninterrupted run above: CPU kernels split their sums by thread count.
-        return {**os.environ, "HARNESS_CACHE": str(harness_cache), "FAULTS_WORK_LOG": str(log.path),
-                "FAULTS_GATE": gate, "OMP_NUM_THREADS": "1"}
+        return {
+            **os.environ,
+            "HARNESS_CACHE": str(harness_cache),
+            "FAULTS_WORK_LOG": str(log.path),
+            "FAULTS_GATE": gate,
+            "OMP_NUM_THREADS": "1",
+        }
 
     def killed_at_gate(gate: str) -> dict:
         """Run with ``gate`` (see work_log_plugin.py), SIGKILL the process group there; the gate's event."""
@@ -93,8 +127,11 @@ def test_training_killed_mid_step_and_mid_checkpoint_resumes_to_the_same_weights
     resumed_steps: list[int] = []
     resumed = train_here(out, on_log=lambda step, _: resumed_steps.append(step))
     assert resumed_steps == [3, 4, 5, 6]  # 1-based: optimizer steps 2 to 5
-    for name in ("final/unet/diffusion_pytorch_model.safetensors", "checkpoint-6/unet.safetensors",
-                 "checkpoint-6/ema.safetensors"):
+    for name in (
+        "final/unet/diffusion_pytorch_model.safetensors",
+        "checkpoint-6/unet.safetensors",
+        "checkpoint-6/ema.safetensors",
+    ):
         expected, got = load_file(str(tmp_path / "straight" / name)), load_file(str(out / name))
         assert expected.keys() == got.keys()
         assert [k for k in expected if not torch.equal(expected[k], got[k])] == [], name

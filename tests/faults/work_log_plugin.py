@@ -83,8 +83,14 @@ def counted_put(put):
     def wrapper(self, scorer, entries):
         entries = list(entries)
         for key, prompt, _ in entries:
-            record("cached", cache=str(self.path), image=key, prompt=hashlib.sha256(prompt.encode()).hexdigest(),
-                   scorer=scorer.name, version=scorer.version)
+            record(
+                "cached",
+                cache=str(self.path),
+                image=key,
+                prompt=hashlib.sha256(prompt.encode()).hexdigest(),
+                scorer=scorer.name,
+                version=scorer.version,
+            )
         return put(self, scorer, entries)
 
     return wrapper
@@ -133,7 +139,9 @@ ScoreCache.put = counted_put(ScoreCache.put)
 harness.train.trainer.Trainer._optimizer_step = logged_step(harness.train.trainer.Trainer._optimizer_step)
 if GATE.startswith("micro:"):
     _, step, micro = GATE.split(":")
-    harness.train.trainer.Trainer.make_batch = gated_make_batch(harness.train.trainer.Trainer.make_batch, int(step), int(micro))
+    harness.train.trainer.Trainer.make_batch = gated_make_batch(
+        harness.train.trainer.Trainer.make_batch, int(step), int(micro)
+    )
 elif GATE.startswith("checkpoint:"):
     _, checkpoint, name = GATE.split(":")
     torch.save = gated_save(torch.save, int(checkpoint), name)

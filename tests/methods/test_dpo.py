@@ -18,8 +18,10 @@ from support.train_fixtures import one_torch_thread  # noqa: F401 (autouse fixtu
 def test_dpo_loss_matches_formula_with_salesforce_beta():
     mw, ml, rw, rl = (e * 1e-3 for e in errors())  # errors of realistic size, so 5000 x diff stays O(1)
     beta = 5000.0
-    expected = sum(math.log1p(math.exp(0.5 * beta * ((a - c) - (b - d))))  # -log sigmoid(-x) = log(1 + e^x)
-                   for a, b, c, d in zip(mw.tolist(), ml.tolist(), rw.tolist(), rl.tolist())) / len(mw)
+    expected = sum(
+        math.log1p(math.exp(0.5 * beta * ((a - c) - (b - d))))  # -log sigmoid(-x) = log(1 + e^x)
+        for a, b, c, d in zip(mw.tolist(), ml.tolist(), rw.tolist(), rl.tolist())
+    ) / len(mw)
     assert dpo_loss(mw, ml, rw, rl, beta).item() == pytest.approx(expected, rel=1e-5)
 
 

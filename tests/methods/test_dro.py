@@ -12,8 +12,17 @@ import torch
 from harness.api import Batch, Cond, Models
 from harness.models.families import SD15
 from methods.dro import DRO, DROConfig, dro_loss, trajectory_timesteps
-from support.flow import (LATENT, T, flow_batch, flow_models, grid_sigma, noised, per_pixel_mean, velocity,
-                          velocity_errors)
+from support.flow import (
+    LATENT,
+    T,
+    flow_batch,
+    flow_models,
+    grid_sigma,
+    noised,
+    per_pixel_mean,
+    velocity,
+    velocity_errors,
+)
 from support.losses import batch_with, descend, errors, make_batch, make_context, make_models
 from support.train_fixtures import one_torch_thread  # noqa: F401 (autouse fixture)
 
@@ -89,14 +98,15 @@ def test_dro_buffer_rows_pair_each_expert_with_a_trajectory_from_its_own_conditi
         x = buffer["x"][row, :1]
         for i, tau in enumerate(scheduler.timesteps):
             with torch.no_grad():
-                eps = models._unwrapped(x, tau.expand(1), encoder_hidden_states=parts[1].hidden[row:row + 1]).sample
-            torch.testing.assert_close(buffer["x"][row, i:i + 1], x, rtol=1e-4, atol=1e-4)
-            torch.testing.assert_close(buffer["eps"][row, i:i + 1], eps, rtol=1e-4, atol=1e-4)
+                eps = models._unwrapped(x, tau.expand(1), encoder_hidden_states=parts[1].hidden[row : row + 1]).sample
+            torch.testing.assert_close(buffer["x"][row, i : i + 1], x, rtol=1e-4, atol=1e-4)
+            torch.testing.assert_close(buffer["eps"][row, i : i + 1], eps, rtol=1e-4, atol=1e-4)
             x = scheduler.step(eps, tau, x).prev_sample
 
 
-def dpm_solver_pp_2m(x: torch.Tensor, steps: int, levels: torch.Tensor, network_t: torch.Tensor, eps_of,
-                     alphas_cumprod: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+def dpm_solver_pp_2m(
+    x: torch.Tensor, steps: int, levels: torch.Tensor, network_t: torch.Tensor, eps_of, alphas_cumprod: torch.Tensor
+) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """DPM-Solver++(2M) written from its paper (Lu et al. 2022, multistep second order, data prediction): the
     states x_0..x_{K-1} it visits and the eps it was given.  The step integrates between the noise levels of
     ``levels`` while the network is told ``network_t``."""
@@ -121,19 +131,21 @@ def dpm_solver_pp_2m(x: torch.Tensor, steps: int, levels: torch.Tensor, network_
 
 @pytest.mark.parametrize("per_row_sigmas", [True, False])
 def test_dro_sampler_integrates_each_row_on_its_own_levels_or_on_row_zeros_as_the_public_sampler(
-        tiny_models, per_row_sigmas):
+    tiny_models, per_row_sigmas
+):
     """per_row_sigmas False is basiclab/DiffusionDRO's sampler: misc/patch.py:57-58 sets the DPM-Solver++ levels
     from the first trajectory's timesteps, :185-195 swaps each row's timesteps and history in but not the
     levels; the network is told each row's own timestep.  Checked against the solver written by hand."""
     models = make_models(tiny_models)
     parts = make_batch(3, 3, seed=8)
-    method = dro_with_buffer(models, DROConfig(sampler_steps=5, buffer_size=8, per_row_sigmas=per_row_sigmas),
-                             batch_with(parts, 9))
+    method = dro_with_buffer(
+        models, DROConfig(sampler_steps=5, buffer_size=8, per_row_sigmas=per_row_sigmas), batch_with(parts, 9)
+    )
     buffer, alphas_cumprod = method.buffer, models.process.alphas_cumprod
     assert len({int(t) for t in buffer["t"][:, 0]}) == 3  # three different offsets: the levels differ by row
 
     def eps_of(row):
-        return lambda x, t: models._unwrapped(x, t.view(1), encoder_hidden_states=parts[1].hidden[row:row + 1]).sample
+        return lambda x, t: models._unwrapped(x, t.view(1), encoder_hidden_states=parts[1].hidden[row : row + 1]).sample
 
     for row in range(3):
         levels = buffer["t"][row if per_row_sigmas else 0]
@@ -148,8 +160,9 @@ def test_dro_loss_compares_each_expert_with_its_own_rows_trajectory_under_one_co
     recorder = Recorder(copy.deepcopy(unet))
     reference = copy.deepcopy(unet).requires_grad_(False)
 
-    models = SD15.models(policy=recorder, unwrapped=recorder.unet, reference=lambda: (reference, nullcontext()),
-                    scheduler=scheduler)
+    models = SD15.models(
+        policy=recorder, unwrapped=recorder.unet, reference=lambda: (reference, nullcontext()), scheduler=scheduler
+    )
     latents, cond, keys, scores = make_batch(4, 4, seed=5)
     latents = torch.arange(4.0).view(4, 1, 1, 1).expand(4, 4, 8, 8) * 100.0  # row r's expert: all 100 r
     batch = batch_with((latents.clone(), cond, keys, scores), 6)
@@ -157,7 +170,7 @@ def test_dro_loss_compares_each_expert_with_its_own_rows_trajectory_under_one_co
     method.refill_due = False
     recorder.calls.clear()
     method.loss(batch_with((latents.clone(), cond, keys, scores), 7), models)
-    (x, t, hidden), = recorder.calls
+    ((x, t, hidden),) = recorder.calls
     n = len(t) // 2
     assert torch.equal(t[:n], t[n:]) and torch.equal(hidden[:n], hidden[n:])  # one t and one caption per sample
     abar = models.process.alphas_cumprod[t[:n]].view(-1, 1, 1, 1)
@@ -184,8 +197,9 @@ def test_dro_one_step_favours_the_expert_over_the_policy_sample(tiny_models):
     assert after.item() < loss.item()
 
 
-def hand_flow_trajectories(net, cond: Cond, steps: int, step_seed: int,
-                           per_row_sigmas: bool = True) -> tuple[torch.Tensor, ...]:
+def hand_flow_trajectories(
+    net, cond: Cond, steps: int, step_seed: int, per_row_sigmas: bool = True
+) -> tuple[torch.Tensor, ...]:
     """The flow sampler by hand: levels stride * [0..K-1] + one offset per row on the shifted grid, noise,
     then x_{k+1} = x_k + (sigma_{k+1} - sigma_k) v_k down to sigma = 0 (not per row: row 0's sigmas in the
     step, each row's own in the network)."""
@@ -238,8 +252,12 @@ class SD3Recorder(torch.nn.Module):
 
     def forward(self, hidden_states, timestep, encoder_hidden_states, pooled_projections):
         self.calls.append((hidden_states.detach().clone(), timestep.clone(), encoder_hidden_states.detach().clone()))
-        return self.net(hidden_states=hidden_states, timestep=timestep, encoder_hidden_states=encoder_hidden_states,
-                        pooled_projections=pooled_projections)
+        return self.net(
+            hidden_states=hidden_states,
+            timestep=timestep,
+            encoder_hidden_states=encoder_hidden_states,
+            pooled_projections=pooled_projections,
+        )
 
 
 def test_dro_loss_on_flow_is_the_hinge_over_velocity_errors_with_one_caption_and_t_per_sample(flow_nets):
@@ -253,7 +271,7 @@ def test_dro_loss_on_flow_is_the_hinge_over_velocity_errors_with_one_caption_and
     batch = flow_batch(4, 4, seed=6, step_seed=16)
     loss, _ = method.loss(batch, models)
     assert models.unet_evals - evals == 2 * 4 + 2 * 4  # policy and reference, each on 4 expert + 4 policy states
-    (x, t, hidden), = recorder.calls
+    ((x, t, hidden),) = recorder.calls
     assert torch.equal(t[:4], t[4:]) and torch.equal(hidden[:4], hidden[4:])  # one t and one caption per sample
     # By hand: the rows and states drawn, the expert noised at the state's sigma with fresh noise (target
     # eps - x0), the policy state with its stored velocity as target.
@@ -275,4 +293,6 @@ def test_dro_loss_on_flow_is_the_hinge_over_velocity_errors_with_one_caption_and
     policy_diff = policy_error(trained) - policy_error(reference)
     expected = torch.relu(expert_diff - policy_diff + 0.001).mean()
     assert loss.item() == pytest.approx(expected.item(), rel=1e-4)
-    assert loss.item() > 0 and loss.item() != pytest.approx(0.001, abs=1e-5)  # the hinge is active, not the margin alone
+    assert loss.item() > 0 and loss.item() != pytest.approx(
+        0.001, abs=1e-5
+    )  # the hinge is active, not the margin alone

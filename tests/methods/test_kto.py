@@ -9,14 +9,24 @@ import socket
 import pytest
 import torch
 
-from harness.data import specs as data_specs
 from harness.api import Cond, HarnessError
+from harness.data import specs as data_specs
 from harness.train.trainer import resolve_config, train
-from methods.kto import (KTO, KTOConfig, captions_of_the_previous_image, kto_batch_reference_point,
-                         kto_implicit_rewards, kto_loss, kto_mismatched_reference_point, mean_over_processes)
+from methods.kto import (
+    KTO,
+    KTOConfig,
+    captions_of_the_previous_image,
+    kto_batch_reference_point,
+    kto_implicit_rewards,
+    kto_loss,
+    kto_mismatched_reference_point,
+    mean_over_processes,
+)
 from support.flow import LATENT, flow_batch, flow_models, logit_normal_sigmas, velocity_errors
-from support.train_fixtures import write_pair_dir
-from support.train_fixtures import one_torch_thread  # noqa: F401 (autouse fixture)
+from support.train_fixtures import (
+    one_torch_thread,  # noqa: F401 (autouse fixture)
+    write_pair_dir,
+)
 
 
 def sigmoid(x: float) -> float:
@@ -87,8 +97,12 @@ def test_kto_loss_matches_the_formula_on_hand_computed_values():
     beta, lam_d, lam_u = 1000.0, 1.0, 2.0
     g = [0.001, -0.001, 0.002, -0.0005]  # ref - policy
     z0 = max(0.0, sum(g) / 4)  # 0.000375
-    expected = (lam_d * (1 - sigmoid(beta * (g[0] - z0))) + lam_d * (1 - sigmoid(beta * (g[1] - z0)))
-                + lam_u * (1 - sigmoid(-beta * (g[2] - z0))) + lam_u * (1 - sigmoid(-beta * (g[3] - z0)))) / 4
+    expected = (
+        lam_d * (1 - sigmoid(beta * (g[0] - z0)))
+        + lam_d * (1 - sigmoid(beta * (g[1] - z0)))
+        + lam_u * (1 - sigmoid(-beta * (g[2] - z0)))
+        + lam_u * (1 - sigmoid(-beta * (g[3] - z0)))
+    ) / 4
     rewards = kto_implicit_rewards(model_err, ref_err)
     z = kto_batch_reference_point(rewards)
     assert z.item() == pytest.approx(z0, abs=1e-7)
@@ -148,12 +162,19 @@ def test_bad_settings_are_one_line_errors(setting):
 
 # -- through the real trainer ------------------------------------------------------------------------
 @pytest.mark.parametrize("reference_point, evals", [("batch", 2.0), ("mismatched", 4.0)])
-def test_two_steps_on_the_tiny_preset_train_from_labelled_winners_and_losers(reference_point, evals, tiny_model_dir,
-                                                                            tmp_path):
+def test_two_steps_on_the_tiny_preset_train_from_labelled_winners_and_losers(
+    reference_point, evals, tiny_model_dir, tmp_path
+):
     logged: list[dict] = []
-    result = train("kto", base_model=tiny_model_dir, data_dir=write_pair_dir(tmp_path / "data"), preset="tiny",
-                   output_dir=tmp_path / "out", overrides={"reference_point": reference_point},
-                   on_log=lambda step, terms: logged.append(terms))
+    result = train(
+        "kto",
+        base_model=tiny_model_dir,
+        data_dir=write_pair_dir(tmp_path / "data"),
+        preset="tiny",
+        output_dir=tmp_path / "out",
+        overrides={"reference_point": reference_point},
+        on_log=lambda step, terms: logged.append(terms),
+    )
     assert result.steps == 2 and len(logged) == 2
     # Policy == reference at the first step: g = 0 and z_0 = 0 for every image, so the loss is 0.5 * lambda (= 1).
     assert logged[0]["loss"] == pytest.approx(0.5, abs=1e-6)
@@ -175,9 +196,13 @@ def write_shared_image_pairs(path) -> object:
     for name in "abcd":
         write_image(path / f"{name}.png", rng)
     rows = [("a", "b", 1.0), ("c", "a", 1.0), ("d", "c", 0.0)]
-    (path / "pairs.jsonl").write_text("".join(
-        f'{{"caption": "p {i}", "image_0": "{x}.png", "image_1": "{y}.png", "label_0": {label}}}\n'
-        for i, (x, y, label) in enumerate(rows)), encoding="utf-8")
+    (path / "pairs.jsonl").write_text(
+        "".join(
+            f'{{"caption": "p {i}", "image_0": "{x}.png", "image_1": "{y}.png", "label_0": {label}}}\n'
+            for i, (x, y, label) in enumerate(rows)
+        ),
+        encoding="utf-8",
+    )
     return path
 
 
@@ -192,7 +217,9 @@ def test_per_image_labels_make_an_image_preferred_once_desirable(tmp_path):
     labels = {ex.images[0].name: ex.labels[0] for ex in examples}
     assert labels == {"a.png": 1.0, "b.png": 0.0, "c.png": 1.0, "d.png": 0.0}
     assert list(examples.captions()) == [ex.caption for ex in examples] == ["p 0", "p 0", "p 1", "p 2"]
-    per_pair = [(ex.images[0].name, ex.labels[0]) for ex in data_specs.examples(LabelledImages(per_image=False), source)]
+    per_pair = [
+        (ex.images[0].name, ex.labels[0]) for ex in data_specs.examples(LabelledImages(per_image=False), source)
+    ]
     assert len(per_pair) == 6 and ("a.png", 1.0) in per_pair and ("a.png", 0.0) in per_pair
 
 
@@ -204,8 +231,9 @@ def test_desirable_share_draws_desirable_images_that_often_with_replacement_dete
     from harness.train.trainer import SampleOrder
 
     source = write_shared_image_pairs(tmp_path / "data")
-    (source / "labelled.jsonl").write_text("".join(
-        f'{{"caption": "c", "image": "{x}.png", "label": {int(x == "a")}}}\n' for x in "abcd"), encoding="utf-8")
+    (source / "labelled.jsonl").write_text(
+        "".join(f'{{"caption": "c", "image": "{x}.png", "label": {int(x == "a")}}}\n' for x in "abcd"), encoding="utf-8"
+    )
     examples = data_specs.examples(LabelledImages(desirable_share=0.8), source)
     n = 4000
     order = SampleOrder(len(examples), seed=3, weights=examples.weights)
@@ -227,11 +255,15 @@ def test_reference_point_is_the_clamped_mean_over_the_steps_images_with_accumula
     accumulation).  With accumulation, "step" keeps that: z_0 is the clamped mean over all 4 micro-batches,
     which the logs give as mean(ref_mse) - mean(model_mse); "micro_batch" clamps each micro-batch's mean."""
     logged: list[dict] = []
-    result = train("kto", base_model=tiny_model_dir, data_dir=write_pair_dir(tmp_path / "data", n_pairs=6),
-                   preset="tiny", output_dir=tmp_path / "out",
-                   overrides={"batch_size": 1, "grad_accum": 4, "max_steps": 3, "lr": 1e-4,
-                              "reference_point_over": over},
-                   on_log=lambda step, terms: logged.append(terms))
+    result = train(
+        "kto",
+        base_model=tiny_model_dir,
+        data_dir=write_pair_dir(tmp_path / "data", n_pairs=6),
+        preset="tiny",
+        output_dir=tmp_path / "out",
+        overrides={"batch_size": 1, "grad_accum": 4, "max_steps": 3, "lr": 1e-4, "reference_point_over": over},
+        on_log=lambda step, terms: logged.append(terms),
+    )
     step_means = [max(0.0, t["ref_mse"] - t["model_mse"]) for t in logged[1:]]
     z0 = [t["reference_point"] for t in logged[1:]]
     if over == "step":
@@ -249,8 +281,14 @@ def test_per_image_labels_on_pickapic_identify_images_by_uid_without_decoding_th
 
     from harness.api import LabelledImages
 
-    table = {"caption": ["p0", "p1", "tie"], "jpg_0": [b"A", b"C", b"A"], "jpg_1": [b"B", b"A", b"D"],
-             "image_0_uid": ["a", "c", "a"], "image_1_uid": ["b", "a", "d"], "label_0": [1.0, 1.0, 0.5]}
+    table = {
+        "caption": ["p0", "p1", "tie"],
+        "jpg_0": [b"A", b"C", b"A"],
+        "jpg_1": [b"B", b"A", b"D"],
+        "image_0_uid": ["a", "c", "a"],
+        "image_1_uid": ["b", "a", "d"],
+        "label_0": [1.0, 1.0, 0.5],
+    }
     datasets.Dataset.from_dict(table).save_to_disk(str(tmp_path / "pickapic"))
     examples = data_specs.examples(LabelledImages(per_image=True), tmp_path / "pickapic")
     assert sorted((ex.images[0], ex.labels[0]) for ex in examples) == [(b"A", 1.0), (b"B", 0.0), (b"C", 1.0)]
@@ -264,12 +302,15 @@ def test_kto_on_flow_is_the_utility_of_velocity_error_rewards(flow_nets):
     policy, reference, _ = flow_nets
     labels = torch.tensor([1.0, 0.0, 1.0, 0.0])
     batch = flow_batch(4, 4, seed=1, step_seed=11, labels=labels)
-    loss, _ = KTO(KTOConfig(beta=50.0, lambda_desirable=1.0, lambda_undesirable=2.0)).loss(batch, flow_models(flow_nets))
+    loss, _ = KTO(KTOConfig(beta=50.0, lambda_desirable=1.0, lambda_undesirable=2.0)).loss(
+        batch, flow_models(flow_nets)
+    )
     generator = torch.Generator().manual_seed(11)
     sigma = logit_normal_sigmas(4, generator)  # each image its own sigma, then its own noise
     eps = torch.randn((4, *LATENT), generator=generator)
-    g = (velocity_errors(reference, batch.latents, eps, sigma, batch.cond)
-         - velocity_errors(policy, batch.latents, eps, sigma, batch.cond))
+    g = velocity_errors(reference, batch.latents, eps, sigma, batch.cond) - velocity_errors(
+        policy, batch.latents, eps, sigma, batch.cond
+    )
     z0 = g.mean().clamp(min=0)
     weights, signs = torch.tensor([1.0, 2.0, 1.0, 2.0]), 2 * labels - 1
     expected = (weights * (1 - torch.sigmoid(signs * 50.0 * (g - z0)))).mean()

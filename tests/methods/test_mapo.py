@@ -54,8 +54,9 @@ def test_loss_matches_the_statement_on_hand_computed_pairs():
     log_sigmoid = [-math.log1p(math.exp(-m)) for m in margins]
     expected = (0.30 + 0.50) / 2 - beta * sum(log_sigmoid) / 2
     assert mapo_loss(err_w, err_l, beta, w, T).item() == pytest.approx(expected, rel=1e-5)
-    torch.testing.assert_close(mapo_margin(err_w, err_l, w, T), torch.tensor(margins, dtype=torch.float32),
-                               rtol=1e-4, atol=1e-3)
+    torch.testing.assert_close(
+        mapo_margin(err_w, err_l, w, T), torch.tensor(margins, dtype=torch.float32), rtol=1e-4, atol=1e-3
+    )
 
 
 def test_equal_errors_give_the_chosen_error_plus_beta_ln2():
@@ -94,9 +95,16 @@ def recording_models(tiny_models) -> tuple[Models, list[str]]:
 def pair_batch(pairs: int, seed: int) -> Batch:
     generator = torch.Generator().manual_seed(seed)
     latents = torch.randn(2 * pairs, 4, 8, 8, generator=generator)
-    return Batch(latents=latents, means=latents, cond=Cond(torch.randn(pairs, 5, 32, generator=generator)),
-                 keys=[f"img{i}" for i in range(2 * pairs)], scores=torch.full((2 * pairs,), math.nan),
-                 labels=torch.full((2 * pairs,), math.nan), captions=[f"c{i}" for i in range(pairs)], generator=torch.Generator().manual_seed(seed + 100))
+    return Batch(
+        latents=latents,
+        means=latents,
+        cond=Cond(torch.randn(pairs, 5, 32, generator=generator)),
+        keys=[f"img{i}" for i in range(2 * pairs)],
+        scores=torch.full((2 * pairs,), math.nan),
+        labels=torch.full((2 * pairs,), math.nan),
+        captions=[f"c{i}" for i in range(pairs)],
+        generator=torch.Generator().manual_seed(seed + 100),
+    )
 
 
 def test_reference_network_is_never_called_and_each_image_costs_one_evaluation(tiny_models):
@@ -131,7 +139,7 @@ def test_one_descent_step_widens_the_margin_for_the_chosen_image(tiny_models):
     loss, logs = method.loss(pair_batch(4, batch_seed), models)
     params = list(models._policy.parameters())
     grads = torch.autograd.grad(loss, params, allow_unused=True)
-    norm = torch.sqrt(sum((g ** 2).sum() for g in grads if g is not None))
+    norm = torch.sqrt(sum((g**2).sum() for g in grads if g is not None))
     with torch.no_grad():
         for p, g in zip(params, grads):
             if g is not None:
@@ -141,8 +149,10 @@ def test_one_descent_step_widens_the_margin_for_the_chosen_image(tiny_models):
     assert logs_after["margin_loss"] < logs["margin_loss"]  # the chosen image became likelier relative to the other
 
 
-@pytest.mark.parametrize("field, value, message", [("beta", -0.1, "beta must be at least 0"),
-                                                   ("snr_value", 0.0, "snr_value must be positive")])
+@pytest.mark.parametrize(
+    "field, value, message",
+    [("beta", -0.1, "beta must be at least 0"), ("snr_value", 0.0, "snr_value must be positive")],
+)
 def test_bad_settings_are_a_one_line_error(field, value, message):
 
     with pytest.raises(HarnessError, match=message):
@@ -158,13 +168,21 @@ def test_two_tiny_preset_steps_through_the_trainer_run_only_the_policy(tiny_mode
     from support.train_fixtures import write_pair_dir
 
     logged: list[tuple[int, dict]] = []
-    result = train("mapo", base_model=tiny_model_dir, data_dir=write_pair_dir(tmp_path / "data"),
-                   output_dir=tmp_path / "mapo", preset="tiny", on_log=lambda step, terms: logged.append((step, terms)))
+    result = train(
+        "mapo",
+        base_model=tiny_model_dir,
+        data_dir=write_pair_dir(tmp_path / "data"),
+        output_dir=tmp_path / "mapo",
+        preset="tiny",
+        on_log=lambda step, terms: logged.append((step, terms)),
+    )
     assert result.steps == 2 and [step for step, _ in logged] == [1, 2]
     assert result.unet_evals_per_sample == 2.0  # the policy on the winner and the loser; no reference
     first = logged[0][1]
     assert {"loss", "implicit_acc", "chosen_mse", "rejected_mse", "margin_loss"} <= set(first)
-    assert first["loss"] == pytest.approx(first["chosen_mse"] + 0.1 * first["margin_loss"], rel=1e-4)  # tiny keeps beta 0.1
+    assert first["loss"] == pytest.approx(
+        first["chosen_mse"] + 0.1 * first["margin_loss"], rel=1e-4
+    )  # tiny keeps beta 0.1
     trained = load_file(str(result.unet_dir / "diffusion_pytorch_model.safetensors"))
     base = UNet2DConditionModel.from_pretrained(tiny_model_dir / "unet").state_dict()
     assert any(not torch.equal(trained[name], base[name]) for name in trained)
@@ -175,8 +193,19 @@ def test_presets_resolve_to_the_published_sdxl_recipe_and_the_toy_settings():
 
     sdxl = resolve_config("mapo", "sdxl")
     assert (sdxl.beta, sdxl.snr_value, sdxl.lr, sdxl.lr_scheduler, sdxl.warmup_steps, sdxl.max_steps) == (
-        0.1, 0.5, 1e-5, "constant", 0, 2000)
-    assert (sdxl.optimizer, sdxl.effective_batch_size, sdxl.mixed_precision, sdxl.resolution) == ("adamw", 128, "fp16", 1024)
+        0.1,
+        0.5,
+        1e-5,
+        "constant",
+        0,
+        2000,
+    )
+    assert (sdxl.optimizer, sdxl.effective_batch_size, sdxl.mixed_precision, sdxl.resolution) == (
+        "adamw",
+        128,
+        "fp16",
+        1024,
+    )
     assert sdxl.gradient_checkpointing and sdxl.vae == "madebyollin/sdxl-vae-fp16-fix" and sdxl.caption_dropout == 0.0
     toy = resolve_config("mapo", "toy")
     assert (toy.beta, toy.lr, toy.batch_size, toy.max_steps, toy.random_flip) == (0.01, 3e-5, 16, 300, False)
@@ -205,13 +234,21 @@ def test_pairs_flip_together_and_the_second_image_takes_the_firsts_size(tiny_mod
     for i in range(4):
         Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(data / f"{i}_0.png")
         Image.fromarray(rng.integers(0, 255, (32, 48, 3), dtype=np.uint8)).save(data / f"{i}_1.png")
-        rows.append({"caption": f"thing {i}", "image_0": f"{i}_0.png", "image_1": f"{i}_1.png", "label_0": float(i % 2)})
+        rows.append(
+            {"caption": f"thing {i}", "image_0": f"{i}_0.png", "image_1": f"{i}_1.png", "label_0": float(i % 2)}
+        )
     (data / "pairs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
 
     def batches(method: str, **options) -> tuple[Trainer, list]:
         config = resolve_config(method, "tiny", {"batch_size": 4, "cache_dir": str(tmp_path / "cache"), **options})
-        trainer = Trainer(METHODS.get(method)(config), base_model=str(tiny_model_dir), data_dir=data,
-                          output_dir=tmp_path / "unused", seed=0, on_log=None)
+        trainer = Trainer(
+            METHODS.get(method)(config),
+            base_model=str(tiny_model_dir),
+            data_dir=data,
+            output_dir=tmp_path / "unused",
+            seed=0,
+            on_log=None,
+        )
         trainer._setup()
         return trainer, [trainer.make_batch(step, 0, step_generator(0, step, 0, 0)) for step in range(4)]
 
@@ -220,8 +257,9 @@ def test_pairs_flip_together_and_the_second_image_takes_the_firsts_size(tiny_mod
     assert all(f[:4] == f[4:] for f in flipped)  # winners then losers: each pair's two images share the coin
     assert any(any(f) for f in flipped) and not all(all(f) for f in flipped)
     pipe = load_pipeline(str(tiny_model_dir), device="cpu")
-    encoder = FeatureEncoder(pipe, device=torch.device("cpu"), resolution=trainer.features.resolution, cache_dir=None,
-                             loader=ImageLoader())
+    encoder = FeatureEncoder(
+        pipe, device=torch.device("cpu"), resolution=trainer.features.resolution, cache_dir=None, loader=ImageLoader()
+    )
     batch = published[0]
     for slot, key in enumerate(batch.keys):
         name = next(p.name for p in data.glob("*.png") if key.startswith(content_key(p)))

@@ -17,5 +17,6 @@ def test_sft_on_flow_is_the_mean_velocity_error(flow_nets):
     generator = torch.Generator().manual_seed(13)
     sigma = logit_normal_sigmas(3, generator)
     eps = torch.randn((3, *LATENT), generator=generator)
-    assert loss.item() == pytest.approx(velocity_errors(policy, batch.latents, eps, sigma, batch.cond).mean().item(),
-                                        rel=1e-5)
+    assert loss.item() == pytest.approx(
+        velocity_errors(policy, batch.latents, eps, sigma, batch.cond).mean().item(), rel=1e-5
+    )

@@ -18,8 +18,18 @@ import torch.nn.functional as F
 from harness.api import Cond, HarnessError, Models, TrainingContext, per_sample_error
 from harness.models.families import SD3, SD15, SDXL
 from harness.testing.tiny_models import _scheduler
-from methods.smpo import (PICKSCORE_HI, PICKSCORE_LO, SmPO, SmPOConfig, check_score_range, flow_inverse_timesteps,
-                          renoise_inversion, renoise_trajectory, smpo_loss, smpo_probability)
+from methods.smpo import (
+    PICKSCORE_HI,
+    PICKSCORE_LO,
+    SmPO,
+    SmPOConfig,
+    check_score_range,
+    flow_inverse_timesteps,
+    renoise_inversion,
+    renoise_trajectory,
+    smpo_loss,
+    smpo_probability,
+)
 from support.flow import LATENT, T, flow_batch, flow_models, grid_sigma, logit_normal_sigmas, per_pixel_mean, velocity
 from support.losses import LN2, batch_with, descend, errors, make_batch, make_context, make_models
 from support.train_fixtures import one_torch_thread  # noqa: F401 (autouse fixture)
@@ -62,10 +72,13 @@ def test_smpo_p_from_raw_pickscore_cosines_and_the_published_bounds():
     check_score_range(torch.cat([cos_w, cos_l]).numpy(), PICKSCORE_LO, PICKSCORE_HI, "pickscore-cosine")
 
 
-@pytest.mark.parametrize("scores, message", [
-    ([21.3, 20.9], "outside the bounds"),  # PickScore's 100*cos against the raw-cosine bounds: p would saturate
-    ([0.21, float("nan")], "have no score"),
-])
+@pytest.mark.parametrize(
+    "scores, message",
+    [
+        ([21.3, 20.9], "outside the bounds"),  # PickScore's 100*cos against the raw-cosine bounds: p would saturate
+        ([0.21, float("nan")], "have no score"),
+    ],
+)
 def test_smpo_scores_off_the_bounds_scale_are_an_error(scores, message):
 
     with pytest.raises(HarnessError, match=message):
@@ -117,7 +130,9 @@ def test_smpo_without_inversion_is_dpo_with_smoothed_label_weights(tiny_models):
     noise = torch.randn(parts[0][:2].shape, generator=generator).repeat(2, 1, 1, 1)
     x_t = models.process.add_noise(parts[0], noise, t)
     cond = parts[1].repeat(2)
-    (mw, ml), (rw, rl) = (per_sample_error(net(x_t, t, cond), noise).chunk(2) for net in (models.policy, models.reference))
+    (mw, ml), (rw, rl) = (
+        per_sample_error(net(x_t, t, cond), noise).chunk(2) for net in (models.policy, models.reference)
+    )
     p = torch.sigmoid(scores[:2] - scores[2:])
     expected = -torch.nn.functional.logsigmoid(-0.5 * 2000.0 * 10 * (2 * p - 1) * ((mw - rw) - (ml - rl))).mean()
     assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
@@ -162,7 +177,7 @@ STEPS = {"sd15": 5, "sdxl": 10}
 
 def alphas_bar() -> torch.Tensor:
     """Both hub configs' schedule: scaled_linear betas 0.00085 .. 0.012 over 1000 steps."""
-    betas = torch.linspace(0.00085 ** 0.5, 0.012 ** 0.5, T, dtype=torch.float64) ** 2
+    betas = torch.linspace(0.00085**0.5, 0.012**0.5, T, dtype=torch.float64) ** 2
     return torch.cumprod(1 - betas, dim=0)
 
 
@@ -206,14 +221,27 @@ def invert(layout: str, levels: str | None, t: int) -> tuple[torch.Tensor, torch
     x0, eps = 2.5 * torch.randn(1, 4, 8, 8, generator=generator), torch.randn(1, 4, 8, 8, generator=generator)
     net = ConstantNoise(eps)
     family = {"sd15": SD15, "sdxl": SDXL}[layout]
-    models = family.models(policy=net, unwrapped=net, reference=lambda: (net, nullcontext()), scheduler=_scheduler(layout))
+    models = family.models(
+        policy=net, unwrapped=net, reference=lambda: (net, nullcontext()), scheduler=_scheduler(layout)
+    )
     config = SmPOConfig(inversion_steps=STEPS[layout], **({"inversion_levels": levels} if levels else {}))
     method = SmPO(config)  # inverter "policy", as the public code (train.py:1009): the trained network, no_grad
-    method.setup(TrainingContext(models=models, scheduler=models.scheduler, latent_shape=(4, 8, 8), grad_accum=1,
-                                 captions=[], data_scores=np.array([]), encode=None,
-                                 cache=lambda name: Path("/nonexistent") / name, device=torch.device("cpu")))
-    z = renoise_inversion(models.snapshot, x0, Cond(torch.zeros(1, 5, 32)), torch.tensor([t]), method.inverse,
-                          method.taus)
+    method.setup(
+        TrainingContext(
+            models=models,
+            scheduler=models.scheduler,
+            latent_shape=(4, 8, 8),
+            grad_accum=1,
+            captions=[],
+            data_scores=np.array([]),
+            encode=None,
+            cache=lambda name: Path("/nonexistent") / name,
+            device=torch.device("cpu"),
+        )
+    )
+    z = renoise_inversion(
+        models.snapshot, x0, Cond(torch.zeros(1, 5, 32)), torch.tensor([t]), method.inverse, method.taus
+    )
     return x0, eps, z, net
 
 
@@ -252,7 +280,11 @@ def test_stand_in_schedulers_carry_the_hub_configs_values(layout):
 
     inverse = DDIMInverseScheduler.from_config(_scheduler(layout).config).config
     assert (inverse.clip_sample, inverse.set_alpha_to_one, inverse.steps_offset, inverse.timestep_spacing) == (
-        False, False, 1, "leading")
+        False,
+        False,
+        1,
+        "leading",
+    )
 
 
 def inverse_grid(steps: int) -> torch.Tensor:
@@ -260,8 +292,9 @@ def inverse_grid(steps: int) -> torch.Tensor:
     return grid_sigma(T - 1 - torch.arange(steps) * (T // steps))
 
 
-def hand_renoise_inversion(net, x0: torch.Tensor, cond: Cond, sigmas: torch.Tensor,
-                           levels: str = "rolled") -> torch.Tensor:
+def hand_renoise_inversion(
+    net, x0: torch.Tensor, cond: Cond, sigmas: torch.Tensor, levels: str = "rolled"
+) -> torch.Tensor:
     """Euler with sigma increasing from 0, two velocities averaged, at the step's source level (rolled) or its
     destination (unrolled); every state."""
     z, below, states = x0, torch.tensor(0.0), []
@@ -355,12 +388,18 @@ def test_smpo_on_flow_reference_inversions_are_cached_and_equal_the_inversion_lo
     scores = torch.tensor([0.8, 0.6, 0.3, 0.5])
     logs = {}
     for inverter in ("reference", "policy"):
-        models = SD3.models(policy=copy.deepcopy(reference), unwrapped=copy.deepcopy(reference),
-                        reference=lambda: (reference, nullcontext()), scheduler=scheduler)
+        models = SD3.models(
+            policy=copy.deepcopy(reference),
+            unwrapped=copy.deepcopy(reference),
+            reference=lambda: (reference, nullcontext()),
+            scheduler=scheduler,
+        )
         method = SmPO(SmPOConfig(beta=100.0, inverter=inverter, inversion_steps=5, score_lo=0.0, score_hi=1.0))
         method.setup(make_context(models, tmp_path, latent_shape=LATENT))
-        logs[inverter] = [method.loss(flow_batch(4, 2, seed=10, step_seed=seed, scores=scores), models)[1]["model_mse"]
-                          for seed in (20, 21)]
+        logs[inverter] = [
+            method.loss(flow_batch(4, 2, seed=10, step_seed=seed, scores=scores), models)[1]["model_mse"]
+            for seed in (20, 21)
+        ]
         if inverter == "reference":
             assert len(list(tmp_path.rglob("*.safetensors"))) == 4
             assert models.unet_evals == 4 * 5 * 2 + 2 * (4 + 4)  # inverted once per image, then two losses

@@ -12,11 +12,24 @@ PUBLISHED["tiny"] = PublishedTables(
     paper="stand-in paper",
     preset="tiny",
     suites={"toy-seen": "seen prompts", "toy-unseen": "unseen prompts"},
-    metrics=(Metric("toy-fidelity", "Fidelity", "1", 3), Metric("toy-quality", "Quality", "0", 3),
-             Metric("pickscore", "PickScore", "v1", 2)),
-    rows=(PaperRow("Base", {s: {"toy-fidelity": 0.5, "toy-quality": 0.5, "pickscore": 20.0} for s in SUITES},
-                   method="base", mapping="the base"),
-          PaperRow("DPO", {s: {"toy-fidelity": 0.6, "toy-quality": 0.6, "pickscore": 21.0} for s in SUITES},
-                   method="dpo", mapping="a stand-in")),
+    metrics=(
+        Metric("toy-fidelity", "Fidelity", "1", 3),
+        Metric("toy-quality", "Quality", "0", 3),
+        Metric("pickscore", "PickScore", "v1", 2),
+    ),
+    rows=(
+        PaperRow(
+            "Base",
+            {s: {"toy-fidelity": 0.5, "toy-quality": 0.5, "pickscore": 20.0} for s in SUITES},
+            method="base",
+            mapping="the base",
+        ),
+        PaperRow(
+            "DPO",
+            {s: {"toy-fidelity": 0.6, "toy-quality": 0.6, "pickscore": 21.0} for s in SUITES},
+            method="dpo",
+            mapping="a stand-in",
+        ),
+    ),
     win_rates={("dpo", "toy-seen", "toy-fidelity"): 0.7},
 )

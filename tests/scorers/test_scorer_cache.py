@@ -137,8 +137,9 @@ def test_a_truncated_score_cache_is_moved_aside_and_rebuilt(tmp_path: Path, caps
     path = tmp_path / "scores.sqlite"
     scorer = Brightness()
     with ScoreCache(path) as cache:
-        score_images(scorer, [gray(level) for level in range(200)], [f"prompt {n}" * 20 for n in range(200)],
-                     cache=cache)
+        score_images(
+            scorer, [gray(level) for level in range(200)], [f"prompt {n}" * 20 for n in range(200)], cache=cache
+        )
     import sqlite3
 
     sqlite3.connect(path).execute("PRAGMA wal_checkpoint(TRUNCATE)").close()

@@ -47,12 +47,15 @@ def checkpoint_state(hpsv3_locations) -> dict[str, torch.Tensor]:
 # ------------------------------------------- preprocessing (the official files: harness/scoring/hpsv3.py)
 
 
-@pytest.mark.parametrize(("size", "resized"), [
-    ((512, 512), (448, 448)),  # 256 * 28 * 28 pixels exactly: 16 x 16 merged tokens
-    ((64, 64), (448, 448)),  # small images are scaled up to the same area
-    ((300, 700), (280, 672)),  # rounded sides give 308 x 700, too many pixels: scaled down, floored to 28s
-    ((1024, 576), (588, 336)),
-])
+@pytest.mark.parametrize(
+    ("size", "resized"),
+    [
+        ((512, 512), (448, 448)),  # 256 * 28 * 28 pixels exactly: 16 x 16 merged tokens
+        ((64, 64), (448, 448)),  # small images are scaled up to the same area
+        ((300, 700), (280, 672)),  # rounded sides give 308 x 700, too many pixels: scaled down, floored to 28s
+        ((1024, 576), (588, 336)),
+    ],
+)
 def test_images_are_resized_to_about_256_merged_patches(size, resized):
     assert fitted_size(*size) == resized
     width, height = resized
@@ -70,19 +73,23 @@ def test_the_model_reads_the_official_prompt_and_one_token_per_merged_patch(scor
     # Right padding: the longer prompt fills its row; the other ends in <|endoftext|> with a zero mask.
     lengths = batch["attention_mask"].sum(dim=1).tolist()
     first = batch["input_ids"][0, : lengths[0]]
-    assert batch["attention_mask"][0, lengths[0]:].sum() == 0
-    assert (batch["input_ids"][0, lengths[0]:] == tokenizer.pad_token_id).all()
+    assert batch["attention_mask"][0, lengths[0] :].sum() == 0
+    assert (batch["input_ids"][0, lengths[0] :] == tokenizer.pad_token_id).all()
 
     text = tokenizer.decode(first, skip_special_tokens=False)
-    head = ("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n"
-            "<|vision_start|>" + "<|image_pad|>" * 256 + "<|vision_end|>\n"
-            "You are tasked with evaluating a generated image based on Visual Quality and Text Alignment and give a "
-            "overall score to estimate the human preference. Please provide a rating from 0 to 10, with 0 being the "
-            "worst and 10 being the best. \n\n**Visual Quality:**  \n")
-    tail = ("- **Semantic Coherence**: Evaluate whether the overall meaning and intent of the prompt are captured in "
-            "the image. The generated content should not introduce elements that conflict with or distort the original "
-            "description.\nTextual prompt - a cat\n\n\n\nPlease provide the overall ratings of this image: <|Reward|>"
-            "\n\nEND\n<|im_end|>\n<|im_start|>assistant\n")
+    head = (
+        "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n"
+        "<|vision_start|>" + "<|image_pad|>" * 256 + "<|vision_end|>\n"
+        "You are tasked with evaluating a generated image based on Visual Quality and Text Alignment and give a "
+        "overall score to estimate the human preference. Please provide a rating from 0 to 10, with 0 being the "
+        "worst and 10 being the best. \n\n**Visual Quality:**  \n"
+    )
+    tail = (
+        "- **Semantic Coherence**: Evaluate whether the overall meaning and intent of the prompt are captured in "
+        "the image. The generated content should not introduce elements that conflict with or distort the original "
+        "description.\nTextual prompt - a cat\n\n\n\nPlease provide the overall ratings of this image: <|Reward|>"
+        "\n\nEND\n<|im_end|>\n<|im_start|>assistant\n"
+    )
     assert text.startswith(head) and text.endswith(tail)
     assert "\n\n**Text Alignment:**  \nAssess how well the image matches the textual prompt" in text
     assert text == chat_text("a cat").replace("<|image_pad|>", "<|image_pad|>" * 256)
@@ -103,8 +110,11 @@ def reference(state: dict[str, torch.Tensor], base: str, batch: dict[str, torch.
     config = Qwen2VLConfig.from_pretrained(base)
     config.text_config.vocab_size = state["model.embed_tokens.weight"].shape[0]
     model = Qwen2VLModel(config).eval()
-    backbone = {("language_model." + key.removeprefix("model.") if key.startswith("model.") else key): value.float()
-                for key, value in state.items() if not key.startswith(("rm_head.", "lm_head."))}
+    backbone = {
+        ("language_model." + key.removeprefix("model.") if key.startswith("model.") else key): value.float()
+        for key, value in state.items()
+        if not key.startswith(("rm_head.", "lm_head."))
+    }
     model.load_state_dict(backbone, strict=True)
 
     def head(states: torch.Tensor) -> torch.Tensor:
@@ -120,12 +130,16 @@ def reference(state: dict[str, torch.Tensor], base: str, batch: dict[str, torch.
         hidden = model(**batch, position_ids=torch.arange(ids.shape[1]).expand(3, *ids.shape)).last_hidden_state
         # transformers computes Qwen2-VL's image positions from where the image tokens are
         mrope = model(**batch, mm_token_type_ids=(ids == config.image_token_id).int()).last_hidden_state
-    return {"hpsv3": head(hidden[reward]), "last token": head(hidden[torch.arange(len(ids)), last]),
-            "m-rope": head(mrope[reward])}
+    return {
+        "hpsv3": head(hidden[reward]),
+        "last token": head(hidden[torch.arange(len(ids)), last]),
+        "m-rope": head(mrope[reward]),
+    }
 
 
-def test_score_is_the_head_over_the_reward_token_and_sigma_its_exp_log_sigma(scorer, images, checkpoint_state,
-                                                                             hpsv3_locations):
+def test_score_is_the_head_over_the_reward_token_and_sigma_its_exp_log_sigma(
+    scorer, images, checkpoint_state, hpsv3_locations
+):
     outputs = reference(checkpoint_state, hpsv3_locations["base"], scorer.inputs(images, PROMPTS))
     mu, sigma = scorer.score_with_uncertainty(images, PROMPTS)
     np.testing.assert_allclose(mu, outputs["hpsv3"][:, 0].numpy(), rtol=1e-4, atol=1e-4)
@@ -139,8 +153,9 @@ def test_score_is_the_head_over_the_reward_token_and_sigma_its_exp_log_sigma(sco
 def test_batches_score_like_single_images(scorer, hpsv3_locations, images):
     # Two images of different sizes and prompts of different lengths: the batch pads one of them.
     one_by_one = get_scorer("hpsv3", device="cpu", batch_size="1", **hpsv3_locations)  # as --scorer-option gives it
-    np.testing.assert_allclose(scorer.score(images[1:], PROMPTS[1:]), one_by_one.score(images[1:], PROMPTS[1:]),
-                               rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(
+        scorer.score(images[1:], PROMPTS[1:]), one_by_one.score(images[1:], PROMPTS[1:]), rtol=1e-4, atol=1e-4
+    )
 
 
 def test_cpu_offload_scores_the_same(scorer, hpsv3_locations, images):
@@ -151,7 +166,8 @@ def test_cpu_offload_scores_the_same(scorer, hpsv3_locations, images):
 def test_sigma_scorer_reports_the_uncertainty(scorer, hpsv3_locations, images):
     sigma_scorer = get_scorer("hpsv3-sigma", device="cpu", **hpsv3_locations)
     assert sigma_scorer.score(images[:1], PROMPTS[:1]) == pytest.approx(
-        scorer.score_with_uncertainty(images[:1], PROMPTS[:1])[1], rel=1e-5)
+        scorer.score_with_uncertainty(images[:1], PROMPTS[:1])[1], rel=1e-5
+    )
     assert not sigma_scorer.higher_is_better and sigma_scorer.scale == "sigma (>0)"
     assert same_signal("hpsv3") == ["hpsv3", "hpsv3-sigma"]
 
@@ -159,23 +175,34 @@ def test_sigma_scorer_reports_the_uncertainty(scorer, hpsv3_locations, images):
 # ------------------------------------------------------------------ checkpoints and options
 
 
-def test_the_newer_transformers_key_layout_loads_the_same_model(scorer, checkpoint_state, hpsv3_locations, images,
-                                                                 tmp_path):
-    renamed = {("model.language_model." + key.removeprefix("model.") if key.startswith("model.")
-                else "model." + key if key.startswith("visual.") else key): value
-               for key, value in checkpoint_state.items()}
+def test_the_newer_transformers_key_layout_loads_the_same_model(
+    scorer, checkpoint_state, hpsv3_locations, images, tmp_path
+):
+    renamed = {
+        (
+            "model.language_model." + key.removeprefix("model.")
+            if key.startswith("model.")
+            else "model." + key
+            if key.startswith("visual.")
+            else key
+        ): value
+        for key, value in checkpoint_state.items()
+    }
     assert "model.visual.merger.mlp.0.weight" in renamed and "model.language_model.norm.weight" in renamed
     save_file(renamed, str(tmp_path / "HPSv3.safetensors"))
     newer = get_scorer("hpsv3", device="cpu", checkpoint=str(tmp_path), base=hpsv3_locations["base"])
     assert newer.score(images[:1], PROMPTS[:1]) == pytest.approx(scorer.score(images[:1], PROMPTS[:1]), abs=1e-6)
 
 
-@pytest.mark.parametrize(("change", "message"), [
-    ("drop", r"missing \['model\.layers\.1\.mlp\.down_proj\.weight'\]"),
-    ("extra", r"unexpected \['model\.layers\.2\.mlp\.down_proj\.weight'\]"),
-    ("shape", r"rm_head\.5\.weight has shape \(3, 16\), the base config gives \(2, 16\)"),
-    ("garbage", r"cannot read .*HPSv3\.safetensors"),
-])
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ("drop", r"missing \['model\.layers\.1\.mlp\.down_proj\.weight'\]"),
+        ("extra", r"unexpected \['model\.layers\.2\.mlp\.down_proj\.weight'\]"),
+        ("shape", r"rm_head\.5\.weight has shape \(3, 16\), the base config gives \(2, 16\)"),
+        ("garbage", r"cannot read .*HPSv3\.safetensors"),
+    ],
+)
 def test_a_broken_checkpoint_is_a_one_line_error(checkpoint_state, hpsv3_locations, tmp_path, change, message):
     state = dict(checkpoint_state)
     if change == "drop":
@@ -198,8 +225,11 @@ def test_missing_files_and_bad_options_are_one_line_errors(hpsv3_locations, tmp_
         get_scorer("hpsv3", checkpoint=str(tmp_path), base=hpsv3_locations["base"])
     with pytest.raises(HarnessError, match=r"no such directory .* pass base=DIR"):
         get_scorer("hpsv3", checkpoint=hpsv3_locations["checkpoint"], base=str(tmp_path / "nowhere"))
-    for option, value, message in (("batch_size", "0", "positive whole number"), ("dtype", "int8", "dtype must be"),
-                                   ("offload", "maybe", "true or false")):
+    for option, value, message in (
+        ("batch_size", "0", "positive whole number"),
+        ("dtype", "int8", "dtype must be"),
+        ("offload", "maybe", "true or false"),
+    ):
         with pytest.raises(HarnessError, match=message):
             get_scorer("hpsv3", device="cpu", **hpsv3_locations, **{option: value})
 
@@ -207,8 +237,17 @@ def test_missing_files_and_bad_options_are_one_line_errors(hpsv3_locations, tmp_
 def test_registered_with_version_scale_and_options(scorer, capsys):
     assert scorer.version.startswith("v1.0+custom-")  # not the published weights: never the published key
     assert scorer.scale == "mu (unbounded)" and scorer.higher_is_better
-    check_scorer_options("hpsv3", {"checkpoint": "DIR", "base": "DIR", "batch_size": "4", "dtype": "bfloat16",
-                                   "offload": "true", "device": "cuda"})
+    check_scorer_options(
+        "hpsv3",
+        {
+            "checkpoint": "DIR",
+            "base": "DIR",
+            "batch_size": "4",
+            "dtype": "bfloat16",
+            "offload": "true",
+            "device": "cuda",
+        },
+    )
     with pytest.raises(HarnessError, match="takes no option model"):
         check_scorer_options("hpsv3", {"model": "DIR"})
     assert main(["scorers"]) == 0

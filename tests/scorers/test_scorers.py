@@ -16,8 +16,8 @@ import pytest
 import torch
 from PIL import Image
 
-from harness.errors import HarnessError
 from harness.api.registry import SCORERS, UnknownEntryError, register_scorer
+from harness.errors import HarnessError
 from harness.scoring import get_scorer, same_signal
 from harness.scoring.pickscore import PickScore
 from harness.testing.scorer_weights import register_tiny_open_clip, save_aesthetic_head, save_hf_clip, save_open_clip
@@ -49,13 +49,17 @@ def preprocessed(images: list[Image.Image], fit=shortest_side_and_centre_crop, s
 
 def test_the_odd_sized_images_tell_crop_pad_and_squash_apart():
     """Otherwise the scorer tests below could not see a wrong resize."""
+
     def squash(image: Image.Image, size: int) -> Image.Image:
         return image.resize((size, size), Image.Resampling.BICUBIC)
 
     images = odd_sized_images()
     not_square = [i for i, (width, height) in enumerate(OTHER_SIZES) if width != height]
-    for a, b in ((shortest_side_and_centre_crop, longest_side_and_pad), (shortest_side_and_centre_crop, squash),
-                 (longest_side_and_pad, squash)):
+    for a, b in (
+        (shortest_side_and_centre_crop, longest_side_and_pad),
+        (shortest_side_and_centre_crop, squash),
+        (longest_side_and_pad, squash),
+    ):
         gap = (preprocessed(images, a) - preprocessed(images, b)).abs().amax(dim=(1, 2, 3))
         assert (gap[not_square] > 1.0).all(), (a.__name__, b.__name__, gap)
 
@@ -79,7 +83,9 @@ def hf_clip(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return save_hf_clip(tmp_path_factory.mktemp("hf-clip"), "tiny", logit_scale=3.1)
 
 
-def hf_embeddings(model_dir: Path, images: list[Image.Image], prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor, float]:
+def hf_embeddings(
+    model_dir: Path, images: list[Image.Image], prompts: list[str]
+) -> tuple[torch.Tensor, torch.Tensor, float]:
     """Raw (unnormalised) projected embeddings and exp(logit_scale), straight from the saved model;
     images preprocessed as the CLIP processor does (shortest side, centre crop)."""
     from transformers import CLIPModel
@@ -105,7 +111,9 @@ def test_pickscore_is_exp_logit_scale_times_cosine(hf_clip):
     others = odd_sized_images(seed=5)
     prompts = [PROMPTS[i % 3] for i in range(len(others))]
     image, text, _ = hf_embeddings(model_dir, others, prompts)
-    np.testing.assert_allclose(scorer.score(others, prompts), (scale * cosine(image, text)).numpy(), rtol=1e-4, atol=2e-3)
+    np.testing.assert_allclose(
+        scorer.score(others, prompts), (scale * cosine(image, text)).numpy(), rtol=1e-4, atol=2e-3
+    )
     # Scores depend on the pair, not on what else is in the batch (padding, batching).
     assert scorer.score(images[1:2], PROMPTS[1:2])[0] == pytest.approx(float(expected[1]), rel=1e-4, abs=1e-4)
     swapped = scorer.score(images, PROMPTS[::-1])
@@ -125,10 +133,14 @@ def test_pickscore_cosine_is_the_raw_cosine_smpo_stores(hf_clip):
 def test_aesthetic_is_a_linear_head_on_normalised_image_embeddings(hf_clip, tmp_path):
     model_dir, processor_dir = hf_clip
     head = torch.nn.Linear(16, 1)
-    head.load_state_dict(torch.load(save_aesthetic_head(tmp_path / "sa_0_4_vit_l_14_linear.pth", 16), weights_only=True))
+    head.load_state_dict(
+        torch.load(save_aesthetic_head(tmp_path / "sa_0_4_vit_l_14_linear.pth", 16), weights_only=True)
+    )
     images = random_images(3, seed=1) + odd_sized_images(seed=1)
     prompts = [PROMPTS[i % 3] for i in range(len(images))]
-    scorer = get_scorer("aesthetic", model=str(model_dir), processor=str(processor_dir), checkpoint=str(tmp_path), device="cpu")
+    scorer = get_scorer(
+        "aesthetic", model=str(model_dir), processor=str(processor_dir), checkpoint=str(tmp_path), device="cpu"
+    )
     image, _, _ = hf_embeddings(model_dir, images, prompts)
     with torch.no_grad():
         expected = head(image / image.norm(dim=-1, keepdim=True)).squeeze(-1)
@@ -140,7 +152,9 @@ def test_aesthetic_is_a_linear_head_on_normalised_image_embeddings(hf_clip, tmp_
         get_scorer("aesthetic", model=str(model_dir), processor=str(processor_dir))  # the head's default is a URL
     torch.save(torch.nn.Linear(8, 1).state_dict(), tmp_path / "wrong.pth")
     with pytest.raises(HarnessError, match=r"expected a Linear\(16, 1\)"):
-        get_scorer("aesthetic", model=str(model_dir), processor=str(processor_dir), checkpoint=str(tmp_path / "wrong.pth"))
+        get_scorer(
+            "aesthetic", model=str(model_dir), processor=str(processor_dir), checkpoint=str(tmp_path / "wrong.pth")
+        )
 
 
 # ---------------------------------------------------------------- OpenCLIP (HPSv2 v2.0 / v2.1, CLIP score)
@@ -151,8 +165,11 @@ def tiny_open_clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A directory holding HPSv2-style and OpenCLIP-style checkpoints of a tiny registered architecture."""
     root = tmp_path_factory.mktemp("open-clip")
     register_tiny_open_clip(root, TINY_ARCH)
-    for seed, filename, wrapped in ((0, "HPS_v2_compressed.pt", True), (1, "HPS_v2.1_compressed.pt", True),
-                                    (2, "open_clip_pytorch_model.bin", False)):
+    for seed, filename, wrapped in (
+        (0, "HPS_v2_compressed.pt", True),
+        (1, "HPS_v2.1_compressed.pt", True),
+        (2, "open_clip_pytorch_model.bin", False),
+    ):
         save_open_clip(root / filename, TINY_ARCH, training_checkpoint=wrapped, seed=seed)
     return root
 
@@ -202,9 +219,12 @@ def test_hps_preprocessing_keeps_the_whole_image_and_pads():
 def test_clip_score_is_plain_cosine(tiny_open_clip):
     images = random_images(3, seed=4) + odd_sized_images(seed=4)
     prompts = [PROMPTS[i % 3] for i in range(len(images))]
-    scorer = get_scorer("clip", checkpoint=str(tiny_open_clip / "open_clip_pytorch_model.bin"), arch=TINY_ARCH, device="cpu")
-    expected = open_clip_cosine(tiny_open_clip / "open_clip_pytorch_model.bin", images, prompts,
-                                shortest_side_and_centre_crop)
+    scorer = get_scorer(
+        "clip", checkpoint=str(tiny_open_clip / "open_clip_pytorch_model.bin"), arch=TINY_ARCH, device="cpu"
+    )
+    expected = open_clip_cosine(
+        tiny_open_clip / "open_clip_pytorch_model.bin", images, prompts, shortest_side_and_centre_crop
+    )
     scores = scorer.score(images, prompts)
     np.testing.assert_allclose(scores, expected.numpy(), rtol=1e-4, atol=1e-5)
     assert all(-1 <= s <= 1 for s in scores)
@@ -239,8 +259,11 @@ def test_scorers_of_one_family_are_one_signal(monkeypatch):
     class Variant(PickScore):  # a new name without a family: its own signal, not inherited
         name = "pickscore-test-variant"
 
-    assert same_signal("pickscore") == same_signal("pickscore-test-cosine") == [
-        "pickscore", "pickscore-cosine", "pickscore-test-cosine"]
+    assert (
+        same_signal("pickscore")
+        == same_signal("pickscore-test-cosine")
+        == ["pickscore", "pickscore-cosine", "pickscore-test-cosine"]
+    )
     assert same_signal("pickscore-test-variant") == ["pickscore-test-variant"]
 
 
@@ -288,5 +311,7 @@ def test_checkpoints_never_unpickle_code(tmp_path, tiny_open_clip):
 
 def test_weights_that_do_not_fit_the_architecture_are_reported(tmp_path, tiny_open_clip):
     torch.save({"state_dict": {"visual.unknown": torch.zeros(1)}}, tmp_path / "HPS_v2_compressed.pt")
-    with pytest.raises(HarnessError, match=r"do not fit OpenCLIP tiny-test-ViT: missing .*unexpected \['visual.unknown'\]"):
+    with pytest.raises(
+        HarnessError, match=r"do not fit OpenCLIP tiny-test-ViT: missing .*unexpected \['visual.unknown'\]"
+    ):
         get_scorer("hpsv2", checkpoint=str(tmp_path), arch=TINY_ARCH)

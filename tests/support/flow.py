@@ -39,8 +39,12 @@ def logit_normal_sigmas(n: int, generator: torch.Generator) -> torch.Tensor:
 
 def velocity(net: torch.nn.Module, x: torch.Tensor, sigma: torch.Tensor, cond: Cond) -> torch.Tensor:
     with torch.no_grad():
-        return net(hidden_states=x, timestep=sigma * T, encoder_hidden_states=cond.hidden,
-                   pooled_projections=cond.added["pooled_projections"]).sample
+        return net(
+            hidden_states=x,
+            timestep=sigma * T,
+            encoder_hidden_states=cond.hidden,
+            pooled_projections=cond.added["pooled_projections"],
+        ).sample
 
 
 def per_pixel_mean(x: torch.Tensor) -> torch.Tensor:
@@ -60,19 +64,29 @@ def velocity_errors(net, x0, eps, sigma, cond) -> torch.Tensor:
 def flow_models(flow_nets, policy: torch.nn.Module | None = None) -> Models:
     trained, reference, scheduler = flow_nets
     policy = policy or copy.deepcopy(trained)
-    return SD3.models(policy=policy, unwrapped=policy, reference=lambda: (reference, nullcontext()), scheduler=scheduler)
+    return SD3.models(
+        policy=policy, unwrapped=policy, reference=lambda: (reference, nullcontext()), scheduler=scheduler
+    )
 
 
 def flow_batch(n_images: int, n_captions: int, seed: int, step_seed: int, scores=None, labels=None) -> Batch:
     generator = torch.Generator().manual_seed(seed)
     latents = torch.randn(n_images, *LATENT, generator=generator)
-    cond = Cond(torch.randn(n_captions, 6, 64, generator=generator),
-                {"pooled_projections": torch.randn(n_captions, 64, generator=generator)})
+    cond = Cond(
+        torch.randn(n_captions, 6, 64, generator=generator),
+        {"pooled_projections": torch.randn(n_captions, 64, generator=generator)},
+    )
     nan = torch.full((n_images,), math.nan)
-    return Batch(latents=latents, means=latents, cond=cond, keys=[f"img{seed}-{i}" for i in range(n_images)],
-                 scores=nan if scores is None else scores, labels=nan if labels is None else labels,
-                 captions=[f"caption {seed}-{i}" for i in range(n_captions)],
-                 generator=torch.Generator().manual_seed(step_seed))
+    return Batch(
+        latents=latents,
+        means=latents,
+        cond=cond,
+        keys=[f"img{seed}-{i}" for i in range(n_images)],
+        scores=nan if scores is None else scores,
+        labels=nan if labels is None else labels,
+        captions=[f"caption {seed}-{i}" for i in range(n_captions)],
+        generator=torch.Generator().manual_seed(step_seed),
+    )
 
 
 def pair_draws(batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:

@@ -56,13 +56,35 @@ PICKAPIC_COLUMNS = {
 # Sizes the Pick-a-Pic web app produced (square and portrait/landscape SD / SDXL outputs) and a
 # few small ones, so nothing downstream can assume square or 512-pixel images.
 IMAGE_SIZES = ((512, 512), (768, 512), (512, 640), (512, 768), (640, 512), (160, 128), (96, 96))
-MODELS = ("stabilityai/stable-diffusion-2-1", "dreamlike-art/dreamlike-photoreal-2.0",
-          "stabilityai/stable-diffusion-xl-beta", "CompVis/stable-diffusion-v1-4")
-_SUBJECTS = ("a corgi", "an astronaut", "a lighthouse", "a red fox", "a teapot", "a dragon", "an old sailor",
-             "a cyberpunk city", "a bowl of ramen", "a castle", "a robot", "a hummingbird")
+MODELS = (
+    "stabilityai/stable-diffusion-2-1",
+    "dreamlike-art/dreamlike-photoreal-2.0",
+    "stabilityai/stable-diffusion-xl-beta",
+    "CompVis/stable-diffusion-v1-4",
+)
+_SUBJECTS = (
+    "a corgi",
+    "an astronaut",
+    "a lighthouse",
+    "a red fox",
+    "a teapot",
+    "a dragon",
+    "an old sailor",
+    "a cyberpunk city",
+    "a bowl of ramen",
+    "a castle",
+    "a robot",
+    "a hummingbird",
+)
 _SCENES = ("in the snow", "on the moon", "at sunset", "in a forest", "underwater", "in a busy market")
-_STYLES = ("oil painting", "studio photo, 85mm", "anime style", "watercolor", "3d render, octane",
-           "pencil sketch, highly detailed")
+_STYLES = (
+    "oil painting",
+    "studio photo, 85mm",
+    "anime style",
+    "watercolor",
+    "3d render, octane",
+    "pencil sketch, highly detailed",
+)
 
 
 def pickapic_captions(rng: np.random.Generator) -> list[str]:
@@ -107,8 +129,9 @@ class _Rankings:
     def new_user(self) -> int:
         return int(self.rng.integers(1, 400_000))
 
-    def session(self, caption: str, labels: list[float], first: _Image | None = None,
-                user_id: int | None = None) -> _Image | None:
+    def session(
+        self, caption: str, labels: list[float], first: _Image | None = None, user_id: int | None = None
+    ) -> _Image | None:
         """One user's comparisons for ``caption`` with the given ``label_0``s, starting against
         ``first`` if given; returns the image left on screen."""
         user_id = self.new_user() if user_id is None else user_id
@@ -127,25 +150,27 @@ class _Rankings:
         self.clock += timedelta(seconds=int(self.rng.integers(3, 90)))
         self.ranking_id += 1
         image_0, image_1 = pair
-        self.rows.append({
-            "are_different": image_0.uid != image_1.uid,
-            "best_image_uid": {1.0: image_0.uid, 0.0: image_1.uid}.get(label_0, ""),
-            "caption": caption,
-            "created_at": self.clock,
-            "has_label": True,
-            "image_0_uid": image_0.uid,
-            "image_0_url": f"https://images.pickapic.io/{image_0.uid}.png",
-            "image_1_uid": image_1.uid,
-            "image_1_url": f"https://images.pickapic.io/{image_1.uid}.png",
-            "jpg_0": image_0.jpeg,
-            "jpg_1": image_1.jpeg,
-            "label_0": label_0,
-            "label_1": 1.0 - label_0,
-            "model_0": image_0.model,
-            "model_1": image_1.model,
-            "ranking_id": self.ranking_id,
-            "user_id": user_id,
-        })
+        self.rows.append(
+            {
+                "are_different": image_0.uid != image_1.uid,
+                "best_image_uid": {1.0: image_0.uid, 0.0: image_1.uid}.get(label_0, ""),
+                "caption": caption,
+                "created_at": self.clock,
+                "has_label": True,
+                "image_0_uid": image_0.uid,
+                "image_0_url": f"https://images.pickapic.io/{image_0.uid}.png",
+                "image_1_uid": image_1.uid,
+                "image_1_url": f"https://images.pickapic.io/{image_1.uid}.png",
+                "jpg_0": image_0.jpeg,
+                "jpg_1": image_1.jpeg,
+                "label_0": label_0,
+                "label_1": 1.0 - label_0,
+                "model_0": image_0.model,
+                "model_1": image_1.model,
+                "ranking_id": self.ranking_id,
+                "user_id": user_id,
+            }
+        )
 
     def random_labels(self, n: int) -> list[float]:
         return [float(x) for x in self.rng.choice([1.0, 0.0, 0.5], size=n, p=[0.45, 0.4, 0.15])]
@@ -185,12 +210,15 @@ def _finish(rows: list[dict], rng: np.random.Generator) -> list[dict]:
     for row in rows:
         counts[row["caption"]] = counts.get(row["caption"], 0) + 1
     index = np.sort(rng.choice(len(rows) * 10, size=len(rows), replace=False))
-    return [{**row, "num_example_per_prompt": counts[row["caption"]], "__index_level_0__": int(i)}
-            for row, i in zip(rows, index)]
+    return [
+        {**row, "num_example_per_prompt": counts[row["caption"]], "__index_level_0__": int(i)}
+        for row, i in zip(rows, index)
+    ]
 
 
-def write_pickapic_v2(root: Path, *, n_train: int = 24, n_test_unique: int = 6, seed: int = 0,
-                      train_shards: int = 2, n_other: int = 4) -> Path:
+def write_pickapic_v2(
+    root: Path, *, n_train: int = 24, n_test_unique: int = 6, seed: int = 0, train_shards: int = 2, n_other: int = 4
+) -> Path:
     """Write a small Pick-a-Pic v2 in the hub repository's layout under ``root``; returns ``root``.
 
     Layout, as the dataset repo ``yuvalkirstain/pickapic_v2`` stores it (and as
@@ -262,11 +290,15 @@ def pickapic_test_file(root: Path) -> Path:
 
 def _pickapic_card(sizes: dict[str, tuple[int, int]]) -> str:
     features = "".join(f"  - name: {name}\n    dtype: {dtype}\n" for name, dtype in PICKAPIC_COLUMNS.items())
-    splits = "".join(f"  - name: {split}\n    num_bytes: {nbytes}\n    num_examples: {n}\n"
-                     for split, (n, nbytes) in sizes.items())
+    splits = "".join(
+        f"  - name: {split}\n    num_bytes: {nbytes}\n    num_examples: {n}\n" for split, (n, nbytes) in sizes.items()
+    )
     total = sum(nbytes for _, nbytes in sizes.values())
     return (
-        "---\ndataset_info:\n  features:\n" + features + "  splits:\n" + splits
+        "---\ndataset_info:\n  features:\n"
+        + features
+        + "  splits:\n"
+        + splits
         + f"  download_size: {total}\n  dataset_size: {total}\n---\n"
         "# Pick-a-Pic v2 (offline test copy)\n\n"
         "Seeded synthetic rows in the layout and schema of the hub dataset yuvalkirstain/pickapic_v2; "
@@ -293,7 +325,7 @@ def write_hpdv2_benchmark(root: Path, *, per_style: int = 3, seed: int = 0) -> P
     order = rng.permutation(len(subjects))
     (root / "benchmark").mkdir(parents=True, exist_ok=True)
     for k, style in enumerate(HPDV2_STYLES):
-        chosen = [subjects[i] for i in order[k * per_style:(k + 1) * per_style]]
+        chosen = [subjects[i] for i in order[k * per_style : (k + 1) * per_style]]
         prompts = [f"{text}, {style.replace('-', ' ')}" for text in chosen]
         (root / "benchmark" / f"{style}.json").write_text(json.dumps(prompts), encoding="utf-8")
     return root

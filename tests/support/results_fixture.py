@@ -21,10 +21,19 @@ from harness.results.store import Store, db_path
 METHODS = {"base": 0.0, "dpo": 0.5, "dro": 1.0}
 SUITES = {
     # name: (split, [(prompt_id, prompt, category)])
-    "toy-seen": ("seen", [("s0", "a red circle", "shapes"), ("s1", "a blue square", "shapes"),
-                          ("s2", "a cat on a mat", "animals"), ("s3", "a dog in the park", "animals")]),
-    "toy-unseen": ("unseen", [("u0", "a green triangle", "shapes"), ("u1", "an owl at night", "animals"),
-                              ("u2", "a yellow star", "shapes")]),
+    "toy-seen": (
+        "seen",
+        [
+            ("s0", "a red circle", "shapes"),
+            ("s1", "a blue square", "shapes"),
+            ("s2", "a cat on a mat", "animals"),
+            ("s3", "a dog in the park", "animals"),
+        ],
+    ),
+    "toy-unseen": (
+        "unseen",
+        [("u0", "a green triangle", "shapes"), ("u1", "an owl at night", "animals"), ("u2", "a yellow star", "shapes")],
+    ),
 }
 IMAGES_PER_PROMPT = 2
 SCORERS = {"pickscore": ("v1", "100*cos", 20.0), "aesthetic": ("v1", "[0,10]", 5.0)}
@@ -51,8 +60,17 @@ def manifest_rows(results_dir: Path, method: str, suite: str) -> list[dict]:
             rel = f"images/{method}/{suite}/{prompt_id}_{j}.png"
             # The same seed gives the same base picture; the method shifts it so methods differ.
             sha = write_png(results_dir / rel, seed * 7 + len(method))
-            rows.append(dict(prompt_id=prompt_id, prompt=prompt, category=category, image_index=j,
-                             seed=seed, path=rel, sha256=sha))
+            rows.append(
+                dict(
+                    prompt_id=prompt_id,
+                    prompt=prompt,
+                    category=category,
+                    image_index=j,
+                    seed=seed,
+                    path=rel,
+                    sha256=sha,
+                )
+            )
     return rows
 
 
@@ -60,8 +78,14 @@ def score_rows(method: str, suite: str) -> list[dict]:
     rng = random.Random(f"{method}/{suite}")
     _, prompts = SUITES[suite]
     return [
-        dict(prompt_id=prompt_id, image_index=j, scorer=scorer, version=version, scale=scale,
-             value=centre + METHODS[method] + rng.uniform(-0.1, 0.1))
+        dict(
+            prompt_id=prompt_id,
+            image_index=j,
+            scorer=scorer,
+            version=version,
+            scale=scale,
+            value=centre + METHODS[method] + rng.uniform(-0.1, 0.1),
+        )
         for prompt_id, _, _ in prompts
         for j in range(IMAGES_PER_PROMPT)
         for scorer, (version, scale, centre) in SCORERS.items()
@@ -72,21 +96,34 @@ def build_results_dir(results_dir: Path) -> Path:
     """Fill ``results_dir`` (results.db + images) as a finished run of base, dpo and dro would."""
     with Store(results_dir) as store:
         for method in METHODS:
-            run_id = store.get_or_create_run(method, method=method, preset="test", base_model="tiny-sd",
-                                             config={"method": method, "beta": 5000})
+            run_id = store.get_or_create_run(
+                method, method=method, preset="test", base_model="tiny-sd", config={"method": method, "beta": 5000}
+            )
             store.set_run_status(run_id, "running")
             if method != "base":
                 speed = METHODS[method]  # dro learns fastest, so the curves differ
-                store.log_training(run_id, [(step, {"loss": 0.69 - 0.01 * speed * step, "lr": 1e-5,
-                                                    "implicit_acc": 0.5 + 0.05 * speed * step})
-                                            for step in range(1, TRAIN_STEPS + 1)])
+                store.log_training(
+                    run_id,
+                    [
+                        (
+                            step,
+                            {"loss": 0.69 - 0.01 * speed * step, "lr": 1e-5, "implicit_acc": 0.5 + 0.05 * speed * step},
+                        )
+                        for step in range(1, TRAIN_STEPS + 1)
+                    ],
+                )
                 store.add_checkpoint(run_id, TRAIN_STEPS, f"models/{method}/checkpoint-{TRAIN_STEPS}")
                 store.set_overlap(run_id, suite="toy-unseen", n_overlap=1 if method == "dro" else 0)
             if method in TRAINING_SIGNALS:
                 store.set_training_signals(run_id, *TRAINING_SIGNALS[method])
             for suite, (split, _) in SUITES.items():
-                store.add_images(run_id, suite=suite, suite_version="abc123", split=split,
-                                 rows=manifest_rows(results_dir, method, suite))
+                store.add_images(
+                    run_id,
+                    suite=suite,
+                    suite_version="abc123",
+                    split=split,
+                    rows=manifest_rows(results_dir, method, suite),
+                )
                 store.add_scores(run_id, suite=suite, rows=score_rows(method, suite))
             store.set_run_status(run_id, "done", compute={"wall_s": 12.5, "unet_evals_per_sample": 4.0})
     return results_dir
@@ -102,12 +139,23 @@ def add_curve_runs(results_dir: Path) -> Path:
     with Store(results_dir) as store:
         for step, offset in CURVE_STEPS.items():
             name = f"dpo@{step}"
-            run_id = store.get_or_create_run(name, method=name, preset="test", base_model="tiny-sd",
-                                             config={"snapshot_of": "dpo", "step": step})
-            store.add_images(run_id, suite="toy-seen", suite_version="abc123", split="seen",
-                             rows=manifest_rows(results_dir, name, "toy-seen"))
-            store.add_scores(run_id, suite="toy-seen", rows=[{**row, "value": row["value"] - METHODS["dpo"] + offset}
-                                                             for row in score_rows("dpo", "toy-seen")])
+            run_id = store.get_or_create_run(
+                name, method=name, preset="test", base_model="tiny-sd", config={"snapshot_of": "dpo", "step": step}
+            )
+            store.add_images(
+                run_id,
+                suite="toy-seen",
+                suite_version="abc123",
+                split="seen",
+                rows=manifest_rows(results_dir, name, "toy-seen"),
+            )
+            store.add_scores(
+                run_id,
+                suite="toy-seen",
+                rows=[
+                    {**row, "value": row["value"] - METHODS["dpo"] + offset} for row in score_rows("dpo", "toy-seen")
+                ],
+            )
             store.set_run_status(run_id, "done")
     return results_dir
 

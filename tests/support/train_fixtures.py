@@ -29,8 +29,16 @@ def write_pair_dir(path: Path, n_pairs: int = 4, seed: int = 0, corrupt: int = 0
         # Alternate which side wins so orientation is exercised; scores agree with the label.
         label = 1.0 if i % 2 == 0 else 0.0
         high, low = 0.24 - 0.01 * i, 0.16 + 0.005 * i
-        rows.append({"caption": f"a photo of thing {i}", "image_0": f"{i}_0.png", "image_1": f"{i}_1.png",
-                     "label_0": label, "score_0": high if label else low, "score_1": low if label else high})
+        rows.append(
+            {
+                "caption": f"a photo of thing {i}",
+                "image_0": f"{i}_0.png",
+                "image_1": f"{i}_1.png",
+                "label_0": label,
+                "score_0": high if label else low,
+                "score_1": low if label else high,
+            }
+        )
     rows.append({"caption": "a tie", "image_0": "0_0.png", "image_1": "1_0.png", "label_0": 0.5})
     (path / "pairs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     return path

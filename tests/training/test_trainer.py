@@ -36,8 +36,14 @@ def test_dpo_end_to_end_output_loads_into_a_pipeline_and_logs_every_step(tiny_mo
     from diffusers import StableDiffusionPipeline, UNet2DConditionModel
 
     logged: list[tuple[int, dict]] = []
-    result = train("dpo", base_model=tiny_model_dir, data_dir=data_dir, output_dir=tmp_path / "dpo",
-                   overrides={**FAST, "max_steps": 3}, on_log=lambda step, terms: logged.append((step, terms)))
+    result = train(
+        "dpo",
+        base_model=tiny_model_dir,
+        data_dir=data_dir,
+        output_dir=tmp_path / "dpo",
+        overrides={**FAST, "max_steps": 3},
+        on_log=lambda step, terms: logged.append((step, terms)),
+    )
     assert result.steps == 3 and result.unet_dir == tmp_path / "dpo" / "final" / "unet"
     assert result.unet_evals_per_sample == 4.0  # policy and reference on winner and loser
     assert [s for s, _ in logged] == [1, 2, 3]
@@ -49,18 +55,23 @@ def test_dpo_end_to_end_output_loads_into_a_pipeline_and_logs_every_step(tiny_mo
     base = UNet2DConditionModel.from_pretrained(tiny_model_dir / "unet")
     changed = [n for n, p in unet.state_dict().items() if not torch.equal(p, base.state_dict()[n])]
     assert changed, "training did not change the UNet"
-    pipe = StableDiffusionPipeline.from_pretrained(tiny_model_dir, unet=unet, safety_checker=None,
-                                                   requires_safety_checker=False)
+    pipe = StableDiffusionPipeline.from_pretrained(
+        tiny_model_dir, unet=unet, safety_checker=None, requires_safety_checker=False
+    )
     image = pipe("a photo", num_inference_steps=2, height=32, width=32, output_type="np").images
     assert image.shape == (1, 32, 32, 3) and torch.isfinite(torch.from_numpy(image)).all()
 
-    again = train("dpo", base_model=tiny_model_dir, data_dir=data_dir, output_dir=tmp_path / "dpo",
-                  overrides={**FAST, "max_steps": 3})
+    again = train(
+        "dpo",
+        base_model=tiny_model_dir,
+        data_dir=data_dir,
+        output_dir=tmp_path / "dpo",
+        overrides={**FAST, "max_steps": 3},
+    )
     assert again.steps == 3 and again.wall_s < result.wall_s  # finished runs are not redone
 
 
-def test_a_finished_training_moved_with_its_inputs_is_not_redone_and_edited_data_is_refused(
-        tiny_model_dir, tmp_path):
+def test_a_finished_training_moved_with_its_inputs_is_not_redone_and_edited_data_is_refused(tiny_model_dir, tmp_path):
     """The checkpoint records its base model and data by content (harness.results.identity): the training, its base model
     and its data moved elsewhere resume as finished; with the data's labels flipped in place it is refused."""
     import os
@@ -69,21 +80,36 @@ def test_a_finished_training_moved_with_its_inputs_is_not_redone_and_edited_data
     before, after = tmp_path / "before", tmp_path / "after"
     shutil.copytree(tiny_model_dir, before / "model")
     write_pair_dir(before / "data")
-    first = train("dpo", base_model=before / "model", data_dir=before / "data", output_dir=before / "out",
-                  overrides={**FAST, "max_steps": 2})
+    first = train(
+        "dpo",
+        base_model=before / "model",
+        data_dir=before / "data",
+        output_dir=before / "out",
+        overrides={**FAST, "max_steps": 2},
+    )
     weights = first.unet_dir / "diffusion_pytorch_model.safetensors"
     stamp = weights.stat().st_mtime_ns
     os.rename(before, after)
-    moved = train("dpo", base_model=after / "model", data_dir=after / "data", output_dir=after / "out",
-                  overrides={**FAST, "max_steps": 2})
+    moved = train(
+        "dpo",
+        base_model=after / "model",
+        data_dir=after / "data",
+        output_dir=after / "out",
+        overrides={**FAST, "max_steps": 2},
+    )
     assert (after / "out" / "final" / "unet" / weights.name).stat().st_mtime_ns == stamp  # not trained again
     assert moved.steps == 2
     pairs = after / "data" / "pairs.jsonl"
     flipped = [{**row, "label_0": 1.0 - row["label_0"]} for row in map(json.loads, pairs.read_text().splitlines())]
     pairs.write_text("".join(json.dumps(row) + "\n" for row in flipped))
     with pytest.raises(HarnessError, match="checkpoint-2 was written by a run with different settings"):
-        train("dpo", base_model=after / "model", data_dir=after / "data", output_dir=after / "out",
-              overrides={**FAST, "max_steps": 2})
+        train(
+            "dpo",
+            base_model=after / "model",
+            data_dir=after / "data",
+            output_dir=after / "out",
+            overrides={**FAST, "max_steps": 2},
+        )
 
 
 class Killed(Exception):
@@ -97,26 +123,46 @@ def test_killed_and_resumed_run_ends_with_the_same_weights(method, model, reques
     tiny_model_dir = request.getfixturevalue(model)
     # A warmup that spans the interruption and two micro-steps per step: a resume that dropped the LR
     # schedule's or the accumulation's state would end elsewhere.
-    overrides = {**FAST, **PER_METHOD.get(method, {}), "max_steps": 4, "checkpoint_every": 2,
-                 "lr_scheduler": "linear", "warmup_steps": 3, "grad_accum": 2}
+    overrides = {
+        **FAST,
+        **PER_METHOD.get(method, {}),
+        "max_steps": 4,
+        "checkpoint_every": 2,
+        "lr_scheduler": "linear",
+        "warmup_steps": 3,
+        "grad_accum": 2,
+    }
 
     def train(*args, **kwargs):  # each method's tiny settings under these overrides
         return train_method(*args, preset="tiny", **kwargs)
 
-    straight = train(method, base_model=tiny_model_dir, data_dir=data_dir, output_dir=tmp_path / "straight",
-                     overrides=overrides)
+    straight = train(
+        method, base_model=tiny_model_dir, data_dir=data_dir, output_dir=tmp_path / "straight", overrides=overrides
+    )
 
     def kill_at_step_3(step: int, terms: dict) -> None:
         if step == 3:
             raise Killed  # after checkpoint-2 was written, before checkpoint-4: a mid-run kill
 
     with pytest.raises(Killed):
-        train(method, base_model=tiny_model_dir, data_dir=data_dir, output_dir=tmp_path / "resumed",
-              overrides=overrides, on_log=kill_at_step_3)
+        train(
+            method,
+            base_model=tiny_model_dir,
+            data_dir=data_dir,
+            output_dir=tmp_path / "resumed",
+            overrides=overrides,
+            on_log=kill_at_step_3,
+        )
     assert sorted(p.name for p in (tmp_path / "resumed").glob("checkpoint-*")) == ["checkpoint-2"]
     resumed_steps: list[int] = []
-    resumed = train(method, base_model=tiny_model_dir, data_dir=data_dir, output_dir=tmp_path / "resumed",
-                    overrides=overrides, on_log=lambda step, terms: resumed_steps.append(step))
+    resumed = train(
+        method,
+        base_model=tiny_model_dir,
+        data_dir=data_dir,
+        output_dir=tmp_path / "resumed",
+        overrides=overrides,
+        on_log=lambda step, terms: resumed_steps.append(step),
+    )
     assert resumed_steps == [3, 4]
     a, b = unet_weights(straight.unet_dir), unet_weights(resumed.unet_dir)
     assert a.keys() == b.keys()
@@ -174,8 +220,13 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(
 def test_corrupt_images_are_skipped_and_counted_whatever_the_steps(tiny_model_dir, tmp_path, capsys, steps):
     # Left out before the first step, not met when drawn: one step counts the same image as three.
     data = write_pair_dir(tmp_path / "data", n_pairs=4, corrupt=1)
-    result = train("dpo", base_model=tiny_model_dir, data_dir=data, output_dir=tmp_path / "out",
-                   overrides={**FAST, "max_steps": steps})
+    result = train(
+        "dpo",
+        base_model=tiny_model_dir,
+        data_dir=data,
+        output_dir=tmp_path / "out",
+        overrides={**FAST, "max_steps": steps},
+    )
     assert result.steps == steps and result.skipped_images == 1
     assert result.data_summary == "pairs 5 read, 1 tie skipped, 1 unreadable"
     out = capsys.readouterr().out
@@ -186,9 +237,14 @@ def test_lora_trains_adapters_against_the_disabled_adapter_reference(tiny_model_
     from diffusers import UNet2DConditionModel
 
     logged: list[dict] = []
-    result = train("dpo", base_model=tiny_model_dir, data_dir=data_dir, output_dir=tmp_path / "lora",
-                   overrides={**FAST, "max_steps": 2, "lora_rank": 4, "lr": 1e-2},
-                   on_log=lambda step, terms: logged.append(terms))
+    result = train(
+        "dpo",
+        base_model=tiny_model_dir,
+        data_dir=data_dir,
+        output_dir=tmp_path / "lora",
+        overrides={**FAST, "max_steps": 2, "lora_rank": 4, "lr": 1e-2},
+        on_log=lambda step, terms: logged.append(terms),
+    )
     # LoRA's B starts at zero, so policy == reference at first; after one step they differ, which they
     # never would if the "reference" were the adapted network itself.
     assert logged[0]["loss"] == pytest.approx(math.log(2), abs=1e-6)
@@ -203,11 +259,27 @@ def test_lora_trains_adapters_against_the_disabled_adapter_reference(tiny_model_
 
 def test_bf16_accumulation_ema_adafactor_checkpointing_and_scale_lr(tiny_model_dir, data_dir, tmp_path):
     logged: list[dict] = []
-    overrides = {"batch_size": 1, "grad_accum": 2, "lr": 1e-3, "scale_lr": True, "warmup_steps": 0,
-                 "max_steps": 2, "mixed_precision": "bf16", "optimizer": "adafactor", "ema_decay": 0.5,
-                 "ema_on_cpu": True, "gradient_checkpointing": True}
-    result = train("sft", base_model=tiny_model_dir, data_dir=data_dir, output_dir=tmp_path / "opts",
-                   overrides=overrides, on_log=lambda step, terms: logged.append(terms))
+    overrides = {
+        "batch_size": 1,
+        "grad_accum": 2,
+        "lr": 1e-3,
+        "scale_lr": True,
+        "warmup_steps": 0,
+        "max_steps": 2,
+        "mixed_precision": "bf16",
+        "optimizer": "adafactor",
+        "ema_decay": 0.5,
+        "ema_on_cpu": True,
+        "gradient_checkpointing": True,
+    }
+    result = train(
+        "sft",
+        base_model=tiny_model_dir,
+        data_dir=data_dir,
+        output_dir=tmp_path / "opts",
+        overrides=overrides,
+        on_log=lambda step, terms: logged.append(terms),
+    )
     assert logged[0]["lr"] == pytest.approx(1e-3 * 1 * 2)  # Salesforce --scale_lr: x batch x accumulation x processes
     assert all(math.isfinite(t["loss"]) for t in logged)
     ema = unet_weights(result.unet_dir)
@@ -229,14 +301,26 @@ def test_sdxl_conditioning_is_the_pipelines_and_trains(small_sdxl_dir, data_dir,
     forward = UNet2DConditionModel.forward
 
     def recording_forward(self, sample, timestep, encoder_hidden_states, *args, added_cond_kwargs=None, **kwargs):
-        received.append((encoder_hidden_states.detach().float().clone(),
-                         {k: v.detach().float().clone() for k, v in added_cond_kwargs.items()}))
-        return forward(self, sample, timestep, encoder_hidden_states, *args, added_cond_kwargs=added_cond_kwargs, **kwargs)
+        received.append(
+            (
+                encoder_hidden_states.detach().float().clone(),
+                {k: v.detach().float().clone() for k, v in added_cond_kwargs.items()},
+            )
+        )
+        return forward(
+            self, sample, timestep, encoder_hidden_states, *args, added_cond_kwargs=added_cond_kwargs, **kwargs
+        )
 
     monkeypatch.setattr(UNet2DConditionModel, "forward", recording_forward)
     logged: list[dict] = []
-    result = train("dpo", base_model=small_sdxl_dir, data_dir=data_dir, output_dir=tmp_path / "sdxl",
-                   overrides={**FAST, "max_steps": 2}, on_log=lambda step, terms: logged.append(terms))
+    result = train(
+        "dpo",
+        base_model=small_sdxl_dir,
+        data_dir=data_dir,
+        output_dir=tmp_path / "sdxl",
+        overrides={**FAST, "max_steps": 2},
+        on_log=lambda step, terms: logged.append(terms),
+    )
     assert logged[0]["loss"] == pytest.approx(math.log(2), abs=1e-5)
     assert math.isfinite(logged[1]["loss"])
     assert UNet2DConditionModel.from_pretrained(result.unet_dir).config.addition_embed_type == "text_time"
@@ -250,8 +334,13 @@ def test_sdxl_conditioning_is_the_pipelines_and_trains(small_sdxl_dir, data_dir,
         for caption in captions:
             hidden, _, pooled, _ = pipe.encode_prompt(caption, device="cpu", do_classifier_free_guidance=False)
             expected[caption] = (hidden[0], pooled[0])
-    time_ids = pipe._get_add_time_ids((resolution, resolution), (0, 0), (resolution, resolution), dtype=torch.float32,
-                                      text_encoder_projection_dim=pipe.text_encoder_2.config.projection_dim)[0]
+    time_ids = pipe._get_add_time_ids(
+        (resolution, resolution),
+        (0, 0),
+        (resolution, resolution),
+        dtype=torch.float32,
+        text_encoder_projection_dim=pipe.text_encoder_2.config.projection_dim,
+    )[0]
 
     trained_on = set()
     for hidden_batch, added in received:
@@ -268,9 +357,10 @@ def test_ema_follows_the_diffusers_schedule_from_the_first_step(tiny_model_dir, 
     """Stated without the implementation: update 1 copies the weights (decay 0), update n >= 2 uses
     decay min((1 + (n - 1)) / (10 + (n - 1)), ema_decay).  A constant 0.9999 from step 1 would leave
     the exported UNet ~99.97% base after 3 steps."""
-    overrides = {**FAST, "lr": 1e-3, "max_steps": 3, "checkpoint_every": 1, "checkpoints_kept": 3,
-                 "ema_decay": 0.9999}
-    result = train("sft", base_model=tiny_model_dir, data_dir=data_dir, output_dir=tmp_path / "ema", overrides=overrides)
+    overrides = {**FAST, "lr": 1e-3, "max_steps": 3, "checkpoint_every": 1, "checkpoints_kept": 3, "ema_decay": 0.9999}
+    result = train(
+        "sft", base_model=tiny_model_dir, data_dir=data_dir, output_dir=tmp_path / "ema", overrides=overrides
+    )
     raw = [load_file(str(tmp_path / "ema" / f"checkpoint-{n}" / "unet.safetensors")) for n in (1, 2, 3)]
     expected = dict(raw[0])
     for n, weights in ((2, raw[1]), (3, raw[2])):
@@ -285,15 +375,25 @@ def test_ema_follows_the_diffusers_schedule_from_the_first_step(tiny_model_dir, 
 
 
 @pytest.mark.parametrize("refill_every, evals_per_sample", [(1, 7.0), (2, 5.5)])
-def test_dro_refills_from_each_micro_batch_as_the_public_code(tiny_model_dir, data_dir, tmp_path, refill_every,
-                                                              evals_per_sample):
+def test_dro_refills_from_each_micro_batch_as_the_public_code(
+    tiny_model_dir, data_dir, tmp_path, refill_every, evals_per_sample
+):
     """Published (basiclab/DiffusionDRO train.py:654-714): every forward/backward turns its experts into buffer
     rows, one trajectory each.  With 2 experts, 3 sampler steps, policy and reference on 2 expert + 2 policy
     states: (2*3 + 4 + 4) / 2 = 7 UNet evaluations per sample; refilling every second iteration: (14 + 8) / 4
     = 5.5."""
-    overrides = {**FAST, "max_steps": 2, "grad_accum": 2, "sampler_steps": 3, "buffer_size": 2,
-                 "refill_every": refill_every, "ema_decay": None}
-    result = train("dro", base_model=tiny_model_dir, data_dir=data_dir, output_dir=tmp_path / "dro", overrides=overrides)
+    overrides = {
+        **FAST,
+        "max_steps": 2,
+        "grad_accum": 2,
+        "sampler_steps": 3,
+        "buffer_size": 2,
+        "refill_every": refill_every,
+        "ema_decay": None,
+    }
+    result = train(
+        "dro", base_model=tiny_model_dir, data_dir=data_dir, output_dir=tmp_path / "dro", overrides=overrides
+    )
     assert result.unet_evals_per_sample == pytest.approx(evals_per_sample)
 
 
@@ -304,8 +404,14 @@ def test_pure_bf16_weights_as_the_public_dro_code(tiny_model_dir, data_dir, tmp_
 
     overrides = {**FAST, "max_steps": 2, "mixed_precision": "bf16", "master_weights": "bf16", "ema_decay": 0.9}
     logged: list[dict] = []
-    result = train("sft", base_model=tiny_model_dir, data_dir=data_dir, output_dir=tmp_path / "bf16",
-                   overrides=overrides, on_log=lambda step, terms: logged.append(terms))
+    result = train(
+        "sft",
+        base_model=tiny_model_dir,
+        data_dir=data_dir,
+        output_dir=tmp_path / "bf16",
+        overrides=overrides,
+        on_log=lambda step, terms: logged.append(terms),
+    )
     checkpoint = tmp_path / "bf16" / "checkpoint-2"
     assert {t.dtype for t in load_file(str(checkpoint / "unet.safetensors")).values()} == {torch.bfloat16}
     assert {t.dtype for t in load_file(str(checkpoint / "ema.safetensors")).values()} == {torch.bfloat16}
@@ -325,14 +431,25 @@ def test_effective_batch_size_sets_the_accumulation_and_the_scaled_lr(tiny_model
     logged: list[dict] = []
     overrides = {**FAST, "batch_size": 1, "effective_batch_size": 3, "scale_lr": True, "lr": 1e-3, "max_steps": 1}
     trainer_dir = tmp_path / "eff"
-    train("sft", base_model=tiny_model_dir, data_dir=data_dir, output_dir=trainer_dir, overrides=overrides,
-          on_log=lambda step, terms: logged.append(terms))
+    train(
+        "sft",
+        base_model=tiny_model_dir,
+        data_dir=data_dir,
+        output_dir=trainer_dir,
+        overrides=overrides,
+        on_log=lambda step, terms: logged.append(terms),
+    )
     assert logged[0]["lr"] == pytest.approx(3e-3)
     state = json.loads((trainer_dir / "final" / "trainer_state.json").read_text())
     assert state["samples"] == 3  # one optimizer step of three micro-batches of one image
     with pytest.raises(HarnessError, match="not a multiple"):
-        train("sft", base_model=tiny_model_dir, data_dir=data_dir, output_dir=tmp_path / "bad",
-              overrides={**overrides, "batch_size": 2})
+        train(
+            "sft",
+            base_model=tiny_model_dir,
+            data_dir=data_dir,
+            output_dir=tmp_path / "bad",
+            overrides={**overrides, "batch_size": 2},
+        )
 
 
 def test_batches_flip_images_and_sample_the_posterior_as_the_public_scripts(tiny_model_dir, data_dir, tmp_path):
@@ -341,8 +458,14 @@ def test_batches_flip_images_and_sample_the_posterior_as_the_public_scripts(tiny
 
     def batches(**options) -> list:
         config = resolve_config("dpo", None, {**FAST, **options})
-        trainer = Trainer(METHODS.get("dpo")(config), base_model=str(tiny_model_dir), data_dir=data_dir,
-                          output_dir=tmp_path / "unused", seed=0, on_log=None)
+        trainer = Trainer(
+            METHODS.get("dpo")(config),
+            base_model=str(tiny_model_dir),
+            data_dir=data_dir,
+            output_dir=tmp_path / "unused",
+            seed=0,
+            on_log=None,
+        )
         trainer._setup()
         return [trainer.make_batch(step, 0, step_generator(0, step, 0, 0)) for step in range(4)]
 
@@ -365,8 +488,12 @@ def test_adamw_per_operation_rounds_every_operation_to_bf16_as_the_public_dro_co
     lr, (b1, b2), eps, wd = 1e-3, (0.9, 0.999), 1e-8, 0.01
     generator = torch.Generator().manual_seed(0)
     start = (0.05 * torch.randn(4096, generator=generator)).bfloat16()
-    grads = [(torch.randn(4096, generator=generator) * 10 ** torch.empty(4096).uniform_(-3, 0, generator=generator))
-             .bfloat16() for _ in range(5)]
+    grads = [
+        (
+            torch.randn(4096, generator=generator) * 10 ** torch.empty(4096).uniform_(-3, 0, generator=generator)
+        ).bfloat16()
+        for _ in range(5)
+    ]
 
     def bf16(x: torch.Tensor) -> torch.Tensor:
         return x.to(torch.bfloat16)
@@ -377,8 +504,8 @@ def test_adamw_per_operation_rounds_every_operation_to_bf16_as_the_public_dro_co
         m = bf16(torch.lerp(m.float(), grad.float(), 1 - b1))
         v = bf16(v.float() * b2)
         v = bf16(torch.addcmul(v.float(), grad.float(), grad.float(), value=1 - b2))
-        denom = bf16(bf16(bf16(v.float().sqrt()).float() / (1 - b2 ** k) ** 0.5).float() + eps)
-        param = bf16(param.float() - lr / (1 - b1 ** k) * m.float() / denom.float())
+        denom = bf16(bf16(bf16(v.float().sqrt()).float() / (1 - b2**k) ** 0.5).float() + eps)
+        param = bf16(param.float() - lr / (1 - b1**k) * m.float() / denom.float())
 
     def trained(fused: bool) -> tuple[torch.Tensor, torch.Tensor]:
         weights = torch.nn.Parameter(start.clone())
@@ -401,9 +528,14 @@ def test_unclipped_training_logs_the_gradient_norm_that_goes_through(tiny_model_
     runs = {}
     for name, clip in (("none", None), ("never", 1e9), ("acts", 1e-3)):
         logged: list[dict] = []
-        result = train("sft", base_model=tiny_model_dir, data_dir=data_dir, output_dir=tmp_path / name,
-                       overrides={**FAST, "max_steps": 2, "max_grad_norm": clip},
-                       on_log=lambda step, terms: logged.append(terms))
+        result = train(
+            "sft",
+            base_model=tiny_model_dir,
+            data_dir=data_dir,
+            output_dir=tmp_path / name,
+            overrides={**FAST, "max_steps": 2, "max_grad_norm": clip},
+            on_log=lambda step, terms: logged.append(terms),
+        )
         runs[name] = (unet_weights(result.unet_dir), [terms["grad_norm"] for terms in logged])
     (none, none_norms), (never, never_norms), (acts, _) = runs["none"], runs["never"], runs["acts"]
     assert none_norms == pytest.approx(never_norms) and min(none_norms) > 1e-3
@@ -420,8 +552,8 @@ def test_a_step_the_fp16_scaler_skips_advances_neither_the_lr_schedule_nor_the_e
     back-off tells."""
     from accelerate.optimizer import AcceleratedOptimizer
 
-    from methods.sft import SFT
     from harness.train.trainer import Trainer
+    from methods.sft import SFT
 
     class LargeLoss(SFT):
         def loss(self, batch, models):
@@ -429,8 +561,14 @@ def test_a_step_the_fp16_scaler_skips_advances_neither_the_lr_schedule_nor_the_e
             return loss * 1e36, logs
 
     config = resolve_config("sft", None, {**FAST, "warmup_steps": 5, "ema_decay": 0.9})
-    trainer = Trainer(LargeLoss(config), base_model=str(tiny_model_dir), data_dir=data_dir,
-                      output_dir=tmp_path / "unused", seed=0, on_log=None)
+    trainer = Trainer(
+        LargeLoss(config),
+        base_model=str(tiny_model_dir),
+        data_dir=data_dir,
+        output_dir=tmp_path / "unused",
+        seed=0,
+        on_log=None,
+    )
     trainer._setup()
     scaler = torch.amp.GradScaler("cpu")
     trainer.accelerator.scaler = scaler
@@ -446,12 +584,15 @@ def test_a_step_the_fp16_scaler_skips_advances_neither_the_lr_schedule_nor_the_e
     terms = trainer._optimizer_step(1, params)
     assert terms["skipped_step"] == 0.0
     assert trainer.lr_scheduler.last_epoch == 1 and trainer.ema.model.optimization_step == 1
-    assert trainer._optimizer_step(2, params)["lr"] == pytest.approx(FAST["lr"] / 5)  # warmup's first step, not the second
+    assert trainer._optimizer_step(2, params)["lr"] == pytest.approx(
+        FAST["lr"] / 5
+    )  # warmup's first step, not the second
 
 
 @pytest.mark.parametrize("dtype, name", [(torch.float16, "fp16"), (torch.bfloat16, "bf16")])
-def test_reference_dtype_runs_the_reference_and_its_errors_in_that_dtype_outside_autocast(dtype, name, tiny_model_dir,
-                                                                                         data_dir, tmp_path):
+def test_reference_dtype_runs_the_reference_and_its_errors_in_that_dtype_outside_autocast(
+    dtype, name, tiny_model_dir, data_dir, tmp_path
+):
     """Salesforce DPO train.py:939, 1132-1137 (SmPO train.py:880, 1052-1057): the reference UNet cast to fp16 and
     called outside autocast, ``(ref_pred - target).pow(2).mean(dim=[1,2,3])`` on fp16 tensors; DRO train.py:363-368,
     753-758 the same in bf16.  Computed here from the base UNet's weights, independently of the trainer."""
@@ -462,8 +603,14 @@ def test_reference_dtype_runs_the_reference_and_its_errors_in_that_dtype_outside
     from harness.train.trainer import Trainer, step_generator
 
     config = resolve_config("dpo", None, {**FAST, "reference_dtype": name, "mixed_precision": "bf16"})
-    trainer = Trainer(METHODS.get("dpo")(config), base_model=str(tiny_model_dir), data_dir=data_dir,
-                      output_dir=tmp_path / "unused", seed=0, on_log=None)
+    trainer = Trainer(
+        METHODS.get("dpo")(config),
+        base_model=str(tiny_model_dir),
+        data_dir=data_dir,
+        output_dir=tmp_path / "unused",
+        seed=0,
+        on_log=None,
+    )
     trainer._setup()
     batch = trainer.make_batch(0, 0, step_generator(0, 0, 0, 0))
     t = torch.tensor([100, 700] * 2)
@@ -482,23 +629,33 @@ def test_reference_dtype_runs_the_reference_and_its_errors_in_that_dtype_outside
         resolve_config("dpo", None, {"reference_dtype": name, "lora_rank": 4})
 
 
-@pytest.mark.parametrize("method, vae_fp32, dtype", [("kto", True, torch.float32), ("mapo", True, torch.float32),
-                                                     ("dpo", False, torch.bfloat16)])
-def test_kto_and_mapo_encode_with_an_fp32_vae_whatever_the_mixed_precision(method, vae_fp32, dtype, tiny_model_dir,
-                                                                           data_dir, tmp_path):
+@pytest.mark.parametrize(
+    "method, vae_fp32, dtype",
+    [("kto", True, torch.float32), ("mapo", True, torch.float32), ("dpo", False, torch.bfloat16)],
+)
+def test_kto_and_mapo_encode_with_an_fp32_vae_whatever_the_mixed_precision(
+    method, vae_fp32, dtype, tiny_model_dir, data_dir, tmp_path
+):
     """diffusion-kto train_kto_sd_v1.5.py:859 and mapo train.py:181 move the VAE to the GPU in fp32; the Salesforce
     DPO script casts it to the mixed-precision dtype with the text encoder.  The feature cache is keyed by the
     VAE's weights, dtype included: the two never share posteriors."""
     from harness.api.registry import METHODS
-    from harness.train.trainer import Trainer
     from harness.train.features import module_fingerprint
+    from harness.train.trainer import Trainer
 
     config = resolve_config(method, None, {**FAST, "mixed_precision": "bf16"})
     assert config.vae_fp32 is vae_fp32
-    trainer = Trainer(METHODS.get(method)(config), base_model=str(tiny_model_dir), data_dir=data_dir,
-                      output_dir=tmp_path / "unused", seed=0, on_log=None)
+    trainer = Trainer(
+        METHODS.get(method)(config),
+        base_model=str(tiny_model_dir),
+        data_dir=data_dir,
+        output_dir=tmp_path / "unused",
+        seed=0,
+        on_log=None,
+    )
     trainer._setup()
     assert next(trainer.features.vae.parameters()).dtype == dtype
     assert next(trainer.features.pipe.text_encoder.parameters()).dtype == torch.bfloat16
-    assert module_fingerprint(trainer.features.vae) != module_fingerprint(trainer.features.vae.to(
-        torch.bfloat16 if vae_fp32 else torch.float32))
+    assert module_fingerprint(trainer.features.vae) != module_fingerprint(
+        trainer.features.vae.to(torch.bfloat16 if vae_fp32 else torch.float32)
+    )
