@@ -207,13 +207,13 @@ def test_a_cycle_through_a_function_and_a_relative_import_is_found_as_a_path(tre
             "harness/__init__.py": "",
             "harness/api/__init__.py": "from harness.api import data\n",
             "harness/api/data.py": "import os\n\ndef f():\n    from ..plan import run\n",
-            "harness/plan/planner.py": "from harness.api.data import x\nimport harness.errors\n",
+            "harness/plan.py": "from harness.api.data import x\nimport harness.errors\n",
             "harness/errors.py": "",
         }
     )
-    assert report(cycles(edges)) == "harness.api.data:4 -> harness.plan.planner:1 -> harness.api.data"
+    assert report(cycles(edges)) == "harness.api.data:4 -> harness.plan:1 -> harness.api.data"
     assert [str(edge) for edge in edges if breaks_the_contract(edge)] == [
-        "harness.api.data:4 imports harness.plan.planner inside a function"
+        "harness.api.data:4 imports harness.plan inside a function"
     ]
     assert [edge.line for edge in edges if edge.in_function] == [4]
 
@@ -224,13 +224,13 @@ def test_a_hierarchy_passes(tree):
             "harness/__init__.py": "",
             "harness/api/__init__.py": "from harness import errors\n",
             "harness/errors.py": "import json\n",
-            "harness/plan/planner.py": "from . import api, errors\n",
+            "harness/plan.py": "from . import api, errors\n",
         }
     )
     assert {(edge.module, edge.target) for edge in edges} == {
         ("harness.api", "harness.errors"),
-        ("harness.plan.planner", "harness.api"),
-        ("harness.plan.planner", "harness.errors"),
+        ("harness.plan", "harness.api"),
+        ("harness.plan", "harness.errors"),
     }
     assert cycles(edges) == [] and not any(breaks_the_contract(edge) for edge in edges)
 

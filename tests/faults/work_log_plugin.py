@@ -26,6 +26,7 @@ import hashlib
 import io
 import json
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -134,7 +135,10 @@ def gated_save(save, checkpoint: int, name: str):
 
 
 UNet2DConditionModel.forward = counted_forward(UNet2DConditionModel.forward)
-harness.scoring.get_scorer = counted_get_scorer(harness.scoring.get_scorer)
+# Every module that imported get_scorer holds its own reference (the CLI imported them before loading this plugin).
+_counted_get_scorer = counted_get_scorer(harness.scoring.get_scorer)
+for _module in [m for m in sys.modules.values() if getattr(m, "get_scorer", None) is harness.scoring.get_scorer]:
+    _module.get_scorer = _counted_get_scorer
 ScoreCache.put = counted_put(ScoreCache.put)
 harness.train.trainer.Trainer._optimizer_step = logged_step(harness.train.trainer.Trainer._optimizer_step)
 if GATE.startswith("micro:"):
