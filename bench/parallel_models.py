@@ -1,6 +1,6 @@
 """Training several models at once in worker processes vs one after another in this process.
 
-`harness run` trains each method as one job of a ``harness.backends.workers.WorkerPool``: on a CPU,
+`harness run` trains each method as one job of a ``harness.workers.WorkerPool``: on a CPU,
 one worker process per core, one thread each.  This compares, on the toy base UNet with the
 toy preset's batch (16 pairs), three ways of training ``--models`` models for ``--steps``
 steps each:
@@ -12,7 +12,7 @@ steps each:
 - ``one worker per core``: the models queued on as many workers as cores (what it does now).
 
 Both worker variants give each worker one thread, and their times include starting the
-workers (forked on Linux, spawned elsewhere, see ``harness.backends.workers``).  Use a multiple of the
+workers (forked on Linux, spawned elsewhere, see ``harness.workers``).  Use a multiple of the
 core count for ``--models`` (e.g. 4 on 2 cores) so that queued workers get equal shares.
 
 A step is the unavoidable compute of a DPO step: policy forward + backward and reference
@@ -33,7 +33,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from harness.backends.workers import default_processes, run_jobs
+from harness.workers import default_processes, run_jobs
 
 PAIRS = 16
 

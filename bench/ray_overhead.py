@@ -32,7 +32,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from harness.backends.workers import WorkerPool, default_processes
+from harness.workers import WorkerPool, default_processes
 
 HARNESS = Path(sys.executable).with_name("harness")
 

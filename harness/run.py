@@ -3,7 +3,7 @@
 The run carries out its plan (``harness.plan.planner``: every input checked and every model's config resolved once,
 before anything is created).  Each method's training is one job, and each model's evaluation (the base's and
 every trained method's: sample the suites, score the images; ``harness.evaluation.evaluate``) another (``harness.backends.jobs``,
-each of one plan entry).  The jobs run side by side in worker processes (``harness.backends.workers``) and write to
+each of one plan entry).  The jobs run side by side in worker processes (``harness.workers``) and write to
 the one results database: first the base's evaluation, which needs no training data (the toy preset makes
 the data in this process meanwhile), then the trainings, and each trained model's evaluation as soon as its
 training ends.
@@ -33,7 +33,6 @@ from harness.backends import Backend
 from harness.backends.jobs import ModelJob
 from harness.backends.local import LocalBackend
 from harness.backends.ray import RayBackend
-from harness.backends.workers import default_processes, one_cpu_thread
 from harness.data import specs as data_specs
 from harness.data.readers import training_captions
 from harness.data.synthesis import synthesis_settings, synthesize
@@ -54,6 +53,7 @@ from harness.results.stats import signals_by_method
 from harness.results.store import Store
 from harness.scoring import same_signal
 from harness.train.trainer import train
+from harness.workers import default_processes, one_cpu_thread
 
 
 def run(options: RunOptions) -> list[dict]:

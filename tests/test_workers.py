@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 
 from conftest import harness_cli
+from harness import workers
 from harness.api import registry
-from harness.backends import workers
-from harness.backends.workers import run_jobs
 from harness.errors import HarnessError
+from harness.workers import run_jobs
 
 
 def _square_or_fail(job: tuple[str, float]) -> float:

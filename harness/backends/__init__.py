@@ -4,7 +4,7 @@ A backend takes the run's two kinds of job (``harness.backends.jobs``: a method'
 evaluation, generation and scoring of every suite, each of one entry of the run's plan) and hands
 back a ``Future`` for each; the run schedules them the same way on both (``harness.run.run_validated``):
 
-- ``local`` (``harness.backends.workers.WorkerPool``): one worker process per core on a CPU, per GPU on
+- ``local`` (``harness.workers.WorkerPool``): one worker process per core on a CPU, per GPU on
   a GPU machine; a training or an evaluation is one job on one worker.
 - ``ray`` (``harness.backends.ray``): each job a Ray task or actor with its resource request,
   an evaluation split into prompt shards over the free GPUs (CPUs); the driver is the one

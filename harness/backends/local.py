@@ -1,4 +1,4 @@
-"""The local backend: the run's jobs on this machine's worker processes (``harness.backends.workers``)."""
+"""The local backend: the run's jobs on this machine's worker processes (``harness.workers``)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from collections.abc import Collection
 from concurrent.futures import Future
 
 from harness.backends.jobs import ModelJob, evaluate_job, train_job
-from harness.backends.workers import WorkerPool
+from harness.workers import WorkerPool
 
 
 class LocalBackend:

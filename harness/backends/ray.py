@@ -22,7 +22,7 @@ runs again, an actor restarts and its call runs again), up to ``RETRIES`` times;
 resumes as a rerun does (checkpoints, generation journals, the score cache), so the results do
 not change and no row is written twice.  A job that fails (a Python exception) stops the run,
 as locally; rerun the same command to resume.  On a CPU every job runs with one thread, as
-locally (``harness.backends.workers``), so the numbers are the local run's.
+locally (``harness.workers``), so the numbers are the local run's.
 
 The results directory (``--out``) must be on storage every node sees at the same path, and so
 must ``--plugin`` files and local model directories (docs/scaling.md).
@@ -45,7 +45,6 @@ from typing import Any, TypeVar
 
 from harness.api.registry import load_plugin, loaded_plugins
 from harness.backends.jobs import evaluate_job, train_job
-from harness.backends.workers import one_cpu_thread, quiet_libraries, wait_any
 from harness.errors import HarnessError
 from harness.evaluation.evaluate import Checkpoint, Protocol, evaluate, generate_suites, score_rows
 from harness.evaluation.sampling import merge_shards, shard_count
@@ -55,6 +54,7 @@ from harness.results.layout import ResultsDir
 from harness.results.store import Store, StoreJournal
 from harness.scoring import get_scorer, score_images
 from harness.scoring.cache import SCORE_BATCH, ScoreCache
+from harness.workers import one_cpu_thread, quiet_libraries, wait_any
 
 RETRIES = 3  # times a job whose worker died runs again
 JOURNAL_POLL_S = 5.0  # how often the driver makes the writes a running training recorded

@@ -24,7 +24,6 @@ from typing import Any
 
 from harness.api.preset import Preset
 from harness.api.registry import METHODS, SCORERS
-from harness.backends.workers import one_cpu_thread
 from harness.errors import HarnessError
 from harness.evaluation.sampling import generate
 from harness.evaluation.suites import Suite, check_suite_name, get_suite
@@ -51,6 +50,7 @@ from harness.results.store import Store
 from harness.scoring import get_scorer, score_images
 from harness.scoring.cache import ScoreCache
 from harness.train import trainer  # trainer.resolve_config read at each call: the tests count calls
+from harness.workers import one_cpu_thread
 
 BASE = "base"  # the run of the untrained base model, which every other run is compared with
 LORA_WEIGHTS = "pytorch_lora_weights.safetensors"  # what `harness train` writes to final/lora (train_export)

@@ -1,12 +1,12 @@
 """What a job of `harness run` cost, as the results store records it per run.
 
 - On a GPU machine, GPU-hours: the job's wall time x the GPUs it used.  Each job uses one GPU
-  (a worker process sees only its own, ``harness.backends.workers``; a job run in the parent process
+  (a worker process sees only its own, ``harness.workers``; a job run in the parent process
   puts its models on the default device), so that is its wall time.
 - On a CPU, CPU-hours: the CPU time of the job's process (user + system, all its threads),
   not wall time x threads.  The cores may be shared with other jobs or other users, and time
   spent waiting for a core is not compute used; on an idle core, with the one thread each job
-  runs (``harness.backends.workers``), the two agree.
+  runs (``harness.workers``), the two agree.
 - Wall time: the job's, from its start to its end.
 - Peak memory (MiB): on a GPU, the most memory torch allocated on it during the job
   (``torch.cuda.max_memory_allocated``); on a CPU, the job process's peak resident set

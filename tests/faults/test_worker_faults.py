@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from harness.atomic import staging
-from harness.backends.workers import WorkerPool, quiet_libraries
 from harness.errors import HarnessError
+from harness.workers import WorkerPool, quiet_libraries
 
 
 def _write_slowly(target: Path) -> None:
