@@ -98,15 +98,19 @@ def test_dry_run_prints_the_plan_and_creates_nothing(resolved, tmp_path, monkeyp
 
     # The jobs in the order they start, sft's training before smpo's; the UNet evaluations of each.
     # Generation: 2 prompts x 1 image x 3 steps x 2 (the tiny preset's guidance 3.0 runs both halves) = 12.
+    # Training, per sample: sft the policy (1); dpo policy and reference on two images (4); smpo the same plus
+    # 2 evaluations per image per inverse step below t: rolled 5-step grid at t/T > -0.2, 0, 0.2, 0.4, 0.6 for t
+    # uniform, 3.8 steps, 4 + 4 x 3.8 = 19.2.
     jobs = [line.split(". ", 1)[1] for line in printed.splitlines() if line[:4].strip().rstrip(".").isdigit()]
     assert jobs == [
         "evaluate base: 12 UNet evaluations",
-        "train sft: 2 steps x 2 samples = 4 samples x the method's UNet evaluations per sample",
-        "train smpo: 2 steps x 2 samples = 4 samples x the method's UNet evaluations per sample",
+        "train sft: 2 steps x 2 samples = 4 samples x 1 UNet evaluations = 4 UNet evaluations",
+        "train smpo: 2 steps x 2 samples = 4 samples x 19.2 UNet evaluations = 77 UNet evaluations",
         "evaluate smpo: 12 UNet evaluations",
         "evaluate smpo every 1 steps: 1 more points x 12 = 12 UNet evaluations",
-        "train dpo: 2 steps x 2 samples = 4 samples x the method's UNet evaluations per sample",
+        "train dpo: 2 steps x 2 samples = 4 samples x 4 UNet evaluations = 16 UNet evaluations",
         "evaluate dpo: 12 UNet evaluations",
         "evaluate dpo every 1 steps: 1 more points x 12 = 12 UNet evaluations",
     ]
     assert "generation: 60 UNet evaluations in all" in printed
+    assert "training: 97 UNet evaluations in all (" in printed  # 4 + 76.8 + 16

@@ -414,6 +414,14 @@ class Method:
         """What the trainer must read for this method (override when it depends on the config)."""
         return self.data
 
+    def unet_evals_per_sample(self) -> float | None:
+        """UNet evaluations per training sample (a pair, or an image) under ``self.config``, every forward pass
+        counted (policy, reference, sampling, inversion): what the trainer measures as
+        ``TrainResult.unet_evals_per_sample`` on one process.  Where the count depends on random draws, its
+        expected value.  ``harness run --dry-run`` multiplies it by a training's samples; None (the default):
+        the method does not state it."""
+        return None
+
     def setup(self, context: TrainingContext) -> None:
         """Called once the models are ready, before any checkpoint is loaded."""
 

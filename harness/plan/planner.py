@@ -484,14 +484,24 @@ def describe(plan: Plan) -> str:
     generation = _generation_evals(protocol)
     curve = _generation_evals(plan.curve_protocol) if plan.curve_protocol else 0
     jobs = [f"evaluate {BASE}: {generation:,} UNet evaluations"]
-    total = generation
+    total, training, unstated = generation, 0.0, []
     for model in plan.methods:
         if model.train:
             samples = model.config.max_steps * _samples_per_step(model.config)
+            per_sample = METHODS.get(model.method)(model.config).unet_evals_per_sample()
+            cost = (
+                f"{per_sample:.4g} UNet evaluations = {round(samples * per_sample):,} UNet evaluations"
+                if per_sample is not None
+                else "the method's UNet evaluations per sample (it does not state them)"
+            )
             jobs.append(
                 f"train {model.method}: {model.config.max_steps} steps x {_samples_per_step(model.config)} "
-                f"samples = {samples:,} samples x the method's UNet evaluations per sample"
+                f"samples = {samples:,} samples x {cost}"
             )
+            if per_sample is None:
+                unstated.append(model.method)
+            else:
+                training += samples * per_sample
         if model.evaluate:
             jobs.append(f"evaluate {model.method}: {generation:,} UNet evaluations")
             total += generation
@@ -505,6 +515,12 @@ def describe(plan: Plan) -> str:
                 total += points * curve
     lines += [f"  {n}. {job}" for n, job in enumerate(jobs, 1)]
     lines.append(f"generation: {total:,} UNet evaluations in all (prompts x images x steps x 2 with guidance)")
+    if any(model.train for model in plan.methods):
+        besides = f", besides {', '.join(unstated)}'s" if unstated else ""
+        lines.append(
+            f"training: {round(training):,} UNet evaluations in all{besides} (samples x each method's estimate "
+            "per sample, forward passes of every network)"
+        )
     return "\n".join(lines)
 
 

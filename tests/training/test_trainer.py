@@ -139,6 +139,12 @@ def test_killed_and_resumed_run_ends_with_the_same_weights(method, model, reques
     straight = train(
         method, base_model=tiny_model_dir, data_dir=data_dir, output_dir=tmp_path / "straight", overrides=overrides
     )
+    # The UNet evaluations the method states (`harness run --dry-run`'s estimate) are the ones it makes.
+    stated = METHODS.get(method)(resolve_config(method, "tiny", overrides)).unet_evals_per_sample()
+    if method == "smpo":  # the policy's inversion steps below t: an expectation, over 16 pairs' t here
+        assert straight.unet_evals_per_sample == pytest.approx(stated, abs=1.0)
+    else:
+        assert straight.unet_evals_per_sample == stated
 
     def kill_at_step_3(step: int, terms: dict) -> None:
         if step == 3:
