@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 
 from conftest import harness_cli
-from harness.cli import build_parser, main
+from harness.cli import main
 from harness.cli.options import parse_overrides
 from harness.cli.output import format_table
-from harness.cli.parser import HelpFormatter
+from harness.cli.parser import HelpFormatter, build_parser
 from harness.errors import HarnessError
 from harness.results.stats import SIGNAL_MARK, SIGNAL_NOTE
 from harness.results.text_table import text_table

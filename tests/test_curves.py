@@ -11,9 +11,10 @@ from streamlit.testing.v1 import AppTest
 
 from harness.errors import HarnessError
 from harness.evaluation.curves import CURVE_EVENTS, curve_points, write_tensorboard
+from harness.plan.planner import RunOptions, validate
 from harness.plan.presets import get_preset
 from harness.results.store import Store
-from harness.run import RunOptions, run, validate
+from harness.run import run
 
 APP = Path(__file__).resolve().parent.parent / "dashboard" / "app.py"
 

@@ -68,7 +68,8 @@ _EXPORTS = {
     **dict.fromkeys(["publishing", "replacing"], "harness.atomic"),
     **dict.fromkeys(["HarnessError"], "harness.errors"),
     **dict.fromkeys(["TinyPipelineConfig", "build_tiny_pipeline"], "harness.testing.tiny_models"),
-    **dict.fromkeys(["RunOptions", "run"], "harness.run"),
+    **dict.fromkeys(["RunOptions"], "harness.plan.planner"),
+    **dict.fromkeys(["run"], "harness.run"),
 }
 
 

@@ -14,12 +14,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from harness.errors import HarnessError
+from harness.plan.planner import RunOptions
 from harness.results.experiments import parse_experiments
-from harness.run import RunOptions
 
 if TYPE_CHECKING:
     from harness.results.experiments import Experiment
-    from harness.run import RunOptions
 
 
 def comma_list(text: str) -> list[str]:

@@ -9,10 +9,10 @@ from harness.cli import options
 from harness.cli.output import print_leaderboard
 from harness.cli.parser import Commands
 from harness.libraries import quiet_libraries
-from harness.plan.planner import describe
+from harness.plan.planner import EVERY_METHOD, describe, validate
 from harness.plan.presets import get_preset
 from harness.results.layout import ResultsDir
-from harness.run import EVERY_METHOD, run_validated, validate
+from harness.run import run_validated
 
 
 def cmd_run(args: argparse.Namespace) -> int:

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from harness.api.environment import require_existing_path
 from harness.api.preset import Preset
 from harness.api.registry import METHODS, SCORERS
 from harness.data import specs as data_specs
@@ -39,12 +40,7 @@ from harness.evaluation.evaluate import (
 from harness.evaluation.suites import check_suite_name
 from harness.models.families import check_network_fits
 from harness.models.loading import check_model_available
-from harness.plan.locations import (
-    is_built_model,
-    require_directory_or_nothing,
-    require_existing_path,
-    resolve_base_model,
-)
+from harness.plan.locations import is_built_model, require_directory_or_nothing, resolve_base_model
 from harness.plan.presets import no_published_weights, published_weights
 from harness.results.identity import LOCATED_SETTINGS, recorded_location
 from harness.results.layout import ResultsDir

@@ -29,8 +29,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from harness.errors import HarnessError
+from harness.evaluation.evaluate import BASE
 from harness.results.published import PUBLISHED, Metric, PaperRow, PublishedTables
-from harness.run import BASE, run
+from harness.run import run
 
 MISSING = "–"
 FLAG_MARK = "!"
@@ -86,7 +87,7 @@ def published_tables(preset: str) -> PublishedTables:
 
 
 def reproduce(options) -> Report:
-    """Run ``options`` (a ``harness.run.RunOptions``) with ``pretrained=True``, then compare with the paper.
+    """Run ``options`` (a ``harness.plan.planner.RunOptions``) with ``pretrained=True``, then compare with the paper.
 
     Empty ``methods``: every method with a published checkpoint in the paper's tables; no
     ``scorers``: the paper's metrics.  The run resumes like ``harness run``; its progress goes to

@@ -25,8 +25,9 @@ from typing import Any
 import torch
 
 from harness.api.caching import LRU, atomic_save, count_damaged, load_cached
+from harness.api.data import ImageSource
 from harness.api.method import Cond
-from harness.data.readers import ImageLoader, ImageSource, content_key, to_pixels
+from harness.data.readers import ImageLoader, content_key, to_pixels
 from harness.models.families import family_of
 
 FEATURE_ENTRY = "feature-cache entry"  # how a damaged entry is counted (harness.api.caching.damage_lines)

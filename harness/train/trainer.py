@@ -34,7 +34,7 @@ from typing import Any
 import torch
 
 from harness.api.caching import damage_lines
-from harness.api.environment import cache_dir
+from harness.api.environment import cache_dir, say
 from harness.api.method import Batch, Method, TrainConfig, TrainingContext
 from harness.api.registry import METHODS, PRESETS
 from harness.atomic import replacing, staging
@@ -45,7 +45,7 @@ from harness.errors import HarnessError
 from harness.models.families import family_of
 from harness.models.loading import load_pipeline
 from harness.plan.recipes import method_recipe
-from harness.progress import progress_bar, say
+from harness.progress import progress_bar
 from harness.results.identity import LOCATED_SETTINGS, compared, located
 from harness.train.export import export_unet
 from harness.train.features import FeatureEncoder, module_fingerprint
