@@ -8,7 +8,10 @@ from pathlib import Path
 import pytest
 
 import harness.train.trainer
+from harness.api import METHODS, Method
 from harness.cli import main
+from harness.plan.planner import RunOptions, describe, validate
+from harness.plan.presets import get_preset
 
 # The smallest real run: the tiny preset trains 2 steps; 2 prompts of one suite, 1 image each.
 SMALL = ["--preset", "tiny", "--suites", "toy-seen", "--max-prompts", "2", "--images-per-prompt", "1"]
@@ -104,13 +107,26 @@ def test_dry_run_prints_the_plan_and_creates_nothing(resolved, tmp_path, monkeyp
     jobs = [line.split(". ", 1)[1] for line in printed.splitlines() if line[:4].strip().rstrip(".").isdigit()]
     assert jobs == [
         "evaluate base: 12 UNet evaluations",
-        "train sft: 2 steps x 2 samples = 4 samples x 1 UNet evaluations = 4 UNet evaluations",
-        "train smpo: 2 steps x 2 samples = 4 samples x 19.2 UNet evaluations = 77 UNet evaluations",
+        "train sft: 2 steps x 2 samples = 4 samples x 1 = 4 UNet evaluations",
+        "train smpo: 2 steps x 2 samples = 4 samples x 19.2 = 77 UNet evaluations",
         "evaluate smpo: 12 UNet evaluations",
         "evaluate smpo every 1 steps: 1 more points x 12 = 12 UNet evaluations",
-        "train dpo: 2 steps x 2 samples = 4 samples x 4 UNet evaluations = 16 UNet evaluations",
+        "train dpo: 2 steps x 2 samples = 4 samples x 4 = 16 UNet evaluations",
         "evaluate dpo: 12 UNet evaluations",
         "evaluate dpo every 1 steps: 1 more points x 12 = 12 UNet evaluations",
     ]
     assert "generation: 60 UNet evaluations in all" in printed
     assert "training: 97 UNet evaluations in all (" in printed  # 4 + 76.8 + 16
+
+
+def test_dry_run_names_a_training_whose_method_does_not_state_its_unet_evaluations(tmp_path, monkeypatch):
+    """A plugin method without ``unet_evals_per_sample`` (the contract's default, None): its training is named,
+    and left out of the total rather than counted as zero."""
+    monkeypatch.setattr(METHODS.get("sft"), "unet_evals_per_sample", Method.unet_evals_per_sample)
+    options = RunOptions(methods=["sft", "dpo"], out=tmp_path / "out", preset="tiny", suites=["toy-seen"])
+    printed = describe(validate(options, get_preset("tiny")))
+    assert (
+        "train sft: 2 steps x 2 samples = 4 samples x the method's UNet evaluations per sample (not stated" in printed
+    )
+    assert "\ntraining: 16 UNet evaluations in all, besides sft's (" in printed  # dpo's 4 samples x 4
+    assert not (tmp_path / "out").exists()

@@ -486,9 +486,9 @@ def describe(plan: Plan) -> str:
             samples = model.config.max_steps * _samples_per_step(model.config)
             per_sample = METHODS.get(model.method)(model.config).unet_evals_per_sample()
             cost = (
-                f"{per_sample:.4g} UNet evaluations = {round(samples * per_sample):,} UNet evaluations"
+                f"{per_sample:.4g} = {round(samples * per_sample):,} UNet evaluations"
                 if per_sample is not None
-                else "the method's UNet evaluations per sample (it does not state them)"
+                else "the method's UNet evaluations per sample (not stated by the method)"
             )
             jobs.append(
                 f"train {model.method}: {model.config.max_steps} steps x {_samples_per_step(model.config)} "
