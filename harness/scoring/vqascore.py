@@ -122,8 +122,8 @@ class VQAScore(Scorer):
     scale = "P(Yes) in [0,1]"
     higher_is_better = True
     description = (
-        'VQAScore: P("Yes") of Qwen2.5-VL-7B-Instruct to "Does this figure show \'PROMPT\'?" '
-        "(options: model, batch_size, dtype, offload)"
+        'VQAScore: P("Yes") of Qwen2.5-VL-7B-Instruct to: Does this figure show "PROMPT"? Please answer Yes or '
+        "No. (options: model, batch_size, dtype, offload)"
     )
 
     def __init__(
@@ -154,7 +154,6 @@ class VQAScore(Scorer):
         self.factor = images.patch_size * images.merge_size
         self.answer_id = self.processor.tokenizer.encode(ANSWER, add_special_tokens=False)[0]
         self.model = from_pretrained(AutoModelForImageTextToText, model, what=what, option="model", dtype=self.dtype)
-        self.model.eval()
         self.penalty = self.model.generation_config.repetition_penalty or 1.0
         place(self.model, self.device, offload)
         self.version = weights_version(type(self).version, {"model": model}, {"model": MODEL})

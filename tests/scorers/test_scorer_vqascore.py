@@ -125,6 +125,10 @@ def test_cpu_offload_scores_the_same(scorer, images, vqascore_locations):
 def test_missing_model_and_bad_options_are_one_line_errors(vqascore_locations, tmp_path):
     with pytest.raises(HarnessError, match=r"no such directory .* pass model=DIR"):
         get_scorer("vqascore", model=str(tmp_path / "nowhere"))
+    base = shutil.copytree(vqascore_locations["model"], tmp_path / "base")  # a base model: no chat template
+    (base / "chat_template.jinja").unlink()
+    with pytest.raises(HarnessError, match="has no chat template; not an Instruct checkpoint"):
+        get_scorer("vqascore", device="cpu", model=str(base))
     with pytest.raises(HarnessError, match=r"cannot score a 10x3000 image"):
         fitted_size(10, 3000)
     for option, value, message in (
