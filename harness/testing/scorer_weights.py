@@ -3,7 +3,8 @@
 No published weights can be downloaded here, so the real loading code is exercised on files
 that look like the published ones: a ``save_pretrained`` CLIP directory (PickScore, the
 aesthetic backbone), OpenCLIP state dicts (HPSv2, CLIP score), ``ImageReward.pt`` with its
-``med_config.json``, and the aesthetic linear head.  ``"tiny"`` shapes run in seconds on a CPU;
+``med_config.json``, the aesthetic linear head, ``HPSv3.safetensors`` with its Qwen2-VL base, and a
+Qwen2.5-VL Instruct checkpoint for VQAScore.  ``"tiny"`` shapes run in seconds on a CPU;
 the real shapes are for timing on a GPU.
 """
 
@@ -344,7 +345,9 @@ TINY_QWEN2_VL_CONFIG = {
 }
 
 
-def save_qwen2_vl_processor(out_dir: Path, vocab_size: int = 2000, *, corpus: list[str] | None = None, qwen2_5=False):
+def save_qwen2_vl_processor(
+    out_dir: Path, vocab_size: int = 2000, *, corpus: list[str] | None = None, qwen2_5: bool = False
+):
     """A Qwen2-VL processor (with ``qwen2_5`` Qwen2.5-VL's, with its chat template) saved with
     ``save_pretrained`` and returned: the real image processor settings (14-pixel patches, 2x2 merge, CLIP
     normalisation, 3136..12845056 pixels) and a byte-level BPE tokenizer with Qwen2-VL's special tokens
@@ -376,6 +379,15 @@ def save_qwen2_vl_processor(out_dir: Path, vocab_size: int = 2000, *, corpus: li
     return processor
 
 
+def random_weights(name: str, shape: torch.Size, gen: torch.Generator) -> torch.Tensor:
+    """Random values for the tensor ``name`` of a transformer drawn at unit scale (not its small init), so
+    that a tiny random model's outputs depend clearly on its inputs: norm weights near one, everything
+    else normal with variance 1 / fan-in."""
+    if len(shape) == 1 and name.endswith("weight"):
+        return 1 + 0.1 * torch.randn(shape, generator=gen)
+    return torch.randn(shape, generator=gen) / math.sqrt(shape[-1] if len(shape) > 1 else 1)
+
+
 def hpsv3_state_dict(config: dict, *, seed: int = 0) -> dict[str, torch.Tensor]:
     """Random tensors under HPSv3.safetensors' key names (transformers 4.45's Qwen2-VL layout plus
     ``rm_head``), the vocabulary one longer than ``config``'s for the added ``<|Reward|>``.
@@ -387,11 +399,7 @@ def hpsv3_state_dict(config: dict, *, seed: int = 0) -> dict[str, torch.Tensor]:
     gen = torch.Generator().manual_seed(seed)
     state = {}
     for name, tensor in empty_reward_model(qwen_config, reward_token_id=config["vocab_size"]).state_dict().items():
-        fan_in = tensor.shape[-1] if tensor.ndim > 1 else 1
-        if tensor.ndim == 1 and name.endswith("weight"):  # norms: near one, so the signal keeps its size
-            values = 1 + 0.1 * torch.randn(tensor.shape, generator=gen)
-        else:
-            values = torch.randn(tensor.shape, generator=gen) / math.sqrt(fan_in)
+        values = random_weights(name, tensor.shape, gen)
         dtype = torch.float32 if name.startswith("rm_head.") else torch.bfloat16
         state[official_key(name)] = values.to(dtype)
     state["lm_head.weight"] = torch.randn(config["vocab_size"] + 1, config["hidden_size"], generator=gen).to(
@@ -464,8 +472,8 @@ def save_vqascore_model(out_dir: Path, *, seed: int = 0) -> dict[str, str]:
     """A random Qwen2.5-VL Instruct checkpoint in ``out_dir`` (standing in for Qwen/Qwen2.5-VL-7B-Instruct);
     returns the ``vqascore`` scorer's keywords.
 
-    Weights are drawn at unit scale (not the 0.02 init), so the next-token distribution is far from uniform
-    and P("Yes") differs between images and prompts; "Yes" is one token of the tokenizer as in Qwen's."""
+    Weights are drawn by ``random_weights``: P("Yes") differs by tens of percent between images and
+    prompts.  "Yes" is one token of the tokenizer, as in Qwen's; the weights are bfloat16, as published."""
     from safetensors.torch import save_file
     from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
@@ -482,10 +490,6 @@ def save_vqascore_model(out_dir: Path, *, seed: int = 0) -> dict[str, str]:
     gen = torch.Generator().manual_seed(seed)
     state = {}
     for name, tensor in shapes.items():
-        if tensor.ndim == 1 and name.endswith("weight"):  # norms: near one, so the signal keeps its size
-            values = 1 + 0.1 * torch.randn(tensor.shape, generator=gen)
-        else:
-            values = torch.randn(tensor.shape, generator=gen) / math.sqrt(tensor.shape[-1] if tensor.ndim > 1 else 1)
-        state[official_qwen2_5_vl_key(name)] = values.to(torch.bfloat16)  # as published
+        state[official_qwen2_5_vl_key(name)] = random_weights(name, tensor.shape, gen).to(torch.bfloat16)
     save_file(state, str(out_dir / "model.safetensors"), metadata={"format": "pt"})
     return {"model": str(out_dir)}
