@@ -4,9 +4,7 @@ accuracies."""
 from __future__ import annotations
 
 import argparse
-import csv
 import json
-import sys
 from pathlib import Path
 
 from harness.api.environment import cache_dir
@@ -16,18 +14,16 @@ from harness.cli.parser import Commands
 from harness.data.judged import load_judged
 from harness.libraries import quiet_libraries
 from harness.results.agreement import (
-    CSV_COLUMNS,
     DEFAULT_TIES,
+    FORMATS,
     TIE_RULES,
     agreement,
+    build_scorers,
     check_scorers,
-    format_table,
-    leaderboard_rows,
+    report_text,
     score_pairs,
-    tie_rule_text,
 )
 from harness.results.layout import ResultsDir
-from harness.results.tables import paper_tables, to_latex, to_markdown
 
 REPORT_NAME = "agreement.json"
 
@@ -39,24 +35,13 @@ def cmd_agreement(args: argparse.Namespace) -> int:
     judged = load_judged(args.data)
     # Beside a results directory's own score cache with --out, else the harness's cache: scored once either way.
     cache = ResultsDir(args.out).score_cache if args.out else cache_dir() / "agreement" / "scores.sqlite"
-    rows = agreement(judged, score_pairs(judged, args.scorers, scorer_options, cache), ties=args.ties)
-    report = [row.to_json() for row in rows]
+    scores = score_pairs(judged, build_scorers(args.scorers, scorer_options), cache)
+    rows = agreement(judged, scores, ties=args.ties)
     if args.out:
+        report = [row.to_json() for row in rows]
         with replacing(Path(args.out) / REPORT_NAME) as temporary:
             temporary.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    if args.format in ("latex", "markdown"):
-        tables = paper_tables(leaderboard_rows(rows))
-        for table in tables:
-            table.title = f"Agreement with human preferences ({tie_rule_text(args.ties, judged.ties_skipped)})"
-        print((to_latex if args.format == "latex" else to_markdown)(tables, ci=True, statistics=["mean"]))
-    elif args.format == "json":
-        print(json.dumps(report, indent=2))
-    elif args.format == "csv":
-        writer = csv.DictWriter(sys.stdout, fieldnames=CSV_COLUMNS, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(report)
-    else:
-        print(format_table(rows))
+    print(report_text(rows, args.format))
     return 0
 
 
@@ -89,7 +74,7 @@ def register(commands: Commands) -> None:
     )
     options.add_printed_format(
         p,
-        ["table", "csv", "json", "latex", "markdown"],
+        list(FORMATS),
         "a table with the published accuracies beside ours, CSV or JSON for programs, LaTeX or Markdown for a paper",
     )
     options.add_scorer_options(p)

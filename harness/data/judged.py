@@ -47,7 +47,7 @@ def _pickapic(split: str) -> None:
     def read(location: str | None) -> JudgedSet:
         source = str(_local(f"pickapic-{split}", location)) if location else PICKAPIC_HUB
         pairs = PickapicPairs(load_hf_dataset(source, split))
-        return JudgedSet(f"pickapic-{split}", source, _PickapicJudged(pairs), pairs.ties_skipped)
+        return JudgedSet(f"pickapic-{split}", source, _PickapicJudged(pairs), pairs.ties_dropped)
 
 
 _pickapic("test")
@@ -144,7 +144,9 @@ def _mmrb2(location: str | None) -> JudgedSet:
         if not isinstance(row, dict) or row.get("chosen") not in ("A", "B"):
             raise HarnessError(f'{where}: \'chosen\' must be "A" or "B"')
         prompt = " ".join(_contents(row.get("prompt_content"), "text", where))
-        images = [_contents((row.get(side) or {}).get("response_content"), "image", where) for side in ("a", "b")]
+        images = [
+            _contents((row.get(f"response_{side}") or {}).get("response_content"), "image", where) for side in "ab"
+        ]
         if not prompt or any(len(found) != 1 for found in images):
             raise HarnessError(f"{where}: expected a text prompt and one image per response")
         a, b = root / images[0][0], root / images[1][0]

@@ -16,9 +16,12 @@ scores them: a rerun, or another set sharing images, scores nothing twice.
 
 from __future__ import annotations
 
+import csv
 import hashlib
+import io
+import json
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,10 +31,12 @@ from PIL import Image
 
 from harness.api.data import JudgedSet
 from harness.api.registry import SCORERS
+from harness.api.scorer import Scorer
 from harness.data.readers import decode_image
 from harness.errors import HarnessError
 from harness.results.published_agreement import PUBLISHED_ACCURACIES, VERSION_UNSTATED, PublishedAccuracy
 from harness.results.stats import DEFAULT_N_BOOT, DEFAULT_SEED, bootstrap_mean_ci, ci_units
+from harness.results.tables import paper_tables, to_latex, to_markdown
 from harness.results.text_table import text_table
 from harness.scoring import ScoreCache, get_scorer, image_sha256, score_images
 
@@ -207,24 +212,28 @@ def check_scorers(scorers: Sequence[str], scorer_options: dict[str, dict[str, An
 
 
 def score_pairs(
-    judged: JudgedSet, scorers: Sequence[str], scorer_options: dict[str, dict[str, Any]], cache: Path
+    judged: JudgedSet, scorers: Mapping[str, Scorer], cache: Path
 ) -> dict[str, tuple[str, bool, np.ndarray]]:
-    """Every image of ``judged`` scored by each of ``scorers`` through the score cache at ``cache``: scorer ->
-    (version, higher_is_better, (pairs, 2) values of the preferred and the other image)."""
+    """Every image of ``judged`` scored by each of ``scorers`` (name -> a built scorer) through the score cache at
+    ``cache``: name -> (version, higher_is_better, (pairs, 2) values of the preferred and the other image)."""
     if not len(judged.pairs):
         raise HarnessError(f"{judged.name}: no decisive pairs to check a scorer against")
     sources = [image for pair in judged.pairs for image in (pair.preferred, pair.other)]
     prompts = [pair.prompt for pair in judged.pairs for _ in range(2)]
     keys = [_content_key(image) for image in sources]
     images = _Decoded(sources)
-    built = {name: get_scorer(name, **scorer_options.get(name, {})) for name in scorers}  # weights found first
     cache.parent.mkdir(parents=True, exist_ok=True)
     found = {}
     with ScoreCache(cache) as opened:
-        for name, scorer in built.items():
+        for name, scorer in scorers.items():
             values = score_images(scorer, images, prompts, keys, cache=opened)
             found[name] = (scorer.version, scorer.higher_is_better, np.asarray(values, dtype=float).reshape(-1, 2))
     return found
+
+
+def build_scorers(names: Sequence[str], scorer_options: dict[str, dict[str, Any]]) -> dict[str, Scorer]:
+    """Each named scorer with its options (its weights found or an error), after ``check_scorers``."""
+    return {name: get_scorer(name, **scorer_options.get(name, {})) for name in names}
 
 
 # --- The report in each format ------------------------------------------------------------------------------
@@ -335,3 +344,26 @@ CSV_COLUMNS = [
     "ci_high",
     "ties",
 ]
+
+
+FORMATS = ("table", "csv", "json", "latex", "markdown")
+
+
+def report_text(rows: Sequence[Agreement], fmt: str) -> str:
+    """``rows`` in ``fmt`` (one of ``FORMATS``): the people's table, CSV (one line per set and scorer), JSON (with
+    the published comparisons), or the leaderboard's LaTeX / Markdown paper table (the tie rule in its title)."""
+    if fmt in ("latex", "markdown"):
+        tables = paper_tables(leaderboard_rows(rows))
+        rules = "; ".join(sorted({f"{r.data}: {tie_rule_text(r.ties, r.ties_skipped)}" for r in rows}))
+        for table in tables:
+            table.title = f"Agreement with human preferences ({rules})"
+        return (to_latex if fmt == "latex" else to_markdown)(tables, ci=True, statistics=["mean"])
+    if fmt == "json":
+        return json.dumps([row.to_json() for row in rows], indent=2)
+    if fmt == "csv":
+        written = io.StringIO()
+        writer = csv.DictWriter(written, fieldnames=CSV_COLUMNS, extrasaction="ignore", lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(row.to_json() for row in rows)
+        return written.getvalue().rstrip("\n")
+    return format_table(rows)
