@@ -17,9 +17,10 @@ from harness.api.data import JudgedPair, JudgedSet
 from harness.api.scorer import Scorer
 from harness.data.judged import load_judged
 from harness.errors import HarnessError
-from harness.results.agreement import agreement, correctness, expected_accuracy, report_text, score_pairs
+from harness.results.agreement import agreement, correctness, covers, expected_accuracy, report_text, score_pairs
 from harness.results.published_agreement import PublishedAccuracy
 from harness.results.stats import ci_units
+from harness.scoring import get_scorer
 from tests.support.cli import harness_main
 
 PLUGIN = str(Path(__file__).parents[1] / "examples" / "scorer_and_suite.py")  # the `redness` scorer
@@ -279,16 +280,15 @@ def test_expected_accuracy_of_simulated_judges():
 
 
 def test_the_toy_panels_known_truth_lies_in_each_scorers_ci(tmp_path):
-    result = harness_main(
-        "agreement", "--data", "toy-panel", "--scorers", "toy-fidelity,toy-quality", "--format", "json",
-        env={"HARNESS_CACHE": str(tmp_path)},
-    )  # fmt: skip
-    rows = json.loads(result.stdout)
-    assert [row["scorer"] for row in rows] == ["toy-fidelity", "toy-quality"]
+    judged = load_judged("toy-panel")
+    built = {name: get_scorer(name) for name in ("toy-fidelity", "toy-quality")}
+    rows = agreement(judged, score_pairs(judged, built, tmp_path / "scores.sqlite"))
     for row in rows:
-        assert row["ci_covers_expected"] and row["ci_low"] <= row["expected"] <= row["ci_high"]
-        assert row["n_pairs"] > 300 and "flipped with probability 0.2" in row["note"]
-    assert rows[0]["accuracy"] > rows[1]["accuracy"]  # the panel weighs fidelity 3:1
+        assert covers(row) and row.ci_low <= row.expected <= row.ci_high
+        assert row.n_pairs > 400 and "flipped with probability 0.2" in row.note
+    assert rows[0].accuracy > rows[1].accuracy  # the panel weighs fidelity 3:1
+    # Every verdict is right with the known chance 0.8 (wrong 0.2): 0.8 for the pairs it got right.
+    assert sorted({pair.p_preferred for pair in judged.pairs}) == [pytest.approx(0.2), pytest.approx(0.8)]
 
 
 @pytest.mark.parametrize(

@@ -16,12 +16,13 @@ import io
 from itertools import combinations
 
 import numpy as np
+from PIL import Image
 
 from harness.api import HarnessError, JudgedPair, JudgedSet, register_judged_set
 from toyworld import rewards
 from toyworld.grammar import COLOURS, POSITIONS, SHAPES, seen_scenes
 from toyworld.presets import TOY_DATA
-from toyworld.render import Degradation, render, to_pil
+from toyworld.render import Degradation, from_pil, render, to_pil
 
 NOISE_RATE = 0.2  # the chance that the panel's verdict is the opposite of its utility's
 RENDERINGS = 4  # per caption: 6 pairs each
@@ -42,9 +43,9 @@ def _flaw(rng: np.random.Generator) -> Degradation:
     )
 
 
-def _png(image: np.ndarray) -> bytes:
+def _png(image: Image.Image) -> bytes:
     buffer = io.BytesIO()
-    to_pil(image).save(buffer, format="PNG")
+    image.save(buffer, format="PNG")
     return buffer.getvalue()
 
 
@@ -56,12 +57,14 @@ def toy_panel(location: str | None) -> JudgedSet:
     fidelity_weight, quality_weight = TOY_DATA["scorer_weights"]
     pairs, ties = [], 0
     for scene in seen_scenes():
-        images = [render(scene, degradation=_flaw(rng)) for _ in range(RENDERINGS)]
+        # Judged as stored (8 bits a channel), as the scorers will see them.
+        stored = [to_pil(render(scene, degradation=_flaw(rng))) for _ in range(RENDERINGS)]
+        images = [from_pil(image) for image in stored]
         utility = [
             fidelity_weight * rewards.fidelity(image, scene) + quality_weight * rewards.quality(image)
             for image in images
         ]
-        encoded = [_png(image) for image in images]
+        encoded = [_png(image) for image in stored]
         for a, b in combinations(range(RENDERINGS), 2):
             if abs(utility[a] - utility[b]) < TIE_MARGIN:
                 ties += 1

@@ -67,10 +67,11 @@ def register(commands: Commands) -> None:
         help="what a scorer tie (equal values) counts as: half a correct answer, or a wrong one (human ties are "
         "always skipped)",
     )
-    p.add_argument(
-        "--out",
-        help=f"also write the report, {REPORT_NAME}, there, and keep its score cache there (default: the "
-        "harness's cache, $HARNESS_CACHE)",
+    options.add_output_directory(
+        p,
+        f"the report, {REPORT_NAME}, and the score cache, cache/scores.sqlite (without it: the report on stdout only, "
+        "the scores cached in $HARNESS_CACHE)",
+        required=False,
     )
     options.add_printed_format(
         p,

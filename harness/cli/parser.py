@@ -34,7 +34,7 @@ COMMANDS = {
     "agreement": Command(
         "agreement",
         "each scorer's accuracy against human preference pairs (Pick-a-Pic, HPDv2, ImageReward, MMRB2, pairs.jsonl) "
-        "with a 95% CI over prompts, beside the published accuracies",
+        "with its bootstrap CI over prompts, beside the published accuracies",
     ),
     "train": Command("train", "train one method and write its UNet in diffusers format"),
     "generate": Command(
