@@ -23,8 +23,8 @@ IMSCORE = "imscore (github.com/RE-N-Y/imscore), README 'Benchmark on Preference 
 
 # Why a column of a table is not our protocol exactly.
 PICKAPIC_TIES = (
-    "the Pick-a-Pic paper's accuracy (which HPSv3 cites: PickScore 70.5, its Table 1b) counts a human tie as a "
-    "third outcome a scorer can predict; ours skips human ties, so expect ours higher"
+    "the Pick-a-Pic paper's tie-aware accuracy on its own test split (which HPSv3 cites: PickScore 70.5, its "
+    "Table 1b) counts a human tie as an outcome a scorer can predict; ours skips human ties, so expect ours higher"
 )
 SPLIT_UNSTATED = "the README does not say which Pick-a-Pic v2 split; compared with test_unique, an inference"
 VERSION_UNSTATED = "the weights' version is not stated"
