@@ -1,13 +1,14 @@
 """Human-judged preference pairs, read from each set's official layout: what `harness agreement` checks a scorer
 against.
 
-``--data`` names a registered set (``harness.api.JUDGED_SETS``), ``NAME`` (its hub copy) or ``NAME:PATH`` (a local copy in the official layout), or a
-directory holding our own ``pairs.jsonl``:
+``--data`` names a registered set (``harness.api.JUDGED_SETS``), ``NAME`` (its hub copy) or ``NAME:PATH`` (a
+local copy in the official layout), or a directory holding our own ``pairs.jsonl``:
 
 - ``pickapic-test``, ``pickapic-test_unique``: Pick-a-Pic v2 (``yuvalkirstain/pickapic_v2``), that split,
   read by the training reader (``harness.data.readers.PickapicPairs``: parquet rows with ``jpg_0``/``jpg_1``
   JPEG bytes, ``caption``, ``label_0``; 0.5 is a tie).
-- ``hpdv2-test``: HPDv2's test set (``zhwang/HPDv2``): ``test.json``, a list of ``{"prompt", "image_path":
+- ``hpdv2-test``: HPDv2's test set (``zhwang/HPDv2``, downloaded as ``test.json`` and ``test/``; if a copy holds the
+  images as an archive, unpack it and give the folder): ``test.json``, a list of ``{"prompt", "image_path":
   [files], "rank": [ints]}``, rank 1 the best, images under ``test/`` (or beside the file); every two images of
   a prompt are a pair, as the HPSv2 code's ranking accuracy counts them.
 - ``imagereward-test``: ImageReward's expert test set (``data/test.json`` of github.com/THUDM/ImageReward:
@@ -35,7 +36,7 @@ from pathlib import Path
 
 from harness.api.data import JudgedPair, JudgedSet
 from harness.api.registry import JUDGED_SETS, register_judged_set
-from harness.data.readers import PickapicPairs, load_hf_dataset, read_local_pairs
+from harness.data.readers import PickapicPairs, load_hf_dataset, numbered_jsonl, read_local_pairs
 from harness.errors import HarnessError
 
 PICKAPIC_HUB = "yuvalkirstain/pickapic_v2"
@@ -77,7 +78,9 @@ def _load_json(path: Path, what: str):
         raise HarnessError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
 
 
-def ranked_pairs(prompt: str, images: Sequence[Path], ranks: Sequence[int], where: str) -> tuple[list[JudgedPair], int]:
+def _ranked_pairs(
+    prompt: str, images: Sequence[Path], ranks: Sequence[int], where: str
+) -> tuple[list[JudgedPair], int]:
     """Every two of a prompt's ranked ``images`` as a pair, the lower rank (better) first; equal ranks are a
     tie, skipped and counted.  Returns (pairs, ties)."""
     if len(images) != len(ranks) or len(images) < 2:
@@ -112,8 +115,10 @@ def _read_ranked(root: Path, file: str, folder: str, images_key: str, ranks_key:
         missing = [key for key in ("prompt", images_key, ranks_key) if not isinstance(row, dict) or key not in row]
         if missing:
             raise HarnessError(f"{where}: missing field(s) {', '.join(missing)}")
+        if not isinstance(row[images_key], list) or not isinstance(row[ranks_key], list):
+            raise HarnessError(f"{where}: {images_key!r} and {ranks_key!r} must be lists")
         images = [images_root / image for image in row[images_key]]
-        own, own_ties = ranked_pairs(row["prompt"], images, row[ranks_key], where)
+        own, own_ties = _ranked_pairs(row["prompt"], images, row[ranks_key], where)
         pairs += own
         ties += own_ties
     return JudgedSet(name, str(root), pairs, ties)
@@ -191,11 +196,9 @@ def load_judged(spec: str) -> JudgedSet:
         return JUDGED_SETS.get(name)(location if sep else None)
     path = Path(spec)
     if (path / "pairs.jsonl").is_file():
-        pairs = read_local_pairs(path)
-        ties = sum(1 for line in (path / "pairs.jsonl").read_text(encoding="utf-8").splitlines() if line.strip())
-        return JudgedSet(
-            str(path), str(path), [JudgedPair(p.caption, p.image_w, p.image_l) for p in pairs], ties - len(pairs)
-        )
+        pairs = read_local_pairs(path)  # ties dropped: every other line is a pair
+        ties = len(numbered_jsonl(path / "pairs.jsonl")) - len(pairs)
+        return JudgedSet(str(path), str(path), [JudgedPair(p.caption, p.image_w, p.image_l) for p in pairs], ties)
     raise HarnessError(
         f"--data {spec}: neither a known set ({', '.join(JUDGED_SETS.names())}; NAME:DIR for a local copy) "
         "nor a directory with pairs.jsonl"
