@@ -33,7 +33,7 @@ def cmd_agreement(args: argparse.Namespace) -> int:
     scorer_options = options.parse_scorer_options(args.scorer_option)
     check_scorers(args.scorers, scorer_options)
     judged = load_judged(args.data)
-    # Beside a results directory's own score cache with --out, else the harness's cache: scored once either way.
+    # Under --out where a results directory keeps it (cache/scores.sqlite), else in the harness's cache.
     cache = ResultsDir(args.out).score_cache if args.out else cache_dir() / "agreement" / "scores.sqlite"
     scores = score_pairs(judged, build_scorers(args.scorers, scorer_options), cache)
     rows = agreement(judged, scores, ties=args.ties)

@@ -34,7 +34,7 @@ VERSION_UNSTATED = "the weights' version is not stated"
 class PublishedAccuracy:
     publisher: str  # the paper or repository, with the table
     label: str  # the row's name there
-    data: str  # our set (``harness.data.judged.SETS``)
+    data: str  # our set, as ``--data`` names it (``harness.api.JUDGED_SETS``)
     scorer: str  # our scorer of the same weights
     value: float  # a fraction
     version: str | None = None  # our scorer's version for their weights (None: not stated)
