@@ -12,7 +12,6 @@ from harness.atomic import replacing
 from harness.cli import options
 from harness.cli.parser import Commands
 from harness.data.judged import load_judged
-from harness.libraries import quiet_libraries
 from harness.results.agreement import (
     DEFAULT_TIES,
     FORMATS,
@@ -29,7 +28,6 @@ REPORT_NAME = "agreement.json"
 
 
 def cmd_agreement(args: argparse.Namespace) -> int:
-    quiet_libraries()
     scorer_options = options.parse_scorer_options(args.scorer_option)
     check_scorers(args.scorers, scorer_options)
     judged = load_judged(args.data)
