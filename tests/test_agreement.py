@@ -15,9 +15,18 @@ from PIL import Image
 
 from harness.api.data import JudgedPair, JudgedSet
 from harness.api.scorer import Scorer
+from harness.cli.options import parse_scorer_options
 from harness.data.judged import load_judged
 from harness.errors import HarnessError
-from harness.results.agreement import agreement, correctness, covers, expected_accuracy, report_text, score_pairs
+from harness.results.agreement import (
+    agreement,
+    check_scorers,
+    correctness,
+    covers,
+    expected_accuracy,
+    report_text,
+    score_pairs,
+)
 from harness.results.published_agreement import PublishedAccuracy
 from harness.results.stats import ci_units
 from harness.scoring import get_scorer
@@ -322,3 +331,9 @@ def test_the_command_refuses_bad_input_in_one_line_and_creates_nothing(tmp_path)
     )  # fmt: skip
     assert result.returncode == 2 and "unknown scorer 'nosuch'" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and not out.exists() and not cache.exists()
+    for options, message in (
+        (["hpsv2.checkpoint=x"], "--scorer-option for hpsv2, which --scorers does not name"),
+        (["toy-quality.checkpoint=x"], "scorer 'toy-quality' takes no option checkpoint"),
+    ):
+        with pytest.raises(HarnessError, match=message):
+            check_scorers(["toy-quality"], parse_scorer_options(options))

@@ -34,7 +34,9 @@ from harness.api.registry import SCORERS
 from harness.api.scorer import Scorer
 from harness.data.readers import decode_image
 from harness.errors import HarnessError
+from harness.evaluation.evaluate import check_scorer_options
 from harness.results.published_agreement import PUBLISHED_ACCURACIES, VERSION_UNSTATED, PublishedAccuracy
+from harness.results.run_details import MISSING
 from harness.results.stats import DEFAULT_N_BOOT, DEFAULT_SEED, bootstrap_mean_ci, ci_units
 from harness.results.tables import paper_tables, to_latex, to_markdown
 from harness.results.text_table import text_table
@@ -209,6 +211,8 @@ def check_scorers(scorers: Sequence[str], scorer_options: dict[str, dict[str, An
     unused = sorted(set(scorer_options) - set(scorers))
     if unused:
         raise HarnessError(f"--scorer-option for {', '.join(unused)}, which --scorers does not name")
+    for name, keywords in scorer_options.items():
+        check_scorer_options(name, keywords)
 
 
 def score_pairs(
@@ -237,7 +241,6 @@ def build_scorers(names: Sequence[str], scorer_options: dict[str, dict[str, Any]
 
 
 # --- The report in each format ------------------------------------------------------------------------------
-MISSING = "–"
 Z_NOTE = (
     "z = (ours - published) / (our accuracy's distance to our 95% CI bound on the published side): |z| <= 1 when "
     "the published value lies inside our CI"
