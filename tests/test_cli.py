@@ -233,7 +233,9 @@ def test_out_has_one_meaning_per_declaration():
         **dict.fromkeys(["harness run", "harness evaluate", "harness score", "harness reproduce"], meanings[0]),
         **dict.fromkeys(["harness runs", "harness verify"], meanings[1]),
         **dict.fromkeys(["harness leaderboard", "harness figure", "harness export", "harness dashboard"], meanings[2]),
-        **dict.fromkeys(["harness train", "harness generate", "harness data experts"], meanings[3]),
+        **dict.fromkeys(
+            ["harness train", "harness generate", "harness data experts", "harness agreement"], meanings[3]
+        ),
     }
 
 

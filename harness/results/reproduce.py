@@ -31,6 +31,7 @@ from typing import Any
 from harness.errors import HarnessError
 from harness.evaluation.evaluate import BASE
 from harness.results.published import PUBLISHED, Metric, PaperRow, PublishedTables
+from harness.results.stats import ci_units
 from harness.run import run
 
 MISSING = "–"
@@ -195,17 +196,6 @@ def _beside(
         for r in found
         if r[value] is not None
     ] or [missing]
-
-
-def ci_units(ours: float, ci_low: float | None, ci_high: float | None, paper: float) -> float | None:
-    """(ours - paper) over the distance from ``ours`` to the CI bound on the paper's side; None for a zero-width
-    side or no interval (one prompt)."""
-    if ci_low is None or ci_high is None:
-        return None
-    half = ci_high - ours if paper > ours else ours - ci_low
-    if half <= 0:
-        return 0.0 if ours == paper else None
-    return (ours - paper) / half
 
 
 def version_flag(metric: Metric, version: str) -> str:
