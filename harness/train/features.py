@@ -62,8 +62,9 @@ def free_space(path: Path) -> int:
 class CacheEstimate:
     """What caching a training's latents costs on disk, against what its disk has free.
 
-    ``images``: images encoded over the training (steps x samples per step x images per sample), each cached
-    once per orientation it is drawn in, so an upper bound; ``latent_shape``: (C, H, W) of one latent;
+    ``images``: images encoded over the training (steps x samples per step x images per sample; the trainer, which
+    knows the data, caps it at each distinct image in each orientation), each cached once per orientation it is
+    drawn in, so an upper bound; ``latent_shape``: (C, H, W) of one latent;
     ``precision``: ``latent_precision``; ``free``: free bytes on the cache's disk (``free_space``)."""
 
     images: int

@@ -399,7 +399,11 @@ class Trainer:
         resolution, self.latent_shape = latent_geometry(unet.config, pipe.vae.config, config.resolution)
         self.cache_dir = feature_cache_dir(config)
         estimate = CacheEstimate(
-            images=config.max_steps * samples_per_step(config, self.world) * self.spec.images_per_example,
+            # every image drawn, but no more than each distinct image in each orientation
+            images=self.spec.images_per_example
+            * min(
+                config.max_steps * samples_per_step(config, self.world), len(self.examples) * (1 + config.random_flip)
+            ),
             latent_shape=self.latent_shape,
             precision=config.latent_precision,
             free=free_space(self.cache_dir),
