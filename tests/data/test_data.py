@@ -72,6 +72,23 @@ def test_pickapic_through_datasets_local_copy_drops_ties_and_orients_pairs(tmp_p
     assert ImageLoader().load(pairs[1].image_w).getpixel((0, 0)) == (0, 0, 255)
 
 
+def test_the_synthetic_pickapic_split_reads_as_a_downloaded_dataset_folder(tmp_path, monkeypatch):
+    """bench/data_loader.py's split: the hub's parquet layout, read by the real loader (ties dropped, pairs
+    oriented), every image distinct."""
+    import pyarrow.parquet as pq
+
+    from harness.testing.pickapic import write_pickapic
+
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "hf"))
+    write_pickapic(tmp_path / "pp", 20, image_size=16)
+    rows = pq.read_table(next((tmp_path / "pp" / "data").glob("train-*.parquet"))).to_pylist()
+    pairs = load_pairs(tmp_path / "pp")
+    assert len(pairs) == 18 and pairs.ties_dropped == 2  # rows 9 and 19
+    assert pairs[0].image_w == rows[0]["jpg_1"] and pairs[1].image_w == rows[1]["jpg_0"]  # label_0 0, then 1
+    assert len({content_key(p.image_w) for p in pairs} | {content_key(p.image_l) for p in pairs}) == 36
+    assert ImageLoader().load(pairs[0].image_w).size == (16, 16)
+
+
 def test_missing_dataset_is_a_harness_error(tmp_path):
     with pytest.raises(HarnessError, match="cannot load dataset"):
         load_pairs(tmp_path / "nowhere")
