@@ -191,8 +191,9 @@ class TrainConfig:
         default="float16",
         metadata=_help(
             """the dtype each image's VAE posterior (mean, std) is rounded to when encoded, cached or not: float16
-        halves the cache (SD1.5 at 512 px: 64 KiB per image and orientation, not 128) at a relative error of
-        ~3e-4 (docs/scaling.md); float32: unrounded (the toy presets, whose leaderboard predates it)"""
+        halves the cache (SD1.5 at 512 px: 64 KiB per image and orientation, not 128) at a relative error of at
+        most 2^-11 = 4.9e-4, 2.1e-4 RMS (docs/scaling.md); float32: unrounded (the toy presets, whose leaderboard
+        predates it)"""
         ),
     )
     cache_dir: str | None = field(

@@ -9,11 +9,11 @@ a stale entry.  This removes the VAE encoder from every DPO / SmPO step.
 What is cached is the VAE posterior of each image (its mean and std, scaled), once per
 orientation when random flips are on: the trainer then draws a fresh latent from it each
 time the image is used, as the public scripts do with ``latent_dist.sample()`` (DiffusionDPO train.py:1028), or takes
-its mean (``latent_sample=False``).  The posterior is rounded to ``latent_precision`` when encoded (float16 halves
-the cache), so a cached and an uncached run see the same numbers; each precision has its own folder.  Each image is encoded on its own, so a cached entry
-does not depend on which other images happened to be encoded with it (batched
-convolutions on a CPU differ by ~1e-6 between batch sizes): a run's features are the same
-whatever an earlier, interrupted or parallel run cached first.
+its mean (``latent_sample=False``).  The posterior is rounded to ``latent_precision`` when encoded
+(float16 halves the cache), so a cached and an uncached run see the same numbers; each precision has
+its own folder.  Each image is encoded on its own, so a cached entry does not depend on which other
+images happened to be encoded with it (batched convolutions on a CPU differ by ~1e-6 between batch
+sizes): a run's features are the same whatever an earlier, interrupted or parallel run cached first.
 """
 
 from __future__ import annotations
@@ -96,6 +96,7 @@ class CacheEstimate:
 
 
 def _size(n: float) -> str:
+    """``n`` bytes in binary units: "64.0 KiB"."""
     for unit in ("B", "KiB", "MiB", "GiB"):
         if n < 1024:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
