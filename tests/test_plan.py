@@ -98,6 +98,10 @@ def test_dry_run_prints_the_plan_and_creates_nothing(resolved, tmp_path, monkeyp
     assert setting("dpo", "lr") == ["0.002", "--set"]
     assert setting("dpo", "max_steps") == ["2", "preset tiny"]
     assert setting("dpo", "optimizer") == ["'adamw'", "default"]
+    # Its latents: 2 steps x 2 pairs x 2 images, each a mean and a std of 4 x 8 x 8 halves (2 x 256 x 2 bytes).
+    dpo_block = printed[printed.index("\ndpo (") :].split("\n\n")[0]
+    cache = next(line.strip() for line in dpo_block.splitlines() if line.strip().startswith("feature cache"))
+    assert cache.startswith("feature cache auto -> on: latents <= 8.0 KiB (8 images x 1.0 KiB, 4x8x8 float16), ")
 
     # The jobs in the order they start, sft's training before smpo's; the UNet evaluations of each.
     # Generation: 2 prompts x 1 image x 3 steps x 2 (the tiny preset's guidance 3.0 runs both halves) = 12.

@@ -237,6 +237,10 @@ def test_corrupt_images_are_skipped_and_counted_whatever_the_steps(tiny_model_di
     assert result.data_summary == "pairs 5 read, 1 tie skipped, 1 unreadable"
     out = capsys.readouterr().out
     assert "training data: pairs 5 read, 1 tie skipped, 1 unreadable" in out and "skipped 1 corrupt image" in out
+    # Images the cache may hold: 2 per pair drawn (steps x 2 pairs), at most the 3 usable pairs' 6 images in 2
+    # orientations; each a mean and a std of 4 x 8 x 8 halves, 1 KiB.
+    images = 2 * min(steps * 2, 3 * 2)
+    assert f"feature cache: auto -> on: latents <= {images}.0 KiB ({images} images x 1.0 KiB, 4x8x8 float16)" in out
 
 
 def test_lora_trains_adapters_against_the_disabled_adapter_reference(tiny_model_dir, data_dir, tmp_path):
