@@ -12,6 +12,12 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
+# `make test` runs two pytest-xdist workers on a 2-core machine: each worker, and every process it starts, computes
+# on one thread.  Two workers of two threads each fight over the cores, and OpenMP's waiting threads then make
+# torch many times slower.  Set before anything imports torch (it reads the variable once).
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ["OMP_NUM_THREADS"] = "1"
+
 
 # Fixtures that make a real `harness run`: a test that takes one is an end-to-end test, whatever its file.
 END_TO_END_FIXTURES = ("tiny_run_dir", "tiny_parti_run_dir")
