@@ -40,7 +40,7 @@ from support.results_fixture import (
     SUITES,
     TRAIN_STEPS,
     TRAINING_SIGNALS,
-    as_schema_1,
+    as_schema,
     build_results_dir,
 )
 
@@ -179,7 +179,7 @@ def test_a_results_dir_of_store_schema_1_shows_no_mark(
 ) -> None:
     old = tmp_path / "old"
     shutil.copytree(results_dir, old)
-    at = open_app(as_schema_1(old), monkeypatch)
+    at = open_app(as_schema(old, "1"), monkeypatch)
     assert shown(at.dataframe[0])["method"].tolist() == list(METHODS)
     assert not marked_cells(shown(at.dataframe[0]), "method") and not notes(at)
     show(at, "Run details")
