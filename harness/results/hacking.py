@@ -20,6 +20,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+import pandas as pd
+
 from harness.api.registry import SCORERS
 from harness.evaluation.curves import split_snapshots
 from harness.results.diversity import diversity_deltas
@@ -149,19 +151,32 @@ def hacking_report(
     return report
 
 
+def experiments_diversity(frame: pd.DataFrame, experiments: Sequence[str], base: str = "base") -> list[dict[str, Any]]:
+    """``harness.results.diversity.diversity_deltas`` of every experiment, each against its own base (``experiments``:
+    their names; the methods in ``frame`` qualified), as ``harness.results.experiments.leaderboard`` does.  No
+    experiments: one results directory, as it is."""
+    if not experiments:
+        return diversity_deltas(frame, base=base)
+    rows = []
+    for experiment in experiments:
+        own = frame[frame["method"].str.startswith(experiment + SEPARATOR)]
+        rows += diversity_deltas(own, base=qualified(experiment, base))
+    return rows
+
+
 def load_hacking(
     experiments: Sequence[Experiment], base: str = "base", rows: Sequence[Mapping[str, Any]] | None = None
 ) -> list[dict[str, Any]]:
     """`harness leaderboard --hacking`'s rows of one results directory, or of several side by side (each experiment
     against its own base); ``rows``: their leaderboard's, where already computed."""
     rows = load_leaderboard(experiments, base=base) if rows is None else rows
-    diversity = []
+    several = len(experiments) > 1
+    frames = []
     for experiment in experiments:
         with Store(experiment.results.db, readonly=True) as store:
             frame = split_snapshots(store.diversity_frame())[0]
-        own_base = base
-        if len(experiments) > 1:
+        if several:
             frame = frame.assign(method=[qualified(experiment.name, m) for m in frame["method"]])
-            own_base = qualified(experiment.name, base)
-        diversity += diversity_deltas(frame, base=own_base)
-    return hacking_report(rows, diversity, base=base)
+        frames.append(frame)
+    names = [e.name for e in experiments] if several else []
+    return hacking_report(rows, experiments_diversity(pd.concat(frames, ignore_index=True), names, base), base=base)
