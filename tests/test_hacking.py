@@ -13,6 +13,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from harness.api.registry import PRESETS, SCORERS
+from harness.api.scorer import Scorer
 from harness.cli.output import print_hacking
 from harness.evaluation.evaluate import Protocol, record_diversity
 from harness.plan.presets import get_preset
@@ -206,3 +208,11 @@ def test_leaderboard_hacking_prints_every_format_and_side_by_side(
     )
     refused = harness_main("leaderboard", "--out", out, "--hacking", "--by", "category")
     assert refused.returncode == 2 and "--hacking prints its own table" in refused.stderr
+
+
+def test_every_presets_diversity_embedder_gives_embeddings() -> None:
+    embedders = {name: PRESETS.get(name)().diversity_embedder for name in PRESETS.names()}
+    assert embedders["sd15"] == "clip" and embedders["toy"] == "toy-fidelity"
+    for name, embedder in embedders.items():
+        if embedder is not None:
+            assert SCORERS.get(embedder).embed is not Scorer.embed, f"{name}: {embedder} gives no embeddings"
