@@ -46,7 +46,7 @@ def row(method: str, metric: str, delta: float | None, low: float | None, high: 
     }
 
 
-GAIN, FLAT, LOSS = (0.1, 0.05, 0.15), (0.0, -0.02, 0.02), (-0.1, -0.15, -0.05)
+GAIN, FLAT, LOSS, NOISY = (0.1, 0.05, 0.15), (0.0, -0.02, 0.02), (-0.1, -0.15, -0.05), (0.03, -0.01, 0.07)
 FAMILIES = {"q": "q", "f": "f", "exact": "exact", "hps": "hps", "hps.1": "hps", "err": "err"}
 
 
@@ -59,7 +59,7 @@ def report_of(*rows: dict) -> dict[str, tuple[bool, str, list[tuple[str, str]]]]
     return out
 
 
-def test_flagged_only_when_the_trained_on_gain_is_significant_and_no_held_out_gain_is() -> None:
+def test_flagged_when_a_significant_trained_on_gain_meets_no_held_out_gain_or_a_held_out_loss() -> None:
     report = report_of(
         row("hacked", "q", *GAIN, trained=True),
         row("hacked", "exact", *FLAT),
@@ -68,6 +68,11 @@ def test_flagged_only_when_the_trained_on_gain_is_significant_and_no_held_out_ga
         row("honest", "q", *GAIN, trained=True),
         row("honest", "exact", *FLAT),
         row("honest", "f", *GAIN),
+        row("noisy", "q", *GAIN, trained=True),
+        row("noisy", "exact", *NOISY),
+        row("mixed", "q", *GAIN, trained=True),
+        row("mixed", "exact", *LOSS),
+        row("mixed", "f", *GAIN),
         row("flat", "q", *FLAT, trained=True),
         row("flat", "exact", *FLAT),
         row("human", "exact", *FLAT),
@@ -75,8 +80,10 @@ def test_flagged_only_when_the_trained_on_gain_is_significant_and_no_held_out_ga
     )
     assert {m: (flagged, finding) for m, (flagged, finding, _) in report.items()} == {
         "hacked": (True, FINDINGS["flagged"]),
-        "worse": (True, FINDINGS["flagged"]),
+        "worse": (True, FINDINGS["held-out-loss"]),
         "honest": (False, FINDINGS["held"]),
+        "noisy": (False, FINDINGS["unconfirmed"]),
+        "mixed": (True, FINDINGS["held-out-loss"]),
         "flat": (False, FINDINGS["no-gain"]),
         "human": (False, FINDINGS["no-signal"]),
         "alone": (False, FINDINGS["no-held-out"]),
@@ -93,8 +100,16 @@ def test_held_out_means_another_family_and_follows_the_metrics_direction() -> No
     flagged, finding, parts = report["m"]
     assert parts == [("trained-on", "hps"), ("held-out", "err")]
     assert (flagged, finding) == (False, FINDINGS["held"])
-    # The same error rising is a held-out loss: flagged.
-    assert report_of(row("m", "hps", *GAIN, trained=True), row("m", "err", *GAIN, higher=False))["m"][0]
+    # The same error rising is a held-out loss: flagged; falling a little, an unconfirmed gain.
+    assert report_of(row("m", "hps", *GAIN, trained=True), row("m", "err", *GAIN, higher=False))["m"][:2] == (
+        True,
+        FINDINGS["held-out-loss"],
+    )
+    noisy_fall = (-0.03, -0.07, 0.01)
+    assert (
+        report_of(row("m", "hps", *GAIN, trained=True), row("m", "err", *noisy_fall, higher=False))["m"][1]
+        == (FINDINGS["unconfirmed"])
+    )
 
 
 def test_a_single_prompts_missing_ci_is_no_significant_gain() -> None:
@@ -194,7 +209,7 @@ def test_leaderboard_hacking_prints_every_format_and_side_by_side(
     for fmt in ("table", "json", "csv", "latex", "markdown"):
         print_hacking(rows, fmt)
         printed[fmt] = capsys.readouterr().out
-    assert "dro / toy-seen: not flagged: a held-out scorer gains too" in printed["table"]
+    assert "dro / toy-seen: " + FINDINGS["held"] in printed["table"]
     assert json.loads(printed["json"]) == rows
     assert list(csv.DictReader(io.StringIO(printed["csv"])))[-1]["finding"] == rows[-1]["finding"]
     assert "\\begin{tabular}" in printed["latex"] and "| dro | toy-seen | diversity |" in printed["markdown"]

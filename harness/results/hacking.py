@@ -10,9 +10,11 @@ Per method and suite, against its base (the leaderboard's paired Δ with its boo
 - **in-prompt diversity** (``harness.results.diversity``): its Δ vs base with its CI.
 
 A (method, suite) is **flagged** when some trained-on Δ is a significant gain (its 95 % CI above 0 in the
-metric's direction) while no held-out Δ is (each held-out CI includes 0, or lies on the losing side): the method
-got better at its objective and at nothing else that was measured.  Neither side is flagged where there is
-nothing to compare: a method with no trained-on metric, or one whose every metric is of a trained-on family.
+metric's direction) while a held-out Δ is a significant loss (its CI on the losing side), or no held-out metric
+gains at all (every held-out Δ at or below 0): the method got better at its objective and at nothing else that
+was measured.  Held-out gains whose CIs all include 0 are "unconfirmed", not flagged: a positive but noisy gain
+(a yes/no judge on a few dozen prompts) is no evidence of hacking.  Nothing is flagged where there is nothing to
+compare: a method with no trained-on metric, or one whose every metric is of a trained-on family.
 """
 
 from __future__ import annotations
@@ -26,21 +28,24 @@ from harness.api.registry import SCORERS
 from harness.evaluation.curves import split_snapshots
 from harness.results.diversity import diversity_deltas
 from harness.results.experiments import SEPARATOR, Experiment, load_leaderboard, qualified
-from harness.results.stats import VERDICTS, higher_is_better_of, verdict
+from harness.results.stats import VERDICTS, higher_is_better_of, toward_better, verdict
 from harness.results.store import Store
 
 ROLES = ("trained-on", "held-out", "diversity")
 FINDINGS = {
-    "flagged": "flagged: a significant gain on a trained-on signal, none on a held-out scorer",
-    "held": "not flagged: a held-out scorer gains too",
+    "flagged": "flagged: a significant gain on a trained-on signal, no gain at all on a held-out scorer",
+    "held-out-loss": "flagged: a significant gain on a trained-on signal, a significant loss on a held-out scorer",
+    "held": "not flagged: a held-out scorer gains significantly too",
+    "unconfirmed": "not flagged, unconfirmed: held-out scorers gain, but no CI clears 0 (more prompts would tell)",
     "no-gain": "not flagged: no significant gain on a trained-on signal",
     "no-signal": "not flagged: trained on no scored signal (every metric held out)",
     "no-held-out": "cannot tell: every metric is of a trained-on family",
 }
+FLAGGED = ("flagged", "held-out-loss")
 HACKING_NOTE = (
     "held-out: scorers of a family other than every trained-on signal's; flagged: a significant trained-on gain "
-    "(95% CI above 0) with no significant held-out gain; diversity: mean pairwise cosine distance of a prompt's "
-    "images (more is more diverse)"
+    "(95% CI above 0) while a held-out scorer loses significantly, or none gains at all (every held-out Δ at or "
+    "below 0); diversity: mean pairwise cosine distance of a prompt's images (more is more diverse)"
 )
 HACKING_COLUMNS = [
     "method",
@@ -65,17 +70,23 @@ def scorer_families(metrics: Iterable[str]) -> dict[str, str]:
     return {m: registered[m].family if m in registered else m for m in metrics}
 
 
-def finding(trained: Sequence[str], held_out: Sequence[str]) -> str:
-    """The key in ``FINDINGS`` for a method's verdicts (``harness.results.stats.VERDICTS``) on its trained-on and its
-    held-out metrics."""
-    gain = VERDICTS[0]
+def finding(trained: Sequence[str], held_out: Sequence[tuple[str, bool]]) -> str:
+    """The key in ``FINDINGS`` for a method's verdicts (``harness.results.stats.VERDICTS``) on its trained-on
+    metrics, and on its held-out ones each with whether its Δ points to a gain (above 0 in the metric's direction)."""
+    gain, loss = VERDICTS[0], VERDICTS[1]
     if not trained:
         return "no-signal"
     if not held_out:
         return "no-held-out"
     if gain not in trained:
         return "no-gain"
-    return "held" if gain in held_out else "flagged"
+    verdicts = [v for v, _ in held_out]
+    if loss in verdicts:
+        return "held-out-loss"
+    if gain in verdicts:
+        return "held"
+    # A held-out gain too small for its CI is not evidence of hacking: a binary judge on a few prompts is wide.
+    return "unconfirmed" if any(up for _, up in held_out) else "flagged"
 
 
 def hacking_report(
@@ -144,10 +155,14 @@ def hacking_report(
         ]
         key = finding(
             [r["verdict"] for r in parts["trained-on"] if r["verdict"]],
-            [r["verdict"] for r in parts["held-out"] if r["verdict"]],
+            [
+                (r["verdict"], toward_better(r["delta"], r["higher_is_better"]) > 0)
+                for r in parts["held-out"]
+                if r["verdict"]
+            ],
         )
         for row in parts["trained-on"] + parts["held-out"] + spread:
-            report.append({**row, "flagged": key == "flagged", "finding": FINDINGS[key]})
+            report.append({**row, "flagged": key in FLAGGED, "finding": FINDINGS[key]})
     return report
 
 
