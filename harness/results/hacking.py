@@ -30,6 +30,7 @@ from harness.results.diversity import diversity_deltas
 from harness.results.experiments import SEPARATOR, Experiment, load_leaderboard, qualified
 from harness.results.stats import VERDICTS, higher_is_better_of, toward_better, verdict
 from harness.results.store import Store
+from harness.results.tables import method_order
 
 ROLES = ("trained-on", "held-out", "diversity")
 FINDINGS = {
@@ -109,8 +110,10 @@ def hacking_report(
             blocks.setdefault((row["method"], row["suite"]), []).append(row)
     for row in diversity:
         blocks.setdefault((row["method"], row["suite"]), [])
+    # Experiments in the order given, as the leaderboard has them; then suites by name.
+    order = {m: i for i, m in enumerate(method_order([*rows, *diversity], base))}
     report = []
-    for (method, suite), own in sorted(blocks.items()):
+    for (method, suite), own in sorted(blocks.items(), key=lambda item: (order[item[0][0]], item[0][1])):
         trained_families = {families.get(r["metric"], r["metric"]) for r in own if r.get("trained_on_signal")}
         parts: dict[str, list[dict[str, Any]]] = {"trained-on": [], "held-out": []}
         for row in sorted(own, key=lambda r: (r["metric"], r["metric_version"])):
