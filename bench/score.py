@@ -22,7 +22,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from harness.scoring import ScoreCache, Scorer, get_scorer, score_images
+from harness.api.scorer import Scorer
+from harness.scoring import get_scorer
+from harness.scoring.cache import ScoreCache, score_images
 from harness.testing.scorer_weights import (
     CLIP_SHAPES,
     register_tiny_open_clip,

@@ -27,7 +27,6 @@ from dashboard.data import (
     image_grid,
     is_base,
     load_experiments,
-    metric_label,
     overlap_warnings,
     overview_table,
     prompt_grid,
@@ -43,6 +42,7 @@ from harness.results.hacking import HACKING_NOTE
 from harness.results.layout import ResultsDir
 from harness.results.run_details import MISSING, run_details, shown_run_details
 from harness.results.stats import SIGNAL_MARK, SIGNAL_NOTE, win_rate_matrix
+from harness.results.tables import metric_label
 
 HIGHLIGHT = "background-color: rgba(46, 160, 67, 0.30); font-weight: bold"
 THUMBNAIL_PX = 256

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from harness.progress import say
+from harness.api.environment import say
 
 _COMPANIONS = ("", "-wal", "-shm")  # a database's own file and SQLite's files beside it in WAL mode
 

@@ -26,7 +26,7 @@ from collections.abc import Sequence
 from concurrent.futures import Future
 from pathlib import Path
 
-from harness.api.environment import cache_dir
+from harness.api.environment import cache_dir, say
 from harness.api.method import PublishedWeights
 from harness.api.preset import Preset
 from harness.backends import Backend
@@ -43,10 +43,9 @@ from harness.evaluation.suites import caption_overlap
 from harness.plan.locations import resolve_base_model
 
 # `harness run` as a function (harness.api): its options and checks are the plan's
-from harness.plan.planner import EVERY_METHOD, ModelEntry, Plan, RunOptions, recorded_runs, validate, validate_training  # noqa: F401
+from harness.plan.planner import ModelEntry, Plan, RunOptions, recorded_runs, validate
 from harness.plan.presets import get_preset, published_weights
 from harness.progress import Stages as _Stages
-from harness.progress import say
 from harness.results.layout import ResultsDir
 from harness.results.stats import leaderboard as compute
 from harness.results.stats import signals_by_method

@@ -110,6 +110,9 @@ class DPO(Method):
         "sdxl": PublishedWeights("mhdang/dpo-sdxl-text2image-v1"),
     }
 
+    def unet_evals_per_sample(self) -> float:
+        return 4.0  # policy and reference on the winner and the loser
+
     def loss(self, batch: Batch, models: Models) -> tuple[torch.Tensor, dict[str, float]]:
         t = pair_timesteps(batch, models)
         latents_t, target = forward_noised_pairs(batch, t, models)

@@ -247,6 +247,14 @@ class DRO(Method):
     def data_spec(self) -> Experts:
         return Experts(scorer=self.config.expert_scorer, top_k=self.config.expert_top_k)
 
+    def unet_evals_per_sample(self) -> float:
+        """Policy and reference on the expert and the policy terms (4), plus a refill's trajectories, ``rows x
+        sampler_steps``, spread over the ``refill_every`` micro-batches it serves: exact over whole refill periods
+        (a run's first micro-batch always refills)."""
+        config = self.config
+        rows = config.batch_size if config.refill_rows is None else min(config.refill_rows, config.batch_size)
+        return 4.0 + rows * config.sampler_steps / (config.batch_size * config.refill_every)
+
     def setup(self, context: TrainingContext) -> None:
         self.buffer: dict[str, torch.Tensor] = {}
         self.latent_shape = context.latent_shape

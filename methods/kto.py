@@ -218,6 +218,13 @@ class KTO(Method):
     def data_spec(self) -> LabelledImages:
         return LabelledImages(per_image=self.config.per_image_labels, desirable_share=self.config.desirable_share)
 
+    def unet_evals_per_sample(self) -> float:
+        config = self.config
+        accumulates = (config.effective_batch_size or config.batch_size * config.grad_accum) > config.batch_size
+        over_step = config.reference_point == "batch" and config.reference_point_over == "step" and accumulates
+        # Policy and reference on the image; both again on the mismatched caption, or in the step's no-grad pass.
+        return 2.0 + 2.0 * (config.reference_point == "mismatched" or over_step)
+
     def before_micro_step(self, context: TrainingContext, step: int, micro: int, generator: torch.Generator) -> None:
         # Without accumulation a micro-batch (over all processes) is the step: its own mean is the step's.
         if micro == 0:

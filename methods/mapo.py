@@ -127,6 +127,9 @@ class MaPO(Method):
     # The public weights (a full SDXL UNet trained on the pairs' human labels: no reward shaped their data).
     published = {"sdxl": PublishedWeights("mapo-t2i/mapo-beta", subfolder=None)}  # the UNet at the repository root
 
+    def unet_evals_per_sample(self) -> float:
+        return 2.0  # the policy on the chosen and the rejected image: no reference
+
     def loss(self, batch: Batch, models: Models) -> tuple[torch.Tensor, dict[str, float]]:
         config = self.config
         t = pair_timesteps(batch, models)

@@ -37,6 +37,9 @@ class SFT(Method):
     Config = SFTConfig
     data = Experts()
 
+    def unet_evals_per_sample(self) -> float:
+        return 1.0  # the policy on the image
+
     def loss(self, batch: Batch, models: Models) -> tuple[torch.Tensor, dict[str, float]]:
         latents_t, t, target = models.process.noisy(batch.latents, batch.generator)
         error = per_sample_error(models.policy(latents_t, t, batch.cond), target)

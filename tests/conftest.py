@@ -142,6 +142,16 @@ def hpsv3_locations(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
 
 
 @pytest.fixture(scope="session")
+def vqascore_locations(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """A tiny random Qwen2.5-VL Instruct checkpoint in the hub repository's layout (config, weights under
+    the published names, generation_config.json, processor with a chat template), built offline: the
+    ``get_scorer("vqascore", ...)`` keywords."""
+    from harness.testing.scorer_weights import save_vqascore_model
+
+    return save_vqascore_model(tmp_path_factory.mktemp("vqascore-weights"))
+
+
+@pytest.fixture(scope="session")
 def tiny_sd15_dir(harness_cache: Path) -> Path:
     """An SD1.5-shaped random-init pipeline (512 px native), saved in diffusers format."""
     from harness.testing.tiny_models import TINY_SHAPES, save_tiny_pipeline

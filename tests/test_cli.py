@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 
 from conftest import harness_cli
-from harness.cli import build_parser, main
+from harness.cli import main
 from harness.cli.options import parse_overrides
 from harness.cli.output import format_table
-from harness.cli.parser import HelpFormatter
+from harness.cli.parser import HelpFormatter, build_parser
 from harness.errors import HarnessError
 from harness.results.stats import SIGNAL_MARK, SIGNAL_NOTE
 from harness.results.text_table import text_table
@@ -233,7 +233,9 @@ def test_out_has_one_meaning_per_declaration():
         **dict.fromkeys(["harness run", "harness evaluate", "harness score", "harness reproduce"], meanings[0]),
         **dict.fromkeys(["harness runs", "harness verify"], meanings[1]),
         **dict.fromkeys(["harness leaderboard", "harness figure", "harness export", "harness dashboard"], meanings[2]),
-        **dict.fromkeys(["harness train", "harness generate", "harness data experts"], meanings[3]),
+        **dict.fromkeys(
+            ["harness train", "harness generate", "harness data experts", "harness agreement"], meanings[3]
+        ),
     }
 
 

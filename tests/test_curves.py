@@ -4,15 +4,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from streamlit.dataframe_util import convert_arrow_bytes_to_pandas_df
 from streamlit.testing.v1 import AppTest
 
 from harness.errors import HarnessError
-from harness.evaluation.curves import curve_points
+from harness.evaluation.curves import CURVE_EVENTS, curve_points, write_tensorboard
+from harness.plan.planner import RunOptions, validate
 from harness.plan.presets import get_preset
 from harness.results.store import Store
-from harness.run import RunOptions, run, validate
+from harness.run import run
 
 APP = Path(__file__).resolve().parent.parent / "dashboard" / "app.py"
 
@@ -91,3 +93,37 @@ def test_eval_every_options_are_checked_before_anything_runs(tmp_path):
         validate(RunOptions(methods=["dpo"], out=tmp_path, preset="tiny", eval_suites=["toy-seen"]), tiny)
     with pytest.raises(HarnessError, match="--eval-every must be at least 1"):
         validate(RunOptions(methods=["dpo"], out=tmp_path, preset="tiny", eval_every=0), tiny)
+
+
+def test_a_rerun_leaves_one_curve_events_file_and_new_points_replace_it(tmp_path):
+    """`--eval-every` reruns write the curve again: TensorBoard must still find each point once."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    def points(means: list[float]) -> pd.DataFrame:
+        rows = [("dpo", step, mean, mean - 0.5, mean + 0.5) for step, mean in enumerate(means, 1)]
+        rows.append(("kto", 1, 9.0, 8.0, 10.0))  # another method's point: not in dpo's folder
+        frame = pd.DataFrame(rows, columns=["method", "step", "mean", "ci_low", "ci_high"])
+        return frame.assign(suite="toy-seen", metric="toy-quality")
+
+    def curve() -> tuple[Path, dict[str, list[tuple[int, float]]]]:
+        (events,) = (tmp_path / "tensorboard").glob(CURVE_EVENTS + "*")
+        accumulated = EventAccumulator(str(tmp_path / "tensorboard")).Reload()
+        tags = accumulated.Tags()["scalars"]
+        return events, {tag: [(e.step, e.value) for e in accumulated.Scalars(tag)] for tag in tags}
+
+    training = tmp_path / "tensorboard" / "events.out.tfevents.1.host.1.0"  # the trainer's file, left alone
+    training.parent.mkdir()
+    training.write_bytes(b"")
+    write_tensorboard(points([1.0, 2.0]), "dpo", tmp_path / "tensorboard")
+    first, scalars = curve()
+    assert scalars == {
+        "eval/toy-seen/toy-quality": [(1, 1.0), (2, 2.0)],
+        "eval/toy-seen/toy-quality/ci_low": [(1, 0.5), (2, 1.5)],
+        "eval/toy-seen/toy-quality/ci_high": [(1, 1.5), (2, 2.5)],
+    }
+    stamp = first.stat().st_mtime_ns
+    write_tensorboard(points([1.0, 2.0]), "dpo", tmp_path / "tensorboard")  # a rerun: found, not rewritten
+    assert curve() == (first, scalars) and first.stat().st_mtime_ns == stamp
+    write_tensorboard(points([1.0, 3.0]), "dpo", tmp_path / "tensorboard")  # other points replace the curve
+    assert curve()[1]["eval/toy-seen/toy-quality"] == [(1, 1.0), (2, 3.0)]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tensorboard"] and training.exists()

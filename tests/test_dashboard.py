@@ -19,7 +19,6 @@ from streamlit.dataframe_util import convert_arrow_bytes_to_pandas_df
 from streamlit.testing.v1 import AppTest
 
 import dashboard.data
-from dashboard import serve
 from dashboard.data import (
     NO_INTERVAL,
     best_cells,
@@ -30,6 +29,7 @@ from dashboard.data import (
     overview_table,
     thumbnail,
 )
+from dashboard.server import serve
 from dashboard.views import PAGES
 from harness.errors import HarnessError
 from harness.results.hacking import FINDINGS

@@ -1,13 +1,15 @@
 """The layers of the harness, read from its import statements: no cycle, the contract at the bottom.
 
 Every module of ``harness/`` and ``dashboard/`` is parsed (every import statement, those inside functions and
-under ``if TYPE_CHECKING`` too, relative ones resolved) into a graph of modules, and three rules are checked:
+under ``if TYPE_CHECKING`` too, relative ones resolved) into a graph of modules, and four rules are checked:
 
 - no import cycle: a module that needs another must not be needed by it, however far round;
 - ``harness.api`` (the contract plugins import) imports nothing from the harness but itself and ``CONTRACT_USES``:
   the core interprets what the contract declares, never the other way round;
 - a function imports only third-party libraries (heavy ones, kept out of start-up): an import of the harness's own
-  modules inside a function is how a cycle hides, so it is written at the top of the module.
+  modules inside a function is how a cycle hides, so it is written at the top of the module;
+- a name is imported from the module that defines it, never from one that imported it itself (a re-export hides
+  where a name lives and which layer it belongs to).
 
 The rules name no module but the contract and what it may use, so they hold as modules move into packages (the
 temporary allowances below name the modules other branches are rewriting).
@@ -195,6 +197,34 @@ def test_functions_import_only_third_party_libraries():
     assert not wrong, "harness modules imported inside functions (import them at the top):\n" + "\n".join(wrong)
 
 
+def reexports(modules: dict[str, Path]) -> list[str]:
+    """Each ``from M import name`` (absolute) where M holds ``name`` only because M imported it itself: importers
+    should name the module that defines it.  (``harness.api``'s names are looked up on first use, not imported.)"""
+    trees = {module: ast.parse(path.read_text(encoding="utf-8")) for module, path in modules.items()}
+    held = {
+        module: {
+            alias.asname or alias.name: f"{node.module}.{alias.name}"
+            for node in tree.body
+            if isinstance(node, ast.ImportFrom) and node.module and not node.level
+            for alias in node.names
+        }
+        for module, tree in trees.items()
+    }
+    return [
+        f"{module}:{node.lineno} imports {alias.name} from {node.module}, which has it from {held[node.module][alias.name]}"
+        for module, tree in trees.items()
+        for node in ast.walk(tree)
+        if isinstance(node, ast.ImportFrom) and node.module in held and not node.level
+        for alias in node.names
+        if alias.name in held[node.module] and f"{node.module}.{alias.name}" not in modules
+    ]
+
+
+def test_names_are_imported_from_the_module_that_defines_them():
+    found = reexports(module_files())
+    assert not found, "re-exported names (import each from where it is defined):\n" + "\n".join(found)
+
+
 # -- the checks themselves, on a small made-up tree: each rule can fail ------------------------------------------------
 @pytest.fixture
 def tree(tmp_path):
@@ -239,6 +269,20 @@ def test_a_hierarchy_passes(tree):
         ("harness.plan", "harness.errors"),
     }
     assert cycles(edges) == [] and not any(breaks_the_contract(edge) for edge in edges)
+
+
+def test_a_name_passed_on_by_another_module_is_found(tree, tmp_path):
+    tree(
+        {
+            "harness/__init__.py": "",
+            "harness/errors.py": "class HarnessError(Exception):\n    pass\n",
+            "harness/progress.py": "from harness.errors import HarnessError\n",
+            "harness/plan.py": "from harness import errors\nfrom harness.progress import HarnessError\n",
+        }
+    )
+    assert reexports(module_files(tmp_path, ("harness",))) == [
+        "harness.plan:2 imports HarnessError from harness.progress, which has it from harness.errors.HarnessError"
+    ]
 
 
 def test_modules_tangled_round_several_cycles_are_named_together(tree):

@@ -8,7 +8,10 @@ from pathlib import Path
 import pytest
 
 import harness.train.trainer
+from harness.api import METHODS, Method
 from harness.cli import main
+from harness.plan.planner import RunOptions, describe, validate
+from harness.plan.presets import get_preset
 
 # The smallest real run: the tiny preset trains 2 steps; 2 prompts of one suite, 1 image each.
 SMALL = ["--preset", "tiny", "--suites", "toy-seen", "--max-prompts", "2", "--images-per-prompt", "1"]
@@ -95,18 +98,39 @@ def test_dry_run_prints_the_plan_and_creates_nothing(resolved, tmp_path, monkeyp
     assert setting("dpo", "lr") == ["0.002", "--set"]
     assert setting("dpo", "max_steps") == ["2", "preset tiny"]
     assert setting("dpo", "optimizer") == ["'adamw'", "default"]
+    # Its latents: 2 steps x 2 pairs x 2 images, each a mean and a std of 4 x 8 x 8 halves (2 x 256 x 2 bytes).
+    dpo_block = printed[printed.index("\ndpo (") :].split("\n\n")[0]
+    cache = next(line.strip() for line in dpo_block.splitlines() if line.strip().startswith("feature cache"))
+    assert cache.startswith("feature cache auto -> on: latents <= 8.0 KiB (8 images x 1.0 KiB, 4x8x8 float16), ")
 
     # The jobs in the order they start, sft's training before smpo's; the UNet evaluations of each.
     # Generation: 2 prompts x 1 image x 3 steps x 2 (the tiny preset's guidance 3.0 runs both halves) = 12.
+    # Training, per sample: sft the policy (1); dpo policy and reference on two images (4); smpo the same plus
+    # 2 evaluations per image per inverse step below t: rolled 5-step grid at t/T > -0.2, 0, 0.2, 0.4, 0.6 for t
+    # uniform, 3.8 steps, 4 + 4 x 3.8 = 19.2.
     jobs = [line.split(". ", 1)[1] for line in printed.splitlines() if line[:4].strip().rstrip(".").isdigit()]
     assert jobs == [
         "evaluate base: 12 UNet evaluations",
-        "train sft: 2 steps x 2 samples = 4 samples x the method's UNet evaluations per sample",
-        "train smpo: 2 steps x 2 samples = 4 samples x the method's UNet evaluations per sample",
+        "train sft: 2 steps x 2 samples = 4 samples x 1 = 4 UNet evaluations",
+        "train smpo: 2 steps x 2 samples = 4 samples x 19.2 = 77 UNet evaluations",
         "evaluate smpo: 12 UNet evaluations",
         "evaluate smpo every 1 steps: 1 more points x 12 = 12 UNet evaluations",
-        "train dpo: 2 steps x 2 samples = 4 samples x the method's UNet evaluations per sample",
+        "train dpo: 2 steps x 2 samples = 4 samples x 4 = 16 UNet evaluations",
         "evaluate dpo: 12 UNet evaluations",
         "evaluate dpo every 1 steps: 1 more points x 12 = 12 UNet evaluations",
     ]
     assert "generation: 60 UNet evaluations in all" in printed
+    assert "training: 97 UNet evaluations in all (" in printed  # 4 + 76.8 + 16
+
+
+def test_dry_run_names_a_training_whose_method_does_not_state_its_unet_evaluations(tmp_path, monkeypatch):
+    """A plugin method without ``unet_evals_per_sample`` (the contract's default, None): its training is named,
+    and left out of the total rather than counted as zero."""
+    monkeypatch.setattr(METHODS.get("sft"), "unet_evals_per_sample", Method.unet_evals_per_sample)
+    options = RunOptions(methods=["sft", "dpo"], out=tmp_path / "out", preset="tiny", suites=["toy-seen"])
+    printed = describe(validate(options, get_preset("tiny")))
+    assert (
+        "train sft: 2 steps x 2 samples = 4 samples x the method's UNet evaluations per sample (not stated" in printed
+    )
+    assert "\ntraining: 16 UNet evaluations in all, besides sft's (" in printed  # dpo's 4 samples x 4
+    assert not (tmp_path / "out").exists()

@@ -14,11 +14,12 @@ from conftest import harness_cli
 from harness.api.registry import SCORERS, SUITES
 from harness.cli.options import parse_unets
 from harness.errors import HarnessError
+from harness.plan.planner import RunOptions, validate
 from harness.plan.presets import get_preset, published_weights
 from harness.results.published import DRO_SD15
 from harness.results.reproduce import MISSING, ci_units, compare, format_report, reproduce
 from harness.results.store import Store
-from harness.run import RunOptions, leaderboard, validate
+from harness.run import leaderboard
 from support.cli import harness_main
 from support.results_fixture import write_png
 

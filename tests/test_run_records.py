@@ -16,9 +16,10 @@ from streamlit.testing.v1 import AppTest
 
 from conftest import harness_cli
 from harness.evaluation.suites import get_suite
+from harness.plan.planner import RunOptions
 from harness.results.compute import JobClock
 from harness.results.store import Store
-from harness.run import RunOptions, run
+from harness.run import run
 from support.train_fixtures import write_pair_dir
 
 APP = Path(__file__).resolve().parent.parent / "dashboard" / "app.py"

@@ -27,7 +27,8 @@ def fidelity_of(model_dir: Path, unet: Path | None, out: Path) -> tuple[np.ndarr
     from harness.api import Prompt, Suite
     from harness.evaluation.sampling import generate
     from harness.models.loading import load_pipeline
-    from harness.scoring import get_scorer, score_images
+    from harness.scoring import get_scorer
+    from harness.scoring.cache import score_images
 
     suite = Suite("flip-probe", "seen", tuple(Prompt(f"p{i:02d}", c) for i, c in enumerate(CAPTIONS)))
     settings = {

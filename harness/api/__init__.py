@@ -4,7 +4,8 @@ A plugin (a file in ``methods/``, a world such as the toy one, a user's ``--plug
 imports only this package.  What it may rely on:
 
 - registries and their decorators: ``register_method``, ``register_scorer``,
-  ``register_suite``, ``register_preset``, ``register_base_model`` (``METHODS``, ...);
+  ``register_suite``, ``register_preset``, ``register_base_model``, ``register_judged_set`` (``METHODS``, ...);
+- human-judged pairs (`harness agreement`): ``JudgedPair``, ``JudgedSet``;
 - methods: ``Method``, ``TrainConfig``, ``PublishedWeights``, ``Batch``, ``Cond``, ``Models`` (the networks a loss
   calls), ``TrainingContext``, the data specs ``Pairs``, ``Experts``, ``LabelledImages``,
   ``PromptsOnly``, the loss helpers ``per_sample_error``, ``randn_like``, and the forward processes a
@@ -26,7 +27,18 @@ import importlib
 _EXPORTS = {
     **dict.fromkeys(["cache_dir"], "harness.api.environment"),
     **dict.fromkeys(
-        ["DataSpec", "Example", "Experts", "ImageSource", "LabelledImages", "Pairs", "PromptsOnly"], "harness.api.data"
+        [
+            "DataSpec",
+            "Example",
+            "Experts",
+            "ImageSource",
+            "JudgedPair",
+            "JudgedSet",
+            "LabelledImages",
+            "Pairs",
+            "PromptsOnly",
+        ],
+        "harness.api.data",
     ),
     **dict.fromkeys(
         [
@@ -47,6 +59,7 @@ _EXPORTS = {
     **dict.fromkeys(
         [
             "BASE_MODELS",
+            "JUDGED_SETS",
             "METHODS",
             "PRESETS",
             "SCORERS",
@@ -54,6 +67,7 @@ _EXPORTS = {
             "Registry",
             "UnknownEntryError",
             "register_base_model",
+            "register_judged_set",
             "register_method",
             "register_preset",
             "register_scorer",
@@ -68,7 +82,8 @@ _EXPORTS = {
     **dict.fromkeys(["publishing", "replacing"], "harness.atomic"),
     **dict.fromkeys(["HarnessError"], "harness.errors"),
     **dict.fromkeys(["TinyPipelineConfig", "build_tiny_pipeline"], "harness.testing.tiny_models"),
-    **dict.fromkeys(["RunOptions", "run"], "harness.run"),
+    **dict.fromkeys(["RunOptions"], "harness.plan.planner"),
+    **dict.fromkeys(["run"], "harness.run"),
 }
 
 

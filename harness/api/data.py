@@ -22,6 +22,7 @@ Each spec holds only its parameters: ``harness.data.specs`` reads a source into 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar, Union
@@ -86,3 +87,30 @@ class LabelledImages(DataSpec):
 class PromptsOnly(DataSpec):
     name = "prompts"
     images_per_example = 0
+
+
+# --- What a scorer is checked against: `harness agreement` ---------------------------------------------------
+@dataclass(frozen=True)
+class JudgedPair:
+    """Two images of one prompt, the one the judges preferred first.
+
+    ``p_preferred``: where the judges are simulated with a known noise (a world's panel), the probability that
+    they prefer ``preferred`` over ``other`` (None for people): it gives each scorer's expected accuracy, the
+    ground truth its confidence interval should cover."""
+
+    prompt: str
+    preferred: ImageSource
+    other: ImageSource
+    p_preferred: float | None = None
+
+
+@dataclass(frozen=True)
+class JudgedSet:
+    """A set's decisive pairs (ties of the judges left out, and counted), as a function registered with
+    ``register_judged_set(name)`` returns it from its location (None: its own default, e.g. a hub copy)."""
+
+    name: str  # the set as ``--data`` names it
+    location: str  # where it was read from
+    pairs: Sequence[JudgedPair]
+    ties_skipped: int
+    note: str = ""  # what the output says about the set (who judged, how), if anything

@@ -8,7 +8,8 @@ packages add entries in two ways: an entry point of the registry's own group
 ``harness.base_models``) naming one object, or a module in the ``harness.plugins``
 group, imported whole so that its ``@register_*`` decorators run (a *world*: the
 toy world registers its scorers, suites, presets and base model this way).
-``load_plugin`` imports a user's own file or module the same way.
+``load_plugin`` imports a user's own file or module the same way.  ``JUDGED_SETS`` holds the human-judged pair
+sets `harness agreement` reads (group ``harness.judged_sets``; the toy world adds its panel).
 """
 
 from __future__ import annotations
@@ -151,6 +152,7 @@ def _plugin_failure(spec: str, path: Path, exc: Exception) -> HarnessError:
 
 
 if TYPE_CHECKING:
+    from harness.api.data import JudgedSet
     from harness.api.method import Method
     from harness.api.preset import Preset
     from harness.api.scorer import Scorer
@@ -165,9 +167,15 @@ PRESETS: Registry[Callable[[], Preset]] = Registry("preset", "harness.presets", 
 BASE_MODELS: Registry[Callable[[], str]] = Registry(
     "base model", "harness.base_models", ("harness.testing.tiny_models",)
 )
+# Preference pairs with the judges' verdicts (`harness agreement --data NAME[:LOCATION]`): a function from a
+# location (None: the set's default) to its ``JudgedSet``.
+JUDGED_SETS: Registry[Callable[[str | None], JudgedSet]] = Registry(
+    "judged pair set", "harness.judged_sets", ("harness.data.judged",)
+)
 
 register_method = METHODS.register
 register_scorer = SCORERS.register
 register_suite = SUITES.register
 register_preset = PRESETS.register
 register_base_model = BASE_MODELS.register
+register_judged_set = JUDGED_SETS.register

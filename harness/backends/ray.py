@@ -43,18 +43,19 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
+from harness.api.environment import say
 from harness.api.registry import load_plugin, loaded_plugins
 from harness.backends.jobs import evaluate_job, train_job
 from harness.errors import HarnessError
 from harness.evaluation.evaluate import Checkpoint, Protocol, evaluate, generate_suites, score_rows
 from harness.evaluation.sampling import merge_shards, shard_count
-from harness.progress import say
+from harness.libraries import quiet_libraries
 from harness.results.compute import GPUS_PER_JOB, JobClock
 from harness.results.layout import ResultsDir
 from harness.results.store import Store, StoreJournal
-from harness.scoring import get_scorer, score_images
-from harness.scoring.cache import SCORE_BATCH, ScoreCache
-from harness.workers import one_cpu_thread, quiet_libraries, wait_any
+from harness.scoring import get_scorer
+from harness.scoring.cache import SCORE_BATCH, ScoreCache, score_images
+from harness.workers import one_cpu_thread, wait_any
 
 RETRIES = 3  # times a job whose worker died runs again
 JOURNAL_POLL_S = 5.0  # how often the driver makes the writes a running training recorded

@@ -13,10 +13,8 @@ import sys
 
 from harness.api.registry import load_plugin
 from harness.atomic import disk_full_error
-from harness.cli.parser import build_parser, parse
+from harness.cli.parser import parse
 from harness.errors import HarnessError
-
-__all__ = ["build_parser", "main"]  # build_parser: every command's parser (the reference, the tests)
 
 
 def main(argv: list[str] | None = None) -> int:

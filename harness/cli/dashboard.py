@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from dashboard import serve
+from dashboard.server import serve
 from harness.cli import options
 from harness.cli.parser import Commands
 

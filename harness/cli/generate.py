@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from harness.api.environment import require_existing_path
 from harness.cli import options
 from harness.cli.parser import Commands
 from harness.distributed import torchrun_process_group
@@ -13,7 +14,7 @@ from harness.evaluation.sampling import generate, optimize_pipeline
 from harness.libraries import quiet_libraries
 from harness.models.families import check_network_fits
 from harness.models.loading import inference_device, load_pipeline
-from harness.plan.locations import require_directory_or_nothing, require_existing_path, resolve_base_model
+from harness.plan.locations import require_directory_or_nothing, resolve_base_model
 from harness.plan.presets import get_preset
 
 

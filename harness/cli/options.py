@@ -14,12 +14,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from harness.errors import HarnessError
+from harness.plan.planner import RunOptions
 from harness.results.experiments import parse_experiments
-from harness.run import RunOptions
 
 if TYPE_CHECKING:
     from harness.results.experiments import Experiment
-    from harness.run import RunOptions
 
 
 def comma_list(text: str) -> list[str]:
@@ -88,9 +87,10 @@ def one_results_directory(experiments: list[Experiment], option: str) -> Path:
     return results.figures if option == "--figures" else results.export
 
 
-def add_output_directory(parser: argparse.ArgumentParser, what: str) -> None:
-    """`--out DIR`, required, of a command that writes ``what`` (a phrase) into a directory of its own."""
-    parser.add_argument("--out", required=True, help=f"directory to write, not a results directory: {what}")
+def add_output_directory(parser: argparse.ArgumentParser, what: str, required: bool = True) -> None:
+    """`--out DIR` of a command that writes ``what`` (a phrase) into a directory of its own; ``required``: whether
+    the command needs one (else ``what`` says what happens without)."""
+    parser.add_argument("--out", required=required, help=f"directory to write, not a results directory: {what}")
 
 
 # --- what a run trains and evaluates --------------------------------------------------------------------------

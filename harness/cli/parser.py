@@ -31,6 +31,11 @@ COMMANDS = {
         "run the published checkpoints (harness run --pretrained) and set our numbers beside the paper's, "
         "each difference in units of our confidence interval",
     ),
+    "agreement": Command(
+        "agreement",
+        "each scorer's accuracy against human preference pairs (Pick-a-Pic, HPDv2, ImageReward, MMRB2, pairs.jsonl) "
+        "with its bootstrap CI over prompts, beside the published accuracies",
+    ),
     "train": Command("train", "train one method and write its UNet in diffusers format"),
     "generate": Command(
         "generate",

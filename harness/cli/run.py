@@ -9,12 +9,12 @@ from harness.cli import options
 from harness.cli.output import print_hacking, print_leaderboard
 from harness.cli.parser import Commands
 from harness.libraries import quiet_libraries
-from harness.plan.planner import describe
+from harness.plan.planner import EVERY_METHOD, describe, validate
 from harness.plan.presets import get_preset
 from harness.results.experiments import Experiment
 from harness.results.hacking import load_hacking
 from harness.results.layout import ResultsDir
-from harness.run import EVERY_METHOD, run_validated, validate
+from harness.run import run_validated
 
 
 def cmd_run(args: argparse.Namespace) -> int:

@@ -8,8 +8,9 @@ from pathlib import Path
 from harness.cli import options
 from harness.cli.parser import Commands
 from harness.libraries import quiet_libraries
+from harness.plan.planner import EVERY_METHOD, RunOptions, validate_training
 from harness.plan.presets import get_preset
-from harness.run import EVERY_METHOD, RunOptions, train_alone, validate_training
+from harness.run import train_alone
 
 
 def cmd_train(args: argparse.Namespace) -> int:

@@ -26,8 +26,9 @@ from typing import Any
 
 from PIL import Image
 
+from harness.api.data import ImageSource
 from harness.atomic import publishing, write_jsonl
-from harness.data.readers import ImageLoader, ImageSource, _read_jsonl, load_hf_dataset
+from harness.data.readers import ImageLoader, _read_jsonl, load_hf_dataset
 from harness.data.score_table import ScoreTable, dataset_key, table_path
 from harness.errors import HarnessError
 from harness.progress import progress_bar

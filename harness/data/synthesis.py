@@ -37,7 +37,8 @@ from harness.distributed import barrier, rank_and_size
 from harness.errors import HarnessError
 from harness.evaluation.sampling import generate
 from harness.models.loading import load_pipeline
-from harness.scoring import ScoreCache, get_scorer, score_images
+from harness.scoring import get_scorer
+from harness.scoring.cache import ScoreCache, score_images
 
 SETTINGS_FILE = "synthesis.json"
 

@@ -18,14 +18,19 @@ method's ``tensorboard`` folder) draw them.
 
 from __future__ import annotations
 
+import hashlib
+import os
 import re
+import shutil
 from pathlib import Path
 
 import pandas as pd
 
+from harness.atomic import staging
 from harness.results.stats import leaderboard
 
 MARK = "@"  # METHOD@STEP; run names and method names never hold it
+CURVE_EVENTS = "events.out.tfevents.eval-curve."  # + a key of its scalars (``write_tensorboard``)
 _SNAPSHOT = re.compile(r"(?P<method>.+)@(?P<step>\d+)")
 
 
@@ -64,13 +69,33 @@ def curve_points(scores: pd.DataFrame, base: str = "base") -> pd.DataFrame:
 
 
 def write_tensorboard(points: pd.DataFrame, method: str, log_dir: Path) -> None:
-    """The curve of ``method`` as TensorBoard scalars: ``eval/<suite>/<metric>`` (the mean) and its CI bounds."""
+    """The curve of ``method`` as TensorBoard scalars: ``eval/<suite>/<metric>`` (the mean) and its CI bounds.
+
+    One events file in ``log_dir`` (beside the training's), named by its scalars: a rerun with the same points
+    finds it and writes nothing; other points replace it.  TensorBoard draws every events file of a folder, so a
+    file per rerun would draw the curve again each time."""
     from torch.utils.tensorboard import SummaryWriter
 
-    with SummaryWriter(str(log_dir)) as writer:
-        for row in points[points["method"] == method].itertuples():
-            for field in ("mean", "ci_low", "ci_high"):
-                value = getattr(row, field)
-                if value is not None and not pd.isna(value):
-                    tag = f"eval/{row.suite}/{row.metric}" + ("" if field == "mean" else f"/{field}")
-                    writer.add_scalar(tag, value, row.step)
+    scalars = [
+        (f"eval/{row.suite}/{row.metric}" + ("" if field == "mean" else f"/{field}"), int(row.step), float(value))
+        for row in points[points["method"] == method].itertuples()
+        for field in ("mean", "ci_low", "ci_high")
+        if (value := getattr(row, field)) is not None and not pd.isna(value)
+    ]
+    log_dir = Path(log_dir)
+    events = log_dir / (CURVE_EVENTS + hashlib.sha256(repr(scalars).encode()).hexdigest()[:16])
+    if not events.exists():
+        # Written whole beside the folder, then moved in: a killed writer leaves no partial curve in it.
+        staged = log_dir.with_name(f".{log_dir.name}.curve.{os.getpid()}.tmp")
+        shutil.rmtree(staged, ignore_errors=True)
+        with staging(events, staged):
+            with SummaryWriter(str(staged)) as writer:
+                for tag, step, value in scalars:
+                    writer.add_scalar(tag, value, step)
+            log_dir.mkdir(parents=True, exist_ok=True)
+            (written,) = staged.glob("events.out.tfevents.*")
+            os.replace(written, events)
+            staged.rmdir()
+    for earlier in log_dir.glob(CURVE_EVENTS + "*"):
+        if earlier != events:
+            earlier.unlink()

@@ -22,11 +22,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from harness.api.environment import require_existing_path, say
 from harness.api.preset import Preset
 from harness.api.registry import METHODS, SCORERS
+from harness.api.suite import Suite
 from harness.errors import HarnessError
 from harness.evaluation.sampling import generate
-from harness.evaluation.suites import Suite, check_suite_name, get_suite
+from harness.evaluation.suites import check_suite_name, get_suite
 from harness.models.families import check_network_fits, family_of_model
 from harness.models.loading import (
     check_model_available,
@@ -35,21 +37,16 @@ from harness.models.loading import (
     pipeline_scheduler,
     reporting_load_errors,
 )
-from harness.plan.locations import (
-    is_built_model,
-    require_directory_or_nothing,
-    require_existing_path,
-    resolve_base_model,
-)
+from harness.plan.locations import is_built_model, require_directory_or_nothing, resolve_base_model
 from harness.plan.presets import get_preset
-from harness.progress import Stages, say
+from harness.progress import Stages
 from harness.results.compute import JobClock
 from harness.results.diversity import prompt_diversity
 from harness.results.identity import compared, difference, recorded_location, shown
 from harness.results.layout import ResultsDir
 from harness.results.store import Store
-from harness.scoring import get_scorer, score_images
-from harness.scoring.cache import ScoreCache, open_image
+from harness.scoring import get_scorer
+from harness.scoring.cache import ScoreCache, open_image, score_images
 from harness.train import trainer  # trainer.resolve_config read at each call: the tests count calls
 from harness.workers import one_cpu_thread
 

@@ -377,3 +377,27 @@ def check_network_fits(
         f"model {base_model!r} is {base.name} ({index['_class_name']}): pass a network trained from "
         f"an {base.name} base, or the base model it was trained from"
     )
+
+
+def latent_geometry(
+    denoiser_config: dict[str, Any], vae_config: dict[str, Any], resolution: int | None
+) -> tuple[int, tuple[int, int, int]]:
+    """(training size in px, (C, H, W) of one latent) from the denoising network's and the VAE's configs (loaded
+    or as JSON): ``resolution``, or the network's native size x the VAE's scale factor (2 per extra block)."""
+    scale = 2 ** (len(vae_config["block_out_channels"]) - 1)
+    resolution = resolution or denoiser_config["sample_size"] * scale
+    return resolution, (denoiser_config["in_channels"], resolution // scale, resolution // scale)
+
+
+def configured_latent_shape(
+    base_model: str, resolution: int | None, vae: str | None = None
+) -> tuple[int, int, int] | None:
+    """(C, H, W) of the latents a training of ``base_model`` (with the replacement ``vae``, if one) encodes, read
+    from the models' config files before anything loads; None when they cannot be read (a hub id not fetched)."""
+    location = resolve_base_model(base_model)
+    family = FAMILIES.get((_json_file(location, "model_index.json") or {}).get("_class_name", ""))
+    if family is None:
+        return None
+    denoiser = _json_file(location, "config.json", family.denoiser_component)
+    vae_config = _json_file(vae, "config.json") if vae else _json_file(location, "config.json", "vae")
+    return None if denoiser is None or vae_config is None else latent_geometry(denoiser, vae_config, resolution)[1]

@@ -5,11 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from harness.api.caching import damage_lines
-from harness.api.environment import require_existing_path  # noqa: F401 (in the contract for TrainConfig; read here too)
+from harness.api.environment import say
 from harness.api.registry import BASE_MODELS
 from harness.errors import HarnessError
 from harness.libraries import quiet_libraries
-from harness.progress import say
 
 
 def require_directory_or_nothing(path: Path, option: str) -> None:

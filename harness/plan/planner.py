@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from harness.api.environment import require_existing_path
 from harness.api.preset import Preset
 from harness.api.registry import METHODS, SCORERS
 from harness.data import specs as data_specs
@@ -37,19 +38,15 @@ from harness.evaluation.evaluate import (
     unet_subfolder,
 )
 from harness.evaluation.suites import check_suite_name
-from harness.models.families import check_network_fits
+from harness.models.families import check_network_fits, configured_latent_shape
 from harness.models.loading import check_model_available
-from harness.plan.locations import (
-    is_built_model,
-    require_directory_or_nothing,
-    require_existing_path,
-    resolve_base_model,
-)
+from harness.plan.locations import is_built_model, require_directory_or_nothing, resolve_base_model
 from harness.plan.presets import no_published_weights, published_weights
 from harness.results.identity import LOCATED_SETTINGS, recorded_location
 from harness.results.layout import ResultsDir
 from harness.results.store import Store
 from harness.train import trainer  # trainer.resolve_config read at each call: the tests count calls
+from harness.train.features import CacheEstimate, feature_cache_dir, free_space, samples_per_step
 from harness.train.trainer import method_preset_entry, require_init_unet
 
 BACKENDS = ("local", "ray")  # where the jobs run: harness.backends
@@ -475,7 +472,7 @@ def describe(plan: Plan) -> str:
         )
         lines += ["", f"{model.method} ({role})"]
         if model.train:
-            lines.append(f"  data         {model.data_dir}")
+            lines += [f"  data         {model.data_dir}", f"  {_feature_cache_line(plan.base_model, model)}"]
         lines += [
             f"  {name:24s} {value!r:34s} {model.sources[name]}"
             for name, value in dataclasses.asdict(model.config).items()
@@ -484,14 +481,24 @@ def describe(plan: Plan) -> str:
     generation = _generation_evals(protocol)
     curve = _generation_evals(plan.curve_protocol) if plan.curve_protocol else 0
     jobs = [f"evaluate {BASE}: {generation:,} UNet evaluations"]
-    total = generation
+    total, training, unstated = generation, 0.0, []
     for model in plan.methods:
         if model.train:
-            samples = model.config.max_steps * _samples_per_step(model.config)
-            jobs.append(
-                f"train {model.method}: {model.config.max_steps} steps x {_samples_per_step(model.config)} "
-                f"samples = {samples:,} samples x the method's UNet evaluations per sample"
+            samples = model.config.max_steps * samples_per_step(model.config)
+            per_sample = METHODS.get(model.method)(model.config).unet_evals_per_sample()
+            cost = (
+                f"{per_sample:.4g} = {round(samples * per_sample):,} UNet evaluations"
+                if per_sample is not None
+                else "the method's UNet evaluations per sample (not stated by the method)"
             )
+            jobs.append(
+                f"train {model.method}: {model.config.max_steps} steps x {samples_per_step(model.config)} "
+                f"samples = {samples:,} samples x {cost}"
+            )
+            if per_sample is None:
+                unstated.append(model.method)
+            else:
+                training += samples * per_sample
         if model.evaluate:
             jobs.append(f"evaluate {model.method}: {generation:,} UNet evaluations")
             total += generation
@@ -505,12 +512,29 @@ def describe(plan: Plan) -> str:
                 total += points * curve
     lines += [f"  {n}. {job}" for n, job in enumerate(jobs, 1)]
     lines.append(f"generation: {total:,} UNet evaluations in all (prompts x images x steps x 2 with guidance)")
+    if any(model.train for model in plan.methods):
+        besides = f", besides {', '.join(unstated)}'s" if unstated else ""
+        lines.append(
+            f"training: {round(training):,} UNet evaluations in all{besides} (samples x each method's estimate "
+            "per sample, forward passes of every network)"
+        )
     return "\n".join(lines)
 
 
-def _samples_per_step(config: Any) -> int:
-    """Samples (pairs, or images) per optimizer step on one process: the effective batch."""
-    return config.effective_batch_size or config.batch_size * config.grad_accum
+def _feature_cache_line(base_model: str, model: ModelEntry) -> str:
+    """What caching this training's latents takes on disk (one process's estimate), and ``cache_features`` decided."""
+    config = model.config
+    where = feature_cache_dir(config)
+    shape = configured_latent_shape(base_model, config.resolution, config.vae)
+    if shape is None:
+        return f"feature cache {config.cache_features!r}: no estimate before the base model is fetched ({where})"
+    estimate = CacheEstimate(
+        images=config.max_steps * samples_per_step(config) * model.spec.images_per_example,
+        latent_shape=shape,
+        precision=config.latent_precision,
+        free=free_space(where),
+    )
+    return f"feature cache {estimate.describe(config.cache_features)} on {where}"
 
 
 def _generation_evals(protocol: Protocol) -> int:

@@ -32,11 +32,10 @@ from contextlib import closing
 from pathlib import Path
 from typing import Any
 
-from harness.api.environment import cache_dir, looks_like_path
+from harness.api.environment import cache_dir, looks_like_path, say
 from harness.cache_db import open_cache_db
 from harness.data.check import IMAGE_FIELDS
 from harness.plan.locations import is_built_model
-from harness.progress import say
 
 LOCATED_SETTINGS = ("vae", "init_unet")  # training settings (TrainConfig fields) that name a location
 # Above this many bytes still to hash, a line says why the command pauses (once: the hashes are cached).

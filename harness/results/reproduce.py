@@ -29,8 +29,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from harness.errors import HarnessError
+from harness.evaluation.evaluate import BASE
 from harness.results.published import PUBLISHED, Metric, PaperRow, PublishedTables
-from harness.run import BASE, run
+from harness.results.stats import ci_units
+from harness.run import run
 
 MISSING = "–"
 FLAG_MARK = "!"
@@ -86,7 +88,7 @@ def published_tables(preset: str) -> PublishedTables:
 
 
 def reproduce(options) -> Report:
-    """Run ``options`` (a ``harness.run.RunOptions``) with ``pretrained=True``, then compare with the paper.
+    """Run ``options`` (a ``harness.plan.planner.RunOptions``) with ``pretrained=True``, then compare with the paper.
 
     Empty ``methods``: every method with a published checkpoint in the paper's tables; no
     ``scorers``: the paper's metrics.  The run resumes like ``harness run``; its progress goes to
@@ -194,17 +196,6 @@ def _beside(
         for r in found
         if r[value] is not None
     ] or [missing]
-
-
-def ci_units(ours: float, ci_low: float | None, ci_high: float | None, paper: float) -> float | None:
-    """(ours - paper) over the distance from ``ours`` to the CI bound on the paper's side; None for a zero-width
-    side or no interval (one prompt)."""
-    if ci_low is None or ci_high is None:
-        return None
-    half = ci_high - ours if paper > ours else ours - ci_low
-    if half <= 0:
-        return 0.0 if ours == paper else None
-    return (ours - paper) / half
 
 
 def version_flag(metric: Metric, version: str) -> str:

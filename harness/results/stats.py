@@ -130,6 +130,17 @@ def bootstrap_mean_ci(
     return float(low), float(high)
 
 
+def ci_units(ours: float, ci_low: float | None, ci_high: float | None, paper: float) -> float | None:
+    """(ours - paper) over the distance from ``ours`` to the CI bound on the paper's side; None for a zero-width
+    side or no interval (one prompt)."""
+    if ci_low is None or ci_high is None:
+        return None
+    half = ci_high - ours if paper > ours else ours - ci_low
+    if half <= 0:
+        return 0.0 if ours == paper else None
+    return (ours - paper) / half
+
+
 def wilson_ci(wins: int, n: int) -> tuple[float, float]:
     """Wilson score 95 % interval of a proportion ``wins / n``."""
     if n == 0:

@@ -27,12 +27,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from harness.api.caching import built_model_damage, safetensors_intact
+from harness.api.environment import say
 from harness.api.suite import cached_copy_intact
 from harness.cache_db import damage, open_cache_db
 from harness.errors import HarnessError
 from harness.plan.locations import is_built_model, resolve_base_model
 from harness.plan.presets import get_preset
-from harness.progress import say
 from harness.results.layout import ResultsDir
 from harness.results.store import Store
 from harness.scoring.cache import ScoreCache, image_sha256, text_sha256

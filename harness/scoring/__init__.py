@@ -1,7 +1,7 @@
 """Scorers: ``get_scorer(name, **locations)`` builds a registered scorer.
 
 ``same_signal(name)`` lists the scorers that measure the same signal as ``name``.
-``score_images`` scores a list of images through a ``ScoreCache`` keyed by image content hash,
+``cache.score_images`` scores a list of images through a ``cache.ScoreCache`` keyed by image content hash,
 prompt and scorer version, so unchanged images are never scored twice.
 """
 
@@ -9,11 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from harness.api.registry import SCORERS, register_scorer
+from harness.api.registry import SCORERS
 from harness.api.scorer import Scorer
-from harness.scoring.cache import ScoreCache, image_sha256, score_images
-
-__all__ = ["ScoreCache", "Scorer", "get_scorer", "image_sha256", "register_scorer", "same_signal", "score_images"]
 
 
 def get_scorer(name: str, **locations: Any) -> Scorer:

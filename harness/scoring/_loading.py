@@ -8,12 +8,17 @@ Every location a scorer accepts is one of
 A location that cannot be resolved raises a one-line ``HarnessError`` naming the file and how
 to provide it.  Weights are read with safetensors or ``torch.load(weights_only=True)``: a
 checkpoint can never run code.
+
+Also what the large transformers scorers share: their ``dtype`` / ``batch_size`` / ``offload`` options
+(``torch_dtype``, ``positive``, ``flag``, ``place``), batches that shrink after a GPU out-of-memory error
+(``in_batches``) and the Qwen-VL image sizing rule (``qwen_fitted_size``).
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
+import math
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -148,3 +153,94 @@ def weights_version(version: str, given: Mapping[str, Any], defaults: Mapping[st
         return version
     digest = hashlib.sha256(repr(sorted(custom.items())).encode()).hexdigest()[:10]
     return f"{version}+custom-{digest}"
+
+
+def torch_dtype(scorer: str, dtype: str, device: torch.device) -> torch.dtype:
+    """The ``dtype`` option (``auto``: bfloat16 on CUDA, float32 elsewhere) as a torch dtype."""
+    import torch
+
+    if dtype == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    choices = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+    if dtype not in choices:
+        raise HarnessError(f"{scorer}: dtype must be auto, {', '.join(choices)}; got {dtype!r}")
+    return choices[dtype]
+
+
+def flag(scorer: str, value: bool | str, option: str) -> bool:
+    """A yes/no option given as a bool or (from --scorer-option) as text."""
+    if isinstance(value, bool):
+        return value
+    if str(value).lower() in ("1", "true", "yes", "on"):
+        return True
+    if str(value).lower() in ("0", "false", "no", "off"):
+        return False
+    raise HarnessError(f"{scorer}: {option} must be true or false, got {value!r}")
+
+
+def positive(scorer: str, value: int | str, option: str) -> int:
+    """A whole-number option above zero, given as an int or (from --scorer-option) as text."""
+    try:
+        number = int(value)
+    except ValueError:
+        number = 0
+    if number < 1:
+        raise HarnessError(f"{scorer}: {option} must be a positive whole number, got {value!r}")
+    return number
+
+
+def place(model: torch.nn.Module, device: torch.device, offload: bool) -> None:
+    """``model`` on ``device``, or with ``offload`` kept in CPU memory, each layer copied to ``device``
+    when it runs (accelerate's ``cpu_offload``: slow, but needs little GPU memory)."""
+    if offload:
+        from accelerate import cpu_offload
+
+        cpu_offload(model, execution_device=device)
+    else:
+        model.to(device)
+
+
+def in_batches(scorer: Any, count: int, forward: Callable[[int, int], torch.Tensor]) -> list[torch.Tensor]:
+    """``forward(start, stop)`` over ``range(count)`` in slices of ``scorer.batch_size``, under inference mode.
+
+    On a CUDA out-of-memory error the slice is retried at half the size, and ``scorer.batch_size`` keeps
+    the smaller size for later calls (the memory will not grow); at one item it is a ``HarnessError``
+    suggesting ``offload``."""
+    import torch
+
+    outputs, start = [], 0
+    with torch.inference_mode():
+        while start < count:
+            stop = start + scorer.batch_size
+            try:
+                outputs.append(forward(start, stop).cpu())
+            except torch.cuda.OutOfMemoryError:
+                if scorer.batch_size == 1:
+                    raise HarnessError(
+                        f"{scorer.name}: out of GPU memory with one image per batch; "
+                        f"pass --scorer-option {scorer.name}.offload=true"
+                    ) from None
+                scorer.batch_size //= 2
+                torch.cuda.empty_cache()
+                continue
+            start = stop
+    return outputs
+
+
+def qwen_fitted_size(
+    width: int, height: int, *, min_pixels: int, max_pixels: int, factor: int, what: str
+) -> tuple[int, int]:
+    """(width, height) the Qwen-VL resizing rule (qwen-vl-utils' ``smart_resize``) gives: sides rounded to
+    multiples of ``factor``, then scaled (keeping the aspect ratio) down to at most ``max_pixels`` or up to
+    at least ``min_pixels`` when the rounded area is outside; an aspect ratio above 200 is refused."""
+    if max(width, height) / min(width, height) > 200:
+        raise HarnessError(f"{what} cannot score a {width}x{height} image: its aspect ratio is above 200")
+    new_w, new_h = (max(factor, round(side / factor) * factor) for side in (width, height))
+    if new_w * new_h > max_pixels:
+        shrink = math.sqrt(width * height / max_pixels)
+        # at least one factor wide: the reference would produce an empty side for extreme shapes
+        new_w, new_h = (max(factor, math.floor(side / shrink / factor) * factor) for side in (width, height))
+    elif new_w * new_h < min_pixels:
+        grow = math.sqrt(min_pixels / (width * height))
+        new_w, new_h = (math.ceil(side * grow / factor) * factor for side in (width, height))
+    return new_w, new_h

@@ -51,7 +51,6 @@ asked for).
 from __future__ import annotations
 
 import functools
-import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -60,7 +59,19 @@ from PIL import Image
 from harness.api.registry import register_scorer
 from harness.api.scorer import Scorer
 from harness.errors import HarnessError
-from harness.scoring._loading import _first_line, from_pretrained, pick_device, resolve_file, weights_version
+from harness.scoring._loading import (
+    _first_line,
+    flag,
+    from_pretrained,
+    in_batches,
+    pick_device,
+    place,
+    positive,
+    qwen_fitted_size,
+    resolve_file,
+    torch_dtype,
+    weights_version,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -71,7 +82,6 @@ BASE = "Qwen/Qwen2-VL-7B-Instruct"
 REWARD_TOKEN = "<|Reward|>"
 IMAGE_PIXELS = 256 * 28 * 28  # the area every image is resized to (as near as multiples of 28 allow)
 PIXEL_FACTOR = 28  # 14-pixel patches merged 2x2: each side a multiple of 28
-MAX_ASPECT_RATIO = 200
 HEAD_WIDTHS = (1024, 16, 2)  # hidden -> 1024 -> 16 -> (mu, log sigma)
 HEAD_LINEAR_INDICES = (0, 3, 5)  # the Linear layers' places in the official nn.Sequential
 
@@ -133,20 +143,10 @@ def chat_text(prompt: str) -> str:
     return _CHAT.format(text=INSTRUCTION.replace("{prompt}", prompt) + RATING_REQUEST)
 
 
-def fitted_size(width: int, height: int, pixels: int = IMAGE_PIXELS, factor: int = PIXEL_FACTOR) -> tuple[int, int]:
-    """(width, height) HPSv3 resizes an image to: sides rounded to multiples of ``factor``, then scaled
-    (keeping the aspect ratio) down or up to about ``pixels`` when the rounded area is off."""
-    if max(width, height) / min(width, height) > MAX_ASPECT_RATIO:
-        raise HarnessError(f"HPSv3 cannot score a {width}x{height} image: its aspect ratio is above {MAX_ASPECT_RATIO}")
-    new_w, new_h = (max(factor, round(side / factor) * factor) for side in (width, height))
-    if new_w * new_h > pixels:
-        shrink = math.sqrt(width * height / pixels)
-        # at least one factor wide: the reference would produce an empty side for extreme shapes
-        new_w, new_h = (max(factor, math.floor(side / shrink / factor) * factor) for side in (width, height))
-    elif new_w * new_h < pixels:
-        grow = math.sqrt(pixels / (width * height))
-        new_w, new_h = (math.ceil(side * grow / factor) * factor for side in (width, height))
-    return new_w, new_h
+# HPSv3's own rule: both pixel bounds at one area (hpsv3/dataset/utils.py, modified from qwen-vl-utils)
+fitted_size = functools.partial(
+    qwen_fitted_size, min_pixels=IMAGE_PIXELS, max_pixels=IMAGE_PIXELS, factor=PIXEL_FACTOR, what="HPSv3"
+)
 
 
 def resize_for_hpsv3(image: Image.Image) -> Image.Image:
@@ -308,38 +308,6 @@ def official_key(name: str) -> str:
     return name
 
 
-def _torch_dtype(dtype: str, device: torch.device) -> torch.dtype:
-    import torch
-
-    if dtype == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    choices = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
-    if dtype not in choices:
-        raise HarnessError(f"hpsv3: dtype must be auto, {', '.join(choices)}; got {dtype!r}")
-    return choices[dtype]
-
-
-def _flag(value: bool | str, option: str) -> bool:
-    """A yes/no option given as a bool or (from --scorer-option) as text."""
-    if isinstance(value, bool):
-        return value
-    if str(value).lower() in ("1", "true", "yes", "on"):
-        return True
-    if str(value).lower() in ("0", "false", "no", "off"):
-        return False
-    raise HarnessError(f"hpsv3: {option} must be true or false, got {value!r}")
-
-
-def _positive(value: int | str, option: str) -> int:
-    try:
-        number = int(value)
-    except ValueError:
-        number = 0
-    if number < 1:
-        raise HarnessError(f"hpsv3: {option} must be a positive whole number, got {value!r}")
-    return number
-
-
 @register_scorer("hpsv3")
 class HPSv3(Scorer):
     name = "hpsv3"
@@ -363,9 +331,9 @@ class HPSv3(Scorer):
         from transformers import AutoProcessor, Qwen2VLConfig
 
         self.device = pick_device(device)
-        self.dtype = _torch_dtype(str(dtype), self.device)
-        self.batch_size = _positive(batch_size, "batch_size")
-        offload = _flag(offload, "offload")
+        self.dtype = torch_dtype(self.name, str(dtype), self.device)
+        self.batch_size = positive(self.name, batch_size, "batch_size")
+        offload = flag(self.name, offload, "offload")
         path = resolve_file(checkpoint, CHECKPOINT_FILE, what="HPSv3 weights", option="checkpoint")
         what = f"HPSv3 base model ({BASE}: its config and processor)"
         self.processor = from_pretrained(AutoProcessor, base, what=what, option="base", padding_side="right")
@@ -373,12 +341,7 @@ class HPSv3(Scorer):
         reward_token_id = self.processor.tokenizer.convert_tokens_to_ids(REWARD_TOKEN)
         config = from_pretrained(Qwen2VLConfig, base, what=what, option="base")
         self.model = load_reward_model(path, config, reward_token_id, self.dtype)
-        if offload:
-            from accelerate import cpu_offload
-
-            cpu_offload(self.model, execution_device=self.device)
-        else:
-            self.model.to(self.device)
+        place(self.model, self.device, offload)
         self.version = weights_version(
             type(self).version, {"checkpoint": checkpoint, "base": base}, {"checkpoint": REPO, "base": BASE}
         )
@@ -401,21 +364,9 @@ class HPSv3(Scorer):
         """(mu, sigma) per (image, prompt): the mean of HPSv3's Gaussian score and its standard deviation."""
         import torch
 
-        outputs, start = [], 0
-        with torch.inference_mode():
-            while start < len(images):
-                stop = start + self.batch_size
-                try:
-                    outputs.append(self.model(**self.inputs(images[start:stop], prompts[start:stop])).cpu())
-                except torch.cuda.OutOfMemoryError:
-                    if self.batch_size == 1:
-                        raise HarnessError(
-                            "hpsv3: out of GPU memory with one image per batch; pass --scorer-option hpsv3.offload=true"
-                        ) from None
-                    self.batch_size //= 2  # kept for the next calls too: the memory will not grow
-                    torch.cuda.empty_cache()
-                    continue
-                start = stop
+        outputs = in_batches(
+            self, len(images), lambda start, stop: self.model(**self.inputs(images[start:stop], prompts[start:stop]))
+        )
         logits = torch.cat(outputs) if outputs else torch.zeros(0, 2)
         return logits[:, 0].tolist(), logits[:, 1].exp().tolist()
 

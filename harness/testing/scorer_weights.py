@@ -3,7 +3,8 @@
 No published weights can be downloaded here, so the real loading code is exercised on files
 that look like the published ones: a ``save_pretrained`` CLIP directory (PickScore, the
 aesthetic backbone), OpenCLIP state dicts (HPSv2, CLIP score), ``ImageReward.pt`` with its
-``med_config.json``, and the aesthetic linear head.  ``"tiny"`` shapes run in seconds on a CPU;
+``med_config.json``, the aesthetic linear head, ``HPSv3.safetensors`` with its Qwen2-VL base, and a
+Qwen2.5-VL Instruct checkpoint for VQAScore.  ``"tiny"`` shapes run in seconds on a CPU;
 the real shapes are for timing on a GPU.
 """
 
@@ -19,6 +20,7 @@ import torch
 from harness.api.environment import cache_dir
 from harness.atomic import replacing
 from harness.scoring.hpsv3 import chat_text, empty_reward_model, official_key
+from harness.scoring.vqascore import question
 from harness.testing.tiny_models import write_clip_tokenizer
 
 
@@ -343,15 +345,18 @@ TINY_QWEN2_VL_CONFIG = {
 }
 
 
-def save_qwen2_vl_processor(out_dir: Path, vocab_size: int = 2000):
-    """A Qwen2-VL processor saved with ``save_pretrained`` and returned: the real image processor
-    settings (14-pixel patches, 2x2 merge, CLIP normalisation, 3136..12845056 pixels) and a byte-level
-    BPE tokenizer with Qwen2-VL's special tokens (ids 0-7), padding with ``<|endoftext|>``.
+def save_qwen2_vl_processor(
+    out_dir: Path, vocab_size: int = 2000, *, corpus: list[str] | None = None, qwen2_5: bool = False
+):
+    """A Qwen2-VL processor (with ``qwen2_5`` Qwen2.5-VL's, with its chat template) saved with
+    ``save_pretrained`` and returned: the real image processor settings (14-pixel patches, 2x2 merge, CLIP
+    normalisation, 3136..12845056 pixels) and a byte-level BPE tokenizer with Qwen2-VL's special tokens
+    (ids 0-7), padding with ``<|endoftext|>``.
 
-    Its merges are learnt from HPSv3's prompt, so that prompt takes a few hundred tokens as with
-    Qwen2's own vocabulary, not one per byte: the tests stay fast."""
+    Its merges are learnt from ``corpus`` (default HPSv3's prompt), so that text takes about as many
+    tokens as with Qwen2's own vocabulary, not one per byte: the tests stay fast."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast, Qwen2VLImageProcessor, Qwen2VLProcessor
+    from transformers import PreTrainedTokenizerFast, Qwen2_5_VLProcessor, Qwen2VLImageProcessor, Qwen2VLProcessor
     from transformers.models.qwen2_vl.video_processing_qwen2_vl import Qwen2VLVideoProcessor
 
     tokenizer = Tokenizer(models.BPE())
@@ -363,14 +368,24 @@ def save_qwen2_vl_processor(out_dir: Path, vocab_size: int = 2000):
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tokenizer.train_from_iterator([chat_text("")], trainer=trainer)
+    tokenizer.train_from_iterator([chat_text("")] if corpus is None else corpus, trainer=trainer)
     fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, pad_token="<|endoftext|>", eos_token="<|im_end|>")
     pixels = {"shortest_edge": 56 * 56, "longest_edge": 28 * 28 * 16384}
-    processor = Qwen2VLProcessor(
+    parts = dict(
         image_processor=Qwen2VLImageProcessor(size=pixels), tokenizer=fast, video_processor=Qwen2VLVideoProcessor()
     )
+    processor = Qwen2_5_VLProcessor(**parts, chat_template=QWEN_CHAT_TEMPLATE) if qwen2_5 else Qwen2VLProcessor(**parts)
     processor.save_pretrained(out_dir)
     return processor
+
+
+def random_weights(name: str, shape: torch.Size, gen: torch.Generator) -> torch.Tensor:
+    """Random values for the tensor ``name`` of a transformer drawn at unit scale (not its small init), so
+    that a tiny random model's outputs depend clearly on its inputs: norm weights near one, everything
+    else normal with variance 1 / fan-in."""
+    if len(shape) == 1 and name.endswith("weight"):
+        return 1 + 0.1 * torch.randn(shape, generator=gen)
+    return torch.randn(shape, generator=gen) / math.sqrt(shape[-1] if len(shape) > 1 else 1)
 
 
 def hpsv3_state_dict(config: dict, *, seed: int = 0) -> dict[str, torch.Tensor]:
@@ -384,11 +399,7 @@ def hpsv3_state_dict(config: dict, *, seed: int = 0) -> dict[str, torch.Tensor]:
     gen = torch.Generator().manual_seed(seed)
     state = {}
     for name, tensor in empty_reward_model(qwen_config, reward_token_id=config["vocab_size"]).state_dict().items():
-        fan_in = tensor.shape[-1] if tensor.ndim > 1 else 1
-        if tensor.ndim == 1 and name.endswith("weight"):  # norms: near one, so the signal keeps its size
-            values = 1 + 0.1 * torch.randn(tensor.shape, generator=gen)
-        else:
-            values = torch.randn(tensor.shape, generator=gen) / math.sqrt(fan_in)
+        values = random_weights(name, tensor.shape, gen)
         dtype = torch.float32 if name.startswith("rm_head.") else torch.bfloat16
         state[official_key(name)] = values.to(dtype)
     state["lm_head.weight"] = torch.randn(config["vocab_size"] + 1, config["hidden_size"], generator=gen).to(
@@ -410,3 +421,75 @@ def save_hpsv3(out_dir: Path, config: dict | None = None, *, seed: int = 0) -> d
     (base / "config.json").write_text(json.dumps(config, indent=1))
     save_file(hpsv3_state_dict(config, seed=seed), str(checkpoint / "HPSv3.safetensors"))
     return {"checkpoint": str(checkpoint), "base": str(base)}
+
+
+# VQAScore: a Qwen2.5-VL Instruct checkpoint as the Qwen/Qwen2.5-VL-7B-Instruct repository holds it (flat
+# config.json, weights under transformers 4.49's names, generation_config.json, processor), scaled down.
+TINY_QWEN2_5_VL_CONFIG = {
+    **{key: value for key, value in TINY_QWEN2_VL_CONFIG.items() if key != "vision_config"},
+    "architectures": ["Qwen2_5_VLForConditionalGeneration"],
+    "model_type": "qwen2_5_vl",
+    "vision_config": {
+        "depth": 2,
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_heads": 2,
+        "in_chans": 3,
+        "out_hidden_size": 64,
+        "patch_size": 14,
+        "spatial_merge_size": 2,
+        "temporal_patch_size": 2,
+        "window_size": 56,
+        "fullatt_block_indexes": [1],
+        "tokens_per_second": 2,
+        "hidden_act": "silu",
+    },
+}
+# Qwen's chat format for a list of messages (a default system turn first), written for these tests: a text
+# part is its text, an image part Qwen's three vision tokens.
+QWEN_CHAT_TEMPLATE = (
+    "{%- if messages[0].role != 'system' %}<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n{% endif %}"
+    "{%- for message in messages %}<|im_start|>{{ message.role }}\n"
+    "{% if message.content is string %}{{ message.content }}{% else %}{% for part in message.content %}"
+    "{%- if part.type == 'image' %}<|vision_start|><|image_pad|><|vision_end|>"
+    "{%- elif part.type == 'text' %}{{ part.text }}{% endif %}{% endfor %}{% endif %}<|im_end|>\n{% endfor %}"
+    "{%- if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+# Stand-in values of the Instruct repositories' generation_config.json: what the scorer must read is the
+# repetition penalty (applied in greedy decoding); the sampling settings are not used.
+TINY_GENERATION_CONFIG = {"do_sample": True, "repetition_penalty": 1.05, "temperature": 0.1, "top_k": 1, "top_p": 0.001}
+
+
+def official_qwen2_5_vl_key(name: str) -> str:
+    """A transformers 5 ``Qwen2_5_VLForConditionalGeneration`` tensor's name in the published files."""
+    for new, old in (("model.visual.", "visual."), ("model.language_model.", "model.")):
+        if name.startswith(new):
+            return old + name.removeprefix(new)
+    return name
+
+
+def save_vqascore_model(out_dir: Path, *, seed: int = 0) -> dict[str, str]:
+    """A random Qwen2.5-VL Instruct checkpoint in ``out_dir`` (standing in for Qwen/Qwen2.5-VL-7B-Instruct);
+    returns the ``vqascore`` scorer's keywords.
+
+    Weights are drawn by ``random_weights``: P("Yes") differs by tens of percent between images and
+    prompts.  "Yes" is one token of the tokenizer, as in Qwen's; the weights are bfloat16, as published."""
+    from safetensors.torch import save_file
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+    corpus = [question(p) for p in ("a red cube on a table", "two dogs playing in the snow")] + ["Yes", "No"]
+    tokenizer = save_qwen2_vl_processor(out_dir, corpus=corpus, qwen2_5=True).tokenizer
+    ids = {key: tokenizer.convert_tokens_to_ids(token) for token, key in QWEN2_VL_SPECIAL_TOKENS.items() if key}
+    config = {**TINY_QWEN2_5_VL_CONFIG, **ids, "vocab_size": len(tokenizer)}
+    (out_dir / "config.json").write_text(json.dumps(config, indent=1))
+    generation = {**TINY_GENERATION_CONFIG, "bos_token_id": ids["bos_token_id"], "pad_token_id": ids["bos_token_id"]}
+    generation["eos_token_id"] = [ids["eos_token_id"], ids["bos_token_id"]]
+    (out_dir / "generation_config.json").write_text(json.dumps(generation, indent=1))
+    with torch.device("meta"):
+        shapes = Qwen2_5_VLForConditionalGeneration(Qwen2_5_VLConfig(**config)).state_dict()
+    gen = torch.Generator().manual_seed(seed)
+    state = {}
+    for name, tensor in shapes.items():
+        state[official_qwen2_5_vl_key(name)] = random_weights(name, tensor.shape, gen).to(torch.bfloat16)
+    save_file(state, str(out_dir / "model.safetensors"), metadata={"format": "pt"})
+    return {"model": str(out_dir)}

@@ -34,7 +34,7 @@ from typing import Any
 import torch
 
 from harness.api.caching import damage_lines
-from harness.api.environment import cache_dir
+from harness.api.environment import say
 from harness.api.method import Batch, Method, TrainConfig, TrainingContext
 from harness.api.registry import METHODS, PRESETS
 from harness.atomic import replacing, staging
@@ -42,13 +42,20 @@ from harness.data import specs as data_specs
 from harness.data.check import check_data
 from harness.data.readers import ImageLoader
 from harness.errors import HarnessError
-from harness.models.families import family_of
+from harness.models.families import family_of, latent_geometry
 from harness.models.loading import load_pipeline
 from harness.plan.recipes import method_recipe
-from harness.progress import progress_bar, say
+from harness.progress import progress_bar
 from harness.results.identity import LOCATED_SETTINGS, compared, located
 from harness.train.export import export_unet
-from harness.train.features import FeatureEncoder, module_fingerprint
+from harness.train.features import (
+    CacheEstimate,
+    FeatureEncoder,
+    feature_cache_dir,
+    free_space,
+    module_fingerprint,
+    samples_per_step,
+)
 
 LogFn = Callable[[int, dict[str, float]], None]
 
@@ -390,17 +397,29 @@ class Trainer:
         if config.init_unet:
             unet = self.family.load_denoiser(config.init_unet).to(self.device)
         unet.to(torch.bfloat16 if config.master_weights == "bf16" else torch.float32)
-        vae_scale = 2 ** (len(pipe.vae.config.block_out_channels) - 1)
-        resolution = config.resolution or unet.config.sample_size * vae_scale
-        self.latent_shape = (unet.config.in_channels, resolution // vae_scale, resolution // vae_scale)
-        self.cache_dir = Path(config.cache_dir) if config.cache_dir else cache_dir() / "train-features"
+        resolution, self.latent_shape = latent_geometry(unet.config, pipe.vae.config, config.resolution)
+        self.cache_dir = feature_cache_dir(config)
+        estimate = CacheEstimate(
+            # every image drawn, but no more than each distinct image in each orientation
+            images=self.spec.images_per_example
+            * min(
+                config.max_steps * samples_per_step(config, self.world), len(self.examples) * (1 + config.random_flip)
+            ),
+            latent_shape=self.latent_shape,
+            precision=config.latent_precision,
+            free=free_space(self.cache_dir),
+        )
+        if self.accelerator.is_main_process:
+            print(f"feature cache: {estimate.describe(config.cache_features)} on {self.cache_dir}", flush=True)
         self.features = FeatureEncoder(
             pipe,
             device=self.device,
             resolution=resolution,
-            cache_dir=self.cache_dir if config.cache_features else None,
+            # Processes on other disks may decide apart: cached or not, the features are the same.
+            cache_dir=self.cache_dir if estimate.caches(config.cache_features) else None,
             loader=self.loader,
             max_sequence_length=config.max_sequence_length,
+            precision=config.latent_precision,
         )
         if config.lora_rank > 0:
             from peft import LoraConfig

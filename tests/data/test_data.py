@@ -72,6 +72,23 @@ def test_pickapic_through_datasets_local_copy_drops_ties_and_orients_pairs(tmp_p
     assert ImageLoader().load(pairs[1].image_w).getpixel((0, 0)) == (0, 0, 255)
 
 
+def test_the_synthetic_pickapic_split_reads_as_a_downloaded_dataset_folder(tmp_path, monkeypatch):
+    """bench/data_loader.py's split: the hub's parquet layout, read by the real loader (ties dropped, pairs
+    oriented), every image distinct."""
+    import pyarrow.parquet as pq
+
+    from harness.testing.pickapic import write_pickapic
+
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "hf"))
+    write_pickapic(tmp_path / "pp", 20, image_size=16)
+    rows = pq.read_table(next((tmp_path / "pp" / "data").glob("train-*.parquet"))).to_pylist()
+    pairs = load_pairs(tmp_path / "pp")
+    assert len(pairs) == 18 and pairs.ties_dropped == 2  # rows 9 and 19
+    assert pairs[0].image_w == rows[0]["jpg_1"] and pairs[1].image_w == rows[1]["jpg_0"]  # label_0 0, then 1
+    assert len({content_key(p.image_w) for p in pairs} | {content_key(p.image_l) for p in pairs}) == 36
+    assert ImageLoader().load(pairs[0].image_w).size == (16, 16)
+
+
 def test_missing_dataset_is_a_harness_error(tmp_path):
     with pytest.raises(HarnessError, match="cannot load dataset"):
         load_pairs(tmp_path / "nowhere")
@@ -237,3 +254,77 @@ def test_labelled_images_from_pairs_or_from_their_own_file(tmp_path):
     (own / "labelled.jsonl").write_text('{"caption": "a", "image": "x.png", "label": 0.7}\n')
     with pytest.raises(HarnessError, match=r"labelled.jsonl:1: label must be 1 \(desirable\) or 0"):
         data_specs.examples(LabelledImages(), own)
+
+
+def test_half_precision_latents_are_rounded_once_whether_cached_or_not(tiny_model_dir, tmp_path):
+    """float16 posteriors: fp32's rounded to the nearest half (numpy's rounding, computed apart), stored as halves,
+    the same values from the disk, from memory and uncached; an fp32 cache in the same folder is never read."""
+    from safetensors import safe_open
+
+    from harness.models.loading import load_pipeline
+    from harness.train.features import FeatureEncoder
+
+    write_pair_dir(tmp_path / "d", n_pairs=2)
+    sources = sorted((tmp_path / "d").glob("*.png"))[:3]
+    pipe = load_pipeline(tiny_model_dir)
+
+    def encoder(precision: str, cache: str | None = "c") -> FeatureEncoder:
+        where = None if cache is None else tmp_path / cache
+        return FeatureEncoder(
+            pipe, device=torch.device("cpu"), resolution=32, cache_dir=where, loader=ImageLoader(), precision=precision
+        )
+
+    full = encoder("float32")
+    exact = [p for _, p in full.latents(sources)]
+    assert full.latent_dir.name.endswith("-32")  # float32 keeps the folder caches had before latent_precision
+    half = encoder("float16")
+    assert half.latent_dir == full.latent_dir.with_name(full.latent_dir.name + "-float16")
+    encoded = half._encode_image
+    calls = []
+    half._encode_image = lambda pixels: calls.append(1) or encoded(pixels)
+    rounded = [p for _, p in half.latents(sources)]
+    assert len(calls) == len(sources)  # the fp32 entries beside them were not served to the fp16 run
+    for x, y in zip(exact, rounded):
+        for a, b in ((x.mean, y.mean), (x.std, y.std)):
+            assert b.dtype == torch.float32 and not torch.equal(a, b)
+            assert torch.equal(b, torch.from_numpy(a.numpy().astype(np.float16).astype(np.float32)))
+            assert ((a - b).abs() <= a.abs() * 2.0**-11 + 2.0**-25).all()  # half a unit in fp16's last place
+    entry = next(half.latent_dir.rglob("*.safetensors"))
+    with safe_open(str(entry), "pt") as stored:
+        assert {stored.get_tensor(k).dtype for k in stored.keys()} == {torch.float16}
+    from_disk = encoder("float16")
+    uncached = encoder("float16", cache=None)
+    from_disk._encode_image = half._encode_image = None  # type: ignore[assignment]
+    served = [half.latents(sources), from_disk.latents(sources), uncached.latents(sources)]  # memory, disk, none
+    for fresh, *others in zip(rounded, *([p for _, p in s] for s in served)):
+        assert all(torch.equal(o.mean, fresh.mean) and torch.equal(o.std, fresh.std) for o in others)
+
+
+def test_auto_caches_when_the_estimate_fits_half_the_free_space(tmp_path):
+    from harness.train.features import CacheEstimate, free_space
+
+    # SD1.5 at 512 px: 4 x 64 x 64 latents, a mean and a std each: 2 x 16384 x 2 bytes = 64 KiB in float16.
+    sd15 = CacheEstimate(images=1000, latent_shape=(4, 64, 64), precision="float16", free=0)
+    assert sd15.per_image == 64 * 1024 and sd15.needed == 1000 * 64 * 1024
+    assert CacheEstimate(1000, (4, 64, 64), "float32", 0).per_image == 128 * 1024
+    fits = CacheEstimate(1000, (4, 64, 64), "float16", free=2 * sd15.needed)
+    short = CacheEstimate(1000, (4, 64, 64), "float16", free=2 * sd15.needed - 1)
+    assert fits.caches("auto") and not short.caches("auto")
+    assert short.caches(True) and not fits.caches(False)  # an explicit setting wins
+    assert short.describe("auto").startswith("auto -> off: latents <= 62.5 MiB (1,000 images x 64.0 KiB")
+    assert fits.describe(False).startswith("set -> off")
+    # A cache folder not made yet: the free space of the disk it will be made on.
+    assert abs(free_space(tmp_path / "not" / "yet") - free_space(tmp_path)) < 1 << 30
+
+
+def test_latent_precision_and_cache_features_are_checked(tmp_path):
+    from harness.train.trainer import resolve_config
+
+    assert resolve_config("dpo", "tiny").latent_precision == "float16"
+    assert resolve_config("dpo", "toy").latent_precision == "float32"  # the toy leaderboard predates fp16 caches
+    assert resolve_config("dpo", "tiny", {"cache_features": "auto"}).cache_features == "auto"
+    assert resolve_config("dpo", "tiny", {"cache_features": "false"}).cache_features is False
+    with pytest.raises(HarnessError, match="latent_precision must be one of float16, float32, not 'bfloat16'"):
+        resolve_config("dpo", "tiny", {"latent_precision": "bfloat16"})
+    with pytest.raises(HarnessError, match="cache_features must be one of True, False, auto, not 'maybe'"):
+        resolve_config("dpo", "tiny", {"cache_features": "maybe"})

@@ -9,7 +9,8 @@ import pytest
 
 from harness.atomic import staging
 from harness.errors import HarnessError
-from harness.workers import WorkerPool, quiet_libraries
+from harness.libraries import quiet_libraries
+from harness.workers import WorkerPool
 
 
 def _write_slowly(target: Path) -> None:

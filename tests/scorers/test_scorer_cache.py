@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from harness.api.scorer import Scorer
 from harness.errors import HarnessError
-from harness.scoring import ScoreCache, Scorer, image_sha256, score_images
+from harness.scoring.cache import ScoreCache, image_sha256, score_images
 
 
 class Brightness(Scorer):

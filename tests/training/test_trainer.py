@@ -139,6 +139,12 @@ def test_killed_and_resumed_run_ends_with_the_same_weights(method, model, reques
     straight = train(
         method, base_model=tiny_model_dir, data_dir=data_dir, output_dir=tmp_path / "straight", overrides=overrides
     )
+    # The UNet evaluations the method states (`harness run --dry-run`'s estimate) are the ones it makes.
+    stated = METHODS.get(method)(resolve_config(method, "tiny", overrides)).unet_evals_per_sample()
+    if method == "smpo":  # the policy's inversion steps below t: an expectation, over 16 pairs' t here
+        assert straight.unet_evals_per_sample == pytest.approx(stated, abs=1.0)
+    else:
+        assert straight.unet_evals_per_sample == stated
 
     def kill_at_step_3(step: int, terms: dict) -> None:
         if step == 3:
@@ -231,6 +237,10 @@ def test_corrupt_images_are_skipped_and_counted_whatever_the_steps(tiny_model_di
     assert result.data_summary == "pairs 5 read, 1 tie skipped, 1 unreadable"
     out = capsys.readouterr().out
     assert "training data: pairs 5 read, 1 tie skipped, 1 unreadable" in out and "skipped 1 corrupt image" in out
+    # Images the cache may hold: 2 per pair drawn (steps x 2 pairs), at most the 3 usable pairs' 6 images in 2
+    # orientations; each a mean and a std of 4 x 8 x 8 halves, 1 KiB.
+    images = 2 * min(steps * 2, 3 * 2)
+    assert f"feature cache: auto -> on: latents <= {images}.0 KiB ({images} images x 1.0 KiB, 4x8x8 float16)" in out
 
 
 def test_lora_trains_adapters_against_the_disabled_adapter_reference(tiny_model_dir, data_dir, tmp_path):
