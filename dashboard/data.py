@@ -27,6 +27,7 @@ from harness.results.experiments import (
     qualified,
     versions_of,
 )
+from harness.results.hacking import HACKING_COLUMNS, experiments_diversity, hacking_report
 from harness.results.layout import ResultsDir
 from harness.results.stats import higher_is_better_of, signals_by_method, verdict
 from harness.results.store import Store
@@ -74,6 +75,7 @@ class Results:
     checkpoints: pd.DataFrame
     overlaps: pd.DataFrame
     training_signals: pd.DataFrame
+    diversity: pd.DataFrame  # per prompt of each run's suite (the store's diversity_frame), METHOD@STEP runs left out
     curve_scores: (
         pd.DataFrame
     )  # the scores of --eval-every's METHOD@STEP runs (harness.evaluation.curves), none of the above's
@@ -108,7 +110,17 @@ class Results:
 
 
 # What the frames of several experiments are made of; each has run_id and method columns.
-FRAMES = ("scores", "images", "training", "runs", "checkpoints", "overlaps", "training_signals", "curve_scores")
+FRAMES = (
+    "scores",
+    "images",
+    "training",
+    "runs",
+    "checkpoints",
+    "overlaps",
+    "training_signals",
+    "diversity",
+    "curve_scores",
+)
 
 
 def load_experiments(experiments: Sequence[Experiment]) -> Results:
@@ -161,6 +173,7 @@ def load_results(results_dir: Path) -> Results:
             checkpoints=store.checkpoints_frame(),
             overlaps=store.overlaps_frame(),
             training_signals=store.training_signals_frame(),
+            diversity=split_snapshots(store.diversity_frame())[0],
             verified=(("", store.last_verified()),),
         )
 
@@ -185,6 +198,14 @@ def statistics(results: Results, base: str = BASE, by: Sequence[str] = ()) -> pd
     """The leaderboard of ``results`` (split further by the columns ``by``, e.g. per category) as a frame."""
     signals = signals_by_method(results.training_signals)
     return leaderboard_frame(leaderboard(results.scores, results.names, base, signals=signals, by=by))
+
+
+def hacking(results: Results, base: str = BASE) -> pd.DataFrame:
+    """The reward-hacking report of ``results`` (``harness.results.hacking.hacking_report``) as a frame."""
+    signals = signals_by_method(results.training_signals)
+    rows = leaderboard(results.scores, results.names, base, signals=signals)
+    diversity = experiments_diversity(results.diversity, results.names, base)
+    return pd.DataFrame(hacking_report(rows, diversity, base=base), columns=HACKING_COLUMNS)
 
 
 def curves(results: Results, base: str = BASE) -> pd.DataFrame:

@@ -23,6 +23,7 @@ from dashboard.data import (
     curves,
     detail_table,
     filter_split,
+    hacking,
     image_grid,
     is_base,
     load_experiments,
@@ -37,6 +38,7 @@ from dashboard.data import (
     verification_lines,
 )
 from harness.results.experiments import Experiment
+from harness.results.hacking import HACKING_NOTE
 from harness.results.layout import ResultsDir
 from harness.results.run_details import MISSING, run_details, shown_run_details
 from harness.results.stats import SIGNAL_MARK, SIGNAL_NOTE, win_rate_matrix
@@ -154,6 +156,39 @@ def leaderboard_page(results: Results) -> None:
     if board["delta_vs_base"].notna().any():
         methods = [m for m in results.methods if not is_base(m)]
         st.altair_chart(figures.overall_delta_chart(board, label, methods, BASE))
+
+
+@st.cache_data(max_entries=4, show_spinner="Computing confidence intervals…", hash_funcs={Results: _results_key})
+def cached_hacking(results: Results) -> pd.DataFrame:
+    return hacking(results, BASE)
+
+
+def hacking_page(results: Results) -> None:
+    st.header("Reward hacking")
+    report = cached_hacking(results)
+    if report.empty:
+        st.info("Nothing to compare yet: no method beside the base has scores.")
+        return
+    st.caption(
+        f"Per method and suite, Δ vs {BASE} (95% bootstrap CI over prompts) on the signals it was trained on beside "
+        f"the scorers held out from its training and its in-prompt diversity. {HACKING_NOTE}."
+    )
+    findings = report.drop_duplicates(["method", "suite"])
+    for row in findings.itertuples(index=False):
+        (st.warning if row.flagged else st.caption)(f"{row.method} / {row.suite}: {row.finding}")
+    table = report.assign(
+        **{
+            "95% CI": [
+                NO_INTERVAL if pd.isna(low) or pd.isna(high) else f"[{low:+.4g}, {high:+.4g}]"
+                for low, high in zip(report["delta_ci_low"], report["delta_ci_high"])
+            ]
+        }
+    )
+    st.dataframe(
+        table[["method", "suite", "role", "metric", "metric_version", "delta", "95% CI", "verdict", "flagged"]],
+        hide_index=True,
+        column_config={"delta": st.column_config.NumberColumn("Δ vs base", format="%+.4f")},
+    )
 
 
 def categories_page(results: Results) -> None:
@@ -426,6 +461,7 @@ PAGES: dict[str, Callable[[Results], None]] = {
     "Compare": compare_page,
     "Image grid": image_grid_page,
     "Win-rate matrix": win_rate_page,
+    "Reward hacking": hacking_page,
     "Training": training_page,
     "Curves": curves_page,
     "Run details": run_details_page,

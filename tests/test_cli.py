@@ -15,7 +15,7 @@ from harness.errors import HarnessError
 from harness.results.stats import SIGNAL_MARK, SIGNAL_NOTE
 from harness.results.text_table import text_table
 from support.cli import harness_main
-from support.results_fixture import SUITES, as_schema_1, build_results_dir
+from support.results_fixture import SUITES, as_schema, build_results_dir
 
 
 def test_unknown_method_is_one_line_listing_the_available_ones(tmp_path):
@@ -165,7 +165,7 @@ def test_leaderboard_marks_the_metric_a_method_was_trained_on(tmp_path):
 
     # A results directory of store schema 1 records no signals: the same numbers, nothing marked,
     # and reading it leaves it at schema 1.
-    old = as_schema_1(results)
+    old = as_schema(results, "1")
     rows = json.loads(harness_main("leaderboard", "--out", str(old), "--format", "json").stdout)
     assert rows == [dict(r, trained_on_signal=False) for r in marked]
     with sqlite3.connect(old / "results.db") as db:

@@ -32,15 +32,17 @@ from dashboard.data import (
 from dashboard.server import serve
 from dashboard.views import PAGES
 from harness.errors import HarnessError
+from harness.results.hacking import FINDINGS
 from harness.results.stats import SIGNAL_MARK, SIGNAL_NOTE, leaderboard
 from harness.results.store import Store
 from support.results_fixture import (
+    DIVERSITY,
     IMAGES_PER_PROMPT,
     METHODS,
     SUITES,
     TRAIN_STEPS,
     TRAINING_SIGNALS,
-    as_schema_1,
+    as_schema,
     build_results_dir,
 )
 
@@ -179,7 +181,7 @@ def test_a_results_dir_of_store_schema_1_shows_no_mark(
 ) -> None:
     old = tmp_path / "old"
     shutil.copytree(results_dir, old)
-    at = open_app(as_schema_1(old), monkeypatch)
+    at = open_app(as_schema(old, "1"), monkeypatch)
     assert shown(at.dataframe[0])["method"].tolist() == list(METHODS)
     assert not marked_cells(shown(at.dataframe[0]), "method") and not notes(at)
     show(at, "Run details")
@@ -271,6 +273,23 @@ def test_win_rate_page_shows_the_matrix(results_dir: Path, monkeypatch: pytest.M
     assert matrix.loc["dro", "base"] == 1.0 and matrix.loc["base", "dro"] == 0.0
     assert pd.isna(matrix.loc["dpo", "dpo"])
     assert len(at.get("vega_lite_chart")) == 1
+
+
+def test_hacking_page_sets_trained_on_beside_held_out_and_diversity(
+    results_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    at = show(open_app(results_dir, monkeypatch), "Reward hacking")
+    table = at.dataframe[0].value
+    dro = table[(table["method"] == "dro") & (table["suite"] == "toy-seen")]
+    # dro was trained on pickscore; aesthetic is held out and gains too, so nothing is flagged; its images collapse.
+    assert dro[["role", "metric", "verdict"]].values.tolist() == [
+        ["trained-on", "pickscore", "better than base"],
+        ["held-out", "aesthetic", "better than base"],
+        ["diversity", "diversity", "worse than base"],
+    ]
+    assert dro["delta"].iloc[2] == pytest.approx(DIVERSITY["dro"] - DIVERSITY["base"])
+    assert not table["flagged"].any() and not at.warning
+    assert f"dro / toy-seen: {FINDINGS['held']}" in [c.value for c in at.caption]
 
 
 def test_training_page_draws_one_chart_per_term(results_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -17,12 +17,12 @@ import pandas as pd
 import pytest
 
 from harness.errors import HarnessError
-from harness.results.store import Store, export
+from harness.results.store import DIVERSITY_COLUMNS, Store, export
 from support.results_fixture import (
     METHODS,
     SCORERS,
     TRAINING_SIGNALS,
-    as_schema_1,
+    as_schema,
     build_results_dir,
     manifest_rows,
     n_images,
@@ -290,7 +290,7 @@ def test_training_signals_are_recorded_per_run_and_a_rerun_replaces_them(tmp_pat
 def test_a_schema_1_database_is_read_as_is_and_upgraded_when_opened_for_writing(tmp_path: Path) -> None:
     with Store(tmp_path) as store:
         run_id = new_run(store, "dro")
-    as_schema_1(tmp_path)
+    as_schema(tmp_path, "1")
     db = tmp_path / "results.db"
     before = db.read_bytes()
     with Store(tmp_path, readonly=True) as store:
@@ -301,11 +301,47 @@ def test_a_schema_1_database_is_read_as_is_and_upgraded_when_opened_for_writing(
     assert db.read_bytes() == before, "a read-only open changed the database"
 
     with Store(tmp_path) as store:
-        assert store.schema_version == "2"
+        assert store.schema_version == "3"
         store.set_training_signals(run_id, ["hpsv2"], "experts ranked by hpsv2")
     with Store(tmp_path, readonly=True) as store:
-        assert store.schema_version == "2"
+        assert store.schema_version == "3"
         assert store.training_signals_frame()["metric"].tolist() == ["hpsv2"]
+
+
+def test_a_schema_2_database_reads_without_diversity_and_gains_it_when_opened_for_writing(tmp_path: Path) -> None:
+    with Store(tmp_path) as store:
+        run_id = new_run(store, "dro")
+        store.set_training_signals(run_id, ["hpsv2"], "experts ranked by hpsv2")
+    as_schema(tmp_path, "2")
+    before = (tmp_path / "results.db").read_bytes()
+    with Store(tmp_path, readonly=True) as store:
+        assert store.schema_version == "2"
+        assert store.training_signals_frame()["metric"].tolist() == ["hpsv2"]  # schema 2 has them
+        diversity = store.diversity_frame()
+        assert diversity.empty and list(diversity.columns) == DIVERSITY_COLUMNS
+    assert (tmp_path / "results.db").read_bytes() == before, "a read-only open changed the database"
+    with Store(tmp_path) as store:
+        assert store.schema_version == "3"
+        store.add_diversity(
+            run_id, suite="s", embedder="clip", version="v1", rows=[{"prompt_id": 7, "n_images": 3, "value": 0.25}]
+        )
+        store.add_diversity(
+            run_id, suite="s", embedder="clip", version="v1", rows=[{"prompt_id": 7, "n_images": 3, "value": 0.5}]
+        )
+        assert store.diversity_frame().to_dict("records") == [
+            {
+                "run_id": run_id,
+                "method": "dro",
+                "suite": "s",
+                "prompt_id": "7",
+                "embedder": "clip",
+                "version": "v1",
+                "n_images": 3,
+                "value": 0.5,
+            }
+        ]
+        with pytest.raises(HarnessError, match="missing n_images, value"):
+            store.add_diversity(run_id, suite="s", embedder="clip", version="v1", rows=[{"prompt_id": 7}])
 
 
 # A writer that adds one suite's images and scores per transaction, BATCH rows each, and can be
@@ -359,7 +395,8 @@ def test_a_killed_writer_leaves_whole_transactions_and_a_rerun_completes(tmp_pat
 def test_export_writes_every_table_readable_by_pandas(results_dir: Path, tmp_path: Path, fmt: str) -> None:
     files = export(results_dir, tmp_path / "export", fmt)
     assert sorted(f.name for f in files) == sorted(
-        f"{t}.{fmt}" for t in ("runs", "checkpoints", "training", "images", "scores", "overlaps", "training_signals")
+        f"{t}.{fmt}"
+        for t in ("runs", "checkpoints", "training", "images", "scores", "overlaps", "training_signals", "diversity")
     )
     read = {"csv": pd.read_csv, "parquet": pd.read_parquet, "json": pd.read_json}[fmt]
     signals = read(tmp_path / "export" / f"training_signals.{fmt}")

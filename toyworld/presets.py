@@ -46,6 +46,10 @@ TOY_DATA = {
     "batch_size": 48,
 }
 
+# Its ``embed`` gives the soft classifiers' reading of an image (toyworld.scorers): in-prompt diversity in what
+# the toy world's judges see.
+DIVERSITY_EMBEDDER = "toy-fidelity"
+
 # Each method's own settings under these presets: <preset>/<method>.toml (harness.plan.recipes).
 RECIPES = Path(__file__).resolve().parent / "recipes"
 
@@ -77,6 +81,7 @@ def toy() -> Preset:
         base_model="toy",
         suites=("toy-seen", "toy-unseen"),
         scorers=("toy-fidelity", "toy-quality", "toy-exact"),
+        diversity_embedder=DIVERSITY_EMBEDDER,
         generation=TOY_GENERATION,
         data="synthesize",
         synthesize=dict(TOY_DATA),
@@ -114,6 +119,7 @@ def tiny() -> Preset:
         base_model="tiny",
         suites=("toy-seen", "toy-unseen"),
         scorers=("toy-fidelity", "toy-quality"),
+        diversity_embedder=DIVERSITY_EMBEDDER,
         generation=GenerationSettings(images_per_prompt=2, num_inference_steps=4, guidance_scale=3.0, batch_size=8),
         data="synthesize",
         synthesize=dict(samples_per_caption=2, max_captions=6, seed=0),

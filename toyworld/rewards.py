@@ -117,6 +117,13 @@ def read(image: np.ndarray) -> Reading:
     return Reading(presence, colour, shape, position, contrast, sharpness, clean)
 
 
+def reading_features(reading: Reading) -> np.ndarray:
+    """A reading as one vector: presence, the colour, shape and position beliefs, contrast, sharpness, clean."""
+    beliefs = [reading.colour[c] for c in COLOURS] + [reading.shape[s] for s in SHAPES]
+    beliefs += [reading.position[p] for p in POSITIONS]
+    return np.asarray([reading.presence, *beliefs, reading.contrast, reading.sharpness, reading.clean], dtype=float)
+
+
 def _unit(v: np.ndarray) -> np.ndarray:
     return v / max(float(np.linalg.norm(v)), 1e-6)
 

@@ -28,6 +28,11 @@ class _ToyScorer(Scorer):
             image = image.convert("RGB").resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.BOX)
         return from_pil(image)
 
+    def embed(self, images: list[Image.Image]) -> list[list[float]]:
+        """What the soft classifiers read in each image (``rewards.reading_features``): two images of one prompt are
+        apart where the toy judges see a different colour, shape, position or finish."""
+        return [rewards.reading_features(rewards.cached_read(self.pixels(im))).tolist() for im in images]
+
 
 @register_scorer("toy-fidelity")
 class ToyFidelity(_ToyScorer):

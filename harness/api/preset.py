@@ -65,5 +65,8 @@ class Preset:
     # an entry for this preset takes its entry for that one.
     method_settings_from: str | None = None
     vae: str | None = None  # replacement VAE for training and generation (SDXL's fp16-safe one)
+    # A scorer whose ``embed`` gives image embeddings: each evaluated prompt's in-prompt diversity is measured in
+    # its space (the reward-hacking report), where the protocol scores with it.  None: no diversity.
+    diversity_embedder: str | None = None
     # The preset `harness run` uses without --preset (one installed world claims it: the toy world).
     default: bool = False

@@ -40,6 +40,12 @@ class Scorer(ABC):
         scorer that reads a grammar); runs before anything is made, without the scorer's weights.  Most
         scorers read any text."""
 
+    def embed(self, images: list[Image.Image]) -> list[list[float]]:
+        """One embedding vector per image, in a space where a cosine distance says how different two images look:
+        what a preset's ``diversity_embedder`` gives (the reward-hacking report's in-prompt diversity).  Scorers
+        without an image embedding do not override it."""
+        raise NotImplementedError(f"scorer {self.name!r} gives no image embeddings")
+
     @abstractmethod
     def score(self, images: list[Image.Image], prompts: list[str]) -> list[float]:
         """One float per (image, prompt), on the metric's published scale."""

@@ -8,9 +8,10 @@ import json
 import sys
 from typing import Any
 
+from harness.results.hacking import HACKING_COLUMNS, HACKING_NOTE
 from harness.results.run_details import MISSING
 from harness.results.stats import LOWER_MARK, LOWER_NOTE, SIGNAL_MARK, SIGNAL_NOTE
-from harness.results.tables import DEFAULT_STATISTICS, paper_tables, to_latex, to_markdown
+from harness.results.tables import DEFAULT_STATISTICS, paper_tables, plain_latex, plain_markdown, to_latex, to_markdown
 from harness.results.text_table import text_table
 
 LEADERBOARD_COLUMNS = [
@@ -110,3 +111,46 @@ def format_table(rows: list[dict], ci: bool = False) -> str:
         if shown
     ]
     return "\n".join([table, *notes])
+
+
+def print_hacking(rows: list[dict], fmt: str) -> None:
+    """Print the reward-hacking report's rows (``harness.results.hacking.hacking_report``'s) in ``fmt``: table, csv,
+    json, latex or markdown."""
+    if fmt == "json":
+        print(json.dumps(rows, indent=2))
+    elif fmt == "csv":
+        writer = csv.DictWriter(sys.stdout, fieldnames=HACKING_COLUMNS, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    elif fmt == "table":
+        print(format_hacking(rows))
+    else:
+        headers = ["method", "suite", "role", "metric", "Δ vs base [95% CI]", "verdict", "flagged"]
+        cells = [[*_hacking_cells(r)[:6], "yes" if r["flagged"] else "no"] for r in rows]
+        writer = plain_latex if fmt == "latex" else plain_markdown
+        print(writer("Reward hacking", headers, cells, HACKING_NOTE))
+
+
+def _hacking_cells(r: dict) -> list[str]:
+    delta = (
+        MISSING
+        if r["delta"] is None
+        else f"{r['delta']:+.3g} "
+        + ("[no CI]" if r["delta_ci_low"] is None else f"[{r['delta_ci_low']:+.3g}, {r['delta_ci_high']:+.3g}]")
+    )
+    metric = r["metric"] if r["higher_is_better"] else f"{r['metric']} {LOWER_MARK}"
+    if r["role"] == "diversity":
+        metric += f" ({r['metric_version']})"
+    return [r["method"], r["suite"], r["role"], metric, delta, r["verdict"] or MISSING]
+
+
+def format_hacking(rows: list[dict]) -> str:
+    """The reward-hacking report for people: a line per metric, then each (method, suite)'s finding."""
+    if not rows:
+        return "reward hacking: nothing to compare (no method beside the base)"
+    table = text_table(
+        [["method", "suite", "role", "metric", "Δ vs base [95% CI]", "verdict"]] + [_hacking_cells(r) for r in rows]
+    )
+    findings = dict.fromkeys((r["method"], r["suite"], r["finding"]) for r in rows)
+    lines = [f"{'!! ' if f.startswith('flagged') else '   '}{m} / {s}: {f}" for m, s, f in findings]
+    return "\n".join([table, "", *lines, "", HACKING_NOTE])

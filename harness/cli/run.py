@@ -6,11 +6,13 @@ import argparse
 from pathlib import Path
 
 from harness.cli import options
-from harness.cli.output import print_leaderboard
+from harness.cli.output import print_hacking, print_leaderboard
 from harness.cli.parser import Commands
 from harness.libraries import quiet_libraries
 from harness.plan.planner import EVERY_METHOD, describe, validate
 from harness.plan.presets import get_preset
+from harness.results.experiments import Experiment
+from harness.results.hacking import load_hacking
 from harness.results.layout import ResultsDir
 from harness.run import run_validated
 
@@ -41,6 +43,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     rows = run_validated(plan)
     print()
     print_leaderboard(rows, "table")
+    print("\nreward hacking (harness leaderboard --hacking):")
+    print_hacking(load_hacking([Experiment(Path(args.out).name, ResultsDir(args.out))], rows=rows), "table")
     print(
         f"\nresults: {ResultsDir(args.out).db}  (harness leaderboard --out {args.out}; harness dashboard --out "
         f"{args.out})"

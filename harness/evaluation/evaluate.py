@@ -41,11 +41,12 @@ from harness.plan.locations import is_built_model, require_directory_or_nothing,
 from harness.plan.presets import get_preset
 from harness.progress import Stages
 from harness.results.compute import JobClock
+from harness.results.diversity import prompt_diversity
 from harness.results.identity import compared, difference, recorded_location, shown
 from harness.results.layout import ResultsDir
 from harness.results.store import Store
 from harness.scoring import get_scorer
-from harness.scoring.cache import ScoreCache, score_images
+from harness.scoring.cache import ScoreCache, open_image, score_images
 from harness.train import trainer  # trainer.resolve_config read at each call: the tests count calls
 from harness.workers import one_cpu_thread
 
@@ -219,6 +220,7 @@ def evaluate(
             manifests = (generate or generate_suites)(name, run_id, checkpoint, protocol, results, store)
             stage(f"{name}: scoring")
             (score or score_suites)(name, run_id, manifests, protocol.scorers, protocol.scorer_options, results, store)
+            record_diversity(name, run_id, manifests, protocol, results, store)
         except BaseException:
             with contextlib.suppress(HarnessError):  # (a full disk, say) what failed matters more than its record
                 store.add_compute(run_id, clock.figures("eval"))
@@ -310,6 +312,34 @@ def score_suites(
                     cache=cache,
                 )
                 store.add_scores(run_id, suite=suite_name, rows=score_rows(scorer, rows, values))
+
+
+def record_diversity(
+    name: str, run_id: int, manifests: Mapping[str, list[dict]], protocol: Protocol, results: ResultsDir, store
+) -> None:
+    """Store the in-prompt diversity of run ``name``'s images (``harness.results.diversity``) in the space of the
+    preset's ``diversity_embedder``, where the protocol scores with that scorer (so its weights are at hand)."""
+    embedder = protocol.preset.diversity_embedder
+    if embedder is None or embedder not in protocol.scorers:
+        return
+    scorer = get_scorer(embedder, **protocol.scorer_options.get(embedder, {}))
+    for suite_name, rows in manifests.items():
+        folder = results.images(name, suite_name)
+        embeddings = []
+        by_prompt: dict[str, list[dict]] = {}
+        for row in rows:
+            by_prompt.setdefault(row["prompt_id"], []).append(row)
+        for prompt_rows in by_prompt.values():  # a prompt's k images at a time: a batch any device holds
+            images = [open_image(folder / row["path"]) for row in prompt_rows]
+            embeddings += scorer.embed(images)
+        prompt_ids = [row["prompt_id"] for part in by_prompt.values() for row in part]
+        store.add_diversity(
+            run_id,
+            suite=suite_name,
+            embedder=scorer.name,
+            version=scorer.version,
+            rows=prompt_diversity(prompt_ids, embeddings),
+        )
 
 
 def score_rows(scorer, rows: list[dict], values: list[float]) -> list[dict]:

@@ -39,6 +39,7 @@ def sd15() -> Preset:
         base_model="stable-diffusion-v1-5/stable-diffusion-v1-5",
         suites=("pickapic-test", "hpdv2"),
         scorers=_PAPER_SCORERS,
+        diversity_embedder="clip",
         generation=replace(_PAPER_PROTOCOL, height=512, width=512),
         data="yuvalkirstain/pickapic_v2",
         method_defaults={"resolution": 512},
@@ -54,6 +55,7 @@ def sdxl() -> Preset:
         base_model="stabilityai/stable-diffusion-xl-base-1.0",
         suites=("pickapic-test", "hpdv2"),
         scorers=_PAPER_SCORERS,
+        diversity_embedder="clip",
         generation=replace(_PAPER_PROTOCOL, height=1024, width=1024, batch_size=4),
         data="yuvalkirstain/pickapic_v2",
         # What `--sdxl` selects in the Salesforce DPO and SmPO train.py: 1024 px when no --resolution is given
@@ -75,6 +77,7 @@ def sd35() -> Preset:
         suites=("pickapic-test", "hpdv2"),
         # HPSv3 too: what 2026 papers on flow-matching models report (a 7B reward model: docs/results.md).
         scorers=(*_PAPER_SCORERS, "hpsv3"),
+        diversity_embedder="clip",
         # The model card's diffusers snippet: 40 steps, guidance 4.5, 1024 px, the pipeline's own flow-matching
         # Euler scheduler (shift 3; scheduler None keeps it).  Not the pipeline's defaults (28 steps, 7.0: SD3's).
         generation=replace(

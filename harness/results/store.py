@@ -34,13 +34,17 @@ Schema (version 2; ``meta.schema_version``)
 ``training_signals`` (run_id, metric) PK, source — the metrics whose values shaped this run's
                   training data (e.g. experts ranked by hpsv2), with ``source`` describing how;
                   the leaderboard marks these metrics for the run's method
+``diversity``     (run_id, suite, prompt_id, embedder, version) PK, n_images, value — the mean pairwise
+                  cosine distance between a prompt's images in the embedder's image embedding space
+                  (``harness.results.diversity``; the reward-hacking report's in-prompt diversity)
 
-Versions: 1 lacked ``training_signals``.  Opening a version-1 database for writing adds the
-table and records version 2; a read-only open reads it as is (no training signals).
+Versions: 1 lacked ``training_signals``, 2 lacked ``diversity``.  Opening an older database for
+writing adds what it lacks and records version 3; a read-only open reads it as is (no training
+signals, no diversity).
 
 Read side: ``scores_frame()`` is the input of ``harness.results.stats`` (one row per image and
 metric), ``images_frame()``, ``training_frame()``, ``runs_frame()``, ``checkpoints_frame()``,
-``overlaps_frame()``, ``training_signals_frame()``; ``export()`` writes all of them as csv,
+``overlaps_frame()``, ``training_signals_frame()``, ``diversity_frame()``; ``export()`` writes all of them as csv,
 parquet or json.
 """
 
@@ -66,10 +70,10 @@ from harness.results.compute import combine
 from harness.results.identity import difference
 from harness.results.layout import ResultsDir
 
-SCHEMA_VERSION = "2"
+SCHEMA_VERSION = "3"
 # Older versions this harness reads; opening one for writing upgrades it (CREATE TABLE IF NOT
 # EXISTS adds what it lacks).
-UPGRADABLE_SCHEMAS = ("1",)
+UPGRADABLE_SCHEMAS = ("1", "2")
 RUN_STATUSES = ("created", "running", "trained", "done", "failed")
 EXPORT_FORMATS = ("csv", "parquet", "json")
 # Long enough that a reader never sees "database is locked" while a writer commits
@@ -148,6 +152,16 @@ CREATE TABLE IF NOT EXISTS training_signals (
     source TEXT NOT NULL,
     PRIMARY KEY (run_id, metric)
 );
+CREATE TABLE IF NOT EXISTS diversity (
+    run_id    INTEGER NOT NULL REFERENCES runs(run_id) ON DELETE CASCADE,
+    suite     TEXT NOT NULL,
+    prompt_id TEXT NOT NULL,
+    embedder  TEXT NOT NULL,
+    version   TEXT NOT NULL,
+    n_images  INTEGER NOT NULL,
+    value     REAL NOT NULL,
+    PRIMARY KEY (run_id, suite, prompt_id, embedder, version)
+);
 CREATE INDEX IF NOT EXISTS images_by_suite ON images (suite, prompt_id, image_index);
 """
 
@@ -204,6 +218,11 @@ TRAINING_SIGNALS_COLUMNS = ["run_id", "method", "metric", "source"]
 _TRAINING_SIGNALS_QUERY = """
 SELECT s.run_id, r.method, s.metric, s.source
 FROM training_signals s JOIN runs r USING (run_id) ORDER BY s.run_id, s.metric
+"""
+DIVERSITY_COLUMNS = ["run_id", "method", "suite", "prompt_id", "embedder", "version", "n_images", "value"]
+_DIVERSITY_QUERY = """
+SELECT d.run_id, r.method, d.suite, d.prompt_id, d.embedder, d.version, d.n_images, d.value
+FROM diversity d JOIN runs r USING (run_id) ORDER BY d.run_id, d.suite, d.prompt_id, d.embedder, d.version
 """
 
 _IMAGE_FIELDS = ("prompt_id", "prompt", "category", "image_index", "seed", "path", "sha256")
@@ -721,6 +740,23 @@ class Store:
                 values,
             )
 
+    @_journaled
+    def add_diversity(self, run_id: int, *, suite: str, embedder: str, version: str, rows: list[dict]) -> None:
+        """Record the in-prompt diversity of run ``run_id``'s images of ``suite`` measured with scorer ``embedder``
+        (its ``version``); rows: ``prompt_id, n_images, value``.  Keyed (run, suite, prompt, embedder, version):
+        a rerun overwrites."""
+        for row in rows:
+            _require_fields(row, ("prompt_id", "n_images", "value"), "diversity")
+        with self._transaction() as conn:
+            conn.executemany(
+                "INSERT INTO diversity VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (run_id, suite, prompt_id, embedder,"
+                " version) DO UPDATE SET n_images = excluded.n_images, value = excluded.value",
+                [
+                    (run_id, suite, str(r["prompt_id"]), embedder, str(version), int(r["n_images"]), float(r["value"]))
+                    for r in rows
+                ],
+            )
+
     # -- read side ---------------------------------------------------------------------------
     def _frame(self, query: str) -> pd.DataFrame:
         # One statement is one read transaction: a concurrent writer's commit is all in or all out.
@@ -772,9 +808,16 @@ class Store:
 
     def training_signals_frame(self) -> pd.DataFrame:
         """Columns: run_id, method, metric, source — one row per metric that shaped a run's training data."""
-        if self.schema_version in UPGRADABLE_SCHEMAS:  # read-only open of an older database
+        if self.schema_version == "1":  # read-only open of a database older than the table
             return pd.DataFrame(columns=TRAINING_SIGNALS_COLUMNS)
         return self._frame(_TRAINING_SIGNALS_QUERY)
+
+    def diversity_frame(self) -> pd.DataFrame:
+        """Columns: run_id, method, suite, prompt_id, embedder, version, n_images, value — one row per prompt of a
+        run's suite (``add_diversity``); empty for a database older than the table (read-only)."""
+        if self.schema_version in UPGRADABLE_SCHEMAS:  # read-only open of a database older than the table
+            return pd.DataFrame(columns=DIVERSITY_COLUMNS)
+        return self._frame(_DIVERSITY_QUERY)
 
 
 def _tables(results_dir: Path) -> dict[str, pd.DataFrame]:
@@ -788,6 +831,7 @@ def _tables(results_dir: Path) -> dict[str, pd.DataFrame]:
             "scores": store.scores_frame(),
             "overlaps": store.overlaps_frame(),
             "training_signals": store.training_signals_frame(),
+            "diversity": store.diversity_frame(),
         }
 
 

@@ -359,6 +359,24 @@ def _latex_table(table: PaperTable, ci: bool, statistics: Sequence[str]) -> str:
     return "\n".join(floats)
 
 
+def plain_latex(title: str, headers: Sequence[str], rows: Sequence[Sequence[str]], note: str) -> str:
+    """A table of text cells as it stands (no bold, no intervals' lines), captioned ``title. note.``."""
+    lines = [
+        r"\begin{table}[t]",
+        r"\centering",
+        rf"\caption{{{latex_escape(f'{title}. {note}.')}}}",
+        rf"\begin{{tabular}}{{{'l' * len(headers)}}}",
+        r"\hline",
+        " & ".join(latex_escape(h) for h in headers) + r" \\",
+        r"\hline",
+        *(" & ".join(latex_escape(c) for c in row) + r" \\" for row in rows),
+        r"\hline",
+        r"\end{tabular}",
+        r"\end{table}",
+    ]
+    return "\n".join(lines)
+
+
 # -- Markdown --------------------------------------------------------------------------------------
 _MARKDOWN_SPECIAL = set("\\`*_[]<>|#")
 _MARKDOWN_HEADERS = {"mean": "mean", "delta": "Δ", "win": "win %"}
@@ -407,5 +425,17 @@ def _markdown_table(table: PaperTable, ci: bool, statistics: Sequence[str]) -> s
     lines += [""] * (table.marked or table.lower)
     lines += [
         markdown_escape(note) for note, shown in ((SIGNAL_NOTE, table.marked), (LOWER_NOTE, table.lower)) if shown
+    ]
+    return "\n".join(lines)
+
+
+def plain_markdown(title: str, headers: Sequence[str], rows: Sequence[Sequence[str]], note: str) -> str:
+    """A table of text cells as it stands, headed ``**title** (note)``."""
+    lines = [
+        f"**{markdown_escape(title)}** ({markdown_escape(note)})",
+        "",
+        f"| {' | '.join(markdown_escape(h) for h in headers)} |",
+        "|" + ":--|" * len(headers),
+        *(f"| {' | '.join(markdown_escape(c) for c in row)} |" for row in rows),
     ]
     return "\n".join(lines)

@@ -63,12 +63,25 @@ class OpenClipScorer(Scorer):
         """PIL image -> normalised tensor; OpenCLIP's own evaluation transform unless overridden."""
         return default
 
+    def _image_features(self, images: list[Image.Image]) -> torch.Tensor:
+        """Unit image embeddings (a tensor, one row per image); call under ``torch.inference_mode``."""
+        import torch
+
+        pixels = torch.stack([self.preprocess(image.convert("RGB")) for image in images]).to(self.device)
+        return self.model.encode_image(pixels, normalize=True).float()
+
+    def embed(self, images: list[Image.Image]) -> list[list[float]]:
+        """The unit image embeddings the score compares with the prompt's."""
+        import torch
+
+        with torch.inference_mode():
+            return self._image_features(images).tolist()
+
     def score(self, images: list[Image.Image], prompts: list[str]) -> list[float]:
         import torch
 
         with torch.inference_mode():
-            pixels = torch.stack([self.preprocess(image.convert("RGB")) for image in images]).to(self.device)
+            image = self._image_features(images)
             tokens = self.tokenizer(prompts).to(self.device)
-            image = self.model.encode_image(pixels, normalize=True).float()
             text = self.model.encode_text(tokens, normalize=True).float()
             return (self.multiplier * (image * text).sum(dim=-1)).tolist()

@@ -50,7 +50,8 @@ def image_sha256(image: Image.Image | str | Path) -> str:
     return digest.hexdigest()
 
 
-def _open(image: Image.Image | str | Path) -> Image.Image:
+def open_image(image: Image.Image | str | Path) -> Image.Image:
+    """An image (returned as is) or a file read as RGB; an unreadable file -> HarnessError."""
     if not isinstance(image, (str, Path)):
         return image
     try:
@@ -141,7 +142,7 @@ def score_images(
     pending = list(todo.items())
     for start in range(0, len(pending), batch_size):
         batch = pending[start : start + batch_size]
-        values = scorer.score([_open(images[i]) for _, i in batch], [prompts[i] for _, i in batch])
+        values = scorer.score([open_image(images[i]) for _, i in batch], [prompts[i] for _, i in batch])
         if len(values) != len(batch):
             raise RuntimeError(f"scorer {scorer.name} returned {len(values)} scores for {len(batch)} images")
         computed = {pair: float(value) for (pair, _), value in zip(batch, values)}

@@ -228,6 +228,12 @@ def test_clip_score_is_plain_cosine(tiny_open_clip):
     scores = scorer.score(images, prompts)
     np.testing.assert_allclose(scores, expected.numpy(), rtol=1e-4, atol=1e-5)
     assert all(-1 <= s <= 1 for s in scores)
+    # Its image embeddings (in-prompt diversity's space) are the unit vectors the score takes the cosine of.
+    embeddings = np.asarray(scorer.embed(images))
+    np.testing.assert_allclose(np.linalg.norm(embeddings, axis=1), 1.0, rtol=1e-5)
+    with torch.inference_mode():
+        text = scorer.model.encode_text(scorer.tokenizer(prompts), normalize=True).float().numpy()
+    np.testing.assert_allclose((embeddings * text).sum(axis=1), expected.numpy(), rtol=1e-4, atol=1e-5)
 
 
 # ---------------------------------------------------------------- loading rules shared by all scorers

@@ -39,6 +39,9 @@ IMAGES_PER_PROMPT = 2
 SCORERS = {"pickscore": ("v1", "100*cos", 20.0), "aesthetic": ("v1", "[0,10]", 5.0)}
 TRAIN_STEPS = 5
 TRAINING_SIGNALS = {"dro": (["pickscore"], "experts ranked by pickscore (top 2)")}
+# In-prompt diversity per method (harness.results.diversity; each prompt's own a little above): dro's images collapse.
+DIVERSITY = {"base": 0.30, "dpo": 0.31, "dro": 0.10}
+DIVERSITY_EMBEDDER = ("clip", "v1")
 
 
 def write_png(path: Path, seed: int, size: int = 32) -> str:
@@ -92,6 +95,15 @@ def score_rows(method: str, suite: str) -> list[dict]:
     ]
 
 
+def diversity_rows(method: str, suite: str) -> list[dict]:
+    """The store's diversity rows of one method and suite: ``DIVERSITY`` plus 0.01 per prompt index."""
+    _, prompts = SUITES[suite]
+    return [
+        {"prompt_id": prompt_id, "n_images": IMAGES_PER_PROMPT, "value": DIVERSITY[method] + 0.01 * k}
+        for k, (prompt_id, _, _) in enumerate(prompts)
+    ]
+
+
 def build_results_dir(results_dir: Path) -> Path:
     """Fill ``results_dir`` (results.db + images) as a finished run of base, dpo and dro would."""
     with Store(results_dir) as store:
@@ -125,6 +137,13 @@ def build_results_dir(results_dir: Path) -> Path:
                     rows=manifest_rows(results_dir, method, suite),
                 )
                 store.add_scores(run_id, suite=suite, rows=score_rows(method, suite))
+                store.add_diversity(
+                    run_id,
+                    suite=suite,
+                    embedder=DIVERSITY_EMBEDDER[0],
+                    version=DIVERSITY_EMBEDDER[1],
+                    rows=diversity_rows(method, suite),
+                )
             store.set_run_status(run_id, "done", compute={"wall_s": 12.5, "unet_evals_per_sample": 4.0})
     return results_dir
 
@@ -164,9 +183,12 @@ def n_images() -> int:
     return sum(len(prompts) for _, prompts in SUITES.values()) * IMAGES_PER_PROMPT
 
 
-def as_schema_1(results_dir: Path) -> Path:
-    """Make ``results_dir`` what a harness of store schema 1 wrote: schema 2 less training_signals."""
+def as_schema(results_dir: Path, version: str) -> Path:
+    """Make ``results_dir`` what a harness of an older store schema wrote: "2" lacks diversity, "1" training_signals
+    too."""
+    dropped = {"2": ["diversity"], "1": ["diversity", "training_signals"]}[version]
     with closing(sqlite3.connect(db_path(results_dir))) as conn, conn:
-        conn.execute("DROP TABLE training_signals")
-        conn.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
+        for table in dropped:
+            conn.execute(f"DROP TABLE {table}")
+        conn.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (version,))
     return results_dir
