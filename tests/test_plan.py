@@ -69,6 +69,8 @@ def test_dry_run_prints_the_plan_and_creates_nothing(resolved, tmp_path, monkeyp
                 "dpo.beta=123",
                 "--set",
                 "lr=0.002",
+                "--set",
+                "dpo.processes=2",  # where it trains, not a setting: its accumulation is derived from it
                 "--eval-every",
                 "1",
                 "--steps",
@@ -95,17 +97,22 @@ def test_dry_run_prints_the_plan_and_creates_nothing(resolved, tmp_path, monkeyp
     assert setting("dpo", "lr") == ["0.002", "--set"]
     assert setting("dpo", "max_steps") == ["2", "preset tiny"]
     assert setting("dpo", "optimizer") == ["'adamw'", "default"]
+    assert setting("dpo", "training") == ["2", "processes x batch 2 x accumulation 1 per optimizer step"]
+    assert "\n  processes " not in printed
 
     # The jobs in the order they start, sft's training before smpo's; the UNet evaluations of each.
     # Generation: 2 prompts x 1 image x 3 steps x 2 (the tiny preset's guidance 3.0 runs both halves) = 12.
     jobs = [line.split(". ", 1)[1] for line in printed.splitlines() if line[:4].strip().rstrip(".").isdigit()]
     assert jobs == [
         "evaluate base: 12 UNet evaluations",
-        "train sft: 2 steps x 2 samples = 4 samples x the method's UNet evaluations per sample",
-        "train smpo: 2 steps x 2 samples = 4 samples x the method's UNet evaluations per sample",
+        "train sft: 2 steps x 2 samples (1 process x batch 2 x accumulation 1 per optimizer step) = 4 samples x the "
+        "method's UNet evaluations per sample",
+        "train smpo: 2 steps x 2 samples (1 process x batch 2 x accumulation 1 per optimizer step) = 4 samples x the "
+        "method's UNet evaluations per sample",
         "evaluate smpo: 12 UNet evaluations",
         "evaluate smpo every 1 steps: 1 more points x 12 = 12 UNet evaluations",
-        "train dpo: 2 steps x 2 samples = 4 samples x the method's UNet evaluations per sample",
+        "train dpo: 2 steps x 4 samples (2 processes x batch 2 x accumulation 1 per optimizer step) = 8 samples x the "
+        "method's UNet evaluations per sample",
         "evaluate dpo: 12 UNet evaluations",
         "evaluate dpo every 1 steps: 1 more points x 12 = 12 UNet evaluations",
     ]

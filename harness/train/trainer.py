@@ -248,6 +248,20 @@ class SampleOrder:
         return int(self._perm[offset])
 
 
+def accumulation(config: TrainConfig, processes: int) -> int:
+    """Forward/backward passes per optimizer step on each of ``processes``: ``grad_accum``, or with
+    ``effective_batch_size`` that batch over ``batch_size x processes`` (a HarnessError where it does not divide)."""
+    if not config.effective_batch_size:
+        return config.grad_accum
+    batch_per_step = config.batch_size * processes
+    if config.effective_batch_size % batch_per_step:
+        raise HarnessError(
+            f"effective_batch_size {config.effective_batch_size} is not a multiple of "
+            f"batch_size x processes = {batch_per_step}"
+        )
+    return config.effective_batch_size // batch_per_step
+
+
 def make_optimizer(params: list[torch.nn.Parameter], config: TrainConfig, lr: float) -> torch.optim.Optimizer:
     """The config's optimizer over ``params``: Adafactor, or AdamW fused or per operation (``adamw_fused``)."""
     if config.optimizer == "adafactor":
@@ -274,9 +288,10 @@ def make_optimizer(params: list[torch.nn.Parameter], config: TrainConfig, lr: fl
     )
 
 
-def step_generator(seed: int, step: int, micro: int, rank: int) -> torch.Generator:
-    """The single source of randomness of one forward/backward."""
-    return torch.Generator().manual_seed(((seed * 1_000_003 + step) * 1009 + micro) * 131 + rank)
+def step_generator(seed: int, step: int, slot: int) -> torch.Generator:
+    """The single source of randomness of one forward/backward: ``slot`` is its place among the step's passes over
+    all processes (``micro x processes + rank``), so N processes x accumulation a draw what 1 process x N.a does."""
+    return torch.Generator().manual_seed(((seed * 1_000_003 + step) * 1009 + slot) * 131)
 
 
 def trainable_parameters(unet: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
@@ -359,7 +374,10 @@ class Trainer:
 
     def _batch_of(self, step: int, micro: int) -> Batch:
         """The micro-batch ``make_batch`` gives in the loop, with the generator the loop hands it."""
-        return self.make_batch(step, micro, step_generator(self.seed, step, micro, self.rank))
+        return self.make_batch(step, micro, self._generator(step, micro))
+
+    def _generator(self, step: int, micro: int) -> torch.Generator:
+        return step_generator(self.seed, step, micro * self.world + self.rank)
 
     def _setup_accelerator(self) -> None:
         from accelerate import Accelerator
@@ -441,14 +459,7 @@ class Trainer:
 
         config = self.config
         batch_per_step = config.batch_size * self.world
-        self.grad_accum = config.grad_accum
-        if config.effective_batch_size:
-            if config.effective_batch_size % batch_per_step:
-                raise HarnessError(
-                    f"effective_batch_size {config.effective_batch_size} is not a multiple of "
-                    f"batch_size x processes = {batch_per_step}"
-                )
-            self.grad_accum = config.effective_batch_size // batch_per_step
+        self.grad_accum = accumulation(config, self.world)
         self.lr = config.lr * (batch_per_step * self.grad_accum if config.scale_lr else 1)
         optimizer = make_optimizer(list(trainable_parameters(self.unet).values()), config, self.lr)
         # Stepped by us once per optimizer step (not prepared by accelerate, which would step it once
@@ -708,7 +719,7 @@ class Trainer:
     def _optimizer_step(self, step: int, params: dict[str, torch.nn.Parameter]) -> dict[str, float]:
         sums: dict[str, float] = {}
         for micro in range(self.grad_accum):
-            generator = step_generator(self.seed, step, micro, self.rank)
+            generator = self._generator(step, micro)
             self.method.before_micro_step(self.context, step, micro, generator)
             batch = self.make_batch(step, micro, generator)
             last = micro == self.grad_accum - 1
