@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import logging
 import pickle
+import signal
 import sys
 import tempfile
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -105,13 +107,14 @@ PROCESS_MODULE = "harness.backends.train_process"
 def train_in_processes(job: ModelJob) -> TrainResult:
     """The job's training as ``job.model.processes`` data-parallel processes on this machine, started by torch's
     elastic launcher (what ``torchrun --standalone`` runs), each ``train_logged``; the first writes the log and
-    the checkpoints.  A process that fails or is killed stops the others (the launcher watches them) and is one
-    HarnessError line; a rerun resumes from the last checkpoint."""
+    the checkpoints.  A process that fails or is killed stops the others (the launcher watches them every 0.1 s,
+    and a collective with a dead peer fails at once) and is one HarnessError line; a rerun resumes from the last
+    checkpoint."""
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
     processes = job.model.processes
-    with tempfile.TemporaryDirectory(prefix="harness-train-") as folder:
+    with tempfile.TemporaryDirectory(prefix="harness-train-") as folder, _launcher_quiet():
         exchange = Path(folder)
         (exchange / "job.pickle").write_bytes(pickle.dumps((job, loaded_plugins())))
         config = LaunchConfig(
@@ -127,21 +130,51 @@ def train_in_processes(job: ModelJob) -> TrainResult:
         try:
             elastic_launch(config, sys.executable)("-m", PROCESS_MODULE, str(exchange))
         except ChildFailedError as failed:
-            raise HarnessError(_failure_line(job, failed, exchange)) from None
+            raise HarnessError(_failure_line(job, failed.failures, exchange)) from None
         return pickle.loads((exchange / "result.pickle").read_bytes())
 
 
-def _failure_line(job: ModelJob, failed: Any, exchange: Path) -> str:
-    """One line for a failed multi-process training: a process's own HarnessError, else how the first one ended."""
+@contextlib.contextmanager
+def _launcher_quiet() -> Iterator[None]:
+    """While the launcher runs: its log lines off (a failure is our one line), and afterwards this process's own
+    SIGTERM / SIGINT handlers back (the launcher replaces them with ones that raise its own exception)."""
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    launcher_log = logging.getLogger("torch.distributed.elastic")
+    level = launcher_log.level
+    launcher_log.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        launcher_log.setLevel(level)
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+
+
+def _failure_line(job: ModelJob, failures: dict[int, Any], exchange: Path) -> str:
+    """One line for a failed multi-process training, naming the cause rather than its consequences (the
+    launcher's SIGTERM to the others, their collectives' lost peer): a process's HarnessError, else a process
+    killed from outside (SIGKILL: the OOM killer, a user), else the first error's last line (its traceback printed
+    above it)."""
+    name, processes = job.model.method, job.model.processes
     errors = sorted(exchange.glob("error-*.txt"))
     if errors:
         return errors[0].read_text(encoding="utf-8")
-    rank, failure = min(failed.failures.items())
-    how = f"signal {failure.signal_name()}" if failure.exitcode < 0 else f"exit status {failure.exitcode}"
-    return (
-        f"{job.model.method}: training process {rank} of {job.model.processes} ended with {how}; the others were "
-        "stopped; a rerun resumes from the last checkpoint"
-    )
+    killed = [(rank, failure) for rank, failure in sorted(failures.items()) if failure.exitcode < 0]
+    from_outside = [(rank, failure) for rank, failure in killed if failure.signal_name() != "SIGTERM"]
+    tracebacks = sorted(exchange.glob("traceback-*.txt"), key=lambda path: path.stat().st_mtime)
+    if tracebacks and not from_outside:
+        text = tracebacks[0].read_text(encoding="utf-8")
+        print(text, file=sys.stderr, end="", flush=True)
+        rank = tracebacks[0].stem.removeprefix("traceback-")
+        return f"{name}: training process {rank} of {processes} failed: {text.strip().splitlines()[-1]}"
+    if killed:
+        rank, failure = (from_outside or killed)[0]
+        return (
+            f"{name}: training process {rank} of {processes} ended with signal {failure.signal_name()}; the others "
+            "were stopped; a rerun resumes from the last checkpoint"
+        )
+    rank, failure = min(failures.items())
+    return f"{name}: training process {rank} of {processes} ended with exit status {failure.exitcode}"
 
 
 def evaluate_job(job: ModelJob, evaluate_one: Callable[..., None] = evaluate) -> None:

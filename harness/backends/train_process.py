@@ -4,7 +4,7 @@ elastic launcher: ``python -m harness.backends.train_process EXCHANGE``.
 It reads the job (and the plugins to load) from ``EXCHANGE/job.pickle``, joins the process group (gloo on a CPU,
 one thread; NCCL on GPUs) and trains with ``train_logged``; the first process writes the training log to the
 results store and ``EXCHANGE/result.pickle``.  A HarnessError is written to ``EXCHANGE/error-<rank>.txt`` for the
-launching job to report as its one line.
+launching job to report as its one line, any other error's traceback to ``EXCHANGE/traceback-<rank>.txt``.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import pickle
 import sys
+import traceback
 from pathlib import Path
 
 import torch
@@ -48,6 +49,11 @@ def main(exchange: Path) -> int:
         except HarnessError as exc:
             (exchange / f"error-{rank}.txt").write_text(str(exc), encoding="utf-8")
             raise SystemExit(2) from None
+        except Exception:
+            # Often only the consequence of another process's failure (a collective's peer gone): the launching
+            # job prints the one that caused it.
+            (exchange / f"traceback-{rank}.txt").write_text(traceback.format_exc(), encoding="utf-8")
+            raise SystemExit(1) from None
     return 0
 
 

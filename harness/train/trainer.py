@@ -623,14 +623,17 @@ class Trainer:
             for name, param in params.items():
                 param.copy_(weights[name])
         # Untrusted files: tensors and plain containers only.
-        self.optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location=self.device, weights_only=True))
+        # Onto the CPU, then moved by load_state_dict to each parameter's device: a process of a group on a CPU has
+        # the device "cpu:<rank>", which torch.load cannot map a storage to.
+        self.optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True))
         self.lr_scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
         if self.ema is not None:
             self.ema.load(load_file(str(path / "ema.safetensors")), updates=state.get("ema_updates", state["step"]))
         self.loader.skipped.update(state.get("skipped", []))  # corrupt images seen before the interruption
         method_file = path / f"method-{self.rank}.safetensors"
         if method_file.exists():
-            self.method.load_state_dict(load_file(str(method_file), device=str(self.device)))
+            device = str(self.device) if self.device.type == "cuda" else "cpu"
+            self.method.load_state_dict(load_file(str(method_file), device=device))
         return state
 
     def _save_final(self) -> Path:
