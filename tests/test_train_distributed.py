@@ -1,17 +1,22 @@
-"""Two CPU processes (torchrun, gloo): every method trains with identical parameters on both ranks."""
+"""Two CPU processes (torchrun, gloo): every method trains with identical parameters on both ranks; `harness run
+--train-processes 2` trains what 1 process does with doubled accumulation; a failed process group is one line."""
 
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
+from torch.distributed.elastic.multiprocessing.errors import ProcessFailure
 
+from harness.backends.jobs import _failure_line
 from harness.results.store import Store
 from harness.run import RunOptions, run
 from support.train_fixtures import write_expert_dir, write_pair_dir
@@ -95,3 +100,27 @@ def test_two_processes_train_what_one_does_with_twice_the_accumulation(tmp_path,
             assert processes == int(out == "two") + 1 and runs.loc["dpo", "status"] == "done"
     # The logged means: one all-reduce of float32 values against a float64 sum, so equal to rounding.
     assert frames[0].index.equals(frames[1].index) and np.allclose(frames[0], frames[1], rtol=1e-6)
+
+
+def _failure(rank: int, exitcode: int) -> ProcessFailure:
+    return ProcessFailure(local_rank=rank, pid=1000 + rank, exitcode=exitcode, error_file="")
+
+
+def test_a_failed_process_group_is_one_line_naming_the_cause(tmp_path, capsys):
+    """The launcher reports every process: the one killed from outside, not those it stopped with SIGTERM; a
+    process's HarnessError as it is; another error by its last line, its traceback printed above."""
+    job = SimpleNamespace(model=SimpleNamespace(method="dpo", processes=2))
+    stopped, killed = _failure(0, -signal.SIGTERM), _failure(1, -signal.SIGKILL)
+    assert _failure_line(job, {0: stopped, 1: killed}, tmp_path) == (
+        "dpo: training process 1 of 2 ended with signal SIGKILL; the others were stopped; a rerun resumes from the "
+        "last checkpoint"
+    )
+    (tmp_path / "traceback-0.txt").write_text("Traceback (most recent call last):\n  ...\nRuntimeError: boom\n")
+    assert _failure_line(job, {0: _failure(0, 1), 1: _failure(1, -signal.SIGTERM)}, tmp_path) == (
+        "dpo: training process 0 of 2 failed: RuntimeError: boom"
+    )
+    assert "Traceback (most recent call last)" in capsys.readouterr().err
+    (tmp_path / "error-1.txt").write_text("dpo: loss became nan at step 3; training stopped")
+    assert _failure_line(job, {0: stopped, 1: _failure(1, 2)}, tmp_path) == (
+        "dpo: loss became nan at step 3; training stopped"
+    )
