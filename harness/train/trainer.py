@@ -8,7 +8,8 @@ lives here: precision, clipping, EMA, LoRA, feature caches, checkpoints, logs.
 
 Determinism and resume: every random draw of a micro-step (timesteps, noise,
 caption dropout, DRO's sampler) comes from a generator seeded by
-(seed, step, micro-step, rank), and the data order is a fixed function of
+(seed, step, the pass's place among the step's passes over all processes: micro-step x processes + rank),
+so N processes x accumulation a draw what 1 process x N.a does, and the data order is a fixed function of
 (seed, epoch).  A checkpoint therefore needs only weights, optimizer, LR
 scheduler, EMA and the method's own state (DRO's replay buffer) for a resumed
 run to end with exactly the weights of an uninterrupted one.
