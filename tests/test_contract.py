@@ -90,7 +90,7 @@ def test_labelled_images_reach_the_loss_as_labels(tiny_model_dir, tmp_path):
         method, base_model=str(tiny_model_dir), data_dir=data, output_dir=tmp_path / "x", seed=0, on_log=None
     )
     trainer._setup()
-    batch = trainer.make_batch(0, 0, step_generator(0, 0, 0, 0))
+    batch = trainer.make_batch(0, 0, step_generator(0, 0, 0))
     assert batch.latents.shape[0] == 6 and sorted(batch.labels.tolist()) == [0.0] * 3 + [1.0] * 3
     assert len(set(batch.keys)) == 6  # six different images: each pair's two, one epoch
 

@@ -72,6 +72,8 @@ def test_dry_run_prints_the_plan_and_creates_nothing(resolved, tmp_path, monkeyp
                 "dpo.beta=123",
                 "--set",
                 "lr=0.002",
+                "--set",
+                "dpo.processes=2",  # where it trains, not a setting: its accumulation is derived from it
                 "--eval-every",
                 "1",
                 "--steps",
@@ -102,6 +104,8 @@ def test_dry_run_prints_the_plan_and_creates_nothing(resolved, tmp_path, monkeyp
     dpo_block = printed[printed.index("\ndpo (") :].split("\n\n")[0]
     cache = next(line.strip() for line in dpo_block.splitlines() if line.strip().startswith("feature cache"))
     assert cache.startswith("feature cache auto -> on: latents <= 8.0 KiB (8 images x 1.0 KiB, 4x8x8 float16), ")
+    assert setting("dpo", "training") == ["2", "processes x batch 2 x accumulation 1 per optimizer step"]
+    assert "\n  processes " not in printed
 
     # The jobs in the order they start, sft's training before smpo's; the UNet evaluations of each.
     # Generation: 2 prompts x 1 image x 3 steps x 2 (the tiny preset's guidance 3.0 runs both halves) = 12.
@@ -111,16 +115,19 @@ def test_dry_run_prints_the_plan_and_creates_nothing(resolved, tmp_path, monkeyp
     jobs = [line.split(". ", 1)[1] for line in printed.splitlines() if line[:4].strip().rstrip(".").isdigit()]
     assert jobs == [
         "evaluate base: 12 UNet evaluations",
-        "train sft: 2 steps x 2 samples = 4 samples x 1 = 4 UNet evaluations",
-        "train smpo: 2 steps x 2 samples = 4 samples x 19.2 = 77 UNet evaluations",
+        "train sft: 2 steps x 2 samples (1 process x batch 2 x accumulation 1 per optimizer step) = 4 samples x 1 "
+        "= 4 UNet evaluations",
+        "train smpo: 2 steps x 2 samples (1 process x batch 2 x accumulation 1 per optimizer step) = 4 samples x "
+        "19.2 = 77 UNet evaluations",
         "evaluate smpo: 12 UNet evaluations",
         "evaluate smpo every 1 steps: 1 more points x 12 = 12 UNet evaluations",
-        "train dpo: 2 steps x 2 samples = 4 samples x 4 = 16 UNet evaluations",
+        "train dpo: 2 steps x 4 samples (2 processes x batch 2 x accumulation 1 per optimizer step) = 8 samples x 4 "
+        "= 32 UNet evaluations",
         "evaluate dpo: 12 UNet evaluations",
         "evaluate dpo every 1 steps: 1 more points x 12 = 12 UNet evaluations",
     ]
     assert "generation: 60 UNet evaluations in all" in printed
-    assert "training: 97 UNet evaluations in all (" in printed  # 4 + 76.8 + 16
+    assert "training: 113 UNet evaluations in all (" in printed  # 4 + 76.8 + 32
 
 
 def test_dry_run_names_a_training_whose_method_does_not_state_its_unet_evaluations(tmp_path, monkeypatch):
@@ -130,7 +137,8 @@ def test_dry_run_names_a_training_whose_method_does_not_state_its_unet_evaluatio
     options = RunOptions(methods=["sft", "dpo"], out=tmp_path / "out", preset="tiny", suites=["toy-seen"])
     printed = describe(validate(options, get_preset("tiny")))
     assert (
-        "train sft: 2 steps x 2 samples = 4 samples x the method's UNet evaluations per sample (not stated" in printed
+        "train sft: 2 steps x 2 samples (1 process x batch 2 x accumulation 1 per optimizer step) = 4 samples x the method's UNet evaluations per sample (not stated"
+        in printed
     )
     assert "\ntraining: 16 UNet evaluations in all, besides sft's (" in printed  # dpo's 4 samples x 4
     assert not (tmp_path / "out").exists()

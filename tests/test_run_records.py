@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import os
 import re
+import subprocess
+import sys
 import time
 from datetime import datetime
 from pathlib import Path
@@ -17,7 +19,7 @@ from streamlit.testing.v1 import AppTest
 from conftest import harness_cli
 from harness.evaluation.suites import get_suite
 from harness.plan.planner import RunOptions
-from harness.results.compute import JobClock
+from harness.results.compute import JobClock, combine
 from harness.results.store import Store
 from harness.run import run
 from support.train_fixtures import write_pair_dir
@@ -95,8 +97,23 @@ def test_a_job_costs_its_cpu_time_on_a_cpu_and_its_wall_time_on_a_gpu():
     assert 0.3 <= on_cpu["cpu_hours"] * 3600 < 0.5
     assert wall <= on_cpu["wall_s"] < wall + 0.1
     # No GPU here to measure the memory of: that figure is missing, not made up.
-    assert set(on_gpu) == {"gpu_hours", "train_gpu_hours", "wall_s", "train_wall_s"}
-    assert wall <= on_gpu["gpu_hours"] * 3600 < wall + 0.1
+    assert set(on_gpu) == {"gpu_hours", "train_gpu_hours", "wall_s", "train_wall_s", "train_processes"}
+    assert wall <= on_gpu["gpu_hours"] * 3600 < wall + 0.1 and on_gpu["train_processes"] == 1
+
+
+def test_a_training_of_several_processes_costs_theirs():
+    """A training of N processes holds N GPUs; on a CPU its cost is the CPU time of the processes it waited for."""
+    cpu, gpu = JobClock(on_gpu=False, processes=2), JobClock(on_gpu=True, processes=2)
+    started = time.perf_counter()
+    spin = "import time\nt = time.process_time()\nwhile time.process_time() - t < 0.3: pass"
+    subprocess.run([sys.executable, "-c", spin], check=True)
+    wall = time.perf_counter() - started
+    on_cpu, on_gpu = cpu.figures("train"), gpu.figures("train")
+    assert 0.3 <= on_cpu["cpu_hours"] * 3600 < wall + 0.1 and on_cpu["train_processes"] == 2
+    assert 2 * wall <= on_gpu["gpu_hours"] * 3600 < 2 * (wall + 0.1)
+    # Resumed with another count, a run shows the most it trained on; the hours add up.
+    combined = combine(combine({}, on_gpu), {**on_gpu, "train_processes": 1})
+    assert combined["train_processes"] == 2 and combined["gpu_hours"] == 2 * on_gpu["gpu_hours"]
 
 
 @pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="resets the peak resident set as Linux does")
@@ -135,6 +152,7 @@ def test_each_run_records_its_cpu_hours_and_the_dashboard_shows_them(tiny_run_di
     assert not at.exception, at.exception
     shown = at.dataframe[0].value.set_index("method")
     assert shown.loc["dpo", "CPU-hours"] == f"{dpo['cpu_hours']:.4g}" and shown.loc["dpo", "GPU-hours"] == "–"
+    assert (shown.loc["dpo", "training processes"], shown.loc["base", "training processes"]) == ("1", "–")
 
 
 def test_each_run_has_its_own_times_and_figures_in_the_store_the_cli_and_the_dashboard(tiny_run_dir, monkeypatch):
@@ -159,10 +177,12 @@ def test_each_run_has_its_own_times_and_figures_in_the_store_the_cli_and_the_das
     result = harness_cli("runs", "--out", str(tiny_run_dir))
     assert result.returncode == 0, result.stderr
     header, *rows = result.stdout.splitlines()
-    assert header.split("  ")[:3] == ["run", "method", "status"] and header.endswith("peak memory MiB  training data")
-    # run, method, status, started, ended, wall, CPU-hours, GPU-hours, UNet evals per sample, peak memory, then
-    # what its training read (words: the rest of the line)
-    printed = {row.split()[1]: row.split(maxsplit=10) for row in rows}
+    assert header.split("  ")[:3] == ["run", "method", "status"] and header.endswith(
+        "peak memory MiB  training processes  training data"
+    )
+    # run, method, status, started, ended, wall, CPU-hours, GPU-hours, UNet evals per sample, peak memory,
+    # training processes, then what its training read (words: the rest of the line)
+    printed = {row.split()[1]: row.split(maxsplit=11) for row in rows}
     assert printed["base"][4:] == [
         runs.loc["base", "ended_at"].removesuffix("+00:00"),
         f"{runs.loc['base', 'wall_s']:.1f}",
@@ -171,12 +191,13 @@ def test_each_run_has_its_own_times_and_figures_in_the_store_the_cli_and_the_das
         "–",
         f"{runs.loc['base', 'peak_memory_mb']:.0f}",
         "–",
+        "–",
     ]
     assert printed["dpo"][8] == f"{runs.loc['dpo', 'unet_evals_per_sample']:.4g}" and "None" not in result.stdout
-    assert printed["dpo"][10] == compute["dpo"]["training_data"]
+    assert printed["dpo"][10] == "1" and printed["dpo"][11] == compute["dpo"]["training_data"]
     # The toy world's data folder: its pairs and the experts made beside them.
     assert re.fullmatch(
-        r"pairs \d+ read, \d+ ties? skipped, 0 unreadable; experts \d+ read, 0 unreadable", printed["dpo"][10]
+        r"pairs \d+ read, \d+ ties? skipped, 0 unreadable; experts \d+ read, 0 unreadable", printed["dpo"][11]
     )
 
     monkeypatch.setenv("HARNESS_OUT", str(tiny_run_dir))

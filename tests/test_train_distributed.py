@@ -1,14 +1,24 @@
-"""Two CPU processes (torchrun, gloo): every method trains with identical parameters on both ranks."""
+"""Two CPU processes (torchrun, gloo): every method trains with identical parameters on both ranks; `harness run
+--train-processes 2` trains what 1 process does with doubled accumulation; a failed process group is one line."""
 
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
+import numpy as np
 import pytest
+import torch
+from safetensors.torch import load_file
+from torch.distributed.elastic.multiprocessing.errors import ProcessFailure
 
+from harness.backends.jobs import _failure_line
+from harness.results.store import Store
+from harness.run import RunOptions, run
 from support.train_fixtures import write_expert_dir, write_pair_dir
 
 SCRIPT = Path(__file__).with_name("dist_train_check.py")
@@ -46,3 +56,71 @@ def test_two_process_training_keeps_ranks_identical(tiny_model_dir, tmp_path):
             assert f"{method} step {step}: parameters identical on both ranks" in result.stdout
         assert f"done {method}: 2 steps" in result.stdout
         assert (tmp_path / "out" / method / "final" / "unet" / "config.json").exists()
+
+
+def _run_dpo(out: Path, data: Path, processes: int, grad_accum: int) -> list[dict]:
+    options = RunOptions(
+        methods=["dpo"],
+        out=out,
+        preset="tiny",
+        data=str(data),
+        suites=["toy-seen"],
+        max_prompts=2,
+        images_per_prompt=1,
+        steps=1,
+        jobs=1,
+        train_processes=processes,
+        overrides={"dpo": {"grad_accum": grad_accum}},
+    )
+    return run(options)
+
+
+@pytest.mark.distributed
+@pytest.mark.slow
+def test_two_processes_train_what_one_does_with_twice_the_accumulation(tmp_path, harness_cache):
+    """`harness run --train-processes 2` against 1 process with doubled accumulation: the same samples, the same
+    random draws and (DDP's mean of two gradients being a sum of two halves, exact) the same weights, bit for bit;
+    so the same leaderboard.  The first process writes the log to the store, and the run records its 2 processes."""
+    data = write_pair_dir(tmp_path / "data")
+    one = _run_dpo(tmp_path / "one", data, processes=1, grad_accum=2)
+    two = _run_dpo(tmp_path / "two", data, processes=2, grad_accum=1)
+    weights = [
+        load_file(str(tmp_path / o / "models/dpo/final/unet/diffusion_pytorch_model.safetensors"))
+        for o in ("one", "two")
+    ]
+    assert weights[0].keys() == weights[1].keys()
+    assert all(torch.equal(weights[0][name], weights[1][name]) for name in weights[0])
+    assert one == two
+    frames = []
+    for out in ("one", "two"):
+        with Store(tmp_path / out, readonly=True) as store:
+            runs = store.runs_frame().set_index("method")
+            frames.append(store.training_frame().set_index(["step", "term"])["value"])
+            processes = runs.loc["dpo", "train_processes"]
+            assert processes == int(out == "two") + 1 and runs.loc["dpo", "status"] == "done"
+    # The logged means: one all-reduce of float32 values against a float64 sum, so equal to rounding.
+    assert frames[0].index.equals(frames[1].index) and np.allclose(frames[0], frames[1], rtol=1e-6)
+
+
+def _failure(rank: int, exitcode: int) -> ProcessFailure:
+    return ProcessFailure(local_rank=rank, pid=1000 + rank, exitcode=exitcode, error_file="")
+
+
+def test_a_failed_process_group_is_one_line_naming_the_cause(tmp_path, capsys):
+    """The launcher reports every process: the one killed from outside, not those it stopped with SIGTERM; a
+    process's HarnessError as it is; another error by its last line, its traceback printed above."""
+    job = SimpleNamespace(model=SimpleNamespace(method="dpo", processes=2))
+    stopped, killed = _failure(0, -signal.SIGTERM), _failure(1, -signal.SIGKILL)
+    assert _failure_line(job, {0: stopped, 1: killed}, tmp_path) == (
+        "dpo: training process 1 of 2 ended with signal SIGKILL; the others were stopped; a rerun resumes from the "
+        "last checkpoint"
+    )
+    (tmp_path / "traceback-0.txt").write_text("Traceback (most recent call last):\n  ...\nRuntimeError: boom\n")
+    assert _failure_line(job, {0: _failure(0, 1), 1: _failure(1, -signal.SIGTERM)}, tmp_path) == (
+        "dpo: training process 0 of 2 failed: RuntimeError: boom"
+    )
+    assert "Traceback (most recent call last)" in capsys.readouterr().err
+    (tmp_path / "error-1.txt").write_text("dpo: loss became nan at step 3; training stopped")
+    assert _failure_line(job, {0: stopped, 1: _failure(1, 2)}, tmp_path) == (
+        "dpo: loss became nan at step 3; training stopped"
+    )

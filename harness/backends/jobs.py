@@ -8,10 +8,18 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from collections.abc import Callable
+import logging
+import pickle
+import signal
+import sys
+import tempfile
+import uuid
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+from harness.api.registry import loaded_plugins
 from harness.errors import HarnessError
 from harness.evaluation.curves import MARK, curve_points, curve_steps, snapshot_name, write_tensorboard
 from harness.evaluation.evaluate import BASE, Checkpoint, evaluate, get_or_create_run, recorded_model
@@ -20,7 +28,7 @@ from harness.progress import Stages
 from harness.results.compute import JobClock
 from harness.results.layout import ResultsDir
 from harness.results.store import Store
-from harness.train.trainer import snapshot_unet_dir, train
+from harness.train.trainer import TrainResult, snapshot_unet_dir, train
 
 
 @dataclass(frozen=True)
@@ -35,40 +43,21 @@ class ModelJob:
 
 
 def train_job(job: ModelJob) -> ModelEntry:
-    """Train a method from the base (a job); the entry returned holds its trained UNet, to be evaluated."""
-    model, options = job.model, job.plan.options
-    job.stage(f"{model.method}: training")
-    clock = JobClock()
-    results = ResultsDir(options.out)
+    """Train a method from the base (a job), in this process or as ``model.processes`` data-parallel processes
+    (``train_in_processes``); the entry returned holds its trained UNet, to be evaluated."""
+    model = job.model
+    job.stage(f"{model.method}: training" + (f" as {model.processes} processes" if model.processes > 1 else ""))
+    clock = JobClock(processes=model.processes)
+    results = ResultsDir(job.plan.options.out)
     with Store(results.db) as store:
         store.set_run_status(job.run_id, "running")
-        pending: list[tuple[int, dict[str, float]]] = []
-
-        def on_log(step: int, terms: dict[str, float]) -> None:
-            pending.append((step, dict(terms)))
-            if len(pending) >= 20:
-                store.log_training(job.run_id, pending)
-                pending.clear()
-
         try:
-            result = train(
-                model.method,
-                config=model.config,
-                base_model=job.base_model,
-                data_dir=Path(model.data_dir),
-                output_dir=results.model(model.method),
-                on_log=on_log,
-                resume=True,
-                seed=options.seed,
-                snapshot_every=(options.eval_every or 0) if model.evaluate else 0,
-            )
+            result = train_in_processes(job) if model.processes > 1 else train_logged(job, store)
         except BaseException:
             with contextlib.suppress(HarnessError):  # (a full disk, say) what failed matters more than its record
-                store.log_training(job.run_id, pending)
                 store.add_compute(job.run_id, clock.figures("train"))
                 store.set_run_status(job.run_id, "failed")
             raise
-        store.log_training(job.run_id, pending)
         store.add_compute(job.run_id, clock.figures("train"))
         store.add_checkpoint(job.run_id, result.steps, results.relative(result.unet_dir))
         # A UNet trained only for another method to start from has no evaluation to wait for.
@@ -78,6 +67,121 @@ def train_job(job: ModelJob) -> ModelEntry:
             {"unet_evals_per_sample": result.unet_evals_per_sample, "training_data": result.data_summary},
         )
     return dataclasses.replace(model, unet=str(result.unet_dir), train=False)
+
+
+def train_logged(job: ModelJob, store: Store | None) -> TrainResult:
+    """The job's training in this process (one of its processes under torchrun), its log written to ``store``
+    (None: a process other than the first, whose log is the first one's)."""
+    model, options = job.model, job.plan.options
+    pending: list[tuple[int, dict[str, float]]] = []
+
+    def on_log(step: int, terms: dict[str, float]) -> None:
+        pending.append((step, dict(terms)))
+        if len(pending) >= 20 and store is not None:
+            store.log_training(job.run_id, pending)
+            pending.clear()
+
+    try:
+        return train(
+            model.method,
+            config=model.config,
+            base_model=job.base_model,
+            data_dir=Path(model.data_dir),
+            output_dir=ResultsDir(options.out).model(model.method),
+            on_log=on_log,
+            resume=True,
+            seed=options.seed,
+            snapshot_every=(options.eval_every or 0) if model.evaluate else 0,
+        )
+    finally:
+        if store is not None:
+            with contextlib.suppress(HarnessError):  # (a full disk, say) what failed matters more than its log
+                store.log_training(job.run_id, pending)
+
+
+# Run by torch's elastic launcher in each process: harness/backends/train_process.py (named, not imported: it
+# imports this module).
+PROCESS_MODULE = "harness.backends.train_process"
+
+
+def train_in_processes(job: ModelJob) -> TrainResult:
+    """The job's training as ``job.model.processes`` data-parallel processes on this machine, started by torch's
+    elastic launcher (what ``torchrun --standalone`` runs), each ``train_logged``; the first writes the log and
+    the checkpoints.  A process that fails or is killed stops the others (the launcher watches them every 0.1 s,
+    and a collective with a dead peer fails at once) and is one HarnessError line; a rerun resumes from the last
+    checkpoint."""
+    import torch
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+
+    processes = job.model.processes
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if gpus and gpus < processes:
+        raise HarnessError(
+            f"{job.model.method}: {processes} training processes need {processes} GPUs; this job sees {gpus} (each "
+            "worker of the local pool has one GPU: --jobs 1 runs the jobs one at a time with every GPU)"
+        )
+    with tempfile.TemporaryDirectory(prefix="harness-train-") as folder, _launcher_quiet():
+        exchange = Path(folder)
+        (exchange / "job.pickle").write_bytes(pickle.dumps((job, loaded_plugins())))
+        config = LaunchConfig(
+            min_nodes=1,
+            max_nodes=1,
+            nproc_per_node=processes,
+            rdzv_backend="c10d",
+            rdzv_endpoint="localhost:0",  # torchrun --standalone: a free port on this machine
+            run_id=f"harness-{uuid.uuid4().hex}",
+            max_restarts=0,  # a rerun resumes; restarting here would hide the failure
+            monitor_interval=0.1,
+        )
+        try:
+            elastic_launch(config, sys.executable)("-m", PROCESS_MODULE, str(exchange))
+        except ChildFailedError as failed:
+            raise HarnessError(_failure_line(job, failed.failures, exchange)) from None
+        return pickle.loads((exchange / "result.pickle").read_bytes())
+
+
+@contextlib.contextmanager
+def _launcher_quiet() -> Iterator[None]:
+    """While the launcher runs: its log lines off (a failure is our one line), and afterwards this process's own
+    SIGTERM / SIGINT handlers back (the launcher replaces them with ones that raise its own exception)."""
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    launcher_log = logging.getLogger("torch.distributed.elastic")
+    level = launcher_log.level
+    launcher_log.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        launcher_log.setLevel(level)
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+
+
+def _failure_line(job: ModelJob, failures: dict[int, Any], exchange: Path) -> str:
+    """One line for a failed multi-process training, naming the cause rather than its consequences (the
+    launcher's SIGTERM to the others, their collectives' lost peer): a process's HarnessError, else a process
+    killed from outside (SIGKILL: the OOM killer, a user), else the first error's last line (its traceback printed
+    above it)."""
+    name, processes = job.model.method, job.model.processes
+    errors = sorted(exchange.glob("error-*.txt"))
+    if errors:
+        return errors[0].read_text(encoding="utf-8")
+    killed = [(rank, failure) for rank, failure in sorted(failures.items()) if failure.exitcode < 0]
+    from_outside = [(rank, failure) for rank, failure in killed if failure.signal_name() != "SIGTERM"]
+    tracebacks = sorted(exchange.glob("traceback-*.txt"), key=lambda path: path.stat().st_mtime)
+    if tracebacks and not from_outside:
+        text = tracebacks[0].read_text(encoding="utf-8")
+        print(text, file=sys.stderr, end="", flush=True)
+        rank = tracebacks[0].stem.removeprefix("traceback-")
+        return f"{name}: training process {rank} of {processes} failed: {text.strip().splitlines()[-1]}"
+    if killed:
+        rank, failure = (from_outside or killed)[0]
+        return (
+            f"{name}: training process {rank} of {processes} ended with signal {failure.signal_name()}; the others "
+            "were stopped; a rerun resumes from the last checkpoint"
+        )
+    rank, failure = min(failures.items())
+    return f"{name}: training process {rank} of {processes} ended with exit status {failure.exitcode}"
 
 
 def evaluate_job(job: ModelJob, evaluate_one: Callable[..., None] = evaluate) -> None:

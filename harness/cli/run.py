@@ -29,6 +29,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         pretrained=args.pretrained,
         seed=args.seed,
         jobs=args.jobs,
+        train_processes=args.train_processes,
         eval_every=args.eval_every,
         eval_suites=args.eval_suites,
         backend=args.backend,
@@ -86,6 +87,15 @@ def register(commands: Commands) -> None:
         type=options.count,
         help="jobs (a training, a model's evaluation) run at once (default: one per core on a CPU, one thread each; "
         "one per GPU)",
+    )
+    p.add_argument(
+        "--train-processes",
+        type=options.count,
+        default=1,
+        metavar="N",
+        help="each training as N data-parallel processes (torchrun; gloo on a CPU), the effective batch kept: "
+        "accumulation = effective_batch_size / (N x batch_size); --set METHOD.processes=N for one method "
+        "(docs/scaling.md)",
     )
     p.add_argument(
         "--eval-every",

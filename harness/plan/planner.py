@@ -51,6 +51,9 @@ from harness.train.trainer import method_preset_entry, require_init_unet
 
 BACKENDS = ("local", "ray")  # where the jobs run: harness.backends
 EVERY_METHOD = "*"  # RunOptions.overrides key: settings for every method trained (--set FIELD=VALUE)
+# The --set key of a training's process count: where it runs, not a setting of its config (the trainer reads its
+# process group), so not part of what a run or a checkpoint records.
+PROCESSES = "processes"
 
 
 @dataclass
@@ -77,6 +80,7 @@ class RunOptions:
     backend: str = "local"  # where the jobs run: "local" worker processes or a "ray" cluster (harness.backends)
     address: str | None = None  # --backend ray: the cluster ("auto", HOST:PORT; None: start one on this machine)
     skip_bad_images: bool = False  # leave out the data's rows with an unreadable image instead of refusing the data
+    train_processes: int = 1  # data-parallel processes per training (--set METHOD.processes=N for one method)
 
 
 @dataclass(frozen=True)
@@ -94,6 +98,8 @@ class ModelEntry:
     init_from: str | None = None  # the method whose trained UNet it starts from
     unet: str | None = None  # the UNet evaluated: a published one, or (set by its training job) the trained one
     unet_subfolder: str | None = None
+    processes: int = 1  # data-parallel processes its training runs as (--train-processes, --set METHOD.processes)
+    grad_accum: int = 1  # forward/backward passes per optimizer step on each process (``trainer.accumulation``)
 
     def starting_from(self, unet: str) -> ModelEntry:
         """This training with ``unet`` (its ``init_from`` method's, trained) as its start."""
@@ -132,6 +138,8 @@ def validate(options: RunOptions, preset: Preset) -> Plan:
     _validate_names(options, preset)
     source = training_source(options, preset)
     trainings = [] if options.pretrained else plan_trainings(options, preset, source, _synthesized(options, preset))
+    if options.backend == "ray" and any(model.processes > 1 for model in trainings):
+        raise HarnessError("--backend ray trains each method in one process; several processes are --backend local's")
     if not options.pretrained:  # the data's mistakes, whatever the preset's models (decoded once; cached)
         check_data(options.data or preset.data, skip_bad_images=options.skip_bad_images)
     check_models_available(options, preset)
@@ -157,6 +165,11 @@ def validate_training(options: RunOptions, preset: Preset) -> Plan:
         model for model in plan_trainings(options, preset, source, synthesized) if model.method == options.methods[0]
     )
     require_init_unet(trained.method, trained.config)
+    if trained.processes != 1:
+        raise HarnessError(
+            "harness train runs in the processes it is started in: launch it with `torchrun --nproc_per_node N -m "
+            "harness.cli train ...` instead of --set processes=N"
+        )
     check_data(options.data or preset.data, skip_bad_images=options.skip_bad_images)
     check_models_available(options, preset)
     return _plan(options, preset, protocol_of(options, preset), source, [trained])
@@ -242,6 +255,7 @@ def _validate_counts(options: RunOptions) -> None:
         "--steps": options.steps,
         "--jobs": options.jobs,
         "--eval-every": options.eval_every,
+        "--train-processes": options.train_processes,
     }
     for option, value in counts.items():
         if value is not None and value < 1:
@@ -386,12 +400,14 @@ def plan_trainings(options: RunOptions, preset: Preset, source: str | None, synt
     planned: dict[str, ModelEntry] = {}
 
     def plan(method: str, evaluate: bool) -> None:
-        overrides = {
-            **({"vae": options.vae} if options.vae else {}),
-            **options.overrides.get(EVERY_METHOD, {}),
-            **options.overrides.get(method, {}),
-        }
+        every, own = _settings(options, EVERY_METHOD), _settings(options, method)
+        overrides = {**({"vae": options.vae} if options.vae else {}), **every, **own}
+        processes = _processes(options, method)
         config = trainer.resolve_config(method, preset.name, overrides)
+        try:
+            grad_accum = trainer.accumulation(config, processes)
+        except HarnessError as exc:
+            raise HarnessError(f"{method} on {processes} processes: {exc}") from None
         starts_from = None if config.init_unet else config.init_method  # a UNet of the user's replaces the chain
         if starts_from and starts_from not in planned:
             plan(starts_from, evaluate=starts_from in options.methods)
@@ -399,14 +415,7 @@ def plan_trainings(options: RunOptions, preset: Preset, source: str | None, synt
         data_dir = (
             data_specs.training_source(spec, source, ResultsDir(options.out).data, synthesized) if source else source
         )
-        sources = _sources(
-            method,
-            preset,
-            config,
-            vae=options.vae,
-            every=options.overrides.get(EVERY_METHOD, {}),
-            own=options.overrides.get(method, {}),
-        )
+        sources = _sources(method, preset, config, vae=options.vae, every=every, own=own)
         planned[method] = ModelEntry(
             method,
             config,
@@ -417,6 +426,8 @@ def plan_trainings(options: RunOptions, preset: Preset, source: str | None, synt
             data_dir=data_dir,
             spec=spec,
             init_from=starts_from,
+            processes=processes,
+            grad_accum=grad_accum,
         )
 
     for method in options.methods:
@@ -426,6 +437,20 @@ def plan_trainings(options: RunOptions, preset: Preset, source: str | None, synt
     if unknown:
         raise HarnessError(f"--set names methods that are not trained: {', '.join(sorted(unknown))}")
     return list(planned.values())
+
+
+def _settings(options: RunOptions, key: str) -> dict[str, Any]:
+    """The --set values for ``key`` (a method, or ``EVERY_METHOD``) that are settings of its config."""
+    return {name: value for name, value in options.overrides.get(key, {}).items() if name != PROCESSES}
+
+
+def _processes(options: RunOptions, method: str) -> int:
+    """The processes ``method`` trains on: --set METHOD.processes, else --set processes, else --train-processes."""
+    every, own = options.overrides.get(EVERY_METHOD, {}), options.overrides.get(method, {})
+    value = own.get(PROCESSES, every.get(PROCESSES, options.train_processes))
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise HarnessError(f"{method}: the number of training processes must be a whole number >= 1, not {value!r}")
+    return value
 
 
 def _sources(
@@ -472,7 +497,11 @@ def describe(plan: Plan) -> str:
         )
         lines += ["", f"{model.method} ({role})"]
         if model.train:
-            lines += [f"  data         {model.data_dir}", f"  {_feature_cache_line(plan.base_model, model)}"]
+            lines += [
+                f"  data         {model.data_dir}",
+                f"  training     {_parallelism(model)}",
+                f"  {_feature_cache_line(plan.base_model, model)}",
+            ]
         lines += [
             f"  {name:24s} {value!r:34s} {model.sources[name]}"
             for name, value in dataclasses.asdict(model.config).items()
@@ -484,7 +513,8 @@ def describe(plan: Plan) -> str:
     total, training, unstated = generation, 0.0, []
     for model in plan.methods:
         if model.train:
-            samples = model.config.max_steps * samples_per_step(model.config)
+            per_step = model.processes * model.config.batch_size * model.grad_accum
+            samples = model.config.max_steps * per_step
             per_sample = METHODS.get(model.method)(model.config).unet_evals_per_sample()
             cost = (
                 f"{per_sample:.4g} = {round(samples * per_sample):,} UNet evaluations"
@@ -492,8 +522,8 @@ def describe(plan: Plan) -> str:
                 else "the method's UNet evaluations per sample (not stated by the method)"
             )
             jobs.append(
-                f"train {model.method}: {model.config.max_steps} steps x {samples_per_step(model.config)} "
-                f"samples = {samples:,} samples x {cost}"
+                f"train {model.method}: {model.config.max_steps} steps x {per_step} samples ({_parallelism(model)}) "
+                f"= {samples:,} samples x {cost}"
             )
             if per_sample is None:
                 unstated.append(model.method)
@@ -535,6 +565,14 @@ def _feature_cache_line(base_model: str, model: ModelEntry) -> str:
         free=free_space(where),
     )
     return f"feature cache {estimate.describe(config.cache_features)} on {where}"
+
+
+def _parallelism(model: ModelEntry) -> str:
+    """How a training's optimizer step is made: processes x batch x accumulation (samples: pairs or images)."""
+    return (
+        f"{model.processes} process{'es' if model.processes > 1 else ''} x batch {model.config.batch_size} x "
+        f"accumulation {model.grad_accum} per optimizer step"
+    )
 
 
 def _generation_evals(protocol: Protocol) -> int:

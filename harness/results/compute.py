@@ -1,10 +1,10 @@
 """What a job of `harness run` cost, as the results store records it per run.
 
-- On a GPU machine, GPU-hours: the job's wall time x the GPUs it used.  Each job uses one GPU
+- On a GPU machine, GPU-hours: the job's wall time x the GPUs it used.  A job uses one GPU
   (a worker process sees only its own, ``harness.workers``; a job run in the parent process
-  puts its models on the default device), so that is its wall time.
-- On a CPU, CPU-hours: the CPU time of the job's process (user + system, all its threads),
-  not wall time x threads.  The cores may be shared with other jobs or other users, and time
+  puts its models on the default device), a training of N processes (``--train-processes``) N.
+- On a CPU, CPU-hours: the CPU time of the job's process and of the processes it started and
+  waited for (a training's N processes; user + system, all their threads), not wall time x threads.  The cores may be shared with other jobs or other users, and time
   spent waiting for a core is not compute used; on an idle core, with the one thread each job
   runs (``harness.workers``), the two agree.
 - Wall time: the job's, from its start to its end.
@@ -16,7 +16,7 @@
 
 A run's figures are the sum over its jobs (its training and its evaluation; the base has only
 the evaluation), resumed attempts included, except peak memory, which is the largest of its
-jobs' (``combine``).  Each figure is also kept per stage (``train_wall_s``, ``eval_cpu_hours``...).
+jobs' (``combine``), and a training's process count (``train_processes``), the largest of its attempts'.  Each figure is also kept per stage (``train_wall_s``, ``eval_cpu_hours``...).
 The toy preset's training data, made once in the parent process and shared by every method, is
 no run's.
 """
@@ -29,34 +29,40 @@ import time
 
 GPUS_PER_JOB = 1
 PEAK_MEMORY = "peak_memory_mb"  # figures named so (``train_peak_memory_mb`` too) combine by their maximum
+PROCESSES = "train_processes"  # a training's data-parallel processes: combined by the maximum too
 
 
 class JobClock:
     """Started when made; ``figures(stage)`` is the cost since then."""
 
-    def __init__(self, on_gpu: bool | None = None) -> None:
+    def __init__(self, on_gpu: bool | None = None, processes: int = 1) -> None:
+        """``processes``: the job's processes, each on its own GPU on a GPU machine (a training's)."""
         if on_gpu is None:
             import torch
 
             on_gpu = torch.cuda.is_available()
         self.on_gpu = on_gpu
+        self.processes = processes
         _reset_peak_memory(on_gpu)
         self.wall_started = time.perf_counter()
-        self.cpu_started = time.process_time()
+        self.cpu_started = _cpu_seconds()
 
     def figures(self, stage: str) -> dict[str, float]:
         """The job's ``wall_s``, ``gpu_hours`` on a GPU or ``cpu_hours`` on a CPU and ``peak_memory_mb``
-        (where measured), each also as ``<stage>_<name>`` (e.g. ``train_cpu_hours``)."""
+        (where measured; this process's), each also as ``<stage>_<name>`` (e.g. ``train_cpu_hours``); a
+        training's also ``train_processes``."""
         wall = time.perf_counter() - self.wall_started
         if self.on_gpu:
-            hours_key, seconds = "gpu_hours", wall * GPUS_PER_JOB
+            hours_key, seconds = "gpu_hours", wall * GPUS_PER_JOB * self.processes
         else:
-            hours_key, seconds = "cpu_hours", time.process_time() - self.cpu_started
+            hours_key, seconds = "cpu_hours", _cpu_seconds() - self.cpu_started
         measured = {"wall_s": wall, hours_key: seconds / 3600, PEAK_MEMORY: _peak_memory_mb(self.on_gpu)}
         figures: dict[str, float] = {}
         for name, value in measured.items():
             if value is not None:
                 figures[name] = figures[f"{stage}_{name}"] = value
+        if stage == "train":
+            figures[PROCESSES] = self.processes
         return figures
 
 
@@ -64,11 +70,17 @@ def combine(recorded: dict[str, float], figures: dict[str, float]) -> dict[str, 
     """A run's figures with one more job's ``figures``: sums, and the larger peak memory."""
     combined = dict(recorded)
     for key, value in figures.items():
-        if key.endswith(PEAK_MEMORY):
+        if key.endswith(PEAK_MEMORY) or key == PROCESSES:
             combined[key] = max(combined.get(key, 0), value)
         else:
             combined[key] = combined.get(key, 0) + value
     return combined
+
+
+def _cpu_seconds() -> float:
+    """CPU time of this process and of its children that ended and were waited for (with theirs)."""
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return time.process_time() + children.ru_utime + children.ru_stime
 
 
 def _cuda_available() -> bool:

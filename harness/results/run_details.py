@@ -2,7 +2,7 @@
 Run details page shows it, both from ``run_details``.
 
 Per run: its own start and end (its first job's start, its last job's end), its wall time (the
-sum of its jobs'), CPU-hours or GPU-hours, UNet evaluations per training sample, peak memory
+sum of its jobs'), CPU-hours or GPU-hours (summed over a training's processes), the processes its training ran as, UNet evaluations per training sample, peak memory
 (``harness.results.compute`` says how each is measured), and what its training read of the data (pairs
 read, ties skipped, unreadable).  A figure a run does not have (the base trains nothing; a CPU uses
 no GPU-hours) shows as ``MISSING``.
@@ -26,6 +26,7 @@ FIGURES = {
     "gpu_hours": ("GPU-hours", "{:.4g}"),
     "unet_evals_per_sample": ("UNet evals / sample", "{:.4g}"),
     "peak_memory_mb": ("peak memory MiB", "{:.0f}"),
+    "train_processes": ("training processes", "{:.0f}"),
 }
 
 

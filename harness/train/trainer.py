@@ -8,7 +8,8 @@ lives here: precision, clipping, EMA, LoRA, feature caches, checkpoints, logs.
 
 Determinism and resume: every random draw of a micro-step (timesteps, noise,
 caption dropout, DRO's sampler) comes from a generator seeded by
-(seed, step, micro-step, rank), and the data order is a fixed function of
+(seed, step, the pass's place among the step's passes over all processes: micro-step x processes + rank),
+so N processes x accumulation a draw what 1 process x N.a does, and the data order is a fixed function of
 (seed, epoch).  A checkpoint therefore needs only weights, optimizer, LR
 scheduler, EMA and the method's own state (DRO's replay buffer) for a resumed
 run to end with exactly the weights of an uninterrupted one.
@@ -255,6 +256,20 @@ class SampleOrder:
         return int(self._perm[offset])
 
 
+def accumulation(config: TrainConfig, processes: int) -> int:
+    """Forward/backward passes per optimizer step on each of ``processes``: ``grad_accum``, or with
+    ``effective_batch_size`` that batch over ``batch_size x processes`` (a HarnessError where it does not divide)."""
+    if not config.effective_batch_size:
+        return config.grad_accum
+    batch_per_step = config.batch_size * processes
+    if config.effective_batch_size % batch_per_step:
+        raise HarnessError(
+            f"effective_batch_size {config.effective_batch_size} is not a multiple of "
+            f"batch_size x processes = {batch_per_step}"
+        )
+    return config.effective_batch_size // batch_per_step
+
+
 def make_optimizer(params: list[torch.nn.Parameter], config: TrainConfig, lr: float) -> torch.optim.Optimizer:
     """The config's optimizer over ``params``: Adafactor, or AdamW fused or per operation (``adamw_fused``)."""
     if config.optimizer == "adafactor":
@@ -281,9 +296,10 @@ def make_optimizer(params: list[torch.nn.Parameter], config: TrainConfig, lr: fl
     )
 
 
-def step_generator(seed: int, step: int, micro: int, rank: int) -> torch.Generator:
-    """The single source of randomness of one forward/backward."""
-    return torch.Generator().manual_seed(((seed * 1_000_003 + step) * 1009 + micro) * 131 + rank)
+def step_generator(seed: int, step: int, slot: int) -> torch.Generator:
+    """The single source of randomness of one forward/backward: ``slot`` is its place among the step's passes over
+    all processes (``micro x processes + rank``), so N processes x accumulation a draw what 1 process x N.a does."""
+    return torch.Generator().manual_seed(((seed * 1_000_003 + step) * 1009 + slot) * 131)
 
 
 def trainable_parameters(unet: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
@@ -366,7 +382,10 @@ class Trainer:
 
     def _batch_of(self, step: int, micro: int) -> Batch:
         """The micro-batch ``make_batch`` gives in the loop, with the generator the loop hands it."""
-        return self.make_batch(step, micro, step_generator(self.seed, step, micro, self.rank))
+        return self.make_batch(step, micro, self._generator(step, micro))
+
+    def _generator(self, step: int, micro: int) -> torch.Generator:
+        return step_generator(self.seed, step, micro * self.world + self.rank)
 
     def _setup_accelerator(self) -> None:
         from accelerate import Accelerator
@@ -460,14 +479,7 @@ class Trainer:
 
         config = self.config
         batch_per_step = config.batch_size * self.world
-        self.grad_accum = config.grad_accum
-        if config.effective_batch_size:
-            if config.effective_batch_size % batch_per_step:
-                raise HarnessError(
-                    f"effective_batch_size {config.effective_batch_size} is not a multiple of "
-                    f"batch_size x processes = {batch_per_step}"
-                )
-            self.grad_accum = config.effective_batch_size // batch_per_step
+        self.grad_accum = accumulation(config, self.world)
         self.lr = config.lr * (batch_per_step * self.grad_accum if config.scale_lr else 1)
         optimizer = make_optimizer(list(trainable_parameters(self.unet).values()), config, self.lr)
         # Stepped by us once per optimizer step (not prepared by accelerate, which would step it once
@@ -631,14 +643,17 @@ class Trainer:
             for name, param in params.items():
                 param.copy_(weights[name])
         # Untrusted files: tensors and plain containers only.
-        self.optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location=self.device, weights_only=True))
+        # Onto the CPU, then moved by load_state_dict to each parameter's device: a process of a group on a CPU has
+        # the device "cpu:<rank>", which torch.load cannot map a storage to.
+        self.optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True))
         self.lr_scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
         if self.ema is not None:
             self.ema.load(load_file(str(path / "ema.safetensors")), updates=state.get("ema_updates", state["step"]))
         self.loader.skipped.update(state.get("skipped", []))  # corrupt images seen before the interruption
         method_file = path / f"method-{self.rank}.safetensors"
         if method_file.exists():
-            self.method.load_state_dict(load_file(str(method_file), device=str(self.device)))
+            device = str(self.device) if self.device.type == "cuda" else "cpu"
+            self.method.load_state_dict(load_file(str(method_file), device=device))
         return state
 
     def _save_final(self) -> Path:
@@ -727,7 +742,7 @@ class Trainer:
     def _optimizer_step(self, step: int, params: dict[str, torch.nn.Parameter]) -> dict[str, float]:
         sums: dict[str, float] = {}
         for micro in range(self.grad_accum):
-            generator = step_generator(self.seed, step, micro, self.rank)
+            generator = self._generator(step, micro)
             self.method.before_micro_step(self.context, step, micro, generator)
             batch = self.make_batch(step, micro, generator)
             last = micro == self.grad_accum - 1

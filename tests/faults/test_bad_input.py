@@ -278,6 +278,17 @@ CASES = [
     Case((*RUN, "--suites", "toy-seen,nosuch"), r"unknown suite 'nosuch'; available: .*toy-seen"),
     Case((*RUN, "--set", "dpo.beta=abc"), r"dpo\.beta: cannot read 'abc' as float"),
     Case(
+        (*RUN, "--set", "dpo.processes=0"), r"dpo: the number of training processes must be a whole number >= 1, not 0"
+    ),
+    Case(
+        (*RUN, "--train-processes", "4", "--set", "dpo.effective_batch_size=12"),
+        r"dpo on 4 processes: effective_batch_size 12 is not a multiple of batch_size x processes = 8",
+    ),
+    Case(
+        ("train", "--method", "dpo", "--preset", "tiny", "--out", "out", "--set", "processes=2"),
+        r"harness train runs in the processes it is started in: launch it with `torchrun",
+    ),
+    Case(
         (*RUN, "--set", "dpo.reference_dtype=fp16", "--set", "dpo.lora_rank=4"),
         r"dpo: reference_dtype needs a frozen reference copy; with LoRA the reference is the policy's own weights",
     ),

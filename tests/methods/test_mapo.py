@@ -250,7 +250,7 @@ def test_pairs_flip_together_and_the_second_image_takes_the_firsts_size(tiny_mod
             on_log=None,
         )
         trainer._setup()
-        return trainer, [trainer.make_batch(step, 0, step_generator(0, step, 0, 0)) for step in range(4)]
+        return trainer, [trainer.make_batch(step, 0, step_generator(0, step, 0)) for step in range(4)]
 
     trainer, published = batches("mapo", random_flip=True, latent_sample=False)
     flipped = [[key.endswith("-flip") for key in batch.keys] for batch in published]

@@ -477,7 +477,7 @@ def test_batches_flip_images_and_sample_the_posterior_as_the_public_scripts(tiny
             on_log=None,
         )
         trainer._setup()
-        return [trainer.make_batch(step, 0, step_generator(0, step, 0, 0)) for step in range(4)]
+        return [trainer.make_batch(step, 0, step_generator(0, step, 0)) for step in range(4)]
 
     published = batches()
     assert any(key.endswith("-flip") for batch in published for key in batch.keys)
@@ -622,7 +622,7 @@ def test_reference_dtype_runs_the_reference_and_its_errors_in_that_dtype_outside
         on_log=None,
     )
     trainer._setup()
-    batch = trainer.make_batch(0, 0, step_generator(0, 0, 0, 0))
+    batch = trainer.make_batch(0, 0, step_generator(0, 0, 0))
     t = torch.tensor([100, 700] * 2)
     target = torch.randn(batch.latents.shape, generator=torch.Generator().manual_seed(1))
     x_t = batch.latents + 0.5 * target
