@@ -29,6 +29,7 @@ from pathlib import Path
 from harness.api.environment import cache_dir
 from harness.api.method import PublishedWeights
 from harness.api.preset import Preset
+from harness.api.registry import SCORERS
 from harness.backends import Backend
 from harness.backends.jobs import ModelJob
 from harness.backends.local import LocalBackend
@@ -52,6 +53,7 @@ from harness.results.stats import leaderboard as compute
 from harness.results.stats import signals_by_method
 from harness.results.store import Store
 from harness.scoring import same_signal
+from harness.scoring.environments import build_environments
 from harness.train.trainer import train
 from harness.workers import default_processes, one_cpu_thread
 
@@ -59,6 +61,13 @@ from harness.workers import default_processes, one_cpu_thread
 def run(options: RunOptions) -> list[dict]:
     """Run the whole comparison and return the leaderboard rows."""
     return run_validated(validate(options, get_preset(options.preset)))
+
+
+def _scorers_used(plan: Plan) -> list[str]:
+    """Every scorer the run calls: its evaluations' (curve points' too) and its data steps'."""
+    protocols = [plan.protocol, *([plan.curve_protocol] if plan.curve_protocol else [])]
+    names = [name for protocol in protocols for name in protocol.scorers]
+    return names + [model.spec.scorer for model in plan.methods if getattr(model.spec, "scorer", None)]
 
 
 def run_validated(plan: Plan) -> list[dict]:
@@ -71,6 +80,8 @@ def run_validated(plan: Plan) -> list[dict]:
 
     if options.eval_every:
         _say_curve_cost(plan)
+    # A scorer's own environment is installed before any job: a failed install stops the run here, in one line.
+    build_environments(_scorers_used(plan), SCORERS)
     stage("base model")
     base_model = resolve_base_model(plan.base_model)
     recorded_base = recorded_model(plan.base_model, results)

@@ -6,9 +6,11 @@ import argparse
 
 from harness.api.registry import METHODS, PRESETS, SCORERS
 from harness.cli.parser import Commands
+from harness.errors import HarnessError
 from harness.evaluation.suites import check_suite_name, get_suite, list_suites, show_suite
 from harness.plan.presets import get_preset, preset_summary, show_method, show_preset
 from harness.results.text_table import text_table
+from harness.scoring.environments import build_environments, describe_environment, environment_of
 
 
 def cmd_methods(args: argparse.Namespace) -> int:
@@ -24,11 +26,20 @@ def cmd_methods(args: argparse.Namespace) -> int:
 
 
 def cmd_scorers(args: argparse.Namespace) -> int:
+    if args.build:
+        for name in args.build.split(","):
+            if environment_of(SCORERS.get(name)) is None:
+                raise HarnessError(f"scorer {name!r} is native: it runs in the harness's own environment")
+        build_environments(args.build.split(","), SCORERS)
+        return 0
     print(
         text_table(
             [
-                ["scorer", "version", "scale", "description"],
-                *([name, cls.version, cls.scale, getattr(cls, "description", "")] for name, cls in SCORERS.items()),
+                ["scorer", "version", "scale", "environment", "description"],
+                *(
+                    [name, cls.version, cls.scale, describe_environment(cls), getattr(cls, "description", "")]
+                    for name, cls in SCORERS.items()
+                ),
             ]
         )
     )
@@ -72,7 +83,13 @@ def register(commands: Commands) -> None:
         help="print the method's settings (what --set takes): each one's default and meaning, and the presets it has "
         "recipes for",
     )
-    commands.add("scorers", cmd_scorers)
+    p = commands.add("scorers", cmd_scorers)
+    p.add_argument(
+        "--build",
+        metavar="SCORER[,SCORER]",
+        help="build the environments of these scorers (those that run in their own: see the environment column) "
+        "ahead of a run, showing progress; `harness run` builds what it needs before its first job",
+    )
     p = commands.add("suites", cmd_suites)
     p.add_argument(
         "--show",
