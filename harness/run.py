@@ -74,14 +74,15 @@ def run_validated(plan: Plan) -> list[dict]:
     """Carry out the ``plan`` ``validate`` returned (the CLI validates before the libraries load)."""
     options, preset = plan.options, plan.preset
     out = options.out
+    # A scorer's own environment is installed before anything else: a failed install stops the run here, in one
+    # line, with nothing made.
+    build_environments(_scorers_used(plan), SCORERS)
     results = ResultsDir(out)
     out.mkdir(parents=True, exist_ok=True)
     stage = _Stages()
 
     if options.eval_every:
         _say_curve_cost(plan)
-    # A scorer's own environment is installed before any job: a failed install stops the run here, in one line.
-    build_environments(_scorers_used(plan), SCORERS)
     stage("base model")
     base_model = resolve_base_model(plan.base_model)
     recorded_base = recorded_model(plan.base_model, results)

@@ -126,23 +126,28 @@ def _remove_abandoned(env: ScorerEnvironment) -> None:
             shutil.rmtree(partial, ignore_errors=True)
 
 
-def _build_commands(target: Path, requirements: tuple[str, ...]) -> list[list[str]]:
+def _build_commands(target: Path, requirements: tuple[str, ...]) -> list[tuple[str, list[str]]]:
+    """The build's steps: (what it does, in messages; its command)."""
     uv = shutil.which("uv")
     if uv:
-        make = [[uv, "venv", "--python", sys.executable, str(target)]]
+        make = [("creating the venv", [uv, "venv", "--python", sys.executable, str(target)])]
         install = [uv, "pip", "install", "--python", str(_python(target))]
     elif _has_pip():
         # The harness's own pip installs into the new interpreter: no pip to bootstrap in every environment.
-        make = [[getattr(sys, "_base_executable", sys.executable), "-m", "venv", "--without-pip", str(target)]]
+        make = [("creating the venv", [_base_python(), "-m", "venv", "--without-pip", str(target)])]
         install = [sys.executable, "-m", "pip", "--python", str(_python(target)), "install"]
     else:
-        make = [[getattr(sys, "_base_executable", sys.executable), "-m", "venv", str(target)]]
+        make = [("creating the venv", [_base_python(), "-m", "venv", str(target)])]
         install = [str(_python(target)), "-m", "pip", "install"]
     if not requirements:
         return make
     if not uv:
         install += ["--disable-pip-version-check", "--progress-bar", "off"]
-    return [*make, [*install, *requirements]]
+    return [*make, (f"installing {len(requirements)} requirements", [*install, *requirements])]
+
+
+def _base_python() -> str:
+    return getattr(sys, "_base_executable", sys.executable)
 
 
 def _has_pip() -> bool:
@@ -171,10 +176,10 @@ def build(env: ScorerEnvironment, scorer: str, *, progress: bool = True) -> Path
         say(f"   scorer {scorer}: building its environment {final} ({len(env.requirements)} requirements); log: {log}")
     try:
         with open(log, "w") as log_file:
-            for command in _build_commands(partial, env.requirements):
+            for what, command in _build_commands(partial, env.requirements):
                 log_file.write(f"$ {' '.join(command)}\n")
                 log_file.flush()
-                _run_logged(command, log_file, scorer, log, progress)
+                _run_logged(what, command, log_file, scorer, log, progress)
         if env.inherit_packages:
             # Processed by site at start-up: the harness's packages (and their .pth files) after the env's own.
             (Path(_env_site_packages(partial)) / "_harness_inherit.pth").write_text(
@@ -195,7 +200,7 @@ def build(env: ScorerEnvironment, scorer: str, *, progress: bool = True) -> Path
     return final
 
 
-def _run_logged(command: list[str], log_file: Any, scorer: str, log: Path, progress: bool) -> None:
+def _run_logged(what: str, command: list[str], log_file: Any, scorer: str, log: Path, progress: bool) -> None:
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     assert process.stdout is not None
     try:
@@ -207,7 +212,7 @@ def _run_logged(command: list[str], log_file: Any, scorer: str, log: Path, progr
         status = process.wait()
     if status != 0:
         raise HarnessError(
-            f"scorer {scorer}: building its environment failed ({Path(command[0]).name} exited with {status}); log: {log}"
+            f"scorer {scorer}: building its environment failed: {what} (exit status {status}); log: {log}"
         )
 
 

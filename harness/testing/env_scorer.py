@@ -2,12 +2,14 @@
 
 ``PixelMeanScorer`` (registered as ``pixel-mean-env`` by tests/plugins/env_scorer.py) runs ``PixelMean`` in an
 environment without requirements that inherits the harness's packages.  ``PixelMean(offset="0")`` scores an image by the mean of its RGB values over 255, plus ``offset`` (a location, as
-``--scorer-option`` passes them).  A prompt among ``FAULTS`` makes the worker misbehave on purpose.
+``--scorer-option`` passes them).  A prompt among ``FAULTS`` makes the worker misbehave on purpose, and
+``$HARNESS_TEST_KILL_AT_BATCH=N`` kills it (SIGKILL) when it receives its batch number N (from 0).
 """
 
 from __future__ import annotations
 
 import os
+import signal
 import time
 
 from PIL import Image, ImageStat
@@ -21,8 +23,12 @@ FAULTS = ("crash", "hang", "garbage", "wrong count", "fail")
 class PixelMean:
     def __init__(self, offset: str = "0") -> None:
         self.offset = float(offset)
+        self.batches = 0
 
     def score(self, images: list[Image.Image], prompts: list[str]) -> list[float]:
+        if os.environ.get("HARNESS_TEST_KILL_AT_BATCH") == str(self.batches):
+            os.kill(os.getpid(), signal.SIGKILL)
+        self.batches += 1
         if "crash" in prompts:
             os._exit(3)
         if "hang" in prompts:
@@ -47,3 +53,11 @@ class PixelMeanScorer(EnvironmentScorer):
 
     def __init__(self, offset: str | None = None) -> None:
         super().__init__(offset=offset)
+
+
+class BrokenEnvScorer(PixelMeanScorer):
+    """The stand-in with a requirement that cannot be installed (a wheel that does not exist)."""
+
+    name = "broken-env"
+    description = "a scorer whose environment cannot be built"
+    environment = ScorerEnvironment(("/nonexistent/harness-test-missing-1.0-py3-none-any.whl",), "missing:Scorer")

@@ -25,6 +25,7 @@ from harness.testing.env_scorer import PixelMeanScorer
 from tests.support.cli import harness_main
 
 ROOT = Path(__file__).resolve().parents[2]
+PLUGIN = str(ROOT / "tests" / "plugins" / "env_scorer.py")
 
 
 def _ended(pid: int) -> bool:
@@ -145,7 +146,7 @@ def test_an_interrupted_build_is_never_taken_for_a_finished_one(clean_cache):
     # A builder killed mid-build: its partial directory holds a venv but no marker.
     script = (
         "import sys; from harness.scoring import environments as e; make = e._build_commands;"
-        "e._build_commands = lambda target, requirements: [*make(target, requirements), ['sleep', '60']];"
+        "e._build_commands = lambda target, requirements: [*make(target, requirements), ('waiting', ['sleep', '60'])];"
         "from harness.testing.env_scorer import PixelMeanScorer; e.build(PixelMeanScorer.environment, 'x')"
     )
     builder = subprocess.Popen(
@@ -168,14 +169,15 @@ def test_a_failed_install_is_one_line_with_its_log_and_leaves_nothing(clean_cach
     with pytest.raises(HarnessError) as error:
         envs.build(env, "broken", progress=False)
     text = str(error.value)
-    assert text.startswith("scorer broken: building its environment failed") and "\n" not in text
+    assert text.startswith("scorer broken: building its environment failed: installing 1 requirements (exit status 1)")
+    assert "\n" not in text
     log = Path(text.rsplit("; log: ", 1)[1])
     assert "missing-1.0-py3-none-any.whl" in log.read_text()
     assert sorted(p.name for p in (clean_cache / "envs").iterdir()) == [log.name]  # no environment, no partial
 
 
 def test_cli_lists_environments_and_builds_one(clean_cache):
-    plugin = str(ROOT / "tests" / "plugins" / "env_scorer.py")
+    plugin = PLUGIN
     before = harness_main("--plugin", plugin, "scorers").stdout.splitlines()
     row = next(line for line in before if line.startswith("pixel-mean-env "))
     assert "not built" in row and next(line for line in before if line.startswith("hpsv2 ")).count("native") == 1
@@ -219,3 +221,47 @@ def test_an_environment_with_a_requirement_builds_from_a_clean_cache_and_scores(
     )
     scorer.close()
     assert envs.is_built(Probe.environment)
+
+
+@pytest.mark.slow  # a `harness run`: its imports cost seconds
+def test_a_run_builds_first_and_a_failed_install_stops_it_in_one_line_with_nothing_made(clean_cache, tmp_path):
+    out = tmp_path / "results"
+    result = harness_main(
+        "--plugin", PLUGIN, "run", "--preset", "toy", "--methods", "sft", "--scorers", "broken-env", "--out", str(out)
+    )
+    assert result.returncode == 2 and not out.exists()
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith("harness: error: scorer broken-env: building its environment failed: installing")
+    assert Path(line.rsplit("; log: ", 1)[1]).is_file()
+
+
+def test_a_worker_killed_mid_run_fails_it_in_one_line_and_the_rerun_resumes_from_the_cache(harness_cache, tmp_path):
+    from harness.evaluation.suites import get_suite
+    from harness.results.store import Store
+
+    prompts = get_suite("toy-seen").prompts[:10]
+    images = _images(2 * len(prompts), seed=2)  # 20 images: two batches of the score cache's 16
+    folder = tmp_path / "made"
+    folder.mkdir()
+    rows = []
+    for i, image in enumerate(images):
+        image.save(folder / f"{i}.png")
+        rows.append(f'{{"path": "{i}.png", "prompt_id": "{prompts[i % 10].prompt_id}", "image_index": {i // 10}}}')
+    (folder / "manifest.jsonl").write_text("\n".join(rows) + "\n")
+    out = tmp_path / "results"
+    score = ("--plugin", PLUGIN, "score", "--images", str(folder), "--prompts", "toy-seen", "--out", str(out))
+    score += ("--scorers", "pixel-mean-env", "--name", "theirs")
+    killed = harness_main(*score, env={"HARNESS_TEST_KILL_AT_BATCH": "1"})
+    assert killed.returncode == 2
+    (line,) = killed.stderr.strip().splitlines()
+    assert "scorer pixel-mean-env: the worker exited with status -9" in line and "; log: " in line
+    with ScoreCache(out / "cache" / "scores.sqlite") as cache:
+        assert len(cache) == 16  # the first batch was kept
+    assert harness_main(*score).returncode == 0
+    stored = Store(out / "results.db", readonly=True).scores_frame()
+    by_image = {(r.prompt_id, r.image_index): r.value for r in stored.itertuples()}
+    expected = {
+        (prompts[i % 10].prompt_id, i // 10): np.asarray(image, dtype=np.float64).mean() / 255
+        for i, image in enumerate(images)
+    }
+    assert by_image == pytest.approx(expected, abs=1e-12)
