@@ -176,15 +176,16 @@ def build(env: ScorerEnvironment, scorer: str, *, progress: bool = True) -> Path
         say(f"   scorer {scorer}: building its environment {final} ({len(env.requirements)} requirements); log: {log}")
     try:
         with open(log, "w") as log_file:
-            for what, command in _build_commands(partial, env.requirements):
-                log_file.write(f"$ {' '.join(command)}\n")
-                log_file.flush()
+            venv, *installs = _build_commands(partial, env.requirements)
+            _run_logged(*venv, log_file, scorer, log, progress)
+            if env.inherit_packages:
+                # Processed by site at start-up: the harness's packages (and their .pth files) after the env's own.
+                # Written before the install, so that pip counts them as installed (torch is not installed again).
+                (Path(_env_site_packages(partial)) / "_harness_inherit.pth").write_text(
+                    f"import site; site.addsitedir({_site_packages()!r})\n"
+                )
+            for what, command in installs:
                 _run_logged(what, command, log_file, scorer, log, progress)
-        if env.inherit_packages:
-            # Processed by site at start-up: the harness's packages (and their .pth files) after the env's own.
-            (Path(_env_site_packages(partial)) / "_harness_inherit.pth").write_text(
-                f"import site; site.addsitedir({_site_packages()!r})\n"
-            )
         (partial / _MARKER).write_text(json.dumps({"requirements": list(env.requirements), "entry": env.entry}))
         try:
             partial.rename(final)
@@ -201,6 +202,8 @@ def build(env: ScorerEnvironment, scorer: str, *, progress: bool = True) -> Path
 
 
 def _run_logged(what: str, command: list[str], log_file: Any, scorer: str, log: Path, progress: bool) -> None:
+    log_file.write(f"$ {' '.join(command)}\n")
+    log_file.flush()
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     assert process.stdout is not None
     try:

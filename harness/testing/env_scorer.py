@@ -1,7 +1,8 @@
 """A stand-in scorer that runs in its own environment (tests of ``harness.scoring.environments``).
 
 ``PixelMeanScorer`` (registered as ``pixel-mean-env`` by tests/plugins/env_scorer.py) runs ``PixelMean`` in an
-environment without requirements that inherits the harness's packages.  ``PixelMean(offset="0")`` scores an image by the mean of its RGB values over 255, plus ``offset`` (a location, as
+environment without requirements that inherits the harness's packages; ``PixelMeanNative`` (``pixel-mean``) is its
+native twin, ``BrokenEnvScorer`` (``broken-env``) one whose environment cannot be built.  ``PixelMean(offset="0")`` scores an image by the mean of its RGB values over 255, plus ``offset`` (a location, as
 ``--scorer-option`` passes them).  A prompt among ``FAULTS`` makes the worker misbehave on purpose, and
 ``$HARNESS_TEST_KILL_AT_BATCH=N`` kills it (SIGKILL) when it receives its batch number N (from 0).
 """
@@ -14,6 +15,7 @@ import time
 
 from PIL import Image, ImageStat
 
+from harness.api.scorer import Scorer
 from harness.scoring import _env_worker
 from harness.scoring.environments import EnvironmentScorer, ScorerEnvironment
 
@@ -53,6 +55,19 @@ class PixelMeanScorer(EnvironmentScorer):
 
     def __init__(self, offset: str | None = None) -> None:
         super().__init__(offset=offset)
+
+
+class PixelMeanNative(Scorer):
+    """The same stand-in computed in the harness's own process: ``pixel-mean-env``'s native twin."""
+
+    name = "pixel-mean"
+    family = PixelMeanScorer.name
+    version = "1"
+    scale = "[0,1]"
+    description = "mean RGB value / 255, computed in the harness's process"
+
+    def score(self, images: list[Image.Image], prompts: list[str]) -> list[float]:
+        return PixelMean().score(images, prompts)
 
 
 class BrokenEnvScorer(PixelMeanScorer):

@@ -265,3 +265,37 @@ def test_a_worker_killed_mid_run_fails_it_in_one_line_and_the_rerun_resumes_from
         for i, image in enumerate(images)
     }
     assert by_image == pytest.approx(expected, abs=1e-12)
+
+
+def test_compare_prints_the_largest_difference_between_twins(harness_cache, tmp_path):
+    images = _images(3, seed=3)
+    for i, image in enumerate(images):
+        image.save(tmp_path / f"{i}.png")
+    rows = [f'{{"path": "{i}.png", "prompt": "p{i}"}}' for i in range(3)]
+    (tmp_path / "manifest.jsonl").write_text("\n".join(rows) + "\n")
+    compare = ("--plugin", PLUGIN, "scorers", "--compare", "pixel-mean,pixel-mean-env", "--images", str(tmp_path))
+    same = harness_main(*compare)
+    assert same.returncode == 0, same.stderr
+    assert "pixel-mean vs pixel-mean-env on 3 images: largest difference 0 " in same.stdout
+    shifted = harness_main(*compare, "--scorer-option", "pixel-mean-env.offset=0.5")
+    assert "largest difference 0.5 " in shifted.stdout
+    bad = harness_main(*compare[:-2], "--images", str(tmp_path / "none"))
+    assert bad.returncode == 2 and "no manifest at" in bad.stderr
+
+
+def test_the_official_packages_are_declared_in_their_native_twins_family_and_scale():
+    from harness.api.registry import SCORERS
+
+    for official, native in [
+        ("hpsv2-official", "hpsv2"),
+        ("hpsv2.1-official", "hpsv2.1"),
+        ("imagereward-official", "imagereward"),
+        ("hpsv3-official", "hpsv3"),
+    ]:
+        official_class, native_class = SCORERS.get(official), SCORERS.get(native)
+        assert (official_class.family, official_class.scale) == (native_class.family, native_class.scale)
+        env = envs.environment_of(official_class)
+        assert env.inherit_packages and all("==" in requirement for requirement in env.requirements)
+        assert envs.environment_of(native_class) is None
+        # Scores of the two never share a cache key: the official version carries its environment's digest.
+        assert official_class().version == f"{native_class.version}+env-{env.digest}"
