@@ -111,11 +111,31 @@ class HPSv2:
 
 class ImageReward:
     """The ``image-reward`` package's model (``ImageReward.load``): ``checkpoint`` the hub repo THUDM/ImageReward or
-    a local ImageReward.pt (or its directory), ``med_config`` its med_config.json (default: beside it)."""
+    a local ImageReward.pt (or its directory), ``med_config`` its med_config.json (default: beside it),
+    ``tokenizer`` a BERT vocabulary directory in place of the package's bert-base-uncased (offline copies)."""
 
-    def __init__(self, checkpoint: str = "THUDM/ImageReward", med_config: str | None = None, device: str | None = None):
+    def __init__(
+        self,
+        checkpoint: str = "THUDM/ImageReward",
+        med_config: str | None = None,
+        tokenizer: str | None = None,
+        device: str | None = None,
+    ) -> None:
         import ImageReward as reward
 
+        if tokenizer is not None:
+            from ImageReward.models.BLIP import blip, blip_pretrain
+
+            def local_tokenizer(load=blip.init_tokenizer, location=tokenizer):
+                # The package's own set-up (its special tokens) with the vocabulary read from `location`.
+                original = blip.BertTokenizer.from_pretrained
+                blip.BertTokenizer.from_pretrained = lambda name, *a, **k: original(location, *a, **k)
+                try:
+                    return load()
+                finally:
+                    blip.BertTokenizer.from_pretrained = original
+
+            blip_pretrain.init_tokenizer = local_tokenizer
         model_file = _weights_file(checkpoint, "ImageReward.pt")
         if med_config is None:
             med_config = _weights_file(checkpoint, "med_config.json")

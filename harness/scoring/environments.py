@@ -412,6 +412,11 @@ class EnvironmentScorer(Scorer):
             self.worker.close()
             self.worker = None
 
+    def __del__(self) -> None:
+        # A scorer dropped by its caller (an evaluation's) ends its worker, not only at the process's exit.
+        if getattr(self, "worker", None) is not None:
+            self.close()
+
 
 def environment_of(scorer_class: type[Scorer]) -> ScorerEnvironment | None:
     """The environment a registered scorer class runs in; None for a native one (the harness's own)."""

@@ -58,8 +58,14 @@ class ImageRewardOfficial(EnvironmentScorer):
         inherit_packages=True,
     )
 
-    def __init__(self, checkpoint: str | None = None, med_config: str | None = None, device: str | None = None):
-        super().__init__(checkpoint=checkpoint, med_config=med_config, device=device)
+    def __init__(
+        self,
+        checkpoint: str | None = None,
+        med_config: str | None = None,
+        tokenizer: str | None = None,
+        device: str | None = None,
+    ) -> None:
+        super().__init__(checkpoint=checkpoint, med_config=med_config, tokenizer=tokenizer, device=device)
 
 
 @register_scorer("hpsv3-official")

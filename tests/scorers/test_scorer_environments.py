@@ -4,6 +4,7 @@ inherits the harness's packages; the slow test installs a hand-made wheel into a
 
 from __future__ import annotations
 
+import gc
 import io
 import os
 import signal
@@ -69,7 +70,8 @@ def test_worker_scores_like_an_independent_computation_and_the_cache_spares_it(h
     with ScoreCache(tmp_path / "scores.sqlite") as cache:
         assert score_images(scorer, images, prompts, cache=cache, batch_size=2) == pytest.approx(expected, abs=1e-12)
         pid = scorer.worker.pid
-        scorer.close()
+        del scorer  # a scorer its caller drops ends its worker
+        gc.collect()
         assert _ended(pid) and not envs._LIVE
         again = PixelMeanScorer(offset="0.25")
         assert score_images(again, images, prompts, cache=cache) == pytest.approx(expected, abs=1e-12)
