@@ -51,9 +51,17 @@ class ImageRewardOfficial(EnvironmentScorer):
     description = (
         "ImageReward v1.0 computed by the image-reward package (1.5) in its own environment; twin: imagereward"
     )
-    # image-reward breaks on transformers 5; 4.45.2 is the version the hpsv3 package pins too.
+    # image-reward breaks on transformers 5 (4.45.2 is the version hpsv3 pins too) and imports OpenAI's `clip`
+    # without requiring it (openai-clip provides it; it reads pkg_resources, which setuptools 81 removed).
     environment = ScorerEnvironment(
-        ("image-reward==1.5", "transformers==4.45.2", "timm==0.6.13", "fairscale==0.4.13"),
+        (
+            "image-reward==1.5",
+            "transformers==4.45.2",
+            "timm==0.6.13",
+            "fairscale==0.4.13",
+            "openai-clip==1.0.1",
+            "setuptools==80.9.0",
+        ),
         f"{_ENTRIES}:ImageReward",
         inherit_packages=True,
     )
