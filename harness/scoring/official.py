@@ -52,7 +52,8 @@ class ImageRewardOfficial(EnvironmentScorer):
         "ImageReward v1.0 computed by the image-reward package (1.5) in its own environment; twin: imagereward"
     )
     # image-reward breaks on transformers 5 (4.45.2 is the version hpsv3 pins too) and imports OpenAI's `clip`
-    # without requiring it (openai-clip provides it; it reads pkg_resources, which setuptools 81 removed).
+    # without requiring it (openai-clip provides it; it reads pkg_resources, which setuptools 81 removed); its
+    # ReFL module imports diffusers, whose releases after 0.31 need a newer transformers.
     environment = ScorerEnvironment(
         (
             "image-reward==1.5",
@@ -61,6 +62,7 @@ class ImageRewardOfficial(EnvironmentScorer):
             "fairscale==0.4.13",
             "openai-clip==1.0.1",
             "setuptools==80.9.0",
+            "diffusers==0.31.0",
         ),
         f"{_ENTRIES}:ImageReward",
         inherit_packages=True,
