@@ -102,8 +102,9 @@ def test_a_misbehaving_worker_is_one_line_naming_scorer_and_log_and_is_ended(
     assert text.startswith("scorer pixel-mean-env") and message in text and "\n" not in text
     assert log.is_file() and log.parent == harness_cache / "envs" / "logs"
     assert _ended(pid) and scorer.worker is None and not envs._LIVE
-    assert scorer.score(_images(1), ["fine"])  # the next batch starts a new worker
-    scorer.close()
+    if prompt == "crash":  # (once: each start costs a process)
+        assert scorer.score(_images(1), ["fine"])  # the next batch starts a new worker
+        scorer.close()
 
 
 def test_an_isolated_environment_sees_none_of_the_harness_packages(clean_cache):
@@ -166,18 +167,6 @@ def test_an_interrupted_build_is_never_taken_for_a_finished_one(clean_cache):
     assert envs.is_built(env) and not partial.exists()
 
 
-def test_a_failed_install_is_one_line_with_its_log_and_leaves_nothing(clean_cache):
-    env = envs.ScorerEnvironment((str(clean_cache / "missing-1.0-py3-none-any.whl"),), "missing:Scorer")
-    with pytest.raises(HarnessError) as error:
-        envs.build(env, "broken", progress=False)
-    text = str(error.value)
-    assert text.startswith("scorer broken: building its environment failed: installing 1 requirements (exit status 1)")
-    assert "\n" not in text
-    log = Path(text.rsplit("; log: ", 1)[1])
-    assert "missing-1.0-py3-none-any.whl" in log.read_text()
-    assert sorted(p.name for p in (clean_cache / "envs").iterdir()) == [log.name]  # no environment, no partial
-
-
 def test_cli_lists_environments_and_builds_one(clean_cache):
     plugin = PLUGIN
     before = harness_main("--plugin", plugin, "scorers").stdout.splitlines()
@@ -233,8 +222,10 @@ def test_a_run_builds_first_and_a_failed_install_stops_it_in_one_line_with_nothi
     )
     assert result.returncode == 2 and not out.exists()
     (line,) = result.stderr.strip().splitlines()
-    assert line.startswith("harness: error: scorer broken-env: building its environment failed: installing")
-    assert Path(line.rsplit("; log: ", 1)[1]).is_file()
+    assert line.startswith("harness: error: scorer broken-env: building its environment failed: installing 1 ")
+    log = Path(line.rsplit("; log: ", 1)[1])
+    assert "harness-test-missing-1.0-py3-none-any.whl" in log.read_text()
+    assert sorted(p.name for p in (clean_cache / "envs").iterdir()) == [log.name]  # no environment, no partial
 
 
 def test_a_worker_killed_mid_run_fails_it_in_one_line_and_the_rerun_resumes_from_the_cache(harness_cache, tmp_path):
