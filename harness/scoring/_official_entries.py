@@ -23,6 +23,8 @@ def _weights_file(location: str, filename: str, repo_type: str = "model") -> str
         return str(path)
     if path.is_dir():
         return str(path / filename)
+    if location.startswith(("/", ".", "~")) or location.count("/") > 1:  # meant as a path, not a hub id
+        raise FileNotFoundError(f"no such file or directory {location}")
     import huggingface_hub
 
     return huggingface_hub.hf_hub_download(location, filename, repo_type=repo_type)

@@ -87,7 +87,8 @@ class HPSv3Official(EnvironmentScorer):
     description = (
         "HPSv3 mu computed by the hpsv3 package (1.0.0, transformers 4.45.2) in its own environment; twin: hpsv3"
     )
-    environment = ScorerEnvironment(("hpsv3==1.0.0",), f"{_ENTRIES}:HPSv3", inherit_packages=True)
+    # hpsv3 imports matplotlib without requiring it.
+    environment = ScorerEnvironment(("hpsv3==1.0.0", "matplotlib==3.9.2"), f"{_ENTRIES}:HPSv3", inherit_packages=True)
 
     def __init__(self, checkpoint: str | None = None, device: str | None = None) -> None:
         super().__init__(checkpoint=checkpoint, device=device)
