@@ -29,6 +29,7 @@ from pathlib import Path
 from harness.api.environment import cache_dir, say
 from harness.api.method import PublishedWeights
 from harness.api.preset import Preset
+from harness.api.registry import SCORERS
 from harness.backends import Backend
 from harness.backends.jobs import ModelJob
 from harness.backends.local import LocalBackend
@@ -51,6 +52,7 @@ from harness.results.stats import leaderboard as compute
 from harness.results.stats import signals_by_method
 from harness.results.store import Store
 from harness.scoring import same_signal
+from harness.scoring.environments import build_environments
 from harness.train.trainer import train
 from harness.workers import default_processes, one_cpu_thread
 
@@ -60,10 +62,20 @@ def run(options: RunOptions) -> list[dict]:
     return run_validated(validate(options, get_preset(options.preset)))
 
 
+def _scorers_used(plan: Plan) -> list[str]:
+    """Every scorer the run calls: its evaluations' (curve points' too) and its data steps'."""
+    protocols = [plan.protocol, *([plan.curve_protocol] if plan.curve_protocol else [])]
+    names = [name for protocol in protocols for name in protocol.scorers]
+    return names + [model.spec.scorer for model in plan.methods if getattr(model.spec, "scorer", None)]
+
+
 def run_validated(plan: Plan) -> list[dict]:
     """Carry out the ``plan`` ``validate`` returned (the CLI validates before the libraries load)."""
     options, preset = plan.options, plan.preset
     out = options.out
+    # A scorer's own environment is installed before anything else: a failed install stops the run here, in one
+    # line, with nothing made.
+    build_environments(_scorers_used(plan), SCORERS)
     results = ResultsDir(out)
     out.mkdir(parents=True, exist_ok=True)
     stage = _Stages()

@@ -10,7 +10,8 @@ imports only this package.  What it may rely on:
   calls), ``TrainingContext``, the data specs ``Pairs``, ``Experts``, ``LabelledImages``,
   ``PromptsOnly``, the loss helpers ``per_sample_error``, ``randn_like``, and the forward processes a
   loss reaches through ``Models.process``: ``NoiseProcess`` (``EpsilonDiffusion``, ``FlowMatching``);
-- scorers: ``Scorer``; suites: ``Prompt``, ``Suite`` and the loader helpers;
+- scorers: ``Scorer``, and for a scorer that runs in its own environment ``EnvironmentScorer`` with its
+  ``ScorerEnvironment`` (pinned requirements, entry); suites: ``Prompt``, ``Suite`` and the loader helpers;
 - presets: ``Preset``, ``GenerationSettings``;
 - ``HarnessError`` for one-line user-facing errors; ``cache_dir()``, the harness's cache root;
 - for worlds that build their own base model or drive runs: ``TinyPipelineConfig``,
@@ -76,6 +77,7 @@ _EXPORTS = {
         "harness.api.registry",
     ),
     **dict.fromkeys(["Scorer"], "harness.api.scorer"),
+    **dict.fromkeys(["EnvironmentScorer", "ScorerEnvironment"], "harness.scoring.environments"),
     **dict.fromkeys(
         ["Prompt", "Suite", "cached_prompts", "read_prompts_jsonl", "read_text_lines"], "harness.api.suite"
     ),

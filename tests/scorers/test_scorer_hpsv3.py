@@ -169,7 +169,7 @@ def test_sigma_scorer_reports_the_uncertainty(scorer, hpsv3_locations, images):
         scorer.score_with_uncertainty(images[:1], PROMPTS[:1])[1], rel=1e-5
     )
     assert not sigma_scorer.higher_is_better and sigma_scorer.scale == "sigma (>0)"
-    assert same_signal("hpsv3") == ["hpsv3", "hpsv3-sigma"]
+    assert same_signal("hpsv3") == ["hpsv3", "hpsv3-official", "hpsv3-sigma"]  # the official package: one signal
 
 
 # ------------------------------------------------------------------ checkpoints and options

@@ -246,9 +246,11 @@ def test_every_scorer_is_registered_and_describes_its_scale():
 
 
 def test_scorers_of_one_family_are_one_signal(monkeypatch):
-    assert same_signal("hpsv2") == same_signal("hpsv2.1") == ["hpsv2", "hpsv2.1"]
+    hps = ["hpsv2", "hpsv2-official", "hpsv2.1", "hpsv2.1-official"]  # the official packages are the same signal
+    assert same_signal("hpsv2") == same_signal("hpsv2.1-official") == hps
     assert same_signal("pickscore") == same_signal("pickscore-cosine") == ["pickscore", "pickscore-cosine"]
-    for name in ("imagereward", "clip", "aesthetic", "toy-fidelity", "toy-quality"):
+    assert same_signal("imagereward") == ["imagereward", "imagereward-official"]
+    for name in ("clip", "aesthetic", "toy-fidelity", "toy-quality"):
         assert same_signal(name) == [name]
     with pytest.raises(UnknownEntryError, match=r"^unknown scorer 'nosuch'; available: .*hpsv2"):
         same_signal("nosuch")
