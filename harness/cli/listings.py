@@ -14,7 +14,8 @@ from harness.evaluation.evaluate import check_scorer_options
 from harness.evaluation.suites import check_suite_name, get_suite, list_suites, show_suite
 from harness.plan.presets import get_preset, preset_summary, show_method, show_preset
 from harness.results.text_table import text_table
-from harness.scoring import get_scorer, score_images
+from harness.scoring import get_scorer
+from harness.scoring.cache import score_images
 from harness.scoring.environments import build_environments, describe_environment, environment_of
 
 

@@ -38,10 +38,9 @@ from typing import Any, ClassVar
 
 from PIL import Image
 
-from harness.api.environment import cache_dir
+from harness.api.environment import cache_dir, say
 from harness.api.scorer import Scorer
 from harness.errors import HarnessError
-from harness.progress import say
 from harness.scoring._env_worker import ProtocolError, header_length, parse_header, write_message
 from harness.scoring._loading import weights_version
 

@@ -19,9 +19,9 @@ import pytest
 from PIL import Image
 
 from harness.errors import HarnessError
-from harness.scoring import ScoreCache, score_images
 from harness.scoring import environments as envs
 from harness.scoring._env_worker import ProtocolError, read_message, write_message
+from harness.scoring.cache import ScoreCache, score_images
 from harness.testing.env_scorer import PixelMeanScorer
 from tests.support.cli import harness_main
 
