@@ -6,6 +6,8 @@ VENV := .venv
 STAMP := $(VENV)/.installed
 METHODS ?= dpo,dro,smpo
 OUT ?= runs
+# pytest-xdist workers: two on the 2-core machines CI and the measured times use (docs/testing.md).
+TEST_WORKERS ?= 2
 
 .PHONY: setup run test test-fast
 setup: $(STAMP)
@@ -25,7 +27,7 @@ run: $(STAMP)
 test: $(STAMP)
 	bash .ci/install-browser.sh
 	bash .ci/install-tex.sh
-	$(VENV)/bin/python -m pytest -q --durations=15
+	$(VENV)/bin/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=15
 
 test-fast: $(STAMP)
-	$(VENV)/bin/python -m pytest -q -m "not slow" --durations=10
+	$(VENV)/bin/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile -m "not slow" --durations=10

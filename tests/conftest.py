@@ -24,10 +24,14 @@ END_TO_END_FIXTURES = ("tiny_run_dir", "tiny_parti_run_dir")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Mark ``slow`` (left out of ``make test-fast``) every test that takes an END_TO_END_FIXTURES run."""
+    """Mark ``slow`` (left out of ``make test-fast``) every test that takes an END_TO_END_FIXTURES run, and put
+    the files holding slow tests first: `make test`'s workers take whole files in this order, so the long ones
+    start early and the short ones fill the end."""
     for item in items:
         if set(END_TO_END_FIXTURES) & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)
+    slow_files = {item.path for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.path not in slow_files)  # stable: each file's own order is kept
 
 
 @pytest.fixture(autouse=True)
