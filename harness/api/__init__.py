@@ -7,7 +7,8 @@ imports only this package.  What it may rely on:
   ``register_suite``, ``register_preset``, ``register_base_model`` (``METHODS``, ...);
 - methods: ``Method``, ``TrainConfig``, ``PublishedWeights``, ``Batch``, ``Cond``, ``Models`` (the networks a loss
   calls), ``TrainingContext``, the data specs ``Pairs``, ``Experts``, ``LabelledImages``,
-  ``PromptsOnly``, the loss helpers ``per_sample_error``, ``randn_like``, and the forward processes a
+  ``PromptsOnly``, ``Online`` (with ``Rollout``, ``guided_velocity``, ``sde_step``), the loss helpers
+  ``per_sample_error``, ``randn_like``, and the forward processes a
   loss reaches through ``Models.process``: ``NoiseProcess`` (``EpsilonDiffusion``, ``FlowMatching``);
 - scorers: ``Scorer``; suites: ``Prompt``, ``Suite`` and the loader helpers;
 - presets: ``Preset``, ``GenerationSettings``;
@@ -26,7 +27,18 @@ import importlib
 _EXPORTS = {
     **dict.fromkeys(["cache_dir"], "harness.api.environment"),
     **dict.fromkeys(
-        ["DataSpec", "Example", "Experts", "ImageSource", "LabelledImages", "Pairs", "PromptsOnly"], "harness.api.data"
+        [
+            "DataSpec",
+            "Example",
+            "Experts",
+            "ImageSource",
+            "LabelledImages",
+            "Online",
+            "Pairs",
+            "PromptsOnly",
+            "reward_weights",
+        ],
+        "harness.api.data",
     ),
     **dict.fromkeys(
         [
@@ -35,14 +47,16 @@ _EXPORTS = {
             "Method",
             "Models",
             "PublishedWeights",
+            "Rollout",
             "TrainConfig",
             "TrainingContext",
+            "guided_velocity",
             "per_sample_error",
             "randn_like",
         ],
         "harness.api.method",
     ),
-    **dict.fromkeys(["EpsilonDiffusion", "FlowMatching", "NoiseProcess"], "harness.api.noise"),
+    **dict.fromkeys(["EpsilonDiffusion", "FlowMatching", "NoiseProcess", "sde_step"], "harness.api.noise"),
     **dict.fromkeys(["GenerationSettings", "Preset"], "harness.api.preset"),
     **dict.fromkeys(
         [
