@@ -67,38 +67,29 @@ def kl_to_reference(mean: torch.Tensor, ref_mean: torch.Tensor, std_t: torch.Ten
     return ((mean - ref_mean) ** 2).flatten(1).mean(dim=1).div(2 * std_t.flatten() ** 2).mean()
 
 
-def online_spec(c: GRPOConfig) -> Online:
-    """The rollouts a config's method trains on."""
-    return Online(c.reward, c.group_size, c.sample_steps, c.sample_guidance_scale, c.noise_level)
-
-
 @dataclass
-class GRPOConfig(TrainConfig):
-    # flow_grpo config/base.py and config/grpo.py (pickscore_sd3); the sd35 recipe gives each value's line.
+class OnlineConfig(TrainConfig):
+    """The settings of an online method's rollouts (``Online`` data), flow_grpo's config/base.py and
+    config/grpo.py (pickscore_sd3); the sd35 recipes give each value's line."""
+
     reward: str = field(
         default="pickscore",
         metadata={"help": "the reward: a scorer's name, or a weighted sum name:weight+name:weight"},
     )
-    group_size: int = field(default=24, metadata={"help": "images sampled per prompt (the group advantages compare)"})
+    group_size: int = field(default=24, metadata={"help": "images sampled per prompt (the group compared)"})
     sample_steps: int = field(default=10, metadata={"help": "steps of the SDE sampler during training"})
     sample_guidance_scale: float = field(
         default=4.5, metadata={"help": "classifier-free guidance while sampling and in the log-probabilities"}
     )
     noise_level: float = field(default=0.7, metadata={"help": "the SDE's noise scale (std_t = level sqrt(s/(1-s)))"})
-    clip_range: float = field(default=1e-4, metadata={"help": "PPO's ratio clip: [1 - clip_range, 1 + clip_range]"})
-    adv_clip_max: float = field(default=5.0, metadata={"help": "advantages clipped to [-adv_clip_max, adv_clip_max]"})
-    beta: float = field(default=0.01, metadata={"help": "weight of the KL penalty to the reference (0: none)"})
     timestep_fraction: float = field(
-        default=0.99, metadata={"help": "the first int(sample_steps x fraction) sampler steps are trained"}
-    )
-    global_std: bool = field(
-        default=True, metadata={"help": "advantages divided by the batch's reward std, not each group's"}
+        default=0.99, metadata={"help": "int(sample_steps x fraction) timesteps trained per sample"}
     )
     lr: float = 3e-4
     weight_decay: float = 1e-4
     lora_rank: int = 32
     lora_alpha: float | None = 64.0
-    max_steps: int = 1000
+    caption_dropout: float = 0.0
 
     def validate(self) -> None:
         super().validate()
@@ -108,9 +99,31 @@ class GRPOConfig(TrainConfig):
             raise HarnessError(
                 f"timestep_fraction must lie in (0, 1] and train at least one of the {self.sample_steps} steps"
             )
+        online_spec(self)  # group_size, sample_steps and noise_level checked by the spec
+
+    @property
+    def trained_steps(self) -> int:
+        return int(self.sample_steps * self.timestep_fraction)
+
+
+def online_spec(c: OnlineConfig) -> Online:
+    """The rollouts a config's method trains on."""
+    return Online(c.reward, c.group_size, c.sample_steps, c.sample_guidance_scale, c.noise_level)
+
+
+@dataclass
+class GRPOConfig(OnlineConfig):
+    clip_range: float = field(default=1e-4, metadata={"help": "PPO's ratio clip: [1 - clip_range, 1 + clip_range]"})
+    adv_clip_max: float = field(default=5.0, metadata={"help": "advantages clipped to [-adv_clip_max, adv_clip_max]"})
+    beta: float = field(default=0.01, metadata={"help": "weight of the KL penalty to the reference (0: none)"})
+    global_std: bool = field(
+        default=True, metadata={"help": "advantages divided by the batch's reward std, not each group's"}
+    )
+
+    def validate(self) -> None:
+        super().validate()
         if self.clip_range <= 0 or self.adv_clip_max <= 0 or self.beta < 0:
             raise HarnessError("clip_range and adv_clip_max must be > 0 and beta >= 0")
-        online_spec(self)  # group_size, sample_steps and noise_level checked by the spec
 
 
 @register_method("grpo")
@@ -124,7 +137,7 @@ class GRPO(Method):
     def loss(self, batch: Batch, models: Models) -> tuple[torch.Tensor, dict[str, float]]:
         c, rollout = self.config, batch.rollout
         advantages = group_advantages(rollout.rewards, rollout.groups, c.global_std)
-        steps = int(rollout.log_probs.shape[1] * c.timestep_fraction)
+        steps = c.trained_steps
         loss, kl, ratio = 0.0, 0.0, 0.0
         for j in range(steps):
             _, log_prob, mean, std_t = rollout.step(models.policy, j)

@@ -79,3 +79,11 @@ def test_a_reward_is_a_scorer_or_a_weighted_sum_and_becomes_the_runs_training_si
         resolve_config("grpo", None, {"reward": "no-such-scorer"})
     with pytest.raises(HarnessError, match="group_size"):
         resolve_config("grpo", None, {"reward": "toy-quality", "group_size": 1})
+
+
+def test_online_dpo_pairs_each_groups_best_and_worst_sample():
+    from methods.online_dpo import best_and_worst
+
+    rewards, groups = torch.tensor([0.2, 0.9, 0.5, 0.1, 0.7, 0.3]), torch.tensor([0, 1, 0, 1, 0, 1])
+    winners, losers = best_and_worst(rewards, groups)
+    assert winners.tolist() == [4, 1] and losers.tolist() == [0, 3]

@@ -47,6 +47,7 @@ SD35_METHOD_LOWERED = {
     "dro": {"expert_top_k": 2, "sampler_steps": 2},
     "smpo": {"inversion_steps": 2},
     "grpo": {"reward": "toy-quality", "group_size": 2, "sample_steps": 2},
+    "online-dpo": {"reward": "toy-quality", "group_size": 2, "sample_steps": 2},
 }
 
 
