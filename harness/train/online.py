@@ -41,7 +41,6 @@ class OnlineSampler:
         self.sigmas = grid.sigmas.float().to(device)
         self.timesteps = (self.sigmas[:-1] * grid.config.num_train_timesteps).to(device)
         self.uncond = encode([""]) if spec.guidance_scale > 1 else None
-        self.reward_calls = 0
 
     @torch.no_grad()
     def rollout(self, batch: Batch) -> Rollout:
@@ -91,5 +90,4 @@ class OnlineSampler:
             scorer = self.scorers[name]
             sign = 1.0 if scorer.higher_is_better else -1.0
             total += sign * weight * torch.tensor(scorer.score(images, captions), dtype=torch.float32)
-            self.reward_calls += len(images)
         return total

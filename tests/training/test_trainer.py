@@ -22,8 +22,6 @@ PER_METHOD = {
     "sft": {},
     "smpo": {"inversion_steps": 3},
     "dro": {"sampler_steps": 4, "ema_decay": 0.9},
-    "grpo": {"reward": "toy-quality", "group_size": 2, "sample_steps": 2, "timestep_fraction": 1.0},
-    "online-dpo": {"reward": "toy-quality", "group_size": 2, "sample_steps": 2, "timestep_fraction": 1.0},
 }
 FLOW_ONLY = {"grpo", "online-dpo"}  # online methods sample with a flow-matching SDE
 
