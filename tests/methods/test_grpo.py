@@ -87,3 +87,38 @@ def test_online_dpo_pairs_each_groups_best_and_worst_sample():
     rewards, groups = torch.tensor([0.2, 0.9, 0.5, 0.1, 0.7, 0.3]), torch.tensor([0, 1, 0, 1, 0, 1])
     winners, losers = best_and_worst(rewards, groups)
     assert winners.tolist() == [4, 1] and losers.tolist() == [0, 3]
+
+
+@pytest.mark.slow
+def test_a_gradient_step_on_the_grpo_loss_raises_the_advantage_weighted_log_probability(tiny_sd3_dir, tmp_path):
+    """On the tiny SD3 pipeline's own rollout: the sampler's log-probabilities are the policy's (ratio 1), and a
+    small step down the loss's gradient raises sum_i A_i log p_i (first order: the objective's sign)."""
+    from harness.api import METHODS
+    from harness.train.trainer import Trainer, step_generator, trainable_parameters
+    from support.train_fixtures import write_pair_dir
+
+    config = resolve_config("grpo", "tiny", {"beta": 0.0})
+    method = METHODS.get("grpo")(config)
+    trainer = Trainer(
+        method,
+        base_model=str(tiny_sd3_dir),
+        data_dir=write_pair_dir(tmp_path / "data"),
+        output_dir=tmp_path / "out",
+        seed=0,
+        on_log=None,
+    )
+    trainer._setup()
+    batch = trainer.make_batch(0, 0, step_generator(0, 0, 0, 0))
+    rollout = batch.rollout
+    rollout.rewards = torch.randn(len(rollout.rewards), generator=torch.Generator().manual_seed(1))
+    loss, _ = method.loss(batch, trainer.models)
+    loss.backward()
+    steps = range(config.trained_steps)
+    with torch.no_grad():
+        before = torch.stack([rollout.step(trainer.models.policy, j)[1] for j in steps], dim=1)
+        assert torch.allclose(before, rollout.log_probs[:, : len(steps)], atol=1e-5)
+        for param in trainable_parameters(trainer.unet).values():
+            param -= 1e-3 * param.grad
+        after = torch.stack([rollout.step(trainer.models.policy, j)[1] for j in steps], dim=1)
+    advantages = group_advantages(rollout.rewards, rollout.groups, config.global_std)
+    assert ((after - before).sum(dim=1) * advantages).sum() > 0
