@@ -8,7 +8,8 @@ imports only this package.  What it may rely on:
 - human-judged pairs (`harness agreement`): ``JudgedPair``, ``JudgedSet``;
 - methods: ``Method``, ``TrainConfig``, ``PublishedWeights``, ``Batch``, ``Cond``, ``Models`` (the networks a loss
   calls), ``TrainingContext``, the data specs ``Pairs``, ``Experts``, ``LabelledImages``,
-  ``PromptsOnly``, the loss helpers ``per_sample_error``, ``randn_like``, and the forward processes a
+  ``PromptsOnly``, ``Online`` (with ``Rollout``, ``guided_velocity``, ``sde_step``), the loss helpers
+  ``per_sample_error``, ``randn_like``, and the forward processes a
   loss reaches through ``Models.process``: ``NoiseProcess`` (``EpsilonDiffusion``, ``FlowMatching``);
 - scorers: ``Scorer``, and for a scorer that runs in its own environment ``EnvironmentScorer`` with its
   ``ScorerEnvironment`` (pinned requirements, entry); suites: ``Prompt``, ``Suite`` and the loader helpers;
@@ -36,8 +37,10 @@ _EXPORTS = {
             "JudgedPair",
             "JudgedSet",
             "LabelledImages",
+            "Online",
             "Pairs",
             "PromptsOnly",
+            "reward_weights",
         ],
         "harness.api.data",
     ),
@@ -48,14 +51,16 @@ _EXPORTS = {
             "Method",
             "Models",
             "PublishedWeights",
+            "Rollout",
             "TrainConfig",
             "TrainingContext",
+            "guided_velocity",
             "per_sample_error",
             "randn_like",
         ],
         "harness.api.method",
     ),
-    **dict.fromkeys(["EpsilonDiffusion", "FlowMatching", "NoiseProcess"], "harness.api.noise"),
+    **dict.fromkeys(["EpsilonDiffusion", "FlowMatching", "NoiseProcess", "sde_step"], "harness.api.noise"),
     **dict.fromkeys(["GenerationSettings", "Preset"], "harness.api.preset"),
     **dict.fromkeys(
         [

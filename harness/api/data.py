@@ -14,6 +14,11 @@ A method declares its data with one of these objects (``Method.data``, or
   image (desirable if preferred in any of its pairs) or per pair (its winner 1, its loser 0); drawn with
   replacement so that ``desirable_share`` of the draws are desirable, or uniformly without.
 - ``PromptsOnly()``: captions alone, for methods that make their own images.
+- ``Online(reward, group_size, num_steps, guidance_scale, noise_level)``: captions alone; at every micro-step the
+  trainer samples ``group_size`` images per caption from the current policy with the SDE sampler of
+  ``harness.api.noise.sde_step`` (recording each step's log-probability), scores them with ``reward`` (a
+  registered scorer, or a weighted sum of them: ``"a:0.5+b:0.5"``) and hands the method a ``Rollout``
+  (``Batch.rollout``); the rewards are recorded as the run's training signals.
 
 Each spec holds only its parameters: ``harness.data.specs`` reads a source into the spec's examples
 (caption, images, per-image scores and labels) and makes what ``harness run`` needs from a source first
@@ -26,6 +31,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar, Union
+
+from harness.errors import HarnessError
 
 ImageSource = Union[Path, bytes]
 
@@ -87,6 +94,42 @@ class LabelledImages(DataSpec):
 class PromptsOnly(DataSpec):
     name = "prompts"
     images_per_example = 0
+
+
+class Online(PromptsOnly):
+    """Prompts only, the images sampled from the policy as it trains (see the module's doc).
+
+    ``reward``: a scorer's name, or a weighted sum ``"name:weight+name:weight"`` (flow_grpo's ``reward_fn``
+    dict).  ``group_size``: images per prompt and micro-step.  ``num_steps``: the sampler's steps.
+    ``guidance_scale``: classifier-free guidance while sampling (and in the log-probabilities; <= 1: none).
+    ``noise_level``: the SDE's noise scale (0 would be the deterministic ODE, which has no log-probability)."""
+
+    name = "online"
+
+    def __init__(self, reward: str, group_size: int, num_steps: int, guidance_scale: float, noise_level: float) -> None:
+        self.reward, self.group_size, self.num_steps = reward, group_size, num_steps
+        self.guidance_scale, self.noise_level = guidance_scale, noise_level
+        self.weights = reward_weights(reward)
+        if group_size < 2:
+            raise HarnessError(f"group_size must be >= 2 (a group's rewards are compared), not {group_size}")
+        if num_steps < 1 or noise_level <= 0:
+            raise HarnessError(f"num_steps must be >= 1 and noise_level > 0, not {num_steps} and {noise_level}")
+
+
+def reward_weights(reward: str) -> dict[str, float]:
+    """``"pickscore"`` -> {"pickscore": 1.0}; ``"a:0.7+b:0.3"`` -> {"a": 0.7, "b": 0.3}; a malformed one: HarnessError."""
+    weights: dict[str, float] = {}
+    for term in reward.split("+"):
+        name, _, weight = term.strip().partition(":")
+        try:
+            weights[name.strip()] = float(weight) if weight else 1.0
+        except ValueError:
+            raise HarnessError(
+                f"reward {reward!r}: {weight!r} is not a weight (write name:weight+name:weight)"
+            ) from None
+        if not name.strip():
+            raise HarnessError(f"reward {reward!r} names no scorer (write name or name:weight+name:weight)")
+    return weights
 
 
 # --- What a scorer is checked against: `harness agreement` ---------------------------------------------------

@@ -31,7 +31,7 @@ import torch
 
 from harness.api.data import DataSpec, Pairs
 from harness.api.environment import require_existing_path
-from harness.api.noise import NoiseProcess
+from harness.api.noise import NoiseProcess, sde_step
 from harness.errors import HarnessError
 
 
@@ -370,6 +370,68 @@ class Batch:
     labels: torch.Tensor
     captions: list[str]
     generator: torch.Generator
+    rollout: Rollout | None = None  # an ``Online`` spec's samples of this micro-step; None for offline data
+
+
+def guided_velocity(
+    network: Callable[[torch.Tensor, torch.Tensor, Cond], torch.Tensor],
+    x: torch.Tensor,
+    t: torch.Tensor,
+    cond: Cond,
+    uncond: Cond | None,
+    guidance_scale: float,
+) -> torch.Tensor:
+    """The network's velocity at (x, t) with classifier-free guidance, as flow_grpo samples and trains
+    (scripts/train_sd3.py:180-195): one call on [uncond; cond], the unconditional half detached (it carries no
+    gradient); ``uncond`` None: the conditional prediction alone."""
+    if uncond is None:
+        return network(x, t, cond)
+    both = network(torch.cat([x, x]), torch.cat([t, t]), Cond.cat([uncond, cond]))
+    unconditional, conditional = both.chunk(2)
+    unconditional = unconditional.detach()
+    return unconditional + guidance_scale * (conditional - unconditional)
+
+
+@dataclass
+class Rollout:
+    """One micro-step's online samples (``Online`` data): ``group_size`` trajectories per prompt of the batch.
+
+    ``latents`` (N, S+1, C, H, W): each trajectory's states, pure noise first, the final sample last, at the
+    sampler's levels ``sigmas`` (S+1, descending to 0; network timesteps ``timesteps`` = sigma x T, S).
+    ``log_probs`` (N, S): each SDE step's log-probability under the policy that sampled it.  ``rewards`` (N):
+    the reward of each final sample.  ``groups`` (N): the index of its prompt in the batch (sample i belongs to
+    prompt i mod B).  ``cond`` / ``uncond``: N conditionings, and the empty caption's for guidance (None
+    without guidance)."""
+
+    latents: torch.Tensor
+    log_probs: torch.Tensor
+    sigmas: torch.Tensor
+    timesteps: torch.Tensor
+    rewards: torch.Tensor
+    groups: torch.Tensor
+    cond: Cond
+    uncond: Cond | None
+    guidance_scale: float
+    noise_level: float
+
+    def step(
+        self, network: Callable[[torch.Tensor, torch.Tensor, Cond], torch.Tensor], j: int
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``sde_step`` of step ``j`` under ``network`` (``models.policy``, ``models.reference``), at the recorded
+        states: (x_{j+1}, its log-probability, the step's mean, std_t)."""
+        x = self.latents[:, j]
+        velocity = guided_velocity(
+            network, x, self.timesteps[j].expand(len(x)), self.cond, self.uncond, self.guidance_scale
+        )
+        return sde_step(
+            velocity,
+            x,
+            self.sigmas[j],
+            self.sigmas[j + 1],
+            self.noise_level,
+            float(self.sigmas[1]),
+            x_next=self.latents[:, j + 1],
+        )
 
 
 @dataclass

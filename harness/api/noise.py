@@ -17,6 +17,7 @@ or ``sigma * T`` as a float), so a method stores and passes them around without 
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from typing import Any, ClassVar
 
@@ -159,3 +160,38 @@ class FlowMatching(NoiseProcess):
     def snr(self, t: torch.Tensor) -> torch.Tensor:
         sigma = t.float() / self.num_train_timesteps
         return ((1 - sigma) / sigma) ** 2
+
+
+def sde_step(
+    velocity: torch.Tensor,
+    x: torch.Tensor,
+    sigma: torch.Tensor,
+    sigma_next: torch.Tensor,
+    noise_level: float,
+    sigma_max: float,
+    *,
+    x_next: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One step of Flow-GRPO's reverse-time SDE from level ``sigma`` to ``sigma_next`` (< sigma), in fp32.
+
+    The marginals are those of the flow ODE; the step is Gaussian, ``x_next ~ N(mean, (std_t sqrt(sigma -
+    sigma_next))^2)`` with ``std_t = noise_level sqrt(sigma / (1 - sigma))`` (``sigma_max``, the grid's second
+    level, stands in for sigma = 1) and ``mean = x (1 + std_t^2 dt / (2 sigma)) + v (1 + std_t^2 (1 - sigma) /
+    (2 sigma)) dt``, dt = sigma_next - sigma (flow_grpo diffusers_patch/sd3_sde_with_logprob.py:44-55).
+    ``x_next`` None: drawn with noise from ``generator`` (on the CPU, so runs do not depend on the device).
+    Returns (x_next, its log-probability averaged over all but the batch dimension, mean, std_t); ``sigma``
+    and ``sigma_next`` are scalars or one per sample.
+    """
+    velocity, x = velocity.float(), x.float()
+    sigma = _per_sample(torch.as_tensor(sigma, dtype=torch.float32, device=x.device), x)
+    sigma_next = _per_sample(torch.as_tensor(sigma_next, dtype=torch.float32, device=x.device), x)
+    dt = sigma_next - sigma
+    std_t = torch.sqrt(sigma / (1 - torch.where(sigma == 1, torch.full_like(sigma, sigma_max), sigma))) * noise_level
+    mean = x * (1 + std_t**2 / (2 * sigma) * dt) + velocity * (1 + std_t**2 * (1 - sigma) / (2 * sigma)) * dt
+    step_std = std_t * torch.sqrt(-dt)
+    if x_next is None:
+        x_next = mean + step_std * torch.randn(x.shape, generator=generator).to(x.device)
+    x_next = x_next.detach().float()
+    log_prob = -((x_next - mean) ** 2) / (2 * step_std**2) - torch.log(step_std) - 0.5 * math.log(2 * math.pi)
+    return x_next, log_prob.flatten(1).mean(dim=1), mean, std_t

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from harness.api.data import DataSpec, Example, Experts, LabelledImages, Pairs, PromptsOnly
+from harness.api.data import DataSpec, Example, Experts, LabelledImages, Online, Pairs, PromptsOnly
 from harness.data.readers import (
     Pair,
     PickapicPairs,
@@ -275,3 +275,12 @@ def _(
     if recipe is None:
         return [], ""
     return same_signal(recipe["scorer"]), f"experts ranked by {recipe['scorer']} (top {recipe['n']})"
+
+
+@prepare.register
+def _(
+    spec: Online, source: str, training_source: str, scorer_options: dict[str, Any], say: Say
+) -> tuple[list[str], str]:
+    # Nothing to make: the images are sampled and rewarded as training goes; the rewards are its signals.
+    signals = sorted({name for scorer in spec.weights for name in same_signal(scorer)})
+    return signals, f"online reward {spec.reward}"

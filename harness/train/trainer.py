@@ -35,6 +35,7 @@ from typing import Any
 import torch
 
 from harness.api.caching import damage_lines
+from harness.api.data import Online
 from harness.api.environment import say
 from harness.api.method import Batch, Method, TrainConfig, TrainingContext
 from harness.api.registry import METHODS, PRESETS
@@ -57,6 +58,7 @@ from harness.train.features import (
     module_fingerprint,
     samples_per_step,
 )
+from harness.train.online import OnlineSampler
 
 LogFn = Callable[[int, dict[str, float]], None]
 
@@ -355,6 +357,14 @@ class Trainer:
                 print(f"training data: {self.data_summary}", flush=True)
         self._setup_models()
         self._setup_optimizer()
+        # The shared online loop (an Online spec): each micro-batch's images sampled from the policy and rewarded.
+        self.online = (
+            OnlineSampler(
+                self.spec, self.features.pipe, self.models, self.features.cond, self.latent_shape, self.device
+            )
+            if isinstance(self.spec, Online)
+            else None
+        )
         self.order = SampleOrder(len(self.examples), self.seed, self.examples.weights)
         self.context = self._context()
         self.method.setup(self.context)
@@ -548,7 +558,7 @@ class Trainer:
         dropped = torch.rand(size, generator=generator) < config.caption_dropout
         captions = ["" if drop else ex.caption for (ex, _), drop in zip(chosen, dropped.tolist())]
         cond = self.features.cond(captions)
-        return Batch(
+        batch = Batch(
             latents=latents.to(self.device),
             means=means.to(self.device),
             cond=cond,
@@ -558,6 +568,9 @@ class Trainer:
             captions=captions,
             generator=generator,
         )
+        if self.online is not None:  # after every other draw: the rollout's noise comes last
+            batch.rollout = self.online.rollout(batch)
+        return batch
 
     # -- checkpoints ----------------------------------------------------------------------------------
     @functools.cached_property

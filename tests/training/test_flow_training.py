@@ -42,7 +42,13 @@ SD35_KEPT = (
     "latent_sample",
 )
 SD35_LOWERED = {"resolution": 32, "max_steps": 1, "batch_size": 2, "effective_batch_size": None, "init_method": None}
-SD35_METHOD_LOWERED = {"dro": {"expert_top_k": 2, "sampler_steps": 2}, "smpo": {"inversion_steps": 2}}
+# GRPO's reward: the toy world's quality (PickScore's weights are not offline); its group and sampler small.
+SD35_METHOD_LOWERED = {
+    "dro": {"expert_top_k": 2, "sampler_steps": 2},
+    "smpo": {"inversion_steps": 2},
+    "grpo": {"reward": "toy-quality", "group_size": 2, "sample_steps": 2},
+    "online-dpo": {"reward": "toy-quality", "group_size": 2, "sample_steps": 2},
+}
 
 
 # DPO's in the fast tier; every other method's (a new one included) with the slow tests.
