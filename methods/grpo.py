@@ -105,6 +105,16 @@ class OnlineConfig(TrainConfig):
     def trained_steps(self) -> int:
         return int(self.sample_steps * self.timestep_fraction)
 
+    @property
+    def guidance_halves(self) -> int:
+        """Network rows per image and step: 2 with classifier-free guidance (conditional and unconditional)."""
+        return 2 if self.sample_guidance_scale > 1 else 1
+
+    @property
+    def rollout_unet_evals(self) -> int:
+        """UNet evaluations of one prompt's rollouts: its group through every step of the SDE sampler."""
+        return self.group_size * self.sample_steps * self.guidance_halves
+
 
 def online_spec(c: OnlineConfig) -> Online:
     """The rollouts a config's method trains on."""
@@ -133,6 +143,12 @@ class GRPO(Method):
 
     def data_spec(self) -> Online:
         return online_spec(self.config)
+
+    def unet_evals_per_sample(self) -> float:
+        """Per prompt: its rollouts, then the policy (and with the KL the reference) on the group at every
+        trained step, with guidance as in sampling."""
+        c = self.config
+        return c.rollout_unet_evals + c.group_size * c.trained_steps * c.guidance_halves * (2 if c.beta > 0 else 1)
 
     def loss(self, batch: Batch, models: Models) -> tuple[torch.Tensor, dict[str, float]]:
         c, rollout = self.config, batch.rollout

@@ -45,6 +45,10 @@ class OnlineDPO(Method):
     def data_spec(self) -> Online:
         return online_spec(self.config)
 
+    def unet_evals_per_sample(self) -> float:
+        """Per prompt: its rollouts, then one pair's policy and reference errors per trained draw."""
+        return self.config.rollout_unet_evals + 4 * self.config.trained_steps
+
     def loss(self, batch: Batch, models: Models) -> tuple[torch.Tensor, dict[str, float]]:
         rollout = batch.rollout
         winners, losers = best_and_worst(rollout.rewards, rollout.groups)

@@ -232,7 +232,10 @@ def test_a_published_checkpoint_records_the_reward_its_training_used(tmp_path, t
     )
     with Store(tmp_path / "out", readonly=True) as store:
         signals = store.training_signals_frame()
-    assert sorted(zip(signals["method"], signals["metric"])) == [("dro", "hpsv2"), ("dro", "hpsv2.1")]
+    # The signal's family: both HPSv2 versions, native and official.
+    assert sorted(zip(signals["method"], signals["metric"])) == [
+        ("dro", name) for name in ("hpsv2", "hpsv2-official", "hpsv2.1", "hpsv2.1-official")
+    ]
     assert "hpsv2" in signals["source"].iloc[0]
 
 

@@ -177,7 +177,7 @@ def show_preset(preset: Preset) -> str:
     ]
     shared = {**({"vae": preset.vae} if preset.vae else {}), **preset.method_defaults}
     for name, _ in METHODS.items():
-        config = resolve_config(name, preset.name)
+        config = resolve_config(name, preset.name, warn_untuned=False)
         found = method_recipe(name, preset.name)
         own = found[1] if found else {}
         if found is None:

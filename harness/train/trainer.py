@@ -74,8 +74,13 @@ class TrainResult:
     data_summary: str | None = None  # what was read of a local data directory (harness.data.check), if one
 
 
-def resolve_config(method: str, preset: str | None = None, overrides: dict | None = None) -> TrainConfig:
-    """Config defaults <- the preset's settings for every method <- the method's own for the preset <- overrides."""
+def resolve_config(
+    method: str, preset: str | None = None, overrides: dict | None = None, warn_untuned: bool = True
+) -> TrainConfig:
+    """Config defaults <- the preset's settings for every method <- the method's own for the preset <- overrides.
+
+    ``warn_untuned``: warn (once per process) when a scaled-down preset has no settings for the method; False where
+    the config is only shown (`harness presets --show` says so in its own words)."""
     cls = METHODS.get(method)
     fields = {f.name: f for f in dataclasses.fields(cls.Config)}
     hints = typing.get_type_hints(cls.Config)
@@ -83,7 +88,11 @@ def resolve_config(method: str, preset: str | None = None, overrides: dict | Non
     unknown = sorted(set(overrides) - set(fields))
     if unknown:
         raise HarnessError(f"unknown setting(s) for {method}: {', '.join(unknown)}; valid: {', '.join(sorted(fields))}")
-    values = {**_preset_defaults(method, preset), **(method_preset_entry(method, preset) or {}), **overrides}
+    values = {
+        **_preset_defaults(method, preset, warn_untuned),
+        **(method_preset_entry(method, preset) or {}),
+        **overrides,
+    }
     config = cls.Config(**{k: _coerce(f"{method}.{k}", v, hints[k]) for k, v in values.items()})
     try:
         config.validate()
@@ -103,14 +112,14 @@ def method_preset_entry(method: str, preset: str | None) -> dict | None:
     return None if found is None else {name: setting.value for name, setting in found[1].items()}
 
 
-def _preset_defaults(method: str, preset: str | None) -> dict:
+def _preset_defaults(method: str, preset: str | None, warn: bool) -> dict:
     """The settings ``preset`` gives every method; a method without its own for a scaled-down preset is warned
     (once per process) that it trains with these alone, not with settings tuned for it."""
     if preset is None:
         return {}
     found = PRESETS.get(preset)()
     untuned = method_preset_entry(method, preset) is None
-    if found.needs_method_settings and untuned and (method, preset) not in _WARNED:
+    if warn and found.needs_method_settings and untuned and (method, preset) not in _WARNED:
         _WARNED.add((method, preset))
         print(
             f"warning: {method} has no settings for preset {preset!r}; it trains with the preset's settings for "

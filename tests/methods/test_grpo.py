@@ -108,7 +108,7 @@ def test_a_gradient_step_on_the_grpo_loss_raises_the_advantage_weighted_log_prob
         on_log=None,
     )
     trainer._setup()
-    batch = trainer.make_batch(0, 0, step_generator(0, 0, 0, 0))
+    batch = trainer.make_batch(0, 0, step_generator(0, 0, 0))
     rollout = batch.rollout
     rollout.rewards = torch.randn(len(rollout.rewards), generator=torch.Generator().manual_seed(1))
     loss, _ = method.loss(batch, trainer.models)
