@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import sqlite3
 import subprocess
 import time
@@ -80,10 +79,10 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, harness_cache: Path):
 def ray_run(cluster, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess]:
     """The same run on the cluster (``--address``), where two workers SIGKILL themselves mid-job
     (tests/ray_kill_plugin.py): a training task and a scorer actor."""
-    driver = tmp_path_factory.mktemp("ray")
-    result = harness_cli(*ray_command(cluster, "out"), cwd=driver)  # --out relative to the driver's directory
+    out = tmp_path_factory.mktemp("ray") / "out"
+    result = harness_cli(*ray_command(cluster, str(out)))
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return driver / "out", result
+    return out, result
 
 
 def ray_command(cluster, out: str) -> tuple[str, ...]:
@@ -190,21 +189,36 @@ def test_killed_workers_were_retried_and_nothing_was_recorded_twice(ray_run, clu
     assert not ResultsDir(out).ray_journals.exists()  # every write the training recorded was made
 
 
-def test_a_moved_ray_run_resumes_from_a_driver_in_another_directory(ray_run, cluster, tmp_path: Path) -> None:
-    """The cluster's run, made with a relative --out, moved, and resumed by another relative path from a driver
-    in another working directory: nothing rewritten, the same leaderboard.  A path recorded absolute would
-    miss the move; one recorded relative to the working directory, the driver.  The move is a copy while the
-    original is out of the way (the module's other tests read it)."""
-    out, _ = ray_run
-    elsewhere, moved, away = tmp_path / "elsewhere", tmp_path / "archive" / "runs-moved", tmp_path / "away"
-    elsewhere.mkdir()
-    shutil.copytree(out, moved, symlinks=True)
-    board, before = leaderboard_json(moved), stamps(moved)
-    os.rename(out, away)
-    try:
-        resumed = harness_cli(*ray_command(cluster, "../archive/runs-moved"), cwd=elsewhere)
-    finally:
-        os.rename(away, out)
+def test_a_moved_ray_run_resumes_from_a_driver_in_another_directory(cluster, tmp_path: Path) -> None:
+    """A small run made on the cluster from one directory, moved, and resumed by a relative path from a
+    driver in another working directory: nothing rewritten, the same leaderboard.  A path recorded absolute
+    would miss the move; one recorded relative to the working directory, the driver.  (Not ``ray_run``:
+    resuming its larger run took longer than making and resuming this one.)"""
+    address, _ = cluster
+    run = (
+        "run",
+        "--preset",
+        "tiny",
+        "--methods",
+        "dpo",
+        "--set",
+        "max_steps=2",
+        "--images-per-prompt",
+        "1",
+        "--backend",
+        "ray",
+        "--address",
+        address,
+    )
+    first, elsewhere, moved = tmp_path / "first", tmp_path / "elsewhere", tmp_path / "archive" / "runs-moved"
+    for folder in (first, elsewhere, moved.parent):
+        folder.mkdir()
+    made = harness_cli(*run, "--out", "runs", cwd=first)
+    assert made.returncode == 0, made.stdout[-3000:] + made.stderr[-3000:]
+    board = leaderboard_json(first / "runs")
+    os.rename(first / "runs", moved)
+    before = stamps(moved)
+    resumed = harness_cli(*run, "--out", "../archive/runs-moved", cwd=elsewhere)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     assert stamps(moved) == before, "the resumed run rewrote files of the results directory"
     assert leaderboard_json(moved) == board
