@@ -92,7 +92,9 @@ class HPSv2:
             with_region_predictor=False,
         )
         checkpoint_file = _weights_file(checkpoint, hps_version_map[hps_version])
-        self.model.load_state_dict(torch.load(checkpoint_file, map_location=self.device)["state_dict"])
+        self.model.load_state_dict(
+            torch.load(checkpoint_file, map_location=self.device, weights_only=True)["state_dict"]
+        )
         self.model.eval()
         self.tokenizer = get_tokenizer(arch)
 
