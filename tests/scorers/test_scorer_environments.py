@@ -297,8 +297,9 @@ def test_the_official_packages_are_declared_in_their_native_twins_family_and_sca
 
 @pytest.mark.slow  # builds the hpsv2 package's environment (PyPI or the pip cache) and resumes a `harness run`
 def test_hpsv2_official_gives_the_native_numbers_in_a_harness_run(tiny_run_dir, scorer_locations, tmp_path):
-    """The tiny run's images (64 px: the tiny OpenCLIP's 32 px input needs a resize) scored by the hpsv2
-    package in its environment and by the native hpsv2, on one random checkpoint in the official layout."""
+    """The tiny run's images scored by the hpsv2 package in its environment and by the native hpsv2, on one random
+    checkpoint in the official layout.  They are 32 px, the tiny OpenCLIP's input: the resize the two must also
+    share is checked on other sizes in test_scorers.py (against an independent float resize)."""
     import shutil
 
     from harness.api.environment import cache_dir
