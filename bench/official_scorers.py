@@ -100,11 +100,12 @@ def main() -> int:
     options: dict[str, dict[str, str]] = {}
     for pair in pairs:
         options |= PAIRS[pair](args.out / "weights" / pair)
-    command = [
-        *(str(Path(sys.executable).with_name("harness")), "--plugin", str(PLUGIN), "run", "--preset", "tiny", "--methods", "dpo"),
-        *("--out", str(args.out / "run"), "--scorers", ",".join(options)),
-        *(arg for scorer, kv in options.items() for k, v in kv.items() for arg in ("--scorer-option", f"{scorer}.{k}={v}")),
-    ]
+    harness = str(Path(sys.executable).with_name("harness"))
+    command = [harness, "--plugin", str(PLUGIN), "run", "--preset", "tiny", "--methods", "dpo"]
+    command += ["--out", str(args.out / "run"), "--scorers", ",".join(options)]
+    for scorer, locations in options.items():
+        for key, value in locations.items():
+            command += ["--scorer-option", f"{scorer}.{key}={value}"]
     start = time.perf_counter()
     subprocess.run(command, check=True)
     print(f"harness run: {time.perf_counter() - start:.0f} s")

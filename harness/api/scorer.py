@@ -8,7 +8,6 @@ from typing import ClassVar
 
 from PIL import Image
 
-
 _PREPROCESSING = re.compile(r"\+pre\d+")
 
 

@@ -230,7 +230,6 @@ def test_a_run_builds_first_and_a_failed_install_stops_it_in_one_line_with_nothi
 
 def test_a_worker_killed_mid_run_fails_it_in_one_line_and_the_rerun_resumes_from_the_cache(harness_cache, tmp_path):
     from harness.evaluation.suites import get_suite
-    from harness.api.environment import cache_dir
     from harness.results.store import Store
 
     prompts = get_suite("toy-seen").prompts[:10]
