@@ -24,7 +24,6 @@ from pathlib import Path
 from harness.api.registry import SCORERS
 from harness.results.layout import ResultsDir
 from harness.results.store import Store
-from harness.scoring import official  # noqa: F401  (registers the official scorers)
 from harness.scoring.environments import build, env_dir
 from harness.testing.scorer_weights import (
     QWEN_CHAT_TEMPLATE,
