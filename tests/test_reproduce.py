@@ -17,7 +17,7 @@ from harness.errors import HarnessError
 from harness.plan.planner import RunOptions, validate
 from harness.plan.presets import get_preset, published_weights
 from harness.results.published import DRO_SD15
-from harness.results.reproduce import MISSING, ci_units, compare, format_report, reproduce
+from harness.results.reproduce import MISSING, ci_units, compare, format_report, reproduce, version_flag
 from harness.results.store import Store
 from harness.run import leaderboard
 from support.cli import harness_main
@@ -33,6 +33,9 @@ def test_published_data_names_our_scorers_suites_and_checkpoints():
     for metric in DRO_SD15.metrics:  # the paper's weights are our scorers' official ones
         assert SCORERS.get(metric.scorer).version == metric.version
     assert DRO_SD15.metric("hpsv2").version == "v2.0"
+    # Our preprocessing revision (hpsv2's +pre1) is no other weights; a local checkpoint still is.
+    assert version_flag(DRO_SD15.metric("hpsv2"), "v2.0+pre1") == ""
+    assert "non-official" in version_flag(DRO_SD15.metric("hpsv2"), "v2.0+pre1+custom-0123456789")
     for suite in DRO_SD15.suites:
         SUITES.get(suite)
         assert suite in preset.suites

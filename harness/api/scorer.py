@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+import re
 from abc import ABC, abstractmethod
 from typing import ClassVar
 
 from PIL import Image
+
+_PREPROCESSING = re.compile(r"\+pre\d+")
+
+
+def weights_of(version: str) -> str:
+    """A scorer version without its preprocessing revision (``+pre<n>``): what a paper's version is compared with."""
+    return _PREPROCESSING.sub("", version)
 
 
 class Scorer(ABC):
@@ -14,6 +22,11 @@ class Scorer(ABC):
     ``version`` identifies the weights and formula (a score cache key), ``scale``
     says in words what the number means (e.g. "100*cos", "[0,1]"), so stored scores
     from different versions never share a column.
+
+    ``preprocessing`` is the revision of a re-implementation's preprocessing of the published metric (0: the first),
+    raised when a fix changes its numbers: the instance's ``version`` then carries ``+pre<n>`` after the weights'
+    name, so no cache or store keyed by version reuses the old numbers, and ``weights_of`` reads the weights' name
+    back for comparisons with published versions.
 
     ``family`` names the signal a scorer measures (by default its own ``name``).  Scorers
     of one family (the same model family trained on the same data) are not independent
@@ -24,6 +37,7 @@ class Scorer(ABC):
     version: ClassVar[str]
     scale: ClassVar[str]
     family: ClassVar[str]
+    preprocessing: ClassVar[int] = 0
     higher_is_better: ClassVar[bool] = True
     description: ClassVar[str] = ""
 

@@ -31,7 +31,7 @@ from PIL import Image
 
 from harness.api.data import JudgedSet
 from harness.api.registry import SCORERS
-from harness.api.scorer import Scorer
+from harness.api.scorer import Scorer, weights_of
 from harness.data.readers import decode_image
 from harness.errors import HarnessError
 from harness.evaluation.evaluate import check_scorer_options
@@ -174,7 +174,7 @@ def covers(row: Agreement) -> bool | None:
 def _version_flag(published: PublishedAccuracy, version: str) -> str:
     if published.version is None:
         return VERSION_UNSTATED
-    return "" if published.version == version else f"their weights {published.version}, ours {version}"
+    return "" if published.version == weights_of(version) else f"their weights {published.version}, ours {version}"
 
 
 def _content_key(image) -> str:

@@ -28,6 +28,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+from harness.api.scorer import weights_of
 from harness.errors import HarnessError
 from harness.evaluation.evaluate import BASE
 from harness.results.published import PUBLISHED, Metric, PaperRow, PublishedTables
@@ -199,7 +200,7 @@ def _beside(
 
 
 def version_flag(metric: Metric, version: str) -> str:
-    if version == metric.version:
+    if weights_of(version) == metric.version:
         return ""
     why = "non-official weights" if "+custom-" in version else "other weights"
     return f"{metric.scorer} {version}, the paper's is {metric.version} ({why})"

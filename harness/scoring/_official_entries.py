@@ -151,14 +151,25 @@ class ImageReward:
 
 class HPSv3:
     """The ``hpsv3`` package's ``HPSv3RewardInferencer``: ``checkpoint`` the hub repo MizzenAI/HPSv3 or a local
-    HPSv3.safetensors (or its directory); the score is mu, the first of its two outputs."""
+    HPSv3.safetensors (or its directory); the score is mu, the first of its two outputs.  ``base`` (a local
+    Qwen2-VL directory in place of the hub's Qwen/Qwen2-VL-7B-Instruct) and ``dtype`` (``float32`` in place of its
+    bfloat16) are written into a copy of the package's own config (hpsv3/config/HPSv3_7B.yaml), which its
+    ``config_path`` argument takes: the model is still built, loaded and run by the package's code."""
 
-    def __init__(self, checkpoint: str = "MizzenAI/HPSv3", device: str | None = None) -> None:
+    def __init__(
+        self,
+        checkpoint: str = "MizzenAI/HPSv3",
+        base: str | None = None,
+        dtype: str | None = None,
+        device: str | None = None,
+    ) -> None:
         from hpsv3 import HPSv3RewardInferencer
 
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
         self.model = HPSv3RewardInferencer(
-            checkpoint_path=_weights_file(checkpoint, "HPSv3.safetensors"), device=_device(device)
+            config_path=_hpsv3_config(base, dtype),
+            checkpoint_path=_weights_file(checkpoint, "HPSv3.safetensors"),
+            device=_device(device),
         )
 
     def score(self, images: list[Image.Image], prompts: list[str]) -> list[float]:
@@ -166,3 +177,24 @@ class HPSv3:
 
         with torch.no_grad():
             return [float(row[0]) for row in self.model.reward(images, prompts)]
+
+
+def _hpsv3_config(base: str | None, dtype: str | None) -> str | None:
+    """The package's config file, or (given ``base`` or ``dtype``) a copy of it with those settings replaced."""
+    if base is None and dtype is None:
+        return None
+    import importlib.util
+    import tempfile
+
+    import yaml
+
+    package = Path(importlib.util.find_spec("hpsv3").submodule_search_locations[0])
+    config = yaml.safe_load((package / "config" / "HPSv3_7B.yaml").read_text())
+    if base is not None:
+        config["model_name_or_path"] = str(Path(base).expanduser().resolve())
+    if dtype is not None:
+        config["torch_dtype"], config["bf16"] = dtype, dtype == "bfloat16"
+    # The package names its output folder after the config file's stem: keep the stem.
+    path = Path(tempfile.mkdtemp(prefix="hpsv3-config-")) / "HPSv3_7B.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return str(path)

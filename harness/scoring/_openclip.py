@@ -56,7 +56,10 @@ class OpenClipScorer(Scorer):
         self.tokenizer = open_clip.get_tokenizer(arch)
         self.preprocess = self.image_transform(model, preprocess)
         self.version = weights_version(
-            type(self).version, {"checkpoint": checkpoint, "arch": arch}, {"checkpoint": self.repo, "arch": ARCH}
+            type(self).version,
+            {"checkpoint": checkpoint, "arch": arch},
+            {"checkpoint": self.repo, "arch": ARCH},
+            preprocessing=self.preprocessing,
         )
 
     def image_transform(self, model: torch.nn.Module, default: Callable) -> Callable[[Image.Image], torch.Tensor]:

@@ -90,5 +90,11 @@ class HPSv3Official(EnvironmentScorer):
     # hpsv3 imports matplotlib without requiring it.
     environment = ScorerEnvironment(("hpsv3==1.0.0", "matplotlib==3.9.2"), f"{_ENTRIES}:HPSv3", inherit_packages=True)
 
-    def __init__(self, checkpoint: str | None = None, device: str | None = None) -> None:
-        super().__init__(checkpoint=checkpoint, device=device)
+    def __init__(
+        self,
+        checkpoint: str | None = None,
+        base: str | None = None,
+        dtype: str | None = None,
+        device: str | None = None,
+    ) -> None:
+        super().__init__(checkpoint=checkpoint, base=base, dtype=dtype, device=device)

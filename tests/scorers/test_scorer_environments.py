@@ -292,3 +292,34 @@ def test_the_official_packages_are_declared_in_their_native_twins_family_and_sca
         assert envs.environment_of(native_class) is None
         # Scores of the two never share a cache key: the official version carries its environment's digest.
         assert official_class().version == f"{native_class.version}+env-{env.digest}"
+
+
+@pytest.mark.slow  # builds the hpsv2 package's environment (PyPI or the pip cache) and resumes a `harness run`
+def test_hpsv2_official_gives_the_native_numbers_in_a_harness_run(tiny_run_dir, scorer_locations, tmp_path):
+    """The tiny run's images scored by the hpsv2 package in its environment and by the native hpsv2, on one random
+    checkpoint in the official layout.  They are 32 px, the tiny OpenCLIP's input: the resize the two must also
+    share is checked on other sizes in test_scorers.py (against an independent float resize)."""
+    import shutil
+
+    from harness.api.environment import cache_dir
+    from harness.results.store import Store
+    from harness.testing.scorer_weights import TINY_OPEN_CLIP_ARCH
+
+    out = shutil.copytree(tiny_run_dir, tmp_path / "run")
+    checkpoint = scorer_locations["hpsv2"]["checkpoint"]
+    arch_file = cache_dir() / "open-clip-configs" / f"{TINY_OPEN_CLIP_ARCH}.json"  # save_scorer_set writes it
+    result = harness_main(
+        *("--plugin", str(ROOT / "tests" / "plugins" / "tiny_scorer_archs.py"), "run", "--preset", "tiny"),
+        *("--methods", "dpo", "--scorers", "hpsv2,hpsv2-official", "--out", str(out)),
+        *("--scorer-option", f"hpsv2.checkpoint={checkpoint}", "--scorer-option", f"hpsv2.arch={TINY_OPEN_CLIP_ARCH}"),
+        *("--scorer-option", f"hpsv2-official.checkpoint={checkpoint}"),
+        *("--scorer-option", f"hpsv2-official.arch={arch_file}"),
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    scores = Store(out / "results.db", readonly=True).scores_frame()
+    key = ["run_id", "suite", "prompt_id", "image_index"]
+    native = scores[scores.metric == "hpsv2"].set_index(key).value
+    package = scores[scores.metric == "hpsv2-official"].set_index(key).value
+    assert len(native) == len(package) == len(scores[scores.metric == scores.metric.iloc[0]]) > 0  # every image
+    np.testing.assert_allclose(native.sort_index(), package.sort_index(), rtol=1e-4, atol=0)
+    assert native.nunique() > 1

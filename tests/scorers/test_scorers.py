@@ -26,6 +26,7 @@ from support.scorer_images import (
     CLIP_STD,
     OTHER_SIZES,
     longest_side_and_pad,
+    longest_side_and_pad_unrounded,
     odd_sized_images,
     shortest_side_and_centre_crop,
 )
@@ -189,9 +190,16 @@ def test_hpsv2_is_100_times_cosine_with_its_own_checkpoint(tiny_open_clip, name,
     images = random_images(3, seed=2) + odd_sized_images(seed=2)
     prompts = [PROMPTS[i % 3] for i in range(len(images))]
     scorer = get_scorer(name, checkpoint=str(tiny_open_clip), arch=TINY_ARCH, device="cpu")
-    expected = 100 * open_clip_cosine(tiny_open_clip / filename, images, prompts, longest_side_and_pad)
-    np.testing.assert_allclose(scorer.score(images, prompts), expected.numpy(), rtol=1e-4, atol=1e-3)
-    assert scorer.name == name and scorer.version.startswith({"hpsv2": "v2.0", "hpsv2.1": "v2.1"}[name])
+    scores = scorer.score(images, prompts)
+    expected = 100 * open_clip_cosine(tiny_open_clip / filename, images, prompts, longest_side_and_pad_unrounded)
+    np.testing.assert_allclose(scores, expected.numpy(), rtol=1e-5, atol=1e-5)
+    # The 8-bit PIL resize (what the native scorer did first) gives other numbers: the check above tells them apart.
+    rounded = 100 * open_clip_cosine(tiny_open_clip / filename, images, prompts, longest_side_and_pad)
+    resized = [3 + i for i, (width, height) in enumerate(OTHER_SIZES) if max(width, height) != SIZE]
+    assert (np.abs(np.asarray(scores) - rounded.numpy())[resized] > 1e-5).all()
+    # The preprocessing revision is in the version (cached scores of the 8-bit resize are never reused), the
+    # weights' name in front of it.
+    assert scorer.name == name and scorer.version.startswith({"hpsv2": "v2.0+pre1", "hpsv2.1": "v2.1+pre1"}[name])
 
 
 def test_hpsv2_versions_are_distinct_metrics(tiny_open_clip):

@@ -48,3 +48,21 @@ def longest_side_and_pad(image: Image.Image, size: int) -> Image.Image:
     square = Image.new("RGB", (size, size), (0, 0, 0))
     square.paste(image, ((size - new_width) // 2, (size - new_height) // 2))
     return square
+
+
+def longest_side_and_pad_unrounded(image: Image.Image, size: int) -> np.ndarray:
+    """The hpsv2 package's order of the same steps: the resize on floats (PIL's "F" mode, one channel at a time,
+    which filters as torchvision's antialiased tensor resize does), neither rounded to 8 bits nor clipped to
+    [0, 255]; an array of 0..255-scaled floats, height x width x 3."""
+    width, height = image.size
+    scale = size / max(width, height)
+    new_width, new_height = round(width * scale), round(height * scale)
+    pixels = np.asarray(image, dtype=np.float32)
+    if (new_width, new_height) != (width, height):
+        channels = [Image.fromarray(np.ascontiguousarray(pixels[..., c]), mode="F") for c in range(3)]
+        resized = [c.resize((new_width, new_height), Image.Resampling.BICUBIC) for c in channels]
+        pixels = np.stack([np.asarray(c) for c in resized], axis=-1)
+    square = np.zeros((size, size, 3), dtype=np.float64)
+    top, left = (size - new_height) // 2, (size - new_width) // 2
+    square[top : top + new_height, left : left + new_width] = pixels
+    return square
