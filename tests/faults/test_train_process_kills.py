@@ -37,6 +37,14 @@ def steps(events: list[dict], phase: str) -> list[int]:
     return sorted({e["step"] for e in events if e["event"] == "step" and e["phase"] == phase})
 
 
+def in_step_3(events: list[dict]) -> dict | None:
+    """Rank 1's gate event, once rank 0 (the other pid) has begun step 3 too; else None."""
+    gate = next((e for e in events if e["event"] == "gate"), None)
+    if gate and any(e["event"] == "step" and e["step"] == 3 and e["pid"] != gate["pid"] for e in events):
+        return gate
+    return None
+
+
 def test_a_training_process_killed_mid_step_ends_the_run_in_one_line_and_a_rerun_resumes(
     harness_cache, tiny_model_dir, tmp_path
 ):
@@ -51,20 +59,19 @@ def test_a_training_process_killed_mid_step_ends_the_run_in_one_line_and_a_rerun
     variables = {**os.environ, "FAULTS_WORK_LOG": str(log.path), "OMP_NUM_THREADS": "1"}
     process = start(args, {**variables, "FAULTS_GATE": "micro:3:0", "FAULTS_GATE_RANK": "1"}, stderr)
     try:
+        # Killed once rank 1 waits at its gate and rank 0 has begun step 3 (the other pid: it does not wait).
         deadline = time.monotonic() + 300
-        while not (gates := [e for e in log.since_mark() if e["event"] == "gate"]):
+        while not (gate := in_step_3(log.since_mark())):
             assert process.poll() is None and time.monotonic() < deadline, stderr.read_text()[-3000:]
             time.sleep(0.02)
-        work = log.since_mark()
-        os.kill(gates[0]["pid"], signal.SIGKILL)
+        os.kill(gate["pid"], signal.SIGKILL)
         killed = time.monotonic()
         process.communicate(timeout=120)
         ended_after = time.monotonic() - killed
     finally:
         kill_group(process)
-    # Rank 0 (the other pid) had begun step 3 and not ended it; checkpoint-2 is the last on disk.
-    rank_0 = [e for e in work if e["event"] == "step" and e["pid"] != gates[0]["pid"]]
-    assert steps(rank_0, "begin") == [0, 1, 2, 3] and steps(rank_0, "end") == [0, 1, 2]
+    rank_0 = [e for e in log.since_mark() if e["event"] == "step" and e["pid"] != gate["pid"]]
+    assert steps(rank_0, "begin") == [0, 1, 2, 3] and steps(rank_0, "end") == [0, 1, 2]  # died in step 3
     assert (process.returncode, stderr.read_text().splitlines()[-1]) == (2, KILLED_LINE)
     assert ended_after < 60, ended_after  # seconds, on a loaded 2-core machine; the timeout is 30 minutes
     models = out / "models" / "dpo"
