@@ -73,7 +73,7 @@ def visible_gpus() -> list[str]:
 def worker_gpus(visible: Sequence[str], workers: int, gpus_per_worker: int) -> list[str]:
     """Each worker's CUDA_VISIBLE_DEVICES: one of the ``visible`` GPUs each, several workers sharing one where
     there are fewer GPUs than workers (as ever); ``gpus_per_worker`` > 1 (a training of that many processes)
-    disjoint blocks of that many, a training's processes being one per GPU.  None on a CPU (no GPUs); a
+    disjoint blocks of that many, a training's processes being one per GPU.  Empty on a CPU (no GPUs); a
     HarnessError, the run's one line, when the blocks need more GPUs than there are."""
     if not visible:
         return []
