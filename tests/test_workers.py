@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 
 from conftest import harness_cli
-from support.cli import harness_main
 from harness import workers
 from harness.api import registry
 from harness.errors import HarnessError
 from harness.workers import run_jobs
+from support.cli import harness_main
 
 
 def _square_or_fail(job: tuple[str, float]) -> float:
