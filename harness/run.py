@@ -54,7 +54,7 @@ from harness.results.store import Store
 from harness.scoring import same_signal
 from harness.scoring.environments import build_environments
 from harness.train.trainer import train
-from harness.workers import default_processes, one_cpu_thread
+from harness.workers import default_processes, one_cpu_thread, visible_gpus, worker_gpus
 
 
 def run(options: RunOptions) -> list[dict]:
@@ -73,6 +73,11 @@ def run_validated(plan: Plan) -> list[dict]:
     """Carry out the ``plan`` ``validate`` returned (the CLI validates before the libraries load)."""
     options, preset = plan.options, plan.preset
     out = options.out
+    n_models = len(plan.models)
+    gpus_per_job = max((model.processes for model in plan.methods if model.train), default=1)  # one per process
+    processes = min(options.jobs or default_processes(n_models, gpus_per_job), n_models)
+    if options.backend == "local":
+        worker_gpus(visible_gpus(), processes, gpus_per_job)  # too few GPUs for the jobs at once: refused here
     # A scorer's own environment is installed before anything else: a failed install stops the run here, in one
     # line, with nothing made.
     build_environments(_scorers_used(plan), SCORERS)
@@ -104,13 +109,11 @@ def run_validated(plan: Plan) -> list[dict]:
                 f"   {model.method} starts from the UNet {model.init_from} trains on the same data (its recipe; "
                 f"--set {model.method}.init_unet=DIR starts it from yours)"
             )
-    n_models = len(plan.models)
-    processes = min(options.jobs or default_processes(n_models), n_models)
     _import_job_libraries()
     # Jobs start in the order they are submitted, as workers free up: the base's evaluation first
     # (it needs no training data, so it runs while the data is made here), then the trainings, and
     # each trained model's evaluation (and the trainings that start from it) as soon as it ends.
-    with open_backend(options, processes) as pool:
+    with open_backend(options, processes, gpus_per_job) as pool:
         stage(f"{n_models} models: training, then generation and scoring, {pool.description}")
         pending = {pool.evaluate(job(base))}
         with one_cpu_thread(on_gpu=pool.gpus > 0):  # the data depends on no core count either
@@ -165,12 +168,13 @@ def _say_curve_cost(plan: Plan) -> None:
     )
 
 
-def open_backend(options: RunOptions, processes: int) -> Backend:
-    """The backend ``options.backend`` names; ``processes``: the local pool's workers.  Chosen here, above the
-    backends: they run ``harness.backends.jobs``, which reads the plan, whose checks include the backend's options."""
+def open_backend(options: RunOptions, processes: int, gpus_per_job: int) -> Backend:
+    """The backend ``options.backend`` names; ``processes``: the local pool's workers, with ``gpus_per_job`` GPUs
+    each.  Chosen here, above the backends: they run ``harness.backends.jobs``, which reads the plan, whose checks
+    include the backend's options."""
     if options.backend == "ray":
         return RayBackend(options.address)
-    return LocalBackend(processes)
+    return LocalBackend(processes, gpus_per_job)
 
 
 def train_alone(plan: Plan, *, resume: bool = True):

@@ -11,7 +11,9 @@ On a CPU every job runs with one thread, in a worker process or not:
   the throughput; ``bench/parallel_models.py``);
 - CPU kernels split their reductions by thread count, so with one thread a
   model's numbers depend neither on ``--jobs`` nor on the machine's core count.
-On GPUs, worker k sees only GPU k (modulo the visible ones); threads are left alone.
+On GPUs, worker k sees only GPU k (modulo the visible ones: more workers than GPUs share them); threads are
+left alone.  Where a training runs as N processes (``--train-processes``), worker k sees its own N GPUs instead,
+``k.N`` to ``k.N + N - 1``, so the trainings that run at once never share one (``worker_gpus``).
 
 One worker per core, not per job: on 2 cores, four toy trainings took 1.07x to 1.22x the time
 with four workers sharing the cores as with two workers taking two each, and six took 1.17x
@@ -39,6 +41,7 @@ from contextlib import contextmanager
 from typing import Any, NoReturn, TypeVar
 
 from harness.api.registry import load_plugin, loaded_plugins
+from harness.errors import HarnessError
 from harness.libraries import quiet_libraries
 
 Job = TypeVar("Job")
@@ -51,10 +54,43 @@ def _gpu_count() -> int:
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
-def default_processes(n_jobs: int) -> int:
-    """One worker per GPU on a GPU machine, one per core on a CPU (never more than there are jobs)."""
+def default_processes(n_jobs: int, gpus_per_job: int = 1) -> int:
+    """One worker per ``gpus_per_job`` GPUs on a GPU machine, one per core on a CPU (never more than there are
+    jobs)."""
+    gpus = _gpu_count()
+    if gpus:
+        return max(1, min(n_jobs, gpus // gpus_per_job))
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return max(1, min(n_jobs, _gpu_count() or cores))
+    return max(1, min(n_jobs, cores))
+
+
+def visible_gpus() -> list[str]:
+    """This process's GPUs as CUDA_VISIBLE_DEVICES names them (indices or UUIDs); none on a CPU."""
+    count = _gpu_count()
+    return os.environ.get("CUDA_VISIBLE_DEVICES", ",".join(map(str, range(count)))).split(",")[:count]
+
+
+def worker_gpus(visible: Sequence[str], workers: int, gpus_per_worker: int) -> list[str]:
+    """Each worker's CUDA_VISIBLE_DEVICES: one of the ``visible`` GPUs each, several workers sharing one where
+    there are fewer GPUs than workers (as ever); ``gpus_per_worker`` > 1 (a training of that many processes)
+    disjoint blocks of that many, a training's processes being one per GPU.  Empty on a CPU (no GPUs); a
+    HarnessError, the run's one line, when the blocks need more GPUs than there are."""
+    if not visible:
+        return []
+    if gpus_per_worker == 1:
+        return [visible[slot % len(visible)] for slot in range(workers)]
+    if gpus_per_worker > len(visible):
+        raise HarnessError(
+            f"a training of {gpus_per_worker} processes needs {gpus_per_worker} GPUs, one each; this machine has "
+            f"{len(visible)}"
+        )
+    if workers * gpus_per_worker > len(visible):
+        raise HarnessError(
+            f"{workers} jobs at once with trainings of {gpus_per_worker} processes need {workers * gpus_per_worker} "
+            f"GPUs, {gpus_per_worker} each; this machine has {len(visible)}: --jobs {len(visible) // gpus_per_worker} "
+            "fits"
+        )
+    return [",".join(visible[slot * gpus_per_worker : (slot + 1) * gpus_per_worker]) for slot in range(workers)]
 
 
 def start_method(gpus: int) -> str:
@@ -81,16 +117,15 @@ def _unwind(signum: int, frame: Any) -> NoReturn:
     raise SystemExit(128 + signum)
 
 
-def _init_worker(slots: Any, gpus: int, plugins: list[str]) -> None:
+def _init_worker(slots: Any, devices: list[str], plugins: list[str]) -> None:
     # Ctrl-C reaches the whole process group: the parent alone handles it, by terminating the workers.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     # Terminated (a job failed elsewhere, or Ctrl-C), a job unwinds instead of dying mid-write: it
     # removes its temporaries (half a checkpoint) and rolls back its database transaction.
     signal.signal(signal.SIGTERM, _unwind)
     slot = slots.get()
-    if gpus:  # before anything initialises CUDA in this process
-        visible = os.environ.get("CUDA_VISIBLE_DEVICES", ",".join(map(str, range(gpus)))).split(",")
-        os.environ["CUDA_VISIBLE_DEVICES"] = visible[slot % len(visible)]
+    if devices:  # before anything initialises CUDA in this process (and its trainings' processes inherit it)
+        os.environ["CUDA_VISIBLE_DEVICES"] = devices[slot]
     os.environ["TQDM_POSITION"] = str(slot)  # each worker's progress bars on their own line
     from tqdm import tqdm
 
@@ -100,7 +135,7 @@ def _init_worker(slots: Any, gpus: int, plugins: list[str]) -> None:
     for plugin in plugins:
         load_plugin(plugin)
     quiet_libraries()
-    if not gpus:
+    if not devices:
         import torch
 
         torch.set_num_threads(1)
@@ -111,10 +146,11 @@ class WorkerPool:
 
     Jobs start in the order they are submitted, each on the first free worker.  ``fn`` must be
     a module-level function and the jobs picklable.  With one process the jobs run here, one
-    thread on a CPU, each as soon as it is submitted.
+    thread on a CPU, each as soon as it is submitted.  ``gpus_per_worker``: the GPUs each worker sees
+    (``worker_gpus``), for jobs that run several processes of their own.
     """
 
-    def __init__(self, processes: int) -> None:
+    def __init__(self, processes: int, gpus_per_worker: int = 1) -> None:
         self.gpus = _gpu_count()
         self.executor = None
         if processes > 1:
@@ -124,9 +160,10 @@ class WorkerPool:
             for slot in range(processes):
                 slots.put(slot)
             plugins = loaded_plugins() if method == "spawn" else []  # a forked worker has them already
+            devices = worker_gpus(visible_gpus(), processes, gpus_per_worker)
             # A worker that dies (killed, out of memory) fails its job with BrokenProcessPool instead of hanging.
             self.executor = ProcessPoolExecutor(
-                processes, mp_context=context, initializer=_init_worker, initargs=(slots, self.gpus, plugins)
+                processes, mp_context=context, initializer=_init_worker, initargs=(slots, devices, plugins)
             )
 
     def submit(self, fn: Callable[[Job], Result], job: Job) -> Future:

@@ -1,10 +1,10 @@
 """Run by tests/test_train_distributed.py under `torchrun --nproc_per_node 2`.
 
-Trains each method for two steps (two micro-batches each) with the real trainer
-and, after every optimizer step, gathers the trainable parameters of both
-processes and fails unless they are bit-identical.  One process pair for all
-methods: start-up is most of the cost on a CPU.
-Usage: dist_train_check.py METHODS(comma-separated) BASE_MODEL DATA_DIR OUT_DIR
+Trains each method named for each preset in turn, two optimizer steps of two micro-batches, with the real trainer
+and the preset's own settings, and after every optimizer step gathers the trainable parameters of both processes
+and fails unless they are bit-identical; it prints how far they moved from the base.  One process pair for every
+training: start-up (torch, diffusers, the process group) is most of the cost on a CPU.
+Usage: dist_train_check.py DATA_DIR OUT_DIR PRESET=BASE_MODEL:METHOD,METHOD ...
 """
 
 from __future__ import annotations
@@ -18,52 +18,60 @@ import torch.distributed as dist
 from harness.api.registry import METHODS
 from harness.train.trainer import Trainer, resolve_config
 
+# The fewest passes that still train: two steps of two micro-batches of one sample, a checkpoint after each.
+SHORT = {"max_steps": 2, "batch_size": 1, "grad_accum": 2, "checkpoint_every": 1}
+# Inner loops the tiny recipes leave at their published length, cut short.
+CHEAPER = {"dro": {"sampler_steps": 4}, "smpo": {"inversion_steps": 3}}
+
 
 class CheckedTrainer(Trainer):
-    @property
-    def method_name(self) -> str:
-        return type(self.method).__name__.lower()
+    label = ""  # "PRESET METHOD", for the lines printed
 
     def _optimizer_step(self, step, params):
+        flat = _flat(params)
+        if step == 0:
+            self.start = flat
         terms = super()._optimizer_step(step, params)
-        flat = torch.cat([p.detach().flatten() for p in params.values()])[None]
-        gathered = self.accelerator.gather(flat)
+        flat = _flat(params)
+        gathered = self.accelerator.gather(flat[None])
         assert gathered.shape[0] == 2, f"expected 2 processes, got {gathered.shape[0]}"
-        assert torch.equal(gathered[0], gathered[1]), f"parameters differ across ranks after step {step + 1}"
+        assert torch.equal(gathered[0], gathered[1]), (
+            f"{self.label}: parameters differ across ranks after step {step + 1}"
+        )
         if self.accelerator.is_main_process:
+            moved = (flat - self.start).abs().max().item()
             print(
-                f"{self.method_name} step {step + 1}: parameters identical on both ranks; loss {terms['loss']:.5f}",
+                f"{self.label} step {step + 1}: parameters identical on both ranks; moved {moved:.3e}; "
+                f"loss {terms['loss']:.5f}",
                 flush=True,
             )
         return terms
 
 
+def _flat(params) -> torch.Tensor:
+    return torch.cat([p.detach().flatten() for p in params.values()])
+
+
 def main() -> None:
-    methods, base_model, data_dir, out_dir = sys.argv[1:5]
-    for method in methods.split(","):
-        overrides = {
-            "max_steps": 2,
-            "batch_size": 1,
-            "grad_accum": 2,
-            "lr": 1e-4,
-            "scale_lr": False,
-            "warmup_steps": 0,
-            "checkpoint_every": 1,
-        }
-        overrides.update({"dro": {"sampler_steps": 4}, "smpo": {"inversion_steps": 3}}.get(method, {}))
-        config = resolve_config(method, None, overrides)
-        trainer = CheckedTrainer(
-            METHODS.get(method)(config),
-            base_model=base_model,
-            data_dir=Path(data_dir),
-            output_dir=Path(out_dir) / method,
-            seed=0,
-            on_log=None,
-        )
-        result = trainer.run(resume=False)
-        assert trainer.world == 2
-        if trainer.accelerator.is_main_process:
-            print(f"done {method}: {result.steps} steps", flush=True)
+    data_dir, out_dir, *trainings = sys.argv[1:]
+    for training in trainings:
+        preset_and_base, methods = training.rsplit(":", 1)
+        preset, base_model = preset_and_base.split("=", 1)
+        for method in methods.split(","):
+            config = resolve_config(method, preset, {**SHORT, **CHEAPER.get(method, {})})
+            trainer = CheckedTrainer(
+                METHODS.get(method)(config),
+                base_model=base_model,
+                data_dir=Path(data_dir),
+                output_dir=Path(out_dir) / preset / method,
+                seed=0,
+                on_log=None,
+            )
+            trainer.label = f"{preset} {method}"
+            result = trainer.run(resume=False)
+            assert trainer.world == 2
+            if trainer.accelerator.is_main_process:
+                print(f"done {preset} {method}: {result.steps} steps", flush=True)
     dist.barrier()
     dist.destroy_process_group()
 

@@ -1,9 +1,11 @@
-"""Two CPU processes (torchrun, gloo): every method trains with identical parameters on both ranks; `harness run
---train-processes 2` trains what 1 process does with doubled accumulation; a failed process group is one line."""
+"""Two CPU processes (torchrun, gloo): every method trains with identical parameters on both ranks, on the tiny and
+tiny-flow presets; `harness run --train-processes 2` trains what 1 process does with doubled accumulation; a failed
+process group is one line."""
 
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -16,23 +18,41 @@ import torch
 from safetensors.torch import load_file
 from torch.distributed.elastic.multiprocessing.errors import ProcessFailure
 
+from harness.api.data import Online
+from harness.api.registry import METHODS
 from harness.backends.jobs import _failure_line
+from harness.models.families import family_of_model
 from harness.results.store import Store
 from harness.run import RunOptions, run
+from harness.train.trainer import resolve_config
 from support.train_fixtures import write_expert_dir, write_pair_dir
 
 SCRIPT = Path(__file__).with_name("dist_train_check.py")
 
 
-METHODS = ("dpo", "smpo", "dro", "sft")
+def trainable_methods(preset: str, base_model: Path) -> list[str]:
+    """Every registered method that trains on ``preset``'s base model: the online ones (an ``Online`` data spec:
+    rollouts sampled with the flow-matching SDE) need a flow-matching base, every other method trains on both."""
+    flow = family_of_model(str(base_model)).flow_matching
+    return [
+        name
+        for name in METHODS.names()
+        if flow
+        or not isinstance(METHODS.get(name)(resolve_config(name, preset, warn_untuned=False)).data_spec(), Online)
+    ]
 
 
 @pytest.mark.distributed
 @pytest.mark.slow
-def test_two_process_training_keeps_ranks_identical(tiny_model_dir, tmp_path):
+def test_every_method_trains_on_two_processes_on_the_tiny_presets(tiny_model_dir, tiny_sd3_dir, tmp_path):
+    """One torchrun of 2 gloo processes trains every registered method on tiny and tiny-flow in turn (grpo and
+    online-dpo on tiny-flow only): after each optimizer step both ranks hold the same weights, and they moved."""
+    bases = {"tiny": tiny_model_dir, "tiny-flow": tiny_sd3_dir}
+    methods = {preset: trainable_methods(preset, base) for preset, base in bases.items()}
+    assert set(methods["tiny-flow"]) == set(METHODS.names())
+    assert {"grpo", "online-dpo"} <= set(methods["tiny-flow"]) - set(methods["tiny"])
     data = write_expert_dir(write_pair_dir(tmp_path / "data"))
     torchrun = Path(sys.executable).with_name("torchrun")
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(
         [
             str(torchrun),
@@ -40,22 +60,27 @@ def test_two_process_training_keeps_ranks_identical(tiny_model_dir, tmp_path):
             "--nproc_per_node",
             "2",
             str(SCRIPT),
-            ",".join(METHODS),
-            str(tiny_model_dir),
             str(data),
             str(tmp_path / "out"),
+            *(f"{preset}={bases[preset]}:{','.join(names)}" for preset, names in methods.items()),
         ],
         capture_output=True,
         text=True,
         timeout=400,
-        env=env,
+        # PYTHONSAFEPATH: the script's folder, tests/, not on sys.path, where tests/methods would shadow the methods.
+        env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONSAFEPATH": "1"},
     )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
-    for method in METHODS:
-        for step in (1, 2):
-            assert f"{method} step {step}: parameters identical on both ranks" in result.stdout
-        assert f"done {method}: 2 steps" in result.stdout
-        assert (tmp_path / "out" / method / "final" / "unet" / "config.json").exists()
+    for preset, names in methods.items():
+        for method in names:
+            label = f"{preset} {method}"
+            moved = re.findall(
+                rf"^{label} step (\d): parameters identical on both ranks; moved (\S+);", result.stdout, re.M
+            )
+            assert [step for step, _ in moved] == ["1", "2"], (label, result.stdout[-2000:])
+            assert float(moved[-1][1]) > 0, label
+            assert f"done {label}: 2 steps" in result.stdout
+            assert (tmp_path / "out" / preset / method / "final" / "unet" / "config.json").exists()
 
 
 def _run_dpo(out: Path, data: Path, processes: int, grad_accum: int) -> list[dict]:

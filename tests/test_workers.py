@@ -15,6 +15,7 @@ from harness import workers
 from harness.api import registry
 from harness.errors import HarnessError
 from harness.workers import run_jobs
+from support.cli import harness_main
 
 
 def _square_or_fail(job: tuple[str, float]) -> float:
@@ -42,6 +43,41 @@ def test_a_cpu_pool_has_one_worker_per_core_at_most():
 
     cores = len(os.sched_getaffinity(0))
     assert [workers.default_processes(n) for n in (1, cores, cores + 3)] == [1, cores, cores]
+
+
+def test_each_worker_gets_gpus_of_its_own_for_a_trainings_processes():
+    """Trainings of N processes: worker k sees GPUs kN..kN+N-1 (as CUDA_VISIBLE_DEVICES names them), never one
+    another worker sees; one GPU per worker is shared round the GPUs, as before; a CPU has none."""
+    assert workers.worker_gpus(["0", "1", "2", "3", "4"], 2, 2) == ["0,1", "2,3"]
+    assert workers.worker_gpus(["4", "6", "7", "GPU-a"], 1, 4) == ["4,6,7,GPU-a"]
+    assert workers.worker_gpus(["0", "1"], 3, 1) == ["0", "1", "0"]
+    assert workers.worker_gpus([], 2, 2) == []
+    with pytest.raises(
+        HarnessError,
+        match=r"^2 jobs at once with trainings of 2 processes need 4 GPUs, 2 each; this "
+        r"machine has 3: --jobs 1 fits$",
+    ):
+        workers.worker_gpus(["0", "1", "2"], 2, 2)
+    with pytest.raises(HarnessError, match=r"^a training of 4 processes needs 4 GPUs, one each; this machine has 2$"):
+        workers.worker_gpus(["0", "1"], 1, 4)
+
+
+def test_more_gpus_than_the_jobs_at_once_have_is_refused_before_anything_is_made(monkeypatch, tmp_path, tiny_model_dir):
+    """`harness run` on 3 GPUs (their count stood in for: no GPU here) with 2 jobs at once of 2 processes each:
+    one line, exit 2, no results directory; --jobs left out, the pool is sized to fit (1 job at a time)."""
+    monkeypatch.setattr(workers, "_gpu_count", lambda: 3)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1,2")
+    out = tmp_path / "out"
+    result = harness_main(
+        "run", "--preset", "tiny", "--methods", "dpo", "--train-processes", "2", "--jobs", "2", "--out", str(out)
+    )
+    assert (result.returncode, result.stderr) == (
+        2,
+        "harness: error: 2 jobs at once with trainings of 2 processes need 4 GPUs, 2 each; this machine has 3: "
+        "--jobs 1 fits\n",
+    )
+    assert not out.exists()
+    assert workers.default_processes(5, 2) == 1 and workers.default_processes(5, 1) == 3
 
 
 def _method_description(name: str) -> str:

@@ -109,18 +109,12 @@ def train_in_processes(job: ModelJob) -> TrainResult:
     elastic launcher (what ``torchrun --standalone`` runs), each ``train_logged``; the first writes the log and
     the checkpoints.  A process that fails or is killed stops the others (the launcher watches them every 0.1 s,
     and a collective with a dead peer fails at once) and is one HarnessError line; a rerun resumes from the last
-    checkpoint."""
-    import torch
+    checkpoint.  On GPUs process k uses the k-th GPU this job sees: the local pool gives each worker GPUs of its
+    own (``harness.workers.worker_gpus``), and the processes inherit its CUDA_VISIBLE_DEVICES."""
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
     processes = job.model.processes
-    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    if gpus and gpus < processes:
-        raise HarnessError(
-            f"{job.model.method}: {processes} training processes need {processes} GPUs; this job sees {gpus} (each "
-            "worker of the local pool has one GPU: --jobs 1 runs the jobs one at a time with every GPU)"
-        )
     with tempfile.TemporaryDirectory(prefix="harness-train-") as folder, _launcher_quiet():
         exchange = Path(folder)
         (exchange / "job.pickle").write_bytes(pickle.dumps((job, loaded_plugins())))

@@ -10,10 +10,11 @@ from harness.workers import WorkerPool
 
 
 class LocalBackend:
-    """A training is one job, a model's evaluation another, each on the first free worker."""
+    """A training is one job, a model's evaluation another, each on the first free worker; on GPUs each worker
+    has ``gpus_per_job`` GPUs of its own, for a training's processes (``harness.workers.worker_gpus``)."""
 
-    def __init__(self, processes: int) -> None:
-        self.pool = WorkerPool(processes)
+    def __init__(self, processes: int, gpus_per_job: int) -> None:
+        self.pool = WorkerPool(processes, gpus_per_job)
         self.gpus = self.pool.gpus
         self.description = f"{processes} jobs at a time"
 

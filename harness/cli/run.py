@@ -86,7 +86,7 @@ def register(commands: Commands) -> None:
         "--jobs",
         type=options.count,
         help="jobs (a training, a model's evaluation) run at once (default: one per core on a CPU, one thread each; "
-        "one per GPU)",
+        "one per GPU, or per N GPUs with trainings of N processes, each job's GPUs its own)",
     )
     p.add_argument(
         "--train-processes",

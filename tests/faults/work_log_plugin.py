@@ -16,7 +16,9 @@ what they compute, and appends one JSON line per event to the file named by ``$F
 last only milliseconds: ``micro:S:M`` at the start of micro-step M of optimizer step S (the earlier
 micro-steps' gradients are accumulated in memory, nothing of step S is applied), or
 ``checkpoint:N:FILE`` in the middle of writing FILE of checkpoint N (half of its bytes on disk, in
-``.checkpoint-N.tmp``).  The process logs the gate and sleeps until it is killed.
+``.checkpoint-N.tmp``).  The process logs the gate and sleeps until it is killed.  With ``$FAULTS_GATE_RANK``
+only that process of a multi-process training stops there (torchrun's ``RANK``); the others go on into the
+step's collectives and wait for it.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from harness.scoring.cache import ScoreCache
 
 LOG = os.environ["FAULTS_WORK_LOG"]
 GATE = os.environ.get("FAULTS_GATE", "")
+GATE_RANK = os.environ.get("FAULTS_GATE_RANK")
 
 
 def record(event: str, **fields) -> None:
@@ -111,7 +114,7 @@ def logged_step(optimizer_step):
 def gated_make_batch(make_batch, step: int, micro: int):
     @functools.wraps(make_batch)
     def wrapper(self, at_step, at_micro, generator):
-        if (at_step, at_micro) == (step, micro):
+        if (at_step, at_micro) == (step, micro) and GATE_RANK in (None, os.environ.get("RANK")):
             wait_to_be_killed(out=str(self.output_dir), step=at_step, micro=at_micro)
         return make_batch(self, at_step, at_micro, generator)
 
