@@ -364,7 +364,8 @@ def _workers_failure_line(job: ModelJob, failed: Exception, exchange: Path) -> s
     """The local launcher's line for a failed training (``_failure_line``): a worker that died first (the others'
     errors are its consequence: a collective's lost peer), else a process's own error."""
     failures = getattr(failed, "worker_failures", {})
-    died = [rank for rank, error in sorted(failures.items()) if not isinstance(error, RuntimeError)]
+    # A process that failed on its own wrote its error (train_process.main) before it ended.
+    died = [rank for rank in sorted(failures) if not any(exchange.glob(f"*-{rank}.txt"))]
     if died or (not any(exchange.glob("error-*.txt")) and not any(exchange.glob("traceback-*.txt"))):
         rank = (died or sorted(failures) or ["?"])[0]
         cause = _first_line(failures[rank]) if rank in failures else _first_line(failed)
