@@ -231,10 +231,10 @@ def test_two_training_processes_on_ray_train_what_one_does_with_twice_the_accumu
 
 
 def test_a_moved_ray_run_resumes_from_a_driver_in_another_directory(small_ray_run, cluster, tmp_path: Path) -> None:
-    """The small run, moved, resumed by a relative path from a driver in another working directory: nothing
-    rewritten, the same leaderboard.  A path recorded absolute would miss the move; one recorded relative to the
-    working directory, the driver.  (Not ``ray_run``: resuming its larger run took longer than making and
-    resuming this one.)"""
+    """The small run, moved, resumed by a relative path from a driver in another working directory, and on one
+    process (the count is where a training runs, not one of its settings): nothing rewritten, the same
+    leaderboard.  A path recorded absolute would miss the move; one recorded relative to the working directory,
+    the driver.  (Not ``ray_run``: resuming its larger run took longer than making and resuming this one.)"""
     address, _ = cluster
     made, _ = small_ray_run
     elsewhere, moved = tmp_path / "elsewhere", tmp_path / "archive" / "runs-moved"
@@ -243,8 +243,9 @@ def test_a_moved_ray_run_resumes_from_a_driver_in_another_directory(small_ray_ru
     board = leaderboard_json(made)
     shutil.move(made, moved)
     before = stamps(moved)
-    command = (*SMALL_RUN, "--train-processes", "2", "--backend", "ray", "--address", address)
-    resumed = harness_cli(*command, "--out", "../archive/runs-moved", cwd=elsewhere)
+    resumed = harness_cli(
+        *SMALL_RUN, "--backend", "ray", "--address", address, "--out", "../archive/runs-moved", cwd=elsewhere
+    )
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     assert stamps(moved) == before, "the resumed run rewrote files of the results directory"
     assert leaderboard_json(moved) == board
