@@ -363,17 +363,18 @@ def _training_process(config: dict[str, Any]) -> None:
 def _workers_failure_line(job: ModelJob, failed: Exception, exchange: Path) -> str:
     """The local launcher's line for a failed training (``_failure_line``): a worker that died first (the others'
     errors are its consequence: a collective's lost peer), else a process's own error."""
-    failures = getattr(failed, "worker_failures", {})
+    name, processes = job.model.method, job.model.processes
+    failures = getattr(failed, "worker_failures", {})  # none when Ray Train's controller failed
     # A process that failed on its own wrote its error (train_process.main) before it ended.
     died = [rank for rank in sorted(failures) if not any(exchange.glob(f"*-{rank}.txt"))]
-    if died or (not any(exchange.glob("error-*.txt")) and not any(exchange.glob("traceback-*.txt"))):
-        rank = (died or sorted(failures) or ["?"])[0]
-        cause = _first_line(failures[rank]) if rank in failures else _first_line(failed)
+    if died:
         return (
-            f"{job.model.method}: training process {rank} of {job.model.processes} died on Ray ({cause}); the "
-            "others were stopped; a rerun resumes from the last checkpoint"
+            f"{name}: training process {died[0]} of {processes} died on Ray ({_first_line(failures[died[0]])}); "
+            "the others were stopped; a rerun resumes from the last checkpoint"
         )
-    return _failure_line(job, {}, exchange)
+    if any(exchange.glob("error-*.txt")) or any(exchange.glob("traceback-*.txt")):
+        return _failure_line(job, {}, exchange)
+    return f"{name}: its {processes} training processes failed on Ray: {_first_line(failed)}; rerun to resume"
 
 
 def _generate_shard(
