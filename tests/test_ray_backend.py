@@ -1,17 +1,21 @@
 """`harness run --backend ray` on a real local Ray cluster: the local run's results, byte for byte, with
-workers killed in the middle of their jobs on the way (Ray retries them); its results directory, moved,
+workers killed in the middle of their jobs on the way (Ray retries them); a training of two processes (Ray
+Train's workers) trains what one process does with twice the accumulation; a results directory, moved,
 resumes from a driver in another directory without redoing anything."""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import sqlite3
 import subprocess
 import time
 from pathlib import Path
 
 import pytest
+import torch
+from safetensors.torch import load_file
 
 from conftest import harness_cli
 from faults.kills import stamps
@@ -46,6 +50,10 @@ RUN = (
     "1",
 )
 PLUGIN = Path(__file__).with_name("ray_kill_plugin.py")
+# A small run (the tiny preset's 2 DPO steps of batch 2, one image per prompt), its training as two processes
+# on Ray: 2 processes x accumulation 1, the optimizer steps of 1 process x accumulation 2.
+SMALL_RUN = ("run", "--preset", "tiny", "--methods", "dpo", "--set", "max_steps=2", "--images-per-prompt", "1")
+UNET = Path("models/dpo/final/unet/diffusion_pytorch_model.safetensors")
 
 
 @pytest.fixture(scope="module")
@@ -83,6 +91,19 @@ def ray_run(cluster, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, su
     result = harness_cli(*ray_command(cluster, str(out)))
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return out, result
+
+
+@pytest.fixture(scope="module")
+def small_ray_run(cluster, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess]:
+    """SMALL_RUN on the cluster with ``--train-processes 2``, made from the folder ``first`` into ``first/runs``
+    (a relative ``--out``)."""
+    address, _ = cluster
+    first = tmp_path_factory.mktemp("small") / "first"
+    first.mkdir()
+    command = (*SMALL_RUN, "--train-processes", "2", "--backend", "ray", "--address", address, "--out", "runs")
+    made = harness_cli(*command, cwd=first)
+    assert made.returncode == 0, made.stdout[-3000:] + made.stderr[-3000:]
+    return first / "runs", made
 
 
 def ray_command(cluster, out: str) -> tuple[str, ...]:
@@ -189,36 +210,42 @@ def test_killed_workers_were_retried_and_nothing_was_recorded_twice(ray_run, clu
     assert not ResultsDir(out).ray_journals.exists()  # every write the training recorded was made
 
 
-def test_a_moved_ray_run_resumes_from_a_driver_in_another_directory(cluster, tmp_path: Path) -> None:
-    """A small run made on the cluster from one directory, moved, and resumed by a relative path from a
-    driver in another working directory: nothing rewritten, the same leaderboard.  A path recorded absolute
-    would miss the move; one recorded relative to the working directory, the driver.  (Not ``ray_run``:
-    resuming its larger run took longer than making and resuming this one.)"""
+def test_two_training_processes_on_ray_train_what_one_does_with_twice_the_accumulation(small_ray_run, tmp_path):
+    """Ray Train's two workers (gloo, the process group Ray's) against one local process with twice the
+    accumulation: the same final UNet, bit for bit, and the same leaderboard; the first worker's training log
+    reached the store through the journal, and the run records its two processes."""
+    out, made = small_ray_run
+    assert "dpo: training as 2 processes" in made.stdout
+    one = tmp_path / "one"
+    reference = harness_main(*SMALL_RUN, "--set", "dpo.grad_accum=2", "--out", str(one))
+    assert reference.returncode == 0, reference.stdout[-3000:] + reference.stderr[-3000:]
+    ours, theirs = load_file(str(out / UNET)), load_file(str(one / UNET))
+    assert ours.keys() == theirs.keys() and all(torch.equal(ours[name], theirs[name]) for name in ours)
+    assert leaderboard_json(out) == leaderboard_json(one)
+    assert results(out)["training"] == results(one)["training"]
+    db = sqlite3.connect(out / "results.db")
+    compute = json.loads(db.execute("SELECT compute FROM runs WHERE method = 'dpo'").fetchone()[0])
+    db.close()
+    assert compute["train_processes"] == 2 and compute["train_cpu_hours"] > 0
+    assert not ResultsDir(out).ray_journals.exists()  # the journal made, the exchange folder removed
+
+
+def test_a_moved_ray_run_resumes_from_a_driver_in_another_directory(small_ray_run, cluster, tmp_path: Path) -> None:
+    """The small run, moved, resumed by a relative path from a driver in another working directory, and on one
+    process (the count is where a training runs, not one of its settings): nothing rewritten, the same
+    leaderboard.  A path recorded absolute would miss the move; one recorded relative to the working directory,
+    the driver.  (Not ``ray_run``: resuming its larger run took longer than making and resuming this one.)"""
     address, _ = cluster
-    run = (
-        "run",
-        "--preset",
-        "tiny",
-        "--methods",
-        "dpo",
-        "--set",
-        "max_steps=2",
-        "--images-per-prompt",
-        "1",
-        "--backend",
-        "ray",
-        "--address",
-        address,
-    )
-    first, elsewhere, moved = tmp_path / "first", tmp_path / "elsewhere", tmp_path / "archive" / "runs-moved"
-    for folder in (first, elsewhere, moved.parent):
+    made, _ = small_ray_run
+    elsewhere, moved = tmp_path / "elsewhere", tmp_path / "archive" / "runs-moved"
+    for folder in (elsewhere, moved.parent):
         folder.mkdir()
-    made = harness_cli(*run, "--out", "runs", cwd=first)
-    assert made.returncode == 0, made.stdout[-3000:] + made.stderr[-3000:]
-    board = leaderboard_json(first / "runs")
-    os.rename(first / "runs", moved)
+    board = leaderboard_json(made)
+    shutil.move(made, moved)
     before = stamps(moved)
-    resumed = harness_cli(*run, "--out", "../archive/runs-moved", cwd=elsewhere)
+    resumed = harness_cli(
+        *SMALL_RUN, "--backend", "ray", "--address", address, "--out", "../archive/runs-moved", cwd=elsewhere
+    )
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     assert stamps(moved) == before, "the resumed run rewrote files of the results directory"
     assert leaderboard_json(moved) == board

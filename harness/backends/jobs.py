@@ -42,17 +42,23 @@ class ModelJob:
     stage: Stages
 
 
-def train_job(job: ModelJob) -> ModelEntry:
+def train_job(
+    job: ModelJob,
+    in_processes: Callable[[ModelJob], TrainResult] | None = None,
+    on_gpu: bool | None = None,
+) -> ModelEntry:
     """Train a method from the base (a job), in this process or as ``model.processes`` data-parallel processes
-    (``train_in_processes``); the entry returned holds its trained UNet, to be evaluated."""
+    (``in_processes``: ``train_in_processes`` unless a backend starts them its own way); the entry returned holds
+    its trained UNet, to be evaluated.  ``on_gpu``: whether the training's processes have GPUs (None: whether this
+    process has one)."""
     model = job.model
     job.stage(f"{model.method}: training" + (f" as {model.processes} processes" if model.processes > 1 else ""))
-    clock = JobClock(processes=model.processes)
+    clock = JobClock(on_gpu=on_gpu, processes=model.processes)
     results = ResultsDir(job.plan.options.out)
     with Store(results.db) as store:
         store.set_run_status(job.run_id, "running")
         try:
-            result = train_in_processes(job) if model.processes > 1 else train_logged(job, store)
+            result = (in_processes or train_in_processes)(job) if model.processes > 1 else train_logged(job, store)
         except BaseException:
             with contextlib.suppress(HarnessError):  # (a full disk, say) what failed matters more than its record
                 store.add_compute(job.run_id, clock.figures("train"))

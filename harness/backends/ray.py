@@ -7,7 +7,11 @@ What runs where:
 - A method's training is one Ray task asking for a GPU (a CPU on a CPU cluster).  It runs the
   local job (``harness.backends.jobs.train_job``) with its store writes recorded in a journal file in the
   results directory (``harness.results.store.StoreJournal``), which the driver makes while the training
-  runs (the dashboard shows live curves) and at its end.
+  runs (the dashboard shows live curves) and at its end.  A training of N processes (``--train-processes``)
+  is that task asking for nothing, which runs the job with its N processes as the workers of a Ray Train
+  ``TorchTrainer`` (N GPUs, or N CPUs; Ray places them and sets up the process group, NCCL or gloo), each
+  running the local backend's process entry (``harness.backends.train_process``), the first one's store
+  writes recorded in the same journal.
 - A model's evaluation is ``harness.evaluation.evaluate.evaluate`` (the local job's: the run's status, its
   stage lines, its cost) run by the driver with its two parts split over the cluster: one shard per free GPU
   (CPU), each a task that loads the pipeline once and generates its part of every suite
@@ -32,12 +36,16 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import logging
 import math
 import os
+import pickle
+import shutil
 import sys
 import threading
+import time
 from collections.abc import Callable, Collection, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -45,7 +53,8 @@ from typing import Any, TypeVar
 
 from harness.api.environment import say
 from harness.api.registry import load_plugin, loaded_plugins
-from harness.backends.jobs import evaluate_job, train_job
+from harness.backends import train_process
+from harness.backends.jobs import ModelJob, _failure_line, evaluate_job, train_job
 from harness.errors import HarnessError
 from harness.evaluation.evaluate import Checkpoint, Protocol, evaluate, generate_suites, score_rows
 from harness.evaluation.sampling import merge_shards, shard_count
@@ -55,6 +64,7 @@ from harness.results.layout import ResultsDir
 from harness.results.store import Store, StoreJournal
 from harness.scoring import get_scorer
 from harness.scoring.cache import SCORE_BATCH, ScoreCache, score_images
+from harness.train.trainer import TrainResult
 from harness.workers import one_cpu_thread, wait_any
 
 RETRIES = 3  # times a job whose worker died runs again
@@ -109,10 +119,14 @@ class RayBackend:
 
     def _train(self, job: Any) -> Any:
         results = ResultsDir(job.plan.options.out)
-        journal = StoreJournal(results.ray_journals / f"{job.model.method}-training.jsonl")
+        journal = _training_journal(job)
+        run, slot = train_job, self.slot
+        if job.model.processes > 1:  # the task only waits: the TorchTrainer's workers hold the GPUs (CPUs)
+            in_workers = functools.partial(_train_in_workers, use_gpu=bool(self.gpus), cwd=self.setup.cwd)
+            run, slot = functools.partial(train_job, in_processes=in_workers, on_gpu=bool(self.gpus)), {"num_cpus": 0}
         # The task's name prefixes its lines in the run's output and names it on the dashboard.
-        ref = self.recorded.options(**self.slot, max_retries=RETRIES, name=f"{job.model.method} training").remote(
-            train_job, job, journal, self.setup
+        ref = self.recorded.options(**slot, max_retries=RETRIES, name=f"{job.model.method} training").remote(
+            run, job, journal, self.setup
         )
         with Store(results.db) as store:
             made = 0
@@ -284,6 +298,83 @@ def _recorded(fn: Callable[[Any], Result], job: Any, journal: Any, setup: _Worke
     quiet_libraries()
     with journal.recording(), _one_thread():
         return fn(job)
+
+
+def _training_journal(job: ModelJob) -> StoreJournal:
+    return StoreJournal(ResultsDir(job.plan.options.out).ray_journals / f"{job.model.method}-training.jsonl")
+
+
+def _train_in_workers(job: ModelJob, use_gpu: bool, cwd: str) -> TrainResult:
+    """The job's training as the ``job.model.processes`` workers of a Ray Train ``TorchTrainer`` (one GPU each,
+    or one CPU), each ``_training_process``.  A worker that fails or dies ends the training (Ray stops the
+    others) in one HarnessError line; a rerun resumes from the last checkpoint, as locally."""
+    from ray.train import FailureConfig, RunConfig, ScalingConfig, TrainingFailedError
+    from ray.train.torch import TorchTrainer
+
+    # The local launcher's exchange folder (the job in, the result and the errors out), in the results
+    # directory: the workers may be on other nodes.
+    exchange = (ResultsDir(job.plan.options.out).ray_journals / f"{job.model.method}-processes").resolve()
+    shutil.rmtree(exchange, ignore_errors=True)  # an attempt killed earlier
+    exchange.mkdir(parents=True)
+    try:
+        (exchange / "job.pickle").write_bytes(pickle.dumps((job, loaded_plugins())))
+        trainer = TorchTrainer(
+            _training_process,
+            train_loop_config={"exchange": exchange, "journal": _training_journal(job), "cwd": cwd, "job": job},
+            scaling_config=ScalingConfig(num_workers=job.model.processes, use_gpu=use_gpu),
+            run_config=RunConfig(
+                name="ray-train", storage_path=str(exchange), failure_config=FailureConfig(max_failures=0)
+            ),
+        )
+        try:
+            trainer.fit()
+        except TrainingFailedError as failed:
+            raise HarnessError(_workers_failure_line(job, failed, exchange)) from None
+        return pickle.loads((exchange / "result.pickle").read_bytes())
+    finally:
+        shutil.rmtree(exchange, ignore_errors=True)
+
+
+def _training_process(config: dict[str, Any]) -> None:
+    """One worker of ``_train_in_workers``: the local backend's training process (Ray set up the process group),
+    with the first process's store writes recorded in the training's journal; on a CPU, the workers' CPU time
+    is then added to the training's cost (locally the launching job counts its children's)."""
+    if os.path.isdir(config["cwd"]):
+        os.chdir(config["cwd"])
+    started = time.process_time()
+    with config["journal"].recording():
+        try:
+            train_process.main(config["exchange"])
+        except SystemExit as exit:  # its error was written to the exchange folder
+            raise RuntimeError(f"training process ended with exit status {exit.code}") from None
+        import torch
+        import torch.distributed as dist
+
+        if not torch.cuda.is_available():
+            seconds = torch.tensor([time.process_time() - started], dtype=torch.float64)
+            dist.all_reduce(seconds)
+            if dist.get_rank() == 0:
+                job = config["job"]
+                hours = seconds.item() / 3600
+                with Store(ResultsDir(job.plan.options.out).db) as store:
+                    store.add_compute(job.run_id, {"cpu_hours": hours, "train_cpu_hours": hours})
+
+
+def _workers_failure_line(job: ModelJob, failed: Exception, exchange: Path) -> str:
+    """The local launcher's line for a failed training (``_failure_line``): a worker that died first (the others'
+    errors are its consequence: a collective's lost peer), else a process's own error."""
+    name, processes = job.model.method, job.model.processes
+    failures = getattr(failed, "worker_failures", {})  # none when Ray Train's controller failed
+    # A process that failed on its own wrote its error (train_process.main) before it ended.
+    died = [rank for rank in sorted(failures) if not any(exchange.glob(f"*-{rank}.txt"))]
+    if died:
+        return (
+            f"{name}: training process {died[0]} of {processes} died on Ray ({_first_line(failures[died[0]])}); "
+            "the others were stopped; a rerun resumes from the last checkpoint"
+        )
+    if any(exchange.glob("error-*.txt")) or any(exchange.glob("traceback-*.txt")):
+        return _failure_line(job, {}, exchange)
+    return f"{name}: its {processes} training processes failed on Ray: {_first_line(failed)}; rerun to resume"
 
 
 def _generate_shard(

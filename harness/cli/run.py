@@ -93,7 +93,8 @@ def register(commands: Commands) -> None:
         type=options.count,
         default=1,
         metavar="N",
-        help="each training as N data-parallel processes (torchrun; gloo on a CPU), the effective batch kept: "
+        help="each training as N data-parallel processes (torch's launcher; on --backend ray, Ray Train's workers; gloo "
+        "on a CPU), the effective batch kept: "
         "accumulation = effective_batch_size / (N x batch_size); --set METHOD.processes=N for one method "
         "(docs/scaling.md)",
     )

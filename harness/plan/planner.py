@@ -138,8 +138,6 @@ def validate(options: RunOptions, preset: Preset) -> Plan:
     _validate_names(options, preset)
     source = training_source(options, preset)
     trainings = [] if options.pretrained else plan_trainings(options, preset, source, _synthesized(options, preset))
-    if options.backend == "ray" and any(model.processes > 1 for model in trainings):
-        raise HarnessError("--backend ray trains each method in one process; several processes are --backend local's")
     if not options.pretrained:  # the data's mistakes, whatever the preset's models (decoded once; cached)
         check_data(options.data or preset.data, skip_bad_images=options.skip_bad_images)
     check_models_available(options, preset)
