@@ -13,6 +13,10 @@ PPO's clipped objective on the ratio of the policy's log-probability of the reco
 flow_grpo's choice of std_t for the step's std), the loss averaged over steps.  CFG is applied while sampling
 and in the log-probabilities, the unconditional prediction detached.
 
+With ``sde_window_size`` W > 0 (flow_grpo's Fast variant, docs/methods.md gives its file:lines) the sampler
+takes the SDE only on W consecutive steps at a random start (the ODE elsewhere), and those W steps are the ones
+trained.
+
 Deviation: flow_grpo samples a whole epoch first and updates twice on it (the second update off-policy); here
 each micro-step samples and trains at once, so the ratio starts at 1 and the clip acts only through
 accumulation within a step (see docs/methods.md).
