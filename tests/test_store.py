@@ -413,6 +413,9 @@ def test_export_writes_every_table_readable_by_pandas(results_dir: Path, tmp_pat
     assert list(scores.columns) == SCORES_COLUMNS
     assert len(scores) == len(expected)
     assert scores["value"].sum() == pytest.approx(expected["value"].sum())
+    runs = read(tmp_path / "export" / f"runs.{fmt}")  # the compute beside each run: no reward calls offline
+    assert runs["unet_evals_per_sample"].tolist() == [4.0] * len(runs)
+    assert runs["reward_calls_per_sample"].tolist() == ["{}"] * len(runs)
     assert not list((tmp_path / "export").glob(".*tmp*"))
 
 
