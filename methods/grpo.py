@@ -91,7 +91,9 @@ class OnlineConfig(TrainConfig):
     )
     sde_window_size: int = field(
         default=0,
-        metadata={"help": "flow_grpo's Fast sampler: the SDE on this many consecutive steps, the ODE elsewhere (0: off)"},
+        metadata={
+            "help": "flow_grpo's Fast sampler: the SDE on this many consecutive steps, the ODE elsewhere (0: off)"
+        },
     )
     sde_window_end: int = field(
         default=0, metadata={"help": "the SDE window lies within the first this many steps (0: all)"}
@@ -130,7 +132,12 @@ class OnlineConfig(TrainConfig):
 def online_spec(c: OnlineConfig) -> Online:
     """The rollouts a config's method trains on."""
     return Online(
-        c.reward, c.group_size, c.sample_steps, c.sample_guidance_scale, c.noise_level, c.sde_window_size,
+        c.reward,
+        c.group_size,
+        c.sample_steps,
+        c.sample_guidance_scale,
+        c.noise_level,
+        c.sde_window_size,
         c.sde_window_end,
     )
 
