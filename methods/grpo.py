@@ -113,11 +113,6 @@ class OnlineConfig(TrainConfig):
                 f"timestep_fraction must lie in (0, 1] and train at least one of the {self.sample_steps} steps"
             )
         online_spec(self)  # group_size, sample_steps and noise_level checked by the spec
-        if self.caption_dropout:  # a dropped caption would reach the reward as the empty prompt
-            raise HarnessError(
-                f"caption_dropout must be 0 for an online method (the reward rates each sample against its "
-                f"caption), not {self.caption_dropout}"
-            )
 
     @property
     def trained_steps(self) -> int:

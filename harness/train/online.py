@@ -44,7 +44,10 @@ class OnlineSampler:
         self.uncond = encode([""]) if spec.guidance_scale > 1 else None
 
     @torch.no_grad()
-    def rollout(self, batch: Batch) -> Rollout:
+    def rollout(self, batch: Batch, captions: list[str]) -> Rollout:
+        """``batch``'s rollouts, rewarded against ``captions``, its examples' own: a caption that caption
+        dropout replaced by the empty one still conditions the sampling as the batch says, and the reward
+        rates the image against the caption the example has (the empty one is no toy-world prompt)."""
         spec = self.spec
         group, prompts = spec.group_size, len(batch.captions)
         n = group * prompts
@@ -78,7 +81,7 @@ class OnlineSampler:
             log_probs=torch.stack(log_probs, dim=1),
             sigmas=self.sigmas,
             timesteps=self.timesteps,
-            rewards=self.reward(x, list(batch.captions) * group).to(self.device),
+            rewards=self.reward(x, list(captions) * group).to(self.device),
             groups=torch.arange(n, device=self.device) % prompts,
             cond=cond,
             uncond=uncond,

@@ -580,7 +580,7 @@ class Trainer:
             generator=generator,
         )
         if self.online is not None:  # after every other draw: the rollout's noise comes last
-            batch.rollout = self.online.rollout(batch)
+            batch.rollout = self.online.rollout(batch, [example.caption for example, _ in chosen])
         return batch
 
     # -- checkpoints ----------------------------------------------------------------------------------

@@ -153,9 +153,6 @@ def test_grpo_with_an_sde_window_samples_and_raises_the_advantage_weighted_log_p
     assert ((after - before).sum(dim=1) * advantages).sum() > 0
 
 
-def test_an_sde_window_must_fit_the_sampler_steps_and_no_caption_is_dropped():
+def test_an_sde_window_must_fit_the_sampler_steps():
     with pytest.raises(HarnessError, match="must fit the 10 sampler steps"):
         resolve_config("grpo", "tiny", {"sample_steps": 10, "sde_window_size": 3, "sde_window_end": 2})
-    # toy-flow's 0.1 for every method would hand the reward an empty caption mid-run.
-    with pytest.raises(HarnessError, match="caption_dropout must be 0 for an online method"):
-        resolve_config("online-dpo", "toy-flow", {"max_steps": 1})
