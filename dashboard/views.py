@@ -415,7 +415,8 @@ def run_details_page(results: Results) -> None:
     runs = results.runs
     st.caption(
         "Each run's own start and end (its first job's start, its last job's end, UTC), wall time (its jobs' "
-        "sum), CPU-hours on a CPU or GPU-hours on a GPU, UNet evaluations per training sample and peak "
+        "sum), CPU-hours on a CPU or GPU-hours on a GPU, UNet evaluations per training sample, the images each "
+        "reward model scored in training per training sample (online methods; 0 offline) and peak "
         f"memory (the largest of its jobs'). '{MISSING}': the run has no such figure."
     )
     st.dataframe(shown_run_details(run_details(runs)), hide_index=True)

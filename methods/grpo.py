@@ -13,6 +13,10 @@ PPO's clipped objective on the ratio of the policy's log-probability of the reco
 flow_grpo's choice of std_t for the step's std), the loss averaged over steps.  CFG is applied while sampling
 and in the log-probabilities, the unconditional prediction detached.
 
+With ``sde_window_size`` W > 0 (flow_grpo's Fast variant, docs/methods.md gives its file:lines) the sampler
+takes the SDE only on W consecutive steps at a random start (the ODE elsewhere), and those W steps are the ones
+trained.
+
 Deviation: flow_grpo samples a whole epoch first and updates twice on it (the second update off-policy); here
 each micro-step samples and trains at once, so the ratio starts at 1 and the clip acts only through
 accumulation within a step (see docs/methods.md).
@@ -85,6 +89,15 @@ class OnlineConfig(TrainConfig):
     timestep_fraction: float = field(
         default=0.99, metadata={"help": "int(sample_steps x fraction) timesteps trained per sample"}
     )
+    sde_window_size: int = field(
+        default=0,
+        metadata={
+            "help": "flow_grpo's Fast sampler: the SDE on this many consecutive steps, the ODE elsewhere (0: off)"
+        },
+    )
+    sde_window_end: int = field(
+        default=0, metadata={"help": "the SDE window lies within the first this many steps (0: all)"}
+    )
     lr: float = 3e-4
     weight_decay: float = 1e-4
     lora_rank: int = 32
@@ -118,7 +131,15 @@ class OnlineConfig(TrainConfig):
 
 def online_spec(c: OnlineConfig) -> Online:
     """The rollouts a config's method trains on."""
-    return Online(c.reward, c.group_size, c.sample_steps, c.sample_guidance_scale, c.noise_level)
+    return Online(
+        c.reward,
+        c.group_size,
+        c.sample_steps,
+        c.sample_guidance_scale,
+        c.noise_level,
+        c.sde_window_size,
+        c.sde_window_end,
+    )
 
 
 @dataclass
@@ -134,6 +155,12 @@ class GRPOConfig(OnlineConfig):
         super().validate()
         if self.clip_range <= 0 or self.adv_clip_max <= 0 or self.beta < 0:
             raise HarnessError("clip_range and adv_clip_max must be > 0 and beta >= 0")
+
+    @property
+    def trained_steps(self) -> int:
+        """With an SDE window, the window's steps (flow_grpo scripts/train_sd3_fast.py:348-351), the only ones
+        with a log-probability; without, the first ``timestep_fraction`` of the steps."""
+        return self.sde_window_size or super().trained_steps
 
 
 @register_method("grpo")

@@ -305,7 +305,7 @@ def test_run_details_page_shows_provenance_and_overlaps(results_dir: Path, monke
     assert at.dataframe[0].value["method"].tolist() == list(METHODS)
     # Each run's figures; what the fixture's runs lack (CPU- and GPU-hours, peak memory) shows as '–'.
     cells = at.dataframe[0].value.set_index("method")
-    assert cells.loc["dro", ["wall s", "UNet evals / sample"]].tolist() == ["12.5", "4"]
+    assert cells.loc["dro", ["wall s", "UNet evals / sample", "reward calls / sample"]].tolist() == ["12.5", "4", "0"]
     assert cells.loc["dro", ["CPU-hours", "GPU-hours", "peak memory MiB"]].tolist() == ["–"] * 3
     dro_run = int(cells.loc["dro", "run"])
     at.selectbox(key="details_run").set_value(dro_run).run()

@@ -142,3 +142,16 @@ def test_dry_run_names_a_training_whose_method_does_not_state_its_unet_evaluatio
     )
     assert "\ntraining: 16 UNet evaluations in all, besides sft's (" in printed  # dpo's 4 samples x 4
     assert not (tmp_path / "out").exists()
+
+
+def test_dry_run_counts_an_online_trainings_reward_model_calls(tmp_path):
+    """Each prompt's group is rated once by each scorer of the reward: 2 steps x 2 prompts x group 2."""
+    options = RunOptions(
+        methods=["grpo"],
+        out=tmp_path / "out",
+        preset="tiny-flow",
+        suites=["toy-seen"],
+        overrides={"grpo": {"reward": "toy-quality:0.5+toy-fidelity:0.5"}},
+    )
+    printed = describe(validate(options, get_preset("tiny-flow")))
+    assert "= 4 samples x 24 = 96 UNet evaluations, 8 images rated by toy-quality and by toy-fidelity\n" in printed

@@ -17,6 +17,7 @@ import pandas as pd
 import pytest
 
 from harness.errors import HarnessError
+from harness.results.run_details import run_details, shown_run_details
 from harness.results.store import DIVERSITY_COLUMNS, Store, export
 from support.results_fixture import (
     METHODS,
@@ -97,11 +98,14 @@ def test_get_or_create_run_resumes_and_refuses_a_different_config(tmp_path: Path
 def test_set_run_status_merges_compute_and_rejects_unknown_status(tmp_path: Path) -> None:
     with Store(tmp_path) as store:
         run_id = new_run(store)
-        store.set_run_status(run_id, "running", compute={"unet_evals_per_sample": 2.0})
+        calls = {"reward_calls_per_sample": {"pickscore": 24.0}}
+        store.set_run_status(run_id, "running", compute={"unet_evals_per_sample": 2.0, **calls})
         store.set_run_status(run_id, "done", compute={"wall_s": 3.0, "gpu_hours": 0.5})
         run = store.runs_frame().iloc[0]
-        assert json.loads(run["compute"]) == {"unet_evals_per_sample": 2.0, "wall_s": 3.0, "gpu_hours": 0.5}
+        assert json.loads(run["compute"]) == {"unet_evals_per_sample": 2.0, **calls, "wall_s": 3.0, "gpu_hours": 0.5}
         assert (run["wall_s"], run["gpu_hours"], run["unet_evals_per_sample"]) == (3.0, 0.5, 2.0)
+        assert json.loads(run["reward_calls_per_sample"]) == {"pickscore": 24.0}
+        assert shown_run_details(run_details(store.runs_frame()))["reward calls / sample"].tolist() == ["pickscore 24"]
         assert run["ended_at"] is not None
         with pytest.raises(HarnessError, match="unknown run status"):
             store.set_run_status(run_id, "finished")
@@ -409,6 +413,9 @@ def test_export_writes_every_table_readable_by_pandas(results_dir: Path, tmp_pat
     assert list(scores.columns) == SCORES_COLUMNS
     assert len(scores) == len(expected)
     assert scores["value"].sum() == pytest.approx(expected["value"].sum())
+    runs = read(tmp_path / "export" / f"runs.{fmt}")  # the compute beside each run: no reward calls offline
+    assert runs["unet_evals_per_sample"].tolist() == [4.0] * len(runs)
+    assert runs["reward_calls_per_sample"].tolist() == ["{}"] * len(runs)
     assert not list((tmp_path / "export").glob(".*tmp*"))
 
 

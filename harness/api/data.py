@@ -102,18 +102,36 @@ class Online(PromptsOnly):
     ``reward``: a scorer's name, or a weighted sum ``"name:weight+name:weight"`` (flow_grpo's ``reward_fn``
     dict).  ``group_size``: images per prompt and micro-step.  ``num_steps``: the sampler's steps.
     ``guidance_scale``: classifier-free guidance while sampling (and in the log-probabilities; <= 1: none).
-    ``noise_level``: the SDE's noise scale (0 would be the deterministic ODE, which has no log-probability)."""
+    ``noise_level``: the SDE's noise scale (0 would be the deterministic ODE, which has no log-probability).
+    ``window_size`` > 0: flow_grpo's "Fast" sampler, the SDE only on ``window_size`` consecutive steps (the
+    deterministic ODE elsewhere), the window's first step drawn uniformly per micro-step so that the window lies
+    within the first ``window_end`` steps (0: all of them); 0: the SDE on every step."""
 
     name = "online"
 
-    def __init__(self, reward: str, group_size: int, num_steps: int, guidance_scale: float, noise_level: float) -> None:
+    def __init__(
+        self,
+        reward: str,
+        group_size: int,
+        num_steps: int,
+        guidance_scale: float,
+        noise_level: float,
+        window_size: int = 0,
+        window_end: int = 0,
+    ) -> None:
         self.reward, self.group_size, self.num_steps = reward, group_size, num_steps
         self.guidance_scale, self.noise_level = guidance_scale, noise_level
+        self.window_size, self.window_end = window_size, window_end or num_steps
         self.weights = reward_weights(reward)
         if group_size < 2:
             raise HarnessError(f"group_size must be >= 2 (a group's rewards are compared), not {group_size}")
         if num_steps < 1 or noise_level <= 0:
             raise HarnessError(f"num_steps must be >= 1 and noise_level > 0, not {num_steps} and {noise_level}")
+        if not 0 <= window_size <= self.window_end <= num_steps:
+            raise HarnessError(
+                f"the SDE window ({window_size} steps within the first {self.window_end}) must fit the "
+                f"{num_steps} sampler steps: 0 <= sde_window_size <= sde_window_end <= sample_steps"
+            )
 
 
 def reward_weights(reward: str) -> dict[str, float]:

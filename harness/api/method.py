@@ -398,7 +398,8 @@ class Rollout:
 
     ``latents`` (N, S+1, C, H, W): each trajectory's states, pure noise first, the final sample last, at the
     sampler's levels ``sigmas`` (S+1, descending to 0; network timesteps ``timesteps`` = sigma x T, S).
-    ``log_probs`` (N, S): each SDE step's log-probability under the policy that sampled it.  ``rewards`` (N):
+    ``log_probs`` (N, W): the log-probability of each SDE step under the policy that sampled it, the W steps
+    from ``window_start`` on (W = S, from 0, without a window; ``Online.window_size``).  ``rewards`` (N):
     the reward of each final sample.  ``groups`` (N): the index of its prompt in the batch (sample i belongs to
     prompt i mod B).  ``cond`` / ``uncond``: N conditionings, and the empty caption's for guidance (None
     without guidance)."""
@@ -413,24 +414,27 @@ class Rollout:
     uncond: Cond | None
     guidance_scale: float
     noise_level: float
+    window_start: int = 0
 
     def step(
         self, network: Callable[[torch.Tensor, torch.Tensor, Cond], torch.Tensor], j: int
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``sde_step`` of step ``j`` under ``network`` (``models.policy``, ``models.reference``), at the recorded
-        states: (x_{j+1}, its log-probability, the step's mean, std_t)."""
-        x = self.latents[:, j]
+        """``sde_step`` of the window's step ``j`` (the sampler's ``window_start + j``, ``log_probs[:, j]``'s)
+        under ``network`` (``models.policy``, ``models.reference``), at the recorded states: (the next state,
+        its log-probability, the step's mean, std_t)."""
+        k = self.window_start + j
+        x = self.latents[:, k]
         velocity = guided_velocity(
-            network, x, self.timesteps[j].expand(len(x)), self.cond, self.uncond, self.guidance_scale
+            network, x, self.timesteps[k].expand(len(x)), self.cond, self.uncond, self.guidance_scale
         )
         return sde_step(
             velocity,
             x,
-            self.sigmas[j],
-            self.sigmas[j + 1],
+            self.sigmas[k],
+            self.sigmas[k + 1],
             self.noise_level,
             float(self.sigmas[1]),
-            x_next=self.latents[:, j + 1],
+            x_next=self.latents[:, k + 1],
         )
 
 

@@ -70,7 +70,11 @@ def train_job(
         store.set_run_status(
             job.run_id,
             "trained" if model.evaluate else "done",
-            {"unet_evals_per_sample": result.unet_evals_per_sample, "training_data": result.data_summary},
+            {
+                "unet_evals_per_sample": result.unet_evals_per_sample,
+                "reward_calls_per_sample": result.reward_calls_per_sample,
+                "training_data": result.data_summary,
+            },
         )
     return dataclasses.replace(model, unet=str(result.unet_dir), train=False)
 

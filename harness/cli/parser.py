@@ -49,8 +49,8 @@ COMMANDS = {
     ),
     "runs": Command(
         "runs",
-        "print each run's own start, end, wall time, CPU- or GPU-hours, UNet evaluations per training sample "
-        "and peak memory",
+        "print each run's own start, end, wall time, CPU- or GPU-hours, UNet evaluations and reward-model calls "
+        "per training sample, and peak memory",
     ),
     "verify": Command(
         "verify",

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from harness.api.data import Online
 from harness.api.environment import require_existing_path
 from harness.api.preset import Preset
 from harness.api.registry import METHODS, SCORERS
@@ -513,12 +514,16 @@ def describe(plan: Plan) -> str:
         if model.train:
             per_step = model.processes * model.config.batch_size * model.grad_accum
             samples = model.config.max_steps * per_step
-            per_sample = METHODS.get(model.method)(model.config).unet_evals_per_sample()
+            method = METHODS.get(model.method)(model.config)
+            per_sample = method.unet_evals_per_sample()
             cost = (
                 f"{per_sample:.4g} = {round(samples * per_sample):,} UNet evaluations"
                 if per_sample is not None
                 else "the method's UNet evaluations per sample (not stated by the method)"
             )
+            spec = method.data_spec()
+            if isinstance(spec, Online):  # each prompt's group rated once by each scorer of the reward
+                cost += f", {samples * spec.group_size:,} images rated by {' and by '.join(spec.weights)}"
             jobs.append(
                 f"train {model.method}: {model.config.max_steps} steps x {per_step} samples ({_parallelism(model)}) "
                 f"= {samples:,} samples x {cost}"

@@ -2,7 +2,8 @@
 Run details page shows it, both from ``run_details``.
 
 Per run: its own start and end (its first job's start, its last job's end), its wall time (the
-sum of its jobs'), CPU-hours or GPU-hours (summed over a training's processes), the processes its training ran as, UNet evaluations per training sample, peak memory
+sum of its jobs'), CPU-hours or GPU-hours (summed over a training's processes), the processes its training ran as, UNet evaluations per training sample, the images each reward model scored
+during training per training sample (an online method's rewards; 0 offline), peak memory
 (``harness.results.compute`` says how each is measured), and what its training read of the data (pairs
 read, ties skipped, unreadable).  A figure a run does not have (the base trains nothing; a CPU uses
 no GPU-hours) shows as ``MISSING``.
@@ -28,13 +29,16 @@ FIGURES = {
     "peak_memory_mb": ("peak memory MiB", "{:.0f}"),
     "train_processes": ("training processes", "{:.0f}"),
 }
+REWARD_CALLS = "reward_calls_per_sample"
 
 
 def run_details(runs: pd.DataFrame) -> pd.DataFrame:
     """One row per run (``Store.runs_frame``'s): run_id, method, status, the ``FIGURES`` columns, numbers
-    numeric (NaN where missing) and times as stored (ISO-8601 UTC; None while a run has not ended), and
-    training_data: what its training read (``harness.data.check``'s summary; None where it trained nothing)."""
+    numeric (NaN where missing) and times as stored (ISO-8601 UTC; None while a run has not ended),
+    reward_calls_per_sample ({scorer: calls per training sample}, {} offline; None where nothing was trained)
+    and training_data: what its training read (``harness.data.check``'s summary; None where it trained nothing)."""
     details = runs[["run_id", "method", "status", *FIGURES]].reset_index(drop=True)
+    details["reward_calls_per_sample"] = [None if calls is None else json.loads(calls) for calls in runs[REWARD_CALLS]]
     details["training_data"] = [json.loads(compute or "{}").get("training_data") for compute in runs["compute"]]
     return details
 
@@ -48,6 +52,7 @@ def shown_run_details(details: pd.DataFrame) -> pd.DataFrame:
     )
     for column, (title, _) in FIGURES.items():
         shown[title] = [_cell(column, value) for value in details[column]]
+    shown["reward calls / sample"] = [_reward_cell(calls) for calls in details[REWARD_CALLS]]
     shown["training data"] = [
         MISSING if value is None or pd.isna(value) else value for value in details["training_data"]
     ]
@@ -58,6 +63,13 @@ def format_run_details(details: pd.DataFrame) -> str:
     """``run_details`` as a text table, ``MISSING`` for what a run does not have."""
     shown = shown_run_details(details)
     return text_table([list(shown.columns), *shown.itertuples(index=False)])
+
+
+def _reward_cell(calls: dict[str, float] | None) -> str:
+    """``{"pickscore": 24.0}`` -> "pickscore 24"; {} (an offline method) -> "0"."""
+    if calls is None:
+        return MISSING
+    return ", ".join(f"{name} {n:.4g}" for name, n in calls.items()) or "0"
 
 
 def _cell(column: str, value: object) -> str:

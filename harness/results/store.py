@@ -19,8 +19,9 @@ Schema (version 2; ``meta.schema_version``)
     end of its last; created, a run has its creation time until a job starts it), wall_s,
     gpu_hours, unet_evals_per_sample,
     compute (JSON: every compute figure reported, the three above included; on a CPU
-    ``cpu_hours`` instead of ``gpu_hours``; ``peak_memory_mb``; ``train_processes``; ``runs_frame()``
-    shows these three as columns too; see ``harness.results.compute``)
+    ``cpu_hours`` instead of ``gpu_hours``; ``peak_memory_mb``; ``train_processes``;
+    ``reward_calls_per_sample``, {scorer: images it scored in training per training sample}, {} for an
+    offline method; ``runs_frame()`` shows these four as columns too; see ``harness.results.compute``)
 ``checkpoints``   (run_id, step) PK, path (relative to the results directory), created_at
 ``training_log``  (run_id, step, term) PK, value — long format, one row per logged term
                   (loss, lr, and whatever terms a method logs)
@@ -202,7 +203,9 @@ _RUNS_QUERY = """
 SELECT run_id, key, method, preset, base_model, status, started_at, ended_at, wall_s, gpu_hours,
        json_extract(compute, '$.cpu_hours') AS cpu_hours, unet_evals_per_sample,
        json_extract(compute, '$.peak_memory_mb') AS peak_memory_mb,
-       json_extract(compute, '$.train_processes') AS train_processes, git_commit, versions, config, compute
+       json_extract(compute, '$.train_processes') AS train_processes,
+       json_extract(compute, '$.reward_calls_per_sample') AS reward_calls_per_sample,
+       git_commit, versions, config, compute
 FROM runs ORDER BY run_id
 """
 _CHECKPOINTS_QUERY = """
@@ -796,8 +799,9 @@ class Store:
     def runs_frame(self) -> pd.DataFrame:
         """Columns: run_id, key, method, preset, base_model, status, started_at, ended_at, wall_s,
         gpu_hours, cpu_hours, unet_evals_per_sample, peak_memory_mb, train_processes (a training's data-parallel
-        processes; None where nothing was trained), git_commit, versions, config, compute (the last three JSON
-        text)."""
+        processes; None where nothing was trained), reward_calls_per_sample (JSON text: {scorer: images the
+        reward scored during training per training sample}, {} offline; None where nothing was trained),
+        git_commit, versions, config, compute (the last three JSON text)."""
         return self._frame(_RUNS_QUERY)
 
     def checkpoints_frame(self) -> pd.DataFrame:

@@ -70,6 +70,8 @@ class TrainResult:
     wall_s: float
     unet_evals_per_sample: float  # UNet forward evaluations per training sample (pair or image), all included
     config: dict
+    # Images each reward model scored during training per training sample, by scorer (online methods; {} offline)
+    reward_calls_per_sample: dict[str, float] = dataclasses.field(default_factory=dict)
     skipped_images: int = 0
     data_summary: str | None = None  # what was read of a local data directory (harness.data.check), if one
 
@@ -578,7 +580,7 @@ class Trainer:
             generator=generator,
         )
         if self.online is not None:  # after every other draw: the rollout's noise comes last
-            batch.rollout = self.online.rollout(batch)
+            batch.rollout = self.online.rollout(batch, [example.caption for example, _ in chosen])
         return batch
 
     # -- checkpoints ----------------------------------------------------------------------------------
@@ -703,13 +705,14 @@ class Trainer:
             shutil.rmtree(self.output_dir / "final", ignore_errors=True)
         self.accelerator.wait_for_everyone()
 
-        counters = {"unet_evals": 0, "samples": 0}
+        counters = {"unet_evals": 0, "samples": 0, "reward_calls": {}}
         start = 0
         checkpoints = self._checkpoints() if resume else []
         if checkpoints:
             loaded = self._load_checkpoint(checkpoints[-1][1])
             start = loaded["step"]
-            counters = {k: loaded[k] for k in counters}
+            # A checkpoint older than the reward count has none: its online steps' calls are not counted.
+            counters = {k: loaded.get(k, default) for k, default in counters.items()}
         writer = self._tensorboard()
         progress = progress_bar(
             range(start, config.max_steps),
@@ -721,11 +724,16 @@ class Trainer:
         )
         params = trainable_parameters(self.unet)
         self.models.unet_evals = 0
-        evals_before = counters["unet_evals"]
+        evals_before, calls_before = counters["unet_evals"], dict(counters["reward_calls"])
+        calls = self.online.reward_calls if self.online is not None else {}
+        calls.clear()  # what this run scores from here on, added to the checkpoint's count
         for step in progress:
             terms = self._optimizer_step(step, params)
             counters["samples"] += self.config.batch_size * self.grad_accum
             counters["unet_evals"] = evals_before + self.models.unet_evals
+            counters["reward_calls"] = {
+                name: calls_before.get(name, 0) + calls.get(name, 0) for name in {*calls_before, *calls}
+            }
             done = step + 1
             if done % config.checkpoint_every == 0 or done == config.max_steps:
                 self._save_checkpoint(done, counters)
@@ -821,6 +829,9 @@ class Trainer:
             wall_s=time.perf_counter() - started,
             unet_evals_per_sample=state["unet_evals"] / max(1, state["samples"]),
             config=dataclasses.asdict(self.config),
+            reward_calls_per_sample={
+                name: n / max(1, state["samples"]) for name, n in sorted(state.get("reward_calls", {}).items())
+            },
             skipped_images=state.get("skipped_images", 0),
             data_summary=state.get("data_summary"),
         )

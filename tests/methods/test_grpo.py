@@ -89,15 +89,28 @@ def test_online_dpo_pairs_each_groups_best_and_worst_sample():
     assert winners.tolist() == [4, 1] and losers.tolist() == [0, 3]
 
 
+def flow_grpo_step_log_prob(v, x, x_next, sigma, sigma_next, noise_level, sigma_max):
+    """flow_grpo's SDE step's log-probability written out: N(mean, (std_t sqrt(sigma - sigma_next))^2)."""
+    s = sigma_max if sigma == 1 else sigma
+    std_t = noise_level * math.sqrt(sigma / (1 - s))
+    dt = sigma_next - sigma
+    mean = x * (1 + std_t**2 / (2 * sigma) * dt) + v * (1 + std_t**2 * (1 - sigma) / (2 * sigma)) * dt
+    return torch.distributions.Normal(mean, std_t * math.sqrt(-dt)).log_prob(x_next).mean(dim=(1, 2, 3))
+
+
 @pytest.mark.slow
-def test_a_gradient_step_on_the_grpo_loss_raises_the_advantage_weighted_log_probability(tiny_sd3_dir, tmp_path):
-    """On the tiny SD3 pipeline's own rollout: the sampler's log-probabilities are the policy's (ratio 1), and a
+def test_grpo_with_an_sde_window_samples_and_raises_the_advantage_weighted_log_probability(tiny_sd3_dir, tmp_path):
+    """On the tiny SD3 pipeline's own rollout with flow_grpo's Fast window (the SDE on 2 of 4 steps, within the
+    first 3): the steps outside the window are the ODE's Euler steps and the log-probabilities the window's,
+    both against the network called here; the sampler's log-probabilities are the policy's (ratio 1); and a
     small step down the loss's gradient raises sum_i A_i log p_i (first order: the objective's sign)."""
     from harness.api import METHODS
     from harness.train.trainer import Trainer, step_generator, trainable_parameters
     from support.train_fixtures import write_pair_dir
 
-    config = resolve_config("grpo", "tiny", {"beta": 0.0})
+    overrides = {"beta": 0.0, "sample_steps": 4, "sde_window_size": 2, "sde_window_end": 3}
+    config = resolve_config("grpo", "tiny", overrides)
+    assert config.trained_steps == 2
     method = METHODS.get("grpo")(config)
     trainer = Trainer(
         method,
@@ -110,15 +123,36 @@ def test_a_gradient_step_on_the_grpo_loss_raises_the_advantage_weighted_log_prob
     trainer._setup()
     batch = trainer.make_batch(0, 0, step_generator(0, 0, 0))
     rollout = batch.rollout
+    start = rollout.window_start
+    assert start in (0, 1) and rollout.log_probs.shape == (len(rollout.rewards), 2)
+    net, sigmas, scale = trainer.models.policy, rollout.sigmas.tolist(), rollout.guidance_scale
+    with torch.no_grad():
+        for j in range(4):
+            x, x_next = rollout.latents[:, j], rollout.latents[:, j + 1]
+            t = rollout.timesteps[j].expand(len(x))
+            unconditional, conditional = net(x, t, rollout.uncond), net(x, t, rollout.cond)
+            v = unconditional + scale * (conditional - unconditional)
+            if start <= j < start + 2:
+                expected = flow_grpo_step_log_prob(
+                    v, x, x_next, sigmas[j], sigmas[j + 1], config.noise_level, sigmas[1]
+                )
+                assert torch.allclose(rollout.log_probs[:, j - start], expected, atol=1e-4)
+            else:
+                assert torch.allclose(x_next, x + v * (sigmas[j + 1] - sigmas[j]), atol=1e-5)
     rollout.rewards = torch.randn(len(rollout.rewards), generator=torch.Generator().manual_seed(1))
     loss, _ = method.loss(batch, trainer.models)
     loss.backward()
     steps = range(config.trained_steps)
     with torch.no_grad():
         before = torch.stack([rollout.step(trainer.models.policy, j)[1] for j in steps], dim=1)
-        assert torch.allclose(before, rollout.log_probs[:, : len(steps)], atol=1e-5)
+        assert torch.allclose(before, rollout.log_probs, atol=1e-5)
         for param in trainable_parameters(trainer.unet).values():
             param -= 1e-3 * param.grad
         after = torch.stack([rollout.step(trainer.models.policy, j)[1] for j in steps], dim=1)
     advantages = group_advantages(rollout.rewards, rollout.groups, config.global_std)
     assert ((after - before).sum(dim=1) * advantages).sum() > 0
+
+
+def test_an_sde_window_must_fit_the_sampler_steps():
+    with pytest.raises(HarnessError, match="must fit the 10 sampler steps"):
+        resolve_config("grpo", "tiny", {"sample_steps": 10, "sde_window_size": 3, "sde_window_end": 2})

@@ -144,7 +144,9 @@ def build_results_dir(results_dir: Path) -> Path:
                     version=DIVERSITY_EMBEDDER[1],
                     rows=diversity_rows(method, suite),
                 )
-            store.set_run_status(run_id, "done", compute={"wall_s": 12.5, "unet_evals_per_sample": 4.0})
+            store.set_run_status(
+                run_id, "done", compute={"wall_s": 12.5, "unet_evals_per_sample": 4.0, "reward_calls_per_sample": {}}
+            )
     return results_dir
 
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from harness.api import METHODS
+from harness.api import METHODS, Online
 from harness.errors import HarnessError
 from harness.train.trainer import resolve_config, train
 from harness.train.trainer import train as train_method
@@ -148,7 +148,8 @@ def test_killed_and_resumed_run_ends_with_the_same_weights(method, model, reques
         method, base_model=tiny_model_dir, data_dir=data_dir, output_dir=tmp_path / "straight", overrides=overrides
     )
     # The UNet evaluations the method states (`harness run --dry-run`'s estimate) are the ones it makes.
-    stated = METHODS.get(method)(resolve_config(method, "tiny", overrides)).unet_evals_per_sample()
+    config = resolve_config(method, "tiny", overrides)
+    stated = METHODS.get(method)(config).unet_evals_per_sample()
     if method == "smpo":  # the policy's inversion steps below t: an expectation, over 16 pairs' t here
         assert straight.unet_evals_per_sample == pytest.approx(stated, abs=1.0)
     else:
@@ -182,6 +183,11 @@ def test_killed_and_resumed_run_ends_with_the_same_weights(method, model, reques
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert resumed.unet_evals_per_sample == pytest.approx(straight.unet_evals_per_sample)
+    # The reward's calls: each prompt's group scored once per scorer (online), none offline; counted once
+    # across the resume.
+    spec = METHODS.get(method)(config).data_spec()
+    scored = {name: float(spec.group_size) for name in spec.weights} if isinstance(spec, Online) else {}
+    assert straight.reward_calls_per_sample == resumed.reward_calls_per_sample == scored
 
 
 def test_unknown_override_is_a_one_line_error_listing_valid_names():
