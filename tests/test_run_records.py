@@ -178,11 +178,11 @@ def test_each_run_has_its_own_times_and_figures_in_the_store_the_cli_and_the_das
     assert result.returncode == 0, result.stderr
     header, *rows = result.stdout.splitlines()
     assert header.split("  ")[:3] == ["run", "method", "status"] and header.endswith(
-        "peak memory MiB  training processes  training data"
+        "peak memory MiB  training processes  reward calls / sample  training data"
     )
     # run, method, status, started, ended, wall, CPU-hours, GPU-hours, UNet evals per sample, peak memory,
-    # training processes, then what its training read (words: the rest of the line)
-    printed = {row.split()[1]: row.split(maxsplit=11) for row in rows}
+    # training processes, reward calls per sample, then what its training read (words: the rest of the line)
+    printed = {row.split()[1]: row.split(maxsplit=12) for row in rows}
     assert printed["base"][4:] == [
         runs.loc["base", "ended_at"].removesuffix("+00:00"),
         f"{runs.loc['base', 'wall_s']:.1f}",
@@ -192,12 +192,14 @@ def test_each_run_has_its_own_times_and_figures_in_the_store_the_cli_and_the_das
         f"{runs.loc['base', 'peak_memory_mb']:.0f}",
         "–",
         "–",
+        "–",
     ]
     assert printed["dpo"][8] == f"{runs.loc['dpo', 'unet_evals_per_sample']:.4g}" and "None" not in result.stdout
-    assert printed["dpo"][10] == "1" and printed["dpo"][11] == compute["dpo"]["training_data"]
+    assert printed["dpo"][10] == "1" and printed["dpo"][11] == "0"  # an offline method's reward calls
+    assert printed["dpo"][12] == compute["dpo"]["training_data"]
     # The toy world's data folder: its pairs and the experts made beside them.
     assert re.fullmatch(
-        r"pairs \d+ read, \d+ ties? skipped, 0 unreadable; experts \d+ read, 0 unreadable", printed["dpo"][11]
+        r"pairs \d+ read, \d+ ties? skipped, 0 unreadable; experts \d+ read, 0 unreadable", printed["dpo"][12]
     )
 
     monkeypatch.setenv("HARNESS_OUT", str(tiny_run_dir))

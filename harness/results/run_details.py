@@ -38,7 +38,8 @@ def run_details(runs: pd.DataFrame) -> pd.DataFrame:
     reward_calls_per_sample ({scorer: calls per training sample}, {} offline; None where nothing was trained)
     and training_data: what its training read (``harness.data.check``'s summary; None where it trained nothing)."""
     details = runs[["run_id", "method", "status", *FIGURES]].reset_index(drop=True)
-    details["reward_calls_per_sample"] = [None if calls is None else json.loads(calls) for calls in runs[REWARD_CALLS]]
+    # NULL reads back as None, or as NaN where no run of the frame has a value
+    details[REWARD_CALLS] = [None if pd.isna(calls) else json.loads(calls) for calls in runs[REWARD_CALLS]]
     details["training_data"] = [json.loads(compute or "{}").get("training_data") for compute in runs["compute"]]
     return details
 
