@@ -8,12 +8,24 @@ import math
 import pytest
 import torch
 
-from harness.api import HarnessError, Online, reward_weights, sde_step
+from harness.api import HarnessError, Online, Scorer, register_scorer, reward_weights, sde_step
 from harness.data import specs as data_specs
 from harness.train.trainer import resolve_config
 from methods.grpo import clipped_objective, group_advantages, kl_to_reference
 
 SIGMA_MAX = 0.9
+REWARDED: list[str] = []  # the prompts the scorer below was given
+
+
+@register_scorer("test-rewarded-prompts")
+class RewardedPrompts(Scorer):
+    """A reward that records the prompts it rates each image against."""
+
+    name, version, scale = "test-rewarded-prompts", "1", "[0, 1]"
+
+    def score(self, images, prompts):
+        REWARDED.extend(prompts)
+        return [0.5] * len(images)
 
 
 @pytest.mark.parametrize("sigma, sigma_next", [(0.6, 0.4), (1.0, 0.9), (0.2, 0.0)])
@@ -156,3 +168,27 @@ def test_grpo_with_an_sde_window_samples_and_raises_the_advantage_weighted_log_p
 def test_an_sde_window_must_fit_the_sampler_steps():
     with pytest.raises(HarnessError, match="must fit the 10 sampler steps"):
         resolve_config("grpo", "tiny", {"sample_steps": 10, "sde_window_size": 3, "sde_window_end": 2})
+
+
+@pytest.mark.slow
+def test_a_dropped_caption_conditions_the_sampling_but_the_reward_rates_the_examples_own(tiny_sd3_dir, tmp_path):
+    """Under caption dropout the policy samples from the empty caption, as it trains on it; the reward still rates
+    each sample against its example's caption (the empty one is no prompt a reward can judge)."""
+    import json
+
+    from harness.api import METHODS
+    from harness.train.trainer import Trainer, step_generator
+    from support.train_fixtures import write_pair_dir
+
+    overrides = {"caption_dropout": 1.0, "reward": "test-rewarded-prompts", "sample_steps": 2}
+    method = METHODS.get("grpo")(resolve_config("grpo", "tiny", overrides))
+    data = write_pair_dir(tmp_path / "data")
+    trainer = Trainer(
+        method, base_model=str(tiny_sd3_dir), data_dir=data, output_dir=tmp_path / "out", seed=0, on_log=None
+    )
+    trainer._setup()
+    REWARDED.clear()
+    batch = trainer.make_batch(0, 0, step_generator(0, 0, 0))
+    assert batch.captions and set(batch.captions) == {""}  # every caption dropped from the conditioning
+    captions = {json.loads(line)["caption"] for line in (data / "pairs.jsonl").read_text().splitlines()}
+    assert len(REWARDED) == len(batch.rollout.rewards) and set(REWARDED) <= captions
