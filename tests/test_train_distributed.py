@@ -20,7 +20,7 @@ from torch.distributed.elastic.multiprocessing.errors import ProcessFailure
 
 from harness.api.data import Online
 from harness.api.registry import METHODS
-from harness.backends.jobs import _failure_line
+from harness.backends.jobs import failure_line
 from harness.models.families import family_of_model
 from harness.results.store import Store
 from harness.run import RunOptions, run
@@ -136,16 +136,16 @@ def test_a_failed_process_group_is_one_line_naming_the_cause(tmp_path, capsys):
     process's HarnessError as it is; another error by its last line, its traceback printed above."""
     job = SimpleNamespace(model=SimpleNamespace(method="dpo", processes=2))
     stopped, killed = _failure(0, -signal.SIGTERM), _failure(1, -signal.SIGKILL)
-    assert _failure_line(job, {0: stopped, 1: killed}, tmp_path) == (
+    assert failure_line(job, {0: stopped, 1: killed}, tmp_path) == (
         "dpo: training process 1 of 2 ended with signal SIGKILL; the others were stopped; a rerun resumes from the "
         "last checkpoint"
     )
     (tmp_path / "traceback-0.txt").write_text("Traceback (most recent call last):\n  ...\nRuntimeError: boom\n")
-    assert _failure_line(job, {0: _failure(0, 1), 1: _failure(1, -signal.SIGTERM)}, tmp_path) == (
+    assert failure_line(job, {0: _failure(0, 1), 1: _failure(1, -signal.SIGTERM)}, tmp_path) == (
         "dpo: training process 0 of 2 failed: RuntimeError: boom"
     )
     assert "Traceback (most recent call last)" in capsys.readouterr().err
     (tmp_path / "error-1.txt").write_text("dpo: loss became nan at step 3; training stopped")
-    assert _failure_line(job, {0: stopped, 1: _failure(1, 2)}, tmp_path) == (
+    assert failure_line(job, {0: stopped, 1: _failure(1, 2)}, tmp_path) == (
         "dpo: loss became nan at step 3; training stopped"
     )

@@ -141,7 +141,7 @@ def train_in_processes(job: ModelJob) -> TrainResult:
         try:
             elastic_launch(config, sys.executable)("-m", PROCESS_MODULE, str(exchange))
         except ChildFailedError as failed:
-            raise HarnessError(_failure_line(job, failed.failures, exchange)) from None
+            raise HarnessError(failure_line(job, failed.failures, exchange)) from None
         return pickle.loads((exchange / "result.pickle").read_bytes())
 
 
@@ -161,7 +161,7 @@ def _launcher_quiet() -> Iterator[None]:
             signal.signal(sig, handler)
 
 
-def _failure_line(job: ModelJob, failures: dict[int, Any], exchange: Path) -> str:
+def failure_line(job: ModelJob, failures: dict[int, Any], exchange: Path) -> str:
     """One line for a failed multi-process training, naming the cause rather than its consequences (the
     launcher's SIGTERM to the others, their collectives' lost peer): a process's HarnessError, else a process
     killed from outside (SIGKILL: the OOM killer, a user), else the first error's last line (its traceback printed

@@ -54,7 +54,7 @@ from typing import Any, TypeVar
 from harness.api.environment import say
 from harness.api.registry import load_plugin, loaded_plugins
 from harness.backends import train_process
-from harness.backends.jobs import ModelJob, _failure_line, evaluate_job, train_job
+from harness.backends.jobs import ModelJob, evaluate_job, failure_line, train_job
 from harness.errors import HarnessError
 from harness.evaluation.evaluate import Checkpoint, Protocol, evaluate, generate_suites, score_rows
 from harness.evaluation.sampling import merge_shards, shard_count
@@ -361,7 +361,7 @@ def _training_process(config: dict[str, Any]) -> None:
 
 
 def _workers_failure_line(job: ModelJob, failed: Exception, exchange: Path) -> str:
-    """The local launcher's line for a failed training (``_failure_line``): a worker that died first (the others'
+    """The local launcher's line for a failed training (``failure_line``): a worker that died first (the others'
     errors are its consequence: a collective's lost peer), else a process's own error."""
     name, processes = job.model.method, job.model.processes
     failures = getattr(failed, "worker_failures", {})  # none when Ray Train's controller failed
@@ -373,7 +373,7 @@ def _workers_failure_line(job: ModelJob, failed: Exception, exchange: Path) -> s
             "the others were stopped; a rerun resumes from the last checkpoint"
         )
     if any(exchange.glob("error-*.txt")) or any(exchange.glob("traceback-*.txt")):
-        return _failure_line(job, {}, exchange)
+        return failure_line(job, {}, exchange)
     return f"{name}: its {processes} training processes failed on Ray: {_first_line(failed)}; rerun to resume"
 
 
