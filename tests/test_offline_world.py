@@ -208,6 +208,7 @@ def test_every_published_scorer_builds_from_the_tiny_weights(scorer_locations, n
     scores = scorer.score(random_images(0), prompts)
     assert len(scores) == 2 and all(np.isfinite(scores)) and scores[0] != scores[1]
     assert "+custom-" in scorer.version  # never stored as the published metric
+    assert type(scorer).version_for(device="cpu", **scorer_locations[name]) == scorer.version  # known unbuilt
 
 
 @pytest.mark.slow  # a new interpreter

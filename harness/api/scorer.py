@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 from abc import ABC, abstractmethod
-from typing import ClassVar
+from collections.abc import Mapping
+from typing import Any, ClassVar
 
 from PIL import Image
 
@@ -14,6 +16,24 @@ _PREPROCESSING = re.compile(r"\+pre\d+")
 def weights_of(version: str) -> str:
     """A scorer version without its preprocessing revision (``+pre<n>``): what a paper's version is compared with."""
     return _PREPROCESSING.sub("", version)
+
+
+def weights_version(
+    version: str, given: Mapping[str, Any], defaults: Mapping[str, Any], *, preprocessing: int = 0
+) -> str:
+    """``version`` for the official weights; a distinct version for any other location, and for each revision
+    of our preprocessing after the first (``+pre<n>``, see ``Scorer.preprocessing``).
+
+    Cached and stored scores are keyed by version, so scores of a user's own (or a tiny test)
+    model must never share a key with the published metric.
+    """
+    if preprocessing:
+        version = f"{version}+pre{preprocessing}"
+    custom = {key: str(value) for key, value in given.items() if str(value) != str(defaults.get(key))}
+    if not custom:
+        return version
+    digest = hashlib.sha256(repr(sorted(custom.items())).encode()).hexdigest()[:10]
+    return f"{version}+custom-{digest}"
 
 
 class Scorer(ABC):
@@ -47,6 +67,14 @@ class Scorer(ABC):
         # shares: sharing is a claim made on purpose, never inherited by accident.
         if "name" in cls.__dict__ and "family" not in cls.__dict__:
             cls.family = cls.name
+
+    @classmethod
+    def version_for(cls, **options: Any) -> str:
+        """The ``version`` of ``cls(**options)``, known without building it: a run looks its images up in the score
+        cache (keyed by version) before any weights load, and loads none when every score is cached.  This
+        default is the class's ``version`` (with ``preprocessing``'s revision); a scorer whose options choose its
+        weights overrides it (``weights_version``), and its ``__init__`` sets ``self.version`` from it."""
+        return weights_version(cls.version, {}, {}, preprocessing=cls.preprocessing)
 
     @classmethod
     def check_prompt(cls, prompt: str) -> None:

@@ -28,7 +28,7 @@ from harness.progress import Stages
 from harness.results.compute import JobClock
 from harness.results.layout import ResultsDir
 from harness.results.store import Store
-from harness.train.trainer import TrainResult, snapshot_unet_dir, train
+from harness.train.trainer import TrainResult, finished_training, snapshot_unet_dir, train
 
 
 @dataclass(frozen=True)
@@ -58,7 +58,10 @@ def train_job(
     with Store(results.db) as store:
         store.set_run_status(job.run_id, "running")
         try:
-            result = (in_processes or train_in_processes)(job) if model.processes > 1 else train_logged(job, store)
+            if model.processes > 1:  # no processes started for a training that ended already
+                result = trained_already(job) or (in_processes or train_in_processes)(job)
+            else:
+                result = train_logged(job, store)
         except BaseException:
             with contextlib.suppress(HarnessError):  # (a full disk, say) what failed matters more than its record
                 store.add_compute(job.run_id, clock.figures("train"))
@@ -79,6 +82,23 @@ def train_job(
     return dataclasses.replace(model, unet=str(result.unet_dir), train=False)
 
 
+def _training(job: ModelJob) -> dict[str, Any]:
+    """The arguments of the job's ``train`` call that say what it trains (those of ``finished_training``)."""
+    model, options = job.model, job.plan.options
+    return {
+        "config": model.config,
+        "base_model": job.base_model,
+        "data_dir": Path(model.data_dir),
+        "output_dir": ResultsDir(options.out).model(model.method),
+        "seed": options.seed,
+    }
+
+
+def trained_already(job: ModelJob) -> TrainResult | None:
+    """The job's training's result if it ended already with the job's settings (a rerun's), else None."""
+    return finished_training(job.model.method, **_training(job))
+
+
 def train_logged(job: ModelJob, store: Store | None) -> TrainResult:
     """The job's training in this process (one of its processes under torchrun), its log written to ``store``
     (None: a process other than the first, whose log is the first one's)."""
@@ -94,13 +114,9 @@ def train_logged(job: ModelJob, store: Store | None) -> TrainResult:
     try:
         return train(
             model.method,
-            config=model.config,
-            base_model=job.base_model,
-            data_dir=Path(model.data_dir),
-            output_dir=ResultsDir(options.out).model(model.method),
+            **_training(job),
             on_log=on_log,
             resume=True,
-            seed=options.seed,
             snapshot_every=(options.eval_every or 0) if model.evaluate else 0,
         )
     finally:

@@ -18,8 +18,9 @@ What runs where:
   (``generate_suites(..., shard=)``: whole batches of the one-process run, each image with its
   seed, so the bytes are that run's); the driver merges the shards' manifests and records the
   images; then scorer actors, one per free GPU (CPU), each loading a scorer once, score what the
-  score cache lacks, reading the images from the results directory, in the local run's batches
-  (the same numbers); the driver records the scores (``harness.evaluation.evaluate.score_rows``).
+  score cache lacks (none starts when it lacks nothing), reading the images from the results
+  directory, in the local run's batches (the same numbers); the driver records the scores
+  (``harness.evaluation.evaluate.score_rows``).
 
 A worker process that dies (killed, out of memory, its machine lost) is retried by Ray (a task
 runs again, an actor restarts and its call runs again), up to ``RETRIES`` times; the retry
@@ -54,7 +55,7 @@ from typing import Any, TypeVar
 from harness.api.environment import say
 from harness.api.registry import load_plugin, loaded_plugins
 from harness.backends import train_process
-from harness.backends.jobs import ModelJob, evaluate_job, failure_line, train_job
+from harness.backends.jobs import ModelJob, evaluate_job, failure_line, train_job, trained_already
 from harness.errors import HarnessError
 from harness.evaluation.evaluate import Checkpoint, Protocol, evaluate, generate_suites, score_rows
 from harness.evaluation.sampling import merge_shards, shard_count
@@ -62,7 +63,7 @@ from harness.libraries import quiet_libraries
 from harness.results.compute import GPUS_PER_JOB, JobClock
 from harness.results.layout import ResultsDir
 from harness.results.store import Store, StoreJournal
-from harness.scoring import get_scorer
+from harness.scoring import LazyScorer
 from harness.scoring.cache import SCORE_BATCH, ScoreCache, score_images
 from harness.train.trainer import TrainResult
 from harness.workers import one_cpu_thread, wait_any
@@ -118,6 +119,8 @@ class RayBackend:
         return wait_any(futures)
 
     def _train(self, job: Any) -> Any:
+        if trained_already(job) is not None:  # a rerun's: recorded here, no worker started
+            return train_job(job)
         results = ResultsDir(job.plan.options.out)
         journal = _training_journal(job)
         run, slot = train_job, self.slot
@@ -191,16 +194,14 @@ class RayBackend:
         results: ResultsDir,
         store: Any,
     ) -> None:
-        """``harness.evaluation.evaluate.score_suites``, what the score cache lacks scored on actors, one per free GPU (CPU)."""
+        """``harness.evaluation.evaluate.score_suites``, what the score cache lacks scored on actors, one per free GPU
+        (CPU), started at the first batch to score: none when the cache has every score."""
         n_images = sum(len(rows) for rows in manifests.values())
-        actors = [
-            self.scorers.options(**self.slot, max_restarts=RETRIES, max_task_retries=RETRIES).remote(self.setup)
-            for _ in range(max(1, min(self._free_slots(), math.ceil(n_images / SCORE_BATCH))))
-        ]
+        actors = _ScorerActors(self, most=math.ceil(n_images / SCORE_BATCH))
         try:
             with ScoreCache(results.score_cache) as cache:
                 for scorer_name in scorers:
-                    scorer = _RemoteScorer(self, actors, scorer_name, dict(scorer_options.get(scorer_name, {})))
+                    scorer = _RemoteScorer(actors, scorer_name, **scorer_options.get(scorer_name, {}))
                     for suite_name, rows in manifests.items():
                         folder = results.images(name, suite_name)
                         values = score_images(
@@ -212,12 +213,12 @@ class RayBackend:
                             batch_size=len(rows),
                         )  # the scorer splits the batches
                         store.add_scores(run_id, suite=suite_name, rows=score_rows(scorer, rows, values))
-            for actor in actors:
+            for actor in actors.started:
                 store.add_compute(run_id, _hours(self._result(actor.cost.remote(), "a scorer's cost")))
         finally:
             import ray
 
-            for actor in actors:
+            for actor in actors.started:
                 ray.kill(actor)
 
     # -- waiting for Ray --------------------------------------------------------------------------------
@@ -407,14 +408,12 @@ class _Scorers:
     def _scorer(self, name: str, locations: dict[str, Any]) -> Any:
         key = json.dumps([name, locations], sort_keys=True)
         if key not in self.scorers:
-            self.scorers[key] = get_scorer(name, **locations)
+            # Loaded as the driver's LazyScorer would load it: refused unless its version is the one the driver
+            # looked the cache up with.
+            self.scorers[key] = LazyScorer(name, **locations).loaded()
             if "transformers" in sys.modules:  # a model scorer: its libraries' load bars are noise
                 quiet_libraries()
         return self.scorers[key]
-
-    def identity(self, name: str, locations: dict[str, Any]) -> tuple[str, str, str, bool]:
-        scorer = self._scorer(name, locations)
-        return scorer.name, scorer.version, scorer.scale, scorer.higher_is_better
 
     def score(self, name: str, locations: dict[str, Any], paths: list[str], prompts: list[str]) -> list[float]:
         scorer = self._scorer(name, locations)
@@ -445,18 +444,37 @@ class _ImageFile:
     path: Path
 
 
-class _RemoteScorer:
-    """The driver's handle on a scorer loaded on the actors: ``score`` spreads the batches over them."""
+class _ScorerActors:
+    """An evaluation's scorer actors, started when first needed: one per GPU (CPU) free then, at most ``most``."""
 
-    def __init__(self, backend: RayBackend, actors: list[Any], name: str, locations: dict[str, Any]) -> None:
-        self.backend, self.actors, self.locations = backend, actors, locations
-        self.name, self.version, self.scale, self.higher_is_better = backend._result(
-            actors[0].identity.remote(name, locations), f"loading scorer {name}"
-        )
+    def __init__(self, backend: RayBackend, most: int) -> None:
+        self.backend, self.most = backend, most
+        self.started: list[Any] = []
+
+    def get(self) -> list[Any]:
+        if not self.started:
+            backend = self.backend
+            self.started = [
+                backend.scorers.options(**backend.slot, max_restarts=RETRIES, max_task_retries=RETRIES).remote(
+                    backend.setup
+                )
+                for _ in range(max(1, min(backend._free_slots(), self.most)))
+            ]
+        return self.started
+
+
+class _RemoteScorer(LazyScorer):
+    """The driver's handle on a scorer loaded on the actors (its identity known here): ``score`` spreads the
+    batches over them."""
+
+    def __init__(self, actors: _ScorerActors, name: str, **locations: Any) -> None:
+        super().__init__(name, **locations)
+        self.actors, self.backend = actors, actors.backend
 
     def score(self, images: list[_ImageFile], prompts: list[str]) -> list[float]:
+        actors = self.actors.get()
         refs = [
-            self.actors[i % len(self.actors)].score.remote(
+            actors[i % len(actors)].score.remote(
                 self.name,
                 self.locations,
                 [str(image.path) for image in images[start : start + SCORE_BATCH]],

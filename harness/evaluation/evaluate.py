@@ -45,7 +45,7 @@ from harness.results.diversity import prompt_diversity
 from harness.results.identity import compared, difference, recorded_location, shown
 from harness.results.layout import ResultsDir
 from harness.results.store import Store
-from harness.scoring import get_scorer
+from harness.scoring import LazyScorer, get_scorer
 from harness.scoring.cache import ScoreCache, open_image, score_images
 from harness.train import trainer  # trainer.resolve_config read at each call: the tests count calls
 from harness.workers import one_cpu_thread
@@ -298,10 +298,11 @@ def score_suites(
     store,
 ) -> None:
     """Score run ``name``'s stored images (``manifests``: rows by suite, paths relative to the suite's
-    image folder) with every scorer; unchanged images are never scored twice."""
+    image folder) with every scorer; unchanged images are never scored twice, and a scorer with nothing to score
+    is never loaded."""
     with ScoreCache(results.score_cache) as cache:
         for scorer_name in scorers:
-            scorer = get_scorer(scorer_name, **scorer_options.get(scorer_name, {}))
+            scorer = LazyScorer(scorer_name, **scorer_options.get(scorer_name, {}))
             for suite_name, rows in manifests.items():
                 folder = results.images(name, suite_name)
                 values = score_images(

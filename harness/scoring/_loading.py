@@ -142,24 +142,6 @@ def from_pretrained(cls: Any, location: str | Path, *, what: str, option: str, *
         ) from None
 
 
-def weights_version(
-    version: str, given: Mapping[str, Any], defaults: Mapping[str, Any], *, preprocessing: int = 0
-) -> str:
-    """``version`` for the official weights; a distinct version for any other location, and for each revision
-    of our preprocessing after the first (``+pre<n>``, see ``Scorer.preprocessing``).
-
-    Cached and stored scores are keyed by version, so scores of a user's own (or a tiny test)
-    model must never share a key with the published metric.
-    """
-    if preprocessing:
-        version = f"{version}+pre{preprocessing}"
-    custom = {key: str(value) for key, value in given.items() if str(value) != str(defaults.get(key))}
-    if not custom:
-        return version
-    digest = hashlib.sha256(repr(sorted(custom.items())).encode()).hexdigest()[:10]
-    return f"{version}+custom-{digest}"
-
-
 def torch_dtype(scorer: str, dtype: str, device: torch.device) -> torch.dtype:
     """The ``dtype`` option (``auto``: bfloat16 on CUDA, float32 elsewhere) as a torch dtype."""
     import torch

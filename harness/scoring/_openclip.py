@@ -5,13 +5,13 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from PIL import Image
 
-from harness.api.scorer import Scorer
+from harness.api.scorer import Scorer, weights_version
 from harness.errors import HarnessError
-from harness.scoring._loading import load_state_dict, pick_device, resolve_file, weights_version
+from harness.scoring._loading import load_state_dict, pick_device, resolve_file
 
 if TYPE_CHECKING:
     import torch
@@ -55,11 +55,15 @@ class OpenClipScorer(Scorer):
         self.model = model.eval().to(self.device)
         self.tokenizer = open_clip.get_tokenizer(arch)
         self.preprocess = self.image_transform(model, preprocess)
-        self.version = weights_version(
-            type(self).version,
-            {"checkpoint": checkpoint, "arch": arch},
-            {"checkpoint": self.repo, "arch": ARCH},
-            preprocessing=self.preprocessing,
+        self.version = self.version_for(checkpoint=checkpoint, arch=arch)
+
+    @classmethod
+    def version_for(cls, checkpoint: str | Path | None = None, arch: str = ARCH, **_: Any) -> str:
+        return weights_version(
+            cls.version,
+            {"checkpoint": cls.repo if checkpoint is None else checkpoint, "arch": arch},
+            {"checkpoint": cls.repo, "arch": ARCH},
+            preprocessing=cls.preprocessing,
         )
 
     def image_transform(self, model: torch.nn.Module, default: Callable) -> Callable[[Image.Image], torch.Tensor]:

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from PIL import Image
 
 from harness.api.registry import register_scorer
-from harness.api.scorer import Scorer
+from harness.api.scorer import Scorer, weights_version
 from harness.errors import HarnessError
 from harness.scoring._hf_clip import image_embeddings, load_clip
-from harness.scoring._loading import load_state_dict, pick_device, resolve_file, weights_version
+from harness.scoring._loading import load_state_dict, pick_device, resolve_file
 
 MODEL = "openai/clip-vit-large-patch14"
 # The head is published in the predictor's GitHub repository only, not on the hub.
@@ -48,9 +49,19 @@ class Aesthetic(Scorer):
             )
         self.head = torch.nn.Linear(width, 1).to(self.device)
         self.head.load_state_dict({"weight": weight, "bias": bias})
-        self.version = weights_version(
-            type(self).version,
-            {"model": model, "checkpoint": checkpoint, "processor": processor},
+        self.version = self.version_for(model=model, checkpoint=checkpoint, processor=processor)
+
+    @classmethod
+    def version_for(
+        cls,
+        model: str | Path = MODEL,
+        checkpoint: str | Path = CHECKPOINT,
+        processor: str | Path | None = None,
+        **_: Any,
+    ) -> str:
+        return weights_version(
+            cls.version,
+            {"model": model, "checkpoint": checkpoint, "processor": model if processor is None else processor},
             {"model": MODEL, "checkpoint": CHECKPOINT, "processor": MODEL},
         )
 

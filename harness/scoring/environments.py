@@ -39,10 +39,9 @@ from typing import Any, ClassVar
 from PIL import Image
 
 from harness.api.environment import cache_dir, say
-from harness.api.scorer import Scorer
+from harness.api.scorer import Scorer, weights_version
 from harness.errors import HarnessError
 from harness.scoring._env_worker import ProtocolError, header_length, parse_header, write_message
-from harness.scoring._loading import weights_version
 
 _MARKER = "harness-env.json"  # written last, inside the build directory, before the rename
 # Run through -c, not -m: the stand-ins in tests reach the worker's module (its CHANNEL) by its own name.
@@ -386,9 +385,13 @@ class EnvironmentScorer(Scorer):
     batch_timeout_s: ClassVar[float] = 600.0
 
     def __init__(self, **locations: Any) -> None:
-        self.locations = {key: str(value) for key, value in locations.items() if value is not None}
-        self.version = f"{weights_version(type(self).version, self.locations, {})}+env-{self.environment.digest}"
+        self.locations = _given(locations)
+        self.version = self.version_for(**locations)
         self.worker: EnvironmentWorker | None = None
+
+    @classmethod
+    def version_for(cls, **locations: Any) -> str:
+        return f"{weights_version(cls.version, _given(locations), {})}+env-{cls.environment.digest}"
 
     def score(self, images: list[Image.Image], prompts: list[str]) -> list[float]:
         if self.worker is None:
@@ -415,6 +418,11 @@ class EnvironmentScorer(Scorer):
         # A scorer dropped by its caller (an evaluation's) ends its worker, not only at the process's exit.
         if getattr(self, "worker", None) is not None:
             self.close()
+
+
+def _given(locations: dict[str, Any]) -> dict[str, str]:
+    """The locations given (as the worker receives them): every value as text, None meaning the default."""
+    return {key: str(value) for key, value in locations.items() if value is not None}
 
 
 def environment_of(scorer_class: type[Scorer]) -> ScorerEnvironment | None:

@@ -57,7 +57,7 @@ from typing import TYPE_CHECKING, Any
 from PIL import Image
 
 from harness.api.registry import register_scorer
-from harness.api.scorer import Scorer
+from harness.api.scorer import Scorer, weights_version
 from harness.errors import HarnessError
 from harness.scoring._loading import (
     _first_line,
@@ -70,7 +70,6 @@ from harness.scoring._loading import (
     qwen_fitted_size,
     resolve_file,
     torch_dtype,
-    weights_version,
 )
 
 if TYPE_CHECKING:
@@ -342,8 +341,12 @@ class HPSv3(Scorer):
         config = from_pretrained(Qwen2VLConfig, base, what=what, option="base")
         self.model = load_reward_model(path, config, reward_token_id, self.dtype)
         place(self.model, self.device, offload)
-        self.version = weights_version(
-            type(self).version, {"checkpoint": checkpoint, "base": base}, {"checkpoint": REPO, "base": BASE}
+        self.version = self.version_for(checkpoint=checkpoint, base=base)
+
+    @classmethod
+    def version_for(cls, checkpoint: str | Path = REPO, base: str | Path = BASE, **_: Any) -> str:
+        return weights_version(
+            cls.version, {"checkpoint": checkpoint, "base": base}, {"checkpoint": REPO, "base": BASE}
         )
 
     def inputs(self, images: list[Image.Image], prompts: list[str]) -> dict[str, torch.Tensor]:

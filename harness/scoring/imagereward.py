@@ -14,14 +14,14 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from PIL import Image
 
 from harness.api.registry import register_scorer
-from harness.api.scorer import Scorer
+from harness.api.scorer import Scorer, weights_version
 from harness.errors import HarnessError
-from harness.scoring._loading import from_pretrained, load_state_dict, pick_device, resolve_file, weights_version
+from harness.scoring._loading import from_pretrained, load_state_dict, pick_device, resolve_file
 
 if TYPE_CHECKING:
     import torch
@@ -152,6 +152,13 @@ def _load_strict(module: torch.nn.Module, state: dict[str, torch.Tensor], part: 
         )
 
 
+def _med_config(checkpoint: str | Path, med_config: str | Path | None) -> str | Path:
+    """Where med_config.json is: given, or next to ImageReward.pt (on the hub and in a downloaded copy)."""
+    if med_config is not None:
+        return med_config
+    return Path(checkpoint).parent if Path(checkpoint).is_file() else checkpoint
+
+
 @register_scorer("imagereward")
 class ImageReward(Scorer):
     name = "imagereward"
@@ -171,9 +178,7 @@ class ImageReward(Scorer):
         from transformers import BertTokenizer, BlipTextModel, BlipVisionModel
 
         self.device = pick_device(device)
-        # med_config.json sits next to ImageReward.pt, on the hub and in a downloaded copy.
-        if med_config is None:
-            med_config = Path(checkpoint).parent if Path(checkpoint).is_file() else checkpoint
+        med_config = _med_config(checkpoint, med_config)
         path = resolve_file(checkpoint, CHECKPOINT_FILE, what="ImageReward weights", option="checkpoint")
         config_path = resolve_file(med_config, MED_CONFIG_FILE, what="ImageReward text config", option="med_config")
         vision_state, text_state, head_state = split_checkpoint(load_state_dict(path, what="ImageReward weights"))
@@ -202,9 +207,19 @@ class ImageReward(Scorer):
                 T.Normalize(_CLIP_MEAN, _CLIP_STD),
             ]
         )
-        self.version = weights_version(
-            type(self).version,
-            {"checkpoint": checkpoint, "med_config": med_config, "tokenizer": tokenizer},
+        self.version = self.version_for(checkpoint=checkpoint, med_config=med_config, tokenizer=tokenizer)
+
+    @classmethod
+    def version_for(
+        cls,
+        checkpoint: str | Path = REPO,
+        med_config: str | Path | None = None,
+        tokenizer: str | Path = TOKENIZER,
+        **_: Any,
+    ) -> str:
+        return weights_version(
+            cls.version,
+            {"checkpoint": checkpoint, "med_config": _med_config(checkpoint, med_config), "tokenizer": tokenizer},
             {"checkpoint": REPO, "med_config": REPO, "tokenizer": TOKENIZER},
         )
 

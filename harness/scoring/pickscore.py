@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from PIL import Image
 
 from harness.api.registry import register_scorer
-from harness.api.scorer import Scorer
+from harness.api.scorer import Scorer, weights_version
 from harness.scoring._hf_clip import image_embeddings, load_clip, text_embeddings
-from harness.scoring._loading import pick_device, weights_version
+from harness.scoring._loading import pick_device
 
 MODEL = "yuvalkirstain/PickScore_v1"
 PROCESSOR = "laion/CLIP-ViT-H-14-laion2B-s32B-b79K"
@@ -26,8 +27,12 @@ class PickScore(Scorer):
     def __init__(self, model: str | Path = MODEL, processor: str | Path = PROCESSOR, device: str | None = None) -> None:
         self.device = pick_device(device)
         self.model, self.processor = load_clip(model, processor, self.device, what="PickScore model")
-        self.version = weights_version(
-            type(self).version, {"model": model, "processor": processor}, {"model": MODEL, "processor": PROCESSOR}
+        self.version = self.version_for(model=model, processor=processor)
+
+    @classmethod
+    def version_for(cls, model: str | Path = MODEL, processor: str | Path = PROCESSOR, **_: Any) -> str:
+        return weights_version(
+            cls.version, {"model": model, "processor": processor}, {"model": MODEL, "processor": PROCESSOR}
         )
 
     def score(self, images: list[Image.Image], prompts: list[str]) -> list[float]:

@@ -46,12 +46,12 @@ bfloat16 weights; ``offload`` keeps them in CPU memory.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from PIL import Image
 
 from harness.api.registry import register_scorer
-from harness.api.scorer import Scorer
+from harness.api.scorer import Scorer, weights_version
 from harness.errors import HarnessError
 from harness.scoring._loading import (
     flag,
@@ -62,7 +62,6 @@ from harness.scoring._loading import (
     positive,
     qwen_fitted_size,
     torch_dtype,
-    weights_version,
 )
 
 if TYPE_CHECKING:
@@ -156,7 +155,11 @@ class VQAScore(Scorer):
         self.model = from_pretrained(AutoModelForImageTextToText, model, what=what, option="model", dtype=self.dtype)
         self.penalty = self.model.generation_config.repetition_penalty or 1.0
         place(self.model, self.device, offload)
-        self.version = weights_version(type(self).version, {"model": model}, {"model": MODEL})
+        self.version = self.version_for(model=model)
+
+    @classmethod
+    def version_for(cls, model: str | Path = MODEL, **_: Any) -> str:
+        return weights_version(cls.version, {"model": model}, {"model": MODEL})
 
     def inputs(self, images: list[Image.Image], prompts: list[str]) -> dict[str, torch.Tensor]:
         """The processor's tensors (left-padded token ids and mask, image patches and grids, token types)."""

@@ -194,6 +194,22 @@ def train(
     return trainer.run(resume=resume)
 
 
+def finished_training(
+    method: str, *, config: TrainConfig, base_model: str | Path, data_dir: Path, output_dir: Path, seed: int = 0
+) -> TrainResult | None:
+    """What ``train`` with these arguments made, if it ended already (its rerun does nothing); None if not: a
+    caller that would start processes or a worker to train learns first that there is nothing to do."""
+    trainer = Trainer(
+        METHODS.get(method)(config),
+        base_model=str(base_model),
+        data_dir=Path(data_dir),
+        output_dir=Path(output_dir),
+        seed=seed,
+        on_log=None,
+    )
+    return trainer.finished(time.perf_counter())
+
+
 def require_init_unet(method: str, config: TrainConfig) -> None:
     """A recipe that starts from another method's UNet needs it given, when trained on its own."""
     if config.init_method and not config.init_unet:
@@ -347,6 +363,7 @@ class Trainer:
         self.base_model = base_model
         self.data_dir = data_dir
         self.output_dir = output_dir
+        self.final_state = output_dir / "final" / "trainer_state.json"  # written last: the training ended
         self.seed = seed
         self.on_log = on_log
         self.snapshot_every = snapshot_every
@@ -599,6 +616,15 @@ class Trainer:
             "config": config,
         }
 
+    def finished(self, started: float) -> TrainResult | None:
+        """The result of this training if it ended already with these settings (``started``: when the caller
+        began, for the result's wall time)."""
+        if self.final_state.exists():
+            done = json.loads(self.final_state.read_text(encoding="utf-8"))
+            if self._same_settings(done):
+                return self._result(done, started)
+        return None
+
     def _same_settings(self, state: dict) -> bool:
         record = json.loads(json.dumps(self._config_record, default=str))
         return compared({k: state.get(k) for k in record}) == compared(record)
@@ -693,11 +719,8 @@ class Trainer:
     def run(self, resume: bool = True) -> TrainResult:
         started = time.perf_counter()
         config = self.config
-        final_state = self.output_dir / "final" / "trainer_state.json"
-        if resume and final_state.exists():
-            done = json.loads(final_state.read_text(encoding="utf-8"))
-            if self._same_settings(done):
-                return self._result(done, started)  # a rerun of a finished run does nothing
+        if resume and (done := self.finished(started)) is not None:
+            return done  # a rerun of a finished run does nothing
         self._setup()
         if not resume and self.accelerator.is_main_process:
             for _, path in self._checkpoints():
@@ -757,7 +780,7 @@ class Trainer:
             **self._config_record,
         }
         if self.accelerator.is_main_process:
-            with replacing(final_state) as temporary:
+            with replacing(self.final_state) as temporary:
                 temporary.write_text(json.dumps(state, indent=1, default=str), encoding="utf-8")
             if self.loader.skipped:
                 print(

@@ -8,8 +8,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from harness.api.scorer import Scorer
+from harness.api.registry import SCORERS, register_scorer
+from harness.api.scorer import Scorer, weights_version
 from harness.errors import HarnessError
+from harness.scoring import LazyScorer
 from harness.scoring.cache import ScoreCache, image_sha256, score_images
 
 
@@ -55,6 +57,53 @@ def test_scores_are_computed_once_then_served_from_the_cache(tmp_path: Path):
     with ScoreCache(tmp_path / "scores.db") as cache:
         assert score_images(reopened_scorer, images, prompts, cache=cache) == first
         assert reopened_scorer.calls == 0 and len(cache) == 5
+
+
+def test_a_scorer_loads_its_weights_only_when_the_cache_lacks_a_score(tmp_path: Path, monkeypatch):
+    """A run's scorers are ``LazyScorer``s: the cache is read under the version their class gives for their options
+    (``Scorer.version_for``), and a scorer is built only for a batch to score; built, its version must be that one."""
+    SCORERS.names()  # built-ins loaded before the entries are copied
+    monkeypatch.setattr(SCORERS, "_entries", dict(SCORERS._entries))  # undone after the test
+    built: list[str] = []
+
+    @register_scorer("brightness-of-weights")
+    class Weighted(Brightness):
+        name = "brightness-of-weights"
+
+        def __init__(self, weights: str = "official") -> None:
+            super().__init__()
+            built.append(weights)
+            self.version = self.version_for(weights=weights)
+
+        @classmethod
+        def version_for(cls, weights: str = "official", **_: object) -> str:
+            return weights_version(cls.version, {"weights": weights}, {"weights": "official"})
+
+    @register_scorer("brightness-forgetful")
+    class Forgetful(Brightness):  # its version depends on its weights, but its class does not say so
+        name = "brightness-forgetful"
+
+        def __init__(self, weights: str = "official") -> None:
+            super().__init__()
+            self.version = weights_version(self.version, {"weights": weights}, {"weights": "official"})
+
+    images, prompts = [gray(10), gray(20)], ["a", "b"]
+    with ScoreCache(tmp_path / "scores.db") as cache:
+        for weights in ("official", "mine"):
+            scorer = LazyScorer("brightness-of-weights", weights=weights)
+            assert score_images(scorer, images, prompts, cache=cache) == [expected(10, "a"), expected(20, "b")]
+            assert scorer.version == scorer.loaded().version  # what the cache filed its scores under
+        assert built == ["official", "mine"] and cache.get(Weighted(), [image_sha256(images[0])], ["a"])
+        rerun = [LazyScorer("brightness-of-weights", weights=weights) for weights in ("official", "mine")]
+        for scorer in rerun:
+            assert score_images(scorer, images, prompts, cache=cache) == [expected(10, "a"), expected(20, "b")]
+        assert built == ["official", "mine", "official"] and rerun[1]._scorer is None  # the rerun built nothing
+        with pytest.raises(
+            HarnessError,
+            match=r"^scorer brightness-forgetful: built with \{'weights': 'mine'\} its "
+            r"version is 1\+custom-\w+, but its class's version_for gives 1; .* overrides Scorer\.version_for$",
+        ):
+            score_images(LazyScorer("brightness-forgetful", weights="mine"), images, prompts, cache=cache)
 
 
 def test_only_changed_images_are_rescored_whatever_their_path(tmp_path: Path):

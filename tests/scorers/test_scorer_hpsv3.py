@@ -17,7 +17,7 @@ from safetensors.torch import load_file, save_file
 from harness.cli import main
 from harness.errors import HarnessError
 from harness.evaluation.evaluate import check_scorer_options
-from harness.scoring import get_scorer, same_signal
+from harness.scoring import LazyScorer, get_scorer, same_signal
 from harness.scoring.hpsv3 import chat_text, fitted_size
 
 PROMPTS = ["a cat", "two dogs playing in the snow, oil painting", "x"]
@@ -36,7 +36,7 @@ def images() -> list[Image.Image]:
 
 @pytest.fixture(scope="module")
 def scorer(hpsv3_locations):
-    return get_scorer("hpsv3", device="cpu", **hpsv3_locations)
+    return LazyScorer("hpsv3", device="cpu", **hpsv3_locations).loaded()  # its version known before it was built
 
 
 @pytest.fixture(scope="module")
@@ -164,7 +164,7 @@ def test_cpu_offload_scores_the_same(scorer, hpsv3_locations, images):
 
 
 def test_sigma_scorer_reports_the_uncertainty(scorer, hpsv3_locations, images):
-    sigma_scorer = get_scorer("hpsv3-sigma", device="cpu", **hpsv3_locations)
+    sigma_scorer = LazyScorer("hpsv3-sigma", device="cpu", **hpsv3_locations).loaded()
     assert sigma_scorer.score(images[:1], PROMPTS[:1]) == pytest.approx(
         scorer.score_with_uncertainty(images[:1], PROMPTS[:1])[1], rel=1e-5
     )

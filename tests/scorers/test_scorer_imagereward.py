@@ -137,11 +137,17 @@ def test_official_layout_loads_and_matches_the_direct_computation(checkpoint_dir
     # Truncation at 35 tokens: anything after the 33rd word changes nothing.
     assert scorer.score(images[2:3], [long_prompt + " snow snow snow"]) == pytest.approx(scores[2:3], abs=1e-5)
     assert scorer.version.startswith("v1.0+custom-")
+    # known without building it (its med_config found next to the file), as a run reads the score cache
+    locations = {"checkpoint": str(checkpoint_dir / "ImageReward.pt"), "tokenizer": str(checkpoint_dir / "tokenizer")}
+    assert type(scorer).version_for(**locations, device="cpu") == scorer.version
 
 
 def test_med_config_is_found_next_to_the_checkpoint_and_missing_parts_are_named(checkpoint_dir, tmp_path):
     scorer = get_scorer("imagereward", checkpoint=str(checkpoint_dir), tokenizer=str(checkpoint_dir / "tokenizer"))
     assert scorer.vision.config.image_size == SIZE and scorer.vision.config.num_attention_heads == 2
+    assert type(scorer).version_for(checkpoint=str(checkpoint_dir), tokenizer=str(checkpoint_dir / "tokenizer")) == (
+        scorer.version
+    )
 
     state = imagereward_state_dict("tiny")
     del state["blip.text_encoder.encoder.layer.1.crossattention.self.key.weight"]
