@@ -112,6 +112,14 @@ def ray_command(cluster, out: str) -> tuple[str, ...]:
     return "--plugin", str(PLUGIN), *RUN, "--backend", "ray", "--address", address, "--out", out
 
 
+def scorer_actors() -> int:
+    """How many scorer actors the cluster has started, ended ones included (Ray's actor table: its state API
+    needs the dashboard, which the cluster runs without)."""
+    from ray._private import state
+
+    return sum(actor["ActorClassName"] == "_Scorers" for actor in state.actors().values())
+
+
 def leaderboard_json(out: Path) -> str:
     """What `harness leaderboard --out OUT --format json` prints."""
     from harness.run import leaderboard
@@ -233,7 +241,7 @@ def test_two_training_processes_on_ray_train_what_one_does_with_twice_the_accumu
 def test_a_moved_ray_run_resumes_from_a_driver_in_another_directory(small_ray_run, cluster, tmp_path: Path) -> None:
     """The small run, moved, resumed by a relative path from a driver in another working directory, and on one
     process (the count is where a training runs, not one of its settings): nothing rewritten, the same
-    leaderboard.  A path recorded absolute would miss the move; one recorded relative to the working directory,
+    leaderboard, and no training task started (nor scorer actor: every score is in the cache).  A path recorded absolute would miss the move; one recorded relative to the working directory,
     the driver.  (Not ``ray_run``: resuming its larger run took longer than making and resuming this one.)"""
     address, _ = cluster
     made, _ = small_ray_run
@@ -242,10 +250,14 @@ def test_a_moved_ray_run_resumes_from_a_driver_in_another_directory(small_ray_ru
         folder.mkdir()
     board = leaderboard_json(made)
     shutil.move(made, moved)
-    before = stamps(moved)
+    before, actors = stamps(moved), scorer_actors()
+    assert actors > 0  # the run's first evaluations had their scorers on actors
     resumed = harness_cli(
         *SMALL_RUN, "--backend", "ray", "--address", address, "--out", "../archive/runs-moved", cwd=elsewhere
     )
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    # The training ended already: the driver records it without a task (whose lines Ray prefixes with its name).
+    assert "== dpo: training" in resumed.stdout and "dpo training pid=" not in resumed.stdout
+    assert scorer_actors() == actors  # every score was in the cache: no scorer was loaded anywhere
     assert stamps(moved) == before, "the resumed run rewrote files of the results directory"
     assert leaderboard_json(moved) == board
