@@ -14,6 +14,7 @@ from harness.cli.parser import HelpFormatter, build_parser
 from harness.errors import HarnessError
 from harness.results.stats import SIGNAL_MARK, SIGNAL_NOTE
 from harness.results.text_table import text_table
+from harness.workers import one_cpu_thread
 from support.cli import harness_main
 from support.results_fixture import SUITES, as_schema, build_results_dir
 
@@ -103,7 +104,7 @@ def test_tiny_end_to_end_run(tiny_run_dir):
     unet_dirs = [tiny_run_dir / row[0] for row in db.execute("SELECT path FROM checkpoints")]  # relative to it
     assert unet_dirs and UNet2DConditionModel.from_pretrained(unet_dirs[-1]) is not None
 
-    result = harness_cli("leaderboard", "--out", str(tiny_run_dir), "--format", "json")
+    result = harness_main("leaderboard", "--out", str(tiny_run_dir), "--format", "json")
     assert result.returncode == 0, result.stderr
     rows = json.loads(result.stdout)
     assert {"method", "suite", "metric", "n", "mean"} <= set(rows[0])
@@ -115,7 +116,7 @@ def test_tiny_end_to_end_run(tiny_run_dir):
     assert not any(r["trained_on_signal"] for r in base_rows)
 
     # A rerun resumes: nothing is trained, generated or scored twice.
-    again = harness_cli("run", "--preset", "tiny", "--methods", "dpo", "--out", str(tiny_run_dir))
+    again = harness_main("run", "--preset", "tiny", "--methods", "dpo", "--out", str(tiny_run_dir))
     assert again.returncode == 0, again.stderr[-2000:]
     assert sqlite3.connect(tiny_run_dir / "results.db").execute("SELECT COUNT(*) FROM scores").fetchone()[0] == n_scores
 
@@ -177,15 +178,14 @@ def test_leaderboard_marks_the_metric_a_method_was_trained_on(tmp_path):
 EXAMPLE_PLUGIN = str(Path(__file__).parents[1] / "examples" / "desirable_sft.py")
 
 
-@pytest.mark.slow  # three new interpreters
 def test_plugin_option_works_before_or_after_the_command(tmp_path):
     for args in (["--plugin", EXAMPLE_PLUGIN, "methods"], ["methods", "--plugin", EXAMPLE_PLUGIN]):
-        result = harness_cli(*args)
+        result = harness_main(*args)
         assert result.returncode == 0, result.stderr
         assert "desirable-sft" in result.stdout
     # After `run`: the plugin's method is known (the error is about its weights, not an unknown option or method),
     # and on a preset without published weights the error names the presets that have them.
-    result = harness_cli(
+    result = harness_main(
         "run", "--plugin", EXAMPLE_PLUGIN, "--methods", "desirable-sft", "--pretrained", "--out", str(tmp_path)
     )
     assert result.returncode == 2
@@ -378,7 +378,7 @@ def test_progress_on_a_terminal_is_a_bar():
 def test_harness_train_trains_the_weights_harness_run_trains(tiny_run_dir, tiny_model_dir, tmp_path):
     """The same method, preset, data and seed: byte-identical weights (the same plan, data steps, seed and one CPU
     thread); on a toy-world preset `harness train` makes the world's own data, as `harness run` does, without --data."""
-    result = harness_cli("train", "--preset", "tiny", "--method", "dpo", "--out", str(tmp_path / "alone"))
+    result = harness_main("train", "--preset", "tiny", "--method", "dpo", "--out", str(tmp_path / "alone"))
     assert result.returncode == 0, result.stderr[-3000:]
     weights = Path("final") / "unet" / "diffusion_pytorch_model.safetensors"
     trained = (tmp_path / "alone" / weights).read_bytes()
@@ -399,16 +399,8 @@ def test_set_for_a_method_not_trained_is_the_same_error_in_run_and_train(command
 
 def test_generate_follows_the_preset_s_protocol(tiny_run_dir, tmp_path):
     """With its defaults, `harness generate` makes the images a run of that preset evaluates: the same bytes."""
-    result = harness_cli(
-        "generate",
-        "--preset",
-        "tiny",
-        "--suite",
-        "toy-seen",
-        "--out",
-        str(tmp_path / "gen"),
-        env={"OMP_NUM_THREADS": "1"},
-    )  # one thread, as the run's workers (faster on a busy CPU)
+    with one_cpu_thread(on_gpu=False):  # one thread, as the run's workers compute: the same sums on any machine
+        result = harness_main("generate", "--preset", "tiny", "--suite", "toy-seen", "--out", str(tmp_path / "gen"))
     assert result.returncode == 0, result.stderr[-3000:]
 
     def images(manifest: Path) -> dict:

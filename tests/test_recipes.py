@@ -25,6 +25,7 @@ from harness.errors import HarnessError
 from harness.plan.presets import RECIPES, get_preset
 from harness.plan.recipes import EVALUATION, read_recipe, recipe_rows, recipe_table
 from harness.train.trainer import resolve_config
+from support.cli import harness_main
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "methods.md"
 TABLE_START = "<!-- recipe table: generated from methods/recipes/ by harness.plan.recipes.recipe_table -->"
@@ -291,8 +292,6 @@ def test_a_new_preset_is_a_folder_of_recipes_and_its_preset(tmp_path):
     with that recipe: no change to the method."""
     import json
 
-    from conftest import harness_cli
-
     (tmp_path / "recipes").mkdir()
     (tmp_path / "my_preset.py").write_text(SCRATCH_PRESET, encoding="utf-8")
     (tmp_path / "recipes" / "dpo.toml").write_text(
@@ -301,13 +300,13 @@ def test_a_new_preset_is_a_folder_of_recipes_and_its_preset(tmp_path):
         encoding="utf-8",
     )
     plugin = ["--plugin", str(tmp_path / "my_preset.py")]
-    shown = harness_cli(*plugin, "presets", "--show", "scratch")
+    shown = harness_main(*plugin, "presets", "--show", "scratch")
     assert shown.returncode == 0, shown.stderr
     dpo = shown.stdout[shown.stdout.index("\ndpo\n") :].split("\n\n")[0]
     assert "dpo recipe; ours, not published: a value no other layer gives" in dpo
     assert "no scratch settings of its own" in shown.stdout.split("\ndro")[1]  # dro has no recipe here
 
-    result = harness_cli(*plugin, "train", "--preset", "scratch", "--method", "dpo", "--out", str(tmp_path / "out"))
+    result = harness_main(*plugin, "train", "--preset", "scratch", "--method", "dpo", "--out", str(tmp_path / "out"))
     assert result.returncode == 0, result.stderr[-3000:]
     assert "no settings for preset" not in result.stderr
     config = json.loads((tmp_path / "out" / "final" / "trainer_state.json").read_text())["config"]

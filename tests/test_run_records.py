@@ -16,12 +16,12 @@ import pandas as pd
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from conftest import harness_cli
 from harness.evaluation.suites import get_suite
 from harness.plan.planner import RunOptions
 from harness.results.compute import JobClock, combine
 from harness.results.store import Store
 from harness.run import run
+from support.cli import harness_main
 from support.train_fixtures import write_pair_dir
 
 APP = Path(__file__).resolve().parent.parent / "dashboard" / "app.py"
@@ -174,7 +174,7 @@ def test_each_run_has_its_own_times_and_figures_in_the_store_the_cli_and_the_das
     assert runs.loc["dpo", "started_at"] <= checkpoints.loc["dpo", "created_at"] <= runs.loc["dpo", "ended_at"]
     assert runs.loc["dpo", "unet_evals_per_sample"] > 0 and pd.isna(runs.loc["base", "unet_evals_per_sample"])
 
-    result = harness_cli("runs", "--out", str(tiny_run_dir))
+    result = harness_main("runs", "--out", str(tiny_run_dir))
     assert result.returncode == 0, result.stderr
     header, *rows = result.stdout.splitlines()
     assert header.split("  ")[:3] == ["run", "method", "status"] and header.endswith(

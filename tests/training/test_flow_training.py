@@ -228,15 +228,22 @@ def test_harness_evaluate_takes_a_trained_sd3_transformer_and_its_lora_adapters(
     }
 
 
-@pytest.mark.slow  # builds and trains a second SD3 pipeline, with T5
-def test_a_pipeline_with_t5_loads_and_trains_with_it_and_harness_drop_t5_leaves_it_out(pair_dir, tmp_path, monkeypatch):
+@pytest.fixture(scope="module")
+def sd3_t5_dir(tmp_path_factory) -> Path:
+    """tiny-sd3 with a T5 encoder (a second SD3 pipeline), built once for the tests that read T5's states."""
     from dataclasses import replace
 
-    from harness.models.families import DROP_T5
-    from harness.models.loading import load_pipeline
     from harness.testing.tiny_models import TINY_SHAPES, save_tiny_pipeline
 
-    model = save_tiny_pipeline(tmp_path / "sd3-t5", replace(TINY_SHAPES["tiny-sd3"], t5=True))
+    return save_tiny_pipeline(tmp_path_factory.mktemp("sd3-t5") / "model", replace(TINY_SHAPES["tiny-sd3"], t5=True))
+
+
+@pytest.mark.slow  # trains a second SD3 pipeline, with T5
+def test_a_pipeline_with_t5_loads_and_trains_with_it_and_harness_drop_t5_leaves_it_out(
+    sd3_t5_dir, pair_dir, tmp_path, monkeypatch
+):
+    from harness.models.families import DROP_T5
+    from harness.models.loading import load_pipeline
 
     def t5_tokens(pipe) -> torch.Tensor:
         """The conditioning's tokens after CLIP's 77: T5's states, or the pipeline's zeros without it."""
@@ -244,10 +251,10 @@ def test_a_pipeline_with_t5_loads_and_trains_with_it_and_harness_drop_t5_leaves_
             hidden = pipe.encode_prompt("a red square", None, None, device="cpu", do_classifier_free_guidance=False)[0]
         return hidden[:, 77:]
 
-    with_t5 = load_pipeline(model)
+    with_t5 = load_pipeline(sd3_t5_dir)
     assert with_t5.text_encoder_3 is not None and t5_tokens(with_t5).abs().sum() > 0
     monkeypatch.setenv(DROP_T5, "1")
-    without = load_pipeline(model)
+    without = load_pipeline(sd3_t5_dir)
     assert without.text_encoder_3 is None and without.tokenizer_3 is None
     assert t5_tokens(without).shape == t5_tokens(with_t5).shape and not t5_tokens(without).any()
     monkeypatch.delenv(DROP_T5)
@@ -255,7 +262,7 @@ def test_a_pipeline_with_t5_loads_and_trains_with_it_and_harness_drop_t5_leaves_
     logged: list[dict] = []
     train(
         "dpo",
-        base_model=model,
+        base_model=sd3_t5_dir,
         data_dir=pair_dir,
         output_dir=tmp_path / "dpo",
         overrides={**FAST, "max_steps": 2},
@@ -340,15 +347,12 @@ def test_the_sd35_recipe_adapts_flow_grpos_modules_and_encodes_128_t5_tokens(tin
 
 
 @pytest.mark.parametrize("length", [128, 256])
-def test_sd3_captions_are_encoded_with_the_configured_t5_length(length, tmp_path):
-    from dataclasses import replace
-
+def test_sd3_captions_are_encoded_with_the_configured_t5_length(length, sd3_t5_dir, tmp_path):
     from harness.data.readers import ImageLoader
     from harness.models.loading import load_pipeline
-    from harness.testing.tiny_models import TINY_SHAPES, save_tiny_pipeline
     from harness.train.features import FeatureEncoder
 
-    pipe = load_pipeline(save_tiny_pipeline(tmp_path / "sd3-t5", replace(TINY_SHAPES["tiny-sd3"], t5=True)))
+    pipe = load_pipeline(sd3_t5_dir)
     encoder = FeatureEncoder(
         pipe,
         device=torch.device("cpu"),
