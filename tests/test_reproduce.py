@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import harness_cli
 from harness.api.registry import SCORERS, SUITES
 from harness.cli.options import parse_unets
 from harness.errors import HarnessError
@@ -218,7 +219,7 @@ def test_reproduce_runs_local_checkpoints_and_prints_the_comparison(tmp_path, ti
     """The tiny preset with stand-in tables (a plugin), dpo's "published" UNet from a local download."""
     download = save_published_unet(tiny_model_dir, tmp_path / "dpo-download", shift=0.01)
     out = tmp_path / "out"
-    result = harness_main(
+    result = harness_cli(
         "--plugin",
         str(Path(__file__).parent / "plugins" / "standin_tables.py"),
         "reproduce",
