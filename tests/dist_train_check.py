@@ -2,13 +2,15 @@
 
 Trains each method named for each preset in turn, two optimizer steps of two micro-batches, with the real trainer
 and the preset's own settings, and after every optimizer step gathers the trainable parameters of both processes
-and fails unless they are bit-identical; it prints how far they moved from the base.  One process pair for every
-training: start-up (torch, diffusers, the process group) is most of the cost on a CPU.
-Usage: dist_train_check.py DATA_DIR OUT_DIR PRESET=BASE_MODEL:METHOD,METHOD ...
+and fails unless they are bit-identical; it prints how far they moved from the base.  Then both processes generate
+the sampling tests' case suite with GENERATION_MODEL into OUT_DIR/generated (tests/generate_worker.py), in batches
+of 2.  One process pair for all of it: start-up (torch, diffusers, the process group) is most of the cost on a CPU.
+Usage: dist_train_check.py DATA_DIR OUT_DIR GENERATION_MODEL PRESET=BASE_MODEL:METHOD,METHOD ...
 """
 
 from __future__ import annotations
 
+import importlib.util
 import sys
 from pathlib import Path
 
@@ -52,8 +54,17 @@ def _flat(params) -> torch.Tensor:
     return torch.cat([p.detach().flatten() for p in params.values()])
 
 
+def _generate_worker():
+    """tests/generate_worker.py, loaded from its file: tests/ is not on sys.path here (tests/methods would shadow
+    the methods)."""
+    spec = importlib.util.spec_from_file_location("generate_worker", Path(__file__).with_name("generate_worker.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def main() -> None:
-    data_dir, out_dir, *trainings = sys.argv[1:]
+    data_dir, out_dir, generation_model, *trainings = sys.argv[1:]
     for training in trainings:
         preset_and_base, methods = training.rsplit(":", 1)
         preset, base_model = preset_and_base.split("=", 1)
@@ -72,6 +83,8 @@ def main() -> None:
             assert trainer.world == 2
             if trainer.accelerator.is_main_process:
                 print(f"done {preset} {method}: {result.steps} steps", flush=True)
+    worker = _generate_worker()
+    worker.generate_case(generation_model, Path(out_dir) / "generated", 2, worker.SETTINGS["images_per_prompt"])
     dist.barrier()
     dist.destroy_process_group()
 

@@ -1,5 +1,6 @@
 """The generation job shared by the sampling tests, and a script that runs it in its own
-process: alone (the tests kill it mid-run) or under ``torchrun --nproc_per_node 2`` (gloo).
+process, alone (the tests kill it mid-run); tests/dist_train_check.py runs it under
+``torchrun --nproc_per_node 2`` (gloo).
 
 Usage: generate_worker.py MODEL_DIR OUT_DIR BATCH_SIZE [IMAGES_PER_PROMPT]
 """
@@ -29,7 +30,9 @@ def case_suite(n_prompts: int = len(PROMPTS)) -> Suite:
     )
 
 
-def main() -> None:
+def generate_case(model_dir: str, out_dir: Path, batch_size: int, images_per_prompt: int) -> None:
+    """The case suite with SETTINGS, in torchrun's process group when there is one (started here or by the
+    caller); prints how many manifest rows this process got back."""
     import torch
     import torch.distributed as dist
 
@@ -37,8 +40,6 @@ def main() -> None:
     from harness.evaluation.sampling import generate
     from harness.models.loading import load_pipeline
 
-    model_dir, out_dir, batch_size = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3])
-    images_per_prompt = int(sys.argv[4]) if len(sys.argv) > 4 else SETTINGS["images_per_prompt"]
     with torchrun_process_group() as device:
         rank = dist.get_rank() if dist.is_initialized() else 0
         rows = generate(
@@ -50,6 +51,12 @@ def main() -> None:
             progress=False,
         )
         print(f"rank {rank}: {len(rows)} rows, {torch.get_num_threads()} threads", flush=True)
+
+
+def main() -> None:
+    model_dir, out_dir, batch_size = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3])
+    images_per_prompt = int(sys.argv[4]) if len(sys.argv) > 4 else SETTINGS["images_per_prompt"]
+    generate_case(model_dir, out_dir, batch_size, images_per_prompt)
 
 
 if __name__ == "__main__":

@@ -13,11 +13,11 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import harness_cli
 from harness.cli.output import format_table
 from harness.results.stats import LOWER_MARK, LOWER_NOTE, paired_comparison, win_rate_matrix
 from harness.results.stats import leaderboard as statistics
 from harness.run import leaderboard
+from support.cli import harness_main
 
 PLUGIN = Path(__file__).resolve().parent / "plugins" / "toy_error.py"
 
@@ -49,7 +49,7 @@ def _board(rows: list[dict], method: str) -> dict:
 def test_evaluating_a_runs_trained_unet_gives_the_runs_own_images_and_scores(tiny_run_dir, tmp_path):
     out = tmp_path / "results"
     shutil.copytree(tiny_run_dir, out)
-    result = harness_cli(
+    result = harness_main(
         "evaluate",
         "--model",
         "tiny",
@@ -116,7 +116,7 @@ def test_lora_adapters_load_as_the_merged_unet_written_beside_them(lora_training
 def test_lora_adapters_into_a_new_directory_evaluate_the_base_too_and_a_rerun_resumes(
     lora_training, tiny_model_dir, tmp_path, capsys
 ):
-    """In this process, the command line's own entry point (a fresh process per command is tested above)."""
+    """The command line's own entry point, ``harness.cli.main``, called directly."""
     from harness.cli import main
 
     out = tmp_path / "results"
@@ -197,7 +197,7 @@ def test_scored_images_and_a_lower_is_better_metric_rank_the_better_model_first(
         str(out),
     )
     for images, name in ((generated, "generated"), (drawn, "drawn")):
-        result = harness_cli(*score, "--images", str(images), "--name", name)
+        result = harness_main(*score, "--images", str(images), "--name", name)
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
 
     # The generated images keep their seeds, bytes and scores: what the tiny run's base has.

@@ -8,8 +8,8 @@ started from it, each method's training with its recipe (precision, EMA, replay 
 flips, posterior samples), generation, the six scorers, the leaderboard and its guard marks.
 Only compute is lowered, to fit a CPU test: one optimizer step without accumulation
 (`max_steps=1`, `effective_batch_size=None`), 10 experts instead of 500 (the copy has ~40 unique
-images, so the ranking still chooses), DRO's sampler 4 steps instead of 20, SmPO's inversion 2
-steps instead of 5 / 10, one prompt of each suite, one image per prompt, 2 sampler steps in the
+images, so the ranking still chooses), DRO's sampler 2 steps instead of 20, SmPO's inversion 2
+steps instead of 5 / 10, one prompt of each suite, one image per prompt, 1 sampler step in the
 evaluation. The SD1.5 shape's attention at 64x64 latents costs ~0.17 s per UNet call on a CPU core
 even at tiny widths (the SDXL shape's VAE ~1 s per 1024 px image), so the published compute, for
 four models, would take hours here.
@@ -51,7 +51,7 @@ def scorer_options(locations: dict[str, dict[str, str]]) -> list[str]:
 
 
 # Each method's compute lowered as the module says (SmPO's bounds widened for the random PickScore).
-LOWERED = {"dro": ("expert_top_k=10", "sampler_steps=4"), "smpo": ("inversion_steps=2", "score_lo=-1", "score_hi=1")}
+LOWERED = {"dro": ("expert_top_k=10", "sampler_steps=2"), "smpo": ("inversion_steps=2", "score_lo=-1", "score_hi=1")}
 
 
 def readme_methods(preset: str) -> tuple[str, ...]:
@@ -82,7 +82,7 @@ def rehearse(
         "--images-per-prompt",
         "1",
         "--steps",
-        "2",
+        "1",
         "--out",
         str(out),
         "--set",

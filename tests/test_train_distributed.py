@@ -1,9 +1,10 @@
 """Two CPU processes (torchrun, gloo): every method trains with identical parameters on both ranks, on the tiny and
-tiny-flow presets; `harness run --train-processes 2` trains what 1 process does with doubled accumulation; a failed
-process group is one line."""
+tiny-flow presets, and two processes generate byte for byte what one does; `harness run --train-processes 2` trains
+what 1 process does with doubled accumulation; a failed process group is one line."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -18,10 +19,13 @@ import torch
 from safetensors.torch import load_file
 from torch.distributed.elastic.multiprocessing.errors import ProcessFailure
 
+from generate_worker import SETTINGS, case_suite
 from harness.api.data import Online
 from harness.api.registry import METHODS
 from harness.backends.jobs import failure_line
+from harness.evaluation.sampling import MANIFEST_NAME, generate
 from harness.models.families import family_of_model
+from harness.models.loading import load_pipeline
 from harness.results.store import Store
 from harness.run import RunOptions, run
 from harness.train.trainer import resolve_config
@@ -42,15 +46,14 @@ def trainable_methods(preset: str, base_model: Path) -> list[str]:
     ]
 
 
-@pytest.mark.distributed
-@pytest.mark.slow
-def test_every_method_trains_on_two_processes_on_the_tiny_presets(tiny_model_dir, tiny_sd3_dir, tmp_path):
-    """One torchrun of 2 gloo processes trains every registered method on tiny and tiny-flow in turn (grpo and
-    online-dpo on tiny-flow only): after each optimizer step both ranks hold the same weights, and they moved."""
+@pytest.fixture(scope="module")
+def two_processes(tiny_model_dir, tiny_sd3_dir, tmp_path_factory) -> SimpleNamespace:
+    """One torchrun of 2 gloo processes (dist_train_check.py): every registered method trained on tiny and
+    tiny-flow in turn (grpo and online-dpo on tiny-flow only), then the case suite of the sampling tests generated
+    with the tiny model.  One launch for both checks: each process spends seconds importing torch."""
     bases = {"tiny": tiny_model_dir, "tiny-flow": tiny_sd3_dir}
     methods = {preset: trainable_methods(preset, base) for preset, base in bases.items()}
-    assert set(methods["tiny-flow"]) == set(METHODS.names())
-    assert {"grpo", "online-dpo"} <= set(methods["tiny-flow"]) - set(methods["tiny"])
+    tmp_path = tmp_path_factory.mktemp("two-processes")
     data = write_expert_dir(write_pair_dir(tmp_path / "data"))
     torchrun = Path(sys.executable).with_name("torchrun")
     result = subprocess.run(
@@ -62,6 +65,7 @@ def test_every_method_trains_on_two_processes_on_the_tiny_presets(tiny_model_dir
             str(SCRIPT),
             str(data),
             str(tmp_path / "out"),
+            str(tiny_model_dir),
             *(f"{preset}={bases[preset]}:{','.join(names)}" for preset, names in methods.items()),
         ],
         capture_output=True,
@@ -71,16 +75,53 @@ def test_every_method_trains_on_two_processes_on_the_tiny_presets(tiny_model_dir
         env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONSAFEPATH": "1"},
     )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    return SimpleNamespace(methods=methods, stdout=result.stdout, out=tmp_path / "out")
+
+
+@pytest.mark.distributed
+@pytest.mark.slow
+def test_every_method_trains_on_two_processes_on_the_tiny_presets(two_processes):
+    """After each optimizer step both ranks hold the same weights, and they moved."""
+    methods = two_processes.methods
+    assert set(methods["tiny-flow"]) == set(METHODS.names())
+    assert {"grpo", "online-dpo"} <= set(methods["tiny-flow"]) - set(methods["tiny"])
     for preset, names in methods.items():
         for method in names:
             label = f"{preset} {method}"
             moved = re.findall(
-                rf"^{label} step (\d): parameters identical on both ranks; moved (\S+);", result.stdout, re.M
+                rf"^{label} step (\d): parameters identical on both ranks; moved (\S+);", two_processes.stdout, re.M
             )
-            assert [step for step, _ in moved] == ["1", "2"], (label, result.stdout[-2000:])
+            assert [step for step, _ in moved] == ["1", "2"], (label, two_processes.stdout[-2000:])
             assert float(moved[-1][1]) > 0, label
-            assert f"done {label}: 2 steps" in result.stdout
-            assert (tmp_path / "out" / preset / method / "final" / "unet" / "config.json").exists()
+            assert f"done {label}: 2 steps" in two_processes.stdout
+            assert (two_processes.out / preset / method / "final" / "unet" / "config.json").exists()
+
+
+@pytest.mark.distributed
+@pytest.mark.slow
+def test_two_processes_write_the_single_process_manifest(two_processes, tiny_model_dir, tmp_path):
+    """Two processes produce byte for byte the manifest and images of one."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as each torchrun worker: oneDNN's last bits can depend on the thread count
+    try:
+        generate(
+            load_pipeline(tiny_model_dir), case_suite(), tmp_path / "one", batch_size=3, progress=False, **SETTINGS
+        )
+    finally:
+        torch.set_num_threads(threads)
+
+    n_images = len(case_suite()) * SETTINGS["images_per_prompt"]
+    # Every rank returns the merged manifest, not only its own shard.
+    assert f"rank 0: {n_images} rows" in two_processes.stdout and f"rank 1: {n_images} rows" in two_processes.stdout
+
+    one, two = tmp_path / "one", two_processes.out / "generated"
+    assert (two / MANIFEST_NAME).read_bytes() == (one / MANIFEST_NAME).read_bytes()
+    rows = [json.loads(line) for line in (two / MANIFEST_NAME).read_text().splitlines()]
+    assert len(rows) == n_images
+    assert all((two / r["path"]).read_bytes() == (one / r["path"]).read_bytes() for r in rows)
+    assert sorted(p.name for p in two.iterdir()) == sorted([MANIFEST_NAME] + [r["path"] for r in rows]), (
+        "journals merged and removed"
+    )
 
 
 def _run_dpo(out: Path, data: Path, processes: int, grad_accum: int) -> list[dict]:

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 
-from conftest import harness_cli
 from harness import workers
 from harness.api import registry
 from harness.errors import HarnessError
@@ -142,7 +141,7 @@ def test_results_do_not_depend_on_jobs_and_plugins_reach_the_workers(tiny_run_di
     """)
     )
     out = tmp_path / "sequential"
-    result = harness_cli(
+    result = harness_main(
         "--plugin", str(plugin), "run", "--preset", "tiny", "--methods", "dpo", "--jobs", "1", "--out", str(out)
     )
     assert result.returncode == 0, result.stderr[-3000:]
@@ -151,7 +150,7 @@ def test_results_do_not_depend_on_jobs_and_plugins_reach_the_workers(tiny_run_di
 
     out = tmp_path / "plugin"
     tiny_dpo = ["max_steps=2", "batch_size=2", "lr=1e-3", "scale_lr=False", "warmup_steps=0", "lr_scheduler=constant"]
-    result = harness_cli(
+    result = harness_main(
         "--plugin",
         str(plugin),
         "run",
