@@ -22,6 +22,7 @@ from torch.distributed.elastic.multiprocessing.errors import ProcessFailure
 from generate_worker import SETTINGS, case_suite
 from harness.api.data import Online
 from harness.api.registry import METHODS
+from harness.backends import jobs
 from harness.backends.jobs import failure_line
 from harness.evaluation.sampling import MANIFEST_NAME, generate
 from harness.models.families import family_of_model
@@ -143,10 +144,11 @@ def _run_dpo(out: Path, data: Path, processes: int, grad_accum: int) -> list[dic
 
 @pytest.mark.distributed
 @pytest.mark.slow
-def test_two_processes_train_what_one_does_with_twice_the_accumulation(tmp_path, harness_cache):
+def test_two_processes_train_what_one_does_with_twice_the_accumulation(tmp_path, harness_cache, monkeypatch):
     """`harness run --train-processes 2` against 1 process with doubled accumulation: the same samples, the same
     random draws and (DDP's mean of two gradients being a sum of two halves, exact) the same weights, bit for bit;
-    so the same leaderboard.  The first process writes the log to the store, and the run records its 2 processes."""
+    so the same leaderboard.  The first process writes the log to the store, and the run records its 2 processes.
+    Its rerun starts no process: the training ended already."""
     data = write_pair_dir(tmp_path / "data")
     one = _run_dpo(tmp_path / "one", data, processes=1, grad_accum=2)
     two = _run_dpo(tmp_path / "two", data, processes=2, grad_accum=1)
@@ -166,6 +168,12 @@ def test_two_processes_train_what_one_does_with_twice_the_accumulation(tmp_path,
             assert processes == int(out == "two") + 1 and runs.loc["dpo", "status"] == "done"
     # The logged means: one all-reduce of float32 values against a float64 sum, so equal to rounding.
     assert frames[0].index.equals(frames[1].index) and np.allclose(frames[0], frames[1], rtol=1e-6)
+
+    def launched(job):  # --jobs 1: the jobs run in this process, where this replaces the launcher
+        raise AssertionError(f"{job.model.method}'s finished training started its processes again")
+
+    monkeypatch.setattr(jobs, "train_in_processes", launched)
+    assert _run_dpo(tmp_path / "two", data, processes=2, grad_accum=1) == two
 
 
 def _failure(rank: int, exitcode: int) -> ProcessFailure:
