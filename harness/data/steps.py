@@ -32,7 +32,7 @@ from harness.data.readers import ImageLoader, _read_jsonl, load_hf_dataset
 from harness.data.score_table import ScoreTable, dataset_key, table_path
 from harness.errors import HarnessError
 from harness.progress import progress_bar
-from harness.scoring import get_scorer
+from harness.scoring import LazyScorer
 
 EXPERTS_META = "experts.json"
 
@@ -95,12 +95,12 @@ def score_training_images(
     Resumable: only what the table lacks is scored, and each batch is committed at once.
     """
     pairs = PairRows.open(source, split)
-    scorer = get_scorer(scorer_name, **(scorer_options or {}))
+    scorer = LazyScorer(scorer_name, **(scorer_options or {}))  # its weights loaded only if the table lacks a score
     meta = {
         "scorer": scorer.name,
         "version": scorer.version,
         "scale": scorer.scale,
-        "family": getattr(scorer, "family", scorer.name),
+        "family": scorer.family,
         "split": split,
         "dataset_key": dataset_key(source, split),
     }

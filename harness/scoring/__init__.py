@@ -23,17 +23,14 @@ def get_scorer(name: str, **locations: Any) -> Scorer:
 
 
 class LazyScorer:
-    """Scorer ``name`` with ``locations``: its identity (name, version, scale, direction) read from its class
+    """Scorer ``name`` with ``locations``: its identity (name, version, scale, family, direction) read from its class
     (``Scorer.version_for``), its weights loaded at the first ``score`` call.  An evaluation whose images are all in
     the score cache (a rerun, a curve's last point) loads no weights."""
 
     def __init__(self, name: str, **locations: Any) -> None:
         scorer_class = SCORERS.get(name)
-        self.name, self.scale, self.higher_is_better = (
-            scorer_class.name,
-            scorer_class.scale,
-            scorer_class.higher_is_better,
-        )
+        self.name, self.scale, self.family = scorer_class.name, scorer_class.scale, scorer_class.family
+        self.higher_is_better = scorer_class.higher_is_better
         self.version = scorer_class.version_for(**locations)
         self.locations = locations
         self._scorer: Scorer | None = None

@@ -19,6 +19,7 @@ from harness.data.steps import experts_recipe, score_training_images, select_exp
 from harness.errors import HarnessError
 
 CALLS: list[int] = []  # images per score() call of the scorer below
+BUILT: list[int | None] = []  # each instance built, by its fail_after
 
 
 @register_scorer("test-brightness")
@@ -32,6 +33,7 @@ class Brightness(Scorer):
 
     def __init__(self, fail_after: int | None = None) -> None:
         self.fail_after = fail_after
+        BUILT.append(fail_after)
 
     def score(self, images, prompts):
         if self.fail_after is not None and len(CALLS) >= self.fail_after:
@@ -103,9 +105,10 @@ def test_every_unique_image_caption_is_scored_once_and_an_interrupted_step_resum
     assert values.keys() == unique
     for (uid, caption), value in values.items():
         assert value == pytest.approx(brightness_of(images[uid], caption), rel=1e-6)
+    assert BUILT[-2:] == [1, None]
     CALLS.clear()
     score_training_images(source, "test-brightness", progress=False)
-    assert CALLS == []  # a finished step does nothing
+    assert CALLS == [] and BUILT[-2:] == [1, None]  # a finished step does nothing, and loads no scorer
 
 
 def test_experts_are_the_top_k_ranked_by_the_reward_with_their_bytes_and_recipe(pickapic, tmp_path):
