@@ -1,10 +1,12 @@
 """Helpers of the fault tests: start the CLI in its own process group, SIGKILL the whole group at a
-chosen point, read the work log of ``work_log_plugin.py``, and describe what a results directory
-holds (to compare a resumed run with an uninterrupted one, and to see what a rerun touched)."""
+chosen point, run the CLI in this process where its process is not what a test is about, read the work
+log of ``work_log_plugin.py``, and describe what a results directory holds (to compare a resumed run with
+an uninterrupted one, and to see what a rerun touched)."""
 
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import os
 import signal
@@ -17,6 +19,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+from diffusers import UNet2DConditionModel
+
+import harness.scoring
+from harness.scoring.cache import ScoreCache
+from harness.train.trainer import Trainer
 from support.cli import harness_main
 
 PLUGIN = Path(__file__).with_name("work_log_plugin.py")
@@ -147,17 +155,37 @@ def run_and_kill(
     return Outcome(stages, killed=hit and not ended_first, returncode=process.returncode)
 
 
-def run_to_end(
-    args: list[str], variables: dict[str, str], stderr: Path, timeout: float = 600, cwd: Path | None = None
-) -> Outcome:
-    process = start(args, variables, stderr, cwd)
+# What work_log_plugin.py replaces in the process that loads it, besides every module's ``get_scorer``.
+_REPLACED = [
+    (UNet2DConditionModel, "forward"),
+    (ScoreCache, "put"),
+    (Trainer, "_optimizer_step"),
+    (Trainer, "make_batch"),
+    (torch, "save"),
+]
+
+
+def run_here(args: list[str], variables: dict[str, str], stderr: Path, cwd: Path | None = None) -> Outcome:
+    """`harness ARGS` to its end in this process (``support.cli``), for the runs whose process is not what a test
+    is about: a fresh process spends seconds importing torch before it reads its arguments.  Its stderr is
+    appended to ``stderr``.  What the work-log plugin replaced is put back afterwards: the next command here
+    loads the plugin again, and would wrap the wrappers (logging each event twice)."""
+    originals = [(owner, name, getattr(owner, name)) for owner, name in _REPLACED]
+    get_scorer = harness.scoring.get_scorer
     try:
-        out, _ = process.communicate(timeout=timeout)
+        result = harness_main(*args, cwd=cwd, env=variables)
     finally:
-        if process.poll() is None:
-            kill_group(process)
-    stages = [line.strip() for line in out.splitlines() if line.startswith("== ")]
-    return Outcome(stages, killed=False, returncode=process.returncode)
+        for owner, name, original in originals:
+            setattr(owner, name, original)
+        # The plugin replaced get_scorer in the modules that had it; modules imported since took the replacement.
+        for module in list(sys.modules.values()):
+            held = getattr(module, "__dict__", {}).get("get_scorer")
+            if held is not get_scorer and callable(held) and inspect.unwrap(held) is get_scorer:
+                module.get_scorer = get_scorer
+    with open(stderr, "a") as err:
+        err.write(result.stderr)
+    stages = [line.strip() for line in result.stdout.splitlines() if line.startswith("== ")]
+    return Outcome(stages, killed=False, returncode=result.returncode)
 
 
 def leaderboard_json(out: Path) -> str:

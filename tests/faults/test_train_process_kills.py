@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from faults.kills import PLUGIN, WorkLog, kill_group, leaderboard_json, run_to_end, start
+from faults.kills import PLUGIN, WorkLog, kill_group, leaderboard_json, run_here, start
 from support.cli import harness_main
 
 pytestmark = [pytest.mark.faults, pytest.mark.slow, pytest.mark.distributed]
@@ -78,7 +78,7 @@ def test_a_training_process_killed_mid_step_ends_the_run_in_one_line_and_a_rerun
     assert (models / "checkpoint-2" / "trainer_state.json").exists() and not (models / "final").exists()
 
     log.mark()
-    rerun = run_to_end(args, variables, stderr)
+    rerun = run_here(args, variables, stderr)
     assert rerun.returncode == 0, stderr.read_text()[-3000:]
     assert steps(log.since_mark(), "begin") == [2, 3]  # from checkpoint-2, on both processes
     assert leaderboard_json(out) == leaderboard_json(tmp_path / "one")
