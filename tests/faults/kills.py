@@ -165,16 +165,39 @@ _REPLACED = [
 ]
 
 
-def run_here(args: list[str], variables: dict[str, str], stderr: Path, cwd: Path | None = None) -> Outcome:
-    """`harness ARGS` to its end in this process (``support.cli``), for the runs whose process is not what a test
-    is about: a fresh process spends seconds importing torch before it reads its arguments.  Its stderr is
-    appended to ``stderr``.  What the work-log plugin replaced is put back afterwards: the next command here
-    loads the plugin again, and would wrap the wrappers (logging each event twice)."""
+_here = False  # a command of harness_here is running
+
+
+def _forked() -> None:
+    """In a worker forked by a command of harness_here: ``sys.stdout`` and ``sys.stderr`` are the command's
+    in-memory copies (``support.cli``), which no one reads in a child; the worker writes to file descriptors 1
+    and 2 instead, as a worker of the installed command does (and the command reads those)."""
+    if _here:
+        sys.stdout, sys.stderr = sys.__stdout__, sys.__stderr__
+
+
+def _flush_before_fork() -> None:
+    if _here:  # what is still buffered would be written twice, by the parent and by the child
+        sys.__stdout__.flush()
+        sys.__stderr__.flush()
+
+
+os.register_at_fork(before=_flush_before_fork, after_in_child=_forked)
+
+
+def harness_here(args: list[str], variables: dict[str, str], cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """`harness ARGS` in this process (``support.cli``), for the commands whose process is not what a test is
+    about: a fresh process spends seconds importing torch before it reads its arguments.  What the work-log
+    plugin replaced is put back afterwards: the next command here loads the plugin again, and would wrap the
+    wrappers (logging each event twice)."""
+    global _here
     originals = [(owner, name, getattr(owner, name)) for owner, name in _REPLACED]
     get_scorer = harness.scoring.get_scorer
+    _here = True
     try:
-        result = harness_main(*args, cwd=cwd, env=variables)
+        return harness_main(*args, cwd=cwd, env=variables)
     finally:
+        _here = False
         for owner, name, original in originals:
             setattr(owner, name, original)
         # The plugin replaced get_scorer in the modules that had it; modules imported since took the replacement.
@@ -182,6 +205,11 @@ def run_here(args: list[str], variables: dict[str, str], stderr: Path, cwd: Path
             held = getattr(module, "__dict__", {}).get("get_scorer")
             if held is not get_scorer and callable(held) and inspect.unwrap(held) is get_scorer:
                 module.get_scorer = get_scorer
+
+
+def run_here(args: list[str], variables: dict[str, str], stderr: Path, cwd: Path | None = None) -> Outcome:
+    """A run to its end in this process (``harness_here``), its stderr appended to ``stderr``."""
+    result = harness_here(args, variables, cwd)
     with open(stderr, "a") as err:
         err.write(result.stderr)
     stages = [line.strip() for line in result.stdout.splitlines() if line.startswith("== ")]
