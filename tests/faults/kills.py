@@ -15,6 +15,7 @@ import subprocess
 import sys
 import threading
 import time
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,12 +24,12 @@ import torch
 from diffusers import UNet2DConditionModel
 
 import harness.scoring
+from harness.cli import main
 from harness.scoring.cache import ScoreCache
 from harness.train.trainer import Trainer
 from support.cli import harness_main
 
 PLUGIN = Path(__file__).with_name("work_log_plugin.py")
-HARNESS = Path(sys.executable).with_name("harness")
 # The runs of the suite: two methods that train (DRO also samples from its policy while training),
 # checkpoints every two of the four steps, so a kill mid-training resumes from a checkpoint.
 METHODS = "dpo,dro"
@@ -69,21 +70,75 @@ def run_args(env: Env, jobs: int, methods: str = METHODS) -> list[str]:
     ]
 
 
-def start(args: list[str], variables: dict[str, str], stderr: Path, cwd: Path | None = None) -> subprocess.Popen:
-    """The CLI in a new session: its workers share its process group, which the kill takes whole."""
-    with open(stderr, "a") as err:
-        return subprocess.Popen(
-            [str(HARNESS), *args],
-            stdout=subprocess.PIPE,
-            stderr=err,
-            text=True,
-            env=variables,
-            start_new_session=True,
-            cwd=cwd,
-        )
+class Started:
+    """`harness ARGS` in a child of this process, in a new session (its workers share its process group, which the
+    kill takes whole): the installed command's ``main`` in a fork, which has torch and the harness imported
+    already, where a fresh process of the command spends seconds importing them before it reads its arguments.
+    Its stdout is the pipe ``stdout``; its stderr is appended to a file.  What the tests use of
+    ``subprocess.Popen``: ``pid``, ``stdout``, ``poll``, ``wait``, ``communicate`` and ``returncode``."""
+
+    def __init__(self, args: list[str], variables: dict[str, str], stderr: Path, cwd: Path | None = None) -> None:
+        read, write = os.pipe()
+        with open(stderr, "a") as err:
+            self.pid = os.fork()
+            if self.pid == 0:
+                _run_child(args, variables, write, err.fileno(), cwd)  # never returns
+        os.close(write)
+        self.stdout = open(read, encoding="utf-8")
+        self.returncode: int | None = None
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+            if pid:
+                self.returncode = os.waitstatus_to_exitcode(status)  # -N: ended by signal N, as Popen says
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.poll() is None:
+            if deadline is not None and time.monotonic() > deadline:
+                raise subprocess.TimeoutExpired(f"harness (pid {self.pid})", timeout)
+            time.sleep(0.01)
+        return self.returncode
+
+    def communicate(self, timeout: float | None = None) -> tuple[str, None]:
+        """Everything the run prints until the last process holding its stdout ends, then its exit status."""
+        out: list[str] = []
+        reader = threading.Thread(target=lambda: out.append(self.stdout.read()), daemon=True)
+        reader.start()
+        reader.join(timeout)
+        if reader.is_alive():
+            raise subprocess.TimeoutExpired(f"harness (pid {self.pid})", timeout)
+        self.wait(timeout)
+        return out[0], None
 
 
-def kill_group(process: subprocess.Popen) -> None:
+def _run_child(args: list[str], variables: dict[str, str], stdout: int, stderr: int, cwd: Path | None) -> None:
+    """In the forked child: what the installed command's process would be, then its exit (``os._exit``: this
+    process's exit handlers, pytest's, are not the command's)."""
+    status = 1
+    try:
+        os.setsid()
+        os.dup2(stdout, 1)
+        os.dup2(stderr, 2)
+        sys.stdout = open(1, "w", closefd=False)  # block-buffered on a pipe, as the command's stdout is
+        sys.stderr = open(2, "w", buffering=1, closefd=False)
+        os.environ.clear()
+        os.environ.update(variables)
+        os.chdir(cwd or os.getcwd())
+        status = main(args)
+    except SystemExit as exit:
+        status = exit.code if isinstance(exit.code, int) else (0 if exit.code is None else 1)
+    except BaseException:  # what escapes main: the traceback the command would print
+        traceback.print_exc()
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(status)
+
+
+def kill_group(process: Started) -> None:
     """SIGKILL every process of the group, then wait until none of them is left running."""
     try:
         os.killpg(process.pid, signal.SIGKILL)
@@ -134,7 +189,7 @@ def run_and_kill(
 ) -> Outcome:
     """Run until ``reached(stage lines printed, work-log events logged)`` holds, wait ``delay`` seconds,
     then SIGKILL the whole process group."""
-    process = start(args, variables, stderr)
+    process = Started(args, variables, stderr)
     stages: list[str] = []
     reader = threading.Thread(target=_collect_stages, args=(process.stdout, stages), daemon=True)
     reader.start()
