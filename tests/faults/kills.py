@@ -1,7 +1,7 @@
-"""Helpers of the fault tests: start the CLI in its own process group, SIGKILL the whole group at a
-chosen point, run the CLI in this process where its process is not what a test is about, read the work
-log of ``work_log_plugin.py``, and describe what a results directory holds (to compare a resumed run with
-an uninterrupted one, and to see what a rerun touched)."""
+"""Helpers of the fault tests: start the CLI (forked from this process) in its own process group, SIGKILL the
+whole group at a chosen point, run the CLI in this process where its process is not what a test is about, read
+the work log of ``work_log_plugin.py``, and describe what a results directory holds (to compare a resumed run
+with an uninterrupted one, and to see what a rerun touched)."""
 
 from __future__ import annotations
 
