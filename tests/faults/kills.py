@@ -1,10 +1,12 @@
-"""Helpers of the fault tests: start the CLI in its own process group, SIGKILL the whole group at a
-chosen point, read the work log of ``work_log_plugin.py``, and describe what a results directory
-holds (to compare a resumed run with an uninterrupted one, and to see what a rerun touched)."""
+"""Helpers of the fault tests: start the CLI (forked from this process) in its own process group, SIGKILL the
+whole group at a chosen point, run the CLI in this process where its process is not what a test is about, read
+the work log of ``work_log_plugin.py``, and describe what a results directory holds (to compare a resumed run
+with an uninterrupted one, and to see what a rerun touched)."""
 
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import os
 import signal
@@ -13,14 +15,21 @@ import subprocess
 import sys
 import threading
 import time
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+from diffusers import UNet2DConditionModel
+
+import harness.scoring
+from harness.cli import main
+from harness.scoring.cache import ScoreCache
+from harness.train.trainer import Trainer
 from support.cli import harness_main
 
 PLUGIN = Path(__file__).with_name("work_log_plugin.py")
-HARNESS = Path(sys.executable).with_name("harness")
 # The runs of the suite: two methods that train (DRO also samples from its policy while training),
 # checkpoints every two of the four steps, so a kill mid-training resumes from a checkpoint.
 METHODS = "dpo,dro"
@@ -61,21 +70,75 @@ def run_args(env: Env, jobs: int, methods: str = METHODS) -> list[str]:
     ]
 
 
-def start(args: list[str], variables: dict[str, str], stderr: Path, cwd: Path | None = None) -> subprocess.Popen:
-    """The CLI in a new session: its workers share its process group, which the kill takes whole."""
-    with open(stderr, "a") as err:
-        return subprocess.Popen(
-            [str(HARNESS), *args],
-            stdout=subprocess.PIPE,
-            stderr=err,
-            text=True,
-            env=variables,
-            start_new_session=True,
-            cwd=cwd,
-        )
+class Started:
+    """`harness ARGS` in a child of this process, in a new session (its workers share its process group, which the
+    kill takes whole): the installed command's ``main`` in a fork, which has torch and the harness imported
+    already, where a fresh process of the command spends seconds importing them before it reads its arguments.
+    Its stdout is the pipe ``stdout``; its stderr is appended to a file.  What the tests use of
+    ``subprocess.Popen``: ``pid``, ``stdout``, ``poll``, ``wait``, ``communicate`` and ``returncode``."""
+
+    def __init__(self, args: list[str], variables: dict[str, str], stderr: Path, cwd: Path | None = None) -> None:
+        read, write = os.pipe()
+        with open(stderr, "a") as err:
+            self.pid = os.fork()
+            if self.pid == 0:
+                _run_child(args, variables, write, err.fileno(), cwd)  # never returns
+        os.close(write)
+        self.stdout = open(read, encoding="utf-8")
+        self.returncode: int | None = None
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+            if pid:
+                self.returncode = os.waitstatus_to_exitcode(status)  # -N: ended by signal N, as Popen says
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.poll() is None:
+            if deadline is not None and time.monotonic() > deadline:
+                raise subprocess.TimeoutExpired(f"harness (pid {self.pid})", timeout)
+            time.sleep(0.01)
+        return self.returncode
+
+    def communicate(self, timeout: float | None = None) -> tuple[str, None]:
+        """Everything the run prints until the last process holding its stdout ends, then its exit status."""
+        out: list[str] = []
+        reader = threading.Thread(target=lambda: out.append(self.stdout.read()), daemon=True)
+        reader.start()
+        reader.join(timeout)
+        if reader.is_alive():
+            raise subprocess.TimeoutExpired(f"harness (pid {self.pid})", timeout)
+        self.wait(timeout)
+        return out[0], None
 
 
-def kill_group(process: subprocess.Popen) -> None:
+def _run_child(args: list[str], variables: dict[str, str], stdout: int, stderr: int, cwd: Path | None) -> None:
+    """In the forked child: what the installed command's process would be, then its exit (``os._exit``: this
+    process's exit handlers, pytest's, are not the command's)."""
+    status = 1
+    try:
+        os.setsid()
+        os.dup2(stdout, 1)
+        os.dup2(stderr, 2)
+        sys.stdout = open(1, "w", closefd=False)  # block-buffered on a pipe, as the command's stdout is
+        sys.stderr = open(2, "w", buffering=1, closefd=False)
+        os.environ.clear()
+        os.environ.update(variables)
+        os.chdir(cwd or os.getcwd())
+        status = main(args)
+    except SystemExit as exit:
+        status = exit.code if isinstance(exit.code, int) else (0 if exit.code is None else 1)
+    except BaseException:  # what escapes main: the traceback the command would print
+        traceback.print_exc()
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(status)
+
+
+def kill_group(process: Started) -> None:
     """SIGKILL every process of the group, then wait until none of them is left running."""
     try:
         os.killpg(process.pid, signal.SIGKILL)
@@ -126,7 +189,7 @@ def run_and_kill(
 ) -> Outcome:
     """Run until ``reached(stage lines printed, work-log events logged)`` holds, wait ``delay`` seconds,
     then SIGKILL the whole process group."""
-    process = start(args, variables, stderr)
+    process = Started(args, variables, stderr)
     stages: list[str] = []
     reader = threading.Thread(target=_collect_stages, args=(process.stdout, stages), daemon=True)
     reader.start()
@@ -147,17 +210,65 @@ def run_and_kill(
     return Outcome(stages, killed=hit and not ended_first, returncode=process.returncode)
 
 
-def run_to_end(
-    args: list[str], variables: dict[str, str], stderr: Path, timeout: float = 600, cwd: Path | None = None
-) -> Outcome:
-    process = start(args, variables, stderr, cwd)
+# What work_log_plugin.py replaces in the process that loads it, besides every module's ``get_scorer``.
+_REPLACED = [
+    (UNet2DConditionModel, "forward"),
+    (ScoreCache, "put"),
+    (Trainer, "_optimizer_step"),
+    (Trainer, "make_batch"),
+    (torch, "save"),
+]
+
+
+_here = False  # a command of harness_here is running
+
+
+def _forked() -> None:
+    """In a worker forked by a command of harness_here: ``sys.stdout`` and ``sys.stderr`` are the command's
+    in-memory copies (``support.cli``), which no one reads in a child; the worker writes to file descriptors 1
+    and 2 instead, as a worker of the installed command does (and the command reads those)."""
+    if _here:
+        sys.stdout, sys.stderr = sys.__stdout__, sys.__stderr__
+
+
+def _flush_before_fork() -> None:
+    if _here:  # what is still buffered would be written twice, by the parent and by the child
+        sys.__stdout__.flush()
+        sys.__stderr__.flush()
+
+
+os.register_at_fork(before=_flush_before_fork, after_in_child=_forked)
+
+
+def harness_here(args: list[str], variables: dict[str, str], cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """`harness ARGS` in this process (``support.cli``), for the commands whose process is not what a test is
+    about: a fresh process spends seconds importing torch before it reads its arguments.  What the work-log
+    plugin replaced is put back afterwards: the next command here loads the plugin again, and would wrap the
+    wrappers (logging each event twice)."""
+    global _here
+    originals = [(owner, name, getattr(owner, name)) for owner, name in _REPLACED]
+    get_scorer = harness.scoring.get_scorer
+    _here = True
     try:
-        out, _ = process.communicate(timeout=timeout)
+        return harness_main(*args, cwd=cwd, env=variables)
     finally:
-        if process.poll() is None:
-            kill_group(process)
-    stages = [line.strip() for line in out.splitlines() if line.startswith("== ")]
-    return Outcome(stages, killed=False, returncode=process.returncode)
+        _here = False
+        for owner, name, original in originals:
+            setattr(owner, name, original)
+        # The plugin replaced get_scorer in the modules that had it; modules imported since took the replacement.
+        for module in list(sys.modules.values()):
+            held = getattr(module, "__dict__", {}).get("get_scorer")
+            if held is not get_scorer and callable(held) and inspect.unwrap(held) is get_scorer:
+                module.get_scorer = get_scorer
+
+
+def run_here(args: list[str], variables: dict[str, str], stderr: Path, cwd: Path | None = None) -> Outcome:
+    """A run to its end in this process (``harness_here``), its stderr appended to ``stderr``."""
+    result = harness_here(args, variables, cwd)
+    with open(stderr, "a") as err:
+        err.write(result.stderr)
+    stages = [line.strip() for line in result.stdout.splitlines() if line.startswith("== ")]
+    return Outcome(stages, killed=False, returncode=result.returncode)
 
 
 def leaderboard_json(out: Path) -> str:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from faults.kills import HARNESS, Env, leaderboard_json, results_fingerprint, run_args
+from faults.kills import Env, harness_here, leaderboard_json, results_fingerprint, run_args
 from support.cli import harness_main
 
 pytestmark = [pytest.mark.faults, pytest.mark.slow]
@@ -43,13 +43,8 @@ def damaged(reference, tmp_path: Path) -> Iterator[Env]:
 
 
 def rerun(env: Env, args: list[str] | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [str(HARNESS), *(args or run_args(env, jobs=2))],
-        env=env.variables(),
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    """The same command again (in this process: what is checked is what the run decides, not its process)."""
+    return harness_here(args or run_args(env, jobs=2), env.variables())
 
 
 def warnings(result: subprocess.CompletedProcess) -> list[str]:

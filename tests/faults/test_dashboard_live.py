@@ -14,7 +14,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from dashboard.views import PAGES
-from faults.kills import Env, kill_group, leaderboard_json, run_args, start
+from faults.kills import Env, Started, kill_group, leaderboard_json, run_args
 
 pytestmark = [pytest.mark.faults, pytest.mark.slow]
 
@@ -36,7 +36,7 @@ def test_every_page_renders_while_a_run_writes(reference, tmp_path: Path, monkey
     env = Env(out=tmp_path / "out", cache=reference.env.cache, log=tmp_path / "work.jsonl")
     stderr = tmp_path / "stderr.txt"
     monkeypatch.setenv("HARNESS_OUT", str(env.out))
-    run = start(run_args(env, jobs=2), env.variables(), stderr)
+    run = Started(run_args(env, jobs=2), env.variables(), stderr)
     seen_while_running = []  # what each render saw, when the run was still running after it
     try:
         while run.poll() is None:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from faults.kills import Env, WorkLog, count, leaderboard_json, run_args, run_to_end, stamps
+from faults.kills import Env, WorkLog, count, leaderboard_json, run_args, run_here, stamps
 
 pytestmark = [pytest.mark.faults, pytest.mark.slow]
 
@@ -36,7 +36,7 @@ def test_a_copied_and_moved_results_directory_resumes_by_any_path(reference, tmp
         before = stamps(where)
         log.mark()
         stderr = tmp_path / "stderr.txt"
-        outcome = run_to_end(_args_with_out(env, out), env.variables(), stderr, cwd=cwd)
+        outcome = run_here(_args_with_out(env, out), env.variables(), stderr, cwd=cwd)
         assert outcome.returncode == 0, f"--out {out} from {cwd}: " + stderr.read_text()[-3000:]
         events = log.since_mark()
         assert count(events, "step") == 0 and count(events, "unet") == 0 and count(events, "cached") == 0, (

@@ -30,7 +30,7 @@ from faults.kills import (
     results_fingerprint,
     run_and_kill,
     run_args,
-    run_to_end,
+    run_here,
     temporaries,
 )
 
@@ -115,7 +115,7 @@ def test_a_rerun_of_a_finished_run_does_no_work(reference) -> None:
     log = WorkLog(env.log)
     log.mark()
     # With one job where the reference had two: the work to skip does not depend on --jobs either.
-    outcome = run_to_end(run_args(env, jobs=1), env.variables(), env.out.parent / "rerun-stderr.txt")
+    outcome = run_here(run_args(env, jobs=1), env.variables(), env.out.parent / "rerun-stderr.txt")
     assert outcome.returncode == 0, (env.out.parent / "rerun-stderr.txt").read_text()[-3000:]
     work = log.since_mark()
     assert {event: count(work, event) for event in ("unet", "score", "cached", "step")} == {
@@ -150,7 +150,7 @@ def test_killed_runs_resume_to_the_uninterrupted_results(trial: Trial, reference
         done = done_at_kill(env)
         history.append(f"finished when killed: {done}")
     log.mark()
-    outcome = run_to_end(args, env.variables(), stderr)
+    outcome = run_here(args, env.variables(), stderr)
     history.append(f"final run: {outcome.stages}")
     assert outcome.returncode == 0, f"{history}\n{stderr.read_text()[-3000:]}"
     assert_nothing_redone()

@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from faults.kills import PLUGIN, WorkLog, kill_group, leaderboard_json, run_to_end, start
+from faults.kills import PLUGIN, Started, WorkLog, kill_group, leaderboard_json, run_here
 from support.cli import harness_main
 
 pytestmark = [pytest.mark.faults, pytest.mark.slow, pytest.mark.distributed]
@@ -57,7 +57,7 @@ def test_a_training_process_killed_mid_step_ends_the_run_in_one_line_and_a_rerun
     out, log, stderr = tmp_path / "out", WorkLog(tmp_path / "work.jsonl"), tmp_path / "stderr.txt"
     args = ["--plugin", str(PLUGIN), *RUN, "--train-processes", "2", "--out", str(out)]
     variables = {**os.environ, "FAULTS_WORK_LOG": str(log.path), "OMP_NUM_THREADS": "1"}
-    process = start(args, {**variables, "FAULTS_GATE": "micro:3:0", "FAULTS_GATE_RANK": "1"}, stderr)
+    process = Started(args, {**variables, "FAULTS_GATE": "micro:3:0", "FAULTS_GATE_RANK": "1"}, stderr)
     try:
         # Killed once rank 1 waits at its gate and rank 0 has begun step 3 (the other pid: it does not wait).
         deadline = time.monotonic() + 300
@@ -78,7 +78,7 @@ def test_a_training_process_killed_mid_step_ends_the_run_in_one_line_and_a_rerun
     assert (models / "checkpoint-2" / "trainer_state.json").exists() and not (models / "final").exists()
 
     log.mark()
-    rerun = run_to_end(args, variables, stderr)
+    rerun = run_here(args, variables, stderr)
     assert rerun.returncode == 0, stderr.read_text()[-3000:]
     assert steps(log.since_mark(), "begin") == [2, 3]  # from checkpoint-2, on both processes
     assert leaderboard_json(out) == leaderboard_json(tmp_path / "one")
