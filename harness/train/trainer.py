@@ -182,15 +182,7 @@ def train(
     elif preset is not None or overrides:
         raise TypeError("train: a resolved config is given, so preset and overrides would be ignored")
     require_init_unet(method, config)
-    trainer = Trainer(
-        METHODS.get(method)(config),
-        base_model=str(base_model),
-        data_dir=Path(data_dir),
-        output_dir=Path(output_dir),
-        seed=seed,
-        on_log=on_log,
-        snapshot_every=snapshot_every,
-    )
+    trainer = _trainer(method, config, base_model, data_dir, output_dir, seed, on_log, snapshot_every)
     return trainer.run(resume=resume)
 
 
@@ -199,15 +191,28 @@ def finished_training(
 ) -> TrainResult | None:
     """What ``train`` with these arguments made, if it ended already (its rerun does nothing); None if not: a
     caller that would start processes or a worker to train learns first that there is nothing to do."""
-    trainer = Trainer(
+    return _trainer(method, config, base_model, data_dir, output_dir, seed).finished(time.perf_counter())
+
+
+def _trainer(
+    method: str,
+    config: TrainConfig,
+    base_model: str | Path,
+    data_dir: Path,
+    output_dir: Path,
+    seed: int,
+    on_log: LogFn | None = None,
+    snapshot_every: int = 0,
+) -> Trainer:
+    return Trainer(
         METHODS.get(method)(config),
         base_model=str(base_model),
         data_dir=Path(data_dir),
         output_dir=Path(output_dir),
         seed=seed,
-        on_log=None,
+        on_log=on_log,
+        snapshot_every=snapshot_every,
     )
-    return trainer.finished(time.perf_counter())
 
 
 def require_init_unet(method: str, config: TrainConfig) -> None:
