@@ -24,6 +24,7 @@ from harness.errors import HarnessError
 from harness.evaluation.suites import get_suite
 from harness.models.loading import load_pipeline
 from harness.scoring import get_scorer
+from harness.testing.tiny_models import clip_tokenizer
 from support.offline_world import HPDV2_STYLES, PICKAPIC_COLUMNS, pickapic_test_file, write_pickapic_v2
 
 PLUGIN = Path(__file__).parent / "plugins" / "tiny_scorer_archs.py"
@@ -164,7 +165,7 @@ def test_sd15_shaped_pipeline_has_sd15s_structure(tiny_sd15_dir, one_thread):
     assert image.shape == (1, 64, 96, 3) and np.isfinite(image).all()
 
 
-def test_sdxl_shaped_pipeline_has_sdxls_structure(tiny_sdxl_dir, one_thread):
+def test_sdxl_shaped_pipeline_has_sdxls_structure(tiny_sdxl_dir, harness_cache, one_thread):
     from diffusers import EulerDiscreteScheduler
 
     pipe = load_pipeline(tiny_sdxl_dir)  # DiffusionPipeline.from_pretrained(tiny_sdxl_dir), nothing more for SDXL
@@ -179,6 +180,18 @@ def test_sdxl_shaped_pipeline_has_sdxls_structure(tiny_sdxl_dir, one_thread):
         pipe.text_encoder_2.config.projection_dim + 6 * unet.addition_time_embed_dim
     )
     assert type(pipe.text_encoder_2).__name__ == "CLIPTextModelWithProjection" and pipe.tokenizer_2.pad_token == "!"
+    # The tokenizers as SDXL's hub folders hold them (vocab + merges, no tokenizer.json), tokenizing as the ones the
+    # pipeline was built with.
+    for name, pad in (("tokenizer", "<|endoftext|>"), ("tokenizer_2", "!")):
+        assert sorted(path.name for path in (tiny_sdxl_dir / name).iterdir()) == [
+            "merges.txt",
+            "tokenizer_config.json",
+            "vocab.json",
+        ]
+        built = clip_tokenizer(harness_cache / "clip-tokenizer", pad_token=pad)
+        prompts = ["a corgi on the moon", "", "Émoji 🐱, ü and 中文!", "word " * 100]
+        loaded = getattr(pipe, name)(prompts, padding="max_length", max_length=77, truncation=True).input_ids
+        assert loaded == built(prompts, padding="max_length", max_length=77, truncation=True).input_ids
     assert (unet.sample_size, pipe.vae_scale_factor, vae.scaling_factor) == (128, 8, 0.13025)
     assert isinstance(pipe.scheduler, EulerDiscreteScheduler)
     assert (pipe.scheduler.config.beta_schedule, pipe.scheduler.config.timestep_spacing) == ("scaled_linear", "leading")
@@ -223,6 +236,7 @@ from PIL import Image
 from harness.errors import HarnessError
 from harness.api.registry import load_plugin
 from harness.scoring import get_scorer
+from harness.testing.tiny_models import clip_tokenizer
 locations = json.loads(sys.argv[1])
 try:
     get_scorer("hpsv2", device="cpu", **locations)

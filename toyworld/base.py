@@ -27,7 +27,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from harness.api import TinyPipelineConfig, build_tiny_pipeline, publishing, register_base_model, replacing
+from harness.api import (
+    TinyPipelineConfig,
+    build_tiny_pipeline,
+    publishing,
+    register_base_model,
+    replacing,
+    save_pipeline,
+)
 from harness.api import cache_dir as default_cache_dir
 from harness.api.caching import built_model_ready
 from harness.api.noise import FlowMatching
@@ -433,7 +440,7 @@ def _pipeline_dir(weights: Path, name: str, cache_dir: Path) -> Path:
     if built_model_ready(out):
         return out
     with publishing(out) as temporary:  # concurrent processes (several ranks) may build at once
-        pipeline_from_weights(weights, tokenizer_dir=cache_dir / "clip-tokenizer").save_pretrained(temporary)
+        save_pipeline(pipeline_from_weights(weights, tokenizer_dir=cache_dir / "clip-tokenizer"), temporary)
     return out
 
 

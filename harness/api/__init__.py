@@ -16,7 +16,7 @@ imports only this package.  What it may rely on:
 - presets: ``Preset``, ``GenerationSettings``;
 - ``HarnessError`` for one-line user-facing errors; ``cache_dir()``, the harness's cache root;
 - for worlds that build their own base model or drive runs: ``TinyPipelineConfig``,
-  ``build_tiny_pipeline`` (an SD-shaped pipeline from a config), the atomic writers
+  ``build_tiny_pipeline`` (an SD-shaped pipeline from a config), ``save_pipeline`` (saved as the hub's), the atomic writers
   ``publishing`` / ``replacing``, and ``RunOptions`` / ``run`` (`harness run` as a function).
 
 Everything else in ``harness`` is its implementation, free to change.
@@ -88,7 +88,7 @@ _EXPORTS = {
     ),
     **dict.fromkeys(["publishing", "replacing"], "harness.atomic"),
     **dict.fromkeys(["HarnessError"], "harness.errors"),
-    **dict.fromkeys(["TinyPipelineConfig", "build_tiny_pipeline"], "harness.testing.tiny_models"),
+    **dict.fromkeys(["TinyPipelineConfig", "build_tiny_pipeline", "save_pipeline"], "harness.testing.tiny_models"),
     **dict.fromkeys(["RunOptions"], "harness.plan.planner"),
     **dict.fromkeys(["run"], "harness.run"),
 }

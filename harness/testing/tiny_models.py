@@ -388,13 +388,26 @@ def build_tiny_pipeline(config: TinyPipelineConfig = TinyPipelineConfig(), token
     )
 
 
+def save_pipeline(pipe: Any, out_dir: str | Path) -> None:
+    """``pipe.save_pretrained(out_dir)``, its CLIP tokenizers in the layout of the SD checkpoints on the hub:
+    ``vocab.json`` and ``merges.txt``.  transformers 5 saves a ``tokenizer.json`` instead, which loads ~5x slower
+    (0.25 s against 0.05 s a tokenizer, every time a job loads the pipeline)."""
+    from transformers import CLIPTokenizer
+
+    pipe.save_pretrained(out_dir)
+    for name, component in pipe.components.items():
+        if isinstance(component, CLIPTokenizer):
+            write_clip_tokenizer(Path(out_dir) / name)
+            (Path(out_dir) / name / "tokenizer.json").unlink()
+
+
 def save_tiny_pipeline(out_dir: str | Path, config: TinyPipelineConfig = TinyPipelineConfig()) -> Path:
     """Build a tiny pipeline and save it in diffusers format (idempotent)."""
     out_dir = Path(out_dir)
     if built_model_ready(out_dir):
         return out_dir
     with publishing(out_dir) as temporary:
-        build_tiny_pipeline(config).save_pretrained(temporary)
+        save_pipeline(build_tiny_pipeline(config), temporary)
         (temporary / "tiny_config.json").write_text(json.dumps(config.recorded()), encoding="utf-8")
     return out_dir
 
