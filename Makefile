@@ -27,7 +27,7 @@ run: $(STAMP)
 test: $(STAMP)
 	bash .ci/install-browser.sh
 	bash .ci/install-tex.sh
-	$(VENV)/bin/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=15
+	$(VENV)/bin/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder --durations=15
 
 test-fast: $(STAMP)
 	$(VENV)/bin/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile -m "not slow" --durations=10

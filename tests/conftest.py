@@ -23,15 +23,38 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 END_TO_END_FIXTURES = ("tiny_run_dir", "tiny_parti_run_dir")
 
 
+# The files that take longest in `make test` (docs/testing.md), longest first.
+LONGEST_FILES = (
+    "test_ray_backend.py",
+    "test_rehearsal.py",
+    "test_train_distributed.py",
+    "test_toy_alignment.py",
+    "training/test_trainer.py",
+    "test_cli.py",
+    "faults/test_train_process_kills.py",
+    "faults/test_run_kills.py",
+    "faults/test_damaged_caches.py",
+)
+if missing := [name for name in LONGEST_FILES if not (Path(__file__).parent / name).is_file()]:
+    raise pytest.UsageError(f"tests/conftest.py LONGEST_FILES names files that do not exist: {missing}")
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Mark ``slow`` (left out of ``make test-fast``) every test that takes an END_TO_END_FIXTURES run, and put
-    the files holding slow tests first: `make test`'s workers take whole files in this order, so the long ones
-    start early and the short ones fill the end."""
+    """Mark ``slow`` (left out of ``make test-fast``) every test that takes an END_TO_END_FIXTURES run, and order
+    the files: LONGEST_FILES first, longest first, then the other files holding slow tests, then the rest.
+    `make test`'s workers take whole files in this order (``--no-loadscope-reorder``), so the long ones start at
+    once and the short ones fill the end."""
     for item in items:
         if set(END_TO_END_FIXTURES) & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)
     slow_files = {item.path for item in items if item.get_closest_marker("slow")}
-    items.sort(key=lambda item: item.path not in slow_files)  # stable: each file's own order is kept
+    here = Path(__file__).parent
+
+    def rank(item: pytest.Item) -> tuple[int, bool]:
+        name = item.path.relative_to(here).as_posix()
+        return (LONGEST_FILES.index(name) if name in LONGEST_FILES else len(LONGEST_FILES), item.path not in slow_files)
+
+    items.sort(key=rank)  # stable: each file's own order is kept
 
 
 @pytest.fixture(autouse=True)
