@@ -5,6 +5,7 @@ resumes from a driver in another directory without redoing anything."""
 
 from __future__ import annotations
 
+import builtins
 import json
 import os
 import shutil
@@ -74,9 +75,13 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, harness_cache: Path):
     markers = tmp_path_factory.mktemp("kills")
     previous = os.environ.get("RAY_KILL_MARKERS")
     os.environ["RAY_KILL_MARKERS"] = str(markers)
+    # A driver that shows its workers' progress bars replaces the builtin print for good (ray.experimental.tqdm_ray):
+    # put back for the tests that run in this process after the module.
+    builtin_print = builtins.print
     context = ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", logging_level="WARNING")
     yield context.address_info["gcs_address"], markers
     ray.shutdown()
+    builtins.print = builtin_print
     if previous is None:
         del os.environ["RAY_KILL_MARKERS"]
     else:
