@@ -9,26 +9,33 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import os
 import pickle
 import signal
 import sys
 import tempfile
+import time
+import traceback
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from harness.api.registry import loaded_plugins
+from harness.api.registry import load_plugin, loaded_plugins
+from harness.atomic import replacing
+from harness.distributed import rank_and_size, torchrun_process_group
 from harness.errors import HarnessError
 from harness.evaluation.curves import MARK, curve_points, curve_steps, snapshot_name, write_tensorboard
 from harness.evaluation.evaluate import BASE, Checkpoint, evaluate, get_or_create_run, recorded_model
+from harness.libraries import quiet_libraries
 from harness.plan.planner import ModelEntry, Plan
 from harness.progress import Stages
 from harness.results.compute import JobClock
 from harness.results.layout import ResultsDir
 from harness.results.store import Store
 from harness.train.trainer import TrainResult, finished_training, snapshot_unet_dir, train
+from harness.workers import one_cpu_thread, start_method
 
 
 @dataclass(frozen=True)
@@ -125,9 +132,10 @@ def train_logged(job: ModelJob, store: Store | None) -> TrainResult:
                 store.log_training(job.run_id, pending)
 
 
-# Run by torch's elastic launcher in each process: harness/backends/train_process.py (named, not imported: it
-# imports this module).
+# Where the processes are spawned (GPUs), each runs ``training_process`` as a module: harness/backends/train_process.py
+# (named, not imported: it imports this module).
 PROCESS_MODULE = "harness.backends.train_process"
+CONSEQUENCE_WAIT_S = 2.0  # a failed process's wait before it ends (training_process), 20x the launcher's watch
 
 
 def train_in_processes(job: ModelJob) -> TrainResult:
@@ -137,10 +145,14 @@ def train_in_processes(job: ModelJob) -> TrainResult:
     and a collective with a dead peer fails at once) and is one HarnessError line; a rerun resumes from the last
     checkpoint.  On GPUs process k uses the k-th GPU this job sees: the local pool gives each worker GPUs of its
     own (``harness.workers.worker_gpus``), and the processes inherit its CUDA_VISIBLE_DEVICES."""
+    import torch
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
     processes = job.model.processes
+    # Forked on a Linux CPU machine, with this process's imports and plugins, as the local workers are
+    # (harness.workers); spawned as fresh interpreters where CUDA is (it cannot be used in a forked child).
+    method = start_method(torch.cuda.device_count() if torch.cuda.is_available() else 0)
     with tempfile.TemporaryDirectory(prefix="harness-train-") as folder, _launcher_quiet():
         exchange = Path(folder)
         (exchange / "job.pickle").write_bytes(pickle.dumps((job, loaded_plugins())))
@@ -153,12 +165,66 @@ def train_in_processes(job: ModelJob) -> TrainResult:
             run_id=f"harness-{uuid.uuid4().hex}",
             max_restarts=0,  # a rerun resumes; restarting here would hide the failure
             monitor_interval=0.1,
+            start_method=method,
         )
         try:
-            elastic_launch(config, sys.executable)("-m", PROCESS_MODULE, str(exchange))
+            if method == "fork":
+                elastic_launch(config, _forked_training_process)(exchange)
+            else:
+                elastic_launch(config, sys.executable)("-m", PROCESS_MODULE, str(exchange))
         except ChildFailedError as failed:
             raise HarnessError(failure_line(job, failed.failures, exchange)) from None
         return pickle.loads((exchange / "result.pickle").read_bytes())
+
+
+def _forked_training_process(exchange: Path) -> int:
+    """``training_process`` in a process the launcher forked, with the signal handlers of a fresh interpreter (as
+    where it spawns them), not the launcher's: the launcher stops the others of a failed training by SIGTERM."""
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    return training_process(exchange)
+
+
+def training_process(exchange: Path) -> int:
+    """One process of ``train_in_processes`` (or of a Ray Train run): reads the job (and the plugins to load) from
+    ``EXCHANGE/job.pickle``, joins the process group (gloo on a CPU, one thread; NCCL on GPUs) and trains with
+    ``train_logged``; the first process writes the training log to the results store and ``EXCHANGE/result.pickle``.
+    A HarnessError is written to ``EXCHANGE/error-<rank>.txt`` for the launching job to report as its one line, any
+    other error's traceback to ``EXCHANGE/traceback-<rank>.txt``."""
+    import torch
+    from accelerate.state import PartialState
+
+    job, plugins = pickle.loads((exchange / "job.pickle").read_bytes())
+    for plugin in plugins:
+        if plugin not in loaded_plugins():  # a forked process has them already
+            load_plugin(plugin)
+    # accelerate's per-process state: a forked process holds its parent's copy, made without a process group.
+    PartialState._reset_state()
+    quiet_libraries()
+    if not torch.cuda.is_available():
+        # One thread, as every job on a CPU: accelerate otherwise sets cores / processes threads (and says so).
+        os.environ["OMP_NUM_THREADS"] = "1"
+    with torchrun_process_group(), one_cpu_thread(on_gpu=torch.cuda.is_available()):
+        rank, _ = rank_and_size()
+        try:
+            if rank:
+                train_logged(job, None)
+                return 0
+            with Store(ResultsDir(job.plan.options.out).db) as store:
+                result = train_logged(job, store)
+            with replacing(exchange / "result.pickle") as temporary:
+                temporary.write_bytes(pickle.dumps(result))
+        except HarnessError as exc:
+            (exchange / f"error-{rank}.txt").write_text(str(exc), encoding="utf-8")
+            raise SystemExit(2) from None
+        except Exception:
+            # Often only the consequence of another process's failure (a collective's peer gone): the launching
+            # job prints the one that caused it.  Forked, the launcher reports only the first process to end, so
+            # this one waits: the launcher stops it meanwhile if another ended (killed, say) before.
+            (exchange / f"traceback-{rank}.txt").write_text(traceback.format_exc(), encoding="utf-8")
+            time.sleep(CONSEQUENCE_WAIT_S)
+            raise SystemExit(1) from None
+    return 0
 
 
 @contextlib.contextmanager

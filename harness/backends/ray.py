@@ -10,7 +10,7 @@ What runs where:
   runs (the dashboard shows live curves) and at its end.  A training of N processes (``--train-processes``)
   is that task asking for nothing, which runs the job with its N processes as the workers of a Ray Train
   ``TorchTrainer`` (N GPUs, or N CPUs; Ray places them and sets up the process group, NCCL or gloo), each
-  running the local backend's process entry (``harness.backends.train_process``), the first one's store
+  running the local backend's process entry (``harness.backends.jobs.training_process``), the first one's store
   writes recorded in the same journal.
 - A model's evaluation is ``harness.evaluation.evaluate.evaluate`` (the local job's: the run's status, its
   stage lines, its cost) run by the driver with its two parts split over the cluster: one shard per free GPU
@@ -54,8 +54,7 @@ from typing import Any, TypeVar
 
 from harness.api.environment import say
 from harness.api.registry import load_plugin, loaded_plugins
-from harness.backends import train_process
-from harness.backends.jobs import ModelJob, evaluate_job, failure_line, train_job, trained_already
+from harness.backends.jobs import ModelJob, evaluate_job, failure_line, train_job, trained_already, training_process
 from harness.errors import HarnessError
 from harness.evaluation.evaluate import Checkpoint, Protocol, evaluate, generate_suites, score_rows
 from harness.evaluation.sampling import merge_shards, shard_count
@@ -345,7 +344,7 @@ def _training_process(config: dict[str, Any]) -> None:
     started = time.process_time()
     with config["journal"].recording():
         try:
-            train_process.main(config["exchange"])
+            training_process(config["exchange"])
         except SystemExit as exit:  # its error was written to the exchange folder
             raise RuntimeError(f"training process ended with exit status {exit.code}") from None
         import torch
@@ -366,7 +365,7 @@ def _workers_failure_line(job: ModelJob, failed: Exception, exchange: Path) -> s
     errors are its consequence: a collective's lost peer), else a process's own error."""
     name, processes = job.model.method, job.model.processes
     failures = getattr(failed, "worker_failures", {})  # none when Ray Train's controller failed
-    # A process that failed on its own wrote its error (train_process.main) before it ended.
+    # A process that failed on its own wrote its error (training_process) before it ended.
     died = [rank for rank in sorted(failures) if not any(exchange.glob(f"*-{rank}.txt"))]
     if died:
         return (
